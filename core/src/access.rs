@@ -1,0 +1,453 @@
+//! The per-request access decision for the headers phase: metadata, CORS, bearer check.
+//! The adapter gathers a `RequestHead`, calls `decide`, and executes the returned `Step`.
+
+use std::rc::Rc;
+
+use crate::cache::{digest, TokenCache};
+use crate::config::{normalize_origin, CompiledConfig, Route};
+use crate::keys::KeySet;
+use crate::reply::{preflight, LocalReply};
+use crate::token::{verify, Identity, TokenError};
+
+/// What the adapter read from the request headers (via the `*_bytes` getters).
+#[derive(Debug, Default)]
+pub struct RequestHead<'a> {
+    pub method: &'a [u8],
+    /// Host as sent; normalized here.
+    pub authority: &'a [u8],
+    pub scheme: &'a [u8],
+    /// `:path` including any query string.
+    pub path: &'a [u8],
+    pub origin: Option<&'a [u8]>,
+    /// Every `Authorization` header value, in order.
+    pub authorization: Vec<&'a [u8]>,
+    pub is_preflight: bool,
+}
+
+/// What the adapter must do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Not an MCP route or metadata path: leave the request alone.
+    PassThrough,
+    /// Answer locally and stop.
+    Reply(LocalReply),
+    /// The key set lacks the token's `kid` (or is empty): fetch the JWKS, then decide again
+    /// with `may_fetch_keys = false`.
+    FetchKeys,
+    /// Authorized: strip the TE and forward.
+    Forward(Grant),
+}
+
+#[derive(Debug)]
+pub struct Grant {
+    pub route: usize,
+    pub identity: Rc<Identity>,
+    /// Allowed browser origin to reflect in CORS response headers.
+    pub cors_origin: Option<String>,
+}
+
+pub struct Context<'a> {
+    pub config: &'a CompiledConfig,
+    pub keys: Option<&'a KeySet>,
+    pub cache: &'a mut TokenCache,
+    pub now: i64,
+    pub may_fetch_keys: bool,
+}
+
+pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
+    let (Ok(authority), Ok(path)) = (
+        std::str::from_utf8(head.authority),
+        std::str::from_utf8(head.path),
+    ) else {
+        return Step::PassThrough;
+    };
+    let scheme = match head.scheme {
+        b"https" => "https",
+        _ => "http",
+    };
+    let authority = crate::url::normalize_authority(scheme, authority);
+    let path_only = path.split(['?', '#']).next().unwrap_or_default();
+
+    if let Some(route) = ctx.config.metadata_route(&authority, path_only) {
+        return Step::Reply(metadata_reply(route, head));
+    }
+    let Some((index, route)) = ctx.config.route_for(&authority, path_only) else {
+        return Step::PassThrough;
+    };
+
+    let cors_origin = match head.origin {
+        None => None,
+        Some(origin) => match allowed_origin(route, origin) {
+            Some(origin) => Some(origin),
+            None => {
+                return Step::Reply(LocalReply::oauth_error(
+                    403,
+                    "origin-not-allowed",
+                    "forbidden",
+                    "the request's Origin is not allowed for this MCP server",
+                ))
+            }
+        },
+    };
+    let cors = cors_origin.as_deref();
+    if head.is_preflight && head.method == b"OPTIONS" {
+        return match cors {
+            Some(origin) => Step::Reply(preflight(origin)),
+            None => Step::Reply(LocalReply::oauth_error(
+                400,
+                "cors-preflight-without-origin",
+                "invalid_request",
+                "a CORS preflight needs an Origin header",
+            )),
+        };
+    }
+
+    let token = match bearer_token(&head.authorization) {
+        Ok(token) => token,
+        Err(BearerProblem::Missing) => {
+            return Step::Reply(
+                LocalReply::oauth_error(
+                    401,
+                    "token-missing",
+                    "unauthorized",
+                    "this MCP server needs a bearer token",
+                )
+                .with_header("www-authenticate", route.challenge.clone())
+                .with_cors(cors),
+            )
+        }
+        Err(BearerProblem::Malformed(reason, description)) => {
+            return Step::Reply(
+                LocalReply::oauth_error(400, reason, "invalid_request", description)
+                    .with_header(
+                        "www-authenticate",
+                        route.challenge_invalid_token.replacen(
+                            "invalid_token",
+                            "invalid_request",
+                            1,
+                        ),
+                    )
+                    .with_cors(cors),
+            )
+        }
+    };
+
+    let key = digest(token);
+    let identity = match ctx.cache.get(&key, ctx.now) {
+        Some(identity) => identity,
+        None => {
+            let Some(keys) = ctx.keys else {
+                return if ctx.may_fetch_keys {
+                    Step::FetchKeys
+                } else {
+                    keys_unavailable(cors)
+                };
+            };
+            match verify(token, keys, &ctx.config.rules, ctx.now) {
+                Ok(identity) => ctx.cache.insert(key, identity, ctx.now),
+                Err(TokenError::UnknownKey(_)) if ctx.may_fetch_keys => return Step::FetchKeys,
+                Err(e) => return Step::Reply(invalid_token(route, e.reason(), cors)),
+            }
+        }
+    };
+    if !identity.allows_resource(&route.resource) {
+        return Step::Reply(invalid_token(route, "token-wrong-audience", cors));
+    }
+    Step::Forward(Grant {
+        route: index,
+        identity,
+        cors_origin,
+    })
+}
+
+fn invalid_token(route: &Route, reason: &'static str, cors: Option<&str>) -> LocalReply {
+    LocalReply::oauth_error(
+        401,
+        reason,
+        "invalid_token",
+        "the bearer token is not valid for this MCP server",
+    )
+    .with_header("www-authenticate", route.challenge_invalid_token.clone())
+    .with_cors(cors)
+}
+
+/// Fail closed when no key set can be had: the token cannot be checked, so nothing passes.
+pub fn keys_unavailable(cors: Option<&str>) -> Step {
+    Step::Reply(
+        LocalReply::oauth_error(
+            503,
+            "jwks-unavailable",
+            "temporarily_unavailable",
+            "mcp-warden cannot verify tokens: the token service's signing keys (JWKS) are unavailable",
+        )
+        .with_header("retry-after", "5")
+        .with_cors(cors),
+    )
+}
+
+fn metadata_reply(route: &Route, head: &RequestHead<'_>) -> LocalReply {
+    // Metadata is public: any origin may read it.
+    if head.method == b"OPTIONS" {
+        return preflight("*");
+    }
+    LocalReply::json(200, "resource-metadata", route.metadata_document.clone())
+        .with_header("access-control-allow-origin", "*")
+}
+
+fn allowed_origin(route: &Route, origin: &[u8]) -> Option<String> {
+    let origin = normalize_origin(std::str::from_utf8(origin).ok()?);
+    (origin == route.url.origin() || route.allowed_origins.contains(&origin)).then_some(origin)
+}
+
+enum BearerProblem {
+    Missing,
+    Malformed(&'static str, &'static str),
+}
+
+/// Exactly one `Authorization: Bearer <token>` (RFC 6750 §2.1); anything else is refused.
+fn bearer_token<'a>(values: &[&'a [u8]]) -> Result<&'a str, BearerProblem> {
+    let value = match values {
+        [] => return Err(BearerProblem::Missing),
+        [one] => *one,
+        _ => {
+            return Err(BearerProblem::Malformed(
+                "authorization-repeated",
+                "send exactly one Authorization header",
+            ))
+        }
+    };
+    let value = std::str::from_utf8(value).map_err(|_| {
+        BearerProblem::Malformed("authorization-not-utf8", "malformed Authorization header")
+    })?;
+    let (scheme, token) = value.trim().split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(BearerProblem::Malformed(
+            "authorization-not-bearer",
+            "use the Bearer scheme",
+        ));
+    }
+    let token = token.trim();
+    if token.is_empty() || token.contains(' ') {
+        return Err(BearerProblem::Malformed(
+            "authorization-malformed",
+            "malformed bearer token",
+        ));
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::testkeys::*;
+
+    fn config() -> CompiledConfig {
+        let (_, jwks) = es256_pair();
+        let v = serde_json::json!({
+            "version": 1,
+            "issuer": "http://issuer",
+            "jwks_static": serde_json::from_str::<serde_json::Value>(&jwks).unwrap(),
+            "routes": [
+                {"name": "demo", "resource": "http://127.0.0.1:9000/mcp"},
+                {"name": "other", "resource": "http://127.0.0.1:9000/other", "allowed_origins": ["http://app.example"]}
+            ]
+        });
+        CompiledConfig::from_json(v.to_string().as_bytes()).unwrap()
+    }
+
+    struct Run {
+        config: CompiledConfig,
+        cache: TokenCache,
+        keys: Option<KeySet>,
+    }
+
+    impl Run {
+        fn new() -> Self {
+            let config = config();
+            let keys = config.static_keys.clone();
+            Self {
+                config,
+                cache: TokenCache::new(100, 30),
+                keys,
+            }
+        }
+        fn decide(&mut self, head: &RequestHead<'_>) -> Step {
+            decide(
+                head,
+                Context {
+                    config: &self.config,
+                    keys: self.keys.as_ref(),
+                    cache: &mut self.cache,
+                    now: 1100,
+                    may_fetch_keys: true,
+                },
+            )
+        }
+    }
+
+    fn head<'a>(path: &'a [u8], auth: Vec<&'a [u8]>) -> RequestHead<'a> {
+        RequestHead {
+            method: b"POST",
+            authority: b"127.0.0.1:9000",
+            scheme: b"http",
+            path,
+            origin: None,
+            authorization: auth,
+            is_preflight: false,
+        }
+    }
+
+    fn reply(step: Step) -> LocalReply {
+        match step {
+            Step::Reply(r) => r,
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    fn header<'a>(r: &'a LocalReply, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn passes_unrelated_requests() {
+        let mut run = Run::new();
+        assert!(matches!(
+            run.decide(&head(b"/elsewhere", vec![])),
+            Step::PassThrough
+        ));
+        let mut h = head(b"/mcp", vec![]);
+        h.authority = b"other-host";
+        assert!(matches!(run.decide(&h), Step::PassThrough));
+    }
+
+    #[test]
+    fn missing_token_gets_challenge_without_error() {
+        let mut run = Run::new();
+        let r = reply(run.decide(&head(b"/mcp?x=1", vec![])));
+        assert_eq!(r.status, 401);
+        let challenge = header(&r, "www-authenticate").unwrap();
+        assert_eq!(
+            challenge,
+            "Bearer resource_metadata=\"http://127.0.0.1:9000/.well-known/oauth-protected-resource/mcp\""
+        );
+    }
+
+    #[test]
+    fn valid_token_forwards_and_is_cached() {
+        let mut run = Run::new();
+        let (key, _) = es256_pair();
+        let token = format!(
+            "Bearer {}",
+            sign(&key, &claims("http://127.0.0.1:9000/mcp", 1000, 1300))
+        );
+        match run.decide(&head(b"/mcp", vec![token.as_bytes()])) {
+            Step::Forward(g) => assert_eq!(g.identity.claims.email, "demo@example.com"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(run.cache.len(), 1);
+        // Second request: served from the cache even with the keys gone.
+        run.keys = None;
+        assert!(matches!(
+            run.decide(&head(b"/mcp/x", vec![token.as_bytes()])),
+            Step::Forward(_)
+        ));
+    }
+
+    #[test]
+    fn wrong_audience_and_bad_tokens_are_invalid_token() {
+        let mut run = Run::new();
+        let (key, _) = es256_pair();
+        let other = format!(
+            "Bearer {}",
+            sign(&key, &claims("http://127.0.0.1:9000/other", 1000, 1300))
+        );
+        let r = reply(run.decide(&head(b"/mcp", vec![other.as_bytes()])));
+        assert_eq!((r.status, r.reason), (401, "token-wrong-audience"));
+        assert!(header(&r, "www-authenticate")
+            .unwrap()
+            .starts_with("Bearer error=\"invalid_token\""));
+        let r = reply(run.decide(&head(b"/mcp", vec![b"Bearer abc.def.ghi"])));
+        assert_eq!(r.status, 401);
+    }
+
+    #[test]
+    fn repeated_or_non_bearer_authorization_is_invalid_request() {
+        let mut run = Run::new();
+        let (key, _) = es256_pair();
+        let token = format!(
+            "Bearer {}",
+            sign(&key, &claims("http://127.0.0.1:9000/mcp", 1000, 1300))
+        );
+        let r = reply(run.decide(&head(b"/mcp", vec![token.as_bytes(), token.as_bytes()])));
+        assert_eq!((r.status, r.reason), (400, "authorization-repeated"));
+        assert!(header(&r, "www-authenticate")
+            .unwrap()
+            .contains("error=\"invalid_request\""));
+        let r = reply(run.decide(&head(b"/mcp", vec![b"Basic dXNlcjpwdw=="])));
+        assert_eq!(r.status, 400);
+    }
+
+    #[test]
+    fn unknown_key_asks_for_fetch_then_fails_closed() {
+        let mut run = Run::new();
+        run.keys = None;
+        let (key, _) = es256_pair();
+        let token = format!(
+            "Bearer {}",
+            sign(&key, &claims("http://127.0.0.1:9000/mcp", 1000, 1300))
+        );
+        let h = head(b"/mcp", vec![token.as_bytes()]);
+        assert!(matches!(run.decide(&h), Step::FetchKeys));
+        let step = decide(
+            &h,
+            Context {
+                config: &run.config,
+                keys: None,
+                cache: &mut run.cache,
+                now: 1100,
+                may_fetch_keys: false,
+            },
+        );
+        assert_eq!(reply(step).status, 503);
+    }
+
+    #[test]
+    fn metadata_and_cors() {
+        let mut run = Run::new();
+        let mut h = head(b"/.well-known/oauth-protected-resource/mcp", vec![]);
+        h.method = b"GET";
+        let r = reply(run.decide(&h));
+        assert_eq!(r.status, 200);
+        let doc: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(doc["resource"], "http://127.0.0.1:9000/mcp");
+
+        let mut pre = head(b"/other", vec![]);
+        pre.method = b"OPTIONS";
+        pre.is_preflight = true;
+        pre.origin = Some(b"http://APP.example:80");
+        let r = reply(run.decide(&pre));
+        assert_eq!(r.status, 204);
+        assert_eq!(
+            header(&r, "access-control-allow-origin"),
+            Some("http://app.example")
+        );
+        assert!(header(&r, "access-control-allow-headers")
+            .unwrap()
+            .contains("Mcp-Session-Id"));
+
+        let mut foreign = head(b"/mcp", vec![]);
+        foreign.origin = Some(b"http://evil.example");
+        assert_eq!(reply(run.decide(&foreign)).status, 403);
+        let mut same = head(b"/mcp", vec![]);
+        same.origin = Some(b"http://127.0.0.1:9000");
+        let r = reply(run.decide(&same));
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            header(&r, "access-control-expose-headers"),
+            Some(crate::reply::CORS_EXPOSE_HEADERS)
+        );
+    }
+}

@@ -1,0 +1,471 @@
+//! The filter's plugin configuration (Envoy `configuration`, Istio `pluginConfig`): a versioned
+//! JSON interface of its own. It is parsed strictly and compiled once; any error names the field.
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys::KeySet;
+use crate::token::TokenRules;
+use crate::url::ResourceUrl;
+
+pub const CONFIG_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Interface version; only `1` exists.
+    pub version: u32,
+    /// The token service's issuer URL: TEs must carry exactly this `iss`.
+    pub issuer: String,
+    /// Where to fetch the token service's JWKS. Either this or `jwks_static`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<JwksFetch>,
+    /// A JWKS document given inline (air-gapped setups, tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_static: Option<serde_json::Value>,
+    /// Allowed clock difference for `exp` / `nbf`, seconds.
+    #[serde(default = "default_leeway")]
+    pub clock_skew_seconds: u32,
+    /// Verified tokens kept per worker.
+    #[serde(default = "default_cache_entries")]
+    pub token_cache_entries: u32,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksFetch {
+    /// Envoy cluster that reaches the token service.
+    pub cluster: String,
+    /// `:authority` sent with the fetch.
+    pub authority: String,
+    #[serde(default = "default_jwks_path")]
+    pub path: String,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u32,
+    /// Periodic refresh, seconds; unknown `kid`s also trigger a (rate-limited) refetch.
+    #[serde(default = "default_refresh_seconds")]
+    pub refresh_seconds: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    /// The URL clients use for this MCP server, byte for byte (RFC 8707 resource, TE `aud`).
+    /// Requests are matched on its authority and path prefix.
+    pub resource: String,
+    /// Human-readable name for RFC 9728 `resource_name`; defaults to `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_name: Option<String>,
+    /// Scopes advertised in metadata and in `WWW-Authenticate`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// Browser origins allowed besides the resource's own (DNS-rebinding protection).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
+}
+
+fn default_leeway() -> u32 {
+    30
+}
+fn default_cache_entries() -> u32 {
+    10_000
+}
+fn default_jwks_path() -> String {
+    "/.well-known/jwks.json".into()
+}
+fn default_timeout_ms() -> u32 {
+    2_000
+}
+fn default_refresh_seconds() -> u32 {
+    300
+}
+
+/// A configuration error with the path of the offending field (`routes[1].resource`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "invalid plugin configuration: {}: {}",
+            self.path, self.message
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// A route ready for matching, with everything derived from its config precomputed.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub resource: String,
+    pub url: ResourceUrl,
+    pub resource_name: String,
+    pub scopes: Vec<String>,
+    pub allowed_origins: Vec<String>,
+    /// `https://host/.well-known/oauth-protected-resource/<path>` (RFC 9728 path-inserted form).
+    pub metadata_url: String,
+    /// The `WWW-Authenticate` value for a request without credentials.
+    pub challenge: String,
+    /// The `WWW-Authenticate` value for a request with a bad token.
+    pub challenge_invalid_token: String,
+    /// The RFC 9728 document, serialized once.
+    pub metadata_document: String,
+}
+
+/// The compiled configuration the filter works from.
+#[derive(Debug, Clone)]
+pub struct CompiledConfig {
+    pub rules: TokenRules,
+    pub jwks: Option<JwksFetch>,
+    pub static_keys: Option<KeySet>,
+    pub token_cache_entries: usize,
+    pub routes: Vec<Route>,
+}
+
+impl CompiledConfig {
+    /// Parses and validates plugin configuration bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let raw: PluginConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." {
+                "(root)".to_string()
+            } else {
+                path
+            };
+            err(path, e.into_inner().to_string())
+        })?;
+        compile(raw)
+    }
+
+    /// The route a request belongs to: same authority, path under the resource's prefix.
+    /// The longest prefix wins so `/mcp/admin` can be a route of its own beside `/mcp`.
+    pub fn route_for(&self, authority: &str, path: &str) -> Option<(usize, &Route)> {
+        self.routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.url.authority == authority && r.url.covers_path(path))
+            .max_by_key(|(_, r)| r.url.path.len())
+    }
+
+    /// The route whose RFC 9728 metadata a `/.well-known/oauth-protected-resource[/path]`
+    /// request asks for. The root form names the route at the root, or the only route on the host.
+    pub fn metadata_route(&self, authority: &str, path: &str) -> Option<&Route> {
+        let rest = path.strip_prefix(WELL_KNOWN_PRM)?;
+        let on_host = || {
+            self.routes
+                .iter()
+                .filter(move |r| r.url.authority == authority)
+        };
+        if rest.is_empty() || rest == "/" {
+            let mut candidates = on_host();
+            if let Some(root) = on_host().find(|r| r.url.path.is_empty()) {
+                return Some(root);
+            }
+            let first = candidates.next()?;
+            return candidates.next().is_none().then_some(first);
+        }
+        on_host().find(|r| r.url.path == rest)
+    }
+}
+
+pub const WELL_KNOWN_PRM: &str = "/.well-known/oauth-protected-resource";
+
+fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
+    if raw.version != CONFIG_VERSION {
+        return Err(err(
+            "version",
+            format!(
+                "unsupported version {}, expected {CONFIG_VERSION}",
+                raw.version
+            ),
+        ));
+    }
+    ResourceUrl::parse(&raw.issuer).map_err(|m| err("issuer", m))?;
+    let static_keys = match (&raw.jwks, &raw.jwks_static) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "jwks_static",
+                "set either jwks or jwks_static, not both",
+            ))
+        }
+        (None, None) => return Err(err("jwks", "missing: set jwks (fetch) or jwks_static")),
+        (None, Some(doc)) => {
+            Some(KeySet::from_jwks(doc.to_string().as_bytes()).map_err(|m| err("jwks_static", m))?)
+        }
+        (Some(fetch), None) => {
+            if fetch.cluster.is_empty() {
+                return Err(err("jwks.cluster", "must not be empty"));
+            }
+            if fetch.authority.is_empty() {
+                return Err(err("jwks.authority", "must not be empty"));
+            }
+            if !fetch.path.starts_with('/') {
+                return Err(err("jwks.path", "must start with '/'"));
+            }
+            if fetch.refresh_seconds == 0 {
+                return Err(err("jwks.refresh_seconds", "must be at least 1"));
+            }
+            None
+        }
+    };
+    if raw.routes.is_empty() {
+        return Err(err("routes", "at least one route is required"));
+    }
+    let mut routes: Vec<Route> = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let at = |field: &str| format!("routes[{i}].{field}");
+        if r.name.is_empty() {
+            return Err(err(at("name"), "must not be empty"));
+        }
+        let url = ResourceUrl::parse(&r.resource).map_err(|m| err(at("resource"), m))?;
+        if routes.iter().any(|other| other.name == r.name) {
+            return Err(err(
+                at("name"),
+                format!("duplicate route name {:?}", r.name),
+            ));
+        }
+        if routes.iter().any(|other| other.url == url) {
+            return Err(err(
+                at("resource"),
+                format!("duplicate resource {:?}", r.resource),
+            ));
+        }
+        for (j, scope) in r.scopes.iter().enumerate() {
+            if scope.is_empty()
+                || !scope
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            {
+                return Err(err(
+                    at(&format!("scopes[{j}]")),
+                    "scope tokens are printable ASCII without quotes",
+                ));
+            }
+        }
+        for (j, origin) in r.allowed_origins.iter().enumerate() {
+            let parsed = ResourceUrl::parse(origin)
+                .map_err(|m| err(at(&format!("allowed_origins[{j}]")), m))?;
+            if !parsed.path.is_empty() {
+                return Err(err(
+                    at(&format!("allowed_origins[{j}]")),
+                    "an origin has no path",
+                ));
+            }
+        }
+        let metadata_url = format!("{}{WELL_KNOWN_PRM}{}", url.origin(), url.path);
+        let scope_param = if r.scopes.is_empty() {
+            String::new()
+        } else {
+            format!(", scope=\"{}\"", r.scopes.join(" "))
+        };
+        let challenge = format!("Bearer resource_metadata=\"{metadata_url}\"{scope_param}");
+        let challenge_invalid_token = format!(
+            "Bearer error=\"invalid_token\", resource_metadata=\"{metadata_url}\"{scope_param}"
+        );
+        let resource_name = r.resource_name.clone().unwrap_or_else(|| r.name.clone());
+        let metadata_document = serde_json::json!({
+            "resource": r.resource,
+            "authorization_servers": [raw.issuer],
+            "bearer_methods_supported": ["header"],
+            "scopes_supported": r.scopes,
+            "resource_name": resource_name,
+        })
+        .to_string();
+        routes.push(Route {
+            name: r.name,
+            resource: r.resource,
+            url,
+            resource_name,
+            scopes: r.scopes,
+            allowed_origins: r
+                .allowed_origins
+                .iter()
+                .map(|o| normalize_origin(o))
+                .collect(),
+            metadata_url,
+            challenge,
+            challenge_invalid_token,
+            metadata_document,
+        });
+    }
+    Ok(CompiledConfig {
+        rules: TokenRules {
+            issuer: raw.issuer,
+            leeway_seconds: i64::from(raw.clock_skew_seconds),
+        },
+        jwks: raw.jwks,
+        static_keys,
+        token_cache_entries: raw.token_cache_entries as usize,
+        routes,
+    })
+}
+
+/// Origins compare after the same normalization as authorities (case, default port).
+pub fn normalize_origin(origin: &str) -> String {
+    match origin.split_once("://") {
+        Some((scheme, authority)) => format!(
+            "{scheme}://{}",
+            crate::url::normalize_authority(scheme, authority)
+        ),
+        None => origin.to_ascii_lowercase(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> serde_json::Value {
+        serde_json::json!({
+            "version": 1,
+            "issuer": "http://127.0.0.1:9100",
+            "jwks": {"cluster": "warden_token_service", "authority": "127.0.0.1:9100"},
+            "routes": [
+                {"name": "demo", "resource": "http://127.0.0.1:9000/mcp", "scopes": ["mcp"]},
+                {"name": "admin", "resource": "http://127.0.0.1:9000/mcp/admin"}
+            ]
+        })
+    }
+
+    fn load(v: serde_json::Value) -> Result<CompiledConfig, ConfigError> {
+        CompiledConfig::from_json(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn compiles_sample() {
+        let c = load(sample()).unwrap();
+        let demo = &c.routes[0];
+        assert_eq!(
+            demo.metadata_url,
+            "http://127.0.0.1:9000/.well-known/oauth-protected-resource/mcp"
+        );
+        assert_eq!(
+            demo.challenge,
+            "Bearer resource_metadata=\"http://127.0.0.1:9000/.well-known/oauth-protected-resource/mcp\", scope=\"mcp\""
+        );
+        let doc: serde_json::Value = serde_json::from_str(&demo.metadata_document).unwrap();
+        assert_eq!(doc["resource"], "http://127.0.0.1:9000/mcp");
+        assert_eq!(doc["authorization_servers"][0], "http://127.0.0.1:9100");
+        assert_eq!(doc["bearer_methods_supported"][0], "header");
+        assert_eq!(c.jwks.as_ref().unwrap().path, "/.well-known/jwks.json");
+    }
+
+    #[test]
+    fn matches_longest_prefix_and_metadata_forms() {
+        let c = load(sample()).unwrap();
+        assert_eq!(
+            c.route_for("127.0.0.1:9000", "/mcp").unwrap().1.name,
+            "demo"
+        );
+        assert_eq!(
+            c.route_for("127.0.0.1:9000", "/mcp/admin/x")
+                .unwrap()
+                .1
+                .name,
+            "admin"
+        );
+        assert!(c.route_for("127.0.0.1:9000", "/other").is_none());
+        assert!(c.route_for("evil:9000", "/mcp").is_none());
+        let prm = |p: &str| {
+            c.metadata_route("127.0.0.1:9000", p)
+                .map(|r| r.name.clone())
+        };
+        assert_eq!(
+            prm("/.well-known/oauth-protected-resource/mcp").as_deref(),
+            Some("demo")
+        );
+        assert_eq!(
+            prm("/.well-known/oauth-protected-resource/mcp/admin").as_deref(),
+            Some("admin")
+        );
+        // Two routes on the host and none at the root: the root form is ambiguous.
+        assert_eq!(prm("/.well-known/oauth-protected-resource"), None);
+        assert_eq!(prm("/.well-known/oauth-protected-resource/nope"), None);
+    }
+
+    #[test]
+    fn root_form_serves_single_route() {
+        let mut v = sample();
+        v["routes"].as_array_mut().unwrap().pop();
+        let c = load(v).unwrap();
+        assert_eq!(
+            c.metadata_route("127.0.0.1:9000", "/.well-known/oauth-protected-resource")
+                .unwrap()
+                .name,
+            "demo"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (Box::new(|v| v["version"] = 2.into()), "version"),
+            (
+                Box::new(|v| v["routes"][1]["resource"] = "nope".into()),
+                "routes[1].resource",
+            ),
+            (
+                Box::new(|v| {
+                    v["routes"][0].as_object_mut().unwrap().remove("resource");
+                }),
+                "routes[0]",
+            ),
+            (
+                Box::new(|v| v["routes"][0]["colour"] = "red".into()),
+                "routes[0]",
+            ),
+            (
+                Box::new(|v| v["routes"][0]["scopes"] = serde_json::json!(["a b"])),
+                "routes[0].scopes[0]",
+            ),
+            (
+                Box::new(|v| v["routes"][1]["name"] = "demo".into()),
+                "routes[1].name",
+            ),
+            (
+                Box::new(|v| v["jwks"]["cluster"] = "".into()),
+                "jwks.cluster",
+            ),
+            (
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("jwks");
+                }),
+                "jwks",
+            ),
+            (
+                Box::new(|v| v["clock_skew_seconds"] = "x".into()),
+                "clock_skew_seconds",
+            ),
+            (Box::new(|v| v["routes"] = serde_json::json!([])), "routes"),
+        ];
+        for (mutate, field) in cases {
+            let mut v = sample();
+            mutate(&mut v);
+            let e = load(v).unwrap_err();
+            assert!(e.path.starts_with(field), "expected {field}, got {e}");
+            assert!(
+                e.to_string().starts_with("invalid plugin configuration: "),
+                "{e}"
+            );
+        }
+        let missing = load(serde_json::json!({"version": 1})).unwrap_err();
+        assert!(missing.to_string().contains("issuer"), "{missing}");
+        assert!(CompiledConfig::from_json(b"{").is_err());
+    }
+}

@@ -1,0 +1,10 @@
+//! Pure decision logic of mcp-warden's filter: no I/O and no proxy-wasm, so everything here is
+//! unit-tested natively and the wasm adapter only executes what these functions decide.
+
+pub mod access;
+pub mod cache;
+pub mod config;
+pub mod keys;
+pub mod reply;
+pub mod token;
+pub mod url;

@@ -1,0 +1,326 @@
+//! Verification of the external token (TE): the JWT our token service issues to MCP clients.
+
+use chrono::{DateTime, TimeZone, Utc};
+use jwt_compact::alg::{Ed25519, Es256};
+use jwt_compact::{AlgorithmExt, Claims, TimeOptions, UntrustedToken};
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{KeySet, VerifyingKey};
+
+/// The TE's claims beyond the registered time claims (which `jwt_compact::Claims` carries).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TeClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: Audience,
+    #[serde(default)]
+    pub jti: String,
+    #[serde(default)]
+    pub client_id: String,
+    #[serde(default)]
+    pub scope: String,
+    #[serde(default)]
+    pub sid: String,
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// `aud` may be a string or an array of strings (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    pub fn contains(&self, resource: &str) -> bool {
+        match self {
+            Audience::One(a) => a == resource,
+            Audience::Many(all) => all.iter().any(|a| a == resource),
+        }
+    }
+}
+
+/// A token whose signature, issuer and lifetime have been checked. The audience is checked
+/// per request (`Identity::allows_resource`) because one token may be presented on any route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub claims: TeClaims,
+    /// Unix seconds; the token is unusable after `expires_at + leeway`.
+    pub expires_at: i64,
+}
+
+impl Identity {
+    pub fn allows_resource(&self, resource: &str) -> bool {
+        self.claims.aud.contains(resource)
+    }
+}
+
+/// Why a token was refused. Everything but `UnknownKey` is final for that token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    Malformed,
+    /// The header names a key this filter does not (yet) have: refetch the JWKS once.
+    UnknownKey(String),
+    MissingKeyId,
+    AlgorithmMismatch,
+    BadSignature,
+    WrongIssuer,
+    Expired,
+    NotYetValid,
+    MissingExpiry,
+}
+
+impl TokenError {
+    /// Short reason for logs; never includes token material.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenError::Malformed => "token-malformed",
+            TokenError::UnknownKey(_) => "token-unknown-key",
+            TokenError::MissingKeyId => "token-missing-kid",
+            TokenError::AlgorithmMismatch => "token-alg-mismatch",
+            TokenError::BadSignature => "token-bad-signature",
+            TokenError::WrongIssuer => "token-wrong-issuer",
+            TokenError::Expired => "token-expired",
+            TokenError::NotYetValid => "token-not-yet-valid",
+            TokenError::MissingExpiry => "token-missing-exp",
+        }
+    }
+}
+
+/// What a TE must satisfy besides its signature.
+#[derive(Debug, Clone)]
+pub struct TokenRules {
+    pub issuer: String,
+    pub leeway_seconds: i64,
+}
+
+/// Checks signature (with the key named by `kid`, whose type fixes the algorithm), issuer,
+/// `exp` and `nbf`. `now` is Unix seconds from the host clock.
+pub fn verify(
+    token: &str,
+    keys: &KeySet,
+    rules: &TokenRules,
+    now: i64,
+) -> Result<Identity, TokenError> {
+    let untrusted = UntrustedToken::new(token).map_err(|_| TokenError::Malformed)?;
+    let kid = untrusted
+        .header()
+        .key_id
+        .as_deref()
+        .ok_or(TokenError::MissingKeyId)?;
+    let key = keys
+        .get(kid)
+        .ok_or_else(|| TokenError::UnknownKey(kid.to_string()))?;
+    if untrusted.algorithm() != key.algorithm() {
+        return Err(TokenError::AlgorithmMismatch);
+    }
+    let verified = match key {
+        VerifyingKey::Es256(k) => Es256.validator::<TeClaims>(k).validate(&untrusted),
+        VerifyingKey::EdDsa(k) => Ed25519.validator::<TeClaims>(k).validate(&untrusted),
+    };
+    let token = verified.map_err(|e| match e {
+        jwt_compact::ValidationError::AlgorithmMismatch { .. } => TokenError::AlgorithmMismatch,
+        jwt_compact::ValidationError::InvalidSignature
+        | jwt_compact::ValidationError::MalformedSignature(_) => TokenError::BadSignature,
+        _ => TokenError::Malformed,
+    })?;
+    let claims: &Claims<TeClaims> = token.claims();
+    if claims.custom.iss != rules.issuer {
+        return Err(TokenError::WrongIssuer);
+    }
+    let clock = Utc
+        .timestamp_opt(now, 0)
+        .single()
+        .ok_or(TokenError::Malformed)?;
+    let options = TimeOptions::new(chrono::Duration::seconds(rules.leeway_seconds), move || {
+        clock
+    });
+    let expiry: DateTime<Utc> = claims.expiration.ok_or(TokenError::MissingExpiry)?;
+    claims
+        .validate_expiration(&options)
+        .map_err(|_| TokenError::Expired)?;
+    if claims.not_before.is_some() {
+        claims
+            .validate_maturity(&options)
+            .map_err(|_| TokenError::NotYetValid)?;
+    }
+    Ok(Identity {
+        claims: claims.custom.clone(),
+        expires_at: expiry.timestamp(),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod testkeys {
+    //! A deterministic signing key for tests (never used outside them).
+    use super::*;
+    use jwt_compact::jwk::JsonWebKey;
+    use jwt_compact::Header;
+
+    pub fn es256_pair() -> (p256::ecdsa::SigningKey, String) {
+        let secret = [7u8; 32];
+        let signing = p256::ecdsa::SigningKey::from_slice(&secret).unwrap();
+        let verifying = *signing.verifying_key();
+        let mut jwk = serde_json::to_value(JsonWebKey::from(&verifying)).unwrap();
+        jwk["kid"] = "k1".into();
+        jwk["alg"] = "ES256".into();
+        (signing, format!(r#"{{"keys":[{jwk}]}}"#))
+    }
+
+    pub fn claims(aud: &str, iat: i64, exp: i64) -> Claims<TeClaims> {
+        let mut c = Claims::new(TeClaims {
+            iss: "http://issuer".into(),
+            sub: "demo@example.com".into(),
+            aud: Audience::One(aud.into()),
+            jti: "j".into(),
+            client_id: "c".into(),
+            scope: String::new(),
+            sid: "s".into(),
+            email: "demo@example.com".into(),
+            name: "Demo".into(),
+            groups: vec!["demo".into()],
+        });
+        c.issued_at = Utc.timestamp_opt(iat, 0).single();
+        c.expiration = Utc.timestamp_opt(exp, 0).single();
+        c
+    }
+
+    pub fn sign(key: &p256::ecdsa::SigningKey, claims: &Claims<TeClaims>) -> String {
+        Es256
+            .token(&Header::empty().with_key_id("k1"), claims, key)
+            .unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkeys::*;
+    use super::*;
+    use base64::Engine;
+
+    fn rules() -> TokenRules {
+        TokenRules {
+            issuer: "http://issuer".into(),
+            leeway_seconds: 30,
+        }
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    #[test]
+    fn accepts_valid_token() {
+        let (key, jwks) = es256_pair();
+        let keys = KeySet::from_jwks(jwks.as_bytes()).unwrap();
+        let tok = sign(&key, &claims("http://h/mcp", 1000, 1300));
+        let id = verify(&tok, &keys, &rules(), 1100).unwrap();
+        assert_eq!(id.claims.email, "demo@example.com");
+        assert!(id.allows_resource("http://h/mcp"));
+        assert!(!id.allows_resource("http://h/other"));
+        assert_eq!(id.expires_at, 1300);
+    }
+
+    #[test]
+    fn time_and_issuer_checks() {
+        let (key, jwks) = es256_pair();
+        let keys = KeySet::from_jwks(jwks.as_bytes()).unwrap();
+        let tok = sign(&key, &claims("a", 1000, 1300));
+        assert_eq!(
+            verify(&tok, &keys, &rules(), 1320).map(|_| ()),
+            Ok(()),
+            "within leeway"
+        );
+        assert_eq!(
+            verify(&tok, &keys, &rules(), 1400),
+            Err(TokenError::Expired)
+        );
+        let mut early = claims("a", 1000, 1300);
+        early.not_before = Utc.timestamp_opt(1200, 0).single();
+        let tok = sign(&key, &early);
+        assert_eq!(
+            verify(&tok, &keys, &rules(), 1100),
+            Err(TokenError::NotYetValid)
+        );
+        let mut other = claims("a", 1000, 1300);
+        other.custom.iss = "http://evil".into();
+        let tok = sign(&key, &other);
+        assert_eq!(
+            verify(&tok, &keys, &rules(), 1100),
+            Err(TokenError::WrongIssuer)
+        );
+    }
+
+    #[test]
+    fn rejects_forgeries() {
+        let (key, jwks) = es256_pair();
+        let keys = KeySet::from_jwks(jwks.as_bytes()).unwrap();
+        let tok = sign(&key, &claims("a", 1000, 1300));
+        let (head_payload, sig) = tok.rsplit_once('.').unwrap();
+        // Tampered signature.
+        let mut sig_bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sig)
+            .unwrap();
+        sig_bytes[5] ^= 1;
+        let tampered = format!("{head_payload}.{}", b64(&sig_bytes));
+        assert_eq!(
+            verify(&tampered, &keys, &rules(), 1100),
+            Err(TokenError::BadSignature)
+        );
+        // Tampered payload under the original signature.
+        let payload = head_payload.split('.').nth(1).unwrap();
+        let mut json: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        json["email"] = "admin@example.com".into();
+        let forged = format!(
+            "{}.{}.{sig}",
+            head_payload.split('.').next().unwrap(),
+            b64(json.to_string().as_bytes())
+        );
+        assert_eq!(
+            verify(&forged, &keys, &rules(), 1100),
+            Err(TokenError::BadSignature)
+        );
+        // alg none.
+        let none = format!("{}.{payload}.", b64(br#"{"alg":"none","kid":"k1"}"#));
+        assert_eq!(
+            verify(&none, &keys, &rules(), 1100),
+            Err(TokenError::AlgorithmMismatch)
+        );
+        // HS256 keyed with the public key.
+        let hs = format!(
+            "{}.{payload}.{}",
+            b64(br#"{"alg":"HS256","kid":"k1"}"#),
+            b64(&[0u8; 32])
+        );
+        assert_eq!(
+            verify(&hs, &keys, &rules(), 1100),
+            Err(TokenError::AlgorithmMismatch)
+        );
+        // Unknown kid and missing kid.
+        let unknown = format!("{}.{payload}.{sig}", b64(br#"{"alg":"ES256","kid":"k9"}"#));
+        assert_eq!(
+            verify(&unknown, &keys, &rules(), 1100),
+            Err(TokenError::UnknownKey("k9".into()))
+        );
+        let no_kid = format!("{}.{payload}.{sig}", b64(br#"{"alg":"ES256"}"#));
+        assert_eq!(
+            verify(&no_kid, &keys, &rules(), 1100),
+            Err(TokenError::MissingKeyId)
+        );
+        assert_eq!(
+            verify("garbage", &keys, &rules(), 1100),
+            Err(TokenError::Malformed)
+        );
+    }
+}

@@ -1,0 +1,416 @@
+//! mcp-warden's proxy-wasm filter: a thin adapter that reads what `warden_core` needs from the
+//! host, asks it for a decision, and carries the decision out. Each Envoy worker runs its own VM,
+//! so `Worker` state (key set, verified-token cache) is per worker; the JWKS is shared between
+//! workers through shared data so one fetch serves all.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+use warden_core::access::{self, Grant, RequestHead, Step};
+use warden_core::cache::TokenCache;
+use warden_core::config::{CompiledConfig, JwksFetch};
+use warden_core::keys::KeySet;
+use warden_core::reply::{LocalReply, CORS_EXPOSE_HEADERS};
+
+mod metrics;
+use metrics::{Counter, Metrics};
+
+/// Shared-data key of the last good JWKS (process-wide, so every worker sees one fetch).
+const JWKS_SHARED_KEY: &str = "mcp-warden.jwks.v1";
+/// A request naming an unknown `kid` may trigger a refetch at most this often per worker,
+/// so junk tokens cannot turn the filter into a load generator against the token service.
+const MIN_REFETCH_SECONDS: i64 = 5;
+/// JWKS responses larger than this are refused rather than parsed.
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(WardenRoot::default()) });
+}}
+
+/// Per-worker state shared by the root context and its HTTP contexts (one thread, so `RefCell`).
+struct Worker {
+    config: Rc<CompiledConfig>,
+    keys: Option<Rc<KeySet>>,
+    /// Shared-data version our `keys` came from, to notice another worker's fetch.
+    keys_cas: Option<u32>,
+    cache: TokenCache,
+    last_fetch_started: Option<i64>,
+    last_refresh: Option<i64>,
+    metrics: Metrics,
+}
+
+impl Worker {
+    /// Adopts a newer JWKS another worker stored in shared data, if there is one.
+    fn sync_keys(&mut self, ctx: &dyn Context) {
+        if self.config.static_keys.is_some() {
+            return;
+        }
+        let (Some(bytes), cas) = ctx.get_shared_data(JWKS_SHARED_KEY) else {
+            return;
+        };
+        if cas.is_some() && cas == self.keys_cas {
+            return;
+        }
+        if let Ok(keys) = KeySet::from_jwks(&bytes) {
+            self.install_keys(keys, cas);
+        }
+    }
+
+    fn install_keys(&mut self, keys: KeySet, cas: Option<u32>) {
+        self.keys = Some(Rc::new(keys));
+        self.keys_cas = cas;
+        // A key may have been withdrawn: tokens it signed must be checked again.
+        self.cache.clear();
+    }
+
+    /// Handles a JWKS fetch response; returns whether a usable key set was installed.
+    fn accept_jwks(&mut self, ctx: &dyn Context, body_size: usize) -> bool {
+        let status = ctx.get_http_call_response_header_bytes(":status");
+        if status.as_deref() != Some(b"200".as_slice()) {
+            self.metrics.inc(Counter::JwksFetchFailed);
+            log::warn!(
+                "mcp-warden: JWKS fetch failed (status {}); keeping the previous key set",
+                status
+                    .map(|s| String::from_utf8_lossy(&s).into_owned())
+                    .unwrap_or_else(|| "none: transport failure".into())
+            );
+            return false;
+        }
+        if body_size > MAX_JWKS_BYTES {
+            self.metrics.inc(Counter::JwksFetchFailed);
+            log::warn!(
+                "mcp-warden: JWKS response of {body_size} bytes exceeds {MAX_JWKS_BYTES}; ignored"
+            );
+            return false;
+        }
+        let body = ctx
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        match KeySet::from_jwks(&body) {
+            Ok(keys) => {
+                // Publish for the other workers; a failed write only costs them their own fetch.
+                let _ = ctx.set_shared_data(JWKS_SHARED_KEY, Some(&body), None);
+                let (_, cas) = ctx.get_shared_data(JWKS_SHARED_KEY);
+                self.install_keys(keys, cas);
+                self.metrics.inc(Counter::JwksFetchOk);
+                true
+            }
+            Err(e) => {
+                self.metrics.inc(Counter::JwksFetchFailed);
+                log::warn!("mcp-warden: JWKS rejected: {e}");
+                false
+            }
+        }
+    }
+}
+
+fn now_seconds(ctx: &dyn Context) -> i64 {
+    ctx.get_current_time()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+fn dispatch_jwks(ctx: &dyn Context, fetch: &JwksFetch) -> Option<u32> {
+    let headers = vec![
+        (":method", "GET"),
+        (":path", fetch.path.as_str()),
+        (":authority", fetch.authority.as_str()),
+        ("accept", "application/json"),
+    ];
+    match ctx.dispatch_http_call(
+        &fetch.cluster,
+        headers,
+        None,
+        vec![],
+        Duration::from_millis(u64::from(fetch.timeout_ms)),
+    ) {
+        Ok(token) => Some(token),
+        Err(status) => {
+            log::warn!(
+                "mcp-warden: cannot dispatch JWKS fetch to cluster {}: {status:?}",
+                fetch.cluster
+            );
+            None
+        }
+    }
+}
+
+#[derive(Default)]
+struct WardenRoot {
+    worker: Option<Rc<RefCell<Worker>>>,
+}
+
+impl Context for WardenRoot {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if let Some(worker) = &self.worker {
+            worker.borrow_mut().accept_jwks(self, body_size);
+        }
+    }
+}
+
+impl RootContext for WardenRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let config = match CompiledConfig::from_json(&bytes) {
+            Ok(config) => config,
+            Err(e) => {
+                // Returning false makes Envoy refuse the configuration; the message names the field.
+                log::error!("mcp-warden: {e}");
+                return false;
+            }
+        };
+        let keys = config.static_keys.clone().map(Rc::new);
+        let cache = TokenCache::new(config.token_cache_entries, config.rules.leeway_seconds);
+        self.worker = Some(Rc::new(RefCell::new(Worker {
+            config: Rc::new(config),
+            keys,
+            keys_cas: None,
+            cache,
+            last_fetch_started: None,
+            last_refresh: None,
+            metrics: Metrics::define(),
+        })));
+        // Fetch the JWKS promptly at start, then on the configured period.
+        self.set_tick_period(Duration::from_secs(1));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let mut w = worker.borrow_mut();
+        let Some(fetch) = w.config.jwks.clone() else {
+            return;
+        };
+        w.sync_keys(self);
+        let now = now_seconds(self);
+        let due = match (w.keys.is_some(), w.last_refresh) {
+            (false, _) | (_, None) => true,
+            (true, Some(at)) => now - at >= i64::from(fetch.refresh_seconds),
+        };
+        // Without keys, retry every tick; with keys, refresh on the period.
+        if due && dispatch_jwks(self, &fetch).is_some() {
+            w.last_refresh = Some(now);
+        }
+    }
+
+    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+        let worker = self.worker.clone()?;
+        Some(Box::new(WardenRequest {
+            worker,
+            grant: None,
+            awaiting_keys: false,
+            head: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// The request head copied out of the host, kept while a JWKS fetch is in flight.
+#[derive(Default)]
+struct OwnedHead {
+    method: Vec<u8>,
+    authority: Vec<u8>,
+    scheme: Vec<u8>,
+    path: Vec<u8>,
+    origin: Option<Vec<u8>>,
+    authorization: Vec<Vec<u8>>,
+    is_preflight: bool,
+}
+
+impl OwnedHead {
+    fn read(ctx: &dyn HttpContext) -> Self {
+        let mut head = OwnedHead::default();
+        // One host call for all headers: cheaper than one per header, and the only way to
+        // see a repeated Authorization header.
+        for (name, value) in ctx.get_http_request_headers_bytes() {
+            match name.as_str() {
+                ":method" => head.method = value,
+                ":authority" => head.authority = value,
+                ":scheme" => head.scheme = value,
+                ":path" => head.path = value,
+                "origin" => head.origin = Some(value),
+                "authorization" => head.authorization.push(value),
+                "access-control-request-method" => head.is_preflight = true,
+                _ => {}
+            }
+        }
+        head
+    }
+
+    fn view(&self) -> RequestHead<'_> {
+        RequestHead {
+            method: &self.method,
+            authority: &self.authority,
+            scheme: &self.scheme,
+            path: &self.path,
+            origin: self.origin.as_deref(),
+            authorization: self.authorization.iter().map(Vec::as_slice).collect(),
+            is_preflight: self.is_preflight,
+        }
+    }
+}
+
+struct WardenRequest {
+    worker: Rc<RefCell<Worker>>,
+    grant: Option<Grant>,
+    awaiting_keys: bool,
+    head: Option<OwnedHead>,
+}
+
+impl WardenRequest {
+    /// Asks the core for a decision; the worker borrow ends before anything is carried out.
+    fn decide(&self, head: &OwnedHead, now: i64, may_fetch_keys: bool) -> Step {
+        let mut w = self.worker.borrow_mut();
+        if w.keys.is_none() {
+            w.sync_keys(self);
+        }
+        let keys = w.keys.clone();
+        let config = Rc::clone(&w.config);
+        access::decide(
+            &head.view(),
+            access::Context {
+                config: &config,
+                keys: keys.as_deref(),
+                cache: &mut w.cache,
+                now,
+                may_fetch_keys,
+            },
+        )
+    }
+
+    /// Runs the decision and carries it out; returns the action for the current callback.
+    fn decide_and_act(&mut self, may_fetch_keys: bool) -> Action {
+        let Some(head) = self.head.take() else {
+            return Action::Continue;
+        };
+        let now = now_seconds(self);
+        match self.decide(&head, now, may_fetch_keys) {
+            Step::PassThrough => Action::Continue,
+            Step::Reply(reply) => {
+                let counter = if reply.status < 300 {
+                    Counter::LocalReplies
+                } else {
+                    Counter::Denied
+                };
+                self.worker.borrow().metrics.inc(counter);
+                if reply.status >= 400 {
+                    log::info!(
+                        "mcp-warden: rejected {} {}: {}",
+                        reply.status,
+                        String::from_utf8_lossy(
+                            head.path.split(|b| *b == b'?').next().unwrap_or_default()
+                        ),
+                        reply.reason
+                    );
+                }
+                self.send(reply);
+                Action::Pause
+            }
+            Step::FetchKeys => {
+                self.head = Some(head);
+                if self.start_key_fetch(now) {
+                    self.awaiting_keys = true;
+                    Action::Pause
+                } else {
+                    // No refetch allowed now: decide with the keys we have (401 or 503).
+                    self.decide_and_act(false)
+                }
+            }
+            Step::Forward(grant) => {
+                // The client's token is ours alone: it never reaches the upstream.
+                self.remove_http_request_header("authorization");
+                self.worker.borrow().metrics.inc(Counter::Allowed);
+                self.grant = Some(grant);
+                Action::Continue
+            }
+        }
+    }
+
+    /// Dispatches a JWKS fetch for this request unless this worker fetched very recently.
+    fn start_key_fetch(&self, now: i64) -> bool {
+        let mut w = self.worker.borrow_mut();
+        let recently = w
+            .last_fetch_started
+            .is_some_and(|at| now - at < MIN_REFETCH_SECONDS);
+        let Some(fetch) = w.config.jwks.clone() else {
+            return false;
+        };
+        if recently || dispatch_jwks(self, &fetch).is_none() {
+            return false;
+        }
+        w.last_fetch_started = Some(now);
+        true
+    }
+
+    fn send(&self, reply: LocalReply) {
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect();
+        self.send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
+    }
+}
+
+impl Context for WardenRequest {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if !self.awaiting_keys {
+            return;
+        }
+        self.awaiting_keys = false;
+        self.worker.borrow_mut().accept_jwks(self, body_size);
+        if let Action::Continue = self.decide_and_act(false) {
+            self.resume_http_request();
+        }
+    }
+}
+
+impl HttpContext for WardenRequest {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.head = Some(OwnedHead::read(self));
+        self.decide_and_act(true)
+    }
+
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        // While keys are being fetched the request is undecided: hold (buffer) its body.
+        if self.awaiting_keys {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(origin) = self.grant.as_ref().and_then(|g| g.cors_origin.as_deref()) {
+            self.set_http_response_header("access-control-allow-origin", Some(origin));
+            self.set_http_response_header(
+                "access-control-expose-headers",
+                Some(CORS_EXPOSE_HEADERS),
+            );
+            self.add_http_response_header("vary", "Origin");
+        }
+        Action::Continue
+    }
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Starts the demo stack on 127.0.0.1 and stops all of it on Ctrl-C. Used by `make run`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TS=target/debug/warden-token-service
+DEMO=target/debug/demo-mcp-server
+ENVOY=.venv/bin/envoy
+WASM=target/wasm32-wasip1/release/warden_filter.wasm
+mkdir -p var
+
+config_args=()
+if [[ -n "${WARDEN_CONFIG:-}" ]]; then
+  config_args=(--config "$WARDEN_CONFIG")
+  "$TS" check-config "${config_args[@]}"
+fi
+
+"$TS" render-envoy "${config_args[@]}" --wasm "$WASM" > var/envoy.yaml
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  echo; echo "stopping..."
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap stop INT TERM EXIT
+
+"$DEMO" --listen 127.0.0.1:9200 > var/demo-mcp-server.log 2>&1 & pids+=($!)
+"$TS" serve "${config_args[@]}" > var/token-service.log 2>&1 & pids+=($!)
+"$ENVOY" -c var/envoy.yaml --concurrency 2 -l warn --base-id 9000 > var/envoy.log 2>&1 & pids+=($!)
+
+wait_for() { # url name logfile
+  for _ in $(seq 1 150); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$2 did not become ready; its log ($3):"; tail -n 30 "$3"; exit 1
+}
+wait_for http://127.0.0.1:9200/healthz "demo MCP server" var/demo-mcp-server.log
+wait_for "$("$TS" describe "${config_args[@]}" --what issuer)/healthz" "token service" var/token-service.log
+wait_for "http://$("$TS" describe "${config_args[@]}" --what envoy-admin)/ready" "Envoy" var/envoy.log
+
+echo
+echo "mcp-warden is running (logs in var/). Give your MCP client this URL:"
+"$TS" describe "${config_args[@]}" --what mcp-urls | sed 's/^/    /'
+if [[ -z "${WARDEN_CONFIG:-}" ]]; then
+  echo "Sign in as the demo user:  email demo@example.com   password warden-demo"
+fi
+echo "Press Ctrl-C to stop."
+wait -n "${pids[@]}" || true
+echo "a process exited; see var/*.log"
