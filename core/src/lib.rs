@@ -5,6 +5,7 @@ pub mod access;
 pub mod cache;
 pub mod config;
 pub mod keys;
+pub mod policy;
 pub mod reply;
 pub mod token;
 pub mod url;
