@@ -4,6 +4,7 @@
 pub mod access;
 pub mod cache;
 pub mod config;
+pub mod jsonrpc;
 pub mod keys;
 pub mod policy;
 pub mod reply;
