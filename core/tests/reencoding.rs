@@ -1,6 +1,8 @@
 //! Property: a call the policy denies stays denied however the same call is encoded
 //! (key order, whitespace, `\u` escapes of any character, in keys and values alike).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use proptest::prelude::*;
 use serde_json::json;
 use warden_core::jsonrpc::inspect;
