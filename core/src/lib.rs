@@ -9,4 +9,5 @@ pub mod keys;
 pub mod policy;
 pub mod reply;
 pub mod token;
+pub mod toolslist;
 pub mod url;
