@@ -1,0 +1,536 @@
+//! Operator configuration (`warden.yaml`): the parts the token service reads.
+//!
+//! Parsing goes through `serde_path_to_error` and validation names the field path, so an
+//! operator sees `authorization_server.issuer: ...` rather than a bare serde message.
+//! Sections owned by other components (`envoy`, the MCP and policy parts of `routes`) are
+//! accepted and ignored here.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use url::Url;
+
+/// The configuration used when neither `--config` nor `WARDEN_CONFIG` is given.
+pub const DEFAULT_CONFIG_YAML: &str = include_str!("../default-config.yaml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub authorization_server: AuthorizationServerConfig,
+    /// Where `render-envoy` puts Envoy's listener and admin interface.
+    #[serde(default)]
+    pub envoy: EnvoyConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub identity_provider: IdentityProviderConfig,
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationServerConfig {
+    /// Used byte for byte in metadata, the `iss` parameter and the token `iss` claim.
+    pub issuer: String,
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_access_ttl")]
+    pub access_token_ttl_seconds: u64,
+    #[serde(default = "default_refresh_ttl")]
+    pub refresh_token_ttl_seconds: u64,
+    #[serde(default)]
+    pub signing_key: Option<SigningKeyConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeyConfig {
+    /// Defaults to `<dir of the sqlite db>/signing-key.json`.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub alg: SigningAlg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+pub enum SigningAlg {
+    #[default]
+    ES256,
+    EdDSA,
+}
+
+impl SigningAlg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlg::ES256 => "ES256",
+            SigningAlg::EdDSA => "EdDSA",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default = "default_sqlite")]
+    pub sqlite: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            sqlite: default_sqlite(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityProviderConfig {
+    #[serde(default)]
+    pub local: LocalIdpConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalIdpConfig {
+    #[serde(default)]
+    pub users: Vec<LocalUser>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalUser {
+    pub email: String,
+    #[serde(default)]
+    pub name: String,
+    /// Argon2 PHC string (`warden-token-service hash-password`).
+    pub password_hash: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenEndpointAuthMethod {
+    None,
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+impl TokenEndpointAuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenEndpointAuthMethod::None => "none",
+            TokenEndpointAuthMethod::ClientSecretBasic => "client_secret_basic",
+            TokenEndpointAuthMethod::ClientSecretPost => "client_secret_post",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(Self::None),
+            "client_secret_basic" => Some(Self::ClientSecretBasic),
+            "client_secret_post" => Some(Self::ClientSecretPost),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub client_id: String,
+    #[serde(default)]
+    pub client_name: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// Defaults to `client_secret_basic` with a secret, `none` without one.
+    #[serde(default)]
+    pub token_endpoint_auth_method: Option<TokenEndpointAuthMethod>,
+    pub redirect_uris: Vec<String>,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The secret stays out of any debug output.
+        f.debug_struct("ClientConfig")
+            .field("client_id", &self.client_id)
+            .field("client_name", &self.client_name)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "token_endpoint_auth_method",
+                &self.token_endpoint_auth_method,
+            )
+            .field("redirect_uris", &self.redirect_uris)
+            .finish()
+    }
+}
+
+impl ClientConfig {
+    pub fn auth_method(&self) -> TokenEndpointAuthMethod {
+        match (self.token_endpoint_auth_method, &self.client_secret) {
+            (Some(m), _) => m,
+            (None, Some(_)) => TokenEndpointAuthMethod::ClientSecretBasic,
+            (None, None) => TokenEndpointAuthMethod::None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvoyConfig {
+    #[serde(default = "default_envoy_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_envoy_admin")]
+    pub admin: SocketAddr,
+}
+
+impl Default for EnvoyConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_envoy_listen(),
+            admin: default_envoy_admin(),
+        }
+    }
+}
+
+fn default_envoy_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9000))
+}
+fn default_envoy_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+/// A route in the shape of Pomerium's: `from` (+ `prefix`) is what clients use, `to` the upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    pub from: String,
+    #[serde(default)]
+    pub prefix: String,
+    /// Upstream MCP server URL.
+    pub to: String,
+    /// `server: {}` marks an MCP server route.
+    pub mcp: McpRouteConfig,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpRouteConfig {
+    pub server: McpServerConfig,
+}
+
+/// MCP server route options (upstream OAuth, body limits, ... arrive with later features).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerConfig {}
+
+impl RouteConfig {
+    /// RFC 8707 resource identifier: `from` + `prefix`, byte for byte.
+    pub fn resource(&self) -> String {
+        format!("{}{}", self.from, self.prefix)
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9100))
+}
+fn default_access_ttl() -> u64 {
+    300
+}
+fn default_refresh_ttl() -> u64 {
+    30 * 24 * 3600
+}
+fn default_sqlite() -> PathBuf {
+    PathBuf::from("var/warden.db")
+}
+
+/// A configuration error that names the offending field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() || self.path == "." {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Parses and validates YAML.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::new(path, e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
+        Self::from_yaml(&text)
+    }
+
+    pub fn embedded_default() -> Result<Self, ConfigError> {
+        Self::from_yaml(DEFAULT_CONFIG_YAML)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let a = &self.authorization_server;
+        validate_issuer(&a.issuer)
+            .map_err(|m| ConfigError::new("authorization_server.issuer", m))?;
+        if a.access_token_ttl_seconds == 0 {
+            return Err(ConfigError::new(
+                "authorization_server.access_token_ttl_seconds",
+                "must be greater than 0",
+            ));
+        }
+        if a.refresh_token_ttl_seconds == 0 {
+            return Err(ConfigError::new(
+                "authorization_server.refresh_token_ttl_seconds",
+                "must be greater than 0",
+            ));
+        }
+        if self.storage.sqlite.as_os_str().is_empty() {
+            return Err(ConfigError::new("storage.sqlite", "must not be empty"));
+        }
+
+        let mut emails = BTreeSet::new();
+        for (i, u) in self.identity_provider.local.users.iter().enumerate() {
+            let at = format!("identity_provider.local.users[{i}]");
+            if u.email.trim().is_empty() || !u.email.contains('@') {
+                return Err(ConfigError::new(
+                    format!("{at}.email"),
+                    "must be an email address",
+                ));
+            }
+            if !emails.insert(u.email.to_ascii_lowercase()) {
+                return Err(ConfigError::new(format!("{at}.email"), "duplicate user"));
+            }
+            argon2::PasswordHash::new(&u.password_hash).map_err(|e| {
+                ConfigError::new(
+                    format!("{at}.password_hash"),
+                    format!(
+                        "not a PHC password hash ({e}); use `warden-token-service hash-password`"
+                    ),
+                )
+            })?;
+        }
+
+        let mut ids = BTreeSet::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let at = format!("clients[{i}]");
+            if c.client_id.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{at}.client_id"),
+                    "must not be empty",
+                ));
+            }
+            if !ids.insert(c.client_id.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{at}.client_id"),
+                    "duplicate client_id",
+                ));
+            }
+            match (c.auth_method(), &c.client_secret) {
+                (TokenEndpointAuthMethod::None, Some(_)) => {
+                    return Err(ConfigError::new(
+                        format!("{at}.client_secret"),
+                        "a client with token_endpoint_auth_method none must not have a secret",
+                    ))
+                }
+                (TokenEndpointAuthMethod::None, None) => {}
+                (_, None) => {
+                    return Err(ConfigError::new(
+                        format!("{at}.client_secret"),
+                        "required for client_secret_basic / client_secret_post",
+                    ))
+                }
+                (_, Some(s)) if s.is_empty() => {
+                    return Err(ConfigError::new(
+                        format!("{at}.client_secret"),
+                        "must not be empty",
+                    ))
+                }
+                _ => {}
+            }
+            if c.redirect_uris.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{at}.redirect_uris"),
+                    "at least one is required",
+                ));
+            }
+            for (j, r) in c.redirect_uris.iter().enumerate() {
+                crate::flows::redirect::validate_redirect_uri(r)
+                    .map_err(|m| ConfigError::new(format!("{at}.redirect_uris[{j}]"), m))?;
+            }
+        }
+
+        let mut names = BTreeSet::new();
+        let mut resources = BTreeSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            if r.name.is_empty() {
+                return Err(ConfigError::new(format!("{at}.name"), "must not be empty"));
+            }
+            if !names.insert(r.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{at}.name"),
+                    "duplicate route name",
+                ));
+            }
+            let from = Url::parse(&r.from)
+                .map_err(|e| ConfigError::new(format!("{at}.from"), format!("not a URL: {e}")))?;
+            if !matches!(from.scheme(), "http" | "https") || from.host_str().is_none() {
+                return Err(ConfigError::new(
+                    format!("{at}.from"),
+                    "must be an http(s) URL with a host",
+                ));
+            }
+            if from.path() != "/" || r.from.ends_with('/') || from.query().is_some() {
+                return Err(ConfigError::new(
+                    format!("{at}.from"),
+                    "must be scheme + authority only (put the path in `prefix`)",
+                ));
+            }
+            if !r.prefix.is_empty() && !r.prefix.starts_with('/') {
+                return Err(ConfigError::new(
+                    format!("{at}.prefix"),
+                    "must start with '/'",
+                ));
+            }
+            // The filter matches on the parsed resource: refuse here what it would refuse.
+            warden_core::url::ResourceUrl::parse(&r.resource())
+                .map_err(|m| ConfigError::new(format!("{at}.prefix"), m))?;
+            if !resources.insert(r.resource()) {
+                return Err(ConfigError::new(
+                    format!("{at}.prefix"),
+                    "another route already has this resource (from + prefix)",
+                ));
+            }
+            let to = warden_core::url::ResourceUrl::parse(&r.to)
+                .map_err(|m| ConfigError::new(format!("{at}.to"), m))?;
+            if to.scheme != "http" {
+                return Err(ConfigError::new(
+                    format!("{at}.to"),
+                    "only http upstreams are supported so far (TLS to upstreams is not built yet)",
+                ));
+            }
+            for (j, s) in r.scopes.iter().enumerate() {
+                if s.is_empty() || !s.bytes().all(is_scope_char) {
+                    return Err(ConfigError::new(
+                        format!("{at}.scopes[{j}]"),
+                        "not a valid scope token",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the signing key lives: configured, or next to the SQLite database.
+    pub fn signing_key_file(&self) -> PathBuf {
+        match self
+            .authorization_server
+            .signing_key
+            .as_ref()
+            .and_then(|k| k.file.clone())
+        {
+            Some(f) => f,
+            None => self
+                .storage
+                .sqlite
+                .parent()
+                .map(|d| d.join("signing-key.json"))
+                .unwrap_or_else(|| PathBuf::from("signing-key.json")),
+        }
+    }
+
+    pub fn signing_alg(&self) -> SigningAlg {
+        self.authorization_server
+            .signing_key
+            .as_ref()
+            .map(|k| k.alg)
+            .unwrap_or_default()
+    }
+
+    /// Union of all route scopes, sorted, for `scopes_supported`.
+    pub fn scopes_supported(&self) -> Vec<String> {
+        let set: BTreeSet<&str> = self
+            .routes
+            .iter()
+            .flat_map(|r| r.scopes.iter().map(String::as_str))
+            .collect();
+        set.into_iter().map(str::to_owned).collect()
+    }
+
+    pub fn route_by_resource(&self, resource: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.resource() == resource)
+    }
+
+    pub fn user(&self, email: &str) -> Option<&LocalUser> {
+        self.identity_provider
+            .local
+            .users
+            .iter()
+            .find(|u| u.email.eq_ignore_ascii_case(email))
+    }
+
+    pub fn client(&self, client_id: &str) -> Option<&ClientConfig> {
+        self.clients.iter().find(|c| c.client_id == client_id)
+    }
+}
+
+/// RFC 6749 §3.3 scope-token characters.
+pub fn is_scope_char(b: u8) -> bool {
+    b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b)
+}
+
+fn validate_issuer(issuer: &str) -> Result<(), String> {
+    let url = Url::parse(issuer).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if crate::flows::redirect::is_loopback_host(&url) => {}
+        "http" => return Err("must be https (http is allowed only on loopback)".into()),
+        _ => return Err("must be an https URL".into()),
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment (RFC 8414)".into());
+    }
+    if issuer.ends_with('/') {
+        return Err("must not end with '/' (clients compare it byte for byte)".into());
+    }
+    Ok(())
+}

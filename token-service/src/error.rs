@@ -1,0 +1,139 @@
+//! One error type for every handler. Clients get a safe message (OAuth JSON or a plain HTML
+//! page); internal details go to the log only.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug)]
+pub enum Error {
+    /// An OAuth error answered as JSON `{error, error_description}` (RFC 6749 §5.2, RFC 7591 §3.2.2).
+    OAuth {
+        status: StatusCode,
+        error: &'static str,
+        description: String,
+    },
+    /// `invalid_client` (401). `basic` adds `WWW-Authenticate: Basic` (RFC 6749 §5.2).
+    InvalidClient {
+        description: String,
+        basic: bool,
+    },
+    /// An error page for the browser; used when redirecting back would be unsafe.
+    Page {
+        status: StatusCode,
+        message: String,
+    },
+    Internal(anyhow::Error),
+}
+
+impl Error {
+    pub fn oauth(error: &'static str, description: impl Into<String>) -> Self {
+        Error::OAuth {
+            status: StatusCode::BAD_REQUEST,
+            error,
+            description: description.into(),
+        }
+    }
+
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self::oauth("invalid_request", description)
+    }
+
+    pub fn invalid_grant(description: impl Into<String>) -> Self {
+        Self::oauth("invalid_grant", description)
+    }
+
+    pub fn invalid_target(description: impl Into<String>) -> Self {
+        Self::oauth("invalid_target", description)
+    }
+
+    pub fn invalid_client(description: impl Into<String>, basic: bool) -> Self {
+        Error::InvalidClient {
+            description: description.into(),
+            basic,
+        }
+    }
+
+    pub fn page(status: StatusCode, message: impl Into<String>) -> Self {
+        Error::Page {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// The OAuth error code, if this is an OAuth error (for tests and logs).
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            Error::OAuth { error, .. } => Some(error),
+            Error::InvalidClient { .. } => Some("invalid_client"),
+            _ => None,
+        }
+    }
+}
+
+impl From<anyhow::Error> for Error {
+    fn from(e: anyhow::Error) -> Self {
+        Error::Internal(e)
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::OAuth {
+                error, description, ..
+            } => write!(f, "{error}: {description}"),
+            Error::InvalidClient { description, .. } => write!(f, "invalid_client: {description}"),
+            Error::Page { message, .. } => write!(f, "{message}"),
+            Error::Internal(e) => write!(f, "internal error: {e:#}"),
+        }
+    }
+}
+
+fn oauth_json(status: StatusCode, error: &str, description: &str) -> Response {
+    let body = serde_json::json!({ "error": error, "error_description": description });
+    let mut resp = (status, axum::Json(body)).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        match self {
+            Error::OAuth {
+                status,
+                error,
+                description,
+            } => {
+                tracing::info!(error, description = %description, "oauth error");
+                oauth_json(status, error, &description)
+            }
+            Error::InvalidClient { description, basic } => {
+                tracing::info!(description = %description, "client authentication failed");
+                let mut resp = oauth_json(StatusCode::UNAUTHORIZED, "invalid_client", &description);
+                if basic {
+                    resp.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"token\", charset=\"UTF-8\""),
+                    );
+                }
+                resp
+            }
+            Error::Page { status, message } => {
+                tracing::info!(status = status.as_u16(), message = %message, "error page");
+                crate::html::error_page(status, &message)
+            }
+            Error::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "internal error");
+                oauth_json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "the server could not complete the request",
+                )
+            }
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,136 @@
+//! OAuth logic without HTTP: request validation, PKCE, code and token issuance.
+//! Handlers in `routes.rs` parse the request, call into here, and render the outcome.
+
+pub mod authorize;
+pub mod pkce;
+pub mod redirect;
+pub mod register;
+pub mod token;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+
+pub fn fill_random(buf: &mut [u8]) {
+    OsRng.fill_bytes(buf);
+}
+
+/// 256 bits of randomness, base64url: codes, refresh tokens, session cookies, CSRF tokens.
+pub fn random_token() -> String {
+    let mut b = [0u8; 32];
+    fill_random(&mut b);
+    B64.encode(b)
+}
+
+/// A shorter random id for records that are not secrets by themselves (grants, sessions' sid).
+pub fn random_id() -> String {
+    let mut b = [0u8; 16];
+    fill_random(&mut b);
+    B64.encode(b)
+}
+
+/// Secrets are stored only as this digest; they carry enough entropy that a fast hash is fine.
+pub fn hash_secret(secret: &str) -> String {
+    B64.encode(Sha256::digest(secret.as_bytes()))
+}
+
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Splits a space-separated scope string into its tokens (empty tokens dropped).
+pub fn split_scope(scope: &str) -> Vec<String> {
+    scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+use crate::config::{Config, TokenEndpointAuthMethod};
+use crate::store::Store;
+
+/// How a client's secret is known: from the operator config (plain) or from DCR (digest).
+#[derive(Debug, Clone)]
+pub enum ClientSecret {
+    None,
+    Configured(String),
+    Hashed(String),
+}
+
+/// A client as the flows see it, whichever way it was registered.
+#[derive(Debug, Clone)]
+pub struct RegisteredClient {
+    pub client_id: String,
+    pub client_name: Option<String>,
+    pub auth_method: TokenEndpointAuthMethod,
+    pub secret: ClientSecret,
+    pub redirect_uris: Vec<String>,
+    pub grant_types: Vec<String>,
+}
+
+impl RegisteredClient {
+    pub fn verify_secret(&self, presented: &str) -> bool {
+        // Compare digests so the comparison time does not depend on the secret's length.
+        let presented = hash_secret(presented);
+        match &self.secret {
+            ClientSecret::None => false,
+            ClientSecret::Configured(s) => {
+                constant_time_eq(hash_secret(s).as_bytes(), presented.as_bytes())
+            }
+            ClientSecret::Hashed(h) => constant_time_eq(h.as_bytes(), presented.as_bytes()),
+        }
+    }
+
+    pub fn allows_grant(&self, grant_type: &str) -> bool {
+        self.grant_types.iter().any(|g| g == grant_type)
+    }
+
+    pub fn display_name(&self) -> &str {
+        self.client_name.as_deref().unwrap_or(&self.client_id)
+    }
+}
+
+/// Pre-registered clients win over DCR ones (DCR ids are random and cannot collide in practice).
+pub fn lookup_client(
+    config: &Config,
+    store: &dyn Store,
+    client_id: &str,
+) -> anyhow::Result<Option<RegisteredClient>> {
+    if let Some(c) = config.client(client_id) {
+        return Ok(Some(RegisteredClient {
+            client_id: c.client_id.clone(),
+            client_name: c.client_name.clone(),
+            auth_method: c.auth_method(),
+            secret: match &c.client_secret {
+                Some(s) => ClientSecret::Configured(s.clone()),
+                None => ClientSecret::None,
+            },
+            redirect_uris: c.redirect_uris.clone(),
+            grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+        }));
+    }
+    Ok(store.client(client_id)?.map(|c| RegisteredClient {
+        client_id: c.client_id,
+        client_name: c.client_name,
+        auth_method: c.token_endpoint_auth_method,
+        secret: match c.secret_hash {
+            Some(h) => ClientSecret::Hashed(h),
+            None => ClientSecret::None,
+        },
+        redirect_uris: c.redirect_uris,
+        grant_types: c.grant_types,
+    }))
+}

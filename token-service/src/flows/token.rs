@@ -1,0 +1,413 @@
+//! `/token`: client authentication, the authorization_code and refresh_token grants, and
+//! access-token (TE) minting. Runs synchronously against the store (on the blocking pool).
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::Serialize;
+
+use super::authorize::Params;
+use super::{
+    hash_secret, lookup_client, pkce, random_id, random_token, split_scope, RegisteredClient,
+};
+use crate::config::{Config, LocalUser, TokenEndpointAuthMethod};
+use crate::error::{Error, Result};
+use crate::keys::SigningKey;
+use crate::store::{CodeLookup, Grant, RefreshToken, Store};
+
+/// The client credentials a token request carried, before they are checked.
+#[derive(Debug, Default, Clone)]
+pub struct ClientCredentials {
+    /// From `Authorization: Basic`, already form-urldecoded (RFC 6749 §2.3.1).
+    pub basic: Option<(String, String)>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+}
+
+/// Parses an `Authorization` header value as HTTP Basic client credentials.
+pub fn parse_basic(value: &str) -> Option<(String, String)> {
+    let (scheme, b64) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = STANDARD.decode(b64.trim()).ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    Some((form_decode(id)?, form_decode(secret)?))
+}
+
+fn form_decode(s: &str) -> Option<String> {
+    // application/x-www-form-urlencoded: '+' is a space, then percent-decoding.
+    let bytes: Vec<u8> = url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned().into_bytes())?;
+    String::from_utf8(bytes).ok()
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// Omitted when empty: clients split "" into one empty scope token.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+}
+
+pub struct TokenContext<'a> {
+    pub config: &'a Config,
+    pub keys: &'a SigningKey,
+    pub store: &'a dyn Store,
+    pub now: i64,
+}
+
+/// Authenticates the client with exactly the method it registered.
+pub fn authenticate_client(
+    ctx: &TokenContext<'_>,
+    creds: &ClientCredentials,
+) -> Result<RegisteredClient> {
+    if creds.basic.is_some() && creds.client_secret.is_some() {
+        return Err(Error::invalid_request(
+            "use one client authentication method, not two",
+        ));
+    }
+    let client_id = match (&creds.basic, &creds.client_id) {
+        (Some((id, _)), Some(body)) if id != body => {
+            return Err(Error::invalid_request(
+                "client_id in the body differs from the Basic credentials",
+            ))
+        }
+        (Some((id, _)), _) => id.clone(),
+        (None, Some(id)) => id.clone(),
+        (None, None) => {
+            return Err(Error::invalid_client(
+                "client authentication is required",
+                false,
+            ))
+        }
+    };
+    let basic = creds.basic.is_some();
+    let Some(client) = lookup_client(ctx.config, ctx.store, &client_id)? else {
+        return Err(Error::invalid_client("unknown client", basic));
+    };
+    match client.auth_method {
+        TokenEndpointAuthMethod::None => {
+            if basic || creds.client_secret.is_some() {
+                return Err(Error::invalid_client(
+                    "client is registered with token_endpoint_auth_method none",
+                    false,
+                ));
+            }
+        }
+        TokenEndpointAuthMethod::ClientSecretBasic => match &creds.basic {
+            Some((_, secret)) if client.verify_secret(secret) => {}
+            Some(_) => return Err(Error::invalid_client("client authentication failed", true)),
+            None => {
+                return Err(Error::invalid_client(
+                    "client is registered with client_secret_basic",
+                    true,
+                ))
+            }
+        },
+        TokenEndpointAuthMethod::ClientSecretPost => match (&creds.client_secret, basic) {
+            (Some(secret), false) if client.verify_secret(secret) => {}
+            (Some(_), false) => {
+                return Err(Error::invalid_client("client authentication failed", false))
+            }
+            _ => {
+                return Err(Error::invalid_client(
+                    "client is registered with client_secret_post",
+                    basic,
+                ))
+            }
+        },
+    }
+    Ok(client)
+}
+
+/// Handles a token request whose body is `params`.
+pub fn token(
+    ctx: &TokenContext<'_>,
+    creds: &ClientCredentials,
+    params: &Params,
+) -> Result<TokenResponse> {
+    if let Some(d) = params.first_duplicate() {
+        return Err(Error::invalid_request(format!("parameter {d} is repeated")));
+    }
+    let client = authenticate_client(ctx, creds)?;
+    match params.get("grant_type") {
+        Some("authorization_code") => authorization_code(ctx, &client, params),
+        Some("refresh_token") => refresh(ctx, &client, params),
+        Some(_) => Err(Error::oauth(
+            "unsupported_grant_type",
+            "supported: authorization_code, refresh_token",
+        )),
+        None => Err(Error::invalid_request("grant_type is required")),
+    }
+}
+
+/// RFC 7009 revocation. Revoking a refresh token revokes its whole grant. Unknown tokens,
+/// other clients' tokens and access tokens (self-contained JWTs, they expire on their own)
+/// get the same 200, so the answer reveals nothing.
+pub fn revoke(ctx: &TokenContext<'_>, creds: &ClientCredentials, params: &Params) -> Result<()> {
+    let client = authenticate_client(ctx, creds)?;
+    let token = params
+        .get("token")
+        .ok_or_else(|| Error::invalid_request("token is required"))?;
+    if let Some(rt) = ctx.store.refresh_token(&hash_secret(token))? {
+        if let Some(grant) = ctx.store.grant(&rt.grant_id)? {
+            if grant.client_id == client.client_id {
+                ctx.store.revoke_grant(&grant.id, ctx.now)?;
+                tracing::info!(client_id = %client.client_id, "grant revoked by client");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn authorization_code(
+    ctx: &TokenContext<'_>,
+    client: &RegisteredClient,
+    params: &Params,
+) -> Result<TokenResponse> {
+    if !client.allows_grant("authorization_code") {
+        return Err(Error::oauth(
+            "unauthorized_client",
+            "client may not use authorization_code",
+        ));
+    }
+    let code = params
+        .get("code")
+        .ok_or_else(|| Error::invalid_request("code is required"))?;
+    let code_hash = hash_secret(code);
+    let ac = match ctx.store.take_code(&code_hash)? {
+        CodeLookup::Missing => return Err(Error::invalid_grant("unknown authorization code")),
+        CodeLookup::Reused { grant_id } => {
+            // RFC 6749 §4.1.2: a code used twice revokes what it issued.
+            if let Some(g) = grant_id {
+                ctx.store.revoke_grant(&g, ctx.now)?;
+            }
+            tracing::warn!(client_id = %client.client_id, "authorization code reused; grant revoked");
+            return Err(Error::invalid_grant("authorization code was already used"));
+        }
+        CodeLookup::Fresh(ac) => ac,
+    };
+    let req = &ac.request;
+    if ac.expires_at <= ctx.now {
+        return Err(Error::invalid_grant("authorization code expired"));
+    }
+    if req.client_id != client.client_id {
+        return Err(Error::invalid_grant(
+            "authorization code was issued to another client",
+        ));
+    }
+    match params.get("redirect_uri") {
+        Some(r) if r != req.redirect_uri => {
+            return Err(Error::invalid_grant("redirect_uri does not match"))
+        }
+        None if req.redirect_uri_explicit => {
+            return Err(Error::invalid_grant("redirect_uri is required"))
+        }
+        _ => {}
+    }
+    let verifier = params
+        .get("code_verifier")
+        .ok_or_else(|| Error::invalid_grant("code_verifier is required (PKCE)"))?;
+    if !pkce::verify_s256(verifier, &req.code_challenge) {
+        return Err(Error::invalid_grant("PKCE verification failed"));
+    }
+    if let Some(r) = params.get("resource") {
+        if r != req.resource {
+            return Err(Error::invalid_target(
+                "resource differs from the authorization request",
+            ));
+        }
+    }
+    let user = ctx
+        .config
+        .user(&ac.email)
+        .ok_or_else(|| Error::invalid_grant("user no longer exists"))?;
+
+    let grant = Grant {
+        id: random_id(),
+        client_id: client.client_id.clone(),
+        email: user.email.clone(),
+        sid: ac.sid.clone(),
+        resource: req.resource.clone(),
+        scope: req.scope.clone(),
+        created_at: ctx.now,
+        revoked: false,
+    };
+    let refresh = client
+        .allows_grant("refresh_token")
+        .then(|| new_refresh_token(ctx, &grant.id));
+    ctx.store
+        .insert_grant(&code_hash, &grant, refresh.as_ref().map(|(_, r)| r))?;
+    tracing::info!(client_id = %client.client_id, sub = %user.email, aud = %grant.resource, "authorization code redeemed");
+    respond(ctx, user, &grant, &grant.scope, refresh.map(|(t, _)| t))
+}
+
+fn refresh(
+    ctx: &TokenContext<'_>,
+    client: &RegisteredClient,
+    params: &Params,
+) -> Result<TokenResponse> {
+    if !client.allows_grant("refresh_token") {
+        return Err(Error::oauth(
+            "unauthorized_client",
+            "client may not use refresh_token",
+        ));
+    }
+    let presented = params
+        .get("refresh_token")
+        .ok_or_else(|| Error::invalid_request("refresh_token is required"))?;
+    let token_hash = hash_secret(presented);
+    let token = ctx
+        .store
+        .refresh_token(&token_hash)?
+        .ok_or_else(|| Error::invalid_grant("unknown refresh token"))?;
+    let grant = ctx
+        .store
+        .grant(&token.grant_id)?
+        .ok_or_else(|| Error::invalid_grant("unknown refresh token"))?;
+    if grant.client_id != client.client_id {
+        // Another client holds this client's refresh token: treat it as leaked.
+        ctx.store.revoke_grant(&grant.id, ctx.now)?;
+        tracing::warn!(client_id = %client.client_id, "refresh token presented by another client; grant revoked");
+        return Err(Error::invalid_grant(
+            "refresh token was issued to another client",
+        ));
+    }
+    if grant.revoked {
+        return Err(Error::invalid_grant("refresh token was revoked"));
+    }
+    if token.used {
+        ctx.store.revoke_grant(&grant.id, ctx.now)?;
+        tracing::warn!(client_id = %client.client_id, "rotated-out refresh token replayed; grant revoked");
+        return Err(Error::invalid_grant("refresh token was already used"));
+    }
+    if token.expires_at <= ctx.now {
+        return Err(Error::invalid_grant("refresh token expired"));
+    }
+    if let Some(r) = params.get("resource") {
+        if r != grant.resource {
+            return Err(Error::invalid_target(
+                "resource differs from the original grant",
+            ));
+        }
+    }
+    let granted = split_scope(&grant.scope);
+    let scope = match params.get("scope") {
+        Some(s) => {
+            let requested = split_scope(s);
+            if let Some(extra) = requested.iter().find(|r| !granted.contains(r)) {
+                return Err(Error::oauth(
+                    "invalid_scope",
+                    format!("scope {extra} was not granted"),
+                ));
+            }
+            requested.join(" ")
+        }
+        None => grant.scope.clone(),
+    };
+    let Some(user) = ctx.config.user(&grant.email) else {
+        ctx.store.revoke_grant(&grant.id, ctx.now)?;
+        return Err(Error::invalid_grant("user no longer exists"));
+    };
+    let (new_token, new_record) = new_refresh_token(ctx, &grant.id);
+    if !ctx
+        .store
+        .rotate_refresh_token(&token_hash, &new_record, ctx.now)?
+    {
+        // Lost a race with another use of the same token: that is a replay too.
+        ctx.store.revoke_grant(&grant.id, ctx.now)?;
+        return Err(Error::invalid_grant("refresh token was already used"));
+    }
+    respond(ctx, user, &grant, &scope, Some(new_token))
+}
+
+fn new_refresh_token(ctx: &TokenContext<'_>, grant_id: &str) -> (String, RefreshToken) {
+    let token = random_token();
+    let record = RefreshToken {
+        token_hash: hash_secret(&token),
+        grant_id: grant_id.to_owned(),
+        created_at: ctx.now,
+        expires_at: ctx.now + ttl(ctx.config.authorization_server.refresh_token_ttl_seconds),
+        used: false,
+    };
+    (token, record)
+}
+
+fn ttl(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX / 2)
+}
+
+fn respond(
+    ctx: &TokenContext<'_>,
+    user: &LocalUser,
+    grant: &Grant,
+    scope: &str,
+    refresh_token: Option<String>,
+) -> Result<TokenResponse> {
+    let expires_in = ctx.config.authorization_server.access_token_ttl_seconds;
+    let claims = access_token_claims(ctx.config, user, grant, scope, ctx.now);
+    let access_token = ctx.keys.sign_jwt("at+jwt", &claims)?;
+    Ok(TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in,
+        refresh_token,
+        scope: scope.to_owned(),
+    })
+}
+
+/// The TE claims (docs/interfaces.md).
+pub fn access_token_claims(
+    config: &Config,
+    user: &LocalUser,
+    grant: &Grant,
+    scope: &str,
+    now: i64,
+) -> serde_json::Value {
+    let exp = now + ttl(config.authorization_server.access_token_ttl_seconds);
+    serde_json::json!({
+        "iss": config.authorization_server.issuer,
+        "sub": user.email,
+        "aud": grant.resource,
+        "exp": exp,
+        "iat": now,
+        "nbf": now,
+        "jti": random_id(),
+        "client_id": grant.client_id,
+        "scope": scope,
+        "sid": grant.sid,
+        "email": user.email,
+        "name": user.name,
+        "groups": user.groups,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        // RFC 6749 §2.3.1: id and secret are form-urlencoded before base64.
+        let v = format!("Basic {}", STANDARD.encode("my%3Aapp:s%2Bc+ret%25"));
+        assert_eq!(
+            parse_basic(&v).unwrap(),
+            ("my:app".into(), "s+c ret%".into())
+        );
+        assert_eq!(
+            parse_basic(&format!("basic {}", STANDARD.encode("a:b"))).unwrap(),
+            ("a".into(), "b".into())
+        );
+        assert!(parse_basic("Bearer abc").is_none());
+        assert!(parse_basic("Basic !!!").is_none());
+        assert!(parse_basic(&format!("Basic {}", STANDARD.encode("no-colon"))).is_none());
+    }
+}

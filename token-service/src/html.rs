@@ -1,0 +1,104 @@
+//! The few HTML pages the service renders. Every interpolated value is escaped; every page
+//! forbids framing (clickjacking) and caching.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Adds the headers every HTML page carries.
+pub fn secure_headers(resp: &mut Response) {
+    let h = resp.headers_mut();
+    // No `form-action`: browsers apply it to the redirect that follows the login POST,
+    // which goes to the client's redirect URI.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:26rem;margin:4rem auto;padding:0 1rem}\
+label{display:block;margin-top:1rem}input{width:100%;padding:.4rem;box-sizing:border-box}\
+button{margin-top:1.5rem;padding:.5rem 1.2rem}.error{color:#b00020}.muted{color:#555;font-size:.9rem}";
+
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let doc = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>{}</title><style>{STYLE}</style></head><body>{body}</body></html>",
+        escape(title)
+    );
+    let mut resp = (status, Html(doc)).into_response();
+    secure_headers(&mut resp);
+    resp
+}
+
+pub fn error_page(status: StatusCode, message: &str) -> Response {
+    page(
+        status,
+        "Sign-in error",
+        &format!(
+            "<h1>Sign-in error</h1><p class=\"error\">{}</p>\
+             <p class=\"muted\">Return to the application and try again.</p>",
+            escape(message)
+        ),
+    )
+}
+
+pub struct LoginForm<'a> {
+    pub action: &'a str,
+    pub flow_id: &'a str,
+    pub csrf: &'a str,
+    pub client_name: &'a str,
+    pub redirect_host: &'a str,
+    pub email: &'a str,
+    pub error: Option<&'a str>,
+}
+
+pub fn login_form(status: StatusCode, f: &LoginForm<'_>) -> Response {
+    let error = f
+        .error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    let body = format!(
+        "<h1>Sign in</h1>\
+         <p class=\"muted\"><strong>{client}</strong> ({host}) is asking to access an MCP server on your behalf.</p>\
+         {error}\
+         <form method=\"post\" action=\"{action}\">\
+         <input type=\"hidden\" name=\"flow\" value=\"{flow}\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <label>Email<input type=\"email\" name=\"email\" value=\"{email}\" autocomplete=\"username\" required autofocus></label>\
+         <label>Password<input type=\"password\" name=\"password\" autocomplete=\"current-password\" required></label>\
+         <button type=\"submit\">Sign in</button></form>",
+        client = escape(f.client_name),
+        host = escape(f.redirect_host),
+        action = escape(f.action),
+        flow = escape(f.flow_id),
+        csrf = escape(f.csrf),
+        email = escape(f.email),
+    );
+    page(status, "Sign in", &body)
+}

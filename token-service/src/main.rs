@@ -1,0 +1,181 @@
+//! `warden-token-service`: serve, hash-password, check-config.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use warden_token_service::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "warden-token-service",
+    version,
+    about = "mcp-warden token service (OAuth 2.1 authorization server)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (embedded demo config unless --config or WARDEN_CONFIG is given).
+    Serve {
+        #[arg(long, env = "WARDEN_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Read a password from stdin and print its Argon2id PHC hash.
+    HashPassword,
+    /// Validate a config file; exits non-zero naming the offending field.
+    CheckConfig {
+        #[arg(long, env = "WARDEN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the Envoy bootstrap (listener, routes, clusters, filter + plugin config) for a config.
+    RenderEnvoy {
+        #[arg(long, env = "WARDEN_CONFIG")]
+        config: Option<PathBuf>,
+        /// Path of the filter's .wasm as Envoy should load it.
+        #[arg(
+            long,
+            default_value = "target/wasm32-wasip1/release/warden_filter.wasm"
+        )]
+        wasm: String,
+    },
+    /// Print one value of a config, for scripts (`make run`).
+    Describe {
+        #[arg(long, env = "WARDEN_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        what: Describe,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Describe {
+    /// The MCP server URLs clients use, one per line.
+    McpUrls,
+    Issuer,
+    EnvoyAdmin,
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, String> {
+    match path {
+        Some(p) => Config::from_file(p).map_err(|e| format!("{}: {e}", p.display())),
+        None => Config::embedded_default().map_err(|e| format!("embedded default config: {e}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stdout)
+                .init();
+            let config = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("invalid configuration: {e}");
+                    eprintln!("invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(warden_token_service::serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "token service failed");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::HashPassword => {
+            let mut input = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+                eprintln!("cannot read stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            // Strip only the line ending, so passwords may contain spaces at either end.
+            let password = input
+                .strip_suffix('\n')
+                .map(|p| p.strip_suffix('\r').unwrap_or(p))
+                .unwrap_or(&input);
+            if password.is_empty() {
+                eprintln!("empty password");
+                return ExitCode::FAILURE;
+            }
+            match warden_token_service::password::hash_password(password) {
+                Ok(h) => {
+                    println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::RenderEnvoy { config, wasm } => {
+            let config = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let input = warden_token_service::render::EnvoyInput::from_config(&config, &wasm);
+            match warden_token_service::render::render(&input) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cannot render the Envoy bootstrap: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Describe { config, what } => {
+            let config = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match what {
+                Describe::McpUrls => config
+                    .routes
+                    .iter()
+                    .for_each(|r| println!("{}", r.resource())),
+                Describe::Issuer => println!("{}", config.authorization_server.issuer),
+                Describe::EnvoyAdmin => println!("{}", config.envoy.admin),
+            }
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { config } => match load(Some(&config)) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

@@ -1,0 +1,302 @@
+//! Renders the Envoy bootstrap (listener, routes, clusters, the warden filter with its plugin
+//! configuration) from the operator config, so Envoy's routing and the filter's matching come
+//! from one source and cannot disagree.
+
+use std::fmt::Write as _;
+
+use warden_core::config::{JwksFetch, PluginConfig, RouteConfig, CONFIG_VERSION};
+use warden_core::url::ResourceUrl;
+
+/// The cluster name the filter fetches the JWKS through.
+pub const TOKEN_SERVICE_CLUSTER: &str = "warden_token_service";
+
+/// What the renderer needs, already validated.
+#[derive(Debug, Clone)]
+pub struct EnvoyInput {
+    pub listen: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    pub issuer: String,
+    /// Where Envoy reaches the token service (its listen address).
+    pub token_service: std::net::SocketAddr,
+    pub wasm_path: String,
+    pub routes: Vec<RouteInput>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteInput {
+    pub name: String,
+    /// `from` + `prefix`: the resource clients use.
+    pub resource: String,
+    /// Upstream URL (`to`).
+    pub to: String,
+    pub scopes: Vec<String>,
+}
+
+impl EnvoyInput {
+    /// The render input for an operator config (already validated).
+    pub fn from_config(config: &crate::config::Config, wasm_path: &str) -> Self {
+        EnvoyInput {
+            listen: config.envoy.listen,
+            admin: config.envoy.admin,
+            issuer: config.authorization_server.issuer.clone(),
+            token_service: config.authorization_server.listen,
+            wasm_path: wasm_path.to_string(),
+            routes: config
+                .routes
+                .iter()
+                .map(|r| RouteInput {
+                    name: r.name.clone(),
+                    resource: r.resource(),
+                    to: r.to.clone(),
+                    scopes: r.scopes.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The filter's plugin configuration for these routes.
+pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
+    let issuer_authority = input
+        .issuer
+        .split_once("://")
+        .map(|(_, rest)| rest.split('/').next().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    PluginConfig {
+        version: CONFIG_VERSION,
+        issuer: input.issuer.clone(),
+        jwks: Some(JwksFetch {
+            cluster: TOKEN_SERVICE_CLUSTER.into(),
+            authority: issuer_authority,
+            path: "/.well-known/jwks.json".into(),
+            timeout_ms: 2_000,
+            refresh_seconds: 300,
+        }),
+        jwks_static: None,
+        clock_skew_seconds: 30,
+        token_cache_entries: 10_000,
+        routes: input
+            .routes
+            .iter()
+            .map(|r| RouteConfig {
+                name: r.name.clone(),
+                resource: r.resource.clone(),
+                resource_name: None,
+                scopes: r.scopes.clone(),
+                allowed_origins: vec![],
+            })
+            .collect(),
+    }
+}
+
+/// Splits an upstream URL into (host, port, path).
+fn upstream(to: &str) -> Result<(String, u16, String), String> {
+    let url = ResourceUrl::parse(to)?;
+    if url.scheme != "http" {
+        return Err("only http upstreams are rendered for now".into());
+    }
+    let (host, port) = match url.authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || url.authority.starts_with('[') => (
+            host.to_string(),
+            port.parse::<u16>().map_err(|_| "bad port".to_string())?,
+        ),
+        _ => (url.authority.clone(), 80),
+    };
+    Ok((host.trim_matches(['[', ']']).to_string(), port, url.path))
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+/// Renders the bootstrap YAML. Field names are Envoy's; values are JSON-quoted so YAML never
+/// reinterprets them.
+pub fn render(input: &EnvoyInput) -> Result<String, String> {
+    let plugin = serde_json::to_string(&plugin_config(input)).map_err(|e| e.to_string())?;
+    // Compile what we render: a render that the filter would refuse is a bug here, not in Envoy.
+    warden_core::config::CompiledConfig::from_json(plugin.as_bytes()).map_err(|e| e.to_string())?;
+
+    // Routes grouped by authority: one virtual host each, plus a catch-all that fails closed.
+    let mut hosts: Vec<(String, Vec<(usize, ResourceUrl)>)> = Vec::new();
+    for (i, r) in input.routes.iter().enumerate() {
+        let url = ResourceUrl::parse(&r.resource).map_err(|e| format!("routes[{i}]: {e}"))?;
+        match hosts.iter_mut().find(|(a, _)| *a == url.authority) {
+            Some((_, list)) => list.push((i, url)),
+            None => hosts.push((url.authority.clone(), vec![(i, url)])),
+        }
+    }
+
+    let mut y = String::new();
+    let w = &mut y;
+    let _ = writeln!(
+        w,
+        "# Rendered by `warden-token-service render-envoy`; edit warden.yaml, not this file."
+    );
+    let _ = writeln!(
+        w,
+        "admin:\n  address:\n    socket_address: {{ address: {}, port_value: {} }}",
+        input.admin.ip(),
+        input.admin.port()
+    );
+    let _ = writeln!(w, "static_resources:\n  listeners:\n  - name: mcp\n    address:\n      socket_address: {{ address: {}, port_value: {} }}", input.listen.ip(), input.listen.port());
+    let _ = writeln!(w, "    filter_chains:\n    - filters:\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:");
+    let _ = writeln!(w, "          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager");
+    let _ = writeln!(w, "          stat_prefix: mcp");
+    // The filter matches paths itself: make Envoy normalize them first so both see one path.
+    let _ = writeln!(w, "          normalize_path: true\n          merge_slashes: true\n          path_with_escaped_slashes_action: REJECT_REQUEST");
+    // SSE streams are long-lived; route timeouts are off and idle streams live for an hour.
+    let _ = writeln!(w, "          stream_idle_timeout: 3600s");
+    let _ = writeln!(w, "          access_log:\n          - name: envoy.access_loggers.stdout\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog");
+    let _ = writeln!(
+        w,
+        "          route_config:\n            name: mcp\n            virtual_hosts:"
+    );
+    for (authority, routes) in &hosts {
+        let host_only = authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority);
+        let _ = writeln!(w, "            - name: {}", json_string(authority));
+        let _ = writeln!(
+            w,
+            "              domains: [{}, {}]",
+            json_string(authority),
+            json_string(host_only)
+        );
+        let _ = writeln!(w, "              routes:");
+        // Longest prefix first, as the filter matches.
+        let mut sorted = routes.clone();
+        sorted.sort_by_key(|(_, url)| std::cmp::Reverse(url.path.len()));
+        for (i, url) in &sorted {
+            let route = &input.routes[*i];
+            let (host, port, to_path) =
+                upstream(&route.to).map_err(|e| format!("routes[{i}].to: {e}"))?;
+            let cluster = format!("route_{i}");
+            let to_authority = if port == 80 {
+                host.clone()
+            } else {
+                format!("{host}:{port}")
+            };
+            let action = |rewrite: &str| {
+                format!(
+                    "route: {{ cluster: {cluster}, prefix_rewrite: {}, host_rewrite_literal: {}, timeout: 0s, idle_timeout: 3600s }}",
+                    json_string(rewrite),
+                    json_string(&to_authority)
+                )
+            };
+            if url.path.is_empty() {
+                // A root resource: `/` maps to the upstream path itself, `/x` to `<path>/x`.
+                let exact = if to_path.is_empty() {
+                    "/".to_string()
+                } else {
+                    to_path.clone()
+                };
+                let _ = writeln!(
+                    w,
+                    "              - match: {{ path: \"/\" }}\n                {}",
+                    action(&exact)
+                );
+                let _ = writeln!(
+                    w,
+                    "              - match: {{ prefix: \"/\" }}\n                {}",
+                    action(&format!("{to_path}/"))
+                );
+            } else {
+                let rewrite = if to_path.is_empty() {
+                    "/".to_string()
+                } else {
+                    to_path.clone()
+                };
+                let _ = writeln!(
+                    w,
+                    "              - match: {{ path_separated_prefix: {} }}\n                {}",
+                    json_string(&url.path),
+                    action(&rewrite)
+                );
+            }
+        }
+        let _ = writeln!(w, "              - match: {{ prefix: \"/\" }}\n                direct_response: {{ status: 404, body: {{ inline_string: \"no MCP route here\\n\" }} }}");
+    }
+    // Unknown hosts get nothing (the filter answers metadata only for known hosts anyway).
+    let _ = writeln!(w, "            - name: unknown-host\n              domains: [\"*\"]\n              routes:\n              - match: {{ prefix: \"/\" }}\n                direct_response: {{ status: 404, body: {{ inline_string: \"unknown host\\n\" }} }}");
+    let _ = writeln!(w, "          http_filters:\n          - name: envoy.filters.http.wasm\n            typed_config:");
+    let _ = writeln!(w, "              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n              config:");
+    let _ = writeln!(w, "                name: mcp-warden\n                root_id: mcp-warden\n                fail_open: false");
+    // Lets the filter pause in the headers phase and still see (and buffer) the body.
+    let _ = writeln!(w, "                allow_on_headers_stop_iteration: true");
+    let _ = writeln!(w, "                configuration:\n                  \"@type\": type.googleapis.com/google.protobuf.StringValue");
+    let _ = writeln!(w, "                  value: {}", json_string(&plugin));
+    let _ = writeln!(w, "                vm_config:\n                  vm_id: mcp-warden\n                  runtime: envoy.wasm.runtime.v8");
+    let _ = writeln!(
+        w,
+        "                  code: {{ local: {{ filename: {} }} }}",
+        json_string(&input.wasm_path)
+    );
+    let _ = writeln!(w, "          - name: envoy.filters.http.router\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router");
+    let _ = writeln!(w, "  clusters:");
+    let cluster = |w: &mut String, name: &str, host: &str, port: u16| {
+        let _ = writeln!(w, "  - name: {name}\n    type: STRICT_DNS\n    connect_timeout: 2s\n    dns_lookup_family: V4_PREFERRED");
+        let _ = writeln!(w, "    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: {}, port_value: {port} }}", json_string(host));
+    };
+    cluster(
+        w,
+        TOKEN_SERVICE_CLUSTER,
+        &input.token_service.ip().to_string(),
+        input.token_service.port(),
+    );
+    for (i, route) in input.routes.iter().enumerate() {
+        let (host, port, _) = upstream(&route.to).map_err(|e| format!("routes[{i}].to: {e}"))?;
+        cluster(w, &format!("route_{i}"), &host, port);
+    }
+    Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn sample() -> EnvoyInput {
+        EnvoyInput {
+            listen: "127.0.0.1:9000".parse().unwrap(),
+            admin: "127.0.0.1:9901".parse().unwrap(),
+            issuer: "http://127.0.0.1:9100".into(),
+            token_service: "127.0.0.1:9100".parse().unwrap(),
+            wasm_path: "target/wasm32-wasip1/release/warden_filter.wasm".into(),
+            routes: vec![
+                RouteInput {
+                    name: "demo".into(),
+                    resource: "http://127.0.0.1:9000/mcp".into(),
+                    to: "http://127.0.0.1:9200/mcp".into(),
+                    scopes: vec![],
+                },
+                RouteInput {
+                    name: "root".into(),
+                    resource: "http://localhost:9000".into(),
+                    to: "http://127.0.0.1:9200/mcp".into(),
+                    scopes: vec!["mcp".into()],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn renders_matching_routes_and_plugin_config() {
+        let yaml = render(&sample()).unwrap();
+        assert!(yaml.contains("path_separated_prefix: \"/mcp\""), "{yaml}");
+        assert!(yaml.contains("allow_on_headers_stop_iteration: true"));
+        assert!(yaml.contains("path_with_escaped_slashes_action: REJECT_REQUEST"));
+        assert!(yaml.contains("domains: [\"localhost:9000\", \"localhost\"]"));
+        // The embedded plugin configuration is exactly what the filter compiles.
+        let plugin = serde_json::to_string(&plugin_config(&sample())).unwrap();
+        let compiled = warden_core::config::CompiledConfig::from_json(plugin.as_bytes()).unwrap();
+        assert_eq!(compiled.routes.len(), 2);
+        assert_eq!(compiled.jwks.unwrap().authority, "127.0.0.1:9100");
+    }
+
+    #[test]
+    fn rejects_unrenderable_upstream() {
+        let mut input = sample();
+        input.routes[0].to = "https://api.example.com/mcp".into();
+        assert!(render(&input).unwrap_err().contains("routes[0].to"));
+    }
+}

@@ -1,0 +1,504 @@
+//! Persistence: a `Store` trait (synchronous; callers run it on the blocking pool) and its
+//! SQLite implementation. Codes, refresh tokens and session cookies are stored only as
+//! SHA-256 digests.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use anyhow::Context;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::config::TokenEndpointAuthMethod;
+
+/// A client registered through DCR (pre-registered clients live in the config).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredClient {
+    pub client_id: String,
+    #[serde(default)]
+    pub client_name: Option<String>,
+    /// SHA-256 of the secret (base64url); `None` for public clients.
+    #[serde(default)]
+    pub secret_hash: Option<String>,
+    pub token_endpoint_auth_method: TokenEndpointAuthMethod,
+    pub redirect_uris: Vec<String>,
+    pub grant_types: Vec<String>,
+    pub response_types: Vec<String>,
+    #[serde(default)]
+    pub application_type: Option<String>,
+    pub created_at: i64,
+}
+
+/// An authorization request waiting for the user to sign in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingFlow {
+    pub id: String,
+    pub csrf: String,
+    pub request: crate::flows::authorize::AuthorizeGrant,
+    pub expires_at: i64,
+}
+
+/// A sign-in session. `sid` is public (it goes into tokens); the cookie value is not stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub sid: String,
+    pub email: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuthCode {
+    pub request: crate::flows::authorize::AuthorizeGrant,
+    pub email: String,
+    pub sid: String,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CodeLookup {
+    /// First use: the code is now marked used.
+    Fresh(AuthCode),
+    /// Already redeemed; `grant_id` names what it produced so it can be revoked.
+    Reused {
+        grant_id: Option<String>,
+    },
+    Missing,
+}
+
+/// What a redeemed code produced: the root of a refresh-token family.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    pub id: String,
+    pub client_id: String,
+    pub email: String,
+    pub sid: String,
+    pub resource: String,
+    pub scope: String,
+    pub created_at: i64,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshToken {
+    pub token_hash: String,
+    pub grant_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used: bool,
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn insert_client(&self, client: &StoredClient) -> anyhow::Result<()>;
+    fn client(&self, client_id: &str) -> anyhow::Result<Option<StoredClient>>;
+
+    fn insert_flow(&self, flow: &PendingFlow) -> anyhow::Result<()>;
+    fn flow(&self, id: &str, now: i64) -> anyhow::Result<Option<PendingFlow>>;
+    /// Counts a failed sign-in against the flow and returns the new count.
+    fn record_failed_login(&self, id: &str) -> anyhow::Result<u32>;
+    /// Returns false when the flow was already gone (it is single use).
+    fn delete_flow(&self, id: &str) -> anyhow::Result<bool>;
+
+    fn insert_session(&self, secret_hash: &str, session: &Session) -> anyhow::Result<()>;
+    fn session(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<Session>>;
+
+    fn insert_code(&self, code_hash: &str, code: &AuthCode) -> anyhow::Result<()>;
+    /// Atomically marks the code used and returns it, or reports reuse.
+    fn take_code(&self, code_hash: &str) -> anyhow::Result<CodeLookup>;
+    /// Records the grant a code produced and its first refresh token, in one transaction.
+    fn insert_grant(
+        &self,
+        code_hash: &str,
+        grant: &Grant,
+        refresh: Option<&RefreshToken>,
+    ) -> anyhow::Result<()>;
+    fn grant(&self, id: &str) -> anyhow::Result<Option<Grant>>;
+    /// Revokes a grant: every refresh token of its family stops working.
+    fn revoke_grant(&self, id: &str, now: i64) -> anyhow::Result<()>;
+
+    fn refresh_token(&self, token_hash: &str) -> anyhow::Result<Option<RefreshToken>>;
+    /// Marks `old_hash` used and inserts `new` atomically; false when `old_hash` was
+    /// already used (a concurrent or replayed rotation).
+    fn rotate_refresh_token(
+        &self,
+        old_hash: &str,
+        new: &RefreshToken,
+        now: i64,
+    ) -> anyhow::Result<bool>;
+
+    /// Deletes expired records.
+    fn sweep(&self, now: i64) -> anyhow::Result<()>;
+}
+
+/// Ordered schema migrations; a version is applied once, recorded in `schema_migrations`.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+    CREATE TABLE clients (
+        client_id   TEXT PRIMARY KEY,
+        metadata    TEXT NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE pending_flows (
+        id          TEXT PRIMARY KEY,
+        data        TEXT NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        expires_at  INTEGER NOT NULL
+    );
+    CREATE TABLE sessions (
+        secret_hash TEXT PRIMARY KEY,
+        sid         TEXT NOT NULL UNIQUE,
+        email       TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        revoked_at  INTEGER
+    );
+    CREATE TABLE auth_codes (
+        code_hash   TEXT PRIMARY KEY,
+        data        TEXT NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        used        INTEGER NOT NULL DEFAULT 0,
+        grant_id    TEXT
+    );
+    CREATE TABLE grants (
+        id          TEXT PRIMARY KEY,
+        client_id   TEXT NOT NULL,
+        email       TEXT NOT NULL,
+        sid         TEXT NOT NULL,
+        resource    TEXT NOT NULL,
+        scope       TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        revoked_at  INTEGER
+    );
+    CREATE TABLE refresh_tokens (
+        token_hash  TEXT PRIMARY KEY,
+        grant_id    TEXT NOT NULL REFERENCES grants(id) ON DELETE CASCADE,
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        used_at     INTEGER
+    );
+    CREATE INDEX refresh_tokens_grant ON refresh_tokens(grant_id);
+    "#,
+)];
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create directory {}", dir.display()))?;
+            }
+        }
+        let conn =
+            Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        Self::from_connection(conn)
+    }
+
+    pub fn in_memory() -> anyhow::Result<Self> {
+        Self::from_connection(Connection::open_in_memory()?)
+    }
+
+    fn from_connection(mut conn: Connection) -> anyhow::Result<Self> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        // WAL is not available for in-memory databases; ignore the answer.
+        let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> anyhow::Result<MutexGuard<'_, Connection>> {
+        self.conn
+            .lock()
+            .map_err(|_| anyhow::anyhow!("store mutex poisoned"))
+    }
+
+    /// Applied schema versions, ascending (for tests and diagnostics).
+    pub fn schema_versions(&self) -> anyhow::Result<Vec<i64>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("SELECT version FROM schema_migrations ORDER BY version")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<Vec<i64>, _>>()?)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY,
+            applied_at INTEGER NOT NULL
+        )",
+    )?;
+    for (version, sql) in MIGRATIONS {
+        let tx = conn.transaction()?;
+        let done: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = ?1)",
+            [version],
+            |r| r.get(0),
+        )?;
+        if !done {
+            tx.execute_batch(sql)
+                .with_context(|| format!("schema migration {version} failed"))?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                params![version, crate::flows::now_unix()],
+            )?;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn grant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
+    Ok(Grant {
+        id: r.get(0)?,
+        client_id: r.get(1)?,
+        email: r.get(2)?,
+        sid: r.get(3)?,
+        resource: r.get(4)?,
+        scope: r.get(5)?,
+        created_at: r.get(6)?,
+        revoked: r.get::<_, Option<i64>>(7)?.is_some(),
+    })
+}
+
+impl Store for SqliteStore {
+    fn insert_client(&self, client: &StoredClient) -> anyhow::Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO clients (client_id, metadata, created_at) VALUES (?1, ?2, ?3)",
+            params![
+                client.client_id,
+                serde_json::to_string(client)?,
+                client.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn client(&self, client_id: &str) -> anyhow::Result<Option<StoredClient>> {
+        let json: Option<String> = self
+            .conn()?
+            .query_row(
+                "SELECT metadata FROM clients WHERE client_id = ?1",
+                [client_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(match json {
+            Some(j) => Some(serde_json::from_str(&j)?),
+            None => None,
+        })
+    }
+
+    fn insert_flow(&self, flow: &PendingFlow) -> anyhow::Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO pending_flows (id, data, expires_at) VALUES (?1, ?2, ?3)",
+            params![flow.id, serde_json::to_string(flow)?, flow.expires_at],
+        )?;
+        Ok(())
+    }
+
+    fn flow(&self, id: &str, now: i64) -> anyhow::Result<Option<PendingFlow>> {
+        let json: Option<String> = self
+            .conn()?
+            .query_row(
+                "SELECT data FROM pending_flows WHERE id = ?1 AND expires_at > ?2",
+                params![id, now],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(match json {
+            Some(j) => Some(serde_json::from_str(&j)?),
+            None => None,
+        })
+    }
+
+    fn record_failed_login(&self, id: &str) -> anyhow::Result<u32> {
+        let n: Option<u32> = self
+            .conn()?
+            .query_row(
+                "UPDATE pending_flows SET attempts = attempts + 1 WHERE id = ?1 RETURNING attempts",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(n.unwrap_or(u32::MAX))
+    }
+
+    fn delete_flow(&self, id: &str) -> anyhow::Result<bool> {
+        let n = self
+            .conn()?
+            .execute("DELETE FROM pending_flows WHERE id = ?1", [id])?;
+        Ok(n == 1)
+    }
+
+    fn insert_session(&self, secret_hash: &str, s: &Session) -> anyhow::Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO sessions (secret_hash, sid, email, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![secret_hash, s.sid, s.email, s.created_at, s.expires_at],
+        )?;
+        Ok(())
+    }
+
+    fn session(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<Session>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT sid, email, created_at, expires_at FROM sessions
+                 WHERE secret_hash = ?1 AND expires_at > ?2 AND revoked_at IS NULL",
+                params![secret_hash, now],
+                |r| {
+                    Ok(Session {
+                        sid: r.get(0)?,
+                        email: r.get(1)?,
+                        created_at: r.get(2)?,
+                        expires_at: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn insert_code(&self, code_hash: &str, code: &AuthCode) -> anyhow::Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO auth_codes (code_hash, data, expires_at) VALUES (?1, ?2, ?3)",
+            params![code_hash, serde_json::to_string(code)?, code.expires_at],
+        )?;
+        Ok(())
+    }
+
+    fn take_code(&self, code_hash: &str) -> anyhow::Result<CodeLookup> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let row: Option<(String, bool, Option<String>)> = tx
+            .query_row(
+                "SELECT data, used, grant_id FROM auth_codes WHERE code_hash = ?1",
+                [code_hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let out = match row {
+            None => CodeLookup::Missing,
+            Some((_, true, grant_id)) => CodeLookup::Reused { grant_id },
+            Some((data, false, _)) => {
+                tx.execute(
+                    "UPDATE auth_codes SET used = 1 WHERE code_hash = ?1",
+                    [code_hash],
+                )?;
+                CodeLookup::Fresh(serde_json::from_str(&data)?)
+            }
+        };
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn insert_grant(
+        &self,
+        code_hash: &str,
+        g: &Grant,
+        refresh: Option<&RefreshToken>,
+    ) -> anyhow::Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO grants (id, client_id, email, sid, resource, scope, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![g.id, g.client_id, g.email, g.sid, g.resource, g.scope, g.created_at],
+        )?;
+        tx.execute(
+            "UPDATE auth_codes SET grant_id = ?1 WHERE code_hash = ?2",
+            params![g.id, code_hash],
+        )?;
+        if let Some(refresh) = refresh {
+            tx.execute(
+                "INSERT INTO refresh_tokens (token_hash, grant_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![refresh.token_hash, refresh.grant_id, refresh.created_at, refresh.expires_at],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn grant(&self, id: &str) -> anyhow::Result<Option<Grant>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT id, client_id, email, sid, resource, scope, created_at, revoked_at FROM grants WHERE id = ?1",
+                [id],
+                grant_from_row,
+            )
+            .optional()?)
+    }
+
+    fn revoke_grant(&self, id: &str, now: i64) -> anyhow::Result<()> {
+        self.conn()?.execute(
+            "UPDATE grants SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, now],
+        )?;
+        Ok(())
+    }
+
+    fn refresh_token(&self, token_hash: &str) -> anyhow::Result<Option<RefreshToken>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT token_hash, grant_id, created_at, expires_at, used_at FROM refresh_tokens WHERE token_hash = ?1",
+                [token_hash],
+                |r| {
+                    Ok(RefreshToken {
+                        token_hash: r.get(0)?,
+                        grant_id: r.get(1)?,
+                        created_at: r.get(2)?,
+                        expires_at: r.get(3)?,
+                        used: r.get::<_, Option<i64>>(4)?.is_some(),
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn rotate_refresh_token(
+        &self,
+        old_hash: &str,
+        new: &RefreshToken,
+        now: i64,
+    ) -> anyhow::Result<bool> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE refresh_tokens SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL",
+            params![old_hash, now],
+        )?;
+        if n != 1 {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO refresh_tokens (token_hash, grant_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![new.token_hash, new.grant_id, new.created_at, new.expires_at],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn sweep(&self, now: i64) -> anyhow::Result<()> {
+        // Redeemed codes and rotated-out refresh tokens are kept until they expire so that
+        // a replay inside their lifetime is still recognised (and revokes the family).
+        const DAY: i64 = 86_400;
+        let conn = self.conn()?;
+        conn.execute("DELETE FROM pending_flows WHERE expires_at <= ?1", [now])?;
+        conn.execute("DELETE FROM auth_codes WHERE expires_at <= ?1", [now - DAY])?;
+        conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
+        conn.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
+        conn.execute(
+            "DELETE FROM grants WHERE created_at <= ?1
+             AND NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.grant_id = grants.id)",
+            [now - DAY],
+        )?;
+        Ok(())
+    }
+}

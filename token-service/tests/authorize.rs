@@ -1,0 +1,429 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use axum::http::StatusCode;
+use common::*;
+
+fn assert_error_page(r: &Resp) {
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.headers.get("location").is_none(), "must never redirect");
+    assert!(r.header("content-type").starts_with("text/html"));
+    assert_eq!(r.header("x-frame-options"), "DENY");
+}
+
+/// An error sent back to the client: redirect_uri with error, state and iss.
+fn assert_error_redirect(r: &Resp, redirect: &str, error: &str) {
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    let (base, q) = r.location();
+    assert_eq!(base, redirect);
+    assert_eq!(q["error"], error, "{q:?}");
+    assert_eq!(q["state"], "xyz");
+    assert_eq!(q["iss"], ISSUER);
+}
+
+#[tokio::test]
+async fn unknown_client_or_redirect_shows_a_page() {
+    let env = TestEnv::new();
+    assert_error_page(
+        &env.get(&TestEnv::authorize_uri("nope", REDIRECT, &[]))
+            .await,
+    );
+    assert_error_page(&env.get("/authorize?response_type=code").await);
+    // Not registered (different path / host) -> page, never a redirect.
+    assert_error_page(
+        &env.get(&TestEnv::authorize_uri(
+            "public-app",
+            "http://127.0.0.1:5000/other",
+            &[],
+        ))
+        .await,
+    );
+    assert_error_page(
+        &env.get(&TestEnv::authorize_uri(
+            "post-app",
+            "https://evil.example.com/cb",
+            &[],
+        ))
+        .await,
+    );
+    // Port may differ only for loopback.
+    assert_error_page(
+        &env.get(&TestEnv::authorize_uri(
+            "post-app",
+            "https://app.example.com:8443/cb",
+            &[],
+        ))
+        .await,
+    );
+}
+
+#[tokio::test]
+async fn loopback_redirect_port_may_differ() {
+    let env = TestEnv::new();
+    for uri in [
+        "http://127.0.0.1:40000/callback",
+        "http://127.0.0.1/callback",
+    ] {
+        let r = env
+            .get(&TestEnv::authorize_uri("public-app", uri, &[]))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}: {}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn pkce_is_required_and_s256_only() {
+    let env = TestEnv::new();
+    let redirect = "http://127.0.0.1:40000/callback";
+    let base = format!(
+        "/authorize?response_type=code&client_id=public-app&redirect_uri={}&state=xyz",
+        url::form_urlencoded::byte_serialize(redirect.as_bytes()).collect::<String>()
+    );
+    let ch = challenge(VERIFIER);
+    // Missing challenge.
+    assert_error_redirect(&env.get(&base).await, redirect, "invalid_request");
+    // Missing method (would mean plain).
+    assert_error_redirect(
+        &env.get(&format!("{base}&code_challenge={ch}")).await,
+        redirect,
+        "invalid_request",
+    );
+    // plain.
+    assert_error_redirect(
+        &env.get(&format!(
+            "{base}&code_challenge={VERIFIER}&code_challenge_method=plain"
+        ))
+        .await,
+        redirect,
+        "invalid_request",
+    );
+    // S256 with a malformed challenge.
+    assert_error_redirect(
+        &env.get(&format!(
+            "{base}&code_challenge=short&code_challenge_method=S256"
+        ))
+        .await,
+        redirect,
+        "invalid_request",
+    );
+}
+
+#[tokio::test]
+async fn response_type_and_duplicates() {
+    let env = TestEnv::new();
+    let uri = TestEnv::authorize_uri("public-app", REDIRECT, &[])
+        .replace("response_type=code", "response_type=token");
+    assert_error_redirect(&env.get(&uri).await, REDIRECT, "unsupported_response_type");
+    let uri = TestEnv::authorize_uri("public-app", REDIRECT, &[("scope", "a"), ("scope", "b")]);
+    assert_error_redirect(&env.get(&uri).await, REDIRECT, "invalid_request");
+}
+
+#[tokio::test]
+async fn resource_must_name_a_route() {
+    let env = TestEnv::new();
+    let r = env
+        .get(&TestEnv::authorize_uri(
+            "public-app",
+            REDIRECT,
+            &[("resource", "http://127.0.0.1:9000/mcp/")],
+        ))
+        .await;
+    assert_error_redirect(&r, REDIRECT, "invalid_target");
+    let r = env
+        .get(&TestEnv::authorize_uri(
+            "public-app",
+            REDIRECT,
+            &[("resource", "http://127.0.0.1:9000/other")],
+        ))
+        .await;
+    assert_error_redirect(&r, REDIRECT, "invalid_target");
+    let r = env
+        .get(&TestEnv::authorize_uri(
+            "public-app",
+            REDIRECT,
+            &[("resource", RESOURCE)],
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn resource_is_required_with_several_routes() {
+    let env = TestEnv::with(|d| {
+        config_yaml(
+            d,
+            "  - name: second\n    from: http://127.0.0.1:9000\n    prefix: /other\n    to: http://127.0.0.1:9300/mcp\n    mcp:\n      server: {}\n",
+            "ES256",
+        )
+    });
+    let r = env
+        .get(&TestEnv::authorize_uri("public-app", REDIRECT, &[]))
+        .await;
+    assert_error_redirect(&r, REDIRECT, "invalid_target");
+    let r = env
+        .get(&TestEnv::authorize_uri(
+            "public-app",
+            REDIRECT,
+            &[("resource", "http://127.0.0.1:9000/other")],
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn login_form_is_protected_against_framing() {
+    let env = TestEnv::new();
+    let r = env
+        .get(&TestEnv::authorize_uri("basic-app", REDIRECT, &[]))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r
+        .header("content-security-policy")
+        .contains("frame-ancestors 'none'"));
+    assert_eq!(r.header("x-frame-options"), "DENY");
+    assert_eq!(r.header("cache-control"), "no-store");
+    assert!(r.body.contains("Basic App"));
+    assert!(r.body.contains("name=\"password\""));
+    assert!(!r.hidden("csrf").is_empty());
+    assert!(!r.hidden("flow").is_empty());
+}
+
+#[tokio::test]
+async fn sign_in_redirects_with_code_state_and_iss() {
+    let env = TestEnv::new();
+    let form = env
+        .get(&TestEnv::authorize_uri("public-app", REDIRECT, &[]))
+        .await;
+    let r = env
+        .post_form(
+            "/login",
+            &[
+                ("flow", &form.hidden("flow")),
+                ("csrf", &form.hidden("csrf")),
+                ("email", EMAIL),
+                ("password", PASSWORD),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    let (base, q) = r.location();
+    assert_eq!(base, REDIRECT);
+    assert!(q["code"].len() >= 40);
+    assert_eq!(q["state"], "xyz");
+    assert_eq!(q["iss"], ISSUER);
+    let cookie = r.header("set-cookie");
+    assert!(cookie.starts_with("warden_session="), "{cookie}");
+    assert!(cookie.contains("HttpOnly"));
+    assert!(cookie.contains("SameSite=Lax"));
+    assert!(
+        !cookie.contains("Secure"),
+        "http issuer: no Secure attribute"
+    );
+
+    // The same form cannot be submitted twice.
+    let again = env
+        .post_form(
+            "/login",
+            &[
+                ("flow", &form.hidden("flow")),
+                ("csrf", &form.hidden("csrf")),
+                ("email", EMAIL),
+                ("password", PASSWORD),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn wrong_password_and_bad_csrf() {
+    let env = TestEnv::new();
+    let form = env
+        .get(&TestEnv::authorize_uri("public-app", REDIRECT, &[]))
+        .await;
+    let flow = form.hidden("flow");
+    let csrf = form.hidden("csrf");
+    let r = env
+        .post_form(
+            "/login",
+            &[
+                ("flow", &flow),
+                ("csrf", &csrf),
+                ("email", EMAIL),
+                ("password", "wrong"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.body.contains("Incorrect email or password"));
+    assert!(r.headers.get("set-cookie").is_none());
+    let r = env
+        .post_form(
+            "/login",
+            &[
+                ("flow", &flow),
+                ("csrf", &csrf),
+                ("email", "bob@example.com"),
+                ("password", PASSWORD),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = env
+        .post_form(
+            "/login",
+            &[
+                ("flow", &flow),
+                ("csrf", "forged"),
+                ("email", EMAIL),
+                ("password", PASSWORD),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // The flow survived the failures: the right password still works.
+    let r = env
+        .post_form(
+            "/login",
+            &[
+                ("flow", &flow),
+                ("csrf", &csrf),
+                ("email", EMAIL),
+                ("password", PASSWORD),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FOUND);
+}
+
+#[tokio::test]
+async fn too_many_failed_attempts_drop_the_flow() {
+    let env = TestEnv::new();
+    let form = env
+        .get(&TestEnv::authorize_uri("public-app", REDIRECT, &[]))
+        .await;
+    let (flow, csrf) = (form.hidden("flow"), form.hidden("csrf"));
+    for _ in 0..4 {
+        let r = env
+            .post_form(
+                "/login",
+                &[
+                    ("flow", &flow),
+                    ("csrf", &csrf),
+                    ("email", EMAIL),
+                    ("password", "x"),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let r = env
+        .post_form(
+            "/login",
+            &[
+                ("flow", &flow),
+                ("csrf", &csrf),
+                ("email", EMAIL),
+                ("password", "x"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let r = env
+        .post_form(
+            "/login",
+            &[
+                ("flow", &flow),
+                ("csrf", &csrf),
+                ("email", EMAIL),
+                ("password", PASSWORD),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn expired_flow_is_refused() {
+    let env = TestEnv::new();
+    let form = env
+        .get(&TestEnv::authorize_uri("public-app", REDIRECT, &[]))
+        .await;
+    env.advance(601);
+    let r = env
+        .post_form(
+            "/login",
+            &[
+                ("flow", &form.hidden("flow")),
+                ("csrf", &form.hidden("csrf")),
+                ("email", EMAIL),
+                ("password", PASSWORD),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn existing_session_skips_the_form() {
+    let env = TestEnv::new();
+    let (_, cookie) = env.sign_in("public-app", REDIRECT, &[]).await;
+    let r = env
+        .get_with_cookie(&TestEnv::authorize_uri("basic-app", REDIRECT, &[]), &cookie)
+        .await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    let (base, q) = r.location();
+    assert_eq!(base, REDIRECT);
+    assert!(q.contains_key("code"));
+    assert_eq!(q["iss"], ISSUER);
+    // A forged cookie gets the form.
+    let r = env
+        .get_with_cookie(
+            &TestEnv::authorize_uri("basic-app", REDIRECT, &[]),
+            "warden_session=forged",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn https_issuer_uses_host_prefixed_secure_cookie() {
+    let env = TestEnv::with(|d| {
+        config_yaml(d, "", "ES256").replace(
+            &format!("issuer: {ISSUER}"),
+            "issuer: https://auth.example.com",
+        )
+    });
+    let (q, _) = env.sign_in("public-app", REDIRECT, &[]).await;
+    assert_eq!(q["iss"], "https://auth.example.com");
+    let form = env
+        .get(&TestEnv::authorize_uri("public-app", REDIRECT, &[]))
+        .await;
+    let r = env
+        .post_form(
+            "/login",
+            &[
+                ("flow", &form.hidden("flow")),
+                ("csrf", &form.hidden("csrf")),
+                ("email", EMAIL),
+                ("password", PASSWORD),
+            ],
+            None,
+        )
+        .await;
+    let cookie = r.header("set-cookie");
+    assert!(cookie.starts_with("__Host-warden_session="), "{cookie}");
+    assert!(cookie.contains("; Secure"));
+    assert!(cookie.contains("Path=/"));
+}

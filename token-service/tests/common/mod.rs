@@ -1,0 +1,326 @@
+//! Shared helpers: a temp-dir config, the router, and a scripted browser + client.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use http_body_util::BodyExt;
+use sha2::{Digest, Sha256};
+use tower::ServiceExt;
+use warden_token_service::{app, AppState, Config};
+
+pub const ISSUER: &str = "http://127.0.0.1:9100";
+pub const RESOURCE: &str = "http://127.0.0.1:9000/mcp";
+pub const EMAIL: &str = "alice@example.com";
+pub const PASSWORD: &str = "correct horse";
+pub const REDIRECT: &str = "http://127.0.0.1:53682/callback";
+pub const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+
+/// An Argon2id hash with tiny parameters: tests verify it in debug builds.
+pub fn cheap_hash(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let params = argon2::Params::new(8, 1, 1, None).unwrap();
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+    a.hash_password(password.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
+}
+
+pub fn challenge(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+/// YAML with one route, one local user and two pre-registered confidential clients.
+pub fn config_yaml(dir: &std::path::Path, extra_routes: &str, alg: &str) -> String {
+    format!(
+        r#"
+authorization_server:
+  issuer: {ISSUER}
+  listen: 127.0.0.1:0
+  access_token_ttl_seconds: 300
+  refresh_token_ttl_seconds: 3600
+  signing_key:
+    alg: {alg}
+storage:
+  sqlite: {db}
+identity_provider:
+  local:
+    users:
+      - email: {EMAIL}
+        name: Alice
+        password_hash: "{hash}"
+        groups: [admins, demo]
+clients:
+  - client_id: basic-app
+    client_name: Basic App
+    client_secret: basic-secret
+    token_endpoint_auth_method: client_secret_basic
+    redirect_uris: [{REDIRECT}]
+  - client_id: post-app
+    client_secret: post-secret
+    token_endpoint_auth_method: client_secret_post
+    redirect_uris: [https://app.example.com/cb]
+  - client_id: public-app
+    redirect_uris: [http://127.0.0.1/callback]
+envoy:
+  listen: 127.0.0.1:9000
+routes:
+  - name: demo
+    from: http://127.0.0.1:9000
+    prefix: /mcp
+    to: http://127.0.0.1:9200/mcp
+    mcp:
+      server: {{}}
+    scopes: [tools.read, tools.call]
+{extra_routes}
+"#,
+        db = dir.join("warden.db").display(),
+        hash = cheap_hash(PASSWORD),
+    )
+}
+
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub state: AppState,
+    pub app: Router,
+    pub clock: Arc<AtomicI64>,
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        Self::with(|dir| config_yaml(dir, "", "ES256"))
+    }
+
+    pub fn with(yaml: impl FnOnce(&std::path::Path) -> String) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_yaml(&yaml(dir.path())).unwrap();
+        Self::open(dir, config)
+    }
+
+    /// Opens state over the files in `dir` (used again after a "restart").
+    pub fn open(dir: tempfile::TempDir, config: Config) -> Self {
+        let clock = Arc::new(AtomicI64::new(1_900_000_000));
+        let c = clock.clone();
+        let state = AppState::new(config)
+            .unwrap()
+            .with_clock(Arc::new(move || c.load(Ordering::SeqCst)));
+        let app = app(state.clone());
+        Self {
+            dir,
+            state,
+            app,
+            clock,
+        }
+    }
+
+    pub fn advance(&self, secs: i64) {
+        self.clock.fetch_add(secs, Ordering::SeqCst);
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> Resp {
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    pub async fn get(&self, uri: &str) -> Resp {
+        self.send(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+    }
+
+    pub async fn get_with_cookie(&self, uri: &str, cookie: &str) -> Resp {
+        self.send(
+            Request::get(uri)
+                .header(header::COOKIE, cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn post_form(
+        &self,
+        uri: &str,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> Resp {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let mut req =
+            Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some((id, secret)) = basic {
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let v = STANDARD.encode(format!("{}:{}", enc(id), enc(secret)));
+            req = req.header(header::AUTHORIZATION, format!("Basic {v}"));
+        }
+        self.send(req.body(Body::from(body)).unwrap()).await
+    }
+
+    pub async fn post_json(&self, uri: &str, json: serde_json::Value) -> Resp {
+        self.send(
+            Request::post(uri)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(json.to_string()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Registers a public client through DCR.
+    pub async fn register_public(&self, redirect: &str) -> String {
+        let r = self
+            .post_json(
+                "/register",
+                serde_json::json!({
+                    "redirect_uris": [redirect],
+                    "token_endpoint_auth_method": "none",
+                    "grant_types": ["authorization_code", "refresh_token"],
+                    "response_types": ["code"],
+                    "client_name": "Test Client",
+                }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.json()["client_id"].as_str().unwrap().to_owned()
+    }
+
+    /// `/authorize` with PKCE S256 for `VERIFIER`, plus `extra` parameters.
+    pub fn authorize_uri(client_id: &str, redirect: &str, extra: &[(&str, &str)]) -> String {
+        let ch = challenge(VERIFIER);
+        let mut s = url::form_urlencoded::Serializer::new(String::new());
+        s.append_pair("response_type", "code")
+            .append_pair("client_id", client_id)
+            .append_pair("redirect_uri", redirect)
+            .append_pair("code_challenge", &ch)
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("state", "xyz");
+        for (k, v) in extra {
+            s.append_pair(k, v);
+        }
+        format!("/authorize?{}", s.finish())
+    }
+
+    /// Runs authorize → login form → sign-in; returns the redirect's query and the cookie.
+    pub async fn sign_in(
+        &self,
+        client_id: &str,
+        redirect: &str,
+        extra: &[(&str, &str)],
+    ) -> (HashMap<String, String>, String) {
+        let form = self
+            .get(&Self::authorize_uri(client_id, redirect, extra))
+            .await;
+        assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+        let r = self
+            .post_form(
+                "/login",
+                &[
+                    ("flow", &form.hidden("flow")),
+                    ("csrf", &form.hidden("csrf")),
+                    ("email", EMAIL),
+                    ("password", PASSWORD),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+        let cookie = r.header("set-cookie").split(';').next().unwrap().to_owned();
+        (r.location_query(), cookie)
+    }
+
+    /// Signs in and returns an authorization code for the public client flow.
+    pub async fn code(&self, client_id: &str, redirect: &str) -> String {
+        let (q, _) = self.sign_in(client_id, redirect, &[]).await;
+        q["code"].clone()
+    }
+
+    pub async fn exchange_public(&self, client_id: &str, code: &str, redirect: &str) -> Resp {
+        self.post_form(
+            "/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("client_id", client_id),
+                ("code", code),
+                ("redirect_uri", redirect),
+                ("code_verifier", VERIFIER),
+            ],
+            None,
+        )
+        .await
+    }
+
+    pub async fn refresh_public(&self, client_id: &str, refresh: &str) -> Resp {
+        self.post_form(
+            "/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("client_id", client_id),
+                ("refresh_token", refresh),
+            ],
+            None,
+        )
+        .await
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} header"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The value of a hidden input in an HTML form.
+    pub fn hidden(&self, name: &str) -> String {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = self
+            .body
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no {name} in {}", self.body))
+            + marker.len();
+        let end = self.body[start..].find('"').unwrap() + start;
+        self.body[start..end].to_owned()
+    }
+
+    /// The Location header, split into URL without query and query parameters.
+    pub fn location(&self) -> (String, HashMap<String, String>) {
+        let loc = url::Url::parse(&self.header("location")).unwrap();
+        let q = loc.query_pairs().into_owned().collect();
+        let mut base = loc.clone();
+        base.set_query(None);
+        (base.to_string(), q)
+    }
+
+    pub fn location_query(&self) -> HashMap<String, String> {
+        self.location().1
+    }
+}

@@ -1,0 +1,199 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use warden_token_service::config::{Config, SigningAlg};
+
+fn err(yaml: &str) -> String {
+    Config::from_yaml(yaml)
+        .expect_err("config should be rejected")
+        .to_string()
+}
+
+#[test]
+fn embedded_default_is_valid_and_has_the_demo_user() {
+    let c = Config::embedded_default().unwrap();
+    assert_eq!(c.authorization_server.issuer, "http://127.0.0.1:9100");
+    assert_eq!(c.authorization_server.listen.to_string(), "127.0.0.1:9100");
+    assert_eq!(c.routes[0].name, "demo");
+    assert_eq!(c.routes[0].resource(), "http://127.0.0.1:9000/mcp");
+    assert_eq!(c.signing_alg(), SigningAlg::ES256);
+    let user = warden_token_service::password::authenticate(&c, "demo@example.com", "warden-demo")
+        .unwrap();
+    assert_eq!(user.groups, vec!["demo"]);
+    assert!(warden_token_service::password::authenticate(&c, "demo@example.com", "nope").is_none());
+}
+
+#[test]
+fn default_key_file_sits_next_to_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config_yaml(dir.path(), "", "ES256");
+    let c = Config::from_yaml(&yaml).unwrap();
+    assert_eq!(c.signing_key_file(), dir.path().join("signing-key.json"));
+}
+
+#[test]
+fn errors_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = config_yaml(dir.path(), "", "ES256");
+    assert!(Config::from_yaml(&good).is_ok());
+
+    let e = err(&good.replace(
+        "issuer: http://127.0.0.1:9100",
+        "issuer: http://example.com",
+    ));
+    assert!(e.starts_with("authorization_server.issuer:"), "{e}");
+    let e = err(&good.replace(
+        "issuer: http://127.0.0.1:9100",
+        "issuer: http://127.0.0.1:9100/",
+    ));
+    assert!(e.starts_with("authorization_server.issuer:"), "{e}");
+    let e = err(&good.replace(
+        "access_token_ttl_seconds: 300",
+        "access_token_ttl_seconds: -1",
+    ));
+    assert!(
+        e.starts_with("authorization_server.access_token_ttl_seconds"),
+        "{e}"
+    );
+    let e = err(&good.replace("alg: ES256", "alg: RS256"));
+    assert!(e.starts_with("authorization_server.signing_key.alg"), "{e}");
+    let e = err(&good.replace("listen: 127.0.0.1:0", "listen: nowhere"));
+    assert!(e.starts_with("authorization_server.listen"), "{e}");
+    let e = err(&good.replace(
+        "access_token_ttl_seconds: 300",
+        "acces_token_ttl_seconds: 300",
+    ));
+    assert!(e.contains("acces_token_ttl_seconds"), "{e}");
+    let e = err(&good.replace(
+        "token_endpoint_auth_method: client_secret_post",
+        "token_endpoint_auth_method: magic",
+    ));
+    assert!(
+        e.starts_with("clients[1].token_endpoint_auth_method"),
+        "{e}"
+    );
+    let e = err(&good.replace(
+        "redirect_uris: [https://app.example.com/cb]",
+        "redirect_uris: [http://app.example.com/cb]",
+    ));
+    assert!(e.starts_with("clients[1].redirect_uris[0]"), "{e}");
+    let e = err(&good.replace("    client_secret: post-secret\n", ""));
+    assert!(e.starts_with("clients[1].client_secret"), "{e}");
+    let e = err(&good.replace("password_hash: \"", "password_hash: \"x"));
+    assert!(
+        e.starts_with("identity_provider.local.users[0].password_hash"),
+        "{e}"
+    );
+    let e = err(&good.replace(
+        "from: http://127.0.0.1:9000",
+        "from: http://127.0.0.1:9000/",
+    ));
+    assert!(e.starts_with("routes[0].from"), "{e}");
+    let e = err(&good.replace("prefix: /mcp", "prefix: mcp"));
+    assert!(e.starts_with("routes[0].prefix"), "{e}");
+    let e = err(&good.replace("scopes: [tools.read, tools.call]", "scopes: [\"a b\"]"));
+    assert!(e.starts_with("routes[0].scopes[0]"), "{e}");
+    let e = err("storage: {sqlite: x.db}\n");
+    assert!(e.contains("authorization_server"), "{e}");
+}
+
+#[test]
+fn cli_check_config_and_hash_password() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let bin = env!("CARGO_BIN_EXE_warden-token-service");
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, config_yaml(dir.path(), "", "ES256")).unwrap();
+    let out = Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        config_yaml(dir.path(), "", "ES256").replace("prefix: /mcp", "prefix: mcp"),
+    )
+    .unwrap();
+    let out = Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0].prefix"));
+
+    let mut child = Command::new(bin)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(warden_token_service::password::verify_password(
+        "s3cret",
+        hash.trim()
+    ));
+}
+
+#[test]
+fn cli_serve_reads_warden_config_and_logs_json() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let bin = env!("CARGO_BIN_EXE_warden-token-service");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warden.yaml");
+    std::fs::write(&path, config_yaml(dir.path(), "", "ES256")).unwrap();
+    let mut child = Command::new(bin)
+        .arg("serve")
+        .env("WARDEN_CONFIG", &path)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut addr = None;
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(20)) {
+        let v: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
+        if let Some(m) = v["fields"]["message"].as_str() {
+            if let Some(a) = m.strip_prefix("listening on http://") {
+                addr = Some(a.to_owned());
+                break;
+            }
+        }
+    }
+    let addr = addr.expect("listening line");
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(dir.path().join("warden.db").exists());
+    assert!(dir.path().join("signing-key.json").exists());
+}
