@@ -216,18 +216,20 @@ fn bearer_token<'a>(values: &[&'a [u8]]) -> Result<&'a str, BearerProblem> {
             ))
         }
     };
-    let value = std::str::from_utf8(value).map_err(|_| {
-        BearerProblem::Malformed("authorization-not-utf8", "malformed Authorization header")
-    })?;
-    let (scheme, token) = value.trim().split_once(' ').unwrap_or((value, ""));
+    // RFC 6750 §3.1: another scheme (or a bare "Bearer") is no bearer credential at all, so it
+    // gets the plain challenge that starts the client's sign-in.
+    let Ok(value) = std::str::from_utf8(value) else {
+        return Err(BearerProblem::Missing);
+    };
+    let (scheme, token) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(BearerProblem::Malformed(
-            "authorization-not-bearer",
-            "use the Bearer scheme",
-        ));
+        return Err(BearerProblem::Missing);
     }
     let token = token.trim();
-    if token.is_empty() || token.contains(' ') {
+    if token.is_empty() {
+        return Err(BearerProblem::Missing);
+    }
+    if token.contains(' ') {
         return Err(BearerProblem::Malformed(
             "authorization-malformed",
             "malformed bearer token",
@@ -374,7 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn repeated_or_non_bearer_authorization_is_invalid_request() {
+    fn repeated_authorization_is_invalid_request_other_schemes_are_no_credentials() {
         let mut run = Run::new();
         let (key, _) = es256_pair();
         let token = format!(
@@ -386,8 +388,11 @@ mod tests {
         assert!(header(&r, "www-authenticate")
             .unwrap()
             .contains("error=\"invalid_request\""));
-        let r = reply(run.decide(&head(b"/mcp", vec![b"Basic dXNlcjpwdw=="])));
-        assert_eq!(r.status, 400);
+        for other in [b"Basic dXNlcjpwdw==".as_slice(), b"Bearer", b"Bearer  "] {
+            let r = reply(run.decide(&head(b"/mcp", vec![other])));
+            assert_eq!((r.status, r.reason), (401, "token-missing"));
+            assert!(!header(&r, "www-authenticate").unwrap().contains("error="));
+        }
     }
 
     #[test]
