@@ -1,0 +1,358 @@
+//! Demo MCP server for mcp-warden (`make run` and the end-to-end tests).
+//!
+//! Built on the official Rust SDK (`rmcp`) and served with axum over streamable HTTP at `/mcp`.
+//!
+//! # Serving both protocol eras at once
+//!
+//! rmcp 3.9's [`StreamableHttpService`] decides per request which era a POST belongs to
+//! (`is_legacy_request` in `rmcp::transport::streamable_http_server::tower`):
+//!
+//! * `StreamableHttpServerConfig::legacy_session_mode` (default `true`) enables sessions, but only
+//!   for the revisions before `2026-07-28`: an `initialize` request always takes the handshake path
+//!   (the server answers with `Mcp-Session-Id`, accepts `GET` for the SSE stream and `DELETE` to end
+//!   the session), whatever version it names.
+//! * A request that carries the complete `2026-07-28` per-request `_meta`
+//!   (`io.modelcontextprotocol/protocolVersion`, `clientInfo`, `clientCapabilities`) together
+//!   with the `MCP-Protocol-Version`/`Mcp-Method`/`Mcp-Name` headers is served statelessly (no
+//!   session), also when `legacy_session_mode` is on ("Per SEP-2567 … requests negotiating
+//!   that version are always served statelessly regardless of this setting"). `server/discover`
+//!   is answered without a session too.
+//! * `ServerHandler::supported_protocol_versions` defaults to `ProtocolVersion::KNOWN_VERSIONS`
+//!   (`2026-07-28`, `2025-11-25`, `2025-06-18`, `2025-03-26`, `2024-11-05`), so both a
+//!   `server/discover` client and an `initialize` client find a version they speak.
+//! * `stateless_protocol_metadata_required` stays `false`: with it on, handshake-era clients
+//!   (which send no per-request `_meta`) would be rejected.
+//!
+//! So the defaults (`legacy_session_mode: true`, `LocalSessionManager`) are exactly what a
+//! server that speaks both eras needs; nothing else is switched on.
+//!
+//! # Test hooks
+//!
+//! * Every HTTP request the server receives (except `/_recorded` and `/healthz` themselves) is
+//!   recorded in memory: method, path (with query), headers, and the body (first 64 KiB).
+//!   `GET /_recorded` returns them as a JSON array, `DELETE /_recorded` clears the list.
+//! * `GET /healthz` answers `200 ok`.
+//! * The `whoami` tool returns the HTTP request the server received for that very call
+//!   (method, path, headers) as JSON text, read from the `http::request::Parts` that rmcp's
+//!   streamable HTTP service inserts into the request context extensions.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{bail, Context as _};
+use axum::{
+    body::Body,
+    extract::{OriginalUri, Request, State},
+    http::{request::Parts, HeaderMap, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use rmcp::{
+    handler::server::{router::tool::ToolRouter, tool::Extension, wrapper::Parameters},
+    model::{Implementation, ServerCapabilities, ServerConfig},
+    schemars, tool, tool_handler, tool_router,
+    transport::streamable_http_server::{
+        session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+    },
+    ServerHandler,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+/// Bodies are recorded up to this many bytes.
+const RECORD_BODY_LIMIT: usize = 64 * 1024;
+/// Largest request body the recorder reads (rmcp's own POST limit is 4 MiB).
+const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+const DEFAULT_LISTEN: &str = "127.0.0.1:9200";
+
+// ---------------------------------------------------------------------------------------------
+// MCP tools
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct EchoArgs {
+    /// Text to send back.
+    text: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct AddArgs {
+    /// Left operand.
+    a: i64,
+    /// Right operand.
+    b: i64,
+}
+
+#[derive(Debug, Clone)]
+struct DemoServer {
+    tool_router: ToolRouter<Self>,
+}
+
+impl DemoServer {
+    fn new() -> Self {
+        Self {
+            tool_router: Self::tool_router(),
+        }
+    }
+}
+
+/// Headers as a JSON object: lower-case name → array of values (non-UTF-8 values lossily).
+fn headers_json(headers: &HeaderMap) -> Value {
+    let mut out = Map::new();
+    for (name, value) in headers {
+        let value = Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned());
+        match out.get_mut(name.as_str()) {
+            Some(Value::Array(values)) => values.push(value),
+            _ => {
+                out.insert(name.as_str().to_owned(), Value::Array(vec![value]));
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+#[tool_router]
+impl DemoServer {
+    /// Returns the HTTP request this call arrived in, so tests can see exactly what the gateway
+    /// forwarded (e.g. that no `authorization` header reached the upstream).
+    #[tool(
+        description = "Return the HTTP request headers the MCP server received for this call, as JSON: {\"method\", \"path\", \"headers\": {name: [values]}}"
+    )]
+    fn whoami(&self, Extension(parts): Extension<Parts>) -> String {
+        json!({
+            "method": parts.method.as_str(),
+            // `nest_service("/mcp", …)` strips the prefix from `parts.uri`; axum keeps the
+            // request's original URI as an extension.
+            "path": parts
+                .extensions
+                .get::<OriginalUri>()
+                .map_or_else(|| parts.uri.to_string(), |original| original.0.to_string()),
+            "headers": headers_json(&parts.headers),
+        })
+        .to_string()
+    }
+
+    #[tool(description = "Echo the given text back")]
+    fn echo(&self, Parameters(EchoArgs { text }): Parameters<EchoArgs>) -> String {
+        text
+    }
+
+    #[tool(description = "Add two integers")]
+    fn add(&self, Parameters(AddArgs { a, b }): Parameters<AddArgs>) -> String {
+        a.saturating_add(b).to_string()
+    }
+
+    #[tool(description = "Return the server's current time (RFC 3339, UTC)")]
+    fn get_time(&self) -> String {
+        chrono::Utc::now().to_rfc3339()
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for DemoServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(
+                "demo-mcp-server",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions("mcp-warden demo server: whoami, echo, add, get_time")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request recording
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize)]
+struct RecordedRequest {
+    method: String,
+    path: String,
+    headers: Value,
+    /// Body (lossy UTF-8), at most 64 KiB.
+    body: String,
+    body_len: usize,
+    body_truncated: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Recorder {
+    requests: Arc<Mutex<Vec<RecordedRequest>>>,
+}
+
+impl Recorder {
+    fn push(&self, request: RecordedRequest) {
+        // A poisoned lock only means another handler panicked mid-push; keep recording.
+        let mut guard = self
+            .requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.push(request);
+    }
+
+    fn snapshot(&self) -> Vec<RecordedRequest> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn clear(&self) {
+        self.requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+    }
+}
+
+async fn record_requests(
+    State(recorder): State<Recorder>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if path == "/_recorded" || path == "/healthz" {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            recorder.push(RecordedRequest {
+                method: parts.method.to_string(),
+                path: parts.uri.to_string(),
+                headers: headers_json(&parts.headers),
+                body: format!("<body not read: {error}>"),
+                body_len: 0,
+                body_truncated: true,
+            });
+            return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response();
+        }
+    };
+    let shown = bytes.get(..RECORD_BODY_LIMIT).unwrap_or(&bytes);
+    recorder.push(RecordedRequest {
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned()),
+        headers: headers_json(&parts.headers),
+        body: String::from_utf8_lossy(shown).into_owned(),
+        body_len: bytes.len(),
+        body_truncated: bytes.len() > RECORD_BODY_LIMIT,
+    });
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+async fn get_recorded(State(recorder): State<Recorder>) -> Json<Vec<RecordedRequest>> {
+    Json(recorder.snapshot())
+}
+
+async fn delete_recorded(State(recorder): State<Recorder>) -> StatusCode {
+    recorder.clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+// ---------------------------------------------------------------------------------------------
+
+struct Args {
+    listen: SocketAddr,
+    allowed_hosts: Vec<String>,
+}
+
+const USAGE: &str = "usage: demo-mcp-server [--listen 127.0.0.1:9200] [--allowed-host HOST]...\n\
+  --listen ADDR        loopback address to bind (default 127.0.0.1:9200)\n\
+  --allowed-host HOST  extra Host header value accepted besides localhost/127.0.0.1/::1";
+
+fn parse_args() -> anyhow::Result<Option<Args>> {
+    let mut listen = DEFAULT_LISTEN.to_owned();
+    let mut allowed_hosts = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) => (flag.to_owned(), Some(value.to_owned())),
+            None => (arg.clone(), None),
+        };
+        match flag.as_str() {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            "--listen" | "--allowed-host" => {
+                let value = match inline.or_else(|| args.next()) {
+                    Some(value) => value,
+                    None => bail!("{flag} needs a value\n{USAGE}"),
+                };
+                if flag == "--listen" {
+                    listen = value;
+                } else {
+                    allowed_hosts.push(value);
+                }
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let listen: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--listen {listen:?} is not an IP:port address"))?;
+    if !listen.ip().is_loopback() {
+        bail!("--listen must be a loopback address (the demo server is unauthenticated), got {listen}");
+    }
+    Ok(Some(Args {
+        listen,
+        allowed_hosts,
+    }))
+}
+
+fn app(recorder: Recorder, extra_hosts: Vec<String>) -> Router {
+    let mut allowed_hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    allowed_hosts.extend(extra_hosts);
+    // Defaults otherwise: legacy_session_mode = true serves the handshake era with sessions and
+    // 2026-07-28 requests statelessly (see the module docs).
+    let config = StreamableHttpServerConfig::default().with_allowed_hosts(allowed_hosts);
+    let mcp: StreamableHttpService<DemoServer, LocalSessionManager> = StreamableHttpService::new(
+        || Ok(DemoServer::new()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    Router::new()
+        .nest_service("/mcp", mcp)
+        .route("/healthz", get(healthz))
+        .route("/_recorded", get(get_recorded).delete(delete_recorded))
+        .layer(middleware::from_fn_with_state(
+            recorder.clone(),
+            record_requests,
+        ))
+        .with_state(recorder)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Some(args) = parse_args()? else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    println!("listening on http://{addr}");
+    let router = app(Recorder::default(), args.allowed_hosts);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving")?;
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! The demo MCP server on its own (no Envoy): both protocol eras with rmcp's client, and the
+//! request recording the gateway tests rely on.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use rmcp::model::ProtocolVersion;
+use serde_json::{json, Value};
+use warden_e2e::{
+    call_tool_text, connect, free_port, mcp_post, raw_request, recorded_header,
+    recorded_rpc_method, tool_names, wait_recorded, whoami, ClientAuth, DemoServer, Era,
+};
+
+async fn start_demo() -> (tempfile::TempDir, DemoServer) {
+    let dir = tempfile::Builder::new()
+        .prefix("warden-demo-")
+        .tempdir()
+        .unwrap();
+    let demo = DemoServer::start(dir.path(), free_port()).await;
+    (dir, demo)
+}
+
+fn methods(recorded: &[Value]) -> Vec<String> {
+    recorded.iter().filter_map(recorded_rpc_method).collect()
+}
+
+#[tokio::test]
+async fn stateless_era_lists_and_calls_tools_without_a_session() {
+    let (_dir, demo) = start_demo().await;
+    let client = connect(&demo.mcp_url(), &Era::Stateless, ClientAuth::None).await;
+
+    let names = tool_names(&client).await;
+    for expected in ["whoami", "echo", "add", "get_time"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+    assert_eq!(
+        call_tool_text(&client, "echo", json!({"text": "hello warden"})).await,
+        "hello warden"
+    );
+    assert_eq!(
+        call_tool_text(&client, "add", json!({"a": 2, "b": 40})).await,
+        "42"
+    );
+
+    let me = whoami(&client).await;
+    assert_eq!(me["method"], "POST");
+    assert_eq!(me["path"], "/mcp");
+    assert_eq!(me["headers"]["mcp-protocol-version"][0], "2026-07-28");
+    assert_eq!(me["headers"]["mcp-method"][0], "tools/call");
+    assert_eq!(me["headers"]["mcp-name"][0], "whoami");
+    assert!(me["headers"].get("mcp-session-id").is_none(), "{me}");
+    assert!(me["headers"].get("authorization").is_none(), "{me}");
+
+    client.cancel().await.unwrap();
+
+    let recorded = demo.recorded().await;
+    let methods = methods(&recorded);
+    assert!(
+        methods.iter().any(|m| m == "server/discover"),
+        "{methods:?}"
+    );
+    assert!(methods.iter().any(|m| m == "tools/list"), "{methods:?}");
+    assert!(!methods.iter().any(|m| m == "initialize"), "{methods:?}");
+    for r in &recorded {
+        assert_eq!(r["method"], "POST", "stateless era only POSTs: {r}");
+        assert_eq!(r["path"], "/mcp");
+        assert!(recorded_header(r, "mcp-session-id").is_none(), "{r}");
+        assert_eq!(
+            recorded_header(r, "mcp-protocol-version"),
+            Some("2026-07-28")
+        );
+        assert_eq!(
+            recorded_header(r, "mcp-method").map(str::to_owned),
+            recorded_rpc_method(r),
+            "Mcp-Method header agrees with the body: {r}"
+        );
+    }
+    let echo = recorded
+        .iter()
+        .find(|r| recorded_header(r, "mcp-name") == Some("echo"))
+        .expect("echo call recorded");
+    assert!(
+        echo["body"].as_str().unwrap().contains("hello warden"),
+        "{echo}"
+    );
+}
+
+#[tokio::test]
+async fn handshake_era_uses_session_sse_stream_and_delete() {
+    let (_dir, demo) = start_demo().await;
+    let client = connect(&demo.mcp_url(), &Era::handshake(), ClientAuth::None).await;
+
+    let names = tool_names(&client).await;
+    assert!(names.iter().any(|n| n == "whoami"), "{names:?}");
+    assert_eq!(
+        call_tool_text(&client, "echo", json!({"text": "legacy"})).await,
+        "legacy"
+    );
+    let me = whoami(&client).await;
+    let session = me["headers"]["mcp-session-id"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("handshake era sends Mcp-Session-Id: {me}"))
+        .to_owned();
+    assert_eq!(me["headers"]["mcp-protocol-version"][0], "2025-11-25");
+
+    // rmcp opens the standalone GET SSE stream after `notifications/initialized`.
+    wait_recorded(&demo, "GET SSE stream with the session id", |rec| {
+        rec.iter().any(|r| {
+            r["method"] == "GET" && recorded_header(r, "mcp-session-id") == Some(session.as_str())
+        })
+    })
+    .await;
+
+    client.cancel().await.unwrap();
+    let recorded = wait_recorded(&demo, "DELETE of the session", |rec| {
+        rec.iter().any(|r| {
+            r["method"] == "DELETE"
+                && recorded_header(r, "mcp-session-id") == Some(session.as_str())
+        })
+    })
+    .await;
+
+    let first = &recorded[0];
+    assert_eq!(recorded_rpc_method(first).as_deref(), Some("initialize"));
+    assert!(
+        recorded_header(first, "mcp-session-id").is_none(),
+        "{first}"
+    );
+    let methods = methods(&recorded);
+    assert!(
+        methods.iter().any(|m| m == "notifications/initialized"),
+        "{methods:?}"
+    );
+    assert!(
+        !methods.iter().any(|m| m == "server/discover"),
+        "{methods:?}"
+    );
+    // Everything after initialize carries the session.
+    for r in recorded.iter().skip(1) {
+        assert_eq!(
+            recorded_header(r, "mcp-session-id"),
+            Some(session.as_str()),
+            "{r}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn older_handshake_versions_are_served() {
+    let (_dir, demo) = start_demo().await;
+    for version in [ProtocolVersion::V_2025_06_18, ProtocolVersion::V_2025_03_26] {
+        let era = Era::Handshake(version.clone());
+        let client = connect(&demo.mcp_url(), &era, ClientAuth::None).await;
+        let negotiated = client
+            .peer_info()
+            .map(|info| info.protocol_version.to_string());
+        assert_eq!(negotiated.as_deref(), Some(version.to_string().as_str()));
+        assert_eq!(
+            call_tool_text(&client, "echo", json!({"text": version.to_string()})).await,
+            version.to_string()
+        );
+        let me = whoami(&client).await;
+        assert!(me["headers"].get("mcp-session-id").is_some(), "{era}: {me}");
+        client.cancel().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn raw_stateless_request_is_answered_without_session_header() {
+    let (_dir, demo) = start_demo().await;
+    let resp = mcp_post(
+        &demo.mcp_url(),
+        &[],
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "raw"}}),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert!(resp.header("mcp-session-id").is_none());
+    let msg = resp.json();
+    assert_eq!(msg["result"]["content"][0]["text"], "raw", "{msg}");
+}
+
+#[tokio::test]
+async fn recording_lists_requests_and_can_be_cleared() {
+    let (_dir, demo) = start_demo().await;
+    assert!(demo.recorded().await.is_empty());
+
+    // Health checks and the recording endpoint itself are not recorded.
+    let health = raw_request("GET", &format!("{}/healthz", demo.url()), &[], None).await;
+    assert_eq!(health.status, 200);
+    assert!(demo.recorded().await.is_empty());
+
+    let resp = raw_request(
+        "POST",
+        &format!("{}?probe=1", demo.mcp_url()),
+        &[
+            ("content-type", "application/json"),
+            ("x-probe", "one"),
+            ("x-probe", "two"),
+        ],
+        Some(r#"{"not":"jsonrpc"}"#),
+    )
+    .await;
+    assert!(resp.status >= 400, "junk POST is rejected: {}", resp.status);
+
+    let recorded = demo.recorded().await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let r = &recorded[0];
+    assert_eq!(r["method"], "POST");
+    assert_eq!(r["path"], "/mcp?probe=1");
+    assert_eq!(r["headers"]["x-probe"], json!(["one", "two"]));
+    assert_eq!(r["body"], r#"{"not":"jsonrpc"}"#);
+    assert_eq!(r["body_truncated"], false);
+
+    demo.clear_recorded().await;
+    assert!(demo.recorded().await.is_empty());
+
+    // Bodies are recorded up to 64 KiB.
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(100 * 1024));
+    raw_request(
+        "POST",
+        &demo.mcp_url(),
+        &[("content-type", "application/json")],
+        Some(&big),
+    )
+    .await;
+    let recorded = demo.recorded().await;
+    assert_eq!(recorded[0]["body"].as_str().unwrap().len(), 64 * 1024);
+    assert_eq!(recorded[0]["body_len"], big.len());
+    assert_eq!(recorded[0]["body_truncated"], true);
+}
+
+/// rmcp's plain `serve()` runs the `initialize` handshake even though `ClientConfig::default()`
+/// names `2026-07-28` (rmcp's `LATEST`): the server answers the handshake with a legacy
+/// version. Clients must opt into the stateless era with `ClientLifecycleMode::Discover`.
+#[tokio::test]
+async fn plain_rmcp_serve_uses_the_handshake() {
+    use rmcp::model::ClientConfig;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::ServiceExt as _;
+
+    let (_dir, demo) = start_demo().await;
+    assert_eq!(
+        ClientConfig::default().protocol_version,
+        ProtocolVersion::V_2026_07_28
+    );
+    let client = ClientConfig::default()
+        .serve(StreamableHttpClientTransport::from_uri(demo.mcp_url()))
+        .await
+        .unwrap();
+    let negotiated = client.peer_info().unwrap().protocol_version.clone();
+    assert_eq!(negotiated, ProtocolVersion::V_2025_11_25);
+    let me = whoami(&client).await;
+    assert!(me["headers"].get("mcp-session-id").is_some(), "{me}");
+    client.cancel().await.unwrap();
+    let methods = methods(&demo.recorded().await);
+    assert_eq!(methods.first().map(String::as_str), Some("initialize"));
+}
