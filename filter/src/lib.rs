@@ -22,7 +22,9 @@ use metrics::{Counter, Metrics};
 const JWKS_SHARED_KEY: &str = "mcp-warden.jwks.v1";
 /// A request naming an unknown `kid` may trigger a refetch at most this often per worker,
 /// so junk tokens cannot turn the filter into a load generator against the token service.
-const MIN_REFETCH_SECONDS: i64 = 5;
+const MIN_KID_REFETCH_SECONDS: i64 = 5;
+/// Before any key set has arrived (start-up), a request may trigger a fetch this often.
+const MIN_BOOTSTRAP_FETCH_SECONDS: i64 = 1;
 /// JWKS responses larger than this are refused rather than parsed.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
@@ -38,7 +40,10 @@ struct Worker {
     /// Shared-data version our `keys` came from, to notice another worker's fetch.
     keys_cas: Option<u32>,
     cache: TokenCache,
-    last_fetch_started: Option<i64>,
+    /// Last request-triggered fetch for an unknown `kid` / while no keys had arrived yet; kept
+    /// apart so a start-up fetch does not delay the refetch a key rotation needs.
+    last_kid_fetch: Option<i64>,
+    last_bootstrap_fetch: Option<i64>,
     last_refresh: Option<i64>,
     metrics: Metrics,
 }
@@ -177,7 +182,8 @@ impl RootContext for WardenRoot {
             keys,
             keys_cas: None,
             cache,
-            last_fetch_started: None,
+            last_kid_fetch: None,
+            last_bootstrap_fetch: None,
             last_refresh: None,
             metrics: Metrics::define(),
         })));
@@ -344,17 +350,20 @@ impl WardenRequest {
 
     /// Dispatches a JWKS fetch for this request unless this worker fetched very recently.
     fn start_key_fetch(&self, now: i64) -> bool {
-        let mut w = self.worker.borrow_mut();
-        let recently = w
-            .last_fetch_started
-            .is_some_and(|at| now - at < MIN_REFETCH_SECONDS);
+        let mut guard = self.worker.borrow_mut();
+        let w = &mut *guard;
         let Some(fetch) = w.config.jwks.clone() else {
             return false;
         };
-        if recently || dispatch_jwks(self, &fetch).is_none() {
+        let (last, min_interval) = if w.keys.is_none() {
+            (&mut w.last_bootstrap_fetch, MIN_BOOTSTRAP_FETCH_SECONDS)
+        } else {
+            (&mut w.last_kid_fetch, MIN_KID_REFETCH_SECONDS)
+        };
+        if last.is_some_and(|at| now - at < min_interval) || dispatch_jwks(self, &fetch).is_none() {
             return false;
         }
-        w.last_fetch_started = Some(now);
+        *last = Some(now);
         true
     }
 

@@ -29,6 +29,6 @@ fn readme_plugin_config_example_is_accepted_by_the_filter() {
         .expect("README has a JSON plugin config example")
         + 8;
     let end = start + readme[start..].find("```").unwrap();
-    warden_core::config::CompiledConfig::from_json(readme[start..end].as_bytes())
+    warden_core::config::CompiledConfig::from_json(&readme.as_bytes()[start..end])
         .unwrap_or_else(|e| panic!("README plugin config example: {e}"));
 }
