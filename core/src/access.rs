@@ -18,6 +18,8 @@ pub struct RequestHead<'a> {
     pub scheme: &'a [u8],
     /// `:path` including any query string.
     pub path: &'a [u8],
+    /// Envoy's `xds.route_name` for the request, when the host could tell.
+    pub envoy_route: Option<&'a [u8]>,
     pub origin: Option<&'a [u8]>,
     /// Every `Authorization` header value, in order.
     pub authorization: Vec<&'a [u8]>,
@@ -55,23 +57,33 @@ pub struct Context<'a> {
 }
 
 pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
-    let (Ok(authority), Ok(path)) = (
-        std::str::from_utf8(head.authority),
-        std::str::from_utf8(head.path),
-    ) else {
-        return Step::PassThrough;
-    };
-    let scheme = match head.scheme {
-        b"https" => "https",
-        _ => "http",
-    };
-    let authority = crate::url::normalize_authority(scheme, authority);
+    // Bytes that are not UTF-8 are decoded lossily, never waved through: a request must not
+    // escape its route by being malformed.
+    let authority = String::from_utf8_lossy(head.authority).to_ascii_lowercase();
+    let path = String::from_utf8_lossy(head.path);
     let path_only = path.split(['?', '#']).next().unwrap_or_default();
 
     if let Some(route) = ctx.config.metadata_route(&authority, path_only) {
         return Step::Reply(metadata_reply(route, head));
     }
-    let Some((index, route)) = ctx.config.route_for(&authority, path_only) else {
+    let envoy_route = head.envoy_route.map(String::from_utf8_lossy);
+    let matched = match envoy_route.as_deref() {
+        Some(name) if name.starts_with(crate::config::ENVOY_ROUTE_PREFIX) => {
+            match ctx.config.route_named(name) {
+                Some(found) => Some(found),
+                None => {
+                    return Step::Reply(LocalReply::oauth_error(
+                        403,
+                        "route-unknown",
+                        "forbidden",
+                        "Envoy routed this request to an MCP route the filter does not know",
+                    ))
+                }
+            }
+        }
+        _ => ctx.config.route_for(&authority, path_only),
+    };
+    let Some((index, route)) = matched else {
         return Step::PassThrough;
     };
 
@@ -293,6 +305,7 @@ mod tests {
             authority: b"127.0.0.1:9000",
             scheme: b"http",
             path,
+            envoy_route: None,
             origin: None,
             authorization: auth,
             is_preflight: false,
@@ -323,6 +336,24 @@ mod tests {
         let mut h = head(b"/mcp", vec![]);
         h.authority = b"other-host";
         assert!(matches!(run.decide(&h), Step::PassThrough));
+    }
+
+    #[test]
+    fn envoy_route_name_is_authoritative() {
+        let mut run = Run::new();
+        // Envoy routed to our "demo" route although the Host would not match it.
+        let mut h = head(b"/mcp", vec![]);
+        h.authority = b"127.0.0.1";
+        h.envoy_route = Some(b"mcp-warden:demo");
+        assert_eq!(reply(run.decide(&h)).status, 401);
+        h.envoy_route = Some(b"mcp-warden:gone");
+        assert_eq!(reply(run.decide(&h)).status, 403);
+        // Another filter's route name: fall back to our own matching.
+        h.envoy_route = Some(b"other-route");
+        assert!(matches!(run.decide(&h), Step::PassThrough));
+        // Non-UTF-8 bytes do not escape the route.
+        let h = head(b"/mcp/\xff", vec![]);
+        assert_eq!(reply(run.decide(&h)).status, 401);
     }
 
     #[test]

@@ -158,8 +158,14 @@ impl CompiledConfig {
         self.routes
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.url.authority == authority && r.url.covers_path(path))
+            .filter(|(_, r)| r.url.matches_host(authority) && r.url.covers_path(path))
             .max_by_key(|(_, r)| r.url.path.len())
+    }
+
+    /// The route Envoy's router chose, when its name marks it as ours (`mcp-warden:<name>`).
+    pub fn route_named(&self, envoy_route_name: &str) -> Option<(usize, &Route)> {
+        let name = envoy_route_name.strip_prefix(ENVOY_ROUTE_PREFIX)?;
+        self.routes.iter().enumerate().find(|(_, r)| r.name == name)
     }
 
     /// The route whose RFC 9728 metadata a `/.well-known/oauth-protected-resource[/path]`
@@ -184,6 +190,9 @@ impl CompiledConfig {
 }
 
 pub const WELL_KNOWN_PRM: &str = "/.well-known/oauth-protected-resource";
+/// Envoy route names with this prefix name a warden route; the filter then follows Envoy's
+/// routing decision instead of matching the request itself (they can never disagree).
+pub const ENVOY_ROUTE_PREFIX: &str = "mcp-warden:";
 
 fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
     if raw.version != CONFIG_VERSION {
@@ -217,12 +226,19 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
             if !fetch.path.starts_with('/') {
                 return Err(err("jwks.path", "must start with '/'"));
             }
+            if fetch.timeout_ms == 0 {
+                // Envoy reads 0 as "no timeout": a stalled fetch would hold requests forever.
+                return Err(err("jwks.timeout_ms", "must be at least 1"));
+            }
             if fetch.refresh_seconds == 0 {
                 return Err(err("jwks.refresh_seconds", "must be at least 1"));
             }
             None
         }
     };
+    if raw.clock_skew_seconds > 300 {
+        return Err(err("clock_skew_seconds", "at most 300: a larger leeway would disable exp checks"));
+    }
     if raw.routes.is_empty() {
         return Err(err("routes", "at least one route is required"));
     }

@@ -74,6 +74,8 @@ pub enum TokenError {
     Expired,
     NotYetValid,
     MissingExpiry,
+    /// Not an access token (RFC 9068 `typ: at+jwt`): an ID token or other JWT from the same key.
+    WrongType,
 }
 
 impl TokenError {
@@ -89,6 +91,7 @@ impl TokenError {
             TokenError::Expired => "token-expired",
             TokenError::NotYetValid => "token-not-yet-valid",
             TokenError::MissingExpiry => "token-missing-exp",
+            TokenError::WrongType => "token-wrong-type",
         }
     }
 }
@@ -119,6 +122,10 @@ pub fn verify(
         .ok_or_else(|| TokenError::UnknownKey(kid.to_string()))?;
     if untrusted.algorithm() != key.algorithm() {
         return Err(TokenError::AlgorithmMismatch);
+    }
+    let typ = untrusted.header().token_type.as_deref().unwrap_or_default();
+    if !typ.eq_ignore_ascii_case("at+jwt") && !typ.eq_ignore_ascii_case("application/at+jwt") {
+        return Err(TokenError::WrongType);
     }
     let verified = match key {
         VerifyingKey::Es256(k) => Es256.validator::<TeClaims>(k).validate(&untrusted),
@@ -193,7 +200,7 @@ pub(crate) mod testkeys {
 
     pub fn sign(key: &p256::ecdsa::SigningKey, claims: &Claims<TeClaims>) -> String {
         Es256
-            .token(&Header::empty().with_key_id("k1"), claims, key)
+            .token(&Header::empty().with_key_id("k1").with_token_type("at+jwt"), claims, key)
             .unwrap()
     }
 }

@@ -63,6 +63,19 @@ impl ResourceUrl {
         format!("{}://{}", self.scheme, self.authority)
     }
 
+    /// Whether a request's `Host` / `:authority` names this resource's authority. The default
+    /// port is judged by the resource's scheme, never by the request's `:scheme`, which the
+    /// client chooses.
+    pub fn matches_host(&self, host: &str) -> bool {
+        if host.eq_ignore_ascii_case(&self.authority) {
+            return true;
+        }
+        let default_port = if self.scheme == "https" { ":443" } else { ":80" };
+        host.len() == self.authority.len() + default_port.len()
+            && host[..self.authority.len()].eq_ignore_ascii_case(&self.authority)
+            && host.ends_with(default_port)
+    }
+
     /// Whether a request path (query already removed) falls under this resource: the prefix
     /// itself or anything below it at a segment boundary (`/mcp` matches `/mcp/x`, not `/mcpx`).
     pub fn covers_path(&self, path: &str) -> bool {
@@ -116,6 +129,18 @@ mod tests {
         ] {
             assert!(ResourceUrl::parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn host_matching_uses_the_resource_scheme() {
+        let https = ResourceUrl::parse("https://x.example/mcp").unwrap();
+        assert!(https.matches_host("x.example"));
+        assert!(https.matches_host("X.Example:443"));
+        assert!(!https.matches_host("x.example:80"));
+        let http = ResourceUrl::parse("http://127.0.0.1:9000/mcp").unwrap();
+        assert!(http.matches_host("127.0.0.1:9000"));
+        assert!(!http.matches_host("127.0.0.1"));
+        assert!(!http.matches_host("127.0.0.1:90001"));
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! mcp-warden's proxy-wasm filter: a thin adapter that reads what `warden_core` needs from the
 //! host, asks it for a decision, and carries the decision out. Each Envoy worker runs its own VM,
 //! so `Worker` state (key set, verified-token cache) is per worker; the JWKS is shared between
-//! workers through shared data so one fetch serves all.
+//! workers through shared data so one good fetch serves all.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use warden_core::access::{self, Grant, RequestHead, Step};
@@ -18,13 +19,17 @@ use warden_core::reply::{LocalReply, CORS_EXPOSE_HEADERS};
 mod metrics;
 use metrics::{Counter, Metrics};
 
-/// Shared-data key of the last good JWKS (process-wide, so every worker sees one fetch).
-const JWKS_SHARED_KEY: &str = "mcp-warden.jwks.v1";
-/// A request naming an unknown `kid` may trigger a refetch at most this often per worker,
-/// so junk tokens cannot turn the filter into a load generator against the token service.
+/// Shared-data key prefix of the last good JWKS; the issuer completes the key, so two plugin
+/// configurations sharing a VM id never mix key sets.
+const JWKS_SHARED_KEY_PREFIX: &str = "mcp-warden.jwks.v1:";
+/// A request naming an unknown `kid` may start a refetch at most this often per worker, so junk
+/// tokens cannot turn the filter into a load generator against the token service.
 const MIN_KID_REFETCH_SECONDS: i64 = 5;
-/// Before any key set has arrived (start-up), a request may trigger a fetch this often.
+/// Before any key set has arrived (start-up), a request may start a fetch this often.
 const MIN_BOOTSTRAP_FETCH_SECONDS: i64 = 1;
+/// Requests that need keys while a fetch is under way join with a fetch of their own (the SDK
+/// cannot wake another request's context); this bounds how many run at once per worker.
+const MAX_FETCHES_IN_FLIGHT: u32 = 8;
 /// JWKS responses larger than this are refused rather than parsed.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
@@ -33,48 +38,55 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(WardenRoot::default()) });
 }}
 
-/// Per-worker state shared by the root context and its HTTP contexts (one thread, so `RefCell`).
+/// Per-worker state shared by the root context and its HTTP contexts (one thread: `RefCell`).
 struct Worker {
     config: Rc<CompiledConfig>,
     keys: Option<Rc<KeySet>>,
     /// Shared-data version our `keys` came from, to notice another worker's fetch.
     keys_cas: Option<u32>,
     cache: TokenCache,
-    /// Last request-triggered fetch for an unknown `kid` / while no keys had arrived yet; kept
+    /// Last request-started fetch for an unknown `kid` / while no keys had arrived yet; kept
     /// apart so a start-up fetch does not delay the refetch a key rotation needs.
     last_kid_fetch: Option<i64>,
     last_bootstrap_fetch: Option<i64>,
     last_refresh: Option<i64>,
+    /// Request-started fetches not yet answered (or abandoned by their request).
+    fetches_in_flight: u32,
+    shared_key: String,
     metrics: Metrics,
 }
 
 impl Worker {
-    /// Adopts a newer JWKS another worker stored in shared data, if there is one.
+    /// Adopts the JWKS in shared data when it is newer than ours (another worker fetched).
     fn sync_keys(&mut self, ctx: &dyn Context) {
         if self.config.static_keys.is_some() {
             return;
         }
-        let (Some(bytes), cas) = ctx.get_shared_data(JWKS_SHARED_KEY) else {
+        let (Some(bytes), cas) = ctx.get_shared_data(&self.shared_key) else {
             return;
         };
         if cas.is_some() && cas == self.keys_cas {
             return;
         }
         if let Ok(keys) = KeySet::from_jwks(&bytes) {
-            self.install_keys(keys, cas);
+            self.keys = Some(Rc::new(keys));
+            self.keys_cas = cas;
+            // A key may have been withdrawn: tokens it signed must be checked again.
+            self.cache.clear();
         }
     }
 
-    fn install_keys(&mut self, keys: KeySet, cas: Option<u32>) {
-        self.keys = Some(Rc::new(keys));
-        self.keys_cas = cas;
-        // A key may have been withdrawn: tokens it signed must be checked again.
-        self.cache.clear();
-    }
-
-    /// Handles a JWKS fetch response; returns whether a usable key set was installed.
-    fn accept_jwks(&mut self, ctx: &dyn Context, body_size: usize) -> bool {
-        let status = ctx.get_http_call_response_header_bytes(":status");
+    /// Handles a JWKS fetch response. `num_headers == 0` is Envoy's sign of a failed call: no
+    /// response exists and the SDK's getters would panic on it, so nothing is read then.
+    fn accept_jwks(&mut self, ctx: &dyn Context, num_headers: usize, body_size: usize) {
+        let status = if num_headers == 0 {
+            None
+        } else {
+            ctx.get_http_call_response_headers_bytes()
+                .into_iter()
+                .find(|(name, _)| name == ":status")
+                .map(|(_, value)| value)
+        };
         if status.as_deref() != Some(b"200".as_slice()) {
             self.metrics.inc(Counter::JwksFetchFailed);
             log::warn!(
@@ -83,33 +95,30 @@ impl Worker {
                     .map(|s| String::from_utf8_lossy(&s).into_owned())
                     .unwrap_or_else(|| "none: transport failure".into())
             );
-            return false;
+            return;
         }
         if body_size > MAX_JWKS_BYTES {
             self.metrics.inc(Counter::JwksFetchFailed);
-            log::warn!(
-                "mcp-warden: JWKS response of {body_size} bytes exceeds {MAX_JWKS_BYTES}; ignored"
-            );
-            return false;
+            log::warn!("mcp-warden: JWKS of {body_size} bytes exceeds {MAX_JWKS_BYTES}; ignored");
+            return;
         }
         let body = ctx
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
-        match KeySet::from_jwks(&body) {
-            Ok(keys) => {
-                // Publish for the other workers; a failed write only costs them their own fetch.
-                let _ = ctx.set_shared_data(JWKS_SHARED_KEY, Some(&body), None);
-                let (_, cas) = ctx.get_shared_data(JWKS_SHARED_KEY);
-                self.install_keys(keys, cas);
-                self.metrics.inc(Counter::JwksFetchOk);
-                true
-            }
-            Err(e) => {
-                self.metrics.inc(Counter::JwksFetchFailed);
-                log::warn!("mcp-warden: JWKS rejected: {e}");
-                false
-            }
+        if let Err(e) = KeySet::from_jwks(&body) {
+            self.metrics.inc(Counter::JwksFetchFailed);
+            log::warn!("mcp-warden: JWKS rejected: {e}");
+            return;
         }
+        self.metrics.inc(Counter::JwksFetchOk);
+        // Write only a changed key set: every write bumps the version, and each worker then
+        // drops its verified-token cache.
+        let (current, _) = ctx.get_shared_data(&self.shared_key);
+        if current.as_deref() != Some(body.as_slice()) {
+            let _ = ctx.set_shared_data(&self.shared_key, Some(&body), None);
+        }
+        // Install what shared data holds now: ours, or a newer set another worker wrote.
+        self.sync_keys(ctx);
     }
 }
 
@@ -120,27 +129,22 @@ fn now_seconds(ctx: &dyn Context) -> i64 {
         .unwrap_or_default()
 }
 
-fn dispatch_jwks(ctx: &dyn Context, fetch: &JwksFetch) -> Option<u32> {
+fn dispatch_jwks(ctx: &dyn Context, fetch: &JwksFetch) -> bool {
     let headers = vec![
         (":method", "GET"),
         (":path", fetch.path.as_str()),
         (":authority", fetch.authority.as_str()),
         ("accept", "application/json"),
     ];
-    match ctx.dispatch_http_call(
-        &fetch.cluster,
-        headers,
-        None,
-        vec![],
-        Duration::from_millis(u64::from(fetch.timeout_ms)),
-    ) {
-        Ok(token) => Some(token),
+    let timeout = Duration::from_millis(u64::from(fetch.timeout_ms));
+    match ctx.dispatch_http_call(&fetch.cluster, headers, None, vec![], timeout) {
+        Ok(_) => true,
         Err(status) => {
             log::warn!(
                 "mcp-warden: cannot dispatch JWKS fetch to cluster {}: {status:?}",
                 fetch.cluster
             );
-            None
+            false
         }
     }
 }
@@ -154,12 +158,12 @@ impl Context for WardenRoot {
     fn on_http_call_response(
         &mut self,
         _token: u32,
-        _headers: usize,
-        body_size: usize,
+        headers: usize,
+        body: usize,
         _trailers: usize,
     ) {
         if let Some(worker) = &self.worker {
-            worker.borrow_mut().accept_jwks(self, body_size);
+            worker.borrow_mut().accept_jwks(self, headers, body);
         }
     }
 }
@@ -177,6 +181,7 @@ impl RootContext for WardenRoot {
         };
         let keys = config.static_keys.clone().map(Rc::new);
         let cache = TokenCache::new(config.token_cache_entries, config.rules.leeway_seconds);
+        let shared_key = format!("{JWKS_SHARED_KEY_PREFIX}{}", config.rules.issuer);
         self.worker = Some(Rc::new(RefCell::new(Worker {
             config: Rc::new(config),
             keys,
@@ -185,6 +190,8 @@ impl RootContext for WardenRoot {
             last_kid_fetch: None,
             last_bootstrap_fetch: None,
             last_refresh: None,
+            fetches_in_flight: 0,
+            shared_key,
             metrics: Metrics::define(),
         })));
         // Fetch the JWKS promptly at start, then on the configured period.
@@ -207,7 +214,7 @@ impl RootContext for WardenRoot {
             (true, Some(at)) => now - at >= i64::from(fetch.refresh_seconds),
         };
         // Without keys, retry every tick; with keys, refresh on the period.
-        if due && dispatch_jwks(self, &fetch).is_some() {
+        if due && dispatch_jwks(self, &fetch) {
             w.last_refresh = Some(now);
         }
     }
@@ -218,6 +225,7 @@ impl RootContext for WardenRoot {
             worker,
             grant: None,
             awaiting_keys: false,
+            replied: false,
             head: None,
         }))
     }
@@ -234,6 +242,7 @@ struct OwnedHead {
     authority: Vec<u8>,
     scheme: Vec<u8>,
     path: Vec<u8>,
+    envoy_route: Option<Vec<u8>>,
     origin: Option<Vec<u8>>,
     authorization: Vec<Vec<u8>>,
     is_preflight: bool,
@@ -256,6 +265,10 @@ impl OwnedHead {
                 _ => {}
             }
         }
+        // Envoy's routing decision; the hostcall (unlike the trait getter) reports, not panics.
+        head.envoy_route = hostcalls::get_property(vec!["xds", "route_name"])
+            .ok()
+            .flatten();
         head
     }
 
@@ -265,6 +278,7 @@ impl OwnedHead {
             authority: &self.authority,
             scheme: &self.scheme,
             path: &self.path,
+            envoy_route: self.envoy_route.as_deref(),
             origin: self.origin.as_deref(),
             authorization: self.authorization.iter().map(Vec::as_slice).collect(),
             is_preflight: self.is_preflight,
@@ -275,7 +289,10 @@ impl OwnedHead {
 struct WardenRequest {
     worker: Rc<RefCell<Worker>>,
     grant: Option<Grant>,
+    /// Paused until a JWKS fetch this request started is answered.
     awaiting_keys: bool,
+    /// A local reply went out: nothing of this request may continue upstream.
+    replied: bool,
     head: Option<OwnedHead>,
 }
 
@@ -316,12 +333,11 @@ impl WardenRequest {
                 };
                 self.worker.borrow().metrics.inc(counter);
                 if reply.status >= 400 {
+                    let path = head.path.split(|b| *b == b'?').next().unwrap_or_default();
                     log::info!(
                         "mcp-warden: rejected {} {}: {}",
                         reply.status,
-                        String::from_utf8_lossy(
-                            head.path.split(|b| *b == b'?').next().unwrap_or_default()
-                        ),
+                        String::from_utf8_lossy(path),
                         reply.reason
                     );
                 }
@@ -334,7 +350,7 @@ impl WardenRequest {
                     self.awaiting_keys = true;
                     Action::Pause
                 } else {
-                    // No refetch allowed now: decide with the keys we have (401 or 503).
+                    // No fetch allowed now: decide with the keys we have (401 or 503).
                     self.decide_and_act(false)
                 }
             }
@@ -348,26 +364,45 @@ impl WardenRequest {
         }
     }
 
-    /// Dispatches a JWKS fetch for this request unless this worker fetched very recently.
+    /// Starts a JWKS fetch for this request: always when joining one already under way (up to
+    /// a bound), otherwise only if this worker has not fetched for that reason very recently.
     fn start_key_fetch(&self, now: i64) -> bool {
         let mut guard = self.worker.borrow_mut();
         let w = &mut *guard;
         let Some(fetch) = w.config.jwks.clone() else {
             return false;
         };
-        let (last, min_interval) = if w.keys.is_none() {
-            (&mut w.last_bootstrap_fetch, MIN_BOOTSTRAP_FETCH_SECONDS)
-        } else {
-            (&mut w.last_kid_fetch, MIN_KID_REFETCH_SECONDS)
-        };
-        if last.is_some_and(|at| now - at < min_interval) || dispatch_jwks(self, &fetch).is_none() {
+        if w.fetches_in_flight >= MAX_FETCHES_IN_FLIGHT {
             return false;
         }
-        *last = Some(now);
+        if w.fetches_in_flight == 0 {
+            let (last, min_interval) = if w.keys.is_none() {
+                (&mut w.last_bootstrap_fetch, MIN_BOOTSTRAP_FETCH_SECONDS)
+            } else {
+                (&mut w.last_kid_fetch, MIN_KID_REFETCH_SECONDS)
+            };
+            if last.is_some_and(|at| now - at < min_interval) {
+                return false;
+            }
+            *last = Some(now);
+        }
+        if !dispatch_jwks(self, &fetch) {
+            return false;
+        }
+        w.fetches_in_flight += 1;
         true
     }
 
-    fn send(&self, reply: LocalReply) {
+    fn finish_key_fetch(&mut self) {
+        if self.awaiting_keys {
+            self.awaiting_keys = false;
+            let mut w = self.worker.borrow_mut();
+            w.fetches_in_flight = w.fetches_in_flight.saturating_sub(1);
+        }
+    }
+
+    fn send(&mut self, reply: LocalReply) {
+        self.replied = true;
         let headers: Vec<(&str, &str)> = reply
             .headers
             .iter()
@@ -375,24 +410,35 @@ impl WardenRequest {
             .collect();
         self.send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
     }
+
+    /// Nothing may move upstream while the request is undecided or after it was refused.
+    fn holding(&self) -> bool {
+        self.awaiting_keys || self.replied
+    }
 }
 
 impl Context for WardenRequest {
     fn on_http_call_response(
         &mut self,
         _token: u32,
-        _headers: usize,
-        body_size: usize,
+        headers: usize,
+        body: usize,
         _trailers: usize,
     ) {
         if !self.awaiting_keys {
             return;
         }
-        self.awaiting_keys = false;
-        self.worker.borrow_mut().accept_jwks(self, body_size);
+        self.finish_key_fetch();
+        self.worker.borrow_mut().accept_jwks(self, headers, body);
         if let Action::Continue = self.decide_and_act(false) {
             self.resume_http_request();
         }
+    }
+
+    fn on_done(&mut self) -> bool {
+        // A request that goes away before its fetch returns must not hold a fetch slot.
+        self.finish_key_fetch();
+        true
     }
 }
 
@@ -403,8 +449,16 @@ impl HttpContext for WardenRequest {
     }
 
     fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
-        // While keys are being fetched the request is undecided: hold (buffer) its body.
-        if self.awaiting_keys {
+        if self.holding() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // Trailers must not resume a request paused in the headers phase.
+        if self.holding() {
             Action::Pause
         } else {
             Action::Continue

@@ -380,3 +380,48 @@ async fn token_service_restart_keeps_keys_and_grants() {
     assert!(me["headers"].get("authorization").is_none(), "{me}");
     client.cancel().await.unwrap();
 }
+
+/// Sends a raw HTTP/1.1 request (exact `Host` header) and returns the status code.
+async fn raw_status(port: u16, request: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"))
+}
+
+#[tokio::test]
+async fn host_spellings_cannot_skip_the_token_check() {
+    let stack = Stack::start().await;
+    stack.demo.clear_recorded().await;
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    for host in [
+        "127.0.0.1",
+        "127.0.0.1:80",
+        "localhost",
+        "127.0.0.1:9",
+        "127.0.0.1.",
+        "evil.example",
+    ] {
+        let request = format!(
+            "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let status = raw_status(stack.ports.envoy, &request).await;
+        assert!(
+            status == 401 || status == 404,
+            "Host {host}: status {status}"
+        );
+    }
+    stack
+        .demo
+        .assert_nothing_recorded("requests with other Host spellings")
+        .await;
+}

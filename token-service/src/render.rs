@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use warden_core::config::{JwksFetch, PluginConfig, RouteConfig, CONFIG_VERSION};
+use warden_core::config::{JwksFetch, PluginConfig, RouteConfig, CONFIG_VERSION, ENVOY_ROUTE_PREFIX};
 use warden_core::url::ResourceUrl;
 
 /// The cluster name the filter fetches the JWKS through.
@@ -152,17 +152,16 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
         "          route_config:\n            name: mcp\n            virtual_hosts:"
     );
     for (authority, routes) in &hosts {
-        let host_only = authority
-            .rsplit_once(':')
-            .map(|(h, _)| h)
-            .unwrap_or(authority);
+        // Exactly the hosts the filter matches (the authority, plus the scheme's default port
+        // spelled out when the authority has none): any other Host falls to the catch-all.
+        let mut domains = vec![json_string(authority)];
+        let has_port = authority.rsplit_once(':').is_some_and(|(_, p)| !p.ends_with(']'));
+        if !has_port {
+            let port = if routes[0].1.scheme == "https" { 443 } else { 80 };
+            domains.push(json_string(&format!("{authority}:{port}")));
+        }
         let _ = writeln!(w, "            - name: {}", json_string(authority));
-        let _ = writeln!(
-            w,
-            "              domains: [{}, {}]",
-            json_string(authority),
-            json_string(host_only)
-        );
+        let _ = writeln!(w, "              domains: [{}]", domains.join(", "));
         let _ = writeln!(w, "              routes:");
         // Longest prefix first, as the filter matches.
         let mut sorted = routes.clone();
@@ -177,6 +176,8 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
             } else {
                 format!("{host}:{port}")
             };
+            // The name tells the filter which warden route Envoy chose (`xds.route_name`).
+            let route_name = json_string(&format!("{ENVOY_ROUTE_PREFIX}{}", route.name));
             let action = |rewrite: &str| {
                 format!(
                     "route: {{ cluster: {cluster}, prefix_rewrite: {}, host_rewrite_literal: {}, timeout: 0s, idle_timeout: 3600s }}",
@@ -193,12 +194,12 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
                 };
                 let _ = writeln!(
                     w,
-                    "              - match: {{ path: \"/\" }}\n                {}",
+                    "              - name: {route_name}\n                match: {{ path: \"/\" }}\n                {}",
                     action(&exact)
                 );
                 let _ = writeln!(
                     w,
-                    "              - match: {{ prefix: \"/\" }}\n                {}",
+                    "              - name: {route_name}\n                match: {{ prefix: \"/\" }}\n                {}",
                     action(&format!("{to_path}/"))
                 );
             } else {
@@ -209,7 +210,7 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
                 };
                 let _ = writeln!(
                     w,
-                    "              - match: {{ path_separated_prefix: {} }}\n                {}",
+                    "              - name: {route_name}\n                match: {{ path_separated_prefix: {} }}\n                {}",
                     json_string(&url.path),
                     action(&rewrite)
                 );
@@ -285,7 +286,9 @@ mod tests {
         assert!(yaml.contains("path_separated_prefix: \"/mcp\""), "{yaml}");
         assert!(yaml.contains("allow_on_headers_stop_iteration: true"));
         assert!(yaml.contains("path_with_escaped_slashes_action: REJECT_REQUEST"));
-        assert!(yaml.contains("domains: [\"localhost:9000\", \"localhost\"]"));
+        // Only the exact authority: a port-less Host must not reach an MCP route unchecked.
+        assert!(yaml.contains("domains: [\"localhost:9000\"]"), "{yaml}");
+        assert!(yaml.contains("name: \"mcp-warden:demo\""), "{yaml}");
         // The embedded plugin configuration is exactly what the filter compiles.
         let plugin = serde_json::to_string(&plugin_config(&sample())).unwrap();
         let compiled = warden_core::config::CompiledConfig::from_json(plugin.as_bytes()).unwrap();
