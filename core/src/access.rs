@@ -262,8 +262,8 @@ mod tests {
             "issuer": "http://issuer",
             "jwks_static": serde_json::from_str::<serde_json::Value>(&jwks).unwrap(),
             "routes": [
-                {"name": "demo", "resource": "http://127.0.0.1:9000/mcp"},
-                {"name": "other", "resource": "http://127.0.0.1:9000/other", "allowed_origins": ["http://app.example"]}
+                {"name": "demo", "resource": "http://127.0.0.1:9000/mcp", "policy": {"allow": {"and": [{"accept": true}]}}},
+                {"name": "other", "resource": "http://127.0.0.1:9000/other", "allowed_origins": ["http://app.example"], "policy": {"allow": {"and": [{"accept": true}]}}}
             ]
         });
         CompiledConfig::from_json(v.to_string().as_bytes()).unwrap()

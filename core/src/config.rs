@@ -63,6 +63,46 @@ pub struct RouteConfig {
     /// Browser origins allowed besides the resource's own (DNS-rebinding protection).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
+    /// PPL policy (one rule or a list). Required: an MCP route without one would be either
+    /// open or shut by accident.
+    pub policy: serde_json::Value,
+    /// Largest POST body inspected; bigger bodies are refused with 413, never passed unread.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: u32,
+    /// `forbidden` (HTTP 403) or `jsonrpc_200` (HTTP 200 + JSON-RPC -32602, as Pomerium does).
+    #[serde(default)]
+    pub deny_response: DenyStyle,
+    /// Filter `tools/list` results down to the tools the caller may call (when the policy has
+    /// tool rules).
+    #[serde(default = "default_true")]
+    pub filter_tools_list: bool,
+    /// Put `params.arguments` of tool calls in the authorize log.
+    #[serde(default)]
+    pub log_tool_parameters: bool,
+    /// Argument keys (at any depth) whose values the log shows as `[redacted]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact_parameters: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyStyle {
+    #[default]
+    Forbidden,
+    #[serde(rename = "jsonrpc_200")]
+    JsonRpc200,
+}
+
+/// Default inspection limit: 1 MiB (Envoy's default per-connection buffer).
+pub const DEFAULT_MAX_REQUEST_BYTES: u32 = 1024 * 1024;
+/// Upper bound for `max_request_bytes`: bodies are held in the worker's memory.
+pub const MAX_MAX_REQUEST_BYTES: u32 = 16 * 1024 * 1024;
+
+fn default_max_request_bytes() -> u32 {
+    DEFAULT_MAX_REQUEST_BYTES
+}
+fn default_true() -> bool {
+    true
 }
 
 fn default_leeway() -> u32 {
@@ -124,6 +164,12 @@ pub struct Route {
     pub challenge_invalid_token: String,
     /// The RFC 9728 document, serialized once.
     pub metadata_document: String,
+    pub policy: crate::policy::Policy,
+    pub max_request_bytes: usize,
+    pub deny_style: DenyStyle,
+    pub filter_tools_list: bool,
+    pub log_tool_parameters: bool,
+    pub redact_parameters: Vec<String>,
 }
 
 /// The compiled configuration the filter works from.
@@ -237,7 +283,10 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
         }
     };
     if raw.clock_skew_seconds > 300 {
-        return Err(err("clock_skew_seconds", "at most 300: a larger leeway would disable exp checks"));
+        return Err(err(
+            "clock_skew_seconds",
+            "at most 300: a larger leeway would disable exp checks",
+        ));
     }
     if raw.routes.is_empty() {
         return Err(err("routes", "at least one route is required"));
@@ -293,6 +342,14 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
         let challenge_invalid_token = format!(
             "Bearer error=\"invalid_token\", resource_metadata=\"{metadata_url}\"{scope_param}"
         );
+        let policy = crate::policy::Policy::compile(&r.policy, &at("policy"))
+            .map_err(|e| err(e.path, e.message))?;
+        if r.max_request_bytes == 0 || r.max_request_bytes > MAX_MAX_REQUEST_BYTES {
+            return Err(err(
+                at("max_request_bytes"),
+                format!("must be between 1 and {MAX_MAX_REQUEST_BYTES}"),
+            ));
+        }
         let resource_name = r.resource_name.clone().unwrap_or_else(|| r.name.clone());
         let metadata_document = serde_json::json!({
             "resource": r.resource,
@@ -317,6 +374,12 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
             challenge,
             challenge_invalid_token,
             metadata_document,
+            policy,
+            max_request_bytes: r.max_request_bytes as usize,
+            deny_style: r.deny_response,
+            filter_tools_list: r.filter_tools_list,
+            log_tool_parameters: r.log_tool_parameters,
+            redact_parameters: r.redact_parameters,
         });
     }
     Ok(CompiledConfig {
@@ -352,8 +415,8 @@ mod tests {
             "issuer": "http://127.0.0.1:9100",
             "jwks": {"cluster": "warden_token_service", "authority": "127.0.0.1:9100"},
             "routes": [
-                {"name": "demo", "resource": "http://127.0.0.1:9000/mcp", "scopes": ["mcp"]},
-                {"name": "admin", "resource": "http://127.0.0.1:9000/mcp/admin"}
+                {"name": "demo", "resource": "http://127.0.0.1:9000/mcp", "scopes": ["mcp"], "policy": {"allow": {"and": [{"authenticated_user": true}]}}},
+                {"name": "admin", "resource": "http://127.0.0.1:9000/mcp/admin", "policy": {"allow": {"and": [{"groups": {"has": "admins"}}]}}}
             ]
         })
     }
@@ -469,6 +532,27 @@ mod tests {
                 "clock_skew_seconds",
             ),
             (Box::new(|v| v["routes"] = serde_json::json!([])), "routes"),
+            (
+                Box::new(|v| {
+                    v["routes"][0].as_object_mut().unwrap().remove("policy");
+                }),
+                "routes[0]",
+            ),
+            (
+                Box::new(|v| {
+                    v["routes"][1]["policy"] =
+                        serde_json::json!({"allow": {"and": [{"emial": "x"}]}})
+                }),
+                "routes[1].policy.allow.and[0].emial",
+            ),
+            (
+                Box::new(|v| v["routes"][0]["max_request_bytes"] = 0.into()),
+                "routes[0].max_request_bytes",
+            ),
+            (
+                Box::new(|v| v["routes"][0]["deny_response"] = "teapot".into()),
+                "routes[0].deny_response",
+            ),
         ];
         for (mutate, field) in cases {
             let mut v = sample();

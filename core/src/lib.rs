@@ -6,6 +6,7 @@ pub mod cache;
 pub mod config;
 pub mod jsonrpc;
 pub mod keys;
+pub mod mcp;
 pub mod mcp_headers;
 pub mod policy;
 pub mod reply;

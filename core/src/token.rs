@@ -200,7 +200,11 @@ pub(crate) mod testkeys {
 
     pub fn sign(key: &p256::ecdsa::SigningKey, claims: &Claims<TeClaims>) -> String {
         Es256
-            .token(&Header::empty().with_key_id("k1").with_token_type("at+jwt"), claims, key)
+            .token(
+                &Header::empty().with_key_id("k1").with_token_type("at+jwt"),
+                claims,
+                key,
+            )
             .unwrap()
     }
 }

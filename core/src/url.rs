@@ -70,7 +70,11 @@ impl ResourceUrl {
         if host.eq_ignore_ascii_case(&self.authority) {
             return true;
         }
-        let default_port = if self.scheme == "https" { ":443" } else { ":80" };
+        let default_port = if self.scheme == "https" {
+            ":443"
+        } else {
+            ":80"
+        };
         host.len() == self.authority.len() + default_port.len()
             && host[..self.authority.len()].eq_ignore_ascii_case(&self.authority)
             && host.ends_with(default_port)

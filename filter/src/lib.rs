@@ -14,7 +14,9 @@ use warden_core::access::{self, Grant, RequestHead, Step};
 use warden_core::cache::TokenCache;
 use warden_core::config::{CompiledConfig, JwksFetch};
 use warden_core::keys::KeySet;
+use warden_core::mcp::{self as judge, CallHead, Verdict};
 use warden_core::reply::{LocalReply, CORS_EXPOSE_HEADERS};
+use warden_core::toolslist::{filter_message, SseToolsFilter};
 
 mod metrics;
 use metrics::{Counter, Metrics};
@@ -32,6 +34,8 @@ const MIN_BOOTSTRAP_FETCH_SECONDS: i64 = 1;
 const MAX_FETCHES_IN_FLIGHT: u32 = 8;
 /// JWKS responses larger than this are refused rather than parsed.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Largest `tools/list` JSON result (or single SSE event) held back for filtering.
+const MAX_TOOLS_LIST_BYTES: usize = 4 * 1024 * 1024;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -227,6 +231,9 @@ impl RootContext for WardenRoot {
             awaiting_keys: false,
             replied: false,
             head: None,
+            call: None,
+            body_seen: BodySeen::default(),
+            response: ResponseFilter::None,
         }))
     }
 
@@ -246,6 +253,9 @@ struct OwnedHead {
     origin: Option<Vec<u8>>,
     authorization: Vec<Vec<u8>>,
     is_preflight: bool,
+    /// What the MCP judgement reads (kept as text; odd bytes only ever fail a comparison).
+    call: CallHead,
+    end_of_stream: bool,
 }
 
 impl OwnedHead {
@@ -262,6 +272,12 @@ impl OwnedHead {
                 "origin" => head.origin = Some(value),
                 "authorization" => head.authorization.push(value),
                 "access-control-request-method" => head.is_preflight = true,
+                "content-type" => head.call.content_type = Some(lossy(&value)),
+                "content-encoding" => head.call.content_encoding = Some(lossy(&value)),
+                "mcp-protocol-version" => head.call.routing.protocol_version = Some(lossy(&value)),
+                "mcp-method" => head.call.routing.method = Some(lossy(&value)),
+                "mcp-name" => head.call.routing.name = Some(lossy(&value)),
+                "x-request-id" => head.call.request_id = lossy(&value),
                 _ => {}
             }
         }
@@ -269,6 +285,7 @@ impl OwnedHead {
         head.envoy_route = hostcalls::get_property(vec!["xds", "route_name"])
             .ok()
             .flatten();
+        head.call.method = lossy(&head.method);
         head
     }
 
@@ -286,6 +303,33 @@ impl OwnedHead {
     }
 }
 
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// An authorized request on an MCP route, waiting for (or past) its body judgement.
+struct PendingCall {
+    head: CallHead,
+    started: std::time::SystemTime,
+    /// Buffering the POST body until it is complete.
+    buffering: bool,
+}
+
+/// What the request body callbacks have seen so far (they may run while keys are fetched).
+#[derive(Default)]
+struct BodySeen {
+    size: usize,
+    complete: bool,
+}
+
+enum ResponseFilter {
+    None,
+    /// A `tools/list` JSON result: buffered whole, then filtered.
+    Json(serde_json::Value),
+    /// A `tools/list` answered as SSE: filtered event by event.
+    Sse(SseToolsFilter),
+}
+
 struct WardenRequest {
     worker: Rc<RefCell<Worker>>,
     grant: Option<Grant>,
@@ -294,6 +338,9 @@ struct WardenRequest {
     /// A local reply went out: nothing of this request may continue upstream.
     replied: bool,
     head: Option<OwnedHead>,
+    call: Option<PendingCall>,
+    body_seen: BodySeen,
+    response: ResponseFilter,
 }
 
 impl WardenRequest {
@@ -357,9 +404,13 @@ impl WardenRequest {
             Step::Forward(grant) => {
                 // The client's token is ours alone: it never reaches the upstream.
                 self.remove_http_request_header("authorization");
-                self.worker.borrow().metrics.inc(Counter::Allowed);
                 self.grant = Some(grant);
-                Action::Continue
+                self.call = Some(PendingCall {
+                    head: head.call,
+                    started: self.get_current_time(),
+                    buffering: false,
+                });
+                self.begin_call(head.end_of_stream)
             }
         }
     }
@@ -415,6 +466,150 @@ impl WardenRequest {
     fn holding(&self) -> bool {
         self.awaiting_keys || self.replied
     }
+
+    /// After the token check: judge a bodiless request now, or wait for the POST body.
+    fn begin_call(&mut self, end_of_stream: bool) -> Action {
+        let Some(method) = self.call.as_ref().map(|c| c.head.method.clone()) else {
+            return Action::Continue;
+        };
+        if method != "POST" {
+            return self
+                .finish(|route, claims, head, _| judge::judge_bodiless(route, claims, head));
+        }
+        if self
+            .route_limit()
+            .is_some_and(|limit| self.body_seen.size > limit)
+        {
+            return self.refuse_oversize();
+        }
+        if end_of_stream || self.body_seen.complete {
+            // A body that arrived while keys were fetched is already buffered.
+            return self.judge_buffered();
+        }
+        if let Some(call) = self.call.as_mut() {
+            call.buffering = true;
+        }
+        Action::Pause
+    }
+
+    /// Judges the complete buffered body.
+    fn judge_buffered(&mut self) -> Action {
+        let size = self.body_seen.size;
+        let body = if size == 0 {
+            Vec::new()
+        } else {
+            self.get_http_request_body(0, size).unwrap_or_default()
+        };
+        self.finish(|route, claims, head, _| judge::judge_body(route, claims, head, &body))
+    }
+
+    /// Runs a judgement for the pending call, logs it, and replies or lets it through.
+    fn finish(
+        &mut self,
+        run: impl FnOnce(
+            &warden_core::config::Route,
+            &warden_core::token::TeClaims,
+            &CallHead,
+            (),
+        ) -> Verdict,
+    ) -> Action {
+        let now = self.get_current_time();
+        if let Some(call) = self.call.as_mut() {
+            call.buffering = false;
+        }
+        let (Some(grant), Some(call)) = (self.grant.as_ref(), self.call.as_ref()) else {
+            return Action::Continue;
+        };
+        let worker = Rc::clone(&self.worker);
+        let w = worker.borrow();
+        let Some(route) = w.config.routes.get(grant.route) else {
+            return Action::Continue;
+        };
+        let verdict = run(route, &grant.identity.claims, &call.head, ());
+        let elapsed = now
+            .duration_since(call.started)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or_default();
+        log::info!("mcp-warden authorize {}", verdict.log.to_json(elapsed));
+        if verdict.log.batch_size > 0 {
+            w.metrics.inc(Counter::Batch);
+        }
+        match verdict.reply {
+            Some(reply) => {
+                w.metrics.inc(Metrics::for_refusal(reply.reason));
+                let cors = grant.cors_origin.clone();
+                drop(w);
+                self.send(reply.with_cors(cors.as_deref()));
+                Action::Pause
+            }
+            None => {
+                w.metrics.inc(Counter::Allowed);
+                if route.filter_tools_list && route.policy.has_tool_rules {
+                    if let Some(id) = verdict.tools_list_id {
+                        self.response = ResponseFilter::Json(id);
+                    }
+                }
+                Action::Continue
+            }
+        }
+    }
+
+    /// Refuses a body over the route's limit: never truncated, never passed unread.
+    fn refuse_oversize(&mut self) -> Action {
+        let limit = self.route_limit().unwrap_or_default();
+        self.finish(|route, claims, head, _| {
+            judge::refuse(
+                route,
+                claims,
+                head,
+                413,
+                judge::INVALID_REQUEST,
+                "mcp-oversize",
+                &format!("request body exceeds this MCP server's limit of {limit} bytes"),
+            )
+        })
+    }
+
+    fn route_limit(&self) -> Option<usize> {
+        let grant = self.grant.as_ref()?;
+        self.worker
+            .borrow()
+            .config
+            .routes
+            .get(grant.route)
+            .map(|r| r.max_request_bytes)
+    }
+
+    /// Whether a tools/list result was removed anything from (for the counter).
+    fn count_filtered(&self, removed: usize) {
+        if removed > 0 {
+            self.worker.borrow().metrics.inc(Counter::ToolsListFiltered);
+        }
+    }
+
+    /// The caller's view of a tool: could they call it? (Arguments are unknown at list time.)
+    fn tool_visibility(&self) -> Option<impl Fn(&str) -> bool> {
+        let grant = self.grant.as_ref()?;
+        let config = Rc::clone(&self.worker.borrow().config);
+        let route_index = grant.route;
+        let claims = grant.identity.claims.clone();
+        Some(move |tool: &str| {
+            let call = warden_core::policy::McpCall {
+                method: Some("tools/call".into()),
+                tool: Some(tool.to_string()),
+                arguments: None,
+            };
+            config.routes.get(route_index).is_some_and(|route| {
+                route
+                    .policy
+                    .evaluate(&warden_core::policy::PolicyInput {
+                        claims: &claims,
+                        call: &call,
+                    })
+                    .permitted()
+            })
+        })
+    }
 }
 
 impl Context for WardenRequest {
@@ -443,37 +638,126 @@ impl Context for WardenRequest {
 }
 
 impl HttpContext for WardenRequest {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.head = Some(OwnedHead::read(self));
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let mut head = OwnedHead::read(self);
+        head.end_of_stream = end_of_stream;
+        self.head = Some(head);
         self.decide_and_act(true)
     }
 
-    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
-        if self.holding() {
-            Action::Pause
-        } else {
-            Action::Continue
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.body_seen.size = body_size;
+        self.body_seen.complete = end_of_stream;
+        if self.replied {
+            return Action::Pause;
         }
+        if self.awaiting_keys {
+            // The token is still being checked: hold everything (`begin_call` takes over).
+            return Action::Pause;
+        }
+        if !self.call.as_ref().is_some_and(|c| c.buffering) {
+            return Action::Continue;
+        }
+        if self.route_limit().is_some_and(|limit| body_size > limit) {
+            return self.refuse_oversize();
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.judge_buffered()
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        // Trailers must not resume a request paused in the headers phase.
+        // Trailers end the body: judge it now. They must never resume an undecided request.
+        self.body_seen.complete = true;
         if self.holding() {
-            Action::Pause
-        } else {
-            Action::Continue
+            return Action::Pause;
         }
+        if self.call.as_ref().is_some_and(|c| c.buffering) {
+            return self.judge_buffered();
+        }
+        Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Some(origin) = self.grant.as_ref().and_then(|g| g.cors_origin.as_deref()) {
-            self.set_http_response_header("access-control-allow-origin", Some(origin));
+        if let Some(origin) = self.grant.as_ref().and_then(|g| g.cors_origin.clone()) {
+            self.set_http_response_header("access-control-allow-origin", Some(&origin));
             self.set_http_response_header(
                 "access-control-expose-headers",
                 Some(CORS_EXPOSE_HEADERS),
             );
             self.add_http_response_header("vary", "Origin");
         }
+        if let ResponseFilter::Json(id) = &self.response {
+            let content_type = self
+                .get_http_response_header_bytes("content-type")
+                .unwrap_or_default();
+            let content_type = String::from_utf8_lossy(&content_type).to_ascii_lowercase();
+            if content_type.starts_with("text/event-stream") {
+                self.response =
+                    ResponseFilter::Sse(SseToolsFilter::new(id.clone(), MAX_TOOLS_LIST_BYTES));
+            } else if !content_type.starts_with("application/json") {
+                self.response = ResponseFilter::None;
+            }
+            // The filtered body has another length.
+            self.set_http_response_header("content-length", None);
+        }
         Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match &mut self.response {
+            ResponseFilter::None => Action::Continue,
+            ResponseFilter::Json(id) => {
+                if !end_of_stream {
+                    if body_size > MAX_TOOLS_LIST_BYTES {
+                        // Too large to hold: it streams as is (unfiltered, logged).
+                        log::warn!("mcp-warden: tools/list result over {MAX_TOOLS_LIST_BYTES} bytes not filtered");
+                        self.response = ResponseFilter::None;
+                        return Action::Continue;
+                    }
+                    return Action::Pause;
+                }
+                let id = id.clone();
+                let body = self
+                    .get_http_response_body(0, body_size)
+                    .unwrap_or_default();
+                if let Some(visible) = self.tool_visibility() {
+                    if let Some((filtered, removed)) = filter_message(&body, &id, &visible) {
+                        self.set_http_response_body(0, body_size, &filtered);
+                        self.count_filtered(removed);
+                    }
+                }
+                Action::Continue
+            }
+            ResponseFilter::Sse(_) => {
+                let chunk = self
+                    .get_http_response_body(0, body_size)
+                    .unwrap_or_default();
+                let Some(visible) = self.tool_visibility() else {
+                    return Action::Continue;
+                };
+                let ResponseFilter::Sse(sse) = &mut self.response else {
+                    return Action::Continue;
+                };
+                let before = sse.removed;
+                match sse.push(&chunk, end_of_stream, &visible) {
+                    Ok(out) => {
+                        let removed = sse.removed - before;
+                        self.set_http_response_body(0, body_size, &out);
+                        self.count_filtered(removed);
+                        Action::Continue
+                    }
+                    Err(_) => {
+                        // An event too large to judge: end the stream rather than leak it.
+                        log::warn!(
+                            "mcp-warden: SSE event over {MAX_TOOLS_LIST_BYTES} bytes; stream reset"
+                        );
+                        self.reset_http_request();
+                        Action::Pause
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,32 +1,56 @@
-//! Counters visible in Envoy's `/stats` (prefixed `wasmcustom.` by Envoy).
+//! Counters visible in Envoy's `/stats` (Envoy prefixes them `wasmcustom.`).
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
 #[derive(Clone, Copy)]
 pub enum Counter {
+    /// Forwarded upstream after every check.
     Allowed,
+    /// Refused at the token check (401 / 400 / 403 origin / 503).
     Denied,
+    /// Metadata and CORS preflights answered by the filter.
     LocalReplies,
     JwksFetchOk,
     JwksFetchFailed,
+    /// MCP calls the policy refused.
+    DeniedPolicy,
+    /// Bodies that were not strict JSON-RPC.
+    ParseError,
+    /// Bodies over `max_request_bytes`.
+    Oversize,
+    /// `Mcp-Method` / `Mcp-Name` / `MCP-Protocol-Version` disagreeing with the body.
+    HeaderMismatch,
+    /// Content types or encodings the filter cannot inspect.
+    Uninspectable,
+    /// JSON-RPC batches seen.
+    Batch,
+    /// `tools/list` results that had tools removed.
+    ToolsListFiltered,
 }
 
-const NAMES: [&str; 5] = [
+const NAMES: [&str; 12] = [
     "mcp_warden.requests_allowed",
     "mcp_warden.requests_denied",
     "mcp_warden.local_replies",
     "mcp_warden.jwks_fetch_ok",
     "mcp_warden.jwks_fetch_failed",
+    "mcp_warden.denied_policy",
+    "mcp_warden.denied_parse_error",
+    "mcp_warden.denied_oversize",
+    "mcp_warden.denied_header_mismatch",
+    "mcp_warden.denied_uninspectable",
+    "mcp_warden.batches",
+    "mcp_warden.tools_list_filtered",
 ];
 
 pub struct Metrics {
-    ids: [Option<u32>; 5],
+    ids: [Option<u32>; NAMES.len()],
 }
 
 impl Metrics {
     pub fn define() -> Self {
-        let mut ids = [None; 5];
+        let mut ids = [None; NAMES.len()];
         for (slot, name) in ids.iter_mut().zip(NAMES) {
             *slot = hostcalls::define_metric(MetricType::Counter, name).ok();
         }
@@ -36,6 +60,17 @@ impl Metrics {
     pub fn inc(&self, counter: Counter) {
         if let Some(id) = self.ids[counter as usize] {
             let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    /// The counter for an MCP refusal, by the reason the core gave.
+    pub fn for_refusal(reason: &str) -> Counter {
+        match reason {
+            "policy-denied" => Counter::DeniedPolicy,
+            "mcp-oversize" => Counter::Oversize,
+            "mcp-header-mismatch" => Counter::HeaderMismatch,
+            "mcp-content-type" | "mcp-content-encoding" => Counter::Uninspectable,
+            _ => Counter::ParseError,
         }
     }
 }

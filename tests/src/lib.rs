@@ -460,6 +460,7 @@ pub fn operator_config(dir: &Path, ports: &Ports, opts: &StackOptions) -> Value 
         "prefix": "/mcp",
         "to": upstream,
         "mcp": { "server": {} },
+        "policy": { "allow": { "and": [{ "authenticated_user": true }] } },
     })];
     for r in &opts.extra_routes {
         routes.push(json!({
@@ -468,6 +469,7 @@ pub fn operator_config(dir: &Path, ports: &Ports, opts: &StackOptions) -> Value 
             "prefix": r.prefix,
             "to": upstream,
             "mcp": { "server": {} },
+            "policy": { "allow": { "and": [{ "authenticated_user": true }] } },
         }));
     }
     json!({

@@ -154,6 +154,10 @@ pub struct ClientConfig {
     #[serde(default)]
     pub token_endpoint_auth_method: Option<TokenEndpointAuthMethod>,
     pub redirect_uris: Vec<String>,
+    /// Issue codes without asking the user to approve this client (operator-trusted clients
+    /// only; DCR clients always get the consent page).
+    #[serde(default)]
+    pub skip_consent: bool,
 }
 
 impl fmt::Debug for ClientConfig {
@@ -171,6 +175,7 @@ impl fmt::Debug for ClientConfig {
                 &self.token_endpoint_auth_method,
             )
             .field("redirect_uris", &self.redirect_uris)
+            .field("skip_consent", &self.skip_consent)
             .finish()
     }
 }
@@ -224,6 +229,10 @@ pub struct RouteConfig {
     pub mcp: McpRouteConfig,
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// PPL policy (Pomerium's shape): one rule or a list. Required, so no route is open or
+    /// shut by accident; `allow: {and: [{authenticated_user: true}]}` admits every signed-in user.
+    #[serde(default)]
+    pub policy: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,10 +241,26 @@ pub struct McpRouteConfig {
     pub server: McpServerConfig,
 }
 
-/// MCP server route options (upstream OAuth, body limits, ... arrive with later features).
+/// MCP server route options (the filter enforces them; defaults as in the plugin config).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct McpServerConfig {}
+pub struct McpServerConfig {
+    /// Largest POST body inspected (default 1 MiB); larger bodies get 413.
+    #[serde(default)]
+    pub max_request_bytes: Option<u32>,
+    /// `forbidden` (403, default) or `jsonrpc_200` (HTTP 200 + JSON-RPC -32602, like Pomerium).
+    #[serde(default)]
+    pub deny_response: Option<warden_core::config::DenyStyle>,
+    /// Filter `tools/list` down to the tools the caller may call (default true).
+    #[serde(default)]
+    pub filter_tools_list: Option<bool>,
+    /// Log tool-call arguments in the authorize log (default false).
+    #[serde(default)]
+    pub log_tool_parameters: Option<bool>,
+    /// Argument keys whose values the log redacts.
+    #[serde(default)]
+    pub redact_parameters: Vec<String>,
+}
 
 impl RouteConfig {
     /// RFC 8707 resource identifier: `from` + `prefix`, byte for byte.
@@ -439,6 +464,29 @@ impl Config {
                     format!("{at}.prefix"),
                     "another route already has this resource (from + prefix)",
                 ));
+            }
+            match &r.policy {
+                None => {
+                    return Err(ConfigError::new(
+                        format!("{at}.policy"),
+                        "required: an MCP server route needs a policy (`allow: {and: [{authenticated_user: true}]}` admits every signed-in user)",
+                    ))
+                }
+                Some(doc) => {
+                    warden_core::policy::Policy::compile(doc, &format!("{at}.policy"))
+                        .map_err(|e| ConfigError::new(e.path, e.message))?;
+                }
+            }
+            if let Some(max) = r.mcp.server.max_request_bytes {
+                if max == 0 || max > warden_core::config::MAX_MAX_REQUEST_BYTES {
+                    return Err(ConfigError::new(
+                        format!("{at}.mcp.server.max_request_bytes"),
+                        format!(
+                            "must be between 1 and {}",
+                            warden_core::config::MAX_MAX_REQUEST_BYTES
+                        ),
+                    ));
+                }
             }
             let to = warden_core::url::ResourceUrl::parse(&r.to)
                 .map_err(|m| ConfigError::new(format!("{at}.to"), m))?;

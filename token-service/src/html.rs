@@ -102,3 +102,61 @@ pub fn login_form(status: StatusCode, f: &LoginForm<'_>) -> Response {
     );
     page(status, "Sign in", &body)
 }
+
+pub struct ConsentForm<'a> {
+    pub action: &'a str,
+    pub flow_id: &'a str,
+    pub csrf: &'a str,
+    pub client_name: &'a str,
+    pub client_id: &'a str,
+    /// Registered by the operator (true) or through DCR (false: the name is self-asserted).
+    pub verified: bool,
+    pub redirect_host: &'a str,
+    pub resource: &'a str,
+    pub scopes: &'a [String],
+    pub email: &'a str,
+}
+
+pub fn consent_form(status: StatusCode, f: &ConsentForm<'_>) -> Response {
+    let unverified = if f.verified {
+        String::new()
+    } else {
+        "<p class=\"error\">This application registered itself: its name is <strong>unverified</strong>. \
+         Approve only if you started this sign-in from an application you trust.</p>"
+            .to_owned()
+    };
+    let scopes = if f.scopes.is_empty() {
+        "<li>access to the MCP server (no specific scopes)</li>".to_owned()
+    } else {
+        f.scopes
+            .iter()
+            .map(|s| format!("<li><code>{}</code></li>", escape(s)))
+            .collect::<String>()
+    };
+    // Deny comes first so that it is the form's default (Enter) action.
+    let body = format!(
+        "<h1>Allow access?</h1>\
+         <p><strong>{client}</strong>{label} wants to access an MCP server on your behalf.</p>\
+         {unverified}\
+         <p class=\"muted\">Client ID: <code>{client_id}</code><br>\
+         You will be sent back to: <strong>{host}</strong><br>\
+         Signed in as: {email}</p>\
+         <p>Resource: <code>{resource}</code></p>\
+         <p>Scopes:</p><ul>{scopes}</ul>\
+         <form method=\"post\" action=\"{action}\">\
+         <input type=\"hidden\" name=\"flow\" value=\"{flow}\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button> \
+         <button type=\"submit\" name=\"decision\" value=\"approve\">Approve</button></form>",
+        client = escape(f.client_name),
+        label = if f.verified { "" } else { " (unverified)" },
+        client_id = escape(f.client_id),
+        host = escape(f.redirect_host),
+        email = escape(f.email),
+        resource = escape(f.resource),
+        action = escape(f.action),
+        flow = escape(f.flow_id),
+        csrf = escape(f.csrf),
+    );
+    page(status, "Allow access?", &body)
+}

@@ -4,7 +4,10 @@
 
 use std::fmt::Write as _;
 
-use warden_core::config::{JwksFetch, PluginConfig, RouteConfig, CONFIG_VERSION, ENVOY_ROUTE_PREFIX};
+use warden_core::config::{
+    JwksFetch, PluginConfig, RouteConfig, CONFIG_VERSION, DEFAULT_MAX_REQUEST_BYTES,
+    ENVOY_ROUTE_PREFIX,
+};
 use warden_core::url::ResourceUrl;
 
 /// The cluster name the filter fetches the JWKS through.
@@ -30,6 +33,8 @@ pub struct RouteInput {
     /// Upstream URL (`to`).
     pub to: String,
     pub scopes: Vec<String>,
+    pub policy: serde_json::Value,
+    pub server: crate::config::McpServerConfig,
 }
 
 impl EnvoyInput {
@@ -49,6 +54,8 @@ impl EnvoyInput {
                     resource: r.resource(),
                     to: r.to.clone(),
                     scopes: r.scopes.clone(),
+                    policy: r.policy.clone().unwrap_or_default(),
+                    server: r.mcp.server.clone(),
                 })
                 .collect(),
         }
@@ -84,6 +91,15 @@ pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
                 resource_name: None,
                 scopes: r.scopes.clone(),
                 allowed_origins: vec![],
+                policy: r.policy.clone(),
+                max_request_bytes: r
+                    .server
+                    .max_request_bytes
+                    .unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
+                deny_response: r.server.deny_response.unwrap_or_default(),
+                filter_tools_list: r.server.filter_tools_list.unwrap_or(true),
+                log_tool_parameters: r.server.log_tool_parameters.unwrap_or(false),
+                redact_parameters: r.server.redact_parameters.clone(),
             })
             .collect(),
     }
@@ -139,11 +155,33 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
         input.admin.port()
     );
     let _ = writeln!(w, "static_resources:\n  listeners:\n  - name: mcp\n    address:\n      socket_address: {{ address: {}, port_value: {} }}", input.listen.ip(), input.listen.port());
+    // The filter buffers POST bodies up to each route's limit; Envoy must allow that much
+    // (plus headroom for headers) or it would answer 413 itself, without the JSON-RPC error.
+    let largest_body = input
+        .routes
+        .iter()
+        .map(|r| {
+            r.server
+                .max_request_bytes
+                .unwrap_or(DEFAULT_MAX_REQUEST_BYTES)
+        })
+        .max()
+        .unwrap_or(DEFAULT_MAX_REQUEST_BYTES);
+    let _ = writeln!(
+        w,
+        "    per_connection_buffer_limit_bytes: {}",
+        u64::from(largest_body) + 64 * 1024
+    );
     let _ = writeln!(w, "    filter_chains:\n    - filters:\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:");
     let _ = writeln!(w, "          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager");
     let _ = writeln!(w, "          stat_prefix: mcp");
     // The filter matches paths itself: make Envoy normalize them first so both see one path.
     let _ = writeln!(w, "          normalize_path: true\n          merge_slashes: true\n          path_with_escaped_slashes_action: REJECT_REQUEST");
+    // Request trailers reach the filter over HTTP/1 too (it judges the body when they come).
+    let _ = writeln!(
+        w,
+        "          http_protocol_options: {{ enable_trailers: true }}"
+    );
     // SSE streams are long-lived; route timeouts are off and idle streams live for an hour.
     let _ = writeln!(w, "          stream_idle_timeout: 3600s");
     let _ = writeln!(w, "          access_log:\n          - name: envoy.access_loggers.stdout\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog");
@@ -155,9 +193,15 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
         // Exactly the hosts the filter matches (the authority, plus the scheme's default port
         // spelled out when the authority has none): any other Host falls to the catch-all.
         let mut domains = vec![json_string(authority)];
-        let has_port = authority.rsplit_once(':').is_some_and(|(_, p)| !p.ends_with(']'));
+        let has_port = authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| !p.ends_with(']'));
         if !has_port {
-            let port = if routes[0].1.scheme == "https" { 443 } else { 80 };
+            let port = if routes[0].1.scheme == "https" {
+                443
+            } else {
+                80
+            };
             domains.push(json_string(&format!("{authority}:{port}")));
         }
         let _ = writeln!(w, "            - name: {}", json_string(authority));
@@ -269,12 +313,16 @@ mod tests {
                     resource: "http://127.0.0.1:9000/mcp".into(),
                     to: "http://127.0.0.1:9200/mcp".into(),
                     scopes: vec![],
+                    policy: serde_json::json!({"allow": {"and": [{"authenticated_user": true}]}}),
+                    server: Default::default(),
                 },
                 RouteInput {
                     name: "root".into(),
                     resource: "http://localhost:9000".into(),
                     to: "http://127.0.0.1:9200/mcp".into(),
                     scopes: vec!["mcp".into()],
+                    policy: serde_json::json!({"allow": {"and": [{"authenticated_user": true}]}}),
+                    server: Default::default(),
                 },
             ],
         }

@@ -10,11 +10,15 @@ use axum::{Json, Router};
 use url::Url;
 
 use crate::error::{Error, Result};
-use crate::flows::authorize::{self, AuthorizeError, Params};
+use crate::flows::authorize::{self, AuthorizeError, AuthorizeGrant, Params};
+use crate::flows::consent;
 use crate::flows::token::{self, ClientCredentials, TokenContext};
-use crate::flows::{self, constant_time_eq, hash_secret, lookup_client, random_id, random_token};
+use crate::flows::{
+    self, constant_time_eq, hash_secret, lookup_client, random_id, random_token, split_scope,
+    RegisteredClient,
+};
 use crate::html;
-use crate::store::{PendingFlow, Session};
+use crate::store::{FlowUser, PendingFlow, Session};
 use crate::AppState;
 
 /// A pending sign-in (login form) stays usable this long.
@@ -23,6 +27,10 @@ const FLOW_TTL: i64 = 600;
 const SESSION_TTL: i64 = 12 * 3600;
 /// Wrong passwords allowed per pending sign-in before it is dropped.
 const MAX_LOGIN_ATTEMPTS: u32 = 5;
+/// Failed sign-ins for one account (email) within `ACCOUNT_WINDOW` seconds, across all
+/// flows and browsers, after which further attempts for it are refused until they age out.
+const MAX_ACCOUNT_FAILURES: u32 = 5;
+const ACCOUNT_WINDOW: i64 = 15 * 60;
 const BODY_LIMIT: usize = 64 * 1024;
 
 pub fn router(state: AppState) -> Router {
@@ -41,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/authorize", get(authorize))
         .route("/login", post(login))
+        .route("/consent", post(consent_endpoint))
         .merge(api);
     let router = if base.is_empty() {
         endpoints
@@ -159,21 +168,29 @@ fn redirect(location: &str) -> Response {
     }
 }
 
-fn cookie_name(s: &AppState) -> &'static str {
-    // `__Host-` pins the cookie to this origin; browsers accept it only with `Secure`.
-    if s.config()
+/// The sign-in session cookie (base name; `__Host-` is prefixed for an https issuer).
+const SESSION_COOKIE: &str = "warden_session";
+/// The browser-binding cookie pending flows are tied to (login CSRF protection).
+const FLOW_COOKIE: &str = "warden_flow";
+
+fn https_issuer(s: &AppState) -> bool {
+    s.config()
         .authorization_server
         .issuer
         .starts_with("https://")
-    {
-        "__Host-warden_session"
+}
+
+fn cookie_name(s: &AppState, base: &str) -> String {
+    // `__Host-` pins the cookie to this origin; browsers accept it only with `Secure`.
+    if https_issuer(s) {
+        format!("__Host-{base}")
     } else {
-        "warden_session"
+        base.to_owned()
     }
 }
 
-fn session_cookie_value(s: &AppState, headers: &HeaderMap) -> Option<String> {
-    let name = cookie_name(s);
+fn cookie_value(s: &AppState, headers: &HeaderMap, base: &str) -> Option<String> {
+    let name = cookie_name(s, base);
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -182,29 +199,74 @@ fn session_cookie_value(s: &AppState, headers: &HeaderMap) -> Option<String> {
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_owned())
+        .filter(|v| !v.is_empty())
 }
 
-fn set_session_cookie(s: &AppState, value: &str) -> Option<HeaderValue> {
-    let secure = if s
-        .config()
-        .authorization_server
-        .issuer
-        .starts_with("https://")
-    {
-        "; Secure"
-    } else {
-        ""
-    };
+fn set_cookie(s: &AppState, base: &str, value: &str, max_age: i64) -> Option<HeaderValue> {
+    let secure = if https_issuer(s) { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
-        "{}={value}; Path=/; Max-Age={SESSION_TTL}; HttpOnly; SameSite=Lax{secure}",
-        cookie_name(s)
+        "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}",
+        cookie_name(s, base)
     ))
     .ok()
 }
 
-fn login_action(s: &AppState) -> String {
+fn with_cookie(mut resp: Response, cookie: Option<HeaderValue>) -> Response {
+    if let Some(c) = cookie {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    resp
+}
+
+/// The cookies of the browser driving an authorization.
+struct BrowserCookies {
+    session: Option<String>,
+    flow: Option<String>,
+}
+
+impl BrowserCookies {
+    fn from_headers(s: &AppState, headers: &HeaderMap) -> Self {
+        Self {
+            session: cookie_value(s, headers, SESSION_COOKIE),
+            flow: cookie_value(s, headers, FLOW_COOKIE),
+        }
+    }
+}
+
+/// The browser's binding secret: the one it already carries (so several tabs can sign in at
+/// once), or a fresh one.
+fn browser_binding(existing: Option<String>) -> String {
+    existing
+        .filter(|v| {
+            v.len() == 43
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .unwrap_or_else(random_token)
+}
+
+/// A pending flow continues only in the browser that started it.
+fn check_browser(flow: &PendingFlow, cookie: Option<&str>) -> Result<()> {
+    let bound = match cookie {
+        Some(c) if !flow.browser.is_empty() => {
+            constant_time_eq(hash_secret(c).as_bytes(), flow.browser.as_bytes())
+        }
+        _ => false,
+    };
+    if bound {
+        Ok(())
+    } else {
+        tracing::info!("pending flow presented without its browser cookie");
+        Err(Error::page(
+            StatusCode::FORBIDDEN,
+            "This sign-in was started in another browser, or the browser did not send its sign-in cookie. Return to the application and start again.",
+        ))
+    }
+}
+
+fn endpoint(s: &AppState, path: &str) -> String {
     format!(
-        "{}/login",
+        "{}{path}",
         issuer_path(&s.config().authorization_server.issuer)
     )
 }
@@ -216,6 +278,79 @@ fn redirect_host(uri: &str) -> String {
         .unwrap_or_default()
 }
 
+fn expired_page() -> Error {
+    Error::page(
+        StatusCode::BAD_REQUEST,
+        "This sign-in request is unknown or has expired. Return to the application and start again.",
+    )
+}
+
+fn too_many_attempts() -> Error {
+    Error::page(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many failed sign-in attempts. Wait a few minutes, then return to the application and start again.",
+    )
+}
+
+/// The key failed sign-ins are counted under: the normalised email.
+fn account_key(email: &str) -> String {
+    email
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .take(320)
+        .collect()
+}
+
+/// The consent page for a flow waiting on `user`'s decision; `session_secret` is the
+/// browser's session cookie, which the CSRF token is bound to.
+fn consent_page(
+    s: &AppState,
+    client: &RegisteredClient,
+    flow: &PendingFlow,
+    user: &FlowUser,
+    session_secret: &str,
+) -> Response {
+    let scopes = split_scope(&flow.request.scope);
+    html::consent_form(
+        StatusCode::OK,
+        &html::ConsentForm {
+            action: &endpoint(s, "/consent"),
+            flow_id: &flow.id,
+            csrf: &consent::csrf_token(&flow.csrf, session_secret),
+            client_name: client.display_name(),
+            client_id: &client.client_id,
+            verified: client.pre_registered,
+            redirect_host: &redirect_host(&flow.request.redirect_uri),
+            resource: &flow.request.resource,
+            scopes: &scopes,
+            email: &user.email,
+        },
+    )
+}
+
+/// Starts the consent step: a new single-use flow bound to this browser and session.
+fn begin_consent(
+    s: &AppState,
+    client: &RegisteredClient,
+    request: AuthorizeGrant,
+    browser_hash: String,
+    user: FlowUser,
+    session_secret: &str,
+) -> Result<Response> {
+    let flow = PendingFlow {
+        id: random_token(),
+        csrf: random_token(),
+        request,
+        expires_at: s.now() + FLOW_TTL,
+        browser: browser_hash,
+        user: Some(user.clone()),
+    };
+    s.store().insert_flow(&flow)?;
+    tracing::info!(client_id = %flow.request.client_id, sub = %user.email, "asking for consent");
+    Ok(consent_page(s, client, &flow, &user, session_secret))
+}
+
 async fn authorize(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -225,12 +360,12 @@ async fn authorize(
         url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
             .into_owned()
             .collect();
-    let cookie = session_cookie_value(&s, &headers);
-    s.blocking(move |st| authorize_blocking(st, Params::new(pairs), cookie))
+    let cookies = BrowserCookies::from_headers(&s, &headers);
+    s.blocking(move |st| authorize_blocking(st, Params::new(pairs), cookies))
         .await
 }
 
-fn authorize_blocking(s: &AppState, params: Params, cookie: Option<String>) -> Result<Response> {
+fn authorize_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Result<Response> {
     let config = s.config();
     let issuer = &config.authorization_server.issuer;
     let now = s.now();
@@ -252,20 +387,31 @@ fn authorize_blocking(s: &AppState, params: Params, cookie: Option<String>) -> R
     let Some(client) = client else {
         return Err(Error::page(StatusCode::BAD_REQUEST, "unknown client_id"));
     };
+    let browser = browser_binding(cookies.flow);
+    let flow_cookie = set_cookie(s, FLOW_COOKIE, &browser, FLOW_TTL);
 
-    // Already signed in: issue the code straight away.
-    if let Some(cookie) = cookie {
-        if let Some(session) = s.store().session(&hash_secret(&cookie), now)? {
+    // Already signed in: issue the code straight away if this client is approved,
+    // otherwise ask for consent.
+    if let Some(secret) = cookies.session {
+        if let Some(session) = s.store().session(&hash_secret(&secret), now)? {
             if config.user(&session.email).is_some() {
-                let code = authorize::issue_code(
-                    s.store().as_ref(),
-                    &grant,
-                    &session.email,
-                    &session.sid,
-                    now,
-                )?;
-                tracing::info!(client_id = %grant.client_id, sub = %session.email, "code issued (existing session)");
-                return Ok(redirect(&authorize::success_url(&grant, issuer, &code)?));
+                if !consent::required(s.store().as_ref(), &client, &grant, &session.email)? {
+                    let code = authorize::issue_code(
+                        s.store().as_ref(),
+                        &grant,
+                        &session.email,
+                        &session.sid,
+                        now,
+                    )?;
+                    tracing::info!(client_id = %grant.client_id, sub = %session.email, "code issued (existing session)");
+                    return Ok(redirect(&authorize::success_url(&grant, issuer, &code)?));
+                }
+                let user = FlowUser {
+                    email: session.email,
+                    sid: session.sid,
+                };
+                let resp = begin_consent(s, &client, grant, hash_secret(&browser), user, &secret)?;
+                return Ok(with_cookie(resp, flow_cookie));
             }
         }
     }
@@ -275,12 +421,14 @@ fn authorize_blocking(s: &AppState, params: Params, cookie: Option<String>) -> R
         csrf: random_token(),
         request: grant,
         expires_at: now + FLOW_TTL,
+        browser: hash_secret(&browser),
+        user: None,
     };
     s.store().insert_flow(&flow)?;
-    Ok(html::login_form(
+    let resp = html::login_form(
         StatusCode::OK,
         &html::LoginForm {
-            action: &login_action(s),
+            action: &endpoint(s, "/login"),
             flow_id: &flow.id,
             csrf: &flow.csrf,
             client_name: client.display_name(),
@@ -288,27 +436,28 @@ fn authorize_blocking(s: &AppState, params: Params, cookie: Option<String>) -> R
             email: "",
             error: None,
         },
-    ))
+    );
+    Ok(with_cookie(resp, flow_cookie))
 }
 
-async fn login(State(s): State<AppState>, body: Bytes) -> Result<Response> {
+async fn login(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    s.blocking(move |st| login_blocking(st, Params::new(pairs)))
+    let cookies = BrowserCookies::from_headers(&s, &headers);
+    s.blocking(move |st| login_blocking(st, Params::new(pairs), cookies))
         .await
 }
 
-fn login_blocking(s: &AppState, params: Params) -> Result<Response> {
+fn login_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Result<Response> {
     let config = s.config();
     let issuer = &config.authorization_server.issuer;
     let now = s.now();
-    let expired = || {
-        Error::page(
-            StatusCode::BAD_REQUEST,
-            "This sign-in request is unknown or has expired. Return to the application and start again.",
-        )
-    };
-    let flow_id = params.get("flow").ok_or_else(expired)?;
-    let flow = s.store().flow(flow_id, now)?.ok_or_else(expired)?;
+    let flow_id = params.get("flow").ok_or_else(expired_page)?;
+    let flow = s.store().flow(flow_id, now)?.ok_or_else(expired_page)?;
+    if flow.user.is_some() {
+        // A flow waiting for consent is past sign-in.
+        return Err(expired_page());
+    }
+    check_browser(&flow, cookies.flow.as_deref())?;
     let csrf = params.get("csrf").unwrap_or("");
     if !constant_time_eq(csrf.as_bytes(), flow.csrf.as_bytes()) {
         return Err(Error::page(
@@ -319,15 +468,26 @@ fn login_blocking(s: &AppState, params: Params) -> Result<Response> {
     let email = params.get("email").unwrap_or("").trim().to_owned();
     let password = params.get("password").unwrap_or("");
 
+    // Per-account throttle, whichever flow (or browser) the guesses come through.
+    let account = account_key(&email);
+    let recent = s
+        .store()
+        .account_failures_since(&account, now - ACCOUNT_WINDOW)?;
+    if recent >= MAX_ACCOUNT_FAILURES {
+        tracing::warn!(
+            failures = recent,
+            "sign-in refused: too many recent failures for this account"
+        );
+        return Err(too_many_attempts());
+    }
+
     let Some(user) = crate::password::authenticate(config, &email, password) else {
         let attempts = s.store().record_failed_login(&flow.id)?;
+        s.store().record_account_failure(&account, now)?;
         tracing::info!(attempts, "sign-in failed");
         if attempts >= MAX_LOGIN_ATTEMPTS {
             s.store().delete_flow(&flow.id)?;
-            return Err(Error::page(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too many failed sign-in attempts. Return to the application and start again.",
-            ));
+            return Err(too_many_attempts());
         }
         let client = lookup_client(config, s.store().as_ref(), &flow.request.client_id)?;
         let name = client
@@ -337,7 +497,7 @@ fn login_blocking(s: &AppState, params: Params) -> Result<Response> {
         return Ok(html::login_form(
             StatusCode::UNAUTHORIZED,
             &html::LoginForm {
-                action: &login_action(s),
+                action: &endpoint(s, "/login"),
                 flow_id: &flow.id,
                 csrf: &flow.csrf,
                 client_name: &name,
@@ -350,8 +510,11 @@ fn login_blocking(s: &AppState, params: Params) -> Result<Response> {
 
     // The flow is single use: a second submission of the same form does nothing.
     if !s.store().delete_flow(&flow.id)? {
-        return Err(expired());
+        return Err(expired_page());
     }
+    s.store().clear_account_failures(&account)?;
+    let client = lookup_client(config, s.store().as_ref(), &flow.request.client_id)?
+        .ok_or_else(expired_page)?;
     let secret = random_token();
     let session = Session {
         sid: random_id(),
@@ -360,6 +523,17 @@ fn login_blocking(s: &AppState, params: Params) -> Result<Response> {
         expires_at: now + SESSION_TTL,
     };
     s.store().insert_session(&hash_secret(&secret), &session)?;
+    tracing::info!(client_id = %flow.request.client_id, sub = %user.email, sid = %session.sid, "signed in");
+    let session_cookie = set_session_cookie(s, &secret);
+
+    if consent::required(s.store().as_ref(), &client, &flow.request, &user.email)? {
+        let who = FlowUser {
+            email: user.email.clone(),
+            sid: session.sid.clone(),
+        };
+        let resp = begin_consent(s, &client, flow.request, flow.browser, who, &secret)?;
+        return Ok(with_cookie(resp, session_cookie));
+    }
     let code = authorize::issue_code(
         s.store().as_ref(),
         &flow.request,
@@ -367,12 +541,96 @@ fn login_blocking(s: &AppState, params: Params) -> Result<Response> {
         &session.sid,
         now,
     )?;
-    tracing::info!(client_id = %flow.request.client_id, sub = %user.email, sid = %session.sid, "signed in; code issued");
-    let mut resp = redirect(&authorize::success_url(&flow.request, issuer, &code)?);
-    if let Some(c) = set_session_cookie(s, &secret) {
-        resp.headers_mut().insert(header::SET_COOKIE, c);
+    tracing::info!(client_id = %flow.request.client_id, sub = %user.email, "code issued");
+    let resp = redirect(&authorize::success_url(&flow.request, issuer, &code)?);
+    Ok(with_cookie(resp, session_cookie))
+}
+
+fn set_session_cookie(s: &AppState, secret: &str) -> Option<HeaderValue> {
+    set_cookie(s, SESSION_COOKIE, secret, SESSION_TTL)
+}
+
+async fn consent_endpoint(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let cookies = BrowserCookies::from_headers(&s, &headers);
+    s.blocking(move |st| consent_blocking(st, Params::new(pairs), cookies))
+        .await
+}
+
+fn consent_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Result<Response> {
+    let config = s.config();
+    let issuer = &config.authorization_server.issuer;
+    let now = s.now();
+    let flow_id = params.get("flow").ok_or_else(expired_page)?;
+    let flow = s.store().flow(flow_id, now)?.ok_or_else(expired_page)?;
+    let Some(user) = flow.user.clone() else {
+        // Not signed in yet: this flow belongs to the login form.
+        return Err(expired_page());
+    };
+    check_browser(&flow, cookies.flow.as_deref())?;
+    let forged = || {
+        Error::page(
+            StatusCode::FORBIDDEN,
+            "The consent form is invalid (CSRF check failed). Return to the application and start again.",
+        )
+    };
+    // The decision must come from the session the flow was started in.
+    let secret = cookies.session.ok_or_else(forged)?;
+    let session = s
+        .store()
+        .session(&hash_secret(&secret), now)?
+        .filter(|se| se.sid == user.sid && se.email == user.email)
+        .ok_or_else(forged)?;
+    let csrf = params.get("csrf").unwrap_or("");
+    let expected = consent::csrf_token(&flow.csrf, &secret);
+    if !constant_time_eq(csrf.as_bytes(), expected.as_bytes()) {
+        return Err(forged());
     }
-    Ok(resp)
+    let approved = match params.get("decision") {
+        Some("approve") => true,
+        Some("deny") => false,
+        _ => {
+            return Err(Error::page(
+                StatusCode::BAD_REQUEST,
+                "Choose Approve or Deny.",
+            ))
+        }
+    };
+    // Single use, whatever the decision.
+    if !s.store().delete_flow(&flow.id)? {
+        return Err(expired_page());
+    }
+    let grant = flow.request;
+    if !approved {
+        tracing::info!(client_id = %grant.client_id, sub = %session.email, "consent denied");
+        let url = authorize::response_url(
+            &grant.redirect_uri,
+            issuer,
+            &[
+                ("error", "access_denied"),
+                ("error_description", "the user denied the request"),
+            ],
+            grant.state.as_deref(),
+        )?;
+        return Ok(redirect(&url));
+    }
+    if config.user(&session.email).is_none() {
+        return Err(expired_page());
+    }
+    consent::remember(s.store().as_ref(), &grant, &session.email, now)?;
+    let code = authorize::issue_code(
+        s.store().as_ref(),
+        &grant,
+        &session.email,
+        &session.sid,
+        now,
+    )?;
+    tracing::info!(client_id = %grant.client_id, sub = %session.email, scope = %grant.scope, "consent given; code issued");
+    Ok(redirect(&authorize::success_url(&grant, issuer, &code)?))
 }
 
 /// The form body and the client credentials of a `/token` or `/revoke` request.

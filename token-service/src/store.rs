@@ -29,13 +29,27 @@ pub struct StoredClient {
     pub created_at: i64,
 }
 
-/// An authorization request waiting for the user to sign in.
+/// An authorization request waiting for the user to sign in, or (with `user` set) for the
+/// signed-in user to approve the client.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PendingFlow {
     pub id: String,
     pub csrf: String,
     pub request: crate::flows::authorize::AuthorizeGrant,
     pub expires_at: i64,
+    /// SHA-256 of the browser-binding cookie (`warden_flow`) of the browser that started
+    /// the flow; the forms that continue it must come with that cookie.
+    #[serde(default)]
+    pub browser: String,
+    /// Set once signed in: the flow then waits for consent from this user and session.
+    #[serde(default)]
+    pub user: Option<FlowUser>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FlowUser {
+    pub email: String,
+    pub sid: String,
 }
 
 /// A sign-in session. `sid` is public (it goes into tokens); the cookie value is not stored.
@@ -102,6 +116,30 @@ pub trait Store: Send + Sync + 'static {
     fn insert_session(&self, secret_hash: &str, session: &Session) -> anyhow::Result<()>;
     fn session(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<Session>>;
 
+    /// The scopes `email` approved for this client and resource, if any.
+    fn consent(
+        &self,
+        email: &str,
+        client_id: &str,
+        resource: &str,
+    ) -> anyhow::Result<Option<String>>;
+    /// Stores (replaces) the approved scope set for this user, client and resource.
+    fn record_consent(
+        &self,
+        email: &str,
+        client_id: &str,
+        resource: &str,
+        scope: &str,
+        now: i64,
+    ) -> anyhow::Result<()>;
+
+    /// Counts a failed sign-in against an account (normalised email).
+    fn record_account_failure(&self, account: &str, now: i64) -> anyhow::Result<()>;
+    /// Failed sign-ins for an account at or after `since`.
+    fn account_failures_since(&self, account: &str, since: i64) -> anyhow::Result<u32>;
+    /// Forgets an account's failed sign-ins (after a successful one).
+    fn clear_account_failures(&self, account: &str) -> anyhow::Result<()>;
+
     fn insert_code(&self, code_hash: &str, code: &AuthCode) -> anyhow::Result<()>;
     /// Atomically marks the code used and returns it, or reports reuse.
     fn take_code(&self, code_hash: &str) -> anyhow::Result<CodeLookup>;
@@ -131,9 +169,10 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Ordered schema migrations; a version is applied once, recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
     CREATE TABLE clients (
         client_id   TEXT PRIMARY KEY,
         metadata    TEXT NOT NULL,
@@ -179,7 +218,27 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     );
     CREATE INDEX refresh_tokens_grant ON refresh_tokens(grant_id);
     "#,
-)];
+    ),
+    (
+        2,
+        r#"
+    CREATE TABLE consents (
+        email       TEXT NOT NULL,
+        client_id   TEXT NOT NULL,
+        resource    TEXT NOT NULL,
+        scope       TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL,
+        PRIMARY KEY (email, client_id, resource)
+    );
+    CREATE TABLE login_failures (
+        account     TEXT NOT NULL,
+        failed_at   INTEGER NOT NULL
+    );
+    CREATE INDEX login_failures_account ON login_failures(account, failed_at);
+    "#,
+    ),
+];
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -365,6 +424,62 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
+    fn consent(
+        &self,
+        email: &str,
+        client_id: &str,
+        resource: &str,
+    ) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT scope FROM consents WHERE email = ?1 AND client_id = ?2 AND resource = ?3",
+                params![email, client_id, resource],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn record_consent(
+        &self,
+        email: &str,
+        client_id: &str,
+        resource: &str,
+        scope: &str,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO consents (email, client_id, resource, scope, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+             ON CONFLICT (email, client_id, resource)
+             DO UPDATE SET scope = excluded.scope, updated_at = excluded.updated_at",
+            params![email, client_id, resource, scope, now],
+        )?;
+        Ok(())
+    }
+
+    fn record_account_failure(&self, account: &str, now: i64) -> anyhow::Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO login_failures (account, failed_at) VALUES (?1, ?2)",
+            params![account, now],
+        )?;
+        Ok(())
+    }
+
+    fn account_failures_since(&self, account: &str, since: i64) -> anyhow::Result<u32> {
+        Ok(self.conn()?.query_row(
+            "SELECT COUNT(*) FROM login_failures WHERE account = ?1 AND failed_at >= ?2",
+            params![account, since],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn clear_account_failures(&self, account: &str) -> anyhow::Result<()> {
+        self.conn()?
+            .execute("DELETE FROM login_failures WHERE account = ?1", [account])?;
+        Ok(())
+    }
+
     fn insert_code(&self, code_hash: &str, code: &AuthCode) -> anyhow::Result<()> {
         self.conn()?.execute(
             "INSERT INTO auth_codes (code_hash, data, expires_at) VALUES (?1, ?2, ?3)",
@@ -493,6 +608,10 @@ impl Store for SqliteStore {
         conn.execute("DELETE FROM pending_flows WHERE expires_at <= ?1", [now])?;
         conn.execute("DELETE FROM auth_codes WHERE expires_at <= ?1", [now - DAY])?;
         conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
+        conn.execute(
+            "DELETE FROM login_failures WHERE failed_at <= ?1",
+            [now - DAY],
+        )?;
         conn.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
         conn.execute(
             "DELETE FROM grants WHERE created_at <= ?1

@@ -153,7 +153,7 @@ async fn resource_is_required_with_several_routes() {
     let env = TestEnv::with(|d| {
         config_yaml(
             d,
-            "  - name: second\n    from: http://127.0.0.1:9000\n    prefix: /other\n    to: http://127.0.0.1:9300/mcp\n    mcp:\n      server: {}\n",
+            "  - name: second\n    from: http://127.0.0.1:9000\n    prefix: /other\n    to: http://127.0.0.1:9300/mcp\n    mcp:\n      server: {}\n    policy: {allow: {and: [{authenticated_user: true}]}}\n",
             "ES256",
         )
     });
@@ -192,28 +192,23 @@ async fn login_form_is_protected_against_framing() {
 #[tokio::test]
 async fn sign_in_redirects_with_code_state_and_iss() {
     let env = TestEnv::new();
+    // trusted-app skips consent: the login answers with the redirect itself.
     let form = env
-        .get(&TestEnv::authorize_uri("public-app", REDIRECT, &[]))
+        .get(&TestEnv::authorize_uri("trusted-app", REDIRECT, &[]))
         .await;
-    let r = env
-        .post_form(
-            "/login",
-            &[
-                ("flow", &form.hidden("flow")),
-                ("csrf", &form.hidden("csrf")),
-                ("email", EMAIL),
-                ("password", PASSWORD),
-            ],
-            None,
-        )
-        .await;
+    let flow_cookie = form.set_cookie("warden_flow").unwrap();
+    assert!(flow_cookie.contains("HttpOnly"), "{flow_cookie}");
+    assert!(flow_cookie.contains("SameSite=Lax"), "{flow_cookie}");
+    assert!(flow_cookie.contains("Path=/"), "{flow_cookie}");
+    assert!(!flow_cookie.contains("Secure"), "{flow_cookie}");
+    let r = env.login(&form, EMAIL, PASSWORD).await;
     assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
     let (base, q) = r.location();
     assert_eq!(base, REDIRECT);
     assert!(q["code"].len() >= 40);
     assert_eq!(q["state"], "xyz");
     assert_eq!(q["iss"], ISSUER);
-    let cookie = r.header("set-cookie");
+    let cookie = r.set_cookie("warden_session").unwrap();
     assert!(cookie.starts_with("warden_session="), "{cookie}");
     assert!(cookie.contains("HttpOnly"));
     assert!(cookie.contains("SameSite=Lax"));
@@ -223,18 +218,7 @@ async fn sign_in_redirects_with_code_state_and_iss() {
     );
 
     // The same form cannot be submitted twice.
-    let again = env
-        .post_form(
-            "/login",
-            &[
-                ("flow", &form.hidden("flow")),
-                ("csrf", &form.hidden("csrf")),
-                ("email", EMAIL),
-                ("password", PASSWORD),
-            ],
-            None,
-        )
-        .await;
+    let again = env.login(&form, EMAIL, PASSWORD).await;
     assert_eq!(again.status, StatusCode::BAD_REQUEST);
 }
 
@@ -242,40 +226,18 @@ async fn sign_in_redirects_with_code_state_and_iss() {
 async fn wrong_password_and_bad_csrf() {
     let env = TestEnv::new();
     let form = env
-        .get(&TestEnv::authorize_uri("public-app", REDIRECT, &[]))
+        .get(&TestEnv::authorize_uri("trusted-app", REDIRECT, &[]))
         .await;
     let flow = form.hidden("flow");
-    let csrf = form.hidden("csrf");
-    let r = env
-        .post_form(
-            "/login",
-            &[
-                ("flow", &flow),
-                ("csrf", &csrf),
-                ("email", EMAIL),
-                ("password", "wrong"),
-            ],
-            None,
-        )
-        .await;
+    let flow_cookie = form.cookie("warden_flow").unwrap();
+    let r = env.login(&form, EMAIL, "wrong").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(r.body.contains("Incorrect email or password"));
     assert!(r.headers.get("set-cookie").is_none());
-    let r = env
-        .post_form(
-            "/login",
-            &[
-                ("flow", &flow),
-                ("csrf", &csrf),
-                ("email", "bob@example.com"),
-                ("password", PASSWORD),
-            ],
-            None,
-        )
-        .await;
+    let r = env.login(&form, "bob@example.com", PASSWORD).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let r = env
-        .post_form(
+        .post_browser(
             "/login",
             &[
                 ("flow", &flow),
@@ -283,23 +245,12 @@ async fn wrong_password_and_bad_csrf() {
                 ("email", EMAIL),
                 ("password", PASSWORD),
             ],
-            None,
+            &flow_cookie,
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     // The flow survived the failures: the right password still works.
-    let r = env
-        .post_form(
-            "/login",
-            &[
-                ("flow", &flow),
-                ("csrf", &csrf),
-                ("email", EMAIL),
-                ("password", PASSWORD),
-            ],
-            None,
-        )
-        .await;
+    let r = env.login(&form, EMAIL, PASSWORD).await;
     assert_eq!(r.status, StatusCode::FOUND);
 }
 
@@ -309,47 +260,13 @@ async fn too_many_failed_attempts_drop_the_flow() {
     let form = env
         .get(&TestEnv::authorize_uri("public-app", REDIRECT, &[]))
         .await;
-    let (flow, csrf) = (form.hidden("flow"), form.hidden("csrf"));
     for _ in 0..4 {
-        let r = env
-            .post_form(
-                "/login",
-                &[
-                    ("flow", &flow),
-                    ("csrf", &csrf),
-                    ("email", EMAIL),
-                    ("password", "x"),
-                ],
-                None,
-            )
-            .await;
+        let r = env.login(&form, "mallory@example.com", "x").await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
-    let r = env
-        .post_form(
-            "/login",
-            &[
-                ("flow", &flow),
-                ("csrf", &csrf),
-                ("email", EMAIL),
-                ("password", "x"),
-            ],
-            None,
-        )
-        .await;
+    let r = env.login(&form, "mallory@example.com", "x").await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
-    let r = env
-        .post_form(
-            "/login",
-            &[
-                ("flow", &flow),
-                ("csrf", &csrf),
-                ("email", EMAIL),
-                ("password", PASSWORD),
-            ],
-            None,
-        )
-        .await;
+    let r = env.login(&form, EMAIL, PASSWORD).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }
 
@@ -360,18 +277,7 @@ async fn expired_flow_is_refused() {
         .get(&TestEnv::authorize_uri("public-app", REDIRECT, &[]))
         .await;
     env.advance(601);
-    let r = env
-        .post_form(
-            "/login",
-            &[
-                ("flow", &form.hidden("flow")),
-                ("csrf", &form.hidden("csrf")),
-                ("email", EMAIL),
-                ("password", PASSWORD),
-            ],
-            None,
-        )
-        .await;
+    let r = env.login(&form, EMAIL, PASSWORD).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }
 
@@ -379,14 +285,17 @@ async fn expired_flow_is_refused() {
 async fn existing_session_skips_the_form() {
     let env = TestEnv::new();
     let (_, cookie) = env.sign_in("public-app", REDIRECT, &[]).await;
-    let r = env
-        .get_with_cookie(&TestEnv::authorize_uri("basic-app", REDIRECT, &[]), &cookie)
-        .await;
-    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
-    let (base, q) = r.location();
-    assert_eq!(base, REDIRECT);
-    assert!(q.contains_key("code"));
-    assert_eq!(q["iss"], ISSUER);
+    // Approved once: the next request for the same client goes straight back.
+    for client in ["public-app", "trusted-app"] {
+        let r = env
+            .get_with_cookie(&TestEnv::authorize_uri(client, REDIRECT, &[]), &cookie)
+            .await;
+        assert_eq!(r.status, StatusCode::FOUND, "{client}: {}", r.body);
+        let (base, q) = r.location();
+        assert_eq!(base, REDIRECT);
+        assert!(q.contains_key("code"));
+        assert_eq!(q["iss"], ISSUER);
+    }
     // A forged cookie gets the form.
     let r = env
         .get_with_cookie(
@@ -395,6 +304,7 @@ async fn existing_session_skips_the_form() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("name=\"password\""));
 }
 
 #[tokio::test]
@@ -408,10 +318,19 @@ async fn https_issuer_uses_host_prefixed_secure_cookie() {
     let (q, _) = env.sign_in("public-app", REDIRECT, &[]).await;
     assert_eq!(q["iss"], "https://auth.example.com");
     let form = env
-        .get(&TestEnv::authorize_uri("public-app", REDIRECT, &[]))
+        .get(&TestEnv::authorize_uri("trusted-app", REDIRECT, &[]))
         .await;
+    let flow_cookie = form.set_cookie("warden_flow").unwrap();
+    assert!(
+        flow_cookie.starts_with("__Host-warden_flow="),
+        "{flow_cookie}"
+    );
+    assert!(flow_cookie.contains("; Secure"));
+    assert!(flow_cookie.contains("Path=/"));
+    // The unprefixed name is not accepted in place of the __Host- one.
+    let plain = form.cookie("warden_flow").unwrap().replace("__Host-", "");
     let r = env
-        .post_form(
+        .post_browser(
             "/login",
             &[
                 ("flow", &form.hidden("flow")),
@@ -419,11 +338,36 @@ async fn https_issuer_uses_host_prefixed_secure_cookie() {
                 ("email", EMAIL),
                 ("password", PASSWORD),
             ],
-            None,
+            &plain,
         )
         .await;
-    let cookie = r.header("set-cookie");
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = env.login(&form, EMAIL, PASSWORD).await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    let cookie = r.set_cookie("warden_session").unwrap();
     assert!(cookie.starts_with("__Host-warden_session="), "{cookie}");
     assert!(cookie.contains("; Secure"));
     assert!(cookie.contains("Path=/"));
+}
+
+#[tokio::test]
+async fn unknown_scope_is_invalid_scope() {
+    let env = TestEnv::new();
+    let r = env
+        .get(&TestEnv::authorize_uri(
+            "public-app",
+            REDIRECT,
+            &[("scope", "tools.read admin")],
+        ))
+        .await;
+    assert_error_redirect(&r, REDIRECT, "invalid_scope");
+    // Offered scopes are fine.
+    let r = env
+        .get(&TestEnv::authorize_uri(
+            "public-app",
+            REDIRECT,
+            &[("scope", "tools.read")],
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }

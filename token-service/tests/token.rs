@@ -100,7 +100,7 @@ async fn access_token_claims_verify_against_jwks() {
 async fn requested_scope_is_narrowed_to_the_route() {
     let env = TestEnv::new();
     let (q, _) = env
-        .sign_in("public-app", REDIRECT, &[("scope", "tools.read unknown")])
+        .sign_in("public-app", REDIRECT, &[("scope", "tools.read")])
         .await;
     let t = env
         .exchange_public("public-app", &q["code"], REDIRECT)

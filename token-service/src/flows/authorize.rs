@@ -169,8 +169,15 @@ pub fn validate(
         },
     };
 
-    // Grant the requested scopes the route knows; with none requested, all of them.
+    // Grant exactly the requested scopes, each of which the route must offer; with none
+    // requested, all of the route's scopes. Unknown scopes are refused, never dropped.
     let requested = split_scope(params.get("scope").unwrap_or(""));
+    if let Some(unknown) = requested.iter().find(|s| !route.scopes.contains(s)) {
+        return Err(fail(
+            "invalid_scope",
+            &format!("scope {unknown} is not offered for this resource"),
+        ));
+    }
     let scopes: Vec<&str> = if requested.is_empty() {
         route.scopes.iter().map(String::as_str).collect()
     } else {
@@ -271,7 +278,7 @@ mod tests {
 
     const YAML: &str = "authorization_server: {issuer: 'http://127.0.0.1:9100'}
 routes:
-  - {name: a, from: 'http://127.0.0.1:9000', prefix: /mcp, to: 'http://127.0.0.1:9200/mcp', mcp: {server: {}}, scopes: [read, write]}
+  - {name: a, from: 'http://127.0.0.1:9000', prefix: /mcp, to: 'http://127.0.0.1:9200/mcp', mcp: {server: {}}, policy: {allow: {and: [{authenticated_user: true}]}}, scopes: [read, write]}
 ";
 
     fn client() -> RegisteredClient {
@@ -282,6 +289,8 @@ routes:
             secret: ClientSecret::None,
             redirect_uris: vec!["http://127.0.0.1/cb".into()],
             grant_types: vec!["authorization_code".into()],
+            pre_registered: true,
+            skip_consent: false,
         }
     }
 
@@ -323,13 +332,16 @@ routes:
         assert_eq!(g.scope, "read write");
         assert_eq!(g.redirect_uri, "http://127.0.0.1:4000/cb");
         assert!(g.redirect_uri_explicit);
-        let g = validate(
-            &config,
-            &params(&[("scope", "write other")]),
-            Some(&client()),
-        )
-        .unwrap();
+        let g = validate(&config, &params(&[("scope", "write")]), Some(&client())).unwrap();
         assert_eq!(g.scope, "write");
+        assert_eq!(
+            error_of(validate(
+                &config,
+                &params(&[("scope", "write other")]),
+                Some(&client()),
+            )),
+            "invalid_scope"
+        );
         // One registered URI: redirect_uri may be omitted, and /token need not repeat it.
         let g = validate(&config, &params(&[("redirect_uri", "")]), Some(&client())).unwrap();
         assert_eq!(g.redirect_uri, "http://127.0.0.1/cb");

@@ -2,6 +2,7 @@
 //! Handlers in `routes.rs` parse the request, call into here, and render the outcome.
 
 pub mod authorize;
+pub mod consent;
 pub mod pkce;
 pub mod redirect;
 pub mod register;
@@ -79,6 +80,10 @@ pub struct RegisteredClient {
     pub secret: ClientSecret,
     pub redirect_uris: Vec<String>,
     pub grant_types: Vec<String>,
+    /// From the operator config (true) or registered through DCR (false, name unverified).
+    pub pre_registered: bool,
+    /// The operator lets this client skip the consent page (`clients[].skip_consent`).
+    pub skip_consent: bool,
 }
 
 impl RegisteredClient {
@@ -120,6 +125,8 @@ pub fn lookup_client(
             },
             redirect_uris: c.redirect_uris.clone(),
             grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+            pre_registered: true,
+            skip_consent: c.skip_consent,
         }));
     }
     Ok(store.client(client_id)?.map(|c| RegisteredClient {
@@ -132,5 +139,7 @@ pub fn lookup_client(
         },
         redirect_uris: c.redirect_uris,
         grant_types: c.grant_types,
+        pre_registered: false,
+        skip_consent: false,
     }))
 }

@@ -69,6 +69,10 @@ clients:
     redirect_uris: [https://app.example.com/cb]
   - client_id: public-app
     redirect_uris: [http://127.0.0.1/callback]
+  - client_id: trusted-app
+    client_name: Trusted App
+    redirect_uris: [{REDIRECT}]
+    skip_consent: true
 envoy:
   listen: 127.0.0.1:9000
 routes:
@@ -79,6 +83,7 @@ routes:
     mcp:
       server: {{}}
     scopes: [tools.read, tools.call]
+    policy: {{allow: {{and: [{{authenticated_user: true}}]}}}}
 {extra_routes}
 "#,
         db = dir.join("warden.db").display(),
@@ -157,11 +162,30 @@ impl TestEnv {
         form: &[(&str, &str)],
         basic: Option<(&str, &str)>,
     ) -> Resp {
+        self.post_form_with_cookie(uri, form, basic, None).await
+    }
+
+    /// A browser form POST carrying `cookie` (a `Cookie` header value).
+    pub async fn post_browser(&self, uri: &str, form: &[(&str, &str)], cookie: &str) -> Resp {
+        self.post_form_with_cookie(uri, form, None, Some(cookie))
+            .await
+    }
+
+    pub async fn post_form_with_cookie(
+        &self,
+        uri: &str,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+        cookie: Option<&str>,
+    ) -> Resp {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
         let mut req =
             Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(c) = cookie {
+            req = req.header(header::COOKIE, c);
+        }
         if let Some((id, secret)) = basic {
             let enc =
                 |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
@@ -215,7 +239,47 @@ impl TestEnv {
         format!("/authorize?{}", s.finish())
     }
 
-    /// Runs authorize → login form → sign-in; returns the redirect's query and the cookie.
+    /// Submits the login form `form` (from `/authorize`) in the browser that opened it.
+    pub async fn login(&self, form: &Resp, email: &str, password: &str) -> Resp {
+        let flow_cookie = form
+            .cookie("warden_flow")
+            .expect("login form sets warden_flow");
+        self.post_browser(
+            "/login",
+            &[
+                ("flow", &form.hidden("flow")),
+                ("csrf", &form.hidden("csrf")),
+                ("email", email),
+                ("password", password),
+            ],
+            &flow_cookie,
+        )
+        .await
+    }
+
+    /// Answers a consent page with `decision` ("approve" / "deny"); `cookies` is the
+    /// browser's `Cookie` header (flow and session cookies).
+    pub async fn decide(&self, page: &Resp, cookies: &str, decision: &str) -> Resp {
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        assert!(
+            page.body.contains("name=\"decision\" value=\"approve\""),
+            "not a consent page: {}",
+            page.body
+        );
+        self.post_browser(
+            "/consent",
+            &[
+                ("flow", &page.hidden("flow")),
+                ("csrf", &page.hidden("csrf")),
+                ("decision", decision),
+            ],
+            cookies,
+        )
+        .await
+    }
+
+    /// Runs authorize → login form → sign-in (→ consent, approved, when asked); returns the
+    /// redirect's query and the session cookie.
     pub async fn sign_in(
         &self,
         client_id: &str,
@@ -226,20 +290,15 @@ impl TestEnv {
             .get(&Self::authorize_uri(client_id, redirect, extra))
             .await;
         assert_eq!(form.status, StatusCode::OK, "{}", form.body);
-        let r = self
-            .post_form(
-                "/login",
-                &[
-                    ("flow", &form.hidden("flow")),
-                    ("csrf", &form.hidden("csrf")),
-                    ("email", EMAIL),
-                    ("password", PASSWORD),
-                ],
-                None,
-            )
-            .await;
+        let flow_cookie = form.cookie("warden_flow").unwrap();
+        let mut r = self.login(&form, EMAIL, PASSWORD).await;
+        let cookie = r.cookie("warden_session").expect("session cookie");
+        if r.status == StatusCode::OK {
+            r = self
+                .decide(&r, &format!("{flow_cookie}; {cookie}"), "approve")
+                .await;
+        }
         assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
-        let cookie = r.header("set-cookie").split(';').next().unwrap().to_owned();
         (r.location_query(), cookie)
     }
 
@@ -297,6 +356,23 @@ impl Resp {
             .to_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// `name=value` of the `Set-Cookie` for `base` (or `__Host-<base>`), if set.
+    pub fn cookie(&self, base: &str) -> Option<String> {
+        self.set_cookie(base)
+            .map(|c| c.split(';').next().unwrap().to_owned())
+    }
+
+    /// The whole `Set-Cookie` header for `base` (or `__Host-<base>`), if set.
+    pub fn set_cookie(&self, base: &str) -> Option<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .find(|c| {
+                c.starts_with(&format!("{base}=")) || c.starts_with(&format!("__Host-{base}="))
+            })
     }
 
     /// The value of a hidden input in an HTML form.

@@ -1,0 +1,573 @@
+//! The per-call judgement on MCP server routes: inspect the body, check the routing headers,
+//! evaluate the route's policy for every message, and say what to answer. Pure: the filter
+//! gathers the inputs and carries out the verdict.
+
+use serde_json::{json, Map, Value};
+
+use crate::config::{DenyStyle, Route};
+use crate::jsonrpc::{inspect, parse_strict, Body, InspectError};
+use crate::mcp_headers::{self, RoutingHeaders, HEADER_MISMATCH};
+use crate::policy::{Decision, McpCall, PolicyInput};
+use crate::reply::LocalReply;
+use crate::token::TeClaims;
+
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const INVALID_PARAMS: i64 = -32602;
+/// Server-defined error: the gateway's policy refused the call.
+pub const FORBIDDEN: i64 = -32003;
+
+/// What the filter read of the request besides the body.
+#[derive(Debug, Default, Clone)]
+pub struct CallHead {
+    pub method: String,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub routing: RoutingHeaders,
+    pub request_id: String,
+}
+
+/// The verdict on one HTTP request.
+#[derive(Debug)]
+pub struct Verdict {
+    /// `None`: forward. `Some`: answer with this instead.
+    pub reply: Option<LocalReply>,
+    pub log: AuthorizeLog,
+    /// The JSON-RPC id of a lone `tools/list` request whose result should be filtered.
+    pub tools_list_id: Option<Value>,
+}
+
+/// One authorize log line (field names as in the README and Envoy dynamic metadata).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuthorizeLog {
+    pub request_id: String,
+    pub route: String,
+    pub user: String,
+    pub email: String,
+    pub groups: Vec<String>,
+    pub client_id: String,
+    pub mcp_method: Option<String>,
+    pub mcp_tool: Option<String>,
+    pub mcp_tool_parameters: Option<Value>,
+    pub batch_size: usize,
+    pub allow: bool,
+    pub allow_why_true: Vec<&'static str>,
+    pub allow_why_false: Vec<&'static str>,
+    pub deny: bool,
+    pub deny_why_true: Vec<&'static str>,
+    pub deny_why_false: Vec<&'static str>,
+    /// Why the request was refused before the policy could judge it (parse error, ...).
+    pub error: Option<&'static str>,
+}
+
+impl AuthorizeLog {
+    pub fn to_json(&self, duration_micros: u64) -> Value {
+        json!({
+            "request-id": self.request_id,
+            "route": self.route,
+            "user": self.user,
+            "email": self.email,
+            "groups": self.groups,
+            "client-id": self.client_id,
+            "mcp-method": self.mcp_method,
+            "mcp-tool": self.mcp_tool,
+            "mcp-tool-parameters": self.mcp_tool_parameters,
+            "batch-size": self.batch_size,
+            "allow": self.allow,
+            "allow-why-true": self.allow_why_true,
+            "allow-why-false": self.allow_why_false,
+            "deny": self.deny,
+            "deny-why-true": self.deny_why_true,
+            "deny-why-false": self.deny_why_false,
+            "error": self.error,
+            "duration": format!("{:.3}ms", duration_micros as f64 / 1000.0),
+        })
+    }
+
+    /// Whether the request went through.
+    pub fn permitted(&self) -> bool {
+        self.error.is_none() && self.allow && !self.deny
+    }
+}
+
+fn base_log(route: &Route, claims: &TeClaims, head: &CallHead) -> AuthorizeLog {
+    AuthorizeLog {
+        request_id: head.request_id.clone(),
+        route: route.name.clone(),
+        user: claims.sub.clone(),
+        email: claims.email.clone(),
+        groups: claims.groups.clone(),
+        client_id: claims.client_id.clone(),
+        ..AuthorizeLog::default()
+    }
+}
+
+/// A JSON-RPC error response body for `id`, carrying the request id to look up in the log.
+pub fn jsonrpc_error(id: Option<&Value>, code: i64, message: &str, request_id: &str) -> Value {
+    json!({
+        "jsonrpc": "2.0",
+        "id": id.cloned().unwrap_or(Value::Null),
+        "error": { "code": code, "message": message, "data": { "request-id": request_id } },
+    })
+}
+
+fn error_reply(status: u32, reason: &'static str, body: Value) -> LocalReply {
+    LocalReply::json(status, reason, body.to_string())
+}
+
+/// Refusal before the body could be judged (oversize, parse error, ...).
+pub fn refuse(
+    route: &Route,
+    claims: &TeClaims,
+    head: &CallHead,
+    status: u32,
+    code: i64,
+    reason: &'static str,
+    message: &str,
+) -> Verdict {
+    let mut log = base_log(route, claims, head);
+    log.error = Some(reason);
+    Verdict {
+        reply: Some(error_reply(
+            status,
+            reason,
+            jsonrpc_error(None, code, message, &head.request_id),
+        )),
+        log,
+        tools_list_id: None,
+    }
+}
+
+/// Judges a request without a body to read (handshake-era GET stream, DELETE): the policy
+/// sees no method, so only identity criteria can allow it.
+pub fn judge_bodiless(route: &Route, claims: &TeClaims, head: &CallHead) -> Verdict {
+    let call = McpCall::default();
+    let decision = route.policy.evaluate(&PolicyInput {
+        claims,
+        call: &call,
+    });
+    let mut log = base_log(route, claims, head);
+    record(&mut log, &decision);
+    let reply = (!decision.permitted()).then(|| {
+        error_reply(
+            403,
+            "policy-denied",
+            jsonrpc_error(
+                None,
+                FORBIDDEN,
+                "mcp-warden policy denies this request",
+                &head.request_id,
+            ),
+        )
+    });
+    Verdict {
+        reply,
+        log,
+        tools_list_id: None,
+    }
+}
+
+/// Judges a complete POST body.
+pub fn judge_body(route: &Route, claims: &TeClaims, head: &CallHead, body: &[u8]) -> Verdict {
+    let refuse_with = |status, code, reason, message: &str| {
+        refuse(route, claims, head, status, code, reason, message)
+    };
+    if let Some(encoding) = head
+        .content_encoding
+        .as_deref()
+        .filter(|e| !e.eq_ignore_ascii_case("identity"))
+    {
+        return refuse_with(
+            415,
+            INVALID_REQUEST,
+            "mcp-content-encoding",
+            &format!("request bodies with Content-Encoding {encoding:?} cannot be inspected; send them uncompressed"),
+        );
+    }
+    if !is_json(head.content_type.as_deref()) {
+        return refuse_with(
+            400,
+            PARSE_ERROR,
+            "mcp-content-type",
+            "MCP requests must be Content-Type: application/json",
+        );
+    }
+    let parsed: Body = match inspect(body) {
+        Ok(b) => b,
+        Err(e @ InspectError::Parse(_)) => {
+            return refuse_with(
+                400,
+                PARSE_ERROR,
+                e.reason(),
+                &format!("parse error: {}", e.message()),
+            )
+        }
+        Err(e @ InspectError::Invalid(_)) => {
+            return refuse_with(
+                400,
+                INVALID_REQUEST,
+                e.reason(),
+                &format!("invalid request: {}", e.message()),
+            )
+        }
+    };
+    if !parsed.batch {
+        let raw = parse_strict(body).unwrap_or(Value::Null);
+        if let Err(why) = mcp_headers::check(&head.routing, &parsed.messages[0], &raw) {
+            let mut v = refuse_with(400, HEADER_MISMATCH, "mcp-header-mismatch", &why);
+            if let Some(reply) = v.reply.as_mut() {
+                let id = parsed.messages[0].id.as_ref();
+                reply.body = jsonrpc_error(id, HEADER_MISMATCH, &why, &head.request_id).to_string();
+            }
+            return v;
+        }
+    } else if head.routing.method.is_some() || head.routing.name.is_some() {
+        // Batches exist only before the routing headers did: headers naming one call of many
+        // would describe the batch wrongly.
+        return refuse_with(
+            400,
+            HEADER_MISMATCH,
+            "mcp-header-mismatch",
+            "Mcp-Method / Mcp-Name cannot describe a batch",
+        );
+    }
+
+    let mut log = base_log(route, claims, head);
+    log.batch_size = if parsed.batch {
+        parsed.messages.len()
+    } else {
+        0
+    };
+    let mut denied_ids: Vec<Option<&Value>> = Vec::new();
+    let mut all_permitted = true;
+    for message in &parsed.messages {
+        let decision = route.policy.evaluate(&PolicyInput {
+            claims,
+            call: &message.call,
+        });
+        record(&mut log, &decision);
+        if !decision.permitted() {
+            all_permitted = false;
+            denied_ids.push(message.id.as_ref());
+        }
+    }
+    // Log fields describe the call (the first denied one for a batch, so the log says why).
+    let shown = parsed
+        .messages
+        .iter()
+        .find(|m| denied_ids.contains(&m.id.as_ref()))
+        .unwrap_or(&parsed.messages[0]);
+    log.mcp_method = shown.call.method.clone();
+    log.mcp_tool = shown.call.tool.clone();
+    if route.log_tool_parameters {
+        log.mcp_tool_parameters = shown
+            .call
+            .arguments
+            .as_ref()
+            .map(|a| redact(a, &route.redact_parameters));
+    }
+    // One verdict for the whole request: a batch with any denied element is denied whole
+    // (`record` made `allow` true only if every element was allowed).
+
+    if all_permitted {
+        let tools_list_id = match parsed.messages.as_slice() {
+            [m] if !parsed.batch && m.call.method.as_deref() == Some("tools/list") => m.id.clone(),
+            _ => None,
+        };
+        return Verdict {
+            reply: None,
+            log,
+            tools_list_id,
+        };
+    }
+    let message = match (&shown.call.method, &shown.call.tool) {
+        (Some(m), Some(t)) if m == "tools/call" => format!("mcp-warden policy denies tool {t:?}"),
+        (Some(m), _) => format!("mcp-warden policy denies {m}"),
+        _ => "mcp-warden policy denies this request".to_string(),
+    };
+    let (status, code) = match route.deny_style {
+        DenyStyle::Forbidden => (403, FORBIDDEN),
+        DenyStyle::JsonRpc200 => (200, INVALID_PARAMS),
+    };
+    let body = if parsed.batch {
+        Value::Array(
+            parsed
+                .messages
+                .iter()
+                .filter(|m| m.id.is_some())
+                .map(|m| jsonrpc_error(m.id.as_ref(), code, &message, &head.request_id))
+                .collect(),
+        )
+    } else {
+        jsonrpc_error(
+            parsed.messages[0].id.as_ref(),
+            code,
+            &message,
+            &head.request_id,
+        )
+    };
+    Verdict {
+        reply: Some(error_reply(status, "policy-denied", body)),
+        log,
+        tools_list_id: None,
+    }
+}
+
+/// Merges one message's decision into the request's log line.
+fn record(log: &mut AuthorizeLog, d: &Decision) {
+    let first = log.allow_why_true.is_empty() && log.allow_why_false.is_empty() && !log.deny;
+    log.allow = if first { d.allow } else { log.allow && d.allow };
+    log.deny |= d.deny;
+    for (into, from) in [
+        (&mut log.allow_why_true, &d.allow_why_true),
+        (&mut log.allow_why_false, &d.allow_why_false),
+        (&mut log.deny_why_true, &d.deny_why_true),
+        (&mut log.deny_why_false, &d.deny_why_false),
+    ] {
+        for r in from {
+            if !into.contains(r) {
+                into.push(r);
+            }
+        }
+    }
+}
+
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| {
+        let essence = ct.split(';').next().unwrap_or_default().trim();
+        essence.eq_ignore_ascii_case("application/json")
+    })
+}
+
+/// Replaces the values of configured keys (at any depth) with `"[redacted]"`.
+pub fn redact(value: &Value, keys: &[String]) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let v = if keys.iter().any(|r| r == k) {
+                        Value::String("[redacted]".into())
+                    } else {
+                        redact(v, keys)
+                    };
+                    (k.clone(), v)
+                })
+                .collect::<Map<String, Value>>(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(|v| redact(v, keys)).collect()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CompiledConfig;
+    use crate::token::Audience;
+
+    fn route(extra: Value) -> Route {
+        let mut r = json!({
+            "name": "db",
+            "resource": "http://h/mcp",
+            "policy": [
+                {"allow": {"and": [{"domain": "company.com"}]}},
+                {"deny": {"or": [{"mcp_tool": {"starts_with": "delete_"}}]}}
+            ],
+            "log_tool_parameters": true,
+            "redact_parameters": ["password"]
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+        let c = json!({"version": 1, "issuer": "http://i", "jwks_static": {"keys": [{"kty":"EC","crv":"P-256","kid":"k1","alg":"ES256","use":"sig","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}, "routes": [r]});
+        CompiledConfig::from_json(c.to_string().as_bytes())
+            .unwrap()
+            .routes
+            .remove(0)
+    }
+
+    fn claims() -> TeClaims {
+        TeClaims {
+            iss: "http://i".into(),
+            sub: "ann@company.com".into(),
+            aud: Audience::One("http://h/mcp".into()),
+            jti: String::new(),
+            client_id: "cli".into(),
+            scope: String::new(),
+            sid: String::new(),
+            email: "ann@company.com".into(),
+            name: String::new(),
+            groups: vec!["eng".into()],
+        }
+    }
+
+    fn head() -> CallHead {
+        CallHead {
+            method: "POST".into(),
+            content_type: Some("application/json; charset=utf-8".into()),
+            request_id: "req-1".into(),
+            ..CallHead::default()
+        }
+    }
+
+    fn call(tool: &str, id: i64) -> String {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"q":"x","password":"hunter2"}}}}}}"#
+        )
+    }
+
+    #[test]
+    fn allowed_call_passes_and_logs() {
+        let v = judge_body(
+            &route(json!({})),
+            &claims(),
+            &head(),
+            call("read_db", 4).as_bytes(),
+        );
+        assert!(v.reply.is_none());
+        assert!(v.log.permitted());
+        assert_eq!(v.log.mcp_tool.as_deref(), Some("read_db"));
+        assert_eq!(v.log.allow_why_true, vec!["domain-ok"]);
+        assert_eq!(
+            v.log.mcp_tool_parameters,
+            Some(json!({"q": "x", "password": "[redacted]"}))
+        );
+        let line = v.log.to_json(1500);
+        assert_eq!(line["request-id"], "req-1");
+        assert_eq!(line["duration"], "1.500ms");
+    }
+
+    #[test]
+    fn denied_call_gets_403_with_id_and_request_id() {
+        let v = judge_body(
+            &route(json!({})),
+            &claims(),
+            &head(),
+            call("delete_db", 9).as_bytes(),
+        );
+        let reply = v.reply.unwrap();
+        assert_eq!(reply.status, 403);
+        let body: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(body["id"], 9);
+        assert_eq!(body["error"]["code"], FORBIDDEN);
+        assert_eq!(body["error"]["data"]["request-id"], "req-1");
+        assert!(v.log.deny && v.log.deny_why_true.contains(&"mcp-tool-match"));
+        // Pomerium-compatible shape.
+        let v = judge_body(
+            &route(json!({"deny_response": "jsonrpc_200"})),
+            &claims(),
+            &head(),
+            call("delete_db", 9).as_bytes(),
+        );
+        let reply = v.reply.unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            serde_json::from_str::<Value>(&reply.body).unwrap()["error"]["code"],
+            INVALID_PARAMS
+        );
+    }
+
+    #[test]
+    fn batch_hiding_a_denied_call_is_denied_whole() {
+        let body = format!("[{},{}]", call("read_db", 1), call("delete_db", 2));
+        let v = judge_body(&route(json!({})), &claims(), &head(), body.as_bytes());
+        let reply = v.reply.unwrap();
+        assert_eq!(reply.status, 403);
+        let errors: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(errors.as_array().unwrap().len(), 2);
+        assert_eq!(
+            v.log.mcp_tool.as_deref(),
+            Some("delete_db"),
+            "the log names the denied call"
+        );
+        assert_eq!(v.log.batch_size, 2);
+    }
+
+    #[test]
+    fn unreadable_requests_are_refused() {
+        let r = route(json!({}));
+        let status = |h: CallHead, body: &str| {
+            judge_body(&r, &claims(), &h, body.as_bytes())
+                .reply
+                .map(|x| x.status)
+        };
+        assert_eq!(
+            status(
+                head(),
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_db","name":"delete_db"}}"#
+            ),
+            Some(400)
+        );
+        assert_eq!(
+            status(
+                CallHead {
+                    content_type: Some("text/plain".into()),
+                    ..head()
+                },
+                &call("read_db", 1)
+            ),
+            Some(400)
+        );
+        assert_eq!(
+            status(
+                CallHead {
+                    content_type: None,
+                    ..head()
+                },
+                &call("read_db", 1)
+            ),
+            Some(400)
+        );
+        assert_eq!(
+            status(
+                CallHead {
+                    content_encoding: Some("gzip".into()),
+                    ..head()
+                },
+                &call("read_db", 1)
+            ),
+            Some(415)
+        );
+        let mismatch = CallHead {
+            routing: RoutingHeaders {
+                protocol_version: Some("2026-07-28".into()),
+                method: Some("tools/call".into()),
+                name: Some("read_db".into()),
+            },
+            ..head()
+        };
+        let v = judge_body(&r, &claims(), &mismatch, call("delete_db", 3).as_bytes());
+        let reply = v.reply.unwrap();
+        assert_eq!(reply.status, 400);
+        let body: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(
+            (body["id"].clone(), body["error"]["code"].clone()),
+            (json!(3), json!(HEADER_MISMATCH))
+        );
+        let v = judge_body(&r, &claims(), &head(), b"{");
+        assert_eq!(
+            serde_json::from_str::<Value>(&v.reply.unwrap().body).unwrap()["error"]["code"],
+            PARSE_ERROR
+        );
+    }
+
+    #[test]
+    fn tools_list_is_marked_for_filtering_and_bodiless_requests_use_identity_only() {
+        let r = route(json!({}));
+        let v = judge_body(
+            &r,
+            &claims(),
+            &head(),
+            br#"{"jsonrpc":"2.0","id":"L","method":"tools/list"}"#,
+        );
+        assert!(v.reply.is_none());
+        assert_eq!(v.tools_list_id, Some(json!("L")));
+        assert!(judge_bodiless(&r, &claims(), &head()).reply.is_none());
+        let mut outsider = claims();
+        outsider.email = "x@other.com".into();
+        assert_eq!(
+            judge_bodiless(&r, &outsider, &head()).reply.unwrap().status,
+            403
+        );
+    }
+}
