@@ -64,3 +64,10 @@ test: tools fmt-check lint unit check-envoy-yaml e2e
 clean:
 	cargo clean
 	rm -rf var
+
+## Fuzzes the body inspector and the SSE tools/list filter (bounded: FUZZ_SECONDS each).
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && cargo fuzz run inspect_body --sanitizer none -- -max_total_time=$(FUZZ_SECONDS)
+	cd fuzz && cargo fuzz run sse_tools_filter --sanitizer none -- -max_total_time=$(FUZZ_SECONDS)
