@@ -530,7 +530,11 @@ impl WardenRequest {
             .duration_since(call.started)
             .map(|d| d.as_micros() as u64)
             .unwrap_or_default();
-        log::info!("mcp-warden authorize {}", verdict.log.to_json(elapsed));
+        let line = verdict.log.to_json(elapsed).to_string();
+        log::info!("mcp-warden authorize {line}");
+        // For Envoy's access log: `%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`. (Envoy's
+        // Wasm host cannot write dynamic metadata; filter state is what it offers.)
+        let _ = hostcalls::set_property(vec!["mcp_warden.authorize"], Some(line.as_bytes()));
         if verdict.log.batch_size > 0 {
             w.metrics.inc(Counter::Batch);
         }

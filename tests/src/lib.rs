@@ -550,6 +550,12 @@ pub fn spawn_envoy(dir: &Path, name: &str, bootstrap: &Path, base_id: u16) -> Pr
             "1".into(),
             "-l".into(),
             "warn".into(),
+            // The filter's authorize log lines (`mcp-warden authorize {json}`) are info level.
+            "--component-log-level".into(),
+            "wasm:info".into(),
+            // Access log lines reach the log file promptly (default: every 10 s).
+            "--file-flush-interval-msec".into(),
+            "100".into(),
         ],
         &[],
     )
@@ -740,6 +746,40 @@ impl Stack {
     /// Full OAuth sign-in against route `demo` as the demo user.
     pub async fn sign_in(&self) -> SignedIn {
         sign_in(&self.mcp_url()).await
+    }
+
+    /// A token for the demo user and `audience`, minted with the token service's key (same
+    /// claims as a real sign-in, without the OAuth round trips).
+    pub async fn mint_token(&self, audience: &str) -> String {
+        let key = self.signing_key().await;
+        key.sign(&jwt::claims(&self.issuer(), audience, jwt::now(), 300))
+    }
+
+    /// Everything Envoy logged so far (the filter's `mcp-warden authorize {json}` lines included).
+    pub fn envoy_log(&self) -> String {
+        self.envoy.as_ref().map(Proc::log).unwrap_or_default()
+    }
+
+    /// Envoy admin `/stats?filter=<filter>` as `name → value` (counters and gauges).
+    pub async fn envoy_stats(&self, filter: &str) -> BTreeMap<String, u64> {
+        let url = format!(
+            "http://127.0.0.1:{}/stats?filter={filter}",
+            self.ports.envoy_admin
+        );
+        let text = http_client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .text()
+            .await
+            .expect("stats body");
+        text.lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once(": ")?;
+                Some((name.trim().to_owned(), value.trim().parse().ok()?))
+            })
+            .collect()
     }
 }
 

@@ -185,6 +185,8 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
     // SSE streams are long-lived; route timeouts are off and idle streams live for an hour.
     let _ = writeln!(w, "          stream_idle_timeout: 3600s");
     let _ = writeln!(w, "          access_log:\n          - name: envoy.access_loggers.stdout\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog");
+    // The filter's authorize decision (JSON) rides along in filter state for each MCP call.
+    let _ = writeln!(w, "              log_format:\n                text_format_source:\n                  inline_string: \"[%START_TIME%] \\\"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\\\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION%ms %REQ(X-REQUEST-ID)% %UPSTREAM_HOST% mcp=%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%\\n\"");
     let _ = writeln!(
         w,
         "          route_config:\n            name: mcp\n            virtual_hosts:"
