@@ -32,3 +32,29 @@ fn readme_plugin_config_example_is_accepted_by_the_filter() {
     warden_core::config::CompiledConfig::from_json(&readme.as_bytes()[start..end])
         .unwrap_or_else(|e| panic!("README plugin config example: {e}"));
 }
+
+/// The body of the first fenced block of `lang` after `heading` in the README.
+fn readme_block(heading: &str, lang: &str) -> String {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = &readme[readme
+        .find(heading)
+        .unwrap_or_else(|| panic!("README lacks {heading}"))..];
+    let fence = format!("```{lang}\n");
+    let start = section.find(&fence).unwrap() + fence.len();
+    section[start..start + section[start..].find("```").unwrap()].to_string()
+}
+
+#[test]
+fn readme_operator_config_example_loads() {
+    let yaml = readme_block("### Operator configuration", "yaml");
+    warden_token_service::config::Config::from_yaml(&yaml)
+        .unwrap_or_else(|e| panic!("README warden.yaml example: {e}"));
+}
+
+#[test]
+fn readme_policy_example_compiles() {
+    let yaml = readme_block("## Policy", "yaml");
+    let doc: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+    warden_core::policy::Policy::compile(&doc["policy"], "policy")
+        .unwrap_or_else(|e| panic!("README policy example: {}: {}", e.path, e.message));
+}
