@@ -35,6 +35,12 @@
 //! * The `whoami` tool returns the HTTP request the server received for that very call
 //!   (method, path, headers) as JSON text, read from the `http::request::Parts` that rmcp's
 //!   streamable HTTP service inserts into the request context extensions.
+//! * `POST /split-sse` answers a JSON-RPC `tools/list` (any other body: 400) with a hand-written
+//!   SSE event listing `whoami` (description [`SPLIT_SSE_DESCRIPTION`], multi-byte UTF-8) and
+//!   `get_time`, sent as several body chunks whose boundaries fall inside multi-byte
+//!   characters, flushed one by one, so a gateway must reassemble events and characters.
+//! * `POST /json-tools` answers a JSON-RPC `tools/list` with the same list as one
+//!   `application/json` body (rmcp itself answers POSTs as SSE in both eras).
 
 use std::{
     net::SocketAddr,
@@ -262,6 +268,70 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// The `whoami` description `/split-sse` sends, cut inside its multi-byte characters.
+const SPLIT_SSE_DESCRIPTION: &str = "héllo ✓ 日本";
+
+/// The canned `tools/list` result for a JSON-RPC request body, if it is one.
+fn canned_tools_list(body: &[u8]) -> Option<Value> {
+    let request: Value = serde_json::from_slice(body).ok()?;
+    if request.get("method").and_then(Value::as_str) != Some("tools/list") {
+        return None;
+    }
+    let id = request.get("id").cloned().unwrap_or(Value::Null);
+    let schema = json!({ "type": "object", "properties": {} });
+    Some(json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "result": { "tools": [
+            { "name": "whoami", "description": SPLIT_SSE_DESCRIPTION, "inputSchema": schema },
+            { "name": "get_time", "description": "Return the time", "inputSchema": schema },
+        ] },
+    }))
+}
+
+async fn json_tools(body: axum::body::Bytes) -> Response {
+    match canned_tools_list(&body) {
+        Some(message) => Json(message).into_response(),
+        None => (StatusCode::BAD_REQUEST, "only tools/list is answered here").into_response(),
+    }
+}
+
+async fn split_sse(body: axum::body::Bytes) -> Response {
+    let Some(message) = canned_tools_list(&body) else {
+        return (StatusCode::BAD_REQUEST, "only tools/list is answered here").into_response();
+    };
+    let event = format!("event: message\ndata: {message}\n\n").into_bytes();
+    // Cut one byte into "é" (2 bytes), "✓" (3 bytes) and two bytes into "日" (3 bytes).
+    let mut cuts = Vec::new();
+    for (needle, into) in [("é", 1), ("✓", 1), ("日", 2)] {
+        if let Some(at) = find(&event, needle.as_bytes()) {
+            cuts.push(at + into);
+        }
+    }
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for cut in cuts {
+        chunks.push(axum::body::Bytes::copy_from_slice(&event[start..cut]));
+        start = cut;
+    }
+    chunks.push(axum::body::Bytes::copy_from_slice(&event[start..]));
+    let stream = futures_util::StreamExt::then(futures_util::stream::iter(chunks), |chunk| async {
+        // Each chunk goes out on its own.
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        Ok::<_, std::convert::Infallible>(chunk)
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Main
 // ---------------------------------------------------------------------------------------------
@@ -329,6 +399,8 @@ fn app(recorder: Recorder, extra_hosts: Vec<String>) -> Router {
     Router::new()
         .nest_service("/mcp", mcp)
         .route("/healthz", get(healthz))
+        .route("/split-sse", axum::routing::post(split_sse))
+        .route("/json-tools", axum::routing::post(json_tools))
         .route("/_recorded", get(get_recorded).delete(delete_recorded))
         .layer(middleware::from_fn_with_state(
             recorder.clone(),
