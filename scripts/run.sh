@@ -18,7 +18,9 @@ fi
 "$TS" render-envoy "${config_args[@]}" --wasm "$WASM" > var/envoy.yaml
 
 pids=()
+stopping=0
 stop() {
+  stopping=1
   trap - INT TERM EXIT
   echo; echo "stopping..."
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -49,4 +51,6 @@ if [[ -z "${WARDEN_CONFIG:-}" ]]; then
 fi
 echo "Press Ctrl-C to stop."
 wait -n "${pids[@]}" || true
-echo "a process exited; see var/*.log"
+if [[ $stopping == 0 ]]; then
+  echo "a process exited unexpectedly; see var/*.log"
+fi
