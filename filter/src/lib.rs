@@ -12,10 +12,11 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use warden_core::access::{self, Grant, RequestHead, Step};
 use warden_core::cache::TokenCache;
-use warden_core::config::{CompiledConfig, JwksFetch};
+use warden_core::config::{CompiledConfig, JwksFetch, Route};
 use warden_core::keys::KeySet;
 use warden_core::mcp::{self as judge, CallHead, Verdict};
 use warden_core::reply::{LocalReply, CORS_EXPOSE_HEADERS};
+use warden_core::token::TeClaims;
 use warden_core::toolslist::{filter_message, SseToolsFilter};
 
 mod metrics;
@@ -473,8 +474,7 @@ impl WardenRequest {
             return Action::Continue;
         };
         if method != "POST" {
-            return self
-                .finish(|route, claims, head, _| judge::judge_bodiless(route, claims, head));
+            return self.finish(judge::judge_bodiless);
         }
         if self
             .route_limit()
@@ -500,19 +500,11 @@ impl WardenRequest {
         } else {
             self.get_http_request_body(0, size).unwrap_or_default()
         };
-        self.finish(|route, claims, head, _| judge::judge_body(route, claims, head, &body))
+        self.finish(|route, claims, head| judge::judge_body(route, claims, head, &body))
     }
 
     /// Runs a judgement for the pending call, logs it, and replies or lets it through.
-    fn finish(
-        &mut self,
-        run: impl FnOnce(
-            &warden_core::config::Route,
-            &warden_core::token::TeClaims,
-            &CallHead,
-            (),
-        ) -> Verdict,
-    ) -> Action {
+    fn finish(&mut self, run: impl FnOnce(&Route, &TeClaims, &CallHead) -> Verdict) -> Action {
         let now = self.get_current_time();
         if let Some(call) = self.call.as_mut() {
             call.buffering = false;
@@ -525,7 +517,7 @@ impl WardenRequest {
         let Some(route) = w.config.routes.get(grant.route) else {
             return Action::Continue;
         };
-        let verdict = run(route, &grant.identity.claims, &call.head, ());
+        let verdict = run(route, &grant.identity.claims, &call.head);
         let elapsed = now
             .duration_since(call.started)
             .map(|d| d.as_micros() as u64)
@@ -561,7 +553,7 @@ impl WardenRequest {
     /// Refuses a body over the route's limit: never truncated, never passed unread.
     fn refuse_oversize(&mut self) -> Action {
         let limit = self.route_limit().unwrap_or_default();
-        self.finish(|route, claims, head, _| {
+        self.finish(|route, claims, head| {
             judge::refuse(
                 route,
                 claims,
