@@ -450,7 +450,7 @@ impl Default for StackOptions {
     }
 }
 
-/// The operator config (`warden.yaml`, shape of docs/interfaces.md) for these ports.
+/// The operator config (`warden.yaml`, as in README "Operator configuration") for these ports.
 pub fn operator_config(dir: &Path, ports: &Ports, opts: &StackOptions) -> Value {
     let envoy_from = format!("http://127.0.0.1:{}", ports.envoy);
     let upstream = format!("http://127.0.0.1:{}/mcp", ports.demo);
