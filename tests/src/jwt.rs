@@ -180,7 +180,7 @@ impl TestKey {
     }
 }
 
-/// Claims shaped like the token service's (interfaces.md), valid for `lifetime` seconds from
+/// Claims shaped like the token service's (`warden_core::token::TeClaims`), valid for `lifetime` seconds from
 /// `now() + offset` (a negative offset makes past tokens).
 pub fn claims(issuer: &str, audience: &str, issued_at: u64, lifetime: u64) -> Value {
     json!({

@@ -100,7 +100,7 @@ impl AppState {
     }
 }
 
-/// The HTTP surface (docs/interfaces.md).
+/// The HTTP surface (README, "Token service endpoints").
 pub fn app(state: AppState) -> Router {
     routes::router(state)
 }

@@ -362,7 +362,7 @@ fn respond(
     })
 }
 
-/// The TE claims (docs/interfaces.md).
+/// The TE claims (README, "How a request flows"; verified by `warden_core::token`).
 pub fn access_token_claims(
     config: &Config,
     user: &LocalUser,
