@@ -441,9 +441,19 @@ fn authorize_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> 
 }
 
 async fn login(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let cookies = BrowserCookies::from_headers(&s, &headers);
-    s.blocking(move |st| login_blocking(st, Params::new(pairs), cookies))
+    browser_form(s, &headers, &body, login_blocking).await
+}
+
+/// Runs a browser form post (sign-in, consent) on the blocking pool with its fields and cookies.
+async fn browser_form(
+    s: AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    handle: fn(&AppState, Params, BrowserCookies) -> Result<Response>,
+) -> Result<Response> {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+    let cookies = BrowserCookies::from_headers(&s, headers);
+    s.blocking(move |st| handle(st, Params::new(pairs), cookies))
         .await
 }
 
@@ -555,10 +565,7 @@ async fn consent_endpoint(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let cookies = BrowserCookies::from_headers(&s, &headers);
-    s.blocking(move |st| consent_blocking(st, Params::new(pairs), cookies))
-        .await
+    browser_form(s, &headers, &body, consent_blocking).await
 }
 
 fn consent_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Result<Response> {
