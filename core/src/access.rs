@@ -7,7 +7,9 @@ use crate::cache::{digest, TokenCache};
 use crate::config::{normalize_origin, CompiledConfig, Route};
 use crate::keys::KeySet;
 use crate::reply::{preflight, LocalReply};
+use crate::session::{self, Inbound, SessionKey};
 use crate::token::{verify, Identity, TokenError};
+use crate::transport::{announces_body, method_rule, MethodRule, ALLOWED_METHODS};
 
 /// What the adapter read from the request headers (via the `*_bytes` getters).
 #[derive(Debug, Default)]
@@ -24,6 +26,13 @@ pub struct RequestHead<'a> {
     /// Every `Authorization` header value, in order.
     pub authorization: Vec<&'a [u8]>,
     pub is_preflight: bool,
+    pub content_length: Option<&'a [u8]>,
+    /// Any `Transfer-Encoding` header was present.
+    pub transfer_encoding: bool,
+    /// Every `Mcp-Session-Id` header value, in order.
+    pub session_ids: Vec<&'a [u8]>,
+    /// A header the filter reads, spelled with `_` (see `names::disguised_header`).
+    pub disguised_header: Option<&'static str>,
 }
 
 /// What the adapter must do next.
@@ -46,12 +55,17 @@ pub struct Grant {
     pub identity: Rc<Identity>,
     /// Allowed browser origin to reflect in CORS response headers.
     pub cors_origin: Option<String>,
+    /// How the request's body is handled (`InspectBody` or `Bodiless`).
+    pub method: MethodRule,
+    /// The upstream's own session id, unwrapped from the client's `Mcp-Session-Id`.
+    pub upstream_session_id: Option<Vec<u8>>,
 }
 
 pub struct Context<'a> {
     pub config: &'a CompiledConfig,
     pub keys: Option<&'a KeySet>,
     pub cache: &'a mut TokenCache,
+    pub session_key: &'a SessionKey,
     pub now: i64,
     pub may_fetch_keys: bool,
 }
@@ -114,6 +128,55 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
         };
     }
 
+    let method = method_rule(head.method);
+    match method {
+        MethodRule::NotAllowed => {
+            let shown = String::from_utf8_lossy(head.method);
+            return Step::Reply(
+                transport_error(
+                    405,
+                    "method-not-allowed",
+                    &format!("HTTP method {shown:?} is not allowed on an MCP endpoint"),
+                )
+                .with_header("allow", ALLOWED_METHODS)
+                .with_cors(cors),
+            );
+        }
+        MethodRule::Options => {
+            // Not a preflight: answer what the endpoint allows; OPTIONS is never forwarded.
+            return Step::Reply(
+                LocalReply {
+                    status: 204,
+                    headers: vec![("allow", ALLOWED_METHODS.into())],
+                    body: String::new(),
+                    reason: "options",
+                }
+                .with_cors(cors),
+            );
+        }
+        MethodRule::Bodiless if announces_body(head.content_length, head.transfer_encoding) => {
+            return Step::Reply(
+                transport_error(
+                    400,
+                    "mcp-body-not-allowed",
+                    "GET and DELETE requests on an MCP endpoint carry no body",
+                )
+                .with_cors(cors),
+            );
+        }
+        MethodRule::InspectBody | MethodRule::Bodiless => {}
+    }
+    if let Some(name) = head.disguised_header {
+        return Step::Reply(
+            transport_error(
+                400,
+                "header-disguised",
+                &format!("a header spelled like {name} with '_' for '-' is not accepted"),
+            )
+            .with_cors(cors),
+        );
+    }
+
     let token = match bearer_token(&head.authorization) {
         Ok(token) => token,
         Err(BearerProblem::Missing) => {
@@ -165,12 +228,61 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
     if !identity.allows_resource(&route.resource) {
         return Step::Reply(invalid_token(route, "token-wrong-audience", cors));
     }
+    let upstream_session_id = match session::inbound(
+        ctx.session_key,
+        &route.name,
+        &identity.claims.sub,
+        &head.session_ids,
+    ) {
+        Inbound::None => None,
+        Inbound::Upstream(id) => Some(id),
+        // As for a session the server does not know: the client starts a new one.
+        Inbound::Unknown => {
+            return Step::Reply(
+                transport_error(404, "mcp-session-unknown", "Session not found").with_cors(cors),
+            )
+        }
+        Inbound::Repeated => {
+            return Step::Reply(
+                transport_error(
+                    400,
+                    "mcp-session-repeated",
+                    "send at most one Mcp-Session-Id header",
+                )
+                .with_cors(cors),
+            )
+        }
+    };
     Step::Forward(Grant {
         route: index,
         identity,
         cors_origin,
+        method,
+        upstream_session_id,
     })
 }
+
+/// A refusal at the transport level, as a JSON-RPC error (MCP clients read those).
+fn transport_error(status: u32, reason: &'static str, message: &str) -> LocalReply {
+    let code = if status == 404 {
+        SESSION_NOT_FOUND
+    } else {
+        crate::mcp::INVALID_REQUEST
+    };
+    LocalReply::json(
+        status,
+        reason,
+        serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": { "code": code, "message": message },
+        })
+        .to_string(),
+    )
+}
+
+/// The JSON-RPC code MCP servers use for an unknown session.
+pub const SESSION_NOT_FOUND: i64 = -32001;
 
 fn invalid_token(route: &Route, reason: &'static str, cors: Option<&str>) -> LocalReply {
     LocalReply::oauth_error(
@@ -273,6 +385,7 @@ mod tests {
         config: CompiledConfig,
         cache: TokenCache,
         keys: Option<KeySet>,
+        session_key: SessionKey,
     }
 
     impl Run {
@@ -283,6 +396,7 @@ mod tests {
                 config,
                 cache: TokenCache::new(100, 30),
                 keys,
+                session_key: SessionKey::from_random([3; 32]),
             }
         }
         fn decide(&mut self, head: &RequestHead<'_>) -> Step {
@@ -292,11 +406,20 @@ mod tests {
                     config: &self.config,
                     keys: self.keys.as_ref(),
                     cache: &mut self.cache,
+                    session_key: &self.session_key,
                     now: 1100,
                     may_fetch_keys: true,
                 },
             )
         }
+    }
+
+    fn bearer() -> String {
+        let (key, _) = es256_pair();
+        format!(
+            "Bearer {}",
+            sign(&key, &claims("http://127.0.0.1:9000/mcp", 1000, 1300))
+        )
     }
 
     fn head<'a>(path: &'a [u8], auth: Vec<&'a [u8]>) -> RequestHead<'a> {
@@ -309,6 +432,7 @@ mod tests {
             origin: None,
             authorization: auth,
             is_preflight: false,
+            ..RequestHead::default()
         }
     }
 
@@ -443,11 +567,119 @@ mod tests {
                 config: &run.config,
                 keys: None,
                 cache: &mut run.cache,
+                session_key: &run.session_key,
                 now: 1100,
                 may_fetch_keys: false,
             },
         );
         assert_eq!(reply(step).status, 503);
+    }
+
+    #[test]
+    fn only_post_get_delete_and_options_are_served() {
+        let mut run = Run::new();
+        let token = bearer();
+        for method in [
+            b"PUT".as_slice(),
+            b"PATCH",
+            b"HEAD",
+            b"TRACE",
+            b"post",
+            b"FOO",
+        ] {
+            let mut h = head(b"/mcp", vec![token.as_bytes()]);
+            h.method = method;
+            let r = reply(run.decide(&h));
+            assert_eq!(
+                (r.status, r.reason),
+                (405, "method-not-allowed"),
+                "{method:?}"
+            );
+            assert_eq!(header(&r, "allow"), Some(ALLOWED_METHODS));
+        }
+        // A plain OPTIONS is answered, never forwarded.
+        let mut h = head(b"/mcp", vec![]);
+        h.method = b"OPTIONS";
+        let r = reply(run.decide(&h));
+        assert_eq!(
+            (r.status, header(&r, "allow")),
+            (204, Some(ALLOWED_METHODS))
+        );
+        for method in [b"GET".as_slice(), b"DELETE", b"POST"] {
+            let mut h = head(b"/mcp", vec![token.as_bytes()]);
+            h.method = method;
+            assert!(matches!(run.decide(&h), Step::Forward(_)), "{method:?}");
+        }
+    }
+
+    #[test]
+    fn get_and_delete_with_an_announced_body_are_refused() {
+        let mut run = Run::new();
+        let token = bearer();
+        for method in [b"GET".as_slice(), b"DELETE"] {
+            for (length, chunked) in [(Some(b"12".as_slice()), false), (None, true)] {
+                let mut h = head(b"/mcp", vec![token.as_bytes()]);
+                h.method = method;
+                h.content_length = length;
+                h.transfer_encoding = chunked;
+                let r = reply(run.decide(&h));
+                assert_eq!((r.status, r.reason), (400, "mcp-body-not-allowed"));
+            }
+            let mut h = head(b"/mcp", vec![token.as_bytes()]);
+            h.method = method;
+            h.content_length = Some(b"0");
+            assert!(matches!(run.decide(&h), Step::Forward(_)));
+        }
+        // POST bodies are for the inspector.
+        let mut h = head(b"/mcp", vec![token.as_bytes()]);
+        h.content_length = Some(b"12");
+        assert!(matches!(run.decide(&h), Step::Forward(_)));
+    }
+
+    #[test]
+    fn disguised_headers_are_refused() {
+        let mut run = Run::new();
+        let token = bearer();
+        let mut h = head(b"/mcp", vec![token.as_bytes()]);
+        h.disguised_header = Some("mcp-session-id");
+        assert_eq!(reply(run.decide(&h)).status, 400);
+    }
+
+    #[test]
+    fn session_ids_are_unwrapped_for_their_owner_only() {
+        let mut run = Run::new();
+        let token = bearer();
+        let mine = run
+            .session_key
+            .wrap("demo", "demo@example.com", b"upstream-1");
+        let theirs = run
+            .session_key
+            .wrap("demo", "someone@example.com", b"upstream-2");
+        let other_route = run
+            .session_key
+            .wrap("other", "demo@example.com", b"upstream-1");
+        let mut h = head(b"/mcp", vec![token.as_bytes()]);
+        h.session_ids = vec![mine.as_bytes()];
+        match run.decide(&h) {
+            Step::Forward(g) => assert_eq!(
+                g.upstream_session_id.as_deref(),
+                Some(b"upstream-1".as_slice())
+            ),
+            other => panic!("{other:?}"),
+        }
+        for foreign in [
+            theirs.as_bytes(),
+            other_route.as_bytes(),
+            b"upstream-1".as_slice(),
+        ] {
+            h.session_ids = vec![foreign];
+            let r = reply(run.decide(&h));
+            assert_eq!((r.status, r.reason), (404, "mcp-session-unknown"));
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(body["error"]["code"], SESSION_NOT_FOUND);
+        }
+        h.session_ids = vec![mine.as_bytes(), mine.as_bytes()];
+        assert_eq!(reply(run.decide(&h)).status, 400);
     }
 
     #[test]

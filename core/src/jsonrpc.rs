@@ -1,7 +1,8 @@
 //! Strict inspection of MCP JSON-RPC request bodies. Anything the filter cannot read exactly as
 //! the server will is refused: duplicate keys (servers disagree on which wins), invalid UTF-8,
 //! trailing bytes, non-object messages. Escapes are decoded by the parser, so `\u0064elete_x`
-//! is matched as `delete_x`, and key names are exact (`Name` is not `name`).
+//! is matched as `delete_x`, and key names are exact (`Name` is not `name`). Method and tool
+//! names a lenient server could read as other names are refused (`crate::names`).
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -104,6 +105,7 @@ fn message(v: &Value) -> Result<Message, InspectError> {
         Some(Value::String(m)) => m.clone(),
         Some(_) => return invalid("\"method\" must be a string"),
     };
+    crate::names::check_method(&method).map_err(InspectError::Invalid)?;
     let params = match obj.get("params") {
         None => None,
         Some(p @ (Value::Object(_) | Value::Array(_))) => Some(p),
@@ -129,6 +131,9 @@ fn message(v: &Value) -> Result<Message, InspectError> {
         }
     };
     let (tool, arguments) = if method == "tools/call" {
+        if let Some(name) = &name {
+            crate::names::check_tool_name(name).map_err(InspectError::Invalid)?;
+        }
         let arguments = match param("arguments") {
             None => None,
             Some(a @ Value::Object(_)) => Some(a.clone()),
@@ -274,6 +279,30 @@ mod tests {
         );
         assert!(matches!(e, Err(InspectError::Invalid(_))));
         assert!(inspect(br#"{"jsonrpc":"2.0","id":1,"Method":"tools/call"}"#).is_err());
+    }
+
+    #[test]
+    fn look_alike_methods_and_tool_names_are_invalid() {
+        for bad in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call ","params":{"name":"delete_db"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"Tools/Call","params":{"name":"delete_db"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call\u200b","params":{"name":"delete_db"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":" delete_db"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_db\u0000"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_db\n"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":""}}"#,
+            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"TOOLS/CALL","params":{"name":"x"}}]"#,
+        ] {
+            assert!(
+                matches!(inspect(bad.as_bytes()), Err(InspectError::Invalid(_))),
+                "{bad}"
+            );
+        }
+        // Names outside tools/call are not tool names.
+        assert!(inspect(
+            br#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"a b"}}"#
+        )
+        .is_ok());
     }
 
     #[test]

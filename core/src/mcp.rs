@@ -7,7 +7,8 @@ use serde_json::{json, Map, Value};
 use crate::config::{DenyStyle, Route};
 use crate::jsonrpc::{inspect, parse_strict, Body, InspectError};
 use crate::mcp_headers::{self, RoutingHeaders, HEADER_MISMATCH};
-use crate::policy::{Decision, McpCall, PolicyInput};
+use crate::names::fold;
+use crate::policy::{Decision, McpCall, Names, PolicyInput};
 use crate::reply::LocalReply;
 use crate::token::TeClaims;
 
@@ -138,6 +139,19 @@ pub fn refuse(
     }
 }
 
+/// A GET or DELETE whose body turned up after the headers: refused, never forwarded.
+pub fn refuse_unexpected_body(route: &Route, claims: &TeClaims, head: &CallHead) -> Verdict {
+    refuse(
+        route,
+        claims,
+        head,
+        400,
+        INVALID_REQUEST,
+        "mcp-body-not-allowed",
+        &format!("{} requests on an MCP endpoint carry no body", head.method),
+    )
+}
+
 /// Judges a request without a body to read (handshake-era GET stream, DELETE): the policy
 /// sees no method, so only identity criteria can allow it.
 pub fn judge_bodiless(route: &Route, claims: &TeClaims, head: &CallHead) -> Verdict {
@@ -241,10 +255,17 @@ pub fn judge_body(route: &Route, claims: &TeClaims, head: &CallHead, body: &[u8]
     let mut denied_ids: Vec<Option<&Value>> = Vec::new();
     let mut all_permitted = true;
     for message in &parsed.messages {
-        let decision = route.policy.evaluate(&PolicyInput {
+        let input = PolicyInput {
             claims,
             call: &message.call,
-        });
+        };
+        let decision = route.policy.evaluate(&input);
+        if let Some(why) = ambiguity(route, &input, &decision) {
+            let mut v = refuse_with(400, INVALID_REQUEST, "mcp-ambiguous-name", &why);
+            v.log.mcp_method = message.call.method.clone();
+            v.log.mcp_tool = message.call.tool.clone();
+            return v;
+        }
         record(&mut log, &decision);
         if !decision.permitted() {
             all_permitted = false;
@@ -311,6 +332,79 @@ pub fn judge_body(route: &Route, claims: &TeClaims, head: &CallHead, body: &[u8]
         log,
         tools_list_id: None,
     }
+}
+
+/// Why a call the policy permits could still mean something it denies to a lenient server:
+/// an argument key the policy inspects, spelled differently (case, whitespace, invisible
+/// characters), or a method or tool name that only an exact comparison lets through.
+fn ambiguity(route: &Route, input: &PolicyInput<'_>, decision: &Decision) -> Option<String> {
+    if !decision.permitted() {
+        // Refused anyway; the denial is the clearer answer.
+        return None;
+    }
+    let call = input.call;
+    if let Some(arguments) = &call.arguments {
+        for path in &route.policy.argument_paths {
+            if let Some(key) = look_alike_key(arguments, path) {
+                return Some(format!(
+                    "argument key {key:?} differs from a key this route's policy inspects only by case, whitespace or invisible characters"
+                ));
+            }
+        }
+    }
+    let has_upper = |s: &Option<String>| {
+        s.as_deref()
+            .is_some_and(|s| s.bytes().any(|b| b.is_ascii_uppercase()))
+    };
+    if (has_upper(&call.method) || has_upper(&call.tool))
+        && !route
+            .policy
+            .evaluate_as(input, Names::CaseInsensitive)
+            .permitted()
+    {
+        return Some(format!(
+            "{} differs from a name this route's policy denies only by case",
+            call.tool
+                .as_deref()
+                .map(|t| format!("tool name {t:?}"))
+                .unwrap_or_else(|| format!("method {:?}", call.method.as_deref().unwrap_or("")))
+        ));
+    }
+    None
+}
+
+/// A key along `path` (pointer segments) that folds to the segment without being it.
+fn look_alike_key<'a>(arguments: &'a Value, path: &[String]) -> Option<&'a str> {
+    let mut node = arguments;
+    for segment in path {
+        let Value::Object(map) = node else {
+            return None;
+        };
+        let folded = fold(segment);
+        if let Some(key) = map.keys().find(|k| *k != segment && fold(k) == folded) {
+            return Some(key);
+        }
+        node = map.get(segment)?;
+    }
+    None
+}
+
+/// Whether the caller could call `tool` (for `tools/list` filtering). Arguments are unknown at
+/// listing time, and a name the inspector would refuse is never callable.
+pub fn may_call_tool(route: &Route, claims: &TeClaims, tool: &str) -> bool {
+    let call = McpCall {
+        method: Some("tools/call".into()),
+        tool: Some(tool.to_string()),
+        arguments: None,
+    };
+    crate::names::is_valid_tool_name(tool)
+        && route
+            .policy
+            .evaluate(&PolicyInput {
+                claims,
+                call: &call,
+            })
+            .permitted()
 }
 
 /// Merges one message's decision into the request's log line.
@@ -549,6 +643,68 @@ mod tests {
             serde_json::from_str::<Value>(&v.reply.unwrap().body).unwrap()["error"]["code"],
             PARSE_ERROR
         );
+    }
+
+    #[test]
+    fn names_a_lenient_server_reads_alike_are_refused() {
+        let r = route(json!({}));
+        let status = |body: &str| {
+            let v = judge_body(&r, &claims(), &head(), body.as_bytes());
+            v.reply.map(|x| {
+                let code = serde_json::from_str::<Value>(&x.body).unwrap()["error"]["code"].clone();
+                (x.status, code)
+            })
+        };
+        let refused = Some((400, json!(INVALID_REQUEST)));
+        // Method and tool look-alikes (inspector), and case variants of a denied prefix (policy).
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call ","params":{"name":"delete_db"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\tdelete_db"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"Delete_db"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"DELETE_DB"}}"#,
+        ] {
+            assert_eq!(status(body), refused, "{body}");
+        }
+        // Exact names are judged as before.
+        assert_eq!(status(&call("delete_db", 1)).map(|s| s.0), Some(403));
+        assert_eq!(status(&call("Read_DB", 1)), None);
+
+        // Argument keys the policy inspects, spelled another way.
+        let guarded = route(json!({"policy": [
+            {"allow": {"and": [{"domain": "company.com"}]}},
+            {"deny": {"or": [{"mcp_argument": {"pointer": "/query/sql", "starts_with": "DROP"}}]}}
+        ]}));
+        let judge = |args: Value| {
+            let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"db","arguments": args}});
+            judge_body(&guarded, &claims(), &head(), body.to_string().as_bytes())
+                .reply
+                .map(|x| x.status)
+        };
+        assert_eq!(judge(json!({"query": {"sql": "DROP TABLE x"}})), Some(403));
+        assert_eq!(judge(json!({"query": {"sql": "SELECT 1"}})), None);
+        for sneaky in [
+            json!({"Query": {"sql": "DROP TABLE x"}}),
+            json!({"query": {"SQL": "DROP TABLE x"}}),
+            json!({"query": {"sql ": "DROP TABLE x"}}),
+            json!({"query": {"s\u{200b}ql": "DROP TABLE x"}}),
+            json!({"query": {"sql": "SELECT 1", "Sql": "DROP TABLE x"}}),
+        ] {
+            assert_eq!(judge(sneaky.clone()), Some(400), "{sneaky}");
+        }
+        // Other keys are the server's business.
+        assert_eq!(
+            judge(json!({"query": {"sql": "SELECT 1"}, "Other": 1, "other": 2})),
+            None
+        );
+    }
+
+    #[test]
+    fn listing_shows_only_callable_well_formed_tools() {
+        let r = route(json!({}));
+        assert!(may_call_tool(&r, &claims(), "read_db"));
+        assert!(!may_call_tool(&r, &claims(), "delete_db"));
+        assert!(!may_call_tool(&r, &claims(), "read db"));
+        assert!(!may_call_tool(&r, &claims(), ""));
     }
 
     #[test]

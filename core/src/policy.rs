@@ -30,6 +30,9 @@ pub struct Policy {
     rules: Vec<Rule>,
     /// Whether any criterion looks at the tool (for `tools/list` filtering).
     pub has_tool_rules: bool,
+    /// The keys each `mcp_argument` pointer walks through (decoded segments), so the
+    /// inspector can refuse arguments that spell one of them in a way a server may read alike.
+    pub argument_paths: Vec<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -125,21 +128,38 @@ impl Policy {
             r.allow.as_ref().is_some_and(Expr::mentions_tool)
                 || r.deny.as_ref().is_some_and(Expr::mentions_tool)
         });
+        let mut argument_paths = Vec::new();
+        for expr in rules
+            .iter()
+            .flat_map(|r| r.allow.iter().chain(r.deny.iter()))
+        {
+            expr.argument_paths(&mut argument_paths);
+        }
+        argument_paths.sort();
+        argument_paths.dedup();
         Ok(Self {
             rules,
             has_tool_rules,
+            argument_paths,
         })
     }
 
     pub fn evaluate(&self, input: &PolicyInput<'_>) -> Decision {
+        self.evaluate_as(input, Names::Exact)
+    }
+
+    /// Evaluates with `mcp_method` and `mcp_tool` compared as a case-insensitive server would
+    /// read them; a call this denies but `evaluate` permits is ambiguous.
+    pub fn evaluate_as(&self, input: &PolicyInput<'_>, names: Names) -> Decision {
         let mut d = Decision::default();
+        let ctx = Eval { input, names };
         for rule in &self.rules {
             if let Some(allow) = &rule.allow {
-                let hit = allow.eval(input, &mut d.allow_why_true, &mut d.allow_why_false);
+                let hit = allow.eval(&ctx, &mut d.allow_why_true, &mut d.allow_why_false);
                 d.allow |= hit;
             }
             if let Some(deny) = &rule.deny {
-                let hit = deny.eval(input, &mut d.deny_why_true, &mut d.deny_why_false);
+                let hit = deny.eval(&ctx, &mut d.deny_why_true, &mut d.deny_why_false);
                 d.deny |= hit;
             }
         }
@@ -154,6 +174,20 @@ impl Policy {
         }
         d
     }
+}
+
+/// How `mcp_method` and `mcp_tool` compare names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Names {
+    /// Byte for byte, as the MCP specification says names compare.
+    Exact,
+    /// ASCII case-insensitively, as a lenient server might look them up.
+    CaseInsensitive,
+}
+
+struct Eval<'a, 'b> {
+    input: &'a PolicyInput<'b>,
+    names: Names,
 }
 
 /// The outcome with the reasons each side reported (for the authorize log).
@@ -360,6 +394,31 @@ impl StringMatcher {
         }
     }
 
+    fn matches_names(&self, s: &str, names: Names) -> bool {
+        match names {
+            Names::Exact => self.matches(s),
+            Names::CaseInsensitive => self.lowercased().matches(&s.to_ascii_lowercase()),
+        }
+    }
+
+    fn lowercased(&self) -> Self {
+        let lower = |v: &String| v.to_ascii_lowercase();
+        Self(
+            self.0
+                .iter()
+                .map(|op| match op {
+                    StrOp::Is(v) => StrOp::Is(lower(v)),
+                    StrOp::Not(v) => StrOp::Not(lower(v)),
+                    StrOp::Contains(v) => StrOp::Contains(lower(v)),
+                    StrOp::StartsWith(v) => StrOp::StartsWith(lower(v)),
+                    StrOp::EndsWith(v) => StrOp::EndsWith(lower(v)),
+                    StrOp::In(vs) => StrOp::In(vs.iter().map(lower).collect()),
+                    StrOp::NotIn(vs) => StrOp::NotIn(vs.iter().map(lower).collect()),
+                })
+                .collect(),
+        )
+    }
+
     pub fn matches(&self, s: &str) -> bool {
         self.0.iter().all(|op| match op {
             StrOp::Is(v) => s == v,
@@ -450,9 +509,27 @@ impl Expr {
         }
     }
 
+    fn argument_paths(&self, into: &mut Vec<Vec<String>>) {
+        match self {
+            Expr::And(c) | Expr::Or(c) | Expr::Not(c) | Expr::Nor(c) => {
+                c.iter().for_each(|e| e.argument_paths(into))
+            }
+            Expr::Leaf(Criterion::McpArgument { pointer, .. }) => {
+                // RFC 6901: segments after each '/', with `~1` → '/' and `~0` → '~'.
+                let segments = pointer
+                    .split('/')
+                    .skip(1)
+                    .map(|s| s.replace("~1", "/").replace("~0", "~"))
+                    .collect();
+                into.push(segments);
+            }
+            Expr::Leaf(_) => {}
+        }
+    }
+
     fn eval(
         &self,
-        input: &PolicyInput<'_>,
+        input: &Eval<'_, '_>,
         why_true: &mut Vec<&'static str>,
         why_false: &mut Vec<&'static str>,
     ) -> bool {
@@ -482,9 +559,9 @@ impl Expr {
 }
 
 impl Criterion {
-    fn eval(&self, input: &PolicyInput<'_>) -> (bool, &'static str) {
-        let claims = input.claims;
-        let call = input.call;
+    fn eval(&self, ctx: &Eval<'_, '_>) -> (bool, &'static str) {
+        let claims = ctx.input.claims;
+        let call = ctx.input.call;
         let ok = |hit: bool, yes: &'static str, no: &'static str| (hit, if hit { yes } else { no });
         match self {
             Criterion::Accept(b) => ok(*b, "accept", "reject"),
@@ -528,13 +605,19 @@ impl Criterion {
                 "client-id-unauthorized",
             ),
             Criterion::McpMethod(m) => match &call.method {
-                Some(method) => ok(m.matches(method), "mcp-method-match", "mcp-method-no-match"),
+                Some(method) => ok(
+                    m.matches_names(method, ctx.names),
+                    "mcp-method-match",
+                    "mcp-method-no-match",
+                ),
                 None => (false, "mcp-no-method"),
             },
             Criterion::McpTool(m) => match (&call.method, &call.tool) {
-                (Some(method), Some(tool)) if method == "tools/call" => {
-                    ok(m.matches(tool), "mcp-tool-match", "mcp-tool-no-match")
-                }
+                (Some(method), Some(tool)) if method == "tools/call" => ok(
+                    m.matches_names(tool, ctx.names),
+                    "mcp-tool-match",
+                    "mcp-tool-no-match",
+                ),
                 _ => (false, "mcp-not-a-tool-call"),
             },
             Criterion::McpArgument { pointer, matcher } => match (&call.method, &call.arguments) {

@@ -76,6 +76,9 @@ pub enum TokenError {
     MissingExpiry,
     /// Not an access token (RFC 9068 `typ: at+jwt`): an ID token or other JWT from the same key.
     WrongType,
+    /// The header names extensions that must be understood (`crit`, RFC 7515 §4.1.11); the
+    /// filter understands none, so it must refuse the token.
+    CriticalHeader,
 }
 
 impl TokenError {
@@ -92,7 +95,26 @@ impl TokenError {
             TokenError::NotYetValid => "token-not-yet-valid",
             TokenError::MissingExpiry => "token-missing-exp",
             TokenError::WrongType => "token-wrong-type",
+            TokenError::CriticalHeader => "token-crit-header",
         }
+    }
+}
+
+/// Header parameters the filter looks at beyond the registered ones.
+#[derive(Debug, Clone, Deserialize)]
+struct ExtraHeader {
+    /// Present at all (even `null`, empty or malformed) means refused.
+    #[serde(default)]
+    crit: Present,
+}
+
+/// Whether a header parameter was there, whatever its value.
+#[derive(Debug, Clone, Default)]
+struct Present(bool);
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Present(true))
     }
 }
 
@@ -111,7 +133,11 @@ pub fn verify(
     rules: &TokenRules,
     now: i64,
 ) -> Result<Identity, TokenError> {
-    let untrusted = UntrustedToken::new(token).map_err(|_| TokenError::Malformed)?;
+    let untrusted =
+        UntrustedToken::<ExtraHeader>::try_from(token).map_err(|_| TokenError::Malformed)?;
+    if untrusted.header().other_fields.crit.0 {
+        return Err(TokenError::CriticalHeader);
+    }
     let kid = untrusted
         .header()
         .key_id
@@ -333,5 +359,38 @@ mod tests {
             verify("garbage", &keys, &rules(), 1100),
             Err(TokenError::Malformed)
         );
+    }
+
+    #[test]
+    fn a_crit_header_is_refused_even_when_signed() {
+        use jwt_compact::Header;
+        let (key, jwks) = es256_pair();
+        let keys = KeySet::from_jwks(jwks.as_bytes()).unwrap();
+        #[derive(Serialize, Clone)]
+        struct Crit {
+            crit: serde_json::Value,
+            b64: bool,
+        }
+        for crit in [
+            serde_json::json!(["b64"]),
+            serde_json::json!([]),
+            serde_json::json!("x"),
+            serde_json::Value::Null,
+        ] {
+            let header = Header::new(Crit {
+                crit: crit.clone(),
+                b64: false,
+            })
+            .with_key_id("k1")
+            .with_token_type("at+jwt");
+            let tok = Es256
+                .token(&header, &claims("a", 1000, 1300), &key)
+                .unwrap();
+            assert_eq!(
+                verify(&tok, &keys, &rules(), 1100),
+                Err(TokenError::CriticalHeader),
+                "{crit}"
+            );
+        }
     }
 }

@@ -27,9 +27,13 @@ pub enum Counter {
     Batch,
     /// `tools/list` results that had tools removed.
     ToolsListFiltered,
+    /// Methods other than POST, GET, DELETE, OPTIONS; bodies on GET / DELETE; disguised headers.
+    DeniedMethod,
+    /// `Mcp-Session-Id`s that are not the caller's.
+    DeniedSession,
 }
 
-const NAMES: [&str; 12] = [
+const NAMES: [&str; 14] = [
     "mcp_warden.requests_allowed",
     "mcp_warden.requests_denied",
     "mcp_warden.local_replies",
@@ -42,6 +46,8 @@ const NAMES: [&str; 12] = [
     "mcp_warden.denied_uninspectable",
     "mcp_warden.batches",
     "mcp_warden.tools_list_filtered",
+    "mcp_warden.denied_method",
+    "mcp_warden.denied_session",
 ];
 
 pub struct Metrics {
@@ -70,7 +76,19 @@ impl Metrics {
             "mcp-oversize" => Counter::Oversize,
             "mcp-header-mismatch" => Counter::HeaderMismatch,
             "mcp-content-type" | "mcp-content-encoding" => Counter::Uninspectable,
+            "mcp-body-not-allowed" => Counter::DeniedMethod,
             _ => Counter::ParseError,
+        }
+    }
+
+    /// The counter for a refusal before the body: the token check, or the transport rules.
+    pub fn for_access_refusal(reason: &str) -> Counter {
+        match reason {
+            "method-not-allowed" | "mcp-body-not-allowed" | "header-disguised" => {
+                Counter::DeniedMethod
+            }
+            "mcp-session-unknown" | "mcp-session-repeated" => Counter::DeniedSession,
+            _ => Counter::Denied,
         }
     }
 }

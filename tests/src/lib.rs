@@ -435,6 +435,10 @@ pub struct StackOptions {
     /// Start Envoy (default). Without it the Envoy port is free for a stand-in (tests of the
     /// token service alone); `Stack::envoy` is then `None`.
     pub envoy: bool,
+    /// Envoy worker threads (`--concurrency`, default 1).
+    pub envoy_workers: u32,
+    /// Extra environment for Envoy (e.g. `MCP_WARDEN_SESSION_KEY`).
+    pub envoy_env: Vec<(String, String)>,
 }
 
 impl Default for StackOptions {
@@ -446,6 +450,8 @@ impl Default for StackOptions {
             extra_routes: Vec::new(),
             config_hook: None,
             envoy: true,
+            envoy_workers: 1,
+            envoy_env: Vec::new(),
         }
     }
 }
@@ -537,6 +543,18 @@ pub async fn render_envoy(config: &Path, wasm: &Path, out: &Path) {
 /// Starts Envoy with `bootstrap`; `base_id` must be unique among concurrently running Envoys
 /// (the admin port is used).
 pub fn spawn_envoy(dir: &Path, name: &str, bootstrap: &Path, base_id: u16) -> Proc {
+    spawn_envoy_with(dir, name, bootstrap, base_id, 1, &[])
+}
+
+/// [`spawn_envoy`] with `workers` worker threads and extra environment variables.
+pub fn spawn_envoy_with(
+    dir: &Path,
+    name: &str,
+    bootstrap: &Path,
+    base_id: u16,
+    workers: u32,
+    envs: &[(&str, &str)],
+) -> Proc {
     Proc::spawn(
         name,
         dir,
@@ -547,7 +565,7 @@ pub fn spawn_envoy(dir: &Path, name: &str, bootstrap: &Path, base_id: u16) -> Pr
             "--base-id".into(),
             base_id.to_string().into(),
             "--concurrency".into(),
-            "1".into(),
+            workers.to_string().into(),
             "-l".into(),
             "warn".into(),
             // The filter's authorize log lines (`mcp-warden authorize {json}`) are info level.
@@ -557,7 +575,7 @@ pub fn spawn_envoy(dir: &Path, name: &str, bootstrap: &Path, base_id: u16) -> Pr
             "--file-flush-interval-msec".into(),
             "100".into(),
         ],
-        &[],
+        envs,
     )
 }
 
@@ -659,8 +677,19 @@ impl Stack {
         let envoy = match wasm {
             Some(wasm) => {
                 render_envoy(&config_path, &wasm, &bootstrap_path).await;
-                let mut envoy =
-                    spawn_envoy(dir.path(), "envoy", &bootstrap_path, ports.envoy_admin);
+                let envs: Vec<(&str, &str)> = opts
+                    .envoy_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let mut envoy = spawn_envoy_with(
+                    dir.path(),
+                    "envoy",
+                    &bootstrap_path,
+                    ports.envoy_admin,
+                    opts.envoy_workers,
+                    &envs,
+                );
                 match envoy_outcome(&mut envoy, ports.envoy_admin, READY_TIMEOUT).await {
                     EnvoyOutcome::Ready => {}
                     other => envoy.fail(&format!("did not become ready: {other:?}")),

@@ -833,7 +833,7 @@ async fn tools_list_is_unfiltered_when_filtering_is_off() {
     let mut server = default_server();
     server["filter_tools_list"] = json!(false);
     let fx = start(server).await;
-    let all = set(&["whoami", "echo", "add", "get_time"]);
+    let all = set(&["whoami", "echo", "add", "get_time", "sleep"]);
     for era in Era::all() {
         let client = connect(
             &fx.stack.mcp_url(),

@@ -190,13 +190,28 @@ impl ClientConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvoyConfig {
     #[serde(default = "default_envoy_listen")]
     pub listen: SocketAddr,
     #[serde(default = "default_envoy_admin")]
     pub admin: SocketAddr,
+    /// Time a client gets to send its request headers (slow-header clients are cut).
+    #[serde(default = "default_request_headers_timeout")]
+    pub request_headers_timeout_seconds: u32,
+    /// Time a client gets to send its whole request (headers and body). Responses, such as
+    /// long tool calls and SSE streams, are not limited by it.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_seconds: u32,
+    /// A connection with no request in progress is closed after this long. Open MCP streams
+    /// (SSE) are requests in progress: they are not cut.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_seconds: u32,
+    /// Downstream connections Envoy accepts at once (overload manager); further ones are
+    /// closed at accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
 }
 
 impl Default for EnvoyConfig {
@@ -204,6 +219,10 @@ impl Default for EnvoyConfig {
         Self {
             listen: default_envoy_listen(),
             admin: default_envoy_admin(),
+            request_headers_timeout_seconds: default_request_headers_timeout(),
+            request_timeout_seconds: default_request_timeout(),
+            idle_timeout_seconds: default_idle_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -213,6 +232,18 @@ fn default_envoy_listen() -> SocketAddr {
 }
 fn default_envoy_admin() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+fn default_request_headers_timeout() -> u32 {
+    10
+}
+fn default_request_timeout() -> u32 {
+    60
+}
+fn default_idle_timeout() -> u32 {
+    60
+}
+fn default_max_connections() -> u32 {
+    10_000
 }
 
 /// A route in the shape of Pomerium's: `from` (+ `prefix`) is what clients use, `to` the upstream.
@@ -346,6 +377,35 @@ impl Config {
             return Err(ConfigError::new(
                 "authorization_server.refresh_token_ttl_seconds",
                 "must be greater than 0",
+            ));
+        }
+        let e = &self.envoy;
+        for (field, value, max) in [
+            (
+                "envoy.request_headers_timeout_seconds",
+                e.request_headers_timeout_seconds,
+                3600,
+            ),
+            (
+                "envoy.request_timeout_seconds",
+                e.request_timeout_seconds,
+                3600,
+            ),
+            ("envoy.idle_timeout_seconds", e.idle_timeout_seconds, 86_400),
+            ("envoy.max_connections", e.max_connections, 10_000_000),
+        ] {
+            // 0 would mean "no limit" to Envoy: the protection this setting exists for.
+            if value == 0 || value > max {
+                return Err(ConfigError::new(
+                    field,
+                    format!("must be between 1 and {max}"),
+                ));
+            }
+        }
+        if e.request_headers_timeout_seconds > e.request_timeout_seconds {
+            return Err(ConfigError::new(
+                "envoy.request_headers_timeout_seconds",
+                "must not exceed envoy.request_timeout_seconds (the headers are part of the request)",
             ));
         }
         if self.storage.sqlite.as_os_str().is_empty() {

@@ -10,14 +10,21 @@ use warden_core::config::{
 };
 use warden_core::url::ResourceUrl;
 
+/// How long an MCP stream (an SSE response) may stay silent. Tool calls may run long and
+/// servers send nothing on an idle GET stream; the route timeout is off.
+pub const STREAM_IDLE_TIMEOUT_SECONDS: u32 = 3600;
+
+/// The environment variable holding the session-binding key (read by the filter).
+pub const SESSION_KEY_ENV: &str = "MCP_WARDEN_SESSION_KEY";
+
 /// The cluster name the filter fetches the JWKS through.
 pub const TOKEN_SERVICE_CLUSTER: &str = "warden_token_service";
 
 /// What the renderer needs, already validated.
 #[derive(Debug, Clone)]
 pub struct EnvoyInput {
-    pub listen: std::net::SocketAddr,
-    pub admin: std::net::SocketAddr,
+    /// Listener, admin interface and the self-protection limits.
+    pub envoy: crate::config::EnvoyConfig,
     pub issuer: String,
     /// Where Envoy reaches the token service (its listen address).
     pub token_service: std::net::SocketAddr,
@@ -41,8 +48,7 @@ impl EnvoyInput {
     /// The render input for an operator config (already validated).
     pub fn from_config(config: &crate::config::Config, wasm_path: &str) -> Self {
         EnvoyInput {
-            listen: config.envoy.listen,
-            admin: config.envoy.admin,
+            envoy: config.envoy.clone(),
             issuer: config.authorization_server.issuer.clone(),
             token_service: config.authorization_server.listen,
             wasm_path: wasm_path.to_string(),
@@ -151,10 +157,15 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
     let _ = writeln!(
         w,
         "admin:\n  address:\n    socket_address: {{ address: {}, port_value: {} }}",
-        input.admin.ip(),
-        input.admin.port()
+        input.envoy.admin.ip(),
+        input.envoy.admin.port()
     );
-    let _ = writeln!(w, "static_resources:\n  listeners:\n  - name: mcp\n    address:\n      socket_address: {{ address: {}, port_value: {} }}", input.listen.ip(), input.listen.port());
+    // The connection limit below must never lock the operator out of the admin interface.
+    let _ = writeln!(w, "  ignore_global_conn_limit: true");
+    // Overload manager: a cap on downstream connections, so a flood of sockets cannot exhaust
+    // file descriptors or memory (each connection may buffer up to a body limit).
+    let _ = writeln!(w, "overload_manager:\n  resource_monitors:\n  - name: envoy.resource_monitors.global_downstream_max_connections\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig\n      max_active_downstream_connections: {}", input.envoy.max_connections);
+    let _ = writeln!(w, "static_resources:\n  listeners:\n  - name: mcp\n    address:\n      socket_address: {{ address: {}, port_value: {} }}", input.envoy.listen.ip(), input.envoy.listen.port());
     // The filter buffers POST bodies up to each route's limit; Envoy must allow that much
     // (plus headroom for headers) or it would answer 413 itself, without the JSON-RPC error.
     let largest_body = input
@@ -182,8 +193,28 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
         w,
         "          http_protocol_options: {{ enable_trailers: true }}"
     );
-    // SSE streams are long-lived; route timeouts are off and idle streams live for an hour.
-    let _ = writeln!(w, "          stream_idle_timeout: 3600s");
+    // Self-protection against slow and idle clients. The headers and the whole request must
+    // arrive in time, and a connection without a request in progress is closed when idle.
+    // Responses are not limited by these: long tool calls and SSE streams are requests in
+    // progress, and an SSE stream may stay silent for an hour (stream and route idle timeouts).
+    let _ = writeln!(
+        w,
+        "          request_headers_timeout: {}s\n          request_timeout: {}s",
+        input.envoy.request_headers_timeout_seconds, input.envoy.request_timeout_seconds
+    );
+    let _ = writeln!(
+        w,
+        "          common_http_protocol_options: {{ idle_timeout: {}s }}",
+        input.envoy.idle_timeout_seconds
+    );
+    let _ = writeln!(
+        w,
+        "          http2_protocol_options: {{ max_concurrent_streams: 100, initial_stream_window_size: 65536, initial_connection_window_size: 1048576 }}"
+    );
+    let _ = writeln!(
+        w,
+        "          stream_idle_timeout: {STREAM_IDLE_TIMEOUT_SECONDS}s"
+    );
     let _ = writeln!(w, "          access_log:\n          - name: envoy.access_loggers.stdout\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog");
     // The filter's authorize decision (JSON) rides along in filter state for each MCP call.
     let _ = writeln!(w, "              log_format:\n                text_format_source:\n                  inline_string: \"[%START_TIME%] \\\"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\\\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION%ms %REQ(X-REQUEST-ID)% %UPSTREAM_HOST% mcp=%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%\\n\"");
@@ -226,7 +257,7 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
             let route_name = json_string(&format!("{ENVOY_ROUTE_PREFIX}{}", route.name));
             let action = |rewrite: &str| {
                 format!(
-                    "route: {{ cluster: {cluster}, prefix_rewrite: {}, host_rewrite_literal: {}, timeout: 0s, idle_timeout: 3600s }}",
+                    "route: {{ cluster: {cluster}, prefix_rewrite: {}, host_rewrite_literal: {}, timeout: 0s, idle_timeout: {STREAM_IDLE_TIMEOUT_SECONDS}s }}",
                     json_string(rewrite),
                     json_string(&to_authority)
                 )
@@ -274,6 +305,12 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
     let _ = writeln!(w, "                configuration:\n                  \"@type\": type.googleapis.com/google.protobuf.StringValue");
     let _ = writeln!(w, "                  value: {}", json_string(&plugin));
     let _ = writeln!(w, "                vm_config:\n                  vm_id: mcp-warden\n                  runtime: envoy.wasm.runtime.v8");
+    // The session-binding key comes from Envoy's environment, never from this file: set it
+    // to the same random value on every Envoy replica (else each process makes its own).
+    let _ = writeln!(
+        w,
+        "                  environment_variables: {{ host_env_keys: [{SESSION_KEY_ENV}] }}"
+    );
     let _ = writeln!(
         w,
         "                  code: {{ local: {{ filename: {} }} }}",
@@ -304,8 +341,7 @@ mod tests {
 
     pub(super) fn sample() -> EnvoyInput {
         EnvoyInput {
-            listen: "127.0.0.1:9000".parse().unwrap(),
-            admin: "127.0.0.1:9901".parse().unwrap(),
+            envoy: crate::config::EnvoyConfig::default(),
             issuer: "http://127.0.0.1:9100".into(),
             token_service: "127.0.0.1:9100".parse().unwrap(),
             wasm_path: "target/wasm32-wasip1/release/warden_filter.wasm".into(),
@@ -344,6 +380,32 @@ mod tests {
         let compiled = warden_core::config::CompiledConfig::from_json(plugin.as_bytes()).unwrap();
         assert_eq!(compiled.routes.len(), 2);
         assert_eq!(compiled.jwks.unwrap().authority, "127.0.0.1:9100");
+    }
+
+    #[test]
+    fn bootstrap_protects_itself_and_keeps_long_streams() {
+        let yaml = render(&sample()).unwrap();
+        for expected in [
+            "request_headers_timeout: 10s",
+            "request_timeout: 60s",
+            "common_http_protocol_options: { idle_timeout: 60s }",
+            "max_active_downstream_connections: 10000",
+            "ignore_global_conn_limit: true",
+            "max_concurrent_streams: 100",
+            "host_env_keys: [MCP_WARDEN_SESSION_KEY]",
+        ] {
+            assert!(yaml.contains(expected), "missing {expected}:\n{yaml}");
+        }
+        // A 70 s tool call and an SSE stream silent for minutes: no route timeout, and stream
+        // idle timeouts of an hour at both levels.
+        assert!(yaml.contains("stream_idle_timeout: 3600s"));
+        assert!(yaml.contains("timeout: 0s, idle_timeout: 3600s"));
+        let mut input = sample();
+        input.envoy.idle_timeout_seconds = 7;
+        input.envoy.max_connections = 3;
+        let yaml = render(&input).unwrap();
+        assert!(yaml.contains("idle_timeout: 7s }"));
+        assert!(yaml.contains("max_active_downstream_connections: 3"));
     }
 
     #[test]

@@ -41,6 +41,9 @@
 //!   characters, flushed one by one, so a gateway must reassemble events and characters.
 //! * `POST /json-tools` answers a JSON-RPC `tools/list` with the same list as one
 //!   `application/json` body (rmcp itself answers POSTs as SSE in both eras).
+//! * `GET /silent-sse?seconds=N` opens an SSE stream that stays silent for N seconds, then sends
+//!   one event and ends; the `sleep` tool answers after N seconds. Both stand in for long MCP
+//!   streams that a gateway's timeouts must not cut.
 
 use std::{
     net::SocketAddr,
@@ -83,6 +86,12 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:9200";
 struct EchoArgs {
     /// Text to send back.
     text: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct SleepArgs {
+    /// Seconds to wait before answering (at most 600).
+    seconds: u64,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -156,6 +165,14 @@ impl DemoServer {
     fn get_time(&self) -> String {
         chrono::Utc::now().to_rfc3339()
     }
+
+    /// A long tool call: the response comes after `seconds` of silence.
+    #[tool(description = "Wait the given number of seconds (at most 600), then answer")]
+    async fn sleep(&self, Parameters(SleepArgs { seconds }): Parameters<SleepArgs>) -> String {
+        let seconds = seconds.min(600);
+        tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+        format!("slept {seconds} s")
+    }
 }
 
 #[tool_handler(router = self.tool_router)]
@@ -166,7 +183,7 @@ impl ServerHandler for DemoServer {
                 "demo-mcp-server",
                 env!("CARGO_PKG_VERSION"),
             ))
-            .with_instructions("mcp-warden demo server: whoami, echo, add, get_time")
+            .with_instructions("mcp-warden demo server: whoami, echo, add, get_time, sleep")
     }
 }
 
@@ -328,6 +345,29 @@ async fn split_sse(body: axum::body::Bytes) -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// `GET /silent-sse?seconds=N`: an SSE stream that stays silent for N seconds (at most 3600),
+/// then sends one event and ends. Stands in for an idle MCP GET stream.
+async fn silent_sse(axum::extract::RawQuery(query): axum::extract::RawQuery) -> Response {
+    let seconds = query
+        .as_deref()
+        .and_then(|q| q.strip_prefix("seconds="))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(1)
+        .min(3600);
+    let stream = futures_util::stream::once(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(format!(
+            "event: message\ndata: {{\"silent_seconds\":{seconds}}}\n\n"
+        )))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -401,6 +441,7 @@ fn app(recorder: Recorder, extra_hosts: Vec<String>) -> Router {
         .route("/healthz", get(healthz))
         .route("/split-sse", axum::routing::post(split_sse))
         .route("/json-tools", axum::routing::post(json_tools))
+        .route("/silent-sse", get(silent_sse))
         .route("/_recorded", get(get_recorded).delete(delete_recorded))
         .layer(middleware::from_fn_with_state(
             recorder.clone(),

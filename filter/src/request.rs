@@ -1,0 +1,496 @@
+//! The request path of one HTTP stream: read the head, ask the core for the access decision,
+//! buffer and judge the body, and carry the verdict out. The state lives behind an `Rc` so the
+//! root context can finish a request that waited for the JWKS (`wake`).
+
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+use std::time::SystemTime;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType, MapType};
+use warden_core::access::{self, Grant, RequestHead, Step};
+use warden_core::config::Route;
+use warden_core::mcp::{self as judge, CallHead, Verdict};
+use warden_core::names::disguised_header;
+use warden_core::reply::LocalReply;
+use warden_core::token::TeClaims;
+use warden_core::transport::MethodRule;
+
+use crate::metrics::{Counter, Metrics};
+use crate::response::ResponseFilter;
+use crate::worker::{now_seconds, Waiter, Worker};
+
+/// The request head copied out of the host, kept while a JWKS fetch is in flight.
+#[derive(Default)]
+struct OwnedHead {
+    method: Vec<u8>,
+    authority: Vec<u8>,
+    scheme: Vec<u8>,
+    path: Vec<u8>,
+    envoy_route: Option<Vec<u8>>,
+    origin: Option<Vec<u8>>,
+    authorization: Vec<Vec<u8>>,
+    is_preflight: bool,
+    content_length: Option<Vec<u8>>,
+    transfer_encoding: bool,
+    session_ids: Vec<Vec<u8>>,
+    disguised_header: Option<&'static str>,
+    /// What the MCP judgement reads (kept as text; odd bytes only ever fail a comparison).
+    call: CallHead,
+    end_of_stream: bool,
+}
+
+impl OwnedHead {
+    fn read(end_of_stream: bool) -> Self {
+        let mut head = OwnedHead {
+            end_of_stream,
+            ..OwnedHead::default()
+        };
+        // One host call for all headers: cheaper than one per header, and the only way to
+        // see a repeated header.
+        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        for (name, value) in headers {
+            match name.as_str() {
+                ":method" => head.method = value,
+                ":authority" => head.authority = value,
+                ":scheme" => head.scheme = value,
+                ":path" => head.path = value,
+                "origin" => head.origin = Some(value),
+                "authorization" => head.authorization.push(value),
+                "access-control-request-method" => head.is_preflight = true,
+                "content-length" => head.content_length = Some(value),
+                "transfer-encoding" => head.transfer_encoding = true,
+                "mcp-session-id" => head.session_ids.push(value),
+                "content-type" => head.call.content_type = Some(lossy(&value)),
+                "content-encoding" => head.call.content_encoding = Some(lossy(&value)),
+                "mcp-protocol-version" => head.call.routing.protocol_version = Some(lossy(&value)),
+                "mcp-method" => head.call.routing.method = Some(lossy(&value)),
+                "mcp-name" => head.call.routing.name = Some(lossy(&value)),
+                "x-request-id" => head.call.request_id = lossy(&value),
+                other => {
+                    if head.disguised_header.is_none() {
+                        head.disguised_header = disguised_header(other);
+                    }
+                }
+            }
+        }
+        // Envoy's routing decision; the hostcall (unlike the trait getter) reports, not panics.
+        head.envoy_route = hostcalls::get_property(vec!["xds", "route_name"])
+            .ok()
+            .flatten();
+        head.call.method = lossy(&head.method);
+        head
+    }
+
+    fn view(&self) -> RequestHead<'_> {
+        RequestHead {
+            method: &self.method,
+            authority: &self.authority,
+            scheme: &self.scheme,
+            path: &self.path,
+            envoy_route: self.envoy_route.as_deref(),
+            origin: self.origin.as_deref(),
+            authorization: self.authorization.iter().map(Vec::as_slice).collect(),
+            is_preflight: self.is_preflight,
+            content_length: self.content_length.as_deref(),
+            transfer_encoding: self.transfer_encoding,
+            session_ids: self.session_ids.iter().map(Vec::as_slice).collect(),
+            disguised_header: self.disguised_header,
+        }
+    }
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// An authorized request on an MCP route, waiting for (or past) its body judgement.
+struct PendingCall {
+    head: CallHead,
+    started: SystemTime,
+    /// Waiting for the end of the body: a POST body to judge, or the end of a GET / DELETE
+    /// that must turn out empty.
+    waiting_for_body: bool,
+}
+
+/// What the request body callbacks have seen so far (they may run while keys are fetched).
+#[derive(Default)]
+struct BodySeen {
+    size: usize,
+    complete: bool,
+}
+
+pub struct RequestState {
+    id: u32,
+    me: Weak<RefCell<RequestState>>,
+    pub(crate) worker: Rc<RefCell<Worker>>,
+    pub(crate) grant: Option<Grant>,
+    /// Paused until the JWKS fetch answers (`wake`).
+    awaiting_keys: bool,
+    /// A local reply went out: nothing of this request may continue upstream.
+    replied: bool,
+    /// The stream is over; a late wake-up must not touch it.
+    done: bool,
+    head: Option<OwnedHead>,
+    call: Option<PendingCall>,
+    body_seen: BodySeen,
+    pub(crate) response: ResponseFilter,
+}
+
+/// Finishes a request that waited for the JWKS, from the root context's callback.
+pub fn wake(waiter: Waiter) {
+    let Some(state) = waiter.state.upgrade() else {
+        return;
+    };
+    let Ok(mut s) = state.try_borrow_mut() else {
+        return;
+    };
+    if s.done || !s.awaiting_keys || hostcalls::set_effective_context(waiter.id).is_err() {
+        return;
+    }
+    s.awaiting_keys = false;
+    if let Action::Continue = s.decide_and_act(false) {
+        let _ = hostcalls::resume_http_request();
+    }
+}
+
+impl RequestState {
+    /// Asks the core for a decision; the worker borrow ends before anything is carried out.
+    fn decide(&self, head: &OwnedHead, now: i64, may_fetch_keys: bool) -> Step {
+        let mut guard = self.worker.borrow_mut();
+        let w = &mut *guard;
+        if w.keys.is_none() {
+            let _ = w.sync_keys();
+        }
+        let keys = w.keys.clone();
+        let config = Rc::clone(&w.config);
+        access::decide(
+            &head.view(),
+            access::Context {
+                config: &config,
+                keys: keys.as_deref(),
+                cache: &mut w.cache,
+                session_key: &w.session_key,
+                now,
+                may_fetch_keys,
+            },
+        )
+    }
+
+    /// Runs the decision and carries it out; returns the action for the current callback.
+    fn decide_and_act(&mut self, may_fetch_keys: bool) -> Action {
+        let Some(head) = self.head.take() else {
+            return Action::Continue;
+        };
+        let now = now_seconds();
+        match self.decide(&head, now, may_fetch_keys) {
+            Step::PassThrough => Action::Continue,
+            Step::Reply(reply) => {
+                let counter = if reply.status < 300 {
+                    Counter::LocalReplies
+                } else {
+                    Metrics::for_access_refusal(reply.reason)
+                };
+                self.worker.borrow().metrics.inc(counter);
+                if reply.status >= 400 {
+                    let path = head.path.split(|b| *b == b'?').next().unwrap_or_default();
+                    log::info!(
+                        "mcp-warden: rejected {} {}: {}",
+                        reply.status,
+                        String::from_utf8_lossy(path),
+                        reply.reason
+                    );
+                }
+                self.send(reply);
+                Action::Pause
+            }
+            Step::FetchKeys => {
+                self.head = Some(head);
+                // Another worker may have fetched the key already (a second pass finds no
+                // newer set, so this recurses at most once).
+                if self.worker.borrow_mut().sync_keys() {
+                    return self.decide_and_act(may_fetch_keys);
+                }
+                let waiter = Waiter {
+                    id: self.id,
+                    state: self.me.clone(),
+                };
+                if self.worker.borrow_mut().want_keys(now, waiter) {
+                    self.awaiting_keys = true;
+                    Action::Pause
+                } else {
+                    // No fetch allowed now: decide with the keys we have (401 or 503).
+                    self.decide_and_act(false)
+                }
+            }
+            Step::Forward(grant) => {
+                // The client's token is ours alone: it never reaches the upstream.
+                let _ = hostcalls::set_map_value_bytes(
+                    MapType::HttpRequestHeaders,
+                    "authorization",
+                    None,
+                );
+                if let Some(id) = &grant.upstream_session_id {
+                    let _ = hostcalls::set_map_value_bytes(
+                        MapType::HttpRequestHeaders,
+                        "mcp-session-id",
+                        Some(id),
+                    );
+                }
+                let method = grant.method;
+                self.grant = Some(grant);
+                self.call = Some(PendingCall {
+                    head: head.call,
+                    started: hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH),
+                    waiting_for_body: false,
+                });
+                self.begin_call(method, head.end_of_stream)
+            }
+        }
+    }
+
+    fn send(&mut self, reply: LocalReply) {
+        self.replied = true;
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect();
+        let _ = hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
+    }
+
+    /// Nothing may move upstream while the request is undecided or after it was refused.
+    fn holding(&self) -> bool {
+        self.awaiting_keys || self.replied
+    }
+
+    /// After the token check: judge what can be judged now, or wait for the body to end.
+    fn begin_call(&mut self, method: MethodRule, end_of_stream: bool) -> Action {
+        if method == MethodRule::InspectBody
+            && self
+                .route_limit()
+                .is_some_and(|limit| self.body_seen.size > limit)
+        {
+            return self.refuse_oversize();
+        }
+        if end_of_stream || self.body_seen.complete {
+            // A body that arrived while keys were fetched is already buffered.
+            return self.body_complete();
+        }
+        if method == MethodRule::Bodiless && self.body_seen.size > 0 {
+            return self.finish(judge::refuse_unexpected_body);
+        }
+        if let Some(call) = self.call.as_mut() {
+            call.waiting_for_body = true;
+        }
+        Action::Pause
+    }
+
+    /// The body has ended: judge a POST body, or let an empty GET / DELETE through.
+    fn body_complete(&mut self) -> Action {
+        let size = self.body_seen.size;
+        match self.grant.as_ref().map(|g| g.method) {
+            Some(MethodRule::InspectBody) => {
+                let body = if size == 0 {
+                    Vec::new()
+                } else {
+                    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default()
+                };
+                self.finish(|route, claims, head| judge::judge_body(route, claims, head, &body))
+            }
+            _ if size > 0 => self.finish(judge::refuse_unexpected_body),
+            _ => self.finish(judge::judge_bodiless),
+        }
+    }
+
+    /// Runs a judgement for the pending call, logs it, and replies or lets it through.
+    fn finish(&mut self, run: impl FnOnce(&Route, &TeClaims, &CallHead) -> Verdict) -> Action {
+        let now = hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH);
+        if let Some(call) = self.call.as_mut() {
+            call.waiting_for_body = false;
+        }
+        let (Some(grant), Some(call)) = (self.grant.as_ref(), self.call.as_ref()) else {
+            return Action::Continue;
+        };
+        let worker = Rc::clone(&self.worker);
+        let w = worker.borrow();
+        let Some(route) = w.config.routes.get(grant.route) else {
+            return Action::Continue;
+        };
+        let verdict = run(route, &grant.identity.claims, &call.head);
+        let elapsed = now
+            .duration_since(call.started)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or_default();
+        let line = verdict.log.to_json(elapsed).to_string();
+        log::info!("mcp-warden authorize {line}");
+        // For Envoy's access log: `%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`. (Envoy's
+        // Wasm host cannot write dynamic metadata; filter state is what it offers.)
+        let _ = hostcalls::set_property(vec!["mcp_warden.authorize"], Some(line.as_bytes()));
+        if verdict.log.batch_size > 0 {
+            w.metrics.inc(Counter::Batch);
+        }
+        match verdict.reply {
+            Some(reply) => {
+                w.metrics.inc(Metrics::for_refusal(reply.reason));
+                let cors = grant.cors_origin.clone();
+                drop(w);
+                self.send(reply.with_cors(cors.as_deref()));
+                Action::Pause
+            }
+            None => {
+                w.metrics.inc(Counter::Allowed);
+                if route.filter_tools_list && route.policy.has_tool_rules {
+                    if let Some(id) = verdict.tools_list_id {
+                        self.response = ResponseFilter::Json(id);
+                    }
+                }
+                Action::Continue
+            }
+        }
+    }
+
+    /// Refuses a body over the route's limit: never truncated, never passed unread.
+    fn refuse_oversize(&mut self) -> Action {
+        let limit = self.route_limit().unwrap_or_default();
+        self.finish(|route, claims, head| {
+            judge::refuse(
+                route,
+                claims,
+                head,
+                413,
+                judge::INVALID_REQUEST,
+                "mcp-oversize",
+                &format!("request body exceeds this MCP server's limit of {limit} bytes"),
+            )
+        })
+    }
+
+    fn route_limit(&self) -> Option<usize> {
+        let grant = self.grant.as_ref()?;
+        self.worker
+            .borrow()
+            .config
+            .routes
+            .get(grant.route)
+            .map(|r| r.max_request_bytes)
+    }
+
+    fn waiting_for_body(&self) -> bool {
+        self.call.as_ref().is_some_and(|c| c.waiting_for_body)
+    }
+
+    fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.body_seen.size = body_size;
+        self.body_seen.complete = end_of_stream;
+        if self.holding() {
+            // Refused, or the token is still being checked (`begin_call` takes over then).
+            return Action::Pause;
+        }
+        if !self.waiting_for_body() {
+            return Action::Continue;
+        }
+        match self.grant.as_ref().map(|g| g.method) {
+            Some(MethodRule::InspectBody)
+                if self.route_limit().is_some_and(|limit| body_size > limit) =>
+            {
+                return self.refuse_oversize();
+            }
+            Some(MethodRule::InspectBody) => {}
+            // A GET or DELETE body is refused at its first byte.
+            _ if body_size > 0 => return self.finish(judge::refuse_unexpected_body),
+            _ => {}
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.body_complete()
+    }
+
+    fn on_request_trailers(&mut self) -> Action {
+        // Trailers end the body: judge it now. They must never resume an undecided request.
+        self.body_seen.complete = true;
+        if self.holding() {
+            return Action::Pause;
+        }
+        if self.waiting_for_body() {
+            return self.body_complete();
+        }
+        Action::Continue
+    }
+}
+
+/// The HTTP context the SDK owns; it hands every callback to the shared state.
+pub struct WardenRequest {
+    state: Rc<RefCell<RequestState>>,
+}
+
+impl WardenRequest {
+    pub fn new(id: u32, worker: Rc<RefCell<Worker>>) -> Self {
+        let state = Rc::new_cyclic(|me| {
+            RefCell::new(RequestState {
+                id,
+                me: me.clone(),
+                worker,
+                grant: None,
+                awaiting_keys: false,
+                replied: false,
+                done: false,
+                head: None,
+                call: None,
+                body_seen: BodySeen::default(),
+                response: ResponseFilter::None,
+            })
+        });
+        Self { state }
+    }
+}
+
+impl Context for WardenRequest {
+    fn on_done(&mut self) -> bool {
+        if let Ok(mut s) = self.state.try_borrow_mut() {
+            s.done = true;
+        }
+        true
+    }
+}
+
+impl WardenRequest {
+    /// Runs a callback on the state. The state is only ever borrowed inside one callback (the
+    /// host defers what our calls trigger), so the fallback, holding the stream, never runs.
+    fn with(&self, f: impl FnOnce(&mut RequestState) -> Action) -> Action {
+        match self.state.try_borrow_mut() {
+            Ok(mut s) => f(&mut s),
+            Err(_) => Action::Pause,
+        }
+    }
+}
+
+impl HttpContext for WardenRequest {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.with(|s| {
+            s.head = Some(OwnedHead::read(end_of_stream));
+            s.decide_and_act(true)
+        })
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.with(|s| s.on_request_body(body_size, end_of_stream))
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.with(|s| s.on_request_trailers())
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.with(|s| s.on_response_headers())
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.with(|s| s.on_response_body(body_size, end_of_stream))
+    }
+}

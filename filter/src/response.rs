@@ -1,0 +1,159 @@
+//! The response path of a request the filter let through: CORS headers for browser clients,
+//! the upstream's `Mcp-Session-Id` wrapped for this user (see `warden_core::session`), and a
+//! `tools/list` result filtered down to the tools the caller may call.
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{Action, BufferType, MapType};
+use serde_json::Value;
+use warden_core::mcp::may_call_tool;
+use warden_core::reply::CORS_EXPOSE_HEADERS;
+use warden_core::toolslist::{filter_message, SseToolsFilter};
+
+use crate::metrics::Counter;
+use crate::request::RequestState;
+
+/// Largest `tools/list` JSON result (or single SSE event) held back for filtering.
+const MAX_TOOLS_LIST_BYTES: usize = 4 * 1024 * 1024;
+
+pub enum ResponseFilter {
+    None,
+    /// A `tools/list` JSON result: buffered whole, then filtered.
+    Json(Value),
+    /// A `tools/list` answered as SSE: filtered event by event.
+    Sse(SseToolsFilter),
+}
+
+fn set_header(name: &str, value: Option<&[u8]>) {
+    let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, value);
+}
+
+impl RequestState {
+    pub fn on_response_headers(&mut self) -> Action {
+        let Some(grant) = self.grant.as_ref() else {
+            return Action::Continue;
+        };
+        if let Some(origin) = &grant.cors_origin {
+            set_header("access-control-allow-origin", Some(origin.as_bytes()));
+            set_header(
+                "access-control-expose-headers",
+                Some(CORS_EXPOSE_HEADERS.as_bytes()),
+            );
+            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, "vary", "Origin");
+        }
+        if let Ok(Some(upstream_id)) =
+            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "mcp-session-id")
+        {
+            // The client only ever sees the id bound to this user and route.
+            let w = self.worker.borrow();
+            let wrapped = w.config.routes.get(grant.route).map(|route| {
+                w.session_key
+                    .wrap(&route.name, &grant.identity.claims.sub, &upstream_id)
+            });
+            set_header("mcp-session-id", wrapped.as_deref().map(str::as_bytes));
+        }
+        if let ResponseFilter::Json(id) = &self.response {
+            let content_type =
+                hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "content-type")
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+            let content_type = String::from_utf8_lossy(&content_type).to_ascii_lowercase();
+            if content_type.starts_with("text/event-stream") {
+                self.response =
+                    ResponseFilter::Sse(SseToolsFilter::new(id.clone(), MAX_TOOLS_LIST_BYTES));
+            } else if !content_type.starts_with("application/json") {
+                self.response = ResponseFilter::None;
+            }
+            // The filtered body has another length.
+            set_header("content-length", None);
+        }
+        Action::Continue
+    }
+
+    pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let body = |size| {
+            hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
+        match &mut self.response {
+            ResponseFilter::None => Action::Continue,
+            ResponseFilter::Json(id) => {
+                if !end_of_stream {
+                    if body_size > MAX_TOOLS_LIST_BYTES {
+                        // Too large to hold: it streams as is (unfiltered, logged).
+                        log::warn!("mcp-warden: tools/list result over {MAX_TOOLS_LIST_BYTES} bytes not filtered");
+                        self.response = ResponseFilter::None;
+                        return Action::Continue;
+                    }
+                    return Action::Pause;
+                }
+                let id = id.clone();
+                let full = body(body_size);
+                if let Some(visible) = self.tool_visibility() {
+                    if let Some((filtered, removed)) = filter_message(&full, &id, &visible) {
+                        let _ = hostcalls::set_buffer(
+                            BufferType::HttpResponseBody,
+                            0,
+                            body_size,
+                            &filtered,
+                        );
+                        self.count_filtered(removed);
+                    }
+                }
+                Action::Continue
+            }
+            ResponseFilter::Sse(_) => {
+                let chunk = body(body_size);
+                let Some(visible) = self.tool_visibility() else {
+                    return Action::Continue;
+                };
+                let ResponseFilter::Sse(sse) = &mut self.response else {
+                    return Action::Continue;
+                };
+                let before = sse.removed;
+                match sse.push(&chunk, end_of_stream, &visible) {
+                    Ok(out) => {
+                        let removed = sse.removed - before;
+                        let _ =
+                            hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out);
+                        self.count_filtered(removed);
+                        Action::Continue
+                    }
+                    Err(_) => {
+                        // An event too large to judge: end the stream rather than leak it.
+                        log::warn!(
+                            "mcp-warden: SSE event over {MAX_TOOLS_LIST_BYTES} bytes; stream reset"
+                        );
+                        let _ = hostcalls::reset_http_request();
+                        Action::Pause
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a tools/list result was removed anything from (for the counter).
+    fn count_filtered(&self, removed: usize) {
+        if removed > 0 {
+            self.worker.borrow().metrics.inc(Counter::ToolsListFiltered);
+        }
+    }
+
+    /// The caller's view of a tool: could they call it?
+    fn tool_visibility(&self) -> Option<impl Fn(&str) -> bool> {
+        let grant = self.grant.as_ref()?;
+        let config = Rc::clone(&self.worker.borrow().config);
+        let route_index = grant.route;
+        let identity = Rc::clone(&grant.identity);
+        Some(move |tool: &str| {
+            config
+                .routes
+                .get(route_index)
+                .is_some_and(|route| may_call_tool(route, &identity.claims, tool))
+        })
+    }
+}

@@ -1,0 +1,309 @@
+//! Per-worker state: the compiled configuration, the key set and the verified-token cache, the
+//! session key, and the JWKS fetch. One fetch runs at a time, always from the root context;
+//! requests that need keys wait for it and are woken when it answers, so a flood of tokens with
+//! unknown `kid`s costs at most one fetch every `MIN_KID_REFETCH_SECONDS` per worker.
+
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType};
+use warden_core::cache::TokenCache;
+use warden_core::config::CompiledConfig;
+use warden_core::keys::KeySet;
+use warden_core::session::SessionKey;
+
+use crate::metrics::{Counter, Metrics};
+use crate::request::RequestState;
+
+/// The root context's usual tick: JWKS refresh bookkeeping, shared-data sync.
+pub const TICK: Duration = Duration::from_secs(1);
+/// The tick while a request waits for a fetch to be dispatched (fetches leave from the root).
+const FAST_TICK: Duration = Duration::from_millis(1);
+/// A token naming an unknown `kid` may start a refetch at most this often per worker, whatever
+/// is in flight, so junk tokens cannot turn the filter into a load generator.
+const MIN_KID_REFETCH_SECONDS: i64 = 5;
+/// Before any key set has arrived (start-up), a request may start a fetch this often.
+const MIN_BOOTSTRAP_FETCH_SECONDS: i64 = 1;
+/// Requests waiting for one fetch; later ones are decided at once with the keys at hand.
+const MAX_WAITING: usize = 1024;
+/// JWKS responses larger than this are refused rather than parsed.
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Shared-data key prefix of the last good JWKS; the issuer completes the key, so two plugin
+/// configurations sharing a VM id never mix key sets.
+const JWKS_SHARED_KEY_PREFIX: &str = "mcp-warden.jwks.v1:";
+/// Shared-data key of the per-process session key (when no operator key is set).
+const SESSION_SHARED_KEY: &str = "mcp-warden.session-key.v1";
+/// Environment variable (passed to the VM by `vm_config.environment_variables`) holding the
+/// operator's session key, shared by every Envoy replica.
+pub const SESSION_KEY_ENV: &str = "MCP_WARDEN_SESSION_KEY";
+
+/// A request paused until the JWKS fetch answers.
+pub struct Waiter {
+    pub id: u32,
+    pub state: Weak<RefCell<RequestState>>,
+}
+
+#[derive(Default)]
+struct Fetch {
+    in_flight: bool,
+    /// A request asked for a fetch; the next tick dispatches it.
+    wanted: bool,
+    fast_tick: bool,
+    last_kid: Option<i64>,
+    last_bootstrap: Option<i64>,
+    last_refresh: Option<i64>,
+    waiting: Vec<Waiter>,
+}
+
+pub struct Worker {
+    root_id: u32,
+    pub config: Rc<CompiledConfig>,
+    pub keys: Option<Rc<KeySet>>,
+    /// Shared-data version our `keys` came from, to notice another worker's fetch.
+    keys_cas: Option<u32>,
+    pub cache: TokenCache,
+    pub session_key: SessionKey,
+    /// The key is this process's own (no operator key): follow shared data.
+    session_key_per_process: bool,
+    fetch: Fetch,
+    shared_key: String,
+    pub metrics: Metrics,
+}
+
+/// The operator's session key from the environment, or this Envoy process's own (shared by
+/// its workers). Errors name the variable.
+pub fn session_key() -> Result<(SessionKey, bool), String> {
+    if let Ok(secret) = std::env::var(SESSION_KEY_ENV) {
+        if !secret.is_empty() {
+            let key = SessionKey::from_secret(secret.as_bytes())
+                .map_err(|e| format!("invalid {SESSION_KEY_ENV}: {e}"))?;
+            return Ok((key, false));
+        }
+    }
+    if let Some(key) = shared_session_key() {
+        return Ok((key, true));
+    }
+    let mut random = [0u8; 32];
+    getrandom::getrandom(&mut random)
+        .map_err(|e| format!("no randomness for the session key: {e}"))?;
+    let mine = SessionKey::from_random(random);
+    let _ = hostcalls::set_shared_data(SESSION_SHARED_KEY, Some(&mine.to_bytes()), None);
+    // Another worker may have written first: everyone uses what shared data holds.
+    let key = shared_session_key().unwrap_or(mine);
+    log::info!(
+        "mcp-warden: session ids are bound with this Envoy's own key; set {SESSION_KEY_ENV} to share one across replicas"
+    );
+    Ok((key, true))
+}
+
+fn shared_session_key() -> Option<SessionKey> {
+    match hostcalls::get_shared_data(SESSION_SHARED_KEY) {
+        Ok((Some(bytes), _)) => SessionKey::from_bytes(&bytes),
+        _ => None,
+    }
+}
+
+pub fn now_seconds() -> i64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+impl Worker {
+    pub fn new(root_id: u32, config: CompiledConfig, session_key: (SessionKey, bool)) -> Self {
+        let keys = config.static_keys.clone().map(Rc::new);
+        let cache = TokenCache::new(config.token_cache_entries, config.rules.leeway_seconds);
+        let shared_key = format!("{JWKS_SHARED_KEY_PREFIX}{}", config.rules.issuer);
+        Self {
+            root_id,
+            config: Rc::new(config),
+            keys,
+            keys_cas: None,
+            cache,
+            session_key: session_key.0,
+            session_key_per_process: session_key.1,
+            fetch: Fetch::default(),
+            shared_key,
+            metrics: Metrics::define(),
+        }
+    }
+
+    /// Adopts the JWKS in shared data when it is newer than ours (another worker fetched).
+    /// Returns whether the key set changed.
+    pub fn sync_keys(&mut self) -> bool {
+        if self.config.static_keys.is_some() {
+            return false;
+        }
+        let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(&self.shared_key) else {
+            return false;
+        };
+        if cas.is_some() && cas == self.keys_cas {
+            return false;
+        }
+        match KeySet::from_jwks(&bytes) {
+            Ok(keys) => {
+                self.keys = Some(Rc::new(keys));
+                self.keys_cas = cas;
+                // A key may have been withdrawn: tokens it signed must be checked again.
+                self.cache.clear();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A request needs keys (unknown `kid`, or none yet). Returns whether it should wait for a
+    /// fetch; `false` means decide now with the keys at hand (a refetch was too recent).
+    pub fn want_keys(&mut self, now: i64, waiter: Waiter) -> bool {
+        if self.config.jwks.is_none() || self.fetch.waiting.len() >= MAX_WAITING {
+            return false;
+        }
+        if !self.fetch.in_flight && !self.fetch.wanted {
+            let (last, min_interval) = if self.keys.is_none() {
+                (&mut self.fetch.last_bootstrap, MIN_BOOTSTRAP_FETCH_SECONDS)
+            } else {
+                (&mut self.fetch.last_kid, MIN_KID_REFETCH_SECONDS)
+            };
+            if last.is_some_and(|at| now - at < min_interval) {
+                return false;
+            }
+            *last = Some(now);
+            self.fetch.wanted = true;
+            self.speed_up_tick(waiter.id);
+        }
+        self.fetch.waiting.push(waiter);
+        true
+    }
+
+    /// Fetches leave from the root context (its answer wakes every waiter); a request asks the
+    /// root's tick to come at once.
+    fn speed_up_tick(&mut self, own_id: u32) {
+        if self.fetch.fast_tick {
+            return;
+        }
+        if hostcalls::set_effective_context(self.root_id).is_ok() {
+            self.fetch.fast_tick = hostcalls::set_tick_period(FAST_TICK).is_ok();
+        }
+        let _ = hostcalls::set_effective_context(own_id);
+    }
+
+    /// The root's tick: adopt what other workers fetched, start a fetch when one is due.
+    /// Returns the tick period to set (when it changes) and requests to wake at once (a fetch
+    /// that could not be dispatched).
+    pub fn tick(&mut self) -> (Option<Duration>, Vec<Waiter>) {
+        let _ = self.sync_keys();
+        self.sync_session_key();
+        let period = std::mem::take(&mut self.fetch.fast_tick).then_some(TICK);
+        let Some(fetch) = self.config.jwks.clone() else {
+            return (period, Vec::new());
+        };
+        if self.fetch.in_flight {
+            return (period, Vec::new());
+        }
+        let now = now_seconds();
+        let due = self.fetch.wanted
+            || self.keys.is_none()
+            || self
+                .fetch
+                .last_refresh
+                .is_none_or(|at| now - at >= i64::from(fetch.refresh_seconds));
+        if !due {
+            return (period, Vec::new());
+        }
+        self.fetch.wanted = false;
+        if dispatch_jwks(&fetch) {
+            self.fetch.in_flight = true;
+            self.fetch.last_refresh = Some(now);
+            (period, Vec::new())
+        } else {
+            self.metrics.inc(Counter::JwksFetchFailed);
+            (period, std::mem::take(&mut self.fetch.waiting))
+        }
+    }
+
+    fn sync_session_key(&mut self) {
+        if !self.session_key_per_process {
+            return;
+        }
+        if let Some(shared) = shared_session_key() {
+            if shared != self.session_key {
+                self.session_key = shared;
+            }
+        }
+    }
+
+    /// Handles the JWKS fetch's answer and returns the requests waiting for it. `headers == 0`
+    /// is Envoy's sign of a failed call: no response exists and reading it would fail.
+    pub fn accept_jwks(&mut self, headers: usize, body_size: usize) -> Vec<Waiter> {
+        self.fetch.in_flight = false;
+        let waiting = std::mem::take(&mut self.fetch.waiting);
+        let status = if headers == 0 {
+            None
+        } else {
+            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+                .ok()
+                .and_then(|h| h.into_iter().find(|(name, _)| name == ":status"))
+                .map(|(_, value)| value)
+        };
+        if status.as_deref() != Some(b"200".as_slice()) {
+            self.metrics.inc(Counter::JwksFetchFailed);
+            log::warn!(
+                "mcp-warden: JWKS fetch failed (status {}); keeping the previous key set",
+                status
+                    .map(|s| String::from_utf8_lossy(&s).into_owned())
+                    .unwrap_or_else(|| "none: transport failure".into())
+            );
+            return waiting;
+        }
+        if body_size > MAX_JWKS_BYTES {
+            self.metrics.inc(Counter::JwksFetchFailed);
+            log::warn!("mcp-warden: JWKS of {body_size} bytes exceeds {MAX_JWKS_BYTES}; ignored");
+            return waiting;
+        }
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if let Err(e) = KeySet::from_jwks(&body) {
+            self.metrics.inc(Counter::JwksFetchFailed);
+            log::warn!("mcp-warden: JWKS rejected: {e}");
+            return waiting;
+        }
+        self.metrics.inc(Counter::JwksFetchOk);
+        // Write only a changed key set: every write bumps the version, and each worker then
+        // drops its verified-token cache.
+        let current = hostcalls::get_shared_data(&self.shared_key)
+            .ok()
+            .and_then(|(v, _)| v);
+        if current.as_deref() != Some(body.as_slice()) {
+            let _ = hostcalls::set_shared_data(&self.shared_key, Some(&body), None);
+        }
+        // Install what shared data holds now: ours, or a newer set another worker wrote.
+        let _ = self.sync_keys();
+        waiting
+    }
+}
+
+fn dispatch_jwks(fetch: &warden_core::config::JwksFetch) -> bool {
+    let headers = vec![
+        (":method", "GET"),
+        (":path", fetch.path.as_str()),
+        (":authority", fetch.authority.as_str()),
+        ("accept", "application/json"),
+    ];
+    let timeout = Duration::from_millis(u64::from(fetch.timeout_ms));
+    match hostcalls::dispatch_http_call(&fetch.cluster, headers, None, vec![], timeout) {
+        Ok(_) => true,
+        Err(status) => {
+            log::warn!(
+                "mcp-warden: cannot dispatch JWKS fetch to cluster {}: {status:?}",
+                fetch.cluster
+            );
+            false
+        }
+    }
+}
