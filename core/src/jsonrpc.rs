@@ -7,6 +7,7 @@
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use crate::names::fold;
 use crate::policy::McpCall;
 
 /// One JSON-RPC message of a request body.
@@ -77,11 +78,36 @@ pub fn parse_strict(body: &[u8]) -> Result<Value, InspectError> {
         .map_err(|e| InspectError::Parse(e.to_string()))
 }
 
+/// The members of a message the filter reads, and of its `params`.
+const ENVELOPE_KEYS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
+const PARAMS_KEYS: &[&str] = &["name", "arguments", "uri", "taskId", "_meta"];
+
+/// A key that is not one the filter reads but that a lenient server would read as one
+/// (`Method`, `params `, `na\u200bme`): the server would act on a member the filter never saw.
+fn look_alike_member(obj: &Map<String, Value>, known: &[&str]) -> Result<(), InspectError> {
+    for key in obj.keys() {
+        if known.contains(&key.as_str()) {
+            continue;
+        }
+        let folded = fold(key);
+        if let Some(member) = known.iter().find(|k| fold(k) == folded) {
+            return Err(InspectError::Invalid(format!(
+                "member {key:?} differs from {member:?} only by case, whitespace or invisible characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn message(v: &Value) -> Result<Message, InspectError> {
     let invalid = |m: &str| Err(InspectError::Invalid(m.to_string()));
     let Value::Object(obj) = v else {
         return invalid("a JSON-RPC message must be an object");
     };
+    look_alike_member(obj, ENVELOPE_KEYS)?;
+    if let Some(Value::Object(params)) = obj.get("params") {
+        look_alike_member(params, PARAMS_KEYS)?;
+    }
     if obj.get("jsonrpc") != Some(&Value::String("2.0".into())) {
         return invalid("\"jsonrpc\" must be \"2.0\"");
     }
@@ -206,9 +232,29 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StrictValue, A::Error> {
         let mut obj = Map::new();
+        // Folded forms of the keys that are not plain lower-case ASCII (usually none): a key
+        // that folds to another key of the object is a duplicate to a lenient reader (Go's
+        // encoding/json matches keys case-insensitively, and the last one wins).
+        let mut folded: Vec<String> = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
             if obj.contains_key(&key) {
                 return Err(de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            let plain = key
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b.is_ascii_uppercase());
+            let collides = if plain {
+                folded.contains(&key)
+            } else {
+                let f = fold(&key);
+                let hit = obj.contains_key(&f) || folded.contains(&f);
+                folded.push(f);
+                hit
+            };
+            if collides {
+                return Err(de::Error::custom(format!(
+                    "key {key:?} differs from another key of the object only by case, whitespace or invisible characters"
+                )));
             }
             let StrictValue(v) = map.next_value()?;
             obj.insert(key, v);
@@ -279,6 +325,35 @@ mod tests {
         );
         assert!(matches!(e, Err(InspectError::Invalid(_))));
         assert!(inspect(br#"{"jsonrpc":"2.0","id":1,"Method":"tools/call"}"#).is_err());
+    }
+
+    #[test]
+    fn keys_a_lenient_reader_takes_for_another_key_are_refused() {
+        // Case variants beside the exact key: Go's encoding/json would take the last one.
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call","params":{"name":"delete_db"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_db","Name":"delete_db"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"Name":"delete_db","name":"read_db"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_db","arguments":{"sql":"x","SQL":"drop"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_db","name\u200b":"delete_db"}}"#,
+        ] {
+            assert!(
+                matches!(inspect(body.as_bytes()), Err(InspectError::Parse(_))),
+                "{body}"
+            );
+        }
+        // A look-alike of a member the filter reads, alone.
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_db","Arguments":{"sql":"drop"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params ":{"name":"delete_db"},"params":{"name":"read_db"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","PARAMS":{"name":"delete_db"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"," method":"tools/call"}"#,
+        ] {
+            assert!(inspect(body.as_bytes()).is_err(), "{body}");
+        }
+        // Distinct keys and other members are fine.
+        let fine = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"Table":"t","limit":1,"名前":"x"}}}"#;
+        assert!(inspect(fine.as_bytes()).is_ok());
     }
 
     #[test]

@@ -691,10 +691,15 @@ mod tests {
         ] {
             assert_eq!(judge(sneaky.clone()), Some(400), "{sneaky}");
         }
-        // Other keys are the server's business.
+        // Keys the policy does not inspect are the server's business, unless two of them
+        // collide for a lenient reader.
+        assert_eq!(
+            judge(json!({"query": {"sql": "SELECT 1"}, "Other": 1})),
+            None
+        );
         assert_eq!(
             judge(json!({"query": {"sql": "SELECT 1"}, "Other": 1, "other": 2})),
-            None
+            Some(400)
         );
     }
 

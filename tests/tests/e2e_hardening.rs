@@ -218,6 +218,18 @@ async fn look_alike_methods_tool_names_and_argument_keys_are_refused() {
         assert_eq!(jsonrpc_code(&resp.body), json!(-32600), "{body}");
         stack.demo.assert_nothing_recorded(&body).await;
     }
+    // Keys a lenient (case-insensitive, last-wins) JSON reader takes for the ones judged.
+    for body in [
+        r#"{"jsonrpc":"2.0","id":6,"method":"ping","Method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}}"#,
+        r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","Name":"add","arguments":{"text":"x"}}}"#,
+        r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"},"Arguments":{"text":"y"}}}"#,
+        r#"{"jsonrpc":"2.0","id":6,"method":"ping","params ":{"name":"add"}}"#,
+    ] {
+        stack.demo.clear_recorded().await;
+        let resp = raw_request("POST", &stack.mcp_url(), &headers, Some(body)).await;
+        assert_eq!(resp.status, 400, "{body}: {}", resp.body);
+        stack.demo.assert_nothing_recorded(body).await;
+    }
     // The exact name is denied by the policy, and an allowed tool still works.
     let resp = raw_request(
         "POST",
