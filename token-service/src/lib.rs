@@ -8,6 +8,7 @@ pub mod error;
 pub mod flows;
 mod html;
 pub mod keys;
+pub mod listener;
 pub mod password;
 pub mod render;
 mod routes;
@@ -122,12 +123,20 @@ pub async fn serve_on(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_on_with(listener, state, listener::Limits::default(), shutdown).await
+}
+
+/// [`serve_on`] with other connection limits.
+pub async fn serve_on_with(
+    listener: TcpListener,
+    state: AppState,
+    limits: listener::Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let sweeper = tokio::spawn(sweep_loop(state.clone()));
     tracing::info!(issuer = %state.config().authorization_server.issuer, "listening on http://{addr}");
-    let result = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = listener::serve(listener, app(state), limits, shutdown).await;
     sweeper.abort();
     Ok(result?)
 }
