@@ -9,7 +9,9 @@ use crate::keys::KeySet;
 use crate::reply::{preflight, LocalReply};
 use crate::session::{self, Inbound, SessionKey};
 use crate::token::{verify, Identity, TokenError};
-use crate::transport::{announces_body, method_rule, MethodRule, ALLOWED_METHODS};
+use crate::transport::{
+    announces_body, method_rule, names_session_in_query, MethodRule, ALLOWED_METHODS,
+};
 
 /// What the adapter read from the request headers (via the `*_bytes` getters).
 #[derive(Debug, Default)]
@@ -165,6 +167,16 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
             );
         }
         MethodRule::InspectBody | MethodRule::Bodiless => {}
+    }
+    if names_session_in_query(head.path) {
+        return Step::Reply(
+            transport_error(
+                400,
+                "mcp-session-in-query",
+                "session ids in the query (the HTTP+SSE transport of 2024-11-05) are not accepted; use the Streamable HTTP transport and Mcp-Session-Id",
+            )
+            .with_cors(cors),
+        );
     }
     if let Some(name) = head.disguised_header {
         return Step::Reply(
@@ -637,6 +649,15 @@ mod tests {
     }
 
     #[test]
+    fn session_ids_in_the_query_are_refused() {
+        let mut run = Run::new();
+        let token = bearer();
+        let h = head(b"/mcp/messages?sessionId=abc", vec![token.as_bytes()]);
+        let r = reply(run.decide(&h));
+        assert_eq!((r.status, r.reason), (400, "mcp-session-in-query"));
+    }
+
+    #[test]
     fn disguised_headers_are_refused() {
         let mut run = Run::new();
         let token = bearer();
@@ -649,15 +670,10 @@ mod tests {
     fn session_ids_are_unwrapped_for_their_owner_only() {
         let mut run = Run::new();
         let token = bearer();
-        let mine = run
-            .session_key
-            .wrap("demo", "demo@example.com", b"upstream-1");
-        let theirs = run
-            .session_key
-            .wrap("demo", "someone@example.com", b"upstream-2");
-        let other_route = run
-            .session_key
-            .wrap("other", "demo@example.com", b"upstream-1");
+        let wrap = |route, sub, id: &[u8]| run.session_key.wrap(route, sub, id).unwrap();
+        let mine = wrap("demo", "demo@example.com", b"upstream-1");
+        let theirs = wrap("demo", "someone@example.com", b"upstream-2");
+        let other_route = wrap("other", "demo@example.com", b"upstream-1");
         let mut h = head(b"/mcp", vec![token.as_bytes()]);
         h.session_ids = vec![mine.as_bytes()];
         match run.decide(&h) {

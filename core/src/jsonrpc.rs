@@ -7,7 +7,9 @@
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::names::fold;
+use std::collections::HashSet;
+
+use crate::names::{fold, is_folded};
 use crate::policy::McpCall;
 
 /// One JSON-RPC message of a request body.
@@ -232,24 +234,19 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StrictValue, A::Error> {
         let mut obj = Map::new();
-        // Folded forms of the keys that are not plain lower-case ASCII (usually none): a key
-        // that folds to another key of the object is a duplicate to a lenient reader (Go's
+        // Folded forms of the keys that are not already folded (usually none): a key that
+        // folds to another key of the object is a duplicate to a lenient reader (Go's
         // encoding/json matches keys case-insensitively, and the last one wins).
-        let mut folded: Vec<String> = Vec::new();
+        let mut folded: HashSet<String> = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
             if obj.contains_key(&key) {
                 return Err(de::Error::custom(format!("duplicate key {key:?}")));
             }
-            let plain = key
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && !b.is_ascii_uppercase());
-            let collides = if plain {
+            let collides = if is_folded(&key) {
                 folded.contains(&key)
             } else {
                 let f = fold(&key);
-                let hit = obj.contains_key(&f) || folded.contains(&f);
-                folded.push(f);
-                hit
+                obj.contains_key(&f) || !folded.insert(f)
             };
             if collides {
                 return Err(de::Error::custom(format!(
@@ -351,9 +348,40 @@ mod tests {
         ] {
             assert!(inspect(body.as_bytes()).is_err(), "{body}");
         }
+        // Go folds `ſ` onto `s`: `paramſ` is `params`, and the later one wins there.
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_db"},"param\u017f":{"name":"delete_db"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_db","argument\u017f":{"sql":"DROP x"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_db","arguments":{"sql":"SELECT 1","\u017fql":"DROP x"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_db","arguments":{"file_name":"a","filename":"b"}}}"#,
+        ] {
+            assert!(inspect(body.as_bytes()).is_err(), "{body}");
+        }
         // Distinct keys and other members are fine.
         let fine = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"Table":"t","limit":1,"名前":"x"}}}"#;
         assert!(inspect(fine.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn many_keys_are_checked_in_linear_time() {
+        // 100k upper-case keys in one object: every one is folded and looked up once.
+        let mut body = String::from(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"#,
+        );
+        for i in 0..100_000 {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&format!("\"K{i}\":1"));
+        }
+        body.push_str("}}}");
+        let started = std::time::Instant::now();
+        assert!(inspect(body.as_bytes()).is_ok());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

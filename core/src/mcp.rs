@@ -356,7 +356,7 @@ fn ambiguity(route: &Route, input: &PolicyInput<'_>, decision: &Decision) -> Opt
         s.as_deref()
             .is_some_and(|s| s.bytes().any(|b| b.is_ascii_uppercase()))
     };
-    if (has_upper(&call.method) || has_upper(&call.tool))
+    if (has_upper(&call.method) || has_upper(&call.tool) || route.policy.upper_case_names)
         && !route
             .policy
             .evaluate_as(input, Names::CaseInsensitive)
@@ -665,6 +665,15 @@ mod tests {
         ] {
             assert_eq!(status(body), refused, "{body}");
         }
+        // A lower-case call against a policy that names the tool in upper case.
+        let camel = route(json!({"policy": [
+            {"allow": {"and": [{"domain": "company.com"}]}},
+            {"deny": {"or": [{"mcp_tool": {"is": "DeleteDB"}}]}}
+        ]}));
+        let v = judge_body(&camel, &claims(), &head(), call("deletedb", 1).as_bytes());
+        assert_eq!(v.reply.map(|r| r.status), Some(400));
+        let v = judge_body(&camel, &claims(), &head(), call("DeleteDB", 1).as_bytes());
+        assert_eq!(v.reply.map(|r| r.status), Some(403));
         // Exact names are judged as before.
         assert_eq!(status(&call("delete_db", 1)).map(|s| s.0), Some(403));
         assert_eq!(status(&call("Read_DB", 1)), None);

@@ -87,12 +87,22 @@ pub fn check_tool_name(name: &str) -> Result<(), String> {
 }
 
 /// A name as a lenient reader sees it: without whitespace, control and invisible characters,
-/// lower-cased. Two names with the same fold are the same name to such a reader.
+/// without `_` and `-` (Go's case-insensitive JSON v2 ignores them), and case-folded through
+/// upper then lower case, so every member of a Unicode simple-fold orbit meets (`ſ` is `s`,
+/// the Kelvin sign is `k`, as Go's `encoding/json` reads keys). Two names with the same fold
+/// are the same name to such a reader; the fold errs on the side of calling names alike.
 pub fn fold(name: &str) -> String {
     name.chars()
-        .filter(|c| !is_invisible(*c))
+        .filter(|c| !is_invisible(*c) && !matches!(c, '_' | '-'))
+        .flat_map(char::to_uppercase)
         .flat_map(char::to_lowercase)
         .collect()
+}
+
+/// Whether `fold(name) == name` without computing it: lower-case ASCII letters and digits.
+pub fn is_folded(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// Whitespace, control characters and Unicode's default-ignorable code points (zero-width
@@ -205,6 +215,16 @@ mod tests {
         assert_eq!(fold(" Com\u{200b}mand\t"), "command");
         assert_eq!(fold("COMMAND"), "command");
         assert_ne!(fold("comand"), "command");
+        // Go's encoding/json folds these onto ASCII letters.
+        assert_eq!(fold("param\u{17f}"), "params");
+        assert_eq!(fold("\u{212a}ey"), "key");
+        assert_eq!(fold("task_id"), fold("taskId"));
+        assert_eq!(fold("Σ"), fold("ς"));
+        for plain in ["params", "sql", "a1"] {
+            assert!(is_folded(plain));
+            assert_eq!(fold(plain), plain);
+        }
+        assert!(!is_folded("task_id") && !is_folded("Sql") && !is_folded("ſql"));
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct Policy {
     /// The keys each `mcp_argument` pointer walks through (decoded segments), so the
     /// inspector can refuse arguments that spell one of them in a way a server may read alike.
     pub argument_paths: Vec<Vec<String>>,
+    /// Some `mcp_method` / `mcp_tool` operand has upper-case letters, so even a lower-case call
+    /// may be read by a case-insensitive server as a name the policy governs.
+    pub upper_case_names: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -137,10 +140,15 @@ impl Policy {
         }
         argument_paths.sort();
         argument_paths.dedup();
+        let upper_case_names = rules.iter().any(|r| {
+            r.allow.as_ref().is_some_and(Expr::names_upper_case)
+                || r.deny.as_ref().is_some_and(Expr::names_upper_case)
+        });
         Ok(Self {
             rules,
             has_tool_rules,
             argument_paths,
+            upper_case_names,
         })
     }
 
@@ -401,6 +409,18 @@ impl StringMatcher {
         }
     }
 
+    fn has_upper_case(&self) -> bool {
+        let upper = |v: &String| v.bytes().any(|b| b.is_ascii_uppercase());
+        self.0.iter().any(|op| match op {
+            StrOp::Is(v)
+            | StrOp::Not(v)
+            | StrOp::Contains(v)
+            | StrOp::StartsWith(v)
+            | StrOp::EndsWith(v) => upper(v),
+            StrOp::In(vs) | StrOp::NotIn(vs) => vs.iter().any(upper),
+        })
+    }
+
     fn lowercased(&self) -> Self {
         let lower = |v: &String| v.to_ascii_lowercase();
         Self(
@@ -506,6 +526,16 @@ impl Expr {
                 c.iter().any(Expr::mentions_tool)
             }
             Expr::Leaf(c) => matches!(c, Criterion::McpTool(_) | Criterion::McpArgument { .. }),
+        }
+    }
+
+    fn names_upper_case(&self) -> bool {
+        match self {
+            Expr::And(c) | Expr::Or(c) | Expr::Not(c) | Expr::Nor(c) => {
+                c.iter().any(Expr::names_upper_case)
+            }
+            Expr::Leaf(Criterion::McpMethod(m) | Criterion::McpTool(m)) => m.has_upper_case(),
+            Expr::Leaf(_) => false,
         }
     }
 

@@ -75,17 +75,21 @@ impl SessionKey {
         mac
     }
 
-    /// The id the client gets for the upstream's `upstream_id`.
-    pub fn wrap(&self, route: &str, subject: &str, upstream_id: &[u8]) -> String {
+    /// The id the client gets for the upstream's `upstream_id`; `None` for an id longer than
+    /// `MAX_UPSTREAM_ID_BYTES`, which `unwrap` would not take back.
+    pub fn wrap(&self, route: &str, subject: &str, upstream_id: &[u8]) -> Option<String> {
+        if upstream_id.len() > MAX_UPSTREAM_ID_BYTES {
+            return None;
+        }
         let tag = self
             .mac(route, subject, upstream_id)
             .finalize()
             .into_bytes();
-        format!(
+        Some(format!(
             "{PREFIX}{}.{}",
             URL_SAFE_NO_PAD.encode(upstream_id),
             URL_SAFE_NO_PAD.encode(tag)
-        )
+        ))
     }
 
     /// The upstream's id inside a wrapped id, if it was made for this route and subject.
@@ -139,7 +143,7 @@ mod tests {
     #[test]
     fn a_wrapped_id_opens_only_for_its_route_and_subject() {
         let k = key();
-        let wrapped = k.wrap("demo", "alice", b"3f2a-upstream");
+        let wrapped = k.wrap("demo", "alice", b"3f2a-upstream").unwrap();
         assert!(wrapped.bytes().all(|b| b.is_ascii_graphic()));
         assert_eq!(
             k.unwrap("demo", "alice", wrapped.as_bytes()).as_deref(),
@@ -154,7 +158,7 @@ mod tests {
     #[test]
     fn forged_and_raw_ids_are_unknown() {
         let k = key();
-        let wrapped = k.wrap("demo", "alice", b"id-1");
+        let wrapped = k.wrap("demo", "alice", b"id-1").unwrap();
         let mut tampered = wrapped.clone().into_bytes();
         let last = tampered.len() - 1;
         tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
@@ -194,10 +198,22 @@ mod tests {
     #[test]
     fn length_prefixes_keep_fields_apart() {
         let k = key();
-        let a = k.wrap("ab", "c", b"id");
-        let b = k.wrap("a", "bc", b"id");
+        let a = k.wrap("ab", "c", b"id").unwrap();
+        let b = k.wrap("a", "bc", b"id").unwrap();
         assert_ne!(a, b);
         assert_eq!(k.unwrap("a", "bc", a.as_bytes()), None);
+    }
+
+    #[test]
+    fn the_longest_upstream_id_wrapped_comes_back() {
+        let k = key();
+        let longest = vec![b'x'; MAX_UPSTREAM_ID_BYTES];
+        let wrapped = k.wrap("demo", "alice", &longest).unwrap();
+        assert_eq!(k.unwrap("demo", "alice", wrapped.as_bytes()), Some(longest));
+        assert_eq!(
+            k.wrap("demo", "alice", &[b'x'; MAX_UPSTREAM_ID_BYTES + 1]),
+            None
+        );
     }
 
     #[test]

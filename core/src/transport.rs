@@ -33,6 +33,47 @@ pub fn announces_body(content_length: Option<&[u8]>, transfer_encoding: bool) ->
     transfer_encoding || content_length.is_some_and(|len| len.trim_ascii() != b"0")
 }
 
+/// Whether the query names a session (`sessionId`, `session_id`, any spelling a lenient server
+/// would read alike, percent-encoded or not). The HTTP+SSE transport of `2024-11-05` carries its
+/// session there; such ids cannot be bound to their user the way `Mcp-Session-Id` is, so a
+/// request carrying one is refused.
+pub fn names_session_in_query(path: &[u8]) -> bool {
+    let Some(q) = path.iter().position(|b| *b == b'?') else {
+        return false;
+    };
+    path[q + 1..]
+        .split(|b| *b == b'&' || *b == b';')
+        .map(|pair| pair.split(|b| *b == b'=').next().unwrap_or_default())
+        .any(|key| crate::names::fold(&percent_decode(key)) == "sessionid")
+}
+
+fn percent_decode(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +96,30 @@ mod tests {
             b"",
         ] {
             assert_eq!(method_rule(other), MethodRule::NotAllowed, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn session_ids_in_the_query_are_found_however_spelled() {
+        for path in [
+            b"/mcp/messages?sessionId=abc".as_slice(),
+            b"/mcp?x=1&session_id=abc",
+            b"/mcp?SESSIONID=abc",
+            b"/mcp?session%49d=abc",
+            b"/mcp?session%5Fid=abc",
+            b"/mcp?a=b;sessionid",
+            b"/mcp?%20sessionId=1",
+        ] {
+            assert!(names_session_in_query(path), "{path:?}");
+        }
+        for path in [
+            b"/mcp".as_slice(),
+            b"/mcp?session=1",
+            b"/mcp?x=sessionId",
+            b"/mcp?sessionIds=1",
+            b"/mcp/sessionId",
+        ] {
+            assert!(!names_session_in_query(path), "{path:?}");
         }
     }
 

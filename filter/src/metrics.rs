@@ -87,7 +87,9 @@ impl Metrics {
             "method-not-allowed" | "mcp-body-not-allowed" | "header-disguised" => {
                 Counter::DeniedMethod
             }
-            "mcp-session-unknown" | "mcp-session-repeated" => Counter::DeniedSession,
+            "mcp-session-unknown" | "mcp-session-repeated" | "mcp-session-in-query" => {
+                Counter::DeniedSession
+            }
             _ => Counter::Denied,
         }
     }

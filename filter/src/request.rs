@@ -414,6 +414,12 @@ impl RequestState {
     fn on_request_trailers(&mut self) -> Action {
         // Trailers end the body: judge it now. They must never resume an undecided request.
         self.body_seen.complete = true;
+        if self.grant.is_some() || self.awaiting_keys {
+            // MCP has no use for request trailers, and the filter judges none of them: a
+            // server that merges them into the headers would read an unchecked
+            // `Mcp-Session-Id` or `Authorization`. They go nowhere.
+            let _ = hostcalls::set_map_bytes(MapType::HttpRequestTrailers, vec![]);
+        }
         if self.holding() {
             return Action::Pause;
         }

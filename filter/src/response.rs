@@ -9,6 +9,7 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 use serde_json::Value;
 use warden_core::mcp::may_call_tool;
 use warden_core::reply::CORS_EXPOSE_HEADERS;
+use warden_core::session::MAX_UPSTREAM_ID_BYTES;
 use warden_core::toolslist::{filter_message, SseToolsFilter};
 
 use crate::metrics::Counter;
@@ -45,12 +46,19 @@ impl RequestState {
         if let Ok(Some(upstream_id)) =
             hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "mcp-session-id")
         {
-            // The client only ever sees the id bound to this user and route.
+            // The client only ever sees the id bound to this user and route. An id too long
+            // to come back is dropped: the client could not use it anyway.
             let w = self.worker.borrow();
-            let wrapped = w.config.routes.get(grant.route).map(|route| {
+            let wrapped = w.config.routes.get(grant.route).and_then(|route| {
                 w.session_key
                     .wrap(&route.name, &grant.identity.claims.sub, &upstream_id)
             });
+            if wrapped.is_none() {
+                log::warn!(
+                    "mcp-warden: upstream Mcp-Session-Id of {} bytes exceeds {MAX_UPSTREAM_ID_BYTES}; dropped",
+                    upstream_id.len()
+                );
+            }
             set_header("mcp-session-id", wrapped.as_deref().map(str::as_bytes));
         }
         if let ResponseFilter::Json(id) = &self.response {

@@ -48,6 +48,8 @@ pub struct Waiter {
 #[derive(Default)]
 struct Fetch {
     in_flight: bool,
+    /// When the fetch in flight left (for the watchdog).
+    in_flight_since: Option<i64>,
     /// A request asked for a fetch; the next tick dispatches it.
     wanted: bool,
     fast_tick: bool,
@@ -75,12 +77,18 @@ pub struct Worker {
 /// The operator's session key from the environment, or this Envoy process's own (shared by
 /// its workers). Errors name the variable.
 pub fn session_key() -> Result<(SessionKey, bool), String> {
-    if let Ok(secret) = std::env::var(SESSION_KEY_ENV) {
-        if !secret.is_empty() {
+    match std::env::var(SESSION_KEY_ENV) {
+        Ok(secret) => {
+            // Set but unusable is an operator error: falling back to a per-process key would
+            // quietly break sessions across replicas.
             let key = SessionKey::from_secret(secret.as_bytes())
                 .map_err(|e| format!("invalid {SESSION_KEY_ENV}: {e}"))?;
             return Ok((key, false));
         }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(format!("invalid {SESSION_KEY_ENV}: must be text"));
+        }
+        Err(std::env::VarError::NotPresent) => {}
     }
     if let Some(key) = shared_session_key() {
         return Ok((key, true));
@@ -201,10 +209,23 @@ impl Worker {
         let Some(fetch) = self.config.jwks.clone() else {
             return (period, Vec::new());
         };
+        let now = now_seconds();
         if self.fetch.in_flight {
+            // Envoy answers every call, if only with a timeout; should an answer ever be lost,
+            // the waiters must not wait forever, nor the refreshes stop.
+            let deadline = i64::from(fetch.timeout_ms / 1000) + 5;
+            if self
+                .fetch
+                .in_flight_since
+                .is_some_and(|at| now - at > deadline)
+            {
+                log::warn!("mcp-warden: JWKS fetch never answered; giving up on it");
+                self.fetch.in_flight = false;
+                self.metrics.inc(Counter::JwksFetchFailed);
+                return (period, std::mem::take(&mut self.fetch.waiting));
+            }
             return (period, Vec::new());
         }
-        let now = now_seconds();
         let due = self.fetch.wanted
             || self.keys.is_none()
             || self
@@ -217,6 +238,7 @@ impl Worker {
         self.fetch.wanted = false;
         if dispatch_jwks(&fetch) {
             self.fetch.in_flight = true;
+            self.fetch.in_flight_since = Some(now);
             self.fetch.last_refresh = Some(now);
             (period, Vec::new())
         } else {

@@ -420,6 +420,24 @@ async fn a_session_is_usable_only_by_the_user_who_opened_it() {
     .await;
     assert_eq!(resp.status, 400, "{}", resp.body);
 
+    // A session id in the query (the 2024-11-05 HTTP+SSE transport) cannot be bound: refused.
+    stack.demo.clear_recorded().await;
+    let resp = raw_request(
+        "POST",
+        &format!("{url}/messages?sessionId={upstream_id}"),
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        Some(&whoami_call(8).to_string()),
+    )
+    .await;
+    assert_eq!(resp.status, 400, "{}", resp.body);
+    stack
+        .demo
+        .assert_nothing_recorded("sessionId in the query")
+        .await;
+
     // The owner's session survived all of it, and the owner can end it.
     let resp = handshake(&url, &owner, Some(&session), whoami_call(7)).await;
     assert_eq!(resp.status, 200, "{}", resp.body);

@@ -212,6 +212,10 @@ pub struct EnvoyConfig {
     /// closed at accept.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Envoy's heap budget (overload manager `fixed_heap`): near it, streams holding the most
+    /// buffered memory are reset, and at 95 % new requests are refused.
+    #[serde(default = "default_max_heap_bytes")]
+    pub max_heap_bytes: u64,
 }
 
 impl Default for EnvoyConfig {
@@ -223,6 +227,7 @@ impl Default for EnvoyConfig {
             request_timeout_seconds: default_request_timeout(),
             idle_timeout_seconds: default_idle_timeout(),
             max_connections: default_max_connections(),
+            max_heap_bytes: default_max_heap_bytes(),
         }
     }
 }
@@ -244,6 +249,9 @@ fn default_idle_timeout() -> u32 {
 }
 fn default_max_connections() -> u32 {
     10_000
+}
+fn default_max_heap_bytes() -> u64 {
+    1 << 30
 }
 
 /// A route in the shape of Pomerium's: `from` (+ `prefix`) is what clients use, `to` the upstream.
@@ -401,6 +409,12 @@ impl Config {
                     format!("must be between 1 and {max}"),
                 ));
             }
+        }
+        if e.max_heap_bytes < 64 << 20 {
+            return Err(ConfigError::new(
+                "envoy.max_heap_bytes",
+                "must be at least 67108864 (64 MiB): Envoy itself needs that much",
+            ));
         }
         if e.request_headers_timeout_seconds > e.request_timeout_seconds {
             return Err(ConfigError::new(

@@ -163,8 +163,14 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
     // The connection limit below must never lock the operator out of the admin interface.
     let _ = writeln!(w, "  ignore_global_conn_limit: true");
     // Overload manager: a cap on downstream connections, so a flood of sockets cannot exhaust
-    // file descriptors or memory (each connection may buffer up to a body limit).
-    let _ = writeln!(w, "overload_manager:\n  resource_monitors:\n  - name: envoy.resource_monitors.global_downstream_max_connections\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig\n      max_active_downstream_connections: {}", input.envoy.max_connections);
+    // file descriptors, and a heap budget: each connection (each HTTP/2 stream) may buffer up
+    // to a body limit, so near the budget the streams holding the most are reset, and close
+    // to it no new request is taken.
+    let _ = writeln!(w, "overload_manager:\n  refresh_interval: 0.25s\n  buffer_factory_config:\n    minimum_account_to_track_power_of_two: 20");
+    let _ = writeln!(w, "  actions:\n  - name: envoy.overload_actions.reset_high_memory_stream\n    triggers:\n    - name: envoy.resource_monitors.fixed_heap\n      scaled: {{ scaling_threshold: 0.85, saturation_threshold: 0.95 }}");
+    let _ = writeln!(w, "  - name: envoy.overload_actions.stop_accepting_requests\n    triggers:\n    - name: envoy.resource_monitors.fixed_heap\n      threshold: {{ value: 0.95 }}");
+    let _ = writeln!(w, "  resource_monitors:\n  - name: envoy.resource_monitors.fixed_heap\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig\n      max_heap_size_bytes: {}", input.envoy.max_heap_bytes);
+    let _ = writeln!(w, "  - name: envoy.resource_monitors.global_downstream_max_connections\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig\n      max_active_downstream_connections: {}", input.envoy.max_connections);
     let _ = writeln!(w, "static_resources:\n  listeners:\n  - name: mcp\n    address:\n      socket_address: {{ address: {}, port_value: {} }}", input.envoy.listen.ip(), input.envoy.listen.port());
     // The filter buffers POST bodies up to each route's limit; Envoy must allow that much
     // (plus headroom for headers) or it would answer 413 itself, without the JSON-RPC error.
@@ -202,9 +208,11 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
         "          request_headers_timeout: {}s\n          request_timeout: {}s",
         input.envoy.request_headers_timeout_seconds, input.envoy.request_timeout_seconds
     );
+    // `Mcp_Session_Id` is `Mcp-Session-Id` to CGI/WSGI-style servers: no header with '_' gets
+    // past Envoy (the filter refuses the ones it reads in any bootstrap).
     let _ = writeln!(
         w,
-        "          common_http_protocol_options: {{ idle_timeout: {}s }}",
+        "          common_http_protocol_options: {{ idle_timeout: {}s, headers_with_underscores_action: REJECT_REQUEST }}",
         input.envoy.idle_timeout_seconds
     );
     let _ = writeln!(
@@ -388,7 +396,9 @@ mod tests {
         for expected in [
             "request_headers_timeout: 10s",
             "request_timeout: 60s",
-            "common_http_protocol_options: { idle_timeout: 60s }",
+            "common_http_protocol_options: { idle_timeout: 60s, headers_with_underscores_action: REJECT_REQUEST }",
+            "max_heap_size_bytes: 1073741824",
+            "envoy.overload_actions.reset_high_memory_stream",
             "max_active_downstream_connections: 10000",
             "ignore_global_conn_limit: true",
             "max_concurrent_streams: 100",
@@ -404,7 +414,7 @@ mod tests {
         input.envoy.idle_timeout_seconds = 7;
         input.envoy.max_connections = 3;
         let yaml = render(&input).unwrap();
-        assert!(yaml.contains("idle_timeout: 7s }"));
+        assert!(yaml.contains("idle_timeout: 7s,"));
         assert!(yaml.contains("max_active_downstream_connections: 3"));
     }
 
