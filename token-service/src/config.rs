@@ -483,17 +483,22 @@ impl Config {
             }
         }
 
+        self.validate_listeners()?;
+
         let mut names = BTreeSet::new();
         let mut resources = BTreeSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
-            if r.name.is_empty() {
-                return Err(ConfigError::new(format!("{at}.name"), "must not be empty"));
-            }
-            if !names.insert(r.name.as_str()) {
+            validate_route_name(&r.name).map_err(|m| ConfigError::new(format!("{at}.name"), m))?;
+            // Envoy names the route `mcp-warden:<name>` and logs show the name: two names that
+            // differ only by case would be told apart by Envoy but not by people.
+            if !names.insert(r.name.to_lowercase()) {
                 return Err(ConfigError::new(
                     format!("{at}.name"),
-                    "duplicate route name",
+                    format!(
+                        "duplicate route name {:?} (names are compared ignoring case)",
+                        r.name
+                    ),
                 ));
             }
             let from = Url::parse(&r.from)
@@ -568,6 +573,39 @@ impl Config {
         Ok(())
     }
 
+    /// Every socket the deployment binds, with the field that sets it. A new listener is one
+    /// line here, and is then checked against all the others.
+    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        vec![
+            ("envoy.listen", self.envoy.listen),
+            ("envoy.admin", self.envoy.admin),
+            (
+                "authorization_server.listen",
+                self.authorization_server.listen,
+            ),
+        ]
+    }
+
+    /// Two listeners on one address cannot both start (the second fails to bind, or worse,
+    /// one answers for the other), so each needs its own.
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let listeners = self.listeners();
+        for (i, (field, addr)) in listeners.iter().enumerate() {
+            if let Some((other, other_addr)) = listeners[..i]
+                .iter()
+                .find(|(_, a)| addresses_collide(*a, *addr))
+            {
+                return Err(ConfigError::new(
+                    *field,
+                    format!(
+                        "{addr} collides with {other} ({other_addr}): every listener needs its own address and port"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Where the signing key lives: configured, or next to the SQLite database.
     pub fn signing_key_file(&self) -> PathBuf {
         match self
@@ -619,6 +657,46 @@ impl Config {
     pub fn client(&self, client_id: &str) -> Option<&ClientConfig> {
         self.clients.iter().find(|c| c.client_id == client_id)
     }
+}
+
+/// Whether binding `a` and `b` at once would fail: same port, and the same address or a
+/// wildcard on either side (a wildcard takes the port on every address; on Linux `[::]`
+/// takes IPv4 too). Port 0 asks the kernel for a free port and never collides.
+fn addresses_collide(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let (ia, ib) = (a.ip().to_canonical(), b.ip().to_canonical());
+    ia == ib || ia.is_unspecified() || ib.is_unspecified()
+}
+
+/// Route names reach Envoy's config, logs and the RFC 9728 `resource_name`: they must read
+/// the same to people as to machines.
+fn validate_route_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.chars().count() > 128 {
+        return Err("must be at most 128 characters".into());
+    }
+    if name.trim() != name {
+        return Err("must not start or end with whitespace".into());
+    }
+    if name.chars().any(is_invisible) {
+        return Err("must not contain control or invisible characters".into());
+    }
+    Ok(())
+}
+
+/// Control characters and the format characters that render as nothing (zero-width space,
+/// joiners, bidi controls, BOM, soft hyphen).
+fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+            | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// RFC 6749 §3.3 scope-token characters.
