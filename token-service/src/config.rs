@@ -42,8 +42,14 @@ pub struct AuthorizationServerConfig {
     pub listen: SocketAddr,
     #[serde(default = "default_access_ttl")]
     pub access_token_ttl_seconds: u64,
+    /// Absolute lifetime of a refresh-token family, counted from the code exchange;
+    /// rotation does not extend it.
     #[serde(default = "default_refresh_ttl")]
     pub refresh_token_ttl_seconds: u64,
+    /// Optional idle timeout: a refresh token unused this long stops working, even inside
+    /// the family's lifetime.
+    #[serde(default)]
+    pub refresh_token_idle_seconds: Option<u64>,
     #[serde(default)]
     pub signing_key: Option<SigningKeyConfig>,
 }
@@ -377,6 +383,12 @@ impl Config {
             return Err(ConfigError::new(
                 "authorization_server.refresh_token_ttl_seconds",
                 "must be greater than 0",
+            ));
+        }
+        if a.refresh_token_idle_seconds == Some(0) {
+            return Err(ConfigError::new(
+                "authorization_server.refresh_token_idle_seconds",
+                "must be greater than 0 (leave it out for no idle timeout)",
             ));
         }
         let e = &self.envoy;

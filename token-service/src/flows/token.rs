@@ -241,7 +241,7 @@ fn authorization_code(
     };
     let refresh = client
         .allows_grant("refresh_token")
-        .then(|| new_refresh_token(ctx, &grant.id));
+        .then(|| new_refresh_token(ctx, &grant));
     ctx.store
         .insert_grant(&code_hash, &grant, refresh.as_ref().map(|(_, r)| r))?;
     tracing::info!(client_id = %client.client_id, sub = %user.email, aud = %grant.resource, "authorization code redeemed");
@@ -287,7 +287,14 @@ fn refresh(
         tracing::warn!(client_id = %client.client_id, "rotated-out refresh token replayed; grant revoked");
         return Err(Error::invalid_grant("refresh token was already used"));
     }
-    if token.expires_at <= ctx.now {
+    // The stored expiry and the one the current config gives, whichever comes first: the
+    // family's lifetime counts from the code exchange, whatever rotations happened since.
+    let expires_at = token.expires_at.min(refresh_token_expiry(
+        ctx.config,
+        grant.created_at,
+        token.created_at,
+    ));
+    if expires_at <= ctx.now {
         return Err(Error::invalid_grant("refresh token expired"));
     }
     if let Some(r) = params.get("resource") {
@@ -315,7 +322,7 @@ fn refresh(
         ctx.store.revoke_grant(&grant.id, ctx.now)?;
         return Err(Error::invalid_grant("user no longer exists"));
     };
-    let (new_token, new_record) = new_refresh_token(ctx, &grant.id);
+    let (new_token, new_record) = new_refresh_token(ctx, &grant);
     if !ctx
         .store
         .rotate_refresh_token(&token_hash, &new_record, ctx.now)?
@@ -327,16 +334,28 @@ fn refresh(
     respond(ctx, user, &grant, &scope, Some(new_token))
 }
 
-fn new_refresh_token(ctx: &TokenContext<'_>, grant_id: &str) -> (String, RefreshToken) {
+fn new_refresh_token(ctx: &TokenContext<'_>, grant: &Grant) -> (String, RefreshToken) {
     let token = random_token();
     let record = RefreshToken {
         token_hash: hash_secret(&token),
-        grant_id: grant_id.to_owned(),
+        grant_id: grant.id.clone(),
         created_at: ctx.now,
-        expires_at: ctx.now + ttl(ctx.config.authorization_server.refresh_token_ttl_seconds),
+        expires_at: refresh_token_expiry(ctx.config, grant.created_at, ctx.now),
         used: false,
     };
     (token, record)
+}
+
+/// When a refresh token issued at `issued_at` stops working: the end of its family's
+/// absolute lifetime (from `family_start`, the code exchange) or, with an idle timeout,
+/// `issued_at` plus that timeout, whichever comes first.
+pub fn refresh_token_expiry(config: &Config, family_start: i64, issued_at: i64) -> i64 {
+    let a = &config.authorization_server;
+    let family_end = family_start.saturating_add(ttl(a.refresh_token_ttl_seconds));
+    match a.refresh_token_idle_seconds {
+        Some(idle) => family_end.min(issued_at.saturating_add(ttl(idle))),
+        None => family_end,
+    }
 }
 
 fn ttl(secs: u64) -> i64 {
