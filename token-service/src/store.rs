@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use anyhow::Context;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TokenEndpointAuthMethod;
@@ -71,12 +71,22 @@ pub struct AuthCode {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CodeLookup {
-    /// First use: the code is now marked used.
+    /// Not redeemed yet (redeeming is `Store::redeem_code`).
     Fresh(AuthCode),
     /// Already redeemed; `grant_id` names what it produced so it can be revoked.
     Reused {
         grant_id: Option<String>,
     },
+    Missing,
+}
+
+/// What became of a code presented for redemption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redemption {
+    /// This presentation redeemed it.
+    Redeemed,
+    /// Another presentation redeemed it first; what that one produced is now revoked.
+    Replayed,
     Missing,
 }
 
@@ -141,22 +151,25 @@ pub trait Store: Send + Sync + 'static {
     fn clear_account_failures(&self, account: &str) -> anyhow::Result<()>;
 
     fn insert_code(&self, code_hash: &str, code: &AuthCode) -> anyhow::Result<()>;
-    /// Atomically marks the code used and returns it, or reports reuse.
-    fn take_code(&self, code_hash: &str) -> anyhow::Result<CodeLookup>;
-    /// Records the grant a code produced and its first refresh token, in one transaction.
-    fn insert_grant(
+    /// The code and whether it was redeemed; changes nothing.
+    fn code(&self, code_hash: &str) -> anyhow::Result<CodeLookup>;
+    /// Redeems a code in one transaction: marks it used and records what it produced, the
+    /// grant and its first refresh token (`None` burns the code after a failed check). A
+    /// code already used issues nothing, and the grant it produced is revoked in the same
+    /// transaction, so no presentation can slip between "used" and "what it produced".
+    fn redeem_code(
         &self,
         code_hash: &str,
-        grant: &Grant,
-        refresh: Option<&RefreshToken>,
-    ) -> anyhow::Result<()>;
+        issued: Option<(&Grant, Option<&RefreshToken>)>,
+        now: i64,
+    ) -> anyhow::Result<Redemption>;
     fn grant(&self, id: &str) -> anyhow::Result<Option<Grant>>;
     /// Revokes a grant: every refresh token of its family stops working.
     fn revoke_grant(&self, id: &str, now: i64) -> anyhow::Result<()>;
 
     fn refresh_token(&self, token_hash: &str) -> anyhow::Result<Option<RefreshToken>>;
     /// Marks `old_hash` used and inserts `new` atomically; false when `old_hash` was
-    /// already used (a concurrent or replayed rotation).
+    /// already used (a concurrent or replayed rotation) or its grant was revoked meanwhile.
     fn rotate_refresh_token(
         &self,
         old_hash: &str,
@@ -488,55 +501,76 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn take_code(&self, code_hash: &str) -> anyhow::Result<CodeLookup> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        let row: Option<(String, bool, Option<String>)> = tx
+    fn code(&self, code_hash: &str) -> anyhow::Result<CodeLookup> {
+        let row: Option<(String, bool, Option<String>)> = self
+            .conn()?
             .query_row(
                 "SELECT data, used, grant_id FROM auth_codes WHERE code_hash = ?1",
                 [code_hash],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        let out = match row {
+        Ok(match row {
             None => CodeLookup::Missing,
             Some((_, true, grant_id)) => CodeLookup::Reused { grant_id },
-            Some((data, false, _)) => {
+            Some((data, false, _)) => CodeLookup::Fresh(serde_json::from_str(&data)?),
+        })
+    }
+
+    fn redeem_code(
+        &self,
+        code_hash: &str,
+        issued: Option<(&Grant, Option<&RefreshToken>)>,
+        now: i64,
+    ) -> anyhow::Result<Redemption> {
+        let mut conn = self.conn()?;
+        // IMMEDIATE: take the write lock before reading, so two processes sharing the file
+        // cannot both read "unused".
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let row: Option<(bool, Option<String>)> = tx
+            .query_row(
+                "SELECT used, grant_id FROM auth_codes WHERE code_hash = ?1",
+                [code_hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let out = match row {
+            None => Redemption::Missing,
+            Some((true, grant_id)) => {
+                if let Some(id) = grant_id {
+                    tx.execute(
+                        "UPDATE grants SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                        params![id, now],
+                    )?;
+                }
+                Redemption::Replayed
+            }
+            Some((false, _)) => {
+                let grant_id = match issued {
+                    None => None,
+                    Some((g, refresh)) => {
+                        tx.execute(
+                            "INSERT INTO grants (id, client_id, email, sid, resource, scope, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            params![g.id, g.client_id, g.email, g.sid, g.resource, g.scope, g.created_at],
+                        )?;
+                        if let Some(r) = refresh {
+                            tx.execute(
+                                "INSERT INTO refresh_tokens (token_hash, grant_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                                params![r.token_hash, r.grant_id, r.created_at, r.expires_at],
+                            )?;
+                        }
+                        Some(g.id.as_str())
+                    }
+                };
                 tx.execute(
-                    "UPDATE auth_codes SET used = 1 WHERE code_hash = ?1",
-                    [code_hash],
+                    "UPDATE auth_codes SET used = 1, grant_id = ?2 WHERE code_hash = ?1",
+                    params![code_hash, grant_id],
                 )?;
-                CodeLookup::Fresh(serde_json::from_str(&data)?)
+                Redemption::Redeemed
             }
         };
         tx.commit()?;
         Ok(out)
-    }
-
-    fn insert_grant(
-        &self,
-        code_hash: &str,
-        g: &Grant,
-        refresh: Option<&RefreshToken>,
-    ) -> anyhow::Result<()> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO grants (id, client_id, email, sid, resource, scope, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![g.id, g.client_id, g.email, g.sid, g.resource, g.scope, g.created_at],
-        )?;
-        tx.execute(
-            "UPDATE auth_codes SET grant_id = ?1 WHERE code_hash = ?2",
-            params![g.id, code_hash],
-        )?;
-        if let Some(refresh) = refresh {
-            tx.execute(
-                "INSERT INTO refresh_tokens (token_hash, grant_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                params![refresh.token_hash, refresh.grant_id, refresh.created_at, refresh.expires_at],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
     }
 
     fn grant(&self, id: &str) -> anyhow::Result<Option<Grant>> {
@@ -584,9 +618,10 @@ impl Store for SqliteStore {
         now: i64,
     ) -> anyhow::Result<bool> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
-            "UPDATE refresh_tokens SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL",
+            "UPDATE refresh_tokens SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL
+             AND EXISTS (SELECT 1 FROM grants g WHERE g.id = refresh_tokens.grant_id AND g.revoked_at IS NULL)",
             params![old_hash, now],
         )?;
         if n != 1 {

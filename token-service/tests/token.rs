@@ -671,3 +671,59 @@ fn refresh_token_idle_seconds_of_zero_is_refused() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_raced_code_replay_always_revokes_the_winners_grant() {
+    let env = std::sync::Arc::new(TestEnv::new());
+    for i in 0..40 {
+        let code = env.code("public-app", REDIRECT).await;
+        let exchange = |env: std::sync::Arc<TestEnv>, code: String| {
+            tokio::spawn(async move { env.exchange_public("public-app", &code, REDIRECT).await })
+        };
+        let (a, b) = (
+            exchange(env.clone(), code.clone()),
+            exchange(env.clone(), code.clone()),
+        );
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        let winners: Vec<&Resp> = [&a, &b]
+            .into_iter()
+            .filter(|r| r.status == StatusCode::OK)
+            .collect();
+        assert_eq!(winners.len(), 1, "race {i}: {} / {}", a.body, b.body);
+        let loser = if a.status == StatusCode::OK { &b } else { &a };
+        assert_oauth_error(loser, StatusCode::BAD_REQUEST, "invalid_grant");
+        // Whichever came second was a replay: the winner's family is dead.
+        let rt = winners[0].json()["refresh_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let r = env.refresh_public("public-app", &rt).await;
+        assert_oauth_error(&r, StatusCode::BAD_REQUEST, "invalid_grant");
+    }
+}
+
+#[tokio::test]
+async fn a_code_presented_with_a_wrong_verifier_is_used_up() {
+    let env = TestEnv::new();
+    let code = env.code("public-app", REDIRECT).await;
+    let bad = env
+        .post_form(
+            "/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("client_id", "public-app"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                (
+                    "code_verifier",
+                    "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXX",
+                ),
+            ],
+            None,
+        )
+        .await;
+    assert_oauth_error(&bad, StatusCode::BAD_REQUEST, "invalid_grant");
+    // The right verifier comes too late: the code is spent.
+    let r = env.exchange_public("public-app", &code, REDIRECT).await;
+    assert_oauth_error(&r, StatusCode::BAD_REQUEST, "invalid_grant");
+}
