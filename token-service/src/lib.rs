@@ -99,6 +99,19 @@ impl AppState {
             .await
             .map_err(|e| error::Error::Internal(anyhow::anyhow!("blocking task failed: {e}")))?
     }
+
+    /// Checks a sign-in's password (Argon2, slow by design) off the async workers; returns
+    /// the user's email when it is right.
+    pub(crate) async fn authenticate(
+        &self,
+        email: String,
+        password: String,
+    ) -> error::Result<Option<String>> {
+        self.blocking(move |st| {
+            Ok(password::authenticate(st.config(), &email, &password).map(|u| u.email.clone()))
+        })
+        .await
+    }
 }
 
 /// The HTTP surface (README, "Token service endpoints").

@@ -143,12 +143,33 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> anyhow::Result<()>;
 
-    /// Counts a failed sign-in against an account (normalised email).
-    fn record_account_failure(&self, account: &str, now: i64) -> anyhow::Result<()>;
-    /// Failed sign-ins for an account at or after `since`.
-    fn account_failures_since(&self, account: &str, since: i64) -> anyhow::Result<u32>;
-    /// Forgets an account's failed sign-ins (after a successful one).
-    fn clear_account_failures(&self, account: &str) -> anyhow::Result<()>;
+    /// Reserves a sign-in attempt in `bucket` before its password is checked, unless the
+    /// bucket already holds `limit` failures and attempts in flight since `since`; counting
+    /// and reserving are one transaction, so parallel attempts cannot all pass. Returns
+    /// the reservation's id, or `None` when the bucket is locked.
+    fn reserve_login_attempt(
+        &self,
+        bucket: &str,
+        since: i64,
+        limit: u32,
+        now: i64,
+    ) -> anyhow::Result<Option<i64>>;
+    /// The reserved attempt failed: it now counts as a failure at `now`.
+    fn fail_login_attempt(&self, id: i64, now: i64) -> anyhow::Result<()>;
+    /// Drops a reservation (its attempt succeeded, or never reached the check); with
+    /// `clear_failures`, the bucket's failures are forgotten too.
+    fn end_login_attempt(&self, id: i64, bucket: &str, clear_failures: bool) -> anyhow::Result<()>;
+
+    /// Records a device cookie (by digest) issued to a browser that signed in as `account`.
+    fn insert_device(
+        &self,
+        secret_hash: &str,
+        account: &str,
+        expires_at: i64,
+    ) -> anyhow::Result<()>;
+    /// The account a device cookie was issued for, while it is valid.
+    fn device_account(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<String>>;
+    fn delete_device(&self, secret_hash: &str) -> anyhow::Result<()>;
 
     fn insert_code(&self, code_hash: &str, code: &AuthCode) -> anyhow::Result<()>;
     /// The code and whether it was redeemed; changes nothing.
@@ -249,6 +270,27 @@ const MIGRATIONS: &[(i64, &str)] = &[
         failed_at   INTEGER NOT NULL
     );
     CREATE INDEX login_failures_account ON login_failures(account, failed_at);
+    "#,
+    ),
+    (
+        3,
+        r#"
+    DROP TABLE login_failures;
+    -- One row per sign-in attempt: pending while its password is checked, then a failure
+    -- (successes are deleted). `bucket` is the account's untrusted-client bucket or a
+    -- device cookie's own.
+    CREATE TABLE login_attempts (
+        id          INTEGER PRIMARY KEY,
+        bucket      TEXT NOT NULL,
+        at          INTEGER NOT NULL,
+        pending     INTEGER NOT NULL
+    );
+    CREATE INDEX login_attempts_bucket ON login_attempts(bucket, at);
+    CREATE TABLE devices (
+        secret_hash TEXT PRIMARY KEY,
+        account     TEXT NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
     "#,
     ),
 ];
@@ -471,25 +513,80 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn record_account_failure(&self, account: &str, now: i64) -> anyhow::Result<()> {
+    fn reserve_login_attempt(
+        &self,
+        bucket: &str,
+        since: i64,
+        limit: u32,
+        now: i64,
+    ) -> anyhow::Result<Option<i64>> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let counted: u32 = tx.query_row(
+            "SELECT COUNT(*) FROM login_attempts WHERE bucket = ?1 AND at >= ?2",
+            params![bucket, since],
+            |r| r.get(0),
+        )?;
+        if counted >= limit {
+            return Ok(None);
+        }
+        tx.execute(
+            "INSERT INTO login_attempts (bucket, at, pending) VALUES (?1, ?2, 1)",
+            params![bucket, now],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(Some(id))
+    }
+
+    fn fail_login_attempt(&self, id: i64, now: i64) -> anyhow::Result<()> {
         self.conn()?.execute(
-            "INSERT INTO login_failures (account, failed_at) VALUES (?1, ?2)",
-            params![account, now],
+            "UPDATE login_attempts SET pending = 0, at = ?2 WHERE id = ?1",
+            params![id, now],
         )?;
         Ok(())
     }
 
-    fn account_failures_since(&self, account: &str, since: i64) -> anyhow::Result<u32> {
-        Ok(self.conn()?.query_row(
-            "SELECT COUNT(*) FROM login_failures WHERE account = ?1 AND failed_at >= ?2",
-            params![account, since],
-            |r| r.get(0),
-        )?)
+    fn end_login_attempt(&self, id: i64, bucket: &str, clear_failures: bool) -> anyhow::Result<()> {
+        let conn = self.conn()?;
+        conn.execute("DELETE FROM login_attempts WHERE id = ?1", [id])?;
+        if clear_failures {
+            // Attempts still in flight stay counted.
+            conn.execute(
+                "DELETE FROM login_attempts WHERE bucket = ?1 AND pending = 0",
+                [bucket],
+            )?;
+        }
+        Ok(())
     }
 
-    fn clear_account_failures(&self, account: &str) -> anyhow::Result<()> {
+    fn insert_device(
+        &self,
+        secret_hash: &str,
+        account: &str,
+        expires_at: i64,
+    ) -> anyhow::Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO devices (secret_hash, account, expires_at) VALUES (?1, ?2, ?3)",
+            params![secret_hash, account, expires_at],
+        )?;
+        Ok(())
+    }
+
+    fn device_account(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT account FROM devices WHERE secret_hash = ?1 AND expires_at > ?2",
+                params![secret_hash, now],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn delete_device(&self, secret_hash: &str) -> anyhow::Result<()> {
         self.conn()?
-            .execute("DELETE FROM login_failures WHERE account = ?1", [account])?;
+            .execute("DELETE FROM devices WHERE secret_hash = ?1", [secret_hash])?;
         Ok(())
     }
 
@@ -643,10 +740,10 @@ impl Store for SqliteStore {
         conn.execute("DELETE FROM pending_flows WHERE expires_at <= ?1", [now])?;
         conn.execute("DELETE FROM auth_codes WHERE expires_at <= ?1", [now - DAY])?;
         conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
-        conn.execute(
-            "DELETE FROM login_failures WHERE failed_at <= ?1",
-            [now - DAY],
-        )?;
+        // Attempts older than a day are outside every throttle window (pending ones too:
+        // a check that never finished, say a crash, stops counting with its window).
+        conn.execute("DELETE FROM login_attempts WHERE at <= ?1", [now - DAY])?;
+        conn.execute("DELETE FROM devices WHERE expires_at <= ?1", [now])?;
         conn.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
         conn.execute(
             "DELETE FROM grants WHERE created_at <= ?1
