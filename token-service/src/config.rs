@@ -52,6 +52,10 @@ pub struct AuthorizationServerConfig {
     pub refresh_token_idle_seconds: Option<u64>,
     #[serde(default)]
     pub signing_key: Option<SigningKeyConfig>,
+    /// Argon2 password checks running at once (each holds its memory cost, 19 MiB with the
+    /// default parameters); default: the number of CPUs, at most 4.
+    #[serde(default)]
+    pub max_concurrent_password_checks: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -319,6 +323,9 @@ fn default_sqlite() -> PathBuf {
     PathBuf::from("var/warden.db")
 }
 
+/// Upper bound for `max_concurrent_password_checks` (64 × 19 MiB is already 1.2 GiB).
+pub const MAX_CONCURRENT_PASSWORD_CHECKS: usize = 64;
+
 /// A configuration error that names the offending field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -419,6 +426,14 @@ impl Config {
                 "envoy.request_headers_timeout_seconds",
                 "must not exceed envoy.request_timeout_seconds (the headers are part of the request)",
             ));
+        }
+        if let Some(n) = a.max_concurrent_password_checks {
+            if !(1..=MAX_CONCURRENT_PASSWORD_CHECKS).contains(&n) {
+                return Err(ConfigError::new(
+                    "authorization_server.max_concurrent_password_checks",
+                    format!("must be between 1 and {MAX_CONCURRENT_PASSWORD_CHECKS}"),
+                ));
+            }
         }
         if self.storage.sqlite.as_os_str().is_empty() {
             return Err(ConfigError::new("storage.sqlite", "must not be empty"));
@@ -616,6 +631,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// How many Argon2 checks may run at once: configured, or the CPUs (at most 4).
+    pub fn password_check_concurrency(&self) -> usize {
+        self.authorization_server
+            .max_concurrent_password_checks
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+                    .min(4)
+            })
     }
 
     /// Where the signing key lives: configured, or next to the SQLite database.

@@ -22,6 +22,14 @@ pub enum Error {
         status: StatusCode,
         message: String,
     },
+    /// Refused for now (`429`, `503`) with `Retry-After`: OAuth JSON, or a page for a browser.
+    RetryLater {
+        status: StatusCode,
+        error: &'static str,
+        description: String,
+        retry_after: u64,
+        page: bool,
+    },
     Internal(anyhow::Error),
 }
 
@@ -84,6 +92,9 @@ impl std::fmt::Display for Error {
             } => write!(f, "{error}: {description}"),
             Error::InvalidClient { description, .. } => write!(f, "invalid_client: {description}"),
             Error::Page { message, .. } => write!(f, "{message}"),
+            Error::RetryLater {
+                error, description, ..
+            } => write!(f, "{error}: {description}"),
             Error::Internal(e) => write!(f, "internal error: {e:#}"),
         }
     }
@@ -123,6 +134,23 @@ impl IntoResponse for Error {
             Error::Page { status, message } => {
                 tracing::info!(status = status.as_u16(), message = %message, "error page");
                 crate::html::error_page(status, &message)
+            }
+            Error::RetryLater {
+                status,
+                error,
+                description,
+                retry_after,
+                page,
+            } => {
+                tracing::info!(status = status.as_u16(), error, description = %description, "refused for now");
+                let mut resp = if page {
+                    crate::html::error_page(status, &description)
+                } else {
+                    oauth_json(status, error, &description)
+                };
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                resp
             }
             Error::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "internal error");

@@ -38,6 +38,27 @@ struct Inner {
     store: Arc<dyn Store>,
     keys: Arc<SigningKey>,
     clock: Clock,
+    password_checks: Arc<PasswordChecks>,
+}
+
+/// Bounds Argon2 work: each check holds its memory cost (19 MiB with the default
+/// parameters) while it runs, so peak memory is `running` × that, by design. Checks beyond
+/// `running` wait in a queue of `QUEUED_PASSWORD_CHECKS`; beyond that they are refused.
+struct PasswordChecks {
+    admitted: tokio::sync::Semaphore,
+    running: tokio::sync::Semaphore,
+}
+
+/// Sign-ins that may wait for a password check per check slot.
+const QUEUED_PASSWORD_CHECKS: usize = 16;
+
+impl PasswordChecks {
+    fn new(running: usize) -> Self {
+        Self {
+            admitted: tokio::sync::Semaphore::new(running * (1 + QUEUED_PASSWORD_CHECKS)),
+            running: tokio::sync::Semaphore::new(running),
+        }
+    }
 }
 
 impl AppState {
@@ -50,12 +71,14 @@ impl AppState {
     }
 
     pub fn from_parts(config: Config, store: Arc<dyn Store>, keys: SigningKey) -> Self {
+        let password_checks = Arc::new(PasswordChecks::new(config.password_check_concurrency()));
         Self {
             inner: Arc::new(Inner {
                 config,
                 store,
                 keys: Arc::new(keys),
                 clock: Arc::new(flows::now_unix),
+                password_checks,
             }),
         }
     }
@@ -68,6 +91,7 @@ impl AppState {
                 store: self.inner.store.clone(),
                 keys: self.inner.keys.clone(),
                 clock,
+                password_checks: self.inner.password_checks.clone(),
             }),
         }
     }
@@ -100,17 +124,49 @@ impl AppState {
             .map_err(|e| error::Error::Internal(anyhow::anyhow!("blocking task failed: {e}")))?
     }
 
-    /// Checks a sign-in's password (Argon2, slow by design) off the async workers; returns
-    /// the user's email when it is right.
+    /// Checks a sign-in's password (Argon2, slow by design) off the async workers, at most
+    /// `max_concurrent_password_checks` at once; returns the user's email when it is right.
+    /// When the queue is full the sign-in is refused with 503 rather than piling up.
     pub(crate) async fn authenticate(
         &self,
         email: String,
         password: String,
     ) -> error::Result<Option<String>> {
+        let gate = &self.inner.password_checks;
+        let Ok(_admitted) = gate.admitted.try_acquire() else {
+            tracing::warn!("sign-in refused: too many password checks waiting");
+            return Err(error::Error::RetryLater {
+                status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                error: "temporarily_unavailable",
+                description: "The sign-in service is busy. Try again in a moment.".into(),
+                retry_after: 1,
+                page: true,
+            });
+        };
+        let _running = gate
+            .running
+            .acquire()
+            .await
+            .map_err(|e| error::Error::Internal(anyhow::anyhow!("password check gate: {e}")))?;
         self.blocking(move |st| {
             Ok(password::authenticate(st.config(), &email, &password).map(|u| u.email.clone()))
         })
         .await
+    }
+}
+
+/// Makes glibc give large buffers back. Argon2 allocates its whole memory cost (19 MiB by
+/// default) per check; glibc raises its mmap threshold after such a buffer is freed and then
+/// serves the next one from a per-thread arena, which keeps it. With many blocking-pool
+/// threads that grew the service past 1 GB. A fixed 1 MiB threshold keeps big buffers
+/// mmapped (returned to the OS on free), and fewer arenas bound fragmentation. Call it once,
+/// first thing in `main`, before threads start.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

@@ -267,3 +267,55 @@ async fn unknown_and_known_emails_get_the_same_answers_and_the_same_throttle() {
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn password_checks_beyond_the_queue_are_refused_with_503_not_piled_up() {
+    // One check at a time, each a default-cost Argon2 (19 MiB): 17 may be admitted (1
+    // running + 16 queued); a burst of 60 finds the queue full.
+    let env = Arc::new(TestEnv::with(|d| {
+        config_yaml(d, "", "ES256")
+            .replace(&cheap_hash(PASSWORD), &hash_with(PASSWORD, 19456, 2))
+            .replace(
+                "refresh_token_ttl_seconds: 3600",
+                "refresh_token_ttl_seconds: 3600\n  max_concurrent_password_checks: 1",
+            )
+    }));
+    let mut forms = Vec::new();
+    for _ in 0..60 {
+        forms.push(form(&env).await);
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(forms.len()));
+    let tasks: Vec<_> = forms
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let (env, barrier) = (env.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                // Distinct unknown accounts: the per-account throttle stays out of the way.
+                login_as(&env, &f, &format!("user{i}@example.com"), "x", None).await
+            })
+        })
+        .collect();
+    let (mut checked, mut busy) = (0, Vec::new());
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap();
+        match r.status {
+            StatusCode::UNAUTHORIZED => checked += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(r.header("retry-after"), "1");
+                busy.push(i);
+            }
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    assert!(checked >= 17, "{checked} checked, {} busy", busy.len());
+    assert!(!busy.is_empty(), "{checked} checked, none busy");
+    // A refused attempt never counted as a failure: that account still gets 5 checks.
+    let email = format!("user{}@example.com", busy[0]);
+    for i in 0..5 {
+        let f = form(&env).await;
+        let r = login_as(&env, &f, &email, &format!("again {i}"), None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "guess {i}");
+    }
+}
