@@ -56,6 +56,116 @@ pub struct AuthorizationServerConfig {
     /// default parameters); default: the number of CPUs, at most 4.
     #[serde(default)]
     pub max_concurrent_password_checks: Option<usize>,
+    /// Dynamic Client Registration (`POST /register`): who may register, how fast, how much.
+    #[serde(default, deserialize_with = "deserialize_registration")]
+    pub registration: RegistrationConfig,
+}
+
+/// Who may use `POST /register`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationMode {
+    /// Anyone may register (MCP clients expect this), within the limits below.
+    #[default]
+    Open,
+    /// No registration: only pre-registered clients.
+    Closed,
+    /// Only with `Authorization: Bearer <initial access token>` (RFC 7591 §3).
+    InitialAccessToken,
+}
+
+/// `authorization_server.registration`: a mode (`registration: closed`) or a mapping.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationConfig {
+    #[serde(default)]
+    pub mode: RegistrationMode,
+    /// The initial access token, inline or (`initial_access_token_file`) read at load.
+    #[serde(default)]
+    pub initial_access_token: Option<String>,
+    #[serde(default)]
+    pub initial_access_token_file: Option<PathBuf>,
+    /// Registrations per minute from one client address (IPv6: per /64), as a burst of
+    /// this many that refills evenly over the minute.
+    #[serde(default = "default_registrations_per_minute")]
+    pub rate_limit_per_minute: u32,
+    #[serde(default = "default_max_redirect_uris")]
+    pub max_redirect_uris: usize,
+    /// Largest registration request body.
+    #[serde(default = "default_max_metadata_bytes")]
+    pub max_metadata_bytes: usize,
+    /// Registered clients that have not obtained a grant yet, at most; further
+    /// registrations wait until some expire.
+    #[serde(default = "default_max_unused_clients")]
+    pub max_unused_clients: u64,
+    /// A registered client that never obtained a grant is deleted after this long.
+    #[serde(default = "default_unused_client_ttl")]
+    pub unused_client_ttl_seconds: u64,
+    /// A client whose grants have all ended is deleted after this long.
+    #[serde(default = "default_idle_client_ttl")]
+    pub idle_client_ttl_seconds: u64,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self {
+            mode: RegistrationMode::default(),
+            initial_access_token: None,
+            initial_access_token_file: None,
+            rate_limit_per_minute: default_registrations_per_minute(),
+            max_redirect_uris: default_max_redirect_uris(),
+            max_metadata_bytes: default_max_metadata_bytes(),
+            max_unused_clients: default_max_unused_clients(),
+            unused_client_ttl_seconds: default_unused_client_ttl(),
+            idle_client_ttl_seconds: default_idle_client_ttl(),
+        }
+    }
+}
+
+impl fmt::Debug for RegistrationConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token stays out of any debug output.
+        f.debug_struct("RegistrationConfig")
+            .field("mode", &self.mode)
+            .field(
+                "initial_access_token",
+                &self.initial_access_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("initial_access_token_file", &self.initial_access_token_file)
+            .field("rate_limit_per_minute", &self.rate_limit_per_minute)
+            .field("max_redirect_uris", &self.max_redirect_uris)
+            .field("max_metadata_bytes", &self.max_metadata_bytes)
+            .field("max_unused_clients", &self.max_unused_clients)
+            .field("unused_client_ttl_seconds", &self.unused_client_ttl_seconds)
+            .field("idle_client_ttl_seconds", &self.idle_client_ttl_seconds)
+            .finish()
+    }
+}
+
+/// Reads `registration: <mode>` as shorthand for `registration: {mode: <mode>}`, and a
+/// mapping as itself (unknown keys still refused, errors still naming the field).
+fn deserialize_registration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<RegistrationConfig, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = RegistrationConfig;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("open, closed, initial_access_token, or a mapping with `mode`")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            let mode =
+                RegistrationMode::deserialize(serde::de::value::StrDeserializer::<E>::new(v))?;
+            Ok(RegistrationConfig {
+                mode,
+                ..RegistrationConfig::default()
+            })
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            RegistrationConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -319,8 +429,146 @@ fn default_access_ttl() -> u64 {
 fn default_refresh_ttl() -> u64 {
     30 * 24 * 3600
 }
+fn default_registrations_per_minute() -> u32 {
+    10
+}
+fn default_max_redirect_uris() -> usize {
+    10
+}
+fn default_max_metadata_bytes() -> usize {
+    4096
+}
+fn default_max_unused_clients() -> u64 {
+    10_000
+}
+fn default_unused_client_ttl() -> u64 {
+    86_400
+}
+fn default_idle_client_ttl() -> u64 {
+    30 * 86_400
+}
 fn default_sqlite() -> PathBuf {
     PathBuf::from("var/warden.db")
+}
+
+/// Hard limits for the registration settings.
+pub const MAX_REDIRECT_URIS: usize = 20;
+pub const MAX_METADATA_BYTES: usize = 65_536;
+const MIN_METADATA_BYTES: usize = 512;
+const MIN_INITIAL_ACCESS_TOKEN_LEN: usize = 16;
+
+impl RegistrationConfig {
+    /// Reads `initial_access_token_file` into `initial_access_token` (trailing line end
+    /// dropped), so a missing or unreadable file fails at load, naming the field.
+    fn read_token_file(&mut self) -> Result<(), ConfigError> {
+        const AT: &str = "authorization_server.registration";
+        let Some(path) = &self.initial_access_token_file else {
+            return Ok(());
+        };
+        if self.initial_access_token.is_some() {
+            return Err(ConfigError::new(
+                format!("{AT}.initial_access_token_file"),
+                "set initial_access_token or initial_access_token_file, not both",
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                format!("{AT}.initial_access_token_file"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let token = text.strip_suffix('\n').unwrap_or(&text);
+        let token = token.strip_suffix('\r').unwrap_or(token);
+        self.initial_access_token = Some(token.to_owned());
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        const AT: &str = "authorization_server.registration";
+        let field = |name: &str| format!("{AT}.{name}");
+        let token_field = if self.initial_access_token_file.is_some() {
+            field("initial_access_token_file")
+        } else {
+            field("initial_access_token")
+        };
+        match (&self.mode, &self.initial_access_token) {
+            (RegistrationMode::InitialAccessToken, None) => {
+                return Err(ConfigError::new(
+                    field("initial_access_token"),
+                    "required with mode initial_access_token (or initial_access_token_file)",
+                ))
+            }
+            (RegistrationMode::InitialAccessToken, Some(t)) => {
+                if t.len() < MIN_INITIAL_ACCESS_TOKEN_LEN {
+                    return Err(ConfigError::new(
+                        token_field,
+                        format!("must be at least {MIN_INITIAL_ACCESS_TOKEN_LEN} characters"),
+                    ));
+                }
+                // RFC 6750 b64token: what a client can send after `Bearer `.
+                let body = t.trim_end_matches('=');
+                if body.is_empty()
+                    || !body
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+                {
+                    return Err(ConfigError::new(
+                        token_field,
+                        "must be a bearer token: letters, digits and - . _ ~ + / (then = padding)",
+                    ));
+                }
+            }
+            (_, Some(_)) => {
+                return Err(ConfigError::new(
+                    token_field,
+                    "is used only with mode initial_access_token",
+                ))
+            }
+            (_, None) => {}
+        }
+        let check = |name: &str, value: u64, min: u64, max: u64| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::new(
+                    field(name),
+                    format!("must be between {min} and {max}"),
+                ))
+            }
+        };
+        check(
+            "rate_limit_per_minute",
+            u64::from(self.rate_limit_per_minute),
+            1,
+            10_000,
+        )?;
+        check(
+            "max_redirect_uris",
+            self.max_redirect_uris as u64,
+            1,
+            MAX_REDIRECT_URIS as u64,
+        )?;
+        check(
+            "max_metadata_bytes",
+            self.max_metadata_bytes as u64,
+            MIN_METADATA_BYTES as u64,
+            MAX_METADATA_BYTES as u64,
+        )?;
+        check("max_unused_clients", self.max_unused_clients, 1, 1_000_000)?;
+        check(
+            "unused_client_ttl_seconds",
+            self.unused_client_ttl_seconds,
+            1,
+            i64::MAX as u64 / 2,
+        )?;
+        check(
+            "idle_client_ttl_seconds",
+            self.idle_client_ttl_seconds,
+            1,
+            i64::MAX as u64 / 2,
+        )?;
+        Ok(())
+    }
 }
 
 /// Upper bound for `max_concurrent_password_checks` (64 × 19 MiB is already 1.2 GiB).
@@ -358,10 +606,11 @@ impl Config {
     /// Parses and validates YAML.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
         let de = serde_yaml::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             ConfigError::new(path, e.into_inner().to_string())
         })?;
+        config.authorization_server.registration.read_token_file()?;
         config.validate()?;
         Ok(config)
     }
@@ -435,6 +684,7 @@ impl Config {
                 ));
             }
         }
+        a.registration.validate()?;
         if self.storage.sqlite.as_os_str().is_empty() {
             return Err(ConfigError::new("storage.sqlite", "must not be empty"));
         }

@@ -17,6 +17,13 @@ pub enum Error {
         description: String,
         basic: bool,
     },
+    /// A bearer token (here: the initial access token) missing or wrong: `401` with
+    /// `WWW-Authenticate: Bearer`, plus `error="invalid_token"` when one was presented
+    /// (RFC 6750 §3.1).
+    InvalidToken {
+        description: String,
+        presented: bool,
+    },
     /// An error page for the browser; used when redirecting back would be unsafe.
     Page {
         status: StatusCode,
@@ -73,6 +80,8 @@ impl Error {
         match self {
             Error::OAuth { error, .. } => Some(error),
             Error::InvalidClient { .. } => Some("invalid_client"),
+            Error::InvalidToken { .. } => Some("invalid_token"),
+            Error::RetryLater { error, .. } => Some(error),
             _ => None,
         }
     }
@@ -91,6 +100,7 @@ impl std::fmt::Display for Error {
                 error, description, ..
             } => write!(f, "{error}: {description}"),
             Error::InvalidClient { description, .. } => write!(f, "invalid_client: {description}"),
+            Error::InvalidToken { description, .. } => write!(f, "invalid_token: {description}"),
             Error::Page { message, .. } => write!(f, "{message}"),
             Error::RetryLater {
                 error, description, ..
@@ -129,6 +139,23 @@ impl IntoResponse for Error {
                         HeaderValue::from_static("Basic realm=\"token\", charset=\"UTF-8\""),
                     );
                 }
+                resp
+            }
+            Error::InvalidToken {
+                description,
+                presented,
+            } => {
+                tracing::info!(description = %description, "bearer token refused");
+                let mut resp = oauth_json(StatusCode::UNAUTHORIZED, "invalid_token", &description);
+                let challenge = if presented {
+                    "Bearer error=\"invalid_token\""
+                } else {
+                    "Bearer"
+                };
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
                 resp
             }
             Error::Page { status, message } => {

@@ -10,6 +10,7 @@ mod html;
 pub mod keys;
 pub mod listener;
 pub mod password;
+pub mod ratelimit;
 pub mod render;
 mod routes;
 pub mod store;
@@ -39,6 +40,7 @@ struct Inner {
     keys: Arc<SigningKey>,
     clock: Clock,
     password_checks: Arc<PasswordChecks>,
+    registrations: Arc<ratelimit::RateLimiter>,
 }
 
 /// Bounds Argon2 work: each check holds its memory cost (19 MiB with the default
@@ -72,6 +74,12 @@ impl AppState {
 
     pub fn from_parts(config: Config, store: Arc<dyn Store>, keys: SigningKey) -> Self {
         let password_checks = Arc::new(PasswordChecks::new(config.password_check_concurrency()));
+        let registrations = Arc::new(ratelimit::RateLimiter::new(
+            config
+                .authorization_server
+                .registration
+                .rate_limit_per_minute,
+        ));
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -79,6 +87,7 @@ impl AppState {
                 keys: Arc::new(keys),
                 clock: Arc::new(flows::now_unix),
                 password_checks,
+                registrations,
             }),
         }
     }
@@ -92,6 +101,7 @@ impl AppState {
                 keys: self.inner.keys.clone(),
                 clock,
                 password_checks: self.inner.password_checks.clone(),
+                registrations: self.inner.registrations.clone(),
             }),
         }
     }
@@ -110,6 +120,22 @@ impl AppState {
 
     pub fn now(&self) -> i64 {
         (self.inner.clock)()
+    }
+
+    /// The per-address limit on `POST /register`.
+    pub(crate) fn registration_limit(&self) -> &ratelimit::RateLimiter {
+        &self.inner.registrations
+    }
+
+    /// Deletes expired records now (the server does this every few minutes). Blocking.
+    pub fn sweep(&self) -> anyhow::Result<()> {
+        let r = &self.config().authorization_server.registration;
+        let secs = |v: u64| i64::try_from(v).unwrap_or(i64::MAX / 2);
+        let retention = store::Retention {
+            unused_client_ttl: secs(r.unused_client_ttl_seconds),
+            idle_client_ttl: secs(r.idle_client_ttl_seconds),
+        };
+        self.store().sweep(self.now(), &retention)
     }
 
     /// Runs store work (SQLite, argon2) on the blocking pool.
@@ -205,19 +231,21 @@ pub async fn serve_on_with(
     let addr = listener.local_addr()?;
     let sweeper = tokio::spawn(sweep_loop(state.clone()));
     tracing::info!(issuer = %state.config().authorization_server.issuer, "listening on http://{addr}");
+    // The listener records each request's peer address (ConnectInfo) for the
+    // per-address registration limit.
     let result = listener::serve(listener, app(state), limits, shutdown).await;
     sweeper.abort();
     Ok(result?)
 }
 
-/// Deletes expired codes, flows, sessions and refresh tokens every few minutes.
+/// Deletes expired codes, flows, sessions, refresh tokens and client registrations every
+/// few minutes.
 async fn sweep_loop(state: AppState) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
     loop {
         tick.tick().await;
         let s = state.clone();
-        let now = s.now();
-        match tokio::task::spawn_blocking(move || s.store().sweep(now)).await {
+        match tokio::task::spawn_blocking(move || s.sweep()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "sweep failed"),
             Err(e) => tracing::warn!(error = %e, "sweep task failed"),

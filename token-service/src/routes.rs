@@ -1,14 +1,17 @@
 //! HTTP handlers: parse, call into `flows`, render. No OAuth decisions are made here.
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, RawQuery, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use url::Url;
 
+use crate::config::RegistrationMode;
 use crate::error::{Error, Result};
 use crate::flows::authorize::{self, AuthorizeError, AuthorizeGrant, Params};
 use crate::flows::token::{self, ClientCredentials, TokenContext};
@@ -18,6 +21,7 @@ use crate::flows::{
 };
 use crate::flows::{consent, login};
 use crate::html;
+use crate::ratelimit::ClientKey;
 use crate::store::{FlowUser, PendingFlow, Session};
 use crate::AppState;
 
@@ -115,7 +119,7 @@ fn no_store(mut resp: Response) -> Response {
 async fn metadata(State(s): State<AppState>) -> Response {
     let c = s.config();
     let iss = &c.authorization_server.issuer;
-    Json(serde_json::json!({
+    let mut metadata = serde_json::json!({
         "issuer": iss,
         "authorization_endpoint": format!("{iss}/authorize"),
         "token_endpoint": format!("{iss}/token"),
@@ -131,8 +135,14 @@ async fn metadata(State(s): State<AppState>) -> Response {
         "authorization_response_iss_parameter_supported": true,
         "scopes_supported": c.scopes_supported(),
         "client_id_metadata_document_supported": false,
-    }))
-    .into_response()
+    });
+    // Closed registration is not advertised (RFC 8414: the endpoint is optional).
+    if c.authorization_server.registration.mode == RegistrationMode::Closed {
+        if let Some(m) = metadata.as_object_mut() {
+            m.remove("registration_endpoint");
+        }
+    }
+    Json(metadata).into_response()
 }
 
 async fn jwks(State(s): State<AppState>) -> Response {
@@ -144,13 +154,54 @@ async fn jwks(State(s): State<AppState>) -> Response {
     resp
 }
 
-async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response> {
+async fn register(
+    State(s): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
     let now = s.now();
-    let (client, body) = flows::register::register(&body, now)?;
-    s.blocking(move |st| Ok(st.store().insert_client(&client)?))
+    let limits = &s.config().authorization_server.registration;
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    flows::register::admit(limits, authorization)?;
+    // Per peer address; without one (the router driven in-process) all share one bucket.
+    let client_key = ClientKey::of(peer.map(|Extension(ConnectInfo(a))| a.ip()));
+    if let Err(retry_after) = s.registration_limit().check(client_key, now) {
+        tracing::warn!(?client_key, "registration refused: rate limit");
+        return Err(registration_later(
+            retry_after,
+            "too many registrations from this address",
+        ));
+    }
+    let (client, body) = flows::register::register(&body, now, limits)?;
+    let max_unused = limits.max_unused_clients;
+    let stored = s
+        .blocking(move |st| Ok(st.store().insert_client(&client, max_unused)?))
         .await?;
+    if !stored {
+        tracing::warn!(
+            max_unused,
+            "registration refused: too many unused registrations"
+        );
+        return Err(registration_later(
+            60,
+            "too many registrations are waiting to be used",
+        ));
+    }
     tracing::info!(client_id = %body["client_id"], "client registered");
     Ok(no_store((StatusCode::CREATED, Json(body)).into_response()))
+}
+
+fn registration_later(retry_after: u64, description: &str) -> Error {
+    Error::RetryLater {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        error: "temporarily_unavailable",
+        description: description.into(),
+        retry_after,
+        page: false,
+    }
 }
 
 fn redirect(location: &str) -> Response {

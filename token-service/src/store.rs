@@ -112,8 +112,19 @@ pub struct RefreshToken {
     pub used: bool,
 }
 
+/// How long records about registered clients are kept (`authorization_server.registration`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// A client that never obtained a grant is deleted this long after registering.
+    pub unused_client_ttl: i64,
+    /// A client is deleted once none of its grants has been alive for this long.
+    pub idle_client_ttl: i64,
+}
+
 pub trait Store: Send + Sync + 'static {
-    fn insert_client(&self, client: &StoredClient) -> anyhow::Result<()>;
+    /// Stores a DCR client unless `max_unused` registered clients are still waiting for
+    /// their first grant (then false: nothing stored).
+    fn insert_client(&self, client: &StoredClient, max_unused: u64) -> anyhow::Result<bool>;
     fn client(&self, client_id: &str) -> anyhow::Result<Option<StoredClient>>;
 
     fn insert_flow(&self, flow: &PendingFlow) -> anyhow::Result<()>;
@@ -198,8 +209,8 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> anyhow::Result<bool>;
 
-    /// Deletes expired records.
-    fn sweep(&self, now: i64) -> anyhow::Result<()>;
+    /// Deletes expired records, DCR clients included (per `retention`).
+    fn sweep(&self, now: i64, retention: &Retention) -> anyhow::Result<()>;
 }
 
 /// Ordered schema migrations; a version is applied once, recorded in `schema_migrations`.
@@ -293,6 +304,20 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     "#,
     ),
+    (
+        4,
+        r#"
+    -- When the client first obtained a grant (NULL: never), and since when none of its
+    -- grants is alive (NULL: one is, or it never had one). Registrations expire by them.
+    ALTER TABLE clients ADD COLUMN granted_at INTEGER;
+    ALTER TABLE clients ADD COLUMN idle_since INTEGER;
+    UPDATE clients SET granted_at = created_at
+        WHERE EXISTS (SELECT 1 FROM grants g WHERE g.client_id = clients.client_id)
+           OR EXISTS (SELECT 1 FROM consents c WHERE c.client_id = clients.client_id);
+    CREATE INDEX clients_unused ON clients(created_at) WHERE granted_at IS NULL;
+    CREATE INDEX grants_client ON grants(client_id);
+    "#,
+    ),
 ];
 
 pub struct SqliteStore {
@@ -333,6 +358,13 @@ impl SqliteStore {
             .map_err(|_| anyhow::anyhow!("store mutex poisoned"))
     }
 
+    /// Clients registered through DCR (for tests and diagnostics).
+    pub fn registered_clients(&self) -> anyhow::Result<u64> {
+        Ok(self
+            .conn()?
+            .query_row("SELECT COUNT(*) FROM clients", [], |r| r.get(0))?)
+    }
+
     /// Applied schema versions, ascending (for tests and diagnostics).
     pub fn schema_versions(&self) -> anyhow::Result<Vec<i64>> {
         let conn = self.conn()?;
@@ -369,6 +401,46 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Marks when DCR clients ran out of live grants, and deletes clients unused or idle for
+/// longer than `retention` allows, with their consents.
+fn sweep_clients(conn: &mut Connection, now: i64, retention: &Retention) -> anyhow::Result<()> {
+    // A grant is alive while it is not revoked and its family has a usable refresh token.
+    const LIVE_GRANT: &str =
+        "EXISTS (SELECT 1 FROM grants g JOIN refresh_tokens t ON t.grant_id = g.id
+        WHERE g.client_id = clients.client_id AND g.revoked_at IS NULL
+          AND t.used_at IS NULL AND t.expires_at > ?1)";
+    const EXPIRED: &str = "(granted_at IS NULL AND created_at <= ?1 - ?2
+          AND NOT EXISTS (SELECT 1 FROM grants g WHERE g.client_id = clients.client_id))
+        OR (idle_since IS NOT NULL AND idle_since <= ?1 - ?3)";
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        &format!(
+            "UPDATE clients SET idle_since = NULL WHERE idle_since IS NOT NULL AND {LIVE_GRANT}"
+        ),
+        [now],
+    )?;
+    tx.execute(
+        &format!(
+            "UPDATE clients SET idle_since = ?1
+             WHERE granted_at IS NOT NULL AND idle_since IS NULL AND NOT {LIVE_GRANT}"
+        ),
+        [now],
+    )?;
+    let ttls = params![now, retention.unused_client_ttl, retention.idle_client_ttl];
+    tx.execute(
+        &format!(
+            "DELETE FROM consents WHERE client_id IN (SELECT client_id FROM clients WHERE {EXPIRED})"
+        ),
+        ttls,
+    )?;
+    let deleted = tx.execute(&format!("DELETE FROM clients WHERE {EXPIRED}"), ttls)?;
+    tx.commit()?;
+    if deleted > 0 {
+        tracing::info!(deleted, "expired client registrations deleted");
+    }
+    Ok(())
+}
+
 fn grant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
     Ok(Grant {
         id: r.get(0)?,
@@ -383,8 +455,18 @@ fn grant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
 }
 
 impl Store for SqliteStore {
-    fn insert_client(&self, client: &StoredClient) -> anyhow::Result<()> {
-        self.conn()?.execute(
+    fn insert_client(&self, client: &StoredClient, max_unused: u64) -> anyhow::Result<bool> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let unused: u64 = tx.query_row(
+            "SELECT COUNT(*) FROM clients WHERE granted_at IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        if unused >= max_unused {
+            return Ok(false);
+        }
+        tx.execute(
             "INSERT INTO clients (client_id, metadata, created_at) VALUES (?1, ?2, ?3)",
             params![
                 client.client_id,
@@ -392,7 +474,8 @@ impl Store for SqliteStore {
                 client.created_at
             ],
         )?;
-        Ok(())
+        tx.commit()?;
+        Ok(true)
     }
 
     fn client(&self, client_id: &str) -> anyhow::Result<Option<StoredClient>> {
@@ -656,6 +739,12 @@ impl Store for SqliteStore {
                                 params![r.token_hash, r.grant_id, r.created_at, r.expires_at],
                             )?;
                         }
+                        // A DCR client with a grant is in use: not expired as unused.
+                        tx.execute(
+                            "UPDATE clients SET granted_at = COALESCE(granted_at, ?2), idle_since = NULL
+                             WHERE client_id = ?1",
+                            params![g.client_id, now],
+                        )?;
                         Some(g.id.as_str())
                     }
                 };
@@ -732,11 +821,12 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
-    fn sweep(&self, now: i64) -> anyhow::Result<()> {
+    fn sweep(&self, now: i64, retention: &Retention) -> anyhow::Result<()> {
         // Redeemed codes and rotated-out refresh tokens are kept until they expire so that
         // a replay inside their lifetime is still recognised (and revokes the family).
         const DAY: i64 = 86_400;
-        let conn = self.conn()?;
+        let mut conn = self.conn()?;
+        sweep_clients(&mut conn, now, retention)?;
         conn.execute("DELETE FROM pending_flows WHERE expires_at <= ?1", [now])?;
         conn.execute("DELETE FROM auth_codes WHERE expires_at <= ?1", [now - DAY])?;
         conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
