@@ -838,6 +838,12 @@ impl Config {
                     "only http upstreams are supported so far (TLS to upstreams is not built yet)",
                 ));
             }
+            if let Some((field, addr)) = self.listener_behind(&r.to) {
+                return Err(ConfigError::new(
+                    format!("{at}.to"),
+                    format!("points at {field} ({addr}): an upstream cannot be one of this deployment's own listeners"),
+                ));
+            }
             for (j, s) in r.scopes.iter().enumerate() {
                 if s.is_empty() || !s.bytes().all(is_scope_char) {
                     return Err(ConfigError::new(
@@ -861,6 +867,30 @@ impl Config {
                 self.authorization_server.listen,
             ),
         ]
+    }
+
+    /// The listener an upstream URL would reach, when its host is an address (or
+    /// `localhost`) that one of ours serves: a route to it would loop through Envoy or
+    /// expose the token service or Envoy's admin interface as an MCP server.
+    fn listener_behind(&self, upstream: &str) -> Option<(&'static str, SocketAddr)> {
+        let url = Url::parse(upstream).ok()?;
+        let port = url.port_or_known_default()?;
+        let ips: Vec<std::net::IpAddr> = match url.host()? {
+            url::Host::Ipv4(ip) => vec![ip.into()],
+            url::Host::Ipv6(ip) => vec![ip.into()],
+            url::Host::Domain(d) if d.eq_ignore_ascii_case("localhost") => vec![
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::Ipv6Addr::LOCALHOST.into(),
+            ],
+            url::Host::Domain(_) => return None,
+        };
+        self.listeners().into_iter().find(|(_, l)| {
+            l.port() == port
+                && ips.iter().any(|ip| {
+                    let (ip, lip) = (ip.to_canonical(), l.ip().to_canonical());
+                    ip == lip || (lip.is_unspecified() && (ip.is_loopback() || ip.is_unspecified()))
+                })
+        })
     }
 
     /// Two listeners on one address cannot both start (the second fails to bind, or worse,

@@ -1,8 +1,8 @@
 //! HTTP handlers: parse, call into `flows`, render. No OAuth decisions are made here.
 
-use axum::body::Bytes;
 use std::net::SocketAddr;
 
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};

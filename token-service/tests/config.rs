@@ -337,3 +337,34 @@ fn check_config_exits_non_zero_for_colliding_listeners_and_route_names() {
         }
     }
 }
+
+#[test]
+fn a_route_whose_upstream_is_one_of_our_own_listeners_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = config_yaml(dir.path(), "", "ES256");
+    for (to, field) in [
+        ("http://127.0.0.1:9000/mcp", "envoy.listen"),
+        ("http://localhost:9901/", "envoy.admin"),
+        ("http://127.0.0.1:9901/stats", "envoy.admin"),
+    ] {
+        let e = err(&good.replace("to: http://127.0.0.1:9200/mcp", &format!("to: {to}")));
+        assert!(e.starts_with("routes[0].to:"), "{to}: {e}");
+        assert!(e.contains(field), "{to}: {e}");
+    }
+    // A wildcard listener serves every local address on its port.
+    let wildcard = with_listeners(dir.path(), "0.0.0.0:9100", "{listen: 127.0.0.1:9000}");
+    let e = err(&wildcard.replace(
+        "to: http://127.0.0.1:9200/mcp",
+        "to: http://127.0.0.1:9100/mcp",
+    ));
+    assert!(e.contains("authorization_server.listen"), "{e}");
+    // Other hosts and ports are upstreams like any other.
+    for to in [
+        "http://127.0.0.2:9000/mcp",
+        "http://mcp.internal:9000/mcp",
+        "http://127.0.0.1:9201/mcp",
+    ] {
+        let yaml = good.replace("to: http://127.0.0.1:9200/mcp", &format!("to: {to}"));
+        assert!(Config::from_yaml(&yaml).is_ok(), "{to}");
+    }
+}
