@@ -42,10 +42,130 @@ pub struct AuthorizationServerConfig {
     pub listen: SocketAddr,
     #[serde(default = "default_access_ttl")]
     pub access_token_ttl_seconds: u64,
+    /// Absolute lifetime of a refresh-token family, counted from the code exchange;
+    /// rotation does not extend it.
     #[serde(default = "default_refresh_ttl")]
     pub refresh_token_ttl_seconds: u64,
+    /// Optional idle timeout: a refresh token unused this long stops working, even inside
+    /// the family's lifetime.
+    #[serde(default)]
+    pub refresh_token_idle_seconds: Option<u64>,
     #[serde(default)]
     pub signing_key: Option<SigningKeyConfig>,
+    /// Argon2 password checks running at once (each holds its memory cost, 19 MiB with the
+    /// default parameters); default: the number of CPUs, at most 4.
+    #[serde(default)]
+    pub max_concurrent_password_checks: Option<usize>,
+    /// Dynamic Client Registration (`POST /register`): who may register, how fast, how much.
+    #[serde(default, deserialize_with = "deserialize_registration")]
+    pub registration: RegistrationConfig,
+}
+
+/// Who may use `POST /register`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationMode {
+    /// Anyone may register (MCP clients expect this), within the limits below.
+    #[default]
+    Open,
+    /// No registration: only pre-registered clients.
+    Closed,
+    /// Only with `Authorization: Bearer <initial access token>` (RFC 7591 §3).
+    InitialAccessToken,
+}
+
+/// `authorization_server.registration`: a mode (`registration: closed`) or a mapping.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationConfig {
+    #[serde(default)]
+    pub mode: RegistrationMode,
+    /// The initial access token, inline or (`initial_access_token_file`) read at load.
+    #[serde(default)]
+    pub initial_access_token: Option<String>,
+    #[serde(default)]
+    pub initial_access_token_file: Option<PathBuf>,
+    /// Registrations per minute from one client address (IPv6: per /64), as a burst of
+    /// this many that refills evenly over the minute.
+    #[serde(default = "default_registrations_per_minute")]
+    pub rate_limit_per_minute: u32,
+    #[serde(default = "default_max_redirect_uris")]
+    pub max_redirect_uris: usize,
+    /// Largest registration request body.
+    #[serde(default = "default_max_metadata_bytes")]
+    pub max_metadata_bytes: usize,
+    /// Registered clients that have not obtained a grant yet, at most; further
+    /// registrations wait until some expire.
+    #[serde(default = "default_max_unused_clients")]
+    pub max_unused_clients: u64,
+    /// A registered client that never obtained a grant is deleted after this long.
+    #[serde(default = "default_unused_client_ttl")]
+    pub unused_client_ttl_seconds: u64,
+    /// A client whose grants have all ended is deleted after this long.
+    #[serde(default = "default_idle_client_ttl")]
+    pub idle_client_ttl_seconds: u64,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self {
+            mode: RegistrationMode::default(),
+            initial_access_token: None,
+            initial_access_token_file: None,
+            rate_limit_per_minute: default_registrations_per_minute(),
+            max_redirect_uris: default_max_redirect_uris(),
+            max_metadata_bytes: default_max_metadata_bytes(),
+            max_unused_clients: default_max_unused_clients(),
+            unused_client_ttl_seconds: default_unused_client_ttl(),
+            idle_client_ttl_seconds: default_idle_client_ttl(),
+        }
+    }
+}
+
+impl fmt::Debug for RegistrationConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token stays out of any debug output.
+        f.debug_struct("RegistrationConfig")
+            .field("mode", &self.mode)
+            .field(
+                "initial_access_token",
+                &self.initial_access_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("initial_access_token_file", &self.initial_access_token_file)
+            .field("rate_limit_per_minute", &self.rate_limit_per_minute)
+            .field("max_redirect_uris", &self.max_redirect_uris)
+            .field("max_metadata_bytes", &self.max_metadata_bytes)
+            .field("max_unused_clients", &self.max_unused_clients)
+            .field("unused_client_ttl_seconds", &self.unused_client_ttl_seconds)
+            .field("idle_client_ttl_seconds", &self.idle_client_ttl_seconds)
+            .finish()
+    }
+}
+
+/// Reads `registration: <mode>` as shorthand for `registration: {mode: <mode>}`, and a
+/// mapping as itself (unknown keys still refused, errors still naming the field).
+fn deserialize_registration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<RegistrationConfig, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = RegistrationConfig;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("open, closed, initial_access_token, or a mapping with `mode`")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            let mode =
+                RegistrationMode::deserialize(serde::de::value::StrDeserializer::<E>::new(v))?;
+            Ok(RegistrationConfig {
+                mode,
+                ..RegistrationConfig::default()
+            })
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            RegistrationConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -317,9 +437,150 @@ fn default_access_ttl() -> u64 {
 fn default_refresh_ttl() -> u64 {
     30 * 24 * 3600
 }
+fn default_registrations_per_minute() -> u32 {
+    10
+}
+fn default_max_redirect_uris() -> usize {
+    10
+}
+fn default_max_metadata_bytes() -> usize {
+    4096
+}
+fn default_max_unused_clients() -> u64 {
+    10_000
+}
+fn default_unused_client_ttl() -> u64 {
+    86_400
+}
+fn default_idle_client_ttl() -> u64 {
+    30 * 86_400
+}
 fn default_sqlite() -> PathBuf {
     PathBuf::from("var/warden.db")
 }
+
+/// Hard limits for the registration settings.
+pub const MAX_REDIRECT_URIS: usize = 20;
+pub const MAX_METADATA_BYTES: usize = 65_536;
+const MIN_METADATA_BYTES: usize = 512;
+const MIN_INITIAL_ACCESS_TOKEN_LEN: usize = 16;
+
+impl RegistrationConfig {
+    /// Reads `initial_access_token_file` into `initial_access_token` (trailing line end
+    /// dropped), so a missing or unreadable file fails at load, naming the field.
+    fn read_token_file(&mut self) -> Result<(), ConfigError> {
+        const AT: &str = "authorization_server.registration";
+        let Some(path) = &self.initial_access_token_file else {
+            return Ok(());
+        };
+        if self.initial_access_token.is_some() {
+            return Err(ConfigError::new(
+                format!("{AT}.initial_access_token_file"),
+                "set initial_access_token or initial_access_token_file, not both",
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                format!("{AT}.initial_access_token_file"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let token = text.strip_suffix('\n').unwrap_or(&text);
+        let token = token.strip_suffix('\r').unwrap_or(token);
+        self.initial_access_token = Some(token.to_owned());
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        const AT: &str = "authorization_server.registration";
+        let field = |name: &str| format!("{AT}.{name}");
+        let token_field = if self.initial_access_token_file.is_some() {
+            field("initial_access_token_file")
+        } else {
+            field("initial_access_token")
+        };
+        match (&self.mode, &self.initial_access_token) {
+            (RegistrationMode::InitialAccessToken, None) => {
+                return Err(ConfigError::new(
+                    field("initial_access_token"),
+                    "required with mode initial_access_token (or initial_access_token_file)",
+                ))
+            }
+            (RegistrationMode::InitialAccessToken, Some(t)) => {
+                if t.len() < MIN_INITIAL_ACCESS_TOKEN_LEN {
+                    return Err(ConfigError::new(
+                        token_field,
+                        format!("must be at least {MIN_INITIAL_ACCESS_TOKEN_LEN} characters"),
+                    ));
+                }
+                // RFC 6750 b64token: what a client can send after `Bearer `.
+                let body = t.trim_end_matches('=');
+                if body.is_empty()
+                    || !body
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+                {
+                    return Err(ConfigError::new(
+                        token_field,
+                        "must be a bearer token: letters, digits and - . _ ~ + / (then = padding)",
+                    ));
+                }
+            }
+            (_, Some(_)) => {
+                return Err(ConfigError::new(
+                    token_field,
+                    "is used only with mode initial_access_token",
+                ))
+            }
+            (_, None) => {}
+        }
+        let check = |name: &str, value: u64, min: u64, max: u64| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::new(
+                    field(name),
+                    format!("must be between {min} and {max}"),
+                ))
+            }
+        };
+        check(
+            "rate_limit_per_minute",
+            u64::from(self.rate_limit_per_minute),
+            1,
+            10_000,
+        )?;
+        check(
+            "max_redirect_uris",
+            self.max_redirect_uris as u64,
+            1,
+            MAX_REDIRECT_URIS as u64,
+        )?;
+        check(
+            "max_metadata_bytes",
+            self.max_metadata_bytes as u64,
+            MIN_METADATA_BYTES as u64,
+            MAX_METADATA_BYTES as u64,
+        )?;
+        check("max_unused_clients", self.max_unused_clients, 1, 1_000_000)?;
+        check(
+            "unused_client_ttl_seconds",
+            self.unused_client_ttl_seconds,
+            1,
+            i64::MAX as u64 / 2,
+        )?;
+        check(
+            "idle_client_ttl_seconds",
+            self.idle_client_ttl_seconds,
+            1,
+            i64::MAX as u64 / 2,
+        )?;
+        Ok(())
+    }
+}
+
+/// Upper bound for `max_concurrent_password_checks` (64 × 19 MiB is already 1.2 GiB).
+pub const MAX_CONCURRENT_PASSWORD_CHECKS: usize = 64;
 
 /// A configuration error that names the offending field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,10 +614,11 @@ impl Config {
     /// Parses and validates YAML.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
         let de = serde_yaml::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             ConfigError::new(path, e.into_inner().to_string())
         })?;
+        config.authorization_server.registration.read_token_file()?;
         config.validate()?;
         Ok(config)
     }
@@ -385,6 +647,12 @@ impl Config {
             return Err(ConfigError::new(
                 "authorization_server.refresh_token_ttl_seconds",
                 "must be greater than 0",
+            ));
+        }
+        if a.refresh_token_idle_seconds == Some(0) {
+            return Err(ConfigError::new(
+                "authorization_server.refresh_token_idle_seconds",
+                "must be greater than 0 (leave it out for no idle timeout)",
             ));
         }
         let e = &self.envoy;
@@ -422,6 +690,15 @@ impl Config {
                 "must not exceed envoy.request_timeout_seconds (the headers are part of the request)",
             ));
         }
+        if let Some(n) = a.max_concurrent_password_checks {
+            if !(1..=MAX_CONCURRENT_PASSWORD_CHECKS).contains(&n) {
+                return Err(ConfigError::new(
+                    "authorization_server.max_concurrent_password_checks",
+                    format!("must be between 1 and {MAX_CONCURRENT_PASSWORD_CHECKS}"),
+                ));
+            }
+        }
+        a.registration.validate()?;
         if self.storage.sqlite.as_os_str().is_empty() {
             return Err(ConfigError::new("storage.sqlite", "must not be empty"));
         }
@@ -497,17 +774,22 @@ impl Config {
             }
         }
 
+        self.validate_listeners()?;
+
         let mut names = BTreeSet::new();
         let mut resources = BTreeSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
-            if r.name.is_empty() {
-                return Err(ConfigError::new(format!("{at}.name"), "must not be empty"));
-            }
-            if !names.insert(r.name.as_str()) {
+            validate_route_name(&r.name).map_err(|m| ConfigError::new(format!("{at}.name"), m))?;
+            // Envoy names the route `mcp-warden:<name>` and logs show the name: two names that
+            // differ only by case would be told apart by Envoy but not by people.
+            if !names.insert(r.name.to_lowercase()) {
                 return Err(ConfigError::new(
                     format!("{at}.name"),
-                    "duplicate route name",
+                    format!(
+                        "duplicate route name {:?} (names are compared ignoring case)",
+                        r.name
+                    ),
                 ));
             }
             let from = Url::parse(&r.from)
@@ -570,6 +852,12 @@ impl Config {
                     "only http upstreams are supported so far (TLS to upstreams is not built yet)",
                 ));
             }
+            if let Some((field, addr)) = self.listener_behind(&r.to) {
+                return Err(ConfigError::new(
+                    format!("{at}.to"),
+                    format!("points at {field} ({addr}): an upstream cannot be one of this deployment's own listeners"),
+                ));
+            }
             for (j, s) in r.scopes.iter().enumerate() {
                 if s.is_empty() || !s.bytes().all(is_scope_char) {
                     return Err(ConfigError::new(
@@ -580,6 +868,75 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Every socket the deployment binds, with the field that sets it. A new listener is one
+    /// line here, and is then checked against all the others.
+    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        vec![
+            ("envoy.listen", self.envoy.listen),
+            ("envoy.admin", self.envoy.admin),
+            (
+                "authorization_server.listen",
+                self.authorization_server.listen,
+            ),
+        ]
+    }
+
+    /// The listener an upstream URL would reach, when its host is an address (or
+    /// `localhost`) that one of ours serves: a route to it would loop through Envoy or
+    /// expose the token service or Envoy's admin interface as an MCP server.
+    fn listener_behind(&self, upstream: &str) -> Option<(&'static str, SocketAddr)> {
+        let url = Url::parse(upstream).ok()?;
+        let port = url.port_or_known_default()?;
+        let ips: Vec<std::net::IpAddr> = match url.host()? {
+            url::Host::Ipv4(ip) => vec![ip.into()],
+            url::Host::Ipv6(ip) => vec![ip.into()],
+            url::Host::Domain(d) if d.eq_ignore_ascii_case("localhost") => vec![
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::Ipv6Addr::LOCALHOST.into(),
+            ],
+            url::Host::Domain(_) => return None,
+        };
+        self.listeners().into_iter().find(|(_, l)| {
+            l.port() == port
+                && ips.iter().any(|ip| {
+                    let (ip, lip) = (ip.to_canonical(), l.ip().to_canonical());
+                    ip == lip || (lip.is_unspecified() && (ip.is_loopback() || ip.is_unspecified()))
+                })
+        })
+    }
+
+    /// Two listeners on one address cannot both start (the second fails to bind, or worse,
+    /// one answers for the other), so each needs its own.
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let listeners = self.listeners();
+        for (i, (field, addr)) in listeners.iter().enumerate() {
+            if let Some((other, other_addr)) = listeners[..i]
+                .iter()
+                .find(|(_, a)| addresses_collide(*a, *addr))
+            {
+                return Err(ConfigError::new(
+                    *field,
+                    format!(
+                        "{addr} collides with {other} ({other_addr}): every listener needs its own address and port"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// How many Argon2 checks may run at once: configured, or the CPUs (at most 4).
+    pub fn password_check_concurrency(&self) -> usize {
+        self.authorization_server
+            .max_concurrent_password_checks
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+                    .min(4)
+            })
     }
 
     /// Where the signing key lives: configured, or next to the SQLite database.
@@ -633,6 +990,46 @@ impl Config {
     pub fn client(&self, client_id: &str) -> Option<&ClientConfig> {
         self.clients.iter().find(|c| c.client_id == client_id)
     }
+}
+
+/// Whether binding `a` and `b` at once would fail: same port, and the same address or a
+/// wildcard on either side (a wildcard takes the port on every address; on Linux `[::]`
+/// takes IPv4 too). Port 0 asks the kernel for a free port and never collides.
+fn addresses_collide(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let (ia, ib) = (a.ip().to_canonical(), b.ip().to_canonical());
+    ia == ib || ia.is_unspecified() || ib.is_unspecified()
+}
+
+/// Route names reach Envoy's config, logs and the RFC 9728 `resource_name`: they must read
+/// the same to people as to machines.
+fn validate_route_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.chars().count() > 128 {
+        return Err("must be at most 128 characters".into());
+    }
+    if name.trim() != name {
+        return Err("must not start or end with whitespace".into());
+    }
+    if name.chars().any(is_invisible) {
+        return Err("must not contain control or invisible characters".into());
+    }
+    Ok(())
+}
+
+/// Control characters and the format characters that render as nothing (zero-width space,
+/// joiners, bidi controls, BOM, soft hyphen).
+fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+            | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// RFC 6749 §3.3 scope-token characters.

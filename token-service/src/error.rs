@@ -17,10 +17,25 @@ pub enum Error {
         description: String,
         basic: bool,
     },
+    /// A bearer token (here: the initial access token) missing or wrong: `401` with
+    /// `WWW-Authenticate: Bearer`, plus `error="invalid_token"` when one was presented
+    /// (RFC 6750 §3.1).
+    InvalidToken {
+        description: String,
+        presented: bool,
+    },
     /// An error page for the browser; used when redirecting back would be unsafe.
     Page {
         status: StatusCode,
         message: String,
+    },
+    /// Refused for now (`429`, `503`) with `Retry-After`: OAuth JSON, or a page for a browser.
+    RetryLater {
+        status: StatusCode,
+        error: &'static str,
+        description: String,
+        retry_after: u64,
+        page: bool,
     },
     Internal(anyhow::Error),
 }
@@ -65,6 +80,8 @@ impl Error {
         match self {
             Error::OAuth { error, .. } => Some(error),
             Error::InvalidClient { .. } => Some("invalid_client"),
+            Error::InvalidToken { .. } => Some("invalid_token"),
+            Error::RetryLater { error, .. } => Some(error),
             _ => None,
         }
     }
@@ -83,7 +100,11 @@ impl std::fmt::Display for Error {
                 error, description, ..
             } => write!(f, "{error}: {description}"),
             Error::InvalidClient { description, .. } => write!(f, "invalid_client: {description}"),
+            Error::InvalidToken { description, .. } => write!(f, "invalid_token: {description}"),
             Error::Page { message, .. } => write!(f, "{message}"),
+            Error::RetryLater {
+                error, description, ..
+            } => write!(f, "{error}: {description}"),
             Error::Internal(e) => write!(f, "internal error: {e:#}"),
         }
     }
@@ -120,9 +141,43 @@ impl IntoResponse for Error {
                 }
                 resp
             }
+            Error::InvalidToken {
+                description,
+                presented,
+            } => {
+                tracing::info!(description = %description, "bearer token refused");
+                let mut resp = oauth_json(StatusCode::UNAUTHORIZED, "invalid_token", &description);
+                let challenge = if presented {
+                    "Bearer error=\"invalid_token\""
+                } else {
+                    "Bearer"
+                };
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+                resp
+            }
             Error::Page { status, message } => {
                 tracing::info!(status = status.as_u16(), message = %message, "error page");
                 crate::html::error_page(status, &message)
+            }
+            Error::RetryLater {
+                status,
+                error,
+                description,
+                retry_after,
+                page,
+            } => {
+                tracing::info!(status = status.as_u16(), error, description = %description, "refused for now");
+                let mut resp = if page {
+                    crate::html::error_page(status, &description)
+                } else {
+                    oauth_json(status, error, &description)
+                };
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                resp
             }
             Error::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "internal error");

@@ -10,6 +10,7 @@ mod html;
 pub mod keys;
 pub mod listener;
 pub mod password;
+pub mod ratelimit;
 pub mod render;
 mod routes;
 pub mod store;
@@ -38,6 +39,28 @@ struct Inner {
     store: Arc<dyn Store>,
     keys: Arc<SigningKey>,
     clock: Clock,
+    password_checks: Arc<PasswordChecks>,
+    registrations: Arc<ratelimit::RateLimiter>,
+}
+
+/// Bounds Argon2 work: each check holds its memory cost (19 MiB with the default
+/// parameters) while it runs, so peak memory is `running` × that, by design. Checks beyond
+/// `running` wait in a queue of `QUEUED_PASSWORD_CHECKS`; beyond that they are refused.
+struct PasswordChecks {
+    admitted: tokio::sync::Semaphore,
+    running: tokio::sync::Semaphore,
+}
+
+/// Sign-ins that may wait for a password check per check slot.
+const QUEUED_PASSWORD_CHECKS: usize = 16;
+
+impl PasswordChecks {
+    fn new(running: usize) -> Self {
+        Self {
+            admitted: tokio::sync::Semaphore::new(running * (1 + QUEUED_PASSWORD_CHECKS)),
+            running: tokio::sync::Semaphore::new(running),
+        }
+    }
 }
 
 impl AppState {
@@ -50,12 +73,21 @@ impl AppState {
     }
 
     pub fn from_parts(config: Config, store: Arc<dyn Store>, keys: SigningKey) -> Self {
+        let password_checks = Arc::new(PasswordChecks::new(config.password_check_concurrency()));
+        let registrations = Arc::new(ratelimit::RateLimiter::new(
+            config
+                .authorization_server
+                .registration
+                .rate_limit_per_minute,
+        ));
         Self {
             inner: Arc::new(Inner {
                 config,
                 store,
                 keys: Arc::new(keys),
                 clock: Arc::new(flows::now_unix),
+                password_checks,
+                registrations,
             }),
         }
     }
@@ -68,6 +100,8 @@ impl AppState {
                 store: self.inner.store.clone(),
                 keys: self.inner.keys.clone(),
                 clock,
+                password_checks: self.inner.password_checks.clone(),
+                registrations: self.inner.registrations.clone(),
             }),
         }
     }
@@ -88,6 +122,22 @@ impl AppState {
         (self.inner.clock)()
     }
 
+    /// The per-address limit on `POST /register`.
+    pub(crate) fn registration_limit(&self) -> &ratelimit::RateLimiter {
+        &self.inner.registrations
+    }
+
+    /// Deletes expired records now (the server does this every few minutes). Blocking.
+    pub fn sweep(&self) -> anyhow::Result<()> {
+        let r = &self.config().authorization_server.registration;
+        let secs = |v: u64| i64::try_from(v).unwrap_or(i64::MAX / 2);
+        let retention = store::Retention {
+            unused_client_ttl: secs(r.unused_client_ttl_seconds),
+            idle_client_ttl: secs(r.idle_client_ttl_seconds),
+        };
+        self.store().sweep(self.now(), &retention)
+    }
+
     /// Runs store work (SQLite, argon2) on the blocking pool.
     pub(crate) async fn blocking<T, F>(&self, f: F) -> error::Result<T>
     where
@@ -98,6 +148,51 @@ impl AppState {
         tokio::task::spawn_blocking(move || f(&state))
             .await
             .map_err(|e| error::Error::Internal(anyhow::anyhow!("blocking task failed: {e}")))?
+    }
+
+    /// Checks a sign-in's password (Argon2, slow by design) off the async workers, at most
+    /// `max_concurrent_password_checks` at once; returns the user's email when it is right.
+    /// When the queue is full the sign-in is refused with 503 rather than piling up.
+    pub(crate) async fn authenticate(
+        &self,
+        email: String,
+        password: String,
+    ) -> error::Result<Option<String>> {
+        let gate = &self.inner.password_checks;
+        let Ok(_admitted) = gate.admitted.try_acquire() else {
+            tracing::warn!("sign-in refused: too many password checks waiting");
+            return Err(error::Error::RetryLater {
+                status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                error: "temporarily_unavailable",
+                description: "The sign-in service is busy. Try again in a moment.".into(),
+                retry_after: 1,
+                page: true,
+            });
+        };
+        let _running = gate
+            .running
+            .acquire()
+            .await
+            .map_err(|e| error::Error::Internal(anyhow::anyhow!("password check gate: {e}")))?;
+        self.blocking(move |st| {
+            Ok(password::authenticate(st.config(), &email, &password).map(|u| u.email.clone()))
+        })
+        .await
+    }
+}
+
+/// Makes glibc give large buffers back. Argon2 allocates its whole memory cost (19 MiB by
+/// default) per check; glibc raises its mmap threshold after such a buffer is freed and then
+/// serves the next one from a per-thread arena, which keeps it. With many blocking-pool
+/// threads that grew the service past 1 GB. A fixed 1 MiB threshold keeps big buffers
+/// mmapped (returned to the OS on free), and fewer arenas bound fragmentation. Call it once,
+/// first thing in `main`, before threads start.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
@@ -136,19 +231,21 @@ pub async fn serve_on_with(
     let addr = listener.local_addr()?;
     let sweeper = tokio::spawn(sweep_loop(state.clone()));
     tracing::info!(issuer = %state.config().authorization_server.issuer, "listening on http://{addr}");
+    // The listener records each request's peer address (ConnectInfo) for the
+    // per-address registration limit.
     let result = listener::serve(listener, app(state), limits, shutdown).await;
     sweeper.abort();
     Ok(result?)
 }
 
-/// Deletes expired codes, flows, sessions and refresh tokens every few minutes.
+/// Deletes expired codes, flows, sessions, refresh tokens and client registrations every
+/// few minutes.
 async fn sweep_loop(state: AppState) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
     loop {
         tick.tick().await;
         let s = state.clone();
-        let now = s.now();
-        match tokio::task::spawn_blocking(move || s.store().sweep(now)).await {
+        match tokio::task::spawn_blocking(move || s.sweep()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "sweep failed"),
             Err(e) => tracing::warn!(error = %e, "sweep task failed"),

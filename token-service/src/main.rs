@@ -68,6 +68,7 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    warden_token_service::tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => {

@@ -1,23 +1,27 @@
 //! HTTP handlers: parse, call into `flows`, render. No OAuth decisions are made here.
 
+use std::net::SocketAddr;
+
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, RawQuery, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use url::Url;
 
+use crate::config::RegistrationMode;
 use crate::error::{Error, Result};
 use crate::flows::authorize::{self, AuthorizeError, AuthorizeGrant, Params};
-use crate::flows::consent;
 use crate::flows::token::{self, ClientCredentials, TokenContext};
 use crate::flows::{
     self, constant_time_eq, hash_secret, lookup_client, random_id, random_token, split_scope,
     RegisteredClient,
 };
+use crate::flows::{consent, login};
 use crate::html;
+use crate::ratelimit::ClientKey;
 use crate::store::{FlowUser, PendingFlow, Session};
 use crate::AppState;
 
@@ -25,12 +29,9 @@ use crate::AppState;
 const FLOW_TTL: i64 = 600;
 /// A sign-in session (cookie) lasts this long.
 const SESSION_TTL: i64 = 12 * 3600;
-/// Wrong passwords allowed per pending sign-in before it is dropped.
+/// Wrong passwords allowed per pending sign-in before it is dropped. (Per account, the
+/// throttle in `flows::login` applies on top.)
 const MAX_LOGIN_ATTEMPTS: u32 = 5;
-/// Failed sign-ins for one account (email) within `ACCOUNT_WINDOW` seconds, across all
-/// flows and browsers, after which further attempts for it are refused until they age out.
-const MAX_ACCOUNT_FAILURES: u32 = 5;
-const ACCOUNT_WINDOW: i64 = 15 * 60;
 const BODY_LIMIT: usize = 64 * 1024;
 
 pub fn router(state: AppState) -> Router {
@@ -118,7 +119,7 @@ fn no_store(mut resp: Response) -> Response {
 async fn metadata(State(s): State<AppState>) -> Response {
     let c = s.config();
     let iss = &c.authorization_server.issuer;
-    Json(serde_json::json!({
+    let mut metadata = serde_json::json!({
         "issuer": iss,
         "authorization_endpoint": format!("{iss}/authorize"),
         "token_endpoint": format!("{iss}/token"),
@@ -134,8 +135,14 @@ async fn metadata(State(s): State<AppState>) -> Response {
         "authorization_response_iss_parameter_supported": true,
         "scopes_supported": c.scopes_supported(),
         "client_id_metadata_document_supported": false,
-    }))
-    .into_response()
+    });
+    // Closed registration is not advertised (RFC 8414: the endpoint is optional).
+    if c.authorization_server.registration.mode == RegistrationMode::Closed {
+        if let Some(m) = metadata.as_object_mut() {
+            m.remove("registration_endpoint");
+        }
+    }
+    Json(metadata).into_response()
 }
 
 async fn jwks(State(s): State<AppState>) -> Response {
@@ -147,13 +154,54 @@ async fn jwks(State(s): State<AppState>) -> Response {
     resp
 }
 
-async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response> {
+async fn register(
+    State(s): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
     let now = s.now();
-    let (client, body) = flows::register::register(&body, now)?;
-    s.blocking(move |st| Ok(st.store().insert_client(&client)?))
+    let limits = &s.config().authorization_server.registration;
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    flows::register::admit(limits, authorization)?;
+    // Per peer address; without one (the router driven in-process) all share one bucket.
+    let client_key = ClientKey::of(peer.map(|Extension(ConnectInfo(a))| a.ip()));
+    if let Err(retry_after) = s.registration_limit().check(client_key, now) {
+        tracing::warn!(?client_key, "registration refused: rate limit");
+        return Err(registration_later(
+            retry_after,
+            "too many registrations from this address",
+        ));
+    }
+    let (client, body) = flows::register::register(&body, now, limits)?;
+    let max_unused = limits.max_unused_clients;
+    let stored = s
+        .blocking(move |st| Ok(st.store().insert_client(&client, max_unused)?))
         .await?;
+    if !stored {
+        tracing::warn!(
+            max_unused,
+            "registration refused: too many unused registrations"
+        );
+        return Err(registration_later(
+            60,
+            "too many registrations are waiting to be used",
+        ));
+    }
     tracing::info!(client_id = %body["client_id"], "client registered");
     Ok(no_store((StatusCode::CREATED, Json(body)).into_response()))
+}
+
+fn registration_later(retry_after: u64, description: &str) -> Error {
+    Error::RetryLater {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        error: "temporarily_unavailable",
+        description: description.into(),
+        retry_after,
+        page: false,
+    }
 }
 
 fn redirect(location: &str) -> Response {
@@ -172,6 +220,8 @@ fn redirect(location: &str) -> Response {
 const SESSION_COOKIE: &str = "warden_session";
 /// The browser-binding cookie pending flows are tied to (login CSRF protection).
 const FLOW_COOKIE: &str = "warden_flow";
+/// Marks a browser that signed in to an account before (`flows::login`).
+const DEVICE_COOKIE: &str = "warden_device";
 
 fn https_issuer(s: &AppState) -> bool {
     s.config()
@@ -222,6 +272,7 @@ fn with_cookie(mut resp: Response, cookie: Option<HeaderValue>) -> Response {
 struct BrowserCookies {
     session: Option<String>,
     flow: Option<String>,
+    device: Option<String>,
 }
 
 impl BrowserCookies {
@@ -229,6 +280,7 @@ impl BrowserCookies {
         Self {
             session: cookie_value(s, headers, SESSION_COOKIE),
             flow: cookie_value(s, headers, FLOW_COOKIE),
+            device: cookie_value(s, headers, DEVICE_COOKIE),
         }
     }
 }
@@ -290,16 +342,6 @@ fn too_many_attempts() -> Error {
         StatusCode::TOO_MANY_REQUESTS,
         "Too many failed sign-in attempts. Wait a few minutes, then return to the application and start again.",
     )
-}
-
-/// The key failed sign-ins are counted under: the normalised email.
-fn account_key(email: &str) -> String {
-    email
-        .trim()
-        .to_ascii_lowercase()
-        .chars()
-        .take(320)
-        .collect()
 }
 
 /// The consent page for a flow waiting on `user`'s decision; `session_secret` is the
@@ -441,10 +483,30 @@ fn authorize_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> 
 }
 
 async fn login(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
-    browser_form(s, &headers, &body, login_blocking).await
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let cookies = BrowserCookies::from_headers(&s, &headers);
+    let attempt = s
+        .blocking(move |st| login_begin(st, Params::new(pairs), cookies))
+        .await?;
+    // The check and its bookkeeping run to the end even if the browser goes away, so a
+    // reservation never outlives its attempt.
+    let task = tokio::spawn(async move {
+        let password = attempt.password.clone();
+        match s.authenticate(attempt.email.clone(), password).await {
+            Ok(user) => s.blocking(move |st| login_finish(st, attempt, user)).await,
+            Err(e) => {
+                let r = attempt.reservation;
+                s.blocking(move |st| Ok(login::abandoned(st.store().as_ref(), &r)?))
+                    .await?;
+                Err(e)
+            }
+        }
+    });
+    task.await
+        .map_err(|e| Error::Internal(anyhow::anyhow!("sign-in task failed: {e}")))?
 }
 
-/// Runs a browser form post (sign-in, consent) on the blocking pool with its fields and cookies.
+/// Runs a browser form post (consent) on the blocking pool with its fields and cookies.
 async fn browser_form(
     s: AppState,
     headers: &HeaderMap,
@@ -457,9 +519,19 @@ async fn browser_form(
         .await
 }
 
-fn login_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Result<Response> {
-    let config = s.config();
-    let issuer = &config.authorization_server.issuer;
+/// A sign-in whose form checked out and whose attempt is reserved; its password is next.
+struct LoginAttempt {
+    flow: PendingFlow,
+    email: String,
+    password: String,
+    throttle: login::Throttle,
+    reservation: login::Reservation,
+    /// The device cookie the browser presented, replaced on success.
+    device_cookie: Option<String>,
+}
+
+/// Checks the form and reserves the attempt (or refuses it: 429 while its bucket is locked).
+fn login_begin(s: &AppState, params: Params, cookies: BrowserCookies) -> Result<LoginAttempt> {
     let now = s.now();
     let flow_id = params.get("flow").ok_or_else(expired_page)?;
     let flow = s.store().flow(flow_id, now)?.ok_or_else(expired_page)?;
@@ -476,30 +548,49 @@ fn login_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Resu
         ));
     }
     let email = params.get("email").unwrap_or("").trim().to_owned();
-    let password = params.get("password").unwrap_or("");
-
-    // Per-account throttle, whichever flow (or browser) the guesses come through.
-    let account = account_key(&email);
-    let recent = s
-        .store()
-        .account_failures_since(&account, now - ACCOUNT_WINDOW)?;
-    if recent >= MAX_ACCOUNT_FAILURES {
+    let password = params.get("password").unwrap_or("").to_owned();
+    let throttle = login::throttle_for(s.store().as_ref(), &email, cookies.device.as_deref(), now)?;
+    let Some(reservation) = login::reserve(s.store().as_ref(), &throttle, now)? else {
         tracing::warn!(
-            failures = recent,
+            trusted_device = throttle.device.is_some(),
             "sign-in refused: too many recent failures for this account"
         );
         return Err(too_many_attempts());
-    }
+    };
+    Ok(LoginAttempt {
+        flow,
+        email,
+        password,
+        throttle,
+        reservation,
+        device_cookie: cookies.device,
+    })
+}
 
-    let Some(user) = crate::password::authenticate(config, &email, password) else {
-        let attempts = s.store().record_failed_login(&flow.id)?;
-        s.store().record_account_failure(&account, now)?;
+/// Records the verdict on a reserved attempt and answers it; `user` is the signed-in
+/// user's email when the password was right.
+fn login_finish(s: &AppState, attempt: LoginAttempt, user: Option<String>) -> Result<Response> {
+    let config = s.config();
+    let issuer = &config.authorization_server.issuer;
+    let now = s.now();
+    let store = s.store().as_ref();
+    let LoginAttempt {
+        flow,
+        email,
+        throttle,
+        reservation,
+        device_cookie,
+        ..
+    } = attempt;
+    let Some(user) = user.and_then(|e| config.user(&e)) else {
+        login::failed(store, &reservation, now)?;
+        let attempts = store.record_failed_login(&flow.id)?;
         tracing::info!(attempts, "sign-in failed");
         if attempts >= MAX_LOGIN_ATTEMPTS {
-            s.store().delete_flow(&flow.id)?;
+            store.delete_flow(&flow.id)?;
             return Err(too_many_attempts());
         }
-        let client = lookup_client(config, s.store().as_ref(), &flow.request.client_id)?;
+        let client = lookup_client(config, store, &flow.request.client_id)?;
         let name = client
             .as_ref()
             .map(|c| c.display_name().to_owned())
@@ -517,14 +608,15 @@ fn login_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Resu
             },
         ));
     };
+    login::succeeded(store, &reservation)?;
 
     // The flow is single use: a second submission of the same form does nothing.
-    if !s.store().delete_flow(&flow.id)? {
+    if !store.delete_flow(&flow.id)? {
         return Err(expired_page());
     }
-    s.store().clear_account_failures(&account)?;
-    let client = lookup_client(config, s.store().as_ref(), &flow.request.client_id)?
-        .ok_or_else(expired_page)?;
+    let client = lookup_client(config, store, &flow.request.client_id)?.ok_or_else(expired_page)?;
+    let device = login::remember_device(store, &throttle, device_cookie.as_deref(), now)?;
+    let device_cookie = set_cookie(s, DEVICE_COOKIE, &device, login::DEVICE_TTL);
     let secret = random_token();
     let session = Session {
         sid: random_id(),
@@ -532,28 +624,28 @@ fn login_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Resu
         created_at: now,
         expires_at: now + SESSION_TTL,
     };
-    s.store().insert_session(&hash_secret(&secret), &session)?;
+    store.insert_session(&hash_secret(&secret), &session)?;
     tracing::info!(client_id = %flow.request.client_id, sub = %user.email, sid = %session.sid, "signed in");
     let session_cookie = set_session_cookie(s, &secret);
 
-    if consent::required(s.store().as_ref(), &client, &flow.request, &user.email)? {
+    if consent::required(store, &client, &flow.request, &user.email)? {
         let who = FlowUser {
             email: user.email.clone(),
             sid: session.sid.clone(),
         };
         let resp = begin_consent(s, &client, flow.request, flow.browser, who, &secret)?;
-        return Ok(with_cookie(resp, session_cookie));
+        return Ok(with_cookie(
+            with_cookie(resp, session_cookie),
+            device_cookie,
+        ));
     }
-    let code = authorize::issue_code(
-        s.store().as_ref(),
-        &flow.request,
-        &user.email,
-        &session.sid,
-        now,
-    )?;
+    let code = authorize::issue_code(store, &flow.request, &user.email, &session.sid, now)?;
     tracing::info!(client_id = %flow.request.client_id, sub = %user.email, "code issued");
     let resp = redirect(&authorize::success_url(&flow.request, issuer, &code)?);
-    Ok(with_cookie(resp, session_cookie))
+    Ok(with_cookie(
+        with_cookie(resp, session_cookie),
+        device_cookie,
+    ))
 }
 
 fn set_session_cookie(s: &AppState, secret: &str) -> Option<HeaderValue> {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use anyhow::Context;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TokenEndpointAuthMethod;
@@ -71,12 +71,22 @@ pub struct AuthCode {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CodeLookup {
-    /// First use: the code is now marked used.
+    /// Not redeemed yet (redeeming is `Store::redeem_code`).
     Fresh(AuthCode),
     /// Already redeemed; `grant_id` names what it produced so it can be revoked.
     Reused {
         grant_id: Option<String>,
     },
+    Missing,
+}
+
+/// What became of a code presented for redemption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redemption {
+    /// This presentation redeemed it.
+    Redeemed,
+    /// Another presentation redeemed it first; what that one produced is now revoked.
+    Replayed,
     Missing,
 }
 
@@ -102,8 +112,19 @@ pub struct RefreshToken {
     pub used: bool,
 }
 
+/// How long records about registered clients are kept (`authorization_server.registration`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// A client that never obtained a grant is deleted this long after registering.
+    pub unused_client_ttl: i64,
+    /// A client is deleted once none of its grants has been alive for this long.
+    pub idle_client_ttl: i64,
+}
+
 pub trait Store: Send + Sync + 'static {
-    fn insert_client(&self, client: &StoredClient) -> anyhow::Result<()>;
+    /// Stores a DCR client unless `max_unused` registered clients are still waiting for
+    /// their first grant (then false: nothing stored).
+    fn insert_client(&self, client: &StoredClient, max_unused: u64) -> anyhow::Result<bool>;
     fn client(&self, client_id: &str) -> anyhow::Result<Option<StoredClient>>;
 
     fn insert_flow(&self, flow: &PendingFlow) -> anyhow::Result<()>;
@@ -133,30 +154,54 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> anyhow::Result<()>;
 
-    /// Counts a failed sign-in against an account (normalised email).
-    fn record_account_failure(&self, account: &str, now: i64) -> anyhow::Result<()>;
-    /// Failed sign-ins for an account at or after `since`.
-    fn account_failures_since(&self, account: &str, since: i64) -> anyhow::Result<u32>;
-    /// Forgets an account's failed sign-ins (after a successful one).
-    fn clear_account_failures(&self, account: &str) -> anyhow::Result<()>;
+    /// Reserves a sign-in attempt in `bucket` before its password is checked, unless the
+    /// bucket already holds `limit` failures and attempts in flight since `since`; counting
+    /// and reserving are one transaction, so parallel attempts cannot all pass. Returns
+    /// the reservation's id, or `None` when the bucket is locked.
+    fn reserve_login_attempt(
+        &self,
+        bucket: &str,
+        since: i64,
+        limit: u32,
+        now: i64,
+    ) -> anyhow::Result<Option<i64>>;
+    /// The reserved attempt failed: it now counts as a failure at `now`.
+    fn fail_login_attempt(&self, id: i64, now: i64) -> anyhow::Result<()>;
+    /// Drops a reservation (its attempt succeeded, or never reached the check); with
+    /// `clear_failures`, the bucket's failures are forgotten too.
+    fn end_login_attempt(&self, id: i64, bucket: &str, clear_failures: bool) -> anyhow::Result<()>;
+
+    /// Records a device cookie (by digest) issued to a browser that signed in as `account`.
+    fn insert_device(
+        &self,
+        secret_hash: &str,
+        account: &str,
+        expires_at: i64,
+    ) -> anyhow::Result<()>;
+    /// The account a device cookie was issued for, while it is valid.
+    fn device_account(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<String>>;
+    fn delete_device(&self, secret_hash: &str) -> anyhow::Result<()>;
 
     fn insert_code(&self, code_hash: &str, code: &AuthCode) -> anyhow::Result<()>;
-    /// Atomically marks the code used and returns it, or reports reuse.
-    fn take_code(&self, code_hash: &str) -> anyhow::Result<CodeLookup>;
-    /// Records the grant a code produced and its first refresh token, in one transaction.
-    fn insert_grant(
+    /// The code and whether it was redeemed; changes nothing.
+    fn code(&self, code_hash: &str) -> anyhow::Result<CodeLookup>;
+    /// Redeems a code in one transaction: marks it used and records what it produced, the
+    /// grant and its first refresh token (`None` burns the code after a failed check). A
+    /// code already used issues nothing, and the grant it produced is revoked in the same
+    /// transaction, so no presentation can slip between "used" and "what it produced".
+    fn redeem_code(
         &self,
         code_hash: &str,
-        grant: &Grant,
-        refresh: Option<&RefreshToken>,
-    ) -> anyhow::Result<()>;
+        issued: Option<(&Grant, Option<&RefreshToken>)>,
+        now: i64,
+    ) -> anyhow::Result<Redemption>;
     fn grant(&self, id: &str) -> anyhow::Result<Option<Grant>>;
     /// Revokes a grant: every refresh token of its family stops working.
     fn revoke_grant(&self, id: &str, now: i64) -> anyhow::Result<()>;
 
     fn refresh_token(&self, token_hash: &str) -> anyhow::Result<Option<RefreshToken>>;
     /// Marks `old_hash` used and inserts `new` atomically; false when `old_hash` was
-    /// already used (a concurrent or replayed rotation).
+    /// already used (a concurrent or replayed rotation) or its grant was revoked meanwhile.
     fn rotate_refresh_token(
         &self,
         old_hash: &str,
@@ -164,8 +209,8 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> anyhow::Result<bool>;
 
-    /// Deletes expired records.
-    fn sweep(&self, now: i64) -> anyhow::Result<()>;
+    /// Deletes expired records, DCR clients included (per `retention`).
+    fn sweep(&self, now: i64, retention: &Retention) -> anyhow::Result<()>;
 }
 
 /// Ordered schema migrations; a version is applied once, recorded in `schema_migrations`.
@@ -238,6 +283,41 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX login_failures_account ON login_failures(account, failed_at);
     "#,
     ),
+    (
+        3,
+        r#"
+    DROP TABLE login_failures;
+    -- One row per sign-in attempt: pending while its password is checked, then a failure
+    -- (successes are deleted). `bucket` is the account's untrusted-client bucket or a
+    -- device cookie's own.
+    CREATE TABLE login_attempts (
+        id          INTEGER PRIMARY KEY,
+        bucket      TEXT NOT NULL,
+        at          INTEGER NOT NULL,
+        pending     INTEGER NOT NULL
+    );
+    CREATE INDEX login_attempts_bucket ON login_attempts(bucket, at);
+    CREATE TABLE devices (
+        secret_hash TEXT PRIMARY KEY,
+        account     TEXT NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    "#,
+    ),
+    (
+        4,
+        r#"
+    -- When the client first obtained a grant (NULL: never), and since when none of its
+    -- grants is alive (NULL: one is, or it never had one). Registrations expire by them.
+    ALTER TABLE clients ADD COLUMN granted_at INTEGER;
+    ALTER TABLE clients ADD COLUMN idle_since INTEGER;
+    UPDATE clients SET granted_at = created_at
+        WHERE EXISTS (SELECT 1 FROM grants g WHERE g.client_id = clients.client_id)
+           OR EXISTS (SELECT 1 FROM consents c WHERE c.client_id = clients.client_id);
+    CREATE INDEX clients_unused ON clients(created_at) WHERE granted_at IS NULL;
+    CREATE INDEX grants_client ON grants(client_id);
+    "#,
+    ),
 ];
 
 pub struct SqliteStore {
@@ -278,6 +358,13 @@ impl SqliteStore {
             .map_err(|_| anyhow::anyhow!("store mutex poisoned"))
     }
 
+    /// Clients registered through DCR (for tests and diagnostics).
+    pub fn registered_clients(&self) -> anyhow::Result<u64> {
+        Ok(self
+            .conn()?
+            .query_row("SELECT COUNT(*) FROM clients", [], |r| r.get(0))?)
+    }
+
     /// Applied schema versions, ascending (for tests and diagnostics).
     pub fn schema_versions(&self) -> anyhow::Result<Vec<i64>> {
         let conn = self.conn()?;
@@ -314,6 +401,46 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Marks when DCR clients ran out of live grants, and deletes clients unused or idle for
+/// longer than `retention` allows, with their consents.
+fn sweep_clients(conn: &mut Connection, now: i64, retention: &Retention) -> anyhow::Result<()> {
+    // A grant is alive while it is not revoked and its family has a usable refresh token.
+    const LIVE_GRANT: &str =
+        "EXISTS (SELECT 1 FROM grants g JOIN refresh_tokens t ON t.grant_id = g.id
+        WHERE g.client_id = clients.client_id AND g.revoked_at IS NULL
+          AND t.used_at IS NULL AND t.expires_at > ?1)";
+    const EXPIRED: &str = "(granted_at IS NULL AND created_at <= ?1 - ?2
+          AND NOT EXISTS (SELECT 1 FROM grants g WHERE g.client_id = clients.client_id))
+        OR (idle_since IS NOT NULL AND idle_since <= ?1 - ?3)";
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        &format!(
+            "UPDATE clients SET idle_since = NULL WHERE idle_since IS NOT NULL AND {LIVE_GRANT}"
+        ),
+        [now],
+    )?;
+    tx.execute(
+        &format!(
+            "UPDATE clients SET idle_since = ?1
+             WHERE granted_at IS NOT NULL AND idle_since IS NULL AND NOT {LIVE_GRANT}"
+        ),
+        [now],
+    )?;
+    let ttls = params![now, retention.unused_client_ttl, retention.idle_client_ttl];
+    tx.execute(
+        &format!(
+            "DELETE FROM consents WHERE client_id IN (SELECT client_id FROM clients WHERE {EXPIRED})"
+        ),
+        ttls,
+    )?;
+    let deleted = tx.execute(&format!("DELETE FROM clients WHERE {EXPIRED}"), ttls)?;
+    tx.commit()?;
+    if deleted > 0 {
+        tracing::info!(deleted, "expired client registrations deleted");
+    }
+    Ok(())
+}
+
 fn grant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
     Ok(Grant {
         id: r.get(0)?,
@@ -328,8 +455,18 @@ fn grant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
 }
 
 impl Store for SqliteStore {
-    fn insert_client(&self, client: &StoredClient) -> anyhow::Result<()> {
-        self.conn()?.execute(
+    fn insert_client(&self, client: &StoredClient, max_unused: u64) -> anyhow::Result<bool> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let unused: u64 = tx.query_row(
+            "SELECT COUNT(*) FROM clients WHERE granted_at IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        if unused >= max_unused {
+            return Ok(false);
+        }
+        tx.execute(
             "INSERT INTO clients (client_id, metadata, created_at) VALUES (?1, ?2, ?3)",
             params![
                 client.client_id,
@@ -337,7 +474,8 @@ impl Store for SqliteStore {
                 client.created_at
             ],
         )?;
-        Ok(())
+        tx.commit()?;
+        Ok(true)
     }
 
     fn client(&self, client_id: &str) -> anyhow::Result<Option<StoredClient>> {
@@ -458,25 +596,80 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn record_account_failure(&self, account: &str, now: i64) -> anyhow::Result<()> {
+    fn reserve_login_attempt(
+        &self,
+        bucket: &str,
+        since: i64,
+        limit: u32,
+        now: i64,
+    ) -> anyhow::Result<Option<i64>> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let counted: u32 = tx.query_row(
+            "SELECT COUNT(*) FROM login_attempts WHERE bucket = ?1 AND at >= ?2",
+            params![bucket, since],
+            |r| r.get(0),
+        )?;
+        if counted >= limit {
+            return Ok(None);
+        }
+        tx.execute(
+            "INSERT INTO login_attempts (bucket, at, pending) VALUES (?1, ?2, 1)",
+            params![bucket, now],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(Some(id))
+    }
+
+    fn fail_login_attempt(&self, id: i64, now: i64) -> anyhow::Result<()> {
         self.conn()?.execute(
-            "INSERT INTO login_failures (account, failed_at) VALUES (?1, ?2)",
-            params![account, now],
+            "UPDATE login_attempts SET pending = 0, at = ?2 WHERE id = ?1",
+            params![id, now],
         )?;
         Ok(())
     }
 
-    fn account_failures_since(&self, account: &str, since: i64) -> anyhow::Result<u32> {
-        Ok(self.conn()?.query_row(
-            "SELECT COUNT(*) FROM login_failures WHERE account = ?1 AND failed_at >= ?2",
-            params![account, since],
-            |r| r.get(0),
-        )?)
+    fn end_login_attempt(&self, id: i64, bucket: &str, clear_failures: bool) -> anyhow::Result<()> {
+        let conn = self.conn()?;
+        conn.execute("DELETE FROM login_attempts WHERE id = ?1", [id])?;
+        if clear_failures {
+            // Attempts still in flight stay counted.
+            conn.execute(
+                "DELETE FROM login_attempts WHERE bucket = ?1 AND pending = 0",
+                [bucket],
+            )?;
+        }
+        Ok(())
     }
 
-    fn clear_account_failures(&self, account: &str) -> anyhow::Result<()> {
+    fn insert_device(
+        &self,
+        secret_hash: &str,
+        account: &str,
+        expires_at: i64,
+    ) -> anyhow::Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO devices (secret_hash, account, expires_at) VALUES (?1, ?2, ?3)",
+            params![secret_hash, account, expires_at],
+        )?;
+        Ok(())
+    }
+
+    fn device_account(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT account FROM devices WHERE secret_hash = ?1 AND expires_at > ?2",
+                params![secret_hash, now],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn delete_device(&self, secret_hash: &str) -> anyhow::Result<()> {
         self.conn()?
-            .execute("DELETE FROM login_failures WHERE account = ?1", [account])?;
+            .execute("DELETE FROM devices WHERE secret_hash = ?1", [secret_hash])?;
         Ok(())
     }
 
@@ -488,55 +681,82 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn take_code(&self, code_hash: &str) -> anyhow::Result<CodeLookup> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        let row: Option<(String, bool, Option<String>)> = tx
+    fn code(&self, code_hash: &str) -> anyhow::Result<CodeLookup> {
+        let row: Option<(String, bool, Option<String>)> = self
+            .conn()?
             .query_row(
                 "SELECT data, used, grant_id FROM auth_codes WHERE code_hash = ?1",
                 [code_hash],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        let out = match row {
+        Ok(match row {
             None => CodeLookup::Missing,
             Some((_, true, grant_id)) => CodeLookup::Reused { grant_id },
-            Some((data, false, _)) => {
+            Some((data, false, _)) => CodeLookup::Fresh(serde_json::from_str(&data)?),
+        })
+    }
+
+    fn redeem_code(
+        &self,
+        code_hash: &str,
+        issued: Option<(&Grant, Option<&RefreshToken>)>,
+        now: i64,
+    ) -> anyhow::Result<Redemption> {
+        let mut conn = self.conn()?;
+        // IMMEDIATE: take the write lock before reading, so two processes sharing the file
+        // cannot both read "unused".
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let row: Option<(bool, Option<String>)> = tx
+            .query_row(
+                "SELECT used, grant_id FROM auth_codes WHERE code_hash = ?1",
+                [code_hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let out = match row {
+            None => Redemption::Missing,
+            Some((true, grant_id)) => {
+                if let Some(id) = grant_id {
+                    tx.execute(
+                        "UPDATE grants SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                        params![id, now],
+                    )?;
+                }
+                Redemption::Replayed
+            }
+            Some((false, _)) => {
+                let grant_id = match issued {
+                    None => None,
+                    Some((g, refresh)) => {
+                        tx.execute(
+                            "INSERT INTO grants (id, client_id, email, sid, resource, scope, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            params![g.id, g.client_id, g.email, g.sid, g.resource, g.scope, g.created_at],
+                        )?;
+                        if let Some(r) = refresh {
+                            tx.execute(
+                                "INSERT INTO refresh_tokens (token_hash, grant_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                                params![r.token_hash, r.grant_id, r.created_at, r.expires_at],
+                            )?;
+                        }
+                        // A DCR client with a grant is in use: not expired as unused.
+                        tx.execute(
+                            "UPDATE clients SET granted_at = COALESCE(granted_at, ?2), idle_since = NULL
+                             WHERE client_id = ?1",
+                            params![g.client_id, now],
+                        )?;
+                        Some(g.id.as_str())
+                    }
+                };
                 tx.execute(
-                    "UPDATE auth_codes SET used = 1 WHERE code_hash = ?1",
-                    [code_hash],
+                    "UPDATE auth_codes SET used = 1, grant_id = ?2 WHERE code_hash = ?1",
+                    params![code_hash, grant_id],
                 )?;
-                CodeLookup::Fresh(serde_json::from_str(&data)?)
+                Redemption::Redeemed
             }
         };
         tx.commit()?;
         Ok(out)
-    }
-
-    fn insert_grant(
-        &self,
-        code_hash: &str,
-        g: &Grant,
-        refresh: Option<&RefreshToken>,
-    ) -> anyhow::Result<()> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO grants (id, client_id, email, sid, resource, scope, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![g.id, g.client_id, g.email, g.sid, g.resource, g.scope, g.created_at],
-        )?;
-        tx.execute(
-            "UPDATE auth_codes SET grant_id = ?1 WHERE code_hash = ?2",
-            params![g.id, code_hash],
-        )?;
-        if let Some(refresh) = refresh {
-            tx.execute(
-                "INSERT INTO refresh_tokens (token_hash, grant_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                params![refresh.token_hash, refresh.grant_id, refresh.created_at, refresh.expires_at],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
     }
 
     fn grant(&self, id: &str) -> anyhow::Result<Option<Grant>> {
@@ -584,9 +804,10 @@ impl Store for SqliteStore {
         now: i64,
     ) -> anyhow::Result<bool> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
-            "UPDATE refresh_tokens SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL",
+            "UPDATE refresh_tokens SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL
+             AND EXISTS (SELECT 1 FROM grants g WHERE g.id = refresh_tokens.grant_id AND g.revoked_at IS NULL)",
             params![old_hash, now],
         )?;
         if n != 1 {
@@ -600,18 +821,19 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
-    fn sweep(&self, now: i64) -> anyhow::Result<()> {
+    fn sweep(&self, now: i64, retention: &Retention) -> anyhow::Result<()> {
         // Redeemed codes and rotated-out refresh tokens are kept until they expire so that
         // a replay inside their lifetime is still recognised (and revokes the family).
         const DAY: i64 = 86_400;
-        let conn = self.conn()?;
+        let mut conn = self.conn()?;
+        sweep_clients(&mut conn, now, retention)?;
         conn.execute("DELETE FROM pending_flows WHERE expires_at <= ?1", [now])?;
         conn.execute("DELETE FROM auth_codes WHERE expires_at <= ?1", [now - DAY])?;
         conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
-        conn.execute(
-            "DELETE FROM login_failures WHERE failed_at <= ?1",
-            [now - DAY],
-        )?;
+        // Attempts older than a day are outside every throttle window (pending ones too:
+        // a check that never finished, say a crash, stops counting with its window).
+        conn.execute("DELETE FROM login_attempts WHERE at <= ?1", [now - DAY])?;
+        conn.execute("DELETE FROM devices WHERE expires_at <= ?1", [now])?;
         conn.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
         conn.execute(
             "DELETE FROM grants WHERE created_at <= ?1

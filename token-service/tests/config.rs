@@ -197,3 +197,174 @@ fn cli_serve_reads_warden_config_and_logs_json() {
     assert!(dir.path().join("warden.db").exists());
     assert!(dir.path().join("signing-key.json").exists());
 }
+
+/// The test config with `authorization_server.listen` and the `envoy` section replaced.
+fn with_listeners(dir: &std::path::Path, token_service: &str, envoy: &str) -> String {
+    config_yaml(dir, "", "ES256")
+        .replace("listen: 127.0.0.1:0", &format!("listen: {token_service}"))
+        .replace(
+            "envoy:\n  listen: 127.0.0.1:9000\n",
+            &format!("envoy: {envoy}\n"),
+        )
+}
+
+#[test]
+fn listeners_that_cannot_all_bind_are_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        // The token service on Envoy's port: Envoy cannot bind, and MCP URLs get its 404.
+        (
+            "127.0.0.1:9000",
+            "{listen: 127.0.0.1:9000}",
+            "authorization_server.listen",
+        ),
+        // A wildcard takes the port on every address, in either order and either family.
+        (
+            "0.0.0.0:9000",
+            "{listen: 127.0.0.1:9000}",
+            "authorization_server.listen",
+        ),
+        (
+            "127.0.0.1:9100",
+            "{listen: '[::]:9100'}",
+            "authorization_server.listen",
+        ),
+        (
+            "'[::ffff:127.0.0.1]:9000'",
+            "{listen: 127.0.0.1:9000}",
+            "authorization_server.listen",
+        ),
+        // Envoy's admin interface on its own listener.
+        (
+            "127.0.0.1:9100",
+            "{listen: 127.0.0.1:9000, admin: 0.0.0.0:9000}",
+            "envoy.admin",
+        ),
+        (
+            "127.0.0.1:9901",
+            "{listen: 127.0.0.1:9000}",
+            "authorization_server.listen",
+        ),
+    ];
+    for (ts, envoy, field) in cases {
+        let e = err(&with_listeners(dir.path(), ts, envoy));
+        assert!(e.starts_with(&format!("{field}:")), "{ts} / {envoy}: {e}");
+        assert!(e.contains("collides with"), "{e}");
+    }
+    // Distinct addresses on one port, and distinct ports on one address, are fine.
+    for (ts, envoy) in [
+        ("127.0.0.2:9000", "{listen: 127.0.0.1:9000}"),
+        ("'[::1]:9000'", "{listen: 127.0.0.1:9000}"),
+        (
+            "127.0.0.1:9100",
+            "{listen: 0.0.0.0:9000, admin: 127.0.0.1:9901}",
+        ),
+        ("127.0.0.1:0", "{listen: 127.0.0.1:9000}"),
+    ] {
+        let yaml = with_listeners(dir.path(), ts, envoy);
+        assert!(
+            Config::from_yaml(&yaml).is_ok(),
+            "{ts} / {envoy}: {:?}",
+            Config::from_yaml(&yaml).err()
+        );
+    }
+}
+
+#[test]
+fn route_names_must_be_unique_and_read_the_same_to_people() {
+    let dir = tempfile::tempdir().unwrap();
+    let route = |name: &str, prefix: &str| {
+        format!(
+            "  - name: {name}\n    from: http://127.0.0.1:9000\n    prefix: {prefix}\n    to: http://127.0.0.1:9200/mcp\n    mcp: {{server: {{}}}}\n    policy: {{allow: {{and: [{{authenticated_user: true}}]}}}}\n"
+        )
+    };
+    for (name, problem) in [
+        ("demo", "duplicate route name"),
+        ("Demo", "duplicate route name"),
+        ("DEMO", "duplicate route name"),
+        ("'demo '", "whitespace"),
+        ("' demo'", "whitespace"),
+        ("\"demo\\t\"", "whitespace"),
+        ("\"de\\u200Bmo\"", "invisible"),
+        ("\"de\\u0000mo\"", "control"),
+        ("\"demo\\u202E\"", "invisible"),
+        ("''", "must not be empty"),
+    ] {
+        let yaml = config_yaml(dir.path(), &route(name, "/other"), "ES256");
+        let e = err(&yaml);
+        assert!(e.starts_with("routes[1].name:"), "{name}: {e}");
+        assert!(e.contains(problem), "{name}: {e}");
+    }
+    let long = "x".repeat(129);
+    let e = err(&config_yaml(dir.path(), &route(&long, "/other"), "ES256"));
+    assert!(e.starts_with("routes[1].name:"), "{e}");
+    // Distinct names, spaces inside included, are fine.
+    let yaml = config_yaml(dir.path(), &route("'demo two'", "/other"), "ES256");
+    assert!(Config::from_yaml(&yaml).is_ok());
+}
+
+#[test]
+fn check_config_exits_non_zero_for_colliding_listeners_and_route_names() {
+    use std::process::Command;
+    let bin = env!("CARGO_BIN_EXE_warden-token-service");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warden.yaml");
+    let cases = [
+        (
+            with_listeners(dir.path(), "127.0.0.1:9000", "{listen: 127.0.0.1:9000}"),
+            "authorization_server.listen",
+        ),
+        (
+            config_yaml(
+                dir.path(),
+                "  - name: Demo\n    from: http://127.0.0.1:9000\n    prefix: /b\n    to: http://127.0.0.1:9200/mcp\n    mcp: {server: {}}\n    policy: {allow: {and: [{authenticated_user: true}]}}\n",
+                "ES256",
+            ),
+            "routes[1].name",
+        ),
+    ];
+    for (yaml, field) in cases {
+        std::fs::write(&path, yaml).unwrap();
+        for command in ["check-config", "render-envoy"] {
+            let out = Command::new(bin)
+                .args([command, "--config"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+            assert!(stderr.contains(field), "{command}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn a_route_whose_upstream_is_one_of_our_own_listeners_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = config_yaml(dir.path(), "", "ES256");
+    for (to, field) in [
+        ("http://127.0.0.1:9000/mcp", "envoy.listen"),
+        ("http://localhost:9901/", "envoy.admin"),
+        ("http://127.0.0.1:9901/stats", "envoy.admin"),
+    ] {
+        let e = err(&good.replace("to: http://127.0.0.1:9200/mcp", &format!("to: {to}")));
+        assert!(e.starts_with("routes[0].to:"), "{to}: {e}");
+        assert!(e.contains(field), "{to}: {e}");
+    }
+    // A wildcard listener serves every local address on its port.
+    let wildcard = with_listeners(dir.path(), "0.0.0.0:9100", "{listen: 127.0.0.1:9000}");
+    let e = err(&wildcard.replace(
+        "to: http://127.0.0.1:9200/mcp",
+        "to: http://127.0.0.1:9100/mcp",
+    ));
+    assert!(e.contains("authorization_server.listen"), "{e}");
+    // Other hosts and ports are upstreams like any other.
+    for to in [
+        "http://127.0.0.2:9000/mcp",
+        "http://mcp.internal:9000/mcp",
+        "http://127.0.0.1:9201/mcp",
+    ] {
+        let yaml = good.replace("to: http://127.0.0.1:9200/mcp", &format!("to: {to}"));
+        assert!(Config::from_yaml(&yaml).is_ok(), "{to}");
+    }
+}

@@ -157,3 +157,54 @@ async fn slow_idle_and_excess_connections_are_cut() {
     tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// `POST /register` over a connection from `local` (a loopback address of the test's choice).
+async fn register_over_socket(addr: std::net::SocketAddr, local: &str) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    let body =
+        r#"{"redirect_uris":["http://127.0.0.1:4000/cb"],"token_endpoint_auth_method":"none"}"#;
+    s.write_all(
+        format!(
+            "POST /register HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn registrations_over_real_connections_are_limited_per_peer_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config_yaml(dir.path(), "", "ES256").replace(
+        "  refresh_token_ttl_seconds: 3600\n",
+        "  refresh_token_ttl_seconds: 3600\n  registration: {rate_limit_per_minute: 3}\n",
+    );
+    let state = AppState::new(Config::from_yaml(&yaml).unwrap()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_on(listener, state, async {
+        let _ = rx.await;
+    }));
+
+    for i in 0..3 {
+        let r = register_over_socket(addr, "127.0.0.1").await;
+        assert!(r.starts_with("HTTP/1.1 201"), "{i}: {r}");
+    }
+    let r = register_over_socket(addr, "127.0.0.1").await;
+    assert!(r.starts_with("HTTP/1.1 429"), "{r}");
+    assert!(r.to_ascii_lowercase().contains("retry-after: 20"), "{r}");
+    // Another peer address has its own budget.
+    let r = register_over_socket(addr, "127.0.0.2").await;
+    assert!(r.starts_with("HTTP/1.1 201"), "{r}");
+
+    tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -588,3 +588,142 @@ async fn empty_scope_is_omitted_from_the_token_response() {
     let c = verify_te(&env, t["access_token"].as_str().unwrap()).await;
     assert_eq!(c["scope"], "");
 }
+
+fn refresh_token_of(r: &Resp) -> String {
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.json()["refresh_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn refresh_token_lifetime_counts_from_the_code_exchange_not_the_last_rotation() {
+    let env = TestEnv::with(|d| {
+        config_yaml(d, "", "ES256").replace(
+            "refresh_token_ttl_seconds: 3600",
+            "refresh_token_ttl_seconds: 4",
+        )
+    });
+    let code = env.code("public-app", REDIRECT).await;
+    let rt = refresh_token_of(&env.exchange_public("public-app", &code, REDIRECT).await);
+    env.advance(3);
+    let rt = refresh_token_of(&env.refresh_public("public-app", &rt).await);
+    // 5 s after the exchange: past the family's 4 s, however recent the rotation.
+    env.advance(2);
+    let r = env.refresh_public("public-app", &rt).await;
+    assert_oauth_error(&r, StatusCode::BAD_REQUEST, "invalid_grant");
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("expired"));
+}
+
+#[tokio::test]
+async fn refresh_token_family_ends_on_time_even_if_rotated_every_second() {
+    let env = TestEnv::with(|d| {
+        config_yaml(d, "", "ES256").replace(
+            "refresh_token_ttl_seconds: 3600",
+            "refresh_token_ttl_seconds: 10",
+        )
+    });
+    let code = env.code("public-app", REDIRECT).await;
+    let mut rt = refresh_token_of(&env.exchange_public("public-app", &code, REDIRECT).await);
+    for _ in 0..9 {
+        env.advance(1);
+        rt = refresh_token_of(&env.refresh_public("public-app", &rt).await);
+    }
+    env.advance(1);
+    let r = env.refresh_public("public-app", &rt).await;
+    assert_oauth_error(&r, StatusCode::BAD_REQUEST, "invalid_grant");
+}
+
+#[tokio::test]
+async fn refresh_token_idle_timeout_ends_a_family_left_unused() {
+    let env = TestEnv::with(|d| {
+        config_yaml(d, "", "ES256").replace(
+            "refresh_token_ttl_seconds: 3600",
+            "refresh_token_ttl_seconds: 3600\n  refresh_token_idle_seconds: 10",
+        )
+    });
+    let code = env.code("public-app", REDIRECT).await;
+    let rt = refresh_token_of(&env.exchange_public("public-app", &code, REDIRECT).await);
+    // Used within the idle timeout, again and again: the family lives on.
+    env.advance(9);
+    let rt = refresh_token_of(&env.refresh_public("public-app", &rt).await);
+    env.advance(9);
+    let rt = refresh_token_of(&env.refresh_public("public-app", &rt).await);
+    // Left unused for longer than the idle timeout: gone.
+    env.advance(11);
+    let r = env.refresh_public("public-app", &rt).await;
+    assert_oauth_error(&r, StatusCode::BAD_REQUEST, "invalid_grant");
+}
+
+#[test]
+fn refresh_token_idle_seconds_of_zero_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config_yaml(dir.path(), "", "ES256").replace(
+        "refresh_token_ttl_seconds: 3600",
+        "refresh_token_ttl_seconds: 3600\n  refresh_token_idle_seconds: 0",
+    );
+    let e = warden_token_service::Config::from_yaml(&yaml)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("authorization_server.refresh_token_idle_seconds:"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_raced_code_replay_always_revokes_the_winners_grant() {
+    let env = std::sync::Arc::new(TestEnv::new());
+    for i in 0..40 {
+        let code = env.code("public-app", REDIRECT).await;
+        let exchange = |env: std::sync::Arc<TestEnv>, code: String| {
+            tokio::spawn(async move { env.exchange_public("public-app", &code, REDIRECT).await })
+        };
+        let (a, b) = (
+            exchange(env.clone(), code.clone()),
+            exchange(env.clone(), code.clone()),
+        );
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        let winners: Vec<&Resp> = [&a, &b]
+            .into_iter()
+            .filter(|r| r.status == StatusCode::OK)
+            .collect();
+        assert_eq!(winners.len(), 1, "race {i}: {} / {}", a.body, b.body);
+        let loser = if a.status == StatusCode::OK { &b } else { &a };
+        assert_oauth_error(loser, StatusCode::BAD_REQUEST, "invalid_grant");
+        // Whichever came second was a replay: the winner's family is dead.
+        let rt = winners[0].json()["refresh_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let r = env.refresh_public("public-app", &rt).await;
+        assert_oauth_error(&r, StatusCode::BAD_REQUEST, "invalid_grant");
+    }
+}
+
+#[tokio::test]
+async fn a_code_presented_with_a_wrong_verifier_is_used_up() {
+    let env = TestEnv::new();
+    let code = env.code("public-app", REDIRECT).await;
+    let bad = env
+        .post_form(
+            "/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("client_id", "public-app"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                (
+                    "code_verifier",
+                    "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXX",
+                ),
+            ],
+            None,
+        )
+        .await;
+    assert_oauth_error(&bad, StatusCode::BAD_REQUEST, "invalid_grant");
+    // The right verifier comes too late: the code is spent.
+    let r = env.exchange_public("public-app", &code, REDIRECT).await;
+    assert_oauth_error(&r, StatusCode::BAD_REQUEST, "invalid_grant");
+}

@@ -3,6 +3,7 @@
 
 pub mod authorize;
 pub mod consent;
+pub mod login;
 pub mod pkce;
 pub mod redirect;
 pub mod register;

@@ -2,13 +2,63 @@
 
 use serde::Deserialize;
 
-use super::{hash_secret, random_id, random_token, redirect};
-use crate::config::TokenEndpointAuthMethod;
+use axum::http::StatusCode;
+
+use super::{constant_time_eq, hash_secret, random_id, random_token, redirect};
+use crate::config::{RegistrationConfig, RegistrationMode, TokenEndpointAuthMethod};
 use crate::error::{Error, Result};
 use crate::store::StoredClient;
 
-const MAX_REDIRECT_URIS: usize = 20;
-const MAX_NAME_LEN: usize = 200;
+/// Longest `client_name`, in characters.
+pub const MAX_NAME_LEN: usize = 200;
+/// Longest redirect URI, in bytes.
+pub const MAX_REDIRECT_URI_LEN: usize = 2000;
+/// Longest `application_type`, `token_endpoint_auth_method`, grant or response type: all
+/// are short keywords; anything longer is refused before it is looked at.
+const MAX_KEYWORD_LEN: usize = 64;
+
+/// Whether this request may register at all: the operator's mode, and in
+/// `initial_access_token` mode the `Authorization: Bearer` token (RFC 7591 §3), compared in
+/// constant time. `authorization` is the request's `Authorization` header, if any.
+pub fn admit(config: &RegistrationConfig, authorization: Option<&[u8]>) -> Result<()> {
+    match config.mode {
+        RegistrationMode::Open => Ok(()),
+        RegistrationMode::Closed => Err(Error::OAuth {
+            status: StatusCode::FORBIDDEN,
+            error: "access_denied",
+            description: "dynamic client registration is closed on this server".into(),
+        }),
+        RegistrationMode::InitialAccessToken => {
+            let expected = config.initial_access_token.as_deref().unwrap_or("");
+            let presented = authorization
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| {
+                    let (scheme, token) = v.trim().split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+                });
+            match presented {
+                None => Err(Error::InvalidToken {
+                    description: "registration requires an initial access token".into(),
+                    presented: false,
+                }),
+                // Digests, so the comparison time says nothing about the token's length.
+                Some(t)
+                    if !expected.is_empty()
+                        && constant_time_eq(
+                            hash_secret(t).as_bytes(),
+                            hash_secret(expected).as_bytes(),
+                        ) =>
+                {
+                    Ok(())
+                }
+                Some(_) => Err(Error::InvalidToken {
+                    description: "the initial access token is not valid".into(),
+                    presented: true,
+                }),
+            }
+        }
+    }
+}
 
 /// The metadata we act on; anything else a client sends is ignored (RFC 7591 §2).
 #[derive(Debug, Deserialize)]
@@ -27,12 +77,33 @@ pub struct RegistrationRequest {
     pub application_type: Option<String>,
 }
 
+fn unique(values: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(values.len());
+    for v in values {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
+}
+
 fn metadata_error(description: impl Into<String>) -> Error {
     Error::oauth("invalid_client_metadata", description)
 }
 
-/// Validates a registration; returns the client to store and the response body.
-pub fn register(body: &[u8], now: i64) -> Result<(StoredClient, serde_json::Value)> {
+/// Validates a registration within `limits`; returns the client to store and the response
+/// body. Only the fields below are stored, each bounded, so a record stays small.
+pub fn register(
+    body: &[u8],
+    now: i64,
+    limits: &RegistrationConfig,
+) -> Result<(StoredClient, serde_json::Value)> {
+    if body.len() > limits.max_metadata_bytes {
+        return Err(metadata_error(format!(
+            "registration request is larger than {} bytes",
+            limits.max_metadata_bytes
+        )));
+    }
     let req: RegistrationRequest = serde_json::from_slice(body).map_err(|e| {
         metadata_error(format!(
             "registration request is not valid JSON metadata: {e}"
@@ -46,15 +117,34 @@ pub fn register(body: &[u8], now: i64) -> Result<(StoredClient, serde_json::Valu
             "redirect_uris is required",
         ));
     }
-    if redirect_uris.len() > MAX_REDIRECT_URIS {
+    if redirect_uris.len() > limits.max_redirect_uris {
         return Err(Error::oauth(
             "invalid_redirect_uri",
-            "too many redirect_uris",
+            format!(
+                "too many redirect_uris (at most {})",
+                limits.max_redirect_uris
+            ),
         ));
     }
     for r in &redirect_uris {
+        if r.len() > MAX_REDIRECT_URI_LEN {
+            return Err(Error::oauth(
+                "invalid_redirect_uri",
+                format!("a redirect URI is longer than {MAX_REDIRECT_URI_LEN} bytes"),
+            ));
+        }
         redirect::validate_redirect_uri(r)
             .map_err(|m| Error::oauth("invalid_redirect_uri", format!("{r}: {m}")))?;
+    }
+    // Keywords are echoed in errors and stored: refuse long ones before looking at them.
+    let keywords = [
+        req.token_endpoint_auth_method.iter().collect::<Vec<_>>(),
+        req.application_type.iter().collect(),
+        req.grant_types.iter().flatten().collect(),
+        req.response_types.iter().flatten().collect(),
+    ];
+    if keywords.iter().flatten().any(|k| k.len() > MAX_KEYWORD_LEN) {
+        return Err(metadata_error("a metadata value is too long"));
     }
 
     // RFC 7591's default is client_secret_basic; echo whatever the client asked for.
@@ -96,9 +186,14 @@ pub fn register(body: &[u8], now: i64) -> Result<(StoredClient, serde_json::Valu
     }
     if let Some(n) = &req.client_name {
         if n.chars().count() > MAX_NAME_LEN {
-            return Err(metadata_error("client_name is too long"));
+            return Err(metadata_error(format!(
+                "client_name is longer than {MAX_NAME_LEN} characters"
+            )));
         }
     }
+    // Each type once: repeats would only be stored and echoed.
+    let grant_types = unique(grant_types);
+    let response_types = unique(response_types);
 
     let client_id = random_id();
     let secret = match method {

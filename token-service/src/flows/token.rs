@@ -12,7 +12,7 @@ use super::{
 use crate::config::{Config, LocalUser, TokenEndpointAuthMethod};
 use crate::error::{Error, Result};
 use crate::keys::SigningKey;
-use crate::store::{CodeLookup, Grant, RefreshToken, Store};
+use crate::store::{AuthCode, CodeLookup, Grant, Redemption, RefreshToken, Store};
 
 /// The client credentials a token request carried, before they are checked.
 #[derive(Debug, Default, Clone)]
@@ -181,18 +181,65 @@ fn authorization_code(
         .get("code")
         .ok_or_else(|| Error::invalid_request("code is required"))?;
     let code_hash = hash_secret(code);
-    let ac = match ctx.store.take_code(&code_hash)? {
+    let ac = match ctx.store.code(&code_hash)? {
         CodeLookup::Missing => return Err(Error::invalid_grant("unknown authorization code")),
         CodeLookup::Reused { grant_id } => {
-            // RFC 6749 §4.1.2: a code used twice revokes what it issued.
+            // RFC 6749 §4.1.2: a code used twice revokes what it issued. The grant id is
+            // recorded in the transaction that marked the code used, so it is known here.
             if let Some(g) = grant_id {
                 ctx.store.revoke_grant(&g, ctx.now)?;
             }
-            tracing::warn!(client_id = %client.client_id, "authorization code reused; grant revoked");
-            return Err(Error::invalid_grant("authorization code was already used"));
+            return Err(replayed_code(client));
         }
         CodeLookup::Fresh(ac) => ac,
     };
+    let user = match check_code(ctx, client, params, &ac) {
+        Ok(user) => user,
+        Err(e) => {
+            // A failed presentation uses the code up, as a successful one would.
+            if ctx.store.redeem_code(&code_hash, None, ctx.now)? == Redemption::Replayed {
+                return Err(replayed_code(client));
+            }
+            return Err(e);
+        }
+    };
+    let req = &ac.request;
+    let grant = Grant {
+        id: random_id(),
+        client_id: client.client_id.clone(),
+        email: user.email.clone(),
+        sid: ac.sid.clone(),
+        resource: req.resource.clone(),
+        scope: req.scope.clone(),
+        created_at: ctx.now,
+        revoked: false,
+    };
+    let refresh = client
+        .allows_grant("refresh_token")
+        .then(|| new_refresh_token(ctx, &grant));
+    let issued = Some((&grant, refresh.as_ref().map(|(_, r)| r)));
+    match ctx.store.redeem_code(&code_hash, issued, ctx.now)? {
+        Redemption::Redeemed => {}
+        // A concurrent presentation redeemed it between our read and now.
+        Redemption::Replayed => return Err(replayed_code(client)),
+        Redemption::Missing => return Err(Error::invalid_grant("unknown authorization code")),
+    }
+    tracing::info!(client_id = %client.client_id, sub = %user.email, aud = %grant.resource, "authorization code redeemed");
+    respond(ctx, user, &grant, &grant.scope, refresh.map(|(t, _)| t))
+}
+
+fn replayed_code(client: &RegisteredClient) -> Error {
+    tracing::warn!(client_id = %client.client_id, "authorization code reused; grant revoked");
+    Error::invalid_grant("authorization code was already used")
+}
+
+/// Everything a code presentation must match before it is redeemed; returns the user.
+fn check_code<'a>(
+    ctx: &TokenContext<'a>,
+    client: &RegisteredClient,
+    params: &Params,
+    ac: &AuthCode,
+) -> Result<&'a LocalUser> {
     let req = &ac.request;
     if ac.expires_at <= ctx.now {
         return Err(Error::invalid_grant("authorization code expired"));
@@ -224,28 +271,9 @@ fn authorization_code(
             ));
         }
     }
-    let user = ctx
-        .config
+    ctx.config
         .user(&ac.email)
-        .ok_or_else(|| Error::invalid_grant("user no longer exists"))?;
-
-    let grant = Grant {
-        id: random_id(),
-        client_id: client.client_id.clone(),
-        email: user.email.clone(),
-        sid: ac.sid.clone(),
-        resource: req.resource.clone(),
-        scope: req.scope.clone(),
-        created_at: ctx.now,
-        revoked: false,
-    };
-    let refresh = client
-        .allows_grant("refresh_token")
-        .then(|| new_refresh_token(ctx, &grant.id));
-    ctx.store
-        .insert_grant(&code_hash, &grant, refresh.as_ref().map(|(_, r)| r))?;
-    tracing::info!(client_id = %client.client_id, sub = %user.email, aud = %grant.resource, "authorization code redeemed");
-    respond(ctx, user, &grant, &grant.scope, refresh.map(|(t, _)| t))
+        .ok_or_else(|| Error::invalid_grant("user no longer exists"))
 }
 
 fn refresh(
@@ -287,7 +315,14 @@ fn refresh(
         tracing::warn!(client_id = %client.client_id, "rotated-out refresh token replayed; grant revoked");
         return Err(Error::invalid_grant("refresh token was already used"));
     }
-    if token.expires_at <= ctx.now {
+    // The stored expiry and the one the current config gives, whichever comes first: the
+    // family's lifetime counts from the code exchange, whatever rotations happened since.
+    let expires_at = token.expires_at.min(refresh_token_expiry(
+        ctx.config,
+        grant.created_at,
+        token.created_at,
+    ));
+    if expires_at <= ctx.now {
         return Err(Error::invalid_grant("refresh token expired"));
     }
     if let Some(r) = params.get("resource") {
@@ -315,7 +350,7 @@ fn refresh(
         ctx.store.revoke_grant(&grant.id, ctx.now)?;
         return Err(Error::invalid_grant("user no longer exists"));
     };
-    let (new_token, new_record) = new_refresh_token(ctx, &grant.id);
+    let (new_token, new_record) = new_refresh_token(ctx, &grant);
     if !ctx
         .store
         .rotate_refresh_token(&token_hash, &new_record, ctx.now)?
@@ -327,16 +362,28 @@ fn refresh(
     respond(ctx, user, &grant, &scope, Some(new_token))
 }
 
-fn new_refresh_token(ctx: &TokenContext<'_>, grant_id: &str) -> (String, RefreshToken) {
+fn new_refresh_token(ctx: &TokenContext<'_>, grant: &Grant) -> (String, RefreshToken) {
     let token = random_token();
     let record = RefreshToken {
         token_hash: hash_secret(&token),
-        grant_id: grant_id.to_owned(),
+        grant_id: grant.id.clone(),
         created_at: ctx.now,
-        expires_at: ctx.now + ttl(ctx.config.authorization_server.refresh_token_ttl_seconds),
+        expires_at: refresh_token_expiry(ctx.config, grant.created_at, ctx.now),
         used: false,
     };
     (token, record)
+}
+
+/// When a refresh token issued at `issued_at` stops working: the end of its family's
+/// absolute lifetime (from `family_start`, the code exchange) or, with an idle timeout,
+/// `issued_at` plus that timeout, whichever comes first.
+pub fn refresh_token_expiry(config: &Config, family_start: i64, issued_at: i64) -> i64 {
+    let a = &config.authorization_server;
+    let family_end = family_start.saturating_add(ttl(a.refresh_token_ttl_seconds));
+    match a.refresh_token_idle_seconds {
+        Some(idle) => family_end.min(issued_at.saturating_add(ttl(idle))),
+        None => family_end,
+    }
 }
 
 fn ttl(secs: u64) -> i64 {

@@ -33,6 +33,17 @@ pub fn cheap_hash(password: &str) -> String {
         .to_string()
 }
 
+/// An Argon2id hash with chosen memory (KiB) and time cost.
+pub fn hash_with(password: &str, m_kib: u32, t: u32) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let params = argon2::Params::new(m_kib, t, 1, None).unwrap();
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+    a.hash_password(password.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
+}
+
 pub fn challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
