@@ -715,7 +715,7 @@ impl Config {
             if !emails.insert(u.email.to_ascii_lowercase()) {
                 return Err(ConfigError::new(format!("{at}.email"), "duplicate user"));
             }
-            argon2::PasswordHash::new(&u.password_hash).map_err(|e| {
+            let hash = argon2::PasswordHash::new(&u.password_hash).map_err(|e| {
                 ConfigError::new(
                     format!("{at}.password_hash"),
                     format!(
@@ -723,6 +723,8 @@ impl Config {
                     ),
                 )
             })?;
+            check_hash_cost(&hash)
+                .map_err(|m| ConfigError::new(format!("{at}.password_hash"), m))?;
         }
 
         let mut ids = BTreeSet::new();
@@ -1015,22 +1017,40 @@ fn validate_route_name(name: &str) -> Result<(), String> {
     if name.trim() != name {
         return Err("must not start or end with whitespace".into());
     }
-    if name.chars().any(is_invisible) {
+    // Spaces are fine inside a name; other whitespace, control and invisible characters are not.
+    if name
+        .chars()
+        .any(|c| c != ' ' && warden_core::names::is_invisible(c))
+    {
         return Err("must not contain control or invisible characters".into());
     }
     Ok(())
 }
 
-/// Control characters and the format characters that render as nothing (zero-width space,
-/// joiners, bidi controls, BOM, soft hyphen).
-fn is_invisible(c: char) -> bool {
-    c.is_control()
-        || matches!(c,
-            '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
-            | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
-            | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}' | '\u{E0000}'..='\u{E0FFF}')
+/// Every sign-in runs one password check, and a few run at once: a hash whose cost parameters
+/// are out of bounds would break the service's memory and time budget (or its availability).
+fn check_hash_cost(hash: &argon2::PasswordHash<'_>) -> Result<(), String> {
+    if hash.algorithm.as_str() != "argon2id" {
+        return Err(format!(
+            "algorithm {} is not accepted: use argon2id (`warden-token-service hash-password`)",
+            hash.algorithm
+        ));
+    }
+    let params =
+        argon2::Params::try_from(hash).map_err(|e| format!("bad Argon2 parameters: {e}"))?;
+    if params.m_cost() > MAX_HASH_MEMORY_KIB || params.t_cost() > 10 || params.p_cost() > 4 {
+        return Err(format!(
+            "Argon2 cost too high (m={}, t={}, p={}): at most m={MAX_HASH_MEMORY_KIB} (64 MiB), t=10, p=4",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        ));
+    }
+    Ok(())
 }
+
+/// Largest Argon2 memory cost accepted in a password hash, KiB.
+const MAX_HASH_MEMORY_KIB: u32 = 64 * 1024;
 
 /// RFC 6749 §3.3 scope-token characters.
 pub fn is_scope_char(b: u8) -> bool {

@@ -26,6 +26,36 @@ fn embedded_default_is_valid_and_has_the_demo_user() {
 }
 
 #[test]
+fn password_hashes_with_out_of_bounds_cost_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = config_yaml(dir.path(), "", "ES256");
+    let hash_with = |m: u32, t: u32, p: u32| {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let params = argon2::Params::new(m, t, p, None).unwrap();
+        let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        a.hash_password(b"pw", &salt).unwrap().to_string()
+    };
+    let with_hash = |h: &str| {
+        let start = good.find("password_hash: \"").unwrap() + "password_hash: \"".len();
+        let end = start + good[start..].find('"').unwrap();
+        format!("{}{h}{}", &good[..start], &good[end..])
+    };
+    // The default cost loads; a memory cost of 128 MiB, 11 passes or 5 lanes do not.
+    assert!(Config::from_yaml(&with_hash(&hash_with(19_456, 2, 1))).is_ok());
+    for (m, t, p) in [(131_072, 1, 1), (8, 11, 1), (64, 1, 5)] {
+        let e = err(&with_hash(&hash_with(m, t, p)));
+        assert!(
+            e.starts_with("identity_provider.local.users[0].password_hash"),
+            "{e}"
+        );
+        assert!(e.contains("cost too high"), "{e}");
+    }
+    let argon2i = hash_with(8, 1, 1).replace("$argon2id$", "$argon2i$");
+    assert!(err(&with_hash(&argon2i)).contains("argon2id"));
+}
+
+#[test]
 fn default_key_file_sits_next_to_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = config_yaml(dir.path(), "", "ES256");
