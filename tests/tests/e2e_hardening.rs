@@ -173,6 +173,75 @@ async fn bodies_reach_the_upstream_only_on_post() {
     assert_eq!(resp.status, 403, "{}", resp.body);
 }
 
+/// Runs curl over HTTP/2 (prior knowledge) and returns (status, body).
+async fn curl_h2(args: &[&str]) -> (u16, String) {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "--http2-prior-knowledge",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(args)
+        .output()
+        .await
+        .expect("curl (needed for HTTP/2 requests) runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[tokio::test]
+async fn http2_bodies_that_no_header_announces_are_refused_on_get_and_delete() {
+    let stack = Stack::start_with(deny_add_options()).await;
+    let token = stack.mint_token(&stack.mcp_url()).await;
+    let auth = format!("authorization: Bearer {token}");
+    let url = stack.mcp_url();
+    let body = add_call(1);
+    for method in ["GET", "DELETE"] {
+        stack.demo.clear_recorded().await;
+        // HEADERS without END_STREAM and without Content-Length, then a DATA frame.
+        let (status, answer) = curl_h2(&[
+            "-X",
+            method,
+            "-H",
+            &auth,
+            "-H",
+            "Content-Length:",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &body,
+            &url,
+        ])
+        .await;
+        assert_eq!(status, 400, "{method} over HTTP/2 with a body: {answer}");
+        assert_eq!(jsonrpc_code(&answer), json!(-32600));
+        stack
+            .demo
+            .assert_nothing_recorded(&format!("HTTP/2 {method} with a body"))
+            .await;
+    }
+    // HTTP/2 itself is served: a POST is judged as over HTTP/1.
+    let (status, answer) = curl_h2(&[
+        "-X",
+        "POST",
+        "-H",
+        &auth,
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "accept: application/json, text/event-stream",
+        "--data-binary",
+        &body,
+        &url,
+    ])
+    .await;
+    assert_eq!(status, 403, "{answer}");
+}
+
 // =============================================================================================
 // 2. Names a lenient server would read as other names
 // =============================================================================================
