@@ -621,27 +621,34 @@ fn junk_token(n: u64) -> String {
     )
 }
 
+/// A `tools/list` on route `demo` with `token`; returns the HTTP status.
+async fn list_status(url: &str, token: &str) -> u16 {
+    let auth = format!("Bearer {token}");
+    mcp_post(url, &[("authorization", &auth)], "tools/list", json!({}))
+        .await
+        .status
+}
+
+/// Starts a stack on two Envoy workers where both already verified `token`.
+async fn two_workers_warm() -> (Stack, String) {
+    let stack = Stack::start_with(StackOptions {
+        envoy_workers: 2,
+        ..StackOptions::default()
+    })
+    .await;
+    let token = stack.mint_token(&stack.mcp_url()).await;
+    // Each request opens its own connection, so they spread over the workers.
+    for _ in 0..4 {
+        assert_eq!(list_status(&stack.mcp_url(), &token).await, 200);
+    }
+    (stack, token)
+}
+
 #[tokio::test]
 async fn a_flood_of_unknown_kids_fetches_the_jwks_at_most_once_per_five_seconds_per_worker() {
     const WORKERS: u64 = 2;
     const FLOOD_SECONDS: u64 = 12;
-    let stack = Stack::start_with(StackOptions {
-        envoy_workers: WORKERS as u32,
-        ..StackOptions::default()
-    })
-    .await;
-    let good = stack.mint_token(&stack.mcp_url()).await;
-    // Both workers hold keys before the flood starts.
-    for _ in 0..4 {
-        let resp = mcp_post(
-            &stack.mcp_url(),
-            &[("authorization", &format!("Bearer {good}"))],
-            "tools/list",
-            json!({}),
-        )
-        .await;
-        assert_eq!(resp.status, 200, "{}", resp.body);
-    }
+    let (stack, good) = two_workers_warm().await;
     // Each worker's start-up fetch is done before counting.
     let deadline = Instant::now() + Duration::from_secs(20);
     while token_service_requests(&stack).await < WORKERS {
@@ -658,26 +665,15 @@ async fn a_flood_of_unknown_kids_fetches_the_jwks_at_most_once_per_five_seconds_
             let mut refused = 0u64;
             while started.elapsed() < Duration::from_secs(FLOOD_SECONDS) {
                 n += 1;
-                let auth = format!("Bearer {}", junk_token(t * 1_000_000 + n));
-                let resp =
-                    mcp_post(&url, &[("authorization", &auth)], "tools/list", json!({})).await;
-                if resp.status == 401 {
-                    refused += 1;
-                }
-                assert_eq!(resp.status, 401, "junk token: {}", resp.body);
+                let status = list_status(&url, &junk_token(t * 1_000_000 + n)).await;
+                assert_eq!(status, 401, "junk token");
+                refused += 1;
             }
             refused
         }));
     }
     // A good token keeps working during the flood.
-    let resp = mcp_post(
-        &stack.mcp_url(),
-        &[("authorization", &format!("Bearer {good}"))],
-        "tools/list",
-        json!({}),
-    )
-    .await;
-    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(list_status(&stack.mcp_url(), &good).await, 200);
     let mut refused = 0;
     for t in tasks {
         refused += t.await.unwrap();
@@ -696,22 +692,7 @@ async fn a_flood_of_unknown_kids_fetches_the_jwks_at_most_once_per_five_seconds_
 
 #[tokio::test]
 async fn requests_waiting_for_a_new_key_share_one_fetch() {
-    let mut stack = Stack::start_with(StackOptions {
-        envoy_workers: 2,
-        ..StackOptions::default()
-    })
-    .await;
-    let old = stack.mint_token(&stack.mcp_url()).await;
-    for _ in 0..4 {
-        let resp = mcp_post(
-            &stack.mcp_url(),
-            &[("authorization", &format!("Bearer {old}"))],
-            "tools/list",
-            json!({}),
-        )
-        .await;
-        assert_eq!(resp.status, 200);
-    }
+    let (mut stack, _) = two_workers_warm().await;
     // Rotate the key: the token service makes a new one when its key file is gone.
     stack.token_service.kill().await;
     std::fs::remove_file(stack.signing_key_path()).unwrap();
@@ -720,12 +701,8 @@ async fn requests_waiting_for_a_new_key_share_one_fetch() {
     let before = token_service_requests(&stack).await;
     let mut tasks = Vec::new();
     for _ in 0..24 {
-        let (url, auth) = (stack.mcp_url(), format!("Bearer {new}"));
-        tasks.push(tokio::spawn(async move {
-            mcp_post(&url, &[("authorization", &auth)], "tools/list", json!({}))
-                .await
-                .status
-        }));
+        let (url, new) = (stack.mcp_url(), new.clone());
+        tasks.push(tokio::spawn(async move { list_status(&url, &new).await }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200, "a request with the new key");
