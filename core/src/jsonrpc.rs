@@ -80,19 +80,32 @@ pub fn parse_strict(body: &[u8]) -> Result<Value, InspectError> {
         .map_err(|e| InspectError::Parse(e.to_string()))
 }
 
-/// The members of a message the filter reads, and of its `params`.
-const ENVELOPE_KEYS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
-const PARAMS_KEYS: &[&str] = &["name", "arguments", "uri", "taskId", "_meta"];
+/// The members of a message the filter reads, and of its `params`, each with its `fold`.
+const ENVELOPE_KEYS: &[(&str, &str)] = &[
+    ("jsonrpc", "jsonrpc"),
+    ("id", "id"),
+    ("method", "method"),
+    ("params", "params"),
+    ("result", "result"),
+    ("error", "error"),
+];
+const PARAMS_KEYS: &[(&str, &str)] = &[
+    ("name", "name"),
+    ("arguments", "arguments"),
+    ("uri", "uri"),
+    ("taskId", "taskid"),
+    ("_meta", "meta"),
+];
 
 /// A key that is not one the filter reads but that a lenient server would read as one
 /// (`Method`, `params `, `na\u200bme`): the server would act on a member the filter never saw.
-fn look_alike_member(obj: &Map<String, Value>, known: &[&str]) -> Result<(), InspectError> {
+fn look_alike_member(obj: &Map<String, Value>, known: &[(&str, &str)]) -> Result<(), InspectError> {
     for key in obj.keys() {
-        if known.contains(&key.as_str()) {
+        if known.iter().any(|(exact, _)| exact == key) {
             continue;
         }
         let folded = fold(key);
-        if let Some(member) = known.iter().find(|k| fold(k) == folded) {
+        if let Some((member, _)) = known.iter().find(|(_, f)| *f == folded) {
             return Err(InspectError::Invalid(format!(
                 "member {key:?} differs from {member:?} only by case, whitespace or invisible characters"
             )));
@@ -360,6 +373,13 @@ mod tests {
         // Distinct keys and other members are fine.
         let fine = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"Table":"t","limit":1,"名前":"x"}}}"#;
         assert!(inspect(fine.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn the_known_members_are_listed_with_their_folds() {
+        for (exact, folded) in ENVELOPE_KEYS.iter().chain(PARAMS_KEYS) {
+            assert_eq!(fold(exact), *folded);
+        }
     }
 
     #[test]

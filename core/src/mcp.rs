@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 use crate::config::{DenyStyle, Route};
 use crate::jsonrpc::{inspect, parse_strict, Body, InspectError};
 use crate::mcp_headers::{self, RoutingHeaders, HEADER_MISMATCH};
-use crate::names::fold;
+use crate::names::{fold, is_folded};
 use crate::policy::{Decision, McpCall, Names, PolicyInput};
 use crate::reply::LocalReply;
 use crate::token::TeClaims;
@@ -381,7 +381,16 @@ fn look_alike_key<'a>(arguments: &'a Value, path: &[String]) -> Option<&'a str> 
             return None;
         };
         let folded = fold(segment);
-        if let Some(key) = map.keys().find(|k| *k != segment && fold(k) == folded) {
+        // Keys that are their own fold need no folding to compare.
+        let alike = |k: &String| {
+            k != segment
+                && if is_folded(k) {
+                    *k == folded
+                } else {
+                    fold(k) == folded
+                }
+        };
+        if let Some(key) = map.keys().find(|k| alike(k)) {
             return Some(key);
         }
         node = map.get(segment)?;
