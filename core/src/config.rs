@@ -28,6 +28,11 @@ pub struct PluginConfig {
     /// Verified tokens kept per worker.
     #[serde(default = "default_cache_entries")]
     pub token_cache_entries: u32,
+    /// Publish each authorize record as Envoy filter state `wasm.mcp_warden.authorize`, for an
+    /// access log that prints it. Off, the record is rendered only when Envoy's `wasm` log
+    /// level shows info lines: a record nobody reads costs nothing.
+    #[serde(default)]
+    pub authorize_filter_state: bool,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -179,6 +184,7 @@ pub struct CompiledConfig {
     pub jwks: Option<JwksFetch>,
     pub static_keys: Option<KeySet>,
     pub token_cache_entries: usize,
+    pub authorize_filter_state: bool,
     pub routes: Vec<Route>,
 }
 
@@ -390,6 +396,7 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
         jwks: raw.jwks,
         static_keys,
         token_cache_entries: raw.token_cache_entries as usize,
+        authorize_filter_state: raw.authorize_filter_state,
         routes,
     })
 }

@@ -20,6 +20,8 @@ pub struct Message {
     pub call: McpCall,
     /// What `Mcp-Name` must carry for this method (`params.name`, `params.uri`, `params.taskId`).
     pub name: Option<String>,
+    /// `params._meta["io.modelcontextprotocol/protocolVersion"]`, when it is a string.
+    pub meta_protocol_version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -59,7 +61,10 @@ pub fn inspect(body: &[u8]) -> Result<Body, InspectError> {
             if items.is_empty() {
                 return Err(InspectError::Invalid("empty batch".into()));
             }
-            let messages = items.iter().map(message).collect::<Result<Vec<_>, _>>()?;
+            let messages = items
+                .into_iter()
+                .map(message)
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(Body {
                 batch: true,
                 messages,
@@ -67,7 +72,7 @@ pub fn inspect(body: &[u8]) -> Result<Body, InspectError> {
         }
         other => Ok(Body {
             batch: false,
-            messages: vec![message(&other)?],
+            messages: vec![message(other)?],
         }),
     }
 }
@@ -114,24 +119,25 @@ fn look_alike_member(obj: &Map<String, Value>, known: &[(&str, &str)]) -> Result
     Ok(())
 }
 
-fn message(v: &Value) -> Result<Message, InspectError> {
+/// Reads one message, taking its parts rather than copying them (arguments can be large).
+fn message(v: Value) -> Result<Message, InspectError> {
     let invalid = |m: &str| Err(InspectError::Invalid(m.to_string()));
-    let Value::Object(obj) = v else {
+    let Value::Object(mut obj) = v else {
         return invalid("a JSON-RPC message must be an object");
     };
-    look_alike_member(obj, ENVELOPE_KEYS)?;
+    look_alike_member(&obj, ENVELOPE_KEYS)?;
     if let Some(Value::Object(params)) = obj.get("params") {
         look_alike_member(params, PARAMS_KEYS)?;
     }
-    if obj.get("jsonrpc") != Some(&Value::String("2.0".into())) {
+    if !matches!(obj.get("jsonrpc"), Some(Value::String(v)) if v == "2.0") {
         return invalid("\"jsonrpc\" must be \"2.0\"");
     }
-    let id = match obj.get("id") {
+    let id = match obj.remove("id") {
         None => None,
-        Some(id @ (Value::String(_) | Value::Number(_) | Value::Null)) => Some(id.clone()),
+        Some(id @ (Value::String(_) | Value::Number(_) | Value::Null)) => Some(id),
         Some(_) => return invalid("\"id\" must be a string, a number or null"),
     };
-    let method = match obj.get("method") {
+    let method = match obj.remove("method") {
         None => {
             // A response (to a server-to-client request): no method to judge.
             if !obj.contains_key("result") && !obj.contains_key("error") {
@@ -141,25 +147,31 @@ fn message(v: &Value) -> Result<Message, InspectError> {
                 id,
                 call: McpCall::default(),
                 name: None,
+                meta_protocol_version: None,
             });
         }
-        Some(Value::String(m)) => m.clone(),
+        Some(Value::String(m)) => m,
         Some(_) => return invalid("\"method\" must be a string"),
     };
     crate::names::check_method(&method).map_err(InspectError::Invalid)?;
-    let params = match obj.get("params") {
+    let mut params = match obj.remove("params") {
         None => None,
         Some(p @ (Value::Object(_) | Value::Array(_))) => Some(p),
         Some(_) => return invalid("\"params\" must be an object or an array"),
     };
-    let param = |key: &str| params.and_then(|p| p.get(key));
+    let meta_protocol_version = params
+        .as_ref()
+        .and_then(|p| p.get("_meta"))
+        .and_then(|m| m.get(META_PROTOCOL_VERSION))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let name_key = match method.as_str() {
         "tools/call" | "prompts/get" => Some("name"),
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some("uri"),
         "tasks/get" | "tasks/update" | "tasks/cancel" => Some("taskId"),
         _ => None,
     };
-    let name = match name_key.map(|k| (k, param(k))) {
+    let name = match name_key.map(|k| (k, params.as_ref().and_then(|p| p.get(k)))) {
         None => None,
         Some((_, Some(Value::String(s)))) => Some(s.clone()),
         Some((k, None)) => {
@@ -175,9 +187,9 @@ fn message(v: &Value) -> Result<Message, InspectError> {
         if let Some(name) = &name {
             crate::names::check_tool_name(name).map_err(InspectError::Invalid)?;
         }
-        let arguments = match param("arguments") {
+        let arguments = match params.as_mut().and_then(|p| p.get_mut("arguments")) {
             None => None,
-            Some(a @ Value::Object(_)) => Some(a.clone()),
+            Some(a @ Value::Object(_)) => Some(a.take()),
             Some(_) => return invalid("params.arguments must be an object"),
         };
         (name.clone(), arguments)
@@ -192,8 +204,12 @@ fn message(v: &Value) -> Result<Message, InspectError> {
             arguments,
         },
         name,
+        meta_protocol_version,
     })
 }
+
+/// Where a request states its protocol version in the body (2026-07-28).
+pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 
 /// A `serde_json::Value` whose objects may not repeat a key.
 struct StrictValue(Value);

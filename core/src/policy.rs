@@ -563,18 +563,26 @@ impl Expr {
         why_true: &mut Vec<&'static str>,
         why_false: &mut Vec<&'static str>,
     ) -> bool {
-        // Every child is evaluated (no short circuit) so the log shows every reason.
-        let mut all = |children: &[Expr]| -> Vec<bool> {
-            children
+        // Every child is evaluated (no short circuit) so the log shows every reason: count
+        // the hits rather than collect them.
+        let mut hits = |children: &[Expr]| -> (usize, usize) {
+            let hit = children
                 .iter()
-                .map(|c| c.eval(input, why_true, why_false))
-                .collect()
+                .filter(|c| c.eval(input, why_true, why_false))
+                .count();
+            (hit, children.len())
         };
         match self {
-            Expr::And(c) => all(c).iter().all(|b| *b),
-            Expr::Or(c) => all(c).iter().any(|b| *b),
-            Expr::Not(c) => !all(c).iter().all(|b| *b),
-            Expr::Nor(c) => !all(c).iter().any(|b| *b),
+            Expr::And(c) => {
+                let (hit, n) = hits(c);
+                hit == n
+            }
+            Expr::Or(c) => hits(c).0 > 0,
+            Expr::Not(c) => {
+                let (hit, n) = hits(c);
+                hit != n
+            }
+            Expr::Nor(c) => hits(c).0 == 0,
             Expr::Leaf(criterion) => {
                 let (hit, reason) = criterion.eval(input);
                 if hit {

@@ -56,6 +56,7 @@ impl Context for WardenRoot {
 
 impl RootContext for WardenRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
+        worker::follow_log_level();
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         let config = match CompiledConfig::from_json(&bytes) {
             Ok(config) => config,

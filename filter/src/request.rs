@@ -19,7 +19,7 @@ use warden_core::transport::MethodRule;
 
 use crate::metrics::{Counter, Metrics};
 use crate::response::ResponseFilter;
-use crate::worker::{now_seconds, Waiter, Worker};
+use crate::worker::{now_seconds, seconds, Waiter, Worker};
 
 /// The request head copied out of the host, kept while a JWKS fetch is in flight.
 #[derive(Default)]
@@ -108,7 +108,6 @@ fn lossy(bytes: &[u8]) -> String {
 /// An authorized request on an MCP route, waiting for (or past) its body judgement.
 struct PendingCall {
     head: CallHead,
-    started: SystemTime,
     /// Waiting for the end of the body: a POST body to judge, or the end of a GET / DELETE
     /// that must turn out empty.
     waiting_for_body: bool,
@@ -133,6 +132,8 @@ pub struct RequestState {
     /// The stream is over; a late wake-up must not touch it.
     done: bool,
     head: Option<OwnedHead>,
+    /// When the request headers arrived (the authorize record's duration starts here).
+    started: SystemTime,
     call: Option<PendingCall>,
     body_seen: BodySeen,
     pub(crate) response: ResponseFilter,
@@ -150,7 +151,7 @@ pub fn wake(waiter: Waiter) {
         return;
     }
     s.awaiting_keys = false;
-    if let Action::Continue = s.decide_and_act(false) {
+    if let Action::Continue = s.decide_and_act(false, now_seconds()) {
         let _ = hostcalls::resume_http_request();
     }
 }
@@ -179,11 +180,10 @@ impl RequestState {
     }
 
     /// Runs the decision and carries it out; returns the action for the current callback.
-    fn decide_and_act(&mut self, may_fetch_keys: bool) -> Action {
+    fn decide_and_act(&mut self, may_fetch_keys: bool, now: i64) -> Action {
         let Some(head) = self.head.take() else {
             return Action::Continue;
         };
-        let now = now_seconds();
         match self.decide(&head, now, may_fetch_keys) {
             Step::PassThrough => Action::Continue,
             Step::Reply(reply) => {
@@ -210,7 +210,7 @@ impl RequestState {
                 // Another worker may have fetched the key already (a second pass finds no
                 // newer set, so this recurses at most once).
                 if self.worker.borrow_mut().sync_keys() {
-                    return self.decide_and_act(may_fetch_keys);
+                    return self.decide_and_act(may_fetch_keys, now);
                 }
                 let waiter = Waiter {
                     id: self.id,
@@ -221,7 +221,7 @@ impl RequestState {
                     Action::Pause
                 } else {
                     // No fetch allowed now: decide with the keys we have (401 or 503).
-                    self.decide_and_act(false)
+                    self.decide_and_act(false, now)
                 }
             }
             Step::Forward(grant) => {
@@ -242,7 +242,6 @@ impl RequestState {
                 self.grant = Some(grant);
                 self.call = Some(PendingCall {
                     head: head.call,
-                    started: hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH),
                     waiting_for_body: false,
                 });
                 self.begin_call(method, head.end_of_stream)
@@ -279,7 +278,7 @@ impl RequestState {
             return self.body_complete();
         }
         if method == MethodRule::Bodiless && self.body_seen.size > 0 {
-            return self.finish(judge::refuse_unexpected_body);
+            return self.finish(|_, _, head| judge::refuse_unexpected_body(head));
         }
         if let Some(call) = self.call.as_mut() {
             call.waiting_for_body = true;
@@ -302,14 +301,13 @@ impl RequestState {
                 };
                 self.finish(|route, claims, head| judge::judge_body(route, claims, head, &body))
             }
-            _ if size > 0 => self.finish(judge::refuse_unexpected_body),
+            _ if size > 0 => self.finish(|_, _, head| judge::refuse_unexpected_body(head)),
             _ => self.finish(judge::judge_bodiless),
         }
     }
 
     /// Runs a judgement for the pending call, logs it, and replies or lets it through.
     fn finish(&mut self, run: impl FnOnce(&Route, &TeClaims, &CallHead) -> Verdict) -> Action {
-        let now = hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH);
         if let Some(call) = self.call.as_mut() {
             call.waiting_for_body = false;
         }
@@ -322,15 +320,30 @@ impl RequestState {
             return Action::Continue;
         };
         let verdict = run(route, &grant.identity.claims, &call.head);
-        let elapsed = now
-            .duration_since(call.started)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or_default();
-        let line = verdict.log.to_json(elapsed).to_string();
-        log::info!("mcp-warden authorize {line}");
-        // For Envoy's access log: `%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`. (Envoy's
-        // Wasm host cannot write dynamic metadata; filter state is what it offers.)
-        let _ = hostcalls::set_property(vec!["mcp_warden.authorize"], Some(line.as_bytes()));
+        let to_log = log::log_enabled!(log::Level::Info);
+        if to_log || w.config.authorize_filter_state {
+            // Rendered only for a reader: Envoy's log at info, or an access log.
+            let elapsed = hostcalls::get_current_time()
+                .ok()
+                .and_then(|now| now.duration_since(self.started).ok())
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or_default();
+            let subject = judge::LogSubject {
+                request_id: &call.head.request_id,
+                route: &route.name,
+                claims: &grant.identity.claims,
+            };
+            let line = verdict.log.render(&subject, elapsed);
+            if to_log {
+                log::info!("authorize {line}");
+            }
+            if w.config.authorize_filter_state {
+                // For Envoy's access log: `%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`.
+                // (Envoy's Wasm host cannot write dynamic metadata; filter state is its offer.)
+                let _ =
+                    hostcalls::set_property(vec!["mcp_warden.authorize"], Some(line.as_bytes()));
+            }
+        }
         if verdict.log.batch_size > 0 {
             w.metrics.inc(Counter::Batch);
         }
@@ -357,10 +370,8 @@ impl RequestState {
     /// Refuses a body over the route's limit: never truncated, never passed unread.
     fn refuse_oversize(&mut self) -> Action {
         let limit = self.route_limit().unwrap_or_default();
-        self.finish(|route, claims, head| {
+        self.finish(|_, _, head| {
             judge::refuse(
-                route,
-                claims,
                 head,
                 413,
                 judge::INVALID_REQUEST,
@@ -402,7 +413,9 @@ impl RequestState {
             }
             Some(MethodRule::InspectBody) => {}
             // A GET or DELETE body is refused at its first byte.
-            _ if body_size > 0 => return self.finish(judge::refuse_unexpected_body),
+            _ if body_size > 0 => {
+                return self.finish(|_, _, head| judge::refuse_unexpected_body(head))
+            }
             _ => {}
         }
         if !end_of_stream {
@@ -447,6 +460,7 @@ impl WardenRequest {
                 replied: false,
                 done: false,
                 head: None,
+                started: SystemTime::UNIX_EPOCH,
                 call: None,
                 body_seen: BodySeen::default(),
                 response: ResponseFilter::None,
@@ -480,7 +494,10 @@ impl HttpContext for WardenRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.with(|s| {
             s.head = Some(OwnedHead::read(end_of_stream));
-            s.decide_and_act(true)
+            // One clock read serves the token's expiry check and the record's duration.
+            s.started = hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH);
+            let now = seconds(s.started);
+            s.decide_and_act(true, now)
         })
     }
 

@@ -88,6 +88,8 @@ pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
         jwks_static: None,
         clock_skew_seconds: 30,
         token_cache_entries: 10_000,
+        // The rendered access log prints it (`%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`).
+        authorize_filter_state: true,
         routes: input
             .routes
             .iter()
