@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::config::{DenyStyle, Route};
-use crate::jsonrpc::{inspect, Body, InspectError};
+use crate::jsonrpc::{inspect_with, Body, InspectError};
 use crate::mcp_headers::{self, RoutingHeaders, HEADER_MISMATCH};
 use crate::names::{fold, is_folded};
 use crate::policy::{Decision, McpCall, Names, PolicyInput};
@@ -250,7 +250,9 @@ pub fn judge_body(route: &Route, claims: &TeClaims, head: &CallHead, body: &[u8]
             "MCP requests must be Content-Type: application/json",
         );
     }
-    let parsed: Body = match inspect(body) {
+    // Tool arguments are built only for a reader: an `mcp_argument` criterion or the log.
+    let with_arguments = !route.policy.argument_paths.is_empty() || route.log_tool_parameters;
+    let parsed: Body = match inspect_with(body, with_arguments) {
         Ok(b) => b,
         Err(e @ InspectError::Parse(_)) => {
             return refuse_with(

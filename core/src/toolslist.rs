@@ -2,12 +2,15 @@
 //! for SSE streams (parsed event by event; chunks may split events and UTF-8 sequences anywhere).
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+
+use std::rc::Rc;
+
+use crate::raw::Members;
+use crate::token::Identity;
 
 /// Rewrites one JSON-RPC message if it is the result of `request_id`'s `tools/list`.
 /// Returns `None` when the message is something else (pass it through untouched).
@@ -61,92 +64,102 @@ pub fn filter_message(
     Some((out, removed))
 }
 
+/// The `tools/list` answers filtered last, per worker: a client that lists again, and gets the
+/// same answer from its server, gets the same filtered answer without another parse. The
+/// result depends only on the answer's bytes, the route and the caller's identity (the verified
+/// token's, shared through the token cache), all compared exactly.
+#[derive(Default)]
+pub struct FilteredLists {
+    entries: Vec<FilteredList>,
+    next: usize,
+}
+
+struct FilteredList {
+    route: usize,
+    identity: Rc<Identity>,
+    request_id: Value,
+    answer: Vec<u8>,
+    filtered: Vec<u8>,
+    removed: usize,
+}
+
+/// Answers kept at once, and the largest kept (so the cache holds at most 16 × 2 × 256 KiB).
+const MAX_LISTS: usize = 16;
+const MAX_LIST_BYTES: usize = 256 * 1024;
+
+impl FilteredLists {
+    /// The filtered form of `answer` for this caller, if it was filtered before.
+    pub fn get(
+        &self,
+        route: usize,
+        identity: &Rc<Identity>,
+        request_id: &Value,
+        answer: &[u8],
+    ) -> Option<(&[u8], usize)> {
+        self.entries
+            .iter()
+            .find(|e| {
+                e.route == route
+                    && Rc::ptr_eq(&e.identity, identity)
+                    && e.answer.len() == answer.len()
+                    && &e.request_id == request_id
+                    && same_bytes(&e.answer, answer)
+            })
+            .map(|e| (e.filtered.as_slice(), e.removed))
+    }
+
+    pub fn put(
+        &mut self,
+        route: usize,
+        identity: &Rc<Identity>,
+        request_id: &Value,
+        answer: &[u8],
+        filtered: &[u8],
+        removed: usize,
+    ) {
+        if answer.len() > MAX_LIST_BYTES || filtered.len() > MAX_LIST_BYTES {
+            return;
+        }
+        let entry = FilteredList {
+            route,
+            identity: Rc::clone(identity),
+            request_id: request_id.clone(),
+            answer: answer.to_vec(),
+            filtered: filtered.to_vec(),
+            removed,
+        };
+        if self.entries.len() < MAX_LISTS {
+            self.entries.push(entry);
+        } else {
+            // Oldest first out.
+            self.entries[self.next % MAX_LISTS] = entry;
+            self.next = (self.next + 1) % MAX_LISTS;
+        }
+    }
+}
+
+/// Byte equality eight bytes at a time (a byte loop in Wasm otherwise).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tails_equal = a8.remainder() == b8.remainder();
+    tails_equal
+        && a8.zip(b8).all(|(x, y)| {
+            let word = |c: &[u8]| {
+                <[u8; 8]>::try_from(c)
+                    .map(u64::from_ne_bytes)
+                    .unwrap_or_default()
+            };
+            word(x) == word(y)
+        })
+}
+
 #[derive(Deserialize)]
 struct ToolName<'a> {
     #[serde(borrow)]
     name: Cow<'a, str>,
-}
-
-/// An object's members in order, each value as its raw text. A repeated key keeps its last
-/// value, as `serde_json` reads it.
-struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'a> Members<'a> {
-    fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
-    }
-
-    /// Writes the object; `replace` may write a member's value itself (returns true).
-    fn write(&self, out: &mut Vec<u8>, mut replace: impl FnMut(&str, &mut Vec<u8>) -> bool) {
-        out.push(b'{');
-        for (i, (key, value)) in self.0.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            // Writing a string to a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut *out, key);
-            out.push(b':');
-            if !replace(key, out) {
-                out.extend_from_slice(value.get().as_bytes());
-            }
-        }
-        out.push(b'}');
-    }
-}
-
-impl<'de> Deserialize<'de> for Members<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(MembersVisitor)
-    }
-}
-
-struct MembersVisitor;
-
-impl<'de> Visitor<'de> for MembersVisitor {
-    type Value = Members<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
-        let mut members: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
-        while let Some(Key(key)) = map.next_key()? {
-            let value: &'de RawValue = map.next_value()?;
-            match members.iter_mut().find(|(k, _)| *k == key) {
-                Some(slot) => slot.1 = value,
-                None => members.push((key, value)),
-            }
-        }
-        Ok(Members(members))
-    }
-}
-
-/// A member name, borrowed from the input unless it has escapes.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(KeyVisitor)
-    }
-}
-
-struct KeyVisitor;
-
-impl<'de> Visitor<'de> for KeyVisitor {
-    type Value = Key<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a member name")
-    }
-
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-        Ok(Key(Cow::Borrowed(v)))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-        Ok(Key(Cow::Owned(v.to_owned())))
-    }
 }
 
 /// Incremental SSE rewriter. Complete events are emitted as soon as their blank line arrives;
@@ -316,6 +329,51 @@ mod tests {
                 "{other}"
             );
         }
+    }
+
+    fn someone() -> Rc<Identity> {
+        Rc::new(Identity {
+            claims: serde_json::from_value(json!({"iss": "i", "sub": "s", "aud": "a"})).unwrap(),
+            expires_at: 0,
+        })
+    }
+
+    #[test]
+    fn a_filtered_list_is_reused_only_for_the_same_caller_route_id_and_answer() {
+        let mut lists = FilteredLists::default();
+        let (alice, bob) = (someone(), someone());
+        let (out, removed) = filter_message(LIST.as_bytes(), &3.into(), &visible).unwrap();
+        lists.put(0, &alice, &3.into(), LIST.as_bytes(), &out, removed);
+        assert_eq!(
+            lists.get(0, &alice, &3.into(), LIST.as_bytes()),
+            Some((out.as_slice(), 1))
+        );
+        assert!(
+            lists.get(0, &bob, &3.into(), LIST.as_bytes()).is_none(),
+            "another identity"
+        );
+        assert!(
+            lists.get(1, &alice, &3.into(), LIST.as_bytes()).is_none(),
+            "another route"
+        );
+        assert!(
+            lists.get(0, &alice, &4.into(), LIST.as_bytes()).is_none(),
+            "another id"
+        );
+        let changed = LIST.replace("whoami", "whoamj");
+        assert!(
+            lists
+                .get(0, &alice, &3.into(), changed.as_bytes())
+                .is_none(),
+            "another answer"
+        );
+        for i in 0..MAX_LISTS {
+            lists.put(0, &bob, &json!(i), b"{}", b"{}", 0);
+        }
+        assert!(
+            lists.get(0, &alice, &3.into(), LIST.as_bytes()).is_none(),
+            "bounded"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use warden_core::cache::TokenCache;
 use warden_core::config::CompiledConfig;
 use warden_core::keys::KeySet;
 use warden_core::session::SessionKey;
+use warden_core::toolslist::FilteredLists;
 
 use crate::metrics::{Counter, Metrics};
 use crate::request::RequestState;
@@ -66,6 +67,8 @@ pub struct Worker {
     /// Shared-data version our `keys` came from, to notice another worker's fetch.
     keys_cas: Option<u32>,
     pub cache: TokenCache,
+    /// `tools/list` answers filtered lately, reused when a caller lists again.
+    pub lists: FilteredLists,
     pub session_key: SessionKey,
     /// The key is this process's own (no operator key): follow shared data.
     session_key_per_process: bool,
@@ -151,6 +154,7 @@ impl Worker {
             keys,
             keys_cas: None,
             cache,
+            lists: FilteredLists::default(),
             session_key: session_key.0,
             session_key_per_process: session_key.1,
             fetch: Fetch::default(),
@@ -177,6 +181,7 @@ impl Worker {
                 self.keys_cas = cas;
                 // A key may have been withdrawn: tokens it signed must be checked again.
                 self.cache.clear();
+                self.lists = FilteredLists::default();
                 true
             }
             Err(_) => false,
