@@ -2,14 +2,15 @@
 //! for SSE streams (parsed event by event; chunks may split events and UTF-8 sequences anywhere).
 
 use std::borrow::Cow;
+use std::fmt;
+use std::rc::Rc;
 
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use std::rc::Rc;
-
-use crate::raw::Members;
+use crate::raw::Text;
 use crate::token::Identity;
 
 /// Rewrites one JSON-RPC message if it is the result of `request_id`'s `tools/list`.
@@ -22,46 +23,157 @@ pub fn filter_message(
     request_id: &Value,
     visible: &dyn Fn(&str) -> bool,
 ) -> Option<(Vec<u8>, usize)> {
-    let top: Members<'_> = serde_json::from_slice(message).ok()?;
-    let id: Value = serde_json::from_str(top.get("id")?.get()).ok()?;
+    // One pass over the answer finds the tools; a second reads each tool's name.
+    let answer: Answer<'_> = serde_json::from_slice(message).ok()?;
+    let id: Value = serde_json::from_str(answer.raw("id")?.get()).ok()?;
     if &id != request_id {
         return None;
     }
-    let result: Members<'_> = serde_json::from_str(top.get("result")?.get()).ok()?;
-    let tools: Vec<&RawValue> = serde_json::from_str(result.get("tools")?.get()).ok()?;
-    let before = tools.len();
+    let result = answer.members.iter().rev().find_map(|(k, m)| match m {
+        Member::Result(r) if k == "result" => Some(r),
+        _ => None,
+    })?;
+    let tools = result.members.iter().rev().find_map(|(k, m)| match m {
+        ResultMember::Tools(t) if k == "tools" => Some(t),
+        _ => None,
+    })?;
     let kept: Vec<&RawValue> = tools
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|tool| {
             // A tool whose name cannot be read unambiguously (not an object, no string
             // `name`, `name` twice) is not shown.
             serde_json::from_str::<ToolName<'_>>(tool.get()).is_ok_and(|t| visible(&t.name))
         })
         .collect();
-    let removed = before - kept.len();
+    let removed = tools.len() - kept.len();
 
     let mut out = Vec::with_capacity(message.len());
-    top.write(&mut out, |key, out| {
-        if key != "result" {
-            return false;
-        }
-        result.write(out, |key, out| {
-            if key != "tools" {
-                return false;
-            }
-            out.push(b'[');
-            for (i, tool) in kept.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
+    write_object(&mut out, &answer.members, |member, out| match member {
+        Member::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+        Member::Result(result) => write_object(out, &result.members, |member, out| match member {
+            ResultMember::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+            ResultMember::Tools(_) => {
+                out.push(b'[');
+                for (i, tool) in kept.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(tool.get().as_bytes());
                 }
-                out.extend_from_slice(tool.get().as_bytes());
+                out.push(b']');
             }
-            out.push(b']');
-            true
-        });
-        true
+        }),
     });
     Some((out, removed))
+}
+
+/// A JSON-RPC answer read for `tools/list` filtering: every member as raw text, except
+/// `result`, whose members are raw text except `tools`, whose elements are raw text.
+struct Answer<'a> {
+    members: Vec<(Cow<'a, str>, Member<'a>)>,
+}
+
+enum Member<'a> {
+    Raw(&'a RawValue),
+    Result(ResultMembers<'a>),
+}
+
+struct ResultMembers<'a> {
+    members: Vec<(Cow<'a, str>, ResultMember<'a>)>,
+}
+
+enum ResultMember<'a> {
+    Raw(&'a RawValue),
+    Tools(Vec<&'a RawValue>),
+}
+
+impl<'a> Answer<'a> {
+    fn raw(&self, key: &str) -> Option<&'a RawValue> {
+        self.members.iter().find_map(|(k, m)| match m {
+            Member::Raw(raw) if k == key => Some(*raw),
+            _ => None,
+        })
+    }
+}
+
+/// Keeps the last value of a repeated key, as `serde_json` reads it.
+fn set_member<'a, T>(members: &mut Vec<(Cow<'a, str>, T)>, key: Cow<'a, str>, value: T) {
+    match members.iter_mut().find(|(k, _)| *k == key) {
+        Some(slot) => slot.1 = value,
+        None => members.push((key, value)),
+    }
+}
+
+fn write_object<T>(
+    out: &mut Vec<u8>,
+    members: &[(Cow<'_, str>, T)],
+    mut value: impl FnMut(&T, &mut Vec<u8>),
+) {
+    out.push(b'{');
+    for (i, (key, member)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Writing a string to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, key);
+        out.push(b':');
+        value(member, out);
+    }
+    out.push(b'}');
+}
+
+impl<'de> Deserialize<'de> for Answer<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Answer<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON-RPC answer")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Answer<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(Text(key)) = map.next_key()? {
+                    let member = if key == "result" {
+                        Member::Result(map.next_value()?)
+                    } else {
+                        Member::Raw(map.next_value()?)
+                    };
+                    set_member(&mut members, key, member);
+                }
+                Ok(Answer { members })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for ResultMembers<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ResultMembers<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a result object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ResultMembers<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(Text(key)) = map.next_key()? {
+                    let member = if key == "tools" {
+                        ResultMember::Tools(map.next_value()?)
+                    } else {
+                        ResultMember::Raw(map.next_value()?)
+                    };
+                    set_member(&mut members, key, member);
+                }
+                Ok(ResultMembers { members })
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// The `tools/list` answers filtered last, per worker: a client that lists again, and gets the
