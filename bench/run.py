@@ -335,6 +335,9 @@ def rendered_plugin_config(work: Path, upstream_port: int, jwks: dict) -> dict:
                     plugin = json.loads(json.loads(m.group(1)))
                     plugin.pop("jwks", None)
                     plugin["jwks_static"] = jwks
+                    # No access log reads the authorize record here (render-envoy turns the
+                    # filter state on for its own access log line).
+                    plugin["authorize_filter_state"] = False
                     return plugin
     raise BenchError("no plugin configuration found in the rendered bootstrap")
 

@@ -689,19 +689,32 @@ const LINEAR_KEYS: usize = 16;
 
 /// The keys of one object so far, and the folded forms of those that are not already folded
 /// (usually none): a key that folds to another key of the object is a duplicate to a lenient
-/// reader (Go's encoding/json matches keys case-insensitively, and the last one wins).
-#[derive(Default)]
+/// reader (Go's encoding/json matches keys case-insensitively, and the last one wins). Small
+/// objects, nearly all of them, are checked without allocating.
 struct KeysSeen<'a> {
-    exact: Vec<Cow<'a, str>>,
+    exact: [Cow<'a, str>; LINEAR_KEYS],
+    exact_len: usize,
     exact_set: HashSet<Cow<'a, str>>,
     folded: Vec<String>,
     folded_set: HashSet<String>,
 }
 
+impl Default for KeysSeen<'_> {
+    fn default() -> Self {
+        Self {
+            exact: std::array::from_fn(|_| Cow::Borrowed("")),
+            exact_len: 0,
+            exact_set: HashSet::new(),
+            folded: Vec::new(),
+            folded_set: HashSet::new(),
+        }
+    }
+}
+
 impl<'a> KeysSeen<'a> {
     fn has_exact(&self, key: &str) -> bool {
         if self.exact_set.is_empty() {
-            self.exact.iter().any(|k| k == key)
+            self.exact[..self.exact_len].iter().any(|k| k == key)
         } else {
             self.exact_set.contains(key)
         }
@@ -724,7 +737,12 @@ impl<'a> KeysSeen<'a> {
         } else {
             let f = fold(&key);
             let collides = self.has_exact(&f) || self.has_folded(&f);
-            push_bounded(&mut self.folded, &mut self.folded_set, f);
+            if self.folded_set.is_empty() && self.folded.len() < LINEAR_KEYS {
+                self.folded.push(f);
+            } else {
+                self.folded_set.extend(self.folded.drain(..));
+                self.folded_set.insert(f);
+            }
             collides
         };
         if collides {
@@ -732,18 +750,16 @@ impl<'a> KeysSeen<'a> {
                 "key {key:?} differs from another key of the object only by case, whitespace or invisible characters"
             ));
         }
-        push_bounded(&mut self.exact, &mut self.exact_set, key);
+        if self.exact_set.is_empty() && self.exact_len < LINEAR_KEYS {
+            self.exact[self.exact_len] = key;
+            self.exact_len += 1;
+        } else {
+            let short = &mut self.exact[..self.exact_len];
+            self.exact_set.extend(short.iter_mut().map(std::mem::take));
+            self.exact_len = 0;
+            self.exact_set.insert(key);
+        }
         Ok(())
-    }
-}
-
-/// Adds to the list while it is short, to the set once it is not.
-fn push_bounded<T: Eq + std::hash::Hash>(list: &mut Vec<T>, set: &mut HashSet<T>, item: T) {
-    if set.is_empty() && list.len() < LINEAR_KEYS {
-        list.push(item);
-    } else {
-        set.extend(list.drain(..));
-        set.insert(item);
     }
 }
 
@@ -876,6 +892,35 @@ mod tests {
             "took {:?}",
             started.elapsed()
         );
+    }
+
+    #[test]
+    fn duplicates_are_found_in_small_and_large_objects_alike() {
+        for n in [1, 15, 16, 17, 40] {
+            let keys: Vec<String> = (0..n).map(|i| format!("\"k{i}\":1")).collect();
+            let object = |extra: &str| {
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"a","arguments":{{{},{extra}}}}}}}"#,
+                    keys.join(",")
+                )
+            };
+            assert!(inspect(object(r#""other":1"#).as_bytes()).is_ok(), "{n}");
+            for dup in [r#""k0":2"#, r#""K0":2"#, r#""k_0":2"#] {
+                assert!(
+                    matches!(inspect(object(dup).as_bytes()), Err(InspectError::Parse(_))),
+                    "{n} keys, then {dup}"
+                );
+            }
+            // The folded form first, then the plain key.
+            let folded_first = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"K_0":1,{}}}}}"#,
+                keys.join(",")
+            );
+            assert!(
+                matches!(inspect(folded_first.as_bytes()), Err(InspectError::Parse(_))),
+                "{n} keys after a folded one"
+            );
+        }
     }
 
     #[test]

@@ -205,9 +205,10 @@ pub fn judge_bodiless(route: &Route, claims: &TeClaims, head: &CallHead) -> Verd
         claims,
         call: &call,
     });
+    let permitted = decision.permitted();
     let mut log = AuthorizeLog::default();
-    record(&mut log, &decision);
-    let reply = (!decision.permitted()).then(|| {
+    record(&mut log, decision);
+    let reply = (!permitted).then(|| {
         error_reply(
             403,
             "policy-denied",
@@ -252,7 +253,7 @@ pub fn judge_body(route: &Route, claims: &TeClaims, head: &CallHead, body: &[u8]
     }
     // Tool arguments are built only for a reader: an `mcp_argument` criterion or the log.
     let with_arguments = !route.policy.argument_paths.is_empty() || route.log_tool_parameters;
-    let parsed: Body = match inspect_with(body, with_arguments) {
+    let mut parsed: Body = match inspect_with(body, with_arguments) {
         Ok(b) => b,
         Err(e @ InspectError::Parse(_)) => {
             return refuse_with(
@@ -299,9 +300,9 @@ pub fn judge_body(route: &Route, claims: &TeClaims, head: &CallHead, body: &[u8]
         },
         ..AuthorizeLog::default()
     };
-    let mut denied_ids: Vec<Option<&Value>> = Vec::new();
-    let mut all_permitted = true;
-    for message in &parsed.messages {
+    // The message the log describes: the first denied one of a batch, so the log says why.
+    let mut shown: Option<usize> = None;
+    for (index, message) in parsed.messages.iter().enumerate() {
         let input = PolicyInput {
             claims,
             call: &message.call,
@@ -313,42 +314,41 @@ pub fn judge_body(route: &Route, claims: &TeClaims, head: &CallHead, body: &[u8]
             v.log.mcp_tool = message.call.tool.clone();
             return v;
         }
-        record(&mut log, &decision);
-        if !decision.permitted() {
-            all_permitted = false;
-            denied_ids.push(message.id.as_ref());
+        if !decision.permitted() && shown.is_none() {
+            shown = Some(index);
         }
+        record(&mut log, decision);
     }
-    // Log fields describe the call (the first denied one for a batch, so the log says why).
-    let shown = parsed
-        .messages
-        .iter()
-        .find(|m| denied_ids.contains(&m.id.as_ref()))
-        .unwrap_or(&parsed.messages[0]);
-    log.mcp_method = shown.call.method.clone();
-    log.mcp_tool = shown.call.tool.clone();
-    if route.log_tool_parameters {
-        log.mcp_tool_parameters = shown
-            .call
-            .arguments
-            .as_ref()
-            .map(|a| redact(a, &route.redact_parameters));
+    let all_permitted = shown.is_none();
+    let tools_list_id = match parsed.messages.as_mut_slice() {
+        [m] if all_permitted && !parsed.batch && m.call.method.as_deref() == Some("tools/list") => {
+            m.id.take()
+        }
+        _ => None,
+    };
+    // The log takes the described call's names: the messages are not needed after this.
+    if let Some(m) = parsed.messages.get_mut(shown.unwrap_or(0)) {
+        if route.log_tool_parameters {
+            log.mcp_tool_parameters = m
+                .call
+                .arguments
+                .as_ref()
+                .map(|a| redact(a, &route.redact_parameters));
+        }
+        log.mcp_method = m.call.method.take();
+        log.mcp_tool = m.call.tool.take();
     }
     // One verdict for the whole request: a batch with any denied element is denied whole
     // (`record` made `allow` true only if every element was allowed).
 
     if all_permitted {
-        let tools_list_id = match parsed.messages.as_slice() {
-            [m] if !parsed.batch && m.call.method.as_deref() == Some("tools/list") => m.id.clone(),
-            _ => None,
-        };
         return Verdict {
             reply: None,
             log,
             tools_list_id,
         };
     }
-    let message = match (&shown.call.method, &shown.call.tool) {
+    let message = match (&log.mcp_method, &log.mcp_tool) {
         (Some(m), Some(t)) if m == "tools/call" => format!("mcp-warden policy denies tool {t:?}"),
         (Some(m), _) => format!("mcp-warden policy denies {m}"),
         _ => "mcp-warden policy denies this request".to_string(),
@@ -464,8 +464,18 @@ pub fn may_call_tool(route: &Route, claims: &TeClaims, tool: &str) -> bool {
 }
 
 /// Merges one message's decision into the request's log line.
-fn record(log: &mut AuthorizeLog, d: &Decision) {
+fn record(log: &mut AuthorizeLog, d: Decision) {
     let first = log.allow_why_true.is_empty() && log.allow_why_false.is_empty() && !log.deny;
+    if first && log.deny_why_true.is_empty() && log.deny_why_false.is_empty() {
+        // The usual single message: its reasons are the line's.
+        log.allow = d.allow;
+        log.deny = d.deny;
+        log.allow_why_true = d.allow_why_true;
+        log.allow_why_false = d.allow_why_false;
+        log.deny_why_true = d.deny_why_true;
+        log.deny_why_false = d.deny_why_false;
+        return;
+    }
     log.allow = if first { d.allow } else { log.allow && d.allow };
     log.deny |= d.deny;
     for (into, from) in [

@@ -15,6 +15,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 use warden_core::config::CompiledConfig;
 
+mod headers;
 mod metrics;
 mod request;
 mod response;

@@ -3,6 +3,7 @@
 //! root context can finish a request that waited for the JWKS (`wake`).
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::rc::{Rc, Weak};
 use std::time::SystemTime;
 
@@ -17,24 +18,26 @@ use warden_core::reply::LocalReply;
 use warden_core::token::TeClaims;
 use warden_core::transport::MethodRule;
 
+use crate::headers::HeaderBlock;
 use crate::metrics::{Counter, Metrics};
 use crate::response::ResponseFilter;
 use crate::worker::{now_seconds, seconds, Waiter, Worker};
 
-/// The request head copied out of the host, kept while a JWKS fetch is in flight.
-#[derive(Default)]
+/// The request head as the host gave it (one block), with the fields the decision reads as
+/// ranges into it; kept while a JWKS fetch is in flight.
 struct OwnedHead {
-    method: Vec<u8>,
-    authority: Vec<u8>,
-    scheme: Vec<u8>,
-    path: Vec<u8>,
+    block: HeaderBlock,
+    method: Range<usize>,
+    authority: Range<usize>,
+    scheme: Range<usize>,
+    path: Range<usize>,
     envoy_route: Option<Vec<u8>>,
-    origin: Option<Vec<u8>>,
-    authorization: Vec<Vec<u8>>,
+    origin: Option<Range<usize>>,
+    authorization: Vec<Range<usize>>,
     is_preflight: bool,
-    content_length: Option<Vec<u8>>,
+    content_length: Option<Range<usize>>,
     transfer_encoding: bool,
-    session_ids: Vec<Vec<u8>>,
+    session_ids: Vec<Range<usize>>,
     disguised_header: Option<&'static str>,
     /// What the MCP judgement reads (kept as text; odd bytes only ever fail a comparison).
     call: CallHead,
@@ -43,34 +46,49 @@ struct OwnedHead {
 
 impl OwnedHead {
     fn read(end_of_stream: bool) -> Self {
-        let mut head = OwnedHead {
-            end_of_stream,
-            ..OwnedHead::default()
-        };
         // One host call for all headers: cheaper than one per header, and the only way to
         // see a repeated header.
-        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-        for (name, value) in headers {
-            match name.as_str() {
-                ":method" => head.method = value,
-                ":authority" => head.authority = value,
-                ":scheme" => head.scheme = value,
-                ":path" => head.path = value,
-                "origin" => head.origin = Some(value),
-                "authorization" => head.authorization.push(value),
-                "access-control-request-method" => head.is_preflight = true,
-                "content-length" => head.content_length = Some(value),
-                "transfer-encoding" => head.transfer_encoding = true,
-                "mcp-session-id" => head.session_ids.push(value),
-                "content-type" => head.call.content_type = Some(lossy(&value)),
-                "content-encoding" => head.call.content_encoding = Some(lossy(&value)),
-                "mcp-protocol-version" => head.call.routing.protocol_version = Some(lossy(&value)),
-                "mcp-method" => head.call.routing.method = Some(lossy(&value)),
-                "mcp-name" => head.call.routing.name = Some(lossy(&value)),
-                "x-request-id" => head.call.request_id = lossy(&value),
+        let block = HeaderBlock::request();
+        let mut head = OwnedHead {
+            block: HeaderBlock::empty(),
+            method: 0..0,
+            authority: 0..0,
+            scheme: 0..0,
+            path: 0..0,
+            envoy_route: None,
+            origin: None,
+            authorization: Vec::new(),
+            is_preflight: false,
+            content_length: None,
+            transfer_encoding: false,
+            session_ids: Vec::new(),
+            disguised_header: None,
+            call: CallHead::default(),
+            end_of_stream,
+        };
+        for (name, value) in block.pairs() {
+            let text = || lossy(block.get(&value));
+            match name {
+                b":method" => head.method = value,
+                b":authority" => head.authority = value,
+                b":scheme" => head.scheme = value,
+                b":path" => head.path = value,
+                b"origin" => head.origin = Some(value),
+                b"authorization" => head.authorization.push(value),
+                b"access-control-request-method" => head.is_preflight = true,
+                b"content-length" => head.content_length = Some(value),
+                b"transfer-encoding" => head.transfer_encoding = true,
+                b"mcp-session-id" => head.session_ids.push(value),
+                b"content-type" => head.call.content_type = Some(text()),
+                b"content-encoding" => head.call.content_encoding = Some(text()),
+                b"mcp-protocol-version" => head.call.routing.protocol_version = Some(text()),
+                b"mcp-method" => head.call.routing.method = Some(text()),
+                b"mcp-name" => head.call.routing.name = Some(text()),
+                b"x-request-id" => head.call.request_id = text(),
                 other => {
                     if head.disguised_header.is_none() {
-                        head.disguised_header = disguised_header(other);
+                        head.disguised_header =
+                            std::str::from_utf8(other).ok().and_then(disguised_header);
                     }
                 }
             }
@@ -79,23 +97,25 @@ impl OwnedHead {
         head.envoy_route = hostcalls::get_property(vec!["xds", "route_name"])
             .ok()
             .flatten();
-        head.call.method = lossy(&head.method);
+        head.call.method = lossy(block.get(&head.method));
+        head.block = block;
         head
     }
 
     fn view(&self) -> RequestHead<'_> {
+        let b = &self.block;
         RequestHead {
-            method: &self.method,
-            authority: &self.authority,
-            scheme: &self.scheme,
-            path: &self.path,
+            method: b.get(&self.method),
+            authority: b.get(&self.authority),
+            scheme: b.get(&self.scheme),
+            path: b.get(&self.path),
             envoy_route: self.envoy_route.as_deref(),
-            origin: self.origin.as_deref(),
-            authorization: self.authorization.iter().map(Vec::as_slice).collect(),
+            origin: self.origin.as_ref().map(|r| b.get(r)),
+            authorization: self.authorization.iter().map(|r| b.get(r)).collect(),
             is_preflight: self.is_preflight,
-            content_length: self.content_length.as_deref(),
+            content_length: self.content_length.as_ref().map(|r| b.get(r)),
             transfer_encoding: self.transfer_encoding,
-            session_ids: self.session_ids.iter().map(Vec::as_slice).collect(),
+            session_ids: self.session_ids.iter().map(|r| b.get(r)).collect(),
             disguised_header: self.disguised_header,
         }
     }
@@ -194,7 +214,8 @@ impl RequestState {
                 };
                 self.worker.borrow().metrics.inc(counter);
                 if reply.status >= 400 {
-                    let path = head.path.split(|b| *b == b'?').next().unwrap_or_default();
+                    let path = head.block.get(&head.path);
+                    let path = path.split(|b| *b == b'?').next().unwrap_or_default();
                     log::info!(
                         "mcp-warden: rejected {} {}: {}",
                         reply.status,
