@@ -917,7 +917,10 @@ mod tests {
                 keys.join(",")
             );
             assert!(
-                matches!(inspect(folded_first.as_bytes()), Err(InspectError::Parse(_))),
+                matches!(
+                    inspect(folded_first.as_bytes()),
+                    Err(InspectError::Parse(_))
+                ),
                 "{n} keys after a folded one"
             );
         }

@@ -45,7 +45,9 @@ struct OwnedHead {
 }
 
 impl OwnedHead {
-    fn read(end_of_stream: bool) -> Self {
+    /// `route_header`: the header Envoy sets to its route's name (plugin `route_header`);
+    /// without one, the name is read from the `xds.route_name` property.
+    fn read(end_of_stream: bool, route_header: Option<&str>) -> Self {
         // One host call for all headers: cheaper than one per header, and the only way to
         // see a repeated header.
         let block = HeaderBlock::request();
@@ -66,8 +68,15 @@ impl OwnedHead {
             call: CallHead::default(),
             end_of_stream,
         };
+        let route_header = route_header.map(str::as_bytes);
+        let mut envoy_routes = 0;
         for (name, value) in block.pairs() {
             let text = || lossy(block.get(&value));
+            if Some(name) == route_header {
+                envoy_routes += 1;
+                head.envoy_route = Some(block.get(&value).to_vec());
+                continue;
+            }
             match name {
                 b":method" => head.method = value,
                 b":authority" => head.authority = value,
@@ -93,10 +102,17 @@ impl OwnedHead {
                 }
             }
         }
-        // Envoy's routing decision; the hostcall (unlike the trait getter) reports, not panics.
-        head.envoy_route = hostcalls::get_property(vec!["xds", "route_name"])
-            .ok()
-            .flatten();
+        if route_header.is_none() {
+            // Envoy's routing decision; the hostcall (unlike the trait getter) reports, not
+            // panics.
+            head.envoy_route = hostcalls::get_property(vec!["xds", "route_name"])
+                .ok()
+                .flatten();
+        } else if envoy_routes > 1 {
+            // Envoy sets the header once: two mean the route cannot be known. A name of no
+            // route fails closed (403 route-unknown).
+            head.envoy_route = Some(warden_core::config::ENVOY_ROUTE_PREFIX.as_bytes().to_vec());
+        }
         head.call.method = lossy(block.get(&head.method));
         head.block = block;
         head
@@ -514,7 +530,11 @@ impl WardenRequest {
 impl HttpContext for WardenRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.with(|s| {
-            s.head = Some(OwnedHead::read(end_of_stream));
+            let route_header = Rc::clone(&s.worker.borrow().config);
+            s.head = Some(OwnedHead::read(
+                end_of_stream,
+                route_header.route_header.as_deref(),
+            ));
             // One clock read serves the token's expiry check and the record's duration.
             s.started = hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH);
             let now = seconds(s.started);

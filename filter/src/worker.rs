@@ -228,6 +228,7 @@ impl Worker {
     /// that could not be dispatched).
     pub fn tick(&mut self) -> (Option<Duration>, Vec<Waiter>) {
         follow_log_level();
+        self.metrics.flush();
         let _ = self.sync_keys();
         self.sync_session_key();
         let period = std::mem::take(&mut self.fetch.fast_tick).then_some(TICK);
