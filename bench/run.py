@@ -1194,7 +1194,9 @@ def main() -> int:
            "targets": {w: targets(samples, w) for w in ("warden", "warden-baseline")
                        if any(s.config == w for s in samples)},
            "samples": [s.__dict__ for s in samples]}
-    (args.out / f"{today}.json").write_text(json.dumps(raw, indent=1) + "\n")
+    samples_json = ",\n".join("  " + json.dumps(x, separators=(",", ":")) for x in raw.pop("samples"))
+    head = json.dumps(raw, indent=1)
+    (args.out / f"{today}.json").write_text(head[:-2] + ',\n "samples": [\n' + samples_json + "\n ]\n}\n")
     print("\n" + md)
     print(f"\nwrote {args.out / (today + '.md')} and .json (measuring took {elapsed / 60:.1f} min)")
     return 0
