@@ -685,7 +685,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
 
 /// Objects up to this many keys are checked by comparing with each key before; bigger ones
 /// switch to hash sets, so the check stays linear.
-const LINEAR_KEYS: usize = 16;
+const LINEAR_KEYS: usize = 8;
 
 /// The keys of one object so far, and the folded forms of those that are not already folded
 /// (usually none): a key that folds to another key of the object is a duplicate to a lenient
@@ -896,7 +896,7 @@ mod tests {
 
     #[test]
     fn duplicates_are_found_in_small_and_large_objects_alike() {
-        for n in [1, 15, 16, 17, 40] {
+        for n in [1, 7, 8, 9, 15, 16, 17, 40] {
             let keys: Vec<String> = (0..n).map(|i| format!("\"k{i}\":1")).collect();
             let object = |extra: &str| {
                 format!(

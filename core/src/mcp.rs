@@ -229,6 +229,18 @@ pub fn judge_bodiless(route: &Route, claims: &TeClaims, head: &CallHead) -> Verd
 
 /// Judges a complete POST body.
 pub fn judge_body(route: &Route, claims: &TeClaims, head: &CallHead, body: &[u8]) -> Verdict {
+    judge_body_with(route, claims, head, body, true)
+}
+
+/// `judge_body`; `reasons`: collect each criterion's reason for the authorize record (without,
+/// the record has the outcome, the call and no reasons, and costs less to make).
+pub fn judge_body_with(
+    route: &Route,
+    claims: &TeClaims,
+    head: &CallHead,
+    body: &[u8],
+    reasons: bool,
+) -> Verdict {
     let refuse_with =
         |status, code, reason, message: &str| refuse(head, status, code, reason, message);
     if let Some(encoding) = head
@@ -307,7 +319,11 @@ pub fn judge_body(route: &Route, claims: &TeClaims, head: &CallHead, body: &[u8]
             claims,
             call: &message.call,
         };
-        let decision = route.policy.evaluate(&input);
+        let decision = if reasons {
+            route.policy.evaluate(&input)
+        } else {
+            route.policy.evaluate_quiet(&input, Names::Exact)
+        };
         if let Some(why) = ambiguity(route, &input, &decision) {
             let mut v = refuse_with(400, INVALID_REQUEST, "mcp-ambiguous-name", &why);
             v.log.mcp_method = message.call.method.clone();
@@ -406,7 +422,7 @@ fn ambiguity(route: &Route, input: &PolicyInput<'_>, decision: &Decision) -> Opt
     if (has_upper(&call.method) || has_upper(&call.tool) || route.policy.upper_case_names)
         && !route
             .policy
-            .evaluate_as(input, Names::CaseInsensitive)
+            .evaluate_quiet(input, Names::CaseInsensitive)
             .permitted()
     {
         return Some(format!(
@@ -456,10 +472,13 @@ pub fn may_call_tool(route: &Route, claims: &TeClaims, tool: &str) -> bool {
     crate::names::is_valid_tool_name(tool)
         && route
             .policy
-            .evaluate(&PolicyInput {
-                claims,
-                call: &call,
-            })
+            .evaluate_quiet(
+                &PolicyInput {
+                    claims,
+                    call: &call,
+                },
+                Names::Exact,
+            )
             .permitted()
 }
 

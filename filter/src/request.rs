@@ -336,7 +336,10 @@ impl RequestState {
                         .flatten()
                         .unwrap_or_default()
                 };
-                self.finish(|route, claims, head| judge::judge_body(route, claims, head, &body))
+                let reasons = self.record_wanted();
+                self.finish(|route, claims, head| {
+                    judge::judge_body_with(route, claims, head, &body, reasons)
+                })
             }
             _ if size > 0 => self.finish(|_, _, head| judge::refuse_unexpected_body(head)),
             _ => self.finish(judge::judge_bodiless),
@@ -359,6 +362,7 @@ impl RequestState {
         let verdict = run(route, &grant.identity.claims, &call.head);
         let to_log = log::log_enabled!(log::Level::Info);
         if to_log || w.config.authorize_filter_state {
+            // (`record_wanted`)
             // Rendered only for a reader: Envoy's log at info, or an access log.
             let elapsed = hostcalls::get_current_time()
                 .ok()
@@ -416,6 +420,12 @@ impl RequestState {
                 &format!("request body exceeds this MCP server's limit of {limit} bytes"),
             )
         })
+    }
+
+    /// Whether anyone reads the authorize record: Envoy's log at info, or an access log
+    /// through filter state. Without a reader, the policy's reasons are not collected.
+    fn record_wanted(&self) -> bool {
+        log::log_enabled!(log::Level::Info) || self.worker.borrow().config.authorize_filter_state
     }
 
     fn route_limit(&self) -> Option<usize> {
