@@ -560,7 +560,10 @@ mod tests {
         type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
         let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|v| v["version"] = 2.into()), "version"),
-            (Box::new(|v| v["route_header"] = "X-Route".into()), "route_header"),
+            (
+                Box::new(|v| v["route_header"] = "X-Route".into()),
+                "route_header",
+            ),
             (Box::new(|v| v["route_header"] = "".into()), "route_header"),
             (
                 Box::new(|v| v["route_header"] = "authorization".into()),
