@@ -1020,6 +1020,18 @@ def wait_for_other_benches() -> bool:
     return True
 
 
+def wait_for_quiet(limit: float = 120):
+    """Before running a disturbed run again: waits (at most `limit` s) for a second in which
+    other processes use less than DISTURBED of a core."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = others_cpu_seconds()
+        time.sleep(1)
+        if others_cpu_seconds() - before <= DISTURBED:
+            return
+    print(f"the machine stayed busy for {limit:.0f} s; going on", flush=True)
+
+
 def one_bench_at_a_time() -> int:
     """Two benchmarks at once would measure each other: a lock file serialises harnesses, and
     harnesses that predate the lock are waited for."""
@@ -1150,6 +1162,7 @@ def main() -> int:
                     attempt += 1
                     if attempt > RETRIES:
                         break
+                    wait_for_quiet()
                 if s.extra["others_busy"] > DISTURBED:
                     notes.append(f"{cfg.name} {case_name} round {rnd + 1}: other processes still used "
                                  f"{s.extra['others_busy'] * 100:.0f} % of a core after {RETRIES} retries")
