@@ -349,6 +349,9 @@ def rendered_plugin_config(work: Path, upstream_port: int, jwks: dict) -> dict:
                     plugin = json.loads(json.loads(m.group(1)))
                     plugin.pop("jwks", None)
                     plugin["jwks_static"] = jwks
+                    # No access log reads the authorize record here (render-envoy turns the
+                    # filter state on for its own access log line).
+                    plugin["authorize_filter_state"] = False
                     return plugin
     raise BenchError("no plugin configuration found in the rendered bootstrap")
 
@@ -378,8 +381,17 @@ def json_headers() -> list:
              "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
 
 
+def route_header(mutation: dict) -> dict:
+    """render-envoy's per-route `header_mutation`: Envoy tells the filter its route in a header."""
+    return {"envoy.filters.http.header_mutation": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
+        "mutations": {"request_mutations": [mutation]}}}
+
+
 def route_config(upstream_port: int) -> dict:
     name = "mcp-warden:bench"  # render-envoy's route name: the filter follows Envoy's routing
+    ours = route_header({"append": {"header": {"key": "x-mcp-warden-route", "value": name},
+                                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}})
     return {
         "name": "bench",
         "max_direct_response_body_size_bytes": 1024 * 1024,
@@ -389,15 +401,17 @@ def route_config(upstream_port: int) -> dict:
             "routes": [
                 {"name": name, "match": {"path": "/mcp/direct/call"},
                  "direct_response": {"status": 200, "body": {"inline_string": CALL_RESULT}},
-                 "response_headers_to_add": json_headers()},
+                 "response_headers_to_add": json_headers(), "typed_per_filter_config": ours},
                 {"name": name, "match": {"path": "/mcp/direct/list"},
                  "direct_response": {"status": 200, "body": {"inline_string": LIST_RESULT}},
-                 "response_headers_to_add": json_headers()},
+                 "response_headers_to_add": json_headers(), "typed_per_filter_config": ours},
                 {"name": name, "match": {"path_separated_prefix": "/mcp"},
                  "route": {"cluster": "bench_upstream", "timeout": "0s", "idle_timeout": "3600s",
-                           "host_rewrite_literal": f"127.0.0.1:{upstream_port}"}},
+                           "host_rewrite_literal": f"127.0.0.1:{upstream_port}"},
+                 "request_headers_to_remove": ["x-mcp-warden-route"], "typed_per_filter_config": ours},
                 {"match": {"prefix": "/"},
-                 "direct_response": {"status": 404, "body": {"inline_string": "no MCP route here\n"}}},
+                 "direct_response": {"status": 404, "body": {"inline_string": "no MCP route here\n"}},
+                 "typed_per_filter_config": route_header({"remove": "x-mcp-warden-route"})},
             ],
         }],
     }
@@ -463,6 +477,11 @@ def wasm_filter(name: str, wasm: Path, configuration: str) -> dict:
             },
         },
     }
+
+
+# Sets the route header from the per-route configuration (render-envoy puts it before the filter).
+HEADER_MUTATION_FILTER = {"name": "envoy.filters.http.header_mutation", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"}}
 
 
 # Without it, Envoy answers a direct_response as soon as it has the request head; on HTTP/1.1 it
@@ -546,7 +565,12 @@ def configurations(mode: str, jwks: dict, jwk: dict, plugin: dict, baseline: Pat
     unfiltered = json.loads(json.dumps(plugin))
     for r in unfiltered["routes"]:
         r["filter_tools_list"] = False
-    warden = lambda wasm, cfg: [wasm_filter("mcp-warden", wasm, compact(cfg))]  # noqa: E731
+    def warden(wasm: Path, cfg: dict) -> list:
+        front = [HEADER_MUTATION_FILTER] if cfg.get("route_header") else []
+        return front + [wasm_filter("mcp-warden", wasm, compact(cfg))]
+    # The baseline's plugin configuration, without the fields it did not know yet.
+    old_plugin = {k: v for k, v in plugin.items() if k not in ("route_header", "authorize_filter_state")}
+    old_unfiltered = {k: v for k, v in unfiltered.items() if k not in ("route_header", "authorize_filter_state")}
     GUARD = {"warden": True, "checks_token": True, "checks_policy": True}
     configs = [
         Config("bare", "Envoy with only the router (and Envoy's buffer filter, see Notes)", [BUFFER_FILTER], every),
@@ -566,14 +590,29 @@ def configurations(mode: str, jwks: dict, jwk: dict, plugin: dict, baseline: Pat
     if baseline is not None:
         configs += [
             Config("warden-baseline", f"mcp-warden's filter at {baseline_note[:12]}",
-                   warden(baseline, plugin), every, **GUARD, visible_tools=len(ALLOWED_TOOLS)),
+                   warden(baseline, old_plugin), every, **GUARD, visible_tools=len(ALLOWED_TOOLS)),
             Config("warden-baseline-unfiltered", "the baseline with filter_tools_list: false",
-                   warden(baseline, unfiltered), ["list/direct"], **GUARD),
+                   warden(baseline, old_unfiltered), ["list/direct"], **GUARD),
             Config("warden-baseline+info-log", "the baseline with Envoy at -l info",
-                   warden(baseline, plugin), ["call-small/direct"], log_level="info", **GUARD),
+                   warden(baseline, old_plugin), ["call-small/direct"], log_level="info", **GUARD),
         ]
+    # Candidate builds measured beside the others in the same rounds, e.g. before and after a
+    # change: BENCH_VARIANTS="before=/tmp/a.wasm,after=/tmp/b.wasm".
+    variants = [v.split("=", 1) for v in os.environ.get("BENCH_VARIANTS", "").split(",") if "=" in v]
+    for name, wasm in variants:
+        # A name starting with `x` marks an experiment that may break behaviour: unguarded.
+        guard = {} if name.startswith("x") else GUARD
+        configs.append(Config(f"variant-{name}", f"mcp-warden's filter built as {wasm}",
+                              warden(Path(wasm), plugin), ["call-small/direct"], **guard))
+    # The same filter reading Envoy's route from the `xds.route_name` property (no route header),
+    # as where Envoy does not set the header (e.g. Istio without it).
+    by_property = {k: v for k, v in plugin.items() if k != "route_header"}
+    configs.append(Config("warden-route-property", "warden with the route read from xds.route_name (no route_header)",
+                          warden(WARDEN_WASM, by_property), ["call-small/direct"], **GUARD))
     if mode == "smoke":
-        configs = [c for c in configs if c.name in ("warden", "floor+es256")]
+        configs = [c for c in configs
+                   if c.name in ("warden", "floor+es256") or c.name.startswith("variant-")
+                   or (c.name == "warden-route-property" and os.environ.get("BENCH_ROUTE_PROPERTY"))]
         for c in configs:
             c.cases = ["call-small/direct"]
     return configs
@@ -619,6 +658,17 @@ def counter(cfg: Config, name: str) -> int:
 
 
 ALLOWED_COUNTER = "wasmcustom.mcp_warden.requests_allowed"
+
+
+def wait_counter(cfg: Config, name: str, at_least: int, timeout: float = 3.0) -> int:
+    """The counter once it reaches `at_least`, or as it is after `timeout`: the filter adds its
+    allow count once a second (batched), not per request."""
+    deadline = time.monotonic() + timeout
+    value = counter(cfg, name)
+    while value < at_least and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = counter(cfg, name)
+    return value
 CX_COUNTER = "http.bench.downstream_cx_total"
 
 
@@ -637,7 +687,7 @@ def probe(cfg: Config, token: str):
             if cfg.visible_tools == len(ALLOWED_TOOLS) and sorted(tools) != sorted(ALLOWED_TOOLS):
                 raise BenchError(f"{cfg.name} {name}: unexpected tools {tools}")
     if cfg.warden:
-        after = counter(cfg, ALLOWED_COUNTER)
+        after = wait_counter(cfg, ALLOWED_COUNTER, before + len(cfg.cases))
         if after - before < len(cfg.cases):
             raise BenchError(f"{cfg.name}: {ALLOWED_COUNTER} went {before} -> {after} for {len(cfg.cases)} requests")
     # The checks are really in force: the configurations compared do the same work.
@@ -752,7 +802,7 @@ def measure(cfg: Config, case: Case, rnd: int, script: Path, warmup: int, second
         raise BenchError(f"{cfg.name} {case.name}: {connections} downstream connections for two wrk runs of "
                          f"{CONNECTIONS}: connections are not reused, the figures would measure TCP setup")
     if cfg.warden:
-        allowed = counter(cfg, ALLOWED_COUNTER) - allowed0
+        allowed = wait_counter(cfg, ALLOWED_COUNTER, allowed0 + res["requests"]) - allowed0
         if allowed < res["requests"]:
             raise BenchError(f"{cfg.name} {case.name}: {res['requests']} requests answered but only "
                              f"{allowed} allowed by the filter ({ALLOWED_COUNTER})")
@@ -1182,6 +1232,10 @@ def main() -> int:
         ratio = med(ratios)
         print(f"\nsmoke: CPU per request warden ÷ floor+es256 = {ratio:.2f} "
               f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); bound {bound:.2f} ({SMOKE_BOUND_FILE.name})")
+        for name in sorted({s.config for s in samples if s.config.startswith(("variant-", "warden-route"))}):
+            vr = paired(samples, name, "call-small/direct", "floor+es256", "call-small/direct",
+                        lambda a, b: a.cpu_us / b.cpu_us)
+            print(f"       {name} ÷ floor+es256 = {med(vr):.2f} (rounds: {', '.join(f'{r:.2f}' for r in vr)})")
         if ratio > bound:
             print(f"FAIL: the ratio {ratio:.2f} exceeds the recorded bound {bound:.2f}", file=sys.stderr)
             return 1

@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 
-use crate::cache::{digest, TokenCache};
+use crate::cache::TokenCache;
 use crate::config::{normalize_origin, CompiledConfig, Route};
 use crate::keys::KeySet;
 use crate::reply::{preflight, LocalReply};
@@ -219,8 +219,7 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
         }
     };
 
-    let key = digest(token);
-    let identity = match ctx.cache.get(&key, ctx.now) {
+    let identity = match ctx.cache.get(token, ctx.now) {
         Some(identity) => identity,
         None => {
             let Some(keys) = ctx.keys else {
@@ -231,7 +230,7 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
                 };
             };
             match verify(token, keys, &ctx.config.rules, ctx.now) {
-                Ok(identity) => ctx.cache.insert(key, identity, ctx.now),
+                Ok(identity) => ctx.cache.insert(token, identity, ctx.now),
                 Err(TokenError::UnknownKey(_)) if ctx.may_fetch_keys => return Step::FetchKeys,
                 Err(e) => return Step::Reply(invalid_token(route, e.reason(), cors)),
             }

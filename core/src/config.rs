@@ -28,6 +28,19 @@ pub struct PluginConfig {
     /// Verified tokens kept per worker.
     #[serde(default = "default_cache_entries")]
     pub token_cache_entries: u32,
+    /// Publish each authorize record as Envoy filter state `wasm.mcp_warden.authorize`, for an
+    /// access log that prints it. Off, the record is rendered only when Envoy's `wasm` log
+    /// level shows info lines: a record nobody reads costs nothing.
+    #[serde(default)]
+    pub authorize_filter_state: bool,
+    /// A request header Envoy sets on every route of the listener (overwriting any value a
+    /// client sent) to the route's name, `mcp-warden:<route>` on the filter's routes: the
+    /// filter then reads Envoy's routing decision from the headers it reads anyway, instead of
+    /// the `xds.route_name` property (a host call that costs more than the rest of the warm
+    /// path). Only set it when Envoy really sets the header on every route (`render-envoy`
+    /// does, with the `header_mutation` filter); absent, the property is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_header: Option<String>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -179,6 +192,8 @@ pub struct CompiledConfig {
     pub jwks: Option<JwksFetch>,
     pub static_keys: Option<KeySet>,
     pub token_cache_entries: usize,
+    pub authorize_filter_state: bool,
+    pub route_header: Option<String>,
     pub routes: Vec<Route>,
 }
 
@@ -240,7 +255,26 @@ pub const WELL_KNOWN_PRM: &str = "/.well-known/oauth-protected-resource";
 /// routing decision instead of matching the request itself (they can never disagree).
 pub const ENVOY_ROUTE_PREFIX: &str = "mcp-warden:";
 
+/// The request header `render-envoy` has Envoy set to the route's name (`route_header`).
+pub const ROUTE_HEADER: &str = "x-mcp-warden-route";
+
 fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
+    let route_header = match &raw.route_header {
+        None => None,
+        Some(h)
+            if !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+        {
+            Some(h.clone())
+        }
+        Some(_) => {
+            return Err(err(
+                "route_header",
+                "must be a lower-case header name (letters, digits, '-')",
+            ))
+        }
+    };
     if raw.version != CONFIG_VERSION {
         return Err(err(
             "version",
@@ -390,6 +424,8 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
         jwks: raw.jwks,
         static_keys,
         token_cache_entries: raw.token_cache_entries as usize,
+        authorize_filter_state: raw.authorize_filter_state,
+        route_header,
         routes,
     })
 }

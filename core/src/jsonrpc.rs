@@ -4,13 +4,45 @@
 //! is matched as `delete_x`, and key names are exact (`Name` is not `name`). Method and tool
 //! names a lenient server could read as other names are refused (`crate::names`).
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
-
+use std::borrow::Cow;
 use std::collections::HashSet;
 
+use std::fmt;
+
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
 use crate::names::{fold, is_folded};
+
+/// A visitor's answer for every value that is neither an object nor an array (checked and
+/// dropped).
+macro_rules! forward_scalars {
+    ($make:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($make())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($make())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($make())
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            StrictVisitor.visit_f64::<E>(v).map(|_| $make())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($make())
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($make())
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok($make())
+        }
+    };
+}
 use crate::policy::McpCall;
+use crate::raw::Text;
 
 /// One JSON-RPC message of a request body.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +52,8 @@ pub struct Message {
     pub call: McpCall,
     /// What `Mcp-Name` must carry for this method (`params.name`, `params.uri`, `params.taskId`).
     pub name: Option<String>,
+    /// `params._meta["io.modelcontextprotocol/protocolVersion"]`, when it is a string.
+    pub meta_protocol_version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -51,32 +85,47 @@ impl InspectError {
     }
 }
 
-/// Parses a complete request body.
+/// Parses a complete request body, with `params.arguments` of tool calls.
 pub fn inspect(body: &[u8]) -> Result<Body, InspectError> {
-    let value = parse_strict(body)?;
-    match value {
-        Value::Array(items) => {
+    inspect_with(body, true)
+}
+
+/// Parses a complete request body in one pass that checks the JSON strictly (every object at
+/// every depth) and keeps only the members the filter reads, borrowed where it can: no tree
+/// is built. `with_arguments`: also build `params.arguments` of tool calls (when the policy or
+/// the log reads them); without, they are only checked.
+pub fn inspect_with(body: &[u8], with_arguments: bool) -> Result<Body, InspectError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let top = TopSeed { with_arguments }
+        .deserialize(&mut de)
+        .and_then(|top| de.end().map(|()| top))
+        .map_err(|e| InspectError::Parse(e.to_string()))?;
+    match top {
+        Top::Batch(items) => {
             if items.is_empty() {
                 return Err(InspectError::Invalid("empty batch".into()));
             }
-            let messages = items.iter().map(message).collect::<Result<Vec<_>, _>>()?;
+            let messages = items
+                .into_iter()
+                .map(message)
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(Body {
                 batch: true,
                 messages,
             })
         }
-        other => Ok(Body {
+        Top::One(item) => Ok(Body {
             batch: false,
-            messages: vec![message(&other)?],
+            messages: vec![message(item)?],
         }),
     }
 }
 
-/// Parses JSON refusing duplicate keys; `serde_json` already refuses invalid UTF-8, lone
-/// surrogate escapes, trailing bytes and nesting deeper than 128.
+/// Parses JSON refusing duplicate keys, and builds its tree. `serde_json` already refuses
+/// invalid UTF-8, lone surrogate escapes, trailing bytes and nesting deeper than 128.
 pub fn parse_strict(body: &[u8]) -> Result<Value, InspectError> {
-    serde_json::from_slice::<StrictValue>(body)
-        .map(|v| v.0)
+    serde_json::from_slice::<Tree>(body)
+        .map(|t| t.0)
         .map_err(|e| InspectError::Parse(e.to_string()))
 }
 
@@ -99,86 +148,94 @@ const PARAMS_KEYS: &[(&str, &str)] = &[
 
 /// A key that is not one the filter reads but that a lenient server would read as one
 /// (`Method`, `params `, `na\u200bme`): the server would act on a member the filter never saw.
-fn look_alike_member(obj: &Map<String, Value>, known: &[(&str, &str)]) -> Result<(), InspectError> {
-    for key in obj.keys() {
-        if known.iter().any(|(exact, _)| exact == key) {
-            continue;
-        }
-        let folded = fold(key);
-        if let Some((member, _)) = known.iter().find(|(_, f)| *f == folded) {
-            return Err(InspectError::Invalid(format!(
-                "member {key:?} differs from {member:?} only by case, whitespace or invisible characters"
-            )));
-        }
+fn look_alike_member(key: &str, known: &[(&str, &'static str)]) -> Option<String> {
+    if known.iter().any(|(exact, _)| *exact == key) {
+        return None;
     }
-    Ok(())
+    let folded = fold(key);
+    known.iter().find(|(_, f)| *f == folded).map(|(member, _)| {
+        format!(
+            "member {key:?} differs from {member:?} only by case, whitespace or invisible characters"
+        )
+    })
 }
 
-fn message(v: &Value) -> Result<Message, InspectError> {
+/// Turns what the parse kept of one message into a `Message`, or says why it is not one.
+fn message(m: Captured<'_>) -> Result<Message, InspectError> {
     let invalid = |m: &str| Err(InspectError::Invalid(m.to_string()));
-    let Value::Object(obj) = v else {
+    let Captured::Object(obj) = m else {
         return invalid("a JSON-RPC message must be an object");
     };
-    look_alike_member(obj, ENVELOPE_KEYS)?;
-    if let Some(Value::Object(params)) = obj.get("params") {
-        look_alike_member(params, PARAMS_KEYS)?;
+    if let Some(problem) = obj.look_alike {
+        return Err(InspectError::Invalid(problem));
     }
-    if obj.get("jsonrpc") != Some(&Value::String("2.0".into())) {
+    let params = match &obj.params {
+        Some(Scalar::Params(p)) => Some(p.as_ref()),
+        _ => None,
+    };
+    if let Some(problem) = params.and_then(|p| p.look_alike.clone()) {
+        return Err(InspectError::Invalid(problem));
+    }
+    if !matches!(&obj.jsonrpc, Some(Scalar::Str(v)) if v == "2.0") {
         return invalid("\"jsonrpc\" must be \"2.0\"");
     }
-    let id = match obj.get("id") {
+    let id = match obj.id {
         None => None,
-        Some(id @ (Value::String(_) | Value::Number(_) | Value::Null)) => Some(id.clone()),
+        Some(Scalar::Str(s)) => Some(Value::String(s.into_owned())),
+        Some(Scalar::Number(n)) => Some(Value::Number(n)),
+        Some(Scalar::Null) => Some(Value::Null),
         Some(_) => return invalid("\"id\" must be a string, a number or null"),
     };
-    let method = match obj.get("method") {
+    let method = match obj.method {
         None => {
             // A response (to a server-to-client request): no method to judge.
-            if !obj.contains_key("result") && !obj.contains_key("error") {
+            if !obj.has_result_or_error {
                 return invalid("a message needs \"method\", \"result\" or \"error\"");
             }
             return Ok(Message {
                 id,
                 call: McpCall::default(),
                 name: None,
+                meta_protocol_version: None,
             });
         }
-        Some(Value::String(m)) => m.clone(),
+        Some(Scalar::Str(m)) => m.into_owned(),
         Some(_) => return invalid("\"method\" must be a string"),
     };
     crate::names::check_method(&method).map_err(InspectError::Invalid)?;
-    let params = match obj.get("params") {
-        None => None,
-        Some(p @ (Value::Object(_) | Value::Array(_))) => Some(p),
-        Some(_) => return invalid("\"params\" must be an object or an array"),
-    };
-    let param = |key: &str| params.and_then(|p| p.get(key));
+    if !matches!(
+        obj.params,
+        None | Some(Scalar::Params(_)) | Some(Scalar::Array)
+    ) {
+        return invalid("\"params\" must be an object or an array");
+    }
     let name_key = match method.as_str() {
         "tools/call" | "prompts/get" => Some("name"),
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some("uri"),
         "tasks/get" | "tasks/update" | "tasks/cancel" => Some("taskId"),
         _ => None,
     };
-    let name = match name_key.map(|k| (k, param(k))) {
+    let name = match name_key {
         None => None,
-        Some((_, Some(Value::String(s)))) => Some(s.clone()),
-        Some((k, None)) => {
-            return Err(InspectError::Invalid(format!("{method} needs params.{k}")));
-        }
-        Some((k, _)) => {
-            return Err(InspectError::Invalid(format!(
-                "params.{k} must be a string"
-            )))
-        }
+        Some(k) => match params.and_then(|p| p.named(k)) {
+            None => return Err(InspectError::Invalid(format!("{method} needs params.{k}"))),
+            Some(Scalar::Str(s)) => Some(s.to_string()),
+            Some(_) => {
+                return Err(InspectError::Invalid(format!(
+                    "params.{k} must be a string"
+                )))
+            }
+        },
     };
+    let meta_protocol_version = params.and_then(|p| p.meta_protocol_version.clone());
     let (tool, arguments) = if method == "tools/call" {
         if let Some(name) = &name {
             crate::names::check_tool_name(name).map_err(InspectError::Invalid)?;
         }
-        let arguments = match param("arguments") {
+        let arguments = match params.and_then(|p| p.arguments.as_ref()) {
             None => None,
-            Some(a @ Value::Object(_)) => Some(a.clone()),
-            Some(_) => return invalid("params.arguments must be an object"),
+            Some(Arguments::Object(tree)) => tree.clone(),
+            Some(Arguments::Other) => return invalid("params.arguments must be an object"),
         };
         (name.clone(), arguments)
     } else {
@@ -192,13 +249,388 @@ fn message(v: &Value) -> Result<Message, InspectError> {
             arguments,
         },
         name,
+        meta_protocol_version,
     })
 }
 
-/// A `serde_json::Value` whose objects may not repeat a key.
-struct StrictValue(Value);
+/// Where a request states its protocol version in the body (2026-07-28).
+pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 
-impl<'de> Deserialize<'de> for StrictValue {
+// ---------------------------------------------------------------------------------------------
+// The one pass. Each visitor checks its objects' keys (`KeysSeen`) and keeps what it is asked
+// for; everything else is checked and dropped (`Strict`).
+
+enum Top<'a> {
+    One(Captured<'a>),
+    Batch(Vec<Captured<'a>>),
+}
+
+/// A message as the parse kept it: an object's interesting members, or not an object.
+enum Captured<'a> {
+    Object(Envelope<'a>),
+    Other,
+}
+
+#[derive(Default)]
+struct Envelope<'a> {
+    jsonrpc: Option<Scalar<'a>>,
+    id: Option<Scalar<'a>>,
+    method: Option<Scalar<'a>>,
+    params: Option<Scalar<'a>>,
+    has_result_or_error: bool,
+    look_alike: Option<String>,
+}
+
+/// A value reduced to what the checks ask of it.
+enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    Number(serde_json::Number),
+    Null,
+    Bool,
+    Array,
+    Object,
+    /// `params`, when it is an object.
+    Params(Box<Params<'a>>),
+}
+
+#[derive(Default)]
+struct Params<'a> {
+    name: Option<Scalar<'a>>,
+    uri: Option<Scalar<'a>>,
+    task_id: Option<Scalar<'a>>,
+    arguments: Option<Arguments>,
+    meta_protocol_version: Option<String>,
+    look_alike: Option<String>,
+}
+
+impl<'a> Params<'a> {
+    fn named(&self, key: &str) -> Option<&Scalar<'a>> {
+        match key {
+            "name" => self.name.as_ref(),
+            "uri" => self.uri.as_ref(),
+            "taskId" => self.task_id.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+enum Arguments {
+    /// An object: its tree when it was asked for.
+    Object(Option<Value>),
+    Other,
+}
+
+struct TopSeed {
+    with_arguments: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for TopSeed {
+    type Value = Top<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Top<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopSeed {
+    type Value = Top<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Top<'de>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(MessageSeed {
+            with_arguments: self.with_arguments,
+        })? {
+            items.push(item);
+        }
+        Ok(Top::Batch(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Top<'de>, A::Error> {
+        MessageSeed {
+            with_arguments: self.with_arguments,
+        }
+        .visit_map(map)
+        .map(Top::One)
+    }
+    forward_scalars!(|| Top::One(Captured::Other));
+}
+
+struct MessageSeed {
+    with_arguments: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for MessageSeed {
+    type Value = Captured<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Captured<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MessageSeed {
+    type Value = Captured<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC message")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Captured<'de>, A::Error> {
+        StrictVisitor.visit_seq(seq).map(|_| Captured::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Captured<'de>, A::Error> {
+        let mut seen = KeysSeen::default();
+        let mut env = Envelope::default();
+        while let Some(Text(key)) = map.next_key()? {
+            match key.as_ref() {
+                "jsonrpc" => env.jsonrpc = Some(map.next_value::<Scalar<'de>>()?),
+                "id" => env.id = Some(map.next_value::<Scalar<'de>>()?),
+                "method" => env.method = Some(map.next_value::<Scalar<'de>>()?),
+                "params" => {
+                    env.params = Some(map.next_value_seed(ParamsSeed {
+                        with_arguments: self.with_arguments,
+                    })?)
+                }
+                "result" | "error" => {
+                    map.next_value::<Strict>()?;
+                    env.has_result_or_error = true;
+                }
+                other => {
+                    if env.look_alike.is_none() {
+                        env.look_alike = look_alike_member(other, ENVELOPE_KEYS);
+                    }
+                    map.next_value::<Strict>()?;
+                }
+            }
+            seen.add(key).map_err(de::Error::custom)?;
+        }
+        Ok(Captured::Object(env))
+    }
+    forward_scalars!(|| Captured::Other);
+}
+
+struct ParamsSeed {
+    with_arguments: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for ParamsSeed {
+    type Value = Scalar<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Scalar<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ParamsSeed {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("params")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar<'de>, A::Error> {
+        ScalarVisitor.visit_seq(seq)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar<'de>, A::Error> {
+        let mut seen = KeysSeen::default();
+        let mut params = Params::default();
+        while let Some(Text(key)) = map.next_key()? {
+            match key.as_ref() {
+                "name" => params.name = Some(map.next_value::<Scalar<'de>>()?),
+                "uri" => params.uri = Some(map.next_value::<Scalar<'de>>()?),
+                "taskId" => params.task_id = Some(map.next_value::<Scalar<'de>>()?),
+                "arguments" => {
+                    params.arguments = Some(map.next_value_seed(ArgumentsSeed {
+                        build: self.with_arguments,
+                    })?)
+                }
+                "_meta" => params.meta_protocol_version = map.next_value_seed(MetaSeed)?,
+                other => {
+                    if params.look_alike.is_none() {
+                        params.look_alike = look_alike_member(other, PARAMS_KEYS);
+                    }
+                    map.next_value::<Strict>()?;
+                }
+            }
+            seen.add(key).map_err(de::Error::custom)?;
+        }
+        Ok(Scalar::Params(Box::new(params)))
+    }
+    forward_scalars!(|| Scalar::Bool);
+}
+
+struct ArgumentsSeed {
+    build: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for ArgumentsSeed {
+    type Value = Arguments;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Arguments, D::Error> {
+        if self.build {
+            let Tree(tree) = Tree::deserialize(d)?;
+            Ok(match tree {
+                Value::Object(_) => Arguments::Object(Some(tree)),
+                _ => Arguments::Other,
+            })
+        } else {
+            Ok(match Scalar::deserialize(d)? {
+                Scalar::Object => Arguments::Object(None),
+                _ => Arguments::Other,
+            })
+        }
+    }
+}
+
+/// `params._meta`: its protocol version, when it is an object holding a string there.
+struct MetaSeed;
+
+impl<'de> DeserializeSeed<'de> for MetaSeed {
+    type Value = Option<String>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MetaSeed {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("_meta")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Option<String>, A::Error> {
+        StrictVisitor.visit_seq(seq).map(|_| None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+        let mut seen = KeysSeen::default();
+        let mut version = None;
+        while let Some(Text(key)) = map.next_key()? {
+            if key == META_PROTOCOL_VERSION {
+                if let Scalar::Str(v) = map.next_value::<Scalar<'de>>()? {
+                    version = Some(v.into_owned());
+                }
+            } else {
+                map.next_value::<Strict>()?;
+            }
+            seen.add(key).map_err(de::Error::custom)?;
+        }
+        Ok(version)
+    }
+    forward_scalars!(|| None);
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Bool)
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Number(v.into()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar<'de>, E> {
+        serde_json::Number::from_f64(v)
+            .map(Scalar::Number)
+            .ok_or_else(|| E::custom("number out of range"))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_unit<E>(self) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_none<E>(self) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar<'de>, A::Error> {
+        StrictVisitor.visit_seq(seq).map(|_| Scalar::Array)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar<'de>, A::Error> {
+        StrictVisitor.visit_map(map).map(|_| Scalar::Object)
+    }
+}
+
+/// A JSON value whose objects are checked like every other (`KeysSeen`), built as a tree.
+struct Tree(Value);
+
+impl<'de> Deserialize<'de> for Tree {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TreeVisitor)
+    }
+}
+
+struct TreeVisitor;
+
+impl<'de> Visitor<'de> for TreeVisitor {
+    type Value = Tree;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Tree, E> {
+        Ok(Tree(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Tree, E> {
+        Ok(Tree(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Tree, E> {
+        Ok(Tree(v.into()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Tree, E> {
+        serde_json::Number::from_f64(v)
+            .map(|n| Tree(Value::Number(n)))
+            .ok_or_else(|| E::custom("number out of range"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Tree, E> {
+        Ok(Tree(Value::String(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Tree, E> {
+        Ok(Tree(Value::String(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Tree, E> {
+        Ok(Tree(Value::Null))
+    }
+    fn visit_none<E>(self) -> Result<Tree, E> {
+        Ok(Tree(Value::Null))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Tree, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Tree(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Tree(Value::Array(items)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tree, A::Error> {
+        let mut seen = KeysSeen::default();
+        let mut obj = Map::new();
+        while let Some(Text(key)) = map.next_key()? {
+            let Tree(v) = map.next_value()?;
+            let key = key.into_owned();
+            seen.add(Cow::Owned(key.clone()))
+                .map_err(de::Error::custom)?;
+            obj.insert(key, v);
+        }
+        Ok(Tree(Value::Object(obj)))
+    }
+}
+
+/// Strict JSON, checked and dropped: objects may not repeat a key, nor hold two keys a
+/// lenient reader takes for one.
+struct Strict;
+
+impl<'de> Deserialize<'de> for Strict {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(StrictVisitor)
     }
@@ -207,69 +639,127 @@ impl<'de> Deserialize<'de> for StrictValue {
 struct StrictVisitor;
 
 impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = StrictValue;
+    type Value = Strict;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_bool<E>(self, v: bool) -> Result<StrictValue, E> {
-        Ok(StrictValue(Value::Bool(v)))
+    fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
+        Ok(Strict)
     }
-    fn visit_i64<E>(self, v: i64) -> Result<StrictValue, E> {
-        Ok(StrictValue(v.into()))
+    fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
+        Ok(Strict)
     }
-    fn visit_u64<E>(self, v: u64) -> Result<StrictValue, E> {
-        Ok(StrictValue(v.into()))
+    fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
+        Ok(Strict)
     }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<StrictValue, E> {
-        serde_json::Number::from_f64(v)
-            .map(|n| StrictValue(Value::Number(n)))
-            .ok_or_else(|| E::custom("number out of range"))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<StrictValue, E> {
-        Ok(StrictValue(Value::String(v.to_string())))
-    }
-    fn visit_string<E>(self, v: String) -> Result<StrictValue, E> {
-        Ok(StrictValue(Value::String(v)))
-    }
-    fn visit_unit<E>(self) -> Result<StrictValue, E> {
-        Ok(StrictValue(Value::Null))
-    }
-    fn visit_none<E>(self) -> Result<StrictValue, E> {
-        Ok(StrictValue(Value::Null))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StrictValue, A::Error> {
-        let mut items = Vec::new();
-        while let Some(StrictValue(v)) = seq.next_element()? {
-            items.push(v);
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Strict, E> {
+        if v.is_finite() {
+            Ok(Strict)
+        } else {
+            Err(E::custom("number out of range"))
         }
-        Ok(StrictValue(Value::Array(items)))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StrictValue, A::Error> {
-        let mut obj = Map::new();
-        // Folded forms of the keys that are not already folded (usually none): a key that
-        // folds to another key of the object is a duplicate to a lenient reader (Go's
-        // encoding/json matches keys case-insensitively, and the last one wins).
-        let mut folded: HashSet<String> = HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if obj.contains_key(&key) {
-                return Err(de::Error::custom(format!("duplicate key {key:?}")));
-            }
-            let collides = if is_folded(&key) {
-                folded.contains(&key)
+    fn visit_str<E>(self, _: &str) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_none<E>(self) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        while seq.next_element::<Strict>()?.is_some() {}
+        Ok(Strict)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        let mut seen = KeysSeen::default();
+        while let Some(Text(key)) = map.next_key()? {
+            seen.add(key).map_err(de::Error::custom)?;
+            map.next_value::<Strict>()?;
+        }
+        Ok(Strict)
+    }
+}
+
+/// Objects up to this many keys are checked by comparing with each key before; bigger ones
+/// switch to hash sets, so the check stays linear.
+const LINEAR_KEYS: usize = 8;
+
+/// The keys of one object so far, and the folded forms of those that are not already folded
+/// (usually none): a key that folds to another key of the object is a duplicate to a lenient
+/// reader (Go's encoding/json matches keys case-insensitively, and the last one wins). Small
+/// objects, nearly all of them, are checked without allocating.
+struct KeysSeen<'a> {
+    exact: [Cow<'a, str>; LINEAR_KEYS],
+    exact_len: usize,
+    exact_set: HashSet<Cow<'a, str>>,
+    folded: Vec<String>,
+    folded_set: HashSet<String>,
+}
+
+impl Default for KeysSeen<'_> {
+    fn default() -> Self {
+        Self {
+            exact: std::array::from_fn(|_| Cow::Borrowed("")),
+            exact_len: 0,
+            exact_set: HashSet::new(),
+            folded: Vec::new(),
+            folded_set: HashSet::new(),
+        }
+    }
+}
+
+impl<'a> KeysSeen<'a> {
+    fn has_exact(&self, key: &str) -> bool {
+        if self.exact_set.is_empty() {
+            self.exact[..self.exact_len].iter().any(|k| k == key)
+        } else {
+            self.exact_set.contains(key)
+        }
+    }
+
+    fn has_folded(&self, key: &str) -> bool {
+        if self.folded_set.is_empty() {
+            self.folded.iter().any(|k| k == key)
+        } else {
+            self.folded_set.contains(key)
+        }
+    }
+
+    fn add(&mut self, key: Cow<'a, str>) -> Result<(), String> {
+        if self.has_exact(&key) {
+            return Err(format!("duplicate key {key:?}"));
+        }
+        let collides = if is_folded(&key) {
+            self.has_folded(&key)
+        } else {
+            let f = fold(&key);
+            let collides = self.has_exact(&f) || self.has_folded(&f);
+            if self.folded_set.is_empty() && self.folded.len() < LINEAR_KEYS {
+                self.folded.push(f);
             } else {
-                let f = fold(&key);
-                obj.contains_key(&f) || !folded.insert(f)
-            };
-            if collides {
-                return Err(de::Error::custom(format!(
-                    "key {key:?} differs from another key of the object only by case, whitespace or invisible characters"
-                )));
+                self.folded_set.extend(self.folded.drain(..));
+                self.folded_set.insert(f);
             }
-            let StrictValue(v) = map.next_value()?;
-            obj.insert(key, v);
+            collides
+        };
+        if collides {
+            return Err(format!(
+                "key {key:?} differs from another key of the object only by case, whitespace or invisible characters"
+            ));
         }
-        Ok(StrictValue(Value::Object(obj)))
+        if self.exact_set.is_empty() && self.exact_len < LINEAR_KEYS {
+            self.exact[self.exact_len] = key;
+            self.exact_len += 1;
+        } else {
+            let short = &mut self.exact[..self.exact_len];
+            self.exact_set.extend(short.iter_mut().map(std::mem::take));
+            self.exact_len = 0;
+            self.exact_set.insert(key);
+        }
+        Ok(())
     }
 }
 
@@ -402,6 +892,38 @@ mod tests {
             "took {:?}",
             started.elapsed()
         );
+    }
+
+    #[test]
+    fn duplicates_are_found_in_small_and_large_objects_alike() {
+        for n in [1, 7, 8, 9, 15, 16, 17, 40] {
+            let keys: Vec<String> = (0..n).map(|i| format!("\"k{i}\":1")).collect();
+            let object = |extra: &str| {
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"a","arguments":{{{},{extra}}}}}}}"#,
+                    keys.join(",")
+                )
+            };
+            assert!(inspect(object(r#""other":1"#).as_bytes()).is_ok(), "{n}");
+            for dup in [r#""k0":2"#, r#""K0":2"#, r#""k_0":2"#] {
+                assert!(
+                    matches!(inspect(object(dup).as_bytes()), Err(InspectError::Parse(_))),
+                    "{n} keys, then {dup}"
+                );
+            }
+            // The folded form first, then the plain key.
+            let folded_first = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"K_0":1,{}}}}}"#,
+                keys.join(",")
+            );
+            assert!(
+                matches!(
+                    inspect(folded_first.as_bytes()),
+                    Err(InspectError::Parse(_))
+                ),
+                "{n} keys after a folded one"
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod mcp;
 pub mod mcp_headers;
 pub mod names;
 pub mod policy;
+pub mod raw;
 pub mod reply;
 pub mod session;
 pub mod token;

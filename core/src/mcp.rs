@@ -2,10 +2,11 @@
 //! evaluate the route's policy for every message, and say what to answer. Pure: the filter
 //! gathers the inputs and carries out the verdict.
 
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::config::{DenyStyle, Route};
-use crate::jsonrpc::{inspect, parse_strict, Body, InspectError};
+use crate::jsonrpc::{inspect_with, Body, InspectError};
 use crate::mcp_headers::{self, RoutingHeaders, HEADER_MISMATCH};
 use crate::names::{fold, is_folded};
 use crate::policy::{Decision, McpCall, Names, PolicyInput};
@@ -38,15 +39,11 @@ pub struct Verdict {
     pub tools_list_id: Option<Value>,
 }
 
-/// One authorize log line (field names as in the README and Envoy dynamic metadata).
+/// What one decision adds to the authorize log line. The caller's identity and the request id
+/// are the filter's already; they are joined in only when the line is rendered (`render`), so a
+/// record nobody reads costs no copies.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AuthorizeLog {
-    pub request_id: String,
-    pub route: String,
-    pub user: String,
-    pub email: String,
-    pub groups: Vec<String>,
-    pub client_id: String,
     pub mcp_method: Option<String>,
     pub mcp_tool: Option<String>,
     pub mcp_tool_parameters: Option<Value>,
@@ -61,45 +58,95 @@ pub struct AuthorizeLog {
     pub error: Option<&'static str>,
 }
 
+/// Who and what a rendered line is about, besides the decision.
+pub struct LogSubject<'a> {
+    pub request_id: &'a str,
+    pub route: &'a str,
+    pub claims: &'a TeClaims,
+}
+
+/// The rendered line: compact JSON, empty fields left out (`allow` and `deny` always shown).
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(rename = "request-id")]
+    request_id: &'a str,
+    route: &'a str,
+    user: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    email: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    groups: &'a [String],
+    #[serde(rename = "client-id", skip_serializing_if = "str::is_empty")]
+    client_id: &'a str,
+    #[serde(rename = "mcp-method", skip_serializing_if = "Option::is_none")]
+    mcp_method: Option<&'a str>,
+    #[serde(rename = "mcp-tool", skip_serializing_if = "Option::is_none")]
+    mcp_tool: Option<&'a str>,
+    #[serde(
+        rename = "mcp-tool-parameters",
+        skip_serializing_if = "Option::is_none"
+    )]
+    mcp_tool_parameters: Option<&'a Value>,
+    #[serde(rename = "batch-size", skip_serializing_if = "is_zero")]
+    batch_size: usize,
+    allow: bool,
+    #[serde(rename = "allow-why-true", skip_serializing_if = "<[_]>::is_empty")]
+    allow_why_true: &'a [&'static str],
+    #[serde(rename = "allow-why-false", skip_serializing_if = "<[_]>::is_empty")]
+    allow_why_false: &'a [&'static str],
+    deny: bool,
+    #[serde(rename = "deny-why-true", skip_serializing_if = "<[_]>::is_empty")]
+    deny_why_true: &'a [&'static str],
+    #[serde(rename = "deny-why-false", skip_serializing_if = "<[_]>::is_empty")]
+    deny_why_false: &'a [&'static str],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+    duration: Millis,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Microseconds shown as `"1.500ms"`.
+struct Millis(u64);
+
+impl Serialize for Millis {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}.{:03}ms", self.0 / 1000, self.0 % 1000))
+    }
+}
+
 impl AuthorizeLog {
-    pub fn to_json(&self, duration_micros: u64) -> Value {
-        json!({
-            "request-id": self.request_id,
-            "route": self.route,
-            "user": self.user,
-            "email": self.email,
-            "groups": self.groups,
-            "client-id": self.client_id,
-            "mcp-method": self.mcp_method,
-            "mcp-tool": self.mcp_tool,
-            "mcp-tool-parameters": self.mcp_tool_parameters,
-            "batch-size": self.batch_size,
-            "allow": self.allow,
-            "allow-why-true": self.allow_why_true,
-            "allow-why-false": self.allow_why_false,
-            "deny": self.deny,
-            "deny-why-true": self.deny_why_true,
-            "deny-why-false": self.deny_why_false,
-            "error": self.error,
-            "duration": format!("{:.3}ms", duration_micros as f64 / 1000.0),
-        })
+    /// The line as compact JSON.
+    pub fn render(&self, subject: &LogSubject<'_>, duration_micros: u64) -> String {
+        let line = Line {
+            request_id: subject.request_id,
+            route: subject.route,
+            user: &subject.claims.sub,
+            email: &subject.claims.email,
+            groups: &subject.claims.groups,
+            client_id: &subject.claims.client_id,
+            mcp_method: self.mcp_method.as_deref(),
+            mcp_tool: self.mcp_tool.as_deref(),
+            mcp_tool_parameters: self.mcp_tool_parameters.as_ref(),
+            batch_size: self.batch_size,
+            allow: self.allow,
+            allow_why_true: &self.allow_why_true,
+            allow_why_false: &self.allow_why_false,
+            deny: self.deny,
+            deny_why_true: &self.deny_why_true,
+            deny_why_false: &self.deny_why_false,
+            error: self.error,
+            duration: Millis(duration_micros),
+        };
+        // Serializing borrowed strings and vectors cannot fail.
+        serde_json::to_string(&line).unwrap_or_default()
     }
 
     /// Whether the request went through.
     pub fn permitted(&self) -> bool {
         self.error.is_none() && self.allow && !self.deny
-    }
-}
-
-fn base_log(route: &Route, claims: &TeClaims, head: &CallHead) -> AuthorizeLog {
-    AuthorizeLog {
-        request_id: head.request_id.clone(),
-        route: route.name.clone(),
-        user: claims.sub.clone(),
-        email: claims.email.clone(),
-        groups: claims.groups.clone(),
-        client_id: claims.client_id.clone(),
-        ..AuthorizeLog::default()
     }
 }
 
@@ -118,16 +165,16 @@ fn error_reply(status: u32, reason: &'static str, body: Value) -> LocalReply {
 
 /// Refusal before the body could be judged (oversize, parse error, ...).
 pub fn refuse(
-    route: &Route,
-    claims: &TeClaims,
     head: &CallHead,
     status: u32,
     code: i64,
     reason: &'static str,
     message: &str,
 ) -> Verdict {
-    let mut log = base_log(route, claims, head);
-    log.error = Some(reason);
+    let log = AuthorizeLog {
+        error: Some(reason),
+        ..AuthorizeLog::default()
+    };
     Verdict {
         reply: Some(error_reply(
             status,
@@ -140,10 +187,8 @@ pub fn refuse(
 }
 
 /// A GET or DELETE whose body turned up after the headers: refused, never forwarded.
-pub fn refuse_unexpected_body(route: &Route, claims: &TeClaims, head: &CallHead) -> Verdict {
+pub fn refuse_unexpected_body(head: &CallHead) -> Verdict {
     refuse(
-        route,
-        claims,
         head,
         400,
         INVALID_REQUEST,
@@ -160,9 +205,10 @@ pub fn judge_bodiless(route: &Route, claims: &TeClaims, head: &CallHead) -> Verd
         claims,
         call: &call,
     });
-    let mut log = base_log(route, claims, head);
-    record(&mut log, &decision);
-    let reply = (!decision.permitted()).then(|| {
+    let permitted = decision.permitted();
+    let mut log = AuthorizeLog::default();
+    record(&mut log, decision);
+    let reply = (!permitted).then(|| {
         error_reply(
             403,
             "policy-denied",
@@ -183,9 +229,20 @@ pub fn judge_bodiless(route: &Route, claims: &TeClaims, head: &CallHead) -> Verd
 
 /// Judges a complete POST body.
 pub fn judge_body(route: &Route, claims: &TeClaims, head: &CallHead, body: &[u8]) -> Verdict {
-    let refuse_with = |status, code, reason, message: &str| {
-        refuse(route, claims, head, status, code, reason, message)
-    };
+    judge_body_with(route, claims, head, body, true)
+}
+
+/// `judge_body`; `reasons`: collect each criterion's reason for the authorize record (without,
+/// the record has the outcome, the call and no reasons, and costs less to make).
+pub fn judge_body_with(
+    route: &Route,
+    claims: &TeClaims,
+    head: &CallHead,
+    body: &[u8],
+    reasons: bool,
+) -> Verdict {
+    let refuse_with =
+        |status, code, reason, message: &str| refuse(head, status, code, reason, message);
     if let Some(encoding) = head
         .content_encoding
         .as_deref()
@@ -206,7 +263,9 @@ pub fn judge_body(route: &Route, claims: &TeClaims, head: &CallHead, body: &[u8]
             "MCP requests must be Content-Type: application/json",
         );
     }
-    let parsed: Body = match inspect(body) {
+    // Tool arguments are built only for a reader: an `mcp_argument` criterion or the log.
+    let with_arguments = !route.policy.argument_paths.is_empty() || route.log_tool_parameters;
+    let mut parsed: Body = match inspect_with(body, with_arguments) {
         Ok(b) => b,
         Err(e @ InspectError::Parse(_)) => {
             return refuse_with(
@@ -226,8 +285,7 @@ pub fn judge_body(route: &Route, claims: &TeClaims, head: &CallHead, body: &[u8]
         }
     };
     if !parsed.batch {
-        let raw = parse_strict(body).unwrap_or(Value::Null);
-        if let Err(why) = mcp_headers::check(&head.routing, &parsed.messages[0], &raw) {
+        if let Err(why) = mcp_headers::check(&head.routing, &parsed.messages[0]) {
             let mut v = refuse_with(400, HEADER_MISMATCH, "mcp-header-mismatch", &why);
             if let Some(reply) = v.reply.as_mut() {
                 let id = parsed.messages[0].id.as_ref();
@@ -246,62 +304,67 @@ pub fn judge_body(route: &Route, claims: &TeClaims, head: &CallHead, body: &[u8]
         );
     }
 
-    let mut log = base_log(route, claims, head);
-    log.batch_size = if parsed.batch {
-        parsed.messages.len()
-    } else {
-        0
+    let mut log = AuthorizeLog {
+        batch_size: if parsed.batch {
+            parsed.messages.len()
+        } else {
+            0
+        },
+        ..AuthorizeLog::default()
     };
-    let mut denied_ids: Vec<Option<&Value>> = Vec::new();
-    let mut all_permitted = true;
-    for message in &parsed.messages {
+    // The message the log describes: the first denied one of a batch, so the log says why.
+    let mut shown: Option<usize> = None;
+    for (index, message) in parsed.messages.iter().enumerate() {
         let input = PolicyInput {
             claims,
             call: &message.call,
         };
-        let decision = route.policy.evaluate(&input);
+        let decision = if reasons {
+            route.policy.evaluate(&input)
+        } else {
+            route.policy.evaluate_quiet(&input, Names::Exact)
+        };
         if let Some(why) = ambiguity(route, &input, &decision) {
             let mut v = refuse_with(400, INVALID_REQUEST, "mcp-ambiguous-name", &why);
             v.log.mcp_method = message.call.method.clone();
             v.log.mcp_tool = message.call.tool.clone();
             return v;
         }
-        record(&mut log, &decision);
-        if !decision.permitted() {
-            all_permitted = false;
-            denied_ids.push(message.id.as_ref());
+        if !decision.permitted() && shown.is_none() {
+            shown = Some(index);
         }
+        record(&mut log, decision);
     }
-    // Log fields describe the call (the first denied one for a batch, so the log says why).
-    let shown = parsed
-        .messages
-        .iter()
-        .find(|m| denied_ids.contains(&m.id.as_ref()))
-        .unwrap_or(&parsed.messages[0]);
-    log.mcp_method = shown.call.method.clone();
-    log.mcp_tool = shown.call.tool.clone();
-    if route.log_tool_parameters {
-        log.mcp_tool_parameters = shown
-            .call
-            .arguments
-            .as_ref()
-            .map(|a| redact(a, &route.redact_parameters));
+    let all_permitted = shown.is_none();
+    let tools_list_id = match parsed.messages.as_mut_slice() {
+        [m] if all_permitted && !parsed.batch && m.call.method.as_deref() == Some("tools/list") => {
+            m.id.take()
+        }
+        _ => None,
+    };
+    // The log takes the described call's names: the messages are not needed after this.
+    if let Some(m) = parsed.messages.get_mut(shown.unwrap_or(0)) {
+        if route.log_tool_parameters {
+            log.mcp_tool_parameters = m
+                .call
+                .arguments
+                .as_ref()
+                .map(|a| redact(a, &route.redact_parameters));
+        }
+        log.mcp_method = m.call.method.take();
+        log.mcp_tool = m.call.tool.take();
     }
     // One verdict for the whole request: a batch with any denied element is denied whole
     // (`record` made `allow` true only if every element was allowed).
 
     if all_permitted {
-        let tools_list_id = match parsed.messages.as_slice() {
-            [m] if !parsed.batch && m.call.method.as_deref() == Some("tools/list") => m.id.clone(),
-            _ => None,
-        };
         return Verdict {
             reply: None,
             log,
             tools_list_id,
         };
     }
-    let message = match (&shown.call.method, &shown.call.tool) {
+    let message = match (&log.mcp_method, &log.mcp_tool) {
         (Some(m), Some(t)) if m == "tools/call" => format!("mcp-warden policy denies tool {t:?}"),
         (Some(m), _) => format!("mcp-warden policy denies {m}"),
         _ => "mcp-warden policy denies this request".to_string(),
@@ -359,7 +422,7 @@ fn ambiguity(route: &Route, input: &PolicyInput<'_>, decision: &Decision) -> Opt
     if (has_upper(&call.method) || has_upper(&call.tool) || route.policy.upper_case_names)
         && !route
             .policy
-            .evaluate_as(input, Names::CaseInsensitive)
+            .evaluate_quiet(input, Names::CaseInsensitive)
             .permitted()
     {
         return Some(format!(
@@ -409,16 +472,29 @@ pub fn may_call_tool(route: &Route, claims: &TeClaims, tool: &str) -> bool {
     crate::names::is_valid_tool_name(tool)
         && route
             .policy
-            .evaluate(&PolicyInput {
-                claims,
-                call: &call,
-            })
+            .evaluate_quiet(
+                &PolicyInput {
+                    claims,
+                    call: &call,
+                },
+                Names::Exact,
+            )
             .permitted()
 }
 
 /// Merges one message's decision into the request's log line.
-fn record(log: &mut AuthorizeLog, d: &Decision) {
+fn record(log: &mut AuthorizeLog, d: Decision) {
     let first = log.allow_why_true.is_empty() && log.allow_why_false.is_empty() && !log.deny;
+    if first && log.deny_why_true.is_empty() && log.deny_why_false.is_empty() {
+        // The usual single message: its reasons are the line's.
+        log.allow = d.allow;
+        log.deny = d.deny;
+        log.allow_why_true = d.allow_why_true;
+        log.allow_why_false = d.allow_why_false;
+        log.deny_why_true = d.deny_why_true;
+        log.deny_why_false = d.deny_why_false;
+        return;
+    }
     log.allow = if first { d.allow } else { log.allow && d.allow };
     log.deny |= d.deny;
     for (into, from) in [
@@ -535,9 +611,22 @@ mod tests {
             v.log.mcp_tool_parameters,
             Some(json!({"q": "x", "password": "[redacted]"}))
         );
-        let line = v.log.to_json(1500);
+        let c = claims();
+        let subject = LogSubject {
+            request_id: "req-1",
+            route: "db",
+            claims: &c,
+        };
+        let line: Value = serde_json::from_str(&v.log.render(&subject, 1500)).unwrap();
         assert_eq!(line["request-id"], "req-1");
+        assert_eq!(line["route"], "db");
         assert_eq!(line["duration"], "1.500ms");
+        assert_eq!(line["allow"], true);
+        assert_eq!(line["deny"], false);
+        assert_eq!(line["mcp-tool"], "read_db");
+        // Empty fields are left out: the line stays short.
+        assert!(line.get("error").is_none() && line.get("deny-why-true").is_none());
+        assert!(line.get("batch-size").is_none());
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! (HTTP 400, JSON-RPC `-32020`).
 
 use base64::Engine;
-use serde_json::Value;
 
 use crate::jsonrpc::Message;
 
@@ -12,7 +11,6 @@ use crate::jsonrpc::Message;
 pub const HEADER_MISMATCH: i64 = -32020;
 /// First protocol revision with per-request routing headers.
 pub const STATELESS_ERA: &str = "2026-07-28";
-const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 
 #[derive(Debug, Default, Clone)]
 pub struct RoutingHeaders {
@@ -31,7 +29,7 @@ impl RoutingHeaders {
 }
 
 /// Checks one (non-batch) message against the headers; `Err` carries the reason.
-pub fn check(headers: &RoutingHeaders, message: &Message, raw: &Value) -> Result<(), String> {
+pub fn check(headers: &RoutingHeaders, message: &Message) -> Result<(), String> {
     let Some(method) = message.call.method.as_deref() else {
         // Responses carry no method: nothing for the headers to name.
         return Ok(());
@@ -63,12 +61,7 @@ pub fn check(headers: &RoutingHeaders, message: &Message, raw: &Value) -> Result
     } else if headers.name.is_some() && required {
         return Err(format!("unexpected Mcp-Name header for {method}"));
     }
-    let meta_version = raw
-        .get("params")
-        .and_then(|p| p.get("_meta"))
-        .and_then(|m| m.get(META_PROTOCOL_VERSION))
-        .and_then(Value::as_str);
-    if let Some(meta_version) = meta_version {
+    if let Some(meta_version) = message.meta_protocol_version.as_deref() {
         match headers.protocol_version.as_deref() {
             Some(h) if h != meta_version => {
                 return Err(format!(
@@ -99,11 +92,11 @@ fn decode_header_value(raw: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jsonrpc::{inspect, parse_strict};
+    use crate::jsonrpc::inspect;
 
     fn run(h: RoutingHeaders, body: &str) -> Result<(), String> {
         let b = inspect(body.as_bytes()).unwrap();
-        check(&h, &b.messages[0], &parse_strict(body.as_bytes()).unwrap())
+        check(&h, &b.messages[0])
     }
 
     fn h(pv: Option<&str>, m: Option<&str>, n: Option<&str>) -> RoutingHeaders {

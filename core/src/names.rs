@@ -55,6 +55,9 @@ pub fn check_method(method: &str) -> Result<(), String> {
             "method {method:?} contains whitespace, control, invisible or non-ASCII characters"
         ));
     }
+    if MCP_METHODS.contains(&method) {
+        return Ok(());
+    }
     if let Some(known) = MCP_METHODS
         .iter()
         .find(|known| method.eq_ignore_ascii_case(known) && method != **known)

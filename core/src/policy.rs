@@ -156,11 +156,25 @@ impl Policy {
         self.evaluate_as(input, Names::Exact)
     }
 
+    /// The outcome without the reasons (for when no authorize record is read): the same
+    /// criteria, evaluated the same way, without collecting what each said.
+    pub fn evaluate_quiet(&self, input: &PolicyInput<'_>, names: Names) -> Decision {
+        self.run(input, names, false)
+    }
+
     /// Evaluates with `mcp_method` and `mcp_tool` compared as a case-insensitive server would
     /// read them; a call this denies but `evaluate` permits is ambiguous.
     pub fn evaluate_as(&self, input: &PolicyInput<'_>, names: Names) -> Decision {
+        self.run(input, names, true)
+    }
+
+    fn run(&self, input: &PolicyInput<'_>, names: Names, reasons: bool) -> Decision {
         let mut d = Decision::default();
-        let ctx = Eval { input, names };
+        let ctx = Eval {
+            input,
+            names,
+            reasons,
+        };
         for rule in &self.rules {
             if let Some(allow) = &rule.allow {
                 let hit = allow.eval(&ctx, &mut d.allow_why_true, &mut d.allow_why_false);
@@ -196,6 +210,8 @@ pub enum Names {
 struct Eval<'a, 'b> {
     input: &'a PolicyInput<'b>,
     names: Names,
+    /// Collect each criterion's reason (for the authorize record).
+    reasons: bool,
 }
 
 /// The outcome with the reasons each side reported (for the authorize log).
@@ -563,24 +579,34 @@ impl Expr {
         why_true: &mut Vec<&'static str>,
         why_false: &mut Vec<&'static str>,
     ) -> bool {
-        // Every child is evaluated (no short circuit) so the log shows every reason.
-        let mut all = |children: &[Expr]| -> Vec<bool> {
-            children
+        // Every child is evaluated (no short circuit) so the log shows every reason: count
+        // the hits rather than collect them.
+        let mut hits = |children: &[Expr]| -> (usize, usize) {
+            let hit = children
                 .iter()
-                .map(|c| c.eval(input, why_true, why_false))
-                .collect()
+                .filter(|c| c.eval(input, why_true, why_false))
+                .count();
+            (hit, children.len())
         };
         match self {
-            Expr::And(c) => all(c).iter().all(|b| *b),
-            Expr::Or(c) => all(c).iter().any(|b| *b),
-            Expr::Not(c) => !all(c).iter().all(|b| *b),
-            Expr::Nor(c) => !all(c).iter().any(|b| *b),
+            Expr::And(c) => {
+                let (hit, n) = hits(c);
+                hit == n
+            }
+            Expr::Or(c) => hits(c).0 > 0,
+            Expr::Not(c) => {
+                let (hit, n) = hits(c);
+                hit != n
+            }
+            Expr::Nor(c) => hits(c).0 == 0,
             Expr::Leaf(criterion) => {
                 let (hit, reason) = criterion.eval(input);
-                if hit {
-                    why_true.push(reason)
-                } else {
-                    why_false.push(reason)
+                if input.reasons {
+                    if hit {
+                        why_true.push(reason)
+                    } else {
+                        why_false.push(reason)
+                    }
                 }
                 hit
             }

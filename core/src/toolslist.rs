@@ -1,24 +1,277 @@
 //! Filters a `tools/list` result down to the tools the caller may call, for JSON responses and
 //! for SSE streams (parsed event by event; chunks may split events and UTF-8 sequences anywhere).
 
+use std::borrow::Cow;
+use std::fmt;
+use std::rc::Rc;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
+
+use crate::raw::Text;
+use crate::token::Identity;
 
 /// Rewrites one JSON-RPC message if it is the result of `request_id`'s `tools/list`.
 /// Returns `None` when the message is something else (pass it through untouched).
+///
+/// Only `result.tools` changes: every other member, and every tool kept, is copied byte for
+/// byte from the upstream's answer, so nothing is parsed into a tree or re-encoded.
 pub fn filter_message(
     message: &[u8],
     request_id: &Value,
     visible: &dyn Fn(&str) -> bool,
 ) -> Option<(Vec<u8>, usize)> {
-    let mut v: Value = serde_json::from_slice(message).ok()?;
-    if v.get("id") != Some(request_id) {
+    // One pass over the answer finds the tools; a second reads each tool's name.
+    let answer: Answer<'_> = serde_json::from_slice(message).ok()?;
+    let id: Value = serde_json::from_str(answer.raw("id")?.get()).ok()?;
+    if &id != request_id {
         return None;
     }
-    let tools = v.get_mut("result")?.get_mut("tools")?.as_array_mut()?;
-    let before = tools.len();
-    tools.retain(|t| t.get("name").and_then(Value::as_str).is_some_and(visible));
-    let removed = before - tools.len();
-    serde_json::to_vec(&v).ok().map(|bytes| (bytes, removed))
+    let result = answer.members.iter().rev().find_map(|(k, m)| match m {
+        Member::Result(r) if k == "result" => Some(r),
+        _ => None,
+    })?;
+    let tools = result.members.iter().rev().find_map(|(k, m)| match m {
+        ResultMember::Tools(t) if k == "tools" => Some(t),
+        _ => None,
+    })?;
+    let kept: Vec<&RawValue> = tools
+        .iter()
+        .copied()
+        .filter(|tool| {
+            // A tool whose name cannot be read unambiguously (not an object, no string
+            // `name`, `name` twice) is not shown.
+            serde_json::from_str::<ToolName<'_>>(tool.get()).is_ok_and(|t| visible(&t.name))
+        })
+        .collect();
+    let removed = tools.len() - kept.len();
+
+    let mut out = Vec::with_capacity(message.len());
+    write_object(&mut out, &answer.members, |member, out| match member {
+        Member::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+        Member::Result(result) => write_object(out, &result.members, |member, out| match member {
+            ResultMember::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+            ResultMember::Tools(_) => {
+                out.push(b'[');
+                for (i, tool) in kept.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(tool.get().as_bytes());
+                }
+                out.push(b']');
+            }
+        }),
+    });
+    Some((out, removed))
+}
+
+/// A JSON-RPC answer read for `tools/list` filtering: every member as raw text, except
+/// `result`, whose members are raw text except `tools`, whose elements are raw text.
+struct Answer<'a> {
+    members: Vec<(Cow<'a, str>, Member<'a>)>,
+}
+
+enum Member<'a> {
+    Raw(&'a RawValue),
+    Result(ResultMembers<'a>),
+}
+
+struct ResultMembers<'a> {
+    members: Vec<(Cow<'a, str>, ResultMember<'a>)>,
+}
+
+enum ResultMember<'a> {
+    Raw(&'a RawValue),
+    Tools(Vec<&'a RawValue>),
+}
+
+impl<'a> Answer<'a> {
+    fn raw(&self, key: &str) -> Option<&'a RawValue> {
+        self.members.iter().find_map(|(k, m)| match m {
+            Member::Raw(raw) if k == key => Some(*raw),
+            _ => None,
+        })
+    }
+}
+
+/// Keeps the last value of a repeated key, as `serde_json` reads it.
+fn set_member<'a, T>(members: &mut Vec<(Cow<'a, str>, T)>, key: Cow<'a, str>, value: T) {
+    match members.iter_mut().find(|(k, _)| *k == key) {
+        Some(slot) => slot.1 = value,
+        None => members.push((key, value)),
+    }
+}
+
+fn write_object<T>(
+    out: &mut Vec<u8>,
+    members: &[(Cow<'_, str>, T)],
+    mut value: impl FnMut(&T, &mut Vec<u8>),
+) {
+    out.push(b'{');
+    for (i, (key, member)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Writing a string to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, key);
+        out.push(b':');
+        value(member, out);
+    }
+    out.push(b'}');
+}
+
+impl<'de> Deserialize<'de> for Answer<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Answer<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON-RPC answer")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Answer<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(Text(key)) = map.next_key()? {
+                    let member = if key == "result" {
+                        Member::Result(map.next_value()?)
+                    } else {
+                        Member::Raw(map.next_value()?)
+                    };
+                    set_member(&mut members, key, member);
+                }
+                Ok(Answer { members })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for ResultMembers<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ResultMembers<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a result object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ResultMembers<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(Text(key)) = map.next_key()? {
+                    let member = if key == "tools" {
+                        ResultMember::Tools(map.next_value()?)
+                    } else {
+                        ResultMember::Raw(map.next_value()?)
+                    };
+                    set_member(&mut members, key, member);
+                }
+                Ok(ResultMembers { members })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The `tools/list` answers filtered last, per worker: a client that lists again, and gets the
+/// same answer from its server, gets the same filtered answer without another parse. The
+/// result depends only on the answer's bytes, the route and the caller's identity (the verified
+/// token's, shared through the token cache), all compared exactly.
+#[derive(Default)]
+pub struct FilteredLists {
+    entries: Vec<FilteredList>,
+    next: usize,
+}
+
+struct FilteredList {
+    route: usize,
+    identity: Rc<Identity>,
+    request_id: Value,
+    answer: Vec<u8>,
+    filtered: Vec<u8>,
+    removed: usize,
+}
+
+/// Answers kept at once, and the largest kept (so the cache holds at most 16 × 2 × 256 KiB).
+const MAX_LISTS: usize = 16;
+const MAX_LIST_BYTES: usize = 256 * 1024;
+
+impl FilteredLists {
+    /// The filtered form of `answer` for this caller, if it was filtered before.
+    pub fn get(
+        &self,
+        route: usize,
+        identity: &Rc<Identity>,
+        request_id: &Value,
+        answer: &[u8],
+    ) -> Option<(&[u8], usize)> {
+        self.entries
+            .iter()
+            .find(|e| {
+                e.route == route
+                    && Rc::ptr_eq(&e.identity, identity)
+                    && e.answer.len() == answer.len()
+                    && &e.request_id == request_id
+                    && same_bytes(&e.answer, answer)
+            })
+            .map(|e| (e.filtered.as_slice(), e.removed))
+    }
+
+    pub fn put(
+        &mut self,
+        route: usize,
+        identity: &Rc<Identity>,
+        request_id: &Value,
+        answer: &[u8],
+        filtered: &[u8],
+        removed: usize,
+    ) {
+        if answer.len() > MAX_LIST_BYTES || filtered.len() > MAX_LIST_BYTES {
+            return;
+        }
+        let entry = FilteredList {
+            route,
+            identity: Rc::clone(identity),
+            request_id: request_id.clone(),
+            answer: answer.to_vec(),
+            filtered: filtered.to_vec(),
+            removed,
+        };
+        if self.entries.len() < MAX_LISTS {
+            self.entries.push(entry);
+        } else {
+            // Oldest first out.
+            self.entries[self.next % MAX_LISTS] = entry;
+            self.next = (self.next + 1) % MAX_LISTS;
+        }
+    }
+}
+
+/// Byte equality eight bytes at a time (a byte loop in Wasm otherwise).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tails_equal = a8.remainder() == b8.remainder();
+    tails_equal
+        && a8.zip(b8).all(|(x, y)| {
+            let word = |c: &[u8]| {
+                <[u8; 8]>::try_from(c)
+                    .map(u64::from_ne_bytes)
+                    .unwrap_or_default()
+            };
+            word(x) == word(y)
+        })
+}
+
+#[derive(Deserialize)]
+struct ToolName<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
 }
 
 /// Incremental SSE rewriter. Complete events are emitted as soon as their blank line arrives;
@@ -134,6 +387,7 @@ fn event_end(buf: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn visible(name: &str) -> bool {
         !name.starts_with("delete_")
@@ -151,6 +405,86 @@ mod tests {
         assert!(
             filter_message(LIST.as_bytes(), &4.into(), &visible).is_none(),
             "other ids pass"
+        );
+    }
+
+    #[test]
+    fn only_the_tools_change_and_everything_else_is_kept_as_sent() {
+        let list = r#"{"jsonrpc":"2.0","id":"a\"b","result":{"tools":[{"name":"delete_db"},{"name":"x","inputSchema":{"type":"object","properties":{"q":{"type":"string"}}}},7,{"name":1},{"name":"delete_x","name":"y"},{"title":"none"}],"nextCursor":"c1","_meta":{"k\u00e9":[1,2.50]}}}"#;
+        let (out, removed) = filter_message(list.as_bytes(), &json!("a\"b"), &visible).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"jsonrpc":"2.0","id":"a\"b","result":{"tools":[{"name":"x","inputSchema":{"type":"object","properties":{"q":{"type":"string"}}}}],"nextCursor":"c1","_meta":{"k\u00e9":[1,2.50]}}}"#,
+        );
+        assert_eq!(removed, 5, "unreadable tools are not shown");
+    }
+
+    #[test]
+    fn a_repeated_member_is_read_as_its_last_value() {
+        let list = r#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"whoami"}],"tools":[{"name":"delete_db"},{"name":"ok"}]}}"#;
+        let (out, removed) = filter_message(list.as_bytes(), &3.into(), &visible).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["result"]["tools"], json!([{"name": "ok"}]));
+        assert_eq!(removed, 1);
+    }
+
+    #[test]
+    fn other_messages_are_left_alone() {
+        for other in [
+            r#"[{"jsonrpc":"2.0","id":3,"result":{"tools":[]}}]"#,
+            r#"{"jsonrpc":"2.0","id":3,"error":{"code":1,"message":"m"}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"tools":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"tools":[]}"#,
+        ] {
+            assert!(
+                filter_message(other.as_bytes(), &3.into(), &visible).is_none(),
+                "{other}"
+            );
+        }
+    }
+
+    fn someone() -> Rc<Identity> {
+        Rc::new(Identity {
+            claims: serde_json::from_value(json!({"iss": "i", "sub": "s", "aud": "a"})).unwrap(),
+            expires_at: 0,
+        })
+    }
+
+    #[test]
+    fn a_filtered_list_is_reused_only_for_the_same_caller_route_id_and_answer() {
+        let mut lists = FilteredLists::default();
+        let (alice, bob) = (someone(), someone());
+        let (out, removed) = filter_message(LIST.as_bytes(), &3.into(), &visible).unwrap();
+        lists.put(0, &alice, &3.into(), LIST.as_bytes(), &out, removed);
+        assert_eq!(
+            lists.get(0, &alice, &3.into(), LIST.as_bytes()),
+            Some((out.as_slice(), 1))
+        );
+        assert!(
+            lists.get(0, &bob, &3.into(), LIST.as_bytes()).is_none(),
+            "another identity"
+        );
+        assert!(
+            lists.get(1, &alice, &3.into(), LIST.as_bytes()).is_none(),
+            "another route"
+        );
+        assert!(
+            lists.get(0, &alice, &4.into(), LIST.as_bytes()).is_none(),
+            "another id"
+        );
+        let changed = LIST.replace("whoami", "whoamj");
+        assert!(
+            lists
+                .get(0, &alice, &3.into(), changed.as_bytes())
+                .is_none(),
+            "another answer"
+        );
+        for i in 0..MAX_LISTS {
+            lists.put(0, &bob, &json!(i), b"{}", b"{}", 0);
+        }
+        assert!(
+            lists.get(0, &alice, &3.into(), LIST.as_bytes()).is_none(),
+            "bounded"
         );
     }
 

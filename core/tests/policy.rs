@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::{json, Value};
-use warden_core::policy::{McpCall, Policy, PolicyInput};
+use warden_core::policy::{McpCall, Names, Policy, PolicyInput};
 use warden_core::token::{Audience, TeClaims};
 
 fn claims(email: &str, groups: &[&str]) -> TeClaims {
@@ -43,8 +43,15 @@ fn yaml_policy(yaml: &str) -> Policy {
     Policy::compile(&doc, "policy").unwrap()
 }
 
+/// Every check also holds the quiet evaluation (no reasons, for when no record is read) to
+/// the same outcome.
 fn permits(p: &Policy, c: &TeClaims, call: &McpCall) -> bool {
-    p.evaluate(&PolicyInput { claims: c, call }).permitted()
+    let input = PolicyInput { claims: c, call };
+    let full = p.evaluate(&input);
+    let quiet = p.evaluate_quiet(&input, Names::Exact);
+    assert_eq!((full.allow, full.deny), (quiet.allow, quiet.deny));
+    assert!(quiet.allow_why_true.is_empty() && quiet.deny_why_false.is_empty());
+    full.permitted()
 }
 
 #[test]

@@ -15,6 +15,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 use warden_core::config::CompiledConfig;
 
+mod headers;
 mod metrics;
 mod request;
 mod response;
@@ -56,6 +57,7 @@ impl Context for WardenRoot {
 
 impl RootContext for WardenRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
+        worker::follow_log_level();
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         let config = match CompiledConfig::from_json(&bytes) {
             Ok(config) => config,

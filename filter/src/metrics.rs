@@ -1,11 +1,13 @@
 //! Counters visible in Envoy's `/stats` (Envoy prefixes them `wasmcustom.`).
 
+use std::cell::Cell;
+
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
 #[derive(Clone, Copy)]
 pub enum Counter {
-    /// Forwarded upstream after every check.
+    /// Forwarded upstream after every check (added to the counter once a second).
     Allowed,
     /// Refused at the token check (401 / 400 / 403 origin / 503).
     Denied,
@@ -52,6 +54,9 @@ const NAMES: [&str; 14] = [
 
 pub struct Metrics {
     ids: [Option<u32>; NAMES.len()],
+    /// Allowed requests not yet added to the counter: the one counter of the warm path is
+    /// added once a second (`flush`, from the root's tick) instead of a host call a request.
+    allowed_pending: Cell<u64>,
 }
 
 impl Metrics {
@@ -60,12 +65,31 @@ impl Metrics {
         for (slot, name) in ids.iter_mut().zip(NAMES) {
             *slot = hostcalls::define_metric(MetricType::Counter, name).ok();
         }
-        Self { ids }
+        Self {
+            ids,
+            allowed_pending: Cell::new(0),
+        }
     }
 
     pub fn inc(&self, counter: Counter) {
+        if let Counter::Allowed = counter {
+            self.allowed_pending.set(self.allowed_pending.get() + 1);
+            return;
+        }
+        self.add(counter, 1);
+    }
+
+    fn add(&self, counter: Counter, n: u64) {
         if let Some(id) = self.ids[counter as usize] {
-            let _ = hostcalls::increment_metric(id, 1);
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Adds what was counted since the last flush.
+    pub fn flush(&self) {
+        let allowed = self.allowed_pending.replace(0);
+        if allowed > 0 {
+            self.add(Counter::Allowed, allowed);
         }
     }
 

@@ -3,6 +3,7 @@
 //! root context can finish a request that waited for the JWKS (`wake`).
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::rc::{Rc, Weak};
 use std::time::SystemTime;
 
@@ -17,24 +18,26 @@ use warden_core::reply::LocalReply;
 use warden_core::token::TeClaims;
 use warden_core::transport::MethodRule;
 
+use crate::headers::HeaderBlock;
 use crate::metrics::{Counter, Metrics};
 use crate::response::ResponseFilter;
-use crate::worker::{now_seconds, Waiter, Worker};
+use crate::worker::{now_seconds, seconds, Waiter, Worker};
 
-/// The request head copied out of the host, kept while a JWKS fetch is in flight.
-#[derive(Default)]
+/// The request head as the host gave it (one block), with the fields the decision reads as
+/// ranges into it; kept while a JWKS fetch is in flight.
 struct OwnedHead {
-    method: Vec<u8>,
-    authority: Vec<u8>,
-    scheme: Vec<u8>,
-    path: Vec<u8>,
+    block: HeaderBlock,
+    method: Range<usize>,
+    authority: Range<usize>,
+    scheme: Range<usize>,
+    path: Range<usize>,
     envoy_route: Option<Vec<u8>>,
-    origin: Option<Vec<u8>>,
-    authorization: Vec<Vec<u8>>,
+    origin: Option<Range<usize>>,
+    authorization: Vec<Range<usize>>,
     is_preflight: bool,
-    content_length: Option<Vec<u8>>,
+    content_length: Option<Range<usize>>,
     transfer_encoding: bool,
-    session_ids: Vec<Vec<u8>>,
+    session_ids: Vec<Range<usize>>,
     disguised_header: Option<&'static str>,
     /// What the MCP judgement reads (kept as text; odd bytes only ever fail a comparison).
     call: CallHead,
@@ -42,60 +45,93 @@ struct OwnedHead {
 }
 
 impl OwnedHead {
-    fn read(end_of_stream: bool) -> Self {
-        let mut head = OwnedHead {
-            end_of_stream,
-            ..OwnedHead::default()
-        };
+    /// `route_header`: the header Envoy sets to its route's name (plugin `route_header`);
+    /// without one, the name is read from the `xds.route_name` property.
+    fn read(end_of_stream: bool, route_header: Option<&str>) -> Self {
         // One host call for all headers: cheaper than one per header, and the only way to
         // see a repeated header.
-        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-        for (name, value) in headers {
-            match name.as_str() {
-                ":method" => head.method = value,
-                ":authority" => head.authority = value,
-                ":scheme" => head.scheme = value,
-                ":path" => head.path = value,
-                "origin" => head.origin = Some(value),
-                "authorization" => head.authorization.push(value),
-                "access-control-request-method" => head.is_preflight = true,
-                "content-length" => head.content_length = Some(value),
-                "transfer-encoding" => head.transfer_encoding = true,
-                "mcp-session-id" => head.session_ids.push(value),
-                "content-type" => head.call.content_type = Some(lossy(&value)),
-                "content-encoding" => head.call.content_encoding = Some(lossy(&value)),
-                "mcp-protocol-version" => head.call.routing.protocol_version = Some(lossy(&value)),
-                "mcp-method" => head.call.routing.method = Some(lossy(&value)),
-                "mcp-name" => head.call.routing.name = Some(lossy(&value)),
-                "x-request-id" => head.call.request_id = lossy(&value),
+        let block = HeaderBlock::request();
+        let mut head = OwnedHead {
+            block: HeaderBlock::empty(),
+            method: 0..0,
+            authority: 0..0,
+            scheme: 0..0,
+            path: 0..0,
+            envoy_route: None,
+            origin: None,
+            authorization: Vec::new(),
+            is_preflight: false,
+            content_length: None,
+            transfer_encoding: false,
+            session_ids: Vec::new(),
+            disguised_header: None,
+            call: CallHead::default(),
+            end_of_stream,
+        };
+        let route_header = route_header.map(str::as_bytes);
+        let mut envoy_routes = 0;
+        for (name, value) in block.pairs() {
+            let text = || lossy(block.get(&value));
+            if Some(name) == route_header {
+                envoy_routes += 1;
+                head.envoy_route = Some(block.get(&value).to_vec());
+                continue;
+            }
+            match name {
+                b":method" => head.method = value,
+                b":authority" => head.authority = value,
+                b":scheme" => head.scheme = value,
+                b":path" => head.path = value,
+                b"origin" => head.origin = Some(value),
+                b"authorization" => head.authorization.push(value),
+                b"access-control-request-method" => head.is_preflight = true,
+                b"content-length" => head.content_length = Some(value),
+                b"transfer-encoding" => head.transfer_encoding = true,
+                b"mcp-session-id" => head.session_ids.push(value),
+                b"content-type" => head.call.content_type = Some(text()),
+                b"content-encoding" => head.call.content_encoding = Some(text()),
+                b"mcp-protocol-version" => head.call.routing.protocol_version = Some(text()),
+                b"mcp-method" => head.call.routing.method = Some(text()),
+                b"mcp-name" => head.call.routing.name = Some(text()),
+                b"x-request-id" => head.call.request_id = text(),
                 other => {
                     if head.disguised_header.is_none() {
-                        head.disguised_header = disguised_header(other);
+                        head.disguised_header =
+                            std::str::from_utf8(other).ok().and_then(disguised_header);
                     }
                 }
             }
         }
-        // Envoy's routing decision; the hostcall (unlike the trait getter) reports, not panics.
-        head.envoy_route = hostcalls::get_property(vec!["xds", "route_name"])
-            .ok()
-            .flatten();
-        head.call.method = lossy(&head.method);
+        if route_header.is_none() {
+            // Envoy's routing decision; the hostcall (unlike the trait getter) reports, not
+            // panics.
+            head.envoy_route = hostcalls::get_property(vec!["xds", "route_name"])
+                .ok()
+                .flatten();
+        } else if envoy_routes > 1 {
+            // Envoy sets the header once: two mean the route cannot be known. A name of no
+            // route fails closed (403 route-unknown).
+            head.envoy_route = Some(warden_core::config::ENVOY_ROUTE_PREFIX.as_bytes().to_vec());
+        }
+        head.call.method = lossy(block.get(&head.method));
+        head.block = block;
         head
     }
 
     fn view(&self) -> RequestHead<'_> {
+        let b = &self.block;
         RequestHead {
-            method: &self.method,
-            authority: &self.authority,
-            scheme: &self.scheme,
-            path: &self.path,
+            method: b.get(&self.method),
+            authority: b.get(&self.authority),
+            scheme: b.get(&self.scheme),
+            path: b.get(&self.path),
             envoy_route: self.envoy_route.as_deref(),
-            origin: self.origin.as_deref(),
-            authorization: self.authorization.iter().map(Vec::as_slice).collect(),
+            origin: self.origin.as_ref().map(|r| b.get(r)),
+            authorization: self.authorization.iter().map(|r| b.get(r)).collect(),
             is_preflight: self.is_preflight,
-            content_length: self.content_length.as_deref(),
+            content_length: self.content_length.as_ref().map(|r| b.get(r)),
             transfer_encoding: self.transfer_encoding,
-            session_ids: self.session_ids.iter().map(Vec::as_slice).collect(),
+            session_ids: self.session_ids.iter().map(|r| b.get(r)).collect(),
             disguised_header: self.disguised_header,
         }
     }
@@ -108,7 +144,6 @@ fn lossy(bytes: &[u8]) -> String {
 /// An authorized request on an MCP route, waiting for (or past) its body judgement.
 struct PendingCall {
     head: CallHead,
-    started: SystemTime,
     /// Waiting for the end of the body: a POST body to judge, or the end of a GET / DELETE
     /// that must turn out empty.
     waiting_for_body: bool,
@@ -133,6 +168,8 @@ pub struct RequestState {
     /// The stream is over; a late wake-up must not touch it.
     done: bool,
     head: Option<OwnedHead>,
+    /// When the request headers arrived (the authorize record's duration starts here).
+    started: SystemTime,
     call: Option<PendingCall>,
     body_seen: BodySeen,
     pub(crate) response: ResponseFilter,
@@ -150,7 +187,7 @@ pub fn wake(waiter: Waiter) {
         return;
     }
     s.awaiting_keys = false;
-    if let Action::Continue = s.decide_and_act(false) {
+    if let Action::Continue = s.decide_and_act(false, now_seconds()) {
         let _ = hostcalls::resume_http_request();
     }
 }
@@ -179,11 +216,10 @@ impl RequestState {
     }
 
     /// Runs the decision and carries it out; returns the action for the current callback.
-    fn decide_and_act(&mut self, may_fetch_keys: bool) -> Action {
+    fn decide_and_act(&mut self, may_fetch_keys: bool, now: i64) -> Action {
         let Some(head) = self.head.take() else {
             return Action::Continue;
         };
-        let now = now_seconds();
         match self.decide(&head, now, may_fetch_keys) {
             Step::PassThrough => Action::Continue,
             Step::Reply(reply) => {
@@ -194,7 +230,8 @@ impl RequestState {
                 };
                 self.worker.borrow().metrics.inc(counter);
                 if reply.status >= 400 {
-                    let path = head.path.split(|b| *b == b'?').next().unwrap_or_default();
+                    let path = head.block.get(&head.path);
+                    let path = path.split(|b| *b == b'?').next().unwrap_or_default();
                     log::info!(
                         "mcp-warden: rejected {} {}: {}",
                         reply.status,
@@ -210,7 +247,7 @@ impl RequestState {
                 // Another worker may have fetched the key already (a second pass finds no
                 // newer set, so this recurses at most once).
                 if self.worker.borrow_mut().sync_keys() {
-                    return self.decide_and_act(may_fetch_keys);
+                    return self.decide_and_act(may_fetch_keys, now);
                 }
                 let waiter = Waiter {
                     id: self.id,
@@ -221,7 +258,7 @@ impl RequestState {
                     Action::Pause
                 } else {
                     // No fetch allowed now: decide with the keys we have (401 or 503).
-                    self.decide_and_act(false)
+                    self.decide_and_act(false, now)
                 }
             }
             Step::Forward(grant) => {
@@ -242,7 +279,6 @@ impl RequestState {
                 self.grant = Some(grant);
                 self.call = Some(PendingCall {
                     head: head.call,
-                    started: hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH),
                     waiting_for_body: false,
                 });
                 self.begin_call(method, head.end_of_stream)
@@ -279,7 +315,7 @@ impl RequestState {
             return self.body_complete();
         }
         if method == MethodRule::Bodiless && self.body_seen.size > 0 {
-            return self.finish(judge::refuse_unexpected_body);
+            return self.finish(|_, _, head| judge::refuse_unexpected_body(head));
         }
         if let Some(call) = self.call.as_mut() {
             call.waiting_for_body = true;
@@ -300,16 +336,18 @@ impl RequestState {
                         .flatten()
                         .unwrap_or_default()
                 };
-                self.finish(|route, claims, head| judge::judge_body(route, claims, head, &body))
+                let reasons = self.record_wanted();
+                self.finish(|route, claims, head| {
+                    judge::judge_body_with(route, claims, head, &body, reasons)
+                })
             }
-            _ if size > 0 => self.finish(judge::refuse_unexpected_body),
+            _ if size > 0 => self.finish(|_, _, head| judge::refuse_unexpected_body(head)),
             _ => self.finish(judge::judge_bodiless),
         }
     }
 
     /// Runs a judgement for the pending call, logs it, and replies or lets it through.
     fn finish(&mut self, run: impl FnOnce(&Route, &TeClaims, &CallHead) -> Verdict) -> Action {
-        let now = hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH);
         if let Some(call) = self.call.as_mut() {
             call.waiting_for_body = false;
         }
@@ -322,15 +360,31 @@ impl RequestState {
             return Action::Continue;
         };
         let verdict = run(route, &grant.identity.claims, &call.head);
-        let elapsed = now
-            .duration_since(call.started)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or_default();
-        let line = verdict.log.to_json(elapsed).to_string();
-        log::info!("mcp-warden authorize {line}");
-        // For Envoy's access log: `%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`. (Envoy's
-        // Wasm host cannot write dynamic metadata; filter state is what it offers.)
-        let _ = hostcalls::set_property(vec!["mcp_warden.authorize"], Some(line.as_bytes()));
+        let to_log = log::log_enabled!(log::Level::Info);
+        if to_log || w.config.authorize_filter_state {
+            // (`record_wanted`)
+            // Rendered only for a reader: Envoy's log at info, or an access log.
+            let elapsed = hostcalls::get_current_time()
+                .ok()
+                .and_then(|now| now.duration_since(self.started).ok())
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or_default();
+            let subject = judge::LogSubject {
+                request_id: &call.head.request_id,
+                route: &route.name,
+                claims: &grant.identity.claims,
+            };
+            let line = verdict.log.render(&subject, elapsed);
+            if to_log {
+                log::info!("authorize {line}");
+            }
+            if w.config.authorize_filter_state {
+                // For Envoy's access log: `%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`.
+                // (Envoy's Wasm host cannot write dynamic metadata; filter state is its offer.)
+                let _ =
+                    hostcalls::set_property(vec!["mcp_warden.authorize"], Some(line.as_bytes()));
+            }
+        }
         if verdict.log.batch_size > 0 {
             w.metrics.inc(Counter::Batch);
         }
@@ -357,10 +411,8 @@ impl RequestState {
     /// Refuses a body over the route's limit: never truncated, never passed unread.
     fn refuse_oversize(&mut self) -> Action {
         let limit = self.route_limit().unwrap_or_default();
-        self.finish(|route, claims, head| {
+        self.finish(|_, _, head| {
             judge::refuse(
-                route,
-                claims,
                 head,
                 413,
                 judge::INVALID_REQUEST,
@@ -368,6 +420,12 @@ impl RequestState {
                 &format!("request body exceeds this MCP server's limit of {limit} bytes"),
             )
         })
+    }
+
+    /// Whether anyone reads the authorize record: Envoy's log at info, or an access log
+    /// through filter state. Without a reader, the policy's reasons are not collected.
+    fn record_wanted(&self) -> bool {
+        log::log_enabled!(log::Level::Info) || self.worker.borrow().config.authorize_filter_state
     }
 
     fn route_limit(&self) -> Option<usize> {
@@ -402,7 +460,9 @@ impl RequestState {
             }
             Some(MethodRule::InspectBody) => {}
             // A GET or DELETE body is refused at its first byte.
-            _ if body_size > 0 => return self.finish(judge::refuse_unexpected_body),
+            _ if body_size > 0 => {
+                return self.finish(|_, _, head| judge::refuse_unexpected_body(head))
+            }
             _ => {}
         }
         if !end_of_stream {
@@ -447,6 +507,7 @@ impl WardenRequest {
                 replied: false,
                 done: false,
                 head: None,
+                started: SystemTime::UNIX_EPOCH,
                 call: None,
                 body_seen: BodySeen::default(),
                 response: ResponseFilter::None,
@@ -479,8 +540,15 @@ impl WardenRequest {
 impl HttpContext for WardenRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.with(|s| {
-            s.head = Some(OwnedHead::read(end_of_stream));
-            s.decide_and_act(true)
+            let route_header = Rc::clone(&s.worker.borrow().config);
+            s.head = Some(OwnedHead::read(
+                end_of_stream,
+                route_header.route_header.as_deref(),
+            ));
+            // One clock read serves the token's expiry check and the record's duration.
+            s.started = hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH);
+            let now = seconds(s.started);
+            s.decide_and_act(true, now)
         })
     }
 

@@ -101,6 +101,28 @@ impl RequestState {
                 }
                 let id = id.clone();
                 let full = body(body_size);
+                let Some(grant) = self.grant.as_ref() else {
+                    return Action::Continue;
+                };
+                let (route, identity) = (grant.route, Rc::clone(&grant.identity));
+                let known = {
+                    let w = self.worker.borrow();
+                    w.lists
+                        .get(route, &identity, &id, &full)
+                        .map(|(filtered, removed)| {
+                            let _ = hostcalls::set_buffer(
+                                BufferType::HttpResponseBody,
+                                0,
+                                body_size,
+                                filtered,
+                            );
+                            removed
+                        })
+                };
+                if let Some(removed) = known {
+                    self.count_filtered(removed);
+                    return Action::Continue;
+                }
                 if let Some(visible) = self.tool_visibility() {
                     if let Some((filtered, removed)) = filter_message(&full, &id, &visible) {
                         let _ = hostcalls::set_buffer(
@@ -109,6 +131,10 @@ impl RequestState {
                             body_size,
                             &filtered,
                         );
+                        self.worker
+                            .borrow_mut()
+                            .lists
+                            .put(route, &identity, &id, &full, &filtered, removed);
                         self.count_filtered(removed);
                     }
                 }

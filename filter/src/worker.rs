@@ -5,14 +5,15 @@
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType};
+use proxy_wasm::types::{BufferType, LogLevel, MapType};
 use warden_core::cache::TokenCache;
 use warden_core::config::CompiledConfig;
 use warden_core::keys::KeySet;
 use warden_core::session::SessionKey;
+use warden_core::toolslist::FilteredLists;
 
 use crate::metrics::{Counter, Metrics};
 use crate::request::RequestState;
@@ -66,6 +67,8 @@ pub struct Worker {
     /// Shared-data version our `keys` came from, to notice another worker's fetch.
     keys_cas: Option<u32>,
     pub cache: TokenCache,
+    /// `tools/list` answers filtered lately, reused when a caller lists again.
+    pub lists: FilteredLists,
     pub session_key: SessionKey,
     /// The key is this process's own (no operator key): follow shared data.
     session_key_per_process: bool,
@@ -115,10 +118,29 @@ fn shared_session_key() -> Option<SessionKey> {
 
 pub fn now_seconds() -> i64 {
     hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(seconds)
+        .unwrap_or_default()
+}
+
+pub fn seconds(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
+}
+
+/// Follows Envoy's log level for the `wasm` component (it can change at runtime through the
+/// admin `/logging` endpoint), so lines Envoy would drop are never even formatted.
+pub fn follow_log_level() {
+    let level = match hostcalls::get_log_level() {
+        Ok(LogLevel::Trace) => log::LevelFilter::Trace,
+        Ok(LogLevel::Debug) => log::LevelFilter::Debug,
+        Ok(LogLevel::Info) => log::LevelFilter::Info,
+        Ok(LogLevel::Warn) => log::LevelFilter::Warn,
+        Ok(LogLevel::Error) => log::LevelFilter::Error,
+        Ok(LogLevel::Critical) => log::LevelFilter::Off,
+        Err(_) => log::LevelFilter::Info,
+    };
+    log::set_max_level(level);
 }
 
 impl Worker {
@@ -132,6 +154,7 @@ impl Worker {
             keys,
             keys_cas: None,
             cache,
+            lists: FilteredLists::default(),
             session_key: session_key.0,
             session_key_per_process: session_key.1,
             fetch: Fetch::default(),
@@ -158,6 +181,7 @@ impl Worker {
                 self.keys_cas = cas;
                 // A key may have been withdrawn: tokens it signed must be checked again.
                 self.cache.clear();
+                self.lists = FilteredLists::default();
                 true
             }
             Err(_) => false,
@@ -203,6 +227,8 @@ impl Worker {
     /// Returns the tick period to set (when it changes) and requests to wake at once (a fetch
     /// that could not be dispatched).
     pub fn tick(&mut self) -> (Option<Duration>, Vec<Waiter>) {
+        follow_log_level();
+        self.metrics.flush();
         let _ = self.sync_keys();
         self.sync_session_key();
         let period = std::mem::take(&mut self.fetch.fast_tick).then_some(TICK);

@@ -568,7 +568,7 @@ pub fn spawn_envoy_with(
             workers.to_string().into(),
             "-l".into(),
             "warn".into(),
-            // The filter's authorize log lines (`mcp-warden authorize {json}`) are info level.
+            // The filter's authorize log lines (`wasm log mcp-warden: authorize {json}`) are info level.
             "--component-log-level".into(),
             "wasm:info".into(),
             // Access log lines reach the log file promptly (default: every 10 s).
@@ -784,7 +784,7 @@ impl Stack {
         key.sign(&jwt::claims(&self.issuer(), audience, jwt::now(), 300))
     }
 
-    /// Everything Envoy logged so far (the filter's `mcp-warden authorize {json}` lines included).
+    /// Everything Envoy logged so far (the filter's `wasm log mcp-warden: authorize {json}` lines included).
     pub fn envoy_log(&self) -> String {
         self.envoy.as_ref().map(Proc::log).unwrap_or_default()
     }

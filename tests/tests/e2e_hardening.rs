@@ -949,3 +949,59 @@ async fn a_seventy_second_tool_call_passes_with_the_default_limits() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("slept 70 s"), "{body}");
 }
+
+// =============================================================================================
+// The route Envoy chose reaches the filter in a header Envoy sets itself (`route_header`).
+// =============================================================================================
+
+#[tokio::test]
+async fn a_client_cannot_name_the_route_envoy_chose() {
+    let stack = Stack::start_with(deny_add_options()).await;
+    let token = stack.mint_token(&stack.mcp_url()).await;
+    let auth = format!("Bearer {token}");
+    for forged in [
+        "mcp-warden:nope",
+        "mcp-warden:demo",
+        "",
+        "mcp-warden:demo, mcp-warden:x",
+    ] {
+        // Envoy overwrites the header: the call is judged by the route it goes to.
+        stack.demo.clear_recorded().await;
+        let extra = [
+            ("authorization", auth.as_str()),
+            ("x-mcp-warden-route", forged),
+        ];
+        let resp = mcp_post(
+            &stack.mcp_url(),
+            &extra,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "hi"}}),
+        )
+        .await;
+        assert_eq!(resp.status, 200, "forged {forged:?}: {}", resp.body);
+        let recorded = stack.demo.recorded().await;
+        assert_eq!(recorded.len(), 1, "forged {forged:?}");
+        assert!(
+            recorded[0]["headers"].get("x-mcp-warden-route").is_none(),
+            "the route header reached the upstream: {:#?}",
+            recorded[0]["headers"]
+        );
+        let resp = mcp_post(
+            &stack.mcp_url(),
+            &extra,
+            "tools/call",
+            json!({"name": "add", "arguments": {"a": 1, "b": 2}}),
+        )
+        .await;
+        assert_eq!(resp.status, 403, "forged {forged:?}: {}", resp.body);
+    }
+    // Off the MCP routes, the header is dropped too: no route is judged.
+    let resp = raw_request(
+        "GET",
+        &format!("{}/elsewhere", stack.envoy_url()),
+        &[("x-mcp-warden-route", "mcp-warden:demo")],
+        None,
+    )
+    .await;
+    assert_eq!(resp.status, 404, "{}", resp.body);
+}

@@ -858,12 +858,12 @@ async fn tools_list_is_unfiltered_when_filtering_is_off() {
 // 6. The authorize log
 // =============================================================================================
 
-/// The `mcp-warden authorize {json}` lines Envoy logged so far.
+/// The `wasm log mcp-warden: authorize {json}` lines Envoy logged so far.
 fn authorize_lines(stack: &Stack) -> Vec<Value> {
     stack
         .envoy_log()
         .lines()
-        .filter_map(|l| l.split_once("mcp-warden authorize ").map(|(_, j)| j))
+        .filter_map(|l| l.split_once("mcp-warden: authorize ").map(|(_, j)| j))
         .map(|j| {
             serde_json::from_str(j.trim())
                 .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {j}"))
@@ -883,7 +883,7 @@ async fn authorize_line(stack: &Stack, request_id: &str) -> Value {
         }
         if Instant::now() > deadline {
             panic!(
-                "no `mcp-warden authorize` line with request-id {request_id}; Envoy log:\n{}",
+                "no `mcp-warden: authorize` line with request-id {request_id}; Envoy log:\n{}",
                 stack.envoy_log()
             );
         }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use warden_core::config::{
     JwksFetch, PluginConfig, RouteConfig, CONFIG_VERSION, DEFAULT_MAX_REQUEST_BYTES,
-    ENVOY_ROUTE_PREFIX,
+    ENVOY_ROUTE_PREFIX, ROUTE_HEADER,
 };
 use warden_core::url::ResourceUrl;
 
@@ -88,6 +88,9 @@ pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
         jwks_static: None,
         clock_skew_seconds: 30,
         token_cache_entries: 10_000,
+        // The rendered access log prints it (`%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`).
+        authorize_filter_state: true,
+        route_header: Some(ROUTE_HEADER.into()),
         routes: input
             .routes
             .iter()
@@ -125,6 +128,13 @@ fn upstream(to: &str) -> Result<(String, u16, String), String> {
         _ => (url.authority.clone(), 80),
     };
     Ok((host.trim_matches(['[', ']']).to_string(), port, url.path))
+}
+
+/// The per-route `header_mutation` config with one request mutation.
+fn route_header_mutation(mutation: &str) -> String {
+    format!(
+        "typed_per_filter_config: {{ envoy.filters.http.header_mutation: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute, mutations: {{ request_mutations: [ {mutation} ] }} }} }}"
+    )
 }
 
 fn json_string(s: &str) -> String {
@@ -261,13 +271,17 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
             } else {
                 format!("{host}:{port}")
             };
-            // The name tells the filter which warden route Envoy chose (`xds.route_name`).
+            // The name tells the filter which warden route Envoy chose: as the route name
+            // (`xds.route_name`) and in the route header the filter reads with the others.
             let route_name = json_string(&format!("{ENVOY_ROUTE_PREFIX}{}", route.name));
             let action = |rewrite: &str| {
                 format!(
-                    "route: {{ cluster: {cluster}, prefix_rewrite: {}, host_rewrite_literal: {}, timeout: 0s, idle_timeout: {STREAM_IDLE_TIMEOUT_SECONDS}s }}",
+                    "route: {{ cluster: {cluster}, prefix_rewrite: {}, host_rewrite_literal: {}, timeout: 0s, idle_timeout: {STREAM_IDLE_TIMEOUT_SECONDS}s }}\n                request_headers_to_remove: [{ROUTE_HEADER}]\n                {}",
                     json_string(rewrite),
-                    json_string(&to_authority)
+                    json_string(&to_authority),
+                    route_header_mutation(&format!(
+                        "{{ append: {{ header: {{ key: {ROUTE_HEADER}, value: {route_name} }}, append_action: OVERWRITE_IF_EXISTS_OR_ADD }} }}"
+                    ))
                 )
             };
             if url.path.is_empty() {
@@ -301,11 +315,16 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
                 );
             }
         }
-        let _ = writeln!(w, "              - match: {{ prefix: \"/\" }}\n                direct_response: {{ status: 404, body: {{ inline_string: \"no MCP route here\\n\" }} }}");
+        let _ = writeln!(w, "              - match: {{ prefix: \"/\" }}\n                direct_response: {{ status: 404, body: {{ inline_string: \"no MCP route here\\n\" }} }}\n                {}", route_header_mutation(&format!("{{ remove: {ROUTE_HEADER} }}")));
     }
     // Unknown hosts get nothing (the filter answers metadata only for known hosts anyway).
-    let _ = writeln!(w, "            - name: unknown-host\n              domains: [\"*\"]\n              routes:\n              - match: {{ prefix: \"/\" }}\n                direct_response: {{ status: 404, body: {{ inline_string: \"unknown host\\n\" }} }}");
-    let _ = writeln!(w, "          http_filters:\n          - name: envoy.filters.http.wasm\n            typed_config:");
+    let _ = writeln!(w, "            - name: unknown-host\n              domains: [\"*\"]\n              routes:\n              - match: {{ prefix: \"/\" }}\n                direct_response: {{ status: 404, body: {{ inline_string: \"unknown host\\n\" }} }}\n                {}", route_header_mutation(&format!("{{ remove: {ROUTE_HEADER} }}")));
+    // Sets the route header per route (above), so a client's own value never survives.
+    let _ = writeln!(w, "          http_filters:\n          - name: envoy.filters.http.header_mutation\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation");
+    let _ = writeln!(
+        w,
+        "          - name: envoy.filters.http.wasm\n            typed_config:"
+    );
     let _ = writeln!(w, "              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n              config:");
     let _ = writeln!(w, "                name: mcp-warden\n                root_id: mcp-warden\n                fail_open: false");
     // Lets the filter pause in the headers phase and still see (and buffer) the body.
