@@ -255,12 +255,35 @@ pub const WELL_KNOWN_PRM: &str = "/.well-known/oauth-protected-resource";
 /// routing decision instead of matching the request itself (they can never disagree).
 pub const ENVOY_ROUTE_PREFIX: &str = "mcp-warden:";
 
+/// Request headers the filter reads for what they say; none of them can carry the route.
+const READ_HEADERS: &[&str] = &[
+    "host",
+    "authorization",
+    "origin",
+    "access-control-request-method",
+    "content-length",
+    "transfer-encoding",
+    "content-type",
+    "content-encoding",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "mcp-method",
+    "mcp-name",
+    "x-request-id",
+];
+
 /// The request header `render-envoy` has Envoy set to the route's name (`route_header`).
 pub const ROUTE_HEADER: &str = "x-mcp-warden-route";
 
 fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
     let route_header = match &raw.route_header {
         None => None,
+        Some(h) if READ_HEADERS.contains(&h.as_str()) => {
+            return Err(err(
+                "route_header",
+                format!("{h:?} is a header the filter reads for itself; name another"),
+            ))
+        }
         Some(h)
             if !h.is_empty()
                 && h.bytes()
@@ -478,6 +501,12 @@ mod tests {
         assert_eq!(doc["authorization_servers"][0], "http://127.0.0.1:9100");
         assert_eq!(doc["bearer_methods_supported"][0], "header");
         assert_eq!(c.jwks.as_ref().unwrap().path, "/.well-known/jwks.json");
+        // Without `route_header`, Envoy's route is read from `xds.route_name`.
+        assert_eq!(c.route_header, None);
+        assert!(!c.authorize_filter_state);
+        let mut v = sample();
+        v["route_header"] = ROUTE_HEADER.into();
+        assert_eq!(load(v).unwrap().route_header.as_deref(), Some(ROUTE_HEADER));
     }
 
     #[test]
@@ -531,6 +560,16 @@ mod tests {
         type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
         let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|v| v["version"] = 2.into()), "version"),
+            (Box::new(|v| v["route_header"] = "X-Route".into()), "route_header"),
+            (Box::new(|v| v["route_header"] = "".into()), "route_header"),
+            (
+                Box::new(|v| v["route_header"] = "authorization".into()),
+                "route_header",
+            ),
+            (
+                Box::new(|v| v["route_header"] = ":authority".into()),
+                "route_header",
+            ),
             (
                 Box::new(|v| v["routes"][1]["resource"] = "nope".into()),
                 "routes[1].resource",
