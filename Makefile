@@ -83,10 +83,12 @@ bench-build: wasm-target
 ## The builds wait for the lock a measuring harness holds, so they never disturb one.
 BENCH_LOCK := /tmp/mcp-warden-bench.lock
 bench:
+	@flock -n $(BENCH_LOCK) true || echo "another benchmark holds $(BENCH_LOCK): waiting for it ..."
 	flock $(BENCH_LOCK) $(MAKE) tools build bench-build
 	$(VENV)/bin/python3 bench/run.py full
 
 ## About a minute: warden vs the floor with ES256 cache; fails past the bound in bench/smoke-bound.txt.
 bench-smoke:
+	@flock -n $(BENCH_LOCK) true || echo "another benchmark holds $(BENCH_LOCK): waiting for it ..."
 	flock $(BENCH_LOCK) $(MAKE) tools build bench-build
 	$(VENV)/bin/python3 bench/run.py smoke

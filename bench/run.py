@@ -1236,6 +1236,8 @@ def main() -> int:
             vr = paired(samples, name, "call-small/direct", "floor+es256", "call-small/direct",
                         lambda a, b: a.cpu_us / b.cpu_us)
             print(f"       {name} ÷ floor+es256 = {med(vr):.2f} (rounds: {', '.join(f'{r:.2f}' for r in vr)})")
+        for note in notes:
+            print(f"note: {note}")
         if ratio > bound:
             print(f"FAIL: the ratio {ratio:.2f} exceeds the recorded bound {bound:.2f}", file=sys.stderr)
             return 1
