@@ -80,9 +80,15 @@ bench-build: wasm-target
 
 ## Every configuration and case, interleaved rounds; writes bench/results/<date>.md and .json.
 ## BENCH_ROUNDS, BENCH_DURATION, BENCH_WARMUP (seconds) and BENCH_BASELINE=<rev> override the defaults.
-bench: tools build bench-build
+## The builds wait for the lock a measuring harness holds, so they never disturb one.
+BENCH_LOCK := /tmp/mcp-warden-bench.lock
+bench:
+	@flock -n $(BENCH_LOCK) true || echo "another benchmark holds $(BENCH_LOCK): waiting for it ..."
+	flock $(BENCH_LOCK) $(MAKE) tools build bench-build
 	$(VENV)/bin/python3 bench/run.py full
 
 ## About a minute: warden vs the floor with ES256 cache; fails past the bound in bench/smoke-bound.txt.
-bench-smoke: tools build bench-build
+bench-smoke:
+	@flock -n $(BENCH_LOCK) true || echo "another benchmark holds $(BENCH_LOCK): waiting for it ..."
+	flock $(BENCH_LOCK) $(MAKE) tools build bench-build
 	$(VENV)/bin/python3 bench/run.py smoke
