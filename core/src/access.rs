@@ -22,8 +22,13 @@ pub struct RequestHead<'a> {
     pub scheme: &'a [u8],
     /// `:path` including any query string.
     pub path: &'a [u8],
-    /// Envoy's `xds.route_name` for the request, when the host could tell.
+    /// Envoy's route name for the request (`xds.route_name`, or the plugin's `route_header`),
+    /// when the host could tell.
     pub envoy_route: Option<&'a [u8]>,
+    /// `envoy_route` came from a request header: the route it names must also serve the
+    /// request's host, so a header Envoy failed to overwrite cannot move a request to another
+    /// host's route.
+    pub envoy_route_in_header: bool,
     pub origin: Option<&'a [u8]>,
     /// Every `Authorization` header value, in order.
     pub authorization: Vec<&'a [u8]>,
@@ -86,8 +91,12 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
     let matched = match envoy_route.as_deref() {
         Some(name) if name.starts_with(crate::config::ENVOY_ROUTE_PREFIX) => {
             match ctx.config.route_named(name) {
-                Some(found) => Some(found),
-                None => {
+                Some(found)
+                    if !head.envoy_route_in_header || found.1.url.matches_host(&authority) =>
+                {
+                    Some(found)
+                }
+                _ => {
                     return Step::Reply(LocalReply::oauth_error(
                         403,
                         "route-unknown",
@@ -459,6 +468,23 @@ mod tests {
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn a_route_named_in_a_header_must_serve_the_host() {
+        let mut run = Run::new();
+        let bearer = bearer();
+        let mut h = head(b"/mcp", vec![bearer.as_bytes()]);
+        h.envoy_route = Some(b"mcp-warden:demo");
+        h.envoy_route_in_header = true;
+        // The request's own host: the named route applies.
+        assert!(!matches!(run.decide(&h), Step::Reply(_)));
+        // Another host naming this route (a header Envoy did not overwrite): refused.
+        h.authority = b"elsewhere.example:9000";
+        assert_eq!(reply(run.decide(&h)).reason, "route-unknown");
+        // From `xds.route_name`, Envoy's own decision, the name is followed as before.
+        h.envoy_route_in_header = false;
+        assert!(!matches!(run.decide(&h), Step::Reply(_)));
     }
 
     #[test]

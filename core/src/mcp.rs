@@ -207,7 +207,7 @@ pub fn judge_bodiless(route: &Route, claims: &TeClaims, head: &CallHead) -> Verd
     });
     let permitted = decision.permitted();
     let mut log = AuthorizeLog::default();
-    record(&mut log, decision);
+    record(&mut log, decision, true);
     let reply = (!permitted).then(|| {
         error_reply(
             403,
@@ -333,7 +333,7 @@ pub fn judge_body_with(
         if !decision.permitted() && shown.is_none() {
             shown = Some(index);
         }
-        record(&mut log, decision);
+        record(&mut log, decision, index == 0);
     }
     let all_permitted = shown.is_none();
     let tools_list_id = match parsed.messages.as_mut_slice() {
@@ -482,11 +482,10 @@ pub fn may_call_tool(route: &Route, claims: &TeClaims, tool: &str) -> bool {
             .permitted()
 }
 
-/// Merges one message's decision into the request's log line.
-fn record(log: &mut AuthorizeLog, d: Decision) {
-    let first = log.allow_why_true.is_empty() && log.allow_why_false.is_empty() && !log.deny;
-    if first && log.deny_why_true.is_empty() && log.deny_why_false.is_empty() {
-        // The usual single message: its reasons are the line's.
+/// Merges one message's decision into the request's log line (`first`: the request's first
+/// message, whose decision starts the line).
+fn record(log: &mut AuthorizeLog, d: Decision, first: bool) {
+    if first {
         log.allow = d.allow;
         log.deny = d.deny;
         log.allow_why_true = d.allow_why_true;
@@ -495,7 +494,7 @@ fn record(log: &mut AuthorizeLog, d: Decision) {
         log.deny_why_false = d.deny_why_false;
         return;
     }
-    log.allow = if first { d.allow } else { log.allow && d.allow };
+    log.allow &= d.allow;
     log.deny |= d.deny;
     for (into, from) in [
         (&mut log.allow_why_true, &d.allow_why_true),
@@ -657,6 +656,27 @@ mod tests {
             serde_json::from_str::<Value>(&reply.body).unwrap()["error"]["code"],
             INVALID_PARAMS
         );
+    }
+
+    #[test]
+    fn the_record_of_a_batch_is_the_same_with_or_without_reasons() {
+        // The middle call is not allowed (and not denied): the record must say so whatever
+        // comes after it.
+        let body = format!(
+            "[{},{},{}]",
+            call("read_db", 1),
+            call("write_db", 2),
+            call("read_db", 3)
+        );
+        let r = route(json!({"policy": {"allow": {"and": [{"mcp_tool": {"is": "read_db"}}]}}}));
+        let full = judge_body_with(&r, &claims(), &head(), body.as_bytes(), true);
+        let quiet = judge_body_with(&r, &claims(), &head(), body.as_bytes(), false);
+        assert_eq!(
+            (full.log.allow, full.log.deny),
+            (quiet.log.allow, quiet.log.deny)
+        );
+        assert!(!quiet.log.permitted() && !full.log.permitted());
+        assert!(quiet.log.allow_why_true.is_empty());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::rc::Rc;
 
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -29,14 +29,15 @@ pub fn filter_message(
     if &id != request_id {
         return None;
     }
-    let result = answer.members.iter().rev().find_map(|(k, m)| match m {
-        Member::Result(r) if k == "result" => Some(r),
+    // A repeated member counts as its last value, as clients read it.
+    let result = answer.members.iter().find_map(|(k, m)| match m {
+        Member::Result(r) if k == "result" => Some(r.as_ref()),
         _ => None,
-    })?;
-    let tools = result.members.iter().rev().find_map(|(k, m)| match m {
-        ResultMember::Tools(t) if k == "tools" => Some(t),
+    })??;
+    let tools = result.members.iter().find_map(|(k, m)| match m {
+        ResultMember::Tools(t) if k == "tools" => Some(t.as_ref()),
         _ => None,
-    })?;
+    })??;
     let kept: Vec<&RawValue> = tools
         .iter()
         .copied()
@@ -51,19 +52,24 @@ pub fn filter_message(
     let mut out = Vec::with_capacity(message.len());
     write_object(&mut out, &answer.members, |member, out| match member {
         Member::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
-        Member::Result(result) => write_object(out, &result.members, |member, out| match member {
-            ResultMember::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
-            ResultMember::Tools(_) => {
-                out.push(b'[');
-                for (i, tool) in kept.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
+        // Only one `result` is kept, and it is an object (checked above).
+        Member::Result(None) => out.extend_from_slice(b"null"),
+        Member::Result(Some(result)) => {
+            write_object(out, &result.members, |member, out| match member {
+                ResultMember::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+                ResultMember::Tools(None) => out.extend_from_slice(b"null"),
+                ResultMember::Tools(Some(_)) => {
+                    out.push(b'[');
+                    for (i, tool) in kept.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(tool.get().as_bytes());
                     }
-                    out.extend_from_slice(tool.get().as_bytes());
+                    out.push(b']');
                 }
-                out.push(b']');
-            }
-        }),
+            })
+        }
     });
     Some((out, removed))
 }
@@ -76,7 +82,8 @@ struct Answer<'a> {
 
 enum Member<'a> {
     Raw(&'a RawValue),
-    Result(ResultMembers<'a>),
+    /// `result`, when it is an object.
+    Result(Option<ResultMembers<'a>>),
 }
 
 struct ResultMembers<'a> {
@@ -85,7 +92,8 @@ struct ResultMembers<'a> {
 
 enum ResultMember<'a> {
     Raw(&'a RawValue),
-    Tools(Vec<&'a RawValue>),
+    /// `tools`, when it is an array.
+    Tools(Option<Vec<&'a RawValue>>),
 }
 
 impl<'a> Answer<'a> {
@@ -135,7 +143,7 @@ impl<'de> Deserialize<'de> for Answer<'de> {
                 let mut members = Vec::new();
                 while let Some(Text(key)) = map.next_key()? {
                     let member = if key == "result" {
-                        Member::Result(map.next_value()?)
+                        Member::Result(map.next_value_seed(IfObject)?)
                     } else {
                         Member::Raw(map.next_value()?)
                     };
@@ -145,6 +153,41 @@ impl<'de> Deserialize<'de> for Answer<'de> {
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+/// A `result` read as `ResultMembers` when it is an object, and skipped otherwise: an earlier
+/// duplicate of another type must not stop the last one from being filtered.
+struct IfObject;
+
+impl<'de> DeserializeSeed<'de> for IfObject {
+    type Value = Option<ResultMembers<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let raw: &'de RawValue = Deserialize::deserialize(d)?;
+        if raw.get().starts_with('{') {
+            serde_json::from_str(raw.get())
+                .map(Some)
+                .map_err(serde::de::Error::custom)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// `tools` read as raw elements when it is an array, and skipped otherwise.
+struct IfArray;
+
+impl<'de> DeserializeSeed<'de> for IfArray {
+    type Value = Option<Vec<&'de RawValue>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let raw: &'de RawValue = Deserialize::deserialize(d)?;
+        if raw.get().starts_with('[') {
+            serde_json::from_str(raw.get())
+                .map(Some)
+                .map_err(serde::de::Error::custom)
+        } else {
+            Ok(None)
+        }
     }
 }
 
@@ -163,7 +206,7 @@ impl<'de> Deserialize<'de> for ResultMembers<'de> {
                 let mut members = Vec::new();
                 while let Some(Text(key)) = map.next_key()? {
                     let member = if key == "tools" {
-                        ResultMember::Tools(map.next_value()?)
+                        ResultMember::Tools(map.next_value_seed(IfArray)?)
                     } else {
                         ResultMember::Raw(map.next_value()?)
                     };
@@ -426,6 +469,22 @@ mod tests {
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["result"]["tools"], json!([{"name": "ok"}]));
         assert_eq!(removed, 1);
+    }
+
+    #[test]
+    fn an_earlier_duplicate_of_another_type_does_not_stop_the_filter() {
+        for list in [
+            r#"{"jsonrpc":"2.0","id":3,"result":{"tools":null,"tools":[{"name":"delete_db"},{"name":"ok"}]}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":0,"result":{"tools":[{"name":"delete_db"},{"name":"ok"}]}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"tools":{},"tools":[{"name":"delete_db"},{"name":"ok"}]}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":[1],"result":{"tools":"x","tools":[{"name":"delete_db"},{"name":"ok"}]}}"#,
+        ] {
+            let (out, removed) = filter_message(list.as_bytes(), &3.into(), &visible)
+                .unwrap_or_else(|| panic!("not filtered: {list}"));
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["result"]["tools"], json!([{"name": "ok"}]), "{list}");
+            assert_eq!(removed, 1);
+        }
     }
 
     #[test]
