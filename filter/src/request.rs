@@ -366,8 +366,8 @@ impl RequestState {
         let verdict = run(route, &grant.identity.claims, &call.head);
         let to_log = log::log_enabled!(log::Level::Info);
         if to_log || w.config.authorize_filter_state {
-            // (`record_wanted`)
-            // Rendered only for a reader: Envoy's log at info, or an access log.
+            // Rendered only for a reader (as in `record_wanted`): Envoy's log at info, or an
+            // access log through filter state.
             let elapsed = hostcalls::get_current_time()
                 .ok()
                 .and_then(|now| now.duration_since(self.started).ok())
