@@ -356,8 +356,8 @@ def rendered_plugin_config(work: Path, upstream_port: int, jwks: dict) -> dict:
     raise BenchError("no plugin configuration found in the rendered bootstrap")
 
 
-# Plugin configuration fields of interface version 1 as documented (README); a baseline that
-# refuses the rendered configuration gets it reduced to these.
+# Plugin configuration fields of interface version 1 as the baseline knew them (README): the
+# baseline gets the rendered configuration reduced to these.
 V1_TOP = {"version", "issuer", "jwks", "jwks_static", "clock_skew_seconds", "token_cache_entries", "routes"}
 V1_ROUTE = {"name", "resource", "resource_name", "scopes", "allowed_origins", "policy", "max_request_bytes",
             "deny_response", "filter_tools_list", "log_tool_parameters", "redact_parameters"}
@@ -569,8 +569,7 @@ def configurations(mode: str, jwks: dict, jwk: dict, plugin: dict, baseline: Pat
         front = [HEADER_MUTATION_FILTER] if cfg.get("route_header") else []
         return front + [wasm_filter("mcp-warden", wasm, compact(cfg))]
     # The baseline's plugin configuration, without the fields it did not know yet.
-    old_plugin = {k: v for k, v in plugin.items() if k not in ("route_header", "authorize_filter_state")}
-    old_unfiltered = {k: v for k, v in unfiltered.items() if k not in ("route_header", "authorize_filter_state")}
+    old_plugin, old_unfiltered = v1_only(plugin), v1_only(unfiltered)
     GUARD = {"warden": True, "checks_token": True, "checks_policy": True}
     configs = [
         Config("bare", "Envoy with only the router (and Envoy's buffer filter, see Notes)", [BUFFER_FILTER], every),
@@ -1163,24 +1162,9 @@ def main() -> int:
                       "--call", work / "call.json", "--list", work / "list.json"], work / "upstream.log")
     for i, cfg in enumerate(configs):
         start_envoy(cfg, work, upstream_port, base_id=40 + i)
-    for cfg in list(configs):
-        try:
-            wait_ready(cfg)
-            probe(cfg, token)
-        except BenchError as e:
-            if cfg.name.startswith("warden-baseline") and "plugin configuration" in tail(cfg.log, 200):
-                # A baseline older than today's render: give it the documented v1 fields only.
-                cfg.proc.terminate()
-                cfg.proc.wait()
-                wcfg = cfg.filters[0]["typed_config"]["config"]["configuration"]
-                wcfg["value"] = compact(v1_only(json.loads(wcfg["value"])))
-                start_envoy(cfg, work, upstream_port, base_id=80 + configs.index(cfg))
-                wait_ready(cfg)
-                probe(cfg, token)
-                notes.append(f"{cfg.name}: the baseline refused today's rendered plugin configuration; "
-                             "it got the documented version-1 fields only")
-            else:
-                raise e
+    for cfg in configs:
+        wait_ready(cfg)
+        probe(cfg, token)
         print(f"ready: {cfg.name:28} port {cfg.port}  (RSS {rss_mib(cfg.proc.pid):.0f} MiB)", flush=True)
 
     scripts = {name: write_wrk_script(work, case, token) for name, case in CASES.items()}

@@ -14,6 +14,18 @@ use serde_json::{Map, Value};
 
 use crate::names::{fold, is_folded};
 
+/// A seed that is its own visitor: it reads whatever value comes.
+macro_rules! seed_is_visitor {
+    ($seed:ty) => {
+        impl<'de> DeserializeSeed<'de> for $seed {
+            type Value = <$seed as Visitor<'de>>::Value;
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+    };
+}
+
 /// A visitor's answer for every value that is neither an object nor an array (checked and
 /// dropped).
 macro_rules! forward_scalars {
@@ -324,12 +336,7 @@ struct TopSeed {
     with_arguments: bool,
 }
 
-impl<'de> DeserializeSeed<'de> for TopSeed {
-    type Value = Top<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Top<'de>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_is_visitor!(TopSeed);
 
 impl<'de> Visitor<'de> for TopSeed {
     type Value = Top<'de>;
@@ -360,12 +367,7 @@ struct MessageSeed {
     with_arguments: bool,
 }
 
-impl<'de> DeserializeSeed<'de> for MessageSeed {
-    type Value = Captured<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Captured<'de>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_is_visitor!(MessageSeed);
 
 impl<'de> Visitor<'de> for MessageSeed {
     type Value = Captured<'de>;
@@ -411,12 +413,7 @@ struct ParamsSeed {
     with_arguments: bool,
 }
 
-impl<'de> DeserializeSeed<'de> for ParamsSeed {
-    type Value = Scalar<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Scalar<'de>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_is_visitor!(ParamsSeed);
 
 impl<'de> Visitor<'de> for ParamsSeed {
     type Value = Scalar<'de>;
@@ -480,12 +477,7 @@ impl<'de> DeserializeSeed<'de> for ArgumentsSeed {
 /// `params._meta`: its protocol version, when it is an object holding a string there.
 struct MetaSeed;
 
-impl<'de> DeserializeSeed<'de> for MetaSeed {
-    type Value = Option<String>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_is_visitor!(MetaSeed);
 
 impl<'de> Visitor<'de> for MetaSeed {
     type Value = Option<String>;

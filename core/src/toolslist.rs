@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 use std::rc::Rc;
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
@@ -143,7 +144,7 @@ impl<'de> Deserialize<'de> for Answer<'de> {
                 let mut members = Vec::new();
                 while let Some(Text(key)) = map.next_key()? {
                     let member = if key == "result" {
-                        Member::Result(map.next_value_seed(IfObject)?)
+                        Member::Result(map.next_value_seed(IfKind(b'{', PhantomData))?)
                     } else {
                         Member::Raw(map.next_value()?)
                     };
@@ -156,32 +157,16 @@ impl<'de> Deserialize<'de> for Answer<'de> {
     }
 }
 
-/// A `result` read as `ResultMembers` when it is an object, and skipped otherwise: an earlier
-/// duplicate of another type must not stop the last one from being filtered.
-struct IfObject;
+/// A member read as `T` when its raw text starts with `kind` (`{` or `[`), and skipped
+/// otherwise: an earlier duplicate of another type must not stop the last one from being
+/// filtered.
+struct IfKind<T>(u8, PhantomData<T>);
 
-impl<'de> DeserializeSeed<'de> for IfObject {
-    type Value = Option<ResultMembers<'de>>;
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for IfKind<T> {
+    type Value = Option<T>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         let raw: &'de RawValue = Deserialize::deserialize(d)?;
-        if raw.get().starts_with('{') {
-            serde_json::from_str(raw.get())
-                .map(Some)
-                .map_err(serde::de::Error::custom)
-        } else {
-            Ok(None)
-        }
-    }
-}
-
-/// `tools` read as raw elements when it is an array, and skipped otherwise.
-struct IfArray;
-
-impl<'de> DeserializeSeed<'de> for IfArray {
-    type Value = Option<Vec<&'de RawValue>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        let raw: &'de RawValue = Deserialize::deserialize(d)?;
-        if raw.get().starts_with('[') {
+        if raw.get().as_bytes().first() == Some(&self.0) {
             serde_json::from_str(raw.get())
                 .map(Some)
                 .map_err(serde::de::Error::custom)
@@ -206,7 +191,7 @@ impl<'de> Deserialize<'de> for ResultMembers<'de> {
                 let mut members = Vec::new();
                 while let Some(Text(key)) = map.next_key()? {
                     let member = if key == "tools" {
-                        ResultMember::Tools(map.next_value_seed(IfArray)?)
+                        ResultMember::Tools(map.next_value_seed(IfKind(b'[', PhantomData))?)
                     } else {
                         ResultMember::Raw(map.next_value()?)
                     };

@@ -364,10 +364,7 @@ impl RequestState {
             return Action::Continue;
         };
         let verdict = run(route, &grant.identity.claims, &call.head);
-        let to_log = log::log_enabled!(log::Level::Info);
-        if to_log || w.config.authorize_filter_state {
-            // Rendered only for a reader (as in `record_wanted`): Envoy's log at info, or an
-            // access log through filter state.
+        if self.record_wanted() {
             let elapsed = hostcalls::get_current_time()
                 .ok()
                 .and_then(|now| now.duration_since(self.started).ok())
@@ -379,9 +376,7 @@ impl RequestState {
                 claims: &grant.identity.claims,
             };
             let line = verdict.log.render(&subject, elapsed);
-            if to_log {
-                log::info!("authorize {line}");
-            }
+            log::info!("authorize {line}");
             if w.config.authorize_filter_state {
                 // For Envoy's access log: `%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`.
                 // (Envoy's Wasm host cannot write dynamic metadata; filter state is its offer.)
