@@ -59,6 +59,14 @@ pub struct AuthorizationServerConfig {
     /// Dynamic Client Registration (`POST /register`): who may register, how fast, how much.
     #[serde(default, deserialize_with = "deserialize_registration")]
     pub registration: RegistrationConfig,
+    /// The internal listener: upstream-token look-ups for the filter only, never on the
+    /// public issuer URL. Requests need the internal credential.
+    #[serde(default = "default_internal_listen")]
+    pub internal_listen: SocketAddr,
+    /// The credential the filter presents on the internal listener (base64url text).
+    /// Defaults to `<dir of the sqlite db>/internal-credential`, created on first start.
+    #[serde(default)]
+    pub internal_credential_file: Option<PathBuf>,
 }
 
 /// Who may use `POST /register`.
@@ -199,12 +207,17 @@ impl SigningAlg {
 pub struct StorageConfig {
     #[serde(default = "default_sqlite")]
     pub sqlite: PathBuf,
+    /// The key upstream tokens are encrypted with at rest (32 random bytes, base64url).
+    /// Defaults to `<dir of the sqlite db>/encryption-key`, created on first start.
+    #[serde(default)]
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             sqlite: default_sqlite(),
+            encryption_key_file: None,
         }
     }
 }
@@ -419,6 +432,147 @@ pub struct McpServerConfig {
     /// Argument keys whose values the log redacts.
     #[serde(default)]
     pub redact_parameters: Vec<String>,
+    /// The MCP server needs the user's own token from an OAuth provider (GitHub, Google, …):
+    /// the gateway gets it during sign-in, keeps and refreshes it, and sends it upstream.
+    #[serde(default)]
+    pub upstream_oauth2: Option<UpstreamOAuth2Config>,
+}
+
+/// `mcp.server.upstream_oauth2`: the gateway as an OAuth client of the upstream provider.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamOAuth2Config {
+    pub client_id: String,
+    /// Inline, or (`client_secret_file`) read at load. Neither: a public client (PKCE only).
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub endpoint: UpstreamEndpoint,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamEndpoint {
+    pub auth_url: String,
+    pub token_url: String,
+    /// How the client authenticates at `token_url`; absent: HTTP Basic first, then form
+    /// parameters, and the one that worked is remembered.
+    #[serde(default)]
+    pub auth_style: Option<AuthStyle>,
+    /// RFC 7009 revocation endpoint, used when a user disconnects (optional).
+    #[serde(default)]
+    pub revocation_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthStyle {
+    /// HTTP Basic (`client_secret_basic`).
+    Header,
+    /// `client_id` and `client_secret` in the form body (`client_secret_post`).
+    Params,
+}
+
+impl fmt::Debug for UpstreamOAuth2Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The secret stays out of any debug output.
+        f.debug_struct("UpstreamOAuth2Config")
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("client_secret_file", &self.client_secret_file)
+            .field("scopes", &self.scopes)
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+impl UpstreamOAuth2Config {
+    /// Reads `client_secret_file` into `client_secret` (trailing line end dropped), so a
+    /// missing file fails at load, naming the field.
+    fn read_secret_file(&mut self, at: &str) -> Result<(), ConfigError> {
+        if let Some(path) = &self.client_secret_file {
+            if self.client_secret.is_some() {
+                return Err(ConfigError::new(
+                    format!("{at}.client_secret_file"),
+                    "give client_secret or client_secret_file, not both",
+                ));
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(
+                    format!("{at}.client_secret_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            self.client_secret = Some(text.trim_end_matches(['\r', '\n']).to_owned());
+        }
+        Ok(())
+    }
+
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if self.client_id.is_empty() {
+            return Err(ConfigError::new(
+                format!("{at}.client_id"),
+                "must not be empty",
+            ));
+        }
+        if self.client_secret.as_deref() == Some("") {
+            return Err(ConfigError::new(
+                format!("{at}.client_secret"),
+                "must not be empty (leave it out for a public client)",
+            ));
+        }
+        let e = &self.endpoint;
+        let mut urls = vec![("auth_url", &e.auth_url), ("token_url", &e.token_url)];
+        if let Some(r) = &e.revocation_url {
+            urls.push(("revocation_url", r));
+        }
+        for (field, value) in urls {
+            validate_provider_url(value)
+                .map_err(|m| ConfigError::new(format!("{at}.endpoint.{field}"), m))?;
+        }
+        for (j, s) in self.scopes.iter().enumerate() {
+            if s.is_empty() || !s.bytes().all(is_scope_char) {
+                return Err(ConfigError::new(
+                    format!("{at}.scopes[{j}]"),
+                    "not a valid scope token",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The provider as people know it: the host of `auth_url` (shown on the consent page).
+    pub fn provider_name(&self) -> String {
+        Url::parse(&self.endpoint.auth_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+/// A provider endpoint: https, or plain http on a loopback host (in-repo providers, tests).
+fn validate_provider_url(value: &str) -> Result<(), String> {
+    let url = Url::parse(value).map_err(|e| format!("not a URL: {e}"))?;
+    if url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry a fragment or credentials".into());
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => return Err("must have a host".into()),
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err("must be an https URL (plain http only on a loopback host)".into()),
+    }
 }
 
 impl RouteConfig {
@@ -430,6 +584,9 @@ impl RouteConfig {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9100))
+}
+fn default_internal_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9101))
 }
 fn default_access_ttl() -> u64 {
     300
@@ -619,6 +776,11 @@ impl Config {
             ConfigError::new(path, e.into_inner().to_string())
         })?;
         config.authorization_server.registration.read_token_file()?;
+        for (i, r) in config.routes.iter_mut().enumerate() {
+            if let Some(u) = &mut r.mcp.server.upstream_oauth2 {
+                u.read_secret_file(&format!("routes[{i}].mcp.server.upstream_oauth2"))?;
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -868,6 +1030,9 @@ impl Config {
                     ));
                 }
             }
+            if let Some(u) = &r.mcp.server.upstream_oauth2 {
+                u.validate(&format!("{at}.mcp.server.upstream_oauth2"))?;
+            }
         }
         Ok(())
     }
@@ -881,6 +1046,10 @@ impl Config {
             (
                 "authorization_server.listen",
                 self.authorization_server.listen,
+            ),
+            (
+                "authorization_server.internal_listen",
+                self.authorization_server.internal_listen,
             ),
         ]
     }
@@ -941,6 +1110,42 @@ impl Config {
             })
     }
 
+    /// A file next to the SQLite database (the default home of generated secrets).
+    fn beside_database(&self, name: &str) -> PathBuf {
+        self.storage
+            .sqlite
+            .parent()
+            .map(|d| d.join(name))
+            .unwrap_or_else(|| PathBuf::from(name))
+    }
+
+    /// Where the key for upstream tokens at rest lives: configured, or next to the database.
+    pub fn encryption_key_file(&self) -> PathBuf {
+        self.storage
+            .encryption_key_file
+            .clone()
+            .unwrap_or_else(|| self.beside_database("encryption-key"))
+    }
+
+    /// Where the filter's credential for the internal listener lives.
+    pub fn internal_credential_file(&self) -> PathBuf {
+        self.authorization_server
+            .internal_credential_file
+            .clone()
+            .unwrap_or_else(|| self.beside_database("internal-credential"))
+    }
+
+    /// Whether any route needs tokens from an upstream provider.
+    pub fn uses_upstream_oauth(&self) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.mcp.server.upstream_oauth2.is_some())
+    }
+
+    pub fn route_by_name(&self, name: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+
     /// Where the signing key lives: configured, or next to the SQLite database.
     pub fn signing_key_file(&self) -> PathBuf {
         match self
@@ -950,12 +1155,7 @@ impl Config {
             .and_then(|k| k.file.clone())
         {
             Some(f) => f,
-            None => self
-                .storage
-                .sqlite
-                .parent()
-                .map(|d| d.join("signing-key.json"))
-                .unwrap_or_else(|| PathBuf::from("signing-key.json")),
+            None => self.beside_database("signing-key.json"),
         }
     }
 

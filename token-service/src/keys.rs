@@ -1,7 +1,6 @@
 //! The signing key for external tokens (TE): generated on first start, persisted, published
 //! as JWKS, used to sign compact JWS.
 
-use std::io::Write;
 use std::path::Path;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -116,28 +115,11 @@ impl SigningKey {
     }
 
     fn write(&self, path: &Path) -> anyhow::Result<()> {
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)?;
-            }
-        }
         let body = serde_json::to_vec_pretty(&KeyFile {
             alg: self.alg(),
             d: B64.encode(self.secret_bytes()),
         })?;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(path).map_err(|e| {
-            anyhow::anyhow!("cannot create signing key file {}: {e}", path.display())
-        })?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-        Ok(())
+        crate::secrets::write_new(path, &body).map_err(|e| anyhow::anyhow!("signing key file: {e}"))
     }
 
     pub fn alg(&self) -> SigningAlg {

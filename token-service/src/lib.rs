@@ -13,6 +13,7 @@ pub mod password;
 pub mod ratelimit;
 pub mod render;
 mod routes;
+pub mod secrets;
 pub mod store;
 
 use std::future::Future;

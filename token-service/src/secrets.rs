@@ -1,0 +1,93 @@
+//! Secrets the service generates on first start and keeps in files: the key upstream tokens
+//! are encrypted with, and the credential the filter presents on the internal listener.
+//! Each file holds 32 random bytes as base64url text, is created with mode 0600, and is never
+//! overwritten.
+
+use std::io::Write;
+use std::path::Path;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+
+pub const SECRET_BYTES: usize = 32;
+
+/// Reads the secret at `path`, or creates it when the file does not exist. `what` names the
+/// secret in errors and in the log line (never its value).
+pub fn load_or_create(path: &Path, what: &str) -> anyhow::Result<[u8; SECRET_BYTES]> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => decode(text.trim_end_matches(['\r', '\n'])).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{what} file {} is malformed: it must hold {SECRET_BYTES} bytes as base64url",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = [0u8; SECRET_BYTES];
+            crate::flows::fill_random(&mut secret);
+            write_new(path, B64.encode(secret).as_bytes())?;
+            tracing::info!(path = %path.display(), "generated {what}");
+            Ok(secret)
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot read {what} file {}: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// The text form of a secret (what the renderer puts in the plugin configuration).
+pub fn encode(secret: &[u8; SECRET_BYTES]) -> String {
+    B64.encode(secret)
+}
+
+fn decode(text: &str) -> Option<[u8; SECRET_BYTES]> {
+    B64.decode(text.as_bytes()).ok()?.try_into().ok()
+}
+
+/// Creates `path` (and its directory) with owner-only permissions; fails if it exists, so
+/// two processes starting at once cannot both write a different secret.
+pub fn write_new(path: &Path, body: &[u8]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+    f.write_all(body)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn created_once_then_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/key");
+        let a = load_or_create(&path, "test key").unwrap();
+        let b = load_or_create(&path, "test key").unwrap();
+        assert_eq!(a, b);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "secret file readable by others: {mode:o}");
+        }
+        std::fs::write(&path, "short").unwrap();
+        let err = load_or_create(&path, "test key").unwrap_err().to_string();
+        assert!(err.contains("malformed"), "{err}");
+    }
+}
