@@ -115,6 +115,8 @@ pub struct ConsentForm<'a> {
     pub resource: &'a str,
     pub scopes: &'a [String],
     pub email: &'a str,
+    /// The upstream provider this server needs an account at (`upstream_oauth2`), if any.
+    pub upstream: Option<&'a str>,
 }
 
 pub fn consent_form(status: StatusCode, f: &ConsentForm<'_>) -> Response {
@@ -133,6 +135,14 @@ pub fn consent_form(status: StatusCode, f: &ConsentForm<'_>) -> Response {
             .map(|s| format!("<li><code>{}</code></li>", escape(s)))
             .collect::<String>()
     };
+    let upstream = match f.upstream {
+        Some(p) => format!(
+            "<p>This server acts with your own account at <strong>{}</strong>: after you \
+             approve, you will be sent there to connect it.</p>",
+            escape(p)
+        ),
+        None => String::new(),
+    };
     // Deny comes first so that it is the form's default (Enter) action.
     let body = format!(
         "<h1>Allow access?</h1>\
@@ -143,6 +153,7 @@ pub fn consent_form(status: StatusCode, f: &ConsentForm<'_>) -> Response {
          Signed in as: {email}</p>\
          <p>Resource: <code>{resource}</code></p>\
          <p>Scopes:</p><ul>{scopes}</ul>\
+         {upstream}\
          <form method=\"post\" action=\"{action}\">\
          <input type=\"hidden\" name=\"flow\" value=\"{flow}\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod flows;
 mod html;
+pub mod internal;
 pub mod keys;
 pub mod listener;
 pub mod password;
@@ -15,6 +16,7 @@ pub mod render;
 mod routes;
 pub mod secrets;
 pub mod store;
+pub mod vault;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +27,14 @@ use tokio::net::TcpListener;
 pub use config::Config;
 pub use keys::SigningKey;
 pub use store::{SqliteStore, Store};
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
 
 /// Seconds since the Unix epoch; replaceable in tests.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -42,6 +52,30 @@ struct Inner {
     clock: Clock,
     password_checks: Arc<PasswordChecks>,
     registrations: Arc<ratelimit::RateLimiter>,
+    vault: Arc<vault::Vault>,
+    /// What the filter presents on the internal listener.
+    internal_credential: Arc<String>,
+}
+
+/// The secrets of the upstream-token vault: the key tokens are sealed with, and the
+/// credential the filter presents on the internal listener.
+pub struct Secrets {
+    pub encryption_key: [u8; secrets::SECRET_BYTES],
+    pub internal_credential: String,
+}
+
+impl Secrets {
+    /// Fresh random secrets that live as long as the process (no upstream routes, tests).
+    pub fn ephemeral() -> Self {
+        let mut key = [0u8; secrets::SECRET_BYTES];
+        flows::fill_random(&mut key);
+        let mut credential = [0u8; secrets::SECRET_BYTES];
+        flows::fill_random(&mut credential);
+        Self {
+            encryption_key: key,
+            internal_credential: secrets::encode(&credential),
+        }
+    }
 }
 
 /// Bounds Argon2 work: each check holds its memory cost (19 MiB with the default
@@ -70,10 +104,43 @@ impl AppState {
     pub fn new(config: Config) -> anyhow::Result<Self> {
         let store = SqliteStore::open(&config.storage.sqlite)?;
         let keys = SigningKey::load_or_generate(&config.signing_key_file(), config.signing_alg())?;
-        Ok(Self::from_parts(config, Arc::new(store), keys))
+        let secrets = if config.uses_upstream_oauth() {
+            Secrets {
+                encryption_key: secrets::load_or_create(
+                    &config.encryption_key_file(),
+                    "encryption key",
+                )?,
+                internal_credential: secrets::encode(&secrets::load_or_create(
+                    &config.internal_credential_file(),
+                    "internal credential",
+                )?),
+            }
+        } else {
+            Secrets::ephemeral()
+        };
+        Self::with_secrets(config, Arc::new(store), keys, secrets)
     }
 
-    pub fn from_parts(config: Config, store: Arc<dyn Store>, keys: SigningKey) -> Self {
+    /// For tests driving the router in-process: upstream-token secrets live in memory.
+    pub fn from_parts(
+        config: Config,
+        store: Arc<dyn Store>,
+        keys: SigningKey,
+    ) -> anyhow::Result<Self> {
+        Self::with_secrets(config, store, keys, Secrets::ephemeral())
+    }
+
+    pub fn with_secrets(
+        config: Config,
+        store: Arc<dyn Store>,
+        keys: SigningKey,
+        secrets: Secrets,
+    ) -> anyhow::Result<Self> {
+        let vault = Arc::new(vault::Vault::new(
+            &config,
+            store.clone(),
+            &secrets.encryption_key,
+        )?);
         let password_checks = Arc::new(PasswordChecks::new(config.password_check_concurrency()));
         let registrations = Arc::new(ratelimit::RateLimiter::new(
             config
@@ -81,16 +148,18 @@ impl AppState {
                 .registration
                 .rate_limit_per_minute,
         ));
-        Self {
+        Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 store,
                 keys: Arc::new(keys),
-                clock: Arc::new(flows::now_unix),
+                clock: Arc::new(now_unix),
                 password_checks,
                 registrations,
+                vault,
+                internal_credential: Arc::new(secrets.internal_credential),
             }),
-        }
+        })
     }
 
     /// Replaces the clock (tests use this to step past expiries).
@@ -103,6 +172,8 @@ impl AppState {
                 clock,
                 password_checks: self.inner.password_checks.clone(),
                 registrations: self.inner.registrations.clone(),
+                vault: self.inner.vault.clone(),
+                internal_credential: self.inner.internal_credential.clone(),
             }),
         }
     }
@@ -113,6 +184,14 @@ impl AppState {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    pub fn vault(&self) -> &vault::Vault {
+        &self.inner.vault
+    }
+
+    pub(crate) fn internal_credential(&self) -> &str {
+        &self.inner.internal_credential
     }
 
     pub fn keys(&self) -> &SigningKey {
@@ -202,15 +281,48 @@ pub fn app(state: AppState) -> Router {
     routes::router(state)
 }
 
-/// Binds `authorization_server.listen` and serves until Ctrl-C / SIGTERM.
+/// Binds `authorization_server.listen` (and `internal_listen` when a route uses upstream
+/// OAuth) and serves until Ctrl-C / SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.authorization_server.listen;
+    let internal = config
+        .uses_upstream_oauth()
+        .then_some(config.authorization_server.internal_listen);
     // Open storage and keys first so "listening" means ready.
     let state = tokio::task::spawn_blocking(move || AppState::new(config)).await??;
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    serve_on(listener, state, shutdown_signal()).await
+    let bind = |addr: std::net::SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+    };
+    let listener = bind(listen).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    if let Some(addr) = internal {
+        let internal_listener = bind(addr).await?;
+        let internal_state = state.clone();
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            tracing::info!("internal listener on http://{addr}");
+            let shutdown = async move {
+                let _ = stopped.changed().await;
+            };
+            let served = listener::serve(
+                internal_listener,
+                internal::router(internal_state),
+                listener::Limits::default(),
+                shutdown,
+            )
+            .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "internal listener failed");
+            }
+        });
+    }
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    };
+    serve_on(listener, state, shutdown).await
 }
 
 /// Serves on an already-bound listener (tests bind `127.0.0.1:0`) until `shutdown` resolves.

@@ -58,6 +58,8 @@ enum Describe {
     McpUrls,
     Issuer,
     EnvoyAdmin,
+    /// The redirect URI to register at upstream OAuth providers (`upstream_oauth2`).
+    UpstreamCallback,
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
@@ -165,6 +167,9 @@ fn main() -> ExitCode {
                     .for_each(|r| println!("{}", r.resource())),
                 Describe::Issuer => println!("{}", config.authorization_server.issuer),
                 Describe::EnvoyAdmin => println!("{}", config.envoy.admin),
+                Describe::UpstreamCallback => {
+                    println!("{}", warden_token_service::vault::callback_url(&config))
+                }
             }
             ExitCode::SUCCESS
         }

@@ -23,6 +23,7 @@ use crate::flows::{consent, login};
 use crate::html;
 use crate::ratelimit::ClientKey;
 use crate::store::{FlowUser, PendingFlow, Session};
+use crate::vault::provider::ProviderError;
 use crate::AppState;
 
 /// A pending sign-in (login form) stays usable this long.
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/authorize", get(authorize))
         .route("/login", post(login))
         .route("/consent", post(consent_endpoint))
+        .route(crate::vault::CALLBACK_PATH, get(upstream_callback))
         .merge(api);
     let router = if base.is_empty() {
         endpoints
@@ -299,9 +301,14 @@ fn browser_binding(existing: Option<String>) -> String {
 
 /// A pending flow continues only in the browser that started it.
 fn check_browser(flow: &PendingFlow, cookie: Option<&str>) -> Result<()> {
+    check_browser_binding(&flow.browser, cookie)
+}
+
+/// `browser` is the SHA-256 of the binding cookie the flow was started with.
+fn check_browser_binding(browser: &str, cookie: Option<&str>) -> Result<()> {
     let bound = match cookie {
-        Some(c) if !flow.browser.is_empty() => {
-            constant_time_eq(hash_secret(c).as_bytes(), flow.browser.as_bytes())
+        Some(c) if !browser.is_empty() => {
+            constant_time_eq(hash_secret(c).as_bytes(), browser.as_bytes())
         }
         _ => false,
     };
@@ -367,6 +374,12 @@ fn consent_page(
             resource: &flow.request.resource,
             scopes: &scopes,
             email: &user.email,
+            upstream: s
+                .config()
+                .route_by_resource(&flow.request.resource)
+                .and_then(|r| r.mcp.server.upstream_oauth2.as_ref())
+                .map(|u| u.provider_name())
+                .as_deref(),
         },
     )
 }
@@ -391,6 +404,40 @@ fn begin_consent(
     s.store().insert_flow(&flow)?;
     tracing::info!(client_id = %flow.request.client_id, sub = %user.email, "asking for consent");
     Ok(consent_page(s, client, &flow, &user, session_secret))
+}
+
+/// The user approved (or needs not approve) the client: issue the code, unless the server
+/// needs an upstream account the user has not connected, in which case the browser goes to
+/// the provider first and the code is issued at `/upstream/callback`.
+fn finish_authorization(
+    s: &AppState,
+    grant: AuthorizeGrant,
+    email: &str,
+    sid: &str,
+    browser_hash: &str,
+) -> Result<Response> {
+    let config = s.config();
+    let now = s.now();
+    let upstream_route = config
+        .route_by_resource(&grant.resource)
+        .filter(|r| r.mcp.server.upstream_oauth2.is_some())
+        .map(|r| r.name.clone());
+    if let Some(route) = upstream_route {
+        if !s.vault().holds_usable(email, &route, now)? {
+            let url = s
+                .vault()
+                .begin(&route, grant, email, sid, browser_hash, now)?;
+            tracing::info!(sub = %email, route = %route, "connecting the upstream account");
+            return Ok(redirect(&url));
+        }
+    }
+    let code = authorize::issue_code(s.store().as_ref(), &grant, email, sid, now)?;
+    tracing::info!(client_id = %grant.client_id, sub = %email, scope = %grant.scope, "code issued");
+    Ok(redirect(&authorize::success_url(
+        &grant,
+        &config.authorization_server.issuer,
+        &code,
+    )?))
 }
 
 async fn authorize(
@@ -438,15 +485,14 @@ fn authorize_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> 
         if let Some(session) = s.store().session(&hash_secret(&secret), now)? {
             if config.user(&session.email).is_some() {
                 if !consent::required(s.store().as_ref(), &client, &grant, &session.email)? {
-                    let code = authorize::issue_code(
-                        s.store().as_ref(),
-                        &grant,
+                    let resp = finish_authorization(
+                        s,
+                        grant,
                         &session.email,
                         &session.sid,
-                        now,
+                        &hash_secret(&browser),
                     )?;
-                    tracing::info!(client_id = %grant.client_id, sub = %session.email, "code issued (existing session)");
-                    return Ok(redirect(&authorize::success_url(&grant, issuer, &code)?));
+                    return Ok(with_cookie(resp, flow_cookie));
                 }
                 let user = FlowUser {
                     email: session.email,
@@ -571,7 +617,6 @@ fn login_begin(s: &AppState, params: Params, cookies: BrowserCookies) -> Result<
 /// user's email when the password was right.
 fn login_finish(s: &AppState, attempt: LoginAttempt, user: Option<String>) -> Result<Response> {
     let config = s.config();
-    let issuer = &config.authorization_server.issuer;
     let now = s.now();
     let store = s.store().as_ref();
     let LoginAttempt {
@@ -639,9 +684,7 @@ fn login_finish(s: &AppState, attempt: LoginAttempt, user: Option<String>) -> Re
             device_cookie,
         ));
     }
-    let code = authorize::issue_code(store, &flow.request, &user.email, &session.sid, now)?;
-    tracing::info!(client_id = %flow.request.client_id, sub = %user.email, "code issued");
-    let resp = redirect(&authorize::success_url(&flow.request, issuer, &code)?);
+    let resp = finish_authorization(s, flow.request, &user.email, &session.sid, &flow.browser)?;
     Ok(with_cookie(
         with_cookie(resp, session_cookie),
         device_cookie,
@@ -721,15 +764,99 @@ fn consent_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Re
         return Err(expired_page());
     }
     consent::remember(s.store().as_ref(), &grant, &session.email, now)?;
-    let code = authorize::issue_code(
-        s.store().as_ref(),
-        &grant,
-        &session.email,
-        &session.sid,
-        now,
-    )?;
-    tracing::info!(client_id = %grant.client_id, sub = %session.email, scope = %grant.scope, "consent given; code issued");
-    Ok(redirect(&authorize::success_url(&grant, issuer, &code)?))
+    tracing::info!(client_id = %grant.client_id, sub = %session.email, scope = %grant.scope, "consent given");
+    finish_authorization(s, grant, &session.email, &session.sid, &flow.browser)
+}
+
+/// The upstream provider sends the browser back here (`{issuer}/upstream/callback`): store
+/// the user's token, then answer the MCP client's authorization request.
+async fn upstream_callback(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let params = Params::new(pairs);
+    let cookies = BrowserCookies::from_headers(&s, &headers);
+    let Some(state) = params.get("state").map(str::to_owned) else {
+        return Err(expired_page());
+    };
+    let flow = s
+        .blocking(move |st| Ok(st.vault().take_flow(&state, st.now())?))
+        .await?
+        .ok_or_else(expired_page)?;
+    check_browser_binding(&flow.browser, cookies.flow.as_deref())?;
+    let provider = s
+        .vault()
+        .provider(&flow.route)
+        .map(|p| p.name())
+        .unwrap_or_default();
+    let issuer = s.config().authorization_server.issuer.clone();
+    let fail = |error: &str, description: String| -> Result<Response> {
+        let url = authorize::response_url(
+            &flow.request.redirect_uri,
+            &issuer,
+            &[("error", error), ("error_description", &description)],
+            flow.request.state.as_deref(),
+        )?;
+        Ok(redirect(&url))
+    };
+    if let Some(e) = params.get("error") {
+        tracing::info!(sub = %flow.email, route = %flow.route, error = %e, "upstream consent refused");
+        return fail(
+            "access_denied",
+            format!("{provider} refused to connect the account ({e})"),
+        );
+    }
+    let Some(code) = params.get("code") else {
+        return fail(
+            "server_error",
+            format!("{provider} sent no authorization code"),
+        );
+    };
+    match s.vault().complete(&flow, code, s.now()).await? {
+        Ok(()) => {}
+        Err(ProviderError::Refused(why)) => {
+            tracing::info!(sub = %flow.email, route = %flow.route, reason = %why, "upstream code exchange refused");
+            return fail(
+                "access_denied",
+                format!("{provider} refused to issue a token ({why})"),
+            );
+        }
+        Err(ProviderError::Unavailable(why)) => {
+            tracing::warn!(sub = %flow.email, route = %flow.route, reason = %why, "upstream code exchange failed");
+            return fail(
+                "temporarily_unavailable",
+                format!("{provider} could not be reached; try again"),
+            );
+        }
+    }
+    s.blocking(move |st| {
+        let now = st.now();
+        // The sign-in must still stand: the session may have ended meanwhile.
+        let live = st.config().user(&flow.email).is_some()
+            && st.store().session_live(&flow.sid, now)?;
+        if !live {
+            return Err(expired_page());
+        }
+        let code = authorize::issue_code(
+            st.store().as_ref(),
+            &flow.request,
+            &flow.email,
+            &flow.sid,
+            now,
+        )?;
+        tracing::info!(client_id = %flow.request.client_id, sub = %flow.email, "upstream account connected; code issued");
+        Ok(redirect(&authorize::success_url(
+            &flow.request,
+            &st.config().authorization_server.issuer,
+            &code,
+        )?))
+    })
+    .await
 }
 
 /// The form body and the client credentials of a `/token` or `/revoke` request.
@@ -767,6 +894,7 @@ async fn revoke_endpoint(
             config: st.config(),
             keys: st.keys(),
             store: st.store().as_ref(),
+            vault: st.vault(),
             now: st.now(),
         };
         token::revoke(&ctx, &creds, &params)
@@ -787,6 +915,7 @@ async fn token_endpoint(
                 config: st.config(),
                 keys: st.keys(),
                 store: st.store().as_ref(),
+                vault: st.vault(),
                 now: st.now(),
             };
             token::token(&ctx, &creds, &params)

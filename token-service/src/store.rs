@@ -11,6 +11,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TokenEndpointAuthMethod;
 
+/// A validated authorization request: everything the code will be bound to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuthorizeGrant {
+    pub client_id: String,
+    pub redirect_uri: String,
+    /// Whether the request named `redirect_uri` (then `/token` must repeat it, RFC 6749 §4.1.3).
+    pub redirect_uri_explicit: bool,
+    pub state: Option<String>,
+    pub code_challenge: String,
+    pub resource: String,
+    pub scope: String,
+}
+
 /// A client registered through DCR (pre-registered clients live in the config).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StoredClient {
@@ -35,7 +48,7 @@ pub struct StoredClient {
 pub struct PendingFlow {
     pub id: String,
     pub csrf: String,
-    pub request: crate::flows::authorize::AuthorizeGrant,
+    pub request: AuthorizeGrant,
     pub expires_at: i64,
     /// SHA-256 of the browser-binding cookie (`warden_flow`) of the browser that started
     /// the flow; the forms that continue it must come with that cookie.
@@ -63,7 +76,7 @@ pub struct Session {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AuthCode {
-    pub request: crate::flows::authorize::AuthorizeGrant,
+    pub request: AuthorizeGrant,
     pub email: String,
     pub sid: String,
     pub expires_at: i64,
@@ -112,6 +125,41 @@ pub struct RefreshToken {
     pub used: bool,
 }
 
+/// A user's token for an upstream provider route, sealed by the vault (the store never sees
+/// it in the clear). A row without `access_token` is a dropped one that still remembers the
+/// scopes a server asked for and a refusal hold.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UpstreamRecord {
+    pub user: String,
+    pub route: String,
+    pub access_token: Option<Vec<u8>>,
+    pub refresh_token: Option<Vec<u8>>,
+    /// When the current access token was obtained (code exchange or refresh).
+    pub issued_at: i64,
+    pub expires_at: Option<i64>,
+    /// When the user last granted access at the provider (code exchange).
+    pub granted_at: i64,
+    pub scope: String,
+    /// Scopes an MCP server asked for (`insufficient_scope`), added to the next consent.
+    pub extra_scope: String,
+    /// Until then, a lookup answers "refused" rather than "no token" (loop breaker).
+    pub refused_until: Option<i64>,
+}
+
+/// An upstream consent in progress: the provider sends the browser back with `state`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UpstreamFlow {
+    /// The MCP client's authorization request, answered once the upstream step is done.
+    pub request: AuthorizeGrant,
+    pub email: String,
+    pub sid: String,
+    /// SHA-256 of the browser-binding cookie.
+    pub browser: String,
+    pub route: String,
+    pub pkce_verifier: String,
+    pub expires_at: i64,
+}
+
 /// How long records about registered clients are kept (`authorization_server.registration`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -136,6 +184,8 @@ pub trait Store: Send + Sync + 'static {
 
     fn insert_session(&self, secret_hash: &str, session: &Session) -> anyhow::Result<()>;
     fn session(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<Session>>;
+    /// Whether the session `sid` is unexpired and not revoked.
+    fn session_live(&self, sid: &str, now: i64) -> anyhow::Result<bool>;
 
     /// The scopes `email` approved for this client and resource, if any.
     fn consent(
@@ -208,6 +258,42 @@ pub trait Store: Send + Sync + 'static {
         new: &RefreshToken,
         now: i64,
     ) -> anyhow::Result<bool>;
+
+    fn upstream_token(&self, user: &str, route: &str) -> anyhow::Result<Option<UpstreamRecord>>;
+    /// Writes the whole row (tokens, times, scopes), ending any refresh lease on it.
+    fn put_upstream_token(&self, record: &UpstreamRecord) -> anyhow::Result<()>;
+    /// Takes the row's refresh lease until `until` unless another holder's lease runs past
+    /// `now`: one refresh per grant, across every replica sharing the database.
+    fn claim_upstream_refresh(
+        &self,
+        user: &str,
+        route: &str,
+        now: i64,
+        until: i64,
+    ) -> anyhow::Result<bool>;
+    /// Ends a refresh lease without a new token (the refresh failed transiently).
+    fn release_upstream_refresh(&self, user: &str, route: &str) -> anyhow::Result<()>;
+    /// Clears the tokens of the row if its access token is still the one issued at
+    /// `issued_at` (a token refreshed meanwhile is not dropped by a stale refusal); records
+    /// `extra_scope` and `refused_until`. Returns whether it dropped.
+    fn drop_upstream_token(
+        &self,
+        user: &str,
+        route: &str,
+        issued_at: i64,
+        extra_scope: &str,
+        refused_until: Option<i64>,
+    ) -> anyhow::Result<bool>;
+    /// Deletes the row (the user disconnected the account).
+    fn delete_upstream_token(&self, user: &str, route: &str) -> anyhow::Result<bool>;
+
+    fn insert_upstream_flow(&self, state_hash: &str, flow: &UpstreamFlow) -> anyhow::Result<()>;
+    /// Takes (deletes and returns) an unexpired upstream flow: the callback is single use.
+    fn take_upstream_flow(
+        &self,
+        state_hash: &str,
+        now: i64,
+    ) -> anyhow::Result<Option<UpstreamFlow>>;
 
     /// Deletes expired records, DCR clients included (per `retention`).
     fn sweep(&self, now: i64, retention: &Retention) -> anyhow::Result<()>;
@@ -318,6 +404,32 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX grants_client ON grants(client_id);
     "#,
     ),
+    (
+        5,
+        r#"
+    -- Upstream provider tokens (TI), sealed by the vault; `refresh_lease` is held by the one
+    -- process refreshing the row.
+    CREATE TABLE upstream_tokens (
+        user          TEXT NOT NULL,
+        route         TEXT NOT NULL,
+        access_token  BLOB,
+        refresh_token BLOB,
+        issued_at     INTEGER NOT NULL,
+        expires_at    INTEGER,
+        granted_at    INTEGER NOT NULL,
+        scope         TEXT NOT NULL,
+        extra_scope   TEXT NOT NULL DEFAULT '',
+        refused_until INTEGER,
+        refresh_lease INTEGER,
+        PRIMARY KEY (user, route)
+    );
+    CREATE TABLE upstream_flows (
+        state_hash  TEXT PRIMARY KEY,
+        data        TEXT NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    "#,
+    ),
 ];
 
 pub struct SqliteStore {
@@ -393,7 +505,7 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
                 .with_context(|| format!("schema migration {version} failed"))?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-                params![version, crate::flows::now_unix()],
+                params![version, crate::now_unix()],
             )?;
         }
         tx.commit()?;
@@ -541,6 +653,15 @@ impl Store for SqliteStore {
             params![secret_hash, s.sid, s.email, s.created_at, s.expires_at],
         )?;
         Ok(())
+    }
+
+    fn session_live(&self, sid: &str, now: i64) -> anyhow::Result<bool> {
+        Ok(self.conn()?.query_row(
+            "SELECT EXISTS(SELECT 1 FROM sessions
+                 WHERE sid = ?1 AND expires_at > ?2 AND revoked_at IS NULL)",
+            params![sid, now],
+            |r| r.get(0),
+        )?)
     }
 
     fn session(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<Session>> {
@@ -821,6 +942,134 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
+    fn upstream_token(&self, user: &str, route: &str) -> anyhow::Result<Option<UpstreamRecord>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT access_token, refresh_token, issued_at, expires_at, granted_at, scope,
+                        extra_scope, refused_until
+                 FROM upstream_tokens WHERE user = ?1 AND route = ?2",
+                params![user, route],
+                |r| {
+                    Ok(UpstreamRecord {
+                        user: user.to_owned(),
+                        route: route.to_owned(),
+                        access_token: r.get(0)?,
+                        refresh_token: r.get(1)?,
+                        issued_at: r.get(2)?,
+                        expires_at: r.get(3)?,
+                        granted_at: r.get(4)?,
+                        scope: r.get(5)?,
+                        extra_scope: r.get(6)?,
+                        refused_until: r.get(7)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn put_upstream_token(&self, t: &UpstreamRecord) -> anyhow::Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO upstream_tokens (user, route, access_token, refresh_token, issued_at,
+                 expires_at, granted_at, scope, extra_scope, refused_until, refresh_lease)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL)
+             ON CONFLICT (user, route) DO UPDATE SET
+                 access_token = excluded.access_token, refresh_token = excluded.refresh_token,
+                 issued_at = excluded.issued_at, expires_at = excluded.expires_at,
+                 granted_at = excluded.granted_at, scope = excluded.scope,
+                 extra_scope = excluded.extra_scope, refused_until = excluded.refused_until,
+                 refresh_lease = NULL",
+            params![
+                t.user,
+                t.route,
+                t.access_token,
+                t.refresh_token,
+                t.issued_at,
+                t.expires_at,
+                t.granted_at,
+                t.scope,
+                t.extra_scope,
+                t.refused_until
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn claim_upstream_refresh(
+        &self,
+        user: &str,
+        route: &str,
+        now: i64,
+        until: i64,
+    ) -> anyhow::Result<bool> {
+        let n = self.conn()?.execute(
+            "UPDATE upstream_tokens SET refresh_lease = ?4
+             WHERE user = ?1 AND route = ?2 AND (refresh_lease IS NULL OR refresh_lease <= ?3)",
+            params![user, route, now, until],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn release_upstream_refresh(&self, user: &str, route: &str) -> anyhow::Result<()> {
+        self.conn()?.execute(
+            "UPDATE upstream_tokens SET refresh_lease = NULL WHERE user = ?1 AND route = ?2",
+            params![user, route],
+        )?;
+        Ok(())
+    }
+
+    fn drop_upstream_token(
+        &self,
+        user: &str,
+        route: &str,
+        issued_at: i64,
+        extra_scope: &str,
+        refused_until: Option<i64>,
+    ) -> anyhow::Result<bool> {
+        let n = self.conn()?.execute(
+            "UPDATE upstream_tokens SET access_token = NULL, refresh_token = NULL,
+                 extra_scope = ?4, refused_until = ?5, refresh_lease = NULL
+             WHERE user = ?1 AND route = ?2 AND issued_at = ?3 AND access_token IS NOT NULL",
+            params![user, route, issued_at, extra_scope, refused_until],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn delete_upstream_token(&self, user: &str, route: &str) -> anyhow::Result<bool> {
+        let n = self.conn()?.execute(
+            "DELETE FROM upstream_tokens WHERE user = ?1 AND route = ?2",
+            params![user, route],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn insert_upstream_flow(&self, state_hash: &str, flow: &UpstreamFlow) -> anyhow::Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO upstream_flows (state_hash, data, expires_at) VALUES (?1, ?2, ?3)",
+            params![state_hash, serde_json::to_string(flow)?, flow.expires_at],
+        )?;
+        Ok(())
+    }
+
+    fn take_upstream_flow(
+        &self,
+        state_hash: &str,
+        now: i64,
+    ) -> anyhow::Result<Option<UpstreamFlow>> {
+        let data: Option<String> = self
+            .conn()?
+            .query_row(
+                "DELETE FROM upstream_flows WHERE state_hash = ?1 RETURNING data, expires_at",
+                [state_hash],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()?
+            .filter(|(_, expires_at)| *expires_at > now)
+            .map(|(data, _)| data);
+        data.map(|d| serde_json::from_str(&d).context("stored upstream flow is malformed"))
+            .transpose()
+    }
+
     fn sweep(&self, now: i64, retention: &Retention) -> anyhow::Result<()> {
         // Redeemed codes and rotated-out refresh tokens are kept until they expire so that
         // a replay inside their lifetime is still recognised (and revokes the family).
@@ -828,6 +1077,7 @@ impl Store for SqliteStore {
         let mut conn = self.conn()?;
         sweep_clients(&mut conn, now, retention)?;
         conn.execute("DELETE FROM pending_flows WHERE expires_at <= ?1", [now])?;
+        conn.execute("DELETE FROM upstream_flows WHERE expires_at <= ?1", [now])?;
         conn.execute("DELETE FROM auth_codes WHERE expires_at <= ?1", [now - DAY])?;
         conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
         // Attempts older than a day are outside every throttle window (pending ones too:

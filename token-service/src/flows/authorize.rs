@@ -2,28 +2,15 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::{hash_secret, pkce, random_token, redirect, split_scope, RegisteredClient};
 use crate::config::Config;
+pub use crate::store::AuthorizeGrant;
 use crate::store::{AuthCode, Store};
 
 /// Authorization codes live this long (seconds).
 pub const CODE_TTL: i64 = 60;
-
-/// A validated authorization request: everything the code will be bound to.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct AuthorizeGrant {
-    pub client_id: String,
-    pub redirect_uri: String,
-    /// Whether the request named `redirect_uri` (then `/token` must repeat it, RFC 6749 §4.1.3).
-    pub redirect_uri_explicit: bool,
-    pub state: Option<String>,
-    pub code_challenge: String,
-    pub resource: String,
-    pub scope: String,
-}
 
 #[derive(Debug, PartialEq)]
 pub enum AuthorizeError {

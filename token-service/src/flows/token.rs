@@ -59,6 +59,7 @@ pub struct TokenContext<'a> {
     pub config: &'a Config,
     pub keys: &'a SigningKey,
     pub store: &'a dyn Store,
+    pub vault: &'a crate::vault::Vault,
     pub now: i64,
 }
 
@@ -350,6 +351,21 @@ fn refresh(
         ctx.store.revoke_grant(&grant.id, ctx.now)?;
         return Err(Error::invalid_grant("user no longer exists"));
     };
+    // A server that needs the user's upstream account: once that token is gone (refused by
+    // the server or the provider), the client must run authorization again, which runs the
+    // upstream consent again.
+    if let Some(route) = ctx
+        .config
+        .route_by_resource(&grant.resource)
+        .filter(|r| r.mcp.server.upstream_oauth2.is_some())
+    {
+        if !ctx.vault.holds_usable(&grant.email, &route.name, ctx.now)? {
+            tracing::info!(client_id = %client.client_id, sub = %grant.email, route = %route.name, "refresh refused: the upstream account must be connected again");
+            return Err(Error::invalid_grant(
+                "the upstream account for this server must be connected again: run authorization",
+            ));
+        }
+    }
     let (new_token, new_record) = new_refresh_token(ctx, &grant);
     if !ctx
         .store

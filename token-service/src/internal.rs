@@ -1,0 +1,189 @@
+//! The internal listener (`authorization_server.internal_listen`): what the filter asks the
+//! token service, never reachable on the public issuer URL. Every request presents the
+//! internal credential as a bearer token.
+//!
+//! * `POST /internal/v1/upstream-token` `{"sub", "route"}` → `200 {"access_token",
+//!   "issued_at", "expires_at", "granted_at"}`, `404 no_token`, `409 upstream_refused`,
+//!   `503 upstream_unavailable`.
+//! * `POST /internal/v1/upstream-token/drop` `{"sub", "route", "access_token", "reason",
+//!   "scope"}` → `200 {"dropped"}`.
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::flows::{constant_time_eq, hash_secret};
+use crate::vault::Lookup;
+use crate::AppState;
+
+const BODY_LIMIT: usize = 16 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/internal/v1/upstream-token", post(upstream_token))
+        .route(
+            "/internal/v1/upstream-token/drop",
+            post(drop_upstream_token),
+        )
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, error: &str, description: &str) -> Response {
+    no_store(
+        (
+            status,
+            Json(json!({"error": error, "error_description": description})),
+        )
+            .into_response(),
+    )
+}
+
+fn no_store(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Only the filter, holding the credential, gets past here.
+async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Digests: the comparison's time does not depend on where the strings differ.
+    let ok = constant_time_eq(
+        hash_secret(presented).as_bytes(),
+        hash_secret(s.internal_credential()).as_bytes(),
+    );
+    if !ok {
+        tracing::warn!(path = %req.uri().path(), "internal request without the credential");
+        let mut resp = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the internal credential is missing or wrong",
+        );
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"mcp-warden internal\""),
+        );
+        return resp;
+    }
+    next.run(req).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenQuery {
+    sub: String,
+    route: String,
+}
+
+async fn upstream_token(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    let Ok(q) = serde_json::from_slice::<TokenQuery>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "expected {\"sub\", \"route\"}",
+        );
+    };
+    if s.vault().provider(&q.route).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown_route",
+            "no route of that name uses upstream_oauth2",
+        );
+    }
+    match s.vault().token(&q.sub, &q.route, s.now()).await {
+        Ok(Lookup::Token(t)) => no_store(
+            Json(json!({
+                "access_token": t.access_token,
+                "issued_at": t.issued_at,
+                "expires_at": t.expires_at,
+                "granted_at": t.granted_at,
+            }))
+            .into_response(),
+        ),
+        Ok(Lookup::NoToken) => error(
+            StatusCode::NOT_FOUND,
+            "no_token",
+            "the user has not connected an account for this server",
+        ),
+        Ok(Lookup::Refused) => error(
+            StatusCode::CONFLICT,
+            "upstream_refused",
+            "the MCP server refused the token the user had just granted; check the route's upstream_oauth2 scopes",
+        ),
+        Ok(Lookup::Unavailable(why)) => {
+            tracing::warn!(route = %q.route, reason = %why, "upstream provider unavailable");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_unavailable",
+                "the upstream OAuth provider is unavailable",
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "upstream token lookup failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the token service failed",
+            )
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DropRequest {
+    sub: String,
+    route: String,
+    access_token: String,
+    reason: String,
+    #[serde(default)]
+    scope: String,
+}
+
+async fn drop_upstream_token(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    let Ok(d) = serde_json::from_slice::<DropRequest>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "expected {\"sub\", \"route\", \"access_token\", \"reason\", \"scope\"}",
+        );
+    };
+    let scope = match d.reason.as_str() {
+        "insufficient_scope" => d.scope.as_str(),
+        "invalid_token" => "",
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "reason must be invalid_token or insufficient_scope",
+            )
+        }
+    };
+    match s
+        .vault()
+        .refuse(&d.sub, &d.route, &d.access_token, scope, s.now())
+        .await
+    {
+        Ok(dropped) => no_store(Json(json!({ "dropped": dropped })).into_response()),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "dropping an upstream token failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the token service failed",
+            )
+        }
+    }
+}

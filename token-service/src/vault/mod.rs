@@ -1,0 +1,469 @@
+//! The vault of upstream tokens (TI): users' tokens for upstream OAuth providers, sealed at
+//! rest, refreshed once per grant, handed to the filter over the internal listener.
+//!
+//! The flows call it (the upstream consent step, the refresh-token grant's check); it uses
+//! the store for rows and the provider client for the provider. It decides nothing about
+//! MCP clients: what a lookup means for a call is the filter's business.
+
+pub mod provider;
+pub mod seal;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::flows::{constant_time_eq, hash_secret, random_token, split_scope};
+use crate::store::{AuthorizeGrant, Store, UpstreamFlow, UpstreamRecord};
+use provider::{Issued, Provider, ProviderError};
+use seal::{Kind, Sealer};
+
+/// The upstream consent step stays open this long.
+pub const UPSTREAM_FLOW_TTL: i64 = 600;
+/// A refresh lease: another process waits at most this long for one refresh.
+const REFRESH_LEASE: i64 = 30;
+/// A token an MCP server refused right after the user granted it is not fetched again for
+/// this long: lookups answer "refused", so the client gets a clear error, not another round.
+pub const REFUSAL_HOLD: i64 = 600;
+
+/// Where providers send the browser back, under the issuer.
+pub const CALLBACK_PATH: &str = "/upstream/callback";
+
+pub fn callback_url(config: &Config) -> String {
+    format!("{}{CALLBACK_PATH}", config.authorization_server.issuer)
+}
+
+/// A token ready for the filter.
+#[derive(Clone)]
+pub struct UsableToken {
+    pub access_token: String,
+    pub issued_at: i64,
+    pub expires_at: Option<i64>,
+    pub granted_at: i64,
+}
+
+impl std::fmt::Debug for UsableToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsableToken")
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .field("granted_at", &self.granted_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Token(UsableToken),
+    /// Nothing usable: the user must (re)connect the account.
+    NoToken,
+    /// A token the user had just granted was refused by the server (see `REFUSAL_HOLD`).
+    Refused,
+    /// The provider failed transiently while the token needed a refresh.
+    Unavailable(String),
+}
+
+/// Held while one task refreshes a (user, route) token; the others wait on it.
+type RefreshGate = Arc<tokio::sync::Mutex<()>>;
+
+pub struct Vault {
+    store: Arc<dyn Store>,
+    sealer: Arc<Sealer>,
+    providers: HashMap<String, Provider>,
+    /// One refresh per (user, route) in this process; the store's lease covers replicas.
+    refreshing: Mutex<HashMap<(String, String), RefreshGate>>,
+}
+
+impl Vault {
+    pub fn new(config: &Config, store: Arc<dyn Store>, key: &[u8; 32]) -> anyhow::Result<Self> {
+        let http = provider::http_client()?;
+        let callback = callback_url(config);
+        let providers = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                r.mcp.server.upstream_oauth2.as_ref().map(|u| {
+                    (
+                        r.name.clone(),
+                        Provider::new(u.clone(), callback.clone(), http.clone()),
+                    )
+                })
+            })
+            .collect();
+        Ok(Self {
+            store,
+            sealer: Arc::new(Sealer::new(key)),
+            providers,
+            refreshing: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn provider(&self, route: &str) -> Option<&Provider> {
+        self.providers.get(route)
+    }
+
+    fn open_access(&self, r: &UpstreamRecord) -> Option<String> {
+        let sealed = r.access_token.as_ref()?;
+        self.sealer.open(&r.user, &r.route, Kind::Access, sealed)
+    }
+
+    fn open_refresh(&self, r: &UpstreamRecord) -> Option<String> {
+        let sealed = r.refresh_token.as_ref()?;
+        self.sealer.open(&r.user, &r.route, Kind::Refresh, sealed)
+    }
+
+    /// Whether `user` holds a token for `route` that works now or can be refreshed (the
+    /// upstream consent step is skipped then). Blocking (store).
+    pub fn holds_usable(&self, user: &str, route: &str, now: i64) -> anyhow::Result<bool> {
+        let Some(r) = self.store.upstream_token(user, route)? else {
+            return Ok(false);
+        };
+        if r.refused_until.is_some_and(|t| t > now) {
+            return Ok(false);
+        }
+        let live = r.expires_at.is_none_or(|e| e > now) && self.open_access(&r).is_some();
+        Ok(live || self.open_refresh(&r).is_some())
+    }
+
+    /// Starts the upstream consent for the MCP client's `request`: stores the flow and
+    /// returns the provider's authorization URL. Blocking (store).
+    pub fn begin(
+        &self,
+        route: &str,
+        request: AuthorizeGrant,
+        email: &str,
+        sid: &str,
+        browser: &str,
+        now: i64,
+    ) -> anyhow::Result<String> {
+        let provider = self
+            .provider(route)
+            .ok_or_else(|| anyhow::anyhow!("route {route} has no upstream_oauth2"))?;
+        let extra = self
+            .store
+            .upstream_token(email, route)?
+            .map(|r| split_scope(&r.extra_scope))
+            .unwrap_or_default();
+        let state = random_token();
+        let (url, verifier) = provider.authorization_url(&state, &extra)?;
+        self.store.insert_upstream_flow(
+            &hash_secret(&state),
+            &UpstreamFlow {
+                request,
+                email: email.to_owned(),
+                sid: sid.to_owned(),
+                browser: browser.to_owned(),
+                route: route.to_owned(),
+                pkce_verifier: verifier,
+                expires_at: now + UPSTREAM_FLOW_TTL,
+            },
+        )?;
+        Ok(url)
+    }
+
+    /// Takes the flow a callback's `state` names (single use). Blocking (store).
+    pub fn take_flow(&self, state: &str, now: i64) -> anyhow::Result<Option<UpstreamFlow>> {
+        self.store.take_upstream_flow(&hash_secret(state), now)
+    }
+
+    /// Exchanges the provider's code and stores the token: the user has (re)connected.
+    pub async fn complete(
+        &self,
+        flow: &UpstreamFlow,
+        code: &str,
+        now: i64,
+    ) -> anyhow::Result<Result<(), ProviderError>> {
+        let Some(provider) = self.provider(&flow.route) else {
+            anyhow::bail!("route {} has no upstream_oauth2", flow.route);
+        };
+        let issued = match provider.exchange_code(code, &flow.pkce_verifier).await {
+            Ok(i) => i,
+            Err(e) => return Ok(Err(e)),
+        };
+        let requested = provider.scopes().join(" ");
+        let record = self.record(
+            &flow.email,
+            &flow.route,
+            &issued,
+            None,
+            now,
+            now,
+            &requested,
+        )?;
+        self.db(move |st| st.put_upstream_token(&record)).await?;
+        tracing::info!(sub = %flow.email, route = %flow.route, "upstream account connected");
+        Ok(Ok(()))
+    }
+
+    /// Builds a sealed row for tokens just issued; `kept_refresh` is the refresh token to
+    /// keep when the provider did not rotate it.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        user: &str,
+        route: &str,
+        issued: &Issued,
+        kept_refresh: Option<&str>,
+        issued_at: i64,
+        granted_at: i64,
+        requested_scope: &str,
+    ) -> anyhow::Result<UpstreamRecord> {
+        let refresh = issued.refresh_token.as_deref().or(kept_refresh);
+        Ok(UpstreamRecord {
+            user: user.to_owned(),
+            route: route.to_owned(),
+            access_token: Some(self.sealer.seal(
+                user,
+                route,
+                Kind::Access,
+                &issued.access_token,
+            )?),
+            refresh_token: refresh
+                .map(|t| self.sealer.seal(user, route, Kind::Refresh, t))
+                .transpose()?,
+            issued_at,
+            expires_at: issued
+                .expires_in
+                .map(|s| issued_at.saturating_add(i64::try_from(s).unwrap_or(i64::MAX))),
+            granted_at,
+            scope: issued
+                .scope
+                .clone()
+                .unwrap_or_else(|| requested_scope.to_owned()),
+            extra_scope: String::new(),
+            refused_until: None,
+        })
+    }
+
+    async fn db<T, F>(&self, f: F) -> anyhow::Result<T>
+    where
+        F: FnOnce(&dyn Store) -> anyhow::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| anyhow::anyhow!("store task failed: {e}"))?
+    }
+
+    async fn read(&self, user: &str, route: &str) -> anyhow::Result<Option<UpstreamRecord>> {
+        let (u, r) = (user.to_owned(), route.to_owned());
+        self.db(move |st| st.upstream_token(&u, &r)).await
+    }
+
+    /// The token for (user, route), refreshed first when it is due (once per grant, however
+    /// many lookups arrive at once).
+    pub async fn token(&self, user: &str, route: &str, now: i64) -> anyhow::Result<Lookup> {
+        if self.provider(route).is_none() {
+            return Ok(Lookup::NoToken);
+        }
+        let Some(row) = self.read(user, route).await? else {
+            return Ok(Lookup::NoToken);
+        };
+        if let Some(found) = self.usable_now(&row, now) {
+            return Ok(found);
+        }
+        // Due for a refresh: one at a time per (user, route) in this process.
+        let gate = self.gate(user, route);
+        let _turn = gate.lock().await;
+        let outcome = self.refresh_locked(user, route, now).await;
+        drop(_turn);
+        self.forget_gate(user, route, gate);
+        outcome
+    }
+
+    /// The answer from `row` alone: `None` when it needs a refresh.
+    fn usable_now(&self, row: &UpstreamRecord, now: i64) -> Option<Lookup> {
+        if row.access_token.is_none() {
+            return Some(if row.refused_until.is_some_and(|t| t > now) {
+                Lookup::Refused
+            } else {
+                Lookup::NoToken
+            });
+        }
+        let Some(access_token) = self.open_access(row) else {
+            // Sealed with another key (rotated) or for another row: as good as absent.
+            return Some(Lookup::NoToken);
+        };
+        if !refresh_due(row.issued_at, row.expires_at, now) {
+            return Some(Lookup::Token(UsableToken {
+                access_token,
+                issued_at: row.issued_at,
+                expires_at: row.expires_at,
+                granted_at: row.granted_at,
+            }));
+        }
+        None
+    }
+
+    async fn refresh_locked(&self, user: &str, route: &str, now: i64) -> anyhow::Result<Lookup> {
+        let mut waited = 0;
+        loop {
+            // Another task or replica may have refreshed while we waited for our turn.
+            let Some(row) = self.read(user, route).await? else {
+                return Ok(Lookup::NoToken);
+            };
+            if let Some(found) = self.usable_now(&row, now) {
+                return Ok(found);
+            }
+            let Some(refresh_token) = self.open_refresh(&row) else {
+                return Ok(self.still_valid(&row, now).unwrap_or(Lookup::NoToken));
+            };
+            let (u, r) = (user.to_owned(), route.to_owned());
+            let claimed = self
+                .db(move |st| st.claim_upstream_refresh(&u, &r, now, now + REFRESH_LEASE))
+                .await?;
+            if !claimed {
+                // Another replica is refreshing this grant: wait for its result.
+                if waited >= REFRESH_LEASE * 5 {
+                    return Ok(Lookup::Unavailable(
+                        "another refresh of this token did not finish".into(),
+                    ));
+                }
+                waited += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            return self.refresh(row, &refresh_token, now).await;
+        }
+    }
+
+    /// The current token while it has not expired yet (a refresh failed or is impossible).
+    fn still_valid(&self, row: &UpstreamRecord, now: i64) -> Option<Lookup> {
+        if row.expires_at.is_some_and(|e| e <= now) {
+            return None;
+        }
+        Some(Lookup::Token(UsableToken {
+            access_token: self.open_access(row)?,
+            issued_at: row.issued_at,
+            expires_at: row.expires_at,
+            granted_at: row.granted_at,
+        }))
+    }
+
+    /// Refreshes `row` (its lease held) and stores the result in one write.
+    async fn refresh(
+        &self,
+        row: UpstreamRecord,
+        refresh_token: &str,
+        now: i64,
+    ) -> anyhow::Result<Lookup> {
+        let (user, route) = (row.user.clone(), row.route.clone());
+        let Some(provider) = self.provider(&route) else {
+            return Ok(Lookup::NoToken);
+        };
+        match provider.refresh(refresh_token).await {
+            Ok(issued) => {
+                let mut record = self.record(
+                    &user,
+                    &route,
+                    &issued,
+                    Some(refresh_token),
+                    now,
+                    row.granted_at,
+                    &row.scope,
+                )?;
+                record.extra_scope = row.extra_scope.clone();
+                let token = UsableToken {
+                    access_token: issued.access_token.clone(),
+                    issued_at: record.issued_at,
+                    expires_at: record.expires_at,
+                    granted_at: record.granted_at,
+                };
+                self.db(move |st| st.put_upstream_token(&record)).await?;
+                tracing::info!(sub = %user, route = %route, "upstream token refreshed");
+                Ok(Lookup::Token(token))
+            }
+            Err(ProviderError::Refused(why)) => {
+                tracing::info!(sub = %user, route = %route, reason = %why, "upstream refresh refused; token dropped");
+                let extra = row.extra_scope.clone();
+                let issued_at = row.issued_at;
+                self.db(move |st| st.drop_upstream_token(&user, &route, issued_at, &extra, None))
+                    .await?;
+                Ok(Lookup::NoToken)
+            }
+            Err(ProviderError::Unavailable(why)) => {
+                tracing::warn!(sub = %user, route = %route, reason = %why, "upstream refresh failed; will retry");
+                let (u, r) = (user.clone(), route.clone());
+                self.db(move |st| st.release_upstream_refresh(&u, &r))
+                    .await?;
+                Ok(self
+                    .still_valid(&row, now)
+                    .unwrap_or(Lookup::Unavailable(why)))
+            }
+        }
+    }
+
+    /// An MCP server refused `presented` (401, or 403 `insufficient_scope` asking for
+    /// `scope`): drop it, unless the row holds another token by now. Returns whether it
+    /// dropped.
+    pub async fn refuse(
+        &self,
+        user: &str,
+        route: &str,
+        presented: &str,
+        scope: &str,
+        now: i64,
+    ) -> anyhow::Result<bool> {
+        let Some(row) = self.read(user, route).await? else {
+            return Ok(false);
+        };
+        let Some(current) = self.open_access(&row) else {
+            return Ok(false);
+        };
+        if !constant_time_eq(
+            hash_secret(&current).as_bytes(),
+            hash_secret(presented).as_bytes(),
+        ) {
+            return Ok(false);
+        }
+        let mut extra = split_scope(&row.extra_scope);
+        for s in split_scope(scope) {
+            if !extra.contains(&s) && s.bytes().all(crate::config::is_scope_char) {
+                extra.push(s);
+            }
+        }
+        let extra = extra.join(" ");
+        let hold = refused_right_after_grant(row.granted_at, now).then_some(now + REFUSAL_HOLD);
+        let (u, r, issued_at) = (user.to_owned(), route.to_owned(), row.issued_at);
+        let dropped = self
+            .db(move |st| st.drop_upstream_token(&u, &r, issued_at, &extra, hold))
+            .await?;
+        if dropped {
+            tracing::info!(sub = %user, route = %route, held = hold.is_some(), "upstream token refused by the MCP server; dropped");
+        }
+        Ok(dropped)
+    }
+
+    fn gate(&self, user: &str, route: &str) -> RefreshGate {
+        let mut map = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((user.to_owned(), route.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    fn forget_gate(&self, user: &str, route: &str, gate: RefreshGate) {
+        let mut map = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map and this handle left: nobody else waits on it.
+        if Arc::strong_count(&gate) == 2 {
+            map.remove(&(user.to_owned(), route.to_owned()));
+        }
+    }
+}
+
+/// Whether a token is due for a refresh: within min(30 s, a tenth of its lifetime) of expiry.
+pub fn refresh_due(issued_at: i64, expires_at: Option<i64>, now: i64) -> bool {
+    match expires_at {
+        None => false,
+        Some(exp) => {
+            let lifetime = (exp - issued_at).max(0);
+            now >= exp - (lifetime / 10).min(30)
+        }
+    }
+}
+
+/// A refusal this soon after the user granted the token means re-consenting will not help.
+pub fn refused_right_after_grant(granted_at: i64, now: i64) -> bool {
+    now - granted_at < 60
+}
