@@ -1,0 +1,533 @@
+//! Upstream OAuth (issue 8) through the token service: the upstream consent step during
+//! sign-in, the vault behind the internal listener (lookups, one refresh per grant, drops),
+//! and the refresh-token grant that follows the upstream account. The provider is the
+//! in-repo demo provider over real HTTP; the token service's router runs in-process with a
+//! clock the tests move.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use common::*;
+use demo_oauth_provider::{AuthStyle, ProviderConfig};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+use warden_token_service::config::Config;
+
+const CLIENT_ID: &str = "warden-test";
+const CLIENT_SECRET: &str = "warden-test-secret";
+
+/// A demo provider on a real socket.
+struct Provider {
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Provider {
+    async fn start(auth_style: AuthStyle) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let config = ProviderConfig {
+            client_id: CLIENT_ID.into(),
+            client_secret: CLIENT_SECRET.into(),
+            redirect_uris: vec![format!("{ISSUER}/upstream/callback")],
+            auth_style,
+            access_ttl: Duration::from_secs(60),
+            ..ProviderConfig::default()
+        };
+        tokio::spawn(demo_oauth_provider::serve(config, listener));
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Self { url, http }
+    }
+
+    async fn stats(&self) -> Value {
+        self.http
+            .get(format!("{}/_test/stats", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn hook(&self, path_and_query: &str) {
+        let r = self
+            .http
+            .post(format!("{}{path_and_query}", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path_and_query}: {}", r.status());
+    }
+
+    /// The user's answer on the provider's page at `authorize_url`; returns the redirect
+    /// back to the token service.
+    async fn answer(&self, authorize_url: &str, decision: &str) -> url::Url {
+        let page = self.http.get(authorize_url).send().await.unwrap();
+        assert_eq!(page.status(), 200);
+        let body = page.text().await.unwrap();
+        let marker = "name=\"request\" value=\"";
+        let start = body.find(marker).unwrap() + marker.len();
+        let request = &body[start..start + body[start..].find('"').unwrap()];
+        let r = self
+            .http
+            .post(format!("{}/authorize", self.url))
+            .form(&[
+                ("request", request),
+                ("username", "alice"),
+                ("password", "alice-password"),
+                ("decision", decision),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 302);
+        url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap()
+    }
+}
+
+/// The operator config: the usual test config plus a route `gh` whose server needs the
+/// user's account at `provider`.
+fn upstream_yaml(dir: &std::path::Path, provider: &str, auth_style: Option<&str>) -> String {
+    let style = auth_style
+        .map(|s| format!("\n          auth_style: {s}"))
+        .unwrap_or_default();
+    let route = format!(
+        r#"  - name: gh
+    from: http://127.0.0.1:9000
+    prefix: /gh
+    to: http://127.0.0.1:9300/mcp
+    mcp:
+      server:
+        upstream_oauth2:
+          client_id: {CLIENT_ID}
+          client_secret: {CLIENT_SECRET}
+          scopes: [repo, read:user]
+          endpoint:
+            auth_url: {provider}/authorize
+            token_url: {provider}/token{style}
+    policy: {{allow: {{and: [{{authenticated_user: true}}]}}}}
+"#
+    );
+    config_yaml(dir, &route, "ES256")
+}
+
+const GH: &str = "http://127.0.0.1:9000/gh";
+
+struct Upstream {
+    env: TestEnv,
+    provider: Provider,
+    credential: String,
+}
+
+impl Upstream {
+    async fn start(style: AuthStyle, configured: Option<&str>) -> Self {
+        let provider = Provider::start(style).await;
+        let env = TestEnv::with(|dir| upstream_yaml(dir, &provider.url, configured));
+        let credential = std::fs::read_to_string(env.state.config().internal_credential_file())
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            env,
+            provider,
+            credential,
+        }
+    }
+
+    /// A call on the internal listener's router, with the credential unless `credential`
+    /// says otherwise.
+    async fn internal(&self, path: &str, body: Value, credential: Option<&str>) -> (StatusCode, Value) {
+        let mut req = Request::post(path).header(header::CONTENT_TYPE, "application/json");
+        if let Some(c) = credential.or(Some(self.credential.as_str())).filter(|c| !c.is_empty()) {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {c}"));
+        }
+        let resp = warden_token_service::internal::router(self.env.state.clone())
+            .oneshot(req.body(Body::from(body.to_string())).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    async fn lookup(&self) -> (StatusCode, Value) {
+        self.internal(
+            "/internal/v1/upstream-token",
+            json!({"sub": EMAIL, "route": "gh"}),
+            None,
+        )
+        .await
+    }
+
+    /// Sign-in for the `gh` resource up to the redirect to the provider (consent approved);
+    /// returns that redirect and the browser's cookies.
+    async fn to_provider(&self) -> (Resp, String) {
+        let form = self
+            .env
+            .get(&TestEnv::authorize_uri("public-app", "http://127.0.0.1/callback", &[("resource", GH)]))
+            .await;
+        assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+        let flow_cookie = form.cookie("warden_flow").unwrap();
+        let consent = self.env.login(&form, EMAIL, PASSWORD).await;
+        let session = consent.cookie("warden_session").unwrap();
+        let cookies = format!("{flow_cookie}; {session}");
+        assert!(
+            consent.body.contains("your own account at <strong>127.0.0.1</strong>"),
+            "the consent page names the upstream provider: {}",
+            consent.body
+        );
+        let r = self.env.decide(&consent, &cookies, "approve").await;
+        assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+        (r, cookies)
+    }
+
+    /// The whole sign-in: returns the MCP client's redirect query.
+    async fn sign_in(&self, decision: &str) -> HashMap<String, String> {
+        let (to_provider, cookies) = self.to_provider().await;
+        let back = self
+            .provider
+            .answer(&to_provider.header("location"), decision)
+            .await;
+        let r = self
+            .env
+            .get_with_cookie(&format!("{}?{}", back.path(), back.query().unwrap()), &cookies)
+            .await;
+        assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+        r.location_query()
+    }
+}
+
+#[tokio::test]
+async fn sign_in_runs_the_upstream_consent_and_the_vault_serves_the_token() {
+    let u = Upstream::start(AuthStyle::Any, None).await;
+    let (to_provider, _) = u.to_provider().await;
+    let (base, q) = to_provider.location();
+    assert_eq!(base, format!("{}/authorize", u.provider.url));
+    assert_eq!(q["client_id"], CLIENT_ID);
+    assert_eq!(q["redirect_uri"], format!("{ISSUER}/upstream/callback"));
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["scope"], "repo read:user");
+    assert!(q["state"].len() >= 32 && !q.contains_key("code_verifier"));
+
+    // Before the upstream step the user holds nothing.
+    assert_eq!(u.lookup().await.0, StatusCode::NOT_FOUND);
+
+    let q = u.sign_in("approve").await;
+    assert_eq!(q["state"], "xyz");
+    let code = q["code"].clone();
+    let t = u.env.exchange_public("public-app", &code, "http://127.0.0.1/callback").await;
+    assert_eq!(t.status, StatusCode::OK, "{}", t.body);
+    let te = t.json();
+    assert!(!t.body.contains("dat_"), "the TI never reaches the client: {}", t.body);
+
+    let (status, ti) = u.lookup().await;
+    assert_eq!(status, StatusCode::OK, "{ti}");
+    let access = ti["access_token"].as_str().unwrap();
+    assert!(access.starts_with("dat_"), "{ti}");
+    assert_eq!(ti["expires_at"].as_i64().unwrap() - ti["issued_at"].as_i64().unwrap(), 60);
+    assert_eq!(ti["granted_at"], ti["issued_at"]);
+    assert_eq!(u.provider.stats().await["authorization_code"], 1);
+
+    // At rest the tokens are sealed: neither appears in the database files.
+    let mut raw = Vec::new();
+    for entry in std::fs::read_dir(u.env.dir.path()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.to_string_lossy().contains("warden.db") {
+            raw.extend(std::fs::read(&p).unwrap());
+        }
+    }
+    assert!(!raw.is_empty());
+    for needle in [access.as_bytes(), b"drt_".as_slice(), b"dat_".as_slice()] {
+        assert!(!raw.windows(needle.len()).any(|w| w == needle), "plaintext token in SQLite");
+    }
+
+    // Signing in again skips the provider: the user holds a usable token.
+    let (again, _) = u
+        .env
+        .sign_in("trusted-app", REDIRECT, &[("resource", GH)])
+        .await;
+    assert!(again.contains_key("code"), "{again:?}");
+    assert_eq!(u.provider.stats().await["authorization_code"], 1);
+
+    // The client's refresh works while the upstream account is connected.
+    let r = u
+        .env
+        .refresh_public("public-app", te["refresh_token"].as_str().unwrap())
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+#[tokio::test]
+async fn the_internal_listener_wants_its_credential() {
+    let u = Upstream::start(AuthStyle::Any, None).await;
+    let body = json!({"sub": EMAIL, "route": "gh"});
+    for bad in ["", "wrong", &u.credential[1..]] {
+        let (status, answer) = u
+            .internal("/internal/v1/upstream-token", body.clone(), Some(bad))
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad:?}");
+        assert_eq!(answer["error"], "unauthorized");
+    }
+    let (status, _) = u
+        .internal("/internal/v1/upstream-token/drop", json!({}), Some("wrong"))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The public router does not serve it at all.
+    let r = u.env.post_json("/internal/v1/upstream-token", body).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // With the credential: an unknown route is named as such.
+    let (status, answer) = u
+        .internal("/internal/v1/upstream-token", json!({"sub": EMAIL, "route": "demo"}), None)
+        .await;
+    assert_eq!((status, answer["error"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_route")));
+}
+
+#[tokio::test]
+async fn a_refusal_at_the_provider_reaches_the_client_as_an_error_redirect() {
+    let u = Upstream::start(AuthStyle::Any, None).await;
+    let q = u.sign_in("deny").await;
+    assert_eq!(q["error"], "access_denied");
+    assert!(q["error_description"].contains("127.0.0.1 refused"), "{q:?}");
+    assert_eq!(q["state"], "xyz");
+    assert_eq!(q["iss"], ISSUER);
+    assert!(!q.contains_key("code"));
+    assert_eq!(u.lookup().await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_callback_is_single_use_and_bound_to_the_browser() {
+    let u = Upstream::start(AuthStyle::Any, None).await;
+    let (to_provider, cookies) = u.to_provider().await;
+    let back = u.provider.answer(&to_provider.header("location"), "approve").await;
+    let callback = format!("{}?{}", back.path(), back.query().unwrap());
+    // Another browser (no flow cookie) cannot finish it.
+    let r = u.env.get_with_cookie(&callback, "warden_flow=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    // The flow was taken by that attempt: a replay finds nothing either.
+    let r = u.env.get_with_cookie(&callback, &cookies).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    // A made-up state is refused.
+    let r = u.env.get_with_cookie("/upstream/callback?state=nope&code=x", &cookies).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn each_auth_style_against_a_provider_that_accepts_only_it() {
+    for (style, configured) in [
+        (AuthStyle::Header, Some("header")),
+        (AuthStyle::Params, Some("params")),
+        // Not configured: Basic is tried first, then form parameters, and the one that
+        // worked is remembered.
+        (AuthStyle::Params, None),
+        (AuthStyle::Header, None),
+    ] {
+        let u = Upstream::start(style, configured).await;
+        let q = u.sign_in("approve").await;
+        assert!(q.contains_key("code"), "{style:?}/{configured:?}: {q:?}");
+        assert_eq!(u.lookup().await.0, StatusCode::OK);
+        // A refresh uses the same style.
+        u.env.advance(61);
+        let (status, ti) = u.lookup().await;
+        assert_eq!(status, StatusCode::OK, "{style:?}/{configured:?}: {ti}");
+        let stats = u.provider.stats().await;
+        assert_eq!(stats["refresh_token"], 1, "{stats}");
+        let (used, unused) = match style {
+            AuthStyle::Header => ("header", "params"),
+            _ => ("params", "header"),
+        };
+        assert_eq!(stats["auth_styles"][used], 2, "{style:?}/{configured:?}: {stats}");
+        assert_eq!(stats["auth_styles"][unused], 0, "{stats}");
+    }
+}
+
+#[tokio::test]
+async fn one_refresh_for_many_lookups_and_the_rotated_token_is_kept() {
+    let u = Upstream::start(AuthStyle::Any, None).await;
+    u.sign_in("approve").await;
+    let (_, first) = u.lookup().await;
+    // Within min(30 s, a tenth of the lifetime) of expiry: 60 s lifetime → 6 s before.
+    u.env.advance(53);
+    assert_eq!(u.lookup().await.1["access_token"], first["access_token"]);
+    assert_eq!(u.provider.stats().await["refresh_token"], 0);
+    u.env.advance(1);
+    // Slow provider: the lookups overlap the refresh.
+    u.provider.hook("/_test/delay-token?ms=300").await;
+    let lookups = (0..10).map(|_| u.lookup());
+    let answers = futures_util::future::join_all(lookups).await;
+    let tokens: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|(s, v)| {
+            assert_eq!(*s, StatusCode::OK, "{v}");
+            v["access_token"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(tokens.len(), 1, "every lookup got the one refreshed token");
+    assert_ne!(tokens.iter().next().unwrap(), first["access_token"].as_str().unwrap());
+    assert_eq!(u.provider.stats().await["refresh_token"], 1);
+    u.provider.hook("/_test/delay-token?ms=0").await;
+    // The rotated refresh token was stored: the next refresh works (the old one would be
+    // refused as reused, and revoke the grant).
+    u.env.advance(61);
+    assert_eq!(u.lookup().await.0, StatusCode::OK);
+    assert_eq!(u.provider.stats().await["refresh_token"], 2);
+}
+
+#[tokio::test]
+async fn a_transient_failure_keeps_the_token_and_a_refused_refresh_drops_it() {
+    let u = Upstream::start(AuthStyle::Any, None).await;
+    let q = u.sign_in("approve").await;
+    let t = u.env.exchange_public("public-app", &q["code"], "http://127.0.0.1/callback").await;
+    let refresh = t.json()["refresh_token"].as_str().unwrap().to_owned();
+    let (_, first) = u.lookup().await;
+
+    // Due but not expired: the current token still serves while the provider is down.
+    u.env.advance(55);
+    u.provider.hook("/_test/fail-token?status=503&count=2").await;
+    let (status, ti) = u.lookup().await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ti["access_token"], first["access_token"]);
+    // Expired and the provider still down: 503, and the token stays for later.
+    u.env.advance(10);
+    let (status, answer) = u.lookup().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(answer["error"], "upstream_unavailable");
+    let (status, ti) = u.lookup().await;
+    assert_eq!(status, StatusCode::OK, "the provider is back: {ti}");
+    assert_ne!(ti["access_token"], first["access_token"]);
+
+    // The user revokes the app at the provider: the next refresh is refused for good.
+    u.provider.hook("/_test/revoke-user?user=alice").await;
+    u.env.advance(61);
+    let (status, answer) = u.lookup().await;
+    assert_eq!((status, answer["error"].as_str()), (StatusCode::NOT_FOUND, Some("no_token")));
+    // ... and the MCP client's refresh grant for that route now sends it to authorization.
+    let r = u.env.refresh_public("public-app", &refresh).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(r.json()["error"], "invalid_grant");
+    // Authorization runs the upstream consent again, and the token is back.
+    let q = u.sign_in("approve").await;
+    assert!(q.contains_key("code"));
+    assert_eq!(u.lookup().await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_token_the_server_refuses_is_dropped_and_a_fresh_refusal_is_held() {
+    let u = Upstream::start(AuthStyle::Any, None).await;
+    u.sign_in("approve").await;
+    let (_, ti) = u.lookup().await;
+    let drop = |token: &str, reason: &str, scope: &str| {
+        json!({"sub": EMAIL, "route": "gh", "access_token": token, "reason": reason, "scope": scope})
+    };
+    // A stale token (not the current one) drops nothing.
+    let (status, answer) = u
+        .internal("/internal/v1/upstream-token/drop", drop("dat_other", "invalid_token", ""), None)
+        .await;
+    assert_eq!((status, answer["dropped"].as_bool()), (StatusCode::OK, Some(false)));
+    assert_eq!(u.lookup().await.0, StatusCode::OK);
+
+    // Refused long after it was granted: dropped; the user must reconnect.
+    u.env.advance(120);
+    let (_, ti2) = u.lookup().await;
+    let token = ti2["access_token"].as_str().unwrap().to_owned();
+    assert_ne!(token, ti["access_token"].as_str().unwrap());
+    let (_, answer) = u
+        .internal(
+            "/internal/v1/upstream-token/drop",
+            drop(&token, "insufficient_scope", "repo admin:org"),
+            None,
+        )
+        .await;
+    assert_eq!(answer["dropped"], true);
+    let (status, answer) = u.lookup().await;
+    assert_eq!((status, answer["error"].as_str()), (StatusCode::NOT_FOUND, Some("no_token")));
+
+    // Reconnecting asks the provider for the scope the server wanted.
+    let (to_provider, _) = u.to_provider().await;
+    assert_eq!(to_provider.location_query()["scope"], "repo read:user admin:org");
+    u.sign_in("approve").await;
+    let (_, fresh) = u.lookup().await;
+
+    // Refused again right after the grant: held, so the client gets a clear error rather
+    // than another round of authorization.
+    let (_, answer) = u
+        .internal(
+            "/internal/v1/upstream-token/drop",
+            drop(fresh["access_token"].as_str().unwrap(), "invalid_token", ""),
+            None,
+        )
+        .await;
+    assert_eq!(answer["dropped"], true);
+    let (status, answer) = u.lookup().await;
+    assert_eq!((status, answer["error"].as_str()), (StatusCode::CONFLICT, Some("upstream_refused")));
+}
+
+#[tokio::test]
+async fn tokens_survive_a_restart_and_do_not_open_under_another_key() {
+    let u = Upstream::start(AuthStyle::Any, None).await;
+    u.sign_in("approve").await;
+    let (_, before) = u.lookup().await;
+    let Upstream { env, provider, credential } = u;
+    let config: Config = env.state.config().clone();
+    let dir = env.dir;
+    drop(env.state);
+    let env = TestEnv::open(dir, config.clone());
+    let u = Upstream { env, provider, credential };
+    let (status, after) = u.lookup().await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(after["access_token"], before["access_token"]);
+
+    // A new key (rotation without the old one): stored tokens count as absent.
+    let Upstream { env, provider, credential } = u;
+    let dir = env.dir;
+    drop(env.state);
+    std::fs::remove_file(config.encryption_key_file()).unwrap();
+    let env = TestEnv::open(dir, config);
+    let u = Upstream { env, provider, credential };
+    assert_eq!(u.lookup().await.0, StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn upstream_config_errors_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = upstream_yaml(dir.path(), "http://127.0.0.1:9301", None);
+    assert!(Config::from_yaml(&good).is_ok());
+    let cases = [
+        ("client_id: warden-test", "client_id: ''", "upstream_oauth2.client_id"),
+        ("auth_url: http://127.0.0.1:9301/authorize", "auth_url: http://github.example/authorize", "upstream_oauth2.endpoint.auth_url"),
+        ("token_url: http://127.0.0.1:9301/token", "token_url: not a url", "upstream_oauth2.endpoint.token_url"),
+        ("scopes: [repo, read:user]", "scopes: ['a b']", "upstream_oauth2.scopes[0]"),
+        ("client_secret: warden-test-secret", "client_secret: warden-test-secret\n          client_secret_file: /nonexistent", "upstream_oauth2.client_secret_file"),
+        ("client_secret: warden-test-secret", "client_secret_file: /nonexistent/secret", "upstream_oauth2.client_secret_file"),
+        ("token_url: http://127.0.0.1:9301/token", "token_url: http://127.0.0.1:9301/token\n          auth_style: basic", "auth_style"),
+    ];
+    for (from, to, field) in cases {
+        assert!(good.contains(from), "{from}");
+        let e = Config::from_yaml(&good.replacen(from, to, 1))
+            .expect_err(to)
+            .to_string();
+        assert!(e.contains(field), "{to}: {e}");
+    }
+    // The secret from a file, and never in debug output.
+    let secret = dir.path().join("gh-secret");
+    std::fs::write(&secret, "from-file\n").unwrap();
+    let c = Config::from_yaml(&good.replacen(
+        "client_secret: warden-test-secret",
+        &format!("client_secret_file: {}", secret.display()),
+        1,
+    ))
+    .unwrap();
+    let u = c.routes[1].mcp.server.upstream_oauth2.as_ref().unwrap();
+    assert_eq!(u.client_secret.as_deref(), Some("from-file"));
+    assert!(!format!("{c:?}").contains("from-file"));
+    assert!(!format!("{:?}", Config::from_yaml(&good).unwrap()).contains("warden-test-secret"));
+}
