@@ -747,13 +747,14 @@ async fn delay_token_makes_concurrent_refreshes_overlap() {
     let p = start(ProviderConfig::default()).await;
     let tokens = p.tokens("read").await;
     let refresh = str_field(&tokens, "refresh_token").to_owned();
-    assert_eq!(p.hook("/_test/delay-token?ms=300").await, StatusCode::OK);
+    assert_eq!(p.hook("/_test/delay-token?ms=500").await, StatusCode::OK);
     let started = std::time::Instant::now();
     let (a, b) = tokio::join!(p.refresh(&refresh), p.refresh(&refresh));
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+    assert!(elapsed >= Duration::from_millis(500), "{elapsed:?}");
+    // One after the other would take at least 1 s.
     assert!(
-        elapsed < Duration::from_millis(590),
+        elapsed < Duration::from_millis(990),
         "overlapped: {elapsed:?}"
     );
     // One wins, the other is a reuse, which revokes the grant.
