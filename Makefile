@@ -10,6 +10,7 @@ export WARDEN_WASM := $(abspath $(WASM))
 export ENVOY_BIN := $(abspath $(ENVOY))
 export WARDEN_TOKEN_SERVICE_BIN := $(abspath $(BIN)/warden-token-service)
 export WARDEN_DEMO_SERVER_BIN := $(abspath $(BIN)/demo-mcp-server)
+export WARDEN_DEMO_OAUTH_PROVIDER_BIN := $(abspath $(BIN)/demo-oauth-provider)
 
 .PHONY: run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml fuzz clean bench bench-smoke bench-build
 
@@ -29,7 +30,7 @@ wasm: wasm-target
 	cargo build -p warden-filter --target wasm32-wasip1 --release
 
 build: wasm
-	cargo build -p warden-token-service -p demo-mcp-server
+	cargo build -p warden-token-service -p demo-mcp-server -p demo-oauth-provider
 
 ## Starts Envoy + filter + token service + demo MCP server on 127.0.0.1 (WARDEN_CONFIG=<file> for another config).
 run: tools build

@@ -16,8 +16,9 @@
 //! stack.demo.assert_nothing_recorded("junk token").await;
 //! ```
 //!
-//! Binaries: `WARDEN_TOKEN_SERVICE_BIN`, `WARDEN_DEMO_SERVER_BIN`, `WARDEN_WASM`, `ENVOY_BIN`, else
-//! `target/debug/…`, `target/wasm32-wasip1/release/warden_filter.wasm`, `.venv/bin/envoy`.
+//! Binaries: `WARDEN_TOKEN_SERVICE_BIN`, `WARDEN_DEMO_SERVER_BIN`,
+//! `WARDEN_DEMO_OAUTH_PROVIDER_BIN`, `WARDEN_WASM`, `ENVOY_BIN`, else `target/debug/…`,
+//! `target/wasm32-wasip1/release/warden_filter.wasm`, `.venv/bin/envoy`.
 //! Every process logs to `<tempdir>/<name>.log`; the logs are printed when a test panics.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -100,6 +101,13 @@ impl Binaries {
             "WARDEN_DEMO_SERVER_BIN",
             "target/debug/demo-mcp-server",
             "demo MCP server binary",
+        )
+    }
+    pub fn oauth_provider() -> PathBuf {
+        locate(
+            "WARDEN_DEMO_OAUTH_PROVIDER_BIN",
+            "target/debug/demo-oauth-provider",
+            "demo OAuth provider binary",
         )
     }
     pub fn wasm() -> PathBuf {
@@ -347,14 +355,15 @@ pub struct DemoServer {
 impl DemoServer {
     /// Starts `demo-mcp-server --listen 127.0.0.1:<port>` and waits for `/healthz`.
     pub async fn start(dir: &Path, port: u16) -> DemoServer {
+        DemoServer::start_with(dir, port, &[]).await
+    }
+
+    /// [`DemoServer::start`] with extra arguments (e.g. `--require-bearer-introspect URL`).
+    pub async fn start_with(dir: &Path, port: u16, extra_args: &[&str]) -> DemoServer {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut proc = Proc::spawn(
-            "demo-mcp-server",
-            dir,
-            &Binaries::demo_server(),
-            &["--listen".into(), addr.to_string().into()],
-            &[],
-        );
+        let mut args: Vec<OsString> = vec!["--listen".into(), addr.to_string().into()];
+        args.extend(extra_args.iter().map(OsString::from));
+        let mut proc = Proc::spawn("demo-mcp-server", dir, &Binaries::demo_server(), &args, &[]);
         proc.wait_http_ok(&format!("http://{addr}/healthz")).await;
         DemoServer { proc, addr }
     }
@@ -395,6 +404,136 @@ impl DemoServer {
             "{context}: requests reached the upstream MCP server:\n{}",
             serde_json::to_string_pretty(&recorded).unwrap()
         );
+    }
+}
+
+// =============================================================================================
+// Demo OAuth provider (the upstream's authorization server)
+// =============================================================================================
+
+/// The demo OAuth provider's defaults (`demo-oauth-provider --help`).
+pub const PROVIDER_CLIENT_ID: &str = "warden-demo";
+pub const PROVIDER_CLIENT_SECRET: &str = "warden-demo-secret";
+pub const PROVIDER_USER: &str = "alice";
+pub const PROVIDER_PASSWORD: &str = "alice-password";
+
+pub struct OAuthProvider {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl OAuthProvider {
+    /// Starts `demo-oauth-provider --listen 127.0.0.1:<port> <extra_args>` and waits for
+    /// `/healthz`.
+    pub async fn start(dir: &Path, port: u16, extra_args: &[&str]) -> OAuthProvider {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut args: Vec<OsString> = vec!["--listen".into(), addr.to_string().into()];
+        args.extend(extra_args.iter().map(OsString::from));
+        let mut proc = Proc::spawn(
+            "demo-oauth-provider",
+            dir,
+            &Binaries::oauth_provider(),
+            &args,
+            &[],
+        );
+        proc.wait_http_ok(&format!("http://{addr}/healthz")).await;
+        OAuthProvider { proc, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn introspect_url(&self) -> String {
+        format!("{}/introspect", self.url())
+    }
+
+    /// The whole code flow as a client with the default credentials (PKCE S256, the browser
+    /// played by reqwest, the default user approving): the token response.
+    pub async fn tokens(&self, scope: &str) -> Value {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let http = http_client();
+        let redirect_uri = "http://127.0.0.1:1/callback";
+        let verifier = "demo-verifier-demo-verifier-demo-verifier-demo-verifier";
+        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(verifier.as_bytes()));
+        let page = http
+            .get(format!("{}/authorize", self.url()))
+            .query(&[
+                ("response_type", "code"),
+                ("client_id", PROVIDER_CLIENT_ID),
+                ("redirect_uri", redirect_uri),
+                ("state", "demo-state"),
+                ("scope", scope),
+                ("code_challenge", challenge.as_str()),
+                ("code_challenge_method", "S256"),
+            ])
+            .send()
+            .await
+            .expect("GET /authorize");
+        assert_eq!(page.status().as_u16(), 200, "GET /authorize");
+        let html = page.text().await.expect("consent page");
+        let needle = "name=\"request\" value=\"";
+        let start = html
+            .find(needle)
+            .unwrap_or_else(|| panic!("no request id in the consent page: {html}"))
+            + needle.len();
+        let request = &html[start..start + html[start..].find('"').expect("closing quote")];
+        let resp = http
+            .post(format!("{}/authorize", self.url()))
+            .form(&[
+                ("request", request),
+                ("username", PROVIDER_USER),
+                ("password", PROVIDER_PASSWORD),
+                ("decision", "approve"),
+            ])
+            .send()
+            .await
+            .expect("POST /authorize");
+        assert_eq!(resp.status().as_u16(), 302, "POST /authorize");
+        let location = Url::parse(resp.headers()[LOCATION].to_str().expect("Location"))
+            .expect("Location is a URL");
+        let code = location
+            .query_pairs()
+            .find(|(k, _)| k == "code")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| panic!("no code in {location}"));
+        let resp = http
+            .post(format!("{}/token", self.url()))
+            .basic_auth(PROVIDER_CLIENT_ID, Some(PROVIDER_CLIENT_SECRET))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", redirect_uri),
+                ("code_verifier", verifier),
+            ])
+            .send()
+            .await
+            .expect("POST /token");
+        assert_eq!(resp.status().as_u16(), 200, "POST /token");
+        resp.json().await.expect("token response")
+    }
+
+    /// `GET /_test/stats`.
+    pub async fn stats(&self) -> Value {
+        let resp = http_client()
+            .get(format!("{}/_test/stats", self.url()))
+            .send()
+            .await
+            .expect("GET /_test/stats");
+        resp.json().await.expect("stats JSON")
+    }
+
+    /// `POST /_test/<hook>?<query>` (e.g. `("revoke-user", "user=alice")`), asserting 200.
+    pub async fn hook(&self, hook: &str, query: &str) -> Value {
+        let resp = http_client()
+            .post(format!("{}/_test/{hook}?{query}", self.url()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST /_test/{hook}: {e}"));
+        assert_eq!(resp.status().as_u16(), 200, "POST /_test/{hook}?{query}");
+        resp.json().await.expect("hook JSON")
     }
 }
 

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use warden_e2e::{
     call_tool_text, connect, free_port, mcp_post, raw_request, recorded_header,
     recorded_rpc_method, tool_names, wait_recorded, whoami, ClientAuth, DemoServer, Era,
+    OAuthProvider,
 };
 
 async fn start_demo() -> (tempfile::TempDir, DemoServer) {
@@ -257,4 +258,126 @@ async fn plain_rmcp_serve_uses_the_handshake() {
     client.cancel().await.unwrap();
     let methods = methods(&demo.recorded().await);
     assert_eq!(methods.first().map(String::as_str), Some("initialize"));
+}
+
+/// `--require-bearer-introspect`: `/mcp` needs a token the demo OAuth provider calls active;
+/// `--require-scope` adds a scope check. Introspection runs on every request (a revoked token
+/// stops working at once).
+#[tokio::test]
+async fn bearer_checking_against_the_demo_oauth_provider() {
+    let dir = tempfile::Builder::new()
+        .prefix("warden-demo-bearer-")
+        .tempdir()
+        .unwrap();
+    let provider = OAuthProvider::start(dir.path(), free_port(), &[]).await;
+    let demo = DemoServer::start_with(
+        dir.path(),
+        free_port(),
+        &["--require-bearer-introspect", &provider.introspect_url()],
+    )
+    .await;
+
+    let invalid = |resp: &warden_e2e::RawResponse, context: &str| {
+        assert_eq!(resp.status, 401, "{context}: {}", resp.body);
+        assert_eq!(
+            resp.header("www-authenticate").as_deref(),
+            Some("Bearer error=\"invalid_token\""),
+            "{context}"
+        );
+        let body: Value = serde_json::from_str(&resp.body).unwrap();
+        assert_eq!(body["error"], "invalid_token", "{context}");
+    };
+    let resp = mcp_post(&demo.mcp_url(), &[], "tools/list", json!({})).await;
+    invalid(&resp, "no token");
+    let resp = mcp_post(
+        &demo.mcp_url(),
+        &[("authorization", "Bearer dat_junk")],
+        "tools/list",
+        json!({}),
+    )
+    .await;
+    invalid(&resp, "unknown token");
+
+    let tokens = provider.tokens("mcp:read").await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let bearer = format!("Bearer {access}");
+    let resp = mcp_post(
+        &demo.mcp_url(),
+        &[("authorization", &bearer)],
+        "tools/list",
+        json!({}),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "good token: {}", resp.body);
+    assert!(resp.body.contains("whoami"), "{}", resp.body);
+
+    // A refresh token is not an access token.
+    let resp = mcp_post(
+        &demo.mcp_url(),
+        &[("authorization", &format!("Bearer {refresh}"))],
+        "tools/list",
+        json!({}),
+    )
+    .await;
+    invalid(&resp, "refresh token as bearer");
+
+    // The open routes stay open; rejected requests were recorded too.
+    let health = raw_request("GET", &format!("{}/healthz", demo.url()), &[], None).await;
+    assert_eq!(health.status, 200);
+    assert_eq!(demo.recorded().await.len(), 4);
+
+    // Nothing is cached: revoking at the provider takes effect on the next request.
+    provider.hook("revoke-user", "user=alice").await;
+    let resp = mcp_post(
+        &demo.mcp_url(),
+        &[("authorization", &bearer)],
+        "tools/list",
+        json!({}),
+    )
+    .await;
+    invalid(&resp, "revoked token");
+
+    // --require-scope: a token without the scope gets 403, one with it gets through.
+    let scoped_dir = dir.path().join("scoped");
+    std::fs::create_dir(&scoped_dir).unwrap();
+    let scoped = DemoServer::start_with(
+        &scoped_dir,
+        free_port(),
+        &[
+            "--require-bearer-introspect",
+            &provider.introspect_url(),
+            "--require-scope",
+            "mcp:write",
+        ],
+    )
+    .await;
+    let read_only = provider.tokens("mcp:read").await;
+    let resp = mcp_post(
+        &scoped.mcp_url(),
+        &[(
+            "authorization",
+            &format!("Bearer {}", read_only["access_token"].as_str().unwrap()),
+        )],
+        "tools/list",
+        json!({}),
+    )
+    .await;
+    assert_eq!(resp.status, 403, "missing scope: {}", resp.body);
+    assert_eq!(
+        resp.header("www-authenticate").as_deref(),
+        Some("Bearer error=\"insufficient_scope\", scope=\"mcp:write\"")
+    );
+    let read_write = provider.tokens("mcp:read mcp:write").await;
+    let resp = mcp_post(
+        &scoped.mcp_url(),
+        &[(
+            "authorization",
+            &format!("Bearer {}", read_write["access_token"].as_str().unwrap()),
+        )],
+        "tools/list",
+        json!({}),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "scope present: {}", resp.body);
 }

@@ -44,17 +44,29 @@
 //! * `GET /silent-sse?seconds=N` opens an SSE stream that stays silent for N seconds, then sends
 //!   one event and ends; the `sleep` tool answers after N seconds. Both stand in for long MCP
 //!   streams that a gateway's timeouts must not cut.
+//!
+//! # Bearer checking (upstream OAuth)
+//!
+//! With `--require-bearer-introspect URL` (the `/introspect` endpoint of
+//! `demo-oauth-provider`), every request to `/mcp` must carry `Authorization: Bearer <token>`
+//! that the provider's RFC 7662 introspection reports as active (asked on every request, nothing
+//! cached); otherwise `401` with `WWW-Authenticate: Bearer error="invalid_token"`. With
+//! `--require-scope SCOPE` as well, an active token whose scope lacks SCOPE gets `403` with
+//! `WWW-Authenticate: Bearer error="insufficient_scope", scope="SCOPE"`. An unreachable or
+//! unparsable introspection endpoint gives `503`. `/healthz`, `/_recorded` and the other test
+//! routes stay open; rejected requests are still recorded.
 
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _};
 use axum::{
     body::Body,
     extract::{OriginalUri, Request, State},
-    http::{request::Parts, HeaderMap, StatusCode},
+    http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
@@ -373,21 +385,130 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Bearer checking (--require-bearer-introspect)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct BearerCheck {
+    introspect_url: String,
+    required_scope: Option<String>,
+    http: reqwest::Client,
+}
+
+fn bearer_reject(status: StatusCode, challenge: &str, error: &str, description: &str) -> Response {
+    let mut resp = (
+        status,
+        Json(json!({ "error": error, "error_description": description })),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(challenge) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
+    resp
+}
+
+fn invalid_token(description: &str) -> Response {
+    bearer_reject(
+        StatusCode::UNAUTHORIZED,
+        "Bearer error=\"invalid_token\"",
+        "invalid_token",
+        description,
+    )
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Asks the provider's `/introspect` about `token`: `Ok(Some(scope))` if active.
+async fn introspect(check: &BearerCheck, token: &str) -> anyhow::Result<Option<String>> {
+    let resp = check
+        .http
+        .post(&check.introspect_url)
+        .form(&[("token", token)])
+        .send()
+        .await?
+        .error_for_status()?;
+    let body: Value = resp.json().await?;
+    if body.get("active").and_then(Value::as_bool) != Some(true) {
+        return Ok(None);
+    }
+    Ok(Some(
+        body.get("scope")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+    ))
+}
+
+async fn require_bearer(
+    State(check): State<Arc<BearerCheck>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if path != "/mcp" && !path.starts_with("/mcp/") {
+        return next.run(request).await;
+    }
+    let Some(token) = bearer_token(request.headers()) else {
+        return invalid_token("missing bearer token");
+    };
+    let scope = match introspect(&check, token).await {
+        Ok(Some(scope)) => scope,
+        Ok(None) => return invalid_token("the token is not active"),
+        Err(error) => {
+            eprintln!(
+                "introspection at {} failed: {error:#}",
+                check.introspect_url
+            );
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "error": "introspection_failed" })),
+            )
+                .into_response();
+        }
+    };
+    if let Some(required) = &check.required_scope {
+        if !scope.split_whitespace().any(|s| s == required) {
+            return bearer_reject(
+                StatusCode::FORBIDDEN,
+                &format!("Bearer error=\"insufficient_scope\", scope=\"{required}\""),
+                "insufficient_scope",
+                &format!("the token lacks scope {required}"),
+            );
+        }
+    }
+    next.run(request).await
+}
+
+// ---------------------------------------------------------------------------------------------
 // Main
 // ---------------------------------------------------------------------------------------------
 
 struct Args {
     listen: SocketAddr,
     allowed_hosts: Vec<String>,
+    require_bearer_introspect: Option<String>,
+    require_scope: Option<String>,
 }
 
 const USAGE: &str = "usage: demo-mcp-server [--listen 127.0.0.1:9200] [--allowed-host HOST]...\n\
-  --listen ADDR        loopback address to bind (default 127.0.0.1:9200)\n\
-  --allowed-host HOST  extra Host header value accepted besides localhost/127.0.0.1/::1";
+  [--require-bearer-introspect URL [--require-scope SCOPE]]\n\
+  --listen ADDR                    loopback address to bind (default 127.0.0.1:9200)\n\
+  --allowed-host HOST              extra Host header value accepted besides localhost/127.0.0.1/::1\n\
+  --require-bearer-introspect URL  /mcp needs a bearer token this RFC 7662 endpoint calls active\n\
+  --require-scope SCOPE            ... whose scope includes SCOPE (else 403 insufficient_scope)";
 
 fn parse_args() -> anyhow::Result<Option<Args>> {
     let mut listen = DEFAULT_LISTEN.to_owned();
     let mut allowed_hosts = Vec::new();
+    let mut require_bearer_introspect = None;
+    let mut require_scope = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -399,15 +520,16 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
                 println!("{USAGE}");
                 return Ok(None);
             }
-            "--listen" | "--allowed-host" => {
+            "--listen" | "--allowed-host" | "--require-bearer-introspect" | "--require-scope" => {
                 let value = match inline.or_else(|| args.next()) {
                     Some(value) => value,
                     None => bail!("{flag} needs a value\n{USAGE}"),
                 };
-                if flag == "--listen" {
-                    listen = value;
-                } else {
-                    allowed_hosts.push(value);
+                match flag.as_str() {
+                    "--listen" => listen = value,
+                    "--allowed-host" => allowed_hosts.push(value),
+                    "--require-bearer-introspect" => require_bearer_introspect = Some(value),
+                    _ => require_scope = Some(value),
                 }
             }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
@@ -419,13 +541,18 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
     if !listen.ip().is_loopback() {
         bail!("--listen must be a loopback address (the demo server is unauthenticated), got {listen}");
     }
+    if require_scope.is_some() && require_bearer_introspect.is_none() {
+        bail!("--require-scope needs --require-bearer-introspect\n{USAGE}");
+    }
     Ok(Some(Args {
         listen,
         allowed_hosts,
+        require_bearer_introspect,
+        require_scope,
     }))
 }
 
-fn app(recorder: Recorder, extra_hosts: Vec<String>) -> Router {
+fn app(recorder: Recorder, extra_hosts: Vec<String>, bearer: Option<BearerCheck>) -> Router {
     let mut allowed_hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     allowed_hosts.extend(extra_hosts);
     // Defaults otherwise: legacy_session_mode = true serves the handshake era with sessions and
@@ -436,13 +563,21 @@ fn app(recorder: Recorder, extra_hosts: Vec<String>) -> Router {
         Arc::new(LocalSessionManager::default()),
         config,
     );
-    Router::new()
+    let mut router = Router::new()
         .nest_service("/mcp", mcp)
         .route("/healthz", get(healthz))
         .route("/split-sse", axum::routing::post(split_sse))
         .route("/json-tools", axum::routing::post(json_tools))
         .route("/silent-sse", get(silent_sse))
-        .route("/_recorded", get(get_recorded).delete(delete_recorded))
+        .route("/_recorded", get(get_recorded).delete(delete_recorded));
+    if let Some(check) = bearer {
+        // Inside the recorder: rejected requests are recorded too.
+        router = router.layer(middleware::from_fn_with_state(
+            Arc::new(check),
+            require_bearer,
+        ));
+    }
+    router
         .layer(middleware::from_fn_with_state(
             recorder.clone(),
             record_requests,
@@ -460,7 +595,19 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     println!("listening on http://{addr}");
-    let router = app(Recorder::default(), args.allowed_hosts);
+    let bearer = match args.require_bearer_introspect {
+        Some(introspect_url) => Some(BearerCheck {
+            introspect_url,
+            required_scope: args.require_scope,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .context("building the introspection HTTP client")?,
+        }),
+        None => None,
+    };
+    let router = app(Recorder::default(), args.allowed_hosts, bearer);
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

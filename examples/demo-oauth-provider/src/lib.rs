@@ -1,0 +1,1359 @@
+//! Demo OAuth 2.0 provider for mcp-warden.
+//!
+//! A small authorization server that speaks real HTTP, so the gateway's upstream-OAuth feature
+//! (where the gateway is an OAuth *client* of a third-party provider) can be exercised in tests
+//! and `make run` against something that behaves like GitHub or Google: an authorization-code
+//! flow with PKCE (S256), a consent page, rotating refresh tokens with reuse detection,
+//! revocation (RFC 7009), introspection (RFC 7662) and a userinfo endpoint. It also lets the
+//! demo MCP server check bearer tokens (`demo-mcp-server --require-bearer-introspect`).
+//!
+//! Demo only: one confidential client, users with plain-text passwords from the command line,
+//! everything in memory (at most [`MAX_ENTRIES`] pending requests, codes, grants, access tokens
+//! and refresh tokens each; the oldest are dropped first), loopback only.
+//!
+//! # Endpoints
+//!
+//! * `GET /healthz` → `200 ok`.
+//! * `GET /authorize?response_type=code&client_id&redirect_uri&state&scope&code_challenge&code_challenge_method=S256`:
+//!   an unknown `client_id` or a `redirect_uri` that is not registered (or not an absolute URL)
+//!   gets a `400` HTML page, never a redirect. Other request errors redirect with `error=…`.
+//!   Otherwise an HTML login and consent page titled "Demo OAuth Provider" with one
+//!   `<form method="post" action="/authorize">`: hidden `request` (the pending request's id),
+//!   `username`, `password`, and the submit buttons `decision=approve` / `decision=deny`.
+//! * `POST /authorize` (form): `deny` → `302 redirect_uri?error=access_denied&…&state=…`;
+//!   `approve` with a wrong password → the page again with `401`; with good credentials →
+//!   `302 redirect_uri?code=…&state=…`. Codes are single-use, live 60 s and are bound to the
+//!   client, the redirect URI, the PKCE challenge, the user and the scope.
+//! * `POST /token` (form; client authentication per [`AuthStyle`]): grant types
+//!   `authorization_code` (`code`, `redirect_uri`, `code_verifier`) and `refresh_token`
+//!   (`refresh_token`, optional `scope`, a subset of the grant's). Refresh tokens rotate: each
+//!   use returns a new one and the old one stops working; presenting a used refresh token
+//!   answers `invalid_grant` *and* revokes the whole grant. Access tokens start with `dat_`,
+//!   refresh tokens with `drt_` (so tests can grep logs and files for them). Access tokens live
+//!   `--access-ttl` seconds; refresh tokens do not expire. A replayed code is `invalid_grant`
+//!   (the grant it created is left alone).
+//! * `POST /revoke` (RFC 7009, client authentication as for `/token`): `token=` an access or
+//!   refresh token revokes its whole grant; unknown tokens get `200` too.
+//! * `GET /userinfo` with `Authorization: Bearer <access token>` → `{"sub", "scope"}`, or `401`
+//!   with `WWW-Authenticate: Bearer error="invalid_token"`.
+//! * `POST /introspect` (RFC 7662, form `token=`, no client authentication) →
+//!   `{"active": true, "sub", "scope", "exp", "client_id", "token_type": "access_token"}` for a
+//!   live access token, `{"active": false}` for anything else (refresh tokens included).
+//!
+//! Token responses carry `Cache-Control: no-store`; errors follow RFC 6749 §5.2
+//! (`{"error", "error_description"}`, `400`, or `401` for `invalid_client`).
+//!
+//! # Test hooks
+//!
+//! * `GET /_test/stats` → `{"authorization_code": n, "refresh_token": n, "refresh_failures": n,
+//!   "revocations": n, "auth_styles": {"header": n, "params": n}, "reuse_detected": n,
+//!   "injected_failures": n, "token_requests": n}`: `authorization_code`/`refresh_token` count
+//!   successful `/token` grants of that type and `auth_styles` how the client authenticated on
+//!   those; `refresh_failures` counts `refresh_token` requests answered with an error (injected
+//!   failures included); `revocations` counts client-authenticated `/revoke` requests (known
+//!   token or not); `reuse_detected` counts grants revoked because a used refresh token came
+//!   back; `token_requests` counts every `/token` request.
+//! * `POST /_test/revoke-user?user=alice` revokes every grant (and unredeemed code) of that
+//!   user, standing in for "the user revoked the app at the provider" → `{"revoked": n}`.
+//! * `POST /_test/fail-token?status=503&count=N` makes the next N `/token` requests answer with
+//!   that status (`count` defaults to 1; `count=0` turns it off). The body is
+//!   `{"error":"temporarily_unavailable"}` for 5xx, `invalid_client` for 401, `invalid_grant`
+//!   otherwise, or `error=NAME` from the query.
+//! * `POST /_test/delay-token?ms=N` delays every `/token` response by N ms (`0` turns it off),
+//!   so concurrent refreshes overlap.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    body::Bytes,
+    extract::{RawQuery, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{Html, IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use base64::Engine as _;
+use rand_core::{OsRng, RngCore as _};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+/// Bound on each in-memory table (pending requests, codes, grants, access and refresh tokens).
+pub const MAX_ENTRIES: usize = 10_000;
+/// Lifetime of an authorization code.
+pub const CODE_TTL: Duration = Duration::from_secs(60);
+/// Lifetime of a pending authorization request (the login page).
+pub const PENDING_TTL: Duration = Duration::from_secs(600);
+/// Prefix of access tokens.
+pub const ACCESS_PREFIX: &str = "dat_";
+/// Prefix of refresh tokens.
+pub const REFRESH_PREFIX: &str = "drt_";
+/// Prefix of authorization codes.
+pub const CODE_PREFIX: &str = "dac_";
+
+const PAGE_TITLE: &str = "Demo OAuth Provider";
+
+// =============================================================================================
+// Configuration
+// =============================================================================================
+
+/// How the token and revocation endpoints accept client authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthStyle {
+    /// HTTP Basic only (`client_secret_basic`); credentials in the form body are refused.
+    Header,
+    /// `client_id` + `client_secret` in the form body only (`client_secret_post`); Basic is
+    /// refused.
+    Params,
+    /// Either (but not both in one request).
+    Any,
+}
+
+impl std::str::FromStr for AuthStyle {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "header" => Ok(AuthStyle::Header),
+            "params" => Ok(AuthStyle::Params),
+            "any" => Ok(AuthStyle::Any),
+            other => anyhow::bail!("auth style must be header, params or any, not {other:?}"),
+        }
+    }
+}
+
+/// The provider's settings (the command-line options of the binary).
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub client_id: String,
+    pub client_secret: String,
+    /// Registered redirect URIs (exact match). Empty: any absolute URL is accepted (demo only).
+    pub redirect_uris: Vec<String>,
+    pub auth_style: AuthStyle,
+    /// Lifetime of access tokens.
+    pub access_ttl: Duration,
+    /// `(username, password)` pairs.
+    pub users: Vec<(String, String)>,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            client_id: "warden-demo".to_owned(),
+            client_secret: "warden-demo-secret".to_owned(),
+            redirect_uris: Vec::new(),
+            auth_style: AuthStyle::Any,
+            access_ttl: Duration::from_secs(60),
+            users: vec![("alice".to_owned(), "alice-password".to_owned())],
+        }
+    }
+}
+
+impl ProviderConfig {
+    fn redirect_allowed(&self, uri: &str) -> bool {
+        let Ok(parsed) = url::Url::parse(uri) else {
+            return false;
+        };
+        if parsed.fragment().is_some() || parsed.cannot_be_a_base() {
+            return false;
+        }
+        self.redirect_uris.is_empty() || self.redirect_uris.iter().any(|r| r == uri)
+    }
+
+    fn password_ok(&self, username: &str, password: &str) -> bool {
+        self.users
+            .iter()
+            .any(|(u, p)| u == username && p.as_bytes() == password.as_bytes())
+    }
+}
+
+// =============================================================================================
+// State
+// =============================================================================================
+
+/// A map that keeps at most `cap` entries, dropping the oldest insertions first.
+struct Bounded<V> {
+    cap: usize,
+    next: u64,
+    map: HashMap<String, (u64, V)>,
+    order: BTreeMap<u64, String>,
+}
+
+impl<V> Bounded<V> {
+    fn new(cap: usize) -> Self {
+        Bounded {
+            cap,
+            next: 0,
+            map: HashMap::new(),
+            order: BTreeMap::new(),
+        }
+    }
+
+    fn insert(&mut self, key: String, value: V) {
+        if let Some((seq, _)) = self.map.remove(&key) {
+            self.order.remove(&seq);
+        }
+        let seq = self.next;
+        self.next += 1;
+        self.order.insert(seq, key.clone());
+        self.map.insert(key, (seq, value));
+        while self.map.len() > self.cap {
+            match self.order.pop_first() {
+                Some((_, oldest)) => {
+                    self.map.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&V> {
+        self.map.get(key).map(|(_, v)| v)
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        self.map.get_mut(key).map(|(_, v)| v)
+    }
+
+    fn remove(&mut self, key: &str) -> Option<V> {
+        let (seq, value) = self.map.remove(key)?;
+        self.order.remove(&seq);
+        Some(value)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
+        let order = &mut self.order;
+        self.map.retain(|_, (seq, value)| {
+            let kept = keep(value);
+            if !kept {
+                order.remove(seq);
+            }
+            kept
+        });
+    }
+
+    fn values(&self) -> impl Iterator<Item = (&String, &V)> {
+        self.map.iter().map(|(k, (_, v))| (k, v))
+    }
+}
+
+struct Pending {
+    redirect_uri: String,
+    /// The authorization request named the redirect URI (then `/token` must repeat it).
+    redirect_explicit: bool,
+    state: Option<String>,
+    scope: String,
+    challenge: Option<String>,
+    expires: Instant,
+}
+
+struct Code {
+    client_id: String,
+    redirect_uri: String,
+    redirect_explicit: bool,
+    challenge: Option<String>,
+    user: String,
+    scope: String,
+    expires: Instant,
+}
+
+struct Grant {
+    client_id: String,
+    user: String,
+    scope: String,
+}
+
+struct Access {
+    grant: String,
+    scope: String,
+    expires: Instant,
+    exp_unix: u64,
+}
+
+struct Refresh {
+    grant: String,
+    used: bool,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+struct AuthStyleCounts {
+    header: u64,
+    params: u64,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+struct Stats {
+    authorization_code: u64,
+    refresh_token: u64,
+    refresh_failures: u64,
+    revocations: u64,
+    auth_styles: AuthStyleCounts,
+    reuse_detected: u64,
+    injected_failures: u64,
+    token_requests: u64,
+}
+
+struct FailToken {
+    status: StatusCode,
+    error: String,
+    remaining: u64,
+}
+
+struct Store {
+    pending: Bounded<Pending>,
+    codes: Bounded<Code>,
+    grants: Bounded<Grant>,
+    access: Bounded<Access>,
+    refresh: Bounded<Refresh>,
+    next_grant: u64,
+    stats: Stats,
+    fail_token: Option<FailToken>,
+    delay_token: Duration,
+}
+
+impl Store {
+    fn new() -> Self {
+        Store {
+            pending: Bounded::new(MAX_ENTRIES),
+            codes: Bounded::new(MAX_ENTRIES),
+            grants: Bounded::new(MAX_ENTRIES),
+            access: Bounded::new(MAX_ENTRIES),
+            refresh: Bounded::new(MAX_ENTRIES),
+            next_grant: 1,
+            stats: Stats::default(),
+            fail_token: None,
+            delay_token: Duration::ZERO,
+        }
+    }
+
+    /// Removes a grant with all its access and refresh tokens. `true` if it existed.
+    fn revoke_grant(&mut self, grant: &str) -> bool {
+        let existed = self.grants.remove(grant).is_some();
+        self.access.retain(|a| a.grant != grant);
+        self.refresh.retain(|r| r.grant != grant);
+        existed
+    }
+
+    /// The grant an access or refresh token belongs to.
+    fn grant_of(&self, token: &str) -> Option<String> {
+        self.access
+            .get(token)
+            .map(|a| a.grant.clone())
+            .or_else(|| self.refresh.get(token).map(|r| r.grant.clone()))
+    }
+
+    /// A live access token: known, unexpired, and its grant still exists.
+    fn live_access(&self, token: &str) -> Option<(&Access, &Grant)> {
+        let access = self.access.get(token)?;
+        if Instant::now() >= access.expires {
+            return None;
+        }
+        let grant = self.grants.get(&access.grant)?;
+        Some((access, grant))
+    }
+
+    fn new_grant(&mut self, client_id: &str, user: &str, scope: &str) -> String {
+        let id = format!("g{}", self.next_grant);
+        self.next_grant += 1;
+        self.grants.insert(
+            id.clone(),
+            Grant {
+                client_id: client_id.to_owned(),
+                user: user.to_owned(),
+                scope: scope.to_owned(),
+            },
+        );
+        id
+    }
+
+    /// A new access token (with `scope`) and refresh token for `grant`.
+    fn issue(&mut self, grant: &str, scope: &str, ttl: Duration) -> (String, String) {
+        let access = random_token(ACCESS_PREFIX);
+        let refresh = random_token(REFRESH_PREFIX);
+        let exp_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_add(ttl)
+            .as_secs();
+        self.access.insert(
+            access.clone(),
+            Access {
+                grant: grant.to_owned(),
+                scope: scope.to_owned(),
+                expires: Instant::now() + ttl,
+                exp_unix,
+            },
+        );
+        self.refresh.insert(
+            refresh.clone(),
+            Refresh {
+                grant: grant.to_owned(),
+                used: false,
+            },
+        );
+        (access, refresh)
+    }
+}
+
+struct Provider {
+    config: ProviderConfig,
+    store: Mutex<Store>,
+}
+
+impl Provider {
+    fn store(&self) -> MutexGuard<'_, Store> {
+        // A poisoned lock only means a handler panicked; the maps are still consistent enough
+        // for a demo.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+type Shared = Arc<Provider>;
+
+fn random_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+fn s256(verifier: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+/// RFC 7636 §4.1: 43–128 characters of `[A-Za-z0-9-._~]`.
+fn valid_pkce_string(s: &str) -> bool {
+    (43..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+fn normalize_scope(scope: &str) -> String {
+    scope.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Parses `application/x-www-form-urlencoded`; `Err(name)` for a repeated parameter.
+fn parse_form(input: &[u8]) -> Result<HashMap<String, String>, String> {
+    let mut out = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(input) {
+        if out.insert(k.to_string(), v.into_owned()).is_some() {
+            return Err(k.into_owned());
+        }
+    }
+    Ok(out)
+}
+
+// =============================================================================================
+// Router
+// =============================================================================================
+
+/// The provider's routes.
+pub fn app(config: ProviderConfig) -> Router {
+    let shared: Shared = Arc::new(Provider {
+        config,
+        store: Mutex::new(Store::new()),
+    });
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/authorize", get(authorize_page).post(authorize_submit))
+        .route("/token", post(token))
+        .route("/revoke", post(revoke))
+        .route("/userinfo", get(userinfo).post(userinfo))
+        .route("/introspect", post(introspect))
+        .route("/_test/stats", get(test_stats))
+        .route("/_test/revoke-user", post(test_revoke_user))
+        .route("/_test/fail-token", post(test_fail_token))
+        .route("/_test/delay-token", post(test_delay_token))
+        .with_state(shared)
+}
+
+/// Serves [`app`] on `listener` until the task is dropped or the server fails.
+pub async fn serve(
+    config: ProviderConfig,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<()> {
+    axum::serve(listener, app(config)).await?;
+    Ok(())
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+// =============================================================================================
+// /authorize
+// =============================================================================================
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn html_response(status: StatusCode, body: String) -> Response {
+    let mut resp = (status, Html(body)).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+    );
+    resp
+}
+
+fn error_page(status: StatusCode, message: &str) -> Response {
+    html_response(
+        status,
+        format!(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{PAGE_TITLE}</title></head>\n\
+             <body>\n<h1>{PAGE_TITLE}</h1>\n<p class=\"error\">{}</p>\n</body></html>\n",
+            html_escape(message)
+        ),
+    )
+}
+
+fn consent_page(
+    status: StatusCode,
+    client_id: &str,
+    request_id: &str,
+    scope: &str,
+    message: Option<&str>,
+) -> Response {
+    let scopes = if scope.is_empty() {
+        "<p>No scopes requested.</p>\n".to_owned()
+    } else {
+        let items: String = scope
+            .split(' ')
+            .map(|s| format!("<li>{}</li>", html_escape(s)))
+            .collect();
+        format!("<p>Requested scopes:</p>\n<ul class=\"scopes\">{items}</ul>\n")
+    };
+    let message = message
+        .map(|m| format!("<p class=\"error\">{}</p>\n", html_escape(m)))
+        .unwrap_or_default();
+    html_response(
+        status,
+        format!(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{PAGE_TITLE}</title></head>\n\
+             <body>\n<h1>{PAGE_TITLE}</h1>\n\
+             <p>The application <b>{client}</b> asks for access to your account.</p>\n\
+             {scopes}{message}\
+             <form method=\"post\" action=\"/authorize\">\n\
+             <input type=\"hidden\" name=\"request\" value=\"{request}\">\n\
+             <p><label>Username <input type=\"text\" name=\"username\" autocomplete=\"username\"></label></p>\n\
+             <p><label>Password <input type=\"password\" name=\"password\" autocomplete=\"current-password\"></label></p>\n\
+             <p><button type=\"submit\" name=\"decision\" value=\"approve\">Approve</button>\n\
+             <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></p>\n\
+             </form>\n</body></html>\n",
+            client = html_escape(client_id),
+            request = html_escape(request_id),
+        ),
+    )
+}
+
+/// `302` to `redirect_uri` with `params` added to its query.
+fn redirect_with(redirect_uri: &str, params: &[(&str, &str)]) -> Response {
+    let Ok(mut url) = url::Url::parse(redirect_uri) else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "The redirect_uri is not a valid URL.",
+        );
+    };
+    {
+        let mut query = url.query_pairs_mut();
+        for (k, v) in params {
+            query.append_pair(k, v);
+        }
+    }
+    match HeaderValue::from_str(url.as_str()) {
+        Ok(location) => {
+            let mut resp = StatusCode::FOUND.into_response();
+            resp.headers_mut().insert(header::LOCATION, location);
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        Err(_) => error_page(
+            StatusCode::BAD_REQUEST,
+            "The redirect_uri is not a valid URL.",
+        ),
+    }
+}
+
+fn redirect_error(
+    redirect_uri: &str,
+    state: Option<&str>,
+    error: &str,
+    description: &str,
+) -> Response {
+    let mut params = vec![("error", error), ("error_description", description)];
+    if let Some(state) = state {
+        params.push(("state", state));
+    }
+    redirect_with(redirect_uri, &params)
+}
+
+async fn authorize_page(State(p): State<Shared>, RawQuery(query): RawQuery) -> Response {
+    let params = match parse_form(query.as_deref().unwrap_or("").as_bytes()) {
+        Ok(params) => params,
+        Err(name) => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                &format!("Parameter {name} is repeated."),
+            )
+        }
+    };
+    let config = &p.config;
+    if params.get("client_id") != Some(&config.client_id) {
+        return error_page(StatusCode::BAD_REQUEST, "Unknown or missing client_id.");
+    }
+    let (redirect_uri, redirect_explicit) = match params.get("redirect_uri") {
+        Some(uri) if config.redirect_allowed(uri) => (uri.clone(), true),
+        Some(_) => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "The redirect_uri is not registered for this client.",
+            )
+        }
+        None => match config.redirect_uris.as_slice() {
+            [only] => (only.clone(), false),
+            _ => return error_page(StatusCode::BAD_REQUEST, "Missing redirect_uri."),
+        },
+    };
+    let state = params.get("state").map(String::as_str);
+    if params.get("response_type").map(String::as_str) != Some("code") {
+        return redirect_error(
+            &redirect_uri,
+            state,
+            "unsupported_response_type",
+            "only response_type=code is supported",
+        );
+    }
+    let challenge = params.get("code_challenge").cloned();
+    match (
+        &challenge,
+        params.get("code_challenge_method").map(String::as_str),
+    ) {
+        (Some(c), Some("S256")) if valid_pkce_string(c) => {}
+        (Some(_), Some("S256")) => {
+            return redirect_error(
+                &redirect_uri,
+                state,
+                "invalid_request",
+                "malformed code_challenge",
+            )
+        }
+        (Some(_), _) => {
+            return redirect_error(
+                &redirect_uri,
+                state,
+                "invalid_request",
+                "code_challenge_method must be S256",
+            )
+        }
+        (None, Some(_)) => {
+            return redirect_error(
+                &redirect_uri,
+                state,
+                "invalid_request",
+                "code_challenge_method without code_challenge",
+            )
+        }
+        (None, None) => {}
+    }
+    let scope = normalize_scope(params.get("scope").map(String::as_str).unwrap_or(""));
+    let request_id = random_token("req_");
+    p.store().pending.insert(
+        request_id.clone(),
+        Pending {
+            redirect_uri,
+            redirect_explicit,
+            state: state.map(str::to_owned),
+            scope: scope.clone(),
+            challenge,
+            expires: Instant::now() + PENDING_TTL,
+        },
+    );
+    consent_page(StatusCode::OK, &config.client_id, &request_id, &scope, None)
+}
+
+async fn authorize_submit(State(p): State<Shared>, body: Bytes) -> Response {
+    let form = match parse_form(&body) {
+        Ok(form) => form,
+        Err(name) => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                &format!("Parameter {name} is repeated."),
+            )
+        }
+    };
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
+    let request_id = field("request");
+    let mut store = p.store();
+    let (redirect_uri, state, scope) = match store.pending.get(request_id) {
+        Some(pending) if Instant::now() < pending.expires => (
+            pending.redirect_uri.clone(),
+            pending.state.clone(),
+            pending.scope.clone(),
+        ),
+        _ => {
+            store.pending.remove(request_id);
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "This sign-in request is unknown or has expired. Start again from the application.",
+            );
+        }
+    };
+    match field("decision") {
+        "deny" => {
+            store.pending.remove(request_id);
+            drop(store);
+            tracing::info!("authorization denied by the user");
+            redirect_error(
+                &redirect_uri,
+                state.as_deref(),
+                "access_denied",
+                "The user denied the request",
+            )
+        }
+        "approve" => {
+            let username = field("username");
+            if !p.config.password_ok(username, field("password")) {
+                drop(store);
+                tracing::info!(user = username, "wrong username or password");
+                return consent_page(
+                    StatusCode::UNAUTHORIZED,
+                    &p.config.client_id,
+                    request_id,
+                    &scope,
+                    Some("Wrong username or password."),
+                );
+            }
+            let Some(pending) = store.pending.remove(request_id) else {
+                return error_page(StatusCode::BAD_REQUEST, "This sign-in request is unknown.");
+            };
+            let code = random_token(CODE_PREFIX);
+            store.codes.insert(
+                code.clone(),
+                Code {
+                    client_id: p.config.client_id.clone(),
+                    redirect_uri: pending.redirect_uri,
+                    redirect_explicit: pending.redirect_explicit,
+                    challenge: pending.challenge,
+                    user: username.to_owned(),
+                    scope: pending.scope,
+                    expires: Instant::now() + CODE_TTL,
+                },
+            );
+            drop(store);
+            tracing::info!(user = username, scope = %scope, "authorization approved");
+            let mut params = vec![("code", code.as_str())];
+            if let Some(state) = state.as_deref() {
+                params.push(("state", state));
+            }
+            redirect_with(&redirect_uri, &params)
+        }
+        _ => error_page(StatusCode::BAD_REQUEST, "Choose approve or deny."),
+    }
+}
+
+// =============================================================================================
+// Client authentication and token-endpoint errors
+// =============================================================================================
+
+/// An RFC 6749 §5.2 error response.
+struct OAuthError {
+    status: StatusCode,
+    error: String,
+    description: String,
+    /// Add `WWW-Authenticate: Basic` (the client tried HTTP Basic and failed).
+    basic_challenge: bool,
+}
+
+impl OAuthError {
+    fn new(error: &str, description: impl Into<String>) -> Self {
+        OAuthError {
+            status: if error == "invalid_client" {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::BAD_REQUEST
+            },
+            error: error.to_owned(),
+            description: description.into(),
+            basic_challenge: false,
+        }
+    }
+
+    fn invalid_client(description: &str, basic: bool) -> Self {
+        OAuthError {
+            basic_challenge: basic,
+            ..OAuthError::new("invalid_client", description)
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            Json(json!({ "error": self.error, "error_description": self.description })),
+        )
+            .into_response();
+        let headers = resp.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if self.basic_challenge {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"demo-oauth-provider\""),
+            );
+        }
+        resp
+    }
+}
+
+fn token_json(value: Value) -> Response {
+    let mut resp = Json(value).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthUsed {
+    Header,
+    Params,
+}
+
+/// Decodes one `application/x-www-form-urlencoded` component of HTTP Basic credentials
+/// (RFC 6749 §2.3.1).
+fn form_decode(s: &str) -> String {
+    let mut input = String::with_capacity(s.len() + 2);
+    input.push_str("x=");
+    input.push_str(&s.replace('&', "%26").replace('=', "%3D"));
+    url::form_urlencoded::parse(input.as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// Basic credentials from the `Authorization` header: `None` if absent or another scheme,
+/// `Some(Err)` if malformed.
+fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest.trim()) else {
+        return Some(Err(()));
+    };
+    let Ok(decoded) = String::from_utf8(decoded) else {
+        return Some(Err(()));
+    };
+    let Some((id, secret)) = decoded.split_once(':') else {
+        return Some(Err(()));
+    };
+    Some(Ok((id.to_owned(), secret.to_owned())))
+}
+
+fn authenticate_client(
+    config: &ProviderConfig,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<AuthUsed, OAuthError> {
+    let basic = basic_credentials(headers);
+    let body_secret = form.get("client_secret");
+    match (basic, body_secret) {
+        (Some(_), Some(_)) => Err(OAuthError::new(
+            "invalid_request",
+            "use one client authentication method, not both",
+        )),
+        (Some(basic), None) => {
+            if config.auth_style == AuthStyle::Params {
+                return Err(OAuthError::invalid_client(
+                    "this provider expects client_id and client_secret in the request body",
+                    false,
+                ));
+            }
+            let Ok((id, secret)) = basic else {
+                return Err(OAuthError::invalid_client(
+                    "malformed Basic credentials",
+                    true,
+                ));
+            };
+            let id_ok = id == config.client_id || form_decode(&id) == config.client_id;
+            let secret_ok =
+                secret == config.client_secret || form_decode(&secret) == config.client_secret;
+            if !id_ok || !secret_ok {
+                return Err(OAuthError::invalid_client(
+                    "client authentication failed",
+                    true,
+                ));
+            }
+            if form
+                .get("client_id")
+                .is_some_and(|body_id| *body_id != config.client_id)
+            {
+                return Err(OAuthError::invalid_client("client_id does not match", true));
+            }
+            Ok(AuthUsed::Header)
+        }
+        (None, Some(secret)) => {
+            if config.auth_style == AuthStyle::Header {
+                return Err(OAuthError::invalid_client(
+                    "this provider expects HTTP Basic client authentication",
+                    true,
+                ));
+            }
+            if form.get("client_id") != Some(&config.client_id) || *secret != config.client_secret {
+                return Err(OAuthError::invalid_client(
+                    "client authentication failed",
+                    false,
+                ));
+            }
+            Ok(AuthUsed::Params)
+        }
+        (None, None) => Err(OAuthError::invalid_client(
+            "client authentication required",
+            config.auth_style != AuthStyle::Params,
+        )),
+    }
+}
+
+// =============================================================================================
+// /token
+// =============================================================================================
+
+async fn token(State(p): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let (delay, injected) = {
+        let mut store = p.store();
+        store.stats.token_requests += 1;
+        let injected = match store.fail_token.as_mut() {
+            Some(fail) if fail.remaining > 0 => {
+                fail.remaining -= 1;
+                Some((fail.status, fail.error.clone()))
+            }
+            _ => None,
+        };
+        (store.delay_token, injected)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let form = parse_form(&body);
+    let is_refresh = form
+        .as_ref()
+        .is_ok_and(|f| f.get("grant_type").map(String::as_str) == Some("refresh_token"));
+    if let Some((status, error)) = injected {
+        {
+            let mut store = p.store();
+            store.stats.injected_failures += 1;
+            if is_refresh {
+                store.stats.refresh_failures += 1;
+            }
+        }
+        tracing::info!(status = status.as_u16(), "injected /token failure");
+        let mut resp = (status, Json(json!({ "error": error }))).into_response();
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return resp;
+    }
+    let result = match form {
+        Ok(form) => token_grant(&p, &headers, &form),
+        Err(name) => Err(OAuthError::new(
+            "invalid_request",
+            format!("parameter {name} is repeated"),
+        )),
+    };
+    match result {
+        Ok(value) => token_json(value),
+        Err(error) => {
+            if is_refresh {
+                p.store().stats.refresh_failures += 1;
+            }
+            tracing::info!(error = %error.error, description = %error.description, "/token refused");
+            error.into_response()
+        }
+    }
+}
+
+fn token_grant(
+    p: &Provider,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<Value, OAuthError> {
+    let grant_type = form.get("grant_type").map(String::as_str);
+    let auth = authenticate_client(&p.config, headers, form)?;
+    let value = match grant_type {
+        Some("authorization_code") => code_grant(p, form)?,
+        Some("refresh_token") => refresh_grant(p, form)?,
+        Some(other) => {
+            return Err(OAuthError::new(
+                "unsupported_grant_type",
+                format!("grant_type {other} is not supported"),
+            ))
+        }
+        None => return Err(OAuthError::new("invalid_request", "missing grant_type")),
+    };
+    let mut store = p.store();
+    match auth {
+        AuthUsed::Header => store.stats.auth_styles.header += 1,
+        AuthUsed::Params => store.stats.auth_styles.params += 1,
+    }
+    Ok(value)
+}
+
+fn token_response(p: &Provider, access: &str, refresh: &str, scope: &str) -> Value {
+    json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": p.config.access_ttl.as_secs(),
+        "refresh_token": refresh,
+        "scope": scope,
+    })
+}
+
+fn code_grant(p: &Provider, form: &HashMap<String, String>) -> Result<Value, OAuthError> {
+    let Some(code) = form.get("code") else {
+        return Err(OAuthError::new("invalid_request", "missing code"));
+    };
+    let mut store = p.store();
+    // Single use: the code is gone whatever happens next.
+    let Some(entry) = store.codes.remove(code) else {
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "unknown, expired or already used authorization code",
+        ));
+    };
+    if Instant::now() >= entry.expires {
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "authorization code expired",
+        ));
+    }
+    if entry.client_id != p.config.client_id {
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "authorization code was issued to another client",
+        ));
+    }
+    match form.get("redirect_uri") {
+        Some(uri) if *uri == entry.redirect_uri => {}
+        None if !entry.redirect_explicit => {}
+        _ => {
+            return Err(OAuthError::new(
+                "invalid_grant",
+                "redirect_uri does not match the authorization request",
+            ))
+        }
+    }
+    match (&entry.challenge, form.get("code_verifier")) {
+        (Some(challenge), Some(verifier)) => {
+            if !valid_pkce_string(verifier) || s256(verifier) != *challenge {
+                return Err(OAuthError::new("invalid_grant", "PKCE verification failed"));
+            }
+        }
+        (Some(_), None) => {
+            return Err(OAuthError::new("invalid_grant", "missing code_verifier"));
+        }
+        (None, Some(_)) => {
+            return Err(OAuthError::new(
+                "invalid_grant",
+                "code_verifier sent but the authorization request had no code_challenge",
+            ));
+        }
+        (None, None) => {}
+    }
+    let grant = store.new_grant(&entry.client_id, &entry.user, &entry.scope);
+    let (access, refresh) = store.issue(&grant, &entry.scope, p.config.access_ttl);
+    store.stats.authorization_code += 1;
+    drop(store);
+    tracing::info!(user = %entry.user, grant = %grant, "authorization_code grant");
+    Ok(token_response(p, &access, &refresh, &entry.scope))
+}
+
+fn refresh_grant(p: &Provider, form: &HashMap<String, String>) -> Result<Value, OAuthError> {
+    let Some(token) = form.get("refresh_token") else {
+        return Err(OAuthError::new("invalid_request", "missing refresh_token"));
+    };
+    let mut store = p.store();
+    let Some(entry) = store.refresh.get(token) else {
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "unknown or revoked refresh token",
+        ));
+    };
+    let grant_id = entry.grant.clone();
+    if entry.used {
+        store.revoke_grant(&grant_id);
+        store.stats.reuse_detected += 1;
+        drop(store);
+        tracing::warn!(grant = %grant_id, "refresh token reuse detected; grant revoked");
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "refresh token was already used; the grant has been revoked",
+        ));
+    }
+    let Some(grant) = store.grants.get(&grant_id) else {
+        return Err(OAuthError::new("invalid_grant", "the grant was revoked"));
+    };
+    if grant.client_id != p.config.client_id {
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "refresh token was issued to another client",
+        ));
+    }
+    let grant_scope = grant.scope.clone();
+    let user = grant.user.clone();
+    let scope = match form.get("scope") {
+        Some(requested) => {
+            let requested = normalize_scope(requested);
+            let granted: Vec<&str> = grant_scope.split(' ').collect();
+            if let Some(extra) = requested.split(' ').find(|s| !granted.contains(s)) {
+                return Err(OAuthError::new(
+                    "invalid_scope",
+                    format!("scope {extra} was not granted"),
+                ));
+            }
+            requested
+        }
+        None => grant_scope,
+    };
+    if let Some(entry) = store.refresh.get_mut(token) {
+        entry.used = true;
+    }
+    let (access, refresh) = store.issue(&grant_id, &scope, p.config.access_ttl);
+    store.stats.refresh_token += 1;
+    drop(store);
+    tracing::info!(user = %user, grant = %grant_id, "refresh_token grant");
+    Ok(token_response(p, &access, &refresh, &scope))
+}
+
+// =============================================================================================
+// /revoke, /userinfo, /introspect
+// =============================================================================================
+
+async fn revoke(State(p): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let form = match parse_form(&body) {
+        Ok(form) => form,
+        Err(name) => {
+            return OAuthError::new("invalid_request", format!("parameter {name} is repeated"))
+                .into_response()
+        }
+    };
+    if let Err(error) = authenticate_client(&p.config, &headers, &form) {
+        return error.into_response();
+    }
+    let Some(token) = form.get("token") else {
+        return OAuthError::new("invalid_request", "missing token").into_response();
+    };
+    let mut store = p.store();
+    store.stats.revocations += 1;
+    if let Some(grant) = store.grant_of(token) {
+        store.revoke_grant(&grant);
+        drop(store);
+        tracing::info!(grant = %grant, "grant revoked via /revoke");
+    }
+    let mut resp = StatusCode::OK.into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+async fn userinfo(State(p): State<Shared>, headers: HeaderMap) -> Response {
+    let unauthorized = |challenge: &'static str, description: &str| {
+        let mut resp = (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "invalid_token", "error_description": description })),
+        )
+            .into_response();
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+        resp
+    };
+    let Some(token) = bearer_token(&headers) else {
+        return unauthorized(
+            "Bearer realm=\"demo-oauth-provider\"",
+            "missing bearer token",
+        );
+    };
+    let store = p.store();
+    match store.live_access(token) {
+        Some((access, grant)) => {
+            let value = json!({ "sub": grant.user, "scope": access.scope });
+            drop(store);
+            token_json(value)
+        }
+        None => unauthorized(
+            "Bearer error=\"invalid_token\"",
+            "unknown, revoked or expired access token",
+        ),
+    }
+}
+
+async fn introspect(State(p): State<Shared>, body: Bytes) -> Response {
+    let token = parse_form(&body)
+        .ok()
+        .and_then(|mut form| form.remove("token"))
+        .unwrap_or_default();
+    let store = p.store();
+    let value = match store.live_access(&token) {
+        Some((access, grant)) => json!({
+            "active": true,
+            "sub": grant.user,
+            "scope": access.scope,
+            "exp": access.exp_unix,
+            "client_id": grant.client_id,
+            "token_type": "access_token",
+        }),
+        None => json!({ "active": false }),
+    };
+    drop(store);
+    token_json(value)
+}
+
+// =============================================================================================
+// Test hooks
+// =============================================================================================
+
+fn query_params(query: Option<&str>) -> HashMap<String, String> {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn bad_hook(message: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
+}
+
+async fn test_stats(State(p): State<Shared>) -> Response {
+    let stats = p.store().stats.clone();
+    Json(stats).into_response()
+}
+
+async fn test_revoke_user(State(p): State<Shared>, RawQuery(query): RawQuery) -> Response {
+    let params = query_params(query.as_deref());
+    let Some(user) = params.get("user") else {
+        return bad_hook("missing user");
+    };
+    let mut store = p.store();
+    let grants: Vec<String> = store
+        .grants
+        .values()
+        .filter(|(_, g)| g.user == *user)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for grant in &grants {
+        store.revoke_grant(grant);
+    }
+    store.codes.retain(|c| c.user != *user);
+    drop(store);
+    tracing::info!(user = %user, grants = grants.len(), "revoked every grant of the user");
+    Json(json!({ "revoked": grants.len() })).into_response()
+}
+
+async fn test_fail_token(State(p): State<Shared>, RawQuery(query): RawQuery) -> Response {
+    let params = query_params(query.as_deref());
+    let status = match params.get("status").map(|s| s.parse::<u16>()) {
+        None => StatusCode::SERVICE_UNAVAILABLE,
+        Some(Ok(code)) if (400..=599).contains(&code) => match StatusCode::from_u16(code) {
+            Ok(status) => status,
+            Err(_) => return bad_hook("status must be 400..=599"),
+        },
+        Some(_) => return bad_hook("status must be 400..=599"),
+    };
+    let count = match params.get("count").map(|s| s.parse::<u64>()) {
+        None => 1,
+        Some(Ok(count)) => count,
+        Some(Err(_)) => return bad_hook("count must be a number"),
+    };
+    let error = params.get("error").cloned().unwrap_or_else(|| {
+        if status.is_server_error() {
+            "temporarily_unavailable".to_owned()
+        } else if status == StatusCode::UNAUTHORIZED {
+            "invalid_client".to_owned()
+        } else {
+            "invalid_grant".to_owned()
+        }
+    });
+    p.store().fail_token = Some(FailToken {
+        status,
+        error,
+        remaining: count,
+    });
+    Json(json!({ "status": status.as_u16(), "count": count })).into_response()
+}
+
+async fn test_delay_token(State(p): State<Shared>, RawQuery(query): RawQuery) -> Response {
+    let params = query_params(query.as_deref());
+    let Some(Ok(ms)) = params.get("ms").map(|s| s.parse::<u64>()) else {
+        return bad_hook("ms must be a number");
+    };
+    p.store().delay_token = Duration::from_millis(ms.min(600_000));
+    Json(json!({ "ms": ms })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn bounded_drops_oldest() {
+        let mut m = Bounded::new(2);
+        m.insert("a".into(), 1);
+        m.insert("b".into(), 2);
+        m.insert("c".into(), 3);
+        assert!(m.get("a").is_none());
+        assert_eq!(m.get("b"), Some(&2));
+        m.retain(|v| *v != 2);
+        assert!(m.get("b").is_none());
+        m.insert("d".into(), 4);
+        assert_eq!(m.get("c"), Some(&3));
+        assert_eq!(m.get("d"), Some(&4));
+        assert_eq!(m.order.len(), 2);
+    }
+
+    #[test]
+    fn pkce_s256_matches_rfc7636_example() {
+        assert_eq!(
+            s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+
+    #[test]
+    fn basic_components_are_form_decoded() {
+        assert_eq!(form_decode("a%3Ab+c"), "a:b c");
+        assert_eq!(form_decode("x&y=z"), "x&y=z");
+    }
+}
