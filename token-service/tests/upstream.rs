@@ -99,7 +99,7 @@ impl Provider {
 /// user's account at `provider`.
 fn upstream_yaml(dir: &std::path::Path, provider: &str, auth_style: Option<&str>) -> String {
     let style = auth_style
-        .map(|s| format!("\n          auth_style: {s}"))
+        .map(|s| format!("\n            auth_style: {s}"))
         .unwrap_or_default();
     let route = format!(
         r#"  - name: gh
@@ -146,9 +146,17 @@ impl Upstream {
 
     /// A call on the internal listener's router, with the credential unless `credential`
     /// says otherwise.
-    async fn internal(&self, path: &str, body: Value, credential: Option<&str>) -> (StatusCode, Value) {
+    async fn internal(
+        &self,
+        path: &str,
+        body: Value,
+        credential: Option<&str>,
+    ) -> (StatusCode, Value) {
         let mut req = Request::post(path).header(header::CONTENT_TYPE, "application/json");
-        if let Some(c) = credential.or(Some(self.credential.as_str())).filter(|c| !c.is_empty()) {
+        if let Some(c) = credential
+            .or(Some(self.credential.as_str()))
+            .filter(|c| !c.is_empty())
+        {
             req = req.header(header::AUTHORIZATION, format!("Bearer {c}"));
         }
         let resp = warden_token_service::internal::router(self.env.state.clone())
@@ -157,7 +165,10 @@ impl Upstream {
             .unwrap();
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     async fn lookup(&self) -> (StatusCode, Value) {
@@ -174,15 +185,25 @@ impl Upstream {
     async fn to_provider(&self) -> (Resp, String) {
         let form = self
             .env
-            .get(&TestEnv::authorize_uri("public-app", "http://127.0.0.1/callback", &[("resource", GH)]))
+            .get(&TestEnv::authorize_uri(
+                "public-app",
+                "http://127.0.0.1/callback",
+                &[("resource", GH)],
+            ))
             .await;
         assert_eq!(form.status, StatusCode::OK, "{}", form.body);
         let flow_cookie = form.cookie("warden_flow").unwrap();
         let consent = self.env.login(&form, EMAIL, PASSWORD).await;
         let session = consent.cookie("warden_session").unwrap();
         let cookies = format!("{flow_cookie}; {session}");
+        if consent.status == StatusCode::FOUND {
+            // This client was approved before: straight on to the provider.
+            return (consent, cookies);
+        }
         assert!(
-            consent.body.contains("your own account at <strong>127.0.0.1</strong>"),
+            consent
+                .body
+                .contains("your own account at <strong>127.0.0.1</strong>"),
             "the consent page names the upstream provider: {}",
             consent.body
         );
@@ -200,7 +221,10 @@ impl Upstream {
             .await;
         let r = self
             .env
-            .get_with_cookie(&format!("{}?{}", back.path(), back.query().unwrap()), &cookies)
+            .get_with_cookie(
+                &format!("{}?{}", back.path(), back.query().unwrap()),
+                &cookies,
+            )
             .await;
         assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
         r.location_query()
@@ -225,16 +249,26 @@ async fn sign_in_runs_the_upstream_consent_and_the_vault_serves_the_token() {
     let q = u.sign_in("approve").await;
     assert_eq!(q["state"], "xyz");
     let code = q["code"].clone();
-    let t = u.env.exchange_public("public-app", &code, "http://127.0.0.1/callback").await;
+    let t = u
+        .env
+        .exchange_public("public-app", &code, "http://127.0.0.1/callback")
+        .await;
     assert_eq!(t.status, StatusCode::OK, "{}", t.body);
     let te = t.json();
-    assert!(!t.body.contains("dat_"), "the TI never reaches the client: {}", t.body);
+    assert!(
+        !t.body.contains("dat_"),
+        "the TI never reaches the client: {}",
+        t.body
+    );
 
     let (status, ti) = u.lookup().await;
     assert_eq!(status, StatusCode::OK, "{ti}");
     let access = ti["access_token"].as_str().unwrap();
     assert!(access.starts_with("dat_"), "{ti}");
-    assert_eq!(ti["expires_at"].as_i64().unwrap() - ti["issued_at"].as_i64().unwrap(), 60);
+    assert_eq!(
+        ti["expires_at"].as_i64().unwrap() - ti["issued_at"].as_i64().unwrap(),
+        60
+    );
     assert_eq!(ti["granted_at"], ti["issued_at"]);
     assert_eq!(u.provider.stats().await["authorization_code"], 1);
 
@@ -248,7 +282,10 @@ async fn sign_in_runs_the_upstream_consent_and_the_vault_serves_the_token() {
     }
     assert!(!raw.is_empty());
     for needle in [access.as_bytes(), b"drt_".as_slice(), b"dat_".as_slice()] {
-        assert!(!raw.windows(needle.len()).any(|w| w == needle), "plaintext token in SQLite");
+        assert!(
+            !raw.windows(needle.len()).any(|w| w == needle),
+            "plaintext token in SQLite"
+        );
     }
 
     // Signing in again skips the provider: the user holds a usable token.
@@ -287,9 +324,16 @@ async fn the_internal_listener_wants_its_credential() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     // With the credential: an unknown route is named as such.
     let (status, answer) = u
-        .internal("/internal/v1/upstream-token", json!({"sub": EMAIL, "route": "demo"}), None)
+        .internal(
+            "/internal/v1/upstream-token",
+            json!({"sub": EMAIL, "route": "demo"}),
+            None,
+        )
         .await;
-    assert_eq!((status, answer["error"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_route")));
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_route"))
+    );
 }
 
 #[tokio::test]
@@ -297,7 +341,10 @@ async fn a_refusal_at_the_provider_reaches_the_client_as_an_error_redirect() {
     let u = Upstream::start(AuthStyle::Any, None).await;
     let q = u.sign_in("deny").await;
     assert_eq!(q["error"], "access_denied");
-    assert!(q["error_description"].contains("127.0.0.1 refused"), "{q:?}");
+    assert!(
+        q["error_description"].contains("127.0.0.1 refused"),
+        "{q:?}"
+    );
     assert_eq!(q["state"], "xyz");
     assert_eq!(q["iss"], ISSUER);
     assert!(!q.contains_key("code"));
@@ -308,16 +355,28 @@ async fn a_refusal_at_the_provider_reaches_the_client_as_an_error_redirect() {
 async fn the_callback_is_single_use_and_bound_to_the_browser() {
     let u = Upstream::start(AuthStyle::Any, None).await;
     let (to_provider, cookies) = u.to_provider().await;
-    let back = u.provider.answer(&to_provider.header("location"), "approve").await;
+    let back = u
+        .provider
+        .answer(&to_provider.header("location"), "approve")
+        .await;
     let callback = format!("{}?{}", back.path(), back.query().unwrap());
     // Another browser (no flow cookie) cannot finish it.
-    let r = u.env.get_with_cookie(&callback, "warden_flow=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await;
+    let r = u
+        .env
+        .get_with_cookie(
+            &callback,
+            "warden_flow=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
     // The flow was taken by that attempt: a replay finds nothing either.
     let r = u.env.get_with_cookie(&callback, &cookies).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
     // A made-up state is refused.
-    let r = u.env.get_with_cookie("/upstream/callback?state=nope&code=x", &cookies).await;
+    let r = u
+        .env
+        .get_with_cookie("/upstream/callback?state=nope&code=x", &cookies)
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }
 
@@ -345,7 +404,10 @@ async fn each_auth_style_against_a_provider_that_accepts_only_it() {
             AuthStyle::Header => ("header", "params"),
             _ => ("params", "header"),
         };
-        assert_eq!(stats["auth_styles"][used], 2, "{style:?}/{configured:?}: {stats}");
+        assert_eq!(
+            stats["auth_styles"][used], 2,
+            "{style:?}/{configured:?}: {stats}"
+        );
         assert_eq!(stats["auth_styles"][unused], 0, "{stats}");
     }
 }
@@ -372,7 +434,10 @@ async fn one_refresh_for_many_lookups_and_the_rotated_token_is_kept() {
         })
         .collect();
     assert_eq!(tokens.len(), 1, "every lookup got the one refreshed token");
-    assert_ne!(tokens.iter().next().unwrap(), first["access_token"].as_str().unwrap());
+    assert_ne!(
+        tokens.iter().next().unwrap(),
+        first["access_token"].as_str().unwrap()
+    );
     assert_eq!(u.provider.stats().await["refresh_token"], 1);
     u.provider.hook("/_test/delay-token?ms=0").await;
     // The rotated refresh token was stored: the next refresh works (the old one would be
@@ -386,13 +451,18 @@ async fn one_refresh_for_many_lookups_and_the_rotated_token_is_kept() {
 async fn a_transient_failure_keeps_the_token_and_a_refused_refresh_drops_it() {
     let u = Upstream::start(AuthStyle::Any, None).await;
     let q = u.sign_in("approve").await;
-    let t = u.env.exchange_public("public-app", &q["code"], "http://127.0.0.1/callback").await;
+    let t = u
+        .env
+        .exchange_public("public-app", &q["code"], "http://127.0.0.1/callback")
+        .await;
     let refresh = t.json()["refresh_token"].as_str().unwrap().to_owned();
     let (_, first) = u.lookup().await;
 
     // Due but not expired: the current token still serves while the provider is down.
     u.env.advance(55);
-    u.provider.hook("/_test/fail-token?status=503&count=2").await;
+    u.provider
+        .hook("/_test/fail-token?status=503&count=2")
+        .await;
     let (status, ti) = u.lookup().await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(ti["access_token"], first["access_token"]);
@@ -409,7 +479,10 @@ async fn a_transient_failure_keeps_the_token_and_a_refused_refresh_drops_it() {
     u.provider.hook("/_test/revoke-user?user=alice").await;
     u.env.advance(61);
     let (status, answer) = u.lookup().await;
-    assert_eq!((status, answer["error"].as_str()), (StatusCode::NOT_FOUND, Some("no_token")));
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_token"))
+    );
     // ... and the MCP client's refresh grant for that route now sends it to authorization.
     let r = u.env.refresh_public("public-app", &refresh).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
@@ -425,14 +498,19 @@ async fn a_token_the_server_refuses_is_dropped_and_a_fresh_refusal_is_held() {
     let u = Upstream::start(AuthStyle::Any, None).await;
     u.sign_in("approve").await;
     let (_, ti) = u.lookup().await;
-    let drop = |token: &str, reason: &str, scope: &str| {
-        json!({"sub": EMAIL, "route": "gh", "access_token": token, "reason": reason, "scope": scope})
-    };
+    let drop = |token: &str, reason: &str, scope: &str| json!({"sub": EMAIL, "route": "gh", "access_token": token, "reason": reason, "scope": scope});
     // A stale token (not the current one) drops nothing.
     let (status, answer) = u
-        .internal("/internal/v1/upstream-token/drop", drop("dat_other", "invalid_token", ""), None)
+        .internal(
+            "/internal/v1/upstream-token/drop",
+            drop("dat_other", "invalid_token", ""),
+            None,
+        )
         .await;
-    assert_eq!((status, answer["dropped"].as_bool()), (StatusCode::OK, Some(false)));
+    assert_eq!(
+        (status, answer["dropped"].as_bool()),
+        (StatusCode::OK, Some(false))
+    );
     assert_eq!(u.lookup().await.0, StatusCode::OK);
 
     // Refused long after it was granted: dropped; the user must reconnect.
@@ -449,11 +527,17 @@ async fn a_token_the_server_refuses_is_dropped_and_a_fresh_refusal_is_held() {
         .await;
     assert_eq!(answer["dropped"], true);
     let (status, answer) = u.lookup().await;
-    assert_eq!((status, answer["error"].as_str()), (StatusCode::NOT_FOUND, Some("no_token")));
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_token"))
+    );
 
     // Reconnecting asks the provider for the scope the server wanted.
     let (to_provider, _) = u.to_provider().await;
-    assert_eq!(to_provider.location_query()["scope"], "repo read:user admin:org");
+    assert_eq!(
+        to_provider.location_query()["scope"],
+        "repo read:user admin:org"
+    );
     u.sign_in("approve").await;
     let (_, fresh) = u.lookup().await;
 
@@ -468,7 +552,10 @@ async fn a_token_the_server_refuses_is_dropped_and_a_fresh_refusal_is_held() {
         .await;
     assert_eq!(answer["dropped"], true);
     let (status, answer) = u.lookup().await;
-    assert_eq!((status, answer["error"].as_str()), (StatusCode::CONFLICT, Some("upstream_refused")));
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (StatusCode::CONFLICT, Some("upstream_refused"))
+    );
 }
 
 #[tokio::test]
@@ -476,23 +563,39 @@ async fn tokens_survive_a_restart_and_do_not_open_under_another_key() {
     let u = Upstream::start(AuthStyle::Any, None).await;
     u.sign_in("approve").await;
     let (_, before) = u.lookup().await;
-    let Upstream { env, provider, credential } = u;
+    let Upstream {
+        env,
+        provider,
+        credential,
+    } = u;
     let config: Config = env.state.config().clone();
     let dir = env.dir;
     drop(env.state);
     let env = TestEnv::open(dir, config.clone());
-    let u = Upstream { env, provider, credential };
+    let u = Upstream {
+        env,
+        provider,
+        credential,
+    };
     let (status, after) = u.lookup().await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(after["access_token"], before["access_token"]);
 
     // A new key (rotation without the old one): stored tokens count as absent.
-    let Upstream { env, provider, credential } = u;
+    let Upstream {
+        env,
+        provider,
+        credential,
+    } = u;
     let dir = env.dir;
     drop(env.state);
     std::fs::remove_file(config.encryption_key_file()).unwrap();
     let env = TestEnv::open(dir, config);
-    let u = Upstream { env, provider, credential };
+    let u = Upstream {
+        env,
+        provider,
+        credential,
+    };
     assert_eq!(u.lookup().await.0, StatusCode::NOT_FOUND);
 }
 
@@ -502,13 +605,41 @@ fn upstream_config_errors_name_the_field() {
     let good = upstream_yaml(dir.path(), "http://127.0.0.1:9301", None);
     assert!(Config::from_yaml(&good).is_ok());
     let cases = [
-        ("client_id: warden-test", "client_id: ''", "upstream_oauth2.client_id"),
-        ("auth_url: http://127.0.0.1:9301/authorize", "auth_url: http://github.example/authorize", "upstream_oauth2.endpoint.auth_url"),
-        ("token_url: http://127.0.0.1:9301/token", "token_url: not a url", "upstream_oauth2.endpoint.token_url"),
-        ("scopes: [repo, read:user]", "scopes: ['a b']", "upstream_oauth2.scopes[0]"),
-        ("client_secret: warden-test-secret", "client_secret: warden-test-secret\n          client_secret_file: /nonexistent", "upstream_oauth2.client_secret_file"),
-        ("client_secret: warden-test-secret", "client_secret_file: /nonexistent/secret", "upstream_oauth2.client_secret_file"),
-        ("token_url: http://127.0.0.1:9301/token", "token_url: http://127.0.0.1:9301/token\n          auth_style: basic", "auth_style"),
+        (
+            "client_id: warden-test",
+            "client_id: ''",
+            "upstream_oauth2.client_id",
+        ),
+        (
+            "auth_url: http://127.0.0.1:9301/authorize",
+            "auth_url: http://github.example/authorize",
+            "upstream_oauth2.endpoint.auth_url",
+        ),
+        (
+            "token_url: http://127.0.0.1:9301/token",
+            "token_url: not a url",
+            "upstream_oauth2.endpoint.token_url",
+        ),
+        (
+            "scopes: [repo, read:user]",
+            "scopes: ['a b']",
+            "upstream_oauth2.scopes[0]",
+        ),
+        (
+            "client_secret: warden-test-secret",
+            "client_secret: warden-test-secret\n          client_secret_file: /nonexistent",
+            "upstream_oauth2.client_secret_file",
+        ),
+        (
+            "client_secret: warden-test-secret",
+            "client_secret_file: /nonexistent/secret",
+            "upstream_oauth2.client_secret_file",
+        ),
+        (
+            "token_url: http://127.0.0.1:9301/token",
+            "token_url: http://127.0.0.1:9301/token\n          auth_style: basic",
+            "auth_style",
+        ),
     ];
     for (from, to, field) in cases {
         assert!(good.contains(from), "{from}");

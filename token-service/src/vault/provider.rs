@@ -338,8 +338,6 @@ async fn send(
 /// The HTTP client for providers: no redirects (a token endpoint never redirects), bounded
 /// time, TLS with the system's roots.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
-    // One crypto provider for rustls, installed once (a second install is a no-op error).
-    let _ = rustls::crypto::ring::default_provider().install_default();
     Ok(reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(PROVIDER_TIMEOUT)
