@@ -25,7 +25,7 @@
 pub mod html;
 pub mod jwt;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -1410,6 +1410,25 @@ const CONSENT_WORDS: &[&str] = &[
     "yes",
 ];
 
+/// The button that says yes (allow, approve, …), else the form's first button.
+fn approving_button(form: &html::Form) -> Option<&html::Button> {
+    form.buttons
+        .iter()
+        .find(|b| {
+            let hay = format!(
+                "{} {} {}",
+                b.name.as_deref().unwrap_or(""),
+                b.value.as_deref().unwrap_or(""),
+                b.text
+            )
+            .to_ascii_lowercase();
+            CONSENT_WORDS.iter().any(|w| hay.contains(w))
+                && !hay.contains("deny")
+                && !hay.contains("cancel")
+        })
+        .or_else(|| form.buttons.first())
+}
+
 /// Plays the browser from the authorization URL until the redirect to `redirect_uri`, which is
 /// returned (not followed). Handles a login form (any form with a password field: fills
 /// `email`/`password`-like fields, keeps every other input such as the CSRF token and flow id)
@@ -1430,7 +1449,8 @@ pub async fn browser_authorize(
     let redirect = Url::parse(redirect_uri).expect("redirect uri");
     let mut url = Url::parse(auth_url).expect("authorization URL");
     let mut form_body: Option<(Method, Vec<(String, String)>)> = None;
-    let mut logins = 0;
+    // Login forms seen per site: the gateway's, then an upstream provider's (upstream OAuth).
+    let mut logins: HashMap<String, u32> = HashMap::new();
     let mut trail = Vec::new();
 
     for _ in 0..16 {
@@ -1476,8 +1496,11 @@ pub async fn browser_authorize(
         }
         let forms = html::forms(&body);
         let (form, fields) = if let Some(form) = forms.iter().find(|f| f.has_password()) {
-            logins += 1;
-            if logins > 1 {
+            let seen = logins
+                .entry(url.origin().ascii_serialization())
+                .or_default();
+            *seen += 1;
+            if *seen > 1 {
                 panic!("login form shown again after signing in as {email} (wrong credentials?):\n{body}");
             }
             let mut fields = Vec::new();
@@ -1497,7 +1520,8 @@ pub async fn browser_authorize(
                 };
                 fields.push((input.name.clone(), value));
             }
-            if let Some(b) = form.buttons.first() {
+            // A login form that is also a consent form (an upstream provider's) is approved.
+            if let Some(b) = approving_button(form) {
                 if let (Some(n), Some(v)) = (&b.name, &b.value) {
                     fields.push((n.clone(), v.clone()));
                 }
@@ -1505,22 +1529,7 @@ pub async fn browser_authorize(
             (form, fields)
         } else if let Some(form) = forms.first() {
             // Consent (or another confirmation): keep every input, press the "allow" button.
-            let button = form
-                .buttons
-                .iter()
-                .find(|b| {
-                    let hay = format!(
-                        "{} {} {}",
-                        b.name.as_deref().unwrap_or(""),
-                        b.value.as_deref().unwrap_or(""),
-                        b.text
-                    )
-                    .to_ascii_lowercase();
-                    CONSENT_WORDS.iter().any(|w| hay.contains(w))
-                        && !hay.contains("deny")
-                        && !hay.contains("cancel")
-                })
-                .or_else(|| form.buttons.first());
+            let button = approving_button(form);
             let mut fields: Vec<(String, String)> = form
                 .inputs
                 .iter()

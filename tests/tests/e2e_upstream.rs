@@ -1,0 +1,280 @@
+//! Upstream OAuth end to end (issue 8): real Envoy with the filter, the token service, the
+//! in-repo OAuth provider, and an MCP server that accepts only tokens the provider says are
+//! live (it introspects every request). The MCP client signs in once; the gateway runs the
+//! provider's consent, keeps the user's token (TI), and sends it upstream on every call.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use warden_e2e::*;
+
+struct UpstreamStack {
+    stack: Stack,
+    provider: OAuthProvider,
+    /// The MCP server behind the `gh` route (checks the bearer at the provider).
+    gated: DemoServer,
+    internal: String,
+    _dir: tempfile::TempDir,
+}
+
+const PREFIX: &str = "/gh";
+
+impl UpstreamStack {
+    /// `access_ttl`: seconds the provider's access tokens live.
+    async fn start(access_ttl: u32) -> UpstreamStack {
+        let dir = tempfile::Builder::new()
+            .prefix("warden-e2e-upstream-")
+            .tempdir()
+            .unwrap();
+        let user = format!("{DEMO_EMAIL}:{DEMO_PASSWORD}");
+        let ttl = access_ttl.to_string();
+        let provider = OAuthProvider::start(
+            dir.path(),
+            free_port(),
+            &["--user", &user, "--access-ttl", &ttl],
+        )
+        .await;
+        let gated_dir = dir.path().join("gated");
+        std::fs::create_dir_all(&gated_dir).unwrap();
+        let gated = DemoServer::start_with(
+            &gated_dir,
+            free_port(),
+            &["--require-bearer-introspect", &provider.introspect_url()],
+        )
+        .await;
+        let internal = format!("127.0.0.1:{}", free_port());
+        let (provider_url, gated_url, internal_listen) =
+            (provider.url(), gated.mcp_url(), internal.clone());
+        let opts = StackOptions {
+            config_hook: Some(Box::new(move |c: &mut Value| {
+                c["authorization_server"]["internal_listen"] = json!(internal_listen);
+                let from = c["routes"][0]["from"].clone();
+                c["routes"].as_array_mut().unwrap().push(json!({
+                    "name": "gh",
+                    "from": from,
+                    "prefix": PREFIX,
+                    "to": gated_url,
+                    "mcp": {"server": {"upstream_oauth2": {
+                        "client_id": PROVIDER_CLIENT_ID,
+                        "client_secret": PROVIDER_CLIENT_SECRET,
+                        "scopes": ["repo"],
+                        "endpoint": {
+                            "auth_url": format!("{provider_url}/authorize"),
+                            "token_url": format!("{provider_url}/token"),
+                        },
+                    }}},
+                    "policy": {"allow": {"and": [{"authenticated_user": true}]}},
+                }));
+            })),
+            ..StackOptions::default()
+        };
+        let stack = Stack::start_with(opts).await;
+        UpstreamStack {
+            stack,
+            provider,
+            gated,
+            internal,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        self.stack.route_url(PREFIX)
+    }
+
+    /// Asks the internal listener for the user's token, as the filter does.
+    async fn vault_lookup(&self) -> (u16, Value) {
+        let credential =
+            std::fs::read_to_string(self.stack.dir.path().join("internal-credential")).unwrap();
+        let resp = http_client()
+            .post(format!(
+                "http://{}/internal/v1/upstream-token",
+                self.internal
+            ))
+            .bearer_auth(credential.trim())
+            .json(&json!({"sub": DEMO_EMAIL, "route": "gh"}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A `whoami` tools/call with the TE as bearer.
+    async fn whoami_raw(&self, te: &str) -> RawResponse {
+        mcp_post(
+            &self.url(),
+            &[("authorization", &format!("Bearer {te}"))],
+            "tools/call",
+            json!({"name": "whoami", "arguments": {}}),
+        )
+        .await
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "{}\n{}\n{}",
+            self.stack.envoy_log(),
+            self.stack.token_service.log(),
+            self.gated.proc.log()
+        )
+    }
+}
+
+/// The `authorization` header the MCP server received, from a `whoami` answer.
+fn received_bearer(resp: &RawResponse) -> String {
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let text = resp.json()["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no tool text: {}", resp.body))
+        .to_owned();
+    let me: Value = serde_json::from_str(&text).unwrap();
+    let values = me["headers"]["authorization"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        values.len(),
+        1,
+        "exactly one authorization header upstream: {me}"
+    );
+    values[0].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn sign_in_connects_the_upstream_account_and_calls_carry_the_ti() {
+    let u = UpstreamStack::start(300).await;
+    // Before anyone connected, the vault holds nothing.
+    assert_eq!(u.vault_lookup().await.0, 404);
+
+    let signed = sign_in(&u.url()).await;
+    let stats = u.provider.stats().await;
+    assert_eq!(
+        stats["authorization_code"], 1,
+        "the upstream consent ran: {stats}"
+    );
+    let te = signed.access_token.clone();
+    assert!(!te.starts_with("dat_"));
+
+    for era in [Era::Stateless, Era::handshake()] {
+        let client = connect(&u.url(), &era, ClientAuth::Bearer(te.clone())).await;
+        let me = whoami(&client).await;
+        let auth = me["headers"]["authorization"][0]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            auth.starts_with("Bearer dat_"),
+            "{era}: the TI reaches the server: {me}"
+        );
+        assert!(
+            !me.to_string().contains(&te),
+            "{era}: the TE never reaches the server: {me}"
+        );
+        assert_eq!(
+            call_tool_text(&client, "echo", json!({"text": "as the user"})).await,
+            "as the user"
+        );
+        client.cancel().await.unwrap();
+    }
+    let ti = received_bearer(&u.whoami_raw(&te).await)
+        .trim_start_matches("Bearer ")
+        .to_owned();
+
+    // The TI is in no log line and in nothing the client received but whoami's own echo.
+    assert!(!u.logs().contains(&ti), "the TI is logged somewhere");
+    let listing = mcp_post(
+        &u.url(),
+        &[("authorization", &format!("Bearer {te}"))],
+        "tools/list",
+        json!({}),
+    )
+    .await;
+    assert_eq!(listing.status, 200);
+    assert!(!listing.body.contains(&ti) && !format!("{:?}", listing.headers).contains(&ti));
+    // Nor is it anywhere in the SQLite files in plain text.
+    for entry in std::fs::read_dir(u.stack.dir.path()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.to_string_lossy().contains("warden.db") {
+            let raw = std::fs::read(&p).unwrap();
+            assert!(
+                !raw.windows(ti.len()).any(|w| w == ti.as_bytes()),
+                "TI in plain text in {}",
+                p.display()
+            );
+        }
+    }
+
+    // Without a token the gateway still answers the usual challenge (nothing forwarded).
+    u.gated.clear_recorded().await;
+    let r = mcp_post(&u.url(), &[], "tools/call", json!({"name": "whoami"})).await;
+    assert_eq!(r.status, 401);
+    u.gated.assert_nothing_recorded("a call without a TE").await;
+}
+
+#[tokio::test]
+async fn a_ti_revoked_at_the_provider_sends_the_client_back_through_authorization() {
+    let u = UpstreamStack::start(300).await;
+    let signed = sign_in(&u.url()).await;
+    let te = signed.access_token.clone();
+    assert_eq!(u.whoami_raw(&te).await.status, 200);
+
+    // The user revokes the app at the provider: the server refuses the TI.
+    u.provider
+        .hook("revoke-user", "user=demo%40example.com")
+        .await;
+    let r = u.whoami_raw(&te).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let challenge = r.header("www-authenticate").unwrap_or_default();
+    assert!(challenge.contains("invalid_token"), "{challenge}");
+    assert!(challenge.contains("resource_metadata="), "{challenge}");
+    // The refusal dropped the TI at the token service.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while u.vault_lookup().await.0 != 404 {
+        assert!(Instant::now() < deadline, "the TI was not dropped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The client's refresh is refused, so it runs authorization again.
+    let refresh = signed.refresh_token.clone().unwrap();
+    let resp = http_client()
+        .post(&signed.token_endpoint)
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+            ("client_id", signed.client_id.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+
+    let again = sign_in(&u.url()).await;
+    assert_eq!(u.provider.stats().await["authorization_code"], 2);
+    let bearer = received_bearer(&u.whoami_raw(&again.access_token).await);
+    assert!(bearer.starts_with("Bearer dat_"));
+}
+
+#[tokio::test]
+async fn an_expired_ti_is_refreshed_once_for_ten_concurrent_calls() {
+    // Provider tokens live 3 s: the test waits for that expiry, which is what it tests.
+    let u = UpstreamStack::start(3).await;
+    let signed = sign_in(&u.url()).await;
+    let te = signed.access_token.clone();
+    let first = received_bearer(&u.whoami_raw(&te).await);
+    tokio::time::sleep(Duration::from_millis(3_300)).await;
+    // A slow provider, so the ten lookups overlap the refresh.
+    u.provider.hook("delay-token", "ms=300").await;
+    let calls = (0..10).map(|_| u.whoami_raw(&te));
+    let answers = futures_util::future::join_all(calls).await;
+    let bearers: std::collections::BTreeSet<String> = answers.iter().map(received_bearer).collect();
+    assert_eq!(
+        bearers.len(),
+        1,
+        "one refreshed TI for every call: {bearers:?}"
+    );
+    assert_ne!(bearers.iter().next().unwrap(), &first);
+    let stats = u.provider.stats().await;
+    assert_eq!(stats["refresh_token"], 1, "{stats}");
+}
