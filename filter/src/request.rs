@@ -211,7 +211,7 @@ pub fn deliver_lookup(waiter: Waiter, headers: usize, body_size: usize) {
     let Ok(mut s) = state.try_borrow_mut() else {
         return;
     };
-    // The answer is the request's: read it with the request's context effective.
+    // The request's context must be effective for its headers, resume and local reply.
     if s.done || hostcalls::set_effective_context(waiter.id).is_err() {
         return;
     }
@@ -325,10 +325,6 @@ impl RequestState {
     /// Nothing may move upstream while the request is undecided or after it was refused.
     fn holding(&self) -> bool {
         self.awaiting_keys || self.replied || self.upstream_lookup.is_some()
-    }
-
-    pub(crate) fn id(&self) -> u32 {
-        self.id
     }
 
     /// The request's `x-request-id`, which JSON-RPC errors carry for the log.
@@ -684,7 +680,8 @@ impl Context for WardenRequest {
     fn on_done(&mut self) -> bool {
         if let Ok(mut s) = self.state.try_borrow_mut() {
             s.done = true;
-            // Envoy cancels the request's call-outs with it: free the look-up's slot.
+            // Free the look-up's slot: its answer (Envoy still delivers it, to the root) may
+            // come back to this context after it is gone, where nobody would see it.
             if let Some(token) = s.upstream_lookup.take() {
                 let _ = s.worker.borrow_mut().take_lookup(token);
             }

@@ -358,10 +358,9 @@ impl Worker {
 }
 
 impl Worker {
-    /// Asks the token service for a user's upstream token; the answer comes back to whichever
-    /// context the SDK had active (`take_lookup` finds the request). Must run with the
-    /// request's context effective, so the call-out is the request's (cancelled with it).
-    /// `Err` is the reason to refuse the request with.
+    /// Asks the token service for a user's upstream token. The SDK hands the answer to the
+    /// context it had active (the request, or the root for a request the JWKS answer woke);
+    /// both find the request with `take_lookup`. `Err` is the reason to refuse it with.
     pub fn start_lookup(&mut self, waiter: Waiter, body: &str) -> Result<u32, &'static str> {
         let Some(ts) = self.config.token_service.as_ref() else {
             return Err("token-service-unconfigured");
@@ -405,16 +404,13 @@ impl Worker {
         self.lookups.remove(&token)
     }
 
-    /// Tells the token service a TI was refused, fire and forget. The call leaves from the
-    /// root context, so it outlives the request (Envoy cancels a request's own call-outs when
-    /// the request ends, which the local reply about to be sent does at once).
-    pub fn dispatch_drop(&self, own_id: u32, body: &str) {
+    /// Tells the token service a TI was refused, fire and forget. Envoy makes every call-out
+    /// the root context's, so it outlives the request the local reply is about to end; its
+    /// answer is nobody's (`take_lookup` and the JWKS token both miss it).
+    pub fn dispatch_drop(&self, body: &str) {
         let Some(ts) = self.config.token_service.as_ref() else {
             return;
         };
-        if hostcalls::set_effective_context(self.root_id).is_err() {
-            return;
-        }
         let headers = vec![
             (":method", "POST"),
             (":path", DROP_PATH),
@@ -435,7 +431,6 @@ impl Worker {
                 ts.cluster
             );
         }
-        let _ = hostcalls::set_effective_context(own_id);
     }
 }
 
