@@ -41,7 +41,36 @@ pub struct PluginConfig {
     /// does, with the `header_mutation` filter); absent, the property is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_header: Option<String>,
+    /// Where the filter asks for users' upstream tokens (TI) on routes with `upstream_oauth`:
+    /// the token service's internal listener. Required when any route has `upstream_oauth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_service: Option<TokenServiceConfig>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// The token service's internal API (`/internal/v1/...`), reached through an Envoy cluster.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenServiceConfig {
+    /// Envoy cluster that reaches the internal listener.
+    pub cluster: String,
+    /// `:authority` sent with each call.
+    pub authority: String,
+    /// Sent as `Authorization: Bearer <credential>`; never logged, never shown by `Debug`.
+    pub credential: String,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u32,
+}
+
+impl std::fmt::Debug for TokenServiceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenServiceConfig")
+            .field("cluster", &self.cluster)
+            .field("authority", &self.authority)
+            .field("credential", &"[redacted]")
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +124,14 @@ pub struct RouteConfig {
     /// Argument keys (at any depth) whose values the log shows as `[redacted]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redact_parameters: Vec<String>,
+    /// The MCP server wants the user's own token from an upstream OAuth provider (TI): the
+    /// filter gets it from `token_service` and sends it as `Authorization: Bearer <TI>`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub upstream_oauth: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +220,8 @@ pub struct Route {
     pub filter_tools_list: bool,
     pub log_tool_parameters: bool,
     pub redact_parameters: Vec<String>,
+    /// Requests carry the user's upstream token (TI) from the token service.
+    pub upstream_oauth: bool,
 }
 
 /// The compiled configuration the filter works from.
@@ -194,7 +233,30 @@ pub struct CompiledConfig {
     pub token_cache_entries: usize,
     pub authorize_filter_state: bool,
     pub route_header: Option<String>,
+    /// Where upstream tokens come from (present when a route has `upstream_oauth`).
+    pub token_service: Option<TokenService>,
     pub routes: Vec<Route>,
+}
+
+/// The token service's internal API, ready for call-outs.
+#[derive(Clone)]
+pub struct TokenService {
+    pub cluster: String,
+    pub authority: String,
+    /// `Bearer <credential>`, the `authorization` header of every call.
+    pub authorization: String,
+    pub timeout_ms: u32,
+}
+
+impl std::fmt::Debug for TokenService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenService")
+            .field("cluster", &self.cluster)
+            .field("authority", &self.authority)
+            .field("authorization", &"[redacted]")
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 impl CompiledConfig {
@@ -339,6 +401,34 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
             None
         }
     };
+    let token_service = match &raw.token_service {
+        None => None,
+        Some(ts) => {
+            if ts.cluster.is_empty() {
+                return Err(err("token_service.cluster", "must not be empty"));
+            }
+            if ts.authority.is_empty() {
+                return Err(err("token_service.authority", "must not be empty"));
+            }
+            // It goes into a header: visible ASCII only (the message never shows it).
+            if ts.credential.is_empty() || !ts.credential.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(err(
+                    "token_service.credential",
+                    "must be non-empty printable ASCII without spaces",
+                ));
+            }
+            if ts.timeout_ms == 0 {
+                // Envoy reads 0 as "no timeout": a stalled call would hold requests forever.
+                return Err(err("token_service.timeout_ms", "must be at least 1"));
+            }
+            Some(TokenService {
+                cluster: ts.cluster.clone(),
+                authority: ts.authority.clone(),
+                authorization: format!("Bearer {}", ts.credential),
+                timeout_ms: ts.timeout_ms,
+            })
+        }
+    };
     if raw.clock_skew_seconds > 300 {
         return Err(err(
             "clock_skew_seconds",
@@ -407,6 +497,12 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
                 format!("must be between 1 and {MAX_MAX_REQUEST_BYTES}"),
             ));
         }
+        if r.upstream_oauth && token_service.is_none() {
+            return Err(err(
+                at("upstream_oauth"),
+                "needs token_service: the upstream token comes from the token service",
+            ));
+        }
         let resource_name = r.resource_name.clone().unwrap_or_else(|| r.name.clone());
         let metadata_document = serde_json::json!({
             "resource": r.resource,
@@ -437,6 +533,7 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
             filter_tools_list: r.filter_tools_list,
             log_tool_parameters: r.log_tool_parameters,
             redact_parameters: r.redact_parameters,
+            upstream_oauth: r.upstream_oauth,
         });
     }
     Ok(CompiledConfig {
@@ -449,6 +546,7 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
         token_cache_entries: raw.token_cache_entries as usize,
         authorize_filter_state: raw.authorize_filter_state,
         route_header,
+        token_service,
         routes,
     })
 }
@@ -645,5 +743,111 @@ mod tests {
         let missing = load(serde_json::json!({"version": 1})).unwrap_err();
         assert!(missing.to_string().contains("issuer"), "{missing}");
         assert!(CompiledConfig::from_json(b"{").is_err());
+    }
+
+    fn with_upstream_oauth() -> serde_json::Value {
+        let mut v = sample();
+        v["token_service"] = serde_json::json!({
+            "cluster": "warden_token_service_internal",
+            "authority": "127.0.0.1:9101",
+            "credential": "s3cr3t-credential",
+        });
+        v["routes"][0]["upstream_oauth"] = true.into();
+        v
+    }
+
+    #[test]
+    fn upstream_oauth_routes_get_the_token_service() {
+        let c = load(with_upstream_oauth()).unwrap();
+        assert!(c.routes[0].upstream_oauth);
+        assert!(!c.routes[1].upstream_oauth);
+        let ts = c.token_service.as_ref().unwrap();
+        assert_eq!(ts.cluster, "warden_token_service_internal");
+        assert_eq!(ts.authority, "127.0.0.1:9101");
+        assert_eq!(ts.authorization, "Bearer s3cr3t-credential");
+        assert_eq!(ts.timeout_ms, 2_000);
+        // Without the new fields the configuration is what it was (the fields are additive).
+        let plain = load(sample()).unwrap();
+        assert!(plain.token_service.is_none());
+        assert!(plain.routes.iter().all(|r| !r.upstream_oauth));
+    }
+
+    #[test]
+    fn upstream_oauth_without_token_service_is_refused_naming_the_field() {
+        let mut v = with_upstream_oauth();
+        v.as_object_mut().unwrap().remove("token_service");
+        let e = load(v).unwrap_err();
+        assert_eq!(e.path, "routes[0].upstream_oauth", "{e}");
+    }
+
+    #[test]
+    fn token_service_is_strict_and_names_its_fields() {
+        type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (
+                Box::new(|v| v["token_service"]["colour"] = "red".into()),
+                "token_service",
+            ),
+            (
+                Box::new(|v| v["token_service"]["cluster"] = "".into()),
+                "token_service.cluster",
+            ),
+            (
+                Box::new(|v| v["token_service"]["authority"] = "".into()),
+                "token_service.authority",
+            ),
+            (
+                Box::new(|v| v["token_service"]["credential"] = "two words".into()),
+                "token_service.credential",
+            ),
+            (
+                Box::new(|v| v["token_service"]["credential"] = "".into()),
+                "token_service.credential",
+            ),
+            (
+                Box::new(|v| {
+                    v["token_service"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("credential");
+                }),
+                "token_service",
+            ),
+            (
+                Box::new(|v| v["token_service"]["timeout_ms"] = 0.into()),
+                "token_service.timeout_ms",
+            ),
+            (
+                Box::new(|v| v["routes"][0]["upstream_oauth"] = "yes".into()),
+                "routes[0].upstream_oauth",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut v = with_upstream_oauth();
+            mutate(&mut v);
+            let e = load(v).unwrap_err();
+            assert!(e.path.starts_with(field), "expected {field}, got {e}");
+            assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_credential_never_shows_in_debug_output() {
+        let raw: PluginConfig = serde_json::from_value(with_upstream_oauth()).unwrap();
+        let shown = format!("{raw:?}");
+        assert!(shown.contains("warden_token_service_internal"), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        let compiled = load(with_upstream_oauth()).unwrap();
+        let shown = format!("{compiled:?}");
+        assert!(shown.contains("[redacted]"), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
+
+    #[test]
+    fn serializing_leaves_the_new_fields_out_when_unused() {
+        let raw: PluginConfig = serde_json::from_value(sample()).unwrap();
+        let text = serde_json::to_string(&raw).unwrap();
+        assert!(!text.contains("upstream_oauth"), "{text}");
+        assert!(!text.contains("\"token_service\""), "{text}");
     }
 }

@@ -16,4 +16,5 @@ pub mod session;
 pub mod token;
 pub mod toolslist;
 pub mod transport;
+pub mod upstream;
 pub mod url;

@@ -5,8 +5,10 @@
 //!
 //! * `worker` — per-worker state and the JWKS: one fetch at a time, from the root context, with
 //!   the requests that wait for it woken when it answers.
-//! * `request` — the request path: token check, body judgement, session id unwrapping.
-//! * `response` — the response path: CORS, session id wrapping, `tools/list` filtering.
+//! * `request` — the request path: token check, body judgement, session id unwrapping, the
+//!   upstream token (TI) looked up and injected on routes with `upstream_oauth`.
+//! * `response` — the response path: CORS, session id wrapping, `tools/list` filtering, a TI
+//!   the MCP server refused dropped.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -37,17 +39,18 @@ struct WardenRoot {
 }
 
 impl Context for WardenRoot {
-    fn on_http_call_response(
-        &mut self,
-        _token: u32,
-        headers: usize,
-        body: usize,
-        _trailers: usize,
-    ) {
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, _trailers: usize) {
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        let waiting = worker.borrow_mut().accept_jwks(headers, body);
+        // A look-up a request dispatched while the root was the SDK's active context (a
+        // request woken by the JWKS answer) comes back here.
+        let lookup = worker.borrow_mut().take_lookup(token);
+        if let Some(waiter) = lookup {
+            request::deliver_lookup(waiter, headers, body);
+            return;
+        }
+        let waiting = worker.borrow_mut().accept_jwks(token, headers, body);
         // The borrow has ended: each woken request borrows the worker itself.
         for waiter in waiting {
             request::wake(waiter);

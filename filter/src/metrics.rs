@@ -33,9 +33,16 @@ pub enum Counter {
     DeniedMethod,
     /// `Mcp-Session-Id`s that are not the caller's.
     DeniedSession,
+    /// Upstream tokens asked of the token service (cache misses).
+    UpstreamTokenLookups,
+    /// Requests refused for want of an upstream token (none, refused, provider or token
+    /// service unavailable).
+    DeniedUpstreamToken,
+    /// Upstream tokens the MCP server refused (dropped, the client sent to authorize again).
+    UpstreamTokenRefused,
 }
 
-const NAMES: [&str; 14] = [
+const NAMES: [&str; 17] = [
     "mcp_warden.requests_allowed",
     "mcp_warden.requests_denied",
     "mcp_warden.local_replies",
@@ -50,6 +57,9 @@ const NAMES: [&str; 14] = [
     "mcp_warden.tools_list_filtered",
     "mcp_warden.denied_method",
     "mcp_warden.denied_session",
+    "mcp_warden.upstream_token_lookups",
+    "mcp_warden.denied_upstream_token",
+    "mcp_warden.upstream_token_refused",
 ];
 
 pub struct Metrics {

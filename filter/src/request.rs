@@ -1,6 +1,8 @@
 //! The request path of one HTTP stream: read the head, ask the core for the access decision,
-//! buffer and judge the body, and carry the verdict out. The state lives behind an `Rc` so the
-//! root context can finish a request that waited for the JWKS (`wake`).
+//! buffer and judge the body, carry the verdict out, and on routes with `upstream_oauth` send
+//! the user's upstream token (TI) instead of theirs. The state lives behind an `Rc` so the
+//! root context can finish a request that waited for the JWKS (`wake`) or a look-up
+//! (`deliver_lookup`).
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -17,6 +19,7 @@ use warden_core::names::disguised_header;
 use warden_core::reply::LocalReply;
 use warden_core::token::TeClaims;
 use warden_core::transport::MethodRule;
+use warden_core::upstream::{self, Lookup, ReplyTo, UpstreamToken, MAX_ANSWER_BYTES};
 
 use crate::headers::HeaderBlock;
 use crate::metrics::{Counter, Metrics};
@@ -167,6 +170,10 @@ pub struct RequestState {
     pub(crate) grant: Option<Grant>,
     /// Paused until the JWKS fetch answers (`wake`).
     awaiting_keys: bool,
+    /// Paused until the token service answers this call-out with the user's TI.
+    upstream_lookup: Option<u32>,
+    /// The TI sent upstream with this request, checked against the server's answer.
+    pub(crate) upstream_sent: Option<Rc<UpstreamToken>>,
     /// A local reply went out: nothing of this request may continue upstream.
     replied: bool,
     /// The stream is over; a late wake-up must not touch it.
@@ -194,6 +201,21 @@ pub fn wake(waiter: Waiter) {
     if let Action::Continue = s.decide_and_act(false, now_seconds()) {
         let _ = hostcalls::resume_http_request();
     }
+}
+
+/// Finishes a request that waited for its upstream token, with the token service's answer.
+pub fn deliver_lookup(waiter: Waiter, headers: usize, body_size: usize) {
+    let Some(state) = waiter.state.upgrade() else {
+        return;
+    };
+    let Ok(mut s) = state.try_borrow_mut() else {
+        return;
+    };
+    // The request's context must be effective for its headers, resume and local reply.
+    if s.done || hostcalls::set_effective_context(waiter.id).is_err() {
+        return;
+    }
+    s.accept_lookup(headers, body_size);
 }
 
 impl RequestState {
@@ -290,7 +312,7 @@ impl RequestState {
         }
     }
 
-    fn send(&mut self, reply: LocalReply) {
+    pub(crate) fn send(&mut self, reply: LocalReply) {
         self.replied = true;
         let headers: Vec<(&str, &str)> = reply
             .headers
@@ -302,7 +324,139 @@ impl RequestState {
 
     /// Nothing may move upstream while the request is undecided or after it was refused.
     fn holding(&self) -> bool {
-        self.awaiting_keys || self.replied
+        self.awaiting_keys || self.replied || self.upstream_lookup.is_some()
+    }
+
+    /// The request's `x-request-id`, which JSON-RPC errors carry for the log.
+    pub(crate) fn request_id(&self) -> &str {
+        self.call
+            .as_ref()
+            .map(|c| c.head.request_id.as_str())
+            .unwrap_or_default()
+    }
+
+    /// Sends the user's TI upstream: from the worker's cache (no call-out), or paused while
+    /// the token service is asked.
+    fn attach_upstream_token(&mut self) -> Action {
+        let Some(grant) = self.grant.as_ref() else {
+            return Action::Continue;
+        };
+        let now = now_seconds();
+        let worker = Rc::clone(&self.worker);
+        let mut w = worker.borrow_mut();
+        let sub = grant.identity.claims.sub.as_str();
+        if let Some(token) = w.upstream_tokens.get(grant.route, sub, now) {
+            // Replaces any value; the client's own was removed with the decision.
+            let _ = hostcalls::set_map_value_bytes(
+                MapType::HttpRequestHeaders,
+                "authorization",
+                Some(token.authorization().as_bytes()),
+            );
+            self.upstream_sent = Some(token);
+            return Action::Continue;
+        }
+        let body = match w.config.routes.get(grant.route) {
+            Some(route) => upstream::lookup_body(sub, &route.name),
+            None => return Action::Continue,
+        };
+        let waiter = Waiter {
+            id: self.id,
+            state: self.me.clone(),
+        };
+        match w.start_lookup(waiter, &body) {
+            Ok(token) => {
+                self.upstream_lookup = Some(token);
+                Action::Pause
+            }
+            Err(reason) => {
+                drop(w);
+                let reply = upstream::token_service_unavailable(
+                    reason,
+                    ReplyTo {
+                        request_id: self.request_id(),
+                        cors: grant.cors_origin.as_deref(),
+                    },
+                );
+                self.refuse_for_upstream_token(reply);
+                Action::Pause
+            }
+        }
+    }
+
+    /// The token service answered the look-up: send the TI upstream, or answer the client.
+    fn accept_lookup(&mut self, headers: usize, body_size: usize) {
+        if self.upstream_lookup.take().is_none() {
+            return;
+        }
+        let status = if headers == 0 {
+            // Envoy's sign of a failed call (no answer, timeout): nothing to read.
+            None
+        } else {
+            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+                .ok()
+                .and_then(|h| h.into_iter().find(|(name, _)| name == ":status"))
+                .and_then(|(_, value)| std::str::from_utf8(&value).ok()?.parse::<u32>().ok())
+        };
+        let body = if body_size == 0 || body_size > MAX_ANSWER_BYTES {
+            Vec::new()
+        } else {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
+        let Some(grant) = self.grant.as_ref() else {
+            return;
+        };
+        let worker = Rc::clone(&self.worker);
+        let config = Rc::clone(&worker.borrow().config);
+        let Some(route) = config.routes.get(grant.route) else {
+            return;
+        };
+        let to = ReplyTo {
+            request_id: self.request_id(),
+            cors: grant.cors_origin.as_deref(),
+        };
+        match upstream::classify_lookup(status, &body, route, to) {
+            Lookup::Use(token) => {
+                let token = Rc::new(token);
+                worker.borrow_mut().upstream_tokens.put(
+                    grant.route,
+                    &grant.identity.claims.sub,
+                    Rc::clone(&token),
+                    now_seconds(),
+                );
+                let _ = hostcalls::set_map_value_bytes(
+                    MapType::HttpRequestHeaders,
+                    "authorization",
+                    Some(token.authorization().as_bytes()),
+                );
+                self.upstream_sent = Some(token);
+                let _ = hostcalls::resume_http_request();
+            }
+            Lookup::Refuse(reply) => self.refuse_for_upstream_token(reply),
+        }
+    }
+
+    fn refuse_for_upstream_token(&mut self, reply: LocalReply) {
+        self.worker
+            .borrow()
+            .metrics
+            .inc(Counter::DeniedUpstreamToken);
+        let route = self
+            .grant
+            .as_ref()
+            .and_then(|g| {
+                let w = self.worker.borrow();
+                w.config.routes.get(g.route).map(|r| r.name.clone())
+            })
+            .unwrap_or_default();
+        log::info!(
+            "mcp-warden: rejected {} on route {route}: {}",
+            reply.status,
+            reply.reason
+        );
+        self.send(reply);
     }
 
     /// After the token check: judge what can be judged now, or wait for the body to end.
@@ -401,6 +555,10 @@ impl RequestState {
                     if let Some(id) = verdict.tools_list_id {
                         self.response = ResponseFilter::Json(id);
                     }
+                }
+                if route.upstream_oauth {
+                    drop(w);
+                    return self.attach_upstream_token();
                 }
                 Action::Continue
             }
@@ -503,6 +661,8 @@ impl WardenRequest {
                 worker,
                 grant: None,
                 awaiting_keys: false,
+                upstream_lookup: None,
+                upstream_sent: None,
                 replied: false,
                 done: false,
                 head: None,
@@ -520,8 +680,25 @@ impl Context for WardenRequest {
     fn on_done(&mut self) -> bool {
         if let Ok(mut s) = self.state.try_borrow_mut() {
             s.done = true;
+            // Free the look-up's slot: its answer (Envoy still delivers it, to the root) may
+            // come back to this context after it is gone, where nobody would see it.
+            if let Some(token) = s.upstream_lookup.take() {
+                let _ = s.worker.borrow_mut().take_lookup(token);
+            }
         }
         true
+    }
+
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, _trailers: usize) {
+        let worker = match self.state.try_borrow() {
+            Ok(s) => Rc::clone(&s.worker),
+            Err(_) => return,
+        };
+        // Anything else is a drop's answer, which nobody reads.
+        let lookup = worker.borrow_mut().take_lookup(token);
+        if let Some(waiter) = lookup {
+            deliver_lookup(waiter, headers, body);
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The response path of a request the filter let through: CORS headers for browser clients,
-//! the upstream's `Mcp-Session-Id` wrapped for this user (see `warden_core::session`), and a
-//! `tools/list` result filtered down to the tools the caller may call.
+//! the upstream's `Mcp-Session-Id` wrapped for this user (see `warden_core::session`), a
+//! `tools/list` result filtered down to the tools the caller may call, and an upstream token
+//! (TI) the server refused dropped and answered for.
 
 use std::rc::Rc;
 
@@ -11,9 +12,11 @@ use warden_core::mcp::may_call_tool;
 use warden_core::reply::CORS_EXPOSE_HEADERS;
 use warden_core::session::MAX_UPSTREAM_ID_BYTES;
 use warden_core::toolslist::{filter_message, SseToolsFilter};
+use warden_core::upstream::{self, ReplyTo};
 
 use crate::metrics::Counter;
 use crate::request::RequestState;
+use crate::worker::now_seconds;
 
 /// Largest `tools/list` JSON result (or single SSE event) held back for filtering.
 const MAX_TOOLS_LIST_BYTES: usize = 4 * 1024 * 1024;
@@ -32,6 +35,11 @@ fn set_header(name: &str, value: Option<&[u8]>) {
 
 impl RequestState {
     pub fn on_response_headers(&mut self) -> Action {
+        if self.upstream_sent.is_some() {
+            if let Some(action) = self.check_upstream_refusal() {
+                return action;
+            }
+        }
         let Some(grant) = self.grant.as_ref() else {
             return Action::Continue;
         };
@@ -168,6 +176,60 @@ impl RequestState {
                 }
             }
         }
+    }
+
+    /// When the MCP server refused the TI this request carried (`401`, or `403` for
+    /// `insufficient_scope`): forget it, tell the token service, and answer the client in the
+    /// server's place. `None`: the response goes on. Only requests that carried a TI get here,
+    /// so other routes' `401`s pass untouched.
+    fn check_upstream_refusal(&mut self) -> Option<Action> {
+        let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u32>().ok())?;
+        if status != 401 && status != 403 {
+            return None;
+        }
+        let headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
+        let challenges: Vec<&[u8]> = headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("www-authenticate"))
+            .map(|(_, value)| value.as_slice())
+            .collect();
+        let refusal = upstream::refused_by_upstream(status, &challenges)?;
+        // Taken: the reply below passes this callback again and must not be judged.
+        let sent = self.upstream_sent.take()?;
+        let grant = self.grant.as_ref()?;
+        let worker = Rc::clone(&self.worker);
+        let config = Rc::clone(&worker.borrow().config);
+        let route = config.routes.get(grant.route)?;
+        let sub = grant.identity.claims.sub.as_str();
+        {
+            let mut w = worker.borrow_mut();
+            w.upstream_tokens.remove(grant.route, sub, &sent);
+            w.dispatch_drop(&upstream::drop_body(sub, &route.name, &sent, &refusal));
+            w.metrics.inc(Counter::UpstreamTokenRefused);
+        }
+        let reply = upstream::refused_reply(
+            route,
+            &refusal,
+            sent.granted_at,
+            now_seconds(),
+            ReplyTo {
+                request_id: self.request_id(),
+                cors: grant.cors_origin.as_deref(),
+            },
+        );
+        log::info!(
+            "mcp-warden: the MCP server of route {} refused the upstream token ({status}, {}); dropped it, answering {} {}",
+            route.name,
+            refusal.reason.as_str(),
+            reply.status,
+            reply.reason
+        );
+        self.response = ResponseFilter::None;
+        self.send(reply);
+        Some(Action::Pause)
     }
 
     /// Whether a tools/list result was removed anything from (for the counter).

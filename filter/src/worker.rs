@@ -4,6 +4,7 @@
 //! unknown `kid`s costs at most one fetch every `MIN_KID_REFETCH_SECONDS` per worker.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +15,7 @@ use warden_core::config::CompiledConfig;
 use warden_core::keys::KeySet;
 use warden_core::session::SessionKey;
 use warden_core::toolslist::FilteredLists;
+use warden_core::upstream::{UpstreamTokenCache, DROP_PATH, LOOKUP_PATH};
 
 use crate::metrics::{Counter, Metrics};
 use crate::request::RequestState;
@@ -29,6 +31,8 @@ const MIN_KID_REFETCH_SECONDS: i64 = 5;
 const MIN_BOOTSTRAP_FETCH_SECONDS: i64 = 1;
 /// Requests waiting for one fetch; later ones are decided at once with the keys at hand.
 const MAX_WAITING: usize = 1024;
+/// Upstream token look-ups in flight per worker; a request beyond them gets a 503.
+const MAX_LOOKUPS: usize = 64;
 /// JWKS responses larger than this are refused rather than parsed.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// Shared-data key prefix of the last good JWKS; the issuer completes the key, so two plugin
@@ -40,7 +44,7 @@ const SESSION_SHARED_KEY: &str = "mcp-warden.session-key.v1";
 /// operator's session key, shared by every Envoy replica.
 pub const SESSION_KEY_ENV: &str = "MCP_WARDEN_SESSION_KEY";
 
-/// A request paused until the JWKS fetch answers.
+/// A request paused until a call-out answers (the JWKS fetch, or its upstream token look-up).
 pub struct Waiter {
     pub id: u32,
     pub state: Weak<RefCell<RequestState>>,
@@ -49,6 +53,8 @@ pub struct Waiter {
 #[derive(Default)]
 struct Fetch {
     in_flight: bool,
+    /// The call-out token of the fetch in flight: other call-outs answer the root too.
+    token: Option<u32>,
     /// When the fetch in flight left (for the watchdog).
     in_flight_since: Option<i64>,
     /// A request asked for a fetch; the next tick dispatches it.
@@ -67,6 +73,10 @@ pub struct Worker {
     /// Shared-data version our `keys` came from, to notice another worker's fetch.
     keys_cas: Option<u32>,
     pub cache: TokenCache,
+    /// Users' upstream tokens (TI), by route and `sub`.
+    pub upstream_tokens: UpstreamTokenCache,
+    /// Upstream token look-ups in flight, by call-out token.
+    lookups: HashMap<u32, Waiter>,
     /// `tools/list` answers filtered lately, reused when a caller lists again.
     pub lists: FilteredLists,
     pub session_key: SessionKey,
@@ -147,6 +157,8 @@ impl Worker {
     pub fn new(root_id: u32, config: CompiledConfig, session_key: (SessionKey, bool)) -> Self {
         let keys = config.static_keys.clone().map(Rc::new);
         let cache = TokenCache::new(config.token_cache_entries, config.rules.leeway_seconds);
+        let upstream_tokens =
+            UpstreamTokenCache::new(config.token_cache_entries, config.routes.len());
         let shared_key = format!("{JWKS_SHARED_KEY_PREFIX}{}", config.rules.issuer);
         Self {
             root_id,
@@ -154,6 +166,8 @@ impl Worker {
             keys,
             keys_cas: None,
             cache,
+            upstream_tokens,
+            lookups: HashMap::new(),
             lists: FilteredLists::default(),
             session_key: session_key.0,
             session_key_per_process: session_key.1,
@@ -247,6 +261,7 @@ impl Worker {
             {
                 log::warn!("mcp-warden: JWKS fetch never answered; giving up on it");
                 self.fetch.in_flight = false;
+                self.fetch.token = None;
                 self.metrics.inc(Counter::JwksFetchFailed);
                 return (period, std::mem::take(&mut self.fetch.waiting));
             }
@@ -262,8 +277,9 @@ impl Worker {
             return (period, Vec::new());
         }
         self.fetch.wanted = false;
-        if dispatch_jwks(&fetch) {
+        if let Some(token) = dispatch_jwks(&fetch) {
             self.fetch.in_flight = true;
+            self.fetch.token = Some(token);
             self.fetch.in_flight_since = Some(now);
             self.fetch.last_refresh = Some(now);
             (period, Vec::new())
@@ -286,7 +302,12 @@ impl Worker {
 
     /// Handles the JWKS fetch's answer and returns the requests waiting for it. `headers == 0`
     /// is Envoy's sign of a failed call: no response exists and reading it would fail.
-    pub fn accept_jwks(&mut self, headers: usize, body_size: usize) -> Vec<Waiter> {
+    pub fn accept_jwks(&mut self, token: u32, headers: usize, body_size: usize) -> Vec<Waiter> {
+        if self.fetch.token != Some(token) {
+            // Another call-out's answer (a drop the root sent): nothing to read.
+            return Vec::new();
+        }
+        self.fetch.token = None;
         self.fetch.in_flight = false;
         let waiting = std::mem::take(&mut self.fetch.waiting);
         let status = if headers == 0 {
@@ -336,7 +357,84 @@ impl Worker {
     }
 }
 
-fn dispatch_jwks(fetch: &warden_core::config::JwksFetch) -> bool {
+impl Worker {
+    /// Asks the token service for a user's upstream token. The SDK hands the answer to the
+    /// context it had active (the request, or the root for a request the JWKS answer woke);
+    /// both find the request with `take_lookup`. `Err` is the reason to refuse it with.
+    pub fn start_lookup(&mut self, waiter: Waiter, body: &str) -> Result<u32, &'static str> {
+        let Some(ts) = self.config.token_service.as_ref() else {
+            return Err("token-service-unconfigured");
+        };
+        if self.lookups.len() >= MAX_LOOKUPS {
+            return Err("token-service-busy");
+        }
+        let headers = vec![
+            (":method", "POST"),
+            (":path", LOOKUP_PATH),
+            (":authority", ts.authority.as_str()),
+            ("authorization", ts.authorization.as_str()),
+            ("content-type", "application/json"),
+            ("accept", "application/json"),
+        ];
+        let timeout = Duration::from_millis(u64::from(ts.timeout_ms));
+        match hostcalls::dispatch_http_call(
+            &ts.cluster,
+            headers,
+            Some(body.as_bytes()),
+            vec![],
+            timeout,
+        ) {
+            Ok(token) => {
+                self.lookups.insert(token, waiter);
+                self.metrics.inc(Counter::UpstreamTokenLookups);
+                Ok(token)
+            }
+            Err(status) => {
+                log::warn!(
+                    "mcp-warden: cannot dispatch upstream token look-up to cluster {}: {status:?}",
+                    ts.cluster
+                );
+                Err("token-service-unavailable")
+            }
+        }
+    }
+
+    /// The request waiting for this call-out's answer, if it is a look-up (and frees its slot).
+    pub fn take_lookup(&mut self, token: u32) -> Option<Waiter> {
+        self.lookups.remove(&token)
+    }
+
+    /// Tells the token service a TI was refused, fire and forget. Envoy makes every call-out
+    /// the root context's, so it outlives the request the local reply is about to end; its
+    /// answer is nobody's (`take_lookup` and the JWKS token both miss it).
+    pub fn dispatch_drop(&self, body: &str) {
+        let Some(ts) = self.config.token_service.as_ref() else {
+            return;
+        };
+        let headers = vec![
+            (":method", "POST"),
+            (":path", DROP_PATH),
+            (":authority", ts.authority.as_str()),
+            ("authorization", ts.authorization.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let timeout = Duration::from_millis(u64::from(ts.timeout_ms));
+        if let Err(status) = hostcalls::dispatch_http_call(
+            &ts.cluster,
+            headers,
+            Some(body.as_bytes()),
+            vec![],
+            timeout,
+        ) {
+            log::warn!(
+                "mcp-warden: cannot dispatch upstream token drop to cluster {}: {status:?}",
+                ts.cluster
+            );
+        }
+    }
+}
+
+fn dispatch_jwks(fetch: &warden_core::config::JwksFetch) -> Option<u32> {
     let headers = vec![
         (":method", "GET"),
         (":path", fetch.path.as_str()),
@@ -345,13 +443,13 @@ fn dispatch_jwks(fetch: &warden_core::config::JwksFetch) -> bool {
     ];
     let timeout = Duration::from_millis(u64::from(fetch.timeout_ms));
     match hostcalls::dispatch_http_call(&fetch.cluster, headers, None, vec![], timeout) {
-        Ok(_) => true,
+        Ok(token) => Some(token),
         Err(status) => {
             log::warn!(
                 "mcp-warden: cannot dispatch JWKS fetch to cluster {}: {status:?}",
                 fetch.cluster
             );
-            false
+            None
         }
     }
 }

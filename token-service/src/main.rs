@@ -140,7 +140,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let input = warden_token_service::render::EnvoyInput::from_config(&config, &wasm);
+            let input = match warden_token_service::render::EnvoyInput::from_config(&config, &wasm)
+            {
+                Ok(input) => input,
+                Err(e) => {
+                    eprintln!("cannot render the Envoy bootstrap: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
             match warden_token_service::render::render(&input) {
                 Ok(yaml) => {
                     print!("{yaml}");

@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 
 use warden_core::config::{
-    JwksFetch, PluginConfig, RouteConfig, CONFIG_VERSION, DEFAULT_MAX_REQUEST_BYTES,
-    ENVOY_ROUTE_PREFIX, ROUTE_HEADER,
+    JwksFetch, PluginConfig, RouteConfig, TokenServiceConfig, CONFIG_VERSION,
+    DEFAULT_MAX_REQUEST_BYTES, ENVOY_ROUTE_PREFIX, ROUTE_HEADER,
 };
 use warden_core::url::ResourceUrl;
 
@@ -20,6 +20,9 @@ pub const SESSION_KEY_ENV: &str = "MCP_WARDEN_SESSION_KEY";
 /// The cluster name the filter fetches the JWKS through.
 pub const TOKEN_SERVICE_CLUSTER: &str = "warden_token_service";
 
+/// The cluster name the filter reaches the token service's internal listener through.
+pub const TOKEN_SERVICE_INTERNAL_CLUSTER: &str = "warden_token_service_internal";
+
 /// What the renderer needs, already validated.
 #[derive(Debug, Clone)]
 pub struct EnvoyInput {
@@ -30,6 +33,24 @@ pub struct EnvoyInput {
     pub token_service: std::net::SocketAddr,
     pub wasm_path: String,
     pub routes: Vec<RouteInput>,
+    /// The internal listener, when a route needs upstream tokens.
+    pub internal: Option<InternalListener>,
+}
+
+/// Where the filter asks for upstream tokens, and the credential it presents there.
+#[derive(Clone)]
+pub struct InternalListener {
+    pub listen: std::net::SocketAddr,
+    pub credential: String,
+}
+
+impl std::fmt::Debug for InternalListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InternalListener")
+            .field("listen", &self.listen)
+            .field("credential", &"[redacted]")
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -42,12 +63,28 @@ pub struct RouteInput {
     pub scopes: Vec<String>,
     pub policy: serde_json::Value,
     pub server: crate::config::McpServerConfig,
+    /// The route has `upstream_oauth2`: the filter sends the user's upstream token.
+    pub upstream_oauth: bool,
 }
 
 impl EnvoyInput {
-    /// The render input for an operator config (already validated).
-    pub fn from_config(config: &crate::config::Config, wasm_path: &str) -> Self {
-        EnvoyInput {
+    /// The render input for an operator config (already validated). With upstream OAuth
+    /// routes it reads the internal credential, creating the file the service reads when it
+    /// does not exist yet.
+    pub fn from_config(config: &crate::config::Config, wasm_path: &str) -> anyhow::Result<Self> {
+        let internal = if config.uses_upstream_oauth() {
+            let secret = crate::secrets::load_or_create(
+                &config.internal_credential_file(),
+                "internal credential",
+            )?;
+            Some(InternalListener {
+                listen: config.authorization_server.internal_listen,
+                credential: crate::secrets::encode(&secret),
+            })
+        } else {
+            None
+        };
+        Ok(EnvoyInput {
             envoy: config.envoy.clone(),
             issuer: config.authorization_server.issuer.clone(),
             token_service: config.authorization_server.listen,
@@ -62,9 +99,11 @@ impl EnvoyInput {
                     scopes: r.scopes.clone(),
                     policy: r.policy.clone().unwrap_or_default(),
                     server: r.mcp.server.clone(),
+                    upstream_oauth: r.mcp.server.upstream_oauth2.is_some(),
                 })
                 .collect(),
-        }
+            internal,
+        })
     }
 }
 
@@ -91,6 +130,12 @@ pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
         // The rendered access log prints it (`%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`).
         authorize_filter_state: true,
         route_header: Some(ROUTE_HEADER.into()),
+        token_service: input.internal.as_ref().map(|internal| TokenServiceConfig {
+            cluster: TOKEN_SERVICE_INTERNAL_CLUSTER.into(),
+            authority: internal.listen.to_string(),
+            credential: internal.credential.clone(),
+            timeout_ms: 2_000,
+        }),
         routes: input
             .routes
             .iter()
@@ -109,6 +154,7 @@ pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
                 filter_tools_list: r.server.filter_tools_list.unwrap_or(true),
                 log_tool_parameters: r.server.log_tool_parameters.unwrap_or(false),
                 redact_parameters: r.server.redact_parameters.clone(),
+                upstream_oauth: r.upstream_oauth,
             })
             .collect(),
     }
@@ -355,6 +401,14 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
         &input.token_service.ip().to_string(),
         input.token_service.port(),
     );
+    if let Some(internal) = &input.internal {
+        cluster(
+            w,
+            TOKEN_SERVICE_INTERNAL_CLUSTER,
+            &internal.listen.ip().to_string(),
+            internal.listen.port(),
+        );
+    }
     for (i, route) in input.routes.iter().enumerate() {
         let (host, port, _) = upstream(&route.to).map_err(|e| format!("routes[{i}].to: {e}"))?;
         cluster(w, &format!("route_{i}"), &host, port);
@@ -380,6 +434,7 @@ mod tests {
                     scopes: vec![],
                     policy: serde_json::json!({"allow": {"and": [{"authenticated_user": true}]}}),
                     server: Default::default(),
+                    upstream_oauth: false,
                 },
                 RouteInput {
                     name: "root".into(),
@@ -388,8 +443,10 @@ mod tests {
                     scopes: vec!["mcp".into()],
                     policy: serde_json::json!({"allow": {"and": [{"authenticated_user": true}]}}),
                     server: Default::default(),
+                    upstream_oauth: false,
                 },
             ],
+            internal: None,
         }
     }
 
@@ -442,5 +499,86 @@ mod tests {
         let mut input = sample();
         input.routes[0].to = "https://api.example.com/mcp".into();
         assert!(render(&input).unwrap_err().contains("routes[0].to"));
+    }
+
+    fn with_upstream_oauth() -> EnvoyInput {
+        let mut input = sample();
+        input.routes[0].upstream_oauth = true;
+        input.internal = Some(InternalListener {
+            listen: "127.0.0.1:9101".parse().unwrap(),
+            credential: "c2VjcmV0LWNyZWRlbnRpYWw".into(),
+        });
+        input
+    }
+
+    #[test]
+    fn upstream_oauth_routes_get_the_internal_listener() {
+        let input = with_upstream_oauth();
+        let yaml = render(&input).unwrap();
+        assert!(
+            yaml.contains(&format!("  - name: {TOKEN_SERVICE_INTERNAL_CLUSTER}\n")),
+            "{yaml}"
+        );
+        assert!(
+            yaml.contains("socket_address: { address: \"127.0.0.1\", port_value: 9101 }"),
+            "{yaml}"
+        );
+        let plugin = serde_json::to_string(&plugin_config(&input)).unwrap();
+        let compiled = warden_core::config::CompiledConfig::from_json(plugin.as_bytes()).unwrap();
+        let ts = compiled.token_service.as_ref().unwrap();
+        assert_eq!(ts.cluster, TOKEN_SERVICE_INTERNAL_CLUSTER);
+        assert_eq!(ts.authority, "127.0.0.1:9101");
+        assert_eq!(ts.authorization, "Bearer c2VjcmV0LWNyZWRlbnRpYWw");
+        assert!(compiled.routes[0].upstream_oauth);
+        assert!(!compiled.routes[1].upstream_oauth);
+        // The input's Debug output never shows the credential.
+        assert!(!format!("{input:?}").contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn routes_without_upstream_oauth_render_as_before() {
+        let yaml = render(&sample()).unwrap();
+        assert!(!yaml.contains(TOKEN_SERVICE_INTERNAL_CLUSTER), "{yaml}");
+        assert!(!yaml.contains("upstream_oauth"), "{yaml}");
+        let plugin = plugin_config(&sample());
+        assert!(plugin.token_service.is_none());
+        assert!(plugin.routes.iter().all(|r| !r.upstream_oauth));
+    }
+
+    #[test]
+    fn the_credential_is_the_file_the_service_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("internal-credential");
+        let yaml = format!(
+            r#"
+authorization_server:
+  issuer: http://127.0.0.1:9100
+  internal_credential_file: {file}
+routes:
+- name: gh
+  from: http://127.0.0.1:9000
+  prefix: /gh
+  to: http://127.0.0.1:9200/mcp
+  mcp:
+    server:
+      upstream_oauth2:
+        client_id: abc
+        endpoint: {{auth_url: "https://github.com/login/oauth/authorize", token_url: "https://github.com/login/oauth/access_token"}}
+  policy: {{allow: {{and: [{{authenticated_user: true}}]}}}}
+"#,
+            file = file.display()
+        );
+        let config = crate::config::Config::from_yaml(&yaml).unwrap();
+        let input = EnvoyInput::from_config(&config, "filter.wasm").unwrap();
+        let secret = crate::secrets::load_or_create(&file, "internal credential").unwrap();
+        let internal = input.internal.as_ref().unwrap();
+        assert_eq!(internal.credential, crate::secrets::encode(&secret));
+        assert!(input.routes[0].upstream_oauth);
+        // Rendering again reads the same file: the credential does not change.
+        let again = EnvoyInput::from_config(&config, "filter.wasm").unwrap();
+        assert_eq!(again.internal.unwrap().credential, internal.credential);
+        assert!(render(&input)
+            .unwrap()
+            .contains(TOKEN_SERVICE_INTERNAL_CLUSTER));
     }
 }
