@@ -59,6 +59,9 @@ pub struct UpstreamToken {
     pub issued_at: i64,
     pub expires_at: Option<i64>,
     pub granted_at: i64,
+    /// The grant re-ran consent because the server had refused the previous token: a refusal
+    /// right after it means consent cannot fix it.
+    pub after_refusal: bool,
 }
 
 const BEARER: &str = "Bearer ";
@@ -79,7 +82,14 @@ impl UpstreamToken {
             issued_at,
             expires_at,
             granted_at,
+            after_refusal: false,
         })
+    }
+
+    /// Marks a token granted after the server refused the previous one.
+    pub fn after_refusal(mut self, after_refusal: bool) -> Self {
+        self.after_refusal = after_refusal;
+        self
     }
 
     /// The request's `authorization` header value upstream.
@@ -104,6 +114,7 @@ impl std::fmt::Debug for UpstreamToken {
             .field("issued_at", &self.issued_at)
             .field("expires_at", &self.expires_at)
             .field("granted_at", &self.granted_at)
+            .field("after_refusal", &self.after_refusal)
             .finish()
     }
 }
@@ -141,6 +152,8 @@ struct Granted {
     #[serde(default)]
     expires_at: Option<i64>,
     granted_at: i64,
+    #[serde(default)]
+    after_refusal: bool,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +176,7 @@ pub fn classify_lookup(status: Option<u32>, body: &[u8], route: &Route, to: Repl
     match status {
         Some(200) => match serde_json::from_slice::<Granted>(body).ok().and_then(|g| {
             UpstreamToken::new(&g.access_token, g.issued_at, g.expires_at, g.granted_at)
+                .map(|t| t.after_refusal(g.after_refusal))
         }) {
             Some(token) => Lookup::Use(token),
             None => Lookup::Refuse(token_service_unavailable("token-service-bad-answer", to)),
@@ -284,16 +298,17 @@ pub fn refused_by_upstream(status: u32, www_authenticate: &[&[u8]]) -> Option<Re
 }
 
 /// What the client gets instead of the server's refusal: normally the `401` challenge that
-/// re-runs authorization (and upstream consent); a TI granted moments ago gets a `502`, so a
-/// server that refuses every token the user grants cannot set off a loop.
+/// re-runs authorization (and upstream consent); a TI granted moments ago, by a consent that
+/// followed a refusal, gets a `502`, so a server that refuses every token the user grants
+/// cannot set off a loop.
 pub fn refused_reply(
     route: &Route,
     refusal: &Refusal,
-    granted_at: i64,
+    token: &UpstreamToken,
     now: i64,
     to: ReplyTo<'_>,
 ) -> LocalReply {
-    if refused_right_after_grant(granted_at, now) {
+    if token.after_refusal && refused_right_after_grant(token.granted_at, now) {
         return refused_after_grant(Some(&refusal.scope), to);
     }
     invalid_token_with(
@@ -897,7 +912,7 @@ mod tests {
             reason: DropReason::InvalidToken,
             scope: String::new(),
         };
-        let reply = refused_reply(&route(), &r, 1000, 1060, TO);
+        let reply = refused_reply(&route(), &r, &granted(1000, true), 1060, TO);
         assert_eq!(reply.status, 401);
         assert_eq!(reply.reason, "upstream-token-refused");
         assert_eq!(
@@ -906,13 +921,37 @@ mod tests {
         );
     }
 
+    fn granted(at: i64, after_refusal: bool) -> UpstreamToken {
+        UpstreamToken::new("ti", at, Some(at + 3600), at)
+            .unwrap()
+            .after_refusal(after_refusal)
+    }
+
+    #[test]
+    fn a_first_grant_refused_at_once_still_goes_through_authorization() {
+        // A user who revokes the app at the provider a moment after connecting it is sent
+        // through consent again: only a consent that followed a refusal can loop.
+        let r = Refusal {
+            reason: DropReason::InvalidToken,
+            scope: String::new(),
+        };
+        let reply = refused_reply(&route(), &r, &granted(1000, false), 1001, TO);
+        assert_eq!(reply.status, 401);
+        // The lookup answer carries the mark.
+        let answer = br#"{"access_token":"t","issued_at":1,"granted_at":1,"after_refusal":true}"#;
+        match classify_lookup(Some(200), answer, &route(), TO) {
+            Lookup::Use(t) => assert!(t.after_refusal),
+            Lookup::Refuse(r) => panic!("{}", r.status),
+        }
+    }
+
     #[test]
     fn a_token_refused_within_a_minute_of_consent_breaks_the_loop() {
         let r = Refusal {
             reason: DropReason::InsufficientScope,
             scope: "repo".into(),
         };
-        let reply = refused_reply(&route(), &r, 1000, 1059, TO);
+        let reply = refused_reply(&route(), &r, &granted(1000, true), 1059, TO);
         assert_eq!(reply.status, 502);
         assert_eq!(reply.reason, "upstream-token-refused-after-grant");
         assert_eq!(header(&reply, "www-authenticate"), None);

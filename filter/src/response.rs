@@ -213,7 +213,7 @@ impl RequestState {
         let reply = upstream::refused_reply(
             route,
             &refusal,
-            sent.granted_at,
+            &sent,
             now_seconds(),
             ReplyTo {
                 request_id: self.request_id(),

@@ -147,6 +147,21 @@ async fn sign_in_connects_the_upstream_account_and_calls_carry_the_ti() {
     let u = UpstreamStack::start(300).await;
     // Before anyone connected, the vault holds nothing.
     assert_eq!(u.vault_lookup().await.0, 404);
+    // The internal listener answers only with the credential the renderer gave the filter.
+    let anonymous = http_client()
+        .post(format!("http://{}/internal/v1/upstream-token", u.internal))
+        .json(&json!({"sub": DEMO_EMAIL, "route": "gh"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let rendered = std::fs::read_to_string(&u.stack.bootstrap_path).unwrap();
+    let credential =
+        std::fs::read_to_string(u.stack.dir.path().join("internal-credential")).unwrap();
+    assert!(
+        rendered.contains(credential.trim()),
+        "the plugin config carries the credential"
+    );
 
     let signed = sign_in(&u.url()).await;
     let stats = u.provider.stats().await;

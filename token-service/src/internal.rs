@@ -3,7 +3,7 @@
 //! internal credential as a bearer token.
 //!
 //! * `POST /internal/v1/upstream-token` `{"sub", "route"}` → `200 {"access_token",
-//!   "issued_at", "expires_at", "granted_at"}`, `404 no_token`, `409 upstream_refused`,
+//!   "issued_at", "expires_at", "granted_at", "after_refusal"}`, `404 no_token`, `409 upstream_refused`,
 //!   `503 upstream_unavailable`.
 //! * `POST /internal/v1/upstream-token/drop` `{"sub", "route", "access_token", "reason",
 //!   "scope"}` → `200 {"dropped"}`.
@@ -109,6 +109,7 @@ async fn upstream_token(State(s): State<AppState>, body: axum::body::Bytes) -> R
                 "issued_at": t.issued_at,
                 "expires_at": t.expires_at,
                 "granted_at": t.granted_at,
+                "after_refusal": t.after_refusal,
             }))
             .into_response(),
         ),

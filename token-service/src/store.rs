@@ -144,6 +144,10 @@ pub struct UpstreamRecord {
     pub extra_scope: String,
     /// Until then, a lookup answers "refused" rather than "no token" (loop breaker).
     pub refused_until: Option<i64>,
+    /// When an MCP server last refused this row's token.
+    pub last_refused_at: Option<i64>,
+    /// The current grant re-ran consent because a server had refused the previous token.
+    pub after_refusal: bool,
 }
 
 /// An upstream consent in progress: the provider sends the browser back with `state`.
@@ -275,7 +279,8 @@ pub trait Store: Send + Sync + 'static {
     fn release_upstream_refresh(&self, user: &str, route: &str) -> anyhow::Result<()>;
     /// Clears the tokens of the row if its access token is still the one issued at
     /// `issued_at` (a token refreshed meanwhile is not dropped by a stale refusal); records
-    /// `extra_scope` and `refused_until`. Returns whether it dropped.
+    /// `extra_scope`, `refused_until` and, for a refusal by a server, `refused_at`. Returns
+    /// whether it dropped.
     fn drop_upstream_token(
         &self,
         user: &str,
@@ -283,6 +288,7 @@ pub trait Store: Send + Sync + 'static {
         issued_at: i64,
         extra_scope: &str,
         refused_until: Option<i64>,
+        refused_at: Option<i64>,
     ) -> anyhow::Result<bool>;
     /// Deletes the row (the user disconnected the account).
     fn delete_upstream_token(&self, user: &str, route: &str) -> anyhow::Result<bool>;
@@ -420,6 +426,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
         scope         TEXT NOT NULL,
         extra_scope   TEXT NOT NULL DEFAULT '',
         refused_until INTEGER,
+        last_refused_at INTEGER,
+        after_refusal INTEGER NOT NULL DEFAULT 0,
         refresh_lease INTEGER,
         PRIMARY KEY (user, route)
     );
@@ -947,7 +955,7 @@ impl Store for SqliteStore {
             .conn()?
             .query_row(
                 "SELECT access_token, refresh_token, issued_at, expires_at, granted_at, scope,
-                        extra_scope, refused_until
+                        extra_scope, refused_until, last_refused_at, after_refusal
                  FROM upstream_tokens WHERE user = ?1 AND route = ?2",
                 params![user, route],
                 |r| {
@@ -962,6 +970,8 @@ impl Store for SqliteStore {
                         scope: r.get(5)?,
                         extra_scope: r.get(6)?,
                         refused_until: r.get(7)?,
+                        last_refused_at: r.get(8)?,
+                        after_refusal: r.get(9)?,
                     })
                 },
             )
@@ -971,14 +981,16 @@ impl Store for SqliteStore {
     fn put_upstream_token(&self, t: &UpstreamRecord) -> anyhow::Result<()> {
         self.conn()?.execute(
             "INSERT INTO upstream_tokens (user, route, access_token, refresh_token, issued_at,
-                 expires_at, granted_at, scope, extra_scope, refused_until, refresh_lease)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL)
+                 expires_at, granted_at, scope, extra_scope, refused_until, last_refused_at,
+                 after_refusal, refresh_lease)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL)
              ON CONFLICT (user, route) DO UPDATE SET
                  access_token = excluded.access_token, refresh_token = excluded.refresh_token,
                  issued_at = excluded.issued_at, expires_at = excluded.expires_at,
                  granted_at = excluded.granted_at, scope = excluded.scope,
                  extra_scope = excluded.extra_scope, refused_until = excluded.refused_until,
-                 refresh_lease = NULL",
+                 last_refused_at = excluded.last_refused_at,
+                 after_refusal = excluded.after_refusal, refresh_lease = NULL",
             params![
                 t.user,
                 t.route,
@@ -989,7 +1001,9 @@ impl Store for SqliteStore {
                 t.granted_at,
                 t.scope,
                 t.extra_scope,
-                t.refused_until
+                t.refused_until,
+                t.last_refused_at,
+                t.after_refusal
             ],
         )?;
         Ok(())
@@ -1025,12 +1039,21 @@ impl Store for SqliteStore {
         issued_at: i64,
         extra_scope: &str,
         refused_until: Option<i64>,
+        refused_at: Option<i64>,
     ) -> anyhow::Result<bool> {
         let n = self.conn()?.execute(
             "UPDATE upstream_tokens SET access_token = NULL, refresh_token = NULL,
-                 extra_scope = ?4, refused_until = ?5, refresh_lease = NULL
+                 extra_scope = ?4, refused_until = ?5,
+                 last_refused_at = COALESCE(?6, last_refused_at), refresh_lease = NULL
              WHERE user = ?1 AND route = ?2 AND issued_at = ?3 AND access_token IS NOT NULL",
-            params![user, route, issued_at, extra_scope, refused_until],
+            params![
+                user,
+                route,
+                issued_at,
+                extra_scope,
+                refused_until,
+                refused_at
+            ],
         )?;
         Ok(n == 1)
     }

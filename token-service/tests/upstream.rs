@@ -498,6 +498,7 @@ async fn a_token_the_server_refuses_is_dropped_and_a_fresh_refusal_is_held() {
     let u = Upstream::start(AuthStyle::Any, None).await;
     u.sign_in("approve").await;
     let (_, ti) = u.lookup().await;
+    assert_eq!(ti["after_refusal"], false, "{ti}");
     let drop = |token: &str, reason: &str, scope: &str| json!({"sub": EMAIL, "route": "gh", "access_token": token, "reason": reason, "scope": scope});
     // A stale token (not the current one) drops nothing.
     let (status, answer) = u
@@ -540,6 +541,7 @@ async fn a_token_the_server_refuses_is_dropped_and_a_fresh_refusal_is_held() {
     );
     u.sign_in("approve").await;
     let (_, fresh) = u.lookup().await;
+    assert_eq!(fresh["after_refusal"], true, "{fresh}");
 
     // Refused again right after the grant: held, so the client gets a clear error rather
     // than another round of authorization.
@@ -555,6 +557,28 @@ async fn a_token_the_server_refuses_is_dropped_and_a_fresh_refusal_is_held() {
     assert_eq!(
         (status, answer["error"].as_str()),
         (StatusCode::CONFLICT, Some("upstream_refused"))
+    );
+}
+
+#[tokio::test]
+async fn a_first_grant_refused_at_once_sends_the_user_through_consent_again() {
+    // The user revokes the app at the provider a moment after connecting it: that is not a
+    // loop, the next sign-in connects it again.
+    let u = Upstream::start(AuthStyle::Any, None).await;
+    u.sign_in("approve").await;
+    let (_, ti) = u.lookup().await;
+    let (_, answer) = u
+        .internal(
+            "/internal/v1/upstream-token/drop",
+            json!({"sub": EMAIL, "route": "gh", "access_token": ti["access_token"], "reason": "invalid_token"}),
+            None,
+        )
+        .await;
+    assert_eq!(answer["dropped"], true);
+    let (status, answer) = u.lookup().await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_token"))
     );
 }
 

@@ -15,8 +15,10 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::flows::{constant_time_eq, hash_secret, random_token, split_scope};
 use crate::store::{AuthorizeGrant, Store, UpstreamFlow, UpstreamRecord};
+// The filter stops using a cached token on the same rule the vault refreshes it by.
 use provider::{Issued, Provider, ProviderError};
 use seal::{Kind, Sealer};
+use warden_core::upstream::{refresh_due, refused_right_after_grant};
 
 /// The upstream consent step stays open this long.
 pub const UPSTREAM_FLOW_TTL: i64 = 600;
@@ -40,6 +42,7 @@ pub struct UsableToken {
     pub issued_at: i64,
     pub expires_at: Option<i64>,
     pub granted_at: i64,
+    pub after_refusal: bool,
 }
 
 impl std::fmt::Debug for UsableToken {
@@ -48,6 +51,7 @@ impl std::fmt::Debug for UsableToken {
             .field("issued_at", &self.issued_at)
             .field("expires_at", &self.expires_at)
             .field("granted_at", &self.granted_at)
+            .field("after_refusal", &self.after_refusal)
             .finish_non_exhaustive()
     }
 }
@@ -182,7 +186,8 @@ impl Vault {
             Err(e) => return Ok(Err(e)),
         };
         let requested = provider.scopes().join(" ");
-        let record = self.record(
+        let previous = self.read(&flow.email, &flow.route).await?;
+        let mut record = self.record(
             &flow.email,
             &flow.route,
             &issued,
@@ -191,6 +196,10 @@ impl Vault {
             now,
             &requested,
         )?;
+        // Consent that follows a server's refusal: a refusal right after it would loop.
+        let last_refused_at = previous.and_then(|p| p.last_refused_at);
+        record.after_refusal = last_refused_at.is_some_and(|t| now - t < REFUSAL_HOLD);
+        record.last_refused_at = last_refused_at;
         self.db(move |st| st.put_upstream_token(&record)).await?;
         tracing::info!(sub = %flow.email, route = %flow.route, "upstream account connected");
         Ok(Ok(()))
@@ -233,6 +242,8 @@ impl Vault {
                 .unwrap_or_else(|| requested_scope.to_owned()),
             extra_scope: String::new(),
             refused_until: None,
+            last_refused_at: None,
+            after_refusal: false,
         })
     }
 
@@ -292,6 +303,7 @@ impl Vault {
                 issued_at: row.issued_at,
                 expires_at: row.expires_at,
                 granted_at: row.granted_at,
+                after_refusal: row.after_refusal,
             }));
         }
         None
@@ -339,6 +351,7 @@ impl Vault {
             issued_at: row.issued_at,
             expires_at: row.expires_at,
             granted_at: row.granted_at,
+            after_refusal: row.after_refusal,
         }))
     }
 
@@ -365,11 +378,14 @@ impl Vault {
                     &row.scope,
                 )?;
                 record.extra_scope = row.extra_scope.clone();
+                record.last_refused_at = row.last_refused_at;
+                record.after_refusal = row.after_refusal;
                 let token = UsableToken {
                     access_token: issued.access_token.clone(),
                     issued_at: record.issued_at,
                     expires_at: record.expires_at,
                     granted_at: record.granted_at,
+                    after_refusal: record.after_refusal,
                 };
                 self.db(move |st| st.put_upstream_token(&record)).await?;
                 tracing::info!(sub = %user, route = %route, "upstream token refreshed");
@@ -379,8 +395,10 @@ impl Vault {
                 tracing::info!(sub = %user, route = %route, reason = %why, "upstream refresh refused; token dropped");
                 let extra = row.extra_scope.clone();
                 let issued_at = row.issued_at;
-                self.db(move |st| st.drop_upstream_token(&user, &route, issued_at, &extra, None))
-                    .await?;
+                self.db(move |st| {
+                    st.drop_upstream_token(&user, &route, issued_at, &extra, None, None)
+                })
+                .await?;
                 Ok(Lookup::NoToken)
             }
             Err(ProviderError::Unavailable(why)) => {
@@ -425,10 +443,13 @@ impl Vault {
             }
         }
         let extra = extra.join(" ");
-        let hold = refused_right_after_grant(row.granted_at, now).then_some(now + REFUSAL_HOLD);
+        // Only a consent that itself followed a refusal can loop (a user revoking the app a
+        // moment after connecting it is simply sent through consent again).
+        let hold = (row.after_refusal && refused_right_after_grant(row.granted_at, now))
+            .then_some(now + REFUSAL_HOLD);
         let (u, r, issued_at) = (user.to_owned(), route.to_owned(), row.issued_at);
         let dropped = self
-            .db(move |st| st.drop_upstream_token(&u, &r, issued_at, &extra, hold))
+            .db(move |st| st.drop_upstream_token(&u, &r, issued_at, &extra, hold, Some(now)))
             .await?;
         if dropped {
             tracing::info!(sub = %user, route = %route, held = hold.is_some(), "upstream token refused by the MCP server; dropped");
@@ -450,20 +471,4 @@ impl Vault {
             map.remove(&(user.to_owned(), route.to_owned()));
         }
     }
-}
-
-/// Whether a token is due for a refresh: within min(30 s, a tenth of its lifetime) of expiry.
-pub fn refresh_due(issued_at: i64, expires_at: Option<i64>, now: i64) -> bool {
-    match expires_at {
-        None => false,
-        Some(exp) => {
-            let lifetime = (exp - issued_at).max(0);
-            now >= exp - (lifetime / 10).min(30)
-        }
-    }
-}
-
-/// A refusal this soon after the user granted the token means re-consenting will not help.
-pub fn refused_right_after_grant(granted_at: i64, now: i64) -> bool {
-    now - granted_at < 60
 }
