@@ -406,6 +406,15 @@ fn begin_consent(
     Ok(consent_page(s, client, &flow, &user, session_secret))
 }
 
+/// A browser request's query parameters (repeats detected).
+fn query_params(query: Option<String>) -> Params {
+    Params::new(
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect(),
+    )
+}
+
 /// The user approved (or needs not approve) the client: issue the code, unless the server
 /// needs an upstream account the user has not connected, in which case the browser goes to
 /// the provider first and the code is issued at `/upstream/callback`.
@@ -445,12 +454,9 @@ async fn authorize(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
-    let pairs: Vec<(String, String)> =
-        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .into_owned()
-            .collect();
+    let params = query_params(query);
     let cookies = BrowserCookies::from_headers(&s, &headers);
-    s.blocking(move |st| authorize_blocking(st, Params::new(pairs), cookies))
+    s.blocking(move |st| authorize_blocking(st, params, cookies))
         .await
 }
 
@@ -775,11 +781,7 @@ async fn upstream_callback(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
-    let pairs: Vec<(String, String)> =
-        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .into_owned()
-            .collect();
-    let params = Params::new(pairs);
+    let params = query_params(query);
     let cookies = BrowserCookies::from_headers(&s, &headers);
     let Some(state) = params.get("state").map(str::to_owned) else {
         return Err(expired_page());
