@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 
 TS=target/debug/warden-token-service
 DEMO=target/debug/demo-mcp-server
+PROVIDER=target/debug/demo-oauth-provider
 ENVOY=.venv/bin/envoy
 WASM=target/wasm32-wasip1/release/warden_filter.wasm
 mkdir -p var
@@ -29,6 +30,14 @@ stop() {
 trap stop INT TERM EXIT
 
 "$DEMO" --listen 127.0.0.1:9200 > var/demo-mcp-server.log 2>&1 & pids+=($!)
+if [[ -z "${WARDEN_CONFIG:-}" ]]; then
+  # The default config's second route: an OAuth provider (a stand-in for GitHub) and an MCP
+  # server that wants the user's token from it.
+  "$PROVIDER" --listen 127.0.0.1:9300 \
+    --redirect-uri "$("$TS" describe --what upstream-callback)" > var/demo-oauth-provider.log 2>&1 & pids+=($!)
+  "$DEMO" --listen 127.0.0.1:9201 --require-bearer-introspect http://127.0.0.1:9300/introspect \
+    > var/upstream-demo-mcp-server.log 2>&1 & pids+=($!)
+fi
 "$TS" serve "${config_args[@]}" > var/token-service.log 2>&1 & pids+=($!)
 "$ENVOY" -c var/envoy.yaml --concurrency 2 -l warn --base-id 9000 > var/envoy.log 2>&1 & pids+=($!)
 
@@ -40,6 +49,10 @@ wait_for() { # url name logfile
   echo "$2 did not become ready; its log ($3):"; tail -n 30 "$3"; exit 1
 }
 wait_for http://127.0.0.1:9200/healthz "demo MCP server" var/demo-mcp-server.log
+if [[ -z "${WARDEN_CONFIG:-}" ]]; then
+  wait_for http://127.0.0.1:9300/healthz "demo OAuth provider" var/demo-oauth-provider.log
+  wait_for http://127.0.0.1:9201/healthz "upstream demo MCP server" var/upstream-demo-mcp-server.log
+fi
 wait_for "$("$TS" describe "${config_args[@]}" --what issuer)/healthz" "token service" var/token-service.log
 wait_for "http://$("$TS" describe "${config_args[@]}" --what envoy-admin)/ready" "Envoy" var/envoy.log
 
@@ -48,6 +61,8 @@ echo "mcp-warden is running (logs in var/). Give your MCP client this URL:"
 "$TS" describe "${config_args[@]}" --what mcp-urls | sed 's/^/    /'
 if [[ -z "${WARDEN_CONFIG:-}" ]]; then
   echo "Sign in as the demo user:  email demo@example.com   password warden-demo"
+  echo "The /upstream-demo server also asks you to connect your account at the demo OAuth"
+  echo "provider (http://127.0.0.1:9300):  user alice   password alice-password"
 fi
 echo "Press Ctrl-C to stop."
 wait -n "${pids[@]}" || true

@@ -1301,6 +1301,13 @@ pub async fn sign_in(mcp_url: &str) -> SignedIn {
 /// metadata → dynamic client registration → authorization URL (rmcp), then the browser part
 /// (login form, consent if asked) with reqwest, then rmcp's callback handling (code exchange).
 pub async fn sign_in_as(mcp_url: &str, email: &str, password: &str) -> SignedIn {
+    sign_in_with(mcp_url, (email, password), None).await
+}
+
+/// [`sign_in_as`] with other credentials for an upstream OAuth provider's login form.
+/// The start of a sign-in: discovery and DCR (rmcp); the authorization URL and the
+/// redirect URI the browser must come back to.
+async fn start_sign_in(mcp_url: &str) -> (OAuthState, String, String, String) {
     let challenge = unauthenticated_challenge(mcp_url).await;
 
     let mut state = OAuthState::new(mcp_url, None)
@@ -1320,7 +1327,28 @@ pub async fn sign_in_as(mcp_url: &str, email: &str, password: &str) -> SignedIn 
         .await
         .unwrap_or_else(|e| panic!("rmcp get_authorization_url: {e:?}"));
 
-    let callback = browser_authorize(&auth_url, &redirect, email, password).await;
+    (state, auth_url, redirect, challenge)
+}
+
+/// Runs a sign-in's browser part and returns where the MCP client was sent back to (its
+/// query carries a code or an error); nothing is exchanged.
+pub async fn authorization_outcome(
+    mcp_url: &str,
+    gateway: (&str, &str),
+    upstream: Option<UpstreamLogin<'_>>,
+) -> Url {
+    let (_, auth_url, redirect, _) = start_sign_in(mcp_url).await;
+    let back = browser_authorize_to(&auth_url, &redirect, gateway, upstream).await;
+    Url::parse(&back).expect("redirect URL")
+}
+
+pub async fn sign_in_with(
+    mcp_url: &str,
+    gateway: (&str, &str),
+    upstream: Option<UpstreamLogin<'_>>,
+) -> SignedIn {
+    let (mut state, auth_url, redirect, challenge) = start_sign_in(mcp_url).await;
+    let callback = browser_authorize_with(&auth_url, &redirect, gateway, upstream).await;
     state
         .handle_callback_url(&callback)
         .await
@@ -1439,6 +1467,44 @@ pub async fn browser_authorize(
     email: &str,
     password: &str,
 ) -> String {
+    browser_authorize_with(auth_url, redirect_uri, (email, password), None).await
+}
+
+/// The user at an upstream OAuth provider's login-and-consent form.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamLogin<'a> {
+    pub user: &'a str,
+    pub password: &'a str,
+    /// Approve (true) or deny (false) at the provider.
+    pub approve: bool,
+}
+
+/// [`browser_authorize`] where a second site's login form (an upstream OAuth provider's)
+/// gets `upstream`'s credentials and decision instead of the gateway's.
+pub async fn browser_authorize_with(
+    auth_url: &str,
+    redirect_uri: &str,
+    gateway: (&str, &str),
+    upstream: Option<UpstreamLogin<'_>>,
+) -> String {
+    let redirect = browser_authorize_to(auth_url, redirect_uri, gateway, upstream).await;
+    let next = Url::parse(&redirect).expect("redirect URL");
+    if let Some((_, err)) = next.query_pairs().find(|(k, _)| k == "error") {
+        panic!("authorization failed: {err} (redirect {next})");
+    }
+    redirect
+}
+
+/// Plays the browser like [`browser_authorize_with`] and returns the redirect to
+/// `redirect_uri` whatever it carries (a code or an error).
+pub async fn browser_authorize_to(
+    auth_url: &str,
+    redirect_uri: &str,
+    gateway: (&str, &str),
+    upstream: Option<UpstreamLogin<'_>>,
+) -> String {
+    let mut first_login_site: Option<String> = None;
+
     let browser = reqwest::Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
@@ -1482,9 +1548,6 @@ pub async fn browser_authorize(
                 .join(location)
                 .unwrap_or_else(|e| panic!("bad Location {location:?}: {e}"));
             if same_endpoint(&next, &redirect) {
-                if let Some((_, err)) = next.query_pairs().find(|(k, _)| k == "error") {
-                    panic!("authorization failed: {err} (redirect {next}, trail {trail:?})");
-                }
                 return next.to_string();
             }
             url = next;
@@ -1496,9 +1559,13 @@ pub async fn browser_authorize(
         }
         let forms = html::forms(&body);
         let (form, fields) = if let Some(form) = forms.iter().find(|f| f.has_password()) {
-            let seen = logins
-                .entry(url.origin().ascii_serialization())
-                .or_default();
+            let site = url.origin().ascii_serialization();
+            let (email, password, approve) = match (&first_login_site, upstream) {
+                (Some(first), Some(up)) if *first != site => (up.user, up.password, up.approve),
+                _ => (gateway.0, gateway.1, true),
+            };
+            first_login_site.get_or_insert_with(|| site.clone());
+            let seen = logins.entry(site).or_default();
             *seen += 1;
             if *seen > 1 {
                 panic!("login form shown again after signing in as {email} (wrong credentials?):\n{body}");
@@ -1520,8 +1587,20 @@ pub async fn browser_authorize(
                 };
                 fields.push((input.name.clone(), value));
             }
-            // A login form that is also a consent form (an upstream provider's) is approved.
-            if let Some(b) = approving_button(form) {
+            // A login form that is also a consent form (an upstream provider's): approve, or
+            // press the other button.
+            let button = if approve {
+                approving_button(form)
+            } else {
+                form.buttons.iter().find(|b| {
+                    b.value
+                        .as_deref()
+                        .unwrap_or("")
+                        .to_ascii_lowercase()
+                        .contains("deny")
+                })
+            };
+            if let Some(b) = button {
                 if let (Some(n), Some(v)) = (&b.name, &b.value) {
                     fields.push((n.clone(), v.clone()));
                 }

@@ -20,19 +20,35 @@ struct UpstreamStack {
 
 const PREFIX: &str = "/gh";
 
+/// The provider's user approving.
+const ALICE: UpstreamLogin<'static> = UpstreamLogin {
+    user: PROVIDER_USER,
+    password: PROVIDER_PASSWORD,
+    approve: true,
+};
+
 impl UpstreamStack {
     /// `access_ttl`: seconds the provider's access tokens live.
     async fn start(access_ttl: u32) -> UpstreamStack {
+        Self::start_with(access_ttl, "any", None).await
+    }
+
+    /// `provider_style`: the only client authentication the provider accepts (`header`,
+    /// `params`, `any`); `route_style`: the route's `auth_style` (absent: detected).
+    async fn start_with(
+        access_ttl: u32,
+        provider_style: &str,
+        route_style: Option<&'static str>,
+    ) -> UpstreamStack {
         let dir = tempfile::Builder::new()
             .prefix("warden-e2e-upstream-")
             .tempdir()
             .unwrap();
-        let user = format!("{DEMO_EMAIL}:{DEMO_PASSWORD}");
         let ttl = access_ttl.to_string();
         let provider = OAuthProvider::start(
             dir.path(),
             free_port(),
-            &["--user", &user, "--access-ttl", &ttl],
+            &["--access-ttl", &ttl, "--auth-style", provider_style],
         )
         .await;
         let gated_dir = dir.path().join("gated");
@@ -50,6 +66,13 @@ impl UpstreamStack {
             config_hook: Some(Box::new(move |c: &mut Value| {
                 c["authorization_server"]["internal_listen"] = json!(internal_listen);
                 let from = c["routes"][0]["from"].clone();
+                let mut endpoint = json!({
+                    "auth_url": format!("{provider_url}/authorize"),
+                    "token_url": format!("{provider_url}/token"),
+                });
+                if let Some(style) = route_style {
+                    endpoint["auth_style"] = json!(style);
+                }
                 c["routes"].as_array_mut().unwrap().push(json!({
                     "name": "gh",
                     "from": from,
@@ -59,10 +82,7 @@ impl UpstreamStack {
                         "client_id": PROVIDER_CLIENT_ID,
                         "client_secret": PROVIDER_CLIENT_SECRET,
                         "scopes": ["repo"],
-                        "endpoint": {
-                            "auth_url": format!("{provider_url}/authorize"),
-                            "token_url": format!("{provider_url}/token"),
-                        },
+                        "endpoint": endpoint,
                     }}},
                     "policy": {"allow": {"and": [{"authenticated_user": true}]}},
                 }));
@@ -81,6 +101,11 @@ impl UpstreamStack {
 
     fn url(&self) -> String {
         self.stack.route_url(PREFIX)
+    }
+
+    /// The whole sign-in: the gateway's login and consent, then the provider's (as alice).
+    async fn sign_in(&self) -> SignedIn {
+        sign_in_with(&self.url(), (DEMO_EMAIL, DEMO_PASSWORD), Some(ALICE)).await
     }
 
     /// Asks the internal listener for the user's token, as the filter does.
@@ -163,17 +188,19 @@ async fn sign_in_connects_the_upstream_account_and_calls_carry_the_ti() {
         "the plugin config carries the credential"
     );
 
-    let signed = sign_in(&u.url()).await;
-    let stats = u.provider.stats().await;
-    assert_eq!(
-        stats["authorization_code"], 1,
-        "the upstream consent ran: {stats}"
-    );
-    let te = signed.access_token.clone();
-    assert!(!te.starts_with("dat_"));
-
-    for era in [Era::Stateless, Era::handshake()] {
-        let client = connect(&u.url(), &era, ClientAuth::Bearer(te.clone())).await;
+    let mut te = String::new();
+    for (n, era) in [Era::Stateless, Era::handshake()].into_iter().enumerate() {
+        // A full sign-in per era; the second finds the account connected and skips the
+        // provider.
+        let signed = u.sign_in().await;
+        let stats = u.provider.stats().await;
+        assert_eq!(
+            stats["authorization_code"], 1,
+            "the upstream consent ran once: {stats}"
+        );
+        te = signed.access_token.clone();
+        assert!(!te.starts_with("dat_"));
+        let client = connect(&u.url(), &era, ClientAuth::OAuth(signed.manager)).await;
         let me = whoami(&client).await;
         let auth = me["headers"]["authorization"][0]
             .as_str()
@@ -188,7 +215,8 @@ async fn sign_in_connects_the_upstream_account_and_calls_carry_the_ti() {
         );
         assert_eq!(
             call_tool_text(&client, "echo", json!({"text": "as the user"})).await,
-            "as the user"
+            "as the user",
+            "sign-in {n}"
         );
         client.cancel().await.unwrap();
     }
@@ -220,6 +248,17 @@ async fn sign_in_connects_the_upstream_account_and_calls_carry_the_ti() {
         }
     }
 
+    // The token service restarts: the TI survives (sealed in SQLite) and calls go on.
+    let mut u = u;
+    u.stack.restart_token_service().await;
+    let (status, answer) = u.vault_lookup().await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["access_token"], ti.as_str());
+    assert_eq!(
+        received_bearer(&u.whoami_raw(&te).await),
+        format!("Bearer {ti}")
+    );
+
     // Without a token the gateway still answers the usual challenge (nothing forwarded).
     u.gated.clear_recorded().await;
     let r = mcp_post(&u.url(), &[], "tools/call", json!({"name": "whoami"})).await;
@@ -230,13 +269,13 @@ async fn sign_in_connects_the_upstream_account_and_calls_carry_the_ti() {
 #[tokio::test]
 async fn a_ti_revoked_at_the_provider_sends_the_client_back_through_authorization() {
     let u = UpstreamStack::start(300).await;
-    let signed = sign_in(&u.url()).await;
+    let signed = u.sign_in().await;
     let te = signed.access_token.clone();
     assert_eq!(u.whoami_raw(&te).await.status, 200);
 
     // The user revokes the app at the provider: the server refuses the TI.
     u.provider
-        .hook("revoke-user", "user=demo%40example.com")
+        .hook("revoke-user", &format!("user={PROVIDER_USER}"))
         .await;
     let r = u.whoami_raw(&te).await;
     assert_eq!(r.status, 401, "{}", r.body);
@@ -265,7 +304,7 @@ async fn a_ti_revoked_at_the_provider_sends_the_client_back_through_authorizatio
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "invalid_grant", "{body}");
 
-    let again = sign_in(&u.url()).await;
+    let again = u.sign_in().await;
     assert_eq!(u.provider.stats().await["authorization_code"], 2);
     let bearer = received_bearer(&u.whoami_raw(&again.access_token).await);
     assert!(bearer.starts_with("Bearer dat_"));
@@ -275,7 +314,7 @@ async fn a_ti_revoked_at_the_provider_sends_the_client_back_through_authorizatio
 async fn an_expired_ti_is_refreshed_once_for_ten_concurrent_calls() {
     // Provider tokens live 3 s: the test waits for that expiry, which is what it tests.
     let u = UpstreamStack::start(3).await;
-    let signed = sign_in(&u.url()).await;
+    let signed = u.sign_in().await;
     let te = signed.access_token.clone();
     let first = received_bearer(&u.whoami_raw(&te).await);
     tokio::time::sleep(Duration::from_millis(3_300)).await;
@@ -292,4 +331,74 @@ async fn an_expired_ti_is_refreshed_once_for_ten_concurrent_calls() {
     assert_ne!(bearers.iter().next().unwrap(), &first);
     let stats = u.provider.stats().await;
     assert_eq!(stats["refresh_token"], 1, "{stats}");
+}
+
+#[tokio::test]
+async fn the_provider_refusing_consent_reaches_the_client_as_an_error() {
+    let u = UpstreamStack::start(300).await;
+    let denied = UpstreamLogin {
+        approve: false,
+        ..ALICE
+    };
+    let back = authorization_outcome(&u.url(), (DEMO_EMAIL, DEMO_PASSWORD), Some(denied)).await;
+    let q: std::collections::HashMap<String, String> = back.query_pairs().into_owned().collect();
+    assert_eq!(
+        q.get("error").map(String::as_str),
+        Some("access_denied"),
+        "{back}"
+    );
+    assert!(q["error_description"].contains("refused"), "{back}");
+    assert!(q.contains_key("state") && !q.contains_key("code"), "{back}");
+    assert_eq!(q["iss"], u.stack.issuer());
+    assert_eq!(u.vault_lookup().await.0, 404);
+    assert_eq!(u.provider.stats().await["authorization_code"], 0);
+}
+
+#[tokio::test]
+async fn each_auth_style_through_the_gateway() {
+    for (provider_style, route_style, used) in [
+        ("header", Some("header"), "header"),
+        ("params", Some("params"), "params"),
+        // Not configured: Basic first, then form parameters, which this provider takes.
+        ("params", None, "params"),
+    ] {
+        let u = UpstreamStack::start_with(300, provider_style, route_style).await;
+        let signed = u.sign_in().await;
+        let bearer = received_bearer(&u.whoami_raw(&signed.access_token).await);
+        assert!(
+            bearer.starts_with("Bearer dat_"),
+            "{provider_style}/{route_style:?}"
+        );
+        let stats = u.provider.stats().await;
+        assert_eq!(stats["authorization_code"], 1, "{stats}");
+        assert_eq!(
+            stats["auth_styles"][used], 1,
+            "{provider_style}/{route_style:?}: {stats}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_the_token_service_down_a_warm_ti_serves_until_it_is_due() {
+    // Provider tokens live 3 s: the test waits for that expiry, which is what it tests.
+    let mut u = UpstreamStack::start(3).await;
+    let signed = u.sign_in().await;
+    let te = signed.access_token.clone();
+    let ti = received_bearer(&u.whoami_raw(&te).await);
+    u.stack.token_service.kill().await;
+    // Warm: no call-out, the call goes through.
+    assert_eq!(received_bearer(&u.whoami_raw(&te).await), ti);
+    tokio::time::sleep(Duration::from_millis(3_300)).await;
+    // Due, and nobody to ask: a clear JSON-RPC error, nothing forwarded.
+    u.gated.clear_recorded().await;
+    let r = u.whoami_raw(&te).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    let body = r.json();
+    assert_eq!(
+        body["error"]["message"], "the token service is unavailable",
+        "{body}"
+    );
+    u.gated
+        .assert_nothing_recorded("a call without its TI")
+        .await;
 }

@@ -42,6 +42,10 @@ enum Command {
             default_value = "target/wasm32-wasip1/release/warden_filter.wasm"
         )]
         wasm: String,
+        /// Put a placeholder where the internal credential goes (for a bootstrap kept in
+        /// version control; Envoy started from it cannot reach the internal listener).
+        #[arg(long)]
+        redact_credential: bool,
     },
     /// Print one value of a config, for scripts (`make run`).
     Describe {
@@ -61,6 +65,9 @@ enum Describe {
     /// The redirect URI to register at upstream OAuth providers (`upstream_oauth2`).
     UpstreamCallback,
 }
+
+/// What `render-envoy --redact-credential` writes instead of the internal credential.
+const REDACTED_CREDENTIAL: &str = "REDACTED:render-envoy-writes-the-internal-credential-here";
 
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
     match path {
@@ -132,7 +139,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::RenderEnvoy { config, wasm } => {
+        Command::RenderEnvoy {
+            config,
+            wasm,
+            redact_credential,
+        } => {
             let config = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -142,7 +153,14 @@ fn main() -> ExitCode {
             };
             let input = match warden_token_service::render::EnvoyInput::from_config(&config, &wasm)
             {
-                Ok(input) => input,
+                Ok(mut input) => {
+                    if redact_credential {
+                        if let Some(internal) = input.internal.as_mut() {
+                            internal.credential = REDACTED_CREDENTIAL.into();
+                        }
+                    }
+                    input
+                }
                 Err(e) => {
                     eprintln!("cannot render the Envoy bootstrap: {e:#}");
                     return ExitCode::from(2);
