@@ -15,7 +15,19 @@ struct UpstreamStack {
     /// The MCP server behind the `gh` route (checks the bearer at the provider).
     gated: DemoServer,
     internal: String,
+    _stranger: Option<OAuthProvider>,
     _dir: tempfile::TempDir,
+}
+
+/// What the MCP server behind the route accepts.
+#[derive(Clone, Copy)]
+enum Gate {
+    /// Tokens the gateway's provider says are live.
+    Introspect,
+    /// … and that carry this scope (`403 insufficient_scope` otherwise).
+    RequireScope(&'static str),
+    /// Only tokens of another provider: it refuses every token the gateway sends.
+    IntrospectElsewhere,
 }
 
 const PREFIX: &str = "/gh";
@@ -30,7 +42,7 @@ const ALICE: UpstreamLogin<'static> = UpstreamLogin {
 impl UpstreamStack {
     /// `access_ttl`: seconds the provider's access tokens live.
     async fn start(access_ttl: u32) -> UpstreamStack {
-        Self::start_with(access_ttl, "any", None).await
+        Self::start_with(access_ttl, "any", None, Gate::Introspect).await
     }
 
     /// `provider_style`: the only client authentication the provider accepts (`header`,
@@ -39,6 +51,7 @@ impl UpstreamStack {
         access_ttl: u32,
         provider_style: &str,
         route_style: Option<&'static str>,
+        gate: Gate,
     ) -> UpstreamStack {
         let dir = tempfile::Builder::new()
             .prefix("warden-e2e-upstream-")
@@ -53,12 +66,21 @@ impl UpstreamStack {
         .await;
         let gated_dir = dir.path().join("gated");
         std::fs::create_dir_all(&gated_dir).unwrap();
-        let gated = DemoServer::start_with(
-            &gated_dir,
-            free_port(),
-            &["--require-bearer-introspect", &provider.introspect_url()],
-        )
-        .await;
+        // A provider the gateway does not know: its introspection calls every token inactive.
+        let stranger = match gate {
+            Gate::IntrospectElsewhere => {
+                let d = dir.path().join("stranger");
+                std::fs::create_dir_all(&d).unwrap();
+                Some(OAuthProvider::start(&d, free_port(), &[]).await)
+            }
+            _ => None,
+        };
+        let introspect = stranger.as_ref().unwrap_or(&provider).introspect_url();
+        let mut gated_args = vec!["--require-bearer-introspect", introspect.as_str()];
+        if let Gate::RequireScope(scope) = gate {
+            gated_args.extend(["--require-scope", scope]);
+        }
+        let gated = DemoServer::start_with(&gated_dir, free_port(), &gated_args).await;
         let internal = format!("127.0.0.1:{}", free_port());
         let (provider_url, gated_url, internal_listen) =
             (provider.url(), gated.mcp_url(), internal.clone());
@@ -95,6 +117,7 @@ impl UpstreamStack {
             provider,
             gated,
             internal,
+            _stranger: stranger,
             _dir: dir,
         }
     }
@@ -362,7 +385,7 @@ async fn each_auth_style_through_the_gateway() {
         // Not configured: Basic first, then form parameters, which this provider takes.
         ("params", None, "params"),
     ] {
-        let u = UpstreamStack::start_with(300, provider_style, route_style).await;
+        let u = UpstreamStack::start_with(300, provider_style, route_style, Gate::Introspect).await;
         let signed = u.sign_in().await;
         let bearer = received_bearer(&u.whoami_raw(&signed.access_token).await);
         assert!(
@@ -401,4 +424,63 @@ async fn with_the_token_service_down_a_warm_ti_serves_until_it_is_due() {
     u.gated
         .assert_nothing_recorded("a call without its TI")
         .await;
+}
+
+impl UpstreamStack {
+    /// Waits until the token service dropped the user's TI (the filter's drop is sent
+    /// alongside its answer to the client).
+    async fn wait_dropped(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (status, _) = self.vault_lookup().await;
+            if status != 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the TI was not dropped");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn insufficient_scope_asks_the_provider_for_the_missing_scope() {
+    let u = UpstreamStack::start_with(300, "any", None, Gate::RequireScope("admin:org")).await;
+    let signed = u.sign_in().await;
+    // The server wants a scope the route did not ask for: the client is sent to authorize.
+    let r = u.whoami_raw(&signed.access_token).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap_or_default()
+        .contains("invalid_token"));
+    u.wait_dropped().await;
+    // Authorization again: the provider is asked for the route's scopes and the missing one,
+    // and the server accepts the new TI.
+    let again = u.sign_in().await;
+    let bearer = received_bearer(&u.whoami_raw(&again.access_token).await);
+    assert!(bearer.starts_with("Bearer dat_"));
+    assert_eq!(u.provider.stats().await["authorization_code"], 2);
+}
+
+#[tokio::test]
+async fn a_server_refusing_every_token_ends_in_a_clear_error_not_a_loop() {
+    let u = UpstreamStack::start_with(300, "any", None, Gate::IntrospectElsewhere).await;
+    let signed = u.sign_in().await;
+    // The first refusal sends the client through authorization (the TI may just be stale).
+    assert_eq!(u.whoami_raw(&signed.access_token).await.status, 401);
+    u.wait_dropped().await;
+    let again = u.sign_in().await;
+    // Refused again right after that consent: a clear error, no third round.
+    let r = u.whoami_raw(&again.access_token).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    let message = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("upstream_oauth2.scopes"), "{message}");
+    u.wait_dropped().await;
+    // And it stays an error (the token service holds the refusal) rather than a 401.
+    let r = u.whoami_raw(&again.access_token).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(u.provider.stats().await["authorization_code"], 2);
 }
