@@ -603,6 +603,16 @@ def configurations(mode: str, jwks: dict, jwk: dict, plugin: dict, baseline: Pat
         guard = {} if name.startswith("x") else GUARD
         configs.append(Config(f"variant-{name}", f"mcp-warden's filter built as {wasm}",
                               warden(Path(wasm), plugin), ["call-small/direct"], **guard))
+    # Upstream OAuth (issue 8): the route sends the user's upstream token, which the filter
+    # gets from the token service once (bench-upstream stands in for its internal listener)
+    # and then from its cache: the warm path adds a cache look-up and a header.
+    with_ti = json.loads(json.dumps(plugin))
+    with_ti["token_service"] = {"cluster": "bench_upstream", "authority": "bench-upstream",
+                                "credential": "bench-internal-credential", "timeout_ms": 2000}
+    for r in with_ti["routes"]:
+        r["upstream_oauth"] = True
+    configs.append(Config("warden+ti", "warden on a route with upstream_oauth (warm upstream-token cache)",
+                          warden(WARDEN_WASM, with_ti), ["call-small/direct"], **GUARD))
     # The same filter reading Envoy's route from the `xds.route_name` property (no route header),
     # as where Envoy does not set the header (e.g. Istio without it).
     by_property = {k: v for k, v in plugin.items() if k != "route_header"}
@@ -610,7 +620,7 @@ def configurations(mode: str, jwks: dict, jwk: dict, plugin: dict, baseline: Pat
                           warden(WARDEN_WASM, by_property), ["call-small/direct"], **GUARD))
     if mode == "smoke":
         configs = [c for c in configs
-                   if c.name in ("warden", "floor+es256") or c.name.startswith("variant-")
+                   if c.name in ("warden", "warden+ti", "floor+es256") or c.name.startswith("variant-")
                    or (c.name == "warden-route-property" and os.environ.get("BENCH_ROUTE_PROPERTY"))]
         for c in configs:
             c.cases = ["call-small/direct"]
@@ -1216,7 +1226,8 @@ def main() -> int:
         ratio = med(ratios)
         print(f"\nsmoke: CPU per request warden ÷ floor+es256 = {ratio:.2f} "
               f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); bound {bound:.2f} ({SMOKE_BOUND_FILE.name})")
-        for name in sorted({s.config for s in samples if s.config.startswith(("variant-", "warden-route"))}):
+        for name in sorted({s.config for s in samples
+                            if s.config.startswith(("variant-", "warden-route", "warden+ti"))}):
             vr = paired(samples, name, "call-small/direct", "floor+es256", "call-small/direct",
                         lambda a, b: a.cpu_us / b.cpu_us)
             print(f"       {name} ÷ floor+es256 = {med(vr):.2f} (rounds: {', '.join(f'{r:.2f}' for r in vr)})")

@@ -1,7 +1,10 @@
 //! `bench-upstream --listen 127.0.0.1:PORT --call FILE --list FILE`: the benchmark's "real
 //! upstream". It answers every request with `200 application/json`: the contents of the
 //! `--list` file when the path ends in `/list`, else the `--call` file. The request body is read
-//! and dropped. One thread (Tokio current-thread runtime), HTTP/1.1 keep-alive: it shares a
+//! and dropped. It also stands in for the token service's internal listener, so the filter's
+//! upstream-token path can be measured: `POST /internal/v1/upstream-token` answers a token that
+//! never expires (after the first call per worker the filter serves it from its cache, which is
+//! what is measured). One thread (Tokio current-thread runtime), HTTP/1.1 keep-alive: it shares a
 //! core with wrk and must stay far cheaper than the Envoy under test.
 
 use std::convert::Infallible;
@@ -15,12 +18,18 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
+const UPSTREAM_TOKEN_PATH: &str = "/internal/v1/upstream-token";
+const UPSTREAM_TOKEN: &[u8] =
+    br#"{"access_token":"bench-upstream-token","issued_at":0,"expires_at":null,"granted_at":0}"#;
+
 async fn answer(
     req: Request<Incoming>,
     call: Bytes,
     list: Bytes,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = if req.uri().path().ends_with("/list") {
+    let body = if req.uri().path() == UPSTREAM_TOKEN_PATH {
+        Bytes::from_static(UPSTREAM_TOKEN)
+    } else if req.uri().path().ends_with("/list") {
         list
     } else {
         call
