@@ -210,6 +210,10 @@ async fn sign_in_connects_the_upstream_account_and_calls_carry_the_ti() {
         rendered.contains(credential.trim()),
         "the plugin config carries the credential"
     );
+    assert!(
+        !rendered.contains(PROVIDER_CLIENT_SECRET),
+        "the provider's client secret stays out of Envoy's configuration"
+    );
 
     let mut te = String::new();
     for (n, era) in [Era::Stateless, Era::handshake()].into_iter().enumerate() {
