@@ -686,3 +686,94 @@ fn upstream_config_errors_name_the_field() {
     assert!(!format!("{c:?}").contains("from-file"));
     assert!(!format!("{:?}", Config::from_yaml(&good).unwrap()).contains("warden-test-secret"));
 }
+
+/// A token endpoint in front of the demo provider's: it forwards each request at once (so the
+/// provider acts on it: a refresh token rotates) and then holds the answer back for `delay`
+/// milliseconds, like a provider slow to answer.
+async fn slow_answering_token_endpoint(
+    provider: &str,
+    delay: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let target = format!("{provider}/token");
+    let http = reqwest::Client::new();
+    let forward = move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+        let (http, target, delay) = (http.clone(), target.clone(), delay.clone());
+        async move {
+            let mut req = http.post(&target).body(body);
+            for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT] {
+                if let Some(v) = headers.get(&name) {
+                    req = req.header(name, v.clone());
+                }
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            let content_type = resp.headers()[header::CONTENT_TYPE].clone();
+            let body = resp.bytes().await.unwrap();
+            let ms = delay.load(std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            (status, [(header::CONTENT_TYPE, content_type)], body)
+        }
+    };
+    let app = axum::Router::new().route("/token", axum::routing::post(forward));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// Review finding: a refresh is cut off when its caller goes away. The filter's call-out
+/// gives up after `token_service.timeout_ms` (2 s as rendered) and Envoy resets the stream;
+/// hyper then drops the internal handler's future (here: the caller's timeout drops it). If
+/// the provider has already rotated the refresh token, the new one is never stored and the
+/// lease stays taken: the next refresh presents the rotated-out token, the provider sees a
+/// reuse and revokes the grant, and the user must go through consent again.
+#[tokio::test]
+async fn a_refresh_whose_caller_gives_up_still_stores_the_rotated_token() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let provider = Provider::start(AuthStyle::Any).await;
+    let delay = std::sync::Arc::new(AtomicU64::new(0));
+    let slow = slow_answering_token_endpoint(&provider.url, delay.clone()).await;
+    let env = TestEnv::with(|dir| {
+        upstream_yaml(dir, &provider.url, Some("header")).replace(
+            &format!("token_url: {}/token", provider.url),
+            &format!("token_url: {slow}/token"),
+        )
+    });
+    let credential = std::fs::read_to_string(env.state.config().internal_credential_file())
+        .unwrap()
+        .trim()
+        .to_owned();
+    let u = Upstream {
+        env,
+        provider,
+        credential,
+    };
+    u.sign_in("approve").await;
+    let (status, first) = u.lookup().await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+
+    // Due for a refresh; the provider rotates at once but answers after 500 ms, and the
+    // caller gives up after 100 ms.
+    u.env.advance(55);
+    delay.store(500, Ordering::SeqCst);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), u.lookup())
+            .await
+            .is_err(),
+        "the lookup was meant to outlast its caller"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(u.provider.stats().await["refresh_token"], 1);
+    delay.store(0, Ordering::SeqCst);
+
+    // Later (past any lease), the user's token is the refreshed one, and the grant stands.
+    u.env.advance(31);
+    let (status, ti) = u.lookup().await;
+    let stats = u.provider.stats().await;
+    assert_eq!(
+        stats["reuse_detected"], 0,
+        "rotated-out refresh token reused: {stats}"
+    );
+    assert_eq!(status, StatusCode::OK, "{ti}");
+    assert_ne!(ti["access_token"], first["access_token"]);
+}

@@ -265,7 +265,12 @@ impl Vault {
 
     /// The token for (user, route), refreshed first when it is due (once per grant, however
     /// many lookups arrive at once).
-    pub async fn token(&self, user: &str, route: &str, now: i64) -> anyhow::Result<Lookup> {
+    pub async fn token(
+        self: &Arc<Self>,
+        user: &str,
+        route: &str,
+        now: i64,
+    ) -> anyhow::Result<Lookup> {
         if self.provider(route).is_none() {
             return Ok(Lookup::NoToken);
         }
@@ -275,13 +280,22 @@ impl Vault {
         if let Some(found) = self.usable_now(&row, now) {
             return Ok(found);
         }
-        // Due for a refresh: one at a time per (user, route) in this process.
-        let gate = self.gate(user, route);
-        let _turn = gate.lock().await;
-        let outcome = self.refresh_locked(user, route, now).await;
-        drop(_turn);
-        self.forget_gate(user, route, gate);
-        outcome
+        // Due for a refresh: one at a time per (user, route) in this process. It runs in a
+        // task of its own: a caller that gives up (the filter's call-out timeout drops the
+        // request) must not cut it off between the provider rotating the refresh token and
+        // the store keeping the new one, nor leave the lease taken.
+        let this = Arc::clone(self);
+        let (user, route) = (user.to_owned(), route.to_owned());
+        tokio::spawn(async move {
+            let gate = this.gate(&user, &route);
+            let turn = gate.lock().await;
+            let outcome = this.refresh_locked(&user, &route, now).await;
+            drop(turn);
+            this.forget_gate(&user, &route, gate);
+            outcome
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("refresh task failed: {e}"))?
     }
 
     /// The answer from `row` alone: `None` when it needs a refresh.
