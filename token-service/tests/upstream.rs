@@ -777,3 +777,24 @@ async fn a_refresh_whose_caller_gives_up_still_stores_the_rotated_token() {
     assert_eq!(status, StatusCode::OK, "{ti}");
     assert_ne!(ti["access_token"], first["access_token"]);
 }
+
+/// Review finding: a provider that hangs (README: "the provider fails a refresh (5xx,
+/// timeout) → the TI is kept; while it has not expired it is still used"). The vault waits
+/// up to its provider timeout (10 s) before answering with the still-valid token, but the
+/// filter gives up after `token_service.timeout_ms` (2 s as rendered) and answers `503`:
+/// for the last min(30 s, a tenth of the lifetime) of every TI, a hanging provider fails
+/// every call although the TI still works.
+#[tokio::test]
+async fn a_hanging_provider_does_not_hold_back_a_token_that_still_works() {
+    let u = Upstream::start(AuthStyle::Any, None).await;
+    u.sign_in("approve").await;
+    let (_, first) = u.lookup().await;
+    // Due (6 s before expiry) but valid for 5 s more.
+    u.env.advance(55);
+    u.provider.hook("/_test/delay-token?ms=5000").await;
+    // What the filter waits for a look-up, as `render-envoy` configures it.
+    let answer = tokio::time::timeout(Duration::from_millis(2_000), u.lookup()).await;
+    let (status, ti) = answer.expect("the look-up outlasted the filter's call-out timeout");
+    assert_eq!(status, StatusCode::OK, "{ti}");
+    assert_eq!(ti["access_token"], first["access_token"]);
+}
