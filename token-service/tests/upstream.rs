@@ -798,3 +798,42 @@ async fn a_hanging_provider_does_not_hold_back_a_token_that_still_works() {
     assert_eq!(status, StatusCode::OK, "{ti}");
     assert_eq!(ti["access_token"], first["access_token"]);
 }
+
+/// Review finding: a refresh writes its row whatever happened to it meanwhile. An MCP server
+/// refuses the current TI (`insufficient_scope`, asking for `admin:org`) while a refresh of
+/// the same grant is at the provider: the drop goes through, then the refresh's write puts
+/// a token back and the scope the server asked for is forgotten (the write copies the row
+/// read before the drop), so the next consent does not ask for it.
+#[tokio::test]
+async fn a_drop_during_a_refresh_is_not_undone_by_the_refresh() {
+    let u = std::sync::Arc::new(Upstream::start(AuthStyle::Any, None).await);
+    u.sign_in("approve").await;
+    let (_, first) = u.lookup().await;
+    u.env.advance(55);
+    u.provider.hook("/_test/delay-token?ms=500").await;
+    let refreshing = {
+        let u = u.clone();
+        tokio::spawn(async move { u.lookup().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, answer) = u
+        .internal(
+            "/internal/v1/upstream-token/drop",
+            json!({"sub": EMAIL, "route": "gh", "access_token": first["access_token"],
+                   "reason": "insufficient_scope", "scope": "admin:org"}),
+            None,
+        )
+        .await;
+    assert_eq!(answer["dropped"], true);
+    let _ = refreshing.await.unwrap();
+    u.provider.hook("/_test/delay-token?ms=0").await;
+    // The scope the server asked for is still remembered for the next consent.
+    let row = u
+        .env
+        .state
+        .store()
+        .upstream_token(EMAIL, "gh")
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.extra_scope, "admin:org", "{row:?}");
+}

@@ -391,8 +391,6 @@ impl Vault {
                     row.granted_at,
                     &row.scope,
                 )?;
-                record.extra_scope = row.extra_scope.clone();
-                record.last_refused_at = row.last_refused_at;
                 record.after_refusal = row.after_refusal;
                 let token = UsableToken {
                     access_token: issued.access_token.clone(),
@@ -401,7 +399,19 @@ impl Vault {
                     granted_at: record.granted_at,
                     after_refusal: record.after_refusal,
                 };
-                self.db(move |st| st.put_upstream_token(&record)).await?;
+                // Only over the token refreshed: a server's refusal (drop) or a new consent
+                // that came while the provider answered stands.
+                let previous = row.issued_at;
+                let stored = self
+                    .db(move |st| st.put_refreshed_upstream_token(&record, previous))
+                    .await?;
+                if !stored {
+                    tracing::info!(sub = %user, route = %route, "upstream token dropped or replaced during its refresh; refresh discarded");
+                    let Some(now_row) = self.read(&user, &route).await? else {
+                        return Ok(Lookup::NoToken);
+                    };
+                    return Ok(self.usable_now(&now_row, now).unwrap_or(Lookup::NoToken));
+                }
                 tracing::info!(sub = %user, route = %route, "upstream token refreshed");
                 Ok(Lookup::Token(token))
             }
