@@ -186,7 +186,7 @@ impl AppState {
         &self.inner.store
     }
 
-    pub fn vault(&self) -> &vault::Vault {
+    pub fn vault(&self) -> &Arc<vault::Vault> {
         &self.inner.vault
     }
 

@@ -275,6 +275,15 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         until: i64,
     ) -> anyhow::Result<bool>;
+    /// Stores a refresh's tokens (access and refresh token, `issued_at`, `expires_at`,
+    /// `scope` of `record`) and ends the lease, if the row still holds the token issued at
+    /// `previous_issued_at`; false when it was dropped or replaced meanwhile (nothing
+    /// written). The row's other fields (scopes asked for, refusals) stay as they are.
+    fn put_refreshed_upstream_token(
+        &self,
+        record: &UpstreamRecord,
+        previous_issued_at: i64,
+    ) -> anyhow::Result<bool>;
     /// Ends a refresh lease without a new token (the refresh failed transiently).
     fn release_upstream_refresh(&self, user: &str, route: &str) -> anyhow::Result<()>;
     /// Clears the tokens of the row if its access token is still the one issued at
@@ -1020,6 +1029,29 @@ impl Store for SqliteStore {
             "UPDATE upstream_tokens SET refresh_lease = ?4
              WHERE user = ?1 AND route = ?2 AND (refresh_lease IS NULL OR refresh_lease <= ?3)",
             params![user, route, now, until],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn put_refreshed_upstream_token(
+        &self,
+        t: &UpstreamRecord,
+        previous_issued_at: i64,
+    ) -> anyhow::Result<bool> {
+        let n = self.conn()?.execute(
+            "UPDATE upstream_tokens SET access_token = ?4, refresh_token = ?5, issued_at = ?6,
+                 expires_at = ?7, scope = ?8, refresh_lease = NULL
+             WHERE user = ?1 AND route = ?2 AND issued_at = ?3 AND access_token IS NOT NULL",
+            params![
+                t.user,
+                t.route,
+                previous_issued_at,
+                t.access_token,
+                t.refresh_token,
+                t.issued_at,
+                t.expires_at,
+                t.scope
+            ],
         )?;
         Ok(n == 1)
     }

@@ -686,3 +686,154 @@ fn upstream_config_errors_name_the_field() {
     assert!(!format!("{c:?}").contains("from-file"));
     assert!(!format!("{:?}", Config::from_yaml(&good).unwrap()).contains("warden-test-secret"));
 }
+
+/// A token endpoint in front of the demo provider's: it forwards each request at once (so the
+/// provider acts on it: a refresh token rotates) and then holds the answer back for `delay`
+/// milliseconds, like a provider slow to answer.
+async fn slow_answering_token_endpoint(
+    provider: &str,
+    delay: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let target = format!("{provider}/token");
+    let http = reqwest::Client::new();
+    let forward = move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+        let (http, target, delay) = (http.clone(), target.clone(), delay.clone());
+        async move {
+            let mut req = http.post(&target).body(body);
+            for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT] {
+                if let Some(v) = headers.get(&name) {
+                    req = req.header(name, v.clone());
+                }
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            let content_type = resp.headers()[header::CONTENT_TYPE].clone();
+            let body = resp.bytes().await.unwrap();
+            let ms = delay.load(std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            (status, [(header::CONTENT_TYPE, content_type)], body)
+        }
+    };
+    let app = axum::Router::new().route("/token", axum::routing::post(forward));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// Review finding: a refresh is cut off when its caller goes away. The filter's call-out
+/// gives up after `token_service.timeout_ms` (2 s as rendered) and Envoy resets the stream;
+/// hyper then drops the internal handler's future (here: the caller's timeout drops it). If
+/// the provider has already rotated the refresh token, the new one is never stored and the
+/// lease stays taken: the next refresh presents the rotated-out token, the provider sees a
+/// reuse and revokes the grant, and the user must go through consent again.
+#[tokio::test]
+async fn a_refresh_whose_caller_gives_up_still_stores_the_rotated_token() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let provider = Provider::start(AuthStyle::Any).await;
+    let delay = std::sync::Arc::new(AtomicU64::new(0));
+    let slow = slow_answering_token_endpoint(&provider.url, delay.clone()).await;
+    let env = TestEnv::with(|dir| {
+        upstream_yaml(dir, &provider.url, Some("header")).replace(
+            &format!("token_url: {}/token", provider.url),
+            &format!("token_url: {slow}/token"),
+        )
+    });
+    let credential = std::fs::read_to_string(env.state.config().internal_credential_file())
+        .unwrap()
+        .trim()
+        .to_owned();
+    let u = Upstream {
+        env,
+        provider,
+        credential,
+    };
+    u.sign_in("approve").await;
+    let (status, first) = u.lookup().await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+
+    // Due for a refresh; the provider rotates at once but answers after 500 ms, and the
+    // caller gives up after 100 ms.
+    u.env.advance(55);
+    delay.store(500, Ordering::SeqCst);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), u.lookup())
+            .await
+            .is_err(),
+        "the lookup was meant to outlast its caller"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(u.provider.stats().await["refresh_token"], 1);
+    delay.store(0, Ordering::SeqCst);
+
+    // Later (past any lease), the user's token is the refreshed one, and the grant stands.
+    u.env.advance(31);
+    let (status, ti) = u.lookup().await;
+    let stats = u.provider.stats().await;
+    assert_eq!(
+        stats["reuse_detected"], 0,
+        "rotated-out refresh token reused: {stats}"
+    );
+    assert_eq!(status, StatusCode::OK, "{ti}");
+    assert_ne!(ti["access_token"], first["access_token"]);
+}
+
+/// Review finding: a provider that hangs (README: "the provider fails a refresh (5xx,
+/// timeout) → the TI is kept; while it has not expired it is still used"). The vault waits
+/// up to its provider timeout (10 s) before answering with the still-valid token, but the
+/// filter gives up after `token_service.timeout_ms` (2 s as rendered) and answers `503`:
+/// for the last min(30 s, a tenth of the lifetime) of every TI, a hanging provider fails
+/// every call although the TI still works.
+#[tokio::test]
+async fn a_hanging_provider_does_not_hold_back_a_token_that_still_works() {
+    let u = Upstream::start(AuthStyle::Any, None).await;
+    u.sign_in("approve").await;
+    let (_, first) = u.lookup().await;
+    // Due (6 s before expiry) but valid for 5 s more.
+    u.env.advance(55);
+    u.provider.hook("/_test/delay-token?ms=5000").await;
+    // What the filter waits for a look-up, as `render-envoy` configures it.
+    let answer = tokio::time::timeout(Duration::from_millis(2_000), u.lookup()).await;
+    let (status, ti) = answer.expect("the look-up outlasted the filter's call-out timeout");
+    assert_eq!(status, StatusCode::OK, "{ti}");
+    assert_eq!(ti["access_token"], first["access_token"]);
+}
+
+/// Review finding: a refresh writes its row whatever happened to it meanwhile. An MCP server
+/// refuses the current TI (`insufficient_scope`, asking for `admin:org`) while a refresh of
+/// the same grant is at the provider: the drop goes through, then the refresh's write puts
+/// a token back and the scope the server asked for is forgotten (the write copies the row
+/// read before the drop), so the next consent does not ask for it.
+#[tokio::test]
+async fn a_drop_during_a_refresh_is_not_undone_by_the_refresh() {
+    let u = std::sync::Arc::new(Upstream::start(AuthStyle::Any, None).await);
+    u.sign_in("approve").await;
+    let (_, first) = u.lookup().await;
+    u.env.advance(55);
+    u.provider.hook("/_test/delay-token?ms=500").await;
+    let refreshing = {
+        let u = u.clone();
+        tokio::spawn(async move { u.lookup().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, answer) = u
+        .internal(
+            "/internal/v1/upstream-token/drop",
+            json!({"sub": EMAIL, "route": "gh", "access_token": first["access_token"],
+                   "reason": "insufficient_scope", "scope": "admin:org"}),
+            None,
+        )
+        .await;
+    assert_eq!(answer["dropped"], true);
+    let _ = refreshing.await.unwrap();
+    u.provider.hook("/_test/delay-token?ms=0").await;
+    // The scope the server asked for is still remembered for the next consent.
+    let row = u
+        .env
+        .state
+        .store()
+        .upstream_token(EMAIL, "gh")
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.extra_scope, "admin:org", "{row:?}");
+}

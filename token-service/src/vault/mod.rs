@@ -265,7 +265,12 @@ impl Vault {
 
     /// The token for (user, route), refreshed first when it is due (once per grant, however
     /// many lookups arrive at once).
-    pub async fn token(&self, user: &str, route: &str, now: i64) -> anyhow::Result<Lookup> {
+    pub async fn token(
+        self: &Arc<Self>,
+        user: &str,
+        route: &str,
+        now: i64,
+    ) -> anyhow::Result<Lookup> {
         if self.provider(route).is_none() {
             return Ok(Lookup::NoToken);
         }
@@ -275,13 +280,22 @@ impl Vault {
         if let Some(found) = self.usable_now(&row, now) {
             return Ok(found);
         }
-        // Due for a refresh: one at a time per (user, route) in this process.
-        let gate = self.gate(user, route);
-        let _turn = gate.lock().await;
-        let outcome = self.refresh_locked(user, route, now).await;
-        drop(_turn);
-        self.forget_gate(user, route, gate);
-        outcome
+        // Due for a refresh: one at a time per (user, route) in this process. It runs in a
+        // task of its own: a caller that gives up (the filter's call-out timeout drops the
+        // request) must not cut it off between the provider rotating the refresh token and
+        // the store keeping the new one, nor leave the lease taken.
+        let this = Arc::clone(self);
+        let (user, route) = (user.to_owned(), route.to_owned());
+        tokio::spawn(async move {
+            let gate = this.gate(&user, &route);
+            let turn = gate.lock().await;
+            let outcome = this.refresh_locked(&user, &route, now).await;
+            drop(turn);
+            this.forget_gate(&user, &route, gate);
+            outcome
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("refresh task failed: {e}"))?
     }
 
     /// The answer from `row` alone: `None` when it needs a refresh.
@@ -377,8 +391,6 @@ impl Vault {
                     row.granted_at,
                     &row.scope,
                 )?;
-                record.extra_scope = row.extra_scope.clone();
-                record.last_refused_at = row.last_refused_at;
                 record.after_refusal = row.after_refusal;
                 let token = UsableToken {
                     access_token: issued.access_token.clone(),
@@ -387,7 +399,19 @@ impl Vault {
                     granted_at: record.granted_at,
                     after_refusal: record.after_refusal,
                 };
-                self.db(move |st| st.put_upstream_token(&record)).await?;
+                // Only over the token refreshed: a server's refusal (drop) or a new consent
+                // that came while the provider answered stands.
+                let previous = row.issued_at;
+                let stored = self
+                    .db(move |st| st.put_refreshed_upstream_token(&record, previous))
+                    .await?;
+                if !stored {
+                    tracing::info!(sub = %user, route = %route, "upstream token dropped or replaced during its refresh; refresh discarded");
+                    let Some(now_row) = self.read(&user, &route).await? else {
+                        return Ok(Lookup::NoToken);
+                    };
+                    return Ok(self.usable_now(&now_row, now).unwrap_or(Lookup::NoToken));
+                }
                 tracing::info!(sub = %user, route = %route, "upstream token refreshed");
                 Ok(Lookup::Token(token))
             }
