@@ -819,6 +819,17 @@ async fn upstream_callback(
             format!("{provider} sent no authorization code"),
         );
     };
+    // The sign-in must still stand (the session may have ended, the user been removed)
+    // before anything is exchanged or stored for it.
+    let (email, sid) = (flow.email.clone(), flow.sid.clone());
+    let live = s
+        .blocking(move |st| {
+            Ok(st.config().user(&email).is_some() && st.store().session_live(&sid, st.now())?)
+        })
+        .await?;
+    if !live {
+        return Err(expired_page());
+    }
     match s.vault().complete(&flow, code, s.now()).await? {
         Ok(()) => {}
         Err(ProviderError::Refused(why)) => {

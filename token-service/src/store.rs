@@ -160,6 +160,7 @@ pub struct UpstreamFlow {
     /// SHA-256 of the browser-binding cookie.
     pub browser: String,
     pub route: String,
+    /// The PKCE verifier, sealed by the vault (base64url).
     pub pkce_verifier: String,
     pub expires_at: i64,
 }

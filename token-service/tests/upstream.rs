@@ -837,3 +837,81 @@ async fn a_drop_during_a_refresh_is_not_undone_by_the_refresh() {
         .unwrap();
     assert_eq!(row.extra_scope, "admin:org", "{row:?}");
 }
+
+#[tokio::test]
+async fn the_pkce_verifier_is_not_stored_in_the_clear() {
+    let u = Upstream::start(AuthStyle::Any, None).await;
+    let (to_provider, _) = u.to_provider().await;
+    let q = to_provider.location_query();
+    let flow = u
+        .env
+        .state
+        .store()
+        .take_upstream_flow(
+            &warden_token_service::flows::hash_secret(&q["state"]),
+            1_900_000_000,
+        )
+        .unwrap()
+        .expect("the upstream flow is stored under the state's digest");
+    assert_ne!(
+        challenge(&flow.pkce_verifier),
+        q["code_challenge"],
+        "the stored value is the verifier itself"
+    );
+    assert!(!format!("{flow:?}").is_empty());
+}
+
+#[tokio::test]
+async fn a_callback_after_the_sign_in_ended_stores_nothing() {
+    let u = Upstream::start(AuthStyle::Any, None).await;
+    // A session from long ago (12 h is its lifetime), still valid for 5 minutes.
+    let (q, session) = u
+        .env
+        .sign_in("trusted-app", REDIRECT, &[("resource", GH)])
+        .await;
+    assert!(
+        !q.contains_key("code"),
+        "the upstream step comes first: {q:?}"
+    );
+    u.env.advance(12 * 3600 - 300);
+    // Another client's authorization in that session, on to the provider.
+    let consent = u
+        .env
+        .get_with_cookie(
+            &TestEnv::authorize_uri(
+                "public-app",
+                "http://127.0.0.1/callback",
+                &[("resource", GH)],
+            ),
+            &session,
+        )
+        .await;
+    let cookies = format!("{}; {session}", consent.cookie("warden_flow").unwrap());
+    let to_provider = u.env.decide(&consent, &cookies, "approve").await;
+    assert_eq!(
+        to_provider.status,
+        StatusCode::FOUND,
+        "{}",
+        to_provider.body
+    );
+    let back = u
+        .provider
+        .answer(&to_provider.header("location"), "approve")
+        .await;
+    // The session ends while the user is at the provider.
+    u.env.advance(360);
+    let r = u
+        .env
+        .get_with_cookie(
+            &format!("{}?{}", back.path(), back.query().unwrap()),
+            &cookies,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(
+        u.lookup().await.0,
+        StatusCode::NOT_FOUND,
+        "no TI was stored"
+    );
+    assert_eq!(u.provider.stats().await["authorization_code"], 0);
+}

@@ -9,6 +9,9 @@ pub mod provider;
 pub mod seal;
 
 use std::collections::HashMap;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +30,11 @@ const REFRESH_LEASE: i64 = 30;
 /// A token an MCP server refused right after the user granted it is not fetched again for
 /// this long: lookups answer "refused", so the client gets a clear error, not another round.
 pub const REFUSAL_HOLD: i64 = 600;
+
+/// How long a look-up waits for a refresh when the current token still works, and when it
+/// has expired; both below the filter's call-out timeout (2 s as rendered).
+const PATIENCE_WHILE_VALID: Duration = Duration::from_millis(1_000);
+const PATIENCE_WHEN_EXPIRED: Duration = Duration::from_millis(1_500);
 
 /// Where providers send the browser back, under the issuer.
 pub const CALLBACK_PATH: &str = "/upstream/callback";
@@ -159,7 +167,12 @@ impl Vault {
                 sid: sid.to_owned(),
                 browser: browser.to_owned(),
                 route: route.to_owned(),
-                pkce_verifier: verifier,
+                pkce_verifier: B64.encode(self.sealer.seal(
+                    email,
+                    route,
+                    Kind::Verifier,
+                    &verifier,
+                )?),
                 expires_at: now + UPSTREAM_FLOW_TTL,
             },
         )?;
@@ -181,7 +194,15 @@ impl Vault {
         let Some(provider) = self.provider(&flow.route) else {
             anyhow::bail!("route {} has no upstream_oauth2", flow.route);
         };
-        let issued = match provider.exchange_code(code, &flow.pkce_verifier).await {
+        let verifier = B64
+            .decode(flow.pkce_verifier.as_bytes())
+            .ok()
+            .and_then(|sealed| {
+                self.sealer
+                    .open(&flow.email, &flow.route, Kind::Verifier, &sealed)
+            })
+            .ok_or_else(|| anyhow::anyhow!("the upstream flow's PKCE verifier does not open"))?;
+        let issued = match provider.exchange_code(code, &verifier).await {
             Ok(i) => i,
             Err(e) => return Ok(Err(e)),
         };
@@ -285,17 +306,33 @@ impl Vault {
         // request) must not cut it off between the provider rotating the refresh token and
         // the store keeping the new one, nor leave the lease taken.
         let this = Arc::clone(self);
-        let (user, route) = (user.to_owned(), route.to_owned());
-        tokio::spawn(async move {
-            let gate = this.gate(&user, &route);
+        let (u, r) = (user.to_owned(), route.to_owned());
+        let refresh = tokio::spawn(async move {
+            let gate = this.gate(&u, &r);
             let turn = gate.lock().await;
-            let outcome = this.refresh_locked(&user, &route, now).await;
+            let outcome = this.refresh_locked(&u, &r, now).await;
             drop(turn);
-            this.forget_gate(&user, &route, gate);
+            this.forget_gate(&u, &r, gate);
             outcome
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("refresh task failed: {e}"))?
+        });
+        // A slow provider does not hold back a token that still works, nor outlast the
+        // filter's call-out: past the patience, the refresh goes on in its task and the
+        // caller gets the current token (or, expired, "unavailable").
+        let still_valid = self.still_valid(&row, now);
+        let patience = if still_valid.is_some() {
+            PATIENCE_WHILE_VALID
+        } else {
+            PATIENCE_WHEN_EXPIRED
+        };
+        match tokio::time::timeout(patience, refresh).await {
+            Ok(joined) => joined.map_err(|e| anyhow::anyhow!("refresh task failed: {e}"))?,
+            Err(_) => {
+                tracing::warn!(sub = %user, route = %route, "upstream refresh is slow; answering without waiting for it");
+                Ok(still_valid.unwrap_or_else(|| {
+                    Lookup::Unavailable("the provider is slow to refresh the token".into())
+                }))
+            }
+        }
     }
 
     /// The answer from `row` alone: `None` when it needs a refresh.
@@ -337,8 +374,11 @@ impl Vault {
                 return Ok(self.still_valid(&row, now).unwrap_or(Lookup::NoToken));
             };
             let (u, r) = (user.to_owned(), route.to_owned());
+            // Polls come 200 ms apart: let the clock move with them, so a lease whose holder
+            // died expires for this waiter too.
+            let at = now + waited / 5;
             let claimed = self
-                .db(move |st| st.claim_upstream_refresh(&u, &r, now, now + REFRESH_LEASE))
+                .db(move |st| st.claim_upstream_refresh(&u, &r, at, at + REFRESH_LEASE))
                 .await?;
             if !claimed {
                 // Another replica is refreshing this grant: wait for its result.

@@ -16,6 +16,8 @@ const NONCE_BYTES: usize = 24;
 pub enum Kind {
     Access,
     Refresh,
+    /// The PKCE verifier of an upstream consent in progress.
+    Verifier,
 }
 
 impl Kind {
@@ -23,6 +25,7 @@ impl Kind {
         match self {
             Kind::Access => b"access",
             Kind::Refresh => b"refresh",
+            Kind::Verifier => b"pkce-verifier",
         }
     }
 }
