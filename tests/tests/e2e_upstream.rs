@@ -488,3 +488,37 @@ async fn a_server_refusing_every_token_ends_in_a_clear_error_not_a_loop() {
     assert_eq!(r.status, 502, "{}", r.body);
     assert_eq!(u.provider.stats().await["authorization_code"], 2);
 }
+
+#[tokio::test]
+async fn a_provider_failing_a_refresh_keeps_the_ti_and_the_call_says_why() {
+    // Provider tokens live 3 s: the test waits for that expiry, which is what it tests.
+    let u = UpstreamStack::start(3).await;
+    let signed = u.sign_in().await;
+    let te = signed.access_token.clone();
+    let first = received_bearer(&u.whoami_raw(&te).await);
+    tokio::time::sleep(Duration::from_millis(3_300)).await;
+    u.provider.hook("fail-token", "status=503&count=1").await;
+    u.gated.clear_recorded().await;
+    let r = u.whoami_raw(&te).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    let message = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(message, "the upstream OAuth provider is unavailable");
+    u.gated
+        .assert_nothing_recorded("a call whose TI could not be refreshed")
+        .await;
+    // The TI was kept: the next call refreshes it and goes through, without a new consent.
+    let next = received_bearer(&u.whoami_raw(&te).await);
+    assert_ne!(next, first);
+    let stats = u.provider.stats().await;
+    assert_eq!(
+        (
+            stats["authorization_code"].as_u64(),
+            stats["refresh_token"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+}
