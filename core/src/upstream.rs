@@ -472,15 +472,18 @@ impl UpstreamTokenCache {
             self.len = self.by_route.iter().map(HashMap::len).sum();
         }
         if self.len >= self.capacity {
-            let victim = self
-                .by_route
-                .iter()
-                .enumerate()
-                .find_map(|(i, map)| map.keys().next().map(|k| (i, k.clone())));
-            if let Some((i, key)) = victim {
-                if let Some(map) = self.by_route.get_mut(i) {
+            // Still full of usable tokens: free an eighth at once, so the next misses do not
+            // each scan the whole cache again (amortised constant work per insert).
+            let mut evict = (self.capacity / 8).max(1);
+            for map in &mut self.by_route {
+                if evict == 0 {
+                    break;
+                }
+                let victims: Vec<Box<str>> = map.keys().take(evict).cloned().collect();
+                for key in victims {
                     map.remove(&key);
                     self.len -= 1;
+                    evict -= 1;
                 }
             }
         }
@@ -925,6 +928,23 @@ mod tests {
         UpstreamToken::new("ti", at, Some(at + 3600), at)
             .unwrap()
             .after_refusal(after_refusal)
+    }
+
+    #[test]
+    fn a_full_cache_frees_a_batch_rather_than_scanning_on_every_miss() {
+        let mut cache = UpstreamTokenCache::new(16, 2);
+        let token = |n: i64| Rc::new(UpstreamToken::new(&format!("ti{n}"), 0, None, 0).unwrap());
+        for n in 0..16 {
+            cache.put((n % 2) as usize, &format!("u{n}"), token(n), 10);
+        }
+        assert_eq!(cache.len(), 16);
+        // Full of usable tokens: one insert frees capacity / 8 = 2 entries, then adds itself.
+        cache.put(0, "new", token(99), 10);
+        assert_eq!(cache.len(), 15);
+        assert!(cache.get(0, "new", 10).is_some());
+        // The next insert finds room without evicting.
+        cache.put(1, "another", token(100), 10);
+        assert_eq!(cache.len(), 16);
     }
 
     #[test]

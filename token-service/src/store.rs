@@ -148,6 +148,9 @@ pub struct UpstreamRecord {
     pub last_refused_at: Option<i64>,
     /// The current grant re-ran consent because a server had refused the previous token.
     pub after_refusal: bool,
+    /// Counts the row's token writes: a refresh or drop applies only to the version it read
+    /// (read from the store; `put_upstream_token` ignores it).
+    pub version: i64,
 }
 
 /// An upstream consent in progress: the provider sends the browser back with `state`.
@@ -277,25 +280,25 @@ pub trait Store: Send + Sync + 'static {
         until: i64,
     ) -> anyhow::Result<bool>;
     /// Stores a refresh's tokens (access and refresh token, `issued_at`, `expires_at`,
-    /// `scope` of `record`) and ends the lease, if the row still holds the token issued at
-    /// `previous_issued_at`; false when it was dropped or replaced meanwhile (nothing
-    /// written). The row's other fields (scopes asked for, refusals) stay as they are.
+    /// `scope` of `record`) and ends the lease, if the row is still at `version` (the one
+    /// refreshed); false when it was dropped or replaced meanwhile (nothing written). The
+    /// row's other fields (scopes asked for, refusals) stay as they are.
     fn put_refreshed_upstream_token(
         &self,
         record: &UpstreamRecord,
-        previous_issued_at: i64,
+        version: i64,
     ) -> anyhow::Result<bool>;
     /// Ends a refresh lease without a new token (the refresh failed transiently).
     fn release_upstream_refresh(&self, user: &str, route: &str) -> anyhow::Result<()>;
-    /// Clears the tokens of the row if its access token is still the one issued at
-    /// `issued_at` (a token refreshed meanwhile is not dropped by a stale refusal); records
-    /// `extra_scope`, `refused_until` and, for a refusal by a server, `refused_at`. Returns
-    /// whether it dropped.
+    /// Clears the tokens of the row if it is still at `version` (a token refreshed or
+    /// granted meanwhile is not dropped by a stale refusal); records `extra_scope`,
+    /// `refused_until` and, for a refusal by a server, `refused_at`. Returns whether it
+    /// dropped.
     fn drop_upstream_token(
         &self,
         user: &str,
         route: &str,
-        issued_at: i64,
+        version: i64,
         extra_scope: &str,
         refused_until: Option<i64>,
         refused_at: Option<i64>,
@@ -439,6 +442,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         last_refused_at INTEGER,
         after_refusal INTEGER NOT NULL DEFAULT 0,
         refresh_lease INTEGER,
+        version       INTEGER NOT NULL DEFAULT 1,
         PRIMARY KEY (user, route)
     );
     CREATE TABLE upstream_flows (
@@ -965,7 +969,7 @@ impl Store for SqliteStore {
             .conn()?
             .query_row(
                 "SELECT access_token, refresh_token, issued_at, expires_at, granted_at, scope,
-                        extra_scope, refused_until, last_refused_at, after_refusal
+                        extra_scope, refused_until, last_refused_at, after_refusal, version
                  FROM upstream_tokens WHERE user = ?1 AND route = ?2",
                 params![user, route],
                 |r| {
@@ -982,6 +986,7 @@ impl Store for SqliteStore {
                         refused_until: r.get(7)?,
                         last_refused_at: r.get(8)?,
                         after_refusal: r.get(9)?,
+                        version: r.get(10)?,
                     })
                 },
             )
@@ -1000,7 +1005,8 @@ impl Store for SqliteStore {
                  granted_at = excluded.granted_at, scope = excluded.scope,
                  extra_scope = excluded.extra_scope, refused_until = excluded.refused_until,
                  last_refused_at = excluded.last_refused_at,
-                 after_refusal = excluded.after_refusal, refresh_lease = NULL",
+                 after_refusal = excluded.after_refusal, refresh_lease = NULL,
+                 version = upstream_tokens.version + 1",
             params![
                 t.user,
                 t.route,
@@ -1037,16 +1043,16 @@ impl Store for SqliteStore {
     fn put_refreshed_upstream_token(
         &self,
         t: &UpstreamRecord,
-        previous_issued_at: i64,
+        version: i64,
     ) -> anyhow::Result<bool> {
         let n = self.conn()?.execute(
             "UPDATE upstream_tokens SET access_token = ?4, refresh_token = ?5, issued_at = ?6,
-                 expires_at = ?7, scope = ?8, refresh_lease = NULL
-             WHERE user = ?1 AND route = ?2 AND issued_at = ?3 AND access_token IS NOT NULL",
+                 expires_at = ?7, scope = ?8, refresh_lease = NULL, version = version + 1
+             WHERE user = ?1 AND route = ?2 AND version = ?3 AND access_token IS NOT NULL",
             params![
                 t.user,
                 t.route,
-                previous_issued_at,
+                version,
                 t.access_token,
                 t.refresh_token,
                 t.issued_at,
@@ -1069,7 +1075,7 @@ impl Store for SqliteStore {
         &self,
         user: &str,
         route: &str,
-        issued_at: i64,
+        version: i64,
         extra_scope: &str,
         refused_until: Option<i64>,
         refused_at: Option<i64>,
@@ -1077,16 +1083,10 @@ impl Store for SqliteStore {
         let n = self.conn()?.execute(
             "UPDATE upstream_tokens SET access_token = NULL, refresh_token = NULL,
                  extra_scope = ?4, refused_until = ?5,
-                 last_refused_at = COALESCE(?6, last_refused_at), refresh_lease = NULL
-             WHERE user = ?1 AND route = ?2 AND issued_at = ?3 AND access_token IS NOT NULL",
-            params![
-                user,
-                route,
-                issued_at,
-                extra_scope,
-                refused_until,
-                refused_at
-            ],
+                 last_refused_at = COALESCE(?6, last_refused_at), refresh_lease = NULL,
+                 version = version + 1
+             WHERE user = ?1 AND route = ?2 AND version = ?3 AND access_token IS NOT NULL",
+            params![user, route, version, extra_scope, refused_until, refused_at],
         )?;
         Ok(n == 1)
     }

@@ -265,6 +265,7 @@ impl Vault {
             refused_until: None,
             last_refused_at: None,
             after_refusal: false,
+            version: 0,
         })
     }
 
@@ -441,9 +442,9 @@ impl Vault {
                 };
                 // Only over the token refreshed: a server's refusal (drop) or a new consent
                 // that came while the provider answered stands.
-                let previous = row.issued_at;
+                let version = row.version;
                 let stored = self
-                    .db(move |st| st.put_refreshed_upstream_token(&record, previous))
+                    .db(move |st| st.put_refreshed_upstream_token(&record, version))
                     .await?;
                 if !stored {
                     tracing::info!(sub = %user, route = %route, "upstream token dropped or replaced during its refresh; refresh discarded");
@@ -458,9 +459,9 @@ impl Vault {
             Err(ProviderError::Refused(why)) => {
                 tracing::info!(sub = %user, route = %route, reason = %why, "upstream refresh refused; token dropped");
                 let extra = row.extra_scope.clone();
-                let issued_at = row.issued_at;
+                let version = row.version;
                 self.db(move |st| {
-                    st.drop_upstream_token(&user, &route, issued_at, &extra, None, None)
+                    st.drop_upstream_token(&user, &route, version, &extra, None, None)
                 })
                 .await?;
                 Ok(Lookup::NoToken)
@@ -511,9 +512,9 @@ impl Vault {
         // moment after connecting it is simply sent through consent again).
         let hold = (row.after_refusal && refused_right_after_grant(row.granted_at, now))
             .then_some(now + REFUSAL_HOLD);
-        let (u, r, issued_at) = (user.to_owned(), route.to_owned(), row.issued_at);
+        let (u, r, version) = (user.to_owned(), route.to_owned(), row.version);
         let dropped = self
-            .db(move |st| st.drop_upstream_token(&u, &r, issued_at, &extra, hold, Some(now)))
+            .db(move |st| st.drop_upstream_token(&u, &r, version, &extra, hold, Some(now)))
             .await?;
         if dropped {
             tracing::info!(sub = %user, route = %route, held = hold.is_some(), "upstream token refused by the MCP server; dropped");
