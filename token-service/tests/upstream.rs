@@ -915,3 +915,44 @@ async fn a_callback_after_the_sign_in_ended_stores_nothing() {
     );
     assert_eq!(u.provider.stats().await["authorization_code"], 0);
 }
+
+#[tokio::test]
+async fn a_slow_provider_gets_one_refresh_however_many_lookups_arrive() {
+    let u = std::sync::Arc::new(Upstream::start(AuthStyle::Any, None).await);
+    u.sign_in("approve").await;
+    let (_, first) = u.lookup().await;
+    u.env.advance(55);
+    // The provider hangs, then fails the refresh.
+    u.provider.hook("/_test/delay-token?ms=1500").await;
+    u.provider
+        .hook("/_test/fail-token?status=503&count=1")
+        .await;
+    let before = u.provider.stats().await["token_requests"].as_u64().unwrap();
+    // Twenty look-ups while that refresh hangs: each answers in time with the current
+    // token, and none queues a refresh of its own behind it.
+    let lookups = (0..20).map(|_| {
+        let u = u.clone();
+        async move {
+            tokio::time::timeout(Duration::from_millis(2_000), u.lookup())
+                .await
+                .expect("a look-up outlasted the filter's call-out timeout")
+        }
+    });
+    for (status, ti) in futures_util::future::join_all(lookups).await {
+        assert_eq!(status, StatusCode::OK, "{ti}");
+        assert_eq!(ti["access_token"], first["access_token"]);
+    }
+    // Long enough for queued refreshes (1.5 s each) to have reached the provider.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let requests = u.provider.stats().await["token_requests"].as_u64().unwrap();
+    assert_eq!(
+        requests - before,
+        1,
+        "one token request for twenty look-ups"
+    );
+    // The next look-up tries again, and the provider is back.
+    u.provider.hook("/_test/delay-token?ms=0").await;
+    let (status, now) = u.lookup().await;
+    assert_eq!(status, StatusCode::OK, "{now}");
+    assert_ne!(now["access_token"], first["access_token"]);
+}

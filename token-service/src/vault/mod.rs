@@ -302,29 +302,44 @@ impl Vault {
         if let Some(found) = self.usable_now(&row, now) {
             return Ok(found);
         }
-        // Due for a refresh: one at a time per (user, route) in this process. It runs in a
-        // task of its own: a caller that gives up (the filter's call-out timeout drops the
-        // request) must not cut it off between the provider rotating the refresh token and
-        // the store keeping the new one, nor leave the lease taken.
-        let this = Arc::clone(self);
-        let (u, r) = (user.to_owned(), route.to_owned());
-        let refresh = tokio::spawn(async move {
-            let gate = this.gate(&u, &r);
-            let turn = gate.lock().await;
-            let outcome = this.refresh_locked(&u, &r, now).await;
-            drop(turn);
-            this.forget_gate(&u, &r, gate);
-            outcome
-        });
         // A slow provider does not hold back a token that still works, nor outlast the
-        // filter's call-out: past the patience, the refresh goes on in its task and the
-        // caller gets the current token (or, expired, "unavailable").
+        // filter's call-out: past the patience the caller gets the current token (or,
+        // expired, "unavailable") while the refresh goes on.
         let still_valid = self.still_valid(&row, now);
         let patience = if still_valid.is_some() {
             PATIENCE_WHILE_VALID
         } else {
             PATIENCE_WHEN_EXPIRED
         };
+        let gate = self.gate(user, route);
+        let Ok(turn) = Arc::clone(&gate).try_lock_owned() else {
+            // A refresh of this grant is running in this process: wait for it (bounded) and
+            // answer from what it stored. Never a second refresh task per grant, however
+            // many look-ups arrive while the provider is slow.
+            let _ = tokio::time::timeout(patience, gate.lock()).await;
+            self.forget_gate(user, route, gate);
+            let row = self.read(user, route).await?;
+            return Ok(row
+                .and_then(|row| {
+                    self.usable_now(&row, now)
+                        .or_else(|| self.still_valid(&row, now))
+                })
+                .unwrap_or_else(|| {
+                    Lookup::Unavailable("the provider is slow to refresh the token".into())
+                }));
+        };
+        // Our turn: the refresh runs in a task of its own, so a caller that gives up (the
+        // filter's call-out timeout drops the request) cannot cut it off between the provider
+        // rotating the refresh token and the store keeping the new one, nor leave the lease
+        // taken.
+        let this = Arc::clone(self);
+        let (u, r) = (user.to_owned(), route.to_owned());
+        let refresh = tokio::spawn(async move {
+            let outcome = this.refresh_locked(&u, &r, now).await;
+            drop(turn);
+            this.forget_gate(&u, &r, gate);
+            outcome
+        });
         match tokio::time::timeout(patience, refresh).await {
             Ok(joined) => joined.map_err(|e| anyhow::anyhow!("refresh task failed: {e}"))?,
             Err(_) => {
