@@ -200,7 +200,19 @@ async fn registrations_over_real_connections_are_limited_per_peer_address() {
     }
     let r = register_over_socket(addr, "127.0.0.1").await;
     assert!(r.starts_with("HTTP/1.1 429"), "{r}");
-    assert!(r.to_ascii_lowercase().contains("retry-after: 20"), "{r}");
+    // One registration comes back every 20 s (3 a minute); less is left when the three
+    // above took a while on a loaded machine.
+    let retry_after: u64 = r
+        .to_ascii_lowercase()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("retry-after: ")
+                .map(str::trim)
+                .map(str::to_owned)
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After: {r}"));
+    assert!((10..=20).contains(&retry_after), "{r}");
     // Another peer address has its own budget.
     let r = register_over_socket(addr, "127.0.0.2").await;
     assert!(r.starts_with("HTTP/1.1 201"), "{r}");
