@@ -171,6 +171,16 @@ impl Upstream {
         )
     }
 
+    /// What the filter sends when the MCP server refused `token`.
+    async fn drop_ti(&self, token: &str, reason: &str, scope: &str) -> (StatusCode, Value) {
+        self.internal(
+            "/internal/v1/upstream-token/drop",
+            json!({"sub": EMAIL, "route": "gh", "access_token": token, "reason": reason, "scope": scope}),
+            None,
+        )
+        .await
+    }
+
     async fn lookup(&self) -> (StatusCode, Value) {
         self.internal(
             "/internal/v1/upstream-token",
@@ -499,15 +509,8 @@ async fn a_token_the_server_refuses_is_dropped_and_a_fresh_refusal_is_held() {
     u.sign_in("approve").await;
     let (_, ti) = u.lookup().await;
     assert_eq!(ti["after_refusal"], false, "{ti}");
-    let drop = |token: &str, reason: &str, scope: &str| json!({"sub": EMAIL, "route": "gh", "access_token": token, "reason": reason, "scope": scope});
     // A stale token (not the current one) drops nothing.
-    let (status, answer) = u
-        .internal(
-            "/internal/v1/upstream-token/drop",
-            drop("dat_other", "invalid_token", ""),
-            None,
-        )
-        .await;
+    let (status, answer) = u.drop_ti("dat_other", "invalid_token", "").await;
     assert_eq!(
         (status, answer["dropped"].as_bool()),
         (StatusCode::OK, Some(false))
@@ -520,11 +523,7 @@ async fn a_token_the_server_refuses_is_dropped_and_a_fresh_refusal_is_held() {
     let token = ti2["access_token"].as_str().unwrap().to_owned();
     assert_ne!(token, ti["access_token"].as_str().unwrap());
     let (_, answer) = u
-        .internal(
-            "/internal/v1/upstream-token/drop",
-            drop(&token, "insufficient_scope", "repo admin:org"),
-            None,
-        )
+        .drop_ti(&token, "insufficient_scope", "repo admin:org")
         .await;
     assert_eq!(answer["dropped"], true);
     let (status, answer) = u.lookup().await;
@@ -546,11 +545,7 @@ async fn a_token_the_server_refuses_is_dropped_and_a_fresh_refusal_is_held() {
     // Refused again right after the grant: held, so the client gets a clear error rather
     // than another round of authorization.
     let (_, answer) = u
-        .internal(
-            "/internal/v1/upstream-token/drop",
-            drop(fresh["access_token"].as_str().unwrap(), "invalid_token", ""),
-            None,
-        )
+        .drop_ti(fresh["access_token"].as_str().unwrap(), "invalid_token", "")
         .await;
     assert_eq!(answer["dropped"], true);
     let (status, answer) = u.lookup().await;
@@ -568,11 +563,7 @@ async fn a_first_grant_refused_at_once_sends_the_user_through_consent_again() {
     u.sign_in("approve").await;
     let (_, ti) = u.lookup().await;
     let (_, answer) = u
-        .internal(
-            "/internal/v1/upstream-token/drop",
-            json!({"sub": EMAIL, "route": "gh", "access_token": ti["access_token"], "reason": "invalid_token"}),
-            None,
-        )
+        .drop_ti(ti["access_token"].as_str().unwrap(), "invalid_token", "")
         .await;
     assert_eq!(answer["dropped"], true);
     let (status, answer) = u.lookup().await;
