@@ -247,6 +247,23 @@ async fn sign_in_connects_the_upstream_account_and_calls_carry_the_ti() {
         );
         client.cancel().await.unwrap();
     }
+    // Every request the clients made, whatever its HTTP method (the handshake era's GET
+    // stream and DELETE included), reached the server with a TI and without the TE.
+    let recorded = u.gated.recorded().await;
+    let methods: std::collections::BTreeSet<&str> = recorded
+        .iter()
+        .filter_map(|r| r["method"].as_str())
+        .collect();
+    assert_eq!(
+        methods,
+        ["DELETE", "GET", "POST"].into_iter().collect(),
+        "{recorded:?}"
+    );
+    for r in &recorded {
+        let auth = recorded_header(r, "authorization").unwrap_or_default();
+        assert!(auth.starts_with("Bearer dat_"), "{r}");
+        assert!(!r.to_string().contains(&te), "{r}");
+    }
     let ti = received_bearer(&u.whoami_raw(&te).await)
         .trim_start_matches("Bearer ")
         .to_owned();
