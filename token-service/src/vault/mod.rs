@@ -36,6 +36,10 @@ pub const REFUSAL_HOLD: i64 = 600;
 const PATIENCE_WHILE_VALID: Duration = Duration::from_millis(1_000);
 const PATIENCE_WHEN_EXPIRED: Duration = Duration::from_millis(1_500);
 
+fn slow_provider() -> Lookup {
+    Lookup::Unavailable("the provider is slow to refresh the token".into())
+}
+
 /// Where providers send the browser back, under the issuer.
 pub const CALLBACK_PATH: &str = "/upstream/callback";
 
@@ -51,6 +55,19 @@ pub struct UsableToken {
     pub expires_at: Option<i64>,
     pub granted_at: i64,
     pub after_refusal: bool,
+}
+
+impl UsableToken {
+    /// The token of `row` (whose access token opened to `access_token`).
+    fn of(row: &UpstreamRecord, access_token: String) -> Self {
+        Self {
+            access_token,
+            issued_at: row.issued_at,
+            expires_at: row.expires_at,
+            granted_at: row.granted_at,
+            after_refusal: row.after_refusal,
+        }
+    }
 }
 
 impl std::fmt::Debug for UsableToken {
@@ -324,9 +341,7 @@ impl Vault {
                     self.usable_now(&row, now)
                         .or_else(|| self.still_valid(&row, now))
                 })
-                .unwrap_or_else(|| {
-                    Lookup::Unavailable("the provider is slow to refresh the token".into())
-                }));
+                .unwrap_or_else(slow_provider));
         };
         // Our turn: the refresh runs in a task of its own, so a caller that gives up (the
         // filter's call-out timeout drops the request) cannot cut it off between the provider
@@ -344,9 +359,7 @@ impl Vault {
             Ok(joined) => joined.map_err(|e| anyhow::anyhow!("refresh task failed: {e}"))?,
             Err(_) => {
                 tracing::warn!(sub = %user, route = %route, "upstream refresh is slow; answering without waiting for it");
-                Ok(still_valid.unwrap_or_else(|| {
-                    Lookup::Unavailable("the provider is slow to refresh the token".into())
-                }))
+                Ok(still_valid.unwrap_or_else(slow_provider))
             }
         }
     }
@@ -365,13 +378,7 @@ impl Vault {
             return Some(Lookup::NoToken);
         };
         if !refresh_due(row.issued_at, row.expires_at, now) {
-            return Some(Lookup::Token(UsableToken {
-                access_token,
-                issued_at: row.issued_at,
-                expires_at: row.expires_at,
-                granted_at: row.granted_at,
-                after_refusal: row.after_refusal,
-            }));
+            return Some(Lookup::Token(UsableToken::of(row, access_token)));
         }
         None
     }
@@ -416,13 +423,7 @@ impl Vault {
         if row.expires_at.is_some_and(|e| e <= now) {
             return None;
         }
-        Some(Lookup::Token(UsableToken {
-            access_token: self.open_access(row)?,
-            issued_at: row.issued_at,
-            expires_at: row.expires_at,
-            granted_at: row.granted_at,
-            after_refusal: row.after_refusal,
-        }))
+        Some(Lookup::Token(UsableToken::of(row, self.open_access(row)?)))
     }
 
     /// Refreshes `row` (its lease held) and stores the result in one write.
@@ -448,13 +449,7 @@ impl Vault {
                     &row.scope,
                 )?;
                 record.after_refusal = row.after_refusal;
-                let token = UsableToken {
-                    access_token: issued.access_token.clone(),
-                    issued_at: record.issued_at,
-                    expires_at: record.expires_at,
-                    granted_at: record.granted_at,
-                    after_refusal: record.after_refusal,
-                };
+                let token = UsableToken::of(&record, issued.access_token.clone());
                 // Only over the token refreshed: a server's refusal (drop) or a new consent
                 // that came while the provider answered stands.
                 let version = row.version;
