@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod flows;
 mod html;
+pub mod identity;
 pub mod internal;
 pub mod keys;
 pub mod listener;

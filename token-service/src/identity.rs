@@ -1,0 +1,26 @@
+//! Who a user is, wherever they signed in: the claims TEs and identity assertions carry.
+//!
+//! A user's key (the TE `sub`) is the email for local users and `{iss}#{sub}` for users of
+//! the organisation's identity provider, so two providers can never collide.
+
+use crate::config::Config;
+use crate::store::Store;
+
+/// The claims the gateway vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub sub: String,
+    pub email: String,
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+/// The user behind `sub` as of their last sign-in, or `None` when they no longer exist.
+pub fn resolve(config: &Config, _store: &dyn Store, sub: &str) -> anyhow::Result<Option<Identity>> {
+    Ok(config.user(sub).map(|u| Identity {
+        sub: u.email.clone(),
+        email: u.email.clone(),
+        name: u.name.clone(),
+        groups: u.groups.clone(),
+    }))
+}
