@@ -225,8 +225,157 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityProviderConfig {
+    /// Users with passwords in this file; beside `oidc` optional (absent: only the provider).
     #[serde(default)]
     pub local: LocalIdpConfig,
+    /// The organisation's OpenID Connect provider (Okta, Entra ID, Google, Keycloak, …).
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
+}
+
+/// `identity_provider.oidc`: the token service as the provider's relying party.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// Discovery at `{issuer}/.well-known/openid-configuration`; ID tokens must name it exactly.
+    pub issuer: String,
+    pub client_id: String,
+    /// Inline, or (`client_secret_file`) read at load. Neither: a public client (PKCE only).
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// The claim holding the user's groups; a dotted path reaches into nested objects.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Shown on the sign-in page (default: the issuer's host).
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Sign in users whose provider says `email_verified: false` (default: refused).
+    #[serde(default)]
+    pub allow_unverified_email: bool,
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    ["openid", "email", "profile"].map(str::to_owned).to_vec()
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+impl fmt::Debug for OidcConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The secret stays out of any debug output.
+        f.debug_struct("OidcConfig")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("client_secret_file", &self.client_secret_file)
+            .field("scopes", &self.scopes)
+            .field("groups_claim", &self.groups_claim)
+            .field("display_name", &self.display_name)
+            .field("allow_unverified_email", &self.allow_unverified_email)
+            .finish()
+    }
+}
+
+impl OidcConfig {
+    pub fn display_name(&self) -> &str {
+        match &self.display_name {
+            Some(n) => n,
+            None => {
+                let rest = self.issuer.split_once("://").map_or("", |(_, r)| r);
+                rest.split(['/', ':']).next().unwrap_or(rest)
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        const AT: &str = "identity_provider.oidc";
+        validate_provider_url(&self.issuer)
+            .map_err(|m| ConfigError::new(format!("{AT}.issuer"), m))?;
+        if self.issuer.ends_with('/') || self.issuer.contains(['?', '#']) {
+            return Err(ConfigError::new(
+                format!("{AT}.issuer"),
+                "must be the provider's issuer exactly, without a trailing slash, query or fragment",
+            ));
+        }
+        if self.client_id.is_empty() {
+            return Err(ConfigError::new(
+                format!("{AT}.client_id"),
+                "must not be empty",
+            ));
+        }
+        if self.client_secret.as_deref() == Some("") {
+            return Err(ConfigError::new(
+                format!("{AT}.client_secret"),
+                "must not be empty (leave it out for a public client)",
+            ));
+        }
+        if !self.scopes.iter().any(|s| s == "openid") {
+            return Err(ConfigError::new(
+                format!("{AT}.scopes"),
+                "must include openid",
+            ));
+        }
+        for (j, s) in self.scopes.iter().enumerate() {
+            if s.is_empty() || !s.bytes().all(is_scope_char) {
+                return Err(ConfigError::new(
+                    format!("{AT}.scopes[{j}]"),
+                    "not a valid scope token",
+                ));
+            }
+        }
+        if self.groups_claim.is_empty() {
+            return Err(ConfigError::new(
+                format!("{AT}.groups_claim"),
+                "must not be empty",
+            ));
+        }
+        if self
+            .display_name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err(ConfigError::new(
+                format!("{AT}.display_name"),
+                "must not be empty",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a `client_secret_file` into its `client_secret` (trailing line end dropped), so a
+/// missing file fails at load, naming the field.
+fn read_secret_file(
+    secret: &mut Option<String>,
+    file: Option<&Path>,
+    at: &str,
+) -> Result<(), ConfigError> {
+    let Some(path) = file else {
+        return Ok(());
+    };
+    if secret.is_some() {
+        return Err(ConfigError::new(
+            format!("{at}.client_secret_file"),
+            "give client_secret or client_secret_file, not both",
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            format!("{at}.client_secret_file"),
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    *secret = Some(text.trim_end_matches(['\r', '\n']).to_owned());
+    Ok(())
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -493,25 +642,12 @@ impl fmt::Debug for UpstreamOAuth2Config {
 }
 
 impl UpstreamOAuth2Config {
-    /// Reads `client_secret_file` into `client_secret` (trailing line end dropped), so a
-    /// missing file fails at load, naming the field.
     fn read_secret_file(&mut self, at: &str) -> Result<(), ConfigError> {
-        if let Some(path) = &self.client_secret_file {
-            if self.client_secret.is_some() {
-                return Err(ConfigError::new(
-                    format!("{at}.client_secret_file"),
-                    "give client_secret or client_secret_file, not both",
-                ));
-            }
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::new(
-                    format!("{at}.client_secret_file"),
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            self.client_secret = Some(text.trim_end_matches(['\r', '\n']).to_owned());
-        }
-        Ok(())
+        read_secret_file(
+            &mut self.client_secret,
+            self.client_secret_file.as_deref(),
+            at,
+        )
     }
 
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
@@ -776,6 +912,14 @@ impl Config {
             ConfigError::new(path, e.into_inner().to_string())
         })?;
         config.authorization_server.registration.read_token_file()?;
+        if let Some(o) = &mut config.identity_provider.oidc {
+            let file = o.client_secret_file.clone();
+            read_secret_file(
+                &mut o.client_secret,
+                file.as_deref(),
+                "identity_provider.oidc",
+            )?;
+        }
         for (i, r) in config.routes.iter_mut().enumerate() {
             if let Some(u) = &mut r.mcp.server.upstream_oauth2 {
                 u.read_secret_file(&format!("routes[{i}].mcp.server.upstream_oauth2"))?;
@@ -865,6 +1009,9 @@ impl Config {
             return Err(ConfigError::new("storage.sqlite", "must not be empty"));
         }
 
+        if let Some(o) = &self.identity_provider.oidc {
+            o.validate()?;
+        }
         let mut emails = BTreeSet::new();
         for (i, u) in self.identity_provider.local.users.iter().enumerate() {
             let at = format!("identity_provider.local.users[{i}]");
@@ -872,6 +1019,13 @@ impl Config {
                 return Err(ConfigError::new(
                     format!("{at}.email"),
                     "must be an email address",
+                ));
+            }
+            // Identity-provider users are keyed `{iss}#{sub}`: a local key never has a `#`.
+            if u.email.contains('#') {
+                return Err(ConfigError::new(
+                    format!("{at}.email"),
+                    "must not contain '#'",
                 ));
             }
             if !emails.insert(u.email.to_ascii_lowercase()) {

@@ -42,7 +42,7 @@ pub fn secure_headers(resp: &mut Response) {
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:26rem;margin:4rem auto;padding:0 1rem}\
 label{display:block;margin-top:1rem}input{width:100%;padding:.4rem;box-sizing:border-box}\
-button{margin-top:1.5rem;padding:.5rem 1.2rem}.error{color:#b00020}.muted{color:#555;font-size:.9rem}";
+button,a.button{margin-top:1.5rem;padding:.5rem 1.2rem}a.button{display:inline-block;border:1px solid #555;color:inherit;text-decoration:none}.error{color:#b00020}.muted{color:#555;font-size:.9rem}";
 
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let doc = format!(
@@ -76,6 +76,8 @@ pub struct LoginForm<'a> {
     pub redirect_host: &'a str,
     pub email: &'a str,
     pub error: Option<&'a str>,
+    /// The organisation's identity provider: its name and where its sign-in starts.
+    pub idp: Option<(&'a str, &'a str)>,
 }
 
 pub fn login_form(status: StatusCode, f: &LoginForm<'_>) -> Response {
@@ -83,10 +85,21 @@ pub fn login_form(status: StatusCode, f: &LoginForm<'_>) -> Response {
         .error
         .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
         .unwrap_or_default();
+    let idp = f
+        .idp
+        .map(|(name, href)| {
+            format!(
+                "<p><a class=\"button\" id=\"idp-sign-in\" href=\"{}\">Sign in with {}</a></p>\
+                 <p class=\"muted\">or with a local account:</p>",
+                escape(href),
+                escape(name)
+            )
+        })
+        .unwrap_or_default();
     let body = format!(
         "<h1>Sign in</h1>\
          <p class=\"muted\"><strong>{client}</strong> ({host}) is asking to access an MCP server on your behalf.</p>\
-         {error}\
+         {error}{idp}\
          <form method=\"post\" action=\"{action}\">\
          <input type=\"hidden\" name=\"flow\" value=\"{flow}\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\

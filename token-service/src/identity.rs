@@ -16,7 +16,25 @@ pub struct Identity {
 }
 
 /// The user behind `sub` as of their last sign-in, or `None` when they no longer exist.
-pub fn resolve(config: &Config, _store: &dyn Store, sub: &str) -> anyhow::Result<Option<Identity>> {
+pub fn resolve(config: &Config, store: &dyn Store, sub: &str) -> anyhow::Result<Option<Identity>> {
+    if let Some((iss, _)) = sub.split_once('#') {
+        // Users of a provider that is no longer configured no longer exist.
+        if config
+            .identity_provider
+            .oidc
+            .as_ref()
+            .map(|o| o.issuer.as_str())
+            != Some(iss)
+        {
+            return Ok(None);
+        }
+        return Ok(store.idp_user(sub)?.map(|u| Identity {
+            sub: u.key,
+            email: u.email,
+            name: u.name,
+            groups: u.groups,
+        }));
+    }
     Ok(config.user(sub).map(|u| Identity {
         sub: u.email.clone(),
         email: u.email.clone(),

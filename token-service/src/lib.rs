@@ -11,6 +11,7 @@ pub mod identity;
 pub mod internal;
 pub mod keys;
 pub mod listener;
+pub mod oidc;
 pub mod password;
 pub mod ratelimit;
 pub mod render;
@@ -54,6 +55,8 @@ struct Inner {
     password_checks: Arc<PasswordChecks>,
     registrations: Arc<ratelimit::RateLimiter>,
     vault: Arc<vault::Vault>,
+    /// The organisation's identity provider, when configured.
+    oidc: Option<Arc<oidc::OidcProvider>>,
     /// What the filter presents on the internal listener.
     internal_credential: Arc<String>,
 }
@@ -105,7 +108,9 @@ impl AppState {
     pub fn new(config: Config) -> anyhow::Result<Self> {
         let store = SqliteStore::open(&config.storage.sqlite)?;
         let keys = SigningKey::load_or_generate(&config.signing_key_file(), config.signing_alg())?;
-        let secrets = if config.uses_upstream_oauth() {
+        // Sealed secrets (upstream tokens, PKCE verifiers of sign-ins in progress) must open
+        // after a restart and on every replica.
+        let secrets = if config.uses_upstream_oauth() || config.identity_provider.oidc.is_some() {
             Secrets {
                 encryption_key: secrets::load_or_create(
                     &config.encryption_key_file(),
@@ -142,6 +147,14 @@ impl AppState {
             store.clone(),
             &secrets.encryption_key,
         )?);
+        let oidc = match &config.identity_provider.oidc {
+            Some(o) => Some(Arc::new(oidc::OidcProvider::new(
+                o.clone(),
+                oidc::callback_url(&config),
+                vault::provider::http_client()?,
+            ))),
+            None => None,
+        };
         let password_checks = Arc::new(PasswordChecks::new(config.password_check_concurrency()));
         let registrations = Arc::new(ratelimit::RateLimiter::new(
             config
@@ -158,6 +171,7 @@ impl AppState {
                 password_checks,
                 registrations,
                 vault,
+                oidc,
                 internal_credential: Arc::new(secrets.internal_credential),
             }),
         })
@@ -174,6 +188,7 @@ impl AppState {
                 password_checks: self.inner.password_checks.clone(),
                 registrations: self.inner.registrations.clone(),
                 vault: self.inner.vault.clone(),
+                oidc: self.inner.oidc.clone(),
                 internal_credential: self.inner.internal_credential.clone(),
             }),
         }
@@ -189,6 +204,10 @@ impl AppState {
 
     pub fn vault(&self) -> &Arc<vault::Vault> {
         &self.inner.vault
+    }
+
+    pub fn oidc(&self) -> Option<&Arc<oidc::OidcProvider>> {
+        self.inner.oidc.as_ref()
     }
 
     pub(crate) fn internal_credential(&self) -> &str {

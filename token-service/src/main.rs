@@ -64,6 +64,8 @@ enum Describe {
     EnvoyAdmin,
     /// The redirect URI to register at upstream OAuth providers (`upstream_oauth2`).
     UpstreamCallback,
+    /// The redirect URI to register at the organisation's identity provider (`identity_provider.oidc`).
+    LoginCallback,
 }
 
 /// What `render-envoy --redact-credential` writes instead of the internal credential.
@@ -194,6 +196,9 @@ fn main() -> ExitCode {
                 Describe::EnvoyAdmin => println!("{}", config.envoy.admin),
                 Describe::UpstreamCallback => {
                     println!("{}", warden_token_service::vault::callback_url(&config))
+                }
+                Describe::LoginCallback => {
+                    println!("{}", warden_token_service::oidc::callback_url(&config))
                 }
             }
             ExitCode::SUCCESS

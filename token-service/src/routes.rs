@@ -21,8 +21,10 @@ use crate::flows::{
 };
 use crate::flows::{consent, login};
 use crate::html;
+use crate::identity;
+use crate::oidc;
 use crate::ratelimit::ClientKey;
-use crate::store::{FlowUser, PendingFlow, Session};
+use crate::store::{FlowUser, IdpLogin, IdpUserRecord, PendingFlow, Session};
 use crate::vault::provider::ProviderError;
 use crate::AppState;
 
@@ -53,6 +55,8 @@ pub fn router(state: AppState) -> Router {
         .route("/login", post(login))
         .route("/consent", post(consent_endpoint))
         .route(crate::vault::CALLBACK_PATH, get(upstream_callback))
+        .route(IDP_START_PATH, get(idp_start))
+        .route(crate::oidc::CALLBACK_PATH, get(idp_callback))
         .merge(api);
     let router = if base.is_empty() {
         endpoints
@@ -373,7 +377,7 @@ fn consent_page(
             redirect_host: &redirect_host(&flow.request.redirect_uri),
             resource: &flow.request.resource,
             scopes: &scopes,
-            email: &user.email,
+            email: &shown_email(s, &user.user),
             upstream: s
                 .config()
                 .route_by_resource(&flow.request.resource)
@@ -402,7 +406,7 @@ fn begin_consent(
         user: Some(user.clone()),
     };
     s.store().insert_flow(&flow)?;
-    tracing::info!(client_id = %flow.request.client_id, sub = %user.email, "asking for consent");
+    tracing::info!(client_id = %flow.request.client_id, sub = %user.user, "asking for consent");
     Ok(consent_page(s, client, &flow, &user, session_secret))
 }
 
@@ -489,19 +493,19 @@ fn authorize_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> 
     // otherwise ask for consent.
     if let Some(secret) = cookies.session {
         if let Some(session) = s.store().session(&hash_secret(&secret), now)? {
-            if config.user(&session.email).is_some() {
-                if !consent::required(s.store().as_ref(), &client, &grant, &session.email)? {
+            if user_exists(s, &session.user)? {
+                if !consent::required(s.store().as_ref(), &client, &grant, &session.user)? {
                     let resp = finish_authorization(
                         s,
                         grant,
-                        &session.email,
+                        &session.user,
                         &session.sid,
                         &hash_secret(&browser),
                     )?;
                     return Ok(with_cookie(resp, flow_cookie));
                 }
                 let user = FlowUser {
-                    email: session.email,
+                    user: session.user,
                     sid: session.sid,
                 };
                 let resp = begin_consent(s, &client, grant, hash_secret(&browser), user, &secret)?;
@@ -519,19 +523,57 @@ fn authorize_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> 
         user: None,
     };
     s.store().insert_flow(&flow)?;
-    let resp = html::login_form(
-        StatusCode::OK,
+    // Only the identity provider: straight to it.
+    if s.oidc().is_some() && config.identity_provider.local.users.is_empty() {
+        return Ok(with_cookie(redirect(&idp_start_url(s, &flow)), flow_cookie));
+    }
+    let resp = sign_in_page(s, StatusCode::OK, &flow, client.display_name(), "", None);
+    Ok(with_cookie(resp, flow_cookie))
+}
+
+/// The sign-in page: the password form, and the identity provider's button when there is one.
+fn sign_in_page(
+    s: &AppState,
+    status: StatusCode,
+    flow: &PendingFlow,
+    client_name: &str,
+    email: &str,
+    error: Option<&str>,
+) -> Response {
+    let idp_href = idp_start_url(s, flow);
+    html::login_form(
+        status,
         &html::LoginForm {
             action: &endpoint(s, "/login"),
             flow_id: &flow.id,
             csrf: &flow.csrf,
-            client_name: client.display_name(),
+            client_name,
             redirect_host: &redirect_host(&flow.request.redirect_uri),
-            email: "",
-            error: None,
+            email,
+            error,
+            idp: s.oidc().map(|o| (o.display_name(), idp_href.as_str())),
         },
-    );
-    Ok(with_cookie(resp, flow_cookie))
+    )
+}
+
+/// Where a flow's sign-in at the identity provider starts (the flow id is bound to the
+/// browser's cookie, so the link is useless elsewhere).
+fn idp_start_url(s: &AppState, flow: &PendingFlow) -> String {
+    format!("{}?flow={}", endpoint(s, IDP_START_PATH), flow.id)
+}
+
+/// Whether the user behind a key (email, or `{iss}#{sub}`) still exists.
+fn user_exists(s: &AppState, key: &str) -> Result<bool> {
+    Ok(identity::resolve(s.config(), s.store().as_ref(), key)?.is_some())
+}
+
+/// The email a page shows for a user's key.
+fn shown_email(s: &AppState, key: &str) -> String {
+    identity::resolve(s.config(), s.store().as_ref(), key)
+        .ok()
+        .flatten()
+        .map(|i| i.email)
+        .unwrap_or_else(|| key.to_owned())
 }
 
 async fn login(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
@@ -646,17 +688,13 @@ fn login_finish(s: &AppState, attempt: LoginAttempt, user: Option<String>) -> Re
             .as_ref()
             .map(|c| c.display_name().to_owned())
             .unwrap_or_else(|| flow.request.client_id.clone());
-        return Ok(html::login_form(
+        return Ok(sign_in_page(
+            s,
             StatusCode::UNAUTHORIZED,
-            &html::LoginForm {
-                action: &endpoint(s, "/login"),
-                flow_id: &flow.id,
-                csrf: &flow.csrf,
-                client_name: &name,
-                redirect_host: &redirect_host(&flow.request.redirect_uri),
-                email: &email,
-                error: Some("Incorrect email or password."),
-            },
+            &flow,
+            &name,
+            &email,
+            Some("Incorrect email or password."),
         ));
     };
     login::succeeded(store, &reservation)?;
@@ -668,33 +706,40 @@ fn login_finish(s: &AppState, attempt: LoginAttempt, user: Option<String>) -> Re
     let client = lookup_client(config, store, &flow.request.client_id)?.ok_or_else(expired_page)?;
     let device = login::remember_device(store, &throttle, device_cookie.as_deref(), now)?;
     let device_cookie = set_cookie(s, DEVICE_COOKIE, &device, login::DEVICE_TTL);
+    let resp = signed_in(s, flow, &client, &user.email)?;
+    Ok(with_cookie(resp, device_cookie))
+}
+
+/// A user proved who they are (password or identity provider) in the browser of `flow`:
+/// start their session, then ask for consent or answer the client.
+fn signed_in(
+    s: &AppState,
+    flow: PendingFlow,
+    client: &RegisteredClient,
+    user: &str,
+) -> Result<Response> {
+    let store = s.store().as_ref();
+    let now = s.now();
     let secret = random_token();
     let session = Session {
         sid: random_id(),
-        email: user.email.clone(),
+        user: user.to_owned(),
         created_at: now,
         expires_at: now + SESSION_TTL,
     };
     store.insert_session(&hash_secret(&secret), &session)?;
-    tracing::info!(client_id = %flow.request.client_id, sub = %user.email, sid = %session.sid, "signed in");
+    tracing::info!(client_id = %flow.request.client_id, sub = %user, sid = %session.sid, "signed in");
     let session_cookie = set_session_cookie(s, &secret);
-
-    if consent::required(store, &client, &flow.request, &user.email)? {
+    let resp = if consent::required(store, client, &flow.request, user)? {
         let who = FlowUser {
-            email: user.email.clone(),
+            user: user.to_owned(),
             sid: session.sid.clone(),
         };
-        let resp = begin_consent(s, &client, flow.request, flow.browser, who, &secret)?;
-        return Ok(with_cookie(
-            with_cookie(resp, session_cookie),
-            device_cookie,
-        ));
-    }
-    let resp = finish_authorization(s, flow.request, &user.email, &session.sid, &flow.browser)?;
-    Ok(with_cookie(
-        with_cookie(resp, session_cookie),
-        device_cookie,
-    ))
+        begin_consent(s, client, flow.request, flow.browser, who, &secret)?
+    } else {
+        finish_authorization(s, flow.request, user, &session.sid, &flow.browser)?
+    };
+    Ok(with_cookie(resp, session_cookie))
 }
 
 fn set_session_cookie(s: &AppState, secret: &str) -> Option<HeaderValue> {
@@ -731,7 +776,7 @@ fn consent_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Re
     let session = s
         .store()
         .session(&hash_secret(&secret), now)?
-        .filter(|se| se.sid == user.sid && se.email == user.email)
+        .filter(|se| se.sid == user.sid && se.user == user.user)
         .ok_or_else(forged)?;
     let csrf = params.get("csrf").unwrap_or("");
     let expected = consent::csrf_token(&flow.csrf, &secret);
@@ -754,7 +799,7 @@ fn consent_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Re
     }
     let grant = flow.request;
     if !approved {
-        tracing::info!(client_id = %grant.client_id, sub = %session.email, "consent denied");
+        tracing::info!(client_id = %grant.client_id, sub = %session.user, "consent denied");
         let url = authorize::response_url(
             &grant.redirect_uri,
             issuer,
@@ -766,12 +811,12 @@ fn consent_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Re
         )?;
         return Ok(redirect(&url));
     }
-    if config.user(&session.email).is_none() {
+    if !user_exists(s, &session.user)? {
         return Err(expired_page());
     }
-    consent::remember(s.store().as_ref(), &grant, &session.email, now)?;
-    tracing::info!(client_id = %grant.client_id, sub = %session.email, scope = %grant.scope, "consent given");
-    finish_authorization(s, grant, &session.email, &session.sid, &flow.browser)
+    consent::remember(s.store().as_ref(), &grant, &session.user, now)?;
+    tracing::info!(client_id = %grant.client_id, sub = %session.user, scope = %grant.scope, "consent given");
+    finish_authorization(s, grant, &session.user, &session.sid, &flow.browser)
 }
 
 /// The upstream provider sends the browser back here (`{issuer}/upstream/callback`): store
@@ -807,7 +852,7 @@ async fn upstream_callback(
         Ok(redirect(&url))
     };
     if let Some(e) = params.get("error") {
-        tracing::info!(sub = %flow.email, route = %flow.route, error = %e, "upstream consent refused");
+        tracing::info!(sub = %flow.user, route = %flow.route, error = %e, "upstream consent refused");
         return fail(
             "access_denied",
             format!("{provider} refused to connect the account ({e})"),
@@ -821,11 +866,11 @@ async fn upstream_callback(
     };
     // The sign-in must still stand (the session may have ended, the user been removed)
     // before anything is exchanged or stored for it.
-    let (email, sid) = (flow.email.clone(), flow.sid.clone());
+    let (email, sid) = (flow.user.clone(), flow.sid.clone());
     let live = s
-        .blocking(move |st| {
-            Ok(st.config().user(&email).is_some() && st.store().session_live(&sid, st.now())?)
-        })
+        .blocking(
+            move |st| Ok(user_exists(st, &email)? && st.store().session_live(&sid, st.now())?),
+        )
         .await?;
     if !live {
         return Err(expired_page());
@@ -833,14 +878,14 @@ async fn upstream_callback(
     match s.vault().complete(&flow, code, s.now()).await? {
         Ok(()) => {}
         Err(ProviderError::Refused(why)) => {
-            tracing::info!(sub = %flow.email, route = %flow.route, reason = %why, "upstream code exchange refused");
+            tracing::info!(sub = %flow.user, route = %flow.route, reason = %why, "upstream code exchange refused");
             return fail(
                 "access_denied",
                 format!("{provider} refused to issue a token ({why})"),
             );
         }
         Err(ProviderError::Unavailable(why)) => {
-            tracing::warn!(sub = %flow.email, route = %flow.route, reason = %why, "upstream code exchange failed");
+            tracing::warn!(sub = %flow.user, route = %flow.route, reason = %why, "upstream code exchange failed");
             return fail(
                 "temporarily_unavailable",
                 format!("{provider} could not be reached; try again"),
@@ -850,24 +895,186 @@ async fn upstream_callback(
     s.blocking(move |st| {
         let now = st.now();
         // The sign-in must still stand: the session may have ended meanwhile.
-        let live = st.config().user(&flow.email).is_some()
-            && st.store().session_live(&flow.sid, now)?;
+        let live = user_exists(st, &flow.user)? && st.store().session_live(&flow.sid, now)?;
         if !live {
             return Err(expired_page());
         }
         let code = authorize::issue_code(
             st.store().as_ref(),
             &flow.request,
-            &flow.email,
+            &flow.user,
             &flow.sid,
             now,
         )?;
-        tracing::info!(client_id = %flow.request.client_id, sub = %flow.email, "upstream account connected; code issued");
+        tracing::info!(client_id = %flow.request.client_id, sub = %flow.user, "upstream account connected; code issued");
         Ok(redirect(&authorize::success_url(
             &flow.request,
             &st.config().authorization_server.issuer,
             &code,
         )?))
+    })
+    .await
+}
+
+/// A pending flow's sign-in at the identity provider starts here (the sign-in page links it).
+const IDP_START_PATH: &str = "/login/idp";
+/// A sign-in at the identity provider must come back within this long.
+const IDP_LOGIN_TTL: i64 = 600;
+
+fn no_identity_provider() -> Error {
+    Error::page(StatusCode::NOT_FOUND, "No identity provider is configured.")
+}
+
+/// The page for a sign-in the identity provider could not complete. The provider's own words
+/// are logged, not shown beyond a short error code.
+fn idp_failure_page(name: &str, e: &oidc::IdpError) -> Error {
+    match e {
+        oidc::IdpError::Unavailable(_) => Error::page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{name} cannot be reached right now. Wait a moment, then return to the application and start again."),
+        ),
+        oidc::IdpError::Refused(_) => Error::page(
+            StatusCode::BAD_GATEWAY,
+            format!("{name} did not complete the sign-in. Return to the application and start again."),
+        ),
+        oidc::IdpError::Invalid(why) => Error::page(
+            StatusCode::FORBIDDEN,
+            format!("The answer from {name} failed a security check: {why}. Return to the application and start again."),
+        ),
+        oidc::IdpError::Claims(why) => Error::page(
+            StatusCode::FORBIDDEN,
+            format!("You cannot sign in: {why}."),
+        ),
+    }
+}
+
+/// Sends the browser to the identity provider for a pending flow, with a fresh `state`,
+/// `nonce` and PKCE verifier bound to this browser.
+async fn idp_start(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    let oidc = s.oidc().cloned().ok_or_else(no_identity_provider)?;
+    let params = query_params(query);
+    let cookies = BrowserCookies::from_headers(&s, &headers);
+    let flow_id = params
+        .get("flow")
+        .map(str::to_owned)
+        .ok_or_else(expired_page)?;
+    let flow = s
+        .blocking(move |st| Ok(st.store().flow(&flow_id, st.now())?))
+        .await?
+        .ok_or_else(expired_page)?;
+    if flow.user.is_some() {
+        // Past sign-in, waiting for consent.
+        return Err(expired_page());
+    }
+    check_browser(&flow, cookies.flow.as_deref())?;
+    let (state, nonce, verifier) = (random_token(), random_token(), random_token());
+    let url = match oidc
+        .authorization_url(&state, &nonce, &flows::pkce::s256_challenge(&verifier))
+        .await
+    {
+        Ok(url) => url,
+        Err(e) => {
+            tracing::warn!(error = %e, "identity provider unavailable");
+            return Err(idp_failure_page(oidc.display_name(), &e));
+        }
+    };
+    let login = IdpLogin {
+        flow_id: flow.id.clone(),
+        browser: flow.browser.clone(),
+        nonce,
+        pkce_verifier: s.vault().seal_login_verifier(&flow.id, &verifier)?,
+        expires_at: flow.expires_at.min(s.now() + IDP_LOGIN_TTL),
+    };
+    s.blocking(move |st| Ok(st.store().insert_idp_login(&hash_secret(&state), &login)?))
+        .await?;
+    Ok(redirect(&url))
+}
+
+/// The identity provider sends the browser back here (`{issuer}/login/callback`): check its
+/// answer, record the user's claims, then continue the pending flow as after a password.
+async fn idp_callback(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    let oidc = s.oidc().cloned().ok_or_else(no_identity_provider)?;
+    let name = oidc.display_name().to_owned();
+    let params = query_params(query);
+    let cookies = BrowserCookies::from_headers(&s, &headers);
+    let unknown = || {
+        Error::page(
+            StatusCode::BAD_REQUEST,
+            "This sign-in is unknown, was already used, or has expired (state mismatch). Return to the application and start again.",
+        )
+    };
+    let state = params.get("state").map(str::to_owned).ok_or_else(unknown)?;
+    let login = s
+        .blocking(move |st| Ok(st.store().take_idp_login(&hash_secret(&state), st.now())?))
+        .await?
+        .ok_or_else(unknown)?;
+    check_browser_binding(&login.browser, cookies.flow.as_deref())?;
+    if let Some(e) = params.get("error") {
+        let code: String = e
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        tracing::info!(error = %code, "identity provider sign-in refused");
+        return Err(if code == "access_denied" {
+            Error::page(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "The sign-in was declined at {name}. Return to the application to try again."
+                ),
+            )
+        } else {
+            Error::page(
+                StatusCode::BAD_GATEWAY,
+                format!("{name} could not sign you in ({code}). Return to the application and start again."),
+            )
+        });
+    }
+    let Some(code) = params.get("code") else {
+        return Err(Error::page(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "{name} sent no authorization code. Return to the application and start again."
+            ),
+        ));
+    };
+    let verifier = s
+        .vault()
+        .open_login_verifier(&login.flow_id, &login.pkce_verifier)
+        .ok_or_else(unknown)?;
+    let user = match oidc.sign_in(code, &verifier, &login.nonce, s.now()).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(error = %e, "identity provider sign-in failed");
+            return Err(idp_failure_page(&name, &e));
+        }
+    };
+    s.blocking(move |st| {
+        let now = st.now();
+        let store = st.store().as_ref();
+        let flow = store.flow(&login.flow_id, now)?.ok_or_else(expired_page)?;
+        // Single use, like the password form: a flow past sign-in does not sign in again.
+        if flow.user.is_some() || !store.delete_flow(&flow.id)? {
+            return Err(expired_page());
+        }
+        let client =
+            lookup_client(st.config(), store, &flow.request.client_id)?.ok_or_else(expired_page)?;
+        store.put_idp_user(&IdpUserRecord {
+            key: user.key.clone(),
+            email: user.email,
+            name: user.name,
+            groups: user.groups,
+            updated_at: now,
+        })?;
+        signed_in(st, flow, &client, &user.key)
     })
     .await
 }

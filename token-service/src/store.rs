@@ -61,7 +61,9 @@ pub struct PendingFlow {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FlowUser {
-    pub email: String,
+    /// The user's key (`identity` module): the email, or `{iss}#{sub}` for the identity provider.
+    #[serde(alias = "email")]
+    pub user: String,
     pub sid: String,
 }
 
@@ -69,7 +71,8 @@ pub struct FlowUser {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Session {
     pub sid: String,
-    pub email: String,
+    /// The user's key (`identity` module).
+    pub user: String,
     pub created_at: i64,
     pub expires_at: i64,
 }
@@ -77,7 +80,8 @@ pub struct Session {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AuthCode {
     pub request: AuthorizeGrant,
-    pub email: String,
+    #[serde(alias = "email")]
+    pub user: String,
     pub sid: String,
     pub expires_at: i64,
 }
@@ -108,7 +112,7 @@ pub enum Redemption {
 pub struct Grant {
     pub id: String,
     pub client_id: String,
-    pub email: String,
+    pub user: String,
     pub sid: String,
     pub resource: String,
     pub scope: String,
@@ -158,7 +162,8 @@ pub struct UpstreamRecord {
 pub struct UpstreamFlow {
     /// The MCP client's authorization request, answered once the upstream step is done.
     pub request: AuthorizeGrant,
-    pub email: String,
+    #[serde(alias = "email")]
+    pub user: String,
     pub sid: String,
     /// SHA-256 of the browser-binding cookie.
     pub browser: String,
@@ -166,6 +171,31 @@ pub struct UpstreamFlow {
     /// The PKCE verifier, sealed by the vault (base64url).
     pub pkce_verifier: String,
     pub expires_at: i64,
+}
+
+/// A sign-in at the identity provider in progress: the provider sends the browser back with
+/// `state`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IdpLogin {
+    /// The pending authorization flow this sign-in continues.
+    pub flow_id: String,
+    /// SHA-256 of the browser-binding cookie.
+    pub browser: String,
+    pub nonce: String,
+    /// The PKCE verifier, sealed by the vault (base64url).
+    pub pkce_verifier: String,
+    pub expires_at: i64,
+}
+
+/// A user of the identity provider as of their last sign-in: the claims their TEs carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdpUserRecord {
+    /// `{iss}#{sub}`.
+    pub key: String,
+    pub email: String,
+    pub name: String,
+    pub groups: Vec<String>,
+    pub updated_at: i64,
 }
 
 /// How long records about registered clients are kept (`authorization_server.registration`).
@@ -314,6 +344,14 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> anyhow::Result<Option<UpstreamFlow>>;
 
+    fn insert_idp_login(&self, state_hash: &str, login: &IdpLogin) -> anyhow::Result<()>;
+    /// Takes (deletes and returns) an unexpired sign-in: the callback is single use.
+    fn take_idp_login(&self, state_hash: &str, now: i64) -> anyhow::Result<Option<IdpLogin>>;
+
+    /// Records an identity-provider user's claims at sign-in.
+    fn put_idp_user(&self, user: &IdpUserRecord) -> anyhow::Result<()>;
+    fn idp_user(&self, key: &str) -> anyhow::Result<Option<IdpUserRecord>>;
+
     /// Deletes expired records, DCR clients included (per `retention`).
     fn sweep(&self, now: i64, retention: &Retention) -> anyhow::Result<()>;
 }
@@ -452,6 +490,25 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     "#,
     ),
+    (
+        6,
+        r#"
+    -- Sign-ins at the organisation's identity provider, and its users' claims as of their
+    -- last sign-in (`key` is `{iss}#{sub}`).
+    CREATE TABLE idp_logins (
+        state_hash  TEXT PRIMARY KEY,
+        data        TEXT NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    CREATE TABLE idp_users (
+        key         TEXT PRIMARY KEY,
+        email       TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        groups_json TEXT NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+    "#,
+    ),
 ];
 
 pub struct SqliteStore {
@@ -579,7 +636,7 @@ fn grant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
     Ok(Grant {
         id: r.get(0)?,
         client_id: r.get(1)?,
-        email: r.get(2)?,
+        user: r.get(2)?,
         sid: r.get(3)?,
         resource: r.get(4)?,
         scope: r.get(5)?,
@@ -672,7 +729,7 @@ impl Store for SqliteStore {
     fn insert_session(&self, secret_hash: &str, s: &Session) -> anyhow::Result<()> {
         self.conn()?.execute(
             "INSERT INTO sessions (secret_hash, sid, email, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![secret_hash, s.sid, s.email, s.created_at, s.expires_at],
+            params![secret_hash, s.sid, s.user, s.created_at, s.expires_at],
         )?;
         Ok(())
     }
@@ -696,7 +753,7 @@ impl Store for SqliteStore {
                 |r| {
                     Ok(Session {
                         sid: r.get(0)?,
-                        email: r.get(1)?,
+                        user: r.get(1)?,
                         created_at: r.get(2)?,
                         expires_at: r.get(3)?,
                     })
@@ -874,7 +931,7 @@ impl Store for SqliteStore {
                     Some((g, refresh)) => {
                         tx.execute(
                             "INSERT INTO grants (id, client_id, email, sid, resource, scope, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                            params![g.id, g.client_id, g.email, g.sid, g.resource, g.scope, g.created_at],
+                            params![g.id, g.client_id, g.user, g.sid, g.resource, g.scope, g.created_at],
                         )?;
                         if let Some(r) = refresh {
                             tx.execute(
@@ -1126,6 +1183,75 @@ impl Store for SqliteStore {
             .transpose()
     }
 
+    fn insert_idp_login(&self, state_hash: &str, login: &IdpLogin) -> anyhow::Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO idp_logins (state_hash, data, expires_at) VALUES (?1, ?2, ?3)",
+            params![state_hash, serde_json::to_string(login)?, login.expires_at],
+        )?;
+        Ok(())
+    }
+
+    fn take_idp_login(&self, state_hash: &str, now: i64) -> anyhow::Result<Option<IdpLogin>> {
+        let data: Option<String> = self
+            .conn()?
+            .query_row(
+                "DELETE FROM idp_logins WHERE state_hash = ?1 RETURNING data, expires_at",
+                [state_hash],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()?
+            .filter(|(_, expires_at)| *expires_at > now)
+            .map(|(data, _)| data);
+        data.map(|d| {
+            serde_json::from_str(&d).context("stored identity-provider sign-in is malformed")
+        })
+        .transpose()
+    }
+
+    fn put_idp_user(&self, user: &IdpUserRecord) -> anyhow::Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO idp_users (key, email, name, groups_json, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (key) DO UPDATE SET email = ?2, name = ?3, groups_json = ?4, updated_at = ?5",
+            params![
+                user.key,
+                user.email,
+                user.name,
+                serde_json::to_string(&user.groups)?,
+                user.updated_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn idp_user(&self, key: &str) -> anyhow::Result<Option<IdpUserRecord>> {
+        let row = self
+            .conn()?
+            .query_row(
+                "SELECT email, name, groups_json, updated_at FROM idp_users WHERE key = ?1",
+                [key],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(email, name, groups, updated_at)| {
+            Ok(IdpUserRecord {
+                key: key.to_owned(),
+                email,
+                name,
+                groups: serde_json::from_str(&groups).context("stored groups are malformed")?,
+                updated_at,
+            })
+        })
+        .transpose()
+    }
+
     fn sweep(&self, now: i64, retention: &Retention) -> anyhow::Result<()> {
         // Redeemed codes and rotated-out refresh tokens are kept until they expire so that
         // a replay inside their lifetime is still recognised (and revokes the family).
@@ -1134,6 +1260,7 @@ impl Store for SqliteStore {
         sweep_clients(&mut conn, now, retention)?;
         conn.execute("DELETE FROM pending_flows WHERE expires_at <= ?1", [now])?;
         conn.execute("DELETE FROM upstream_flows WHERE expires_at <= ?1", [now])?;
+        conn.execute("DELETE FROM idp_logins WHERE expires_at <= ?1", [now])?;
         conn.execute("DELETE FROM auth_codes WHERE expires_at <= ?1", [now - DAY])?;
         conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
         // Attempts older than a day are outside every throttle window (pending ones too:

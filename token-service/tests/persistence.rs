@@ -54,10 +54,10 @@ async fn migrations_are_recorded_and_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/dir/warden.db");
     let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.schema_versions().unwrap(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(s.schema_versions().unwrap(), vec![1, 2, 3, 4, 5, 6]);
     drop(s);
     let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.schema_versions().unwrap(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(s.schema_versions().unwrap(), vec![1, 2, 3, 4, 5, 6]);
 }
 
 #[tokio::test]
@@ -91,7 +91,7 @@ fn sample_code() -> warden_token_service::store::AuthCode {
             resource: RESOURCE.into(),
             scope: String::new(),
         },
-        email: EMAIL.into(),
+        user: EMAIL.into(),
         sid: "sid".into(),
         expires_at: 160,
     }
@@ -101,7 +101,7 @@ fn sample_grant(id: &str) -> warden_token_service::store::Grant {
     warden_token_service::store::Grant {
         id: id.into(),
         client_id: "c".into(),
-        email: EMAIL.into(),
+        user: EMAIL.into(),
         sid: "sid".into(),
         resource: RESOURCE.into(),
         scope: String::new(),

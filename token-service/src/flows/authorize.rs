@@ -200,7 +200,7 @@ pub fn issue_code(
         &hash_secret(&code),
         &AuthCode {
             request: grant.clone(),
-            email: email.to_owned(),
+            user: email.to_owned(),
             sid: sid.to_owned(),
             expires_at: now + CODE_TTL,
         },

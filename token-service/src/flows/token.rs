@@ -9,8 +9,9 @@ use super::authorize::Params;
 use super::{
     hash_secret, lookup_client, pkce, random_id, random_token, split_scope, RegisteredClient,
 };
-use crate::config::{Config, LocalUser, TokenEndpointAuthMethod};
+use crate::config::{Config, TokenEndpointAuthMethod};
 use crate::error::{Error, Result};
+use crate::identity::{self, Identity};
 use crate::keys::SigningKey;
 use crate::store::{AuthCode, CodeLookup, Grant, Redemption, RefreshToken, Store};
 
@@ -208,7 +209,7 @@ fn authorization_code(
     let grant = Grant {
         id: random_id(),
         client_id: client.client_id.clone(),
-        email: user.email.clone(),
+        user: user.email.clone(),
         sid: ac.sid.clone(),
         resource: req.resource.clone(),
         scope: req.scope.clone(),
@@ -226,7 +227,7 @@ fn authorization_code(
         Redemption::Missing => return Err(Error::invalid_grant("unknown authorization code")),
     }
     tracing::info!(client_id = %client.client_id, sub = %user.email, aud = %grant.resource, "authorization code redeemed");
-    respond(ctx, user, &grant, &grant.scope, refresh.map(|(t, _)| t))
+    respond(ctx, &user, &grant, &grant.scope, refresh.map(|(t, _)| t))
 }
 
 fn replayed_code(client: &RegisteredClient) -> Error {
@@ -235,12 +236,12 @@ fn replayed_code(client: &RegisteredClient) -> Error {
 }
 
 /// Everything a code presentation must match before it is redeemed; returns the user.
-fn check_code<'a>(
-    ctx: &TokenContext<'a>,
+fn check_code(
+    ctx: &TokenContext<'_>,
     client: &RegisteredClient,
     params: &Params,
     ac: &AuthCode,
-) -> Result<&'a LocalUser> {
+) -> Result<Identity> {
     let req = &ac.request;
     if ac.expires_at <= ctx.now {
         return Err(Error::invalid_grant("authorization code expired"));
@@ -272,8 +273,7 @@ fn check_code<'a>(
             ));
         }
     }
-    ctx.config
-        .user(&ac.email)
+    identity::resolve(ctx.config, ctx.store, &ac.user)?
         .ok_or_else(|| Error::invalid_grant("user no longer exists"))
 }
 
@@ -347,7 +347,7 @@ fn refresh(
         }
         None => grant.scope.clone(),
     };
-    let Some(user) = ctx.config.user(&grant.email) else {
+    let Some(user) = identity::resolve(ctx.config, ctx.store, &grant.user)? else {
         ctx.store.revoke_grant(&grant.id, ctx.now)?;
         return Err(Error::invalid_grant("user no longer exists"));
     };
@@ -359,8 +359,8 @@ fn refresh(
         .route_by_resource(&grant.resource)
         .filter(|r| r.mcp.server.upstream_oauth2.is_some())
     {
-        if !ctx.vault.holds_usable(&grant.email, &route.name, ctx.now)? {
-            tracing::info!(client_id = %client.client_id, sub = %grant.email, route = %route.name, "refresh refused: the upstream account must be connected again");
+        if !ctx.vault.holds_usable(&grant.user, &route.name, ctx.now)? {
+            tracing::info!(client_id = %client.client_id, sub = %grant.user, route = %route.name, "refresh refused: the upstream account must be connected again");
             return Err(Error::invalid_grant(
                 "the upstream account for this server must be connected again: run authorization",
             ));
@@ -375,7 +375,7 @@ fn refresh(
         ctx.store.revoke_grant(&grant.id, ctx.now)?;
         return Err(Error::invalid_grant("refresh token was already used"));
     }
-    respond(ctx, user, &grant, &scope, Some(new_token))
+    respond(ctx, &user, &grant, &scope, Some(new_token))
 }
 
 fn new_refresh_token(ctx: &TokenContext<'_>, grant: &Grant) -> (String, RefreshToken) {
@@ -408,7 +408,7 @@ fn ttl(secs: u64) -> i64 {
 
 fn respond(
     ctx: &TokenContext<'_>,
-    user: &LocalUser,
+    user: &Identity,
     grant: &Grant,
     scope: &str,
     refresh_token: Option<String>,
@@ -428,7 +428,7 @@ fn respond(
 /// The TE claims (README, "How a request flows"; verified by `warden_core::token`).
 pub fn access_token_claims(
     config: &Config,
-    user: &LocalUser,
+    user: &Identity,
     grant: &Grant,
     scope: &str,
     now: i64,
@@ -436,7 +436,7 @@ pub fn access_token_claims(
     let exp = now + ttl(config.authorization_server.access_token_ttl_seconds);
     serde_json::json!({
         "iss": config.authorization_server.issuer,
-        "sub": user.email,
+        "sub": user.sub,
         "aud": grant.resource,
         "exp": exp,
         "iat": now,

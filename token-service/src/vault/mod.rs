@@ -43,6 +43,10 @@ fn slow_provider() -> Lookup {
 /// Where providers send the browser back, under the issuer.
 pub const CALLBACK_PATH: &str = "/upstream/callback";
 
+/// The "route" a sign-in's sealed verifier is bound to; its "user" is the flow's random id,
+/// which no user key (an email, or `{iss}#{sub}`) can equal.
+const LOGIN_BINDING: &str = "@login";
+
 pub fn callback_url(config: &Config) -> String {
     format!("{}{CALLBACK_PATH}", config.authorization_server.issuer)
 }
@@ -180,7 +184,7 @@ impl Vault {
             &hash_secret(&state),
             &UpstreamFlow {
                 request,
-                email: email.to_owned(),
+                user: email.to_owned(),
                 sid: sid.to_owned(),
                 browser: browser.to_owned(),
                 route: route.to_owned(),
@@ -194,6 +198,20 @@ impl Vault {
             },
         )?;
         Ok(url)
+    }
+
+    /// Seals the PKCE verifier of a sign-in at the identity provider, bound to its flow.
+    pub fn seal_login_verifier(&self, flow_id: &str, verifier: &str) -> anyhow::Result<String> {
+        Ok(B64.encode(
+            self.sealer
+                .seal(flow_id, LOGIN_BINDING, Kind::Verifier, verifier)?,
+        ))
+    }
+
+    pub fn open_login_verifier(&self, flow_id: &str, sealed: &str) -> Option<String> {
+        let sealed = B64.decode(sealed.as_bytes()).ok()?;
+        self.sealer
+            .open(flow_id, LOGIN_BINDING, Kind::Verifier, &sealed)
     }
 
     /// Takes the flow a callback's `state` names (single use). Blocking (store).
@@ -216,7 +234,7 @@ impl Vault {
             .ok()
             .and_then(|sealed| {
                 self.sealer
-                    .open(&flow.email, &flow.route, Kind::Verifier, &sealed)
+                    .open(&flow.user, &flow.route, Kind::Verifier, &sealed)
             })
             .ok_or_else(|| anyhow::anyhow!("the upstream flow's PKCE verifier does not open"))?;
         let issued = match provider.exchange_code(code, &verifier).await {
@@ -224,22 +242,15 @@ impl Vault {
             Err(e) => return Ok(Err(e)),
         };
         let requested = provider.scopes().join(" ");
-        let previous = self.read(&flow.email, &flow.route).await?;
-        let mut record = self.record(
-            &flow.email,
-            &flow.route,
-            &issued,
-            None,
-            now,
-            now,
-            &requested,
-        )?;
+        let previous = self.read(&flow.user, &flow.route).await?;
+        let mut record =
+            self.record(&flow.user, &flow.route, &issued, None, now, now, &requested)?;
         // Consent that follows a server's refusal: a refusal right after it would loop.
         let last_refused_at = previous.and_then(|p| p.last_refused_at);
         record.after_refusal = last_refused_at.is_some_and(|t| now - t < REFUSAL_HOLD);
         record.last_refused_at = last_refused_at;
         self.db(move |st| st.put_upstream_token(&record)).await?;
-        tracing::info!(sub = %flow.email, route = %flow.route, "upstream account connected");
+        tracing::info!(sub = %flow.user, route = %flow.route, "upstream account connected");
         Ok(Ok(()))
     }
 

@@ -1,0 +1,385 @@
+//! Sign-in through the organisation's OpenID Connect provider (`identity_provider.oidc`): the
+//! token service is its relying party. Authorization code flow with PKCE S256, `state` and
+//! `nonce`; the ID token is checked against the provider's JWKS (cached, fetched again for an
+//! unknown `kid`), and `email`, `name` and groups come from it or, when it lacks them, from
+//! the userinfo endpoint.
+
+pub mod claims;
+pub mod jws;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::OidcConfig;
+use claims::IdpUser;
+use jws::Jwk;
+
+/// Where the provider sends the browser back; operators register it with the provider.
+pub const CALLBACK_PATH: &str = "/login/callback";
+
+pub fn callback_url(config: &crate::config::Config) -> String {
+    format!("{}{CALLBACK_PATH}", config.authorization_server.issuer)
+}
+
+/// Discovery and JWKS documents are used this long before they are fetched again.
+const DOCUMENT_TTL: Duration = Duration::from_secs(3600);
+/// An unknown `kid` fetches the JWKS again at most this often.
+const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(2);
+/// Clock skew allowed on `exp` and `iat`.
+const LEEWAY: i64 = 60;
+const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
+/// Why a sign-in through the provider did not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdpError {
+    /// The provider could not be reached or answered with a server error.
+    Unavailable(String),
+    /// The provider refused the code exchange.
+    Refused(String),
+    /// The provider's answer failed a check (ID token, nonce, audience, signature).
+    Invalid(String),
+    /// The user's claims do not allow a sign-in (no email, unverified email).
+    Claims(String),
+}
+
+impl std::fmt::Display for IdpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdpError::Unavailable(m)
+            | IdpError::Refused(m)
+            | IdpError::Invalid(m)
+            | IdpError::Claims(m) => f.write_str(m),
+        }
+    }
+}
+
+/// The provider's discovery document (the fields the flow uses).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Discovery {
+    pub issuer: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    #[serde(default)]
+    pub userinfo_endpoint: Option<String>,
+    pub jwks_uri: String,
+    #[serde(default)]
+    pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
+}
+
+struct Cached<T> {
+    value: T,
+    fetched: Instant,
+}
+
+/// The relying party of one OIDC provider.
+pub struct OidcProvider {
+    config: OidcConfig,
+    redirect_uri: String,
+    http: reqwest::Client,
+    discovery: tokio::sync::Mutex<Option<Cached<Arc<Discovery>>>>,
+    jwks: tokio::sync::Mutex<Option<Cached<Arc<Vec<Jwk>>>>>,
+}
+
+/// A code exchange's answer: the parts the sign-in uses.
+#[derive(Deserialize)]
+struct TokenAnswer {
+    #[serde(default)]
+    id_token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+impl OidcProvider {
+    pub fn new(config: OidcConfig, redirect_uri: String, http: reqwest::Client) -> Self {
+        Self {
+            config,
+            redirect_uri,
+            http,
+            discovery: tokio::sync::Mutex::new(None),
+            jwks: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The name the sign-in page shows.
+    pub fn display_name(&self) -> &str {
+        self.config.display_name()
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
+
+    /// The discovery document, cached; a stale copy serves while the provider is unreachable.
+    pub async fn discovery(&self) -> Result<Arc<Discovery>, IdpError> {
+        let mut cached = self.discovery.lock().await;
+        if let Some(c) = cached.as_ref() {
+            if c.fetched.elapsed() < DOCUMENT_TTL {
+                return Ok(c.value.clone());
+            }
+        }
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.config.issuer.trim_end_matches('/')
+        );
+        match self.fetch_discovery(&url).await {
+            Ok(d) => {
+                let d = Arc::new(d);
+                *cached = Some(Cached {
+                    value: d.clone(),
+                    fetched: Instant::now(),
+                });
+                Ok(d)
+            }
+            Err(e) => match cached.as_ref() {
+                Some(c) => {
+                    tracing::warn!(error = %e, "identity provider discovery failed; using the cached document");
+                    Ok(c.value.clone())
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn fetch_discovery(&self, url: &str) -> Result<Discovery, IdpError> {
+        let body = self.get(url, None).await?;
+        let d: Discovery = serde_json::from_slice(&body).map_err(|e| {
+            IdpError::Unavailable(format!("the provider's discovery document is invalid: {e}"))
+        })?;
+        // OIDC Discovery §4.3: the document must name the issuer it was fetched for.
+        if d.issuer != self.config.issuer {
+            return Err(IdpError::Unavailable(format!(
+                "the provider's discovery document names issuer {:?}, not the configured {:?}",
+                d.issuer, self.config.issuer
+            )));
+        }
+        Ok(d)
+    }
+
+    /// Where to send the browser: the provider's authorization endpoint with this sign-in's
+    /// `state`, `nonce` and PKCE challenge.
+    pub async fn authorization_url(
+        &self,
+        state: &str,
+        nonce: &str,
+        code_challenge: &str,
+    ) -> Result<String, IdpError> {
+        let d = self.discovery().await?;
+        let mut url = url::Url::parse(&d.authorization_endpoint).map_err(|e| {
+            IdpError::Unavailable(format!(
+                "the provider's authorization endpoint is invalid: {e}"
+            ))
+        })?;
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &self.config.client_id)
+            .append_pair("redirect_uri", &self.redirect_uri)
+            .append_pair("scope", &self.config.scopes.join(" "))
+            .append_pair("state", state)
+            .append_pair("nonce", nonce)
+            .append_pair("code_challenge", code_challenge)
+            .append_pair("code_challenge_method", "S256");
+        Ok(url.into())
+    }
+
+    /// Exchanges the callback's code and checks the answer: the signed-in user and their claims.
+    pub async fn sign_in(
+        &self,
+        code: &str,
+        verifier: &str,
+        nonce: &str,
+        now: i64,
+    ) -> Result<IdpUser, IdpError> {
+        let d = self.discovery().await?;
+        let answer = self.exchange(&d, code, verifier).await?;
+        let id_token = answer
+            .id_token
+            .ok_or_else(|| IdpError::Invalid("the provider's answer has no ID token".into()))?;
+        let claims = self.verify_id_token(&d, &id_token, nonce, now).await?;
+        let sub = claims::string(&claims, "sub").unwrap_or_default();
+        let userinfo = if claims::lacks_profile(&claims, &self.config.groups_claim) {
+            match (&d.userinfo_endpoint, &answer.access_token) {
+                (Some(endpoint), Some(at)) => Some(self.userinfo(endpoint, at, &sub).await?),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        claims::user(&self.config, &d.issuer, &claims, userinfo.as_ref())
+    }
+
+    async fn exchange(
+        &self,
+        d: &Discovery,
+        code: &str,
+        verifier: &str,
+    ) -> Result<TokenAnswer, IdpError> {
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", self.redirect_uri.as_str()),
+            ("code_verifier", verifier),
+        ];
+        let mut req = self.http.post(&d.token_endpoint);
+        let secret = self.config.client_secret.as_deref();
+        // RFC 8414: absent means client_secret_basic.
+        let basic = d
+            .token_endpoint_auth_methods_supported
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|x| x == "client_secret_basic"));
+        match secret {
+            Some(secret) if basic => {
+                let enc = |s: &str| {
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                };
+                req = req.basic_auth(enc(&self.config.client_id), Some(enc(secret)));
+            }
+            Some(secret) => {
+                form.push(("client_id", self.config.client_id.as_str()));
+                form.push(("client_secret", secret));
+            }
+            None => form.push(("client_id", self.config.client_id.as_str())),
+        }
+        let resp = req
+            .header("accept", "application/json")
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| IdpError::Unavailable(format!("no answer from the provider: {e}")))?;
+        let status = resp.status();
+        if status.is_server_error() {
+            return Err(IdpError::Unavailable(format!(
+                "the provider answered {status}"
+            )));
+        }
+        let body = read_bounded(resp).await?;
+        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
+            IdpError::Invalid(format!("the provider's token answer is not JSON: {e}"))
+        })?;
+        if !status.is_success() || answer.error.is_some() {
+            return Err(IdpError::Refused(
+                format!(
+                    "the provider refused the code: {} {}",
+                    answer.error.as_deref().unwrap_or(status.as_str()),
+                    answer.error_description.as_deref().unwrap_or("")
+                )
+                .trim_end()
+                .to_owned(),
+            ));
+        }
+        Ok(answer)
+    }
+
+    /// OIDC Core §3.1.3.7: signature by the provider's key, `iss`, `aud`/`azp`, `exp`, `iat`
+    /// and `nonce`.
+    async fn verify_id_token(
+        &self,
+        d: &Discovery,
+        token: &str,
+        nonce: &str,
+        now: i64,
+    ) -> Result<serde_json::Map<String, Value>, IdpError> {
+        let jws = jws::decode(token).map_err(IdpError::Invalid)?;
+        let key = self.key_for(d, &jws).await?;
+        jws.verify_with(&key).map_err(IdpError::Invalid)?;
+        claims::check_id_token(
+            &jws.claims,
+            &d.issuer,
+            &self.config.client_id,
+            nonce,
+            now,
+            LEEWAY,
+        )?;
+        Ok(jws.claims)
+    }
+
+    /// The JWKS key the token names; an unknown `kid` fetches the JWKS again (rate limited),
+    /// since providers rotate keys.
+    async fn key_for(&self, d: &Discovery, jws: &jws::Jws<'_>) -> Result<Jwk, IdpError> {
+        let mut cached = self.jwks.lock().await;
+        if let Some(c) = cached.as_ref() {
+            let fresh = c.fetched.elapsed() < DOCUMENT_TTL;
+            if let Some(k) = jws.key_in(&c.value).filter(|_| fresh) {
+                return Ok(k.clone());
+            }
+            if fresh && c.fetched.elapsed() < JWKS_REFETCH_INTERVAL {
+                return Err(IdpError::Invalid(
+                    "the ID token is signed with a key the provider does not publish".into(),
+                ));
+            }
+        }
+        let body = self.get(&d.jwks_uri, None).await?;
+        let keys = Arc::new(jws::parse_jwks(&body).map_err(IdpError::Unavailable)?);
+        *cached = Some(Cached {
+            value: keys.clone(),
+            fetched: Instant::now(),
+        });
+        jws.key_in(&keys).cloned().ok_or_else(|| {
+            IdpError::Invalid(
+                "the ID token is signed with a key the provider does not publish".into(),
+            )
+        })
+    }
+
+    async fn userinfo(
+        &self,
+        endpoint: &str,
+        access_token: &str,
+        sub: &str,
+    ) -> Result<serde_json::Map<String, Value>, IdpError> {
+        let body = self.get(endpoint, Some(access_token)).await?;
+        let info: serde_json::Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
+            IdpError::Invalid(format!(
+                "the provider's userinfo answer is not a JSON object: {e}"
+            ))
+        })?;
+        // OIDC Core §5.3.2: the userinfo `sub` must be the ID token's.
+        if claims::string(&info, "sub").as_deref() != Some(sub) {
+            return Err(IdpError::Invalid(
+                "the provider's userinfo answer is about another user".into(),
+            ));
+        }
+        Ok(info)
+    }
+
+    async fn get(&self, url: &str, bearer: Option<&str>) -> Result<Vec<u8>, IdpError> {
+        let mut req = self.http.get(url).header("accept", "application/json");
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| IdpError::Unavailable(format!("no answer from the provider: {e}")))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(IdpError::Unavailable(format!(
+                "the provider answered {status} for {url}"
+            )));
+        }
+        read_bounded(resp).await
+    }
+}
+
+async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, IdpError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| IdpError::Unavailable(format!("reading the provider's answer: {e}")))?
+    {
+        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+            return Err(IdpError::Unavailable(
+                "the provider's answer is too large".into(),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
