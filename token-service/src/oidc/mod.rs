@@ -27,7 +27,7 @@ pub fn callback_url(config: &crate::config::Config) -> String {
 /// Discovery and JWKS documents are used this long before they are fetched again.
 const DOCUMENT_TTL: Duration = Duration::from_secs(3600);
 /// An unknown `kid` fetches the JWKS again at most this often.
-const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(2);
+const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 /// Clock skew allowed on `exp` and `iat`.
 const LEEWAY: i64 = 60;
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
@@ -80,7 +80,14 @@ pub struct OidcProvider {
     redirect_uri: String,
     http: reqwest::Client,
     discovery: tokio::sync::Mutex<Option<Cached<Arc<Discovery>>>>,
-    jwks: tokio::sync::Mutex<Option<Cached<Arc<Vec<Jwk>>>>>,
+    jwks: tokio::sync::Mutex<Option<JwksCache>>,
+}
+
+struct JwksCache {
+    keys: Vec<Jwk>,
+    fetched: Instant,
+    /// When an unknown `kid` last made us fetch the JWKS again.
+    unknown_kid_refetch: Option<Instant>,
 }
 
 /// A code exchange's answer: the parts the sign-in uses.
@@ -299,32 +306,36 @@ impl OidcProvider {
         Ok(jws.claims)
     }
 
-    /// The JWKS key the token names; an unknown `kid` fetches the JWKS again (rate limited),
-    /// since providers rotate keys.
+    /// The JWKS key the token names; an unknown `kid` fetches the JWKS again, since providers
+    /// rotate keys (at most once per `JWKS_REFETCH_INTERVAL`, so a provider signing with
+    /// keys it does not publish cannot make every sign-in fetch).
     async fn key_for(&self, d: &Discovery, jws: &jws::Jws<'_>) -> Result<Jwk, IdpError> {
-        let mut cached = self.jwks.lock().await;
-        if let Some(c) = cached.as_ref() {
-            let fresh = c.fetched.elapsed() < DOCUMENT_TTL;
-            if let Some(k) = jws.key_in(&c.value).filter(|_| fresh) {
-                return Ok(k.clone());
-            }
-            if fresh && c.fetched.elapsed() < JWKS_REFETCH_INTERVAL {
-                return Err(IdpError::Invalid(
-                    "the ID token is signed with a key the provider does not publish".into(),
-                ));
+        let unpublished =
+            || IdpError::Invalid("the ID token is signed with a key the provider does not publish".into());
+        let mut cache = self.jwks.lock().await;
+        let now = Instant::now();
+        if let Some(c) = cache.as_ref() {
+            if now.duration_since(c.fetched) < DOCUMENT_TTL {
+                if let Some(k) = jws.key_in(&c.keys) {
+                    return Ok(k.clone());
+                }
+                if c.unknown_kid_refetch
+                    .is_some_and(|t| now.duration_since(t) < JWKS_REFETCH_INTERVAL)
+                {
+                    return Err(unpublished());
+                }
             }
         }
+        let refetch_for_unknown = cache.is_some();
         let body = self.get(&d.jwks_uri, None).await?;
-        let keys = Arc::new(jws::parse_jwks(&body).map_err(IdpError::Unavailable)?);
-        *cached = Some(Cached {
-            value: keys.clone(),
-            fetched: Instant::now(),
+        let keys = jws::parse_jwks(&body).map_err(IdpError::Unavailable)?;
+        let key = jws.key_in(&keys).cloned();
+        *cache = Some(JwksCache {
+            keys,
+            fetched: now,
+            unknown_kid_refetch: refetch_for_unknown.then_some(now),
         });
-        jws.key_in(&keys).cloned().ok_or_else(|| {
-            IdpError::Invalid(
-                "the ID token is signed with a key the provider does not publish".into(),
-            )
-        })
+        key.ok_or_else(unpublished)
     }
 
     async fn userinfo(
