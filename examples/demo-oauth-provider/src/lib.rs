@@ -82,6 +82,13 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
+mod oidc;
+
+pub use oidc::{
+    oidc_subject, ClaimsPlacement, IdTokenAlg, IdTokenFault, ID_TOKEN_TTL_SECS, MAX_PUBLISHED_KEYS,
+    OTHER_AUDIENCE, OTHER_AZP, WRONG_ISSUER,
+};
+
 /// Bound on each in-memory table (pending requests, codes, grants, access and refresh tokens).
 pub const MAX_ENTRIES: usize = 10_000;
 /// Lifetime of an authorization code.
@@ -138,6 +145,18 @@ pub struct ProviderConfig {
     pub access_ttl: Duration,
     /// `(username, password)` pairs.
     pub users: Vec<(String, String)>,
+    /// The OpenID Connect issuer (`iss` of ID tokens, `issuer` of discovery), without a trailing
+    /// slash. `None`: [`serve`] uses `http://{listener address}`, [`app`] `http://localhost`.
+    pub issuer: Option<String>,
+    /// How ID tokens are signed.
+    pub id_token_alg: IdTokenAlg,
+    /// Extra claims per username (each a JSON object; nesting allowed, e.g.
+    /// `{"realm_access": {"roles": ["admin"]}}`). Claims the provider sets itself (`iss`,
+    /// `sub`, `aud`, `azp`, `iat`, `exp`, `auth_time`, `nonce`) are never overridden.
+    pub user_claims: HashMap<String, Value>,
+    /// Where every user's claims are released at startup (`POST /_test/claims` changes it per
+    /// user).
+    pub claims_placement: ClaimsPlacement,
 }
 
 impl Default for ProviderConfig {
@@ -149,6 +168,18 @@ impl Default for ProviderConfig {
             auth_style: AuthStyle::Any,
             access_ttl: Duration::from_secs(60),
             users: vec![("alice".to_owned(), "alice-password".to_owned())],
+            issuer: None,
+            id_token_alg: IdTokenAlg::Rs256,
+            user_claims: HashMap::from([(
+                "alice".to_owned(),
+                json!({
+                    "email": "alice@example.com",
+                    "email_verified": true,
+                    "name": "Alice Example",
+                    "groups": ["engineering"],
+                }),
+            )]),
+            claims_placement: ClaimsPlacement::Both,
         }
     }
 }
@@ -248,6 +279,8 @@ struct Pending {
     state: Option<String>,
     scope: String,
     challenge: Option<String>,
+    /// OIDC `nonce` of the authorization request, echoed in the ID token.
+    nonce: Option<String>,
     expires: Instant,
 }
 
@@ -258,6 +291,9 @@ struct Code {
     challenge: Option<String>,
     user: String,
     scope: String,
+    nonce: Option<String>,
+    /// When the user signed in (Unix seconds), for `auth_time`.
+    auth_time: u64,
     expires: Instant,
 }
 
@@ -265,6 +301,7 @@ struct Grant {
     client_id: String,
     user: String,
     scope: String,
+    auth_time: u64,
 }
 
 struct Access {
@@ -295,6 +332,9 @@ struct Stats {
     reuse_detected: u64,
     injected_failures: u64,
     token_requests: u64,
+    discovery_requests: u64,
+    jwks_requests: u64,
+    userinfo_requests: u64,
 }
 
 struct FailToken {
@@ -313,10 +353,16 @@ struct Store {
     stats: Stats,
     fail_token: Option<FailToken>,
     delay_token: Duration,
+    keys: oidc::Keys,
+    /// Per-user claims; only configured users have an entry, so it stays bounded.
+    claims: HashMap<String, oidc::UserClaims>,
+    id_token_fault: Option<oidc::FaultCount<IdTokenFault>>,
+    fail_discovery: Option<oidc::FaultCount<StatusCode>>,
+    fail_jwks: Option<oidc::FaultCount<StatusCode>>,
 }
 
 impl Store {
-    fn new() -> Self {
+    fn new(keys: oidc::Keys, claims: HashMap<String, oidc::UserClaims>) -> Self {
         Store {
             pending: Bounded::new(MAX_ENTRIES),
             codes: Bounded::new(MAX_ENTRIES),
@@ -327,6 +373,11 @@ impl Store {
             stats: Stats::default(),
             fail_token: None,
             delay_token: Duration::ZERO,
+            keys,
+            claims,
+            id_token_fault: None,
+            fail_discovery: None,
+            fail_jwks: None,
         }
     }
 
@@ -356,7 +407,7 @@ impl Store {
         Some((access, grant))
     }
 
-    fn new_grant(&mut self, client_id: &str, user: &str, scope: &str) -> String {
+    fn new_grant(&mut self, client_id: &str, user: &str, scope: &str, auth_time: u64) -> String {
         let id = format!("g{}", self.next_grant);
         self.next_grant += 1;
         self.grants.insert(
@@ -365,6 +416,7 @@ impl Store {
                 client_id: client_id.to_owned(),
                 user: user.to_owned(),
                 scope: scope.to_owned(),
+                auth_time,
             },
         );
         id
@@ -401,6 +453,8 @@ impl Store {
 
 struct Provider {
     config: ProviderConfig,
+    /// `config.issuer` resolved.
+    issuer: String,
     store: Mutex<Store>,
 }
 
@@ -434,6 +488,13 @@ fn valid_pkce_string(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
 fn normalize_scope(scope: &str) -> String {
     scope.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -453,13 +514,21 @@ fn parse_form(input: &[u8]) -> Result<HashMap<String, String>, String> {
 // Router
 // =============================================================================================
 
-/// The provider's routes.
-pub fn app(config: ProviderConfig) -> Router {
+/// The provider's routes. Fails if a user's claims are not a JSON object or the signing key
+/// cannot be generated.
+pub fn app(config: ProviderConfig) -> anyhow::Result<Router> {
+    let issuer = config
+        .issuer
+        .clone()
+        .unwrap_or_else(|| "http://localhost".to_owned());
+    let keys = oidc::Keys::new(config.id_token_alg)?;
+    let claims = oidc::initial_claims(&config.user_claims, config.claims_placement)?;
     let shared: Shared = Arc::new(Provider {
         config,
-        store: Mutex::new(Store::new()),
+        issuer,
+        store: Mutex::new(Store::new(keys, claims)),
     });
-    Router::new()
+    Ok(Router::new()
         .route("/healthz", get(healthz))
         .route("/authorize", get(authorize_page).post(authorize_submit))
         .route("/token", post(token))
@@ -470,7 +539,14 @@ pub fn app(config: ProviderConfig) -> Router {
         .route("/_test/revoke-user", post(test_revoke_user))
         .route("/_test/fail-token", post(test_fail_token))
         .route("/_test/delay-token", post(test_delay_token))
-        .with_state(shared)
+        .route("/.well-known/openid-configuration", get(oidc::discovery))
+        .route("/jwks", get(oidc::jwks))
+        .route("/_test/claims", post(oidc::test_claims))
+        .route("/_test/id-token", post(oidc::test_id_token))
+        .route("/_test/rotate-key", post(oidc::test_rotate_key))
+        .route("/_test/fail-discovery", post(oidc::test_fail_discovery))
+        .route("/_test/fail-jwks", post(oidc::test_fail_jwks))
+        .with_state(shared))
 }
 
 /// Serves [`app`] on `listener` until the task is dropped or the server fails.
@@ -478,7 +554,11 @@ pub async fn serve(
     config: ProviderConfig,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, app(config)).await?;
+    let mut config = config;
+    if config.issuer.is_none() {
+        config.issuer = Some(format!("http://{}", listener.local_addr()?));
+    }
+    axum::serve(listener, app(config)?).await?;
     Ok(())
 }
 
@@ -678,6 +758,7 @@ async fn authorize_page(State(p): State<Shared>, RawQuery(query): RawQuery) -> R
         (None, None) => {}
     }
     let scope = normalize_scope(params.get("scope").map(String::as_str).unwrap_or(""));
+    let nonce = params.get("nonce").cloned();
     let request_id = random_token("req_");
     p.store().pending.insert(
         request_id.clone(),
@@ -687,6 +768,7 @@ async fn authorize_page(State(p): State<Shared>, RawQuery(query): RawQuery) -> R
             state: state.map(str::to_owned),
             scope: scope.clone(),
             challenge,
+            nonce,
             expires: Instant::now() + PENDING_TTL,
         },
     );
@@ -758,6 +840,8 @@ async fn authorize_submit(State(p): State<Shared>, body: Bytes) -> Response {
                     challenge: pending.challenge,
                     user: username.to_owned(),
                     scope: pending.scope,
+                    nonce: pending.nonce,
+                    auth_time: unix_now(),
                     expires: Instant::now() + CODE_TTL,
                 },
             );
@@ -1082,12 +1166,17 @@ fn code_grant(p: &Provider, form: &HashMap<String, String>) -> Result<Value, OAu
         }
         (None, None) => {}
     }
-    let grant = store.new_grant(&entry.client_id, &entry.user, &entry.scope);
+    let grant = store.new_grant(&entry.client_id, &entry.user, &entry.scope, entry.auth_time);
     let (access, refresh) = store.issue(&grant, &entry.scope, p.config.access_ttl);
     store.stats.authorization_code += 1;
     drop(store);
     tracing::info!(user = %entry.user, grant = %grant, "authorization_code grant");
-    Ok(token_response(p, &access, &refresh, &entry.scope))
+    let mut response = token_response(p, &access, &refresh, &entry.scope);
+    if oidc::scope_has_openid(&entry.scope) {
+        response["id_token"] =
+            json!(p.id_token(&entry.user, entry.nonce.as_deref(), entry.auth_time)?);
+    }
+    Ok(response)
 }
 
 fn refresh_grant(p: &Provider, form: &HashMap<String, String>) -> Result<Value, OAuthError> {
@@ -1123,6 +1212,7 @@ fn refresh_grant(p: &Provider, form: &HashMap<String, String>) -> Result<Value, 
     }
     let grant_scope = grant.scope.clone();
     let user = grant.user.clone();
+    let auth_time = grant.auth_time;
     let scope = match form.get("scope") {
         Some(requested) => {
             let requested = normalize_scope(requested);
@@ -1144,7 +1234,12 @@ fn refresh_grant(p: &Provider, form: &HashMap<String, String>) -> Result<Value, 
     store.stats.refresh_token += 1;
     drop(store);
     tracing::info!(user = %user, grant = %grant_id, "refresh_token grant");
-    Ok(token_response(p, &access, &refresh, &scope))
+    let mut response = token_response(p, &access, &refresh, &scope);
+    if oidc::scope_has_openid(&scope) {
+        // A refreshed ID token has no nonce (OIDC Core §12.2).
+        response["id_token"] = json!(p.id_token(&user, None, auth_time)?);
+    }
+    Ok(response)
 }
 
 // =============================================================================================
@@ -1200,6 +1295,7 @@ async fn userinfo(State(p): State<Shared>, headers: HeaderMap) -> Response {
         );
         resp
     };
+    p.store().stats.userinfo_requests += 1;
     let Some(token) = bearer_token(&headers) else {
         return unauthorized(
             "Bearer realm=\"demo-oauth-provider\"",
@@ -1208,6 +1304,11 @@ async fn userinfo(State(p): State<Shared>, headers: HeaderMap) -> Response {
     };
     let store = p.store();
     match store.live_access(token) {
+        Some((access, grant)) if oidc::scope_has_openid(&access.scope) => {
+            let user = grant.user.clone();
+            drop(store);
+            token_json(p.oidc_userinfo(&user))
+        }
         Some((access, grant)) => {
             let value = json!({ "sub": grant.user, "scope": access.scope });
             drop(store);
