@@ -1,4 +1,4 @@
-//! Demo OAuth 2.0 provider for mcp-warden.
+//! Demo OAuth 2.0 and OpenID Connect provider for mcp-warden.
 //!
 //! A small authorization server that speaks real HTTP, so the gateway's upstream-OAuth feature
 //! (where the gateway is an OAuth *client* of a third-party provider) can be exercised in tests
@@ -7,6 +7,12 @@
 //! revocation (RFC 7009), introspection (RFC 7662) and a userinfo endpoint. It also lets the
 //! demo MCP server check bearer tokens (`demo-mcp-server --require-bearer-introspect`).
 //!
+//! It is also a small OpenID Connect provider standing in for Okta, Keycloak or Entra ID, so
+//! the token service can be tested as an OIDC relying party ("sign in with the organisation's
+//! identity provider"): discovery, a JWKS, ID tokens signed RS256 (RSA-2048) or ES256
+//! ([`IdTokenAlg`]), `nonce`, per-user claims ([`ProviderConfig::user_claims`], released per
+//! [`ClaimsPlacement`]) and hooks that break ID tokens in every way a relying party must catch.
+//!
 //! Demo only: one confidential client, users with plain-text passwords from the command line,
 //! everything in memory (at most [`MAX_ENTRIES`] pending requests, codes, grants, access tokens
 //! and refresh tokens each; the oldest are dropped first), loopback only.
@@ -14,7 +20,7 @@
 //! # Endpoints
 //!
 //! * `GET /healthz` → `200 ok`.
-//! * `GET /authorize?response_type=code&client_id&redirect_uri&state&scope&code_challenge&code_challenge_method=S256`:
+//! * `GET /authorize?response_type=code&client_id&redirect_uri&state&scope&code_challenge&code_challenge_method=S256&nonce`:
 //!   an unknown `client_id` or a `redirect_uri` that is not registered (or not an absolute URL)
 //!   gets a `400` HTML page, never a redirect. Other request errors redirect with `error=…`.
 //!   Otherwise an HTML login and consent page titled "Demo OAuth Provider" with one
@@ -23,7 +29,7 @@
 //! * `POST /authorize` (form): `deny` → `302 redirect_uri?error=access_denied&…&state=…`;
 //!   `approve` with a wrong password → the page again with `401`; with good credentials →
 //!   `302 redirect_uri?code=…&state=…`. Codes are single-use, live 60 s and are bound to the
-//!   client, the redirect URI, the PKCE challenge, the user and the scope.
+//!   client, the redirect URI, the PKCE challenge, the user, the scope and the `nonce`.
 //! * `POST /token` (form; client authentication per [`AuthStyle`]): grant types
 //!   `authorization_code` (`code`, `redirect_uri`, `code_verifier`) and `refresh_token`
 //!   (`refresh_token`, optional `scope`, a subset of the grant's). Refresh tokens rotate: each
@@ -32,13 +38,38 @@
 //!   refresh tokens with `drt_` (so tests can grep logs and files for them). Access tokens live
 //!   `--access-ttl` seconds; refresh tokens do not expire. A replayed code is `invalid_grant`
 //!   (the grant it created is left alone).
+//!   When the scope includes `openid`, the `authorization_code` response also carries an
+//!   `id_token` (see below), and so does a `refresh_token` response whose scope still includes
+//!   `openid` (without `nonce`). Other grants never get one.
 //! * `POST /revoke` (RFC 7009, client authentication as for `/token`): `token=` an access or
 //!   refresh token revokes its whole grant; unknown tokens get `200` too.
-//! * `GET /userinfo` with `Authorization: Bearer <access token>` → `{"sub", "scope"}`, or `401`
-//!   with `WWW-Authenticate: Bearer error="invalid_token"`.
+//! * `GET|POST /userinfo` with `Authorization: Bearer <access token>` → `{"sub", "scope"}`
+//!   (`sub` is the username), or `401` with `WWW-Authenticate: Bearer error="invalid_token"`. For
+//!   an access token whose scope includes `openid`: `{"sub": <OIDC sub>, ...the user's claims}`
+//!   (the claims only if their placement is `both` or `userinfo`).
 //! * `POST /introspect` (RFC 7662, form `token=`, no client authentication) →
 //!   `{"active": true, "sub", "scope", "exp", "client_id", "token_type": "access_token"}` for a
 //!   live access token, `{"active": false}` for anything else (refresh tokens included).
+//!
+//! * `GET /.well-known/openid-configuration` → the discovery document: `issuer`, the
+//!   `authorization`/`token`/`userinfo`/`revocation`/`introspection` endpoints, `jwks_uri`
+//!   (`{issuer}/jwks`), `response_types_supported: ["code"]`, `subject_types_supported:
+//!   ["public"]`, `id_token_signing_alg_values_supported` (the configured algorithm),
+//!   `scopes_supported` (`openid email profile groups offline_access`),
+//!   `token_endpoint_auth_methods_supported` (per [`AuthStyle`]: `client_secret_basic`,
+//!   `client_secret_post` or both), `code_challenge_methods_supported: ["S256"]`,
+//!   `grant_types_supported` and `claims_supported`.
+//! * `GET /jwks` → `{"keys": [...]}`: the public signing key(s) with `kid`, `alg` and
+//!   `use: "sig"` (`kty: "RSA"` with `n`, `e`, or `kty: "EC"`, `crv: "P-256"` with `x`, `y`).
+//!
+//! The issuer ([`ProviderConfig::issuer`]) is exactly the configured string, by default
+//! `http://{listener address}`. An ID token is a JWT with header `{alg, kid, typ: "JWT"}` and
+//! claims `iss`, `sub` ([`oidc_subject`]: `u-` + 16 hex digits of SHA-256(username), never the
+//! username or email), `aud` and `azp` (the client id), `iat`, `exp` (`iat` + 300), `auth_time`,
+//! `nonce` (if the authorization request had one) and the user's claims if their placement is
+//! `both` or `id_token` (they cannot override the claims above). The default configuration
+//! gives alice `{"email": "alice@example.com", "email_verified": true, "name": "Alice Example",
+//! "groups": ["engineering"]}`.
 //!
 //! Token responses carry `Cache-Control: no-store`; errors follow RFC 6749 §5.2
 //! (`{"error", "error_description"}`, `400`, or `401` for `invalid_client`).
@@ -47,12 +78,14 @@
 //!
 //! * `GET /_test/stats` → `{"authorization_code": n, "refresh_token": n, "refresh_failures": n,
 //!   "revocations": n, "auth_styles": {"header": n, "params": n}, "reuse_detected": n,
-//!   "injected_failures": n, "token_requests": n}`: `authorization_code`/`refresh_token` count
+//!   "injected_failures": n, "token_requests": n, "discovery_requests": n, "jwks_requests": n,
+//!   "userinfo_requests": n}`: `authorization_code`/`refresh_token` count
 //!   successful `/token` grants of that type and `auth_styles` how the client authenticated on
 //!   those; `refresh_failures` counts `refresh_token` requests answered with an error (injected
 //!   failures included); `revocations` counts client-authenticated `/revoke` requests (known
 //!   token or not); `reuse_detected` counts grants revoked because a used refresh token came
-//!   back; `token_requests` counts every `/token` request.
+//!   back; `token_requests` counts every `/token` request, and the last three every request to
+//!   discovery, `/jwks` and `/userinfo` (failed and injected-failure ones included).
 //! * `POST /_test/revoke-user?user=alice` revokes every grant (and unredeemed code) of that
 //!   user, standing in for "the user revoked the app at the provider" → `{"revoked": n}`.
 //! * `POST /_test/fail-token?status=503&count=N` makes the next N `/token` requests answer with
@@ -61,6 +94,24 @@
 //!   otherwise, or `error=NAME` from the query.
 //! * `POST /_test/delay-token?ms=N` delays every `/token` response by N ms (`0` turns it off),
 //!   so concurrent refreshes overlap.
+//! * `POST /_test/claims?user=alice&placement=both|id_token|userinfo` with a JSON object body
+//!   replaces that user's claims and their placement (default `both`) → `{"user", "placement"}`.
+//!   Only configured users (`users` or `user_claims`): `404` otherwise, `400` for a body that is
+//!   not an object.
+//! * `POST /_test/id-token?mode=MODE&count=N` breaks the next N ID tokens (`count` defaults to
+//!   1; `mode=off` or `count=0` turns it off), see [`IdTokenFault`]: `wrong-aud` (`aud`
+//!   [`OTHER_AUDIENCE`]), `azp-other` (`aud: [client, "other"]`, `azp: "other"`), `wrong-iss`
+//!   (`iss` [`WRONG_ISSUER`]), `wrong-nonce`, `no-nonce`, `expired` (`exp` 10 minutes ago),
+//!   `bad-signature` (one bit flipped), `unknown-kid` (signed with a key the JWKS does not
+//!   list), `alg-none` (`alg: "none"`, empty signature), `hs256` (`alg: "HS256"`, HMAC-SHA256
+//!   keyed with the compact JSON of the current public JWK as `/jwks` lists it).
+//! * `POST /_test/rotate-key[?keep_old=true]` makes a new signing key with a new `kid` for the
+//!   next ID tokens; `/jwks` lists only it, or it after the previous ones with `keep_old=true`
+//!   (at most [`MAX_PUBLISHED_KEYS`]) → `{"kid", "published": [kids]}`.
+//! * `POST /_test/fail-discovery?status=503&count=N` and `POST /_test/fail-jwks?status=503&count=N`
+//!   make the next N discovery / `/jwks` requests answer with that status (400..=599, default
+//!   503; `count` defaults to 1, `count=0` turns it off) and
+//!   `{"error": "temporarily_unavailable"}`.
 
 use std::{
     collections::{BTreeMap, HashMap},

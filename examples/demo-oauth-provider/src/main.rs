@@ -17,8 +17,7 @@ const USAGE: &str = "usage: demo-oauth-provider [options]\n\
   --user NAME:PASSWORD     a user, repeatable (default alice:alice-password)\n\
   --issuer URL             OpenID Connect issuer, no trailing slash (default http://ADDR of --listen)\n\
   --id-token-alg ALG       ID token signature: RS256|ES256 (default RS256)\n\
-  --claims USER=JSON       a user's extra claims as a JSON object, repeatable (replaces that user's\n\
-                           defaults; default alice: email, email_verified, name, groups)\n\
+  --claims USER=JSON       a user's claims (JSON object), repeatable; replaces that user's defaults\n\
   --claims-placement P     where users' claims go: both|id_token|userinfo (default both)";
 
 fn parse_args() -> anyhow::Result<Option<(SocketAddr, ProviderConfig)>> {

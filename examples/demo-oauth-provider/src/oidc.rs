@@ -663,6 +663,14 @@ pub(crate) async fn test_id_token(State(p): State<Shared>, RawQuery(query): RawQ
     Json(json!({ "mode": mode, "count": count })).into_response()
 }
 
+fn internal_error(message: &str) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({ "error": message })),
+    )
+        .into_response()
+}
+
 pub(crate) async fn test_rotate_key(
     State(p): State<Shared>,
     RawQuery(query): RawQuery,
@@ -672,10 +680,11 @@ pub(crate) async fn test_rotate_key(
         .is_some_and(|v| v == "true" || v == "1");
     let alg = p.config.id_token_alg;
     // RSA key generation takes a while: keep it off the async workers.
-    let key = match tokio::task::spawn_blocking(move || SigningKey::generate(alg, "k-")).await {
+    let generated = tokio::task::spawn_blocking(move || SigningKey::generate(alg, "k-")).await;
+    let key = match generated {
         Ok(Ok(key)) => key,
-        Ok(Err(e)) => return bad_hook(&e.to_string()),
-        Err(e) => return bad_hook(&e.to_string()),
+        Ok(Err(e)) => return internal_error(&e.to_string()),
+        Err(e) => return internal_error(&e.to_string()),
     };
     let kid = key.kid.clone();
     let mut store = p.store();
@@ -737,4 +746,37 @@ pub(crate) async fn test_claims(
     drop(store);
     tracing::info!(user = %user, placement = placement.as_str(), "user claims replaced");
     Json(json!({ "user": user, "placement": placement.as_str() })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn subject_is_opaque_and_stable() {
+        let sub = oidc_subject("alice");
+        assert_eq!(sub, oidc_subject("alice"));
+        assert_eq!(sub.len(), 18);
+        assert!(sub.starts_with("u-"));
+        assert!(sub[2..].bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(sub, oidc_subject("bob"));
+    }
+
+    #[test]
+    fn der_lengths_short_and_long() {
+        assert_eq!(
+            der_element(&[0x02, 0x01, 0x05, 0xaa], 0x02),
+            Some((&[5u8][..], &[0xaa][..]))
+        );
+        let mut long = vec![0x02, 0x82, 0x01, 0x01, 0x00];
+        long.extend([0x80; 256]);
+        let (content, rest) = der_element(&long, 0x02).unwrap();
+        assert_eq!(content.len(), 257);
+        assert!(rest.is_empty());
+        assert_eq!(der_element(&[0x02, 0x05, 0x01], 0x02), None, "truncated");
+        assert_eq!(der_element(&[0x30, 0x00], 0x02), None, "wrong tag");
+        let key = SigningKey::generate(IdTokenAlg::Rs256, "t-").unwrap();
+        assert_eq!(b64(&[1, 0, 1]), key.jwk["e"]);
+    }
 }
