@@ -1,4 +1,4 @@
-//! Demo OAuth 2.0 provider for mcp-warden.
+//! Demo OAuth 2.0 and OpenID Connect provider for mcp-warden.
 //!
 //! A small authorization server that speaks real HTTP, so the gateway's upstream-OAuth feature
 //! (where the gateway is an OAuth *client* of a third-party provider) can be exercised in tests
@@ -7,6 +7,12 @@
 //! revocation (RFC 7009), introspection (RFC 7662) and a userinfo endpoint. It also lets the
 //! demo MCP server check bearer tokens (`demo-mcp-server --require-bearer-introspect`).
 //!
+//! It is also a small OpenID Connect provider standing in for Okta, Keycloak or Entra ID, so
+//! the token service can be tested as an OIDC relying party ("sign in with the organisation's
+//! identity provider"): discovery, a JWKS, ID tokens signed RS256 (RSA-2048) or ES256
+//! ([`IdTokenAlg`]), `nonce`, per-user claims ([`ProviderConfig::user_claims`], released per
+//! [`ClaimsPlacement`]) and hooks that break ID tokens in every way a relying party must catch.
+//!
 //! Demo only: one confidential client, users with plain-text passwords from the command line,
 //! everything in memory (at most [`MAX_ENTRIES`] pending requests, codes, grants, access tokens
 //! and refresh tokens each; the oldest are dropped first), loopback only.
@@ -14,7 +20,7 @@
 //! # Endpoints
 //!
 //! * `GET /healthz` → `200 ok`.
-//! * `GET /authorize?response_type=code&client_id&redirect_uri&state&scope&code_challenge&code_challenge_method=S256`:
+//! * `GET /authorize?response_type=code&client_id&redirect_uri&state&scope&code_challenge&code_challenge_method=S256&nonce`:
 //!   an unknown `client_id` or a `redirect_uri` that is not registered (or not an absolute URL)
 //!   gets a `400` HTML page, never a redirect. Other request errors redirect with `error=…`.
 //!   Otherwise an HTML login and consent page titled "Demo OAuth Provider" with one
@@ -23,7 +29,7 @@
 //! * `POST /authorize` (form): `deny` → `302 redirect_uri?error=access_denied&…&state=…`;
 //!   `approve` with a wrong password → the page again with `401`; with good credentials →
 //!   `302 redirect_uri?code=…&state=…`. Codes are single-use, live 60 s and are bound to the
-//!   client, the redirect URI, the PKCE challenge, the user and the scope.
+//!   client, the redirect URI, the PKCE challenge, the user, the scope and the `nonce`.
 //! * `POST /token` (form; client authentication per [`AuthStyle`]): grant types
 //!   `authorization_code` (`code`, `redirect_uri`, `code_verifier`) and `refresh_token`
 //!   (`refresh_token`, optional `scope`, a subset of the grant's). Refresh tokens rotate: each
@@ -32,13 +38,38 @@
 //!   refresh tokens with `drt_` (so tests can grep logs and files for them). Access tokens live
 //!   `--access-ttl` seconds; refresh tokens do not expire. A replayed code is `invalid_grant`
 //!   (the grant it created is left alone).
+//!   When the scope includes `openid`, the `authorization_code` response also carries an
+//!   `id_token` (see below), and so does a `refresh_token` response whose scope still includes
+//!   `openid` (without `nonce`). Other grants never get one.
 //! * `POST /revoke` (RFC 7009, client authentication as for `/token`): `token=` an access or
 //!   refresh token revokes its whole grant; unknown tokens get `200` too.
-//! * `GET /userinfo` with `Authorization: Bearer <access token>` → `{"sub", "scope"}`, or `401`
-//!   with `WWW-Authenticate: Bearer error="invalid_token"`.
+//! * `GET|POST /userinfo` with `Authorization: Bearer <access token>` → `{"sub", "scope"}`
+//!   (`sub` is the username), or `401` with `WWW-Authenticate: Bearer error="invalid_token"`. For
+//!   an access token whose scope includes `openid`: `{"sub": <OIDC sub>, ...the user's claims}`
+//!   (the claims only if their placement is `both` or `userinfo`).
 //! * `POST /introspect` (RFC 7662, form `token=`, no client authentication) →
 //!   `{"active": true, "sub", "scope", "exp", "client_id", "token_type": "access_token"}` for a
 //!   live access token, `{"active": false}` for anything else (refresh tokens included).
+//!
+//! * `GET /.well-known/openid-configuration` → the discovery document: `issuer`, the
+//!   `authorization`/`token`/`userinfo`/`revocation`/`introspection` endpoints, `jwks_uri`
+//!   (`{issuer}/jwks`), `response_types_supported: ["code"]`, `subject_types_supported:
+//!   ["public"]`, `id_token_signing_alg_values_supported` (the configured algorithm),
+//!   `scopes_supported` (`openid email profile groups offline_access`),
+//!   `token_endpoint_auth_methods_supported` (per [`AuthStyle`]: `client_secret_basic`,
+//!   `client_secret_post` or both), `code_challenge_methods_supported: ["S256"]`,
+//!   `grant_types_supported` and `claims_supported`.
+//! * `GET /jwks` → `{"keys": [...]}`: the public signing key(s) with `kid`, `alg` and
+//!   `use: "sig"` (`kty: "RSA"` with `n`, `e`, or `kty: "EC"`, `crv: "P-256"` with `x`, `y`).
+//!
+//! The issuer ([`ProviderConfig::issuer`]) is exactly the configured string, by default
+//! `http://{listener address}`. An ID token is a JWT with header `{alg, kid, typ: "JWT"}` and
+//! claims `iss`, `sub` ([`oidc_subject`]: `u-` + 16 hex digits of SHA-256(username), never the
+//! username or email), `aud` and `azp` (the client id), `iat`, `exp` (`iat` + 300), `auth_time`,
+//! `nonce` (if the authorization request had one) and the user's claims if their placement is
+//! `both` or `id_token` (they cannot override the claims above). The default configuration
+//! gives alice `{"email": "alice@example.com", "email_verified": true, "name": "Alice Example",
+//! "groups": ["engineering"]}`.
 //!
 //! Token responses carry `Cache-Control: no-store`; errors follow RFC 6749 §5.2
 //! (`{"error", "error_description"}`, `400`, or `401` for `invalid_client`).
@@ -47,12 +78,14 @@
 //!
 //! * `GET /_test/stats` → `{"authorization_code": n, "refresh_token": n, "refresh_failures": n,
 //!   "revocations": n, "auth_styles": {"header": n, "params": n}, "reuse_detected": n,
-//!   "injected_failures": n, "token_requests": n}`: `authorization_code`/`refresh_token` count
+//!   "injected_failures": n, "token_requests": n, "discovery_requests": n, "jwks_requests": n,
+//!   "userinfo_requests": n}`: `authorization_code`/`refresh_token` count
 //!   successful `/token` grants of that type and `auth_styles` how the client authenticated on
 //!   those; `refresh_failures` counts `refresh_token` requests answered with an error (injected
 //!   failures included); `revocations` counts client-authenticated `/revoke` requests (known
 //!   token or not); `reuse_detected` counts grants revoked because a used refresh token came
-//!   back; `token_requests` counts every `/token` request.
+//!   back; `token_requests` counts every `/token` request, and the last three every request to
+//!   discovery, `/jwks` and `/userinfo` (failed and injected-failure ones included).
 //! * `POST /_test/revoke-user?user=alice` revokes every grant (and unredeemed code) of that
 //!   user, standing in for "the user revoked the app at the provider" → `{"revoked": n}`.
 //! * `POST /_test/fail-token?status=503&count=N` makes the next N `/token` requests answer with
@@ -61,6 +94,24 @@
 //!   otherwise, or `error=NAME` from the query.
 //! * `POST /_test/delay-token?ms=N` delays every `/token` response by N ms (`0` turns it off),
 //!   so concurrent refreshes overlap.
+//! * `POST /_test/claims?user=alice&placement=both|id_token|userinfo` with a JSON object body
+//!   replaces that user's claims and their placement (default `both`) → `{"user", "placement"}`.
+//!   Only configured users (`users` or `user_claims`): `404` otherwise, `400` for a body that is
+//!   not an object.
+//! * `POST /_test/id-token?mode=MODE&count=N` breaks the next N ID tokens (`count` defaults to
+//!   1; `mode=off` or `count=0` turns it off), see [`IdTokenFault`]: `wrong-aud` (`aud`
+//!   [`OTHER_AUDIENCE`]), `azp-other` (`aud: [client, "other"]`, `azp: "other"`), `wrong-iss`
+//!   (`iss` [`WRONG_ISSUER`]), `wrong-nonce`, `no-nonce`, `expired` (`exp` 10 minutes ago),
+//!   `bad-signature` (one bit flipped), `unknown-kid` (signed with a key the JWKS does not
+//!   list), `alg-none` (`alg: "none"`, empty signature), `hs256` (`alg: "HS256"`, HMAC-SHA256
+//!   keyed with the compact JSON of the current public JWK as `/jwks` lists it).
+//! * `POST /_test/rotate-key[?keep_old=true]` makes a new signing key with a new `kid` for the
+//!   next ID tokens; `/jwks` lists only it, or it after the previous ones with `keep_old=true`
+//!   (at most [`MAX_PUBLISHED_KEYS`]) → `{"kid", "published": [kids]}`.
+//! * `POST /_test/fail-discovery?status=503&count=N` and `POST /_test/fail-jwks?status=503&count=N`
+//!   make the next N discovery / `/jwks` requests answer with that status (400..=599, default
+//!   503; `count` defaults to 1, `count=0` turns it off) and
+//!   `{"error": "temporarily_unavailable"}`.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -81,6 +132,13 @@ use rand_core::{OsRng, RngCore as _};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
+
+mod oidc;
+
+pub use oidc::{
+    oidc_subject, ClaimsPlacement, IdTokenAlg, IdTokenFault, ID_TOKEN_TTL_SECS, MAX_PUBLISHED_KEYS,
+    OTHER_AUDIENCE, OTHER_AZP, WRONG_ISSUER,
+};
 
 /// Bound on each in-memory table (pending requests, codes, grants, access and refresh tokens).
 pub const MAX_ENTRIES: usize = 10_000;
@@ -138,6 +196,18 @@ pub struct ProviderConfig {
     pub access_ttl: Duration,
     /// `(username, password)` pairs.
     pub users: Vec<(String, String)>,
+    /// The OpenID Connect issuer (`iss` of ID tokens, `issuer` of discovery), without a trailing
+    /// slash. `None`: [`serve`] uses `http://{listener address}`, [`app`] `http://localhost`.
+    pub issuer: Option<String>,
+    /// How ID tokens are signed.
+    pub id_token_alg: IdTokenAlg,
+    /// Extra claims per username (each a JSON object; nesting allowed, e.g.
+    /// `{"realm_access": {"roles": ["admin"]}}`). Claims the provider sets itself (`iss`,
+    /// `sub`, `aud`, `azp`, `iat`, `exp`, `auth_time`, `nonce`) are never overridden.
+    pub user_claims: HashMap<String, Value>,
+    /// Where every user's claims are released at startup (`POST /_test/claims` changes it per
+    /// user).
+    pub claims_placement: ClaimsPlacement,
 }
 
 impl Default for ProviderConfig {
@@ -149,6 +219,18 @@ impl Default for ProviderConfig {
             auth_style: AuthStyle::Any,
             access_ttl: Duration::from_secs(60),
             users: vec![("alice".to_owned(), "alice-password".to_owned())],
+            issuer: None,
+            id_token_alg: IdTokenAlg::Rs256,
+            user_claims: HashMap::from([(
+                "alice".to_owned(),
+                json!({
+                    "email": "alice@example.com",
+                    "email_verified": true,
+                    "name": "Alice Example",
+                    "groups": ["engineering"],
+                }),
+            )]),
+            claims_placement: ClaimsPlacement::Both,
         }
     }
 }
@@ -248,6 +330,8 @@ struct Pending {
     state: Option<String>,
     scope: String,
     challenge: Option<String>,
+    /// OIDC `nonce` of the authorization request, echoed in the ID token.
+    nonce: Option<String>,
     expires: Instant,
 }
 
@@ -258,6 +342,9 @@ struct Code {
     challenge: Option<String>,
     user: String,
     scope: String,
+    nonce: Option<String>,
+    /// When the user signed in (Unix seconds), for `auth_time`.
+    auth_time: u64,
     expires: Instant,
 }
 
@@ -265,6 +352,7 @@ struct Grant {
     client_id: String,
     user: String,
     scope: String,
+    auth_time: u64,
 }
 
 struct Access {
@@ -295,6 +383,9 @@ struct Stats {
     reuse_detected: u64,
     injected_failures: u64,
     token_requests: u64,
+    discovery_requests: u64,
+    jwks_requests: u64,
+    userinfo_requests: u64,
 }
 
 struct FailToken {
@@ -313,10 +404,16 @@ struct Store {
     stats: Stats,
     fail_token: Option<FailToken>,
     delay_token: Duration,
+    keys: oidc::Keys,
+    /// Per-user claims; only configured users have an entry, so it stays bounded.
+    claims: HashMap<String, oidc::UserClaims>,
+    id_token_fault: Option<oidc::FaultCount<IdTokenFault>>,
+    fail_discovery: Option<oidc::FaultCount<StatusCode>>,
+    fail_jwks: Option<oidc::FaultCount<StatusCode>>,
 }
 
 impl Store {
-    fn new() -> Self {
+    fn new(keys: oidc::Keys, claims: HashMap<String, oidc::UserClaims>) -> Self {
         Store {
             pending: Bounded::new(MAX_ENTRIES),
             codes: Bounded::new(MAX_ENTRIES),
@@ -327,6 +424,11 @@ impl Store {
             stats: Stats::default(),
             fail_token: None,
             delay_token: Duration::ZERO,
+            keys,
+            claims,
+            id_token_fault: None,
+            fail_discovery: None,
+            fail_jwks: None,
         }
     }
 
@@ -356,7 +458,7 @@ impl Store {
         Some((access, grant))
     }
 
-    fn new_grant(&mut self, client_id: &str, user: &str, scope: &str) -> String {
+    fn new_grant(&mut self, client_id: &str, user: &str, scope: &str, auth_time: u64) -> String {
         let id = format!("g{}", self.next_grant);
         self.next_grant += 1;
         self.grants.insert(
@@ -365,6 +467,7 @@ impl Store {
                 client_id: client_id.to_owned(),
                 user: user.to_owned(),
                 scope: scope.to_owned(),
+                auth_time,
             },
         );
         id
@@ -401,6 +504,8 @@ impl Store {
 
 struct Provider {
     config: ProviderConfig,
+    /// `config.issuer` resolved.
+    issuer: String,
     store: Mutex<Store>,
 }
 
@@ -434,6 +539,13 @@ fn valid_pkce_string(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
 fn normalize_scope(scope: &str) -> String {
     scope.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -453,13 +565,21 @@ fn parse_form(input: &[u8]) -> Result<HashMap<String, String>, String> {
 // Router
 // =============================================================================================
 
-/// The provider's routes.
-pub fn app(config: ProviderConfig) -> Router {
+/// The provider's routes. Fails if a user's claims are not a JSON object or the signing key
+/// cannot be generated.
+pub fn app(config: ProviderConfig) -> anyhow::Result<Router> {
+    let issuer = config
+        .issuer
+        .clone()
+        .unwrap_or_else(|| "http://localhost".to_owned());
+    let keys = oidc::Keys::new(config.id_token_alg)?;
+    let claims = oidc::initial_claims(&config.user_claims, config.claims_placement)?;
     let shared: Shared = Arc::new(Provider {
         config,
-        store: Mutex::new(Store::new()),
+        issuer,
+        store: Mutex::new(Store::new(keys, claims)),
     });
-    Router::new()
+    Ok(Router::new()
         .route("/healthz", get(healthz))
         .route("/authorize", get(authorize_page).post(authorize_submit))
         .route("/token", post(token))
@@ -470,7 +590,14 @@ pub fn app(config: ProviderConfig) -> Router {
         .route("/_test/revoke-user", post(test_revoke_user))
         .route("/_test/fail-token", post(test_fail_token))
         .route("/_test/delay-token", post(test_delay_token))
-        .with_state(shared)
+        .route("/.well-known/openid-configuration", get(oidc::discovery))
+        .route("/jwks", get(oidc::jwks))
+        .route("/_test/claims", post(oidc::test_claims))
+        .route("/_test/id-token", post(oidc::test_id_token))
+        .route("/_test/rotate-key", post(oidc::test_rotate_key))
+        .route("/_test/fail-discovery", post(oidc::test_fail_discovery))
+        .route("/_test/fail-jwks", post(oidc::test_fail_jwks))
+        .with_state(shared))
 }
 
 /// Serves [`app`] on `listener` until the task is dropped or the server fails.
@@ -478,7 +605,11 @@ pub async fn serve(
     config: ProviderConfig,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, app(config)).await?;
+    let mut config = config;
+    if config.issuer.is_none() {
+        config.issuer = Some(format!("http://{}", listener.local_addr()?));
+    }
+    axum::serve(listener, app(config)?).await?;
     Ok(())
 }
 
@@ -678,6 +809,7 @@ async fn authorize_page(State(p): State<Shared>, RawQuery(query): RawQuery) -> R
         (None, None) => {}
     }
     let scope = normalize_scope(params.get("scope").map(String::as_str).unwrap_or(""));
+    let nonce = params.get("nonce").cloned();
     let request_id = random_token("req_");
     p.store().pending.insert(
         request_id.clone(),
@@ -687,6 +819,7 @@ async fn authorize_page(State(p): State<Shared>, RawQuery(query): RawQuery) -> R
             state: state.map(str::to_owned),
             scope: scope.clone(),
             challenge,
+            nonce,
             expires: Instant::now() + PENDING_TTL,
         },
     );
@@ -758,6 +891,8 @@ async fn authorize_submit(State(p): State<Shared>, body: Bytes) -> Response {
                     challenge: pending.challenge,
                     user: username.to_owned(),
                     scope: pending.scope,
+                    nonce: pending.nonce,
+                    auth_time: unix_now(),
                     expires: Instant::now() + CODE_TTL,
                 },
             );
@@ -1082,12 +1217,17 @@ fn code_grant(p: &Provider, form: &HashMap<String, String>) -> Result<Value, OAu
         }
         (None, None) => {}
     }
-    let grant = store.new_grant(&entry.client_id, &entry.user, &entry.scope);
+    let grant = store.new_grant(&entry.client_id, &entry.user, &entry.scope, entry.auth_time);
     let (access, refresh) = store.issue(&grant, &entry.scope, p.config.access_ttl);
     store.stats.authorization_code += 1;
     drop(store);
     tracing::info!(user = %entry.user, grant = %grant, "authorization_code grant");
-    Ok(token_response(p, &access, &refresh, &entry.scope))
+    let mut response = token_response(p, &access, &refresh, &entry.scope);
+    if oidc::scope_has_openid(&entry.scope) {
+        response["id_token"] =
+            json!(p.id_token(&entry.user, entry.nonce.as_deref(), entry.auth_time)?);
+    }
+    Ok(response)
 }
 
 fn refresh_grant(p: &Provider, form: &HashMap<String, String>) -> Result<Value, OAuthError> {
@@ -1123,6 +1263,7 @@ fn refresh_grant(p: &Provider, form: &HashMap<String, String>) -> Result<Value, 
     }
     let grant_scope = grant.scope.clone();
     let user = grant.user.clone();
+    let auth_time = grant.auth_time;
     let scope = match form.get("scope") {
         Some(requested) => {
             let requested = normalize_scope(requested);
@@ -1144,7 +1285,12 @@ fn refresh_grant(p: &Provider, form: &HashMap<String, String>) -> Result<Value, 
     store.stats.refresh_token += 1;
     drop(store);
     tracing::info!(user = %user, grant = %grant_id, "refresh_token grant");
-    Ok(token_response(p, &access, &refresh, &scope))
+    let mut response = token_response(p, &access, &refresh, &scope);
+    if oidc::scope_has_openid(&scope) {
+        // A refreshed ID token has no nonce (OIDC Core §12.2).
+        response["id_token"] = json!(p.id_token(&user, None, auth_time)?);
+    }
+    Ok(response)
 }
 
 // =============================================================================================
@@ -1200,6 +1346,7 @@ async fn userinfo(State(p): State<Shared>, headers: HeaderMap) -> Response {
         );
         resp
     };
+    p.store().stats.userinfo_requests += 1;
     let Some(token) = bearer_token(&headers) else {
         return unauthorized(
             "Bearer realm=\"demo-oauth-provider\"",
@@ -1208,6 +1355,11 @@ async fn userinfo(State(p): State<Shared>, headers: HeaderMap) -> Response {
     };
     let store = p.store();
     match store.live_access(token) {
+        Some((access, grant)) if oidc::scope_has_openid(&access.scope) => {
+            let user = grant.user.clone();
+            drop(store);
+            token_json(p.oidc_userinfo(&user))
+        }
         Some((access, grant)) => {
             let value = json!({ "sub": grant.user, "scope": access.scope });
             drop(store);

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context as _};
-use demo_oauth_provider::{serve, AuthStyle, ProviderConfig};
+use demo_oauth_provider::{serve, AuthStyle, ClaimsPlacement, IdTokenAlg, ProviderConfig};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9300";
 
@@ -14,7 +14,11 @@ const USAGE: &str = "usage: demo-oauth-provider [options]\n\
   --redirect-uri URL       registered redirect URI, repeatable (none: any URL is accepted)\n\
   --auth-style STYLE       client authentication at /token and /revoke: header|params|any (default any)\n\
   --access-ttl SECONDS     access token lifetime (default 60)\n\
-  --user NAME:PASSWORD     a user, repeatable (default alice:alice-password)";
+  --user NAME:PASSWORD     a user, repeatable (default alice:alice-password)\n\
+  --issuer URL             OpenID Connect issuer, no trailing slash (default http://ADDR of --listen)\n\
+  --id-token-alg ALG       ID token signature: RS256|ES256 (default RS256)\n\
+  --claims USER=JSON       a user's claims (JSON object), repeatable; replaces that user's defaults\n\
+  --claims-placement P     where users' claims go: both|id_token|userinfo (default both)";
 
 fn parse_args() -> anyhow::Result<Option<(SocketAddr, ProviderConfig)>> {
     let mut config = ProviderConfig::default();
@@ -40,6 +44,10 @@ fn parse_args() -> anyhow::Result<Option<(SocketAddr, ProviderConfig)>> {
             "--auth-style",
             "--access-ttl",
             "--user",
+            "--issuer",
+            "--id-token-alg",
+            "--claims",
+            "--claims-placement",
         ];
         if !known.contains(&flag.as_str()) {
             bail!("unknown argument {flag:?}\n{USAGE}");
@@ -57,13 +65,36 @@ fn parse_args() -> anyhow::Result<Option<(SocketAddr, ProviderConfig)>> {
                 config.redirect_uris.push(value);
             }
             "--auth-style" => config.auth_style = value.parse::<AuthStyle>()?,
+            "--issuer" => {
+                let parsed = url::Url::parse(&value)
+                    .with_context(|| format!("--issuer {value:?} is not an absolute URL"))?;
+                if value.ends_with('/') || parsed.query().is_some() || parsed.fragment().is_some() {
+                    bail!("--issuer {value:?} must have no trailing slash, query or fragment");
+                }
+                config.issuer = Some(value);
+            }
+            "--id-token-alg" => config.id_token_alg = value.parse::<IdTokenAlg>()?,
+            "--claims" => {
+                let Some((name, json)) = value.split_once('=') else {
+                    bail!("--claims needs USER=JSON, got {value:?}");
+                };
+                let claims: serde_json::Value = serde_json::from_str(json)
+                    .with_context(|| format!("--claims for {name:?} is not JSON"))?;
+                if !claims.is_object() {
+                    bail!("--claims for {name:?} must be a JSON object");
+                }
+                config.user_claims.insert(name.to_owned(), claims);
+            }
+            "--claims-placement" => {
+                config.claims_placement = value.parse::<ClaimsPlacement>()?;
+            }
             "--access-ttl" => {
                 let seconds: u64 = value.parse().with_context(|| {
                     format!("--access-ttl {value:?} is not a number of seconds")
                 })?;
                 config.access_ttl = Duration::from_secs(seconds);
             }
-            _ => {
+            "--user" => {
                 let Some((name, password)) = value.split_once(':') else {
                     bail!("--user needs NAME:PASSWORD, got {value:?}");
                 };
@@ -72,6 +103,7 @@ fn parse_args() -> anyhow::Result<Option<(SocketAddr, ProviderConfig)>> {
                 }
                 users.push((name.to_owned(), password.to_owned()));
             }
+            _ => bail!("unknown argument {flag:?}\n{USAGE}"),
         }
     }
     if !users.is_empty() {
