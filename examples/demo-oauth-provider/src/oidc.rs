@@ -194,38 +194,6 @@ pub(crate) fn scope_has_openid(scope: &str) -> bool {
 // Keys
 // =============================================================================================
 
-/// Reads one DER element of type `tag` → (its content, the rest).
-fn der_element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (&first, rest) = input.split_first()?;
-    if first != tag {
-        return None;
-    }
-    let (&len_byte, rest) = rest.split_first()?;
-    let (len, rest) = match len_byte {
-        0..=0x7f => (usize::from(len_byte), rest),
-        0x81..=0x84 => {
-            let count = usize::from(len_byte & 0x7f);
-            let (len_bytes, rest) = rest.split_at_checked(count)?;
-            let len = len_bytes
-                .iter()
-                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-            (len, rest)
-        }
-        _ => return None,
-    };
-    rest.split_at_checked(len)
-}
-
-/// `n` and `e` (big-endian, no leading zeros) of a DER `RSAPublicKey` (RFC 8017 A.1.1), which
-/// is what aws-lc-rs exposes without its `ring-io` feature.
-fn rsa_public_components(der: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (seq, _) = der_element(der, 0x30)?;
-    let (n, rest) = der_element(seq, 0x02)?;
-    let (e, _) = der_element(rest, 0x02)?;
-    let trim = |x: &[u8]| -> usize { x.iter().take_while(|b| **b == 0).count() };
-    Some((&n[trim(n)..], &e[trim(e)..]))
-}
-
 enum Material {
     Rsa(rsa::KeyPair),
     Ec(EcdsaKeyPair),
@@ -248,10 +216,8 @@ impl SigningKey {
             IdTokenAlg::Rs256 => {
                 let pair = rsa::KeyPair::generate(rsa::KeySize::Rsa2048)
                     .map_err(|_| anyhow::anyhow!("RSA key generation failed"))?;
-                let Some((n, e)) = rsa_public_components(pair.public_key().as_ref()) else {
-                    anyhow::bail!("unexpected RSA public key encoding");
-                };
-                let jwk = json!({ "kty": "RSA", "n": b64(n), "e": b64(e) });
+                let c = rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public_key());
+                let jwk = json!({ "kty": "RSA", "n": b64(&c.n), "e": b64(&c.e) });
                 (Material::Rsa(pair), jwk)
             }
             IdTokenAlg::Es256 => {
@@ -764,18 +730,7 @@ mod tests {
     }
 
     #[test]
-    fn der_lengths_short_and_long() {
-        assert_eq!(
-            der_element(&[0x02, 0x01, 0x05, 0xaa], 0x02),
-            Some((&[5u8][..], &[0xaa][..]))
-        );
-        let mut long = vec![0x02, 0x82, 0x01, 0x01, 0x00];
-        long.extend([0x80; 256]);
-        let (content, rest) = der_element(&long, 0x02).unwrap();
-        assert_eq!(content.len(), 257);
-        assert!(rest.is_empty());
-        assert_eq!(der_element(&[0x02, 0x05, 0x01], 0x02), None, "truncated");
-        assert_eq!(der_element(&[0x30, 0x00], 0x02), None, "wrong tag");
+    fn rsa_jwk_has_the_public_exponent() {
         let key = SigningKey::generate(IdTokenAlg::Rs256, "t-").unwrap();
         assert_eq!(b64(&[1, 0, 1]), key.jwk["e"]);
     }
