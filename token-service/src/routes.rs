@@ -559,7 +559,11 @@ fn sign_in_page(
 /// Where a flow's sign-in at the identity provider starts (the flow id is bound to the
 /// browser's cookie, so the link is useless elsewhere).
 fn idp_start_url(s: &AppState, flow: &PendingFlow) -> String {
-    format!("{}?flow={}", endpoint(s, IDP_START_PATH), flow.id)
+    format!(
+        "{}{IDP_START_PATH}?flow={}",
+        s.config().authorization_server.issuer,
+        flow.id
+    )
 }
 
 /// Whether the user behind a key (email, or `{iss}#{sub}`) still exists.

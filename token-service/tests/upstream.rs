@@ -22,77 +22,17 @@ use warden_token_service::config::Config;
 const CLIENT_ID: &str = "warden-test";
 const CLIENT_SECRET: &str = "warden-test-secret";
 
-/// A demo provider on a real socket.
-struct Provider {
-    url: String,
-    http: reqwest::Client,
-}
-
-impl Provider {
-    async fn start(auth_style: AuthStyle) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let config = ProviderConfig {
-            client_id: CLIENT_ID.into(),
-            client_secret: CLIENT_SECRET.into(),
-            redirect_uris: vec![format!("{ISSUER}/upstream/callback")],
-            auth_style,
-            access_ttl: Duration::from_secs(60),
-            ..ProviderConfig::default()
-        };
-        tokio::spawn(demo_oauth_provider::serve(config, listener));
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        Self { url, http }
-    }
-
-    async fn stats(&self) -> Value {
-        self.http
-            .get(format!("{}/_test/stats", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn hook(&self, path_and_query: &str) {
-        let r = self
-            .http
-            .post(format!("{}{path_and_query}", self.url))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{path_and_query}: {}", r.status());
-    }
-
-    /// The user's answer on the provider's page at `authorize_url`; returns the redirect
-    /// back to the token service.
-    async fn answer(&self, authorize_url: &str, decision: &str) -> url::Url {
-        let page = self.http.get(authorize_url).send().await.unwrap();
-        assert_eq!(page.status(), 200);
-        let body = page.text().await.unwrap();
-        let marker = "name=\"request\" value=\"";
-        let start = body.find(marker).unwrap() + marker.len();
-        let request = &body[start..start + body[start..].find('"').unwrap()];
-        let r = self
-            .http
-            .post(format!("{}/authorize", self.url))
-            .form(&[
-                ("request", request),
-                ("username", "alice"),
-                ("password", "alice-password"),
-                ("decision", decision),
-            ])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 302);
-        url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap()
-    }
+/// The demo provider on a real socket, as the `gh` route's upstream provider.
+async fn start_provider(auth_style: AuthStyle) -> Provider {
+    Provider::serve(ProviderConfig {
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        redirect_uris: vec![format!("{ISSUER}/upstream/callback")],
+        auth_style,
+        access_ttl: Duration::from_secs(60),
+        ..ProviderConfig::default()
+    })
+    .await
 }
 
 /// The operator config: the usual test config plus a route `gh` whose server needs the
@@ -131,7 +71,7 @@ struct Upstream {
 
 impl Upstream {
     async fn start(style: AuthStyle, configured: Option<&str>) -> Self {
-        let provider = Provider::start(style).await;
+        let provider = start_provider(style).await;
         let env = TestEnv::with(|dir| upstream_yaml(dir, &provider.url, configured));
         let credential = std::fs::read_to_string(env.state.config().internal_credential_file())
             .unwrap()
@@ -721,7 +661,7 @@ async fn slow_answering_token_endpoint(
 #[tokio::test]
 async fn a_refresh_whose_caller_gives_up_still_stores_the_rotated_token() {
     use std::sync::atomic::{AtomicU64, Ordering};
-    let provider = Provider::start(AuthStyle::Any).await;
+    let provider = start_provider(AuthStyle::Any).await;
     let delay = std::sync::Arc::new(AtomicU64::new(0));
     let slow = slow_answering_token_endpoint(&provider.url, delay.clone()).await;
     let env = TestEnv::with(|dir| {

@@ -209,7 +209,7 @@ fn authorization_code(
     let grant = Grant {
         id: random_id(),
         client_id: client.client_id.clone(),
-        user: user.email.clone(),
+        user: user.sub.clone(),
         sid: ac.sid.clone(),
         resource: req.resource.clone(),
         scope: req.scope.clone(),
@@ -226,7 +226,7 @@ fn authorization_code(
         Redemption::Replayed => return Err(replayed_code(client)),
         Redemption::Missing => return Err(Error::invalid_grant("unknown authorization code")),
     }
-    tracing::info!(client_id = %client.client_id, sub = %user.email, aud = %grant.resource, "authorization code redeemed");
+    tracing::info!(client_id = %client.client_id, sub = %user.sub, aud = %grant.resource, "authorization code redeemed");
     respond(ctx, &user, &grant, &grant.scope, refresh.map(|(t, _)| t))
 }
 

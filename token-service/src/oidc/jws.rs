@@ -179,7 +179,14 @@ struct Header {
     crit: Option<serde_json::Value>,
 }
 
-/// Splits and decodes a compact JWS. Refuses critical header extensions (none are understood).
+/// The signature algorithms an ID token may use: asymmetric ones only (never `none`, never
+/// HMAC, whose key would be the client secret or, in the classic attack, a public key).
+const ACCEPTED_ALGS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// Splits and decodes a compact JWS. Refuses algorithms outside `ACCEPTED_ALGS` and critical
+/// header extensions (none are understood).
 pub fn decode(token: &str) -> Result<Jws<'_>, String> {
     let mut parts = token.split('.');
     let (Some(h), Some(c), Some(s), None) =
@@ -195,6 +202,10 @@ pub fn decode(token: &str) -> Result<Jws<'_>, String> {
         .map_err(|e| format!("the ID token header is invalid: {e}"))?;
     if header.crit.is_some() {
         return Err("the ID token has critical header parameters".into());
+    }
+    if !ACCEPTED_ALGS.contains(&header.alg.as_str()) {
+        let alg: String = header.alg.chars().take(16).collect();
+        return Err(format!("the ID token's algorithm {alg} is not accepted"));
     }
     let claims = serde_json::from_slice(&decode_part(c)?)
         .map_err(|e| format!("the ID token claims are invalid: {e}"))?;
@@ -245,7 +256,9 @@ mod tests {
     use super::*;
     use aws_lc_rs::rand::SystemRandom;
     use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize, PublicKeyComponents};
-    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256};
+    use aws_lc_rs::signature::{
+        EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256,
+    };
     use serde_json::json;
 
     fn b64(b: &[u8]) -> String {

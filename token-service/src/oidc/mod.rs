@@ -310,8 +310,11 @@ impl OidcProvider {
     /// rotate keys (at most once per `JWKS_REFETCH_INTERVAL`, so a provider signing with
     /// keys it does not publish cannot make every sign-in fetch).
     async fn key_for(&self, d: &Discovery, jws: &jws::Jws<'_>) -> Result<Jwk, IdpError> {
-        let unpublished =
-            || IdpError::Invalid("the ID token is signed with a key the provider does not publish".into());
+        let unpublished = || {
+            IdpError::Invalid(
+                "the ID token is signed with a key the provider does not publish".into(),
+            )
+        };
         let mut cache = self.jwks.lock().await;
         let now = Instant::now();
         if let Some(c) = cache.as_ref() {

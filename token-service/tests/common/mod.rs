@@ -411,3 +411,72 @@ impl Resp {
         self.location().1
     }
 }
+
+/// The demo provider (OAuth 2.0 and OpenID Connect) on a real socket.
+pub struct Provider {
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl Provider {
+    pub async fn serve(config: demo_oauth_provider::ProviderConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(demo_oauth_provider::serve(config, listener));
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Self { url, http }
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        self.http
+            .get(format!("{}/_test/stats", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Calls a `/_test/…` hook, with a JSON body when given.
+    pub async fn hook_with(&self, path_and_query: &str, body: Option<serde_json::Value>) {
+        let mut req = self.http.post(format!("{}{path_and_query}", self.url));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        assert!(r.status().is_success(), "{path_and_query}: {}", r.status());
+    }
+
+    pub async fn hook(&self, path_and_query: &str) {
+        self.hook_with(path_and_query, None).await
+    }
+
+    /// The user's answer on the provider's page at `authorize_url`; returns the redirect
+    /// back to the token service.
+    pub async fn answer(&self, authorize_url: &str, decision: &str) -> url::Url {
+        let page = self.http.get(authorize_url).send().await.unwrap();
+        assert_eq!(page.status(), 200);
+        let body = page.text().await.unwrap();
+        let marker = "name=\"request\" value=\"";
+        let start = body.find(marker).unwrap() + marker.len();
+        let request = &body[start..start + body[start..].find('"').unwrap()];
+        let r = self
+            .http
+            .post(format!("{}/authorize", self.url))
+            .form(&[
+                ("request", request),
+                ("username", "alice"),
+                ("password", "alice-password"),
+                ("decision", decision),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 302);
+        url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap()
+    }
+}
