@@ -527,8 +527,16 @@ impl OAuthProvider {
 
     /// `POST /_test/<hook>?<query>` (e.g. `("revoke-user", "user=alice")`), asserting 200.
     pub async fn hook(&self, hook: &str, query: &str) -> Value {
-        let resp = http_client()
-            .post(format!("{}/_test/{hook}?{query}", self.url()))
+        self.hook_with(hook, query, None).await
+    }
+
+    /// [`Self::hook`] with a JSON body (e.g. `claims`).
+    pub async fn hook_with(&self, hook: &str, query: &str, body: Option<Value>) -> Value {
+        let mut req = http_client().post(format!("{}/_test/{hook}?{query}", self.url()));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
             .send()
             .await
             .unwrap_or_else(|e| panic!("POST /_test/{hook}: {e}"));
