@@ -120,8 +120,7 @@ pub fn classify(status: Option<u32>, body: &[u8], route: &Route, to: ReplyTo<'_>
             None => Fetched::Refuse(token_service_unavailable("token-service-bad-answer", to)),
         },
         Some(404)
-            if serde_json::from_slice::<Refused>(body)
-                .is_ok_and(|r| r.error == "unknown_user") =>
+            if serde_json::from_slice::<Refused>(body).is_ok_and(|r| r.error == "unknown_user") =>
         {
             Fetched::Refuse(invalid_token_with(
                 route,
@@ -190,14 +189,7 @@ mod tests {
     fn only_compact_jws_of_bounded_size_goes_into_the_header() {
         assert!(IdentityAssertion::new(JWT, 0, 300).is_some());
         for bad in [
-            "",
-            "a.b",
-            "a.b.c.d",
-            "a..c",
-            "a.b.c\n",
-            "a.b.c d",
-            "a.b.c+",
-            "a.b.=",
+            "", "a.b", "a.b.c.d", "a..c", "a.b.c\n", "a.b.c d", "a.b.c+", "a.b.=",
         ] {
             assert!(IdentityAssertion::new(bad, 0, 300).is_none(), "{bad:?}");
         }
@@ -235,7 +227,10 @@ mod tests {
             (Some(500), b""),
             (Some(503), b"no healthy upstream"),
             (Some(200), b"{"),
-            (Some(200), br#"{"assertion": "x", "issued_at": 1, "expires_at": 2}"#),
+            (
+                Some(200),
+                br#"{"assertion": "x", "issued_at": 1, "expires_at": 2}"#,
+            ),
             (Some(200), br#"{"assertion": "a.b.c", "expires_at": 2}"#),
         ];
         for (status, body) in cases {

@@ -340,6 +340,7 @@ const READ_HEADERS: &[&str] = &[
     "mcp-method",
     "mcp-name",
     "x-request-id",
+    crate::assertion::HEADER,
 ];
 
 /// The request header `render-envoy` has Envoy set to the route's name (`route_header`).

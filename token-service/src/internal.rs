@@ -271,7 +271,12 @@ async fn identity_assertion(State(s): State<AppState>, body: axum::body::Bytes) 
         }
     };
     let now = s.now();
-    let claims = assertion_claims(&s.config().authorization_server.issuer, route, &identity, now);
+    let claims = assertion_claims(
+        &s.config().authorization_server.issuer,
+        route,
+        &identity,
+        now,
+    );
     match s.keys().sign_jwt(ASSERTION_TYP, &claims) {
         Ok(assertion) => no_store(
             Json(json!({

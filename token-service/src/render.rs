@@ -4,11 +4,11 @@
 
 use std::fmt::Write as _;
 
+use warden_core::assertion::HEADER as ASSERTION_HEADER;
 use warden_core::config::{
     JwksFetch, PluginConfig, RouteConfig, TokenServiceConfig, CONFIG_VERSION,
     DEFAULT_MAX_REQUEST_BYTES, ENVOY_ROUTE_PREFIX, ROUTE_HEADER,
 };
-use warden_core::assertion::HEADER as ASSERTION_HEADER;
 use warden_core::url::ResourceUrl;
 
 /// How long an MCP stream (an SSE response) may stay silent. Tool calls may run long and
@@ -569,7 +569,9 @@ mod tests {
         let router = yaml.find("name: envoy.filters.http.router").unwrap();
         assert!(strip < wasm && wasm < router, "{yaml}");
         assert!(
-            yaml.contains("mutations: { request_mutations: [ { remove: x-warden-jwt-assertion } ] }"),
+            yaml.contains(
+                "mutations: { request_mutations: [ { remove: x-warden-jwt-assertion } ] }"
+            ),
             "{yaml}"
         );
         // Never in a route's `request_headers_to_remove`: the router would apply it after the

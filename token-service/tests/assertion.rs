@@ -132,7 +132,11 @@ async fn an_assertion_names_the_user_and_the_upstream_and_verifies_with_the_jwks
         assert_eq!(answer["expires_at"], now + 300, "five minutes");
         let jwt = answer["assertion"].as_str().unwrap();
         let (header, claims) = verify(&env, jwt).await;
-        assert_eq!(header, json!({"alg": alg, "typ": "JWT"}), "not an access token");
+        assert_eq!(
+            header,
+            json!({"alg": alg, "typ": "JWT"}),
+            "not an access token"
+        );
         assert_eq!(
             claims,
             json!({
