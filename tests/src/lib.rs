@@ -584,7 +584,7 @@ pub struct StackOptions {
     pub bootstrap_hook: Option<BootstrapHook>,
 }
 
-type BootstrapHook = Box<dyn FnOnce(&mut String) + Send>;
+pub type BootstrapHook = Box<dyn FnOnce(&mut String) + Send>;
 
 impl Default for StackOptions {
     fn default() -> Self {

@@ -71,13 +71,12 @@ impl AssertionStack {
         let verifier = DemoServer::start_with(&verifier_dir, port, &args).await;
         let (to, internal) = (verifier.mcp_url(), format!("127.0.0.1:{}", free_port()));
         let provider_url = provider.as_ref().map(OAuthProvider::url);
-        let bootstrap_hook: Option<Box<dyn FnOnce(&mut String) + Send>> =
-            (setup == Setup::FilterAlone).then(|| {
-                Box::new(|yaml: &mut String| {
-                    assert!(yaml.contains(STRIP_FILTER), "{yaml}");
-                    *yaml = yaml.replace(STRIP_FILTER, "");
-                }) as Box<dyn FnOnce(&mut String) + Send>
-            });
+        let bootstrap_hook: Option<BootstrapHook> = (setup == Setup::FilterAlone).then(|| {
+            Box::new(|yaml: &mut String| {
+                assert!(yaml.contains(STRIP_FILTER), "{yaml}");
+                *yaml = yaml.replace(STRIP_FILTER, "");
+            }) as BootstrapHook
+        });
         let opts = StackOptions {
             ports: Some(ports),
             bootstrap_hook,
