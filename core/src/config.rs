@@ -41,8 +41,9 @@ pub struct PluginConfig {
     /// does, with the `header_mutation` filter); absent, the property is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_header: Option<String>,
-    /// Where the filter asks for users' upstream tokens (TI) on routes with `upstream_oauth`:
-    /// the token service's internal listener. Required when any route has `upstream_oauth`.
+    /// Where the filter asks for users' upstream tokens (TI) on routes with `upstream_oauth`,
+    /// and for identity assertions on routes with `pass_identity_headers`: the token service's
+    /// internal listener. Required when any route has either.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_service: Option<TokenServiceConfig>,
     pub routes: Vec<RouteConfig>,
@@ -128,6 +129,10 @@ pub struct RouteConfig {
     /// filter gets it from `token_service` and sends it as `Authorization: Bearer <TI>`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub upstream_oauth: bool,
+    /// Add `X-Warden-Jwt-Assertion` (the user's identity, signed by the token service) to
+    /// requests forwarded on this route; the filter gets it from `token_service`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pass_identity_headers: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -222,6 +227,8 @@ pub struct Route {
     pub redact_parameters: Vec<String>,
     /// Requests carry the user's upstream token (TI) from the token service.
     pub upstream_oauth: bool,
+    /// Requests carry the user's identity assertion from the token service.
+    pub pass_identity_headers: bool,
 }
 
 /// The compiled configuration the filter works from.
@@ -233,7 +240,8 @@ pub struct CompiledConfig {
     pub token_cache_entries: usize,
     pub authorize_filter_state: bool,
     pub route_header: Option<String>,
-    /// Where upstream tokens come from (present when a route has `upstream_oauth`).
+    /// Where upstream tokens and identity assertions come from (present when a route has
+    /// `upstream_oauth` or `pass_identity_headers`).
     pub token_service: Option<TokenService>,
     pub routes: Vec<Route>,
 }
@@ -332,6 +340,7 @@ const READ_HEADERS: &[&str] = &[
     "mcp-method",
     "mcp-name",
     "x-request-id",
+    crate::assertion::HEADER,
 ];
 
 /// The request header `render-envoy` has Envoy set to the route's name (`route_header`).
@@ -503,6 +512,12 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
                 "needs token_service: the upstream token comes from the token service",
             ));
         }
+        if r.pass_identity_headers && token_service.is_none() {
+            return Err(err(
+                at("pass_identity_headers"),
+                "needs token_service: the identity assertion comes from the token service",
+            ));
+        }
         let resource_name = r.resource_name.clone().unwrap_or_else(|| r.name.clone());
         let metadata_document = serde_json::json!({
             "resource": r.resource,
@@ -534,6 +549,7 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
             log_tool_parameters: r.log_tool_parameters,
             redact_parameters: r.redact_parameters,
             upstream_oauth: r.upstream_oauth,
+            pass_identity_headers: r.pass_identity_headers,
         });
     }
     Ok(CompiledConfig {
@@ -848,6 +864,28 @@ mod tests {
         let raw: PluginConfig = serde_json::from_value(sample()).unwrap();
         let text = serde_json::to_string(&raw).unwrap();
         assert!(!text.contains("upstream_oauth"), "{text}");
+        assert!(!text.contains("pass_identity_headers"), "{text}");
         assert!(!text.contains("\"token_service\""), "{text}");
+    }
+
+    #[test]
+    fn pass_identity_headers_needs_the_token_service_and_names_the_field() {
+        let mut v = with_upstream_oauth();
+        v["routes"][1]["pass_identity_headers"] = true.into();
+        let c = load(v.clone()).unwrap();
+        assert!(c.routes[1].pass_identity_headers);
+        assert!(!c.routes[0].pass_identity_headers);
+        // Both on one route: the TI and the assertion.
+        v["routes"][0]["pass_identity_headers"] = true.into();
+        let c = load(v.clone()).unwrap();
+        assert!(c.routes[0].upstream_oauth && c.routes[0].pass_identity_headers);
+        // Without a token service there is nowhere to get it from.
+        let mut alone = sample();
+        alone["routes"][1]["pass_identity_headers"] = true.into();
+        let e = load(alone).unwrap_err();
+        assert_eq!(e.path, "routes[1].pass_identity_headers", "{e}");
+        v["routes"][0]["pass_identity_headers"] = "yes".into();
+        let e = load(v).unwrap_err();
+        assert!(e.path.starts_with("routes[0].pass_identity_headers"), "{e}");
     }
 }

@@ -295,6 +295,43 @@ mod tests {
     }
 
     #[test]
+    fn an_identity_assertion_is_never_accepted_as_an_access_token() {
+        // The token service signs identity assertions with the same key and `kid` as TEs, but
+        // with `typ: JWT` and `aud` = the upstream's origin: presented as a bearer, refused.
+        let (key, jwks) = es256_pair();
+        let keys = KeySet::from_jwks(jwks.as_bytes()).unwrap();
+        let assertion_claims = claims("http://127.0.0.1:9200", 1000, 1300);
+        let assertion = Es256
+            .token(
+                &jwt_compact::Header::empty()
+                    .with_key_id("k1")
+                    .with_token_type("JWT"),
+                &assertion_claims,
+                &key,
+            )
+            .unwrap();
+        assert_eq!(
+            verify(&assertion, &keys, &rules(), 1100).map(|_| ()),
+            Err(TokenError::WrongType)
+        );
+        // Without a `typ` at all: refused the same way.
+        let untyped = Es256
+            .token(
+                &jwt_compact::Header::empty().with_key_id("k1"),
+                &assertion_claims,
+                &key,
+            )
+            .unwrap();
+        assert_eq!(
+            verify(&untyped, &keys, &rules(), 1100).map(|_| ()),
+            Err(TokenError::WrongType)
+        );
+        // And its audience (an origin) is no route's resource even if the type were right.
+        let id = verify(&sign(&key, &assertion_claims), &keys, &rules(), 1100).unwrap();
+        assert!(!id.allows_resource("http://127.0.0.1:9200/mcp"));
+    }
+
+    #[test]
     fn rejects_forgeries() {
         let (key, jwks) = es256_pair();
         let keys = KeySet::from_jwks(jwks.as_bytes()).unwrap();

@@ -430,16 +430,32 @@ fn last_was_comma(chars: &[char], at: usize) -> bool {
         .is_none_or(|c| *c == ',')
 }
 
-/// The per-worker cache of TIs, by route and user (`sub`). Bounded: when full, TIs due for
-/// renewal go first, then an arbitrary one (a miss only costs a look-up).
+/// A credential the filter caches per route and user, until it is due for renewal.
+pub trait Renewable {
+    /// Still good to send at `now`.
+    fn usable(&self, now: i64) -> bool;
+}
+
+impl Renewable for UpstreamToken {
+    fn usable(&self, now: i64) -> bool {
+        UpstreamToken::usable(self, now)
+    }
+}
+
+/// A per-worker cache of credentials by route and user (`sub`): TIs, identity assertions.
+/// Bounded: when full, entries due for renewal go first, then an arbitrary batch (a miss only
+/// costs a look-up).
 #[derive(Debug)]
-pub struct UpstreamTokenCache {
-    by_route: Vec<HashMap<Box<str>, Rc<UpstreamToken>>>,
+pub struct RouteUserCache<T> {
+    by_route: Vec<HashMap<Box<str>, Rc<T>>>,
     len: usize,
     capacity: usize,
 }
 
-impl UpstreamTokenCache {
+/// The per-worker cache of TIs.
+pub type UpstreamTokenCache = RouteUserCache<UpstreamToken>;
+
+impl<T: Renewable> RouteUserCache<T> {
     pub fn new(capacity: usize, routes: usize) -> Self {
         Self {
             by_route: (0..routes).map(|_| HashMap::new()).collect(),
@@ -448,21 +464,21 @@ impl UpstreamTokenCache {
         }
     }
 
-    /// The cached TI when it is still usable; one that is not is forgotten.
-    pub fn get(&mut self, route: usize, sub: &str, now: i64) -> Option<Rc<UpstreamToken>> {
+    /// The cached entry when it is still usable; one that is not is forgotten.
+    pub fn get(&mut self, route: usize, sub: &str, now: i64) -> Option<Rc<T>> {
         let map = self.by_route.get_mut(route)?;
-        let token = map.get(sub)?;
-        if token.usable(now) {
-            return Some(Rc::clone(token));
+        let entry = map.get(sub)?;
+        if entry.usable(now) {
+            return Some(Rc::clone(entry));
         }
         map.remove(sub);
         self.len -= 1;
         None
     }
 
-    /// Keeps a TI (only a usable one: the next request would not use it anyway).
-    pub fn put(&mut self, route: usize, sub: &str, token: Rc<UpstreamToken>, now: i64) {
-        if !token.usable(now) || route >= self.by_route.len() {
+    /// Keeps an entry (only a usable one: the next request would not use it anyway).
+    pub fn put(&mut self, route: usize, sub: &str, entry: Rc<T>, now: i64) {
+        if !entry.usable(now) || route >= self.by_route.len() {
             return;
         }
         if self.len >= self.capacity {
@@ -472,7 +488,7 @@ impl UpstreamTokenCache {
             self.len = self.by_route.iter().map(HashMap::len).sum();
         }
         if self.len >= self.capacity {
-            // Still full of usable tokens: free an eighth at once, so the next misses do not
+            // Still full of usable entries: free an eighth at once, so the next misses do not
             // each scan the whole cache again (amortised constant work per insert).
             let mut evict = (self.capacity / 8).max(1);
             for map in &mut self.by_route {
@@ -488,21 +504,18 @@ impl UpstreamTokenCache {
             }
         }
         if let Some(map) = self.by_route.get_mut(route) {
-            if map.insert(sub.into(), token).is_none() {
+            if map.insert(sub.into(), entry).is_none() {
                 self.len += 1;
             }
         }
     }
 
-    /// Forgets the TI the server refused, unless another request already cached a newer one.
-    pub fn remove(&mut self, route: usize, sub: &str, refused: &UpstreamToken) -> bool {
+    /// Forgets the user's entry on the route when `stale` says it is the one to drop.
+    pub fn remove_if(&mut self, route: usize, sub: &str, stale: impl Fn(&T) -> bool) -> bool {
         let Some(map) = self.by_route.get_mut(route) else {
             return false;
         };
-        if map
-            .get(sub)
-            .is_some_and(|t| t.access_token() == refused.access_token())
-        {
+        if map.get(sub).is_some_and(|t| stale(t)) {
             map.remove(sub);
             self.len -= 1;
             return true;
@@ -516,6 +529,13 @@ impl UpstreamTokenCache {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+impl RouteUserCache<UpstreamToken> {
+    /// Forgets the TI the server refused, unless another request already cached a newer one.
+    pub fn remove(&mut self, route: usize, sub: &str, refused: &UpstreamToken) -> bool {
+        self.remove_if(route, sub, |t| t.access_token() == refused.access_token())
     }
 }
 

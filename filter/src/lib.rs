@@ -6,7 +6,8 @@
 //! * `worker` — per-worker state and the JWKS: one fetch at a time, from the root context, with
 //!   the requests that wait for it woken when it answers.
 //! * `request` — the request path: token check, body judgement, session id unwrapping, the
-//!   upstream token (TI) looked up and injected on routes with `upstream_oauth`.
+//!   upstream token (TI) looked up and injected on routes with `upstream_oauth`, the identity
+//!   assertion on routes with `pass_identity_headers` (a client's own is always removed).
 //! * `response` — the response path: CORS, session id wrapping, `tools/list` filtering, a TI
 //!   the MCP server refused dropped.
 
@@ -46,8 +47,8 @@ impl Context for WardenRoot {
         // A look-up a request dispatched while the root was the SDK's active context (a
         // request woken by the JWKS answer) comes back here.
         let lookup = worker.borrow_mut().take_lookup(token);
-        if let Some(waiter) = lookup {
-            request::deliver_lookup(waiter, headers, body);
+        if let Some((waiter, kind)) = lookup {
+            request::deliver_lookup(waiter, kind, headers, body);
             return;
         }
         let waiting = worker.borrow_mut().accept_jwks(token, headers, body);

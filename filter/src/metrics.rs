@@ -40,9 +40,14 @@ pub enum Counter {
     DeniedUpstreamToken,
     /// Upstream tokens the MCP server refused (dropped, the client sent to authorize again).
     UpstreamTokenRefused,
+    /// Identity assertions asked of the token service (cache misses).
+    IdentityAssertionLookups,
+    /// Requests refused for want of an identity assertion (user gone, token service
+    /// unavailable).
+    DeniedIdentityAssertion,
 }
 
-const NAMES: [&str; 17] = [
+const NAMES: [&str; 19] = [
     "mcp_warden.requests_allowed",
     "mcp_warden.requests_denied",
     "mcp_warden.local_replies",
@@ -60,6 +65,8 @@ const NAMES: [&str; 17] = [
     "mcp_warden.upstream_token_lookups",
     "mcp_warden.denied_upstream_token",
     "mcp_warden.upstream_token_refused",
+    "mcp_warden.identity_assertion_lookups",
+    "mcp_warden.denied_identity_assertion",
 ];
 
 pub struct Metrics {

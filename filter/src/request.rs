@@ -13,6 +13,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 use warden_core::access::{self, Grant, RequestHead, Step};
+use warden_core::assertion::{self, Fetched, IdentityAssertion};
 use warden_core::config::Route;
 use warden_core::mcp::{self as judge, CallHead, Verdict};
 use warden_core::names::disguised_header;
@@ -24,7 +25,7 @@ use warden_core::upstream::{self, Lookup, ReplyTo, UpstreamToken, MAX_ANSWER_BYT
 use crate::headers::HeaderBlock;
 use crate::metrics::{Counter, Metrics};
 use crate::response::ResponseFilter;
-use crate::worker::{now_seconds, seconds, Waiter, Worker};
+use crate::worker::{now_seconds, seconds, LookupKind, Waiter, Worker};
 
 /// The request head as the host gave it (one block), with the fields the decision reads as
 /// ranges into it; kept while a JWKS fetch is in flight.
@@ -44,6 +45,8 @@ struct OwnedHead {
     transfer_encoding: bool,
     session_ids: Vec<Range<usize>>,
     disguised_header: Option<&'static str>,
+    /// The client sent `X-Warden-Jwt-Assertion`: removed before anything else happens.
+    client_assertion: bool,
     /// What the MCP judgement reads (kept as text; odd bytes only ever fail a comparison).
     call: CallHead,
     end_of_stream: bool,
@@ -71,6 +74,7 @@ impl OwnedHead {
             transfer_encoding: false,
             session_ids: Vec::new(),
             disguised_header: None,
+            client_assertion: false,
             call: CallHead::default(),
             end_of_stream,
         };
@@ -100,6 +104,7 @@ impl OwnedHead {
                 b"mcp-method" => head.call.routing.method = Some(text()),
                 b"mcp-name" => head.call.routing.name = Some(text()),
                 b"x-request-id" => head.call.request_id = text(),
+                b"x-warden-jwt-assertion" => head.client_assertion = true,
                 other => {
                     if head.disguised_header.is_none() {
                         head.disguised_header =
@@ -172,6 +177,8 @@ pub struct RequestState {
     awaiting_keys: bool,
     /// Paused until the token service answers this call-out with the user's TI.
     upstream_lookup: Option<u32>,
+    /// Paused until the token service answers this call-out with the identity assertion.
+    assertion_lookup: Option<u32>,
     /// The TI sent upstream with this request, checked against the server's answer.
     pub(crate) upstream_sent: Option<Rc<UpstreamToken>>,
     /// A local reply went out: nothing of this request may continue upstream.
@@ -203,8 +210,9 @@ pub fn wake(waiter: Waiter) {
     }
 }
 
-/// Finishes a request that waited for its upstream token, with the token service's answer.
-pub fn deliver_lookup(waiter: Waiter, headers: usize, body_size: usize) {
+/// Finishes a request that waited for its upstream token or identity assertion, with the
+/// token service's answer.
+pub fn deliver_lookup(waiter: Waiter, kind: LookupKind, headers: usize, body_size: usize) {
     let Some(state) = waiter.state.upgrade() else {
         return;
     };
@@ -215,7 +223,33 @@ pub fn deliver_lookup(waiter: Waiter, headers: usize, body_size: usize) {
     if s.done || hostcalls::set_effective_context(waiter.id).is_err() {
         return;
     }
-    s.accept_lookup(headers, body_size);
+    let (status, body) = read_answer(headers, body_size);
+    match kind {
+        LookupKind::UpstreamToken => s.accept_lookup(status, &body),
+        LookupKind::IdentityAssertion => s.accept_assertion(status, &body),
+    }
+}
+
+/// The internal API's answer to the call-out being delivered: `None` status when the call
+/// failed (Envoy's sign: zero headers); bodies over the bound are not read.
+fn read_answer(headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>) {
+    let status = if headers == 0 {
+        None
+    } else {
+        hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+            .ok()
+            .and_then(|h| h.into_iter().find(|(name, _)| name == ":status"))
+            .and_then(|(_, value)| std::str::from_utf8(&value).ok()?.parse::<u32>().ok())
+    };
+    let body = if body_size == 0 || body_size > MAX_ANSWER_BYTES {
+        Vec::new()
+    } else {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    };
+    (status, body)
 }
 
 impl RequestState {
@@ -324,7 +358,117 @@ impl RequestState {
 
     /// Nothing may move upstream while the request is undecided or after it was refused.
     fn holding(&self) -> bool {
-        self.awaiting_keys || self.replied || self.upstream_lookup.is_some()
+        self.awaiting_keys || self.lookups_pending() || self.replied
+    }
+
+    fn lookups_pending(&self) -> bool {
+        self.upstream_lookup.is_some() || self.assertion_lookup.is_some()
+    }
+
+    /// Lets a request that waited for its credentials go on once it has all of them (and
+    /// nothing refused it meanwhile).
+    fn resume_when_ready(&self) {
+        if !self.lookups_pending() && !self.replied && !self.awaiting_keys {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+
+    /// The credentials the route sends upstream: the identity assertion and the TI, each
+    /// from the worker's cache or from the token service. Both call-outs leave at once; the
+    /// request goes on when both answered.
+    fn attach_credentials(&mut self, upstream_oauth: bool, pass_identity_headers: bool) -> Action {
+        let mut action = Action::Continue;
+        if pass_identity_headers {
+            if let Action::Pause = self.attach_identity_assertion() {
+                action = Action::Pause;
+            }
+        }
+        if self.replied {
+            return Action::Pause;
+        }
+        if upstream_oauth {
+            if let Action::Pause = self.attach_upstream_token() {
+                action = Action::Pause;
+            }
+        }
+        action
+    }
+
+    /// Adds the user's identity assertion: from the worker's cache (no call-out, nothing
+    /// signed), or paused while the token service issues one.
+    fn attach_identity_assertion(&mut self) -> Action {
+        let Some(grant) = self.grant.as_ref() else {
+            return Action::Continue;
+        };
+        let now = now_seconds();
+        let worker = Rc::clone(&self.worker);
+        let mut w = worker.borrow_mut();
+        let sub = grant.identity.claims.sub.as_str();
+        if let Some(assertion) = w.assertions.get(grant.route, sub, now) {
+            set_assertion(&assertion);
+            return Action::Continue;
+        }
+        let body = match w.config.routes.get(grant.route) {
+            Some(route) => assertion::request_body(sub, &route.name),
+            None => return Action::Continue,
+        };
+        let waiter = Waiter {
+            id: self.id,
+            state: self.me.clone(),
+        };
+        match w.start_lookup(waiter, LookupKind::IdentityAssertion, &body) {
+            Ok(token) => {
+                self.assertion_lookup = Some(token);
+                Action::Pause
+            }
+            Err(reason) => {
+                drop(w);
+                let reply = upstream::token_service_unavailable(
+                    reason,
+                    ReplyTo {
+                        request_id: self.request_id(),
+                        cors: grant.cors_origin.as_deref(),
+                    },
+                );
+                self.refuse_for_credentials(reply, Counter::DeniedIdentityAssertion);
+                Action::Pause
+            }
+        }
+    }
+
+    /// The token service answered the assertion request: add it, or answer the client.
+    fn accept_assertion(&mut self, status: Option<u32>, body: &[u8]) {
+        if self.assertion_lookup.take().is_none() || self.replied {
+            return;
+        }
+        let Some(grant) = self.grant.as_ref() else {
+            return;
+        };
+        let worker = Rc::clone(&self.worker);
+        let config = Rc::clone(&worker.borrow().config);
+        let Some(route) = config.routes.get(grant.route) else {
+            return;
+        };
+        let to = ReplyTo {
+            request_id: self.request_id(),
+            cors: grant.cors_origin.as_deref(),
+        };
+        match assertion::classify(status, body, route, to) {
+            Fetched::Use(assertion) => {
+                let assertion = Rc::new(assertion);
+                set_assertion(&assertion);
+                worker.borrow_mut().assertions.put(
+                    grant.route,
+                    &grant.identity.claims.sub,
+                    assertion,
+                    now_seconds(),
+                );
+                self.resume_when_ready();
+            }
+            Fetched::Refuse(reply) => {
+                self.refuse_for_credentials(reply, Counter::DeniedIdentityAssertion)
+            }
+        }
     }
 
     /// The request's `x-request-id`, which JSON-RPC errors carry for the log.
@@ -363,7 +507,7 @@ impl RequestState {
             id: self.id,
             state: self.me.clone(),
         };
-        match w.start_lookup(waiter, &body) {
+        match w.start_lookup(waiter, LookupKind::UpstreamToken, &body) {
             Ok(token) => {
                 self.upstream_lookup = Some(token);
                 Action::Pause
@@ -377,34 +521,17 @@ impl RequestState {
                         cors: grant.cors_origin.as_deref(),
                     },
                 );
-                self.refuse_for_upstream_token(reply);
+                self.refuse_for_credentials(reply, Counter::DeniedUpstreamToken);
                 Action::Pause
             }
         }
     }
 
     /// The token service answered the look-up: send the TI upstream, or answer the client.
-    fn accept_lookup(&mut self, headers: usize, body_size: usize) {
-        if self.upstream_lookup.take().is_none() {
+    fn accept_lookup(&mut self, status: Option<u32>, body: &[u8]) {
+        if self.upstream_lookup.take().is_none() || self.replied {
             return;
         }
-        let status = if headers == 0 {
-            // Envoy's sign of a failed call (no answer, timeout): nothing to read.
-            None
-        } else {
-            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
-                .ok()
-                .and_then(|h| h.into_iter().find(|(name, _)| name == ":status"))
-                .and_then(|(_, value)| std::str::from_utf8(&value).ok()?.parse::<u32>().ok())
-        };
-        let body = if body_size == 0 || body_size > MAX_ANSWER_BYTES {
-            Vec::new()
-        } else {
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                .ok()
-                .flatten()
-                .unwrap_or_default()
-        };
         let Some(grant) = self.grant.as_ref() else {
             return;
         };
@@ -417,7 +544,7 @@ impl RequestState {
             request_id: self.request_id(),
             cors: grant.cors_origin.as_deref(),
         };
-        match upstream::classify_lookup(status, &body, route, to) {
+        match upstream::classify_lookup(status, body, route, to) {
             Lookup::Use(token) => {
                 let token = Rc::new(token);
                 worker.borrow_mut().upstream_tokens.put(
@@ -432,17 +559,18 @@ impl RequestState {
                     Some(token.authorization().as_bytes()),
                 );
                 self.upstream_sent = Some(token);
-                let _ = hostcalls::resume_http_request();
+                self.resume_when_ready();
             }
-            Lookup::Refuse(reply) => self.refuse_for_upstream_token(reply),
+            Lookup::Refuse(reply) => {
+                self.refuse_for_credentials(reply, Counter::DeniedUpstreamToken)
+            }
         }
     }
 
-    fn refuse_for_upstream_token(&mut self, reply: LocalReply) {
-        self.worker
-            .borrow()
-            .metrics
-            .inc(Counter::DeniedUpstreamToken);
+    /// A credential the route needs cannot be had: the client gets `reply`, and the request
+    /// never reaches the upstream (a look-up still in flight finds it answered).
+    fn refuse_for_credentials(&mut self, reply: LocalReply, counter: Counter) {
+        self.worker.borrow().metrics.inc(counter);
         let route = self
             .grant
             .as_ref()
@@ -556,9 +684,11 @@ impl RequestState {
                         self.response = ResponseFilter::Json(id);
                     }
                 }
-                if route.upstream_oauth {
+                let (upstream_oauth, pass_identity) =
+                    (route.upstream_oauth, route.pass_identity_headers);
+                if upstream_oauth || pass_identity {
                     drop(w);
-                    return self.attach_upstream_token();
+                    return self.attach_credentials(upstream_oauth, pass_identity);
                 }
                 Action::Continue
             }
@@ -647,6 +777,15 @@ impl RequestState {
     }
 }
 
+/// Sets the request's `x-warden-jwt-assertion` (replacing any value).
+fn set_assertion(assertion: &IdentityAssertion) {
+    let _ = hostcalls::set_map_value_bytes(
+        MapType::HttpRequestHeaders,
+        assertion::HEADER,
+        Some(assertion.value().as_bytes()),
+    );
+}
+
 /// The HTTP context the SDK owns; it hands every callback to the shared state.
 pub struct WardenRequest {
     state: Rc<RefCell<RequestState>>,
@@ -662,6 +801,7 @@ impl WardenRequest {
                 grant: None,
                 awaiting_keys: false,
                 upstream_lookup: None,
+                assertion_lookup: None,
                 upstream_sent: None,
                 replied: false,
                 done: false,
@@ -682,7 +822,10 @@ impl Context for WardenRequest {
             s.done = true;
             // Free the look-up's slot: its answer (Envoy still delivers it, to the root) may
             // come back to this context after it is gone, where nobody would see it.
-            if let Some(token) = s.upstream_lookup.take() {
+            for token in [s.upstream_lookup.take(), s.assertion_lookup.take()]
+                .into_iter()
+                .flatten()
+            {
                 let _ = s.worker.borrow_mut().take_lookup(token);
             }
         }
@@ -696,8 +839,8 @@ impl Context for WardenRequest {
         };
         // Anything else is a drop's answer, which nobody reads.
         let lookup = worker.borrow_mut().take_lookup(token);
-        if let Some(waiter) = lookup {
-            deliver_lookup(waiter, headers, body);
+        if let Some((waiter, kind)) = lookup {
+            deliver_lookup(waiter, kind, headers, body);
         }
     }
 }
@@ -717,10 +860,17 @@ impl HttpContext for WardenRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.with(|s| {
             let route_header = Rc::clone(&s.worker.borrow().config);
-            s.head = Some(OwnedHead::read(
-                end_of_stream,
-                route_header.route_header.as_deref(),
-            ));
+            let head = OwnedHead::read(end_of_stream, route_header.route_header.as_deref());
+            if head.client_assertion {
+                // Only the gateway vouches for a user: a client's own assertion never goes
+                // on, whatever the route (the real one is added after the checks).
+                let _ = hostcalls::set_map_value_bytes(
+                    MapType::HttpRequestHeaders,
+                    assertion::HEADER,
+                    None,
+                );
+            }
+            s.head = Some(head);
             // One clock read serves the token's expiry check and the record's duration.
             s.started = hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH);
             let now = seconds(s.started);

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use warden_core::assertion::{self, AssertionCache};
 use warden_core::cache::TokenCache;
 use warden_core::config::CompiledConfig;
 use warden_core::keys::KeySet;
@@ -31,7 +32,8 @@ const MIN_KID_REFETCH_SECONDS: i64 = 5;
 const MIN_BOOTSTRAP_FETCH_SECONDS: i64 = 1;
 /// Requests waiting for one fetch; later ones are decided at once with the keys at hand.
 const MAX_WAITING: usize = 1024;
-/// Upstream token look-ups in flight per worker; a request beyond them gets a 503.
+/// Look-ups (upstream tokens, identity assertions) in flight per worker; a request beyond
+/// them gets a 503.
 const MAX_LOOKUPS: usize = 64;
 /// JWKS responses larger than this are refused rather than parsed.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
@@ -66,6 +68,31 @@ struct Fetch {
     waiting: Vec<Waiter>,
 }
 
+/// What a request asks the token service's internal API for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupKind {
+    /// The user's upstream token (TI).
+    UpstreamToken,
+    /// The user's identity assertion for the route.
+    IdentityAssertion,
+}
+
+impl LookupKind {
+    fn path(self) -> &'static str {
+        match self {
+            LookupKind::UpstreamToken => LOOKUP_PATH,
+            LookupKind::IdentityAssertion => assertion::PATH,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            LookupKind::UpstreamToken => "upstream token look-up",
+            LookupKind::IdentityAssertion => "identity assertion request",
+        }
+    }
+}
+
 pub struct Worker {
     root_id: u32,
     pub config: Rc<CompiledConfig>,
@@ -75,8 +102,10 @@ pub struct Worker {
     pub cache: TokenCache,
     /// Users' upstream tokens (TI), by route and `sub`.
     pub upstream_tokens: UpstreamTokenCache,
-    /// Upstream token look-ups in flight, by call-out token.
-    lookups: HashMap<u32, Waiter>,
+    /// Users' identity assertions, by route and `sub`.
+    pub assertions: AssertionCache,
+    /// Look-ups in flight (upstream tokens, identity assertions), by call-out token.
+    lookups: HashMap<u32, (Waiter, LookupKind)>,
     /// `tools/list` answers filtered lately, reused when a caller lists again.
     pub lists: FilteredLists,
     pub session_key: SessionKey,
@@ -159,6 +188,7 @@ impl Worker {
         let cache = TokenCache::new(config.token_cache_entries, config.rules.leeway_seconds);
         let upstream_tokens =
             UpstreamTokenCache::new(config.token_cache_entries, config.routes.len());
+        let assertions = AssertionCache::new(config.token_cache_entries, config.routes.len());
         let shared_key = format!("{JWKS_SHARED_KEY_PREFIX}{}", config.rules.issuer);
         Self {
             root_id,
@@ -167,6 +197,7 @@ impl Worker {
             keys_cas: None,
             cache,
             upstream_tokens,
+            assertions,
             lookups: HashMap::new(),
             lists: FilteredLists::default(),
             session_key: session_key.0,
@@ -358,10 +389,16 @@ impl Worker {
 }
 
 impl Worker {
-    /// Asks the token service for a user's upstream token. The SDK hands the answer to the
-    /// context it had active (the request, or the root for a request the JWKS answer woke);
-    /// both find the request with `take_lookup`. `Err` is the reason to refuse it with.
-    pub fn start_lookup(&mut self, waiter: Waiter, body: &str) -> Result<u32, &'static str> {
+    /// Asks the token service for a user's upstream token or identity assertion. The SDK
+    /// hands the answer to the context it had active (the request, or the root for a request
+    /// the JWKS answer woke); both find the request with `take_lookup`. `Err` is the reason to
+    /// refuse it with.
+    pub fn start_lookup(
+        &mut self,
+        waiter: Waiter,
+        kind: LookupKind,
+        body: &str,
+    ) -> Result<u32, &'static str> {
         let Some(ts) = self.config.token_service.as_ref() else {
             return Err("token-service-unconfigured");
         };
@@ -370,7 +407,7 @@ impl Worker {
         }
         let headers = vec![
             (":method", "POST"),
-            (":path", LOOKUP_PATH),
+            (":path", kind.path()),
             (":authority", ts.authority.as_str()),
             ("authorization", ts.authorization.as_str()),
             ("content-type", "application/json"),
@@ -385,13 +422,17 @@ impl Worker {
             timeout,
         ) {
             Ok(token) => {
-                self.lookups.insert(token, waiter);
-                self.metrics.inc(Counter::UpstreamTokenLookups);
+                self.lookups.insert(token, (waiter, kind));
+                self.metrics.inc(match kind {
+                    LookupKind::UpstreamToken => Counter::UpstreamTokenLookups,
+                    LookupKind::IdentityAssertion => Counter::IdentityAssertionLookups,
+                });
                 Ok(token)
             }
             Err(status) => {
                 log::warn!(
-                    "mcp-warden: cannot dispatch upstream token look-up to cluster {}: {status:?}",
+                    "mcp-warden: cannot dispatch {} to cluster {}: {status:?}",
+                    kind.what(),
                     ts.cluster
                 );
                 Err("token-service-unavailable")
@@ -400,7 +441,7 @@ impl Worker {
     }
 
     /// The request waiting for this call-out's answer, if it is a look-up (and frees its slot).
-    pub fn take_lookup(&mut self, token: u32) -> Option<Waiter> {
+    pub fn take_lookup(&mut self, token: u32) -> Option<(Waiter, LookupKind)> {
         self.lookups.remove(&token)
     }
 

@@ -586,7 +586,13 @@ pub struct StackOptions {
     pub envoy_workers: u32,
     /// Extra environment for Envoy (e.g. `MCP_WARDEN_SESSION_KEY`).
     pub envoy_env: Vec<(String, String)>,
+    /// Ports picked beforehand (a server started first must know the token service's URL).
+    pub ports: Option<Ports>,
+    /// Last word on the rendered Envoy bootstrap (YAML text), before Envoy starts.
+    pub bootstrap_hook: Option<BootstrapHook>,
 }
+
+pub type BootstrapHook = Box<dyn FnOnce(&mut String) + Send>;
 
 impl Default for StackOptions {
     fn default() -> Self {
@@ -599,6 +605,8 @@ impl Default for StackOptions {
             envoy: true,
             envoy_workers: 1,
             envoy_env: Vec::new(),
+            ports: None,
+            bootstrap_hook: None,
         }
     }
 }
@@ -795,7 +803,7 @@ impl Stack {
             .prefix("warden-e2e-")
             .tempdir()
             .expect("temp dir");
-        let ports = Ports::pick();
+        let ports = opts.ports.take().unwrap_or_else(Ports::pick);
         let demo = DemoServer::start(dir.path(), ports.demo).await;
 
         let mut config = operator_config(dir.path(), &ports, &opts);
@@ -824,6 +832,11 @@ impl Stack {
         let envoy = match wasm {
             Some(wasm) => {
                 render_envoy(&config_path, &wasm, &bootstrap_path).await;
+                if let Some(hook) = opts.bootstrap_hook.take() {
+                    let mut yaml = std::fs::read_to_string(&bootstrap_path).expect("bootstrap");
+                    hook(&mut yaml);
+                    std::fs::write(&bootstrap_path, yaml).expect("write bootstrap");
+                }
                 let envs: Vec<(&str, &str)> = opts
                     .envoy_env
                     .iter()

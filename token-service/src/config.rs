@@ -554,6 +554,10 @@ pub struct RouteConfig {
     /// shut by accident; `allow: {and: [{authenticated_user: true}]}` admits every signed-in user.
     #[serde(default)]
     pub policy: Option<serde_json::Value>,
+    /// Add `X-Warden-Jwt-Assertion` (the user's identity, signed with the token service's
+    /// key) to the requests this route forwards. Pomerium's option name.
+    #[serde(default)]
+    pub pass_identity_headers: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -715,6 +719,14 @@ impl RouteConfig {
     /// RFC 8707 resource identifier: `from` + `prefix`, byte for byte.
     pub fn resource(&self) -> String {
         format!("{}{}", self.from, self.prefix)
+    }
+
+    /// The upstream's origin (`scheme://host[:port]` of `to`, default port left out): the
+    /// `aud` of the route's identity assertions.
+    pub fn upstream_origin(&self) -> String {
+        Url::parse(&self.to)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|_| self.to.clone())
     }
 }
 
@@ -1294,6 +1306,17 @@ impl Config {
         self.routes
             .iter()
             .any(|r| r.mcp.server.upstream_oauth2.is_some())
+    }
+
+    /// Whether any route passes identity headers (the identity assertion).
+    pub fn uses_identity_assertions(&self) -> bool {
+        self.routes.iter().any(|r| r.pass_identity_headers)
+    }
+
+    /// Whether the filter needs the internal listener: for upstream tokens or for identity
+    /// assertions. Bound, rendered (cluster and credential) and given a credential file then.
+    pub fn uses_internal_listener(&self) -> bool {
+        self.uses_upstream_oauth() || self.uses_identity_assertions()
     }
 
     pub fn route_by_name(&self, name: &str) -> Option<&RouteConfig> {

@@ -7,6 +7,9 @@
 //!   `503 upstream_unavailable`.
 //! * `POST /internal/v1/upstream-token/drop` `{"sub", "route", "access_token", "reason",
 //!   "scope"}` → `200 {"dropped"}`.
+//! * `POST /internal/v1/identity-assertion` `{"sub", "route"}` → `200 {"assertion",
+//!   "issued_at", "expires_at"}`, `404 unknown_user`, `404 unknown_route`,
+//!   `400 identity_headers_off` (the route does not pass identity headers).
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -17,6 +20,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::config::RouteConfig;
 use crate::flows::{constant_time_eq, hash_secret};
 use crate::vault::Lookup;
 use crate::AppState;
@@ -30,6 +34,7 @@ pub fn router(state: AppState) -> Router {
             "/internal/v1/upstream-token/drop",
             post(drop_upstream_token),
         )
+        .route("/internal/v1/identity-assertion", post(identity_assertion))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
@@ -180,6 +185,109 @@ async fn drop_upstream_token(State(s): State<AppState>, body: axum::body::Bytes)
         Ok(dropped) => no_store(Json(json!({ "dropped": dropped })).into_response()),
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "dropping an upstream token failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the token service failed",
+            )
+        }
+    }
+}
+
+/// How long an identity assertion lives. The filter reuses one per user and route until
+/// shortly before it expires (`min(30 s, lifetime / 10)`), so a server sees a fresh one at
+/// least every four and a half minutes.
+pub const ASSERTION_TTL_SECONDS: i64 = 300;
+
+/// The JOSE `typ` of identity assertions: a plain JWT, never an access token (`at+jwt`), so the
+/// filter refuses one presented as a bearer.
+pub const ASSERTION_TYP: &str = "JWT";
+
+/// The claims of a route's identity assertion for `identity`, issued at `now`.
+pub fn assertion_claims(
+    issuer: &str,
+    route: &RouteConfig,
+    identity: &crate::identity::Identity,
+    now: i64,
+) -> serde_json::Value {
+    json!({
+        "iss": issuer,
+        "aud": route.upstream_origin(),
+        "sub": identity.sub,
+        "email": identity.email,
+        "name": identity.name,
+        "groups": identity.groups,
+        "iat": now,
+        "exp": now + ASSERTION_TTL_SECONDS,
+        "route": route.name,
+    })
+}
+
+async fn identity_assertion(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    let Ok(q) = serde_json::from_slice::<TokenQuery>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "expected {\"sub\", \"route\"}",
+        );
+    };
+    let Some(route) = s.config().route_by_name(&q.route) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown_route",
+            "no route of that name",
+        );
+    };
+    if !route.pass_identity_headers {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "identity_headers_off",
+            "the route does not pass identity headers",
+        );
+    }
+    let sub = q.sub.clone();
+    let resolved = s
+        .blocking(move |s| {
+            crate::identity::resolve(s.config(), s.store().as_ref(), &sub)
+                .map_err(crate::error::Error::Internal)
+        })
+        .await;
+    let identity = match resolved {
+        Ok(Some(identity)) => identity,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "unknown_user",
+                "the user no longer exists",
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "resolving a user for an identity assertion failed");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the token service failed",
+            );
+        }
+    };
+    let now = s.now();
+    let claims = assertion_claims(
+        &s.config().authorization_server.issuer,
+        route,
+        &identity,
+        now,
+    );
+    match s.keys().sign_jwt(ASSERTION_TYP, &claims) {
+        Ok(assertion) => no_store(
+            Json(json!({
+                "assertion": assertion,
+                "issued_at": now,
+                "expires_at": now + ASSERTION_TTL_SECONDS,
+            }))
+            .into_response(),
+        ),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "signing an identity assertion failed");
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",

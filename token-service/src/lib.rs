@@ -108,22 +108,19 @@ impl AppState {
     pub fn new(config: Config) -> anyhow::Result<Self> {
         let store = SqliteStore::open(&config.storage.sqlite)?;
         let keys = SigningKey::load_or_generate(&config.signing_key_file(), config.signing_alg())?;
+        let mut secrets = Secrets::ephemeral();
         // Sealed secrets (upstream tokens, PKCE verifiers of sign-ins in progress) must open
         // after a restart and on every replica.
-        let secrets = if config.uses_upstream_oauth() || config.identity_provider.oidc.is_some() {
-            Secrets {
-                encryption_key: secrets::load_or_create(
-                    &config.encryption_key_file(),
-                    "encryption key",
-                )?,
-                internal_credential: secrets::encode(&secrets::load_or_create(
-                    &config.internal_credential_file(),
-                    "internal credential",
-                )?),
-            }
-        } else {
-            Secrets::ephemeral()
-        };
+        if config.uses_upstream_oauth() || config.identity_provider.oidc.is_some() {
+            secrets.encryption_key =
+                secrets::load_or_create(&config.encryption_key_file(), "encryption key")?;
+        }
+        if config.uses_internal_listener() {
+            secrets.internal_credential = secrets::encode(&secrets::load_or_create(
+                &config.internal_credential_file(),
+                "internal credential",
+            )?);
+        }
         Self::with_secrets(config, Arc::new(store), keys, secrets)
     }
 
@@ -302,11 +299,11 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Binds `authorization_server.listen` (and `internal_listen` when a route uses upstream
-/// OAuth) and serves until Ctrl-C / SIGTERM.
+/// OAuth or passes identity headers) and serves until Ctrl-C / SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.authorization_server.listen;
     let internal = config
-        .uses_upstream_oauth()
+        .uses_internal_listener()
         .then_some(config.authorization_server.internal_listen);
     // Open storage and keys first so "listening" means ready.
     let state = tokio::task::spawn_blocking(move || AppState::new(config)).await??;

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use warden_core::assertion::HEADER as ASSERTION_HEADER;
 use warden_core::config::{
     JwksFetch, PluginConfig, RouteConfig, TokenServiceConfig, CONFIG_VERSION,
     DEFAULT_MAX_REQUEST_BYTES, ENVOY_ROUTE_PREFIX, ROUTE_HEADER,
@@ -16,6 +17,10 @@ pub const STREAM_IDLE_TIMEOUT_SECONDS: u32 = 3600;
 
 /// The environment variable holding the session-binding key (read by the filter).
 pub const SESSION_KEY_ENV: &str = "MCP_WARDEN_SESSION_KEY";
+
+/// The `header_mutation` filter, first in the chain, that removes any client-sent identity
+/// assertion.
+pub const STRIP_ASSERTION_FILTER: &str = "mcp-warden.strip-identity-assertion";
 
 /// The cluster name the filter fetches the JWKS through.
 pub const TOKEN_SERVICE_CLUSTER: &str = "warden_token_service";
@@ -33,7 +38,7 @@ pub struct EnvoyInput {
     pub token_service: std::net::SocketAddr,
     pub wasm_path: String,
     pub routes: Vec<RouteInput>,
-    /// The internal listener, when a route needs upstream tokens.
+    /// The internal listener, when a route needs upstream tokens or identity assertions.
     pub internal: Option<InternalListener>,
 }
 
@@ -65,6 +70,8 @@ pub struct RouteInput {
     pub server: crate::config::McpServerConfig,
     /// The route has `upstream_oauth2`: the filter sends the user's upstream token.
     pub upstream_oauth: bool,
+    /// The route has `pass_identity_headers`: the filter adds the identity assertion.
+    pub pass_identity_headers: bool,
 }
 
 impl EnvoyInput {
@@ -72,7 +79,7 @@ impl EnvoyInput {
     /// routes it reads the internal credential, creating the file the service reads when it
     /// does not exist yet.
     pub fn from_config(config: &crate::config::Config, wasm_path: &str) -> anyhow::Result<Self> {
-        let internal = if config.uses_upstream_oauth() {
+        let internal = if config.uses_internal_listener() {
             let secret = crate::secrets::load_or_create(
                 &config.internal_credential_file(),
                 "internal credential",
@@ -100,6 +107,7 @@ impl EnvoyInput {
                     policy: r.policy.clone().unwrap_or_default(),
                     server: r.mcp.server.clone(),
                     upstream_oauth: r.mcp.server.upstream_oauth2.is_some(),
+                    pass_identity_headers: r.pass_identity_headers,
                 })
                 .collect(),
             internal,
@@ -155,6 +163,7 @@ pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
                 log_tool_parameters: r.server.log_tool_parameters.unwrap_or(false),
                 redact_parameters: r.server.redact_parameters.clone(),
                 upstream_oauth: r.upstream_oauth,
+                pass_identity_headers: r.pass_identity_headers,
             })
             .collect(),
     }
@@ -365,8 +374,13 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
     }
     // Unknown hosts get nothing (the filter answers metadata only for known hosts anyway).
     let _ = writeln!(w, "            - name: unknown-host\n              domains: [\"*\"]\n              routes:\n              - match: {{ prefix: \"/\" }}\n                direct_response: {{ status: 404, body: {{ inline_string: \"unknown host\\n\" }} }}\n                {}", route_header_mutation(&format!("{{ remove: {ROUTE_HEADER} }}")));
+    // A client never sends the identity assertion: removed before any filter runs, on every
+    // route (the warden filter removes it too, and adds the real one where configured).
+    // Route-level `request_headers_to_remove` would not do: the router applies it after the
+    // filters, so it would also remove the assertion the filter adds.
+    let _ = writeln!(w, "          http_filters:\n          - name: {STRIP_ASSERTION_FILTER}\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n              mutations: {{ request_mutations: [ {{ remove: {ASSERTION_HEADER} }} ] }}");
     // Sets the route header per route (above), so a client's own value never survives.
-    let _ = writeln!(w, "          http_filters:\n          - name: envoy.filters.http.header_mutation\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation");
+    let _ = writeln!(w, "          - name: envoy.filters.http.header_mutation\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation");
     let _ = writeln!(
         w,
         "          - name: envoy.filters.http.wasm\n            typed_config:"
@@ -435,6 +449,7 @@ mod tests {
                     policy: serde_json::json!({"allow": {"and": [{"authenticated_user": true}]}}),
                     server: Default::default(),
                     upstream_oauth: false,
+                    pass_identity_headers: false,
                 },
                 RouteInput {
                     name: "root".into(),
@@ -444,6 +459,7 @@ mod tests {
                     policy: serde_json::json!({"allow": {"and": [{"authenticated_user": true}]}}),
                     server: Default::default(),
                     upstream_oauth: false,
+                    pass_identity_headers: false,
                 },
             ],
             internal: None,
@@ -543,6 +559,73 @@ mod tests {
         let plugin = plugin_config(&sample());
         assert!(plugin.token_service.is_none());
         assert!(plugin.routes.iter().all(|r| !r.upstream_oauth));
+    }
+
+    #[test]
+    fn a_client_sent_assertion_is_removed_before_the_filters_on_every_route() {
+        let yaml = render(&sample()).unwrap();
+        let strip = yaml.find(STRIP_ASSERTION_FILTER).unwrap();
+        let wasm = yaml.find("name: envoy.filters.http.wasm").unwrap();
+        let router = yaml.find("name: envoy.filters.http.router").unwrap();
+        assert!(strip < wasm && wasm < router, "{yaml}");
+        assert!(
+            yaml.contains(
+                "mutations: { request_mutations: [ { remove: x-warden-jwt-assertion } ] }"
+            ),
+            "{yaml}"
+        );
+        // Never in a route's `request_headers_to_remove`: the router would apply it after the
+        // filter added the real assertion.
+        assert!(!yaml.contains("request_headers_to_remove: [x-warden-jwt-assertion"));
+    }
+
+    #[test]
+    fn identity_assertion_routes_get_the_internal_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("internal-credential");
+        let yaml = format!(
+            r#"
+authorization_server:
+  issuer: http://127.0.0.1:9100
+  internal_credential_file: {file}
+routes:
+- name: who
+  from: http://127.0.0.1:9000
+  prefix: /who
+  to: http://127.0.0.1:9200/mcp
+  pass_identity_headers: true
+  mcp: {{server: {{}}}}
+  policy: {{allow: {{and: [{{authenticated_user: true}}]}}}}
+- name: plain
+  from: http://127.0.0.1:9000
+  prefix: /plain
+  to: http://127.0.0.1:9200/mcp
+  mcp: {{server: {{}}}}
+  policy: {{allow: {{and: [{{authenticated_user: true}}]}}}}
+"#,
+            file = file.display()
+        );
+        let config = crate::config::Config::from_yaml(&yaml).unwrap();
+        assert!(!config.uses_upstream_oauth());
+        assert!(config.uses_internal_listener());
+        let input = EnvoyInput::from_config(&config, "filter.wasm").unwrap();
+        let secret = crate::secrets::load_or_create(&file, "internal credential").unwrap();
+        assert_eq!(
+            input.internal.as_ref().unwrap().credential,
+            crate::secrets::encode(&secret)
+        );
+        assert!(render(&input)
+            .unwrap()
+            .contains(&format!("  - name: {TOKEN_SERVICE_INTERNAL_CLUSTER}\n")));
+        let plugin = serde_json::to_string(&plugin_config(&input)).unwrap();
+        let compiled = warden_core::config::CompiledConfig::from_json(plugin.as_bytes()).unwrap();
+        assert!(compiled.token_service.is_some());
+        assert!(compiled.routes[0].pass_identity_headers);
+        assert!(!compiled.routes[0].upstream_oauth);
+        assert!(!compiled.routes[1].pass_identity_headers);
+        // Without the option anywhere: no internal listener, no flag in the plugin config.
+        let plain = render(&sample()).unwrap();
+        assert!(!plain.contains("pass_identity_headers"), "{plain}");
     }
 
     #[test]

@@ -58,3 +58,17 @@ fn readme_policy_example_compiles() {
     warden_core::policy::Policy::compile(&doc["policy"], "policy")
         .unwrap_or_else(|e| panic!("README policy example: {}: {}", e.path, e.message));
 }
+
+#[test]
+fn readme_identity_assertion_example_loads() {
+    let yaml = readme_block("## Identity assertion", "yaml");
+    let config = warden_token_service::config::Config::from_yaml(&format!(
+        "authorization_server:\n  issuer: https://auth.example.com\n{yaml}"
+    ))
+    .unwrap_or_else(|e| panic!("README identity assertion example: {e}"));
+    let route = &config.routes[0];
+    assert!(route.pass_identity_headers);
+    // The `aud` the README's claims table names for it.
+    assert_eq!(route.upstream_origin(), "http://crm-mcp.int:8080");
+    assert!(config.uses_internal_listener());
+}

@@ -487,6 +487,152 @@ async fn require_bearer(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Identity assertion checking (--verify-assertion)
+// ---------------------------------------------------------------------------------------------
+
+/// The header mcp-warden adds on routes with `pass_identity_headers`.
+const ASSERTION_HEADER: &str = "x-warden-jwt-assertion";
+/// The header this server sets, after verifying the assertion, to its claims (JSON), so the
+/// `whoami` tool shows who the gateway said the caller is. A client's own value is removed.
+const VERIFIED_HEADER: &str = "x-demo-verified-assertion";
+
+#[derive(Debug)]
+struct AssertionCheck {
+    jwks_url: String,
+    audience: String,
+    issuer: Option<String>,
+    http: reqwest::Client,
+    /// The JWKS as last fetched (fetched again when a `kid` is not in it).
+    jwks: tokio::sync::Mutex<Option<Value>>,
+}
+
+fn assertion_reject(description: &str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({ "error": "invalid_assertion", "error_description": description })),
+    )
+        .into_response()
+}
+
+impl AssertionCheck {
+    async fn fetch_jwks(&self) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(&self.jwks_url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// The JWK named `kid`, from the cached JWKS or a fresh one.
+    async fn key(&self, kid: &str) -> anyhow::Result<Option<Value>> {
+        let find = |jwks: &Value| {
+            jwks["keys"]
+                .as_array()
+                .and_then(|keys| keys.iter().find(|k| k["kid"] == kid).cloned())
+        };
+        let mut cached = self.jwks.lock().await;
+        if let Some(key) = cached.as_ref().and_then(find) {
+            return Ok(Some(key));
+        }
+        let fresh = self.fetch_jwks().await?;
+        let key = find(&fresh);
+        *cached = Some(fresh);
+        Ok(key)
+    }
+
+    /// The verified claims, or why the assertion is refused.
+    async fn verify(&self, jwt: &str) -> Result<Value, String> {
+        use jwt_compact::alg::{Ed25519, Es256};
+        use jwt_compact::jwk::JsonWebKey;
+        use jwt_compact::{Algorithm, AlgorithmExt, TimeOptions, UntrustedToken};
+
+        let untrusted = UntrustedToken::new(jwt).map_err(|e| format!("malformed: {e}"))?;
+        if untrusted.header().token_type.as_deref() != Some("JWT") {
+            return Err("typ must be JWT".into());
+        }
+        let kid = untrusted.header().key_id.clone().ok_or("no kid")?;
+        let jwk = match self.key(&kid).await {
+            Ok(Some(jwk)) => jwk,
+            Ok(None) => return Err(format!("kid {kid} is not in the JWKS")),
+            Err(e) => return Err(format!("cannot fetch the JWKS: {e:#}")),
+        };
+        let parsed: JsonWebKey<'_> =
+            serde_json::from_value(jwk.clone()).map_err(|e| format!("bad JWK: {e}"))?;
+        // The key fixes the algorithm; the token's `alg` must be it.
+        let token = match (jwk["kty"].as_str(), untrusted.algorithm()) {
+            (Some("EC"), "ES256") => {
+                let key = <Es256 as Algorithm>::VerifyingKey::try_from(&parsed)
+                    .map_err(|e| format!("bad JWK: {e}"))?;
+                Es256.validator::<Value>(&key).validate(&untrusted)
+            }
+            (Some("OKP"), "EdDSA") => {
+                let key = <Ed25519 as Algorithm>::VerifyingKey::try_from(&parsed)
+                    .map_err(|e| format!("bad JWK: {e}"))?;
+                Ed25519.validator::<Value>(&key).validate(&untrusted)
+            }
+            (kty, alg) => return Err(format!("alg {alg} does not fit the key ({kty:?})")),
+        }
+        .map_err(|e| format!("bad signature: {e}"))?;
+        let claims = token.claims();
+        claims
+            .validate_expiration(&TimeOptions::new(
+                chrono::Duration::seconds(30),
+                chrono::Utc::now,
+            ))
+            .map_err(|e| format!("expired: {e}"))?;
+        let custom = &claims.custom;
+        if custom["aud"] != self.audience.as_str() {
+            return Err(format!("aud {} is not {}", custom["aud"], self.audience));
+        }
+        if let Some(issuer) = &self.issuer {
+            if custom["iss"] != issuer.as_str() {
+                return Err(format!("iss {} is not {issuer}", custom["iss"]));
+            }
+        }
+        let mut shown = custom.clone();
+        if let Some(obj) = shown.as_object_mut() {
+            if let Some(exp) = claims.expiration {
+                obj.insert("exp".into(), exp.timestamp().into());
+            }
+            if let Some(iat) = claims.issued_at {
+                obj.insert("iat".into(), iat.timestamp().into());
+            }
+        }
+        Ok(shown)
+    }
+}
+
+async fn require_assertion(
+    State(check): State<Arc<AssertionCheck>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    request.headers_mut().remove(VERIFIED_HEADER);
+    let path = request.uri().path();
+    if path != "/mcp" && !path.starts_with("/mcp/") {
+        return next.run(request).await;
+    }
+    let values: Vec<&HeaderValue> = request.headers().get_all(ASSERTION_HEADER).iter().collect();
+    let [value] = values.as_slice() else {
+        return assertion_reject("exactly one X-Warden-Jwt-Assertion header is required");
+    };
+    let Ok(jwt) = value.to_str() else {
+        return assertion_reject("the assertion is not text");
+    };
+    let claims = match check.verify(jwt).await {
+        Ok(claims) => claims,
+        Err(why) => return assertion_reject(&why),
+    };
+    if let Ok(v) = HeaderValue::from_str(&claims.to_string()) {
+        request.headers_mut().insert(VERIFIED_HEADER, v);
+    }
+    next.run(request).await
+}
+
+// ---------------------------------------------------------------------------------------------
 // Main
 // ---------------------------------------------------------------------------------------------
 
@@ -495,20 +641,31 @@ struct Args {
     allowed_hosts: Vec<String>,
     require_bearer_introspect: Option<String>,
     require_scope: Option<String>,
+    verify_assertion: Option<String>,
+    assertion_audience: Option<String>,
+    assertion_issuer: Option<String>,
 }
 
 const USAGE: &str = "usage: demo-mcp-server [--listen 127.0.0.1:9200] [--allowed-host HOST]...\n\
   [--require-bearer-introspect URL [--require-scope SCOPE]]\n\
+  [--verify-assertion JWKS_URL --assertion-audience ORIGIN [--assertion-issuer ISSUER]]\n\
   --listen ADDR                    loopback address to bind (default 127.0.0.1:9200)\n\
   --allowed-host HOST              extra Host header value accepted besides localhost/127.0.0.1/::1\n\
   --require-bearer-introspect URL  /mcp needs a bearer token this RFC 7662 endpoint calls active\n\
-  --require-scope SCOPE            ... whose scope includes SCOPE (else 403 insufficient_scope)";
+  --require-scope SCOPE            ... whose scope includes SCOPE (else 403 insufficient_scope)\n\
+  --verify-assertion JWKS_URL      /mcp needs an X-Warden-Jwt-Assertion signed by a key of this JWKS (else 401);\n\
+                                   whoami shows its verified claims in the x-demo-verified-assertion header\n\
+  --assertion-audience ORIGIN      ... whose aud is ORIGIN (this server's scheme://host:port)\n\
+  --assertion-issuer ISSUER        ... and whose iss is ISSUER";
 
 fn parse_args() -> anyhow::Result<Option<Args>> {
     let mut listen = DEFAULT_LISTEN.to_owned();
     let mut allowed_hosts = Vec::new();
     let mut require_bearer_introspect = None;
     let mut require_scope = None;
+    let mut verify_assertion = None;
+    let mut assertion_audience = None;
+    let mut assertion_issuer = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -520,7 +677,13 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
                 println!("{USAGE}");
                 return Ok(None);
             }
-            "--listen" | "--allowed-host" | "--require-bearer-introspect" | "--require-scope" => {
+            "--listen"
+            | "--allowed-host"
+            | "--require-bearer-introspect"
+            | "--require-scope"
+            | "--verify-assertion"
+            | "--assertion-audience"
+            | "--assertion-issuer" => {
                 let value = match inline.or_else(|| args.next()) {
                     Some(value) => value,
                     None => bail!("{flag} needs a value\n{USAGE}"),
@@ -529,6 +692,9 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
                     "--listen" => listen = value,
                     "--allowed-host" => allowed_hosts.push(value),
                     "--require-bearer-introspect" => require_bearer_introspect = Some(value),
+                    "--verify-assertion" => verify_assertion = Some(value),
+                    "--assertion-audience" => assertion_audience = Some(value),
+                    "--assertion-issuer" => assertion_issuer = Some(value),
                     _ => require_scope = Some(value),
                 }
             }
@@ -544,15 +710,28 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
     if require_scope.is_some() && require_bearer_introspect.is_none() {
         bail!("--require-scope needs --require-bearer-introspect\n{USAGE}");
     }
+    if verify_assertion.is_some() != assertion_audience.is_some()
+        || (assertion_issuer.is_some() && verify_assertion.is_none())
+    {
+        bail!("--verify-assertion and --assertion-audience go together (--assertion-issuer needs them)\n{USAGE}");
+    }
     Ok(Some(Args {
         listen,
         allowed_hosts,
         require_bearer_introspect,
         require_scope,
+        verify_assertion,
+        assertion_audience,
+        assertion_issuer,
     }))
 }
 
-fn app(recorder: Recorder, extra_hosts: Vec<String>, bearer: Option<BearerCheck>) -> Router {
+fn app(
+    recorder: Recorder,
+    extra_hosts: Vec<String>,
+    bearer: Option<BearerCheck>,
+    assertion: Option<AssertionCheck>,
+) -> Router {
     let mut allowed_hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     allowed_hosts.extend(extra_hosts);
     // Defaults otherwise: legacy_session_mode = true serves the handshake era with sessions and
@@ -575,6 +754,13 @@ fn app(recorder: Recorder, extra_hosts: Vec<String>, bearer: Option<BearerCheck>
         router = router.layer(middleware::from_fn_with_state(
             Arc::new(check),
             require_bearer,
+        ));
+    }
+    if let Some(check) = assertion {
+        // Inside the recorder too: the recorder shows the assertion as it arrived.
+        router = router.layer(middleware::from_fn_with_state(
+            Arc::new(check),
+            require_assertion,
         ));
     }
     router
@@ -607,7 +793,21 @@ async fn main() -> anyhow::Result<()> {
         }),
         None => None,
     };
-    let router = app(Recorder::default(), args.allowed_hosts, bearer);
+    let assertion = match (args.verify_assertion, args.assertion_audience) {
+        (Some(jwks_url), Some(audience)) => Some(AssertionCheck {
+            jwks_url,
+            audience,
+            issuer: args.assertion_issuer,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .context("building the JWKS HTTP client")?,
+            jwks: tokio::sync::Mutex::new(None),
+        }),
+        _ => None,
+    };
+    let router = app(Recorder::default(), args.allowed_hosts, bearer, assertion);
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
