@@ -79,8 +79,16 @@ pub struct OidcProvider {
     config: OidcConfig,
     redirect_uri: String,
     http: reqwest::Client,
-    discovery: tokio::sync::Mutex<Option<Cached<Arc<Discovery>>>>,
+    discovery: tokio::sync::Mutex<DiscoveryCache>,
     jwks: tokio::sync::Mutex<Option<JwksCache>>,
+}
+
+#[derive(Default)]
+struct DiscoveryCache {
+    doc: Option<Cached<Arc<Discovery>>>,
+    /// When the last fetch failed, and why: callers that waited for the lock meanwhile take
+    /// this answer instead of each waiting out another timeout in turn.
+    failed: Option<(Instant, IdpError)>,
 }
 
 struct JwksCache {
@@ -109,7 +117,7 @@ impl OidcProvider {
             config,
             redirect_uri,
             http,
-            discovery: tokio::sync::Mutex::new(None),
+            discovery: tokio::sync::Mutex::new(DiscoveryCache::default()),
             jwks: tokio::sync::Mutex::new(None),
         }
     }
@@ -125,10 +133,20 @@ impl OidcProvider {
 
     /// The discovery document, cached; a stale copy serves while the provider is unreachable.
     pub async fn discovery(&self) -> Result<Arc<Discovery>, IdpError> {
-        let mut cached = self.discovery.lock().await;
-        if let Some(c) = cached.as_ref() {
+        let asked = Instant::now();
+        let mut cache = self.discovery.lock().await;
+        if let Some(c) = cache.doc.as_ref() {
             if c.fetched.elapsed() < DOCUMENT_TTL {
                 return Ok(c.value.clone());
+            }
+        }
+        // A fetch that failed while this caller waited for the lock is its answer too.
+        if let Some((at, e)) = &cache.failed {
+            if *at >= asked {
+                return match cache.doc.as_ref() {
+                    Some(c) => Ok(c.value.clone()),
+                    None => Err(e.clone()),
+                };
             }
         }
         let url = format!(
@@ -138,19 +156,23 @@ impl OidcProvider {
         match self.fetch_discovery(&url).await {
             Ok(d) => {
                 let d = Arc::new(d);
-                *cached = Some(Cached {
+                cache.doc = Some(Cached {
                     value: d.clone(),
                     fetched: Instant::now(),
                 });
+                cache.failed = None;
                 Ok(d)
             }
-            Err(e) => match cached.as_ref() {
-                Some(c) => {
-                    tracing::warn!(error = %e, "identity provider discovery failed; using the cached document");
-                    Ok(c.value.clone())
+            Err(e) => {
+                cache.failed = Some((Instant::now(), e.clone()));
+                match cache.doc.as_ref() {
+                    Some(c) => {
+                        tracing::warn!(error = %e, "identity provider discovery failed; using the cached document");
+                        Ok(c.value.clone())
+                    }
+                    None => Err(e),
                 }
-                None => Err(e),
-            },
+            }
         }
     }
 
