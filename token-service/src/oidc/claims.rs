@@ -125,8 +125,12 @@ pub fn user(
     let sub = string(id_token, "sub").unwrap_or_default();
     let email = pick("email")
         .and_then(Value::as_str)
-        .map(|e| e.trim().to_owned())
-        .filter(|e| e.contains('@'))
+        .and_then(|e| {
+            // Domains are case-insensitive and `domain`/`email` policies compare exactly: the
+            // provider's spelling (`Alice@Contoso.com`) must not decide whether they match.
+            let (local, domain) = e.trim().rsplit_once('@')?;
+            Some(format!("{local}@{}", domain.to_ascii_lowercase()))
+        })
         .ok_or_else(|| {
             IdpError::Claims(
                 "the identity provider did not share an email address (is the email scope granted?)"
@@ -252,6 +256,15 @@ mod tests {
             ("b@example.com", "bee")
         );
         assert_eq!(u.groups, vec!["x"]);
+    }
+
+    #[test]
+    fn the_email_domain_is_lowercased() {
+        let id = map(json!({"sub": "u1", "email": " Alice.Smith@Contoso.COM "}));
+        let u = user(&config("groups"), "https://idp", &id, None).unwrap();
+        assert_eq!(u.email, "Alice.Smith@contoso.com");
+        let none = map(json!({"sub": "u1", "email": "no-at-sign"}));
+        assert!(user(&config("groups"), "https://idp", &none, None).is_err());
     }
 
     #[test]
