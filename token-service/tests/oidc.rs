@@ -457,3 +457,45 @@ fn oidc_config_errors_name_the_field() {
         Config::from_yaml(&oidc_yaml(dir.path(), "https://idp.example.com", "", false)).unwrap();
     assert!(!format!("{c:?}").contains(CLIENT_SECRET));
 }
+
+#[tokio::test]
+async fn sign_ins_waiting_on_an_unresponsive_provider_share_one_timeout() {
+    // A provider that accepts connections and never answers: every fetch runs into the 10 s
+    // timeout. Sign-ins that started meanwhile must not each wait out another one in turn.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let env = TestEnv::with(|dir| oidc_yaml(dir, &url, "", false));
+    let mut starts = Vec::new();
+    for _ in 0..3 {
+        let r = env
+            .get(&TestEnv::authorize_uri(
+                APP,
+                APP_REDIRECT,
+                &[("resource", RESOURCE)],
+            ))
+            .await;
+        assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+        let cookie = r.cookie("warden_flow").unwrap();
+        let start = r
+            .header("location")
+            .strip_prefix(ISSUER)
+            .unwrap()
+            .to_owned();
+        starts.push((start, cookie));
+    }
+    let started = std::time::Instant::now();
+    let (a, b, c) = tokio::join!(
+        env.get_with_cookie(&starts[0].0, &starts[0].1),
+        env.get_with_cookie(&starts[1].0, &starts[1].1),
+        env.get_with_cookie(&starts[2].0, &starts[2].1),
+    );
+    let elapsed = started.elapsed();
+    for r in [a, b, c] {
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    }
+    assert!(
+        elapsed < std::time::Duration::from_secs(19),
+        "three sign-ins waited {elapsed:?}: one timeout each, in turn"
+    );
+    drop(silent);
+}

@@ -71,8 +71,9 @@ pub fn check_id_token(
 
 /// A claim by name, or by a dotted path into nested objects (`realm_access.roles`). The whole
 /// name is tried first, since namespaced claims (`https://example.com/groups`) contain dots.
+/// A `null` claim is an absent one (then userinfo may have it).
 pub fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
-    if let Some(v) = claims.get(path) {
+    if let Some(v) = claims.get(path).filter(|v| !v.is_null()) {
         return Some(v);
     }
     let mut parts = path.split('.');
@@ -80,7 +81,7 @@ pub fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Valu
     for part in parts {
         v = v.as_object()?.get(part)?;
     }
-    Some(v)
+    Some(v).filter(|v| !v.is_null())
 }
 
 /// Groups are a list of strings, or one string.
@@ -124,8 +125,12 @@ pub fn user(
     let sub = string(id_token, "sub").unwrap_or_default();
     let email = pick("email")
         .and_then(Value::as_str)
-        .map(|e| e.trim().to_owned())
-        .filter(|e| e.contains('@'))
+        .and_then(|e| {
+            // Domains are case-insensitive and `domain`/`email` policies compare exactly: the
+            // provider's spelling (`Alice@Contoso.com`) must not decide whether they match.
+            let (local, domain) = e.trim().rsplit_once('@')?;
+            Some(format!("{local}@{}", domain.to_ascii_lowercase()))
+        })
         .ok_or_else(|| {
             IdpError::Claims(
                 "the identity provider did not share an email address (is the email scope granted?)"
@@ -241,6 +246,25 @@ mod tests {
             user(&config("groups"), "https://idp", &bare, None),
             Err(IdpError::Claims(_))
         ));
+
+        // Claims the ID token sends as null are absent: userinfo is asked, and its answer used.
+        let nulls = map(json!({"sub": "u1", "email": null, "name": null, "groups": null}));
+        assert!(lacks_profile(&nulls, "groups"));
+        let u = user(&config("groups"), "https://idp", &nulls, Some(&info)).unwrap();
+        assert_eq!(
+            (u.email.as_str(), u.name.as_str()),
+            ("b@example.com", "bee")
+        );
+        assert_eq!(u.groups, vec!["x"]);
+    }
+
+    #[test]
+    fn the_email_domain_is_lowercased() {
+        let id = map(json!({"sub": "u1", "email": " Alice.Smith@Contoso.COM "}));
+        let u = user(&config("groups"), "https://idp", &id, None).unwrap();
+        assert_eq!(u.email, "Alice.Smith@contoso.com");
+        let none = map(json!({"sub": "u1", "email": "no-at-sign"}));
+        assert!(user(&config("groups"), "https://idp", &none, None).is_err());
     }
 
     #[test]

@@ -79,8 +79,23 @@ pub struct OidcProvider {
     config: OidcConfig,
     redirect_uri: String,
     http: reqwest::Client,
-    discovery: tokio::sync::Mutex<Option<Cached<Arc<Discovery>>>>,
-    jwks: tokio::sync::Mutex<Option<JwksCache>>,
+    discovery: tokio::sync::Mutex<DiscoveryCache>,
+    jwks: tokio::sync::Mutex<JwksState>,
+}
+
+#[derive(Default)]
+struct JwksState {
+    cache: Option<JwksCache>,
+    /// When the last fetch failed, and why (as `DiscoveryCache::failed`).
+    failed: Option<(Instant, IdpError)>,
+}
+
+#[derive(Default)]
+struct DiscoveryCache {
+    doc: Option<Cached<Arc<Discovery>>>,
+    /// When the last fetch failed, and why: callers that waited for the lock meanwhile take
+    /// this answer instead of each waiting out another timeout in turn.
+    failed: Option<(Instant, IdpError)>,
 }
 
 struct JwksCache {
@@ -109,8 +124,8 @@ impl OidcProvider {
             config,
             redirect_uri,
             http,
-            discovery: tokio::sync::Mutex::new(None),
-            jwks: tokio::sync::Mutex::new(None),
+            discovery: tokio::sync::Mutex::new(DiscoveryCache::default()),
+            jwks: tokio::sync::Mutex::new(JwksState::default()),
         }
     }
 
@@ -125,10 +140,20 @@ impl OidcProvider {
 
     /// The discovery document, cached; a stale copy serves while the provider is unreachable.
     pub async fn discovery(&self) -> Result<Arc<Discovery>, IdpError> {
-        let mut cached = self.discovery.lock().await;
-        if let Some(c) = cached.as_ref() {
+        let asked = Instant::now();
+        let mut cache = self.discovery.lock().await;
+        if let Some(c) = cache.doc.as_ref() {
             if c.fetched.elapsed() < DOCUMENT_TTL {
                 return Ok(c.value.clone());
+            }
+        }
+        // A fetch that failed while this caller waited for the lock is its answer too.
+        if let Some((at, e)) = &cache.failed {
+            if *at >= asked {
+                return match cache.doc.as_ref() {
+                    Some(c) => Ok(c.value.clone()),
+                    None => Err(e.clone()),
+                };
             }
         }
         let url = format!(
@@ -138,19 +163,23 @@ impl OidcProvider {
         match self.fetch_discovery(&url).await {
             Ok(d) => {
                 let d = Arc::new(d);
-                *cached = Some(Cached {
+                cache.doc = Some(Cached {
                     value: d.clone(),
                     fetched: Instant::now(),
                 });
+                cache.failed = None;
                 Ok(d)
             }
-            Err(e) => match cached.as_ref() {
-                Some(c) => {
-                    tracing::warn!(error = %e, "identity provider discovery failed; using the cached document");
-                    Ok(c.value.clone())
+            Err(e) => {
+                cache.failed = Some((Instant::now(), e.clone()));
+                match cache.doc.as_ref() {
+                    Some(c) => {
+                        tracing::warn!(error = %e, "identity provider discovery failed; using the cached document");
+                        Ok(c.value.clone())
+                    }
+                    None => Err(e),
                 }
-                None => Err(e),
-            },
+            }
         }
     }
 
@@ -315,9 +344,10 @@ impl OidcProvider {
                 "the ID token is signed with a key the provider does not publish".into(),
             )
         };
-        let mut cache = self.jwks.lock().await;
+        let asked = Instant::now();
+        let mut state = self.jwks.lock().await;
         let now = Instant::now();
-        if let Some(c) = cache.as_ref() {
+        if let Some(c) = state.cache.as_ref() {
             if now.duration_since(c.fetched) < DOCUMENT_TTL {
                 if let Some(k) = jws.key_in(&c.keys) {
                     return Ok(k.clone());
@@ -329,15 +359,31 @@ impl OidcProvider {
                 }
             }
         }
-        let refetch_for_unknown = cache.is_some();
-        let body = self.get(&d.jwks_uri, None).await?;
-        let keys = jws::parse_jwks(&body).map_err(IdpError::Unavailable)?;
+        // A fetch that failed while this caller waited for the lock is its answer too.
+        if let Some((at, e)) = &state.failed {
+            if *at >= asked {
+                return Err(e.clone());
+            }
+        }
+        let refetch_for_unknown = state.cache.is_some();
+        let fetched = match self.get(&d.jwks_uri, None).await {
+            Ok(body) => jws::parse_jwks(&body).map_err(IdpError::Unavailable),
+            Err(e) => Err(e),
+        };
+        let keys = match fetched {
+            Ok(keys) => keys,
+            Err(e) => {
+                state.failed = Some((Instant::now(), e.clone()));
+                return Err(e);
+            }
+        };
         let key = jws.key_in(&keys).cloned();
-        *cache = Some(JwksCache {
+        state.cache = Some(JwksCache {
             keys,
             fetched: now,
             unknown_kid_refetch: refetch_for_unknown.then_some(now),
         });
+        state.failed = None;
         key.ok_or_else(unpublished)
     }
 
@@ -396,4 +442,57 @@ async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, IdpError> 
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
+
+    #[tokio::test]
+    async fn jwks_fetches_waiting_on_an_unresponsive_provider_share_one_timeout() {
+        // Accepts connections, never answers: each fetch runs into the 10 s timeout.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", silent.local_addr().unwrap());
+        let config: OidcConfig =
+            serde_yaml::from_str(&format!("{{issuer: '{url}', client_id: warden}}")).unwrap();
+        let p = OidcProvider::new(
+            config,
+            "http://127.0.0.1/login/callback".into(),
+            crate::vault::provider::http_client().unwrap(),
+        );
+        let d = Discovery {
+            issuer: url.clone(),
+            authorization_endpoint: format!("{url}/authorize"),
+            token_endpoint: format!("{url}/token"),
+            userinfo_endpoint: None,
+            jwks_uri: format!("{url}/jwks"),
+            token_endpoint_auth_methods_supported: None,
+        };
+        let token = format!(
+            "{}.{}.{}",
+            B64.encode(br#"{"alg":"RS256","kid":"k1"}"#),
+            B64.encode(br#"{"sub":"u1"}"#),
+            B64.encode([0u8; 256])
+        );
+        let jws = jws::decode(&token).unwrap();
+        let started = Instant::now();
+        let (a, b, c) = tokio::join!(
+            p.key_for(&d, &jws),
+            p.key_for(&d, &jws),
+            p.key_for(&d, &jws)
+        );
+        let elapsed = started.elapsed();
+        for r in [a, b, c] {
+            assert!(matches!(r, Err(IdpError::Unavailable(_))), "{r:?}");
+        }
+        assert!(
+            elapsed < Duration::from_secs(19),
+            "three sign-ins waited {elapsed:?}: one timeout each, in turn"
+        );
+        drop(silent);
+    }
 }
