@@ -107,8 +107,10 @@ fn page(status: StatusCode, body: &str) -> Response {
          <body><h1>Demo MCP app</h1>{body}</body></html>"
     );
     let mut resp = (status, Html(doc)).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     resp
 }
 
@@ -176,7 +178,10 @@ fn row(app: &App, s: &Value) -> String {
             url::form_urlencoded::byte_serialize(format!("{}/", app.app_url).as_bytes())
                 .collect::<String>()
         );
-        format!("<a class=\"connect\" href=\"{}\">Connect</a>", escape(&href))
+        format!(
+            "<a class=\"connect\" href=\"{}\">Connect</a>",
+            escape(&href)
+        )
     };
     format!(
         "<tr data-server=\"{u}\"><td>{n}</td><td><code>{u}</code></td><td class=\"connected\">{c}</td><td>{action} \
@@ -259,13 +264,22 @@ async fn call(State(app): State<App>, headers: HeaderMap, Form(f): Form<ServerFo
         .map(|l| l.iter().any(|s| s["url"] == f.url.as_str()))
         .unwrap_or(false);
     if !listed {
-        return page(StatusCode::BAD_REQUEST, "<p class=\"error\">Unknown server.</p>");
+        return page(
+            StatusCode::BAD_REQUEST,
+            "<p class=\"error\">Unknown server.</p>",
+        );
     }
     let (status, out) = match call_whoami(&f.url, &te).await {
-        Ok(text) => (StatusCode::OK, format!("<pre id=\"result\">{}</pre>", escape(&text))),
+        Ok(text) => (
+            StatusCode::OK,
+            format!("<pre id=\"result\">{}</pre>", escape(&text)),
+        ),
         Err(e) => (
             StatusCode::BAD_GATEWAY,
-            format!("<p class=\"error\" id=\"result\">{}</p>", escape(&e.to_string())),
+            format!(
+                "<p class=\"error\" id=\"result\">{}</p>",
+                escape(&e.to_string())
+            ),
         ),
     };
     page(
@@ -299,7 +313,10 @@ async fn disconnect(
         }
         Ok(r) => page(
             StatusCode::BAD_GATEWAY,
-            &format!("<p class=\"error\">The gateway answered {}.</p>", r.status()),
+            &format!(
+                "<p class=\"error\">The gateway answered {}.</p>",
+                r.status()
+            ),
         ),
         Err(e) => page(
             StatusCode::BAD_GATEWAY,

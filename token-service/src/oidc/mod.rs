@@ -374,6 +374,11 @@ impl OidcProvider {
             Ok(keys) => keys,
             Err(e) => {
                 state.failed = Some((Instant::now(), e.clone()));
+                // Past its hour, a cached key still verifies while the provider is unreachable.
+                if let Some(k) = state.cache.as_ref().and_then(|c| jws.key_in(&c.keys)) {
+                    tracing::warn!(error = %e, "identity provider JWKS refresh failed; using the cached keys");
+                    return Ok(k.clone());
+                }
                 return Err(e);
             }
         };
