@@ -30,7 +30,7 @@ wasm: wasm-target
 	cargo build -p warden-filter --target wasm32-wasip1 --release
 
 build: wasm
-	cargo build -p warden-token-service -p demo-mcp-server -p demo-oauth-provider
+	cargo build -p warden-token-service -p demo-mcp-server -p demo-oauth-provider -p demo-mcp-app
 
 ## Starts Envoy + filter + token service + demo MCP server on 127.0.0.1 (WARDEN_CONFIG=<file> for another config).
 run: tools build

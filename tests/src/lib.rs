@@ -104,6 +104,13 @@ impl Binaries {
             "demo MCP server binary",
         )
     }
+    pub fn demo_app() -> PathBuf {
+        locate(
+            "WARDEN_DEMO_APP_BIN",
+            "target/debug/demo-mcp-app",
+            "demo MCP app binary",
+        )
+    }
     pub fn oauth_provider() -> PathBuf {
         locate(
             "WARDEN_DEMO_OAUTH_PROVIDER_BIN",
