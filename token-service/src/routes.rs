@@ -381,7 +381,7 @@ fn consent_page(
             upstream: s
                 .config()
                 .route_by_resource(&flow.request.resource)
-                .and_then(|r| r.mcp.server.upstream_oauth2.as_ref())
+                .and_then(|r| r.upstream_oauth2())
                 .map(|u| u.provider_name())
                 .as_deref(),
         },
@@ -433,7 +433,7 @@ fn finish_authorization(
     let now = s.now();
     let upstream_route = config
         .route_by_resource(&grant.resource)
-        .filter(|r| r.mcp.server.upstream_oauth2.is_some())
+        .filter(|r| r.upstream_oauth2().is_some())
         .map(|r| r.name.clone());
     if let Some(route) = upstream_route {
         if !s.vault().holds_usable(email, &route, now)? {

@@ -116,7 +116,7 @@ impl Vault {
             .routes
             .iter()
             .filter_map(|r| {
-                r.mcp.server.upstream_oauth2.as_ref().map(|u| {
+                r.upstream_oauth2().map(|u| {
                     (
                         r.name.clone(),
                         Provider::new(u.clone(), callback.clone(), http.clone()),
