@@ -404,6 +404,7 @@ fn begin_consent(
         expires_at: s.now() + FLOW_TTL,
         browser: browser_hash,
         user: Some(user.clone()),
+        next: None,
     };
     s.store().insert_flow(&flow)?;
     tracing::info!(client_id = %flow.request.client_id, sub = %user.user, "asking for consent");
@@ -439,7 +440,7 @@ fn finish_authorization(
         if !s.vault().holds_usable(email, &route, now)? {
             let url = s
                 .vault()
-                .begin(&route, grant, email, sid, browser_hash, now)?;
+                .begin(&route, grant, email, sid, browser_hash, now, None)?;
             tracing::info!(sub = %email, route = %route, "connecting the upstream account");
             return Ok(redirect(&url));
         }
@@ -521,6 +522,7 @@ fn authorize_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> 
         expires_at: now + FLOW_TTL,
         browser: hash_secret(&browser),
         user: None,
+        next: None,
     };
     s.store().insert_flow(&flow)?;
     // Only the identity provider: straight to it.
