@@ -115,19 +115,22 @@ pub fn valid_return_to(route: &RouteConfig, return_to: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/') || route.prefix.ends_with('/'))
 }
 
-/// `redirect_url` of a connect must be an absolute URL on the origin of some client route.
-pub fn valid_connect_redirect(config: &Config, redirect_url: &str) -> bool {
-    let Ok(url) = Url::parse(redirect_url) else {
-        return false;
-    };
+/// The client route whose `from` origin a connect's `redirect_url` lies on: it must be an
+/// absolute http(s) URL without credentials on the origin of some client route (else `None`:
+/// the connect is refused, never redirected).
+pub fn connect_redirect_route<'c>(
+    config: &'c Config,
+    redirect_url: &str,
+) -> Option<&'c RouteConfig> {
+    let url = Url::parse(redirect_url).ok()?;
     if !matches!(url.scheme(), "http" | "https")
         || !url.username().is_empty()
         || url.password().is_some()
         || redirect_url.len() > 4096
     {
-        return false;
+        return None;
     }
-    config.client_routes().any(|r| {
+    config.client_routes().find(|r| {
         Url::parse(&r.from)
             .map(|f| f.origin() == url.origin())
             .unwrap_or(false)
