@@ -744,7 +744,9 @@ fn signed_in(s: &AppState, flow: PendingFlow, user: &str) -> Result<Response> {
     let session_cookie = set_session_cookie(s, &secret);
     let client = match (client, flow.next.clone()) {
         (_, Some(next)) => {
-            let resp = app::continue_signed_in(s, next, &session, &flow.browser)?;
+            // The sign-in stands even when the app or server refuses the user (403 page).
+            let resp = app::continue_signed_in(s, next, &session, &flow.browser)
+                .unwrap_or_else(IntoResponse::into_response);
             return Ok(with_cookie(resp, session_cookie));
         }
         (Some(c), None) => c,
