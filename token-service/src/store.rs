@@ -404,6 +404,9 @@ pub trait Store: Send + Sync + 'static {
     fn app_session(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<AppSession>>;
     /// Ends an app session; false when there was none.
     fn delete_app_session(&self, secret_hash: &str) -> anyhow::Result<bool>;
+    /// Ends the sign-in session whose cookie hashes to `secret_hash` (sign-out), and every
+    /// app session bound to it; returns its `sid` when there was a live one.
+    fn revoke_session(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<String>>;
 }
 
 /// Ordered schema migrations; a version is applied once, recorded in `schema_migrations`.
@@ -1414,5 +1417,24 @@ impl Store for SqliteStore {
             [secret_hash],
         )?;
         Ok(n == 1)
+    }
+
+    fn revoke_session(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<String>> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let sid: Option<String> = tx
+            .query_row(
+                "UPDATE sessions SET revoked_at = ?2
+                 WHERE secret_hash = ?1 AND revoked_at IS NULL AND expires_at > ?2
+                 RETURNING sid",
+                params![secret_hash, now],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(sid) = &sid {
+            tx.execute("DELETE FROM app_sessions WHERE sid = ?1", [sid])?;
+        }
+        tx.commit()?;
+        Ok(sid)
     }
 }

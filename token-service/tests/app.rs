@@ -741,3 +741,81 @@ async fn the_listing_and_disconnect_want_a_te() {
     let te = r.json()["access_token"].as_str().unwrap().to_owned();
     assert_eq!(app.servers(&te).await.len(), 2);
 }
+
+#[tokio::test]
+async fn signing_out_ends_the_issuer_session_and_its_app_sessions() {
+    let app = App::start().await;
+    let (r, cookies) = app
+        .browser_sign_in("chat", &format!("{CHAT}/"), EMAIL)
+        .await;
+    let code = callback(&r, CHAT).1["code"].clone();
+    let (_, body) = app
+        .internal(
+            "/internal/v1/app-session",
+            json!({"route": "chat", "code": code}),
+        )
+        .await;
+    let session = body["session"].as_str().unwrap().to_owned();
+    // The filter ended the app session, then sends the browser here.
+    let r = app.env.get_with_cookie("/app/signed-out", &cookies).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("signed out"), "{}", r.body);
+    let cleared = r.set_cookie("warden_session").unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    // Every app session of that sign-in is over, and the next visit signs in again.
+    let (status, body) = app.app_token(&session).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::UNAUTHORIZED, &json!("session_expired"))
+    );
+    let r = app
+        .env
+        .get_with_cookie(&App::sign_in_uri("chat", &format!("{CHAT}/")), &cookies)
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the sign-in form, not a silent sign-in"
+    );
+    assert!(r.body.contains("name=\"password\""), "{}", r.body);
+    // Without a session it is just the page.
+    assert_eq!(app.env.get("/app/signed-out").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn expired_app_codes_and_sessions_are_swept() {
+    use warden_token_service::store::{AppCode, AppSession};
+    let app = App::start().await;
+    let store = app.env.state.store();
+    let now = app.env.state.now();
+    store
+        .insert_app_code(
+            "code-hash",
+            &AppCode {
+                route: "chat".into(),
+                user: EMAIL.into(),
+                sid: "sid".into(),
+                return_to: format!("{CHAT}/"),
+                session_expires_at: now + 3600,
+                expires_at: now + 60,
+            },
+        )
+        .unwrap();
+    store
+        .insert_app_session(
+            "session-hash",
+            &AppSession {
+                route: "chat".into(),
+                user: EMAIL.into(),
+                sid: "sid".into(),
+                created_at: now,
+                expires_at: now + 3600,
+            },
+        )
+        .unwrap();
+    app.env.advance(3600);
+    app.env.state.sweep().unwrap();
+    // Asked as of before they expired, they are gone all the same: the rows were deleted.
+    assert!(store.take_app_code("code-hash", now).unwrap().is_none());
+    assert!(store.app_session("session-hash", now).unwrap().is_none());
+}

@@ -23,6 +23,8 @@ use crate::store::Continuation;
 
 pub(super) const SIGN_IN_PATH: &str = "/app/sign-in";
 pub(super) const CONNECT_PATH: &str = "/mcp/connect";
+/// Where the filter sends the browser after an app's sign-out.
+pub(super) const SIGNED_OUT_PATH: &str = "/app/signed-out";
 
 /// The paths served on every host (no issuer path in front).
 pub(super) fn gateway_paths() -> Router<AppState> {
@@ -336,4 +338,26 @@ async fn disconnect(
     Ok(no_store(
         Json(json!({ "disconnected": disconnected })).into_response(),
     ))
+}
+
+/// After an app's sign-out (the filter ended the app session and cleared its cookie): ends
+/// the sign-in session at the issuer too, so the next visit signs in again rather than
+/// silently, and every other app session of that sign-in ends with it.
+pub(super) async fn signed_out(State(s): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    let secret = cookie_value(&s, &headers, SESSION_COOKIE);
+    if let Some(secret) = secret {
+        let sid = s
+            .blocking(move |st| Ok(st.store().revoke_session(&hash_secret(&secret), st.now())?))
+            .await?;
+        if let Some(sid) = sid {
+            tracing::info!(sid = %sid, "signed out");
+        }
+    }
+    let resp = html::info_page(
+        StatusCode::OK,
+        "Signed out",
+        "You are signed out. Close this window, or return to the application to sign in again.",
+    );
+    // The browser forgets the session cookie.
+    Ok(with_cookie(resp, set_cookie(&s, SESSION_COOKIE, "", 0)))
 }
