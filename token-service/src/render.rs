@@ -250,7 +250,12 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
     let servers = serde_json::to_string(&plugin_config(input)).map_err(|e| e.to_string())?;
     warden_core::config::CompiledConfig::from_json(servers.as_bytes())
         .map_err(|e| e.to_string())?;
-    let plugin = plugin_config_json(input)?.to_string();
+    // Without client routes, exactly the server configuration (its fields in their order).
+    let plugin = if input.routes.iter().any(|r| r.client) {
+        plugin_config_json(input)?.to_string()
+    } else {
+        servers
+    };
 
     // Routes grouped by authority: one virtual host each, plus a catch-all that fails closed.
     let mut hosts: Vec<(String, Vec<(usize, ResourceUrl)>)> = Vec::new();

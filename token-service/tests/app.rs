@@ -29,8 +29,8 @@ const GH: &str = "http://127.0.0.1:9000/gh";
 const CLIENT_ID: &str = "warden-test";
 const CLIENT_SECRET: &str = "warden-test-secret";
 
-/// Two users (alice at example.com, bob elsewhere); servers `demo` (everyone) and `gh`
-/// (alice only, upstream OAuth at `provider`); apps `chat` (everyone) and `secret`
+/// Two users (alice at example.com, bob elsewhere); servers `demo` (everyone), `gh` (alice
+/// only, upstream OAuth at `provider`) and `solo` (nobody, on a host of its own); apps `chat` (everyone) and `secret`
 /// (example.com only, under `/app`).
 fn yaml(dir: &std::path::Path, provider: &str) -> String {
     format!(
@@ -75,6 +75,11 @@ routes:
             token_url: {provider}/token
             revocation_url: {provider}/revoke
     policy: {{allow: {{and: [{{email: {{is: {EMAIL}}}}}]}}}}
+  - name: solo
+    from: http://solo.example.com
+    to: http://127.0.0.1:9400/mcp
+    mcp: {{server: {{}}}}
+    policy: {{allow: {{and: [{{email: {{is: nobody@example.com}}}}]}}}}
   - name: chat
     from: {CHAT}
     to: http://127.0.0.1:3000
@@ -818,4 +823,47 @@ async fn expired_app_codes_and_sessions_are_swept() {
     // Asked as of before they expired, they are gone all the same: the rows were deleted.
     assert!(store.take_app_code("code-hash", now).unwrap().is_none());
     assert!(store.app_session("session-hash", now).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_references_connect_on_the_servers_host_finds_the_route() {
+    let app = App::start().await;
+    let get = |host: &'static str, q: String| {
+        let app = &app;
+        async move {
+            app.env
+                .send(
+                    Request::get(format!("/.pomerium/mcp/connect?{q}"))
+                        .header(header::HOST, host)
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+        }
+    };
+    let redirect = format!("redirect_url={}", urlencode(&format!("{CHAT}/cb")));
+    // Pomerium's form names no route: on a host with one server route, it is that one. Here
+    // the host has two (demo and gh), so the issuer's connect gets the query as it is.
+    let r = get("127.0.0.1:9000", redirect.clone()).await;
+    assert_eq!(
+        r.header("location"),
+        format!("{ISSUER}/mcp/connect?{redirect}")
+    );
+    let r = app.env.get(&r.header("location").replace(ISSUER, "")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // The reference's form on a host with one server route: that route.
+    for host in ["solo.example.com", "SOLO.example.com:80"] {
+        let r = get(host, redirect.clone()).await;
+        assert_eq!(
+            r.header("location"),
+            format!("{ISSUER}/mcp/connect?route=solo&{redirect}"),
+            "{host}"
+        );
+    }
+    // A named route is kept.
+    let r = get("127.0.0.1:9000", format!("route=gh&{redirect}")).await;
+    assert_eq!(
+        r.header("location"),
+        format!("{ISSUER}/mcp/connect?route=gh&{redirect}")
+    );
 }

@@ -229,13 +229,55 @@ fn connect_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Re
     begin_or_continue(s, app, redirect_url, next, cookies)
 }
 
-/// `/.warden/mcp/connect` on any host: the issuer's connect, same query.
-async fn connect_elsewhere(State(s): State<AppState>, RawQuery(query): RawQuery) -> Response {
-    let issuer = &s.config().authorization_server.issuer;
-    redirect(&format!(
-        "{issuer}{CONNECT_PATH}?{}",
-        query.unwrap_or_default()
-    ))
+/// `/.warden/mcp/connect` on any host: the issuer's connect, same query. Without `route`
+/// (the reference's form, on the MCP server's own host) the server is the one route on the
+/// request's host, when there is exactly one.
+async fn connect_elsewhere(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let config = s.config();
+    let issuer = &config.authorization_server.issuer;
+    let mut query = query.unwrap_or_default();
+    let has_route = url::form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "route");
+    if !has_route {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let mut on_host = config.server_routes().filter(|r| same_host(&r.from, host));
+        if let (Some(only), None) = (on_host.next(), on_host.next()) {
+            let route = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("route", &only.name)
+                .finish();
+            query = if query.is_empty() {
+                route
+            } else {
+                format!("{route}&{query}")
+            };
+        }
+    }
+    redirect(&format!("{issuer}{CONNECT_PATH}?{query}"))
+}
+
+/// Whether a `Host` header names the authority of `from` (the scheme's default port may be
+/// left out).
+fn same_host(from: &str, host: &str) -> bool {
+    let (Ok(from), Ok(asked)) = (
+        Url::parse(from),
+        Url::parse(&format!(
+            "{}://{host}",
+            from.split("://").next().unwrap_or("http")
+        )),
+    ) else {
+        return false;
+    };
+    !host.is_empty()
+        && asked.path() == "/"
+        && from.host_str().map(str::to_ascii_lowercase)
+            == asked.host_str().map(str::to_ascii_lowercase)
+        && from.port_or_known_default() == asked.port_or_known_default()
 }
 
 /// The caller's TE (exactly one `Authorization: Bearer`), verified with our own key.
