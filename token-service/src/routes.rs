@@ -695,11 +695,18 @@ fn login_finish(s: &AppState, attempt: LoginAttempt, user: Option<String>) -> Re
             store.delete_flow(&flow.id)?;
             return Err(too_many_attempts());
         }
-        let client = lookup_client(config, store, &flow.request.client_id)?;
-        let name = client
-            .as_ref()
-            .map(|c| c.display_name().to_owned())
-            .unwrap_or_else(|| flow.request.client_id.clone());
+        let name = match &flow.next {
+            // An app sign-in or a connect: the stand-in request names the app.
+            Some(_) => flow
+                .request
+                .client_id
+                .strip_prefix(crate::flows::app::APP_CLIENT_PREFIX)
+                .unwrap_or(&flow.request.client_id)
+                .to_owned(),
+            None => lookup_client(config, store, &flow.request.client_id)?
+                .map(|c| c.display_name().to_owned())
+                .unwrap_or_else(|| flow.request.client_id.clone()),
+        };
         return Ok(sign_in_page(
             s,
             StatusCode::UNAUTHORIZED,

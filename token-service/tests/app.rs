@@ -867,3 +867,108 @@ async fn the_references_connect_on_the_servers_host_finds_the_route() {
         format!("{ISSUER}/mcp/connect?route=gh&{redirect}")
     );
 }
+
+#[tokio::test]
+async fn app_sign_in_through_the_identity_provider() {
+    let provider = Provider::serve(ProviderConfig {
+        client_id: "warden-sso".into(),
+        client_secret: "warden-sso-secret".into(),
+        redirect_uris: vec![format!("{ISSUER}/login/callback")],
+        ..ProviderConfig::default()
+    })
+    .await;
+    let env = TestEnv::with(|dir| {
+        format!(
+            r#"
+authorization_server: {{issuer: "{ISSUER}", listen: "127.0.0.1:0"}}
+storage: {{sqlite: {db}}}
+identity_provider:
+  oidc: {{issuer: "{p}", client_id: warden-sso, client_secret: warden-sso-secret}}
+routes:
+  - name: chat
+    from: {CHAT}
+    to: http://127.0.0.1:3000
+    mcp: {{client: {{}}}}
+    policy: {{allow: {{and: [{{authenticated_user: true}}]}}}}
+"#,
+            db = dir.join("warden.db").display(),
+            p = provider.url
+        )
+    });
+    // ID tokens are checked against the provider's clock, the real one.
+    env.clock.store(
+        warden_token_service::now_unix(),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    // Only the identity provider: straight to it.
+    let r = env
+        .get(&App::sign_in_uri("chat", &format!("{CHAT}/a")))
+        .await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    let flow = r.cookie("warden_flow").unwrap();
+    let start = r.header("location");
+    let r = env
+        .get_with_cookie(start.strip_prefix(ISSUER).unwrap(), &flow)
+        .await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    let back = provider.answer(&r.header("location"), "approve").await;
+    let r = env
+        .get_with_cookie(&format!("{}?{}", back.path(), back.query().unwrap()), &flow)
+        .await;
+    let (_, q) = callback(&r, CHAT);
+    assert!(r.cookie("warden_session").is_some());
+    let credential = std::fs::read_to_string(env.state.config().internal_credential_file())
+        .unwrap()
+        .trim()
+        .to_owned();
+    let call = |path: &'static str, body: Value| {
+        let req = Request::post(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, format!("Bearer {credential}"))
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let router = warden_token_service::internal::router(env.state.clone());
+        async move {
+            let resp = router.oneshot(req).await.unwrap();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        }
+    };
+    let opened = call(
+        "/internal/v1/app-session",
+        json!({"route": "chat", "code": q["code"]}),
+    )
+    .await;
+    assert_eq!(opened["return_to"], format!("{CHAT}/a"));
+    let minted = call(
+        "/internal/v1/app-token",
+        json!({"route": "chat", "session": opened["session"]}),
+    )
+    .await;
+    let c = claims(minted["access_token"].as_str().unwrap());
+    assert!(
+        c["sub"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}#", provider.url)),
+        "{c}"
+    );
+    // No server routes at all: an empty audience.
+    assert_eq!(c["aud"], json!([]));
+}
+
+#[tokio::test]
+async fn a_wrong_password_on_an_app_sign_in_shows_the_form_again() {
+    let app = App::start().await;
+    let form = app
+        .env
+        .get(&App::sign_in_uri("chat", &format!("{CHAT}/")))
+        .await;
+    let r = app.env.login(&form, EMAIL, "wrong").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.body.contains("chat"), "{}", r.body);
+    assert!(!r.body.contains("warden-app:"), "{}", r.body);
+    // The same flow still signs in.
+    let r = app.env.login(&form, EMAIL, PASSWORD).await;
+    callback(&r, CHAT);
+}
