@@ -972,3 +972,42 @@ async fn a_wrong_password_on_an_app_sign_in_shows_the_form_again() {
     let r = app.env.login(&form, EMAIL, PASSWORD).await;
     callback(&r, CHAT);
 }
+
+#[tokio::test]
+async fn a_refused_connect_returns_to_the_app_with_the_error() {
+    let app = App::start().await;
+    let (_, cookies) = app
+        .browser_sign_in("chat", &format!("{CHAT}/"), EMAIL)
+        .await;
+    let done = format!("{CHAT}/settings?tab=servers");
+    let q = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("route", "gh")
+        .append_pair("redirect_url", &done)
+        .finish();
+    let r = app
+        .env
+        .get_with_cookie(&format!("/mcp/connect?{q}"), &cookies)
+        .await;
+    let back = app.provider.answer(&r.header("location"), "deny").await;
+    let r = app
+        .env
+        .get_with_cookie(
+            &format!("/upstream/callback?{}", back.query().unwrap()),
+            &cookies,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    let (base, q) = r.location();
+    assert_eq!(base, format!("{CHAT}/settings"));
+    assert_eq!(q["tab"], "servers");
+    assert_eq!(q["error"], "access_denied");
+    assert!(!q.contains_key("code"));
+    let alice = app.te(EMAIL).await;
+    assert_eq!(app.servers(&alice).await[1]["connected"], false);
+    // The callback is single use, and only in the browser that started it.
+    let r = app
+        .env
+        .get(&format!("/upstream/callback?{}", back.query().unwrap()))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
