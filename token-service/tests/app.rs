@@ -1011,3 +1011,41 @@ async fn a_refused_connect_returns_to_the_app_with_the_error() {
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn an_expired_ti_the_provider_will_not_refresh_lists_as_not_connected() {
+    let app = App::start().await;
+    let (_, cookies) = app
+        .browser_sign_in("chat", &format!("{CHAT}/"), EMAIL)
+        .await;
+    let q = format!("route=gh&redirect_url={}", urlencode(&format!("{CHAT}/")));
+    let r = app
+        .env
+        .get_with_cookie(&format!("/mcp/connect?{q}"), &cookies)
+        .await;
+    let back = app.provider.answer(&r.header("location"), "approve").await;
+    let r = app
+        .env
+        .get_with_cookie(
+            &format!("/upstream/callback?{}", back.query().unwrap()),
+            &cookies,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    let alice = app.te(EMAIL).await;
+    assert_eq!(app.servers(&alice).await[1]["connected"], true);
+    // Past the TI's lifetime it is still "connected": the gateway holds a refresh token.
+    app.env.advance(120);
+    let alice = app.te(EMAIL).await;
+    assert_eq!(app.servers(&alice).await[1]["connected"], true);
+    // The user revoked the app at the provider: the next refresh is refused, the TI dropped.
+    app.provider.hook("/_test/revoke-user?user=alice").await;
+    let (status, _) = app
+        .internal(
+            "/internal/v1/upstream-token",
+            json!({"sub": EMAIL, "route": "gh"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(app.servers(&alice).await[1]["connected"], false);
+}
