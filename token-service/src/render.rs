@@ -28,9 +28,9 @@ pub const TOKEN_SERVICE_CLUSTER: &str = "warden_token_service";
 /// The cluster name the filter reaches the token service's internal listener through.
 pub const TOKEN_SERVICE_INTERNAL_CLUSTER: &str = "warden_token_service_internal";
 
-/// The cluster-less name of the Envoy routes that send `/.warden/mcp/` and `/.pomerium/mcp/`
-/// (server listing, connect, disconnect) to the token service on every virtual host. It has
-/// no `mcp-warden:` prefix: the filter lets these requests pass.
+/// The name of the Envoy routes that send `/.warden/mcp/` and `/.pomerium/mcp/` (server
+/// listing, connect, disconnect) to the token service on every virtual host. It has no
+/// `mcp-warden:` prefix: no warden route is named, and the filter lets these requests pass.
 pub const TOKEN_SERVICE_ROUTE: &str = "mcp-warden.token-service";
 
 /// The path prefixes served by the token service on every host the gateway fronts.

@@ -340,3 +340,101 @@ pub fn verify_te(
     };
     warden_core::token::verify(token, &set, &rules, now).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn config() -> Config {
+        Config::from_yaml(
+            r#"
+authorization_server: {issuer: "http://127.0.0.1:9100"}
+routes:
+  - name: app
+    from: https://app.example.com
+    prefix: /ui
+    to: http://127.0.0.1:3000
+    mcp: {client: {}}
+    policy: {allow: {and: [{authenticated_user: true}]}}
+  - name: srv
+    from: https://mcp.example.com
+    to: http://127.0.0.1:3001
+    mcp: {server: {}}
+    policy: {allow: {and: [{mcp_method: initialize}]}}
+"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn return_to_stays_under_the_route() {
+        let c = config();
+        let app = c.client_route("app").unwrap();
+        for ok in [
+            "https://app.example.com/ui",
+            "https://app.example.com/ui/",
+            "https://app.example.com:443/ui/a?b#c",
+            "HTTPS://APP.example.com/ui/x",
+        ] {
+            assert!(valid_return_to(app, ok), "{ok}");
+        }
+        for bad in [
+            "https://app.example.com/uix",
+            "https://app.example.com/",
+            "http://app.example.com/ui",
+            "https://app.example.com:8443/ui",
+            "https://evil@app.example.com/ui",
+            "https://app.example.com.evil/ui",
+            "/ui",
+            "",
+        ] {
+            assert!(!valid_return_to(app, bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn connect_redirects_only_to_app_origins() {
+        let c = config();
+        assert_eq!(
+            connect_redirect_route(&c, "https://app.example.com/anything?x")
+                .map(|r| r.name.as_str()),
+            Some("app")
+        );
+        for bad in [
+            "https://mcp.example.com/",
+            "http://app.example.com/",
+            "https://app.example.com:444/",
+            "javascript://app.example.com/%0aalert(1)",
+            "https://u:p@app.example.com/",
+            "app.example.com",
+        ] {
+            assert!(connect_redirect_route(&c, bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn servers_are_judged_as_an_initialize() {
+        let c = config();
+        let user = Identity {
+            sub: "a@example.com".into(),
+            email: "a@example.com".into(),
+            name: String::new(),
+            groups: vec![],
+        };
+        let claims = policy_claims(&c, &user, "", "warden-app:app", "sid");
+        let names: Vec<_> = usable_servers(&c, &claims)
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
+        assert_eq!(names, vec!["srv".to_string()]);
+        // The app itself is judged without an MCP method.
+        assert!(app_allows(&c, c.client_route("app").unwrap(), &user, "sid"));
+        assert!(!route_allows(
+            c.route_by_name("srv").unwrap(),
+            &claims,
+            None
+        ));
+    }
+}
