@@ -544,10 +544,13 @@ pub struct RouteConfig {
     pub from: String,
     #[serde(default)]
     pub prefix: String,
-    /// Upstream MCP server URL.
+    /// Upstream URL: the MCP server, or the web app of an `mcp: client` route.
     pub to: String,
-    /// `server: {}` marks an MCP server route.
+    /// `server: {...}` marks an MCP server route, `client: {}` an MCP-enabled web app.
     pub mcp: McpRouteConfig,
+    /// Shown in the server listing (`/.warden/mcp/routes`).
+    #[serde(default)]
+    pub description: Option<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
     /// PPL policy (Pomerium's shape): one rule or a list. Required, so no route is open or
@@ -560,11 +563,20 @@ pub struct RouteConfig {
     pub pass_identity_headers: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `routes[].mcp`: exactly one of `server` and `client`.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct McpRouteConfig {
-    pub server: McpServerConfig,
+    #[serde(default)]
+    pub server: Option<McpServerConfig>,
+    #[serde(default)]
+    pub client: Option<McpClientConfig>,
 }
+
+/// `mcp.client`: a web app behind the gateway that acts for its signed-in users (no options yet).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpClientConfig {}
 
 /// MCP server route options (the filter enforces them; defaults as in the plugin config).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -716,6 +728,21 @@ fn validate_provider_url(value: &str) -> Result<(), String> {
 }
 
 impl RouteConfig {
+    /// The MCP server options, for a server route.
+    pub fn server(&self) -> Option<&McpServerConfig> {
+        self.mcp.server.as_ref()
+    }
+
+    /// Whether this is an `mcp: client` route (a web app).
+    pub fn is_client(&self) -> bool {
+        self.mcp.client.is_some() && self.mcp.server.is_none()
+    }
+
+    /// The upstream OAuth settings of a server route.
+    pub fn upstream_oauth2(&self) -> Option<&UpstreamOAuth2Config> {
+        self.server().and_then(|s| s.upstream_oauth2.as_ref())
+    }
+
     /// RFC 8707 resource identifier: `from` + `prefix`, byte for byte.
     pub fn resource(&self) -> String {
         format!("{}{}", self.from, self.prefix)
@@ -933,7 +960,12 @@ impl Config {
             )?;
         }
         for (i, r) in config.routes.iter_mut().enumerate() {
-            if let Some(u) = &mut r.mcp.server.upstream_oauth2 {
+            if let Some(u) = r
+                .mcp
+                .server
+                .as_mut()
+                .and_then(|s| s.upstream_oauth2.as_mut())
+            {
                 u.read_secret_file(&format!("routes[{i}].mcp.server.upstream_oauth2"))?;
             }
         }
@@ -1110,6 +1142,32 @@ impl Config {
         let mut resources = BTreeSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
+            match (&r.mcp.server, &r.mcp.client) {
+                (Some(_), None) => {}
+                (None, Some(_)) => {
+                    if !r.scopes.is_empty() {
+                        return Err(ConfigError::new(
+                            format!("{at}.scopes"),
+                            "an mcp: client route has no scopes (they belong to MCP server routes)",
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        format!("{at}.mcp"),
+                        "must be exactly one of `server: {...}` (an MCP server) or `client: {}` (an MCP-enabled web app)",
+                    ))
+                }
+            }
+            if r.description
+                .as_deref()
+                .is_some_and(|d| d.chars().any(|c| c.is_control()))
+            {
+                return Err(ConfigError::new(
+                    format!("{at}.description"),
+                    "must not contain control characters",
+                ));
+            }
             validate_route_name(&r.name).map_err(|m| ConfigError::new(format!("{at}.name"), m))?;
             // Envoy names the route `mcp-warden:<name>` and logs show the name: two names that
             // differ only by case would be told apart by Envoy but not by people.
@@ -1155,7 +1213,7 @@ impl Config {
                 None => {
                     return Err(ConfigError::new(
                         format!("{at}.policy"),
-                        "required: an MCP server route needs a policy (`allow: {and: [{authenticated_user: true}]}` admits every signed-in user)",
+                        "required: a route needs a policy (`allow: {and: [{authenticated_user: true}]}` admits every signed-in user)",
                     ))
                 }
                 Some(doc) => {
@@ -1163,7 +1221,7 @@ impl Config {
                         .map_err(|e| ConfigError::new(e.path, e.message))?;
                 }
             }
-            if let Some(max) = r.mcp.server.max_request_bytes {
+            if let Some(max) = r.server().and_then(|s| s.max_request_bytes) {
                 if max == 0 || max > warden_core::config::MAX_MAX_REQUEST_BYTES {
                     return Err(ConfigError::new(
                         format!("{at}.mcp.server.max_request_bytes"),
@@ -1196,7 +1254,7 @@ impl Config {
                     ));
                 }
             }
-            if let Some(u) = &r.mcp.server.upstream_oauth2 {
+            if let Some(u) = r.upstream_oauth2() {
                 u.validate(&format!("{at}.mcp.server.upstream_oauth2"))?;
             }
         }
@@ -1303,9 +1361,27 @@ impl Config {
 
     /// Whether any route needs tokens from an upstream provider.
     pub fn uses_upstream_oauth(&self) -> bool {
-        self.routes
-            .iter()
-            .any(|r| r.mcp.server.upstream_oauth2.is_some())
+        self.routes.iter().any(|r| r.upstream_oauth2().is_some())
+    }
+
+    /// The MCP server routes.
+    pub fn server_routes(&self) -> impl Iterator<Item = &RouteConfig> {
+        self.routes.iter().filter(|r| r.server().is_some())
+    }
+
+    /// The `mcp: client` routes (web apps).
+    pub fn client_routes(&self) -> impl Iterator<Item = &RouteConfig> {
+        self.routes.iter().filter(|r| r.is_client())
+    }
+
+    /// Whether any route is an `mcp: client` route.
+    pub fn uses_client_routes(&self) -> bool {
+        self.client_routes().next().is_some()
+    }
+
+    /// The client route named `name`.
+    pub fn client_route(&self, name: &str) -> Option<&RouteConfig> {
+        self.client_routes().find(|r| r.name == name)
     }
 
     /// Whether any route passes identity headers (the identity assertion).
@@ -1313,10 +1389,11 @@ impl Config {
         self.routes.iter().any(|r| r.pass_identity_headers)
     }
 
-    /// Whether the filter needs the internal listener: for upstream tokens or for identity
-    /// assertions. Bound, rendered (cluster and credential) and given a credential file then.
+    /// Whether the filter needs the internal listener: for upstream tokens, identity
+    /// assertions, or the app sessions of `mcp: client` routes. Bound, rendered (cluster and
+    /// credential) and given a credential file then.
     pub fn uses_internal_listener(&self) -> bool {
-        self.uses_upstream_oauth() || self.uses_identity_assertions()
+        self.uses_upstream_oauth() || self.uses_identity_assertions() || self.uses_client_routes()
     }
 
     pub fn route_by_name(&self, name: &str) -> Option<&RouteConfig> {
@@ -1347,15 +1424,15 @@ impl Config {
     /// Union of all route scopes, sorted, for `scopes_supported`.
     pub fn scopes_supported(&self) -> Vec<String> {
         let set: BTreeSet<&str> = self
-            .routes
-            .iter()
+            .server_routes()
             .flat_map(|r| r.scopes.iter().map(String::as_str))
             .collect();
         set.into_iter().map(str::to_owned).collect()
     }
 
+    /// The MCP server route whose resource is `resource` (client routes are no resources).
     pub fn route_by_resource(&self, resource: &str) -> Option<&RouteConfig> {
-        self.routes.iter().find(|r| r.resource() == resource)
+        self.server_routes().find(|r| r.resource() == resource)
     }
 
     pub fn user(&self, email: &str) -> Option<&LocalUser> {

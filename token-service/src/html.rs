@@ -68,6 +68,15 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
     )
 }
 
+/// A plain notice (signed out, …).
+pub fn info_page(status: StatusCode, title: &str, message: &str) -> Response {
+    page(
+        status,
+        title,
+        &format!("<h1>{}</h1><p>{}</p>", escape(title), escape(message)),
+    )
+}
+
 pub struct LoginForm<'a> {
     pub action: &'a str,
     pub flow_id: &'a str,

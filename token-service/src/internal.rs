@@ -10,6 +10,11 @@
 //! * `POST /internal/v1/identity-assertion` `{"sub", "route"}` → `200 {"assertion",
 //!   "issued_at", "expires_at"}`, `404 unknown_user`, `404 unknown_route`,
 //!   `400 identity_headers_off` (the route does not pass identity headers).
+//! * `POST /internal/v1/app-session` `{"route", "code"}` → `200 {"session", "max_age",
+//!   "return_to"}`, `400 invalid_code` (an `mcp: client` route's one-time app code).
+//! * `POST /internal/v1/app-token` `{"route", "session"}` → `200 {"access_token",
+//!   "expires_at"}`, `401 session_expired`, `403 access_denied`.
+//! * `POST /internal/v1/app-session/end` `{"route", "session"}` → `200 {"ended"}`.
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -35,6 +40,9 @@ pub fn router(state: AppState) -> Router {
             post(drop_upstream_token),
         )
         .route("/internal/v1/identity-assertion", post(identity_assertion))
+        .route("/internal/v1/app-session", post(app_session))
+        .route("/internal/v1/app-token", post(app_token))
+        .route("/internal/v1/app-session/end", post(end_app_session))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
@@ -294,5 +302,127 @@ async fn identity_assertion(State(s): State<AppState>, body: axum::body::Bytes) 
                 "the token service failed",
             )
         }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppCodeRequest {
+    route: String,
+    code: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppSessionRequest {
+    route: String,
+    session: String,
+}
+
+fn server_error(e: &crate::error::Error, what: &str) -> Response {
+    tracing::error!(error = %e, "{what} failed");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "the token service failed",
+    )
+}
+
+async fn app_session(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    let Ok(q) = serde_json::from_slice::<AppCodeRequest>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "expected {\"route\", \"code\"}",
+        );
+    };
+    let opened = s
+        .blocking(move |st| {
+            Ok(crate::flows::app::open_session(
+                st.config(),
+                st.store().as_ref(),
+                &q.route,
+                &q.code,
+                st.now(),
+            )?)
+        })
+        .await;
+    match opened {
+        Ok(Some(o)) => no_store(
+            Json(json!({
+                "session": o.secret,
+                "max_age": o.max_age,
+                "return_to": o.return_to,
+            }))
+            .into_response(),
+        ),
+        Ok(None) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_code",
+            "the sign-in code is unknown, used, expired, or for another route",
+        ),
+        Err(e) => server_error(&e, "opening an app session"),
+    }
+}
+
+async fn app_token(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    let Ok(q) = serde_json::from_slice::<AppSessionRequest>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "expected {\"route\", \"session\"}",
+        );
+    };
+    let minted = s
+        .blocking(move |st| {
+            Ok(crate::flows::app::app_token(
+                st.config(),
+                st.keys(),
+                st.store().as_ref(),
+                &q.route,
+                &q.session,
+                st.now(),
+            )?)
+        })
+        .await;
+    match minted {
+        Ok(Ok((token, expires_at))) => no_store(
+            Json(json!({ "access_token": token, "expires_at": expires_at })).into_response(),
+        ),
+        Ok(Err(crate::flows::app::AppTokenError::SessionExpired)) => error(
+            StatusCode::UNAUTHORIZED,
+            "session_expired",
+            "the app session has ended: sign in again",
+        ),
+        Ok(Err(crate::flows::app::AppTokenError::AccessDenied)) => error(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "the route's policy does not let this user use the app",
+        ),
+        Err(e) => server_error(&e, "minting an app token"),
+    }
+}
+
+async fn end_app_session(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    let Ok(q) = serde_json::from_slice::<AppSessionRequest>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "expected {\"route\", \"session\"}",
+        );
+    };
+    let ended = s
+        .blocking(move |st| {
+            Ok(crate::flows::app::end_session(
+                st.store().as_ref(),
+                &q.route,
+                &q.session,
+                st.now(),
+            )?)
+        })
+        .await;
+    match ended {
+        Ok(ended) => no_store(Json(json!({ "ended": ended })).into_response()),
+        Err(e) => server_error(&e, "ending an app session"),
     }
 }

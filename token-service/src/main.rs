@@ -189,8 +189,7 @@ fn main() -> ExitCode {
             };
             match what {
                 Describe::McpUrls => config
-                    .routes
-                    .iter()
+                    .server_routes()
                     .for_each(|r| println!("{}", r.resource())),
                 Describe::Issuer => println!("{}", config.authorization_server.issuer),
                 Describe::EnvoyAdmin => println!("{}", config.envoy.admin),

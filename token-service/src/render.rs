@@ -28,6 +28,14 @@ pub const TOKEN_SERVICE_CLUSTER: &str = "warden_token_service";
 /// The cluster name the filter reaches the token service's internal listener through.
 pub const TOKEN_SERVICE_INTERNAL_CLUSTER: &str = "warden_token_service_internal";
 
+/// The name of the Envoy routes that send `/.warden/mcp/` and `/.pomerium/mcp/` (server
+/// listing, connect, disconnect) to the token service on every virtual host. It has no
+/// `mcp-warden:` prefix: no warden route is named, and the filter lets these requests pass.
+pub const TOKEN_SERVICE_ROUTE: &str = "mcp-warden.token-service";
+
+/// The path prefixes served by the token service on every host the gateway fronts.
+pub const TOKEN_SERVICE_PREFIXES: [&str; 2] = ["/.warden/mcp/", "/.pomerium/mcp/"];
+
 /// What the renderer needs, already validated.
 #[derive(Debug, Clone)]
 pub struct EnvoyInput {
@@ -72,6 +80,9 @@ pub struct RouteInput {
     pub upstream_oauth: bool,
     /// The route has `pass_identity_headers`: the filter adds the identity assertion.
     pub pass_identity_headers: bool,
+    /// An `mcp: client` route (a web app): `"kind": "client"` in the plugin configuration,
+    /// no body inspection; `scopes` and `server` are unused.
+    pub client: bool,
 }
 
 impl EnvoyInput {
@@ -105,9 +116,10 @@ impl EnvoyInput {
                     to: r.to.clone(),
                     scopes: r.scopes.clone(),
                     policy: r.policy.clone().unwrap_or_default(),
-                    server: r.mcp.server.clone(),
-                    upstream_oauth: r.mcp.server.upstream_oauth2.is_some(),
+                    server: r.server().cloned().unwrap_or_default(),
+                    upstream_oauth: r.upstream_oauth2().is_some(),
                     pass_identity_headers: r.pass_identity_headers,
+                    client: r.is_client(),
                 })
                 .collect(),
             internal,
@@ -115,7 +127,8 @@ impl EnvoyInput {
     }
 }
 
-/// The filter's plugin configuration for these routes.
+/// The filter's plugin configuration for the MCP server routes (client routes are added by
+/// [`plugin_config_json`], as `warden_core::config::RouteConfig` has no `kind` on this branch).
 pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
     let issuer_authority = input
         .issuer
@@ -147,6 +160,7 @@ pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
         routes: input
             .routes
             .iter()
+            .filter(|r| !r.client)
             .map(|r| RouteConfig {
                 name: r.name.clone(),
                 resource: r.resource.clone(),
@@ -167,6 +181,37 @@ pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
             })
             .collect(),
     }
+}
+
+/// The plugin configuration as rendered: the server routes of [`plugin_config`], and each
+/// `mcp: client` route in its place as `{"name", "resource", "policy", "kind": "client"}`
+/// (plus `"pass_identity_headers": true` when set). A route without `kind` is a server route.
+pub fn plugin_config_json(input: &EnvoyInput) -> Result<serde_json::Value, String> {
+    let plugin = plugin_config(input);
+    let mut servers = plugin.routes.iter();
+    let mut routes = Vec::with_capacity(input.routes.len());
+    for r in &input.routes {
+        if r.client {
+            let mut route = serde_json::json!({
+                "name": r.name,
+                "resource": r.resource,
+                "policy": r.policy,
+                "kind": "client",
+            });
+            if r.pass_identity_headers {
+                route["pass_identity_headers"] = true.into();
+            }
+            routes.push(route);
+        } else {
+            let server = servers
+                .next()
+                .ok_or_else(|| "plugin routes out of step".to_string())?;
+            routes.push(serde_json::to_value(server).map_err(|e| e.to_string())?);
+        }
+    }
+    let mut value = serde_json::to_value(&plugin).map_err(|e| e.to_string())?;
+    value["routes"] = serde_json::Value::Array(routes);
+    Ok(value)
 }
 
 /// Splits an upstream URL into (host, port, path).
@@ -199,9 +244,18 @@ fn json_string(s: &str) -> String {
 /// Renders the bootstrap YAML. Field names are Envoy's; values are JSON-quoted so YAML never
 /// reinterprets them.
 pub fn render(input: &EnvoyInput) -> Result<String, String> {
-    let plugin = serde_json::to_string(&plugin_config(input)).map_err(|e| e.to_string())?;
     // Compile what we render: a render that the filter would refuse is a bug here, not in Envoy.
-    warden_core::config::CompiledConfig::from_json(plugin.as_bytes()).map_err(|e| e.to_string())?;
+    // (The server routes; the filter's `kind: client` routes are checked by the filter's own
+    // compile once its side of `mcp: client` is merged.)
+    let servers = serde_json::to_string(&plugin_config(input)).map_err(|e| e.to_string())?;
+    warden_core::config::CompiledConfig::from_json(servers.as_bytes())
+        .map_err(|e| e.to_string())?;
+    // Without client routes, exactly the server configuration (its fields in their order).
+    let plugin = if input.routes.iter().any(|r| r.client) {
+        plugin_config_json(input)?.to_string()
+    } else {
+        servers
+    };
 
     // Routes grouped by authority: one virtual host each, plus a catch-all that fails closed.
     let mut hosts: Vec<(String, Vec<(usize, ResourceUrl)>)> = Vec::new();
@@ -242,6 +296,7 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
     let largest_body = input
         .routes
         .iter()
+        .filter(|r| !r.client)
         .map(|r| {
             r.server
                 .max_request_bytes
@@ -313,6 +368,18 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
         let _ = writeln!(w, "            - name: {}", json_string(authority));
         let _ = writeln!(w, "              domains: [{}]", domains.join(", "));
         let _ = writeln!(w, "              routes:");
+        // Server listing, connect and disconnect: answered by the token service on every host
+        // the gateway fronts, path unchanged, with no warden route named (the filter lets them
+        // pass untouched).
+        for prefix in TOKEN_SERVICE_PREFIXES {
+            let _ = writeln!(
+                w,
+                "              - name: {}\n                match: {{ prefix: {} }}\n                route: {{ cluster: {TOKEN_SERVICE_CLUSTER} }}\n                {}",
+                json_string(TOKEN_SERVICE_ROUTE),
+                json_string(prefix),
+                route_header_mutation(&format!("{{ remove: {ROUTE_HEADER} }}"))
+            );
+        }
         // Longest prefix first, as the filter matches.
         let mut sorted = routes.clone();
         sorted.sort_by_key(|(_, url)| std::cmp::Reverse(url.path.len()));
@@ -450,6 +517,7 @@ mod tests {
                     server: Default::default(),
                     upstream_oauth: false,
                     pass_identity_headers: false,
+                    client: false,
                 },
                 RouteInput {
                     name: "root".into(),
@@ -460,6 +528,7 @@ mod tests {
                     server: Default::default(),
                     upstream_oauth: false,
                     pass_identity_headers: false,
+                    client: false,
                 },
             ],
             internal: None,
@@ -663,5 +732,89 @@ routes:
         assert!(render(&input)
             .unwrap()
             .contains(TOKEN_SERVICE_INTERNAL_CLUSTER));
+    }
+
+    fn with_client_route() -> EnvoyInput {
+        let mut input = sample();
+        input.routes.push(RouteInput {
+            name: "chat".into(),
+            resource: "http://chat.example.com".into(),
+            to: "http://127.0.0.1:3000".into(),
+            scopes: vec![],
+            policy: serde_json::json!({"allow": {"and": [{"domain": {"is": "example.com"}}]}}),
+            server: Default::default(),
+            upstream_oauth: false,
+            pass_identity_headers: true,
+            client: true,
+        });
+        input.internal = Some(InternalListener {
+            listen: "127.0.0.1:9101".parse().unwrap(),
+            credential: "c2VjcmV0LWNyZWRlbnRpYWw".into(),
+        });
+        input
+    }
+
+    #[test]
+    fn client_routes_are_kind_client_in_the_plugin_config() {
+        let input = with_client_route();
+        let plugin = plugin_config_json(&input).unwrap();
+        let routes = plugin["routes"].as_array().unwrap();
+        assert_eq!(routes.len(), 3);
+        // Server routes are unchanged: no `kind`.
+        assert!(routes[0].get("kind").is_none());
+        assert_eq!(routes[0]["name"], "demo");
+        assert_eq!(
+            routes[2],
+            serde_json::json!({
+                "name": "chat",
+                "resource": "http://chat.example.com",
+                "policy": {"allow": {"and": [{"domain": {"is": "example.com"}}]}},
+                "kind": "client",
+                "pass_identity_headers": true,
+            })
+        );
+        // The filter's call-outs for app sessions need the internal listener.
+        assert_eq!(
+            plugin["token_service"]["cluster"],
+            TOKEN_SERVICE_INTERNAL_CLUSTER
+        );
+        // The server-only part still compiles as before.
+        let servers = serde_json::to_string(&plugin_config(&input)).unwrap();
+        let compiled = warden_core::config::CompiledConfig::from_json(servers.as_bytes()).unwrap();
+        assert_eq!(compiled.routes.len(), 2);
+    }
+
+    #[test]
+    fn client_routes_get_an_envoy_route_to_the_app() {
+        let yaml = render(&with_client_route()).unwrap();
+        assert!(yaml.contains("- name: \"chat.example.com\""), "{yaml}");
+        assert!(
+            yaml.contains("domains: [\"chat.example.com\", \"chat.example.com:80\"]"),
+            "{yaml}"
+        );
+        assert!(yaml.contains("name: \"mcp-warden:chat\""), "{yaml}");
+        assert!(yaml.contains("cluster: route_2,"), "{yaml}");
+        assert!(
+            yaml.contains("socket_address: { address: \"127.0.0.1\", port_value: 3000 }"),
+            "{yaml}"
+        );
+        // The embedded plugin configuration carries the client route.
+        assert!(yaml.contains("\\\"kind\\\":\\\"client\\\""), "{yaml}");
+    }
+
+    #[test]
+    fn every_host_sends_the_listing_paths_to_the_token_service() {
+        let yaml = render(&with_client_route()).unwrap();
+        for prefix in TOKEN_SERVICE_PREFIXES {
+            let line = format!(
+                "match: {{ prefix: \"{prefix}\" }}\n                route: {{ cluster: {TOKEN_SERVICE_CLUSTER} }}"
+            );
+            // One per configured virtual host (127.0.0.1:9000, localhost:9000, chat.example.com).
+            assert_eq!(yaml.matches(&line).count(), 3, "{prefix}:\n{yaml}");
+        }
+        // They come before the hosts' own routes (a root route would take them otherwise).
+        let listing = yaml.find("prefix: \"/.warden/mcp/\"").unwrap();
+        let root = yaml.find("match: { path: \"/\" }").unwrap();
+        assert!(listing < root);
     }
 }

@@ -37,6 +37,8 @@ const SESSION_TTL: i64 = 12 * 3600;
 const MAX_LOGIN_ATTEMPTS: u32 = 5;
 const BODY_LIMIT: usize = 64 * 1024;
 
+mod app;
+
 pub fn router(state: AppState) -> Router {
     let base = issuer_path(&state.config().authorization_server.issuer);
     // Endpoints browser-based MCP clients call from script: CORS without credentials.
@@ -57,6 +59,9 @@ pub fn router(state: AppState) -> Router {
         .route(crate::vault::CALLBACK_PATH, get(upstream_callback))
         .route(IDP_START_PATH, get(idp_start))
         .route(crate::oidc::CALLBACK_PATH, get(idp_callback))
+        .route(app::SIGN_IN_PATH, get(app::sign_in))
+        .route(app::CONNECT_PATH, get(app::connect))
+        .route(app::SIGNED_OUT_PATH, get(app::signed_out))
         .merge(api);
     let router = if base.is_empty() {
         endpoints
@@ -72,6 +77,7 @@ pub fn router(state: AppState) -> Router {
             .nest(&base, endpoints)
     };
     router
+        .merge(app::gateway_paths())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -381,7 +387,7 @@ fn consent_page(
             upstream: s
                 .config()
                 .route_by_resource(&flow.request.resource)
-                .and_then(|r| r.mcp.server.upstream_oauth2.as_ref())
+                .and_then(|r| r.upstream_oauth2())
                 .map(|u| u.provider_name())
                 .as_deref(),
         },
@@ -404,6 +410,7 @@ fn begin_consent(
         expires_at: s.now() + FLOW_TTL,
         browser: browser_hash,
         user: Some(user.clone()),
+        next: None,
     };
     s.store().insert_flow(&flow)?;
     tracing::info!(client_id = %flow.request.client_id, sub = %user.user, "asking for consent");
@@ -433,13 +440,13 @@ fn finish_authorization(
     let now = s.now();
     let upstream_route = config
         .route_by_resource(&grant.resource)
-        .filter(|r| r.mcp.server.upstream_oauth2.is_some())
+        .filter(|r| r.upstream_oauth2().is_some())
         .map(|r| r.name.clone());
     if let Some(route) = upstream_route {
         if !s.vault().holds_usable(email, &route, now)? {
             let url = s
                 .vault()
-                .begin(&route, grant, email, sid, browser_hash, now)?;
+                .begin(&route, grant, email, sid, browser_hash, now, None)?;
             tracing::info!(sub = %email, route = %route, "connecting the upstream account");
             return Ok(redirect(&url));
         }
@@ -521,6 +528,7 @@ fn authorize_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> 
         expires_at: now + FLOW_TTL,
         browser: hash_secret(&browser),
         user: None,
+        next: None,
     };
     s.store().insert_flow(&flow)?;
     // Only the identity provider: straight to it.
@@ -687,11 +695,18 @@ fn login_finish(s: &AppState, attempt: LoginAttempt, user: Option<String>) -> Re
             store.delete_flow(&flow.id)?;
             return Err(too_many_attempts());
         }
-        let client = lookup_client(config, store, &flow.request.client_id)?;
-        let name = client
-            .as_ref()
-            .map(|c| c.display_name().to_owned())
-            .unwrap_or_else(|| flow.request.client_id.clone());
+        let name = match &flow.next {
+            // An app sign-in or a connect: the stand-in request names the app.
+            Some(_) => flow
+                .request
+                .client_id
+                .strip_prefix(crate::flows::app::APP_CLIENT_PREFIX)
+                .unwrap_or(&flow.request.client_id)
+                .to_owned(),
+            None => lookup_client(config, store, &flow.request.client_id)?
+                .map(|c| c.display_name().to_owned())
+                .unwrap_or_else(|| flow.request.client_id.clone()),
+        };
         return Ok(sign_in_page(
             s,
             StatusCode::UNAUTHORIZED,
@@ -707,23 +722,24 @@ fn login_finish(s: &AppState, attempt: LoginAttempt, user: Option<String>) -> Re
     if !store.delete_flow(&flow.id)? {
         return Err(expired_page());
     }
-    let client = lookup_client(config, store, &flow.request.client_id)?.ok_or_else(expired_page)?;
     let device = login::remember_device(store, &throttle, device_cookie.as_deref(), now)?;
     let device_cookie = set_cookie(s, DEVICE_COOKIE, &device, login::DEVICE_TTL);
-    let resp = signed_in(s, flow, &client, &user.email)?;
+    let resp = signed_in(s, flow, &user.email)?;
     Ok(with_cookie(resp, device_cookie))
 }
 
 /// A user proved who they are (password or identity provider) in the browser of `flow`:
-/// start their session, then ask for consent or answer the client.
-fn signed_in(
-    s: &AppState,
-    flow: PendingFlow,
-    client: &RegisteredClient,
-    user: &str,
-) -> Result<Response> {
+/// start their session, then ask for consent or answer the client (or, for an app sign-in
+/// or a connect, continue there).
+fn signed_in(s: &AppState, flow: PendingFlow, user: &str) -> Result<Response> {
     let store = s.store().as_ref();
     let now = s.now();
+    let client = match &flow.next {
+        Some(_) => None,
+        None => Some(
+            lookup_client(s.config(), store, &flow.request.client_id)?.ok_or_else(expired_page)?,
+        ),
+    };
     let secret = random_token();
     let session = Session {
         sid: random_id(),
@@ -734,6 +750,17 @@ fn signed_in(
     store.insert_session(&hash_secret(&secret), &session)?;
     tracing::info!(client_id = %flow.request.client_id, sub = %user, sid = %session.sid, "signed in");
     let session_cookie = set_session_cookie(s, &secret);
+    let client = match (client, flow.next.clone()) {
+        (_, Some(next)) => {
+            // The sign-in stands even when the app or server refuses the user (403 page).
+            let resp = app::continue_signed_in(s, next, &session, &flow.browser)
+                .unwrap_or_else(IntoResponse::into_response);
+            return Ok(with_cookie(resp, session_cookie));
+        }
+        (Some(c), None) => c,
+        (None, None) => return Err(expired_page()),
+    };
+    let client = &client;
     let resp = if consent::required(store, client, &flow.request, user)? {
         let who = FlowUser {
             user: user.to_owned(),
@@ -903,6 +930,11 @@ async fn upstream_callback(
         if !live {
             return Err(expired_page());
         }
+        // A connect from an app: back to the app's page (checked when the connect began).
+        if let Some(url) = &flow.redirect_url {
+            tracing::info!(sub = %flow.user, route = %flow.route, "upstream account connected from an app");
+            return Ok(redirect(url));
+        }
         let code = authorize::issue_code(
             st.store().as_ref(),
             &flow.request,
@@ -1069,8 +1101,6 @@ async fn idp_callback(
         if flow.user.is_some() || !store.delete_flow(&flow.id)? {
             return Err(expired_page());
         }
-        let client =
-            lookup_client(st.config(), store, &flow.request.client_id)?.ok_or_else(expired_page)?;
         store.put_idp_user(&IdpUserRecord {
             key: user.key.clone(),
             email: user.email,
@@ -1078,7 +1108,7 @@ async fn idp_callback(
             groups: user.groups,
             updated_at: now,
         })?;
-        signed_in(st, flow, &client, &user.key)
+        signed_in(st, flow, &user.key)
     })
     .await
 }

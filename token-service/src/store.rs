@@ -57,6 +57,44 @@ pub struct PendingFlow {
     /// Set once signed in: the flow then waits for consent from this user and session.
     #[serde(default)]
     pub user: Option<FlowUser>,
+    /// Not an MCP client's authorization: what to do once the user is signed in. `request`
+    /// is then a stand-in that can never become a code (no PKCE challenge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Continuation>,
+}
+
+/// What a sign-in continues with when it is not an MCP client's authorization.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Continuation {
+    /// Browser sign-in on an `mcp: client` route: issue an app code, back to the app.
+    AppSignIn { route: String, return_to: String },
+    /// Connect an upstream account (`/mcp/connect`), then redirect to `redirect_url`.
+    Connect { route: String, redirect_url: String },
+}
+
+/// A one-time app code: the filter trades it for an app session (stored hashed, 60 s).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AppCode {
+    /// The `mcp: client` route's name.
+    pub route: String,
+    pub user: String,
+    /// The issuer session the app session is bound to.
+    pub sid: String,
+    pub return_to: String,
+    /// When the issuer session ends: the app session ends then at the latest.
+    pub session_expires_at: i64,
+    pub expires_at: i64,
+}
+
+/// A browser's session on an `mcp: client` route (the cookie value is stored hashed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppSession {
+    pub route: String,
+    pub user: String,
+    pub sid: String,
+    pub created_at: i64,
+    pub expires_at: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -171,6 +209,10 @@ pub struct UpstreamFlow {
     /// The PKCE verifier, sealed by the vault (base64url).
     pub pkce_verifier: String,
     pub expires_at: i64,
+    /// A connect from an app (`/mcp/connect`): redirect here afterwards instead of answering
+    /// `request` (a stand-in then, never turned into a code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_url: Option<String>,
 }
 
 /// A sign-in at the identity provider in progress: the provider sends the browser back with
@@ -354,6 +396,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes expired records, DCR clients included (per `retention`).
     fn sweep(&self, now: i64, retention: &Retention) -> anyhow::Result<()>;
+
+    fn insert_app_code(&self, code_hash: &str, code: &AppCode) -> anyhow::Result<()>;
+    /// Takes an unexpired app code (single use: it is gone afterwards either way).
+    fn take_app_code(&self, code_hash: &str, now: i64) -> anyhow::Result<Option<AppCode>>;
+    fn insert_app_session(&self, secret_hash: &str, session: &AppSession) -> anyhow::Result<()>;
+    fn app_session(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<AppSession>>;
+    /// Ends an app session; false when there was none.
+    fn delete_app_session(&self, secret_hash: &str) -> anyhow::Result<bool>;
+    /// Ends the sign-in session whose cookie hashes to `secret_hash` (sign-out), and every
+    /// app session bound to it; returns its `sid` when there was a live one.
+    fn revoke_session(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<String>>;
 }
 
 /// Ordered schema migrations; a version is applied once, recorded in `schema_migrations`.
@@ -507,6 +560,27 @@ const MIGRATIONS: &[(i64, &str)] = &[
         groups_json TEXT NOT NULL,
         updated_at  INTEGER NOT NULL
     );
+    "#,
+    ),
+    (
+        7,
+        r#"
+    -- Browser sign-in on mcp: client routes: one-time app codes and app sessions (both keyed
+    -- by the SHA-256 of their secret).
+    CREATE TABLE app_codes (
+        code_hash   TEXT PRIMARY KEY,
+        data        TEXT NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    CREATE TABLE app_sessions (
+        secret_hash TEXT PRIMARY KEY,
+        route       TEXT NOT NULL,
+        user        TEXT NOT NULL,
+        sid         TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    CREATE INDEX app_sessions_expiry ON app_sessions(expires_at);
     "#,
     ),
 ];
@@ -1261,6 +1335,8 @@ impl Store for SqliteStore {
         conn.execute("DELETE FROM pending_flows WHERE expires_at <= ?1", [now])?;
         conn.execute("DELETE FROM upstream_flows WHERE expires_at <= ?1", [now])?;
         conn.execute("DELETE FROM idp_logins WHERE expires_at <= ?1", [now])?;
+        conn.execute("DELETE FROM app_codes WHERE expires_at <= ?1", [now])?;
+        conn.execute("DELETE FROM app_sessions WHERE expires_at <= ?1", [now])?;
         conn.execute("DELETE FROM auth_codes WHERE expires_at <= ?1", [now - DAY])?;
         conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
         // Attempts older than a day are outside every throttle window (pending ones too:
@@ -1274,5 +1350,91 @@ impl Store for SqliteStore {
             [now - DAY],
         )?;
         Ok(())
+    }
+
+    fn insert_app_code(&self, code_hash: &str, code: &AppCode) -> anyhow::Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO app_codes (code_hash, data, expires_at) VALUES (?1, ?2, ?3)",
+            params![code_hash, serde_json::to_string(code)?, code.expires_at],
+        )?;
+        Ok(())
+    }
+
+    fn take_app_code(&self, code_hash: &str, now: i64) -> anyhow::Result<Option<AppCode>> {
+        let data: Option<String> = self
+            .conn()?
+            .query_row(
+                "DELETE FROM app_codes WHERE code_hash = ?1 RETURNING data, expires_at",
+                [code_hash],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()?
+            .filter(|(_, expires_at)| *expires_at > now)
+            .map(|(data, _)| data);
+        data.map(|d| serde_json::from_str(&d).context("stored app code is malformed"))
+            .transpose()
+    }
+
+    fn insert_app_session(&self, secret_hash: &str, s: &AppSession) -> anyhow::Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO app_sessions (secret_hash, route, user, sid, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                secret_hash,
+                s.route,
+                s.user,
+                s.sid,
+                s.created_at,
+                s.expires_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn app_session(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<AppSession>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT route, user, sid, created_at, expires_at FROM app_sessions
+                 WHERE secret_hash = ?1 AND expires_at > ?2",
+                params![secret_hash, now],
+                |r| {
+                    Ok(AppSession {
+                        route: r.get(0)?,
+                        user: r.get(1)?,
+                        sid: r.get(2)?,
+                        created_at: r.get(3)?,
+                        expires_at: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn delete_app_session(&self, secret_hash: &str) -> anyhow::Result<bool> {
+        let n = self.conn()?.execute(
+            "DELETE FROM app_sessions WHERE secret_hash = ?1",
+            [secret_hash],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn revoke_session(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<String>> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let sid: Option<String> = tx
+            .query_row(
+                "UPDATE sessions SET revoked_at = ?2
+                 WHERE secret_hash = ?1 AND revoked_at IS NULL AND expires_at > ?2
+                 RETURNING sid",
+                params![secret_hash, now],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(sid) = &sid {
+            tx.execute("DELETE FROM app_sessions WHERE sid = ?1", [sid])?;
+        }
+        tx.commit()?;
+        Ok(sid)
     }
 }

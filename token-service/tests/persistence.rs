@@ -54,10 +54,10 @@ async fn migrations_are_recorded_and_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/dir/warden.db");
     let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.schema_versions().unwrap(), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(s.schema_versions().unwrap(), vec![1, 2, 3, 4, 5, 6, 7]);
     drop(s);
     let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.schema_versions().unwrap(), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(s.schema_versions().unwrap(), vec![1, 2, 3, 4, 5, 6, 7]);
 }
 
 #[tokio::test]

@@ -612,7 +612,7 @@ fn upstream_config_errors_name_the_field() {
         1,
     ))
     .unwrap();
-    let u = c.routes[1].mcp.server.upstream_oauth2.as_ref().unwrap();
+    let u = c.routes[1].upstream_oauth2().unwrap();
     assert_eq!(u.client_secret.as_deref(), Some("from-file"));
     assert!(!format!("{c:?}").contains("from-file"));
     assert!(!format!("{:?}", Config::from_yaml(&good).unwrap()).contains("warden-test-secret"));

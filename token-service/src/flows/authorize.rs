@@ -150,10 +150,13 @@ pub fn validate(
         Some(r) => config
             .route_by_resource(r)
             .ok_or_else(|| fail("invalid_target", "unknown resource"))?,
-        None => match config.routes.as_slice() {
-            [only] => only,
-            _ => return Err(fail("invalid_target", "resource is required")),
-        },
+        None => {
+            let mut servers = config.server_routes();
+            match (servers.next(), servers.next()) {
+                (Some(only), None) => only,
+                _ => return Err(fail("invalid_target", "resource is required")),
+            }
+        }
     };
 
     // Grant exactly the requested scopes, each of which the route must offer; with none

@@ -1,6 +1,7 @@
 //! OAuth logic without HTTP: request validation, PKCE, code and token issuance.
 //! Handlers in `routes.rs` parse the request, call into here, and render the outcome.
 
+pub mod app;
 pub mod authorize;
 pub mod consent;
 pub mod login;

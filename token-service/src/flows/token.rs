@@ -357,7 +357,7 @@ fn refresh(
     if let Some(route) = ctx
         .config
         .route_by_resource(&grant.resource)
-        .filter(|r| r.mcp.server.upstream_oauth2.is_some())
+        .filter(|r| r.upstream_oauth2().is_some())
     {
         if !ctx.vault.holds_usable(&grant.user, &route.name, ctx.now)? {
             tracing::info!(client_id = %client.client_id, sub = %grant.user, route = %route.name, "refresh refused: the upstream account must be connected again");

@@ -116,7 +116,7 @@ impl Vault {
             .routes
             .iter()
             .filter_map(|r| {
-                r.mcp.server.upstream_oauth2.as_ref().map(|u| {
+                r.upstream_oauth2().map(|u| {
                     (
                         r.name.clone(),
                         Provider::new(u.clone(), callback.clone(), http.clone()),
@@ -161,6 +161,7 @@ impl Vault {
 
     /// Starts the upstream consent for the MCP client's `request`: stores the flow and
     /// returns the provider's authorization URL. Blocking (store).
+    #[allow(clippy::too_many_arguments)]
     pub fn begin(
         &self,
         route: &str,
@@ -169,6 +170,7 @@ impl Vault {
         sid: &str,
         browser: &str,
         now: i64,
+        redirect_url: Option<String>,
     ) -> anyhow::Result<String> {
         let provider = self
             .provider(route)
@@ -195,9 +197,43 @@ impl Vault {
                     &verifier,
                 )?),
                 expires_at: now + UPSTREAM_FLOW_TTL,
+                redirect_url,
             },
         )?;
         Ok(url)
+    }
+
+    /// Disconnects `user`'s account for `route`: deletes the stored token, then revokes it
+    /// at the provider when it offers RFC 7009 revocation (the refresh token when there is
+    /// one: that ends the whole grant; else the access token). A failed revocation is logged,
+    /// not fatal: the gateway holds nothing any more. Returns whether a token was stored.
+    pub async fn disconnect(&self, user: &str, route: &str) -> anyhow::Result<bool> {
+        let Some(row) = self.read(user, route).await? else {
+            return Ok(false);
+        };
+        let (u, r) = (user.to_owned(), route.to_owned());
+        let deleted = self.db(move |st| st.delete_upstream_token(&u, &r)).await?;
+        let held = row.access_token.is_some() || row.refresh_token.is_some();
+        if let Some(provider) = self.provider(route) {
+            let revoke = match (self.open_refresh(&row), self.open_access(&row)) {
+                (Some(t), _) => Some((t, "refresh_token")),
+                (None, Some(t)) => Some((t, "access_token")),
+                (None, None) => None,
+            };
+            if let Some((token, hint)) = revoke {
+                match provider.revoke(&token, hint).await {
+                    Ok(true) => {
+                        tracing::info!(sub = %user, route = %route, "upstream token revoked at the provider")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(sub = %user, route = %route, error = %e, "revoking the upstream token failed")
+                    }
+                }
+            }
+        }
+        tracing::info!(sub = %user, route = %route, "upstream account disconnected");
+        Ok(deleted && held)
     }
 
     /// Seals the PKCE verifier of a sign-in at the identity provider, bound to its flow.

@@ -174,6 +174,52 @@ impl Provider {
         .await
     }
 
+    /// Revokes `token` at the provider's RFC 7009 endpoint, authenticating as at the token
+    /// endpoint (HTTP Basic unless the style is, or was learned to be, form parameters; a
+    /// public client sends its `client_id`). Ok(false) when no `revocation_url` is configured.
+    pub async fn revoke(&self, token: &str, hint: &str) -> Result<bool, ProviderError> {
+        let Some(url) = &self.config.endpoint.revocation_url else {
+            return Ok(false);
+        };
+        let params_style = match self.config.endpoint.auth_style {
+            Some(AuthStyle::Params) => true,
+            Some(AuthStyle::Header) => false,
+            None => self.learned_style.load(Ordering::Relaxed) == STYLE_PARAMS,
+        };
+        let mut form: Vec<(&str, &str)> = vec![("token", token), ("token_type_hint", hint)];
+        let mut req = self.http.post(url.as_str());
+        match &self.config.client_secret {
+            Some(secret) if !params_style => {
+                // RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic.
+                let enc = |v: &str| {
+                    url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+                };
+                req = req.basic_auth(enc(&self.config.client_id), Some(enc(secret)));
+            }
+            Some(secret) => {
+                form.push(("client_id", &self.config.client_id));
+                form.push(("client_secret", secret));
+            }
+            None => form.push(("client_id", &self.config.client_id)),
+        }
+        let resp =
+            req.form(&form).send().await.map_err(|e| {
+                ProviderError::Unavailable(format!("no answer from the provider: {e}"))
+            })?;
+        let status = resp.status();
+        if status.is_success() {
+            Ok(true)
+        } else if status.is_server_error() {
+            Err(ProviderError::Unavailable(format!(
+                "the provider answered {status}"
+            )))
+        } else {
+            Err(ProviderError::Refused(format!(
+                "the provider answered {status}"
+            )))
+        }
+    }
+
     /// Runs a token request in the configured style, or (none configured) in the learned
     /// one, or HTTP Basic and then form parameters, remembering the one that worked.
     async fn with_auth_style<F, Fut>(&self, request: F) -> Result<Issued, ProviderError>

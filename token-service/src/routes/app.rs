@@ -1,0 +1,405 @@
+//! `mcp: client` routes, browser side and the app's API (README, "MCP-enabled applications"):
+//!
+//! * `GET {issuer}/app/sign-in?route=&return_to=`: the filter sends a browser without an app
+//!   session here; after sign-in (or at once with a session) the route's policy is checked
+//!   and a one-time app code goes back to the filter's callback on the app's origin.
+//! * `GET {issuer}/mcp/connect?route=&redirect_url=`: connects the user's upstream account
+//!   for a server, then back to the app.
+//! * On every host the gateway fronts (Envoy routes them here): `GET /.warden/mcp/routes`,
+//!   `POST /.warden/mcp/disconnect` (bearer TE), `GET /.warden/mcp/connect` (redirects to the
+//!   issuer's), and the same under `/.pomerium/mcp/`.
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::*;
+use crate::config::RouteConfig;
+use crate::flows::app as flow;
+use crate::store::Continuation;
+
+pub(super) const SIGN_IN_PATH: &str = "/app/sign-in";
+pub(super) const CONNECT_PATH: &str = "/mcp/connect";
+/// Where the filter sends the browser after an app's sign-out.
+pub(super) const SIGNED_OUT_PATH: &str = "/app/signed-out";
+
+/// The paths served on every host (no issuer path in front).
+pub(super) fn gateway_paths() -> Router<AppState> {
+    let mut r = Router::new();
+    for base in ["/.warden/mcp", "/.pomerium/mcp"] {
+        r = r
+            .route(&format!("{base}/routes"), get(list_servers))
+            .route(&format!("{base}/disconnect"), post(disconnect))
+            .route(&format!("{base}/connect"), get(connect_elsewhere));
+    }
+    // Called from the app's backend or its pages' scripts with a bearer TE: no cookies.
+    r.layer(middleware::from_fn(cors))
+}
+
+fn bad_request(message: &str) -> Error {
+    Error::page(StatusCode::BAD_REQUEST, message)
+}
+
+pub(super) async fn sign_in(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    let params = query_params(query);
+    let cookies = BrowserCookies::from_headers(&s, &headers);
+    s.blocking(move |st| sign_in_blocking(st, params, cookies))
+        .await
+}
+
+fn sign_in_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Result<Response> {
+    let config = s.config();
+    let route = params
+        .get("route")
+        .and_then(|r| config.client_route(r))
+        .ok_or_else(|| bad_request("This application is not known to the gateway."))?;
+    let return_to = params.get("return_to").unwrap_or("");
+    if !flow::valid_return_to(route, return_to) {
+        return Err(bad_request(
+            "The page to return to does not belong to this application.",
+        ));
+    }
+    let next = Continuation::AppSignIn {
+        route: route.name.clone(),
+        return_to: return_to.to_owned(),
+    };
+    begin_or_continue(s, route, return_to, next, cookies)
+}
+
+/// With a live session at the issuer: continue at once. Otherwise a pending flow with the
+/// continuation, and the sign-in page (or the identity provider).
+fn begin_or_continue(
+    s: &AppState,
+    app: &RouteConfig,
+    url: &str,
+    next: Continuation,
+    cookies: BrowserCookies,
+) -> Result<Response> {
+    let config = s.config();
+    let now = s.now();
+    let browser = browser_binding(cookies.flow);
+    let flow_cookie = set_cookie(s, FLOW_COOKIE, &browser, FLOW_TTL);
+    if let Some(secret) = cookies.session {
+        if let Some(session) = s.store().session(&hash_secret(&secret), now)? {
+            if user_exists(s, &session.user)? {
+                let resp = continue_signed_in(s, next, &session, &hash_secret(&browser))?;
+                return Ok(with_cookie(resp, flow_cookie));
+            }
+        }
+    }
+    let pending = PendingFlow {
+        id: random_token(),
+        csrf: random_token(),
+        request: flow::stand_in_grant(app, url),
+        expires_at: now + FLOW_TTL,
+        browser: hash_secret(&browser),
+        user: None,
+        next: Some(next),
+    };
+    s.store().insert_flow(&pending)?;
+    if s.oidc().is_some() && config.identity_provider.local.users.is_empty() {
+        return Ok(with_cookie(
+            redirect(&idp_start_url(s, &pending)),
+            flow_cookie,
+        ));
+    }
+    let resp = sign_in_page(s, StatusCode::OK, &pending, &app.name, "", None);
+    Ok(with_cookie(resp, flow_cookie))
+}
+
+/// The user is signed in (session `session`, in the browser whose binding hashes to
+/// `browser_hash`): finish the app sign-in or the connect.
+pub(super) fn continue_signed_in(
+    s: &AppState,
+    next: Continuation,
+    session: &Session,
+    browser_hash: &str,
+) -> Result<Response> {
+    let config = s.config();
+    let store = s.store().as_ref();
+    let now = s.now();
+    let user = identity::resolve(config, store, &session.user)?.ok_or_else(expired_page)?;
+    match next {
+        Continuation::AppSignIn { route, return_to } => {
+            let app = config.client_route(&route).ok_or_else(expired_page)?;
+            if !flow::app_allows(config, app, &user, &session.sid) {
+                tracing::info!(route = %app.name, sub = %user.sub, "app sign-in refused by the route's policy");
+                return Err(Error::page(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "You are signed in as {}, but you are not allowed to use {}. Ask your administrator for access.",
+                        user.email, app.name
+                    ),
+                ));
+            }
+            let url = flow::issue_code(
+                store,
+                app,
+                &session.user,
+                &session.sid,
+                session.expires_at,
+                &return_to,
+                now,
+            )?;
+            tracing::info!(route = %app.name, sub = %user.sub, "app sign-in: code issued");
+            Ok(redirect(&url))
+        }
+        Continuation::Connect {
+            route,
+            redirect_url,
+        } => {
+            let app = flow::connect_redirect_route(config, &redirect_url)
+                .ok_or_else(|| bad_request("The page to return to is not allowed."))?;
+            let server = config
+                .server_routes()
+                .find(|r| r.name == route)
+                .ok_or_else(|| bad_request("This MCP server is not known to the gateway."))?;
+            let claims = flow::policy_claims(
+                config,
+                &user,
+                &server.resource(),
+                &flow::app_client_id(&app.name),
+                &session.sid,
+            );
+            if !flow::route_allows(server, &claims, Some("initialize")) {
+                return Err(Error::page(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "You are signed in as {}, but you are not allowed to use {}.",
+                        user.email, server.name
+                    ),
+                ));
+            }
+            if server.upstream_oauth2().is_none()
+                || s.vault().holds_usable(&session.user, &server.name, now)?
+            {
+                return Ok(redirect(&redirect_url));
+            }
+            let url = s.vault().begin(
+                &server.name,
+                flow::stand_in_grant(app, &redirect_url),
+                &session.user,
+                &session.sid,
+                browser_hash,
+                now,
+                Some(redirect_url.clone()),
+            )?;
+            tracing::info!(sub = %user.sub, route = %server.name, "connecting the upstream account for an app");
+            Ok(redirect(&url))
+        }
+    }
+}
+
+pub(super) async fn connect(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    let params = query_params(query);
+    let cookies = BrowserCookies::from_headers(&s, &headers);
+    s.blocking(move |st| connect_blocking(st, params, cookies))
+        .await
+}
+
+fn connect_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Result<Response> {
+    let config = s.config();
+    let redirect_url = params.get("redirect_url").unwrap_or("");
+    // Never a redirect to anywhere else: this cannot become an open redirect.
+    let Some(app) = flow::connect_redirect_route(config, redirect_url) else {
+        tracing::info!("connect refused: redirect_url is not on an mcp: client route");
+        return Err(bad_request(
+            "redirect_url must be a page of an application behind the gateway.",
+        ));
+    };
+    let route = params
+        .get("route")
+        .and_then(|r| config.server_routes().find(|x| x.name == r))
+        .ok_or_else(|| bad_request("This MCP server is not known to the gateway."))?;
+    let next = Continuation::Connect {
+        route: route.name.clone(),
+        redirect_url: redirect_url.to_owned(),
+    };
+    begin_or_continue(s, app, redirect_url, next, cookies)
+}
+
+/// `/.warden/mcp/connect` on any host: the issuer's connect, same query. Without `route`
+/// (the reference's form, on the MCP server's own host) the server is the one route on the
+/// request's host, when there is exactly one.
+async fn connect_elsewhere(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let config = s.config();
+    let issuer = &config.authorization_server.issuer;
+    let mut query = query.unwrap_or_default();
+    let has_route = url::form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "route");
+    if !has_route {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let mut on_host = config.server_routes().filter(|r| same_host(&r.from, host));
+        if let (Some(only), None) = (on_host.next(), on_host.next()) {
+            let route = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("route", &only.name)
+                .finish();
+            query = if query.is_empty() {
+                route
+            } else {
+                format!("{route}&{query}")
+            };
+        }
+    }
+    redirect(&format!("{issuer}{CONNECT_PATH}?{query}"))
+}
+
+/// Whether a `Host` header names the authority of `from` (the scheme's default port may be
+/// left out).
+fn same_host(from: &str, host: &str) -> bool {
+    let (Ok(from), Ok(asked)) = (
+        Url::parse(from),
+        Url::parse(&format!(
+            "{}://{host}",
+            from.split("://").next().unwrap_or("http")
+        )),
+    ) else {
+        return false;
+    };
+    !host.is_empty()
+        && asked.path() == "/"
+        && from.host_str().map(str::to_ascii_lowercase)
+            == asked.host_str().map(str::to_ascii_lowercase)
+        && from.port_or_known_default() == asked.port_or_known_default()
+}
+
+/// The caller's TE (exactly one `Authorization: Bearer`), verified with our own key.
+fn bearer(s: &AppState, headers: &HeaderMap) -> Result<warden_core::token::Identity> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(Error::InvalidToken {
+            description: "a bearer token is required".into(),
+            presented: false,
+        });
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    let invalid = || Error::InvalidToken {
+        description: "the bearer token is invalid or expired".into(),
+        presented: true,
+    };
+    let token = token.ok_or_else(invalid)?;
+    flow::verify_te(s.config(), s.keys(), token, s.now()).ok_or_else(invalid)
+}
+
+async fn list_servers(State(s): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    let te = bearer(&s, &headers)?;
+    let body = s
+        .blocking(move |st| {
+            let config = st.config();
+            let issuer = &config.authorization_server.issuer;
+            let now = st.now();
+            let mut servers = Vec::new();
+            for r in flow::usable_servers(config, &te.claims) {
+                let upstream = r.upstream_oauth2().is_some();
+                let connected =
+                    !upstream || st.vault().holds_usable(&te.claims.sub, &r.name, now)?;
+                let connect_url = upstream.then(|| {
+                    let query = url::form_urlencoded::Serializer::new(String::new())
+                        .append_pair("route", &r.name)
+                        .finish();
+                    format!("{issuer}{CONNECT_PATH}?{query}")
+                });
+                servers.push(json!({
+                    "name": r.name,
+                    "description": r.description.clone().unwrap_or_default(),
+                    "url": r.resource(),
+                    "connected": connected,
+                    "connect_url": connect_url,
+                }));
+            }
+            Ok(json!({ "servers": servers }))
+        })
+        .await?;
+    Ok(no_store(Json(body).into_response()))
+}
+
+async fn disconnect(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let te = bearer(&s, &headers)?;
+    let json_body = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    let url = if json_body {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Disconnect {
+            url: String,
+        }
+        serde_json::from_slice::<Disconnect>(&body)
+            .map(|d| d.url)
+            .map_err(|_| Error::invalid_request("expected {\"url\": <the server's url>}"))?
+    } else {
+        let params = Params::new(url::form_urlencoded::parse(&body).into_owned().collect());
+        params
+            .get("url")
+            .map(str::to_owned)
+            .ok_or_else(|| Error::invalid_request("the form needs url=<the server's url>"))?
+    };
+    let Some(route) = s.config().route_by_resource(&url) else {
+        return Err(Error::OAuth {
+            status: StatusCode::NOT_FOUND,
+            error: "unknown_server",
+            description: "no MCP server has this url".into(),
+        });
+    };
+    let disconnected = if route.upstream_oauth2().is_some() {
+        s.vault().disconnect(&te.claims.sub, &route.name).await?
+    } else {
+        false
+    };
+    Ok(no_store(
+        Json(json!({ "disconnected": disconnected })).into_response(),
+    ))
+}
+
+/// After an app's sign-out (the filter ended the app session and cleared its cookie): ends
+/// the sign-in session at the issuer too, so the next visit signs in again rather than
+/// silently, and every other app session of that sign-in ends with it.
+pub(super) async fn signed_out(State(s): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    let secret = cookie_value(&s, &headers, SESSION_COOKIE);
+    if let Some(secret) = secret {
+        let sid = s
+            .blocking(move |st| Ok(st.store().revoke_session(&hash_secret(&secret), st.now())?))
+            .await?;
+        if let Some(sid) = sid {
+            tracing::info!(sid = %sid, "signed out");
+        }
+    }
+    let resp = html::info_page(
+        StatusCode::OK,
+        "Signed out",
+        "You are signed out. Close this window, or return to the application to sign in again.",
+    );
+    // The browser forgets the session cookie.
+    Ok(with_cookie(resp, set_cookie(&s, SESSION_COOKIE, "", 0)))
+}
