@@ -94,6 +94,11 @@ pub struct JwksFetch {
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
+    /// `server` (an MCP server, the default) or `client` (a web app whose browser users sign
+    /// in with a cookie and whose backend receives their TE). A client route takes only
+    /// `name`, `resource`, `policy` and `pass_identity_headers`.
+    #[serde(default, skip_serializing_if = "RouteKind::is_server")]
+    pub kind: RouteKind,
     /// The URL clients use for this MCP server, byte for byte (RFC 8707 resource, TE `aud`).
     /// Requests are matched on its authority and path prefix.
     pub resource: String,
@@ -138,6 +143,37 @@ pub struct RouteConfig {
 fn is_false(b: &bool) -> bool {
     !*b
 }
+
+/// What a route fronts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteKind {
+    /// An MCP server: bearer TEs, MCP inspection.
+    #[default]
+    Server,
+    /// An MCP-enabled web app (`mcp: client`): browser sign-in with a cookie, the user's TE
+    /// sent to the app.
+    Client,
+}
+
+impl RouteKind {
+    pub fn is_server(&self) -> bool {
+        *self == RouteKind::Server
+    }
+}
+
+/// The route fields only a server route may set (a client route naming one is refused).
+const SERVER_ONLY_FIELDS: &[&str] = &[
+    "resource_name",
+    "scopes",
+    "allowed_origins",
+    "max_request_bytes",
+    "deny_response",
+    "filter_tools_list",
+    "log_tool_parameters",
+    "redact_parameters",
+    "upstream_oauth",
+];
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -206,6 +242,10 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
+    /// `Server` (MCP) or `Client` (web app behind browser sign-in).
+    pub kind: RouteKind,
+    /// The app session cookie's name on a client route (`warden_app_<hash8>`).
+    pub cookie_name: String,
     pub resource: String,
     pub url: ResourceUrl,
     pub resource_name: String,
@@ -280,7 +320,26 @@ impl CompiledConfig {
             };
             err(path, e.into_inner().to_string())
         })?;
+        // Which fields a client route names is a question of the document, not of the
+        // defaults the typed parse filled in.
+        if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(bytes) {
+            check_client_routes(&doc)?;
+        }
         compile(raw)
+    }
+
+    /// The client route named `name` that serves `authority` (the app sign-in callback).
+    pub fn client_route(&self, name: &str, authority: &str) -> Option<(usize, &Route)> {
+        self.routes.iter().enumerate().find(|(_, r)| {
+            r.kind == RouteKind::Client && r.name == name && r.url.matches_host(authority)
+        })
+    }
+
+    /// Whether some client route serves `authority`.
+    pub fn has_client_route_on(&self, authority: &str) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.kind == RouteKind::Client && r.url.matches_host(authority))
     }
 
     /// The route a request belongs to: same authority, path under the resource's prefix.
@@ -306,7 +365,7 @@ impl CompiledConfig {
         let on_host = || {
             self.routes
                 .iter()
-                .filter(move |r| r.url.authority == authority)
+                .filter(move |r| r.kind == RouteKind::Server && r.url.authority == authority)
         };
         if rest.is_empty() || rest == "/" {
             let mut candidates = on_host();
@@ -340,11 +399,34 @@ const READ_HEADERS: &[&str] = &[
     "mcp-method",
     "mcp-name",
     "x-request-id",
+    "cookie",
     crate::assertion::HEADER,
 ];
 
 /// The request header `render-envoy` has Envoy set to the route's name (`route_header`).
 pub const ROUTE_HEADER: &str = "x-mcp-warden-route";
+
+/// Refuses server-only fields on client routes, naming the field.
+fn check_client_routes(doc: &serde_json::Value) -> Result<(), ConfigError> {
+    let Some(routes) = doc.get("routes").and_then(|r| r.as_array()) else {
+        return Ok(());
+    };
+    for (i, route) in routes.iter().enumerate() {
+        let Some(fields) = route.as_object() else {
+            continue;
+        };
+        if fields.get("kind").and_then(|k| k.as_str()) != Some("client") {
+            continue;
+        }
+        if let Some(field) = SERVER_ONLY_FIELDS.iter().find(|f| fields.contains_key(**f)) {
+            return Err(err(
+                format!("routes[{i}].{field}"),
+                "only server routes (kind \"server\") take this field; a client route has name, resource, policy and pass_identity_headers",
+            ));
+        }
+    }
+    Ok(())
+}
 
 fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
     let route_header = match &raw.route_header {
@@ -512,6 +594,12 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
                 "needs token_service: the upstream token comes from the token service",
             ));
         }
+        if r.kind == RouteKind::Client && token_service.is_none() {
+            return Err(err(
+                at("kind"),
+                "a client route needs token_service: app sessions and their TEs come from the token service",
+            ));
+        }
         if r.pass_identity_headers && token_service.is_none() {
             return Err(err(
                 at("pass_identity_headers"),
@@ -527,7 +615,10 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
             "resource_name": resource_name,
         })
         .to_string();
+        let cookie_name = crate::app::cookie_name(&r.name);
         routes.push(Route {
+            kind: r.kind,
+            cookie_name,
             name: r.name,
             resource: r.resource,
             url,
@@ -887,5 +978,83 @@ mod tests {
         v["routes"][0]["pass_identity_headers"] = "yes".into();
         let e = load(v).unwrap_err();
         assert!(e.path.starts_with("routes[0].pass_identity_headers"), "{e}");
+    }
+
+    fn with_client_route() -> serde_json::Value {
+        let mut v = with_upstream_oauth();
+        v["routes"].as_array_mut().unwrap().push(serde_json::json!({
+            "name": "chat",
+            "kind": "client",
+            "resource": "https://chat.example",
+            "pass_identity_headers": true,
+            "policy": {"allow": {"and": [{"domain": {"is": "example.com"}}]}}
+        }));
+        v
+    }
+
+    #[test]
+    fn client_routes_compile_with_their_cookie_name() {
+        let c = load(with_client_route()).unwrap();
+        assert_eq!(c.routes[0].kind, RouteKind::Server);
+        assert_eq!(c.routes[1].kind, RouteKind::Server);
+        let chat = &c.routes[2];
+        assert_eq!(chat.kind, RouteKind::Client);
+        assert!(chat.pass_identity_headers);
+        assert_eq!(chat.cookie_name, crate::app::cookie_name("chat"));
+        assert_eq!(
+            c.client_route("chat", "chat.example:443").map(|(i, _)| i),
+            Some(2)
+        );
+        assert!(c.client_route("demo", "127.0.0.1:9000").is_none());
+        assert!(c.client_route("chat", "other.example").is_none());
+        assert!(c.has_client_route_on("CHAT.example"));
+        assert!(!c.has_client_route_on("127.0.0.1:9000"));
+        // No RFC 9728 metadata for an app.
+        assert!(c
+            .metadata_route("chat.example", "/.well-known/oauth-protected-resource")
+            .is_none());
+        // `kind` is left out for server routes, so older configurations read the same.
+        let raw: PluginConfig = serde_json::from_value(with_client_route()).unwrap();
+        let text = serde_json::to_string(&raw).unwrap();
+        assert_eq!(text.matches("\"kind\"").count(), 1, "{text}");
+        let explicit = {
+            let mut v = with_client_route();
+            v["routes"][0]["kind"] = "server".into();
+            v
+        };
+        assert_eq!(load(explicit).unwrap().routes[0].kind, RouteKind::Server);
+    }
+
+    #[test]
+    fn client_route_errors_name_the_field() {
+        for (field, value) in [
+            ("scopes", serde_json::json!(["mcp"])),
+            ("resource_name", "x".into()),
+            ("allowed_origins", serde_json::json!([])),
+            ("max_request_bytes", 1024.into()),
+            ("deny_response", "forbidden".into()),
+            ("filter_tools_list", true.into()),
+            ("log_tool_parameters", false.into()),
+            ("redact_parameters", serde_json::json!(["a"])),
+            ("upstream_oauth", false.into()),
+        ] {
+            let mut v = with_client_route();
+            v["routes"][2][field] = value;
+            let e = load(v).unwrap_err();
+            assert_eq!(e.path, format!("routes[2].{field}"), "{e}");
+        }
+        let mut v = with_client_route();
+        v.as_object_mut().unwrap().remove("token_service");
+        v["routes"][0]["upstream_oauth"] = false.into();
+        v["routes"][2]["pass_identity_headers"] = false.into();
+        let e = load(v).unwrap_err();
+        assert_eq!(e.path, "routes[2].kind", "{e}");
+        let mut v = with_client_route();
+        v["routes"][2]["kind"] = "app".into();
+        let e = load(v).unwrap_err();
+        assert!(e.path.starts_with("routes[2].kind"), "{e}");
+        let mut v = with_client_route();
+        v["routes"][2].as_object_mut().unwrap().remove("policy");
+        assert!(load(v).is_err());
     }
 }
