@@ -162,19 +162,6 @@ impl RouteKind {
     }
 }
 
-/// The route fields only a server route may set (a client route naming one is refused).
-const SERVER_ONLY_FIELDS: &[&str] = &[
-    "resource_name",
-    "scopes",
-    "allowed_origins",
-    "max_request_bytes",
-    "deny_response",
-    "filter_tools_list",
-    "log_tool_parameters",
-    "redact_parameters",
-    "upstream_oauth",
-];
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DenyStyle {
@@ -320,11 +307,6 @@ impl CompiledConfig {
             };
             err(path, e.into_inner().to_string())
         })?;
-        // Which fields a client route names is a question of the document, not of the
-        // defaults the typed parse filled in.
-        if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(bytes) {
-            check_client_routes(&doc)?;
-        }
         compile(raw)
     }
 
@@ -406,26 +388,26 @@ const READ_HEADERS: &[&str] = &[
 /// The request header `render-envoy` has Envoy set to the route's name (`route_header`).
 pub const ROUTE_HEADER: &str = "x-mcp-warden-route";
 
-/// Refuses server-only fields on client routes, naming the field.
-fn check_client_routes(doc: &serde_json::Value) -> Result<(), ConfigError> {
-    let Some(routes) = doc.get("routes").and_then(|r| r.as_array()) else {
-        return Ok(());
-    };
-    for (i, route) in routes.iter().enumerate() {
-        let Some(fields) = route.as_object() else {
-            continue;
-        };
-        if fields.get("kind").and_then(|k| k.as_str()) != Some("client") {
-            continue;
-        }
-        if let Some(field) = SERVER_ONLY_FIELDS.iter().find(|f| fields.contains_key(**f)) {
-            return Err(err(
-                format!("routes[{i}].{field}"),
-                "only server routes (kind \"server\") take this field; a client route has name, resource, policy and pass_identity_headers",
-            ));
-        }
-    }
-    Ok(())
+/// The first server-only field a client route sets to anything but its default. Defaults are
+/// allowed so that a `RouteConfig` serialized whole (`render-envoy`) is a valid client route.
+fn server_only_field(r: &RouteConfig) -> Option<&'static str> {
+    [
+        ("resource_name", r.resource_name.is_some()),
+        ("scopes", !r.scopes.is_empty()),
+        ("allowed_origins", !r.allowed_origins.is_empty()),
+        (
+            "max_request_bytes",
+            r.max_request_bytes != DEFAULT_MAX_REQUEST_BYTES,
+        ),
+        ("deny_response", r.deny_response != DenyStyle::default()),
+        ("filter_tools_list", !r.filter_tools_list),
+        ("log_tool_parameters", r.log_tool_parameters),
+        ("redact_parameters", !r.redact_parameters.is_empty()),
+        ("upstream_oauth", r.upstream_oauth),
+    ]
+    .into_iter()
+    .find(|(_, set)| *set)
+    .map(|(field, _)| field)
 }
 
 fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
@@ -593,6 +575,14 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
                 at("upstream_oauth"),
                 "needs token_service: the upstream token comes from the token service",
             ));
+        }
+        if r.kind == RouteKind::Client {
+            if let Some(field) = server_only_field(&r) {
+                return Err(err(
+                    at(field),
+                    "only server routes (kind \"server\") take this field; a client route has name, resource, policy and pass_identity_headers",
+                ));
+            }
         }
         if r.kind == RouteKind::Client && token_service.is_none() {
             return Err(err(
@@ -1030,19 +1020,24 @@ mod tests {
         for (field, value) in [
             ("scopes", serde_json::json!(["mcp"])),
             ("resource_name", "x".into()),
-            ("allowed_origins", serde_json::json!([])),
+            ("allowed_origins", serde_json::json!(["https://a.example"])),
             ("max_request_bytes", 1024.into()),
-            ("deny_response", "forbidden".into()),
-            ("filter_tools_list", true.into()),
-            ("log_tool_parameters", false.into()),
+            ("deny_response", "jsonrpc_200".into()),
+            ("filter_tools_list", false.into()),
+            ("log_tool_parameters", true.into()),
             ("redact_parameters", serde_json::json!(["a"])),
-            ("upstream_oauth", false.into()),
+            ("upstream_oauth", true.into()),
         ] {
             let mut v = with_client_route();
             v["routes"][2][field] = value;
             let e = load(v).unwrap_err();
             assert_eq!(e.path, format!("routes[2].{field}"), "{e}");
         }
+        // At their defaults (as a whole `RouteConfig` serializes them) they are accepted.
+        let raw: PluginConfig = serde_json::from_value(with_client_route()).unwrap();
+        let whole = serde_json::to_value(&raw).unwrap();
+        assert!(whole["routes"][2].get("max_request_bytes").is_some());
+        assert_eq!(load(whole).unwrap().routes[2].kind, RouteKind::Client);
         let mut v = with_client_route();
         v.as_object_mut().unwrap().remove("token_service");
         v["routes"][0]["upstream_oauth"] = false.into();
