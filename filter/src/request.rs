@@ -498,11 +498,20 @@ impl RequestState {
                 self.resume_when_ready();
             }
             Fetched::Refuse(reply) => {
-                // A browser on an app gets a page, not an MCP client's JSON.
-                let reply = if self.app.is_some() && reply.status >= 500 {
-                    app::unavailable_page(reply.reason)
-                } else {
-                    reply
+                // A browser on an app gets a page, not an MCP client's JSON: the token
+                // service down, or (the user gone) sign in again.
+                let reply = match self.app.as_mut() {
+                    Some(_) if reply.status >= 500 => app::unavailable_page(reply.reason),
+                    Some(app) => {
+                        let (route, key) = (app.route, app.cache_key.clone());
+                        let expired = app.expired.take();
+                        worker
+                            .borrow_mut()
+                            .app_tokens
+                            .remove_if(route, &key, |_| true);
+                        expired.unwrap_or(reply)
+                    }
+                    None => reply,
                 };
                 self.refuse_for_credentials(reply, Counter::DeniedIdentityAssertion)
             }
