@@ -40,6 +40,8 @@ pub struct RequestHead<'a> {
     pub session_ids: Vec<&'a [u8]>,
     /// A header the filter reads, spelled with `_` (see `names::disguised_header`).
     pub disguised_header: Option<&'static str>,
+    /// Every `Cookie` header value, in order (read on client routes only).
+    pub cookies: Vec<&'a [u8]>,
 }
 
 /// What the adapter must do next.
@@ -54,6 +56,9 @@ pub enum Step {
     FetchKeys,
     /// Authorized: strip the TE and forward.
     Forward(Grant),
+    /// A request on a client route (a web app behind browser sign-in), or its sign-in
+    /// callback.
+    App(crate::app::AppStep),
 }
 
 #[derive(Debug)]
@@ -84,6 +89,22 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
     let path = String::from_utf8_lossy(head.path);
     let path_only = path.split(['?', '#']).next().unwrap_or_default();
 
+    // Server listing, connect and disconnect: Envoy sends them to the token service on every
+    // host, and they are nobody's route here.
+    if crate::app::is_token_service_path(path_only) {
+        return Step::PassThrough;
+    }
+    let scheme = String::from_utf8_lossy(head.scheme);
+    let app_head = || crate::app::AppHead {
+        method: head.method,
+        scheme: &scheme,
+        authority: &authority,
+        path: &path,
+        cookies: &head.cookies,
+    };
+    if path_only == crate::app::CALLBACK_PATH && ctx.config.has_client_route_on(&authority) {
+        return Step::App(crate::app::callback(ctx.config, &app_head()));
+    }
     if let Some(route) = ctx.config.metadata_route(&authority, path_only) {
         return Step::Reply(metadata_reply(route, head));
     }
@@ -111,6 +132,9 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
     let Some((index, route)) = matched else {
         return Step::PassThrough;
     };
+    if route.kind == crate::config::RouteKind::Client {
+        return Step::App(crate::app::on_route(ctx.config, index, route, &app_head()));
+    }
 
     let cors_origin = match head.origin {
         None => None,
@@ -769,5 +793,90 @@ mod tests {
             header(&r, "access-control-expose-headers"),
             Some(crate::reply::CORS_EXPOSE_HEADERS)
         );
+    }
+
+    #[test]
+    fn a_te_for_several_audiences_passes_each_and_nothing_else() {
+        let mut run = Run::new();
+        let (key, _) = es256_pair();
+        let mut c = claims("x", 1000, 1300);
+        c.custom.aud = crate::token::Audience::Many(vec![
+            "http://127.0.0.1:9000/mcp".into(),
+            "http://127.0.0.1:9000/elsewhere".into(),
+        ]);
+        let bearer = format!("Bearer {}", sign(&key, &c));
+        let step = run.decide(&head(b"/mcp", vec![bearer.as_bytes()]));
+        assert!(
+            matches!(step, Step::Forward(ref g) if g.route == 0),
+            "{step:?}"
+        );
+        let r = reply(run.decide(&head(b"/other", vec![bearer.as_bytes()])));
+        assert_eq!((r.status, r.reason), (401, "token-wrong-audience"));
+    }
+
+    fn with_client_routes() -> CompiledConfig {
+        let (_, jwks) = es256_pair();
+        let v = serde_json::json!({
+            "version": 1,
+            "issuer": "http://issuer",
+            "jwks_static": serde_json::from_str::<serde_json::Value>(&jwks).unwrap(),
+            "token_service": {"cluster": "ts", "authority": "ts", "credential": "cred"},
+            "routes": [
+                {"name": "demo", "resource": "http://127.0.0.1:9000/mcp", "policy": {"allow": {"and": [{"accept": true}]}}},
+                {"name": "root", "resource": "http://127.0.0.1:9000", "policy": {"allow": {"and": [{"accept": true}]}}},
+                {"name": "chat", "kind": "client", "resource": "http://chat.example", "policy": {"allow": {"and": [{"accept": true}]}}}
+            ]
+        });
+        CompiledConfig::from_json(v.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn client_routes_and_token_service_paths() {
+        let mut run = Run::new();
+        run.config = with_client_routes();
+        let at =
+            |authority: &'static [u8], method: &'static [u8], path: &'static [u8]| RequestHead {
+                method,
+                authority,
+                scheme: b"http",
+                path,
+                ..RequestHead::default()
+            };
+        // Listing, connect, disconnect: untouched on any host, even under a server route at
+        // the root (no bearer check here: the token service checks).
+        for path in [
+            &b"/.warden/mcp/routes"[..],
+            b"/.pomerium/mcp/routes",
+            b"/.warden/mcp/disconnect",
+            b"/.pomerium/mcp/connect?route=x",
+        ] {
+            for host in [&b"127.0.0.1:9000"[..], b"chat.example", b"unknown.example"] {
+                let step = run.decide(&at(host, b"GET", path));
+                assert!(matches!(step, Step::PassThrough), "{step:?}");
+            }
+        }
+        // A page of the app without a cookie: sign in.
+        match run.decide(&at(b"chat.example", b"GET", b"/c/1")) {
+            Step::App(crate::app::AppStep::Reply(r)) => assert_eq!(r.status, 302),
+            other => panic!("{other:?}"),
+        }
+        // The callback only on a client route's host.
+        assert!(matches!(
+            run.decide(&at(
+                b"chat.example",
+                b"GET",
+                b"/.warden/app/callback?code=c&state=chat"
+            )),
+            Step::App(crate::app::AppStep::Callback { route: 2, .. })
+        ));
+        let step = run.decide(&at(
+            b"127.0.0.1:9000",
+            b"GET",
+            b"/.warden/app/callback?code=c&state=chat",
+        ));
+        assert!(!matches!(step, Step::App(_)), "{step:?}");
+        // Server routes are as before.
+        let r = reply(run.decide(&at(b"127.0.0.1:9000", b"POST", b"/mcp")));
+        assert_eq!(r.status, 401);
     }
 }

@@ -94,6 +94,11 @@ pub struct JwksFetch {
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
+    /// `server` (an MCP server, the default) or `client` (a web app whose browser users sign
+    /// in with a cookie and whose backend receives their TE). A client route takes only
+    /// `name`, `resource`, `policy` and `pass_identity_headers`.
+    #[serde(default, skip_serializing_if = "RouteKind::is_server")]
+    pub kind: RouteKind,
     /// The URL clients use for this MCP server, byte for byte (RFC 8707 resource, TE `aud`).
     /// Requests are matched on its authority and path prefix.
     pub resource: String,
@@ -137,6 +142,24 @@ pub struct RouteConfig {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// What a route fronts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteKind {
+    /// An MCP server: bearer TEs, MCP inspection.
+    #[default]
+    Server,
+    /// An MCP-enabled web app (`mcp: client`): browser sign-in with a cookie, the user's TE
+    /// sent to the app.
+    Client,
+}
+
+impl RouteKind {
+    pub fn is_server(&self) -> bool {
+        *self == RouteKind::Server
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +229,10 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
+    /// `Server` (MCP) or `Client` (web app behind browser sign-in).
+    pub kind: RouteKind,
+    /// The app session cookie's name on a client route (`warden_app_<hash8>`).
+    pub cookie_name: String,
     pub resource: String,
     pub url: ResourceUrl,
     pub resource_name: String,
@@ -283,6 +310,20 @@ impl CompiledConfig {
         compile(raw)
     }
 
+    /// The client route named `name` that serves `authority` (the app sign-in callback).
+    pub fn client_route(&self, name: &str, authority: &str) -> Option<(usize, &Route)> {
+        self.routes.iter().enumerate().find(|(_, r)| {
+            r.kind == RouteKind::Client && r.name == name && r.url.matches_host(authority)
+        })
+    }
+
+    /// Whether some client route serves `authority`.
+    pub fn has_client_route_on(&self, authority: &str) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.kind == RouteKind::Client && r.url.matches_host(authority))
+    }
+
     /// The route a request belongs to: same authority, path under the resource's prefix.
     /// The longest prefix wins so `/mcp/admin` can be a route of its own beside `/mcp`.
     pub fn route_for(&self, authority: &str, path: &str) -> Option<(usize, &Route)> {
@@ -306,7 +347,7 @@ impl CompiledConfig {
         let on_host = || {
             self.routes
                 .iter()
-                .filter(move |r| r.url.authority == authority)
+                .filter(move |r| r.kind == RouteKind::Server && r.url.authority == authority)
         };
         if rest.is_empty() || rest == "/" {
             let mut candidates = on_host();
@@ -340,11 +381,34 @@ const READ_HEADERS: &[&str] = &[
     "mcp-method",
     "mcp-name",
     "x-request-id",
+    "cookie",
     crate::assertion::HEADER,
 ];
 
 /// The request header `render-envoy` has Envoy set to the route's name (`route_header`).
 pub const ROUTE_HEADER: &str = "x-mcp-warden-route";
+
+/// The first server-only field a client route sets to anything but its default. Defaults are
+/// allowed so that a `RouteConfig` serialized whole (`render-envoy`) is a valid client route.
+fn server_only_field(r: &RouteConfig) -> Option<&'static str> {
+    [
+        ("resource_name", r.resource_name.is_some()),
+        ("scopes", !r.scopes.is_empty()),
+        ("allowed_origins", !r.allowed_origins.is_empty()),
+        (
+            "max_request_bytes",
+            r.max_request_bytes != DEFAULT_MAX_REQUEST_BYTES,
+        ),
+        ("deny_response", r.deny_response != DenyStyle::default()),
+        ("filter_tools_list", !r.filter_tools_list),
+        ("log_tool_parameters", r.log_tool_parameters),
+        ("redact_parameters", !r.redact_parameters.is_empty()),
+        ("upstream_oauth", r.upstream_oauth),
+    ]
+    .into_iter()
+    .find(|(_, set)| *set)
+    .map(|(field, _)| field)
+}
 
 fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
     let route_header = match &raw.route_header {
@@ -512,6 +576,20 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
                 "needs token_service: the upstream token comes from the token service",
             ));
         }
+        if r.kind == RouteKind::Client {
+            if let Some(field) = server_only_field(&r) {
+                return Err(err(
+                    at(field),
+                    "only server routes (kind \"server\") take this field; a client route has name, resource, policy and pass_identity_headers",
+                ));
+            }
+        }
+        if r.kind == RouteKind::Client && token_service.is_none() {
+            return Err(err(
+                at("kind"),
+                "a client route needs token_service: app sessions and their TEs come from the token service",
+            ));
+        }
         if r.pass_identity_headers && token_service.is_none() {
             return Err(err(
                 at("pass_identity_headers"),
@@ -527,7 +605,10 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
             "resource_name": resource_name,
         })
         .to_string();
+        let cookie_name = crate::app::cookie_name(&r.name);
         routes.push(Route {
+            kind: r.kind,
+            cookie_name,
             name: r.name,
             resource: r.resource,
             url,
@@ -887,5 +968,88 @@ mod tests {
         v["routes"][0]["pass_identity_headers"] = "yes".into();
         let e = load(v).unwrap_err();
         assert!(e.path.starts_with("routes[0].pass_identity_headers"), "{e}");
+    }
+
+    fn with_client_route() -> serde_json::Value {
+        let mut v = with_upstream_oauth();
+        v["routes"].as_array_mut().unwrap().push(serde_json::json!({
+            "name": "chat",
+            "kind": "client",
+            "resource": "https://chat.example",
+            "pass_identity_headers": true,
+            "policy": {"allow": {"and": [{"domain": {"is": "example.com"}}]}}
+        }));
+        v
+    }
+
+    #[test]
+    fn client_routes_compile_with_their_cookie_name() {
+        let c = load(with_client_route()).unwrap();
+        assert_eq!(c.routes[0].kind, RouteKind::Server);
+        assert_eq!(c.routes[1].kind, RouteKind::Server);
+        let chat = &c.routes[2];
+        assert_eq!(chat.kind, RouteKind::Client);
+        assert!(chat.pass_identity_headers);
+        assert_eq!(chat.cookie_name, crate::app::cookie_name("chat"));
+        assert_eq!(
+            c.client_route("chat", "chat.example:443").map(|(i, _)| i),
+            Some(2)
+        );
+        assert!(c.client_route("demo", "127.0.0.1:9000").is_none());
+        assert!(c.client_route("chat", "other.example").is_none());
+        assert!(c.has_client_route_on("CHAT.example"));
+        assert!(!c.has_client_route_on("127.0.0.1:9000"));
+        // No RFC 9728 metadata for an app.
+        assert!(c
+            .metadata_route("chat.example", "/.well-known/oauth-protected-resource")
+            .is_none());
+        // `kind` is left out for server routes, so older configurations read the same.
+        let raw: PluginConfig = serde_json::from_value(with_client_route()).unwrap();
+        let text = serde_json::to_string(&raw).unwrap();
+        assert_eq!(text.matches("\"kind\"").count(), 1, "{text}");
+        let explicit = {
+            let mut v = with_client_route();
+            v["routes"][0]["kind"] = "server".into();
+            v
+        };
+        assert_eq!(load(explicit).unwrap().routes[0].kind, RouteKind::Server);
+    }
+
+    #[test]
+    fn client_route_errors_name_the_field() {
+        for (field, value) in [
+            ("scopes", serde_json::json!(["mcp"])),
+            ("resource_name", "x".into()),
+            ("allowed_origins", serde_json::json!(["https://a.example"])),
+            ("max_request_bytes", 1024.into()),
+            ("deny_response", "jsonrpc_200".into()),
+            ("filter_tools_list", false.into()),
+            ("log_tool_parameters", true.into()),
+            ("redact_parameters", serde_json::json!(["a"])),
+            ("upstream_oauth", true.into()),
+        ] {
+            let mut v = with_client_route();
+            v["routes"][2][field] = value;
+            let e = load(v).unwrap_err();
+            assert_eq!(e.path, format!("routes[2].{field}"), "{e}");
+        }
+        // At their defaults (as a whole `RouteConfig` serializes them) they are accepted.
+        let raw: PluginConfig = serde_json::from_value(with_client_route()).unwrap();
+        let whole = serde_json::to_value(&raw).unwrap();
+        assert!(whole["routes"][2].get("max_request_bytes").is_some());
+        assert_eq!(load(whole).unwrap().routes[2].kind, RouteKind::Client);
+        let mut v = with_client_route();
+        v.as_object_mut().unwrap().remove("token_service");
+        v["routes"][0]["upstream_oauth"] = false.into();
+        v["routes"][2]["pass_identity_headers"] = false.into();
+        let e = load(v).unwrap_err();
+        assert_eq!(e.path, "routes[2].kind", "{e}");
+        let mut v = with_client_route();
+        v["routes"][2]["kind"] = "app".into();
+        let e = load(v).unwrap_err();
+        assert!(e.path.starts_with("routes[2].kind"), "{e}");
+        let mut v = with_client_route();
+        v["routes"][2].as_object_mut().unwrap().remove("policy");
+        assert!(load(v).is_err());
     }
 }

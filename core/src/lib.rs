@@ -2,6 +2,7 @@
 //! unit-tested natively and the wasm adapter only executes what these functions decide.
 
 pub mod access;
+pub mod app;
 pub mod assertion;
 pub mod cache;
 pub mod config;

@@ -45,9 +45,13 @@ pub enum Counter {
     /// Requests refused for want of an identity assertion (user gone, token service
     /// unavailable).
     DeniedIdentityAssertion,
+    /// App TEs asked of the token service for client-route sessions (cache misses).
+    AppTokenLookups,
+    /// Client-route sign-in callbacks exchanged for an app session.
+    AppSessionLookups,
 }
 
-const NAMES: [&str; 19] = [
+const NAMES: [&str; 21] = [
     "mcp_warden.requests_allowed",
     "mcp_warden.requests_denied",
     "mcp_warden.local_replies",
@@ -67,6 +71,8 @@ const NAMES: [&str; 19] = [
     "mcp_warden.upstream_token_refused",
     "mcp_warden.identity_assertion_lookups",
     "mcp_warden.denied_identity_assertion",
+    "mcp_warden.app_token_lookups",
+    "mcp_warden.app_session_lookups",
 ];
 
 pub struct Metrics {

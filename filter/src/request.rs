@@ -13,12 +13,13 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 use warden_core::access::{self, Grant, RequestHead, Step};
+use warden_core::app::{self, AppStep, AppToken, TokenAnswer};
 use warden_core::assertion::{self, Fetched, IdentityAssertion};
 use warden_core::config::Route;
 use warden_core::mcp::{self as judge, CallHead, Verdict};
 use warden_core::names::disguised_header;
 use warden_core::reply::LocalReply;
-use warden_core::token::TeClaims;
+use warden_core::token::{Identity, TeClaims, TokenError};
 use warden_core::transport::MethodRule;
 use warden_core::upstream::{self, Lookup, ReplyTo, UpstreamToken, MAX_ANSWER_BYTES};
 
@@ -47,6 +48,8 @@ struct OwnedHead {
     disguised_header: Option<&'static str>,
     /// The client sent `X-Warden-Jwt-Assertion`: removed before anything else happens.
     client_assertion: bool,
+    /// Every `Cookie` header (client routes find their session in them).
+    cookies: Vec<Range<usize>>,
     /// What the MCP judgement reads (kept as text; odd bytes only ever fail a comparison).
     call: CallHead,
     end_of_stream: bool,
@@ -75,6 +78,7 @@ impl OwnedHead {
             session_ids: Vec::new(),
             disguised_header: None,
             client_assertion: false,
+            cookies: Vec::new(),
             call: CallHead::default(),
             end_of_stream,
         };
@@ -105,6 +109,7 @@ impl OwnedHead {
                 b"mcp-name" => head.call.routing.name = Some(text()),
                 b"x-request-id" => head.call.request_id = text(),
                 b"x-warden-jwt-assertion" => head.client_assertion = true,
+                b"cookie" => head.cookies.push(value),
                 other => {
                     if head.disguised_header.is_none() {
                         head.disguised_header =
@@ -145,6 +150,7 @@ impl OwnedHead {
             transfer_encoding: self.transfer_encoding,
             session_ids: self.session_ids.iter().map(|r| b.get(r)).collect(),
             disguised_header: self.disguised_header,
+            cookies: self.cookies.iter().map(|r| b.get(r)).collect(),
         }
     }
 }
@@ -179,6 +185,10 @@ pub struct RequestState {
     upstream_lookup: Option<u32>,
     /// Paused until the token service answers this call-out with the identity assertion.
     assertion_lookup: Option<u32>,
+    /// A request on a client route (or its sign-in callback).
+    app: Option<AppRequest>,
+    /// Paused until the token service answers this call-out about the app session.
+    app_lookup: Option<u32>,
     /// The TI sent upstream with this request, checked against the server's answer.
     pub(crate) upstream_sent: Option<Rc<UpstreamToken>>,
     /// A local reply went out: nothing of this request may continue upstream.
@@ -227,6 +237,8 @@ pub fn deliver_lookup(waiter: Waiter, kind: LookupKind, headers: usize, body_siz
     match kind {
         LookupKind::UpstreamToken => s.accept_lookup(status, &body),
         LookupKind::IdentityAssertion => s.accept_assertion(status, &body),
+        LookupKind::AppSession => s.accept_app_session(status, &body),
+        LookupKind::AppToken => s.accept_app_token(status, &body),
     }
 }
 
@@ -343,6 +355,7 @@ impl RequestState {
                 });
                 self.begin_call(method, head.end_of_stream)
             }
+            Step::App(step) => self.app_step(step, &head),
         }
     }
 
@@ -362,7 +375,9 @@ impl RequestState {
     }
 
     fn lookups_pending(&self) -> bool {
-        self.upstream_lookup.is_some() || self.assertion_lookup.is_some()
+        self.upstream_lookup.is_some()
+            || self.assertion_lookup.is_some()
+            || self.app_lookup.is_some()
     }
 
     /// Lets a request that waited for its credentials go on once it has all of them (and
@@ -397,18 +412,18 @@ impl RequestState {
     /// Adds the user's identity assertion: from the worker's cache (no call-out, nothing
     /// signed), or paused while the token service issues one.
     fn attach_identity_assertion(&mut self) -> Action {
-        let Some(grant) = self.grant.as_ref() else {
+        let Some((route_index, identity, cors)) = self.credential_subject() else {
             return Action::Continue;
         };
         let now = now_seconds();
         let worker = Rc::clone(&self.worker);
         let mut w = worker.borrow_mut();
-        let sub = grant.identity.claims.sub.as_str();
-        if let Some(assertion) = w.assertions.get(grant.route, sub, now) {
+        let sub = identity.claims.sub.as_str();
+        if let Some(assertion) = w.assertions.get(route_index, sub, now) {
             set_assertion(&assertion);
             return Action::Continue;
         }
-        let body = match w.config.routes.get(grant.route) {
+        let body = match w.config.routes.get(route_index) {
             Some(route) => assertion::request_body(sub, &route.name),
             None => return Action::Continue,
         };
@@ -423,17 +438,34 @@ impl RequestState {
             }
             Err(reason) => {
                 drop(w);
-                let reply = upstream::token_service_unavailable(
-                    reason,
-                    ReplyTo {
-                        request_id: self.request_id(),
-                        cors: grant.cors_origin.as_deref(),
-                    },
-                );
+                let reply = if self.app.is_some() {
+                    app::unavailable_page(reason)
+                } else {
+                    upstream::token_service_unavailable(
+                        reason,
+                        ReplyTo {
+                            request_id: self.request_id(),
+                            cors: cors.as_deref(),
+                        },
+                    )
+                };
                 self.refuse_for_credentials(reply, Counter::DeniedIdentityAssertion);
                 Action::Pause
             }
         }
+    }
+
+    /// Whose identity assertion the request carries: the MCP grant's, or the app session's.
+    fn credential_subject(&self) -> Option<(usize, Rc<Identity>, Option<String>)> {
+        if let Some(grant) = self.grant.as_ref() {
+            return Some((
+                grant.route,
+                Rc::clone(&grant.identity),
+                grant.cors_origin.clone(),
+            ));
+        }
+        let app = self.app.as_ref()?;
+        Some((app.route, Rc::clone(app.identity.as_ref()?), None))
     }
 
     /// The token service answered the assertion request: add it, or answer the client.
@@ -441,31 +473,46 @@ impl RequestState {
         if self.assertion_lookup.take().is_none() || self.replied {
             return;
         }
-        let Some(grant) = self.grant.as_ref() else {
+        let Some((route_index, identity, cors)) = self.credential_subject() else {
             return;
         };
         let worker = Rc::clone(&self.worker);
         let config = Rc::clone(&worker.borrow().config);
-        let Some(route) = config.routes.get(grant.route) else {
+        let Some(route) = config.routes.get(route_index) else {
             return;
         };
         let to = ReplyTo {
             request_id: self.request_id(),
-            cors: grant.cors_origin.as_deref(),
+            cors: cors.as_deref(),
         };
         match assertion::classify(status, body, route, to) {
             Fetched::Use(assertion) => {
                 let assertion = Rc::new(assertion);
                 set_assertion(&assertion);
                 worker.borrow_mut().assertions.put(
-                    grant.route,
-                    &grant.identity.claims.sub,
+                    route_index,
+                    &identity.claims.sub,
                     assertion,
                     now_seconds(),
                 );
                 self.resume_when_ready();
             }
             Fetched::Refuse(reply) => {
+                // A browser on an app gets a page, not an MCP client's JSON: the token
+                // service down, or (the user gone) sign in again.
+                let reply = match self.app.as_mut() {
+                    Some(_) if reply.status >= 500 => app::unavailable_page(reply.reason),
+                    Some(app) => {
+                        let (route, key) = (app.route, app.cache_key.clone());
+                        let expired = app.expired.take();
+                        worker
+                            .borrow_mut()
+                            .app_tokens
+                            .remove_if(route, &key, |_| true);
+                        expired.unwrap_or(reply)
+                    }
+                    None => reply,
+                };
                 self.refuse_for_credentials(reply, Counter::DeniedIdentityAssertion)
             }
         }
@@ -574,9 +621,11 @@ impl RequestState {
         let route = self
             .grant
             .as_ref()
-            .and_then(|g| {
+            .map(|g| g.route)
+            .or(self.app.as_ref().map(|a| a.route))
+            .and_then(|index| {
                 let w = self.worker.borrow();
-                w.config.routes.get(g.route).map(|r| r.name.clone())
+                w.config.routes.get(index).map(|r| r.name.clone())
             })
             .unwrap_or_default();
         log::info!(
@@ -777,6 +826,269 @@ impl RequestState {
     }
 }
 
+/// A request on a client route, while its session is turned into the user's TE.
+struct AppRequest {
+    route: usize,
+    /// SHA-256 of the session cookie (the TE cache's key); empty on the sign-in callback.
+    cache_key: String,
+    /// The answer when the token service says the session has ended.
+    expired: Option<LocalReply>,
+    /// The TE's verified identity, once known (for the identity assertion).
+    identity: Option<Rc<Identity>>,
+}
+
+impl RequestState {
+    /// Carries out the decision for a client route: the callback, sign-out, or the session
+    /// swapped for the user's TE. Nothing of the request is read as MCP.
+    fn app_step(&mut self, step: AppStep, head: &OwnedHead) -> Action {
+        match step {
+            AppStep::Reply(reply) => {
+                self.log_app_reply(&reply);
+                self.send(reply);
+                Action::Pause
+            }
+            AppStep::Callback { route, body } => {
+                self.app = Some(AppRequest {
+                    route,
+                    cache_key: String::new(),
+                    expired: None,
+                    identity: None,
+                });
+                self.start_app_lookup(LookupKind::AppSession, &body)
+            }
+            AppStep::SignOut { route, end, reply } => {
+                if let Some((body, cache_key)) = end {
+                    let mut w = self.worker.borrow_mut();
+                    w.app_tokens.remove_if(route, &cache_key, |_| true);
+                    w.dispatch_notice(app::END_PATH, &body.0, "app session end");
+                }
+                self.worker.borrow().metrics.inc(Counter::LocalReplies);
+                self.send(reply);
+                Action::Pause
+            }
+            AppStep::Session {
+                route,
+                cache_key,
+                body,
+                expired,
+            } => {
+                // The app never sees its own session cookie, whatever happens next.
+                strip_app_cookie(head, route, &self.worker.borrow().config);
+                let now = now_seconds();
+                let cached = self
+                    .worker
+                    .borrow_mut()
+                    .app_tokens
+                    .get(route, &cache_key, now);
+                self.app = Some(AppRequest {
+                    route,
+                    cache_key,
+                    expired: Some(expired),
+                    identity: None,
+                });
+                match cached {
+                    Some(token) => self.forward_app(&token),
+                    None => self.start_app_lookup(LookupKind::AppToken, &body.0),
+                }
+            }
+        }
+    }
+
+    fn start_app_lookup(&mut self, kind: LookupKind, body: &str) -> Action {
+        let waiter = Waiter {
+            id: self.id,
+            state: self.me.clone(),
+        };
+        let started = self.worker.borrow_mut().start_lookup(waiter, kind, body);
+        match started {
+            Ok(token) => {
+                self.app_lookup = Some(token);
+                Action::Pause
+            }
+            Err(reason) => {
+                let reply = app::unavailable_page(reason);
+                self.log_app_reply(&reply);
+                self.send(reply);
+                Action::Pause
+            }
+        }
+    }
+
+    fn log_app_reply(&self, reply: &LocalReply) {
+        let w = self.worker.borrow();
+        if reply.status >= 400 {
+            w.metrics.inc(Counter::Denied);
+            let route = self
+                .app
+                .as_ref()
+                .and_then(|a| w.config.routes.get(a.route))
+                .map(|r| r.name.as_str())
+                .unwrap_or_default();
+            log::info!(
+                "mcp-warden: app request answered {} on route {route}: {}",
+                reply.status,
+                reply.reason
+            );
+        } else {
+            w.metrics.inc(Counter::LocalReplies);
+        }
+    }
+
+    /// Sends the request to the app with the user's TE (and identity assertion), when the
+    /// route's policy still lets the user in.
+    fn forward_app(&mut self, token: &Rc<AppToken>) -> Action {
+        let Some(route_index) = self.app.as_ref().map(|a| a.route) else {
+            return Action::Continue;
+        };
+        let (permitted, pass_identity) = {
+            let w = self.worker.borrow();
+            match w.config.routes.get(route_index) {
+                Some(route) => (
+                    app::permits(route, &token.identity),
+                    route.pass_identity_headers,
+                ),
+                None => (false, false),
+            }
+        };
+        if !permitted {
+            let reply = app::access_denied_page();
+            self.log_app_reply(&reply);
+            self.send(reply);
+            return Action::Pause;
+        }
+        // Only the gateway's TE reaches the app: whatever the client sent goes.
+        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, "authorization", None);
+        let _ = hostcalls::set_map_value_bytes(
+            MapType::HttpRequestHeaders,
+            "authorization",
+            Some(token.authorization().as_bytes()),
+        );
+        if let Some(app) = self.app.as_mut() {
+            app.identity = Some(Rc::clone(&token.identity));
+        }
+        self.worker.borrow().metrics.inc(Counter::Allowed);
+        if pass_identity {
+            return self.attach_identity_assertion();
+        }
+        Action::Continue
+    }
+
+    /// The token service answered the callback's code: the cookie and the way back, or a page.
+    fn accept_app_session(&mut self, status: Option<u32>, body: &[u8]) {
+        if self.app_lookup.take().is_none() || self.replied {
+            return;
+        }
+        let Some(route_index) = self.app.as_ref().map(|a| a.route) else {
+            return;
+        };
+        let config = Rc::clone(&self.worker.borrow().config);
+        let Some(route) = config.routes.get(route_index) else {
+            return;
+        };
+        let reply = app::classify_session(status, body, route);
+        self.log_app_reply(&reply);
+        self.send(reply);
+    }
+
+    /// The token service answered the session's TE request: forward with it, or answer.
+    fn accept_app_token(&mut self, status: Option<u32>, body: &[u8]) {
+        if self.app_lookup.take().is_none() || self.replied {
+            return;
+        }
+        let Some((route_index, cache_key)) =
+            self.app.as_ref().map(|a| (a.route, a.cache_key.clone()))
+        else {
+            return;
+        };
+        let worker = Rc::clone(&self.worker);
+        let config = Rc::clone(&worker.borrow().config);
+        let Some(route) = config.routes.get(route_index) else {
+            return;
+        };
+        let now = now_seconds();
+        let reply = match app::classify_token(status, body) {
+            TokenAnswer::Token(te, expires_at) => {
+                let keys = {
+                    let mut w = worker.borrow_mut();
+                    if w.keys.is_none() {
+                        let _ = w.sync_keys();
+                    }
+                    w.keys.clone()
+                };
+                let verified = match keys {
+                    Some(keys) => {
+                        app::accept_token(&te.0, expires_at, route, &keys, &config.rules, now)
+                    }
+                    None => Err(TokenError::UnknownKey(String::new())),
+                };
+                match verified {
+                    Ok(token) => {
+                        let token = Rc::new(token);
+                        worker.borrow_mut().app_tokens.put(
+                            route_index,
+                            &cache_key,
+                            Rc::clone(&token),
+                            now,
+                        );
+                        if let Action::Continue = self.forward_app(&token) {
+                            self.resume_when_ready();
+                        }
+                        return;
+                    }
+                    Err(TokenError::UnknownKey(_)) => {
+                        // Signed with a key this worker has not fetched yet: ask for the JWKS
+                        // (rate-limited as for bearer TEs); the browser tries again shortly.
+                        let waiter = Waiter {
+                            id: self.id,
+                            state: self.me.clone(),
+                        };
+                        let _ = worker.borrow_mut().want_keys(now, waiter);
+                        app::unavailable_page("app-token-unknown-key")
+                    }
+                    Err(e) => {
+                        log::warn!(
+                            "mcp-warden: the token service's app TE for route {} was refused: {}",
+                            route.name,
+                            e.reason()
+                        );
+                        app::unavailable_page("app-token-invalid")
+                    }
+                }
+            }
+            TokenAnswer::SessionExpired => {
+                worker
+                    .borrow_mut()
+                    .app_tokens
+                    .remove_if(route_index, &cache_key, |_| true);
+                self.app
+                    .as_mut()
+                    .and_then(|a| a.expired.take())
+                    .unwrap_or_else(|| app::unavailable_page("app-session-expired"))
+            }
+            TokenAnswer::AccessDenied => app::access_denied_page(),
+            TokenAnswer::Unavailable(reason) => app::unavailable_page(reason),
+        };
+        self.log_app_reply(&reply);
+        self.send(reply);
+    }
+}
+
+/// Removes the route's session cookie from the request's `Cookie` headers, keeping the rest.
+fn strip_app_cookie(head: &OwnedHead, route: usize, config: &warden_core::config::CompiledConfig) {
+    let Some(route) = config.routes.get(route) else {
+        return;
+    };
+    if head.cookies.is_empty() {
+        return;
+    }
+    let values: Vec<&[u8]> = head.cookies.iter().map(|r| head.block.get(r)).collect();
+    let kept = app::strip_cookie(&values, &route.cookie_name);
+    let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, "cookie", None);
+    if let Some(kept) = kept {
+        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, "cookie", Some(&kept));
+    }
+}
+
 /// Sets the request's `x-warden-jwt-assertion` (replacing any value).
 fn set_assertion(assertion: &IdentityAssertion) {
     let _ = hostcalls::set_map_value_bytes(
@@ -802,6 +1114,8 @@ impl WardenRequest {
                 awaiting_keys: false,
                 upstream_lookup: None,
                 assertion_lookup: None,
+                app: None,
+                app_lookup: None,
                 upstream_sent: None,
                 replied: false,
                 done: false,
@@ -822,9 +1136,13 @@ impl Context for WardenRequest {
             s.done = true;
             // Free the look-up's slot: its answer (Envoy still delivers it, to the root) may
             // come back to this context after it is gone, where nobody would see it.
-            for token in [s.upstream_lookup.take(), s.assertion_lookup.take()]
-                .into_iter()
-                .flatten()
+            for token in [
+                s.upstream_lookup.take(),
+                s.assertion_lookup.take(),
+                s.app_lookup.take(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 let _ = s.worker.borrow_mut().take_lookup(token);
             }

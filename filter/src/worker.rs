@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use warden_core::app::{self, AppTokenCache};
 use warden_core::assertion::{self, AssertionCache};
 use warden_core::cache::TokenCache;
 use warden_core::config::CompiledConfig;
@@ -75,6 +76,10 @@ pub enum LookupKind {
     UpstreamToken,
     /// The user's identity assertion for the route.
     IdentityAssertion,
+    /// A client route's sign-in callback: the code for an app session.
+    AppSession,
+    /// A client route's app session: the user's TE.
+    AppToken,
 }
 
 impl LookupKind {
@@ -82,6 +87,8 @@ impl LookupKind {
         match self {
             LookupKind::UpstreamToken => LOOKUP_PATH,
             LookupKind::IdentityAssertion => assertion::PATH,
+            LookupKind::AppSession => app::SESSION_PATH,
+            LookupKind::AppToken => app::TOKEN_PATH,
         }
     }
 
@@ -89,6 +96,8 @@ impl LookupKind {
         match self {
             LookupKind::UpstreamToken => "upstream token look-up",
             LookupKind::IdentityAssertion => "identity assertion request",
+            LookupKind::AppSession => "app session request",
+            LookupKind::AppToken => "app token request",
         }
     }
 }
@@ -104,6 +113,8 @@ pub struct Worker {
     pub upstream_tokens: UpstreamTokenCache,
     /// Users' identity assertions, by route and `sub`.
     pub assertions: AssertionCache,
+    /// Client routes' app TEs, by route and SHA-256 of the session cookie.
+    pub app_tokens: AppTokenCache,
     /// Look-ups in flight (upstream tokens, identity assertions), by call-out token.
     lookups: HashMap<u32, (Waiter, LookupKind)>,
     /// `tools/list` answers filtered lately, reused when a caller lists again.
@@ -189,6 +200,7 @@ impl Worker {
         let upstream_tokens =
             UpstreamTokenCache::new(config.token_cache_entries, config.routes.len());
         let assertions = AssertionCache::new(config.token_cache_entries, config.routes.len());
+        let app_tokens = AppTokenCache::new(config.token_cache_entries, config.routes.len());
         let shared_key = format!("{JWKS_SHARED_KEY_PREFIX}{}", config.rules.issuer);
         Self {
             root_id,
@@ -198,6 +210,7 @@ impl Worker {
             cache,
             upstream_tokens,
             assertions,
+            app_tokens,
             lookups: HashMap::new(),
             lists: FilteredLists::default(),
             session_key: session_key.0,
@@ -426,6 +439,8 @@ impl Worker {
                 self.metrics.inc(match kind {
                     LookupKind::UpstreamToken => Counter::UpstreamTokenLookups,
                     LookupKind::IdentityAssertion => Counter::IdentityAssertionLookups,
+                    LookupKind::AppSession => Counter::AppSessionLookups,
+                    LookupKind::AppToken => Counter::AppTokenLookups,
                 });
                 Ok(token)
             }
@@ -449,12 +464,17 @@ impl Worker {
     /// the root context's, so it outlives the request the local reply is about to end; its
     /// answer is nobody's (`take_lookup` and the JWKS token both miss it).
     pub fn dispatch_drop(&self, body: &str) {
+        self.dispatch_notice(DROP_PATH, body, "upstream token drop");
+    }
+
+    /// Posts `body` to the internal API at `path`, fire and forget (see `dispatch_drop`).
+    pub fn dispatch_notice(&self, path: &str, body: &str, what: &str) {
         let Some(ts) = self.config.token_service.as_ref() else {
             return;
         };
         let headers = vec![
             (":method", "POST"),
-            (":path", DROP_PATH),
+            (":path", path),
             (":authority", ts.authority.as_str()),
             ("authorization", ts.authorization.as_str()),
             ("content-type", "application/json"),
@@ -468,7 +488,7 @@ impl Worker {
             timeout,
         ) {
             log::warn!(
-                "mcp-warden: cannot dispatch upstream token drop to cluster {}: {status:?}",
+                "mcp-warden: cannot dispatch {what} to cluster {}: {status:?}",
                 ts.cluster
             );
         }

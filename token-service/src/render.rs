@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use warden_core::assertion::HEADER as ASSERTION_HEADER;
 use warden_core::config::{
-    JwksFetch, PluginConfig, RouteConfig, TokenServiceConfig, CONFIG_VERSION,
+    JwksFetch, PluginConfig, RouteConfig, RouteKind, TokenServiceConfig, CONFIG_VERSION,
     DEFAULT_MAX_REQUEST_BYTES, ENVOY_ROUTE_PREFIX, ROUTE_HEADER,
 };
 use warden_core::url::ResourceUrl;
@@ -127,8 +127,7 @@ impl EnvoyInput {
     }
 }
 
-/// The filter's plugin configuration for the MCP server routes (client routes are added by
-/// [`plugin_config_json`], as `warden_core::config::RouteConfig` has no `kind` on this branch).
+/// The filter's plugin configuration: every route, `mcp: client` ones as `kind: client`.
 pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
     let issuer_authority = input
         .issuer
@@ -160,9 +159,13 @@ pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
         routes: input
             .routes
             .iter()
-            .filter(|r| !r.client)
             .map(|r| RouteConfig {
                 name: r.name.clone(),
+                kind: if r.client {
+                    RouteKind::Client
+                } else {
+                    RouteKind::Server
+                },
                 resource: r.resource.clone(),
                 resource_name: None,
                 scopes: r.scopes.clone(),
@@ -181,37 +184,6 @@ pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
             })
             .collect(),
     }
-}
-
-/// The plugin configuration as rendered: the server routes of [`plugin_config`], and each
-/// `mcp: client` route in its place as `{"name", "resource", "policy", "kind": "client"}`
-/// (plus `"pass_identity_headers": true` when set). A route without `kind` is a server route.
-pub fn plugin_config_json(input: &EnvoyInput) -> Result<serde_json::Value, String> {
-    let plugin = plugin_config(input);
-    let mut servers = plugin.routes.iter();
-    let mut routes = Vec::with_capacity(input.routes.len());
-    for r in &input.routes {
-        if r.client {
-            let mut route = serde_json::json!({
-                "name": r.name,
-                "resource": r.resource,
-                "policy": r.policy,
-                "kind": "client",
-            });
-            if r.pass_identity_headers {
-                route["pass_identity_headers"] = true.into();
-            }
-            routes.push(route);
-        } else {
-            let server = servers
-                .next()
-                .ok_or_else(|| "plugin routes out of step".to_string())?;
-            routes.push(serde_json::to_value(server).map_err(|e| e.to_string())?);
-        }
-    }
-    let mut value = serde_json::to_value(&plugin).map_err(|e| e.to_string())?;
-    value["routes"] = serde_json::Value::Array(routes);
-    Ok(value)
 }
 
 /// Splits an upstream URL into (host, port, path).
@@ -245,17 +217,9 @@ fn json_string(s: &str) -> String {
 /// reinterprets them.
 pub fn render(input: &EnvoyInput) -> Result<String, String> {
     // Compile what we render: a render that the filter would refuse is a bug here, not in Envoy.
-    // (The server routes; the filter's `kind: client` routes are checked by the filter's own
-    // compile once its side of `mcp: client` is merged.)
-    let servers = serde_json::to_string(&plugin_config(input)).map_err(|e| e.to_string())?;
-    warden_core::config::CompiledConfig::from_json(servers.as_bytes())
+    let plugin = serde_json::to_string(&plugin_config(input)).map_err(|e| e.to_string())?;
+    warden_core::config::CompiledConfig::from_json(plugin.as_bytes())
         .map_err(|e| e.to_string())?;
-    // Without client routes, exactly the server configuration (its fields in their order).
-    let plugin = if input.routes.iter().any(|r| r.client) {
-        plugin_config_json(input)?.to_string()
-    } else {
-        servers
-    };
 
     // Routes grouped by authority: one virtual host each, plus a catch-all that fails closed.
     let mut hosts: Vec<(String, Vec<(usize, ResourceUrl)>)> = Vec::new();
@@ -757,7 +721,7 @@ routes:
     #[test]
     fn client_routes_are_kind_client_in_the_plugin_config() {
         let input = with_client_route();
-        let plugin = plugin_config_json(&input).unwrap();
+        let plugin = serde_json::to_value(plugin_config(&input)).unwrap();
         let routes = plugin["routes"].as_array().unwrap();
         assert_eq!(routes.len(), 3);
         // Server routes are unchanged: no `kind`.
