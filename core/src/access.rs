@@ -80,6 +80,8 @@ pub struct Context<'a> {
     pub session_key: &'a SessionKey,
     pub now: i64,
     pub may_fetch_keys: bool,
+    /// 32 random bytes for a client route's sign-in nonce (`None`: no randomness, refuse).
+    pub random: fn() -> Option<[u8; 32]>,
 }
 
 pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
@@ -95,15 +97,21 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
         return Step::PassThrough;
     }
     let scheme = String::from_utf8_lossy(head.scheme);
-    let app_head = || crate::app::AppHead {
+    // Only client-route requests draw a nonce (the MCP path never pays for randomness).
+    let nonce = || {
+        use base64::Engine as _;
+        (ctx.random)().map(|b| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+    };
+    let app_head = |nonce: &'_ str| crate::app::AppHead {
         method: head.method,
         scheme: &scheme,
         authority: &authority,
         path: &path,
         cookies: &head.cookies,
+        nonce: nonce.to_owned(),
     };
     if path_only == crate::app::CALLBACK_PATH && ctx.config.has_client_route_on(&authority) {
-        return Step::App(crate::app::callback(ctx.config, &app_head()));
+        return Step::App(crate::app::callback(ctx.config, &app_head("")));
     }
     if let Some(route) = ctx.config.metadata_route(&authority, path_only) {
         return Step::Reply(metadata_reply(route, head));
@@ -133,7 +141,17 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
         return Step::PassThrough;
     };
     if route.kind == crate::config::RouteKind::Client {
-        return Step::App(crate::app::on_route(ctx.config, index, route, &app_head()));
+        let Some(nonce) = nonce() else {
+            return Step::App(crate::app::AppStep::Reply(crate::app::unavailable_page(
+                "app-no-randomness",
+            )));
+        };
+        return Step::App(crate::app::on_route(
+            ctx.config,
+            index,
+            route,
+            &app_head(&nonce),
+        ));
     }
 
     let cors_origin = match head.origin {
@@ -464,6 +482,7 @@ mod tests {
                     session_key: &self.session_key,
                     now: 1100,
                     may_fetch_keys: true,
+                    random: || Some([7; 32]),
                 },
             )
         }
@@ -642,6 +661,7 @@ mod tests {
                 session_key: &run.session_key,
                 now: 1100,
                 may_fetch_keys: false,
+                random: || Some([7; 32]),
             },
         );
         assert_eq!(reply(step).status, 503);

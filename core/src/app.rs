@@ -211,13 +211,40 @@ pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The sign-in page for a client route, coming back to `return_to`.
-pub fn sign_in_url(issuer: &str, route: &Route, return_to: &str) -> String {
+/// The sign-in page for a client route, coming back to `return_to`; `nonce` is the SHA-256
+/// (hex) of the browser's sign-in nonce cookie, which the callback must present again.
+pub fn sign_in_url(issuer: &str, route: &Route, return_to: &str, nonce: &str) -> String {
     format!(
-        "{}/app/sign-in?route={}&return_to={}",
+        "{}/app/sign-in?route={}&return_to={}&nonce={}",
         issuer.trim_end_matches('/'),
         percent_encode(&route.name),
-        percent_encode(return_to)
+        percent_encode(return_to),
+        percent_encode(nonce)
+    )
+}
+
+/// The cookie binding a sign-in to the browser that started it (login CSRF: without it, a
+/// callback URL carrying someone else's code would sign this browser in as them).
+pub fn nonce_cookie_name(route: &Route) -> String {
+    format!("{}_n", route.cookie_name)
+}
+
+/// How long a sign-in may take before its nonce cookie is gone.
+pub const NONCE_COOKIE_AGE_SECONDS: i64 = 600;
+
+fn set_nonce_cookie(route: &Route, nonce: &str) -> String {
+    format!(
+        "{}={nonce}; Path=/; Max-Age={NONCE_COOKIE_AGE_SECONDS}; HttpOnly; SameSite=Lax{}",
+        nonce_cookie_name(route),
+        secure(route)
+    )
+}
+
+fn clear_nonce_cookie(route: &Route) -> String {
+    format!(
+        "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
+        nonce_cookie_name(route),
+        secure(route)
     )
 }
 
@@ -329,14 +356,16 @@ pub fn sign_in_expired_page(reason: &'static str) -> LocalReply {
 
 /// A request on a client route without a usable session: browsers (GET/HEAD) go to the
 /// sign-in page, anything else gets a `401` naming it. `clear`: also remove the cookie.
+/// `nonce` (fresh random text) goes into the browser's nonce cookie, its digest into the URL.
 pub fn sign_in_required(
     route: &Route,
     issuer: &str,
     method: &[u8],
     return_to: &str,
     clear: bool,
+    nonce: &str,
 ) -> LocalReply {
-    let url = sign_in_url(issuer, route, return_to);
+    let url = sign_in_url(issuer, route, return_to, &session_key(nonce));
     let mut reply = if method == b"GET" || method == b"HEAD" {
         LocalReply {
             status: 302,
@@ -355,7 +384,7 @@ pub fn sign_in_required(
     if clear {
         reply = reply.with_header("set-cookie", clear_cookie(route));
     }
-    reply
+    reply.with_header("set-cookie", set_nonce_cookie(route, nonce))
 }
 
 /// Sign-out: the cookie goes, the browser lands on the token service's signed-out page.
@@ -378,6 +407,8 @@ pub struct AppHead<'a> {
     /// `:path` with its query.
     pub path: &'a str,
     pub cookies: &'a [&'a [u8]],
+    /// Fresh random text for a sign-in nonce, should this request need to sign in.
+    pub nonce: String,
 }
 
 /// What the filter does with a request on a client route (or the sign-in callback).
@@ -453,9 +484,15 @@ pub fn callback(config: &CompiledConfig, head: &AppHead<'_>) -> AppStep {
     let Some((index, route)) = config.client_route(&state, head.authority) else {
         return AppStep::Reply(sign_in_expired_page("app-callback-unknown-route"));
     };
+    // The digest of this browser's nonce cookie: the token service issued the code for the
+    // browser whose cookie matches ("" matches nothing).
+    let nonce = match find_cookie(head.cookies, &nonce_cookie_name(route)) {
+        CookieLookup::Found(n) => session_key(n.secret()),
+        _ => String::new(),
+    };
     AppStep::Callback {
         route: index,
-        body: serde_json::json!({"route": route.name, "code": code}).to_string(),
+        body: serde_json::json!({"route": route.name, "code": code, "nonce": nonce}).to_string(),
     }
 }
 
@@ -490,6 +527,7 @@ pub fn on_route(
             head.method,
             &return_to,
             false,
+            &head.nonce,
         )),
         CookieLookup::Conflict => AppStep::Reply(page(
             400,
@@ -501,7 +539,7 @@ pub fn on_route(
             route: index,
             cache_key: session_key(session.secret()),
             body: session_body(route, &session),
-            expired: sign_in_required(route, issuer, head.method, &return_to, true),
+            expired: sign_in_required(route, issuer, head.method, &return_to, true, &head.nonce),
         },
     }
 }
@@ -571,7 +609,8 @@ pub fn classify_session(status: Option<u32>, body: &[u8], route: &Route) -> Loca
                 .with_header(
                     "set-cookie",
                     set_cookie(route, &Session(g.session), g.max_age),
-                ),
+                )
+                .with_header("set-cookie", clear_nonce_cookie(route)),
                 None => sign_in_expired_page("app-session-bad-answer"),
             }
         }
@@ -845,17 +884,26 @@ mod tests {
         let route = &c.routes[1];
         let return_to = request_url("https", "chat.example", "/c/1?q=a b&r=1");
         assert_eq!(return_to, "https://chat.example/c/1?q=a b&r=1");
-        let get = sign_in_required(route, "http://issuer/", b"GET", &return_to, false);
+        let get = sign_in_required(route, "http://issuer/", b"GET", &return_to, false, "n1");
         assert_eq!(get.status, 302);
         assert_eq!(
             header(&get, "location").unwrap(),
-            "http://issuer/app/sign-in?route=chat&return_to=https%3A%2F%2Fchat.example%2Fc%2F1%3Fq%3Da%20b%26r%3D1"
+            format!("http://issuer/app/sign-in?route=chat&return_to=https%3A%2F%2Fchat.example%2Fc%2F1%3Fq%3Da%20b%26r%3D1&nonce={}", session_key("n1"))
         );
-        assert!(header(&get, "set-cookie").is_none());
-        let head = sign_in_required(route, "http://issuer", b"HEAD", &return_to, true);
+        // The nonce itself only goes into the browser's cookie; the URL carries its digest.
+        let cookies: Vec<&str> = get
+            .headers
+            .iter()
+            .filter(|(k, _)| *k == "set-cookie")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(cookies.len(), 1, "{cookies:?}");
+        assert!(cookies[0].starts_with(&format!("{}_n=n1;", route.cookie_name)));
+        assert!(cookies[0].contains("HttpOnly") && cookies[0].contains("Secure"));
+        let head = sign_in_required(route, "http://issuer", b"HEAD", &return_to, true, "n2");
         assert_eq!(head.status, 302);
         assert!(header(&head, "set-cookie").unwrap().contains("Max-Age=0"));
-        let post = sign_in_required(route, "http://issuer", b"POST", &return_to, false);
+        let post = sign_in_required(route, "http://issuer", b"POST", &return_to, false, "n1");
         assert_eq!(post.status, 401);
         let body: serde_json::Value = serde_json::from_str(&post.body).unwrap();
         assert_eq!(body["error"], "sign_in_required");
@@ -895,6 +943,7 @@ mod tests {
             authority,
             path,
             cookies,
+            nonce: "fresh".into(),
         }
     }
 
@@ -913,7 +962,30 @@ mod tests {
             AppStep::Callback { route, body } => {
                 assert_eq!(route, 1);
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-                assert_eq!(v, serde_json::json!({"route": "chat", "code": "a+b"}));
+                // No nonce cookie: an empty nonce, which matches no code.
+                assert_eq!(
+                    v,
+                    serde_json::json!({"route": "chat", "code": "a+b", "nonce": ""})
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The browser's nonce cookie goes to the token service as its digest.
+        let nonce = "N".repeat(43);
+        let nonce_cookie = format!("{}_n={nonce}", c.routes[1].cookie_name);
+        let cookies: [&[u8]; 1] = [nonce_cookie.as_bytes()];
+        match callback(
+            &c,
+            &head(
+                b"GET",
+                "chat.example",
+                "/.warden/app/callback?code=x&state=chat",
+                &cookies,
+            ),
+        ) {
+            AppStep::Callback { body, .. } => {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(v["nonce"], session_key(&nonce));
             }
             other => panic!("{other:?}"),
         }
@@ -959,7 +1031,7 @@ mod tests {
                 assert_eq!(r.status, 302);
                 assert_eq!(
                     header(&r, "location").unwrap(),
-                    "http://issuer/app/sign-in?route=chat&return_to=https%3A%2F%2Fchat.example%2Fpage"
+                    format!("http://issuer/app/sign-in?route=chat&return_to=https%3A%2F%2Fchat.example%2Fpage&nonce={}", session_key("fresh"))
                 );
             }
             other => panic!("{other:?}"),

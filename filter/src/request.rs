@@ -155,6 +155,12 @@ impl OwnedHead {
     }
 }
 
+/// 32 bytes from the host's randomness (WASI `random_get`).
+fn random_bytes() -> Option<[u8; 32]> {
+    let mut b = [0u8; 32];
+    getrandom::getrandom(&mut b).ok().map(|()| b)
+}
+
 fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -189,6 +195,8 @@ pub struct RequestState {
     app: Option<AppRequest>,
     /// Paused until the token service answers this call-out about the app session.
     app_lookup: Option<u32>,
+    /// An app TE waiting for the JWKS that holds its key.
+    app_token_awaiting_keys: Option<(app::Secret, i64)>,
     /// The TI sent upstream with this request, checked against the server's answer.
     pub(crate) upstream_sent: Option<Rc<UpstreamToken>>,
     /// A local reply went out: nothing of this request may continue upstream.
@@ -215,6 +223,10 @@ pub fn wake(waiter: Waiter) {
         return;
     }
     s.awaiting_keys = false;
+    if let Some((te, expires_at)) = s.app_token_awaiting_keys.take() {
+        s.resume_app_token(te, expires_at);
+        return;
+    }
     if let Action::Continue = s.decide_and_act(false, now_seconds()) {
         let _ = hostcalls::resume_http_request();
     }
@@ -283,6 +295,7 @@ impl RequestState {
                 session_key: &w.session_key,
                 now,
                 may_fetch_keys,
+                random: random_bytes,
             },
         )
     }
@@ -1001,60 +1014,11 @@ impl RequestState {
             return;
         };
         let worker = Rc::clone(&self.worker);
-        let config = Rc::clone(&worker.borrow().config);
-        let Some(route) = config.routes.get(route_index) else {
-            return;
-        };
-        let now = now_seconds();
         let reply = match app::classify_token(status, body) {
-            TokenAnswer::Token(te, expires_at) => {
-                let keys = {
-                    let mut w = worker.borrow_mut();
-                    if w.keys.is_none() {
-                        let _ = w.sync_keys();
-                    }
-                    w.keys.clone()
-                };
-                let verified = match keys {
-                    Some(keys) => {
-                        app::accept_token(&te.0, expires_at, route, &keys, &config.rules, now)
-                    }
-                    None => Err(TokenError::UnknownKey(String::new())),
-                };
-                match verified {
-                    Ok(token) => {
-                        let token = Rc::new(token);
-                        worker.borrow_mut().app_tokens.put(
-                            route_index,
-                            &cache_key,
-                            Rc::clone(&token),
-                            now,
-                        );
-                        if let Action::Continue = self.forward_app(&token) {
-                            self.resume_when_ready();
-                        }
-                        return;
-                    }
-                    Err(TokenError::UnknownKey(_)) => {
-                        // Signed with a key this worker has not fetched yet: ask for the JWKS
-                        // (rate-limited as for bearer TEs); the browser tries again shortly.
-                        let waiter = Waiter {
-                            id: self.id,
-                            state: self.me.clone(),
-                        };
-                        let _ = worker.borrow_mut().want_keys(now, waiter);
-                        app::unavailable_page("app-token-unknown-key")
-                    }
-                    Err(e) => {
-                        log::warn!(
-                            "mcp-warden: the token service's app TE for route {} was refused: {}",
-                            route.name,
-                            e.reason()
-                        );
-                        app::unavailable_page("app-token-invalid")
-                    }
-                }
-            }
+            TokenAnswer::Token(te, expires_at) => match self.use_app_token(te, expires_at, true) {
+                Some(reply) => reply,
+                None => return,
+            },
             TokenAnswer::SessionExpired => {
                 worker
                     .borrow_mut()
@@ -1070,6 +1034,81 @@ impl RequestState {
         };
         self.log_app_reply(&reply);
         self.send(reply);
+    }
+}
+
+impl RequestState {
+    /// Verifies the token service's app TE and forwards with it (`None`: forwarded, or paused
+    /// for the JWKS when `may_wait`), or the page to answer.
+    fn use_app_token(
+        &mut self,
+        te: app::Secret,
+        expires_at: i64,
+        may_wait: bool,
+    ) -> Option<LocalReply> {
+        let (route_index, cache_key) = self.app.as_ref().map(|a| (a.route, a.cache_key.clone()))?;
+        let worker = Rc::clone(&self.worker);
+        let config = Rc::clone(&worker.borrow().config);
+        let route = config.routes.get(route_index)?;
+        let now = now_seconds();
+        let keys = {
+            let mut w = worker.borrow_mut();
+            if w.keys.is_none() {
+                let _ = w.sync_keys();
+            }
+            w.keys.clone()
+        };
+        let verified = match keys {
+            Some(keys) => app::accept_token(&te.0, expires_at, route, &keys, &config.rules, now),
+            None => Err(TokenError::UnknownKey(String::new())),
+        };
+        match verified {
+            Ok(token) => {
+                let token = Rc::new(token);
+                worker
+                    .borrow_mut()
+                    .app_tokens
+                    .put(route_index, &cache_key, Rc::clone(&token), now);
+                if let Action::Continue = self.forward_app(&token) {
+                    self.resume_when_ready();
+                }
+                None
+            }
+            Err(TokenError::UnknownKey(_)) => {
+                // Signed with a key this worker has not fetched yet (the first app request
+                // after a start, or a new key): wait for the JWKS, then check it again. A
+                // refetch too recent to repeat, or a key still unknown after it, gets the page.
+                let waiter = Waiter {
+                    id: self.id,
+                    state: self.me.clone(),
+                };
+                if may_wait && worker.borrow_mut().want_keys(now, waiter) {
+                    self.awaiting_keys = true;
+                    self.app_token_awaiting_keys = Some((te, expires_at));
+                    return None;
+                }
+                Some(app::unavailable_page("app-token-unknown-key"))
+            }
+            Err(e) => {
+                log::warn!(
+                    "mcp-warden: the token service's app TE for route {} was refused: {}",
+                    route.name,
+                    e.reason()
+                );
+                Some(app::unavailable_page("app-token-invalid"))
+            }
+        }
+    }
+
+    /// The JWKS arrived for an app TE that named an unknown key.
+    fn resume_app_token(&mut self, te: app::Secret, expires_at: i64) {
+        if self.replied {
+            return;
+        }
+        if let Some(reply) = self.use_app_token(te, expires_at, false) {
+            self.log_app_reply(&reply);
+            self.send(reply);
+        }
     }
 }
 
@@ -1116,6 +1155,7 @@ impl WardenRequest {
                 assertion_lookup: None,
                 app: None,
                 app_lookup: None,
+                app_token_awaiting_keys: None,
                 upstream_sent: None,
                 replied: false,
                 done: false,

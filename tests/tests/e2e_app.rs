@@ -72,6 +72,12 @@ async fn browser_sign_in_and_the_app_receives_the_te() {
         sign_in.starts_with(&format!("{issuer}/app/sign-in?route=chat&return_to=")),
         "{sign_in}"
     );
+    // The sign-in is bound to this browser by a nonce cookie (its digest is in the URL).
+    let nonce_cookie = cookie_pair(&header(&resp, "set-cookie").unwrap());
+    assert!(
+        nonce_cookie.starts_with("warden_app_") && nonce_cookie.contains("_n="),
+        "{nonce_cookie}"
+    );
     let resp = b
         .post(format!("{envoy}{APP}/api"))
         .body("{}")
@@ -95,11 +101,53 @@ async fn browser_sign_in_and_the_app_receives_the_te() {
     .await;
     assert!(callback.contains("code="), "{callback}");
 
+    // Login CSRF: the callback in a browser without the nonce cookie (a victim sent the
+    // link) opens nothing, and uses the code up.
+    let stolen = browser_authorize_to(
+        &sign_in,
+        &callback_endpoint,
+        (DEMO_EMAIL, DEMO_PASSWORD),
+        None,
+    )
+    .await;
+    let resp = b.get(&stolen).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(header(&resp, "set-cookie").is_none());
+    let resp = b
+        .get(&stolen)
+        .header("cookie", &nonce_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400, "the code is used up");
+
     // 4. The callback sets the cookie and returns to the page asked for.
-    let resp = b.get(&callback).send().await.unwrap();
+    let resp = b
+        .get(&callback)
+        .header("cookie", &nonce_cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 302);
     assert_eq!(header(&resp, "location").unwrap(), page);
-    let set_cookie = header(&resp, "set-cookie").unwrap();
+    let set_cookies: Vec<String> = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    // The session cookie, and the nonce cookie cleared.
+    assert!(
+        set_cookies
+            .iter()
+            .any(|c| c.contains("_n=;") && c.contains("Max-Age=0")),
+        "{set_cookies:?}"
+    );
+    let set_cookie = set_cookies
+        .iter()
+        .find(|c| !c.contains("_n="))
+        .unwrap()
+        .clone();
     assert!(set_cookie.starts_with("warden_app_"), "{set_cookie}");
     for attr in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age="] {
         assert!(set_cookie.contains(attr), "{set_cookie}");
@@ -110,7 +158,12 @@ async fn browser_sign_in_and_the_app_receives_the_te() {
     );
     let ours = cookie_pair(&set_cookie);
     // The code is one-time.
-    let again = b.get(&callback).send().await.unwrap();
+    let again = b
+        .get(&callback)
+        .header("cookie", &nonce_cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status().as_u16(), 400);
     assert!(header(&again, "set-cookie").is_none());
 
@@ -126,7 +179,13 @@ async fn browser_sign_in_and_the_app_receives_the_te() {
     let shown_headers = format!("{:?}", resp.headers());
     let shown_body = resp.text().await.unwrap();
     let recorded = stack.demo.recorded().await;
-    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(
+        recorded.len(),
+        1,
+        "{recorded:?} {shown_headers} {shown_body}\n{}\n{}",
+        stack.envoy_log(),
+        stack.token_service.log()
+    );
     let auth = recorded_header(&recorded[0], "authorization")
         .unwrap()
         .to_string();

@@ -10,7 +10,7 @@
 //! * `POST /internal/v1/identity-assertion` `{"sub", "route"}` → `200 {"assertion",
 //!   "issued_at", "expires_at"}`, `404 unknown_user`, `404 unknown_route`,
 //!   `400 identity_headers_off` (the route does not pass identity headers).
-//! * `POST /internal/v1/app-session` `{"route", "code"}` → `200 {"session", "max_age",
+//! * `POST /internal/v1/app-session` `{"route", "code", "nonce"}` → `200 {"session", "max_age",
 //!   "return_to"}`, `400 invalid_code` (an `mcp: client` route's one-time app code).
 //! * `POST /internal/v1/app-token` `{"route", "session"}` → `200 {"access_token",
 //!   "expires_at"}`, `401 session_expired`, `403 access_denied`.
@@ -310,6 +310,8 @@ async fn identity_assertion(State(s): State<AppState>, body: axum::body::Bytes) 
 struct AppCodeRequest {
     route: String,
     code: String,
+    /// SHA-256 (hex) of the browser's sign-in nonce cookie, as the filter read it.
+    nonce: String,
 }
 
 #[derive(Deserialize)]
@@ -333,7 +335,7 @@ async fn app_session(State(s): State<AppState>, body: axum::body::Bytes) -> Resp
         return error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            "expected {\"route\", \"code\"}",
+            "expected {\"route\", \"code\", \"nonce\"}",
         );
     };
     let opened = s
@@ -343,6 +345,7 @@ async fn app_session(State(s): State<AppState>, body: axum::body::Bytes) -> Resp
                 st.store().as_ref(),
                 &q.route,
                 &q.code,
+                &q.nonce,
                 st.now(),
             )?)
         })

@@ -209,6 +209,18 @@ fn route_header_mutation(mutation: &str) -> String {
     )
 }
 
+/// `s` as a literal in an RE2 pattern.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if !c.is_ascii_alphanumeric() && c != '/' && c != '_' && c != '-' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn json_string(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
@@ -218,8 +230,7 @@ fn json_string(s: &str) -> String {
 pub fn render(input: &EnvoyInput) -> Result<String, String> {
     // Compile what we render: a render that the filter would refuse is a bug here, not in Envoy.
     let plugin = serde_json::to_string(&plugin_config(input)).map_err(|e| e.to_string())?;
-    warden_core::config::CompiledConfig::from_json(plugin.as_bytes())
-        .map_err(|e| e.to_string())?;
+    warden_core::config::CompiledConfig::from_json(plugin.as_bytes()).map_err(|e| e.to_string())?;
 
     // Routes grouped by authority: one virtual host each, plus a catch-all that fails closed.
     let mut hosts: Vec<(String, Vec<(usize, ResourceUrl)>)> = Vec::new();
@@ -360,10 +371,10 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
             // The name tells the filter which warden route Envoy chose: as the route name
             // (`xds.route_name`) and in the route header the filter reads with the others.
             let route_name = json_string(&format!("{ENVOY_ROUTE_PREFIX}{}", route.name));
-            let action = |rewrite: &str| {
+            let prefix_rewrite = |to: &str| format!("prefix_rewrite: {}", json_string(to));
+            let action = |rewrite: String| {
                 format!(
-                    "route: {{ cluster: {cluster}, prefix_rewrite: {}, host_rewrite_literal: {}, timeout: 0s, idle_timeout: {STREAM_IDLE_TIMEOUT_SECONDS}s }}\n                request_headers_to_remove: [{ROUTE_HEADER}]\n                {}",
-                    json_string(rewrite),
+                    "route: {{ cluster: {cluster}, {rewrite}, host_rewrite_literal: {}, timeout: 0s, idle_timeout: {STREAM_IDLE_TIMEOUT_SECONDS}s }}\n                request_headers_to_remove: [{ROUTE_HEADER}]\n                {}",
                     json_string(&to_authority),
                     route_header_mutation(&format!(
                         "{{ append: {{ header: {{ key: {ROUTE_HEADER}, value: {route_name} }}, append_action: OVERWRITE_IF_EXISTS_OR_ADD }} }}"
@@ -380,24 +391,29 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
                 let _ = writeln!(
                     w,
                     "              - name: {route_name}\n                match: {{ path: \"/\" }}\n                {}",
-                    action(&exact)
+                    action(prefix_rewrite(&exact))
                 );
                 let _ = writeln!(
                     w,
                     "              - name: {route_name}\n                match: {{ prefix: \"/\" }}\n                {}",
-                    action(&format!("{to_path}/"))
+                    action(prefix_rewrite(&format!("{to_path}/")))
                 );
             } else {
                 let rewrite = if to_path.is_empty() {
-                    "/".to_string()
+                    // `/app`, `/app/` → `/` and `/app/x` → `/x` (a prefix rewrite to `/`
+                    // would make `/app/` into `//`).
+                    format!(
+                        "regex_rewrite: {{ pattern: {{ regex: {} }}, substitution: \"/\" }}",
+                        json_string(&format!("^{}/?", regex_escape(&url.path)))
+                    )
                 } else {
-                    to_path.clone()
+                    prefix_rewrite(&to_path)
                 };
                 let _ = writeln!(
                     w,
                     "              - name: {route_name}\n                match: {{ path_separated_prefix: {} }}\n                {}",
                     json_string(&url.path),
-                    action(&rewrite)
+                    action(rewrite)
                 );
             }
         }
@@ -727,25 +743,25 @@ routes:
         // Server routes are unchanged: no `kind`.
         assert!(routes[0].get("kind").is_none());
         assert_eq!(routes[0]["name"], "demo");
+        let chat = &routes[2];
+        assert_eq!(chat["name"], "chat");
+        assert_eq!(chat["kind"], "client");
+        assert_eq!(chat["resource"], "http://chat.example.com");
+        assert_eq!(chat["pass_identity_headers"], true);
         assert_eq!(
-            routes[2],
-            serde_json::json!({
-                "name": "chat",
-                "resource": "http://chat.example.com",
-                "policy": {"allow": {"and": [{"domain": {"is": "example.com"}}]}},
-                "kind": "client",
-                "pass_identity_headers": true,
-            })
+            chat["policy"],
+            serde_json::json!({"allow": {"and": [{"domain": {"is": "example.com"}}]}})
         );
+        assert!(chat.get("scopes").is_none(), "{chat}");
         // The filter's call-outs for app sessions need the internal listener.
         assert_eq!(
             plugin["token_service"]["cluster"],
             TOKEN_SERVICE_INTERNAL_CLUSTER
         );
-        // The server-only part still compiles as before.
-        let servers = serde_json::to_string(&plugin_config(&input)).unwrap();
-        let compiled = warden_core::config::CompiledConfig::from_json(servers.as_bytes()).unwrap();
-        assert_eq!(compiled.routes.len(), 2);
+        // The filter compiles the whole configuration, client route included.
+        let json = serde_json::to_string(&plugin_config(&input)).unwrap();
+        let compiled = warden_core::config::CompiledConfig::from_json(json.as_bytes()).unwrap();
+        assert_eq!(compiled.routes.len(), 3);
     }
 
     #[test]

@@ -68,7 +68,13 @@ pub struct PendingFlow {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Continuation {
     /// Browser sign-in on an `mcp: client` route: issue an app code, back to the app.
-    AppSignIn { route: String, return_to: String },
+    AppSignIn {
+        route: String,
+        return_to: String,
+        /// SHA-256 (hex) of the nonce cookie the filter gave the browser that asked.
+        #[serde(default)]
+        nonce: String,
+    },
     /// Connect an upstream account (`/mcp/connect`), then redirect to `redirect_url`.
     Connect { route: String, redirect_url: String },
 }
@@ -82,6 +88,9 @@ pub struct AppCode {
     /// The issuer session the app session is bound to.
     pub sid: String,
     pub return_to: String,
+    /// The sign-in's nonce digest: only the browser holding the nonce cookie may redeem it.
+    #[serde(default)]
+    pub nonce: String,
     /// When the issuer session ends: the app session ends then at the latest.
     pub session_expires_at: i64,
     pub expires_at: i64,

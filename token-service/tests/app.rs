@@ -21,6 +21,8 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 use warden_token_service::config::Config;
 
+/// The digest of the browser's nonce cookie the filter would send (64 hex digits).
+const NONCE: &str = "6e6f6e63656e6f6e63656e6f6e63656e6f6e63656e6f6e63656e6f6e63656e6f";
 const BOB: &str = "bob@other.org";
 const CHAT: &str = "http://chat.example.com";
 const SECRET_APP: &str = "http://secret.example.com";
@@ -150,6 +152,7 @@ impl App {
         let q = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("route", route)
             .append_pair("return_to", return_to)
+            .append_pair("nonce", NONCE)
             .finish();
         format!("/app/sign-in?{q}")
     }
@@ -174,7 +177,7 @@ impl App {
         let (status, body) = self
             .internal(
                 "/internal/v1/app-session",
-                json!({"route": "chat", "code": q["code"]}),
+                json!({"route": "chat", "code": q["code"], "nonce": NONCE}),
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -324,7 +327,7 @@ async fn browser_sign_in_without_a_session_ends_at_the_filters_callback() {
     let (status, body) = app
         .internal(
             "/internal/v1/app-session",
-            json!({"route": "chat", "code": code}),
+            json!({"route": "chat", "code": code, "nonce": NONCE}),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -335,7 +338,7 @@ async fn browser_sign_in_without_a_session_ends_at_the_filters_callback() {
     let (status, body) = app
         .internal(
             "/internal/v1/app-session",
-            json!({"route": "chat", "code": code}),
+            json!({"route": "chat", "code": code, "nonce": NONCE}),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -352,7 +355,7 @@ async fn an_app_code_is_bound_to_its_route_and_expires() {
     let (status, body) = app
         .internal(
             "/internal/v1/app-session",
-            json!({"route": "secret", "code": code}),
+            json!({"route": "secret", "code": code, "nonce": NONCE}),
         )
         .await;
     assert_eq!(
@@ -363,7 +366,7 @@ async fn an_app_code_is_bound_to_its_route_and_expires() {
     let (status, _) = app
         .internal(
             "/internal/v1/app-session",
-            json!({"route": "chat", "code": code}),
+            json!({"route": "chat", "code": code, "nonce": NONCE}),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -376,10 +379,48 @@ async fn an_app_code_is_bound_to_its_route_and_expires() {
     let (status, _) = app
         .internal(
             "/internal/v1/app-session",
-            json!({"route": "chat", "code": code}),
+            json!({"route": "chat", "code": code, "nonce": NONCE}),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Login CSRF: a code presented with another browser's nonce (or none) opens nothing,
+    // and is used up.
+    let (r, _) = app
+        .browser_sign_in("chat", &format!("{CHAT}/"), EMAIL)
+        .await;
+    let code = callback(&r, CHAT).1["code"].clone();
+    for other in [
+        "",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+    ] {
+        let (status, _) = app
+            .internal(
+                "/internal/v1/app-session",
+                json!({"route": "chat", "code": code, "nonce": other}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "nonce {other:?}");
+    }
+    let (status, _) = app
+        .internal(
+            "/internal/v1/app-session",
+            json!({"route": "chat", "code": code, "nonce": NONCE}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "used up by the wrong nonce"
+    );
+    // A sign-in link without a nonce is refused before any sign-in.
+    let r = app
+        .env
+        .get(&format!(
+            "/app/sign-in?route=chat&return_to={}",
+            url::form_urlencoded::byte_serialize(format!("{CHAT}/").as_bytes()).collect::<String>()
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
     // Malformed requests are named as such.
     let (status, body) = app
         .internal("/internal/v1/app-session", json!({"route": "chat"}))
@@ -408,7 +449,7 @@ async fn browser_sign_in_with_a_session_skips_the_form() {
     let (status, body) = app
         .internal(
             "/internal/v1/app-session",
-            json!({"route": "secret", "code": q["code"]}),
+            json!({"route": "secret", "code": q["code"], "nonce": NONCE}),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -757,7 +798,7 @@ async fn signing_out_ends_the_issuer_session_and_its_app_sessions() {
     let (_, body) = app
         .internal(
             "/internal/v1/app-session",
-            json!({"route": "chat", "code": code}),
+            json!({"route": "chat", "code": code, "nonce": NONCE}),
         )
         .await;
     let session = body["session"].as_str().unwrap().to_owned();
@@ -801,6 +842,7 @@ async fn expired_app_codes_and_sessions_are_swept() {
                 user: EMAIL.into(),
                 sid: "sid".into(),
                 return_to: format!("{CHAT}/"),
+                nonce: NONCE.into(),
                 session_expires_at: now + 3600,
                 expires_at: now + 60,
             },
@@ -936,7 +978,7 @@ routes:
     };
     let opened = call(
         "/internal/v1/app-session",
-        json!({"route": "chat", "code": q["code"]}),
+        json!({"route": "chat", "code": q["code"], "nonce": NONCE}),
     )
     .await;
     assert_eq!(opened["return_to"], format!("{CHAT}/a"));

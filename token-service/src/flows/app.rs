@@ -151,15 +151,22 @@ pub fn stand_in_grant(route: &RouteConfig, url: &str) -> AuthorizeGrant {
     }
 }
 
-/// Issues a one-time app code for `user`'s issuer session `sid`; returns the URL of the
-/// filter's callback on the app's origin, carrying it.
+/// A sign-in nonce digest as the filter sends it: SHA-256, 64 lower-case hex digits.
+pub fn valid_nonce(nonce: &str) -> bool {
+    nonce.len() == 64
+        && nonce
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Issues a one-time app code for the issuer `session`, redeemable only with the sign-in's
+/// `nonce` digest; returns the URL of the filter's callback on the app's origin, carrying it.
 pub fn issue_code(
     store: &dyn Store,
     route: &RouteConfig,
-    user: &str,
-    sid: &str,
-    session_expires_at: i64,
+    session: &crate::store::Session,
     return_to: &str,
+    nonce: &str,
     now: i64,
 ) -> anyhow::Result<String> {
     let code = random_token();
@@ -167,10 +174,11 @@ pub fn issue_code(
         &hash_secret(&code),
         &AppCode {
             route: route.name.clone(),
-            user: user.to_owned(),
-            sid: sid.to_owned(),
+            user: session.user.clone(),
+            sid: session.sid.clone(),
             return_to: return_to.to_owned(),
-            session_expires_at,
+            nonce: nonce.to_owned(),
+            session_expires_at: session.expires_at,
             expires_at: now + APP_CODE_TTL,
         },
     )?;
@@ -207,12 +215,19 @@ pub fn open_session(
     store: &dyn Store,
     route: &str,
     code: &str,
+    nonce: &str,
     now: i64,
 ) -> anyhow::Result<Option<OpenedSession>> {
     let Some(c) = store.take_app_code(&hash_secret(code), now)? else {
         return Ok(None);
     };
     if c.route != route || config.client_route(route).is_none() {
+        return Ok(None);
+    }
+    // Login CSRF: a code is redeemed only in the browser that started its sign-in.
+    if !valid_nonce(nonce) || !crate::flows::constant_time_eq(nonce.as_bytes(), c.nonce.as_bytes())
+    {
+        tracing::info!(route = %route, "app code presented without its browser's nonce");
         return Ok(None);
     }
     if !store.session_live(&c.sid, now)? || identity::resolve(config, store, &c.user)?.is_none() {

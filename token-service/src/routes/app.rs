@@ -66,9 +66,16 @@ fn sign_in_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Re
             "The page to return to does not belong to this application.",
         ));
     }
+    let nonce = params.get("nonce").unwrap_or("");
+    if !flow::valid_nonce(nonce) {
+        return Err(bad_request(
+            "This sign-in link is incomplete. Reload the application to sign in again.",
+        ));
+    }
     let next = Continuation::AppSignIn {
         route: route.name.clone(),
         return_to: return_to.to_owned(),
+        nonce: nonce.to_owned(),
     };
     begin_or_continue(s, route, return_to, next, cookies)
 }
@@ -127,7 +134,11 @@ pub(super) fn continue_signed_in(
     let now = s.now();
     let user = identity::resolve(config, store, &session.user)?.ok_or_else(expired_page)?;
     match next {
-        Continuation::AppSignIn { route, return_to } => {
+        Continuation::AppSignIn {
+            route,
+            return_to,
+            nonce,
+        } => {
             let app = config.client_route(&route).ok_or_else(expired_page)?;
             if !flow::app_allows(config, app, &user, &session.sid) {
                 tracing::info!(route = %app.name, sub = %user.sub, "app sign-in refused by the route's policy");
@@ -139,15 +150,7 @@ pub(super) fn continue_signed_in(
                     ),
                 ));
             }
-            let url = flow::issue_code(
-                store,
-                app,
-                &session.user,
-                &session.sid,
-                session.expires_at,
-                &return_to,
-                now,
-            )?;
+            let url = flow::issue_code(store, app, session, &return_to, &nonce, now)?;
             tracing::info!(route = %app.name, sub = %user.sub, "app sign-in: code issued");
             Ok(redirect(&url))
         }
