@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 TS=target/debug/warden-token-service
 DEMO=target/debug/demo-mcp-server
 PROVIDER=target/debug/demo-oauth-provider
+APP=target/debug/demo-mcp-app
 ENVOY=.venv/bin/envoy
 WASM=target/wasm32-wasip1/release/warden_filter.wasm
 mkdir -p var
@@ -37,6 +38,9 @@ if [[ -z "${WARDEN_CONFIG:-}" ]]; then
     --redirect-uri "$("$TS" describe --what upstream-callback)" > var/demo-oauth-provider.log 2>&1 & pids+=($!)
   "$DEMO" --listen 127.0.0.1:9201 --require-bearer-introspect http://127.0.0.1:9300/introspect \
     > var/upstream-demo-mcp-server.log 2>&1 & pids+=($!)
+  # The default config's web app route (`mcp: client`).
+  "$APP" --listen 127.0.0.1:9210 --gateway http://127.0.0.1:9000 --app-url http://127.0.0.1:9000/app \
+    > var/demo-mcp-app.log 2>&1 & pids+=($!)
 fi
 "$TS" serve "${config_args[@]}" > var/token-service.log 2>&1 & pids+=($!)
 "$ENVOY" -c var/envoy.yaml --concurrency 2 -l warn --base-id 9000 > var/envoy.log 2>&1 & pids+=($!)
@@ -52,6 +56,7 @@ wait_for http://127.0.0.1:9200/healthz "demo MCP server" var/demo-mcp-server.log
 if [[ -z "${WARDEN_CONFIG:-}" ]]; then
   wait_for http://127.0.0.1:9300/healthz "demo OAuth provider" var/demo-oauth-provider.log
   wait_for http://127.0.0.1:9201/healthz "upstream demo MCP server" var/upstream-demo-mcp-server.log
+  wait_for http://127.0.0.1:9210/healthz "demo MCP app" var/demo-mcp-app.log
 fi
 wait_for "$("$TS" describe "${config_args[@]}" --what issuer)/healthz" "token service" var/token-service.log
 wait_for "http://$("$TS" describe "${config_args[@]}" --what envoy-admin)/ready" "Envoy" var/envoy.log
@@ -63,6 +68,7 @@ if [[ -z "${WARDEN_CONFIG:-}" ]]; then
   echo "Sign in as the demo user:  email demo@example.com   password warden-demo"
   echo "The /upstream-demo server also asks you to connect your account at the demo OAuth"
   echo "provider (http://127.0.0.1:9300):  user alice   password alice-password"
+  echo "The demo MCP app (an mcp: client route) is at http://127.0.0.1:9000/app/ in a browser."
 fi
 echo "Press Ctrl-C to stop."
 wait -n "${pids[@]}" || true

@@ -251,7 +251,25 @@ async fn call_whoami(url: &str, te: &str) -> anyhow::Result<String> {
                 .collect()
         })
         .unwrap_or_default();
-    Ok(text.join("\n"))
+    Ok(redact_bearers(&text.join("\n")))
+}
+
+/// The demo server's `whoami` echoes the request's headers, the upstream credential included:
+/// a page is no place for it.
+fn redact_bearers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("Bearer ") {
+        let (head, tail) = rest.split_at(i + "Bearer ".len());
+        out.push_str(head);
+        out.push_str("[redacted]");
+        let end = tail
+            .find(|c: char| c == '"' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 async fn call(State(app): State<App>, headers: HeaderMap, Form(f): Form<ServerForm>) -> Response {
