@@ -3,53 +3,20 @@
 //! deliberately broken ID token of `/_test/id-token`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::{hmac, signature};
 use base64::Engine as _;
+use common::*;
 use demo_oauth_provider::{
-    oidc_subject, serve, AuthStyle, ClaimsPlacement, IdTokenAlg, ProviderConfig, OTHER_AUDIENCE,
+    oidc_subject, AuthStyle, ClaimsPlacement, IdTokenAlg, ProviderConfig, OTHER_AUDIENCE,
     OTHER_AZP, WRONG_ISSUER,
 };
-use reqwest::{header::LOCATION, StatusCode, Url};
+use reqwest::{header::LOCATION, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
-
-const REDIRECT: &str = "http://127.0.0.1:1/callback";
-const ID: &str = "warden-demo";
-const SECRET: &str = "warden-demo-secret";
-const VERIFIER: &str = "verifier-verifier-verifier-verifier-verifier-0123";
-
-struct Provider {
-    base: String,
-    http: reqwest::Client,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-async fn start(config: ProviderConfig) -> Provider {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        serve(config, listener).await.unwrap();
-    });
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    Provider {
-        base: format!("http://{addr}"),
-        http,
-        server,
-    }
-}
 
 fn b64d(s: &str) -> Vec<u8> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -62,25 +29,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// The value of `name="NAME" value="..."` in the page.
-fn hidden(html: &str, name: &str) -> String {
-    let needle = format!("name=\"{name}\" value=\"");
-    let start = html
-        .find(&needle)
-        .unwrap_or_else(|| panic!("no {name} in {html}"))
-        + needle.len();
-    let end = start + html[start..].find('"').unwrap();
-    html[start..end].to_owned()
-}
-
-fn query_param(location: &str, name: &str) -> Option<String> {
-    Url::parse(location)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
 }
 
 /// A JWT split into its parts.
