@@ -40,12 +40,13 @@ const MAX_SESSION_LEN: usize = 128;
 const MAX_PARAM_LEN: usize = 512;
 
 /// The paths Envoy routes to the token service on every host (server listing, connect,
-/// disconnect): the filter leaves them alone.
+/// disconnect): the filter leaves them alone. Exactly Envoy's prefixes (`/.warden/mcp/`, with
+/// the slash): the bare `/.warden/mcp` goes to whatever route serves the host's root, and
+/// must be checked like any request there.
 pub fn is_token_service_path(path: &str) -> bool {
-    ["/.warden/mcp", "/.pomerium/mcp"].iter().any(|p| {
-        path.strip_prefix(p)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    })
+    ["/.warden/mcp/", "/.pomerium/mcp/"]
+        .iter()
+        .any(|p| path.starts_with(p))
 }
 
 /// `warden_app_` + the first 8 hex characters of SHA-256(route name).
@@ -918,11 +919,12 @@ mod tests {
             "/.pomerium/mcp/routes",
             "/.warden/mcp/connect",
             "/.pomerium/mcp/disconnect",
-            "/.warden/mcp",
         ] {
             assert!(is_token_service_path(p), "{p}");
         }
         for p in [
+            "/.warden/mcp",
+            "/.pomerium/mcp",
             "/.warden/mcpx",
             "/mcp/.warden/mcp/routes",
             "/.warden/app/callback",
