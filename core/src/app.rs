@@ -157,12 +157,30 @@ pub fn find_cookie(headers: &[&[u8]], name: &str) -> CookieLookup {
     }
 }
 
-/// The `Cookie` header the app gets: every pair but ours, in order. `None`: nothing is left
-/// (the header is removed).
-pub fn strip_cookie(headers: &[&[u8]], name: &str) -> Option<Vec<u8>> {
+/// Whether a cookie name is one the gateway sets: `warden_app_` + 8 lower-case hex (an app
+/// session), optionally `_n` (its sign-in nonce).
+pub fn is_gateway_cookie(name: &[u8]) -> bool {
+    let Some(rest) = name.strip_prefix(COOKIE_PREFIX.as_bytes()) else {
+        return false;
+    };
+    let rest = rest.strip_suffix(b"_n").unwrap_or(rest);
+    rest.len() == 8
+        && rest
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+/// The `Cookie` header an upstream gets: every pair but the gateway's own (every client
+/// route's session and sign-in nonce: with `Path=/`, a browser sends them to every app and
+/// server on the host), in order. `None`: nothing to remove, leave the header as it is;
+/// `Some(None)`: nothing is left (the header is removed).
+pub fn strip_cookie(headers: &[&[u8]]) -> Option<Option<Vec<u8>>> {
+    if !pairs(headers).any(|(n, _, _)| is_gateway_cookie(n)) {
+        return None;
+    }
     let mut out: Vec<u8> = Vec::new();
     for (n, _, pair) in pairs(headers) {
-        if n == name.as_bytes() {
+        if is_gateway_cookie(n) {
             continue;
         }
         if !out.is_empty() {
@@ -170,7 +188,7 @@ pub fn strip_cookie(headers: &[&[u8]], name: &str) -> Option<Vec<u8>> {
         }
         out.extend_from_slice(pair);
     }
-    (!out.is_empty()).then_some(out)
+    Some((!out.is_empty()).then_some(out))
 }
 
 /// RFC 3986 percent-encoding of everything but unreserved characters (for query values).
@@ -826,14 +844,27 @@ mod tests {
     }
 
     #[test]
-    fn strips_only_our_cookie() {
+    fn strips_every_gateway_cookie_and_nothing_else() {
         let name = "warden_app_31e06f7d";
         let h1 = format!("a=1; {name}={SESSION}; b=\"two\"");
-        let kept = strip_cookie(&[h1.as_bytes(), b"c=3"], name).unwrap();
-        assert_eq!(kept, b"a=1; b=\"two\"; c=3");
+        let kept = strip_cookie(&[h1.as_bytes(), b"c=3"]).unwrap();
+        assert_eq!(kept, Some(b"a=1; b=\"two\"; c=3".to_vec()));
         let only = format!("{name}={SESSION}");
-        assert_eq!(strip_cookie(&[only.as_bytes()], name), None);
-        assert_eq!(strip_cookie(&[b"x=1"], name).unwrap(), b"x=1");
+        assert_eq!(strip_cookie(&[only.as_bytes()]), Some(None));
+        // Nothing of ours: the header is left as it is.
+        assert_eq!(strip_cookie(&[b"x=1"]), None);
+        assert_eq!(
+            strip_cookie(&[b"warden_app_x=1; warden_app_31e06f7dx=2"]),
+            None
+        );
+        // Another client route's session on the same host (Path=/ reaches every app there)
+        // and the sign-in nonces go too: no upstream gets a secret of the gateway's.
+        let two = format!(
+            "{name}={SESSION}; warden_app_0badf00d={SESSION}; warden_app_0badf00d_n=n; z=9"
+        );
+        assert_eq!(strip_cookie(&[two.as_bytes()]), Some(Some(b"z=9".to_vec())));
+        assert!(is_gateway_cookie(b"warden_app_0badf00d_n"));
+        assert!(!is_gateway_cookie(b"warden_app_0BADF00D"));
     }
 
     #[test]

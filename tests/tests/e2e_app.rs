@@ -356,6 +356,28 @@ async fn bare_token_service_prefix_is_the_root_apps_request() {
     assert_eq!(resp.status().as_u16(), 401);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_upstream_gets_an_app_session_cookie() {
+    let stack = app_stack().await;
+    // A browser sends an app's cookies (Path=/) to an MCP server on the app's host too.
+    let chat = format!("warden_app_{}", &sha256_hex(b"chat")[..8]);
+    let cookies =
+        format!("a=1; {chat}=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA; {chat}_n=BBBBBBBBBBBBBBBBBBBBBB; b=2");
+    let bearer = format!("Bearer {}", stack.mint_token(&stack.mcp_url()).await);
+    stack.demo.clear_recorded().await;
+    let resp = mcp_post(
+        &stack.mcp_url(),
+        &[("authorization", &bearer), ("cookie", &cookies)],
+        "tools/list",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{:?}", resp.body);
+    let recorded = stack.demo.recorded().await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded_header(&recorded[0], "cookie"), Some("a=1; b=2"));
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     sha2::Sha256::digest(bytes)
