@@ -31,6 +31,9 @@ pub const TOKEN_PATH: &str = "/internal/v1/app-token";
 pub const END_PATH: &str = "/internal/v1/app-session/end";
 /// The app session cookie's name is this plus 8 hex characters of SHA-256(route name).
 pub const COOKIE_PREFIX: &str = "warden_app_";
+/// In front of the cookie names on an https route: the browser then refuses the cookie from
+/// anywhere but this host (RFC 6265bis `__Host-`).
+pub const HOST_PREFIX: &str = "__Host-";
 /// `Max-Age` is clamped to this (the token service's sessions live 12 h at most).
 pub const MAX_COOKIE_AGE_SECONDS: i64 = 24 * 3600;
 /// A session secret is base64url of this many characters at least / at most.
@@ -158,8 +161,9 @@ pub fn find_cookie(headers: &[&[u8]], name: &str) -> CookieLookup {
 }
 
 /// Whether a cookie name is one the gateway sets: `warden_app_` + 8 lower-case hex (an app
-/// session), optionally `_n` (its sign-in nonce).
+/// session), optionally `_n` (its sign-in nonce), optionally `__Host-` in front.
 pub fn is_gateway_cookie(name: &[u8]) -> bool {
+    let name = name.strip_prefix(HOST_PREFIX.as_bytes()).unwrap_or(name);
     let Some(rest) = name.strip_prefix(COOKIE_PREFIX.as_bytes()) else {
         return false;
     };
@@ -806,7 +810,9 @@ mod tests {
         assert_eq!(name, "warden_app_31e06f7d");
         assert_ne!(cookie_name("chat"), cookie_name("chat2"));
         let c = config();
-        assert_eq!(c.routes[1].cookie_name, name);
+        // routes[1] is https: `__Host-` in front.
+        assert_eq!(c.routes[1].cookie_name, format!("__Host-{name}"));
+        assert_eq!(c.routes[2].cookie_name, cookie_name("admin-app"));
     }
 
     #[test]
@@ -880,6 +886,31 @@ mod tests {
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
         assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn cookies_on_https_are_host_only_by_name() {
+        // `__Host-`: a browser takes such a cookie only from this very host, Secure, Path=/
+        // and without Domain, so a sibling subdomain cannot plant a session or a sign-in
+        // nonce (login CSRF by cookie tossing).
+        let c = config();
+        let (https, http) = (&c.routes[1], &c.routes[2]);
+        assert_eq!(https.cookie_name, format!("__Host-{}", cookie_name("chat")));
+        assert_eq!(
+            nonce_cookie_name(https),
+            format!("__Host-{}_n", cookie_name("chat"))
+        );
+        assert_eq!(http.cookie_name, cookie_name("admin-app"));
+        let s = Session(SESSION.into());
+        assert!(set_cookie(https, &s, 60).starts_with("__Host-warden_app_"));
+        assert!(is_gateway_cookie(https.cookie_name.as_bytes()));
+        assert!(is_gateway_cookie(nonce_cookie_name(https).as_bytes()));
+        let h = format!(
+            "a=1; {}={SESSION}; {}=x",
+            https.cookie_name,
+            nonce_cookie_name(https)
+        );
+        assert_eq!(strip_cookie(&[h.as_bytes()]), Some(Some(b"a=1".to_vec())));
     }
 
     #[test]
