@@ -92,8 +92,12 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
     let path_only = path.split(['?', '#']).next().unwrap_or_default();
 
     // Server listing, connect and disconnect: Envoy sends them to the token service on every
-    // host, and they are nobody's route here.
-    if crate::app::is_token_service_path(path_only) {
+    // host, and they are nobody's route here. Unless Envoy says it sent the request to one of
+    // our routes: then it goes there, and is checked as that route's.
+    let envoy_chose_ours = head
+        .envoy_route
+        .is_some_and(|r| r.starts_with(crate::config::ENVOY_ROUTE_PREFIX.as_bytes()));
+    if !envoy_chose_ours && crate::app::is_token_service_path(path_only) {
         return Step::PassThrough;
     }
     let scheme = String::from_utf8_lossy(head.scheme);
@@ -898,5 +902,51 @@ mod tests {
         // Server routes are as before.
         let r = reply(run.decide(&at(b"127.0.0.1:9000", b"POST", b"/mcp")));
         assert_eq!(r.status, 401);
+    }
+
+    #[test]
+    fn only_what_envoy_sends_to_the_token_service_passes() {
+        let mut run = Run::new();
+        run.config = with_client_routes();
+        let at = |authority: &'static [u8], path: &'static [u8]| RequestHead {
+            method: b"GET",
+            authority,
+            scheme: b"http",
+            path,
+            ..RequestHead::default()
+        };
+        // Envoy's token-service routes match `/.warden/mcp/` and `/.pomerium/mcp/`: the bare
+        // `/.warden/mcp` goes to the route at the host's root, and must not pass unchecked.
+        for path in [&b"/.warden/mcp"[..], b"/.pomerium/mcp", b"/.warden/mcp?x=1"] {
+            let step = run.decide(&at(b"chat.example", path));
+            assert!(
+                matches!(step, Step::App(crate::app::AppStep::Reply(ref r)) if r.status == 302),
+                "{step:?}"
+            );
+            let step = run.decide(&at(b"127.0.0.1:9000", path));
+            assert!(
+                matches!(step, Step::Reply(ref r) if r.status == 401),
+                "{step:?}"
+            );
+        }
+        // When Envoy names one of our routes, it sent the request there, whatever the path.
+        let mut h = at(b"chat.example", b"/.warden/mcp/routes");
+        h.envoy_route = Some(b"mcp-warden:chat");
+        let step = run.decide(&h);
+        assert!(
+            matches!(step, Step::App(crate::app::AppStep::Reply(ref r)) if r.status == 302),
+            "{step:?}"
+        );
+        let mut h = at(b"127.0.0.1:9000", b"/.pomerium/mcp/routes");
+        h.envoy_route = Some(b"mcp-warden:root");
+        let step = run.decide(&h);
+        assert!(
+            matches!(step, Step::Reply(ref r) if r.status == 401),
+            "{step:?}"
+        );
+        // Envoy's token-service route (not ours): passed.
+        let mut h = at(b"chat.example", b"/.warden/mcp/routes");
+        h.envoy_route = Some(b"mcp-warden.token-service");
+        assert!(matches!(run.decide(&h), Step::PassThrough));
     }
 }

@@ -31,6 +31,9 @@ pub const TOKEN_PATH: &str = "/internal/v1/app-token";
 pub const END_PATH: &str = "/internal/v1/app-session/end";
 /// The app session cookie's name is this plus 8 hex characters of SHA-256(route name).
 pub const COOKIE_PREFIX: &str = "warden_app_";
+/// In front of the cookie names on an https route: the browser then refuses the cookie from
+/// anywhere but this host (RFC 6265bis `__Host-`).
+pub const HOST_PREFIX: &str = "__Host-";
 /// `Max-Age` is clamped to this (the token service's sessions live 12 h at most).
 pub const MAX_COOKIE_AGE_SECONDS: i64 = 24 * 3600;
 /// A session secret is base64url of this many characters at least / at most.
@@ -40,12 +43,13 @@ const MAX_SESSION_LEN: usize = 128;
 const MAX_PARAM_LEN: usize = 512;
 
 /// The paths Envoy routes to the token service on every host (server listing, connect,
-/// disconnect): the filter leaves them alone.
+/// disconnect): the filter leaves them alone. Exactly Envoy's prefixes (`/.warden/mcp/`, with
+/// the slash): the bare `/.warden/mcp` goes to whatever route serves the host's root, and
+/// must be checked like any request there.
 pub fn is_token_service_path(path: &str) -> bool {
-    ["/.warden/mcp", "/.pomerium/mcp"].iter().any(|p| {
-        path.strip_prefix(p)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    })
+    ["/.warden/mcp/", "/.pomerium/mcp/"]
+        .iter()
+        .any(|p| path.starts_with(p))
 }
 
 /// `warden_app_` + the first 8 hex characters of SHA-256(route name).
@@ -156,12 +160,31 @@ pub fn find_cookie(headers: &[&[u8]], name: &str) -> CookieLookup {
     }
 }
 
-/// The `Cookie` header the app gets: every pair but ours, in order. `None`: nothing is left
-/// (the header is removed).
-pub fn strip_cookie(headers: &[&[u8]], name: &str) -> Option<Vec<u8>> {
+/// Whether a cookie name is one the gateway sets: `warden_app_` + 8 lower-case hex (an app
+/// session), optionally `_n` (its sign-in nonce), optionally `__Host-` in front.
+pub fn is_gateway_cookie(name: &[u8]) -> bool {
+    let name = name.strip_prefix(HOST_PREFIX.as_bytes()).unwrap_or(name);
+    let Some(rest) = name.strip_prefix(COOKIE_PREFIX.as_bytes()) else {
+        return false;
+    };
+    let rest = rest.strip_suffix(b"_n").unwrap_or(rest);
+    rest.len() == 8
+        && rest
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+/// The `Cookie` header an upstream gets: every pair but the gateway's own (every client
+/// route's session and sign-in nonce: with `Path=/`, a browser sends them to every app and
+/// server on the host), in order. `None`: nothing to remove, leave the header as it is;
+/// `Some(None)`: nothing is left (the header is removed).
+pub fn strip_cookie(headers: &[&[u8]]) -> Option<Option<Vec<u8>>> {
+    if !pairs(headers).any(|(n, _, _)| is_gateway_cookie(n)) {
+        return None;
+    }
     let mut out: Vec<u8> = Vec::new();
     for (n, _, pair) in pairs(headers) {
-        if n == name.as_bytes() {
+        if is_gateway_cookie(n) {
             continue;
         }
         if !out.is_empty() {
@@ -169,7 +192,7 @@ pub fn strip_cookie(headers: &[&[u8]], name: &str) -> Option<Vec<u8>> {
         }
         out.extend_from_slice(pair);
     }
-    (!out.is_empty()).then_some(out)
+    Some((!out.is_empty()).then_some(out))
 }
 
 /// RFC 3986 percent-encoding of everything but unreserved characters (for query values).
@@ -787,7 +810,9 @@ mod tests {
         assert_eq!(name, "warden_app_31e06f7d");
         assert_ne!(cookie_name("chat"), cookie_name("chat2"));
         let c = config();
-        assert_eq!(c.routes[1].cookie_name, name);
+        // routes[1] is https: `__Host-` in front.
+        assert_eq!(c.routes[1].cookie_name, format!("__Host-{name}"));
+        assert_eq!(c.routes[2].cookie_name, cookie_name("admin-app"));
     }
 
     #[test]
@@ -825,14 +850,27 @@ mod tests {
     }
 
     #[test]
-    fn strips_only_our_cookie() {
+    fn strips_every_gateway_cookie_and_nothing_else() {
         let name = "warden_app_31e06f7d";
         let h1 = format!("a=1; {name}={SESSION}; b=\"two\"");
-        let kept = strip_cookie(&[h1.as_bytes(), b"c=3"], name).unwrap();
-        assert_eq!(kept, b"a=1; b=\"two\"; c=3");
+        let kept = strip_cookie(&[h1.as_bytes(), b"c=3"]).unwrap();
+        assert_eq!(kept, Some(b"a=1; b=\"two\"; c=3".to_vec()));
         let only = format!("{name}={SESSION}");
-        assert_eq!(strip_cookie(&[only.as_bytes()], name), None);
-        assert_eq!(strip_cookie(&[b"x=1"], name).unwrap(), b"x=1");
+        assert_eq!(strip_cookie(&[only.as_bytes()]), Some(None));
+        // Nothing of ours: the header is left as it is.
+        assert_eq!(strip_cookie(&[b"x=1"]), None);
+        assert_eq!(
+            strip_cookie(&[b"warden_app_x=1; warden_app_31e06f7dx=2"]),
+            None
+        );
+        // Another client route's session on the same host (Path=/ reaches every app there)
+        // and the sign-in nonces go too: no upstream gets a secret of the gateway's.
+        let two = format!(
+            "{name}={SESSION}; warden_app_0badf00d={SESSION}; warden_app_0badf00d_n=n; z=9"
+        );
+        assert_eq!(strip_cookie(&[two.as_bytes()]), Some(Some(b"z=9".to_vec())));
+        assert!(is_gateway_cookie(b"warden_app_0badf00d_n"));
+        assert!(!is_gateway_cookie(b"warden_app_0BADF00D"));
     }
 
     #[test]
@@ -848,6 +886,31 @@ mod tests {
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
         assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn cookies_on_https_are_host_only_by_name() {
+        // `__Host-`: a browser takes such a cookie only from this very host, Secure, Path=/
+        // and without Domain, so a sibling subdomain cannot plant a session or a sign-in
+        // nonce (login CSRF by cookie tossing).
+        let c = config();
+        let (https, http) = (&c.routes[1], &c.routes[2]);
+        assert_eq!(https.cookie_name, format!("__Host-{}", cookie_name("chat")));
+        assert_eq!(
+            nonce_cookie_name(https),
+            format!("__Host-{}_n", cookie_name("chat"))
+        );
+        assert_eq!(http.cookie_name, cookie_name("admin-app"));
+        let s = Session(SESSION.into());
+        assert!(set_cookie(https, &s, 60).starts_with("__Host-warden_app_"));
+        assert!(is_gateway_cookie(https.cookie_name.as_bytes()));
+        assert!(is_gateway_cookie(nonce_cookie_name(https).as_bytes()));
+        let h = format!(
+            "a=1; {}={SESSION}; {}=x",
+            https.cookie_name,
+            nonce_cookie_name(https)
+        );
+        assert_eq!(strip_cookie(&[h.as_bytes()]), Some(Some(b"a=1".to_vec())));
     }
 
     #[test]
@@ -918,11 +981,12 @@ mod tests {
             "/.pomerium/mcp/routes",
             "/.warden/mcp/connect",
             "/.pomerium/mcp/disconnect",
-            "/.warden/mcp",
         ] {
             assert!(is_token_service_path(p), "{p}");
         }
         for p in [
+            "/.warden/mcp",
+            "/.pomerium/mcp",
             "/.warden/mcpx",
             "/mcp/.warden/mcp/routes",
             "/.warden/app/callback",

@@ -231,7 +231,8 @@ pub struct Route {
     pub name: String,
     /// `Server` (MCP) or `Client` (web app behind browser sign-in).
     pub kind: RouteKind,
-    /// The app session cookie's name on a client route (`warden_app_<hash8>`).
+    /// The app session cookie's name on a client route (`warden_app_<hash8>`, with `__Host-`
+    /// in front on an https resource).
     pub cookie_name: String,
     pub resource: String,
     pub url: ResourceUrl,
@@ -605,7 +606,17 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
             "resource_name": resource_name,
         })
         .to_string();
-        let cookie_name = crate::app::cookie_name(&r.name);
+        // `__Host-` on https: the browser then takes the cookie only from this host (no
+        // cookie tossing from a sibling subdomain). It needs Secure, which https cookies have.
+        let cookie_name = if url.scheme == "https" {
+            format!(
+                "{}{}",
+                crate::app::HOST_PREFIX,
+                crate::app::cookie_name(&r.name)
+            )
+        } else {
+            crate::app::cookie_name(&r.name)
+        };
         routes.push(Route {
             kind: r.kind,
             cookie_name,
@@ -990,7 +1001,10 @@ mod tests {
         let chat = &c.routes[2];
         assert_eq!(chat.kind, RouteKind::Client);
         assert!(chat.pass_identity_headers);
-        assert_eq!(chat.cookie_name, crate::app::cookie_name("chat"));
+        assert_eq!(
+            chat.cookie_name,
+            format!("__Host-{}", crate::app::cookie_name("chat"))
+        );
         assert_eq!(
             c.client_route("chat", "chat.example:443").map(|(i, _)| i),
             Some(2)

@@ -75,8 +75,11 @@ impl ResourceUrl {
         } else {
             ":80"
         };
+        // `get`, not indexing: a host with a multibyte character there must not panic.
         host.len() == self.authority.len() + default_port.len()
-            && host[..self.authority.len()].eq_ignore_ascii_case(&self.authority)
+            && host
+                .get(..self.authority.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(&self.authority))
             && host.ends_with(default_port)
     }
 
@@ -133,6 +136,15 @@ mod tests {
         ] {
             assert!(ResourceUrl::parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn a_host_with_multibyte_characters_never_panics() {
+        let r = ResourceUrl::parse("http://chat.example").unwrap();
+        // 15 bytes, like "chat.example:80", with a character across byte 12.
+        let host = "chat.exampl\u{fffd}:";
+        assert_eq!(host.len(), "chat.example:80".len());
+        assert!(!r.matches_host(host));
     }
 
     #[test]

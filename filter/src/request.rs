@@ -353,6 +353,8 @@ impl RequestState {
                     "authorization",
                     None,
                 );
+                // Nor does an app session cookie a browser sends to a server on an app's host.
+                strip_app_cookies(&head);
                 if let Some(id) = &grant.upstream_session_id {
                     let _ = hostcalls::set_map_value_bytes(
                         MapType::HttpRequestHeaders,
@@ -885,8 +887,9 @@ impl RequestState {
                 body,
                 expired,
             } => {
-                // The app never sees its own session cookie, whatever happens next.
-                strip_app_cookie(head, route, &self.worker.borrow().config);
+                // The app never sees a session cookie (its own or another app's on this
+                // host), whatever happens next.
+                strip_app_cookies(head);
                 let now = now_seconds();
                 let cached = self
                     .worker
@@ -1112,16 +1115,16 @@ impl RequestState {
     }
 }
 
-/// Removes the route's session cookie from the request's `Cookie` headers, keeping the rest.
-fn strip_app_cookie(head: &OwnedHead, route: usize, config: &warden_core::config::CompiledConfig) {
-    let Some(route) = config.routes.get(route) else {
-        return;
-    };
+/// Removes the gateway's cookies (every client route's session and sign-in nonce) from the
+/// request's `Cookie` headers, keeping the rest; a request without any is left untouched.
+fn strip_app_cookies(head: &OwnedHead) {
     if head.cookies.is_empty() {
         return;
     }
     let values: Vec<&[u8]> = head.cookies.iter().map(|r| head.block.get(r)).collect();
-    let kept = app::strip_cookie(&values, &route.cookie_name);
+    let Some(kept) = app::strip_cookie(&values) else {
+        return;
+    };
     let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, "cookie", None);
     if let Some(kept) = kept {
         let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, "cookie", Some(&kept));

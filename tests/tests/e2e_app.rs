@@ -303,6 +303,81 @@ async fn callback_and_listing_paths() {
     }
 }
 
+/// A second client route at the host's root (beside `chat` under `/app`): everything else on
+/// the host is that app's.
+async fn root_app_stack() -> Stack {
+    Stack::start_with(StackOptions {
+        config_hook: Some(Box::new(|c: &mut Value| {
+            c["authorization_server"]["internal_listen"] =
+                json!(format!("127.0.0.1:{}", free_port()));
+            let from = c["routes"][0]["from"].clone();
+            let demo_origin = c["routes"][0]["to"]
+                .as_str()
+                .unwrap()
+                .trim_end_matches("/mcp")
+                .to_string();
+            c["routes"].as_array_mut().unwrap().push(json!({
+                "name": "home",
+                "from": from,
+                "to": demo_origin,
+                "mcp": {"client": {}},
+                "policy": {"allow": {"and": [{"authenticated_user": true}]}},
+            }));
+        })),
+        ..StackOptions::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_token_service_prefix_is_the_root_apps_request() {
+    let stack = root_app_stack().await;
+    let envoy = stack.envoy_url();
+    let b = browser();
+    // Envoy sends `/.warden/mcp/` (with the slash) to the token service; the bare
+    // `/.warden/mcp` is the root app's, and must not reach it unchecked.
+    for path in ["/.warden/mcp", "/.pomerium/mcp", "/.warden/mcp?x=1"] {
+        stack.demo.clear_recorded().await;
+        let resp = b
+            .get(format!("{envoy}{path}"))
+            .header("authorization", "Bearer client-made-this-up")
+            .send()
+            .await
+            .unwrap();
+        stack.demo.assert_nothing_recorded(path).await;
+        assert_eq!(resp.status().as_u16(), 302, "{path}");
+    }
+    // The listing itself is still the token service's.
+    let resp = b
+        .get(format!("{envoy}/.warden/mcp/routes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_upstream_gets_an_app_session_cookie() {
+    let stack = app_stack().await;
+    // A browser sends an app's cookies (Path=/) to an MCP server on the app's host too.
+    let chat = format!("warden_app_{}", &sha256_hex(b"chat")[..8]);
+    let cookies =
+        format!("a=1; {chat}=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA; {chat}_n=BBBBBBBBBBBBBBBBBBBBBB; b=2");
+    let bearer = format!("Bearer {}", stack.mint_token(&stack.mcp_url()).await);
+    stack.demo.clear_recorded().await;
+    let resp = mcp_post(
+        &stack.mcp_url(),
+        &[("authorization", &bearer), ("cookie", &cookies)],
+        "tools/list",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{:?}", resp.body);
+    let recorded = stack.demo.recorded().await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded_header(&recorded[0], "cookie"), Some("a=1; b=2"));
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     sha2::Sha256::digest(bytes)
