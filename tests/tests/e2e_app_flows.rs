@@ -31,6 +31,16 @@ const ALICE: UpstreamLogin<'static> = UpstreamLogin {
 /// (`from` and `to` filled in when absent: the gateway's origin and the demo MCP server), and
 /// the client route `chat` on `/app` with `app_policy`.
 async fn app_stack(app_policy: Value, extra: Vec<Value>, ttl: u64) -> Stack {
+    app_stack_with(app_policy, extra, ttl, false).await
+}
+
+/// [`app_stack`], the client route passing identity headers when `pass_identity` is set.
+async fn app_stack_with(
+    app_policy: Value,
+    extra: Vec<Value>,
+    ttl: u64,
+    pass_identity: bool,
+) -> Stack {
     Stack::start_with(StackOptions {
         access_token_ttl_seconds: ttl,
         config_hook: Some(Box::new(move |c: &mut Value| {
@@ -61,6 +71,7 @@ async fn app_stack(app_policy: Value, extra: Vec<Value>, ttl: u64) -> Stack {
                 "to": demo_origin,
                 "mcp": {"client": {}},
                 "policy": app_policy,
+                "pass_identity_headers": pass_identity,
             }));
         })),
         ..StackOptions::default()
@@ -699,4 +710,42 @@ async fn the_te_is_renewed_past_its_lifetime() {
     )
     .await;
     assert_eq!(resp.status, 200, "{}", resp.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_gets_the_identity_assertion_with_pass_identity_headers() {
+    let stack = app_stack_with(everyone(), vec![], 300, true).await;
+    let session = app_sign_in(&stack).await;
+    stack.demo.clear_recorded().await;
+    // A client's own assertion never arrives: the gateway's replaces it.
+    let resp = mcp_post(
+        &stack.route_url(&format!("{APP}/mcp")),
+        &[
+            ("cookie", session.as_str()),
+            ("x-warden-jwt-assertion", "forged.by.client"),
+        ],
+        "tools/list",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}\n{}", resp.body, logs(&stack));
+    let recorded = stack.demo.recorded().await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let assertion = recorded_header(&recorded[0], "x-warden-jwt-assertion")
+        .unwrap_or_else(|| panic!("the app got no assertion: {recorded:?}"))
+        .to_string();
+    assert_ne!(assertion, "forged.by.client");
+    let claims = jwt::decode_claims(&assertion);
+    assert_eq!(claims["sub"], DEMO_EMAIL, "{claims}");
+    assert_eq!(claims["email"], DEMO_EMAIL, "{claims}");
+    assert_eq!(claims["route"], "chat", "{claims}");
+    assert_eq!(claims["iss"], stack.issuer(), "{claims}");
+    assert_eq!(
+        claims["aud"],
+        stack.demo.url(),
+        "the app's origin: {claims}"
+    );
+    // Signed with the token service's published key.
+    let kid = jwt::decode_header(&assertion)["kid"].clone();
+    assert_eq!(kid, stack.jwks().await["keys"][0]["kid"], "{kid}");
 }
