@@ -71,12 +71,21 @@ impl Browser {
             .as_str()
             .unwrap_or_else(|| panic!("no WebDriver session: {resp}"))
             .to_owned();
-        Browser {
+        let browser = Browser {
             http,
             base: format!("http://127.0.0.1:{port}/session/{id}"),
             _driver: proc,
             _profile: profile,
-        }
+        };
+        // Element look-ups wait (bounded) for the page a click or a redirect is still loading.
+        browser
+            .call(
+                reqwest::Method::POST,
+                "/timeouts",
+                Some(json!({"implicit": 10_000, "pageLoad": 30_000})),
+            )
+            .await;
+        browser
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {

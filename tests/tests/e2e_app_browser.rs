@@ -81,6 +81,7 @@ async fn the_demo_app_in_a_real_browser() {
             stack.mcp_url()
         ))
         .await;
+    browser.wait_for_url(&format!("{app_url}/call")).await;
     let result = browser.text("#result").await;
     assert!(result.contains("\"method\""), "whoami answered: {result}");
 
