@@ -101,12 +101,9 @@ struct TokenQuery {
 }
 
 async fn upstream_token(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
-    let Ok(q) = serde_json::from_slice::<TokenQuery>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "expected {\"sub\", \"route\"}",
-        );
+    let q: TokenQuery = match json_body(&body, "expected {\"sub\", \"route\"}") {
+        Ok(v) => v,
+        Err(resp) => return *resp,
     };
     if s.vault().provider(&q.route).is_none() {
         return error(
@@ -167,12 +164,12 @@ struct DropRequest {
 }
 
 async fn drop_upstream_token(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
-    let Ok(d) = serde_json::from_slice::<DropRequest>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "expected {\"sub\", \"route\", \"access_token\", \"reason\", \"scope\"}",
-        );
+    let d: DropRequest = match json_body(
+        &body,
+        "expected {\"sub\", \"route\", \"access_token\", \"reason\", \"scope\"}",
+    ) {
+        Ok(v) => v,
+        Err(resp) => return *resp,
     };
     let scope = match d.reason.as_str() {
         "insufficient_scope" => d.scope.as_str(),
@@ -232,12 +229,9 @@ pub fn assertion_claims(
 }
 
 async fn identity_assertion(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
-    let Ok(q) = serde_json::from_slice::<TokenQuery>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "expected {\"sub\", \"route\"}",
-        );
+    let q: TokenQuery = match json_body(&body, "expected {\"sub\", \"route\"}") {
+        Ok(v) => v,
+        Err(resp) => return *resp,
     };
     let Some(route) = s.config().route_by_name(&q.route) else {
         return error(
@@ -321,6 +315,15 @@ struct AppSessionRequest {
     session: String,
 }
 
+/// The request's JSON body, or the `400 invalid_request` naming what was expected.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    expected: &str,
+) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body)
+        .map_err(|_| Box::new(error(StatusCode::BAD_REQUEST, "invalid_request", expected)))
+}
+
 fn server_error(e: &crate::error::Error, what: &str) -> Response {
     tracing::error!(error = %e, "{what} failed");
     error(
@@ -331,12 +334,9 @@ fn server_error(e: &crate::error::Error, what: &str) -> Response {
 }
 
 async fn app_session(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
-    let Ok(q) = serde_json::from_slice::<AppCodeRequest>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "expected {\"route\", \"code\", \"nonce\"}",
-        );
+    let q: AppCodeRequest = match json_body(&body, "expected {\"route\", \"code\", \"nonce\"}") {
+        Ok(v) => v,
+        Err(resp) => return *resp,
     };
     let opened = s
         .blocking(move |st| {
@@ -369,12 +369,9 @@ async fn app_session(State(s): State<AppState>, body: axum::body::Bytes) -> Resp
 }
 
 async fn app_token(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
-    let Ok(q) = serde_json::from_slice::<AppSessionRequest>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "expected {\"route\", \"session\"}",
-        );
+    let q: AppSessionRequest = match json_body(&body, "expected {\"route\", \"session\"}") {
+        Ok(v) => v,
+        Err(resp) => return *resp,
     };
     let minted = s
         .blocking(move |st| {
@@ -407,12 +404,9 @@ async fn app_token(State(s): State<AppState>, body: axum::body::Bytes) -> Respon
 }
 
 async fn end_app_session(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
-    let Ok(q) = serde_json::from_slice::<AppSessionRequest>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "expected {\"route\", \"session\"}",
-        );
+    let q: AppSessionRequest = match json_body(&body, "expected {\"route\", \"session\"}") {
+        Ok(v) => v,
+        Err(resp) => return *resp,
     };
     let ended = s
         .blocking(move |st| {

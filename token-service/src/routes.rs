@@ -465,10 +465,7 @@ async fn authorize(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
-    let params = query_params(query);
-    let cookies = BrowserCookies::from_headers(&s, &headers);
-    s.blocking(move |st| authorize_blocking(st, params, cookies))
-        .await
+    browser_query(s, &headers, query, authorize_blocking).await
 }
 
 fn authorize_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Result<Response> {
@@ -623,6 +620,19 @@ async fn browser_form(
     let cookies = BrowserCookies::from_headers(&s, headers);
     s.blocking(move |st| handle(st, Params::new(pairs), cookies))
         .await
+}
+
+/// Runs a browser navigation (`/authorize`, app sign-in, connect) on the blocking pool with
+/// its query parameters and cookies.
+async fn browser_query(
+    s: AppState,
+    headers: &HeaderMap,
+    query: Option<String>,
+    handle: fn(&AppState, Params, BrowserCookies) -> Result<Response>,
+) -> Result<Response> {
+    let params = query_params(query);
+    let cookies = BrowserCookies::from_headers(&s, headers);
+    s.blocking(move |st| handle(st, params, cookies)).await
 }
 
 /// A sign-in whose form checked out and whose attempt is reserved; its password is next.

@@ -48,10 +48,7 @@ pub(super) async fn sign_in(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
-    let params = query_params(query);
-    let cookies = BrowserCookies::from_headers(&s, &headers);
-    s.blocking(move |st| sign_in_blocking(st, params, cookies))
-        .await
+    browser_query(s, &headers, query, sign_in_blocking).await
 }
 
 fn sign_in_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Result<Response> {
@@ -205,10 +202,7 @@ pub(super) async fn connect(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
-    let params = query_params(query);
-    let cookies = BrowserCookies::from_headers(&s, &headers);
-    s.blocking(move |st| connect_blocking(st, params, cookies))
-        .await
+    browser_query(s, &headers, query, connect_blocking).await
 }
 
 fn connect_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Result<Response> {
