@@ -43,7 +43,6 @@ if [[ -z "${WARDEN_CONFIG:-}" ]]; then
     > var/demo-mcp-app.log 2>&1 & pids+=($!)
 fi
 "$TS" serve "${config_args[@]}" > var/token-service.log 2>&1 & pids+=($!)
-"$ENVOY" -c var/envoy.yaml --concurrency 2 -l warn --base-id 9000 > var/envoy.log 2>&1 & pids+=($!)
 
 wait_for() { # url name logfile
   for _ in $(seq 1 150); do
@@ -59,6 +58,15 @@ if [[ -z "${WARDEN_CONFIG:-}" ]]; then
   wait_for http://127.0.0.1:9210/healthz "demo MCP app" var/demo-mcp-app.log
 fi
 wait_for "$("$TS" describe "${config_args[@]}" --what issuer)/healthz" "token service" var/token-service.log
+# The filter signs its calls to the token service's internal listener with the credential the
+# token service created at its first start. It reaches Envoy through the environment, never
+# its configuration or command line (Envoy's admin interface would show it).
+credential_file=$("$TS" describe "${config_args[@]}" --what internal-credential-file)
+if [[ -n "$credential_file" ]]; then
+  MCP_WARDEN_INTERNAL_CREDENTIAL=$(<"$credential_file")
+  export MCP_WARDEN_INTERNAL_CREDENTIAL
+fi
+"$ENVOY" -c var/envoy.yaml --concurrency 2 -l warn --base-id 9000 > var/envoy.log 2>&1 & pids+=($!)
 wait_for "http://$("$TS" describe "${config_args[@]}" --what envoy-admin)/ready" "Envoy" var/envoy.log
 
 echo

@@ -844,7 +844,7 @@ mod tests {
             "version": 1,
             "issuer": "http://issuer",
             "jwks_static": serde_json::from_str::<serde_json::Value>(&jwks).unwrap(),
-            "token_service": {"cluster": "ts", "authority": "ts", "credential": "cred"},
+            "token_service": {"cluster": "ts", "authority": "ts"},
             "routes": [
                 {"name": "demo", "resource": "http://127.0.0.1:9000/mcp", "policy": {"allow": {"and": [{"accept": true}]}}},
                 {"name": "root", "resource": "http://127.0.0.1:9000", "policy": {"allow": {"and": [{"accept": true}]}}},

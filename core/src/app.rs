@@ -784,7 +784,7 @@ mod tests {
             "version": 1,
             "issuer": "http://issuer",
             "jwks_static": serde_json::from_str::<serde_json::Value>(&jwks).unwrap(),
-            "token_service": {"cluster": "ts", "authority": "ts", "credential": "cred"},
+            "token_service": {"cluster": "ts", "authority": "ts"},
             "routes": [
                 {"name": "demo", "resource": "http://127.0.0.1:9000/mcp", "policy": {"allow": {"and": [{"accept": true}]}}},
                 {"name": "chat", "kind": "client", "resource": "https://chat.example", "policy": {"allow": {"and": [{"email": {"is": "demo@example.com"}}]}}},

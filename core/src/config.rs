@@ -50,6 +50,8 @@ pub struct PluginConfig {
 }
 
 /// The token service's internal API (`/internal/v1/...`), reached through an Envoy cluster.
+/// The credential calls are signed with comes from Envoy's environment
+/// (`internal_api::CREDENTIAL_ENV`), never from here: Envoy's admin `/config_dump` shows this.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenServiceConfig {
@@ -57,8 +59,9 @@ pub struct TokenServiceConfig {
     pub cluster: String,
     /// `:authority` sent with each call.
     pub authority: String,
-    /// Sent as `Authorization: Bearer <credential>`; never logged, never shown by `Debug`.
-    pub credential: String,
+    /// Refused when present (it was accepted before): named here so the error says why.
+    #[serde(default, skip_serializing)]
+    pub credential: Option<String>,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u32,
 }
@@ -68,7 +71,10 @@ impl std::fmt::Debug for TokenServiceConfig {
         f.debug_struct("TokenServiceConfig")
             .field("cluster", &self.cluster)
             .field("authority", &self.authority)
-            .field("credential", &"[redacted]")
+            .field(
+                "credential",
+                &self.credential.as_ref().map(|_| "[redacted]"),
+            )
             .field("timeout_ms", &self.timeout_ms)
             .finish()
     }
@@ -274,25 +280,13 @@ pub struct CompiledConfig {
     pub routes: Vec<Route>,
 }
 
-/// The token service's internal API, ready for call-outs.
-#[derive(Clone)]
+/// The token service's internal API, ready for call-outs (signed with the key the filter
+/// reads from `internal_api::CREDENTIAL_ENV`).
+#[derive(Debug, Clone)]
 pub struct TokenService {
     pub cluster: String,
     pub authority: String,
-    /// `Bearer <credential>`, the `authorization` header of every call.
-    pub authorization: String,
     pub timeout_ms: u32,
-}
-
-impl std::fmt::Debug for TokenService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenService")
-            .field("cluster", &self.cluster)
-            .field("authority", &self.authority)
-            .field("authorization", &"[redacted]")
-            .field("timeout_ms", &self.timeout_ms)
-            .finish()
-    }
 }
 
 impl CompiledConfig {
@@ -484,11 +478,11 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
             if ts.authority.is_empty() {
                 return Err(err("token_service.authority", "must not be empty"));
             }
-            // It goes into a header: visible ASCII only (the message never shows it).
-            if ts.credential.is_empty() || !ts.credential.bytes().all(|b| b.is_ascii_graphic()) {
+            if ts.credential.is_some() {
+                // The message never shows the value.
                 return Err(err(
                     "token_service.credential",
-                    "must be non-empty printable ASCII without spaces",
+                    format!("not accepted in the plugin configuration (Envoy's admin interface shows it): set {} in Envoy's environment instead", crate::internal_api::CREDENTIAL_ENV),
                 ));
             }
             if ts.timeout_ms == 0 {
@@ -498,7 +492,6 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
             Some(TokenService {
                 cluster: ts.cluster.clone(),
                 authority: ts.authority.clone(),
-                authorization: format!("Bearer {}", ts.credential),
                 timeout_ms: ts.timeout_ms,
             })
         }
@@ -858,7 +851,6 @@ mod tests {
         v["token_service"] = serde_json::json!({
             "cluster": "warden_token_service_internal",
             "authority": "127.0.0.1:9101",
-            "credential": "s3cr3t-credential",
         });
         v["routes"][0]["upstream_oauth"] = true.into();
         v
@@ -872,7 +864,6 @@ mod tests {
         let ts = c.token_service.as_ref().unwrap();
         assert_eq!(ts.cluster, "warden_token_service_internal");
         assert_eq!(ts.authority, "127.0.0.1:9101");
-        assert_eq!(ts.authorization, "Bearer s3cr3t-credential");
         assert_eq!(ts.timeout_ms, 2_000);
         // Without the new fields the configuration is what it was (the fields are additive).
         let plain = load(sample()).unwrap();
@@ -905,21 +896,12 @@ mod tests {
                 "token_service.authority",
             ),
             (
-                Box::new(|v| v["token_service"]["credential"] = "two words".into()),
+                Box::new(|v| v["token_service"]["credential"] = "s3cr3t-credential".into()),
                 "token_service.credential",
             ),
             (
                 Box::new(|v| v["token_service"]["credential"] = "".into()),
                 "token_service.credential",
-            ),
-            (
-                Box::new(|v| {
-                    v["token_service"]
-                        .as_object_mut()
-                        .unwrap()
-                        .remove("credential");
-                }),
-                "token_service",
             ),
             (
                 Box::new(|v| v["token_service"]["timeout_ms"] = 0.into()),
@@ -940,15 +922,24 @@ mod tests {
     }
 
     #[test]
-    fn the_credential_never_shows_in_debug_output() {
-        let raw: PluginConfig = serde_json::from_value(with_upstream_oauth()).unwrap();
+    fn a_credential_in_the_plugin_configuration_is_refused_and_never_shown() {
+        // Envoy's admin `/config_dump` shows the plugin configuration to anyone who can reach
+        // the admin port: the credential comes from Envoy's environment instead.
+        let mut v = with_upstream_oauth();
+        v["token_service"]["credential"] = "s3cr3t-credential".into();
+        let raw: PluginConfig = serde_json::from_value(v.clone()).unwrap();
         let shown = format!("{raw:?}");
         assert!(shown.contains("warden_token_service_internal"), "{shown}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
-        let compiled = load(with_upstream_oauth()).unwrap();
-        let shown = format!("{compiled:?}");
-        assert!(shown.contains("[redacted]"), "{shown}");
-        assert!(!shown.contains("s3cr3t"), "{shown}");
+        let e = load(v).unwrap_err();
+        assert_eq!(e.path, "token_service.credential");
+        assert!(
+            e.message.contains(crate::internal_api::CREDENTIAL_ENV),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        // Serializing never writes one.
+        assert!(!serde_json::to_string(&raw).unwrap().contains("s3cr3t"));
     }
 
     #[test]

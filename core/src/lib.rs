@@ -6,6 +6,8 @@ pub mod app;
 pub mod assertion;
 pub mod cache;
 pub mod config;
+pub mod content_type;
+pub mod internal_api;
 pub mod jsonrpc;
 pub mod keys;
 pub mod mcp;

@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::config::{DenyStyle, Route};
+use crate::content_type;
 use crate::jsonrpc::{inspect_with, Body, InspectError};
 use crate::mcp_headers::{self, RoutingHeaders, HEADER_MISMATCH};
 use crate::names::{fold, is_folded};
@@ -27,6 +28,29 @@ pub struct CallHead {
     pub content_encoding: Option<String>,
     pub routing: RoutingHeaders,
     pub request_id: String,
+    /// A header the judgement reads that came more than once (its lower-case name): the
+    /// filter would read one copy and a server perhaps another, so it is never judged.
+    pub repeated: Option<&'static str>,
+}
+
+impl CallHead {
+    /// Keeps a header the judgement reads (`content-type`, `content-encoding`,
+    /// `mcp-protocol-version`, `mcp-method`, `mcp-name`; lower case, as Envoy gives names),
+    /// or marks it repeated when it came before. Other names are ignored.
+    pub fn record_header(&mut self, name: &[u8], value: String) {
+        let (slot, name) = match name {
+            b"content-type" => (&mut self.content_type, "content-type"),
+            b"content-encoding" => (&mut self.content_encoding, "content-encoding"),
+            b"mcp-protocol-version" => (&mut self.routing.protocol_version, "mcp-protocol-version"),
+            b"mcp-method" => (&mut self.routing.method, "mcp-method"),
+            b"mcp-name" => (&mut self.routing.name, "mcp-name"),
+            _ => return,
+        };
+        if slot.is_some() && self.repeated.is_none() {
+            self.repeated = Some(name);
+        }
+        *slot = Some(value);
+    }
 }
 
 /// The verdict on one HTTP request.
@@ -186,6 +210,23 @@ pub fn refuse(
     }
 }
 
+/// A judged header sent twice: a reader that takes the first copy and one that takes the
+/// last would see two requests. (Envoy joins a repeated `Content-Type` into one value with a
+/// comma, which `content_type::judge` refuses.)
+fn refuse_repeated(head: &CallHead, name: &str) -> Verdict {
+    let (status, code, reason) = match name {
+        "content-type" | "content-encoding" => (415, INVALID_REQUEST, "mcp-content-type"),
+        _ => (400, HEADER_MISMATCH, "mcp-header-repeated"),
+    };
+    refuse(
+        head,
+        status,
+        code,
+        reason,
+        &format!("the {name} header may be sent only once"),
+    )
+}
+
 /// A GET or DELETE whose body turned up after the headers: refused, never forwarded.
 pub fn refuse_unexpected_body(head: &CallHead) -> Verdict {
     refuse(
@@ -200,6 +241,23 @@ pub fn refuse_unexpected_body(head: &CallHead) -> Verdict {
 /// Judges a request without a body to read (handshake-era GET stream, DELETE): the policy
 /// sees no method, so only identity criteria can allow it.
 pub fn judge_bodiless(route: &Route, claims: &TeClaims, head: &CallHead) -> Verdict {
+    if let Some(name) = head.repeated {
+        return refuse_repeated(head, name);
+    }
+    if head.routing.method.is_some() || head.routing.name.is_some() {
+        // No body names a method here: a server that routes by the header would run what the
+        // header says, unjudged.
+        return refuse(
+            head,
+            400,
+            HEADER_MISMATCH,
+            "mcp-header-mismatch",
+            &format!(
+                "Mcp-Method / Mcp-Name on a {} request, which has no body to agree with",
+                head.method
+            ),
+        );
+    }
     let call = McpCall::default();
     let decision = route.policy.evaluate(&PolicyInput {
         claims,
@@ -243,6 +301,9 @@ pub fn judge_body_with(
 ) -> Verdict {
     let refuse_with =
         |status, code, reason, message: &str| refuse(head, status, code, reason, message);
+    if let Some(name) = head.repeated {
+        return refuse_repeated(head, name);
+    }
     if let Some(encoding) = head
         .content_encoding
         .as_deref()
@@ -255,13 +316,16 @@ pub fn judge_body_with(
             &format!("request bodies with Content-Encoding {encoding:?} cannot be inspected; send them uncompressed"),
         );
     }
-    if !is_json(head.content_type.as_deref()) {
-        return refuse_with(
-            400,
-            PARSE_ERROR,
-            "mcp-content-type",
-            "MCP requests must be Content-Type: application/json",
-        );
+    let content_types: &[&str] = match head.content_type.as_deref() {
+        Some(ct) => &[ct],
+        None => &[],
+    };
+    match content_type::judge(content_types) {
+        Ok(()) => {}
+        Err(p @ content_type::Problem::NotJson) => {
+            return refuse_with(400, PARSE_ERROR, "mcp-content-type", &p.message())
+        }
+        Err(p) => return refuse_with(415, INVALID_REQUEST, "mcp-content-type", &p.message()),
     }
     // Tool arguments are built only for a reader: an `mcp_argument` criterion or the log.
     let with_arguments = !route.policy.argument_paths.is_empty() || route.log_tool_parameters;
@@ -508,13 +572,6 @@ fn record(log: &mut AuthorizeLog, d: Decision, first: bool) {
             }
         }
     }
-}
-
-fn is_json(content_type: Option<&str>) -> bool {
-    content_type.is_some_and(|ct| {
-        let essence = ct.split(';').next().unwrap_or_default().trim();
-        essence.eq_ignore_ascii_case("application/json")
-    })
 }
 
 /// Replaces the values of configured keys (at any depth) with `"[redacted]"`.

@@ -31,7 +31,11 @@ impl RoutingHeaders {
 /// Checks one (non-batch) message against the headers; `Err` carries the reason.
 pub fn check(headers: &RoutingHeaders, message: &Message) -> Result<(), String> {
     let Some(method) = message.call.method.as_deref() else {
-        // Responses carry no method: nothing for the headers to name.
+        // A response or an error names no method: a header that names one describes a call
+        // the body does not make, which a server routing by header would still run.
+        if headers.method.is_some() || headers.name.is_some() {
+            return Err("Mcp-Method / Mcp-Name on a message without a method".into());
+        }
         return Ok(());
     };
     let required = headers.stateless_era();
@@ -58,7 +62,9 @@ pub fn check(headers: &RoutingHeaders, message: &Message) -> Result<(), String> 
             None if required => return Err(format!("missing Mcp-Name header for {method}")),
             None => {}
         }
-    } else if headers.name.is_some() && required {
+    } else if headers.name.is_some() {
+        // Checked whenever present, in every era: a name the body does not give is a name
+        // the policy never saw.
         return Err(format!("unexpected Mcp-Name header for {method}"));
     }
     if let Some(meta_version) = message.meta_protocol_version.as_deref() {
@@ -159,5 +165,40 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn headers_present_are_checked_in_every_era() {
+        let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+        let response = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+        let error = r#"{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"x"}}"#;
+        for era in [
+            None,
+            Some("2025-03-26"),
+            Some("2025-11-25"),
+            Some("2026-07-28"),
+        ] {
+            // A stray Mcp-Name where the body names nothing.
+            assert!(
+                run(h(era, Some("tools/list"), Some("delete_db")), list).is_err(),
+                "{era:?}"
+            );
+            assert!(
+                run(h(era, None, Some("delete_db")), list).is_err(),
+                "{era:?}"
+            );
+            // Headers on a body without a method (a response or an error).
+            for body in [response, error] {
+                assert!(
+                    run(h(era, Some("tools/call"), None), body).is_err(),
+                    "{era:?} {body}"
+                );
+                assert!(
+                    run(h(era, None, Some("delete_db")), body).is_err(),
+                    "{era:?} {body}"
+                );
+                assert_eq!(run(h(era, None, None), body), Ok(()), "{era:?} {body}");
+            }
+        }
     }
 }

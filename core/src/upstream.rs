@@ -550,7 +550,7 @@ mod tests {
             "version": 1,
             "issuer": "http://i",
             "jwks_static": {"keys": [{"kty":"EC","crv":"P-256","kid":"k1","alg":"ES256","use":"sig","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]},
-            "token_service": {"cluster": "ts", "authority": "127.0.0.1:9101", "credential": "cred"},
+            "token_service": {"cluster": "ts", "authority": "127.0.0.1:9101"},
             "routes": [{
                 "name": "gh",
                 "resource": "http://h/mcp",

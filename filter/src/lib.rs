@@ -46,7 +46,7 @@ impl Context for WardenRoot {
         };
         // A look-up a request dispatched while the root was the SDK's active context (a
         // request woken by the JWKS answer) comes back here.
-        let lookup = worker.borrow_mut().take_lookup(token);
+        let lookup = worker.borrow_mut().answered(token);
         if let Some((waiter, kind)) = lookup {
             request::deliver_lookup(waiter, kind, headers, body);
             return;
@@ -71,8 +71,10 @@ impl RootContext for WardenRoot {
                 return false;
             }
         };
-        let session_key = match worker::session_key() {
-            Ok(key) => key,
+        let keys = worker::session_key()
+            .and_then(|session| worker::internal_key(&config).map(|internal| (session, internal)));
+        let (session_key, internal_key) = match keys {
+            Ok(keys) => keys,
             Err(e) => {
                 log::error!("mcp-warden: {e}");
                 return false;
@@ -82,6 +84,7 @@ impl RootContext for WardenRoot {
             self.id,
             config,
             session_key,
+            internal_key,
         ))));
         // Fetch the JWKS promptly at start, then on the configured period.
         self.set_tick_period(worker::TICK);

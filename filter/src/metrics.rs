@@ -75,8 +75,14 @@ const NAMES: [&str; 21] = [
     "mcp_warden.app_session_lookups",
 ];
 
+/// Call-outs to the token service not yet answered (a gauge).
+const CALLOUTS_IN_FLIGHT: &str = "mcp_warden.callouts_in_flight";
+
 pub struct Metrics {
     ids: [Option<u32>; NAMES.len()],
+    callouts_in_flight: Option<u32>,
+    /// What this worker has added to the gauge so far.
+    callouts_reported: Cell<i64>,
     /// Allowed requests not yet added to the counter: the one counter of the warm path is
     /// added once a second (`flush`, from the root's tick) instead of a host call a request.
     allowed_pending: Cell<u64>,
@@ -90,7 +96,20 @@ impl Metrics {
         }
         Self {
             ids,
+            callouts_in_flight: hostcalls::define_metric(MetricType::Gauge, CALLOUTS_IN_FLIGHT)
+                .ok(),
+            callouts_reported: Cell::new(0),
             allowed_pending: Cell::new(0),
+        }
+    }
+
+    /// This worker's call-outs in flight. (Envoy sums one gauge name over the workers: each
+    /// worker records its own share as a difference.)
+    pub fn set_callouts_in_flight(&self, n: usize) {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let delta = n - self.callouts_reported.replace(n);
+        if let (Some(id), true) = (self.callouts_in_flight, delta != 0) {
+            let _ = hostcalls::increment_metric(id, delta);
         }
     }
 
@@ -121,7 +140,7 @@ impl Metrics {
         match reason {
             "policy-denied" => Counter::DeniedPolicy,
             "mcp-oversize" => Counter::Oversize,
-            "mcp-header-mismatch" => Counter::HeaderMismatch,
+            "mcp-header-mismatch" | "mcp-header-repeated" => Counter::HeaderMismatch,
             "mcp-content-type" | "mcp-content-encoding" => Counter::Uninspectable,
             "mcp-body-not-allowed" => Counter::DeniedMethod,
             _ => Counter::ParseError,

@@ -102,11 +102,11 @@ impl OwnedHead {
                 b"content-length" => head.content_length = Some(value),
                 b"transfer-encoding" => head.transfer_encoding = true,
                 b"mcp-session-id" => head.session_ids.push(value),
-                b"content-type" => head.call.content_type = Some(text()),
-                b"content-encoding" => head.call.content_encoding = Some(text()),
-                b"mcp-protocol-version" => head.call.routing.protocol_version = Some(text()),
-                b"mcp-method" => head.call.routing.method = Some(text()),
-                b"mcp-name" => head.call.routing.name = Some(text()),
+                b"content-type"
+                | b"content-encoding"
+                | b"mcp-protocol-version"
+                | b"mcp-method"
+                | b"mcp-name" => head.call.record_header(name, text()),
                 b"x-request-id" => head.call.request_id = text(),
                 b"x-warden-jwt-assertion" => head.client_assertion = true,
                 b"cookie" => head.cookies.push(value),
@@ -181,7 +181,7 @@ struct BodySeen {
 }
 
 pub struct RequestState {
-    id: u32,
+    pub(crate) id: u32,
     me: Weak<RefCell<RequestState>>,
     pub(crate) worker: Rc<RefCell<Worker>>,
     pub(crate) grant: Option<Grant>,
@@ -875,7 +875,7 @@ impl RequestState {
                 if let Some((body, cache_key)) = end {
                     let mut w = self.worker.borrow_mut();
                     w.app_tokens.remove_if(route, &cache_key, |_| true);
-                    w.dispatch_notice(app::END_PATH, &body.0, "app session end");
+                    w.dispatch_notice(self.id, app::END_PATH, &body.0, "app session end");
                 }
                 self.worker.borrow().metrics.inc(Counter::LocalReplies);
                 self.send(reply);
@@ -1177,8 +1177,8 @@ impl Context for WardenRequest {
     fn on_done(&mut self) -> bool {
         if let Ok(mut s) = self.state.try_borrow_mut() {
             s.done = true;
-            // Free the look-up's slot: its answer (Envoy still delivers it, to the root) may
-            // come back to this context after it is gone, where nobody would see it.
+            // Nobody waits for these answers any more; the call-outs stay counted until Envoy
+            // has answered them (see `Worker::call_token_service`).
             for token in [
                 s.upstream_lookup.take(),
                 s.assertion_lookup.take(),
@@ -1187,7 +1187,7 @@ impl Context for WardenRequest {
             .into_iter()
             .flatten()
             {
-                let _ = s.worker.borrow_mut().take_lookup(token);
+                s.worker.borrow_mut().abandon(token);
             }
         }
         true
@@ -1198,8 +1198,8 @@ impl Context for WardenRequest {
             Ok(s) => Rc::clone(&s.worker),
             Err(_) => return,
         };
-        // Anything else is a drop's answer, which nobody reads.
-        let lookup = worker.borrow_mut().take_lookup(token);
+        // Anything else is a notice's answer, which nobody reads.
+        let lookup = worker.borrow_mut().answered(token);
         if let Some((waiter, kind)) = lookup {
             deliver_lookup(waiter, kind, headers, body);
         }

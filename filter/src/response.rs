@@ -207,7 +207,10 @@ impl RequestState {
         {
             let mut w = worker.borrow_mut();
             w.upstream_tokens.remove(grant.route, sub, &sent);
-            w.dispatch_drop(&upstream::drop_body(sub, &route.name, &sent, &refusal));
+            w.dispatch_drop(
+                self.id,
+                &upstream::drop_body(sub, &route.name, &sent, &refusal),
+            );
             w.metrics.inc(Counter::UpstreamTokenRefused);
         }
         let reply = upstream::refused_reply(

@@ -14,6 +14,7 @@ use warden_core::app::{self, AppTokenCache};
 use warden_core::assertion::{self, AssertionCache};
 use warden_core::cache::TokenCache;
 use warden_core::config::CompiledConfig;
+use warden_core::internal_api::{self, InternalKey};
 use warden_core::keys::KeySet;
 use warden_core::session::SessionKey;
 use warden_core::toolslist::FilteredLists;
@@ -33,9 +34,11 @@ const MIN_KID_REFETCH_SECONDS: i64 = 5;
 const MIN_BOOTSTRAP_FETCH_SECONDS: i64 = 1;
 /// Requests waiting for one fetch; later ones are decided at once with the keys at hand.
 const MAX_WAITING: usize = 1024;
-/// Look-ups (upstream tokens, identity assertions) in flight per worker; a request beyond
-/// them gets a 503.
-const MAX_LOOKUPS: usize = 64;
+/// Call-outs to the token service (look-ups and notices) in flight per worker, those of
+/// requests that went away included; a request beyond them gets a 503.
+const MAX_CALLOUTS: usize = 64;
+/// Seconds past a call-out's timeout after which it is surely answered.
+const CALLOUT_SLACK_SECONDS: i64 = 2;
 /// JWKS responses larger than this are refused rather than parsed.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// Shared-data key prefix of the last good JWKS; the issuer completes the key, so two plugin
@@ -115,8 +118,13 @@ pub struct Worker {
     pub assertions: AssertionCache,
     /// Client routes' app TEs, by route and SHA-256 of the session cookie.
     pub app_tokens: AppTokenCache,
-    /// Look-ups in flight (upstream tokens, identity assertions), by call-out token.
+    /// Look-ups whose request waits for the answer, by call-out token.
     lookups: HashMap<u32, (Waiter, LookupKind)>,
+    /// Every call-out to the token service not yet answered, with the time by which Envoy
+    /// will have answered it.
+    callouts: HashMap<u32, i64>,
+    /// The key internal calls are signed with (`internal_api::CREDENTIAL_ENV`).
+    internal_key: Option<InternalKey>,
     /// `tools/list` answers filtered lately, reused when a caller lists again.
     pub lists: FilteredLists,
     pub session_key: SessionKey,
@@ -159,6 +167,22 @@ pub fn session_key() -> Result<(SessionKey, bool), String> {
     Ok((key, true))
 }
 
+/// The key internal calls are signed with, from Envoy's environment: required when the
+/// configuration uses the token service. Errors name the variable, never its value.
+pub fn internal_key(config: &CompiledConfig) -> Result<Option<InternalKey>, String> {
+    let name = internal_api::CREDENTIAL_ENV;
+    match std::env::var(name) {
+        Ok(credential) => InternalKey::from_credential(&credential)
+            .map(Some)
+            .map_err(|e| format!("invalid {name}: {e}")),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("invalid {name}: must be text")),
+        Err(std::env::VarError::NotPresent) if config.token_service.is_some() => Err(format!(
+            "{name} is not set: token_service (upstream tokens, identity assertions, client routes) needs the token service's internal credential in Envoy's environment"
+        )),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+    }
+}
+
 fn shared_session_key() -> Option<SessionKey> {
     match hostcalls::get_shared_data(SESSION_SHARED_KEY) {
         Ok((Some(bytes), _)) => SessionKey::from_bytes(&bytes),
@@ -194,7 +218,12 @@ pub fn follow_log_level() {
 }
 
 impl Worker {
-    pub fn new(root_id: u32, config: CompiledConfig, session_key: (SessionKey, bool)) -> Self {
+    pub fn new(
+        root_id: u32,
+        config: CompiledConfig,
+        session_key: (SessionKey, bool),
+        internal_key: Option<InternalKey>,
+    ) -> Self {
         let keys = config.static_keys.clone().map(Rc::new);
         let cache = TokenCache::new(config.token_cache_entries, config.rules.leeway_seconds);
         let upstream_tokens =
@@ -212,6 +241,8 @@ impl Worker {
             assertions,
             app_tokens,
             lookups: HashMap::new(),
+            callouts: HashMap::new(),
+            internal_key,
             lists: FilteredLists::default(),
             session_key: session_key.0,
             session_key_per_process: session_key.1,
@@ -287,13 +318,14 @@ impl Worker {
     pub fn tick(&mut self) -> (Option<Duration>, Vec<Waiter>) {
         follow_log_level();
         self.metrics.flush();
+        let now = now_seconds();
+        self.expire_callouts(now);
         let _ = self.sync_keys();
         self.sync_session_key();
         let period = std::mem::take(&mut self.fetch.fast_tick).then_some(TICK);
         let Some(fetch) = self.config.jwks.clone() else {
             return (period, Vec::new());
         };
-        let now = now_seconds();
         if self.fetch.in_flight {
             // Envoy answers every call, if only with a timeout; should an answer ever be lost,
             // the waiters must not wait forever, nor the refreshes stop.
@@ -404,7 +436,7 @@ impl Worker {
 impl Worker {
     /// Asks the token service for a user's upstream token or identity assertion. The SDK
     /// hands the answer to the context it had active (the request, or the root for a request
-    /// the JWKS answer woke); both find the request with `take_lookup`. `Err` is the reason to
+    /// the JWKS answer woke); both find the request with `answered`. `Err` is the reason to
     /// refuse it with.
     pub fn start_lookup(
         &mut self,
@@ -412,42 +444,106 @@ impl Worker {
         kind: LookupKind,
         body: &str,
     ) -> Result<u32, &'static str> {
-        let Some(ts) = self.config.token_service.as_ref() else {
+        let own_id = waiter.id;
+        let token = self.call_token_service(own_id, kind.path(), body, kind.what())?;
+        self.lookups.insert(token, (waiter, kind));
+        self.metrics.inc(match kind {
+            LookupKind::UpstreamToken => Counter::UpstreamTokenLookups,
+            LookupKind::IdentityAssertion => Counter::IdentityAssertionLookups,
+            LookupKind::AppSession => Counter::AppSessionLookups,
+            LookupKind::AppToken => Counter::AppTokenLookups,
+        });
+        Ok(token)
+    }
+
+    /// A call-out answered: the request waiting for it, if it is a look-up whose request is
+    /// still there. Frees the call-out's slot either way.
+    pub fn answered(&mut self, token: u32) -> Option<(Waiter, LookupKind)> {
+        if self.callouts.remove(&token).is_some() {
+            self.metrics.set_callouts_in_flight(self.callouts.len());
+        }
+        self.lookups.remove(&token)
+    }
+
+    /// The request went away before its look-up answered: nobody waits for it any more. Its
+    /// call-out stays counted until Envoy must have answered it (see `call_token_service`).
+    pub fn abandon(&mut self, token: u32) {
+        self.lookups.remove(&token);
+    }
+
+    /// Tells the token service a TI was refused, fire and forget.
+    pub fn dispatch_drop(&mut self, own_id: u32, body: &str) {
+        self.dispatch_notice(own_id, DROP_PATH, body, "upstream token drop");
+    }
+
+    /// Posts `body` to the internal API at `path`, fire and forget: its answer is nobody's
+    /// (`answered` finds no look-up for it).
+    pub fn dispatch_notice(&mut self, own_id: u32, path: &str, body: &str, what: &str) {
+        let _ = self.call_token_service(own_id, path, body, what);
+    }
+
+    /// One signed `POST` to the token service's internal API. It leaves as the root
+    /// context's call: Envoy cancels a call of a request context that ends (a client that
+    /// disconnects mid-call), and the SDK then keeps the call's entry in its own table
+    /// forever; a call of the root context is always answered, if only by its timeout, which
+    /// frees that entry. `own_id` is the context to make effective again. At most
+    /// `MAX_CALLOUTS` are in flight per worker, abandoned ones included, so neither Envoy
+    /// nor the token service holds more for us whatever clients do.
+    fn call_token_service(
+        &mut self,
+        own_id: u32,
+        path: &str,
+        body: &str,
+        what: &str,
+    ) -> Result<u32, &'static str> {
+        let now = now_seconds();
+        if self.callouts.len() >= MAX_CALLOUTS {
+            self.expire_callouts(now);
+            if self.callouts.len() >= MAX_CALLOUTS {
+                return Err("token-service-busy");
+            }
+        }
+        let config = Rc::clone(&self.config);
+        let (Some(ts), Some(key)) = (config.token_service.as_ref(), self.internal_key.as_ref())
+        else {
             return Err("token-service-unconfigured");
         };
-        if self.lookups.len() >= MAX_LOOKUPS {
-            return Err("token-service-busy");
+        let mut nonce = [0u8; internal_api::NONCE_BYTES];
+        if getrandom::getrandom(&mut nonce).is_err() {
+            return Err("token-service-unavailable");
         }
+        let authorization = key.authorization("POST", path, body.as_bytes(), now, &nonce);
         let headers = vec![
             (":method", "POST"),
-            (":path", kind.path()),
+            (":path", path),
             (":authority", ts.authority.as_str()),
-            ("authorization", ts.authorization.as_str()),
+            ("authorization", authorization.as_str()),
             ("content-type", "application/json"),
             ("accept", "application/json"),
         ];
         let timeout = Duration::from_millis(u64::from(ts.timeout_ms));
-        match hostcalls::dispatch_http_call(
+        let as_root = hostcalls::set_effective_context(self.root_id).is_ok();
+        let dispatched = hostcalls::dispatch_http_call(
             &ts.cluster,
             headers,
             Some(body.as_bytes()),
             vec![],
             timeout,
-        ) {
+        );
+        if as_root {
+            let _ = hostcalls::set_effective_context(own_id);
+        }
+        match dispatched {
             Ok(token) => {
-                self.lookups.insert(token, (waiter, kind));
-                self.metrics.inc(match kind {
-                    LookupKind::UpstreamToken => Counter::UpstreamTokenLookups,
-                    LookupKind::IdentityAssertion => Counter::IdentityAssertionLookups,
-                    LookupKind::AppSession => Counter::AppSessionLookups,
-                    LookupKind::AppToken => Counter::AppTokenLookups,
-                });
+                // Answered by then at the latest (Envoy's timeout, plus slack for the tick).
+                let deadline = now + i64::from(ts.timeout_ms / 1000) + CALLOUT_SLACK_SECONDS;
+                self.callouts.insert(token, deadline);
+                self.metrics.set_callouts_in_flight(self.callouts.len());
                 Ok(token)
             }
             Err(status) => {
                 log::warn!(
-                    "mcp-warden: cannot dispatch {} to cluster {}: {status:?}",
-                    kind.what(),
+                    "mcp-warden: cannot dispatch {what} to cluster {}: {status:?}",
                     ts.cluster
                 );
                 Err("token-service-unavailable")
@@ -455,42 +551,13 @@ impl Worker {
         }
     }
 
-    /// The request waiting for this call-out's answer, if it is a look-up (and frees its slot).
-    pub fn take_lookup(&mut self, token: u32) -> Option<(Waiter, LookupKind)> {
-        self.lookups.remove(&token)
-    }
-
-    /// Tells the token service a TI was refused, fire and forget. Envoy makes every call-out
-    /// the root context's, so it outlives the request the local reply is about to end; its
-    /// answer is nobody's (`take_lookup` and the JWKS token both miss it).
-    pub fn dispatch_drop(&self, body: &str) {
-        self.dispatch_notice(DROP_PATH, body, "upstream token drop");
-    }
-
-    /// Posts `body` to the internal API at `path`, fire and forget (see `dispatch_drop`).
-    pub fn dispatch_notice(&self, path: &str, body: &str, what: &str) {
-        let Some(ts) = self.config.token_service.as_ref() else {
-            return;
-        };
-        let headers = vec![
-            (":method", "POST"),
-            (":path", path),
-            (":authority", ts.authority.as_str()),
-            ("authorization", ts.authorization.as_str()),
-            ("content-type", "application/json"),
-        ];
-        let timeout = Duration::from_millis(u64::from(ts.timeout_ms));
-        if let Err(status) = hostcalls::dispatch_http_call(
-            &ts.cluster,
-            headers,
-            Some(body.as_bytes()),
-            vec![],
-            timeout,
-        ) {
-            log::warn!(
-                "mcp-warden: cannot dispatch {what} to cluster {}: {status:?}",
-                ts.cluster
-            );
+    /// Forgets call-outs whose answer went to a request that had ended (the SDK hands it to
+    /// nobody): Envoy answered them by their deadline.
+    fn expire_callouts(&mut self, now: i64) {
+        let before = self.callouts.len();
+        self.callouts.retain(|_, deadline| *deadline >= now);
+        if self.callouts.len() != before {
+            self.metrics.set_callouts_in_flight(self.callouts.len());
         }
     }
 }

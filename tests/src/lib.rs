@@ -703,6 +703,27 @@ pub async fn render_envoy(config: &Path, wasm: &Path, out: &Path) {
     std::fs::write(out, &output.stdout).expect("write envoy bootstrap");
 }
 
+/// The environment variable Envoy passes the internal credential to the filter in.
+pub const INTERNAL_CREDENTIAL_ENV: &str = "MCP_WARDEN_INTERNAL_CREDENTIAL";
+
+/// The internal credential the token service created in `dir` (the stack's default
+/// `internal_credential_file`), when a route needs the internal listener.
+pub fn internal_credential(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join("internal-credential"))
+        .ok()
+        .map(|c| c.trim().to_owned())
+}
+
+/// The `Authorization` of a `POST` to the internal API, signed with `credential` as the
+/// filter signs it.
+pub fn internal_authorization(credential: &str, path: &str, body: &[u8]) -> String {
+    let key = warden_core::internal_api::InternalKey::from_credential(credential)
+        .expect("a credential the token service made");
+    let mut nonce = [0u8; warden_core::internal_api::NONCE_BYTES];
+    getrandom::getrandom(&mut nonce).expect("randomness");
+    key.authorization("POST", path, body, jwt::now() as i64, &nonce)
+}
+
 /// Starts Envoy with `bootstrap`; `base_id` must be unique among concurrently running Envoys
 /// (the admin port is used).
 pub fn spawn_envoy(dir: &Path, name: &str, bootstrap: &Path, base_id: u16) -> Proc {
@@ -844,6 +865,12 @@ impl Stack {
                     let mut yaml = std::fs::read_to_string(&bootstrap_path).expect("bootstrap");
                     hook(&mut yaml);
                     std::fs::write(&bootstrap_path, yaml).expect("write bootstrap");
+                }
+                // The filter signs its internal calls with the credential the token service
+                // created at start; it reaches Envoy through the environment, as in `make run`.
+                if let Some(credential) = internal_credential(dir.path()) {
+                    opts.envoy_env
+                        .push((INTERNAL_CREDENTIAL_ENV.into(), credential));
                 }
                 let envs: Vec<(&str, &str)> = opts
                     .envoy_env

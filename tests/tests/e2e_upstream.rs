@@ -133,15 +133,17 @@ impl UpstreamStack {
 
     /// Asks the internal listener for the user's token, as the filter does.
     async fn vault_lookup(&self) -> (u16, Value) {
-        let credential =
-            std::fs::read_to_string(self.stack.dir.path().join("internal-credential")).unwrap();
+        let credential = internal_credential(self.stack.dir.path()).unwrap();
+        let path = "/internal/v1/upstream-token";
+        let body = json!({"sub": DEMO_EMAIL, "route": "gh"}).to_string();
         let resp = http_client()
-            .post(format!(
-                "http://{}/internal/v1/upstream-token",
-                self.internal
-            ))
-            .bearer_auth(credential.trim())
-            .json(&json!({"sub": DEMO_EMAIL, "route": "gh"}))
+            .post(format!("http://{}{path}", self.internal))
+            .header(
+                "authorization",
+                internal_authorization(&credential, path, body.as_bytes()),
+            )
+            .header("content-type", "application/json")
+            .body(body)
             .send()
             .await
             .unwrap();
@@ -204,11 +206,10 @@ async fn sign_in_connects_the_upstream_account_and_calls_carry_the_ti() {
         .unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);
     let rendered = std::fs::read_to_string(&u.stack.bootstrap_path).unwrap();
-    let credential =
-        std::fs::read_to_string(u.stack.dir.path().join("internal-credential")).unwrap();
+    let credential = internal_credential(u.stack.dir.path()).unwrap();
     assert!(
-        rendered.contains(credential.trim()),
-        "the plugin config carries the credential"
+        !rendered.contains(&credential),
+        "the credential reaches the filter through Envoy's environment, never its configuration"
     );
     assert!(
         !rendered.contains(PROVIDER_CLIENT_SECRET),

@@ -1,6 +1,8 @@
 //! The internal listener (`authorization_server.internal_listen`): what the filter asks the
-//! token service, never reachable on the public issuer URL. Every request presents the
-//! internal credential as a bearer token.
+//! token service, never reachable on the public issuer URL. Every request is signed with the
+//! internal credential (`warden_core::internal_api`: a MAC over the call with a time and a
+//! single-use nonce; the credential itself never travels, so Envoy's debug log of the
+//! call-out's headers gives nothing away).
 //!
 //! * `POST /internal/v1/upstream-token` `{"sub", "route"}` → `200 {"access_token",
 //!   "issued_at", "expires_at", "granted_at", "after_refusal"}`, `404 no_token`, `409 upstream_refused`,
@@ -26,7 +28,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::RouteConfig;
-use crate::flows::{constant_time_eq, hash_secret};
 use crate::vault::Lookup;
 use crate::AppState;
 
@@ -64,33 +65,95 @@ fn no_store(mut resp: Response) -> Response {
     resp
 }
 
-/// Only the filter, holding the credential, gets past here.
+/// Only the filter, holding the credential, gets past here: a call signed with it, within the
+/// clock window, with a nonce never seen before.
 async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, BODY_LIMIT).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "the request body is too large",
+        );
+    };
+    let presented = parts
+        .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    // Digests: the comparison's time does not depend on where the strings differ.
-    let ok = constant_time_eq(
-        hash_secret(presented).as_bytes(),
-        hash_secret(s.internal_credential()).as_bytes(),
-    );
-    if !ok {
-        tracing::warn!(path = %req.uri().path(), "internal request without the credential");
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let now = s.now();
+    let checked = s
+        .internal_key()
+        .check(presented, parts.method.as_str(), path, &body, now)
+        .map_err(|e| e.reason())
+        .and_then(|call| s.internal_nonces().first_use(&call.nonce, now));
+    if let Err(why) = checked {
+        tracing::warn!(path = %parts.uri.path(), why, "internal request refused");
         let mut resp = error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "the internal credential is missing or wrong",
+            "the call is not signed with the internal credential",
         );
         resp.headers_mut().insert(
             header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"mcp-warden internal\""),
+            HeaderValue::from_static("WardenMAC realm=\"mcp-warden internal\""),
         );
         return resp;
     }
-    next.run(req).await
+    next.run(Request::from_parts(parts, axum::body::Body::from(body)))
+        .await
+}
+
+/// Nonces of accepted internal calls, kept until their time has left the clock window, so a
+/// call seen once (in a log, on the wire) is refused when it comes again.
+pub struct NonceGuard {
+    seen: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+}
+
+/// Nonces remembered at most: far above what the filter sends (call-outs happen on cache
+/// misses only); past it, calls are refused rather than remembered less.
+const MAX_NONCES: usize = 200_000;
+
+impl NonceGuard {
+    pub fn new() -> Self {
+        Self {
+            seen: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Records `nonce`; `Err` when it was seen within the window, or no room is left.
+    pub fn first_use(&self, nonce: &str, now: i64) -> Result<(), &'static str> {
+        let window = warden_core::internal_api::MAX_SKEW_SECONDS;
+        let Ok(mut seen) = self.seen.lock() else {
+            return Err("nonce table unavailable");
+        };
+        if seen.len() >= MAX_NONCES {
+            // A call is accepted only within the window of its time, so a nonce older than
+            // twice the window can never be accepted again.
+            seen.retain(|_, at| now - *at <= 2 * window);
+            if seen.len() >= MAX_NONCES {
+                return Err("too many internal calls in the clock window");
+            }
+        }
+        match seen.entry(nonce.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(_) => Err("the nonce was used before"),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(now);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Default for NonceGuard {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[derive(Deserialize)]

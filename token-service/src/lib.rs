@@ -57,8 +57,10 @@ struct Inner {
     vault: Arc<vault::Vault>,
     /// The organisation's identity provider, when configured.
     oidc: Option<Arc<oidc::OidcProvider>>,
-    /// What the filter presents on the internal listener.
-    internal_credential: Arc<String>,
+    /// What the filter signs its internal calls with.
+    internal_key: Arc<warden_core::internal_api::InternalKey>,
+    /// Nonces of internal calls already accepted (replays are refused).
+    internal_nonces: Arc<internal::NonceGuard>,
 }
 
 /// The secrets of the upstream-token vault: the key tokens are sealed with, and the
@@ -159,6 +161,9 @@ impl AppState {
                 .registration
                 .rate_limit_per_minute,
         ));
+        let internal_key =
+            warden_core::internal_api::InternalKey::from_credential(&secrets.internal_credential)
+                .map_err(|e| anyhow::anyhow!("internal credential: {e}"))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -169,7 +174,8 @@ impl AppState {
                 registrations,
                 vault,
                 oidc,
-                internal_credential: Arc::new(secrets.internal_credential),
+                internal_key: Arc::new(internal_key),
+                internal_nonces: Arc::new(internal::NonceGuard::new()),
             }),
         })
     }
@@ -186,7 +192,8 @@ impl AppState {
                 registrations: self.inner.registrations.clone(),
                 vault: self.inner.vault.clone(),
                 oidc: self.inner.oidc.clone(),
-                internal_credential: self.inner.internal_credential.clone(),
+                internal_key: self.inner.internal_key.clone(),
+                internal_nonces: self.inner.internal_nonces.clone(),
             }),
         }
     }
@@ -207,8 +214,12 @@ impl AppState {
         self.inner.oidc.as_ref()
     }
 
-    pub(crate) fn internal_credential(&self) -> &str {
-        &self.inner.internal_credential
+    pub(crate) fn internal_key(&self) -> &warden_core::internal_api::InternalKey {
+        &self.inner.internal_key
+    }
+
+    pub(crate) fn internal_nonces(&self) -> &internal::NonceGuard {
+        &self.inner.internal_nonces
     }
 
     pub fn keys(&self) -> &SigningKey {

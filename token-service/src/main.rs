@@ -42,10 +42,6 @@ enum Command {
             default_value = "target/wasm32-wasip1/release/warden_filter.wasm"
         )]
         wasm: String,
-        /// Put a placeholder where the internal credential goes (for a bootstrap kept in
-        /// version control; Envoy started from it cannot reach the internal listener).
-        #[arg(long)]
-        redact_credential: bool,
     },
     /// Print one value of a config, for scripts (`make run`).
     Describe {
@@ -66,10 +62,10 @@ enum Describe {
     UpstreamCallback,
     /// The redirect URI to register at the organisation's identity provider (`identity_provider.oidc`).
     LoginCallback,
+    /// The file holding the internal credential, whose content goes in Envoy's environment as
+    /// `MCP_WARDEN_INTERNAL_CREDENTIAL` (empty when no route needs the internal listener).
+    InternalCredentialFile,
 }
-
-/// What `render-envoy --redact-credential` writes instead of the internal credential.
-const REDACTED_CREDENTIAL: &str = "REDACTED:render-envoy-writes-the-internal-credential-here";
 
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
     match path {
@@ -141,11 +137,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::RenderEnvoy {
-            config,
-            wasm,
-            redact_credential,
-        } => {
+        Command::RenderEnvoy { config, wasm } => {
             let config = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -153,21 +145,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let input = match warden_token_service::render::EnvoyInput::from_config(&config, &wasm)
-            {
-                Ok(mut input) => {
-                    if redact_credential {
-                        if let Some(internal) = input.internal.as_mut() {
-                            internal.credential = REDACTED_CREDENTIAL.into();
-                        }
-                    }
-                    input
-                }
-                Err(e) => {
-                    eprintln!("cannot render the Envoy bootstrap: {e:#}");
-                    return ExitCode::from(2);
-                }
-            };
+            let input = warden_token_service::render::EnvoyInput::from_config(&config, &wasm);
             match warden_token_service::render::render(&input) {
                 Ok(yaml) => {
                     print!("{yaml}");
@@ -198,6 +176,13 @@ fn main() -> ExitCode {
                 }
                 Describe::LoginCallback => {
                     println!("{}", warden_token_service::oidc::callback_url(&config))
+                }
+                Describe::InternalCredentialFile => {
+                    if config.uses_internal_listener() {
+                        println!("{}", config.internal_credential_file().display())
+                    } else {
+                        println!()
+                    }
                 }
             }
             ExitCode::SUCCESS

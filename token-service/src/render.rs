@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use warden_core::app::CALLBACK_PATH as APP_CALLBACK_PATH;
 use warden_core::assertion::HEADER as ASSERTION_HEADER;
 use warden_core::config::{
     JwksFetch, PluginConfig, RouteConfig, RouteKind, TokenServiceConfig, CONFIG_VERSION,
@@ -17,6 +18,9 @@ pub const STREAM_IDLE_TIMEOUT_SECONDS: u32 = 3600;
 
 /// The environment variable holding the session-binding key (read by the filter).
 pub const SESSION_KEY_ENV: &str = "MCP_WARDEN_SESSION_KEY";
+
+/// The environment variable holding the internal credential (read by the filter).
+pub use warden_core::internal_api::CREDENTIAL_ENV as INTERNAL_CREDENTIAL_ENV;
 
 /// The `header_mutation` filter, first in the chain, that removes any client-sent identity
 /// assertion.
@@ -50,20 +54,11 @@ pub struct EnvoyInput {
     pub internal: Option<InternalListener>,
 }
 
-/// Where the filter asks for upstream tokens, and the credential it presents there.
-#[derive(Clone)]
+/// Where the filter asks for upstream tokens. The credential it signs its calls with is
+/// not part of the render: Envoy gets it from its environment (`INTERNAL_CREDENTIAL_ENV`).
+#[derive(Debug, Clone)]
 pub struct InternalListener {
     pub listen: std::net::SocketAddr,
-    pub credential: String,
-}
-
-impl std::fmt::Debug for InternalListener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InternalListener")
-            .field("listen", &self.listen)
-            .field("credential", &"[redacted]")
-            .finish()
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -86,23 +81,12 @@ pub struct RouteInput {
 }
 
 impl EnvoyInput {
-    /// The render input for an operator config (already validated). With upstream OAuth
-    /// routes it reads the internal credential, creating the file the service reads when it
-    /// does not exist yet.
-    pub fn from_config(config: &crate::config::Config, wasm_path: &str) -> anyhow::Result<Self> {
-        let internal = if config.uses_internal_listener() {
-            let secret = crate::secrets::load_or_create(
-                &config.internal_credential_file(),
-                "internal credential",
-            )?;
-            Some(InternalListener {
-                listen: config.authorization_server.internal_listen,
-                credential: crate::secrets::encode(&secret),
-            })
-        } else {
-            None
-        };
-        Ok(EnvoyInput {
+    /// The render input for an operator config (already validated). It holds no secret.
+    pub fn from_config(config: &crate::config::Config, wasm_path: &str) -> Self {
+        let internal = config.uses_internal_listener().then_some(InternalListener {
+            listen: config.authorization_server.internal_listen,
+        });
+        EnvoyInput {
             envoy: config.envoy.clone(),
             issuer: config.authorization_server.issuer.clone(),
             token_service: config.authorization_server.listen,
@@ -123,7 +107,7 @@ impl EnvoyInput {
                 })
                 .collect(),
             internal,
-        })
+        }
     }
 }
 
@@ -153,7 +137,7 @@ pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
         token_service: input.internal.as_ref().map(|internal| TokenServiceConfig {
             cluster: TOKEN_SERVICE_INTERNAL_CLUSTER.into(),
             authority: internal.listen.to_string(),
-            credential: internal.credential.clone(),
+            credential: None,
             timeout_ms: 2_000,
         }),
         routes: input
@@ -318,9 +302,20 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
         w,
         "          stream_idle_timeout: {STREAM_IDLE_TIMEOUT_SECONDS}s"
     );
-    let _ = writeln!(w, "          access_log:\n          - name: envoy.access_loggers.stdout\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog");
     // The filter's authorize decision (JSON) rides along in filter state for each MCP call.
-    let _ = writeln!(w, "              log_format:\n                text_format_source:\n                  inline_string: \"[%START_TIME%] \\\"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\\\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION%ms %REQ(X-REQUEST-ID)% %UPSTREAM_HOST% mcp=%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%\\n\"");
+    // A client route's sign-in callback carries a one-time code in its query: that line
+    // shows the path without it (a second logger, chosen by the path).
+    let _ = writeln!(w, "          access_log:");
+    for (path, invert) in [
+        ("%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", true),
+        ("%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%", false),
+    ] {
+        let _ = writeln!(w, "          - name: envoy.access_loggers.stdout\n            filter: {{ header_filter: {{ header: {{ name: \":path\", string_match: {{ prefix: {} }}, invert_match: {invert} }} }} }}\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog", json_string(APP_CALLBACK_PATH));
+        let _ = writeln!(w, "              log_format:\n                text_format_source:\n                  inline_string: \"[%START_TIME%] \\\"%REQ(:METHOD)% {path} %PROTOCOL%\\\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION%ms %REQ(X-REQUEST-ID)% %UPSTREAM_HOST% mcp=%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%\\n\"");
+        if !invert {
+            let _ = writeln!(w, "                formatters:\n                - name: envoy.formatter.req_without_query\n                  typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery }}");
+        }
+    }
     let _ = writeln!(
         w,
         "          route_config:\n            name: mcp\n            virtual_hosts:"
@@ -439,11 +434,17 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
     let _ = writeln!(w, "                configuration:\n                  \"@type\": type.googleapis.com/google.protobuf.StringValue");
     let _ = writeln!(w, "                  value: {}", json_string(&plugin));
     let _ = writeln!(w, "                vm_config:\n                  vm_id: mcp-warden\n                  runtime: envoy.wasm.runtime.v8");
-    // The session-binding key comes from Envoy's environment, never from this file: set it
-    // to the same random value on every Envoy replica (else each process makes its own).
+    // The session-binding key and the internal credential come from Envoy's environment,
+    // never from this file (Envoy's admin `/config_dump` shows it): set the session key to
+    // the same random value on every Envoy replica (else each process makes its own).
+    let env_keys = if input.internal.is_some() {
+        format!("{SESSION_KEY_ENV}, {INTERNAL_CREDENTIAL_ENV}")
+    } else {
+        SESSION_KEY_ENV.to_string()
+    };
     let _ = writeln!(
         w,
-        "                  environment_variables: {{ host_env_keys: [{SESSION_KEY_ENV}] }}"
+        "                  environment_variables: {{ host_env_keys: [{env_keys}] }}"
     );
     let _ = writeln!(
         w,
@@ -571,7 +572,6 @@ mod tests {
         input.routes[0].upstream_oauth = true;
         input.internal = Some(InternalListener {
             listen: "127.0.0.1:9101".parse().unwrap(),
-            credential: "c2VjcmV0LWNyZWRlbnRpYWw".into(),
         });
         input
     }
@@ -593,11 +593,13 @@ mod tests {
         let ts = compiled.token_service.as_ref().unwrap();
         assert_eq!(ts.cluster, TOKEN_SERVICE_INTERNAL_CLUSTER);
         assert_eq!(ts.authority, "127.0.0.1:9101");
-        assert_eq!(ts.authorization, "Bearer c2VjcmV0LWNyZWRlbnRpYWw");
         assert!(compiled.routes[0].upstream_oauth);
         assert!(!compiled.routes[1].upstream_oauth);
-        // The input's Debug output never shows the credential.
-        assert!(!format!("{input:?}").contains("c2VjcmV0"));
+        // The filter gets the credential from Envoy's environment, never from the bootstrap.
+        assert!(yaml.contains(&format!(
+            "host_env_keys: [{SESSION_KEY_ENV}, {INTERNAL_CREDENTIAL_ENV}]"
+        )));
+        assert!(!plugin.contains("credential"), "{plugin}");
     }
 
     #[test]
@@ -657,12 +659,8 @@ routes:
         let config = crate::config::Config::from_yaml(&yaml).unwrap();
         assert!(!config.uses_upstream_oauth());
         assert!(config.uses_internal_listener());
-        let input = EnvoyInput::from_config(&config, "filter.wasm").unwrap();
-        let secret = crate::secrets::load_or_create(&file, "internal credential").unwrap();
-        assert_eq!(
-            input.internal.as_ref().unwrap().credential,
-            crate::secrets::encode(&secret)
-        );
+        let input = EnvoyInput::from_config(&config, "filter.wasm");
+        assert!(input.internal.is_some());
         assert!(render(&input)
             .unwrap()
             .contains(&format!("  - name: {TOKEN_SERVICE_INTERNAL_CLUSTER}\n")));
@@ -678,9 +676,10 @@ routes:
     }
 
     #[test]
-    fn the_credential_is_the_file_the_service_reads() {
+    fn the_render_never_holds_or_creates_the_credential() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("internal-credential");
+        std::fs::write(&file, "zBeZPpy8Obod9yzT34isNbgKwF6m_JevaZ2UFro94aw").unwrap();
         let yaml = format!(
             r#"
 authorization_server:
@@ -701,17 +700,24 @@ routes:
             file = file.display()
         );
         let config = crate::config::Config::from_yaml(&yaml).unwrap();
-        let input = EnvoyInput::from_config(&config, "filter.wasm").unwrap();
-        let secret = crate::secrets::load_or_create(&file, "internal credential").unwrap();
-        let internal = input.internal.as_ref().unwrap();
-        assert_eq!(internal.credential, crate::secrets::encode(&secret));
+        let input = EnvoyInput::from_config(&config, "filter.wasm");
         assert!(input.routes[0].upstream_oauth);
-        // Rendering again reads the same file: the credential does not change.
-        let again = EnvoyInput::from_config(&config, "filter.wasm").unwrap();
-        assert_eq!(again.internal.unwrap().credential, internal.credential);
-        assert!(render(&input)
-            .unwrap()
-            .contains(TOKEN_SERVICE_INTERNAL_CLUSTER));
+        let rendered = render(&input).unwrap();
+        assert!(rendered.contains(TOKEN_SERVICE_INTERNAL_CLUSTER));
+        assert!(
+            !rendered.contains("zBeZPpy8Obod9yzT34isNbgKwF6m"),
+            "{rendered}"
+        );
+        assert!(rendered.contains(INTERNAL_CREDENTIAL_ENV));
+        // Nor does rendering create the file: the token service does, at its first start.
+        let elsewhere = dir.path().join("none-yet");
+        let config = crate::config::Config::from_yaml(&yaml.replace(
+            &file.display().to_string(),
+            &elsewhere.display().to_string(),
+        ))
+        .unwrap();
+        render(&EnvoyInput::from_config(&config, "filter.wasm")).unwrap();
+        assert!(!elsewhere.exists());
     }
 
     fn with_client_route() -> EnvoyInput {
@@ -729,7 +735,6 @@ routes:
         });
         input.internal = Some(InternalListener {
             listen: "127.0.0.1:9101".parse().unwrap(),
-            credential: "c2VjcmV0LWNyZWRlbnRpYWw".into(),
         });
         input
     }

@@ -131,10 +131,14 @@ impl App {
     }
 
     async fn internal(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let body = body.to_string();
+        let authorization =
+            self.env
+                .internal_authorization(&self.credential, path, body.as_bytes());
         let req = Request::post(path)
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.credential))
-            .body(Body::from(body.to_string()))
+            .header(header::AUTHORIZATION, authorization)
+            .body(Body::from(body))
             .unwrap();
         let resp = warden_token_service::internal::router(self.env.state.clone())
             .oneshot(req)
@@ -964,10 +968,12 @@ routes:
         .trim()
         .to_owned();
     let call = |path: &'static str, body: Value| {
+        let body = body.to_string();
+        let authorization = env.internal_authorization(&credential, path, body.as_bytes());
         let req = Request::post(path)
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::AUTHORIZATION, format!("Bearer {credential}"))
-            .body(Body::from(body.to_string()))
+            .header(header::AUTHORIZATION, authorization)
+            .body(Body::from(body))
             .unwrap();
         let router = warden_token_service::internal::router(env.state.clone());
         async move {

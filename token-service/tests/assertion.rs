@@ -51,12 +51,19 @@ fn credential(env: &TestEnv) -> String {
 
 /// A call on the internal listener's router; `credential: None` sends none.
 async fn ask(env: &TestEnv, body: Value, credential: Option<&str>) -> (StatusCode, Value) {
+    let body = body.to_string();
+    let authorization = credential.map(|c| env.internal_authorization(c, PATH, body.as_bytes()));
+    ask_raw(env, body, authorization.as_deref()).await
+}
+
+/// A call with exactly this `Authorization` (or none).
+async fn ask_raw(env: &TestEnv, body: String, authorization: Option<&str>) -> (StatusCode, Value) {
     let mut req = Request::post(PATH).header(header::CONTENT_TYPE, "application/json");
-    if let Some(c) = credential {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {c}"));
+    if let Some(a) = authorization {
+        req = req.header(header::AUTHORIZATION, a);
     }
     let resp = warden_token_service::internal::router(env.state.clone())
-        .oneshot(req.body(Body::from(body.to_string())).unwrap())
+        .oneshot(req.body(Body::from(body)).unwrap())
         .await
         .unwrap();
     let status = resp.status();
@@ -171,11 +178,33 @@ async fn an_assertion_names_the_user_and_the_upstream_and_verifies_with_the_jwks
 async fn the_endpoint_wants_the_internal_credential() {
     let env = env_with("ES256");
     let body = json!({"sub": EMAIL, "route": "who"});
-    for presented in [None, Some(""), Some("wrong"), Some("Bearer")] {
+    let other = "an-entirely-different-credential-of-43-chars";
+    for presented in [None, Some(""), Some("wrong"), Some("Bearer"), Some(other)] {
         let (status, answer) = ask(&env, body.clone(), presented).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{presented:?}");
         assert!(answer.get("assertion").is_none());
     }
+    let c = credential(&env);
+    // The credential itself, sent as a bearer (as Envoy would print it at debug level), is
+    // worth nothing: only a signed call is.
+    let text = body.to_string();
+    let (status, _) = ask_raw(&env, text.clone(), Some(&format!("Bearer {c}"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A signed call is accepted once; the same call again (a replay) is refused.
+    let signed = env.internal_authorization(&c, PATH, text.as_bytes());
+    let (status, answer) = ask_raw(&env, text.clone(), Some(&signed)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, _) = ask_raw(&env, text.clone(), Some(&signed)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a replayed call");
+    // Signed for another body: refused.
+    let signed = env.internal_authorization(&c, PATH, b"{}");
+    let (status, _) = ask_raw(&env, text.clone(), Some(&signed)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a call with another body");
+    // Signed more than a minute ago: refused.
+    let signed = env.internal_authorization(&c, PATH, text.as_bytes());
+    env.advance(61);
+    let (status, _) = ask_raw(&env, text, Some(&signed)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a stale call");
     // Nor does the public listener serve it.
     let r = env.post_json(PATH, body).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);

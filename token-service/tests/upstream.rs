@@ -93,14 +93,16 @@ impl Upstream {
         credential: Option<&str>,
     ) -> (StatusCode, Value) {
         let mut req = Request::post(path).header(header::CONTENT_TYPE, "application/json");
+        let body = body.to_string();
         if let Some(c) = credential
             .or(Some(self.credential.as_str()))
             .filter(|c| !c.is_empty())
         {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {c}"));
+            let authorization = self.env.internal_authorization(c, path, body.as_bytes());
+            req = req.header(header::AUTHORIZATION, authorization);
         }
         let resp = warden_token_service::internal::router(self.env.state.clone())
-            .oneshot(req.body(Body::from(body.to_string())).unwrap())
+            .oneshot(req.body(Body::from(body)).unwrap())
             .await
             .unwrap();
         let status = resp.status();
@@ -258,7 +260,9 @@ async fn sign_in_runs_the_upstream_consent_and_the_vault_serves_the_token() {
 async fn the_internal_listener_wants_its_credential() {
     let u = Upstream::start(AuthStyle::Any, None).await;
     let body = json!({"sub": EMAIL, "route": "gh"});
-    for bad in ["", "wrong", &u.credential[1..]] {
+    let mut other = u.credential.clone();
+    other.replace_range(0..1, if other.starts_with('A') { "B" } else { "A" });
+    for bad in ["", "wrong", &u.credential[1..], &other] {
         let (status, answer) = u
             .internal("/internal/v1/upstream-token", body.clone(), Some(bad))
             .await;

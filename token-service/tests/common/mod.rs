@@ -140,6 +140,19 @@ impl TestEnv {
         self.clock.fetch_add(secs, Ordering::SeqCst);
     }
 
+    /// The `Authorization` of an internal `POST`, signed as the filter signs it, with the
+    /// service's clock. A `credential` too malformed to sign with is sent as it is (`Bearer`).
+    pub fn internal_authorization(&self, credential: &str, path: &str, body: &[u8]) -> String {
+        match warden_core::internal_api::InternalKey::from_credential(credential) {
+            Ok(key) => {
+                let mut nonce = [0u8; warden_core::internal_api::NONCE_BYTES];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+                key.authorization("POST", path, body, self.state.now(), &nonce)
+            }
+            Err(_) => format!("Bearer {credential}"),
+        }
+    }
+
     pub async fn send(&self, req: Request<Body>) -> Resp {
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
