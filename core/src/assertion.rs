@@ -15,8 +15,54 @@ use crate::config::Route;
 use crate::reply::LocalReply;
 use crate::upstream::{refresh_due, token_service_unavailable, Renewable, ReplyTo, RouteUserCache};
 
-/// The request header that carries the assertion upstream (lower case, as Envoy keeps it).
+/// The request header that carries the assertion upstream by default (lower case, as Envoy
+/// keeps it).
 pub const HEADER: &str = "x-warden-jwt-assertion";
+/// Pomerium's name for it: servers migrating from the reference trust this one.
+pub const POMERIUM_HEADER: &str = "x-pomerium-jwt-assertion";
+/// Every name an assertion may arrive under from a client, each removed from every request:
+/// ours and Pomerium's two (whatever a route sends, a server may trust any of them).
+pub const CLIENT_HEADERS: [&str; 3] = [HEADER, POMERIUM_HEADER, "x-pomerium-assertion"];
+/// The names a route may send the assertion under (`identity_header_names`).
+pub const SENDABLE_HEADERS: [&str; 2] = [HEADER, POMERIUM_HEADER];
+
+/// Whether a request header is an assertion a client sent: one of `CLIENT_HEADERS` in any
+/// spelling a server could read as it (case, and `_` for `-` as CGI/WSGI-style servers read
+/// header names).
+pub fn is_client_assertion(name: &[u8]) -> bool {
+    CLIENT_HEADERS.iter().any(|h| {
+        h.len() == name.len()
+            && h.bytes().zip(name).all(|(want, got)| {
+                let got = if *got == b'_' { b'-' } else { *got };
+                want == got.to_ascii_lowercase()
+            })
+    })
+}
+
+/// The header names a route's `identity_header_names` asks for: a non-empty list of
+/// `SENDABLE_HEADERS` (any case), each once. `Err` names the entry at fault.
+pub fn header_names(names: &[String]) -> Result<Vec<&'static str>, (Option<usize>, String)> {
+    if names.is_empty() {
+        return Err((None, "at least one header name is required".into()));
+    }
+    let mut out: Vec<&'static str> = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let Some(known) = SENDABLE_HEADERS
+            .iter()
+            .find(|h| h.eq_ignore_ascii_case(name))
+        else {
+            return Err((
+                Some(i),
+                format!("{name:?} is not one of {}", SENDABLE_HEADERS.join(", ")),
+            ));
+        };
+        if out.contains(known) {
+            return Err((Some(i), format!("{known} is listed twice")));
+        }
+        out.push(known);
+    }
+    Ok(out)
+}
 /// The internal API's issuance: `{"sub", "route"}` → `{"assertion", "issued_at", "expires_at"}`.
 pub const PATH: &str = "/internal/v1/identity-assertion";
 /// Larger assertions are refused as a bad answer (they go into a request header).
@@ -168,6 +214,47 @@ mod tests {
             Fetched::Refuse(reply) => reply,
             Fetched::Use(a) => panic!("{a:?}"),
         }
+    }
+
+    #[test]
+    fn client_assertions_are_recognised_in_every_spelling() {
+        for name in [
+            "x-warden-jwt-assertion",
+            "x-pomerium-jwt-assertion",
+            "x-pomerium-assertion",
+            "X-Pomerium-Jwt-Assertion",
+            "x_pomerium_jwt_assertion",
+            "X_Warden_Jwt_Assertion",
+            "x-pomerium_assertion",
+        ] {
+            assert!(is_client_assertion(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "x-pomerium-jwt-assertions",
+            "x-pomerium-jwt",
+            "authorization",
+            "x-warden-jwt-assertion ",
+        ] {
+            assert!(!is_client_assertion(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_route_sends_the_assertion_under_known_names_only() {
+        let names = |v: &[&str]| header_names(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(names(&["x-warden-jwt-assertion"]), Ok(vec![HEADER]));
+        assert_eq!(
+            names(&["X-Pomerium-Jwt-Assertion", "x-warden-jwt-assertion"]),
+            Ok(vec![POMERIUM_HEADER, HEADER])
+        );
+        assert_eq!(names(&[]).unwrap_err().0, None);
+        assert_eq!(names(&["x-user"]).unwrap_err().0, Some(0));
+        assert_eq!(
+            names(&[HEADER, "X-WARDEN-JWT-ASSERTION"]).unwrap_err().0,
+            Some(1)
+        );
+        // Pomerium's other name is only ever removed, never sent.
+        assert_eq!(names(&["x-pomerium-assertion"]).unwrap_err().0, Some(0));
     }
 
     #[test]

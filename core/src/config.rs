@@ -144,10 +144,26 @@ pub struct RouteConfig {
     /// requests forwarded on this route; the filter gets it from `token_service`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub pass_identity_headers: bool,
+    /// The headers the assertion goes in (`x-warden-jwt-assertion`, Pomerium's
+    /// `x-pomerium-jwt-assertion`, or both), so servers migrating from the reference work as
+    /// they are.
+    #[serde(
+        default = "default_identity_header_names",
+        skip_serializing_if = "is_default_identity_header_names"
+    )]
+    pub identity_header_names: Vec<String>,
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+pub fn default_identity_header_names() -> Vec<String> {
+    vec![crate::assertion::HEADER.to_string()]
+}
+
+fn is_default_identity_header_names(names: &[String]) -> bool {
+    names == [crate::assertion::HEADER]
 }
 
 /// What a route fronts.
@@ -263,6 +279,8 @@ pub struct Route {
     pub upstream_oauth: bool,
     /// Requests carry the user's identity assertion from the token service.
     pub pass_identity_headers: bool,
+    /// The request headers the assertion is set in.
+    pub identity_headers: Vec<&'static str>,
 }
 
 /// The compiled configuration the filter works from.
@@ -377,7 +395,9 @@ const READ_HEADERS: &[&str] = &[
     "mcp-name",
     "x-request-id",
     "cookie",
-    crate::assertion::HEADER,
+    crate::assertion::CLIENT_HEADERS[0],
+    crate::assertion::CLIENT_HEADERS[1],
+    crate::assertion::CLIENT_HEADERS[2],
 ];
 
 /// The request header `render-envoy` has Envoy set to the route's name (`route_header`).
@@ -590,6 +610,11 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
                 "needs token_service: the identity assertion comes from the token service",
             ));
         }
+        let identity_headers =
+            crate::assertion::header_names(&r.identity_header_names).map_err(|(j, m)| match j {
+                Some(j) => err(at(&format!("identity_header_names[{j}]")), m),
+                None => err(at("identity_header_names"), m),
+            })?;
         let resource_name = r.resource_name.clone().unwrap_or_else(|| r.name.clone());
         let metadata_document = serde_json::json!({
             "resource": r.resource,
@@ -635,6 +660,7 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
             redact_parameters: r.redact_parameters,
             upstream_oauth: r.upstream_oauth,
             pass_identity_headers: r.pass_identity_headers,
+            identity_headers,
         });
     }
     Ok(CompiledConfig {

@@ -46,8 +46,9 @@ struct OwnedHead {
     transfer_encoding: bool,
     session_ids: Vec<Range<usize>>,
     disguised_header: Option<&'static str>,
-    /// The client sent `X-Warden-Jwt-Assertion`: removed before anything else happens.
-    client_assertion: bool,
+    /// Identity assertions the client sent (ours or Pomerium's, any spelling), by header
+    /// name: removed before anything else happens.
+    client_assertions: Vec<String>,
     /// Every `Cookie` header (client routes find their session in them).
     cookies: Vec<Range<usize>>,
     /// What the MCP judgement reads (kept as text; odd bytes only ever fail a comparison).
@@ -77,7 +78,7 @@ impl OwnedHead {
             transfer_encoding: false,
             session_ids: Vec::new(),
             disguised_header: None,
-            client_assertion: false,
+            client_assertions: Vec::new(),
             cookies: Vec::new(),
             call: CallHead::default(),
             end_of_stream,
@@ -108,8 +109,10 @@ impl OwnedHead {
                 | b"mcp-method"
                 | b"mcp-name" => head.call.record_header(name, text()),
                 b"x-request-id" => head.call.request_id = text(),
-                b"x-warden-jwt-assertion" => head.client_assertion = true,
                 b"cookie" => head.cookies.push(value),
+                other if assertion::is_client_assertion(other) => {
+                    head.client_assertions.push(lossy(other));
+                }
                 other => {
                     if head.disguised_header.is_none() {
                         head.disguised_header =
@@ -435,7 +438,9 @@ impl RequestState {
         let mut w = worker.borrow_mut();
         let sub = identity.claims.sub.as_str();
         if let Some(assertion) = w.assertions.get(route_index, sub, now) {
-            set_assertion(&assertion);
+            if let Some(route) = w.config.routes.get(route_index) {
+                set_assertion(&route.identity_headers, &assertion);
+            }
             return Action::Continue;
         }
         let body = match w.config.routes.get(route_index) {
@@ -503,7 +508,7 @@ impl RequestState {
         match assertion::classify(status, body, route, to) {
             Fetched::Use(assertion) => {
                 let assertion = Rc::new(assertion);
-                set_assertion(&assertion);
+                set_assertion(&route.identity_headers, &assertion);
                 worker.borrow_mut().assertions.put(
                     route_index,
                     &identity.claims.sub,
@@ -1131,13 +1136,15 @@ fn strip_app_cookies(head: &OwnedHead) {
     }
 }
 
-/// Sets the request's `x-warden-jwt-assertion` (replacing any value).
-fn set_assertion(assertion: &IdentityAssertion) {
-    let _ = hostcalls::set_map_value_bytes(
-        MapType::HttpRequestHeaders,
-        assertion::HEADER,
-        Some(assertion.value().as_bytes()),
-    );
+/// Sets the assertion in each of the route's identity headers (replacing any value).
+fn set_assertion(names: &[&str], assertion: &IdentityAssertion) {
+    for name in names {
+        let _ = hostcalls::set_map_value_bytes(
+            MapType::HttpRequestHeaders,
+            name,
+            Some(assertion.value().as_bytes()),
+        );
+    }
 }
 
 /// The HTTP context the SDK owns; it hands every callback to the shared state.
@@ -1222,14 +1229,10 @@ impl HttpContext for WardenRequest {
         self.with(|s| {
             let route_header = Rc::clone(&s.worker.borrow().config);
             let head = OwnedHead::read(end_of_stream, route_header.route_header.as_deref());
-            if head.client_assertion {
-                // Only the gateway vouches for a user: a client's own assertion never goes
-                // on, whatever the route (the real one is added after the checks).
-                let _ = hostcalls::set_map_value_bytes(
-                    MapType::HttpRequestHeaders,
-                    assertion::HEADER,
-                    None,
-                );
+            // Only the gateway vouches for a user: a client's own assertion never goes on,
+            // whatever the route (the real one is added after the checks).
+            for name in &head.client_assertions {
+                let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None);
             }
             s.head = Some(head);
             // One clock read serves the token's expiry check and the record's duration.

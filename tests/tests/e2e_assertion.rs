@@ -12,7 +12,10 @@ const WHO: &str = "/who";
 const INTERNAL_CLUSTER_CALLS: &str = "cluster.warden_token_service_internal.upstream_rq_total";
 const ASSERTION_LOOKUPS: &str = "wasmcustom.mcp_warden.identity_assertion_lookups";
 /// The strip filter `render-envoy` puts first in the chain (removed to test the filter alone).
-const STRIP_FILTER: &str = "          - name: mcp-warden.strip-identity-assertion\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n              mutations: { request_mutations: [ { remove: x-warden-jwt-assertion } ] }\n";
+const STRIP_FILTER: &str = "          - name: mcp-warden.strip-identity-assertion\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n              mutations: { request_mutations: [ { remove: x-warden-jwt-assertion }, { remove: x-pomerium-jwt-assertion }, { remove: x-pomerium-assertion } ] }\n";
+/// Envoy's refusal of header names with `_`, lifted to test the filter's own stripping of
+/// `X_Pomerium_Jwt_Assertion` and the like (Istio lets such names through by default).
+const UNDERSCORES_REJECTED: &str = "headers_with_underscores_action: REJECT_REQUEST";
 
 struct AssertionStack {
     stack: Stack,
@@ -28,8 +31,12 @@ struct AssertionStack {
 enum Setup {
     /// As rendered.
     Rendered,
-    /// Without Envoy's strip filter: the warden filter alone must remove client values.
+    /// Without Envoy's strip filter, and with header names with `_` let through: the warden
+    /// filter alone must remove client values, in every spelling.
     FilterAlone,
+    /// `who` sends the assertion as Pomerium does (`identity_header_names`), and the server
+    /// reads it there.
+    Pomerium,
     /// `who` also has `upstream_oauth2`; the server checks the TI at the provider as well.
     WithUpstreamOAuth,
 }
@@ -54,6 +61,12 @@ impl AssertionStack {
         let origin = format!("http://127.0.0.1:{port}");
         let jwks = format!("{issuer}/.well-known/jwks.json");
         let mut args = vec![
+            "--assertion-header",
+            if setup == Setup::Pomerium {
+                POMERIUM_HEADER
+            } else {
+                WARDEN_HEADER
+            },
             "--verify-assertion",
             jwks.as_str(),
             "--assertion-audience",
@@ -74,7 +87,11 @@ impl AssertionStack {
         let bootstrap_hook: Option<BootstrapHook> = (setup == Setup::FilterAlone).then(|| {
             Box::new(|yaml: &mut String| {
                 assert!(yaml.contains(STRIP_FILTER), "{yaml}");
-                *yaml = yaml.replace(STRIP_FILTER, "");
+                assert!(yaml.contains(UNDERSCORES_REJECTED), "{yaml}");
+                *yaml = yaml.replace(STRIP_FILTER, "").replace(
+                    UNDERSCORES_REJECTED,
+                    "headers_with_underscores_action: ALLOW",
+                );
             }) as BootstrapHook
         });
         let opts = StackOptions {
@@ -95,7 +112,7 @@ impl AssertionStack {
                     });
                 }
                 let from = c["routes"][0]["from"].clone();
-                c["routes"].as_array_mut().unwrap().push(json!({
+                let mut who = json!({
                     "name": "who",
                     "from": from,
                     "prefix": WHO,
@@ -103,7 +120,11 @@ impl AssertionStack {
                     "pass_identity_headers": true,
                     "mcp": {"server": server},
                     "policy": {"allow": {"and": [{"authenticated_user": true}]}},
-                }));
+                });
+                if setup == Setup::Pomerium {
+                    who["identity_header_names"] = json!(["X-Pomerium-Jwt-Assertion"]);
+                }
+                c["routes"].as_array_mut().unwrap().push(who);
             })),
             ..StackOptions::default()
         };
@@ -170,10 +191,18 @@ fn values(headers: &Value, name: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+const WARDEN_HEADER: &str = "x-warden-jwt-assertion";
+const POMERIUM_HEADER: &str = "x-pomerium-jwt-assertion";
+
 /// The one assertion the server received, and the claims it verified.
 fn received_assertion(resp: &RawResponse) -> (String, Value) {
+    received_assertion_in(resp, WARDEN_HEADER)
+}
+
+/// The one assertion the server received in `header`, and the claims it verified.
+fn received_assertion_in(resp: &RawResponse, header: &str) -> (String, Value) {
     let headers = seen_headers(resp);
-    let assertions = values(&headers, "x-warden-jwt-assertion");
+    let assertions = values(&headers, header);
     assert_eq!(assertions.len(), 1, "exactly one assertion: {headers}");
     let verified = values(&headers, "x-demo-verified-assertion");
     assert_eq!(verified.len(), 1, "the server verified it: {headers}");
@@ -266,24 +295,55 @@ async fn the_upstream_verifies_the_assertion_and_warm_calls_make_one_call_out() 
     assert_eq!(a.stat(ASSERTION_LOOKUPS).await, 2);
 }
 
-/// A client's own `X-Warden-Jwt-Assertion` never reaches an upstream: replaced on `who`,
-/// removed on `demo` (which passes no identity headers).
-async fn client_assertions_never_arrive(a: &AssertionStack) {
+/// Any request header a server could take for an identity assertion (ours or Pomerium's, in
+/// any case, with `_` for `-`), with its values.
+fn assertion_like_headers(recorded: &Value) -> Vec<(String, String)> {
+    let Some(headers) = recorded["headers"].as_object() else {
+        return Vec::new();
+    };
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.to_ascii_lowercase().replace('_', "-");
+            [WARDEN_HEADER, POMERIUM_HEADER, "x-pomerium-assertion"].contains(&name.as_str())
+        })
+        .map(|(name, value)| (name.clone(), value.to_string()))
+        .collect()
+}
+
+/// A client's own identity assertion, ours or Pomerium's, never reaches an upstream:
+/// replaced on `who`, removed on `demo` (which passes no identity headers). With `_` let
+/// through (`underscores`), the spellings with `_` are sent too.
+async fn client_assertions_never_arrive(a: &AssertionStack, underscores: bool) {
     let te = a.who_token().await;
     let forged = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbkBleGFtcGxlLmNvbSJ9.Zm9yZ2Vk";
-    let forged_headers = [
+    let mut forged_headers = vec![
         ("x-warden-jwt-assertion", forged),
         ("X-Warden-Jwt-Assertion", "second.forged.value"),
+        ("X-Pomerium-Jwt-Assertion", "third.forged.value"),
+        ("x-pomerium-assertion", "fourth.forged.value"),
     ];
+    if underscores {
+        forged_headers.extend([
+            ("x_warden_jwt_assertion", "fifth.forged.value"),
+            ("X_Pomerium_Jwt_Assertion", "sixth.forged.value"),
+            ("x-pomerium_assertion", "seventh.forged.value"),
+        ]);
+    }
+    a.verifier.clear_recorded().await;
     let r = whoami_raw(&a.who_url(), &te, &forged_headers).await;
     let (assertion, claims) = received_assertion(&r);
     assert_ne!(assertion, forged);
     assert_eq!(claims["sub"], DEMO_EMAIL);
-    for recorded in a.verifier.recorded().await {
-        let arrived = recorded_header(&recorded, "x-warden-jwt-assertion").unwrap_or_default();
+    let recorded = a.verifier.recorded().await;
+    assert!(!recorded.is_empty());
+    for request in recorded {
+        let arrived = assertion_like_headers(&request);
         assert!(
-            !arrived.contains("forged"),
-            "a client value reached the server: {recorded}"
+            arrived
+                .iter()
+                .all(|(name, value)| name == WARDEN_HEADER && !value.contains("forged")),
+            "a client value reached the server: {arrived:?}"
         );
     }
 
@@ -306,18 +366,28 @@ async fn client_assertions_never_arrive(a: &AssertionStack) {
     let recorded = a.stack.demo.recorded().await;
     assert!(!recorded.is_empty());
     for request in recorded {
-        assert_eq!(
-            recorded_header(&request, "x-warden-jwt-assertion"),
-            None,
-            "{request}"
-        );
+        assert_eq!(assertion_like_headers(&request), vec![], "{request}");
     }
 }
 
 #[tokio::test]
 async fn a_client_sent_assertion_never_arrives_upstream() {
     let a = AssertionStack::start(Setup::Rendered).await;
-    client_assertions_never_arrive(&a).await;
+    client_assertions_never_arrive(&a, false).await;
+}
+
+#[tokio::test]
+async fn a_route_can_send_the_assertion_as_pomerium_does() {
+    let a = AssertionStack::start(Setup::Pomerium).await;
+    let te = a.who_token().await;
+    let forged = [(POMERIUM_HEADER, "forged.by.client")];
+    let r = whoami_raw(&a.who_url(), &te, &forged).await;
+    let (assertion, claims) = received_assertion_in(&r, POMERIUM_HEADER);
+    assert_ne!(assertion, "forged.by.client");
+    assert_eq!(claims["sub"], DEMO_EMAIL);
+    assert_eq!(claims["route"], "who");
+    // Under that name only: the route asked for Pomerium's header alone.
+    assert!(values(&seen_headers(&r), WARDEN_HEADER).is_empty());
 }
 
 #[tokio::test]
@@ -339,7 +409,7 @@ async fn the_filter_itself_removes_client_assertions_and_fails_closed_without_th
     );
     assert!(a.verifier.recorded().await.is_empty());
     a.stack.restart_token_service().await;
-    client_assertions_never_arrive(&a).await;
+    client_assertions_never_arrive(&a, true).await;
 }
 
 #[tokio::test]

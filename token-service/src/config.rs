@@ -561,6 +561,10 @@ pub struct RouteConfig {
     /// key) to the requests this route forwards. Pomerium's option name.
     #[serde(default)]
     pub pass_identity_headers: bool,
+    /// The headers the assertion goes in: `x-warden-jwt-assertion` (default),
+    /// `x-pomerium-jwt-assertion` (servers migrating from Pomerium), or both.
+    #[serde(default = "warden_core::config::default_identity_header_names")]
+    pub identity_header_names: Vec<String>,
 }
 
 /// `routes[].mcp`: exactly one of `server` and `client`.
@@ -1169,6 +1173,12 @@ impl Config {
                 ));
             }
             validate_route_name(&r.name).map_err(|m| ConfigError::new(format!("{at}.name"), m))?;
+            warden_core::assertion::header_names(&r.identity_header_names).map_err(
+                |(j, m)| match j {
+                    Some(j) => ConfigError::new(format!("{at}.identity_header_names[{j}]"), m),
+                    None => ConfigError::new(format!("{at}.identity_header_names"), m),
+                },
+            )?;
             // Envoy names the route `mcp-warden:<name>` and logs show the name: two names that
             // differ only by case would be told apart by Envoy but not by people.
             if !names.insert(r.name.to_lowercase()) {

@@ -73,6 +73,8 @@ pub async fn serve(
             drop(stream);
             continue;
         };
+        // Answers go out as written (no Nagle delay behind Envoy's delayed ACKs).
+        let _ = stream.set_nodelay(true);
         let router = router.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {

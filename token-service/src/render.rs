@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use warden_core::app::CALLBACK_PATH as APP_CALLBACK_PATH;
-use warden_core::assertion::HEADER as ASSERTION_HEADER;
+use warden_core::assertion::CLIENT_HEADERS as CLIENT_ASSERTION_HEADERS;
 use warden_core::config::{
     JwksFetch, PluginConfig, RouteConfig, RouteKind, TokenServiceConfig, CONFIG_VERSION,
     DEFAULT_MAX_REQUEST_BYTES, ENVOY_ROUTE_PREFIX, ROUTE_HEADER,
@@ -75,6 +75,8 @@ pub struct RouteInput {
     pub upstream_oauth: bool,
     /// The route has `pass_identity_headers`: the filter adds the identity assertion.
     pub pass_identity_headers: bool,
+    /// The headers the assertion goes in.
+    pub identity_header_names: Vec<String>,
     /// An `mcp: client` route (a web app): `"kind": "client"` in the plugin configuration,
     /// no body inspection; `scopes` and `server` are unused.
     pub client: bool,
@@ -103,6 +105,7 @@ impl EnvoyInput {
                     server: r.server().cloned().unwrap_or_default(),
                     upstream_oauth: r.upstream_oauth2().is_some(),
                     pass_identity_headers: r.pass_identity_headers,
+                    identity_header_names: r.identity_header_names.clone(),
                     client: r.is_client(),
                 })
                 .collect(),
@@ -165,6 +168,7 @@ pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
                 redact_parameters: r.server.redact_parameters.clone(),
                 upstream_oauth: r.upstream_oauth,
                 pass_identity_headers: r.pass_identity_headers,
+                identity_header_names: r.identity_header_names.clone(),
             })
             .collect(),
     }
@@ -416,11 +420,12 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
     }
     // Unknown hosts get nothing (the filter answers metadata only for known hosts anyway).
     let _ = writeln!(w, "            - name: unknown-host\n              domains: [\"*\"]\n              routes:\n              - match: {{ prefix: \"/\" }}\n                direct_response: {{ status: 404, body: {{ inline_string: \"unknown host\\n\" }} }}\n                {}", route_header_mutation(&format!("{{ remove: {ROUTE_HEADER} }}")));
-    // A client never sends the identity assertion: removed before any filter runs, on every
-    // route (the warden filter removes it too, and adds the real one where configured).
+    // A client never sends the identity assertion, ours or Pomerium's: removed before any
+    // filter runs, on every route (the warden filter removes them too, and adds the real one
+    // where configured).
     // Route-level `request_headers_to_remove` would not do: the router applies it after the
     // filters, so it would also remove the assertion the filter adds.
-    let _ = writeln!(w, "          http_filters:\n          - name: {STRIP_ASSERTION_FILTER}\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n              mutations: {{ request_mutations: [ {{ remove: {ASSERTION_HEADER} }} ] }}");
+    let _ = writeln!(w, "          http_filters:\n          - name: {STRIP_ASSERTION_FILTER}\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n              mutations: {{ request_mutations: [ {} ] }}", CLIENT_ASSERTION_HEADERS.map(|h| format!("{{ remove: {h} }}")).join(", "));
     // Sets the route header per route (above), so a client's own value never survives.
     let _ = writeln!(w, "          - name: envoy.filters.http.header_mutation\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation");
     let _ = writeln!(
@@ -498,6 +503,7 @@ mod tests {
                     server: Default::default(),
                     upstream_oauth: false,
                     pass_identity_headers: false,
+                    identity_header_names: warden_core::config::default_identity_header_names(),
                     client: false,
                 },
                 RouteInput {
@@ -509,6 +515,7 @@ mod tests {
                     server: Default::default(),
                     upstream_oauth: false,
                     pass_identity_headers: false,
+                    identity_header_names: warden_core::config::default_identity_header_names(),
                     client: false,
                 },
             ],
@@ -621,7 +628,7 @@ mod tests {
         assert!(strip < wasm && wasm < router, "{yaml}");
         assert!(
             yaml.contains(
-                "mutations: { request_mutations: [ { remove: x-warden-jwt-assertion } ] }"
+                "mutations: { request_mutations: [ { remove: x-warden-jwt-assertion }, { remove: x-pomerium-jwt-assertion }, { remove: x-pomerium-assertion } ] }"
             ),
             "{yaml}"
         );
@@ -731,6 +738,7 @@ routes:
             server: Default::default(),
             upstream_oauth: false,
             pass_identity_headers: true,
+            identity_header_names: warden_core::config::default_identity_header_names(),
             client: true,
         });
         input.internal = Some(InternalListener {

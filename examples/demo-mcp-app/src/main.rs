@@ -87,6 +87,10 @@ async fn main() -> anyhow::Result<()> {
         .with_state(app);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "demo MCP app listening");
+    // Small answers go out at once (no Nagle delay behind a proxy's delayed ACKs).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router).await?;
     Ok(())
 }

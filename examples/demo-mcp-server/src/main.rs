@@ -498,6 +498,8 @@ const VERIFIED_HEADER: &str = "x-demo-verified-assertion";
 
 #[derive(Debug)]
 struct AssertionCheck {
+    /// The request header holding the assertion (lower case).
+    header: String,
     jwks_url: String,
     audience: String,
     issuer: Option<String>,
@@ -615,9 +617,9 @@ async fn require_assertion(
     if path != "/mcp" && !path.starts_with("/mcp/") {
         return next.run(request).await;
     }
-    let values: Vec<&HeaderValue> = request.headers().get_all(ASSERTION_HEADER).iter().collect();
+    let values: Vec<&HeaderValue> = request.headers().get_all(&check.header).iter().collect();
     let [value] = values.as_slice() else {
-        return assertion_reject("exactly one X-Warden-Jwt-Assertion header is required");
+        return assertion_reject(&format!("exactly one {} header is required", check.header));
     };
     let Ok(jwt) = value.to_str() else {
         return assertion_reject("the assertion is not text");
@@ -644,11 +646,12 @@ struct Args {
     verify_assertion: Option<String>,
     assertion_audience: Option<String>,
     assertion_issuer: Option<String>,
+    assertion_header: Option<String>,
 }
 
 const USAGE: &str = "usage: demo-mcp-server [--listen 127.0.0.1:9200] [--allowed-host HOST]...\n\
   [--require-bearer-introspect URL [--require-scope SCOPE]]\n\
-  [--verify-assertion JWKS_URL --assertion-audience ORIGIN [--assertion-issuer ISSUER]]\n\
+  [--verify-assertion JWKS_URL --assertion-audience ORIGIN [--assertion-issuer ISSUER] [--assertion-header NAME]]\n\
   --listen ADDR                    loopback address to bind (default 127.0.0.1:9200)\n\
   --allowed-host HOST              extra Host header value accepted besides localhost/127.0.0.1/::1\n\
   --require-bearer-introspect URL  /mcp needs a bearer token this RFC 7662 endpoint calls active\n\
@@ -656,7 +659,8 @@ const USAGE: &str = "usage: demo-mcp-server [--listen 127.0.0.1:9200] [--allowed
   --verify-assertion JWKS_URL      /mcp needs an X-Warden-Jwt-Assertion signed by a key of this JWKS (else 401);\n\
                                    whoami shows its verified claims in the x-demo-verified-assertion header\n\
   --assertion-audience ORIGIN      ... whose aud is ORIGIN (this server's scheme://host:port)\n\
-  --assertion-issuer ISSUER        ... and whose iss is ISSUER";
+  --assertion-issuer ISSUER        ... and whose iss is ISSUER\n\
+  --assertion-header NAME          ... in this header (default x-warden-jwt-assertion)";
 
 fn parse_args() -> anyhow::Result<Option<Args>> {
     let mut listen = DEFAULT_LISTEN.to_owned();
@@ -666,6 +670,7 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
     let mut verify_assertion = None;
     let mut assertion_audience = None;
     let mut assertion_issuer = None;
+    let mut assertion_header = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -683,7 +688,8 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
             | "--require-scope"
             | "--verify-assertion"
             | "--assertion-audience"
-            | "--assertion-issuer" => {
+            | "--assertion-issuer"
+            | "--assertion-header" => {
                 let value = match inline.or_else(|| args.next()) {
                     Some(value) => value,
                     None => bail!("{flag} needs a value\n{USAGE}"),
@@ -695,6 +701,7 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
                     "--verify-assertion" => verify_assertion = Some(value),
                     "--assertion-audience" => assertion_audience = Some(value),
                     "--assertion-issuer" => assertion_issuer = Some(value),
+                    "--assertion-header" => assertion_header = Some(value.to_ascii_lowercase()),
                     _ => require_scope = Some(value),
                 }
             }
@@ -711,7 +718,8 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
         bail!("--require-scope needs --require-bearer-introspect\n{USAGE}");
     }
     if verify_assertion.is_some() != assertion_audience.is_some()
-        || (assertion_issuer.is_some() && verify_assertion.is_none())
+        || ((assertion_issuer.is_some() || assertion_header.is_some())
+            && verify_assertion.is_none())
     {
         bail!("--verify-assertion and --assertion-audience go together (--assertion-issuer needs them)\n{USAGE}");
     }
@@ -723,6 +731,7 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
         verify_assertion,
         assertion_audience,
         assertion_issuer,
+        assertion_header,
     }))
 }
 
@@ -795,6 +804,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let assertion = match (args.verify_assertion, args.assertion_audience) {
         (Some(jwks_url), Some(audience)) => Some(AssertionCheck {
+            header: args
+                .assertion_header
+                .unwrap_or_else(|| ASSERTION_HEADER.to_owned()),
             jwks_url,
             audience,
             issuer: args.assertion_issuer,
@@ -808,6 +820,11 @@ async fn main() -> anyhow::Result<()> {
         _ => None,
     };
     let router = app(Recorder::default(), args.allowed_hosts, bearer, assertion);
+    // Streamed answers (SSE events) go out as they are written: with Nagle's algorithm on,
+    // an event written behind an unacknowledged one waits for Envoy's delayed ACK (~40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

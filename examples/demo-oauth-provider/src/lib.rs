@@ -609,6 +609,10 @@ pub async fn serve(
     if config.issuer.is_none() {
         config.issuer = Some(format!("http://{}", listener.local_addr()?));
     }
+    // Small answers go out at once (no Nagle delay behind a proxy's delayed ACKs).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app(config)?).await?;
     Ok(())
 }
