@@ -555,3 +555,133 @@ fn previous_key_file_errors_name_the_field() {
         "{e}"
     );
 }
+
+/// Polls the provider's stats until `done` holds (bounded).
+async fn until_provider(provider: &Provider, what: &str, done: impl Fn(&Value) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = provider.stats().await;
+        if done(&stats) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 20 s for {what}: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rotation_under_load_loses_no_upstream_token_and_brings_back_no_disconnected_one() {
+    const USERS: usize = 24;
+    const LOOKUPS_PER_USER: usize = 3;
+    let provider = start_provider().await;
+    let env = TestEnv::with(|dir| yaml(dir, &provider.url, &[]));
+    let users: Vec<String> = (0..USERS).map(user).collect();
+    for u in &users {
+        connect(&env.state, &provider, u).await;
+    }
+    let dir = env.dir.path().to_owned();
+    let key_a = set_aside_current_key(&dir, "encryption-key.old");
+    let config = Config::from_yaml(&yaml(&dir, &provider.url, &[&key_a])).unwrap();
+    let env = restart(env, config);
+    let state = env.state.clone();
+
+    // Every token is due for a refresh (6 s before it expires) and the provider is slow:
+    // the refreshes have read their rows (sealed with the old key) and are at the provider
+    // when the re-seal starts, and store their results while it runs.
+    env.advance(55);
+    provider.hook("/_test/delay-token?ms=300").await;
+    let base = provider.stats().await["token_requests"].as_u64().unwrap();
+    let mut lookups = tokio::task::JoinSet::new();
+    for u in &users {
+        for _ in 0..LOOKUPS_PER_USER {
+            let (state, u) = (state.clone(), u.clone());
+            lookups.spawn(async move { (u.clone(), token(&state, &u).await) });
+        }
+    }
+    until_provider(&provider, "every refresh at the provider", |s| {
+        s["token_requests"].as_u64().unwrap() >= base + USERS as u64
+    })
+    .await;
+    let resealing = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut total = 0;
+            for _ in 0..50 {
+                total += state
+                    .vault()
+                    .reseal_pass(state.now())
+                    .await
+                    .unwrap()
+                    .resealed;
+                tokio::task::yield_now().await;
+            }
+            total
+        })
+    };
+    // Every sixth user disconnects while the re-seal runs and their refresh is in flight.
+    let gone: Vec<String> = users.iter().step_by(6).cloned().collect();
+    let disconnects = gone.iter().map(|u| state.vault().disconnect(u, ROUTE));
+    for d in futures_util::future::join_all(disconnects).await {
+        assert!(d.unwrap());
+    }
+    let mut answers: std::collections::HashMap<String, Vec<Result<String, String>>> =
+        std::collections::HashMap::new();
+    while let Some(joined) = lookups.join_next().await {
+        let (u, answer) = joined.unwrap();
+        answers.entry(u).or_default().push(answer);
+    }
+    let resealed = resealing.await.unwrap();
+    assert!(resealed > 0, "the re-seal moved rows during the load");
+    provider.hook("/_test/delay-token?ms=0").await;
+
+    for u in &users {
+        if gone.contains(u) {
+            assert_eq!(
+                state.store().upstream_token(u, ROUTE).unwrap(),
+                None,
+                "{u} disconnected and stays so"
+            );
+            continue;
+        }
+        let got = &answers[u];
+        assert!(got.iter().all(|a| a.is_ok()), "{u}: {got:?}");
+        assert!(got.windows(2).all(|w| w[0] == w[1]), "one refresh: {got:?}");
+    }
+    let stats = provider.stats().await;
+    assert_eq!(stats["refresh_token"], USERS, "{stats}");
+    let kept: Vec<String> = users
+        .iter()
+        .filter(|u| !gone.contains(u))
+        .cloned()
+        .collect();
+    let key_b = current_key_file(&dir);
+    let pass = state.vault().reseal_pass(state.now()).await.unwrap();
+    assert_eq!(pass.rows_under_previous_keys, 0, "{pass:?}");
+    assert!(sealed_values(state.store(), &kept)
+        .iter()
+        .all(|v| v.starts_with(&sealed_prefix(&key_b))));
+
+    // The old key removed: every kept user's token works, and refreshes again with the
+    // refresh token stored during the load (a lost one would be a reuse at the provider,
+    // which revokes the grant and sends the user through consent).
+    drop(state);
+    let config = Config::from_yaml(&yaml(&dir, &provider.url, &[])).unwrap();
+    let env = restart(env, config);
+    env.advance(61);
+    for u in &kept {
+        assert!(token(&env.state, u).await.is_ok(), "{u}");
+    }
+    for u in &gone {
+        assert_eq!(token(&env.state, u).await, Err("NoToken".into()), "{u}");
+    }
+    let stats = provider.stats().await;
+    assert_eq!(stats["reuse_detected"], 0, "{stats}");
+    assert_eq!(stats["refresh_token"], USERS + kept.len(), "{stats}");
+    assert_eq!(
+        stats["authorization_code"], USERS,
+        "nobody consented again: {stats}"
+    );
+}
