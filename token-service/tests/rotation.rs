@@ -685,3 +685,219 @@ async fn a_rotation_under_load_loses_no_upstream_token_and_brings_back_no_discon
         "nobody consented again: {stats}"
     );
 }
+
+/// `warden-token-service serve` with `config`, its JSON log lines read as they come.
+struct Service {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<Value>,
+    internal: String,
+}
+
+impl Service {
+    fn start(config: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warden-token-service"))
+            .arg("serve")
+            .env("WARDEN_CONFIG", config)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            // Start-up errors reach the test's output.
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let v: Value = serde_json::from_str(&line).expect("log lines are JSON");
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = Self {
+            child,
+            lines,
+            internal: String::new(),
+        };
+        // Ready once both listeners are up (their lines come in either order).
+        let mut public = false;
+        while !public || s.internal.is_empty() {
+            let line = s.wait_for("listen");
+            let message = line["fields"]["message"].as_str().unwrap();
+            match message.strip_prefix("internal listener on ") {
+                Some(url) => s.internal = url.to_owned(),
+                None => public = message.starts_with("listening on http://"),
+            }
+        }
+        s
+    }
+
+    /// The next log line whose message contains `text` (bounded wait).
+    fn wait_for(&self, text: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|e| {
+                panic!("no log line with {text:?} within 30 s ({e}); seen: {seen:#?}")
+            });
+            seen.push(line["fields"]["message"].clone());
+            if line["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(text))
+            {
+                return line;
+            }
+        }
+    }
+
+    /// A look-up on the internal listener, as the filter makes it.
+    async fn lookup(&self, http: &reqwest::Client, credential: &str, user: &str) -> (u16, Value) {
+        let r = http
+            .post(format!("{}/internal/v1/upstream-token", self.internal))
+            .bearer_auth(credential)
+            .json(&json!({"sub": user, "route": ROUTE}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    async fn status(&self, http: &reqwest::Client, credential: &str) -> Value {
+        let r = http
+            .get(format!("{}/internal/v1/vault/status", self.internal))
+            .bearer_auth(credential)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The operator's procedure with the real binary: new key file, the old one listed as
+/// previous, restart; every user's token keeps working (refreshed through the provider
+/// meanwhile), the log and the status say when the old key can go; then restart without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_service_restarted_with_a_new_key_keeps_every_token_and_says_when_the_old_key_can_go(
+) {
+    const USERS: usize = 16;
+    let provider = start_provider().await;
+    let env = TestEnv::with(|dir| yaml(dir, &provider.url, &[]));
+    // Tokens obtained two minutes ago: expired by now, so the first look-ups refresh them.
+    env.clock.store(
+        warden_token_service::now_unix() - 120,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    let users: Vec<String> = (0..USERS).map(user).collect();
+    for u in &users {
+        connect(&env.state, &provider, u).await;
+    }
+    let credential = credential(&env.state);
+    let dir = env.dir.path().to_owned();
+    let TestEnv {
+        dir: _keep,
+        state,
+        app,
+        ..
+    } = env;
+    drop(app);
+    drop(state);
+
+    let key_a = set_aside_current_key(&dir, "encryption-key.old");
+    let config = dir.join("warden.yaml");
+    std::fs::write(&config, yaml(&dir, &provider.url, &[&key_a])).unwrap();
+    provider.hook("/_test/delay-token?ms=200").await;
+    let service = Service::start(&config);
+    let http = reqwest::Client::new();
+    // Half the users call their MCP server right after the restart (two look-ups each, both
+    // refreshing through the slow provider); the other half stay idle, so only the re-seal
+    // moves their rows.
+    let (active, idle): (Vec<String>, Vec<String>) = users
+        .iter()
+        .cloned()
+        .partition(|u| users.iter().position(|x| x == u).unwrap() % 2 == 0);
+    let lookups = active
+        .iter()
+        .flat_map(|u| [u, u])
+        .map(|u| service.lookup(&http, &credential, u));
+    let answers = futures_util::future::join_all(lookups).await;
+    let mut tokens = std::collections::BTreeMap::new();
+    for (u, (status, body)) in active.iter().flat_map(|u| [u, u]).zip(answers) {
+        assert_eq!(status, 200, "{u}: {body}");
+        let t = body["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(tokens.entry(u.clone()).or_insert_with(|| t.clone()), &t);
+    }
+    provider.hook("/_test/delay-token?ms=0").await;
+    let done = service.wait_for("previous keys can be removed");
+    assert_eq!(done["level"], "INFO", "{done}");
+    assert_eq!(done["fields"]["previous_keys"], 1, "{done}");
+    let s = service.status(&http, &credential).await;
+    assert_eq!(s["rows_under_previous_keys"], 0, "{s}");
+    assert_eq!(s["flows_under_previous_keys"], 0, "{s}");
+    assert_eq!(s["unreadable_rows"], 0, "{s}");
+    assert_eq!(s["previous_keys_needed"], false, "{s}");
+    // Each active row was moved by the re-seal or by its refresh; the idle ones only by the
+    // re-seal.
+    let resealed = s["resealed_total"].as_u64().unwrap();
+    assert!(
+        (idle.len() as u64..=USERS as u64).contains(&resealed),
+        "{s}"
+    );
+    drop(service);
+
+    // The old key removed, as the log line said it may be. The active users' tokens are the
+    // ones refreshed after the restart; the idle users' expired tokens refresh now, with the
+    // refresh tokens the re-seal moved.
+    std::fs::remove_file(&key_a).unwrap();
+    std::fs::write(&config, yaml(&dir, &provider.url, &[])).unwrap();
+    let service = Service::start(&config);
+    for u in &users {
+        let (status, body) = service.lookup(&http, &credential, u).await;
+        assert_eq!(status, 200, "{u}: {body}");
+        if let Some(t) = tokens.get(u) {
+            assert_eq!(&body["access_token"], t, "{u}");
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let s = loop {
+        let s = service.status(&http, &credential).await;
+        if s["passes"].as_u64().unwrap() > 0 {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "no re-seal pass: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (
+            &s["previous_keys"],
+            &s["unreadable_rows"],
+            &s["rows_under_previous_keys"]
+        ),
+        (&json!(0), &json!(0), &json!(0)),
+        "{s}"
+    );
+    drop(service);
+
+    let stats = provider.stats().await;
+    assert_eq!(
+        stats["refresh_token"], USERS,
+        "one refresh per user: {stats}"
+    );
+    assert_eq!(stats["reuse_detected"], 0, "{stats}");
+    assert_eq!(
+        stats["authorization_code"], USERS,
+        "nobody consented again: {stats}"
+    );
+}
