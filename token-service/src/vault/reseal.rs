@@ -124,7 +124,6 @@ impl Vault {
 
     /// `value` sealed with the current key: `None` when no configured key opens it; the flag
     /// says whether a previous key was needed.
-    #[allow(clippy::type_complexity)]
     fn reseal_value(
         &self,
         row: &UpstreamRecord,

@@ -185,7 +185,7 @@ impl Sealer {
         sealed: &[u8],
     ) -> Option<(String, Opener)> {
         let (&version, rest) = sealed.split_first()?;
-        let keys = std::iter::once((&self.current, Opener::Current))
+        let mut keys = std::iter::once((&self.current, Opener::Current))
             .chain(self.previous.iter().map(|k| (k, Opener::Previous)));
         match version {
             VERSION if rest.len() >= KEY_ID_BYTES => {
@@ -199,8 +199,7 @@ impl Sealer {
             }
             VERSION_UNNAMED => {
                 let ad = binding(user, route, kind);
-                keys.into_iter()
-                    .find_map(|(k, opener)| open_with(&k.cipher, rest, &ad).map(|p| (p, opener)))
+                keys.find_map(|(k, opener)| open_with(&k.cipher, rest, &ad).map(|p| (p, opener)))
             }
             _ => None,
         }
