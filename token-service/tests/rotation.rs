@@ -592,7 +592,7 @@ async fn a_rotation_under_load_loses_no_upstream_token_and_brings_back_no_discon
     // the refreshes have read their rows (sealed with the old key) and are at the provider
     // when the re-seal starts, and store their results while it runs.
     env.advance(55);
-    provider.hook("/_test/delay-token?ms=300").await;
+    provider.hook("/_test/delay-token?ms=500").await;
     let base = provider.stats().await["token_requests"].as_u64().unwrap();
     let mut lookups = tokio::task::JoinSet::new();
     for u in &users {
@@ -605,20 +605,21 @@ async fn a_rotation_under_load_loses_no_upstream_token_and_brings_back_no_discon
         s["token_requests"].as_u64().unwrap() >= base + USERS as u64
     })
     .await;
+    let first = state.vault().reseal_pass(state.now()).await.unwrap();
+    let stats = provider.stats().await;
+    assert_eq!(
+        stats["refresh_token"], 0,
+        "the first pass ran while every refresh was at the provider: {stats}"
+    );
+    assert_eq!(first.resealed, USERS as u64, "{first:?}");
+    // More passes while the refreshes land.
     let resealing = {
         let state = state.clone();
         tokio::spawn(async move {
-            let mut total = 0;
             for _ in 0..50 {
-                total += state
-                    .vault()
-                    .reseal_pass(state.now())
-                    .await
-                    .unwrap()
-                    .resealed;
+                state.vault().reseal_pass(state.now()).await.unwrap();
                 tokio::task::yield_now().await;
             }
-            total
         })
     };
     // Every sixth user disconnects while the re-seal runs and their refresh is in flight.
@@ -633,8 +634,7 @@ async fn a_rotation_under_load_loses_no_upstream_token_and_brings_back_no_discon
         let (u, answer) = joined.unwrap();
         answers.entry(u).or_default().push(answer);
     }
-    let resealed = resealing.await.unwrap();
-    assert!(resealed > 0, "the re-seal moved rows during the load");
+    resealing.await.unwrap();
     provider.hook("/_test/delay-token?ms=0").await;
 
     for u in &users {
@@ -648,7 +648,6 @@ async fn a_rotation_under_load_loses_no_upstream_token_and_brings_back_no_discon
         }
         let got = &answers[u];
         assert!(got.iter().all(|a| a.is_ok()), "{u}: {got:?}");
-        assert!(got.windows(2).all(|w| w[0] == w[1]), "one refresh: {got:?}");
     }
     let stats = provider.stats().await;
     assert_eq!(stats["refresh_token"], USERS, "{stats}");
@@ -818,12 +817,11 @@ async fn the_real_service_restarted_with_a_new_key_keeps_every_token_and_says_wh
     let key_a = set_aside_current_key(&dir, "encryption-key.old");
     let config = dir.join("warden.yaml");
     std::fs::write(&config, yaml(&dir, &provider.url, &[&key_a])).unwrap();
-    provider.hook("/_test/delay-token?ms=200").await;
     let service = Service::start(&config);
     let http = reqwest::Client::new();
-    // Half the users call their MCP server right after the restart (two look-ups each, both
-    // refreshing through the slow provider); the other half stay idle, so only the re-seal
-    // moves their rows.
+    // Half the users call their MCP server right after the restart (two look-ups each, one
+    // refresh at the provider); the other half stay idle, so only the re-seal moves their
+    // rows.
     let (active, idle): (Vec<String>, Vec<String>) = users
         .iter()
         .cloned()
@@ -839,7 +837,6 @@ async fn the_real_service_restarted_with_a_new_key_keeps_every_token_and_says_wh
         let t = body["access_token"].as_str().unwrap().to_owned();
         assert_eq!(tokens.entry(u.clone()).or_insert_with(|| t.clone()), &t);
     }
-    provider.hook("/_test/delay-token?ms=0").await;
     let done = service.wait_for("previous keys can be removed");
     assert_eq!(done["level"], "INFO", "{done}");
     assert_eq!(done["fields"]["previous_keys"], 1, "{done}");
