@@ -1361,7 +1361,7 @@ impl Config {
 
     /// Reads `storage.previous_encryption_key_files`, in order. Each must hold a key, none
     /// twice, and none may be `current` (the key in `encryption_key_file`, when it exists).
-    pub fn previous_encryption_keys(
+    pub(crate) fn previous_encryption_keys(
         &self,
         current: Option<&[u8; crate::secrets::SECRET_BYTES]>,
     ) -> Result<Vec<[u8; crate::secrets::SECRET_BYTES]>, ConfigError> {

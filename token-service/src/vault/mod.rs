@@ -435,7 +435,8 @@ impl Vault {
             });
         }
         let Some(access_token) = self.open_access(row) else {
-            // Sealed with another key (rotated) or for another row: as good as absent.
+            // Sealed with a key no longer listed (rotated without it) or for another row: as
+            // good as absent.
             return Some(Lookup::NoToken);
         };
         if !refresh_due(row.issued_at, row.expires_at, now) {
