@@ -211,6 +211,10 @@ pub struct StorageConfig {
     /// Defaults to `<dir of the sqlite db>/encryption-key`, created on first start.
     #[serde(default)]
     pub encryption_key_file: Option<PathBuf>,
+    /// Keys `encryption_key_file` replaced: what was sealed with them still opens, and the
+    /// service re-seals it with the current key in the background. Each file must exist.
+    #[serde(default)]
+    pub previous_encryption_key_files: Vec<PathBuf>,
 }
 
 impl Default for StorageConfig {
@@ -218,6 +222,7 @@ impl Default for StorageConfig {
         Self {
             sqlite: default_sqlite(),
             encryption_key_file: None,
+            previous_encryption_key_files: Vec::new(),
         }
     }
 }
@@ -974,6 +979,9 @@ impl Config {
             }
         }
         config.validate()?;
+        // Read at load, so `check-config` catches a key file that is missing or wrong.
+        let current = crate::secrets::read_existing(&config.encryption_key_file()).ok();
+        config.previous_encryption_keys(current.as_ref())?;
         Ok(config)
     }
 
@@ -1359,6 +1367,41 @@ impl Config {
             .encryption_key_file
             .clone()
             .unwrap_or_else(|| self.beside_database("encryption-key"))
+    }
+
+    /// Reads `storage.previous_encryption_key_files`, in order. Each must hold a key, none
+    /// twice, and none may be `current` (the key in `encryption_key_file`, when it exists).
+    pub(crate) fn previous_encryption_keys(
+        &self,
+        current: Option<&[u8; crate::secrets::SECRET_BYTES]>,
+    ) -> Result<Vec<[u8; crate::secrets::SECRET_BYTES]>, ConfigError> {
+        let mut keys: Vec<[u8; crate::secrets::SECRET_BYTES]> = Vec::new();
+        for (i, path) in self
+            .storage
+            .previous_encryption_key_files
+            .iter()
+            .enumerate()
+        {
+            let at = format!("storage.previous_encryption_key_files[{i}]");
+            if path.as_os_str().is_empty() {
+                return Err(ConfigError::new(at, "must not be empty"));
+            }
+            let key = crate::secrets::read_existing(path).map_err(|m| ConfigError::new(&at, m))?;
+            if current == Some(&key) {
+                return Err(ConfigError::new(
+                    at,
+                    "holds the current key (storage.encryption_key_file); list only keys it replaced",
+                ));
+            }
+            if let Some(j) = keys.iter().position(|k| *k == key) {
+                return Err(ConfigError::new(
+                    at,
+                    format!("holds the same key as storage.previous_encryption_key_files[{j}]"),
+                ));
+            }
+            keys.push(key);
+        }
+        Ok(keys)
     }
 
     /// Where the filter's credential for the internal listener lives.

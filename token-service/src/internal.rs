@@ -17,12 +17,14 @@
 //! * `POST /internal/v1/app-token` `{"route", "session"}` → `200 {"access_token",
 //!   "expires_at"}`, `401 session_expired`, `403 access_denied`.
 //! * `POST /internal/v1/app-session/end` `{"route", "session"}` → `200 {"ended"}`.
+//! * `GET /internal/v1/vault/status` → `200` the encryption-key re-seal's counters
+//!   (`vault::reseal::ResealStatus`).
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -44,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/internal/v1/app-session", post(app_session))
         .route("/internal/v1/app-token", post(app_token))
         .route("/internal/v1/app-session/end", post(end_app_session))
+        .route("/internal/v1/vault/status", get(vault_status))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
@@ -213,6 +216,11 @@ async fn upstream_token(State(s): State<AppState>, body: axum::body::Bytes) -> R
             )
         }
     }
+}
+
+/// Whether values sealed with previous encryption keys remain (key rotation).
+async fn vault_status(State(s): State<AppState>) -> Response {
+    no_store(Json(s.vault().reseal_counters().snapshot()).into_response())
 }
 
 #[derive(Deserialize)]

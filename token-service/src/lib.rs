@@ -67,6 +67,9 @@ struct Inner {
 /// credential the filter presents on the internal listener.
 pub struct Secrets {
     pub encryption_key: [u8; secrets::SECRET_BYTES],
+    /// Keys `encryption_key` replaced (`storage.previous_encryption_key_files`): they only
+    /// open what was sealed with them.
+    pub previous_encryption_keys: Vec<[u8; secrets::SECRET_BYTES]>,
     pub internal_credential: String,
 }
 
@@ -79,6 +82,7 @@ impl Secrets {
         flows::fill_random(&mut credential);
         Self {
             encryption_key: key,
+            previous_encryption_keys: Vec::new(),
             internal_credential: secrets::encode(&credential),
         }
     }
@@ -116,6 +120,8 @@ impl AppState {
         if config.uses_upstream_oauth() || config.identity_provider.oidc.is_some() {
             secrets.encryption_key =
                 secrets::load_or_create(&config.encryption_key_file(), "encryption key")?;
+            secrets.previous_encryption_keys =
+                config.previous_encryption_keys(Some(&secrets.encryption_key))?;
         }
         if config.uses_internal_listener() {
             secrets.internal_credential = secrets::encode(&secrets::load_or_create(
@@ -145,6 +151,7 @@ impl AppState {
             &config,
             store.clone(),
             &secrets.encryption_key,
+            &secrets.previous_encryption_keys,
         )?);
         let oidc = match &config.identity_provider.oidc {
             Some(o) => Some(Arc::new(oidc::OidcProvider::new(
@@ -327,6 +334,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     if let Some(addr) = internal {
         let internal_listener = bind(addr).await?;
+        let addr = internal_listener.local_addr()?;
         let internal_state = state.clone();
         let mut stopped = stopped.clone();
         tokio::spawn(async move {
@@ -371,11 +379,24 @@ pub async fn serve_on_with(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let sweeper = tokio::spawn(sweep_loop(state.clone()));
+    // Values sealed with a previous key (or before key ids) move to the current key.
+    let config = state.config();
+    let resealer =
+        (config.uses_upstream_oauth() || config.identity_provider.oidc.is_some()).then(|| {
+            let s = state.clone();
+            tokio::spawn(vault::reseal::run(
+                state.vault().clone(),
+                Arc::new(move || s.now()),
+            ))
+        });
     tracing::info!(issuer = %state.config().authorization_server.issuer, "listening on http://{addr}");
     // The listener records each request's peer address (ConnectInfo) for the
     // per-address registration limit.
     let result = listener::serve(listener, app(state), limits, shutdown).await;
     sweeper.abort();
+    if let Some(r) = resealer {
+        r.abort();
+    }
     Ok(result?)
 }
 

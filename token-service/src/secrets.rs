@@ -35,6 +35,19 @@ pub fn load_or_create(path: &Path, what: &str) -> anyhow::Result<[u8; SECRET_BYT
     }
 }
 
+/// Reads a secret that must already exist (a key kept for what was sealed with it): never
+/// creates one. The error says what is wrong with the file, never what it holds.
+pub fn read_existing(path: &Path) -> Result<[u8; SECRET_BYTES], String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    decode(text.trim_end_matches(['\r', '\n'])).ok_or_else(|| {
+        format!(
+            "{} is malformed: it must hold {SECRET_BYTES} bytes as base64url",
+            path.display()
+        )
+    })
+}
+
 /// The text form of a secret (what the renderer puts in the plugin configuration).
 pub fn encode(secret: &[u8; SECRET_BYTES]) -> String {
     B64.encode(secret)

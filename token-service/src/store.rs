@@ -204,6 +204,20 @@ pub struct UpstreamRecord {
     pub version: i64,
 }
 
+/// One row's sealed values moved to the current key (`Store::reseal_upstream_tokens`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reseal {
+    pub user: String,
+    pub route: String,
+    /// The row's version and values as read.
+    pub version: i64,
+    pub old_access_token: Option<Vec<u8>>,
+    pub old_refresh_token: Option<Vec<u8>>,
+    /// The same tokens, sealed with the current key.
+    pub access_token: Option<Vec<u8>>,
+    pub refresh_token: Option<Vec<u8>>,
+}
+
 /// An upstream consent in progress: the provider sends the browser back with `state`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UpstreamFlow {
@@ -386,6 +400,22 @@ pub trait Store: Send + Sync + 'static {
     ) -> anyhow::Result<bool>;
     /// Deletes the row (the user disconnected the account).
     fn delete_upstream_token(&self, user: &str, route: &str) -> anyhow::Result<bool>;
+    /// Up to `limit` rows after `after` in (user, route) order that hold a sealed value not
+    /// starting with `prefix` (how values sealed with the current key start).
+    fn upstream_tokens_not_sealed_with(
+        &self,
+        prefix: &[u8],
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<UpstreamRecord>>;
+    /// Writes re-sealed values in one transaction, each only over the very values it was
+    /// read with at that version: a refresh, drop or new consent meanwhile stands, and a
+    /// deleted row stays deleted. The version is left alone, so a refresh in flight still
+    /// stores its result. Returns, per entry, whether it was written.
+    fn reseal_upstream_tokens(&self, moves: &[Reseal]) -> anyhow::Result<Vec<bool>>;
+    /// The sealed PKCE verifiers of upstream consents and identity-provider sign-ins still
+    /// in progress at `now`.
+    fn live_flow_verifiers(&self, now: i64) -> anyhow::Result<Vec<String>>;
 
     fn insert_upstream_flow(&self, state_hash: &str, flow: &UpstreamFlow) -> anyhow::Result<()>;
     /// Takes (deletes and returns) an unexpired upstream flow: the callback is single use.
@@ -1237,6 +1267,91 @@ impl Store for SqliteStore {
             params![user, route],
         )?;
         Ok(n == 1)
+    }
+
+    fn upstream_tokens_not_sealed_with(
+        &self,
+        prefix: &[u8],
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<UpstreamRecord>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT user, route, access_token, refresh_token, issued_at, expires_at, granted_at,
+                    scope, extra_scope, refused_until, last_refused_at, after_refusal, version
+             FROM upstream_tokens
+             WHERE ((access_token IS NOT NULL AND substr(access_token, 1, ?2) IS NOT ?1)
+                 OR (refresh_token IS NOT NULL AND substr(refresh_token, 1, ?2) IS NOT ?1))
+               AND (?3 IS NULL OR (user, route) > (?3, ?4))
+             ORDER BY user, route LIMIT ?5",
+        )?;
+        let (after_user, after_route) = after.unzip();
+        let rows = stmt.query_map(
+            params![prefix, prefix.len(), after_user, after_route, limit],
+            |r| {
+                Ok(UpstreamRecord {
+                    user: r.get(0)?,
+                    route: r.get(1)?,
+                    access_token: r.get(2)?,
+                    refresh_token: r.get(3)?,
+                    issued_at: r.get(4)?,
+                    expires_at: r.get(5)?,
+                    granted_at: r.get(6)?,
+                    scope: r.get(7)?,
+                    extra_scope: r.get(8)?,
+                    refused_until: r.get(9)?,
+                    last_refused_at: r.get(10)?,
+                    after_refusal: r.get(11)?,
+                    version: r.get(12)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn reseal_upstream_tokens(&self, moves: &[Reseal]) -> anyhow::Result<Vec<bool>> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut written = Vec::with_capacity(moves.len());
+        {
+            let mut stmt = tx.prepare(
+                "UPDATE upstream_tokens SET access_token = ?6, refresh_token = ?7
+                 WHERE user = ?1 AND route = ?2 AND version = ?3
+                   AND access_token IS ?4 AND refresh_token IS ?5",
+            )?;
+            for m in moves {
+                let n = stmt.execute(params![
+                    m.user,
+                    m.route,
+                    m.version,
+                    m.old_access_token,
+                    m.old_refresh_token,
+                    m.access_token,
+                    m.refresh_token
+                ])?;
+                written.push(n == 1);
+            }
+        }
+        tx.commit()?;
+        Ok(written)
+    }
+
+    fn live_flow_verifiers(&self, now: i64) -> anyhow::Result<Vec<String>> {
+        let conn = self.conn()?;
+        let mut verifiers = Vec::new();
+        let mut stmt = conn.prepare("SELECT data FROM upstream_flows WHERE expires_at > ?1")?;
+        for data in stmt.query_map([now], |r| r.get::<_, String>(0))? {
+            let flow: UpstreamFlow =
+                serde_json::from_str(&data?).context("stored upstream flow is malformed")?;
+            verifiers.push(flow.pkce_verifier);
+        }
+        let mut stmt = conn.prepare("SELECT data FROM idp_logins WHERE expires_at > ?1")?;
+        for data in stmt.query_map([now], |r| r.get::<_, String>(0))? {
+            let login: IdpLogin = serde_json::from_str(&data?)
+                .context("stored identity-provider sign-in is malformed")?;
+            verifiers.push(login.pkce_verifier);
+        }
+        Ok(verifiers)
     }
 
     fn insert_upstream_flow(&self, state_hash: &str, flow: &UpstreamFlow) -> anyhow::Result<()> {

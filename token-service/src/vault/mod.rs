@@ -6,6 +6,7 @@
 //! MCP clients: what a lookup means for a call is the filter's business.
 
 pub mod provider;
+pub mod reseal;
 pub mod seal;
 
 use std::collections::HashMap;
@@ -106,10 +107,18 @@ pub struct Vault {
     providers: HashMap<String, Provider>,
     /// One refresh per (user, route) in this process; the store's lease covers replicas.
     refreshing: Mutex<HashMap<(String, String), RefreshGate>>,
+    reseal_counters: Arc<reseal::ResealCounters>,
 }
 
 impl Vault {
-    pub fn new(config: &Config, store: Arc<dyn Store>, key: &[u8; 32]) -> anyhow::Result<Self> {
+    /// `key` seals; `previous` (keys it replaced) only open, until the re-seal has moved
+    /// everything to `key`.
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        key: &[u8; 32],
+        previous: &[[u8; 32]],
+    ) -> anyhow::Result<Self> {
         let http = provider::http_client()?;
         let callback = callback_url(config);
         let providers = config
@@ -124,11 +133,16 @@ impl Vault {
                 })
             })
             .collect();
+        let reseal_counters = Arc::new(reseal::ResealCounters::default());
+        reseal_counters
+            .previous_keys
+            .store(previous.len() as u64, std::sync::atomic::Ordering::SeqCst);
         Ok(Self {
             store,
-            sealer: Arc::new(Sealer::new(key)),
+            sealer: Arc::new(Sealer::with_previous(key, previous)),
             providers,
             refreshing: Mutex::new(HashMap::new()),
+            reseal_counters,
         })
     }
 
@@ -421,7 +435,8 @@ impl Vault {
             });
         }
         let Some(access_token) = self.open_access(row) else {
-            // Sealed with another key (rotated) or for another row: as good as absent.
+            // Sealed with a key no longer listed (rotated without it) or for another row: as
+            // good as absent.
             return Some(Lookup::NoToken);
         };
         if !refresh_due(row.issued_at, row.expires_at, now) {
