@@ -3,6 +3,7 @@
 //! `app(state)` builds the router (tests drive it with `tower::ServiceExt::oneshot`);
 //! `serve` / `serve_on` run it on a socket.
 
+pub mod client_address;
 pub mod config;
 pub mod error;
 pub mod flows;
@@ -54,6 +55,8 @@ struct Inner {
     clock: Clock,
     password_checks: Arc<PasswordChecks>,
     registrations: Arc<ratelimit::RateLimiter>,
+    /// Per client address: requests that may start a sign-in.
+    new_flows: Arc<ratelimit::RateLimiter>,
     vault: Arc<vault::Vault>,
     /// The organisation's identity provider, when configured.
     oidc: Option<Arc<oidc::OidcProvider>>,
@@ -159,6 +162,12 @@ impl AppState {
                 .registration
                 .rate_limit_per_minute,
         ));
+        let new_flows = Arc::new(ratelimit::RateLimiter::new(
+            config
+                .authorization_server
+                .pending_flows
+                .rate_limit_per_minute,
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -167,6 +176,7 @@ impl AppState {
                 clock: Arc::new(now_unix),
                 password_checks,
                 registrations,
+                new_flows,
                 vault,
                 oidc,
                 internal_credential: Arc::new(secrets.internal_credential),
@@ -184,6 +194,7 @@ impl AppState {
                 clock,
                 password_checks: self.inner.password_checks.clone(),
                 registrations: self.inner.registrations.clone(),
+                new_flows: self.inner.new_flows.clone(),
                 vault: self.inner.vault.clone(),
                 oidc: self.inner.oidc.clone(),
                 internal_credential: self.inner.internal_credential.clone(),
@@ -222,6 +233,19 @@ impl AppState {
     /// The per-address limit on `POST /register`.
     pub(crate) fn registration_limit(&self) -> &ratelimit::RateLimiter {
         &self.inner.registrations
+    }
+
+    /// The per-address limit on requests that may start a sign-in (`pending_flows`).
+    pub(crate) fn new_flow_limit(&self) -> &ratelimit::RateLimiter {
+        &self.inner.new_flows
+    }
+
+    /// The bound a new pending record must stay within, now.
+    pub(crate) fn pending_limit(&self) -> store::PendingLimit {
+        store::PendingLimit {
+            max: self.config().authorization_server.pending_flows.max_pending,
+            now: self.now(),
+        }
     }
 
     /// Deletes expired records now (the server does this every few minutes). Blocking.

@@ -102,6 +102,16 @@ routes:
     )
 }
 
+/// `yaml` (from `config_yaml`) with the per-address limit on starting sign-ins lifted:
+/// in-process requests carry no address and share one budget, which a test running many
+/// sign-ins would spend.
+pub fn many_sign_ins(yaml: String) -> String {
+    yaml.replace(
+        "  refresh_token_ttl_seconds: 3600\n",
+        "  refresh_token_ttl_seconds: 3600\n  pending_flows: {rate_limit_per_minute: 10000}\n",
+    )
+}
+
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub state: AppState,
