@@ -67,6 +67,63 @@ pub struct AuthorizationServerConfig {
     /// Defaults to `<dir of the sqlite db>/internal-credential`, created on first start.
     #[serde(default)]
     pub internal_credential_file: Option<PathBuf>,
+    /// The proxies (load balancer, ingress, Envoy) whose `X-Forwarded-For` names the client
+    /// for the per-address limits: CIDR networks or single addresses.
+    #[serde(default)]
+    pub trusted_proxies: Vec<crate::client_address::ProxyNetwork>,
+    /// Bounds on pending sign-ins (`/authorize`, `/app/sign-in`, `/mcp/connect`,
+    /// `/login/idp`), which anyone may start and each of which is stored for 10 minutes.
+    #[serde(default)]
+    pub pending_flows: PendingFlowsConfig,
+}
+
+/// `authorization_server.pending_flows`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingFlowsConfig {
+    /// Requests that may start a flow, per minute from one client address (IPv6: per /64),
+    /// as a burst of this many that refills evenly over the minute.
+    #[serde(default = "default_flows_per_minute")]
+    pub rate_limit_per_minute: u32,
+    /// Pending records (sign-ins, upstream connects, identity-provider sign-ins, together)
+    /// stored at once, at most.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: u64,
+}
+
+impl Default for PendingFlowsConfig {
+    fn default() -> Self {
+        Self {
+            rate_limit_per_minute: default_flows_per_minute(),
+            max_pending: default_max_pending(),
+        }
+    }
+}
+
+fn default_flows_per_minute() -> u32 {
+    30
+}
+fn default_max_pending() -> u64 {
+    10_000
+}
+
+impl PendingFlowsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        const AT: &str = "authorization_server.pending_flows";
+        if !(1..=10_000).contains(&self.rate_limit_per_minute) {
+            return Err(ConfigError::new(
+                format!("{AT}.rate_limit_per_minute"),
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_pending) {
+            return Err(ConfigError::new(
+                format!("{AT}.max_pending"),
+                "must be between 1 and 1000000",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Who may use `POST /register`.
@@ -503,6 +560,10 @@ pub struct EnvoyConfig {
     /// buffered memory are reset, and at 95 % new requests are refused.
     #[serde(default = "default_max_heap_bytes")]
     pub max_heap_bytes: u64,
+    /// Proxies in front of Envoy whose `X-Forwarded-For` entries it trusts (Envoy's
+    /// `xff_num_trusted_hops`); 0: Envoy's downstream peer is the client.
+    #[serde(default)]
+    pub xff_num_trusted_hops: u32,
 }
 
 impl Default for EnvoyConfig {
@@ -515,6 +576,7 @@ impl Default for EnvoyConfig {
             idle_timeout_seconds: default_idle_timeout(),
             max_connections: default_max_connections(),
             max_heap_bytes: default_max_heap_bytes(),
+            xff_num_trusted_hops: 0,
         }
     }
 }
@@ -920,6 +982,9 @@ impl RegistrationConfig {
     }
 }
 
+/// Upper bound for `envoy.xff_num_trusted_hops`.
+pub const MAX_XFF_TRUSTED_HOPS: u32 = 10;
+
 /// Upper bound for `max_concurrent_password_checks` (64 × 19 MiB is already 1.2 GiB).
 pub const MAX_CONCURRENT_PASSWORD_CHECKS: usize = 64;
 
@@ -1061,6 +1126,13 @@ impl Config {
             }
         }
         a.registration.validate()?;
+        a.pending_flows.validate()?;
+        if e.xff_num_trusted_hops > MAX_XFF_TRUSTED_HOPS {
+            return Err(ConfigError::new(
+                "envoy.xff_num_trusted_hops",
+                format!("must be between 0 and {MAX_XFF_TRUSTED_HOPS}"),
+            ));
+        }
         if self.storage.sqlite.as_os_str().is_empty() {
             return Err(ConfigError::new("storage.sqlite", "must not be empty"));
         }

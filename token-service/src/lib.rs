@@ -3,6 +3,7 @@
 //! `app(state)` builds the router (tests drive it with `tower::ServiceExt::oneshot`);
 //! `serve` / `serve_on` run it on a socket.
 
+pub mod client_address;
 pub mod config;
 pub mod error;
 pub mod flows;
@@ -54,6 +55,8 @@ struct Inner {
     clock: Clock,
     password_checks: Arc<PasswordChecks>,
     registrations: Arc<ratelimit::RateLimiter>,
+    /// Per client address: requests that may start a sign-in.
+    new_flows: Arc<ratelimit::RateLimiter>,
     vault: Arc<vault::Vault>,
     /// The organisation's identity provider, when configured.
     oidc: Option<Arc<oidc::OidcProvider>>,
@@ -171,6 +174,12 @@ impl AppState {
         let internal_key =
             warden_core::internal_api::InternalKey::from_credential(&secrets.internal_credential)
                 .map_err(|e| anyhow::anyhow!("internal credential: {e}"))?;
+        let new_flows = Arc::new(ratelimit::RateLimiter::new(
+            config
+                .authorization_server
+                .pending_flows
+                .rate_limit_per_minute,
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -179,6 +188,7 @@ impl AppState {
                 clock: Arc::new(now_unix),
                 password_checks,
                 registrations,
+                new_flows,
                 vault,
                 oidc,
                 internal_key: Arc::new(internal_key),
@@ -197,6 +207,7 @@ impl AppState {
                 clock,
                 password_checks: self.inner.password_checks.clone(),
                 registrations: self.inner.registrations.clone(),
+                new_flows: self.inner.new_flows.clone(),
                 vault: self.inner.vault.clone(),
                 oidc: self.inner.oidc.clone(),
                 internal_key: self.inner.internal_key.clone(),
@@ -240,6 +251,19 @@ impl AppState {
     /// The per-address limit on `POST /register`.
     pub(crate) fn registration_limit(&self) -> &ratelimit::RateLimiter {
         &self.inner.registrations
+    }
+
+    /// The per-address limit on requests that may start a sign-in (`pending_flows`).
+    pub(crate) fn new_flow_limit(&self) -> &ratelimit::RateLimiter {
+        &self.inner.new_flows
+    }
+
+    /// The bound a new pending record must stay within, now.
+    pub(crate) fn pending_limit(&self) -> store::PendingLimit {
+        store::PendingLimit {
+            max: self.config().authorization_server.pending_flows.max_pending,
+            now: self.now(),
+        }
     }
 
     /// Deletes expired records now (the server does this every few minutes). Blocking.

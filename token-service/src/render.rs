@@ -275,6 +275,15 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
     let _ = writeln!(w, "    filter_chains:\n    - filters:\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:");
     let _ = writeln!(w, "          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager");
     let _ = writeln!(w, "          stat_prefix: mcp");
+    // The client is Envoy's TCP peer, or with `xff_num_trusted_hops` proxies in front, the
+    // address they forwarded for; Envoy appends its peer to `X-Forwarded-For`, so the token
+    // service (with Envoy in `trusted_proxies`) keys its per-address limits on the client.
+    // The client's own `X-Request-Id` is kept for log correlation, as before.
+    let _ = writeln!(
+        w,
+        "          use_remote_address: true\n          xff_num_trusted_hops: {}\n          preserve_external_request_id: true",
+        input.envoy.xff_num_trusted_hops
+    );
     // The filter matches paths itself: make Envoy normalize them first so both see one path.
     let _ = writeln!(w, "          normalize_path: true\n          merge_slashes: true\n          path_with_escaped_slashes_action: REJECT_REQUEST");
     // Request trailers reach the filter over HTTP/1 too (it judges the body when they come).
@@ -565,6 +574,20 @@ mod tests {
         let yaml = render(&input).unwrap();
         assert!(yaml.contains("idle_timeout: 7s,"));
         assert!(yaml.contains("max_active_downstream_connections: 3"));
+    }
+
+    #[test]
+    fn envoy_appends_its_client_to_x_forwarded_for_trusting_the_configured_hops() {
+        let yaml = render(&sample()).unwrap();
+        assert!(
+            yaml.contains("          use_remote_address: true\n          xff_num_trusted_hops: 0\n          preserve_external_request_id: true\n"),
+            "{yaml}"
+        );
+        let mut input = sample();
+        input.envoy.xff_num_trusted_hops = 2;
+        assert!(render(&input)
+            .unwrap()
+            .contains("          xff_num_trusted_hops: 2\n"));
     }
 
     #[test]

@@ -3,14 +3,16 @@
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, RawQuery, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use url::Url;
 
+use crate::client_address::TrustedProxies;
 use crate::config::RegistrationMode;
 use crate::error::{Error, Result};
 use crate::flows::authorize::{self, AuthorizeError, AuthorizeGrant, Params};
@@ -166,9 +168,75 @@ async fn jwks(State(s): State<AppState>) -> Response {
     resp
 }
 
+/// The client a request's per-address limits count it against (README, "Client addresses
+/// behind proxies"): the TCP peer, or, when the peer is a trusted proxy, the client it
+/// forwards for. Requests without a peer address (the router driven in-process) share one.
+struct ClientAddr(ClientKey);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        s: &AppState,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(a)| a.ip());
+        let trusted = TrustedProxies(&s.config().authorization_server.trusted_proxies);
+        let forwarded_for = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(HeaderValue::as_bytes);
+        Ok(ClientAddr(ClientKey::of(
+            peer.map(|p| trusted.client_address(p, forwarded_for)),
+        )))
+    }
+}
+
+/// A request that may start a sign-in (leave a pending record behind) draws one from its
+/// client's budget (`pending_flows.rate_limit_per_minute`); spent: `429` with a page.
+fn admit_new_flow(s: &AppState, client: ClientKey) -> Result<()> {
+    s.new_flow_limit()
+        .check(client, s.now())
+        .map_err(|retry_after| {
+            tracing::warn!(?client, "sign-in refused: rate limit for this address");
+            Error::RetryLater {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                error: "temporarily_unavailable",
+                description: "Too many sign-ins were started from your network. Wait a minute, then return to the application and start again.".into(),
+                retry_after,
+                page: true,
+            }
+        })
+}
+
+/// The pending records are at `pending_flows.max_pending`.
+fn pending_full() -> Error {
+    tracing::warn!("sign-in refused: too many sign-ins are pending");
+    Error::RetryLater {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        error: "temporarily_unavailable",
+        description: "Too many sign-ins are in progress. Wait a minute, then return to the application and start again.".into(),
+        retry_after: 60,
+        page: true,
+    }
+}
+
+/// Stores a pending flow within `pending_flows.max_pending`.
+fn store_flow(s: &AppState, flow: &PendingFlow) -> Result<()> {
+    if s.store().insert_flow(flow, s.pending_limit())? {
+        Ok(())
+    } else {
+        Err(pending_full())
+    }
+}
+
 async fn register(
     State(s): State<AppState>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    ClientAddr(client_key): ClientAddr,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
@@ -178,8 +246,6 @@ async fn register(
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
     flows::register::admit(limits, authorization)?;
-    // Per peer address; without one (the router driven in-process) all share one bucket.
-    let client_key = ClientKey::of(peer.map(|Extension(ConnectInfo(a))| a.ip()));
     if let Err(retry_after) = s.registration_limit().check(client_key, now) {
         tracing::warn!(?client_key, "registration refused: rate limit");
         return Err(registration_later(
@@ -412,7 +478,7 @@ fn begin_consent(
         user: Some(user.clone()),
         next: None,
     };
-    s.store().insert_flow(&flow)?;
+    store_flow(s, &flow)?;
     tracing::info!(client_id = %flow.request.client_id, sub = %user.user, "asking for consent");
     Ok(consent_page(s, client, &flow, &user, session_secret))
 }
@@ -446,7 +512,16 @@ fn finish_authorization(
         if !s.vault().holds_usable(email, &route, now)? {
             let url = s
                 .vault()
-                .begin(&route, grant, email, sid, browser_hash, now, None)?;
+                .begin(
+                    &route,
+                    grant,
+                    email,
+                    sid,
+                    browser_hash,
+                    s.pending_limit(),
+                    None,
+                )?
+                .ok_or_else(pending_full)?;
             tracing::info!(sub = %email, route = %route, "connecting the upstream account");
             return Ok(redirect(&url));
         }
@@ -462,9 +537,11 @@ fn finish_authorization(
 
 async fn authorize(
     State(s): State<AppState>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
+    admit_new_flow(&s, client)?;
     browser_query(s, &headers, query, authorize_blocking).await
 }
 
@@ -527,7 +604,7 @@ fn authorize_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> 
         user: None,
         next: None,
     };
-    s.store().insert_flow(&flow)?;
+    store_flow(s, &flow)?;
     // Only the identity provider: straight to it.
     if s.oidc().is_some() && config.identity_provider.local.users.is_empty() {
         return Ok(with_cookie(redirect(&idp_start_url(s, &flow)), flow_cookie));
@@ -998,10 +1075,13 @@ fn idp_failure_page(name: &str, e: &oidc::IdpError) -> Error {
 /// `nonce` and PKCE verifier bound to this browser.
 async fn idp_start(
     State(s): State<AppState>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     let oidc = s.oidc().cloned().ok_or_else(no_identity_provider)?;
+    // Each start stores a sign-in of its own, so it is a new pending record like a flow.
+    admit_new_flow(&s, client)?;
     let params = query_params(query);
     let cookies = BrowserCookies::from_headers(&s, &headers);
     let flow_id = params
@@ -1035,8 +1115,16 @@ async fn idp_start(
         pkce_verifier: s.vault().seal_login_verifier(&flow.id, &verifier)?,
         expires_at: flow.expires_at.min(s.now() + IDP_LOGIN_TTL),
     };
-    s.blocking(move |st| Ok(st.store().insert_idp_login(&hash_secret(&state), &login)?))
+    let stored = s
+        .blocking(move |st| {
+            Ok(st
+                .store()
+                .insert_idp_login(&hash_secret(&state), &login, st.pending_limit())?)
+        })
         .await?;
+    if !stored {
+        return Err(pending_full());
+    }
     Ok(redirect(&url))
 }
 

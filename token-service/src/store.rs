@@ -263,6 +263,16 @@ pub struct IdpUserRecord {
     pub updated_at: i64,
 }
 
+/// The bound on pending records: sign-ins (`pending_flows`), upstream connects
+/// (`upstream_flows`) and identity-provider sign-ins (`idp_logins`), counted together. An
+/// insert that would pass `max` is refused (expired rows are dropped first to make room), so
+/// the tables never hold more than `max` rows between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingLimit {
+    pub max: u64,
+    pub now: i64,
+}
+
 /// How long records about registered clients are kept (`authorization_server.registration`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -278,7 +288,8 @@ pub trait Store: Send + Sync + 'static {
     fn insert_client(&self, client: &StoredClient, max_unused: u64) -> anyhow::Result<bool>;
     fn client(&self, client_id: &str) -> anyhow::Result<Option<StoredClient>>;
 
-    fn insert_flow(&self, flow: &PendingFlow) -> anyhow::Result<()>;
+    /// Stores a flow unless the pending records are at `limit` (then `false`, nothing stored).
+    fn insert_flow(&self, flow: &PendingFlow, limit: PendingLimit) -> anyhow::Result<bool>;
     fn flow(&self, id: &str, now: i64) -> anyhow::Result<Option<PendingFlow>>;
     /// Counts a failed sign-in against the flow and returns the new count.
     fn record_failed_login(&self, id: &str) -> anyhow::Result<u32>;
@@ -417,7 +428,13 @@ pub trait Store: Send + Sync + 'static {
     /// in progress at `now`.
     fn live_flow_verifiers(&self, now: i64) -> anyhow::Result<Vec<String>>;
 
-    fn insert_upstream_flow(&self, state_hash: &str, flow: &UpstreamFlow) -> anyhow::Result<()>;
+    /// Stores an upstream flow unless the pending records are at `limit` (then `false`).
+    fn insert_upstream_flow(
+        &self,
+        state_hash: &str,
+        flow: &UpstreamFlow,
+        limit: PendingLimit,
+    ) -> anyhow::Result<bool>;
     /// Takes (deletes and returns) an unexpired upstream flow: the callback is single use.
     fn take_upstream_flow(
         &self,
@@ -425,7 +442,13 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> anyhow::Result<Option<UpstreamFlow>>;
 
-    fn insert_idp_login(&self, state_hash: &str, login: &IdpLogin) -> anyhow::Result<()>;
+    /// Stores a sign-in unless the pending records are at `limit` (then `false`).
+    fn insert_idp_login(
+        &self,
+        state_hash: &str,
+        login: &IdpLogin,
+        limit: PendingLimit,
+    ) -> anyhow::Result<bool>;
     /// Takes (deletes and returns) an unexpired sign-in: the callback is single use.
     fn take_idp_login(&self, state_hash: &str, now: i64) -> anyhow::Result<Option<IdpLogin>>;
 
@@ -669,6 +692,37 @@ impl SqliteStore {
             .query_row("SELECT COUNT(*) FROM clients", [], |r| r.get(0))?)
     }
 
+    /// Rows in the pending tables (`PendingLimit`), expired or not (for tests and diagnostics).
+    pub fn pending_records(&self) -> anyhow::Result<u64> {
+        Ok(count_pending(&*self.conn()?)?)
+    }
+
+    /// Runs `insert` in one transaction with the count it must stay within.
+    fn insert_pending(
+        &self,
+        limit: PendingLimit,
+        insert: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<usize>,
+    ) -> anyhow::Result<bool> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if count_pending(&tx)? >= limit.max {
+            // Expired rows wait for the sweep; make room with them before refusing.
+            for table in PENDING_TABLES {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE expires_at <= ?1"),
+                    [limit.now],
+                )?;
+            }
+            if count_pending(&tx)? >= limit.max {
+                tx.commit()?;
+                return Ok(false);
+            }
+        }
+        insert(&tx)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
     /// Applied schema versions, ascending (for tests and diagnostics).
     pub fn schema_versions(&self) -> anyhow::Result<Vec<i64>> {
         let conn = self.conn()?;
@@ -676,6 +730,18 @@ impl SqliteStore {
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<Vec<i64>, _>>()?)
     }
+}
+
+/// The tables of records a stranger can leave behind by starting a sign-in.
+const PENDING_TABLES: [&str; 3] = ["pending_flows", "upstream_flows", "idp_logins"];
+
+fn count_pending(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT (SELECT COUNT(*) FROM pending_flows) + (SELECT COUNT(*) FROM upstream_flows)
+              + (SELECT COUNT(*) FROM idp_logins)",
+        [],
+        |r| r.get(0),
+    )
 }
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
@@ -797,12 +863,14 @@ impl Store for SqliteStore {
         })
     }
 
-    fn insert_flow(&self, flow: &PendingFlow) -> anyhow::Result<()> {
-        self.conn()?.execute(
-            "INSERT INTO pending_flows (id, data, expires_at) VALUES (?1, ?2, ?3)",
-            params![flow.id, serde_json::to_string(flow)?, flow.expires_at],
-        )?;
-        Ok(())
+    fn insert_flow(&self, flow: &PendingFlow, limit: PendingLimit) -> anyhow::Result<bool> {
+        let data = serde_json::to_string(flow)?;
+        self.insert_pending(limit, |tx| {
+            tx.execute(
+                "INSERT INTO pending_flows (id, data, expires_at) VALUES (?1, ?2, ?3)",
+                params![flow.id, data, flow.expires_at],
+            )
+        })
     }
 
     fn flow(&self, id: &str, now: i64) -> anyhow::Result<Option<PendingFlow>> {
@@ -1354,12 +1422,19 @@ impl Store for SqliteStore {
         Ok(verifiers)
     }
 
-    fn insert_upstream_flow(&self, state_hash: &str, flow: &UpstreamFlow) -> anyhow::Result<()> {
-        self.conn()?.execute(
-            "INSERT INTO upstream_flows (state_hash, data, expires_at) VALUES (?1, ?2, ?3)",
-            params![state_hash, serde_json::to_string(flow)?, flow.expires_at],
-        )?;
-        Ok(())
+    fn insert_upstream_flow(
+        &self,
+        state_hash: &str,
+        flow: &UpstreamFlow,
+        limit: PendingLimit,
+    ) -> anyhow::Result<bool> {
+        let data = serde_json::to_string(flow)?;
+        self.insert_pending(limit, |tx| {
+            tx.execute(
+                "INSERT INTO upstream_flows (state_hash, data, expires_at) VALUES (?1, ?2, ?3)",
+                params![state_hash, data, flow.expires_at],
+            )
+        })
     }
 
     fn take_upstream_flow(
@@ -1381,12 +1456,19 @@ impl Store for SqliteStore {
             .transpose()
     }
 
-    fn insert_idp_login(&self, state_hash: &str, login: &IdpLogin) -> anyhow::Result<()> {
-        self.conn()?.execute(
-            "INSERT INTO idp_logins (state_hash, data, expires_at) VALUES (?1, ?2, ?3)",
-            params![state_hash, serde_json::to_string(login)?, login.expires_at],
-        )?;
-        Ok(())
+    fn insert_idp_login(
+        &self,
+        state_hash: &str,
+        login: &IdpLogin,
+        limit: PendingLimit,
+    ) -> anyhow::Result<bool> {
+        let data = serde_json::to_string(login)?;
+        self.insert_pending(limit, |tx| {
+            tx.execute(
+                "INSERT INTO idp_logins (state_hash, data, expires_at) VALUES (?1, ?2, ?3)",
+                params![state_hash, data, login.expires_at],
+            )
+        })
     }
 
     fn take_idp_login(&self, state_hash: &str, now: i64) -> anyhow::Result<Option<IdpLogin>> {

@@ -36,6 +36,8 @@ fn config(dir: &std::path::Path) -> String {
 authorization_server:
   issuer: http://127.0.0.1:9100
   listen: 127.0.0.1:0
+  # Every sign-in comes from 127.0.0.1: lift the per-address limit on starting them.
+  pending_flows: {{rate_limit_per_minute: 10000}}
 storage:
   sqlite: {db}
 identity_provider:

@@ -21,7 +21,9 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
-use warden_token_service::store::{AuthorizeGrant, Reseal, SqliteStore, Store, UpstreamRecord};
+use warden_token_service::store::{
+    AuthorizeGrant, PendingLimit, Reseal, SqliteStore, Store, UpstreamRecord,
+};
 use warden_token_service::vault::Lookup;
 use warden_token_service::{AppState, Config};
 
@@ -134,10 +136,14 @@ async fn consent_at_provider(
             user,
             "sid",
             "browser",
-            state.now(),
+            PendingLimit {
+                max: 10_000,
+                now: state.now(),
+            },
             None,
         )
-        .unwrap();
+        .unwrap()
+        .expect("room for the flow");
     let back = provider.answer(&url, "approve").await;
     let q: std::collections::HashMap<String, String> = back.query_pairs().into_owned().collect();
     (q["state"].clone(), q["code"].clone())
@@ -191,9 +197,13 @@ fn restart(env: TestEnv, config: Config) -> TestEnv {
 
 /// `GET /internal/v1/vault/status` on the internal router, with `credential`.
 async fn vault_status(state: &AppState, credential: Option<&str>) -> (StatusCode, Value) {
-    let mut req = Request::get("/internal/v1/vault/status");
+    let path = "/internal/v1/vault/status";
+    let mut req = Request::get(path);
     if let Some(c) = credential {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {c}"));
+        req = req.header(
+            header::AUTHORIZATION,
+            sign_internal(c, "GET", path, b"", state.now()),
+        );
     }
     let resp = warden_token_service::internal::router(state.clone())
         .oneshot(req.body(Body::empty()).unwrap())
@@ -756,10 +766,22 @@ impl Service {
 
     /// A look-up on the internal listener, as the filter makes it.
     async fn lookup(&self, http: &reqwest::Client, credential: &str, user: &str) -> (u16, Value) {
+        let path = "/internal/v1/upstream-token";
+        let body = json!({"sub": user, "route": ROUTE}).to_string();
         let r = http
-            .post(format!("{}/internal/v1/upstream-token", self.internal))
-            .bearer_auth(credential)
-            .json(&json!({"sub": user, "route": ROUTE}))
+            .post(format!("{}{path}", self.internal))
+            .header(
+                "authorization",
+                sign_internal(
+                    credential,
+                    "POST",
+                    path,
+                    body.as_bytes(),
+                    warden_token_service::now_unix(),
+                ),
+            )
+            .header("content-type", "application/json")
+            .body(body)
             .send()
             .await
             .unwrap();
@@ -767,9 +789,19 @@ impl Service {
     }
 
     async fn status(&self, http: &reqwest::Client, credential: &str) -> Value {
+        let path = "/internal/v1/vault/status";
         let r = http
-            .get(format!("{}/internal/v1/vault/status", self.internal))
-            .bearer_auth(credential)
+            .get(format!("{}{path}", self.internal))
+            .header(
+                "authorization",
+                sign_internal(
+                    credential,
+                    "GET",
+                    path,
+                    b"",
+                    warden_token_service::now_unix(),
+                ),
+            )
             .send()
             .await
             .unwrap();

@@ -273,7 +273,7 @@ async fn password_checks_beyond_the_queue_are_refused_with_503_not_piled_up() {
     // One check at a time, each a default-cost Argon2 (19 MiB): 17 may be admitted (1
     // running + 16 queued); a burst of 60 finds the queue full.
     let env = Arc::new(TestEnv::with(|d| {
-        config_yaml(d, "", "ES256")
+        many_sign_ins(config_yaml(d, "", "ES256"))
             .replace(&cheap_hash(PASSWORD), &hash_with(PASSWORD, 19456, 2))
             .replace(
                 "refresh_token_ttl_seconds: 3600",

@@ -674,7 +674,9 @@ fn refresh_token_idle_seconds_of_zero_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_raced_code_replay_always_revokes_the_winners_grant() {
-    let env = std::sync::Arc::new(TestEnv::new());
+    let env = std::sync::Arc::new(TestEnv::with(|d| {
+        many_sign_ins(config_yaml(d, "", "ES256"))
+    }));
     for i in 0..40 {
         let code = env.code("public-app", REDIRECT).await;
         let exchange = |env: std::sync::Arc<TestEnv>, code: String| {

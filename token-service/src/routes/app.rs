@@ -45,9 +45,11 @@ fn bad_request(message: &str) -> Error {
 
 pub(super) async fn sign_in(
     State(s): State<AppState>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
+    admit_new_flow(&s, client)?;
     browser_query(s, &headers, query, sign_in_blocking).await
 }
 
@@ -107,7 +109,7 @@ fn begin_or_continue(
         user: None,
         next: Some(next),
     };
-    s.store().insert_flow(&pending)?;
+    store_flow(s, &pending)?;
     if s.oidc().is_some() && config.identity_provider.local.users.is_empty() {
         return Ok(with_cookie(
             redirect(&idp_start_url(s, &pending)),
@@ -182,15 +184,18 @@ pub(super) fn continue_signed_in(
             {
                 return Ok(redirect(&redirect_url));
             }
-            let url = s.vault().begin(
-                &server.name,
-                flow::stand_in_grant(app, &redirect_url),
-                &session.user,
-                &session.sid,
-                browser_hash,
-                now,
-                Some(redirect_url.clone()),
-            )?;
+            let url = s
+                .vault()
+                .begin(
+                    &server.name,
+                    flow::stand_in_grant(app, &redirect_url),
+                    &session.user,
+                    &session.sid,
+                    browser_hash,
+                    s.pending_limit(),
+                    Some(redirect_url.clone()),
+                )?
+                .ok_or_else(pending_full)?;
             tracing::info!(sub = %user.sub, route = %server.name, "connecting the upstream account for an app");
             Ok(redirect(&url))
         }
@@ -199,9 +204,11 @@ pub(super) fn continue_signed_in(
 
 pub(super) async fn connect(
     State(s): State<AppState>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
+    admit_new_flow(&s, client)?;
     browser_query(s, &headers, query, connect_blocking).await
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::flows::{constant_time_eq, hash_secret, random_token, split_scope};
-use crate::store::{AuthorizeGrant, Store, UpstreamFlow, UpstreamRecord};
+use crate::store::{AuthorizeGrant, PendingLimit, Store, UpstreamFlow, UpstreamRecord};
 // The filter stops using a cached token on the same rule the vault refreshes it by.
 use provider::{Issued, Provider, ProviderError};
 use seal::{Kind, Sealer};
@@ -174,7 +174,8 @@ impl Vault {
     }
 
     /// Starts the upstream consent for the MCP client's `request`: stores the flow and
-    /// returns the provider's authorization URL. Blocking (store).
+    /// returns the provider's authorization URL, or `None` when the pending records are at
+    /// `limit` (nothing stored). Blocking (store).
     #[allow(clippy::too_many_arguments)]
     pub fn begin(
         &self,
@@ -183,9 +184,9 @@ impl Vault {
         email: &str,
         sid: &str,
         browser: &str,
-        now: i64,
+        limit: PendingLimit,
         redirect_url: Option<String>,
-    ) -> anyhow::Result<String> {
+    ) -> anyhow::Result<Option<String>> {
         let provider = self
             .provider(route)
             .ok_or_else(|| anyhow::anyhow!("route {route} has no upstream_oauth2"))?;
@@ -196,7 +197,7 @@ impl Vault {
             .unwrap_or_default();
         let state = random_token();
         let (url, verifier) = provider.authorization_url(&state, &extra)?;
-        self.store.insert_upstream_flow(
+        let stored = self.store.insert_upstream_flow(
             &hash_secret(&state),
             &UpstreamFlow {
                 request,
@@ -210,11 +211,12 @@ impl Vault {
                     Kind::Verifier,
                     &verifier,
                 )?),
-                expires_at: now + UPSTREAM_FLOW_TTL,
+                expires_at: limit.now + UPSTREAM_FLOW_TTL,
                 redirect_url,
             },
+            limit,
         )?;
-        Ok(url)
+        Ok(stored.then_some(url))
     }
 
     /// Disconnects `user`'s account for `route`: deletes the stored token, then revokes it

@@ -102,6 +102,29 @@ routes:
     )
 }
 
+/// `yaml` (from `config_yaml`) with the per-address limit on starting sign-ins lifted:
+/// in-process requests carry no address and share one budget, which a test running many
+/// sign-ins would spend.
+pub fn many_sign_ins(yaml: String) -> String {
+    yaml.replace(
+        "  refresh_token_ttl_seconds: 3600\n",
+        "  refresh_token_ttl_seconds: 3600\n  pending_flows: {rate_limit_per_minute: 10000}\n",
+    )
+}
+
+/// The `Authorization` of an internal call, signed as the filter signs it at `now`. A
+/// `credential` too malformed to sign with is sent as it is (`Bearer`).
+pub fn sign_internal(credential: &str, method: &str, path: &str, body: &[u8], now: i64) -> String {
+    match warden_core::internal_api::InternalKey::from_credential(credential) {
+        Ok(key) => {
+            let mut nonce = [0u8; warden_core::internal_api::NONCE_BYTES];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+            key.authorization(method, path, body, now, &nonce)
+        }
+        Err(_) => format!("Bearer {credential}"),
+    }
+}
+
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub state: AppState,
@@ -143,14 +166,7 @@ impl TestEnv {
     /// The `Authorization` of an internal `POST`, signed as the filter signs it, with the
     /// service's clock. A `credential` too malformed to sign with is sent as it is (`Bearer`).
     pub fn internal_authorization(&self, credential: &str, path: &str, body: &[u8]) -> String {
-        match warden_core::internal_api::InternalKey::from_credential(credential) {
-            Ok(key) => {
-                let mut nonce = [0u8; warden_core::internal_api::NONCE_BYTES];
-                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
-                key.authorization("POST", path, body, self.state.now(), &nonce)
-            }
-            Err(_) => format!("Bearer {credential}"),
-        }
+        sign_internal(credential, "POST", path, body, self.state.now())
     }
 
     pub async fn send(&self, req: Request<Body>) -> Resp {
