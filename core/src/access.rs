@@ -8,7 +8,8 @@ use crate::config::{normalize_origin, CompiledConfig, Route};
 use crate::keys::KeySet;
 use crate::reply::{preflight, LocalReply};
 use crate::session::{self, Inbound, SessionKey};
-use crate::token::{verify, Identity, TokenError};
+use crate::signature_budget::{Client, SignatureBudget};
+use crate::token::{precheck, Identity, TokenError};
 use crate::transport::{
     announces_body, method_rule, names_session_in_query, MethodRule, ALLOWED_METHODS,
 };
@@ -82,6 +83,11 @@ pub struct Context<'a> {
     pub may_fetch_keys: bool,
     /// 32 random bytes for a client route's sign-in nonce (`None`: no randomness, refuse).
     pub random: fn() -> Option<[u8; 32]>,
+    /// The failed signature checks this worker may still afford.
+    pub budget: &'a mut SignatureBudget,
+    /// The client's address as Envoy has it (`source.address`), asked only when a signature
+    /// check is due (never on the warm path).
+    pub client_address: fn() -> Option<Vec<u8>>,
 }
 
 pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
@@ -284,7 +290,27 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
                     keys_unavailable(cors)
                 };
             };
-            match verify(token, keys, &ctx.config.rules, ctx.now) {
+            // The cheap checks first; the signature only within the worker's budget of
+            // failed checks (see `signature_budget`).
+            let checked = precheck(
+                token,
+                keys,
+                &ctx.config.rules,
+                ctx.now,
+                Some(&route.resource),
+            )
+            .and_then(|unverified| {
+                let client = Client::from_address((ctx.client_address)().as_deref());
+                if !ctx.budget.may_check(client, ctx.now) {
+                    return Err(TokenError::CheckBudgetSpent);
+                }
+                let checked = unverified.check_signature();
+                if checked == Err(TokenError::BadSignature) {
+                    ctx.budget.failed(client, ctx.now);
+                }
+                checked
+            });
+            match checked {
                 Ok(identity) => ctx.cache.insert(token, identity, ctx.now),
                 Err(TokenError::UnknownKey(_)) if ctx.may_fetch_keys => return Step::FetchKeys,
                 Err(e) => return Step::Reply(invalid_token(route, e.reason(), cors)),
@@ -463,6 +489,7 @@ mod tests {
         cache: TokenCache,
         keys: Option<KeySet>,
         session_key: SessionKey,
+        budget: SignatureBudget,
     }
 
     impl Run {
@@ -474,9 +501,17 @@ mod tests {
                 cache: TokenCache::new(100, 30),
                 keys,
                 session_key: SessionKey::from_random([3; 32]),
+                budget: SignatureBudget::new(8),
             }
         }
         fn decide(&mut self, head: &RequestHead<'_>) -> Step {
+            self.decide_from(head, || Some(b"192.0.2.7:4000".to_vec()))
+        }
+        fn decide_from(
+            &mut self,
+            head: &RequestHead<'_>,
+            client_address: fn() -> Option<Vec<u8>>,
+        ) -> Step {
             decide(
                 head,
                 Context {
@@ -487,6 +522,8 @@ mod tests {
                     now: 1100,
                     may_fetch_keys: true,
                     random: || Some([7; 32]),
+                    budget: &mut self.budget,
+                    client_address,
                 },
             )
         }
@@ -512,6 +549,68 @@ mod tests {
             is_preflight: false,
             ..RequestHead::default()
         }
+    }
+
+    /// A token for `/mcp` with `exp`, signed by the test key, its signature changed when
+    /// `tampered`.
+    fn token_with(exp: i64, tampered: bool) -> String {
+        let (key, _) = es256_pair();
+        let token = sign(&key, &claims("http://127.0.0.1:9000/mcp", 1000, exp));
+        if !tampered {
+            return token;
+        }
+        let (rest, sig) = token.rsplit_once('.').unwrap();
+        let mut sig = sig.as_bytes().to_vec();
+        sig[3] = if sig[3] == b'A' { b'B' } else { b'A' };
+        format!("{rest}.{}", String::from_utf8(sig).unwrap())
+    }
+
+    #[test]
+    fn bad_signatures_cost_checks_only_within_the_budget_and_cached_tokens_never_wait() {
+        let mut run = Run::new(); // 8 failed checks a second, 2 per client address
+        let good = format!("Bearer {}", token_with(1300, false));
+        assert!(matches!(
+            run.decide(&head(b"/mcp", vec![good.as_bytes()])),
+            Step::Forward(_)
+        ));
+        // Junk failing a cheap check (another issuer, expired, another audience) is
+        // refused without a signature check and spends nothing.
+        let expired = format!("Bearer {}", token_with(1000, true));
+        for _ in 0..50 {
+            let r = reply(run.decide(&head(b"/mcp", vec![expired.as_bytes()])));
+            assert_eq!((r.status, r.reason), (401, "token-expired"));
+        }
+        assert_eq!((run.budget.checks, run.budget.failures), (1, 0));
+        // Bad signatures from one address: two are checked, then that address gets 401
+        // without a check, even for a good token it has not used yet.
+        let mut reasons = Vec::new();
+        for exp in 1301..1311 {
+            let junk = format!("Bearer {}", token_with(exp, true));
+            reasons.push(reply(run.decide(&head(b"/mcp", vec![junk.as_bytes()]))).reason);
+        }
+        assert_eq!(reasons[..2], ["token-bad-signature"; 2]);
+        assert!(
+            reasons[2..]
+                .iter()
+                .all(|r| *r == "token-check-budget-spent"),
+            "{reasons:?}"
+        );
+        assert_eq!(run.budget.failures, 2);
+        let fresh = format!("Bearer {}", token_with(1299, false));
+        let r = reply(run.decide(&head(b"/mcp", vec![fresh.as_bytes()])));
+        assert_eq!(r.reason, "token-check-budget-spent");
+        // The cached token is unaffected.
+        assert!(matches!(
+            run.decide(&head(b"/mcp", vec![good.as_bytes()])),
+            Step::Forward(_)
+        ));
+        // Another address still gets its checks.
+        assert!(matches!(
+            run.decide_from(&head(b"/mcp", vec![fresh.as_bytes()]), || Some(
+                b"198.51.100.9:1".to_vec()
+            )),
+            Step::Forward(_)
+        ));
     }
 
     fn reply(step: Step) -> LocalReply {
@@ -666,6 +765,8 @@ mod tests {
                 now: 1100,
                 may_fetch_keys: false,
                 random: || Some([7; 32]),
+                budget: &mut run.budget,
+                client_address: || None,
             },
         );
         assert_eq!(reply(step).status, 503);

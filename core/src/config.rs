@@ -28,6 +28,10 @@ pub struct PluginConfig {
     /// Verified tokens kept per worker.
     #[serde(default = "default_cache_entries")]
     pub token_cache_entries: u32,
+    /// Signature checks that may fail per second per worker (each client address at most a
+    /// quarter of them); past it, tokens not already verified are refused unchecked.
+    #[serde(default = "default_failed_signature_checks")]
+    pub failed_signature_checks_per_second: u32,
     /// Publish each authorize record as Envoy filter state `wasm.mcp_warden.authorize`, for an
     /// access log that prints it. Off, the record is rendered only when Envoy's `wasm` log
     /// level shows info lines: a record nobody reads costs nothing.
@@ -211,6 +215,10 @@ fn default_leeway() -> u32 {
 fn default_cache_entries() -> u32 {
     10_000
 }
+pub const DEFAULT_FAILED_SIGNATURE_CHECKS: u32 = 32;
+fn default_failed_signature_checks() -> u32 {
+    DEFAULT_FAILED_SIGNATURE_CHECKS
+}
 fn default_jwks_path() -> String {
     "/.well-known/jwks.json".into()
 }
@@ -290,6 +298,7 @@ pub struct CompiledConfig {
     pub jwks: Option<JwksFetch>,
     pub static_keys: Option<KeySet>,
     pub token_cache_entries: usize,
+    pub failed_signature_checks_per_second: u32,
     pub authorize_filter_state: bool,
     pub route_header: Option<String>,
     /// Where upstream tokens and identity assertions come from (present when a route has
@@ -525,6 +534,12 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
     if raw.routes.is_empty() {
         return Err(err("routes", "at least one route is required"));
     }
+    if !(1..=10_000).contains(&raw.failed_signature_checks_per_second) {
+        return Err(err(
+            "failed_signature_checks_per_second",
+            "must be between 1 and 10000",
+        ));
+    }
     let mut routes: Vec<Route> = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.into_iter().enumerate() {
         let at = |field: &str| format!("routes[{i}].{field}");
@@ -671,6 +686,7 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
         jwks: raw.jwks,
         static_keys,
         token_cache_entries: raw.token_cache_entries as usize,
+        failed_signature_checks_per_second: raw.failed_signature_checks_per_second,
         authorize_filter_state: raw.authorize_filter_state,
         route_header,
         token_service,

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod raw;
 pub mod reply;
 pub mod session;
+pub mod signature_budget;
 pub mod token;
 pub mod toolslist;
 pub mod transport;

@@ -79,6 +79,10 @@ pub enum TokenError {
     /// The header names extensions that must be understood (`crit`, RFC 7515 §4.1.11); the
     /// filter understands none, so it must refuse the token.
     CriticalHeader,
+    /// `aud` does not name the resource asked for (checked before the signature).
+    WrongAudience,
+    /// Too many failed signature checks lately (see `SignatureBudget`): not checked at all.
+    CheckBudgetSpent,
 }
 
 impl TokenError {
@@ -96,6 +100,8 @@ impl TokenError {
             TokenError::MissingExpiry => "token-missing-exp",
             TokenError::WrongType => "token-wrong-type",
             TokenError::CriticalHeader => "token-crit-header",
+            TokenError::WrongAudience => "token-wrong-audience",
+            TokenError::CheckBudgetSpent => "token-check-budget-spent",
         }
     }
 }
@@ -133,6 +139,39 @@ pub fn verify(
     rules: &TokenRules,
     now: i64,
 ) -> Result<Identity, TokenError> {
+    verify_for(token, keys, rules, now, None)
+}
+
+/// A token that passed every check but its signature: what is left costs a signature check.
+pub struct Unverified<'t> {
+    untrusted: UntrustedToken<'t, ExtraHeader>,
+    key: &'t VerifyingKey,
+    claims: Claims<TeClaims>,
+    expires_at: i64,
+}
+
+/// `verify`, and with `resource` the audience too. Every check that costs no signature runs
+/// first (structure, `crit`, `typ`, `iss`, `exp`, `nbf`, `aud`, then `kid` and `alg`), so a
+/// token that fails one of them never costs a signature check, nor a JWKS fetch.
+pub fn verify_for(
+    token: &str,
+    keys: &KeySet,
+    rules: &TokenRules,
+    now: i64,
+    resource: Option<&str>,
+) -> Result<Identity, TokenError> {
+    precheck(token, keys, rules, now, resource)?.check_signature()
+}
+
+/// The checks of `verify_for` that cost no signature; `Err(WrongAudience)` when `resource` is
+/// not in `aud`.
+pub fn precheck<'t>(
+    token: &'t str,
+    keys: &'t KeySet,
+    rules: &TokenRules,
+    now: i64,
+    resource: Option<&str>,
+) -> Result<Unverified<'t>, TokenError> {
     let untrusted =
         UntrustedToken::<ExtraHeader>::try_from(token).map_err(|_| TokenError::Malformed)?;
     if untrusted.header().other_fields.crit.0 {
@@ -143,27 +182,13 @@ pub fn verify(
         .key_id
         .as_deref()
         .ok_or(TokenError::MissingKeyId)?;
-    let key = keys
-        .get(kid)
-        .ok_or_else(|| TokenError::UnknownKey(kid.to_string()))?;
-    if untrusted.algorithm() != key.algorithm() {
-        return Err(TokenError::AlgorithmMismatch);
-    }
     let typ = untrusted.header().token_type.as_deref().unwrap_or_default();
     if !typ.eq_ignore_ascii_case("at+jwt") && !typ.eq_ignore_ascii_case("application/at+jwt") {
         return Err(TokenError::WrongType);
     }
-    let verified = match key {
-        VerifyingKey::Es256(k) => Es256.validator::<TeClaims>(k).validate(&untrusted),
-        VerifyingKey::EdDsa(k) => Ed25519.validator::<TeClaims>(k).validate(&untrusted),
-    };
-    let token = verified.map_err(|e| match e {
-        jwt_compact::ValidationError::AlgorithmMismatch { .. } => TokenError::AlgorithmMismatch,
-        jwt_compact::ValidationError::InvalidSignature
-        | jwt_compact::ValidationError::MalformedSignature(_) => TokenError::BadSignature,
-        _ => TokenError::Malformed,
-    })?;
-    let claims: &Claims<TeClaims> = token.claims();
+    let claims: Claims<TeClaims> = untrusted
+        .deserialize_claims_unchecked()
+        .map_err(|_| TokenError::Malformed)?;
     if claims.custom.iss != rules.issuer {
         return Err(TokenError::WrongIssuer);
     }
@@ -183,10 +208,50 @@ pub fn verify(
             .validate_maturity(&options)
             .map_err(|_| TokenError::NotYetValid)?;
     }
-    Ok(Identity {
-        claims: claims.custom.clone(),
+    if resource.is_some_and(|r| !claims.custom.aud.contains(r)) {
+        return Err(TokenError::WrongAudience);
+    }
+    // Last: an unknown key starts a JWKS fetch, which a token failing the checks above
+    // must not be able to cause.
+    let key = keys
+        .get(kid)
+        .ok_or_else(|| TokenError::UnknownKey(kid.to_string()))?;
+    if untrusted.algorithm() != key.algorithm() {
+        return Err(TokenError::AlgorithmMismatch);
+    }
+    Ok(Unverified {
+        untrusted,
+        key,
+        claims,
         expires_at: expiry.timestamp(),
     })
+}
+
+impl Unverified<'_> {
+    /// The signature check (the costly part): the claims checked before are the signed ones
+    /// only if it passes.
+    pub fn check_signature(self) -> Result<Identity, TokenError> {
+        let verified = match self.key {
+            VerifyingKey::Es256(k) => Es256
+                .validator::<serde::de::IgnoredAny>(k)
+                .validate(&self.untrusted)
+                .map(drop),
+            VerifyingKey::EdDsa(k) => Ed25519
+                .validator::<serde::de::IgnoredAny>(k)
+                .validate(&self.untrusted)
+                .map(drop),
+        };
+        verified.map_err(|e| match e {
+            jwt_compact::ValidationError::AlgorithmMismatch { .. } => TokenError::AlgorithmMismatch,
+            jwt_compact::ValidationError::InvalidSignature
+            | jwt_compact::ValidationError::MalformedSignature(_) => TokenError::BadSignature,
+            _ => TokenError::Malformed,
+        })?;
+        Ok(Identity {
+            claims: self.claims.custom,
+            expires_at: self.expires_at,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -366,7 +431,10 @@ mod tests {
             Err(TokenError::BadSignature)
         );
         // alg none.
-        let none = format!("{}.{payload}.", b64(br#"{"alg":"none","kid":"k1"}"#));
+        let none = format!(
+            "{}.{payload}.",
+            b64(br#"{"alg":"none","kid":"k1","typ":"at+jwt"}"#)
+        );
         assert_eq!(
             verify(&none, &keys, &rules(), 1100),
             Err(TokenError::AlgorithmMismatch)
@@ -374,7 +442,7 @@ mod tests {
         // HS256 keyed with the public key.
         let hs = format!(
             "{}.{payload}.{}",
-            b64(br#"{"alg":"HS256","kid":"k1"}"#),
+            b64(br#"{"alg":"HS256","kid":"k1","typ":"at+jwt"}"#),
             b64(&[0u8; 32])
         );
         assert_eq!(
@@ -382,12 +450,18 @@ mod tests {
             Err(TokenError::AlgorithmMismatch)
         );
         // Unknown kid and missing kid.
-        let unknown = format!("{}.{payload}.{sig}", b64(br#"{"alg":"ES256","kid":"k9"}"#));
+        let unknown = format!(
+            "{}.{payload}.{sig}",
+            b64(br#"{"alg":"ES256","kid":"k9","typ":"at+jwt"}"#)
+        );
         assert_eq!(
             verify(&unknown, &keys, &rules(), 1100),
             Err(TokenError::UnknownKey("k9".into()))
         );
-        let no_kid = format!("{}.{payload}.{sig}", b64(br#"{"alg":"ES256"}"#));
+        let no_kid = format!(
+            "{}.{payload}.{sig}",
+            b64(br#"{"alg":"ES256","typ":"at+jwt"}"#)
+        );
         assert_eq!(
             verify(&no_kid, &keys, &rules(), 1100),
             Err(TokenError::MissingKeyId)

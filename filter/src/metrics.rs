@@ -4,6 +4,7 @@ use std::cell::Cell;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
+use warden_core::signature_budget::SignatureBudget;
 
 #[derive(Clone, Copy)]
 pub enum Counter {
@@ -49,9 +50,15 @@ pub enum Counter {
     AppTokenLookups,
     /// Client-route sign-in callbacks exchanged for an app session.
     AppSessionLookups,
+    /// Signature checks of tokens not yet verified (added once a second).
+    SignatureChecks,
+    /// Signature checks that found a bad signature.
+    SignatureChecksFailed,
+    /// Tokens refused unchecked: the worker's budget of failed checks was spent.
+    SignatureChecksRefused,
 }
 
-const NAMES: [&str; 21] = [
+const NAMES: [&str; 24] = [
     "mcp_warden.requests_allowed",
     "mcp_warden.requests_denied",
     "mcp_warden.local_replies",
@@ -73,6 +80,9 @@ const NAMES: [&str; 21] = [
     "mcp_warden.denied_identity_assertion",
     "mcp_warden.app_token_lookups",
     "mcp_warden.app_session_lookups",
+    "mcp_warden.signature_checks",
+    "mcp_warden.signature_checks_failed",
+    "mcp_warden.signature_checks_refused",
 ];
 
 /// Call-outs to the token service not yet answered (a gauge).
@@ -83,6 +93,8 @@ pub struct Metrics {
     callouts_in_flight: Option<u32>,
     /// What this worker has added to the gauge so far.
     callouts_reported: Cell<i64>,
+    /// The signature budget's totals at the last flush.
+    budget_reported: Cell<[u64; 3]>,
     /// Allowed requests not yet added to the counter: the one counter of the warm path is
     /// added once a second (`flush`, from the root's tick) instead of a host call a request.
     allowed_pending: Cell<u64>,
@@ -99,6 +111,7 @@ impl Metrics {
             callouts_in_flight: hostcalls::define_metric(MetricType::Gauge, CALLOUTS_IN_FLIGHT)
                 .ok(),
             callouts_reported: Cell::new(0),
+            budget_reported: Cell::new([0; 3]),
             allowed_pending: Cell::new(0),
         }
     }
@@ -127,11 +140,26 @@ impl Metrics {
         }
     }
 
-    /// Adds what was counted since the last flush.
-    pub fn flush(&self) {
+    /// Adds what was counted since the last flush, the signature budget's totals included.
+    pub fn flush(&self, budget: &SignatureBudget) {
         let allowed = self.allowed_pending.replace(0);
         if allowed > 0 {
             self.add(Counter::Allowed, allowed);
+        }
+        let totals = [budget.checks, budget.failures, budget.refused];
+        let before = self.budget_reported.replace(totals);
+        for ((counter, now), then) in [
+            Counter::SignatureChecks,
+            Counter::SignatureChecksFailed,
+            Counter::SignatureChecksRefused,
+        ]
+        .into_iter()
+        .zip(totals)
+        .zip(before)
+        {
+            if now > then {
+                self.add(counter, now - then);
+            }
         }
     }
 

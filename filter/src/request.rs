@@ -158,6 +158,14 @@ impl OwnedHead {
     }
 }
 
+/// The downstream address as Envoy has it (`source.address`; with `use_remote_address` and
+/// trusted hops, the client behind them). A host call: made only when a signature is due.
+fn client_address() -> Option<Vec<u8>> {
+    hostcalls::get_property(vec!["source", "address"])
+        .ok()
+        .flatten()
+}
+
 /// 32 bytes from the host's randomness (WASI `random_get`).
 fn random_bytes() -> Option<[u8; 32]> {
     let mut b = [0u8; 32];
@@ -299,6 +307,8 @@ impl RequestState {
                 now,
                 may_fetch_keys,
                 random: random_bytes,
+                budget: &mut w.budget,
+                client_address,
             },
         )
     }
@@ -317,7 +327,7 @@ impl RequestState {
                     Metrics::for_access_refusal(reply.reason)
                 };
                 self.worker.borrow().metrics.inc(counter);
-                if reply.status >= 400 {
+                if reply.status >= 400 && self.worker.borrow_mut().may_log_rejection(now) {
                     let path = head.block.get(&head.path);
                     let path = path.split(|b| *b == b'?').next().unwrap_or_default();
                     log::info!(

@@ -17,6 +17,7 @@ use warden_core::config::CompiledConfig;
 use warden_core::internal_api::{self, InternalKey};
 use warden_core::keys::KeySet;
 use warden_core::session::SessionKey;
+use warden_core::signature_budget::SignatureBudget;
 use warden_core::toolslist::FilteredLists;
 use warden_core::upstream::{UpstreamTokenCache, DROP_PATH, LOOKUP_PATH};
 
@@ -37,6 +38,8 @@ const MAX_WAITING: usize = 1024;
 /// Call-outs to the token service (look-ups and notices) in flight per worker, those of
 /// requests that went away included; a request beyond them gets a 503.
 const MAX_CALLOUTS: usize = 64;
+/// Rejection lines logged per second per worker, at most.
+const MAX_REJECTION_LINES: u32 = 20;
 /// Seconds past a call-out's timeout after which it is surely answered.
 const CALLOUT_SLACK_SECONDS: i64 = 2;
 /// JWKS responses larger than this are refused rather than parsed.
@@ -112,6 +115,11 @@ pub struct Worker {
     /// Shared-data version our `keys` came from, to notice another worker's fetch.
     keys_cas: Option<u32>,
     pub cache: TokenCache,
+    /// The failed signature checks this worker may still afford this second.
+    pub budget: SignatureBudget,
+    /// Rejection lines written this second, and those left out (a flood of bad tokens
+    /// must not become a flood of log lines).
+    rejections_logged: (i64, u32, u64),
     /// Users' upstream tokens (TI), by route and `sub`.
     pub upstream_tokens: UpstreamTokenCache,
     /// Users' identity assertions, by route and `sub`.
@@ -226,6 +234,7 @@ impl Worker {
     ) -> Self {
         let keys = config.static_keys.clone().map(Rc::new);
         let cache = TokenCache::new(config.token_cache_entries, config.rules.leeway_seconds);
+        let budget = SignatureBudget::new(config.failed_signature_checks_per_second);
         let upstream_tokens =
             UpstreamTokenCache::new(config.token_cache_entries, config.routes.len());
         let assertions = AssertionCache::new(config.token_cache_entries, config.routes.len());
@@ -237,6 +246,8 @@ impl Worker {
             keys,
             keys_cas: None,
             cache,
+            budget,
+            rejections_logged: (0, 0, 0),
             upstream_tokens,
             assertions,
             app_tokens,
@@ -317,8 +328,9 @@ impl Worker {
     /// that could not be dispatched).
     pub fn tick(&mut self) -> (Option<Duration>, Vec<Waiter>) {
         follow_log_level();
-        self.metrics.flush();
+        self.metrics.flush(&self.budget);
         let now = now_seconds();
+        self.summarize_rejections(now);
         self.expire_callouts(now);
         let _ = self.sync_keys();
         self.sync_session_key();
@@ -548,6 +560,33 @@ impl Worker {
                 );
                 Err("token-service-unavailable")
             }
+        }
+    }
+
+    /// Whether a rejection may be logged now: at most `MAX_REJECTION_LINES` a second per
+    /// worker; the rest are counted and summed up in one line at the next tick.
+    pub fn may_log_rejection(&mut self, now: i64) -> bool {
+        let (second, written, left_out) = &mut self.rejections_logged;
+        if *second != now {
+            *second = now;
+            *written = 0;
+        }
+        if *written < MAX_REJECTION_LINES {
+            *written += 1;
+            true
+        } else {
+            *left_out += 1;
+            false
+        }
+    }
+
+    fn summarize_rejections(&mut self, now: i64) {
+        let (second, _, left_out) = &mut self.rejections_logged;
+        if *left_out > 0 && *second != now {
+            log::info!(
+                "mcp-warden: {left_out} more rejections not logged (at most {MAX_REJECTION_LINES} lines a second per worker; the counters have them all)"
+            );
+            *left_out = 0;
         }
     }
 

@@ -134,6 +134,7 @@ pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
         jwks_static: None,
         clock_skew_seconds: 30,
         token_cache_entries: 10_000,
+        failed_signature_checks_per_second: warden_core::config::DEFAULT_FAILED_SIGNATURE_CHECKS,
         // The rendered access log prints it (`%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`).
         authorize_filter_state: true,
         route_header: Some(ROUTE_HEADER.into()),
