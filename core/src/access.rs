@@ -114,6 +114,7 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
     };
     let app_head = |nonce: &'_ str| crate::app::AppHead {
         method: head.method,
+        origin: head.origin,
         scheme: &scheme,
         authority: &authority,
         path: &path,

@@ -332,18 +332,54 @@ fn escape_html(s: &str) -> String {
 
 /// A small HTML page for a person in a browser.
 pub fn page(status: u32, reason: &'static str, title: &str, message: &str) -> LocalReply {
-    let (title, message) = (escape_html(title), escape_html(message));
+    html_page(status, reason, title, &escape_html(message))
+}
+
+/// A page with `body_html` (already escaped) under `title`; no script, no framing, forms
+/// only to this origin.
+fn html_page(status: u32, reason: &'static str, title: &str, body_html: &str) -> LocalReply {
+    let title = escape_html(title);
     LocalReply {
         status,
         headers: vec![
             ("content-type", "text/html; charset=utf-8".into()),
             ("cache-control", "no-store".into()),
+            (
+                "content-security-policy",
+                "default-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+                    .into(),
+            ),
+            ("x-frame-options", "DENY".into()),
         ],
         body: format!(
-            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n<body><h1>{title}</h1><p>{message}</p></body></html>\n"
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n<body><h1>{title}</h1><p>{body_html}</p></body></html>\n"
         ),
         reason,
     }
+}
+
+/// `GET {prefix}/.warden/sign-out`: a page with a button. Any site can send a browser to a
+/// URL, so the sign-out itself is the button's same-origin `POST`.
+pub fn sign_out_page(path: &str) -> LocalReply {
+    html_page(
+        200,
+        "app-sign-out-page",
+        "Sign out?",
+        &format!(
+            "Signing out ends your session in this application and your sign-in at the gateway.</p>\
+             <form method=\"post\" action=\"{}\"><button type=\"submit\">Sign out</button></form><p>",
+            escape_html(path)
+        ),
+    )
+}
+
+/// Whether a sign-out `POST` comes from the app's own pages: its `Origin` is the route's.
+/// Browsers send `Origin` with every `POST`; a request without one is refused too.
+fn same_origin(route: &Route, origin: Option<&[u8]>) -> bool {
+    origin.is_some_and(|o| {
+        std::str::from_utf8(o)
+            .is_ok_and(|o| crate::config::normalize_origin(o) == route.url.origin())
+    })
 }
 
 /// The route's policy denies the user.
@@ -410,21 +446,53 @@ pub fn sign_in_required(
     reply.with_header("set-cookie", set_nonce_cookie(route, nonce))
 }
 
-/// Sign-out: the cookie goes, the browser lands on the token service's signed-out page.
-pub fn signed_out(route: &Route, issuer: &str) -> LocalReply {
+/// Sign-out: the cookie goes, the browser lands on the token service's signed-out page, with
+/// the ticket that ends the sign-in there too (when the app session was live).
+pub fn signed_out(route: &Route, issuer: &str, ticket: Option<&str>) -> LocalReply {
+    let url = match ticket {
+        Some(t) => format!("{}?ticket={}", signed_out_url(issuer), percent_encode(t)),
+        None => signed_out_url(issuer),
+    };
     LocalReply {
-        status: 302,
+        status: 303,
         headers: vec![("cache-control", "no-store".into())],
         body: String::new(),
         reason: "app-signed-out",
     }
-    .with_header("location", signed_out_url(issuer))
+    .with_header("location", url)
     .with_header("set-cookie", clear_cookie(route))
+}
+
+/// The token service's answer to the end of an app session: the sign-out reply (with the
+/// ticket when there is one), or the page to answer when the session could not be ended.
+pub fn classify_end(status: Option<u32>, body: &[u8], route: &Route, issuer: &str) -> LocalReply {
+    #[derive(serde::Deserialize)]
+    struct Ended {
+        ticket: Option<String>,
+    }
+    match status {
+        Some(200) => match serde_json::from_slice::<Ended>(body) {
+            Ok(ended) => {
+                let ticket = ended.ticket.filter(|t| {
+                    !t.is_empty()
+                        && t.len() <= MAX_PARAM_LEN
+                        && t.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                });
+                signed_out(route, issuer, ticket.as_deref())
+            }
+            Err(_) => unavailable_page("app-sign-out-bad-answer"),
+        },
+        // The session stays as it was: the user may try again.
+        _ => unavailable_page("app-sign-out-unavailable"),
+    }
 }
 
 /// The request head fields the client-route decision reads.
 pub struct AppHead<'a> {
     pub method: &'a [u8],
+    /// The `Origin` header (a sign-out must come from the app's own pages).
+    pub origin: Option<&'a [u8]>,
     pub scheme: &'a str,
     pub authority: &'a str,
     /// `:path` with its query.
@@ -441,12 +509,12 @@ pub enum AppStep {
     Reply(LocalReply),
     /// The sign-in callback: `POST SESSION_PATH` with `body`, then `classify_session`.
     Callback { route: usize, body: String },
-    /// Sign-out: tell the token service (`POST END_PATH` with `end_body`, nobody waits for the
-    /// answer), forget the session's TE (`cache_key`), and answer `reply`.
+    /// Sign-out (a same-origin `POST`): forget the session's TE (`cache_key`), end the session
+    /// (`POST END_PATH` with `body`), and answer with `classify_end`.
     SignOut {
         route: usize,
-        end: Option<(Secret, String)>,
-        reply: LocalReply,
+        body: Secret,
+        cache_key: String,
     },
     /// A request with a session cookie: the TE from the cache (`cache_key`) or from
     /// `POST TOKEN_PATH` with `body`; `expired` is the reply when the session has ended.
@@ -530,16 +598,32 @@ pub fn on_route(
     let path_only = head.path.split(['?', '#']).next().unwrap_or_default();
     let cookie = find_cookie(head.cookies, &route.cookie_name);
     if path_only.strip_prefix(route.url.path.as_str()) == Some(SIGN_OUT_SUFFIX) {
-        let end = match &cookie {
-            CookieLookup::Found(session) => {
-                Some((session_body(route, session), session_key(session.secret())))
-            }
-            _ => None,
-        };
-        return AppStep::SignOut {
-            route: index,
-            end,
-            reply: signed_out(route, issuer),
+        return match head.method {
+            b"GET" | b"HEAD" => AppStep::Reply(sign_out_page(path_only)),
+            b"POST" if !same_origin(route, head.origin) => AppStep::Reply(page(
+                403,
+                "app-sign-out-cross-site",
+                "Not signed out",
+                "Sign-out must be asked for on this application's own page. Open it again and use its button.",
+            )),
+            b"POST" => match &cookie {
+                CookieLookup::Found(session) => AppStep::SignOut {
+                    route: index,
+                    body: session_body(route, session),
+                    cache_key: session_key(session.secret()),
+                },
+                // No session here: nothing to end, the cookie goes anyway.
+                _ => AppStep::Reply(signed_out(route, issuer, None)),
+            },
+            _ => AppStep::Reply(
+                page(
+                    405,
+                    "app-sign-out-method",
+                    "Method not allowed",
+                    "Sign out with the button on this page.",
+                )
+                .with_header("allow", "GET, HEAD, POST"),
+            ),
         };
     }
     let return_to = request_url(head.scheme, head.authority, head.path);
@@ -1003,6 +1087,7 @@ mod tests {
     ) -> AppHead<'a> {
         AppHead {
             method,
+            origin: Some(b"http://apps.example"),
             scheme: "https",
             authority,
             path,
@@ -1133,39 +1218,136 @@ mod tests {
             AppStep::Reply(r) => assert_eq!(r.status, 400),
             other => panic!("{other:?}"),
         }
-        // Sign-out under the route's prefix.
+        // Sign-out under the route's prefix: a same-origin POST ends the session.
         let admin = &c.routes[2];
         let cookie = format!("{}={SESSION}", admin.cookie_name);
         let cookies = [cookie.as_bytes()];
+        let sign_out = "/admin/.warden/sign-out";
         match on_route(
             &c,
             2,
             admin,
-            &head(b"GET", "apps.example", "/admin/.warden/sign-out", &cookies),
+            &head(b"POST", "apps.example", sign_out, &cookies),
         ) {
-            AppStep::SignOut { route, end, reply } => {
+            AppStep::SignOut {
+                route,
+                body,
+                cache_key,
+            } => {
                 assert_eq!(route, 2);
-                let (body, key) = end.unwrap();
                 assert!(body.0.contains("\"route\":\"admin-app\""));
-                assert_eq!(key, session_key(SESSION));
-                assert_eq!(reply.status, 302);
-                assert_eq!(
-                    header(&reply, "location").unwrap(),
-                    "http://issuer/app/signed-out"
-                );
-                assert!(header(&reply, "set-cookie").unwrap().contains("Max-Age=0"));
+                assert_eq!(cache_key, session_key(SESSION));
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            on_route(
+        // Without a session: straight to the signed-out page, the cookie cleared.
+        match on_route(&c, 2, admin, &head(b"POST", "apps.example", sign_out, &[])) {
+            AppStep::Reply(r) => {
+                assert_eq!((r.status, r.reason), (303, "app-signed-out"));
+                assert_eq!(
+                    header(&r, "location").unwrap(),
+                    "http://issuer/app/signed-out"
+                );
+                assert!(header(&r, "set-cookie").unwrap().contains("Max-Age=0"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn another_site_cannot_sign_a_user_out_of_an_app() {
+        let c = config();
+        let admin = &c.routes[2];
+        let cookie = format!("{}={SESSION}", admin.cookie_name);
+        let cookies = [cookie.as_bytes()];
+        let sign_out = "/admin/.warden/sign-out";
+        // A GET (a link, an image, a redirect from anywhere): a page with a button, no
+        // cookie cleared, nothing ended.
+        for method in [b"GET".as_slice(), b"HEAD"] {
+            match on_route(
                 &c,
                 2,
                 admin,
-                &head(b"GET", "apps.example", "/admin/.warden/sign-out", &[])
-            ),
-            AppStep::SignOut { end: None, .. }
-        ));
+                &head(method, "apps.example", sign_out, &cookies),
+            ) {
+                AppStep::Reply(r) => {
+                    assert_eq!((r.status, r.reason), (200, "app-sign-out-page"));
+                    assert!(r.body.contains("method=\"post\""), "{}", r.body);
+                    assert!(r.body.contains("action=\"/admin/.warden/sign-out\""));
+                    assert!(header(&r, "set-cookie").is_none());
+                    assert!(header(&r, "content-security-policy")
+                        .unwrap()
+                        .contains("frame-ancestors 'none'"));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // A POST from another origin, with the Origin of a sibling, or with none: refused.
+        for origin in [
+            Some(b"https://evil.example".as_slice()),
+            Some(b"https://other.apps.example"),
+            Some(b"https://apps.example"),
+            Some(b"null"),
+            None,
+        ] {
+            let mut h = head(b"POST", "apps.example", sign_out, &cookies);
+            h.origin = origin;
+            match on_route(&c, 2, admin, &h) {
+                AppStep::Reply(r) => {
+                    assert_eq!((r.status, r.reason), (403, "app-sign-out-cross-site"));
+                    assert!(header(&r, "set-cookie").is_none());
+                }
+                other => panic!("{origin:?}: {other:?}"),
+            }
+        }
+        for method in [b"PUT".as_slice(), b"DELETE"] {
+            match on_route(
+                &c,
+                2,
+                admin,
+                &head(method, "apps.example", sign_out, &cookies),
+            ) {
+                AppStep::Reply(r) => assert_eq!(r.status, 405),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_end_of_a_session_sends_the_browser_on_with_its_ticket() {
+        let c = config();
+        let admin = &c.routes[2];
+        let ok = br#"{"ended":true,"ticket":"1900000120.c2lk.QFO-ore_N64"}"#;
+        let r = classify_end(Some(200), ok, admin, "http://issuer");
+        assert_eq!(r.status, 303);
+        assert_eq!(
+            header(&r, "location").unwrap(),
+            "http://issuer/app/signed-out?ticket=1900000120.c2lk.QFO-ore_N64"
+        );
+        assert!(header(&r, "set-cookie").unwrap().contains("Max-Age=0"));
+        let gone = br#"{"ended":false,"ticket":null}"#;
+        let r = classify_end(Some(200), gone, admin, "http://issuer");
+        assert_eq!(
+            header(&r, "location").unwrap(),
+            "http://issuer/app/signed-out"
+        );
+        // A ticket that is not plain text goes nowhere near the URL.
+        let odd = br#"{"ended":true,"ticket":"a&b=c"}"#;
+        let r = classify_end(Some(200), odd, admin, "http://issuer");
+        assert_eq!(
+            header(&r, "location").unwrap(),
+            "http://issuer/app/signed-out"
+        );
+        // The token service unreachable: the session stays, the cookie too, try again.
+        for (status, body) in [
+            (None, b"".as_slice()),
+            (Some(500), b"{}"),
+            (Some(200), b"nope"),
+        ] {
+            let r = classify_end(status, body, admin, "http://issuer");
+            assert_eq!(r.status, 503);
+            assert!(header(&r, "set-cookie").is_none());
+        }
     }
 
     #[test]

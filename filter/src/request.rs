@@ -262,6 +262,7 @@ pub fn deliver_lookup(waiter: Waiter, kind: LookupKind, headers: usize, body_siz
         LookupKind::IdentityAssertion => s.accept_assertion(status, &body),
         LookupKind::AppSession => s.accept_app_session(status, &body),
         LookupKind::AppToken => s.accept_app_token(status, &body),
+        LookupKind::AppSessionEnd => s.accept_app_session_end(status, &body),
     }
 }
 
@@ -886,15 +887,22 @@ impl RequestState {
                 });
                 self.start_app_lookup(LookupKind::AppSession, &body)
             }
-            AppStep::SignOut { route, end, reply } => {
-                if let Some((body, cache_key)) = end {
-                    let mut w = self.worker.borrow_mut();
-                    w.app_tokens.remove_if(route, &cache_key, |_| true);
-                    w.dispatch_notice(self.id, app::END_PATH, &body.0, "app session end");
-                }
-                self.worker.borrow().metrics.inc(Counter::LocalReplies);
-                self.send(reply);
-                Action::Pause
+            AppStep::SignOut {
+                route,
+                body,
+                cache_key,
+            } => {
+                self.worker
+                    .borrow_mut()
+                    .app_tokens
+                    .remove_if(route, &cache_key, |_| true);
+                self.app = Some(AppRequest {
+                    route,
+                    cache_key,
+                    expired: None,
+                    identity: None,
+                });
+                self.start_app_lookup(LookupKind::AppSessionEnd, &body.0)
             }
             AppStep::Session {
                 route,
@@ -1017,6 +1025,24 @@ impl RequestState {
             return;
         };
         let reply = app::classify_session(status, body, route);
+        self.log_app_reply(&reply);
+        self.send(reply);
+    }
+
+    /// The token service ended the app session: on to the issuer's signed-out page (with the
+    /// ticket that ends the sign-in there too), or a page saying it could not be done.
+    fn accept_app_session_end(&mut self, status: Option<u32>, body: &[u8]) {
+        if self.app_lookup.take().is_none() || self.replied {
+            return;
+        }
+        let Some(route_index) = self.app.as_ref().map(|a| a.route) else {
+            return;
+        };
+        let config = Rc::clone(&self.worker.borrow().config);
+        let Some(route) = config.routes.get(route_index) else {
+            return;
+        };
+        let reply = app::classify_end(status, body, route, &config.rules.issuer);
         self.log_app_reply(&reply);
         self.send(reply);
     }

@@ -86,6 +86,8 @@ pub enum LookupKind {
     AppSession,
     /// A client route's app session: the user's TE.
     AppToken,
+    /// A client route's sign-out: the end of the app session.
+    AppSessionEnd,
 }
 
 impl LookupKind {
@@ -95,6 +97,7 @@ impl LookupKind {
             LookupKind::IdentityAssertion => assertion::PATH,
             LookupKind::AppSession => app::SESSION_PATH,
             LookupKind::AppToken => app::TOKEN_PATH,
+            LookupKind::AppSessionEnd => app::END_PATH,
         }
     }
 
@@ -104,6 +107,7 @@ impl LookupKind {
             LookupKind::IdentityAssertion => "identity assertion request",
             LookupKind::AppSession => "app session request",
             LookupKind::AppToken => "app token request",
+            LookupKind::AppSessionEnd => "app session end",
         }
     }
 }
@@ -463,7 +467,7 @@ impl Worker {
             LookupKind::UpstreamToken => Counter::UpstreamTokenLookups,
             LookupKind::IdentityAssertion => Counter::IdentityAssertionLookups,
             LookupKind::AppSession => Counter::AppSessionLookups,
-            LookupKind::AppToken => Counter::AppTokenLookups,
+            LookupKind::AppToken | LookupKind::AppSessionEnd => Counter::AppTokenLookups,
         });
         Ok(token)
     }

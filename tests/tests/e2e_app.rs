@@ -236,27 +236,58 @@ async fn browser_sign_in_and_the_app_receives_the_te() {
     .await;
     assert_eq!(resp.status, 200, "{:?}", resp.body);
 
-    // Sign-out ends the session and clears the cookie.
+    // Another site cannot sign the user out: a GET is a page with a button, and a POST
+    // from another origin (or with none) is refused; the session stays.
+    let sign_out = format!("{envoy}{APP}/.warden/sign-out");
     let resp = b
-        .get(format!("{envoy}{APP}/.warden/sign-out"))
+        .get(&sign_out)
         .header("cookie", &ours)
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status().as_u16(), 302);
-    assert_eq!(
-        header(&resp, "location").unwrap(),
-        format!("{issuer}/app/signed-out")
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(header(&resp, "set-cookie").is_none());
+    assert!(resp.text().await.unwrap().contains("method=\"post\""));
+    for origin in [Some("https://evil.example"), None] {
+        let mut req = b.post(&sign_out).header("cookie", &ours);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 403, "{origin:?}");
+        assert!(header(&resp, "set-cookie").is_none());
+    }
+    // Still signed in: the request reaches the app (whose own answer it is), not sign-in.
+    let resp = b.get(&page).header("cookie", &ours).send().await.unwrap();
+    assert_ne!(resp.status().as_u16(), 302, "still signed in");
+    assert!(header(&resp, "location").is_none());
+
+    // The page's own button (a same-origin POST) ends the session and clears the cookie, and
+    // sends the browser to the issuer with a ticket that ends the sign-in there too.
+    let resp = b
+        .post(&sign_out)
+        .header("cookie", &ours)
+        .header("origin", &envoy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 303);
+    let signed_out = header(&resp, "location").unwrap();
+    assert!(
+        signed_out.starts_with(&format!("{issuer}/app/signed-out?ticket=")),
+        "{signed_out}"
     );
     assert!(header(&resp, "set-cookie").unwrap().contains("Max-Age=0"));
-    // The old cookie is worth nothing now (the end call is fire-and-forget: allow it a moment).
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The old cookie is worth nothing now.
     let resp = b.get(&page).header("cookie", &ours).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 302);
     assert!(header(&resp, "location")
         .unwrap()
         .starts_with(&format!("{issuer}/app/sign-in")));
     assert!(header(&resp, "set-cookie").unwrap().contains("Max-Age=0"));
+    let resp = b.get(&signed_out).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.text().await.unwrap().contains("signed out"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

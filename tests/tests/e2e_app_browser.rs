@@ -95,6 +95,24 @@ async fn the_demo_app_in_a_real_browser() {
         !browser.source().await.contains("eyJ"),
         "a token in the page"
     );
+
+    // Sign-out is the app page's button: the browser's own POST (with its Origin) ends the
+    // app session and, through the ticket, the sign-in at the issuer.
+    browser.goto(&format!("{app_url}/")).await;
+    browser.wait_for_url(&app_url).await;
+    browser.click("button.sign-out").await;
+    browser
+        .wait_for_url(&format!("{}/app/signed-out", stack.issuer()))
+        .await;
+    assert!(
+        browser.source().await.contains("You are signed out"),
+        "{}",
+        browser.source().await
+    );
+    // The next visit asks for the password again.
+    browser.goto(&format!("{app_url}/")).await;
+    browser.wait_for_url(&stack.issuer()).await;
+    assert!(browser.find("input[name=password]").await.is_some());
     browser.quit().await;
     drop(app);
 }

@@ -256,15 +256,6 @@ async fn streamed_answers_through_envoy_do_not_stall() {
     assert!(slow < 6, "{slow} of 60 calls took 35 ms or more: {all:?}");
 }
 
-/// A `tools/call` on `url` with `bearer` that the client gives up on after `wait`.
-async fn abandoned_call(url: &str, bearer: &str, wait: Duration) {
-    let answer = try_abandoned_call(url, bearer, wait).await;
-    assert!(
-        answer.is_none(),
-        "the call was meant to be abandoned: {answer:?}"
-    );
-}
-
 /// The status if the call was answered within `wait`; `None` when the client gave up.
 async fn try_abandoned_call(url: &str, bearer: &str, wait: Duration) -> Option<u16> {
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}});

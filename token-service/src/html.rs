@@ -77,6 +77,24 @@ pub fn info_page(status: StatusCode, title: &str, message: &str) -> Response {
     )
 }
 
+/// Asks before ending the sign-in session: a page any site can send a browser to, so the
+/// sign-out itself is this form's `POST`, with a CSRF token.
+pub fn sign_out_form(action: &str, csrf: &str) -> Response {
+    page(
+        StatusCode::OK,
+        "Sign out",
+        &format!(
+            "<h1>Sign out?</h1><p>You are signed in to the MCP gateway. Signing out ends the \
+             sign-in and every application session that came with it.</p>\
+             <form method=\"post\" action=\"{}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button type=\"submit\">Sign out</button></form>",
+            escape(action),
+            escape(csrf)
+        ),
+    )
+}
+
 pub struct LoginForm<'a> {
     pub action: &'a str,
     pub flow_id: &'a str,

@@ -16,7 +16,8 @@
 //!   "return_to"}`, `400 invalid_code` (an `mcp: client` route's one-time app code).
 //! * `POST /internal/v1/app-token` `{"route", "session"}` → `200 {"access_token",
 //!   "expires_at"}`, `401 session_expired`, `403 access_denied`.
-//! * `POST /internal/v1/app-session/end` `{"route", "session"}` → `200 {"ended"}`.
+//! * `POST /internal/v1/app-session/end` `{"route", "session"}` → `200 {"ended", "ticket"}`
+//!   (`ticket`: for `{issuer}/app/signed-out?ticket=`, ending the sign-in session too).
 //! * `GET /internal/v1/vault/status` → `200` the encryption-key re-seal's counters
 //!   (`vault::reseal::ResealStatus`).
 
@@ -490,7 +491,13 @@ async fn end_app_session(State(s): State<AppState>, body: axum::body::Bytes) -> 
         })
         .await;
     match ended {
-        Ok(ended) => no_store(Json(json!({ "ended": ended })).into_response()),
+        // The ticket lets the browser end the sign-in session at the issuer without a second
+        // question: the filter hands it out only for a same-origin sign-out `POST`.
+        Ok(Some(sid)) => no_store(
+            Json(json!({ "ended": true, "ticket": s.sign_out_key().ticket(&sid, s.now()) }))
+                .into_response(),
+        ),
+        Ok(None) => no_store(Json(json!({ "ended": false, "ticket": null })).into_response()),
         Err(e) => server_error(&e, "ending an app session"),
     }
 }

@@ -64,6 +64,8 @@ struct Inner {
     internal_key: Arc<warden_core::internal_api::InternalKey>,
     /// Nonces of internal calls already accepted (replays are refused).
     internal_nonces: Arc<internal::NonceGuard>,
+    /// Keys sign-out tickets and the sign-out form's CSRF token.
+    sign_out_key: Arc<flows::app::SignOutKey>,
 }
 
 /// The secrets of the upstream-token vault: the key tokens are sealed with, and the
@@ -193,6 +195,9 @@ impl AppState {
                 oidc,
                 internal_key: Arc::new(internal_key),
                 internal_nonces: Arc::new(internal::NonceGuard::new()),
+                sign_out_key: Arc::new(flows::app::SignOutKey::derive(
+                    &secrets.internal_credential,
+                )),
             }),
         })
     }
@@ -212,6 +217,7 @@ impl AppState {
                 oidc: self.inner.oidc.clone(),
                 internal_key: self.inner.internal_key.clone(),
                 internal_nonces: self.inner.internal_nonces.clone(),
+                sign_out_key: self.inner.sign_out_key.clone(),
             }),
         }
     }
@@ -234,6 +240,10 @@ impl AppState {
 
     pub(crate) fn internal_key(&self) -> &warden_core::internal_api::InternalKey {
         &self.inner.internal_key
+    }
+
+    pub(crate) fn sign_out_key(&self) -> &flows::app::SignOutKey {
+        &self.inner.sign_out_key
     }
 
     pub(crate) fn internal_nonces(&self) -> &internal::NonceGuard {

@@ -63,7 +63,10 @@ pub fn router(state: AppState) -> Router {
         .route(crate::oidc::CALLBACK_PATH, get(idp_callback))
         .route(app::SIGN_IN_PATH, get(app::sign_in))
         .route(app::CONNECT_PATH, get(app::connect))
-        .route(app::SIGNED_OUT_PATH, get(app::signed_out))
+        .route(
+            app::SIGNED_OUT_PATH,
+            get(app::signed_out).post(app::signed_out_post),
+        )
         .merge(api);
     let router = if base.is_empty() {
         endpoints

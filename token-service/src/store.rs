@@ -469,6 +469,9 @@ pub trait Store: Send + Sync + 'static {
     /// Ends the sign-in session whose cookie hashes to `secret_hash` (sign-out), and every
     /// app session bound to it; returns its `sid` when there was a live one.
     fn revoke_session(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<String>>;
+    /// Ends the sign-in session `sid` and every app session bound to it; false when it was
+    /// not live.
+    fn revoke_sid(&self, sid: &str, now: i64) -> anyhow::Result<bool>;
 }
 
 /// Ordered schema migrations; a version is applied once, recorded in `schema_migrations`.
@@ -1642,5 +1645,18 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         Ok(sid)
+    }
+
+    fn revoke_sid(&self, sid: &str, now: i64) -> anyhow::Result<bool> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE sessions SET revoked_at = ?2
+             WHERE sid = ?1 AND revoked_at IS NULL AND expires_at > ?2",
+            params![sid, now],
+        )?;
+        tx.execute("DELETE FROM app_sessions WHERE sid = ?1", [sid])?;
+        tx.commit()?;
+        Ok(n == 1)
     }
 }

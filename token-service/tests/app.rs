@@ -561,14 +561,15 @@ async fn sign_out_ends_the_app_session() {
     let (status, body) = app
         .internal("/internal/v1/app-session/end", end.clone())
         .await;
-    assert_eq!((status, body), (StatusCode::OK, json!({"ended": true})));
+    assert_eq!((status, &body["ended"]), (StatusCode::OK, &json!(true)));
+    assert!(body["ticket"].is_string(), "{body}");
     let (status, body) = app.app_token(&session).await;
     assert_eq!(
         (status, &body["error"]),
         (StatusCode::UNAUTHORIZED, &json!("session_expired"))
     );
     let (_, body) = app.internal("/internal/v1/app-session/end", end).await;
-    assert_eq!(body, json!({"ended": false}));
+    assert_eq!(body, json!({"ended": false, "ticket": null}));
 }
 
 #[tokio::test]
@@ -806,8 +807,21 @@ async fn signing_out_ends_the_issuer_session_and_its_app_sessions() {
         )
         .await;
     let session = body["session"].as_str().unwrap().to_owned();
-    // The filter ended the app session, then sends the browser here.
-    let r = app.env.get_with_cookie("/app/signed-out", &cookies).await;
+    // The filter ended the app session on the app's sign-out POST; the answer carries the
+    // ticket it sends the browser to the issuer with.
+    let (status, ended) = app
+        .internal(
+            "/internal/v1/app-session/end",
+            json!({"route": "chat", "session": session}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{ended}");
+    assert_eq!(ended["ended"], true);
+    let ticket = ended["ticket"].as_str().unwrap().to_owned();
+    let r = app
+        .env
+        .get_with_cookie(&format!("/app/signed-out?ticket={ticket}"), &cookies)
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(r.body.contains("signed out"), "{}", r.body);
     let cleared = r.set_cookie("warden_session").unwrap();
@@ -828,8 +842,93 @@ async fn signing_out_ends_the_issuer_session_and_its_app_sessions() {
         "the sign-in form, not a silent sign-in"
     );
     assert!(r.body.contains("name=\"password\""), "{}", r.body);
-    // Without a session it is just the page.
+    // An app session ended twice gives no second ticket; without a session it is just the
+    // page.
+    let (_, again) = app
+        .internal(
+            "/internal/v1/app-session/end",
+            json!({"route": "chat", "session": session}),
+        )
+        .await;
+    assert_eq!(again, json!({"ended": false, "ticket": null}));
     assert_eq!(app.env.get("/app/signed-out").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn another_site_cannot_sign_a_user_out_of_the_issuer() {
+    let app = App::start().await;
+    let (r, cookies) = app
+        .browser_sign_in("chat", &format!("{CHAT}/"), EMAIL)
+        .await;
+    let code = callback(&r, CHAT).1["code"].clone();
+    let (_, body) = app
+        .internal(
+            "/internal/v1/app-session",
+            json!({"route": "chat", "code": code, "nonce": NONCE}),
+        )
+        .await;
+    let session = body["session"].as_str().unwrap().to_owned();
+    let still_signed_in = |r: &Resp| {
+        assert!(r.set_cookie("warden_session").is_none(), "{:?}", r.headers);
+    };
+    // A cross-site GET (a link, an image, a top-level navigation with the Lax cookie): a
+    // page that asks, nothing ended. A forged or expired ticket changes nothing.
+    for uri in [
+        "/app/signed-out".to_owned(),
+        "/app/signed-out?ticket=9999999999.c2lk.AAAA".to_owned(),
+        "/app/signed-out?ticket=garbage".to_owned(),
+    ] {
+        let r = app.env.get_with_cookie(&uri, &cookies).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert!(r.body.contains("Sign out?"), "{}", r.body);
+        still_signed_in(&r);
+    }
+    // A cross-site POST: without the page's CSRF token (another site cannot read it), or
+    // from a foreign Origin, refused.
+    let page = app.env.get_with_cookie("/app/signed-out", &cookies).await;
+    let csrf = page.hidden("csrf");
+    for (form, origin) in [
+        (vec![], None),
+        (vec![("csrf", "forged")], None),
+        (vec![("csrf", csrf.as_str())], Some("https://evil.example")),
+    ] {
+        let mut req = axum::http::Request::post("/app/signed-out")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, &cookies);
+        if let Some(o) = origin {
+            req = req.header(header::ORIGIN, o);
+        }
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&form)
+            .finish();
+        let r = app.env.send(req.body(Body::from(body)).unwrap()).await;
+        assert_eq!(
+            r.status,
+            StatusCode::FORBIDDEN,
+            "{form:?} {origin:?}: {}",
+            r.body
+        );
+        still_signed_in(&r);
+    }
+    let (status, _) = app.app_token(&session).await;
+    assert_eq!(status, StatusCode::OK, "nobody was signed out");
+    // The page's own button signs out.
+    let r = app
+        .env
+        .post_form_with_cookie(
+            "/app/signed-out",
+            &[("csrf", csrf.as_str())],
+            None,
+            Some(&cookies),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r
+        .set_cookie("warden_session")
+        .unwrap()
+        .contains("Max-Age=0"));
+    let (status, _) = app.app_token(&session).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

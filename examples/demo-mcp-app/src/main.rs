@@ -208,9 +208,11 @@ async fn home(State(app): State<App>, headers: HeaderMap) -> Response {
             page(
                 StatusCode::OK,
                 &format!(
-                    "<p id=\"user\">Signed in as <strong>{}</strong>.</p>\
+                    "<p id=\"user\">Signed in as <strong>{}</strong>. \
+                     <form method=\"post\" action=\"{}/.warden/sign-out\"><button type=\"submit\" class=\"sign-out\">Sign out</button></form></p>\
                      <table id=\"servers\"><tr><th>Server</th><th>URL</th><th>Account</th><th></th></tr>{rows}</table>",
-                    escape(&email_of(&te))
+                    escape(&email_of(&te)),
+                    escape(&app.app_url)
                 ),
             )
         }

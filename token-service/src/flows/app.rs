@@ -325,8 +325,14 @@ pub fn app_token(
     Ok(Ok((token, exp)))
 }
 
-/// Ends an app session of `route`; false when there was none.
-pub fn end_session(store: &dyn Store, route: &str, secret: &str, now: i64) -> anyhow::Result<bool> {
+/// Ends an app session of `route`; the sign-in session (`sid`) it belonged to, or `None`
+/// when there was none.
+pub fn end_session(
+    store: &dyn Store,
+    route: &str,
+    secret: &str,
+    now: i64,
+) -> anyhow::Result<Option<String>> {
     let hash = hash_secret(secret);
     match store.app_session(&hash, now)? {
         Some(s) if s.route == route => {
@@ -334,9 +340,88 @@ pub fn end_session(store: &dyn Store, route: &str, secret: &str, now: i64) -> an
             if ended {
                 tracing::info!(route = %route, sub = %s.user, "app session ended");
             }
-            Ok(ended)
+            Ok(ended.then_some(s.sid))
         }
-        _ => Ok(false),
+        _ => Ok(None),
+    }
+}
+
+/// How long a sign-out ticket may be used: the browser follows the redirect at once.
+pub const SIGN_OUT_TICKET_TTL: i64 = 120;
+
+/// Keys the sign-out ticket and the sign-out page's CSRF token, derived from the internal
+/// credential (the same on every replica).
+#[derive(Clone)]
+pub struct SignOutKey([u8; 32]);
+
+impl std::fmt::Debug for SignOutKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SignOutKey(..)")
+    }
+}
+
+impl SignOutKey {
+    pub fn derive(credential: &str) -> Self {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"mcp-warden sign-out v1\0");
+        h.update(credential.as_bytes());
+        Self(h.finalize().into())
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::Mac;
+        let mut block = [0u8; 64];
+        block[..32].copy_from_slice(&self.0);
+        let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new(&block.into());
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac
+    }
+
+    /// What the filter sends the browser to the issuer with after ending an app session:
+    /// proof that the sign-out was asked for on the app's own page (a same-origin `POST`),
+    /// so the issuer may end the sign-in session `sid` without asking again.
+    pub fn ticket(&self, sid: &str, now: i64) -> String {
+        use base64::Engine as _;
+        use hmac::Mac;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let exp = (now + SIGN_OUT_TICKET_TTL).to_string();
+        let tag = self
+            .mac(&[b"ticket", exp.as_bytes(), sid.as_bytes()])
+            .finalize()
+            .into_bytes();
+        format!("{exp}.{}.{}", b64.encode(sid), b64.encode(tag))
+    }
+
+    /// The sign-in session a ticket ends, when it is ours and not expired. (Used twice, it
+    /// ends a session already ended: harmless.)
+    pub fn ticket_sid(&self, ticket: &str, now: i64) -> Option<String> {
+        use base64::Engine as _;
+        use hmac::Mac;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut parts = ticket.splitn(3, '.');
+        let (exp, sid, tag) = (parts.next()?, parts.next()?, parts.next()?);
+        let sid = String::from_utf8(b64.decode(sid).ok()?).ok()?;
+        let tag = b64.decode(tag).ok()?;
+        self.mac(&[b"ticket", exp.as_bytes(), sid.as_bytes()])
+            .verify_slice(&tag)
+            .ok()?;
+        (exp.parse::<i64>().ok()? >= now).then_some(sid)
+    }
+
+    /// The CSRF token of the issuer's sign-out form, bound to the browser's session secret
+    /// (an HttpOnly cookie no other site can read).
+    pub fn csrf(&self, session_secret: &str) -> String {
+        use base64::Engine as _;
+        use hmac::Mac;
+        let tag = self
+            .mac(&[b"csrf", session_secret.as_bytes()])
+            .finalize()
+            .into_bytes();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag)
     }
 }
 
@@ -354,6 +439,41 @@ pub fn verify_te(
         leeway_seconds: 30,
     };
     warden_core::token::verify(token, &set, &rules, now).ok()
+}
+
+#[cfg(test)]
+mod sign_out_tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_names_its_session_until_it_expires_and_cannot_be_forged() {
+        let key = SignOutKey::derive("credential-of-at-least-thirty-two-chars");
+        let t = key.ticket("sid-1", 1000);
+        assert_eq!(key.ticket_sid(&t, 1000).as_deref(), Some("sid-1"));
+        assert_eq!(
+            key.ticket_sid(&t, 1000 + SIGN_OUT_TICKET_TTL).as_deref(),
+            Some("sid-1")
+        );
+        assert_eq!(key.ticket_sid(&t, 1001 + SIGN_OUT_TICKET_TTL), None);
+        let other = SignOutKey::derive("another-credential-of-thirty-two-chars");
+        assert_eq!(other.ticket_sid(&t, 1000), None);
+        // Another session, or a later expiry, under the same MAC: refused.
+        let (exp, rest) = t.split_once('.').unwrap();
+        let (_, tag) = rest.split_once('.').unwrap();
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        assert_eq!(
+            key.ticket_sid(&format!("{exp}.{}.{tag}", b64.encode("sid-2")), 1000),
+            None
+        );
+        let later = (exp.parse::<i64>().unwrap() + 9999).to_string();
+        assert_eq!(key.ticket_sid(&t.replacen(exp, &later, 1), 1000), None);
+        for junk in ["", "a.b", "1.2.3", "..", &format!("{t}x")] {
+            assert_eq!(key.ticket_sid(junk, 1000), None, "{junk}");
+        }
+        assert_ne!(key.csrf("s1"), key.csrf("s2"));
+        assert!(!format!("{key:?}").contains("credential"));
+    }
 }
 
 #[cfg(test)]
