@@ -577,13 +577,15 @@ struct SessionGranted {
 /// Whether `url` is an absolute URL on the route's host under its path prefix (where the
 /// callback may send the browser).
 pub fn under_route(route: &Route, url: &str) -> bool {
-    if url.bytes().any(|b| !b.is_ascii_graphic()) {
+    // A browser reads `\` as `/` in an http(s) URL: `/admin/..\x` is `/x` to it.
+    if url.bytes().any(|b| !b.is_ascii_graphic() || b == b'\\') {
         return false;
     }
     let Some((scheme, rest)) = url.split_once("://") else {
         return false;
     };
-    if scheme != "http" && scheme != "https" {
+    // The route's own scheme: `http://` on an https route's host is another origin.
+    if scheme != route.url.scheme {
         return false;
     }
     let (authority, path) = match rest.find(['/', '?', '#']) {
@@ -1219,6 +1221,21 @@ mod tests {
         assert!(!under_route(admin, "http://apps.example/admin/%2E%2e/x"));
         assert!(!under_route(admin, "http://other.example/admin"));
         assert!(under_route(&c.routes[1], "https://chat.example"));
+    }
+
+    #[test]
+    fn return_to_is_read_as_a_browser_reads_it() {
+        // Found by the fuzz target `return_to_and_redirect_url`: a browser turns `\` into `/`
+        // (so `..\x` climbs out of the prefix), and `http://` on an https route's host (or
+        // its port 443) is another origin.
+        let c = config();
+        let (chat, admin) = (&c.routes[1], &c.routes[2]);
+        assert!(!under_route(admin, "http://apps.example/admin/..\\x"));
+        assert!(!under_route(admin, "http://apps.example/admin\\x"));
+        assert!(!under_route(chat, "http://chat.example/"));
+        assert!(!under_route(chat, "http://chat.example:443/"));
+        assert!(!under_route(admin, "https://apps.example/admin"));
+        assert!(under_route(chat, "https://chat.example/c?x=1"));
     }
 
     #[test]
