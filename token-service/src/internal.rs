@@ -93,11 +93,13 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
     next.run(req).await
 }
 
+/// The body of `upstream-token` and `identity-assertion`: whose token, for which route.
+/// Public, like the other bodies and `json_body`, for the fuzz targets (`fuzz/`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TokenQuery {
-    sub: String,
-    route: String,
+pub struct TokenQuery {
+    pub sub: String,
+    pub route: String,
 }
 
 async fn upstream_token(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
@@ -152,15 +154,16 @@ async fn upstream_token(State(s): State<AppState>, body: axum::body::Bytes) -> R
     }
 }
 
+/// The body of `upstream-token/drop`: a TI the MCP server refused, and why.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DropRequest {
-    sub: String,
-    route: String,
-    access_token: String,
-    reason: String,
+pub struct DropRequest {
+    pub sub: String,
+    pub route: String,
+    pub access_token: String,
+    pub reason: String,
     #[serde(default)]
-    scope: String,
+    pub scope: String,
 }
 
 async fn drop_upstream_token(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
@@ -299,24 +302,26 @@ async fn identity_assertion(State(s): State<AppState>, body: axum::body::Bytes) 
     }
 }
 
+/// The body of `app-session`: an app's one-time code, traded for an app session.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AppCodeRequest {
-    route: String,
-    code: String,
+pub struct AppCodeRequest {
+    pub route: String,
+    pub code: String,
     /// SHA-256 (hex) of the browser's sign-in nonce cookie, as the filter read it.
-    nonce: String,
+    pub nonce: String,
 }
 
+/// The body of `app-token` and `app-session/end`: an app session.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AppSessionRequest {
-    route: String,
-    session: String,
+pub struct AppSessionRequest {
+    pub route: String,
+    pub session: String,
 }
 
 /// The request's JSON body, or the `400 invalid_request` naming what was expected.
-fn json_body<T: serde::de::DeserializeOwned>(
+pub fn json_body<T: serde::de::DeserializeOwned>(
     body: &[u8],
     expected: &str,
 ) -> Result<T, Box<Response>> {
