@@ -616,13 +616,11 @@ pub fn under_route(route: &Route, url: &str) -> bool {
 pub fn classify_session(status: Option<u32>, body: &[u8], route: &Route) -> LocalReply {
     match status {
         Some(200) => {
-            let granted = serde_json::from_slice::<SessionGranted>(body)
-                .ok()
-                .filter(|g| {
-                    valid_session(g.session.as_bytes())
-                        && g.max_age > 0
-                        && under_route(route, &g.return_to)
-                });
+            let granted = crate::raw::object::<SessionGranted>(body).filter(|g| {
+                valid_session(g.session.as_bytes())
+                    && g.max_age > 0
+                    && under_route(route, &g.return_to)
+            });
             match granted {
                 Some(g) => LocalReply {
                     status: 302,
@@ -711,15 +709,11 @@ struct Refused {
 
 /// Reads the internal API's answer to `POST TOKEN_PATH`; `status` `None` is no answer at all.
 pub fn classify_token(status: Option<u32>, body: &[u8]) -> TokenAnswer {
-    let error = || {
-        serde_json::from_slice::<Refused>(body)
-            .ok()
-            .map(|r| r.error)
-    };
+    let error = || crate::raw::object::<Refused>(body).map(|r| r.error);
     match status {
-        Some(200) => match serde_json::from_slice::<TokenGranted>(body) {
-            Ok(g) => TokenAnswer::Token(Secret(g.access_token), g.expires_at),
-            Err(_) => TokenAnswer::Unavailable("app-token-bad-answer"),
+        Some(200) => match crate::raw::object::<TokenGranted>(body) {
+            Some(g) => TokenAnswer::Token(Secret(g.access_token), g.expires_at),
+            None => TokenAnswer::Unavailable("app-token-bad-answer"),
         },
         Some(401) if error().as_deref() == Some("session_expired") => TokenAnswer::SessionExpired,
         Some(403) if error().as_deref() == Some("access_denied") => TokenAnswer::AccessDenied,
@@ -1265,6 +1259,24 @@ mod tests {
                 "{status:?}"
             );
         }
+    }
+
+    #[test]
+    fn answers_that_are_not_objects_are_bad_answers() {
+        // Found by the fuzz target `internal_api_bodies`: serde reads a struct from an array
+        // of its values, so `[session, max_age, return_to]` signed the browser in.
+        let c = config();
+        let array = format!(r#"["{SESSION}", 60, "https://chat.example/"]"#);
+        let r = classify_session(Some(200), array.as_bytes(), &c.routes[1]);
+        assert_eq!((r.status, r.reason), (400, "app-session-bad-answer"));
+        assert!(matches!(
+            classify_token(Some(200), br#"["t", 5]"#),
+            TokenAnswer::Unavailable("app-token-bad-answer")
+        ));
+        assert!(matches!(
+            classify_token(Some(401), br#"["session_expired"]"#),
+            TokenAnswer::Unavailable(_)
+        ));
     }
 
     fn app_te(client_id: &str, aud: Audience, iss: &str) -> String {

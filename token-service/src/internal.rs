@@ -325,8 +325,9 @@ pub fn json_body<T: serde::de::DeserializeOwned>(
     body: &[u8],
     expected: &str,
 ) -> Result<T, Box<Response>> {
-    serde_json::from_slice(body)
-        .map_err(|_| Box::new(error(StatusCode::BAD_REQUEST, "invalid_request", expected)))
+    // An object only: serde would also read a struct from an array of its values.
+    warden_core::raw::object(body)
+        .ok_or_else(|| Box::new(error(StatusCode::BAD_REQUEST, "invalid_request", expected)))
 }
 
 fn server_error(e: &crate::error::Error, what: &str) -> Response {
@@ -426,5 +427,30 @@ async fn end_app_session(State(s): State<AppState>, body: axum::body::Bytes) -> 
     match ended {
         Ok(ended) => no_store(Json(json!({ "ended": ended })).into_response()),
         Err(e) => server_error(&e, "ending an app session"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_body_is_an_object_of_exactly_the_endpoints_fields() {
+        let q: TokenQuery = json_body(br#" {"sub": "a", "route": "demo"}"#, "x").unwrap();
+        assert_eq!((q.sub.as_str(), q.route.as_str()), ("a", "demo"));
+        // Found by the fuzz target `internal_api_bodies`: serde reads a struct from an array
+        // of its values, so `["a", "demo"]` was taken as {"sub": "a", "route": "demo"}.
+        for bad in [
+            &br#"["a", "demo"]"#[..],
+            br#"{"sub": "a", "route": "demo", "extra": 1}"#,
+            br#"{"sub": "a", "sub": "b", "route": "demo"}"#,
+            br#"{"sub": "a"}"#,
+            b"",
+        ] {
+            let refused = json_body::<TokenQuery>(bad, "x").err().unwrap();
+            assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+        }
     }
 }
