@@ -343,7 +343,12 @@ pub fn seeds() -> Vec<Vec<u8>> {
     let cb = CALLBACK_PATH;
     vec![
         seed("chat.example", "/page", "GET", &[]),
-        seed("127.0.0.1:9000", "/mcp", "POST", &[format!("{chat}={session}")]),
+        seed(
+            "127.0.0.1:9000",
+            "/mcp",
+            "POST",
+            &[format!("{chat}={session}")],
+        ),
         seed(
             "chat.example",
             "/api",

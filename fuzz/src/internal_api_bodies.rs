@@ -375,6 +375,20 @@ pub fn seeds() -> Vec<Vec<u8>> {
         ),
         join(&[b"answer lookup 503", b"no healthy upstream"]),
         join(&[b"answer lookup", b""]),
+        join(&[
+            b"answer lookup 200",
+            br#"["upstream-token-0123456789", 1000, 4600, 1000, false]"#,
+        ]),
+        join(&[b"answer assertion 200", br#"["a.b.c", 1000, 1300]"#]),
+        join(&[
+            b"answer session 200",
+            br#"["AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_abcde", 60, "https://chat.example/"]"#,
+        ]),
+        join(&[b"answer token 200", br#"["t", 5]"#]),
+        join(&[
+            b"request upstream-token",
+            br#"["demo@example.com", "demo"]"#,
+        ]),
         seed(
             "answer assertion 200",
             json!({"assertion": assertion, "issued_at": 1000, "expires_at": 1300}),

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use warden_fuzz::{Target, TARGETS};
 
 /// Mutated inputs per target: a few thousand in all, well under a minute in a debug build.
-const MUTATIONS: usize = 600;
+const MUTATIONS: usize = 1000;
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
