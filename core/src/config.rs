@@ -308,6 +308,8 @@ impl CompiledConfig {
             };
             err(path, e.into_inner().to_string())
         })?;
+        // One document: anything after it is an error, not ignored.
+        de.end().map_err(|e| err("(root)", e.to_string()))?;
         compile(raw)
     }
 
@@ -688,6 +690,19 @@ mod tests {
 
     fn load(v: serde_json::Value) -> Result<CompiledConfig, ConfigError> {
         CompiledConfig::from_json(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn bytes_after_the_document_are_refused() {
+        // Found by the fuzz target `plugin_config`: `{...}"oc` compiled, the rest ignored.
+        for tail in ["\"oc", "{}", "x", "]"] {
+            let doc = format!("{}{tail}", sample());
+            let e = CompiledConfig::from_json(doc.as_bytes()).unwrap_err();
+            assert_eq!(e.path, "(root)", "{tail}");
+            assert!(e.message.contains("trailing characters"), "{e}");
+        }
+        let spaced = format!(" {} \n", sample());
+        assert!(CompiledConfig::from_json(spaced.as_bytes()).is_ok());
     }
 
     #[test]
