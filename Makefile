@@ -68,12 +68,22 @@ clean:
 	cargo clean
 	rm -rf var
 
-## Fuzzes the body inspector and the SSE tools/list filter (bounded: FUZZ_SECONDS each).
+## Fuzzes every parser of untrusted bytes (fuzz/src/lib.rs), FUZZ_SECONDS each (default 60);
+## FUZZ_TARGETS=<names> runs some. Stable toolchain: no sanitizer, release builds without LTO.
+## Seeds come from fuzz/corpus/<target>/, new inputs go to target/fuzz-corpus/<target>/,
+## crashes to fuzz/artifacts/<target>/. `make unit` runs every target over its seeds and
+## mutations of them (fuzz/tests/smoke.rs).
 FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(sort $(basename $(notdir $(wildcard fuzz/fuzz_targets/*.rs))))
 fuzz:
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-	cd fuzz && cargo fuzz run inspect_body --sanitizer none -- -max_total_time=$(FUZZ_SECONDS)
-	cd fuzz && cargo fuzz run sse_tools_filter --sanitizer none -- -max_total_time=$(FUZZ_SECONDS)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
+	  mkdir -p target/fuzz-corpus/$$t; \
+	  ( cd fuzz && CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_STRIP=false \
+	    cargo fuzz run $$t ../target/fuzz-corpus/$$t corpus/$$t --sanitizer none --codegen-units 16 \
+	    -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 ); \
+	done
 
 ## Benchmark (bench/README.md): the Wasm floor and the harness helpers, release builds.
 bench-build: wasm-target

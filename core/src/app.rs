@@ -661,13 +661,15 @@ struct SessionGranted {
 /// Whether `url` is an absolute URL on the route's host under its path prefix (where the
 /// callback may send the browser).
 pub fn under_route(route: &Route, url: &str) -> bool {
-    if url.bytes().any(|b| !b.is_ascii_graphic()) {
+    // A browser reads `\` as `/` in an http(s) URL: `/admin/..\x` is `/x` to it.
+    if url.bytes().any(|b| !b.is_ascii_graphic() || b == b'\\') {
         return false;
     }
     let Some((scheme, rest)) = url.split_once("://") else {
         return false;
     };
-    if scheme != "http" && scheme != "https" {
+    // The route's own scheme: `http://` on an https route's host is another origin.
+    if scheme != route.url.scheme {
         return false;
     }
     let (authority, path) = match rest.find(['/', '?', '#']) {
@@ -698,13 +700,11 @@ pub fn under_route(route: &Route, url: &str) -> bool {
 pub fn classify_session(status: Option<u32>, body: &[u8], route: &Route) -> LocalReply {
     match status {
         Some(200) => {
-            let granted = serde_json::from_slice::<SessionGranted>(body)
-                .ok()
-                .filter(|g| {
-                    valid_session(g.session.as_bytes())
-                        && g.max_age > 0
-                        && under_route(route, &g.return_to)
-                });
+            let granted = crate::raw::object::<SessionGranted>(body).filter(|g| {
+                valid_session(g.session.as_bytes())
+                    && g.max_age > 0
+                    && under_route(route, &g.return_to)
+            });
             match granted {
                 Some(g) => LocalReply {
                     status: 302,
@@ -793,15 +793,11 @@ struct Refused {
 
 /// Reads the internal API's answer to `POST TOKEN_PATH`; `status` `None` is no answer at all.
 pub fn classify_token(status: Option<u32>, body: &[u8]) -> TokenAnswer {
-    let error = || {
-        serde_json::from_slice::<Refused>(body)
-            .ok()
-            .map(|r| r.error)
-    };
+    let error = || crate::raw::object::<Refused>(body).map(|r| r.error);
     match status {
-        Some(200) => match serde_json::from_slice::<TokenGranted>(body) {
-            Ok(g) => TokenAnswer::Token(Secret(g.access_token), g.expires_at),
-            Err(_) => TokenAnswer::Unavailable("app-token-bad-answer"),
+        Some(200) => match crate::raw::object::<TokenGranted>(body) {
+            Some(g) => TokenAnswer::Token(Secret(g.access_token), g.expires_at),
+            None => TokenAnswer::Unavailable("app-token-bad-answer"),
         },
         Some(401) if error().as_deref() == Some("session_expired") => TokenAnswer::SessionExpired,
         Some(403) if error().as_deref() == Some("access_denied") => TokenAnswer::AccessDenied,
@@ -1404,6 +1400,21 @@ mod tests {
     }
 
     #[test]
+    fn return_to_is_read_as_a_browser_reads_it() {
+        // Found by the fuzz target `return_to_and_redirect_url`: a browser turns `\` into `/`
+        // (so `..\x` climbs out of the prefix), and `http://` on an https route's host (or
+        // its port 443) is another origin.
+        let c = config();
+        let (chat, admin) = (&c.routes[1], &c.routes[2]);
+        assert!(!under_route(admin, "http://apps.example/admin/..\\x"));
+        assert!(!under_route(admin, "http://apps.example/admin\\x"));
+        assert!(!under_route(chat, "http://chat.example/"));
+        assert!(!under_route(chat, "http://chat.example:443/"));
+        assert!(!under_route(admin, "https://apps.example/admin"));
+        assert!(under_route(chat, "https://chat.example/c?x=1"));
+    }
+
+    #[test]
     fn token_answers() {
         let ok = serde_json::json!({"access_token": "t", "expires_at": 5});
         assert!(matches!(
@@ -1430,6 +1441,24 @@ mod tests {
                 "{status:?}"
             );
         }
+    }
+
+    #[test]
+    fn answers_that_are_not_objects_are_bad_answers() {
+        // Found by the fuzz target `internal_api_bodies`: serde reads a struct from an array
+        // of its values, so `[session, max_age, return_to]` signed the browser in.
+        let c = config();
+        let array = format!(r#"["{SESSION}", 60, "https://chat.example/"]"#);
+        let r = classify_session(Some(200), array.as_bytes(), &c.routes[1]);
+        assert_eq!((r.status, r.reason), (400, "app-session-bad-answer"));
+        assert!(matches!(
+            classify_token(Some(200), br#"["t", 5]"#),
+            TokenAnswer::Unavailable("app-token-bad-answer")
+        ));
+        assert!(matches!(
+            classify_token(Some(401), br#"["session_expired"]"#),
+            TokenAnswer::Unavailable(_)
+        ));
     }
 
     fn app_te(client_id: &str, aud: Audience, iss: &str) -> String {

@@ -158,15 +158,14 @@ struct Refused {
 /// the request does not go upstream without its assertion (fail closed).
 pub fn classify(status: Option<u32>, body: &[u8], route: &Route, to: ReplyTo<'_>) -> Fetched {
     match status {
-        Some(200) => match serde_json::from_slice::<Issued>(body)
-            .ok()
+        Some(200) => match crate::raw::object::<Issued>(body)
             .and_then(|i| IdentityAssertion::new(&i.assertion, i.issued_at, i.expires_at))
         {
             Some(assertion) => Fetched::Use(assertion),
             None => Fetched::Refuse(token_service_unavailable("token-service-bad-answer", to)),
         },
         Some(404)
-            if serde_json::from_slice::<Refused>(body).is_ok_and(|r| r.error == "unknown_user") =>
+            if crate::raw::object::<Refused>(body).is_some_and(|r| r.error == "unknown_user") =>
         {
             Fetched::Refuse(invalid_token_with(
                 route,
@@ -270,6 +269,15 @@ mod tests {
         assert!(a.usable(1269));
         assert!(!a.usable(1270));
         assert!(!a.usable(1400));
+    }
+
+    #[test]
+    fn an_answer_that_is_not_an_object_is_a_bad_answer() {
+        // Found by the fuzz target `internal_api_bodies`: serde reads a struct from an array
+        // of its values, so `["a.b.c", 1000, 1300]` was used as an assertion.
+        let r = refused(Some(200), format!(r#"["{JWT}", 1000, 1300]"#).as_bytes());
+        assert_eq!((r.status, r.reason), (503, "token-service-bad-answer"));
+        assert_eq!(refused(Some(404), br#"["unknown_user"]"#).status, 503);
     }
 
     #[test]

@@ -321,14 +321,16 @@ impl CompiledConfig {
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let raw: PluginConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            // An unknown field named "" ends the path in nothing: name its object instead.
             let path = e.path().to_string();
-            let path = if path == "." {
-                "(root)".to_string()
-            } else {
-                path
+            let path = match path.trim_end_matches('.') {
+                "" => "(root)".to_string(),
+                p => p.to_string(),
             };
             err(path, e.into_inner().to_string())
         })?;
+        // One document: anything after it is an error, not ignored.
+        de.end().map_err(|e| err("(root)", e.to_string()))?;
         compile(raw)
     }
 
@@ -723,6 +725,31 @@ mod tests {
 
     fn load(v: serde_json::Value) -> Result<CompiledConfig, ConfigError> {
         CompiledConfig::from_json(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn bytes_after_the_document_are_refused() {
+        // Found by the fuzz target `plugin_config`: `{...}"oc` compiled, the rest ignored.
+        for tail in ["\"oc", "{}", "x", "]"] {
+            let doc = format!("{}{tail}", sample());
+            let e = CompiledConfig::from_json(doc.as_bytes()).unwrap_err();
+            assert_eq!(e.path, "(root)", "{tail}");
+            assert!(e.message.contains("trailing characters"), "{e}");
+        }
+        let spaced = format!(" {} \n", sample());
+        assert!(CompiledConfig::from_json(spaced.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_field_with_an_empty_name_still_names_a_field() {
+        // Found by the fuzz target `plugin_config`: `{"": 1, ...}` was refused with path "".
+        let e = CompiledConfig::from_json(br#"{"": 1, "version": 1}"#).unwrap_err();
+        assert_eq!(e.path, "(root)");
+        assert!(e.message.contains("unknown field"), "{e}");
+        let mut doc = sample();
+        doc["routes"][0][""] = 1.into();
+        let e = CompiledConfig::from_json(doc.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.path, "routes[0]");
     }
 
     #[test]

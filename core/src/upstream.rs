@@ -174,7 +174,7 @@ pub struct ReplyTo<'a> {
 /// provider's.
 pub fn classify_lookup(status: Option<u32>, body: &[u8], route: &Route, to: ReplyTo<'_>) -> Lookup {
     match status {
-        Some(200) => match serde_json::from_slice::<Granted>(body).ok().and_then(|g| {
+        Some(200) => match crate::raw::object::<Granted>(body).and_then(|g| {
             UpstreamToken::new(&g.access_token, g.issued_at, g.expires_at, g.granted_at)
                 .map(|t| t.after_refusal(g.after_refusal))
         }) {
@@ -182,9 +182,7 @@ pub fn classify_lookup(status: Option<u32>, body: &[u8], route: &Route, to: Repl
             None => Lookup::Refuse(token_service_unavailable("token-service-bad-answer", to)),
         },
         Some(status @ (404 | 409 | 503)) => {
-            let error = serde_json::from_slice::<Refused>(body)
-                .ok()
-                .map(|r| r.error);
+            let error = crate::raw::object::<Refused>(body).map(|r| r.error);
             Lookup::Refuse(match (status, error.as_deref()) {
                 (404, Some("no_token")) => no_token(route, to),
                 (409, Some("upstream_refused")) => refused_after_grant(None, to),
@@ -608,6 +606,33 @@ mod tests {
         assert!(refresh_due(100, Some(50), 50));
         assert!(!refresh_due(100, Some(50), 49));
         assert!(!refresh_due(i64::MIN, Some(i64::MAX), 0));
+    }
+
+    #[test]
+    fn an_answer_that_is_not_an_object_is_a_bad_answer() {
+        // Found by the fuzz target `internal_api_bodies`: serde reads a struct from an array
+        // of its values, so `["ti", 1000, 4600, 1000, false]` was used as a TI.
+        let refused = |status, body: &[u8]| match classify_lookup(status, body, &route(), TO) {
+            Lookup::Refuse(r) => (r.status, r.reason),
+            Lookup::Use(t) => panic!("{t:?}"),
+        };
+        assert_eq!(
+            refused(Some(200), br#"["upstream-ti", 1000, 4600, 1000, false]"#),
+            (503, "token-service-bad-answer")
+        );
+        assert_eq!(
+            refused(Some(404), br#"["no_token"]"#),
+            (503, "token-service-unavailable")
+        );
+        assert!(matches!(
+            classify_lookup(
+                Some(200),
+                br#" {"access_token": "ti", "issued_at": 1, "granted_at": 1}"#,
+                &route(),
+                TO
+            ),
+            Lookup::Use(_)
+        ));
     }
 
     #[test]

@@ -38,6 +38,11 @@ impl ResourceUrl {
                 "host must be ASCII letters, digits, '-', '.', ':' or an IPv6 literal".into(),
             );
         }
+        if !valid_authority(authority) {
+            return Err(
+                "authority must be host[:port] (a port of digits, an IPv6 host in brackets)".into(),
+            );
+        }
         if path.contains("//")
             || path.contains("/./")
             || path.contains("/../")
@@ -96,6 +101,39 @@ impl ResourceUrl {
     }
 }
 
+/// `host[:port]`: a host without `:` or brackets, or an IPv6 literal in brackets; a port in
+/// its plain decimal form (`:080` would not compare equal to `:80`).
+fn valid_authority(authority: &str) -> bool {
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(rest) => {
+            let Some((inside, after)) = rest.split_once(']') else {
+                return false;
+            };
+            let ipv6 = inside.contains(':')
+                && inside
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            if !ipv6 {
+                return false;
+            }
+            match after {
+                "" => ("[]", None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => ("[]", Some(port)),
+                    None => return false,
+                },
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let host_ok = host == "[]" || (!host.is_empty() && !host.contains(['[', ']']));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n.to_string() == p));
+    host_ok && port_ok
+}
+
 /// Lower-cases the host and drops the scheme's default port, so `Host: Example.com:443`
 /// and `https://example.com` compare equal.
 pub fn normalize_authority(scheme: &str, authority: &str) -> String {
@@ -117,6 +155,14 @@ mod tests {
         assert_eq!(r.authority, "mcp.example.com");
         assert_eq!(r.path, "/mcp");
         assert_eq!(r.origin(), "https://mcp.example.com");
+        let v6 = ResourceUrl::parse("http://[::1]:80/mcp").unwrap();
+        assert_eq!(v6.authority, "[::1]");
+        assert_eq!(
+            ResourceUrl::parse("https://[fe80::1]:8443")
+                .unwrap()
+                .authority,
+            "[fe80::1]:8443"
+        );
         let root = ResourceUrl::parse("http://127.0.0.1:9000").unwrap();
         assert_eq!(root.path, "");
         assert_eq!(root.authority, "127.0.0.1:9000");
@@ -133,6 +179,27 @@ mod tests {
             "http://h/mcp?x=1",
             "http://h//mcp",
             "http://h/a/../b",
+        ] {
+            assert!(ResourceUrl::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn an_authority_is_one_host_and_at_most_one_plain_port() {
+        // Found by the fuzz target `authority_matching`: `http://a:80:80` parsed to authority
+        // `a:80`, which its own origin then parsed to `a`; a request's `Host` never matched it.
+        for bad in [
+            "http://a:80:80/mcp",
+            "http://a:/mcp",
+            "http://a:080",
+            "http://a:65536",
+            "http://a:+80",
+            "http://[::1/mcp",
+            "http://[::1]x",
+            "http://[]",
+            "http://[h]:80",
+            "http://a]b",
+            "http://::1",
         ] {
             assert!(ResourceUrl::parse(bad).is_err(), "{bad} accepted");
         }

@@ -160,11 +160,13 @@ impl Default for NonceGuard {
     }
 }
 
+/// The body of `upstream-token` and `identity-assertion`: whose token, for which route.
+/// Public, like the other bodies and `json_body`, for the fuzz targets (`fuzz/`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TokenQuery {
-    sub: String,
-    route: String,
+pub struct TokenQuery {
+    pub sub: String,
+    pub route: String,
 }
 
 async fn upstream_token(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
@@ -224,15 +226,16 @@ async fn vault_status(State(s): State<AppState>) -> Response {
     no_store(Json(s.vault().reseal_counters().snapshot()).into_response())
 }
 
+/// The body of `upstream-token/drop`: a TI the MCP server refused, and why.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DropRequest {
-    sub: String,
-    route: String,
-    access_token: String,
-    reason: String,
+pub struct DropRequest {
+    pub sub: String,
+    pub route: String,
+    pub access_token: String,
+    pub reason: String,
     #[serde(default)]
-    scope: String,
+    pub scope: String,
 }
 
 async fn drop_upstream_token(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
@@ -371,29 +374,32 @@ async fn identity_assertion(State(s): State<AppState>, body: axum::body::Bytes) 
     }
 }
 
+/// The body of `app-session`: an app's one-time code, traded for an app session.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AppCodeRequest {
-    route: String,
-    code: String,
+pub struct AppCodeRequest {
+    pub route: String,
+    pub code: String,
     /// SHA-256 (hex) of the browser's sign-in nonce cookie, as the filter read it.
-    nonce: String,
+    pub nonce: String,
 }
 
+/// The body of `app-token` and `app-session/end`: an app session.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AppSessionRequest {
-    route: String,
-    session: String,
+pub struct AppSessionRequest {
+    pub route: String,
+    pub session: String,
 }
 
 /// The request's JSON body, or the `400 invalid_request` naming what was expected.
-fn json_body<T: serde::de::DeserializeOwned>(
+pub fn json_body<T: serde::de::DeserializeOwned>(
     body: &[u8],
     expected: &str,
 ) -> Result<T, Box<Response>> {
-    serde_json::from_slice(body)
-        .map_err(|_| Box::new(error(StatusCode::BAD_REQUEST, "invalid_request", expected)))
+    // An object only: serde would also read a struct from an array of its values.
+    warden_core::raw::object(body)
+        .ok_or_else(|| Box::new(error(StatusCode::BAD_REQUEST, "invalid_request", expected)))
 }
 
 fn server_error(e: &crate::error::Error, what: &str) -> Response {
@@ -499,5 +505,30 @@ async fn end_app_session(State(s): State<AppState>, body: axum::body::Bytes) -> 
         ),
         Ok(None) => no_store(Json(json!({ "ended": false, "ticket": null })).into_response()),
         Err(e) => server_error(&e, "ending an app session"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_body_is_an_object_of_exactly_the_endpoints_fields() {
+        let q: TokenQuery = json_body(br#" {"sub": "a", "route": "demo"}"#, "x").unwrap();
+        assert_eq!((q.sub.as_str(), q.route.as_str()), ("a", "demo"));
+        // Found by the fuzz target `internal_api_bodies`: serde reads a struct from an array
+        // of its values, so `["a", "demo"]` was taken as {"sub": "a", "route": "demo"}.
+        for bad in [
+            &br#"["a", "demo"]"#[..],
+            br#"{"sub": "a", "route": "demo", "extra": 1}"#,
+            br#"{"sub": "a", "sub": "b", "route": "demo"}"#,
+            br#"{"sub": "a"}"#,
+            b"",
+        ] {
+            let refused = json_body::<TokenQuery>(bad, "x").err().unwrap();
+            assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+        }
     }
 }

@@ -79,11 +79,17 @@ fn signing_key(raw: RawJwk) -> Option<Jwk> {
         ("OKP", Some("Ed25519")) => PublicKey::Ed25519(bytes(&raw.x)?),
         _ => return None,
     };
-    Some(Jwk {
+    let jwk = Jwk {
         kid: raw.kid,
         alg: raw.alg,
         key,
-    })
+    };
+    // A key published for an algorithm it cannot sign with (or one we refuse) verifies
+    // nothing: skipped like any other unusable key.
+    ACCEPTED_ALGS
+        .iter()
+        .any(|alg| jwk.allows(alg))
+        .then_some(jwk)
 }
 
 /// The uncompressed SEC1 point aws-lc-rs expects.
@@ -328,6 +334,21 @@ mod tests {
             rsa_sign(&pair),
         );
         assert!(check(&crit, &jwks).is_err());
+    }
+
+    #[test]
+    fn a_key_whose_alg_it_cannot_sign_with_is_skipped() {
+        // Found by the fuzz target `id_token_and_userinfo`: an RSA key published with `alg`
+        // ES256 (or HS256, or a typo) was kept, a key that could verify nothing.
+        let (_, jwk) = rsa();
+        for alg in ["ES256", "HS256", "Ed(SA", "none"] {
+            let mut bad = jwk.clone();
+            bad["alg"] = alg.into();
+            let keys = parse_jwks(json!({"keys": [bad]}).to_string().as_bytes()).unwrap();
+            assert!(keys.is_empty(), "{alg}");
+        }
+        let keys = parse_jwks(json!({"keys": [jwk]}).to_string().as_bytes()).unwrap();
+        assert_eq!(keys.len(), 1);
     }
 
     #[test]

@@ -29,7 +29,7 @@ const DOCUMENT_TTL: Duration = Duration::from_secs(3600);
 /// An unknown `kid` fetches the JWKS again at most this often.
 const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 /// Clock skew allowed on `exp` and `iat`.
-const LEEWAY: i64 = 60;
+pub const LEEWAY: i64 = 60;
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 
 /// Why a sign-in through the provider did not complete.
@@ -323,16 +323,7 @@ impl OidcProvider {
     ) -> Result<serde_json::Map<String, Value>, IdpError> {
         let jws = jws::decode(token).map_err(IdpError::Invalid)?;
         let key = self.key_for(d, &jws).await?;
-        jws.verify_with(&key).map_err(IdpError::Invalid)?;
-        claims::check_id_token(
-            &jws.claims,
-            &d.issuer,
-            &self.config.client_id,
-            nonce,
-            now,
-            LEEWAY,
-        )?;
-        Ok(jws.claims)
+        id_token_claims(jws, &key, &d.issuer, &self.config.client_id, nonce, now)
     }
 
     /// The JWKS key the token names; an unknown `kid` fetches the JWKS again, since providers
@@ -399,18 +390,7 @@ impl OidcProvider {
         sub: &str,
     ) -> Result<serde_json::Map<String, Value>, IdpError> {
         let body = self.get(endpoint, Some(access_token)).await?;
-        let info: serde_json::Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
-            IdpError::Invalid(format!(
-                "the provider's userinfo answer is not a JSON object: {e}"
-            ))
-        })?;
-        // OIDC Core §5.3.2: the userinfo `sub` must be the ID token's.
-        if claims::string(&info, "sub").as_deref() != Some(sub) {
-            return Err(IdpError::Invalid(
-                "the provider's userinfo answer is about another user".into(),
-            ));
-        }
-        Ok(info)
+        userinfo_claims(&body, sub)
     }
 
     async fn get(&self, url: &str, bearer: Option<&str>) -> Result<Vec<u8>, IdpError> {
@@ -430,6 +410,37 @@ impl OidcProvider {
         }
         read_bounded(resp).await
     }
+}
+
+/// The claims of an ID token whose key is known: its signature by `key`, then OIDC Core
+/// §3.1.3.7 (`iss`, `aud`/`azp`, `exp`, `iat`, `nonce`, `sub`). The claims only when every
+/// check passed.
+pub fn id_token_claims(
+    jws: jws::Jws<'_>,
+    key: &Jwk,
+    issuer: &str,
+    client_id: &str,
+    nonce: &str,
+    now: i64,
+) -> Result<serde_json::Map<String, Value>, IdpError> {
+    jws.verify_with(key).map_err(IdpError::Invalid)?;
+    claims::check_id_token(&jws.claims, issuer, client_id, nonce, now, LEEWAY)?;
+    Ok(jws.claims)
+}
+
+/// A userinfo answer: a JSON object about the ID token's subject `sub` (OIDC Core §5.3.2).
+pub fn userinfo_claims(body: &[u8], sub: &str) -> Result<serde_json::Map<String, Value>, IdpError> {
+    let info: serde_json::Map<String, Value> = serde_json::from_slice(body).map_err(|e| {
+        IdpError::Invalid(format!(
+            "the provider's userinfo answer is not a JSON object: {e}"
+        ))
+    })?;
+    if claims::string(&info, "sub").as_deref() != Some(sub) {
+        return Err(IdpError::Invalid(
+            "the provider's userinfo answer is about another user".into(),
+        ));
+    }
+    Ok(info)
 }
 
 async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, IdpError> {

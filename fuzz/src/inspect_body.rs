@@ -1,0 +1,50 @@
+//! The body inspector (`jsonrpc::inspect`): any bytes in, a verdict out; and whatever it
+//! accepts, it reads exactly as a lenient JSON parser would (no duplicate keys, no ambiguity):
+//! the method and tool the policy judged are the ones a server will read.
+
+use warden_core::jsonrpc::inspect;
+
+/// What `run` can decide.
+pub const OUTCOMES: &[&str] = &["accepted", "refused"];
+
+pub fn run(data: &[u8]) -> &'static str {
+    let Ok(body) = inspect(data) else {
+        return "refused";
+    };
+    let lenient: serde_json::Value = match serde_json::from_slice(data) {
+        Ok(v) => v,
+        Err(e) => panic!("inspector accepted what serde_json refuses: {e}"),
+    };
+    let messages: Vec<&serde_json::Value> = match &lenient {
+        serde_json::Value::Array(items) => items.iter().collect(),
+        one => vec![one],
+    };
+    assert_eq!(messages.len(), body.messages.len());
+    for (raw, judged) in messages.iter().zip(&body.messages) {
+        let method = raw.get("method").and_then(|m| m.as_str());
+        assert_eq!(method, judged.call.method.as_deref());
+        if method == Some("tools/call") {
+            let tool = raw.pointer("/params/name").and_then(|n| n.as_str());
+            assert_eq!(tool, judged.call.tool.as_deref());
+        }
+    }
+    "accepted"
+}
+
+/// Requests and batches as MCP clients send them, and the ambiguities the inspector refuses.
+pub fn seeds() -> Vec<Vec<u8>> {
+    [
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#,
+        r#"[{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}},{"jsonrpc":"2.0","id":5,"method":"ping"}]"#,
+        r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","name":"delete_all"}}"#,
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"d\u0065lete_all"}}"#,
+        r#"{"jsonrpc":"2.0","id":8,"result":{"ok":true}}"#,
+        "\u{feff}{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"ping\"}",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect()
+}
