@@ -41,6 +41,8 @@ pub struct RequestHead<'a> {
     pub session_ids: Vec<&'a [u8]>,
     /// A header the filter reads, spelled with `_` (see `names::disguised_header`).
     pub disguised_header: Option<&'static str>,
+    /// A method-override header (`names::is_method_override`) came with the request.
+    pub method_override: bool,
     /// Every `Cookie` header value, in order (read on client routes only).
     pub cookies: Vec<&'a [u8]>,
 }
@@ -236,6 +238,16 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
                 400,
                 "mcp-session-in-query",
                 "session ids in the query (the HTTP+SSE transport of 2024-11-05) are not accepted; use the Streamable HTTP transport and Mcp-Session-Id",
+            )
+            .with_cors(cors),
+        );
+    }
+    if head.method_override {
+        return Step::Reply(
+            transport_error(
+                400,
+                "method-override",
+                "HTTP method override headers are not accepted on an MCP endpoint",
             )
             .with_cors(cors),
         );
@@ -841,6 +853,16 @@ mod tests {
         let h = head(b"/mcp/messages?sessionId=abc", vec![token.as_bytes()]);
         let r = reply(run.decide(&h));
         assert_eq!((r.status, r.reason), (400, "mcp-session-in-query"));
+    }
+
+    #[test]
+    fn method_overrides_are_refused() {
+        let mut run = Run::new();
+        let token = bearer();
+        let mut h = head(b"/mcp", vec![token.as_bytes()]);
+        h.method_override = true;
+        let r = reply(run.decide(&h));
+        assert_eq!((r.status, r.reason), (400, "method-override"));
     }
 
     #[test]

@@ -153,6 +153,25 @@ pub fn disguised_header(name: &str) -> Option<&'static str> {
     READ.iter().find(|h| **h == dashed).copied()
 }
 
+/// A header that asks a lenient server to take the request for another HTTP method
+/// (`X-HTTP-Method-Override: DELETE` on a `POST`, as Express's `method-override` and many
+/// frameworks honour): the filter judges the method it sees, so such requests are refused.
+/// Any case, and `_` for `-`.
+pub fn is_method_override(name: &[u8]) -> bool {
+    const OVERRIDES: [&str; 3] = [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ];
+    OVERRIDES.iter().any(|h| {
+        h.len() == name.len()
+            && h.bytes().zip(name).all(|(want, got)| {
+                let got = if *got == b'_' { b'-' } else { *got };
+                want == got.to_ascii_lowercase()
+            })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +247,20 @@ mod tests {
             assert_eq!(fold(plain), plain);
         }
         assert!(!is_folded("task_id") && !is_folded("Sql") && !is_folded("ſql"));
+    }
+
+    #[test]
+    fn method_overrides_are_found_in_every_spelling() {
+        for name in [
+            "x-http-method-override",
+            "X-HTTP-Method",
+            "x_method_override",
+        ] {
+            assert!(is_method_override(name.as_bytes()), "{name}");
+        }
+        for name in ["x-http-methods", "x-method", "content-type"] {
+            assert!(!is_method_override(name.as_bytes()), "{name}");
+        }
     }
 
     #[test]

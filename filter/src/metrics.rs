@@ -178,9 +178,10 @@ impl Metrics {
     /// The counter for a refusal before the body: the token check, or the transport rules.
     pub fn for_access_refusal(reason: &str) -> Counter {
         match reason {
-            "method-not-allowed" | "mcp-body-not-allowed" | "header-disguised" => {
-                Counter::DeniedMethod
-            }
+            "method-not-allowed"
+            | "mcp-body-not-allowed"
+            | "header-disguised"
+            | "method-override" => Counter::DeniedMethod,
             "mcp-session-unknown" | "mcp-session-repeated" | "mcp-session-in-query" => {
                 Counter::DeniedSession
             }

@@ -17,7 +17,7 @@ use warden_core::app::{self, AppStep, AppToken, TokenAnswer};
 use warden_core::assertion::{self, Fetched, IdentityAssertion};
 use warden_core::config::Route;
 use warden_core::mcp::{self as judge, CallHead, Verdict};
-use warden_core::names::disguised_header;
+use warden_core::names::{disguised_header, is_method_override};
 use warden_core::reply::LocalReply;
 use warden_core::token::{Identity, TeClaims, TokenError};
 use warden_core::transport::MethodRule;
@@ -46,6 +46,7 @@ struct OwnedHead {
     transfer_encoding: bool,
     session_ids: Vec<Range<usize>>,
     disguised_header: Option<&'static str>,
+    method_override: bool,
     /// Identity assertions the client sent (ours or Pomerium's, any spelling), by header
     /// name: removed before anything else happens.
     client_assertions: Vec<String>,
@@ -78,6 +79,7 @@ impl OwnedHead {
             transfer_encoding: false,
             session_ids: Vec::new(),
             disguised_header: None,
+            method_override: false,
             client_assertions: Vec::new(),
             cookies: Vec::new(),
             call: CallHead::default(),
@@ -113,6 +115,7 @@ impl OwnedHead {
                 other if assertion::is_client_assertion(other) => {
                     head.client_assertions.push(lossy(other));
                 }
+                other if is_method_override(other) => head.method_override = true,
                 other => {
                     if head.disguised_header.is_none() {
                         head.disguised_header =
@@ -153,6 +156,7 @@ impl OwnedHead {
             transfer_encoding: self.transfer_encoding,
             session_ids: self.session_ids.iter().map(|r| b.get(r)).collect(),
             disguised_header: self.disguised_header,
+            method_override: self.method_override,
             cookies: self.cookies.iter().map(|r| b.get(r)).collect(),
         }
     }

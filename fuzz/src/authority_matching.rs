@@ -120,6 +120,7 @@ pub fn run(data: &[u8]) -> &'static str {
         transfer_encoding: words.has("chunked"),
         session_ids: session_ids.clone(),
         disguised_header: None,
+        method_override: words.has("override"),
         cookies: Vec::new(),
     };
     let mut cache = TokenCache::new(16, fixtures::LEEWAY);

@@ -598,6 +598,10 @@ pub struct StackOptions {
     pub ports: Option<Ports>,
     /// Last word on the rendered Envoy bootstrap (YAML text), before Envoy starts.
     pub bootstrap_hook: Option<BootstrapHook>,
+    /// Envoy's log level (`-l`; default `warn`, with the `wasm` component at `info`).
+    pub envoy_log_level: Option<String>,
+    /// Extra environment for the token service (e.g. `RUST_LOG`).
+    pub token_service_env: Vec<(String, String)>,
 }
 
 pub type BootstrapHook = Box<dyn FnOnce(&mut String) + Send>;
@@ -615,6 +619,8 @@ impl Default for StackOptions {
             envoy_env: Vec::new(),
             ports: None,
             bootstrap_hook: None,
+            envoy_log_level: None,
+            token_service_env: Vec::new(),
         }
     }
 }
@@ -739,6 +745,19 @@ pub fn spawn_envoy_with(
     workers: u32,
     envs: &[(&str, &str)],
 ) -> Proc {
+    spawn_envoy_logging(dir, name, bootstrap, (base_id, workers), envs, None)
+}
+
+/// [`spawn_envoy_with`] at log `level` for every component (default: `warn`, `wasm` at
+/// `info`).
+pub fn spawn_envoy_logging(
+    dir: &Path,
+    name: &str,
+    bootstrap: &Path,
+    (base_id, workers): (u16, u32),
+    envs: &[(&str, &str)],
+    level: Option<&str>,
+) -> Proc {
     Proc::spawn(
         name,
         dir,
@@ -751,10 +770,10 @@ pub fn spawn_envoy_with(
             "--concurrency".into(),
             workers.to_string().into(),
             "-l".into(),
-            "warn".into(),
+            level.unwrap_or("warn").into(),
             // The filter's authorize log lines (`wasm log mcp-warden: authorize {json}`) are info level.
             "--component-log-level".into(),
-            "wasm:info".into(),
+            format!("wasm:{}", level.unwrap_or("info")).into(),
             // Access log lines reach the log file promptly (default: every 10 s).
             "--file-flush-interval-msec".into(),
             "100".into(),
@@ -842,6 +861,11 @@ impl Stack {
         let config_path = dir.path().join("warden.yaml");
         write_yaml(&config_path, &config);
 
+        let token_env: Vec<(&str, &str)> = opts
+            .token_service_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let mut token_service = Proc::spawn(
             "token-service",
             dir.path(),
@@ -851,7 +875,7 @@ impl Stack {
                 "--config".into(),
                 config_path.clone().into(),
             ],
-            &[],
+            &token_env,
         );
         token_service
             .wait_http_ok(&format!("http://127.0.0.1:{}/healthz", ports.token_service))
@@ -877,13 +901,13 @@ impl Stack {
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.as_str()))
                     .collect();
-                let mut envoy = spawn_envoy_with(
+                let mut envoy = spawn_envoy_logging(
                     dir.path(),
                     "envoy",
                     &bootstrap_path,
-                    ports.envoy_admin,
-                    opts.envoy_workers,
+                    (ports.envoy_admin, opts.envoy_workers),
                     &envs,
+                    opts.envoy_log_level.as_deref(),
                 );
                 match envoy_outcome(&mut envoy, ports.envoy_admin, READY_TIMEOUT).await {
                     EnvoyOutcome::Ready => {}

@@ -608,11 +608,16 @@ async fn token_service_requests(stack: &Stack) -> u64 {
         .sum()
 }
 
-/// An unsigned, worthless token naming a random `kid`.
-fn junk_token(n: u64) -> String {
+/// An unsigned, worthless token naming a random `kid`, with claims that pass every check
+/// but the signature (`issuer`, `audience`, times) when `plausible`.
+fn junk_token(n: u64, issuer: &str, audience: &str, plausible: bool) -> String {
     let header =
         json!({"alg": "ES256", "kid": format!("junk-{n}-{}", jwt::now()), "typ": "at+jwt"});
-    let claims = json!({"sub": "x", "exp": jwt::now() + 300});
+    let claims = if plausible {
+        jwt::claims(issuer, audience, jwt::now(), 300)
+    } else {
+        json!({"sub": "x", "exp": jwt::now() + 300})
+    };
     format!(
         "{}.{}.{}",
         jwt::b64(header.to_string()),
@@ -655,17 +660,31 @@ async fn a_flood_of_unknown_kids_fetches_the_jwks_at_most_once_per_five_seconds_
         assert!(Instant::now() < deadline, "workers never fetched the JWKS");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Junk that fails a cheap check (no issuer) never fetches: the `kid` is looked up last.
+    let before = token_service_requests(&stack).await;
+    for n in 0..200 {
+        let junk = junk_token(n, "", "", false);
+        assert_eq!(list_status(&stack.mcp_url(), &junk).await, 401);
+    }
+    assert_eq!(
+        token_service_requests(&stack).await,
+        before,
+        "implausible junk fetched"
+    );
+
     let before = token_service_requests(&stack).await;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..8u64 {
         let url = stack.mcp_url();
+        let issuer = stack.issuer();
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             let mut refused = 0u64;
             while started.elapsed() < Duration::from_secs(FLOOD_SECONDS) {
                 n += 1;
-                let status = list_status(&url, &junk_token(t * 1_000_000 + n)).await;
+                let junk = junk_token(t * 1_000_000 + n, &issuer, &url, true);
+                let status = list_status(&url, &junk).await;
                 assert_eq!(status, 401, "junk token");
                 refused += 1;
             }

@@ -472,6 +472,140 @@ async fn bypass_attempts_are_refused_before_the_upstream() {
     fx.assert_one_call_upstream("agreeing headers").await;
 }
 
+#[tokio::test]
+async fn requests_that_readers_could_read_two_ways_are_refused() {
+    // Every place a real server could read a request otherwise than the filter: the body's
+    // charset, repeated headers, routing headers naming what the body does not, method
+    // overrides. Each is refused before anything reaches the upstream.
+    let fx = start(default_server()).await;
+    let accept = ("accept", "application/json, text/event-stream");
+    let stateless = [
+        accept,
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "echo"),
+    ];
+    let good = call_body(1, "echo", json!({"text": "a"}));
+
+    // A body an Express-based server (the TypeScript SDK) decodes as UTF-7: there
+    // `"+AHQ-ools/call"` is `tools/call` and `+AGc-et_time` is `get_time`.
+    fx.clear().await;
+    let utf7 = r#"{"jsonrpc":"2.0","id":1,"method":"+AHQ-ools/call","params":{"+AG4-ame":"+AGc-et_time"}}"#;
+    for content_type in [
+        "application/json; charset=utf-7",
+        "application/json; charset=UTF-7",
+        "application/json;charset=\"utf-7\"",
+        "application/json; CharSet = utf-7",
+        "application/json; charset=utf-16",
+        "application/json; charset=utf-8; charset=utf-7",
+    ] {
+        let resp = fx
+            .post_with(&[("content-type", content_type), accept], utf7)
+            .await;
+        assert_rpc_error(&resp, 415, -32600, Value::Null, content_type);
+    }
+    // Two Content-Type headers (Envoy joins them with a comma): refused, whichever a
+    // server would read.
+    let mut two = vec![
+        ("content-type", "application/json"),
+        ("content-type", "application/json; charset=utf-7"),
+    ];
+    two.extend_from_slice(&stateless);
+    let resp = fx.post_with(&two, &good).await;
+    assert_rpc_error(&resp, 415, -32600, Value::Null, "two Content-Type headers");
+    fx.assert_nothing_upstream("charsets").await;
+
+    // A repeated routing header: servers read the first copy, the filter the last.
+    for (name, first, second) in [
+        ("mcp-method", "tools/call", "tools/list"),
+        ("mcp-name", "get_time", "echo"),
+        ("mcp-protocol-version", "2025-06-18", "2026-07-28"),
+    ] {
+        let mut headers = vec![("content-type", "application/json"), accept];
+        for (n, v) in stateless.iter().skip(1) {
+            if *n != name {
+                headers.push((n, v));
+            }
+        }
+        headers.push((name, first));
+        headers.push((name, second));
+        let resp = fx.post_with(&headers, &good).await;
+        assert_rpc_error(&resp, 400, -32020, Value::Null, &format!("two {name}"));
+    }
+    fx.assert_nothing_upstream("repeated routing headers").await;
+
+    // Routing headers naming a call the body does not make, in every era: on a response,
+    // a stray Mcp-Name on a call that names nothing, Mcp-Method on a GET.
+    let response = r#"{"jsonrpc":"2.0","id":7,"result":{}}"#;
+    let resp = fx
+        .post_with(
+            &[
+                ("content-type", "application/json"),
+                accept,
+                ("mcp-protocol-version", "2025-06-18"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "get_time"),
+            ],
+            response,
+        )
+        .await;
+    assert_rpc_error(&resp, 400, -32020, json!(7), "headers on a response");
+    let list = r#"{"jsonrpc":"2.0","id":8,"method":"tools/list"}"#;
+    let resp = fx
+        .post_with(
+            &[
+                ("content-type", "application/json"),
+                accept,
+                ("mcp-protocol-version", "2025-06-18"),
+                ("mcp-name", "get_time"),
+            ],
+            list,
+        )
+        .await;
+    assert_rpc_error(&resp, 400, -32020, json!(8), "stray Mcp-Name, old era");
+    let resp = raw_request(
+        "GET",
+        &fx.stack.mcp_url(),
+        &[
+            ("authorization", fx.auth.as_str()),
+            accept,
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "get_time"),
+        ],
+        None,
+    )
+    .await;
+    assert_rpc_error(&resp, 400, -32020, Value::Null, "Mcp-Method on a GET");
+    fx.assert_nothing_upstream("routing headers without a call")
+        .await;
+
+    // A method override makes a lenient framework run another method than was judged.
+    for name in [
+        "X-HTTP-Method-Override",
+        "x-http-method",
+        "X-Method-Override",
+    ] {
+        let mut headers = vec![("content-type", "application/json"), (name, "DELETE")];
+        headers.extend_from_slice(&stateless);
+        let resp = fx.post_with(&headers, &good).await;
+        assert_rpc_error(&resp, 400, -32600, Value::Null, name);
+    }
+    fx.assert_nothing_upstream("method overrides").await;
+
+    // Positive control: UTF-8 in every spelling, one of each header, goes through.
+    for content_type in [
+        "application/json; charset=utf-8",
+        "application/json;charset=\"UTF-8\"",
+    ] {
+        fx.clear().await;
+        let mut headers = vec![("content-type", content_type)];
+        headers.extend_from_slice(&stateless);
+        let resp = fx.post_with(&headers, &good).await;
+        assert_tool_text(&resp, "a", content_type);
+        fx.assert_one_call_upstream(content_type).await;
+    }
+}
+
 // =============================================================================================
 // 4. Chunked bodies and trailers (raw HTTP/1.1)
 // =============================================================================================
