@@ -15,6 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use warden_e2e::*;
 
+/// The tests of this file measure latency and memory: one at a time, so that none is another's
+/// load.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The filter's default budget of failed signature checks per second per worker.
 const BUDGET_PER_SECOND: u64 = 32;
 
@@ -171,6 +175,7 @@ async fn stat(stack: &Stack, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_badly_signed_tokens_costs_at_most_the_budget_and_signed_in_calls_keep_their_latency(
 ) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let stack = Stack::start().await;
     let url = stack.mcp_url();
     let te = stack.mint_token(&url).await;
@@ -198,6 +203,10 @@ async fn a_flood_of_badly_signed_tokens_costs_at_most_the_budget_and_signed_in_c
     }
     let statuses = flooding.await.unwrap();
     let loaded_p99 = p99(loaded.clone());
+    eprintln!(
+        "signed-in p99: {unloaded:?} unloaded, {loaded_p99:?} under the flood ({} calls); junk answers {statuses:?}",
+        loaded.len()
+    );
 
     // Every junk request was refused, and nearly all without a check.
     let refused = statuses.get(&401).copied().unwrap_or(0);
@@ -209,6 +218,7 @@ async fn a_flood_of_badly_signed_tokens_costs_at_most_the_budget_and_signed_in_c
         stat(&stack, "wasmcustom.mcp_warden.signature_checks_failed").await - checks_before;
     let unchecked = stat(&stack, "wasmcustom.mcp_warden.signature_checks_refused").await;
     let seconds = duration.as_secs() + 2;
+    eprintln!("failed signature checks {failed}, refused unchecked {unchecked}");
     assert!(
         failed <= BUDGET_PER_SECOND * seconds,
         "{failed} failed signature checks in about {seconds} s, budget {BUDGET_PER_SECOND}/s"
@@ -236,6 +246,7 @@ async fn a_flood_of_badly_signed_tokens_costs_at_most_the_budget_and_signed_in_c
 
 #[tokio::test]
 async fn streamed_answers_through_envoy_do_not_stall() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     // With Nagle's algorithm on at the MCP server, an SSE event written behind an
     // unacknowledged one waits for Envoy's delayed ACK (~40 ms): about half the calls stalled.
     let stack = Stack::start().await;
@@ -288,6 +299,7 @@ fn envoy_rss_kib(stack: &Stack) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_abandoned_while_the_token_service_answers_leave_nothing_behind() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     // The identity assertion route waits for the token service; a slow token service (a
     // stand-in that answers after 150 ms) lets every client give up first.
     let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
