@@ -51,6 +51,8 @@ AUTHORITY = "127.0.0.1:18000"
 RESOURCE = f"http://{AUTHORITY}/mcp"
 ISSUER = "http://127.0.0.1:18999"
 SESSION_KEY = "bench-session-key-0123456789abcdef-not-a-secret"
+# What the filter signs its calls to the (stand-in) token service with.
+INTERNAL_CREDENTIAL = "bench-internal-credential-of-43-characters"
 PROTOCOL_VERSION = "2025-06-18"
 CONNECTIONS = 32
 # A run during which other processes used more than this share of a core is run again.
@@ -471,7 +473,8 @@ def wasm_filter(name: str, wasm: Path, configuration: str) -> dict:
                 "vm_config": {
                     "vm_id": name,
                     "runtime": "envoy.wasm.runtime.v8",
-                    "environment_variables": {"host_env_keys": ["MCP_WARDEN_SESSION_KEY"]},
+                    "environment_variables": {"host_env_keys": ["MCP_WARDEN_SESSION_KEY",
+                                                                "MCP_WARDEN_INTERNAL_CREDENTIAL"]},
                     "code": {"local": {"filename": str(wasm)}},
                 },
             },
@@ -607,8 +610,9 @@ def configurations(mode: str, jwks: dict, jwk: dict, plugin: dict, baseline: Pat
     # gets from the token service once (bench-upstream stands in for its internal listener)
     # and then from its cache: the warm path adds a cache look-up and a header.
     with_ti = json.loads(json.dumps(plugin))
+    # The internal credential comes from Envoy's environment (start_envoy), never the config.
     with_ti["token_service"] = {"cluster": "bench_upstream", "authority": "bench-upstream",
-                                "credential": "bench-internal-credential", "timeout_ms": 2000}
+                                "timeout_ms": 2000}
     for r in with_ti["routes"]:
         r["upstream_oauth"] = True
     configs.append(Config("warden+ti", "warden on a route with upstream_oauth (warm upstream-token cache)",
@@ -635,7 +639,8 @@ def start_envoy(cfg: Config, work: Path, upstream_port: int, base_id: int):
     cfg.proc = spawn(
         ["taskset", "-c", ENVOY_CORE, ENVOY, "-c", path, "--concurrency", "1", "-l", cfg.log_level,
          "--disable-hot-restart", "--base-id", str(base_id)],
-        cfg.log, env={"MCP_WARDEN_SESSION_KEY": SESSION_KEY},
+        cfg.log, env={"MCP_WARDEN_SESSION_KEY": SESSION_KEY,
+                      "MCP_WARDEN_INTERNAL_CREDENTIAL": INTERNAL_CREDENTIAL},
     )
 
 

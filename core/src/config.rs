@@ -30,7 +30,10 @@ pub struct PluginConfig {
     pub token_cache_entries: u32,
     /// Signature checks that may fail per second per worker (each client address at most a
     /// quarter of them); past it, tokens not already verified are refused unchecked.
-    #[serde(default = "default_failed_signature_checks")]
+    #[serde(
+        default = "default_failed_signature_checks",
+        skip_serializing_if = "is_default_failed_signature_checks"
+    )]
     pub failed_signature_checks_per_second: u32,
     /// Publish each authorize record as Envoy filter state `wasm.mcp_warden.authorize`, for an
     /// access log that prints it. Off, the record is rendered only when Envoy's `wasm` log
@@ -218,6 +221,9 @@ fn default_cache_entries() -> u32 {
 pub const DEFAULT_FAILED_SIGNATURE_CHECKS: u32 = 32;
 fn default_failed_signature_checks() -> u32 {
     DEFAULT_FAILED_SIGNATURE_CHECKS
+}
+fn is_default_failed_signature_checks(n: &u32) -> bool {
+    *n == DEFAULT_FAILED_SIGNATURE_CHECKS
 }
 fn default_jwks_path() -> String {
     "/.well-known/jwks.json".into()

@@ -40,11 +40,14 @@ pub fn judge(values: &[&str]) -> Result<(), Problem> {
         [one] => *one,
         _ => return Err(Problem::Ambiguous("more than one Content-Type header")),
     };
-    let mut parts = split_outside_quotes(value, b';')?.into_iter();
-    let essence = parts.next().unwrap_or_default().trim();
-    if split_outside_quotes(value, b',')?.len() > 1 {
+    if Segments::new(value, b',').count() > 1 {
         return Err(Problem::Ambiguous("several media types joined with ','"));
     }
+    if !quotes_balanced(value) {
+        return Err(Problem::Ambiguous("an unterminated quoted string"));
+    }
+    let mut parts = Segments::new(value, b';');
+    let essence = parts.next().unwrap_or_default().trim();
     if !essence.eq_ignore_ascii_case("application/json") {
         return Err(Problem::NotJson);
     }
@@ -108,28 +111,58 @@ fn unquote(raw: &str) -> Result<String, Problem> {
     Ok(out)
 }
 
-/// Splits at `sep` where it is not inside a quoted string.
-fn split_outside_quotes(value: &str, sep: u8) -> Result<Vec<&str>, Problem> {
-    let bytes = value.as_bytes();
-    let mut parts = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, &b) in bytes.iter().enumerate() {
+/// The parts of a value between `sep`s that are not inside a quoted string (no allocation:
+/// this runs on every MCP request).
+struct Segments<'a> {
+    rest: Option<&'a str>,
+    sep: u8,
+}
+
+impl<'a> Segments<'a> {
+    fn new(value: &'a str, sep: u8) -> Self {
+        Self {
+            rest: Some(value),
+            sep,
+        }
+    }
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        let (mut quoted, mut escaped) = (false, false);
+        for (i, &b) in rest.as_bytes().iter().enumerate() {
+            if escaped {
+                escaped = false;
+            } else if quoted && b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                quoted = !quoted;
+            } else if !quoted && b == self.sep {
+                self.rest = rest.get(i + 1..);
+                return rest.get(..i);
+            }
+        }
+        self.rest = None;
+        Some(rest)
+    }
+}
+
+/// Whether every quoted string ends.
+fn quotes_balanced(value: &str) -> bool {
+    let (mut quoted, mut escaped) = (false, false);
+    for &b in value.as_bytes() {
         if escaped {
             escaped = false;
         } else if quoted && b == b'\\' {
             escaped = true;
         } else if b == b'"' {
             quoted = !quoted;
-        } else if !quoted && b == sep {
-            parts.push(&value[start..i]);
-            start = i + 1;
         }
     }
-    if quoted {
-        return Err(Problem::Ambiguous("an unterminated quoted string"));
-    }
-    parts.push(&value[start..]);
-    Ok(parts)
+    !quoted
 }
 
 #[cfg(test)]
