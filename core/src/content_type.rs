@@ -40,10 +40,11 @@ pub fn judge(values: &[&str]) -> Result<(), Problem> {
         [one] => *one,
         _ => return Err(Problem::Ambiguous("more than one Content-Type header")),
     };
-    if Segments::new(value, b',').count() > 1 {
+    let mut types = Segments::new(value, b',');
+    if types.by_ref().count() > 1 {
         return Err(Problem::Ambiguous("several media types joined with ','"));
     }
-    if !quotes_balanced(value) {
+    if types.unterminated {
         return Err(Problem::Ambiguous("an unterminated quoted string"));
     }
     let mut parts = Segments::new(value, b';');
@@ -116,6 +117,8 @@ fn unquote(raw: &str) -> Result<String, Problem> {
 struct Segments<'a> {
     rest: Option<&'a str>,
     sep: u8,
+    /// The last part ended inside a quoted string.
+    unterminated: bool,
 }
 
 impl<'a> Segments<'a> {
@@ -123,6 +126,7 @@ impl<'a> Segments<'a> {
         Self {
             rest: Some(value),
             sep,
+            unterminated: false,
         }
     }
 }
@@ -146,23 +150,9 @@ impl<'a> Iterator for Segments<'a> {
             }
         }
         self.rest = None;
+        self.unterminated = quoted;
         Some(rest)
     }
-}
-
-/// Whether every quoted string ends.
-fn quotes_balanced(value: &str) -> bool {
-    let (mut quoted, mut escaped) = (false, false);
-    for &b in value.as_bytes() {
-        if escaped {
-            escaped = false;
-        } else if quoted && b == b'\\' {
-            escaped = true;
-        } else if b == b'"' {
-            quoted = !quoted;
-        }
-    }
-    !quoted
 }
 
 #[cfg(test)]

@@ -1018,24 +1018,18 @@ impl RequestState {
 
     /// The token service answered the callback's code: the cookie and the way back, or a page.
     fn accept_app_session(&mut self, status: Option<u32>, body: &[u8]) {
-        if self.app_lookup.take().is_none() || self.replied {
-            return;
-        }
-        let Some(route_index) = self.app.as_ref().map(|a| a.route) else {
-            return;
-        };
-        let config = Rc::clone(&self.worker.borrow().config);
-        let Some(route) = config.routes.get(route_index) else {
-            return;
-        };
-        let reply = app::classify_session(status, body, route);
-        self.log_app_reply(&reply);
-        self.send(reply);
+        self.answer_app_lookup(|route, _| app::classify_session(status, body, route));
     }
 
     /// The token service ended the app session: on to the issuer's signed-out page (with the
     /// ticket that ends the sign-in there too), or a page saying it could not be done.
     fn accept_app_session_end(&mut self, status: Option<u32>, body: &[u8]) {
+        self.answer_app_lookup(|route, issuer| app::classify_end(status, body, route, issuer));
+    }
+
+    /// Answers a client-route look-up with the reply `classify` makes of it for the route (and
+    /// the issuer).
+    fn answer_app_lookup(&mut self, classify: impl FnOnce(&Route, &str) -> LocalReply) {
         if self.app_lookup.take().is_none() || self.replied {
             return;
         }
@@ -1046,7 +1040,7 @@ impl RequestState {
         let Some(route) = config.routes.get(route_index) else {
             return;
         };
-        let reply = app::classify_end(status, body, route, &config.rules.issuer);
+        let reply = classify(route, &config.rules.issuer);
         self.log_app_reply(&reply);
         self.send(reply);
     }
