@@ -390,25 +390,12 @@ fn transport_error(status: u32, reason: &'static str, message: &str) -> LocalRep
 pub const SESSION_NOT_FOUND: i64 = -32001;
 
 fn invalid_token(route: &Route, reason: &'static str, cors: Option<&str>) -> LocalReply {
-    invalid_token_with(
-        route,
+    crate::reply::invalid_token(
+        &route.challenge_invalid_token,
         reason,
         "the bearer token is not valid for this MCP server",
         cors,
     )
-}
-
-/// The `401` with `WWW-Authenticate: Bearer error="invalid_token", resource_metadata=...`
-/// that sends an MCP client back through authorization (a bad TE, or a TI to obtain again).
-pub fn invalid_token_with(
-    route: &Route,
-    reason: &'static str,
-    description: &str,
-    cors: Option<&str>,
-) -> LocalReply {
-    LocalReply::oauth_error(401, reason, "invalid_token", description)
-        .with_header("www-authenticate", route.challenge_invalid_token.clone())
-        .with_cors(cors)
 }
 
 /// Fail closed when no key set can be had: the token cannot be checked, so nothing passes.

@@ -8,32 +8,31 @@
 
 use std::rc::Rc;
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::cache::{refresh_due, Renewable, RouteUserCache};
 use crate::config::{CompiledConfig, Route};
+use crate::internal_api::{
+    AppSessionAnswer, AppSessionEndAnswer, AppSessionRequest, AppTokenAnswer, AppTokenRequest,
+    ErrorAnswer, ErrorCode,
+};
 use crate::keys::KeySet;
 use crate::policy::{McpCall, Names, PolicyInput};
 use crate::reply::LocalReply;
 use crate::token::{verify, Identity, TokenRules};
-use crate::upstream::{refresh_due, Renewable, MAX_TOKEN_BYTES};
+use crate::upstream::MAX_TOKEN_BYTES;
 
 /// Where the token service sends the browser back with a one-time code (any client route's
 /// host, whatever its path prefix).
-pub const CALLBACK_PATH: &str = "/.warden/app/callback";
+pub use crate::internal_api::APP_CALLBACK_PATH as CALLBACK_PATH;
 /// Appended to a client route's path prefix: ends the app session.
 pub const SIGN_OUT_SUFFIX: &str = "/.warden/sign-out";
-/// Internal API: code → app session.
-pub const SESSION_PATH: &str = "/internal/v1/app-session";
-/// Internal API: app session → TE.
-pub const TOKEN_PATH: &str = "/internal/v1/app-token";
-/// Internal API: end an app session.
-pub const END_PATH: &str = "/internal/v1/app-session/end";
-/// The app session cookie's name is this plus 8 hex characters of SHA-256(route name).
-pub const COOKIE_PREFIX: &str = "warden_app_";
-/// In front of the cookie names on an https route: the browser then refuses the cookie from
-/// anywhere but this host (RFC 6265bis `__Host-`).
-pub const HOST_PREFIX: &str = "__Host-";
+/// The internal API's app paths, and the cookie names (the contract, `internal_api`).
+pub use crate::internal_api::{
+    app_cookie_name as cookie_name, APP_COOKIE_PREFIX as COOKIE_PREFIX,
+    APP_SESSION_END_PATH as END_PATH, APP_SESSION_PATH as SESSION_PATH,
+    APP_TOKEN_PATH as TOKEN_PATH, HOST_PREFIX,
+};
 /// `Max-Age` is clamped to this (the token service's sessions live 12 h at most).
 pub const MAX_COOKIE_AGE_SECONDS: i64 = 24 * 3600;
 /// A session secret is base64url of this many characters at least / at most.
@@ -50,16 +49,6 @@ pub fn is_token_service_path(path: &str) -> bool {
     ["/.warden/mcp/", "/.pomerium/mcp/"]
         .iter()
         .any(|p| path.starts_with(p))
-}
-
-/// `warden_app_` + the first 8 hex characters of SHA-256(route name).
-pub fn cookie_name(route_name: &str) -> String {
-    let digest = Sha256::digest(route_name.as_bytes());
-    let mut name = String::from(COOKIE_PREFIX);
-    for b in digest.iter().take(4) {
-        name.push_str(&format!("{b:02x}"));
-    }
-    name
 }
 
 /// The per-worker cache key of a session: SHA-256 of the cookie value, hex (the secret itself
@@ -466,13 +455,9 @@ pub fn signed_out(route: &Route, issuer: &str, ticket: Option<&str>) -> LocalRep
 /// The token service's answer to the end of an app session: the sign-out reply (with the
 /// ticket when there is one), or the page to answer when the session could not be ended.
 pub fn classify_end(status: Option<u32>, body: &[u8], route: &Route, issuer: &str) -> LocalReply {
-    #[derive(serde::Deserialize)]
-    struct Ended {
-        ticket: Option<String>,
-    }
     match status {
-        Some(200) => match serde_json::from_slice::<Ended>(body) {
-            Ok(ended) => {
+        Some(200) => match crate::raw::object::<AppSessionEndAnswer>(body) {
+            Some(ended) => {
                 let ticket = ended.ticket.filter(|t| {
                     !t.is_empty()
                         && t.len() <= MAX_PARAM_LEN
@@ -481,7 +466,7 @@ pub fn classify_end(status: Option<u32>, body: &[u8], route: &Route, issuer: &st
                 });
                 signed_out(route, issuer, ticket.as_deref())
             }
-            Err(_) => unavailable_page("app-sign-out-bad-answer"),
+            None => unavailable_page("app-sign-out-bad-answer"),
         },
         // The session stays as it was: the user may try again.
         _ => unavailable_page("app-sign-out-unavailable"),
@@ -537,7 +522,11 @@ impl std::fmt::Debug for Secret {
 }
 
 fn session_body(route: &Route, session: &Session) -> Secret {
-    Secret(serde_json::json!({"route": route.name, "session": session.secret()}).to_string())
+    let body = AppTokenRequest {
+        route: route.name.clone(),
+        session: session.secret().into(),
+    };
+    Secret(serde_json::to_string(&body).unwrap_or_default())
 }
 
 /// The query parameter `name` (exactly once), decoded.
@@ -583,7 +572,12 @@ pub fn callback(config: &CompiledConfig, head: &AppHead<'_>) -> AppStep {
     };
     AppStep::Callback {
         route: index,
-        body: serde_json::json!({"route": route.name, "code": code, "nonce": nonce}).to_string(),
+        body: serde_json::to_string(&AppSessionRequest {
+            route: route.name.clone(),
+            code,
+            nonce,
+        })
+        .unwrap_or_default(),
     }
 }
 
@@ -651,13 +645,6 @@ pub fn on_route(
     }
 }
 
-#[derive(Deserialize)]
-struct SessionGranted {
-    session: String,
-    max_age: i64,
-    return_to: String,
-}
-
 /// Whether `url` is an absolute URL on the route's host under its path prefix (where the
 /// callback may send the browser).
 pub fn under_route(route: &Route, url: &str) -> bool {
@@ -700,7 +687,7 @@ pub fn under_route(route: &Route, url: &str) -> bool {
 pub fn classify_session(status: Option<u32>, body: &[u8], route: &Route) -> LocalReply {
     match status {
         Some(200) => {
-            let granted = crate::raw::object::<SessionGranted>(body).filter(|g| {
+            let granted = crate::raw::object::<AppSessionAnswer>(body).filter(|g| {
                 valid_session(g.session.as_bytes())
                     && g.max_age > 0
                     && under_route(route, &g.return_to)
@@ -765,7 +752,7 @@ impl std::fmt::Debug for AppToken {
 }
 
 /// The per-worker cache of app TEs, by route and `session_key`.
-pub type AppTokenCache = crate::upstream::RouteUserCache<AppToken>;
+pub type AppTokenCache = RouteUserCache<AppToken>;
 
 /// What the internal API said about an app session.
 #[derive(Debug)]
@@ -780,27 +767,20 @@ pub enum TokenAnswer {
     Unavailable(&'static str),
 }
 
-#[derive(Deserialize)]
-struct TokenGranted {
-    access_token: String,
-    expires_at: i64,
-}
-
-#[derive(Deserialize)]
-struct Refused {
-    error: String,
-}
-
 /// Reads the internal API's answer to `POST TOKEN_PATH`; `status` `None` is no answer at all.
 pub fn classify_token(status: Option<u32>, body: &[u8]) -> TokenAnswer {
-    let error = || crate::raw::object::<Refused>(body).map(|r| r.error);
+    let error = || {
+        crate::raw::object::<ErrorAnswer>(body)
+            .and_then(|r| ErrorCode::parse(&r.error))
+            .filter(|code| status == Some(u32::from(code.status())))
+    };
     match status {
-        Some(200) => match crate::raw::object::<TokenGranted>(body) {
+        Some(200) => match crate::raw::object::<AppTokenAnswer>(body) {
             Some(g) => TokenAnswer::Token(Secret(g.access_token), g.expires_at),
             None => TokenAnswer::Unavailable("app-token-bad-answer"),
         },
-        Some(401) if error().as_deref() == Some("session_expired") => TokenAnswer::SessionExpired,
-        Some(403) if error().as_deref() == Some("access_denied") => TokenAnswer::AccessDenied,
+        Some(401) if error() == Some(ErrorCode::SessionExpired) => TokenAnswer::SessionExpired,
+        Some(403) if error() == Some(ErrorCode::AccessDenied) => TokenAnswer::AccessDenied,
         _ => TokenAnswer::Unavailable("app-token-service-unavailable"),
     }
 }

@@ -8,63 +8,18 @@
 //! A client never sets the header: the filter removes any value a request arrives with, on
 //! every route. An assertion never appears in a reply, a log line or a `Debug` output.
 
-use serde::Deserialize;
-
-use crate::access::invalid_token_with;
+use crate::cache::{refresh_due, Renewable, RouteUserCache};
 use crate::config::Route;
-use crate::reply::LocalReply;
-use crate::upstream::{refresh_due, token_service_unavailable, Renewable, ReplyTo, RouteUserCache};
+use crate::internal_api::{AssertionAnswer, ErrorAnswer, ErrorCode, UpstreamTokenRequest};
+use crate::reply::{invalid_token, token_service_unavailable, LocalReply, ReplyTo};
 
-/// The request header that carries the assertion upstream by default (lower case, as Envoy
-/// keeps it).
-pub const HEADER: &str = "x-warden-jwt-assertion";
-/// Pomerium's name for it: servers migrating from the reference trust this one.
-pub const POMERIUM_HEADER: &str = "x-pomerium-jwt-assertion";
-/// Every name an assertion may arrive under from a client, each removed from every request:
-/// ours and Pomerium's two (whatever a route sends, a server may trust any of them).
-pub const CLIENT_HEADERS: [&str; 3] = [HEADER, POMERIUM_HEADER, "x-pomerium-assertion"];
-/// The names a route may send the assertion under (`identity_header_names`).
-pub const SENDABLE_HEADERS: [&str; 2] = [HEADER, POMERIUM_HEADER];
-
-/// Whether a request header is an assertion a client sent: one of `CLIENT_HEADERS` in any
-/// spelling a server could read as it (case, and `_` for `-` as CGI/WSGI-style servers read
-/// header names).
-pub fn is_client_assertion(name: &[u8]) -> bool {
-    CLIENT_HEADERS.iter().any(|h| {
-        h.len() == name.len()
-            && h.bytes().zip(name).all(|(want, got)| {
-                let got = if *got == b'_' { b'-' } else { *got };
-                want == got.to_ascii_lowercase()
-            })
-    })
-}
-
-/// The header names a route's `identity_header_names` asks for: a non-empty list of
-/// `SENDABLE_HEADERS` (any case), each once. `Err` names the entry at fault.
-pub fn header_names(names: &[String]) -> Result<Vec<&'static str>, (Option<usize>, String)> {
-    if names.is_empty() {
-        return Err((None, "at least one header name is required".into()));
-    }
-    let mut out: Vec<&'static str> = Vec::with_capacity(names.len());
-    for (i, name) in names.iter().enumerate() {
-        let Some(known) = SENDABLE_HEADERS
-            .iter()
-            .find(|h| h.eq_ignore_ascii_case(name))
-        else {
-            return Err((
-                Some(i),
-                format!("{name:?} is not one of {}", SENDABLE_HEADERS.join(", ")),
-            ));
-        };
-        if out.contains(known) {
-            return Err((Some(i), format!("{known} is listed twice")));
-        }
-        out.push(known);
-    }
-    Ok(out)
-}
 /// The internal API's issuance: `{"sub", "route"}` → `{"assertion", "issued_at", "expires_at"}`.
-pub const PATH: &str = "/internal/v1/identity-assertion";
+pub use crate::internal_api::IDENTITY_ASSERTION_PATH as PATH;
+pub use crate::internal_api::{
+    assertion_header_names as header_names, is_client_assertion, ASSERTION_HEADER as HEADER,
+    CLIENT_ASSERTION_HEADERS as CLIENT_HEADERS, POMERIUM_ASSERTION_HEADER as POMERIUM_HEADER,
+    SENDABLE_ASSERTION_HEADERS as SENDABLE_HEADERS,
+};
 /// Larger assertions are refused as a bad answer (they go into a request header).
 pub const MAX_ASSERTION_BYTES: usize = 8 * 1024;
 
@@ -128,7 +83,11 @@ pub type AssertionCache = RouteUserCache<IdentityAssertion>;
 
 /// The body of an issuance request.
 pub fn request_body(sub: &str, route: &str) -> String {
-    serde_json::json!({ "sub": sub, "route": route }).to_string()
+    let body = UpstreamTokenRequest {
+        sub: sub.into(),
+        route: route.into(),
+    };
+    serde_json::to_string(&body).unwrap_or_default()
 }
 
 /// What to do with a request after the issuance call.
@@ -140,35 +99,24 @@ pub enum Fetched {
     Refuse(LocalReply),
 }
 
-#[derive(Deserialize)]
-struct Issued {
-    assertion: String,
-    issued_at: i64,
-    expires_at: i64,
-}
-
-#[derive(Deserialize)]
-struct Refused {
-    error: String,
-}
-
 /// Reads the internal API's answer: `status` is `None` when no answer came (transport
 /// failure, timeout). A user who no longer exists gets the `401` that sends them through
 /// sign-in; anything but the documented answers is the token service being unavailable, and
 /// the request does not go upstream without its assertion (fail closed).
 pub fn classify(status: Option<u32>, body: &[u8], route: &Route, to: ReplyTo<'_>) -> Fetched {
     match status {
-        Some(200) => match crate::raw::object::<Issued>(body)
+        Some(200) => match crate::raw::object::<AssertionAnswer>(body)
             .and_then(|i| IdentityAssertion::new(&i.assertion, i.issued_at, i.expires_at))
         {
             Some(assertion) => Fetched::Use(assertion),
             None => Fetched::Refuse(token_service_unavailable("token-service-bad-answer", to)),
         },
         Some(404)
-            if crate::raw::object::<Refused>(body).is_some_and(|r| r.error == "unknown_user") =>
+            if crate::raw::object::<ErrorAnswer>(body)
+                .is_some_and(|r| ErrorCode::parse(&r.error) == Some(ErrorCode::UnknownUser)) =>
         {
-            Fetched::Refuse(invalid_token_with(
-                route,
+            Fetched::Refuse(invalid_token(
+                &route.challenge_invalid_token,
                 "identity-unknown-user",
                 "the user this token was issued to no longer exists: sign in again",
                 to.cors,

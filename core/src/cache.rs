@@ -90,6 +90,115 @@ fn slot(token: &str) -> u64 {
     })
 }
 
+/// Before its expiry, a cached credential is renewed this long ahead at most (and a tenth of
+/// its lifetime for short ones).
+pub const REFRESH_MARGIN_SECONDS: i64 = 30;
+
+/// Whether a TI obtained at `issued_at` and expiring at `expires_at` (unix seconds) is due for
+/// renewal at `now`: from `expires_at - min(30, lifetime / 10)` on. Without an expiry, never.
+/// The filter stops using a cached TI at that point and the token service refreshes it then.
+pub fn refresh_due(issued_at: i64, expires_at: Option<i64>, now: i64) -> bool {
+    let Some(expires_at) = expires_at else {
+        return false;
+    };
+    let lifetime = expires_at.saturating_sub(issued_at);
+    let margin = REFRESH_MARGIN_SECONDS.min(lifetime / 10).max(0);
+    now >= expires_at.saturating_sub(margin)
+}
+
+/// A credential the filter caches per route and user, until it is due for renewal.
+pub trait Renewable {
+    /// Still good to send at `now`.
+    fn usable(&self, now: i64) -> bool;
+}
+
+/// A per-worker cache of credentials by route and user (`sub`): TIs, identity assertions,
+/// app TEs. Bounded: when full, entries due for renewal go first, then an arbitrary batch (a
+/// miss only costs a look-up).
+#[derive(Debug)]
+pub struct RouteUserCache<T> {
+    by_route: Vec<HashMap<Box<str>, Rc<T>>>,
+    len: usize,
+    capacity: usize,
+}
+
+impl<T: Renewable> RouteUserCache<T> {
+    pub fn new(capacity: usize, routes: usize) -> Self {
+        Self {
+            by_route: (0..routes).map(|_| HashMap::new()).collect(),
+            len: 0,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The cached entry when it is still usable; one that is not is forgotten.
+    pub fn get(&mut self, route: usize, sub: &str, now: i64) -> Option<Rc<T>> {
+        let map = self.by_route.get_mut(route)?;
+        let entry = map.get(sub)?;
+        if entry.usable(now) {
+            return Some(Rc::clone(entry));
+        }
+        map.remove(sub);
+        self.len -= 1;
+        None
+    }
+
+    /// Keeps an entry (only a usable one: the next request would not use it anyway).
+    pub fn put(&mut self, route: usize, sub: &str, entry: Rc<T>, now: i64) {
+        if !entry.usable(now) || route >= self.by_route.len() {
+            return;
+        }
+        if self.len >= self.capacity {
+            for map in &mut self.by_route {
+                map.retain(|_, t| t.usable(now));
+            }
+            self.len = self.by_route.iter().map(HashMap::len).sum();
+        }
+        if self.len >= self.capacity {
+            // Still full of usable entries: free an eighth at once, so the next misses do not
+            // each scan the whole cache again (amortised constant work per insert).
+            let mut evict = (self.capacity / 8).max(1);
+            for map in &mut self.by_route {
+                if evict == 0 {
+                    break;
+                }
+                let victims: Vec<Box<str>> = map.keys().take(evict).cloned().collect();
+                for key in victims {
+                    map.remove(&key);
+                    self.len -= 1;
+                    evict -= 1;
+                }
+            }
+        }
+        if let Some(map) = self.by_route.get_mut(route) {
+            if map.insert(sub.into(), entry).is_none() {
+                self.len += 1;
+            }
+        }
+    }
+
+    /// Forgets the user's entry on the route when `stale` says it is the one to drop.
+    pub fn remove_if(&mut self, route: usize, sub: &str, stale: impl Fn(&T) -> bool) -> bool {
+        let Some(map) = self.by_route.get_mut(route) else {
+            return false;
+        };
+        if map.get(sub).is_some_and(|t| stale(t)) {
+            map.remove(sub);
+            self.len -= 1;
+            return true;
+        }
+        false
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -166,11 +166,11 @@ fn is_false(b: &bool) -> bool {
 }
 
 pub fn default_identity_header_names() -> Vec<String> {
-    vec![crate::assertion::HEADER.to_string()]
+    vec![crate::internal_api::ASSERTION_HEADER.to_string()]
 }
 
 fn is_default_identity_header_names(names: &[String]) -> bool {
-    names == [crate::assertion::HEADER]
+    names == [crate::internal_api::ASSERTION_HEADER]
 }
 
 /// What a route fronts.
@@ -412,9 +412,9 @@ const READ_HEADERS: &[&str] = &[
     "mcp-name",
     "x-request-id",
     "cookie",
-    crate::assertion::CLIENT_HEADERS[0],
-    crate::assertion::CLIENT_HEADERS[1],
-    crate::assertion::CLIENT_HEADERS[2],
+    crate::internal_api::CLIENT_ASSERTION_HEADERS[0],
+    crate::internal_api::CLIENT_ASSERTION_HEADERS[1],
+    crate::internal_api::CLIENT_ASSERTION_HEADERS[2],
 ];
 
 /// The request header `render-envoy` has Envoy set to the route's name (`route_header`).
@@ -633,11 +633,13 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
                 "needs token_service: the identity assertion comes from the token service",
             ));
         }
-        let identity_headers =
-            crate::assertion::header_names(&r.identity_header_names).map_err(|(j, m)| match j {
-                Some(j) => err(at(&format!("identity_header_names[{j}]")), m),
-                None => err(at("identity_header_names"), m),
-            })?;
+        let identity_headers = crate::internal_api::assertion_header_names(
+            &r.identity_header_names,
+        )
+        .map_err(|(j, m)| match j {
+            Some(j) => err(at(&format!("identity_header_names[{j}]")), m),
+            None => err(at("identity_header_names"), m),
+        })?;
         let resource_name = r.resource_name.clone().unwrap_or_else(|| r.name.clone());
         let metadata_document = serde_json::json!({
             "resource": r.resource,
@@ -652,11 +654,11 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
         let cookie_name = if url.scheme == "https" {
             format!(
                 "{}{}",
-                crate::app::HOST_PREFIX,
-                crate::app::cookie_name(&r.name)
+                crate::internal_api::HOST_PREFIX,
+                crate::internal_api::app_cookie_name(&r.name)
             )
         } else {
-            crate::app::cookie_name(&r.name)
+            crate::internal_api::app_cookie_name(&r.name)
         };
         routes.push(Route {
             kind: r.kind,
@@ -1069,7 +1071,7 @@ mod tests {
         assert!(chat.pass_identity_headers);
         assert_eq!(
             chat.cookie_name,
-            format!("__Host-{}", crate::app::cookie_name("chat"))
+            format!("__Host-{}", crate::internal_api::app_cookie_name("chat"))
         );
         assert_eq!(
             c.client_route("chat", "chat.example:443").map(|(i, _)| i),

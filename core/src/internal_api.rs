@@ -1,5 +1,9 @@
-//! The filter ↔ token service internal API: how a call proves it comes from the filter.
+//! The filter ↔ token service contract, written once: the internal API's paths, bodies,
+//! answers and error codes, the header and cookie names both sides use, and how a call proves
+//! it comes from the filter. A leaf: it imports nothing else of the crate, so the filter's
+//! call-outs and the token service's routes read from the same place.
 //!
+//! ## Signing
 //! The filter never sends the internal credential itself. Envoy prints the headers of every
 //! call-out at debug level, and a credential in the plugin configuration shows in the admin
 //! `/config_dump`; with it, anyone could ask for any user's upstream token or identity
@@ -17,6 +21,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The environment variable of the Envoy process holding the internal credential (the content
@@ -30,6 +35,314 @@ pub const MAX_SKEW_SECONDS: i64 = 60;
 pub const MIN_CREDENTIAL_BYTES: usize = 32;
 /// Random bytes in a nonce.
 pub const NONCE_BYTES: usize = 16;
+
+// ---------------------------------------------------------------------------------------
+// Paths
+// ---------------------------------------------------------------------------------------
+
+/// `UpstreamTokenRequest` → `UpstreamTokenAnswer`; `404 no_token`, `409 upstream_refused`,
+/// `503 upstream_unavailable`.
+pub const UPSTREAM_TOKEN_PATH: &str = "/internal/v1/upstream-token";
+/// `DropRequest` → `{"dropped"}`: a TI the MCP server refused.
+pub const UPSTREAM_TOKEN_DROP_PATH: &str = "/internal/v1/upstream-token/drop";
+/// `UpstreamTokenRequest` → `AssertionAnswer`; `404 unknown_user`, `404 unknown_route`,
+/// `400 identity_headers_off`.
+pub const IDENTITY_ASSERTION_PATH: &str = "/internal/v1/identity-assertion";
+/// `AppSessionRequest` → `AppSessionAnswer`; `400 invalid_code`.
+pub const APP_SESSION_PATH: &str = "/internal/v1/app-session";
+/// `AppTokenRequest` → `AppTokenAnswer`; `401 session_expired`, `403 access_denied`.
+pub const APP_TOKEN_PATH: &str = "/internal/v1/app-token";
+/// `AppTokenRequest` → `AppSessionEndAnswer` (the app's sign-out).
+pub const APP_SESSION_END_PATH: &str = "/internal/v1/app-session/end";
+/// `GET`: the encryption-key re-seal's counters.
+pub const VAULT_STATUS_PATH: &str = "/internal/v1/vault/status";
+
+/// Where the token service sends a browser back to a client route's host with a one-time
+/// code (any client route's host, whatever its path prefix).
+pub const APP_CALLBACK_PATH: &str = "/.warden/app/callback";
+
+// ---------------------------------------------------------------------------------------
+// Names both sides use
+// ---------------------------------------------------------------------------------------
+
+/// The request header that carries the identity assertion by default (lower case, as Envoy
+/// keeps names).
+pub const ASSERTION_HEADER: &str = "x-warden-jwt-assertion";
+/// Pomerium's name for it: servers migrating from the reference trust this one.
+pub const POMERIUM_ASSERTION_HEADER: &str = "x-pomerium-jwt-assertion";
+/// Every name an assertion may arrive under from a client, each removed from every request:
+/// ours and Pomerium's two (whatever a route sends, a server may trust any of them).
+pub const CLIENT_ASSERTION_HEADERS: [&str; 3] = [
+    ASSERTION_HEADER,
+    POMERIUM_ASSERTION_HEADER,
+    "x-pomerium-assertion",
+];
+/// The names a route may send the assertion under (`identity_header_names`).
+pub const SENDABLE_ASSERTION_HEADERS: [&str; 2] = [ASSERTION_HEADER, POMERIUM_ASSERTION_HEADER];
+
+/// Whether a request header is an assertion a client sent: one of `CLIENT_ASSERTION_HEADERS`
+/// in any spelling a server could read as it (case, and `_` for `-` as CGI/WSGI-style servers
+/// read header names).
+pub fn is_client_assertion(name: &[u8]) -> bool {
+    CLIENT_ASSERTION_HEADERS.iter().any(|h| {
+        h.len() == name.len()
+            && h.bytes().zip(name).all(|(want, got)| {
+                let got = if *got == b'_' { b'-' } else { *got };
+                want == got.to_ascii_lowercase()
+            })
+    })
+}
+
+/// The header names a route's `identity_header_names` asks for: a non-empty list of
+/// `SENDABLE_ASSERTION_HEADERS` (any case), each once. `Err` names the entry at fault.
+pub fn assertion_header_names(
+    names: &[String],
+) -> Result<Vec<&'static str>, (Option<usize>, String)> {
+    if names.is_empty() {
+        return Err((None, "at least one header name is required".into()));
+    }
+    let mut out: Vec<&'static str> = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let Some(known) = SENDABLE_ASSERTION_HEADERS
+            .iter()
+            .find(|h| h.eq_ignore_ascii_case(name))
+        else {
+            return Err((
+                Some(i),
+                format!(
+                    "{name:?} is not one of {}",
+                    SENDABLE_ASSERTION_HEADERS.join(", ")
+                ),
+            ));
+        };
+        if out.contains(known) {
+            return Err((Some(i), format!("{known} is listed twice")));
+        }
+        out.push(known);
+    }
+    Ok(out)
+}
+
+/// A client route's session cookie is this plus 8 hex characters of SHA-256(route name).
+pub const APP_COOKIE_PREFIX: &str = "warden_app_";
+/// In front of the cookie names on an https route: the browser then refuses the cookie from
+/// anywhere but this host (RFC 6265bis `__Host-`).
+pub const HOST_PREFIX: &str = "__Host-";
+
+/// `warden_app_` + the first 8 hex characters of SHA-256(route name).
+pub fn app_cookie_name(route_name: &str) -> String {
+    let digest = Sha256::digest(route_name.as_bytes());
+    let mut name = String::from(APP_COOKIE_PREFIX);
+    for b in digest.iter().take(4) {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name
+}
+
+// ---------------------------------------------------------------------------------------
+// Bodies and answers
+// ---------------------------------------------------------------------------------------
+
+/// Whose upstream token or identity assertion, for which route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTokenRequest {
+    pub sub: String,
+    pub route: String,
+}
+
+/// A TI the MCP server refused, and why (`invalid_token` or `insufficient_scope`, with the
+/// scope the server asked for).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropRequest {
+    pub sub: String,
+    pub route: String,
+    pub access_token: String,
+    pub reason: String,
+    #[serde(default)]
+    pub scope: String,
+}
+
+impl std::fmt::Debug for DropRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DropRequest")
+            .field("sub", &self.sub)
+            .field("route", &self.route)
+            .field("access_token", &"[redacted]")
+            .field("reason", &self.reason)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// A one-time app code for an app session, with the SHA-256 of the browser's nonce cookie.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSessionRequest {
+    pub route: String,
+    pub code: String,
+    pub nonce: String,
+}
+
+impl std::fmt::Debug for AppSessionRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppSessionRequest([redacted])")
+    }
+}
+
+/// An app session (its secret), for the user's TE or for its end.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppTokenRequest {
+    pub route: String,
+    pub session: String,
+}
+
+impl std::fmt::Debug for AppTokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppTokenRequest([redacted])")
+    }
+}
+
+/// The user's upstream token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamTokenAnswer {
+    pub access_token: String,
+    pub issued_at: i64,
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    pub granted_at: i64,
+    #[serde(default)]
+    pub after_refusal: bool,
+}
+
+/// A fresh identity assertion.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssertionAnswer {
+    pub assertion: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+}
+
+/// A new app session, for the cookie, and where the browser goes back to.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSessionAnswer {
+    pub session: String,
+    pub max_age: i64,
+    pub return_to: String,
+}
+
+/// The user's TE for an app session.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppTokenAnswer {
+    pub access_token: String,
+    pub expires_at: i64,
+}
+
+/// An app session ended (or there was none), with the ticket that ends the sign-in at the
+/// issuer too (`{issuer}/app/signed-out?ticket=`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSessionEndAnswer {
+    pub ended: bool,
+    pub ticket: Option<String>,
+}
+
+/// The body of every refusal: `{"error", "error_description"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorAnswer {
+    pub error: String,
+    #[serde(default)]
+    pub error_description: String,
+}
+
+/// The internal API's error codes (`ErrorAnswer::error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// `404`: no usable upstream token for the user.
+    NoToken,
+    /// `409`: the provider refused the grant again right after consent.
+    UpstreamRefused,
+    /// `503`: the upstream provider cannot be reached.
+    UpstreamUnavailable,
+    /// `404`: the user no longer exists.
+    UnknownUser,
+    /// `404`: no such route (with that feature).
+    UnknownRoute,
+    /// `400`: the route does not pass identity headers.
+    IdentityHeadersOff,
+    /// `400`: an app code unknown, used, expired, another route's or another browser's.
+    InvalidCode,
+    /// `401`: the app session has ended.
+    SessionExpired,
+    /// `403`: the route's policy no longer lets the user in.
+    AccessDenied,
+    /// `400`: a body that is not the endpoint's.
+    InvalidRequest,
+    /// `401`: not signed with the internal credential.
+    Unauthorized,
+    /// `500`: the token service failed.
+    ServerError,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::NoToken,
+        ErrorCode::UpstreamRefused,
+        ErrorCode::UpstreamUnavailable,
+        ErrorCode::UnknownUser,
+        ErrorCode::UnknownRoute,
+        ErrorCode::IdentityHeadersOff,
+        ErrorCode::InvalidCode,
+        ErrorCode::SessionExpired,
+        ErrorCode::AccessDenied,
+        ErrorCode::InvalidRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::ServerError,
+    ];
+
+    /// The code as it travels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NoToken => "no_token",
+            ErrorCode::UpstreamRefused => "upstream_refused",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::UnknownUser => "unknown_user",
+            ErrorCode::UnknownRoute => "unknown_route",
+            ErrorCode::IdentityHeadersOff => "identity_headers_off",
+            ErrorCode::InvalidCode => "invalid_code",
+            ErrorCode::SessionExpired => "session_expired",
+            ErrorCode::AccessDenied => "access_denied",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::ServerError => "server_error",
+        }
+    }
+
+    /// The HTTP status it is answered with.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::NoToken | ErrorCode::UnknownUser | ErrorCode::UnknownRoute => 404,
+            ErrorCode::UpstreamRefused => 409,
+            ErrorCode::UpstreamUnavailable => 503,
+            ErrorCode::IdentityHeadersOff | ErrorCode::InvalidCode | ErrorCode::InvalidRequest => {
+                400
+            }
+            ErrorCode::SessionExpired | ErrorCode::Unauthorized => 401,
+            ErrorCode::AccessDenied => 403,
+            ErrorCode::ServerError => 500,
+        }
+    }
+
+    /// The code an answer names, if it is one of ours.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Signing
+// ---------------------------------------------------------------------------------------
 
 /// The MAC key, derived from the credential. Never shown by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
@@ -192,6 +505,34 @@ mod tests {
 
     fn key() -> InternalKey {
         InternalKey::from_credential(CREDENTIAL).unwrap()
+    }
+
+    #[test]
+    fn error_codes_travel_as_their_names_and_read_back() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            assert!((400..600).contains(&code.status()));
+        }
+        assert_eq!(ErrorCode::parse("nope"), None);
+    }
+
+    #[test]
+    fn bodies_are_exactly_their_fields_and_secrets_stay_out_of_debug() {
+        let r: UpstreamTokenRequest = serde_json::from_str(r#"{"sub":"a","route":"b"}"#).unwrap();
+        assert_eq!(r.route, "b");
+        assert!(
+            serde_json::from_str::<UpstreamTokenRequest>(r#"{"sub":"a","route":"b","x":1}"#)
+                .is_err()
+        );
+        let s = AppTokenRequest {
+            route: "r".into(),
+            session: "secret-value".into(),
+        };
+        assert!(!format!("{s:?}").contains("secret-value"));
+        assert_eq!(
+            app_cookie_name("demo-app"),
+            format!("{APP_COOKIE_PREFIX}52926082")
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! gathers the inputs and carries out the verdict.
 
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::config::{DenyStyle, Route};
 use crate::content_type;
@@ -11,6 +11,7 @@ use crate::jsonrpc::{inspect_with, Body, InspectError};
 use crate::mcp_headers::{self, RoutingHeaders, HEADER_MISMATCH};
 use crate::names::{fold, is_folded};
 use crate::policy::{Decision, McpCall, Names, PolicyInput};
+pub use crate::reply::jsonrpc_error;
 use crate::reply::LocalReply;
 use crate::token::TeClaims;
 
@@ -172,15 +173,6 @@ impl AuthorizeLog {
     pub fn permitted(&self) -> bool {
         self.error.is_none() && self.allow && !self.deny
     }
-}
-
-/// A JSON-RPC error response body for `id`, carrying the request id to look up in the log.
-pub fn jsonrpc_error(id: Option<&Value>, code: i64, message: &str, request_id: &str) -> Value {
-    json!({
-        "jsonrpc": "2.0",
-        "id": id.cloned().unwrap_or(Value::Null),
-        "error": { "code": code, "message": message, "data": { "request-id": request_id } },
-    })
 }
 
 fn error_reply(status: u32, reason: &'static str, body: Value) -> LocalReply {
@@ -599,6 +591,7 @@ mod tests {
     use super::*;
     use crate::config::CompiledConfig;
     use crate::token::Audience;
+    use serde_json::json;
 
     fn route(extra: Value) -> Route {
         let mut r = json!({

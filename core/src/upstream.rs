@@ -7,42 +7,24 @@
 //!
 //! A TI never appears in a reply, a log line or a `Debug` output.
 
-use std::collections::HashMap;
-use std::rc::Rc;
-
-use serde::Deserialize;
-
-use crate::access::invalid_token_with;
+pub use crate::cache::{refresh_due, Renewable, RouteUserCache};
 use crate::config::Route;
-use crate::mcp::jsonrpc_error;
-use crate::reply::LocalReply;
+use crate::internal_api::{
+    DropRequest, ErrorAnswer, ErrorCode, UpstreamTokenAnswer, UpstreamTokenRequest,
+};
+use crate::reply::{gateway_error, invalid_token, LocalReply};
+pub use crate::reply::{token_service_unavailable, ReplyTo, GATEWAY_ERROR};
 
-/// The internal API's look-up: `{"sub", "route"}` → the TI.
-pub const LOOKUP_PATH: &str = "/internal/v1/upstream-token";
-/// The internal API's drop: a TI the MCP server refused.
-pub const DROP_PATH: &str = "/internal/v1/upstream-token/drop";
-/// A TI is renewed this long before it expires at most (a tenth of its lifetime when shorter).
-pub const REFRESH_MARGIN_SECONDS: i64 = 30;
+pub use crate::cache::REFRESH_MARGIN_SECONDS;
+pub use crate::internal_api::{
+    UPSTREAM_TOKEN_DROP_PATH as DROP_PATH, UPSTREAM_TOKEN_PATH as LOOKUP_PATH,
+};
 /// A TI refused within this long of the user's consent is not sent back to consent again.
 pub const FRESH_GRANT_SECONDS: i64 = 60;
 /// Larger TIs are refused as a bad answer (they go into a request header).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Internal API answers larger than this are not read (a bad answer).
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
-/// JSON-RPC "internal error": the gateway could not get the call to the server.
-pub const GATEWAY_ERROR: i64 = -32603;
-
-/// Whether a TI obtained at `issued_at` and expiring at `expires_at` (unix seconds) is due for
-/// renewal at `now`: from `expires_at - min(30, lifetime / 10)` on. Without an expiry, never.
-/// The filter stops using a cached TI at that point and the token service refreshes it then.
-pub fn refresh_due(issued_at: i64, expires_at: Option<i64>, now: i64) -> bool {
-    let Some(expires_at) = expires_at else {
-        return false;
-    };
-    let lifetime = expires_at.saturating_sub(issued_at);
-    let margin = REFRESH_MARGIN_SECONDS.min(lifetime / 10).max(0);
-    now >= expires_at.saturating_sub(margin)
-}
 
 /// Whether a TI the MCP server refused was granted so recently (`granted_at`, the user's last
 /// consent upstream) that sending the user through consent again would only loop.
@@ -121,19 +103,24 @@ impl std::fmt::Debug for UpstreamToken {
 
 /// The body of a look-up.
 pub fn lookup_body(sub: &str, route: &str) -> String {
-    serde_json::json!({ "sub": sub, "route": route }).to_string()
+    let body = UpstreamTokenRequest {
+        sub: sub.into(),
+        route: route.into(),
+    };
+    // Serializing strings cannot fail.
+    serde_json::to_string(&body).unwrap_or_default()
 }
 
 /// The body of a drop: the TI the server refused, and why.
 pub fn drop_body(sub: &str, route: &str, token: &UpstreamToken, refusal: &Refusal) -> String {
-    serde_json::json!({
-        "sub": sub,
-        "route": route,
-        "access_token": token.access_token(),
-        "reason": refusal.reason.as_str(),
-        "scope": refusal.scope,
-    })
-    .to_string()
+    let body = DropRequest {
+        sub: sub.into(),
+        route: route.into(),
+        access_token: token.access_token().into(),
+        reason: refusal.reason.as_str().into(),
+        scope: refusal.scope.clone(),
+    };
+    serde_json::to_string(&body).unwrap_or_default()
 }
 
 /// What to do with a request after the look-up.
@@ -145,36 +132,13 @@ pub enum Lookup {
     Refuse(LocalReply),
 }
 
-#[derive(Deserialize)]
-struct Granted {
-    access_token: String,
-    issued_at: i64,
-    #[serde(default)]
-    expires_at: Option<i64>,
-    granted_at: i64,
-    #[serde(default)]
-    after_refusal: bool,
-}
-
-#[derive(Deserialize)]
-struct Refused {
-    error: String,
-}
-
-/// The request being answered, for the replies' JSON-RPC error and CORS headers.
-#[derive(Debug, Clone, Copy)]
-pub struct ReplyTo<'a> {
-    pub request_id: &'a str,
-    pub cors: Option<&'a str>,
-}
-
 /// Reads the internal API's answer to a look-up: `status` is `None` when no answer came
 /// (transport failure, timeout). Anything but the documented answers is the token service
 /// being unavailable: an Envoy `503` for an unreachable cluster must not read as the
 /// provider's.
 pub fn classify_lookup(status: Option<u32>, body: &[u8], route: &Route, to: ReplyTo<'_>) -> Lookup {
     match status {
-        Some(200) => match crate::raw::object::<Granted>(body).and_then(|g| {
+        Some(200) => match crate::raw::object::<UpstreamTokenAnswer>(body).and_then(|g| {
             UpstreamToken::new(&g.access_token, g.issued_at, g.expires_at, g.granted_at)
                 .map(|t| t.after_refusal(g.after_refusal))
         }) {
@@ -182,11 +146,13 @@ pub fn classify_lookup(status: Option<u32>, body: &[u8], route: &Route, to: Repl
             None => Lookup::Refuse(token_service_unavailable("token-service-bad-answer", to)),
         },
         Some(status @ (404 | 409 | 503)) => {
-            let error = crate::raw::object::<Refused>(body).map(|r| r.error);
-            Lookup::Refuse(match (status, error.as_deref()) {
-                (404, Some("no_token")) => no_token(route, to),
-                (409, Some("upstream_refused")) => refused_after_grant(None, to),
-                (503, Some("upstream_unavailable")) => provider_unavailable(to),
+            let error = crate::raw::object::<ErrorAnswer>(body)
+                .and_then(|r| ErrorCode::parse(&r.error))
+                .filter(|code| u32::from(code.status()) == status);
+            Lookup::Refuse(match error {
+                Some(ErrorCode::NoToken) => no_token(route, to),
+                Some(ErrorCode::UpstreamRefused) => refused_after_grant(None, to),
+                Some(ErrorCode::UpstreamUnavailable) => provider_unavailable(to),
                 _ => token_service_unavailable("token-service-unavailable", to),
             })
         }
@@ -196,21 +162,12 @@ pub fn classify_lookup(status: Option<u32>, body: &[u8], route: &Route, to: Repl
 
 /// No usable TI: the client signs in again, and the token service runs upstream consent.
 fn no_token(route: &Route, to: ReplyTo<'_>) -> LocalReply {
-    invalid_token_with(
-        route,
+    invalid_token(
+        &route.challenge_invalid_token,
         "upstream-token-missing",
         "this MCP server needs your account at its upstream provider: authorize again to connect it",
         to.cors,
     )
-}
-
-fn gateway_error(status: u32, reason: &'static str, message: &str, to: ReplyTo<'_>) -> LocalReply {
-    LocalReply::json(
-        status,
-        reason,
-        jsonrpc_error(None, GATEWAY_ERROR, message, to.request_id).to_string(),
-    )
-    .with_cors(to.cors)
 }
 
 /// A TI the user had just granted was refused: consent again would loop, so the client gets
@@ -233,13 +190,6 @@ fn provider_unavailable(to: ReplyTo<'_>) -> LocalReply {
         to,
     )
     .with_header("retry-after", "5")
-}
-
-/// The token service did not answer usefully (or the worker has too many look-ups in flight:
-/// `reason` tells them apart in the log).
-pub fn token_service_unavailable(reason: &'static str, to: ReplyTo<'_>) -> LocalReply {
-    gateway_error(503, reason, "the token service is unavailable", to)
-        .with_header("retry-after", "5")
 }
 
 /// Why the MCP server refused a TI, as the drop call names it.
@@ -309,8 +259,8 @@ pub fn refused_reply(
     if token.after_refusal && refused_right_after_grant(token.granted_at, now) {
         return refused_after_grant(Some(&refusal.scope), to);
     }
-    invalid_token_with(
-        route,
+    invalid_token(
+        &route.challenge_invalid_token,
         "upstream-token-refused",
         "the upstream MCP server refused your upstream account's token: authorize again to renew it",
         to.cors,
@@ -428,107 +378,14 @@ fn last_was_comma(chars: &[char], at: usize) -> bool {
         .is_none_or(|c| *c == ',')
 }
 
-/// A credential the filter caches per route and user, until it is due for renewal.
-pub trait Renewable {
-    /// Still good to send at `now`.
-    fn usable(&self, now: i64) -> bool;
-}
-
 impl Renewable for UpstreamToken {
     fn usable(&self, now: i64) -> bool {
         UpstreamToken::usable(self, now)
     }
 }
 
-/// A per-worker cache of credentials by route and user (`sub`): TIs, identity assertions.
-/// Bounded: when full, entries due for renewal go first, then an arbitrary batch (a miss only
-/// costs a look-up).
-#[derive(Debug)]
-pub struct RouteUserCache<T> {
-    by_route: Vec<HashMap<Box<str>, Rc<T>>>,
-    len: usize,
-    capacity: usize,
-}
-
 /// The per-worker cache of TIs.
 pub type UpstreamTokenCache = RouteUserCache<UpstreamToken>;
-
-impl<T: Renewable> RouteUserCache<T> {
-    pub fn new(capacity: usize, routes: usize) -> Self {
-        Self {
-            by_route: (0..routes).map(|_| HashMap::new()).collect(),
-            len: 0,
-            capacity: capacity.max(1),
-        }
-    }
-
-    /// The cached entry when it is still usable; one that is not is forgotten.
-    pub fn get(&mut self, route: usize, sub: &str, now: i64) -> Option<Rc<T>> {
-        let map = self.by_route.get_mut(route)?;
-        let entry = map.get(sub)?;
-        if entry.usable(now) {
-            return Some(Rc::clone(entry));
-        }
-        map.remove(sub);
-        self.len -= 1;
-        None
-    }
-
-    /// Keeps an entry (only a usable one: the next request would not use it anyway).
-    pub fn put(&mut self, route: usize, sub: &str, entry: Rc<T>, now: i64) {
-        if !entry.usable(now) || route >= self.by_route.len() {
-            return;
-        }
-        if self.len >= self.capacity {
-            for map in &mut self.by_route {
-                map.retain(|_, t| t.usable(now));
-            }
-            self.len = self.by_route.iter().map(HashMap::len).sum();
-        }
-        if self.len >= self.capacity {
-            // Still full of usable entries: free an eighth at once, so the next misses do not
-            // each scan the whole cache again (amortised constant work per insert).
-            let mut evict = (self.capacity / 8).max(1);
-            for map in &mut self.by_route {
-                if evict == 0 {
-                    break;
-                }
-                let victims: Vec<Box<str>> = map.keys().take(evict).cloned().collect();
-                for key in victims {
-                    map.remove(&key);
-                    self.len -= 1;
-                    evict -= 1;
-                }
-            }
-        }
-        if let Some(map) = self.by_route.get_mut(route) {
-            if map.insert(sub.into(), entry).is_none() {
-                self.len += 1;
-            }
-        }
-    }
-
-    /// Forgets the user's entry on the route when `stale` says it is the one to drop.
-    pub fn remove_if(&mut self, route: usize, sub: &str, stale: impl Fn(&T) -> bool) -> bool {
-        let Some(map) = self.by_route.get_mut(route) else {
-            return false;
-        };
-        if map.get(sub).is_some_and(|t| stale(t)) {
-            map.remove(sub);
-            self.len -= 1;
-            return true;
-        }
-        false
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
 
 impl RouteUserCache<UpstreamToken> {
     /// Forgets the TI the server refused, unless another request already cached a newer one.
@@ -542,6 +399,7 @@ mod tests {
     use super::*;
     use crate::config::CompiledConfig;
     use serde_json::Value;
+    use std::rc::Rc;
 
     fn route() -> Route {
         let c = serde_json::json!({
