@@ -1,95 +1,28 @@
-//! The per-request access decision for the headers phase: metadata, CORS, bearer check.
-//! The adapter gathers a `RequestHead`, calls `decide`, and executes the returned `Step`.
+//! The headers-phase decision: where a request goes. Metadata is answered here; a request
+//! on an MCP server route is decided by `server_route`, one on a client route (a web app
+//! behind browser sign-in) by `app`. The adapter gathers a `RequestHead`, calls `decide`,
+//! and executes the returned `Step`.
 
-use std::rc::Rc;
-
-use crate::cache::TokenCache;
-use crate::config::{normalize_origin, CompiledConfig, Route};
-use crate::keys::KeySet;
+use crate::app::{self, AppHead};
+use crate::config::{CompiledConfig, Route, RouteKind, ENVOY_ROUTE_PREFIX};
 use crate::reply::{preflight, LocalReply};
-use crate::session::{self, Inbound, SessionKey};
-use crate::signature_budget::{Client, SignatureBudget};
-use crate::token::{precheck, Identity, TokenError};
-use crate::transport::{
-    announces_body, method_rule, names_session_in_query, MethodRule, ALLOWED_METHODS,
-};
+use crate::server_route;
 
-/// What the adapter read from the request headers (via the `*_bytes` getters).
-#[derive(Debug, Default)]
-pub struct RequestHead<'a> {
-    pub method: &'a [u8],
-    /// Host as sent; normalized here.
-    pub authority: &'a [u8],
-    pub scheme: &'a [u8],
-    /// `:path` including any query string.
-    pub path: &'a [u8],
-    /// Envoy's route name for the request (`xds.route_name`, or the plugin's `route_header`),
-    /// when the host could tell.
-    pub envoy_route: Option<&'a [u8]>,
-    /// `envoy_route` came from a request header: the route it names must also serve the
-    /// request's host, so a header Envoy failed to overwrite cannot move a request to another
-    /// host's route.
-    pub envoy_route_in_header: bool,
-    pub origin: Option<&'a [u8]>,
-    /// Every `Authorization` header value, in order.
-    pub authorization: Vec<&'a [u8]>,
-    pub is_preflight: bool,
-    pub content_length: Option<&'a [u8]>,
-    /// Any `Transfer-Encoding` header was present.
-    pub transfer_encoding: bool,
-    /// Every `Mcp-Session-Id` header value, in order.
-    pub session_ids: Vec<&'a [u8]>,
-    /// A header the filter reads, spelled with `_` (see `names::disguised_header`).
-    pub disguised_header: Option<&'static str>,
-    /// A method-override header (`names::is_method_override`) came with the request.
-    pub method_override: bool,
-    /// Every `Cookie` header value, in order (read on client routes only).
-    pub cookies: Vec<&'a [u8]>,
-}
+pub use crate::server_route::{keys_unavailable, SESSION_NOT_FOUND};
+pub use crate::step::{Context, Grant, RequestHead, Step};
 
-/// What the adapter must do next.
-#[derive(Debug)]
-pub enum Step {
-    /// Not an MCP route or metadata path: leave the request alone.
-    PassThrough,
-    /// Answer locally and stop.
-    Reply(LocalReply),
-    /// The key set lacks the token's `kid` (or is empty): fetch the JWKS, then decide again
-    /// with `may_fetch_keys = false`.
-    FetchKeys,
-    /// Authorized: strip the TE and forward.
-    Forward(Grant),
-    /// A request on a client route (a web app behind browser sign-in), or its sign-in
-    /// callback.
-    App(crate::app::AppStep),
-}
-
-#[derive(Debug)]
-pub struct Grant {
-    pub route: usize,
-    pub identity: Rc<Identity>,
-    /// Allowed browser origin to reflect in CORS response headers.
-    pub cors_origin: Option<String>,
-    /// How the request's body is handled (`InspectBody` or `Bodiless`).
-    pub method: MethodRule,
-    /// The upstream's own session id, unwrapped from the client's `Mcp-Session-Id`.
-    pub upstream_session_id: Option<Vec<u8>>,
-}
-
-pub struct Context<'a> {
-    pub config: &'a CompiledConfig,
-    pub keys: Option<&'a KeySet>,
-    pub cache: &'a mut TokenCache,
-    pub session_key: &'a SessionKey,
-    pub now: i64,
-    pub may_fetch_keys: bool,
-    /// 32 random bytes for a client route's sign-in nonce (`None`: no randomness, refuse).
-    pub random: fn() -> Option<[u8; 32]>,
-    /// The failed signature checks this worker may still afford.
-    pub budget: &'a mut SignatureBudget,
-    /// The client's address as Envoy has it (`source.address`), asked only when a signature
-    /// check is due (never on the warm path).
-    pub client_address: fn() -> Option<Vec<u8>>,
+/// Where a request goes, before anything about its credentials is known.
+enum Destination<'c> {
+    /// Not an MCP route, a metadata path or a client route: leave it alone.
+    Elsewhere,
+    /// Envoy named a route that cannot serve it.
+    Refused(LocalReply),
+    /// A route's protected resource metadata.
+    Metadata(&'c Route),
+    /// The browser sign-in callback on a client route's host.
+    AppCallback,
+    Server(usize, &'c Route),
+    Client(usize, &'c Route),
 }
 
 pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
@@ -98,318 +31,77 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
     let authority = String::from_utf8_lossy(head.authority).to_ascii_lowercase();
     let path = String::from_utf8_lossy(head.path);
     let path_only = path.split(['?', '#']).next().unwrap_or_default();
-
-    // Server listing, connect and disconnect: Envoy sends them to the token service on every
-    // host, and they are nobody's route here. Unless Envoy says it sent the request to one of
-    // our routes: then it goes there, and is checked as that route's.
-    let envoy_chose_ours = head
-        .envoy_route
-        .is_some_and(|r| r.starts_with(crate::config::ENVOY_ROUTE_PREFIX.as_bytes()));
-    if !envoy_chose_ours && crate::app::is_token_service_path(path_only) {
-        return Step::PassThrough;
-    }
     let scheme = String::from_utf8_lossy(head.scheme);
-    // Only client-route requests draw a nonce (the MCP path never pays for randomness).
-    let nonce = || {
-        use base64::Engine as _;
-        (ctx.random)().map(|b| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
-    };
-    let app_head = |nonce: &'_ str| crate::app::AppHead {
+    let app_head = || AppHead {
         method: head.method,
         origin: head.origin,
         scheme: &scheme,
         authority: &authority,
         path: &path,
         cookies: &head.cookies,
-        nonce: nonce.to_owned(),
+        nonce: String::new(),
     };
-    if path_only == crate::app::CALLBACK_PATH && ctx.config.has_client_route_on(&authority) {
-        return Step::App(crate::app::callback(ctx.config, &app_head("")));
-    }
-    if let Some(route) = ctx.config.metadata_route(&authority, path_only) {
-        return Step::Reply(metadata_reply(route, head));
-    }
-    let envoy_route = head.envoy_route.map(String::from_utf8_lossy);
-    let matched = match envoy_route.as_deref() {
-        Some(name) if name.starts_with(crate::config::ENVOY_ROUTE_PREFIX) => {
-            match ctx.config.route_named(name) {
-                Some(found)
-                    if !head.envoy_route_in_header || found.1.url.matches_host(&authority) =>
-                {
-                    Some(found)
-                }
-                _ => {
-                    return Step::Reply(LocalReply::oauth_error(
-                        403,
-                        "route-unknown",
-                        "forbidden",
-                        "Envoy routed this request to an MCP route the filter does not know",
-                    ))
-                }
-            }
-        }
-        _ => ctx.config.route_for(&authority, path_only),
-    };
-    let Some((index, route)) = matched else {
-        return Step::PassThrough;
-    };
-    if route.kind == crate::config::RouteKind::Client {
-        let Some(nonce) = nonce() else {
-            return Step::App(crate::app::AppStep::Reply(crate::app::unavailable_page(
-                "app-no-randomness",
-            )));
-        };
-        return Step::App(crate::app::on_route(
+    match locate(head, ctx.config, &authority, path_only) {
+        Destination::Elsewhere => Step::PassThrough,
+        Destination::Refused(reply) => Step::Reply(reply),
+        Destination::Metadata(route) => Step::Reply(metadata_reply(route, head)),
+        Destination::AppCallback => Step::App(app::callback(ctx.config, &app_head())),
+        Destination::Client(index, route) => Step::App(app::on_client_route(
             ctx.config,
             index,
             route,
-            &app_head(&nonce),
-        ));
+            app_head(),
+            ctx.random,
+        )),
+        Destination::Server(index, route) => server_route::decide(head, ctx, index, route),
     }
+}
 
-    let cors_origin = match head.origin {
-        None => None,
-        Some(origin) => match allowed_origin(route, origin) {
-            Some(origin) => Some(origin),
-            None => {
-                return Step::Reply(LocalReply::oauth_error(
+fn locate<'c>(
+    head: &RequestHead<'_>,
+    config: &'c CompiledConfig,
+    authority: &str,
+    path_only: &str,
+) -> Destination<'c> {
+    // Server listing, connect and disconnect: Envoy sends them to the token service on every
+    // host, and they are nobody's route here. Unless Envoy says it sent the request to one of
+    // our routes: then it goes there, and is checked as that route's.
+    let envoy_chose_ours = head
+        .envoy_route
+        .is_some_and(|r| r.starts_with(ENVOY_ROUTE_PREFIX.as_bytes()));
+    if !envoy_chose_ours && app::is_token_service_path(path_only) {
+        return Destination::Elsewhere;
+    }
+    if path_only == app::CALLBACK_PATH && config.has_client_route_on(authority) {
+        return Destination::AppCallback;
+    }
+    if let Some(route) = config.metadata_route(authority, path_only) {
+        return Destination::Metadata(route);
+    }
+    let envoy_route = head.envoy_route.map(String::from_utf8_lossy);
+    let matched = match envoy_route.as_deref() {
+        Some(name) if name.starts_with(ENVOY_ROUTE_PREFIX) => match config.route_named(name) {
+            Some(found) if !head.envoy_route_in_header || found.1.url.matches_host(authority) => {
+                Some(found)
+            }
+            _ => {
+                return Destination::Refused(LocalReply::oauth_error(
                     403,
-                    "origin-not-allowed",
+                    "route-unknown",
                     "forbidden",
-                    "the request's Origin is not allowed for this MCP server",
+                    "Envoy routed this request to an MCP route the filter does not know",
                 ))
             }
         },
+        _ => config.route_for(authority, path_only),
     };
-    let cors = cors_origin.as_deref();
-    if head.is_preflight && head.method == b"OPTIONS" {
-        return match cors {
-            Some(origin) => Step::Reply(preflight(origin)),
-            None => Step::Reply(LocalReply::oauth_error(
-                400,
-                "cors-preflight-without-origin",
-                "invalid_request",
-                "a CORS preflight needs an Origin header",
-            )),
-        };
+    match matched {
+        None => Destination::Elsewhere,
+        Some((index, route)) if route.kind == RouteKind::Client => {
+            Destination::Client(index, route)
+        }
+        Some((index, route)) => Destination::Server(index, route),
     }
-
-    let method = method_rule(head.method);
-    match method {
-        MethodRule::NotAllowed => {
-            let shown = String::from_utf8_lossy(head.method);
-            return Step::Reply(
-                transport_error(
-                    405,
-                    "method-not-allowed",
-                    &format!("HTTP method {shown:?} is not allowed on an MCP endpoint"),
-                )
-                .with_header("allow", ALLOWED_METHODS)
-                .with_cors(cors),
-            );
-        }
-        MethodRule::Options => {
-            // Not a preflight: answer what the endpoint allows; OPTIONS is never forwarded.
-            return Step::Reply(
-                LocalReply {
-                    status: 204,
-                    headers: vec![("allow", ALLOWED_METHODS.into())],
-                    body: String::new(),
-                    reason: "options",
-                }
-                .with_cors(cors),
-            );
-        }
-        MethodRule::Bodiless if announces_body(head.content_length, head.transfer_encoding) => {
-            return Step::Reply(
-                transport_error(
-                    400,
-                    "mcp-body-not-allowed",
-                    "GET and DELETE requests on an MCP endpoint carry no body",
-                )
-                .with_cors(cors),
-            );
-        }
-        MethodRule::InspectBody | MethodRule::Bodiless => {}
-    }
-    if names_session_in_query(head.path) {
-        return Step::Reply(
-            transport_error(
-                400,
-                "mcp-session-in-query",
-                "session ids in the query (the HTTP+SSE transport of 2024-11-05) are not accepted; use the Streamable HTTP transport and Mcp-Session-Id",
-            )
-            .with_cors(cors),
-        );
-    }
-    if head.method_override {
-        return Step::Reply(
-            transport_error(
-                400,
-                "method-override",
-                "HTTP method override headers are not accepted on an MCP endpoint",
-            )
-            .with_cors(cors),
-        );
-    }
-    if let Some(name) = head.disguised_header {
-        return Step::Reply(
-            transport_error(
-                400,
-                "header-disguised",
-                &format!("a header spelled like {name} with '_' for '-' is not accepted"),
-            )
-            .with_cors(cors),
-        );
-    }
-
-    let token = match bearer_token(&head.authorization) {
-        Ok(token) => token,
-        Err(BearerProblem::Missing) => {
-            return Step::Reply(
-                LocalReply::oauth_error(
-                    401,
-                    "token-missing",
-                    "unauthorized",
-                    "this MCP server needs a bearer token",
-                )
-                .with_header("www-authenticate", route.challenge.clone())
-                .with_cors(cors),
-            )
-        }
-        Err(BearerProblem::Malformed(reason, description)) => {
-            return Step::Reply(
-                LocalReply::oauth_error(400, reason, "invalid_request", description)
-                    .with_header(
-                        "www-authenticate",
-                        route.challenge_invalid_token.replacen(
-                            "invalid_token",
-                            "invalid_request",
-                            1,
-                        ),
-                    )
-                    .with_cors(cors),
-            )
-        }
-    };
-
-    let identity = match ctx.cache.get(token, ctx.now) {
-        Some(identity) => identity,
-        None => {
-            let Some(keys) = ctx.keys else {
-                return if ctx.may_fetch_keys {
-                    Step::FetchKeys
-                } else {
-                    keys_unavailable(cors)
-                };
-            };
-            // The cheap checks first; the signature only within the worker's budget of
-            // failed checks (see `signature_budget`).
-            let checked = precheck(
-                token,
-                keys,
-                &ctx.config.rules,
-                ctx.now,
-                Some(&route.resource),
-            )
-            .and_then(|unverified| {
-                let client = Client::from_address((ctx.client_address)().as_deref());
-                if !ctx.budget.may_check(client, ctx.now) {
-                    return Err(TokenError::CheckBudgetSpent);
-                }
-                let checked = unverified.check_signature();
-                if checked == Err(TokenError::BadSignature) {
-                    ctx.budget.failed(client, ctx.now);
-                }
-                checked
-            });
-            match checked {
-                Ok(identity) => ctx.cache.insert(token, identity, ctx.now),
-                Err(TokenError::UnknownKey(_)) if ctx.may_fetch_keys => return Step::FetchKeys,
-                Err(e) => return Step::Reply(invalid_token(route, e.reason(), cors)),
-            }
-        }
-    };
-    if !identity.allows_resource(&route.resource) {
-        return Step::Reply(invalid_token(route, "token-wrong-audience", cors));
-    }
-    let upstream_session_id = match session::inbound(
-        ctx.session_key,
-        &route.name,
-        &identity.claims.sub,
-        &head.session_ids,
-    ) {
-        Inbound::None => None,
-        Inbound::Upstream(id) => Some(id),
-        // As for a session the server does not know: the client starts a new one.
-        Inbound::Unknown => {
-            return Step::Reply(
-                transport_error(404, "mcp-session-unknown", "Session not found").with_cors(cors),
-            )
-        }
-        Inbound::Repeated => {
-            return Step::Reply(
-                transport_error(
-                    400,
-                    "mcp-session-repeated",
-                    "send at most one Mcp-Session-Id header",
-                )
-                .with_cors(cors),
-            )
-        }
-    };
-    Step::Forward(Grant {
-        route: index,
-        identity,
-        cors_origin,
-        method,
-        upstream_session_id,
-    })
-}
-
-/// A refusal at the transport level, as a JSON-RPC error (MCP clients read those).
-fn transport_error(status: u32, reason: &'static str, message: &str) -> LocalReply {
-    let code = if status == 404 {
-        SESSION_NOT_FOUND
-    } else {
-        crate::mcp::INVALID_REQUEST
-    };
-    LocalReply::json(
-        status,
-        reason,
-        serde_json::json!({
-            "jsonrpc": "2.0",
-            "id": null,
-            "error": { "code": code, "message": message },
-        })
-        .to_string(),
-    )
-}
-
-/// The JSON-RPC code MCP servers use for an unknown session.
-pub const SESSION_NOT_FOUND: i64 = -32001;
-
-fn invalid_token(route: &Route, reason: &'static str, cors: Option<&str>) -> LocalReply {
-    crate::reply::invalid_token(
-        &route.challenge_invalid_token,
-        reason,
-        "the bearer token is not valid for this MCP server",
-        cors,
-    )
-}
-
-/// Fail closed when no key set can be had: the token cannot be checked, so nothing passes.
-pub fn keys_unavailable(cors: Option<&str>) -> Step {
-    Step::Reply(
-        LocalReply::oauth_error(
-            503,
-            "jwks-unavailable",
-            "temporarily_unavailable",
-            "mcp-warden cannot verify tokens: the token service's signing keys (JWKS) are unavailable",
-        )
-        .with_header("retry-after", "5")
-        .with_cors(cors),
-    )
 }
 
 fn metadata_reply(route: &Route, head: &RequestHead<'_>) -> LocalReply {
@@ -421,54 +113,15 @@ fn metadata_reply(route: &Route, head: &RequestHead<'_>) -> LocalReply {
         .with_header("access-control-allow-origin", "*")
 }
 
-fn allowed_origin(route: &Route, origin: &[u8]) -> Option<String> {
-    let origin = normalize_origin(std::str::from_utf8(origin).ok()?);
-    (origin == route.url.origin() || route.allowed_origins.contains(&origin)).then_some(origin)
-}
-
-enum BearerProblem {
-    Missing,
-    Malformed(&'static str, &'static str),
-}
-
-/// Exactly one `Authorization: Bearer <token>` (RFC 6750 §2.1); anything else is refused.
-fn bearer_token<'a>(values: &[&'a [u8]]) -> Result<&'a str, BearerProblem> {
-    let value = match values {
-        [] => return Err(BearerProblem::Missing),
-        [one] => *one,
-        _ => {
-            return Err(BearerProblem::Malformed(
-                "authorization-repeated",
-                "send exactly one Authorization header",
-            ))
-        }
-    };
-    // RFC 6750 §3.1: another scheme (or a bare "Bearer") is no bearer credential at all, so it
-    // gets the plain challenge that starts the client's sign-in.
-    let Ok(value) = std::str::from_utf8(value) else {
-        return Err(BearerProblem::Missing);
-    };
-    let (scheme, token) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(BearerProblem::Missing);
-    }
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(BearerProblem::Missing);
-    }
-    if token.contains(' ') {
-        return Err(BearerProblem::Malformed(
-            "authorization-malformed",
-            "malformed bearer token",
-        ));
-    }
-    Ok(token)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::TokenCache;
+    use crate::keys::KeySet;
+    use crate::session::SessionKey;
+    use crate::signature_budget::SignatureBudget;
     use crate::token::testkeys::*;
+    use crate::transport::ALLOWED_METHODS;
 
     fn config() -> CompiledConfig {
         let (_, jwks) = es256_pair();

@@ -581,6 +581,23 @@ pub fn callback(config: &CompiledConfig, head: &AppHead<'_>) -> AppStep {
     }
 }
 
+/// A request on client route `index`, located by `access::decide`: it draws the sign-in
+/// nonce itself (only client routes pay for randomness; none to be had fails closed).
+pub fn on_client_route(
+    config: &CompiledConfig,
+    index: usize,
+    route: &Route,
+    mut head: AppHead<'_>,
+    random: fn() -> Option<[u8; 32]>,
+) -> AppStep {
+    use base64::Engine as _;
+    let Some(bytes) = random() else {
+        return AppStep::Reply(unavailable_page("app-no-randomness"));
+    };
+    head.nonce = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    on_route(config, index, route, &head)
+}
+
 /// A request on client route `index` (matched by host and path prefix).
 pub fn on_route(
     config: &CompiledConfig,
