@@ -248,6 +248,9 @@ pub struct AppSessionEndAnswer {
     pub ticket: Option<String>,
 }
 
+/// Answers larger than this are not read (a bad answer): the filter holds them whole.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 /// The body of every refusal: `{"error", "error_description"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorAnswer {

@@ -24,7 +24,7 @@ pub const FRESH_GRANT_SECONDS: i64 = 60;
 /// Larger TIs are refused as a bad answer (they go into a request header).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Internal API answers larger than this are not read (a bad answer).
-pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+pub use crate::internal_api::MAX_ANSWER_BYTES;
 
 /// Whether a TI the MCP server refused was granted so recently (`granted_at`, the user's last
 /// consent upstream) that sending the user through consent again would only loop.

@@ -3,13 +3,18 @@
 //! so `Worker` state (key set, verified-token cache) is per worker; the JWKS and the session key
 //! are shared between workers through shared data.
 //!
-//! * `worker` — per-worker state and the JWKS: one fetch at a time, from the root context, with
-//!   the requests that wait for it woken when it answers.
+//! * `worker` — per-worker state, caches and call-outs: the JWKS (one fetch at a time, from the
+//!   root context) and the token service's look-ups; a stream that waits is a `Waiter`, woken
+//!   through the `Paused` trait without the worker knowing the request's type.
+//! * `headers` — the request headers in one host call; `head` — the request head kept from them.
+//! * `phase` — where one stream stands: what it waits for, or what was decided, as one value.
 //! * `request` — the request path: token check, body judgement, session id unwrapping, the
 //!   upstream token (TI) looked up and injected on routes with `upstream_oauth`, the identity
-//!   assertion on routes with `pass_identity_headers` (a client's own is always removed).
+//!   assertion on routes with `pass_identity_headers` (a client's own is always removed),
+//!   client routes' sessions.
 //! * `response` — the response path: CORS, session id wrapping, `tools/list` filtering, a TI
 //!   the MCP server refused dropped.
+//! * `metrics` — the filter's counters.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -18,14 +23,16 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 use warden_core::config::CompiledConfig;
 
+mod head;
 mod headers;
 mod metrics;
+mod phase;
 mod request;
 mod response;
 mod worker;
 
 use request::WardenRequest;
-use worker::Worker;
+use worker::{Wake, Worker};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -48,13 +55,17 @@ impl Context for WardenRoot {
         // request woken by the JWKS answer) comes back here.
         let lookup = worker.borrow_mut().answered(token);
         if let Some((waiter, kind)) = lookup {
-            request::deliver_lookup(waiter, kind, headers, body);
+            waiter.resume(Wake::Answer {
+                kind,
+                headers,
+                body_size: body,
+            });
             return;
         }
         let waiting = worker.borrow_mut().accept_jwks(token, headers, body);
         // The borrow has ended: each woken request borrows the worker itself.
         for waiter in waiting {
-            request::wake(waiter);
+            waiter.resume(Wake::Keys);
         }
     }
 }
@@ -100,7 +111,7 @@ impl RootContext for WardenRoot {
             self.set_tick_period(period);
         }
         for waiter in undispatched {
-            request::wake(waiter);
+            waiter.resume(Wake::Keys);
         }
     }
 

@@ -1,166 +1,32 @@
 //! The request path of one HTTP stream: read the head, ask the core for the access decision,
 //! buffer and judge the body, carry the verdict out, and on routes with `upstream_oauth` send
-//! the user's upstream token (TI) instead of theirs. The state lives behind an `Rc` so the
-//! root context can finish a request that waited for the JWKS (`wake`) or a look-up
-//! (`deliver_lookup`).
+//! the user's upstream token (TI) instead of theirs. Where the stream stands is one `Phase`
+//! (`phase.rs`); the state lives behind an `Rc` so the root context can wake a stream that
+//! waits for the JWKS or a look-up (`Paused::resume`).
 
 use std::cell::RefCell;
-use std::ops::Range;
 use std::rc::{Rc, Weak};
 use std::time::SystemTime;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
-use warden_core::access::{self, Grant, RequestHead, Step};
-use warden_core::app::{self, AppStep, AppToken, TokenAnswer};
+use warden_core::access::{self, Grant, Step};
+use warden_core::app::{self, AppStep, AppToken, Secret, TokenAnswer};
 use warden_core::assertion::{self, Fetched, IdentityAssertion};
 use warden_core::config::Route;
+use warden_core::internal_api::UpstreamTokenRequest;
 use warden_core::mcp::{self as judge, CallHead, Verdict};
-use warden_core::names::{disguised_header, is_method_override};
-use warden_core::reply::LocalReply;
+use warden_core::reply::{token_service_unavailable, LocalReply, ReplyTo};
 use warden_core::token::{Identity, TeClaims, TokenError};
 use warden_core::transport::MethodRule;
-use warden_core::upstream::{self, Lookup, ReplyTo, UpstreamToken, MAX_ANSWER_BYTES};
+use warden_core::upstream::{self, Lookup};
 
-use crate::headers::HeaderBlock;
+use crate::head::OwnedHead;
 use crate::metrics::{Counter, Metrics};
-use crate::response::ResponseFilter;
-use crate::worker::{now_seconds, seconds, LookupKind, Waiter, Worker};
-
-/// The request head as the host gave it (one block), with the fields the decision reads as
-/// ranges into it; kept while a JWKS fetch is in flight.
-struct OwnedHead {
-    block: HeaderBlock,
-    method: Range<usize>,
-    authority: Range<usize>,
-    scheme: Range<usize>,
-    path: Range<usize>,
-    envoy_route: Option<Vec<u8>>,
-    /// `envoy_route` came from the plugin's `route_header`.
-    route_in_header: bool,
-    origin: Option<Range<usize>>,
-    authorization: Vec<Range<usize>>,
-    is_preflight: bool,
-    content_length: Option<Range<usize>>,
-    transfer_encoding: bool,
-    session_ids: Vec<Range<usize>>,
-    disguised_header: Option<&'static str>,
-    method_override: bool,
-    /// Identity assertions the client sent (ours or Pomerium's, any spelling), by header
-    /// name: removed before anything else happens.
-    client_assertions: Vec<String>,
-    /// Every `Cookie` header (client routes find their session in them).
-    cookies: Vec<Range<usize>>,
-    /// What the MCP judgement reads (kept as text; odd bytes only ever fail a comparison).
-    call: CallHead,
-    end_of_stream: bool,
-}
-
-impl OwnedHead {
-    /// `route_header`: the header Envoy sets to its route's name (plugin `route_header`);
-    /// without one, the name is read from the `xds.route_name` property.
-    fn read(end_of_stream: bool, route_header: Option<&str>) -> Self {
-        // One host call for all headers: cheaper than one per header, and the only way to
-        // see a repeated header.
-        let block = HeaderBlock::request();
-        let mut head = OwnedHead {
-            block: HeaderBlock::empty(),
-            method: 0..0,
-            authority: 0..0,
-            scheme: 0..0,
-            path: 0..0,
-            envoy_route: None,
-            route_in_header: route_header.is_some(),
-            origin: None,
-            authorization: Vec::new(),
-            is_preflight: false,
-            content_length: None,
-            transfer_encoding: false,
-            session_ids: Vec::new(),
-            disguised_header: None,
-            method_override: false,
-            client_assertions: Vec::new(),
-            cookies: Vec::new(),
-            call: CallHead::default(),
-            end_of_stream,
-        };
-        let route_header = route_header.map(str::as_bytes);
-        let mut envoy_routes = 0;
-        for (name, value) in block.pairs() {
-            let text = || lossy(block.get(&value));
-            if Some(name) == route_header {
-                envoy_routes += 1;
-                head.envoy_route = Some(block.get(&value).to_vec());
-                continue;
-            }
-            match name {
-                b":method" => head.method = value,
-                b":authority" => head.authority = value,
-                b":scheme" => head.scheme = value,
-                b":path" => head.path = value,
-                b"origin" => head.origin = Some(value),
-                b"authorization" => head.authorization.push(value),
-                b"access-control-request-method" => head.is_preflight = true,
-                b"content-length" => head.content_length = Some(value),
-                b"transfer-encoding" => head.transfer_encoding = true,
-                b"mcp-session-id" => head.session_ids.push(value),
-                b"content-type"
-                | b"content-encoding"
-                | b"mcp-protocol-version"
-                | b"mcp-method"
-                | b"mcp-name" => head.call.record_header(name, text()),
-                b"x-request-id" => head.call.request_id = text(),
-                b"cookie" => head.cookies.push(value),
-                other if assertion::is_client_assertion(other) => {
-                    head.client_assertions.push(lossy(other));
-                }
-                other if is_method_override(other) => head.method_override = true,
-                other => {
-                    if head.disguised_header.is_none() {
-                        head.disguised_header =
-                            std::str::from_utf8(other).ok().and_then(disguised_header);
-                    }
-                }
-            }
-        }
-        if route_header.is_none() {
-            // Envoy's routing decision; the hostcall (unlike the trait getter) reports, not
-            // panics.
-            head.envoy_route = hostcalls::get_property(vec!["xds", "route_name"])
-                .ok()
-                .flatten();
-        } else if envoy_routes > 1 {
-            // Envoy sets the header once: two mean the route cannot be known. A name of no
-            // route fails closed (403 route-unknown).
-            head.envoy_route = Some(warden_core::config::ENVOY_ROUTE_PREFIX.as_bytes().to_vec());
-        }
-        head.call.method = lossy(block.get(&head.method));
-        head.block = block;
-        head
-    }
-
-    fn view(&self) -> RequestHead<'_> {
-        let b = &self.block;
-        RequestHead {
-            method: b.get(&self.method),
-            authority: b.get(&self.authority),
-            scheme: b.get(&self.scheme),
-            path: b.get(&self.path),
-            envoy_route: self.envoy_route.as_deref(),
-            envoy_route_in_header: self.route_in_header,
-            origin: self.origin.as_ref().map(|r| b.get(r)),
-            authorization: self.authorization.iter().map(|r| b.get(r)).collect(),
-            is_preflight: self.is_preflight,
-            content_length: self.content_length.as_ref().map(|r| b.get(r)),
-            transfer_encoding: self.transfer_encoding,
-            session_ids: self.session_ids.iter().map(|r| b.get(r)).collect(),
-            disguised_header: self.disguised_header,
-            method_override: self.method_override,
-            cookies: self.cookies.iter().map(|r| b.get(r)).collect(),
-        }
-    }
-}
+use crate::phase::{Credentials, KeysFor, Phase};
+use crate::response::{Forwarded, ResponseFilter, ResponsePath};
+use crate::worker::{now_seconds, read_answer, seconds, LookupKind, Paused, Waiter, Wake, Worker};
 
 /// The downstream address as Envoy has it (`source.address`; with `use_remote_address` and
 /// trusted hops, the client behind them). A host call: made only when a signature is due.
@@ -176,16 +42,20 @@ fn random_bytes() -> Option<[u8; 32]> {
     getrandom::getrandom(&mut b).ok().map(|()| b)
 }
 
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// The body of a credential look-up, per the contract: the TI's and the identity
+/// assertion's name the same user and route.
+fn credential_request(sub: &str, route: &str) -> String {
+    let body = UpstreamTokenRequest {
+        sub: sub.into(),
+        route: route.into(),
+    };
+    // Serializing strings cannot fail.
+    serde_json::to_string(&body).unwrap_or_default()
 }
 
-/// An authorized request on an MCP route, waiting for (or past) its body judgement.
-struct PendingCall {
-    head: CallHead,
-    /// Waiting for the end of the body: a POST body to judge, or the end of a GET / DELETE
-    /// that must turn out empty.
-    waiting_for_body: bool,
+/// The request's `x-request-id`, which JSON-RPC errors carry for the log.
+fn request_id(call: Option<&CallHead>) -> &str {
+    call.map(|c| c.request_id.as_str()).unwrap_or_default()
 }
 
 /// What the request body callbacks have seen so far (they may run while keys are fetched).
@@ -195,104 +65,64 @@ struct BodySeen {
     complete: bool,
 }
 
+/// A request on a client route, while its session is turned into the user's TE.
+struct AppRequest {
+    route: usize,
+    /// SHA-256 of the session cookie (the TE cache's key); empty on the sign-in callback.
+    cache_key: String,
+    /// The answer when the token service says the session has ended.
+    expired: Option<LocalReply>,
+    /// The TE's verified identity, once known (for the identity assertion).
+    identity: Option<Rc<Identity>>,
+}
+
 pub struct RequestState {
-    pub(crate) id: u32,
-    me: Weak<RefCell<RequestState>>,
-    pub(crate) worker: Rc<RefCell<Worker>>,
-    pub(crate) grant: Option<Grant>,
-    /// Paused until the JWKS fetch answers (`wake`).
-    awaiting_keys: bool,
-    /// Paused until the token service answers this call-out with the user's TI.
-    upstream_lookup: Option<u32>,
-    /// Paused until the token service answers this call-out with the identity assertion.
-    assertion_lookup: Option<u32>,
+    id: u32,
+    /// This state, as the worker holds a waiting stream.
+    me: Weak<dyn Paused>,
+    worker: Rc<RefCell<Worker>>,
+    /// What the stream waits for, or what was decided for it.
+    phase: Phase,
+    /// What the access decision granted an MCP call.
+    grant: Option<Grant>,
     /// A request on a client route (or its sign-in callback).
     app: Option<AppRequest>,
-    /// Paused until the token service answers this call-out about the app session.
-    app_lookup: Option<u32>,
-    /// An app TE waiting for the JWKS that holds its key.
-    app_token_awaiting_keys: Option<(app::Secret, i64)>,
-    /// The TI sent upstream with this request, checked against the server's answer.
-    pub(crate) upstream_sent: Option<Rc<UpstreamToken>>,
-    /// A local reply went out: nothing of this request may continue upstream.
-    replied: bool,
-    /// The stream is over; a late wake-up must not touch it.
-    done: bool,
-    head: Option<OwnedHead>,
     /// When the request headers arrived (the authorize record's duration starts here).
     started: SystemTime,
-    call: Option<PendingCall>,
+    /// What the MCP judgement reads of an authorized call.
+    call: Option<CallHead>,
     body_seen: BodySeen,
-    pub(crate) response: ResponseFilter,
+    response: ResponsePath,
 }
 
-/// Finishes a request that waited for the JWKS, from the root context's callback.
-pub fn wake(waiter: Waiter) {
-    let Some(state) = waiter.state.upgrade() else {
-        return;
-    };
-    let Ok(mut s) = state.try_borrow_mut() else {
-        return;
-    };
-    if s.done || !s.awaiting_keys || hostcalls::set_effective_context(waiter.id).is_err() {
-        return;
-    }
-    s.awaiting_keys = false;
-    if let Some((te, expires_at)) = s.app_token_awaiting_keys.take() {
-        s.resume_app_token(te, expires_at);
-        return;
-    }
-    if let Action::Continue = s.decide_and_act(false, now_seconds()) {
-        let _ = hostcalls::resume_http_request();
+impl Paused for RefCell<RequestState> {
+    fn resume(&self, id: u32, wake: Wake) {
+        // The state is only ever borrowed inside one callback: a wake-up never finds it
+        // borrowed.
+        if let Ok(mut s) = self.try_borrow_mut() {
+            s.resume(id, wake);
+        }
     }
 }
 
-/// Finishes a request that waited for its upstream token or identity assertion, with the
-/// token service's answer.
-pub fn deliver_lookup(waiter: Waiter, kind: LookupKind, headers: usize, body_size: usize) {
-    let Some(state) = waiter.state.upgrade() else {
-        return;
-    };
-    let Ok(mut s) = state.try_borrow_mut() else {
-        return;
-    };
-    // The request's context must be effective for its headers, resume and local reply.
-    if s.done || hostcalls::set_effective_context(waiter.id).is_err() {
-        return;
-    }
-    let (status, body) = read_answer(headers, body_size);
-    match kind {
-        LookupKind::UpstreamToken => s.accept_lookup(status, &body),
-        LookupKind::IdentityAssertion => s.accept_assertion(status, &body),
-        LookupKind::AppSession => s.accept_app_session(status, &body),
-        LookupKind::AppToken => s.accept_app_token(status, &body),
-        LookupKind::AppSessionEnd => s.accept_app_session_end(status, &body),
-    }
-}
-
-/// The internal API's answer to the call-out being delivered: `None` status when the call
-/// failed (Envoy's sign: zero headers); bodies over the bound are not read.
-fn read_answer(headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>) {
-    let status = if headers == 0 {
-        None
-    } else {
-        hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
-            .ok()
-            .and_then(|h| h.into_iter().find(|(name, _)| name == ":status"))
-            .and_then(|(_, value)| std::str::from_utf8(&value).ok()?.parse::<u32>().ok())
-    };
-    let body = if body_size == 0 || body_size > MAX_ANSWER_BYTES {
-        Vec::new()
-    } else {
-        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-    };
-    (status, body)
-}
-
+// The request path, in the order a stream goes through it: the decision, the waits it may
+// enter, the body, the credentials, and the phases it ends in.
 impl RequestState {
+    /// The request headers: the first callback of every stream.
+    fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
+        let config = Rc::clone(&self.worker.borrow().config);
+        let head = OwnedHead::read(end_of_stream, config.route_header.as_deref());
+        // Only the gateway vouches for a user: a client's own assertion never goes on,
+        // whatever the route (the real one is added after the checks).
+        for name in &head.client_assertions {
+            let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None);
+        }
+        // One clock read serves the token's expiry check and the record's duration.
+        self.started = hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH);
+        let now = seconds(self.started);
+        self.decide_and_act(head, true, now)
+    }
+
     /// Asks the core for a decision; the worker borrow ends before anything is carried out.
     fn decide(&self, head: &OwnedHead, now: i64, may_fetch_keys: bool) -> Step {
         let mut guard = self.worker.borrow_mut();
@@ -319,12 +149,12 @@ impl RequestState {
     }
 
     /// Runs the decision and carries it out; returns the action for the current callback.
-    fn decide_and_act(&mut self, may_fetch_keys: bool, now: i64) -> Action {
-        let Some(head) = self.head.take() else {
-            return Action::Continue;
-        };
+    fn decide_and_act(&mut self, head: OwnedHead, may_fetch_keys: bool, now: i64) -> Action {
         match self.decide(&head, now, may_fetch_keys) {
-            Step::PassThrough => Action::Continue,
+            Step::PassThrough => {
+                self.phase = Phase::PassedThrough;
+                Action::Continue
+            }
             Step::Reply(reply) => {
                 let counter = if reply.status < 300 {
                     Counter::LocalReplies
@@ -346,22 +176,17 @@ impl RequestState {
                 Action::Pause
             }
             Step::FetchKeys => {
-                self.head = Some(head);
                 // Another worker may have fetched the key already (a second pass finds no
                 // newer set, so this recurses at most once).
                 if self.worker.borrow_mut().sync_keys() {
-                    return self.decide_and_act(may_fetch_keys, now);
+                    return self.decide_and_act(head, may_fetch_keys, now);
                 }
-                let waiter = Waiter {
-                    id: self.id,
-                    state: self.me.clone(),
-                };
-                if self.worker.borrow_mut().want_keys(now, waiter) {
-                    self.awaiting_keys = true;
+                if self.worker.borrow_mut().want_keys(now, self.waiter()) {
+                    self.phase = Phase::AwaitingKeys(KeysFor::Decision(Box::new(head)));
                     Action::Pause
                 } else {
                     // No fetch allowed now: decide with the keys we have (401 or 503).
-                    self.decide_and_act(false, now)
+                    self.decide_and_act(head, false, now)
                 }
             }
             Step::Forward(grant) => {
@@ -382,71 +207,258 @@ impl RequestState {
                 }
                 let method = grant.method;
                 self.grant = Some(grant);
-                self.call = Some(PendingCall {
-                    head: head.call,
-                    waiting_for_body: false,
-                });
+                self.call = Some(head.call);
                 self.begin_call(method, head.end_of_stream)
             }
             Step::App(step) => self.app_step(step, &head),
         }
     }
 
-    pub(crate) fn send(&mut self, reply: LocalReply) {
-        self.replied = true;
-        let headers: Vec<(&str, &str)> = reply
-            .headers
-            .iter()
-            .map(|(n, v)| (*n, v.as_str()))
-            .collect();
-        let _ = hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
-    }
-
-    /// Nothing may move upstream while the request is undecided or after it was refused.
-    fn holding(&self) -> bool {
-        self.awaiting_keys || self.lookups_pending() || self.replied
-    }
-
-    fn lookups_pending(&self) -> bool {
-        self.upstream_lookup.is_some()
-            || self.assertion_lookup.is_some()
-            || self.app_lookup.is_some()
-    }
-
-    /// Lets a request that waited for its credentials go on once it has all of them (and
-    /// nothing refused it meanwhile).
-    fn resume_when_ready(&self) {
-        if !self.lookups_pending() && !self.replied && !self.awaiting_keys {
-            let _ = hostcalls::resume_http_request();
+    /// The call-out a paused stream waited for answered: carry on from where it stands.
+    fn resume(&mut self, id: u32, wake: Wake) {
+        match wake {
+            Wake::Keys => {
+                if !matches!(self.phase, Phase::AwaitingKeys(_))
+                    || hostcalls::set_effective_context(id).is_err()
+                {
+                    return;
+                }
+                let Phase::AwaitingKeys(keys) = std::mem::replace(&mut self.phase, Phase::Deciding)
+                else {
+                    return;
+                };
+                match keys {
+                    KeysFor::Decision(head) => {
+                        if let Action::Continue = self.decide_and_act(*head, false, now_seconds()) {
+                            let _ = hostcalls::resume_http_request();
+                        }
+                    }
+                    KeysFor::AppToken(te, expires_at) => self.resume_app_token(te, expires_at),
+                }
+            }
+            Wake::Answer {
+                kind,
+                headers,
+                body_size,
+            } => {
+                // The request's context must be effective for its headers, resume and local
+                // reply.
+                if matches!(self.phase, Phase::Ended)
+                    || hostcalls::set_effective_context(id).is_err()
+                {
+                    return;
+                }
+                let (status, body) = read_answer(headers, body_size);
+                match kind {
+                    LookupKind::UpstreamToken => self.accept_lookup(status, &body),
+                    LookupKind::IdentityAssertion => self.accept_assertion(status, &body),
+                    LookupKind::AppSession => self.accept_app_session(status, &body),
+                    LookupKind::AppToken => self.accept_app_token(status, &body),
+                    LookupKind::AppSessionEnd => self.accept_app_session_end(status, &body),
+                }
+            }
         }
+    }
+
+    /// After the token check: judge what can be judged now, or wait for the body to end.
+    fn begin_call(&mut self, method: MethodRule, end_of_stream: bool) -> Action {
+        if method == MethodRule::InspectBody
+            && self
+                .route_limit()
+                .is_some_and(|limit| self.body_seen.size > limit)
+        {
+            return self.refuse_oversize();
+        }
+        if end_of_stream || self.body_seen.complete {
+            // A body that arrived while keys were fetched is already buffered.
+            return self.body_complete();
+        }
+        if method == MethodRule::Bodiless && self.body_seen.size > 0 {
+            return self.finish(|_, _, head| judge::refuse_unexpected_body(head));
+        }
+        self.phase = Phase::AwaitingBody;
+        Action::Pause
+    }
+
+    fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.body_seen.size = body_size;
+        self.body_seen.complete = end_of_stream;
+        if self.phase.holds_request() {
+            // Refused, or the token is still being checked (`begin_call` takes over then).
+            return Action::Pause;
+        }
+        if !matches!(self.phase, Phase::AwaitingBody) {
+            return Action::Continue;
+        }
+        match self.grant.as_ref().map(|g| g.method) {
+            Some(MethodRule::InspectBody)
+                if self.route_limit().is_some_and(|limit| body_size > limit) =>
+            {
+                return self.refuse_oversize();
+            }
+            Some(MethodRule::InspectBody) => {}
+            // A GET or DELETE body is refused at its first byte.
+            _ if body_size > 0 => {
+                return self.finish(|_, _, head| judge::refuse_unexpected_body(head))
+            }
+            _ => {}
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.body_complete()
+    }
+
+    fn on_request_trailers(&mut self) -> Action {
+        // Trailers end the body: judge it now. They must never resume an undecided request.
+        self.body_seen.complete = true;
+        if self.grant.is_some() || matches!(self.phase, Phase::AwaitingKeys(_)) {
+            // MCP has no use for request trailers, and the filter judges none of them: a
+            // server that merges them into the headers would read an unchecked
+            // `Mcp-Session-Id` or `Authorization`. They go nowhere.
+            let _ = hostcalls::set_map_bytes(MapType::HttpRequestTrailers, vec![]);
+        }
+        if self.phase.holds_request() {
+            return Action::Pause;
+        }
+        if matches!(self.phase, Phase::AwaitingBody) {
+            return self.body_complete();
+        }
+        Action::Continue
+    }
+
+    /// The body has ended: judge a POST body, or let an empty GET / DELETE through.
+    fn body_complete(&mut self) -> Action {
+        let size = self.body_seen.size;
+        match self.grant.as_ref().map(|g| g.method) {
+            Some(MethodRule::InspectBody) => {
+                let body = if size == 0 {
+                    Vec::new()
+                } else {
+                    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default()
+                };
+                let reasons = self.record_wanted();
+                self.finish(|route, claims, head| {
+                    judge::judge_body_with(route, claims, head, &body, reasons)
+                })
+            }
+            _ if size > 0 => self.finish(|_, _, head| judge::refuse_unexpected_body(head)),
+            _ => self.finish(judge::judge_bodiless),
+        }
+    }
+
+    /// Runs a judgement for the pending call, logs it, and replies or lets it through.
+    fn finish(&mut self, run: impl FnOnce(&Route, &TeClaims, &CallHead) -> Verdict) -> Action {
+        self.phase = Phase::Deciding;
+        let (Some(grant), Some(call)) = (self.grant.as_ref(), self.call.as_ref()) else {
+            return Action::Continue;
+        };
+        let worker = Rc::clone(&self.worker);
+        let w = worker.borrow();
+        let Some(route) = w.config.routes.get(grant.route) else {
+            return Action::Continue;
+        };
+        let verdict = run(route, &grant.identity.claims, call);
+        if self.record_wanted() {
+            let elapsed = hostcalls::get_current_time()
+                .ok()
+                .and_then(|now| now.duration_since(self.started).ok())
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or_default();
+            let subject = judge::LogSubject {
+                request_id: &call.request_id,
+                route: &route.name,
+                claims: &grant.identity.claims,
+            };
+            let line = verdict.log.render(&subject, elapsed);
+            log::info!("authorize {line}");
+            if w.config.authorize_filter_state {
+                // For Envoy's access log: `%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`.
+                // (Envoy's Wasm host cannot write dynamic metadata; filter state is its offer.)
+                let _ =
+                    hostcalls::set_property(vec!["mcp_warden.authorize"], Some(line.as_bytes()));
+            }
+        }
+        if verdict.log.batch_size > 0 {
+            w.metrics.inc(Counter::Batch);
+        }
+        match verdict.reply {
+            Some(reply) => {
+                w.metrics.inc(Metrics::for_refusal(reply.reason));
+                let cors = grant.cors_origin.clone();
+                drop(w);
+                self.send(reply.with_cors(cors.as_deref()));
+                Action::Pause
+            }
+            None => {
+                w.metrics.inc(Counter::Allowed);
+                if route.filter_tools_list && route.policy.has_tool_rules {
+                    if let Some(id) = verdict.tools_list_id {
+                        self.response.filter = ResponseFilter::Json(id);
+                    }
+                }
+                let (upstream_oauth, pass_identity) =
+                    (route.upstream_oauth, route.pass_identity_headers);
+                drop(w);
+                if upstream_oauth || pass_identity {
+                    return self.attach_credentials(upstream_oauth, pass_identity);
+                }
+                self.forward()
+            }
+        }
+    }
+
+    /// Refuses a body over the route's limit: never truncated, never passed unread.
+    fn refuse_oversize(&mut self) -> Action {
+        let limit = self.route_limit().unwrap_or_default();
+        self.finish(|_, _, head| {
+            judge::refuse(
+                head,
+                413,
+                judge::INVALID_REQUEST,
+                "mcp-oversize",
+                &format!("request body exceeds this MCP server's limit of {limit} bytes"),
+            )
+        })
+    }
+
+    /// Whether anyone reads the authorize record: Envoy's log at info, or an access log
+    /// through filter state. Without a reader, the policy's reasons are not collected.
+    fn record_wanted(&self) -> bool {
+        log::log_enabled!(log::Level::Info) || self.worker.borrow().config.authorize_filter_state
+    }
+
+    fn route_limit(&self) -> Option<usize> {
+        let grant = self.grant.as_ref()?;
+        self.worker
+            .borrow()
+            .config
+            .routes
+            .get(grant.route)
+            .map(|r| r.max_request_bytes)
     }
 
     /// The credentials the route sends upstream: the identity assertion and the TI, each
     /// from the worker's cache or from the token service. Both call-outs leave at once; the
     /// request goes on when both answered.
     fn attach_credentials(&mut self, upstream_oauth: bool, pass_identity_headers: bool) -> Action {
-        let mut action = Action::Continue;
         if pass_identity_headers {
-            if let Action::Pause = self.attach_identity_assertion() {
-                action = Action::Pause;
-            }
+            self.attach_identity_assertion();
         }
-        if self.replied {
-            return Action::Pause;
+        if upstream_oauth && !matches!(self.phase, Phase::Answered) {
+            self.attach_upstream_token();
         }
-        if upstream_oauth {
-            if let Action::Pause = self.attach_upstream_token() {
-                action = Action::Pause;
-            }
-        }
-        action
+        self.forward_unless_held()
     }
 
     /// Adds the user's identity assertion: from the worker's cache (no call-out, nothing
-    /// signed), or paused while the token service issues one.
-    fn attach_identity_assertion(&mut self) -> Action {
+    /// signed), or waits while the token service issues one.
+    fn attach_identity_assertion(&mut self) {
         let Some((route_index, identity, cors)) = self.credential_subject() else {
-            return Action::Continue;
+            return;
         };
         let now = now_seconds();
         let worker = Rc::clone(&self.worker);
@@ -456,27 +468,22 @@ impl RequestState {
             if let Some(route) = w.config.routes.get(route_index) {
                 set_assertion(&route.identity_headers, &assertion);
             }
-            return Action::Continue;
+            return;
         }
         let body = match w.config.routes.get(route_index) {
-            Some(route) => assertion::request_body(sub, &route.name),
-            None => return Action::Continue,
+            Some(route) => credential_request(sub, &route.name),
+            None => return,
         };
-        let waiter = Waiter {
-            id: self.id,
-            state: self.me.clone(),
-        };
-        match w.start_lookup(waiter, LookupKind::IdentityAssertion, &body) {
-            Ok(token) => {
-                self.assertion_lookup = Some(token);
-                Action::Pause
-            }
+        match w.start_lookup(self.waiter(), LookupKind::IdentityAssertion, &body) {
+            Ok(token) => self
+                .phase
+                .await_credential(|pending| pending.assertion = Some(token)),
             Err(reason) => {
                 drop(w);
                 let reply = if self.app.is_some() {
                     app::unavailable_page(reason)
                 } else {
-                    upstream::token_service_unavailable(
+                    token_service_unavailable(
                         reason,
                         ReplyTo {
                             request_id: self.request_id(),
@@ -485,7 +492,6 @@ impl RequestState {
                     )
                 };
                 self.refuse_for_credentials(reply, Counter::DeniedIdentityAssertion);
-                Action::Pause
             }
         }
     }
@@ -505,7 +511,10 @@ impl RequestState {
 
     /// The token service answered the assertion request: add it, or answer the client.
     fn accept_assertion(&mut self, status: Option<u32>, body: &[u8]) {
-        if self.assertion_lookup.take().is_none() || self.replied {
+        let Phase::AwaitingCredentials(pending) = &mut self.phase else {
+            return;
+        };
+        if pending.assertion.take().is_none() {
             return;
         }
         let Some((route_index, identity, cors)) = self.credential_subject() else {
@@ -553,19 +562,11 @@ impl RequestState {
         }
     }
 
-    /// The request's `x-request-id`, which JSON-RPC errors carry for the log.
-    pub(crate) fn request_id(&self) -> &str {
-        self.call
-            .as_ref()
-            .map(|c| c.head.request_id.as_str())
-            .unwrap_or_default()
-    }
-
-    /// Sends the user's TI upstream: from the worker's cache (no call-out), or paused while
+    /// Sends the user's TI upstream: from the worker's cache (no call-out), or waits while
     /// the token service is asked.
-    fn attach_upstream_token(&mut self) -> Action {
+    fn attach_upstream_token(&mut self) {
         let Some(grant) = self.grant.as_ref() else {
-            return Action::Continue;
+            return;
         };
         let now = now_seconds();
         let worker = Rc::clone(&self.worker);
@@ -578,25 +579,20 @@ impl RequestState {
                 "authorization",
                 Some(token.authorization().as_bytes()),
             );
-            self.upstream_sent = Some(token);
-            return Action::Continue;
+            self.response.upstream_sent = Some(token);
+            return;
         }
         let body = match w.config.routes.get(grant.route) {
-            Some(route) => upstream::lookup_body(sub, &route.name),
-            None => return Action::Continue,
+            Some(route) => credential_request(sub, &route.name),
+            None => return,
         };
-        let waiter = Waiter {
-            id: self.id,
-            state: self.me.clone(),
-        };
-        match w.start_lookup(waiter, LookupKind::UpstreamToken, &body) {
-            Ok(token) => {
-                self.upstream_lookup = Some(token);
-                Action::Pause
-            }
+        match w.start_lookup(self.waiter(), LookupKind::UpstreamToken, &body) {
+            Ok(token) => self
+                .phase
+                .await_credential(|pending| pending.upstream_token = Some(token)),
             Err(reason) => {
                 drop(w);
-                let reply = upstream::token_service_unavailable(
+                let reply = token_service_unavailable(
                     reason,
                     ReplyTo {
                         request_id: self.request_id(),
@@ -604,14 +600,16 @@ impl RequestState {
                     },
                 );
                 self.refuse_for_credentials(reply, Counter::DeniedUpstreamToken);
-                Action::Pause
             }
         }
     }
 
     /// The token service answered the look-up: send the TI upstream, or answer the client.
     fn accept_lookup(&mut self, status: Option<u32>, body: &[u8]) {
-        if self.upstream_lookup.take().is_none() || self.replied {
+        let Phase::AwaitingCredentials(pending) = &mut self.phase else {
+            return;
+        };
+        if pending.upstream_token.take().is_none() {
             return;
         }
         let Some(grant) = self.grant.as_ref() else {
@@ -640,7 +638,7 @@ impl RequestState {
                     "authorization",
                     Some(token.authorization().as_bytes()),
                 );
-                self.upstream_sent = Some(token);
+                self.response.upstream_sent = Some(token);
                 self.resume_when_ready();
             }
             Lookup::Refuse(reply) => {
@@ -649,8 +647,20 @@ impl RequestState {
         }
     }
 
+    /// A credential arrived: once no look-up is in flight any more, the request goes on.
+    fn resume_when_ready(&mut self) {
+        if let Phase::AwaitingCredentials(Credentials {
+            assertion: None,
+            upstream_token: None,
+        }) = self.phase
+        {
+            self.forward();
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+
     /// A credential the route needs cannot be had: the client gets `reply`, and the request
-    /// never reaches the upstream (a look-up still in flight finds it answered).
+    /// never reaches the upstream (a look-up still in flight is abandoned).
     fn refuse_for_credentials(&mut self, reply: LocalReply, counter: Counter) {
         self.worker.borrow().metrics.inc(counter);
         let route = self
@@ -671,210 +681,89 @@ impl RequestState {
         self.send(reply);
     }
 
-    /// After the token check: judge what can be judged now, or wait for the body to end.
-    fn begin_call(&mut self, method: MethodRule, end_of_stream: bool) -> Action {
-        if method == MethodRule::InspectBody
-            && self
-                .route_limit()
-                .is_some_and(|limit| self.body_seen.size > limit)
-        {
-            return self.refuse_oversize();
-        }
-        if end_of_stream || self.body_seen.complete {
-            // A body that arrived while keys were fetched is already buffered.
-            return self.body_complete();
-        }
-        if method == MethodRule::Bodiless && self.body_seen.size > 0 {
-            return self.finish(|_, _, head| judge::refuse_unexpected_body(head));
-        }
-        if let Some(call) = self.call.as_mut() {
-            call.waiting_for_body = true;
-        }
-        Action::Pause
-    }
-
-    /// The body has ended: judge a POST body, or let an empty GET / DELETE through.
-    fn body_complete(&mut self) -> Action {
-        let size = self.body_seen.size;
-        match self.grant.as_ref().map(|g| g.method) {
-            Some(MethodRule::InspectBody) => {
-                let body = if size == 0 {
-                    Vec::new()
-                } else {
-                    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default()
-                };
-                let reasons = self.record_wanted();
-                self.finish(|route, claims, head| {
-                    judge::judge_body_with(route, claims, head, &body, reasons)
-                })
-            }
-            _ if size > 0 => self.finish(|_, _, head| judge::refuse_unexpected_body(head)),
-            _ => self.finish(judge::judge_bodiless),
+    /// After the credentials were attached or asked for: on upstream, unless a look-up is in
+    /// flight or the request was refused.
+    fn forward_unless_held(&mut self) -> Action {
+        match self.phase {
+            Phase::AwaitingCredentials(_) | Phase::Answered => Action::Pause,
+            _ => self.forward(),
         }
     }
 
-    /// Runs a judgement for the pending call, logs it, and replies or lets it through.
-    fn finish(&mut self, run: impl FnOnce(&Route, &TeClaims, &CallHead) -> Verdict) -> Action {
-        if let Some(call) = self.call.as_mut() {
-            call.waiting_for_body = false;
-        }
-        let (Some(grant), Some(call)) = (self.grant.as_ref(), self.call.as_ref()) else {
-            return Action::Continue;
-        };
-        let worker = Rc::clone(&self.worker);
-        let w = worker.borrow();
-        let Some(route) = w.config.routes.get(grant.route) else {
-            return Action::Continue;
-        };
-        let verdict = run(route, &grant.identity.claims, &call.head);
-        if self.record_wanted() {
-            let elapsed = hostcalls::get_current_time()
-                .ok()
-                .and_then(|now| now.duration_since(self.started).ok())
-                .map(|d| d.as_micros() as u64)
-                .unwrap_or_default();
-            let subject = judge::LogSubject {
-                request_id: &call.head.request_id,
-                route: &route.name,
-                claims: &grant.identity.claims,
-            };
-            let line = verdict.log.render(&subject, elapsed);
-            log::info!("authorize {line}");
-            if w.config.authorize_filter_state {
-                // For Envoy's access log: `%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`.
-                // (Envoy's Wasm host cannot write dynamic metadata; filter state is its offer.)
-                let _ =
-                    hostcalls::set_property(vec!["mcp_warden.authorize"], Some(line.as_bytes()));
-            }
-        }
-        if verdict.log.batch_size > 0 {
-            w.metrics.inc(Counter::Batch);
-        }
-        match verdict.reply {
-            Some(reply) => {
-                w.metrics.inc(Metrics::for_refusal(reply.reason));
-                let cors = grant.cors_origin.clone();
-                drop(w);
-                self.send(reply.with_cors(cors.as_deref()));
-                Action::Pause
-            }
-            None => {
-                w.metrics.inc(Counter::Allowed);
-                if route.filter_tools_list && route.policy.has_tool_rules {
-                    if let Some(id) = verdict.tools_list_id {
-                        self.response = ResponseFilter::Json(id);
-                    }
-                }
-                let (upstream_oauth, pass_identity) =
-                    (route.upstream_oauth, route.pass_identity_headers);
-                if upstream_oauth || pass_identity {
-                    drop(w);
-                    return self.attach_credentials(upstream_oauth, pass_identity);
-                }
-                Action::Continue
-            }
-        }
-    }
-
-    /// Refuses a body over the route's limit: never truncated, never passed unread.
-    fn refuse_oversize(&mut self) -> Action {
-        let limit = self.route_limit().unwrap_or_default();
-        self.finish(|_, _, head| {
-            judge::refuse(
-                head,
-                413,
-                judge::INVALID_REQUEST,
-                "mcp-oversize",
-                &format!("request body exceeds this MCP server's limit of {limit} bytes"),
-            )
-        })
-    }
-
-    /// Whether anyone reads the authorize record: Envoy's log at info, or an access log
-    /// through filter state. Without a reader, the policy's reasons are not collected.
-    fn record_wanted(&self) -> bool {
-        log::log_enabled!(log::Level::Info) || self.worker.borrow().config.authorize_filter_state
-    }
-
-    fn route_limit(&self) -> Option<usize> {
-        let grant = self.grant.as_ref()?;
-        self.worker
-            .borrow()
-            .config
-            .routes
-            .get(grant.route)
-            .map(|r| r.max_request_bytes)
-    }
-
-    fn waiting_for_body(&self) -> bool {
-        self.call.as_ref().is_some_and(|c| c.waiting_for_body)
-    }
-
-    fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.body_seen.size = body_size;
-        self.body_seen.complete = end_of_stream;
-        if self.holding() {
-            // Refused, or the token is still being checked (`begin_call` takes over then).
-            return Action::Pause;
-        }
-        if !self.waiting_for_body() {
-            return Action::Continue;
-        }
-        match self.grant.as_ref().map(|g| g.method) {
-            Some(MethodRule::InspectBody)
-                if self.route_limit().is_some_and(|limit| body_size > limit) =>
-            {
-                return self.refuse_oversize();
-            }
-            Some(MethodRule::InspectBody) => {}
-            // A GET or DELETE body is refused at its first byte.
-            _ if body_size > 0 => {
-                return self.finish(|_, _, head| judge::refuse_unexpected_body(head))
-            }
-            _ => {}
-        }
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        self.body_complete()
-    }
-
-    fn on_request_trailers(&mut self) -> Action {
-        // Trailers end the body: judge it now. They must never resume an undecided request.
-        self.body_seen.complete = true;
-        if self.grant.is_some() || self.awaiting_keys {
-            // MCP has no use for request trailers, and the filter judges none of them: a
-            // server that merges them into the headers would read an unchecked
-            // `Mcp-Session-Id` or `Authorization`. They go nowhere.
-            let _ = hostcalls::set_map_bytes(MapType::HttpRequestTrailers, vec![]);
-        }
-        if self.holding() {
-            return Action::Pause;
-        }
-        if self.waiting_for_body() {
-            return self.body_complete();
-        }
+    /// Allowed, with everything it needs: on its way upstream.
+    fn forward(&mut self) -> Action {
+        self.phase = Phase::Forwarded;
         Action::Continue
     }
+
+    /// Answers the client in the server's place. Look-ups still in flight are nobody's any
+    /// more (their call-outs stay counted until Envoy answers them).
+    fn send(&mut self, reply: LocalReply) {
+        self.settle(Phase::Answered);
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect();
+        let _ = hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
+    }
+
+    /// Moves to a phase that waits for nothing, abandoning the look-ups of the one it leaves.
+    fn settle(&mut self, next: Phase) {
+        let left = std::mem::replace(&mut self.phase, next);
+        let mut lookups = left.lookups().peekable();
+        if lookups.peek().is_some() {
+            let mut w = self.worker.borrow_mut();
+            for token in lookups {
+                w.abandon(token);
+            }
+        }
+    }
+
+    /// How the worker holds this stream while it waits.
+    fn waiter(&self) -> Waiter {
+        Waiter {
+            id: self.id,
+            stream: self.me.clone(),
+        }
+    }
+
+    fn request_id(&self) -> &str {
+        request_id(self.call.as_ref())
+    }
+
+    /// What the response path reads of this request.
+    fn on_response_headers(&mut self) -> Action {
+        let forwarded = Forwarded {
+            id: self.id,
+            worker: &self.worker,
+            grant: self.grant.as_ref(),
+            request_id: request_id(self.call.as_ref()),
+        };
+        match self.response.on_headers(&forwarded) {
+            Some(reply) => {
+                self.send(reply);
+                Action::Pause
+            }
+            None => Action::Continue,
+        }
+    }
+
+    fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let forwarded = Forwarded {
+            id: self.id,
+            worker: &self.worker,
+            grant: self.grant.as_ref(),
+            request_id: request_id(self.call.as_ref()),
+        };
+        self.response.on_body(&forwarded, body_size, end_of_stream)
+    }
 }
 
-/// A request on a client route, while its session is turned into the user's TE.
-struct AppRequest {
-    route: usize,
-    /// SHA-256 of the session cookie (the TE cache's key); empty on the sign-in callback.
-    cache_key: String,
-    /// The answer when the token service says the session has ended.
-    expired: Option<LocalReply>,
-    /// The TE's verified identity, once known (for the identity assertion).
-    identity: Option<Rc<Identity>>,
-}
-
+// Client routes: the sign-in callback, the sign-out, and the session swapped for the user's
+// TE. Nothing of the request is read as MCP.
 impl RequestState {
-    /// Carries out the decision for a client route: the callback, sign-out, or the session
-    /// swapped for the user's TE. Nothing of the request is read as MCP.
+    /// Carries out the decision for a client route.
     fn app_step(&mut self, step: AppStep, head: &OwnedHead) -> Action {
         match step {
             AppStep::Reply(reply) => {
@@ -938,14 +827,13 @@ impl RequestState {
     }
 
     fn start_app_lookup(&mut self, kind: LookupKind, body: &str) -> Action {
-        let waiter = Waiter {
-            id: self.id,
-            state: self.me.clone(),
-        };
-        let started = self.worker.borrow_mut().start_lookup(waiter, kind, body);
+        let started = self
+            .worker
+            .borrow_mut()
+            .start_lookup(self.waiter(), kind, body);
         match started {
             Ok(token) => {
-                self.app_lookup = Some(token);
+                self.phase = Phase::AwaitingApp(token);
                 Action::Pause
             }
             Err(reason) => {
@@ -981,7 +869,7 @@ impl RequestState {
     /// route's policy still lets the user in.
     fn forward_app(&mut self, token: &Rc<AppToken>) -> Action {
         let Some(route_index) = self.app.as_ref().map(|a| a.route) else {
-            return Action::Continue;
+            return self.forward();
         };
         let (permitted, pass_identity) = {
             let w = self.worker.borrow();
@@ -1011,9 +899,20 @@ impl RequestState {
         }
         self.worker.borrow().metrics.inc(Counter::Allowed);
         if pass_identity {
-            return self.attach_identity_assertion();
+            self.attach_identity_assertion();
+            return self.forward_unless_held();
         }
-        Action::Continue
+        self.forward()
+    }
+
+    /// Leaves `AwaitingApp` for the answer it waited for; `false` when it was not waiting
+    /// (the request was answered meanwhile).
+    fn take_app_lookup(&mut self) -> bool {
+        if !matches!(self.phase, Phase::AwaitingApp(_)) {
+            return false;
+        }
+        self.phase = Phase::Deciding;
+        true
     }
 
     /// The token service answered the callback's code: the cookie and the way back, or a page.
@@ -1030,7 +929,7 @@ impl RequestState {
     /// Answers a client-route look-up with the reply `classify` makes of it for the route (and
     /// the issuer).
     fn answer_app_lookup(&mut self, classify: impl FnOnce(&Route, &str) -> LocalReply) {
-        if self.app_lookup.take().is_none() || self.replied {
+        if !self.take_app_lookup() {
             return;
         }
         let Some(route_index) = self.app.as_ref().map(|a| a.route) else {
@@ -1047,7 +946,7 @@ impl RequestState {
 
     /// The token service answered the session's TE request: forward with it, or answer.
     fn accept_app_token(&mut self, status: Option<u32>, body: &[u8]) {
-        if self.app_lookup.take().is_none() || self.replied {
+        if !self.take_app_lookup() {
             return;
         }
         let Some((route_index, cache_key)) =
@@ -1077,17 +976,10 @@ impl RequestState {
         self.log_app_reply(&reply);
         self.send(reply);
     }
-}
 
-impl RequestState {
     /// Verifies the token service's app TE and forwards with it (`None`: forwarded, or paused
     /// for the JWKS when `may_wait`), or the page to answer.
-    fn use_app_token(
-        &mut self,
-        te: app::Secret,
-        expires_at: i64,
-        may_wait: bool,
-    ) -> Option<LocalReply> {
+    fn use_app_token(&mut self, te: Secret, expires_at: i64, may_wait: bool) -> Option<LocalReply> {
         let (route_index, cache_key) = self.app.as_ref().map(|a| (a.route, a.cache_key.clone()))?;
         let worker = Rc::clone(&self.worker);
         let config = Rc::clone(&worker.borrow().config);
@@ -1112,7 +1004,7 @@ impl RequestState {
                     .app_tokens
                     .put(route_index, &cache_key, Rc::clone(&token), now);
                 if let Action::Continue = self.forward_app(&token) {
-                    self.resume_when_ready();
+                    let _ = hostcalls::resume_http_request();
                 }
                 None
             }
@@ -1120,13 +1012,8 @@ impl RequestState {
                 // Signed with a key this worker has not fetched yet (the first app request
                 // after a start, or a new key): wait for the JWKS, then check it again. A
                 // refetch too recent to repeat, or a key still unknown after it, gets the page.
-                let waiter = Waiter {
-                    id: self.id,
-                    state: self.me.clone(),
-                };
-                if may_wait && worker.borrow_mut().want_keys(now, waiter) {
-                    self.awaiting_keys = true;
-                    self.app_token_awaiting_keys = Some((te, expires_at));
+                if may_wait && worker.borrow_mut().want_keys(now, self.waiter()) {
+                    self.phase = Phase::AwaitingKeys(KeysFor::AppToken(te, expires_at));
                     return None;
                 }
                 Some(app::unavailable_page("app-token-unknown-key"))
@@ -1143,10 +1030,7 @@ impl RequestState {
     }
 
     /// The JWKS arrived for an app TE that named an unknown key.
-    fn resume_app_token(&mut self, te: app::Secret, expires_at: i64) {
-        if self.replied {
-            return;
-        }
+    fn resume_app_token(&mut self, te: Secret, expires_at: i64) {
         if let Some(reply) = self.use_app_token(te, expires_at, false) {
             self.log_app_reply(&reply);
             self.send(reply);
@@ -1188,48 +1072,39 @@ pub struct WardenRequest {
 
 impl WardenRequest {
     pub fn new(id: u32, worker: Rc<RefCell<Worker>>) -> Self {
-        let state = Rc::new_cyclic(|me| {
+        let state = Rc::new_cyclic(|me: &Weak<RefCell<RequestState>>| {
             RefCell::new(RequestState {
                 id,
                 me: me.clone(),
                 worker,
+                phase: Phase::Deciding,
                 grant: None,
-                awaiting_keys: false,
-                upstream_lookup: None,
-                assertion_lookup: None,
                 app: None,
-                app_lookup: None,
-                app_token_awaiting_keys: None,
-                upstream_sent: None,
-                replied: false,
-                done: false,
-                head: None,
                 started: SystemTime::UNIX_EPOCH,
                 call: None,
                 body_seen: BodySeen::default(),
-                response: ResponseFilter::None,
+                response: ResponsePath::new(),
             })
         });
         Self { state }
+    }
+
+    /// Runs a callback on the state. The state is only ever borrowed inside one callback (the
+    /// host defers what our calls trigger), so the fallback, holding the stream, never runs.
+    fn with(&self, f: impl FnOnce(&mut RequestState) -> Action) -> Action {
+        match self.state.try_borrow_mut() {
+            Ok(mut s) => f(&mut s),
+            Err(_) => Action::Pause,
+        }
     }
 }
 
 impl Context for WardenRequest {
     fn on_done(&mut self) -> bool {
         if let Ok(mut s) = self.state.try_borrow_mut() {
-            s.done = true;
-            // Nobody waits for these answers any more; the call-outs stay counted until Envoy
+            // Nobody waits for its answers any more; the call-outs stay counted until Envoy
             // has answered them (see `Worker::call_token_service`).
-            for token in [
-                s.upstream_lookup.take(),
-                s.assertion_lookup.take(),
-                s.app_lookup.take(),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                s.worker.borrow_mut().abandon(token);
-            }
+            s.settle(Phase::Ended);
         }
         true
     }
@@ -1242,38 +1117,18 @@ impl Context for WardenRequest {
         // Anything else is a notice's answer, which nobody reads.
         let lookup = worker.borrow_mut().answered(token);
         if let Some((waiter, kind)) = lookup {
-            deliver_lookup(waiter, kind, headers, body);
-        }
-    }
-}
-
-impl WardenRequest {
-    /// Runs a callback on the state. The state is only ever borrowed inside one callback (the
-    /// host defers what our calls trigger), so the fallback, holding the stream, never runs.
-    fn with(&self, f: impl FnOnce(&mut RequestState) -> Action) -> Action {
-        match self.state.try_borrow_mut() {
-            Ok(mut s) => f(&mut s),
-            Err(_) => Action::Pause,
+            waiter.resume(Wake::Answer {
+                kind,
+                headers,
+                body_size: body,
+            });
         }
     }
 }
 
 impl HttpContext for WardenRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        self.with(|s| {
-            let route_header = Rc::clone(&s.worker.borrow().config);
-            let head = OwnedHead::read(end_of_stream, route_header.route_header.as_deref());
-            // Only the gateway vouches for a user: a client's own assertion never goes on,
-            // whatever the route (the real one is added after the checks).
-            for name in &head.client_assertions {
-                let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None);
-            }
-            s.head = Some(head);
-            // One clock read serves the token's expiry check and the record's duration.
-            s.started = hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH);
-            let now = seconds(s.started);
-            s.decide_and_act(true, now)
-        })
+        self.with(|s| s.on_request_headers(end_of_stream))
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

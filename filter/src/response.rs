@@ -1,25 +1,47 @@
 //! The response path of a request the filter let through: CORS headers for browser clients,
 //! the upstream's `Mcp-Session-Id` wrapped for this user (see `warden_core::session`), a
 //! `tools/list` result filtered down to the tools the caller may call, and an upstream token
-//! (TI) the server refused dropped and answered for.
+//! (TI) the server refused dropped and answered for. It knows the request only through
+//! `Forwarded`, what the request path hands it; a reply it makes goes back to be sent.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, MapType};
 use serde_json::Value;
+use warden_core::access::Grant;
+use warden_core::internal_api::DropRequest;
 use warden_core::mcp::may_call_tool;
-use warden_core::reply::CORS_EXPOSE_HEADERS;
+use warden_core::reply::{LocalReply, ReplyTo, CORS_EXPOSE_HEADERS};
 use warden_core::session::MAX_UPSTREAM_ID_BYTES;
 use warden_core::toolslist::{filter_message, SseToolsFilter};
-use warden_core::upstream::{self, ReplyTo};
+use warden_core::upstream::{self, UpstreamToken};
 
 use crate::metrics::Counter;
-use crate::request::RequestState;
-use crate::worker::now_seconds;
+use crate::worker::{now_seconds, Worker};
 
 /// Largest `tools/list` JSON result (or single SSE event) held back for filtering.
 const MAX_TOOLS_LIST_BYTES: usize = 4 * 1024 * 1024;
+
+/// What the response path keeps of a request: set while the request is carried out.
+pub struct ResponsePath {
+    /// What a `tools/list` result goes through.
+    pub filter: ResponseFilter,
+    /// The TI sent upstream with this request, checked against the server's answer.
+    pub upstream_sent: Option<Rc<UpstreamToken>>,
+}
+
+/// The request a response answers, as the response path reads it.
+pub struct Forwarded<'a> {
+    /// The stream's context.
+    pub id: u32,
+    pub worker: &'a RefCell<Worker>,
+    /// What the access decision granted (none: not an MCP call).
+    pub grant: Option<&'a Grant>,
+    /// The request's `x-request-id`, which JSON-RPC errors carry for the log.
+    pub request_id: &'a str,
+}
 
 pub enum ResponseFilter {
     None,
@@ -33,16 +55,22 @@ fn set_header(name: &str, value: Option<&[u8]>) {
     let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, value);
 }
 
-impl RequestState {
-    pub fn on_response_headers(&mut self) -> Action {
+impl ResponsePath {
+    pub fn new() -> Self {
+        Self {
+            filter: ResponseFilter::None,
+            upstream_sent: None,
+        }
+    }
+
+    /// The response headers: `Some` is the reply to send in the server's place.
+    pub fn on_headers(&mut self, request: &Forwarded<'_>) -> Option<LocalReply> {
         if self.upstream_sent.is_some() {
-            if let Some(action) = self.check_upstream_refusal() {
-                return action;
+            if let Some(reply) = self.check_upstream_refusal(request) {
+                return Some(reply);
             }
         }
-        let Some(grant) = self.grant.as_ref() else {
-            return Action::Continue;
-        };
+        let grant = request.grant?;
         if let Some(origin) = &grant.cors_origin {
             set_header("access-control-allow-origin", Some(origin.as_bytes()));
             set_header(
@@ -56,7 +84,7 @@ impl RequestState {
         {
             // The client only ever sees the id bound to this user and route. An id too long
             // to come back is dropped: the client could not use it anyway.
-            let w = self.worker.borrow();
+            let w = request.worker.borrow();
             let wrapped = w.config.routes.get(grant.route).and_then(|route| {
                 w.session_key
                     .wrap(&route.name, &grant.identity.claims.sub, &upstream_id)
@@ -69,7 +97,7 @@ impl RequestState {
             }
             set_header("mcp-session-id", wrapped.as_deref().map(str::as_bytes));
         }
-        if let ResponseFilter::Json(id) = &self.response {
+        if let ResponseFilter::Json(id) = &self.filter {
             let content_type =
                 hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "content-type")
                     .ok()
@@ -77,44 +105,49 @@ impl RequestState {
                     .unwrap_or_default();
             let content_type = String::from_utf8_lossy(&content_type).to_ascii_lowercase();
             if content_type.starts_with("text/event-stream") {
-                self.response =
+                self.filter =
                     ResponseFilter::Sse(SseToolsFilter::new(id.clone(), MAX_TOOLS_LIST_BYTES));
             } else if !content_type.starts_with("application/json") {
-                self.response = ResponseFilter::None;
+                self.filter = ResponseFilter::None;
             }
             // The filtered body has another length.
             set_header("content-length", None);
         }
-        Action::Continue
+        None
     }
 
-    pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn on_body(
+        &mut self,
+        request: &Forwarded<'_>,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
         let body = |size| {
             hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
                 .ok()
                 .flatten()
                 .unwrap_or_default()
         };
-        match &mut self.response {
+        match &mut self.filter {
             ResponseFilter::None => Action::Continue,
             ResponseFilter::Json(id) => {
                 if !end_of_stream {
                     if body_size > MAX_TOOLS_LIST_BYTES {
                         // Too large to hold: it streams as is (unfiltered, logged).
                         log::warn!("mcp-warden: tools/list result over {MAX_TOOLS_LIST_BYTES} bytes not filtered");
-                        self.response = ResponseFilter::None;
+                        self.filter = ResponseFilter::None;
                         return Action::Continue;
                     }
                     return Action::Pause;
                 }
                 let id = id.clone();
                 let full = body(body_size);
-                let Some(grant) = self.grant.as_ref() else {
+                let Some(grant) = request.grant else {
                     return Action::Continue;
                 };
                 let (route, identity) = (grant.route, Rc::clone(&grant.identity));
                 let known = {
-                    let w = self.worker.borrow();
+                    let w = request.worker.borrow();
                     w.lists
                         .get(route, &identity, &id, &full)
                         .map(|(filtered, removed)| {
@@ -128,10 +161,10 @@ impl RequestState {
                         })
                 };
                 if let Some(removed) = known {
-                    self.count_filtered(removed);
+                    count_filtered(request, removed);
                     return Action::Continue;
                 }
-                if let Some(visible) = self.tool_visibility() {
+                if let Some(visible) = tool_visibility(request) {
                     if let Some((filtered, removed)) = filter_message(&full, &id, &visible) {
                         let _ = hostcalls::set_buffer(
                             BufferType::HttpResponseBody,
@@ -139,21 +172,22 @@ impl RequestState {
                             body_size,
                             &filtered,
                         );
-                        self.worker
+                        request
+                            .worker
                             .borrow_mut()
                             .lists
                             .put(route, &identity, &id, &full, &filtered, removed);
-                        self.count_filtered(removed);
+                        count_filtered(request, removed);
                     }
                 }
                 Action::Continue
             }
             ResponseFilter::Sse(_) => {
                 let chunk = body(body_size);
-                let Some(visible) = self.tool_visibility() else {
+                let Some(visible) = tool_visibility(request) else {
                     return Action::Continue;
                 };
-                let ResponseFilter::Sse(sse) = &mut self.response else {
+                let ResponseFilter::Sse(sse) = &mut self.filter else {
                     return Action::Continue;
                 };
                 let before = sse.removed;
@@ -162,7 +196,7 @@ impl RequestState {
                         let removed = sse.removed - before;
                         let _ =
                             hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out);
-                        self.count_filtered(removed);
+                        count_filtered(request, removed);
                         Action::Continue
                     }
                     Err(_) => {
@@ -180,9 +214,9 @@ impl RequestState {
 
     /// When the MCP server refused the TI this request carried (`401`, or `403` for
     /// `insufficient_scope`): forget it, tell the token service, and answer the client in the
-    /// server's place. `None`: the response goes on. Only requests that carried a TI get here,
-    /// so other routes' `401`s pass untouched.
-    fn check_upstream_refusal(&mut self) -> Option<Action> {
+    /// server's place (the reply). `None`: the response goes on. Only requests that carried a
+    /// TI get here, so other routes' `401`s pass untouched.
+    fn check_upstream_refusal(&mut self, request: &Forwarded<'_>) -> Option<LocalReply> {
         let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
             .ok()
             .flatten()
@@ -199,17 +233,25 @@ impl RequestState {
         let refusal = upstream::refused_by_upstream(status, &challenges)?;
         // Taken: the reply below passes this callback again and must not be judged.
         let sent = self.upstream_sent.take()?;
-        let grant = self.grant.as_ref()?;
-        let worker = Rc::clone(&self.worker);
+        let grant = request.grant?;
+        let worker = request.worker;
         let config = Rc::clone(&worker.borrow().config);
         let route = config.routes.get(grant.route)?;
         let sub = grant.identity.claims.sub.as_str();
         {
             let mut w = worker.borrow_mut();
             w.upstream_tokens.remove(grant.route, sub, &sent);
+            let drop = DropRequest {
+                sub: sub.into(),
+                route: route.name.clone(),
+                access_token: sent.access_token().into(),
+                reason: refusal.reason.as_str().into(),
+                scope: refusal.scope.clone(),
+            };
+            // Serializing strings cannot fail.
             w.dispatch_drop(
-                self.id,
-                &upstream::drop_body(sub, &route.name, &sent, &refusal),
+                request.id,
+                &serde_json::to_string(&drop).unwrap_or_default(),
             );
             w.metrics.inc(Counter::UpstreamTokenRefused);
         }
@@ -219,7 +261,7 @@ impl RequestState {
             &sent,
             now_seconds(),
             ReplyTo {
-                request_id: self.request_id(),
+                request_id: request.request_id,
                 cors: grant.cors_origin.as_deref(),
             },
         );
@@ -230,29 +272,32 @@ impl RequestState {
             reply.status,
             reply.reason
         );
-        self.response = ResponseFilter::None;
-        self.send(reply);
-        Some(Action::Pause)
+        self.filter = ResponseFilter::None;
+        Some(reply)
     }
+}
 
-    /// Whether a tools/list result was removed anything from (for the counter).
-    fn count_filtered(&self, removed: usize) {
-        if removed > 0 {
-            self.worker.borrow().metrics.inc(Counter::ToolsListFiltered);
-        }
+/// Whether a tools/list result was removed anything from (for the counter).
+fn count_filtered(request: &Forwarded<'_>, removed: usize) {
+    if removed > 0 {
+        request
+            .worker
+            .borrow()
+            .metrics
+            .inc(Counter::ToolsListFiltered);
     }
+}
 
-    /// The caller's view of a tool: could they call it?
-    fn tool_visibility(&self) -> Option<impl Fn(&str) -> bool> {
-        let grant = self.grant.as_ref()?;
-        let config = Rc::clone(&self.worker.borrow().config);
-        let route_index = grant.route;
-        let identity = Rc::clone(&grant.identity);
-        Some(move |tool: &str| {
-            config
-                .routes
-                .get(route_index)
-                .is_some_and(|route| may_call_tool(route, &identity.claims, tool))
-        })
-    }
+/// The caller's view of a tool: could they call it?
+fn tool_visibility(request: &Forwarded<'_>) -> Option<impl Fn(&str) -> bool> {
+    let grant = request.grant?;
+    let config = Rc::clone(&request.worker.borrow().config);
+    let route_index = grant.route;
+    let identity = Rc::clone(&grant.identity);
+    Some(move |tool: &str| {
+        config
+            .routes
+            .get(route_index)
+            .is_some_and(|route| may_call_tool(route, &identity.claims, tool))
+    })
 }

@@ -2,16 +2,17 @@
 //! session key, and the JWKS fetch. One fetch runs at a time, always from the root context;
 //! requests that need keys wait for it and are woken when it answers, so a flood of tokens with
 //! unknown `kid`s costs at most one fetch every `MIN_KID_REFETCH_SECONDS` per worker.
+//! The worker keeps the call-outs' bookkeeping but not the streams: a waiting stream is a
+//! `Waiter`, woken through the `Paused` trait with what it waited for (`Wake`).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
-use warden_core::app::{self, AppTokenCache};
-use warden_core::assertion::{self, AssertionCache};
+use warden_core::app::AppTokenCache;
+use warden_core::assertion::AssertionCache;
 use warden_core::cache::TokenCache;
 use warden_core::config::CompiledConfig;
 use warden_core::internal_api::{self, InternalKey};
@@ -19,10 +20,9 @@ use warden_core::keys::KeySet;
 use warden_core::session::SessionKey;
 use warden_core::signature_budget::SignatureBudget;
 use warden_core::toolslist::FilteredLists;
-use warden_core::upstream::{UpstreamTokenCache, DROP_PATH, LOOKUP_PATH};
+use warden_core::upstream::UpstreamTokenCache;
 
 use crate::metrics::{Counter, Metrics};
-use crate::request::RequestState;
 
 /// The root context's usual tick: JWKS refresh bookkeeping, shared-data sync.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -53,10 +53,39 @@ const SESSION_SHARED_KEY: &str = "mcp-warden.session-key.v1";
 /// operator's session key, shared by every Envoy replica.
 pub const SESSION_KEY_ENV: &str = "MCP_WARDEN_SESSION_KEY";
 
-/// A request paused until a call-out answers (the JWKS fetch, or its upstream token look-up).
+/// What wakes a paused stream.
+pub enum Wake {
+    /// The JWKS fetch it waited for ended: with a new key set, or without one.
+    Keys,
+    /// The token service answered its look-up, or the call failed (`headers == 0`, Envoy's
+    /// sign). The answer is read once the stream's context is effective (`read_answer`).
+    Answer {
+        kind: LookupKind,
+        headers: usize,
+        body_size: usize,
+    },
+}
+
+/// A stream that waits for a call-out. The worker holds it without knowing its type; the
+/// stream takes it from there (its context, its phase, its reply).
+pub trait Paused {
+    /// `id`: the stream's context, to make effective before touching its headers.
+    fn resume(&self, id: u32, wake: Wake);
+}
+
+/// A stream paused until a call-out answers (the JWKS fetch, or one of its look-ups).
 pub struct Waiter {
     pub id: u32,
-    pub state: Weak<RefCell<RequestState>>,
+    pub stream: Weak<dyn Paused>,
+}
+
+impl Waiter {
+    /// Wakes the stream, unless it has gone away meanwhile.
+    pub fn resume(self, wake: Wake) {
+        if let Some(stream) = self.stream.upgrade() {
+            stream.resume(self.id, wake);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -93,11 +122,11 @@ pub enum LookupKind {
 impl LookupKind {
     fn path(self) -> &'static str {
         match self {
-            LookupKind::UpstreamToken => LOOKUP_PATH,
-            LookupKind::IdentityAssertion => assertion::PATH,
-            LookupKind::AppSession => app::SESSION_PATH,
-            LookupKind::AppToken => app::TOKEN_PATH,
-            LookupKind::AppSessionEnd => app::END_PATH,
+            LookupKind::UpstreamToken => internal_api::UPSTREAM_TOKEN_PATH,
+            LookupKind::IdentityAssertion => internal_api::IDENTITY_ASSERTION_PATH,
+            LookupKind::AppSession => internal_api::APP_SESSION_PATH,
+            LookupKind::AppToken => internal_api::APP_TOKEN_PATH,
+            LookupKind::AppSessionEnd => internal_api::APP_SESSION_END_PATH,
         }
     }
 
@@ -200,6 +229,28 @@ fn shared_session_key() -> Option<SessionKey> {
         Ok((Some(bytes), _)) => SessionKey::from_bytes(&bytes),
         _ => None,
     }
+}
+
+/// The internal API's answer to the call-out being delivered: `None` status when the call
+/// failed (Envoy's sign: zero headers); bodies over the bound are not read.
+pub fn read_answer(headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>) {
+    let status = if headers == 0 {
+        None
+    } else {
+        hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+            .ok()
+            .and_then(|h| h.into_iter().find(|(name, _)| name == ":status"))
+            .and_then(|(_, value)| std::str::from_utf8(&value).ok()?.parse::<u32>().ok())
+    };
+    let body = if body_size == 0 || body_size > internal_api::MAX_ANSWER_BYTES {
+        Vec::new()
+    } else {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    };
+    (status, body)
 }
 
 pub fn now_seconds() -> i64 {
@@ -481,7 +532,7 @@ impl Worker {
         self.lookups.remove(&token)
     }
 
-    /// The request went away before its look-up answered: nobody waits for it any more. Its
+    /// Nobody waits for this look-up any more (its request was answered, or went away). Its
     /// call-out stays counted until Envoy must have answered it (see `call_token_service`).
     pub fn abandon(&mut self, token: u32) {
         self.lookups.remove(&token);
@@ -489,7 +540,12 @@ impl Worker {
 
     /// Tells the token service a TI was refused, fire and forget.
     pub fn dispatch_drop(&mut self, own_id: u32, body: &str) {
-        self.dispatch_notice(own_id, DROP_PATH, body, "upstream token drop");
+        self.dispatch_notice(
+            own_id,
+            internal_api::UPSTREAM_TOKEN_DROP_PATH,
+            body,
+            "upstream token drop",
+        );
     }
 
     /// Posts `body` to the internal API at `path`, fire and forget: its answer is nobody's
