@@ -4,7 +4,9 @@
 //! `serve` / `serve_on` run it on a socket.
 
 pub mod client_address;
+pub mod clock;
 pub mod config;
+pub mod digest;
 pub mod error;
 pub mod flows;
 mod html;
@@ -14,9 +16,12 @@ pub mod keys;
 pub mod listener;
 pub mod oidc;
 pub mod password;
+pub mod random;
 pub mod ratelimit;
+pub mod redirect_uri;
 pub mod render;
 mod routes;
+pub mod scope;
 pub mod secrets;
 pub mod store;
 pub mod vault;
@@ -27,20 +32,10 @@ use std::sync::Arc;
 use axum::Router;
 use tokio::net::TcpListener;
 
+pub use clock::{now_unix, Clock};
 pub use config::Config;
 pub use keys::SigningKey;
 pub use store::{SqliteStore, Store};
-
-/// Seconds since the Unix epoch.
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Seconds since the Unix epoch; replaceable in tests.
-pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 /// Shared state of the service. Cheap to clone.
 #[derive(Clone)]
@@ -82,9 +77,9 @@ impl Secrets {
     /// Fresh random secrets that live as long as the process (no upstream routes, tests).
     pub fn ephemeral() -> Self {
         let mut key = [0u8; secrets::SECRET_BYTES];
-        flows::fill_random(&mut key);
+        random::fill_random(&mut key);
         let mut credential = [0u8; secrets::SECRET_BYTES];
-        flows::fill_random(&mut credential);
+        random::fill_random(&mut credential);
         Self {
             encryption_key: key,
             previous_encryption_keys: Vec::new(),

@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::flows::{constant_time_eq, hash_secret, random_token, split_scope};
+use crate::digest::{constant_time_eq, hash_secret};
+use crate::random::random_token;
+use crate::scope::split_scope;
 use crate::store::{AuthorizeGrant, PendingLimit, Store, UpstreamFlow, UpstreamRecord};
 // The filter stops using a cached token on the same rule the vault refreshes it by.
 use provider::{Issued, Provider, ProviderError};

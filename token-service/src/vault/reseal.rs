@@ -274,7 +274,7 @@ impl Vault {
 /// The background re-seal (`serve` starts it): a pass at start, then every few minutes
 /// (sooner while something still needs a previous key). Logs when a pass moved rows, when
 /// previous keys are no longer needed, and when rows open with no configured key.
-pub async fn run(vault: Arc<Vault>, clock: crate::Clock) {
+pub async fn run(vault: Arc<Vault>, clock: crate::clock::Clock) {
     let previous_keys = vault.reseal_counters.previous_keys.load(Ordering::SeqCst);
     let mut needed_before: Option<bool> = None;
     let mut unreadable_before = 0;
