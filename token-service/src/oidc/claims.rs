@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::IdpError;
+use super::error::IdpError;
 use crate::config::OidcConfig;
 
 /// A user signed in through the provider.

@@ -7,6 +7,7 @@
 
 pub mod provider;
 pub mod reseal;
+pub mod reseal_status;
 pub mod seal;
 
 use std::collections::HashMap;
@@ -109,7 +110,7 @@ pub struct Vault {
     providers: HashMap<String, Provider>,
     /// One refresh per (user, route) in this process; the store's lease covers replicas.
     refreshing: Mutex<HashMap<(String, String), RefreshGate>>,
-    reseal_counters: Arc<reseal::ResealCounters>,
+    reseal_counters: Arc<reseal_status::ResealCounters>,
 }
 
 impl Vault {
@@ -135,7 +136,7 @@ impl Vault {
                 })
             })
             .collect();
-        let reseal_counters = Arc::new(reseal::ResealCounters::default());
+        let reseal_counters = Arc::new(reseal_status::ResealCounters::default());
         reseal_counters
             .previous_keys
             .store(previous.len() as u64, std::sync::atomic::Ordering::SeqCst);
