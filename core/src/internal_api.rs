@@ -43,7 +43,7 @@ pub const NONCE_BYTES: usize = 16;
 /// `UpstreamTokenRequest` → `UpstreamTokenAnswer`; `404 no_token`, `409 upstream_refused`,
 /// `503 upstream_unavailable`.
 pub const UPSTREAM_TOKEN_PATH: &str = "/internal/v1/upstream-token";
-/// `DropRequest` → `{"dropped"}`: a TI the MCP server refused.
+/// `DropRequest` → `DropAnswer`: a TI the MCP server refused.
 pub const UPSTREAM_TOKEN_DROP_PATH: &str = "/internal/v1/upstream-token/drop";
 /// `UpstreamTokenRequest` → `AssertionAnswer`; `404 unknown_user`, `404 unknown_route`,
 /// `400 identity_headers_off`.
@@ -215,6 +215,12 @@ pub struct UpstreamTokenAnswer {
     pub granted_at: i64,
     #[serde(default)]
     pub after_refusal: bool,
+}
+
+/// Whether a drop removed the token (false: it was already gone or replaced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropAnswer {
+    pub dropped: bool,
 }
 
 /// A fresh identity assertion.

@@ -18,10 +18,11 @@
 use serde_json::{json, Value};
 use warden_core::app::{classify_session, classify_token, under_route, TokenAnswer};
 use warden_core::assertion::{classify, Fetched};
-use warden_core::upstream::{classify_lookup, Lookup, ReplyTo, MAX_TOKEN_BYTES};
-use warden_token_service::internal::{
-    json_body, AppCodeRequest, AppSessionRequest, DropRequest, TokenQuery,
+use warden_core::internal_api::{
+    AppSessionRequest, AppTokenRequest, DropRequest, UpstreamTokenRequest,
 };
+use warden_core::upstream::{classify_lookup, Lookup, ReplyTo, MAX_TOKEN_BYTES};
+use warden_token_service::internal::json_body;
 
 use crate::assert_sane_headers;
 use crate::fixtures::{config, ADMIN_APP, CHAT, DEMO};
@@ -139,7 +140,7 @@ fn request(endpoint: &str, body: &[u8]) -> bool {
         ),
         "app-session" => request_agrees(
             body,
-            json_body::<AppCodeRequest>(body, "expected a code"),
+            json_body::<AppSessionRequest>(body, "expected a code"),
             &["route", "code", "nonce"],
             &[],
             |r| {
@@ -152,7 +153,7 @@ fn request(endpoint: &str, body: &[u8]) -> bool {
         ),
         "app-token" | "app-session/end" => request_agrees(
             body,
-            json_body::<AppSessionRequest>(body, "expected a session"),
+            json_body::<AppTokenRequest>(body, "expected a session"),
             &["route", "session"],
             &[],
             |r| vec![("route", r.route.clone()), ("session", r.session.clone())],
@@ -160,7 +161,7 @@ fn request(endpoint: &str, body: &[u8]) -> bool {
         // upstream-token, identity-assertion
         _ => request_agrees(
             body,
-            json_body::<TokenQuery>(body, "expected a query"),
+            json_body::<UpstreamTokenRequest>(body, "expected a query"),
             &["sub", "route"],
             &[],
             |q| vec![("sub", q.sub.clone()), ("route", q.route.clone())],

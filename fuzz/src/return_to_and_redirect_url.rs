@@ -18,7 +18,7 @@
 use url::{Host, Url};
 use warden_core::app::under_route;
 use warden_token_service::flows::app::{connect_redirect_route, valid_return_to};
-use warden_token_service::flows::redirect::{matches_registered, validate_redirect_uri};
+use warden_token_service::redirect_uri::{matches_registered, validate_redirect_uri};
 
 use crate::fixtures::{config, token_service_config, ADMIN_APP, CHAT};
 

@@ -1215,7 +1215,7 @@ impl Config {
                 ));
             }
             for (j, r) in c.redirect_uris.iter().enumerate() {
-                crate::flows::redirect::validate_redirect_uri(r)
+                crate::redirect_uri::validate_redirect_uri(r)
                     .map_err(|m| ConfigError::new(format!("{at}.redirect_uris[{j}]"), m))?;
             }
         }
@@ -1640,7 +1640,7 @@ fn validate_issuer(issuer: &str) -> Result<(), String> {
     let url = Url::parse(issuer).map_err(|e| format!("not a URL: {e}"))?;
     match url.scheme() {
         "https" => {}
-        "http" if crate::flows::redirect::is_loopback_host(&url) => {}
+        "http" if crate::redirect_uri::is_loopback_host(&url) => {}
         "http" => return Err("must be https (http is allowed only on loopback)".into()),
         _ => return Err("must be an https URL".into()),
     }

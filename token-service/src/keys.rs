@@ -42,7 +42,7 @@ impl SigningKey {
     pub fn generate(alg: SigningAlg) -> anyhow::Result<Self> {
         let mut seed = [0u8; 32];
         loop {
-            crate::flows::fill_random(&mut seed);
+            crate::random::fill_random(&mut seed);
             if let Ok(k) = Self::from_secret(alg, &seed) {
                 return Ok(k);
             }

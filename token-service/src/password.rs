@@ -8,7 +8,7 @@ use crate::config::{Config, LocalUser};
 /// Hashes with Argon2id and the crate's default (OWASP-recommended) parameters.
 pub fn hash_password(password: &str) -> anyhow::Result<String> {
     let mut salt = [0u8; 16];
-    crate::flows::fill_random(&mut salt);
+    crate::random::fill_random(&mut salt);
     let salt = SaltString::encode_b64(&salt).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
     let hash = Argon2::default()
         .hash_password(password.as_bytes(), &salt)
@@ -48,7 +48,7 @@ fn decoy_verification(config: &Config, password: &str) {
         .output_len()
         .unwrap_or(argon2::Params::DEFAULT_OUTPUT_LEN);
     let mut salt = [0u8; 16];
-    crate::flows::fill_random(&mut salt);
+    crate::random::fill_random(&mut salt);
     let mut out = vec![0u8; out_len];
     let _ = argon2.hash_password_into(password.as_bytes(), &salt, &mut out);
 }

@@ -23,7 +23,7 @@ pub fn load_or_create(path: &Path, what: &str) -> anyhow::Result<[u8; SECRET_BYT
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut secret = [0u8; SECRET_BYTES];
-            crate::flows::fill_random(&mut secret);
+            crate::random::fill_random(&mut secret);
             write_new(path, B64.encode(secret).as_bytes())?;
             tracing::info!(path = %path.display(), "generated {what}");
             Ok(secret)

@@ -766,7 +766,7 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
                 .with_context(|| format!("schema migration {version} failed"))?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-                params![version, crate::now_unix()],
+                params![version, crate::clock::now_unix()],
             )?;
         }
         tx.commit()?;

@@ -1042,7 +1042,7 @@ routes:
     });
     // ID tokens are checked against the provider's clock, the real one.
     env.clock.store(
-        warden_token_service::now_unix(),
+        warden_token_service::clock::now_unix(),
         std::sync::atomic::Ordering::SeqCst,
     );
     // Only the identity provider: straight to it.

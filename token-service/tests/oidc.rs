@@ -69,7 +69,7 @@ impl Sso {
         let env = TestEnv::with(|dir| oidc_yaml(dir, &provider.url, extra, local));
         // ID tokens are checked against the provider's clock, the real one.
         env.clock.store(
-            warden_token_service::now_unix(),
+            warden_token_service::clock::now_unix(),
             std::sync::atomic::Ordering::SeqCst,
         );
         Self { env, provider }

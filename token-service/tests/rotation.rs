@@ -777,7 +777,7 @@ impl Service {
                     "POST",
                     path,
                     body.as_bytes(),
-                    warden_token_service::now_unix(),
+                    warden_token_service::clock::now_unix(),
                 ),
             )
             .header("content-type", "application/json")
@@ -799,7 +799,7 @@ impl Service {
                     "GET",
                     path,
                     b"",
-                    warden_token_service::now_unix(),
+                    warden_token_service::clock::now_unix(),
                 ),
             )
             .send()
@@ -828,7 +828,7 @@ async fn the_real_service_restarted_with_a_new_key_keeps_every_token_and_says_wh
     let env = TestEnv::with(|dir| yaml(dir, &provider.url, &[]));
     // Tokens obtained two minutes ago: expired by now, so the first look-ups refresh them.
     env.clock.store(
-        warden_token_service::now_unix() - 120,
+        warden_token_service::clock::now_unix() - 120,
         std::sync::atomic::Ordering::SeqCst,
     );
     let users: Vec<String> = (0..USERS).map(user).collect();

@@ -783,7 +783,7 @@ async fn the_pkce_verifier_is_not_stored_in_the_clear() {
         .state
         .store()
         .take_upstream_flow(
-            &warden_token_service::flows::hash_secret(&q["state"]),
+            &warden_token_service::digest::hash_secret(&q["state"]),
             1_900_000_000,
         )
         .unwrap()

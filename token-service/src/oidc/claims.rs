@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::IdpError;
+use super::error::IdpError;
 use crate::config::OidcConfig;
 
 /// A user signed in through the provider.
@@ -60,7 +60,7 @@ pub fn check_id_token(
         _ => return invalid("the ID token's issue time is missing or in the future"),
     }
     let presented = string(claims, "nonce").unwrap_or_default();
-    if !crate::flows::constant_time_eq(presented.as_bytes(), nonce.as_bytes()) {
+    if !crate::digest::constant_time_eq(presented.as_bytes(), nonce.as_bytes()) {
         return invalid("the ID token does not belong to this sign-in (nonce mismatch)");
     }
     match string(claims, "sub") {

@@ -5,6 +5,7 @@
 //! the userinfo endpoint.
 
 pub mod claims;
+pub mod error;
 pub mod jws;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use serde_json::Value;
 
 use crate::config::OidcConfig;
 use claims::IdpUser;
+pub use error::IdpError;
 use jws::Jwk;
 
 /// Where the provider sends the browser back; operators register it with the provider.
@@ -31,30 +33,6 @@ const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 /// Clock skew allowed on `exp` and `iat`.
 pub const LEEWAY: i64 = 60;
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
-
-/// Why a sign-in through the provider did not complete.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdpError {
-    /// The provider could not be reached or answered with a server error.
-    Unavailable(String),
-    /// The provider refused the code exchange.
-    Refused(String),
-    /// The provider's answer failed a check (ID token, nonce, audience, signature).
-    Invalid(String),
-    /// The user's claims do not allow a sign-in (no email, unverified email).
-    Claims(String),
-}
-
-impl std::fmt::Display for IdpError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            IdpError::Unavailable(m)
-            | IdpError::Refused(m)
-            | IdpError::Invalid(m)
-            | IdpError::Claims(m) => f.write_str(m),
-        }
-    }
-}
 
 /// The provider's discovery document (the fields the flow uses).
 #[derive(Debug, Clone, Deserialize)]

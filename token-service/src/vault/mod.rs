@@ -7,6 +7,7 @@
 
 pub mod provider;
 pub mod reseal;
+pub mod reseal_status;
 pub mod seal;
 
 use std::collections::HashMap;
@@ -17,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::flows::{constant_time_eq, hash_secret, random_token, split_scope};
+use crate::digest::{constant_time_eq, hash_secret};
+use crate::random::random_token;
+use crate::scope::split_scope;
 use crate::store::{AuthorizeGrant, PendingLimit, Store, UpstreamFlow, UpstreamRecord};
 // The filter stops using a cached token on the same rule the vault refreshes it by.
 use provider::{Issued, Provider, ProviderError};
@@ -107,7 +110,7 @@ pub struct Vault {
     providers: HashMap<String, Provider>,
     /// One refresh per (user, route) in this process; the store's lease covers replicas.
     refreshing: Mutex<HashMap<(String, String), RefreshGate>>,
-    reseal_counters: Arc<reseal::ResealCounters>,
+    reseal_counters: Arc<reseal_status::ResealCounters>,
 }
 
 impl Vault {
@@ -133,7 +136,7 @@ impl Vault {
                 })
             })
             .collect();
-        let reseal_counters = Arc::new(reseal::ResealCounters::default());
+        let reseal_counters = Arc::new(reseal_status::ResealCounters::default());
         reseal_counters
             .previous_keys
             .store(previous.len() as u64, std::sync::atomic::Ordering::SeqCst);

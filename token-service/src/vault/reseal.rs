@@ -11,14 +11,14 @@
 //! minutes at most, and opening them with a previous key is enough. They are counted, so
 //! "previous keys can be removed" is only said once none of them needs one either.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use serde::Serialize;
 
+pub use super::reseal_status::{ResealCounters, ResealStatus};
 use super::seal::{Kind, Opener};
 use super::Vault;
 use crate::store::{Reseal, UpstreamRecord};
@@ -32,57 +32,6 @@ const ROUNDS: usize = 3;
 /// replica still running with the old key), and once nothing does.
 const RECHECK_PENDING: Duration = Duration::from_secs(30);
 const RECHECK_IDLE: Duration = Duration::from_secs(300);
-
-/// The re-seal's counters, for `GET /internal/v1/vault/status` (and metrics later). The
-/// gauges mean something once `passes` > 0.
-#[derive(Debug, Default)]
-pub struct ResealCounters {
-    /// Keys in `storage.previous_encryption_key_files`.
-    pub previous_keys: AtomicU64,
-    /// Passes completed since start.
-    pub passes: AtomicU64,
-    /// Gauge: upstream-token rows with a value only a previous key opens.
-    pub rows_under_previous_keys: AtomicU64,
-    /// Gauge: consents and sign-ins in progress whose verifier is not sealed with the
-    /// current key.
-    pub flows_under_previous_keys: AtomicU64,
-    /// Gauge: rows no configured key opens (sealed with a key no longer listed): their users
-    /// connect their accounts again.
-    pub unreadable_rows: AtomicU64,
-    /// Counter: rows moved to the current key since start.
-    pub resealed_total: AtomicU64,
-}
-
-/// What the status endpoint answers; gauges are `null` until the first pass ends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ResealStatus {
-    pub previous_keys: u64,
-    pub passes: u64,
-    pub rows_under_previous_keys: Option<u64>,
-    pub flows_under_previous_keys: Option<u64>,
-    pub unreadable_rows: Option<u64>,
-    pub resealed_total: u64,
-    /// False once a pass found nothing that needs a previous key: they can be removed.
-    pub previous_keys_needed: bool,
-}
-
-impl ResealCounters {
-    pub fn snapshot(&self) -> ResealStatus {
-        let passes = self.passes.load(Ordering::SeqCst);
-        let gauge = |g: &AtomicU64| (passes > 0).then(|| g.load(Ordering::SeqCst));
-        let rows = gauge(&self.rows_under_previous_keys);
-        let flows = gauge(&self.flows_under_previous_keys);
-        ResealStatus {
-            previous_keys: self.previous_keys.load(Ordering::SeqCst),
-            passes,
-            rows_under_previous_keys: rows,
-            flows_under_previous_keys: flows,
-            unreadable_rows: gauge(&self.unreadable_rows),
-            resealed_total: self.resealed_total.load(Ordering::SeqCst),
-            previous_keys_needed: rows.zip(flows).is_none_or(|(r, f)| r + f > 0),
-        }
-    }
-}
 
 /// What one pass found and did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +223,7 @@ impl Vault {
 /// The background re-seal (`serve` starts it): a pass at start, then every few minutes
 /// (sooner while something still needs a previous key). Logs when a pass moved rows, when
 /// previous keys are no longer needed, and when rows open with no configured key.
-pub async fn run(vault: Arc<Vault>, clock: crate::Clock) {
+pub async fn run(vault: Arc<Vault>, clock: crate::clock::Clock) {
     let previous_keys = vault.reseal_counters.previous_keys.load(Ordering::SeqCst);
     let mut needed_before: Option<bool> = None;
     let mut unreadable_before = 0;

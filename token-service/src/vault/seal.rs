@@ -147,7 +147,7 @@ impl Sealer {
         plain: &str,
     ) -> anyhow::Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_BYTES];
-        crate::flows::fill_random(&mut nonce);
+        crate::random::fill_random(&mut nonce);
         let header = self.current_prefix();
         let mut ad = header.to_vec();
         ad.extend_from_slice(&binding(user, route, kind));
