@@ -2,13 +2,18 @@
 //! Handlers in `routes.rs` parse the request, call into here, and render the outcome.
 
 pub mod app;
+pub mod app_sign_in;
 pub mod authorize;
+pub mod browser;
 pub mod consent;
+pub mod idp;
 pub mod login;
 pub mod pkce;
 pub mod redirect;
 pub mod register;
+pub mod sign_in;
 pub mod token;
+pub mod upstream;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
