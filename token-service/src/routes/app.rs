@@ -9,17 +9,27 @@
 //!   `POST /.warden/mcp/disconnect` (bearer TE), `GET /.warden/mcp/connect` (redirects to the
 //!   issuer's), and the same under `/.pomerium/mcp/`.
 
+use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use url::Url;
 
-use super::*;
-use crate::config::RouteConfig;
+use super::answer::run;
+use super::http::{
+    admit_new_flow, cookie_value, cors, issuer_path, no_store, query_params, redirect, set_cookie,
+    with_cookie, ClientAddr, SESSION_COOKIE,
+};
+use crate::error::{Error, Result};
 use crate::flows::app as flow;
-use crate::store::Continuation;
+use crate::flows::authorize::Params;
+use crate::flows::{app_sign_in, constant_time_eq, hash_secret};
+use crate::html;
+use crate::AppState;
 
 pub(super) const SIGN_IN_PATH: &str = "/app/sign-in";
 pub(super) const CONNECT_PATH: &str = "/mcp/connect";
@@ -39,10 +49,7 @@ pub(super) fn gateway_paths() -> Router<AppState> {
     r.layer(middleware::from_fn(cors))
 }
 
-fn bad_request(message: &str) -> Error {
-    Error::page(StatusCode::BAD_REQUEST, message)
-}
-
+/// `GET /app/sign-in?route=&return_to=&nonce=` (`flows::app_sign_in::sign_in`).
 pub(super) async fn sign_in(
     State(s): State<AppState>,
     ClientAddr(client): ClientAddr,
@@ -50,158 +57,10 @@ pub(super) async fn sign_in(
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     admit_new_flow(&s, client)?;
-    browser_query(s, &headers, query, sign_in_blocking).await
+    run(s, &headers, query_params(query), app_sign_in::sign_in).await
 }
 
-fn sign_in_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Result<Response> {
-    let config = s.config();
-    let route = params
-        .get("route")
-        .and_then(|r| config.client_route(r))
-        .ok_or_else(|| bad_request("This application is not known to the gateway."))?;
-    let return_to = params.get("return_to").unwrap_or("");
-    if !flow::valid_return_to(route, return_to) {
-        return Err(bad_request(
-            "The page to return to does not belong to this application.",
-        ));
-    }
-    let nonce = params.get("nonce").unwrap_or("");
-    if !flow::valid_nonce(nonce) {
-        return Err(bad_request(
-            "This sign-in link is incomplete. Reload the application to sign in again.",
-        ));
-    }
-    let next = Continuation::AppSignIn {
-        route: route.name.clone(),
-        return_to: return_to.to_owned(),
-        nonce: nonce.to_owned(),
-    };
-    begin_or_continue(s, route, return_to, next, cookies)
-}
-
-/// With a live session at the issuer: continue at once. Otherwise a pending flow with the
-/// continuation, and the sign-in page (or the identity provider).
-fn begin_or_continue(
-    s: &AppState,
-    app: &RouteConfig,
-    url: &str,
-    next: Continuation,
-    cookies: BrowserCookies,
-) -> Result<Response> {
-    let config = s.config();
-    let now = s.now();
-    let browser = browser_binding(cookies.flow);
-    let flow_cookie = set_cookie(s, FLOW_COOKIE, &browser, FLOW_TTL);
-    if let Some(secret) = cookies.session {
-        if let Some(session) = s.store().session(&hash_secret(&secret), now)? {
-            if user_exists(s, &session.user)? {
-                let resp = continue_signed_in(s, next, &session, &hash_secret(&browser))?;
-                return Ok(with_cookie(resp, flow_cookie));
-            }
-        }
-    }
-    let pending = PendingFlow {
-        id: random_token(),
-        csrf: random_token(),
-        request: flow::stand_in_grant(app, url),
-        expires_at: now + FLOW_TTL,
-        browser: hash_secret(&browser),
-        user: None,
-        next: Some(next),
-    };
-    store_flow(s, &pending)?;
-    if s.oidc().is_some() && config.identity_provider.local.users.is_empty() {
-        return Ok(with_cookie(
-            redirect(&idp_start_url(s, &pending)),
-            flow_cookie,
-        ));
-    }
-    let resp = sign_in_page(s, StatusCode::OK, &pending, &app.name, "", None);
-    Ok(with_cookie(resp, flow_cookie))
-}
-
-/// The user is signed in (session `session`, in the browser whose binding hashes to
-/// `browser_hash`): finish the app sign-in or the connect.
-pub(super) fn continue_signed_in(
-    s: &AppState,
-    next: Continuation,
-    session: &Session,
-    browser_hash: &str,
-) -> Result<Response> {
-    let config = s.config();
-    let store = s.store().as_ref();
-    let now = s.now();
-    let user = identity::resolve(config, store, &session.user)?.ok_or_else(expired_page)?;
-    match next {
-        Continuation::AppSignIn {
-            route,
-            return_to,
-            nonce,
-        } => {
-            let app = config.client_route(&route).ok_or_else(expired_page)?;
-            if !flow::app_allows(config, app, &user, &session.sid) {
-                tracing::info!(route = %app.name, sub = %user.sub, "app sign-in refused by the route's policy");
-                return Err(Error::page(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "You are signed in as {}, but you are not allowed to use {}. Ask your administrator for access.",
-                        user.email, app.name
-                    ),
-                ));
-            }
-            let url = flow::issue_code(store, app, session, &return_to, &nonce, now)?;
-            tracing::info!(route = %app.name, sub = %user.sub, "app sign-in: code issued");
-            Ok(redirect(&url))
-        }
-        Continuation::Connect {
-            route,
-            redirect_url,
-        } => {
-            let app = flow::connect_redirect_route(config, &redirect_url)
-                .ok_or_else(|| bad_request("The page to return to is not allowed."))?;
-            let server = config
-                .server_routes()
-                .find(|r| r.name == route)
-                .ok_or_else(|| bad_request("This MCP server is not known to the gateway."))?;
-            let claims = flow::policy_claims(
-                config,
-                &user,
-                &server.resource(),
-                &flow::app_client_id(&app.name),
-                &session.sid,
-            );
-            if !flow::route_allows(server, &claims, Some("initialize")) {
-                return Err(Error::page(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "You are signed in as {}, but you are not allowed to use {}.",
-                        user.email, server.name
-                    ),
-                ));
-            }
-            if server.upstream_oauth2().is_none()
-                || s.vault().holds_usable(&session.user, &server.name, now)?
-            {
-                return Ok(redirect(&redirect_url));
-            }
-            let url = s
-                .vault()
-                .begin(
-                    &server.name,
-                    flow::stand_in_grant(app, &redirect_url),
-                    &session.user,
-                    &session.sid,
-                    browser_hash,
-                    s.pending_limit(),
-                    Some(redirect_url.clone()),
-                )?
-                .ok_or_else(pending_full)?;
-            tracing::info!(sub = %user.sub, route = %server.name, "connecting the upstream account for an app");
-            Ok(redirect(&url))
-        }
-    }
-}
-
+/// `GET /mcp/connect?route=&redirect_url=` (`flows::app_sign_in::connect`).
 pub(super) async fn connect(
     State(s): State<AppState>,
     ClientAddr(client): ClientAddr,
@@ -209,28 +68,7 @@ pub(super) async fn connect(
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     admit_new_flow(&s, client)?;
-    browser_query(s, &headers, query, connect_blocking).await
-}
-
-fn connect_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Result<Response> {
-    let config = s.config();
-    let redirect_url = params.get("redirect_url").unwrap_or("");
-    // Never a redirect to anywhere else: this cannot become an open redirect.
-    let Some(app) = flow::connect_redirect_route(config, redirect_url) else {
-        tracing::info!("connect refused: redirect_url is not on an mcp: client route");
-        return Err(bad_request(
-            "redirect_url must be a page of an application behind the gateway.",
-        ));
-    };
-    let route = params
-        .get("route")
-        .and_then(|r| config.server_routes().find(|x| x.name == r))
-        .ok_or_else(|| bad_request("This MCP server is not known to the gateway."))?;
-    let next = Continuation::Connect {
-        route: route.name.clone(),
-        redirect_url: redirect_url.to_owned(),
-    };
-    begin_or_continue(s, app, redirect_url, next, cookies)
+    run(s, &headers, query_params(query), app_sign_in::connect).await
 }
 
 /// `/.warden/mcp/connect` on any host: the issuer's connect, same query. Without `route`
