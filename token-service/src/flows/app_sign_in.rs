@@ -11,7 +11,7 @@ use super::browser::{
 use super::hash_secret;
 use crate::config::RouteConfig;
 use crate::identity;
-use crate::store::{Continuation, Session};
+use crate::store::{Continuation, Session, Store};
 
 /// `GET /app/sign-in?route=&return_to=&nonce=`: the filter sends a browser without an app
 /// session here.
@@ -164,6 +164,70 @@ pub(super) fn continue_signed_in(
     }
 }
 
+/// Where an app's sign-out leaves the issuer's sign-in session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignOut {
+    /// The sign-in session ended (the browser forgets its cookie).
+    SignedOut,
+    /// A live session and no proof the user asked: the sign-out form, with its CSRF token.
+    Confirm { csrf: String },
+    /// No live session: nothing to end.
+    NotSignedIn,
+    /// The form did not come from our sign-out page (CSRF token, origin): nothing ends.
+    NotConfirmed,
+}
+
+/// After an app's sign-out (the filter ended the app session). With the filter's `ticket`
+/// (proof that the sign-out was asked for on the app's own page), the sign-in session ends
+/// too, and every other app session of it; without one this is a page any site could send a
+/// browser to, so it only asks.
+pub fn signed_out(
+    store: &dyn Store,
+    key: &flow::SignOutKey,
+    ticket: Option<&str>,
+    session: Option<String>,
+    now: i64,
+) -> anyhow::Result<SignOut> {
+    if let Some(sid) = ticket.and_then(|t| key.ticket_sid(t, now)) {
+        if store.revoke_sid(&sid, now)? {
+            tracing::info!(sid = %sid, "signed out");
+        }
+        return Ok(SignOut::SignedOut);
+    }
+    let live = match session {
+        Some(secret) => store.session(&hash_secret(&secret), now)?.map(|_| secret),
+        None => None,
+    };
+    Ok(match live {
+        Some(secret) => SignOut::Confirm {
+            csrf: key.csrf(&secret),
+        },
+        None => SignOut::NotSignedIn,
+    })
+}
+
+/// The sign-out form: ends the sign-in session of the browser that shows the CSRF token
+/// bound to its session cookie, posted from our own origin.
+pub fn sign_out_confirmed(
+    store: &dyn Store,
+    key: &flow::SignOutKey,
+    csrf: &str,
+    session: Option<String>,
+    same_origin: bool,
+    now: i64,
+) -> anyhow::Result<SignOut> {
+    let valid = session.as_deref().is_some_and(|secret| {
+        super::constant_time_eq(key.csrf(secret).as_bytes(), csrf.as_bytes())
+    });
+    let Some(secret) = session.filter(|_| valid && same_origin) else {
+        return Ok(SignOut::NotConfirmed);
+    };
+    if let Some(sid) = store.revoke_session(&hash_secret(&secret), now)? {
+        tracing::info!(sid = %sid, "signed out");
+    }
+    Ok(SignOut::SignedOut)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
@@ -173,6 +237,7 @@ mod tests {
     use crate::flows::browser::{binding, SignInPrompt, Step};
     use crate::flows::random_token;
     use crate::flows::sign_in::{login_begin, login_finish};
+    use crate::store::Store;
 
     const NONCE: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const PAGE: &str = "https://app.example.com/ui/page";
@@ -314,5 +379,43 @@ mod tests {
             continue_signed_in(&b, next, &session, &random_token()),
             Err(Halt::Refused(Refusal::ReturnNotAllowed))
         ));
+    }
+
+    #[test]
+    fn a_sign_out_ends_the_session_with_a_ticket_or_a_confirmed_form_only() {
+        let svc = Service::new();
+        let store = svc.store.as_ref();
+        let key = flow::SignOutKey::derive("credential-of-at-least-thirty-two-chars");
+        let alice = svc.session_of(EMAIL);
+        let sid = store
+            .session(&hash_secret(&alice), NOW)
+            .unwrap()
+            .unwrap()
+            .sid;
+        let out = |ticket: Option<&str>, session: Option<&str>| {
+            signed_out(store, &key, ticket, session.map(str::to_owned), NOW).unwrap()
+        };
+        // No ticket (or a forged one): only asked.
+        let csrf = key.csrf(&alice);
+        assert_eq!(
+            out(Some("forged"), Some(&alice)),
+            SignOut::Confirm { csrf: csrf.clone() }
+        );
+        assert_eq!(out(None, None), SignOut::NotSignedIn);
+        // The form, from elsewhere or with another token: nothing ends.
+        let confirm = |csrf: &str, same_origin: bool| {
+            sign_out_confirmed(store, &key, csrf, Some(alice.clone()), same_origin, NOW).unwrap()
+        };
+        assert_eq!(confirm("forged", true), SignOut::NotConfirmed);
+        assert_eq!(confirm(&csrf, false), SignOut::NotConfirmed);
+        assert!(store.session_live(&sid, NOW).unwrap());
+        assert_eq!(confirm(&csrf, true), SignOut::SignedOut);
+        assert!(!store.session_live(&sid, NOW).unwrap());
+        assert_eq!(out(None, Some(&alice)), SignOut::NotSignedIn);
+        // The filter's ticket ends the session at once.
+        let bob = svc.session_of(BOB);
+        let sid = store.session(&hash_secret(&bob), NOW).unwrap().unwrap().sid;
+        assert_eq!(out(Some(&key.ticket(&sid, NOW)), None), SignOut::SignedOut);
+        assert!(!store.session_live(&sid, NOW).unwrap());
     }
 }

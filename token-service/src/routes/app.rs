@@ -26,8 +26,8 @@ use super::http::{
 };
 use crate::error::{Error, Result};
 use crate::flows::app as flow;
+use crate::flows::app_sign_in::{self, SignOut};
 use crate::flows::authorize::Params;
-use crate::flows::{app_sign_in, constant_time_eq, hash_secret};
 use crate::html;
 use crate::AppState;
 
@@ -224,11 +224,9 @@ async fn disconnect(
     ))
 }
 
-/// After an app's sign-out (the filter ended the app session and cleared its cookie). With
-/// the filter's ticket (proof that the sign-out was asked for on the app's own page), the
-/// sign-in session at the issuer ends too, so the next visit signs in again rather than
-/// silently, and every other app session of that sign-in with it. Without one this is a
-/// page any site could send a browser to: it only asks, with a form (`signed_out_post`).
+/// After an app's sign-out (`flows::app_sign_in::signed_out`): with the filter's ticket
+/// the sign-in session ends; without, the browser is only asked, with a form
+/// (`signed_out_post`).
 pub(super) async fn signed_out(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -238,42 +236,19 @@ pub(super) async fn signed_out(
         .as_deref()
         .and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "ticket"))
         .map(|(_, v)| v.into_owned());
-    let now = s.now();
-    if let Some(sid) = ticket.and_then(|t| s.sign_out_key().ticket_sid(&t, now)) {
-        let ended = {
-            let sid = sid.clone();
-            s.blocking(move |st| Ok(st.store().revoke_sid(&sid, st.now())?))
-                .await?
-        };
-        if ended {
-            tracing::info!(sid = %sid, "signed out");
-        }
-        return Ok(signed_out_page(&s));
-    }
-    let live = match cookie_value(&s, &headers, SESSION_COOKIE) {
-        Some(secret) => {
-            let hash = hash_secret(&secret);
-            let session = s
-                .blocking(move |st| Ok(st.store().session(&hash, st.now())?))
-                .await?;
-            session.map(|_| secret)
-        }
-        None => None,
-    };
-    Ok(match live {
-        Some(secret) => html::sign_out_form(
-            &format!(
-                "{}{SIGNED_OUT_PATH}",
-                issuer_path(&s.config().authorization_server.issuer)
-            ),
-            &s.sign_out_key().csrf(&secret),
-        ),
-        None => html::info_page(
-            StatusCode::OK,
-            "Signed out",
-            "You are signed out. Close this window, or return to the application to sign in again.",
-        ),
-    })
+    let session = cookie_value(&s, &headers, SESSION_COOKIE);
+    let out = s
+        .blocking(move |st| {
+            Ok(app_sign_in::signed_out(
+                st.store().as_ref(),
+                st.sign_out_key(),
+                ticket.as_deref(),
+                session,
+                st.now(),
+            )?)
+        })
+        .await?;
+    Ok(sign_out_page(&s, out))
 }
 
 #[derive(serde::Deserialize)]
@@ -282,9 +257,8 @@ pub(super) struct SignOutForm {
     csrf: String,
 }
 
-/// The issuer's sign-out form: ends the sign-in session of the browser that shows the CSRF
-/// token bound to its session cookie (no other site can, and none can send the cookie
-/// cross-site with a `POST` anyway).
+/// The issuer's sign-out form (`flows::app_sign_in::sign_out_confirmed`). No other site can
+/// show the CSRF token, and none can send the cookie cross-site with a `POST` anyway.
 pub(super) async fn signed_out_post(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -294,38 +268,48 @@ pub(super) async fn signed_out_post(
         let issuer = &s.config().authorization_server.issuer;
         issuer[..issuer.len() - issuer_path(issuer).len()].to_owned()
     };
-    let foreign_origin = headers
+    let same_origin = headers
         .get(header::ORIGIN)
-        .is_some_and(|o| o.as_bytes() != issuer_origin.as_bytes());
-    let secret = cookie_value(&s, &headers, SESSION_COOKIE);
-    let valid = secret.as_deref().is_some_and(|secret| {
-        constant_time_eq(
-            s.sign_out_key().csrf(secret).as_bytes(),
-            form.csrf.as_bytes(),
+        .is_none_or(|o| o.as_bytes() == issuer_origin.as_bytes());
+    let session = cookie_value(&s, &headers, SESSION_COOKIE);
+    let out = s
+        .blocking(move |st| {
+            Ok(app_sign_in::sign_out_confirmed(
+                st.store().as_ref(),
+                st.sign_out_key(),
+                &form.csrf,
+                session,
+                same_origin,
+                st.now(),
+            )?)
+        })
+        .await?;
+    Ok(sign_out_page(&s, out))
+}
+
+fn sign_out_page(s: &AppState, out: SignOut) -> Response {
+    let signed_out = || {
+        html::info_page(
+            StatusCode::OK,
+            "Signed out",
+            "You are signed out. Close this window, or return to the application to sign in again.",
         )
-    });
-    let Some(secret) = secret.filter(|_| valid && !foreign_origin) else {
-        return Ok(html::info_page(
+    };
+    match out {
+        // The browser forgets the session cookie.
+        SignOut::SignedOut => with_cookie(signed_out(), set_cookie(s, SESSION_COOKIE, "", 0)),
+        SignOut::Confirm { csrf } => html::sign_out_form(
+            &format!(
+                "{}{SIGNED_OUT_PATH}",
+                issuer_path(&s.config().authorization_server.issuer)
+            ),
+            &csrf,
+        ),
+        SignOut::NotSignedIn => signed_out(),
+        SignOut::NotConfirmed => html::info_page(
             StatusCode::FORBIDDEN,
             "Not signed out",
             "This sign-out did not come from this sign-out page. Open it again and use its button.",
-        ));
-    };
-    let sid = s
-        .blocking(move |st| Ok(st.store().revoke_session(&hash_secret(&secret), st.now())?))
-        .await?;
-    if let Some(sid) = sid {
-        tracing::info!(sid = %sid, "signed out");
+        ),
     }
-    Ok(signed_out_page(&s))
-}
-
-fn signed_out_page(s: &AppState) -> Response {
-    let resp = html::info_page(
-        StatusCode::OK,
-        "Signed out",
-        "You are signed out. Close this window, or return to the application to sign in again.",
-    );
-    // The browser forgets the session cookie.
-    with_cookie(resp, set_cookie(s, SESSION_COOKIE, "", 0))
 }
