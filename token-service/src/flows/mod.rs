@@ -2,12 +2,17 @@
 //! Handlers in `routes.rs` parse the request, call into here, and render the outcome.
 
 pub mod app;
+pub mod app_sign_in;
 pub mod authorize;
+pub mod browser;
 pub mod consent;
+pub mod idp;
 pub mod login;
 pub mod pkce;
 pub mod register;
+pub mod sign_in;
 pub mod token;
+pub mod upstream;
 
 // The leaves these moved to; re-exported so `flows::x` callers keep compiling.
 pub use crate::clock::now_unix;

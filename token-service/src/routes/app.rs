@@ -9,17 +9,27 @@
 //!   `POST /.warden/mcp/disconnect` (bearer TE), `GET /.warden/mcp/connect` (redirects to the
 //!   issuer's), and the same under `/.pomerium/mcp/`.
 
+use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use url::Url;
 
-use super::*;
-use crate::config::RouteConfig;
+use super::answer::run;
+use super::http::{
+    admit_new_flow, cookie_value, cors, issuer_path, no_store, query_params, redirect, set_cookie,
+    with_cookie, ClientAddr, SESSION_COOKIE,
+};
+use crate::error::{Error, Result};
 use crate::flows::app as flow;
-use crate::store::Continuation;
+use crate::flows::app_sign_in::{self, SignOut};
+use crate::flows::authorize::Params;
+use crate::html;
+use crate::AppState;
 
 pub(super) const SIGN_IN_PATH: &str = "/app/sign-in";
 pub(super) const CONNECT_PATH: &str = "/mcp/connect";
@@ -39,10 +49,7 @@ pub(super) fn gateway_paths() -> Router<AppState> {
     r.layer(middleware::from_fn(cors))
 }
 
-fn bad_request(message: &str) -> Error {
-    Error::page(StatusCode::BAD_REQUEST, message)
-}
-
+/// `GET /app/sign-in?route=&return_to=&nonce=` (`flows::app_sign_in::sign_in`).
 pub(super) async fn sign_in(
     State(s): State<AppState>,
     ClientAddr(client): ClientAddr,
@@ -50,158 +57,10 @@ pub(super) async fn sign_in(
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     admit_new_flow(&s, client)?;
-    browser_query(s, &headers, query, sign_in_blocking).await
+    run(s, &headers, query_params(query), app_sign_in::sign_in).await
 }
 
-fn sign_in_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Result<Response> {
-    let config = s.config();
-    let route = params
-        .get("route")
-        .and_then(|r| config.client_route(r))
-        .ok_or_else(|| bad_request("This application is not known to the gateway."))?;
-    let return_to = params.get("return_to").unwrap_or("");
-    if !flow::valid_return_to(route, return_to) {
-        return Err(bad_request(
-            "The page to return to does not belong to this application.",
-        ));
-    }
-    let nonce = params.get("nonce").unwrap_or("");
-    if !flow::valid_nonce(nonce) {
-        return Err(bad_request(
-            "This sign-in link is incomplete. Reload the application to sign in again.",
-        ));
-    }
-    let next = Continuation::AppSignIn {
-        route: route.name.clone(),
-        return_to: return_to.to_owned(),
-        nonce: nonce.to_owned(),
-    };
-    begin_or_continue(s, route, return_to, next, cookies)
-}
-
-/// With a live session at the issuer: continue at once. Otherwise a pending flow with the
-/// continuation, and the sign-in page (or the identity provider).
-fn begin_or_continue(
-    s: &AppState,
-    app: &RouteConfig,
-    url: &str,
-    next: Continuation,
-    cookies: BrowserCookies,
-) -> Result<Response> {
-    let config = s.config();
-    let now = s.now();
-    let browser = browser_binding(cookies.flow);
-    let flow_cookie = set_cookie(s, FLOW_COOKIE, &browser, FLOW_TTL);
-    if let Some(secret) = cookies.session {
-        if let Some(session) = s.store().session(&hash_secret(&secret), now)? {
-            if user_exists(s, &session.user)? {
-                let resp = continue_signed_in(s, next, &session, &hash_secret(&browser))?;
-                return Ok(with_cookie(resp, flow_cookie));
-            }
-        }
-    }
-    let pending = PendingFlow {
-        id: random_token(),
-        csrf: random_token(),
-        request: flow::stand_in_grant(app, url),
-        expires_at: now + FLOW_TTL,
-        browser: hash_secret(&browser),
-        user: None,
-        next: Some(next),
-    };
-    store_flow(s, &pending)?;
-    if s.oidc().is_some() && config.identity_provider.local.users.is_empty() {
-        return Ok(with_cookie(
-            redirect(&idp_start_url(s, &pending)),
-            flow_cookie,
-        ));
-    }
-    let resp = sign_in_page(s, StatusCode::OK, &pending, &app.name, "", None);
-    Ok(with_cookie(resp, flow_cookie))
-}
-
-/// The user is signed in (session `session`, in the browser whose binding hashes to
-/// `browser_hash`): finish the app sign-in or the connect.
-pub(super) fn continue_signed_in(
-    s: &AppState,
-    next: Continuation,
-    session: &Session,
-    browser_hash: &str,
-) -> Result<Response> {
-    let config = s.config();
-    let store = s.store().as_ref();
-    let now = s.now();
-    let user = identity::resolve(config, store, &session.user)?.ok_or_else(expired_page)?;
-    match next {
-        Continuation::AppSignIn {
-            route,
-            return_to,
-            nonce,
-        } => {
-            let app = config.client_route(&route).ok_or_else(expired_page)?;
-            if !flow::app_allows(config, app, &user, &session.sid) {
-                tracing::info!(route = %app.name, sub = %user.sub, "app sign-in refused by the route's policy");
-                return Err(Error::page(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "You are signed in as {}, but you are not allowed to use {}. Ask your administrator for access.",
-                        user.email, app.name
-                    ),
-                ));
-            }
-            let url = flow::issue_code(store, app, session, &return_to, &nonce, now)?;
-            tracing::info!(route = %app.name, sub = %user.sub, "app sign-in: code issued");
-            Ok(redirect(&url))
-        }
-        Continuation::Connect {
-            route,
-            redirect_url,
-        } => {
-            let app = flow::connect_redirect_route(config, &redirect_url)
-                .ok_or_else(|| bad_request("The page to return to is not allowed."))?;
-            let server = config
-                .server_routes()
-                .find(|r| r.name == route)
-                .ok_or_else(|| bad_request("This MCP server is not known to the gateway."))?;
-            let claims = flow::policy_claims(
-                config,
-                &user,
-                &server.resource(),
-                &flow::app_client_id(&app.name),
-                &session.sid,
-            );
-            if !flow::route_allows(server, &claims, Some("initialize")) {
-                return Err(Error::page(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "You are signed in as {}, but you are not allowed to use {}.",
-                        user.email, server.name
-                    ),
-                ));
-            }
-            if server.upstream_oauth2().is_none()
-                || s.vault().holds_usable(&session.user, &server.name, now)?
-            {
-                return Ok(redirect(&redirect_url));
-            }
-            let url = s
-                .vault()
-                .begin(
-                    &server.name,
-                    flow::stand_in_grant(app, &redirect_url),
-                    &session.user,
-                    &session.sid,
-                    browser_hash,
-                    s.pending_limit(),
-                    Some(redirect_url.clone()),
-                )?
-                .ok_or_else(pending_full)?;
-            tracing::info!(sub = %user.sub, route = %server.name, "connecting the upstream account for an app");
-            Ok(redirect(&url))
-        }
-    }
-}
-
+/// `GET /mcp/connect?route=&redirect_url=` (`flows::app_sign_in::connect`).
 pub(super) async fn connect(
     State(s): State<AppState>,
     ClientAddr(client): ClientAddr,
@@ -209,28 +68,7 @@ pub(super) async fn connect(
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     admit_new_flow(&s, client)?;
-    browser_query(s, &headers, query, connect_blocking).await
-}
-
-fn connect_blocking(s: &AppState, params: Params, cookies: BrowserCookies) -> Result<Response> {
-    let config = s.config();
-    let redirect_url = params.get("redirect_url").unwrap_or("");
-    // Never a redirect to anywhere else: this cannot become an open redirect.
-    let Some(app) = flow::connect_redirect_route(config, redirect_url) else {
-        tracing::info!("connect refused: redirect_url is not on an mcp: client route");
-        return Err(bad_request(
-            "redirect_url must be a page of an application behind the gateway.",
-        ));
-    };
-    let route = params
-        .get("route")
-        .and_then(|r| config.server_routes().find(|x| x.name == r))
-        .ok_or_else(|| bad_request("This MCP server is not known to the gateway."))?;
-    let next = Continuation::Connect {
-        route: route.name.clone(),
-        redirect_url: redirect_url.to_owned(),
-    };
-    begin_or_continue(s, app, redirect_url, next, cookies)
+    run(s, &headers, query_params(query), app_sign_in::connect).await
 }
 
 /// `/.warden/mcp/connect` on any host: the issuer's connect, same query. Without `route`
@@ -386,11 +224,9 @@ async fn disconnect(
     ))
 }
 
-/// After an app's sign-out (the filter ended the app session and cleared its cookie). With
-/// the filter's ticket (proof that the sign-out was asked for on the app's own page), the
-/// sign-in session at the issuer ends too, so the next visit signs in again rather than
-/// silently, and every other app session of that sign-in with it. Without one this is a
-/// page any site could send a browser to: it only asks, with a form (`signed_out_post`).
+/// After an app's sign-out (`flows::app_sign_in::signed_out`): with the filter's ticket
+/// the sign-in session ends; without, the browser is only asked, with a form
+/// (`signed_out_post`).
 pub(super) async fn signed_out(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -400,42 +236,19 @@ pub(super) async fn signed_out(
         .as_deref()
         .and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "ticket"))
         .map(|(_, v)| v.into_owned());
-    let now = s.now();
-    if let Some(sid) = ticket.and_then(|t| s.sign_out_key().ticket_sid(&t, now)) {
-        let ended = {
-            let sid = sid.clone();
-            s.blocking(move |st| Ok(st.store().revoke_sid(&sid, st.now())?))
-                .await?
-        };
-        if ended {
-            tracing::info!(sid = %sid, "signed out");
-        }
-        return Ok(signed_out_page(&s));
-    }
-    let live = match cookie_value(&s, &headers, SESSION_COOKIE) {
-        Some(secret) => {
-            let hash = hash_secret(&secret);
-            let session = s
-                .blocking(move |st| Ok(st.store().session(&hash, st.now())?))
-                .await?;
-            session.map(|_| secret)
-        }
-        None => None,
-    };
-    Ok(match live {
-        Some(secret) => html::sign_out_form(
-            &format!(
-                "{}{SIGNED_OUT_PATH}",
-                issuer_path(&s.config().authorization_server.issuer)
-            ),
-            &s.sign_out_key().csrf(&secret),
-        ),
-        None => html::info_page(
-            StatusCode::OK,
-            "Signed out",
-            "You are signed out. Close this window, or return to the application to sign in again.",
-        ),
-    })
+    let session = cookie_value(&s, &headers, SESSION_COOKIE);
+    let out = s
+        .blocking(move |st| {
+            Ok(app_sign_in::signed_out(
+                st.store().as_ref(),
+                st.sign_out_key(),
+                ticket.as_deref(),
+                session,
+                st.now(),
+            )?)
+        })
+        .await?;
+    Ok(sign_out_page(&s, out))
 }
 
 #[derive(serde::Deserialize)]
@@ -444,9 +257,8 @@ pub(super) struct SignOutForm {
     csrf: String,
 }
 
-/// The issuer's sign-out form: ends the sign-in session of the browser that shows the CSRF
-/// token bound to its session cookie (no other site can, and none can send the cookie
-/// cross-site with a `POST` anyway).
+/// The issuer's sign-out form (`flows::app_sign_in::sign_out_confirmed`). No other site can
+/// show the CSRF token, and none can send the cookie cross-site with a `POST` anyway.
 pub(super) async fn signed_out_post(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -456,38 +268,48 @@ pub(super) async fn signed_out_post(
         let issuer = &s.config().authorization_server.issuer;
         issuer[..issuer.len() - issuer_path(issuer).len()].to_owned()
     };
-    let foreign_origin = headers
+    let same_origin = headers
         .get(header::ORIGIN)
-        .is_some_and(|o| o.as_bytes() != issuer_origin.as_bytes());
-    let secret = cookie_value(&s, &headers, SESSION_COOKIE);
-    let valid = secret.as_deref().is_some_and(|secret| {
-        constant_time_eq(
-            s.sign_out_key().csrf(secret).as_bytes(),
-            form.csrf.as_bytes(),
+        .is_none_or(|o| o.as_bytes() == issuer_origin.as_bytes());
+    let session = cookie_value(&s, &headers, SESSION_COOKIE);
+    let out = s
+        .blocking(move |st| {
+            Ok(app_sign_in::sign_out_confirmed(
+                st.store().as_ref(),
+                st.sign_out_key(),
+                &form.csrf,
+                session,
+                same_origin,
+                st.now(),
+            )?)
+        })
+        .await?;
+    Ok(sign_out_page(&s, out))
+}
+
+fn sign_out_page(s: &AppState, out: SignOut) -> Response {
+    let signed_out = || {
+        html::info_page(
+            StatusCode::OK,
+            "Signed out",
+            "You are signed out. Close this window, or return to the application to sign in again.",
         )
-    });
-    let Some(secret) = secret.filter(|_| valid && !foreign_origin) else {
-        return Ok(html::info_page(
+    };
+    match out {
+        // The browser forgets the session cookie.
+        SignOut::SignedOut => with_cookie(signed_out(), set_cookie(s, SESSION_COOKIE, "", 0)),
+        SignOut::Confirm { csrf } => html::sign_out_form(
+            &format!(
+                "{}{SIGNED_OUT_PATH}",
+                issuer_path(&s.config().authorization_server.issuer)
+            ),
+            &csrf,
+        ),
+        SignOut::NotSignedIn => signed_out(),
+        SignOut::NotConfirmed => html::info_page(
             StatusCode::FORBIDDEN,
             "Not signed out",
             "This sign-out did not come from this sign-out page. Open it again and use its button.",
-        ));
-    };
-    let sid = s
-        .blocking(move |st| Ok(st.store().revoke_session(&hash_secret(&secret), st.now())?))
-        .await?;
-    if let Some(sid) = sid {
-        tracing::info!(sid = %sid, "signed out");
+        ),
     }
-    Ok(signed_out_page(&s))
-}
-
-fn signed_out_page(s: &AppState) -> Response {
-    let resp = html::info_page(
-        StatusCode::OK,
-        "Signed out",
-        "You are signed out. Close this window, or return to the application to sign in again.",
-    );
-    // The browser forgets the session cookie.
-    with_cookie(resp, set_cookie(s, SESSION_COOKIE, "", 0))
 }

@@ -1,0 +1,72 @@
+//! The MCP client's front channel, in the browser: `GET /authorize`, the sign-in form
+//! (`POST /login`) and the consent form (`POST /consent`). The decisions are
+//! `flows::sign_in`'s.
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+
+use super::answer::{respond, run};
+use super::http::{
+    admit_new_flow, browser, browser_cookies, form_params, query_params, ClientAddr,
+};
+use crate::error::{Error, Result};
+use crate::flows::browser::Step;
+use crate::flows::{login, sign_in};
+use crate::AppState;
+
+pub(super) async fn authorize(
+    State(s): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    admit_new_flow(&s, client)?;
+    run(s, &headers, query_params(query), sign_in::authorize).await
+}
+
+pub(super) async fn login(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let form = form_params(&body);
+    let cookies = browser_cookies(&s, &headers);
+    let attempt = match s
+        .blocking(move |st| Ok(sign_in::login_begin(&browser(st), &form, cookies)?))
+        .await?
+    {
+        Step::Answer(answer) => return Ok(respond(&s, answer)),
+        Step::Next(attempt) => attempt,
+    };
+    // The check and its bookkeeping run to the end even if the browser goes away, so a
+    // reservation never outlives its attempt.
+    let task = tokio::spawn(async move {
+        let password = attempt.password.clone();
+        match s.authenticate(attempt.email.clone(), password).await {
+            Ok(user) => {
+                let answer = s
+                    .blocking(move |st| Ok(sign_in::login_finish(&browser(st), attempt, user)?))
+                    .await?;
+                Ok(respond(&s, answer))
+            }
+            Err(e) => {
+                let r = attempt.reservation;
+                s.blocking(move |st| Ok(login::abandoned(st.store().as_ref(), &r)?))
+                    .await?;
+                Err(e)
+            }
+        }
+    });
+    task.await
+        .map_err(|e| Error::Internal(anyhow::anyhow!("sign-in task failed: {e}")))?
+}
+
+pub(super) async fn consent(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    run(s, &headers, form_params(&body), sign_in::consent).await
+}

@@ -1,0 +1,51 @@
+//! Discovery: the authorization server's metadata (RFC 8414), its JWKS, and health.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::config::RegistrationMode;
+use crate::AppState;
+
+pub(super) async fn healthz() -> &'static str {
+    "ok"
+}
+
+pub(super) async fn metadata(State(s): State<AppState>) -> Response {
+    let c = s.config();
+    let iss = &c.authorization_server.issuer;
+    let mut metadata = serde_json::json!({
+        "issuer": iss,
+        "authorization_endpoint": format!("{iss}/authorize"),
+        "token_endpoint": format!("{iss}/token"),
+        "registration_endpoint": format!("{iss}/register"),
+        "revocation_endpoint": format!("{iss}/revoke"),
+        "revocation_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
+        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
+        "authorization_response_iss_parameter_supported": true,
+        "scopes_supported": c.scopes_supported(),
+        "client_id_metadata_document_supported": false,
+    });
+    // Closed registration is not advertised (RFC 8414: the endpoint is optional).
+    if c.authorization_server.registration.mode == RegistrationMode::Closed {
+        if let Some(m) = metadata.as_object_mut() {
+            m.remove("registration_endpoint");
+        }
+    }
+    Json(metadata).into_response()
+}
+
+pub(super) async fn jwks(State(s): State<AppState>) -> Response {
+    let mut resp = Json(s.keys().jwks()).into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=300"),
+    );
+    resp
+}

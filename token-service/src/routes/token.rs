@@ -1,0 +1,69 @@
+//! The client's back channel: `POST /token` and `POST /revoke`.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::http::{form_params, no_store};
+use crate::error::{Error, Result};
+use crate::flows::authorize::Params;
+use crate::flows::token::{self, ClientCredentials, TokenContext};
+use crate::AppState;
+
+/// The form body and the client credentials of a `/token` or `/revoke` request.
+fn client_request(headers: &HeaderMap, body: &[u8]) -> Result<(ClientCredentials, Params)> {
+    let basic = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(token::parse_basic) {
+            Some(b) => Some(b),
+            None => {
+                return Err(Error::invalid_client(
+                    "malformed Authorization header",
+                    true,
+                ))
+            }
+        },
+    };
+    let params = form_params(body);
+    let creds = ClientCredentials {
+        basic,
+        client_id: params.get("client_id").map(str::to_owned),
+        client_secret: params.get("client_secret").map(str::to_owned),
+    };
+    Ok((creds, params))
+}
+
+fn context(st: &AppState) -> TokenContext<'_> {
+    TokenContext {
+        config: st.config(),
+        keys: st.keys(),
+        store: st.store().as_ref(),
+        vault: st.vault(),
+        now: st.now(),
+    }
+}
+
+pub(super) async fn revoke(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let (creds, params) = client_request(&headers, &body)?;
+    s.blocking(move |st| token::revoke(&context(st), &creds, &params))
+        .await?;
+    Ok(no_store(StatusCode::OK.into_response()))
+}
+
+pub(super) async fn token(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let (creds, params) = client_request(&headers, &body)?;
+    let response = s
+        .blocking(move |st| token::token(&context(st), &creds, &params))
+        .await?;
+    Ok(no_store(Json(response).into_response()))
+}
