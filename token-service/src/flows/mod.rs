@@ -1,5 +1,5 @@
 //! OAuth logic without HTTP: request validation, PKCE, code and token issuance.
-//! Handlers in `routes.rs` parse the request, call into here, and render the outcome.
+//! Handlers in `routes/` parse the request, call into here, and render the outcome.
 
 pub mod app;
 pub mod app_sign_in;

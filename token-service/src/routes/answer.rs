@@ -18,7 +18,7 @@ use crate::flows::browser::{
 use crate::flows::login::DEVICE_TTL;
 use crate::html;
 use crate::oidc::IdpError;
-use crate::AppState;
+use crate::state::AppState;
 
 /// A pending flow's sign-in at the identity provider starts here (the sign-in page links it).
 pub(super) const IDP_START_PATH: &str = "/login/idp";

@@ -29,7 +29,7 @@ use crate::flows::app as flow;
 use crate::flows::app_sign_in::{self, SignOut};
 use crate::flows::authorize::Params;
 use crate::html;
-use crate::AppState;
+use crate::state::AppState;
 
 pub(super) const SIGN_IN_PATH: &str = "/app/sign-in";
 pub(super) const CONNECT_PATH: &str = "/mcp/connect";

@@ -14,7 +14,7 @@ use super::http::{
 use crate::error::{Error, Result};
 use crate::flows::browser::Step;
 use crate::flows::{login, sign_in};
-use crate::AppState;
+use crate::state::AppState;
 
 pub(super) async fn authorize(
     State(s): State<AppState>,

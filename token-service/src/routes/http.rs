@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::flows::authorize::Params;
 use crate::flows::browser::{Browser, Cookies};
 use crate::ratelimit::ClientKey;
-use crate::AppState;
+use crate::state::AppState;
 
 /// The sign-in session cookie (base name; `__Host-` is prefixed for an https issuer).
 pub(super) const SESSION_COOKIE: &str = "warden_session";

@@ -11,7 +11,7 @@ use super::http::{admit_new_flow, browser, browser_cookies, query_params, Client
 use crate::error::{Error, Result};
 use crate::flows::browser::Step;
 use crate::flows::idp;
-use crate::AppState;
+use crate::state::AppState;
 
 /// Both endpoints exist only with an identity provider.
 fn no_identity_provider() -> Error {

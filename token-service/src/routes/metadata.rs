@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::config::RegistrationMode;
-use crate::AppState;
+use crate::state::AppState;
 
 pub(super) async fn healthz() -> &'static str {
     "ok"

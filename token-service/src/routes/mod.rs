@@ -27,7 +27,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::AppState;
+use crate::state::AppState;
 
 const BODY_LIMIT: usize = 64 * 1024;
 

@@ -9,7 +9,7 @@ use axum::Json;
 use super::http::{no_store, ClientAddr};
 use crate::error::{Error, Result};
 use crate::flows;
-use crate::AppState;
+use crate::state::AppState;
 
 pub(super) async fn register(
     State(s): State<AppState>,

@@ -10,7 +10,7 @@ use super::http::{form_params, no_store};
 use crate::error::{Error, Result};
 use crate::flows::authorize::Params;
 use crate::flows::token::{self, ClientCredentials, TokenContext};
-use crate::AppState;
+use crate::state::AppState;
 
 /// The form body and the client credentials of a `/token` or `/revoke` request.
 fn client_request(headers: &HeaderMap, body: &[u8]) -> Result<(ClientCredentials, Params)> {

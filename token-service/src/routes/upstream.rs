@@ -10,7 +10,7 @@ use super::http::{browser, browser_cookies, query_params};
 use crate::error::Result;
 use crate::flows::browser::Step;
 use crate::flows::upstream;
-use crate::AppState;
+use crate::state::AppState;
 
 pub(super) async fn callback(
     State(s): State<AppState>,
