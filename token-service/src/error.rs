@@ -4,6 +4,8 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use crate::store::StoreError;
+
 #[derive(Debug)]
 pub enum Error {
     /// An OAuth error answered as JSON `{error, error_description}` (RFC 6749 §5.2, RFC 7591 §3.2.2).
@@ -93,6 +95,12 @@ impl From<anyhow::Error> for Error {
     }
 }
 
+impl From<crate::store::StoreError> for Error {
+    fn from(e: crate::store::StoreError) -> Self {
+        Error::Internal(e.into())
+    }
+}
+
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -177,6 +185,18 @@ impl IntoResponse for Error {
                 };
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                resp
+            }
+            Error::Internal(e) if StoreError::find(&e).is_some_and(StoreError::is_unavailable) => {
+                // Nothing the client did: a database that is down is a retry, not a bug.
+                tracing::warn!(error = %format!("{e:#}"), "store unavailable");
+                let mut resp = oauth_json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the service cannot reach its storage; try again in a moment",
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 resp
             }
             Error::Internal(e) => {

@@ -252,7 +252,7 @@ impl AppState {
             unused_client_ttl: secs(r.unused_client_ttl_seconds),
             idle_client_ttl: secs(r.idle_client_ttl_seconds),
         };
-        self.store().sweep(self.now(), &retention)
+        Ok(self.store().sweep(self.now(), &retention)?)
     }
 
     /// Runs store work (SQLite, argon2) on the blocking pool.

@@ -122,7 +122,7 @@ fn sample_refresh(hash: &str, grant: &str) -> warden_token_service::store::Refre
 
 #[test]
 fn a_second_redemption_of_a_code_revokes_the_first_ones_grant_in_the_same_step() {
-    use warden_token_service::store::{CodeLookup, Redemption, Store};
+    use warden_token_service::store::{CodeLookup, Codes, Redemption, Sessions};
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(&dir.path().join("w.db")).unwrap();
     s.insert_code("h", &sample_code()).unwrap();
@@ -155,7 +155,7 @@ fn a_second_redemption_of_a_code_revokes_the_first_ones_grant_in_the_same_step()
 
 #[test]
 fn a_refresh_token_of_a_revoked_grant_does_not_rotate() {
-    use warden_token_service::store::Store;
+    use warden_token_service::store::{Codes, Sessions};
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(&dir.path().join("w.db")).unwrap();
     s.insert_code("h", &sample_code()).unwrap();

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 use warden_token_service::store::{
-    AuthorizeGrant, PendingLimit, Reseal, SqliteStore, Store, UpstreamRecord,
+    AuthorizeGrant, PendingLimit, Reseal, SqliteStore, Store, UpstreamRecord, UpstreamTokens,
 };
 use warden_token_service::vault::Lookup;
 use warden_token_service::{AppState, Config};

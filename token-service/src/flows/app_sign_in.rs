@@ -237,7 +237,7 @@ mod tests {
     use crate::flows::browser::{binding, SignInPrompt, Step};
     use crate::flows::random_token;
     use crate::flows::sign_in::{login_begin, login_finish};
-    use crate::store::Store;
+    use crate::store::Sessions;
 
     const NONCE: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const PAGE: &str = "https://app.example.com/ui/page";

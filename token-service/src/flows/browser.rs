@@ -207,6 +207,12 @@ impl From<anyhow::Error> for Halt {
     }
 }
 
+impl From<crate::store::StoreError> for Halt {
+    fn from(e: crate::store::StoreError) -> Self {
+        Halt::Failed(e.into())
+    }
+}
+
 impl From<Refusal> for Halt {
     fn from(r: Refusal) -> Self {
         Halt::Refused(r)
@@ -327,7 +333,7 @@ pub(super) mod testing {
 
     use super::*;
     use crate::flows::authorize::Params;
-    use crate::store::{Session, SqliteStore};
+    use crate::store::{Session, Sessions, SqliteStore};
 
     pub const ISSUER: &str = "http://127.0.0.1:9100";
     pub const EMAIL: &str = "alice@example.com";
@@ -506,6 +512,7 @@ mod tests {
 
     use super::testing::*;
     use super::*;
+    use crate::store::SignIns;
 
     fn grant() -> AuthorizeGrant {
         AuthorizeGrant {

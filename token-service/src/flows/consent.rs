@@ -51,13 +51,13 @@ pub fn remember(
     let previous = store
         .consent(email, &grant.client_id, &grant.resource)?
         .unwrap_or_default();
-    store.record_consent(
+    Ok(store.record_consent(
         email,
         &grant.client_id,
         &grant.resource,
         &merge(&previous, &grant.scope),
         now,
-    )
+    )?)
 }
 
 /// The CSRF token of a consent form: bound to the pending flow (its secret) and to the

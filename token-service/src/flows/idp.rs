@@ -222,7 +222,7 @@ mod tests {
     use crate::flows::browser::testing::*;
     use crate::flows::browser::{binding, SetCookie};
     use crate::flows::sign_in;
-    use crate::store::Store;
+    use crate::store::SignIns;
 
     const SSO: &str = "Example SSO";
 

@@ -87,17 +87,17 @@ pub fn reserve(
 }
 
 pub fn failed(store: &dyn Store, r: &Reservation, now: i64) -> anyhow::Result<()> {
-    store.fail_login_attempt(r.id, now)
+    Ok(store.fail_login_attempt(r.id, now)?)
 }
 
 /// The password was right: the bucket's failures are forgotten.
 pub fn succeeded(store: &dyn Store, r: &Reservation) -> anyhow::Result<()> {
-    store.end_login_attempt(r.id, &r.bucket, true)
+    Ok(store.end_login_attempt(r.id, &r.bucket, true)?)
 }
 
 /// The attempt never reached a verdict (e.g. the service was too busy to check it).
 pub fn abandoned(store: &dyn Store, r: &Reservation) -> anyhow::Result<()> {
-    store.end_login_attempt(r.id, &r.bucket, false)
+    Ok(store.end_login_attempt(r.id, &r.bucket, false)?)
 }
 
 /// After a successful sign-in: a new device cookie for this browser and account (returned

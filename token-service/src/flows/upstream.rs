@@ -156,7 +156,7 @@ mod tests {
     use crate::flows::browser::binding;
     use crate::flows::browser::testing::*;
     use crate::flows::{app_sign_in, hash_secret, sign_in};
-    use crate::store::Store;
+    use crate::store::Sessions;
 
     const GH: &str = "http://127.0.0.1:9001/mcp";
     const PAGE: &str = "https://app.example.com/ui/page";

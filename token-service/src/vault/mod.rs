@@ -271,7 +271,7 @@ impl Vault {
 
     /// Takes the flow a callback's `state` names (single use). Blocking (store).
     pub fn take_flow(&self, state: &str, now: i64) -> anyhow::Result<Option<UpstreamFlow>> {
-        self.store.take_upstream_flow(&hash_secret(state), now)
+        Ok(self.store.take_upstream_flow(&hash_secret(state), now)?)
     }
 
     /// Exchanges the provider's code and stores the token: the user has (re)connected.
@@ -354,13 +354,13 @@ impl Vault {
 
     async fn db<T, F>(&self, f: F) -> anyhow::Result<T>
     where
-        F: FnOnce(&dyn Store) -> anyhow::Result<T> + Send + 'static,
+        F: FnOnce(&dyn Store) -> crate::store::Result<T> + Send + 'static,
         T: Send + 'static,
     {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
+        Ok(tokio::task::spawn_blocking(move || f(store.as_ref()))
             .await
-            .map_err(|e| anyhow::anyhow!("store task failed: {e}"))?
+            .map_err(|e| anyhow::anyhow!("store task failed: {e}"))??)
     }
 
     async fn read(&self, user: &str, route: &str) -> anyhow::Result<Option<UpstreamRecord>> {

@@ -1,0 +1,22 @@
+//! Authorization codes, redeemed once into a grant.
+
+use super::records::{AuthCode, CodeLookup, Grant, Redemption, RefreshToken};
+use super::Result;
+
+pub trait Codes {
+    fn insert_code(&self, code_hash: &str, code: &AuthCode) -> Result<()>;
+
+    /// The code and whether it was redeemed; changes nothing.
+    fn code(&self, code_hash: &str) -> Result<CodeLookup>;
+
+    /// Redeems a code in one transaction: marks it used and records what it produced, the
+    /// grant and its first refresh token (`None` burns the code after a failed check). A
+    /// code already used issues nothing, and the grant it produced is revoked in the same
+    /// transaction, so no presentation can slip between "used" and "what it produced".
+    fn redeem_code(
+        &self,
+        code_hash: &str,
+        issued: Option<(&Grant, Option<&RefreshToken>)>,
+        now: i64,
+    ) -> Result<Redemption>;
+}

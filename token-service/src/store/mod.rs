@@ -1,0 +1,60 @@
+//! Persistence. The `Store` is split by aggregate into traits, one file each (`clients`,
+//! `sign_ins`, `sessions` with grants, `codes`, `upstream`, `app_sessions`); the records
+//! they hold are in `records`, and every backend lives in a folder of its own with its
+//! migrations as versioned `.sql` files. Calls are synchronous: callers run them on the
+//! blocking pool. Codes, refresh tokens and session cookies are stored only as digests.
+
+mod app_sessions;
+mod clients;
+mod codes;
+mod error;
+mod records;
+mod sessions;
+mod sign_ins;
+pub mod sqlite;
+mod upstream;
+
+pub use app_sessions::AppSessions;
+pub use clients::Clients;
+pub use codes::Codes;
+pub use error::{Result, StoreError};
+pub use records::*;
+pub use sessions::Sessions;
+pub use sign_ins::SignIns;
+pub use sqlite::SqliteStore;
+pub use upstream::UpstreamTokens;
+
+/// Housekeeping across aggregates.
+pub trait Maintenance {
+    /// Deletes expired records, DCR clients included (per `retention`).
+    fn sweep(&self, now: i64, retention: &Retention) -> Result<()>;
+}
+
+/// Everything the token service keeps: one backend implements every aggregate.
+pub trait Store:
+    Clients
+    + SignIns
+    + Sessions
+    + Codes
+    + UpstreamTokens
+    + AppSessions
+    + Maintenance
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Store for T where
+    T: Clients
+        + SignIns
+        + Sessions
+        + Codes
+        + UpstreamTokens
+        + AppSessions
+        + Maintenance
+        + Send
+        + Sync
+        + 'static
+{
+}

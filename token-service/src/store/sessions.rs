@@ -1,0 +1,32 @@
+//! Sign-in sessions and the grants (refresh-token families) they led to.
+
+use super::records::{Grant, RefreshToken, Session};
+use super::Result;
+
+pub trait Sessions {
+    fn insert_session(&self, secret_hash: &str, session: &Session) -> Result<()>;
+
+    fn session(&self, secret_hash: &str, now: i64) -> Result<Option<Session>>;
+
+    /// Whether the session `sid` is unexpired and not revoked.
+    fn session_live(&self, sid: &str, now: i64) -> Result<bool>;
+
+    fn grant(&self, id: &str) -> Result<Option<Grant>>;
+
+    /// Revokes a grant: every refresh token of its family stops working.
+    fn revoke_grant(&self, id: &str, now: i64) -> Result<()>;
+
+    fn refresh_token(&self, token_hash: &str) -> Result<Option<RefreshToken>>;
+
+    /// Marks `old_hash` used and inserts `new` atomically; false when `old_hash` was
+    /// already used (a concurrent or replayed rotation) or its grant was revoked meanwhile.
+    fn rotate_refresh_token(&self, old_hash: &str, new: &RefreshToken, now: i64) -> Result<bool>;
+
+    /// Ends the sign-in session whose cookie hashes to `secret_hash` (sign-out), and every
+    /// app session bound to it; returns its `sid` when there was a live one.
+    fn revoke_session(&self, secret_hash: &str, now: i64) -> Result<Option<String>>;
+
+    /// Ends the sign-in session `sid` and every app session bound to it; false when it was
+    /// not live.
+    fn revoke_sid(&self, sid: &str, now: i64) -> Result<bool>;
+}

@@ -1,0 +1,133 @@
+//! Sessions on SQLite.
+
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+
+use super::{grant_from_row, SqliteStore};
+use crate::store::{Grant, RefreshToken, Result, Session, Sessions};
+
+impl Sessions for SqliteStore {
+    fn insert_session(&self, secret_hash: &str, s: &Session) -> Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO sessions (secret_hash, sid, email, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![secret_hash, s.sid, s.user, s.created_at, s.expires_at],
+        )?;
+        Ok(())
+    }
+
+    fn session(&self, secret_hash: &str, now: i64) -> Result<Option<Session>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT sid, email, created_at, expires_at FROM sessions
+                 WHERE secret_hash = ?1 AND expires_at > ?2 AND revoked_at IS NULL",
+                params![secret_hash, now],
+                |r| {
+                    Ok(Session {
+                        sid: r.get(0)?,
+                        user: r.get(1)?,
+                        created_at: r.get(2)?,
+                        expires_at: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn session_live(&self, sid: &str, now: i64) -> Result<bool> {
+        Ok(self.conn()?.query_row(
+            "SELECT EXISTS(SELECT 1 FROM sessions
+                 WHERE sid = ?1 AND expires_at > ?2 AND revoked_at IS NULL)",
+            params![sid, now],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn grant(&self, id: &str) -> Result<Option<Grant>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT id, client_id, email, sid, resource, scope, created_at, revoked_at FROM grants WHERE id = ?1",
+                [id],
+                grant_from_row,
+            )
+            .optional()?)
+    }
+
+    fn revoke_grant(&self, id: &str, now: i64) -> Result<()> {
+        self.conn()?.execute(
+            "UPDATE grants SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, now],
+        )?;
+        Ok(())
+    }
+
+    fn refresh_token(&self, token_hash: &str) -> Result<Option<RefreshToken>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT token_hash, grant_id, created_at, expires_at, used_at FROM refresh_tokens WHERE token_hash = ?1",
+                [token_hash],
+                |r| {
+                    Ok(RefreshToken {
+                        token_hash: r.get(0)?,
+                        grant_id: r.get(1)?,
+                        created_at: r.get(2)?,
+                        expires_at: r.get(3)?,
+                        used: r.get::<_, Option<i64>>(4)?.is_some(),
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn rotate_refresh_token(&self, old_hash: &str, new: &RefreshToken, now: i64) -> Result<bool> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE refresh_tokens SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL
+             AND EXISTS (SELECT 1 FROM grants g WHERE g.id = refresh_tokens.grant_id AND g.revoked_at IS NULL)",
+            params![old_hash, now],
+        )?;
+        if n != 1 {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO refresh_tokens (token_hash, grant_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![new.token_hash, new.grant_id, new.created_at, new.expires_at],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn revoke_session(&self, secret_hash: &str, now: i64) -> Result<Option<String>> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let sid: Option<String> = tx
+            .query_row(
+                "UPDATE sessions SET revoked_at = ?2
+                 WHERE secret_hash = ?1 AND revoked_at IS NULL AND expires_at > ?2
+                 RETURNING sid",
+                params![secret_hash, now],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(sid) = &sid {
+            tx.execute("DELETE FROM app_sessions WHERE sid = ?1", [sid])?;
+        }
+        tx.commit()?;
+        Ok(sid)
+    }
+
+    fn revoke_sid(&self, sid: &str, now: i64) -> Result<bool> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE sessions SET revoked_at = ?2
+             WHERE sid = ?1 AND revoked_at IS NULL AND expires_at > ?2",
+            params![sid, now],
+        )?;
+        tx.execute("DELETE FROM app_sessions WHERE sid = ?1", [sid])?;
+        tx.commit()?;
+        Ok(n == 1)
+    }
+}
