@@ -1,7 +1,7 @@
 //! Browser sign-in on `mcp: client` routes: one-time app codes and app sessions.
 
+use super::error::Result;
 use super::records::{AppCode, AppSession};
-use super::Result;
 
 pub trait AppSessions {
     fn insert_app_code(&self, code_hash: &str, code: &AppCode) -> Result<()>;

@@ -1,7 +1,7 @@
 //! DCR clients and the consents users gave them.
 
+use super::error::Result;
 use super::records::StoredClient;
-use super::Result;
 
 pub trait Clients {
     /// Stores a DCR client unless `max_unused` registered clients are still waiting for

@@ -1,7 +1,7 @@
 //! Authorization codes, redeemed once into a grant.
 
+use super::error::Result;
 use super::records::{AuthCode, CodeLookup, Grant, Redemption, RefreshToken};
-use super::Result;
 
 pub trait Codes {
     fn insert_code(&self, code_hash: &str, code: &AuthCode) -> Result<()>;

@@ -8,6 +8,7 @@ mod app_sessions;
 mod clients;
 mod codes;
 mod error;
+mod maintenance;
 mod records;
 mod sessions;
 mod sign_ins;
@@ -18,17 +19,12 @@ pub use app_sessions::AppSessions;
 pub use clients::Clients;
 pub use codes::Codes;
 pub use error::{Result, StoreError};
+pub use maintenance::Maintenance;
 pub use records::*;
 pub use sessions::Sessions;
 pub use sign_ins::SignIns;
 pub use sqlite::SqliteStore;
 pub use upstream::UpstreamTokens;
-
-/// Housekeeping across aggregates.
-pub trait Maintenance {
-    /// Deletes expired records, DCR clients included (per `retention`).
-    fn sweep(&self, now: i64, retention: &Retention) -> Result<()>;
-}
 
 /// Everything the token service keeps: one backend implements every aggregate.
 pub trait Store:

@@ -1,7 +1,7 @@
 //! Sign-in sessions and the grants (refresh-token families) they led to.
 
+use super::error::Result;
 use super::records::{Grant, RefreshToken, Session};
-use super::Result;
 
 pub trait Sessions {
     fn insert_session(&self, secret_hash: &str, session: &Session) -> Result<()>;

@@ -1,7 +1,7 @@
 //! Sign-ins in progress: pending authorization flows, the login throttle, device cookies, identity-provider sign-ins and their users.
 
+use super::error::Result;
 use super::records::{IdpLogin, IdpUserRecord, PendingFlow, PendingLimit};
-use super::Result;
 
 pub trait SignIns {
     /// Stores a flow unless the pending records are at `limit` (then `false`, nothing stored).

@@ -1,7 +1,7 @@
 //! Users' upstream provider tokens (sealed by the vault) and the consents in progress that obtain them.
 
+use super::error::Result;
 use super::records::{PendingLimit, Reseal, UpstreamFlow, UpstreamRecord};
-use super::Result;
 
 pub trait UpstreamTokens {
     fn upstream_token(&self, user: &str, route: &str) -> Result<Option<UpstreamRecord>>;

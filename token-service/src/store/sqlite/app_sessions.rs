@@ -4,7 +4,9 @@ use anyhow::Context;
 use rusqlite::{params, OptionalExtension};
 
 use super::SqliteStore;
-use crate::store::{AppCode, AppSession, AppSessions, Result};
+use crate::store::app_sessions::AppSessions;
+use crate::store::error::Result;
+use crate::store::records::{AppCode, AppSession};
 
 impl AppSessions for SqliteStore {
     fn insert_app_code(&self, code_hash: &str, code: &AppCode) -> Result<()> {

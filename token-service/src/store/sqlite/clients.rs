@@ -3,7 +3,9 @@
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::SqliteStore;
-use crate::store::{Clients, Result, StoredClient};
+use crate::store::clients::Clients;
+use crate::store::error::Result;
+use crate::store::records::StoredClient;
 
 impl Clients for SqliteStore {
     fn insert_client(&self, client: &StoredClient, max_unused: u64) -> Result<bool> {

@@ -3,7 +3,9 @@
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::SqliteStore;
-use crate::store::{AuthCode, CodeLookup, Codes, Grant, Redemption, RefreshToken, Result};
+use crate::store::codes::Codes;
+use crate::store::error::Result;
+use crate::store::records::{AuthCode, CodeLookup, Grant, Redemption, RefreshToken};
 
 impl Codes for SqliteStore {
     fn insert_code(&self, code_hash: &str, code: &AuthCode) -> Result<()> {

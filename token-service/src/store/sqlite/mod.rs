@@ -15,7 +15,9 @@ use std::sync::{Mutex, MutexGuard};
 use anyhow::Context;
 use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
 
-use super::{Grant, Maintenance, PendingLimit, Result, Retention, StoreError};
+use super::error::{Result, StoreError};
+use super::maintenance::Maintenance;
+use super::records::{Grant, PendingLimit, Retention};
 
 /// Ordered schema migrations; a version is applied once, recorded in `schema_migrations`.
 const MIGRATIONS: &[(i64, &str)] = &[

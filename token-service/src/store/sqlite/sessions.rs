@@ -3,7 +3,9 @@
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::{grant_from_row, SqliteStore};
-use crate::store::{Grant, RefreshToken, Result, Session, Sessions};
+use crate::store::error::Result;
+use crate::store::records::{Grant, RefreshToken, Session};
+use crate::store::sessions::Sessions;
 
 impl Sessions for SqliteStore {
     fn insert_session(&self, secret_hash: &str, s: &Session) -> Result<()> {

@@ -4,7 +4,9 @@ use anyhow::Context;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::SqliteStore;
-use crate::store::{IdpLogin, IdpUserRecord, PendingFlow, PendingLimit, Result, SignIns};
+use crate::store::error::Result;
+use crate::store::records::{IdpLogin, IdpUserRecord, PendingFlow, PendingLimit};
+use crate::store::sign_ins::SignIns;
 
 impl SignIns for SqliteStore {
     fn insert_flow(&self, flow: &PendingFlow, limit: PendingLimit) -> Result<bool> {

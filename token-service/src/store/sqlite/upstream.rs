@@ -4,9 +4,9 @@ use anyhow::Context;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::SqliteStore;
-use crate::store::{
-    IdpLogin, PendingLimit, Reseal, Result, UpstreamFlow, UpstreamRecord, UpstreamTokens,
-};
+use crate::store::error::Result;
+use crate::store::records::{IdpLogin, PendingLimit, Reseal, UpstreamFlow, UpstreamRecord};
+use crate::store::upstream::UpstreamTokens;
 
 impl UpstreamTokens for SqliteStore {
     fn upstream_token(&self, user: &str, route: &str) -> Result<Option<UpstreamRecord>> {
