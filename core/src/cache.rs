@@ -95,14 +95,16 @@ fn slot(token: &str) -> u64 {
 pub const REFRESH_MARGIN_SECONDS: i64 = 30;
 
 /// Whether a TI obtained at `issued_at` and expiring at `expires_at` (unix seconds) is due for
-/// renewal at `now`: from `expires_at - min(30, lifetime / 10)` on. Without an expiry, never.
+/// renewal at `now`: from `expires_at - min(30, ⌈lifetime / 10⌉)` on. Without an expiry, never.
 /// The filter stops using a cached TI at that point and the token service refreshes it then.
+/// The tenth is rounded up: rounded down, a token living under 10 s had no margin and was
+/// never due before it expired.
 pub fn refresh_due(issued_at: i64, expires_at: Option<i64>, now: i64) -> bool {
     let Some(expires_at) = expires_at else {
         return false;
     };
-    let lifetime = expires_at.saturating_sub(issued_at);
-    let margin = REFRESH_MARGIN_SECONDS.min(lifetime / 10).max(0);
+    let lifetime = expires_at.saturating_sub(issued_at).max(0);
+    let margin = REFRESH_MARGIN_SECONDS.min(lifetime.saturating_add(9) / 10);
     now >= expires_at.saturating_sub(margin)
 }
 

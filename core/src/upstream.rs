@@ -453,9 +453,14 @@ mod tests {
         // 300 s is where the two rules meet.
         assert!(!refresh_due(0, Some(300), 269));
         assert!(refresh_due(0, Some(300), 270));
-        // 5 s: the margin rounds down to nothing; due at expiry.
-        assert!(!refresh_due(0, Some(5), 4));
-        assert!(refresh_due(0, Some(5), 5));
+        // Under 10 s the tenth rounds up to a second: due before expiry, never only at it.
+        assert!(!refresh_due(0, Some(5), 3));
+        assert!(refresh_due(0, Some(5), 4));
+        assert!(!refresh_due(0, Some(9), 7));
+        assert!(refresh_due(0, Some(9), 8));
+        // 101 s: 10.1 rounds up to 11.
+        assert!(!refresh_due(0, Some(101), 89));
+        assert!(refresh_due(0, Some(101), 90));
     }
 
     #[test]

@@ -18,6 +18,8 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 use warden_token_service::config::Config;
+use warden_token_service::store::UpstreamTokens;
+use warden_token_service::AppState;
 
 const CLIENT_ID: &str = "warden-test";
 const CLIENT_SECRET: &str = "warden-test-secret";
@@ -130,6 +132,41 @@ impl Upstream {
             None,
         )
         .await
+    }
+
+    /// Another replica of this deployment: its own process state (vault, in-process refresh
+    /// gates) on the same database, keys and clock.
+    fn replica(&self) -> AppState {
+        let clock = self.env.clock.clone();
+        AppState::new(self.env.state.config().clone())
+            .unwrap()
+            .with_clock(std::sync::Arc::new(move || {
+                clock.load(std::sync::atomic::Ordering::SeqCst)
+            }))
+    }
+
+    /// A look-up on `replica`'s internal listener.
+    async fn lookup_on(&self, replica: &AppState) -> (StatusCode, Value) {
+        let path = "/internal/v1/upstream-token";
+        let body = json!({"sub": EMAIL, "route": "gh"}).to_string();
+        let authorization =
+            self.env
+                .internal_authorization(&self.credential, path, body.as_bytes());
+        let req = Request::post(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, authorization)
+            .body(Body::from(body))
+            .unwrap();
+        let resp = warden_token_service::internal::router(replica.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     /// Sign-in for the `gh` resource up to the redirect to the provider (consent approved);
@@ -890,4 +927,87 @@ async fn a_slow_provider_gets_one_refresh_however_many_lookups_arrive() {
     let (status, now) = u.lookup().await;
     assert_eq!(status, StatusCode::OK, "{now}");
     assert_ne!(now["access_token"], first["access_token"]);
+}
+
+/// Issue 18: two replicas on one database, look-ups for one grant arriving on both in every
+/// refresh window. Each window costs the provider exactly one refresh, and the provider never
+/// sees a rotated-out refresh token. Before the claim was tied to the row's version, a
+/// replica that read the row, waited, and claimed the lease the other had just released
+/// refreshed a second time with the refresh token the first had rotated out (about every
+/// other window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_refresh_a_grant_once_per_window_and_never_with_a_rotated_out_token() {
+    let u = Upstream::start(AuthStyle::Any, None).await;
+    u.sign_in("approve").await;
+    assert_eq!(u.lookup().await.0, StatusCode::OK);
+    let other = u.replica();
+    // A provider that takes a while widens the window in which both replicas race.
+    u.provider.hook("/_test/delay-token?ms=150").await;
+    let mut previous = String::new();
+    for window in 1..=8u64 {
+        u.env.advance(if window % 2 == 0 { 61 } else { 55 });
+        let here = (0..3).map(|_| u.lookup_on(&u.env.state));
+        let there = (0..3).map(|_| u.lookup_on(&other));
+        let answers = futures_util::future::join_all(here.chain(there)).await;
+        let mut tokens = std::collections::BTreeSet::new();
+        for (status, ti) in &answers {
+            assert_eq!(*status, StatusCode::OK, "window {window}: {ti}");
+            tokens.insert(ti["access_token"].as_str().unwrap().to_owned());
+        }
+        let stats = u.provider.stats().await;
+        assert_eq!(
+            stats["reuse_detected"], 0,
+            "window {window}: a rotated-out refresh token reached the provider: {stats}"
+        );
+        assert_eq!(
+            stats["refresh_token"], window,
+            "window {window}: one refresh per window across both replicas: {stats}"
+        );
+        // Every look-up got the one refreshed token (or, in a window where the old one
+        // still worked, possibly the old one), never an older one.
+        assert!(!tokens.contains(&previous), "window {window}: {tokens:?}");
+        previous = tokens.into_iter().next_back().unwrap_or_default();
+    }
+}
+
+/// Issue 18: a look-up that waited for another replica's lease to run out refreshes with the
+/// time of the provider's answer, not the time it started waiting (then the new TI would be
+/// stored as already partly spent, and due again at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_after_waiting_for_a_lease_is_stamped_with_the_time_it_was_issued() {
+    let u = Upstream::start(AuthStyle::Any, None).await;
+    u.sign_in("approve").await;
+    assert_eq!(u.lookup().await.0, StatusCode::OK);
+    u.env.advance(61);
+    let start = u.env.state.now();
+    // Another replica took the lease and died: it runs out 2 s from now.
+    let store = u.env.state.store().clone();
+    let row = store.upstream_token(EMAIL, "gh").unwrap().unwrap();
+    assert!(store
+        .claim_upstream_refresh(EMAIL, "gh", row.version, start, start + 2)
+        .unwrap());
+    let other = u.replica();
+    let lookup = u.lookup_on(&other);
+    let (status, ti) = tokio::time::timeout(Duration::from_secs(10), lookup)
+        .await
+        .unwrap_or((StatusCode::GATEWAY_TIMEOUT, Value::Null));
+    // The caller may have given up (patience 1.5 s); the refresh goes on and is stored.
+    if status != StatusCode::OK {
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ti}");
+    }
+    let mut stored = store.upstream_token(EMAIL, "gh").unwrap().unwrap();
+    for _ in 0..50 {
+        if stored.version != row.version {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stored = store.upstream_token(EMAIL, "gh").unwrap().unwrap();
+    }
+    assert_ne!(stored.version, row.version, "the waiting replica refreshed");
+    assert!(
+        stored.issued_at >= start + 2,
+        "issued at {} although the refresh happened at least 2 s after {start}",
+        stored.issued_at
+    );
+    assert_eq!(u.provider.stats().await["refresh_token"], 1);
 }

@@ -9,10 +9,18 @@ pub trait UpstreamTokens {
     /// Writes the whole row (tokens, times, scopes), ending any refresh lease on it.
     fn put_upstream_token(&self, record: &UpstreamRecord) -> Result<()>;
 
-    /// Takes the row's refresh lease until `until` unless another holder's lease runs past
-    /// `now`: one refresh per grant, across every replica sharing the database.
-    fn claim_upstream_refresh(&self, user: &str, route: &str, now: i64, until: i64)
-        -> Result<bool>;
+    /// Takes the row's refresh lease until `until` if the row is still at `version` (the one
+    /// the caller read and will refresh) and no other holder's lease runs past `now`: one
+    /// refresh per grant across every replica sharing the database, and never one with a
+    /// refresh token another holder has rotated out meanwhile.
+    fn claim_upstream_refresh(
+        &self,
+        user: &str,
+        route: &str,
+        version: i64,
+        now: i64,
+        until: i64,
+    ) -> Result<bool>;
 
     /// Stores a refresh's tokens (access and refresh token, `issued_at`, `expires_at`,
     /// `scope` of `record`) and ends the lease, if the row is still at `version` (the one

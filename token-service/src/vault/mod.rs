@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::digest::{constant_time_eq, hash_secret};
@@ -39,6 +39,11 @@ pub const REFUSAL_HOLD: i64 = 600;
 /// has expired; both below the filter's call-out timeout (2 s as rendered).
 const PATIENCE_WHILE_VALID: Duration = Duration::from_millis(1_000);
 const PATIENCE_WHEN_EXPIRED: Duration = Duration::from_millis(1_500);
+
+/// `now` moved on by the time since `started`, in whole seconds.
+fn elapsed_from(now: i64, started: Instant) -> i64 {
+    now.saturating_add(i64::try_from(started.elapsed().as_secs()).unwrap_or(i64::MAX))
+}
 
 fn slow_provider() -> Lookup {
     Lookup::Unavailable("the provider is slow to refresh the token".into())
@@ -376,6 +381,9 @@ impl Vault {
         route: &str,
         now: i64,
     ) -> anyhow::Result<Lookup> {
+        // `now` is the request's time; a look-up that waits (for this process's refresh, or
+        // another replica's lease) reads the time on from here.
+        let started = Instant::now();
         if self.provider(route).is_none() {
             return Ok(Lookup::NoToken);
         }
@@ -416,7 +424,7 @@ impl Vault {
         let this = Arc::clone(self);
         let (u, r) = (user.to_owned(), route.to_owned());
         let refresh = tokio::spawn(async move {
-            let outcome = this.refresh_locked(&u, &r, now).await;
+            let outcome = this.refresh_locked(&u, &r, now, started).await;
             drop(turn);
             this.forget_gate(&u, &r, gate);
             outcome
@@ -450,38 +458,49 @@ impl Vault {
         None
     }
 
-    async fn refresh_locked(&self, user: &str, route: &str, now: i64) -> anyhow::Result<Lookup> {
-        let mut waited = 0;
+    async fn refresh_locked(
+        &self,
+        user: &str,
+        route: &str,
+        now: i64,
+        started: Instant,
+    ) -> anyhow::Result<Lookup> {
         loop {
+            let at = elapsed_from(now, started);
             // Another task or replica may have refreshed while we waited for our turn.
             let Some(row) = self.read(user, route).await? else {
                 return Ok(Lookup::NoToken);
             };
-            if let Some(found) = self.usable_now(&row, now) {
+            if let Some(found) = self.usable_now(&row, at) {
                 return Ok(found);
             }
             let Some(refresh_token) = self.open_refresh(&row) else {
-                return Ok(self.still_valid(&row, now).unwrap_or(Lookup::NoToken));
+                return Ok(self.still_valid(&row, at).unwrap_or(Lookup::NoToken));
             };
-            let (u, r) = (user.to_owned(), route.to_owned());
-            // Polls come 200 ms apart: let the clock move with them, so a lease whose holder
-            // died expires for this waiter too.
-            let at = now + waited / 5;
+            let (u, r, version) = (user.to_owned(), route.to_owned(), row.version);
+            // Only over the version read: a row another replica refreshed since holds a new
+            // refresh token, and the one read here may be rotated out at the provider.
             let claimed = self
-                .db(move |st| st.claim_upstream_refresh(&u, &r, at, at + REFRESH_LEASE))
+                .db(move |st| st.claim_upstream_refresh(&u, &r, version, at, at + REFRESH_LEASE))
                 .await?;
-            if !claimed {
-                // Another replica is refreshing this grant: wait for its result.
-                if waited >= REFRESH_LEASE * 5 {
-                    return Ok(Lookup::Unavailable(
-                        "another refresh of this token did not finish".into(),
-                    ));
-                }
-                waited += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            if claimed {
+                return self.refresh(row, &refresh_token, now, started).await;
+            }
+            let moved_on = self
+                .read(user, route)
+                .await?
+                .is_none_or(|now_row| now_row.version != version);
+            if moved_on {
                 continue;
             }
-            return self.refresh(row, &refresh_token, now).await;
+            // Another replica is refreshing this grant: wait for its result, while its lease
+            // lasts (a holder that died lets the lease run out and this one takes over).
+            if started.elapsed() >= Duration::from_secs(REFRESH_LEASE.unsigned_abs() * 2) {
+                return Ok(Lookup::Unavailable(
+                    "another refresh of this token did not finish".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -499,6 +518,7 @@ impl Vault {
         row: UpstreamRecord,
         refresh_token: &str,
         now: i64,
+        started: Instant,
     ) -> anyhow::Result<Lookup> {
         let (user, route) = (row.user.clone(), row.route.clone());
         let Some(provider) = self.provider(&route) else {
@@ -506,6 +526,9 @@ impl Vault {
         };
         match provider.refresh(refresh_token).await {
             Ok(issued) => {
+                // Issued now, not when the look-up began: a look-up that waited would store
+                // a token already (partly) spent, due again at once.
+                let now = elapsed_from(now, started);
                 let mut record = self.record(
                     &user,
                     &route,

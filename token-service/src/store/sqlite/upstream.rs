@@ -74,13 +74,15 @@ impl UpstreamTokens for SqliteStore {
         &self,
         user: &str,
         route: &str,
+        version: i64,
         now: i64,
         until: i64,
     ) -> Result<bool> {
         let n = self.conn()?.execute(
-            "UPDATE upstream_tokens SET refresh_lease = ?4
-             WHERE user = ?1 AND route = ?2 AND (refresh_lease IS NULL OR refresh_lease <= ?3)",
-            params![user, route, now, until],
+            "UPDATE upstream_tokens SET refresh_lease = ?5
+             WHERE user = ?1 AND route = ?2 AND version = ?3
+               AND (refresh_lease IS NULL OR refresh_lease <= ?4)",
+            params![user, route, version, now, until],
         )?;
         Ok(n == 1)
     }

@@ -1,0 +1,588 @@
+//! The store's contract: what every backend must do, run against each (SQLite here; every
+//! other backend adds one line to `backends!`). Single use (codes, flows, app codes), refresh
+//! replay, the upstream refresh lease, version-conditioned writes, the limits, the sweep, and
+//! all of it under concurrency from two handles on one database (two replicas).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+
+use warden_token_service::flows::authorize::AuthorizeGrant;
+use warden_token_service::store::{
+    AppCode, AppSession, AuthCode, CodeLookup, Grant, IdpLogin, PendingFlow, PendingLimit,
+    Redemption, RefreshToken, Retention, Session, Store, StoreError, StoredClient, UpstreamFlow,
+    UpstreamRecord,
+};
+
+/// A database under test: every `handle` is another connection to the same data, as another
+/// replica would have.
+pub trait Backend {
+    fn handle(&self) -> Arc<dyn Store>;
+}
+
+struct Sqlite {
+    dir: tempfile::TempDir,
+}
+
+impl Sqlite {
+    fn new() -> Option<Self> {
+        Some(Self {
+            dir: tempfile::tempdir().unwrap(),
+        })
+    }
+}
+
+impl Backend for Sqlite {
+    fn handle(&self) -> Arc<dyn Store> {
+        Arc::new(warden_token_service::SqliteStore::open(&self.dir.path().join("w.db")).unwrap())
+    }
+}
+
+const NOW: i64 = 1_000_000;
+
+fn request() -> AuthorizeGrant {
+    AuthorizeGrant {
+        client_id: "c".into(),
+        redirect_uri: "http://127.0.0.1/cb".into(),
+        redirect_uri_explicit: true,
+        state: None,
+        code_challenge: "x".repeat(43),
+        resource: "http://127.0.0.1/mcp".into(),
+        scope: String::new(),
+    }
+}
+
+fn code(expires_at: i64) -> AuthCode {
+    AuthCode {
+        request: request(),
+        user: "alice@example.com".into(),
+        sid: "sid".into(),
+        expires_at,
+    }
+}
+
+fn grant(id: &str) -> Grant {
+    Grant {
+        id: id.into(),
+        client_id: "c".into(),
+        user: "alice@example.com".into(),
+        sid: "sid".into(),
+        resource: "http://127.0.0.1/mcp".into(),
+        scope: String::new(),
+        created_at: NOW,
+        revoked: false,
+    }
+}
+
+fn refresh(hash: &str, grant: &str, expires_at: i64) -> RefreshToken {
+    RefreshToken {
+        token_hash: hash.into(),
+        grant_id: grant.into(),
+        created_at: NOW,
+        expires_at,
+        used: false,
+    }
+}
+
+fn flow(id: &str, expires_at: i64) -> PendingFlow {
+    PendingFlow {
+        id: id.into(),
+        csrf: "csrf".into(),
+        request: request(),
+        expires_at,
+        browser: String::new(),
+        user: None,
+        next: None,
+    }
+}
+
+fn upstream(user: &str) -> UpstreamRecord {
+    UpstreamRecord {
+        user: user.into(),
+        route: "gh".into(),
+        access_token: Some(b"sealed-access".to_vec()),
+        refresh_token: Some(b"sealed-refresh".to_vec()),
+        issued_at: NOW,
+        expires_at: Some(NOW + 60),
+        granted_at: NOW,
+        scope: "repo".into(),
+        ..UpstreamRecord::default()
+    }
+}
+
+fn client(id: &str) -> StoredClient {
+    StoredClient {
+        client_id: id.into(),
+        client_name: None,
+        secret_hash: None,
+        token_endpoint_auth_method: warden_token_service::config::TokenEndpointAuthMethod::None,
+        redirect_uris: vec!["http://127.0.0.1/cb".into()],
+        grant_types: vec!["authorization_code".into()],
+        response_types: vec!["code".into()],
+        application_type: None,
+        created_at: NOW,
+    }
+}
+
+/// Runs `f` on `n` threads, half on each of two handles, all released at once; returns what
+/// each returned.
+fn race<T: Send + 'static>(
+    b: &dyn Backend,
+    n: usize,
+    f: impl Fn(&dyn Store, usize) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let handles = [b.handle(), b.handle()];
+    let f = Arc::new(f);
+    let start = Arc::new(Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let (store, f, start) = (handles[i % 2].clone(), f.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                f(store.as_ref(), i)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+pub fn a_code_redeems_once_and_a_replay_revokes_what_it_produced(b: &dyn Backend) {
+    let s = b.handle();
+    s.insert_code("h", &code(NOW + 60)).unwrap();
+    assert!(matches!(s.code("h").unwrap(), CodeLookup::Fresh(_)));
+    let (g1, r1) = (grant("g1"), refresh("r1", "g1", NOW + 3600));
+    assert_eq!(
+        s.redeem_code("h", Some((&g1, Some(&r1))), NOW).unwrap(),
+        Redemption::Redeemed
+    );
+    let (g2, r2) = (grant("g2"), refresh("r2", "g2", NOW + 3600));
+    assert_eq!(
+        s.redeem_code("h", Some((&g2, Some(&r2))), NOW + 1).unwrap(),
+        Redemption::Replayed
+    );
+    assert!(
+        s.grant("g1").unwrap().unwrap().revoked,
+        "the replay revokes"
+    );
+    assert!(
+        s.grant("g2").unwrap().is_none(),
+        "the replay issues nothing"
+    );
+    assert!(s.refresh_token("r2").unwrap().is_none());
+    assert_eq!(
+        s.code("h").unwrap(),
+        CodeLookup::Reused {
+            grant_id: Some("g1".into())
+        }
+    );
+    assert_eq!(s.code("nope").unwrap(), CodeLookup::Missing);
+    assert_eq!(
+        s.redeem_code("nope", None, NOW).unwrap(),
+        Redemption::Missing
+    );
+    // A code burnt after a failed check produced nothing; presenting it again is a replay.
+    s.insert_code("burn", &code(NOW + 60)).unwrap();
+    assert_eq!(
+        s.redeem_code("burn", None, NOW).unwrap(),
+        Redemption::Redeemed
+    );
+    assert_eq!(
+        s.code("burn").unwrap(),
+        CodeLookup::Reused { grant_id: None }
+    );
+}
+
+pub fn a_refresh_token_rotates_once_and_not_after_its_grant_is_revoked(b: &dyn Backend) {
+    let s = b.handle();
+    s.insert_code("h", &code(NOW + 60)).unwrap();
+    let (g, r) = (grant("g"), refresh("r0", "g", NOW + 3600));
+    s.redeem_code("h", Some((&g, Some(&r))), NOW).unwrap();
+    assert!(s
+        .rotate_refresh_token("r0", &refresh("r1", "g", NOW + 3600), NOW)
+        .unwrap());
+    assert!(s.refresh_token("r0").unwrap().unwrap().used);
+    // The replay of a rotated-out token rotates nothing.
+    assert!(!s
+        .rotate_refresh_token("r0", &refresh("r1b", "g", NOW + 3600), NOW)
+        .unwrap());
+    assert!(s.refresh_token("r1b").unwrap().is_none());
+    s.revoke_grant("g", NOW + 1).unwrap();
+    assert!(!s
+        .rotate_refresh_token("r1", &refresh("r2", "g", NOW + 3600), NOW + 2)
+        .unwrap());
+    assert!(s.grant("g").unwrap().unwrap().revoked);
+}
+
+pub fn the_upstream_refresh_lease_has_one_holder_and_follows_the_row_version(b: &dyn Backend) {
+    let s = b.handle();
+    s.put_upstream_token(&upstream("u")).unwrap();
+    let read = s.upstream_token("u", "gh").unwrap().unwrap();
+    assert!(s
+        .claim_upstream_refresh("u", "gh", read.version, NOW, NOW + 30)
+        .unwrap());
+    assert!(
+        !s.claim_upstream_refresh("u", "gh", read.version, NOW + 29, NOW + 59)
+            .unwrap(),
+        "held until it runs out"
+    );
+    // The holder stores its refresh: the version moves on and the lease ends.
+    let mut refreshed = upstream("u");
+    refreshed.access_token = Some(b"sealed-access-2".to_vec());
+    refreshed.issued_at = NOW + 1;
+    assert!(s
+        .put_refreshed_upstream_token(&refreshed, read.version)
+        .unwrap());
+    // A replica that read the row before that refresh cannot claim with what it read (its
+    // refresh token was rotated out); with the row as it is now it can.
+    assert!(!s
+        .claim_upstream_refresh("u", "gh", read.version, NOW + 2, NOW + 32)
+        .unwrap());
+    let now_row = s.upstream_token("u", "gh").unwrap().unwrap();
+    assert_eq!(
+        now_row.access_token.as_deref(),
+        Some(&b"sealed-access-2"[..])
+    );
+    assert!(s
+        .claim_upstream_refresh("u", "gh", now_row.version, NOW + 2, NOW + 32)
+        .unwrap());
+    // A lease whose holder died runs out.
+    assert!(s
+        .claim_upstream_refresh("u", "gh", now_row.version, NOW + 32, NOW + 62)
+        .unwrap());
+    s.release_upstream_refresh("u", "gh").unwrap();
+    assert!(s
+        .claim_upstream_refresh("u", "gh", now_row.version, NOW + 33, NOW + 63)
+        .unwrap());
+    // A refresh stored over a row dropped meanwhile is discarded.
+    assert!(s
+        .drop_upstream_token("u", "gh", now_row.version, "", None, Some(NOW + 34))
+        .unwrap());
+    assert!(!s
+        .put_refreshed_upstream_token(&refreshed, now_row.version)
+        .unwrap());
+    assert!(s
+        .upstream_token("u", "gh")
+        .unwrap()
+        .unwrap()
+        .access_token
+        .is_none());
+    // A stale drop does not undo a new grant.
+    s.put_upstream_token(&upstream("u")).unwrap();
+    assert!(!s
+        .drop_upstream_token("u", "gh", now_row.version, "", None, None)
+        .unwrap());
+    assert!(s.delete_upstream_token("u", "gh").unwrap());
+    assert!(s.upstream_token("u", "gh").unwrap().is_none());
+}
+
+pub fn takes_are_single_use_and_expired_ones_give_nothing(b: &dyn Backend) {
+    let s = b.handle();
+    let limit = PendingLimit { max: 100, now: NOW };
+    let up = UpstreamFlow {
+        request: request(),
+        user: "alice@example.com".into(),
+        sid: "sid".into(),
+        browser: String::new(),
+        route: "gh".into(),
+        pkce_verifier: "v".into(),
+        expires_at: NOW + 60,
+        redirect_url: None,
+    };
+    assert!(s.insert_upstream_flow("st", &up, limit).unwrap());
+    assert_eq!(s.live_flow_verifiers(NOW).unwrap(), vec!["v".to_owned()]);
+    assert_eq!(s.take_upstream_flow("st", NOW).unwrap(), Some(up.clone()));
+    assert_eq!(s.take_upstream_flow("st", NOW).unwrap(), None);
+    assert!(s.insert_upstream_flow("old", &up, limit).unwrap());
+    assert_eq!(s.take_upstream_flow("old", NOW + 60).unwrap(), None);
+    assert_eq!(s.take_upstream_flow("old", NOW).unwrap(), None, "gone");
+
+    let login = IdpLogin {
+        flow_id: "f".into(),
+        browser: String::new(),
+        nonce: "n".into(),
+        pkce_verifier: "v".into(),
+        expires_at: NOW + 60,
+    };
+    assert!(s.insert_idp_login("st", &login, limit).unwrap());
+    assert_eq!(s.take_idp_login("st", NOW).unwrap(), Some(login));
+    assert_eq!(s.take_idp_login("st", NOW).unwrap(), None);
+
+    let app = AppCode {
+        route: "app".into(),
+        user: "alice@example.com".into(),
+        sid: "sid".into(),
+        return_to: "/".into(),
+        nonce: String::new(),
+        session_expires_at: NOW + 3600,
+        expires_at: NOW + 60,
+    };
+    s.insert_app_code("c", &app).unwrap();
+    assert_eq!(s.take_app_code("c", NOW).unwrap(), Some(app));
+    assert_eq!(s.take_app_code("c", NOW).unwrap(), None);
+
+    assert!(s.insert_flow(&flow("f", NOW + 60), limit).unwrap());
+    assert_eq!(s.record_failed_login("f").unwrap(), 1);
+    assert_eq!(s.record_failed_login("f").unwrap(), 2);
+    assert!(s.flow("f", NOW).unwrap().is_some());
+    assert!(s.flow("f", NOW + 60).unwrap().is_none(), "expired");
+    assert!(s.delete_flow("f").unwrap());
+    assert!(!s.delete_flow("f").unwrap());
+}
+
+pub fn sessions_end_with_their_app_sessions(b: &dyn Backend) {
+    let s = b.handle();
+    let session = Session {
+        sid: "sid1".into(),
+        user: "alice@example.com".into(),
+        created_at: NOW,
+        expires_at: NOW + 3600,
+    };
+    s.insert_session("cookie1", &session).unwrap();
+    // A second session under the same cookie digest is a conflict, typed as such.
+    let dup = s.insert_session("cookie1", &session);
+    assert!(
+        matches!(dup, Err(StoreError::Conflict(_))),
+        "a duplicate key is a conflict: {dup:?}"
+    );
+    assert_eq!(s.session("cookie1", NOW).unwrap(), Some(session.clone()));
+    assert!(s.session_live("sid1", NOW).unwrap());
+    let app = AppSession {
+        route: "app".into(),
+        user: "alice@example.com".into(),
+        sid: "sid1".into(),
+        created_at: NOW,
+        expires_at: NOW + 600,
+    };
+    s.insert_app_session("app1", &app).unwrap();
+    assert_eq!(s.app_session("app1", NOW).unwrap(), Some(app));
+    assert_eq!(
+        s.revoke_session("cookie1", NOW + 1).unwrap(),
+        Some("sid1".into())
+    );
+    assert!(!s.session_live("sid1", NOW + 1).unwrap());
+    assert_eq!(s.session("cookie1", NOW + 1).unwrap(), None);
+    assert_eq!(s.app_session("app1", NOW + 1).unwrap(), None);
+    assert_eq!(s.revoke_session("cookie1", NOW + 2).unwrap(), None);
+}
+
+pub fn the_sweep_deletes_what_can_no_longer_matter_and_keeps_the_rest(b: &dyn Backend) {
+    let s = b.handle();
+    let limit = PendingLimit { max: 100, now: NOW };
+    // Expired by `later`: a flow, a code past the replay day, a session, an app session, a
+    // refresh token, a device. Alive: their twins.
+    let later = NOW + 2 * 86_400;
+    assert!(s.insert_flow(&flow("dead", NOW + 60), limit).unwrap());
+    assert!(s.insert_flow(&flow("live", later + 60), limit).unwrap());
+    s.insert_code("dead", &code(NOW + 60)).unwrap();
+    s.insert_code("live", &code(later + 60)).unwrap();
+    s.redeem_code(
+        "live",
+        Some((&grant("g"), Some(&refresh("r", "g", later + 3600)))),
+        NOW,
+    )
+    .unwrap();
+    s.insert_code("h2", &code(later + 60)).unwrap();
+    s.redeem_code(
+        "h2",
+        Some((&grant("g-old"), Some(&refresh("r-old", "g-old", NOW + 60)))),
+        NOW,
+    )
+    .unwrap();
+    let session = |sid: &str, expires_at| Session {
+        sid: sid.into(),
+        user: "alice@example.com".into(),
+        created_at: NOW,
+        expires_at,
+    };
+    s.insert_session("s-dead", &session("sd", NOW + 60))
+        .unwrap();
+    s.insert_session("s-live", &session("sl", later + 60))
+        .unwrap();
+    s.insert_device("d-dead", "alice", NOW + 60).unwrap();
+    s.insert_device("d-live", "alice", later + 60).unwrap();
+    s.sweep(
+        later,
+        &Retention {
+            unused_client_ttl: 86_400,
+            idle_client_ttl: 30 * 86_400,
+        },
+    )
+    .unwrap();
+    // Asked at NOW, what was deleted is missing and what lives is still there.
+    assert!(s.flow("dead", NOW).unwrap().is_none());
+    assert!(s.flow("live", NOW).unwrap().is_some());
+    assert_eq!(s.code("dead").unwrap(), CodeLookup::Missing);
+    assert!(matches!(s.code("live").unwrap(), CodeLookup::Reused { .. }));
+    assert!(s.session("s-dead", NOW).unwrap().is_none());
+    assert!(s.session("s-live", NOW).unwrap().is_some());
+    assert!(s.device_account("d-dead", NOW).unwrap().is_none());
+    assert!(s.device_account("d-live", NOW).unwrap().is_some());
+    assert!(s.refresh_token("r").unwrap().is_some());
+    assert!(s.refresh_token("r-old").unwrap().is_none());
+    assert!(s.grant("g").unwrap().is_some());
+    assert!(
+        s.grant("g-old").unwrap().is_none(),
+        "a grant whose family is gone, past the day"
+    );
+}
+
+pub fn registrations_expire_unused(b: &dyn Backend) {
+    let s = b.handle();
+    assert!(s.insert_client(&client("a"), 10).unwrap());
+    assert_eq!(s.client("a").unwrap().unwrap().client_id, "a");
+    s.sweep(
+        NOW + 86_401,
+        &Retention {
+            unused_client_ttl: 86_400,
+            idle_client_ttl: 30 * 86_400,
+        },
+    )
+    .unwrap();
+    assert!(s.client("a").unwrap().is_none());
+}
+
+pub fn one_redemption_one_rotation_one_lease_one_take_across_replicas(b: &dyn Backend) {
+    let s = b.handle();
+    s.insert_code("h", &code(NOW + 60)).unwrap();
+    let won = race(b, 8, |s, i| {
+        let (g, r) = (
+            grant(&format!("g{i}")),
+            refresh(&format!("r{i}"), &format!("g{i}"), NOW + 3600),
+        );
+        s.redeem_code("h", Some((&g, Some(&r))), NOW).unwrap() == Redemption::Redeemed
+    });
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "one redemption");
+
+    let CodeLookup::Reused { grant_id: Some(g) } = s.code("h").unwrap() else {
+        panic!("redeemed");
+    };
+    // The winner's grant was revoked by the losers' replays; start a clean family.
+    let _ = g;
+    s.insert_code("h2", &code(NOW + 60)).unwrap();
+    s.redeem_code(
+        "h2",
+        Some((&grant("fam"), Some(&refresh("fam0", "fam", NOW + 3600)))),
+        NOW,
+    )
+    .unwrap();
+    let won = race(b, 8, |s, i| {
+        s.rotate_refresh_token(
+            "fam0",
+            &refresh(&format!("fam1-{i}"), "fam", NOW + 3600),
+            NOW,
+        )
+        .unwrap()
+    });
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "one rotation");
+
+    s.put_upstream_token(&upstream("u")).unwrap();
+    let version = s.upstream_token("u", "gh").unwrap().unwrap().version;
+    let won = race(b, 8, move |s, _| {
+        s.claim_upstream_refresh("u", "gh", version, NOW, NOW + 30)
+            .unwrap()
+    });
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "one lease holder");
+
+    let app = AppCode {
+        route: "app".into(),
+        user: "alice@example.com".into(),
+        sid: "sid".into(),
+        return_to: "/".into(),
+        nonce: String::new(),
+        session_expires_at: NOW + 3600,
+        expires_at: NOW + 60,
+    };
+    s.insert_app_code("ac", &app).unwrap();
+    let won = race(b, 8, |s, _| s.take_app_code("ac", NOW).unwrap().is_some());
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "one take");
+}
+
+pub fn limits_hold_across_replicas(b: &dyn Backend) {
+    let reserved = race(b, 16, |s, _| {
+        s.reserve_login_attempt("bucket", NOW - 900, 5, NOW)
+            .unwrap()
+    });
+    assert_eq!(
+        reserved.iter().filter(|r| r.is_some()).count(),
+        5,
+        "the login throttle counts across replicas"
+    );
+
+    let registered = race(b, 12, |s, i| {
+        s.insert_client(&client(&format!("c{i}")), 3).unwrap()
+    });
+    assert_eq!(
+        registered.iter().filter(|r| **r).count(),
+        3,
+        "the unused-registration limit counts across replicas"
+    );
+
+    let started = race(b, 12, |s, i| {
+        s.insert_flow(
+            &flow(&format!("f{i}"), NOW + 600),
+            PendingLimit { max: 4, now: NOW },
+        )
+        .unwrap()
+    });
+    assert_eq!(
+        started.iter().filter(|r| **r).count(),
+        4,
+        "the pending-records limit counts across replicas"
+    );
+}
+
+/// One `#[test]` per contract check and backend.
+macro_rules! backend {
+    ($name:ident, $open:expr) => {
+        mod $name {
+            use super::*;
+
+            fn run(check: fn(&dyn Backend)) {
+                let Some(backend) = $open else {
+                    return;
+                };
+                check(&backend);
+            }
+
+            #[test]
+            fn code_reuse() {
+                run(a_code_redeems_once_and_a_replay_revokes_what_it_produced);
+            }
+            #[test]
+            fn refresh_replay() {
+                run(a_refresh_token_rotates_once_and_not_after_its_grant_is_revoked);
+            }
+            #[test]
+            fn leases() {
+                run(the_upstream_refresh_lease_has_one_holder_and_follows_the_row_version);
+            }
+            #[test]
+            fn single_use() {
+                run(takes_are_single_use_and_expired_ones_give_nothing);
+            }
+            #[test]
+            fn sessions() {
+                run(sessions_end_with_their_app_sessions);
+            }
+            #[test]
+            fn sweeps() {
+                run(the_sweep_deletes_what_can_no_longer_matter_and_keeps_the_rest);
+            }
+            #[test]
+            fn registrations() {
+                run(registrations_expire_unused);
+            }
+            #[test]
+            fn concurrency() {
+                run(one_redemption_one_rotation_one_lease_one_take_across_replicas);
+            }
+            #[test]
+            fn limits() {
+                run(limits_hold_across_replicas);
+            }
+        }
+    };
+}
+
+backend!(sqlite, Sqlite::new());
