@@ -18,7 +18,6 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 use warden_token_service::config::Config;
-use warden_token_service::store::UpstreamTokens;
 use warden_token_service::AppState;
 
 const CLIENT_ID: &str = "warden-test";
