@@ -1,5 +1,8 @@
-//! A rate limit per client address: a token bucket per address, in memory, per process.
-//! Used for registrations, which anyone may attempt and which each leave a record behind.
+//! A rate limit per client address: a token bucket per address. `RateLimiter` keeps the
+//! buckets in memory, per process, as a first line that costs the database nothing; the
+//! store keeps the same buckets shared by every replica (`store::RateLimits`), with `take`
+//! the arithmetic both use. Used for registrations and new sign-ins, which anyone may
+//! attempt and which each leave a record behind.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -27,6 +30,44 @@ impl ClientKey {
             Some(IpAddr::V4(v4)) => ClientKey::V4(v4),
             Some(IpAddr::V6(v6)) => ClientKey::V6Prefix((u128::from(v6) >> 64) as u64),
         }
+    }
+}
+
+impl std::fmt::Display for ClientKey {
+    /// The bucket's name in the shared store.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientKey::Unknown => f.write_str("unknown"),
+            ClientKey::V4(a) => write!(f, "v4:{a}"),
+            ClientKey::V6Prefix(p) => write!(f, "v6:{p:016x}"),
+        }
+    }
+}
+
+/// Takes one request at `now` from a bucket that held `tokens` at `at` (`None`: a client
+/// not seen lately, whose bucket is full), at `per_minute`. Returns the bucket to keep, and
+/// `Err(seconds until one is available)` when there was none to take.
+pub fn take(
+    bucket: Option<(i64, i64)>,
+    per_minute: u32,
+    now: i64,
+) -> ((i64, i64), Result<(), u64>) {
+    let rate = i64::from(per_minute.max(1));
+    let capacity = rate * COST;
+    let (tokens, at) = bucket.unwrap_or((capacity, now));
+    let elapsed = now.saturating_sub(at).max(0);
+    let tokens = tokens
+        .saturating_add(elapsed.saturating_mul(rate))
+        .min(capacity);
+    let at = now.max(at);
+    if tokens >= COST {
+        ((tokens - COST, at), Ok(()))
+    } else {
+        let missing = COST - tokens;
+        (
+            (tokens, at),
+            Err(u64::try_from((missing + rate - 1) / rate).unwrap_or(60)),
+        )
     }
 }
 
@@ -73,19 +114,13 @@ impl RateLimiter {
             tokens: capacity,
             at: now,
         });
-        let elapsed = now.saturating_sub(b.at).max(0);
-        b.tokens = b
-            .tokens
-            .saturating_add(elapsed.saturating_mul(rate))
-            .min(capacity);
-        b.at = now.max(b.at);
-        if b.tokens >= COST {
-            b.tokens -= COST;
-            Ok(())
-        } else {
-            let missing = COST - b.tokens;
-            Err(u64::try_from((missing + rate - 1) / rate).unwrap_or(60))
-        }
+        let ((tokens, at), taken) = take(Some((b.tokens, b.at)), self.per_minute, now);
+        *b = Bucket { tokens, at };
+        taken
+    }
+
+    pub fn per_minute(&self) -> u32 {
+        self.per_minute
     }
 }
 

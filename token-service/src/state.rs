@@ -83,6 +83,25 @@ impl PasswordChecks {
     }
 }
 
+/// The per-address limits (`authorization_server.registration.rate_limit_per_minute` and
+/// `pending_flows.rate_limit_per_minute`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// `POST /register`.
+    Registrations,
+    /// Requests that may start a sign-in (leave a pending record behind).
+    NewFlows,
+}
+
+impl Limit {
+    fn name(self) -> &'static str {
+        match self {
+            Limit::Registrations => "registrations",
+            Limit::NewFlows => "new_flows",
+        }
+    }
+}
+
 impl AppState {
     /// Opens (and migrates) the SQLite database and loads or creates the signing key, both
     /// at the paths the config names.
@@ -226,14 +245,30 @@ impl AppState {
         (self.inner.clock)()
     }
 
-    /// The per-address limit on `POST /register`.
-    pub(crate) fn registration_limit(&self) -> &ratelimit::RateLimiter {
-        &self.inner.registrations
-    }
-
-    /// The per-address limit on requests that may start a sign-in (`pending_flows`).
-    pub(crate) fn new_flow_limit(&self) -> &ratelimit::RateLimiter {
-        &self.inner.new_flows
+    /// Takes one request from `client`'s budget under `limit`, or says in how many seconds
+    /// one is available. This process's own buckets answer first (a refusal there costs the
+    /// database nothing); then the store's, shared by every replica, so the limit holds for
+    /// the deployment and not per replica.
+    pub(crate) async fn admit(
+        &self,
+        limit: Limit,
+        client: ratelimit::ClientKey,
+    ) -> error::Result<std::result::Result<(), u64>> {
+        let now = self.now();
+        let local = match limit {
+            Limit::Registrations => &self.inner.registrations,
+            Limit::NewFlows => &self.inner.new_flows,
+        };
+        if let Err(retry_after) = local.check(client, now) {
+            return Ok(Err(retry_after));
+        }
+        let per_minute = local.per_minute();
+        self.blocking(move |st| {
+            Ok(st
+                .store()
+                .take_rate_token(limit.name(), &client.to_string(), per_minute, now)?)
+        })
+        .await
     }
 
     /// The bound a new pending record must stay within, now.

@@ -271,6 +271,28 @@ async fn a_flood_of_each_sign_in_start_is_cut_per_address_while_a_real_sign_in_w
     assert_eq!(authorize.authorize().await.status, StatusCode::OK);
 }
 
+/// Issue 18: one address starting sign-ins on two replicas gets the deployment's budget once,
+/// not once per replica.
+#[tokio::test]
+async fn the_sign_in_budget_of_an_address_holds_across_replicas() {
+    let (served, _provider) = start("").await;
+    let other = Served::start(served.env.replica()).await;
+    let here = Client::new(&served, "127.0.0.2");
+    let there = Client::new(&other, "127.0.0.2");
+    let mut turn = 0;
+    let answered = flood("/authorize on two replicas", async || {
+        turn += 1;
+        if turn % 2 == 0 {
+            here.authorize().await
+        } else {
+            there.authorize().await
+        }
+    })
+    .await;
+    assert_eq!(answered, FLOWS_PER_MINUTE);
+    assert_eq!(served.pending_records(), FLOWS_PER_MINUTE as u64);
+}
+
 #[tokio::test]
 async fn pending_records_are_capped_in_total_across_addresses() {
     let (served, _provider) = start("  pending_flows: {max_pending: 8}\n").await;

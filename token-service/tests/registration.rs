@@ -186,6 +186,31 @@ fn with_registration(settings: &str) -> TestEnv {
     })
 }
 
+/// Issue 18: the limit is the deployment's, not each replica's.
+#[tokio::test]
+async fn the_registration_rate_limit_holds_across_replicas() {
+    let env = TestEnv::new();
+    let other = env.replica();
+    let mut created = [0, 0];
+    for i in 0..40 {
+        let on = if i % 2 == 0 { &env } else { &other };
+        let r = register_from(on, "203.0.113.7:5000", ten_uris_and_a_long_name(), None).await;
+        match r.status {
+            StatusCode::CREATED => created[i % 2] += 1,
+            StatusCode::TOO_MANY_REQUESTS => assert!(r.headers.contains_key("retry-after")),
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    assert_eq!(created[0] + created[1], 10, "{created:?}");
+    assert!(
+        created[0] > 0 && created[1] > 0,
+        "both replicas served: {created:?}"
+    );
+    env.advance(6);
+    let r = register_from(&other, "203.0.113.7:5000", ten_uris_and_a_long_name(), None).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+}
+
 #[tokio::test]
 async fn a_burst_of_registrations_from_one_address_is_cut_at_the_limit() {
     let env = TestEnv::new();

@@ -530,6 +530,38 @@ pub fn limits_hold_across_replicas(b: &dyn Backend) {
         4,
         "the pending-records limit counts across replicas"
     );
+
+    let taken = race(b, 12, |s, _| {
+        s.take_rate_token("registrations", "v4:192.0.2.1", 5, NOW)
+            .unwrap()
+    });
+    assert_eq!(
+        taken.iter().filter(|t| t.is_ok()).count(),
+        5,
+        "a rate limit counts across replicas: {taken:?}"
+    );
+    assert!(taken.contains(&Err(12)), "one back every 12 s: {taken:?}");
+    let s = b.handle();
+    // Another address and another limiter have buckets of their own; the bucket refills.
+    assert_eq!(
+        s.take_rate_token("registrations", "v4:192.0.2.2", 5, NOW)
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        s.take_rate_token("new_flows", "v4:192.0.2.1", 5, NOW)
+            .unwrap(),
+        Ok(())
+    );
+    assert!(s
+        .take_rate_token("registrations", "v4:192.0.2.1", 5, NOW + 11)
+        .unwrap()
+        .is_err());
+    assert_eq!(
+        s.take_rate_token("registrations", "v4:192.0.2.1", 5, NOW + 12)
+            .unwrap(),
+        Ok(())
+    );
 }
 
 /// One `#[test]` per contract check and backend.

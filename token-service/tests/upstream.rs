@@ -133,15 +133,10 @@ impl Upstream {
         .await
     }
 
-    /// Another replica of this deployment: its own process state (vault, in-process refresh
-    /// gates) on the same database, keys and clock.
+    /// Another replica of this deployment (`TestEnv::replica`): its own vault and refresh
+    /// gates on the same database, keys and clock.
     fn replica(&self) -> AppState {
-        let clock = self.env.clock.clone();
-        AppState::new(self.env.state.config().clone())
-            .unwrap()
-            .with_clock(std::sync::Arc::new(move || {
-                clock.load(std::sync::atomic::Ordering::SeqCst)
-            }))
+        self.env.replica().state
     }
 
     /// A look-up on `replica`'s internal listener.

@@ -56,7 +56,7 @@ pub(super) async fn sign_in(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
-    admit_new_flow(&s, client)?;
+    admit_new_flow(&s, client).await?;
     run(s, &headers, query_params(query), app_sign_in::sign_in).await
 }
 
@@ -67,7 +67,7 @@ pub(super) async fn connect(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
-    admit_new_flow(&s, client)?;
+    admit_new_flow(&s, client).await?;
     run(s, &headers, query_params(query), app_sign_in::connect).await
 }
 

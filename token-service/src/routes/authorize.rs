@@ -22,7 +22,7 @@ pub(super) async fn authorize(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
-    admit_new_flow(&s, client)?;
+    admit_new_flow(&s, client).await?;
     run(s, &headers, query_params(query), sign_in::authorize).await
 }
 

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::flows::authorize::Params;
 use crate::flows::browser::{Browser, Cookies};
 use crate::ratelimit::ClientKey;
-use crate::state::AppState;
+use crate::state::{AppState, Limit};
 
 /// The sign-in session cookie (base name; `__Host-` is prefixed for an https issuer).
 pub(super) const SESSION_COOKIE: &str = "warden_session";
@@ -118,9 +118,9 @@ impl FromRequestParts<AppState> for ClientAddr {
 
 /// A request that may start a sign-in (leave a pending record behind) draws one from its
 /// client's budget (`pending_flows.rate_limit_per_minute`); spent: `429` with a page.
-pub(super) fn admit_new_flow(s: &AppState, client: ClientKey) -> Result<()> {
-    s.new_flow_limit()
-        .check(client, s.now())
+pub(super) async fn admit_new_flow(s: &AppState, client: ClientKey) -> Result<()> {
+    s.admit(Limit::NewFlows, client)
+        .await?
         .map_err(|retry_after| {
             tracing::warn!(?client, "sign-in refused: rate limit for this address");
             Error::RetryLater {

@@ -28,7 +28,7 @@ pub(super) async fn start(
 ) -> Result<Response> {
     let oidc = s.oidc().cloned().ok_or_else(no_identity_provider)?;
     // Each start stores a sign-in of its own, so it is a new pending record like a flow.
-    admit_new_flow(&s, client)?;
+    admit_new_flow(&s, client).await?;
     let query = query_params(query);
     let cookies = browser_cookies(&s, &headers);
     let begin = match s

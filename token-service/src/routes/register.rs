@@ -9,7 +9,7 @@ use axum::Json;
 use super::http::{no_store, ClientAddr};
 use crate::error::{Error, Result};
 use crate::flows;
-use crate::state::AppState;
+use crate::state::{AppState, Limit};
 
 pub(super) async fn register(
     State(s): State<AppState>,
@@ -23,7 +23,7 @@ pub(super) async fn register(
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
     flows::register::admit(limits, authorization)?;
-    if let Err(retry_after) = s.registration_limit().check(client_key, now) {
+    if let Err(retry_after) = s.admit(Limit::Registrations, client_key).await? {
         tracing::warn!(?client_key, "registration refused: rate limit");
         return Err(registration_later(
             retry_after,

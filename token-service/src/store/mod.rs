@@ -9,6 +9,7 @@ mod clients;
 mod codes;
 mod error;
 mod maintenance;
+mod rate_limits;
 mod records;
 mod sessions;
 mod sign_ins;
@@ -20,6 +21,7 @@ pub use clients::Clients;
 pub use codes::Codes;
 pub use error::{Result, StoreError};
 pub use maintenance::Maintenance;
+pub use rate_limits::RateLimits;
 pub use records::*;
 pub use sessions::Sessions;
 pub use sign_ins::SignIns;
@@ -34,6 +36,7 @@ pub trait Store:
     + Codes
     + UpstreamTokens
     + AppSessions
+    + RateLimits
     + Maintenance
     + Send
     + Sync
@@ -48,6 +51,7 @@ impl<T> Store for T where
         + Codes
         + UpstreamTokens
         + AppSessions
+        + RateLimits
         + Maintenance
         + Send
         + Sync

@@ -159,6 +159,23 @@ impl TestEnv {
         }
     }
 
+    /// Another replica of this deployment: its own process state (in-memory limits, caches,
+    /// refresh gates) over the same files (database, keys) and clock. Its `dir` is an empty
+    /// one of its own; the files are this one's.
+    #[allow(dead_code)]
+    pub fn replica(&self) -> TestEnv {
+        let c = self.clock.clone();
+        let state = AppState::new(self.state.config().clone())
+            .unwrap()
+            .with_clock(Arc::new(move || c.load(Ordering::SeqCst)));
+        TestEnv {
+            dir: tempfile::tempdir().unwrap(),
+            app: app(state.clone()),
+            state,
+            clock: self.clock.clone(),
+        }
+    }
+
     pub fn advance(&self, secs: i64) {
         self.clock.fetch_add(secs, Ordering::SeqCst);
     }

@@ -5,6 +5,7 @@
 mod app_sessions;
 mod clients;
 mod codes;
+mod rate_limits;
 mod sessions;
 mod sign_ins;
 mod upstream;
@@ -28,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/0005_upstream_tokens.sql")),
     (6, include_str!("migrations/0006_idp.sql")),
     (7, include_str!("migrations/0007_app_sessions.sql")),
+    (8, include_str!("migrations/0008_rate_limits.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -242,6 +244,8 @@ impl Maintenance for SqliteStore {
         // a check that never finished, say a crash, stops counting with its window).
         conn.execute("DELETE FROM login_attempts WHERE at <= ?1", [now - DAY])?;
         conn.execute("DELETE FROM devices WHERE expires_at <= ?1", [now])?;
+        // A bucket untouched for a minute has refilled: it carries nothing.
+        conn.execute("DELETE FROM rate_buckets WHERE at <= ?1", [now - 60])?;
         conn.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
         conn.execute(
             "DELETE FROM grants WHERE created_at <= ?1
