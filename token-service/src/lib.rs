@@ -144,14 +144,15 @@ pub async fn serve_on_with(
 }
 
 /// Deletes expired codes, flows, sessions, refresh tokens and client registrations every
-/// few minutes.
+/// few minutes: on every replica, and by one of them at a time (the store's lease).
 async fn sweep_loop(state: AppState) {
+    let holder = random::random_id();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
     loop {
         tick.tick().await;
-        let s = state.clone();
-        match tokio::task::spawn_blocking(move || s.sweep()).await {
-            Ok(Ok(())) => {}
+        let (s, h) = (state.clone(), holder.clone());
+        match tokio::task::spawn_blocking(move || s.sweep_as(&h)).await {
+            Ok(Ok(swept)) => tracing::debug!(swept, "sweep round"),
             Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "sweep failed"),
             Err(e) => tracing::warn!(error = %e, "sweep task failed"),
         }

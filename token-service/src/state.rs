@@ -83,6 +83,10 @@ impl PasswordChecks {
     }
 }
 
+/// How long one replica's sweep keeps the others from sweeping: under the sweep interval
+/// (`lib.rs`), so the next round is anyone's, and long enough for one sweep to finish.
+pub const SWEEP_LEASE_SECONDS: i64 = 240;
+
 /// The per-address limits (`authorization_server.registration.rate_limit_per_minute` and
 /// `pending_flows.rate_limit_per_minute`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,6 +292,20 @@ impl AppState {
             idle_client_ttl: secs(r.idle_client_ttl_seconds),
         };
         Ok(self.store().sweep(self.now(), &retention)?)
+    }
+
+    /// Sweeps unless another replica holds the sweep's lease (`holder` names this one);
+    /// returns whether it swept. Blocking.
+    pub fn sweep_as(&self, holder: &str) -> anyhow::Result<bool> {
+        let now = self.now();
+        if !self
+            .store()
+            .try_lease("sweep", holder, now, now + SWEEP_LEASE_SECONDS)?
+        {
+            return Ok(false);
+        }
+        self.sweep()?;
+        Ok(true)
     }
 
     /// Runs store work (SQLite, argon2) on the blocking pool.

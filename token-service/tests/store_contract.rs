@@ -418,12 +418,99 @@ pub fn the_sweep_deletes_what_can_no_longer_matter_and_keeps_the_rest(b: &dyn Ba
     assert!(s.session("s-live", NOW).unwrap().is_some());
     assert!(s.device_account("d-dead", NOW).unwrap().is_none());
     assert!(s.device_account("d-live", NOW).unwrap().is_some());
+    // An account remembers its newest 20 devices.
+    for i in 0..25 {
+        s.insert_device(&format!("many-{i}"), "bob", later + 1000 + i)
+            .unwrap();
+    }
+    assert!(s.device_account("many-4", NOW).unwrap().is_none());
+    assert!(s.device_account("many-5", NOW).unwrap().is_some());
+    assert!(
+        s.device_account("d-live", NOW).unwrap().is_some(),
+        "per account"
+    );
     assert!(s.refresh_token("r").unwrap().is_some());
     assert!(s.refresh_token("r-old").unwrap().is_none());
     assert!(s.grant("g").unwrap().is_some());
     assert!(
         s.grant("g-old").unwrap().is_none(),
         "a grant whose family is gone, past the day"
+    );
+
+    // A revoked family goes a day after its revocation, though its tokens would live on; a
+    // revoked session goes at once.
+    s.insert_code("h3", &code(later + 60)).unwrap();
+    s.redeem_code(
+        "h3",
+        Some((
+            &grant("g-rev"),
+            Some(&refresh("r-rev", "g-rev", later + 30 * 86_400)),
+        )),
+        NOW,
+    )
+    .unwrap();
+    s.insert_code("h4", &code(later + 60)).unwrap();
+    s.redeem_code(
+        "h4",
+        Some((
+            &grant("g-keep"),
+            Some(&refresh("r-keep", "g-keep", later + 30 * 86_400)),
+        )),
+        NOW,
+    )
+    .unwrap();
+    s.revoke_grant("g-rev", later).unwrap();
+    assert_eq!(
+        s.revoke_session("s-live", later).unwrap(),
+        Some("sl".into())
+    );
+    let retention = Retention {
+        unused_client_ttl: 86_400,
+        idle_client_ttl: 30 * 86_400,
+    };
+    s.sweep(later + 86_399, &retention).unwrap();
+    assert!(
+        s.refresh_token("r-rev").unwrap().is_some(),
+        "inside the day"
+    );
+    assert!(!s.session_live("sl", later).unwrap());
+    s.sweep(later + 86_400, &retention).unwrap();
+    assert!(s.refresh_token("r-rev").unwrap().is_none());
+    assert!(s.grant("g-rev").unwrap().is_none());
+    assert!(
+        s.refresh_token("r-keep").unwrap().is_some(),
+        "a live family stays"
+    );
+    assert!(s.grant("g-keep").unwrap().is_some());
+}
+
+pub fn one_replica_holds_a_lease_at_a_time(b: &dyn Backend) {
+    let won = race(b, 8, |s, i| {
+        s.try_lease("sweep", &format!("replica-{i}"), NOW, NOW + 240)
+            .unwrap()
+    });
+    let winners: Vec<usize> = (0..8).filter(|i| won[*i]).collect();
+    assert_eq!(winners.len(), 1, "one holder: {won:?}");
+    let holder = format!("replica-{}", winners[0]);
+    let s = b.handle();
+    assert!(!s
+        .try_lease("sweep", "someone-else", NOW + 239, NOW + 479)
+        .unwrap());
+    assert!(
+        s.try_lease("sweep", &holder, NOW + 10, NOW + 250).unwrap(),
+        "extended"
+    );
+    assert!(!s
+        .try_lease("sweep", "someone-else", NOW + 249, NOW + 489)
+        .unwrap());
+    assert!(
+        s.try_lease("sweep", "someone-else", NOW + 250, NOW + 490)
+            .unwrap(),
+        "ran out"
+    );
+    assert!(
+        s.try_lease("other-work", &holder, NOW, NOW + 10).unwrap(),
+        "leases are named"
     );
 }
 
@@ -608,6 +695,10 @@ macro_rules! backend {
             #[test]
             fn concurrency() {
                 run(one_redemption_one_rotation_one_lease_one_take_across_replicas);
+            }
+            #[test]
+            fn lease() {
+                run(one_replica_holds_a_lease_at_a_time);
             }
             #[test]
             fn limits() {

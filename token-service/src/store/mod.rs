@@ -20,7 +20,7 @@ pub use app_sessions::AppSessions;
 pub use clients::Clients;
 pub use codes::Codes;
 pub use error::{Result, StoreError};
-pub use maintenance::Maintenance;
+pub use maintenance::{Maintenance, TABLES};
 pub use rate_limits::RateLimits;
 pub use records::*;
 pub use sessions::Sessions;

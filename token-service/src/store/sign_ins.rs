@@ -3,6 +3,9 @@
 use super::error::Result;
 use super::records::{IdpLogin, IdpUserRecord, PendingFlow, PendingLimit};
 
+/// Device cookies remembered per account, at most.
+pub const MAX_DEVICES: u32 = 20;
+
 pub trait SignIns {
     /// Stores a flow unless the pending records are at `limit` (then `false`, nothing stored).
     fn insert_flow(&self, flow: &PendingFlow, limit: PendingLimit) -> Result<bool>;
@@ -34,7 +37,9 @@ pub trait SignIns {
     /// `clear_failures`, the bucket's failures are forgotten too.
     fn end_login_attempt(&self, id: i64, bucket: &str, clear_failures: bool) -> Result<()>;
 
-    /// Records a device cookie (by digest) issued to a browser that signed in as `account`.
+    /// Records a device cookie (by digest) issued to a browser that signed in as `account`;
+    /// an account keeps its `MAX_DEVICES` newest, so sign-ins from ever new browsers leave a
+    /// bounded trail.
     fn insert_device(&self, secret_hash: &str, account: &str, expires_at: i64) -> Result<()>;
 
     /// The account a device cookie was issued for, while it is valid.

@@ -17,7 +17,7 @@ use anyhow::Context;
 use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
 
 use super::error::{Result, StoreError};
-use super::maintenance::Maintenance;
+use super::maintenance::{Maintenance, TABLES};
 use super::records::{Grant, PendingLimit, Retention};
 
 /// Ordered schema migrations; a version is applied once, recorded in `schema_migrations`.
@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("migrations/0006_idp.sql")),
     (7, include_str!("migrations/0007_app_sessions.sql")),
     (8, include_str!("migrations/0008_rate_limits.sql")),
+    (9, include_str!("migrations/0009_leases.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -239,7 +240,11 @@ impl Maintenance for SqliteStore {
         conn.execute("DELETE FROM app_codes WHERE expires_at <= ?1", [now])?;
         conn.execute("DELETE FROM app_sessions WHERE expires_at <= ?1", [now])?;
         conn.execute("DELETE FROM auth_codes WHERE expires_at <= ?1", [now - DAY])?;
-        conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
+        // A revoked session reads as absent everywhere: the row carries nothing.
+        conn.execute(
+            "DELETE FROM sessions WHERE expires_at <= ?1 OR revoked_at IS NOT NULL",
+            [now],
+        )?;
         // Attempts older than a day are outside every throttle window (pending ones too:
         // a check that never finished, say a crash, stops counting with its window).
         conn.execute("DELETE FROM login_attempts WHERE at <= ?1", [now - DAY])?;
@@ -247,11 +252,41 @@ impl Maintenance for SqliteStore {
         // A bucket untouched for a minute has refilled: it carries nothing.
         conn.execute("DELETE FROM rate_buckets WHERE at <= ?1", [now - 60])?;
         conn.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
+        // A revoked family answers `invalid_grant` whether its tokens are known or not; past a
+        // day its rows go, and the grant with them (below).
+        conn.execute(
+            "DELETE FROM refresh_tokens WHERE grant_id IN
+                 (SELECT id FROM grants WHERE revoked_at IS NOT NULL AND revoked_at <= ?1)",
+            [now - DAY],
+        )?;
         conn.execute(
             "DELETE FROM grants WHERE created_at <= ?1
              AND NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.grant_id = grants.id)",
             [now - DAY],
         )?;
         Ok(())
+    }
+
+    fn try_lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
+        let n = self.conn()?.execute(
+            "INSERT INTO leases (name, holder, until) VALUES (?1, ?2, ?4)
+             ON CONFLICT (name) DO UPDATE SET holder = ?2, until = ?4
+             WHERE leases.until <= ?3 OR leases.holder = ?2",
+            params![name, holder, now, until],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn row_counts(&self) -> Result<Vec<(&'static str, u64)>> {
+        let conn = self.conn()?;
+        TABLES
+            .iter()
+            .map(|table| {
+                // The names are our own constants, never input.
+                let n: u64 =
+                    conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
+                Ok((*table, n))
+            })
+            .collect()
     }
 }

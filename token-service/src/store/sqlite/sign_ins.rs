@@ -6,7 +6,7 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use super::SqliteStore;
 use crate::store::error::Result;
 use crate::store::records::{IdpLogin, IdpUserRecord, PendingFlow, PendingLimit};
-use crate::store::sign_ins::SignIns;
+use crate::store::sign_ins::{SignIns, MAX_DEVICES};
 
 impl SignIns for SqliteStore {
     fn insert_flow(&self, flow: &PendingFlow, limit: PendingLimit) -> Result<bool> {
@@ -101,10 +101,19 @@ impl SignIns for SqliteStore {
     }
 
     fn insert_device(&self, secret_hash: &str, account: &str, expires_at: i64) -> Result<()> {
-        self.conn()?.execute(
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        tx.execute(
             "INSERT INTO devices (secret_hash, account, expires_at) VALUES (?1, ?2, ?3)",
             params![secret_hash, account, expires_at],
         )?;
+        tx.execute(
+            "DELETE FROM devices WHERE account = ?1 AND secret_hash NOT IN
+                 (SELECT secret_hash FROM devices WHERE account = ?1
+                  ORDER BY expires_at DESC, secret_hash LIMIT ?2)",
+            params![account, MAX_DEVICES],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 
