@@ -148,6 +148,32 @@ pub enum Redemption {
     Missing,
 }
 
+/// Which of a user's grants a revocation ends: all of them (and then their sessions and app
+/// sessions too), or those of one client and/or one resource.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrantFilter {
+    pub client_id: Option<String>,
+    pub resource: Option<String>,
+}
+
+impl GrantFilter {
+    /// Everything the user holds.
+    pub fn all(&self) -> bool {
+        self.client_id.is_none() && self.resource.is_none()
+    }
+}
+
+/// What a revocation ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revoked {
+    /// The grants revoked now (not those revoked before).
+    pub grant_ids: Vec<String>,
+    /// Codes issued and not yet redeemed, burnt.
+    pub codes: u64,
+    pub sessions: u64,
+    pub app_sessions: u64,
+}
+
 /// What a redeemed code produced: the root of a refresh-token family.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grant {

@@ -1,7 +1,7 @@
 //! Sign-in sessions and the grants (refresh-token families) they led to.
 
 use super::error::Result;
-use super::records::{Grant, RefreshToken, Session};
+use super::records::{Grant, GrantFilter, RefreshToken, Revoked, Session};
 
 pub trait Sessions {
     fn insert_session(&self, secret_hash: &str, session: &Session) -> Result<()>;
@@ -26,7 +26,13 @@ pub trait Sessions {
     /// app session bound to it; returns its `sid` when there was a live one.
     fn revoke_session(&self, secret_hash: &str, now: i64) -> Result<Option<String>>;
 
-    /// Ends the sign-in session `sid` and every app session bound to it; false when it was
-    /// not live.
+    /// Ends the sign-in session `sid`, every app session bound to it, the grants signed in
+    /// through it and its codes not yet redeemed (an app's sign-out); false when the session
+    /// was not live.
     fn revoke_sid(&self, sid: &str, now: i64) -> Result<bool>;
+
+    /// Ends what `user` holds, in one transaction: the grants `filter` names and their codes
+    /// not yet redeemed, and with an empty filter also every sign-in session and app session
+    /// (sign-out at the issuer, an administrator's revocation, deprovisioning).
+    fn revoke_user(&self, user: &str, filter: &GrantFilter, now: i64) -> Result<Revoked>;
 }

@@ -10,8 +10,17 @@ use crate::store::records::{AuthCode, CodeLookup, Grant, Redemption, RefreshToke
 impl Codes for SqliteStore {
     fn insert_code(&self, code_hash: &str, code: &AuthCode) -> Result<()> {
         self.conn()?.execute(
-            "INSERT INTO auth_codes (code_hash, data, expires_at) VALUES (?1, ?2, ?3)",
-            params![code_hash, serde_json::to_string(code)?, code.expires_at],
+            "INSERT INTO auth_codes (code_hash, data, expires_at, user, sid, client_id, resource)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                code_hash,
+                serde_json::to_string(code)?,
+                code.expires_at,
+                code.user,
+                code.sid,
+                code.request.client_id,
+                code.request.resource
+            ],
         )?;
         Ok(())
     }

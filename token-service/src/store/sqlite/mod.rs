@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/0007_app_sessions.sql")),
     (8, include_str!("migrations/0008_rate_limits.sql")),
     (9, include_str!("migrations/0009_leases.sql")),
+    (10, include_str!("migrations/0010_owners.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {

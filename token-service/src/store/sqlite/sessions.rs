@@ -4,7 +4,7 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::{grant_from_row, SqliteStore};
 use crate::store::error::Result;
-use crate::store::records::{Grant, RefreshToken, Session};
+use crate::store::records::{Grant, GrantFilter, RefreshToken, Revoked, Session};
 use crate::store::sessions::Sessions;
 
 impl Sessions for SqliteStore {
@@ -129,7 +129,53 @@ impl Sessions for SqliteStore {
             params![sid, now],
         )?;
         tx.execute("DELETE FROM app_sessions WHERE sid = ?1", [sid])?;
+        tx.execute(
+            "UPDATE grants SET revoked_at = ?2 WHERE sid = ?1 AND revoked_at IS NULL",
+            params![sid, now],
+        )?;
+        tx.execute(
+            "UPDATE auth_codes SET used = 1 WHERE sid = ?1 AND used = 0",
+            [sid],
+        )?;
         tx.commit()?;
         Ok(n == 1)
+    }
+
+    fn revoke_user(&self, user: &str, filter: &GrantFilter, now: i64) -> Result<Revoked> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (client, resource) = (filter.client_id.as_deref(), filter.resource.as_deref());
+        let grant_ids = {
+            let mut stmt = tx.prepare(
+                "UPDATE grants SET revoked_at = ?2
+                 WHERE email = ?1 AND revoked_at IS NULL
+                   AND (?3 IS NULL OR client_id = ?3) AND (?4 IS NULL OR resource = ?4)
+                 RETURNING id",
+            )?;
+            let rows = stmt.query_map(params![user, now, client, resource], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()?
+        };
+        let codes = tx.execute(
+            "UPDATE auth_codes SET used = 1
+             WHERE user = ?1 AND used = 0
+               AND (?2 IS NULL OR client_id = ?2) AND (?3 IS NULL OR resource = ?3)",
+            params![user, client, resource],
+        )?;
+        let (mut sessions, mut app_sessions) = (0, 0);
+        if filter.all() {
+            sessions = tx.execute(
+                "UPDATE sessions SET revoked_at = ?2
+                 WHERE email = ?1 AND revoked_at IS NULL AND expires_at > ?2",
+                params![user, now],
+            )?;
+            app_sessions = tx.execute("DELETE FROM app_sessions WHERE user = ?1", [user])?;
+        }
+        tx.commit()?;
+        Ok(Revoked {
+            grant_ids,
+            codes: codes as u64,
+            sessions: sessions as u64,
+            app_sessions: app_sessions as u64,
+        })
     }
 }
