@@ -10,6 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TokenEndpointAuthMethod;
+// revocation feed
+pub use warden_core::internal_api::{RevocationEntry, RevokedKind};
 
 /// A validated authorization request: everything the code will be bound to.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -353,15 +355,18 @@ pub trait Store: Send + Sync + 'static {
     /// grant and its first refresh token (`None` burns the code after a failed check). A
     /// code already used issues nothing, and the grant it produced is revoked in the same
     /// transaction, so no presentation can slip between "used" and "what it produced".
+    /// A grant revoked so goes into the revocation feed (kept until `feed_until`).
     fn redeem_code(
         &self,
         code_hash: &str,
         issued: Option<(&Grant, Option<&RefreshToken>)>,
         now: i64,
+        feed_until: i64,
     ) -> anyhow::Result<Redemption>;
     fn grant(&self, id: &str) -> anyhow::Result<Option<Grant>>;
-    /// Revokes a grant: every refresh token of its family stops working.
-    fn revoke_grant(&self, id: &str, now: i64) -> anyhow::Result<()>;
+    /// Revokes a grant: every refresh token of its family stops working, and its TEs once
+    /// the filter reads the revocation feed entry (kept until `feed_until`).
+    fn revoke_grant(&self, id: &str, now: i64, feed_until: i64) -> anyhow::Result<()>;
 
     fn refresh_token(&self, token_hash: &str) -> anyhow::Result<Option<RefreshToken>>;
     /// Marks `old_hash` used and inserts `new` atomically; false when `old_hash` was
@@ -467,11 +472,35 @@ pub trait Store: Send + Sync + 'static {
     /// Ends an app session; false when there was none.
     fn delete_app_session(&self, secret_hash: &str) -> anyhow::Result<bool>;
     /// Ends the sign-in session whose cookie hashes to `secret_hash` (sign-out), and every
-    /// app session bound to it; returns its `sid` when there was a live one.
-    fn revoke_session(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<String>>;
+    /// app session bound to it; returns its `sid` when there was a live one. The session
+    /// goes into the revocation feed (kept until `feed_until`).
+    fn revoke_session(
+        &self,
+        secret_hash: &str,
+        now: i64,
+        feed_until: i64,
+    ) -> anyhow::Result<Option<String>>;
     /// Ends the sign-in session `sid` and every app session bound to it; false when it was
-    /// not live.
-    fn revoke_sid(&self, sid: &str, now: i64) -> anyhow::Result<bool>;
+    /// not live. The session goes into the revocation feed (kept until `feed_until`).
+    fn revoke_sid(&self, sid: &str, now: i64, feed_until: i64) -> anyhow::Result<bool>;
+
+    // revocation feed
+    /// Appends an entry to the revocation feed (the revoking operations above append theirs
+    /// in their own transaction).
+    fn record_revocation(
+        &self,
+        kind: RevokedKind,
+        id: &str,
+        at: i64,
+        expires_at: i64,
+    ) -> anyhow::Result<()>;
+    /// At most `limit` feed entries after `after`, by `seq`, those with `expires_at > now`.
+    fn revocations_after(
+        &self,
+        after: i64,
+        limit: usize,
+        now: i64,
+    ) -> anyhow::Result<Vec<RevocationEntry>>;
 }
 
 /// Ordered schema migrations; a version is applied once, recorded in `schema_migrations`.
@@ -646,6 +675,22 @@ const MIGRATIONS: &[(i64, &str)] = &[
         expires_at  INTEGER NOT NULL
     );
     CREATE INDEX app_sessions_expiry ON app_sessions(expires_at);
+    "#,
+    ),
+    // revocation feed
+    (
+        8,
+        r#"
+    -- The revocation feed the filter polls: grants, sessions and users whose TEs must be
+    -- refused until `expires_at` (when every TE they cover has expired).
+    CREATE TABLE revocations (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind        TEXT NOT NULL,
+        id          TEXT NOT NULL,
+        at          INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    CREATE INDEX revocations_expiry ON revocations(expires_at);
     "#,
     ),
 ];
@@ -1086,6 +1131,7 @@ impl Store for SqliteStore {
         code_hash: &str,
         issued: Option<(&Grant, Option<&RefreshToken>)>,
         now: i64,
+        feed_until: i64,
     ) -> anyhow::Result<Redemption> {
         let mut conn = self.conn()?;
         // IMMEDIATE: take the write lock before reading, so two processes sharing the file
@@ -1102,10 +1148,13 @@ impl Store for SqliteStore {
             None => Redemption::Missing,
             Some((true, grant_id)) => {
                 if let Some(id) = grant_id {
-                    tx.execute(
+                    let n = tx.execute(
                         "UPDATE grants SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                         params![id, now],
                     )?;
+                    if n == 1 {
+                        append_revocation(&tx, RevokedKind::Grant, &id, now, feed_until)?;
+                    }
                 }
                 Redemption::Replayed
             }
@@ -1154,11 +1203,17 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
-    fn revoke_grant(&self, id: &str, now: i64) -> anyhow::Result<()> {
-        self.conn()?.execute(
+    fn revoke_grant(&self, id: &str, now: i64, feed_until: i64) -> anyhow::Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
             "UPDATE grants SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
             params![id, now],
         )?;
+        if n == 1 {
+            append_revocation(&tx, RevokedKind::Grant, id, now, feed_until)?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -1558,6 +1613,8 @@ impl Store for SqliteStore {
              AND NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.grant_id = grants.id)",
             [now - DAY],
         )?;
+        // revocation feed: an entry past `expires_at` covers no TE that is still valid.
+        conn.execute("DELETE FROM revocations WHERE expires_at <= ?1", [now])?;
         Ok(())
     }
 
@@ -1628,7 +1685,12 @@ impl Store for SqliteStore {
         Ok(n == 1)
     }
 
-    fn revoke_session(&self, secret_hash: &str, now: i64) -> anyhow::Result<Option<String>> {
+    fn revoke_session(
+        &self,
+        secret_hash: &str,
+        now: i64,
+        feed_until: i64,
+    ) -> anyhow::Result<Option<String>> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let sid: Option<String> = tx
@@ -1642,12 +1704,13 @@ impl Store for SqliteStore {
             .optional()?;
         if let Some(sid) = &sid {
             tx.execute("DELETE FROM app_sessions WHERE sid = ?1", [sid])?;
+            append_revocation(&tx, RevokedKind::Session, sid, now, feed_until)?;
         }
         tx.commit()?;
         Ok(sid)
     }
 
-    fn revoke_sid(&self, sid: &str, now: i64) -> anyhow::Result<bool> {
+    fn revoke_sid(&self, sid: &str, now: i64, feed_until: i64) -> anyhow::Result<bool> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let n = tx.execute(
@@ -1655,8 +1718,77 @@ impl Store for SqliteStore {
              WHERE sid = ?1 AND revoked_at IS NULL AND expires_at > ?2",
             params![sid, now],
         )?;
-        tx.execute("DELETE FROM app_sessions WHERE sid = ?1", [sid])?;
+        let apps = tx.execute("DELETE FROM app_sessions WHERE sid = ?1", [sid])?;
+        // App sessions may outlive their sign-in session's record: their TEs go too.
+        if n == 1 || apps > 0 {
+            append_revocation(&tx, RevokedKind::Session, sid, now, feed_until)?;
+        }
         tx.commit()?;
         Ok(n == 1)
     }
+
+    // revocation feed
+    fn record_revocation(
+        &self,
+        kind: RevokedKind,
+        id: &str,
+        at: i64,
+        expires_at: i64,
+    ) -> anyhow::Result<()> {
+        let conn = self.conn()?;
+        append_revocation(&conn, kind, id, at, expires_at)?;
+        Ok(())
+    }
+
+    fn revocations_after(
+        &self,
+        after: i64,
+        limit: usize,
+        now: i64,
+    ) -> anyhow::Result<Vec<RevocationEntry>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT seq, kind, id, at, expires_at FROM revocations
+             WHERE seq > ?1 AND expires_at > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![after, now, limit], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, kind, id, at, expires_at) = row?;
+            let kind = RevokedKind::parse(&kind)
+                .with_context(|| format!("stored revocation {seq} has an unknown kind"))?;
+            out.push(RevocationEntry {
+                seq,
+                kind,
+                id,
+                at,
+                expires_at,
+            });
+        }
+        Ok(out)
+    }
+}
+
+// revocation feed
+/// Appends one feed entry inside the caller's transaction (or connection).
+fn append_revocation(
+    conn: &Connection,
+    kind: RevokedKind,
+    id: &str,
+    at: i64,
+    expires_at: i64,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO revocations (kind, id, at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        params![kind.as_str(), id, at, expires_at],
+    )
 }
