@@ -651,6 +651,8 @@ pub fn operator_config(dir: &Path, ports: &Ports, opts: &StackOptions) -> Value 
         "authorization_server": {
             "issuer": format!("http://127.0.0.1:{}", ports.token_service),
             "listen": format!("127.0.0.1:{}", ports.token_service),
+            // Always bound (the revocation feed): a port of its own, for tests running at once.
+            "internal_listen": format!("127.0.0.1:{}", free_port()),
             "access_token_ttl_seconds": opts.access_token_ttl_seconds,
             "refresh_token_ttl_seconds": opts.refresh_token_ttl_seconds,
             "signing_key": {
