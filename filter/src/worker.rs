@@ -243,7 +243,7 @@ pub fn internal_key(config: &CompiledConfig) -> Result<Option<InternalKey>, Stri
             .map_err(|e| format!("invalid {name}: {e}")),
         Err(std::env::VarError::NotUnicode(_)) => Err(format!("invalid {name}: must be text")),
         Err(std::env::VarError::NotPresent) if config.token_service.is_some() => Err(format!(
-            "{name} is not set: token_service (upstream tokens, identity assertions, client routes) needs the token service's internal credential in Envoy's environment"
+            "{name} is not set: token_service (the revocation feed, upstream tokens, identity assertions, client routes) needs the token service's internal credential in Envoy's environment"
         )),
         Err(std::env::VarError::NotPresent) => Ok(None),
     }
