@@ -117,7 +117,9 @@ fn metadata_reply(route: &Route, head: &RequestHead<'_>) -> LocalReply {
 mod tests {
     use super::*;
     use crate::cache::TokenCache;
+    use crate::internal_api::{RevocationEntry, RevocationPage, RevokedKind};
     use crate::keys::KeySet;
+    use crate::revocation::{FeedRules, Revocations};
     use crate::session::SessionKey;
     use crate::signature_budget::SignatureBudget;
     use crate::token::testkeys::*;
@@ -143,6 +145,7 @@ mod tests {
         keys: Option<KeySet>,
         session_key: SessionKey,
         budget: SignatureBudget,
+        revocations: Revocations,
     }
 
     impl Run {
@@ -155,6 +158,7 @@ mod tests {
                 keys,
                 session_key: SessionKey::from_random([3; 32]),
                 budget: SignatureBudget::new(8),
+                revocations: Revocations::new(FeedRules::default(), true, 1_090),
             }
         }
         fn decide(&mut self, head: &RequestHead<'_>) -> Step {
@@ -177,6 +181,7 @@ mod tests {
                     random: || Some([7; 32]),
                     budget: &mut self.budget,
                     client_address,
+                    revocations: &self.revocations,
                 },
             )
         }
@@ -216,6 +221,54 @@ mod tests {
         let mut sig = sig.as_bytes().to_vec();
         sig[3] = if sig[3] == b'A' { b'B' } else { b'A' };
         format!("{rest}.{}", String::from_utf8(sig).unwrap())
+    }
+
+    #[test]
+    fn revoked_tokens_are_refused_even_from_the_cache_and_a_stale_feed_fails_closed() {
+        let mut run = Run::new();
+        let good = bearer();
+        let h = head(b"/mcp", vec![good.as_bytes()]);
+        assert!(matches!(run.decide(&h), Step::Forward(_)));
+        // The test TE has grant "g", session "s", sub demo@example.com, iat 1000.
+        for (kind, id) in [
+            (RevokedKind::Grant, "g"),
+            (RevokedKind::Session, "s"),
+            (RevokedKind::User, "demo@example.com"),
+        ] {
+            let mut revocations = Revocations::new(FeedRules::default(), true, 1_090);
+            revocations.last_success = Some(1_099);
+            revocations
+                .set
+                .apply(
+                    &RevocationPage {
+                        cursor: 1,
+                        entries: vec![RevocationEntry {
+                            seq: 1,
+                            kind,
+                            id: id.into(),
+                            at: 1_050,
+                            expires_at: 1_400,
+                        }],
+                        more: false,
+                    },
+                    1_100,
+                )
+                .unwrap();
+            run.revocations = revocations;
+            // A cache hit: the token was verified above.
+            let r = reply(run.decide(&h));
+            assert_eq!((r.status, r.reason), (401, "token-revoked"), "{kind:?}");
+            assert!(header(&r, "www-authenticate")
+                .unwrap()
+                .starts_with("Bearer error=\"invalid_token\""));
+        }
+        // No good poll for longer than the grace: every TE gets the 503 that names the feed.
+        run.revocations = Revocations::new(FeedRules::default(), true, 1_000);
+        let r = reply(run.decide(&h));
+        assert_eq!((r.status, r.reason), (503, "revocation-feed-stale"));
+        assert!(r.body.contains("revocation feed"), "{}", r.body);
+        run.revocations.last_success = Some(1_090);
+        assert!(matches!(run.decide(&h), Step::Forward(_)));
     }
 
     #[test]
@@ -420,6 +473,7 @@ mod tests {
                 random: || Some([7; 32]),
                 budget: &mut run.budget,
                 client_address: || None,
+                revocations: &run.revocations,
             },
         );
         assert_eq!(reply(step).status, 503);

@@ -216,11 +216,13 @@ mod tests {
                 client_id: String::new(),
                 scope: String::new(),
                 sid: String::new(),
+                gid: String::new(),
                 email: String::new(),
                 name: String::new(),
                 groups: vec![],
             },
             expires_at: exp,
+            issued_at: None,
         }
     }
 

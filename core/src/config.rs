@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::keys::KeySet;
+use crate::revocation::FeedRules;
 use crate::token::TokenRules;
 use crate::url::ResourceUrl;
 
@@ -53,6 +54,9 @@ pub struct PluginConfig {
     /// internal listener. Required when any route has either.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_service: Option<TokenServiceConfig>,
+    /// The revocation feed, polled from `token_service` (off without one).
+    #[serde(default)]
+    pub revocation: FeedRules,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -212,8 +216,12 @@ fn default_true() -> bool {
     true
 }
 
+/// The leeway `render-envoy` gives the filter: a revocation must outlive it (a TE is usable
+/// until `exp` + this).
+pub const DEFAULT_CLOCK_SKEW_SECONDS: u32 = 30;
+
 fn default_leeway() -> u32 {
-    30
+    DEFAULT_CLOCK_SKEW_SECONDS
 }
 fn default_cache_entries() -> u32 {
     10_000
@@ -310,6 +318,8 @@ pub struct CompiledConfig {
     /// Where upstream tokens and identity assertions come from (present when a route has
     /// `upstream_oauth` or `pass_identity_headers`).
     pub token_service: Option<TokenService>,
+    /// The revocation feed's rules; the feed runs when `token_service` is set.
+    pub revocation: FeedRules,
     pub routes: Vec<Route>,
 }
 
@@ -533,6 +543,9 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
             })
         }
     };
+    raw.revocation
+        .validate()
+        .map_err(|(field, m)| err(format!("revocation.{field}"), m))?;
     if raw.clock_skew_seconds > 300 {
         return Err(err(
             "clock_skew_seconds",
@@ -700,6 +713,7 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
         authorize_filter_state: raw.authorize_filter_state,
         route_header,
         token_service,
+        revocation: raw.revocation,
         routes,
     })
 }
@@ -836,6 +850,22 @@ mod tests {
         type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
         let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|v| v["version"] = 2.into()), "version"),
+            (
+                Box::new(|v| v["revocation"] = serde_json::json!({"poll_ms": 0})),
+                "revocation.poll_ms",
+            ),
+            (
+                Box::new(|v| v["revocation"] = serde_json::json!({"grace_seconds": 0})),
+                "revocation.grace_seconds",
+            ),
+            (
+                Box::new(|v| v["revocation"] = serde_json::json!({"fail_open": "yes"})),
+                "revocation.fail_open",
+            ),
+            (
+                Box::new(|v| v["revocation"] = serde_json::json!({"poll": 1})),
+                "revocation",
+            ),
             (
                 Box::new(|v| v["route_header"] = "X-Route".into()),
                 "route_header",

@@ -56,6 +56,9 @@ pub const APP_TOKEN_PATH: &str = "/internal/v1/app-token";
 pub const APP_SESSION_END_PATH: &str = "/internal/v1/app-session/end";
 /// `GET`: the encryption-key re-seal's counters.
 pub const VAULT_STATUS_PATH: &str = "/internal/v1/vault/status";
+/// `GET ?after=<cursor>` → `RevocationPage`: the revocation feed (`revocations_query`);
+/// `400 invalid_request` for a query that is not exactly `after=<i64 ≥ 0>`.
+pub const REVOCATIONS_PATH: &str = "/internal/v1/revocations";
 
 /// Where the token service sends a browser back to a client route's host with a one-time
 /// code (any client route's host, whatever its path prefix).
@@ -252,6 +255,105 @@ pub struct AppTokenAnswer {
 pub struct AppSessionEndAnswer {
     pub ended: bool,
     pub ticket: Option<String>,
+}
+
+/// What a revocation covers: TEs with `gid` (a grant: RFC 7009 `/revoke`, a replayed refresh
+/// token or code), `sid` (a sign-in session: sign-out, and the app sessions bound to it) or
+/// `sub` issued at or before `at` (a user; signing in again afterwards works).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevokedKind {
+    Grant,
+    Session,
+    User,
+}
+
+impl RevokedKind {
+    /// The kind as it is stored and travels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevokedKind::Grant => "grant",
+            RevokedKind::Session => "session",
+            RevokedKind::User => "user",
+        }
+    }
+
+    pub fn parse(kind: &str) -> Option<Self> {
+        [RevokedKind::Grant, RevokedKind::Session, RevokedKind::User]
+            .into_iter()
+            .find(|k| k.as_str() == kind)
+    }
+}
+
+/// One revocation of the feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationEntry {
+    /// The feed's sequence number: increasing, never reused.
+    pub seq: i64,
+    pub kind: RevokedKind,
+    pub id: String,
+    /// Unix seconds when it was revoked.
+    pub at: i64,
+    /// Unix seconds by which every TE it can cover has expired (with the filter's leeway):
+    /// the entry is dropped then.
+    pub expires_at: i64,
+}
+
+/// A page of the feed after a cursor: at most `MAX_REVOCATIONS_PER_PAGE` entries and
+/// `MAX_ANSWER_BYTES` of JSON; `more` asks for the next page at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationPage {
+    /// The cursor for the next call: the last entry's `seq` (or the one asked with).
+    pub cursor: i64,
+    pub entries: Vec<RevocationEntry>,
+    pub more: bool,
+}
+
+/// Entries per page of the feed, at most (about what fits in `MAX_ANSWER_BYTES`).
+pub const MAX_REVOCATIONS_PER_PAGE: usize = 500;
+
+impl RevocationPage {
+    /// The page after `after` from the entries that follow it in `seq` order (read one more
+    /// than `MAX_REVOCATIONS_PER_PAGE` to know whether there are more), cut to fit in
+    /// `MAX_ANSWER_BYTES` of JSON: the filter reads nothing larger.
+    pub fn of(after: i64, mut entries: Vec<RevocationEntry>) -> Self {
+        let mut more = entries.len() > MAX_REVOCATIONS_PER_PAGE;
+        entries.truncate(MAX_REVOCATIONS_PER_PAGE);
+        // The envelope (`{"cursor":…,"entries":[],"more":false}`) and a comma per entry.
+        let mut size = 64;
+        let mut keep = 0;
+        for e in &entries {
+            let n = serde_json::to_string(e).map_or(MAX_ANSWER_BYTES, |j| j.len() + 1);
+            if size + n > MAX_ANSWER_BYTES {
+                more = true;
+                break;
+            }
+            size += n;
+            keep += 1;
+        }
+        entries.truncate(keep);
+        RevocationPage {
+            cursor: entries.last().map_or(after, |e| e.seq),
+            entries,
+            more,
+        }
+    }
+}
+
+/// The query of a feed call: `after=<cursor>`.
+pub fn revocations_query(after: i64) -> String {
+    format!("after={after}")
+}
+
+/// The cursor of a feed call's query: exactly `after=<digits>` (0 = from the start).
+pub fn parse_revocations_query(query: &str) -> Option<i64> {
+    let digits = query.strip_prefix("after=")?;
+    if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// Answers larger than this are not read (a bad answer): the filter holds them whole.
@@ -542,6 +644,56 @@ mod tests {
             app_cookie_name("demo-app"),
             format!("{APP_COOKIE_PREFIX}52926082")
         );
+    }
+
+    #[test]
+    fn the_revocation_feed_travels_as_its_contract_says() {
+        let page: RevocationPage = serde_json::from_str(
+            r#"{"cursor":7,"entries":[{"seq":7,"kind":"session","id":"s1","at":10,"expires_at":340}],"more":false}"#,
+        )
+        .unwrap();
+        assert_eq!(page.entries[0].kind, RevokedKind::Session);
+        assert!(serde_json::from_str::<RevokedKind>(r#""device""#).is_err());
+        for kind in [RevokedKind::Grant, RevokedKind::Session, RevokedKind::User] {
+            assert_eq!(RevokedKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(parse_revocations_query(&revocations_query(42)), Some(42));
+        for bad in [
+            "",
+            "after=",
+            "after=-1",
+            "after=1&x=2",
+            "before=1",
+            "after=99999999999999999999",
+        ] {
+            assert_eq!(parse_revocations_query(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_feed_page_is_bounded_in_entries_and_bytes() {
+        let entry = |seq: i64, id: &str| RevocationEntry {
+            seq,
+            kind: RevokedKind::Grant,
+            id: id.into(),
+            at: 1_700_000_000,
+            expires_at: 1_700_000_330,
+        };
+        let empty = RevocationPage::of(9, vec![]);
+        assert_eq!((empty.cursor, empty.more), (9, false));
+        let many: Vec<_> = (1..=501).map(|i| entry(i, "g")).collect();
+        let page = RevocationPage::of(0, many);
+        assert_eq!(
+            (page.entries.len(), page.cursor, page.more),
+            (500, 500, true)
+        );
+        let all: Vec<_> = (1..=500).map(|i| entry(i, "g")).collect();
+        assert!(!RevocationPage::of(0, all).more);
+        let big: Vec<_> = (1..=200).map(|i| entry(i, &"x".repeat(1000))).collect();
+        let page = RevocationPage::of(0, big);
+        assert!(page.more && !page.entries.is_empty());
+        assert!(serde_json::to_vec(&page).unwrap().len() <= MAX_ANSWER_BYTES);
+        assert_eq!(page.cursor, page.entries.last().unwrap().seq);
     }
 
     #[test]

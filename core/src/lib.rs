@@ -16,6 +16,7 @@ pub mod names;
 pub mod policy;
 pub mod raw;
 pub mod reply;
+pub mod revocation;
 pub mod server_route;
 pub mod session;
 pub mod signature_budget;

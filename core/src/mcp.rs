@@ -623,6 +623,7 @@ mod tests {
             client_id: "cli".into(),
             scope: String::new(),
             sid: String::new(),
+            gid: String::new(),
             email: "ann@company.com".into(),
             name: String::new(),
             groups: vec!["eng".into()],

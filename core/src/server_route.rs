@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use crate::config::{normalize_origin, Route};
 use crate::reply::{preflight, LocalReply};
+use crate::revocation::{stale_reply, FeedVerdict};
 use crate::session::{self, Inbound};
 use crate::signature_budget::Client;
 use crate::step::{Context, Grant, RequestHead, Step};
@@ -216,6 +217,19 @@ fn identity(
             }
         }
     };
+    // Before anything else is decided, on cache hits too: the cache knows nothing of
+    // revocations made after it verified the token.
+    match ctx.revocations.check(&identity, ctx.now) {
+        FeedVerdict::Pass => {}
+        FeedVerdict::Revoked => {
+            return Err(NoIdentity::Reply(invalid_token(
+                route,
+                "token-revoked",
+                cors,
+            )))
+        }
+        FeedVerdict::Stale => return Err(NoIdentity::Reply(stale_reply(cors))),
+    }
     if !identity.allows_resource(&route.resource) {
         return Err(NoIdentity::Reply(invalid_token(
             route,

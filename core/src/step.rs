@@ -9,6 +9,7 @@ use crate::cache::TokenCache;
 use crate::config::CompiledConfig;
 use crate::keys::KeySet;
 use crate::reply::LocalReply;
+use crate::revocation::Revocations;
 use crate::session::SessionKey;
 use crate::signature_budget::SignatureBudget;
 use crate::token::Identity;
@@ -90,4 +91,6 @@ pub struct Context<'a> {
     /// The client's address as Envoy has it (`source.address`), asked only when a signature
     /// check is due (never on the warm path).
     pub client_address: fn() -> Option<Vec<u8>>,
+    /// The worker's copy of the revocation feed: every TE, cached or not, is checked with it.
+    pub revocations: &'a Revocations,
 }

@@ -21,6 +21,10 @@ pub struct TeClaims {
     pub scope: String,
     #[serde(default)]
     pub sid: String,
+    /// The grant the TE was issued under (empty on app TEs, which have a session only): the
+    /// revocation feed refuses every TE of a revoked grant.
+    #[serde(default)]
+    pub gid: String,
     #[serde(default)]
     pub email: String,
     #[serde(default)]
@@ -53,6 +57,8 @@ pub struct Identity {
     pub claims: TeClaims,
     /// Unix seconds; the token is unusable after `expires_at + leeway`.
     pub expires_at: i64,
+    /// `iat`, Unix seconds (`None` without one: a user's revocation then covers it).
+    pub issued_at: Option<i64>,
 }
 
 impl Identity {
@@ -248,6 +254,7 @@ impl Unverified<'_> {
             _ => TokenError::Malformed,
         })?;
         Ok(Identity {
+            issued_at: self.claims.issued_at.map(|t| t.timestamp()),
             claims: self.claims.custom,
             expires_at: self.expires_at,
         })
@@ -280,6 +287,7 @@ pub(crate) mod testkeys {
             client_id: "c".into(),
             scope: String::new(),
             sid: "s".into(),
+            gid: "g".into(),
             email: "demo@example.com".into(),
             name: "Demo".into(),
             groups: vec!["demo".into()],

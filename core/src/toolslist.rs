@@ -491,6 +491,7 @@ mod tests {
         Rc::new(Identity {
             claims: serde_json::from_value(json!({"iss": "i", "sub": "s", "aud": "a"})).unwrap(),
             expires_at: 0,
+            issued_at: None,
         })
     }
 

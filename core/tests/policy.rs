@@ -16,6 +16,7 @@ fn claims(email: &str, groups: &[&str]) -> TeClaims {
         client_id: "inspector".into(),
         scope: "mcp read".into(),
         sid: "s".into(),
+        gid: String::new(),
         email: email.into(),
         name: "N".into(),
         groups: groups.iter().map(|g| g.to_string()).collect(),

@@ -72,6 +72,7 @@ fn claims() -> TeClaims {
         client_id: "c".into(),
         scope: String::new(),
         sid: String::new(),
+        gid: String::new(),
         email: "a@company.com".into(),
         name: String::new(),
         groups: vec![],

@@ -14,6 +14,8 @@
 //!   client routes' sessions.
 //! * `response` — the response path: CORS, session id wrapping, `tools/list` filtering, a TI
 //!   the MCP server refused dropped.
+//! * `feed` — the revocation feed: one poller per Envoy (a lease in shared data), every
+//!   worker's copy refreshed at its tick, checked by `warden_core` on every TE.
 //! * `metrics` — the filter's counters.
 
 use std::cell::RefCell;
@@ -23,6 +25,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 use warden_core::config::CompiledConfig;
 
+mod feed;
 mod head;
 mod headers;
 mod metrics;
@@ -62,6 +65,9 @@ impl Context for WardenRoot {
             });
             return;
         }
+        if worker.borrow_mut().accept_feed(token, headers, body) {
+            return;
+        }
         let waiting = worker.borrow_mut().accept_jwks(token, headers, body);
         // The borrow has ended: each woken request borrows the worker itself.
         for waiter in waiting {
@@ -91,14 +97,16 @@ impl RootContext for WardenRoot {
                 return false;
             }
         };
+        let tick = worker::tick_period(&config);
         self.worker = Some(Rc::new(RefCell::new(Worker::new(
             self.id,
             config,
             session_key,
             internal_key,
         ))));
-        // Fetch the JWKS promptly at start, then on the configured period.
-        self.set_tick_period(worker::TICK);
+        // Fetch the JWKS promptly at start, then on the configured period; the revocation
+        // feed is polled and adopted at the same tick.
+        self.set_tick_period(tick);
         true
     }
 

@@ -56,9 +56,16 @@ pub enum Counter {
     SignatureChecksFailed,
     /// Tokens refused unchecked: the worker's budget of failed checks was spent.
     SignatureChecksRefused,
+    /// TEs refused because the feed says their grant, session or user is revoked.
+    DeniedRevoked,
+    /// TEs answered `503` because the revocation feed is stale (fail closed).
+    DeniedFeedStale,
+    /// Polls of the revocation feed that succeeded / failed (the polling worker's).
+    RevocationPollOk,
+    RevocationPollFailed,
 }
 
-const NAMES: [&str; 24] = [
+const NAMES: [&str; 28] = [
     "mcp_warden.requests_allowed",
     "mcp_warden.requests_denied",
     "mcp_warden.local_replies",
@@ -83,6 +90,10 @@ const NAMES: [&str; 24] = [
     "mcp_warden.signature_checks",
     "mcp_warden.signature_checks_failed",
     "mcp_warden.signature_checks_refused",
+    "mcp_warden.denied_revoked",
+    "mcp_warden.denied_revocation_feed_stale",
+    "mcp_warden.revocation_poll_ok",
+    "mcp_warden.revocation_poll_failed",
 ];
 
 /// Call-outs to the token service not yet answered (a gauge).
@@ -185,6 +196,8 @@ impl Metrics {
             "mcp-session-unknown" | "mcp-session-repeated" | "mcp-session-in-query" => {
                 Counter::DeniedSession
             }
+            "token-revoked" => Counter::DeniedRevoked,
+            "revocation-feed-stale" => Counter::DeniedFeedStale,
             _ => Counter::Denied,
         }
     }

@@ -18,6 +18,7 @@ use warden_core::config::Route;
 use warden_core::internal_api::UpstreamTokenRequest;
 use warden_core::mcp::{self as judge, CallHead, Verdict};
 use warden_core::reply::{token_service_unavailable, LocalReply, ReplyTo};
+use warden_core::revocation::FeedVerdict;
 use warden_core::token::{Identity, TeClaims, TokenError};
 use warden_core::transport::MethodRule;
 use warden_core::upstream::{self, Lookup};
@@ -144,6 +145,7 @@ impl RequestState {
                 random: random_bytes,
                 budget: &mut w.budget,
                 client_address,
+                revocations: &w.feed.view,
             },
         )
     }
@@ -883,6 +885,38 @@ impl RequestState {
         };
         if !permitted {
             let reply = app::access_denied_page();
+            self.log_app_reply(&reply);
+            self.send(reply);
+            return Action::Pause;
+        }
+        // The cached app TE may belong to a session signed out since: the feed says so.
+        let verdict = self
+            .worker
+            .borrow()
+            .feed
+            .view
+            .check(&token.identity, now_seconds());
+        if verdict != FeedVerdict::Pass {
+            let reply = match verdict {
+                FeedVerdict::Revoked => {
+                    self.worker.borrow().metrics.inc(Counter::DeniedRevoked);
+                    let cache_key = self.app.as_ref().map(|a| a.cache_key.clone());
+                    if let Some(key) = cache_key {
+                        self.worker
+                            .borrow_mut()
+                            .app_tokens
+                            .remove_if(route_index, &key, |_| true);
+                    }
+                    self.app
+                        .as_mut()
+                        .and_then(|a| a.expired.take())
+                        .unwrap_or_else(|| app::unavailable_page("app-session-revoked"))
+                }
+                _ => {
+                    self.worker.borrow().metrics.inc(Counter::DeniedFeedStale);
+                    app::unavailable_page("revocation-feed-stale")
+                }
+            };
             self.log_app_reply(&reply);
             self.send(reply);
             return Action::Pause;

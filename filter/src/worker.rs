@@ -22,10 +22,14 @@ use warden_core::signature_budget::SignatureBudget;
 use warden_core::toolslist::FilteredLists;
 use warden_core::upstream::UpstreamTokenCache;
 
+use crate::feed::{Feed, FeedTick};
 use crate::metrics::{Counter, Metrics};
 
 /// The root context's usual tick: JWKS refresh bookkeeping, shared-data sync.
 pub const TICK: Duration = Duration::from_secs(1);
+/// The tick with the revocation feed on is at most this: a revocation reaches every worker
+/// within `poll_ms` + the poll's round trip + one tick, well under 5 s.
+const FEED_TICK_MAX_MS: u32 = 500;
 /// The tick while a request waits for a fetch to be dispatched (fetches leave from the root).
 const FAST_TICK: Duration = Duration::from_millis(1);
 /// A token naming an unknown `kid` may start a refetch at most this often per worker, whatever
@@ -173,7 +177,28 @@ pub struct Worker {
     session_key_per_process: bool,
     fetch: Fetch,
     shared_key: String,
+    /// The revocation feed: this worker's copy, and the poll when this worker is the poller.
+    pub feed: Feed,
+    /// The tick period between fast ticks.
+    tick_period: Duration,
     pub metrics: Metrics,
+}
+
+/// The root context's tick for `config`: `TICK`, shorter with the revocation feed on.
+pub fn tick_period(config: &CompiledConfig) -> Duration {
+    if config.token_service.is_none() {
+        return TICK;
+    }
+    let ms = (config.revocation.poll_ms / 2).clamp(50, FEED_TICK_MAX_MS);
+    Duration::from_millis(u64::from(ms))
+}
+
+pub fn now_millis() -> i64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
 }
 
 /// The operator's session key from the environment, or this Envoy process's own (shared by
@@ -218,7 +243,7 @@ pub fn internal_key(config: &CompiledConfig) -> Result<Option<InternalKey>, Stri
             .map_err(|e| format!("invalid {name}: {e}")),
         Err(std::env::VarError::NotUnicode(_)) => Err(format!("invalid {name}: must be text")),
         Err(std::env::VarError::NotPresent) if config.token_service.is_some() => Err(format!(
-            "{name} is not set: token_service (upstream tokens, identity assertions, client routes) needs the token service's internal credential in Envoy's environment"
+            "{name} is not set: token_service (the revocation feed, upstream tokens, identity assertions, client routes) needs the token service's internal credential in Envoy's environment"
         )),
         Err(std::env::VarError::NotPresent) => Ok(None),
     }
@@ -295,6 +320,8 @@ impl Worker {
         let assertions = AssertionCache::new(config.token_cache_entries, config.routes.len());
         let app_tokens = AppTokenCache::new(config.token_cache_entries, config.routes.len());
         let shared_key = format!("{JWKS_SHARED_KEY_PREFIX}{}", config.rules.issuer);
+        let feed = Feed::new(&config, now_seconds());
+        let tick_period = tick_period(&config);
         Self {
             root_id,
             config: Rc::new(config),
@@ -314,6 +341,8 @@ impl Worker {
             session_key_per_process: session_key.1,
             fetch: Fetch::default(),
             shared_key,
+            feed,
+            tick_period,
             metrics: Metrics::define(),
         }
     }
@@ -389,7 +418,8 @@ impl Worker {
         self.expire_callouts(now);
         let _ = self.sync_keys();
         self.sync_session_key();
-        let period = std::mem::take(&mut self.fetch.fast_tick).then_some(TICK);
+        self.poll_feed();
+        let period = std::mem::take(&mut self.fetch.fast_tick).then_some(self.tick_period);
         let Some(fetch) = self.config.jwks.clone() else {
             return (period, Vec::new());
         };
@@ -430,6 +460,44 @@ impl Worker {
             self.metrics.inc(Counter::JwksFetchFailed);
             (period, std::mem::take(&mut self.fetch.waiting))
         }
+    }
+
+    /// The revocation feed's part of the tick: adopt what the poller published; poll when
+    /// this worker is the poller and a poll is due.
+    fn poll_feed(&mut self) {
+        let now_ms = now_millis();
+        let timeout_ms = self
+            .config
+            .token_service
+            .as_ref()
+            .map_or(0, |ts| ts.timeout_ms);
+        let FeedTick::Poll(path) = self.feed.tick(now_ms, timeout_ms) else {
+            return;
+        };
+        let root = self.root_id;
+        match self.call_token_service(root, "GET", &path, "", "revocation feed poll") {
+            Ok(token) => self.feed.dispatched(token, now_ms),
+            Err(_) => {
+                self.metrics.inc(Counter::RevocationPollFailed);
+                self.feed.not_dispatched(now_ms);
+            }
+        }
+    }
+
+    /// The revocation feed poll's answer, if `token` is it (the call-out's slot was freed by
+    /// `answered`). Returns whether it was.
+    pub fn accept_feed(&mut self, token: u32, headers: usize, body_size: usize) -> bool {
+        if !self.feed.is_poll(token) {
+            return false;
+        }
+        let (status, body) = read_answer(headers, body_size);
+        let ok = self.feed.accept(status, &body, now_millis());
+        self.metrics.inc(if ok {
+            Counter::RevocationPollOk
+        } else {
+            Counter::RevocationPollFailed
+        });
+        true
     }
 
     fn sync_session_key(&mut self) {
@@ -512,7 +580,7 @@ impl Worker {
         body: &str,
     ) -> Result<u32, &'static str> {
         let own_id = waiter.id;
-        let token = self.call_token_service(own_id, kind.path(), body, kind.what())?;
+        let token = self.call_token_service(own_id, "POST", kind.path(), body, kind.what())?;
         self.lookups.insert(token, (waiter, kind));
         self.metrics.inc(match kind {
             LookupKind::UpstreamToken => Counter::UpstreamTokenLookups,
@@ -551,10 +619,11 @@ impl Worker {
     /// Posts `body` to the internal API at `path`, fire and forget: its answer is nobody's
     /// (`answered` finds no look-up for it).
     pub fn dispatch_notice(&mut self, own_id: u32, path: &str, body: &str, what: &str) {
-        let _ = self.call_token_service(own_id, path, body, what);
+        let _ = self.call_token_service(own_id, "POST", path, body, what);
     }
 
-    /// One signed `POST` to the token service's internal API. It leaves as the root
+    /// One signed call (`POST` with a body, `GET` without) to the token service's internal
+    /// API. It leaves as the root
     /// context's call: Envoy cancels a call of a request context that ends (a client that
     /// disconnects mid-call), and the SDK then keeps the call's entry in its own table
     /// forever; a call of the root context is always answered, if only by its timeout, which
@@ -564,6 +633,7 @@ impl Worker {
     fn call_token_service(
         &mut self,
         own_id: u32,
+        method: &str,
         path: &str,
         body: &str,
         what: &str,
@@ -584,21 +654,23 @@ impl Worker {
         if getrandom::getrandom(&mut nonce).is_err() {
             return Err("token-service-unavailable");
         }
-        let authorization = key.authorization("POST", path, body.as_bytes(), now, &nonce);
-        let headers = vec![
-            (":method", "POST"),
+        let authorization = key.authorization(method, path, body.as_bytes(), now, &nonce);
+        let mut headers = vec![
+            (":method", method),
             (":path", path),
             (":authority", ts.authority.as_str()),
             ("authorization", authorization.as_str()),
-            ("content-type", "application/json"),
             ("accept", "application/json"),
         ];
+        if !body.is_empty() {
+            headers.push(("content-type", "application/json"));
+        }
         let timeout = Duration::from_millis(u64::from(ts.timeout_ms));
         let as_root = hostcalls::set_effective_context(self.root_id).is_ok();
         let dispatched = hostcalls::dispatch_http_call(
             &ts.cluster,
             headers,
-            Some(body.as_bytes()),
+            (!body.is_empty()).then_some(body.as_bytes()),
             vec![],
             timeout,
         );

@@ -138,6 +138,7 @@ pub fn run(data: &[u8]) -> &'static str {
             random: || Some([7; 32]),
             budget: &mut budget,
             client_address: || Some(b"192.0.2.1:1234".to_vec()),
+            revocations: &warden_core::revocation::Revocations::default(),
         },
     );
     judge(&head, step)

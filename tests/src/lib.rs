@@ -651,6 +651,8 @@ pub fn operator_config(dir: &Path, ports: &Ports, opts: &StackOptions) -> Value 
         "authorization_server": {
             "issuer": format!("http://127.0.0.1:{}", ports.token_service),
             "listen": format!("127.0.0.1:{}", ports.token_service),
+            // Always bound (the revocation feed): a port of its own, for tests running at once.
+            "internal_listen": format!("127.0.0.1:{}", free_port()),
             "access_token_ttl_seconds": opts.access_token_ttl_seconds,
             "refresh_token_ttl_seconds": opts.refresh_token_ttl_seconds,
             "signing_key": {
@@ -731,9 +733,21 @@ pub fn internal_authorization(credential: &str, path: &str, body: &[u8]) -> Stri
 }
 
 /// Starts Envoy with `bootstrap`; `base_id` must be unique among concurrently running Envoys
-/// (the admin port is used).
+/// (the admin port is used). With no token service behind it (configuration tests): the
+/// filter still needs an internal credential to load (it polls the revocation feed), so it
+/// gets one nobody accepts.
 pub fn spawn_envoy(dir: &Path, name: &str, bootstrap: &Path, base_id: u16) -> Proc {
-    spawn_envoy_with(dir, name, bootstrap, base_id, 1, &[])
+    spawn_envoy_with(
+        dir,
+        name,
+        bootstrap,
+        base_id,
+        1,
+        &[(
+            INTERNAL_CREDENTIAL_ENV,
+            "e2e-configuration-test-credential-0123456789",
+        )],
+    )
 }
 
 /// [`spawn_envoy`] with `workers` worker threads and extra environment variables.

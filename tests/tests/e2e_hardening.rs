@@ -539,7 +539,11 @@ async fn another_envoy(stack: &Stack, name: &str, env: &[(&str, &str)]) -> (ward
     write_yaml(&config_path, &config);
     let bootstrap = stack.dir.path().join(format!("{name}-envoy.yaml"));
     render_envoy(&config_path, &warden_e2e::Binaries::wasm(), &bootstrap).await;
-    let mut envoy = spawn_envoy_with(stack.dir.path(), name, &bootstrap, admin, 2, env);
+    // Every Envoy polls the revocation feed: it signs with the internal credential.
+    let credential = warden_e2e::internal_credential(stack.dir.path()).expect("credential");
+    let mut env = env.to_vec();
+    env.push((warden_e2e::INTERNAL_CREDENTIAL_ENV, &credential));
+    let mut envoy = spawn_envoy_with(stack.dir.path(), name, &bootstrap, admin, 2, &env);
     match envoy_outcome(&mut envoy, admin, Duration::from_secs(60)).await {
         EnvoyOutcome::Ready => {}
         other => envoy.fail(&format!("did not become ready: {other:?}")),

@@ -31,6 +31,10 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// The revocation feed the filter polls (`poll_ms`, `grace_seconds`, `fail_open`),
+    /// rendered into the plugin configuration as it is.
+    #[serde(default)]
+    pub revocation: warden_core::revocation::FeedRules,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1061,6 +1065,9 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.revocation
+            .validate()
+            .map_err(|(field, m)| ConfigError::new(format!("revocation.{field}"), m))?;
         let a = &self.authorization_server;
         validate_issuer(&a.issuer)
             .map_err(|m| ConfigError::new("authorization_server.issuer", m))?;
@@ -1514,11 +1521,20 @@ impl Config {
         self.routes.iter().any(|r| r.pass_identity_headers)
     }
 
-    /// Whether the filter needs the internal listener: for upstream tokens, identity
-    /// assertions, or the app sessions of `mcp: client` routes. Bound, rendered (cluster and
-    /// credential) and given a credential file then.
+    /// Whether the filter needs the internal listener: always, for the revocation feed
+    /// (and for upstream tokens, identity assertions, the app sessions of `mcp: client`
+    /// routes). Bound, rendered (cluster and credential) and given a credential file then.
     pub fn uses_internal_listener(&self) -> bool {
-        self.uses_upstream_oauth() || self.uses_identity_assertions() || self.uses_client_routes()
+        true
+    }
+
+    /// Until when a revocation made `at` must be kept in the feed: every TE issued before it
+    /// has expired by then, with the leeway the filter allows.
+    pub fn revocation_expires_at(&self, at: i64) -> i64 {
+        let ttl = i64::try_from(self.authorization_server.access_token_ttl_seconds)
+            .unwrap_or(i64::MAX / 4);
+        at.saturating_add(ttl)
+            .saturating_add(i64::from(warden_core::config::DEFAULT_CLOCK_SKEW_SECONDS))
     }
 
     pub fn route_by_name(&self, name: &str) -> Option<&RouteConfig> {

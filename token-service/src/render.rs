@@ -52,6 +52,8 @@ pub struct EnvoyInput {
     pub routes: Vec<RouteInput>,
     /// The internal listener, when a route needs upstream tokens or identity assertions.
     pub internal: Option<InternalListener>,
+    /// The revocation feed's rules for the filter.
+    pub revocation: warden_core::revocation::FeedRules,
 }
 
 /// Where the filter asks for upstream tokens. The credential it signs its calls with is
@@ -110,6 +112,7 @@ impl EnvoyInput {
                 })
                 .collect(),
             internal,
+            revocation: config.revocation,
         }
     }
 }
@@ -132,7 +135,7 @@ pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
             refresh_seconds: 300,
         }),
         jwks_static: None,
-        clock_skew_seconds: 30,
+        clock_skew_seconds: warden_core::config::DEFAULT_CLOCK_SKEW_SECONDS,
         token_cache_entries: 10_000,
         failed_signature_checks_per_second: warden_core::config::DEFAULT_FAILED_SIGNATURE_CHECKS,
         // The rendered access log prints it (`%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`).
@@ -144,6 +147,7 @@ pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
             credential: None,
             timeout_ms: 2_000,
         }),
+        revocation: input.revocation,
         routes: input
             .routes
             .iter()
@@ -530,6 +534,7 @@ mod tests {
                 },
             ],
             internal: None,
+            revocation: Default::default(),
         }
     }
 

@@ -250,8 +250,8 @@ async fn unknown_users_and_routes_and_routes_without_the_option_are_refused() {
 }
 
 #[tokio::test]
-async fn without_the_option_anywhere_no_credential_file_is_made() {
+async fn the_internal_listener_and_its_credential_are_always_there_for_the_revocation_feed() {
     let env = TestEnv::new();
-    assert!(!env.state.config().uses_internal_listener());
-    assert!(!env.state.config().internal_credential_file().exists());
+    assert!(env.state.config().uses_internal_listener());
+    assert!(env.state.config().internal_credential_file().exists());
 }

@@ -54,10 +54,10 @@ async fn migrations_are_recorded_and_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/dir/warden.db");
     let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.schema_versions().unwrap(), vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(s.schema_versions().unwrap(), (1..=11).collect::<Vec<i64>>());
     drop(s);
     let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.schema_versions().unwrap(), vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(s.schema_versions().unwrap(), (1..=11).collect::<Vec<i64>>());
 }
 
 #[tokio::test]
@@ -129,13 +129,15 @@ fn a_second_redemption_of_a_code_revokes_the_first_ones_grant_in_the_same_step()
     assert!(matches!(s.code("h").unwrap(), CodeLookup::Fresh(_)));
     let (g1, r1) = (sample_grant("g1"), sample_refresh("r1", "g1"));
     assert_eq!(
-        s.redeem_code("h", Some((&g1, Some(&r1))), 110).unwrap(),
+        s.redeem_code("h", Some((&g1, Some(&r1))), 110, 440)
+            .unwrap(),
         Redemption::Redeemed
     );
     // Both racers read "fresh"; the second to redeem issues nothing and kills the first.
     let (g2, r2) = (sample_grant("g2"), sample_refresh("r2", "g2"));
     assert_eq!(
-        s.redeem_code("h", Some((&g2, Some(&r2))), 111).unwrap(),
+        s.redeem_code("h", Some((&g2, Some(&r2))), 111, 441)
+            .unwrap(),
         Redemption::Replayed
     );
     assert!(s.grant("g1").unwrap().unwrap().revoked);
@@ -148,7 +150,7 @@ fn a_second_redemption_of_a_code_revokes_the_first_ones_grant_in_the_same_step()
         }
     );
     assert_eq!(
-        s.redeem_code("missing", None, 111).unwrap(),
+        s.redeem_code("missing", None, 111, 441).unwrap(),
         Redemption::Missing
     );
 }
@@ -160,9 +162,9 @@ fn a_refresh_token_of_a_revoked_grant_does_not_rotate() {
     let s = SqliteStore::open(&dir.path().join("w.db")).unwrap();
     s.insert_code("h", &sample_code()).unwrap();
     let (g, r) = (sample_grant("g"), sample_refresh("r", "g"));
-    s.redeem_code("h", Some((&g, Some(&r))), 110).unwrap();
+    s.redeem_code("h", Some((&g, Some(&r))), 110, 440).unwrap();
     // Revoked between the refresh's checks and its rotation.
-    s.revoke_grant("g", 120).unwrap();
+    s.revoke_grant("g", 120, 450).unwrap();
     assert!(!s
         .rotate_refresh_token("r", &sample_refresh("r-next", "g"), 121)
         .unwrap());

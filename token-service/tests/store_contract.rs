@@ -40,6 +40,8 @@ impl Backend for Sqlite {
 }
 
 const NOW: i64 = 1_000_000;
+/// How long revocation feed entries are kept, in these checks.
+const FEED: i64 = NOW + 3_600;
 
 fn request() -> AuthorizeGrant {
     AuthorizeGrant {
@@ -153,12 +155,14 @@ pub fn a_code_redeems_once_and_a_replay_revokes_what_it_produced(b: &dyn Backend
     assert!(matches!(s.code("h").unwrap(), CodeLookup::Fresh(_)));
     let (g1, r1) = (grant("g1"), refresh("r1", "g1", NOW + 3600));
     assert_eq!(
-        s.redeem_code("h", Some((&g1, Some(&r1))), NOW).unwrap(),
+        s.redeem_code("h", Some((&g1, Some(&r1))), NOW, FEED)
+            .unwrap(),
         Redemption::Redeemed
     );
     let (g2, r2) = (grant("g2"), refresh("r2", "g2", NOW + 3600));
     assert_eq!(
-        s.redeem_code("h", Some((&g2, Some(&r2))), NOW + 1).unwrap(),
+        s.redeem_code("h", Some((&g2, Some(&r2))), NOW + 1, FEED)
+            .unwrap(),
         Redemption::Replayed
     );
     assert!(
@@ -178,13 +182,13 @@ pub fn a_code_redeems_once_and_a_replay_revokes_what_it_produced(b: &dyn Backend
     );
     assert_eq!(s.code("nope").unwrap(), CodeLookup::Missing);
     assert_eq!(
-        s.redeem_code("nope", None, NOW).unwrap(),
+        s.redeem_code("nope", None, NOW, FEED).unwrap(),
         Redemption::Missing
     );
     // A code burnt after a failed check produced nothing; presenting it again is a replay.
     s.insert_code("burn", &code(NOW + 60)).unwrap();
     assert_eq!(
-        s.redeem_code("burn", None, NOW).unwrap(),
+        s.redeem_code("burn", None, NOW, FEED).unwrap(),
         Redemption::Redeemed
     );
     assert_eq!(
@@ -197,7 +201,7 @@ pub fn a_refresh_token_rotates_once_and_not_after_its_grant_is_revoked(b: &dyn B
     let s = b.handle();
     s.insert_code("h", &code(NOW + 60)).unwrap();
     let (g, r) = (grant("g"), refresh("r0", "g", NOW + 3600));
-    s.redeem_code("h", Some((&g, Some(&r))), NOW).unwrap();
+    s.redeem_code("h", Some((&g, Some(&r))), NOW, FEED).unwrap();
     assert!(s
         .rotate_refresh_token("r0", &refresh("r1", "g", NOW + 3600), NOW)
         .unwrap());
@@ -207,7 +211,7 @@ pub fn a_refresh_token_rotates_once_and_not_after_its_grant_is_revoked(b: &dyn B
         .rotate_refresh_token("r0", &refresh("r1b", "g", NOW + 3600), NOW)
         .unwrap());
     assert!(s.refresh_token("r1b").unwrap().is_none());
-    s.revoke_grant("g", NOW + 1).unwrap();
+    s.revoke_grant("g", NOW + 1, FEED).unwrap();
     assert!(!s
         .rotate_refresh_token("r1", &refresh("r2", "g", NOW + 3600), NOW + 2)
         .unwrap());
@@ -357,13 +361,13 @@ pub fn sessions_end_with_their_app_sessions(b: &dyn Backend) {
     s.insert_app_session("app1", &app).unwrap();
     assert_eq!(s.app_session("app1", NOW).unwrap(), Some(app));
     assert_eq!(
-        s.revoke_session("cookie1", NOW + 1).unwrap(),
+        s.revoke_session("cookie1", NOW + 1, FEED).unwrap(),
         Some("sid1".into())
     );
     assert!(!s.session_live("sid1", NOW + 1).unwrap());
     assert_eq!(s.session("cookie1", NOW + 1).unwrap(), None);
     assert_eq!(s.app_session("app1", NOW + 1).unwrap(), None);
-    assert_eq!(s.revoke_session("cookie1", NOW + 2).unwrap(), None);
+    assert_eq!(s.revoke_session("cookie1", NOW + 2, FEED).unwrap(), None);
 }
 
 pub fn the_sweep_deletes_what_can_no_longer_matter_and_keeps_the_rest(b: &dyn Backend) {
@@ -380,6 +384,7 @@ pub fn the_sweep_deletes_what_can_no_longer_matter_and_keeps_the_rest(b: &dyn Ba
         "live",
         Some((&grant("g"), Some(&refresh("r", "g", later + 3600)))),
         NOW,
+        FEED,
     )
     .unwrap();
     s.insert_code("h2", &code(later + 60)).unwrap();
@@ -387,6 +392,7 @@ pub fn the_sweep_deletes_what_can_no_longer_matter_and_keeps_the_rest(b: &dyn Ba
         "h2",
         Some((&grant("g-old"), Some(&refresh("r-old", "g-old", NOW + 60)))),
         NOW,
+        FEED,
     )
     .unwrap();
     let session = |sid: &str, expires_at| Session {
@@ -447,6 +453,7 @@ pub fn the_sweep_deletes_what_can_no_longer_matter_and_keeps_the_rest(b: &dyn Ba
             Some(&refresh("r-rev", "g-rev", later + 30 * 86_400)),
         )),
         NOW,
+        FEED,
     )
     .unwrap();
     s.insert_code("h4", &code(later + 60)).unwrap();
@@ -457,11 +464,12 @@ pub fn the_sweep_deletes_what_can_no_longer_matter_and_keeps_the_rest(b: &dyn Ba
             Some(&refresh("r-keep", "g-keep", later + 30 * 86_400)),
         )),
         NOW,
+        FEED,
     )
     .unwrap();
-    s.revoke_grant("g-rev", later).unwrap();
+    s.revoke_grant("g-rev", later, FEED).unwrap();
     assert_eq!(
-        s.revoke_session("s-live", later).unwrap(),
+        s.revoke_session("s-live", later, FEED).unwrap(),
         Some("sl".into())
     );
     let retention = Retention {
@@ -537,7 +545,7 @@ pub fn one_redemption_one_rotation_one_lease_one_take_across_replicas(b: &dyn Ba
             grant(&format!("g{i}")),
             refresh(&format!("r{i}"), &format!("g{i}"), NOW + 3600),
         );
-        s.redeem_code("h", Some((&g, Some(&r))), NOW).unwrap() == Redemption::Redeemed
+        s.redeem_code("h", Some((&g, Some(&r))), NOW, FEED).unwrap() == Redemption::Redeemed
     });
     assert_eq!(won.iter().filter(|w| **w).count(), 1, "one redemption");
 
@@ -551,6 +559,7 @@ pub fn one_redemption_one_rotation_one_lease_one_take_across_replicas(b: &dyn Ba
         "h2",
         Some((&grant("fam"), Some(&refresh("fam0", "fam", NOW + 3600)))),
         NOW,
+        FEED,
     )
     .unwrap();
     let won = race(b, 8, |s, i| {

@@ -41,6 +41,7 @@ pub fn policy_claims(
         client_id: client_id.to_owned(),
         scope: String::new(),
         sid: sid.to_owned(),
+        gid: String::new(),
         email: user.email.clone(),
         name: user.name.clone(),
         groups: user.groups.clone(),

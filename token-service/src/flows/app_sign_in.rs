@@ -187,9 +187,10 @@ pub fn signed_out(
     ticket: Option<&str>,
     session: Option<String>,
     now: i64,
+    feed_until: i64,
 ) -> anyhow::Result<SignOut> {
     if let Some(sid) = ticket.and_then(|t| key.ticket_sid(t, now)) {
-        if store.revoke_sid(&sid, now)? {
+        if store.revoke_sid(&sid, now, feed_until)? {
             tracing::info!(sid = %sid, "signed out");
         }
         return Ok(SignOut::SignedOut);
@@ -215,6 +216,7 @@ pub fn sign_out_confirmed(
     session: Option<String>,
     same_origin: bool,
     now: i64,
+    feed_until: i64,
 ) -> anyhow::Result<SignOut> {
     let valid = session.as_deref().is_some_and(|secret| {
         super::constant_time_eq(key.csrf(secret).as_bytes(), csrf.as_bytes())
@@ -222,7 +224,7 @@ pub fn sign_out_confirmed(
     let Some(secret) = session.filter(|_| valid && same_origin) else {
         return Ok(SignOut::NotConfirmed);
     };
-    if let Some(sid) = store.revoke_session(&hash_secret(&secret), now)? {
+    if let Some(sid) = store.revoke_session(&hash_secret(&secret), now, feed_until)? {
         tracing::info!(sid = %sid, "signed out");
     }
     Ok(SignOut::SignedOut)
@@ -393,7 +395,15 @@ mod tests {
             .unwrap()
             .sid;
         let out = |ticket: Option<&str>, session: Option<&str>| {
-            signed_out(store, &key, ticket, session.map(str::to_owned), NOW).unwrap()
+            signed_out(
+                store,
+                &key,
+                ticket,
+                session.map(str::to_owned),
+                NOW,
+                NOW + 330,
+            )
+            .unwrap()
         };
         // No ticket (or a forged one): only asked.
         let csrf = key.csrf(&alice);
@@ -404,7 +414,16 @@ mod tests {
         assert_eq!(out(None, None), SignOut::NotSignedIn);
         // The form, from elsewhere or with another token: nothing ends.
         let confirm = |csrf: &str, same_origin: bool| {
-            sign_out_confirmed(store, &key, csrf, Some(alice.clone()), same_origin, NOW).unwrap()
+            sign_out_confirmed(
+                store,
+                &key,
+                csrf,
+                Some(alice.clone()),
+                same_origin,
+                NOW,
+                NOW + 330,
+            )
+            .unwrap()
         };
         assert_eq!(confirm("forged", true), SignOut::NotConfirmed);
         assert_eq!(confirm(&csrf, false), SignOut::NotConfirmed);

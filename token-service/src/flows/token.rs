@@ -64,6 +64,13 @@ pub struct TokenContext<'a> {
     pub now: i64,
 }
 
+impl TokenContext<'_> {
+    /// Until when a revocation made now stays in the feed.
+    fn feed_until(&self) -> i64 {
+        self.config.revocation_expires_at(self.now)
+    }
+}
+
 /// Authenticates the client with exactly the method it registered.
 pub fn authenticate_client(
     ctx: &TokenContext<'_>,
@@ -160,7 +167,8 @@ pub fn revoke(ctx: &TokenContext<'_>, creds: &ClientCredentials, params: &Params
     if let Some(rt) = ctx.store.refresh_token(&hash_secret(token))? {
         if let Some(grant) = ctx.store.grant(&rt.grant_id)? {
             if grant.client_id == client.client_id {
-                ctx.store.revoke_grant(&grant.id, ctx.now)?;
+                ctx.store
+                    .revoke_grant(&grant.id, ctx.now, ctx.feed_until())?;
                 tracing::info!(client_id = %client.client_id, "grant revoked by client");
             }
         }
@@ -189,7 +197,7 @@ fn authorization_code(
             // RFC 6749 §4.1.2: a code used twice revokes what it issued. The grant id is
             // recorded in the transaction that marked the code used, so it is known here.
             if let Some(g) = grant_id {
-                ctx.store.revoke_grant(&g, ctx.now)?;
+                ctx.store.revoke_grant(&g, ctx.now, ctx.feed_until())?;
             }
             return Err(replayed_code(client));
         }
@@ -199,7 +207,11 @@ fn authorization_code(
         Ok(user) => user,
         Err(e) => {
             // A failed presentation uses the code up, as a successful one would.
-            if ctx.store.redeem_code(&code_hash, None, ctx.now)? == Redemption::Replayed {
+            if ctx
+                .store
+                .redeem_code(&code_hash, None, ctx.now, ctx.feed_until())?
+                == Redemption::Replayed
+            {
                 return Err(replayed_code(client));
             }
             return Err(e);
@@ -220,7 +232,10 @@ fn authorization_code(
         .allows_grant("refresh_token")
         .then(|| new_refresh_token(ctx, &grant));
     let issued = Some((&grant, refresh.as_ref().map(|(_, r)| r)));
-    match ctx.store.redeem_code(&code_hash, issued, ctx.now)? {
+    match ctx
+        .store
+        .redeem_code(&code_hash, issued, ctx.now, ctx.feed_until())?
+    {
         Redemption::Redeemed => {}
         // A concurrent presentation redeemed it between our read and now.
         Redemption::Replayed => return Err(replayed_code(client)),
@@ -302,7 +317,8 @@ fn refresh(
         .ok_or_else(|| Error::invalid_grant("unknown refresh token"))?;
     if grant.client_id != client.client_id {
         // Another client holds this client's refresh token: treat it as leaked.
-        ctx.store.revoke_grant(&grant.id, ctx.now)?;
+        ctx.store
+            .revoke_grant(&grant.id, ctx.now, ctx.feed_until())?;
         tracing::warn!(client_id = %client.client_id, "refresh token presented by another client; grant revoked");
         return Err(Error::invalid_grant(
             "refresh token was issued to another client",
@@ -312,7 +328,8 @@ fn refresh(
         return Err(Error::invalid_grant("refresh token was revoked"));
     }
     if token.used {
-        ctx.store.revoke_grant(&grant.id, ctx.now)?;
+        ctx.store
+            .revoke_grant(&grant.id, ctx.now, ctx.feed_until())?;
         tracing::warn!(client_id = %client.client_id, "rotated-out refresh token replayed; grant revoked");
         return Err(Error::invalid_grant("refresh token was already used"));
     }
@@ -348,7 +365,8 @@ fn refresh(
         None => grant.scope.clone(),
     };
     let Some(user) = identity::resolve(ctx.config, ctx.store, &grant.user)? else {
-        ctx.store.revoke_grant(&grant.id, ctx.now)?;
+        ctx.store
+            .revoke_grant(&grant.id, ctx.now, ctx.feed_until())?;
         return Err(Error::invalid_grant("user no longer exists"));
     };
     // A server that needs the user's upstream account: once that token is gone (refused by
@@ -372,7 +390,8 @@ fn refresh(
         .rotate_refresh_token(&token_hash, &new_record, ctx.now)?
     {
         // Lost a race with another use of the same token: that is a replay too.
-        ctx.store.revoke_grant(&grant.id, ctx.now)?;
+        ctx.store
+            .revoke_grant(&grant.id, ctx.now, ctx.feed_until())?;
         return Err(Error::invalid_grant("refresh token was already used"));
     }
     respond(ctx, &user, &grant, &scope, Some(new_token))
@@ -445,6 +464,8 @@ pub fn access_token_claims(
         "client_id": grant.client_id,
         "scope": scope,
         "sid": grant.sid,
+        // The revocation feed refuses every TE of a revoked grant by this.
+        "gid": grant.id,
         "email": user.email,
         "name": user.name,
         "groups": user.groups,

@@ -240,7 +240,9 @@ mod tests {
             Outcome::ErrorToClient(u) if u.contains("error=server_error")));
         // The sign-in ended meanwhile: nothing is exchanged for it.
         let state = for_client(&svc, &bind, &alice);
-        svc.store.revoke_session(&hash_secret(&alice), NOW).unwrap();
+        svc.store
+            .revoke_session(&hash_secret(&alice), NOW, NOW + 330)
+            .unwrap();
         assert!(matches!(
             outcome(back(&svc, &[("state", &state), ("code", "c")], &bind)),
             Outcome::Refused(Refusal::Expired)
@@ -283,7 +285,9 @@ mod tests {
         );
         let state = for_app(&svc, &bind, &alice);
         let answer = next(back(&svc, &[("state", &state), ("code", "c")], &bind));
-        svc.store.revoke_session(&hash_secret(&alice), NOW).unwrap();
+        svc.store
+            .revoke_session(&hash_secret(&alice), NOW, NOW + 330)
+            .unwrap();
         assert!(matches!(
             connected(&svc.browser(), answer, Ok(())).unwrap().outcome,
             Outcome::Refused(Refusal::Expired)

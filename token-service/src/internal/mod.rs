@@ -13,12 +13,14 @@
 //! * `app.rs`: `APP_SESSION_PATH`, `APP_TOKEN_PATH`, `APP_SESSION_END_PATH` (`mcp: client`
 //!   routes' app sessions).
 //! * `vault_status.rs`: `VAULT_STATUS_PATH` (the encryption-key re-seal's counters).
+//! * `revocations.rs`: `REVOCATIONS_PATH` (the revocation feed the filter polls).
 //! * `nonce.rs`: the replay guard; `answer.rs`: how every endpoint answers and refuses.
 
 mod answer;
 mod app;
 mod assertion;
 pub mod nonce;
+mod revocations;
 mod upstream;
 mod vault_status;
 
@@ -53,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route(api::APP_TOKEN_PATH, post(app::app_token))
         .route(api::APP_SESSION_END_PATH, post(app::end_app_session))
         .route(api::VAULT_STATUS_PATH, get(vault_status::vault_status))
+        .route(api::REVOCATIONS_PATH, get(revocations::revocations))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)

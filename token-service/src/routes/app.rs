@@ -245,6 +245,7 @@ pub(super) async fn signed_out(
                 ticket.as_deref(),
                 session,
                 st.now(),
+                st.config().revocation_expires_at(st.now()),
             )?)
         })
         .await?;
@@ -281,6 +282,7 @@ pub(super) async fn signed_out_post(
                 session,
                 same_origin,
                 st.now(),
+                st.config().revocation_expires_at(st.now()),
             )?)
         })
         .await?;

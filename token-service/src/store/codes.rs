@@ -13,10 +13,12 @@ pub trait Codes {
     /// grant and its first refresh token (`None` burns the code after a failed check). A
     /// code already used issues nothing, and the grant it produced is revoked in the same
     /// transaction, so no presentation can slip between "used" and "what it produced".
+    /// A grant revoked so goes into the revocation feed (kept until `feed_until`).
     fn redeem_code(
         &self,
         code_hash: &str,
         issued: Option<(&Grant, Option<&RefreshToken>)>,
         now: i64,
+        feed_until: i64,
     ) -> Result<Redemption>;
 }

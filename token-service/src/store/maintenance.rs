@@ -20,7 +20,7 @@ pub trait Maintenance {
 }
 
 /// Every table of the store's schema, whichever the backend.
-pub const TABLES: [&str; 17] = [
+pub const TABLES: [&str; 18] = [
     "clients",
     "consents",
     "pending_flows",
@@ -38,4 +38,5 @@ pub const TABLES: [&str; 17] = [
     "app_sessions",
     "rate_buckets",
     "leases",
+    "revocations",
 ];

@@ -11,6 +11,7 @@ mod error;
 mod maintenance;
 mod rate_limits;
 mod records;
+mod revocations;
 mod sessions;
 mod sign_ins;
 pub mod sqlite;
@@ -23,6 +24,7 @@ pub use error::{Result, StoreError};
 pub use maintenance::{Maintenance, TABLES};
 pub use rate_limits::RateLimits;
 pub use records::*;
+pub use revocations::Revocations;
 pub use sessions::Sessions;
 pub use sign_ins::SignIns;
 pub use sqlite::SqliteStore;
@@ -37,6 +39,7 @@ pub trait Store:
     + UpstreamTokens
     + AppSessions
     + RateLimits
+    + Revocations
     + Maintenance
     + Send
     + Sync
@@ -52,6 +55,7 @@ impl<T> Store for T where
         + UpstreamTokens
         + AppSessions
         + RateLimits
+        + Revocations
         + Maintenance
         + Send
         + Sync

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::TokenEndpointAuthMethod;
+pub use warden_core::internal_api::{RevocationEntry, RevokedKind};
 
 /// A validated authorization request: everything the code will be bound to.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

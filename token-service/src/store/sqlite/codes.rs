@@ -2,10 +2,11 @@
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
+use super::revocations::append_revocation;
 use super::SqliteStore;
 use crate::store::codes::Codes;
 use crate::store::error::Result;
-use crate::store::records::{AuthCode, CodeLookup, Grant, Redemption, RefreshToken};
+use crate::store::records::{AuthCode, CodeLookup, Grant, Redemption, RefreshToken, RevokedKind};
 
 impl Codes for SqliteStore {
     fn insert_code(&self, code_hash: &str, code: &AuthCode) -> Result<()> {
@@ -46,6 +47,7 @@ impl Codes for SqliteStore {
         code_hash: &str,
         issued: Option<(&Grant, Option<&RefreshToken>)>,
         now: i64,
+        feed_until: i64,
     ) -> Result<Redemption> {
         let mut conn = self.conn()?;
         // IMMEDIATE: take the write lock before reading, so two processes sharing the file
@@ -62,10 +64,13 @@ impl Codes for SqliteStore {
             None => Redemption::Missing,
             Some((true, grant_id)) => {
                 if let Some(id) = grant_id {
-                    tx.execute(
+                    let n = tx.execute(
                         "UPDATE grants SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                         params![id, now],
                     )?;
+                    if n == 1 {
+                        append_revocation(&tx, RevokedKind::Grant, &id, now, feed_until)?;
+                    }
                 }
                 Redemption::Replayed
             }

@@ -6,6 +6,7 @@ mod app_sessions;
 mod clients;
 mod codes;
 mod rate_limits;
+mod revocations;
 mod sessions;
 mod sign_ins;
 mod upstream;
@@ -32,6 +33,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("migrations/0008_rate_limits.sql")),
     (9, include_str!("migrations/0009_leases.sql")),
     (10, include_str!("migrations/0010_owners.sql")),
+    (11, include_str!("migrations/0011_revocations.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -252,6 +254,8 @@ impl Maintenance for SqliteStore {
         conn.execute("DELETE FROM devices WHERE expires_at <= ?1", [now])?;
         // A bucket untouched for a minute has refilled: it carries nothing.
         conn.execute("DELETE FROM rate_buckets WHERE at <= ?1", [now - 60])?;
+        // An entry past `expires_at` covers no TE that is still valid.
+        conn.execute("DELETE FROM revocations WHERE expires_at <= ?1", [now])?;
         conn.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
         // A revoked family answers `invalid_grant` whether its tokens are known or not; past a
         // day its rows go, and the grant with them (below).

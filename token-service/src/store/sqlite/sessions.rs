@@ -2,9 +2,10 @@
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
+use super::revocations::append_revocation;
 use super::{grant_from_row, SqliteStore};
 use crate::store::error::Result;
-use crate::store::records::{Grant, GrantFilter, RefreshToken, Revoked, Session};
+use crate::store::records::{Grant, GrantFilter, RefreshToken, Revoked, RevokedKind, Session};
 use crate::store::sessions::Sessions;
 
 impl Sessions for SqliteStore {
@@ -55,11 +56,17 @@ impl Sessions for SqliteStore {
             .optional()?)
     }
 
-    fn revoke_grant(&self, id: &str, now: i64) -> Result<()> {
-        self.conn()?.execute(
+    fn revoke_grant(&self, id: &str, now: i64, feed_until: i64) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
             "UPDATE grants SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
             params![id, now],
         )?;
+        if n == 1 {
+            append_revocation(&tx, RevokedKind::Grant, id, now, feed_until)?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -101,7 +108,12 @@ impl Sessions for SqliteStore {
         Ok(true)
     }
 
-    fn revoke_session(&self, secret_hash: &str, now: i64) -> Result<Option<String>> {
+    fn revoke_session(
+        &self,
+        secret_hash: &str,
+        now: i64,
+        feed_until: i64,
+    ) -> Result<Option<String>> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let sid: Option<String> = tx
@@ -115,12 +127,13 @@ impl Sessions for SqliteStore {
             .optional()?;
         if let Some(sid) = &sid {
             tx.execute("DELETE FROM app_sessions WHERE sid = ?1", [sid])?;
+            append_revocation(&tx, RevokedKind::Session, sid, now, feed_until)?;
         }
         tx.commit()?;
         Ok(sid)
     }
 
-    fn revoke_sid(&self, sid: &str, now: i64) -> Result<bool> {
+    fn revoke_sid(&self, sid: &str, now: i64, feed_until: i64) -> Result<bool> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let n = tx.execute(
@@ -128,11 +141,16 @@ impl Sessions for SqliteStore {
              WHERE sid = ?1 AND revoked_at IS NULL AND expires_at > ?2",
             params![sid, now],
         )?;
-        tx.execute("DELETE FROM app_sessions WHERE sid = ?1", [sid])?;
-        tx.execute(
+        let apps = tx.execute("DELETE FROM app_sessions WHERE sid = ?1", [sid])?;
+        let grants = tx.execute(
             "UPDATE grants SET revoked_at = ?2 WHERE sid = ?1 AND revoked_at IS NULL",
             params![sid, now],
         )?;
+        // App sessions and grants may outlive their sign-in session's record: their TEs (all
+        // carrying the sid) go too.
+        if n == 1 || apps > 0 || grants > 0 {
+            append_revocation(&tx, RevokedKind::Session, sid, now, feed_until)?;
+        }
         tx.execute(
             "UPDATE auth_codes SET used = 1 WHERE sid = ?1 AND used = 0",
             [sid],
@@ -141,7 +159,13 @@ impl Sessions for SqliteStore {
         Ok(n == 1)
     }
 
-    fn revoke_user(&self, user: &str, filter: &GrantFilter, now: i64) -> Result<Revoked> {
+    fn revoke_user(
+        &self,
+        user: &str,
+        filter: &GrantFilter,
+        now: i64,
+        feed_until: i64,
+    ) -> Result<Revoked> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (client, resource) = (filter.client_id.as_deref(), filter.resource.as_deref());
@@ -169,6 +193,12 @@ impl Sessions for SqliteStore {
                 params![user, now],
             )?;
             app_sessions = tx.execute("DELETE FROM app_sessions WHERE user = ?1", [user])?;
+            // Every TE of the user issued until now, whatever grant or session it came from.
+            append_revocation(&tx, RevokedKind::User, user, now, feed_until)?;
+        } else {
+            for id in &grant_ids {
+                append_revocation(&tx, RevokedKind::Grant, id, now, feed_until)?;
+            }
         }
         tx.commit()?;
         Ok(Revoked {
