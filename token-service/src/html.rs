@@ -95,6 +95,24 @@ pub fn sign_out_form(action: &str, csrf: &str) -> Response {
     )
 }
 
+/// The issuer's sign-out: everything the user holds ends.
+pub fn sign_out_everywhere_form(action: &str, csrf: &str) -> Response {
+    page(
+        StatusCode::OK,
+        "Sign out",
+        &format!(
+            "<h1>Sign out everywhere?</h1><p>You are signed in to the MCP gateway. Signing out \
+             ends every sign-in, application session and MCP client access you hold, on every \
+             device: each must sign in again.</p>\
+             <form method=\"post\" action=\"{}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button type=\"submit\">Sign out everywhere</button></form>",
+            escape(action),
+            escape(csrf)
+        ),
+    )
+}
+
 pub struct LoginForm<'a> {
     pub action: &'a str,
     pub flow_id: &'a str,
@@ -105,6 +123,16 @@ pub struct LoginForm<'a> {
     pub error: Option<&'a str>,
     /// The organisation's identity provider: its name and where its sign-in starts.
     pub idp: Option<(&'a str, &'a str)>,
+    /// The issuer's sign-out page.
+    pub sign_out: &'a str,
+}
+
+/// The link every sign-in page carries to the issuer's sign-out.
+fn sign_out_link(href: &str) -> String {
+    format!(
+        "<p class=\"muted\"><a id=\"sign-out\" href=\"{}\">Sign out of the MCP gateway</a></p>",
+        escape(href)
+    )
 }
 
 pub fn login_form(status: StatusCode, f: &LoginForm<'_>) -> Response {
@@ -132,13 +160,14 @@ pub fn login_form(status: StatusCode, f: &LoginForm<'_>) -> Response {
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
          <label>Email<input type=\"email\" name=\"email\" value=\"{email}\" autocomplete=\"username\" required autofocus></label>\
          <label>Password<input type=\"password\" name=\"password\" autocomplete=\"current-password\" required></label>\
-         <button type=\"submit\">Sign in</button></form>",
+         <button type=\"submit\">Sign in</button></form>{sign_out}",
         client = escape(f.client_name),
         host = escape(f.redirect_host),
         action = escape(f.action),
         flow = escape(f.flow_id),
         csrf = escape(f.csrf),
         email = escape(f.email),
+        sign_out = sign_out_link(f.sign_out),
     );
     page(status, "Sign in", &body)
 }
@@ -157,6 +186,8 @@ pub struct ConsentForm<'a> {
     pub email: &'a str,
     /// The upstream provider this server needs an account at (`upstream_oauth2`), if any.
     pub upstream: Option<&'a str>,
+    /// The issuer's sign-out page.
+    pub sign_out: &'a str,
 }
 
 pub fn consent_form(status: StatusCode, f: &ConsentForm<'_>) -> Response {
@@ -198,7 +229,8 @@ pub fn consent_form(status: StatusCode, f: &ConsentForm<'_>) -> Response {
          <input type=\"hidden\" name=\"flow\" value=\"{flow}\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
          <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button> \
-         <button type=\"submit\" name=\"decision\" value=\"approve\">Approve</button></form>",
+         <button type=\"submit\" name=\"decision\" value=\"approve\">Approve</button></form>\
+         {sign_out}",
         client = escape(f.client_name),
         label = if f.verified { "" } else { " (unverified)" },
         client_id = escape(f.client_id),
@@ -208,6 +240,7 @@ pub fn consent_form(status: StatusCode, f: &ConsentForm<'_>) -> Response {
         action = escape(f.action),
         flow = escape(f.flow_id),
         csrf = escape(f.csrf),
+        sign_out = sign_out_link(f.sign_out),
     );
     page(status, "Allow access?", &body)
 }

@@ -143,6 +143,15 @@ pub async fn serve_on_with(
     Ok(result?)
 }
 
+/// `warden-token-service revoke`: ends the grants `what` names in the configured store, now.
+pub fn revoke(
+    config: &Config,
+    what: &flows::sign_out::Revocation,
+) -> anyhow::Result<store::Revoked> {
+    let store = store::open(&config.storage)?;
+    flows::sign_out::revoke(config, store.as_ref(), what, now_unix())
+}
+
 /// Deletes expired codes, flows, sessions, refresh tokens and client registrations every
 /// few minutes: on every replica, and by one of them at a time (the store's lease).
 async fn sweep_loop(state: AppState) {

@@ -43,6 +43,22 @@ enum Command {
         )]
         wasm: String,
     },
+    /// End a user's access: every grant (refresh-token family, unredeemed code) and, unless
+    /// a client or route narrows it, every session. Filters refuse the user's TEs within
+    /// seconds (the revocation feed).
+    Revoke {
+        #[arg(long, env = "WARDEN_CONFIG")]
+        config: Option<PathBuf>,
+        /// The user: a local user's email, or `{issuer}#{sub}` for the identity provider's.
+        #[arg(long)]
+        user: String,
+        /// Only the grants of this client.
+        #[arg(long)]
+        client: Option<String>,
+        /// Only the grants for this route's MCP server.
+        #[arg(long)]
+        route: Option<String>,
+    },
     /// Print one value of a config, for scripts (`make run`).
     Describe {
         #[arg(long, env = "WARDEN_CONFIG")]
@@ -186,6 +202,42 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+        Command::Revoke {
+            config,
+            user,
+            client,
+            route,
+        } => {
+            let config = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let what = warden_token_service::flows::sign_out::Revocation {
+                user,
+                client_id: client,
+                route,
+            };
+            match warden_token_service::revoke(&config, &what) {
+                Ok(ended) => {
+                    println!(
+                        "revoked {} grant(s), {} unredeemed code(s), {} session(s), {} app session(s) of {}",
+                        ended.grant_ids.len(),
+                        ended.codes,
+                        ended.sessions,
+                        ended.app_sessions,
+                        what.user
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::CheckConfig { config } => match load(Some(&config)) {
             Ok(_) => {

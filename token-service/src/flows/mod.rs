@@ -11,6 +11,7 @@ pub mod login;
 pub mod pkce;
 pub mod register;
 pub mod sign_in;
+pub mod sign_out;
 pub mod token;
 pub mod upstream;
 

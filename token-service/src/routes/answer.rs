@@ -201,6 +201,7 @@ fn sign_in_page(s: &AppState, p: &SignInPrompt) -> Response {
             email: &p.email,
             error,
             idp: s.oidc().map(|o| (o.display_name(), idp_href.as_str())),
+            sign_out: &endpoint(s, "/sign-out"),
         },
     )
 }
@@ -221,6 +222,7 @@ fn consent_page(s: &AppState, p: &ConsentPrompt) -> Response {
             scopes: &p.scopes,
             email: &p.email,
             upstream: p.upstream.as_deref(),
+            sign_out: &endpoint(s, "/sign-out"),
         },
     )
 }

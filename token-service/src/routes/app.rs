@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::flows::app as flow;
 use crate::flows::app_sign_in::{self, SignOut};
 use crate::flows::authorize::Params;
+use crate::flows::sign_out;
 use crate::html;
 use crate::state::AppState;
 
@@ -35,6 +36,8 @@ pub(super) const SIGN_IN_PATH: &str = "/app/sign-in";
 pub(super) const CONNECT_PATH: &str = "/mcp/connect";
 /// Where the filter sends the browser after an app's sign-out.
 pub(super) const SIGNED_OUT_PATH: &str = "/app/signed-out";
+/// The issuer's own sign-out: ends everything the user holds.
+pub(super) const SIGN_OUT_PATH: &str = "/sign-out";
 
 /// The paths served on every host (no issuer path in front).
 pub(super) fn gateway_paths() -> Router<AppState> {
@@ -265,13 +268,7 @@ pub(super) async fn signed_out_post(
     headers: HeaderMap,
     axum::Form(form): axum::Form<SignOutForm>,
 ) -> Result<Response> {
-    let issuer_origin = {
-        let issuer = &s.config().authorization_server.issuer;
-        issuer[..issuer.len() - issuer_path(issuer).len()].to_owned()
-    };
-    let same_origin = headers
-        .get(header::ORIGIN)
-        .is_none_or(|o| o.as_bytes() == issuer_origin.as_bytes());
+    let same_origin = same_origin(&s, &headers);
     let session = cookie_value(&s, &headers, SESSION_COOKIE);
     let out = s
         .blocking(move |st| {
@@ -287,6 +284,78 @@ pub(super) async fn signed_out_post(
         })
         .await?;
     Ok(sign_out_page(&s, out))
+}
+
+/// `GET {issuer}/sign-out`: the issuer's sign-out page (`flows::sign_out::page`).
+pub(super) async fn sign_out(State(s): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    let session = cookie_value(&s, &headers, SESSION_COOKIE);
+    let out = s
+        .blocking(move |st| {
+            Ok(sign_out::page(
+                st.store().as_ref(),
+                st.sign_out_key(),
+                session,
+                st.now(),
+            )?)
+        })
+        .await?;
+    Ok(issuer_sign_out_page(&s, out))
+}
+
+/// `POST {issuer}/sign-out` from that page (`flows::sign_out::confirmed`): the user's every
+/// session, app session and grant ends.
+pub(super) async fn sign_out_post(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<SignOutForm>,
+) -> Result<Response> {
+    let same_origin = same_origin(&s, &headers);
+    let session = cookie_value(&s, &headers, SESSION_COOKIE);
+    let out = s
+        .blocking(move |st| {
+            Ok(sign_out::confirmed(
+                st.store().as_ref(),
+                st.sign_out_key(),
+                &form.csrf,
+                session,
+                same_origin,
+                st.now(),
+                st.config().revocation_expires_at(st.now()),
+            )?)
+        })
+        .await?;
+    Ok(issuer_sign_out_page(&s, out))
+}
+
+/// Whether a form came from the issuer's own origin (or says nothing: same-origin
+/// navigation without `Origin`, which browsers send on cross-site `POST`s).
+fn same_origin(s: &AppState, headers: &HeaderMap) -> bool {
+    let issuer_origin = {
+        let issuer = &s.config().authorization_server.issuer;
+        issuer[..issuer.len() - issuer_path(issuer).len()].to_owned()
+    };
+    headers
+        .get(header::ORIGIN)
+        .is_none_or(|o| o.as_bytes() == issuer_origin.as_bytes())
+}
+
+fn issuer_sign_out_page(s: &AppState, out: SignOut) -> Response {
+    let action = format!(
+        "{}{SIGN_OUT_PATH}",
+        issuer_path(&s.config().authorization_server.issuer)
+    );
+    match out {
+        SignOut::Confirm { csrf } => html::sign_out_everywhere_form(&action, &csrf),
+        SignOut::SignedOut => with_cookie(
+            html::info_page(
+                StatusCode::OK,
+                "Signed out",
+                "You are signed out of the MCP gateway everywhere: every application and MCP client you signed in to must sign in again.",
+            ),
+            set_cookie(s, SESSION_COOKIE, "", 0),
+        ),
+        other => sign_out_page(s, other),
+    }
 }
 
 fn sign_out_page(s: &AppState, out: SignOut) -> Response {

@@ -60,6 +60,10 @@ pub fn router(state: AppState) -> Router {
             app::SIGNED_OUT_PATH,
             get(app::signed_out).post(app::signed_out_post),
         )
+        .route(
+            app::SIGN_OUT_PATH,
+            get(app::sign_out).post(app::sign_out_post),
+        )
         .merge(api);
     let router = if base.is_empty() {
         endpoints

@@ -30,6 +30,11 @@ pub use sign_ins::SignIns;
 pub use sqlite::SqliteStore;
 pub use upstream::UpstreamTokens;
 
+/// Opens (and migrates) the configured backend.
+pub fn open(config: &crate::config::StorageConfig) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    Ok(std::sync::Arc::new(SqliteStore::open(&config.sqlite)?))
+}
+
 /// Everything the token service keeps: one backend implements every aggregate.
 pub trait Store:
     Clients

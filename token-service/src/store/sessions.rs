@@ -23,8 +23,9 @@ pub trait Sessions {
     /// already used (a concurrent or replayed rotation) or its grant was revoked meanwhile.
     fn rotate_refresh_token(&self, old_hash: &str, new: &RefreshToken, now: i64) -> Result<bool>;
 
-    /// Ends the sign-in session whose cookie hashes to `secret_hash` (sign-out), and every
-    /// app session bound to it; returns its `sid` when there was a live one. The session
+    /// Ends the sign-in session whose cookie hashes to `secret_hash` (an app's sign-out), every
+    /// app session bound to it, the grants signed in through it and its codes not yet
+    /// redeemed; returns its `sid` when there was a live one. The session
     /// goes into the revocation feed (kept until `feed_until`).
     fn revoke_session(
         &self,

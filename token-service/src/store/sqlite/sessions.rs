@@ -127,6 +127,14 @@ impl Sessions for SqliteStore {
             .optional()?;
         if let Some(sid) = &sid {
             tx.execute("DELETE FROM app_sessions WHERE sid = ?1", [sid])?;
+            tx.execute(
+                "UPDATE grants SET revoked_at = ?2 WHERE sid = ?1 AND revoked_at IS NULL",
+                params![sid, now],
+            )?;
+            tx.execute(
+                "UPDATE auth_codes SET used = 1 WHERE sid = ?1 AND used = 0",
+                [sid],
+            )?;
             append_revocation(&tx, RevokedKind::Session, sid, now, feed_until)?;
         }
         tx.commit()?;

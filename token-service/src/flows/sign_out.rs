@@ -1,0 +1,113 @@
+//! Ending access: the user's sign-out at the issuer and an administrator's revocation. Both
+//! end grants (refresh-token families and codes not yet redeemed) in the store and put them
+//! in the revocation feed, from which every filter refuses their TEs within seconds.
+
+use anyhow::Context;
+
+use super::app_sign_in::SignOut;
+use super::hash_secret;
+use crate::config::Config;
+use crate::flows::app::SignOutKey;
+use crate::store::{GrantFilter, Revoked, Store};
+
+/// `GET {issuer}/sign-out`: the form, with a CSRF token bound to the browser's session, or
+/// "not signed in".
+pub fn page(
+    store: &dyn Store,
+    key: &SignOutKey,
+    session: Option<String>,
+    now: i64,
+) -> anyhow::Result<SignOut> {
+    let live = match session {
+        Some(secret) => store.session(&hash_secret(&secret), now)?.map(|_| secret),
+        None => None,
+    };
+    Ok(match live {
+        Some(secret) => SignOut::Confirm {
+            csrf: key.csrf(&secret),
+        },
+        None => SignOut::NotSignedIn,
+    })
+}
+
+/// `POST {issuer}/sign-out`, from our own page (CSRF token bound to the session cookie, same
+/// origin): ends everything the signed-in user holds — every sign-in session, app session,
+/// grant and code, in every browser and client.
+pub fn confirmed(
+    store: &dyn Store,
+    key: &SignOutKey,
+    csrf: &str,
+    session: Option<String>,
+    same_origin: bool,
+    now: i64,
+    feed_until: i64,
+) -> anyhow::Result<SignOut> {
+    let valid = session.as_deref().is_some_and(|secret| {
+        super::constant_time_eq(key.csrf(secret).as_bytes(), csrf.as_bytes())
+    });
+    let Some(secret) = session.filter(|_| valid && same_origin) else {
+        return Ok(SignOut::NotConfirmed);
+    };
+    let Some(session) = store.session(&hash_secret(&secret), now)? else {
+        return Ok(SignOut::NotSignedIn);
+    };
+    let ended = store.revoke_user(&session.user, &GrantFilter::default(), now, feed_until)?;
+    tracing::info!(
+        sub = %session.user,
+        grants = ended.grant_ids.len(),
+        sessions = ended.sessions,
+        app_sessions = ended.app_sessions,
+        codes = ended.codes,
+        "signed out everywhere"
+    );
+    Ok(SignOut::SignedOut)
+}
+
+/// What an administrator asked to end (`warden-token-service revoke`).
+#[derive(Debug, Clone, Default)]
+pub struct Revocation {
+    /// The user's key: the email of a local user, `{iss}#{sub}` for the identity provider's.
+    pub user: String,
+    pub client_id: Option<String>,
+    /// A route's name; its grants are those for its MCP server URL.
+    pub route: Option<String>,
+}
+
+/// Ends the grants `what` names (all of the user's, with their sessions, when it names no
+/// client and no route).
+pub fn revoke(
+    config: &Config,
+    store: &dyn Store,
+    what: &Revocation,
+    now: i64,
+) -> anyhow::Result<Revoked> {
+    anyhow::ensure!(!what.user.is_empty(), "--user must not be empty");
+    let resource = match &what.route {
+        None => None,
+        Some(name) => {
+            let route = config
+                .route_by_name(name)
+                .with_context(|| format!("--route {name}: no route of that name in the config"))?;
+            anyhow::ensure!(
+                route.server().is_some(),
+                "--route {name}: not an MCP server route (grants are for servers)"
+            );
+            Some(route.resource())
+        }
+    };
+    let filter = GrantFilter {
+        client_id: what.client_id.clone(),
+        resource,
+    };
+    let ended = store.revoke_user(&what.user, &filter, now, config.revocation_expires_at(now))?;
+    tracing::info!(
+        sub = %what.user,
+        client_id = ?what.client_id,
+        route = ?what.route,
+        grants = ended.grant_ids.len(),
+        sessions = ended.sessions,
+        codes = ended.codes,
+        "revoked by an administrator"
+    );
+    Ok(ended)
+}
