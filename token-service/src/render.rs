@@ -40,6 +40,10 @@ pub const TOKEN_SERVICE_ROUTE: &str = "mcp-warden.token-service";
 /// The path prefixes served by the token service on every host the gateway fronts.
 pub const TOKEN_SERVICE_PREFIXES: [&str; 2] = ["/.warden/mcp/", "/.pomerium/mcp/"];
 
+/// The leeway the rendered filter allows on a token's `exp` and `nbf` (the keyring keeps a
+/// replaced key published this much longer).
+pub const FILTER_CLOCK_SKEW_SECONDS: u32 = 30;
+
 /// What the renderer needs, already validated.
 #[derive(Debug, Clone)]
 pub struct EnvoyInput {
@@ -129,10 +133,10 @@ pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
             authority: issuer_authority,
             path: "/.well-known/jwks.json".into(),
             timeout_ms: 2_000,
-            refresh_seconds: 300,
+            refresh_seconds: input.envoy.jwks_refresh_seconds,
         }),
         jwks_static: None,
-        clock_skew_seconds: 30,
+        clock_skew_seconds: FILTER_CLOCK_SKEW_SECONDS,
         token_cache_entries: 10_000,
         failed_signature_checks_per_second: warden_core::config::DEFAULT_FAILED_SIGNATURE_CHECKS,
         // The rendered access log prints it (`%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`).

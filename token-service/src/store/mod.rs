@@ -1,8 +1,9 @@
 //! Persistence. The `Store` is split by aggregate into traits, one file each (`clients`,
-//! `sign_ins`, `sessions` with grants, `codes`, `upstream`, `app_sessions`); the records
-//! they hold are in `records`, and every backend lives in a folder of its own with its
-//! migrations as versioned `.sql` files. Calls are synchronous: callers run them on the
-//! blocking pool. Codes, refresh tokens and session cookies are stored only as digests.
+//! `sign_ins`, `sessions` with grants, `codes`, `upstream`, `app_sessions`, `signing_keys`);
+//! the records they hold are in `records`, and every backend lives in a folder of its own
+//! with its migrations as versioned `.sql` files. Calls are synchronous: callers run them on
+//! the blocking pool. Codes, refresh tokens and session cookies are stored only as digests;
+//! signing keys and upstream tokens sealed with the encryption key.
 
 mod app_sessions;
 mod clients;
@@ -12,6 +13,7 @@ mod maintenance;
 mod records;
 mod sessions;
 mod sign_ins;
+mod signing_keys;
 pub mod sqlite;
 mod upstream;
 
@@ -23,6 +25,7 @@ pub use maintenance::Maintenance;
 pub use records::*;
 pub use sessions::Sessions;
 pub use sign_ins::SignIns;
+pub use signing_keys::SigningKeys;
 pub use sqlite::SqliteStore;
 pub use upstream::UpstreamTokens;
 
@@ -34,6 +37,7 @@ pub trait Store:
     + Codes
     + UpstreamTokens
     + AppSessions
+    + SigningKeys
     + Maintenance
     + Send
     + Sync
@@ -48,6 +52,7 @@ impl<T> Store for T where
         + Codes
         + UpstreamTokens
         + AppSessions
+        + SigningKeys
         + Maintenance
         + Send
         + Sync

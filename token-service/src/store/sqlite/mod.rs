@@ -7,6 +7,7 @@ mod clients;
 mod codes;
 mod sessions;
 mod sign_ins;
+mod signing_keys;
 mod upstream;
 
 use std::path::Path;
@@ -28,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/0005_upstream_tokens.sql")),
     (6, include_str!("migrations/0006_idp.sql")),
     (7, include_str!("migrations/0007_app_sessions.sql")),
+    (8, include_str!("migrations/0008_signing_keys.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -242,6 +244,11 @@ impl Maintenance for SqliteStore {
         // a check that never finished, say a crash, stops counting with its window).
         conn.execute("DELETE FROM login_attempts WHERE at <= ?1", [now - DAY])?;
         conn.execute("DELETE FROM devices WHERE expires_at <= ?1", [now])?;
+        // Out of the JWKS already (the key set leaves retired keys out by itself).
+        conn.execute(
+            "DELETE FROM signing_keys WHERE retire_at IS NOT NULL AND retire_at <= ?1",
+            [now],
+        )?;
         conn.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
         conn.execute(
             "DELETE FROM grants WHERE created_at <= ?1
