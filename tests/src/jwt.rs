@@ -126,6 +126,30 @@ impl std::fmt::Debug for TestKey {
     }
 }
 
+/// Writes a new key file (`{"alg", "d"}`, the form `signing_key.file` imports) at `path`.
+/// The token service stores a key file's key at its first start (same kid), so the tests can
+/// mint tokens with the key it signs with.
+pub fn write_key_file(path: &Path, alg: &str) {
+    let d: Vec<u8> = match alg {
+        "ES256" => loop {
+            let mut d = [0u8; 32];
+            getrandom::getrandom(&mut d).expect("randomness");
+            if p256::ecdsa::SigningKey::from_slice(&d).is_ok() {
+                break d.to_vec();
+            }
+        },
+        "EdDSA" => {
+            let mut seed = [0u8; 32];
+            getrandom::getrandom(&mut seed).expect("randomness");
+            seed.to_vec()
+        }
+        other => panic!("unknown signing key alg {other:?}"),
+    };
+    let body = json!({ "alg": alg, "d": B64.encode(d) }).to_string();
+    std::fs::write(path, body)
+        .unwrap_or_else(|e| panic!("cannot write key file {}: {e}", path.display()));
+}
+
 impl TestKey {
     /// Loads `{"alg", "d"}` from `path`; `kid` is the one the token service publishes in its JWKS
     /// (an RFC 7638 thumbprint; taken from the JWKS rather than recomputed).

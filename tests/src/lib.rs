@@ -868,6 +868,8 @@ impl Stack {
         let ports = opts.ports.take().unwrap_or_else(Ports::pick);
         let demo = DemoServer::start(dir.path(), ports.demo).await;
 
+        // Imported at the token service's first start: the tests mint tokens with it.
+        jwt::write_key_file(&dir.path().join("signing-key.json"), &opts.signing_alg);
         let mut config = operator_config(dir.path(), &ports, &opts);
         if let Some(hook) = opts.config_hook.take() {
             hook(&mut config);
@@ -996,6 +998,33 @@ impl Stack {
             .unwrap_or_else(|| panic!("JWKS has no kid: {jwks}"))
             .to_owned();
         TestKey::load(&self.signing_key_path(), kid)
+    }
+
+    /// Replaces the token service's signing key outright with one no filter has seen: a new
+    /// store (the keys live there) with a new key file imported. Sessions and clients are gone
+    /// with the store; tokens already issued name a key the JWKS no longer has. A rotation
+    /// (`rotate-signing-key`) never does this; the tests of the filter's handling of unknown
+    /// and withdrawn keys do.
+    pub async fn replace_signing_key(&mut self) {
+        self.token_service.kill().await;
+        for name in [
+            "warden.db",
+            "warden.db-wal",
+            "warden.db-shm",
+            "signing-key.json",
+        ] {
+            match std::fs::remove_file(self.dir.path().join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("cannot remove {name}: {e}"),
+            }
+        }
+        let alg = self.config["authorization_server"]["signing_key"]["alg"]
+            .as_str()
+            .unwrap_or("ES256")
+            .to_owned();
+        jwt::write_key_file(&self.signing_key_path(), &alg);
+        self.restart_token_service().await;
     }
 
     /// Kills the token service and starts it again with the same config and database.

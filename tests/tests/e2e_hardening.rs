@@ -734,10 +734,8 @@ async fn a_flood_of_unknown_kids_fetches_the_jwks_at_most_once_per_five_seconds_
 #[tokio::test]
 async fn requests_waiting_for_a_new_key_share_one_fetch() {
     let (mut stack, _) = two_workers_warm().await;
-    // Rotate the key: the token service makes a new one when its key file is gone.
-    stack.token_service.kill().await;
-    std::fs::remove_file(stack.signing_key_path()).unwrap();
-    stack.restart_token_service().await;
+    // A key no filter has seen (replaced outright, not rotated: nothing published ahead).
+    stack.replace_signing_key().await;
     let new = stack.mint_token(&stack.mcp_url()).await;
     let before = token_service_requests(&stack).await;
     let mut tasks = Vec::new();

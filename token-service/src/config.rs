@@ -245,6 +245,10 @@ pub struct SigningKeyConfig {
     pub file: Option<PathBuf>,
     #[serde(default)]
     pub alg: SigningAlg,
+    /// `rotate-signing-key` publishes the new key this long before it starts signing, so
+    /// every filter has it first; default: twice `envoy.jwks_refresh_seconds`.
+    #[serde(default)]
+    pub rotation_publish_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
@@ -568,6 +572,10 @@ pub struct EnvoyConfig {
     /// `xff_num_trusted_hops`); 0: Envoy's downstream peer is the client.
     #[serde(default)]
     pub xff_num_trusted_hops: u32,
+    /// How often the filter re-fetches the token service's JWKS (it also re-fetches, at most
+    /// every 5 s per worker, when a token names a key it does not know).
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_seconds: u32,
 }
 
 impl Default for EnvoyConfig {
@@ -581,6 +589,7 @@ impl Default for EnvoyConfig {
             max_connections: default_max_connections(),
             max_heap_bytes: default_max_heap_bytes(),
             xff_num_trusted_hops: 0,
+            jwks_refresh_seconds: default_jwks_refresh(),
         }
     }
 }
@@ -599,6 +608,9 @@ fn default_request_timeout() -> u32 {
 }
 fn default_idle_timeout() -> u32 {
     60
+}
+fn default_jwks_refresh() -> u32 {
+    300
 }
 fn default_max_connections() -> u32 {
     10_000
@@ -991,6 +1003,8 @@ pub const MAX_XFF_TRUSTED_HOPS: u32 = 10;
 
 /// Upper bound for `max_concurrent_password_checks` (64 × 19 MiB is already 1.2 GiB).
 pub const MAX_CONCURRENT_PASSWORD_CHECKS: usize = 64;
+/// Longer than a week between publishing a key and signing with it is a typo, not a plan.
+pub const MAX_ROTATION_PUBLISH_SECONDS: u64 = 7 * 86_400;
 
 /// A configuration error that names the offending field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1103,6 +1117,7 @@ impl Config {
             ),
             ("envoy.idle_timeout_seconds", e.idle_timeout_seconds, 86_400),
             ("envoy.max_connections", e.max_connections, 10_000_000),
+            ("envoy.jwks_refresh_seconds", e.jwks_refresh_seconds, 86_400),
         ] {
             // 0 would mean "no limit" to Envoy: the protection this setting exists for.
             if value == 0 || value > max {
@@ -1123,6 +1138,18 @@ impl Config {
                 "envoy.request_headers_timeout_seconds",
                 "must not exceed envoy.request_timeout_seconds (the headers are part of the request)",
             ));
+        }
+        if let Some(p) = a
+            .signing_key
+            .as_ref()
+            .and_then(|k| k.rotation_publish_seconds)
+        {
+            if !(1..=MAX_ROTATION_PUBLISH_SECONDS).contains(&p) {
+                return Err(ConfigError::new(
+                    "authorization_server.signing_key.rotation_publish_seconds",
+                    format!("must be between 1 and {MAX_ROTATION_PUBLISH_SECONDS} (a week)"),
+                ));
+            }
         }
         if let Some(n) = a.max_concurrent_password_checks {
             if !(1..=MAX_CONCURRENT_PASSWORD_CHECKS).contains(&n) {
@@ -1552,6 +1579,15 @@ impl Config {
             Some(f) => f,
             None => self.beside_database("signing-key.json"),
         }
+    }
+
+    /// How long a rotated-in key is published before it signs (see `SigningKeyConfig`).
+    pub fn rotation_publish_seconds(&self) -> u64 {
+        self.authorization_server
+            .signing_key
+            .as_ref()
+            .and_then(|k| k.rotation_publish_seconds)
+            .unwrap_or(2 * u64::from(self.envoy.jwks_refresh_seconds))
     }
 
     pub fn signing_alg(&self) -> SigningAlg {

@@ -1,5 +1,6 @@
-//! The signing key for external tokens (TE): generated on first start, persisted, published
-//! as JWKS, used to sign compact JWS.
+//! One signing key for external tokens (TE) and identity assertions: its JWK, its compact
+//! JWS, and its two serialized forms (the key file imported at first start, and the text the
+//! keyring seals into the store). The set of keys and their rotation are in `keyring`.
 
 use std::path::Path;
 
@@ -11,6 +12,10 @@ use sha2::{Digest, Sha256};
 
 use crate::config::SigningAlg;
 
+/// How long an identity assertion lives (here, not in `internal`, because the keyring's
+/// retirement rule must outlast everything a key signs).
+pub const ASSERTION_TTL_SECONDS: i64 = 300;
+
 enum KeyMaterial {
     Es256(Box<p256::ecdsa::SigningKey>),
     EdDsa(ed25519_compact::KeyPair),
@@ -21,7 +26,8 @@ pub struct SigningKey {
     material: KeyMaterial,
 }
 
-/// On-disk form. `d` is the raw private scalar (ES256) or seed (EdDSA), base64url.
+/// Serialized form (the key file, and what is sealed in the store). `d` is the raw private
+/// scalar (ES256) or seed (EdDSA), base64url.
 #[derive(Serialize, Deserialize)]
 struct KeyFile {
     alg: SigningAlg,
@@ -80,46 +86,54 @@ impl SigningKey {
         }
     }
 
-    /// Loads the key at `path`, or generates one with `alg` and writes it there (mode 0600).
-    /// A file holding a different algorithm than configured is an error, not a silent switch.
-    pub fn load_or_generate(path: &Path, alg: SigningAlg) -> anyhow::Result<Self> {
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| {
-                    anyhow::anyhow!("signing key file {} is malformed: {e}", path.display())
-                })?;
-                if file.alg != alg {
-                    anyhow::bail!(
-                        "signing key file {} holds an {} key but authorization_server.signing_key.alg is {}",
-                        path.display(),
-                        file.alg.as_str(),
-                        alg.as_str()
-                    );
-                }
-                let d = B64.decode(file.d.as_bytes()).map_err(|_| {
-                    anyhow::anyhow!("signing key file {} is malformed", path.display())
-                })?;
-                Self::from_secret(alg, &d)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = Self::generate(alg)?;
-                key.write(path)?;
-                tracing::info!(path = %path.display(), kid = %key.kid, alg = alg.as_str(), "generated signing key");
-                Ok(key)
-            }
-            Err(e) => Err(anyhow::anyhow!(
-                "cannot read signing key file {}: {e}",
-                path.display()
-            )),
+    /// Reads the key file at `path` (`signing_key.file`), `None` when there is none. A file
+    /// holding another algorithm than configured is an error, not a silent switch.
+    pub fn read_file(path: &Path, alg: SigningAlg) -> anyhow::Result<Option<Self>> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => anyhow::bail!("cannot read signing key file {}: {e}", path.display()),
+        };
+        let file: KeyFile = serde_json::from_slice(&bytes)
+            .map_err(|_| anyhow::anyhow!("signing key file {} is malformed", path.display()))?;
+        if file.alg != alg {
+            anyhow::bail!(
+                "signing key file {} holds an {} key but authorization_server.signing_key.alg is {}",
+                path.display(),
+                file.alg.as_str(),
+                alg.as_str()
+            );
         }
+        Self::from_file_form(&file)
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("signing key file {} is malformed", path.display()))
     }
 
-    fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let body = serde_json::to_vec_pretty(&KeyFile {
-            alg: self.alg(),
-            d: B64.encode(self.secret_bytes()),
-        })?;
-        crate::secrets::write_new(path, &body).map_err(|e| anyhow::anyhow!("signing key file: {e}"))
+    /// Writes the key as a key file (mode 0600, never over an existing file): the form
+    /// `signing_key.file` imports.
+    pub fn write_file(&self, path: &Path) -> anyhow::Result<()> {
+        crate::secrets::write_new(path, self.to_sealable().as_bytes())
+            .map_err(|e| anyhow::anyhow!("signing key file: {e}"))
+    }
+
+    /// The private key as text, to be sealed (never logged).
+    pub(crate) fn to_sealable(&self) -> String {
+        serde_json::json!({ "alg": self.alg(), "d": B64.encode(self.secret_bytes()) }).to_string()
+    }
+
+    /// The key `to_sealable` wrote.
+    pub(crate) fn from_sealable(text: &str) -> anyhow::Result<Self> {
+        // The parser's message could quote the text: say only that it is malformed.
+        let file: KeyFile = serde_json::from_str(text)
+            .map_err(|_| anyhow::anyhow!("a sealed signing key is malformed"))?;
+        Self::from_file_form(&file)
+    }
+
+    fn from_file_form(file: &KeyFile) -> anyhow::Result<Self> {
+        let d = B64
+            .decode(file.d.as_bytes())
+            .map_err(|_| anyhow::anyhow!("a signing key is not base64url"))?;
+        Self::from_secret(file.alg, &d)
     }
 
     pub fn alg(&self) -> SigningAlg {

@@ -12,6 +12,7 @@ pub mod flows;
 mod html;
 pub mod identity;
 pub mod internal;
+pub mod keyring;
 pub mod keys;
 pub mod listener;
 pub mod oidc;
@@ -35,6 +36,7 @@ use tokio::net::TcpListener;
 
 pub use clock::{now_unix, Clock};
 pub use config::Config;
+pub use keyring::KeySet;
 pub use keys::SigningKey;
 pub use state::{AppState, Secrets};
 pub use store::{SqliteStore, Store};
@@ -122,6 +124,7 @@ pub async fn serve_on_with(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let sweeper = tokio::spawn(sweep_loop(state.clone()));
+    let key_reloader = tokio::spawn(key_reload_loop(state.clone()));
     // Values sealed with a previous key (or before key ids) move to the current key.
     let config = state.config();
     let resealer =
@@ -137,6 +140,7 @@ pub async fn serve_on_with(
     // per-address registration limit.
     let result = listener::serve(listener, app(state), limits, shutdown).await;
     sweeper.abort();
+    key_reloader.abort();
     if let Some(r) = resealer {
         r.abort();
     }
@@ -164,6 +168,24 @@ async fn sweep_loop(state: AppState) {
             Ok(Ok(swept)) => tracing::debug!(swept, "sweep round"),
             Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "sweep failed"),
             Err(e) => tracing::warn!(error = %e, "sweep task failed"),
+        }
+    }
+}
+
+/// Re-reads the signing keys every few seconds, so every replica publishes and signs with
+/// what a rotation stored.
+async fn key_reload_loop(state: AppState) {
+    let mut tick = tokio::time::interval(keyring::RELOAD_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = state.clone();
+        match tokio::task::spawn_blocking(move || s.reload_keys()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "reloading the signing keys failed; keeping the loaded ones")
+            }
+            Err(e) => tracing::warn!(error = %e, "signing key reload task failed"),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `warden-token-service`: serve, hash-password, check-config.
+//! `warden-token-service`: serve, hash-password, check-config, render-envoy, describe,
+//! rotate-signing-key.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -58,6 +59,13 @@ enum Command {
         /// Only the grants for this route's MCP server.
         #[arg(long)]
         route: Option<String>,
+    },
+    /// Add a new TE signing key to the store: published at once, signing after
+    /// `signing_key.rotation_publish_seconds`; the previous key leaves the JWKS once the
+    /// tokens it signed have expired. Prints the new kid and when it starts signing.
+    RotateSigningKey {
+        #[arg(long, env = "WARDEN_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Print one value of a config, for scripts (`make run`).
     Describe {
@@ -235,6 +243,37 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::RotateSigningKey { config } => {
+            let config = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let now = warden_token_service::now_unix();
+            match warden_token_service::keyring::rotate_configured(&config, now) {
+                Ok(r) => {
+                    println!("kid: {}", r.kid);
+                    println!("alg: {}", r.alg.as_str());
+                    println!(
+                        "signs_from: {} (in {} s; published now)",
+                        r.signs_from,
+                        r.signs_from - now
+                    );
+                    println!(
+                        "previous_keys_retire_at: {} (in {} s)",
+                        r.previous_retire_at,
+                        r.previous_retire_at - now
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cannot rotate the signing key: {e:#}");
                     ExitCode::FAILURE
                 }
             }

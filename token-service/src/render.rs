@@ -40,6 +40,10 @@ pub const TOKEN_SERVICE_ROUTE: &str = "mcp-warden.token-service";
 /// The path prefixes served by the token service on every host the gateway fronts.
 pub const TOKEN_SERVICE_PREFIXES: [&str; 2] = ["/.warden/mcp/", "/.pomerium/mcp/"];
 
+/// The leeway the rendered filter allows on a token's `exp` and `nbf` (the keyring keeps a
+/// replaced key published this much longer).
+pub const FILTER_CLOCK_SKEW_SECONDS: u32 = warden_core::config::DEFAULT_CLOCK_SKEW_SECONDS;
+
 /// What the renderer needs, already validated.
 #[derive(Debug, Clone)]
 pub struct EnvoyInput {
@@ -132,7 +136,7 @@ pub fn plugin_config(input: &EnvoyInput) -> PluginConfig {
             authority: issuer_authority,
             path: "/.well-known/jwks.json".into(),
             timeout_ms: 2_000,
-            refresh_seconds: 300,
+            refresh_seconds: input.envoy.jwks_refresh_seconds,
         }),
         jwks_static: None,
         clock_skew_seconds: warden_core::config::DEFAULT_CLOCK_SKEW_SECONDS,

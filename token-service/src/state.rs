@@ -7,9 +7,10 @@ use crate::clock::{now_unix, Clock};
 use crate::config::Config;
 use crate::flows::app::SignOutKey;
 use crate::internal::nonce::NonceGuard;
-use crate::keys::SigningKey;
+use crate::keyring::{KeySet, Keyring};
 use crate::random::fill_random;
 use crate::store::{SqliteStore, Store};
+use crate::vault::seal::Sealer;
 use crate::{error, oidc, password, ratelimit, secrets, store, vault};
 
 /// Shared state of the service. Cheap to clone.
@@ -21,7 +22,8 @@ pub struct AppState {
 struct Inner {
     config: Config,
     store: Arc<dyn Store>,
-    keys: Arc<SigningKey>,
+    /// The TE signing keys, shared through the store (`keyring`).
+    keys: Arc<Keyring>,
     clock: Clock,
     password_checks: Arc<PasswordChecks>,
     registrations: Arc<ratelimit::RateLimiter>,
@@ -38,8 +40,8 @@ struct Inner {
     sign_out_key: Arc<SignOutKey>,
 }
 
-/// The secrets of the upstream-token vault: the key tokens are sealed with, and the
-/// credential the filter presents on the internal listener.
+/// The service's own secrets: the key signing keys and upstream tokens are sealed with, and
+/// the credential the filter presents on the internal listener.
 pub struct Secrets {
     pub encryption_key: [u8; secrets::SECRET_BYTES],
     /// Keys `encryption_key` replaced (`storage.previous_encryption_key_files`): they only
@@ -49,7 +51,7 @@ pub struct Secrets {
 }
 
 impl Secrets {
-    /// Fresh random secrets that live as long as the process (no upstream routes, tests).
+    /// Fresh random secrets that live as long as the process (tests).
     pub fn ephemeral() -> Self {
         let mut key = [0u8; secrets::SECRET_BYTES];
         fill_random(&mut key);
@@ -107,44 +109,43 @@ impl Limit {
 }
 
 impl AppState {
-    /// Opens (and migrates) the SQLite database and loads or creates the signing key, both
-    /// at the paths the config names.
+    /// Opens (and migrates) the SQLite database, loads or creates the secrets at the paths the
+    /// config names, and loads the signing keys (creating the first one on a new store).
     pub fn new(config: Config) -> anyhow::Result<Self> {
         let store = SqliteStore::open(&config.storage.sqlite)?;
-        let keys = SigningKey::load_or_generate(&config.signing_key_file(), config.signing_alg())?;
         let mut secrets = Secrets::ephemeral();
-        // Sealed secrets (upstream tokens, PKCE verifiers of sign-ins in progress) must open
-        // after a restart and on every replica.
-        if config.uses_upstream_oauth() || config.identity_provider.oidc.is_some() {
-            secrets.encryption_key =
-                secrets::load_or_create(&config.encryption_key_file(), "encryption key")?;
-            secrets.previous_encryption_keys =
-                config.previous_encryption_keys(Some(&secrets.encryption_key))?;
-        }
+        // Sealed secrets (signing keys, upstream tokens, PKCE verifiers of sign-ins in
+        // progress) must open after a restart and on every replica.
+        secrets.encryption_key =
+            secrets::load_or_create(&config.encryption_key_file(), "encryption key")?;
+        secrets.previous_encryption_keys =
+            config.previous_encryption_keys(Some(&secrets.encryption_key))?;
         if config.uses_internal_listener() {
             secrets.internal_credential = secrets::encode(&secrets::load_or_create(
                 &config.internal_credential_file(),
                 "internal credential",
             )?);
         }
-        Self::with_secrets(config, Arc::new(store), keys, secrets)
+        Self::with_secrets(config, Arc::new(store), secrets)
     }
 
-    /// For tests driving the router in-process: upstream-token secrets live in memory.
-    pub fn from_parts(
-        config: Config,
-        store: Arc<dyn Store>,
-        keys: SigningKey,
-    ) -> anyhow::Result<Self> {
-        Self::with_secrets(config, store, keys, Secrets::ephemeral())
+    /// For tests driving the router in-process: the secrets live in memory.
+    pub fn from_parts(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+        Self::with_secrets(config, store, Secrets::ephemeral())
     }
 
+    /// Loads the signing keys from `store` (creating the first one when it holds none).
     pub fn with_secrets(
         config: Config,
         store: Arc<dyn Store>,
-        keys: SigningKey,
         secrets: Secrets,
     ) -> anyhow::Result<Self> {
+        let keys = Keyring::open(
+            &config,
+            store.clone(),
+            Sealer::with_previous(&secrets.encryption_key, &secrets.previous_encryption_keys),
+            now_unix(),
+        )?;
         let vault = Arc::new(vault::Vault::new(
             &config,
             store.clone(),
@@ -241,8 +242,15 @@ impl AppState {
         &self.inner.internal_nonces
     }
 
-    pub fn keys(&self) -> &SigningKey {
-        &self.inner.keys
+    /// The signing keys as last loaded (cheap: no store call).
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.inner.keys.current()
+    }
+
+    /// Re-reads the signing keys from the store (the server does this every few seconds, so
+    /// a rotation reaches every replica). Blocking.
+    pub fn reload_keys(&self) -> anyhow::Result<()> {
+        self.inner.keys.reload(self.now())
     }
 
     pub fn now(&self) -> i64 {

@@ -225,7 +225,9 @@ fn cli_serve_reads_warden_config_and_logs_json() {
     let _ = child.wait();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(dir.path().join("warden.db").exists());
-    assert!(dir.path().join("signing-key.json").exists());
+    // The signing key is in the store; the encryption key it is sealed with beside it.
+    assert!(!dir.path().join("signing-key.json").exists());
+    assert!(dir.path().join("encryption-key").exists());
 }
 
 /// The test config with `authorization_server.listen` and the `envoy` section replaced.

@@ -4,7 +4,7 @@ mod common;
 
 use axum::http::StatusCode;
 use common::*;
-use warden_token_service::{Config, SqliteStore};
+use warden_token_service::SqliteStore;
 
 #[tokio::test]
 async fn state_survives_a_restart() {
@@ -16,7 +16,13 @@ async fn state_survives_a_restart() {
         .await
         .json();
     let rt = t["refresh_token"].as_str().unwrap().to_owned();
-    let kid = env.state.keys().kid().to_owned();
+    let kid = env
+        .state
+        .keys()
+        .signing_key(env.state.now())
+        .unwrap()
+        .kid()
+        .to_owned();
     let pending_code = env.code(&client, REDIRECT).await;
     let config = env.state.config().clone();
     let TestEnv {
@@ -27,8 +33,13 @@ async fn state_survives_a_restart() {
 
     // Same files, new process state.
     let env = TestEnv::open(dir, config);
-    assert_eq!(env.state.keys().kid(), kid, "signing key persisted");
-    assert!(env.dir.path().join("signing-key.json").exists());
+    assert_eq!(
+        env.state.keys().signing_key(env.state.now()).unwrap().kid(),
+        kid,
+        "signing key persisted"
+    );
+    // In the store, sealed: no key file is written.
+    assert!(!env.dir.path().join("signing-key.json").exists());
 
     // DCR client, refresh token, code and session all survived.
     let r = env.refresh_public(&client, &rt).await;
@@ -54,30 +65,10 @@ async fn migrations_are_recorded_and_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/dir/warden.db");
     let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.schema_versions().unwrap(), (1..=11).collect::<Vec<i64>>());
+    assert_eq!(s.schema_versions().unwrap(), (1..=12).collect::<Vec<i64>>());
     drop(s);
     let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.schema_versions().unwrap(), (1..=11).collect::<Vec<i64>>());
-}
-
-#[tokio::test]
-async fn key_file_with_other_alg_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let yaml = config_yaml(dir.path(), "", "ES256");
-    let config = Config::from_yaml(&yaml).unwrap();
-    let _ = warden_token_service::AppState::new(config).unwrap();
-    let config = Config::from_yaml(&config_yaml(dir.path(), "", "EdDSA")).unwrap();
-    let err = warden_token_service::AppState::new(config).err().unwrap();
-    assert!(format!("{err:#}").contains("signing_key.alg"), "{err:#}");
-}
-
-#[cfg(unix)]
-#[tokio::test]
-async fn key_file_is_private() {
-    use std::os::unix::fs::PermissionsExt;
-    let env = TestEnv::new();
-    let meta = std::fs::metadata(env.dir.path().join("signing-key.json")).unwrap();
-    assert_eq!(meta.permissions().mode() & 0o077, 0);
+    assert_eq!(s.schema_versions().unwrap(), (1..=12).collect::<Vec<i64>>());
 }
 
 fn sample_code() -> warden_token_service::store::AuthCode {

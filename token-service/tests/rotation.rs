@@ -249,10 +249,19 @@ async fn after_a_rotation_every_token_opens_and_the_reseal_moves_them_to_the_new
     let _abandoned = consent_at_provider(&env.state, &provider, "gone@example.com").await;
     let dir = env.dir.path().to_owned();
 
-    // Rotation without listing the old key: nothing opens (the bound), and the re-seal
-    // leaves what it cannot open alone.
+    // Rotation without listing the old key: the service refuses to start, since its signing
+    // keys do not open. With those forgotten (a lost key), nothing sealed opens (the bound),
+    // and the re-seal leaves what it cannot open alone.
     let key_a = set_aside_current_key(&dir, "encryption-key.old");
     let config = Config::from_yaml(&yaml(&dir, &provider.url, &[])).unwrap();
+    let err = warden_token_service::AppState::new(config.clone())
+        .err()
+        .unwrap();
+    assert!(
+        format!("{err:#}").contains("storage.encryption_key_file"),
+        "{err:#}"
+    );
+    TestEnv::forget_signing_keys(&config);
     let env = restart(env, config);
     for u in &users {
         assert_eq!(token(&env.state, u).await, Err("NoToken".into()), "{u}");

@@ -8,7 +8,6 @@ mod common;
 use axum::http::StatusCode;
 use common::*;
 use warden_core::internal_api::RevokedKind;
-use warden_token_service::store::Revocations;
 
 const APP_REDIRECT: &str = "http://127.0.0.1/callback";
 

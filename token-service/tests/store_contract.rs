@@ -1,7 +1,8 @@
 //! The store's contract: what every backend must do, run against each (SQLite here; every
 //! other backend adds one line to `backends!`). Single use (codes, flows, app codes), refresh
-//! replay, the upstream refresh lease, version-conditioned writes, the limits, the sweep, and
-//! all of it under concurrency from two handles on one database (two replicas).
+//! replay, the upstream refresh lease, version-conditioned writes, the limits, the sweep, the
+//! signing keys, and all of it under concurrency from two handles on one database (two
+//! replicas).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -11,8 +12,8 @@ use std::sync::{Arc, Barrier};
 use warden_token_service::flows::authorize::AuthorizeGrant;
 use warden_token_service::store::{
     AppCode, AppSession, AuthCode, CodeLookup, Grant, IdpLogin, PendingFlow, PendingLimit,
-    Redemption, RefreshToken, Retention, Session, Store, StoreError, StoredClient, UpstreamFlow,
-    UpstreamRecord,
+    Redemption, RefreshToken, Retention, Session, SigningKeyRecord, Store, StoreError,
+    StoredClient, UpstreamFlow, UpstreamRecord,
 };
 
 /// A database under test: every `handle` is another connection to the same data, as another
@@ -660,6 +661,77 @@ pub fn limits_hold_across_replicas(b: &dyn Backend) {
     );
 }
 
+fn signing_key(kid: &str, seq: i64, signs_from: i64) -> SigningKeyRecord {
+    SigningKeyRecord {
+        kid: kid.into(),
+        seq,
+        alg: "ES256".into(),
+        sealed_key: kid.as_bytes().to_vec(),
+        created_at: NOW,
+        signs_from,
+        retire_at: None,
+    }
+}
+
+pub fn signing_keys_have_one_first_key_and_retire_in_order(b: &dyn Backend) {
+    // Replicas starting together on an empty store: exactly one first key.
+    let won = race(b, 8, |s, i| {
+        s.add_signing_key(&signing_key(&format!("k{i}"), 1, 0), None)
+            .unwrap()
+    });
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "one first key");
+    let s = b.handle();
+    let keys = s.signing_keys().unwrap();
+    assert_eq!(keys.len(), 1);
+    let first = keys[0].kid.clone();
+
+    // A rotation retires every key not retired yet, and only those; the same seq twice loses.
+    assert!(s
+        .add_signing_key(&signing_key("k-b", 2, NOW + 600), Some(NOW + 930))
+        .unwrap());
+    assert!(!s
+        .add_signing_key(&signing_key("k-x", 2, NOW + 600), Some(NOW + 1))
+        .unwrap());
+    assert!(s
+        .add_signing_key(&signing_key("k-c", 3, NOW + 700), Some(NOW + 1030))
+        .unwrap());
+    let keys = s.signing_keys().unwrap();
+    let got: Vec<_> = keys
+        .iter()
+        .map(|k| (k.kid.as_str(), k.seq, k.retire_at))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (first.as_str(), 1, Some(NOW + 930)),
+            ("k-b", 2, Some(NOW + 1030)),
+            ("k-c", 3, None)
+        ]
+    );
+    assert_eq!(keys[2], signing_key("k-c", 3, NOW + 700));
+
+    // A re-seal writes only over what it read.
+    assert!(s.reseal_signing_key("k-c", b"k-c", b"new").unwrap());
+    assert!(!s.reseal_signing_key("k-c", b"k-c", b"newer").unwrap());
+    assert_eq!(s.signing_keys().unwrap()[2].sealed_key, b"new");
+
+    // The sweep deletes retired keys once retired, never the others.
+    let retention = Retention {
+        unused_client_ttl: 3600,
+        idle_client_ttl: 3600,
+    };
+    s.sweep(NOW + 929, &retention).unwrap();
+    assert_eq!(s.signing_keys().unwrap().len(), 3);
+    s.sweep(NOW + 930, &retention).unwrap();
+    let kids: Vec<_> = s
+        .signing_keys()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.kid)
+        .collect();
+    assert_eq!(kids, vec!["k-b", "k-c"]);
+}
+
 /// One `#[test]` per contract check and backend.
 macro_rules! backend {
     ($name:ident, $open:expr) => {
@@ -712,6 +784,10 @@ macro_rules! backend {
             #[test]
             fn limits() {
                 run(limits_hold_across_replicas);
+            }
+            #[test]
+            fn signing_keys() {
+                run(signing_keys_have_one_first_key_and_retire_in_order);
             }
         }
     };

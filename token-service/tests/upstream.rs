@@ -580,6 +580,8 @@ async fn tokens_survive_a_restart_and_do_not_open_under_another_key() {
     let dir = env.dir;
     drop(env.state);
     std::fs::remove_file(config.encryption_key_file()).unwrap();
+    // The signing keys sealed with the lost key go too (else the service refuses to start).
+    TestEnv::forget_signing_keys(&config);
     let env = TestEnv::open(dir, config);
     let u = Upstream {
         env,

@@ -11,7 +11,7 @@ use warden_core::token::{Audience, TeClaims};
 use crate::config::{Config, RouteConfig};
 use crate::flows::{hash_secret, random_id, random_token};
 use crate::identity::{self, Identity};
-use crate::keys::SigningKey;
+use crate::keyring::KeySet;
 use crate::store::{AppCode, AppSession, AuthorizeGrant, Store};
 
 /// An app code must be traded for a session within this long.
@@ -272,7 +272,7 @@ pub enum AppTokenError {
 /// session's. Returns the token and its expiry.
 pub fn app_token(
     config: &Config,
-    keys: &SigningKey,
+    keys: &KeySet,
     store: &dyn Store,
     route: &str,
     secret: &str,
@@ -322,7 +322,7 @@ pub fn app_token(
         "name": user.name,
         "groups": user.groups,
     });
-    let token = keys.sign_jwt("at+jwt", &claims)?;
+    let token = keys.sign_jwt(now, "at+jwt", &claims)?;
     Ok(Ok((token, exp)))
 }
 
@@ -429,15 +429,15 @@ impl SignOutKey {
 /// Verifies a bearer TE of ours (signature, `iss`, `exp`/`nbf`, `typ: at+jwt`; any audience).
 pub fn verify_te(
     config: &Config,
-    keys: &SigningKey,
+    keys: &KeySet,
     token: &str,
     now: i64,
 ) -> Option<warden_core::token::Identity> {
-    let jwks = serde_json::to_vec(&keys.jwks()).ok()?;
+    let jwks = serde_json::to_vec(&keys.jwks(now)).ok()?;
     let set = warden_core::keys::KeySet::from_jwks(&jwks).ok()?;
     let rules = warden_core::token::TokenRules {
         issuer: config.authorization_server.issuer.clone(),
-        leeway_seconds: 30,
+        leeway_seconds: i64::from(crate::render::FILTER_CLOCK_SKEW_SECONDS),
     };
     warden_core::token::verify(token, &set, &rules, now).ok()
 }

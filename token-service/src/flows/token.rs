@@ -12,7 +12,7 @@ use super::{
 use crate::config::{Config, TokenEndpointAuthMethod};
 use crate::error::{Error, Result};
 use crate::identity::{self, Identity};
-use crate::keys::SigningKey;
+use crate::keyring::KeySet;
 use crate::store::{AuthCode, CodeLookup, Grant, Redemption, RefreshToken, Store};
 
 /// The client credentials a token request carried, before they are checked.
@@ -58,7 +58,7 @@ pub struct TokenResponse {
 
 pub struct TokenContext<'a> {
     pub config: &'a Config,
-    pub keys: &'a SigningKey,
+    pub keys: std::sync::Arc<KeySet>,
     pub store: &'a dyn Store,
     pub vault: &'a crate::vault::Vault,
     pub now: i64,
@@ -434,7 +434,7 @@ fn respond(
 ) -> Result<TokenResponse> {
     let expires_in = ctx.config.authorization_server.access_token_ttl_seconds;
     let claims = access_token_claims(ctx.config, user, grant, scope, ctx.now);
-    let access_token = ctx.keys.sign_jwt("at+jwt", &claims)?;
+    let access_token = ctx.keys.sign_jwt(ctx.now, "at+jwt", &claims)?;
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer",

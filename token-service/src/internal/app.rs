@@ -53,7 +53,7 @@ pub async fn app_token(State(s): State<AppState>, body: axum::body::Bytes) -> Re
         .blocking(move |st| {
             Ok(crate::flows::app::app_token(
                 st.config(),
-                st.keys(),
+                &st.keys(),
                 st.store().as_ref(),
                 &q.route,
                 &q.session,

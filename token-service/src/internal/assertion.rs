@@ -14,7 +14,7 @@ use crate::state::AppState;
 /// How long an identity assertion lives. The filter reuses one per user and route until
 /// shortly before it expires (`min(30 s, lifetime / 10)`), so a server sees a fresh one at
 /// least every four and a half minutes.
-pub const ASSERTION_TTL_SECONDS: i64 = 300;
+pub use crate::keys::ASSERTION_TTL_SECONDS;
 
 /// The JOSE `typ` of identity assertions: a plain JWT, never an access token (`at+jwt`), so the
 /// filter refuses one presented as a bearer.
@@ -73,7 +73,7 @@ pub async fn identity_assertion(State(s): State<AppState>, body: axum::body::Byt
         &identity,
         now,
     );
-    match s.keys().sign_jwt(ASSERTION_TYP, &claims) {
+    match s.keys().sign_jwt(now, ASSERTION_TYP, &claims) {
         Ok(assertion) => answer(&AssertionAnswer {
             assertion,
             issued_at: now,

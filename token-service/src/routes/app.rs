@@ -145,7 +145,7 @@ fn bearer(s: &AppState, headers: &HeaderMap) -> Result<warden_core::token::Ident
         presented: true,
     };
     let token = token.ok_or_else(invalid)?;
-    flow::verify_te(s.config(), s.keys(), token, s.now()).ok_or_else(invalid)
+    flow::verify_te(s.config(), &s.keys(), token, s.now()).ok_or_else(invalid)
 }
 
 async fn list_servers(State(s): State<AppState>, headers: HeaderMap) -> Result<Response> {

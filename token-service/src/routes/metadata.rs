@@ -42,7 +42,7 @@ pub(super) async fn metadata(State(s): State<AppState>) -> Response {
 }
 
 pub(super) async fn jwks(State(s): State<AppState>) -> Response {
-    let mut resp = Json(s.keys().jwks()).into_response();
+    let mut resp = Json(s.keys().jwks(s.now())).into_response();
     resp.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("max-age=300"),

@@ -20,7 +20,7 @@ pub trait Maintenance {
 }
 
 /// Every table of the store's schema, whichever the backend.
-pub const TABLES: [&str; 18] = [
+pub const TABLES: [&str; 19] = [
     "clients",
     "consents",
     "pending_flows",
@@ -39,4 +39,5 @@ pub const TABLES: [&str; 18] = [
     "rate_buckets",
     "leases",
     "revocations",
+    "signing_keys",
 ];

@@ -1,8 +1,9 @@
 //! Persistence. The `Store` is split by aggregate into traits, one file each (`clients`,
-//! `sign_ins`, `sessions` with grants, `codes`, `upstream`, `app_sessions`); the records
-//! they hold are in `records`, and every backend lives in a folder of its own with its
-//! migrations as versioned `.sql` files. Calls are synchronous: callers run them on the
-//! blocking pool. Codes, refresh tokens and session cookies are stored only as digests.
+//! `sign_ins`, `sessions` with grants, `codes`, `upstream`, `app_sessions`, `signing_keys`);
+//! the records they hold are in `records`, and every backend lives in a folder of its own
+//! with its migrations as versioned `.sql` files. Calls are synchronous: callers run them on
+//! the blocking pool. Codes, refresh tokens and session cookies are stored only as digests;
+//! signing keys and upstream tokens sealed with the encryption key.
 
 mod app_sessions;
 mod clients;
@@ -14,6 +15,7 @@ mod records;
 mod revocations;
 mod sessions;
 mod sign_ins;
+mod signing_keys;
 pub mod sqlite;
 mod upstream;
 
@@ -27,6 +29,7 @@ pub use records::*;
 pub use revocations::Revocations;
 pub use sessions::Sessions;
 pub use sign_ins::SignIns;
+pub use signing_keys::SigningKeys;
 pub use sqlite::SqliteStore;
 pub use upstream::UpstreamTokens;
 
@@ -45,6 +48,7 @@ pub trait Store:
     + AppSessions
     + RateLimits
     + Revocations
+    + SigningKeys
     + Maintenance
     + Send
     + Sync
@@ -61,6 +65,7 @@ impl<T> Store for T where
         + AppSessions
         + RateLimits
         + Revocations
+        + SigningKeys
         + Maintenance
         + Send
         + Sync

@@ -302,3 +302,32 @@ pub struct Retention {
     /// A client is deleted once none of its grants has been alive for this long.
     pub idle_client_ttl: i64,
 }
+
+/// A TE signing key as stored: its private key sealed with the encryption key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    /// 1 for the first key, one more for each rotation.
+    pub seq: i64,
+    pub alg: String,
+    pub sealed_key: Vec<u8>,
+    pub created_at: i64,
+    /// From then on it signs (until a newer key does); published from the moment it is stored.
+    pub signs_from: i64,
+    /// When it leaves the JWKS; `None` until a newer key replaces it.
+    pub retire_at: Option<i64>,
+}
+
+impl std::fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Sealed, but still no business in a log.
+        f.debug_struct("SigningKeyRecord")
+            .field("kid", &self.kid)
+            .field("seq", &self.seq)
+            .field("alg", &self.alg)
+            .field("created_at", &self.created_at)
+            .field("signs_from", &self.signs_from)
+            .field("retire_at", &self.retire_at)
+            .finish_non_exhaustive()
+    }
+}

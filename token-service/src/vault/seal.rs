@@ -1,4 +1,4 @@
-//! Upstream tokens at rest: XChaCha20-Poly1305 with a random nonce per value, and the
+//! Upstream tokens (and the TE signing keys) at rest: XChaCha20-Poly1305 with a random nonce per value, and the
 //! (user, route, kind) as associated data, so a sealed value copied to another user's or
 //! route's row, or from the refresh column to the access column, does not open.
 //!
@@ -27,6 +27,8 @@ pub enum Kind {
     Refresh,
     /// The PKCE verifier of an upstream consent in progress.
     Verifier,
+    /// A TE signing key (the keyring binds it to its `kid`).
+    SigningKey,
 }
 
 impl Kind {
@@ -35,6 +37,7 @@ impl Kind {
             Kind::Access => b"access",
             Kind::Refresh => b"refresh",
             Kind::Verifier => b"pkce-verifier",
+            Kind::SigningKey => b"signing-key",
         }
     }
 }

@@ -176,6 +176,13 @@ impl TestEnv {
         }
     }
 
+    /// What an operator who lost the encryption key does (README, "The bound"): delete the
+    /// stored signing keys, which nothing opens any more; the next start makes a new one.
+    pub fn forget_signing_keys(config: &Config) {
+        let db = rusqlite::Connection::open(&config.storage.sqlite).unwrap();
+        db.execute("DELETE FROM signing_keys", []).unwrap();
+    }
+
     pub fn advance(&self, secs: i64) {
         self.clock.fetch_add(secs, Ordering::SeqCst);
     }

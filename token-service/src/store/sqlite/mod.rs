@@ -9,6 +9,7 @@ mod rate_limits;
 mod revocations;
 mod sessions;
 mod sign_ins;
+mod signing_keys;
 mod upstream;
 
 use std::path::Path;
@@ -34,6 +35,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("migrations/0009_leases.sql")),
     (10, include_str!("migrations/0010_owners.sql")),
     (11, include_str!("migrations/0011_revocations.sql")),
+    (12, include_str!("migrations/0012_signing_keys.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -256,6 +258,11 @@ impl Maintenance for SqliteStore {
         conn.execute("DELETE FROM rate_buckets WHERE at <= ?1", [now - 60])?;
         // An entry past `expires_at` covers no TE that is still valid.
         conn.execute("DELETE FROM revocations WHERE expires_at <= ?1", [now])?;
+        // Out of the JWKS already (the key set leaves retired keys out by itself).
+        conn.execute(
+            "DELETE FROM signing_keys WHERE retire_at IS NOT NULL AND retire_at <= ?1",
+            [now],
+        )?;
         conn.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
         // A revoked family answers `invalid_grant` whether its tokens are known or not; past a
         // day its rows go, and the grant with them (below).

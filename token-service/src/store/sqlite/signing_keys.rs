@@ -1,0 +1,72 @@
+//! SigningKeys on SQLite.
+
+use rusqlite::{params, TransactionBehavior};
+
+use super::SqliteStore;
+use crate::store::error::Result;
+use crate::store::records::SigningKeyRecord;
+use crate::store::signing_keys::SigningKeys;
+
+impl SigningKeys for SqliteStore {
+    fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT kid, seq, alg, sealed_key, created_at, signs_from, retire_at
+             FROM signing_keys ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(SigningKeyRecord {
+                kid: r.get(0)?,
+                seq: r.get(1)?,
+                alg: r.get(2)?,
+                sealed_key: r.get(3)?,
+                created_at: r.get(4)?,
+                signs_from: r.get(5)?,
+                retire_at: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn add_signing_key(
+        &self,
+        key: &SigningKeyRecord,
+        retire_others_at: Option<i64>,
+    ) -> Result<bool> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let added = tx.execute(
+            "INSERT INTO signing_keys
+                 (kid, seq, alg, sealed_key, created_at, signs_from, retire_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+            params![
+                key.kid,
+                key.seq,
+                key.alg,
+                key.sealed_key,
+                key.created_at,
+                key.signs_from,
+                key.retire_at
+            ],
+        )?;
+        if added == 0 {
+            return Ok(false);
+        }
+        if let Some(at) = retire_others_at {
+            tx.execute(
+                "UPDATE signing_keys SET retire_at = ?1 WHERE retire_at IS NULL AND kid <> ?2",
+                params![at, key.kid],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn reseal_signing_key(&self, kid: &str, old: &[u8], new: &[u8]) -> Result<bool> {
+        let n = self.conn()?.execute(
+            "UPDATE signing_keys SET sealed_key = ?3 WHERE kid = ?1 AND sealed_key = ?2",
+            params![kid, old, new],
+        )?;
+        Ok(n == 1)
+    }
+}
