@@ -1,4 +1,4 @@
-//! `warden-token-service`: serve, hash-password, check-config.
+//! `warden-token-service`: serve, hash-password, check-config, migrate.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -42,6 +42,16 @@ enum Command {
             default_value = "target/wasm32-wasip1/release/warden_filter.wasm"
         )]
         wasm: String,
+    },
+    /// Copy a SQLite deployment into the PostgreSQL database the config names
+    /// (`storage.postgres`): migrates it, refuses unless it is empty, copies every table in
+    /// one transaction, and prints the rows copied per table.
+    Migrate {
+        #[arg(long, env = "WARDEN_CONFIG")]
+        config: PathBuf,
+        /// The SQLite file to copy (the old `storage.sqlite`).
+        #[arg(long, value_name = "FILE")]
+        from_sqlite: PathBuf,
     },
     /// Print one value of a config, for scripts (`make run`).
     Describe {
@@ -186,6 +196,33 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+        Command::Migrate {
+            config,
+            from_sqlite,
+        } => {
+            let config = match load(Some(&config)) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match warden_token_service::store::copy_sqlite_to_postgres(
+                &config.storage,
+                &from_sqlite,
+            ) {
+                Ok(counts) => {
+                    for (table, rows) in counts {
+                        println!("{table}: {rows}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::CheckConfig { config } => match load(Some(&config)) {
             Ok(_) => {

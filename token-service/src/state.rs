@@ -9,7 +9,7 @@ use crate::flows::app::SignOutKey;
 use crate::internal::nonce::NonceGuard;
 use crate::keys::SigningKey;
 use crate::random::fill_random;
-use crate::store::{SqliteStore, Store};
+use crate::store::Store;
 use crate::{error, oidc, password, ratelimit, secrets, store, vault};
 
 /// Shared state of the service. Cheap to clone.
@@ -84,10 +84,10 @@ impl PasswordChecks {
 }
 
 impl AppState {
-    /// Opens (and migrates) the SQLite database and loads or creates the signing key, both
-    /// at the paths the config names.
+    /// Opens (and migrates) the store the config names (`store::open`) and loads or creates
+    /// the signing key. Blocking: call it off the async workers.
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let store = SqliteStore::open(&config.storage.sqlite)?;
+        let store = store::open(&config.storage)?;
         let keys = SigningKey::load_or_generate(&config.signing_key_file(), config.signing_alg())?;
         let mut secrets = Secrets::ephemeral();
         // Sealed secrets (upstream tokens, PKCE verifiers of sign-ins in progress) must open
@@ -104,7 +104,7 @@ impl AppState {
                 "internal credential",
             )?);
         }
-        Self::with_secrets(config, Arc::new(store), keys, secrets)
+        Self::with_secrets(config, store, keys, secrets)
     }
 
     /// For tests driving the router in-process: upstream-token secrets live in memory.

@@ -3,12 +3,15 @@
 //! they hold are in `records`, and every backend lives in a folder of its own with its
 //! migrations as versioned `.sql` files. Calls are synchronous: callers run them on the
 //! blocking pool. Codes, refresh tokens and session cookies are stored only as digests.
+//! `open` picks the backend the configuration names: `sqlite` (embedded, the default) or
+//! `postgres` (several replicas sharing one database).
 
 mod app_sessions;
 mod clients;
 mod codes;
 mod error;
 mod maintenance;
+pub mod postgres;
 mod records;
 mod sessions;
 mod sign_ins;
@@ -20,11 +23,42 @@ pub use clients::Clients;
 pub use codes::Codes;
 pub use error::{Result, StoreError};
 pub use maintenance::Maintenance;
+pub use postgres::PostgresStore;
 pub use records::*;
 pub use sessions::Sessions;
 pub use sign_ins::SignIns;
 pub use sqlite::SqliteStore;
 pub use upstream::UpstreamTokens;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{StorageBackend, StorageConfig};
+
+/// Opens (and migrates) the store `storage` names. Blocking: call it off the async workers.
+pub fn open(storage: &StorageConfig) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match storage.backend() {
+        StorageBackend::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+        StorageBackend::Postgres(pg) => {
+            Arc::new(PostgresStore::connect(pg.url(), pg.max_connections)?)
+        }
+    })
+}
+
+/// `migrate --from-sqlite`: copies the SQLite database at `from` into the PostgreSQL
+/// database `storage` names (migrated first, and required empty). Returns the rows copied
+/// per table.
+pub fn copy_sqlite_to_postgres(
+    storage: &StorageConfig,
+    from: &Path,
+) -> anyhow::Result<Vec<(&'static str, u64)>> {
+    let StorageBackend::Postgres(pg) = storage.backend() else {
+        anyhow::bail!(
+            "storage.postgres: the configuration names no PostgreSQL database to copy into"
+        );
+    };
+    PostgresStore::connect(pg.url(), pg.max_connections)?.import_sqlite(from)
+}
 
 /// Everything the token service keeps: one backend implements every aggregate.
 pub trait Store:

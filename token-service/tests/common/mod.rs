@@ -1,6 +1,8 @@
 //! Shared helpers: a temp-dir config, the router, and a scripted browser + client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
+pub mod pg;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
