@@ -149,7 +149,11 @@ impl TestEnv {
     pub fn open(dir: tempfile::TempDir, config: Config) -> Self {
         let clock = Arc::new(AtomicI64::new(1_900_000_000));
         let c = clock.clone();
-        let state = AppState::new(config)
+        // On a thread of its own: the PostgreSQL driver blocks on a runtime of its own,
+        // which tokio refuses on an async worker.
+        let state = std::thread::spawn(move || AppState::new(config))
+            .join()
+            .unwrap()
             .unwrap()
             .with_clock(Arc::new(move || c.load(Ordering::SeqCst)));
         let app = app(state.clone());

@@ -81,3 +81,28 @@ impl Drop for PgDb {
         }
     }
 }
+
+/// `yaml` (from `config_yaml`, whose files live in `dir`) moved to the PostgreSQL database
+/// at `url`: the files replicas share (signing key, encryption key, internal credential)
+/// named explicitly, at the paths the SQLite deployment had them by default.
+pub fn on_postgres(yaml: &str, dir: &std::path::Path, url: &str) -> String {
+    let db = format!("  sqlite: {}\n", dir.join("warden.db").display());
+    assert!(yaml.contains(&db), "a config_yaml config");
+    yaml.replacen(
+        &db,
+        &format!(
+            "  postgres:\n    url: \"{url}\"\n    max_connections: 4\n  encryption_key_file: {}\n",
+            dir.join("encryption-key").display()
+        ),
+        1,
+    )
+    .replacen(
+        "  signing_key:\n",
+        &format!(
+            "  internal_credential_file: {}\n  signing_key:\n    file: {}\n",
+            dir.join("internal-credential").display(),
+            dir.join("signing-key.json").display()
+        ),
+        1,
+    )
+}
