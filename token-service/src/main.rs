@@ -89,12 +89,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => {
+            let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            // The PostgreSQL driver logs every statement's parameters at debug (digests,
+            // sealed values): never, whatever the level asked for.
+            for quiet in ["tokio_postgres=info", "postgres=info"] {
+                if let Ok(d) = quiet.parse() {
+                    filter = filter.add_directive(d);
+                }
+            }
             tracing_subscriber::fmt()
                 .json()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
+                .with_env_filter(filter)
                 .with_writer(std::io::stdout)
                 .init();
             let config = match load(config.as_ref()) {

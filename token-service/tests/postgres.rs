@@ -325,3 +325,58 @@ fn an_unreachable_database_is_unavailable_and_the_password_stays_out_of_errors()
         "{text}"
     );
 }
+
+/// The server's TLS certificate file, when it has TLS on and the file is readable here
+/// (Debian's server uses its self-signed certificate for `localhost`).
+fn server_certificate(db: &PgDb) -> Option<std::path::PathBuf> {
+    let mut c = ::postgres::Client::connect(&db.url, ::postgres::NoTls).unwrap();
+    let ssl: String = c.query_one("SHOW ssl", &[]).unwrap().get(0);
+    let file: String = c.query_one("SHOW ssl_cert_file", &[]).unwrap().get(0);
+    let file = std::path::PathBuf::from(file);
+    (ssl == "on" && std::fs::read(&file).is_ok()).then_some(file)
+}
+
+#[test]
+fn tls_verifies_the_servers_certificate_and_name() {
+    let Some(db) = PgDb::create() else { return };
+    let Some(cert) = server_certificate(&db) else {
+        eprintln!("skipped: the PostgreSQL server has no TLS certificate readable here");
+        return;
+    };
+    let mut url = url::Url::parse(&db.url).unwrap();
+    url.set_host(Some("localhost")).unwrap();
+    let with = |url: &url::Url, query: &str| {
+        let mut u = url.clone();
+        u.set_query(Some(query));
+        PostgresStore::connect(u.as_str(), 1)
+    };
+    let root = format!("sslrootcert={}", cert.display());
+    let store = with(&url, &format!("sslmode=verify-full&{root}")).unwrap();
+    assert_eq!(store.schema_versions().unwrap(), vec![1]);
+    // `require` verifies too: against another CA (a public one of the system's bundle),
+    // the server's certificate does not pass.
+    if let Ok(bundle) = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt") {
+        let end = "-----END CERTIFICATE-----";
+        let other = &bundle[..bundle.find(end).unwrap() + end.len()];
+        let dir = tempfile::tempdir().unwrap();
+        let other_file = dir.path().join("other-ca.pem");
+        std::fs::write(&other_file, other).unwrap();
+        let other_root = format!("sslrootcert={}", other_file.display());
+        for mode in ["require", "verify-full"] {
+            assert!(
+                with(&url, &format!("sslmode={mode}&{other_root}")).is_err(),
+                "{mode}"
+            );
+        }
+    }
+    // Another name than the certificate's.
+    let mut by_address = url.clone();
+    by_address.set_host(Some("127.0.0.1")).unwrap();
+    let e = with(&by_address, &format!("sslmode=verify-full&{root}"))
+        .err()
+        .unwrap();
+    assert!(
+        StoreError::find(&e).is_some_and(StoreError::is_unavailable),
+        "{e:#}"
+    );
+}

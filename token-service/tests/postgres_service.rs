@@ -316,3 +316,83 @@ async fn a_database_that_goes_away_is_answered_503_and_then_served_again() {
     let r = env.refresh_public("public-app", &refresh).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
+
+#[test]
+fn the_database_password_never_reaches_the_log() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Command, Stdio};
+    let Some(db) = PgDb::create() else { return };
+    // The local server trusts loopback, so any password connects; it must never be logged.
+    const PASSWORD_IN_URL: &str = "s3cret-pw-in-url";
+    let mut url = url::Url::parse(&db.url).unwrap();
+    url.set_password(Some(PASSWORD_IN_URL)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warden.yaml");
+    std::fs::write(
+        &path,
+        on_postgres(
+            &config_yaml(dir.path(), "", "ES256"),
+            dir.path(),
+            url.as_str(),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden-token-service"))
+        .arg("serve")
+        .env("WARDEN_CONFIG", &path)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let mut addr = None;
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+        let listening = serde_json::from_str::<Value>(&line).ok().and_then(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .and_then(|m| m.strip_prefix("listening on http://"))
+                .map(str::to_owned)
+        });
+        log.push(line);
+        if listening.is_some() {
+            addr = listening;
+            break;
+        }
+    }
+    let addr = addr.unwrap_or_else(|| panic!("no listening line: {log:?}"));
+    // A request that reads the store.
+    let body = "grant_type=refresh_token&client_id=public-app&refresh_token=nope";
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    child.kill().unwrap();
+    let _ = child.wait();
+    log.extend(rx.iter());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let all = format!("{}\n{stderr}", log.join("\n"));
+    assert!(log.len() > 3, "trace logging ran: {all}");
+    assert!(!all.contains(PASSWORD_IN_URL), "{all}");
+}
