@@ -267,13 +267,19 @@ impl SigningAlg {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    #[serde(default = "default_sqlite")]
-    pub sqlite: PathBuf,
+    /// The embedded SQLite database (the default, at `var/warden.db`, when neither this nor
+    /// `postgres` is given).
+    #[serde(default)]
+    pub sqlite: Option<PathBuf>,
+    /// A PostgreSQL database, for several replicas sharing state.
+    #[serde(default)]
+    pub postgres: Option<PostgresConfig>,
     /// The key upstream tokens are encrypted with at rest (32 random bytes, base64url).
-    /// Defaults to `<dir of the sqlite db>/encryption-key`, created on first start.
+    /// Defaults to `<dir of the sqlite db>/encryption-key`, created on first start; required
+    /// with `postgres` (every replica must hold the same key).
     #[serde(default)]
     pub encryption_key_file: Option<PathBuf>,
     /// Keys `encryption_key_file` replaced: what was sealed with them still opens, and the
@@ -282,14 +288,96 @@ pub struct StorageConfig {
     pub previous_encryption_key_files: Vec<PathBuf>,
 }
 
-impl Default for StorageConfig {
-    fn default() -> Self {
-        Self {
-            sqlite: default_sqlite(),
-            encryption_key_file: None,
-            previous_encryption_key_files: Vec::new(),
+/// Which database the store lives in (`StorageConfig::backend`).
+#[derive(Debug, Clone, Copy)]
+pub enum StorageBackend<'a> {
+    Sqlite(&'a Path),
+    Postgres(&'a PostgresConfig),
+}
+
+impl StorageConfig {
+    pub fn backend(&self) -> StorageBackend<'_> {
+        match (&self.postgres, &self.sqlite) {
+            (Some(pg), _) => StorageBackend::Postgres(pg),
+            (None, Some(path)) => StorageBackend::Sqlite(path),
+            (None, None) => StorageBackend::Sqlite(Path::new(DEFAULT_SQLITE)),
         }
     }
+}
+
+/// `storage.postgres`. The URL may hold a password: it is a secret, kept out of `Debug`
+/// and of every log line.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/database?sslmode=…`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A file holding the URL (read at load, trimmed), instead of `url`.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    #[serde(default = "default_pg_max_connections")]
+    pub max_connections: u32,
+}
+
+impl PostgresConfig {
+    /// The URL (read from `url_file` at load).
+    pub fn url(&self) -> &str {
+        self.url.as_deref().unwrap_or_default()
+    }
+
+    fn read_url_file(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.url_file else {
+            return Ok(());
+        };
+        if self.url.is_some() {
+            return Err(ConfigError::new(
+                "storage.postgres.url_file",
+                "give url or url_file, not both",
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                "storage.postgres.url_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        self.url = Some(text.trim().to_owned());
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let Some(url) = self.url.as_deref() else {
+            return Err(ConfigError::new(
+                "storage.postgres.url",
+                "required (or url_file)",
+            ));
+        };
+        crate::pg_url::parse(url).map_err(|m| ConfigError::new("storage.postgres.url", m))?;
+        if !(1..=MAX_PG_CONNECTIONS).contains(&self.max_connections) {
+            return Err(ConfigError::new(
+                "storage.postgres.max_connections",
+                format!("must be between 1 and {MAX_PG_CONNECTIONS}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("url_file", &self.url_file)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+const MAX_PG_CONNECTIONS: u32 = 1024;
+
+fn default_pg_max_connections() -> u32 {
+    16
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -874,9 +962,7 @@ fn default_unused_client_ttl() -> u64 {
 fn default_idle_client_ttl() -> u64 {
     30 * 86_400
 }
-fn default_sqlite() -> PathBuf {
-    PathBuf::from("var/warden.db")
-}
+const DEFAULT_SQLITE: &str = "var/warden.db";
 
 /// Hard limits for the registration settings.
 pub const MAX_REDIRECT_URIS: usize = 20;
@@ -1061,6 +1147,9 @@ impl Config {
                 u.read_secret_file(&format!("routes[{i}].mcp.server.upstream_oauth2"))?;
             }
         }
+        if let Some(pg) = &mut config.storage.postgres {
+            pg.read_url_file()?;
+        }
         config.validate()?;
         // Read at load, so `check-config` catches a key file that is missing or wrong.
         let current = crate::secrets::read_existing(&config.encryption_key_file()).ok();
@@ -1167,9 +1256,7 @@ impl Config {
                 format!("must be between 0 and {MAX_XFF_TRUSTED_HOPS}"),
             ));
         }
-        if self.storage.sqlite.as_os_str().is_empty() {
-            return Err(ConfigError::new("storage.sqlite", "must not be empty"));
-        }
+        self.validate_storage()?;
 
         if let Some(o) = &self.identity_provider.oidc {
             o.validate()?;
@@ -1458,11 +1545,48 @@ impl Config {
             })
     }
 
-    /// A file next to the SQLite database (the default home of generated secrets).
+    /// `storage`: one backend, and with PostgreSQL every file the replicas must share named
+    /// (they default next to the SQLite file, which a PostgreSQL deployment has none of).
+    fn validate_storage(&self) -> Result<(), ConfigError> {
+        let s = &self.storage;
+        let Some(pg) = &s.postgres else {
+            if s.sqlite.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(ConfigError::new("storage.sqlite", "must not be empty"));
+            }
+            return Ok(());
+        };
+        if s.sqlite.is_some() {
+            return Err(ConfigError::new(
+                "storage.postgres",
+                "give storage.sqlite or storage.postgres, not both",
+            ));
+        }
+        pg.validate()?;
+        let shared = "required with storage.postgres: every replica must use the same file";
+        // The signing keys are sealed with it, so every deployment needs it. (The signing key
+        // file is only an import source: the keys live in the store.)
+        if s.encryption_key_file.is_none() {
+            return Err(ConfigError::new("storage.encryption_key_file", shared));
+        }
+        if self.uses_internal_listener()
+            && self.authorization_server.internal_credential_file.is_none()
+        {
+            return Err(ConfigError::new(
+                "authorization_server.internal_credential_file",
+                shared,
+            ));
+        }
+        Ok(())
+    }
+
+    /// A file next to the SQLite database (the default home of generated secrets; with
+    /// PostgreSQL, validation requires these files to be named).
     fn beside_database(&self, name: &str) -> PathBuf {
-        self.storage
-            .sqlite
-            .parent()
+        let db = match self.storage.backend() {
+            StorageBackend::Sqlite(path) => path,
+            StorageBackend::Postgres(_) => Path::new(DEFAULT_SQLITE),
+        };
+        db.parent()
             .map(|d| d.join(name))
             .unwrap_or_else(|| PathBuf::from(name))
     }

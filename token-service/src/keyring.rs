@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::config::{Config, SigningAlg};
 use crate::keys::{SigningKey, ASSERTION_TTL_SECONDS};
 use crate::render::FILTER_CLOCK_SKEW_SECONDS;
-use crate::store::{SigningKeyRecord, SqliteStore, Store};
+use crate::store::{SigningKeyRecord, Store};
 use crate::vault::seal::{Kind, Opener, Sealer};
 
 /// How often a replica re-reads the keys: a rotation reaches every replica this fast (well
@@ -302,11 +302,18 @@ pub fn rotate_configured(config: &Config, now: i64) -> anyhow::Result<Rotation> 
             ))
         }
     };
-    must_exist(&config.storage.sqlite, "the database")?;
+    if let crate::config::StorageBackend::Sqlite(db) = config.storage.backend() {
+        must_exist(db, "the database")?;
+    }
     let key_file = config.encryption_key_file();
     must_exist(&key_file, "the encryption key file")?;
     let key = crate::secrets::read_existing(&key_file).map_err(|e| anyhow::anyhow!(e))?;
     let previous = config.previous_encryption_keys(Some(&key))?;
-    let store = SqliteStore::open(&config.storage.sqlite)?;
-    rotate(config, &store, &Sealer::with_previous(&key, &previous), now)
+    let store = crate::store::open(&config.storage)?;
+    rotate(
+        config,
+        store.as_ref(),
+        &Sealer::with_previous(&key, &previous),
+        now,
+    )
 }

@@ -17,6 +17,7 @@ pub mod keys;
 pub mod listener;
 pub mod oidc;
 pub mod password;
+pub mod pg_url;
 pub mod random;
 pub mod ratelimit;
 pub mod redirect_uri;
@@ -39,7 +40,7 @@ pub use config::Config;
 pub use keyring::KeySet;
 pub use keys::SigningKey;
 pub use state::{AppState, Secrets};
-pub use store::{SqliteStore, Store};
+pub use store::{PostgresStore, SqliteStore, Store};
 
 /// Makes glibc give large buffers back. Argon2 allocates its whole memory cost (19 MiB by
 /// default) per check; glibc raises its mmap threshold after such a buffer is freed and then

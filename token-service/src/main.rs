@@ -1,5 +1,5 @@
 //! `warden-token-service`: serve, hash-password, check-config, render-envoy, describe,
-//! rotate-signing-key.
+//! rotate-signing-key, revoke, migrate.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -60,6 +60,16 @@ enum Command {
         #[arg(long)]
         route: Option<String>,
     },
+    /// Copy a SQLite deployment into the PostgreSQL database the config names
+    /// (`storage.postgres`): migrates it, refuses unless it is empty, copies every table in
+    /// one transaction, and prints the rows copied per table.
+    Migrate {
+        #[arg(long, env = "WARDEN_CONFIG")]
+        config: PathBuf,
+        /// The SQLite file to copy (the old `storage.sqlite`).
+        #[arg(long, value_name = "FILE")]
+        from_sqlite: PathBuf,
+    },
     /// Add a new TE signing key to the store: published at once, signing after
     /// `signing_key.rotation_publish_seconds`; the previous key leaves the JWKS once the
     /// tokens it signed have expired. Prints the new kid and when it starts signing.
@@ -103,12 +113,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => {
+            let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            // The PostgreSQL driver logs every statement's parameters at debug (digests,
+            // sealed values): never, whatever the level asked for.
+            for quiet in ["tokio_postgres=info", "postgres=info"] {
+                if let Ok(d) = quiet.parse() {
+                    filter = filter.add_directive(d);
+                }
+            }
             tracing_subscriber::fmt()
                 .json()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
+                .with_env_filter(filter)
                 .with_writer(std::io::stdout)
                 .init();
             let config = match load(config.as_ref()) {
@@ -239,6 +255,33 @@ fn main() -> ExitCode {
                         ended.app_sessions,
                         what.user
                     );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Migrate {
+            config,
+            from_sqlite,
+        } => {
+            let config = match load(Some(&config)) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match warden_token_service::store::copy_sqlite_to_postgres(
+                &config.storage,
+                &from_sqlite,
+            ) {
+                Ok(counts) => {
+                    for (table, rows) in counts {
+                        println!("{table}: {rows}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -9,7 +9,7 @@ use crate::flows::app::SignOutKey;
 use crate::internal::nonce::NonceGuard;
 use crate::keyring::{KeySet, Keyring};
 use crate::random::fill_random;
-use crate::store::{SqliteStore, Store};
+use crate::store::Store;
 use crate::vault::seal::Sealer;
 use crate::{error, oidc, password, ratelimit, secrets, store, vault};
 
@@ -109,10 +109,11 @@ impl Limit {
 }
 
 impl AppState {
-    /// Opens (and migrates) the SQLite database, loads or creates the secrets at the paths the
-    /// config names, and loads the signing keys (creating the first one on a new store).
+    /// Opens (and migrates) the store the config names (`store::open`), loads or creates the
+    /// secrets at the paths the config names, and loads the signing keys (creating the first
+    /// one on a new store). Blocking: call it off the async workers.
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let store = SqliteStore::open(&config.storage.sqlite)?;
+        let store = store::open(&config.storage)?;
         let mut secrets = Secrets::ephemeral();
         // Sealed secrets (signing keys, upstream tokens, PKCE verifiers of sign-ins in
         // progress) must open after a restart and on every replica.
@@ -126,7 +127,7 @@ impl AppState {
                 "internal credential",
             )?);
         }
-        Self::with_secrets(config, Arc::new(store), secrets)
+        Self::with_secrets(config, store, secrets)
     }
 
     /// For tests driving the router in-process: the secrets live in memory.

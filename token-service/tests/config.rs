@@ -400,3 +400,96 @@ fn a_route_whose_upstream_is_one_of_our_own_listeners_is_refused() {
         assert!(Config::from_yaml(&yaml).is_ok(), "{to}");
     }
 }
+
+fn postgres_yaml(dir: &std::path::Path, url: &str) -> String {
+    common::pg::on_postgres(&config_yaml(dir, "", "ES256"), dir, url)
+}
+
+#[test]
+fn storage_is_sqlite_or_postgres_and_the_url_is_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = "postgres://warden:s3cret-pw@db.internal:5432/warden?sslmode=verify-full";
+    let good = postgres_yaml(dir.path(), url);
+    let c = Config::from_yaml(&good).unwrap();
+    let pg = c.storage.postgres.as_ref().unwrap();
+    assert_eq!(pg.url(), url);
+    assert_eq!(pg.max_connections, 4);
+    assert!(matches!(
+        c.storage.backend(),
+        warden_token_service::config::StorageBackend::Postgres(_)
+    ));
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("s3cret-pw"), "{debug}");
+    assert!(debug.contains("<redacted>"), "{debug}");
+
+    // Both backends: the error names the field.
+    let both = good.replace(
+        "storage:\n",
+        &format!(
+            "storage:\n  sqlite: {}\n",
+            dir.path().join("x.db").display()
+        ),
+    );
+    let e = err(&both);
+    assert!(e.starts_with("storage.postgres"), "{e}");
+
+    // A URL that does not parse names the field, never the password.
+    let e = err(&good.replace("sslmode=verify-full", "sslmode=sometimes"));
+    assert!(e.starts_with("storage.postgres.url"), "{e}");
+    assert!(!e.contains("s3cret-pw"), "{e}");
+    let e = err(&good.replace("postgres://", "mysql://"));
+    assert!(e.starts_with("storage.postgres.url"), "{e}");
+
+    for n in ["0", "1025"] {
+        let e = err(&good.replace("max_connections: 4", &format!("max_connections: {n}")));
+        assert!(e.starts_with("storage.postgres.max_connections"), "{e}");
+    }
+
+    // url_file: read at load and trimmed; not together with url.
+    let file = dir.path().join("pg-url");
+    std::fs::write(&file, format!("  {url}\n")).unwrap();
+    let from_file = good.replace(
+        &format!("url: \"{url}\""),
+        &format!("url_file: {}", file.display()),
+    );
+    let c = Config::from_yaml(&from_file).unwrap();
+    assert_eq!(c.storage.postgres.as_ref().unwrap().url(), url);
+    let e = err(&from_file.replace(
+        "    url_file:",
+        &format!("    url: \"{url}\"\n    url_file:"),
+    ));
+    assert!(e.starts_with("storage.postgres.url_file"), "{e}");
+    let e = err(&good.replace(&format!("    url: \"{url}\"\n"), ""));
+    assert!(e.starts_with("storage.postgres.url"), "{e}");
+}
+
+#[test]
+fn with_postgres_the_files_replicas_share_must_be_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = postgres_yaml(dir.path(), "postgres://postgres@127.0.0.1/warden");
+    Config::from_yaml(&good).unwrap();
+    // The signing key file is only an import source (the keys live in the store): optional.
+    let signing = format!(
+        "    file: {}\n",
+        dir.path().join("signing-key.json").display()
+    );
+    Config::from_yaml(&good.replace(&signing, "")).unwrap();
+    // The encryption key seals the signing keys and the internal credential signs the
+    // revocation feed's polls: every deployment needs both, the same on every replica.
+    let encryption = format!(
+        "  encryption_key_file: {}\n",
+        dir.path().join("encryption-key").display()
+    );
+    let e = err(&good.replace(&encryption, ""));
+    assert!(e.starts_with("storage.encryption_key_file"), "{e}");
+    let credential = format!(
+        "  internal_credential_file: {}\n",
+        dir.path().join("internal-credential").display()
+    );
+    assert!(good.contains(&credential), "{good}");
+    let e = err(&good.replace(&credential, ""));
+    assert!(
+        e.starts_with("authorization_server.internal_credential_file"),
+        "{e}"
+    );
+}

@@ -121,7 +121,7 @@ fn replicas_starting_together_on_an_empty_store_store_one_key() {
             published.iter().all(|p| *p == published[0]),
             "{published:?}"
         );
-        let store = SqliteStore::open(&config.storage.sqlite).unwrap();
+        let store = SqliteStore::open(config.storage.sqlite.as_ref().unwrap()).unwrap();
         assert_eq!(store.signing_keys().unwrap().len(), 1);
     }
 }
@@ -161,7 +161,7 @@ async fn a_key_file_is_imported_once_with_its_kid_and_sealed_in_the_store() {
     assert!(!bytes.windows(raw.len()).any(|w| w == raw.as_slice()));
     assert!(!bytes.windows(d.len()).any(|w| w == d.as_bytes()));
     assert!(!format!("{:?}", env.state.keys()).contains(&d));
-    let stored = SqliteStore::open(&config.storage.sqlite)
+    let stored = SqliteStore::open(config.storage.sqlite.as_ref().unwrap())
         .unwrap()
         .signing_keys()
         .unwrap();
@@ -255,7 +255,7 @@ async fn a_rotated_key_is_published_first_signs_from_its_time_and_the_old_one_re
         assert_eq!(kids(&jwks_of(state).await), vec![r.kid.clone()]);
     }
     env.state.sweep().unwrap();
-    let store = SqliteStore::open(&config.storage.sqlite).unwrap();
+    let store = SqliteStore::open(config.storage.sqlite.as_ref().unwrap()).unwrap();
     let left = store.signing_keys().unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].kid, r.kid);

@@ -1,5 +1,5 @@
-//! The store's contract: what every backend must do, run against each (SQLite here; every
-//! other backend adds one line to `backends!`). Single use (codes, flows, app codes), refresh
+//! The store's contract: what every backend must do, run against each (SQLite and PostgreSQL;
+//! another backend adds one line at the bottom). Single use (codes, flows, app codes), refresh
 //! replay, the upstream refresh lease, version-conditioned writes, the limits, the sweep, the
 //! signing keys, and all of it under concurrency from two handles on one database (two
 //! replicas).
@@ -37,6 +37,24 @@ impl Sqlite {
 impl Backend for Sqlite {
     fn handle(&self) -> Arc<dyn Store> {
         Arc::new(warden_token_service::SqliteStore::open(&self.dir.path().join("w.db")).unwrap())
+    }
+}
+
+/// A fresh PostgreSQL database (`common::pg`); each handle is a store of its own on it, with
+/// a pool of its own, as another replica's.
+struct Postgres {
+    db: common::pg::PgDb,
+}
+
+impl Postgres {
+    fn new() -> Option<Self> {
+        common::pg::PgDb::create().map(|db| Self { db })
+    }
+}
+
+impl Backend for Postgres {
+    fn handle(&self) -> Arc<dyn Store> {
+        Arc::new(warden_token_service::store::PostgresStore::connect(&self.db.url, 8).unwrap())
     }
 }
 
@@ -794,3 +812,4 @@ macro_rules! backend {
 }
 
 backend!(sqlite, Sqlite::new());
+backend!(postgres, Postgres::new());

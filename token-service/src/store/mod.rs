@@ -4,12 +4,15 @@
 //! with its migrations as versioned `.sql` files. Calls are synchronous: callers run them on
 //! the blocking pool. Codes, refresh tokens and session cookies are stored only as digests;
 //! signing keys and upstream tokens sealed with the encryption key.
+//! `open` picks the backend the configuration names: `sqlite` (embedded, the default) or
+//! `postgres` (several replicas sharing one database).
 
 mod app_sessions;
 mod clients;
 mod codes;
 mod error;
 mod maintenance;
+pub mod postgres;
 mod rate_limits;
 mod records;
 mod revocations;
@@ -24,6 +27,7 @@ pub use clients::Clients;
 pub use codes::Codes;
 pub use error::{Result, StoreError};
 pub use maintenance::{Maintenance, TABLES};
+pub use postgres::PostgresStore;
 pub use rate_limits::RateLimits;
 pub use records::*;
 pub use revocations::Revocations;
@@ -33,9 +37,34 @@ pub use signing_keys::SigningKeys;
 pub use sqlite::SqliteStore;
 pub use upstream::UpstreamTokens;
 
-/// Opens (and migrates) the configured backend.
-pub fn open(config: &crate::config::StorageConfig) -> anyhow::Result<std::sync::Arc<dyn Store>> {
-    Ok(std::sync::Arc::new(SqliteStore::open(&config.sqlite)?))
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{StorageBackend, StorageConfig};
+
+/// Opens (and migrates) the store `storage` names. Blocking: call it off the async workers.
+pub fn open(storage: &StorageConfig) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match storage.backend() {
+        StorageBackend::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+        StorageBackend::Postgres(pg) => {
+            Arc::new(PostgresStore::connect(pg.url(), pg.max_connections)?)
+        }
+    })
+}
+
+/// `migrate --from-sqlite`: copies the SQLite database at `from` into the PostgreSQL
+/// database `storage` names (migrated first, and required empty). Returns the rows copied
+/// per table.
+pub fn copy_sqlite_to_postgres(
+    storage: &StorageConfig,
+    from: &Path,
+) -> anyhow::Result<Vec<(&'static str, u64)>> {
+    let StorageBackend::Postgres(pg) = storage.backend() else {
+        anyhow::bail!(
+            "storage.postgres: the configuration names no PostgreSQL database to copy into"
+        );
+    };
+    PostgresStore::connect(pg.url(), pg.max_connections)?.import_sqlite(from)
 }
 
 /// Everything the token service keeps: one backend implements every aggregate.

@@ -1,6 +1,8 @@
 //! Shared helpers: a temp-dir config, the router, and a scripted browser + client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
+pub mod pg;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -147,7 +149,11 @@ impl TestEnv {
     pub fn open(dir: tempfile::TempDir, config: Config) -> Self {
         let clock = Arc::new(AtomicI64::new(1_900_000_000));
         let c = clock.clone();
-        let state = AppState::new(config)
+        // On a thread of its own: the PostgreSQL driver blocks on a runtime of its own,
+        // which tokio refuses on an async worker.
+        let state = std::thread::spawn(move || AppState::new(config))
+            .join()
+            .unwrap()
             .unwrap()
             .with_clock(Arc::new(move || c.load(Ordering::SeqCst)));
         let app = app(state.clone());
@@ -179,7 +185,7 @@ impl TestEnv {
     /// What an operator who lost the encryption key does (README, "The bound"): delete the
     /// stored signing keys, which nothing opens any more; the next start makes a new one.
     pub fn forget_signing_keys(config: &Config) {
-        let db = rusqlite::Connection::open(&config.storage.sqlite).unwrap();
+        let db = rusqlite::Connection::open(config.storage.sqlite.as_ref().unwrap()).unwrap();
         db.execute("DELETE FROM signing_keys", []).unwrap();
     }
 

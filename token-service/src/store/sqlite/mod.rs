@@ -77,8 +77,26 @@ impl SqliteStore {
     fn from_connection(mut conn: Connection) -> anyhow::Result<Self> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        // WAL is not available for in-memory databases; ignore the answer.
-        let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        // WAL is not available for in-memory databases; ignore the answer. Switching needs
+        // the file to itself, which SQLite does not wait for (no busy handler): a process
+        // starting while another migrates the file retries for a while.
+        let mut attempts = 0;
+        loop {
+            match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+                Ok(_) => break,
+                Err(e)
+                    if attempts < 100
+                        && matches!(
+                            e.sqlite_error_code(),
+                            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                        ) =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         migrate(&mut conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
