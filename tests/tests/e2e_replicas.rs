@@ -1,0 +1,344 @@
+//! Several token-service replicas on one store (issue 18: "Replicas share one deployment",
+//! "Access ends within 5 seconds"). The store is [`REPLICA_STORAGE`] (one SQLite file in WAL
+//! mode today; one line to switch to another backend).
+//!
+//! * Any replica serves any step of any flow, with the outcome one replica gives, and the
+//!   limits (sign-in throttle, registration rate) count across replicas.
+//! * A revocation made on either replica reaches every worker of every Envoy within 5 s.
+//! * A replica killed under load: what started after it died succeeds on the other, no grant
+//!   or upstream token is lost, no refresh lease outlives its expiry.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use reqwest::Url;
+use serde_json::{json, Value};
+use warden_e2e::replicas::*;
+use warden_e2e::*;
+
+const APP: &str = "/app";
+const GH: &str = "/gh";
+const LOCKED: &str = "locked@example.com";
+const LOCKED_PASSWORD: &str = "locked-password";
+
+/// `iss`, `sub`, `aud`, `client_id`, `scope`: what a TE says, whichever replica signed it.
+fn outcome(te: &str) -> Value {
+    let c = jwt::decode_claims(te);
+    json!({
+        "iss": c["iss"], "sub": c["sub"], "aud": c["aud"],
+        "client_id": c["client_id"], "scope": c["scope"],
+    })
+}
+
+fn kid(te: &str) -> String {
+    use base64::Engine as _;
+    let head = te.split('.').next().unwrap();
+    let head: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(head)
+            .unwrap(),
+    )
+    .unwrap();
+    head["kid"].as_str().unwrap().to_owned()
+}
+
+/// The gateway's login form for `LOCKED` with a wrong password, posted to `replica`.
+async fn wrong_password(d: &Deployment, browser: &Browser, login: &Page, replica: usize) -> Page {
+    let form = login.form();
+    let fields: Vec<(String, String)> = form_fields(&form)
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "email" => (k, LOCKED.to_owned()),
+            "password" => (k, "not-the-password".to_owned()),
+            _ => (k, v),
+        })
+        .collect();
+    let action = login.url.join(form.action.as_deref().unwrap()).unwrap();
+    browser
+        .post(&on(&d.replicas[replica].url(), &action), &fields)
+        .await
+}
+
+/// A fresh browser's login form, from `/authorize` at `replica`.
+async fn login_form(d: &Deployment, client_id: &str, replica: usize) -> (Browser, Page) {
+    let browser = Browser::new();
+    let (_, challenge) = pkce();
+    let url = authorize_url(
+        &d.replicas[replica].url(),
+        client_id,
+        &redirect_uri(),
+        &d.resource("/mcp"),
+        &challenge,
+    );
+    let page = browser.get(&Url::parse(&url).unwrap()).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.form().has_password(), "{}", page.body);
+    (browser, page)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_serves_any_step_with_the_outcome_of_one() {
+    let provider_dir = tempfile::tempdir().unwrap();
+    let provider = OAuthProvider::start(provider_dir.path(), free_port(), &[]).await;
+    let gated = DemoServer::start_with(
+        provider_dir.path(),
+        free_port(),
+        &["--require-bearer-introspect", &provider.introspect_url()],
+    )
+    .await;
+    let (provider_url, gated_url) = (provider.url(), gated.mcp_url());
+    let mut opts = DeploymentOptions::new("any_step", 3, 2).with_config(move |c| {
+        let from = c["routes"][0]["from"].clone();
+        let demo_origin = c["routes"][0]["to"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches("/mcp")
+            .to_owned();
+        c["identity_provider"]["local"]["users"]
+            .as_array_mut()
+            .unwrap()
+            .push(local_user(LOCKED, LOCKED_PASSWORD));
+        c["authorization_server"]["registration"] = json!({"rate_limit_per_minute": 3});
+        // The registration limit's client address comes from X-Forwarded-For.
+        c["authorization_server"]["trusted_proxies"] = json!(["127.0.0.1"]);
+        let routes = c["routes"].as_array_mut().unwrap();
+        routes.push(json!({
+            "name": "chat", "from": from, "prefix": APP, "to": demo_origin,
+            "mcp": {"client": {}},
+            "policy": {"allow": {"and": [{"authenticated_user": true}]}},
+        }));
+        routes.push(json!({
+            "name": "gh", "from": from, "prefix": GH, "to": gated_url,
+            "mcp": {"server": {"upstream_oauth2": {
+                "client_id": PROVIDER_CLIENT_ID,
+                "client_secret": PROVIDER_CLIENT_SECRET,
+                "scopes": ["repo"],
+                "endpoint": {
+                    "auth_url": format!("{provider_url}/authorize"),
+                    "token_url": format!("{provider_url}/token"),
+                },
+            }}},
+            "policy": {"allow": {"and": [{"authenticated_user": true}]}},
+        }));
+    });
+    opts.envoy_workers = 1;
+    let d = Deployment::start(opts).await;
+    let bases: Vec<String> = d.replicas.iter().map(Replica::url).collect();
+    let redirect = redirect_uri();
+    let me = Credentials {
+        gateway: (DEMO_EMAIL, DEMO_PASSWORD),
+        provider: Some((PROVIDER_USER, PROVIDER_PASSWORD)),
+    };
+
+    // DCR on replica 0, /authorize on replica 1, the login form posted to replica 0, consent
+    // to replica 1 (the browser's cookies carried over), the code exchanged on replica 2.
+    let reg = register(&bases[0], &redirect, None).await;
+    assert_eq!(reg.status, 201, "{}", reg.body);
+    let client_id = reg.json()["client_id"].as_str().unwrap().to_owned();
+    let (verifier, challenge) = pkce();
+    let start = authorize_url(
+        &bases[1],
+        &client_id,
+        &redirect,
+        &d.resource("/mcp"),
+        &challenge,
+    );
+    let browser = Browser::new();
+    let (back, steps) = drive(&browser, &start, &redirect, &bases, me, |path| match path {
+        "/login" => 0,
+        _ => 1,
+    })
+    .await;
+    let served: Vec<(String, String)> = steps
+        .iter()
+        .map(|s| (s.origin.clone(), s.path.clone()))
+        .collect();
+    assert_eq!(
+        served,
+        [
+            (bases[1].clone(), "/authorize".to_owned()),
+            (bases[0].clone(), "/login".to_owned()),
+            (bases[1].clone(), "/consent".to_owned()),
+        ],
+        "{steps:?}"
+    );
+    let tokens = exchange(&bases[2], &client_id, &redirect, &code_of(&back), &verifier).await;
+    let te = tokens["access_token"].as_str().unwrap().to_owned();
+    let first = outcome(&te);
+    assert_eq!(first["iss"], d.issuer());
+    assert_eq!(first["sub"], DEMO_EMAIL);
+    assert_eq!(first["client_id"], client_id.as_str());
+    assert!(
+        first["aud"].to_string().contains(&d.resource("/mcp")),
+        "{first}"
+    );
+
+    // Refresh on each replica in turn: every rotation is seen by the next replica, every TE
+    // says the same and is signed with the one shared key; each works through both Envoys
+    // (Envoy 0 fetches its JWKS from replica 0, Envoy 1 from replica 1).
+    let mut tes = vec![te.clone()];
+    let mut refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
+    for base in &bases {
+        let t = refresh(base, &client_id, &refresh_token).await;
+        refresh_token = t["refresh_token"].as_str().unwrap().to_owned();
+        let te = t["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(outcome(&te), first, "refreshed at {base}");
+        assert_eq!(kid(&te), kid(&tes[0]), "refreshed at {base}");
+        tes.push(te);
+    }
+    for (i, te) in tes.iter().enumerate() {
+        for m in 0..d.envoys.len() {
+            let r = d.whoami(m, te).await;
+            assert_eq!(r.status, 200, "TE {i} through Envoy {m}: {}", r.body);
+            assert!(r.json()["result"]["isError"] == json!(false), "{}", r.body);
+        }
+    }
+
+    // The sign-in throttle counts failures on every replica: 3 on replica 0 and 2 on
+    // replica 1 lock the account, so replica 2 refuses even the right password.
+    let (b0, mut page) = login_form(&d, &client_id, 0).await;
+    for _ in 0..3 {
+        page = wrong_password(&d, &b0, &page, 0).await;
+        assert_eq!(page.status, 401, "{}", page.body);
+    }
+    let (b1, mut page) = login_form(&d, &client_id, 1).await;
+    for _ in 0..2 {
+        page = wrong_password(&d, &b1, &page, 1).await;
+        assert_eq!(page.status, 401, "{}", page.body);
+    }
+    let (b2, page) = login_form(&d, &client_id, 2).await;
+    let (back, _) = {
+        let form = page.form();
+        let fields: Vec<(String, String)> = form_fields(&form)
+            .into_iter()
+            .map(|(k, v)| match k.as_str() {
+                "email" => (k, LOCKED.to_owned()),
+                "password" => (k, LOCKED_PASSWORD.to_owned()),
+                _ => (k, v),
+            })
+            .collect();
+        let action = page.url.join(form.action.as_deref().unwrap()).unwrap();
+        (b2.post(&on(&bases[2], &action), &fields).await, ())
+    };
+    assert_eq!(
+        back.status, 429,
+        "5 failures on replicas 0 and 1 lock the account on replica 2: {}",
+        back.body
+    );
+
+    // The registration rate (3 a minute per client address) is one budget for all replicas.
+    for (i, base) in bases.iter().enumerate() {
+        let r = register(base, &redirect, Some("198.51.100.7")).await;
+        assert_eq!(r.status, 201, "registration {i} on replica {i}: {}", r.body);
+    }
+    let r = register(&bases[0], &redirect, Some("198.51.100.7")).await;
+    assert_eq!(
+        r.status, 429,
+        "the 4th registration of the minute, on replica 0: {}",
+        r.body
+    );
+    // Another address still registers: the limit is that address's.
+    let r = register(&bases[1], &redirect, Some("198.51.100.8")).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    // An app session opened through Envoy 0 (whose internal cluster is replica 0) after
+    // signing in on replica 2, then used through Envoy 1 (replica 1).
+    let app = Browser::new();
+    let page_url = Url::parse(&format!("{}{APP}/page", d.envoys[0].url())).unwrap();
+    let resp = app
+        .client
+        .get(page_url.clone())
+        .header("host", d.public_authority())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 302);
+    let sign_in = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        sign_in.starts_with(&format!("{}/app/sign-in", d.issuer())),
+        "{sign_in}"
+    );
+    let callback_endpoint = format!("http://{}/.warden/app/callback", d.public_authority());
+    let (callback, steps) = drive(&app, &sign_in, &callback_endpoint, &bases, me, |_| 2).await;
+    assert!(
+        steps.iter().all(|s| s.origin == bases[2]),
+        "signed in on replica 2: {steps:?}"
+    );
+    let resp = app.get(&callback).await;
+    assert_eq!(
+        resp.status, 302,
+        "the callback through Envoy 0: {}",
+        resp.body
+    );
+    d.demo.clear_recorded().await;
+    let resp = app
+        .client
+        .get(format!("{}{APP}/page", d.envoys[1].url()))
+        .header("host", d.public_authority())
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.status().as_u16(), 302, "signed in through Envoy 1");
+    let recorded = d.demo.recorded().await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let app_te = recorded_header(&recorded[0], "authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .unwrap_or_else(|| panic!("the app got no TE: {recorded:?}"))
+        .to_owned();
+    let claims = jwt::decode_claims(&app_te);
+    assert_eq!(claims["client_id"], "warden-app:chat");
+    assert_eq!(claims["sub"], DEMO_EMAIL);
+
+    // An upstream consent started on replica 1, the provider's callback landing on replica 2,
+    // the code exchanged on replica 0: the TI reaches the MCP server through Envoy 1.
+    let reg = register(&bases[0], &redirect, None).await;
+    assert_eq!(reg.status, 201, "{}", reg.body);
+    let gh_client = reg.json()["client_id"].as_str().unwrap().to_owned();
+    let (verifier, challenge) = pkce();
+    let start = authorize_url(
+        &bases[1],
+        &gh_client,
+        &redirect,
+        &d.resource(GH),
+        &challenge,
+    );
+    let upstream = Browser::new();
+    let (back, steps) = drive(&upstream, &start, &redirect, &bases, me, |path| {
+        if path == "/upstream/callback" {
+            2
+        } else {
+            1
+        }
+    })
+    .await;
+    let callback_step = steps
+        .iter()
+        .find(|s| s.path == "/upstream/callback")
+        .unwrap_or_else(|| panic!("no provider callback: {steps:?}"));
+    assert_eq!(callback_step.origin, bases[2], "{steps:?}");
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.origin == provider.url() && s.path == "/authorize"),
+        "{steps:?}"
+    );
+    let tokens = exchange(&bases[0], &gh_client, &redirect, &code_of(&back), &verifier).await;
+    let gh_te = tokens["access_token"].as_str().unwrap();
+    gated.clear_recorded().await;
+    let r = d
+        .envoy_post(
+            1,
+            GH,
+            gh_te,
+            "tools/call",
+            json!({"name": "whoami", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.body, d.logs());
+    let seen = gated.recorded().await;
+    let ti = seen
+        .iter()
+        .find_map(|req| recorded_header(req, "authorization"))
+        .unwrap_or_else(|| panic!("{seen:?}"));
+    assert!(ti.starts_with("Bearer dat_"), "the provider's token: {ti}");
+}
