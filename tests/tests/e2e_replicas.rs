@@ -342,3 +342,193 @@ async fn any_replica_serves_any_step_with_the_outcome_of_one() {
         .unwrap_or_else(|| panic!("{seen:?}"));
     assert!(ti.starts_with("Bearer dat_"), "the provider's token: {ti}");
 }
+
+/// A public client every replica knows from the config, consent skipped: the revocation and
+/// load tests make many grants without meeting the registration rate.
+fn preregistered(c: &mut Value, client_id: &str) {
+    c["clients"] = json!([{
+        "client_id": client_id,
+        "token_endpoint_auth_method": "none",
+        "redirect_uris": [redirect_uri()],
+        "skip_consent": true,
+    }]);
+    c["authorization_server"]["pending_flows"] = json!({"rate_limit_per_minute": 10000});
+}
+
+/// A fresh grant for route `/mcp` signed in (or, with the browser's session, only authorized)
+/// on `base`: (TE, refresh token).
+async fn fresh_grant(
+    d: &Deployment,
+    browser: &Browser,
+    client_id: &str,
+    replica: usize,
+) -> (String, String) {
+    let bases: Vec<String> = d.replicas.iter().map(Replica::url).collect();
+    let (verifier, challenge) = pkce();
+    let start = authorize_url(
+        &bases[replica],
+        client_id,
+        &redirect_uri(),
+        &d.resource("/mcp"),
+        &challenge,
+    );
+    let me = Credentials {
+        gateway: (DEMO_EMAIL, DEMO_PASSWORD),
+        provider: None,
+    };
+    let (back, _) = drive(browser, &start, &redirect_uri(), &bases, me, |_| replica).await;
+    let t = exchange(
+        &bases[replica],
+        client_id,
+        &redirect_uri(),
+        &code_of(&back),
+        &verifier,
+    )
+    .await;
+    (
+        t["access_token"].as_str().unwrap().to_owned(),
+        t["refresh_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Tool calls with `te` through Envoy `m`, each on a connection of its own: the statuses, and
+/// how many connections each worker accepted meanwhile.
+async fn probe(
+    d: &Deployment,
+    m: usize,
+    te: &str,
+    n: usize,
+) -> (Vec<(u16, Option<String>)>, Vec<u64>) {
+    let before = d.envoys[m].connections_per_worker().await;
+    let calls = (0..n).map(|_| async {
+        let r = d.whoami(m, te).await;
+        (r.status, r.header("www-authenticate"))
+    });
+    let out = futures_util::future::join_all(calls).await;
+    let after = d.envoys[m].connections_per_worker().await;
+    let per_worker = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    (out, per_worker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_either_replica_reaches_every_worker_of_every_envoy_within_five_seconds() {
+    const CLIENT: &str = "revocation-client";
+    const ROUNDS: usize = 24;
+    /// Requests per Envoy per probe: both workers answer some (checked by their counters).
+    const PROBE: usize = 8;
+    let d = Deployment::start(
+        DeploymentOptions::new("revocation", 2, 2).with_config(|c| preregistered(c, CLIENT)),
+    )
+    .await;
+    assert_eq!(
+        (d.envoys[0].replica, d.envoys[1].replica),
+        (0, 1),
+        "each Envoy polls its own replica"
+    );
+    let bases: Vec<String> = d.replicas.iter().map(Replica::url).collect();
+    let browser = Browser::new();
+    let mut latencies: Vec<(Duration, &str, usize)> = Vec::new();
+    let mut signed_out_at: Option<u64> = None;
+    for round in 0..ROUNDS {
+        let on_replica = round % 2;
+        let sign_out = round % 4 == 3;
+        // A sign-out covers the user's TEs issued up to its second: this round's TE is
+        // issued after it.
+        if let Some(at) = signed_out_at {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while jwt::now() <= at {
+                assert!(Instant::now() < deadline, "the clock stands still");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let (te, refresh_token) = fresh_grant(&d, &browser, CLIENT, 1 - on_replica).await;
+        for m in 0..d.envoys.len() {
+            let (warm, _) = probe(&d, m, &te, PROBE).await;
+            assert!(
+                warm.iter().all(|(s, _)| *s == 200),
+                "round {round}, Envoy {m} before: {warm:?}"
+            );
+        }
+        // The sign-out form is fetched first; the clock starts when the revoking answer is back.
+        let csrf = if sign_out {
+            let page = browser
+                .get(&Url::parse(&format!("{}/sign-out", bases[on_replica])).unwrap())
+                .await;
+            assert_eq!(page.status, 200, "{}", page.body);
+            Some(form_fields(&page.form()))
+        } else {
+            None
+        };
+        let revoked = match csrf {
+            Some(fields) => {
+                let url = Url::parse(&format!("{}/sign-out", bases[on_replica])).unwrap();
+                let page = browser.post(&url, &fields).await;
+                let at = Instant::now();
+                assert_eq!(page.status, 200, "{}", page.body);
+                assert!(page.body.contains("signed out"), "{}", page.body);
+                signed_out_at = Some(jwt::now());
+                at
+            }
+            None => {
+                revoke(&bases[on_replica], CLIENT, &refresh_token).await;
+                Instant::now()
+            }
+        };
+        let mut pending: Vec<usize> = (0..d.envoys.len()).collect();
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for &m in &pending {
+                let (answers, per_worker) = probe(&d, m, &te, PROBE).await;
+                assert!(
+                    answers.iter().all(|(s, _)| *s == 200 || *s == 401),
+                    "round {round}, Envoy {m}: {answers:?}"
+                );
+                let refused = answers.iter().all(|(s, _)| *s == 401);
+                if refused && per_worker.iter().all(|n| *n > 0) {
+                    for (_, challenge) in &answers {
+                        let challenge = challenge.as_deref().unwrap_or_default();
+                        assert!(
+                            challenge.starts_with("Bearer error=\"invalid_token\""),
+                            "{challenge}"
+                        );
+                    }
+                } else {
+                    still.push(m);
+                }
+            }
+            pending = still;
+            assert!(
+                revoked.elapsed() < Duration::from_secs(15),
+                "round {round}: Envoys {pending:?} still serve the TE 15 s after the revocation"
+            );
+        }
+        let latency = revoked.elapsed();
+        let kind = if sign_out { "sign-out" } else { "revoke" };
+        latencies.push((latency, kind, on_replica));
+    }
+    let mut sorted: Vec<Duration> = latencies.iter().map(|(l, _, _)| *l).collect();
+    sorted.sort();
+    let worst = latencies.iter().max_by_key(|(l, _, _)| *l).unwrap();
+    eprintln!(
+        "revocation latency over 2 Envoys x 2 workers x 2 replicas: count {}, median {:?}, worst {:?} ({} on replica {}), sign-outs {}",
+        latencies.len(),
+        sorted[sorted.len() / 2],
+        worst.0,
+        worst.1,
+        worst.2,
+        latencies.iter().filter(|(_, k, _)| *k == "sign-out").count(),
+    );
+    for (i, (latency, kind, replica)) in latencies.iter().enumerate() {
+        assert!(
+            *latency < Duration::from_secs(5),
+            "round {i}: the {kind} on replica {replica} took {latency:?} to reach every worker"
+        );
+    }
+    for (m, e) in d.envoys.iter().enumerate() {
+        let polls = e.stats("mcp_warden.revocation_poll_ok").await;
+        assert!(
+            polls.values().sum::<u64>() > 0,
+            "Envoy {m} polled its replica: {polls:?}"
+        );
+    }
+}
