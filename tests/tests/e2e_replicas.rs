@@ -532,3 +532,479 @@ async fn a_revocation_on_either_replica_reaches_every_worker_of_every_envoy_with
         );
     }
 }
+
+/// A client-side balancer: round robin over the replicas, and a replica whose connection is
+/// refused is not chosen again (the request moves to a live one).
+struct Balancer {
+    bases: Vec<String>,
+    next: std::sync::atomic::AtomicUsize,
+    dead: Vec<std::sync::atomic::AtomicBool>,
+}
+
+impl Balancer {
+    fn new(bases: Vec<String>) -> Balancer {
+        let dead = bases.iter().map(|_| Default::default()).collect();
+        Balancer {
+            bases,
+            next: Default::default(),
+            dead,
+        }
+    }
+
+    fn pick(&self) -> usize {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = self.bases.len();
+        for _ in 0..n {
+            let i = self.next.fetch_add(1, Relaxed) % n;
+            if !self.dead[i].load(Relaxed) {
+                return i;
+            }
+        }
+        0
+    }
+
+    fn refused(&self, i: usize) {
+        self.dead[i].store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `POST /token` on a live replica: `Err` when the answer was lost (not a refused
+    /// connection, which moves on).
+    async fn token(&self, form: &[(&str, &str)]) -> Result<(u16, Value), String> {
+        for _ in 0..3 {
+            let i = self.pick();
+            match try_token(&self.bases[i], form).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) if e.is_connect() => self.refused(i),
+                Err(e) => return Err(format!("replica {i}: {e}")),
+            }
+        }
+        Err("no replica took the connection".into())
+    }
+}
+
+/// One request of the load: when it started, and what went wrong.
+#[derive(Debug)]
+struct Op {
+    started: Instant,
+    what: &'static str,
+    error: Option<String>,
+}
+
+/// A grant a load client holds; `ambiguous` when a refresh's answer was lost (the replica
+/// died with it in flight: whether the token rotated is unknown).
+#[derive(Debug)]
+struct Grant {
+    refresh_token: String,
+    ambiguous: bool,
+}
+
+/// The upstream tokens' rows in the store: (user, has an access token, refresh lease).
+fn upstream_rows(d: &Deployment) -> Vec<(String, bool, Option<i64>)> {
+    let path = d
+        .sqlite_path()
+        .expect("the replica tests read the SQLite store");
+    let db = rusqlite::Connection::open(path).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut q = db
+        .prepare("SELECT user, access_token IS NOT NULL, refresh_lease FROM upstream_tokens ORDER BY user")
+        .unwrap();
+    q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+async fn upstream_lookup(
+    d: &Deployment,
+    replica: usize,
+    user: &str,
+) -> Result<(u16, Value), reqwest::Error> {
+    internal_post(
+        &d.replicas[replica].internal_url(),
+        &d.internal_credential(),
+        "/internal/v1/upstream-token",
+        &json!({"sub": user, "route": "gh"}),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_under_load_loses_nothing() {
+    const CLIENT: &str = "load-client";
+    const CLIENTS: usize = 4;
+    const UPSTREAM_USERS: usize = 3;
+    const LOAD: Duration = Duration::from_secs(4);
+    const KILL_AFTER: Duration = Duration::from_millis(1500);
+    const PASSWORD: &str = "load-password";
+    const VICTIM: usize = 0;
+    const SURVIVOR: usize = 1;
+    let provider_dir = tempfile::tempdir().unwrap();
+    // Provider access tokens live 2 s: a look-up after 1 s refreshes.
+    let provider =
+        OAuthProvider::start(provider_dir.path(), free_port(), &["--access-ttl", "2"]).await;
+    let provider_url = provider.url();
+    let mut d = Deployment::start(DeploymentOptions::new("replica_dies", 2, 0).with_config(
+        move |c| {
+            preregistered(c, CLIENT);
+            let users = c["identity_provider"]["local"]["users"]
+                .as_array_mut()
+                .unwrap();
+            for i in 0..CLIENTS {
+                users.push(local_user(&format!("load{i}@example.com"), PASSWORD));
+            }
+            for i in 0..UPSTREAM_USERS {
+                users.push(local_user(&format!("up{i}@example.com"), PASSWORD));
+            }
+            let from = c["routes"][0]["from"].clone();
+            let to = c["routes"][0]["to"].clone();
+            c["routes"].as_array_mut().unwrap().push(json!({
+                "name": "gh", "from": from, "prefix": GH, "to": to,
+                "mcp": {"server": {"upstream_oauth2": {
+                    "client_id": PROVIDER_CLIENT_ID,
+                    "client_secret": PROVIDER_CLIENT_SECRET,
+                    "scopes": ["repo"],
+                    "endpoint": {
+                        "auth_url": format!("{provider_url}/authorize"),
+                        "token_url": format!("{provider_url}/token"),
+                    },
+                }}},
+                "policy": {"allow": {"and": [{"authenticated_user": true}]}},
+            }));
+        },
+    ))
+    .await;
+    let bases: Vec<String> = d.replicas.iter().map(Replica::url).collect();
+
+    // Upstream tokens for up0..up2, consented through either replica.
+    for i in 0..UPSTREAM_USERS {
+        let email = format!("up{i}@example.com");
+        let (verifier, challenge) = pkce();
+        let start = authorize_url(
+            &bases[i % 2],
+            CLIENT,
+            &redirect_uri(),
+            &d.resource(GH),
+            &challenge,
+        );
+        let creds = Credentials {
+            gateway: (&email, PASSWORD),
+            provider: Some((PROVIDER_USER, PROVIDER_PASSWORD)),
+        };
+        let (back, _) = drive(
+            &Browser::new(),
+            &start,
+            &redirect_uri(),
+            &bases,
+            creds,
+            |_| i % 2,
+        )
+        .await;
+        exchange(
+            &bases[i % 2],
+            CLIENT,
+            &redirect_uri(),
+            &code_of(&back),
+            &verifier,
+        )
+        .await;
+    }
+    let rows = upstream_rows(&d);
+    assert_eq!(rows.len(), UPSTREAM_USERS, "{rows:?}");
+
+    // The load: each client refreshes its grants and signs in again, on both replicas.
+    let balancer = Balancer::new(bases.clone());
+    let began = Instant::now();
+    let load = (0..CLIENTS).map(|k| {
+        let (balancer, d, bases) = (&balancer, &d, &bases);
+        async move {
+            let email = format!("load{k}@example.com");
+            let creds = Credentials {
+                gateway: (&email, PASSWORD),
+                provider: None,
+            };
+            let mut ops = Vec::new();
+            let mut grants: Vec<Grant> = Vec::new();
+            let mut turn = 0usize;
+            while began.elapsed() < LOAD {
+                turn += 1;
+                let started = Instant::now();
+                let live = grants.iter().rposition(|g| !g.ambiguous);
+                let (what, error) = match live {
+                    Some(g) if turn % 3 != 0 => {
+                        let token = grants[g].refresh_token.clone();
+                        let answer = balancer
+                            .token(&[
+                                ("grant_type", "refresh_token"),
+                                ("refresh_token", &token),
+                                ("client_id", CLIENT),
+                            ])
+                            .await;
+                        let error = match answer {
+                            Ok((200, t)) => {
+                                grants[g].refresh_token =
+                                    t["refresh_token"].as_str().unwrap().to_owned();
+                                None
+                            }
+                            Ok((status, body)) => Some(format!("{status} {body}")),
+                            Err(e) => {
+                                grants[g].ambiguous = true;
+                                Some(e)
+                            }
+                        };
+                        ("refresh", error)
+                    }
+                    _ => {
+                        let browser = Browser::with_pool(false);
+                        let (verifier, challenge) = pkce();
+                        let start = authorize_url(
+                            &bases[0],
+                            CLIENT,
+                            &redirect_uri(),
+                            &d.resource("/mcp"),
+                            &challenge,
+                        );
+                        let signed = try_drive(
+                            &browser,
+                            &start,
+                            &redirect_uri(),
+                            &bases,
+                            creds,
+                            |_| balancer.pick(),
+                            |i| balancer.refused(i),
+                        )
+                        .await;
+                        let error = match signed {
+                            Ok((back, _)) => {
+                                let code = code_of(&back);
+                                match balancer
+                                    .token(&[
+                                        ("grant_type", "authorization_code"),
+                                        ("code", &code),
+                                        ("redirect_uri", &redirect_uri()),
+                                        ("code_verifier", &verifier),
+                                        ("client_id", CLIENT),
+                                    ])
+                                    .await
+                                {
+                                    Ok((200, t)) => {
+                                        grants.push(Grant {
+                                            refresh_token: t["refresh_token"]
+                                                .as_str()
+                                                .unwrap()
+                                                .to_owned(),
+                                            ambiguous: false,
+                                        });
+                                        None
+                                    }
+                                    Ok((status, body)) => {
+                                        Some(format!("code exchange: {status} {body}"))
+                                    }
+                                    Err(e) => Some(format!("code exchange: {e}")),
+                                }
+                            }
+                            Err(e) => Some(e),
+                        };
+                        ("sign-in", error)
+                    }
+                };
+                ops.push(Op {
+                    started,
+                    what,
+                    error,
+                });
+            }
+            (ops, grants)
+        }
+    });
+
+    // The kill: replica 0 dies (SIGKILL) while it holds up0's refresh lease: the provider
+    // answers slowly, so the refresh is in flight; the lease is read from the store first.
+    let victim_pid = d.replicas[VICTIM].proc.pid().expect("replica 0 runs");
+    let victim_port = d.replicas[VICTIM].port;
+    let (internal_url, credential) = (d.replicas[VICTIM].internal_url(), d.internal_credential());
+    let killer = async {
+        tokio::time::sleep(KILL_AFTER).await;
+        provider.hook("delay-token", "ms=1500").await;
+        let victim_lookup = tokio::spawn(async move {
+            internal_post(
+                &internal_url,
+                &credential,
+                "/internal/v1/upstream-token",
+                &json!({"sub": "up0@example.com", "route": "gh"}),
+            )
+            .await
+            .map(|(status, _)| status)
+        });
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let lease = loop {
+            let rows = upstream_rows(&d);
+            if let Some(lease) = rows
+                .iter()
+                .find(|r| r.0 == "up0@example.com")
+                .and_then(|r| r.2)
+            {
+                break lease;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica 0 never took up0's refresh lease: {rows:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let status = tokio::process::Command::new("kill")
+            .args(["-KILL", &victim_pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "kill -KILL {victim_pid}");
+        // Dead once its port refuses connections (the kernel closes a killed process's
+        // sockets and releases its file locks as it exits).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tokio::net::TcpStream::connect(("127.0.0.1", victim_port))
+            .await
+            .is_ok()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "replica 0 still accepts connections"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let killed = Instant::now();
+        provider.hook("delay-token", "ms=0").await;
+        (killed, lease, victim_lookup.await.unwrap())
+    };
+    let (results, (killed, lease, victim_answer)) =
+        tokio::join!(futures_util::future::join_all(load), killer);
+    d.replicas[VICTIM].proc.kill().await;
+
+    // Requests in flight at the kill may fail; every request started after it succeeded (the
+    // settle window is zero: the victim was reaped, so a new connection to it is refused at
+    // once and the balancer moves on).
+    let mut counts = std::collections::BTreeMap::<(&str, bool, bool), usize>::new();
+    let mut after_kill_failures = Vec::new();
+    for (ops, _) in &results {
+        for op in ops {
+            let after = op.started >= killed;
+            *counts
+                .entry((op.what, after, op.error.is_none()))
+                .or_default() += 1;
+            if after && op.error.is_some() {
+                after_kill_failures.push(op);
+            }
+        }
+    }
+    eprintln!(
+        "load of {CLIENTS} clients for {LOAD:?}, replica 0 killed at {:?}: (kind, after the kill, ok) → count {counts:?}; the victim's look-up: {victim_answer:?}",
+        killed - began
+    );
+    assert!(
+        after_kill_failures.is_empty(),
+        "requests started after the kill failed: {after_kill_failures:?}"
+    );
+    for what in ["refresh", "sign-in"] {
+        for after in [false, true] {
+            assert!(
+                counts.get(&(what, after, true)).copied().unwrap_or(0) > 0,
+                "no {what} succeeded {} the kill: {counts:?}",
+                if after { "after" } else { "before" }
+            );
+        }
+    }
+
+    // Every grant still refreshes on the survivor. A grant whose refresh answer was lost
+    // with the victim is either unrotated (200) or rotated (its old token then is a replay:
+    // invalid_grant, RFC 9700 §4.14.2); the load never saw its new token.
+    let mut ambiguous = (0, 0);
+    let mut grants_total = 0;
+    for (_, grants) in &results {
+        for g in grants {
+            grants_total += 1;
+            let (status, body) = try_token(
+                &bases[SURVIVOR],
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &g.refresh_token),
+                    ("client_id", CLIENT),
+                ],
+            )
+            .await
+            .unwrap();
+            if g.ambiguous {
+                assert!(
+                    status == 200 || body["error"] == "invalid_grant",
+                    "{status} {body}"
+                );
+                if status == 200 {
+                    ambiguous.0 += 1;
+                } else {
+                    ambiguous.1 += 1;
+                }
+            } else {
+                assert_eq!(
+                    status, 200,
+                    "a grant of the load no longer refreshes: {body}"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "{grants_total} grants refresh on the survivor; refreshes lost in flight: {} unrotated, {} rotated",
+        ambiguous.0, ambiguous.1
+    );
+
+    // The victim's lease on up0 runs out, and then the survivor refreshes up0's token; every
+    // upstream token is still there and served, and no lease is left held.
+    let waited = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let (status, body) = upstream_lookup(&d, SURVIVOR, "up0@example.com")
+            .await
+            .unwrap();
+        if status == 200 {
+            assert!(
+                jwt::now() as i64 >= lease,
+                "taken over before the lease {lease} expired"
+            );
+            assert!(
+                body["access_token"].as_str().unwrap().starts_with("dat_"),
+                "{body}"
+            );
+            break;
+        }
+        assert_eq!(status, 503, "while the dead replica's lease lasts: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "up0's token never refreshed after the lease {lease}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "the dead replica's refresh lease was taken over after {:?}",
+        waited.elapsed()
+    );
+    for i in 0..UPSTREAM_USERS {
+        let user = format!("up{i}@example.com");
+        let (status, body) = upstream_lookup(&d, SURVIVOR, &user).await.unwrap();
+        assert_eq!(status, 200, "{user}: {body}");
+        assert!(
+            body["access_token"].as_str().unwrap().starts_with("dat_"),
+            "{user}: {body}"
+        );
+    }
+    let now = jwt::now() as i64;
+    let rows = upstream_rows(&d);
+    assert_eq!(rows.len(), UPSTREAM_USERS, "{rows:?}");
+    for (user, has_token, lease) in &rows {
+        assert!(has_token, "{user}'s upstream token was lost: {rows:?}");
+        assert!(
+            lease.is_none_or(|l| l > now),
+            "{user}'s lease is held past its expiry: {rows:?}"
+        );
+    }
+    let stats = provider.stats().await;
+    assert_eq!(
+        stats["reuse_detected"], 0,
+        "no upstream refresh token was replayed: {stats}"
+    );
+}
