@@ -730,7 +730,7 @@ async fn a_replica_killed_under_load_loses_nothing() {
                 let started = Instant::now();
                 let live = grants.iter().rposition(|g| !g.ambiguous);
                 let (what, error) = match live {
-                    Some(g) if turn % 3 != 0 => {
+                    Some(g) if !turn.is_multiple_of(3) => {
                         let token = grants[g].refresh_token.clone();
                         let answer = balancer
                             .token(&[
@@ -767,7 +767,7 @@ async fn a_replica_killed_under_load_loses_nothing() {
                             &browser,
                             &start,
                             &redirect_uri(),
-                            &bases,
+                            bases,
                             creds,
                             |_| balancer.pick(),
                             |i| balancer.refused(i),
