@@ -24,6 +24,7 @@
 
 pub mod html;
 pub mod jwt;
+pub mod replicas;
 pub mod webdriver;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
