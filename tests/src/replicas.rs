@@ -43,18 +43,73 @@ use crate::{
 // =============================================================================================
 
 /// Makes a replica's `storage:` block (without `encryption_key_file`, which the deployment
-/// adds) from the deployment's directory and the test's database name.
+/// adds) from the deployment's directory and the test's database name. Called once per
+/// deployment (a server backend creates the database then).
 pub type StorageBlock = fn(dir: &Path, database: &str) -> Value;
 
-/// The backend the replica tests run on. One line to change when another backend lands, e.g.
-/// `pub const REPLICA_STORAGE: StorageBlock = postgres_storage;` with
-/// `fn postgres_storage(_: &Path, db: &str) -> Value { json!({"postgres": {"url":
-/// format!("postgres://127.0.0.1/{db}"), "max_connections": 16}}) }`.
-pub const REPLICA_STORAGE: StorageBlock = sqlite_storage;
+/// The backend the replica tests run on: PostgreSQL (issue 18: "prove it with PostgreSQL"),
+/// or, only when no server answers, one SQLite file, saying so on stderr.
+pub const REPLICA_STORAGE: StorageBlock = postgres_or_sqlite;
 
 /// One SQLite file (WAL) shared by every replica: `<dir>/<database>.db`.
 pub fn sqlite_storage(dir: &Path, database: &str) -> Value {
     json!({ "sqlite": dir.join(format!("{database}.db")) })
+}
+
+/// The server the PostgreSQL tests use: `WARDEN_TEST_PG_URL`, or the machine's own.
+pub fn postgres_admin_url() -> String {
+    std::env::var("WARDEN_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Runs `f` on a thread of its own: the synchronous driver blocks on a runtime of its own,
+/// which tokio refuses on an async worker.
+fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(f).join().unwrap()
+}
+
+/// A database of the test's own on the PostgreSQL server (dropped when the deployment
+/// drops), or the SQLite file when no server answers.
+pub fn postgres_or_sqlite(dir: &Path, database: &str) -> Value {
+    let admin = postgres_admin_url();
+    let name = format!("warden_e2e_{}_{database}", std::process::id());
+    let (a, n) = (admin.clone(), name.clone());
+    let created = off_runtime(move || -> Result<(), String> {
+        let mut c = postgres::Client::connect(&a, postgres::NoTls).map_err(|e| e.to_string())?;
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {n} WITH (FORCE)"))
+            .map_err(|e| e.to_string())?;
+        c.batch_execute(&format!("CREATE DATABASE {n}"))
+            .map_err(|e| e.to_string())
+    });
+    match created {
+        Ok(()) => {
+            let mut url = Url::parse(&admin).expect("WARDEN_TEST_PG_URL is a URL");
+            url.set_path(&format!("/{name}"));
+            json!({ "postgres": { "url": url.as_str(), "max_connections": 16 } })
+        }
+        Err(e) => {
+            eprintln!(
+                "no PostgreSQL server at {admin} ({e}): the replicas share a SQLite file instead"
+            );
+            sqlite_storage(dir, database)
+        }
+    }
+}
+
+/// Drops a test's PostgreSQL database (other sessions ended first).
+fn drop_postgres_database(url: &str) {
+    let Ok(parsed) = Url::parse(url) else { return };
+    let name = parsed.path().trim_start_matches('/').to_owned();
+    let admin = postgres_admin_url();
+    let dropped = off_runtime(move || -> Result<(), String> {
+        let mut c =
+            postgres::Client::connect(&admin, postgres::NoTls).map_err(|e| e.to_string())?;
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .map_err(|e| e.to_string())
+    });
+    if let Err(e) = dropped {
+        eprintln!("cannot drop the test database {url}: {e}");
+    }
 }
 
 // =============================================================================================
@@ -181,8 +236,20 @@ pub struct Deployment {
     /// The port of the routes' `from` (Envoy 0's listener, or a reserved port without Envoy).
     pub public_port: u16,
     pub database: String,
-    pub storage: StorageBlock,
+    /// The `storage:` block every replica was given.
+    pub storage: Value,
     pub dir: tempfile::TempDir,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        // Stop the replicas (and Envoys) first: they hold connections to the database.
+        self.envoys.clear();
+        self.replicas.clear();
+        if let Some(url) = self.storage["postgres"]["url"].as_str() {
+            drop_postgres_database(url);
+        }
+    }
 }
 
 impl Deployment {
@@ -209,9 +276,9 @@ impl Deployment {
 
         jwt::write_key_file(&dir.path().join("signing-key.json"), "ES256");
         let mut config = shared_config(dir.path(), ports[0], public_port, demo.addr.port());
-        let mut storage = (opts.storage)(dir.path(), &opts.database);
-        storage["encryption_key_file"] = json!(dir.path().join("encryption-key"));
-        config["storage"] = storage;
+        let storage = (opts.storage)(dir.path(), &opts.database);
+        config["storage"] = storage.clone();
+        config["storage"]["encryption_key_file"] = json!(dir.path().join("encryption-key"));
         if let Some(hook) = opts.config_hook.take() {
             hook(&mut config);
         }
@@ -296,7 +363,7 @@ impl Deployment {
             config,
             public_port,
             database: opts.database,
-            storage: opts.storage,
+            storage,
             dir,
         }
     }
@@ -321,8 +388,21 @@ impl Deployment {
 
     /// The SQLite file, when the store is one.
     pub fn sqlite_path(&self) -> Option<PathBuf> {
-        let storage = (self.storage)(self.dir.path(), &self.database);
-        storage["sqlite"].as_str().map(PathBuf::from)
+        self.storage["sqlite"].as_str().map(PathBuf::from)
+    }
+
+    /// The PostgreSQL database's URL, when the store is one.
+    pub fn postgres_url(&self) -> Option<String> {
+        self.storage["postgres"]["url"].as_str().map(str::to_owned)
+    }
+
+    /// Which backend the replicas share (for the test's log).
+    pub fn backend(&self) -> &'static str {
+        if self.postgres_url().is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
     }
 
     /// The internal credential every replica shares.

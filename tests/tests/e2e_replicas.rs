@@ -510,7 +510,8 @@ async fn a_revocation_on_either_replica_reaches_every_worker_of_every_envoy_with
     sorted.sort();
     let worst = latencies.iter().max_by_key(|(l, _, _)| *l).unwrap();
     eprintln!(
-        "revocation latency over 2 Envoys x 2 workers x 2 replicas: count {}, median {:?}, worst {:?} ({} on replica {}), sign-outs {}",
+        "revocation latency over 2 Envoys x 2 workers x 2 replicas on {}: count {}, median {:?}, worst {:?} ({} on replica {}), sign-outs {}",
+        d.backend(),
         latencies.len(),
         sorted[sorted.len() / 2],
         worst.0,
@@ -600,9 +601,23 @@ struct Grant {
 
 /// The upstream tokens' rows in the store: (user, has an access token, refresh lease).
 fn upstream_rows(d: &Deployment) -> Vec<(String, bool, Option<i64>)> {
-    let path = d
-        .sqlite_path()
-        .expect("the replica tests read the SQLite store");
+    if let Some(url) = d.postgres_url() {
+        return std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            c.query(
+                "SELECT \"user\"::TEXT, access_token IS NOT NULL, refresh_lease
+                 FROM upstream_tokens ORDER BY \"user\"",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+        })
+        .join()
+        .unwrap();
+    }
+    let path = d.sqlite_path().expect("a SQLite or PostgreSQL store");
     let db = rusqlite::Connection::open(path).unwrap();
     db.busy_timeout(Duration::from_secs(5)).unwrap();
     let mut q = db
