@@ -93,13 +93,14 @@ async fn check(
     };
     let tokens = state.vault().open_idp_tokens(&record);
     let answer = provider.recheck(&known, &tokens, state.now()).await;
+    // Sealed now: a refresh may have rotated the refresh token, whatever the check came to.
+    let (refresh_token, access_token) =
+        state.vault().seal_idp_tokens(&record.key, &answer.tokens)?;
     let counters = state.recheck_counters();
     let now = state.now();
     let holder = holder.to_owned();
-    match answer {
-        Ok((user, tokens)) => {
-            let (refresh_token, access_token) =
-                state.vault().seal_idp_tokens(&user.key, &tokens)?;
+    match answer.user {
+        Ok(user) => {
             if user != known {
                 tracing::info!(sub = %user.key, "the identity provider changed the user's claims");
             }
@@ -157,9 +158,13 @@ async fn check(
                 "checking the user at the identity provider failed; trying again at a later round"
             );
             counters.failed.fetch_add(1, Ordering::Relaxed);
-            let key = record.key;
+            let deferred = IdpUserRecord {
+                refresh_token,
+                access_token,
+                ..record
+            };
             in_store(state, move |st| {
-                st.defer_idp_check(&key, &holder, now + RETRY_SECONDS)
+                st.defer_idp_check(&holder, &deferred, now + RETRY_SECONDS)
             })
             .await?;
             Ok(Checked::Failed { unreachable })

@@ -240,6 +240,26 @@ async fn an_unreachable_provider_revokes_nothing_and_the_next_round_checks_again
 }
 
 #[tokio::test]
+async fn a_check_that_fails_after_the_refresh_keeps_the_rotated_refresh_token() {
+    let sso = Sso::start().await;
+    let mut alice = sso.sign_in("alice").await;
+    // The refresh works (the provider rotates the token), its ID token fails the signature
+    // check: no answer, so nothing is revoked, and the rotated token is what is kept.
+    sso.provider
+        .hook("/_test/id-token?mode=bad-signature")
+        .await;
+    sso.env.advance(RECHECK + 1);
+    assert_eq!(sso.round("replica-a").await, outcome(0, 0, 1));
+    assert_eq!(sso.stat("refresh_token").await, 1);
+    sso.env.advance(RETRY_SECONDS);
+    assert_eq!(sso.round("replica-a").await, outcome(1, 0, 0));
+    let stats = sso.provider.stats().await;
+    assert_eq!(stats["refresh_token"], 2, "{stats}");
+    assert_eq!(stats["reuse_detected"], 0, "{stats}");
+    sso.refresh(&mut alice).await.unwrap();
+}
+
+#[tokio::test]
 async fn groups_changed_at_the_provider_show_in_the_next_te_after_the_check() {
     let sso = Sso::start().await;
     let mut alice = sso.sign_in("alice").await;

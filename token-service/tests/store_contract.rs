@@ -809,7 +809,18 @@ pub fn idp_users_are_checked_by_one_replica_at_a_time_and_only_while_they_hold_s
         .unwrap()
         .unwrap();
     assert_eq!(leased, checked);
-    s.defer_idp_check("a", "r2", later + 30).unwrap();
+    let rotated = IdpUserRecord {
+        refresh_token: Some(b"rt-a3".to_vec()),
+        ..leased.clone()
+    };
+    s.defer_idp_check("r1", &rotated, later + 30).unwrap();
+    assert_eq!(s.idp_user("a").unwrap().unwrap(), checked, "not the holder");
+    s.defer_idp_check("r2", &rotated, later + 30).unwrap();
+    assert_eq!(
+        s.idp_user("a").unwrap().unwrap(),
+        rotated,
+        "the tokens stored, the claims and checked_at as they were"
+    );
     assert_eq!(
         s.lease_idp_check("r1", later, later + 29, later + 90)
             .unwrap(),

@@ -86,6 +86,25 @@ struct JwksCache {
     unknown_kid_refetch: Option<Instant>,
 }
 
+/// What a check at the provider came to (`OidcProvider::recheck`).
+#[derive(Debug)]
+pub struct Recheck {
+    /// The tokens to keep: those stored, or what a refresh gave (a rotated refresh token),
+    /// even when the check failed after it.
+    pub tokens: IdpTokens,
+    /// The user's claims now, or why there are none.
+    pub user: Result<IdpUser, IdpError>,
+}
+
+impl Recheck {
+    fn failed(tokens: &IdpTokens, error: IdpError) -> Self {
+        Self {
+            tokens: tokens.clone(),
+            user: Err(error),
+        }
+    }
+}
+
 /// A token endpoint's answer (code exchange or refresh): the parts the service uses.
 #[derive(Deserialize)]
 struct TokenAnswer {
@@ -318,71 +337,97 @@ impl OidcProvider {
     /// Checks the user `known` again at the provider (deprovisioning): the refresh token is
     /// redeemed when there is one (`invalid_grant` is the provider's refusal), else the access
     /// token is shown to userinfo (`401` is the refusal). Either refusal, and having nothing to
-    /// check with, is `Refused`; an unreachable provider is `Unavailable`. The answer: the
-    /// user's claims now and the tokens to keep (a rotated refresh token among them).
-    pub async fn recheck(
-        &self,
-        known: &IdpUser,
-        tokens: &IdpTokens,
-        now: i64,
-    ) -> Result<(IdpUser, IdpTokens), IdpError> {
-        let sub = known
+    /// check with, is `Refused`; an unreachable provider is `Unavailable`.
+    pub async fn recheck(&self, known: &IdpUser, tokens: &IdpTokens, now: i64) -> Recheck {
+        let sub = match known
             .key
             .strip_prefix(&self.config.issuer)
             .and_then(|rest| rest.strip_prefix('#'))
-            .ok_or_else(|| IdpError::Invalid("not a user of this provider".into()))?;
-        let d = self.discovery().await?;
-        let (id_token, access_token, refresh_token) =
-            match (&tokens.refresh_token, &tokens.access_token) {
-                (Some(refresh), _) => {
-                    let answer = self.refresh(&d, refresh).await?;
-                    let access = answer.access_token.ok_or_else(|| {
-                        IdpError::Invalid(
-                            "the provider's refresh answer has no access token".into(),
-                        )
-                    })?;
-                    let id_token = match &answer.id_token {
-                        Some(t) => Some(self.verify_refreshed_id_token(&d, t, sub, now).await?),
-                        None => None,
-                    };
+        {
+            Some(sub) => sub,
+            None => {
+                return Recheck::failed(
+                    tokens,
+                    IdpError::Invalid("not a user of this provider".into()),
+                )
+            }
+        };
+        let d = match self.discovery().await {
+            Ok(d) => d,
+            Err(e) => return Recheck::failed(tokens, e),
+        };
+        let (id_token, kept) = match (&tokens.refresh_token, &tokens.access_token) {
+            (Some(refresh), _) => {
+                let answer = match self.refresh(&d, refresh).await {
+                    Ok(a) => a,
+                    Err(e) => return Recheck::failed(tokens, e),
+                };
+                let Some(access) = answer.access_token else {
+                    let e = IdpError::Invalid(
+                        "the provider's refresh answer has no access token".into(),
+                    );
+                    return Recheck::failed(tokens, e);
+                };
+                // From here on the provider may have rotated the refresh token: whatever
+                // happens next, the new one is what must be kept.
+                let kept = IdpTokens {
+                    access_token: Some(access),
                     // A provider that does not rotate refresh tokens answers without one.
-                    let refresh = answer.refresh_token.unwrap_or_else(|| refresh.clone());
-                    (id_token, access, Some(refresh))
-                }
-                (None, Some(access)) => (None, access.clone(), None),
-                (None, None) => {
-                    return Err(IdpError::Refused(
-                        "no token of the provider's is stored to check the user with".into(),
-                    ))
-                }
-            };
-        let wants_userinfo = id_token
+                    refresh_token: Some(answer.refresh_token.unwrap_or_else(|| refresh.clone())),
+                };
+                (answer.id_token, kept)
+            }
+            (None, Some(_)) => (None, tokens.clone()),
+            (None, None) => {
+                let e = IdpError::Refused(
+                    "no token of the provider's is stored to check the user with".into(),
+                );
+                return Recheck::failed(tokens, e);
+            }
+        };
+        let user = self
+            .rechecked_claims(&d, known, sub, id_token.as_deref(), &kept, now)
+            .await;
+        Recheck { tokens: kept, user }
+    }
+
+    /// The claims after a check's token request: the refreshed ID token's (verified), then
+    /// userinfo's with the access token.
+    async fn rechecked_claims(
+        &self,
+        d: &Discovery,
+        known: &IdpUser,
+        sub: &str,
+        id_token: Option<&str>,
+        tokens: &IdpTokens,
+        now: i64,
+    ) -> Result<IdpUser, IdpError> {
+        let id_claims = match id_token {
+            Some(t) => Some(self.verify_refreshed_id_token(d, t, sub, now).await?),
+            None => None,
+        };
+        let wants_userinfo = id_claims
             .as_ref()
             .is_none_or(|c| claims::lacks_profile(c, &self.config.groups_claim));
-        let userinfo = match (&d.userinfo_endpoint, wants_userinfo) {
-            (Some(endpoint), true) => {
-                Some(self.checked_userinfo(endpoint, &access_token, sub).await?)
+        let userinfo = match (&d.userinfo_endpoint, &tokens.access_token, wants_userinfo) {
+            (Some(endpoint), Some(access), true) => {
+                Some(self.checked_userinfo(endpoint, access, sub).await?)
             }
-            (None, true) if refresh_token.is_none() => {
+            (None, _, true) if tokens.refresh_token.is_none() => {
                 return Err(IdpError::Refused(
                     "no refresh token is stored and the provider has no userinfo endpoint".into(),
                 ))
             }
             _ => None,
         };
-        let user = claims::rechecked_user(
+        claims::rechecked_user(
             &self.config,
             &d.issuer,
             sub,
-            id_token.as_ref(),
+            id_claims.as_ref(),
             userinfo.as_ref(),
             known,
-        )?;
-        let tokens = IdpTokens {
-            access_token: Some(access_token),
-            refresh_token,
-        };
-        Ok((user, tokens))
+        )
     }
 
     /// The refresh grant. Only `invalid_grant` refuses the user: any other error (say

@@ -21,7 +21,9 @@ pub trait IdpChecks {
     /// lease go; false, writing nothing, when `holder` no longer holds the user's lease.
     fn finish_idp_check(&self, holder: &str, user: &IdpUserRecord) -> Result<bool>;
 
-    /// A check that could not be made: the user stays due, and `holder` keeps them until
-    /// `retry_at` (then any replica may try again).
-    fn defer_idp_check(&self, key: &str, holder: &str, retry_at: i64) -> Result<()>;
+    /// A check that came to no answer: the user stays due (claims and `checked_at` as they
+    /// were), their tokens are stored as given (a refresh that worked before the check failed
+    /// rotated them), and `holder` keeps them until `retry_at` (then any replica may try
+    /// again). Nothing is written when `holder` no longer holds the lease.
+    fn defer_idp_check(&self, holder: &str, user: &IdpUserRecord, retry_at: i64) -> Result<()>;
 }

@@ -65,10 +65,17 @@ impl IdpChecks for SqliteStore {
         Ok(n == 1)
     }
 
-    fn defer_idp_check(&self, key: &str, holder: &str, retry_at: i64) -> Result<()> {
+    fn defer_idp_check(&self, holder: &str, user: &IdpUserRecord, retry_at: i64) -> Result<()> {
         self.conn()?.execute(
-            "UPDATE idp_users SET lease_until = ?3 WHERE key = ?1 AND lease_holder = ?2",
-            params![key, holder, retry_at],
+            "UPDATE idp_users SET refresh_token = ?3, access_token = ?4, lease_until = ?5
+             WHERE key = ?1 AND lease_holder = ?2",
+            params![
+                user.key,
+                holder,
+                user.refresh_token,
+                user.access_token,
+                retry_at
+            ],
         )?;
         Ok(())
     }
