@@ -87,7 +87,14 @@ fn id_token(token: &str) -> &'static str {
     };
     let kid = key.kid.clone();
     let alg = decoded.alg.clone();
-    let checked = oidc::id_token_claims(decoded, key, IDP_ISSUER, IDP_CLIENT, IDP_NONCE, IDP_NOW);
+    let checked = oidc::id_token_claims(
+        decoded,
+        key,
+        IDP_ISSUER,
+        IDP_CLIENT,
+        Some(IDP_NONCE),
+        IDP_NOW,
+    );
     let claims = match checked {
         Ok(claims) => claims,
         Err(IdpError::Invalid(m)) => {
@@ -200,8 +207,14 @@ fn jwks(body: &[u8]) -> &'static str {
     if let Ok(decoded) = jws::decode(&token) {
         if let Some(key) = decoded.key_in(&keys) {
             let key = key.clone();
-            let _ =
-                oidc::id_token_claims(decoded, &key, IDP_ISSUER, IDP_CLIENT, IDP_NONCE, IDP_NOW);
+            let _ = oidc::id_token_claims(
+                decoded,
+                &key,
+                IDP_ISSUER,
+                IDP_CLIENT,
+                Some(IDP_NONCE),
+                IDP_NOW,
+            );
         }
     }
     "jwks-read"

@@ -414,6 +414,19 @@ pub struct OidcConfig {
     /// Sign in users whose provider says `email_verified: false` (default: refused).
     #[serde(default)]
     pub allow_unverified_email: bool,
+    /// A signed-in user is checked again at the provider at most this often (deprovisioning):
+    /// refused there, they lose every grant and session here.
+    #[serde(default = "default_recheck_seconds")]
+    pub recheck_seconds: u64,
+}
+
+/// Bounds of `identity_provider.oidc.recheck_seconds`: often enough to matter, rarely enough
+/// not to hammer the provider, and at least once a month.
+pub const MIN_RECHECK_SECONDS: u64 = 60;
+pub const MAX_RECHECK_SECONDS: u64 = 30 * 86_400;
+
+fn default_recheck_seconds() -> u64 {
+    3600
 }
 
 fn default_oidc_scopes() -> Vec<String> {
@@ -439,11 +452,17 @@ impl fmt::Debug for OidcConfig {
             .field("groups_claim", &self.groups_claim)
             .field("display_name", &self.display_name)
             .field("allow_unverified_email", &self.allow_unverified_email)
+            .field("recheck_seconds", &self.recheck_seconds)
             .finish()
     }
 }
 
 impl OidcConfig {
+    /// `recheck_seconds` as the clock counts.
+    pub fn recheck_every(&self) -> i64 {
+        i64::try_from(self.recheck_seconds).unwrap_or(i64::MAX / 4)
+    }
+
     pub fn display_name(&self) -> &str {
         match &self.display_name {
             Some(n) => n,
@@ -504,6 +523,14 @@ impl OidcConfig {
             return Err(ConfigError::new(
                 format!("{AT}.display_name"),
                 "must not be empty",
+            ));
+        }
+        if !(MIN_RECHECK_SECONDS..=MAX_RECHECK_SECONDS).contains(&self.recheck_seconds) {
+            return Err(ConfigError::new(
+                format!("{AT}.recheck_seconds"),
+                format!(
+                    "must be between {MIN_RECHECK_SECONDS} and {MAX_RECHECK_SECONDS} (30 days)"
+                ),
             ));
         }
         Ok(())

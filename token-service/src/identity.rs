@@ -15,17 +15,29 @@ pub struct Identity {
     pub groups: Vec<String>,
 }
 
+/// Whether the config still names someone keyed `sub`: a configured local user, or a user of
+/// the configured identity provider (whom the provider itself vouches for, `recheck`).
+pub fn configured(config: &Config, sub: &str) -> bool {
+    match sub.split_once('#') {
+        Some((iss, _)) => of_configured_provider(config, iss),
+        None => config.user(sub).is_some(),
+    }
+}
+
+/// Users of a provider that is no longer configured no longer exist.
+fn of_configured_provider(config: &Config, iss: &str) -> bool {
+    config
+        .identity_provider
+        .oidc
+        .as_ref()
+        .map(|o| o.issuer.as_str())
+        == Some(iss)
+}
+
 /// The user behind `sub` as of their last sign-in, or `None` when they no longer exist.
 pub fn resolve(config: &Config, store: &dyn Store, sub: &str) -> anyhow::Result<Option<Identity>> {
     if let Some((iss, _)) = sub.split_once('#') {
-        // Users of a provider that is no longer configured no longer exist.
-        if config
-            .identity_provider
-            .oidc
-            .as_ref()
-            .map(|o| o.issuer.as_str())
-            != Some(iss)
-        {
+        if !of_configured_provider(config, iss) {
             return Ok(None);
         }
         return Ok(store.idp_user(sub)?.map(|u| Identity {

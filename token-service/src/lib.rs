@@ -20,6 +20,7 @@ pub mod password;
 pub mod pg_url;
 pub mod random;
 pub mod ratelimit;
+pub mod recheck;
 pub mod redirect_uri;
 pub mod render;
 mod routes;
@@ -126,6 +127,10 @@ pub async fn serve_on_with(
     let addr = listener.local_addr()?;
     let sweeper = tokio::spawn(sweep_loop(state.clone()));
     let key_reloader = tokio::spawn(key_reload_loop(state.clone()));
+    let rechecker = state
+        .oidc()
+        .is_some()
+        .then(|| tokio::spawn(recheck_loop(state.clone())));
     // Values sealed with a previous key (or before key ids) move to the current key.
     let config = state.config();
     let resealer =
@@ -142,8 +147,8 @@ pub async fn serve_on_with(
     let result = listener::serve(listener, app(state), limits, shutdown).await;
     sweeper.abort();
     key_reloader.abort();
-    if let Some(r) = resealer {
-        r.abort();
+    for task in [resealer, rechecker].into_iter().flatten() {
+        task.abort();
     }
     Ok(result?)
 }
@@ -187,6 +192,29 @@ async fn key_reload_loop(state: AppState) {
                 tracing::warn!(error = %format!("{e:#}"), "reloading the signing keys failed; keeping the loaded ones")
             }
             Err(e) => tracing::warn!(error = %e, "signing key reload task failed"),
+        }
+    }
+}
+
+/// Checks the identity provider's users again at the provider (`recheck`): on every replica,
+/// each user by one replica at a time (the store's per-user lease).
+async fn recheck_loop(state: AppState) {
+    let holder = random::random_id();
+    let mut tick = tokio::time::interval(recheck::ROUND_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match recheck::round(&state, &holder).await {
+            Ok(r) if r == recheck::RoundOutcome::default() => {}
+            Ok(r) => tracing::debug!(
+                checked = r.checked,
+                revoked = r.revoked,
+                failed = r.failed,
+                "identity provider recheck round"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "identity provider recheck round failed")
+            }
         }
     }
 }

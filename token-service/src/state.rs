@@ -1,6 +1,7 @@
 //! The service's shared state (`AppState`) and the secrets it is built from. Its own module,
 //! not the crate root, so the modules it holds can be named without importing the root.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use crate::clock::{now_unix, Clock};
@@ -38,6 +39,21 @@ struct Inner {
     internal_nonces: Arc<NonceGuard>,
     /// Keys sign-out tickets and the sign-out form's CSRF token.
     sign_out_key: Arc<SignOutKey>,
+    /// What the checks of identity-provider users came to (`recheck`).
+    rechecks: Arc<RecheckCounters>,
+}
+
+/// Checks of identity-provider users at the provider (`recheck`), since this process started:
+/// for the service to report (metrics come later).
+#[derive(Debug, Default)]
+pub struct RecheckCounters {
+    /// The provider vouched for the user again.
+    pub checked: AtomicU64,
+    /// The provider refused the user: their access ended.
+    pub revoked: AtomicU64,
+    /// No answer could be had (unreachable, a server error, an answer failing a check): the
+    /// user keeps their access and is tried again at a later round.
+    pub failed: AtomicU64,
 }
 
 /// The service's own secrets: the key signing keys and upstream tokens are sealed with, and
@@ -127,7 +143,10 @@ impl AppState {
                 "internal credential",
             )?);
         }
-        Self::with_secrets(config, store, secrets)
+        let state = Self::with_secrets(config, store, secrets)?;
+        // There is no reload: a config without a user takes effect here, at start.
+        crate::flows::sign_out::end_removed_users(state.config(), &**state.store(), now_unix())?;
+        Ok(state)
     }
 
     /// For tests driving the router in-process: the secrets live in memory.
@@ -191,6 +210,7 @@ impl AppState {
                 internal_key: Arc::new(internal_key),
                 internal_nonces: Arc::new(NonceGuard::new()),
                 sign_out_key: Arc::new(SignOutKey::derive(&secrets.internal_credential)),
+                rechecks: Arc::new(RecheckCounters::default()),
             }),
         })
     }
@@ -211,6 +231,7 @@ impl AppState {
                 internal_key: self.inner.internal_key.clone(),
                 internal_nonces: self.inner.internal_nonces.clone(),
                 sign_out_key: self.inner.sign_out_key.clone(),
+                rechecks: self.inner.rechecks.clone(),
             }),
         }
     }
@@ -229,6 +250,10 @@ impl AppState {
 
     pub fn oidc(&self) -> Option<&Arc<oidc::OidcProvider>> {
         self.inner.oidc.as_ref()
+    }
+
+    pub fn recheck_counters(&self) -> &RecheckCounters {
+        &self.inner.rechecks
     }
 
     pub(crate) fn internal_key(&self) -> &warden_core::internal_api::InternalKey {

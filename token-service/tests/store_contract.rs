@@ -1,7 +1,7 @@
 //! The store's contract: what every backend must do, run against each (SQLite and PostgreSQL;
 //! another backend adds one line at the bottom). Single use (codes, flows, app codes), refresh
 //! replay, the upstream refresh lease, version-conditioned writes, the limits, the sweep, the
-//! signing keys, and all of it under concurrency from two handles on one database (two
+//! signing keys, the identity provider's users due for a check and their lease, and all of it under concurrency from two handles on one database (two
 //! replicas).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,9 +11,9 @@ use std::sync::{Arc, Barrier};
 
 use warden_token_service::flows::authorize::AuthorizeGrant;
 use warden_token_service::store::{
-    AppCode, AppSession, AuthCode, CodeLookup, Grant, IdpLogin, PendingFlow, PendingLimit,
-    Redemption, RefreshToken, Retention, Session, SigningKeyRecord, Store, StoreError,
-    StoredClient, UpstreamFlow, UpstreamRecord,
+    AppCode, AppSession, AuthCode, CodeLookup, Grant, GrantFilter, IdpLogin, IdpUserRecord,
+    PendingFlow, PendingLimit, Redemption, RefreshToken, Retention, Session, SigningKeyRecord,
+    Store, StoreError, StoredClient, UpstreamFlow, UpstreamRecord,
 };
 
 /// A database under test: every `handle` is another connection to the same data, as another
@@ -750,6 +750,176 @@ pub fn signing_keys_have_one_first_key_and_retire_in_order(b: &dyn Backend) {
     assert_eq!(kids, vec!["k-b", "k-c"]);
 }
 
+fn idp_user(key: &str, refresh: Option<&[u8]>) -> IdpUserRecord {
+    IdpUserRecord {
+        key: key.into(),
+        email: format!("{key}@example.com"),
+        name: key.into(),
+        groups: vec!["g".into()],
+        updated_at: NOW,
+        refresh_token: refresh.map(<[u8]>::to_vec),
+        access_token: Some(b"sealed-access".to_vec()),
+        checked_at: NOW,
+    }
+}
+
+fn session_of(user: &str, sid: &str) -> Session {
+    Session {
+        sid: sid.into(),
+        user: user.into(),
+        created_at: NOW,
+        expires_at: NOW + 3600,
+    }
+}
+
+pub fn idp_users_are_checked_by_one_replica_at_a_time_and_only_while_they_hold_something(
+    b: &dyn Backend,
+) {
+    let s = b.handle();
+    s.put_idp_user(&idp_user("a", Some(b"rt-a"))).unwrap();
+    s.put_idp_user(&idp_user("idle", Some(b"rt-idle"))).unwrap();
+    s.insert_session("cookie-a", &session_of("a", "sid-a"))
+        .unwrap();
+    let later = NOW + 100;
+    // Not due yet (checked at NOW), then due; the user without anything live never is.
+    assert_eq!(
+        s.lease_idp_check("r1", NOW - 1, later, later + 60).unwrap(),
+        None
+    );
+    let leased = s
+        .lease_idp_check("r1", NOW, later, later + 60)
+        .unwrap()
+        .unwrap();
+    assert_eq!(leased, idp_user("a", Some(b"rt-a")));
+    assert_eq!(
+        s.lease_idp_check("r2", NOW, later, later + 60).unwrap(),
+        None
+    );
+    // A sign-in meanwhile without a refresh token keeps the stored one.
+    s.put_idp_user(&IdpUserRecord {
+        checked_at: NOW + 1,
+        ..idp_user("a", None)
+    })
+    .unwrap();
+    assert_eq!(
+        s.idp_user("a").unwrap().unwrap().refresh_token.as_deref(),
+        Some(&b"rt-a"[..])
+    );
+    // Only the holder writes the result back; that lets the lease go.
+    let checked = IdpUserRecord {
+        groups: vec!["new".into()],
+        refresh_token: Some(b"rt-a2".to_vec()),
+        access_token: None,
+        checked_at: later,
+        ..idp_user("a", None)
+    };
+    assert!(!s.finish_idp_check("r2", &checked).unwrap());
+    assert!(s.finish_idp_check("r1", &checked).unwrap());
+    assert_eq!(s.idp_user("a").unwrap().unwrap(), checked);
+    assert_eq!(
+        s.lease_idp_check("r2", later - 1, later, later + 60)
+            .unwrap(),
+        None
+    );
+    // Due again: r2 takes it, defers it (no answer); nobody takes it before the retry time.
+    let leased = s
+        .lease_idp_check("r2", later, later, later + 60)
+        .unwrap()
+        .unwrap();
+    assert_eq!(leased, checked);
+    let rotated = IdpUserRecord {
+        refresh_token: Some(b"rt-a3".to_vec()),
+        ..leased.clone()
+    };
+    s.defer_idp_check("r1", &rotated, later + 30).unwrap();
+    assert_eq!(s.idp_user("a").unwrap().unwrap(), checked, "not the holder");
+    s.defer_idp_check("r2", &rotated, later + 30).unwrap();
+    assert_eq!(
+        s.idp_user("a").unwrap().unwrap(),
+        rotated,
+        "the tokens stored, the claims and checked_at as they were"
+    );
+    assert_eq!(
+        s.lease_idp_check("r1", later, later + 29, later + 90)
+            .unwrap(),
+        None
+    );
+    assert!(s
+        .lease_idp_check("r1", later, later + 30, later + 90)
+        .unwrap()
+        .is_some());
+    // A lease that ran out is anyone's.
+    assert!(s
+        .lease_idp_check("r2", later, later + 90, later + 150)
+        .unwrap()
+        .is_some());
+    // Nothing live any more: never due.
+    s.revoke_user("a", &GrantFilter::default(), later + 200, FEED + 200)
+        .unwrap();
+    assert_eq!(
+        s.lease_idp_check("r1", later + 200, later + 200, later + 260)
+            .unwrap(),
+        None
+    );
+
+    // Many replicas at once: one lease.
+    s.insert_session("cookie-idle", &session_of("idle", "sid-idle"))
+        .unwrap();
+    let won = race(b, 8, |st, i| {
+        st.lease_idp_check(&format!("r{i}"), NOW, NOW + 10, NOW + 70)
+            .unwrap()
+            .is_some()
+    });
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+}
+
+pub fn users_with_live_grants_are_those_holding_a_grant_or_a_session(b: &dyn Backend) {
+    let s = b.handle();
+    s.insert_code("h", &code(NOW + 60)).unwrap();
+    let g = Grant {
+        user: "granted@example.com".into(),
+        ..grant("g1")
+    };
+    s.redeem_code(
+        "h",
+        Some((&g, Some(&refresh("r1", "g1", NOW + 3600)))),
+        NOW,
+        FEED,
+    )
+    .unwrap();
+    s.insert_session("c1", &session_of("signed-in@example.com", "sid1"))
+        .unwrap();
+    s.insert_session("c2", &session_of("revoked@example.com", "sid2"))
+        .unwrap();
+    s.revoke_sid("sid2", NOW, FEED).unwrap();
+    s.insert_app_session(
+        "app1",
+        &AppSession {
+            route: "app".into(),
+            user: "app-user@example.com".into(),
+            sid: "sid9".into(),
+            created_at: NOW,
+            expires_at: NOW + 600,
+        },
+    )
+    .unwrap();
+    let mut users = s.users_with_live_grants(NOW + 1).unwrap();
+    users.sort();
+    assert_eq!(
+        users,
+        vec![
+            "app-user@example.com",
+            "granted@example.com",
+            "signed-in@example.com"
+        ]
+    );
+    s.revoke_grant("g1", NOW + 2, FEED).unwrap();
+    assert!(!s
+        .users_with_live_grants(NOW + 2)
+        .unwrap()
+        .contains(&"granted@example.com".to_owned()));
+}
+
 /// One `#[test]` per contract check and backend.
 macro_rules! backend {
     ($name:ident, $open:expr) => {
@@ -806,6 +976,14 @@ macro_rules! backend {
             #[test]
             fn signing_keys() {
                 run(signing_keys_have_one_first_key_and_retire_in_order);
+            }
+            #[test]
+            fn idp_checks() {
+                run(idp_users_are_checked_by_one_replica_at_a_time_and_only_while_they_hold_something);
+            }
+            #[test]
+            fn live_users() {
+                run(users_with_live_grants_are_those_holding_a_grant_or_a_session);
             }
         }
     };

@@ -27,7 +27,8 @@
 //!   `<form method="post" action="/authorize">`: hidden `request` (the pending request's id),
 //!   `username`, `password`, and the submit buttons `decision=approve` / `decision=deny`.
 //! * `POST /authorize` (form): `deny` → `302 redirect_uri?error=access_denied&…&state=…`;
-//!   `approve` with a wrong password → the page again with `401`; with good credentials →
+//!   `approve` with a wrong password → the page again with `401`, as a disabled user (see
+//!   `/_test/disable-user`) with `403`; with good credentials →
 //!   `302 redirect_uri?code=…&state=…`. Codes are single-use, live 60 s and are bound to the
 //!   client, the redirect URI, the PKCE challenge, the user, the scope and the `nonce`.
 //! * `POST /token` (form; client authentication per [`AuthStyle`]): grant types
@@ -88,6 +89,12 @@
 //!   discovery, `/jwks` and `/userinfo` (failed and injected-failure ones included).
 //! * `POST /_test/revoke-user?user=alice` revokes every grant (and unredeemed code) of that
 //!   user, standing in for "the user revoked the app at the provider" → `{"revoked": n}`.
+//! * `POST /_test/disable-user?user=alice` disables a configured user (`404` for others),
+//!   standing in for deprovisioning at the identity provider: every grant and unredeemed code
+//!   of theirs is revoked (so their refresh tokens answer `invalid_grant` and their access
+//!   tokens `401` at userinfo) and signing in as them is refused (`403` page) →
+//!   `{"user", "disabled": true, "revoked": n}`. `POST /_test/enable-user?user=alice` lets
+//!   them sign in again (`"disabled": false`); what was revoked stays revoked.
 //! * `POST /_test/fail-token?status=503&count=N` makes the next N `/token` requests answer with
 //!   that status (`count` defaults to 1; `count=0` turns it off). The body is
 //!   `{"error":"temporarily_unavailable"}` for 5xx, `invalid_client` for 401, `invalid_grant`
@@ -96,6 +103,8 @@
 //!   so concurrent refreshes overlap.
 //! * `POST /_test/claims?user=alice&placement=both|id_token|userinfo` with a JSON object body
 //!   replaces that user's claims and their placement (default `both`) → `{"user", "placement"}`.
+//!   The next ID token (a refreshed one too) and userinfo answer carry them, so a change of
+//!   groups at the provider reaches a relying party at its next refresh.
 //!   Only configured users (`users` or `user_claims`): `404` otherwise, `400` for a body that is
 //!   not an object.
 //! * `POST /_test/id-token?mode=MODE&count=N` breaks the next N ID tokens (`count` defaults to
@@ -114,7 +123,7 @@
 //!   `{"error": "temporarily_unavailable"}`.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -410,6 +419,8 @@ struct Store {
     id_token_fault: Option<oidc::FaultCount<IdTokenFault>>,
     fail_discovery: Option<oidc::FaultCount<StatusCode>>,
     fail_jwks: Option<oidc::FaultCount<StatusCode>>,
+    /// Users disabled by `/_test/disable-user` (configured users only, so it stays bounded).
+    disabled: HashSet<String>,
 }
 
 impl Store {
@@ -429,7 +440,23 @@ impl Store {
             id_token_fault: None,
             fail_discovery: None,
             fail_jwks: None,
+            disabled: HashSet::new(),
         }
+    }
+
+    /// Revokes every grant (and unredeemed code) of `user`; how many grants that was.
+    fn revoke_user(&mut self, user: &str) -> usize {
+        let grants: Vec<String> = self
+            .grants
+            .values()
+            .filter(|(_, g)| g.user == user)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for grant in &grants {
+            self.revoke_grant(grant);
+        }
+        self.codes.retain(|c| c.user != user);
+        grants.len()
     }
 
     /// Removes a grant with all its access and refresh tokens. `true` if it existed.
@@ -590,6 +617,8 @@ pub fn app(config: ProviderConfig) -> anyhow::Result<Router> {
         .route("/_test/revoke-user", post(test_revoke_user))
         .route("/_test/fail-token", post(test_fail_token))
         .route("/_test/delay-token", post(test_delay_token))
+        .route("/_test/disable-user", post(test_disable_user))
+        .route("/_test/enable-user", post(test_enable_user))
         .route("/.well-known/openid-configuration", get(oidc::discovery))
         .route("/jwks", get(oidc::jwks))
         .route("/_test/claims", post(oidc::test_claims))
@@ -884,6 +913,17 @@ async fn authorize_submit(State(p): State<Shared>, body: Bytes) -> Response {
                     request_id,
                     &scope,
                     Some("Wrong username or password."),
+                );
+            }
+            if store.disabled.contains(username) {
+                drop(store);
+                tracing::info!(user = username, "sign-in of a disabled user refused");
+                return consent_page(
+                    StatusCode::FORBIDDEN,
+                    &p.config.client_id,
+                    request_id,
+                    &scope,
+                    Some("This account is disabled."),
                 );
             }
             let Some(pending) = store.pending.remove(request_id) else {
@@ -1425,20 +1465,44 @@ async fn test_revoke_user(State(p): State<Shared>, RawQuery(query): RawQuery) ->
     let Some(user) = params.get("user") else {
         return bad_hook("missing user");
     };
-    let mut store = p.store();
-    let grants: Vec<String> = store
-        .grants
-        .values()
-        .filter(|(_, g)| g.user == *user)
-        .map(|(id, _)| id.clone())
-        .collect();
-    for grant in &grants {
-        store.revoke_grant(grant);
+    let revoked = p.store().revoke_user(user);
+    tracing::info!(user = %user, grants = revoked, "revoked every grant of the user");
+    Json(json!({ "revoked": revoked })).into_response()
+}
+
+async fn test_disable_user(State(p): State<Shared>, RawQuery(query): RawQuery) -> Response {
+    set_disabled(&p, query.as_deref(), true)
+}
+
+async fn test_enable_user(State(p): State<Shared>, RawQuery(query): RawQuery) -> Response {
+    set_disabled(&p, query.as_deref(), false)
+}
+
+/// A user disabled at the provider (deprovisioned): every grant revoked, so refresh tokens
+/// answer `invalid_grant` and access tokens `401` at userinfo, and no new sign-in.
+fn set_disabled(p: &Provider, query: Option<&str>, disabled: bool) -> Response {
+    let params = query_params(query);
+    let Some(user) = params.get("user") else {
+        return bad_hook("missing user");
+    };
+    if !p.config.users.iter().any(|(u, _)| u == user) {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": format!("unknown user {user:?}") })),
+        )
+            .into_response();
     }
-    store.codes.retain(|c| c.user != *user);
+    let mut store = p.store();
+    let revoked = if disabled {
+        store.disabled.insert(user.clone());
+        store.revoke_user(user)
+    } else {
+        store.disabled.remove(user);
+        0
+    };
     drop(store);
-    tracing::info!(user = %user, grants = grants.len(), "revoked every grant of the user");
-    Json(json!({ "revoked": grants.len() })).into_response()
+    tracing::info!(user = %user, disabled, revoked, "user disabled or enabled");
+    Json(json!({ "user": user, "disabled": disabled, "revoked": revoked })).into_response()
 }
 
 async fn test_fail_token(State(p): State<Shared>, RawQuery(query): RawQuery) -> Response {

@@ -11,7 +11,8 @@ use super::browser::{
 };
 use super::{hash_secret, pkce, random_token, sign_in};
 use crate::oidc::claims::IdpUser;
-use crate::oidc::IdpError;
+use crate::oidc::error::IdpError;
+use crate::oidc::tokens::IdpTokens;
 use crate::store::{IdpLogin, IdpUserRecord, PendingFlow};
 
 /// A sign-in at the identity provider must come back within this long.
@@ -175,13 +176,14 @@ fn check_callback(
     })
 }
 
-/// The code exchange's result: record the user's claims, then continue the pending flow
-/// (single use, like the password form).
+/// The code exchange's result: record the user's claims and the provider's tokens (sealed, to
+/// check the user again with), then continue the pending flow (single use, like the password
+/// form).
 pub fn signed_in_at_provider(
     b: &Browser<'_>,
     answer: IdpAnswer,
     provider: &str,
-    user: Result<IdpUser, IdpError>,
+    user: Result<(IdpUser, IdpTokens), IdpError>,
 ) -> anyhow::Result<Answer> {
     settle(record_user(b, answer, provider, user))
 }
@@ -190,9 +192,9 @@ fn record_user(
     b: &Browser<'_>,
     answer: IdpAnswer,
     provider: &str,
-    user: Result<IdpUser, IdpError>,
+    user: Result<(IdpUser, IdpTokens), IdpError>,
 ) -> Result<Answer, Halt> {
-    let user = user.map_err(|e| {
+    let (user, tokens) = user.map_err(|e| {
         tracing::warn!(error = %e, "identity provider sign-in failed");
         failed(provider, e)
     })?;
@@ -204,12 +206,17 @@ fn record_user(
     if flow.user.is_some() || !b.store.delete_flow(&flow.id)? {
         return Err(Refusal::Expired.into());
     }
+    let (refresh_token, access_token) = b.vault.seal_idp_tokens(&user.key, &tokens)?;
+    // The sign-in is the provider vouching for the user: the next check is due from now.
     b.store.put_idp_user(&IdpUserRecord {
         key: user.key.clone(),
         email: user.email,
         name: user.name,
         groups: user.groups,
         updated_at: b.now,
+        refresh_token,
+        access_token,
+        checked_at: b.now,
     })?;
     sign_in::signed_in(b, flow, &user.key)
 }
@@ -399,7 +406,13 @@ mod tests {
 
         let answer = exchange(&svc, &bind);
         let flow_id = answer.login.flow_id.clone();
-        let a = signed_in_at_provider(&svc.browser(), answer, SSO, Ok(carol())).unwrap();
+        let a = signed_in_at_provider(
+            &svc.browser(),
+            answer,
+            SSO,
+            Ok((carol(), IdpTokens::default())),
+        )
+        .unwrap();
         assert!(matches!(a.cookies.as_slice(), [SetCookie::Session(_)]));
         assert!(matches!(&a.outcome, Outcome::ConsentPage(p) if p.email == "carol@example.com"));
         assert!(svc.store.flow(&flow_id, NOW).unwrap().is_none());
@@ -421,8 +434,20 @@ mod tests {
         else {
             panic!("expected an exchange");
         };
-        signed_in_at_provider(&svc.browser(), first, SSO, Ok(carol())).unwrap();
-        let a = signed_in_at_provider(&svc.browser(), second, SSO, Ok(carol())).unwrap();
+        signed_in_at_provider(
+            &svc.browser(),
+            first,
+            SSO,
+            Ok((carol(), IdpTokens::default())),
+        )
+        .unwrap();
+        let a = signed_in_at_provider(
+            &svc.browser(),
+            second,
+            SSO,
+            Ok((carol(), IdpTokens::default())),
+        )
+        .unwrap();
         assert!(a.cookies.is_empty());
         assert!(matches!(a.outcome, Outcome::Refused(Refusal::Expired)));
     }

@@ -8,6 +8,7 @@ use super::app_sign_in::SignOut;
 use super::hash_secret;
 use crate::config::Config;
 use crate::flows::app::SignOutKey;
+use crate::identity;
 use crate::store::{GrantFilter, Revoked, Store};
 
 /// `GET {issuer}/sign-out`: the form, with a CSRF token bound to the browser's session, or
@@ -110,4 +111,31 @@ pub fn revoke(
         "revoked by an administrator"
     );
     Ok(ended)
+}
+
+/// At start: users holding grants or sessions whom the config no longer names (a local user
+/// removed from it, the users of a provider no longer configured) lose everything they hold,
+/// into the revocation feed. Returns how many users that was.
+pub fn end_removed_users(config: &Config, store: &dyn Store, now: i64) -> anyhow::Result<usize> {
+    let removed: Vec<String> = store
+        .users_with_live_grants(now)?
+        .into_iter()
+        .filter(|user| !identity::configured(config, user))
+        .collect();
+    for user in &removed {
+        let ended = store.revoke_user(
+            user,
+            &GrantFilter::default(),
+            now,
+            config.revocation_expires_at(now),
+        )?;
+        tracing::info!(
+            sub = %user,
+            grants = ended.grant_ids.len(),
+            sessions = ended.sessions,
+            app_sessions = ended.app_sessions,
+            "the config no longer names the user: access ended"
+        );
+    }
+    Ok(removed.len())
 }

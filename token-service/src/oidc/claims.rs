@@ -25,12 +25,13 @@ pub fn string(claims: &Map<String, Value>, name: &str) -> Option<String> {
     claims.get(name).and_then(Value::as_str).map(str::to_owned)
 }
 
-/// OIDC Core §3.1.3.7 (items 2–4, 9–11), after the signature checked out.
+/// OIDC Core §3.1.3.7 (items 2–4, 9–11), after the signature checked out. `nonce` is `None`
+/// for an ID token from a refresh, which belongs to no sign-in (§12.2).
 pub fn check_id_token(
     claims: &Map<String, Value>,
     issuer: &str,
     client_id: &str,
-    nonce: &str,
+    nonce: Option<&str>,
     now: i64,
     leeway: i64,
 ) -> Result<(), IdpError> {
@@ -59,9 +60,11 @@ pub fn check_id_token(
         Some(iat) if iat <= now.saturating_add(leeway) => {}
         _ => return invalid("the ID token's issue time is missing or in the future"),
     }
-    let presented = string(claims, "nonce").unwrap_or_default();
-    if !crate::digest::constant_time_eq(presented.as_bytes(), nonce.as_bytes()) {
-        return invalid("the ID token does not belong to this sign-in (nonce mismatch)");
+    if let Some(nonce) = nonce {
+        let presented = string(claims, "nonce").unwrap_or_default();
+        if !crate::digest::constant_time_eq(presented.as_bytes(), nonce.as_bytes()) {
+            return invalid("the ID token does not belong to this sign-in (nonce mismatch)");
+        }
     }
     match string(claims, "sub") {
         Some(s) if !s.is_empty() && s.len() <= 255 => Ok(()),
@@ -156,6 +159,42 @@ pub fn user(
     })
 }
 
+/// The user `sub` as a check at the provider describes them: the refreshed ID token's claims
+/// first, then userinfo's, then, for a claim neither carries, what was `known` (providers that
+/// release some claims only at sign-in must not lose the user their email or groups).
+pub fn rechecked_user(
+    config: &OidcConfig,
+    issuer: &str,
+    sub: &str,
+    id_token: Option<&Map<String, Value>>,
+    userinfo: Option<&Map<String, Value>>,
+    known: &IdpUser,
+) -> Result<IdpUser, IdpError> {
+    let mut first = id_token.cloned().unwrap_or_default();
+    first.insert("sub".into(), Value::String(sub.to_owned()));
+    let fresh = |names: &[&str]| {
+        names.iter().any(|n| {
+            lookup(&first, n).is_some() || userinfo.is_some_and(|u| lookup(u, n).is_some())
+        })
+    };
+    let mut rest = userinfo.cloned().unwrap_or_default();
+    let groups: Vec<Value> = known.groups.iter().cloned().map(Value::String).collect();
+    for (names, value) in [
+        (&["email"][..], Value::String(known.email.clone())),
+        (
+            &["name", "preferred_username"][..],
+            Value::String(known.name.clone()),
+        ),
+        (&[config.groups_claim.as_str()][..], Value::Array(groups)),
+    ] {
+        if !fresh(names) {
+            // `lookup` tries the whole name first, so a dotted groups claim lands here too.
+            rest.insert(names[0].to_owned(), value);
+        }
+    }
+    user(config, issuer, &first, Some(&rest))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -175,7 +214,7 @@ mod tests {
     }
 
     fn check(c: &Map<String, Value>) -> Result<(), IdpError> {
-        check_id_token(c, "https://idp", "warden", "n1", 950, 60)
+        check_id_token(c, "https://idp", "warden", Some("n1"), 950, 60)
     }
 
     #[test]
@@ -206,6 +245,44 @@ mod tests {
         assert!(without("nonce").is_err());
         assert!(with("sub", json!("")).is_err());
         assert!(without("sub").is_err());
+        // A refreshed ID token belongs to no sign-in: any nonce, or none, passes.
+        let mut refreshed = good();
+        refreshed.remove("nonce");
+        assert_eq!(
+            check_id_token(&refreshed, "https://idp", "warden", None, 950, 60),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_check_takes_fresh_claims_and_keeps_known_ones_the_provider_left_out() {
+        let known = IdpUser {
+            key: "https://idp#u1".into(),
+            email: "a@example.com".into(),
+            name: "A".into(),
+            groups: vec!["old".into()],
+        };
+        let c = config("realm_access.roles");
+        // Nothing fresh: what was known.
+        let u = rechecked_user(&c, "https://idp", "u1", None, None, &known).unwrap();
+        assert_eq!(u, known);
+        // Fresh groups (nested) and name win; the email nobody sent is kept.
+        let id = map(json!({"sub": "u1", "preferred_username": "ay"}));
+        let info = map(json!({"sub": "u1", "realm_access": {"roles": ["new"]}}));
+        let u = rechecked_user(&c, "https://idp", "u1", Some(&id), Some(&info), &known).unwrap();
+        assert_eq!(u.groups, vec!["new"]);
+        assert_eq!(u.name, "ay");
+        assert_eq!(u.email, "a@example.com");
+        // An empty group list is news too: the user left every group.
+        let info = map(json!({"sub": "u1", "realm_access": {"roles": []}}));
+        let u = rechecked_user(&c, "https://idp", "u1", None, Some(&info), &known).unwrap();
+        assert!(u.groups.is_empty());
+        // The provider now says the email is unverified: refused as at sign-in.
+        let info = map(json!({"sub": "u1", "email_verified": false}));
+        assert!(matches!(
+            rechecked_user(&c, "https://idp", "u1", None, Some(&info), &known),
+            Err(IdpError::Claims(_))
+        ));
     }
 
     fn config(groups_claim: &str) -> OidcConfig {

@@ -2,11 +2,13 @@
 //! token service is its relying party. Authorization code flow with PKCE S256, `state` and
 //! `nonce`; the ID token is checked against the provider's JWKS (cached, fetched again for an
 //! unknown `kid`), and `email`, `name` and groups come from it or, when it lacks them, from
-//! the userinfo endpoint.
+//! the userinfo endpoint. A signed-in user is checked again later (`recheck`): with the
+//! provider's refresh token, or its access token at userinfo.
 
 pub mod claims;
 pub mod error;
 pub mod jws;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ use crate::config::OidcConfig;
 use claims::IdpUser;
 pub use error::IdpError;
 use jws::Jwk;
+use tokens::IdpTokens;
 
 /// Where the provider sends the browser back; operators register it with the provider.
 pub const CALLBACK_PATH: &str = "/login/callback";
@@ -83,13 +86,34 @@ struct JwksCache {
     unknown_kid_refetch: Option<Instant>,
 }
 
-/// A code exchange's answer: the parts the sign-in uses.
+/// What a check at the provider came to (`OidcProvider::recheck`).
+#[derive(Debug)]
+pub struct Recheck {
+    /// The tokens to keep: those stored, or what a refresh gave (a rotated refresh token),
+    /// even when the check failed after it.
+    pub tokens: IdpTokens,
+    /// The user's claims now, or why there are none.
+    pub user: Result<IdpUser, IdpError>,
+}
+
+impl Recheck {
+    fn failed(tokens: &IdpTokens, error: IdpError) -> Self {
+        Self {
+            tokens: tokens.clone(),
+            user: Err(error),
+        }
+    }
+}
+
+/// A token endpoint's answer (code exchange or refresh): the parts the service uses.
 #[derive(Deserialize)]
 struct TokenAnswer {
     #[serde(default)]
     id_token: Option<String>,
     #[serde(default)]
     access_token: Option<String>,
+    #[serde(default)]
+    refresh_token: Option<String>,
     #[serde(default)]
     error: Option<String>,
     #[serde(default)]
@@ -202,20 +226,23 @@ impl OidcProvider {
         Ok(url.into())
     }
 
-    /// Exchanges the callback's code and checks the answer: the signed-in user and their claims.
+    /// Exchanges the callback's code and checks the answer: the signed-in user and their
+    /// claims, and the provider's tokens to check them again with.
     pub async fn sign_in(
         &self,
         code: &str,
         verifier: &str,
         nonce: &str,
         now: i64,
-    ) -> Result<IdpUser, IdpError> {
+    ) -> Result<(IdpUser, IdpTokens), IdpError> {
         let d = self.discovery().await?;
         let answer = self.exchange(&d, code, verifier).await?;
         let id_token = answer
             .id_token
             .ok_or_else(|| IdpError::Invalid("the provider's answer has no ID token".into()))?;
-        let claims = self.verify_id_token(&d, &id_token, nonce, now).await?;
+        let claims = self
+            .verify_id_token(&d, &id_token, Some(nonce), now)
+            .await?;
         let sub = claims::string(&claims, "sub").unwrap_or_default();
         let userinfo = if claims::lacks_profile(&claims, &self.config.groups_claim) {
             match (&d.userinfo_endpoint, &answer.access_token) {
@@ -225,7 +252,12 @@ impl OidcProvider {
         } else {
             None
         };
-        claims::user(&self.config, &d.issuer, &claims, userinfo.as_ref())
+        let user = claims::user(&self.config, &d.issuer, &claims, userinfo.as_ref())?;
+        let tokens = IdpTokens {
+            access_token: answer.access_token,
+            refresh_token: answer.refresh_token,
+        };
+        Ok((user, tokens))
     }
 
     async fn exchange(
@@ -234,12 +266,33 @@ impl OidcProvider {
         code: &str,
         verifier: &str,
     ) -> Result<TokenAnswer, IdpError> {
-        let mut form = vec![
+        let form = vec![
             ("grant_type", "authorization_code"),
             ("code", code),
             ("redirect_uri", self.redirect_uri.as_str()),
             ("code_verifier", verifier),
         ];
+        let (ok, answer) = self.token_request(d, form).await?;
+        if !ok || answer.error.is_some() {
+            return Err(IdpError::Refused(
+                format!(
+                    "the provider refused the code: {}",
+                    refusal_words(&answer, "no error code")
+                )
+                .trim_end()
+                .to_owned(),
+            ));
+        }
+        Ok(answer)
+    }
+
+    /// `form` to the token endpoint, with the client's authentication: whether the status
+    /// was a success, and the JSON answer. A server error is `Unavailable`.
+    async fn token_request<'a>(
+        &'a self,
+        d: &Discovery,
+        mut form: Vec<(&'a str, &'a str)>,
+    ) -> Result<(bool, TokenAnswer), IdpError> {
         let mut req = self.http.post(&d.token_endpoint);
         let secret = self.config.client_secret.as_deref();
         // RFC 8414: absent means client_secret_basic.
@@ -267,27 +320,182 @@ impl OidcProvider {
             .await
             .map_err(|e| IdpError::Unavailable(format!("no answer from the provider: {e}")))?;
         let status = resp.status();
-        if status.is_server_error() {
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(IdpError::Unavailable(format!(
                 "the provider answered {status}"
             )));
         }
         let body = read_bounded(resp).await?;
         let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
-            IdpError::Invalid(format!("the provider's token answer is not JSON: {e}"))
+            IdpError::Invalid(format!(
+                "the provider's token answer is not JSON ({status}): {e}"
+            ))
         })?;
-        if !status.is_success() || answer.error.is_some() {
-            return Err(IdpError::Refused(
-                format!(
-                    "the provider refused the code: {} {}",
-                    answer.error.as_deref().unwrap_or(status.as_str()),
-                    answer.error_description.as_deref().unwrap_or("")
+        Ok((status.is_success(), answer))
+    }
+
+    /// Checks the user `known` again at the provider (deprovisioning): the refresh token is
+    /// redeemed when there is one (`invalid_grant` is the provider's refusal), else the access
+    /// token is shown to userinfo (`401` is the refusal). Either refusal, and having nothing to
+    /// check with, is `Refused`; an unreachable provider is `Unavailable`.
+    pub async fn recheck(&self, known: &IdpUser, tokens: &IdpTokens, now: i64) -> Recheck {
+        let sub = match known
+            .key
+            .strip_prefix(&self.config.issuer)
+            .and_then(|rest| rest.strip_prefix('#'))
+        {
+            Some(sub) => sub,
+            None => {
+                return Recheck::failed(
+                    tokens,
+                    IdpError::Invalid("not a user of this provider".into()),
                 )
-                .trim_end()
-                .to_owned(),
+            }
+        };
+        let d = match self.discovery().await {
+            Ok(d) => d,
+            Err(e) => return Recheck::failed(tokens, e),
+        };
+        let (id_token, kept) = match (&tokens.refresh_token, &tokens.access_token) {
+            (Some(refresh), _) => {
+                let answer = match self.refresh(&d, refresh).await {
+                    Ok(a) => a,
+                    Err(e) => return Recheck::failed(tokens, e),
+                };
+                let Some(access) = answer.access_token else {
+                    let e = IdpError::Invalid(
+                        "the provider's refresh answer has no access token".into(),
+                    );
+                    return Recheck::failed(tokens, e);
+                };
+                // From here on the provider may have rotated the refresh token: whatever
+                // happens next, the new one is what must be kept.
+                let kept = IdpTokens {
+                    access_token: Some(access),
+                    // A provider that does not rotate refresh tokens answers without one.
+                    refresh_token: Some(answer.refresh_token.unwrap_or_else(|| refresh.clone())),
+                };
+                (answer.id_token, kept)
+            }
+            (None, Some(_)) => (None, tokens.clone()),
+            (None, None) => {
+                let e = IdpError::Refused(
+                    "no token of the provider's is stored to check the user with".into(),
+                );
+                return Recheck::failed(tokens, e);
+            }
+        };
+        let user = self
+            .rechecked_claims(&d, known, sub, id_token.as_deref(), &kept, now)
+            .await;
+        Recheck { tokens: kept, user }
+    }
+
+    /// The claims after a check's token request: the refreshed ID token's (verified), then
+    /// userinfo's with the access token.
+    async fn rechecked_claims(
+        &self,
+        d: &Discovery,
+        known: &IdpUser,
+        sub: &str,
+        id_token: Option<&str>,
+        tokens: &IdpTokens,
+        now: i64,
+    ) -> Result<IdpUser, IdpError> {
+        let id_claims = match id_token {
+            Some(t) => Some(self.verify_refreshed_id_token(d, t, sub, now).await?),
+            None => None,
+        };
+        let wants_userinfo = id_claims
+            .as_ref()
+            .is_none_or(|c| claims::lacks_profile(c, &self.config.groups_claim));
+        let userinfo = match (&d.userinfo_endpoint, &tokens.access_token, wants_userinfo) {
+            (Some(endpoint), Some(access), true) => {
+                Some(self.checked_userinfo(endpoint, access, sub).await?)
+            }
+            (None, _, true) if tokens.refresh_token.is_none() => {
+                return Err(IdpError::Refused(
+                    "no refresh token is stored and the provider has no userinfo endpoint".into(),
+                ))
+            }
+            _ => None,
+        };
+        claims::rechecked_user(
+            &self.config,
+            &d.issuer,
+            sub,
+            id_claims.as_ref(),
+            userinfo.as_ref(),
+            known,
+        )
+    }
+
+    /// The refresh grant. Only `invalid_grant` refuses the user: any other error (say
+    /// `invalid_client` after a secret rotation) is the service's problem, not theirs.
+    async fn refresh(&self, d: &Discovery, refresh_token: &str) -> Result<TokenAnswer, IdpError> {
+        let form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ];
+        let (ok, answer) = self.token_request(d, form).await?;
+        match answer.error.as_deref() {
+            Some("invalid_grant") => Err(IdpError::Refused(format!(
+                "the provider refused the refresh token: {}",
+                refusal_words(&answer, "")
+            ))),
+            _ if !ok || answer.error.is_some() => Err(IdpError::Invalid(format!(
+                "the provider refused the refresh: {}",
+                refusal_words(&answer, "no error code")
+            ))),
+            _ => Ok(answer),
+        }
+    }
+
+    /// A refreshed ID token (OIDC Core §12.2): signed by the provider, for us, unexpired, and
+    /// about the same user.
+    async fn verify_refreshed_id_token(
+        &self,
+        d: &Discovery,
+        token: &str,
+        sub: &str,
+        now: i64,
+    ) -> Result<serde_json::Map<String, Value>, IdpError> {
+        let claims = self.verify_id_token(d, token, None, now).await?;
+        if claims::string(&claims, "sub").as_deref() != Some(sub) {
+            return Err(IdpError::Invalid(
+                "the refreshed ID token is about another user".into(),
             ));
         }
-        Ok(answer)
+        Ok(claims)
+    }
+
+    /// Userinfo at a check: `401` is the provider's refusal of the token, and so of the user.
+    async fn checked_userinfo(
+        &self,
+        endpoint: &str,
+        access_token: &str,
+        sub: &str,
+    ) -> Result<serde_json::Map<String, Value>, IdpError> {
+        let resp = self
+            .http
+            .get(endpoint)
+            .header("accept", "application/json")
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .map_err(|e| IdpError::Unavailable(format!("no answer from the provider: {e}")))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(IdpError::Refused(
+                "the provider's userinfo endpoint refused the access token (401)".into(),
+            ));
+        }
+        if !status.is_success() {
+            return Err(IdpError::Unavailable(format!(
+                "the provider answered {status} at userinfo"
+            )));
+        }
+        userinfo_claims(&read_bounded(resp).await?, sub)
     }
 
     /// OIDC Core §3.1.3.7: signature by the provider's key, `iss`, `aud`/`azp`, `exp`, `iat`
@@ -296,7 +504,7 @@ impl OidcProvider {
         &self,
         d: &Discovery,
         token: &str,
-        nonce: &str,
+        nonce: Option<&str>,
         now: i64,
     ) -> Result<serde_json::Map<String, Value>, IdpError> {
         let jws = jws::decode(token).map_err(IdpError::Invalid)?;
@@ -398,12 +606,24 @@ pub fn id_token_claims(
     key: &Jwk,
     issuer: &str,
     client_id: &str,
-    nonce: &str,
+    nonce: Option<&str>,
     now: i64,
 ) -> Result<serde_json::Map<String, Value>, IdpError> {
     jws.verify_with(key).map_err(IdpError::Invalid)?;
     claims::check_id_token(&jws.claims, issuer, client_id, nonce, now, LEEWAY)?;
     Ok(jws.claims)
+}
+
+/// A refusal's error code and description, for logs and pages (the provider's words, never a
+/// token).
+fn refusal_words(answer: &TokenAnswer, no_code: &str) -> String {
+    format!(
+        "{} {}",
+        answer.error.as_deref().unwrap_or(no_code),
+        answer.error_description.as_deref().unwrap_or("")
+    )
+    .trim()
+    .to_owned()
 }
 
 /// A userinfo answer: a JSON object about the ID token's subject `sub` (OIDC Core §5.3.2).

@@ -1,5 +1,5 @@
 //! Persistence. The `Store` is split by aggregate into traits, one file each (`clients`,
-//! `sign_ins`, `sessions` with grants, `codes`, `upstream`, `app_sessions`, `signing_keys`);
+//! `sign_ins`, `sessions` with grants, `codes`, `upstream`, `app_sessions`, `signing_keys`, `idp_checks`);
 //! the records they hold are in `records`, and every backend lives in a folder of its own
 //! with its migrations as versioned `.sql` files. Calls are synchronous: callers run them on
 //! the blocking pool. Codes, refresh tokens and session cookies are stored only as digests;
@@ -11,6 +11,7 @@ mod app_sessions;
 mod clients;
 mod codes;
 mod error;
+mod idp_checks;
 mod maintenance;
 pub mod postgres;
 mod rate_limits;
@@ -26,6 +27,7 @@ pub use app_sessions::AppSessions;
 pub use clients::Clients;
 pub use codes::Codes;
 pub use error::{Result, StoreError};
+pub use idp_checks::IdpChecks;
 pub use maintenance::{Maintenance, TABLES};
 pub use postgres::PostgresStore;
 pub use rate_limits::RateLimits;
@@ -78,6 +80,7 @@ pub trait Store:
     + RateLimits
     + Revocations
     + SigningKeys
+    + IdpChecks
     + Maintenance
     + Send
     + Sync
@@ -95,6 +98,7 @@ impl<T> Store for T where
         + RateLimits
         + Revocations
         + SigningKeys
+        + IdpChecks
         + Maintenance
         + Send
         + Sync

@@ -273,8 +273,9 @@ pub struct IdpLogin {
     pub expires_at: i64,
 }
 
-/// A user of the identity provider as of their last sign-in: the claims their TEs carry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A user of the identity provider as of their last sign-in or check: the claims their TEs
+/// carry, and what the service checks them again with.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IdpUserRecord {
     /// `{iss}#{sub}`.
     pub key: String,
@@ -282,6 +283,12 @@ pub struct IdpUserRecord {
     pub name: String,
     pub groups: Vec<String>,
     pub updated_at: i64,
+    /// The provider's refresh and access tokens, sealed by the vault; `None` when it issued
+    /// none (or a refusal made them worthless).
+    pub refresh_token: Option<Vec<u8>>,
+    pub access_token: Option<Vec<u8>>,
+    /// When the provider last vouched for the user: their sign-in, or a check.
+    pub checked_at: i64,
 }
 
 /// The bound on pending records: sign-ins (`pending_flows`), upstream connects

@@ -44,6 +44,10 @@ pub trait Sessions {
     /// (sign-out at the issuer, an administrator's revocation, deprovisioning). The feed gets
     /// the user (every TE issued until now), or with a filter each grant revoked (kept until
     /// `feed_until`).
+    /// Every user holding an unrevoked grant, a live sign-in session or a live app session
+    /// at `now` (at start, those the config no longer names lose it all).
+    fn users_with_live_grants(&self, now: i64) -> Result<Vec<String>>;
+
     fn revoke_user(
         &self,
         user: &str,

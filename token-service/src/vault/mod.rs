@@ -19,9 +19,12 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::digest::{constant_time_eq, hash_secret};
+use crate::oidc::tokens::IdpTokens;
 use crate::random::random_token;
 use crate::scope::split_scope;
-use crate::store::{AuthorizeGrant, PendingLimit, Store, UpstreamFlow, UpstreamRecord};
+use crate::store::{
+    AuthorizeGrant, IdpUserRecord, PendingLimit, Store, UpstreamFlow, UpstreamRecord,
+};
 // The filter stops using a cached token on the same rule the vault refreshes it by.
 use provider::{Issued, Provider, ProviderError};
 use seal::{Kind, Sealer};
@@ -55,6 +58,13 @@ pub const CALLBACK_PATH: &str = "/upstream/callback";
 /// The "route" a sign-in's sealed verifier is bound to; its "user" is the flow's random id,
 /// which no user key (an email, or `{iss}#{sub}`) can equal.
 const LOGIN_BINDING: &str = "@login";
+
+/// A token sealed for a record, if there is one.
+pub type SealedToken = Option<Vec<u8>>;
+
+/// The "route" an identity-provider user's tokens are bound to; their "user" is the user's
+/// key, so a value copied to another user's row does not open.
+const IDP_BINDING: &str = "@idp";
 
 pub fn callback_url(config: &Config) -> String {
     format!("{}{CALLBACK_PATH}", config.authorization_server.issuer)
@@ -272,6 +282,37 @@ impl Vault {
         let sealed = B64.decode(sealed.as_bytes()).ok()?;
         self.sealer
             .open(flow_id, LOGIN_BINDING, Kind::Verifier, &sealed)
+    }
+
+    /// Seals the identity provider's tokens of `user` (refresh, access) for their record.
+    pub fn seal_idp_tokens(
+        &self,
+        user: &str,
+        tokens: &IdpTokens,
+    ) -> anyhow::Result<(SealedToken, SealedToken)> {
+        let seal = |kind, t: &Option<String>| {
+            t.as_deref()
+                .map(|t| self.sealer.seal(user, IDP_BINDING, kind, t))
+                .transpose()
+        };
+        Ok((
+            seal(Kind::Refresh, &tokens.refresh_token)?,
+            seal(Kind::Access, &tokens.access_token)?,
+        ))
+    }
+
+    /// The tokens of an identity-provider user's record; a value no configured key opens
+    /// reads as absent.
+    pub fn open_idp_tokens(&self, record: &IdpUserRecord) -> IdpTokens {
+        let open = |kind, sealed: &Option<Vec<u8>>| {
+            sealed
+                .as_deref()
+                .and_then(|s| self.sealer.open(&record.key, IDP_BINDING, kind, s))
+        };
+        IdpTokens {
+            refresh_token: open(Kind::Refresh, &record.refresh_token),
+            access_token: open(Kind::Access, &record.access_token),
+        }
     }
 
     /// Takes the flow a callback's `state` names (single use). Blocking (store).

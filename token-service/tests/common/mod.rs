@@ -517,6 +517,18 @@ impl Provider {
     /// The user's answer on the provider's page at `authorize_url`; returns the redirect
     /// back to the token service.
     pub async fn answer(&self, authorize_url: &str, decision: &str) -> url::Url {
+        self.answer_as(authorize_url, decision, "alice", "alice-password")
+            .await
+    }
+
+    /// [`Provider::answer`] signed in as `username`.
+    pub async fn answer_as(
+        &self,
+        authorize_url: &str,
+        decision: &str,
+        username: &str,
+        password: &str,
+    ) -> url::Url {
         let page = self.http.get(authorize_url).send().await.unwrap();
         assert_eq!(page.status(), 200);
         let body = page.text().await.unwrap();
@@ -528,8 +540,8 @@ impl Provider {
             .post(format!("{}/authorize", self.url))
             .form(&[
                 ("request", request),
-                ("username", "alice"),
-                ("password", "alice-password"),
+                ("username", username),
+                ("password", password),
                 ("decision", decision),
             ])
             .send()

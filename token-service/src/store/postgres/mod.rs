@@ -9,6 +9,7 @@
 mod app_sessions;
 mod clients;
 mod codes;
+mod idp_checks;
 mod import;
 mod pool;
 mod rate_limits;
@@ -30,6 +31,7 @@ use crate::store::records::{Grant, PendingLimit, Retention};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_initial.sql")),
     (2, include_str!("migrations/0002_replicas.sql")),
+    (3, include_str!("migrations/0003_idp_checks.sql")),
 ];
 
 /// Advisory lock keys (`pg_advisory_xact_lock(NAMESPACE, key)`): one per limit, and a second

@@ -154,6 +154,20 @@ impl Sessions for PostgresStore {
         })
     }
 
+    fn users_with_live_grants(&self, now: i64) -> Result<Vec<String>> {
+        self.with(|c| {
+            Ok(c.query(
+                "SELECT email FROM grants WHERE revoked_at IS NULL
+                 UNION SELECT email FROM sessions WHERE revoked_at IS NULL AND expires_at > $1
+                 UNION SELECT \"user\" FROM app_sessions WHERE expires_at > $1",
+                &[&now],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+        })
+    }
+
     fn revoke_user(
         &self,
         user: &str,

@@ -196,18 +196,26 @@ impl SignIns for PostgresStore {
 
     fn put_idp_user(&self, user: &IdpUserRecord) -> Result<()> {
         let groups = serde_json::to_string(&user.groups)?;
+        // A sign-in that brought no refresh token (providers issue one at the first consent
+        // only) keeps the one stored: the provider's earlier grant still checks the user.
         self.with(|c| {
             c.execute(
-                "INSERT INTO idp_users (key, email, name, groups_json, updated_at)
-                 VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO idp_users (key, email, name, groups_json, updated_at,
+                                        refresh_token, access_token, checked_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (key) DO UPDATE SET email = $2, name = $3, groups_json = $4,
-                     updated_at = $5",
+                     updated_at = $5,
+                     refresh_token = COALESCE($6, idp_users.refresh_token),
+                     access_token = COALESCE($7, idp_users.access_token), checked_at = $8",
                 &[
                     &user.key,
                     &user.email,
                     &user.name,
                     &groups,
                     &user.updated_at,
+                    &user.refresh_token,
+                    &user.access_token,
+                    &user.checked_at,
                 ],
             )?;
             Ok(())
@@ -215,22 +223,30 @@ impl SignIns for PostgresStore {
     }
 
     fn idp_user(&self, key: &str) -> Result<Option<IdpUserRecord>> {
-        let row: Option<(String, String, String, i64)> = self.with(|c| {
-            Ok(c.query_opt(
-                "SELECT email, name, groups_json, updated_at FROM idp_users WHERE key = $1",
+        let row = self.with(|c| {
+            c.query_opt(
+                "SELECT key, email, name, groups_json, updated_at,
+                        refresh_token, access_token, checked_at
+                 FROM idp_users WHERE key = $1",
                 &[&key],
-            )?
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+            )
         })?;
-        row.map(|(email, name, groups, updated_at)| {
-            Ok(IdpUserRecord {
-                key: key.to_owned(),
-                email,
-                name,
-                groups: serde_json::from_str(&groups).context("stored groups are malformed")?,
-                updated_at,
-            })
-        })
-        .transpose()
+        row.map(|r| idp_user_from_row(&r)).transpose()
     }
+}
+
+/// An `idp_users` row selected as `key, email, name, groups_json, updated_at, refresh_token,
+/// access_token, checked_at`.
+pub(super) fn idp_user_from_row(r: &postgres::Row) -> Result<IdpUserRecord> {
+    let groups: String = r.get(3);
+    Ok(IdpUserRecord {
+        key: r.get(0),
+        email: r.get(1),
+        name: r.get(2),
+        groups: serde_json::from_str(&groups).context("stored groups are malformed")?,
+        updated_at: r.get(4),
+        refresh_token: r.get(5),
+        access_token: r.get(6),
+        checked_at: r.get(7),
+    })
 }

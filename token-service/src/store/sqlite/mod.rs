@@ -5,6 +5,7 @@
 mod app_sessions;
 mod clients;
 mod codes;
+mod idp_checks;
 mod rate_limits;
 mod revocations;
 mod sessions;
@@ -36,6 +37,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("migrations/0010_owners.sql")),
     (11, include_str!("migrations/0011_revocations.sql")),
     (12, include_str!("migrations/0012_signing_keys.sql")),
+    (13, include_str!("migrations/0013_idp_checks.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {

@@ -167,6 +167,17 @@ impl Sessions for SqliteStore {
         Ok(n == 1)
     }
 
+    fn users_with_live_grants(&self, now: i64) -> Result<Vec<String>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT email FROM grants WHERE revoked_at IS NULL
+             UNION SELECT email FROM sessions WHERE revoked_at IS NULL AND expires_at > ?1
+             UNION SELECT user FROM app_sessions WHERE expires_at > ?1",
+        )?;
+        let rows = stmt.query_map([now], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+    }
+
     fn revoke_user(
         &self,
         user: &str,

@@ -168,16 +168,24 @@ impl SignIns for SqliteStore {
     }
 
     fn put_idp_user(&self, user: &IdpUserRecord) -> Result<()> {
+        // A sign-in that brought no refresh token (providers issue one at the first consent
+        // only) keeps the one stored: the provider's earlier grant still checks the user.
         self.conn()?.execute(
-            "INSERT INTO idp_users (key, email, name, groups_json, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (key) DO UPDATE SET email = ?2, name = ?3, groups_json = ?4, updated_at = ?5",
+            "INSERT INTO idp_users (key, email, name, groups_json, updated_at,
+                                    refresh_token, access_token, checked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (key) DO UPDATE SET email = ?2, name = ?3, groups_json = ?4,
+                 updated_at = ?5, refresh_token = COALESCE(?6, idp_users.refresh_token),
+                 access_token = COALESCE(?7, idp_users.access_token), checked_at = ?8",
             params![
                 user.key,
                 user.email,
                 user.name,
                 serde_json::to_string(&user.groups)?,
-                user.updated_at
+                user.updated_at,
+                user.refresh_token,
+                user.access_token,
+                user.checked_at
             ],
         )?;
         Ok(())
@@ -187,27 +195,33 @@ impl SignIns for SqliteStore {
         let row = self
             .conn()?
             .query_row(
-                "SELECT email, name, groups_json, updated_at FROM idp_users WHERE key = ?1",
+                "SELECT key, email, name, groups_json, updated_at,
+                        refresh_token, access_token, checked_at
+                 FROM idp_users WHERE key = ?1",
                 [key],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                },
+                idp_user_from_row,
             )
             .optional()?;
-        row.map(|(email, name, groups, updated_at)| {
-            Ok(IdpUserRecord {
-                key: key.to_owned(),
-                email,
-                name,
-                groups: serde_json::from_str(&groups).context("stored groups are malformed")?,
-                updated_at,
-            })
-        })
-        .transpose()
+        row.transpose()
     }
+}
+
+/// An `idp_users` row selected as `key, email, name, groups_json, updated_at, refresh_token,
+/// access_token, checked_at`.
+pub(super) fn idp_user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<IdpUserRecord>> {
+    let groups: String = r.get(3)?;
+    let record = IdpUserRecord {
+        key: r.get(0)?,
+        email: r.get(1)?,
+        name: r.get(2)?,
+        groups: Vec::new(),
+        updated_at: r.get(4)?,
+        refresh_token: r.get(5)?,
+        access_token: r.get(6)?,
+        checked_at: r.get(7)?,
+    };
+    Ok(serde_json::from_str(&groups)
+        .context("stored groups are malformed")
+        .map(|groups| IdpUserRecord { groups, ..record })
+        .map_err(Into::into))
 }
