@@ -354,6 +354,11 @@ def rendered_plugin_config(work: Path, upstream_port: int, jwks: dict) -> dict:
                     # No access log reads the authorize record here (render-envoy turns the
                     # filter state on for its own access log line).
                     plugin["authorize_filter_state"] = False
+                    # The revocation feed is on, as users run it: bench-upstream stands in
+                    # for the token service's internal listener and serves a feed of a few
+                    # hundred revoked grants and users (the check is a local look-up).
+                    plugin["token_service"] = {"cluster": "bench_upstream",
+                                               "authority": "bench-upstream", "timeout_ms": 2000}
                     return plugin
     raise BenchError("no plugin configuration found in the rendered bootstrap")
 

@@ -218,6 +218,7 @@ pub fn claims(issuer: &str, audience: &str, issued_at: u64, lifetime: u64) -> Va
         "client_id": "warden-e2e",
         "scope": "",
         "sid": "e2e-session",
+        "gid": "e2e-grant",
         "email": "demo@example.com",
         "name": "Demo User",
         "groups": ["demo"],

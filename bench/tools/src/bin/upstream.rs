@@ -4,7 +4,10 @@
 //! and dropped. It also stands in for the token service's internal listener, so the filter's
 //! upstream-token path can be measured: `POST /internal/v1/upstream-token` answers a token that
 //! never expires (after the first call per worker the filter serves it from its cache, which is
-//! what is measured). One thread (Tokio current-thread runtime), HTTP/1.1 keep-alive: it shares a
+//! what is measured). `GET /internal/v1/revocations?after=C` is the revocation feed: from 0, a
+//! page of `REVOKED` grant entries and a few users (none of them the benchmark's token), then
+//! empty pages at the same cursor, so the filter runs with the feed on and a revoked set of
+//! realistic size, as users will. One thread (Tokio current-thread runtime), HTTP/1.1 keep-alive: it shares a
 //! core with wrk and must stay far cheaper than the Envoy under test.
 
 use std::convert::Infallible;
@@ -19,6 +22,33 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
 const UPSTREAM_TOKEN_PATH: &str = "/internal/v1/upstream-token";
+const REVOCATIONS_PATH: &str = "/internal/v1/revocations";
+/// Revoked grants the feed holds (plus `REVOKED / 10` users).
+const REVOKED: i64 = 400;
+/// Year 2100: the entries outlive the benchmark.
+const FOREVER: i64 = 4_102_444_800;
+
+/// The feed's page after `after`: everything from 0, nothing new afterwards.
+fn revocation_page(after: i64) -> Bytes {
+    let last = REVOKED + REVOKED / 10;
+    if after >= last {
+        return Bytes::from(format!(r#"{{"cursor":{after},"entries":[],"more":false}}"#));
+    }
+    let entries: Vec<String> = (after + 1..=last)
+        .map(|seq| {
+            let (kind, id) = if seq <= REVOKED {
+                ("grant", format!("revoked-grant-{seq}"))
+            } else {
+                ("user", format!("revoked-user-{seq}@example.com"))
+            };
+            format!(r#"{{"seq":{seq},"kind":"{kind}","id":"{id}","at":0,"expires_at":{FOREVER}}}"#)
+        })
+        .collect();
+    Bytes::from(format!(
+        r#"{{"cursor":{last},"entries":[{}],"more":false}}"#,
+        entries.join(",")
+    ))
+}
 const UPSTREAM_TOKEN: &[u8] =
     br#"{"access_token":"bench-upstream-token","issued_at":0,"expires_at":null,"granted_at":0}"#;
 
@@ -29,6 +59,14 @@ async fn answer(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let body = if req.uri().path() == UPSTREAM_TOKEN_PATH {
         Bytes::from_static(UPSTREAM_TOKEN)
+    } else if req.uri().path() == REVOCATIONS_PATH {
+        let after = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("after="))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        revocation_page(after)
     } else if req.uri().path().ends_with("/list") {
         list
     } else {
