@@ -1023,3 +1023,160 @@ async fn a_replica_killed_under_load_loses_nothing() {
         "no upstream refresh token was replayed: {stats}"
     );
 }
+
+/// The kids of the JWKS `base` publishes.
+async fn published_kids(base: &str) -> Vec<String> {
+    let jwks: Value = http_client()
+        .get(format!("{base}/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `name: value` from `rotate-signing-key`'s output.
+fn rotation_field(out: &str, name: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {out}"))
+}
+
+/// Issue 18: `rotate-signing-key` run against the shared store while a client keeps
+/// refreshing (alternating replicas) and calling a tool through two Envoys of two workers,
+/// each fetching its JWKS from another replica: across the switch to the new key and past
+/// the old key's retirement no call fails, and every replica publishes the new key before the
+/// first TE signed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_keys_rotate_under_traffic_through_two_envoys_and_two_replicas() {
+    const CLIENT: &str = "rotation-client";
+    /// The old key retires this long (plus the filter's 30 s leeway) after the switch.
+    const ACCESS_TTL: u64 = 6;
+    const JWKS_REFRESH: u64 = 2;
+    /// Longer than the replicas' key reload (5 s) plus the filters' JWKS refresh.
+    const PUBLISH: u64 = 10;
+    let d = Deployment::start(DeploymentOptions::new("rotation", 2, 2).with_config(|c| {
+        preregistered(c, CLIENT);
+        c["authorization_server"]["access_token_ttl_seconds"] = json!(ACCESS_TTL);
+        c["authorization_server"]["signing_key"]["rotation_publish_seconds"] = json!(PUBLISH);
+        c["envoy"]["jwks_refresh_seconds"] = json!(JWKS_REFRESH);
+    }))
+    .await;
+    let bases: Vec<String> = d.replicas.iter().map(Replica::url).collect();
+    let old_kid = published_kids(&bases[0]).await[0].clone();
+    assert_eq!(published_kids(&bases[1]).await, vec![old_kid.clone()]);
+    let browser = Browser::new();
+    let (mut te, mut rt) = fresh_grant(&d, &browser, CLIENT, 0).await;
+    let mut te_at = Instant::now();
+
+    let mut rotation: Option<(String, u64, u64)> = None;
+    let mut published_everywhere: Option<u64> = None;
+    let mut first_new_te: Option<u64> = None;
+    let (mut calls, mut refreshes) = (0u32, 0usize);
+    let mut by_kid = std::collections::BTreeMap::<String, u32>::new();
+    let mut failures = Vec::new();
+    let started = Instant::now();
+    loop {
+        let now = jwt::now();
+        if let Some((new_kid, _, _)) = &rotation {
+            if published_everywhere.is_none() {
+                let mut everywhere = true;
+                for base in &bases {
+                    everywhere &= published_kids(base).await.contains(new_kid);
+                }
+                if everywhere {
+                    published_everywhere = Some(now);
+                }
+            }
+        }
+        if rotation.is_none() && started.elapsed() >= Duration::from_secs(2) {
+            let out = tokio::process::Command::new(Binaries::token_service())
+                .arg("rotate-signing-key")
+                .arg("--config")
+                .arg(&d.replicas[1].config_path)
+                .output()
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let new_kid = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("kid: "))
+                .unwrap()
+                .to_owned();
+            assert_ne!(new_kid, old_kid);
+            rotation = Some((
+                new_kid,
+                rotation_field(&stdout, "signs_from"),
+                rotation_field(&stdout, "previous_keys_retire_at"),
+            ));
+        }
+        // A client refreshing every second, on either replica in turn.
+        if te_at.elapsed() >= Duration::from_secs(1) {
+            let t = refresh(&bases[refreshes % 2], CLIENT, &rt).await;
+            refreshes += 1;
+            te = t["access_token"].as_str().unwrap().to_owned();
+            rt = t["refresh_token"].as_str().unwrap().to_owned();
+            te_at = Instant::now();
+        }
+        let signed_with = kid(&te);
+        if let Some((new_kid, signs_from, _)) = &rotation {
+            if signed_with == *new_kid && first_new_te.is_none() {
+                first_new_te = Some(now);
+                assert!(
+                    published_everywhere.is_some(),
+                    "a TE signed with {new_kid} before every replica published it"
+                );
+                assert!(now >= *signs_from, "signed before signs_from");
+            }
+        }
+        *by_kid.entry(signed_with.clone()).or_default() += 1;
+        // Both Envoys, on connections of their own (both workers take some).
+        for m in [0, 1, 0, 1] {
+            let r = d.whoami(m, &te).await;
+            calls += 1;
+            if r.status != 200 {
+                failures.push(format!(
+                    "Envoy {m} at {now} with {signed_with}: {}",
+                    r.status
+                ));
+            }
+        }
+        if let Some((_, _, retire_at)) = rotation {
+            if now > retire_at + JWKS_REFRESH + 2 {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "test ran too long"
+        );
+        // Pacing the client, not waiting for anything.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let (new_kid, _, _) = rotation.unwrap();
+    eprintln!(
+        "rotation through 2 Envoys x 2 workers x 2 replicas on {}: {calls} calls, {refreshes} refreshes, calls per key {by_kid:?}, failures {}",
+        d.backend(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(first_new_te.is_some(), "no TE was signed with the new key");
+    assert!(by_kid.get(&old_kid).is_some_and(|n| *n > 0));
+    for base in &bases {
+        assert_eq!(published_kids(base).await, vec![new_kid.clone()], "{base}");
+    }
+}
