@@ -678,6 +678,8 @@ def counter(cfg: Config, name: str) -> int:
 
 
 ALLOWED_COUNTER = "wasmcustom.mcp_warden.requests_allowed"
+POLL_OK_COUNTER = "wasmcustom.mcp_warden.revocation_poll_ok"
+POLL_FAILED_COUNTER = "wasmcustom.mcp_warden.revocation_poll_failed"
 
 
 def wait_counter(cfg: Config, name: str, at_least: int, timeout: float = 3.0) -> int:
@@ -710,6 +712,12 @@ def probe(cfg: Config, token: str):
         after = wait_counter(cfg, ALLOWED_COUNTER, before + len(cfg.cases))
         if after - before < len(cfg.cases):
             raise BenchError(f"{cfg.name}: {ALLOWED_COUNTER} went {before} -> {after} for {len(cfg.cases)} requests")
+    # The revocation feed is really on: the filter has read it (and never failed to).
+    if cfg.warden and not cfg.name.startswith(("warden-baseline", "variant-")):
+        polls = wait_counter(cfg, POLL_OK_COUNTER, 1)
+        failed = counter(cfg, POLL_FAILED_COUNTER)
+        if polls < 1 or failed:
+            raise BenchError(f"{cfg.name}: revocation feed polls ok {polls}, failed {failed}\n{tail(cfg.log)}")
     # The checks are really in force: the configurations compared do the same work.
     small = CASES["call-small/direct"]
     if cfg.checks_token:
