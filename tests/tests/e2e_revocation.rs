@@ -160,9 +160,18 @@ async fn a_stale_feed_fails_closed_with_a_jsonrpc_error_and_recovers_by_itself()
         .envoy_stats("mcp_warden.denied_revocation_feed_stale")
         .await;
     assert!(counted.values().sum::<u64>() > 0, "{counted:?}");
-    assert!(stack
+    // The worker that saw it stale says so in Envoy's log (written as it goes, read here).
+    let said = Instant::now();
+    while !stack
         .envoy_log()
-        .contains("revocation feed has not answered"));
+        .contains("revocation feed has not answered")
+    {
+        assert!(
+            said.elapsed() < Duration::from_secs(10),
+            "no log line says the feed is stale"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
 
     // The same Envoy serves again once the feed answers.
     stack.restart_token_service().await;
