@@ -69,7 +69,7 @@ check-imports:
 ## Offline schema validation of Kubernetes, Istio and Gateway API objects (tests/schemas/README.md):
 ## the fixtures in tests/manifests/ (valid/ must pass, each invalid/ must fail for its `# expect:`)
 ## and the rendered deploy/kubernetes.yaml and deploy/istio.yaml. The validator's packages go
-## into the venv once (the stamp names the pins).
+## into the venv once (a stamp, redone when scripts/requirements-manifests.txt changes).
 MANIFEST_TOOLS := $(VENV)/.manifest-tools.stamp
 $(MANIFEST_TOOLS): scripts/requirements-manifests.txt | $(ENVOY)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-manifests.txt
