@@ -25,6 +25,7 @@ WANTED = {
     ("networking.istio.io", "v1", "VirtualService"),
     ("networking.istio.io", "v1", "ServiceEntry"),
     ("networking.istio.io", "v1", "DestinationRule"),
+    ("networking.istio.io", "v1alpha3", "EnvoyFilter"),
     ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
 }
 
