@@ -799,6 +799,37 @@ fn the_gateway_serves_every_host_with_tls_where_https() {
             serde_json::json!(["istio-system/mcp-gateway"])
         );
     }
+    // A root route on the issuer's host would hide the token service there.
+    let text = config_with(|v| {
+        v["routes"][2]["from"] = "https://auth.example.com".into();
+    });
+    let e = render(&text, Target::Istio).unwrap_err();
+    assert!(e.starts_with("routes[2].prefix"), "{e}");
+    // With a prefix it shares the host: the issuer's route comes last.
+    let text = config_with(|v| {
+        v["routes"][2]["from"] = "https://auth.example.com".into();
+        v["routes"][2]["prefix"] = "/chat".into();
+    });
+    let shared = parse_docs(&render(&text, Target::Istio).unwrap());
+    let vs = all(&shared, "VirtualService")
+        .into_iter()
+        .find(|v| v["spec"]["hosts"][0] == "auth.example.com")
+        .unwrap();
+    let names: Vec<&str> = vs["spec"]["http"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "mcp-warden.token-service",
+            "mcp-warden:chat",
+            "mcp-warden:chat",
+            "mcp-warden.issuer"
+        ]
+    );
     let text = config_with(|v| {
         v["kubernetes"]["gateway"]
             .as_object_mut()

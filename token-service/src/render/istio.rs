@@ -67,6 +67,11 @@ fn hosts(plan: &Plan<'_>) -> Result<Vec<Host>, String> {
         let path = ResourceUrl::parse(&r.resource())
             .map_err(|e| format!("routes[{i}].prefix: {e}"))?
             .path;
+        if path.is_empty() && name == hosts[0].name {
+            return Err(format!(
+                "routes[{i}].prefix: a route for all of {name} would take the issuer's paths from the token service: give it a prefix, or another host"
+            ));
+        }
         match hosts.iter_mut().find(|h| h.name == name) {
             Some(h) => {
                 if h.https != https {
