@@ -2,8 +2,8 @@
 //!
 //! Parsing goes through `serde_path_to_error` and validation names the field path, so an
 //! operator sees `authorization_server.issuer: ...` rather than a bare serde message.
-//! Sections owned by other components (`envoy`, the MCP and policy parts of `routes`) are
-//! accepted and ignored here.
+//! Sections owned by other components (`envoy`, the MCP and policy parts of `routes`,
+//! `kubernetes` for `render`) are accepted and ignored here.
 
 use std::collections::BTreeSet;
 use std::fmt;
