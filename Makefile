@@ -63,7 +63,7 @@ envoy-yaml: build
 	$(BIN)/warden-token-service render-envoy --wasm $(WASM) > envoy.yaml
 
 ## deploy/kubernetes.yaml and deploy/istio.yaml are rendered from deploy/warden.yaml; this fails
-## if they drifted. The WasmPlugin pins the filter image by digest: `make images` writes it to
+## if they drifted. The EnvoyFilter pins the filter image by digest: `make images` writes it to
 ## target/images/filter.digest (FILTER_DIGEST=sha256:<hex> overrides it).
 FILTER_DIGEST ?= $(shell cat target/images/filter.digest 2>/dev/null)
 DEPLOY_RENDER = $(BIN)/warden-token-service render --config deploy/warden.yaml

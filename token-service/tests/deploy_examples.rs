@@ -9,16 +9,20 @@ fn root() -> &'static Path {
 }
 
 #[test]
-fn deploy_istio_wasmplugin_config_is_accepted_by_the_filter() {
+fn deploy_istio_filter_config_is_accepted_by_the_filter() {
     // deploy/istio.yaml is rendered (`make deploy-yaml`, checked by `make check-deploy-yaml`);
     // this checks the committed file itself.
     let text = std::fs::read_to_string(root().join("deploy/istio.yaml")).unwrap();
-    let plugin = text
+    let filter = text
         .split("\n---\n")
         .map(|d| serde_yaml::from_str::<serde_json::Value>(d).unwrap())
-        .find(|d| d["kind"] == "WasmPlugin")
-        .expect("deploy/istio.yaml has a WasmPlugin");
-    let config = plugin["spec"]["pluginConfig"].to_string();
+        .find(|d| d["kind"] == "EnvoyFilter")
+        .expect("deploy/istio.yaml has an EnvoyFilter");
+    let config = filter["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]
+        ["configuration"]["value"]
+        .as_str()
+        .expect("the filter's plugin configuration")
+        .to_owned();
     let compiled = warden_core::config::CompiledConfig::from_json(config.as_bytes())
         .unwrap_or_else(|e| panic!("deploy/istio.yaml: {e}"));
     assert_eq!(compiled.routes[0].resource, "https://mcp.example.com/crm");

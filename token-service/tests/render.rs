@@ -106,7 +106,7 @@ fn objects_come_in_a_stable_order_and_render_the_same_twice() {
             "VirtualService",
             "VirtualService",
             "ServiceEntry",
-            "WasmPlugin"
+            "EnvoyFilter"
         ]
     );
     assert_eq!(k, render(&example(), Target::Kubernetes).unwrap());
@@ -117,7 +117,7 @@ fn objects_come_in_a_stable_order_and_render_the_same_twice() {
 #[test]
 fn the_filter_reaches_the_token_service_through_istios_cluster_names() {
     let docs = parse_docs(&render(&example(), Target::Istio).unwrap());
-    let plugin = &one(&docs, "WasmPlugin")["spec"]["pluginConfig"];
+    let plugin = &plugin_config(&docs);
     assert_eq!(
         plugin["jwks"]["cluster"],
         "outbound|80||warden-token-service.mcp.svc.cluster.local"
@@ -163,29 +163,73 @@ fn the_filter_reaches_the_token_service_through_istios_cluster_names() {
     assert_eq!(ports, [("http".into(), 80), ("internal".into(), 9101)]);
 }
 
-#[test]
-fn the_wasm_plugin_pulls_the_filter_by_digest_and_fails_closed() {
-    let docs = parse_docs(&render(&example(), Target::Istio).unwrap());
-    let plugin = one(&docs, "WasmPlugin");
-    let spec = &plugin["spec"];
-    assert_eq!(plugin["metadata"]["namespace"], "istio-system");
+/// The Wasm filter's configuration: the EnvoyFilter's extension config.
+fn wasm_config(docs: &[Value]) -> Value {
+    let filter = one(docs, "EnvoyFilter");
+    let patches = filter["spec"]["configPatches"].as_array().unwrap();
+    let extension = patches
+        .iter()
+        .find(|p| p["applyTo"] == "EXTENSION_CONFIG")
+        .unwrap_or_else(|| panic!("no EXTENSION_CONFIG: {filter}"));
+    assert_eq!(extension["patch"]["operation"], "ADD");
+    let value = &extension["patch"]["value"];
+    assert_eq!(value["name"], "mcp-warden");
     assert_eq!(
-        spec["url"],
-        format!("oci://registry.example.com/mcp-warden/filter@{FILTER_DIGEST}")
+        value["typed_config"]["@type"],
+        "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
     );
-    assert_eq!(spec["phase"], "AUTHN");
-    assert_eq!(spec["failStrategy"], "FAIL_CLOSE");
-    assert_eq!(spec["imagePullPolicy"], "IfNotPresent");
+    value["typed_config"]["config"].clone()
+}
+
+/// The filter's plugin configuration, as the gateway's Wasm filter gets it.
+fn plugin_config(docs: &[Value]) -> Value {
+    let config = wasm_config(docs);
     assert_eq!(
-        spec["selector"]["matchLabels"],
+        config["configuration"]["@type"],
+        "type.googleapis.com/google.protobuf.StringValue"
+    );
+    serde_json::from_str(config["configuration"]["value"].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn the_gateway_pulls_the_filter_by_digest_holds_headers_for_the_body_and_fails_closed() {
+    let docs = parse_docs(&render(&example(), Target::Istio).unwrap());
+    let filter = one(&docs, "EnvoyFilter");
+    assert_eq!(filter["apiVersion"], "networking.istio.io/v1alpha3");
+    assert_eq!(filter["metadata"]["namespace"], "istio-system");
+    assert_eq!(
+        filter["spec"]["workloadSelector"]["labels"],
         serde_json::json!({"istio": "ingressgateway"})
     );
+    let config = wasm_config(&docs);
+    let vm = &config["vm_config"];
     assert_eq!(
-        spec["vmConfig"]["env"],
-        serde_json::json!([
-            {"name": "MCP_WARDEN_SESSION_KEY", "valueFrom": "HOST"},
-            {"name": "MCP_WARDEN_INTERNAL_CREDENTIAL", "valueFrom": "HOST"},
-        ])
+        vm["code"]["remote"]["http_uri"]["uri"],
+        format!("oci://registry.example.com/mcp-warden/filter@{FILTER_DIGEST}")
+    );
+    assert_eq!(config["failure_policy"], "FAIL_CLOSED");
+    // What a WasmPlugin cannot say: the filter reads the body before the headers go on.
+    assert_eq!(config["allow_on_headers_stop_iteration"], true);
+    assert_eq!(config["root_id"], "mcp-warden");
+    assert_eq!(
+        vm["environment_variables"]["host_env_keys"],
+        serde_json::json!(["MCP_WARDEN_SESSION_KEY", "MCP_WARDEN_INTERNAL_CREDENTIAL"])
+    );
+    // First in every gateway HTTP chain, loaded before the listener takes traffic.
+    let insert = filter["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["applyTo"] == "HTTP_FILTER")
+        .unwrap();
+    assert_eq!(insert["match"]["context"], "GATEWAY");
+    assert_eq!(insert["patch"]["operation"], "INSERT_FIRST");
+    let discovery = &insert["patch"]["value"]["config_discovery"];
+    assert_eq!(insert["patch"]["value"]["name"], "mcp-warden");
+    assert_eq!(discovery["config_source"]["initial_fetch_timeout"], "0s");
+    assert_eq!(
+        discovery["type_urls"],
+        serde_json::json!(["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"])
     );
 }
 
@@ -194,7 +238,7 @@ fn the_plugin_config_is_the_envoy_bootstraps_but_for_the_clusters() {
     // A config the Envoy render can load too (no secret file).
     let text = plain_config();
     let docs = parse_docs(&render(&text, Target::Istio).unwrap());
-    let mut istio = one(&docs, "WasmPlugin")["spec"]["pluginConfig"].clone();
+    let mut istio = plugin_config(&docs);
     let config = Config::from_yaml(&text).unwrap();
     let input = warden_token_service::render::EnvoyInput::from_config(&config, "f.wasm");
     let mut envoy =
@@ -362,7 +406,7 @@ fn every_named_secret_is_referenced() {
             assert!(out.contains(line), "{out}");
         }
         if target == Target::Istio {
-            let annotations = &one(&docs, "WasmPlugin")["metadata"]["annotations"];
+            let annotations = &one(&docs, "EnvoyFilter")["metadata"]["annotations"];
             assert_eq!(
                 annotations["mcp-warden.dev/session-key-secret"],
                 "warden-session-key"

@@ -1,7 +1,8 @@
 //! `render --target istio`: the token service's objects (as `--target kubernetes`, without
 //! the HTTPRoute), and the gateway's: a Gateway, a VirtualService per host with the routing
 //! the Envoy bootstrap has, ServiceEntries for upstreams outside the cluster, and the
-//! WasmPlugin with the filter's plugin configuration, its clusters named as Istio names them.
+//! EnvoyFilter that loads the filter with its plugin configuration, its clusters named as Istio
+//! names them.
 
 use serde_json::{json, Value};
 use warden_core::config::ENVOY_ROUTE_PREFIX;
@@ -13,8 +14,11 @@ use super::plugin::{
     SESSION_KEY_ENV, TOKEN_SERVICE_PREFIXES, TOKEN_SERVICE_ROUTE,
 };
 
-/// The WasmPlugin's name (and the filter's root id, as in the Envoy bootstrap).
-pub const WASM_PLUGIN: &str = "mcp-warden";
+/// The EnvoyFilter's name, the extension config's and the filter's root id (as in the Envoy
+/// bootstrap).
+pub const WASM_FILTER: &str = "mcp-warden";
+
+const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
 /// The VirtualService http route sending the issuer's host to the token service.
 pub const ISSUER_ROUTE: &str = "mcp-warden.issuer";
@@ -31,7 +35,7 @@ pub fn filter_targets(plan: &Plan<'_>) -> FilterTargets {
     }
 }
 
-/// The WasmPlugin's `pluginConfig`, compiled as the filter compiles it: a render the filter
+/// The filter's plugin configuration, compiled as the filter compiles it: a render the filter
 /// would refuse is an error here.
 pub fn plugin_config(plan: &Plan<'_>) -> Result<Value, String> {
     let input = EnvoyInput::from_config(plan.config, "");
@@ -138,7 +142,7 @@ fn gateway(plan: &Plan<'_>, hosts: &[Host]) -> Result<Value, String> {
 
 /// A Kubernetes object name for a host's objects (`mcp-warden.<host>`: a DNS subdomain).
 fn object_name(host: &str) -> Result<String, String> {
-    let name = format!("{WASM_PLUGIN}.{host}");
+    let name = format!("{WASM_FILTER}.{host}");
     if name.len() > 253 {
         return Err(format!("{host}: too long for an object name"));
     }
@@ -252,14 +256,23 @@ fn service_entries(plan: &Plan<'_>) -> Result<Vec<Value>, String> {
         .collect()
 }
 
-fn wasm_plugin(plan: &Plan<'_>, filter_digest: &str) -> Result<Value, String> {
+/// The filter in the gateway, as an EnvoyFilter rather than a WasmPlugin: the filter holds a
+/// request's headers while it reads the body (to judge the call before anything goes
+/// upstream), which needs the Wasm filter's `allow_on_headers_stop_iteration`. Istio's
+/// WasmPlugin never sets it, and without it Envoy turns the filter's pause into "stop all" and
+/// never hands it the body: every POST would wait for its timeout. So the render gives the
+/// filter's whole configuration as the extension config istiod serves (ECDS, the module pulled
+/// from `oci://` by the agent as for a WasmPlugin) and puts it first in the gateway's chain
+/// (where a WasmPlugin's AUTHN phase would be), failing closed.
+fn envoy_filter(plan: &Plan<'_>, filter_digest: &str) -> Result<Value, String> {
     let g = &plan.k.gateway;
     let s = &plan.k.secrets;
+    let plugin = serde_json::to_string(&plugin_config(plan)?).map_err(|e| e.to_string())?;
     Ok(json!({
-        "apiVersion": "extensions.istio.io/v1alpha1",
-        "kind": "WasmPlugin",
+        "apiVersion": "networking.istio.io/v1alpha3",
+        "kind": "EnvoyFilter",
         "metadata": {
-            "name": WASM_PLUGIN,
+            "name": WASM_FILTER,
             "namespace": g.namespace,
             // Where the gateway's environment comes from (the gateway's Deployment is not
             // rendered): names, never values.
@@ -269,17 +282,58 @@ fn wasm_plugin(plan: &Plan<'_>, filter_digest: &str) -> Result<Value, String> {
             },
         },
         "spec": {
-            "selector": {"matchLabels": g.selector},
-            "url": format!("oci://{}@{filter_digest}", plan.k.images.filter),
-            "imagePullPolicy": "IfNotPresent",
-            "pluginName": WASM_PLUGIN,
-            "phase": "AUTHN",
-            "failStrategy": "FAIL_CLOSE",
-            "pluginConfig": plugin_config(plan)?,
-            "vmConfig": {"env": [
-                {"name": SESSION_KEY_ENV, "valueFrom": "HOST"},
-                {"name": INTERNAL_CREDENTIAL_ENV, "valueFrom": "HOST"},
-            ]},
+            "workloadSelector": {"labels": g.selector},
+            "configPatches": [
+                {
+                    "applyTo": "EXTENSION_CONFIG",
+                    "patch": {"operation": "ADD", "value": {
+                        "name": WASM_FILTER,
+                        "typed_config": {
+                            "@type": WASM_TYPE_URL,
+                            "config": {
+                                "name": WASM_FILTER,
+                                "root_id": WASM_FILTER,
+                                "failure_policy": "FAIL_CLOSED",
+                                "allow_on_headers_stop_iteration": true,
+                                "configuration": {
+                                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                                    "value": plugin,
+                                },
+                                "vm_config": {
+                                    "vm_id": WASM_FILTER,
+                                    "runtime": "envoy.wasm.runtime.v8",
+                                    // As istiod writes a WasmPlugin's: the agent pulls it (the
+                                    // cluster is never used).
+                                    "code": {"remote": {"http_uri": {
+                                        "uri": format!("oci://{}@{filter_digest}", plan.k.images.filter),
+                                        "cluster": "_",
+                                        "timeout": "30s",
+                                    }}},
+                                    "environment_variables": {
+                                        "host_env_keys": [SESSION_KEY_ENV, INTERNAL_CREDENTIAL_ENV],
+                                        "key_values": {"ISTIO_META_WASM_IMAGE_PULL_POLICY": "IfNotPresent"},
+                                    },
+                                },
+                            },
+                        },
+                    }},
+                },
+                {
+                    "applyTo": "HTTP_FILTER",
+                    "match": {
+                        "context": "GATEWAY",
+                        "listener": {"filterChain": {"filter": {"name": "envoy.filters.network.http_connection_manager"}}},
+                    },
+                    "patch": {"operation": "INSERT_FIRST", "value": {
+                        "name": WASM_FILTER,
+                        // No timeout: until the filter is loaded, the listener takes no traffic.
+                        "config_discovery": {
+                            "config_source": {"ads": {}, "initial_fetch_timeout": "0s"},
+                            "type_urls": [WASM_TYPE_URL],
+                        },
+                    }},
+                },
+            ],
         },
     }))
 }
@@ -295,6 +349,6 @@ pub fn render(plan: &Plan<'_>, filter_digest: &str) -> Result<String, String> {
         objects.push(virtual_service(plan, host)?);
     }
     objects.extend(service_entries(plan)?);
-    objects.push(wasm_plugin(plan, filter_digest)?);
+    objects.push(envoy_filter(plan, filter_digest)?);
     to_yaml(&header(plan, "istio"), &objects)
 }

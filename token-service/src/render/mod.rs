@@ -15,7 +15,7 @@ pub use plugin::*;
 pub enum Target {
     /// The token service's objects and an HTTPRoute for the issuer.
     Kubernetes,
-    /// The token service's objects and the Istio gateway's (WasmPlugin included).
+    /// The token service's objects and the Istio gateway's (the filter's EnvoyFilter included).
     Istio,
 }
 
@@ -37,7 +37,7 @@ pub fn manifests(config_text: &str, target: Target, digests: &Digests) -> Result
         Target::Kubernetes => kubernetes::render(&plan),
         Target::Istio => {
             let digest = digests.filter.as_deref().ok_or(
-                "--filter-digest sha256:<hex> is required with --target istio: the WasmPlugin pulls the filter by digest (`make images` writes it to target/images/filter.digest)",
+                "--filter-digest sha256:<hex> is required with --target istio: the gateway pulls the filter by digest (`make images` writes it to target/images/filter.digest)",
             )?;
             istio::render(&plan, digest)
         }

@@ -1,5 +1,5 @@
 //! What every render shares: the render input taken from the operator config, and the
-//! filter's plugin configuration, the same for the Envoy bootstrap and Istio's WasmPlugin
+//! filter's plugin configuration, the same for the Envoy bootstrap and Istio's EnvoyFilter
 //! (only the cluster names differ), so the filter's matching comes from one source.
 
 use warden_core::config::{
