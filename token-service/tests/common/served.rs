@@ -210,12 +210,14 @@ pub async fn wait_readyz(
     }
 }
 
-/// Polls until connecting to `addr` is refused; fails after `timeout`.
+/// Polls until connecting to `addr` is refused; fails after `timeout` (a connection
+/// accepted, or a connect left hanging by a full accept queue, is not a refusal).
 pub async fn wait_refused(addr: SocketAddr, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        match tokio::net::TcpStream::connect(addr).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
             other => {
                 assert!(
                     Instant::now() < deadline,
