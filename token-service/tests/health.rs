@@ -231,3 +231,78 @@ async fn a_request_that_never_ends_is_cut_at_the_shutdown_grace() {
     let cut = read_answer(&mut post.conn).await;
     assert!(cut.raw.is_empty(), "{}", cut.raw);
 }
+
+#[tokio::test]
+async fn sigterm_while_migrations_wait_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), 20);
+    let db = rusqlite::Connection::open(dir.path().join("warden.db")).unwrap();
+    let _: String = db
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let mut served = Served::spawn(&config);
+    let addr = served.wait_addr("starting on ");
+    let ready = get(addr, "/readyz").await.unwrap();
+    assert_eq!(ready.status(), 503, "{}", ready.raw);
+    served.sigterm();
+    let signalled = Instant::now();
+    // Start-up is abandoned (the migration's wait for the lock too): out in about a second,
+    // not after the database's busy timeout and a retry.
+    let status = served
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "still running 10 s after SIGTERM; log:\n{}",
+                served.log_text()
+            )
+        });
+    assert_eq!(status.code(), Some(0), "{}", served.log_text());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        signalled.elapsed()
+    );
+    db.execute_batch("COMMIT").unwrap();
+}
+
+#[test]
+fn shutdown_grace_is_validated_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = |grace: u64| with_grace(&config_yaml(dir.path(), "", "ES256"), grace);
+    let config = warden_token_service::Config::from_yaml(&yaml(7)).unwrap();
+    assert_eq!(config.authorization_server.shutdown_grace_seconds, 7);
+    let default =
+        warden_token_service::Config::from_yaml(&config_yaml(dir.path(), "", "ES256")).unwrap();
+    assert_eq!(default.authorization_server.shutdown_grace_seconds, 20);
+    for bad in [0, 301] {
+        let e = warden_token_service::Config::from_yaml(&yaml(bad)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("authorization_server.shutdown_grace_seconds"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn readyz_in_process_is_200_until_shutdown_begins() {
+    let env = TestEnv::new();
+    let r = env.get("/readyz").await;
+    assert_eq!(r.status, axum::http::StatusCode::OK, "{}", r.body);
+    assert_eq!(r.header("cache-control"), "no-store");
+    assert_eq!(r.json(), serde_json::json!({"ready": true}));
+    env.state.health().begin_shutdown();
+    let r = env.get("/readyz").await;
+    assert_eq!(
+        r.status,
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        r.body
+    );
+    assert_eq!(r.json()["reason"], "shutting down");
+    // Alive all the same.
+    assert_eq!(env.get("/healthz").await.status, axum::http::StatusCode::OK);
+}

@@ -482,12 +482,18 @@ async fn readyz_is_503_while_another_replica_holds_the_migration_lock() {
     let url = db.url.clone();
     let holder = std::thread::spawn(move || {
         let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        c.execute("SELECT pg_advisory_lock($1, $2)", &[&0x5741_5244_i32, &1_i32])
-            .unwrap();
+        c.execute(
+            "SELECT pg_advisory_lock($1, $2)",
+            &[&0x5741_5244_i32, &1_i32],
+        )
+        .unwrap();
         held.send(()).unwrap();
         let _ = released.recv();
-        c.execute("SELECT pg_advisory_unlock($1, $2)", &[&0x5741_5244_i32, &1_i32])
-            .unwrap();
+        c.execute(
+            "SELECT pg_advisory_unlock($1, $2)",
+            &[&0x5741_5244_i32, &1_i32],
+        )
+        .unwrap();
     });
     holding.recv().unwrap();
 
@@ -517,7 +523,10 @@ async fn readyz_is_503_while_another_replica_holds_the_migration_lock() {
     })
     .await
     .unwrap();
-    assert_eq!(waiting, 1, "the service never waited for the migration lock");
+    assert_eq!(
+        waiting, 1,
+        "the service never waited for the migration lock"
+    );
     let ready = get(addr, "/readyz").await.unwrap();
     assert_eq!(ready.status(), 503, "{}", ready.raw);
     assert_eq!(
