@@ -99,9 +99,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
     };
     let public = bind(config.authorization_server.listen).await?;
-    let internal = match config.uses_internal_listener() {
-        true => Some(bind(config.authorization_server.internal_listen).await?),
-        false => None,
+    let internal = if config.uses_internal_listener() {
+        Some(bind(config.authorization_server.internal_listen).await?)
+    } else {
+        None
     };
     let addr = public.local_addr()?;
     let internal_addr = internal.as_ref().map(TcpListener::local_addr).transpose()?;
