@@ -64,8 +64,7 @@ pub fn app(state: AppState) -> Router {
     routes::router(state)
 }
 
-/// Binds `authorization_server.listen` (and `internal_listen` when a route uses upstream
-/// OAuth or passes identity headers) first, answering `/healthz` and `/readyz` (`503`) while
+/// Binds `authorization_server.listen` and `internal_listen` first, answering `/healthz` and `/readyz` (`503`) while
 /// the store opens, migrations run and the keys load; then serves until Ctrl-C / SIGTERM, and
 /// drains (`listener`: new connections refused, requests in progress finished within
 /// `shutdown_grace_seconds`).
