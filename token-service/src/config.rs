@@ -2,8 +2,8 @@
 //!
 //! Parsing goes through `serde_path_to_error` and validation names the field path, so an
 //! operator sees `authorization_server.issuer: ...` rather than a bare serde message.
-//! Sections owned by other components (`envoy`, the MCP and policy parts of `routes`) are
-//! accepted and ignored here.
+//! Sections owned by other components (`envoy`, the MCP and policy parts of `routes`,
+//! `kubernetes` for `render`) are accepted and ignored here.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -35,6 +35,17 @@ pub struct Config {
     /// rendered into the plugin configuration as it is.
     #[serde(default)]
     pub revocation: warden_core::revocation::FeedRules,
+    /// Names, images and Secrets for `render --target kubernetes|istio`; `serve` ignores it.
+    #[serde(default)]
+    pub kubernetes: Option<crate::config_kubernetes::KubernetesConfig>,
+}
+
+/// Whether loading reads the files secrets live in (`*_file`). A render runs where they do
+/// not exist (they are mounted into the pod): it checks everything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SecretFiles {
+    Read,
+    Skip,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -330,7 +341,7 @@ impl PostgresConfig {
         self.url.as_deref().unwrap_or_default()
     }
 
-    fn read_url_file(&mut self) -> Result<(), ConfigError> {
+    fn read_url_file(&mut self, files: SecretFiles) -> Result<(), ConfigError> {
         let Some(path) = &self.url_file else {
             return Ok(());
         };
@@ -339,6 +350,9 @@ impl PostgresConfig {
                 "storage.postgres.url_file",
                 "give url or url_file, not both",
             ));
+        }
+        if files == SecretFiles::Skip {
+            return Ok(());
         }
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::new(
@@ -352,12 +366,20 @@ impl PostgresConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let Some(url) = self.url.as_deref() else {
+            // Left unread (`SecretFiles::Skip`): the pod reads it; the rest is checked.
+            if self.url_file.is_some() {
+                return self.validate_max_connections();
+            }
             return Err(ConfigError::new(
                 "storage.postgres.url",
                 "required (or url_file)",
             ));
         };
         crate::pg_url::parse(url).map_err(|m| ConfigError::new("storage.postgres.url", m))?;
+        self.validate_max_connections()
+    }
+
+    fn validate_max_connections(&self) -> Result<(), ConfigError> {
         if !(1..=MAX_PG_CONNECTIONS).contains(&self.max_connections) {
             return Err(ConfigError::new(
                 "storage.postgres.max_connections",
@@ -547,6 +569,7 @@ fn read_secret_file(
     secret: &mut Option<String>,
     file: Option<&Path>,
     at: &str,
+    files: SecretFiles,
 ) -> Result<(), ConfigError> {
     let Some(path) = file else {
         return Ok(());
@@ -556,6 +579,9 @@ fn read_secret_file(
             format!("{at}.client_secret_file"),
             "give client_secret or client_secret_file, not both",
         ));
+    }
+    if files == SecretFiles::Skip {
+        return Ok(());
     }
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::new(
@@ -864,11 +890,12 @@ impl fmt::Debug for UpstreamOAuth2Config {
 }
 
 impl UpstreamOAuth2Config {
-    fn read_secret_file(&mut self, at: &str) -> Result<(), ConfigError> {
+    fn read_secret_file(&mut self, at: &str, files: SecretFiles) -> Result<(), ConfigError> {
         read_secret_file(
             &mut self.client_secret,
             self.client_secret_file.as_deref(),
             at,
+            files,
         )
     }
 
@@ -1009,7 +1036,7 @@ const MIN_INITIAL_ACCESS_TOKEN_LEN: usize = 16;
 impl RegistrationConfig {
     /// Reads `initial_access_token_file` into `initial_access_token` (trailing line end
     /// dropped), so a missing or unreadable file fails at load, naming the field.
-    fn read_token_file(&mut self) -> Result<(), ConfigError> {
+    fn read_token_file(&mut self, files: SecretFiles) -> Result<(), ConfigError> {
         const AT: &str = "authorization_server.registration";
         let Some(path) = &self.initial_access_token_file else {
             return Ok(());
@@ -1019,6 +1046,9 @@ impl RegistrationConfig {
                 format!("{AT}.initial_access_token_file"),
                 "set initial_access_token or initial_access_token_file, not both",
             ));
+        }
+        if files == SecretFiles::Skip {
+            return Ok(());
         }
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::new(
@@ -1040,7 +1070,11 @@ impl RegistrationConfig {
         } else {
             field("initial_access_token")
         };
+        // The file left unread (`SecretFiles::Skip`): its content is checked where it is read.
+        let unread =
+            self.initial_access_token.is_none() && self.initial_access_token_file.is_some();
         match (&self.mode, &self.initial_access_token) {
+            (RegistrationMode::InitialAccessToken, None) if unread => {}
             (RegistrationMode::InitialAccessToken, None) => {
                 return Err(ConfigError::new(
                     field("initial_access_token"),
@@ -1068,6 +1102,12 @@ impl RegistrationConfig {
                 }
             }
             (_, Some(_)) => {
+                return Err(ConfigError::new(
+                    token_field,
+                    "is used only with mode initial_access_token",
+                ))
+            }
+            (_, None) if unread => {
                 return Err(ConfigError::new(
                     token_field,
                     "is used only with mode initial_access_token",
@@ -1157,20 +1197,36 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Parses and validates YAML.
+    /// Parses and validates YAML, reading the secret files it names.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, SecretFiles::Read)
+    }
+
+    /// Parses and validates YAML without reading any secret file (`*_file`: the client
+    /// secrets, the initial access token, the PostgreSQL URL, the previous encryption keys),
+    /// for `render`, which runs where they do not exist. Everything else is checked as in
+    /// [`Config::from_yaml`]; the secrets those files hold are left `None`.
+    pub fn from_yaml_without_secret_files(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, SecretFiles::Skip)
+    }
+
+    fn parse(text: &str, files: SecretFiles) -> Result<Self, ConfigError> {
         let de = serde_yaml::Deserializer::from_str(text);
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             ConfigError::new(path, e.into_inner().to_string())
         })?;
-        config.authorization_server.registration.read_token_file()?;
+        config
+            .authorization_server
+            .registration
+            .read_token_file(files)?;
         if let Some(o) = &mut config.identity_provider.oidc {
             let file = o.client_secret_file.clone();
             read_secret_file(
                 &mut o.client_secret,
                 file.as_deref(),
                 "identity_provider.oidc",
+                files,
             )?;
         }
         for (i, r) in config.routes.iter_mut().enumerate() {
@@ -1180,16 +1236,18 @@ impl Config {
                 .as_mut()
                 .and_then(|s| s.upstream_oauth2.as_mut())
             {
-                u.read_secret_file(&format!("routes[{i}].mcp.server.upstream_oauth2"))?;
+                u.read_secret_file(&format!("routes[{i}].mcp.server.upstream_oauth2"), files)?;
             }
         }
         if let Some(pg) = &mut config.storage.postgres {
-            pg.read_url_file()?;
+            pg.read_url_file(files)?;
         }
         config.validate()?;
-        // Read at load, so `check-config` catches a key file that is missing or wrong.
-        let current = crate::secrets::read_existing(&config.encryption_key_file()).ok();
-        config.previous_encryption_keys(current.as_ref())?;
+        if files == SecretFiles::Read {
+            // Read at load, so `check-config` catches a key file that is missing or wrong.
+            let current = crate::secrets::read_existing(&config.encryption_key_file()).ok();
+            config.previous_encryption_keys(current.as_ref())?;
+        }
         Ok(config)
     }
 
@@ -1384,6 +1442,7 @@ impl Config {
         }
 
         self.validate_listeners()?;
+        self.validate_kubernetes()?;
 
         let mut names = BTreeSet::new();
         let mut resources = BTreeSet::new();
@@ -1571,6 +1630,48 @@ impl Config {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// `kubernetes`: the block's own rules, and the replicas the storage allows.
+    fn validate_kubernetes(&self) -> Result<(), ConfigError> {
+        let Some(k) = &self.kubernetes else {
+            return Ok(());
+        };
+        k.validate()
+            .map_err(|(field, m)| ConfigError::new(format!("kubernetes.{field}"), m))?;
+        let t = &k.token_service;
+        match self.storage.backend() {
+            StorageBackend::Sqlite(_) => {
+                if t.replicas > 1 {
+                    return Err(ConfigError::new(
+                        "kubernetes.token_service.replicas",
+                        "more than 1 needs storage.postgres: SQLite is one process's database",
+                    ));
+                }
+                if t.sqlite_claim.is_none() {
+                    return Err(ConfigError::new(
+                        "kubernetes.token_service.sqlite_claim",
+                        "required with SQLite storage: the PersistentVolumeClaim the database lives on",
+                    ));
+                }
+            }
+            StorageBackend::Postgres(_) => {
+                if t.sqlite_claim.is_some() {
+                    return Err(ConfigError::new(
+                        "kubernetes.token_service.sqlite_claim",
+                        "is for SQLite storage; storage.postgres needs no volume",
+                    ));
+                }
+            }
+        }
+        let internal = self.authorization_server.internal_listen.port();
+        if t.port == internal {
+            return Err(ConfigError::new(
+                "kubernetes.token_service.port",
+                format!("must differ from the internal listener's port ({internal}): the Service has both"),
+            ));
         }
         Ok(())
     }

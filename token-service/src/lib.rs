@@ -6,6 +6,7 @@
 pub mod client_address;
 pub mod clock;
 pub mod config;
+pub mod config_kubernetes;
 pub mod digest;
 pub mod error;
 pub mod flows;

@@ -1,5 +1,5 @@
-//! `warden-token-service`: serve, hash-password, check-config, render-envoy, describe,
-//! rotate-signing-key, revoke, migrate.
+//! `warden-token-service`: serve, hash-password, check-config, render-envoy, render,
+//! describe, rotate-signing-key, revoke, migrate.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -38,6 +38,28 @@ enum Command {
         #[arg(long, env = "WARDEN_CONFIG")]
         config: Option<PathBuf>,
         /// Path of the filter's .wasm as Envoy should load it.
+        #[arg(
+            long,
+            default_value = "target/wasm32-wasip1/release/warden_filter.wasm"
+        )]
+        wasm: String,
+    },
+    /// Print the Kubernetes objects (`--target kubernetes`) or those and Istio's
+    /// (`--target istio`) for a config with a `kubernetes:` block; `--target envoy` is
+    /// `render-envoy`. Reads no secret file: the objects name Secrets, never values.
+    Render {
+        #[arg(long, value_enum)]
+        target: RenderTarget,
+        #[arg(long, env = "WARDEN_CONFIG")]
+        config: Option<PathBuf>,
+        /// The filter image's digest (`sha256:<hex>`; `make images` writes it to
+        /// target/images/filter.digest). Required with `--target istio`.
+        #[arg(long, value_name = "sha256:HEX")]
+        filter_digest: Option<String>,
+        /// Pins the token service image by digest (`sha256:<hex>`, target/images/token-service.digest).
+        #[arg(long, value_name = "sha256:HEX")]
+        token_service_digest: Option<String>,
+        /// With `--target envoy`: the path of the filter's .wasm as Envoy should load it.
         #[arg(
             long,
             default_value = "target/wasm32-wasip1/release/warden_filter.wasm"
@@ -87,6 +109,14 @@ enum Command {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum RenderTarget {
+    Kubernetes,
+    Istio,
+    /// The Envoy bootstrap, as `render-envoy`.
+    Envoy,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum Describe {
     /// The MCP server URLs clients use, one per line.
     McpUrls,
@@ -105,6 +135,27 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
     match path {
         Some(p) => Config::from_file(p).map_err(|e| format!("{}: {e}", p.display())),
         None => Config::embedded_default().map_err(|e| format!("embedded default config: {e}")),
+    }
+}
+
+fn render_envoy(config: Option<&PathBuf>, wasm: &str) -> ExitCode {
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let input = warden_token_service::render::EnvoyInput::from_config(&config, wasm);
+    match warden_token_service::render::render(&input) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot render the Envoy bootstrap: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -181,22 +232,46 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::RenderEnvoy { config, wasm } => {
-            let config = match load(config.as_ref()) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("invalid configuration: {e}");
-                    return ExitCode::from(2);
-                }
+        Command::RenderEnvoy { config, wasm }
+        | Command::Render {
+            target: RenderTarget::Envoy,
+            config,
+            wasm,
+            ..
+        } => render_envoy(config.as_ref(), &wasm),
+        Command::Render {
+            target,
+            config,
+            filter_digest,
+            token_service_digest,
+            wasm: _,
+        } => {
+            use warden_token_service::render::{manifests, Digests, Target};
+            let target = match target {
+                RenderTarget::Istio => Target::Istio,
+                _ => Target::Kubernetes,
             };
-            let input = warden_token_service::render::EnvoyInput::from_config(&config, &wasm);
-            match warden_token_service::render::render(&input) {
+            let text = match &config {
+                Some(p) => std::fs::read_to_string(p)
+                    .map_err(|e| format!("{}: cannot read it: {e}", p.display())),
+                None => Ok(warden_token_service::config::DEFAULT_CONFIG_YAML.to_string()),
+            };
+            let digests = Digests {
+                filter: filter_digest,
+                token_service: token_service_digest,
+            };
+            match text.and_then(|t| {
+                manifests(&t, target, &digests).map_err(|e| match &config {
+                    Some(p) => format!("{}: {e}", p.display()),
+                    None => format!("embedded default config: {e}"),
+                })
+            }) {
                 Ok(yaml) => {
                     print!("{yaml}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("cannot render the Envoy bootstrap: {e}");
+                    eprintln!("cannot render: {e}");
                     ExitCode::from(2)
                 }
             }

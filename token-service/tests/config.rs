@@ -493,3 +493,155 @@ fn with_postgres_the_files_replicas_share_must_be_named() {
         "{e}"
     );
 }
+
+/// A config whose secrets live in files that do not exist here (as in a pod's mounts).
+fn with_absent_secret_files(extra: &str) -> String {
+    format!(
+        r#"
+authorization_server:
+  issuer: https://auth.example.com
+  internal_credential_file: /absent/credential
+  registration: {{mode: initial_access_token, initial_access_token_file: /absent/iat}}
+storage:
+  postgres: {{url_file: /absent/pg-url}}
+  encryption_key_file: /absent/key
+identity_provider:
+  oidc: {{issuer: https://login.example.com, client_id: w, client_secret_file: /absent/oidc}}
+routes:
+  - name: gh
+    from: https://mcp.example.com
+    prefix: /gh
+    to: http://gh.tools.svc.cluster.local/mcp
+    mcp:
+      server:
+        upstream_oauth2:
+          client_id: abc
+          client_secret_file: /absent/gh
+          endpoint: {{auth_url: "https://github.com/login/oauth/authorize", token_url: "https://github.com/login/oauth/access_token"}}
+    policy: {{allow: {{and: [{{authenticated_user: true}}]}}}}
+{extra}"#
+    )
+}
+
+#[test]
+fn without_secret_files_everything_else_is_still_checked() {
+    let text = with_absent_secret_files("");
+    // `serve` reads the files: absent, it names the first.
+    let e = err(&text);
+    assert!(
+        e.starts_with("authorization_server.registration.initial_access_token_file"),
+        "{e}"
+    );
+    // The render's loader leaves them unread, and the secrets unset.
+    let c = Config::from_yaml_without_secret_files(&text).unwrap();
+    assert!(c.storage.postgres.as_ref().unwrap().url.is_none());
+    assert!(c.routes[0]
+        .upstream_oauth2()
+        .unwrap()
+        .client_secret
+        .is_none());
+    // What does not need the files is refused as before, naming the field.
+    for (from, to, field) in [
+        (
+            "registration: {mode: initial_access_token,",
+            "registration: {mode: open,",
+            "authorization_server.registration.initial_access_token_file",
+        ),
+        (
+            "postgres: {url_file: /absent/pg-url}",
+            "postgres: {url_file: /absent/pg-url, url: 'postgres://db/w'}",
+            "storage.postgres.url_file",
+        ),
+        (
+            "postgres: {url_file: /absent/pg-url}",
+            "postgres: {url_file: /absent/pg-url, max_connections: 0}",
+            "storage.postgres.max_connections",
+        ),
+        (
+            "client_secret_file: /absent/gh",
+            "client_secret_file: /absent/gh\n          client_secret: x",
+            "routes[0].mcp.server.upstream_oauth2.client_secret_file",
+        ),
+        (
+            "  encryption_key_file: /absent/key\n",
+            "",
+            "storage.encryption_key_file",
+        ),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let e = Config::from_yaml_without_secret_files(&text.replacen(from, to, 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(field), "{field}: {e}");
+    }
+}
+
+#[test]
+fn the_kubernetes_block_is_validated_naming_the_field() {
+    let block = |k: &str| {
+        with_absent_secret_files(&format!(
+            "kubernetes:\n  namespace: mcp\n  images: {{filter: r.example.com/f, token_service: r.example.com/t:1}}\n  secrets: {{internal_credential: c, session_key: s}}\n{k}"
+        ))
+    };
+    let c = Config::from_yaml_without_secret_files(&block("")).unwrap();
+    let k = c.kubernetes.unwrap();
+    assert_eq!(k.cluster_domain, "cluster.local");
+    assert_eq!(k.token_service.name, "warden-token-service");
+    assert_eq!(k.token_service.port, 80);
+    assert_eq!(k.gateway.namespace, "istio-system");
+    for (edit, field) in [
+        (
+            "  token_service: {replicas: 0}\n",
+            "kubernetes.token_service.replicas",
+        ),
+        (
+            "  token_service: {port: 9101}\n",
+            "kubernetes.token_service.port",
+        ),
+        (
+            "  token_service: {name: Warden}\n",
+            "kubernetes.token_service.name",
+        ),
+        (
+            "  token_service: {replicas: 2, min_available: 2}\n",
+            "kubernetes.token_service.min_available",
+        ),
+        (
+            "  token_service: {resources: {requests: {cpu: lots}}}\n",
+            "kubernetes.token_service.resources.requests.cpu",
+        ),
+        (
+            "  token_service: {sqlite_claim: data}\n",
+            "kubernetes.token_service.sqlite_claim",
+        ),
+        ("  gateway: {selector: {}}\n", "kubernetes.gateway.selector"),
+        (
+            "  cluster_domain: Cluster_Local\n",
+            "kubernetes.cluster_domain",
+        ),
+        ("  colour: blue\n", "kubernetes"),
+    ] {
+        let e = Config::from_yaml_without_secret_files(&block(edit))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(field), "{field}: {e}");
+    }
+    let e = Config::from_yaml_without_secret_files(
+        &block("").replace("r.example.com/f,", "r.example.com/f:1.0,"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("kubernetes.images.filter"), "{e}");
+    let e = Config::from_yaml_without_secret_files(
+        &block("").replace("namespace: mcp", "namespace: MCP"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("kubernetes.namespace"), "{e}");
+    let e = Config::from_yaml_without_secret_files(
+        &block("").replace("session_key: s", "session_key: warden-tmp"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("kubernetes.secrets.session_key"), "{e}");
+}

@@ -9,16 +9,27 @@ fn root() -> &'static Path {
 }
 
 #[test]
-fn istio_wasmplugin_config_is_accepted_by_the_filter() {
-    let text = std::fs::read_to_string(root().join("deploy/istio/wasmplugin.yaml")).unwrap();
-    let doc: serde_json::Value = serde_yaml::from_str(&text).unwrap();
-    let plugin = doc["spec"]["pluginConfig"].to_string();
-    let compiled = warden_core::config::CompiledConfig::from_json(plugin.as_bytes())
-        .unwrap_or_else(|e| panic!("deploy/istio/wasmplugin.yaml: {e}"));
-    assert_eq!(
-        compiled.routes[0].resource,
-        "https://mcp.example.com/github"
-    );
+fn deploy_istio_wasmplugin_config_is_accepted_by_the_filter() {
+    // deploy/istio.yaml is rendered (`make deploy-yaml`, checked by `make check-deploy-yaml`);
+    // this checks the committed file itself.
+    let text = std::fs::read_to_string(root().join("deploy/istio.yaml")).unwrap();
+    let plugin = text
+        .split("\n---\n")
+        .map(|d| serde_yaml::from_str::<serde_json::Value>(d).unwrap())
+        .find(|d| d["kind"] == "WasmPlugin")
+        .expect("deploy/istio.yaml has a WasmPlugin");
+    let config = plugin["spec"]["pluginConfig"].to_string();
+    let compiled = warden_core::config::CompiledConfig::from_json(config.as_bytes())
+        .unwrap_or_else(|e| panic!("deploy/istio.yaml: {e}"));
+    assert_eq!(compiled.routes[0].resource, "https://mcp.example.com/crm");
+}
+
+#[test]
+fn deploy_example_config_loads_without_its_secret_files() {
+    let text = std::fs::read_to_string(root().join("deploy/warden.yaml")).unwrap();
+    let config = warden_token_service::config::Config::from_yaml_without_secret_files(&text)
+        .unwrap_or_else(|e| panic!("deploy/warden.yaml: {e}"));
+    assert_eq!(config.kubernetes.unwrap().token_service.replicas, 2);
 }
 
 #[test]
