@@ -57,7 +57,7 @@ if [[ -z "${WARDEN_CONFIG:-}" ]]; then
   wait_for http://127.0.0.1:9201/healthz "upstream demo MCP server" var/upstream-demo-mcp-server.log
   wait_for http://127.0.0.1:9210/healthz "demo MCP app" var/demo-mcp-app.log
 fi
-wait_for "$("$TS" describe "${config_args[@]}" --what issuer)/healthz" "token service" var/token-service.log
+wait_for "$("$TS" describe "${config_args[@]}" --what issuer)/readyz" "token service" var/token-service.log
 # The filter signs its calls to the token service's internal listener with the credential the
 # token service created at its first start. It reaches Envoy through the environment, never
 # its configuration or command line (Envoy's admin interface would show it).

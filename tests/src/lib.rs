@@ -896,7 +896,7 @@ impl Stack {
             &token_env,
         );
         token_service
-            .wait_http_ok(&format!("http://127.0.0.1:{}/healthz", ports.token_service))
+            .wait_http_ok(&format!("http://127.0.0.1:{}/readyz", ports.token_service))
             .await;
 
         let bootstrap_path = dir.path().join("envoy.yaml");
@@ -1032,7 +1032,7 @@ impl Stack {
     /// Kills the token service and starts it again with the same config and database.
     pub async fn restart_token_service(&mut self) {
         self.token_service.restart().await;
-        let url = format!("http://127.0.0.1:{}/healthz", self.ports.token_service);
+        let url = format!("http://127.0.0.1:{}/readyz", self.ports.token_service);
         self.token_service.wait_http_ok(&url).await;
     }
 

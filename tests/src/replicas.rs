@@ -311,13 +311,13 @@ impl Deployment {
             // The first start creates the shared files (encryption key, internal credential)
             // and the store's signing key: the others start once it is ready.
             if i == 0 {
-                let url = format!("{}/healthz", replica.url());
+                let url = format!("{}/readyz", replica.url());
                 replica.proc.wait_http_ok(&url).await;
             }
             replicas.push(replica);
         }
         for replica in replicas.iter_mut().skip(1) {
-            let url = format!("{}/healthz", replica.url());
+            let url = format!("{}/readyz", replica.url());
             replica.proc.wait_http_ok(&url).await;
         }
 

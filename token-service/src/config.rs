@@ -90,6 +90,10 @@ pub struct AuthorizationServerConfig {
     /// `/login/idp`), which anyone may start and each of which is stored for 10 minutes.
     #[serde(default)]
     pub pending_flows: PendingFlowsConfig,
+    /// On SIGTERM: how long requests in progress may take to finish before they are cut and
+    /// the process exits (under Kubernetes' `terminationGracePeriodSeconds`).
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_seconds: u64,
 }
 
 /// `authorization_server.pending_flows`.
@@ -992,6 +996,11 @@ fn default_listen() -> SocketAddr {
 fn default_internal_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9101))
 }
+fn default_shutdown_grace() -> u64 {
+    20
+}
+/// Upper bound for `shutdown_grace_seconds`.
+const MAX_SHUTDOWN_GRACE_SECONDS: u64 = 300;
 fn default_access_ttl() -> u64 {
     300
 }
@@ -1332,6 +1341,12 @@ impl Config {
                     format!("must be between 1 and {MAX_CONCURRENT_PASSWORD_CHECKS}"),
                 ));
             }
+        }
+        if !(1..=MAX_SHUTDOWN_GRACE_SECONDS).contains(&a.shutdown_grace_seconds) {
+            return Err(ConfigError::new(
+                "authorization_server.shutdown_grace_seconds",
+                format!("must be between 1 and {MAX_SHUTDOWN_GRACE_SECONDS}"),
+            ));
         }
         a.registration.validate()?;
         a.pending_flows.validate()?;

@@ -10,6 +10,7 @@ pub mod config_kubernetes;
 pub mod digest;
 pub mod error;
 pub mod flows;
+pub mod health;
 mod html;
 pub mod identity;
 pub mod internal;
@@ -64,49 +65,125 @@ pub fn app(state: AppState) -> Router {
     routes::router(state)
 }
 
-/// Binds `authorization_server.listen` (and `internal_listen` when a route uses upstream
-/// OAuth or passes identity headers) and serves until Ctrl-C / SIGTERM.
+/// Binds `authorization_server.listen` and `internal_listen` first, answering `/healthz` and `/readyz` (`503`) while
+/// the store opens, migrations run and the keys load; then serves until Ctrl-C / SIGTERM, and
+/// drains (`listener`: new connections refused, requests in progress finished within
+/// `shutdown_grace_seconds`).
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let listen = config.authorization_server.listen;
-    let internal = config
-        .uses_internal_listener()
-        .then_some(config.authorization_server.internal_listen);
-    // Open storage and keys first so "listening" means ready.
-    let state = tokio::task::spawn_blocking(move || AppState::new(config)).await??;
+    let health = health::Health::starting();
+    // From here on a signal is a shutdown, in start-up too.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    {
+        let health = health.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            health.begin_shutdown();
+            let _ = stop.send(true);
+        });
+    }
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stopping| *stopping).await;
+        }
+    };
+    let limits = listener::Limits {
+        shutdown_grace: std::time::Duration::from_secs(
+            config.authorization_server.shutdown_grace_seconds,
+        ),
+        ..listener::Limits::default()
+    };
     let bind = |addr: std::net::SocketAddr| async move {
         TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
     };
-    let listener = bind(listen).await?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    if let Some(addr) = internal {
-        let internal_listener = bind(addr).await?;
-        let addr = internal_listener.local_addr()?;
-        let internal_state = state.clone();
-        let mut stopped = stopped.clone();
-        tokio::spawn(async move {
-            tracing::info!("internal listener on http://{addr}");
-            let shutdown = async move {
-                let _ = stopped.changed().await;
-            };
-            let served = listener::serve(
-                internal_listener,
-                internal::router(internal_state),
-                listener::Limits::default(),
-                shutdown,
-            )
-            .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "internal listener failed");
-            }
-        });
-    }
-    let shutdown = async move {
-        shutdown_signal().await;
-        let _ = stop.send(true);
+    let public = bind(config.authorization_server.listen).await?;
+    let internal = if config.uses_internal_listener() {
+        Some(bind(config.authorization_server.internal_listen).await?)
+    } else {
+        None
     };
-    serve_on(listener, state, shutdown).await
+    let addr = public.local_addr()?;
+    let internal_addr = internal.as_ref().map(TcpListener::local_addr).transpose()?;
+    tracing::info!("starting on http://{addr}");
+    if let Some(addr) = internal_addr {
+        tracing::info!("internal listener starting on http://{addr}");
+    }
+
+    let public_app = Arc::new(std::sync::OnceLock::new());
+    let internal_app = Arc::new(std::sync::OnceLock::new());
+    let mut servers = vec![tokio::spawn(listener::serve(
+        public,
+        routes::starting(health.clone(), public_app.clone()),
+        limits,
+        until_stopped(),
+    ))];
+    if let Some(l) = internal {
+        servers.push(tokio::spawn(listener::serve(
+            l,
+            routes::starting_internal(internal_app.clone()),
+            limits,
+            until_stopped(),
+        )));
+    }
+
+    let started = tokio::select! {
+        started = start(config, health.clone()) => Some(started?),
+        () = until_stopped() => None,
+    };
+    let mut background = Vec::new();
+    if let Some(state) = started {
+        background = background_tasks(&state);
+        let _ = public_app.set(app(state.clone()));
+        if let Some(addr) = internal_addr {
+            let _ = internal_app.set(internal::router(state.clone()));
+            tracing::info!("internal listener on http://{addr}");
+        }
+        health.set_phase(health::Phase::Running);
+        tracing::info!(issuer = %state.config().authorization_server.issuer, "listening on http://{addr}");
+    }
+    for server in servers {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "listener failed"),
+            Err(e) => tracing::error!(error = %e, "listener task failed"),
+        }
+    }
+    for task in background {
+        task.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens the store (migrating it) and builds the state, saying where it is in `health`. A
+/// store that cannot be reached (or a SQLite file another process holds) is tried again,
+/// `/readyz` saying so; any other error ends start-up.
+async fn start(config: Config, health: Arc<health::Health>) -> anyhow::Result<AppState> {
+    let mut wait = std::time::Duration::from_millis(250);
+    loop {
+        health.set_phase(health::Phase::Migrating);
+        let (c, h) = (config.clone(), health.clone());
+        let opened = tokio::task::spawn_blocking(move || {
+            let store = store::open(&c.storage)?;
+            h.set_phase(health::Phase::LoadingKeys);
+            AppState::with_store(c, store)
+        })
+        .await?;
+        match opened {
+            Ok(state) => return Ok(state.with_health(health)),
+            Err(e)
+                if store::StoreError::find(&e).is_some_and(store::StoreError::is_unavailable) =>
+            {
+                health.set_phase(health::Phase::StoreUnavailable);
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "start-up: the store cannot be reached; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Serves on an already-bound listener (tests bind `127.0.0.1:0`) until `shutdown` resolves.
@@ -126,32 +203,42 @@ pub async fn serve_on_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let sweeper = tokio::spawn(sweep_loop(state.clone()));
-    let key_reloader = tokio::spawn(key_reload_loop(state.clone()));
-    let rechecker = state
-        .oidc()
-        .is_some()
-        .then(|| tokio::spawn(recheck_loop(state.clone())));
-    // Values sealed with a previous key (or before key ids) move to the current key.
-    let config = state.config();
-    let resealer =
-        (config.uses_upstream_oauth() || config.identity_provider.oidc.is_some()).then(|| {
-            let s = state.clone();
-            tokio::spawn(vault::reseal::run(
-                state.vault().clone(),
-                Arc::new(move || s.now()),
-            ))
-        });
+    let background = background_tasks(&state);
     tracing::info!(issuer = %state.config().authorization_server.issuer, "listening on http://{addr}");
+    let health = state.health().clone();
+    let shutdown = async move {
+        shutdown.await;
+        health.begin_shutdown();
+    };
     // The listener records each request's peer address (ConnectInfo) for the
     // per-address registration limit.
     let result = listener::serve(listener, app(state), limits, shutdown).await;
-    sweeper.abort();
-    key_reloader.abort();
-    for task in [resealer, rechecker].into_iter().flatten() {
+    for task in background {
         task.abort();
     }
     Ok(result?)
+}
+
+/// The tasks every replica runs beside serving: the sweep, the key reload, the identity
+/// provider's recheck and the re-seal when configured.
+fn background_tasks(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = vec![
+        tokio::spawn(sweep_loop(state.clone())),
+        tokio::spawn(key_reload_loop(state.clone())),
+    ];
+    if state.oidc().is_some() {
+        tasks.push(tokio::spawn(recheck_loop(state.clone())));
+    }
+    // Values sealed with a previous key (or before key ids) move to the current key.
+    let config = state.config();
+    if config.uses_upstream_oauth() || config.identity_provider.oidc.is_some() {
+        let s = state.clone();
+        tasks.push(tokio::spawn(vault::reseal::run(
+            state.vault().clone(),
+            Arc::new(move || s.now()),
+        )));
+    }
+    tasks
 }
 
 /// `warden-token-service revoke`: ends the grants `what` names in the configured store, now.

@@ -3,6 +3,11 @@
 //! keep-alive connections, which wait for headers too), a deadline for each whole request (a
 //! body trickled in byte by byte), and a cap on open connections. Each request carries the
 //! peer address as axum's `ConnectInfo`.
+//!
+//! Shutdown: the listening socket closes at once (new connections are refused); requests in
+//! progress, and connections accepted but not yet read, are answered (with
+//! `Connection: close`); idle keep-alive connections close. What is still running after
+//! `shutdown_grace` is cut.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,6 +22,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
 use tower::ServiceExt;
 
 /// Limits of the token service's HTTP listener.
@@ -29,6 +35,9 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Connections served at once; further ones are closed at accept.
     pub max_connections: usize,
+    /// Once shutdown begins, how long requests in progress may take to finish
+    /// (`authorization_server.shutdown_grace_seconds`).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -37,20 +46,24 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            shutdown_grace: Duration::from_secs(20),
         }
     }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets requests in progress
-/// finish (for at most the request timeout).
+/// finish for at most `limits.shutdown_grace` and cuts the rest.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Owned here, so that what outlives the grace is cut when this returns.
+    let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -63,6 +76,8 @@ pub async fn serve(
                     continue;
                 }
             },
+            // Reap finished connections as they end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = &mut shutdown => break,
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
@@ -77,7 +92,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
                 let router = router.clone();
@@ -105,16 +120,33 @@ pub async fn serve(
             tokio::select! {
                 _ = conn.as_mut() => {}
                 () = stopping => {
+                    // Closes the connection if idle; else after the answer in progress.
                     conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(limits.request_timeout, conn).await;
+                    let _ = conn.await;
                 }
             }
             drop(slot);
         });
     }
+    // New connections are refused from here on.
+    drop(listener);
     let _ = stop_tx.send(true);
-    // Wait for connections to wind down: every slot back, or the request timeout.
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(limits.request_timeout, slots.acquire_many(all)).await;
+    let open = connections.len();
+    if open > 0 {
+        tracing::info!(%addr, open, grace_seconds = limits.shutdown_grace.as_secs(), "shutting down: finishing requests in progress");
+    }
+    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            %addr,
+            cut = connections.len(),
+            grace_seconds = limits.shutdown_grace.as_secs(),
+            "shutdown grace over: cutting connections still in progress"
+        );
+        connections.shutdown().await;
+    }
     Ok(())
 }

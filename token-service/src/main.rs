@@ -193,7 +193,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(warden_token_service::serve(config)) {
+            let served = rt.block_on(warden_token_service::serve(config));
+            // A store call still blocking (a database that stopped answering) must not hold
+            // the exit past the shutdown grace.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "token service failed");

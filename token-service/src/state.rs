@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::clock::{now_unix, Clock};
 use crate::config::Config;
 use crate::flows::app::SignOutKey;
+use crate::health::Health;
 use crate::internal::nonce::NonceGuard;
 use crate::keyring::{KeySet, Keyring};
 use crate::random::fill_random;
@@ -20,6 +21,7 @@ pub struct AppState {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     config: Config,
     store: Arc<dyn Store>,
@@ -41,6 +43,8 @@ struct Inner {
     sign_out_key: Arc<SignOutKey>,
     /// What the checks of identity-provider users came to (`recheck`).
     rechecks: Arc<RecheckCounters>,
+    /// Readiness (`/readyz`): start-up, shutdown, the store check.
+    health: Arc<Health>,
 }
 
 /// Checks of identity-provider users at the provider (`recheck`), since this process started:
@@ -130,6 +134,12 @@ impl AppState {
     /// one on a new store). Blocking: call it off the async workers.
     pub fn new(config: Config) -> anyhow::Result<Self> {
         let store = store::open(&config.storage)?;
+        Self::with_store(config, store)
+    }
+
+    /// [`AppState::new`] on a store already opened and migrated (`serve` opens it first, to
+    /// say which of the two start-up is at). Blocking.
+    pub fn with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
         let mut secrets = Secrets::ephemeral();
         // Sealed secrets (signing keys, upstream tokens, PKCE verifiers of sign-ins in
         // progress) must open after a restart and on every replica.
@@ -211,29 +221,31 @@ impl AppState {
                 internal_nonces: Arc::new(NonceGuard::new()),
                 sign_out_key: Arc::new(SignOutKey::derive(&secrets.internal_credential)),
                 rechecks: Arc::new(RecheckCounters::default()),
+                health: Health::running(),
             }),
         })
     }
 
     /// Replaces the clock (tests use this to step past expiries).
     pub fn with_clock(self, clock: Clock) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.clock = clock;
         Self {
-            inner: Arc::new(Inner {
-                config: self.inner.config.clone(),
-                store: self.inner.store.clone(),
-                keys: self.inner.keys.clone(),
-                clock,
-                password_checks: self.inner.password_checks.clone(),
-                registrations: self.inner.registrations.clone(),
-                new_flows: self.inner.new_flows.clone(),
-                vault: self.inner.vault.clone(),
-                oidc: self.inner.oidc.clone(),
-                internal_key: self.inner.internal_key.clone(),
-                internal_nonces: self.inner.internal_nonces.clone(),
-                sign_out_key: self.inner.sign_out_key.clone(),
-                rechecks: self.inner.rechecks.clone(),
-            }),
+            inner: Arc::new(inner),
         }
+    }
+
+    /// Reports readiness through `health` (`serve`'s, which saw start-up).
+    pub fn with_health(self, health: Arc<Health>) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.health = health;
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.inner.health
     }
 
     pub fn config(&self) -> &Config {

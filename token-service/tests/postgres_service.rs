@@ -396,3 +396,150 @@ fn the_database_password_never_reaches_the_log() {
     assert!(log.len() > 3, "trace logging ran: {all}");
     assert!(!all.contains(PASSWORD_IN_URL), "{all}");
 }
+
+/// A config file for the real binary on PostgreSQL at `url` (internal listener on a port of
+/// its own).
+fn pg_config_file(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
+    let path = dir.join("warden.yaml");
+    let yaml = common::served::with_grace(&config_yaml(dir, "", "ES256"), 20);
+    std::fs::write(&path, on_postgres(&yaml, dir, url)).unwrap();
+    path
+}
+
+fn readiness_reason(a: &common::served::Answer) -> String {
+    let v: Value = serde_json::from_str(a.body()).unwrap_or(Value::Null);
+    v["reason"].as_str().unwrap_or_default().to_owned()
+}
+
+// Two workers: the forwarder must run while the test reads the service's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_database_at_start_and_while_serving() {
+    use common::served::{get, wait_readyz, Served};
+    let Some(db) = PgDb::create() else { return };
+    let server = url::Url::parse(&db.url).unwrap();
+    let target: SocketAddr = format!(
+        "{}:{}",
+        server.host_str().unwrap(),
+        server.port().unwrap_or(5432)
+    )
+    .parse()
+    .unwrap();
+    let mut forwarder = Forwarder::start(target).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = pg_config_file(dir.path(), &db.url_via(forwarder.addr));
+
+    // Started while the database cannot be reached: alive, not ready, and trying again.
+    forwarder.cut().await;
+    let mut served = Served::spawn(&config);
+    let addr = served.wait_addr("starting on ");
+    assert_eq!(get(addr, "/healthz").await.unwrap().status(), 200);
+    served.wait_message(
+        "start-up: the store cannot be reached",
+        Duration::from_secs(30),
+    );
+    let ready = get(addr, "/readyz").await.unwrap();
+    assert_eq!(ready.status(), 503, "{}", ready.raw);
+    assert_eq!(
+        readiness_reason(&ready),
+        "starting: the store cannot be reached",
+        "{}",
+        ready.raw
+    );
+    assert!(!ready.raw.contains(&db.name), "{}", ready.raw);
+    forwarder.restore().await;
+    wait_readyz(&mut served, addr, 200, Duration::from_secs(30)).await;
+
+    // The database goes away while serving: 503 within the check's cache and timeout, the
+    // process alive; back to 200 once it returns.
+    forwarder.cut().await;
+    let ready = wait_readyz(&mut served, addr, 503, Duration::from_secs(10)).await;
+    assert_eq!(
+        readiness_reason(&ready),
+        "the store cannot be reached",
+        "{}",
+        ready.raw
+    );
+    assert_eq!(
+        ready.header("cache-control").as_deref(),
+        Some("no-store"),
+        "{}",
+        ready.raw
+    );
+    assert_eq!(get(addr, "/healthz").await.unwrap().status(), 200);
+    forwarder.restore().await;
+    wait_readyz(&mut served, addr, 200, Duration::from_secs(10)).await;
+}
+
+// Two workers: the lock's holder blocks on a thread of its own, the test polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_another_replica_holds_the_migration_lock() {
+    use common::served::{get, wait_readyz, Served};
+    let Some(db) = PgDb::create() else { return };
+    // The lock the migrations take (`store/postgres`: NAMESPACE "WARD", LOCK_MIGRATIONS 1),
+    // held by a session of the test's, as a replica migrating would hold it.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (held, holding) = std::sync::mpsc::channel::<()>();
+    let url = db.url.clone();
+    let holder = std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.execute(
+            "SELECT pg_advisory_lock($1, $2)",
+            &[&0x5741_5244_i32, &1_i32],
+        )
+        .unwrap();
+        held.send(()).unwrap();
+        let _ = released.recv();
+        c.execute(
+            "SELECT pg_advisory_unlock($1, $2)",
+            &[&0x5741_5244_i32, &1_i32],
+        )
+        .unwrap();
+    });
+    holding.recv().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = Served::spawn(&pg_config_file(dir.path(), &db.url));
+    let addr = served.wait_addr("starting on ");
+    assert_eq!(get(addr, "/healthz").await.unwrap().status(), 200);
+    // The service is waiting for the lock: its session shows in pg_locks, not granted.
+    let url = db.url.clone();
+    let waiting = tokio::task::spawn_blocking(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let n: i64 = c
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                     AND classid = $1::int::oid AND objid = 1",
+                    &[&0x5741_5244_i32],
+                )
+                .unwrap()
+                .get(0);
+            if n > 0 || std::time::Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        waiting, 1,
+        "the service never waited for the migration lock"
+    );
+    let ready = get(addr, "/readyz").await.unwrap();
+    assert_eq!(ready.status(), 503, "{}", ready.raw);
+    assert_eq!(
+        readiness_reason(&ready),
+        "starting: opening the store and applying migrations",
+        "{}",
+        ready.raw
+    );
+    let token = get(addr, "/token").await.unwrap();
+    assert_eq!(token.status(), 503, "{}", token.raw);
+    assert_eq!(token.header("retry-after").as_deref(), Some("1"));
+
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    wait_readyz(&mut served, addr, 200, Duration::from_secs(30)).await;
+}

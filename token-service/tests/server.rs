@@ -78,6 +78,7 @@ async fn slow_idle_and_excess_connections_are_cut() {
         header_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(2),
         max_connections: 3,
+        ..Limits::default()
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve_on_with(listener, state, limits, async {

@@ -1,15 +1,46 @@
-//! Discovery: the authorization server's metadata (RFC 8414), its JWKS, and health.
+//! Discovery: the authorization server's metadata (RFC 8414), its JWKS, and health
+//! (`/healthz`, `/readyz`; the decision is `health`'s).
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue};
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::config::RegistrationMode;
+use crate::health::{Health, Readiness};
 use crate::state::AppState;
 
+/// The process is alive: nothing else is looked at (a liveness probe must not fail because
+/// the database did).
 pub(super) async fn healthz() -> &'static str {
     "ok"
+}
+
+/// `200` when the service should get traffic; else `503` saying why (`health`).
+pub(super) async fn readyz(State(s): State<AppState>) -> Response {
+    let keys = s.keys();
+    readiness_answer(s.health().readiness(s.store(), &keys, s.now()).await)
+}
+
+/// `/readyz` while the service starts (`serve`'s start-up router).
+pub(super) async fn readyz_starting(State(h): State<Arc<Health>>) -> Response {
+    readiness_answer(h.while_starting())
+}
+
+fn readiness_answer(r: Readiness) -> Response {
+    let (status, body) = match r {
+        Readiness::Ready => (StatusCode::OK, serde_json::json!({"ready": true})),
+        Readiness::NotReady(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"ready": false, "reason": reason}),
+        ),
+    };
+    let mut resp = (status, Json(body)).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 pub(super) async fn metadata(State(s): State<AppState>) -> Response {

@@ -2,7 +2,7 @@
 //! form, query, client address), calls into `flows`, and turns the answer into a response;
 //! no OAuth decisions are made here.
 //!
-//! * `metadata`: discovery (RFC 8414), the JWKS, health.
+//! * `metadata`: discovery (RFC 8414), the JWKS, health (`/healthz`, `/readyz`).
 //! * `register`: dynamic client registration.
 //! * `authorize`: `/authorize`, the sign-in form, the consent form.
 //! * `idp`: sign-in at the organisation's identity provider.
@@ -22,11 +22,18 @@ mod register;
 mod token;
 mod upstream;
 
-use axum::extract::DefaultBodyLimit;
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, StatusCode};
 use axum::middleware;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use tower::ServiceExt;
+
+use crate::health::Health;
 use crate::state::AppState;
 
 const BODY_LIMIT: usize = 64 * 1024;
@@ -48,6 +55,7 @@ pub fn router(state: AppState) -> Router {
     // Browser navigation only: no CORS.
     let endpoints = Router::new()
         .route("/healthz", get(metadata::healthz))
+        .route("/readyz", get(metadata::readyz))
         .route("/authorize", get(authorize::authorize))
         .route("/login", post(authorize::login))
         .route("/consent", post(authorize::consent))
@@ -72,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         // the path-inserted well-known URL.
         Router::new()
             .route("/healthz", get(metadata::healthz))
+            .route("/readyz", get(metadata::readyz))
             .route(
                 &format!("/.well-known/oauth-authorization-server{base}"),
                 get(metadata::metadata).layer(middleware::from_fn(http::cors)),
@@ -82,4 +91,40 @@ pub fn router(state: AppState) -> Router {
         .merge(app::gateway_paths())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+}
+
+/// What the public listener serves from the moment it is bound (`serve`): `/healthz`,
+/// `/readyz` (`503` saying where start-up is) and `503` with `Retry-After` for everything
+/// else, until `app` is set; from then on `app`, on every connection, old or new.
+pub fn starting(health: Arc<Health>, app: Arc<OnceLock<Router>>) -> Router {
+    let booting = Router::new()
+        .route("/healthz", get(metadata::healthz))
+        .route("/readyz", get(metadata::readyz_starting))
+        .fallback(not_yet)
+        .with_state(health);
+    switch(booting, app)
+}
+
+/// The internal listener's [`starting`]: `503` with `Retry-After` until `app` is set.
+pub fn starting_internal(app: Arc<OnceLock<Router>>) -> Router {
+    switch(Router::new().fallback(not_yet), app)
+}
+
+fn switch(booting: Router, app: Arc<OnceLock<Router>>) -> Router {
+    Router::new().fallback_service(tower::service_fn(move |req: Request| {
+        let router = app.get().unwrap_or(&booting).clone();
+        router.oneshot(req)
+    }))
+}
+
+async fn not_yet() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (header::RETRY_AFTER, "1"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        "starting\n",
+    )
+        .into_response()
 }

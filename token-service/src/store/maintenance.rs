@@ -17,6 +17,9 @@ pub trait Maintenance {
 
     /// Rows per table, every table (diagnostics, and the tests that storage stays bounded).
     fn row_counts(&self) -> Result<Vec<(&'static str, u64)>>;
+
+    /// One trivial query: the database answers (the readiness check, `health`).
+    fn ping(&self) -> Result<()>;
 }
 
 /// Every table of the store's schema, whichever the backend.

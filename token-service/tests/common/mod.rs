@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 pub mod pg;
+pub mod served;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};

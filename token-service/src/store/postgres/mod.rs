@@ -341,6 +341,10 @@ impl Maintenance for PostgresStore {
         })
     }
 
+    fn ping(&self) -> Result<()> {
+        self.with(|c| c.simple_query("SELECT 1").map(|_| ()))
+    }
+
     fn row_counts(&self) -> Result<Vec<(&'static str, u64)>> {
         self.with(|c| {
             TABLES

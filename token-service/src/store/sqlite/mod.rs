@@ -96,7 +96,8 @@ impl SqliteStore {
                     attempts += 1;
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                Err(e) => return Err(e.into()),
+                // Still busy: `Unavailable`, which `serve` retries.
+                Err(e) => return Err(StoreError::from(e).into()),
             }
         }
         migrate(&mut conn)?;
@@ -173,7 +174,11 @@ pub(super) fn count_pending(conn: &Connection) -> rusqlite::Result<u64> {
 /// Applies the migrations not applied yet, all under the write lock (`BEGIN IMMEDIATE`): two
 /// processes opening one file at once migrate it once, the second waiting for the first.
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Another process holding the write lock past the busy timeout: `Unavailable`, which
+    // `serve` retries.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(StoreError::from)?;
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version INTEGER PRIMARY KEY,
@@ -307,6 +312,10 @@ impl Maintenance for SqliteStore {
             params![name, holder, now, until],
         )?;
         Ok(n == 1)
+    }
+
+    fn ping(&self) -> Result<()> {
+        Ok(self.conn()?.query_row("SELECT 1", [], |_| Ok(()))?)
     }
 
     fn row_counts(&self) -> Result<Vec<(&'static str, u64)>> {
