@@ -333,10 +333,38 @@ impl Drop for Proc {
     }
 }
 
+/// Host names this process's HTTP clients send to a local address, as a cluster's DNS sends
+/// a gateway's hosts to it ([`resolve_to`]).
+static RESOLVED: OnceLock<Mutex<Vec<(String, SocketAddr)>>> = OnceLock::new();
+
+/// From now on, this process's HTTP clients (the harness's, and rmcp's during a sign-in) reach
+/// `host` at `addr` when a URL names no port.
+pub fn resolve_to(host: &str, addr: SocketAddr) {
+    RESOLVED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .push((host.to_owned(), addr));
+}
+
+fn resolved() -> Vec<(String, SocketAddr)> {
+    RESOLVED
+        .get()
+        .map(|r| r.lock().unwrap().clone())
+        .unwrap_or_default()
+}
+
+fn with_resolved(mut builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+    for (host, addr) in resolved() {
+        builder = builder.resolve(&host, addr);
+    }
+    builder
+}
+
 /// reqwest client for rmcp's MCP transport: no proxies, no overall timeout (SSE streams stay
 /// open), connect timeout only.
 pub fn mcp_http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    with_resolved(reqwest::Client::builder())
         .no_proxy()
         .connect_timeout(Duration::from_secs(10))
         .build()
@@ -345,7 +373,7 @@ pub fn mcp_http_client() -> reqwest::Client {
 
 /// A plain reqwest client for loopback calls (no redirects followed, no proxies).
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    with_resolved(reqwest::Client::builder())
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .timeout(Duration::from_secs(30))
@@ -1435,7 +1463,9 @@ pub async fn sign_in_as(mcp_url: &str, email: &str, password: &str) -> SignedIn 
 async fn start_sign_in(mcp_url: &str) -> (OAuthState, String, String, String) {
     let challenge = unauthenticated_challenge(mcp_url).await;
 
-    let mut state = OAuthState::new(mcp_url, None)
+    // rmcp's own client, unless names must resolve as the test says.
+    let client = (!resolved().is_empty()).then(mcp_http_client);
+    let mut state = OAuthState::new(mcp_url, client)
         .await
         .unwrap_or_else(|e| panic!("OAuthState::new({mcp_url}): {e}"));
     let redirect = redirect_uri();
@@ -1630,7 +1660,7 @@ pub async fn browser_authorize_to(
 ) -> String {
     let mut first_login_site: Option<String> = None;
 
-    let browser = reqwest::Client::builder()
+    let browser = with_resolved(reqwest::Client::builder())
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()

@@ -685,7 +685,17 @@ fn the_pod_runs_locked_down_with_probes() {
     assert_eq!(deployment["spec"]["replicas"], 2);
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["automountServiceAccountToken"], false);
+    // The service's own drain bound (20 s by default), then 10 s to exit.
     assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+    let longer = example().replace(
+        "  internal_listen: 127.0.0.1:9101\n",
+        "  internal_listen: 127.0.0.1:9101\n  shutdown_grace_seconds: 45\n",
+    );
+    let docs = parse_docs(&render(&longer, Target::Kubernetes).unwrap());
+    assert_eq!(
+        one(&docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+        55
+    );
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(pod["securityContext"]["runAsUser"], 65532);
     assert_eq!(

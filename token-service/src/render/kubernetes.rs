@@ -22,8 +22,9 @@ pub const SECRETS_DIR: &str = "/var/run/secrets/warden";
 pub const DATA_DIR: &str = "/var/lib/warden";
 /// The token service image's user (and group).
 pub const RUN_AS: u32 = 65532;
-/// The pod's grace period: the service's own drain bound is 20 s, plus the time to exit.
-pub const TERMINATION_GRACE_SECONDS: u32 = 30;
+/// The pod's grace period beyond the service's own drain bound
+/// (`authorization_server.shutdown_grace_seconds`): the time to exit before the kubelet kills.
+pub const TERMINATION_GRACE_MARGIN_SECONDS: u64 = 10;
 /// The `app.kubernetes.io/name` of the token service's objects.
 pub const APP_NAME: &str = "warden-token-service";
 /// The container's name.
@@ -444,7 +445,7 @@ impl<'a> Plan<'a> {
                     "spec": {
                         "automountServiceAccountToken": false,
                         "enableServiceLinks": false,
-                        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                        "terminationGracePeriodSeconds": self.config.authorization_server.shutdown_grace_seconds + TERMINATION_GRACE_MARGIN_SECONDS,
                         "securityContext": {
                             "runAsNonRoot": true,
                             "runAsUser": RUN_AS,
