@@ -604,6 +604,8 @@ pub struct StackOptions {
     pub envoy_log_level: Option<String>,
     /// Extra environment for the token service (e.g. `RUST_LOG`).
     pub token_service_env: Vec<(String, String)>,
+    /// The filter Envoy loads (default [`Binaries::wasm`]; e.g. one taken out of an image).
+    pub wasm: Option<PathBuf>,
 }
 
 pub type BootstrapHook = Box<dyn FnOnce(&mut String) + Send>;
@@ -623,6 +625,7 @@ impl Default for StackOptions {
             bootstrap_hook: None,
             envoy_log_level: None,
             token_service_env: Vec::new(),
+            wasm: None,
         }
     }
 }
@@ -860,7 +863,7 @@ impl Stack {
         let _ = Binaries::demo_server();
         let wasm = opts.envoy.then(|| {
             let _ = Binaries::envoy();
-            Binaries::wasm()
+            opts.wasm.take().unwrap_or_else(Binaries::wasm)
         });
 
         let dir = tempfile::Builder::new()
