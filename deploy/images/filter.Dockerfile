@@ -13,8 +13,9 @@ FROM rust:1-bookworm AS build
 RUN rustup target add wasm32-wasip1
 WORKDIR /mcp-warden
 COPY . .
-# The same path remapping as the Makefile, so the wasm holds no build path.
-ENV CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="--remap-path-prefix=/mcp-warden=/mcp-warden --remap-path-prefix=/usr/local/cargo=/cargo"
+# The Makefile maps the checkout to /mcp-warden (where this build runs) and cargo's home to
+# /cargo, so with the same toolchain this plugin.wasm is byte for byte the one `make images` packs.
+ENV CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="--remap-path-prefix=/usr/local/cargo=/cargo"
 RUN cargo build -p warden-filter --target wasm32-wasip1 --release --locked
 
 # Istio's "compat" variant: one layer whose only file is plugin.wasm.
