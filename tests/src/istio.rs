@@ -190,7 +190,10 @@ impl GatewayPod<'_> {
                 .into_iter()
                 .flatten()
                 .filter_map(Value::as_str)
-                .any(|g| g == gateway_ref || (g == name_of(gateway) && namespace_of(vs) == namespace_of(gateway)));
+                .any(|g| {
+                    g == gateway_ref
+                        || (g == name_of(gateway) && namespace_of(vs) == namespace_of(gateway))
+                });
             if !bound {
                 continue;
             }
@@ -200,7 +203,10 @@ impl GatewayPod<'_> {
             }
             for host in vs["spec"]["hosts"].as_array().into_iter().flatten() {
                 let host = host.as_str().expect("VirtualService host").to_owned();
-                hosts.entry(host).or_default().extend(routes.iter().cloned());
+                hosts
+                    .entry(host)
+                    .or_default()
+                    .extend(routes.iter().cloned());
             }
         }
         let virtual_hosts: Vec<Value> = hosts
@@ -218,7 +224,9 @@ impl GatewayPod<'_> {
         http_filters.push(json!({ "name": "envoy.filters.http.router", "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }));
         let mut listeners = Vec::new();
         for server in gateway["spec"]["servers"].as_array().into_iter().flatten() {
-            let port = server["port"]["number"].as_u64().expect("Gateway server port");
+            let port = server["port"]["number"]
+                .as_u64()
+                .expect("Gateway server port");
             let Some(addr) = self.listeners.get(&port) else {
                 continue;
             };
@@ -287,7 +295,10 @@ impl GatewayPod<'_> {
                 ) {
                     ("EXTENSION_CONFIG", "ADD") => {
                         let name = value["name"].as_str().expect("extension config name");
-                        extensions.insert(name.to_owned(), self.agent_pulled(value["typed_config"].clone()));
+                        extensions.insert(
+                            name.to_owned(),
+                            self.agent_pulled(value["typed_config"].clone()),
+                        );
                     }
                     ("HTTP_FILTER", op) => {
                         let context = patch["match"]["context"].as_str().unwrap_or("ANY");
@@ -298,12 +309,15 @@ impl GatewayPod<'_> {
                         match op {
                             "INSERT_FIRST" => first.push(value.clone()),
                             "INSERT_BEFORE"
-                                if patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"]
+                                if patch["match"]["listener"]["filterChain"]["filter"]
+                                    ["subFilter"]["name"]
                                     == "envoy.filters.http.router" =>
                             {
                                 before_router.push(value.clone())
                             }
-                            other => panic!("HTTP_FILTER operation {other} is not modelled here: {patch}"),
+                            other => panic!(
+                                "HTTP_FILTER operation {other} is not modelled here: {patch}"
+                            ),
                         }
                     }
                     other => panic!("EnvoyFilter patch {other:?} is not modelled here: {patch}"),
@@ -318,7 +332,11 @@ impl GatewayPod<'_> {
                     let name = filter["name"].as_str().expect("filter name").to_owned();
                     let config = extensions
                         .get(&name)
-                        .unwrap_or_else(|| panic!("config_discovery names {name}: no EXTENSION_CONFIG of that name"))
+                        .unwrap_or_else(|| {
+                            panic!(
+                                "config_discovery names {name}: no EXTENSION_CONFIG of that name"
+                            )
+                        })
                         .clone();
                     let type_url = config["@type"].as_str().unwrap_or_default().to_owned();
                     assert!(

@@ -23,6 +23,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod html;
+pub mod images;
 pub mod istio;
 pub mod jwt;
 pub mod replicas;
