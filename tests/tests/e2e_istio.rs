@@ -1,0 +1,390 @@
+//! A pod of Istio's shape: the gateway's Envoy configured from the objects
+//! `render --target istio` prints, as istiod would (`warden_e2e::istio`), with the filter pulled
+//! from the image the `EnvoyFilter` names, and the token service started from the rendered
+//! ConfigMap with the Secrets its Deployment mounts. A real MCP client signs in and calls
+//! tools through it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use warden_e2e::istio::{outbound_cluster, GatewayPod, Objects};
+use warden_e2e::*;
+
+const NAMESPACE: &str = "mcp";
+const TOKEN_SERVICE_HOST: &str = "warden-token-service.mcp.svc.cluster.local";
+const UPSTREAM_HOST: &str = "demo-mcp.mcp.svc.cluster.local";
+/// Where the rendered Deployment mounts its Secrets and volumes.
+const SECRETS_MOUNT: &str = "/var/run/secrets/warden/";
+
+fn gateway_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([("istio".to_owned(), "ingressgateway".to_owned())])
+}
+
+/// The MCP host and the issuer's: the test's clients resolve both to the gateway's listener,
+/// as DNS would send them to the ingress gateway.
+const MCP_HOST: &str = "mcp.warden.test";
+const ISSUER_HOST: &str = "auth.warden.test";
+
+/// The operator's warden.yaml for a cluster.
+fn cluster_config() -> Value {
+    json!({
+        "authorization_server": {
+            "issuer": format!("http://{ISSUER_HOST}"),
+            "listen": "127.0.0.1:9100",
+            "internal_listen": "127.0.0.1:9101",
+        },
+        "storage": { "sqlite": "/var/lib/warden/warden.db" },
+        "identity_provider": { "local": { "users": [{
+            "email": DEMO_EMAIL,
+            "name": DEMO_NAME,
+            "password_hash": password_hash(DEMO_PASSWORD),
+            "groups": ["demo"],
+        }] } },
+        "routes": [{
+            "name": "demo",
+            "from": format!("http://{MCP_HOST}"),
+            "prefix": "/demo",
+            "to": format!("http://{UPSTREAM_HOST}:8080/mcp"),
+            "pass_identity_headers": true,
+            "mcp": { "server": {} },
+            "policy": [
+                { "allow": { "and": [{ "authenticated_user": true }] } },
+                { "deny": { "or": [{ "mcp_tool": { "is": "add" } }] } },
+            ],
+        }],
+        "kubernetes": {
+            "namespace": NAMESPACE,
+            "images": {
+                "filter": "registry.example.com/mcp-warden/filter",
+                "token_service": "registry.example.com/mcp-warden/token-service:0.1.0",
+            },
+            "token_service": { "replicas": 1, "sqlite_claim": "warden-data" },
+            "gateway": {
+                "namespace": "istio-system",
+                "name": "mcp-gateway",
+                "selector": { "istio": "ingressgateway" },
+            },
+            "secrets": {
+                "encryption_key": "warden-encryption-key",
+                "internal_credential": "warden-internal-credential",
+                "session_key": "warden-session-key",
+            },
+        },
+    })
+}
+
+/// The filter image `make images` wrote, as the agent pulls it: (manifest digest, the module).
+fn pulled_filter(dir: &Path) -> (String, PathBuf) {
+    let images = std::env::var_os("WARDEN_IMAGES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/images"));
+    let digest_file = images.join("filter.digest");
+    let digest = std::fs::read_to_string(&digest_file)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run `make images`, which `make test` runs first)",
+                digest_file.display()
+            )
+        })
+        .trim()
+        .to_owned();
+    let wasm = warden_e2e::oci::pull_wasm(&images.join("filter"), &digest)
+        .unwrap_or_else(|e| panic!("pulling the filter image {digest}: {e}"));
+    let path = dir.join("plugin.wasm");
+    std::fs::write(&path, wasm).expect("write plugin.wasm");
+    (digest, path)
+}
+
+/// The Wasm filter's configuration in the rendered `EnvoyFilter`'s `EXTENSION_CONFIG`.
+fn extension_config(objects: &Objects) -> Value {
+    let filter = objects.one("EnvoyFilter");
+    filter["spec"]["configPatches"]
+        .as_array()
+        .expect("configPatches")
+        .iter()
+        .find(|p| p["applyTo"] == "EXTENSION_CONFIG")
+        .unwrap_or_else(|| panic!("no EXTENSION_CONFIG patch: {filter}"))["patch"]["value"]
+        ["typed_config"]["config"]
+        .clone()
+}
+
+async fn render_istio(config: &Path, filter_digest: &str) -> String {
+    let out = tokio::process::Command::new(Binaries::token_service())
+        .args(["render", "--target", "istio", "--config"])
+        .arg(config)
+        .args(["--filter-digest", filter_digest])
+        .output()
+        .await
+        .expect("run render");
+    assert!(
+        out.status.success(),
+        "render --target istio failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 render")
+}
+
+/// The mount paths (`mountPath` → what is mounted there) of the token service's container.
+fn mounts(deployment: &Value) -> BTreeMap<String, Value> {
+    let pod = &deployment["spec"]["template"]["spec"];
+    let volumes: BTreeMap<&str, &Value> = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| (v["name"].as_str().unwrap_or_default(), v))
+        .collect();
+    let mut out = BTreeMap::new();
+    for m in pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let volume = volumes
+            .get(m["name"].as_str().unwrap_or_default())
+            .unwrap_or_else(|| panic!("volumeMount {m} names no volume"));
+        out.insert(
+            m["mountPath"].as_str().expect("mountPath").to_owned(),
+            (*volume).clone(),
+        );
+    }
+    out
+}
+
+/// A random 32-byte secret as the token service's files hold it (base64url).
+fn secret_value() -> String {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).expect("random");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Starts the token service the way the rendered Deployment runs it: the ConfigMap's
+/// warden.yaml, the Secrets at the paths it reads, its volumes under `pod`. Only the
+/// addresses change: the pod's listeners (0.0.0.0) become free 127.0.0.1 ports.
+/// Returns the process, the container port → local address map and the Secrets' values.
+fn start_token_service(
+    objects: &Objects,
+    pod: &Path,
+) -> (Proc, BTreeMap<u64, SocketAddr>, BTreeMap<String, String>) {
+    let deployment = objects.one("Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("container args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(args, ["--config", "/etc/warden/warden.yaml"], "{container}");
+    let mounts = mounts(deployment);
+    let config_map = objects.one("ConfigMap");
+    assert_eq!(
+        mounts["/etc/warden"]["configMap"]["name"], config_map["metadata"]["name"],
+        "the ConfigMap is mounted at /etc/warden"
+    );
+    let mut config = config_map["data"]["warden.yaml"]
+        .as_str()
+        .expect("ConfigMap data warden.yaml")
+        .to_owned();
+
+    // Every Secret file the config reads must be in a Secret the Deployment mounts.
+    let mut secrets = BTreeMap::new();
+    for word in config.split(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
+        let Some(rest) = word.strip_prefix(SECRETS_MOUNT) else {
+            continue;
+        };
+        let (secret, _key) = rest
+            .split_once('/')
+            .unwrap_or_else(|| panic!("{word}: not <secret>/<key>"));
+        let mount = format!("{SECRETS_MOUNT}{secret}");
+        assert_eq!(
+            mounts
+                .get(&mount)
+                .unwrap_or_else(|| panic!("{word} is read but {mount} is not mounted"))["secret"]
+                ["secretName"],
+            secret,
+            "{mount}"
+        );
+        let file = pod.join(word.trim_start_matches('/'));
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("secret dir");
+        let value = secret_value();
+        std::fs::write(&file, &value).expect("write secret");
+        secrets.insert(secret.to_owned(), value);
+    }
+    // The volumes (the SQLite claim, /tmp) live under the pod's directory.
+    for (path, volume) in &mounts {
+        if volume.get("persistentVolumeClaim").is_some() || volume.get("emptyDir").is_some() {
+            std::fs::create_dir_all(pod.join(path.trim_start_matches('/'))).expect("volume");
+            config = config.replace(
+                &format!("{path}/"),
+                &format!("{}/", pod.join(path.trim_start_matches('/')).display()),
+            );
+        }
+    }
+    config = config.replace(
+        SECRETS_MOUNT,
+        &format!("{}/", pod.join(SECRETS_MOUNT.trim_matches('/')).display()),
+    );
+    let mut ports = BTreeMap::new();
+    for p in container["ports"].as_array().expect("container ports") {
+        let port = p["containerPort"].as_u64().expect("containerPort");
+        let local: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let bound = format!("0.0.0.0:{port}");
+        assert!(
+            config.contains(&bound),
+            "the pod listens on {bound}:\n{config}"
+        );
+        config = config.replace(&bound, &local.to_string());
+        ports.insert(port, local);
+    }
+    let path = pod.join("warden.yaml");
+    std::fs::write(&path, &config).expect("write config");
+    let process = Proc::spawn(
+        "token-service",
+        pod,
+        &Binaries::token_service(),
+        &["serve".into(), "--config".into(), path.into()],
+        &[],
+    );
+    (process, ports, secrets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_client_signs_in_and_calls_tools_through_a_gateway_configured_as_istio_would() {
+    let dir = tempfile::Builder::new()
+        .prefix("warden-istio-")
+        .tempdir()
+        .expect("temp dir");
+    let gateway_port = free_port();
+    let admin_port = free_port();
+    let demo = DemoServer::start(dir.path(), free_port()).await;
+    let config_path = dir.path().join("warden.yaml");
+    write_yaml(&config_path, &cluster_config());
+
+    let (digest, wasm) = pulled_filter(dir.path());
+    let objects = Objects::parse(&render_istio(&config_path, &digest).await);
+
+    // The filter, pulled by digest, finds the token service under the names Istio gives its
+    // Service's ports.
+    let wasm_config = extension_config(&objects);
+    assert_eq!(
+        wasm_config["vm_config"]["code"]["remote"]["http_uri"]["uri"],
+        format!("oci://registry.example.com/mcp-warden/filter@{digest}")
+    );
+    let plugin_config: Value = serde_json::from_str(
+        wasm_config["configuration"]["value"]
+            .as_str()
+            .expect("the plugin configuration, a JSON StringValue"),
+    )
+    .expect("plugin configuration JSON");
+    assert_eq!(
+        plugin_config["jwks"]["cluster"],
+        outbound_cluster(80, TOKEN_SERVICE_HOST)
+    );
+    assert_eq!(
+        plugin_config["token_service"]["cluster"],
+        outbound_cluster(9101, TOKEN_SERVICE_HOST)
+    );
+
+    let pod = dir.path().join("token-service-pod");
+    let (mut token_service, container_ports, secrets) = start_token_service(&objects, &pod);
+    token_service
+        .wait_http_ok(&format!("http://{}/readyz", container_ports[&9100]))
+        .await;
+
+    let mut endpoints = GatewayPod::service_endpoints(&objects, "cluster.local", &container_ports);
+    endpoints.insert(
+        (UPSTREAM_HOST.to_owned(), 8080),
+        demo.url()
+            .trim_start_matches("http://")
+            .parse()
+            .expect("demo address"),
+    );
+    let gateway = GatewayPod {
+        objects: &objects,
+        cluster_domain: "cluster.local",
+        listeners: BTreeMap::from([(80, format!("127.0.0.1:{gateway_port}").parse().unwrap())]),
+        admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
+        pull: &|uri: &str| {
+            assert_eq!(
+                uri,
+                format!("oci://registry.example.com/mcp-warden/filter@{digest}")
+            );
+            wasm.clone()
+        },
+    };
+    let bootstrap = gateway.bootstrap(&gateway_labels(), &endpoints);
+    let bootstrap_path = dir.path().join("gateway.json");
+    std::fs::write(
+        &bootstrap_path,
+        serde_json::to_vec_pretty(&bootstrap).unwrap(),
+    )
+    .unwrap();
+
+    // The gateway pod's environment (the Wasm VM's `host_env_keys`), from the Secrets.
+    let session_key = secret_value();
+    let credential = secrets
+        .get("warden-internal-credential")
+        .expect("the internal credential Secret is read by the token service")
+        .clone();
+    let mut envoy = spawn_envoy_with(
+        dir.path(),
+        "gateway",
+        &bootstrap_path,
+        admin_port,
+        2,
+        &[
+            ("MCP_WARDEN_SESSION_KEY", session_key.as_str()),
+            ("MCP_WARDEN_INTERNAL_CREDENTIAL", credential.as_str()),
+        ],
+    );
+    match envoy_outcome(&mut envoy, admin_port, std::time::Duration::from_secs(30)).await {
+        EnvoyOutcome::Ready => {}
+        other => envoy.fail(&format!("did not become ready: {other:?}")),
+    }
+
+    // Sign-in: discovery on the MCP host, the authorization server on the issuer's host, both
+    // through the gateway.
+    let gateway_addr: SocketAddr = format!("127.0.0.1:{gateway_port}").parse().unwrap();
+    resolve_to(MCP_HOST, gateway_addr);
+    resolve_to(ISSUER_HOST, gateway_addr);
+    let mcp_url = format!("http://{MCP_HOST}/demo");
+    let signed = sign_in(&mcp_url).await;
+    demo.clear_recorded().await;
+    let client = connect(&mcp_url, &Era::Stateless, ClientAuth::OAuth(signed.manager)).await;
+    assert_eq!(
+        call_tool_text(&client, "echo", json!({"text": "through istio"})).await,
+        "through istio"
+    );
+    let me = whoami(&client).await;
+    assert_eq!(
+        me["path"], "/mcp",
+        "rewritten as the VirtualService says: {me}"
+    );
+    assert!(me["headers"].get("authorization").is_none(), "{me}");
+    assert!(
+        me["headers"].get("x-warden-jwt-assertion").is_some(),
+        "the identity assertion, from the token service's internal port: {me}"
+    );
+    // The policy's deny, decided by the filter in the gateway.
+    let denied = client
+        .call_tool(
+            rmcp::model::CallToolRequestParams::new("add")
+                .with_arguments(json!({"a": 1, "b": 2}).as_object().unwrap().clone()),
+        )
+        .await;
+    let denied_text = format!("{denied:?}");
+    assert!(
+        denied.is_err() || denied.as_ref().is_ok_and(|r| r.is_error == Some(true)),
+        "tools/call add is denied: {denied_text}"
+    );
+    client.cancel().await.unwrap();
+    let recorded = demo.recorded().await;
+    assert!(
+        !recorded
+            .iter()
+            .any(|r| r["body"].as_str().is_some_and(|b| b.contains("\"add\""))),
+        "the denied call never reached the server: {recorded:?}"
+    );
+}
