@@ -18,8 +18,11 @@
 //!   the gateway's chain, its `config_discovery` answered with that extension (inlined here:
 //!   a static bootstrap has no ECDS server).
 //!
+//! - HTTPS servers terminate TLS with the certificate of the Secret their `credentialName`
+//!   names, a filter chain per server chosen by SNI.
+//!
 //! What it does not: mutual TLS between the gateway and the token service's sidecar, EDS,
-//! the other filters of Istio's chain (metadata exchange, stats, RBAC), HTTPS servers.
+//! the other filters of Istio's chain (metadata exchange, stats, RBAC).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -78,6 +81,9 @@ pub struct GatewayPod<'a> {
     /// `Gateway` server port → the local address its listener takes.
     pub listeners: BTreeMap<u64, SocketAddr>,
     pub admin: SocketAddr,
+    /// The TLS Secrets of the gateway's namespace: `credentialName` → (certificate chain, key)
+    /// files, as istiod's SDS would serve them.
+    pub tls_secrets: BTreeMap<String, (PathBuf, PathBuf)>,
     /// The agent's image pull: an `oci://` URL → the module's file.
     pub pull: &'a dyn Fn(&str) -> PathBuf,
 }
@@ -222,31 +228,71 @@ impl GatewayPod<'_> {
             "no EnvoyFilter inserts an HTTP filter into the gateway pod's chain"
         );
         http_filters.push(json!({ "name": "envoy.filters.http.router", "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }));
-        let mut listeners = Vec::new();
+        // One listener per server port; a filter chain per server, TLS ones chosen by SNI and
+        // terminated with the Secret their `credentialName` names (istiod's SDS).
+        let mut ports: BTreeMap<u64, Vec<Value>> = BTreeMap::new();
         for server in gateway["spec"]["servers"].as_array().into_iter().flatten() {
             let port = server["port"]["number"]
                 .as_u64()
                 .expect("Gateway server port");
-            let Some(addr) = self.listeners.get(&port) else {
+            if !self.listeners.contains_key(&port) {
                 continue;
+            }
+            let hcm = json!({
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": format!("outbound_0.0.0.0_{port}"),
+                    // Istio's gateway defaults (mesh config `pathNormalization: BASE`).
+                    "use_remote_address": true,
+                    "normalize_path": true,
+                    "route_config": { "name": format!("http.{port}"), "virtual_hosts": virtual_hosts.clone() },
+                    "http_filters": http_filters.clone()
+                }
+            });
+            let chain = match server["tls"]["mode"].as_str() {
+                None => json!({ "filters": [hcm] }),
+                Some("SIMPLE") => {
+                    let secret = server["tls"]["credentialName"].as_str().unwrap_or_else(|| {
+                        panic!("an HTTPS server without credentialName: {server}")
+                    });
+                    let (chain, key) = self.tls_secrets.get(secret).unwrap_or_else(|| {
+                        panic!("no TLS Secret {secret} in the gateway's namespace")
+                    });
+                    json!({
+                        "filter_chain_match": { "server_names": server["hosts"].clone() },
+                        "transport_socket": {
+                            "name": "envoy.transport_sockets.tls",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                                "common_tls_context": {
+                                    "alpn_protocols": ["h2", "http/1.1"],
+                                    "tls_certificates": [{
+                                        "certificate_chain": { "filename": chain.display().to_string() },
+                                        "private_key": { "filename": key.display().to_string() }
+                                    }]
+                                }
+                            }
+                        },
+                        "filters": [hcm]
+                    })
+                }
+                Some(other) => panic!("TLS mode {other} is not modelled here: {server}"),
             };
-            listeners.push(json!({
-                "name": format!("0.0.0.0_{port}"),
-                "address": { "socket_address": { "address": addr.ip().to_string(), "port_value": addr.port() } },
-                "filter_chains": [{ "filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": format!("outbound_0.0.0.0_{port}"),
-                        // Istio's gateway defaults (mesh config `pathNormalization: BASE`).
-                        "use_remote_address": true,
-                        "normalize_path": true,
-                        "route_config": { "name": format!("http.{port}"), "virtual_hosts": virtual_hosts.clone() },
-                        "http_filters": http_filters.clone()
-                    }
-                }]}]
-            }));
+            ports.entry(port).or_default().push(chain);
         }
+        let listeners: Vec<Value> = ports
+            .into_iter()
+            .map(|(port, chains)| {
+                let addr = self.listeners[&port];
+                json!({
+                    "name": format!("0.0.0.0_{port}"),
+                    "address": { "socket_address": { "address": addr.ip().to_string(), "port_value": addr.port() } },
+                    "listener_filters": [{ "name": "envoy.filters.listener.tls_inspector", "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" } }],
+                    "filter_chains": chains
+                })
+            })
+            .collect();
         assert!(!listeners.is_empty(), "no Gateway server port was placed");
 
         let clusters: Vec<Value> = clusters

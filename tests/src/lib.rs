@@ -341,11 +341,9 @@ static RESOLVED: OnceLock<Mutex<Vec<(String, SocketAddr)>>> = OnceLock::new();
 /// From now on, this process's HTTP clients (the harness's, and rmcp's during a sign-in) reach
 /// `host` at `addr` when a URL names no port.
 pub fn resolve_to(host: &str, addr: SocketAddr) {
-    RESOLVED
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap()
-        .push((host.to_owned(), addr));
+    let mut resolved = RESOLVED.get_or_init(Default::default).lock().unwrap();
+    resolved.retain(|(h, _)| h != host);
+    resolved.push((host.to_owned(), addr));
 }
 
 fn resolved() -> Vec<(String, SocketAddr)> {
@@ -355,9 +353,30 @@ fn resolved() -> Vec<(String, SocketAddr)> {
         .unwrap_or_default()
 }
 
+/// Certificate authorities (PEM) this process's HTTP clients trust besides the system's.
+static TRUSTED: OnceLock<Mutex<Vec<Vec<u8>>>> = OnceLock::new();
+
+/// From now on, this process's HTTP clients trust the CA certificate `pem` (a test's gateway).
+pub fn trust_ca(pem: &[u8]) {
+    TRUSTED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .push(pem.to_vec());
+}
+
 fn with_resolved(mut builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
     for (host, addr) in resolved() {
         builder = builder.resolve(&host, addr);
+    }
+    let trusted = TRUSTED
+        .get()
+        .map(|t| t.lock().unwrap().clone())
+        .unwrap_or_default();
+    for pem in trusted {
+        builder = builder.add_root_certificate(
+            reqwest::Certificate::from_pem(&pem).expect("a trusted CA certificate (PEM)"),
+        );
     }
     builder
 }

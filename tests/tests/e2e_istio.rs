@@ -6,9 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{json, Value};
+use warden_e2e::images;
 use warden_e2e::istio::{outbound_cluster, GatewayPod, Objects};
 use warden_e2e::*;
 
@@ -22,16 +23,22 @@ fn gateway_labels() -> BTreeMap<String, String> {
     BTreeMap::from([("istio".to_owned(), "ingressgateway".to_owned())])
 }
 
-/// The MCP host and the issuer's: the test's clients resolve both to the gateway's listener,
-/// as DNS would send them to the ingress gateway.
+/// The MCP host and the issuer's, both served by the gateway over HTTPS with a test CA's
+/// certificate. The test's clients resolve them to the gateway's listener, as DNS would send
+/// them to the ingress gateway.
 const MCP_HOST: &str = "mcp.warden.test";
 const ISSUER_HOST: &str = "auth.warden.test";
+/// The TLS Secret of the gateway's HTTPS server.
+const TLS_SECRET: &str = "mcp-gateway-tls";
+
+/// One gateway at a time: the hosts' names lead to it (`resolve_to`, for the whole process).
+static ONE_GATEWAY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The operator's warden.yaml for a cluster.
-fn cluster_config() -> Value {
+fn cluster_config(mcp_host: &str, issuer_host: &str) -> Value {
     json!({
         "authorization_server": {
-            "issuer": format!("http://{ISSUER_HOST}"),
+            "issuer": format!("https://{issuer_host}"),
             "listen": "127.0.0.1:9100",
             "internal_listen": "127.0.0.1:9101",
         },
@@ -44,7 +51,7 @@ fn cluster_config() -> Value {
         }] } },
         "routes": [{
             "name": "demo",
-            "from": format!("http://{MCP_HOST}"),
+            "from": format!("https://{mcp_host}"),
             "prefix": "/demo",
             "to": format!("http://{UPSTREAM_HOST}:8080/mcp"),
             "pass_identity_headers": true,
@@ -65,6 +72,7 @@ fn cluster_config() -> Value {
                 "namespace": "istio-system",
                 "name": "mcp-gateway",
                 "selector": { "istio": "ingressgateway" },
+                "tls_secret": TLS_SECRET,
             },
             "secrets": {
                 "encryption_key": "warden-encryption-key",
@@ -73,28 +81,6 @@ fn cluster_config() -> Value {
             },
         },
     })
-}
-
-/// The filter image `make images` wrote, as the agent pulls it: (manifest digest, the module).
-fn pulled_filter(dir: &Path) -> (String, PathBuf) {
-    let images = std::env::var_os("WARDEN_IMAGES_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/images"));
-    let digest_file = images.join("filter.digest");
-    let digest = std::fs::read_to_string(&digest_file)
-        .unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (run `make images`, which `make test` runs first)",
-                digest_file.display()
-            )
-        })
-        .trim()
-        .to_owned();
-    let wasm = warden_e2e::oci::pull_wasm(&images.join("filter"), &digest)
-        .unwrap_or_else(|e| panic!("pulling the filter image {digest}: {e}"));
-    let path = dir.join("plugin.wasm");
-    std::fs::write(&path, wasm).expect("write plugin.wasm");
-    (digest, path)
 }
 
 /// The Wasm filter's configuration in the rendered `EnvoyFilter`'s `EXTENSION_CONFIG`.
@@ -108,6 +94,90 @@ fn extension_config(objects: &Objects) -> Value {
         .unwrap_or_else(|| panic!("no EXTENSION_CONFIG patch: {filter}"))["patch"]["value"]
         ["typed_config"]["config"]
         .clone()
+}
+
+/// A test CA (trusted by this process's clients from now on) and the gateway's certificate for
+/// both hosts, made with the openssl command: (certificate, key) files.
+fn gateway_certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl (Debian package openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=warden e2e CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "gateway.key",
+                "-out",
+                "gateway.csr",
+                "-subj",
+                &format!("/CN={MCP_HOST}"),
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("gateway.ext"),
+        format!("subjectAltName=DNS:{MCP_HOST},DNS:{ISSUER_HOST}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "gateway.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "gateway.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "gateway.ext",
+    ]);
+    trust_ca(&std::fs::read(dir.join("ca.pem")).unwrap());
+    (dir.join("gateway.pem"), dir.join("gateway.key"))
 }
 
 async fn render_istio(config: &Path, filter_digest: &str) -> String {
@@ -250,20 +320,34 @@ fn start_token_service(
     (process, ports, secrets)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_mcp_client_signs_in_and_calls_tools_through_a_gateway_configured_as_istio_would() {
+/// The rendered objects running: the token service as its Deployment says, the gateway pod
+/// as istiod would configure it.
+struct IstioPods {
+    mcp_url: String,
+    demo: DemoServer,
+    _token_service: Proc,
+    _envoy: Proc,
+    _dir: tempfile::TempDir,
+}
+
+/// Renders the cluster config, starts the token service and the gateway. `adjust` may change
+/// the rendered objects first (as an operator's edit would).
+async fn start_pods(adjust: impl FnOnce(&mut Objects)) -> IstioPods {
     let dir = tempfile::Builder::new()
         .prefix("warden-istio-")
         .tempdir()
         .expect("temp dir");
     let gateway_port = free_port();
     let admin_port = free_port();
-    let demo = DemoServer::start(dir.path(), free_port()).await;
+    // The server accepts the Host the VirtualService rewrites to, as a real one in the cluster.
+    let demo =
+        DemoServer::start_with(dir.path(), free_port(), &["--allowed-host", UPSTREAM_HOST]).await;
     let config_path = dir.path().join("warden.yaml");
-    write_yaml(&config_path, &cluster_config());
+    write_yaml(&config_path, &cluster_config(MCP_HOST, ISSUER_HOST));
 
-    let (digest, wasm) = pulled_filter(dir.path());
-    let objects = Objects::parse(&render_istio(&config_path, &digest).await);
+    // The filter image `make images` wrote: the render pins it, the agent pulls it.
+    let digest = images::digest_file(&images::images_dir(), "filter");
+    let mut objects = Objects::parse(&render_istio(&config_path, &digest).await);
 
     // The filter, pulled by digest, finds the token service under the names Istio gives its
     // Service's ports.
@@ -287,6 +371,8 @@ async fn an_mcp_client_signs_in_and_calls_tools_through_a_gateway_configured_as_
         outbound_cluster(9101, TOKEN_SERVICE_HOST)
     );
 
+    adjust(&mut objects);
+
     let pod = dir.path().join("token-service-pod");
     let (mut token_service, container_ports, secrets) = start_token_service(&objects, &pod);
     token_service
@@ -304,15 +390,10 @@ async fn an_mcp_client_signs_in_and_calls_tools_through_a_gateway_configured_as_
     let gateway = GatewayPod {
         objects: &objects,
         cluster_domain: "cluster.local",
-        listeners: BTreeMap::from([(80, format!("127.0.0.1:{gateway_port}").parse().unwrap())]),
+        listeners: BTreeMap::from([(443, format!("127.0.0.1:{gateway_port}").parse().unwrap())]),
+        tls_secrets: BTreeMap::from([(TLS_SECRET.to_owned(), gateway_certificate(dir.path()))]),
         admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
-        pull: &|uri: &str| {
-            assert_eq!(
-                uri,
-                format!("oci://registry.example.com/mcp-warden/filter@{digest}")
-            );
-            wasm.clone()
-        },
+        pull: &|uri: &str| images::pull_filter(uri, dir.path()),
     };
     let bootstrap = gateway.bootstrap(&gateway_labels(), &endpoints);
     let bootstrap_path = dir.path().join("gateway.json");
@@ -343,13 +424,28 @@ async fn an_mcp_client_signs_in_and_calls_tools_through_a_gateway_configured_as_
         EnvoyOutcome::Ready => {}
         other => envoy.fail(&format!("did not become ready: {other:?}")),
     }
-
-    // Sign-in: discovery on the MCP host, the authorization server on the issuer's host, both
-    // through the gateway.
+    // The test's DNS: the issuer's and the MCP host's names lead to the gateway.
     let gateway_addr: SocketAddr = format!("127.0.0.1:{gateway_port}").parse().unwrap();
     resolve_to(MCP_HOST, gateway_addr);
     resolve_to(ISSUER_HOST, gateway_addr);
-    let mcp_url = format!("http://{MCP_HOST}/demo");
+    IstioPods {
+        mcp_url: format!("https://{MCP_HOST}/demo"),
+        demo,
+        _token_service: token_service,
+        _envoy: envoy,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_client_signs_in_and_calls_tools_through_a_gateway_configured_as_istio_would() {
+    let _one = ONE_GATEWAY.lock().await;
+    let pods = start_pods(|_| {}).await;
+    let demo = &pods.demo;
+
+    // Sign-in: discovery on the MCP host, the authorization server on the issuer's host, both
+    // through the gateway.
+    let mcp_url = pods.mcp_url.clone();
     let signed = sign_in(&mcp_url).await;
     demo.clear_recorded().await;
     let client = connect(&mcp_url, &Era::Stateless, ClientAuth::OAuth(signed.manager)).await;
@@ -387,4 +483,49 @@ async fn an_mcp_client_signs_in_and_calls_tools_through_a_gateway_configured_as_
             .any(|r| r["body"].as_str().is_some_and(|b| b.contains("\"add\""))),
         "the denied call never reached the server: {recorded:?}"
     );
+}
+
+/// Why the render writes an EnvoyFilter: the same pod with the Wasm configuration a WasmPlugin
+/// gets (no `allow_on_headers_stop_iteration`) never hands the filter a POST's body, so a tool
+/// call waits until a timeout while reads without a body go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_allow_on_headers_stop_iteration_a_tool_call_stalls() {
+    let _one = ONE_GATEWAY.lock().await;
+    let pods = start_pods(|objects| {
+        for o in objects.0.iter_mut().filter(|o| o["kind"] == "EnvoyFilter") {
+            for patch in o["spec"]["configPatches"].as_array_mut().unwrap() {
+                if let Some(config) =
+                    patch["patch"]["value"]["typed_config"]["config"].as_object_mut()
+                {
+                    assert!(config.remove("allow_on_headers_stop_iteration").is_some());
+                }
+            }
+        }
+    })
+    .await;
+    let mcp_url = pods.mcp_url.clone();
+    let signed = sign_in(&mcp_url).await;
+    let call = http_client()
+        .post(&mcp_url)
+        .bearer_auth(&signed.access_token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "echo")
+        .json(&stateless_body(
+            1,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "x"}}),
+        ))
+        .timeout(std::time::Duration::from_secs(4))
+        .send()
+        .await;
+    assert!(
+        call.as_ref().is_err_and(|e| e.is_timeout()),
+        "the call stalls without the option: {call:?}"
+    );
+    pods.demo
+        .assert_nothing_recorded("a call whose body the filter never saw")
+        .await;
 }
