@@ -9,14 +9,13 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use serde::Deserialize as _;
 use serde_json::{json, Value};
 use warden_e2e::images::{digest_file, images_dir, istio_extract_plugin, pull_filter, Image};
 use warden_e2e::{
-    call_tool_text, connect, free_port, http_client, jwt, operator_config, workspace_root,
-    write_yaml, Binaries, ClientAuth, Era, Ports, Proc, Stack, StackOptions, READY_TIMEOUT,
+    call_tool_text, connect, free_port, jwt, operator_config, workspace_root, write_yaml, Binaries,
+    ClientAuth, Era, Ports, Proc, Stack, StackOptions,
 };
 
 /// Runs scripts/oci-image.py and returns the digest it printed.
@@ -294,32 +293,8 @@ async fn token_service_image_is_well_formed_and_its_binary_starts_ready() {
     );
 
     let base = format!("http://127.0.0.1:{}", ports.token_service);
-    let client = http_client();
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Some(status) = service.exited() {
-            service.fail(&format!("exited with {status} before it was ready"));
-        }
-        if let Ok(resp) = client.get(format!("{base}/readyz")).send().await {
-            let mut status = resp.status().as_u16();
-            // Until /readyz lands (issue 19's health part), fall back to /healthz on a 404;
-            // drop this fallback once it is merged.
-            if status == 404 {
-                status = client
-                    .get(format!("{base}/healthz"))
-                    .send()
-                    .await
-                    .map_or(0, |r| r.status().as_u16());
-            }
-            if status == 200 {
-                break;
-            }
-        }
-        if Instant::now() > deadline {
-            service.fail(&format!("not ready within {READY_TIMEOUT:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Ready: the store open, its migrations applied, a signing key loaded.
+    service.wait_http_ok(&format!("{base}/readyz")).await;
 
     let pid = service.pid().expect("running");
     let libs = mapped_libraries(pid);
