@@ -7,7 +7,8 @@
 //!   virtual host per host (`host` and `host:*`), its http routes in order, each Envoy route
 //!   named after the http route (`xds.route_name`), `uri.exact` as `path`, `uri.prefix` as
 //!   `prefix`, `rewrite.uri` as `prefix_rewrite`, `rewrite.authority` as
-//!   `host_rewrite_literal`, no route timeout;
+//!   `host_rewrite_literal`, the http route's `timeout` (none by default; under 1 ms refused,
+//!   as istiod's validation does);
 //! - clusters named `outbound|<port>||<host>` for every `Service` port (the host being
 //!   `<name>.<namespace>.svc.<cluster domain>`) and every `ServiceEntry` host and port, and
 //!   only those: a name the render computed wrongly reaches no cluster;
@@ -16,7 +17,8 @@
 //!   pulled by the agent into a local file (`ISTIO_META_` variables consumed and removed); an
 //!   `HTTP_FILTER` patch (`INSERT_FIRST`, or `INSERT_BEFORE` the router) puts the filter in
 //!   the gateway's chain, its `config_discovery` answered with that extension (inlined here:
-//!   a static bootstrap has no ECDS server).
+//!   a static bootstrap has no ECDS server); a `NETWORK_FILTER` `MERGE` into the connection
+//!   manager changes its fields.
 //!
 //! - HTTPS servers terminate TLS with the certificate of the Secret their `credentialName`
 //!   names, a filter chain per server chosen by SNI.
@@ -222,7 +224,7 @@ impl GatewayPod<'_> {
             })
             .collect();
 
-        let mut http_filters = self.patched_filters(pod_labels);
+        let (mut http_filters, hcm_merges) = self.patched_filters(pod_labels);
         assert!(
             !http_filters.is_empty(),
             "no EnvoyFilter inserts an HTTP filter into the gateway pod's chain"
@@ -238,7 +240,7 @@ impl GatewayPod<'_> {
             if !self.listeners.contains_key(&port) {
                 continue;
             }
-            let hcm = json!({
+            let mut hcm = json!({
                 "name": "envoy.filters.network.http_connection_manager",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -250,6 +252,17 @@ impl GatewayPod<'_> {
                     "http_filters": http_filters.clone()
                 }
             });
+            // An EnvoyFilter's MERGE of scalar fields into the connection manager.
+            for merge in &hcm_merges {
+                assert_eq!(merge["@type"], hcm["typed_config"]["@type"], "{merge}");
+                for (k, v) in merge.as_object().into_iter().flatten() {
+                    assert!(
+                        v.is_string() || v.is_number() || v.is_boolean(),
+                        "only scalar merges are modelled: {merge}"
+                    );
+                    hcm["typed_config"][k] = v.clone();
+                }
+            }
             let chain = match server["tls"]["mode"].as_str() {
                 None => json!({ "filters": [hcm] }),
                 Some("SIMPLE") => {
@@ -316,11 +329,12 @@ impl GatewayPod<'_> {
     /// (before the router, which Istio's chain always ends with), each `config_discovery`
     /// answered with the `EXTENSION_CONFIG` it names, as istiod's ECDS would, its remote code
     /// pulled as the agent would (the `ISTIO_META_` variables consumed and removed).
-    fn patched_filters(&self, pod_labels: &BTreeMap<String, String>) -> Vec<Value> {
+    fn patched_filters(&self, pod_labels: &BTreeMap<String, String>) -> (Vec<Value>, Vec<Value>) {
         let gateway_namespace = namespace_of(self.objects.one("Gateway"));
         let mut extensions: BTreeMap<String, Value> = BTreeMap::new();
         let mut first = Vec::new();
         let mut before_router = Vec::new();
+        let mut hcm_merges = Vec::new();
         for filter in self.objects.of_kind("EnvoyFilter") {
             let spec = &filter["spec"];
             let labels = &spec["workloadSelector"]["labels"];
@@ -366,11 +380,18 @@ impl GatewayPod<'_> {
                             ),
                         }
                     }
+                    ("NETWORK_FILTER", "MERGE")
+                        if patch["match"]["listener"]["filterChain"]["filter"]["name"]
+                            == "envoy.filters.network.http_connection_manager"
+                            && patch["match"]["context"] == "GATEWAY" =>
+                    {
+                        hcm_merges.push(value["typed_config"].clone());
+                    }
                     other => panic!("EnvoyFilter patch {other:?} is not modelled here: {patch}"),
                 }
             }
         }
-        first
+        let filters = first
             .into_iter()
             .chain(before_router)
             .map(|mut filter| {
@@ -395,7 +416,8 @@ impl GatewayPod<'_> {
                 }
                 filter
             })
-            .collect()
+            .collect();
+        (filters, hcm_merges)
     }
 
     /// The agent's rewrite of a remote Wasm module to the file it pulled
@@ -434,7 +456,22 @@ fn envoy_routes(http: &Value) -> Vec<Value> {
     let port = destination["port"]["number"]
         .as_u64()
         .unwrap_or_else(|| panic!("destination without a port number: {http}"));
-    let mut action = json!({ "cluster": outbound_cluster(port, host), "timeout": "0s" });
+    // Istio's route timeout: the http route's, or none. istiod refuses one under 1 ms.
+    let timeout = match http["timeout"].as_str() {
+        None => "0s".to_owned(),
+        Some(t) => {
+            let seconds: f64 = t
+                .strip_suffix('s')
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("a timeout in seconds (\"30s\"): {http}"));
+            assert!(
+                seconds >= 0.001,
+                "istiod refuses a timeout under 1 ms: {http}"
+            );
+            t.to_owned()
+        }
+    };
+    let mut action = json!({ "cluster": outbound_cluster(port, host), "timeout": timeout });
     if let Some(uri) = http["rewrite"]["uri"].as_str() {
         action["prefix_rewrite"] = json!(uri);
     }

@@ -4,6 +4,8 @@
 //! ConfigMap with the Secrets its Deployment mounts. A real MCP client signs in and calls
 //! tools through it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -494,9 +496,10 @@ async fn without_allow_on_headers_stop_iteration_a_tool_call_stalls() {
     let pods = start_pods(|objects| {
         for o in objects.0.iter_mut().filter(|o| o["kind"] == "EnvoyFilter") {
             for patch in o["spec"]["configPatches"].as_array_mut().unwrap() {
-                if let Some(config) =
-                    patch["patch"]["value"]["typed_config"]["config"].as_object_mut()
-                {
+                if patch["applyTo"] == "EXTENSION_CONFIG" {
+                    let config = patch["patch"]["value"]["typed_config"]["config"]
+                        .as_object_mut()
+                        .unwrap();
                     assert!(config.remove("allow_on_headers_stop_iteration").is_some());
                 }
             }

@@ -1,7 +1,8 @@
 //! Whether the service should get traffic (`/readyz`; `/healthz` only says the process is
 //! alive). Not ready while it starts (the store opening, migrations running, the signing keys
-//! loading: `serve` binds first so this can be seen), once shutdown has begun (so Kubernetes
-//! takes the pod out of its Service before it stops), while the store cannot be reached, or
+//! loading: `serve` binds first so this can be seen), once shutdown has begun (connections
+//! still open learn it; Kubernetes drops a terminating pod from its Service by itself, during
+//! the rendered `preStop` pause), while the store cannot be reached, or
 //! without a signing key. The store check is one trivial query, bounded in time, at most one
 //! at once, and its answer is kept for a second, so probes cannot load the database.
 

@@ -215,6 +215,19 @@ fn the_gateway_pulls_the_filter_by_digest_holds_headers_for_the_body_and_fails_c
         vm["environment_variables"]["host_env_keys"],
         serde_json::json!(["MCP_WARDEN_SESSION_KEY", "MCP_WARDEN_INTERNAL_CREDENTIAL"])
     );
+    // MCP streams may stay silent for an hour, as with the Envoy bootstrap.
+    let merge = filter["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["applyTo"] == "NETWORK_FILTER")
+        .unwrap();
+    assert_eq!(merge["match"]["context"], "GATEWAY");
+    assert_eq!(merge["patch"]["operation"], "MERGE");
+    assert_eq!(
+        merge["patch"]["value"]["typed_config"]["stream_idle_timeout"],
+        "3600s"
+    );
     // First in every gateway HTTP chain, loaded before the listener takes traffic.
     let insert = filter["spec"]["configPatches"]
         .as_array()
@@ -685,8 +698,13 @@ fn the_pod_runs_locked_down_with_probes() {
     assert_eq!(deployment["spec"]["replicas"], 2);
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["automountServiceAccountToken"], false);
-    // The service's own drain bound (20 s by default), then 10 s to exit.
-    assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+    // 5 s still serving while the endpoints drop the pod (preStop), the service's own drain
+    // bound (20 s by default), then 10 s to exit.
+    assert_eq!(
+        pod["containers"][0]["lifecycle"]["preStop"],
+        serde_json::json!({"sleep": {"seconds": 5}})
+    );
+    assert_eq!(pod["terminationGracePeriodSeconds"], 35);
     let longer = example().replace(
         "  internal_listen: 127.0.0.1:9101\n",
         "  internal_listen: 127.0.0.1:9101\n  shutdown_grace_seconds: 45\n",
@@ -694,7 +712,7 @@ fn the_pod_runs_locked_down_with_probes() {
     let docs = parse_docs(&render(&longer, Target::Kubernetes).unwrap());
     assert_eq!(
         one(&docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
-        55
+        60
     );
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(pod["securityContext"]["runAsUser"], 65532);
@@ -809,6 +827,15 @@ fn service_entries_only_for_hosts_outside_the_cluster() {
     let text = config_with(|v| v["routes"][0]["to"] = "http://10.1.2.3:8080/mcp".into());
     let e = render(&text, Target::Istio).unwrap_err();
     assert!(e.starts_with("routes[0].to:"), "{e}");
+    // Nor is a Service's short name an external host.
+    for short in ["http://crm-mcp:8080/mcp", "http://crm-mcp.mcp.svc:8080/mcp"] {
+        let text = config_with(|v| v["routes"][0]["to"] = short.into());
+        let e = render(&text, Target::Istio).unwrap_err();
+        assert!(
+            e.starts_with("routes[0].to:") && e.contains("short Service name"),
+            "{e}"
+        );
+    }
 }
 
 #[test]
@@ -852,6 +879,10 @@ fn the_gateway_serves_every_host_with_tls_where_https() {
             vs["spec"]["gateways"],
             serde_json::json!(["istio-system/mcp-gateway"])
         );
+        // No route timeout: Istio's default is none, and its validation refuses `0s`.
+        for http in vs["spec"]["http"].as_array().unwrap() {
+            assert!(http.get("timeout").is_none(), "{http}");
+        }
     }
     // A root route on the issuer's host would hide the token service there.
     let text = config_with(|v| {

@@ -9,9 +9,10 @@ use warden_core::config::ENVOY_ROUTE_PREFIX;
 use warden_core::url::ResourceUrl;
 
 use super::kubernetes::{check_digest, gateway_host, header, issuer_host, to_yaml, Plan};
+
 use super::plugin::{
     plugin_config_for, upstream, EnvoyInput, FilterTargets, INTERNAL_CREDENTIAL_ENV,
-    SESSION_KEY_ENV, TOKEN_SERVICE_PREFIXES, TOKEN_SERVICE_ROUTE,
+    SESSION_KEY_ENV, STREAM_IDLE_TIMEOUT_SECONDS, TOKEN_SERVICE_PREFIXES, TOKEN_SERVICE_ROUTE,
 };
 
 /// The EnvoyFilter's name, the extension config's and the filter's root id (as in the Envoy
@@ -19,6 +20,8 @@ use super::plugin::{
 pub const WASM_FILTER: &str = "mcp-warden";
 
 const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+const HCM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 
 /// The VirtualService http route sending the issuer's host to the token service.
 pub const ISSUER_ROUTE: &str = "mcp-warden.issuer";
@@ -195,8 +198,9 @@ fn virtual_service(plan: &Plan<'_>, host: &Host) -> Result<Value, String> {
                 "name": name,
                 "match": [matcher],
                 "rewrite": {"uri": rewrite, "authority": authority},
+                // No `timeout`: Istio's default is none (a long tool call or SSE stream is
+                // not cut), and its validation refuses `0s`.
                 "route": destination(&to_host, port),
-                "timeout": "0s",
             }));
         }
     }
@@ -231,6 +235,13 @@ fn service_entries(plan: &Plan<'_>) -> Result<Vec<Value>, String> {
         }
         if host.ends_with(&suffix) {
             continue;
+        }
+        // A Service's short names (`<name>`, `<name>.<namespace>.svc`) resolve only through a
+        // pod's search path; as a ServiceEntry they would become an external DNS host.
+        if !host.contains('.') || host.ends_with(".svc") {
+            return Err(format!(
+                "routes[{i}].to: {host} looks like a short Service name: give the full <name>.<namespace>{suffix}"
+            ));
         }
         match external.iter_mut().find(|(h, _)| *h == host) {
             Some((_, ports)) if !ports.contains(&port) => ports.push(port),
@@ -319,10 +330,23 @@ fn envoy_filter(plan: &Plan<'_>, filter_digest: &str) -> Result<Value, String> {
                     }},
                 },
                 {
+                    // MCP streams (SSE) may stay silent long: Envoy's default 5 min stream
+                    // idle timeout would cut them; the Envoy bootstrap's hour, as there.
+                    "applyTo": "NETWORK_FILTER",
+                    "match": {
+                        "context": "GATEWAY",
+                        "listener": {"filterChain": {"filter": {"name": HCM}}},
+                    },
+                    "patch": {"operation": "MERGE", "value": {"typed_config": {
+                        "@type": HCM_TYPE_URL,
+                        "stream_idle_timeout": format!("{STREAM_IDLE_TIMEOUT_SECONDS}s"),
+                    }}},
+                },
+                {
                     "applyTo": "HTTP_FILTER",
                     "match": {
                         "context": "GATEWAY",
-                        "listener": {"filterChain": {"filter": {"name": "envoy.filters.network.http_connection_manager"}}},
+                        "listener": {"filterChain": {"filter": {"name": HCM}}},
                     },
                     "patch": {"operation": "INSERT_FIRST", "value": {
                         "name": WASM_FILTER,

@@ -25,6 +25,10 @@ pub const RUN_AS: u32 = 65532;
 /// The pod's grace period beyond the service's own drain bound
 /// (`authorization_server.shutdown_grace_seconds`): the time to exit before the kubelet kills.
 pub const TERMINATION_GRACE_MARGIN_SECONDS: u64 = 10;
+/// How long a terminating pod keeps serving before it gets SIGTERM (`preStop` sleep): the
+/// Service's endpoints and the gateways' copies of them drop it meanwhile, so no new
+/// connection (the filter's JWKS, look-ups and feed polls have no retry) meets a closed port.
+pub const DRAIN_SECONDS: u64 = 5;
 /// The `app.kubernetes.io/name` of the token service's objects.
 pub const APP_NAME: &str = "warden-token-service";
 /// The container's name.
@@ -445,7 +449,7 @@ impl<'a> Plan<'a> {
                     "spec": {
                         "automountServiceAccountToken": false,
                         "enableServiceLinks": false,
-                        "terminationGracePeriodSeconds": self.config.authorization_server.shutdown_grace_seconds + TERMINATION_GRACE_MARGIN_SECONDS,
+                        "terminationGracePeriodSeconds": DRAIN_SECONDS + self.config.authorization_server.shutdown_grace_seconds + TERMINATION_GRACE_MARGIN_SECONDS,
                         "securityContext": {
                             "runAsNonRoot": true,
                             "runAsUser": RUN_AS,
@@ -462,6 +466,8 @@ impl<'a> Plan<'a> {
                                 {"name": "http", "containerPort": a.listen.port(), "protocol": "TCP"},
                                 {"name": "internal", "containerPort": a.internal_listen.port(), "protocol": "TCP"},
                             ],
+                            // The image has no shell: Kubernetes' own sleep (1.30 and later).
+                            "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
                             "livenessProbe": probe("/healthz", 10),
                             "readinessProbe": probe("/readyz", 5),
                             "resources": self.k.token_service.resources,
