@@ -365,20 +365,25 @@ pub fn trust_ca(pem: &[u8]) {
         .push(pem.to_vec());
 }
 
+/// A reqwest client builder for tests: the names [`resolve_to`] set, and TLS that trusts only
+/// the CAs [`trust_ca`] added (tests reach nothing else over TLS; loading the system's roots
+/// would cost about 20 ms per client, and timing tests build many).
+pub fn client_builder() -> reqwest::ClientBuilder {
+    with_resolved(reqwest::Client::builder())
+}
+
 fn with_resolved(mut builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
     for (host, addr) in resolved() {
         builder = builder.resolve(&host, addr);
     }
-    let trusted = TRUSTED
+    let trusted: Vec<reqwest::Certificate> = TRUSTED
         .get()
         .map(|t| t.lock().unwrap().clone())
-        .unwrap_or_default();
-    for pem in trusted {
-        builder = builder.add_root_certificate(
-            reqwest::Certificate::from_pem(&pem).expect("a trusted CA certificate (PEM)"),
-        );
-    }
-    builder
+        .unwrap_or_default()
+        .iter()
+        .map(|pem| reqwest::Certificate::from_pem(pem).expect("a trusted CA certificate (PEM)"))
+        .collect();
+    builder.tls_certs_only(trusted)
 }
 
 /// reqwest client for rmcp's MCP transport: no proxies, no overall timeout (SSE streams stay

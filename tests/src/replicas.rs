@@ -580,7 +580,7 @@ impl Browser {
     /// A browser that opens a connection per request (`pooled: false`): a replica killed
     /// between two requests is then a refused connection, never a stale pooled one.
     pub fn with_pool(pooled: bool) -> Browser {
-        let mut builder = reqwest::Client::builder()
+        let mut builder = crate::client_builder()
             .cookie_store(true)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()

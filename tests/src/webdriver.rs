@@ -44,7 +44,7 @@ impl Browser {
         proc.wait_http_ok(&format!("http://127.0.0.1:{port}/status"))
             .await;
         let profile = tempfile::tempdir().expect("browser profile dir");
-        let http = reqwest::Client::builder()
+        let http = crate::client_builder()
             .timeout(Duration::from_secs(60))
             .no_proxy()
             .build()

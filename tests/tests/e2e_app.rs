@@ -37,7 +37,7 @@ async fn app_stack() -> Stack {
 }
 
 fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
+    warden_e2e::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .timeout(std::time::Duration::from_secs(30))

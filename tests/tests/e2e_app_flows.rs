@@ -90,7 +90,7 @@ fn only(email: &str) -> Value {
 /// A browser without a cookie jar (cookies are passed by hand) that does not follow
 /// redirects.
 fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
+    warden_e2e::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .timeout(Duration::from_secs(30))
@@ -250,7 +250,7 @@ fn server_urls(body: &Value) -> Vec<String> {
 /// login form with the demo user's credentials, until a page that is not a login form or not
 /// a success. Returns the final status, URL, `Location` and body.
 async fn browse_until_page(url: &str) -> (u16, String, Option<String>, String) {
-    let b = reqwest::Client::builder()
+    let b = warden_e2e::client_builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()

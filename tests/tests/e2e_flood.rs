@@ -179,7 +179,7 @@ async fn a_flood_of_badly_signed_tokens_costs_at_most_the_budget_and_signed_in_c
     let stack = Stack::start().await;
     let url = stack.mcp_url();
     let te = stack.mint_token(&url).await;
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = warden_e2e::client_builder().no_proxy().build().unwrap();
     // Warm: the token verified and cached, the connection open.
     for _ in 0..20 {
         timed_call(&client, &url, &te).await;
@@ -267,7 +267,7 @@ async fn streamed_answers_through_envoy_do_not_stall() {
     let stack = Stack::start().await;
     let url = stack.mcp_url();
     let te = stack.mint_token(&url).await;
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = warden_e2e::client_builder().no_proxy().build().unwrap();
     timed_call(&client, &url, &te).await;
     let mut slow = 0;
     let mut all = Vec::new();
@@ -287,7 +287,7 @@ async fn try_abandoned_call(url: &str, bearer: &str, wait: Duration) -> Option<u
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}});
     let resp = tokio::time::timeout(
         wait,
-        reqwest::Client::builder()
+        warden_e2e::client_builder()
             .no_proxy()
             .build()
             .unwrap()
@@ -329,11 +329,31 @@ async fn calls_abandoned_while_the_token_service_answers_leave_nothing_behind() 
             let counter = counter.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 16 * 1024];
+                let mut pending: Vec<u8> = Vec::new();
                 loop {
-                    match s.read(&mut buf).await {
-                        Ok(n) if n > 0 => {}
-                        _ => return,
-                    }
+                    // One answer per whole request (head and `content-length` body): a request
+                    // that arrives in two reads must not get two answers, the second of which
+                    // would answer the next request at once.
+                    let whole = |p: &[u8]| {
+                        let end = p.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+                        let head = String::from_utf8_lossy(&p[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        (p.len() >= end + length).then_some(end + length)
+                    };
+                    let used = loop {
+                        if let Some(used) = whole(&pending) {
+                            break used;
+                        }
+                        match s.read(&mut buf).await {
+                            Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    };
+                    pending.drain(..used);
                     tokio::time::sleep(Duration::from_millis(150)).await;
                     let body = r#"{"error":"unknown_user"}"#;
                     let resp = format!(

@@ -18,7 +18,7 @@ const WHO: &str = "/who";
 const GH: &str = "/gh";
 
 fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
+    warden_e2e::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .build()
