@@ -276,19 +276,23 @@ impl Forwarder {
     }
 }
 
-// Two workers: the forwarder must run while a test step blocks one (opening the store).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_that_goes_away_is_answered_503_and_then_served_again() {
-    let Some(db) = PgDb::create() else { return };
+/// The PostgreSQL server's address (the forwarder's target).
+fn server_address(db: &PgDb) -> SocketAddr {
     let server = url::Url::parse(&db.url).unwrap();
-    let target: SocketAddr = format!(
+    format!(
         "{}:{}",
         server.host_str().unwrap(),
         server.port().unwrap_or(5432)
     )
     .parse()
-    .unwrap();
-    let mut forwarder = Forwarder::start(target).await;
+    .unwrap()
+}
+
+// Two workers: the forwarder must run while a test step blocks one (opening the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_goes_away_is_answered_503_and_then_served_again() {
+    let Some(db) = PgDb::create() else { return };
+    let mut forwarder = Forwarder::start(server_address(&db)).await;
     let url = db.url_via(forwarder.addr);
     let env = TestEnv::with(|dir| on_postgres(&config_yaml(dir, "", "ES256"), dir, &url));
     let code = env.code("public-app", PUBLIC_REDIRECT).await;
@@ -416,15 +420,7 @@ fn readiness_reason(a: &common::served::Answer) -> String {
 async fn readyz_follows_the_database_at_start_and_while_serving() {
     use common::served::{get, wait_readyz, Served};
     let Some(db) = PgDb::create() else { return };
-    let server = url::Url::parse(&db.url).unwrap();
-    let target: SocketAddr = format!(
-        "{}:{}",
-        server.host_str().unwrap(),
-        server.port().unwrap_or(5432)
-    )
-    .parse()
-    .unwrap();
-    let mut forwarder = Forwarder::start(target).await;
+    let mut forwarder = Forwarder::start(server_address(&db)).await;
     let dir = tempfile::tempdir().unwrap();
     let config = pg_config_file(dir.path(), &db.url_via(forwarder.addr));
 
