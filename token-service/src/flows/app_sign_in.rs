@@ -9,6 +9,8 @@ use super::browser::{
     Refusal, SetCookie,
 };
 use super::hash_secret;
+use super::sign_out;
+pub use super::sign_out::SignOut;
 use crate::config::RouteConfig;
 use crate::identity;
 use crate::store::{Continuation, Session, Store};
@@ -164,19 +166,6 @@ pub(super) fn continue_signed_in(
     }
 }
 
-/// Where an app's sign-out leaves the issuer's sign-in session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SignOut {
-    /// The sign-in session ended (the browser forgets its cookie).
-    SignedOut,
-    /// A live session and no proof the user asked: the sign-out form, with its CSRF token.
-    Confirm { csrf: String },
-    /// No live session: nothing to end.
-    NotSignedIn,
-    /// The form did not come from our sign-out page (CSRF token, origin): nothing ends.
-    NotConfirmed,
-}
-
 /// After an app's sign-out (the filter ended the app session). With the filter's `ticket`
 /// (proof that the sign-out was asked for on the app's own page), the sign-in session ends
 /// too, and every other app session of it; without one this is a page any site could send a
@@ -195,16 +184,7 @@ pub fn signed_out(
         }
         return Ok(SignOut::SignedOut);
     }
-    let live = match session {
-        Some(secret) => store.session(&hash_secret(&secret), now)?.map(|_| secret),
-        None => None,
-    };
-    Ok(match live {
-        Some(secret) => SignOut::Confirm {
-            csrf: key.csrf(&secret),
-        },
-        None => SignOut::NotSignedIn,
-    })
+    sign_out::page(store, key, session, now)
 }
 
 /// The sign-out form: ends the sign-in session of the browser that shows the CSRF token
@@ -218,10 +198,7 @@ pub fn sign_out_confirmed(
     now: i64,
     feed_until: i64,
 ) -> anyhow::Result<SignOut> {
-    let valid = session.as_deref().is_some_and(|secret| {
-        super::constant_time_eq(key.csrf(secret).as_bytes(), csrf.as_bytes())
-    });
-    let Some(secret) = session.filter(|_| valid && same_origin) else {
+    let Some(secret) = sign_out::asked(key, csrf, session, same_origin) else {
         return Ok(SignOut::NotConfirmed);
     };
     if let Some(sid) = store.revoke_session(&hash_secret(&secret), now, feed_until)? {

@@ -4,15 +4,28 @@
 
 use anyhow::Context;
 
-use super::app_sign_in::SignOut;
 use super::hash_secret;
 use crate::config::Config;
 use crate::flows::app::SignOutKey;
 use crate::identity;
 use crate::store::{GrantFilter, Revoked, Store};
 
-/// `GET {issuer}/sign-out`: the form, with a CSRF token bound to the browser's session, or
-/// "not signed in".
+/// Where a sign-out leaves the issuer's sign-in session (the issuer's own, or after an
+/// app's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignOut {
+    /// The sign-in session ended (the browser forgets its cookie).
+    SignedOut,
+    /// A live session and no proof the user asked: the sign-out form, with its CSRF token.
+    Confirm { csrf: String },
+    /// No live session: nothing to end.
+    NotSignedIn,
+    /// The form did not come from our sign-out page (CSRF token, origin): nothing ends.
+    NotConfirmed,
+}
+
+/// `GET {issuer}/sign-out` (and an app's sign-out without the filter's ticket): the form,
+/// with a CSRF token bound to the browser's session, or "not signed in".
 pub fn page(
     store: &dyn Store,
     key: &SignOutKey,
@@ -43,10 +56,7 @@ pub fn confirmed(
     now: i64,
     feed_until: i64,
 ) -> anyhow::Result<SignOut> {
-    let valid = session.as_deref().is_some_and(|secret| {
-        super::constant_time_eq(key.csrf(secret).as_bytes(), csrf.as_bytes())
-    });
-    let Some(secret) = session.filter(|_| valid && same_origin) else {
+    let Some(secret) = asked(key, csrf, session, same_origin) else {
         return Ok(SignOut::NotConfirmed);
     };
     let Some(session) = store.session(&hash_secret(&secret), now)? else {
@@ -62,6 +72,20 @@ pub fn confirmed(
         "signed out everywhere"
     );
     Ok(SignOut::SignedOut)
+}
+
+/// The session secret of a sign-out form the user sent: the CSRF token bound to its session
+/// cookie, from our own origin. `None`: nothing proves the user asked.
+pub(super) fn asked(
+    key: &SignOutKey,
+    csrf: &str,
+    session: Option<String>,
+    same_origin: bool,
+) -> Option<String> {
+    let valid = session.as_deref().is_some_and(|secret| {
+        super::constant_time_eq(key.csrf(secret).as_bytes(), csrf.as_bytes())
+    });
+    session.filter(|_| valid && same_origin)
 }
 
 /// What an administrator asked to end (`warden-token-service revoke`).

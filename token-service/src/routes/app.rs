@@ -268,21 +268,7 @@ pub(super) async fn signed_out_post(
     headers: HeaderMap,
     axum::Form(form): axum::Form<SignOutForm>,
 ) -> Result<Response> {
-    let same_origin = same_origin(&s, &headers);
-    let session = cookie_value(&s, &headers, SESSION_COOKIE);
-    let out = s
-        .blocking(move |st| {
-            Ok(app_sign_in::sign_out_confirmed(
-                st.store().as_ref(),
-                st.sign_out_key(),
-                &form.csrf,
-                session,
-                same_origin,
-                st.now(),
-                st.config().revocation_expires_at(st.now()),
-            )?)
-        })
-        .await?;
+    let out = confirmed_sign_out(&s, &headers, form, app_sign_in::sign_out_confirmed).await?;
     Ok(sign_out_page(&s, out))
 }
 
@@ -309,22 +295,42 @@ pub(super) async fn sign_out_post(
     headers: HeaderMap,
     axum::Form(form): axum::Form<SignOutForm>,
 ) -> Result<Response> {
-    let same_origin = same_origin(&s, &headers);
-    let session = cookie_value(&s, &headers, SESSION_COOKIE);
-    let out = s
-        .blocking(move |st| {
-            Ok(sign_out::confirmed(
-                st.store().as_ref(),
-                st.sign_out_key(),
-                &form.csrf,
-                session,
-                same_origin,
-                st.now(),
-                st.config().revocation_expires_at(st.now()),
-            )?)
-        })
-        .await?;
+    let out = confirmed_sign_out(&s, &headers, form, sign_out::confirmed).await?;
     Ok(issuer_sign_out_page(&s, out))
+}
+
+/// The flow a sign-out form's `POST` runs: its CSRF token, session cookie and origin.
+type ConfirmedFlow = fn(
+    &dyn crate::store::Store,
+    &crate::flows::app::SignOutKey,
+    &str,
+    Option<String>,
+    bool,
+    i64,
+    i64,
+) -> anyhow::Result<SignOut>;
+
+/// Runs `flow` on a sign-out form's `POST` (the two forms differ in what they end).
+async fn confirmed_sign_out(
+    s: &AppState,
+    headers: &HeaderMap,
+    form: SignOutForm,
+    flow: ConfirmedFlow,
+) -> Result<SignOut> {
+    let same_origin = same_origin(s, headers);
+    let session = cookie_value(s, headers, SESSION_COOKIE);
+    s.blocking(move |st| {
+        Ok(flow(
+            st.store().as_ref(),
+            st.sign_out_key(),
+            &form.csrf,
+            session,
+            same_origin,
+            st.now(),
+            st.config().revocation_expires_at(st.now()),
+        )?)
+    })
+    .await
 }
 
 /// Whether a form came from the issuer's own origin (or says nothing: same-origin
