@@ -1111,25 +1111,28 @@ impl Stack {
 
     /// Envoy admin `/stats?filter=<filter>` as `name → value` (counters and gauges).
     pub async fn envoy_stats(&self, filter: &str) -> BTreeMap<String, u64> {
-        let url = format!(
-            "http://127.0.0.1:{}/stats?filter={filter}",
-            self.ports.envoy_admin
-        );
-        let text = http_client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-            .text()
-            .await
-            .expect("stats body");
-        text.lines()
-            .filter_map(|line| {
-                let (name, value) = line.split_once(": ")?;
-                Some((name.trim().to_owned(), value.trim().parse().ok()?))
-            })
-            .collect()
+        envoy_admin_stats(self.ports.envoy_admin, filter).await
     }
+}
+
+/// The admin `/stats?filter=<filter>` of the Envoy whose admin interface is on `admin_port`,
+/// as `name → value` (counters and gauges).
+pub async fn envoy_admin_stats(admin_port: u16, filter: &str) -> BTreeMap<String, u64> {
+    let url = format!("http://127.0.0.1:{admin_port}/stats?filter={filter}");
+    let text = http_client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .expect("stats body");
+    text.lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once(": ")?;
+            Some((name.trim().to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 // =============================================================================================

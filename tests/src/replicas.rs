@@ -188,21 +188,7 @@ impl EnvoyNode {
 
     /// Admin `/stats?filter=<filter>` as `name → value`.
     pub async fn stats(&self, filter: &str) -> BTreeMap<String, u64> {
-        let url = format!("http://127.0.0.1:{}/stats?filter={filter}", self.admin_port);
-        let text = http_client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-            .text()
-            .await
-            .expect("stats body");
-        text.lines()
-            .filter_map(|line| {
-                let (name, value) = line.split_once(": ")?;
-                Some((name.trim().to_owned(), value.trim().parse().ok()?))
-            })
-            .collect()
+        crate::envoy_admin_stats(self.admin_port, filter).await
     }
 
     /// Connections each worker accepted on the listener so far (`worker_<i>.downstream_cx_total`).
