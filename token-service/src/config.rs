@@ -94,6 +94,9 @@ pub struct AuthorizationServerConfig {
     /// the process exits (under Kubernetes' `terminationGracePeriodSeconds`).
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_seconds: u64,
+    /// ID-JAGs (the jwt-bearer grant) from these identity providers.
+    #[serde(default)]
+    pub identity_assertion_grant: crate::config_id_jag::IdentityAssertionGrantConfig,
 }
 
 /// `authorization_server.pending_flows`.
@@ -618,6 +621,8 @@ pub enum TokenEndpointAuthMethod {
     None,
     ClientSecretBasic,
     ClientSecretPost,
+    /// RFC 7523 §2.2: a JWT signed with one of the client's keys (`jwks` / `jwks_uri`).
+    PrivateKeyJwt,
 }
 
 impl TokenEndpointAuthMethod {
@@ -626,6 +631,7 @@ impl TokenEndpointAuthMethod {
             TokenEndpointAuthMethod::None => "none",
             TokenEndpointAuthMethod::ClientSecretBasic => "client_secret_basic",
             TokenEndpointAuthMethod::ClientSecretPost => "client_secret_post",
+            TokenEndpointAuthMethod::PrivateKeyJwt => "private_key_jwt",
         }
     }
 
@@ -634,6 +640,7 @@ impl TokenEndpointAuthMethod {
             "none" => Some(Self::None),
             "client_secret_basic" => Some(Self::ClientSecretBasic),
             "client_secret_post" => Some(Self::ClientSecretPost),
+            "private_key_jwt" => Some(Self::PrivateKeyJwt),
             _ => None,
         }
     }
@@ -647,7 +654,8 @@ pub struct ClientConfig {
     pub client_name: Option<String>,
     #[serde(default)]
     pub client_secret: Option<String>,
-    /// Defaults to `client_secret_basic` with a secret, `none` without one.
+    /// Defaults to `client_secret_basic` with a secret, `private_key_jwt` with keys, `none`
+    /// without either.
     #[serde(default)]
     pub token_endpoint_auth_method: Option<TokenEndpointAuthMethod>,
     pub redirect_uris: Vec<String>,
@@ -655,6 +663,14 @@ pub struct ClientConfig {
     /// only; DCR clients always get the consent page).
     #[serde(default)]
     pub skip_consent: bool,
+    /// The client's public keys for `private_key_jwt`: an inline JWKS object…
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// …or where to fetch it (https, or http on a loopback host).
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    #[serde(default)]
+    pub grant_types: Vec<String>,
 }
 
 impl fmt::Debug for ClientConfig {
@@ -673,6 +689,9 @@ impl fmt::Debug for ClientConfig {
             )
             .field("redirect_uris", &self.redirect_uris)
             .field("skip_consent", &self.skip_consent)
+            .field("jwks", &self.jwks.as_ref().map(|_| "<keys>"))
+            .field("jwks_uri", &self.jwks_uri)
+            .field("grant_types", &self.grant_types)
             .finish()
     }
 }
@@ -682,6 +701,9 @@ impl ClientConfig {
         match (self.token_endpoint_auth_method, &self.client_secret) {
             (Some(m), _) => m,
             (None, Some(_)) => TokenEndpointAuthMethod::ClientSecretBasic,
+            (None, None) if self.jwks.is_some() || self.jwks_uri.is_some() => {
+                TokenEndpointAuthMethod::PrivateKeyJwt
+            }
             (None, None) => TokenEndpointAuthMethod::None,
         }
     }
@@ -942,6 +964,44 @@ impl UpstreamOAuth2Config {
 }
 
 /// A provider endpoint: https, or plain http on a loopback host (in-repo providers, tests).
+/// `clients[].jwks` / `jwks_uri`: exactly one, for (and only for) a `private_key_jwt` client;
+/// an inline JWKS must hold a key that can verify an assertion.
+fn validate_client_keys(c: &ClientConfig, at: &str) -> Result<(), ConfigError> {
+    let private_key_jwt = c.auth_method() == TokenEndpointAuthMethod::PrivateKeyJwt;
+    match (&c.jwks, &c.jwks_uri) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            format!("{at}.jwks_uri"),
+            "give jwks or jwks_uri, not both",
+        )),
+        (None, None) if private_key_jwt => Err(ConfigError::new(
+            format!("{at}.jwks"),
+            "a private_key_jwt client needs jwks or jwks_uri",
+        )),
+        (Some(_), None) | (None, Some(_)) if !private_key_jwt => Err(ConfigError::new(
+            format!("{at}.token_endpoint_auth_method"),
+            "keys (jwks, jwks_uri) are for private_key_jwt clients",
+        )),
+        (Some(jwks), None) => {
+            let keys = crate::jws::parse_jwks(jwks.to_string().as_bytes())
+                .map_err(|m| ConfigError::new(format!("{at}.jwks"), m))?;
+            if !keys
+                .iter()
+                .any(|k| crate::jws::ASSERTION_ALGS.iter().any(|a| k.allows(a)))
+            {
+                return Err(ConfigError::new(
+                    format!("{at}.jwks"),
+                    "holds no key that can sign with RS256, PS256, ES256 or EdDSA",
+                ));
+            }
+            Ok(())
+        }
+        (None, Some(uri)) => {
+            validate_provider_url(uri).map_err(|m| ConfigError::new(format!("{at}.jwks_uri"), m))
+        }
+        (None, None) => Ok(()),
+    }
+}
+
 fn validate_provider_url(value: &str) -> Result<(), String> {
     let url = Url::parse(value).map_err(|e| format!("not a URL: {e}"))?;
     if url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
@@ -1415,6 +1475,13 @@ impl Config {
                     ))
                 }
                 (TokenEndpointAuthMethod::None, None) => {}
+                (TokenEndpointAuthMethod::PrivateKeyJwt, Some(_)) => {
+                    return Err(ConfigError::new(
+                        format!("{at}.client_secret"),
+                        "a private_key_jwt client has keys (jwks or jwks_uri), not a secret",
+                    ))
+                }
+                (TokenEndpointAuthMethod::PrivateKeyJwt, None) => {}
                 (_, None) => {
                     return Err(ConfigError::new(
                         format!("{at}.client_secret"),
@@ -1429,6 +1496,7 @@ impl Config {
                 }
                 _ => {}
             }
+            validate_client_keys(c, &at)?;
             if c.redirect_uris.is_empty() {
                 return Err(ConfigError::new(
                     format!("{at}.redirect_uris"),
@@ -1443,6 +1511,7 @@ impl Config {
 
         self.validate_listeners()?;
         self.validate_kubernetes()?;
+        self.validate_identity_assertion_grant()?;
 
         let mut names = BTreeSet::new();
         let mut resources = BTreeSet::new();
@@ -1635,6 +1704,42 @@ impl Config {
     }
 
     /// `kubernetes`: the block's own rules, and the replicas the storage allows.
+    fn validate_identity_assertion_grant(&self) -> Result<(), ConfigError> {
+        const AT: &str = "authorization_server.identity_assertion_grant";
+        let mut seen = BTreeSet::new();
+        for (i, issuer) in self
+            .authorization_server
+            .identity_assertion_grant
+            .issuers
+            .iter()
+            .enumerate()
+        {
+            let at = format!("{AT}.issuers[{i}]");
+            validate_provider_url(&issuer.issuer)
+                .map_err(|m| ConfigError::new(format!("{at}.issuer"), m))?;
+            if issuer.issuer.contains('#') {
+                return Err(ConfigError::new(
+                    format!("{at}.issuer"),
+                    "must not contain '#' (users are keyed {issuer}#{sub})",
+                ));
+            }
+            if !seen.insert(issuer.issuer.as_str()) {
+                return Err(ConfigError::new(format!("{at}.issuer"), "duplicate issuer"));
+            }
+            if let Some(u) = &issuer.jwks_uri {
+                validate_provider_url(u)
+                    .map_err(|m| ConfigError::new(format!("{at}.jwks_uri"), m))?;
+            }
+            if issuer.groups_claim.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{at}.groups_claim"),
+                    "must not be empty",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_kubernetes(&self) -> Result<(), ConfigError> {
         let Some(k) = &self.kubernetes else {
             return Ok(());

@@ -16,7 +16,8 @@ pub struct Identity {
 }
 
 /// Whether the config still names someone keyed `sub`: a configured local user, or a user of
-/// the configured identity provider (whom the provider itself vouches for, `recheck`).
+/// the configured identity provider (whom the provider itself vouches for, `recheck`) or of a
+/// configured ID-JAG issuer (who vouches for them with each assertion).
 pub fn configured(config: &Config, sub: &str) -> bool {
     match sub.split_once('#') {
         Some((iss, _)) => of_configured_provider(config, iss),
@@ -32,6 +33,11 @@ fn of_configured_provider(config: &Config, iss: &str) -> bool {
         .as_ref()
         .map(|o| o.issuer.as_str())
         == Some(iss)
+        || config
+            .authorization_server
+            .identity_assertion_grant
+            .issuer(iss)
+            .is_some()
 }
 
 /// The user behind `sub` as of their last sign-in, or `None` when they no longer exist.

@@ -6,6 +6,7 @@
 pub mod client_address;
 pub mod clock;
 pub mod config;
+pub mod config_id_jag;
 pub mod config_kubernetes;
 pub mod digest;
 pub mod error;
@@ -14,6 +15,8 @@ pub mod health;
 mod html;
 pub mod identity;
 pub mod internal;
+pub mod jwks_cache;
+pub mod jws;
 pub mod keyring;
 pub mod keys;
 pub mod listener;

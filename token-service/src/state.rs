@@ -35,6 +35,8 @@ struct Inner {
     vault: Arc<vault::Vault>,
     /// The organisation's identity provider, when configured.
     oidc: Option<Arc<oidc::OidcProvider>>,
+    /// Keys of `private_key_jwt` clients and ID-JAG issuers, fetched and cached per URL.
+    jwks_cache: Arc<crate::jwks_cache::JwksCache>,
     /// What the filter signs its internal calls with.
     internal_key: Arc<warden_core::internal_api::InternalKey>,
     /// Nonces of internal calls already accepted (replays are refused).
@@ -190,6 +192,9 @@ impl AppState {
             ))),
             None => None,
         };
+        let jwks_cache = Arc::new(crate::jwks_cache::JwksCache::new(
+            vault::provider::http_client()?,
+        )?);
         let password_checks = Arc::new(PasswordChecks::new(config.password_check_concurrency()));
         let registrations = Arc::new(ratelimit::RateLimiter::new(
             config
@@ -217,6 +222,7 @@ impl AppState {
                 new_flows,
                 vault,
                 oidc,
+                jwks_cache,
                 internal_key: Arc::new(internal_key),
                 internal_nonces: Arc::new(NonceGuard::new()),
                 sign_out_key: Arc::new(SignOutKey::derive(&secrets.internal_credential)),
@@ -262,6 +268,10 @@ impl AppState {
 
     pub fn oidc(&self) -> Option<&Arc<oidc::OidcProvider>> {
         self.inner.oidc.as_ref()
+    }
+
+    pub fn jwks_cache(&self) -> &crate::jwks_cache::JwksCache {
+        &self.inner.jwks_cache
     }
 
     pub fn recheck_counters(&self) -> &RecheckCounters {

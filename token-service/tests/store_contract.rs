@@ -1,7 +1,8 @@
 //! The store's contract: what every backend must do, run against each (SQLite and PostgreSQL;
 //! another backend adds one line at the bottom). Single use (codes, flows, app codes), refresh
 //! replay, the upstream refresh lease, version-conditioned writes, the limits, the sweep, the
-//! signing keys, the identity provider's users due for a check and their lease, and all of it under concurrency from two handles on one database (two
+//! signing keys, the identity provider's users due for a check and their lease, the ledger of
+//! assertion ids (`jti`), and all of it under concurrency from two handles on one database (two
 //! replicas).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -61,6 +62,10 @@ impl Backend for Postgres {
 const NOW: i64 = 1_000_000;
 /// How long revocation feed entries are kept, in these checks.
 const FEED: i64 = NOW + 3_600;
+const RETENTION: Retention = Retention {
+    unused_client_ttl: 86_400,
+    idle_client_ttl: 30 * 86_400,
+};
 
 fn request() -> AuthorizeGrant {
     AuthorizeGrant {
@@ -143,6 +148,8 @@ fn client(id: &str) -> StoredClient {
         response_types: vec!["code".into()],
         application_type: None,
         created_at: NOW,
+        jwks: None,
+        jwks_uri: None,
     }
 }
 
@@ -920,6 +927,41 @@ pub fn users_with_live_grants_are_those_holding_a_grant_or_a_session(b: &dyn Bac
         .contains(&"granted@example.com".to_owned()));
 }
 
+pub fn an_assertion_id_is_used_once_across_replicas_and_swept_after_expiry(b: &dyn Backend) {
+    let (a, other) = (b.handle(), b.handle());
+    assert!(a.use_assertion_id("client-1", "j1", NOW + 60).unwrap());
+    assert!(!other.use_assertion_id("client-1", "j1", NOW + 60).unwrap());
+    assert!(!a.use_assertion_id("client-1", "j1", NOW + 60).unwrap());
+    // Ids are per issuer (a client, an identity provider).
+    assert!(other
+        .use_assertion_id("https://idp.example", "j1", NOW + 60)
+        .unwrap());
+    // Replicas recording one id at once: exactly one gets it.
+    let won = race(b, 8, |s, _| {
+        s.use_assertion_id("client-2", "race", NOW + 60).unwrap()
+    });
+    assert_eq!(won.iter().filter(|w| **w).count(), 1);
+    // The sweep keeps an id while its assertion is valid, and forgets it after.
+    a.sweep(NOW + 30, &RETENTION).unwrap();
+    assert!(!other.use_assertion_id("client-1", "j1", NOW + 60).unwrap());
+    a.sweep(NOW + 60, &RETENTION).unwrap();
+    assert!(other.use_assertion_id("client-1", "j1", NOW + 200).unwrap());
+}
+
+pub fn a_client_keeps_its_keys(b: &dyn Backend) {
+    let s = b.handle();
+    let mut c = client("signed");
+    c.token_endpoint_auth_method =
+        warden_token_service::config::TokenEndpointAuthMethod::PrivateKeyJwt;
+    c.jwks = Some(serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "AA"}]}));
+    assert!(s.insert_client(&c, 10).unwrap());
+    let mut d = client("by-url");
+    d.jwks_uri = Some("https://client.example.com/jwks".into());
+    assert!(s.insert_client(&d, 10).unwrap());
+    assert_eq!(b.handle().client("signed").unwrap().unwrap(), c);
+    assert_eq!(b.handle().client("by-url").unwrap().unwrap(), d);
+}
+
 /// One `#[test]` per contract check and backend.
 macro_rules! backend {
     ($name:ident, $open:expr) => {
@@ -980,6 +1022,14 @@ macro_rules! backend {
             #[test]
             fn idp_checks() {
                 run(idp_users_are_checked_by_one_replica_at_a_time_and_only_while_they_hold_something);
+            }
+            #[test]
+            fn assertion_ids() {
+                run(an_assertion_id_is_used_once_across_replicas_and_swept_after_expiry);
+            }
+            #[test]
+            fn client_keys() {
+                run(a_client_keeps_its_keys);
             }
             #[test]
             fn live_users() {

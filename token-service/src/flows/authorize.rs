@@ -281,6 +281,8 @@ routes:
             grant_types: vec!["authorization_code".into()],
             pre_registered: true,
             skip_consent: false,
+            jwks: None,
+            jwks_uri: None,
         }
     }
 

@@ -5,7 +5,9 @@ pub mod app;
 pub mod app_sign_in;
 pub mod authorize;
 pub mod browser;
+pub mod client_auth;
 pub mod consent;
+pub mod id_jag;
 pub mod idp;
 pub mod login;
 pub mod pkce;
@@ -46,6 +48,9 @@ pub struct RegisteredClient {
     pub pre_registered: bool,
     /// The operator lets this client skip the consent page (`clients[].skip_consent`).
     pub skip_consent: bool,
+    /// The client's keys for `private_key_jwt`: inline JWKS, or where to fetch it.
+    pub jwks: Option<serde_json::Value>,
+    pub jwks_uri: Option<String>,
 }
 
 impl RegisteredClient {
@@ -86,9 +91,15 @@ pub fn lookup_client(
                 None => ClientSecret::None,
             },
             redirect_uris: c.redirect_uris.clone(),
-            grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+            grant_types: if c.grant_types.is_empty() {
+                vec!["authorization_code".into(), "refresh_token".into()]
+            } else {
+                c.grant_types.clone()
+            },
             pre_registered: true,
             skip_consent: c.skip_consent,
+            jwks: c.jwks.clone(),
+            jwks_uri: c.jwks_uri.clone(),
         }));
     }
     Ok(store.client(client_id)?.map(|c| RegisteredClient {
@@ -103,5 +114,7 @@ pub fn lookup_client(
         grant_types: c.grant_types,
         pre_registered: false,
         skip_consent: false,
+        jwks: c.jwks,
+        jwks_uri: c.jwks_uri,
     }))
 }

@@ -75,6 +75,11 @@ pub struct RegistrationRequest {
     pub client_name: Option<String>,
     #[serde(default)]
     pub application_type: Option<String>,
+    /// `private_key_jwt`: the client's public keys, inline or by URL (exactly one).
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
 }
 
 fn unique(values: Vec<String>) -> Vec<String> {
@@ -154,6 +159,8 @@ pub fn register(
             .ok_or_else(|| metadata_error(format!("unsupported token_endpoint_auth_method {m}")))?,
     };
 
+    let (jwks, jwks_uri) = client_keys(method, req.jwks, req.jwks_uri)?;
+
     // Omitted grant_types: both, so MCP clients that leave it out still get refresh tokens
     // (the server may supply defaults; the response tells the client what it got).
     let grant_types = req
@@ -197,7 +204,7 @@ pub fn register(
 
     let client_id = random_id();
     let secret = match method {
-        TokenEndpointAuthMethod::None => None,
+        TokenEndpointAuthMethod::None | TokenEndpointAuthMethod::PrivateKeyJwt => None,
         _ => Some(random_token()),
     };
     let client = StoredClient {
@@ -210,6 +217,8 @@ pub fn register(
         response_types: response_types.clone(),
         application_type: req.application_type.clone(),
         created_at: now,
+        jwks: jwks.clone(),
+        jwks_uri: jwks_uri.clone(),
     };
 
     let mut body = serde_json::json!({
@@ -231,6 +240,61 @@ pub fn register(
         if let Some(a) = req.application_type {
             obj.insert("application_type".into(), a.into());
         }
+        if let Some(k) = jwks {
+            obj.insert("jwks".into(), k);
+        }
+        if let Some(u) = jwks_uri {
+            obj.insert("jwks_uri".into(), u.into());
+        }
     }
     Ok((client, body))
+}
+
+/// Longest `jwks_uri`, in bytes.
+const MAX_JWKS_URI_LEN: usize = 2000;
+
+/// The keys of a `private_key_jwt` client: `jwks` (holding a key that can sign an assertion)
+/// or an https `jwks_uri`, exactly one; other clients register none.
+fn client_keys(
+    method: TokenEndpointAuthMethod,
+    jwks: Option<serde_json::Value>,
+    jwks_uri: Option<String>,
+) -> Result<(Option<serde_json::Value>, Option<String>)> {
+    if method != TokenEndpointAuthMethod::PrivateKeyJwt {
+        if jwks.is_some() || jwks_uri.is_some() {
+            return Err(metadata_error(
+                "jwks and jwks_uri are only for token_endpoint_auth_method private_key_jwt",
+            ));
+        }
+        return Ok((None, None));
+    }
+    match (jwks, jwks_uri) {
+        (Some(jwks), None) => {
+            let keys = crate::jws::parse_jwks(jwks.to_string().as_bytes())
+                .map_err(|m| metadata_error(format!("jwks: {m}")))?;
+            if !keys
+                .iter()
+                .any(|k| crate::jws::ASSERTION_ALGS.iter().any(|a| k.allows(a)))
+            {
+                return Err(metadata_error(
+                    "jwks holds no key that can sign with RS256, PS256, ES256 or EdDSA",
+                ));
+            }
+            Ok((Some(jwks), None))
+        }
+        (None, Some(uri)) => {
+            if uri.len() > MAX_JWKS_URI_LEN {
+                return Err(metadata_error(format!(
+                    "jwks_uri is longer than {MAX_JWKS_URI_LEN} bytes"
+                )));
+            }
+            crate::jwks_cache::check_client_jwks_uri(&uri)
+                .map_err(|m| metadata_error(format!("jwks_uri: {m}")))?;
+            Ok((None, Some(uri)))
+        }
+        (Some(_), Some(_)) => Err(metadata_error("give jwks or jwks_uri, not both")),
+        (None, None) => Err(metadata_error(
+            "private_key_jwt needs the client's keys: jwks or jwks_uri",
+        )),
+    }
 }

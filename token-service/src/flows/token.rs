@@ -1,15 +1,19 @@
-//! `/token`: client authentication, the authorization_code and refresh_token grants, and
-//! access-token (TE) minting. Runs synchronously against the store (on the blocking pool).
+//! `/token`: client authentication (secrets here, `private_key_jwt` in `client_auth`), the
+//! authorization_code and refresh_token grants, the ID-JAG grant (`id_jag`), and access-token
+//! (TE) minting. Runs synchronously against the store (on the blocking pool).
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Serialize;
 
 use super::authorize::Params;
+use super::client_auth::{self, AssertionKeys, ClientAssertion};
+use super::id_jag;
 use super::{
     hash_secret, lookup_client, pkce, random_id, random_token, split_scope, RegisteredClient,
 };
 use crate::config::{Config, TokenEndpointAuthMethod};
+use crate::config_id_jag::JWT_BEARER_GRANT;
 use crate::error::{Error, Result};
 use crate::identity::{self, Identity};
 use crate::keyring::KeySet;
@@ -22,6 +26,8 @@ pub struct ClientCredentials {
     pub basic: Option<(String, String)>,
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
+    /// `client_assertion` and `client_assertion_type` (`private_key_jwt`).
+    pub assertion: Option<ClientAssertion>,
 }
 
 /// Parses an `Authorization` header value as HTTP Basic client credentials.
@@ -62,6 +68,8 @@ pub struct TokenContext<'a> {
     pub store: &'a dyn Store,
     pub vault: &'a crate::vault::Vault,
     pub now: i64,
+    /// The keys of the ID-JAG issuer a jwt-bearer grant's assertion names, fetched first.
+    pub grant_keys: AssertionKeys,
 }
 
 impl TokenContext<'_> {
@@ -76,7 +84,12 @@ pub fn authenticate_client(
     ctx: &TokenContext<'_>,
     creds: &ClientCredentials,
 ) -> Result<RegisteredClient> {
-    if creds.basic.is_some() && creds.client_secret.is_some() {
+    let methods = [
+        creds.basic.is_some(),
+        creds.client_secret.is_some(),
+        creds.assertion.is_some(),
+    ];
+    if methods.iter().filter(|m| **m).count() > 1 {
         return Err(Error::invalid_request(
             "use one client authentication method, not two",
         ));
@@ -89,12 +102,19 @@ pub fn authenticate_client(
         }
         (Some((id, _)), _) => id.clone(),
         (None, Some(id)) => id.clone(),
-        (None, None) => {
-            return Err(Error::invalid_client(
-                "client authentication is required",
-                false,
-            ))
-        }
+        (None, None) => match creds
+            .assertion
+            .as_ref()
+            .and_then(|a| client_auth::claimed_client(&a.jwt))
+        {
+            Some(id) => id,
+            None => {
+                return Err(Error::invalid_client(
+                    "client authentication is required",
+                    false,
+                ))
+            }
+        },
     };
     let basic = creds.basic.is_some();
     let Some(client) = lookup_client(ctx.config, ctx.store, &client_id)? else {
@@ -102,7 +122,7 @@ pub fn authenticate_client(
     };
     match client.auth_method {
         TokenEndpointAuthMethod::None => {
-            if basic || creds.client_secret.is_some() {
+            if basic || creds.client_secret.is_some() || creds.assertion.is_some() {
                 return Err(Error::invalid_client(
                     "client is registered with token_endpoint_auth_method none",
                     false,
@@ -131,6 +151,15 @@ pub fn authenticate_client(
                 ))
             }
         },
+        TokenEndpointAuthMethod::PrivateKeyJwt => match &creds.assertion {
+            Some(a) => client_auth::verify(ctx.config, ctx.store, ctx.now, &client, a)?,
+            None => {
+                return Err(Error::invalid_client(
+                    "client is registered with private_key_jwt: send client_assertion",
+                    basic,
+                ))
+            }
+        },
     }
     Ok(client)
 }
@@ -148,6 +177,29 @@ pub fn token(
     match params.get("grant_type") {
         Some("authorization_code") => authorization_code(ctx, &client, params),
         Some("refresh_token") => refresh(ctx, &client, params),
+        Some(JWT_BEARER_GRANT)
+            if ctx
+                .config
+                .authorization_server
+                .identity_assertion_grant
+                .enabled() =>
+        {
+            let accepted = id_jag::accept(
+                ctx.config,
+                ctx.store,
+                ctx.now,
+                &client,
+                params,
+                &ctx.grant_keys,
+            )?;
+            respond(
+                ctx,
+                &accepted.user,
+                &accepted.grant,
+                &accepted.grant.scope,
+                None,
+            )
+        }
         Some(_) => Err(Error::oauth(
             "unsupported_grant_type",
             "supported: authorization_code, refresh_token",

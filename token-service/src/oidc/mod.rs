@@ -7,8 +7,10 @@
 
 pub mod claims;
 pub mod error;
-pub mod jws;
 pub mod tokens;
+
+// Moved to a leaf (client assertions and ID-JAGs use it too); `oidc::jws` keeps working.
+pub use crate::jws;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

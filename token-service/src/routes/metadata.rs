@@ -52,17 +52,24 @@ pub(super) async fn metadata(State(s): State<AppState>) -> Response {
         "token_endpoint": format!("{iss}/token"),
         "registration_endpoint": format!("{iss}/register"),
         "revocation_endpoint": format!("{iss}/revoke"),
-        "revocation_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "revocation_endpoint_auth_signing_alg_values_supported": crate::jws::ASSERTION_ALGS,
         "jwks_uri": format!("{iss}/.well-known/jwks.json"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "grant_types_supported": ["authorization_code", "refresh_token"],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": crate::jws::ASSERTION_ALGS,
         "authorization_response_iss_parameter_supported": true,
         "scopes_supported": c.scopes_supported(),
         "client_id_metadata_document_supported": false,
     });
+    if c.authorization_server.identity_assertion_grant.enabled() {
+        if let Some(g) = metadata["grant_types_supported"].as_array_mut() {
+            g.push(crate::config_id_jag::JWT_BEARER_GRANT.into());
+        }
+    }
     // Closed registration is not advertised (RFC 8414: the endpoint is optional).
     if c.authorization_server.registration.mode == RegistrationMode::Closed {
         if let Some(m) = metadata.as_object_mut() {

@@ -7,9 +7,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::http::{form_params, no_store};
+use crate::config_id_jag::JWT_BEARER_GRANT;
 use crate::error::{Error, Result};
 use crate::flows::authorize::Params;
+use crate::flows::client_auth::{self, AssertionKeys, ClientAssertion};
 use crate::flows::token::{self, ClientCredentials, TokenContext};
+use crate::flows::{id_jag, lookup_client};
+use crate::jwks_cache::Origin;
 use crate::state::AppState;
 
 /// The form body and the client credentials of a `/token` or `/revoke` request.
@@ -27,21 +31,109 @@ fn client_request(headers: &HeaderMap, body: &[u8]) -> Result<(ClientCredentials
         },
     };
     let params = form_params(body);
+    let assertion = match (
+        params.get("client_assertion"),
+        params.get("client_assertion_type"),
+    ) {
+        (None, None) => None,
+        (Some(jwt), Some(t)) => Some(ClientAssertion {
+            assertion_type: t.to_owned(),
+            jwt: jwt.to_owned(),
+            keys: AssertionKeys::NotFetched,
+        }),
+        _ => {
+            return Err(Error::invalid_request(
+                "client_assertion and client_assertion_type go together",
+            ))
+        }
+    };
     let creds = ClientCredentials {
         basic,
         client_id: params.get("client_id").map(str::to_owned),
         client_secret: params.get("client_secret").map(str::to_owned),
+        assertion,
     };
     Ok((creds, params))
 }
 
-fn context(st: &AppState) -> TokenContext<'_> {
+/// Fetches the keys a client assertion is checked with, when its client publishes them at a
+/// `jwks_uri` (the flow is synchronous: it gets them from here).
+async fn fetch_client_keys(s: &AppState, creds: &mut ClientCredentials) -> Result<()> {
+    let Some(assertion) = creds.assertion.as_mut() else {
+        return Ok(());
+    };
+    let Some(client_id) = creds
+        .client_id
+        .clone()
+        .or_else(|| client_auth::claimed_client(&assertion.jwt))
+    else {
+        return Ok(());
+    };
+    let client = s
+        .blocking(move |st| Ok(lookup_client(st.config(), st.store().as_ref(), &client_id)?))
+        .await?;
+    let Some((uri, origin)) = client.and_then(|c| {
+        let origin = if c.pre_registered {
+            Origin::Operator
+        } else {
+            Origin::Client
+        };
+        c.jwks_uri.map(|u| (u, origin))
+    }) else {
+        return Ok(());
+    };
+    let kid = client_auth::claimed_kid(&assertion.jwt);
+    assertion.keys = fetched(
+        s.jwks_cache()
+            .keys(&uri, origin, kid.as_deref(), s.now())
+            .await,
+    );
+    Ok(())
+}
+
+/// Fetches the keys of the ID-JAG issuer a jwt-bearer grant's assertion names.
+async fn fetch_grant_keys(s: &AppState, params: &Params) -> AssertionKeys {
+    let grant = &s.config().authorization_server.identity_assertion_grant;
+    if params.get("grant_type") != Some(JWT_BEARER_GRANT) || !grant.enabled() {
+        return AssertionKeys::NotFetched;
+    }
+    let Some(jwt) = params.get("assertion") else {
+        return AssertionKeys::NotFetched;
+    };
+    let Some(issuer) = id_jag::claimed_issuer(jwt).and_then(|i| grant.issuer(&i).cloned()) else {
+        return AssertionKeys::NotFetched;
+    };
+    let now = s.now();
+    let uri = match &issuer.jwks_uri {
+        Some(u) => u.clone(),
+        None => match s.jwks_cache().issuer_jwks_uri(&issuer.issuer, now).await {
+            Ok(u) => u,
+            Err(e) => return AssertionKeys::Unavailable(e),
+        },
+    };
+    let kid = client_auth::claimed_kid(jwt);
+    fetched(
+        s.jwks_cache()
+            .keys(&uri, Origin::Operator, kid.as_deref(), now)
+            .await,
+    )
+}
+
+fn fetched(r: std::result::Result<std::sync::Arc<Vec<crate::jws::Jwk>>, String>) -> AssertionKeys {
+    match r {
+        Ok(k) => AssertionKeys::Fetched(k),
+        Err(e) => AssertionKeys::Unavailable(e),
+    }
+}
+
+fn context(st: &AppState, grant_keys: AssertionKeys) -> TokenContext<'_> {
     TokenContext {
         config: st.config(),
         keys: st.keys(),
         store: st.store().as_ref(),
         vault: st.vault(),
         now: st.now(),
+        grant_keys,
     }
 }
 
@@ -50,8 +142,9 @@ pub(super) async fn revoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let (creds, params) = client_request(&headers, &body)?;
-    s.blocking(move |st| token::revoke(&context(st), &creds, &params))
+    let (mut creds, params) = client_request(&headers, &body)?;
+    fetch_client_keys(&s, &mut creds).await?;
+    s.blocking(move |st| token::revoke(&context(st, AssertionKeys::NotFetched), &creds, &params))
         .await?;
     Ok(no_store(StatusCode::OK.into_response()))
 }
@@ -61,9 +154,11 @@ pub(super) async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let (creds, params) = client_request(&headers, &body)?;
+    let (mut creds, params) = client_request(&headers, &body)?;
+    fetch_client_keys(&s, &mut creds).await?;
+    let grant_keys = fetch_grant_keys(&s, &params).await;
     let response = s
-        .blocking(move |st| token::token(&context(st), &creds, &params))
+        .blocking(move |st| token::token(&context(st, grant_keys), &creds, &params))
         .await?;
     Ok(no_store(Json(response).into_response()))
 }

@@ -23,7 +23,7 @@ pub trait Maintenance {
 }
 
 /// Every table of the store's schema, whichever the backend.
-pub const TABLES: [&str; 19] = [
+pub const TABLES: [&str; 20] = [
     "clients",
     "consents",
     "pending_flows",
@@ -43,4 +43,5 @@ pub const TABLES: [&str; 19] = [
     "leases",
     "revocations",
     "signing_keys",
+    "assertion_ids",
 ];

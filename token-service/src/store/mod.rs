@@ -1,5 +1,5 @@
 //! Persistence. The `Store` is split by aggregate into traits, one file each (`clients`,
-//! `sign_ins`, `sessions` with grants, `codes`, `upstream`, `app_sessions`, `signing_keys`, `idp_checks`);
+//! `sign_ins`, `sessions` with grants, `codes`, `upstream`, `app_sessions`, `signing_keys`, `idp_checks`, `assertion_ids`);
 //! the records they hold are in `records`, and every backend lives in a folder of its own
 //! with its migrations as versioned `.sql` files. Calls are synchronous: callers run them on
 //! the blocking pool. Codes, refresh tokens and session cookies are stored only as digests;
@@ -8,6 +8,7 @@
 //! `postgres` (several replicas sharing one database).
 
 mod app_sessions;
+mod assertion_ids;
 mod clients;
 mod codes;
 mod error;
@@ -24,6 +25,7 @@ pub mod sqlite;
 mod upstream;
 
 pub use app_sessions::AppSessions;
+pub use assertion_ids::{AssertionIds, MAX_JTI_LEN};
 pub use clients::Clients;
 pub use codes::Codes;
 pub use error::{Result, StoreError};
@@ -81,6 +83,7 @@ pub trait Store:
     + Revocations
     + SigningKeys
     + IdpChecks
+    + AssertionIds
     + Maintenance
     + Send
     + Sync
@@ -99,6 +102,7 @@ impl<T> Store for T where
         + Revocations
         + SigningKeys
         + IdpChecks
+        + AssertionIds
         + Maintenance
         + Send
         + Sync

@@ -35,6 +35,11 @@ pub struct StoredClient {
     #[serde(default)]
     pub application_type: Option<String>,
     pub created_at: i64,
+    /// `private_key_jwt`: the keys registered inline, or where the client publishes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
 }
 
 /// An authorization request waiting for the user to sign in, or (with `user` set) for the

@@ -31,6 +31,8 @@ pub const TABLES: &[&str] = &[
     // The feed with its sequence numbers, so the filters' cursors stay valid across the move.
     "revocations",
     "signing_keys",
+    // Ids of assertions still valid: a replay stays refused across the move.
+    "assertion_ids",
 ];
 
 impl PostgresStore {

@@ -7,6 +7,7 @@
 //! deadlocks are retried a few times, then answered as `Conflict`.
 
 mod app_sessions;
+mod assertion_ids;
 mod clients;
 mod codes;
 mod idp_checks;
@@ -32,6 +33,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_initial.sql")),
     (2, include_str!("migrations/0002_replicas.sql")),
     (3, include_str!("migrations/0003_idp_checks.sql")),
+    (4, include_str!("migrations/0004_assertion_ids.sql")),
 ];
 
 /// Advisory lock keys (`pg_advisory_xact_lock(NAMESPACE, key)`): one per limit, and a second
@@ -305,6 +307,8 @@ impl Maintenance for PostgresStore {
                 ("DELETE FROM rate_buckets WHERE at <= $1", now - 60),
                 // An entry past `expires_at` covers no TE that is still valid.
                 ("DELETE FROM revocations WHERE expires_at <= $1", now),
+                // An expired assertion is refused for its expiry: its id need not be kept.
+                ("DELETE FROM assertion_ids WHERE expires_at <= $1", now),
                 // Out of the JWKS already (the key set leaves retired keys out by itself).
                 (
                     "DELETE FROM signing_keys WHERE retire_at IS NOT NULL AND retire_at <= $1",

@@ -3,6 +3,7 @@
 //! the file cannot both pass a limit.
 
 mod app_sessions;
+mod assertion_ids;
 mod clients;
 mod codes;
 mod idp_checks;
@@ -38,6 +39,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("migrations/0011_revocations.sql")),
     (12, include_str!("migrations/0012_signing_keys.sql")),
     (13, include_str!("migrations/0013_idp_checks.sql")),
+    (14, include_str!("migrations/0014_assertion_ids.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -283,6 +285,8 @@ impl Maintenance for SqliteStore {
         conn.execute("DELETE FROM rate_buckets WHERE at <= ?1", [now - 60])?;
         // An entry past `expires_at` covers no TE that is still valid.
         conn.execute("DELETE FROM revocations WHERE expires_at <= ?1", [now])?;
+        // An expired assertion is refused for its expiry: its id need not be remembered.
+        conn.execute("DELETE FROM assertion_ids WHERE expires_at <= ?1", [now])?;
         // Out of the JWKS already (the key set leaves retired keys out by itself).
         conn.execute(
             "DELETE FROM signing_keys WHERE retire_at IS NOT NULL AND retire_at <= ?1",

@@ -1,5 +1,7 @@
-//! Signature checks for ID tokens: the provider's JWKS, and a JWS verified with the one key its
-//! `kid` names, under the one algorithm that key allows (never `none`, never HMAC).
+//! Signature checks for the JWTs the token service is handed: ID tokens (`oidc`), client
+//! assertions (`private_key_jwt`) and ID-JAGs (`flows::id_jag`). A JWKS, and a JWS verified
+//! with the one key its `kid` names, under the one algorithm that key allows (never `none`,
+//! never HMAC). A leaf: it imports nothing of the crate.
 
 use aws_lc_rs::signature::{
     self, RsaPublicKeyComponents, UnparsedPublicKey, VerificationAlgorithm,
@@ -171,6 +173,8 @@ fn rsa_params(alg: &str) -> Option<&'static signature::RsaParameters> {
 pub struct Jws<'a> {
     pub alg: String,
     pub kid: Option<String>,
+    /// The header's `typ`, when present (an ID-JAG must say `oauth-id-jag+jwt`).
+    pub typ: Option<String>,
     signing_input: &'a [u8],
     signature: Vec<u8>,
     pub claims: serde_json::Map<String, serde_json::Value>,
@@ -182,8 +186,14 @@ struct Header {
     #[serde(default)]
     kid: Option<String>,
     #[serde(default)]
+    typ: Option<String>,
+    #[serde(default)]
     crit: Option<serde_json::Value>,
 }
+
+/// The algorithms a client assertion or an ID-JAG may use (the allowlist, advertised
+/// as `token_endpoint_auth_signing_alg_values_supported`): a subset of `ACCEPTED_ALGS`.
+pub const ASSERTION_ALGS: &[&str] = &["RS256", "PS256", "ES256", "EdDSA"];
 
 /// The signature algorithms an ID token may use: asymmetric ones only (never `none`, never
 /// HMAC, whose key would be the client secret or, in the classic attack, a public key).
@@ -198,30 +208,44 @@ pub fn decode(token: &str) -> Result<Jws<'_>, String> {
     let (Some(h), Some(c), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err("the ID token is not a compact JWS".into());
+        return Err("the JWT is not a compact JWS".into());
     };
     let decode_part = |p: &str| {
         B64.decode(p)
-            .map_err(|_| "the ID token is not base64url".to_owned())
+            .map_err(|_| "the JWT is not base64url".to_owned())
     };
     let header: Header = serde_json::from_slice(&decode_part(h)?)
-        .map_err(|e| format!("the ID token header is invalid: {e}"))?;
+        .map_err(|e| format!("the JWT header is invalid: {e}"))?;
     if header.crit.is_some() {
-        return Err("the ID token has critical header parameters".into());
+        return Err("the JWT has critical header parameters".into());
     }
     if !ACCEPTED_ALGS.contains(&header.alg.as_str()) {
         let alg: String = header.alg.chars().take(16).collect();
-        return Err(format!("the ID token's algorithm {alg} is not accepted"));
+        return Err(format!("the JWT's algorithm {alg} is not accepted"));
     }
     let claims = serde_json::from_slice(&decode_part(c)?)
-        .map_err(|e| format!("the ID token claims are invalid: {e}"))?;
+        .map_err(|e| format!("the JWT claims are invalid: {e}"))?;
     Ok(Jws {
         alg: header.alg,
         kid: header.kid,
+        typ: header.typ,
         signing_input: &token.as_bytes()[..h.len() + 1 + c.len()],
         signature: decode_part(s)?,
         claims,
     })
+}
+
+/// A header field and a claim of a compact JWS, read without any check (not even of its
+/// algorithm): only for finding where the keys that will check it are.
+pub fn peek(token: &str, header_field: &str, claim: &str) -> (Option<String>, Option<String>) {
+    let mut parts = token.split('.');
+    let read = |p: Option<&str>, name: &str| {
+        let v: serde_json::Value = serde_json::from_slice(&B64.decode(p?).ok()?).ok()?;
+        v.get(name)?.as_str().map(str::to_owned)
+    };
+    let header = parts.next();
+    let claims = parts.next();
+    (read(header, header_field), read(claims, claim))
 }
 
 impl Jws<'_> {
@@ -243,14 +267,14 @@ impl Jws<'_> {
     pub fn verify_with(&self, key: &Jwk) -> Result<(), String> {
         if !key.allows(&self.alg) {
             return Err(format!(
-                "the ID token's algorithm {:?} is not the one its key signs with",
+                "the JWT's algorithm {:?} is not the one its key signs with",
                 self.alg
             ));
         }
         if key.verify(&self.alg, self.signing_input, &self.signature) {
             Ok(())
         } else {
-            Err("the ID token's signature does not verify".into())
+            Err("the JWT's signature does not verify".into())
         }
     }
 }

@@ -1,0 +1,224 @@
+//! The ID-JAG grant (the MCP enterprise-managed authorization extension): an authenticated
+//! client presents, with the RFC 7523 jwt-bearer grant, an Identity Assertion Authorization
+//! Grant its user's identity provider issued for this authorization server and one resource.
+//! No consent page and no refresh token: the provider decided, and the client asks it again.
+//!
+//! The user is the provider's `{iss}#{sub}` (the same user as `identity_provider.oidc`'s when
+//! the issuers are the same); their claims are stored as a sign-in stores them, so
+//! `identity::resolve` finds them for the filter's look-ups later. The route layer has fetched
+//! the issuer's keys (`jwks_cache`); everything here is synchronous.
+
+use serde_json::{Map, Value};
+
+use super::client_auth::{self, AssertionKeys};
+use super::{random_id, split_scope, RegisteredClient};
+use crate::config::Config;
+use crate::config_id_jag::JWT_BEARER_GRANT;
+use crate::error::{Error, Result};
+use crate::identity::Identity;
+use crate::jws;
+use crate::oidc::claims::{lookup, user_key};
+use crate::store::{Grant, IdpUserRecord, Store};
+
+/// The JWT `typ` of an ID-JAG.
+pub const ID_JAG_TYP: &str = "oauth-id-jag+jwt";
+/// How far ahead an ID-JAG's `exp` may be (its `jti` is kept that long).
+pub const MAX_LIFETIME: i64 = 3600;
+const LEEWAY: i64 = client_auth::LEEWAY;
+
+/// What an accepted ID-JAG gives: the user and the grant the TE is issued under (not stored:
+/// no refresh token comes of it).
+#[derive(Debug)]
+pub struct Accepted {
+    pub user: Identity,
+    pub grant: Grant,
+}
+
+/// The `iss` an assertion names (unverified: for fetching the issuer's keys).
+pub fn claimed_issuer(jwt: &str) -> Option<String> {
+    jws::peek(jwt, "kid", "iss").1
+}
+
+fn refuse(description: impl Into<String>) -> Error {
+    Error::invalid_grant(description)
+}
+
+/// Checks the grant request of `client` (already authenticated) and its `assertion`; records
+/// the user and the assertion's `jti`.
+pub fn accept(
+    config: &Config,
+    store: &dyn Store,
+    now: i64,
+    client: &RegisteredClient,
+    params: &super::authorize::Params,
+    keys: &AssertionKeys,
+) -> Result<Accepted> {
+    if !client.allows_grant(JWT_BEARER_GRANT) {
+        return Err(Error::oauth(
+            "unauthorized_client",
+            format!("client may not use {JWT_BEARER_GRANT}"),
+        ));
+    }
+    let assertion = params
+        .get("assertion")
+        .ok_or_else(|| Error::invalid_request("assertion is required"))?;
+    let token = jws::decode(assertion).map_err(|m| refuse(format!("ID-JAG: {m}")))?;
+    if !jws::ASSERTION_ALGS.contains(&token.alg.as_str()) {
+        return Err(refuse(format!(
+            "ID-JAG: algorithm {} is not accepted (RS256, PS256, ES256, EdDSA)",
+            token.alg
+        )));
+    }
+    // RFC 7515 §4.1.9: compared case-insensitively, with or without the `application/`.
+    let typ = token.typ.as_deref().unwrap_or("").to_ascii_lowercase();
+    if typ != ID_JAG_TYP && typ != format!("application/{ID_JAG_TYP}") {
+        return Err(refuse(format!(
+            "ID-JAG: the header's typ must be {ID_JAG_TYP}"
+        )));
+    }
+    let claims = &token.claims;
+    let text = |name: &str| claims.get(name).and_then(Value::as_str);
+    let iss = text("iss").unwrap_or_default();
+    let Some(issuer) = config
+        .authorization_server
+        .identity_assertion_grant
+        .issuer(iss)
+    else {
+        return Err(refuse(
+            "ID-JAG: issued by an identity provider not configured here",
+        ));
+    };
+    let keys = match keys {
+        AssertionKeys::Fetched(k) => k.clone(),
+        AssertionKeys::Unavailable(why) => {
+            return Err(refuse(format!(
+                "ID-JAG: the issuer's keys are unavailable: {why}"
+            )))
+        }
+        AssertionKeys::NotFetched => {
+            return Err(refuse("ID-JAG: the issuer's keys are unavailable"))
+        }
+    };
+    let key = token
+        .key_in(&keys)
+        .ok_or_else(|| refuse("ID-JAG: signed by a key the issuer does not publish"))?;
+    token
+        .verify_with(key)
+        .map_err(|m| refuse(format!("ID-JAG: {m}")))?;
+    let our_issuer = config.authorization_server.issuer.as_str();
+    if !client_auth::audience_is(claims, &[our_issuer]) {
+        return Err(refuse("ID-JAG: issued for another audience"));
+    }
+    if text("client_id") != Some(client.client_id.as_str()) {
+        return Err(refuse("ID-JAG: issued to another client (client_id)"));
+    }
+    let exp = lifetime(claims, now).map_err(|m| refuse(format!("ID-JAG: {m}")))?;
+    let jti = client_auth::jti(claims).map_err(|m| refuse(format!("ID-JAG: {m}")))?;
+    let resource = text("resource").ok_or_else(|| refuse("ID-JAG: resource is required"))?;
+    if params.get("resource").is_some_and(|r| r != resource) {
+        return Err(refuse("ID-JAG: issued for another resource"));
+    }
+    let route = config
+        .route_by_resource(resource)
+        .filter(|r| r.server().is_some())
+        .ok_or_else(|| refuse("ID-JAG: its resource is no MCP server here"))?;
+    let sub = match text("sub") {
+        Some(s) if !s.is_empty() && s.len() <= 255 => s,
+        _ => return Err(refuse("ID-JAG: no valid subject (sub)")),
+    };
+    let email = text("email")
+        .and_then(|e| {
+            // As the sign-in: the domain's spelling must not decide whether policies match.
+            let (local, domain) = e.trim().rsplit_once('@')?;
+            Some(format!("{local}@{}", domain.to_ascii_lowercase()))
+        })
+        .ok_or_else(|| refuse("ID-JAG: the assertion carries no email"))?;
+    let scope = granted_scope(params.get("scope"), &route.scopes)?;
+    if !store.use_assertion_id(iss, jti, exp.saturating_add(LEEWAY))? {
+        tracing::warn!(client_id = %client.client_id, iss, "ID-JAG replayed");
+        return Err(refuse("ID-JAG: jti was already used (replay)"));
+    }
+    let user = Identity {
+        sub: user_key(iss, sub),
+        email,
+        name: text("name")
+            .or_else(|| text("preferred_username"))
+            .unwrap_or_default()
+            .to_owned(),
+        groups: lookup(claims, &issuer.groups_claim)
+            .map(groups)
+            .unwrap_or_default(),
+    };
+    store.put_idp_user(&IdpUserRecord {
+        key: user.sub.clone(),
+        email: user.email.clone(),
+        name: user.name.clone(),
+        groups: user.groups.clone(),
+        updated_at: now,
+        // Kept as stored (a sign-in's), when the user also signs in in a browser.
+        refresh_token: None,
+        access_token: None,
+        checked_at: now,
+    })?;
+    tracing::info!(client_id = %client.client_id, sub = %user.sub, aud = %resource, "ID-JAG accepted");
+    let grant = Grant {
+        id: random_id(),
+        client_id: client.client_id.clone(),
+        user: user.sub.clone(),
+        sid: String::new(),
+        resource: resource.to_owned(),
+        scope,
+        created_at: now,
+        revoked: false,
+    };
+    Ok(Accepted { user, grant })
+}
+
+/// `exp` (required, not past, at most `MAX_LIFETIME` ahead) and `iat` (required, not in the
+/// future): the expiry.
+fn lifetime(claims: &Map<String, Value>, now: i64) -> std::result::Result<i64, String> {
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_i64)
+        .ok_or("exp is required")?;
+    if exp.saturating_add(LEEWAY) <= now {
+        return Err("it has expired".into());
+    }
+    if exp > now.saturating_add(MAX_LIFETIME + LEEWAY) {
+        return Err(format!("exp is more than {MAX_LIFETIME} seconds ahead"));
+    }
+    match claims.get("iat").and_then(Value::as_i64) {
+        Some(iat) if iat <= now.saturating_add(LEEWAY) => Ok(exp),
+        _ => Err("iat is required and must not be in the future".into()),
+    }
+}
+
+/// The requested scopes, each of which the route must offer; none requested: all of them.
+fn granted_scope(requested: Option<&str>, offered: &[String]) -> Result<String> {
+    let requested = split_scope(requested.unwrap_or(""));
+    if let Some(unknown) = requested.iter().find(|s| !offered.contains(s)) {
+        return Err(Error::oauth(
+            "invalid_scope",
+            format!("scope {unknown} is not offered for this resource"),
+        ));
+    }
+    Ok(offered
+        .iter()
+        .filter(|s| requested.is_empty() || requested.contains(s))
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+/// Groups are a list of strings, or one string.
+fn groups(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
