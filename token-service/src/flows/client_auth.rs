@@ -104,7 +104,10 @@ pub fn verify(
     }
     let issuer = &config.authorization_server.issuer;
     let token_endpoint = format!("{issuer}/token");
-    if !audience_is(claims, &[issuer, &token_endpoint]) {
+    if !audience_is(
+        claims,
+        &[issuer, &issuer_with_slash(issuer), &token_endpoint],
+    ) {
         return Err(refuse(
             "client assertion: aud must be the issuer or the token endpoint",
         ));
@@ -116,6 +119,13 @@ pub fn verify(
         return Err(refuse("client assertion: jti was already used (replay)"));
     }
     Ok(())
+}
+
+/// The issuer as URL libraries print one without a path (`https://as.example/`): the official
+/// Python SDK puts it so in `aud` (pydantic's `AnyHttpUrl`), as do others; it names the same
+/// authorization server.
+pub fn issuer_with_slash(issuer: &str) -> String {
+    format!("{}/", issuer.trim_end_matches('/'))
 }
 
 /// Whether `aud` (a string or an array) names one of `accepted`.

@@ -106,7 +106,8 @@ pub fn accept(
         .verify_with(key)
         .map_err(|m| refuse(format!("ID-JAG: {m}")))?;
     let our_issuer = config.authorization_server.issuer.as_str();
-    if !client_auth::audience_is(claims, &[our_issuer]) {
+    let with_slash = client_auth::issuer_with_slash(our_issuer);
+    if !client_auth::audience_is(claims, &[our_issuer, &with_slash]) {
         return Err(refuse("ID-JAG: issued for another audience"));
     }
     if text("client_id") != Some(client.client_id.as_str()) {
@@ -133,7 +134,7 @@ pub fn accept(
             Some(format!("{local}@{}", domain.to_ascii_lowercase()))
         })
         .ok_or_else(|| refuse("ID-JAG: the assertion carries no email"))?;
-    let scope = granted_scope(params.get("scope"), &route.scopes)?;
+    let scope = granted_scope(params.get("scope"), &route.scopes, text("scope"))?;
     if !store.use_assertion_id(iss, jti, exp.saturating_add(LEEWAY))? {
         tracing::warn!(client_id = %client.client_id, iss, "ID-JAG replayed");
         return Err(refuse("ID-JAG: jti was already used (replay)"));
@@ -193,18 +194,26 @@ fn lifetime(claims: &Map<String, Value>, now: i64) -> std::result::Result<i64, S
     }
 }
 
-/// The requested scopes, each of which the route must offer; none requested: all of them.
-fn granted_scope(requested: Option<&str>, offered: &[String]) -> Result<String> {
+/// The requested scopes, each of which the route must offer, and the assertion allow when it
+/// names scopes (its `scope` claim); none requested: all of those.
+fn granted_scope(
+    requested: Option<&str>,
+    offered: &[String],
+    asserted: Option<&str>,
+) -> Result<String> {
     let requested = split_scope(requested.unwrap_or(""));
-    if let Some(unknown) = requested.iter().find(|s| !offered.contains(s)) {
+    let asserted = asserted.map(split_scope);
+    let allowed =
+        |s: &String| offered.contains(s) && asserted.as_ref().is_none_or(|a| a.contains(s));
+    if let Some(unknown) = requested.iter().find(|s| !allowed(s)) {
         return Err(Error::oauth(
             "invalid_scope",
-            format!("scope {unknown} is not offered for this resource"),
+            format!("scope {unknown} is not offered for this resource and assertion"),
         ));
     }
     Ok(offered
         .iter()
-        .filter(|s| requested.is_empty() || requested.contains(s))
+        .filter(|s| allowed(s) && (requested.is_empty() || requested.contains(s)))
         .map(String::as_str)
         .collect::<Vec<_>>()
         .join(" "))
