@@ -1,4 +1,4 @@
-//! What the token service reads from an identity provider: ID tokens (`oidc::jws::decode`, the
+//! What the token service reads from an identity provider: ID tokens (`jws::decode`, `jws::peek`, the
 //! key the token names among the provider's, `oidc::id_token_claims`), userinfo answers
 //! (`oidc::userinfo_claims`), the user made of both (`oidc::claims::user`), and JWKS documents
 //! (`oidc::jws::parse_jwks`). Tokens are any bytes, or signed here with the provider's keys
@@ -74,9 +74,13 @@ pub fn run(data: &[u8]) -> &'static str {
 
 /// Checks `token` as a sign-in does (keys already fetched), then the verdict against it.
 fn id_token(token: &str) -> &'static str {
+    // The unchecked read that finds an assertion's keys (`private_key_jwt`, ID-JAG) takes any
+    // bytes, and names the `kid` the checked decode names.
+    let (peeked_kid, _) = jws::peek(token, "kid", "sub");
     let Ok(decoded) = jws::decode(token) else {
         return "id-token-refused";
     };
+    assert_eq!(peeked_kid, decoded.kid);
     assert!(
         ACCEPTED_ALGS.contains(&decoded.alg.as_str()),
         "{}",

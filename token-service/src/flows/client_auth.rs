@@ -20,11 +20,22 @@ pub const MAX_LIFETIME: i64 = 300;
 pub const LEEWAY: i64 = 30;
 
 /// A client assertion as the request carried it, with the keys the route layer found for it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientAssertion {
     pub assertion_type: String,
     pub jwt: String,
     pub keys: AssertionKeys,
+}
+
+impl std::fmt::Debug for ClientAssertion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A credential: it stays out of any debug output.
+        f.debug_struct("ClientAssertion")
+            .field("assertion_type", &self.assertion_type)
+            .field("jwt", &"<redacted>")
+            .field("keys", &self.keys)
+            .finish()
+    }
 }
 
 /// Keys fetched before the synchronous flow ran.
