@@ -1022,3 +1022,76 @@ async fn a_private_key_jwt_client_presents_an_id_jag() {
         "supported",
     );
 }
+
+#[tokio::test]
+async fn an_id_jag_issuer_rotating_its_keys_is_refetched_at_most_once_per_ten_seconds() {
+    let old = TestKey::new("ES256", "2026-01");
+    let new = TestKey::new("RS256", "2026-02");
+    let server = KeyServer::start(&[&old]).await;
+    let env = env_with(AGENT, &issuers_yaml(&server, false));
+    let typ = json!({"typ": "oauth-id-jag+jwt"});
+    let jag =
+        |k: &TestKey, env: &TestEnv| k.sign(&id_jag_claims(&server, env.state.now()), typ.clone());
+
+    let r = exchange(&env, &jag(&old, &env), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(server.fetches(), 1);
+    server.publish(&[&old, &new]);
+    env.advance(5);
+    for _ in 0..3 {
+        let r = exchange(&env, &jag(&new, &env), &[]).await;
+        assert_refused(
+            &r,
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "does not publish",
+        );
+    }
+    assert_eq!(server.fetches(), 1);
+    env.advance(6);
+    let r = exchange(&env, &jag(&new, &env), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(server.fetches(), 2);
+}
+
+#[tokio::test]
+async fn keys_that_cannot_be_fetched_refuse_with_the_reason() {
+    // Nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let key = TestKey::new("ES256", "k");
+    let client = format!(
+        "  - client_id: uri-app\n    token_endpoint_auth_method: private_key_jwt\n    jwks_uri: http://{addr}/jwks\n    redirect_uris: [{REDIRECT}]\n"
+    );
+    let issuers =
+        format!("  identity_assertion_grant:\n    issuers:\n      - {{issuer: http://{addr}}}\n");
+    let env = env_with(&format!("{client}{AGENT}"), &issuers);
+    let now = env.state.now();
+    let r = revoke_with(
+        &env,
+        &key.sign(&assertion_claims("uri-app", now), json!({})),
+    )
+    .await;
+    assert_refused(
+        &r,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        "keys are unavailable",
+    );
+    let claims = json!({"iss": format!("http://{addr}"), "sub": "u", "aud": ISSUER,
+        "client_id": "agent-platform", "resource": RESOURCE, "exp": now + 60, "iat": now,
+        "jti": fresh_jti(), "email": "u@example.com"});
+    let r = exchange(
+        &env,
+        &key.sign(&claims, json!({"typ": "oauth-id-jag+jwt"})),
+        &[],
+    )
+    .await;
+    assert_refused(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        "keys are unavailable",
+    );
+}
