@@ -1019,7 +1019,7 @@ async fn a_private_key_jwt_client_presents_an_id_jag() {
         &r,
         StatusCode::BAD_REQUEST,
         "unsupported_grant_type",
-        "supported",
+        "is off here",
     );
 }
 

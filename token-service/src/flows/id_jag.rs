@@ -53,6 +53,16 @@ pub fn accept(
     params: &super::authorize::Params,
     keys: &AssertionKeys,
 ) -> Result<Accepted> {
+    if !config
+        .authorization_server
+        .identity_assertion_grant
+        .enabled()
+    {
+        return Err(Error::oauth(
+            "unsupported_grant_type",
+            "the jwt-bearer grant is off here (no authorization_server.identity_assertion_grant.issuers)",
+        ));
+    }
     if !client.allows_grant(JWT_BEARER_GRANT) {
         return Err(Error::oauth(
             "unauthorized_client",

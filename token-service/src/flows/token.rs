@@ -177,35 +177,30 @@ pub fn token(
     match params.get("grant_type") {
         Some("authorization_code") => authorization_code(ctx, &client, params),
         Some("refresh_token") => refresh(ctx, &client, params),
-        Some(JWT_BEARER_GRANT)
-            if ctx
-                .config
-                .authorization_server
-                .identity_assertion_grant
-                .enabled() =>
-        {
-            let accepted = id_jag::accept(
-                ctx.config,
-                ctx.store,
-                ctx.now,
-                &client,
-                params,
-                &ctx.grant_keys,
-            )?;
-            respond(
-                ctx,
-                &accepted.user,
-                &accepted.grant,
-                &accepted.grant.scope,
-                None,
-            )
-        }
+        Some(JWT_BEARER_GRANT) => id_jag_grant(ctx, &client, params),
         Some(_) => Err(Error::oauth(
             "unsupported_grant_type",
             "supported: authorization_code, refresh_token",
         )),
         None => Err(Error::invalid_request("grant_type is required")),
     }
+}
+
+/// The ID-JAG grant: `id_jag` checks the assertion, this mints the TE (no refresh token).
+fn id_jag_grant(
+    ctx: &TokenContext<'_>,
+    client: &RegisteredClient,
+    params: &Params,
+) -> Result<TokenResponse> {
+    let a = id_jag::accept(
+        ctx.config,
+        ctx.store,
+        ctx.now,
+        client,
+        params,
+        &ctx.grant_keys,
+    )?;
+    respond(ctx, &a.user, &a.grant, &a.grant.scope, None)
 }
 
 /// RFC 7009 revocation. Revoking a refresh token revokes its whole grant. Unknown tokens,
