@@ -714,7 +714,9 @@ fn configured_keys_are_checked_at_load() {
 // ---------------------------------------------------------------------------------------
 // ID-JAG.
 
-const AGENT: &str = "  - client_id: agent-platform\n    client_secret: agent-secret\n    token_endpoint_auth_method: client_secret_post\n    grant_types: [urn:ietf:params:oauth:grant-type:jwt-bearer]\n    redirect_uris: [https://agent.example.com/cb]\n";
+/// An agent platform presenting ID-JAGs. It signs users in with the code flow too (so it has
+/// redirect URIs, which a client of the jwt-bearer grant alone does without).
+const AGENT: &str = "  - client_id: agent-platform\n    client_secret: agent-secret\n    token_endpoint_auth_method: client_secret_post\n    grant_types: [authorization_code, refresh_token, urn:ietf:params:oauth:grant-type:jwt-bearer]\n    redirect_uris: [https://agent.example.com/cb]\n";
 
 fn issuers_yaml(server: &KeyServer, with_jwks_uri: bool) -> String {
     let jwks_uri = if with_jwks_uri {
@@ -980,7 +982,7 @@ async fn a_private_key_jwt_client_presents_an_id_jag() {
     let server = KeyServer::start(&[&idp]).await;
     let jwks = json!({"keys": [client_key.jwk()]});
     let client = format!(
-        "  - client_id: agent-platform\n    jwks: {jwks}\n    grant_types: [{JWT_BEARER}]\n    redirect_uris: [https://agent.example.com/cb]\n"
+        "  - client_id: agent-platform\n    jwks: {jwks}\n    grant_types: [authorization_code, refresh_token, {JWT_BEARER}]\n    redirect_uris: [https://agent.example.com/cb]\n"
     );
     let env = env_with(&client, &issuers_yaml(&server, true));
     let now = env.state.now();
