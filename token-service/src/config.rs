@@ -38,6 +38,9 @@ pub struct Config {
     /// Names, images and Secrets for `render --target kubernetes|istio`; `serve` ignores it.
     #[serde(default)]
     pub kubernetes: Option<crate::config_kubernetes::KubernetesConfig>,
+    /// What every outbound HTTPS call trusts (`extra_ca_file`).
+    #[serde(default)]
+    pub outbound: crate::outbound::OutboundConfig,
 }
 
 /// Whether loading reads the files secrets live in (`*_file`). A render runs where they do
@@ -94,6 +97,9 @@ pub struct AuthorizationServerConfig {
     /// the process exits (under Kubernetes' `terminationGracePeriodSeconds`).
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_seconds: u64,
+    /// Clients whose `client_id` is the URL of their metadata document (CIMD).
+    #[serde(default)]
+    pub client_id_metadata_documents: crate::config_client_documents::ClientDocumentsConfig,
 }
 
 /// `authorization_server.pending_flows`.
@@ -618,6 +624,8 @@ pub enum TokenEndpointAuthMethod {
     None,
     ClientSecretBasic,
     ClientSecretPost,
+    /// A signed client assertion (RFC 7523) with the client's keys.
+    PrivateKeyJwt,
 }
 
 impl TokenEndpointAuthMethod {
@@ -626,6 +634,7 @@ impl TokenEndpointAuthMethod {
             TokenEndpointAuthMethod::None => "none",
             TokenEndpointAuthMethod::ClientSecretBasic => "client_secret_basic",
             TokenEndpointAuthMethod::ClientSecretPost => "client_secret_post",
+            TokenEndpointAuthMethod::PrivateKeyJwt => "private_key_jwt",
         }
     }
 
@@ -1350,6 +1359,14 @@ impl Config {
         }
         a.registration.validate()?;
         a.pending_flows.validate()?;
+        a.client_id_metadata_documents
+            .validate()
+            .map_err(|(field, m)| {
+                ConfigError::new(
+                    format!("authorization_server.client_id_metadata_documents.{field}"),
+                    m,
+                )
+            })?;
         if e.xff_num_trusted_hops > MAX_XFF_TRUSTED_HOPS {
             return Err(ConfigError::new(
                 "envoy.xff_num_trusted_hops",

@@ -22,6 +22,7 @@ pub use crate::random::{fill_random, random_id, random_token};
 pub use crate::redirect_uri as redirect;
 pub use crate::scope::split_scope;
 
+use crate::client_documents::{self, ClientDocument, ClientDocuments};
 use crate::config::{Config, TokenEndpointAuthMethod};
 use crate::store::Store;
 
@@ -46,6 +47,11 @@ pub struct RegisteredClient {
     pub pre_registered: bool,
     /// The operator lets this client skip the consent page (`clients[].skip_consent`).
     pub skip_consent: bool,
+    /// The client's keys for `private_key_jwt`: inline JWKS, or where to fetch it.
+    pub jwks: Option<serde_json::Value>,
+    pub jwks_uri: Option<String>,
+    /// For a client identified by its metadata document (CIMD): the host serving it.
+    pub document_host: Option<String>,
 }
 
 impl RegisteredClient {
@@ -70,11 +76,16 @@ impl RegisteredClient {
     }
 }
 
-/// Pre-registered clients win over DCR ones (DCR ids are random and cannot collide in practice).
+/// Pre-registered clients win over DCR ones (DCR ids are random and cannot collide in practice);
+/// an https `client_id` is a metadata document's URL, when those are enabled (fetched here, on
+/// this blocking thread, unless the route layer's `resolve` cached it; a document that cannot
+/// be had is an unknown client, its reason logged).
 pub fn lookup_client(
     config: &Config,
     store: &dyn Store,
+    documents: &ClientDocuments,
     client_id: &str,
+    now: i64,
 ) -> anyhow::Result<Option<RegisteredClient>> {
     if let Some(c) = config.client(client_id) {
         return Ok(Some(RegisteredClient {
@@ -89,7 +100,19 @@ pub fn lookup_client(
             grant_types: vec!["authorization_code".into(), "refresh_token".into()],
             pre_registered: true,
             skip_consent: c.skip_consent,
+            jwks: None,
+            jwks_uri: None,
+            document_host: None,
         }));
+    }
+    if documents.enabled() && client_documents::is_document_url(client_id) {
+        return Ok(match documents.resolve_blocking(client_id, now) {
+            Ok(d) => Some(document_client(&d)),
+            Err(e) => {
+                tracing::info!(client_id, reason = %e, "client metadata document refused");
+                None
+            }
+        });
     }
     Ok(store.client(client_id)?.map(|c| RegisteredClient {
         client_id: c.client_id,
@@ -103,5 +126,25 @@ pub fn lookup_client(
         grant_types: c.grant_types,
         pre_registered: false,
         skip_consent: false,
+        jwks: None,
+        jwks_uri: None,
+        document_host: None,
     }))
+}
+
+/// A metadata document's client: never pre-registered, so always asked for consent.
+pub fn document_client(d: &ClientDocument) -> RegisteredClient {
+    RegisteredClient {
+        client_id: d.client_id.clone(),
+        client_name: d.client_name.clone(),
+        auth_method: d.auth_method,
+        secret: ClientSecret::None,
+        redirect_uris: d.redirect_uris.clone(),
+        grant_types: d.grant_types.clone(),
+        pre_registered: false,
+        skip_consent: false,
+        jwks: d.jwks.clone(),
+        jwks_uri: d.jwks_uri.clone(),
+        document_host: Some(d.host.clone()),
+    }
 }

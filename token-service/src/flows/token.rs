@@ -61,6 +61,8 @@ pub struct TokenContext<'a> {
     pub keys: std::sync::Arc<KeySet>,
     pub store: &'a dyn Store,
     pub vault: &'a crate::vault::Vault,
+    /// Clients identified by their metadata documents (CIMD).
+    pub documents: &'a crate::client_documents::ClientDocuments,
     pub now: i64,
 }
 
@@ -97,7 +99,8 @@ pub fn authenticate_client(
         }
     };
     let basic = creds.basic.is_some();
-    let Some(client) = lookup_client(ctx.config, ctx.store, &client_id)? else {
+    let Some(client) = lookup_client(ctx.config, ctx.store, ctx.documents, &client_id, ctx.now)?
+    else {
         return Err(Error::invalid_client("unknown client", basic));
     };
     match client.auth_method {
@@ -119,6 +122,13 @@ pub fn authenticate_client(
                 ))
             }
         },
+        // Client assertions arrive with private_key_jwt support; until then, refused.
+        TokenEndpointAuthMethod::PrivateKeyJwt => {
+            return Err(Error::invalid_client(
+                "private_key_jwt client authentication is not supported",
+                basic,
+            ))
+        }
         TokenEndpointAuthMethod::ClientSecretPost => match (&creds.client_secret, basic) {
             (Some(secret), false) if client.verify_secret(secret) => {}
             (Some(_), false) => {

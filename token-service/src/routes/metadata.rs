@@ -61,9 +61,10 @@ pub(super) async fn metadata(State(s): State<AppState>) -> Response {
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "authorization_response_iss_parameter_supported": true,
         "scopes_supported": c.scopes_supported(),
-        "client_id_metadata_document_supported": false,
+        "client_id_metadata_document_supported": c.authorization_server.client_id_metadata_documents.enabled,
     });
-    // Closed registration is not advertised (RFC 8414: the endpoint is optional).
+    // Closed registration is not advertised (RFC 8414: the endpoint is optional); whether
+    // metadata documents are accepted is a switch of its own.
     if c.authorization_server.registration.mode == RegistrationMode::Closed {
         if let Some(m) = metadata.as_object_mut() {
             m.remove("registration_endpoint");

@@ -6,7 +6,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::http::{form_params, no_store};
+use super::http::{form_params, no_store, resolve_document_client};
 use crate::error::{Error, Result};
 use crate::flows::authorize::Params;
 use crate::flows::token::{self, ClientCredentials, TokenContext};
@@ -35,12 +35,29 @@ fn client_request(headers: &HeaderMap, body: &[u8]) -> Result<(ClientCredentials
     Ok((creds, params))
 }
 
+/// Fetches a metadata-document client's document (unless cached) before the blocking flow
+/// authenticates the client: its failure is `invalid_client` with the reason.
+async fn resolve_client(s: &AppState, creds: &ClientCredentials) -> Result<()> {
+    let basic = creds.basic.is_some();
+    let id = match &creds.basic {
+        Some((id, _)) => Some(id.as_str()),
+        None => creds.client_id.as_deref(),
+    };
+    resolve_document_client(s, id)
+        .await
+        .map_err(|e| match e.code() {
+            "invalid_client" => Error::invalid_client(e.to_string(), basic),
+            _ => Error::invalid_request(e.to_string()),
+        })
+}
+
 fn context(st: &AppState) -> TokenContext<'_> {
     TokenContext {
         config: st.config(),
         keys: st.keys(),
         store: st.store().as_ref(),
         vault: st.vault(),
+        documents: st.client_documents(),
         now: st.now(),
     }
 }
@@ -51,6 +68,7 @@ pub(super) async fn revoke(
     body: Bytes,
 ) -> Result<Response> {
     let (creds, params) = client_request(&headers, &body)?;
+    resolve_client(&s, &creds).await?;
     s.blocking(move |st| token::revoke(&context(st), &creds, &params))
         .await?;
     Ok(no_store(StatusCode::OK.into_response()))
@@ -62,6 +80,7 @@ pub(super) async fn token(
     body: Bytes,
 ) -> Result<Response> {
     let (creds, params) = client_request(&headers, &body)?;
+    resolve_client(&s, &creds).await?;
     let response = s
         .blocking(move |st| token::token(&context(st), &creds, &params))
         .await?;
