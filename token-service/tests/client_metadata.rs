@@ -597,3 +597,52 @@ async fn a_changed_document_takes_effect_when_the_cache_expires() {
     }
     assert_eq!(server.fetches(), fetched + 2);
 }
+
+#[tokio::test]
+async fn the_extra_ca_is_what_makes_the_test_server_trusted_by_every_client() {
+    use warden_token_service::outbound::{FetchError, Outbound, OutboundConfig};
+    let server = DocServer::start().await;
+    let url = server.serve_client("/client.json", &[REDIRECT]);
+    let with = Outbound::load(&OutboundConfig {
+        extra_ca_file: Some(server.ca.clone()),
+    })
+    .unwrap();
+    let timeout = std::time::Duration::from_secs(5);
+    // The providers' client (identity provider, upstream providers).
+    let r = with
+        .client(timeout)
+        .unwrap()
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let fetched = with.guarded(true).unwrap().fetch(&url, 5120).await.unwrap();
+    assert!(String::from_utf8(fetched.body)
+        .unwrap()
+        .contains("Document Client"));
+    // Without it: the system's roots alone do not know the test CA.
+    let without = Outbound::default();
+    assert!(without
+        .client(timeout)
+        .unwrap()
+        .get(&url)
+        .send()
+        .await
+        .is_err());
+    assert!(matches!(
+        without.guarded(true).unwrap().fetch(&url, 5120).await,
+        Err(FetchError::Unreachable(_))
+    ));
+    // A file that cannot be read, or holds no certificate, names the field.
+    for bad in [
+        server.ca.with_extension("missing"),
+        server.ca.with_file_name("server.csr"),
+    ] {
+        let e = Outbound::load(&OutboundConfig {
+            extra_ca_file: Some(bad),
+        })
+        .unwrap_err();
+        assert!(e.to_string().starts_with("outbound.extra_ca_file: "), "{e}");
+    }
+}
