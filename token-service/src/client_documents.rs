@@ -238,12 +238,17 @@ pub fn validate(url: &Url, body: &[u8]) -> Result<ClientDocument, DocumentError>
 }
 
 struct Entry {
-    document: Arc<ClientDocument>,
+    /// The validated document, or why there is none (a failure is remembered briefly, so a
+    /// client cannot make every request a fetch).
+    answer: Result<Arc<ClientDocument>, DocumentError>,
     /// Until when it answers without a fetch.
     fresh_until: i64,
-    /// Until when sign-ins in progress may still use it.
+    /// Until when sign-ins in progress may still use a document.
     kept_until: i64,
 }
+
+/// How long a failed fetch or an invalid document is remembered (at most `cache_seconds`).
+pub const FAILURE_SECONDS: i64 = 30;
 
 /// The validated documents this replica fetched, and the rules and fetcher for more.
 pub struct ClientDocuments {
@@ -285,44 +290,53 @@ impl ClientDocuments {
         if !self.config.allows_host(host) {
             return Err(DocumentError::HostNotAllowed(host.to_owned()));
         }
-        if let Some(d) = self.cached(client_id, now, |e| e.fresh_until) {
-            return Ok(d);
+        if let Some(answer) = self.cached(client_id, now, false) {
+            return answer;
         }
-        let fetched = self
+        let cache_seconds = i64::try_from(self.config.cache_seconds).unwrap_or(i64::MAX / 4);
+        let answer = match self
             .fetcher
             .fetch(url.as_str(), self.config.max_document_bytes)
             .await
-            .map_err(DocumentError::Fetch)?;
-        let document = Arc::new(validate(&url, &fetched.body)?);
-        let cache_for = i64::try_from(self.config.cache_seconds)
-            .unwrap_or(i64::MAX / 4)
-            .min(
-                fetched
-                    .max_age
-                    .map_or(i64::MAX / 4, |m| i64::try_from(m).unwrap_or(i64::MAX / 4)),
-            );
-        tracing::info!(client_id, cache_for, "client metadata document fetched");
-        self.insert(
-            client_id,
-            Entry {
-                document: document.clone(),
-                fresh_until: now + cache_for,
-                kept_until: now + cache_for.max(FLOW_SECONDS),
-            },
-            now,
-        );
-        Ok(document)
+        {
+            Ok(fetched) => validate(&url, &fetched.body).map(|d| (Arc::new(d), fetched.max_age)),
+            Err(e) => Err(DocumentError::Fetch(e)),
+        };
+        let entry = match &answer {
+            Ok((document, max_age)) => {
+                let cache_for = cache_seconds.min(
+                    max_age.map_or(i64::MAX / 4, |m| i64::try_from(m).unwrap_or(i64::MAX / 4)),
+                );
+                tracing::info!(client_id, cache_for, "client metadata document fetched");
+                Entry {
+                    answer: Ok(document.clone()),
+                    fresh_until: now + cache_for,
+                    kept_until: now + cache_for.max(FLOW_SECONDS),
+                }
+            }
+            Err(e) => {
+                let remember = cache_seconds.min(FAILURE_SECONDS);
+                Entry {
+                    answer: Err(e.clone()),
+                    fresh_until: now + remember,
+                    kept_until: now + remember,
+                }
+            }
+        };
+        self.insert(client_id, entry, now);
+        answer.map(|(document, _)| document)
     }
 
-    /// For synchronous flows: the cached document (fresh, or kept for sign-ins in progress),
-    /// else a fetch on this blocking thread. Call only off the async workers.
+    /// For synchronous flows: the cached answer (a document fresh or kept for sign-ins in
+    /// progress, a recent failure), else a fetch on this blocking thread. Call only from the
+    /// blocking pool (`AppState::blocking`), never on an async worker.
     pub fn resolve_blocking(
         &self,
         client_id: &str,
         now: i64,
     ) -> Result<Arc<ClientDocument>, DocumentError> {
-        if let Some(d) = self.cached(client_id, now, |e| e.kept_until) {
-            return Ok(d);
+        if let Some(answer) = self.cached(client_id, now, true) {
+            return answer;
         }
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             DocumentError::Fetch(FetchError::Unreachable("no runtime to fetch with".into()))
@@ -330,17 +344,19 @@ impl ClientDocuments {
         handle.block_on(self.resolve(client_id, now))
     }
 
+    /// The cached answer for `client_id`, if any still holds: fresh, or (`kept`) a document
+    /// kept for sign-ins in progress.
     fn cached(
         &self,
         client_id: &str,
         now: i64,
-        until: impl Fn(&Entry) -> i64,
-    ) -> Option<Arc<ClientDocument>> {
+        kept: bool,
+    ) -> Option<Result<Arc<ClientDocument>, DocumentError>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .get(client_id)
-            .filter(|e| now < until(e))
-            .map(|e| e.document.clone())
+            .filter(|e| now < if kept { e.kept_until } else { e.fresh_until })
+            .map(|e| e.answer.clone())
     }
 
     fn insert(&self, client_id: &str, entry: Entry, now: i64) {

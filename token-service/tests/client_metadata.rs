@@ -646,3 +646,20 @@ async fn the_extra_ca_is_what_makes_the_test_server_trusted_by_every_client() {
         assert!(e.to_string().starts_with("outbound.extra_ca_file: "), "{e}");
     }
 }
+
+#[tokio::test]
+async fn a_failure_is_remembered_briefly_so_requests_do_not_each_fetch() {
+    let server = DocServer::start().await;
+    let env = env_with(&server, PRIVATE_OK);
+    let url = server.url("/late.json");
+    for _ in 0..3 {
+        assert_refused(&authorize(&env, &url, REDIRECT).await, "answered HTTP 404");
+    }
+    assert_eq!(server.fetches(), 1);
+    server.serve_client("/late.json", &[REDIRECT]);
+    env.advance(29);
+    assert_refused(&authorize(&env, &url, REDIRECT).await, "answered HTTP 404");
+    env.advance(1);
+    assert_eq!(authorize(&env, &url, REDIRECT).await.status, StatusCode::OK);
+    assert_eq!(server.fetches(), 2);
+}
