@@ -1253,6 +1253,11 @@ impl Config {
         }
         config.validate()?;
         if files == SecretFiles::Read {
+            // Read at load too, so `check-config` catches a CA file that is missing or wrong.
+            if let Some(path) = &config.outbound.extra_ca_file {
+                crate::outbound::read_extra_roots(path)
+                    .map_err(|m| ConfigError::new("outbound.extra_ca_file", m))?;
+            }
             // Read at load, so `check-config` catches a key file that is missing or wrong.
             let current = crate::secrets::read_existing(&config.encryption_key_file()).ok();
             config.previous_encryption_keys(current.as_ref())?;

@@ -47,27 +47,11 @@ impl fmt::Debug for Outbound {
 impl Outbound {
     /// Reads `outbound.extra_ca_file`; the error names the field.
     pub fn load(config: &OutboundConfig) -> anyhow::Result<Self> {
-        let Some(path) = &config.extra_ca_file else {
-            return Ok(Self::default());
+        let extra_roots = match &config.extra_ca_file {
+            Some(path) => read_extra_roots(path)
+                .map_err(|m| anyhow::anyhow!("outbound.extra_ca_file: {m}"))?,
+            None => Vec::new(),
         };
-        let pem = std::fs::read(path).map_err(|e| {
-            anyhow::anyhow!(
-                "outbound.extra_ca_file: cannot read {}: {e}",
-                path.display()
-            )
-        })?;
-        let extra_roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            anyhow::anyhow!(
-                "outbound.extra_ca_file: {} is not PEM certificates: {e}",
-                path.display()
-            )
-        })?;
-        if extra_roots.is_empty() {
-            anyhow::bail!(
-                "outbound.extra_ca_file: {} holds no certificate",
-                path.display()
-            );
-        }
         Ok(Self { extra_roots })
     }
 
@@ -105,6 +89,17 @@ impl Outbound {
             .redirect(reqwest::redirect::Policy::none())
             .tls_certs_merge(self.extra_roots.iter().cloned())
     }
+}
+
+/// The certificates of a PEM file (one at least), or why not.
+pub fn read_extra_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{} is not PEM certificates: {e}", path.display()))?;
+    if roots.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(roots)
 }
 
 /// Why a guarded fetch failed, in words fit for an error page.
