@@ -8,6 +8,10 @@ Modes (each an SDK auth provider, used as an application would):
   authorization_code  OAuthClientProvider with DCR (or `client_metadata_url` when the job gives
                       one and the server advertises CIMD). The browser part is the Rust side's:
                       this prints `AUTHORIZE <url>` and reads `CALLBACK <url>` from stdin.
+  cimd                the same provider with `client_metadata_url` (required): the client's id
+                      is that URL, used when the server advertises
+                      client_id_metadata_document_supported; `client_id` in the result says
+                      which way it went.
 
 SSL_CERT_FILE (a test CA) is honoured for https URLs.
 """
@@ -94,8 +98,15 @@ def authorization_code(job: dict, storage: MemoryStorage) -> httpx2.Auth:
     )
 
 
+def cimd(job: dict, storage: MemoryStorage) -> httpx2.Auth:
+    if not job.get("client_metadata_url"):
+        raise ValueError("mode cimd needs client_metadata_url")
+    return authorization_code(job, storage)
+
+
 PROVIDERS = {
     "authorization_code": authorization_code,
+    "cimd": cimd,
 }
 
 

@@ -38,6 +38,9 @@ pub struct Config {
     /// Names, images and Secrets for `render --target kubernetes|istio`; `serve` ignores it.
     #[serde(default)]
     pub kubernetes: Option<crate::config_kubernetes::KubernetesConfig>,
+    /// What every outbound HTTPS call trusts (`extra_ca_file`).
+    #[serde(default)]
+    pub outbound: crate::outbound::OutboundConfig,
 }
 
 /// Whether loading reads the files secrets live in (`*_file`). A render runs where they do
@@ -94,6 +97,9 @@ pub struct AuthorizationServerConfig {
     /// the process exits (under Kubernetes' `terminationGracePeriodSeconds`).
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_seconds: u64,
+    /// Clients whose `client_id` is the URL of their metadata document (CIMD).
+    #[serde(default)]
+    pub client_id_metadata_documents: crate::config_client_documents::ClientDocumentsConfig,
     /// ID-JAGs (the jwt-bearer grant) from these identity providers.
     #[serde(default)]
     pub identity_assertion_grant: crate::config_id_jag::IdentityAssertionGrantConfig,
@@ -1304,6 +1310,11 @@ impl Config {
         }
         config.validate()?;
         if files == SecretFiles::Read {
+            // Read at load too, so `check-config` catches a CA file that is missing or wrong.
+            if let Some(path) = &config.outbound.extra_ca_file {
+                crate::outbound::read_extra_roots(path)
+                    .map_err(|m| ConfigError::new("outbound.extra_ca_file", m))?;
+            }
             // Read at load, so `check-config` catches a key file that is missing or wrong.
             let current = crate::secrets::read_existing(&config.encryption_key_file()).ok();
             config.previous_encryption_keys(current.as_ref())?;
@@ -1410,6 +1421,14 @@ impl Config {
         }
         a.registration.validate()?;
         a.pending_flows.validate()?;
+        a.client_id_metadata_documents
+            .validate()
+            .map_err(|(field, m)| {
+                ConfigError::new(
+                    format!("authorization_server.client_id_metadata_documents.{field}"),
+                    m,
+                )
+            })?;
         if e.xff_num_trusted_hops > MAX_XFF_TRUSTED_HOPS {
             return Err(ConfigError::new(
                 "envoy.xff_num_trusted_hops",

@@ -180,6 +180,9 @@ pub struct ConsentForm<'a> {
     pub client_id: &'a str,
     /// Registered by the operator (true) or through DCR (false: the name is self-asserted).
     pub verified: bool,
+    /// The host serving the client's metadata document (CIMD), when it is identified by one:
+    /// the name is that host's word.
+    pub document_host: Option<&'a str>,
     pub redirect_host: &'a str,
     pub resource: &'a str,
     pub scopes: &'a [String],
@@ -191,12 +194,35 @@ pub struct ConsentForm<'a> {
 }
 
 pub fn consent_form(status: StatusCode, f: &ConsentForm<'_>) -> Response {
-    let unverified = if f.verified {
-        String::new()
-    } else {
-        "<p class=\"error\">This application registered itself: its name is <strong>unverified</strong>. \
+    let unverified = match f.document_host {
+        _ if f.verified => String::new(),
+        Some(host) => {
+            let elsewhere = if host.eq_ignore_ascii_case(f.redirect_host) {
+                String::new()
+            } else {
+                format!(
+                    "<p class=\"error\" id=\"redirect-elsewhere\">Warning: you will be sent back to \
+                     <strong>{redirect}</strong>, not to <strong>{host}</strong>, the host that \
+                     identifies this application. Approve only if you expect that.</p>",
+                    redirect = escape(f.redirect_host),
+                    host = escape(host),
+                )
+            };
+            format!(
+                "<p class=\"muted\" id=\"document-host\">This application is identified by \
+                 <strong>{host}</strong>, which serves its description; the name is that \
+                 site's word.</p>{elsewhere}",
+                host = escape(host),
+            )
+        }
+        None => "<p class=\"error\">This application registered itself: its name is <strong>unverified</strong>. \
          Approve only if you started this sign-in from an application you trust.</p>"
-            .to_owned()
+            .to_owned(),
+    };
+    let label = match f.document_host {
+        _ if f.verified => String::new(),
+        Some(host) => format!(" (from {})", escape(host)),
+        None => " (unverified)".to_owned(),
     };
     let scopes = if f.scopes.is_empty() {
         "<li>access to the MCP server (no specific scopes)</li>".to_owned()
@@ -232,7 +258,7 @@ pub fn consent_form(status: StatusCode, f: &ConsentForm<'_>) -> Response {
          <button type=\"submit\" name=\"decision\" value=\"approve\">Approve</button></form>\
          {sign_out}",
         client = escape(f.client_name),
-        label = if f.verified { "" } else { " (unverified)" },
+        label = label,
         client_id = escape(f.client_id),
         host = escape(f.redirect_host),
         email = escape(f.email),

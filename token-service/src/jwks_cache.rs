@@ -9,7 +9,8 @@
 //!
 //! Two kinds of URL: an operator's (`clients[].jwks_uri`, an issuer's), trusted like the
 //! identity provider's (https, or http on a loopback host, checked at load); and a client's
-//! own (DCR, metadata documents), which goes through [`fetch_client_jwks`] only.
+//! own (DCR, metadata documents), which goes through [`fetch_client_jwks`] only: `outbound`'s
+//! guarded fetcher (https, no redirects, addresses checked after DNS).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::jws::{parse_jwks, Jwk};
+use crate::outbound::{self, GuardedFetcher};
 
 /// A fetched key set serves this long (seconds) before it is fetched again.
 const KEYS_TTL: i64 = 900;
@@ -58,20 +60,21 @@ struct Discovered {
 
 pub struct JwksCache {
     http: reqwest::Client,
-    client_http: reqwest::Client,
+    guarded: GuardedFetcher,
     keys: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Entry>>>>,
     issuers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Discovered>>>>,
 }
 
 impl JwksCache {
-    /// `http` fetches operator-named URLs (the identity provider's client).
-    pub fn new(http: reqwest::Client) -> anyhow::Result<Self> {
-        Ok(Self {
+    /// `http` fetches operator-named URLs (the identity provider's kind of client), `guarded`
+    /// the URLs clients chose.
+    pub fn new(http: reqwest::Client, guarded: GuardedFetcher) -> Self {
+        Self {
             http,
-            client_http: client_jwks_http()?,
+            guarded,
             keys: Mutex::new(HashMap::new()),
             issuers: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// The key set at `url` as of `now`, fetched again when stale or when it lacks `kid` (at
@@ -92,7 +95,7 @@ impl JwksCache {
         if (stale || lacks_kid || entry.error.is_some()) && may_fetch {
             let fetched = match origin {
                 Origin::Operator => fetch_bounded(&self.http, url).await,
-                Origin::Client => fetch_client_jwks(&self.client_http, url).await,
+                Origin::Client => fetch_client_jwks(&self.guarded, url).await,
             }
             .and_then(|body| parse_jwks(&body));
             entry.fetched_at = now;
@@ -209,21 +212,15 @@ pub fn check_client_jwks_uri(uri: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn client_jwks_http() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(FETCH_TIMEOUT)
-        .connect_timeout(FETCH_TIMEOUT)
-        .build()?)
-}
-
-/// THE fetch of a URL a client gave (its `jwks_uri`): https only, no redirects, no cookies,
-/// bounded in time and size. The one place such a fetch happens, so the outbound guard against
-/// requests into the gateway's own network (addresses checked after DNS) is applied here.
-pub async fn fetch_client_jwks(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
+/// THE fetch of a URL a client gave (its `jwks_uri`): through `outbound`'s guarded fetcher
+/// (https only, no redirects, cookies or proxy, bounded in time and size, every address checked
+/// after DNS unless `client_id_metadata_documents.allow_private_addresses`).
+pub async fn fetch_client_jwks(guarded: &GuardedFetcher, url: &str) -> Result<Vec<u8>, String> {
     check_client_jwks_uri(url)?;
-    fetch_bounded(http, url).await
+    outbound::fetch_guarded(guarded, url, MAX_DOCUMENT_BYTES)
+        .await
+        .map(|f| f.body)
+        .map_err(|e| e.to_string())
 }
 
 /// GET `url` as JSON: a 200 answer's body, at most `MAX_DOCUMENT_BYTES`.
@@ -274,11 +271,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_client_url_is_never_fetched_over_plain_http() {
-        let http = client_jwks_http().unwrap_or_else(|_| reqwest::Client::new());
-        let e = fetch_client_jwks(&http, "http://127.0.0.1:9/jwks.json")
+    async fn a_client_url_is_never_fetched_over_plain_http_nor_at_a_private_address() {
+        let Ok(guarded) = outbound::Outbound::default().guarded(false) else {
+            panic!("a guarded fetcher");
+        };
+        let e = fetch_client_jwks(&guarded, "http://127.0.0.1:9/jwks.json")
             .await
             .err();
         assert_eq!(e.as_deref(), Some("must be an https URL"));
+        let e = fetch_client_jwks(&guarded, "https://127.0.0.1:9/jwks.json")
+            .await
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("not a public address"), "{e}");
     }
 }

@@ -4,8 +4,10 @@
 //! `serve` / `serve_on` run it on a socket.
 
 pub mod client_address;
+pub mod client_documents;
 pub mod clock;
 pub mod config;
+pub mod config_client_documents;
 pub mod config_id_jag;
 pub mod config_kubernetes;
 pub mod digest;
@@ -21,6 +23,7 @@ pub mod keyring;
 pub mod keys;
 pub mod listener;
 pub mod oidc;
+pub mod outbound;
 pub mod password;
 pub mod pg_url;
 pub mod random;

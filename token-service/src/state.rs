@@ -4,12 +4,14 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use crate::client_documents::ClientDocuments;
 use crate::clock::{now_unix, Clock};
 use crate::config::Config;
 use crate::flows::app::SignOutKey;
 use crate::health::Health;
 use crate::internal::nonce::NonceGuard;
 use crate::keyring::{KeySet, Keyring};
+use crate::outbound::{GuardedFetcher, Outbound};
 use crate::random::fill_random;
 use crate::store::Store;
 use crate::vault::seal::Sealer;
@@ -47,6 +49,10 @@ struct Inner {
     rechecks: Arc<RecheckCounters>,
     /// Readiness (`/readyz`): start-up, shutdown, the store check.
     health: Arc<Health>,
+    /// Fetches documents at URLs clients chose (`outbound`'s SSRF guard).
+    guarded: GuardedFetcher,
+    /// Clients identified by their metadata documents, as this replica fetched them.
+    client_documents: Arc<ClientDocuments>,
 }
 
 /// Checks of identity-provider users at the provider (`recheck`), since this process started:
@@ -184,17 +190,24 @@ impl AppState {
             &secrets.encryption_key,
             &secrets.previous_encryption_keys,
         )?);
+        let outbound = Outbound::load(&config.outbound)?;
         let oidc = match &config.identity_provider.oidc {
             Some(o) => Some(Arc::new(oidc::OidcProvider::new(
                 o.clone(),
                 oidc::callback_url(&config),
-                vault::provider::http_client()?,
+                vault::provider::http_client(&outbound)?,
             ))),
             None => None,
         };
+        let documents = &config.authorization_server.client_id_metadata_documents;
+        let guarded = outbound.guarded(documents.allow_private_addresses)?;
+        let client_documents = Arc::new(ClientDocuments::new(documents, guarded.clone()));
+        // A client's own jwks_uri goes through the guarded fetcher; an operator's through the
+        // identity provider's kind of client.
         let jwks_cache = Arc::new(crate::jwks_cache::JwksCache::new(
-            vault::provider::http_client()?,
-        )?);
+            vault::provider::http_client(&outbound)?,
+            guarded.clone(),
+        ));
         let password_checks = Arc::new(PasswordChecks::new(config.password_check_concurrency()));
         let registrations = Arc::new(ratelimit::RateLimiter::new(
             config
@@ -228,6 +241,8 @@ impl AppState {
                 sign_out_key: Arc::new(SignOutKey::derive(&secrets.internal_credential)),
                 rechecks: Arc::new(RecheckCounters::default()),
                 health: Health::running(),
+                guarded,
+                client_documents,
             }),
         })
     }
@@ -268,6 +283,15 @@ impl AppState {
 
     pub fn oidc(&self) -> Option<&Arc<oidc::OidcProvider>> {
         self.inner.oidc.as_ref()
+    }
+
+    /// The fetcher for URLs a client chose (its `jwks_uri`, its metadata document).
+    pub fn guarded_fetcher(&self) -> &GuardedFetcher {
+        &self.inner.guarded
+    }
+
+    pub fn client_documents(&self) -> &ClientDocuments {
+        &self.inner.client_documents
     }
 
     pub fn jwks_cache(&self) -> &crate::jwks_cache::JwksCache {

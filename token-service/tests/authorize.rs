@@ -371,3 +371,53 @@ async fn unknown_scope_is_invalid_scope() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
+
+/// `/authorize` as `mcp-remote` probes it before opening a browser: `Accept: application/json`.
+async fn probe(env: &TestEnv, uri: &str, accept: &str) -> Resp {
+    env.send(
+        axum::http::Request::get(uri)
+            .header(axum::http::header::ACCEPT, accept)
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_deleted_client_probed_for_json_gets_invalid_client_and_a_browser_the_page() {
+    let env = TestEnv::new();
+    let client_id = env.register_public(REDIRECT).await;
+    let uri = TestEnv::authorize_uri(&client_id, REDIRECT, &[]);
+    assert_eq!(
+        probe(&env, &uri, "application/json").await.status,
+        StatusCode::OK
+    );
+    // Unused for a day: the sweep deletes the registration.
+    env.advance(86_400);
+    env.state.sweep().unwrap();
+
+    let r = probe(&env, &uri, "application/json").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.header("content-type").starts_with("application/json"));
+    assert!(r.headers.get("location").is_none());
+    assert_eq!(r.json()["error"], "invalid_client");
+    assert_eq!(r.json()["error_description"], "unknown client_id");
+    // A browser gets the page.
+    let r = probe(
+        &env,
+        &uri,
+        "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    )
+    .await;
+    assert_error_page(&r);
+    assert!(r.body.contains("unknown client_id"));
+    // The other errors that may not redirect, as JSON with their code.
+    let r = probe(
+        &env,
+        &TestEnv::authorize_uri("public-app", "https://evil.example/cb", &[]),
+        "application/json",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["error"], "invalid_request", "{}", r.body);
+}

@@ -645,3 +645,53 @@ fn the_kubernetes_block_is_validated_naming_the_field() {
     .to_string();
     assert!(e.starts_with("kubernetes.secrets.session_key"), "{e}");
 }
+
+#[test]
+fn client_metadata_documents_and_the_outbound_ca_are_checked_at_load_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = config_yaml(dir.path(), "", "ES256");
+    let with_documents = |settings: &str| {
+        good.replace(
+            "  refresh_token_ttl_seconds: 3600\n",
+            &format!(
+                "  refresh_token_ttl_seconds: 3600\n  client_id_metadata_documents: {settings}\n"
+            ),
+        )
+    };
+    let c = Config::from_yaml(&with_documents("{enabled: true}")).unwrap();
+    let d = &c.authorization_server.client_id_metadata_documents;
+    assert!(d.enabled && !d.allow_private_addresses && d.allowed_hosts.is_empty());
+    assert_eq!((d.max_document_bytes, d.cache_seconds), (5120, 3600));
+    for (settings, field) in [
+        ("{max_document_bytes: 100}", "max_document_bytes"),
+        ("{cache_seconds: 100000}", "cache_seconds"),
+        ("{allowed_hosts: ['*']}", "allowed_hosts[0]"),
+        ("{enabled: true, fetch: always}", "fetch"),
+    ] {
+        let e = err(&with_documents(settings));
+        assert!(
+            e.starts_with("authorization_server.client_id_metadata_documents"),
+            "{e}"
+        );
+        assert!(e.contains(field), "{settings}: {e}");
+    }
+    // The CA file is read at load: missing, or not PEM certificates.
+    let missing = dir.path().join("ca.pem");
+    let e = err(&format!(
+        "{good}outbound:\n  extra_ca_file: {}\n",
+        missing.display()
+    ));
+    assert!(e.starts_with("outbound.extra_ca_file: cannot read"), "{e}");
+    std::fs::write(&missing, "not a certificate\n").unwrap();
+    let e = err(&format!(
+        "{good}outbound:\n  extra_ca_file: {}\n",
+        missing.display()
+    ));
+    assert!(e.starts_with("outbound.extra_ca_file: "), "{e}");
+    // The render reads no file: it is checked where the file exists.
+    assert!(Config::from_yaml_without_secret_files(&format!(
+        "{good}outbound:\n  extra_ca_file: {}\n",
+        missing.display()
+    ))
+    .is_ok());
+}

@@ -515,6 +515,12 @@ fn a_secret_file_without_its_secret_named_is_refused_naming_the_secret() {
     });
     let e = render(&text, Target::Kubernetes).unwrap_err();
     assert!(e.starts_with("kubernetes.secrets.signing_key"), "{e}");
+    // A CA file for outbound calls would name a path the pod does not have.
+    let text = config_with(|v| {
+        v["outbound"] = serde_json::json!({"extra_ca_file": "/etc/warden/ca.pem"});
+    });
+    let e = render(&text, Target::Kubernetes).unwrap_err();
+    assert!(e.starts_with("outbound.extra_ca_file"), "{e}");
     // The gateway's Secrets are always needed.
     for secret in ["session_key", "internal_credential"] {
         let text = config_with(|v| {

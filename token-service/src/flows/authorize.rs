@@ -16,6 +16,8 @@ pub const CODE_TTL: i64 = 60;
 pub enum AuthorizeError {
     /// The client or redirect URI cannot be trusted: show a page, never redirect.
     Page(String),
+    /// The client is unknown (`invalid_client`): a page too, never a redirect.
+    UnknownClient(String),
     /// Report to the client at its redirect URI (with `state` and `iss`).
     Redirect {
         redirect_uri: String,
@@ -77,7 +79,7 @@ pub fn validate(
         return Err(AuthorizeError::Page("the request has no client_id".into()));
     };
     let Some(client) = client.filter(|c| c.client_id == client_id) else {
-        return Err(AuthorizeError::Page("unknown client_id".into()));
+        return Err(AuthorizeError::UnknownClient("unknown client_id".into()));
     };
     let (redirect_uri, explicit) = match params.get("redirect_uri") {
         Some(r) if redirect::matches_registered(&client.redirect_uris, r) => (r.to_owned(), true),
@@ -243,7 +245,7 @@ pub fn success_url(grant: &AuthorizeGrant, issuer: &str, code: &str) -> anyhow::
 
 pub fn error_url(err: &AuthorizeError, issuer: &str) -> Option<anyhow::Result<String>> {
     match err {
-        AuthorizeError::Page(_) => None,
+        AuthorizeError::Page(_) | AuthorizeError::UnknownClient(_) => None,
         AuthorizeError::Redirect {
             redirect_uri,
             state,
@@ -283,6 +285,7 @@ routes:
             skip_consent: false,
             jwks: None,
             jwks_uri: None,
+            document_host: None,
         }
     }
 
@@ -368,11 +371,11 @@ routes:
         ));
         assert!(matches!(
             v(&[("client_id", "other")]),
-            Err(AuthorizeError::Page(_))
+            Err(AuthorizeError::UnknownClient(_))
         ));
         assert!(matches!(
             validate(&config, &params(&[]), None),
-            Err(AuthorizeError::Page(_))
+            Err(AuthorizeError::UnknownClient(_))
         ));
     }
 

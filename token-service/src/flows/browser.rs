@@ -20,6 +20,8 @@ pub struct Browser<'a> {
     pub config: &'a Config,
     pub store: &'a dyn Store,
     pub vault: &'a Vault,
+    /// Clients identified by their metadata documents (CIMD).
+    pub documents: &'a crate::client_documents::ClientDocuments,
     /// An identity provider is configured (`identity_provider.oidc`).
     pub identity_provider: bool,
     pub now: i64,
@@ -85,6 +87,8 @@ pub struct ConsentPrompt {
     pub client_id: String,
     /// The operator registered the client (its name is vouched for).
     pub verified: bool,
+    /// The host serving the client's metadata document (CIMD), if it is identified by one.
+    pub document_host: Option<String>,
     pub redirect_uri: String,
     pub resource: String,
     pub scopes: Vec<String>,
@@ -124,6 +128,9 @@ pub enum Outcome {
 pub enum Refusal {
     /// The authorization request cannot be answered at the client's redirect URI.
     BadRequest(String),
+    /// The request's client is unknown, or its metadata document cannot be had or is invalid
+    /// (`invalid_client`, never answered at a redirect URI).
+    InvalidClient(String),
     /// The pending flow is unknown, used, expired, or no longer applies.
     Expired,
     /// The pending flow was started in another browser (or its cookie is missing).
@@ -433,6 +440,7 @@ routes:
         pub config: Config,
         pub store: Arc<SqliteStore>,
         pub vault: Vault,
+        pub documents: crate::client_documents::ClientDocuments,
         pub identity_provider: bool,
     }
 
@@ -445,7 +453,12 @@ routes:
             let config = Config::from_yaml(&yaml(setup)).unwrap();
             let store = Arc::new(SqliteStore::in_memory().unwrap());
             let vault = Vault::new(&config, store.clone(), &[7u8; 32], &[]).unwrap();
+            let documents = crate::client_documents::ClientDocuments::new(
+                &config.authorization_server.client_id_metadata_documents,
+                crate::outbound::Outbound::default().guarded(false).unwrap(),
+            );
             Self {
+                documents,
                 identity_provider: config.identity_provider.oidc.is_some(),
                 config,
                 store,
@@ -458,6 +471,7 @@ routes:
                 config: &self.config,
                 store: self.store.as_ref(),
                 vault: &self.vault,
+                documents: &self.documents,
                 identity_provider: self.identity_provider,
                 now,
                 pending: PendingLimit {

@@ -24,6 +24,7 @@ pub use crate::random::{fill_random, random_id, random_token};
 pub use crate::redirect_uri as redirect;
 pub use crate::scope::split_scope;
 
+use crate::client_documents::{self, ClientDocument, ClientDocuments};
 use crate::config::{Config, TokenEndpointAuthMethod};
 use crate::store::Store;
 
@@ -51,6 +52,8 @@ pub struct RegisteredClient {
     /// The client's keys for `private_key_jwt`: inline JWKS, or where to fetch it.
     pub jwks: Option<serde_json::Value>,
     pub jwks_uri: Option<String>,
+    /// For a client identified by its metadata document (CIMD): the host serving it.
+    pub document_host: Option<String>,
 }
 
 impl RegisteredClient {
@@ -75,11 +78,16 @@ impl RegisteredClient {
     }
 }
 
-/// Pre-registered clients win over DCR ones (DCR ids are random and cannot collide in practice).
+/// Pre-registered clients win over DCR ones (DCR ids are random and cannot collide in practice);
+/// an https `client_id` is a metadata document's URL, when those are enabled (fetched here, on
+/// this blocking thread, unless the route layer's `resolve` cached it; a document that cannot
+/// be had is an unknown client, its reason logged).
 pub fn lookup_client(
     config: &Config,
     store: &dyn Store,
+    documents: &ClientDocuments,
     client_id: &str,
+    now: i64,
 ) -> anyhow::Result<Option<RegisteredClient>> {
     if let Some(c) = config.client(client_id) {
         return Ok(Some(RegisteredClient {
@@ -100,7 +108,17 @@ pub fn lookup_client(
             skip_consent: c.skip_consent,
             jwks: c.jwks.clone(),
             jwks_uri: c.jwks_uri.clone(),
+            document_host: None,
         }));
+    }
+    if documents.enabled() && client_documents::is_document_url(client_id) {
+        return Ok(match documents.resolve_blocking(client_id, now) {
+            Ok(d) => Some(document_client(&d)),
+            Err(e) => {
+                tracing::info!(client_id, reason = %e, "client metadata document refused");
+                None
+            }
+        });
     }
     Ok(store.client(client_id)?.map(|c| RegisteredClient {
         client_id: c.client_id,
@@ -116,5 +134,23 @@ pub fn lookup_client(
         skip_consent: false,
         jwks: c.jwks,
         jwks_uri: c.jwks_uri,
+        document_host: None,
     }))
+}
+
+/// A metadata document's client: never pre-registered, so always asked for consent.
+pub fn document_client(d: &ClientDocument) -> RegisteredClient {
+    RegisteredClient {
+        client_id: d.client_id.clone(),
+        client_name: d.client_name.clone(),
+        auth_method: d.auth_method,
+        secret: ClientSecret::None,
+        redirect_uris: d.redirect_uris.clone(),
+        grant_types: d.grant_types.clone(),
+        pre_registered: false,
+        skip_consent: false,
+        jwks: d.jwks.clone(),
+        jwks_uri: d.jwks_uri.clone(),
+        document_host: Some(d.host.clone()),
+    }
 }

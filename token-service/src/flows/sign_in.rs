@@ -27,12 +27,13 @@ pub fn authorize(b: &Browser<'_>, params: &Params, cookies: Cookies) -> anyhow::
 fn authorize_request(b: &Browser<'_>, params: &Params, cookies: Cookies) -> Result<Answer, Halt> {
     let issuer = &b.config.authorization_server.issuer;
     let client = match params.get("client_id") {
-        Some(id) => lookup_client(b.config, b.store, id)?,
+        Some(id) => lookup_client(b.config, b.store, b.documents, id, b.now)?,
         None => None,
     };
     let grant = match authorize::validate(b.config, params, client.as_ref()) {
         Ok(g) => g,
         Err(AuthorizeError::Page(msg)) => return Err(Refusal::BadRequest(msg).into()),
+        Err(AuthorizeError::UnknownClient(msg)) => return Err(Refusal::InvalidClient(msg).into()),
         Err(e) => {
             tracing::info!(error = ?e, "authorization request rejected");
             return match authorize::error_url(&e, issuer) {
@@ -42,7 +43,7 @@ fn authorize_request(b: &Browser<'_>, params: &Params, cookies: Cookies) -> Resu
         }
     };
     let Some(client) = client else {
-        return Err(Refusal::BadRequest("unknown client_id".into()).into());
+        return Err(Refusal::InvalidClient("unknown client_id".into()).into());
     };
     let binding = super::browser::binding(cookies.binding);
     let bound = SetCookie::Binding(binding.clone());
@@ -136,6 +137,7 @@ fn begin_consent(
         client_name: client.display_name().to_owned(),
         client_id: client.client_id.clone(),
         verified: client.pre_registered,
+        document_host: client.document_host.clone(),
         redirect_uri: flow.request.redirect_uri.clone(),
         resource: flow.request.resource.clone(),
         scopes: split_scope(&flow.request.scope),
@@ -238,7 +240,7 @@ fn verdict(b: &Browser<'_>, attempt: LoginAttempt, user: Option<String>) -> Resu
                 .strip_prefix(app::APP_CLIENT_PREFIX)
                 .unwrap_or(&flow.request.client_id)
                 .to_owned(),
-            None => lookup_client(b.config, store, &flow.request.client_id)?
+            None => lookup_client(b.config, store, b.documents, &flow.request.client_id, b.now)?
                 .map(|c| c.display_name().to_owned())
                 .unwrap_or_else(|| flow.request.client_id.clone()),
         };
@@ -263,9 +265,10 @@ pub(super) fn signed_in(b: &Browser<'_>, flow: PendingFlow, user: &str) -> Resul
     let store = b.store;
     let client = match &flow.next {
         Some(_) => None,
-        None => {
-            Some(lookup_client(b.config, store, &flow.request.client_id)?.ok_or(Refusal::Expired)?)
-        }
+        None => Some(
+            lookup_client(b.config, store, b.documents, &flow.request.client_id, b.now)?
+                .ok_or(Refusal::Expired)?,
+        ),
     };
     let secret = random_token();
     let session = Session {
@@ -427,7 +430,10 @@ pub(super) mod tests {
         // A client that cannot be trusted with a redirect: a page, and no cookie.
         let a = authorize(&b, &request("nobody", &[]), cookies(&bind, None)).unwrap();
         assert!(a.cookies.is_empty());
-        assert_eq!(refusal(a), Refusal::BadRequest("unknown client_id".into()));
+        assert_eq!(
+            refusal(a),
+            Refusal::InvalidClient("unknown client_id".into())
+        );
         // A known client's bad request: back to it with the error.
         let a = authorize(
             &b,

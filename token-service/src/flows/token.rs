@@ -67,6 +67,8 @@ pub struct TokenContext<'a> {
     pub keys: std::sync::Arc<KeySet>,
     pub store: &'a dyn Store,
     pub vault: &'a crate::vault::Vault,
+    /// Clients identified by their metadata documents (CIMD).
+    pub documents: &'a crate::client_documents::ClientDocuments,
     pub now: i64,
     /// The keys of the ID-JAG issuer a jwt-bearer grant's assertion names, fetched first.
     pub grant_keys: AssertionKeys,
@@ -117,7 +119,8 @@ pub fn authenticate_client(
         },
     };
     let basic = creds.basic.is_some();
-    let Some(client) = lookup_client(ctx.config, ctx.store, &client_id)? else {
+    let Some(client) = lookup_client(ctx.config, ctx.store, ctx.documents, &client_id, ctx.now)?
+    else {
         return Err(Error::invalid_client("unknown client", basic));
     };
     match client.auth_method {

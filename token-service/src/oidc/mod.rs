@@ -678,7 +678,7 @@ mod tests {
         let p = OidcProvider::new(
             config,
             "http://127.0.0.1/login/callback".into(),
-            crate::vault::provider::http_client().unwrap(),
+            crate::vault::provider::http_client(&crate::outbound::Outbound::default()).unwrap(),
         );
         let d = Discovery {
             issuer: url.clone(),

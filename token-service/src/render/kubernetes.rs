@@ -184,6 +184,11 @@ impl<'a> Plan<'a> {
             }
         }
 
+        // A CA file would name a path the pod does not have.
+        if config.outbound.extra_ca_file.is_some() {
+            return Err("outbound.extra_ca_file: not rendered yet: the pod has no such file; leave it out and render, then mount the CA (a ConfigMap) and set the field in the rendered warden.yaml yourself".into());
+        }
+
         // Storage.
         let st = &config.storage;
         if !st.previous_encryption_key_files.is_empty() {

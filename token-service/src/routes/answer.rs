@@ -40,6 +40,57 @@ pub(super) async fn run(
     Ok(respond(&s, answer))
 }
 
+/// [`respond`], except that a refusal goes as OAuth JSON to a request that prefers JSON
+/// (`prefers_json`: `mcp-remote` probing `/authorize`); browsers get the page.
+pub(super) fn respond_to(s: &AppState, answer: Answer, json: bool) -> Response {
+    match answer.outcome {
+        Outcome::Refused(r) if json => refusal_json(r).into_response(),
+        outcome => respond(
+            s,
+            Answer {
+                outcome,
+                cookies: answer.cookies,
+            },
+        ),
+    }
+}
+
+/// A refusal as the OAuth error a program reads: `400 invalid_client` for a client we do not
+/// know or cannot verify, `400 invalid_request` for the rest.
+pub(super) fn refusal_json(r: Refusal) -> Error {
+    match r {
+        Refusal::InvalidClient(description) => Error::OAuth {
+            status: StatusCode::BAD_REQUEST,
+            error: "invalid_client",
+            description,
+        },
+        Refusal::PendingFull => match refusal(Refusal::PendingFull) {
+            Error::RetryLater {
+                status,
+                error,
+                description,
+                retry_after,
+                ..
+            } => Error::RetryLater {
+                status,
+                error,
+                description,
+                retry_after,
+                page: false,
+            },
+            other => other,
+        },
+        other => match refusal(other) {
+            Error::Page { status, message } => Error::OAuth {
+                status,
+                error: "invalid_request",
+                description: message,
+            },
+            e => e,
+        },
+    }
+}
+
 pub(super) fn respond(s: &AppState, answer: Answer) -> Response {
     let mut resp = match answer.outcome {
         Outcome::SignInPage(p) => sign_in_page(s, &p),
@@ -69,7 +120,9 @@ pub(super) fn respond(s: &AppState, answer: Answer) -> Response {
 /// The page for a refusal.
 pub(super) fn refusal(r: Refusal) -> Error {
     match r {
-        Refusal::BadRequest(message) => Error::page(StatusCode::BAD_REQUEST, message),
+        Refusal::BadRequest(message) | Refusal::InvalidClient(message) => {
+            Error::page(StatusCode::BAD_REQUEST, message)
+        }
         Refusal::Expired => Error::page(
             StatusCode::BAD_REQUEST,
             "This sign-in request is unknown or has expired. Return to the application and start again.",
@@ -217,6 +270,7 @@ fn consent_page(s: &AppState, p: &ConsentPrompt) -> Response {
             client_name: &p.client_name,
             client_id: &p.client_id,
             verified: p.verified,
+            document_host: p.document_host.as_deref(),
             redirect_host: &redirect_host(&p.redirect_uri),
             resource: &p.resource,
             scopes: &p.scopes,

@@ -7,23 +7,63 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 
-use super::answer::{respond, run};
+use super::answer::{refusal_json, respond, respond_to, run};
 use super::http::{
-    admit_new_flow, browser, browser_cookies, form_params, query_params, ClientAddr,
+    admit_new_flow, browser, browser_cookies, form_params, prefers_json, query_params,
+    resolve_document_client, ClientAddr,
 };
 use crate::error::{Error, Result};
-use crate::flows::browser::Step;
+use crate::flows::browser::{Answer, Outcome, Refusal, Step};
 use crate::flows::{login, sign_in};
 use crate::state::AppState;
 
+/// `GET /authorize`. Errors that may not go to the redirect URI are a page for a browser and
+/// OAuth JSON for a program that asks for JSON (`prefers_json`).
 pub(super) async fn authorize(
     State(s): State<AppState>,
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
-    admit_new_flow(&s, client).await?;
-    run(s, &headers, query_params(query), sign_in::authorize).await
+    let json = prefers_json(&headers);
+    if let Err(e) = admit_new_flow(&s, client).await {
+        return Err(if json { as_json(e) } else { e });
+    }
+    let params = query_params(query);
+    if let Err(e) = resolve_document_client(&s, params.get("client_id")).await {
+        tracing::info!(reason = %e, "client metadata document refused");
+        let refusal = match e.code() {
+            "invalid_client" => Refusal::InvalidClient(e.to_string()),
+            _ => Refusal::BadRequest(e.to_string()),
+        };
+        return Ok(respond_to(&s, Answer::new(Outcome::Refused(refusal)), json));
+    }
+    let cookies = browser_cookies(&s, &headers);
+    let answer = s
+        .blocking(move |st| Ok(sign_in::authorize(&browser(st), &params, cookies)?))
+        .await?;
+    Ok(respond_to(&s, answer, json))
+}
+
+/// An error meant as a page, as OAuth JSON.
+fn as_json(e: Error) -> Error {
+    match e {
+        Error::RetryLater {
+            status,
+            error,
+            description,
+            retry_after,
+            ..
+        } => Error::RetryLater {
+            status,
+            error,
+            description,
+            retry_after,
+            page: false,
+        },
+        Error::Page { message, .. } => refusal_json(Refusal::BadRequest(message)),
+        e => e,
+    }
 }
 
 pub(super) async fn login(

@@ -13,6 +13,7 @@ use url::Url;
 use warden_core::internal_api::HOST_PREFIX;
 
 use crate::client_address::TrustedProxies;
+use crate::client_documents::{is_document_url, DocumentError};
 use crate::error::{Error, Result};
 use crate::flows::authorize::Params;
 use crate::flows::browser::{Browser, Cookies};
@@ -153,6 +154,7 @@ pub(super) fn browser(s: &AppState) -> Browser<'_> {
         config: s.config(),
         store: s.store().as_ref(),
         vault: s.vault().as_ref(),
+        documents: s.client_documents(),
         identity_provider: s.oidc().is_some(),
         now: s.now(),
         pending: s.pending_limit(),
@@ -215,5 +217,96 @@ pub(super) fn browser_cookies(s: &AppState, headers: &HeaderMap) -> Cookies {
         session: cookie_value(s, headers, SESSION_COOKIE),
         binding: cookie_value(s, headers, FLOW_COOKIE),
         device: cookie_value(s, headers, DEVICE_COOKIE),
+    }
+}
+
+/// Whether a request prefers a JSON answer to an HTML page: `Accept` ranks `application/json`
+/// above `text/html`, by quality, then by how specifically it names each (so `application/json,
+/// */*` is JSON). No `Accept`, or a tie, is a browser: the page. `mcp-remote` probes
+/// `/authorize` this way before opening a browser.
+pub(super) fn prefers_json(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    if accept.trim().is_empty() {
+        return false;
+    }
+    let (json, json_specificity) = quality(&accept, "application", "json");
+    let (html, html_specificity) = quality(&accept, "text", "html");
+    json > html || (json == html && json > 0.0 && json_specificity > html_specificity)
+}
+
+/// The quality `accept` gives `kind/sub` and how specific the range that gave it is: the
+/// most specific range that matches (RFC 9110 §12.5.1); `(0, 0)` when none does.
+fn quality(accept: &str, kind: &str, sub: &str) -> (f32, u8) {
+    let mut best: Option<(u8, f32)> = None;
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let Some((k, s)) = media.split_once('/') else {
+            continue;
+        };
+        let specificity = match (k, s) {
+            (k, s) if k == kind && s == sub => 2,
+            (k, "*") if k == kind => 1,
+            ("*", "*") => 0,
+            _ => continue,
+        };
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q=").map(str::to_owned))
+            .next()
+            .and_then(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if best.is_none_or(|(sp, _)| specificity > sp) {
+            best = Some((specificity, q));
+        }
+    }
+    best.map_or((0.0, 0), |(sp, q)| (q, sp))
+}
+
+/// Fetches (or finds cached) the metadata document of `client_id` when it names one and the
+/// server accepts them, before a blocking flow looks the client up: the failure's reason
+/// reaches the answer, and the flow reads the cache.
+pub(super) async fn resolve_document_client(
+    s: &AppState,
+    client_id: Option<&str>,
+) -> std::result::Result<(), DocumentError> {
+    let Some(id) = client_id else {
+        return Ok(());
+    };
+    let documents = s.client_documents();
+    if !documents.enabled() || !is_document_url(id) || s.config().client(id).is_some() {
+        return Ok(());
+    }
+    documents.resolve(id, s.now()).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT,
+            v.parse().unwrap_or(HeaderValue::from_static("")),
+        );
+        h
+    }
+
+    #[test]
+    fn json_is_preferred_only_when_ranked_above_html() {
+        assert!(prefers_json(&accept("application/json")));
+        assert!(prefers_json(&accept("application/json, text/plain, */*")));
+        assert!(prefers_json(&accept("text/html;q=0.5, application/json")));
+        assert!(!prefers_json(&accept(
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+        )));
+        assert!(!prefers_json(&accept("*/*")));
+        assert!(!prefers_json(&HeaderMap::new()));
+        assert!(!prefers_json(&accept("application/json;q=0, text/html")));
     }
 }

@@ -6,7 +6,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::http::{form_params, no_store};
+use super::http::{form_params, no_store, resolve_document_client};
 use crate::config_id_jag::JWT_BEARER_GRANT;
 use crate::error::{Error, Result};
 use crate::flows::authorize::Params;
@@ -70,7 +70,15 @@ async fn fetch_client_keys(s: &AppState, creds: &mut ClientCredentials) -> Resul
         return Ok(());
     };
     let client = s
-        .blocking(move |st| Ok(lookup_client(st.config(), st.store().as_ref(), &client_id)?))
+        .blocking(move |st| {
+            Ok(lookup_client(
+                st.config(),
+                st.store().as_ref(),
+                st.client_documents(),
+                &client_id,
+                st.now(),
+            )?)
+        })
         .await?;
     let Some((uri, origin)) = client.and_then(|c| {
         let origin = if c.pre_registered {
@@ -126,12 +134,34 @@ fn fetched(r: std::result::Result<std::sync::Arc<Vec<crate::jws::Jwk>>, String>)
     }
 }
 
+/// Fetches a metadata-document client's document (unless cached) before the blocking flow
+/// authenticates the client: its failure is `invalid_client` with the reason.
+async fn resolve_client(s: &AppState, creds: &ClientCredentials) -> Result<()> {
+    let basic = creds.basic.is_some();
+    // A private_key_jwt client may name itself only in its assertion (`sub`).
+    let claimed = creds
+        .assertion
+        .as_ref()
+        .and_then(|a| client_auth::claimed_client(&a.jwt));
+    let id = match &creds.basic {
+        Some((id, _)) => Some(id.as_str()),
+        None => creds.client_id.as_deref().or(claimed.as_deref()),
+    };
+    resolve_document_client(s, id)
+        .await
+        .map_err(|e| match e.code() {
+            "invalid_client" => Error::invalid_client(e.to_string(), basic),
+            _ => Error::invalid_request(e.to_string()),
+        })
+}
+
 fn context(st: &AppState, grant_keys: AssertionKeys) -> TokenContext<'_> {
     TokenContext {
         config: st.config(),
         keys: st.keys(),
         store: st.store().as_ref(),
         vault: st.vault(),
+        documents: st.client_documents(),
         now: st.now(),
         grant_keys,
     }
@@ -143,6 +173,7 @@ pub(super) async fn revoke(
     body: Bytes,
 ) -> Result<Response> {
     let (mut creds, params) = client_request(&headers, &body)?;
+    resolve_client(&s, &creds).await?;
     fetch_client_keys(&s, &mut creds).await?;
     s.blocking(move |st| token::revoke(&context(st, AssertionKeys::NotFetched), &creds, &params))
         .await?;
@@ -155,6 +186,7 @@ pub(super) async fn token(
     body: Bytes,
 ) -> Result<Response> {
     let (mut creds, params) = client_request(&headers, &body)?;
+    resolve_client(&s, &creds).await?;
     fetch_client_keys(&s, &mut creds).await?;
     let grant_keys = fetch_grant_keys(&s, &params).await;
     let response = s

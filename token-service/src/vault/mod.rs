@@ -137,7 +137,7 @@ impl Vault {
         key: &[u8; 32],
         previous: &[[u8; 32]],
     ) -> anyhow::Result<Self> {
-        let http = provider::http_client()?;
+        let http = provider::http_client(&crate::outbound::Outbound::load(&config.outbound)?)?;
         let callback = callback_url(config);
         let providers = config
             .routes

@@ -382,11 +382,7 @@ async fn send(
 }
 
 /// The HTTP client for providers: no redirects (a token endpoint never redirects), bounded
-/// time, TLS with the system's roots.
-pub fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(PROVIDER_TIMEOUT)
-        .connect_timeout(PROVIDER_TIMEOUT)
-        .build()?)
+/// time, TLS with the system's roots and `outbound.extra_ca_file`.
+pub fn http_client(outbound: &crate::outbound::Outbound) -> anyhow::Result<reqwest::Client> {
+    outbound.client(PROVIDER_TIMEOUT)
 }
