@@ -663,3 +663,118 @@ async fn a_failure_is_remembered_briefly_so_requests_do_not_each_fetch() {
     assert_eq!(authorize(&env, &url, REDIRECT).await.status, StatusCode::OK);
     assert_eq!(server.fetches(), 2);
 }
+
+/// An ES256 key for client assertions: its public JWK and a signer of compact JWSs.
+fn assertion_key(kid: &str) -> (Value, impl Fn(&Value) -> String) {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    let point = pair.public_key().as_ref().to_vec();
+    let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid,
+                     "x": B64.encode(&point[1..33]), "y": B64.encode(&point[33..65])});
+    let kid = kid.to_owned();
+    let sign = move |claims: &Value| {
+        let input = format!(
+            "{}.{}",
+            B64.encode(json!({"alg": "ES256", "kid": kid}).to_string()),
+            B64.encode(claims.to_string())
+        );
+        let sig = pair.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+        format!("{input}.{}", B64.encode(sig.as_ref()))
+    };
+    (jwk, sign)
+}
+
+#[tokio::test]
+async fn a_document_client_authenticates_with_private_key_jwt_inline_or_by_its_jwks_uri() {
+    let server = DocServer::start().await;
+    let env = env_with(&server, PRIVATE_OK);
+    let (jwk, sign) = assertion_key("doc-key");
+    let assertion = |client_id: &str, jti: &str| {
+        let now = env.state.now();
+        sign(
+            &json!({"iss": client_id, "sub": client_id, "aud": format!("{ISSUER}/token"),
+                     "exp": now + 60, "iat": now, "jti": jti}),
+        )
+    };
+    let document = |url: &str, keys: (&str, Value)| {
+        let mut d = json!({"client_id": url, "client_name": "Signed Document Client",
+            "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "private_key_jwt",
+            "grant_types": ["authorization_code", "refresh_token"]});
+        d[keys.0] = keys.1;
+        Doc::json(d)
+    };
+
+    // Keys in the document: the code exchange is authenticated by an assertion alone.
+    let inline = server.url("/inline.json");
+    server.serve(
+        "/inline.json",
+        document(&inline, ("jwks", json!({"keys": [jwk.clone()]}))),
+    );
+    let (q, _) = env.sign_in(&inline, REDIRECT, &[]).await;
+    let r = env
+        .post_form(
+            "/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &q["code"]),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", VERIFIER),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", &assertion(&inline, "a1")),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // Keys at the document's jwks_uri, fetched by the guarded fetcher (https, the test CA).
+    let by_uri = server.url("/by-uri.json");
+    server.serve(
+        "/by-uri.json",
+        document(&by_uri, ("jwks_uri", json!(server.url("/keys.json")))),
+    );
+    server.serve("/keys.json", Doc::json(json!({"keys": [jwk]})));
+    let revoke = |jwt: String| {
+        let env = &env;
+        async move {
+            env.post_form(
+                "/revoke",
+                &[
+                    ("token", "nothing"),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
+                    ("client_assertion", &jwt),
+                ],
+                None,
+            )
+            .await
+        }
+    };
+    let before = server.fetches();
+    let r = revoke(assertion(&by_uri, "b1")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(server.fetches(), before + 2, "the document, then its keys");
+    // The same jti again: a replay.
+    let r = revoke(assertion(&by_uri, "b1")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert!(r.body.contains("replay"), "{}", r.body);
+    // A document with no usable keys gets nothing through.
+    let empty = server.url("/empty.json");
+    server.serve(
+        "/empty.json",
+        document(&empty, ("jwks_uri", json!(server.url("/none.json")))),
+    );
+    let r = revoke(assertion(&empty, "c1")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert!(r.body.contains("keys are unavailable"), "{}", r.body);
+}
