@@ -86,7 +86,8 @@ impl JwksCache {
         kid: Option<&str>,
         now: i64,
     ) -> Result<Arc<Vec<Jwk>>, String> {
-        let slot = slot(&self.keys, url)?;
+        // Per origin too: a URL a client chose never reads what an operator's fetch cached.
+        let slot = slot(&self.keys, &format!("{origin:?} {url}"))?;
         let mut entry = slot.lock().await;
         let stale = now.saturating_sub(entry.fetched_at) >= KEYS_TTL;
         let lacks_kid =
