@@ -650,12 +650,47 @@ pub struct ClientConfig {
     /// Defaults to `client_secret_basic` with a secret, `none` without one.
     #[serde(default)]
     pub token_endpoint_auth_method: Option<TokenEndpointAuthMethod>,
+    /// Required with the authorization_code grant; none with client_credentials.
+    #[serde(default)]
     pub redirect_uris: Vec<String>,
     /// Issue codes without asking the user to approve this client (operator-trusted clients
     /// only; DCR clients always get the consent page).
     #[serde(default)]
     pub skip_consent: bool,
+    /// The grants the client may use (`GRANT_TYPES`); empty: authorization_code and
+    /// refresh_token.
+    #[serde(default)]
+    pub grant_types: Vec<String>,
+    /// Who a client_credentials client is, as route policies see it (required with that grant).
+    #[serde(default)]
+    pub identity: Option<ClientIdentity>,
 }
+
+/// `clients[].identity`: the subject a client_credentials client's tokens name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIdentity {
+    pub email: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Default: the client's `client_name`, else its `client_id`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The grant types a configured client may list.
+pub const GRANT_TYPES: [&str; 4] = [
+    "authorization_code",
+    "refresh_token",
+    "client_credentials",
+    JWT_BEARER_GRANT,
+];
+
+/// The prefix of a service client's key (`identity`): no local user's email starts so.
+pub const CLIENT_SUB_PREFIX: &str = "client:";
+
+/// RFC 7523's grant (the identity assertion grant, ID-JAG).
+pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -673,6 +708,8 @@ impl fmt::Debug for ClientConfig {
             )
             .field("redirect_uris", &self.redirect_uris)
             .field("skip_consent", &self.skip_consent)
+            .field("grant_types", &self.grant_types)
+            .field("identity", &self.identity)
             .finish()
     }
 }
@@ -684,6 +721,117 @@ impl ClientConfig {
             (None, Some(_)) => TokenEndpointAuthMethod::ClientSecretBasic,
             (None, None) => TokenEndpointAuthMethod::None,
         }
+    }
+
+    /// The grants the client may use: as configured, or authorization_code and refresh_token.
+    pub fn grants(&self) -> Vec<String> {
+        if self.grant_types.is_empty() {
+            vec!["authorization_code".into(), "refresh_token".into()]
+        } else {
+            self.grant_types.clone()
+        }
+    }
+
+    pub fn allows_grant(&self, grant_type: &str) -> bool {
+        self.grants().iter().any(|g| g == grant_type)
+    }
+
+    /// `grant_types`, `identity` and `redirect_uris` together: each grant's needs, and nothing
+    /// a grant the client may not use would need.
+    fn validate_grants(&self, at: &str) -> Result<(), ConfigError> {
+        let mut seen = BTreeSet::new();
+        for (j, g) in self.grant_types.iter().enumerate() {
+            if !GRANT_TYPES.contains(&g.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{at}.grant_types[{j}]"),
+                    format!("unknown grant type {g:?}: use {}", GRANT_TYPES.join(", ")),
+                ));
+            }
+            if !seen.insert(g.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{at}.grant_types[{j}]"),
+                    "listed twice",
+                ));
+            }
+        }
+        let code = self.allows_grant("authorization_code");
+        if self.allows_grant("refresh_token") && !code {
+            return Err(ConfigError::new(
+                format!("{at}.grant_types"),
+                "refresh_token comes with authorization_code (the other grants issue no refresh token)",
+            ));
+        }
+        let credentials = self.allows_grant("client_credentials");
+        if credentials && code {
+            return Err(ConfigError::new(
+                format!("{at}.grant_types"),
+                "client_credentials and authorization_code are for different clients: a service acting for itself, or an app acting for its users",
+            ));
+        }
+        if code && self.redirect_uris.is_empty() {
+            return Err(ConfigError::new(
+                format!("{at}.redirect_uris"),
+                "at least one is required (for authorization_code)",
+            ));
+        }
+        if !code && !self.redirect_uris.is_empty() {
+            return Err(ConfigError::new(
+                format!("{at}.redirect_uris"),
+                "only authorization_code redirects: leave them out",
+            ));
+        }
+        if !code && self.skip_consent {
+            return Err(ConfigError::new(
+                format!("{at}.skip_consent"),
+                "only authorization_code shows a consent page",
+            ));
+        }
+        if (credentials || self.allows_grant(JWT_BEARER_GRANT))
+            && self.auth_method() == TokenEndpointAuthMethod::None
+        {
+            return Err(ConfigError::new(
+                format!("{at}.client_secret"),
+                "required: a client using client_credentials or the jwt-bearer grant must authenticate",
+            ));
+        }
+        match (&self.identity, credentials) {
+            (None, true) => Err(ConfigError::new(
+                format!("{at}.identity"),
+                "required with client_credentials: the email and groups route policies see",
+            )),
+            (Some(_), false) => Err(ConfigError::new(
+                format!("{at}.identity"),
+                "only for client_credentials clients (other clients act for a user)",
+            )),
+            (Some(id), true) => id.validate(&format!("{at}.identity")),
+            (None, false) => Ok(()),
+        }
+    }
+}
+
+impl ClientIdentity {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if self.email.trim().is_empty() || !self.email.contains('@') {
+            return Err(ConfigError::new(
+                format!("{at}.email"),
+                "must be an email address",
+            ));
+        }
+        for (j, g) in self.groups.iter().enumerate() {
+            if g.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{at}.groups[{j}]"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if self.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                "must not be empty (leave it out for the client's name)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1377,6 +1525,13 @@ impl Config {
                     "must not contain '#'",
                 ));
             }
+            // Service clients are keyed `client:{client_id}`.
+            if u.email.to_ascii_lowercase().starts_with(CLIENT_SUB_PREFIX) {
+                return Err(ConfigError::new(
+                    format!("{at}.email"),
+                    format!("must not start with {:?}", CLIENT_SUB_PREFIX),
+                ));
+            }
             if !emails.insert(u.email.to_ascii_lowercase()) {
                 return Err(ConfigError::new(format!("{at}.email"), "duplicate user"));
             }
@@ -1429,12 +1584,7 @@ impl Config {
                 }
                 _ => {}
             }
-            if c.redirect_uris.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{at}.redirect_uris"),
-                    "at least one is required",
-                ));
-            }
+            c.validate_grants(&at)?;
             for (j, r) in c.redirect_uris.iter().enumerate() {
                 crate::redirect_uri::validate_redirect_uri(r)
                     .map_err(|m| ConfigError::new(format!("{at}.redirect_uris[{j}]"), m))?;
@@ -1872,6 +2022,17 @@ impl Config {
             .flat_map(|r| r.scopes.iter().map(String::as_str))
             .collect();
         set.into_iter().map(str::to_owned).collect()
+    }
+
+    /// `grant_types_supported`: the code and refresh grants, and the others some client may use.
+    pub fn grant_types_supported(&self) -> Vec<&'static str> {
+        let mut grants = vec!["authorization_code", "refresh_token"];
+        for g in &GRANT_TYPES[2..] {
+            if self.clients.iter().any(|c| c.allows_grant(g)) {
+                grants.push(g);
+            }
+        }
+        grants
     }
 
     /// The MCP server route whose resource is `resource` (client routes are no resources).

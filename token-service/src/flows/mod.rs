@@ -5,6 +5,7 @@ pub mod app;
 pub mod app_sign_in;
 pub mod authorize;
 pub mod browser;
+pub mod client_credentials;
 pub mod consent;
 pub mod idp;
 pub mod login;
@@ -86,7 +87,7 @@ pub fn lookup_client(
                 None => ClientSecret::None,
             },
             redirect_uris: c.redirect_uris.clone(),
-            grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+            grant_types: c.grants(),
             pre_registered: true,
             skip_consent: c.skip_consent,
         }));
