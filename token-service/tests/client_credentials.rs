@@ -454,7 +454,7 @@ fn the_config_names_the_field_of_a_wrong_grant_or_identity() {
 #[tokio::test]
 async fn revoking_a_service_client_puts_it_in_the_revocation_feed() {
     use warden_token_service::flows::sign_out::{revoke, Revocation};
-    use warden_token_service::store::{Revocations as _, RevokedKind};
+    use warden_token_service::store::RevokedKind;
     let env = env();
     let now = env.state.now();
     let ended = revoke(

@@ -563,7 +563,6 @@ routes:
             email: "a@example.com".into(),
             name: String::new(),
             groups: vec![],
-            sub_kind: Default::default(),
         };
         let claims = policy_claims(&c, &user, "", "warden-app:app", "sid");
         let names: Vec<_> = usable_servers(&c, &claims)
