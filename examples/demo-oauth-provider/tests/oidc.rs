@@ -735,7 +735,8 @@ async fn the_exchange_refuses_what_is_not_its_own_live_id_token() {
     let jag = parse_jwt(answer["access_token"].as_str().unwrap());
     assert_eq!(jag.claims["client_id"], ID);
 
-    let cases: [(&[(&str, &str)], &str, &str); 6] = [
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case<'_>; 6] = [
         (
             &[("subject_token", "not-a-token")],
             "invalid_grant",
