@@ -647,6 +647,10 @@ pub struct ClientConfig {
     pub client_name: Option<String>,
     #[serde(default)]
     pub client_secret: Option<String>,
+    /// A file holding the secret, read at load (trailing line end dropped), instead of
+    /// `client_secret`.
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
     /// Defaults to `client_secret_basic` with a secret, `none` without one.
     #[serde(default)]
     pub token_endpoint_auth_method: Option<TokenEndpointAuthMethod>,
@@ -702,6 +706,7 @@ impl fmt::Debug for ClientConfig {
                 "client_secret",
                 &self.client_secret.as_ref().map(|_| "<redacted>"),
             )
+            .field("client_secret_file", &self.client_secret_file)
             .field(
                 "token_endpoint_auth_method",
                 &self.token_endpoint_auth_method,
@@ -716,11 +721,16 @@ impl fmt::Debug for ClientConfig {
 
 impl ClientConfig {
     pub fn auth_method(&self) -> TokenEndpointAuthMethod {
-        match (self.token_endpoint_auth_method, &self.client_secret) {
+        match (self.token_endpoint_auth_method, self.has_secret()) {
             (Some(m), _) => m,
-            (None, Some(_)) => TokenEndpointAuthMethod::ClientSecretBasic,
-            (None, None) => TokenEndpointAuthMethod::None,
+            (None, true) => TokenEndpointAuthMethod::ClientSecretBasic,
+            (None, false) => TokenEndpointAuthMethod::None,
         }
+    }
+
+    /// A secret inline or in a file (left unread by a render, `SecretFiles::Skip`).
+    fn has_secret(&self) -> bool {
+        self.client_secret.is_some() || self.client_secret_file.is_some()
     }
 
     /// The grants the client may use: as configured, or authorization_code and refresh_token.
@@ -1390,6 +1400,15 @@ impl Config {
         if let Some(pg) = &mut config.storage.postgres {
             pg.read_url_file(files)?;
         }
+        for (i, c) in config.clients.iter_mut().enumerate() {
+            let file = c.client_secret_file.clone();
+            read_secret_file(
+                &mut c.client_secret,
+                file.as_deref(),
+                &format!("clients[{i}]"),
+                files,
+            )?;
+        }
         config.validate()?;
         if files == SecretFiles::Read {
             // Read at load, so `check-config` catches a key file that is missing or wrong.
@@ -1563,13 +1582,15 @@ impl Config {
                 ));
             }
             match (c.auth_method(), &c.client_secret) {
-                (TokenEndpointAuthMethod::None, Some(_)) => {
+                (TokenEndpointAuthMethod::None, _) if c.has_secret() => {
                     return Err(ConfigError::new(
                         format!("{at}.client_secret"),
                         "a client with token_endpoint_auth_method none must not have a secret",
                     ))
                 }
-                (TokenEndpointAuthMethod::None, None) => {}
+                (TokenEndpointAuthMethod::None, _) => {}
+                // In a file a render does not read: checked where it is read.
+                (_, None) if c.client_secret_file.is_some() => {}
                 (_, None) => {
                     return Err(ConfigError::new(
                         format!("{at}.client_secret"),
@@ -1577,10 +1598,14 @@ impl Config {
                     ))
                 }
                 (_, Some(s)) if s.is_empty() => {
+                    let field = match c.client_secret_file {
+                        Some(_) => "client_secret_file",
+                        None => "client_secret",
+                    };
                     return Err(ConfigError::new(
-                        format!("{at}.client_secret"),
+                        format!("{at}.{field}"),
                         "must not be empty",
-                    ))
+                    ));
                 }
                 _ => {}
             }

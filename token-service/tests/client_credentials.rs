@@ -429,6 +429,40 @@ fn the_config_names_the_field_of_a_wrong_grant_or_identity() {
             "{client}\n  got:  {got}\n  want: {want}"
         );
     }
+    // The secret from a file (one trailing line end dropped), named in errors as the file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nightly-secret");
+    std::fs::write(&file, "from-a-file\n").unwrap();
+    let from_file = |secret_file: &std::path::Path| {
+        yaml(dir.path()).replace(
+            "    client_secret: nightly-secret\n",
+            &format!("    client_secret_file: {}\n", secret_file.display()),
+        )
+    };
+    let config = Config::from_yaml(&from_file(&file)).unwrap();
+    assert_eq!(
+        config
+            .client("nightly-report")
+            .unwrap()
+            .client_secret
+            .as_deref(),
+        Some("from-a-file")
+    );
+    let got = Config::from_yaml(&from_file(&dir.path().join("missing")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        got.starts_with("clients[0].client_secret_file: cannot read"),
+        "{got}"
+    );
+    std::fs::write(&file, "\n").unwrap();
+    let got = Config::from_yaml(&from_file(&file))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        got.contains("clients[0].client_secret_file: must not be empty"),
+        "{got}"
+    );
     // A local user may not take a service client's key.
     let dir = tempfile::tempdir().unwrap();
     let text = yaml(dir.path()).replace(
