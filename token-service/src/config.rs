@@ -784,10 +784,10 @@ impl ClientConfig {
                 "at least one is required (for authorization_code)",
             ));
         }
-        if !code && !self.redirect_uris.is_empty() {
+        if credentials && !self.redirect_uris.is_empty() {
             return Err(ConfigError::new(
                 format!("{at}.redirect_uris"),
-                "only authorization_code redirects: leave them out",
+                "a client_credentials client is redirected nowhere: leave them out",
             ));
         }
         if !code && self.skip_consent {
@@ -2049,13 +2049,16 @@ impl Config {
         set.into_iter().map(str::to_owned).collect()
     }
 
-    /// `grant_types_supported`: the code and refresh grants, and the others some client may use.
+    /// `grant_types_supported`: the code and refresh grants, and client_credentials when some
+    /// client may use it (the jwt-bearer grant is advertised where it is served).
     pub fn grant_types_supported(&self) -> Vec<&'static str> {
         let mut grants = vec!["authorization_code", "refresh_token"];
-        for g in &GRANT_TYPES[2..] {
-            if self.clients.iter().any(|c| c.allows_grant(g)) {
-                grants.push(g);
-            }
+        if self
+            .clients
+            .iter()
+            .any(|c| c.allows_grant("client_credentials"))
+        {
+            grants.push("client_credentials");
         }
         grants
     }

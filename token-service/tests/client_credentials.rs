@@ -399,7 +399,7 @@ fn the_config_names_the_field_of_a_wrong_grant_or_identity() {
         ),
         (
             "  - {client_id: x, client_secret: s, grant_types: [client_credentials], identity: {email: x@y}, redirect_uris: [\"https://a.example/cb\"]}\n",
-            "clients[0].redirect_uris: only authorization_code redirects",
+            "clients[0].redirect_uris: a client_credentials client is redirected nowhere",
         ),
         (
             "  - {client_id: x, client_secret: s, grant_types: [client_credentials, authorization_code], identity: {email: x@y}, redirect_uris: [\"https://a.example/cb\"]}\n",
