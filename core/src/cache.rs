@@ -220,6 +220,7 @@ mod tests {
                 email: String::new(),
                 name: String::new(),
                 groups: vec![],
+                sub_kind: Default::default(),
             },
             expires_at: exp,
             issued_at: None,

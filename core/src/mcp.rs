@@ -103,6 +103,9 @@ struct Line<'a> {
     groups: &'a [String],
     #[serde(rename = "client-id", skip_serializing_if = "str::is_empty")]
     client_id: &'a str,
+    /// The caller is a client acting for itself (client_credentials), not a user.
+    #[serde(rename = "service-client", skip_serializing_if = "is_false")]
+    service_client: bool,
     #[serde(rename = "mcp-method", skip_serializing_if = "Option::is_none")]
     mcp_method: Option<&'a str>,
     #[serde(rename = "mcp-tool", skip_serializing_if = "Option::is_none")]
@@ -133,6 +136,10 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// Microseconds shown as `"1.500ms"`.
 struct Millis(u64);
 
@@ -152,6 +159,7 @@ impl AuthorizeLog {
             email: &subject.claims.email,
             groups: &subject.claims.groups,
             client_id: &subject.claims.client_id,
+            service_client: subject.claims.is_service_client(),
             mcp_method: self.mcp_method.as_deref(),
             mcp_tool: self.mcp_tool.as_deref(),
             mcp_tool_parameters: self.mcp_tool_parameters.as_ref(),
@@ -627,6 +635,7 @@ mod tests {
             email: "ann@company.com".into(),
             name: String::new(),
             groups: vec!["eng".into()],
+            sub_kind: Default::default(),
         }
     }
 
@@ -677,6 +686,38 @@ mod tests {
         // Empty fields are left out: the line stays short.
         assert!(line.get("error").is_none() && line.get("deny-why-true").is_none());
         assert!(line.get("batch-size").is_none());
+    }
+
+    #[test]
+    fn the_log_names_a_service_client() {
+        let route = route(json!({"policy": {"allow": {"and": [{"authenticated_user": true}]}}}));
+        let mut c = claims();
+        c.sub = "client:nightly-report".into();
+        c.client_id = "nightly-report".into();
+        c.sub_kind = crate::token::SubjectKind::Client;
+        let v = judge_body(&route, &c, &head(), call("read_db", 4).as_bytes());
+        assert!(!v.log.permitted());
+        assert_eq!(v.log.allow_why_false, vec!["user-service-client"]);
+        let subject = LogSubject {
+            request_id: "req-1",
+            route: "db",
+            claims: &c,
+        };
+        let line: Value = serde_json::from_str(&v.log.render(&subject, 1500)).unwrap();
+        assert_eq!(line["user"], "client:nightly-report");
+        assert_eq!(line["client-id"], "nightly-report");
+        assert_eq!(line["service-client"], true);
+        // A user's line does not carry the field.
+        let line: Value = serde_json::from_str(&v.log.render(
+            &LogSubject {
+                request_id: "req-1",
+                route: "db",
+                claims: &claims(),
+            },
+            1500,
+        ))
+        .unwrap();
+        assert!(line.get("service-client").is_none());
     }
 
     #[test]

@@ -623,6 +623,11 @@ impl Criterion {
             Criterion::Accept(b) => ok(*b, "accept", "reject"),
             // `reject: true` never matches, so an allow body containing it grants nothing.
             Criterion::Reject(b) => ok(!*b, "accept", "reject"),
+            // A service client (client_credentials) holds a valid token but is no user: a
+            // policy that lets users in lets no service client through.
+            Criterion::AuthenticatedUser(_) if claims.is_service_client() => {
+                (false, "user-service-client")
+            }
             Criterion::AuthenticatedUser(b) => ok(
                 *b && !claims.sub.is_empty(),
                 "user-ok",
@@ -707,6 +712,7 @@ fn claim_value(claims: &TeClaims, name: &str) -> Option<Value> {
             .into(),
         "iss" => claims.iss.clone().into(),
         "sid" => claims.sid.clone().into(),
+        "sub_kind" => claims.sub_kind.as_str().into(),
         _ => return None,
     })
 }

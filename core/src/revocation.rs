@@ -456,6 +456,7 @@ mod tests {
                 email: String::new(),
                 name: String::new(),
                 groups: vec![],
+                sub_kind: Default::default(),
             },
             expires_at: 2_000,
             issued_at: iat,

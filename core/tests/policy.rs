@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 use warden_core::policy::{McpCall, Names, Policy, PolicyInput};
-use warden_core::token::{Audience, TeClaims};
+use warden_core::token::{Audience, SubjectKind, TeClaims};
 
 fn claims(email: &str, groups: &[&str]) -> TeClaims {
     TeClaims {
@@ -20,6 +20,7 @@ fn claims(email: &str, groups: &[&str]) -> TeClaims {
         email: email.into(),
         name: "N".into(),
         groups: groups.iter().map(|g| g.to_string()).collect(),
+        sub_kind: Default::default(),
     }
 }
 
@@ -311,4 +312,66 @@ fn invalid_policies_name_the_field() {
         let e = Policy::compile(&doc, "p").unwrap_err();
         assert_eq!(e.path, path, "{doc}: {}", e.message);
     }
+}
+
+/// A client_credentials TE: the service client `nightly-report`, with its configured identity.
+fn service_client() -> TeClaims {
+    let mut c = claims("nightly-report@svc.example.com", &["reporting"]);
+    c.sub = "client:nightly-report".into();
+    c.client_id = "nightly-report".into();
+    c.sid = String::new();
+    c.sub_kind = SubjectKind::Client;
+    c
+}
+
+#[test]
+fn a_policy_that_lets_users_in_lets_no_service_client_through() {
+    let svc = service_client();
+    let user = claims("ann@corp.example", &["reporting"]);
+    let call = tool_call("report", json!({}));
+    let users_only = yaml_policy("allow: {and: [{authenticated_user: true}]}");
+    assert!(permits(&users_only, &user, &call));
+    assert!(!permits(&users_only, &svc, &call));
+    let d = users_only.evaluate(&PolicyInput {
+        claims: &svc,
+        call: &call,
+    });
+    assert_eq!(d.allow_why_false, vec!["user-service-client"]);
+    // `not authenticated_user` is true for it: a deny on it shuts service clients out.
+    let no_services = yaml_policy(
+        "- allow: {and: [{groups: {has: reporting}}]}\n- deny: {not: [{authenticated_user: true}]}",
+    );
+    assert!(permits(&no_services, &user, &call));
+    assert!(!permits(&no_services, &svc, &call));
+}
+
+#[test]
+fn identity_criteria_judge_a_service_client_as_they_judge_a_user() {
+    let svc = service_client();
+    let call = tool_call("report", json!({"db": "sales"}));
+    let check = |criterion: Value, want: bool| {
+        let p = Policy::compile(&json!({"allow": {"and": [criterion]}}), "p").unwrap();
+        assert_eq!(permits(&p, &svc, &call), want, "{criterion}");
+    };
+    check(json!({"groups": {"has": "reporting"}}), true);
+    check(json!({"groups": {"has": "admins"}}), false);
+    check(json!({"email": "nightly-report@svc.example.com"}), true);
+    check(json!({"domain": "svc.example.com"}), true);
+    check(json!({"client_id": "nightly-report"}), true);
+    check(json!({"user": "client:nightly-report"}), true);
+    check(json!({"mcp_tool": "report"}), true);
+    check(
+        json!({"mcp_argument": {"pointer": "/db", "is": "sales"}}),
+        true,
+    );
+    check(json!({"claim/sub_kind": "client"}), true);
+    check(json!({"accept": true}), true);
+    // And a user's `sub_kind` reads `user`.
+    let p = Policy::compile(
+        &json!({"allow": {"and": [{"claim/sub_kind": "user"}]}}),
+        "p",
+    )
+    .unwrap();
+    assert!(permits(&p, &claims("ann@corp.example", &[]), &call));
+    assert!(!permits(&p, &svc, &call));
 }

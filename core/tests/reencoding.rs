@@ -76,6 +76,7 @@ fn claims() -> TeClaims {
         email: "a@company.com".into(),
         name: String::new(),
         groups: vec![],
+        sub_kind: Default::default(),
     }
 }
 

@@ -12,6 +12,16 @@ Modes (each an SDK auth provider, used as an application would):
                       is that URL, used when the server advertises
                       client_id_metadata_document_supported; `client_id` in the result says
                       which way it went.
+  client_credentials  ClientCredentialsOAuthProvider: `client_id`, `client_secret`, `issuer`,
+                      optional `token_endpoint_auth_method` and `scope`.
+  private_key_jwt     PrivateKeyJWTOAuthProvider (client_credentials with a signed client
+                      assertion, SignedJWTParameters): `client_id`, `signing_key` (PEM),
+                      `signing_algorithm`, `issuer`, optional `scope`.
+  identity_assertion  IdentityAssertionOAuthProvider (the ID-JAG grant): `client_id`,
+                      `client_secret`, `issuer`, optional `token_endpoint_auth_method` and
+                      `scope`; the ID-JAG is `id_jag` as given, or comes from an RFC 8693 token
+                      exchange of `idp.id_token` at `idp.token_endpoint` (as `idp.client_id`,
+                      `idp.client_secret`) for the issuer and the server's resource.
 
 SSL_CERT_FILE (a test CA) is honoured for https URLs.
 """
@@ -28,6 +38,12 @@ import httpx2
 
 from mcp import ClientSession
 from mcp.client.auth import OAuthClientProvider
+from mcp.client.auth.extensions.client_credentials import (
+    ClientCredentialsOAuthProvider,
+    PrivateKeyJWTOAuthProvider,
+    SignedJWTParameters,
+)
+from mcp.client.auth.extensions.identity_assertion import IdentityAssertionOAuthProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import (
     AuthorizationCodeResult,
@@ -104,9 +120,86 @@ def cimd(job: dict, storage: MemoryStorage) -> httpx2.Auth:
     return authorization_code(job, storage)
 
 
+def client_credentials(job: dict, storage: MemoryStorage) -> httpx2.Auth:
+    return ClientCredentialsOAuthProvider(
+        server_url=job["server_url"],
+        storage=storage,
+        client_id=job["client_id"],
+        client_secret=job["client_secret"],
+        token_endpoint_auth_method=job.get("token_endpoint_auth_method", "client_secret_basic"),
+        scope=job.get("scope"),
+        issuer=job["issuer"],
+    )
+
+
+def private_key_jwt(job: dict, storage: MemoryStorage) -> httpx2.Auth:
+    signed = SignedJWTParameters(
+        issuer=job["client_id"],
+        subject=job["client_id"],
+        signing_key=job["signing_key"],
+        signing_algorithm=job.get("signing_algorithm", "RS256"),
+    )
+    return PrivateKeyJWTOAuthProvider(
+        server_url=job["server_url"],
+        storage=storage,
+        client_id=job["client_id"],
+        assertion_provider=signed.create_assertion_provider(),
+        scope=job.get("scope"),
+        issuer=job["issuer"],
+    )
+
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ID_JAG = "urn:ietf:params:oauth:token-type:id-jag"
+ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
+
+
+def id_jag_source(job: dict):
+    """The assertion provider: the job's ID-JAG, or one exchanged for at the identity provider."""
+
+    async def given(audience: str, resource: str) -> str:
+        return job["id_jag"]
+
+    async def exchanged(audience: str, resource: str) -> str:
+        idp = job["idp"]
+        form = {
+            "grant_type": TOKEN_EXCHANGE,
+            "requested_token_type": ID_JAG,
+            "subject_token": idp["id_token"],
+            "subject_token_type": ID_TOKEN,
+            "audience": audience,
+            "resource": resource,
+            "client_id": idp["client_id"],
+            "client_secret": idp["client_secret"],
+        }
+        async with httpx2.AsyncClient(timeout=30.0, verify=verify()) as http:
+            resp = await http.post(idp["token_endpoint"], data=form)
+        if resp.status_code != 200:
+            raise RuntimeError(f"the identity provider refused the token exchange: {resp.text}")
+        return resp.json()["access_token"]
+
+    return given if "id_jag" in job else exchanged
+
+
+def identity_assertion(job: dict, storage: MemoryStorage) -> httpx2.Auth:
+    return IdentityAssertionOAuthProvider(
+        server_url=job["server_url"],
+        storage=storage,
+        client_id=job["client_id"],
+        client_secret=job["client_secret"],
+        issuer=job["issuer"],
+        assertion_provider=id_jag_source(job),
+        scope=job.get("scope"),
+        token_endpoint_auth_method=job.get("token_endpoint_auth_method", "client_secret_post"),
+    )
+
+
 PROVIDERS = {
     "authorization_code": authorization_code,
     "cimd": cimd,
+    "client_credentials": client_credentials,
+    "private_key_jwt": private_key_jwt,
+    "identity_assertion": identity_assertion,
 }
 
 

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use url::Url;
 
+/// RFC 7523's grant (the identity assertion grant, ID-JAG), defined with its config block.
+pub use crate::config_id_jag::JWT_BEARER_GRANT;
+
 /// The configuration used when neither `--config` nor `WARDEN_CONFIG` is given.
 pub const DEFAULT_CONFIG_YAML: &str = include_str!("../default-config.yaml");
 
@@ -660,10 +663,16 @@ pub struct ClientConfig {
     pub client_name: Option<String>,
     #[serde(default)]
     pub client_secret: Option<String>,
+    /// A file holding the secret, read at load (trailing line end dropped), instead of
+    /// `client_secret`.
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
     /// Defaults to `client_secret_basic` with a secret, `private_key_jwt` with keys, `none`
     /// without either.
     #[serde(default)]
     pub token_endpoint_auth_method: Option<TokenEndpointAuthMethod>,
+    /// Required with the authorization_code grant; none with client_credentials.
+    #[serde(default)]
     pub redirect_uris: Vec<String>,
     /// Issue codes without asking the user to approve this client (operator-trusted clients
     /// only; DCR clients always get the consent page).
@@ -675,9 +684,37 @@ pub struct ClientConfig {
     /// …or where to fetch it (https, or http on a loopback host).
     #[serde(default)]
     pub jwks_uri: Option<String>,
+    /// The grants the client may use (`GRANT_TYPES`); empty: authorization_code and
+    /// refresh_token.
     #[serde(default)]
     pub grant_types: Vec<String>,
+    /// Who a client_credentials client is, as route policies see it (required with that grant).
+    #[serde(default)]
+    pub identity: Option<ClientIdentity>,
 }
+
+/// `clients[].identity`: the subject a client_credentials client's tokens name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIdentity {
+    pub email: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Default: the client's `client_name`, else its `client_id`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The grant types a configured client may list.
+pub const GRANT_TYPES: [&str; 4] = [
+    "authorization_code",
+    "refresh_token",
+    "client_credentials",
+    JWT_BEARER_GRANT,
+];
+
+/// The prefix of a service client's key (`identity`): no local user's email starts so.
+pub const CLIENT_SUB_PREFIX: &str = "client:";
 
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -689,6 +726,7 @@ impl fmt::Debug for ClientConfig {
                 "client_secret",
                 &self.client_secret.as_ref().map(|_| "<redacted>"),
             )
+            .field("client_secret_file", &self.client_secret_file)
             .field(
                 "token_endpoint_auth_method",
                 &self.token_endpoint_auth_method,
@@ -698,20 +736,137 @@ impl fmt::Debug for ClientConfig {
             .field("jwks", &self.jwks.as_ref().map(|_| "<keys>"))
             .field("jwks_uri", &self.jwks_uri)
             .field("grant_types", &self.grant_types)
+            .field("identity", &self.identity)
             .finish()
     }
 }
 
 impl ClientConfig {
     pub fn auth_method(&self) -> TokenEndpointAuthMethod {
-        match (self.token_endpoint_auth_method, &self.client_secret) {
+        match (self.token_endpoint_auth_method, self.has_secret()) {
             (Some(m), _) => m,
-            (None, Some(_)) => TokenEndpointAuthMethod::ClientSecretBasic,
-            (None, None) if self.jwks.is_some() || self.jwks_uri.is_some() => {
+            (None, true) => TokenEndpointAuthMethod::ClientSecretBasic,
+            (None, false) if self.jwks.is_some() || self.jwks_uri.is_some() => {
                 TokenEndpointAuthMethod::PrivateKeyJwt
             }
-            (None, None) => TokenEndpointAuthMethod::None,
+            (None, false) => TokenEndpointAuthMethod::None,
         }
+    }
+
+    /// A secret inline or in a file (left unread by a render, `SecretFiles::Skip`).
+    fn has_secret(&self) -> bool {
+        self.client_secret.is_some() || self.client_secret_file.is_some()
+    }
+
+    /// The grants the client may use: as configured, or authorization_code and refresh_token.
+    pub fn grants(&self) -> Vec<String> {
+        if self.grant_types.is_empty() {
+            vec!["authorization_code".into(), "refresh_token".into()]
+        } else {
+            self.grant_types.clone()
+        }
+    }
+
+    pub fn allows_grant(&self, grant_type: &str) -> bool {
+        self.grants().iter().any(|g| g == grant_type)
+    }
+
+    /// `grant_types`, `identity` and `redirect_uris` together: each grant's needs, and nothing
+    /// a grant the client may not use would need.
+    fn validate_grants(&self, at: &str) -> Result<(), ConfigError> {
+        let mut seen = BTreeSet::new();
+        for (j, g) in self.grant_types.iter().enumerate() {
+            if !GRANT_TYPES.contains(&g.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{at}.grant_types[{j}]"),
+                    format!("unknown grant type {g:?}: use {}", GRANT_TYPES.join(", ")),
+                ));
+            }
+            if !seen.insert(g.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{at}.grant_types[{j}]"),
+                    "listed twice",
+                ));
+            }
+        }
+        let code = self.allows_grant("authorization_code");
+        if self.allows_grant("refresh_token") && !code {
+            return Err(ConfigError::new(
+                format!("{at}.grant_types"),
+                "refresh_token comes with authorization_code (the other grants issue no refresh token)",
+            ));
+        }
+        let credentials = self.allows_grant("client_credentials");
+        if credentials && code {
+            return Err(ConfigError::new(
+                format!("{at}.grant_types"),
+                "client_credentials and authorization_code are for different clients: a service acting for itself, or an app acting for its users",
+            ));
+        }
+        if code && self.redirect_uris.is_empty() {
+            return Err(ConfigError::new(
+                format!("{at}.redirect_uris"),
+                "at least one is required (for authorization_code)",
+            ));
+        }
+        if credentials && !self.redirect_uris.is_empty() {
+            return Err(ConfigError::new(
+                format!("{at}.redirect_uris"),
+                "a client_credentials client is redirected nowhere: leave them out",
+            ));
+        }
+        if !code && self.skip_consent {
+            return Err(ConfigError::new(
+                format!("{at}.skip_consent"),
+                "only authorization_code shows a consent page",
+            ));
+        }
+        if (credentials || self.allows_grant(JWT_BEARER_GRANT))
+            && self.auth_method() == TokenEndpointAuthMethod::None
+        {
+            return Err(ConfigError::new(
+                format!("{at}.client_secret"),
+                "required: a client using client_credentials or the jwt-bearer grant must authenticate",
+            ));
+        }
+        match (&self.identity, credentials) {
+            (None, true) => Err(ConfigError::new(
+                format!("{at}.identity"),
+                "required with client_credentials: the email and groups route policies see",
+            )),
+            (Some(_), false) => Err(ConfigError::new(
+                format!("{at}.identity"),
+                "only for client_credentials clients (other clients act for a user)",
+            )),
+            (Some(id), true) => id.validate(&format!("{at}.identity")),
+            (None, false) => Ok(()),
+        }
+    }
+}
+
+impl ClientIdentity {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if self.email.trim().is_empty() || !self.email.contains('@') {
+            return Err(ConfigError::new(
+                format!("{at}.email"),
+                "must be an email address",
+            ));
+        }
+        for (j, g) in self.groups.iter().enumerate() {
+            if g.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{at}.groups[{j}]"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if self.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                "must not be empty (leave it out for the client's name)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1308,6 +1463,15 @@ impl Config {
         if let Some(pg) = &mut config.storage.postgres {
             pg.read_url_file(files)?;
         }
+        for (i, c) in config.clients.iter_mut().enumerate() {
+            let file = c.client_secret_file.clone();
+            read_secret_file(
+                &mut c.client_secret,
+                file.as_deref(),
+                &format!("clients[{i}]"),
+                files,
+            )?;
+        }
         config.validate()?;
         if files == SecretFiles::Read {
             // Read at load too, so `check-config` catches a CA file that is missing or wrong.
@@ -1456,6 +1620,13 @@ impl Config {
                     "must not contain '#'",
                 ));
             }
+            // Service clients are keyed `client:{client_id}`.
+            if u.email.to_ascii_lowercase().starts_with(CLIENT_SUB_PREFIX) {
+                return Err(ConfigError::new(
+                    format!("{at}.email"),
+                    format!("must not start with {:?}", CLIENT_SUB_PREFIX),
+                ));
+            }
             if !emails.insert(u.email.to_ascii_lowercase()) {
                 return Err(ConfigError::new(format!("{at}.email"), "duplicate user"));
             }
@@ -1487,20 +1658,22 @@ impl Config {
                 ));
             }
             match (c.auth_method(), &c.client_secret) {
-                (TokenEndpointAuthMethod::None, Some(_)) => {
+                (TokenEndpointAuthMethod::None, _) if c.has_secret() => {
                     return Err(ConfigError::new(
                         format!("{at}.client_secret"),
                         "a client with token_endpoint_auth_method none must not have a secret",
                     ))
                 }
-                (TokenEndpointAuthMethod::None, None) => {}
-                (TokenEndpointAuthMethod::PrivateKeyJwt, Some(_)) => {
+                (TokenEndpointAuthMethod::None, _) => {}
+                (TokenEndpointAuthMethod::PrivateKeyJwt, _) if c.has_secret() => {
                     return Err(ConfigError::new(
                         format!("{at}.client_secret"),
                         "a private_key_jwt client has keys (jwks or jwks_uri), not a secret",
                     ))
                 }
-                (TokenEndpointAuthMethod::PrivateKeyJwt, None) => {}
+                (TokenEndpointAuthMethod::PrivateKeyJwt, _) => {}
+                // In a file a render does not read: checked where it is read.
+                (_, None) if c.client_secret_file.is_some() => {}
                 (_, None) => {
                     return Err(ConfigError::new(
                         format!("{at}.client_secret"),
@@ -1508,20 +1681,19 @@ impl Config {
                     ))
                 }
                 (_, Some(s)) if s.is_empty() => {
+                    let field = match c.client_secret_file {
+                        Some(_) => "client_secret_file",
+                        None => "client_secret",
+                    };
                     return Err(ConfigError::new(
-                        format!("{at}.client_secret"),
+                        format!("{at}.{field}"),
                         "must not be empty",
-                    ))
+                    ));
                 }
                 _ => {}
             }
             validate_client_keys(c, &at)?;
-            if c.redirect_uris.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{at}.redirect_uris"),
-                    "at least one is required",
-                ));
-            }
+            c.validate_grants(&at)?;
             for (j, r) in c.redirect_uris.iter().enumerate() {
                 crate::redirect_uri::validate_redirect_uri(r)
                     .map_err(|m| ConfigError::new(format!("{at}.redirect_uris[{j}]"), m))?;
@@ -1996,6 +2168,20 @@ impl Config {
             .flat_map(|r| r.scopes.iter().map(String::as_str))
             .collect();
         set.into_iter().map(str::to_owned).collect()
+    }
+
+    /// `grant_types_supported`: the code and refresh grants, and client_credentials when some
+    /// client may use it (the jwt-bearer grant is advertised where it is served).
+    pub fn grant_types_supported(&self) -> Vec<&'static str> {
+        let mut grants = vec!["authorization_code", "refresh_token"];
+        if self
+            .clients
+            .iter()
+            .any(|c| c.allows_grant("client_credentials"))
+        {
+            grants.push("client_credentials");
+        }
+        grants
     }
 
     /// The MCP server route whose resource is `resource` (client routes are no resources).

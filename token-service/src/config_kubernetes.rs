@@ -136,7 +136,7 @@ pub struct SecretNames {
     pub session_key: String,
     #[serde(default)]
     pub postgres_url: Option<String>,
-    /// Keys `oidc`, `route.<route name>` and `initial-access-token`.
+    /// Keys `oidc`, `route.<route name>`, `client.<client_id>` and `initial-access-token`.
     #[serde(default)]
     pub client_secrets: Option<String>,
 }
@@ -149,6 +149,11 @@ pub const SESSION_KEY_KEY: &str = "key";
 pub const POSTGRES_URL_KEY: &str = "url";
 pub const OIDC_CLIENT_SECRET_KEY: &str = "oidc";
 pub const INITIAL_ACCESS_TOKEN_KEY: &str = "initial-access-token";
+
+/// The `client_secrets` key of a pre-registered client's secret (`clients[].client_secret_file`).
+pub fn client_secret_key(client_id: &str) -> String {
+    format!("client.{client_id}")
+}
 
 /// The `client_secrets` key of a route's upstream OAuth client secret.
 pub fn route_client_secret_key(route: &str) -> String {

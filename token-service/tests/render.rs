@@ -289,6 +289,7 @@ fn no_secret_value_reaches_the_render_and_the_config_map_points_at_the_mounts() 
         ("enc", sentinel("enc")),
         ("cred", sentinel("cred")),
         ("signing", sentinel("signing")),
+        ("nightly", sentinel("nightly")),
     ];
     for (name, value) in &files {
         write(&dir.path().join(name), value);
@@ -307,6 +308,12 @@ fn no_secret_value_reaches_the_render_and_the_config_map_points_at_the_mounts() 
         });
         v["authorization_server"]["signing_key"] = serde_json::json!({"file": at("signing")});
         v["kubernetes"]["secrets"]["signing_key"] = "warden-signing-key".into();
+        v["clients"] = serde_json::json!([{
+            "client_id": "nightly-report",
+            "client_secret_file": at("nightly"),
+            "grant_types": ["client_credentials"],
+            "identity": {"email": "nightly-report@svc.example.com"},
+        }]);
     });
     let path = dir.path().join("warden.yaml");
     std::fs::write(&path, &text).unwrap();
@@ -348,6 +355,10 @@ fn no_secret_value_reaches_the_render_and_the_config_map_points_at_the_mounts() 
         assert_eq!(
             pod_config["routes"][1]["mcp"]["server"]["upstream_oauth2"]["client_secret_file"],
             format!("{m}/warden-client-secrets/route.github")
+        );
+        assert_eq!(
+            pod_config["clients"][0]["client_secret_file"],
+            format!("{m}/warden-client-secrets/client.nightly-report")
         );
         assert_eq!(
             pod_config["authorization_server"]["internal_credential_file"],

@@ -42,6 +42,19 @@
 //!   When the scope includes `openid`, the `authorization_code` response also carries an
 //!   `id_token` (see below), and so does a `refresh_token` response whose scope still includes
 //!   `openid` (without `nonce`). Other grants never get one.
+//! * `POST /token` with `grant_type=urn:ietf:params:oauth:grant-type:token-exchange` (RFC 8693;
+//!   client authentication as above): `requested_token_type=urn:ietf:params:oauth:token-type:id-jag`,
+//!   `subject_token` an unexpired ID token this provider issued (`subject_token_type=
+//!   urn:ietf:params:oauth:token-type:id_token`), `audience` (the issuer of the authorization
+//!   server the grant is for), `resource`, optional `scope` → `{"access_token": <ID-JAG>,
+//!   "issued_token_type": "urn:ietf:params:oauth:token-type:id-jag", "token_type": "N_A",
+//!   "expires_in": 300}`. The ID-JAG (Identity Assertion Authorization Grant, the MCP extension
+//!   for enterprise-managed authorization) is a JWT with header `{alg, kid, typ:
+//!   "oauth-id-jag+jwt"}` signed by the key `/jwks` publishes, and claims `iss`, `sub` (the
+//!   user's OIDC `sub`), `aud` (the audience), `client_id` ([`ProviderConfig::id_jag_client_id`],
+//!   by default the provider's client), `resource`, `scope` (when asked), `iat`, `exp` (`iat` +
+//!   300), `jti`, and the user's `email`, `name` and `groups` when configured. A disabled
+//!   user's or an unknown ID token gets `invalid_grant`.
 //! * `POST /revoke` (RFC 7009, client authentication as for `/token`): `token=` an access or
 //!   refresh token revokes its whole grant; unknown tokens get `200` too.
 //! * `GET|POST /userinfo` with `Authorization: Bearer <access token>` → `{"sub", "scope"}`
@@ -117,6 +130,10 @@
 //! * `POST /_test/rotate-key[?keep_old=true]` makes a new signing key with a new `kid` for the
 //!   next ID tokens; `/jwks` lists only it, or it after the previous ones with `keep_old=true`
 //!   (at most [`MAX_PUBLISHED_KEYS`]) → `{"kid", "published": [kids]}`.
+//! * `POST /_test/issue-id-token?user=alice` → `{"id_token"}`: an ID token for the provider's
+//!   client, as a sign-in ends with (no browser; it can be exchanged for an ID-JAG).
+//! * `POST /_test/id-jag?user=alice&audience=A&resource=R[&client_id=C][&scope=S]` →
+//!   `{"id_jag"}`: an ID-JAG without the exchange.
 //! * `POST /_test/fail-discovery?status=503&count=N` and `POST /_test/fail-jwks?status=503&count=N`
 //!   make the next N discovery / `/jwks` requests answer with that status (400..=599, default
 //!   503; `count` defaults to 1, `count=0` turns it off) and
@@ -142,8 +159,12 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
+mod id_jag;
 mod oidc;
 
+pub use id_jag::{
+    ID_JAG_TOKEN_TYPE, ID_JAG_TTL_SECS, ID_JAG_TYP, ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT,
+};
 pub use oidc::{
     oidc_subject, ClaimsPlacement, IdTokenAlg, IdTokenFault, ID_TOKEN_TTL_SECS, MAX_PUBLISHED_KEYS,
     OTHER_AUDIENCE, OTHER_AZP, WRONG_ISSUER,
@@ -217,6 +238,9 @@ pub struct ProviderConfig {
     /// Where every user's claims are released at startup (`POST /_test/claims` changes it per
     /// user).
     pub claims_placement: ClaimsPlacement,
+    /// The `client_id` claim of the ID-JAGs it issues: the client at the authorization server
+    /// they are for. `None`: its own `client_id`.
+    pub id_jag_client_id: Option<String>,
 }
 
 impl Default for ProviderConfig {
@@ -240,6 +264,7 @@ impl Default for ProviderConfig {
                 }),
             )]),
             claims_placement: ClaimsPlacement::Both,
+            id_jag_client_id: None,
         }
     }
 }
@@ -421,6 +446,8 @@ struct Store {
     fail_jwks: Option<oidc::FaultCount<StatusCode>>,
     /// Users disabled by `/_test/disable-user` (configured users only, so it stays bounded).
     disabled: HashSet<String>,
+    /// The ID tokens issued, for the token exchange (`id_jag`).
+    id_tokens: Bounded<id_jag::IssuedIdToken>,
 }
 
 impl Store {
@@ -441,6 +468,7 @@ impl Store {
             fail_discovery: None,
             fail_jwks: None,
             disabled: HashSet::new(),
+            id_tokens: Bounded::new(MAX_ENTRIES),
         }
     }
 
@@ -626,6 +654,8 @@ pub fn app(config: ProviderConfig) -> anyhow::Result<Router> {
         .route("/_test/rotate-key", post(oidc::test_rotate_key))
         .route("/_test/fail-discovery", post(oidc::test_fail_discovery))
         .route("/_test/fail-jwks", post(oidc::test_fail_jwks))
+        .route("/_test/issue-id-token", post(id_jag::test_issue_id_token))
+        .route("/_test/id-jag", post(id_jag::test_id_jag))
         .with_state(shared))
 }
 
@@ -1188,6 +1218,7 @@ fn token_grant(
     let value = match grant_type {
         Some("authorization_code") => code_grant(p, form)?,
         Some("refresh_token") => refresh_grant(p, form)?,
+        Some(id_jag::TOKEN_EXCHANGE_GRANT) => id_jag::exchange(p, form)?,
         Some(other) => {
             return Err(OAuthError::new(
                 "unsupported_grant_type",

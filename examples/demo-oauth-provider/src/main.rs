@@ -18,7 +18,8 @@ const USAGE: &str = "usage: demo-oauth-provider [options]\n\
   --issuer URL             OpenID Connect issuer, no trailing slash (default http://ADDR of --listen)\n\
   --id-token-alg ALG       ID token signature: RS256|ES256 (default RS256)\n\
   --claims USER=JSON       a user's claims (JSON object), repeatable; replaces that user's defaults\n\
-  --claims-placement P     where users' claims go: both|id_token|userinfo (default both)";
+  --claims-placement P     where users' claims go: both|id_token|userinfo (default both)\n\
+  --id-jag-client-id ID    client_id claim of the ID-JAGs it issues (default: --client-id)";
 
 fn parse_args() -> anyhow::Result<Option<(SocketAddr, ProviderConfig)>> {
     let mut config = ProviderConfig::default();
@@ -48,6 +49,7 @@ fn parse_args() -> anyhow::Result<Option<(SocketAddr, ProviderConfig)>> {
             "--id-token-alg",
             "--claims",
             "--claims-placement",
+            "--id-jag-client-id",
         ];
         if !known.contains(&flag.as_str()) {
             bail!("unknown argument {flag:?}\n{USAGE}");
@@ -85,6 +87,7 @@ fn parse_args() -> anyhow::Result<Option<(SocketAddr, ProviderConfig)>> {
                 }
                 config.user_claims.insert(name.to_owned(), claims);
             }
+            "--id-jag-client-id" => config.id_jag_client_id = Some(value),
             "--claims-placement" => {
                 config.claims_placement = value.parse::<ClaimsPlacement>()?;
             }

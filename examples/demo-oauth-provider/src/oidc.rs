@@ -460,7 +460,41 @@ impl Provider {
         if let Some(fault) = fault {
             tracing::info!(?fault, "issued a deliberately broken ID token");
         }
+        // Remembered, so a token exchange can take it as its subject (`id_jag`).
+        let exp_unix = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .unwrap_or_default();
+        self.store().id_tokens.insert(
+            crate::id_jag::id_token_key(&token),
+            crate::id_jag::IssuedIdToken {
+                user: user.to_owned(),
+                exp_unix,
+            },
+        );
         Ok(token)
+    }
+
+    /// `claims` as a JWT of JOSE type `typ`, signed with the current key (the one `/jwks`
+    /// publishes).
+    pub(crate) fn sign_current(&self, typ: &str, claims: &Value) -> Result<String, OAuthError> {
+        let signer = Arc::clone(&self.store().keys.current);
+        let header = json!({ "alg": signer.alg.as_str(), "kid": signer.kid, "typ": typ });
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = signer
+            .sign(input.as_bytes())
+            .map_err(|e| server_error(&e.to_string()))?;
+        Ok(format!("{input}.{}", b64(&sig)))
+    }
+
+    /// A user the configuration names (with a password or with claims).
+    pub(crate) fn is_user(&self, name: &str) -> bool {
+        self.config.users.iter().any(|(u, _)| u == name)
+            || self.config.user_claims.contains_key(name)
     }
 
     /// The `/userinfo` answer for an openid access token of `user`.
@@ -532,7 +566,7 @@ pub(crate) async fn discovery(State(p): State<Shared>) -> Response {
         "token_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "code_challenge_methods_supported": ["S256"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": ["authorization_code", "refresh_token", crate::id_jag::TOKEN_EXCHANGE_GRANT],
         "claims_supported": claim_names,
     }))
     .into_response()

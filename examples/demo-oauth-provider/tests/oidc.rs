@@ -1,6 +1,6 @@
 //! The demo provider as an OpenID Connect provider over real HTTP: discovery, JWKS, signed ID
 //! tokens (RS256 and ES256) with nonce and per-user claims, userinfo, key rotation and every
-//! deliberately broken ID token of `/_test/id-token`.
+//! deliberately broken ID token of `/_test/id-token`; ID-JAGs by RFC 8693 token exchange.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -239,7 +239,11 @@ async fn discovery_document_describes_the_provider() {
     );
     assert_eq!(
         d["grant_types_supported"],
-        json!(["authorization_code", "refresh_token"])
+        json!([
+            "authorization_code",
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:token-exchange"
+        ])
     );
     for scope in ["openid", "email", "profile", "groups", "offline_access"] {
         assert!(
@@ -633,4 +637,176 @@ async fn discovery_and_jwks_can_fail() {
     let stats = p.stats().await;
     assert_eq!(stats["discovery_requests"], 3);
     assert_eq!(stats["jwks_requests"], 3);
+}
+
+/// The token exchange of an ID token for an ID-JAG, with the client's credentials in the body.
+async fn exchange(p: &Provider, subject: &str, extra: &[(&str, &str)]) -> (StatusCode, Value) {
+    let mut form = vec![
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        (
+            "requested_token_type",
+            "urn:ietf:params:oauth:token-type:id-jag",
+        ),
+        ("subject_token", subject),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:id_token",
+        ),
+        ("audience", "https://as.example.com"),
+        ("resource", "https://mcp.example.com/mcp"),
+        ("client_id", ID),
+        ("client_secret", SECRET),
+    ];
+    for (k, v) in extra {
+        form.retain(|(name, _)| name != k);
+        form.push((k, v));
+    }
+    let resp = p
+        .http
+        .post(p.url("/token"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn an_id_token_is_exchanged_for_a_signed_id_jag() {
+    for alg in [IdTokenAlg::Rs256, IdTokenAlg::Es256] {
+        let p = start(ProviderConfig {
+            id_token_alg: alg,
+            id_jag_client_id: Some("agent-platform".into()),
+            ..ProviderConfig::default()
+        })
+        .await;
+        let body = p.tokens("openid email profile", Some("n-1")).await;
+        let id_token = body["id_token"].as_str().unwrap();
+        let (status, answer) = exchange(&p, id_token, &[("scope", "tools.read")]).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(
+            answer["issued_token_type"],
+            "urn:ietf:params:oauth:token-type:id-jag"
+        );
+        assert_eq!(answer["token_type"], "N_A");
+        assert_eq!(answer["expires_in"], 300);
+        let jag = parse_jwt(answer["access_token"].as_str().unwrap());
+        assert_eq!(jag.header["typ"], "oauth-id-jag+jwt");
+        verify(&jag, &p.jwks().await).unwrap();
+        let c = &jag.claims;
+        assert_eq!(c["iss"], p.base);
+        assert_eq!(c["sub"], oidc_subject("alice"));
+        assert_eq!(c["aud"], "https://as.example.com");
+        assert_eq!(c["client_id"], "agent-platform");
+        assert_eq!(c["resource"], "https://mcp.example.com/mcp");
+        assert_eq!(c["scope"], "tools.read");
+        assert_eq!(c["email"], "alice@example.com");
+        assert_eq!(c["name"], "Alice Example");
+        assert_eq!(c["groups"], json!(["engineering"]));
+        let iat = c["iat"].as_u64().unwrap();
+        assert!(iat.abs_diff(now()) < 5);
+        assert_eq!(c["exp"].as_u64().unwrap(), iat + 300);
+        assert!(c["jti"].as_str().unwrap().len() > 20);
+        assert!(
+            c.get("email_verified").is_none(),
+            "only email, name, groups"
+        );
+        // Each grant has its own jti.
+        let (_, again) = exchange(&p, id_token, &[]).await;
+        let again = parse_jwt(again["access_token"].as_str().unwrap());
+        assert_ne!(again.claims["jti"], c["jti"]);
+        assert!(again.claims.get("scope").is_none());
+    }
+}
+
+#[tokio::test]
+async fn the_exchange_refuses_what_is_not_its_own_live_id_token() {
+    let p = start(ProviderConfig::default()).await;
+    let (status, answer) = p.hook("/_test/issue-id-token?user=alice", None).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let id_token = answer["id_token"].as_str().unwrap().to_owned();
+    let (status, answer) = exchange(&p, &id_token, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // Default client_id claim: the provider's own client.
+    let jag = parse_jwt(answer["access_token"].as_str().unwrap());
+    assert_eq!(jag.claims["client_id"], ID);
+
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case<'_>; 6] = [
+        (
+            &[("subject_token", "not-a-token")],
+            "invalid_grant",
+            "not an ID token",
+        ),
+        (
+            &[(
+                "requested_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            )],
+            "invalid_request",
+            "not supported",
+        ),
+        (
+            &[("subject_token_type", "urn:ietf:params:oauth:token-type:jwt")],
+            "invalid_request",
+            "subject_token_type",
+        ),
+        (
+            &[("audience", "")],
+            "invalid_request",
+            "audience is required",
+        ),
+        (
+            &[("resource", "")],
+            "invalid_request",
+            "resource is required",
+        ),
+        (&[("client_secret", "wrong")], "invalid_client", "failed"),
+    ];
+    for (extra, error, says) in cases {
+        let (status, answer) = exchange(&p, &id_token, extra).await;
+        assert_ne!(status, StatusCode::OK, "{extra:?}");
+        assert_eq!(answer["error"], error, "{extra:?}: {answer}");
+        assert!(
+            answer["error_description"].as_str().unwrap().contains(says),
+            "{extra:?}: {answer}"
+        );
+    }
+    // An ID token it issued, broken to be expired; and a disabled user's.
+    p.hook("/_test/id-token?mode=expired", None).await;
+    let (_, answer) = p.hook("/_test/issue-id-token?user=alice", None).await;
+    let expired = answer["id_token"].as_str().unwrap().to_owned();
+    let (status, answer) = exchange(&p, &expired, &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer["error_description"], "subject_token expired");
+    p.hook("/_test/disable-user?user=alice", None).await;
+    let (status, answer) = exchange(&p, &id_token, &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error_description"], "the user is disabled");
+    // The hooks refuse users it does not know.
+    let (status, _) = p.hook("/_test/issue-id-token?user=mallory", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn the_id_jag_hook_issues_one_for_a_named_client() {
+    let p = start(ProviderConfig::default()).await;
+    let (status, answer) = p
+        .hook(
+            "/_test/id-jag?user=alice&audience=https://as.example.com&resource=https://mcp.example.com/mcp&client_id=other-agent",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let jag = parse_jwt(answer["id_jag"].as_str().unwrap());
+    assert_eq!(jag.header["typ"], "oauth-id-jag+jwt");
+    verify(&jag, &p.jwks().await).unwrap();
+    assert_eq!(jag.claims["client_id"], "other-agent");
+    assert_eq!(jag.claims["aud"], "https://as.example.com");
+    let (status, _) = p.hook("/_test/id-jag?user=alice", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }

@@ -6,7 +6,7 @@
 
 use url::Url;
 use warden_core::policy::{McpCall, Names, Policy, PolicyInput};
-use warden_core::token::{Audience, TeClaims};
+use warden_core::token::{Audience, SubjectKind, TeClaims};
 
 use crate::config::{Config, RouteConfig};
 use crate::flows::{hash_secret, random_id, random_token};
@@ -45,6 +45,11 @@ pub fn policy_claims(
         email: user.email.clone(),
         name: user.name.clone(),
         groups: user.groups.clone(),
+        sub_kind: if user.is_service_client() {
+            SubjectKind::Client
+        } else {
+            SubjectKind::User
+        },
     }
 }
 

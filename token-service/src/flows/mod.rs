@@ -6,6 +6,7 @@ pub mod app_sign_in;
 pub mod authorize;
 pub mod browser;
 pub mod client_auth;
+pub mod client_credentials;
 pub mod consent;
 pub mod id_jag;
 pub mod idp;
@@ -99,11 +100,7 @@ pub fn lookup_client(
                 None => ClientSecret::None,
             },
             redirect_uris: c.redirect_uris.clone(),
-            grant_types: if c.grant_types.is_empty() {
-                vec!["authorization_code".into(), "refresh_token".into()]
-            } else {
-                c.grant_types.clone()
-            },
+            grant_types: c.grants(),
             pre_registered: true,
             skip_consent: c.skip_consent,
             jwks: c.jwks.clone(),

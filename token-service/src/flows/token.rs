@@ -1,6 +1,7 @@
 //! `/token`: client authentication (secrets here, `private_key_jwt` in `client_auth`), the
-//! authorization_code and refresh_token grants, the ID-JAG grant (`id_jag`), and access-token
-//! (TE) minting. Runs synchronously against the store (on the blocking pool).
+//! authorization_code and refresh_token grants, the client_credentials grant
+//! (`client_credentials`), the ID-JAG grant (`id_jag`), and access-token (TE) minting. Runs
+//! synchronously against the store (on the blocking pool).
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -10,7 +11,8 @@ use super::authorize::Params;
 use super::client_auth::{self, AssertionKeys, ClientAssertion};
 use super::id_jag;
 use super::{
-    hash_secret, lookup_client, pkce, random_id, random_token, split_scope, RegisteredClient,
+    client_credentials, hash_secret, lookup_client, pkce, random_id, random_token, split_scope,
+    RegisteredClient,
 };
 use crate::config::{Config, TokenEndpointAuthMethod};
 use crate::config_id_jag::JWT_BEARER_GRANT;
@@ -181,9 +183,10 @@ pub fn token(
         Some("authorization_code") => authorization_code(ctx, &client, params),
         Some("refresh_token") => refresh(ctx, &client, params),
         Some(JWT_BEARER_GRANT) => id_jag_grant(ctx, &client, params),
+        Some(client_credentials::GRANT_TYPE) => service_client(ctx, &client, params),
         Some(_) => Err(Error::oauth(
             "unsupported_grant_type",
-            "supported: authorization_code, refresh_token",
+            "supported: authorization_code, refresh_token, client_credentials and, with identity_assertion_grant.issuers, the jwt-bearer grant",
         )),
         None => Err(Error::invalid_request("grant_type is required")),
     }
@@ -447,6 +450,16 @@ fn refresh(
     respond(ctx, &user, &grant, &scope, Some(new_token))
 }
 
+/// client_credentials: a TE for the service client itself, without a refresh token.
+fn service_client(
+    ctx: &TokenContext<'_>,
+    client: &RegisteredClient,
+    params: &Params,
+) -> Result<TokenResponse> {
+    let t = client_credentials::client_credentials(ctx.config, ctx.store, client, params, ctx.now)?;
+    respond(ctx, &t.subject, &t.grant, &t.grant.scope, None)
+}
+
 fn new_refresh_token(ctx: &TokenContext<'_>, grant: &Grant) -> (String, RefreshToken) {
     let token = random_token();
     let record = RefreshToken {
@@ -503,7 +516,7 @@ pub fn access_token_claims(
     now: i64,
 ) -> serde_json::Value {
     let exp = now + ttl(config.authorization_server.access_token_ttl_seconds);
-    serde_json::json!({
+    let mut claims = serde_json::json!({
         "iss": config.authorization_server.issuer,
         "sub": user.sub,
         "aud": grant.resource,
@@ -519,7 +532,12 @@ pub fn access_token_claims(
         "email": user.email,
         "name": user.name,
         "groups": user.groups,
-    })
+    });
+    // A client acting for itself: `authenticated_user` is false for it (`warden_core::policy`).
+    if user.is_service_client() {
+        claims["sub_kind"] = warden_core::token::SubjectKind::Client.as_str().into();
+    }
+    claims
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ pub fn assertion_claims(
     identity: &Identity,
     now: i64,
 ) -> serde_json::Value {
-    json!({
+    let mut claims = json!({
         "iss": issuer,
         "aud": route.upstream_origin(),
         "sub": identity.sub,
@@ -37,7 +37,12 @@ pub fn assertion_claims(
         "iat": now,
         "exp": now + ASSERTION_TTL_SECONDS,
         "route": route.name,
-    })
+    });
+    // As in the TE: the server can tell a client acting for itself from a user.
+    if identity.is_service_client() {
+        claims["sub_kind"] = warden_core::token::SubjectKind::Client.as_str().into();
+    }
+    claims
 }
 
 pub async fn identity_assertion(State(s): State<AppState>, body: axum::body::Bytes) -> Response {

@@ -9,8 +9,9 @@ use sha2::Digest as _;
 
 use crate::config::{Config, StorageBackend};
 use crate::config_kubernetes::{
-    route_client_secret_key, KubernetesConfig, ENCRYPTION_KEY_KEY, INITIAL_ACCESS_TOKEN_KEY,
-    INTERNAL_CREDENTIAL_KEY, OIDC_CLIENT_SECRET_KEY, POSTGRES_URL_KEY, SIGNING_KEY_KEY,
+    client_secret_key, route_client_secret_key, KubernetesConfig, ENCRYPTION_KEY_KEY,
+    INITIAL_ACCESS_TOKEN_KEY, INTERNAL_CREDENTIAL_KEY, OIDC_CLIENT_SECRET_KEY, POSTGRES_URL_KEY,
+    SIGNING_KEY_KEY,
 };
 
 /// Where the ConfigMap is mounted, and the config file in it.
@@ -273,10 +274,33 @@ impl<'a> Plan<'a> {
             }
         }
         for (i, c) in config.clients.iter().enumerate() {
-            if c.client_secret.is_some() {
-                return Err(format!(
-                    "clients[{i}].client_secret: a ConfigMap is not a secret store, and a pre-registered client's secret has no file to read it from yet: make the client public (PKCE) or let it register (DCR)"
+            let key = client_secret_key(&c.client_id);
+            if c.client_secret_file.is_none() && c.client_secret.is_some() {
+                return Err(refuse_inline(
+                    &format!("clients[{i}].client_secret"),
+                    "client_secrets",
+                    &key,
+                    "client_secret_file",
                 ));
+            }
+            if c.client_secret_file.is_none() {
+                continue;
+            }
+            if !is_secret_key(&key) {
+                return Err(format!(
+                    "clients[{i}].client_id: its client secret's key `{key}` is not a Secret key (letters, digits, - . _)"
+                ));
+            }
+            let secret = need(
+                &s.client_secrets,
+                "client_secrets",
+                &format!("clients[{i}].client_secret_file"),
+            )?;
+            if let Some(Value::Object(m)) = doc.get_mut("clients").and_then(|v| v.get_mut(i)) {
+                m.insert(
+                    "client_secret_file".into(),
+                    secret_path(&secret, &key).into(),
+                );
             }
         }
         for (i, r) in config.routes.iter().enumerate() {

@@ -57,7 +57,7 @@ pub(super) async fn metadata(State(s): State<AppState>) -> Response {
         "jwks_uri": format!("{iss}/.well-known/jwks.json"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": c.grant_types_supported(),
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post", "private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": crate::jws::ASSERTION_ALGS,
