@@ -139,6 +139,10 @@ pub struct SecretNames {
     /// Keys `oidc`, `route.<route name>`, `client.<client_id>` and `initial-access-token`.
     #[serde(default)]
     pub client_secrets: Option<String>,
+    /// Key `ca.pem`: the CA certificates of `outbound.extra_ca_file` (not secret, but mounted
+    /// like the rest).
+    #[serde(default)]
+    pub outbound_ca: Option<String>,
 }
 
 /// The key of each Secret the render reads a file from.
@@ -149,6 +153,7 @@ pub const SESSION_KEY_KEY: &str = "key";
 pub const POSTGRES_URL_KEY: &str = "url";
 pub const OIDC_CLIENT_SECRET_KEY: &str = "oidc";
 pub const INITIAL_ACCESS_TOKEN_KEY: &str = "initial-access-token";
+pub const OUTBOUND_CA_KEY: &str = "ca.pem";
 
 /// The `client_secrets` key of a pre-registered client's secret (`clients[].client_secret_file`).
 pub fn client_secret_key(client_id: &str) -> String {
@@ -380,6 +385,7 @@ impl SecretNames {
             ("session_key", Some(self.session_key.as_str())),
             ("postgres_url", self.postgres_url.as_deref()),
             ("client_secrets", self.client_secrets.as_deref()),
+            ("outbound_ca", self.outbound_ca.as_deref()),
         ] {
             if let Some(name) = name {
                 out.push((field, name));

@@ -308,6 +308,8 @@ fn no_secret_value_reaches_the_render_and_the_config_map_points_at_the_mounts() 
         });
         v["authorization_server"]["signing_key"] = serde_json::json!({"file": at("signing")});
         v["kubernetes"]["secrets"]["signing_key"] = "warden-signing-key".into();
+        v["outbound"] = serde_json::json!({"extra_ca_file": at("ca.pem")});
+        v["kubernetes"]["secrets"]["outbound_ca"] = "warden-outbound-ca".into();
         v["clients"] = serde_json::json!([{
             "client_id": "nightly-report",
             "client_secret_file": at("nightly"),
@@ -372,6 +374,10 @@ fn no_secret_value_reaches_the_render_and_the_config_map_points_at_the_mounts() 
             pod_config["authorization_server"]["signing_key"]["file"],
             format!("{m}/warden-signing-key/key")
         );
+        assert_eq!(
+            pod_config["outbound"]["extra_ca_file"],
+            format!("{m}/warden-outbound-ca/ca.pem")
+        );
         assert!(pod_config.get("kubernetes").is_none());
         // Each mount is the Secret's volume, read-only.
         let deployment = one(&docs, "Deployment");
@@ -382,6 +388,7 @@ fn no_secret_value_reaches_the_render_and_the_config_map_points_at_the_mounts() 
             "warden-client-secrets",
             "warden-internal-credential",
             "warden-signing-key",
+            "warden-outbound-ca",
         ] {
             let volume = pod["volumes"]
                 .as_array()
@@ -526,12 +533,12 @@ fn a_secret_file_without_its_secret_named_is_refused_naming_the_secret() {
     });
     let e = render(&text, Target::Kubernetes).unwrap_err();
     assert!(e.starts_with("kubernetes.secrets.signing_key"), "{e}");
-    // A CA file for outbound calls would name a path the pod does not have.
+    // A CA file for outbound calls is read from its Secret's mount.
     let text = config_with(|v| {
         v["outbound"] = serde_json::json!({"extra_ca_file": "/etc/warden/ca.pem"});
     });
     let e = render(&text, Target::Kubernetes).unwrap_err();
-    assert!(e.starts_with("outbound.extra_ca_file"), "{e}");
+    assert!(e.starts_with("kubernetes.secrets.outbound_ca"), "{e}");
     // The gateway's Secrets are always needed.
     for secret in ["session_key", "internal_credential"] {
         let text = config_with(|v| {

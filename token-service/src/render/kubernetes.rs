@@ -10,8 +10,8 @@ use sha2::Digest as _;
 use crate::config::{Config, StorageBackend};
 use crate::config_kubernetes::{
     client_secret_key, route_client_secret_key, KubernetesConfig, ENCRYPTION_KEY_KEY,
-    INITIAL_ACCESS_TOKEN_KEY, INTERNAL_CREDENTIAL_KEY, OIDC_CLIENT_SECRET_KEY, POSTGRES_URL_KEY,
-    SIGNING_KEY_KEY,
+    INITIAL_ACCESS_TOKEN_KEY, INTERNAL_CREDENTIAL_KEY, OIDC_CLIENT_SECRET_KEY, OUTBOUND_CA_KEY,
+    POSTGRES_URL_KEY, SIGNING_KEY_KEY,
 };
 
 /// Where the ConfigMap is mounted, and the config file in it.
@@ -185,9 +185,19 @@ impl<'a> Plan<'a> {
             }
         }
 
-        // A CA file would name a path the pod does not have.
-        if config.outbound.extra_ca_file.is_some() {
-            return Err("outbound.extra_ca_file: not rendered yet: the pod has no such file; leave it out and render, then mount the CA (a ConfigMap) and set the field in the rendered warden.yaml yourself".into());
+        // The extra CA: its file is the mounted Secret's (the operator's path is not in the pod).
+        match (&s.outbound_ca, &config.outbound.extra_ca_file) {
+            (Some(secret), _) => {
+                object(&mut doc, "outbound")?.insert(
+                    "extra_ca_file".into(),
+                    secret_path(secret, OUTBOUND_CA_KEY).into(),
+                );
+            }
+            (None, Some(_)) => return Err(
+                "kubernetes.secrets.outbound_ca: required: outbound.extra_ca_file reads from it"
+                    .into(),
+            ),
+            (None, None) => {}
         }
 
         // Storage.
