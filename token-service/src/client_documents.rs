@@ -250,11 +250,36 @@ struct Entry {
 /// How long a failed fetch or an invalid document is remembered (at most `cache_seconds`).
 pub const FAILURE_SECONDS: i64 = 30;
 
+/// Document fetches in progress at once on a replica: a flood of unknown URLs waits for a
+/// turn (at most `FETCH_WAIT`) rather than opening a connection each.
+pub const MAX_FETCHES: usize = 8;
+const FETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The validated documents this replica fetched, and the rules and fetcher for more.
 pub struct ClientDocuments {
     config: ClientDocumentsConfig,
     fetcher: GuardedFetcher,
     entries: Mutex<HashMap<String, Entry>>,
+    fetches: tokio::sync::Semaphore,
+    /// One fetch per document at a time: requests for it meanwhile wait, then read the cache.
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Takes a document's entry out of `in_flight` when its fetch ends, however it ends.
+struct InFlight<'a> {
+    documents: &'a ClientDocuments,
+    client_id: &'a str,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .documents
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        in_flight.remove(self.client_id);
+    }
 }
 
 impl fmt::Debug for ClientDocuments {
@@ -271,6 +296,8 @@ impl ClientDocuments {
             config: config.clone(),
             fetcher,
             entries: Mutex::new(HashMap::new()),
+            fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
+            in_flight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -293,6 +320,28 @@ impl ClientDocuments {
         if let Some(answer) = self.cached(client_id, now, false) {
             return answer;
         }
+        let one_fetch = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(client_id.to_owned())
+            .or_default()
+            .clone();
+        let _one_fetch = one_fetch.lock().await;
+        let _done = InFlight {
+            documents: self,
+            client_id,
+        };
+        // Fetched by another request while this one waited.
+        if let Some(answer) = self.cached(client_id, now, false) {
+            return answer;
+        }
+        let Ok(Ok(_turn)) = tokio::time::timeout(FETCH_WAIT, self.fetches.acquire()).await else {
+            // Not remembered: it says nothing about the document.
+            return Err(DocumentError::Fetch(FetchError::Unreachable(
+                "too many metadata documents are being fetched at once; try again".into(),
+            )));
+        };
         let cache_seconds = i64::try_from(self.config.cache_seconds).unwrap_or(i64::MAX / 4);
         let answer = match self
             .fetcher

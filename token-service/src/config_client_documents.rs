@@ -44,7 +44,8 @@ fn default_cache_seconds() -> u64 {
 }
 
 /// Bounds that keep a document fetch cheap.
-const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+/// With at most `client_documents::MAX_ENTRIES` documents cached, 64 MiB at worst.
+const MAX_DOCUMENT_BYTES: usize = 64 << 10;
 const MAX_CACHE_SECONDS: u64 = 86_400;
 
 impl ClientDocumentsConfig {
@@ -68,11 +69,11 @@ impl ClientDocumentsConfig {
                 && !name.contains('*')
                 && name
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':');
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
             if !valid {
                 return Err((
                     format!("allowed_hosts[{i}]"),
-                    "must be a host name or `*.` followed by one".into(),
+                    "must be a host name (no port) or `*.` followed by one".into(),
                 ));
             }
         }

@@ -273,12 +273,13 @@ fn cache_max_age(headers: &reqwest::header::HeaderMap) -> Option<u64> {
 #[derive(Debug)]
 struct RefusedAddress {
     name: String,
-    ip: IpAddr,
 }
 
 impl fmt::Display for RefusedAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (resolved from {})", self.ip, self.name)
+        // The name only: the address it resolves to is the operator's to see (logged), not
+        // something a client may learn about the internal network.
+        write!(f, "the address {} resolves to", self.name)
     }
 }
 
@@ -299,10 +300,8 @@ impl reqwest::dns::Resolve for CheckedResolver {
             if !allow {
                 // One private address taints the name: refuse it whole rather than pick.
                 if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
-                    return Err(Box::new(RefusedAddress {
-                        name: host,
-                        ip: bad.ip(),
-                    })
+                    tracing::info!(name = %host, ip = %bad.ip(), "refused to fetch from a name that resolves to a non-public address");
+                    return Err(Box::new(RefusedAddress { name: host })
                         as Box<dyn std::error::Error + Send + Sync>);
                 }
             }
@@ -323,6 +322,9 @@ pub fn is_public(ip: IpAddr) -> bool {
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
     let [a, b, c, _] = ip.octets();
+    if a == 192 && b == 88 && c == 99 {
+        return false; // 6to4 relay anycast 192.88.99.0/24
+    }
     !(ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_private()
@@ -339,7 +341,16 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
     let s = ip.segments();
+    // 6to4 (2002::/16) carries an IPv4 address in its next 32 bits: judged as that address.
+    if s[0] == 0x2002 {
+        let [a, b] = s[1].to_be_bytes();
+        let [c, d] = s[2].to_be_bytes();
+        return is_public_v4(Ipv4Addr::new(a, b, c, d));
+    }
     !(ip.is_unspecified()
+        || (s[0] == 0x2001 && s[1] == 0) // Teredo 2001::/32 (tunnels to an IPv4 address)
+        || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard-only 100::/64
+        || (s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0) // SIIT ::ffff:0:a.b.c.d
         || ip.is_loopback()
         || ip.is_multicast()
         || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
@@ -362,7 +373,13 @@ mod tests {
 
     #[test]
     fn only_public_unicast_addresses_are_public() {
-        for ok in ["93.184.216.34", "8.8.8.8", "2606:2800:220:1::1", "1.1.1.1"] {
+        for ok in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:2800:220:1::1",
+            "1.1.1.1",
+            "2002:808:808::1",
+        ] {
             assert!(public(ok), "{ok}");
         }
         for bad in [
@@ -384,6 +401,12 @@ mod tests {
             "::ffff:8.8.8.8",
             "::127.0.0.1",
             "64:ff9b::a00:1",
+            "2002:7f00:1::1",
+            "2002:a00:1::1",
+            "2001:0:4136:e378::1",
+            "100::1",
+            "::ffff:0:a00:1",
+            "192.88.99.1",
         ] {
             assert!(!public(bad), "{bad}");
         }

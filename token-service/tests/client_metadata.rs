@@ -22,6 +22,8 @@ struct Doc {
     status: u16,
     headers: Vec<(&'static str, String)>,
     body: String,
+    /// Sent in chunks without a Content-Length (its size known only by reading it).
+    chunked: bool,
 }
 
 impl Doc {
@@ -30,7 +32,13 @@ impl Doc {
             status: 200,
             headers: vec![("content-type", "application/json".into())],
             body: v.to_string(),
+            chunked: false,
         }
+    }
+
+    fn chunked(mut self) -> Self {
+        self.chunked = true;
+        self
     }
 
     fn with_header(mut self, name: &'static str, value: &str) -> Self {
@@ -92,17 +100,24 @@ impl DocServer {
                                 status: 404,
                                 headers: vec![],
                                 body: "not found".into(),
+                                chunked: false,
                             });
                             let mut resp = hyper::Response::builder().status(doc.status);
                             for (k, v) in &doc.headers {
                                 resp = resp.header(*k, v);
                             }
-                            Ok::<_, std::convert::Infallible>(
-                                resp.body(http_body_util::Full::new(axum::body::Bytes::from(
-                                    doc.body,
-                                )))
-                                .unwrap(),
-                            )
+                            let body = if doc.chunked {
+                                let chunks: Vec<Result<axum::body::Bytes, std::io::Error>> = doc
+                                    .body
+                                    .into_bytes()
+                                    .chunks(64)
+                                    .map(|c| Ok(axum::body::Bytes::copy_from_slice(c)))
+                                    .collect();
+                                Body::from_stream(futures_util::stream::iter(chunks))
+                            } else {
+                                Body::from(doc.body)
+                            };
+                            Ok::<_, std::convert::Infallible>(resp.body(body).unwrap())
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -407,7 +422,7 @@ async fn private_addresses_are_refused_after_name_resolution() {
     let by_name = format!("https://localhost:{}/client.json", server.addr.port());
     assert_refused(
         &authorize(&env, &by_name, REDIRECT).await,
-        "127.0.0.1 (resolved from localhost) is not a public address",
+        "the address localhost resolves to is not a public address",
     );
     // The address itself.
     assert_refused(
@@ -455,6 +470,29 @@ async fn oversized_documents_are_refused() {
         &authorize(&env, &url, REDIRECT).await,
         "larger than 256 bytes",
     );
+    // Without a Content-Length the bound holds while reading.
+    let url = server.url("/chunked.json");
+    server.serve(
+        "/chunked.json",
+        Doc::json(json!({
+            "client_id": url,
+            "client_name": "x".repeat(300),
+            "redirect_uris": [REDIRECT],
+        }))
+        .chunked(),
+    );
+    assert_refused(
+        &authorize(&env, &url, REDIRECT).await,
+        "larger than 256 bytes",
+    );
+    // A small chunked document is read whole: the refusal above is the size, not the chunks.
+    let url = server.url("/small-chunked.json");
+    server.serve(
+        "/small-chunked.json",
+        Doc::json(json!({"client_id": url, "redirect_uris": [REDIRECT]})).chunked(),
+    );
+    let r = authorize(&env, &url, REDIRECT).await;
+    assert_eq!(r.status, StatusCode::OK, "the sign-in page: {}", r.body);
 }
 
 #[tokio::test]
@@ -520,6 +558,7 @@ async fn redirects_are_not_followed_and_failures_name_their_reason() {
             status: 302,
             headers: vec![("location", target.clone())],
             body: String::new(),
+            chunked: false,
         },
     );
     assert_refused(
@@ -662,6 +701,19 @@ async fn a_failure_is_remembered_briefly_so_requests_do_not_each_fetch() {
     env.advance(1);
     assert_eq!(authorize(&env, &url, REDIRECT).await.status, StatusCode::OK);
     assert_eq!(server.fetches(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_arriving_together_for_one_document_fetch_it_once() {
+    let server = DocServer::start().await;
+    let env = env_with(&server, PRIVATE_OK);
+    let url = server.serve_client("/popular.json", &[REDIRECT]);
+    let answers =
+        futures_util::future::join_all((0..6).map(|_| authorize(&env, &url, REDIRECT))).await;
+    for r in &answers {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    assert_eq!(server.fetches(), 1, "one fetch, the others read its answer");
 }
 
 /// An ES256 key for client assertions: its public JWK and a signer of compact JWSs.

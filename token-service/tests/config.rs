@@ -666,6 +666,11 @@ fn client_metadata_documents_and_the_outbound_ca_are_checked_at_load_naming_the_
         ("{max_document_bytes: 100}", "max_document_bytes"),
         ("{cache_seconds: 100000}", "cache_seconds"),
         ("{allowed_hosts: ['*']}", "allowed_hosts[0]"),
+        (
+            "{allowed_hosts: [a.example, 'b.example:8443']}",
+            "allowed_hosts[1]",
+        ),
+        ("{max_document_bytes: 1048576}", "max_document_bytes"),
         ("{enabled: true, fetch: always}", "fetch"),
     ] {
         let e = err(&with_documents(settings));
