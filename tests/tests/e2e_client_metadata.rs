@@ -1,8 +1,9 @@
 //! Client ID Metadata Documents end to end: the official Python SDK's `OAuthClientProvider`
 //! with `client_metadata_url` signs in through the real token service, Envoy and filter, its
 //! document served over HTTPS by this test with a CA made here and given to the token service
-//! as `outbound.extra_ca_file`, and calls a tool. The refusals (allowed hosts, private
-//! addresses, size, `client_id` mismatch, redirect URIs) are the token service's own tests
+//! as `outbound.extra_ca_file`, and calls a tool; the real token service refuses a host outside
+//! `allowed_hosts` and a name resolving to a private address. Every refusal (size, `client_id`
+//! mismatch, redirect URIs, redirects, the cache) is in the token service's own tests
 //! (`token-service/tests/client_metadata.rs`), with real HTTPS too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -217,4 +218,78 @@ async fn the_python_sdk_signs_in_with_a_client_metadata_document_and_calls_a_too
     assert_eq!(out["client_id"], json!(client_metadata_url), "{out}");
     assert!(out["token"]["refresh_token"].is_string(), "{out}");
     assert!(documents.fetches.load(Ordering::SeqCst) >= 1);
+}
+
+/// The real token service refuses, before any fetch or after name resolution, documents it may
+/// not fetch; a client probing for JSON (as mcp-remote does) reads why.
+#[tokio::test]
+async fn the_token_service_refuses_documents_it_may_not_fetch_and_says_why() {
+    let redirect = redirect_uri();
+    let documents = {
+        let redirect = redirect.clone();
+        DocumentServer::start(
+            "/oauth/client.json",
+            move |url| json!({"client_id": url, "redirect_uris": [redirect]}),
+        )
+        .await
+    };
+    let ca = documents.ca.clone();
+    let stack = Stack::start_with(StackOptions {
+        config_hook: Some(Box::new(move |config: &mut Value| {
+            // Production settings: only one host, no private addresses.
+            config["authorization_server"]["client_id_metadata_documents"] =
+                json!({"enabled": true, "allowed_hosts": ["localhost"]});
+            config["outbound"] = json!({"extra_ca_file": ca});
+        })),
+        envoy: false,
+        ..StackOptions::default()
+    })
+    .await;
+    let port = documents.addr.port();
+    let probe = |client_id: String| {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/authorize", stack.issuer()),
+            &[
+                ("response_type", "code"),
+                ("client_id", client_id.as_str()),
+                ("redirect_uri", redirect.as_str()),
+                (
+                    "code_challenge",
+                    "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+                ),
+                ("code_challenge_method", "S256"),
+                ("state", "s"),
+            ],
+        )
+        .unwrap();
+        async move {
+            let r = warden_e2e::http_client()
+                .get(url)
+                .header("accept", "application/json")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400);
+            assert!(r.headers().get("location").is_none());
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    // A host outside allowed_hosts: refused before anything is fetched.
+    let e = probe(format!("https://127.0.0.1:{port}/oauth/client.json")).await;
+    assert_eq!(e["error"], "invalid_client", "{e}");
+    assert!(
+        e["error_description"].as_str().unwrap().contains("allowed"),
+        "{e}"
+    );
+    // An allowed host whose name resolves to loopback: refused by the resolver, unconnected.
+    let e = probe(format!("https://localhost:{port}/oauth/client.json")).await;
+    assert_eq!(e["error"], "invalid_client", "{e}");
+    assert!(
+        e["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("not a public address"),
+        "{e}"
+    );
+    assert_eq!(documents.fetches.load(Ordering::SeqCst), 0);
 }
