@@ -28,6 +28,7 @@ pub mod istio;
 pub mod jwt;
 pub mod python;
 pub mod replicas;
+pub mod tls;
 pub mod webdriver;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

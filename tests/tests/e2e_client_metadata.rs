@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -27,15 +27,13 @@ struct DocumentServer {
 impl DocumentServer {
     async fn start(path: &'static str, document: impl Fn(&str) -> Value) -> DocumentServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        make_certificates(dir.path());
-        let certs: Vec<_> =
-            rustls::pki_types::pem::PemObject::pem_file_iter(dir.path().join("server.pem"))
-                .expect("server.pem")
-                .collect::<Result<_, _>>()
-                .expect("certificates");
+        let made = warden_e2e::tls::test_certificate(dir.path(), "documents", &["IP:127.0.0.1"]);
+        let certs: Vec<_> = rustls::pki_types::pem::PemObject::pem_file_iter(&made.cert)
+            .expect("the server certificate")
+            .collect::<Result<_, _>>()
+            .expect("certificates");
         let key: rustls::pki_types::PrivateKeyDer<'static> =
-            rustls::pki_types::pem::PemObject::from_pem_file(dir.path().join("server.key"))
-                .expect("server.key");
+            rustls::pki_types::pem::PemObject::from_pem_file(&made.key).expect("the server key");
         let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
@@ -85,7 +83,7 @@ impl DocumentServer {
         DocumentServer {
             addr,
             fetches,
-            ca: dir.path().join("ca.pem"),
+            ca: made.ca,
             _dir: dir,
         }
     }
@@ -93,79 +91,6 @@ impl DocumentServer {
     fn url(&self, path: &str) -> String {
         format!("https://127.0.0.1:{}{path}", self.addr.port())
     }
-}
-
-/// A CA and a server certificate for 127.0.0.1, with the openssl command.
-fn make_certificates(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .expect("run openssl (Debian package openssl)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=warden e2e document CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write server.ext");
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "server.ext",
-    ]);
 }
 
 #[tokio::test]

@@ -99,87 +99,15 @@ fn extension_config(objects: &Objects) -> Value {
 }
 
 /// A test CA (trusted by this process's clients from now on) and the gateway's certificate for
-/// both hosts, made with the openssl command: (certificate, key) files.
+/// both hosts: (certificate, key) files.
 fn gateway_certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl (Debian package openssl)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=warden e2e CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign",
-            ],
-        ]
-        .concat(),
+    let made = warden_e2e::tls::test_certificate(
+        dir,
+        "gateway",
+        &[&format!("DNS:{MCP_HOST}"), &format!("DNS:{ISSUER_HOST}")],
     );
-    openssl(
-        &[
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                "gateway.key",
-                "-out",
-                "gateway.csr",
-                "-subj",
-                &format!("/CN={MCP_HOST}"),
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("gateway.ext"),
-        format!("subjectAltName=DNS:{MCP_HOST},DNS:{ISSUER_HOST}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"),
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "gateway.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "gateway.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "gateway.ext",
-    ]);
-    trust_ca(&std::fs::read(dir.join("ca.pem")).unwrap());
-    (dir.join("gateway.pem"), dir.join("gateway.key"))
+    trust_ca(&std::fs::read(&made.ca).unwrap());
+    (made.cert, made.key)
 }
 
 async fn render_istio(config: &Path, filter_digest: &str) -> String {
