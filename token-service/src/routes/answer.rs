@@ -64,30 +64,32 @@ pub(super) fn refusal_json(r: Refusal) -> Error {
             error: "invalid_client",
             description,
         },
-        Refusal::PendingFull => match refusal(Refusal::PendingFull) {
-            Error::RetryLater {
-                status,
-                error,
-                description,
-                retry_after,
-                ..
-            } => Error::RetryLater {
-                status,
-                error,
-                description,
-                retry_after,
-                page: false,
-            },
-            other => other,
+        other => error_as_json(refusal(other)),
+    }
+}
+
+/// An error meant as a page, as OAuth JSON (`invalid_request`, or the wait it asks for).
+pub(super) fn error_as_json(e: Error) -> Error {
+    match e {
+        Error::RetryLater {
+            status,
+            error,
+            description,
+            retry_after,
+            ..
+        } => Error::RetryLater {
+            status,
+            error,
+            description,
+            retry_after,
+            page: false,
         },
-        other => match refusal(other) {
-            Error::Page { status, message } => Error::OAuth {
-                status,
-                error: "invalid_request",
-                description: message,
-            },
-            e => e,
+        Error::Page { status, message } => Error::OAuth {
+            status,
+            error: "invalid_request",
+            description: message,
         },
+        e => e,
     }
 }
 

@@ -7,7 +7,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 
-use super::answer::{refusal_json, respond, respond_to, run};
+use super::answer::{error_as_json, respond, respond_to, run};
 use super::http::{
     admit_new_flow, browser, browser_cookies, form_params, prefers_json, query_params,
     resolve_document_client, ClientAddr,
@@ -27,7 +27,7 @@ pub(super) async fn authorize(
 ) -> Result<Response> {
     let json = prefers_json(&headers);
     if let Err(e) = admit_new_flow(&s, client).await {
-        return Err(if json { as_json(e) } else { e });
+        return Err(if json { error_as_json(e) } else { e });
     }
     let params = query_params(query);
     if let Err(e) = resolve_document_client(&s, params.get("client_id")).await {
@@ -43,27 +43,6 @@ pub(super) async fn authorize(
         .blocking(move |st| Ok(sign_in::authorize(&browser(st), &params, cookies)?))
         .await?;
     Ok(respond_to(&s, answer, json))
-}
-
-/// An error meant as a page, as OAuth JSON.
-fn as_json(e: Error) -> Error {
-    match e {
-        Error::RetryLater {
-            status,
-            error,
-            description,
-            retry_after,
-            ..
-        } => Error::RetryLater {
-            status,
-            error,
-            description,
-            retry_after,
-            page: false,
-        },
-        Error::Page { message, .. } => refusal_json(Refusal::BadRequest(message)),
-        e => e,
-    }
 }
 
 pub(super) async fn login(
