@@ -1097,3 +1097,39 @@ async fn keys_that_cannot_be_fetched_refuse_with_the_reason() {
         "keys are unavailable",
     );
 }
+
+#[tokio::test]
+async fn a_jti_of_a_client_and_of_an_issuer_spelled_alike_are_apart() {
+    let idp = TestKey::new("ES256", "idp");
+    let client_key = TestKey::new("ES256", "c");
+    let server = KeyServer::start(&[&idp]).await;
+    // A client whose client_id is the ID-JAG issuer's URL.
+    let env = env_with(
+        &format!("{}{AGENT}", inline_client(&server.base, &[&client_key])),
+        &issuers_yaml(&server, true),
+    );
+    let now = env.state.now();
+    let mut jag = id_jag_claims(&server, now);
+    jag["jti"] = json!("shared-jti");
+    let r = exchange(
+        &env,
+        &idp.sign(&jag, json!({"typ": "oauth-id-jag+jwt"})),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let mut assertion = assertion_claims(&server.base, now);
+    assertion["jti"] = json!("shared-jti");
+    let r = revoke_with(&env, &client_key.sign(&assertion, json!({}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Each is still a replay of its own kind.
+    let r = revoke_with(&env, &client_key.sign(&assertion, json!({}))).await;
+    assert_refused(&r, StatusCode::UNAUTHORIZED, "invalid_client", "replay");
+    let r = exchange(
+        &env,
+        &idp.sign(&jag, json!({"typ": "oauth-id-jag+jwt"})),
+        &[],
+    )
+    .await;
+    assert_refused(&r, StatusCode::BAD_REQUEST, "invalid_grant", "replay");
+}

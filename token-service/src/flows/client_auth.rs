@@ -10,7 +10,7 @@ use super::RegisteredClient;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::jws::{self, Jwk};
-use crate::store::{Store, MAX_JTI_LEN};
+use crate::store::{client_assertions, Store, MAX_JTI_LEN};
 
 /// `client_assertion_type` of a JWT client assertion.
 pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -125,7 +125,8 @@ pub fn verify(
     }
     let exp = lifetime(claims, now).map_err(|m| refuse(format!("client assertion: {m}")))?;
     let jti = jti(claims).map_err(|m| refuse(format!("client assertion: {m}")))?;
-    if !store.use_assertion_id(&client.client_id, jti, exp.saturating_add(LEEWAY))? {
+    let ledger = client_assertions(&client.client_id);
+    if !store.use_assertion_id(&ledger, jti, exp.saturating_add(LEEWAY))? {
         tracing::warn!(client_id = %client.client_id, "client assertion replayed");
         return Err(refuse("client assertion: jti was already used (replay)"));
     }
