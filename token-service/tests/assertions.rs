@@ -1133,3 +1133,43 @@ async fn a_jti_of_a_client_and_of_an_issuer_spelled_alike_are_apart() {
     .await;
     assert_refused(&r, StatusCode::BAD_REQUEST, "invalid_grant", "replay");
 }
+
+#[tokio::test]
+async fn an_id_jag_without_groups_keeps_the_groups_stored_for_the_user() {
+    let key = TestKey::new("ES256", "idp");
+    let server = KeyServer::start(&[&key]).await;
+    let env = env_with(AGENT, &issuers_yaml(&server, true));
+    let typ = json!({"typ": "oauth-id-jag+jwt"});
+    let user = format!("{}#u-42", server.base);
+    let stored_groups = |env: &TestEnv| {
+        let (store, user) = (env.state.store().clone(), user.clone());
+        async move {
+            tokio::task::spawn_blocking(move || store.idp_user(&user).unwrap().unwrap().groups)
+                .await
+                .unwrap()
+        }
+    };
+    // The ID-JAG with groups stores them, as a browser sign-in would.
+    let r = exchange(
+        &env,
+        &key.sign(&id_jag_claims(&server, env.state.now()), typ.clone()),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(stored_groups(&env).await, ["reporting", "demo"]);
+    // One without the claim keeps them, and its TE carries them.
+    let mut claims = id_jag_claims(&server, env.state.now());
+    claims.as_object_mut().unwrap().remove("roles");
+    let r = exchange(&env, &key.sign(&claims, typ.clone()), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(stored_groups(&env).await, ["reporting", "demo"]);
+    let te = jwt_claims(r.json()["access_token"].as_str().unwrap());
+    assert_eq!(te["groups"], json!(["reporting", "demo"]));
+    // One with the claim, even empty, replaces them.
+    let mut claims = id_jag_claims(&server, env.state.now());
+    claims["roles"] = json!([]);
+    let r = exchange(&env, &key.sign(&claims, typ), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(stored_groups(&env).await.is_empty());
+}

@@ -156,9 +156,15 @@ pub fn accept(
             .or_else(|| text("preferred_username"))
             .unwrap_or_default()
             .to_owned(),
-        groups: lookup(claims, &issuer.groups_claim)
-            .map(groups)
-            .unwrap_or_default(),
+        groups: match lookup(claims, &issuer.groups_claim) {
+            Some(v) => groups(v),
+            // No claim: the groups a sign-in stored stay (the same user's, when the issuer is
+            // also `identity_provider.oidc`'s), not wiped.
+            None => store
+                .idp_user(&user_key(iss, sub))?
+                .map(|u| u.groups)
+                .unwrap_or_default(),
+        },
     };
     store.put_idp_user(&IdpUserRecord {
         key: user.sub.clone(),
