@@ -388,6 +388,25 @@ async fn client_assertions_are_refused_for_every_flaw() {
             "aud must be",
         ),
         (
+            "our audience among others (audience injection)",
+            key.sign(
+                &with(
+                    "aud",
+                    json!(["https://elsewhere.example/token", format!("{ISSUER}/token")]),
+                ),
+                json!({}),
+            ),
+            "aud must be a single value",
+        ),
+        (
+            "our audience twice",
+            key.sign(
+                &with("aud", json!([ISSUER, format!("{ISSUER}/token")])),
+                json!({}),
+            ),
+            "aud must be a single value",
+        ),
+        (
             "unknown kid",
             other.sign(&good(), json!({})),
             "does not publish",
