@@ -6,11 +6,17 @@
 //! A key set is used for `KEYS_TTL`; an assertion naming a `kid` the set lacks fetches it
 //! again, but one URL is fetched at most once per `REFETCH_INTERVAL` (a stream of made-up
 //! `kid`s costs the key's host nothing). A fetch that failed is not retried sooner either.
+//! A set fetched before still serves while its host fails, but not once `MAX_KEYS_AGE` has
+//! passed without a successful fetch: a key its owner removed is not accepted for ever.
 //!
 //! Two kinds of URL: an operator's (`clients[].jwks_uri`, an issuer's), trusted like the
 //! identity provider's (https, or http on a loopback host, checked at load); and a client's
 //! own (DCR, metadata documents), which goes through [`fetch_client_jwks`] only: `outbound`'s
 //! guarded fetcher (https, no redirects, addresses checked after DNS).
+//!
+//! Operator entries are kept apart from client entries: they are as many as the config names
+//! and never evicted; client entries are at most `MAX_CLIENT_ENTRIES`, the oldest going first,
+//! so clients registering many `jwks_uri`s cannot push the operator's keys out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,8 +33,11 @@ const KEYS_TTL: i64 = 900;
 pub const REFETCH_INTERVAL: i64 = 10;
 /// An issuer's discovery document serves this long (seconds).
 const DISCOVERY_TTL: i64 = 3600;
-/// URLs remembered at most (key sets and discovered issuers): the oldest goes first.
-const MAX_ENTRIES: usize = 1024;
+/// A fetched key set stops serving (seconds) when no fetch of its URL has succeeded for this
+/// long: the keys are refused, with the URL's failure as the reason.
+pub const MAX_KEYS_AGE: i64 = 24 * 3600;
+/// Client URLs remembered at most: the oldest goes first. Operator URLs are not counted.
+const MAX_CLIENT_ENTRIES: usize = 1024;
 /// Largest JWKS or discovery document read.
 const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,6 +56,8 @@ struct Entry {
     keys: Arc<Vec<Jwk>>,
     /// When the last fetch was made (unix seconds), whatever it came to; 0: never.
     fetched_at: i64,
+    /// When the last successful fetch was made (unix seconds); 0: never.
+    succeeded_at: i64,
     /// Why the last fetch failed, when it did.
     error: Option<String>,
 }
@@ -61,8 +72,56 @@ struct Discovered {
 pub struct JwksCache {
     http: reqwest::Client,
     guarded: GuardedFetcher,
-    keys: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Entry>>>>,
-    issuers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Discovered>>>>,
+    keys: Mutex<Slots<Entry>>,
+    issuers: Mutex<Slots<Discovered>>,
+}
+
+type Slot<T> = Arc<tokio::sync::Mutex<T>>;
+
+/// Entries by URL: the operator's (bounded by the config, never evicted) apart from the
+/// clients' (at most `MAX_CLIENT_ENTRIES`, the oldest evicted first).
+struct Slots<T> {
+    operator: HashMap<String, Slot<T>>,
+    /// With the order each was made in.
+    client: HashMap<String, (u64, Slot<T>)>,
+    made: u64,
+}
+
+impl<T: Default> Slots<T> {
+    fn new() -> Self {
+        Self {
+            operator: HashMap::new(),
+            client: HashMap::new(),
+            made: 0,
+        }
+    }
+
+    /// The entry for `key`, made when missing; the oldest client entry goes when the clients'
+    /// part is full.
+    fn get(&mut self, origin: Origin, key: &str) -> Slot<T> {
+        match origin {
+            Origin::Operator => self.operator.entry(key.to_owned()).or_default().clone(),
+            Origin::Client => {
+                if let Some((_, s)) = self.client.get(key) {
+                    return s.clone();
+                }
+                if self.client.len() >= MAX_CLIENT_ENTRIES {
+                    let oldest = self
+                        .client
+                        .iter()
+                        .min_by_key(|(_, (made, _))| *made)
+                        .map(|(k, _)| k.clone());
+                    if let Some(k) = oldest {
+                        self.client.remove(&k);
+                    }
+                }
+                self.made += 1;
+                let s = Slot::default();
+                self.client.insert(key.to_owned(), (self.made, s.clone()));
+                s
+            }
+        }
+    }
 }
 
 impl JwksCache {
@@ -72,8 +131,8 @@ impl JwksCache {
         Self {
             http,
             guarded,
-            keys: Mutex::new(HashMap::new()),
-            issuers: Mutex::new(HashMap::new()),
+            keys: Mutex::new(Slots::new()),
+            issuers: Mutex::new(Slots::new()),
         }
     }
 
@@ -87,7 +146,7 @@ impl JwksCache {
         now: i64,
     ) -> Result<Arc<Vec<Jwk>>, String> {
         // Per origin too: a URL a client chose never reads what an operator's fetch cached.
-        let slot = slot(&self.keys, &format!("{origin:?} {url}"))?;
+        let slot = slot(&self.keys, origin, url)?;
         let mut entry = slot.lock().await;
         let stale = now.saturating_sub(entry.fetched_at) >= KEYS_TTL;
         let lacks_kid =
@@ -103,6 +162,7 @@ impl JwksCache {
             match fetched {
                 Ok(keys) => {
                     entry.keys = Arc::new(keys);
+                    entry.succeeded_at = now;
                     entry.error = None;
                 }
                 Err(e) => {
@@ -111,9 +171,13 @@ impl JwksCache {
                 }
             }
         }
-        // A set fetched before still serves while its host fails to answer.
+        // A set fetched before still serves while its host fails to answer, for a while.
         match &entry.error {
             Some(e) if entry.keys.is_empty() => Err(format!("the keys at {url}: {e}")),
+            Some(e) if now.saturating_sub(entry.succeeded_at) >= MAX_KEYS_AGE => Err(format!(
+                "the keys at {url}: {e} (no successful fetch for {} hours)",
+                MAX_KEYS_AGE / 3600
+            )),
             _ => Ok(entry.keys.clone()),
         }
     }
@@ -122,7 +186,8 @@ impl JwksCache {
     /// (`/.well-known/openid-configuration`, else `/.well-known/oauth-authorization-server`),
     /// which must name the issuer exactly.
     pub async fn issuer_jwks_uri(&self, issuer: &str, now: i64) -> Result<String, String> {
-        let slot = slot(&self.issuers, issuer)?;
+        // Only configured issuers get here: the operator's.
+        let slot = slot(&self.issuers, Origin::Operator, issuer)?;
         let mut d = slot.lock().await;
         let fresh = now.saturating_sub(d.fetched_at) < DISCOVERY_TTL && d.error.is_none();
         let may_fetch = now.saturating_sub(d.fetched_at) >= REFETCH_INTERVAL;
@@ -152,13 +217,8 @@ impl JwksCache {
             issuer: String,
             jwks_uri: String,
         }
-        let base = issuer.trim_end_matches('/');
         let mut last = String::new();
-        for path in [
-            "/.well-known/openid-configuration",
-            "/.well-known/oauth-authorization-server",
-        ] {
-            let url = format!("{base}{path}");
+        for url in discovery_urls(issuer)? {
             match fetch_bounded(&self.http, &url).await {
                 Ok(body) => {
                     let d: Discovery = serde_json::from_slice(&body)
@@ -175,26 +235,31 @@ impl JwksCache {
     }
 }
 
-/// The entry for `key`, made when missing; the oldest entry goes when the map is full.
-fn slot<T: Default>(
-    map: &Mutex<HashMap<String, Arc<tokio::sync::Mutex<T>>>>,
-    key: &str,
-) -> Result<Arc<tokio::sync::Mutex<T>>, String> {
-    let mut map = map
+/// The entry for `key` of `origin`, made when missing.
+fn slot<T: Default>(slots: &Mutex<Slots<T>>, origin: Origin, key: &str) -> Result<Slot<T>, String> {
+    let mut slots = slots
         .lock()
         .map_err(|_| "the key cache is unusable (poisoned)".to_owned())?;
-    if let Some(s) = map.get(key) {
-        return Ok(s.clone());
-    }
-    if map.len() >= MAX_ENTRIES {
-        // Not the oldest exactly (no order is kept), but bounded: any entry may go.
-        if let Some(k) = map.keys().next().cloned() {
-            map.remove(&k);
-        }
-    }
-    let s = Arc::new(tokio::sync::Mutex::new(T::default()));
-    map.insert(key.to_owned(), s.clone());
-    Ok(s)
+    Ok(slots.get(origin, key))
+}
+
+/// Where `issuer`'s discovery document may be: OpenID Connect Discovery's
+/// `{issuer}/.well-known/openid-configuration`, then RFC 8414's, whose well-known segment goes
+/// between the host and the issuer's path (§3.1): `https://host/.well-known/oauth-authorization-server/path`.
+pub fn discovery_urls(issuer: &str) -> Result<[String; 2], String> {
+    let url = url::Url::parse(issuer).map_err(|e| format!("the issuer {issuer}: {e}"))?;
+    let path = url.path().trim_end_matches('/');
+    let mut origin = url.clone();
+    origin.set_path("");
+    origin.set_query(None);
+    let origin = origin.as_str().trim_end_matches('/').to_owned();
+    Ok([
+        format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        ),
+        format!("{origin}/.well-known/oauth-authorization-server{path}"),
+    ])
 }
 
 /// Whether a client may register `uri` as its `jwks_uri`: an https URL with a host, no
@@ -269,6 +334,66 @@ mod tests {
         ] {
             assert!(check_client_jwks_uri(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn client_entries_never_evict_the_operators_and_go_oldest_first() {
+        let mut slots = Slots::<Entry>::new();
+        let operator = slots.get(Origin::Operator, "https://idp.example/jwks");
+        let first = slots.get(Origin::Client, "https://c0.example/jwks");
+        let second = slots.get(Origin::Client, "https://c1.example/jwks");
+        // The first is used again: eviction goes by age, whatever was read since.
+        assert!(Arc::ptr_eq(
+            &first,
+            &slots.get(Origin::Client, "https://c0.example/jwks")
+        ));
+        for i in 2..MAX_CLIENT_ENTRIES + 10 {
+            slots.get(Origin::Client, &format!("https://c{i}.example/jwks"));
+        }
+        assert_eq!(slots.client.len(), MAX_CLIENT_ENTRIES);
+        assert_eq!(slots.operator.len(), 1);
+        assert!(Arc::ptr_eq(
+            &operator,
+            &slots.get(Origin::Operator, "https://idp.example/jwks")
+        ));
+        // The ten oldest went, in order; the newest stayed.
+        for i in 0..10 {
+            assert!(!slots
+                .client
+                .contains_key(&format!("https://c{i}.example/jwks")));
+        }
+        assert!(!Arc::ptr_eq(
+            &second,
+            &slots.get(Origin::Client, "https://c1.example/jwks")
+        ));
+        let last = format!("https://c{}.example/jwks", MAX_CLIENT_ENTRIES + 9);
+        assert!(slots.client.contains_key(&last));
+        // An operator URL and a client URL alike are two entries.
+        let same = slots.get(Origin::Client, "https://idp.example/jwks");
+        assert!(!Arc::ptr_eq(&operator, &same));
+    }
+
+    #[test]
+    fn rfc8414_puts_the_well_known_segment_before_the_issuers_path() {
+        assert_eq!(
+            discovery_urls("https://idp.example/tenants/acme").unwrap(),
+            [
+                "https://idp.example/tenants/acme/.well-known/openid-configuration".to_owned(),
+                "https://idp.example/.well-known/oauth-authorization-server/tenants/acme"
+                    .to_owned(),
+            ]
+        );
+        assert_eq!(
+            discovery_urls("http://127.0.0.1:8080/").unwrap(),
+            [
+                "http://127.0.0.1:8080/.well-known/openid-configuration".to_owned(),
+                "http://127.0.0.1:8080/.well-known/oauth-authorization-server".to_owned(),
+            ]
+        );
+        assert_eq!(
+            discovery_urls("https://idp.example").unwrap()[1],
+            "https://idp.example/.well-known/oauth-authorization-server"
+        );
     }
 
     #[tokio::test]

@@ -157,6 +157,8 @@ struct KeyServer {
     base: String,
     jwks: Arc<Mutex<Value>>,
     fetches: Arc<AtomicUsize>,
+    /// The JWKS answers 503 while set.
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl KeyServer {
@@ -167,20 +169,37 @@ impl KeyServer {
             base: base.clone(),
             jwks: Arc::new(Mutex::new(json!({"keys": []}))),
             fetches: Arc::new(AtomicUsize::new(0)),
+            failing: Arc::default(),
         };
         server.publish(keys);
         let (jwks, fetches) = (server.jwks.clone(), server.fetches.clone());
+        let failing = server.failing.clone();
         let discovery = json!({"issuer": base, "jwks_uri": format!("{base}/jwks"),
                                "token_endpoint": format!("{base}/token")});
+        // An issuer with a path publishes RFC 8414 metadata only, at the well-known URL made
+        // from its host and path (§3.1).
+        let tenant =
+            json!({"issuer": format!("{base}/tenant"), "jwks_uri": format!("{base}/jwks")});
         let app = axum::Router::new()
             .route(
                 "/jwks",
                 axum::routing::get(move || {
-                    let (jwks, fetches) = (jwks.clone(), fetches.clone());
+                    let (jwks, fetches, failing) = (jwks.clone(), fetches.clone(), failing.clone());
                     async move {
+                        use axum::response::IntoResponse;
                         fetches.fetch_add(1, Ordering::SeqCst);
-                        axum::Json(jwks.lock().unwrap().clone())
+                        if failing.load(Ordering::SeqCst) {
+                            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                        }
+                        axum::Json(jwks.lock().unwrap().clone()).into_response()
                     }
+                }),
+            )
+            .route(
+                "/.well-known/oauth-authorization-server/tenant",
+                axum::routing::get(move || {
+                    let d = tenant.clone();
+                    async move { axum::Json(d) }
                 }),
             )
             .route(
@@ -197,6 +216,10 @@ impl KeyServer {
     fn publish(&self, keys: &[&TestKey]) {
         *self.jwks.lock().unwrap() =
             json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()});
+    }
+
+    fn fail(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
     }
 
     fn fetches(&self) -> usize {
@@ -363,6 +386,25 @@ async fn client_assertions_are_refused_for_every_flaw() {
             "audience of another endpoint",
             key.sign(&with("aud", json!(format!("{ISSUER}/register"))), json!({})),
             "aud must be",
+        ),
+        (
+            "our audience among others (audience injection)",
+            key.sign(
+                &with(
+                    "aud",
+                    json!(["https://elsewhere.example/token", format!("{ISSUER}/token")]),
+                ),
+                json!({}),
+            ),
+            "aud must be a single value",
+        ),
+        (
+            "our audience twice",
+            key.sign(
+                &with("aud", json!([ISSUER, format!("{ISSUER}/token")])),
+                json!({}),
+            ),
+            "aud must be a single value",
         ),
         (
             "unknown kid",
@@ -1096,4 +1138,136 @@ async fn keys_that_cannot_be_fetched_refuse_with_the_reason() {
         "invalid_grant",
         "keys are unavailable",
     );
+}
+
+#[tokio::test]
+async fn a_key_set_stops_serving_a_day_after_its_last_successful_fetch() {
+    let key = TestKey::new("ES256", "k");
+    let server = KeyServer::start(&[&key]).await;
+    let client = format!(
+        "  - client_id: uri-app\n    token_endpoint_auth_method: private_key_jwt\n    jwks_uri: {}/jwks\n    redirect_uris: [{REDIRECT}]\n",
+        server.base
+    );
+    let env = env_with(&client, "");
+    async fn revoke(env: &TestEnv, key: &TestKey) -> Resp {
+        let jwt = key.sign(&assertion_claims("uri-app", env.state.now()), json!({}));
+        revoke_with(env, &jwt).await
+    }
+    assert_eq!(revoke(&env, &key).await.status, StatusCode::OK);
+    server.fail(true);
+    // Past the key set's lifetime the host fails: the set fetched before still serves.
+    env.advance(1000);
+    let r = revoke(&env, &key).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // A day after the last successful fetch, it does not.
+    env.advance(24 * 3600 - 1000);
+    let r = revoke(&env, &key).await;
+    assert_refused(&r, StatusCode::UNAUTHORIZED, "invalid_client", "503");
+    assert_refused(
+        &r,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        "no successful fetch for 24 hours",
+    );
+    // The host answering again, the keys serve again.
+    server.fail(false);
+    env.advance(10);
+    let r = revoke(&env, &key).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+#[tokio::test]
+async fn an_issuer_with_a_path_is_discovered_at_the_rfc8414_url() {
+    let key = TestKey::new("ES256", "idp");
+    let server = KeyServer::start(&[&key]).await;
+    let issuers = format!(
+        "  identity_assertion_grant:\n    issuers:\n      - {{issuer: {}/tenant}}\n",
+        server.base
+    );
+    let env = env_with(AGENT, &issuers);
+    let mut claims = id_jag_claims(&server, env.state.now());
+    claims["iss"] = json!(format!("{}/tenant", server.base));
+    let r = exchange(
+        &env,
+        &key.sign(&claims, json!({"typ": "oauth-id-jag+jwt"})),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_jti_of_a_client_and_of_an_issuer_spelled_alike_are_apart() {
+    let idp = TestKey::new("ES256", "idp");
+    let client_key = TestKey::new("ES256", "c");
+    let server = KeyServer::start(&[&idp]).await;
+    // A client whose client_id is the ID-JAG issuer's URL.
+    let env = env_with(
+        &format!("{}{AGENT}", inline_client(&server.base, &[&client_key])),
+        &issuers_yaml(&server, true),
+    );
+    let now = env.state.now();
+    let mut jag = id_jag_claims(&server, now);
+    jag["jti"] = json!("shared-jti");
+    let r = exchange(
+        &env,
+        &idp.sign(&jag, json!({"typ": "oauth-id-jag+jwt"})),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let mut assertion = assertion_claims(&server.base, now);
+    assertion["jti"] = json!("shared-jti");
+    let r = revoke_with(&env, &client_key.sign(&assertion, json!({}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Each is still a replay of its own kind.
+    let r = revoke_with(&env, &client_key.sign(&assertion, json!({}))).await;
+    assert_refused(&r, StatusCode::UNAUTHORIZED, "invalid_client", "replay");
+    let r = exchange(
+        &env,
+        &idp.sign(&jag, json!({"typ": "oauth-id-jag+jwt"})),
+        &[],
+    )
+    .await;
+    assert_refused(&r, StatusCode::BAD_REQUEST, "invalid_grant", "replay");
+}
+
+#[tokio::test]
+async fn an_id_jag_without_groups_keeps_the_groups_stored_for_the_user() {
+    let key = TestKey::new("ES256", "idp");
+    let server = KeyServer::start(&[&key]).await;
+    let env = env_with(AGENT, &issuers_yaml(&server, true));
+    let typ = json!({"typ": "oauth-id-jag+jwt"});
+    let user = format!("{}#u-42", server.base);
+    let stored_groups = |env: &TestEnv| {
+        let (store, user) = (env.state.store().clone(), user.clone());
+        async move {
+            tokio::task::spawn_blocking(move || store.idp_user(&user).unwrap().unwrap().groups)
+                .await
+                .unwrap()
+        }
+    };
+    // The ID-JAG with groups stores them, as a browser sign-in would.
+    let r = exchange(
+        &env,
+        &key.sign(&id_jag_claims(&server, env.state.now()), typ.clone()),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(stored_groups(&env).await, ["reporting", "demo"]);
+    // One without the claim keeps them, and its TE carries them.
+    let mut claims = id_jag_claims(&server, env.state.now());
+    claims.as_object_mut().unwrap().remove("roles");
+    let r = exchange(&env, &key.sign(&claims, typ.clone()), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(stored_groups(&env).await, ["reporting", "demo"]);
+    let te = jwt_claims(r.json()["access_token"].as_str().unwrap());
+    assert_eq!(te["groups"], json!(["reporting", "demo"]));
+    // One with the claim, even empty, replaces them.
+    let mut claims = id_jag_claims(&server, env.state.now());
+    claims["roles"] = json!([]);
+    let r = exchange(&env, &key.sign(&claims, typ), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(stored_groups(&env).await.is_empty());
 }

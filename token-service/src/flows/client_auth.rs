@@ -10,7 +10,7 @@ use super::RegisteredClient;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::jws::{self, Jwk};
-use crate::store::{Store, MAX_JTI_LEN};
+use crate::store::{client_assertions, Store, MAX_JTI_LEN};
 
 /// `client_assertion_type` of a JWT client assertion.
 pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -115,17 +115,15 @@ pub fn verify(
     }
     let issuer = &config.authorization_server.issuer;
     let token_endpoint = format!("{issuer}/token");
-    if !audience_is(
+    single_audience(
         claims,
         &[issuer, &issuer_with_slash(issuer), &token_endpoint],
-    ) {
-        return Err(refuse(
-            "client assertion: aud must be the issuer or the token endpoint",
-        ));
-    }
+    )
+    .map_err(|m| refuse(format!("client assertion: {m}")))?;
     let exp = lifetime(claims, now).map_err(|m| refuse(format!("client assertion: {m}")))?;
     let jti = jti(claims).map_err(|m| refuse(format!("client assertion: {m}")))?;
-    if !store.use_assertion_id(&client.client_id, jti, exp.saturating_add(LEEWAY))? {
+    let ledger = client_assertions(&client.client_id);
+    if !store.use_assertion_id(&ledger, jti, exp.saturating_add(LEEWAY))? {
         tracing::warn!(client_id = %client.client_id, "client assertion replayed");
         return Err(refuse("client assertion: jti was already used (replay)"));
     }
@@ -148,6 +146,33 @@ pub fn audience_is(claims: &Map<String, Value>, accepted: &[&str]) -> bool {
             .filter_map(Value::as_str)
             .any(|a| accepted.contains(&a)),
         _ => false,
+    }
+}
+
+/// A client assertion's `aud`: one value (a string, or an array of exactly one), which must be
+/// one of `accepted`. An array naming other audiences beside ours is refused: an assertion
+/// made for another server must not be good here too (audience injection, RFC 7523bis).
+pub fn single_audience(
+    claims: &Map<String, Value>,
+    accepted: &[&str],
+) -> std::result::Result<(), String> {
+    let aud = match claims.get("aud") {
+        Some(Value::String(a)) => a.as_str(),
+        Some(Value::Array(all)) if all.len() == 1 && all[0].is_string() => {
+            all[0].as_str().unwrap_or_default()
+        }
+        Some(Value::Array(_)) => {
+            return Err(
+                "aud must be a single value (a string or an array of one), the issuer or the token endpoint"
+                    .into(),
+            )
+        }
+        _ => return Err("aud must be the issuer or the token endpoint".into()),
+    };
+    if accepted.contains(&aud) {
+        Ok(())
+    } else {
+        Err("aud must be the issuer or the token endpoint".into())
     }
 }
 
@@ -213,6 +238,31 @@ mod tests {
             &ok
         ));
         assert!(!audience_is(&claims(json!({})), &ok));
+    }
+
+    #[test]
+    fn a_client_assertions_audience_is_one_value() {
+        let ok = ["https://as.example", "https://as.example/token"];
+        let aud = |v: Value| single_audience(&claims(json!({ "aud": v })), &ok);
+        assert_eq!(aud(json!("https://as.example")), Ok(()));
+        assert_eq!(aud(json!("https://as.example/token")), Ok(()));
+        assert_eq!(aud(json!(["https://as.example/token"])), Ok(()));
+        for bad in [
+            json!(["https://other.example", "https://as.example/token"]),
+            json!(["https://as.example", "https://as.example/token"]),
+            json!([]),
+            json!([42]),
+            json!("https://as.example/revoke"),
+            json!(["https://as.example/revoke"]),
+            json!(42),
+        ] {
+            let e = aud(bad.clone()).expect_err(&bad.to_string());
+            assert!(e.contains("aud must be"), "{e}");
+        }
+        assert!(aud(json!(["https://other.example", "https://as.example"]))
+            .unwrap_err()
+            .contains("single value"));
+        assert!(single_audience(&claims(json!({})), &ok).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::identity::Identity;
 use crate::jws;
 use crate::oidc::claims::{lookup, user_key};
-use crate::store::{Grant, IdpUserRecord, Store};
+use crate::store::{id_jag_issuer, Grant, IdpUserRecord, Store};
 
 /// The JWT `typ` of an ID-JAG.
 pub const ID_JAG_TYP: &str = "oauth-id-jag+jwt";
@@ -145,7 +145,7 @@ pub fn accept(
         })
         .ok_or_else(|| refuse("ID-JAG: the assertion carries no email"))?;
     let scope = granted_scope(params.get("scope"), &route.scopes, text("scope"))?;
-    if !store.use_assertion_id(iss, jti, exp.saturating_add(LEEWAY))? {
+    if !store.use_assertion_id(&id_jag_issuer(iss), jti, exp.saturating_add(LEEWAY))? {
         tracing::warn!(client_id = %client.client_id, iss, "ID-JAG replayed");
         return Err(refuse("ID-JAG: jti was already used (replay)"));
     }
@@ -156,9 +156,15 @@ pub fn accept(
             .or_else(|| text("preferred_username"))
             .unwrap_or_default()
             .to_owned(),
-        groups: lookup(claims, &issuer.groups_claim)
-            .map(groups)
-            .unwrap_or_default(),
+        groups: match lookup(claims, &issuer.groups_claim) {
+            Some(v) => groups(v),
+            // No claim: the groups a sign-in stored stay (the same user's, when the issuer is
+            // also `identity_provider.oidc`'s), not wiped.
+            None => store
+                .idp_user(&user_key(iss, sub))?
+                .map(|u| u.groups)
+                .unwrap_or_default(),
+        },
     };
     store.put_idp_user(&IdpUserRecord {
         key: user.sub.clone(),

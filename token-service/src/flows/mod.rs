@@ -30,11 +30,22 @@ use crate::config::{Config, TokenEndpointAuthMethod};
 use crate::store::Store;
 
 /// How a client's secret is known: from the operator config (plain) or from DCR (digest).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum ClientSecret {
     None,
     Configured(String),
     Hashed(String),
+}
+
+impl std::fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The configured secret is a credential, the digest nearly one: neither is shown.
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Configured(_) => f.write_str("Configured(<redacted>)"),
+            Self::Hashed(_) => f.write_str("Hashed(<redacted>)"),
+        }
+    }
 }
 
 /// A client as the flows see it, whichever way it was registered.

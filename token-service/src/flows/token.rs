@@ -22,7 +22,7 @@ use crate::keyring::KeySet;
 use crate::store::{AuthCode, CodeLookup, Grant, Redemption, RefreshToken, Store};
 
 /// The client credentials a token request carried, before they are checked.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct ClientCredentials {
     /// From `Authorization: Basic`, already form-urldecoded (RFC 6749 §2.3.1).
     pub basic: Option<(String, String)>,
@@ -30,6 +30,22 @@ pub struct ClientCredentials {
     pub client_secret: Option<String>,
     /// `client_assertion` and `client_assertion_type` (`private_key_jwt`).
     pub assertion: Option<ClientAssertion>,
+}
+
+impl std::fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets stay out of any debug output: only whether one was given shows.
+        let redacted = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("ClientCredentials")
+            .field(
+                "basic",
+                &self.basic.as_ref().map(|(id, _)| (id, "<redacted>")),
+            )
+            .field("client_id", &self.client_id)
+            .field("client_secret", &redacted(&self.client_secret))
+            .field("assertion", &self.assertion)
+            .finish()
+    }
 }
 
 /// Parses an `Authorization` header value as HTTP Basic client credentials.
@@ -545,6 +561,41 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let creds = ClientCredentials {
+            basic: Some(("app".into(), "basic-secret-1".into())),
+            client_id: Some("app".into()),
+            client_secret: Some("post-secret-2".into()),
+            assertion: None,
+        };
+        let shown = format!("{creds:?}");
+        assert!(!shown.contains("basic-secret-1"), "{shown}");
+        assert!(!shown.contains("post-secret-2"), "{shown}");
+        assert!(
+            shown.contains("app") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        let mut client = crate::flows::RegisteredClient {
+            client_id: "app".into(),
+            client_name: None,
+            auth_method: crate::config::TokenEndpointAuthMethod::ClientSecretBasic,
+            secret: crate::flows::ClientSecret::Configured("configured-secret-3".into()),
+            redirect_uris: Vec::new(),
+            grant_types: Vec::new(),
+            pre_registered: true,
+            skip_consent: false,
+            jwks: None,
+            jwks_uri: None,
+            document_host: None,
+        };
+        let shown = format!("{client:?}");
+        assert!(!shown.contains("configured-secret-3"), "{shown}");
+        client.secret = crate::flows::ClientSecret::Hashed("digest-4".into());
+        let shown = format!("{client:?}");
+        assert!(!shown.contains("digest-4"), "{shown}");
+    }
 
     #[test]
     fn basic_credentials_are_form_decoded() {

@@ -25,7 +25,7 @@ pub mod sqlite;
 mod upstream;
 
 pub use app_sessions::AppSessions;
-pub use assertion_ids::{AssertionIds, MAX_JTI_LEN};
+pub use assertion_ids::{client_assertions, id_jag_issuer, AssertionIds, MAX_JTI_LEN};
 pub use clients::Clients;
 pub use codes::Codes;
 pub use error::{Result, StoreError};
