@@ -264,6 +264,15 @@ impl Jws<'_> {
         }
     }
 
+    /// Verifies with the key in `keys` this token names; `signer` says whose keys they are
+    /// ("the client"), for the refusal when it names none of them.
+    pub fn verify_among(&self, keys: &[Jwk], signer: &str) -> Result<(), String> {
+        let key = self
+            .key_in(keys)
+            .ok_or_else(|| format!("signed by a key {signer} does not publish"))?;
+        self.verify_with(key)
+    }
+
     pub fn verify_with(&self, key: &Jwk) -> Result<(), String> {
         if !key.allows(&self.alg) {
             return Err(format!(

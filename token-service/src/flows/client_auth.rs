@@ -100,11 +100,8 @@ pub fn verify(
             return Err(refuse("the client has no keys (jwks or jwks_uri)"))
         }
     };
-    let key = token
-        .key_in(&keys)
-        .ok_or_else(|| refuse("client assertion: signed by a key the client does not publish"))?;
     token
-        .verify_with(key)
+        .verify_among(&keys, "the client")
         .map_err(|m| refuse(format!("client assertion: {m}")))?;
     let claims = &token.claims;
     let text = |name: &str| claims.get(name).and_then(Value::as_str);

@@ -17,7 +17,7 @@ use crate::config_id_jag::JWT_BEARER_GRANT;
 use crate::error::{Error, Result};
 use crate::identity::Identity;
 use crate::jws;
-use crate::oidc::claims::{lookup, user_key};
+use crate::oidc::claims::{groups, lookup, user_key};
 use crate::store::{id_jag_issuer, Grant, IdpUserRecord, Store};
 
 /// The JWT `typ` of an ID-JAG.
@@ -109,11 +109,8 @@ pub fn accept(
             return Err(refuse("ID-JAG: the issuer's keys are unavailable"))
         }
     };
-    let key = token
-        .key_in(&keys)
-        .ok_or_else(|| refuse("ID-JAG: signed by a key the issuer does not publish"))?;
     token
-        .verify_with(key)
+        .verify_among(&keys, "the issuer")
         .map_err(|m| refuse(format!("ID-JAG: {m}")))?;
     let our_issuer = config.authorization_server.issuer.as_str();
     let with_slash = client_auth::issuer_with_slash(our_issuer);
@@ -233,17 +230,4 @@ fn granted_scope(
         .map(String::as_str)
         .collect::<Vec<_>>()
         .join(" "))
-}
-
-/// Groups are a list of strings, or one string.
-fn groups(v: &Value) -> Vec<String> {
-    match v {
-        Value::String(s) => vec![s.clone()],
-        Value::Array(a) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        _ => Vec::new(),
-    }
 }

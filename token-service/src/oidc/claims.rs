@@ -88,7 +88,7 @@ pub fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Valu
 }
 
 /// Groups are a list of strings, or one string.
-fn groups(v: &Value) -> Vec<String> {
+pub fn groups(v: &Value) -> Vec<String> {
     match v {
         Value::String(s) => vec![s.clone()],
         Value::Array(a) => a
