@@ -117,7 +117,8 @@ pub fn verify(
         &[issuer, &issuer_with_slash(issuer), &token_endpoint],
     )
     .map_err(|m| refuse(format!("client assertion: {m}")))?;
-    let exp = lifetime(claims, now).map_err(|m| refuse(format!("client assertion: {m}")))?;
+    let exp = lifetime(claims, now, MAX_LIFETIME, false)
+        .map_err(|m| refuse(format!("client assertion: {m}")))?;
     let jti = jti(claims).map_err(|m| refuse(format!("client assertion: {m}")))?;
     let ledger = client_assertions(&client.client_id);
     if !store.use_assertion_id(&ledger, jti, exp.saturating_add(LEEWAY))? {
@@ -173,9 +174,14 @@ pub fn single_audience(
     }
 }
 
-/// `exp` (required, not past, at most `MAX_LIFETIME` ahead), `nbf` and `iat` (when present,
-/// not in the future): the expiry.
-pub fn lifetime(claims: &Map<String, Value>, now: i64) -> std::result::Result<i64, String> {
+/// `exp` (required, not past, at most `max_lifetime` ahead), `nbf` and `iat` (not in the
+/// future; `iat` required when `iat_required`): the expiry.
+pub fn lifetime(
+    claims: &Map<String, Value>,
+    now: i64,
+    max_lifetime: i64,
+    iat_required: bool,
+) -> std::result::Result<i64, String> {
     let exp = claims
         .get("exp")
         .and_then(Value::as_i64)
@@ -183,8 +189,11 @@ pub fn lifetime(claims: &Map<String, Value>, now: i64) -> std::result::Result<i6
     if exp.saturating_add(LEEWAY) <= now {
         return Err("it has expired".into());
     }
-    if exp > now.saturating_add(MAX_LIFETIME + LEEWAY) {
-        return Err(format!("exp is more than {MAX_LIFETIME} seconds ahead"));
+    if exp > now.saturating_add(max_lifetime + LEEWAY) {
+        return Err(format!("exp is more than {max_lifetime} seconds ahead"));
+    }
+    if iat_required && claims.get("iat").is_none() {
+        return Err("iat is required".into());
     }
     for name in ["nbf", "iat"] {
         match claims.get(name) {
@@ -211,6 +220,10 @@ pub fn jti(claims: &Map<String, Value>) -> std::result::Result<&str, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn lifetime_of(c: &Map<String, Value>, now: i64) -> std::result::Result<i64, String> {
+        lifetime(c, now, MAX_LIFETIME, false)
+    }
 
     fn claims(v: Value) -> Map<String, Value> {
         match v {
@@ -266,13 +279,13 @@ mod tests {
     fn exp_is_required_and_near() {
         let now = 1_000_000;
         assert_eq!(
-            lifetime(&claims(json!({"exp": now + 60})), now),
+            lifetime_of(&claims(json!({"exp": now + 60})), now),
             Ok(now + 60)
         );
-        assert!(lifetime(&claims(json!({})), now).is_err());
-        assert!(lifetime(&claims(json!({"exp": now - 120})), now).is_err());
-        assert!(lifetime(&claims(json!({"exp": now + 3600})), now).is_err());
-        assert!(lifetime(&claims(json!({"exp": now + 60, "iat": now + 600})), now).is_err());
-        assert!(lifetime(&claims(json!({"exp": now + 60, "nbf": "soon"})), now).is_err());
+        assert!(lifetime_of(&claims(json!({})), now).is_err());
+        assert!(lifetime_of(&claims(json!({"exp": now - 120})), now).is_err());
+        assert!(lifetime_of(&claims(json!({"exp": now + 3600})), now).is_err());
+        assert!(lifetime_of(&claims(json!({"exp": now + 60, "iat": now + 600})), now).is_err());
+        assert!(lifetime_of(&claims(json!({"exp": now + 60, "nbf": "soon"})), now).is_err());
     }
 }

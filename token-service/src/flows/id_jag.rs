@@ -8,7 +8,7 @@
 //! `identity::resolve` finds them for the filter's look-ups later. The route layer has fetched
 //! the issuer's keys (`jwks_cache`); everything here is synchronous.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::client_auth::{self, AssertionKeys};
 use super::{random_id, split_scope, RegisteredClient};
@@ -120,7 +120,8 @@ pub fn accept(
     if text("client_id") != Some(client.client_id.as_str()) {
         return Err(refuse("ID-JAG: issued to another client (client_id)"));
     }
-    let exp = lifetime(claims, now).map_err(|m| refuse(format!("ID-JAG: {m}")))?;
+    let exp = client_auth::lifetime(claims, now, MAX_LIFETIME, true)
+        .map_err(|m| refuse(format!("ID-JAG: {m}")))?;
     let jti = client_auth::jti(claims).map_err(|m| refuse(format!("ID-JAG: {m}")))?;
     let resource = text("resource").ok_or_else(|| refuse("ID-JAG: resource is required"))?;
     if params.get("resource").is_some_and(|r| r != resource) {
@@ -186,25 +187,6 @@ pub fn accept(
         revoked: false,
     };
     Ok(Accepted { user, grant })
-}
-
-/// `exp` (required, not past, at most `MAX_LIFETIME` ahead) and `iat` (required, not in the
-/// future): the expiry.
-fn lifetime(claims: &Map<String, Value>, now: i64) -> std::result::Result<i64, String> {
-    let exp = claims
-        .get("exp")
-        .and_then(Value::as_i64)
-        .ok_or("exp is required")?;
-    if exp.saturating_add(LEEWAY) <= now {
-        return Err("it has expired".into());
-    }
-    if exp > now.saturating_add(MAX_LIFETIME + LEEWAY) {
-        return Err(format!("exp is more than {MAX_LIFETIME} seconds ahead"));
-    }
-    match claims.get("iat").and_then(Value::as_i64) {
-        Some(iat) if iat <= now.saturating_add(LEEWAY) => Ok(exp),
-        _ => Err("iat is required and must not be in the future".into()),
-    }
 }
 
 /// The requested scopes, each of which the route must offer, and the assertion allow when it
