@@ -128,28 +128,7 @@ async fn a_service_client_calls_a_tool_where_its_group_is_admitted_and_not_where
 
     // A call whose authorize line we can find: admitted, and named a service client.
     let request_id = "service-client-admitted";
-    let resp = raw_request(
-        "POST",
-        &reports,
-        &[
-            ("authorization", &format!("Bearer {te}")),
-            ("content-type", "application/json"),
-            ("accept", "application/json, text/event-stream"),
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", "tools/call"),
-            ("mcp-name", "echo"),
-            ("x-request-id", request_id),
-        ],
-        Some(
-            &stateless_body(
-                1,
-                "tools/call",
-                json!({"name": "echo", "arguments": {"text": "x"}}),
-            )
-            .to_string(),
-        ),
-    )
-    .await;
+    let resp = call_echo(&reports, &te, request_id).await;
     assert_eq!(resp.status, 200, "{}", resp.body);
     let line = authorize_line(&stack, request_id).await;
     assert_eq!(line["user"], "client:nightly-report");
@@ -165,28 +144,7 @@ async fn a_service_client_calls_a_tool_where_its_group_is_admitted_and_not_where
     assert_eq!(status, 200, "{token}");
     let te = token["access_token"].as_str().unwrap();
     let request_id = "service-client-refused";
-    let resp = raw_request(
-        "POST",
-        &stack.mcp_url(),
-        &[
-            ("authorization", &format!("Bearer {te}")),
-            ("content-type", "application/json"),
-            ("accept", "application/json, text/event-stream"),
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", "tools/call"),
-            ("mcp-name", "echo"),
-            ("x-request-id", request_id),
-        ],
-        Some(
-            &stateless_body(
-                1,
-                "tools/call",
-                json!({"name": "echo", "arguments": {"text": "x"}}),
-            )
-            .to_string(),
-        ),
-    )
-    .await;
+    let resp = call_echo(&stack.mcp_url(), te, request_id).await;
     assert_eq!(resp.status, 403, "{}", resp.body);
     let line = authorize_line(&stack, request_id).await;
     assert_eq!(line["service-client"], true);
@@ -374,4 +332,30 @@ fn demo_oauth_subject(username: &str) -> String {
     let digest = sha2::Sha256::digest(username.as_bytes());
     let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     format!("u-{hex}")
+}
+
+/// A stateless `tools/call` of `echo` with `te`, tagged `request_id` for its authorize line.
+async fn call_echo(url: &str, te: &str, request_id: &str) -> warden_e2e::RawResponse {
+    raw_request(
+        "POST",
+        url,
+        &[
+            ("authorization", &format!("Bearer {te}")),
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+            ("x-request-id", request_id),
+        ],
+        Some(
+            &stateless_body(
+                1,
+                "tools/call",
+                json!({"name": "echo", "arguments": {"text": "x"}}),
+            )
+            .to_string(),
+        ),
+    )
+    .await
 }
