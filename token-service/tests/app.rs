@@ -581,7 +581,8 @@ async fn the_listing_is_filtered_per_user_and_follows_connect_and_disconnect() {
         servers,
         vec![
             json!({"name": "demo", "description": "The demo server", "url": DEMO, "connected": true, "connect_url": null}),
-            json!({"name": "gh", "description": "", "url": GH, "connected": false, "connect_url": format!("{ISSUER}/mcp/connect?route=gh")}),
+            json!({"name": "gh", "description": "", "url": GH, "connected": false, "connect_url": format!("{ISSUER}/mcp/connect?route=gh"),
+                "token_expires_at": null, "refresh_token_available": false, "authorization_server": app.provider.url.trim_end_matches('/')}),
         ]
     );
     let bob = app.te(BOB).await;
@@ -1195,4 +1196,184 @@ async fn an_expired_ti_the_provider_will_not_refresh_lists_as_not_connected() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(app.servers(&alice).await[1]["connected"], false);
+}
+
+impl App {
+    /// Connects `user`'s `gh` account through the provider (signed in on `chat`).
+    async fn connect_gh(&self, user: &str) {
+        let (_, cookies) = self
+            .browser_sign_in("chat", &format!("{CHAT}/"), user)
+            .await;
+        let q = format!("route=gh&redirect_url={}", urlencode(&format!("{CHAT}/")));
+        let r = self
+            .env
+            .get_with_cookie(&format!("/mcp/connect?{q}"), &cookies)
+            .await;
+        let back = self.provider.answer(&r.header("location"), "approve").await;
+        let r = self
+            .env
+            .get_with_cookie(
+                &format!("/upstream/callback?{}", back.query().unwrap()),
+                &cookies,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    }
+
+    async fn refresh_gh(&self, te: &str) -> Resp {
+        self.with_bearer(
+            "POST",
+            "/.warden/mcp/refresh",
+            Some(te),
+            Some(json!({"url": GH})),
+        )
+        .await
+    }
+
+    async fn refreshes(&self) -> u64 {
+        self.provider.stats().await["refresh_token"]
+            .as_u64()
+            .unwrap()
+    }
+
+    async fn ti(&self) -> Value {
+        let (status, body) = self
+            .internal(
+                "/internal/v1/upstream-token",
+                json!({"sub": EMAIL, "route": "gh"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+}
+
+/// Issue 21, item 6: the listing shows the upstream token's expiry, whether a refresh token
+/// is held, and the provider; `POST /.warden/mcp/refresh` refreshes it now, once however many
+/// ask at once, and says why when it cannot.
+#[tokio::test]
+async fn the_listing_shows_the_upstream_token_and_refresh_forces_one() {
+    let app = App::start().await;
+    app.connect_gh(EMAIL).await;
+    let alice = app.te(EMAIL).await;
+    let connected_at = app.env.state.now();
+    let servers = app.servers(&alice).await;
+    // A server without upstream OAuth has no token state.
+    assert!(
+        servers[0].get("token_expires_at").is_none(),
+        "{}",
+        servers[0]
+    );
+    assert!(servers[0].get("refresh_token_available").is_none());
+    let gh = &servers[1];
+    assert_eq!(gh["connected"], true);
+    assert_eq!(gh["token_expires_at"], json!(connected_at + 60), "{gh}");
+    assert_eq!(gh["refresh_token_available"], true);
+    assert_eq!(
+        gh["authorization_server"],
+        json!(app.provider.url.trim_end_matches('/'))
+    );
+    let before = app.ti().await["access_token"].clone();
+
+    // Not due (50 s left): forced all the same, and the new token is what the filter gets.
+    app.env.advance(10);
+    let refreshes = app.refreshes().await;
+    let r = app.refresh_gh(&alice).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let now = app.env.state.now();
+    assert_eq!(
+        r.json(),
+        json!({"name": "gh", "url": GH, "connected": true, "refreshed": true,
+            "token_expires_at": now + 60, "refresh_token_available": true,
+            "authorization_server": app.provider.url.trim_end_matches('/')})
+    );
+    assert_eq!(app.refreshes().await, refreshes + 1);
+    let after = app.ti().await;
+    assert_ne!(after["access_token"], before);
+    assert_eq!(after["expires_at"], json!(now + 60));
+    assert_eq!(
+        app.servers(&alice).await[1]["token_expires_at"],
+        json!(now + 60)
+    );
+
+    // Several at once, the provider slow: one refresh of the grant, every caller answered.
+    app.provider.hook("/_test/delay-token?ms=400").await;
+    let (a, b, c) = tokio::join!(
+        app.refresh_gh(&alice),
+        app.refresh_gh(&alice),
+        app.refresh_gh(&alice)
+    );
+    for r in [&a, &b, &c] {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.json()["refreshed"], true);
+    }
+    assert_eq!(app.refreshes().await, refreshes + 2);
+    app.provider.hook("/_test/delay-token?ms=0").await;
+
+    // The provider down: 503 with the reason, the token kept.
+    app.provider.hook("/_test/fail-token?status=503").await;
+    let r = app.refresh_gh(&alice).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(r.json()["error"], "temporarily_unavailable");
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("kept"));
+    assert_eq!(app.servers(&alice).await[1]["connected"], true);
+
+    // Servers that cannot be refreshed, and callers without a TE.
+    let r = app
+        .with_bearer(
+            "POST",
+            "/.pomerium/mcp/refresh",
+            Some(&alice),
+            Some(json!({"url": DEMO})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(r.json()["error"], "no_upstream_oauth");
+    let r = app
+        .with_bearer(
+            "POST",
+            "/.warden/mcp/refresh",
+            Some(&alice),
+            Some(json!({"url": "http://127.0.0.1:9000/nope"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = app
+        .with_bearer(
+            "POST",
+            "/.warden/mcp/refresh",
+            None,
+            Some(json!({"url": GH})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Bob never connected.
+    let bob = app.te(BOB).await;
+    let r = app.refresh_gh(&bob).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(r.json()["error"], "not_connected");
+
+    // The user revoked the app at the provider: the refresh is refused, the token dropped.
+    app.provider.hook("/_test/revoke-user?user=alice").await;
+    let r = app.refresh_gh(&alice).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(r.json()["error"], "refresh_refused");
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("dropped"));
+    let gh = &app.servers(&alice).await[1];
+    assert_eq!(
+        (
+            &gh["connected"],
+            &gh["token_expires_at"],
+            &gh["refresh_token_available"]
+        ),
+        (&json!(false), &Value::Null, &json!(false))
+    );
+    let r = app.refresh_gh(&alice).await;
+    assert_eq!(r.json()["error"], "not_connected");
 }

@@ -6,8 +6,9 @@
 //! * `GET {issuer}/mcp/connect?route=&redirect_url=`: connects the user's upstream account
 //!   for a server, then back to the app.
 //! * On every host the gateway fronts (Envoy routes them here): `GET /.warden/mcp/routes`,
-//!   `POST /.warden/mcp/disconnect` (bearer TE), `GET /.warden/mcp/connect` (redirects to the
-//!   issuer's), and the same under `/.pomerium/mcp/`.
+//!   `POST /.warden/mcp/disconnect` and `POST /.warden/mcp/refresh` (bearer TE),
+//!   `GET /.warden/mcp/connect` (redirects to the issuer's), and the same under
+//!   `/.pomerium/mcp/`.
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -31,6 +32,7 @@ use crate::flows::authorize::Params;
 use crate::flows::sign_out;
 use crate::html;
 use crate::state::AppState;
+use crate::vault::{Forced, TokenState};
 
 pub(super) const SIGN_IN_PATH: &str = "/app/sign-in";
 pub(super) const CONNECT_PATH: &str = "/mcp/connect";
@@ -46,6 +48,7 @@ pub(super) fn gateway_paths() -> Router<AppState> {
         r = r
             .route(&format!("{base}/routes"), get(list_servers))
             .route(&format!("{base}/disconnect"), post(disconnect))
+            .route(&format!("{base}/refresh"), post(refresh))
             .route(&format!("{base}/connect"), get(connect_elsewhere));
     }
     // Called from the app's backend or its pages' scripts with a bearer TE: no cookies.
@@ -158,21 +161,28 @@ async fn list_servers(State(s): State<AppState>, headers: HeaderMap) -> Result<R
             let mut servers = Vec::new();
             for r in flow::usable_servers(config, &te.claims) {
                 let upstream = r.upstream_oauth2().is_some();
-                let connected =
-                    !upstream || st.vault().holds_usable(&te.claims.sub, &r.name, now)?;
+                let connected = match r.upstream_oauth2() {
+                    Some(_) => st.vault().holds_usable(&te.claims.sub, &r.name, now)?,
+                    None => true,
+                };
                 let connect_url = upstream.then(|| {
                     let query = url::form_urlencoded::Serializer::new(String::new())
                         .append_pair("route", &r.name)
                         .finish();
                     format!("{issuer}{CONNECT_PATH}?{query}")
                 });
-                servers.push(json!({
+                let mut server = json!({
                     "name": r.name,
                     "description": r.description.clone().unwrap_or_default(),
                     "url": r.resource(),
                     "connected": connected,
                     "connect_url": connect_url,
-                }));
+                });
+                if let Some(u) = r.upstream_oauth2() {
+                    let state = st.vault().token_state(&te.claims.sub, &r.name, now)?;
+                    add_token_state(&mut server, u, state);
+                }
+                servers.push(server);
             }
             Ok(json!({ "servers": servers }))
         })
@@ -180,12 +190,28 @@ async fn list_servers(State(s): State<AppState>, headers: HeaderMap) -> Result<R
     Ok(no_store(Json(body).into_response()))
 }
 
-async fn disconnect(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    let te = bearer(&s, &headers)?;
+/// The upstream token's state in a listing entry (a server with upstream OAuth):
+/// `token_expires_at` (unix seconds, `null` without a token or a lifetime),
+/// `refresh_token_available`, and `authorization_server`: the origin of the configured
+/// `token_url` (a route whose upstream is discovered will name the discovered issuer).
+fn add_token_state(
+    server: &mut serde_json::Value,
+    upstream: &crate::config::UpstreamOAuth2Config,
+    state: TokenState,
+) {
+    server["token_expires_at"] = json!(state.expires_at);
+    server["refresh_token_available"] = json!(state.refresh_token_available);
+    server["authorization_server"] = json!(Url::parse(&upstream.endpoint.token_url)
+        .ok()
+        .map(|u| u.origin().ascii_serialization()));
+}
+
+/// The server a `disconnect` or `refresh` body names: JSON `{"url"}` or form `url=`.
+fn named_server(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<crate::config::RouteConfig> {
     let json_body = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -200,11 +226,11 @@ async fn disconnect(
         struct Disconnect {
             url: String,
         }
-        serde_json::from_slice::<Disconnect>(&body)
+        serde_json::from_slice::<Disconnect>(body)
             .map(|d| d.url)
             .map_err(|_| Error::invalid_request("expected {\"url\": <the server's url>}"))?
     } else {
-        let params = Params::new(url::form_urlencoded::parse(&body).into_owned().collect());
+        let params = Params::new(url::form_urlencoded::parse(body).into_owned().collect());
         params
             .get("url")
             .map(str::to_owned)
@@ -217,6 +243,16 @@ async fn disconnect(
             description: "no MCP server has this url".into(),
         });
     };
+    Ok(route.clone())
+}
+
+async fn disconnect(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let te = bearer(&s, &headers)?;
+    let route = named_server(&s, &headers, &body)?;
     let disconnected = if route.upstream_oauth2().is_some() {
         s.vault().disconnect(&te.claims.sub, &route.name).await?
     } else {
@@ -225,6 +261,73 @@ async fn disconnect(
     Ok(no_store(
         Json(json!({ "disconnected": disconnected })).into_response(),
     ))
+}
+
+/// `POST /.warden/mcp/refresh {"url"}`: refreshes the user's upstream token for that server
+/// now (`Vault::force_refresh`: once per grant) and answers the listing's entry for it.
+async fn refresh(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+    let te = bearer(&s, &headers)?;
+    let route = named_server(&s, &headers, &body)?;
+    let conflict = |error: &'static str, description: &str| Error::OAuth {
+        status: StatusCode::CONFLICT,
+        error,
+        description: description.to_owned(),
+    };
+    let Some(upstream) = route.upstream_oauth2() else {
+        return Err(conflict(
+            "no_upstream_oauth",
+            "this server has no upstream OAuth: there is no token to refresh",
+        ));
+    };
+    let outcome = s
+        .vault()
+        .force_refresh(&te.claims.sub, &route.name, s.now())
+        .await?;
+    let state = match outcome {
+        Forced::Refreshed(state) => state,
+        Forced::NotConnected => return Err(conflict(
+            "not_connected",
+            "the gateway holds no token for this server: connect it (the listing's connect_url)",
+        )),
+        Forced::NoRefreshToken => {
+            return Err(conflict(
+                "no_refresh_token",
+                "the provider issued no refresh token: connect again to renew the token",
+            ))
+        }
+        Forced::Refused(why) => {
+            return Err(conflict(
+                "refresh_refused",
+                &format!(
+                    "the provider refused the refresh ({}); the token was dropped: connect again",
+                    bounded(&why)
+                ),
+            ))
+        }
+        Forced::Unavailable(why) => {
+            return Err(Error::OAuth {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                error: "temporarily_unavailable",
+                description: format!(
+                    "the upstream OAuth provider is unavailable ({}); the token is kept",
+                    bounded(&why)
+                ),
+            })
+        }
+    };
+    let mut server = json!({
+        "name": route.name,
+        "url": route.resource(),
+        "connected": state.connected,
+        "refreshed": true,
+    });
+    add_token_state(&mut server, upstream, state);
+    Ok(no_store(Json(server).into_response()))
+}
+
+/// A provider's reason, cut to 200 characters.
+fn bounded(why: &str) -> String {
+    why.chars().take(200).collect()
 }
 
 /// After an app's sign-out (`flows::app_sign_in::signed_out`): with the filter's ticket

@@ -116,6 +116,52 @@ pub enum Lookup {
     Unavailable(String),
 }
 
+/// The state of a user's upstream token for the server listing (no token itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenState {
+    /// Whether the token works now or can be refreshed (`holds_usable`).
+    pub connected: bool,
+    /// When the current access token expires (`None`: no token, or the provider gave no
+    /// lifetime).
+    pub expires_at: Option<i64>,
+    /// Whether the gateway holds a refresh token for it.
+    pub refresh_token_available: bool,
+}
+
+/// What a forced refresh (`POST /.warden/mcp/refresh`) came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forced {
+    /// Refreshed, by this call or by another refresh of the grant that ran while it waited
+    /// (once per grant): the state now.
+    Refreshed(TokenState),
+    /// No token to refresh: never connected, disconnected, or dropped.
+    NotConnected,
+    /// The provider issued no refresh token: only a new consent renews the token.
+    NoRefreshToken,
+    /// The provider refused the refresh: the token was dropped.
+    Refused(String),
+    /// The provider failed (the token is kept), or another refresh did not finish.
+    Unavailable(String),
+}
+
+/// A refresh's outcome: the look-up's answer, with why the provider said no.
+enum Refreshed {
+    Answer(Lookup),
+    /// The provider refused: the token is dropped.
+    Dropped(String),
+    /// The provider failed: the look-up's answer (the current token while it works).
+    Failed(Lookup, String),
+}
+
+impl Refreshed {
+    fn lookup(self) -> Lookup {
+        match self {
+            Refreshed::Answer(l) | Refreshed::Failed(l, _) => l,
+            Refreshed::Dropped(_) => Lookup::NoToken,
+        }
+    }
+}
+
 /// Held while one task refreshes a (user, route) token; the others wait on it.
 type RefreshGate = Arc<tokio::sync::Mutex<()>>;
 
@@ -189,6 +235,89 @@ impl Vault {
         }
         let live = r.expires_at.is_none_or(|e| e > now) && self.open_access(&r).is_some();
         Ok(live || self.open_refresh(&r).is_some())
+    }
+
+    /// The state of `user`'s token for `route`, for the listing. Blocking (store).
+    pub fn token_state(&self, user: &str, route: &str, now: i64) -> anyhow::Result<TokenState> {
+        let connected = self.holds_usable(user, route, now)?;
+        let row = match self.store.upstream_token(user, route)? {
+            Some(r) if connected => r,
+            _ => {
+                return Ok(TokenState {
+                    connected,
+                    expires_at: None,
+                    refresh_token_available: false,
+                })
+            }
+        };
+        Ok(self.state_of(&row, connected))
+    }
+
+    fn state_of(&self, row: &UpstreamRecord, connected: bool) -> TokenState {
+        TokenState {
+            connected,
+            expires_at: self.open_access(row).and(row.expires_at),
+            refresh_token_available: self.open_refresh(row).is_some(),
+        }
+    }
+
+    /// Refreshes `user`'s token for `route` now, due or not: once per grant (a refresh of it
+    /// already running, here or at another replica, is waited for and its result answered,
+    /// with no second provider call).
+    pub async fn force_refresh(
+        self: &Arc<Self>,
+        user: &str,
+        route: &str,
+        now: i64,
+    ) -> anyhow::Result<Forced> {
+        let started = Instant::now();
+        if self.provider(route).is_none() {
+            return Ok(Forced::NotConnected);
+        }
+        let Some(row) = self.read(user, route).await? else {
+            return Ok(Forced::NotConnected);
+        };
+        if row.refused_until.is_some_and(|t| t > now) || self.open_access(&row).is_none() {
+            return Ok(Forced::NotConnected);
+        }
+        if self.open_refresh(&row).is_none() {
+            return Ok(Forced::NoRefreshToken);
+        }
+        let version = row.version;
+        let gate = self.gate(user, route);
+        let wait = Duration::from_secs(REFRESH_LEASE.unsigned_abs());
+        let Ok(turn) = tokio::time::timeout(wait, Arc::clone(&gate).lock_owned()).await else {
+            self.forget_gate(user, route, gate);
+            return Ok(Forced::Unavailable(
+                "another refresh of this token did not finish".into(),
+            ));
+        };
+        // In a task of its own, as in `token`: a caller that goes away cannot cut it off.
+        let this = Arc::clone(self);
+        let (u, r) = (user.to_owned(), route.to_owned());
+        let outcome = tokio::spawn(async move {
+            let outcome = this
+                .refresh_locked(&u, &r, now, started, Some(version))
+                .await;
+            drop(turn);
+            this.forget_gate(&u, &r, gate);
+            outcome
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("refresh task failed: {e}"))??;
+        Ok(match outcome {
+            Refreshed::Answer(Lookup::Token(_)) => match self.read(user, route).await? {
+                Some(row) if self.open_access(&row).is_some() => {
+                    Forced::Refreshed(self.state_of(&row, true))
+                }
+                _ => Forced::NotConnected,
+            },
+            Refreshed::Answer(Lookup::NoToken | Lookup::Refused) => Forced::NotConnected,
+            Refreshed::Answer(Lookup::Unavailable(why)) | Refreshed::Failed(_, why) => {
+                Forced::Unavailable(why)
+            }
+            Refreshed::Dropped(why) => Forced::Refused(why),
+        })
     }
 
     /// Starts the upstream consent for the MCP client's `request`: stores the flow and
@@ -465,13 +594,15 @@ impl Vault {
         let this = Arc::clone(self);
         let (u, r) = (user.to_owned(), route.to_owned());
         let refresh = tokio::spawn(async move {
-            let outcome = this.refresh_locked(&u, &r, now, started).await;
+            let outcome = this.refresh_locked(&u, &r, now, started, None).await;
             drop(turn);
             this.forget_gate(&u, &r, gate);
             outcome
         });
         match tokio::time::timeout(patience, refresh).await {
-            Ok(joined) => joined.map_err(|e| anyhow::anyhow!("refresh task failed: {e}"))?,
+            Ok(joined) => joined
+                .map_err(|e| anyhow::anyhow!("refresh task failed: {e}"))?
+                .map(Refreshed::lookup),
             Err(_) => {
                 tracing::warn!(sub = %user, route = %route, "upstream refresh is slow; answering without waiting for it");
                 Ok(still_valid.unwrap_or_else(slow_provider))
@@ -499,24 +630,33 @@ impl Vault {
         None
     }
 
+    /// Refreshes the token when due, or (`forced`) when the row is still at that version: a
+    /// forced refresh that finds the row moved on (another refresh ran meanwhile) answers
+    /// that one's result.
     async fn refresh_locked(
         &self,
         user: &str,
         route: &str,
         now: i64,
         started: Instant,
-    ) -> anyhow::Result<Lookup> {
+        forced: Option<i64>,
+    ) -> anyhow::Result<Refreshed> {
         loop {
             let at = elapsed_from(now, started);
             // Another task or replica may have refreshed while we waited for our turn.
             let Some(row) = self.read(user, route).await? else {
-                return Ok(Lookup::NoToken);
+                return Ok(Refreshed::Answer(Lookup::NoToken));
             };
-            if let Some(found) = self.usable_now(&row, at) {
-                return Ok(found);
+            let forced_here = forced == Some(row.version) && row.access_token.is_some();
+            if !forced_here {
+                if let Some(found) = self.usable_now(&row, at) {
+                    return Ok(Refreshed::Answer(found));
+                }
             }
             let Some(refresh_token) = self.open_refresh(&row) else {
-                return Ok(self.still_valid(&row, at).unwrap_or(Lookup::NoToken));
+                return Ok(Refreshed::Answer(
+                    self.still_valid(&row, at).unwrap_or(Lookup::NoToken),
+                ));
             };
             let (u, r, version) = (user.to_owned(), route.to_owned(), row.version);
             // Only over the version read: a row another replica refreshed since holds a new
@@ -537,9 +677,9 @@ impl Vault {
             // Another replica is refreshing this grant: wait for its result, while its lease
             // lasts (a holder that died lets the lease run out and this one takes over).
             if started.elapsed() >= Duration::from_secs(REFRESH_LEASE.unsigned_abs() * 2) {
-                return Ok(Lookup::Unavailable(
+                return Ok(Refreshed::Answer(Lookup::Unavailable(
                     "another refresh of this token did not finish".into(),
-                ));
+                )));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -560,10 +700,10 @@ impl Vault {
         refresh_token: &str,
         now: i64,
         started: Instant,
-    ) -> anyhow::Result<Lookup> {
+    ) -> anyhow::Result<Refreshed> {
         let (user, route) = (row.user.clone(), row.route.clone());
         let Some(provider) = self.provider(&route) else {
-            return Ok(Lookup::NoToken);
+            return Ok(Refreshed::Answer(Lookup::NoToken));
         };
         match provider.refresh(refresh_token).await {
             Ok(issued) => {
@@ -590,12 +730,14 @@ impl Vault {
                 if !stored {
                     tracing::info!(sub = %user, route = %route, "upstream token dropped or replaced during its refresh; refresh discarded");
                     let Some(now_row) = self.read(&user, &route).await? else {
-                        return Ok(Lookup::NoToken);
+                        return Ok(Refreshed::Answer(Lookup::NoToken));
                     };
-                    return Ok(self.usable_now(&now_row, now).unwrap_or(Lookup::NoToken));
+                    return Ok(Refreshed::Answer(
+                        self.usable_now(&now_row, now).unwrap_or(Lookup::NoToken),
+                    ));
                 }
                 tracing::info!(sub = %user, route = %route, "upstream token refreshed");
-                Ok(Lookup::Token(token))
+                Ok(Refreshed::Answer(Lookup::Token(token)))
             }
             Err(ProviderError::Refused(why)) => {
                 tracing::info!(sub = %user, route = %route, reason = %why, "upstream refresh refused; token dropped");
@@ -605,16 +747,17 @@ impl Vault {
                     st.drop_upstream_token(&user, &route, version, &extra, None, None)
                 })
                 .await?;
-                Ok(Lookup::NoToken)
+                Ok(Refreshed::Dropped(why))
             }
             Err(ProviderError::Unavailable(why)) => {
                 tracing::warn!(sub = %user, route = %route, reason = %why, "upstream refresh failed; will retry");
                 let (u, r) = (user.clone(), route.clone());
                 self.db(move |st| st.release_upstream_refresh(&u, &r))
                     .await?;
-                Ok(self
+                let answer = self
                     .still_valid(&row, now)
-                    .unwrap_or(Lookup::Unavailable(why)))
+                    .unwrap_or_else(|| Lookup::Unavailable(why.clone()));
+                Ok(Refreshed::Failed(answer, why))
             }
         }
     }
