@@ -55,6 +55,11 @@
 //! `WWW-Authenticate: Bearer error="insufficient_scope", scope="SCOPE"`. An unreachable or
 //! unparsable introspection endpoint gives `503`. `/healthz`, `/_recorded` and the other test
 //! routes stay open; rejected requests are still recorded.
+//!
+//! With `--answer-401 CHALLENGE` every request to `/mcp` gets `401` with `WWW-Authenticate:
+//! CHALLENGE`, `x-demo-refusal: own-oauth` and the JSON body [`OWN_OAUTH_BODY`]: a remote MCP
+//! server that runs OAuth of its own (its challenge names its resource metadata), for tests of
+//! a gateway route that passes such an answer on unchanged. Such requests are recorded too.
 
 use std::{
     net::SocketAddr,
@@ -486,6 +491,32 @@ async fn require_bearer(
     next.run(request).await
 }
 
+/// The body of `--answer-401`'s refusals.
+const OWN_OAUTH_BODY: &str =
+    r#"{"error":"invalid_token","error_description":"this server runs OAuth of its own"}"#;
+
+async fn answer_401(
+    State(challenge): State<Arc<HeaderValue>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if path != "/mcp" && !path.starts_with("/mcp/") {
+        return next.run(request).await;
+    }
+    let mut resp = (
+        StatusCode::UNAUTHORIZED,
+        [(header::CONTENT_TYPE, "application/json")],
+        OWN_OAUTH_BODY,
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, (*challenge).clone());
+    resp.headers_mut()
+        .insert("x-demo-refusal", HeaderValue::from_static("own-oauth"));
+    resp
+}
+
 // ---------------------------------------------------------------------------------------------
 // Identity assertion checking (--verify-assertion)
 // ---------------------------------------------------------------------------------------------
@@ -647,11 +678,13 @@ struct Args {
     assertion_audience: Option<String>,
     assertion_issuer: Option<String>,
     assertion_header: Option<String>,
+    answer_401: Option<String>,
 }
 
 const USAGE: &str = "usage: demo-mcp-server [--listen 127.0.0.1:9200] [--allowed-host HOST]...\n\
   [--require-bearer-introspect URL [--require-scope SCOPE]]\n\
   [--verify-assertion JWKS_URL --assertion-audience ORIGIN [--assertion-issuer ISSUER] [--assertion-header NAME]]\n\
+  [--answer-401 CHALLENGE]\n\
   --listen ADDR                    loopback address to bind (default 127.0.0.1:9200)\n\
   --allowed-host HOST              extra Host header value accepted besides localhost/127.0.0.1/::1\n\
   --require-bearer-introspect URL  /mcp needs a bearer token this RFC 7662 endpoint calls active\n\
@@ -660,7 +693,8 @@ const USAGE: &str = "usage: demo-mcp-server [--listen 127.0.0.1:9200] [--allowed
                                    whoami shows its verified claims in the x-demo-verified-assertion header\n\
   --assertion-audience ORIGIN      ... whose aud is ORIGIN (this server's scheme://host:port)\n\
   --assertion-issuer ISSUER        ... and whose iss is ISSUER\n\
-  --assertion-header NAME          ... in this header (default x-warden-jwt-assertion)";
+  --assertion-header NAME          ... in this header (default x-warden-jwt-assertion)\n\
+  --answer-401 CHALLENGE           /mcp answers every request 401 with WWW-Authenticate: CHALLENGE";
 
 fn parse_args() -> anyhow::Result<Option<Args>> {
     let mut listen = DEFAULT_LISTEN.to_owned();
@@ -671,6 +705,7 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
     let mut assertion_audience = None;
     let mut assertion_issuer = None;
     let mut assertion_header = None;
+    let mut answer_401 = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -689,7 +724,8 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
             | "--verify-assertion"
             | "--assertion-audience"
             | "--assertion-issuer"
-            | "--assertion-header" => {
+            | "--assertion-header"
+            | "--answer-401" => {
                 let value = match inline.or_else(|| args.next()) {
                     Some(value) => value,
                     None => bail!("{flag} needs a value\n{USAGE}"),
@@ -702,6 +738,7 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
                     "--assertion-audience" => assertion_audience = Some(value),
                     "--assertion-issuer" => assertion_issuer = Some(value),
                     "--assertion-header" => assertion_header = Some(value.to_ascii_lowercase()),
+                    "--answer-401" => answer_401 = Some(value),
                     _ => require_scope = Some(value),
                 }
             }
@@ -732,6 +769,7 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
         assertion_audience,
         assertion_issuer,
         assertion_header,
+        answer_401,
     }))
 }
 
@@ -740,6 +778,7 @@ fn app(
     extra_hosts: Vec<String>,
     bearer: Option<BearerCheck>,
     assertion: Option<AssertionCheck>,
+    answer_401_with: Option<HeaderValue>,
 ) -> Router {
     let mut allowed_hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     allowed_hosts.extend(extra_hosts);
@@ -770,6 +809,12 @@ fn app(
         router = router.layer(middleware::from_fn_with_state(
             Arc::new(check),
             require_assertion,
+        ));
+    }
+    if let Some(challenge) = answer_401_with {
+        router = router.layer(middleware::from_fn_with_state(
+            Arc::new(challenge),
+            answer_401,
         ));
     }
     router
@@ -819,7 +864,17 @@ async fn main() -> anyhow::Result<()> {
         }),
         _ => None,
     };
-    let router = app(Recorder::default(), args.allowed_hosts, bearer, assertion);
+    let answer_401_with = args
+        .answer_401
+        .map(|c| HeaderValue::from_str(&c).context("--answer-401 is not a header value"))
+        .transpose()?;
+    let router = app(
+        Recorder::default(),
+        args.allowed_hosts,
+        bearer,
+        assertion,
+        answer_401_with,
+    );
     // Streamed answers (SSE events) go out as they are written: with Nagle's algorithm on,
     // an event written behind an unacknowledged one waits for Envoy's delayed ACK (~40 ms).
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
