@@ -161,10 +161,11 @@ async fn list_servers(State(s): State<AppState>, headers: HeaderMap) -> Result<R
             let mut servers = Vec::new();
             for r in flow::usable_servers(config, &te.claims) {
                 let upstream = r.upstream_oauth2().is_some();
-                let connected = match r.upstream_oauth2() {
-                    Some(_) => st.vault().holds_usable(&te.claims.sub, &r.name, now)?,
-                    None => true,
+                let state = match r.upstream_oauth2() {
+                    Some(_) => Some(st.vault().token_state(&te.claims.sub, &r.name, now)?),
+                    None => None,
                 };
+                let connected = state.is_none_or(|s| s.connected);
                 let connect_url = upstream.then(|| {
                     let query = url::form_urlencoded::Serializer::new(String::new())
                         .append_pair("route", &r.name)
@@ -178,8 +179,7 @@ async fn list_servers(State(s): State<AppState>, headers: HeaderMap) -> Result<R
                     "connected": connected,
                     "connect_url": connect_url,
                 });
-                if let Some(u) = r.upstream_oauth2() {
-                    let state = st.vault().token_state(&te.claims.sub, &r.name, now)?;
+                if let (Some(u), Some(state)) = (r.upstream_oauth2(), state) {
                     add_token_state(&mut server, u, state);
                 }
                 servers.push(server);

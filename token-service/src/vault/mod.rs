@@ -227,30 +227,27 @@ impl Vault {
     /// Whether `user` holds a token for `route` that works now or can be refreshed (the
     /// upstream consent step is skipped then). Blocking (store).
     pub fn holds_usable(&self, user: &str, route: &str, now: i64) -> anyhow::Result<bool> {
-        let Some(r) = self.store.upstream_token(user, route)? else {
-            return Ok(false);
-        };
+        Ok(self.token_state(user, route, now)?.connected)
+    }
+
+    fn usable_row(&self, r: &UpstreamRecord, now: i64) -> bool {
         if r.refused_until.is_some_and(|t| t > now) {
-            return Ok(false);
+            return false;
         }
-        let live = r.expires_at.is_none_or(|e| e > now) && self.open_access(&r).is_some();
-        Ok(live || self.open_refresh(&r).is_some())
+        let live = r.expires_at.is_none_or(|e| e > now) && self.open_access(r).is_some();
+        live || self.open_refresh(r).is_some()
     }
 
     /// The state of `user`'s token for `route`, for the listing. Blocking (store).
     pub fn token_state(&self, user: &str, route: &str, now: i64) -> anyhow::Result<TokenState> {
-        let connected = self.holds_usable(user, route, now)?;
-        let row = match self.store.upstream_token(user, route)? {
-            Some(r) if connected => r,
-            _ => {
-                return Ok(TokenState {
-                    connected,
-                    expires_at: None,
-                    refresh_token_available: false,
-                })
-            }
-        };
-        Ok(self.state_of(&row, connected))
+        Ok(match self.store.upstream_token(user, route)? {
+            Some(row) if self.usable_row(&row, now) => self.state_of(&row, true),
+            _ => TokenState {
+                connected: false,
+                expires_at: None,
+                refresh_token_available: false,
+            },
+        })
     }
 
     fn state_of(&self, row: &UpstreamRecord, connected: bool) -> TokenState {
