@@ -1377,3 +1377,33 @@ async fn the_listing_shows_the_upstream_token_and_refresh_forces_one() {
     let r = app.refresh_gh(&alice).await;
     assert_eq!(r.json()["error"], "not_connected");
 }
+
+/// Forced refreshes of one grant at two replicas at once (the provider slow): one provider
+/// call; the replica that lost the lease waits for it and answers its result.
+#[tokio::test]
+async fn forced_refreshes_at_two_replicas_make_one_provider_call() {
+    let app = App::start().await;
+    app.connect_gh(EMAIL).await;
+    let alice = app.te(EMAIL).await;
+    let other = app.env.replica();
+    let refreshes = app.refreshes().await;
+    app.provider.hook("/_test/delay-token?ms=600").await;
+    let at_other = async {
+        let req = Request::post("/.warden/mcp/refresh")
+            .header(header::AUTHORIZATION, format!("Bearer {alice}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json!({"url": GH}).to_string()))
+            .unwrap();
+        other.send(req).await
+    };
+    let (here, there) = tokio::join!(app.refresh_gh(&alice), at_other);
+    for r in [&here, &there] {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.json()["refreshed"], true);
+    }
+    assert_eq!(
+        here.json()["token_expires_at"],
+        there.json()["token_expires_at"]
+    );
+    assert_eq!(app.refreshes().await, refreshes + 1);
+}
