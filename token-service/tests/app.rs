@@ -1296,7 +1296,15 @@ async fn the_listing_shows_the_upstream_token_and_refresh_forces_one() {
         json!(now + 60)
     );
 
+    // Again at once: the token is under 10 s old, so no provider call, `refreshed: false`.
+    let r = app.refresh_gh(&alice).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["refreshed"], false);
+    assert_eq!(r.json()["token_expires_at"], json!(now + 60));
+    assert_eq!(app.refreshes().await, refreshes + 1);
+
     // Several at once, the provider slow: one refresh of the grant, every caller answered.
+    app.env.advance(10);
     app.provider.hook("/_test/delay-token?ms=400").await;
     let (a, b, c) = tokio::join!(
         app.refresh_gh(&alice),
@@ -1311,6 +1319,7 @@ async fn the_listing_shows_the_upstream_token_and_refresh_forces_one() {
     app.provider.hook("/_test/delay-token?ms=0").await;
 
     // The provider down: 503 with the reason, the token kept.
+    app.env.advance(10);
     app.provider.hook("/_test/fail-token?status=503").await;
     let r = app.refresh_gh(&alice).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
@@ -1386,6 +1395,7 @@ async fn forced_refreshes_at_two_replicas_make_one_provider_call() {
     app.connect_gh(EMAIL).await;
     let alice = app.te(EMAIL).await;
     let other = app.env.replica();
+    app.env.advance(10);
     let refreshes = app.refreshes().await;
     app.provider.hook("/_test/delay-token?ms=600").await;
     let at_other = async {

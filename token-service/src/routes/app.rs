@@ -283,8 +283,9 @@ async fn refresh(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         .vault()
         .force_refresh(&te.claims.sub, &route.name, s.now())
         .await?;
-    let state = match outcome {
-        Forced::Refreshed(state) => state,
+    let (state, refreshed) = match outcome {
+        Forced::Refreshed(state) => (state, true),
+        Forced::Fresh(state) => (state, false),
         Forced::NotConnected => return Err(conflict(
             "not_connected",
             "the gateway holds no token for this server: connect it (the listing's connect_url)",
@@ -319,7 +320,7 @@ async fn refresh(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         "name": route.name,
         "url": route.resource(),
         "connected": state.connected,
-        "refreshed": true,
+        "refreshed": refreshed,
     });
     add_token_state(&mut server, upstream, state);
     Ok(no_store(Json(server).into_response()))

@@ -38,6 +38,11 @@ const REFRESH_LEASE: i64 = 30;
 /// this long: lookups answer "refused", so the client gets a clear error, not another round.
 pub const REFUSAL_HOLD: i64 = 600;
 
+/// A forced refresh of a token issued less than this many seconds ago calls no provider: it
+/// answers the token's state (so repeated calls cannot hammer the provider, whose limits
+/// cover every user of the gateway's client).
+pub const FORCED_REFRESH_MIN_AGE: i64 = 10;
+
 /// How long a look-up waits for a refresh when the current token still works, and when it
 /// has expired; both below the filter's call-out timeout (2 s as rendered).
 const PATIENCE_WHILE_VALID: Duration = Duration::from_millis(1_000);
@@ -134,6 +139,8 @@ pub enum Forced {
     /// Refreshed, by this call or by another refresh of the grant that ran while it waited
     /// (once per grant): the state now.
     Refreshed(TokenState),
+    /// Issued under `FORCED_REFRESH_MIN_AGE` ago: not refreshed again; its state.
+    Fresh(TokenState),
     /// No token to refresh: never connected, disconnected, or dropped.
     NotConnected,
     /// The provider issued no refresh token: only a new consent renews the token.
@@ -279,6 +286,9 @@ impl Vault {
         }
         if self.open_refresh(&row).is_none() {
             return Ok(Forced::NoRefreshToken);
+        }
+        if now.saturating_sub(row.issued_at) < FORCED_REFRESH_MIN_AGE {
+            return Ok(Forced::Fresh(self.state_of(&row, true)));
         }
         let version = row.version;
         let gate = self.gate(user, route);
