@@ -10,6 +10,7 @@ pub mod config;
 pub mod config_client_documents;
 pub mod config_id_jag;
 pub mod config_kubernetes;
+pub mod config_upstream_discovery;
 pub mod digest;
 pub mod error;
 pub mod flows;
