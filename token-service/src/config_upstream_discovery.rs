@@ -91,10 +91,7 @@ mod tests {
         c.allowed_authorization_servers = vec!["https://as.example".into()];
         assert!(c.validate(ok).is_ok());
         c.cache_seconds = 0;
-        assert_eq!(
-            c.validate(ok).map_err(|e| e.0),
-            Err("cache_seconds".into())
-        );
+        assert_eq!(c.validate(ok).map_err(|e| e.0), Err("cache_seconds".into()));
         c.cache_seconds = 60;
         c.allowed_authorization_servers = vec!["https://as.example?x=1".into()];
         assert_eq!(

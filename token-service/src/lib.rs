@@ -37,6 +37,7 @@ pub mod scope;
 pub mod secrets;
 pub mod state;
 pub mod store;
+pub mod upstream_discovery;
 pub mod vault;
 
 use std::future::Future;
