@@ -63,31 +63,50 @@ impl Default for Scenario {
 
 #[derive(Clone)]
 struct Upstream {
-    base: String,
+    base: Arc<std::sync::OnceLock<String>>,
     scenario: Arc<Mutex<Scenario>>,
     hits: Arc<Mutex<Vec<String>>>,
 }
 
 impl Upstream {
-    async fn serve() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let up = Upstream {
-            base,
+    fn new() -> Self {
+        Upstream {
+            base: Arc::default(),
             scenario: Arc::new(Mutex::new(Scenario::default())),
             hits: Arc::new(Mutex::new(Vec::new())),
-        };
+        }
+    }
+
+    async fn serve() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = Self::new();
+        up.base
+            .set(format!("http://{}", listener.local_addr().unwrap()))
+            .unwrap();
         let app = axum::Router::new().fallback(answer).with_state(up.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         up
     }
 
+    /// Over HTTPS with a test CA: the upstream and its servers, and the CA's file.
+    async fn serve_https(dir: &std::path::Path) -> (Self, std::path::PathBuf) {
+        let up = Self::new();
+        let app = axum::Router::new().fallback(answer).with_state(up.clone());
+        let (addr, ca) = common::tls::serve(app, dir).await;
+        up.base.set(format!("https://{addr}")).unwrap();
+        (up, ca)
+    }
+
+    fn base(&self) -> String {
+        self.base.get().cloned().unwrap_or_default()
+    }
+
     fn to(&self) -> String {
-        format!("{}/mcp", self.base)
+        format!("{}/mcp", self.base())
     }
 
     fn issuer(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        format!("{}{path}", self.base())
     }
 
     fn set(&self, f: impl FnOnce(&mut Scenario)) {
@@ -136,7 +155,7 @@ async fn answer(State(up): State<Upstream>, method: Method, uri: Uri) -> Respons
                 header::WWW_AUTHENTICATE,
                 format!(
                     r#"Bearer error="invalid_token", resource_metadata="{}/elsewhere/prm""#,
-                    up.base
+                    up.base()
                 ),
             )],
         )
@@ -196,7 +215,7 @@ async fn discovery_finds_the_allowed_authorization_server_from_the_configured_up
     assert_eq!(found.authorization_server.issuer, up.issuer("/as1"));
     assert_eq!(
         found.authorization_server.token_endpoint,
-        format!("{}/as1/token", up.base)
+        format!("{}/as1/token", up.base())
     );
     assert_eq!(found.protected_resource.scopes_supported, ["read", "write"]);
     assert_eq!(found.expires_at, NOW + 3600);
@@ -353,7 +372,7 @@ async fn the_client_identity_follows_what_the_server_supports() {
         choose_client_identity(None, &s, DOCUMENT, CALLBACK),
         Ok(ClientIdentity::Register(format!(
             "{}/as1/register",
-            up.base
+            up.base()
         )))
     );
     up.set(|s| s.dcr = false);
@@ -364,6 +383,29 @@ async fn the_client_identity_follows_what_the_server_supports() {
         "{e}"
     );
     assert!(e.contains(CALLBACK), "{e}");
+}
+
+#[tokio::test]
+async fn discovery_over_https_trusts_the_extra_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, ca) = Upstream::serve_https(dir.path()).await;
+    assert!(up.to().starts_with("https://"));
+    let config = UpstreamDiscoveryConfig {
+        allowed_authorization_servers: vec![up.issuer("/as1")],
+        cache_seconds: 3600,
+    };
+    let with_ca = Outbound::load(&warden_token_service::outbound::OutboundConfig {
+        extra_ca_file: Some(ca),
+    })
+    .unwrap();
+    let d = Discoverer::new(&with_ca, config.clone(), Duration::from_secs(5)).unwrap();
+    let found = d.discover("tracker", &up.to(), NOW).await.unwrap();
+    assert_eq!(found.authorization_server.issuer, up.issuer("/as1"));
+    // Without the CA the upstream's certificate is not trusted.
+    let d = Discoverer::new(&Outbound::default(), config, Duration::from_secs(5)).unwrap();
+    let e = d.discover("tracker", &up.to(), NOW).await.unwrap_err();
+    assert_eq!(e.step, Step::ProtectedResource);
+    assert!(e.reason.contains("no answer"), "{e}");
 }
 
 // ---------------------------------------------------------------- the configuration
