@@ -453,6 +453,69 @@ fn a_discovering_route_loads_and_renders() {
 }
 
 #[test]
+fn check_config_and_the_kubernetes_render_accept_a_discovering_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("warden.yaml");
+    let yaml = config_yaml(
+        dir.path(),
+        &format!("{}{DISCOVERY_BLOCK}", discover_route("")),
+        "ES256",
+    );
+    std::fs::write(&file, &yaml).unwrap();
+    let check = |file: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_warden-token-service"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let out = check(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, yaml.replace(DISCOVERY_BLOCK, "")).unwrap();
+    let out = check(&bad);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("upstream_discovery: required"), "{stderr}");
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let mut v: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root.join("deploy/warden.yaml")).unwrap())
+            .unwrap();
+    v["routes"].as_array_mut().unwrap().push(serde_json::json!({
+        "name": "tracker",
+        "from": "https://mcp.example.com",
+        "prefix": "/tracker",
+        "to": "http://tracker-mcp.tools.svc.cluster.local:8080/mcp",
+        "mcp": {"server": {"upstream_oauth2": {"discover": true}}},
+        "policy": {"allow": {"and": [{"authenticated_user": true}]}},
+    }));
+    v["upstream_discovery"] =
+        serde_json::json!({"allowed_authorization_servers": ["https://auth.tracker.example"]});
+    let text = serde_yaml::to_string(&v).unwrap();
+    let digests = warden_token_service::render::Digests {
+        filter: Some(
+            "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+        ),
+        token_service: None,
+    };
+    for target in [
+        warden_token_service::render::Target::Kubernetes,
+        warden_token_service::render::Target::Istio,
+    ] {
+        let out = warden_token_service::render::manifests(&text, target, &digests).unwrap();
+        assert!(out.contains("discover: true"), "{out}");
+    }
+}
+
+#[test]
 fn discovery_config_errors_name_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let at = "routes[1].mcp.server.upstream_oauth2";
