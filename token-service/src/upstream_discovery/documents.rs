@@ -203,6 +203,16 @@ pub fn parse_authorization_server(
     Ok(m)
 }
 
+/// The scopes to ask the upstream's server for: the route's `upstream_oauth2.scopes`, else
+/// what the protected resource metadata advertises (possibly none).
+pub fn requested_scopes(configured: &[String], prm: &ProtectedResource) -> Vec<String> {
+    if configured.is_empty() {
+        prm.scopes_supported.clone()
+    } else {
+        configured.to_vec()
+    }
+}
+
 /// How the gateway is known at an upstream authorization server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientIdentity {
@@ -382,6 +392,17 @@ mod tests {
         assert!(parse(serde_json::json!({"resource": to}))
             .unwrap_err()
             .contains("authorization_servers"));
+    }
+
+    #[test]
+    fn configured_scopes_win_over_the_advertised_ones() {
+        let prm = ProtectedResource {
+            resource: "https://mcp.example/mcp".into(),
+            authorization_servers: vec!["https://as.example".into()],
+            scopes_supported: vec!["read".into(), "write".into()],
+        };
+        assert_eq!(requested_scopes(&[], &prm), ["read", "write"]);
+        assert_eq!(requested_scopes(&["read".into()], &prm), ["read"]);
     }
 
     #[test]
