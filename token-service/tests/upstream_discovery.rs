@@ -160,6 +160,14 @@ async fn answer(State(up): State<Upstream>, method: Method, uri: Uri) -> Respons
             )],
         )
             .into_response(),
+        ("GET", p) if p.ends_with("/as4") || p.starts_with("/as4/") => (
+            StatusCode::FOUND,
+            [(
+                header::LOCATION,
+                format!("{}/.well-known/oauth-authorization-server/as1", up.base()),
+            )],
+        )
+            .into_response(),
         ("GET", p) => {
             let as_path = if let Some(a) = p.strip_prefix("/.well-known/oauth-authorization-server")
             {
@@ -285,6 +293,21 @@ async fn an_authorization_server_outside_the_allowlist_is_refused() {
     // Its metadata was never fetched.
     assert!(
         !up.hits().iter().any(|h| h.contains("as2")),
+        "{:?}",
+        up.hits()
+    );
+}
+
+#[tokio::test]
+async fn a_redirect_is_not_followed() {
+    let up = Upstream::serve().await;
+    up.set(|s| s.servers = vec!["/as4"]);
+    let d = discoverer(&up, &["/as4"], 3600, Duration::from_secs(5));
+    let e = d.discover("tracker", &up.to(), NOW).await.unwrap_err();
+    assert_eq!(e.step, Step::AuthorizationServer);
+    assert!(e.reason.contains("HTTP 302"), "{e}");
+    assert!(
+        !up.hits().iter().any(|h| h.ends_with("/as1")),
         "{:?}",
         up.hits()
     );
