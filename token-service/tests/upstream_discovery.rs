@@ -606,6 +606,22 @@ fn discovery_config_errors_name_the_field() {
     }
 }
 
+#[tokio::test]
+async fn the_service_discovers_for_a_configured_route() {
+    let up = Upstream::serve().await;
+    let to = up.to();
+    let issuer = up.issuer("/as1");
+    let env = TestEnv::with(|dir| {
+        let route = discover_route("").replace("http://127.0.0.1:9201/mcp", &to);
+        let block = DISCOVERY_BLOCK.replace("https://auth.tracker.example", &issuer);
+        config_yaml(dir, &format!("{route}{block}"), "ES256")
+    });
+    let d = env.state.upstream_discovery().expect("a discoverer");
+    let found = d.discover("tracker", &to, env.state.now()).await.unwrap();
+    assert_eq!(found.authorization_server.issuer, issuer);
+    assert!(TestEnv::new().state.upstream_discovery().is_none());
+}
+
 // ---------------------------------------------------------------- the gateway's document
 
 #[tokio::test]
