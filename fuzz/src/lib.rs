@@ -27,6 +27,7 @@ pub mod plugin_config;
 pub mod return_to_and_redirect_url;
 pub mod session_id;
 pub mod sse_tools_filter;
+pub mod upstream_metadata;
 
 /// A fuzz target: its name (= binary, module and corpus folder), its entry point (which
 /// names the outcome it reached), the outcomes it can reach, and its seeds.
@@ -60,6 +61,7 @@ targets!(
     id_token_and_userinfo,
     internal_api_bodies,
     plugin_config,
+    upstream_metadata,
 );
 
 /// Panics unless every header value of a local reply could go on the wire as it is: visible

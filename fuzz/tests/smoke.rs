@@ -253,4 +253,5 @@ smoke!(
     id_token_and_userinfo,
     internal_api_bodies,
     plugin_config,
+    upstream_metadata,
 );

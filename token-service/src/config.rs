@@ -44,6 +44,10 @@ pub struct Config {
     /// What every outbound HTTPS call trusts (`extra_ca_file`).
     #[serde(default)]
     pub outbound: crate::outbound::OutboundConfig,
+    /// Discovered upstream OAuth (`upstream_oauth2.discover`): the allowed authorization
+    /// servers, the cache.
+    #[serde(default)]
+    pub upstream_discovery: Option<crate::config_upstream_discovery::UpstreamDiscoveryConfig>,
 }
 
 /// Whether loading reads the files secrets live in (`*_file`). A render runs where they do
@@ -1014,21 +1018,88 @@ pub struct McpServerConfig {
     pub redact_parameters: Vec<String>,
     /// The MCP server needs the user's own token from an OAuth provider (GitHub, Google, …):
     /// the gateway gets it during sign-in, keeps and refreshes it, and sends it upstream.
+    /// With `discover: true`, the endpoints are discovered instead (`upstream_discovery`).
     #[serde(default)]
-    pub upstream_oauth2: Option<UpstreamOAuth2Config>,
+    pub upstream_oauth2: Option<UpstreamOAuth2>,
+}
+
+/// `mcp.server.upstream_oauth2`, in one of its two exclusive shapes.
+#[derive(Debug, Clone)]
+pub enum UpstreamOAuth2 {
+    /// The provider's endpoints and the client are configured.
+    Static(UpstreamOAuth2Config),
+    /// `discover: true`: found from the upstream's metadata.
+    Discovered(crate::config_upstream_discovery::DiscoveredUpstreamOAuth2),
+}
+
+/// Both shapes' fields, split by `discover` (the errors name the field that does not belong).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamOAuth2 {
+    #[serde(default)]
+    discover: bool,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    client_secret: Option<String>,
+    #[serde(default)]
+    client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    endpoint: Option<UpstreamEndpoint>,
+}
+
+impl<'de> Deserialize<'de> for UpstreamOAuth2 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = RawUpstreamOAuth2::deserialize(d)?;
+        raw.split().map_err(serde::de::Error::custom)
+    }
+}
+
+impl RawUpstreamOAuth2 {
+    fn split(self) -> Result<UpstreamOAuth2, String> {
+        if self.discover {
+            let given = [
+                ("endpoint", self.endpoint.is_some()),
+                ("client_secret", self.client_secret.is_some()),
+                ("client_secret_file", self.client_secret_file.is_some()),
+            ];
+            if let Some((field, _)) = given.iter().find(|(_, g)| *g) {
+                return Err(format!(
+                    "{field}: not with discover: true (the endpoints come from the upstream's metadata; a discovered client is public)"
+                ));
+            }
+            return Ok(UpstreamOAuth2::Discovered(
+                crate::config_upstream_discovery::DiscoveredUpstreamOAuth2 {
+                    scopes: self.scopes,
+                    client_id: self.client_id,
+                },
+            ));
+        }
+        let Some(client_id) = self.client_id else {
+            return Err("client_id: missing (or set discover: true)".into());
+        };
+        let Some(endpoint) = self.endpoint else {
+            return Err("endpoint: missing (or set discover: true)".into());
+        };
+        Ok(UpstreamOAuth2::Static(UpstreamOAuth2Config {
+            client_id,
+            client_secret: self.client_secret,
+            client_secret_file: self.client_secret_file,
+            scopes: self.scopes,
+            endpoint,
+        }))
+    }
 }
 
 /// `mcp.server.upstream_oauth2`: the gateway as an OAuth client of the upstream provider.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone)]
 pub struct UpstreamOAuth2Config {
     pub client_id: String,
     /// Inline, or (`client_secret_file`) read at load. Neither: a public client (PKCE only).
-    #[serde(default)]
     pub client_secret: Option<String>,
-    #[serde(default)]
     pub client_secret_file: Option<PathBuf>,
-    #[serde(default)]
     pub scopes: Vec<String>,
     pub endpoint: UpstreamEndpoint,
 }
@@ -1124,6 +1195,29 @@ impl UpstreamOAuth2Config {
     }
 }
 
+/// `upstream_oauth2` with `discover: true`: a client id, if given, is not empty; scopes are
+/// scope tokens.
+fn validate_discovered(
+    d: &crate::config_upstream_discovery::DiscoveredUpstreamOAuth2,
+    at: &str,
+) -> Result<(), ConfigError> {
+    if d.client_id.as_deref() == Some("") {
+        return Err(ConfigError::new(
+            format!("{at}.client_id"),
+            "must not be empty (leave it out to use CIMD or DCR)",
+        ));
+    }
+    for (j, s) in d.scopes.iter().enumerate() {
+        if s.is_empty() || !s.bytes().all(is_scope_char) {
+            return Err(ConfigError::new(
+                format!("{at}.scopes[{j}]"),
+                "not a valid scope token",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A provider endpoint: https, or plain http on a loopback host (in-repo providers, tests).
 /// `clients[].jwks` / `jwks_uri`: exactly one, for (and only for) a `private_key_jwt` client;
 /// an inline JWKS must hold a key that can verify an assertion.
@@ -1194,7 +1288,20 @@ impl RouteConfig {
 
     /// The upstream OAuth settings of a server route.
     pub fn upstream_oauth2(&self) -> Option<&UpstreamOAuth2Config> {
-        self.server().and_then(|s| s.upstream_oauth2.as_ref())
+        match self.server().and_then(|s| s.upstream_oauth2.as_ref()) {
+            Some(UpstreamOAuth2::Static(u)) => Some(u),
+            _ => None,
+        }
+    }
+
+    /// `upstream_oauth2: {discover: true}`: the upstream's OAuth is discovered.
+    pub fn discovered_upstream_oauth2(
+        &self,
+    ) -> Option<&crate::config_upstream_discovery::DiscoveredUpstreamOAuth2> {
+        match self.server().and_then(|s| s.upstream_oauth2.as_ref()) {
+            Some(UpstreamOAuth2::Discovered(d)) => Some(d),
+            _ => None,
+        }
     }
 
     /// RFC 8707 resource identifier: `from` + `prefix`, byte for byte.
@@ -1456,6 +1563,10 @@ impl Config {
                 .server
                 .as_mut()
                 .and_then(|s| s.upstream_oauth2.as_mut())
+                .and_then(|u| match u {
+                    UpstreamOAuth2::Static(u) => Some(u),
+                    UpstreamOAuth2::Discovered(_) => None,
+                })
             {
                 u.read_secret_file(&format!("routes[{i}].mcp.server.upstream_oauth2"), files)?;
             }
@@ -1829,6 +1940,19 @@ impl Config {
             if let Some(u) = r.upstream_oauth2() {
                 u.validate(&format!("{at}.mcp.server.upstream_oauth2"))?;
             }
+            if let Some(d) = r.discovered_upstream_oauth2() {
+                validate_discovered(d, &format!("{at}.mcp.server.upstream_oauth2"))?;
+            }
+        }
+        if self.uses_upstream_discovery() {
+            let Some(d) = &self.upstream_discovery else {
+                return Err(ConfigError::new(
+                    "upstream_discovery",
+                    "required when a route has upstream_oauth2.discover (allowed_authorization_servers names the authorization servers discovery may find)",
+                ));
+            };
+            d.validate(validate_provider_url)
+                .map_err(|(f, m)| ConfigError::new(format!("upstream_discovery.{f}"), m))?;
         }
         Ok(())
     }
@@ -2079,6 +2203,13 @@ impl Config {
             .internal_credential_file
             .clone()
             .unwrap_or_else(|| self.beside_database("internal-credential"))
+    }
+
+    /// Whether any route discovers its upstream's OAuth (`upstream_oauth2.discover`).
+    pub fn uses_upstream_discovery(&self) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.discovered_upstream_oauth2().is_some())
     }
 
     /// Whether any route needs tokens from an upstream provider.

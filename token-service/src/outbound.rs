@@ -226,6 +226,14 @@ fn checked_url(url: &str, allow_private_addresses: bool) -> Result<Url, FetchErr
     Ok(parsed)
 }
 
+/// A reqwest failure in words: timed out, or the error with its causes.
+pub fn describe(e: &reqwest::Error) -> String {
+    match transport_error(e) {
+        FetchError::Unreachable(why) => why,
+        other => other.to_string(),
+    }
+}
+
 /// The reason of a reqwest failure, with our resolver's refusal found in its causes.
 fn transport_error(e: &reqwest::Error) -> FetchError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -248,7 +256,7 @@ fn transport_error(e: &reqwest::Error) -> FetchError {
 }
 
 /// `Cache-Control`'s say on caching: `no-store`/`no-cache` → 0, else `max-age`.
-fn cache_max_age(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+pub fn cache_max_age(headers: &reqwest::header::HeaderMap) -> Option<u64> {
     let mut max_age = None;
     for value in headers.get_all(reqwest::header::CACHE_CONTROL) {
         let Ok(value) = value.to_str() else {

@@ -88,3 +88,22 @@ pub(super) async fn jwks(State(s): State<AppState>) -> Response {
     );
     resp
 }
+
+/// The gateway's client ID metadata document, its `client_id` at upstream authorization
+/// servers that support CIMD; served only when a route discovers its upstream's OAuth.
+pub(super) async fn warden_client(State(s): State<AppState>) -> Response {
+    let c = s.config();
+    if !c.uses_upstream_discovery() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let doc = crate::upstream_discovery::documents::client_document(
+        &c.authorization_server.issuer,
+        &crate::vault::callback_url(c),
+    );
+    let mut resp = Json(doc).into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=3600"),
+    );
+    resp
+}

@@ -48,6 +48,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/.well-known/openid-configuration", get(metadata::metadata))
         .route("/.well-known/jwks.json", get(metadata::jwks))
+        .route(
+            crate::upstream_discovery::documents::CLIENT_DOCUMENT_PATH,
+            get(metadata::warden_client),
+        )
         .route("/register", post(register::register))
         .route("/token", post(token::token))
         .route("/revoke", post(token::revoke))

@@ -3,6 +3,7 @@
 
 pub mod pg;
 pub mod served;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
