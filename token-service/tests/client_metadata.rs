@@ -59,78 +59,43 @@ struct DocServer {
 impl DocServer {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        common::tls::make_certificates(dir.path());
-        let certs: Vec<_> =
-            rustls::pki_types::pem::PemObject::pem_file_iter(dir.path().join("server.pem"))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
-        let key: rustls::pki_types::PrivateKeyDer<'static> =
-            rustls::pki_types::pem::PemObject::from_pem_file(dir.path().join("server.key"))
-                .unwrap();
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let docs: Arc<Mutex<HashMap<String, Doc>>> = Arc::default();
         let fetches = Arc::new(AtomicUsize::new(0));
         let (d, f) = (docs.clone(), fetches.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let (acceptor, docs, fetches) = (acceptor.clone(), d.clone(), f.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(move |req: Request<_>| {
-                        fetches.fetch_add(1, Ordering::SeqCst);
-                        let doc = docs.lock().unwrap().get(req.uri().path()).cloned();
-                        async move {
-                            let doc = doc.unwrap_or(Doc {
-                                status: 404,
-                                headers: vec![],
-                                body: "not found".into(),
-                                chunked: false,
-                            });
-                            let mut resp = hyper::Response::builder().status(doc.status);
-                            for (k, v) in &doc.headers {
-                                resp = resp.header(*k, v);
-                            }
-                            let body = if doc.chunked {
-                                let chunks: Vec<Result<axum::body::Bytes, std::io::Error>> = doc
-                                    .body
-                                    .into_bytes()
-                                    .chunks(64)
-                                    .map(|c| Ok(axum::body::Bytes::copy_from_slice(c)))
-                                    .collect();
-                                Body::from_stream(futures_util::stream::iter(chunks))
-                            } else {
-                                Body::from(doc.body)
-                            };
-                            Ok::<_, std::convert::Infallible>(resp.body(body).unwrap())
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                        .await;
+        let router = axum::Router::new().fallback(move |req: Request<Body>| {
+            f.fetch_add(1, Ordering::SeqCst);
+            let doc = d.lock().unwrap().get(req.uri().path()).cloned();
+            async move {
+                let doc = doc.unwrap_or(Doc {
+                    status: 404,
+                    headers: vec![],
+                    body: "not found".into(),
+                    chunked: false,
                 });
+                let mut resp = axum::http::Response::builder().status(doc.status);
+                for (k, v) in &doc.headers {
+                    resp = resp.header(*k, v);
+                }
+                let body = if doc.chunked {
+                    let chunks: Vec<Result<axum::body::Bytes, std::io::Error>> = doc
+                        .body
+                        .into_bytes()
+                        .chunks(64)
+                        .map(|c| Ok(axum::body::Bytes::copy_from_slice(c)))
+                        .collect();
+                    Body::from_stream(futures_util::stream::iter(chunks))
+                } else {
+                    Body::from(doc.body)
+                };
+                resp.body(body).unwrap()
             }
         });
+        let (addr, ca) = common::tls::serve(router, dir.path()).await;
         Self {
             addr,
             docs,
             fetches,
-            ca: dir.path().join("ca.pem"),
+            ca,
             _dir: dir,
         }
     }
