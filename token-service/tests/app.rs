@@ -1163,23 +1163,7 @@ async fn a_refused_connect_returns_to_the_app_with_the_error() {
 #[tokio::test]
 async fn an_expired_ti_the_provider_will_not_refresh_lists_as_not_connected() {
     let app = App::start().await;
-    let (_, cookies) = app
-        .browser_sign_in("chat", &format!("{CHAT}/"), EMAIL)
-        .await;
-    let q = format!("route=gh&redirect_url={}", urlencode(&format!("{CHAT}/")));
-    let r = app
-        .env
-        .get_with_cookie(&format!("/mcp/connect?{q}"), &cookies)
-        .await;
-    let back = app.provider.answer(&r.header("location"), "approve").await;
-    let r = app
-        .env
-        .get_with_cookie(
-            &format!("/upstream/callback?{}", back.query().unwrap()),
-            &cookies,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    app.connect_gh(EMAIL).await;
     let alice = app.te(EMAIL).await;
     assert_eq!(app.servers(&alice).await[1]["connected"], true);
     // Past the TI's lifetime it is still "connected": the gateway holds a refresh token.
