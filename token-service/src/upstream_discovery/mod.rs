@@ -9,6 +9,7 @@
 //! in `upstream_discovery.allowed_authorization_servers`: the SSRF guard.
 
 pub mod documents;
+pub mod registration;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,6 +20,7 @@ use crate::config_upstream_discovery::UpstreamDiscoveryConfig;
 use crate::outbound::Outbound;
 
 pub use documents::{AuthorizationServer, ClientIdentity, ProtectedResource};
+pub use registration::{Registration, RegistrationError};
 
 /// Largest metadata document read.
 pub const MAX_DOCUMENT_BYTES: usize = 64 << 10;
