@@ -9,11 +9,10 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use warden_token_service::config_upstream_discovery::UpstreamDiscoveryConfig;
 use warden_token_service::outbound::Outbound;
 use warden_token_service::store::Store;
 use warden_token_service::upstream_discovery::registration;
-use warden_token_service::upstream_discovery::{AuthorizationServer, Discoverer};
+use warden_token_service::upstream_discovery::{AuthorizationServer, Registrar};
 use warden_token_service::vault::seal::Sealer;
 
 const NOW: i64 = 1_900_000_000;
@@ -94,12 +93,8 @@ fn server(base: &str, methods: &[&str]) -> AuthorizationServer {
     }
 }
 
-fn discoverer(base: &str) -> Discoverer {
-    let config = UpstreamDiscoveryConfig {
-        allowed_authorization_servers: vec![base.to_owned()],
-        cache_seconds: 3600,
-    };
-    Discoverer::new(&Outbound::default(), config, Duration::from_secs(5)).unwrap()
+fn registrar() -> Registrar {
+    Registrar::new(&Outbound::default(), Duration::from_secs(5)).unwrap()
 }
 
 fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
@@ -110,7 +105,7 @@ fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
 async fn the_gateway_registers_once_per_server_and_keeps_it_sealed() {
     let (up, base) = serve().await;
     let dir = tempfile::tempdir().unwrap();
-    let (store, sealer, d) = (store(&dir), Sealer::new(&[3u8; 32]), discoverer(&base));
+    let (store, sealer, d) = (store(&dir), Sealer::new(&[3u8; 32]), registrar());
     let server = server(&base, &["none", "client_secret_basic"]);
 
     let r = d
@@ -134,8 +129,8 @@ async fn the_gateway_registers_once_per_server_and_keeps_it_sealed() {
         })
     );
 
-    // Again (another discoverer, as after a restart): the stored one, no second POST.
-    let again = discoverer(&base)
+    // Again (another registrar, as after a restart): the stored one, no second POST.
+    let again = registrar()
         .register_once(store.clone(), &sealer, &server, CALLBACK, NOW + 10)
         .await
         .unwrap();
@@ -162,7 +157,7 @@ async fn a_server_that_only_takes_client_secret_basic_gets_a_confidential_client
 ) {
     let (up, base) = serve().await;
     let dir = tempfile::tempdir().unwrap();
-    let (store, sealer, d) = (store(&dir), Sealer::new(&[3u8; 32]), discoverer(&base));
+    let (store, sealer, d) = (store(&dir), Sealer::new(&[3u8; 32]), registrar());
     let server = server(&base, &["client_secret_basic"]);
     let r = d
         .register_once(store.clone(), &sealer, &server, CALLBACK, NOW)
@@ -197,7 +192,7 @@ async fn a_refused_registration_is_a_clear_error_and_nothing_is_stored() {
     let (up, base) = serve().await;
     *up.mode.lock().unwrap() = Mode::Refuse;
     let dir = tempfile::tempdir().unwrap();
-    let (store, sealer, d) = (store(&dir), Sealer::new(&[3u8; 32]), discoverer(&base));
+    let (store, sealer, d) = (store(&dir), Sealer::new(&[3u8; 32]), registrar());
     let e = d
         .register_once(store.clone(), &sealer, &server(&base, &[]), CALLBACK, NOW)
         .await
@@ -222,7 +217,7 @@ async fn an_oversized_answer_is_refused() {
     let (up, base) = serve().await;
     *up.mode.lock().unwrap() = Mode::Oversized;
     let dir = tempfile::tempdir().unwrap();
-    let (store, sealer, d) = (store(&dir), Sealer::new(&[3u8; 32]), discoverer(&base));
+    let (store, sealer, d) = (store(&dir), Sealer::new(&[3u8; 32]), registrar());
     let e = d
         .register_once(store.clone(), &sealer, &server(&base, &[]), CALLBACK, NOW)
         .await
@@ -236,7 +231,7 @@ async fn an_oversized_answer_is_refused() {
 async fn an_answer_without_a_client_id_or_a_server_without_an_endpoint_is_refused() {
     let (_up, base) = serve().await;
     let dir = tempfile::tempdir().unwrap();
-    let (store, sealer, d) = (store(&dir), Sealer::new(&[3u8; 32]), discoverer(&base));
+    let (store, sealer, d) = (store(&dir), Sealer::new(&[3u8; 32]), registrar());
     let mut s = server(&base, &[]);
     s.registration_endpoint = None;
     let e = d

@@ -1,19 +1,22 @@
 //! The gateway's registration at an upstream authorization server by RFC 7591 DCR, once per
-//! server: `Discoverer::register_once` opens the one stored for the server's issuer, or posts
+//! server: `Registrar::register_once` opens the one stored for the server's issuer, or posts
 //! the gateway's metadata to its `registration_endpoint` and keeps the answer, sealed with the
 //! encryption key (`store::UpstreamRegistrations`). Replicas registering at once each post, but
-//! the store keeps the first stored and the others use it. Same bounds as discovery: no
-//! redirects, at most `MAX_DOCUMENT_BYTES`, the discoverer's timeout.
+//! the store keeps the first stored and the others use it. Same bounds as discovery: through
+//! `Outbound::client` (the extra CA applies), no redirects, at most `MAX_DOCUMENT_BYTES`,
+//! `FETCH_TIMEOUT`.
 //!
 //! Not wired into sign-in yet.
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::documents::{AuthorizationServer, CLIENT_NAME};
-use super::{read, Discoverer};
+use super::fetch::read;
+use crate::outbound::Outbound;
 use crate::store::{Store, UpstreamRegistrationRecord};
 use crate::vault::seal::{Kind, Sealer};
 
@@ -179,7 +182,25 @@ pub fn open(sealer: &Sealer, issuer: &str, sealed: &[u8]) -> Option<Registration
     serde_json::from_str(&plain).ok()
 }
 
-impl Discoverer {
+/// Registers the gateway at upstream authorization servers.
+pub struct Registrar {
+    http: reqwest::Client,
+}
+
+impl fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registrar").finish_non_exhaustive()
+    }
+}
+
+impl Registrar {
+    /// With `FETCH_TIMEOUT` in production; tests may pass a shorter one.
+    pub fn new(outbound: &Outbound, timeout: Duration) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: outbound.client(timeout)?,
+        })
+    }
+
     /// The gateway's registration at `server`: the stored one if it opens and names
     /// `redirect_uri`, else a new one by DCR at its `registration_endpoint`, stored sealed
     /// (when another replica stored one first, that one).
