@@ -151,6 +151,17 @@ async fn a_sqlite_deployment_moves_to_postgresql_with_its_tokens() {
     } = env;
     drop((state, app));
     let sqlite = dir.path().join("warden.db");
+    // The gateway's registration at an upstream server (sealed bytes, copied byte for byte).
+    let registration = warden_token_service::store::UpstreamRegistrationRecord {
+        issuer: "https://auth.tracker.example".into(),
+        sealed: vec![1, 2, 3, 0, 255],
+        registered_at: 1_900_000_000,
+    };
+    {
+        use warden_token_service::store::UpstreamRegistrations;
+        let s = warden_token_service::SqliteStore::open(&sqlite).unwrap();
+        assert!(s.insert_upstream_registration(&registration).unwrap());
+    }
 
     // The copy, as the subcommand makes it.
     let pg_config = Config::from_yaml(&on_postgres(&sqlite_yaml, dir.path(), &db.url)).unwrap();
@@ -166,6 +177,16 @@ async fn a_sqlite_deployment_moves_to_postgresql_with_its_tokens() {
     assert_eq!(count(&counts, "upstream_tokens"), 1, "{counts:?}");
     assert_eq!(count(&counts, "sessions"), 1, "{counts:?}");
     assert_eq!(count(&counts, "auth_codes"), 1, "{counts:?}");
+    assert_eq!(count(&counts, "upstream_registrations"), 1, "{counts:?}");
+    let (url, issuer) = (db.url.clone(), registration.issuer.clone());
+    let copied = tokio::task::spawn_blocking(move || {
+        use warden_token_service::store::UpstreamRegistrations;
+        let pg = warden_token_service::store::PostgresStore::connect(&url, 2).unwrap();
+        pg.upstream_registration(&issuer).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(copied, Some(registration.clone()));
 
     // Again into the same database: refused, nothing changed.
     let (storage, from) = (pg_config.storage.clone(), sqlite.clone());

@@ -14,8 +14,10 @@ use warden_token_service::flows::authorize::AuthorizeGrant;
 use warden_token_service::store::{
     AppCode, AppSession, AuthCode, CodeLookup, Grant, GrantFilter, IdpLogin, IdpUserRecord,
     PendingFlow, PendingLimit, Redemption, RefreshToken, Retention, Session, SigningKeyRecord,
-    Store, StoreError, StoredClient, UpstreamFlow, UpstreamRecord,
+    Store, StoreError, StoredClient, UpstreamFlow, UpstreamRecord, UpstreamRegistrationRecord,
 };
+use warden_token_service::upstream_discovery::registration::{self, Registration};
+use warden_token_service::vault::seal::Sealer;
 
 /// A database under test: every `handle` is another connection to the same data, as another
 /// replica would have.
@@ -962,6 +964,80 @@ pub fn a_client_keeps_its_keys(b: &dyn Backend) {
     assert_eq!(b.handle().client("by-url").unwrap().unwrap(), d);
 }
 
+pub fn an_upstream_registration_is_kept_once_per_server_sealed(b: &dyn Backend) {
+    const ISSUER: &str = "https://as.example";
+    let sealer = Sealer::new(&[7u8; 32]);
+    let r = Registration {
+        client_id: "gw-client".into(),
+        client_secret: Some("s3cr3t-never-in-clear".into()),
+        registered_at: NOW,
+        redirect_uri: "https://gw.example/upstream/callback".into(),
+        token_endpoint_auth_method: "client_secret_basic".into(),
+    };
+    let record = UpstreamRegistrationRecord {
+        issuer: ISSUER.into(),
+        sealed: registration::seal(&sealer, ISSUER, &r).unwrap(),
+        registered_at: NOW,
+    };
+    let (a, other) = (b.handle(), b.handle());
+    assert_eq!(a.upstream_registration(ISSUER).unwrap(), None);
+    assert!(a.insert_upstream_registration(&record).unwrap());
+    // Another replica reads it, and opens it with the same key; its bytes hold no secret.
+    let got = other.upstream_registration(ISSUER).unwrap().unwrap();
+    assert_eq!(got, record);
+    let secret = b"s3cr3t-never-in-clear";
+    assert!(!got.sealed.windows(secret.len()).any(|w| w == secret));
+    assert!(!got.sealed.windows(9).any(|w| w == b"gw-client"));
+    assert_eq!(
+        registration::open(&sealer, ISSUER, &got.sealed),
+        Some(r.clone())
+    );
+    // Bound to its issuer: another server's row does not open it.
+    assert_eq!(
+        registration::open(&sealer, "https://other.example", &got.sealed),
+        None
+    );
+    // A second insert keeps the first.
+    let mut second = record.clone();
+    second.sealed = b"second".to_vec();
+    assert!(!other.insert_upstream_registration(&second).unwrap());
+    assert_eq!(a.upstream_registration(ISSUER).unwrap().unwrap(), record);
+    // Registrations are per server; the sweep leaves them alone.
+    let mut elsewhere = record.clone();
+    elsewhere.issuer = "https://as2.example".into();
+    assert!(other.insert_upstream_registration(&elsewhere).unwrap());
+    a.sweep(NOW + 100 * 86_400, &RETENTION).unwrap();
+    assert!(a.upstream_registration(ISSUER).unwrap().is_some());
+    // Deleted (the server forgot the client): gone, once.
+    assert!(a.delete_upstream_registration(ISSUER).unwrap());
+    assert!(!other.delete_upstream_registration(ISSUER).unwrap());
+    assert_eq!(other.upstream_registration(ISSUER).unwrap(), None);
+    assert!(a
+        .upstream_registration("https://as2.example")
+        .unwrap()
+        .is_some());
+    // Replicas registering at once: exactly one is kept, and every one reads that one.
+    let won = race(b, 8, |s, i| {
+        let mine = UpstreamRegistrationRecord {
+            issuer: "https://race.example".into(),
+            sealed: format!("replica-{i}").into_bytes(),
+            registered_at: NOW,
+        };
+        let inserted = s.insert_upstream_registration(&mine).unwrap();
+        (
+            inserted,
+            mine.sealed,
+            s.upstream_registration("https://race.example")
+                .unwrap()
+                .unwrap()
+                .sealed,
+        )
+    });
+    assert_eq!(won.iter().filter(|w| w.0).count(), 1);
+    let kept = won.iter().find(|w| w.0).unwrap().1.clone();
+    assert!(won.iter().all(|w| w.2 == kept));
+}
+
 /// One `#[test]` per contract check and backend.
 macro_rules! backend {
     ($name:ident, $open:expr) => {
@@ -1030,6 +1106,10 @@ macro_rules! backend {
             #[test]
             fn client_keys() {
                 run(a_client_keeps_its_keys);
+            }
+            #[test]
+            fn upstream_registrations() {
+                run(an_upstream_registration_is_kept_once_per_server_sealed);
             }
             #[test]
             fn live_users() {

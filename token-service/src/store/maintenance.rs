@@ -23,7 +23,7 @@ pub trait Maintenance {
 }
 
 /// Every table of the store's schema, whichever the backend.
-pub const TABLES: [&str; 20] = [
+pub const TABLES: [&str; 21] = [
     "clients",
     "consents",
     "pending_flows",
@@ -44,4 +44,5 @@ pub const TABLES: [&str; 20] = [
     "revocations",
     "signing_keys",
     "assertion_ids",
+    "upstream_registrations",
 ];

@@ -1,9 +1,10 @@
 //! Persistence. The `Store` is split by aggregate into traits, one file each (`clients`,
-//! `sign_ins`, `sessions` with grants, `codes`, `upstream`, `app_sessions`, `signing_keys`, `idp_checks`, `assertion_ids`);
+//! `sign_ins`, `sessions` with grants, `codes`, `upstream`, `app_sessions`, `signing_keys`, `idp_checks`, `assertion_ids`,
+//! `upstream_registrations`);
 //! the records they hold are in `records`, and every backend lives in a folder of its own
 //! with its migrations as versioned `.sql` files. Calls are synchronous: callers run them on
 //! the blocking pool. Codes, refresh tokens and session cookies are stored only as digests;
-//! signing keys and upstream tokens sealed with the encryption key.
+//! signing keys, upstream tokens and upstream registrations sealed with the encryption key.
 //! `open` picks the backend the configuration names: `sqlite` (embedded, the default) or
 //! `postgres` (several replicas sharing one database).
 
@@ -23,6 +24,7 @@ mod sign_ins;
 mod signing_keys;
 pub mod sqlite;
 mod upstream;
+mod upstream_registrations;
 
 pub use app_sessions::AppSessions;
 pub use assertion_ids::{client_assertions, id_jag_issuer, AssertionIds, MAX_JTI_LEN};
@@ -40,6 +42,7 @@ pub use sign_ins::SignIns;
 pub use signing_keys::SigningKeys;
 pub use sqlite::SqliteStore;
 pub use upstream::UpstreamTokens;
+pub use upstream_registrations::{UpstreamRegistrationRecord, UpstreamRegistrations};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -78,6 +81,7 @@ pub trait Store:
     + Sessions
     + Codes
     + UpstreamTokens
+    + UpstreamRegistrations
     + AppSessions
     + RateLimits
     + Revocations
@@ -97,6 +101,8 @@ impl<T> Store for T where
         + Sessions
         + Codes
         + UpstreamTokens
+        + UpstreamRegistrations
+        + UpstreamRegistrations
         + AppSessions
         + RateLimits
         + Revocations

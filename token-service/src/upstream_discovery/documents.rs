@@ -170,6 +170,8 @@ pub struct AuthorizationServer {
     pub client_id_metadata_document_supported: bool,
     #[serde(default)]
     pub scopes_supported: Vec<String>,
+    #[serde(default)]
+    pub token_endpoint_auth_methods_supported: Vec<String>,
 }
 
 /// `issuer`'s metadata, checked: the issuer is `issuer` byte for byte, PKCE S256 is supported,
@@ -336,6 +338,7 @@ mod tests {
             code_challenge_methods_supported: vec!["S256".into()],
             client_id_metadata_document_supported: false,
             scopes_supported: vec![],
+            token_endpoint_auth_methods_supported: vec![],
         }
     }
 

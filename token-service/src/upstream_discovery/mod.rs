@@ -9,6 +9,8 @@
 //! in `upstream_discovery.allowed_authorization_servers`: the SSRF guard.
 
 pub mod documents;
+mod fetch;
+pub mod registration;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,13 +19,12 @@ use std::time::Duration;
 
 use crate::config_upstream_discovery::UpstreamDiscoveryConfig;
 use crate::outbound::Outbound;
+use fetch::{read, Answer};
 
 pub use documents::{AuthorizationServer, ClientIdentity, ProtectedResource};
+pub use registration::{Registrar, Registration, RegistrationError};
 
-/// Largest metadata document read.
-pub const MAX_DOCUMENT_BYTES: usize = 64 << 10;
-/// Time one fetch may take, connection included.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+pub use fetch::{FETCH_TIMEOUT, MAX_DOCUMENT_BYTES};
 
 /// What discovery found for a route, valid until `expires_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,14 +86,6 @@ impl fmt::Debug for Discoverer {
             .field("config", &self.config)
             .finish()
     }
-}
-
-/// One answer: its status, challenge, body and `Cache-Control` max-age.
-struct Answer {
-    status: u16,
-    challenge: Option<String>,
-    body: Vec<u8>,
-    max_age: Option<u64>,
 }
 
 impl Discoverer {
@@ -244,43 +237,4 @@ impl Discoverer {
             .header(reqwest::header::ACCEPT, "application/json");
         read(req, url).await
     }
-}
-
-/// Sends `req` and reads at most `MAX_DOCUMENT_BYTES` of its answer.
-async fn read(req: reqwest::RequestBuilder, url: &str) -> Result<Answer, String> {
-    let mut resp = req
-        .send()
-        .await
-        .map_err(|e| format!("no answer from {url}: {}", crate::outbound::describe(&e)))?;
-    let status = resp.status().as_u16();
-    let challenge = resp
-        .headers()
-        .get(reqwest::header::WWW_AUTHENTICATE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let max_age = crate::outbound::cache_max_age(resp.headers());
-    let too_large = || format!("{url} answered more than {MAX_DOCUMENT_BYTES} bytes");
-    if resp
-        .content_length()
-        .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
-    {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| format!("reading {url}: {}", crate::outbound::describe(&e)))?
-    {
-        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Answer {
-        status,
-        challenge,
-        body,
-        max_age,
-    })
 }

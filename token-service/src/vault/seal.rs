@@ -29,6 +29,8 @@ pub enum Kind {
     Verifier,
     /// A TE signing key (the keyring binds it to its `kid`).
     SigningKey,
+    /// The gateway's DCR registration at an upstream authorization server (bound to its issuer).
+    Registration,
 }
 
 impl Kind {
@@ -38,6 +40,7 @@ impl Kind {
             Kind::Refresh => b"refresh",
             Kind::Verifier => b"pkce-verifier",
             Kind::SigningKey => b"signing-key",
+            Kind::Registration => b"upstream-registration",
         }
     }
 }

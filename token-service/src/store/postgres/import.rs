@@ -33,6 +33,8 @@ pub const TABLES: &[&str] = &[
     "signing_keys",
     // Ids of assertions still valid: a replay stays refused across the move.
     "assertion_ids",
+    // Sealed byte for byte: the registrations open with the same key, so no AS sees a second one.
+    "upstream_registrations",
 ];
 
 impl PostgresStore {

@@ -20,6 +20,7 @@ mod sign_ins;
 mod signing_keys;
 mod tls;
 mod upstream;
+mod upstream_registrations;
 
 use postgres::{Client, Transaction};
 
@@ -34,6 +35,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_replicas.sql")),
     (3, include_str!("migrations/0003_idp_checks.sql")),
     (4, include_str!("migrations/0004_assertion_ids.sql")),
+    (
+        5,
+        include_str!("migrations/0005_upstream_registrations.sql"),
+    ),
 ];
 
 /// Advisory lock keys (`pg_advisory_xact_lock(NAMESPACE, key)`): one per limit, and a second

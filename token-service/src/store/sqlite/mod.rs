@@ -13,6 +13,7 @@ mod sessions;
 mod sign_ins;
 mod signing_keys;
 mod upstream;
+mod upstream_registrations;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -40,6 +41,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (12, include_str!("migrations/0012_signing_keys.sql")),
     (13, include_str!("migrations/0013_idp_checks.sql")),
     (14, include_str!("migrations/0014_assertion_ids.sql")),
+    (
+        15,
+        include_str!("migrations/0015_upstream_registrations.sql"),
+    ),
 ];
 
 impl From<rusqlite::Error> for StoreError {
