@@ -2301,8 +2301,8 @@ impl Config {
         set.into_iter().map(str::to_owned).collect()
     }
 
-    /// `grant_types_supported`: the code and refresh grants, and client_credentials when some
-    /// client may use it (the jwt-bearer grant is advertised where it is served).
+    /// `grant_types_supported`: the code and refresh grants, client_credentials when some
+    /// client may use it, and the jwt-bearer grant when ID-JAG issuers are configured.
     pub fn grant_types_supported(&self) -> Vec<&'static str> {
         let mut grants = vec!["authorization_code", "refresh_token"];
         if self
@@ -2311,6 +2311,9 @@ impl Config {
             .any(|c| c.allows_grant("client_credentials"))
         {
             grants.push("client_credentials");
+        }
+        if self.authorization_server.identity_assertion_grant.enabled() {
+            grants.push(JWT_BEARER_GRANT);
         }
         grants
     }

@@ -65,11 +65,6 @@ pub(super) async fn metadata(State(s): State<AppState>) -> Response {
         "scopes_supported": c.scopes_supported(),
         "client_id_metadata_document_supported": c.authorization_server.client_id_metadata_documents.enabled,
     });
-    if c.authorization_server.identity_assertion_grant.enabled() {
-        if let Some(g) = metadata["grant_types_supported"].as_array_mut() {
-            g.push(crate::config_id_jag::JWT_BEARER_GRANT.into());
-        }
-    }
     // Closed registration is not advertised (RFC 8414: the endpoint is optional); whether
     // metadata documents are accepted is a switch of its own.
     if c.authorization_server.registration.mode == RegistrationMode::Closed {
