@@ -1294,6 +1294,12 @@ impl RouteConfig {
         }
     }
 
+    /// Whether the server acts with each user's own upstream token: `upstream_oauth2` in
+    /// either shape (configured or discovered).
+    pub fn has_upstream_oauth(&self) -> bool {
+        self.server().is_some_and(|s| s.upstream_oauth2.is_some())
+    }
+
     /// `upstream_oauth2: {discover: true}`: the upstream's OAuth is discovered.
     pub fn discovered_upstream_oauth2(
         &self,

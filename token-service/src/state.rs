@@ -53,8 +53,6 @@ struct Inner {
     guarded: GuardedFetcher,
     /// Clients identified by their metadata documents, as this replica fetched them.
     client_documents: Arc<ClientDocuments>,
-    /// Discovered upstream OAuth (`upstream_oauth2.discover`), when a route uses it.
-    upstream_discovery: Option<Arc<crate::upstream_discovery::Discoverer>>,
 }
 
 /// Checks of identity-provider users at the provider (`recheck`), since this process started:
@@ -210,15 +208,6 @@ impl AppState {
             vault::provider::http_client(&outbound)?,
             guarded.clone(),
         ));
-        let upstream_discovery =
-            match (&config.upstream_discovery, config.uses_upstream_discovery()) {
-                (Some(d), true) => Some(Arc::new(crate::upstream_discovery::Discoverer::new(
-                    &outbound,
-                    d.clone(),
-                    crate::upstream_discovery::FETCH_TIMEOUT,
-                )?)),
-                _ => None,
-            };
         let password_checks = Arc::new(PasswordChecks::new(config.password_check_concurrency()));
         let registrations = Arc::new(ratelimit::RateLimiter::new(
             config
@@ -254,7 +243,6 @@ impl AppState {
                 health: Health::running(),
                 guarded,
                 client_documents,
-                upstream_discovery,
             }),
         })
     }
@@ -308,11 +296,6 @@ impl AppState {
 
     pub fn jwks_cache(&self) -> &crate::jwks_cache::JwksCache {
         &self.inner.jwks_cache
-    }
-
-    /// The upstream discoverer, when a route has `upstream_oauth2.discover`.
-    pub fn upstream_discovery(&self) -> Option<&crate::upstream_discovery::Discoverer> {
-        self.inner.upstream_discovery.as_deref()
     }
 
     pub fn recheck_counters(&self) -> &RecheckCounters {

@@ -157,6 +157,7 @@ fn the_pending_limit_holds_across_replicas_and_tables() {
                     pkce_verifier: "v".into(),
                     expires_at: NOW + 600,
                     redirect_url: None,
+                    authorization_server: String::new(),
                 },
                 limit,
             )

@@ -246,6 +246,40 @@ pub fn a_refresh_token_rotates_once_and_not_after_its_grant_is_revoked(b: &dyn B
     assert!(s.grant("g").unwrap().unwrap().revoked);
 }
 
+pub fn a_token_keeps_the_authorization_server_that_issued_it(b: &dyn Backend) {
+    let s = b.handle();
+    let mut granted = upstream("u");
+    granted.authorization_server = "https://as1.example".into();
+    s.put_upstream_token(&granted).unwrap();
+    let read = s.upstream_token("u", "gh").unwrap().unwrap();
+    assert_eq!(read.authorization_server, "https://as1.example");
+    // A refresh is at the same server: the row keeps it, whatever the record says.
+    let mut refreshed = upstream("u");
+    refreshed.issued_at = NOW + 1;
+    assert!(s
+        .put_refreshed_upstream_token(&refreshed, read.version)
+        .unwrap());
+    let read = s.upstream_token("u", "gh").unwrap().unwrap();
+    assert_eq!(read.authorization_server, "https://as1.example");
+    assert!(s
+        .drop_upstream_token("u", "gh", read.version, "", None, None)
+        .unwrap());
+    // A new consent at another server binds the row to that one.
+    granted.authorization_server = "https://as2.example".into();
+    s.put_upstream_token(&granted).unwrap();
+    let read = s.upstream_token("u", "gh").unwrap().unwrap();
+    assert_eq!(read.authorization_server, "https://as2.example");
+    // A configured provider's rows name none.
+    s.put_upstream_token(&upstream("v")).unwrap();
+    assert_eq!(
+        s.upstream_token("v", "gh")
+            .unwrap()
+            .unwrap()
+            .authorization_server,
+        ""
+    );
+}
+
 pub fn the_upstream_refresh_lease_has_one_holder_and_follows_the_row_version(b: &dyn Backend) {
     let s = b.handle();
     s.put_upstream_token(&upstream("u")).unwrap();
@@ -320,6 +354,7 @@ pub fn takes_are_single_use_and_expired_ones_give_nothing(b: &dyn Backend) {
         pkce_verifier: "v".into(),
         expires_at: NOW + 60,
         redirect_url: None,
+        authorization_server: "https://as.example".into(),
     };
     assert!(s.insert_upstream_flow("st", &up, limit).unwrap());
     assert_eq!(s.live_flow_verifiers(NOW).unwrap(), vec!["v".to_owned()]);
@@ -1062,6 +1097,10 @@ macro_rules! backend {
             #[test]
             fn leases() {
                 run(the_upstream_refresh_lease_has_one_holder_and_follows_the_row_version);
+            }
+            #[test]
+            fn token_servers() {
+                run(a_token_keeps_the_authorization_server_that_issued_it);
             }
             #[test]
             fn single_use() {

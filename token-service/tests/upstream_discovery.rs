@@ -606,20 +606,95 @@ fn discovery_config_errors_name_the_field() {
     }
 }
 
-#[tokio::test]
-async fn the_service_discovers_for_a_configured_route() {
-    let up = Upstream::serve().await;
+/// The vault of a service whose `tracker` route discovers at `up` (the allowed servers
+/// `/as1` and `/as2`).
+fn discovering_service(up: &Upstream) -> TestEnv {
     let to = up.to();
-    let issuer = up.issuer("/as1");
-    let env = TestEnv::with(|dir| {
+    let allowed = format!("[{}, {}]", up.issuer("/as1"), up.issuer("/as2"));
+    TestEnv::with(|dir| {
         let route = discover_route("").replace("http://127.0.0.1:9201/mcp", &to);
-        let block = DISCOVERY_BLOCK.replace("https://auth.tracker.example", &issuer);
+        let block = DISCOVERY_BLOCK.replace("[https://auth.tracker.example]", &allowed);
         config_yaml(dir, &format!("{route}{block}"), "ES256")
+    })
+}
+
+/// The query of the authorization URL the route's provider sends users to.
+fn consent_query(env: &TestEnv) -> std::collections::HashMap<String, String> {
+    let provider = env.state.vault().provider("tracker").expect("a provider");
+    let (url, _) = provider.authorization_url("st", &[]).unwrap();
+    url::Url::parse(&url)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+#[tokio::test]
+async fn the_service_makes_a_discovered_route_a_provider_with_the_chosen_identity() {
+    let up = Upstream::serve().await;
+    up.set(|s| s.cimd = true);
+    let env = discovering_service(&up);
+    let vault = env.state.vault();
+    assert!(vault.has_provider("tracker"));
+    assert!(
+        vault.provider("tracker").is_none(),
+        "nothing discovered before it is asked for"
+    );
+    vault.prepare(Some("tracker"), env.state.now()).await;
+    assert_eq!(vault.upstream_unavailable("tracker"), None);
+    let q = consent_query(&env);
+    let issuer = env.state.config().authorization_server.issuer.clone();
+    assert_eq!(
+        q["client_id"],
+        format!("{issuer}/.well-known/warden-client.json"),
+        "an authorization server with CIMD knows the gateway by its document"
+    );
+    assert_eq!(q["resource"], up.to(), "RFC 8707: the upstream's resource");
+    assert_eq!(q["scope"], "read");
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["redirect_uri"], format!("{issuer}/upstream/callback"));
+    assert!(q.contains_key("code_challenge"));
+}
+
+#[tokio::test]
+async fn a_failed_discovery_is_kept_and_said_and_a_new_server_is_found_after_expiry() {
+    let up = Upstream::serve().await;
+    // Neither CIMD nor DCR: the operator must pre-register.
+    up.set(|s| {
+        s.dcr = false;
+        s.cache_control = Some("max-age=1".into());
     });
-    let d = env.state.upstream_discovery().expect("a discoverer");
-    let found = d.discover("tracker", &to, env.state.now()).await.unwrap();
-    assert_eq!(found.authorization_server.issuer, issuer);
-    assert!(TestEnv::new().state.upstream_discovery().is_none());
+    let env = discovering_service(&up);
+    let vault = env.state.vault();
+    let now = env.state.now();
+    vault.prepare(Some("tracker"), now).await;
+    let why = vault.upstream_unavailable("tracker").expect("a reason");
+    assert!(
+        why.contains("register a client there with the redirect URI")
+            && why.contains("/upstream/callback"),
+        "{why}"
+    );
+    // Kept for RETRY_AFTER: a second sign-in fetches nothing.
+    let fetched = up.hits().len();
+    vault.prepare(Some("tracker"), now + 1).await;
+    assert_eq!(
+        up.hits().len(),
+        fetched,
+        "the failure is answered from memory"
+    );
+    // The upstream moves to a server with CIMD; past the retry the new one is found.
+    up.set(|s| {
+        s.servers = vec!["/as2"];
+        s.cimd = true;
+    });
+    let later = now + warden_token_service::upstream_discovery::providers::RETRY_AFTER;
+    vault.prepare(Some("tracker"), later).await;
+    assert_eq!(vault.upstream_unavailable("tracker"), None);
+    let state = vault
+        .token_state("alice@example.com", "tracker", later)
+        .unwrap();
+    assert_eq!(state.authorization_server, Some(up.issuer("/as2")));
+    assert!(!state.connected);
 }
 
 // ---------------------------------------------------------------- the gateway's document

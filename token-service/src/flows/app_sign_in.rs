@@ -143,10 +143,17 @@ pub(super) fn continue_signed_in(
                 }
                 .into());
             }
-            if server.upstream_oauth2().is_none()
+            if !server.has_upstream_oauth()
                 || b.vault.holds_usable(&session.user, &server.name, b.now)?
             {
                 return Ok(Outcome::BackToApp(redirect_url));
+            }
+            if let Some(reason) = b.vault.upstream_unavailable(&server.name) {
+                return Err(Refusal::UpstreamUnavailable {
+                    server: server.name.clone(),
+                    reason,
+                }
+                .into());
             }
             let url = b
                 .vault

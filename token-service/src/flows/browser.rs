@@ -171,6 +171,8 @@ pub enum Refusal {
     AppDenied { email: String, app: String },
     /// The server's policy refuses the user.
     ServerDenied { email: String, server: String },
+    /// The server's upstream OAuth could not be discovered (or the gateway registered) now.
+    UpstreamUnavailable { server: String, reason: String },
 }
 
 /// An outcome and the cookies that go with it (set in this order).

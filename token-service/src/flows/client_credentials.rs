@@ -51,7 +51,7 @@ pub fn client_credentials(
     let route = config
         .route_by_resource(resource)
         .ok_or_else(|| Error::invalid_target("unknown resource"))?;
-    if route.upstream_oauth2().is_some() {
+    if route.has_upstream_oauth() {
         return Err(Error::invalid_target(format!(
             "route {} acts with each user's own account at an upstream provider; a service client has none",
             route.name

@@ -89,10 +89,23 @@ fn finish_authorization(
     let upstream_route = b
         .config
         .route_by_resource(&grant.resource)
-        .filter(|r| r.upstream_oauth2().is_some())
+        .filter(|r| r.has_upstream_oauth())
         .map(|r| r.name.clone());
     if let Some(route) = upstream_route {
         if !b.vault.holds_usable(email, &route, b.now)? {
+            if let Some(reason) = b.vault.upstream_unavailable(&route) {
+                tracing::warn!(sub = %email, route = %route, reason = %reason, "the upstream account cannot be connected now");
+                let url = authorize::response_url(
+                    &grant.redirect_uri,
+                    &b.config.authorization_server.issuer,
+                    &[
+                        ("error", "temporarily_unavailable"),
+                        ("error_description", &reason),
+                    ],
+                    grant.state.as_deref(),
+                )?;
+                return Ok(Answer::new(Outcome::ErrorToClient(url)));
+            }
             let url = b
                 .vault
                 .begin(&route, grant, email, sid, browser_hash, b.pending, None)?
@@ -145,8 +158,9 @@ fn begin_consent(
         upstream: b
             .config
             .route_by_resource(&flow.request.resource)
-            .and_then(|r| r.upstream_oauth2())
-            .map(|u| u.provider_name()),
+            .filter(|r| r.has_upstream_oauth())
+            .and_then(|r| b.vault.provider(&r.name))
+            .map(|p| p.name()),
     }))))
 }
 

@@ -444,7 +444,7 @@ fn refresh(
     if let Some(route) = ctx
         .config
         .route_by_resource(&grant.resource)
-        .filter(|r| r.upstream_oauth2().is_some())
+        .filter(|r| r.has_upstream_oauth())
     {
         if !ctx.vault.holds_usable(&grant.user, &route.name, ctx.now)? {
             tracing::info!(client_id = %client.client_id, sub = %grant.user, route = %route.name, "refresh refused: the upstream account must be connected again");

@@ -18,7 +18,7 @@ pub async fn upstream_token(State(s): State<AppState>, body: axum::body::Bytes) 
         Ok(v) => v,
         Err(resp) => return *resp,
     };
-    if s.vault().provider(&q.route).is_none() {
+    if !s.vault().has_provider(&q.route) {
         return refuse(
             ErrorCode::UnknownRoute,
             "no route of that name uses upstream_oauth2",

@@ -105,7 +105,7 @@ impl EnvoyInput {
                     scopes: r.scopes.clone(),
                     policy: r.policy.clone().unwrap_or_default(),
                     server: r.server().cloned().unwrap_or_default(),
-                    upstream_oauth: r.upstream_oauth2().is_some(),
+                    upstream_oauth: r.has_upstream_oauth(),
                     pass_identity_headers: r.pass_identity_headers,
                     identity_header_names: r.identity_header_names.clone(),
                     client: r.is_client(),

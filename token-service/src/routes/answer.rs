@@ -33,11 +33,23 @@ pub(super) async fn run(
     params: Params,
     flow: BrowserFlow,
 ) -> Result<Response> {
+    prepare_upstream(&s, &params).await;
     let cookies = browser_cookies(&s, headers);
     let answer = s
         .blocking(move |st| Ok(flow(&browser(st), &params, cookies)?))
         .await?;
     Ok(respond(&s, answer))
+}
+
+/// Before a blocking flow that may start an upstream consent: the discovered upstream OAuth
+/// of the server the request names (`route=` or `resource=`) is made fresh, and any this
+/// replica has not discovered yet is discovered (`Vault::prepare`).
+pub(super) async fn prepare_upstream(s: &AppState, params: &Params) {
+    let route = params.get("route").map(str::to_owned).or_else(|| {
+        let resource = params.get("resource")?;
+        Some(s.config().route_by_resource(resource)?.name.clone())
+    });
+    s.vault().prepare(route.as_deref(), s.now()).await;
 }
 
 /// [`respond`], except that a refusal goes as OAuth JSON to a request that prefers JSON
@@ -200,6 +212,10 @@ pub(super) fn refusal(r: Refusal) -> Error {
         Refusal::ServerDenied { email, server } => Error::page(
             StatusCode::FORBIDDEN,
             format!("You are signed in as {email}, but you are not allowed to use {server}."),
+        ),
+        Refusal::UpstreamUnavailable { server, reason } => Error::page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{server} signs in at an authorization server the gateway cannot use right now: {reason}. Wait a moment, then try again."),
         ),
     }
 }

@@ -153,6 +153,8 @@ fn bearer(s: &AppState, headers: &HeaderMap) -> Result<warden_core::token::Ident
 
 async fn list_servers(State(s): State<AppState>, headers: HeaderMap) -> Result<Response> {
     let te = bearer(&s, &headers)?;
+    // Discovered servers name the authorization server they were discovered at.
+    s.vault().prepare(None, s.now()).await;
     let body = s
         .blocking(move |st| {
             let config = st.config();
@@ -160,12 +162,13 @@ async fn list_servers(State(s): State<AppState>, headers: HeaderMap) -> Result<R
             let now = st.now();
             let mut servers = Vec::new();
             for r in flow::usable_servers(config, &te.claims) {
-                let upstream = r.upstream_oauth2().is_some();
-                let state = match r.upstream_oauth2() {
-                    Some(_) => Some(st.vault().token_state(&te.claims.sub, &r.name, now)?),
-                    None => None,
+                let upstream = r.has_upstream_oauth();
+                let state = if upstream {
+                    Some(st.vault().token_state(&te.claims.sub, &r.name, now)?)
+                } else {
+                    None
                 };
-                let connected = state.is_none_or(|s| s.connected);
+                let connected = state.as_ref().is_none_or(|s| s.connected);
                 let connect_url = upstream.then(|| {
                     let query = url::form_urlencoded::Serializer::new(String::new())
                         .append_pair("route", &r.name)
@@ -179,8 +182,8 @@ async fn list_servers(State(s): State<AppState>, headers: HeaderMap) -> Result<R
                     "connected": connected,
                     "connect_url": connect_url,
                 });
-                if let (Some(u), Some(state)) = (r.upstream_oauth2(), state) {
-                    add_token_state(&mut server, u, state);
+                if let Some(state) = state {
+                    add_token_state(&mut server, state);
                 }
                 servers.push(server);
             }
@@ -192,18 +195,12 @@ async fn list_servers(State(s): State<AppState>, headers: HeaderMap) -> Result<R
 
 /// The upstream token's state in a listing entry (a server with upstream OAuth):
 /// `token_expires_at` (unix seconds, `null` without a token or a lifetime),
-/// `refresh_token_available`, and `authorization_server`: the origin of the configured
-/// `token_url` (a route whose upstream is discovered will name the discovered issuer).
-fn add_token_state(
-    server: &mut serde_json::Value,
-    upstream: &crate::config::UpstreamOAuth2Config,
-    state: TokenState,
-) {
+/// `refresh_token_available`, and `authorization_server`: a discovered server's issuer, or
+/// the origin of a configured provider's `token_url` (`Vault::token_state`).
+fn add_token_state(server: &mut serde_json::Value, state: TokenState) {
     server["token_expires_at"] = json!(state.expires_at);
     server["refresh_token_available"] = json!(state.refresh_token_available);
-    server["authorization_server"] = json!(Url::parse(&upstream.endpoint.token_url)
-        .ok()
-        .map(|u| u.origin().ascii_serialization()));
+    server["authorization_server"] = json!(state.authorization_server);
 }
 
 /// The server a `disconnect` or `refresh` body names: JSON `{"url"}` or form `url=`.
@@ -253,7 +250,7 @@ async fn disconnect(
 ) -> Result<Response> {
     let te = bearer(&s, &headers)?;
     let route = named_server(&s, &headers, &body)?;
-    let disconnected = if route.upstream_oauth2().is_some() {
+    let disconnected = if route.has_upstream_oauth() {
         s.vault().disconnect(&te.claims.sub, &route.name).await?
     } else {
         false
@@ -273,12 +270,12 @@ async fn refresh(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         error,
         description: description.to_owned(),
     };
-    let Some(upstream) = route.upstream_oauth2() else {
+    if !route.has_upstream_oauth() {
         return Err(conflict(
             "no_upstream_oauth",
             "this server has no upstream OAuth: there is no token to refresh",
         ));
-    };
+    }
     let outcome = s
         .vault()
         .force_refresh(&te.claims.sub, &route.name, s.now())
@@ -322,7 +319,7 @@ async fn refresh(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         "connected": state.connected,
         "refreshed": refreshed,
     });
-    add_token_state(&mut server, upstream, state);
+    add_token_state(&mut server, state);
     Ok(no_store(Json(server).into_response()))
 }
 

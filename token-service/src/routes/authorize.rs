@@ -7,7 +7,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 
-use super::answer::{error_as_json, respond, respond_to, run};
+use super::answer::{error_as_json, prepare_upstream, respond, respond_to, run};
 use super::http::{
     admit_new_flow, browser, browser_cookies, form_params, prefers_json, query_params,
     resolve_document_client, ClientAddr,
@@ -38,6 +38,7 @@ pub(super) async fn authorize(
         };
         return Ok(respond_to(&s, Answer::new(Outcome::Refused(refusal)), json));
     }
+    prepare_upstream(&s, &params).await;
     let cookies = browser_cookies(&s, &headers);
     let answer = s
         .blocking(move |st| Ok(sign_in::authorize(&browser(st), &params, cookies)?))
@@ -65,6 +66,7 @@ pub(super) async fn login(
         let password = attempt.password.clone();
         match s.authenticate(attempt.email.clone(), password).await {
             Ok(user) => {
+                s.vault().prepare(None, s.now()).await;
                 let answer = s
                     .blocking(move |st| Ok(sign_in::login_finish(&browser(st), attempt, user)?))
                     .await?;

@@ -75,6 +75,7 @@ pub(super) async fn callback(
     let user = oidc
         .sign_in(&answer.code, &answer.verifier, answer.nonce(), s.now())
         .await;
+    s.vault().prepare(None, s.now()).await;
     let answer = s
         .blocking(move |st| {
             Ok(idp::signed_in_at_provider(

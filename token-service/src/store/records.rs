@@ -228,6 +228,10 @@ pub struct UpstreamRecord {
     /// Counts the row's token writes: a refresh or drop applies only to the version it read
     /// (read from the store; `put_upstream_token` ignores it).
     pub version: i64,
+    /// The issuer of the authorization server that issued the tokens of a discovered route
+    /// (`upstream_oauth2.discover`); empty for a configured provider. A token of a server the
+    /// upstream no longer names is not used (the user consents at the new one).
+    pub authorization_server: String,
 }
 
 /// One row's sealed values moved to the current key (`Store::reseal_upstream_tokens`).
@@ -262,6 +266,10 @@ pub struct UpstreamFlow {
     /// `request` (a stand-in then, never turned into a code).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_url: Option<String>,
+    /// A discovered route's authorization server the consent went to: the callback's code is
+    /// exchanged there only, and the token is bound to it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub authorization_server: String,
 }
 
 /// A sign-in at the identity provider in progress: the provider sends the browser back with

@@ -10,6 +10,7 @@
 
 pub mod documents;
 mod fetch;
+pub mod providers;
 pub mod registration;
 
 use std::collections::HashMap;

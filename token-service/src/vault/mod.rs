@@ -25,6 +25,7 @@ use crate::scope::split_scope;
 use crate::store::{
     AuthorizeGrant, IdpUserRecord, PendingLimit, Store, UpstreamFlow, UpstreamRecord,
 };
+use crate::upstream_discovery::providers::DiscoveredProviders;
 // The filter stops using a cached token on the same rule the vault refreshes it by.
 use provider::{Issued, Provider, ProviderError};
 use seal::{Kind, Sealer};
@@ -122,7 +123,7 @@ pub enum Lookup {
 }
 
 /// The state of a user's upstream token for the server listing (no token itself).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenState {
     /// Whether the token works now or can be refreshed (`holds_usable`).
     pub connected: bool,
@@ -131,6 +132,9 @@ pub struct TokenState {
     pub expires_at: Option<i64>,
     /// Whether the gateway holds a refresh token for it.
     pub refresh_token_available: bool,
+    /// A discovered route's authorization server (the one its token is from, else the one
+    /// discovery found); `None` for a configured provider.
+    pub authorization_server: Option<String>,
 }
 
 /// What a forced refresh (`POST /.warden/mcp/refresh`) came to.
@@ -175,7 +179,9 @@ type RefreshGate = Arc<tokio::sync::Mutex<()>>;
 pub struct Vault {
     store: Arc<dyn Store>,
     sealer: Arc<Sealer>,
-    providers: HashMap<String, Provider>,
+    providers: HashMap<String, Arc<Provider>>,
+    /// The routes whose provider is discovered (`upstream_oauth2.discover`).
+    discovered: Option<DiscoveredProviders>,
     /// One refresh per (user, route) in this process; the store's lease covers replicas.
     refreshing: Mutex<HashMap<(String, String), RefreshGate>>,
     reseal_counters: Arc<reseal_status::ResealCounters>,
@@ -190,7 +196,8 @@ impl Vault {
         key: &[u8; 32],
         previous: &[[u8; 32]],
     ) -> anyhow::Result<Self> {
-        let http = provider::http_client(&crate::outbound::Outbound::load(&config.outbound)?)?;
+        let outbound = crate::outbound::Outbound::load(&config.outbound)?;
+        let http = provider::http_client(&outbound)?;
         let callback = callback_url(config);
         let providers = config
             .routes
@@ -199,11 +206,12 @@ impl Vault {
                 r.upstream_oauth2().map(|u| {
                     (
                         r.name.clone(),
-                        Provider::new(u.clone(), callback.clone(), http.clone()),
+                        Arc::new(Provider::new(u.clone(), callback.clone(), http.clone())),
                     )
                 })
             })
             .collect();
+        let discovered = DiscoveredProviders::new(config, &outbound, callback, http)?;
         let reseal_counters = Arc::new(reseal_status::ResealCounters::default());
         reseal_counters
             .previous_keys
@@ -212,13 +220,90 @@ impl Vault {
             store,
             sealer: Arc::new(Sealer::with_previous(key, previous)),
             providers,
+            discovered,
             refreshing: Mutex::new(HashMap::new()),
             reseal_counters,
         })
     }
 
-    pub fn provider(&self, route: &str) -> Option<&Provider> {
-        self.providers.get(route)
+    /// The route's provider: configured, or discovered (the last result; `prepare` or
+    /// `provider_now` makes it fresh).
+    pub fn provider(&self, route: &str) -> Option<Arc<Provider>> {
+        if let Some(p) = self.providers.get(route) {
+            return Some(p.clone());
+        }
+        let d = self.discovered.as_ref()?;
+        d.discovers(route)
+            .then(|| d.current(route).ok().map(|r| r.provider.clone()))
+            .flatten()
+    }
+
+    /// Whether the route has upstream OAuth, configured or discovered.
+    pub fn has_provider(&self, route: &str) -> bool {
+        self.providers.contains_key(route)
+            || self.discovered.as_ref().is_some_and(|d| d.discovers(route))
+    }
+
+    /// The route's provider now: a discovered one is discovered again when its result
+    /// expired. `Err` says why there is none (discovery or registration failed).
+    async fn provider_now(
+        &self,
+        route: &str,
+        now: i64,
+    ) -> Result<Option<(Arc<Provider>, String)>, String> {
+        if let Some(p) = self.providers.get(route) {
+            return Ok(Some((p.clone(), String::new())));
+        }
+        match &self.discovered {
+            Some(d) if d.discovers(route) => {
+                let r = d.resolve(&self.store, &self.sealer, route, now).await?;
+                Ok(Some((r.provider.clone(), r.issuer.clone())))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Before a blocking flow that may start an upstream consent: `route` (the one the
+    /// request names, if any) is discovered again when its result expired, and any
+    /// discovering route this replica has no result for yet is discovered (a sign-in begun at
+    /// another replica, or before a restart, continues here).
+    pub async fn prepare(&self, route: Option<&str>, now: i64) {
+        let Some(d) = &self.discovered else {
+            return;
+        };
+        let mut due: Vec<&str> = d.route_names().filter(|r| !d.known(r)).collect();
+        if let Some(r) = route.filter(|r| d.discovers(r) && !due.contains(r)) {
+            due.push(r);
+        }
+        for r in due {
+            // A failure is kept and read by the flow (`upstream_unavailable`).
+            let _ = d.resolve(&self.store, &self.sealer, r, now).await;
+        }
+    }
+
+    /// Why a discovered route has no provider now (discovery or registration failed), for
+    /// the flows to tell the client; `None` when it has one, or is configured.
+    pub fn upstream_unavailable(&self, route: &str) -> Option<String> {
+        let d = self.discovered.as_ref().filter(|d| d.discovers(route))?;
+        d.current(route).err()
+    }
+
+    /// The issuer a discovered route's tokens must come from now; empty for a configured
+    /// route (and for a discovered one whose discovery failed: its stored token is judged by
+    /// the upstream, which is all there is to ask).
+    fn current_issuer(&self, route: &str) -> String {
+        self.discovered
+            .as_ref()
+            .filter(|d| d.discovers(route))
+            .and_then(|d| d.current(route).ok())
+            .map(|r| r.issuer.clone())
+            .unwrap_or_default()
+    }
+
+    /// A discovered route's token from an authorization server the upstream no longer names:
+    /// not used, not refreshed there; the user consents at the new one.
+    fn from_another_server(&self, row: &UpstreamRecord, issuer: &str) -> bool {
+        !issuer.is_empty() && row.authorization_server != issuer
     }
 
     fn open_access(&self, r: &UpstreamRecord) -> Option<String> {
@@ -241,6 +326,9 @@ impl Vault {
         if r.refused_until.is_some_and(|t| t > now) {
             return false;
         }
+        if self.from_another_server(r, &self.current_issuer(&r.route)) {
+            return false;
+        }
         let live = r.expires_at.is_none_or(|e| e > now) && self.open_access(r).is_some();
         live || self.open_refresh(r).is_some()
     }
@@ -253,15 +341,31 @@ impl Vault {
                 connected: false,
                 expires_at: None,
                 refresh_token_available: false,
+                authorization_server: self.server_of(route),
             },
         })
     }
 
     fn state_of(&self, row: &UpstreamRecord, connected: bool) -> TokenState {
+        let server = if row.authorization_server.is_empty() {
+            self.server_of(&row.route)
+        } else {
+            Some(row.authorization_server.clone())
+        };
         TokenState {
             connected,
             expires_at: self.open_access(row).and(row.expires_at),
             refresh_token_available: self.open_refresh(row).is_some(),
+            authorization_server: server,
+        }
+    }
+
+    /// The authorization server the listing names: a discovered route's issuer, or the origin
+    /// of a configured provider's token endpoint.
+    fn server_of(&self, route: &str) -> Option<String> {
+        match self.providers.get(route) {
+            Some(p) => p.token_origin(),
+            None => Some(self.current_issuer(route)).filter(|i| !i.is_empty()),
         }
     }
 
@@ -275,13 +379,18 @@ impl Vault {
         now: i64,
     ) -> anyhow::Result<Forced> {
         let started = Instant::now();
-        if self.provider(route).is_none() {
-            return Ok(Forced::NotConnected);
-        }
+        let issuer = match self.provider_now(route, now).await {
+            Ok(Some((_, issuer))) => issuer,
+            Ok(None) => return Ok(Forced::NotConnected),
+            Err(why) => return Ok(Forced::Unavailable(why)),
+        };
         let Some(row) = self.read(user, route).await? else {
             return Ok(Forced::NotConnected);
         };
-        if row.refused_until.is_some_and(|t| t > now) || self.open_access(&row).is_none() {
+        if row.refused_until.is_some_and(|t| t > now)
+            || self.open_access(&row).is_none()
+            || self.from_another_server(&row, &issuer)
+        {
             return Ok(Forced::NotConnected);
         }
         if self.open_refresh(&row).is_none() {
@@ -344,6 +453,7 @@ impl Vault {
         let provider = self
             .provider(route)
             .ok_or_else(|| anyhow::anyhow!("route {route} has no upstream_oauth2"))?;
+        let authorization_server = self.current_issuer(route);
         let extra = self
             .store
             .upstream_token(email, route)?
@@ -367,6 +477,7 @@ impl Vault {
                 )?),
                 expires_at: limit.now + UPSTREAM_FLOW_TTL,
                 redirect_url,
+                authorization_server,
             },
             limit,
         )?;
@@ -384,7 +495,12 @@ impl Vault {
         let (u, r) = (user.to_owned(), route.to_owned());
         let deleted = self.db(move |st| st.delete_upstream_token(&u, &r)).await?;
         let held = row.access_token.is_some() || row.refresh_token.is_some();
-        if let Some(provider) = self.provider(route) {
+        // Revoked only where it was issued: never sent to a server that did not issue it.
+        let provider = match self.provider_now(route, crate::clock::now_unix()).await {
+            Ok(Some((p, issuer))) if !self.from_another_server(&row, &issuer) => Some(p),
+            _ => None,
+        };
+        if let Some(provider) = provider {
             let revoke = match (self.open_refresh(&row), self.open_access(&row)) {
                 (Some(t), _) => Some((t, "refresh_token")),
                 (None, Some(t)) => Some((t, "access_token")),
@@ -463,8 +579,14 @@ impl Vault {
         code: &str,
         now: i64,
     ) -> anyhow::Result<Result<(), ProviderError>> {
-        let Some(provider) = self.provider(&flow.route) else {
-            anyhow::bail!("route {} has no upstream_oauth2", flow.route);
+        let provider = match self.provider_now(&flow.route, now).await {
+            Ok(Some((p, issuer))) if issuer == flow.authorization_server => p,
+            Ok(Some(_)) => return Ok(Err(ProviderError::Refused(
+                "the upstream named another authorization server during the consent; connect again"
+                    .into(),
+            ))),
+            Ok(None) => anyhow::bail!("route {} has no upstream_oauth2", flow.route),
+            Err(why) => return Ok(Err(ProviderError::Unavailable(why))),
         };
         let verifier = B64
             .decode(flow.pkce_verifier.as_bytes())
@@ -482,6 +604,7 @@ impl Vault {
         let previous = self.read(&flow.user, &flow.route).await?;
         let mut record =
             self.record(&flow.user, &flow.route, &issued, None, now, now, &requested)?;
+        record.authorization_server = flow.authorization_server.clone();
         // Consent that follows a server's refusal: a refusal right after it would loop.
         let last_refused_at = previous.and_then(|p| p.last_refused_at);
         record.after_refusal = last_refused_at.is_some_and(|t| now - t < REFUSAL_HOLD);
@@ -531,6 +654,7 @@ impl Vault {
             last_refused_at: None,
             after_refusal: false,
             version: 0,
+            authorization_server: String::new(),
         })
     }
 
@@ -561,12 +685,17 @@ impl Vault {
         // `now` is the request's time; a look-up that waits (for this process's refresh, or
         // another replica's lease) reads the time on from here.
         let started = Instant::now();
-        if self.provider(route).is_none() {
-            return Ok(Lookup::NoToken);
-        }
+        let issuer = match self.provider_now(route, now).await {
+            Ok(Some((_, issuer))) => issuer,
+            Ok(None) => return Ok(Lookup::NoToken),
+            Err(why) => return Ok(Lookup::Unavailable(why)),
+        };
         let Some(row) = self.read(user, route).await? else {
             return Ok(Lookup::NoToken);
         };
+        if self.from_another_server(&row, &issuer) {
+            return Ok(Lookup::NoToken);
+        }
         if let Some(found) = self.usable_now(&row, now) {
             return Ok(found);
         }
@@ -727,6 +856,7 @@ impl Vault {
                     &row.scope,
                 )?;
                 record.after_refusal = row.after_refusal;
+                record.authorization_server = row.authorization_server.clone();
                 let token = UsableToken::of(&record, issued.access_token.clone());
                 // Only over the token refreshed: a server's refusal (drop) or a new consent
                 // that came while the provider answered stands.

@@ -86,6 +86,9 @@ pub struct Provider {
     redirect_uri: String,
     http: reqwest::Client,
     learned_style: AtomicU8,
+    /// RFC 8707 `resource` sent on the authorization, code and refresh requests (a
+    /// discovered upstream's resource identifier).
+    resource: Option<String>,
 }
 
 impl Provider {
@@ -95,7 +98,14 @@ impl Provider {
             redirect_uri,
             http,
             learned_style: AtomicU8::new(STYLE_UNKNOWN),
+            resource: None,
         }
+    }
+
+    /// The same provider, asking for tokens for `resource` (RFC 8707).
+    pub fn for_resource(mut self, resource: String) -> Self {
+        self.resource = Some(resource);
+        self
     }
 
     pub fn scopes(&self) -> &[String] {
@@ -104,6 +114,14 @@ impl Provider {
 
     pub fn name(&self) -> String {
         self.config.provider_name()
+    }
+
+    /// The origin of the token endpoint (the listing's `authorization_server` of a
+    /// configured provider).
+    pub fn token_origin(&self) -> Option<String> {
+        url::Url::parse(&self.config.endpoint.token_url)
+            .ok()
+            .map(|u| u.origin().ascii_serialization())
     }
 
     fn client(&self, style: AuthType) -> anyhow::Result<ConfiguredClient> {
@@ -135,12 +153,15 @@ impl Provider {
             }
         }
         let state = state.to_owned();
-        let (url, _) = self
-            .client(AuthType::BasicAuth)?
+        let client = self.client(AuthType::BasicAuth)?;
+        let mut request = client
             .authorize_url(move || CsrfToken::new(state))
             .add_scopes(scopes.into_iter().map(|s| Scope::new(s.clone())))
-            .set_pkce_challenge(challenge)
-            .url();
+            .set_pkce_challenge(challenge);
+        if let Some(r) = &self.resource {
+            request = request.add_extra_param("resource", r.clone());
+        }
+        let (url, _) = request.url();
         Ok((url.into(), verifier.secret().clone()))
     }
 
@@ -148,10 +169,13 @@ impl Provider {
         self.with_auth_style(|client, http| {
             let code = AuthorizationCode::new(code.to_owned());
             let verifier = PkceCodeVerifier::new(verifier.to_owned());
+            let resource = self.resource.clone();
             async move {
-                client
-                    .exchange_code(code)
-                    .set_pkce_verifier(verifier)
+                let mut request = client.exchange_code(code).set_pkce_verifier(verifier);
+                if let Some(r) = resource {
+                    request = request.add_extra_param("resource", r);
+                }
+                request
                     .request_async(&http.sender())
                     .await
                     .map_err(|e| http.classify(e))
@@ -163,9 +187,13 @@ impl Provider {
     pub async fn refresh(&self, refresh_token: &str) -> Result<Issued, ProviderError> {
         self.with_auth_style(|client, http| {
             let token = RefreshToken::new(refresh_token.to_owned());
+            let resource = self.resource.clone();
             async move {
-                client
-                    .exchange_refresh_token(&token)
+                let mut request = client.exchange_refresh_token(&token);
+                if let Some(r) = resource {
+                    request = request.add_extra_param("resource", r);
+                }
+                request
                     .request_async(&http.sender())
                     .await
                     .map_err(|e| http.classify(e))

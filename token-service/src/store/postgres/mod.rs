@@ -39,6 +39,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("migrations/0005_upstream_registrations.sql"),
     ),
+    (
+        6,
+        include_str!("migrations/0006_upstream_token_servers.sql"),
+    ),
 ];
 
 /// Advisory lock keys (`pg_advisory_xact_lock(NAMESPACE, key)`): one per limit, and a second

@@ -8,7 +8,8 @@ use crate::store::records::{IdpLogin, PendingLimit, Reseal, UpstreamFlow, Upstre
 use crate::store::upstream::UpstreamTokens;
 
 const COLUMNS: &str = "\"user\", route, access_token, refresh_token, issued_at, expires_at,
-    granted_at, scope, extra_scope, refused_until, last_refused_at, after_refusal, version";
+    granted_at, scope, extra_scope, refused_until, last_refused_at, after_refusal, version,
+    authorization_server";
 
 fn record(r: &postgres::Row) -> UpstreamRecord {
     UpstreamRecord {
@@ -25,6 +26,7 @@ fn record(r: &postgres::Row) -> UpstreamRecord {
         last_refused_at: r.get(10),
         after_refusal: r.get(11),
         version: r.get(12),
+        authorization_server: r.get(13),
     }
 }
 
@@ -46,15 +48,16 @@ impl UpstreamTokens for PostgresStore {
             c.execute(
                 "INSERT INTO upstream_tokens (\"user\", route, access_token, refresh_token,
                      issued_at, expires_at, granted_at, scope, extra_scope, refused_until,
-                     last_refused_at, after_refusal, refresh_lease)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL)
+                     last_refused_at, after_refusal, authorization_server, refresh_lease)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL)
                  ON CONFLICT (\"user\", route) DO UPDATE SET
                      access_token = excluded.access_token, refresh_token = excluded.refresh_token,
                      issued_at = excluded.issued_at, expires_at = excluded.expires_at,
                      granted_at = excluded.granted_at, scope = excluded.scope,
                      extra_scope = excluded.extra_scope, refused_until = excluded.refused_until,
                      last_refused_at = excluded.last_refused_at,
-                     after_refusal = excluded.after_refusal, refresh_lease = NULL,
+                     after_refusal = excluded.after_refusal,
+                     authorization_server = excluded.authorization_server, refresh_lease = NULL,
                      version = upstream_tokens.version + 1",
                 &[
                     &t.user,
@@ -69,6 +72,7 @@ impl UpstreamTokens for PostgresStore {
                     &t.refused_until,
                     &t.last_refused_at,
                     &t.after_refusal,
+                    &t.authorization_server,
                 ],
             )?;
             Ok(())

@@ -45,6 +45,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         15,
         include_str!("migrations/0015_upstream_registrations.sql"),
     ),
+    (
+        16,
+        include_str!("migrations/0016_upstream_token_servers.sql"),
+    ),
 ];
 
 impl From<rusqlite::Error> for StoreError {

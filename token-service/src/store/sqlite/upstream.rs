@@ -14,7 +14,8 @@ impl UpstreamTokens for SqliteStore {
             .conn()?
             .query_row(
                 "SELECT access_token, refresh_token, issued_at, expires_at, granted_at, scope,
-                        extra_scope, refused_until, last_refused_at, after_refusal, version
+                        extra_scope, refused_until, last_refused_at, after_refusal, version,
+                        authorization_server
                  FROM upstream_tokens WHERE user = ?1 AND route = ?2",
                 params![user, route],
                 |r| {
@@ -32,6 +33,7 @@ impl UpstreamTokens for SqliteStore {
                         last_refused_at: r.get(8)?,
                         after_refusal: r.get(9)?,
                         version: r.get(10)?,
+                        authorization_server: r.get(11)?,
                     })
                 },
             )
@@ -42,15 +44,16 @@ impl UpstreamTokens for SqliteStore {
         self.conn()?.execute(
             "INSERT INTO upstream_tokens (user, route, access_token, refresh_token, issued_at,
                  expires_at, granted_at, scope, extra_scope, refused_until, last_refused_at,
-                 after_refusal, refresh_lease)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL)
+                 after_refusal, authorization_server, refresh_lease)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, NULL)
              ON CONFLICT (user, route) DO UPDATE SET
                  access_token = excluded.access_token, refresh_token = excluded.refresh_token,
                  issued_at = excluded.issued_at, expires_at = excluded.expires_at,
                  granted_at = excluded.granted_at, scope = excluded.scope,
                  extra_scope = excluded.extra_scope, refused_until = excluded.refused_until,
                  last_refused_at = excluded.last_refused_at,
-                 after_refusal = excluded.after_refusal, refresh_lease = NULL,
+                 after_refusal = excluded.after_refusal,
+                 authorization_server = excluded.authorization_server, refresh_lease = NULL,
                  version = upstream_tokens.version + 1",
             params![
                 t.user,
@@ -64,7 +67,8 @@ impl UpstreamTokens for SqliteStore {
                 t.extra_scope,
                 t.refused_until,
                 t.last_refused_at,
-                t.after_refusal
+                t.after_refusal,
+                t.authorization_server
             ],
         )?;
         Ok(())
@@ -151,7 +155,8 @@ impl UpstreamTokens for SqliteStore {
         let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT user, route, access_token, refresh_token, issued_at, expires_at, granted_at,
-                    scope, extra_scope, refused_until, last_refused_at, after_refusal, version
+                    scope, extra_scope, refused_until, last_refused_at, after_refusal, version,
+                    authorization_server
              FROM upstream_tokens
              WHERE ((access_token IS NOT NULL AND substr(access_token, 1, ?2) IS NOT ?1)
                  OR (refresh_token IS NOT NULL AND substr(refresh_token, 1, ?2) IS NOT ?1))
@@ -176,6 +181,7 @@ impl UpstreamTokens for SqliteStore {
                     last_refused_at: r.get(10)?,
                     after_refusal: r.get(11)?,
                     version: r.get(12)?,
+                    authorization_server: r.get(13)?,
                 })
             },
         )?;
