@@ -65,10 +65,10 @@ async fn migrations_are_recorded_and_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/dir/warden.db");
     let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.schema_versions().unwrap(), (1..=15).collect::<Vec<i64>>());
+    assert_eq!(s.schema_versions().unwrap(), (1..=16).collect::<Vec<i64>>());
     drop(s);
     let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.schema_versions().unwrap(), (1..=15).collect::<Vec<i64>>());
+    assert_eq!(s.schema_versions().unwrap(), (1..=16).collect::<Vec<i64>>());
 }
 
 fn sample_code() -> warden_token_service::store::AuthCode {
