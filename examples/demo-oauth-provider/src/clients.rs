@@ -152,9 +152,11 @@ impl Provider {
             .and_then(Value::as_str)
         {
             None | Some("none") => {}
-            Some(other) => return Err(format!(
+            Some(other) => {
+                return Err(format!(
                 "The client metadata document's token_endpoint_auth_method is {other}, not none."
-            )),
+            ))
+            }
         }
         let redirect_uris = string_list(&doc, "redirect_uris")
             .filter(|uris| !uris.is_empty())
