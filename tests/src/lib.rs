@@ -529,8 +529,10 @@ pub const PROVIDER_PASSWORD: &str = "alice-password";
 pub struct OAuthProvider {
     pub proc: Proc,
     pub addr: SocketAddr,
-    /// The CA (PEM) that trusts its certificate, when it serves HTTPS
-    /// ([`OAuthProvider::start_https`]).
+    /// Serves HTTPS ([`OAuthProvider::start_https`]).
+    pub https: bool,
+    /// A CA (PEM) the harness's calls to it trust besides the [`trust_ca`] ones: the `ca.pem`
+    /// beside its certificate, as [`tls::test_certificate`] writes it.
     pub ca_pem: Option<Vec<u8>>,
 }
 
@@ -541,65 +543,66 @@ impl OAuthProvider {
         OAuthProvider::spawn(dir, port, None, extra_args).await
     }
 
-    /// [`OAuthProvider::start`] over HTTPS (`--tls-cert`/`--tls-key` from `certificate`, made by
-    /// [`tls::test_certificate`] with `IP:127.0.0.1` among its names): [`Self::url`] is
-    /// `https://127.0.0.1:<port>`, the issuer too, and the harness's calls to it trust
-    /// `certificate.ca` (nothing else does: give it to the token service as
-    /// `outbound.extra_ca_file`, to the demo server as `--introspect-ca`).
+    /// [`OAuthProvider::start`] over HTTPS: `--tls-cert cert --tls-key key` (PEM; make them
+    /// with [`tls::test_certificate`], `IP:127.0.0.1` among the names). [`Self::url`] and the
+    /// issuer are then `https://127.0.0.1:<port>`, and the harness's own calls to it
+    /// ([`Self::http`]: the health wait, [`Self::stats`], [`Self::hook`], [`Self::tokens`])
+    /// trust the `ca.pem` beside `cert` when there is one, and the [`trust_ca`] CAs. Nothing
+    /// else trusts it: give the CA to the token service (`outbound.extra_ca_file`) and to the
+    /// demo server (`--introspect-ca`).
     pub async fn start_https(
         dir: &Path,
         port: u16,
-        certificate: &tls::TestCertificate,
+        cert: &Path,
+        key: &Path,
         extra_args: &[&str],
     ) -> OAuthProvider {
-        OAuthProvider::spawn(dir, port, Some(certificate), extra_args).await
+        OAuthProvider::spawn(dir, port, Some((cert, key)), extra_args).await
     }
 
     async fn spawn(
         dir: &Path,
         port: u16,
-        certificate: Option<&tls::TestCertificate>,
+        tls: Option<(&Path, &Path)>,
         extra_args: &[&str],
     ) -> OAuthProvider {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let mut args: Vec<OsString> = vec!["--listen".into(), addr.to_string().into()];
-        if let Some(c) = certificate {
+        if let Some((cert, key)) = tls {
             args.extend([
                 "--tls-cert".into(),
-                c.cert.clone().into_os_string(),
+                cert.as_os_str().to_owned(),
                 "--tls-key".into(),
-                c.key.clone().into_os_string(),
+                key.as_os_str().to_owned(),
             ]);
         }
         args.extend(extra_args.iter().map(OsString::from));
-        let ca_pem = certificate.map(|c| std::fs::read(&c.ca).expect("read the test CA"));
-        let mut proc = Proc::spawn(
+        let ca_pem = tls.and_then(|(cert, _)| std::fs::read(cert.with_file_name("ca.pem")).ok());
+        let proc = Proc::spawn(
             "demo-oauth-provider",
             dir,
             &Binaries::oauth_provider(),
             &args,
             &[],
         );
-        let scheme = if ca_pem.is_some() { "https" } else { "http" };
-        proc.wait_http_ok_with(
-            &http_client_trusting(ca_pem.as_deref()),
-            &format!("{scheme}://{addr}/healthz"),
-        )
-        .await;
-        OAuthProvider { proc, addr, ca_pem }
+        let mut provider = OAuthProvider {
+            proc,
+            addr,
+            https: tls.is_some(),
+            ca_pem,
+        };
+        let (http, healthz) = (provider.http(), format!("{}/healthz", provider.url()));
+        provider.proc.wait_http_ok_with(&http, &healthz).await;
+        provider
     }
 
     /// `https://…` after [`Self::start_https`], else `http://…`.
     pub fn url(&self) -> String {
-        let scheme = if self.ca_pem.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if self.https { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
     }
 
-    /// An [`http_client`] that reaches it (trusting its CA when it serves HTTPS).
+    /// An [`http_client`] that reaches it (trusting [`Self::ca_pem`] too).
     pub fn http(&self) -> reqwest::Client {
         http_client_trusting(self.ca_pem.as_deref())
     }

@@ -401,7 +401,8 @@ async fn protected_resource_metadata_audience_and_a_rotating_authorization_serve
     let provider = OAuthProvider::start_https(
         dir.path(),
         free_port(),
-        &cert,
+        &cert.cert,
+        &cert.key,
         &["--dcr", "--resource", &resource],
     )
     .await;
@@ -509,6 +510,16 @@ async fn protected_resource_metadata_audience_and_a_rotating_authorization_serve
     let bound = second.tokens_for("mcp:read", Some(&resource)).await;
     let resp = call(bound["access_token"].as_str().unwrap().to_owned()).await;
     assert_eq!(resp.status, 200, "{}", resp.body);
+    // Too little scope: 403, naming the metadata too.
+    let narrow = second.tokens_for("other", Some(&resource)).await;
+    let resp = call(narrow["access_token"].as_str().unwrap().to_owned()).await;
+    assert_eq!(resp.status, 403, "{}", resp.body);
+    assert_eq!(
+        resp.header("www-authenticate"),
+        Some(format!(
+            "Bearer error=\"insufficient_scope\", scope=\"mcp:read\", resource_metadata=\"{metadata_url}\""
+        ))
+    );
 
     // Without --resource-metadata-issuer there is no metadata and no hook.
     let plain_dir = dir.path().join("plain");

@@ -62,7 +62,8 @@
 //! (and `scopes_supported` with `--require-scope`; `Cache-Control: max-age=N` with
 //! `--metadata-max-age N`), and every `401` carries `WWW-Authenticate: Bearer
 //! error="invalid_token", resource_metadata="…"` (no `error` when the request had no
-//! `Authorization`), as remote MCP servers with OAuth of their own answer. `POST
+//! `Authorization`; a `403 insufficient_scope` names it too), as remote MCP servers with OAuth
+//! of their own answer. `POST
 //! /_test/authorization-server?issuer=URL&introspect=URL` switches the authorization server the
 //! metadata names and the introspection endpoint (an upstream rotating its AS). With
 //! `--require-audience` an active token must also have `aud` equal to `http://ADDR/mcp` (RFC
@@ -612,9 +613,15 @@ async fn require_bearer(
     }
     if let Some(required) = &check.required_scope {
         if !active.scope.split_whitespace().any(|s| s == required) {
+            // As MCP servers answer it: where to get a token with more scope, when known.
+            let metadata = check
+                .metadata
+                .as_ref()
+                .map(|m| format!(", resource_metadata=\"{}\"", m.url))
+                .unwrap_or_default();
             return bearer_reject(
                 StatusCode::FORBIDDEN,
-                &format!("Bearer error=\"insufficient_scope\", scope=\"{required}\""),
+                &format!("Bearer error=\"insufficient_scope\", scope=\"{required}\"{metadata}"),
                 "insufficient_scope",
                 &format!("the token lacks scope {required}"),
             );
