@@ -307,7 +307,62 @@ async fn a_registered_client_runs_the_code_flow_with_its_own_credentials() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(p.get_json("/_test/stats").await.1["registrations"], 2);
+
+    // client_secret_post: its credentials in the body, at /token and /revoke.
+    let (status, post_reg) = p
+        .register(json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "client_secret_post"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let post_id = post_reg["client_id"].as_str().unwrap();
+    let post_secret = post_reg["client_secret"].as_str().unwrap();
+    let code = p
+        .approve(p.authorize(post_id, REDIRECT, &[], true).await)
+        .await;
+    let (status, _) = p
+        .token_form(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", VERIFIER),
+            ],
+            Some((post_id, post_secret)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "Basic is not its method");
+    let code = p
+        .approve(p.authorize(post_id, REDIRECT, &[], true).await)
+        .await;
+    let (status, tokens) = p
+        .token_form(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", VERIFIER),
+                ("client_id", post_id),
+                ("client_secret", post_secret),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(p.introspect(access).await["active"], true);
+    let resp = p
+        .http
+        .post(p.at("/revoke"))
+        .form(&[
+            ("token", access),
+            ("client_id", post_id),
+            ("client_secret", post_secret),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(p.introspect(access).await["active"], false);
+    assert_eq!(p.get_json("/_test/stats").await.1["registrations"], 3);
 }
 
 /// A client metadata document on a port of the test's own; `doc` gets `{url}` replaced by the
@@ -408,6 +463,63 @@ async fn a_client_metadata_document_is_fetched_once_and_makes_a_public_client() 
     let plain = start(ProviderConfig::default()).await;
     let resp = plain.authorize(&url, REDIRECT, &[], true).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn an_https_metadata_document_needs_the_extra_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let tls = demo_oauth_provider::server_config(
+        &std::fs::read(dir.path().join("server.pem")).unwrap(),
+        &std::fs::read(dir.path().join("server.key")).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://localhost:{}/client.json",
+        listener.local_addr().unwrap().port()
+    );
+    let body = json!({"client_id": url, "redirect_uris": [REDIRECT]}).to_string();
+    let server = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, body) = (acceptor.clone(), body.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |_req| {
+                    let body = body.clone();
+                    async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(body)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+
+    let untrusting = start(ProviderConfig {
+        cimd: true,
+        ..ProviderConfig::default()
+    })
+    .await;
+    let resp = untrusting.authorize(&url, REDIRECT, &[], true).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(resp.text().await.unwrap().contains("could not be fetched"));
+
+    let trusting = start(ProviderConfig {
+        cimd: true,
+        extra_ca: Some(std::fs::read(dir.path().join("ca.pem")).unwrap()),
+        ..ProviderConfig::default()
+    })
+    .await;
+    let code = trusting
+        .approve(trusting.authorize(&url, REDIRECT, &[], true).await)
+        .await;
+    assert!(code.starts_with("dac_"), "{code}");
+    server.abort();
 }
 
 fn free_port() -> u16 {
