@@ -298,7 +298,11 @@ impl Proc {
 
     /// Polls `url` until it answers 200, failing early (with the log) if the process exits.
     pub async fn wait_http_ok(&mut self, url: &str) {
-        let client = http_client();
+        self.wait_http_ok_with(&http_client(), url).await;
+    }
+
+    /// [`Self::wait_http_ok`] with `client` (e.g. one trusting a test CA for an https URL).
+    pub async fn wait_http_ok_with(&mut self, client: &reqwest::Client, url: &str) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.exited() {
@@ -374,14 +378,24 @@ pub fn client_builder() -> reqwest::ClientBuilder {
     with_resolved(reqwest::Client::builder())
 }
 
-fn with_resolved(mut builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+fn with_resolved(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+    with_resolved_trusting(builder, None)
+}
+
+/// [`with_resolved`], trusting `extra_ca` (PEM) as well as the [`trust_ca`] ones.
+fn with_resolved_trusting(
+    mut builder: reqwest::ClientBuilder,
+    extra_ca: Option<&[u8]>,
+) -> reqwest::ClientBuilder {
     for (host, addr) in resolved() {
         builder = builder.resolve(&host, addr);
     }
-    let trusted: Vec<reqwest::Certificate> = TRUSTED
+    let mut pems = TRUSTED
         .get()
         .map(|t| t.lock().unwrap().clone())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    pems.extend(extra_ca.map(<[u8]>::to_vec));
+    let trusted: Vec<reqwest::Certificate> = pems
         .iter()
         .map(|pem| reqwest::Certificate::from_pem(pem).expect("a trusted CA certificate (PEM)"))
         .collect();
@@ -400,7 +414,13 @@ pub fn mcp_http_client() -> reqwest::Client {
 
 /// A plain reqwest client for loopback calls (no redirects followed, no proxies).
 pub fn http_client() -> reqwest::Client {
-    with_resolved(reqwest::Client::builder())
+    http_client_trusting(None)
+}
+
+/// [`http_client`] that also trusts `extra_ca` (PEM), without adding it for every client as
+/// [`trust_ca`] does.
+pub fn http_client_trusting(extra_ca: Option<&[u8]>) -> reqwest::Client {
+    with_resolved_trusting(reqwest::Client::builder(), extra_ca)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .timeout(Duration::from_secs(30))
@@ -461,6 +481,30 @@ impl DemoServer {
         assert!(resp.status().is_success(), "DELETE /_recorded");
     }
 
+    /// `POST /_test/authorization-server` (a server started with `--resource-metadata-issuer`):
+    /// from now on its RFC 9728 metadata names `issuer` and it introspects tokens at
+    /// `introspect`, as an upstream that rotated its authorization server. Its JSON answer.
+    pub async fn set_authorization_server(&self, issuer: &str, introspect: &str) -> Value {
+        let resp = http_client()
+            .post(format!("{}/_test/authorization-server", self.url()))
+            .query(&[("issuer", issuer), ("introspect", introspect)])
+            .send()
+            .await
+            .expect("POST /_test/authorization-server");
+        assert_eq!(
+            resp.status().as_u16(),
+            200,
+            "POST /_test/authorization-server"
+        );
+        resp.json().await.expect("authorization-server JSON")
+    }
+
+    /// `http://ADDR/.well-known/oauth-protected-resource/mcp` (with
+    /// `--resource-metadata-issuer`).
+    pub fn resource_metadata_url(&self) -> String {
+        format!("{}/.well-known/oauth-protected-resource/mcp", self.url())
+    }
+
     /// Asserts nothing reached the upstream since the last clear.
     pub async fn assert_nothing_recorded(&self, context: &str) {
         let recorded = self.recorded().await;
@@ -485,28 +529,82 @@ pub const PROVIDER_PASSWORD: &str = "alice-password";
 pub struct OAuthProvider {
     pub proc: Proc,
     pub addr: SocketAddr,
+    /// Serves HTTPS ([`OAuthProvider::start_https`]).
+    pub https: bool,
+    /// A CA (PEM) the harness's calls to it trust besides the [`trust_ca`] ones: the `ca.pem`
+    /// beside its certificate, as [`tls::test_certificate`] writes it.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl OAuthProvider {
     /// Starts `demo-oauth-provider --listen 127.0.0.1:<port> <extra_args>` and waits for
     /// `/healthz`.
     pub async fn start(dir: &Path, port: u16, extra_args: &[&str]) -> OAuthProvider {
+        OAuthProvider::spawn(dir, port, None, extra_args).await
+    }
+
+    /// [`OAuthProvider::start`] over HTTPS: `--tls-cert cert --tls-key key` (PEM; make them
+    /// with [`tls::test_certificate`], `IP:127.0.0.1` among the names). [`Self::url`] and the
+    /// issuer are then `https://127.0.0.1:<port>`, and the harness's own calls to it
+    /// ([`Self::http`]: the health wait, [`Self::stats`], [`Self::hook`], [`Self::tokens`])
+    /// trust the `ca.pem` beside `cert` when there is one, and the [`trust_ca`] CAs. Nothing
+    /// else trusts it: give the CA to the token service (`outbound.extra_ca_file`) and to the
+    /// demo server (`--introspect-ca`).
+    pub async fn start_https(
+        dir: &Path,
+        port: u16,
+        cert: &Path,
+        key: &Path,
+        extra_args: &[&str],
+    ) -> OAuthProvider {
+        OAuthProvider::spawn(dir, port, Some((cert, key)), extra_args).await
+    }
+
+    async fn spawn(
+        dir: &Path,
+        port: u16,
+        tls: Option<(&Path, &Path)>,
+        extra_args: &[&str],
+    ) -> OAuthProvider {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let mut args: Vec<OsString> = vec!["--listen".into(), addr.to_string().into()];
+        if let Some((cert, key)) = tls {
+            args.extend([
+                "--tls-cert".into(),
+                cert.as_os_str().to_owned(),
+                "--tls-key".into(),
+                key.as_os_str().to_owned(),
+            ]);
+        }
         args.extend(extra_args.iter().map(OsString::from));
-        let mut proc = Proc::spawn(
+        let ca_pem = tls.and_then(|(cert, _)| std::fs::read(cert.with_file_name("ca.pem")).ok());
+        let proc = Proc::spawn(
             "demo-oauth-provider",
             dir,
             &Binaries::oauth_provider(),
             &args,
             &[],
         );
-        proc.wait_http_ok(&format!("http://{addr}/healthz")).await;
-        OAuthProvider { proc, addr }
+        let mut provider = OAuthProvider {
+            proc,
+            addr,
+            https: tls.is_some(),
+            ca_pem,
+        };
+        let (http, healthz) = (provider.http(), format!("{}/healthz", provider.url()));
+        provider.proc.wait_http_ok_with(&http, &healthz).await;
+        provider
     }
 
+    /// `https://…` after [`Self::start_https`], else `http://…`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// An [`http_client`] that reaches it (trusting [`Self::ca_pem`] too).
+    pub fn http(&self) -> reqwest::Client {
+        http_client_trusting(self.ca_pem.as_deref())
     }
 
     pub fn introspect_url(&self) -> String {
@@ -516,9 +614,15 @@ impl OAuthProvider {
     /// The whole code flow as a client with the default credentials (PKCE S256, the browser
     /// played by reqwest, the default user approving): the token response.
     pub async fn tokens(&self, scope: &str) -> Value {
+        self.tokens_for(scope, None).await
+    }
+
+    /// [`Self::tokens`] with `resource` (RFC 8707) in the authorization and token requests, as
+    /// a provider started with `--resource` needs.
+    pub async fn tokens_for(&self, scope: &str, resource: Option<&str>) -> Value {
         use base64::Engine as _;
         use sha2::Digest as _;
-        let http = http_client();
+        let http = self.http();
         let redirect_uri = "http://127.0.0.1:1/callback";
         let verifier = "demo-verifier-demo-verifier-demo-verifier-demo-verifier";
         let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -534,6 +638,7 @@ impl OAuthProvider {
                 ("code_challenge", challenge.as_str()),
                 ("code_challenge_method", "S256"),
             ])
+            .query(&resource.map(|r| vec![("resource", r)]).unwrap_or_default())
             .send()
             .await
             .expect("GET /authorize");
@@ -567,12 +672,17 @@ impl OAuthProvider {
         let resp = http
             .post(format!("{}/token", self.url()))
             .basic_auth(PROVIDER_CLIENT_ID, Some(PROVIDER_CLIENT_SECRET))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", code.as_str()),
-                ("redirect_uri", redirect_uri),
-                ("code_verifier", verifier),
-            ])
+            .form(
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", code.as_str()),
+                    ("redirect_uri", redirect_uri),
+                    ("code_verifier", verifier),
+                ]
+                .into_iter()
+                .chain(resource.map(|r| ("resource", r)))
+                .collect::<Vec<_>>(),
+            )
             .send()
             .await
             .expect("POST /token");
@@ -582,7 +692,8 @@ impl OAuthProvider {
 
     /// `GET /_test/stats`.
     pub async fn stats(&self) -> Value {
-        let resp = http_client()
+        let resp = self
+            .http()
             .get(format!("{}/_test/stats", self.url()))
             .send()
             .await
@@ -597,7 +708,9 @@ impl OAuthProvider {
 
     /// [`Self::hook`] with a JSON body (e.g. `claims`).
     pub async fn hook_with(&self, hook: &str, query: &str, body: Option<Value>) -> Value {
-        let mut req = http_client().post(format!("{}/_test/{hook}?{query}", self.url()));
+        let mut req = self
+            .http()
+            .post(format!("{}/_test/{hook}?{query}", self.url()));
         if let Some(b) = body {
             req = req.json(&b);
         }

@@ -381,3 +381,163 @@ async fn bearer_checking_against_the_demo_oauth_provider() {
     .await;
     assert_eq!(resp.status, 200, "scope present: {}", resp.body);
 }
+
+/// The demo server as a remote MCP server with OAuth of its own (issue 21's upstream): RFC 9728
+/// metadata, `resource_metadata` in every 401, audience-bound tokens from an HTTPS
+/// authorization server, and an authorization server that rotates at runtime.
+#[tokio::test]
+async fn protected_resource_metadata_audience_and_a_rotating_authorization_server() {
+    let dir = tempfile::Builder::new()
+        .prefix("warden-demo-prm-")
+        .tempdir()
+        .unwrap();
+    let cert = warden_e2e::tls::test_certificate(
+        dir.path(),
+        "provider",
+        &["IP:127.0.0.1", "DNS:localhost"],
+    );
+    let demo_port = free_port();
+    let resource = format!("http://127.0.0.1:{demo_port}/mcp");
+    let provider = OAuthProvider::start_https(
+        dir.path(),
+        free_port(),
+        &cert.cert,
+        &cert.key,
+        &["--dcr", "--resource", &resource],
+    )
+    .await;
+    assert!(provider.url().starts_with("https://"), "{}", provider.url());
+    let demo_dir = dir.path().join("demo");
+    std::fs::create_dir(&demo_dir).unwrap();
+    let demo = DemoServer::start_with(
+        &demo_dir,
+        demo_port,
+        &[
+            "--require-bearer-introspect",
+            &provider.introspect_url(),
+            "--introspect-ca",
+            cert.ca.to_str().unwrap(),
+            "--resource-metadata-issuer",
+            &provider.url(),
+            "--metadata-max-age",
+            "60",
+            "--require-audience",
+            "--require-scope",
+            "mcp:read",
+        ],
+    )
+    .await;
+    let metadata_url = demo.resource_metadata_url();
+    assert_eq!(
+        metadata_url,
+        format!("http://127.0.0.1:{demo_port}/.well-known/oauth-protected-resource/mcp")
+    );
+
+    let metadata = raw_request("GET", &metadata_url, &[], None).await;
+    assert_eq!(metadata.status, 200, "{}", metadata.body);
+    assert_eq!(
+        metadata.header("cache-control").as_deref(),
+        Some("max-age=60")
+    );
+    assert_eq!(
+        metadata.json(),
+        json!({
+            "resource": resource,
+            "authorization_servers": [provider.url()],
+            "bearer_methods_supported": ["header"],
+            "scopes_supported": ["mcp:read"],
+        })
+    );
+
+    // No credentials: where to go, no error. Bad credentials: the error and where to go.
+    let resp = mcp_post(&demo.mcp_url(), &[], "tools/list", json!({})).await;
+    assert_eq!(resp.status, 401, "{}", resp.body);
+    assert_eq!(
+        resp.header("www-authenticate"),
+        Some(format!("Bearer resource_metadata=\"{metadata_url}\""))
+    );
+    let challenge_of_invalid =
+        format!("Bearer error=\"invalid_token\", resource_metadata=\"{metadata_url}\"");
+    let call = |token: String| {
+        let url = demo.mcp_url();
+        async move {
+            mcp_post(
+                &url,
+                &[("authorization", &format!("Bearer {token}"))],
+                "tools/list",
+                json!({}),
+            )
+            .await
+        }
+    };
+    let resp = call("dat_junk".into()).await;
+    assert_eq!(resp.status, 401);
+    assert_eq!(
+        resp.header("www-authenticate"),
+        Some(challenge_of_invalid.clone())
+    );
+
+    // A token for this resource, introspected over HTTPS with the test CA, gets through.
+    let tokens = provider.tokens_for("mcp:read", Some(&resource)).await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let resp = call(access.clone()).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let stats = provider.stats().await;
+    assert_eq!(stats["last_token_resource"], resource.as_str(), "{stats}");
+
+    // The upstream rotates its authorization server: the metadata names the new one, and the
+    // old one's tokens mean nothing any more.
+    let second_dir = dir.path().join("second");
+    std::fs::create_dir(&second_dir).unwrap();
+    let second = OAuthProvider::start(&second_dir, free_port(), &[]).await;
+    let switched = demo
+        .set_authorization_server(&second.url(), &second.introspect_url())
+        .await;
+    assert_eq!(switched["issuer"], second.url().as_str());
+    assert_eq!(switched["introspect"], second.introspect_url().as_str());
+    let metadata = raw_request("GET", &metadata_url, &[], None).await;
+    assert_eq!(
+        metadata.json()["authorization_servers"],
+        json!([second.url()])
+    );
+    let resp = call(access).await;
+    assert_eq!(resp.status, 401, "the old AS's token: {}", resp.body);
+    // --require-audience: a token without `aud` for this resource is refused.
+    let unbound = second.tokens("mcp:read").await;
+    let resp = call(unbound["access_token"].as_str().unwrap().to_owned()).await;
+    assert_eq!(resp.status, 401, "no audience: {}", resp.body);
+    assert_eq!(resp.header("www-authenticate"), Some(challenge_of_invalid));
+    let bound = second.tokens_for("mcp:read", Some(&resource)).await;
+    let resp = call(bound["access_token"].as_str().unwrap().to_owned()).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    // Too little scope: 403, naming the metadata too.
+    let narrow = second.tokens_for("other", Some(&resource)).await;
+    let resp = call(narrow["access_token"].as_str().unwrap().to_owned()).await;
+    assert_eq!(resp.status, 403, "{}", resp.body);
+    assert_eq!(
+        resp.header("www-authenticate"),
+        Some(format!(
+            "Bearer error=\"insufficient_scope\", scope=\"mcp:read\", resource_metadata=\"{metadata_url}\""
+        ))
+    );
+
+    // Without --resource-metadata-issuer there is no metadata and no hook.
+    let plain_dir = dir.path().join("plain");
+    std::fs::create_dir(&plain_dir).unwrap();
+    let plain = DemoServer::start_with(
+        &plain_dir,
+        free_port(),
+        &["--require-bearer-introspect", &second.introspect_url()],
+    )
+    .await;
+    let resp = raw_request("GET", &plain.resource_metadata_url(), &[], None).await;
+    assert_eq!(resp.status, 404);
+    let resp = raw_request(
+        "POST",
+        &format!("{}/_test/authorization-server?issuer=x", plain.url()),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(resp.status, 404);
+}

@@ -56,6 +56,20 @@
 //! unparsable introspection endpoint gives `503`. `/healthz`, `/_recorded` and the other test
 //! routes stay open; rejected requests are still recorded.
 //!
+//! With `--resource-metadata-issuer ISSUER` as well the server is an RFC 9728 protected
+//! resource: `GET /.well-known/oauth-protected-resource/mcp` answers `{"resource":
+//! "http://ADDR/mcp", "authorization_servers": [ISSUER], "bearer_methods_supported": ["header"]}`
+//! (and `scopes_supported` with `--require-scope`; `Cache-Control: max-age=N` with
+//! `--metadata-max-age N`), and every `401` carries `WWW-Authenticate: Bearer
+//! error="invalid_token", resource_metadata="…"` (no `error` when the request had no
+//! `Authorization`; a `403 insufficient_scope` names it too), as remote MCP servers with OAuth
+//! of their own answer. `POST
+//! /_test/authorization-server?issuer=URL&introspect=URL` switches the authorization server the
+//! metadata names and the introspection endpoint (an upstream rotating its AS). With
+//! `--require-audience` an active token must also have `aud` equal to `http://ADDR/mcp` (RFC
+//! 8707). `--introspect-ca FILE` trusts a PEM CA (besides the system's) for an https
+//! introspection endpoint.
+//!
 //! With `--answer-401 CHALLENGE` every request to `/mcp` gets `401` with `WWW-Authenticate:
 //! CHALLENGE`, `x-demo-refusal: own-oauth` and the JSON body [`OWN_OAUTH_BODY`]: a remote MCP
 //! server that runs OAuth of its own (its challenge names its resource metadata), for tests of
@@ -393,11 +407,38 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 // Bearer checking (--require-bearer-introspect)
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct BearerCheck {
-    introspect_url: String,
+    /// Switched at runtime by `/_test/authorization-server`.
+    introspect_url: Mutex<String>,
     required_scope: Option<String>,
     http: reqwest::Client,
+    /// `http://ADDR/mcp`: this server's resource (RFC 8707 audience, RFC 9728 `resource`).
+    resource: String,
+    /// `--require-audience`.
+    require_audience: bool,
+    /// `--resource-metadata-issuer`: the RFC 9728 metadata.
+    metadata: Option<ResourceMetadata>,
+}
+
+#[derive(Debug)]
+struct ResourceMetadata {
+    /// `http://ADDR/.well-known/oauth-protected-resource/mcp`.
+    url: String,
+    /// The authorization server it names; switched by `/_test/authorization-server`.
+    issuer: Mutex<String>,
+    max_age: Option<u64>,
+}
+
+/// What introspection says of an active token.
+struct Active {
+    scope: String,
+    /// `aud`: a string or a list (RFC 7662 §2.2).
+    audiences: Vec<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn bearer_reject(status: StatusCode, challenge: &str, error: &str, description: &str) -> Response {
@@ -412,13 +453,88 @@ fn bearer_reject(status: StatusCode, challenge: &str, error: &str, description: 
     resp
 }
 
-fn invalid_token(description: &str) -> Response {
+fn invalid_token(check: &BearerCheck, description: &str) -> Response {
+    let challenge = match &check.metadata {
+        Some(m) => format!(
+            "Bearer error=\"invalid_token\", resource_metadata=\"{}\"",
+            m.url
+        ),
+        None => "Bearer error=\"invalid_token\"".to_owned(),
+    };
     bearer_reject(
         StatusCode::UNAUTHORIZED,
-        "Bearer error=\"invalid_token\"",
+        &challenge,
         "invalid_token",
         description,
     )
+}
+
+/// `401` to a request without credentials: with metadata, only where to find the AS (RFC 6750
+/// §3.1: no error code when the request had no authentication).
+fn no_token(check: &BearerCheck) -> Response {
+    match &check.metadata {
+        Some(m) => bearer_reject(
+            StatusCode::UNAUTHORIZED,
+            &format!("Bearer resource_metadata=\"{}\"", m.url),
+            "invalid_token",
+            "missing bearer token",
+        ),
+        None => invalid_token(check, "missing bearer token"),
+    }
+}
+
+/// `GET /.well-known/oauth-protected-resource/mcp` (RFC 9728).
+async fn resource_metadata(State(check): State<Arc<BearerCheck>>) -> Response {
+    let Some(m) = &check.metadata else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let mut doc = json!({
+        "resource": check.resource,
+        "authorization_servers": [lock(&m.issuer).clone()],
+        "bearer_methods_supported": ["header"],
+    });
+    if let Some(scope) = &check.required_scope {
+        doc["scopes_supported"] = json!([scope]);
+    }
+    let mut resp = Json(doc).into_response();
+    if let Some(age) = m.max_age {
+        if let Ok(value) = HeaderValue::from_str(&format!("max-age={age}")) {
+            resp.headers_mut().insert(header::CACHE_CONTROL, value);
+        }
+    }
+    resp
+}
+
+/// `POST /_test/authorization-server?issuer=URL&introspect=URL`: the upstream rotates its AS.
+async fn set_authorization_server(
+    State(check): State<Arc<BearerCheck>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let Some(m) = &check.metadata else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let params: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    if params.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "give issuer and/or introspect" })),
+        )
+            .into_response();
+    }
+    if let Some(issuer) = params.get("issuer") {
+        *lock(&m.issuer) = issuer.clone();
+    }
+    if let Some(introspect) = params.get("introspect") {
+        *lock(&check.introspect_url) = introspect.clone();
+    }
+    let answer = json!({
+        "issuer": lock(&m.issuer).clone(),
+        "introspect": lock(&check.introspect_url).clone(),
+    });
+    Json(answer).into_response()
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
@@ -430,11 +546,12 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Asks the provider's `/introspect` about `token`: `Ok(Some(scope))` if active.
-async fn introspect(check: &BearerCheck, token: &str) -> anyhow::Result<Option<String>> {
+/// Asks the provider's `/introspect` about `token`: `Ok(Some(..))` if active.
+async fn introspect(check: &BearerCheck, token: &str) -> anyhow::Result<Option<Active>> {
+    let url = lock(&check.introspect_url).clone();
     let resp = check
         .http
-        .post(&check.introspect_url)
+        .post(&url)
         .form(&[("token", token)])
         .send()
         .await?
@@ -443,12 +560,22 @@ async fn introspect(check: &BearerCheck, token: &str) -> anyhow::Result<Option<S
     if body.get("active").and_then(Value::as_bool) != Some(true) {
         return Ok(None);
     }
-    Ok(Some(
-        body.get("scope")
+    let audiences = match body.get("aud") {
+        Some(Value::String(aud)) => vec![aud.clone()],
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(Some(Active {
+        scope: body
+            .get("scope")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned(),
-    ))
+        audiences,
+    }))
 }
 
 async fn require_bearer(
@@ -460,16 +587,19 @@ async fn require_bearer(
     if path != "/mcp" && !path.starts_with("/mcp/") {
         return next.run(request).await;
     }
+    if !request.headers().contains_key(header::AUTHORIZATION) {
+        return no_token(&check);
+    }
     let Some(token) = bearer_token(request.headers()) else {
-        return invalid_token("missing bearer token");
+        return invalid_token(&check, "missing bearer token");
     };
-    let scope = match introspect(&check, token).await {
-        Ok(Some(scope)) => scope,
-        Ok(None) => return invalid_token("the token is not active"),
+    let active = match introspect(&check, token).await {
+        Ok(Some(active)) => active,
+        Ok(None) => return invalid_token(&check, "the token is not active"),
         Err(error) => {
             eprintln!(
                 "introspection at {} failed: {error:#}",
-                check.introspect_url
+                lock(&check.introspect_url)
             );
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -478,11 +608,20 @@ async fn require_bearer(
                 .into_response();
         }
     };
+    if check.require_audience && !active.audiences.contains(&check.resource) {
+        return invalid_token(&check, "the token is not for this resource (aud)");
+    }
     if let Some(required) = &check.required_scope {
-        if !scope.split_whitespace().any(|s| s == required) {
+        if !active.scope.split_whitespace().any(|s| s == required) {
+            // As MCP servers answer it: where to get a token with more scope, when known.
+            let metadata = check
+                .metadata
+                .as_ref()
+                .map(|m| format!(", resource_metadata=\"{}\"", m.url))
+                .unwrap_or_default();
             return bearer_reject(
                 StatusCode::FORBIDDEN,
-                &format!("Bearer error=\"insufficient_scope\", scope=\"{required}\""),
+                &format!("Bearer error=\"insufficient_scope\", scope=\"{required}\"{metadata}"),
                 "insufficient_scope",
                 &format!("the token lacks scope {required}"),
             );
@@ -679,12 +818,17 @@ struct Args {
     assertion_issuer: Option<String>,
     assertion_header: Option<String>,
     answer_401: Option<String>,
+    resource_metadata_issuer: Option<String>,
+    metadata_max_age: Option<u64>,
+    introspect_ca: Option<String>,
+    require_audience: bool,
 }
 
 const USAGE: &str = "usage: demo-mcp-server [--listen 127.0.0.1:9200] [--allowed-host HOST]...\n\
   [--require-bearer-introspect URL [--require-scope SCOPE]]\n\
   [--verify-assertion JWKS_URL --assertion-audience ORIGIN [--assertion-issuer ISSUER] [--assertion-header NAME]]\n\
   [--answer-401 CHALLENGE]\n\
+  [--resource-metadata-issuer ISSUER [--metadata-max-age N]] [--require-audience] [--introspect-ca FILE]\n\
   --listen ADDR                    loopback address to bind (default 127.0.0.1:9200)\n\
   --allowed-host HOST              extra Host header value accepted besides localhost/127.0.0.1/::1\n\
   --require-bearer-introspect URL  /mcp needs a bearer token this RFC 7662 endpoint calls active\n\
@@ -694,7 +838,12 @@ const USAGE: &str = "usage: demo-mcp-server [--listen 127.0.0.1:9200] [--allowed
   --assertion-audience ORIGIN      ... whose aud is ORIGIN (this server's scheme://host:port)\n\
   --assertion-issuer ISSUER        ... and whose iss is ISSUER\n\
   --assertion-header NAME          ... in this header (default x-warden-jwt-assertion)\n\
-  --answer-401 CHALLENGE           /mcp answers every request 401 with WWW-Authenticate: CHALLENGE";
+  --answer-401 CHALLENGE           /mcp answers every request 401 with WWW-Authenticate: CHALLENGE\n\
+  --resource-metadata-issuer ISSUER  (with --require-bearer-introspect) RFC 9728 metadata naming this AS;\n\
+                                   401s carry WWW-Authenticate: Bearer resource_metadata=\"…\"\n\
+  --metadata-max-age N             ... served with Cache-Control: max-age=N\n\
+  --require-audience               (with --require-bearer-introspect) the token's aud must be http://ADDR/mcp\n\
+  --introspect-ca FILE             a PEM CA trusted (besides the system's) by the introspection client";
 
 fn parse_args() -> anyhow::Result<Option<Args>> {
     let mut listen = DEFAULT_LISTEN.to_owned();
@@ -706,6 +855,10 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
     let mut assertion_issuer = None;
     let mut assertion_header = None;
     let mut answer_401 = None;
+    let mut resource_metadata_issuer = None;
+    let mut metadata_max_age = None;
+    let mut introspect_ca = None;
+    let mut require_audience = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -717,7 +870,11 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
                 println!("{USAGE}");
                 return Ok(None);
             }
-            "--listen"
+            "--require-audience" => require_audience = true,
+            "--resource-metadata-issuer"
+            | "--metadata-max-age"
+            | "--introspect-ca"
+            | "--listen"
             | "--allowed-host"
             | "--require-bearer-introspect"
             | "--require-scope"
@@ -739,6 +896,13 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
                     "--assertion-issuer" => assertion_issuer = Some(value),
                     "--assertion-header" => assertion_header = Some(value.to_ascii_lowercase()),
                     "--answer-401" => answer_401 = Some(value),
+                    "--resource-metadata-issuer" => resource_metadata_issuer = Some(value),
+                    "--introspect-ca" => introspect_ca = Some(value),
+                    "--metadata-max-age" => {
+                        metadata_max_age = Some(value.parse::<u64>().with_context(|| {
+                            format!("--metadata-max-age {value:?} is not a number of seconds")
+                        })?);
+                    }
                     _ => require_scope = Some(value),
                 }
             }
@@ -753,6 +917,14 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
     }
     if require_scope.is_some() && require_bearer_introspect.is_none() {
         bail!("--require-scope needs --require-bearer-introspect\n{USAGE}");
+    }
+    if (resource_metadata_issuer.is_some() || require_audience)
+        && require_bearer_introspect.is_none()
+    {
+        bail!("--resource-metadata-issuer and --require-audience need --require-bearer-introspect\n{USAGE}");
+    }
+    if metadata_max_age.is_some() && resource_metadata_issuer.is_none() {
+        bail!("--metadata-max-age needs --resource-metadata-issuer\n{USAGE}");
     }
     if verify_assertion.is_some() != assertion_audience.is_some()
         || ((assertion_issuer.is_some() || assertion_header.is_some())
@@ -770,6 +942,10 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
         assertion_issuer,
         assertion_header,
         answer_401,
+        resource_metadata_issuer,
+        metadata_max_age,
+        introspect_ca,
+        require_audience,
     }))
 }
 
@@ -798,11 +974,23 @@ fn app(
         .route("/silent-sse", get(silent_sse))
         .route("/_recorded", get(get_recorded).delete(delete_recorded));
     if let Some(check) = bearer {
+        let check = Arc::new(check);
+        if check.metadata.is_some() {
+            router = router.merge(
+                Router::new()
+                    .route(
+                        "/.well-known/oauth-protected-resource/mcp",
+                        get(resource_metadata),
+                    )
+                    .route(
+                        "/_test/authorization-server",
+                        axum::routing::post(set_authorization_server),
+                    )
+                    .with_state(check.clone()),
+            );
+        }
         // Inside the recorder: rejected requests are recorded too.
-        router = router.layer(middleware::from_fn_with_state(
-            Arc::new(check),
-            require_bearer,
-        ));
+        router = router.layer(middleware::from_fn_with_state(check, require_bearer));
     }
     if let Some(check) = assertion {
         // Inside the recorder too: the recorder shows the assertion as it arrived.
@@ -836,15 +1024,34 @@ async fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the bound address")?;
     println!("listening on http://{addr}");
     let bearer = match args.require_bearer_introspect {
-        Some(introspect_url) => Some(BearerCheck {
-            introspect_url,
-            required_scope: args.require_scope,
-            http: reqwest::Client::builder()
+        Some(introspect_url) => {
+            let mut http = reqwest::Client::builder()
                 .no_proxy()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .context("building the introspection HTTP client")?,
-        }),
+                .timeout(Duration::from_secs(10));
+            if let Some(file) = &args.introspect_ca {
+                let pem = std::fs::read(file)
+                    .with_context(|| format!("reading --introspect-ca {file}"))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .with_context(|| format!("--introspect-ca {file} is not PEM"))?;
+                http = http.tls_certs_merge(certs);
+            }
+            Some(BearerCheck {
+                introspect_url: Mutex::new(introspect_url),
+                required_scope: args.require_scope,
+                http: http
+                    .build()
+                    .context("building the introspection HTTP client")?,
+                resource: format!("http://{addr}/mcp"),
+                require_audience: args.require_audience,
+                metadata: args
+                    .resource_metadata_issuer
+                    .map(|issuer| ResourceMetadata {
+                        url: format!("http://{addr}/.well-known/oauth-protected-resource/mcp"),
+                        issuer: Mutex::new(issuer),
+                        max_age: args.metadata_max_age,
+                    }),
+            })
+        }
         None => None,
     };
     let assertion = match (args.verify_assertion, args.assertion_audience) {

@@ -73,6 +73,31 @@
 //!   `token_endpoint_auth_methods_supported` (per [`AuthStyle`]: `client_secret_basic`,
 //!   `client_secret_post` or both), `code_challenge_methods_supported: ["S256"]`,
 //!   `grant_types_supported` and `claims_supported`.
+//! * `GET /.well-known/oauth-authorization-server` (RFC 8414): `issuer`, the authorization,
+//!   token, revocation and introspection endpoints, `code_challenge_methods_supported:
+//!   ["S256"]`, `response_types_supported`, `grant_types_supported`,
+//!   `token_endpoint_auth_methods_supported` (basic, post, none), `registration_endpoint` with
+//!   `--dcr`, `client_id_metadata_document_supported: true` with `--cimd`.
+//! * `POST /register` (RFC 7591, only with [`ProviderConfig::dcr`]): a JSON body with
+//!   `redirect_uris` (required, absolute), `client_name`, `grant_types`, `response_types`,
+//!   `token_endpoint_auth_method` (`client_secret_basic` by default, `client_secret_post`,
+//!   `none`) → `201` with a random `client_id`, `client_secret` (not for `none`),
+//!   `client_id_issued_at`, `client_secret_expires_at: 0` and the metadata; `400`
+//!   `invalid_redirect_uri` / `invalid_client_metadata` otherwise. At most [`MAX_CLIENTS`]
+//!   (the oldest dropped). A registered client uses its exact redirect URIs and its own
+//!   secret with its own method; a `none` client sends only `client_id` and must use PKCE.
+//! * With [`ProviderConfig::cimd`], a `client_id` that is an http(s) URL is a Client ID
+//!   Metadata Document: fetched at `/authorize` ([`CIMD_TIMEOUT`], at most [`CIMD_MAX_BYTES`],
+//!   no redirects, plain http only to loopback; https trusts the system roots and
+//!   [`ProviderConfig::extra_ca`]), once per URL. Its `client_id` must be its URL, its
+//!   `redirect_uris` hold the request's, its `token_endpoint_auth_method` is `none` or absent;
+//!   otherwise a `400` page says which. The client is public.
+//! * With [`ProviderConfig::resources`], `/authorize` needs `resource` (RFC 8707) to be one of
+//!   them (else a redirect with `error=invalid_target`), the code grant the authorized one,
+//!   and a refresh that names one the grant's (else `400 invalid_target`). Introspection of a
+//!   grant's tokens answers `"aud": <resource>` whenever the grant has one.
+//! * [`serve_tls`] (`--tls-cert`/`--tls-key`) serves all of this over HTTPS; the default issuer
+//!   is then `https://{listener address}`.
 //! * `GET /jwks` → `{"keys": [...]}`: the public signing key(s) with `kid`, `alg` and
 //!   `use: "sig"` (`kty: "RSA"` with `n`, `e`, or `kty: "EC"`, `crv: "P-256"` with `x`, `y`).
 //!
@@ -99,7 +124,11 @@
 //!   failures included); `revocations` counts client-authenticated `/revoke` requests (known
 //!   token or not); `reuse_detected` counts grants revoked because a used refresh token came
 //!   back; `token_requests` counts every `/token` request, and the last three every request to
-//!   discovery, `/jwks` and `/userinfo` (failed and injected-failure ones included).
+//!   discovery, `/jwks` and `/userinfo` (failed and injected-failure ones included). Also
+//!   `registrations` (successful `/register`s), `cimd_fetches` (metadata document GETs),
+//!   `last_authorize_resource` and `last_token_resource` (the `resource` of the last
+//!   `/authorize` and `/token` request, `null` when absent) and `clients` (`{client_id: code
+//!   grants}`).
 //! * `POST /_test/revoke-user?user=alice` revokes every grant (and unredeemed code) of that
 //!   user, standing in for "the user revoked the app at the provider" → `{"revoked": n}`.
 //! * `POST /_test/disable-user?user=alice` disables a configured user (`404` for others),
@@ -159,8 +188,13 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
+mod clients;
 mod id_jag;
 mod oidc;
+mod tls;
+
+pub use clients::{CIMD_MAX_BYTES, CIMD_TIMEOUT, MAX_CLIENTS};
+pub use tls::{server_config, MAX_CONNECTIONS};
 
 pub use id_jag::{
     ID_JAG_TOKEN_TYPE, ID_JAG_TTL_SECS, ID_JAG_TYP, ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT,
@@ -241,6 +275,15 @@ pub struct ProviderConfig {
     /// The `client_id` claim of the ID-JAGs it issues: the client at the authorization server
     /// they are for. `None`: its own `client_id`.
     pub id_jag_client_id: Option<String>,
+    /// `--dcr`: `POST /register` (RFC 7591) and `registration_endpoint` in the metadata.
+    pub dcr: bool,
+    /// `--cimd`: a URL `client_id` is a Client ID Metadata Document, fetched at `/authorize`.
+    pub cimd: bool,
+    /// `--extra-ca`: a PEM CA trusted (besides the system's) for metadata documents.
+    pub extra_ca: Option<Vec<u8>>,
+    /// `--resource`: the resources (RFC 8707) it issues tokens for. Empty: any `resource` is
+    /// recorded, none is checked.
+    pub resources: Vec<String>,
 }
 
 impl Default for ProviderConfig {
@@ -265,6 +308,10 @@ impl Default for ProviderConfig {
             )]),
             claims_placement: ClaimsPlacement::Both,
             id_jag_client_id: None,
+            dcr: false,
+            cimd: false,
+            extra_ca: None,
+            resources: Vec::new(),
         }
     }
 }
@@ -358,6 +405,9 @@ impl<V> Bounded<V> {
 }
 
 struct Pending {
+    client_id: String,
+    /// The RFC 8707 `resource` asked for.
+    resource: Option<String>,
     redirect_uri: String,
     /// The authorization request named the redirect URI (then `/token` must repeat it).
     redirect_explicit: bool,
@@ -371,6 +421,7 @@ struct Pending {
 
 struct Code {
     client_id: String,
+    resource: Option<String>,
     redirect_uri: String,
     redirect_explicit: bool,
     challenge: Option<String>,
@@ -384,6 +435,8 @@ struct Code {
 
 struct Grant {
     client_id: String,
+    /// The resource its tokens are for (introspection's `aud`).
+    resource: Option<String>,
     user: String,
     scope: String,
     auth_time: u64,
@@ -420,6 +473,15 @@ struct Stats {
     discovery_requests: u64,
     jwks_requests: u64,
     userinfo_requests: u64,
+    /// Successful `POST /register`s.
+    registrations: u64,
+    /// Client metadata document GETs (failed ones too).
+    cimd_fetches: u64,
+    last_authorize_resource: Option<String>,
+    /// The `resource` of the last `/token` request (`null` when it had none).
+    last_token_resource: Option<String>,
+    /// Code grants per client_id.
+    clients: BTreeMap<String, u64>,
 }
 
 struct FailToken {
@@ -448,6 +510,10 @@ struct Store {
     disabled: HashSet<String>,
     /// The ID tokens issued, for the token exchange (`id_jag`).
     id_tokens: Bounded<id_jag::IssuedIdToken>,
+    /// `--dcr` clients.
+    registered: Bounded<clients::Registered>,
+    /// `--cimd` documents, per URL, for the process's life (bounded).
+    documents: Bounded<clients::Document>,
 }
 
 impl Store {
@@ -469,6 +535,8 @@ impl Store {
             fail_jwks: None,
             disabled: HashSet::new(),
             id_tokens: Bounded::new(MAX_ENTRIES),
+            registered: Bounded::new(MAX_CLIENTS),
+            documents: Bounded::new(MAX_CLIENTS),
         }
     }
 
@@ -513,12 +581,15 @@ impl Store {
         Some((access, grant))
     }
 
-    fn new_grant(&mut self, client_id: &str, user: &str, scope: &str, auth_time: u64) -> String {
+    fn new_grant(&mut self, code: &Code) -> String {
         let id = format!("g{}", self.next_grant);
         self.next_grant += 1;
+        let (client_id, user, scope, auth_time) =
+            (&code.client_id, &code.user, &code.scope, code.auth_time);
         self.grants.insert(
             id.clone(),
             Grant {
+                resource: code.resource.clone(),
                 client_id: client_id.to_owned(),
                 user: user.to_owned(),
                 scope: scope.to_owned(),
@@ -561,6 +632,8 @@ struct Provider {
     config: ProviderConfig,
     /// `config.issuer` resolved.
     issuer: String,
+    /// Fetches client metadata documents (`--cimd`).
+    cimd_http: reqwest::Client,
     store: Mutex<Store>,
 }
 
@@ -629,13 +702,24 @@ pub fn app(config: ProviderConfig) -> anyhow::Result<Router> {
         .unwrap_or_else(|| "http://localhost".to_owned());
     let keys = oidc::Keys::new(config.id_token_alg)?;
     let claims = oidc::initial_claims(&config.user_claims, config.claims_placement)?;
+    let cimd_http = clients::cimd_client(config.extra_ca.as_deref())?;
+    let dcr = config.dcr;
     let shared: Shared = Arc::new(Provider {
         config,
         issuer,
+        cimd_http,
         store: Mutex::new(Store::new(keys, claims)),
     });
-    Ok(Router::new()
+    let mut router = Router::new();
+    if dcr {
+        router = router.route("/register", post(clients::register));
+    }
+    Ok(router
         .route("/healthz", get(healthz))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(clients::metadata),
+        )
         .route("/authorize", get(authorize_page).post(authorize_submit))
         .route("/token", post(token))
         .route("/revoke", post(revoke))
@@ -674,6 +758,20 @@ pub async fn serve(
     });
     axum::serve(listener, app(config)?).await?;
     Ok(())
+}
+
+/// [`serve`] over HTTPS with `tls` ([`server_config`]); the default issuer is
+/// `https://{listener address}`.
+pub async fn serve_tls(
+    config: ProviderConfig,
+    listener: tokio::net::TcpListener,
+    tls: rustls::ServerConfig,
+) -> anyhow::Result<()> {
+    let mut config = config;
+    if config.issuer.is_none() {
+        config.issuer = Some(format!("https://{}", listener.local_addr()?));
+    }
+    tls::serve_tls(app(config)?, listener, tls).await
 }
 
 async fn healthz() -> &'static str {
@@ -818,18 +916,25 @@ async fn authorize_page(State(p): State<Shared>, RawQuery(query): RawQuery) -> R
         }
     };
     let config = &p.config;
-    if params.get("client_id") != Some(&config.client_id) {
-        return error_page(StatusCode::BAD_REQUEST, "Unknown or missing client_id.");
-    }
+    let client_id = params.get("client_id").map(String::as_str).unwrap_or("");
+    // A bad client is never redirected to: the page says why.
+    let client = match p.authorize_client(client_id).await {
+        Ok(client) => client,
+        Err(why) => return error_page(StatusCode::BAD_REQUEST, &why),
+    };
+    let redirect_ok = |uri: &str| match client.method {
+        clients::Method::Configured(_) => config.redirect_allowed(uri),
+        _ => client.redirect_uris.iter().any(|r| r == uri),
+    };
     let (redirect_uri, redirect_explicit) = match params.get("redirect_uri") {
-        Some(uri) if config.redirect_allowed(uri) => (uri.clone(), true),
+        Some(uri) if redirect_ok(uri) => (uri.clone(), true),
         Some(_) => {
             return error_page(
                 StatusCode::BAD_REQUEST,
                 "The redirect_uri is not registered for this client.",
             )
         }
-        None => match config.redirect_uris.as_slice() {
+        None => match client.redirect_uris.as_slice() {
             [only] => (only.clone(), false),
             _ => return error_page(StatusCode::BAD_REQUEST, "Missing redirect_uri."),
         },
@@ -873,7 +978,29 @@ async fn authorize_page(State(p): State<Shared>, RawQuery(query): RawQuery) -> R
                 "code_challenge_method without code_challenge",
             )
         }
+        (None, None) if client.method == clients::Method::None => {
+            return redirect_error(
+                &redirect_uri,
+                state,
+                "invalid_request",
+                "a public client must use PKCE (code_challenge with S256)",
+            )
+        }
         (None, None) => {}
+    }
+    let resource = params.get("resource").cloned();
+    p.store().stats.last_authorize_resource = resource.clone();
+    if !config.resources.is_empty()
+        && !resource
+            .as_ref()
+            .is_some_and(|r| config.resources.contains(r))
+    {
+        return redirect_error(
+            &redirect_uri,
+            state,
+            "invalid_target",
+            "resource must name a resource this server issues tokens for",
+        );
     }
     let scope = normalize_scope(params.get("scope").map(String::as_str).unwrap_or(""));
     let nonce = params.get("nonce").cloned();
@@ -881,6 +1008,8 @@ async fn authorize_page(State(p): State<Shared>, RawQuery(query): RawQuery) -> R
     p.store().pending.insert(
         request_id.clone(),
         Pending {
+            client_id: client.id.clone(),
+            resource,
             redirect_uri,
             redirect_explicit,
             state: state.map(str::to_owned),
@@ -890,7 +1019,7 @@ async fn authorize_page(State(p): State<Shared>, RawQuery(query): RawQuery) -> R
             expires: Instant::now() + PENDING_TTL,
         },
     );
-    consent_page(StatusCode::OK, &config.client_id, &request_id, &scope, None)
+    consent_page(StatusCode::OK, &client.id, &request_id, &scope, None)
 }
 
 async fn authorize_submit(State(p): State<Shared>, body: Bytes) -> Response {
@@ -906,8 +1035,9 @@ async fn authorize_submit(State(p): State<Shared>, body: Bytes) -> Response {
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
     let request_id = field("request");
     let mut store = p.store();
-    let (redirect_uri, state, scope) = match store.pending.get(request_id) {
+    let (client_id, redirect_uri, state, scope) = match store.pending.get(request_id) {
         Some(pending) if Instant::now() < pending.expires => (
+            pending.client_id.clone(),
             pending.redirect_uri.clone(),
             pending.state.clone(),
             pending.scope.clone(),
@@ -939,7 +1069,7 @@ async fn authorize_submit(State(p): State<Shared>, body: Bytes) -> Response {
                 tracing::info!(user = username, "wrong username or password");
                 return consent_page(
                     StatusCode::UNAUTHORIZED,
-                    &p.config.client_id,
+                    &client_id,
                     request_id,
                     &scope,
                     Some("Wrong username or password."),
@@ -950,7 +1080,7 @@ async fn authorize_submit(State(p): State<Shared>, body: Bytes) -> Response {
                 tracing::info!(user = username, "sign-in of a disabled user refused");
                 return consent_page(
                     StatusCode::FORBIDDEN,
-                    &p.config.client_id,
+                    &client_id,
                     request_id,
                     &scope,
                     Some("This account is disabled."),
@@ -963,7 +1093,8 @@ async fn authorize_submit(State(p): State<Shared>, body: Bytes) -> Response {
             store.codes.insert(
                 code.clone(),
                 Code {
-                    client_id: p.config.client_id.clone(),
+                    client_id,
+                    resource: pending.resource,
                     redirect_uri: pending.redirect_uri,
                     redirect_explicit: pending.redirect_explicit,
                     challenge: pending.challenge,
@@ -1053,6 +1184,8 @@ fn token_json(value: Value) -> Response {
 enum AuthUsed {
     Header,
     Params,
+    /// A public client: `client_id` only.
+    None,
 }
 
 /// Decodes one `application/x-www-form-urlencoded` component of HTTP Basic credentials
@@ -1087,13 +1220,52 @@ fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>
     Some(Ok((id.to_owned(), secret.to_owned())))
 }
 
+/// A registered or metadata-document client (not the configured one) named by `id`.
+fn other_client(p: &Provider, id: &str) -> Option<clients::Client> {
+    let client = p.client(id).or_else(|| p.client(&form_decode(id)))?;
+    (!matches!(client.method, clients::Method::Configured(_))).then_some(client)
+}
+
+/// The client authenticating at `/token` or `/revoke`: its id and how it authenticated.
 fn authenticate_client(
-    config: &ProviderConfig,
+    p: &Provider,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
-) -> Result<AuthUsed, OAuthError> {
+) -> Result<(String, AuthUsed), OAuthError> {
     let basic = basic_credentials(headers);
     let body_secret = form.get("client_secret");
+    let body_id = form.get("client_id").map(String::as_str);
+    // Registered and metadata-document clients first; the configured client keeps its rules.
+    let named = match (&basic, body_secret) {
+        (Some(Ok((id, _))), None) => other_client(p, id),
+        (None, _) => body_id.and_then(|id| other_client(p, id)),
+        _ => None,
+    };
+    if let Some(client) = named {
+        let secret_ok = |given: &str| {
+            client
+                .secret
+                .as_deref()
+                .is_some_and(|s| s == given || s == form_decode(given))
+        };
+        return match (basic, body_secret, client.method) {
+            (Some(Ok((_, secret))), None, clients::Method::Basic) if secret_ok(&secret) => {
+                if body_id.is_some_and(|b| b != client.id) {
+                    return Err(OAuthError::invalid_client("client_id does not match", true));
+                }
+                Ok((client.id, AuthUsed::Header))
+            }
+            (None, Some(secret), clients::Method::Post) if secret_ok(secret) => {
+                Ok((client.id, AuthUsed::Params))
+            }
+            (None, None, clients::Method::None) => Ok((client.id, AuthUsed::None)),
+            (basic, _, _) => Err(OAuthError::invalid_client(
+                "client authentication failed (wrong secret or not the registered method)",
+                basic.is_some(),
+            )),
+        };
+    }
+    let config = &p.config;
     match (basic, body_secret) {
         (Some(_), Some(_)) => Err(OAuthError::new(
             "invalid_request",
@@ -1127,7 +1299,7 @@ fn authenticate_client(
             {
                 return Err(OAuthError::invalid_client("client_id does not match", true));
             }
-            Ok(AuthUsed::Header)
+            Ok((config.client_id.clone(), AuthUsed::Header))
         }
         (None, Some(secret)) => {
             if config.auth_style == AuthStyle::Header {
@@ -1142,7 +1314,7 @@ fn authenticate_client(
                     false,
                 ));
             }
-            Ok(AuthUsed::Params)
+            Ok((config.client_id.clone(), AuthUsed::Params))
         }
         (None, None) => Err(OAuthError::invalid_client(
             "client authentication required",
@@ -1172,6 +1344,8 @@ async fn token(State(p): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
         tokio::time::sleep(delay).await;
     }
     let form = parse_form(&body);
+    p.store().stats.last_token_resource =
+        form.as_ref().ok().and_then(|f| f.get("resource").cloned());
     let is_refresh = form
         .as_ref()
         .is_ok_and(|f| f.get("grant_type").map(String::as_str) == Some("refresh_token"));
@@ -1214,10 +1388,17 @@ fn token_grant(
     form: &HashMap<String, String>,
 ) -> Result<Value, OAuthError> {
     let grant_type = form.get("grant_type").map(String::as_str);
-    let auth = authenticate_client(&p.config, headers, form)?;
+    let (client_id, auth) = authenticate_client(p, headers, form)?;
     let value = match grant_type {
-        Some("authorization_code") => code_grant(p, form)?,
-        Some("refresh_token") => refresh_grant(p, form)?,
+        Some("authorization_code") => code_grant(p, &client_id, form)?,
+        Some("refresh_token") => refresh_grant(p, &client_id, form)?,
+        // ID-JAGs are for the configured client only.
+        Some(id_jag::TOKEN_EXCHANGE_GRANT) if client_id != p.config.client_id => {
+            return Err(OAuthError::new(
+                "unauthorized_client",
+                "only the configured client may exchange tokens",
+            ))
+        }
         Some(id_jag::TOKEN_EXCHANGE_GRANT) => id_jag::exchange(p, form)?,
         Some(other) => {
             return Err(OAuthError::new(
@@ -1231,6 +1412,7 @@ fn token_grant(
     match auth {
         AuthUsed::Header => store.stats.auth_styles.header += 1,
         AuthUsed::Params => store.stats.auth_styles.params += 1,
+        AuthUsed::None => {}
     }
     Ok(value)
 }
@@ -1245,7 +1427,11 @@ fn token_response(p: &Provider, access: &str, refresh: &str, scope: &str) -> Val
     })
 }
 
-fn code_grant(p: &Provider, form: &HashMap<String, String>) -> Result<Value, OAuthError> {
+fn code_grant(
+    p: &Provider,
+    client_id: &str,
+    form: &HashMap<String, String>,
+) -> Result<Value, OAuthError> {
     let Some(code) = form.get("code") else {
         return Err(OAuthError::new("invalid_request", "missing code"));
     };
@@ -1263,10 +1449,16 @@ fn code_grant(p: &Provider, form: &HashMap<String, String>) -> Result<Value, OAu
             "authorization code expired",
         ));
     }
-    if entry.client_id != p.config.client_id {
+    if entry.client_id != client_id {
         return Err(OAuthError::new(
             "invalid_grant",
             "authorization code was issued to another client",
+        ));
+    }
+    if !p.config.resources.is_empty() && form.get("resource") != entry.resource.as_ref() {
+        return Err(OAuthError::new(
+            "invalid_target",
+            "resource must be the one authorized",
         ));
     }
     match form.get("redirect_uri") {
@@ -1296,9 +1488,14 @@ fn code_grant(p: &Provider, form: &HashMap<String, String>) -> Result<Value, OAu
         }
         (None, None) => {}
     }
-    let grant = store.new_grant(&entry.client_id, &entry.user, &entry.scope, entry.auth_time);
+    let grant = store.new_grant(&entry);
     let (access, refresh) = store.issue(&grant, &entry.scope, p.config.access_ttl);
     store.stats.authorization_code += 1;
+    *store
+        .stats
+        .clients
+        .entry(entry.client_id.clone())
+        .or_default() += 1;
     drop(store);
     tracing::info!(user = %entry.user, grant = %grant, "authorization_code grant");
     let mut response = token_response(p, &access, &refresh, &entry.scope);
@@ -1309,7 +1506,11 @@ fn code_grant(p: &Provider, form: &HashMap<String, String>) -> Result<Value, OAu
     Ok(response)
 }
 
-fn refresh_grant(p: &Provider, form: &HashMap<String, String>) -> Result<Value, OAuthError> {
+fn refresh_grant(
+    p: &Provider,
+    client_id: &str,
+    form: &HashMap<String, String>,
+) -> Result<Value, OAuthError> {
     let Some(token) = form.get("refresh_token") else {
         return Err(OAuthError::new("invalid_request", "missing refresh_token"));
     };
@@ -1334,10 +1535,20 @@ fn refresh_grant(p: &Provider, form: &HashMap<String, String>) -> Result<Value, 
     let Some(grant) = store.grants.get(&grant_id) else {
         return Err(OAuthError::new("invalid_grant", "the grant was revoked"));
     };
-    if grant.client_id != p.config.client_id {
+    if grant.client_id != client_id {
         return Err(OAuthError::new(
             "invalid_grant",
             "refresh token was issued to another client",
+        ));
+    }
+    if !p.config.resources.is_empty()
+        && form
+            .get("resource")
+            .is_some_and(|r| Some(r) != grant.resource.as_ref())
+    {
+        return Err(OAuthError::new(
+            "invalid_target",
+            "resource must be the grant's",
         ));
     }
     let grant_scope = grant.scope.clone();
@@ -1384,7 +1595,7 @@ async fn revoke(State(p): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
                 .into_response()
         }
     };
-    if let Err(error) = authenticate_client(&p.config, &headers, &form) {
+    if let Err(error) = authenticate_client(&p, &headers, &form) {
         return error.into_response();
     }
     let Some(token) = form.get("token") else {
@@ -1458,14 +1669,20 @@ async fn introspect(State(p): State<Shared>, body: Bytes) -> Response {
         .unwrap_or_default();
     let store = p.store();
     let value = match store.live_access(&token) {
-        Some((access, grant)) => json!({
-            "active": true,
-            "sub": grant.user,
-            "scope": access.scope,
-            "exp": access.exp_unix,
-            "client_id": grant.client_id,
-            "token_type": "access_token",
-        }),
+        Some((access, grant)) => {
+            let mut value = json!({
+                "active": true,
+                "sub": grant.user,
+                "scope": access.scope,
+                "exp": access.exp_unix,
+                "client_id": grant.client_id,
+                "token_type": "access_token",
+            });
+            if let Some(resource) = &grant.resource {
+                value["aud"] = json!(resource);
+            }
+            value
+        }
         None => json!({ "active": false }),
     };
     drop(store);

@@ -3,7 +3,9 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context as _};
-use demo_oauth_provider::{serve, AuthStyle, ClaimsPlacement, IdTokenAlg, ProviderConfig};
+use demo_oauth_provider::{
+    serve, serve_tls, server_config, AuthStyle, ClaimsPlacement, IdTokenAlg, ProviderConfig,
+};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9300";
 
@@ -19,12 +21,26 @@ const USAGE: &str = "usage: demo-oauth-provider [options]\n\
   --id-token-alg ALG       ID token signature: RS256|ES256 (default RS256)\n\
   --claims USER=JSON       a user's claims (JSON object), repeatable; replaces that user's defaults\n\
   --claims-placement P     where users' claims go: both|id_token|userinfo (default both)\n\
-  --id-jag-client-id ID    client_id claim of the ID-JAGs it issues (default: --client-id)";
+  --id-jag-client-id ID    client_id claim of the ID-JAGs it issues (default: --client-id)\n\
+  --tls-cert FILE          serve HTTPS with this PEM certificate chain (with --tls-key; issuer https://ADDR)\n\
+  --tls-key FILE           ... and this PEM private key (PKCS#8 or EC)\n\
+  --dcr                    dynamic client registration (RFC 7591) at POST /register\n\
+  --cimd                   a URL client_id is a Client ID Metadata Document, fetched at /authorize\n\
+  --extra-ca FILE          a PEM CA trusted besides the system's for those documents\n\
+  --resource URL           a resource (RFC 8707) it issues tokens for, repeatable; then required";
 
-fn parse_args() -> anyhow::Result<Option<(SocketAddr, ProviderConfig)>> {
+/// What `main` serves: the listener address, the provider, and its TLS files if any.
+struct Args {
+    listen: SocketAddr,
+    config: ProviderConfig,
+    tls: Option<(String, String)>,
+}
+
+fn parse_args() -> anyhow::Result<Option<Args>> {
     let mut config = ProviderConfig::default();
     let mut listen = DEFAULT_LISTEN.to_owned();
     let mut users = Vec::new();
+    let (mut tls_cert, mut tls_key) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -36,6 +52,17 @@ fn parse_args() -> anyhow::Result<Option<(SocketAddr, ProviderConfig)>> {
         if flag == "-h" || flag == "--help" {
             println!("{USAGE}");
             return Ok(None);
+        }
+        match flag.as_str() {
+            "--dcr" => {
+                config.dcr = true;
+                continue;
+            }
+            "--cimd" => {
+                config.cimd = true;
+                continue;
+            }
+            _ => {}
         }
         let known = [
             "--listen",
@@ -50,6 +77,10 @@ fn parse_args() -> anyhow::Result<Option<(SocketAddr, ProviderConfig)>> {
             "--claims",
             "--claims-placement",
             "--id-jag-client-id",
+            "--tls-cert",
+            "--tls-key",
+            "--extra-ca",
+            "--resource",
         ];
         if !known.contains(&flag.as_str()) {
             bail!("unknown argument {flag:?}\n{USAGE}");
@@ -88,6 +119,18 @@ fn parse_args() -> anyhow::Result<Option<(SocketAddr, ProviderConfig)>> {
                 config.user_claims.insert(name.to_owned(), claims);
             }
             "--id-jag-client-id" => config.id_jag_client_id = Some(value),
+            "--tls-cert" => tls_cert = Some(value),
+            "--tls-key" => tls_key = Some(value),
+            "--extra-ca" => {
+                let pem =
+                    std::fs::read(&value).with_context(|| format!("reading --extra-ca {value}"))?;
+                config.extra_ca = Some(pem);
+            }
+            "--resource" => {
+                url::Url::parse(&value)
+                    .with_context(|| format!("--resource {value:?} is not an absolute URL"))?;
+                config.resources.push(value);
+            }
             "--claims-placement" => {
                 config.claims_placement = value.parse::<ClaimsPlacement>()?;
             }
@@ -118,13 +161,36 @@ fn parse_args() -> anyhow::Result<Option<(SocketAddr, ProviderConfig)>> {
     if !listen.ip().is_loopback() {
         bail!("--listen must be a loopback address (the demo provider is for local use), got {listen}");
     }
-    Ok(Some((listen, config)))
+    let tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => bail!("--tls-cert and --tls-key go together\n{USAGE}"),
+    };
+    Ok(Some(Args {
+        listen,
+        config,
+        tls,
+    }))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Some((listen, config)) = parse_args()? else {
+    let Some(Args {
+        listen,
+        config,
+        tls,
+    }) = parse_args()?
+    else {
         return Ok(());
+    };
+    let tls = match tls {
+        Some((cert, key)) => {
+            let cert =
+                std::fs::read(&cert).with_context(|| format!("reading --tls-cert {cert}"))?;
+            let key = std::fs::read(&key).with_context(|| format!("reading --tls-key {key}"))?;
+            Some(server_config(&cert, &key)?)
+        }
+        None => None,
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -137,9 +203,16 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    println!("demo-oauth-provider listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("demo-oauth-provider listening on {scheme}://{addr}");
+    let server = async move {
+        match tls {
+            Some(tls) => serve_tls(config, listener, tls).await,
+            None => serve(config, listener).await,
+        }
+    };
     tokio::select! {
-        result = serve(config, listener) => result.context("serving")?,
+        result = server => result.context("serving")?,
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(())
