@@ -230,7 +230,7 @@ async fn the_gateway_discovers_registers_by_dcr_and_carries_and_refreshes_the_us
 }
 
 #[tokio::test]
-async fn a_refused_token_and_a_moved_authorization_server_lead_to_consent_again() {
+async fn a_moved_authorization_server_and_a_refused_token_lead_to_consent_again() {
     let d = Discovering::start(300, 1).await;
     let signed = d.sign_in().await;
     assert_eq!(
@@ -240,22 +240,19 @@ async fn a_refused_token_and_a_moved_authorization_server_lead_to_consent_again(
         d.logs()
     );
 
-    // The upstream's server revokes the grant: the server refuses the token, the gateway drops
-    // it, and the client is told to authorize again, which runs the upstream consent again.
-    d.dcr.hook("revoke-user", "user=alice").await;
-    let refused = d.whoami(&signed.access_token).await;
-    assert_eq!(refused.status, 401, "{}", refused.body);
-    let again = d.sign_in().await;
-    assert_eq!(d.dcr.stats().await["authorization_code"], 2);
-    assert_eq!(d.whoami(&again.access_token).await.status, 200);
-
     // The upstream moves to another authorization server (one with client ID metadata
-    // documents). Its next discovery finds it; the token of the old server is refused there,
-    // dropped, and the user consents at the new server, known by the gateway's document.
+    // documents). The gateway's discovery result lives `cache_seconds` (1); past it, the next
+    // discovery finds the new server. The token of the old server is refused upstream and
+    // dropped, the client is told to authorize again, and the user consents at the new
+    // server, which knows the gateway by its metadata document.
     d.upstream
         .set_authorization_server(&d.cimd.url(), &d.cimd.introspect_url())
         .await;
-    let refused = d.whoami(&again.access_token).await;
+    let moved_at = unix_now();
+    while unix_now() <= moved_at + 1 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let refused = d.whoami(&signed.access_token).await;
     assert_eq!(refused.status, 401, "{}", refused.body);
     let moved = d.sign_in().await;
     let stats = d.cimd.stats().await;
@@ -268,9 +265,14 @@ async fn a_refused_token_and_a_moved_authorization_server_lead_to_consent_again(
         "the gateway's document fetched: {stats}"
     );
     let document = format!("{}/.well-known/warden-client.json", d.stack.issuer());
-    assert!(
-        stats.to_string().contains(&document),
+    assert_eq!(
+        stats["clients"][&document], 1,
         "the gateway is known by its document URL: {stats}"
+    );
+    assert_eq!(
+        d.dcr.stats().await["authorization_code"],
+        1,
+        "not at the old one"
     );
     assert_eq!(
         d.whoami(&moved.access_token).await.status,
@@ -280,6 +282,20 @@ async fn a_refused_token_and_a_moved_authorization_server_lead_to_consent_again(
     );
     let listed = d.listed(&moved.access_token).await;
     assert_eq!(listed["authorization_server"], json!(d.cimd.url()));
+
+    // The new server revokes the grant: the upstream refuses the token, the gateway drops it,
+    // and authorizing again runs the upstream consent again.
+    d.cimd.hook("revoke-user", "user=alice").await;
+    let refused = d.whoami(&moved.access_token).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    let again = d.sign_in().await;
+    assert_eq!(d.cimd.stats().await["authorization_code"], 2);
+    assert_eq!(
+        d.whoami(&again.access_token).await.status,
+        200,
+        "{}",
+        d.logs()
+    );
 }
 
 #[tokio::test]

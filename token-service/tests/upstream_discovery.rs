@@ -735,3 +735,96 @@ async fn the_gateway_serves_its_client_metadata_document_when_a_route_discovers(
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn a_token_of_the_server_the_upstream_left_is_neither_used_nor_refreshed() {
+    use warden_token_service::state::{AppState, Secrets};
+    use warden_token_service::store::{SqliteStore, Store, UpstreamRecord};
+    use warden_token_service::vault::seal::{Kind, Sealer};
+    use warden_token_service::vault::Lookup;
+
+    let up = Upstream::serve().await;
+    up.set(|s| {
+        s.cimd = true;
+        s.cache_control = Some("max-age=1".into());
+    });
+    let (to, allowed) = (
+        up.to(),
+        format!("[{}, {}]", up.issuer("/as1"), up.issuer("/as2")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let route = discover_route("").replace("http://127.0.0.1:9201/mcp", &to);
+    let block = DISCOVERY_BLOCK.replace("[https://auth.tracker.example]", &allowed);
+    let config = Config::from_yaml(&config_yaml(
+        dir.path(),
+        &format!("{route}{block}"),
+        "ES256",
+    ))
+    .unwrap();
+    let secrets = Secrets::ephemeral();
+    let sealer = Sealer::new(&secrets.encryption_key);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    let state = AppState::with_secrets(config, store.clone(), secrets).unwrap();
+    let vault = state.vault();
+    let now = 1_900_000_000;
+    // Alice holds a live token from /as1, the server the upstream names.
+    let seal = |kind, v: &str| {
+        Some(
+            sealer
+                .seal("alice@example.com", "tracker", kind, v)
+                .unwrap(),
+        )
+    };
+    store
+        .put_upstream_token(&UpstreamRecord {
+            user: "alice@example.com".into(),
+            route: "tracker".into(),
+            access_token: seal(Kind::Access, "as1-access"),
+            refresh_token: seal(Kind::Refresh, "as1-refresh"),
+            issued_at: now,
+            expires_at: Some(now + 3600),
+            granted_at: now,
+            scope: "read".into(),
+            authorization_server: up.issuer("/as1"),
+            ..UpstreamRecord::default()
+        })
+        .unwrap();
+    vault.prepare(Some("tracker"), now).await;
+    assert!(vault
+        .holds_usable("alice@example.com", "tracker", now)
+        .unwrap());
+    let Lookup::Token(t) = vault
+        .token("alice@example.com", "tracker", now)
+        .await
+        .unwrap()
+    else {
+        panic!("the token of the server the upstream names is used");
+    };
+    assert_eq!(t.access_token, "as1-access");
+
+    // The upstream moves to /as2: once discovery sees it, the /as1 token is not handed out,
+    // and the listing names the new server.
+    up.set(|s| s.servers = vec!["/as2"]);
+    let later = now + 2;
+    assert!(matches!(
+        vault
+            .token("alice@example.com", "tracker", later)
+            .await
+            .unwrap(),
+        Lookup::NoToken
+    ));
+    assert!(!vault
+        .holds_usable("alice@example.com", "tracker", later)
+        .unwrap());
+    let state = vault
+        .token_state("alice@example.com", "tracker", later)
+        .unwrap();
+    assert!(!state.connected);
+    assert_eq!(state.authorization_server, Some(up.issuer("/as2")));
+    // Nothing was sent to either server's token endpoint.
+    assert!(
+        !up.hits().iter().any(|h| h.ends_with("/token")),
+        "{:?}",
+        up.hits()
+    );
+}

@@ -30,6 +30,8 @@ pub struct Resolved {
     pub issuer: String,
     /// Until then the result is used without discovering again.
     pub expires_at: i64,
+    /// When it was discovered.
+    pub discovered_at: i64,
 }
 
 enum Entry {
@@ -118,7 +120,32 @@ impl DiscoveredProviders {
         route: &str,
         now: i64,
     ) -> Result<Arc<Resolved>, String> {
-        if let Some(answer) = self.fresh(route, now) {
+        self.resolve_within(store, sealer, route, now, None).await
+    }
+
+    /// After the upstream refused a token: its server may have moved, so a result older than
+    /// `RETRY_AFTER` is discovered again, expired or not (at most one discovery per route per
+    /// `RETRY_AFTER`, however many refusals).
+    pub async fn resolve_after_refusal(
+        &self,
+        store: &Arc<dyn Store>,
+        sealer: &Sealer,
+        route: &str,
+        now: i64,
+    ) -> Result<Arc<Resolved>, String> {
+        self.resolve_within(store, sealer, route, now, Some(RETRY_AFTER))
+            .await
+    }
+
+    async fn resolve_within(
+        &self,
+        store: &Arc<dyn Store>,
+        sealer: &Sealer,
+        route: &str,
+        now: i64,
+        max_age: Option<i64>,
+    ) -> Result<Arc<Resolved>, String> {
+        if let Some(answer) = self.fresh(route, now, max_age) {
             return answer;
         }
         let turn = {
@@ -127,7 +154,7 @@ impl DiscoveredProviders {
         };
         let _turn = turn.lock().await;
         // Another task may have discovered while this one waited.
-        if let Some(answer) = self.fresh(route, now) {
+        if let Some(answer) = self.fresh(route, now, max_age) {
             return answer;
         }
         let entry = match self.discover(store, sealer, route, now).await {
@@ -148,9 +175,15 @@ impl DiscoveredProviders {
         answer
     }
 
-    fn fresh(&self, route: &str, now: i64) -> Option<Result<Arc<Resolved>, String>> {
+    fn fresh(
+        &self,
+        route: &str,
+        now: i64,
+        max_age: Option<i64>,
+    ) -> Option<Result<Arc<Resolved>, String>> {
+        let young = |r: &Resolved| max_age.is_none_or(|m| now - r.discovered_at < m);
         match self.lock().get(route)? {
-            Entry::Ready(r) if now < r.expires_at => Some(Ok(r.clone())),
+            Entry::Ready(r) if now < r.expires_at && young(r) => Some(Ok(r.clone())),
             Entry::Failed { reason, until } if now < *until => Some(Err(reason.clone())),
             _ => None,
         }
@@ -222,6 +255,7 @@ impl DiscoveredProviders {
             provider: Arc::new(provider),
             issuer: server.issuer.clone(),
             expires_at: found.expires_at,
+            discovered_at: now,
         })
     }
 }

@@ -49,6 +49,13 @@ pub const FORCED_REFRESH_MIN_AGE: i64 = 10;
 const PATIENCE_WHILE_VALID: Duration = Duration::from_millis(1_000);
 const PATIENCE_WHEN_EXPIRED: Duration = Duration::from_millis(1_500);
 
+/// A discovered route's token from an authorization server the upstream no longer names
+/// (`issuer`, empty for a configured route): not used, not refreshed there; the user consents
+/// at the new one.
+fn issued_elsewhere(row: &UpstreamRecord, issuer: &str) -> bool {
+    !issuer.is_empty() && row.authorization_server != issuer
+}
+
 /// `now` moved on by the time since `started`, in whole seconds.
 fn elapsed_from(now: i64, started: Instant) -> i64 {
     now.saturating_add(i64::try_from(started.elapsed().as_secs()).unwrap_or(i64::MAX))
@@ -300,12 +307,6 @@ impl Vault {
             .unwrap_or_default()
     }
 
-    /// A discovered route's token from an authorization server the upstream no longer names:
-    /// not used, not refreshed there; the user consents at the new one.
-    fn from_another_server(&self, row: &UpstreamRecord, issuer: &str) -> bool {
-        !issuer.is_empty() && row.authorization_server != issuer
-    }
-
     fn open_access(&self, r: &UpstreamRecord) -> Option<String> {
         let sealed = r.access_token.as_ref()?;
         self.sealer.open(&r.user, &r.route, Kind::Access, sealed)
@@ -326,7 +327,7 @@ impl Vault {
         if r.refused_until.is_some_and(|t| t > now) {
             return false;
         }
-        if self.from_another_server(r, &self.current_issuer(&r.route)) {
+        if issued_elsewhere(r, &self.current_issuer(&r.route)) {
             return false;
         }
         let live = r.expires_at.is_none_or(|e| e > now) && self.open_access(r).is_some();
@@ -389,7 +390,7 @@ impl Vault {
         };
         if row.refused_until.is_some_and(|t| t > now)
             || self.open_access(&row).is_none()
-            || self.from_another_server(&row, &issuer)
+            || issued_elsewhere(&row, &issuer)
         {
             return Ok(Forced::NotConnected);
         }
@@ -497,7 +498,7 @@ impl Vault {
         let held = row.access_token.is_some() || row.refresh_token.is_some();
         // Revoked only where it was issued: never sent to a server that did not issue it.
         let provider = match self.provider_now(route, crate::clock::now_unix()).await {
-            Ok(Some((p, issuer))) if !self.from_another_server(&row, &issuer) => Some(p),
+            Ok(Some((p, issuer))) if !issued_elsewhere(&row, &issuer) => Some(p),
             _ => None,
         };
         if let Some(provider) = provider {
@@ -605,8 +606,11 @@ impl Vault {
         let mut record =
             self.record(&flow.user, &flow.route, &issued, None, now, now, &requested)?;
         record.authorization_server = flow.authorization_server.clone();
-        // Consent that follows a server's refusal: a refusal right after it would loop.
-        let last_refused_at = previous.and_then(|p| p.last_refused_at);
+        // Consent that follows a server's refusal: a refusal right after it would loop. A
+        // refusal of another server's token (the upstream moved) is no loop at this one.
+        let last_refused_at = previous
+            .filter(|p| p.authorization_server == flow.authorization_server)
+            .and_then(|p| p.last_refused_at);
         record.after_refusal = last_refused_at.is_some_and(|t| now - t < REFUSAL_HOLD);
         record.last_refused_at = last_refused_at;
         self.db(move |st| st.put_upstream_token(&record)).await?;
@@ -693,7 +697,7 @@ impl Vault {
         let Some(row) = self.read(user, route).await? else {
             return Ok(Lookup::NoToken);
         };
-        if self.from_another_server(&row, &issuer) {
+        if issued_elsewhere(&row, &issuer) {
             return Ok(Lookup::NoToken);
         }
         if let Some(found) = self.usable_now(&row, now) {
@@ -929,9 +933,18 @@ impl Vault {
             }
         }
         let extra = extra.join(" ");
+        // A discovered upstream may refuse because it moved to another server: a token of
+        // the server it left is no loop, and the user consents at the new one.
+        let moved = match &self.discovered {
+            Some(d) if d.discovers(route) => d
+                .resolve_after_refusal(&self.store, &self.sealer, route, now)
+                .await
+                .is_ok_and(|r| issued_elsewhere(&row, &r.issuer)),
+            _ => false,
+        };
         // Only a consent that itself followed a refusal can loop (a user revoking the app a
         // moment after connecting it is simply sent through consent again).
-        let hold = (row.after_refusal && refused_right_after_grant(row.granted_at, now))
+        let hold = (!moved && row.after_refusal && refused_right_after_grant(row.granted_at, now))
             .then_some(now + REFUSAL_HOLD);
         let (u, r, version) = (user.to_owned(), route.to_owned(), row.version);
         let dropped = self
