@@ -2093,6 +2093,27 @@ pub async fn call_tool_text(client: &McpClient, name: &str, arguments: Value) ->
 }
 
 /// The demo server's `whoami`: `{"method", "path", "headers": {lower-case name: [values]}}`.
+/// The one `authorization` header the MCP server received, from a raw `whoami` answer
+/// (`demo-mcp-server`'s tool echoes the request it got).
+pub fn received_bearer(resp: &RawResponse) -> String {
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let text = resp.json()["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no tool text: {}", resp.body))
+        .to_owned();
+    let me: Value = serde_json::from_str(&text).expect("whoami output is JSON");
+    let values = me["headers"]["authorization"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        values.len(),
+        1,
+        "exactly one authorization header upstream: {me}"
+    );
+    values[0].as_str().expect("a header value").to_owned()
+}
+
 pub async fn whoami(client: &McpClient) -> Value {
     let text = call_tool_text(client, "whoami", json!({})).await;
     serde_json::from_str(&text)

@@ -172,26 +172,6 @@ impl UpstreamStack {
     }
 }
 
-/// The `authorization` header the MCP server received, from a `whoami` answer.
-fn received_bearer(resp: &RawResponse) -> String {
-    assert_eq!(resp.status, 200, "{}", resp.body);
-    let text = resp.json()["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no tool text: {}", resp.body))
-        .to_owned();
-    let me: Value = serde_json::from_str(&text).unwrap();
-    let values = me["headers"]["authorization"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(
-        values.len(),
-        1,
-        "exactly one authorization header upstream: {me}"
-    );
-    values[0].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn sign_in_connects_the_upstream_account_and_calls_carry_the_ti() {
     let u = UpstreamStack::start(300).await;

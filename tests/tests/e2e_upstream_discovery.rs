@@ -165,22 +165,6 @@ impl Discovering {
     }
 }
 
-/// The `authorization` header the MCP server received, from a `whoami` answer.
-fn received_bearer(resp: &RawResponse) -> String {
-    assert_eq!(resp.status, 200, "{}", resp.body);
-    let text = resp.json()["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no tool text: {}", resp.body))
-        .to_owned();
-    let me: Value = serde_json::from_str(&text).unwrap();
-    let values = me["headers"]["authorization"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(values.len(), 1, "exactly one authorization header: {me}");
-    values[0].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn the_gateway_discovers_registers_by_dcr_and_carries_and_refreshes_the_users_token() {
     let d = Discovering::start(6, 3600).await;
