@@ -315,7 +315,7 @@ impl Vault {
 
     /// A discovered route's token from an authorization server the upstream no longer names:
     /// not used, not refreshed there; the user consents at the new one.
-    fn from_another_server(&self, row: &UpstreamRecord, issuer: &str) -> bool {
+    fn issued_by_another_server(&self, row: &UpstreamRecord, issuer: &str) -> bool {
         !issuer.is_empty() && row.authorization_server != issuer
     }
 
@@ -339,7 +339,7 @@ impl Vault {
         if r.refused_until.is_some_and(|t| t > now) {
             return false;
         }
-        if self.from_another_server(r, &self.current_issuer(&r.route)) {
+        if self.issued_by_another_server(r, &self.current_issuer(&r.route)) {
             return false;
         }
         let live = r.expires_at.is_none_or(|e| e > now) && self.open_access(r).is_some();
@@ -402,7 +402,7 @@ impl Vault {
         };
         if row.refused_until.is_some_and(|t| t > now)
             || self.open_access(&row).is_none()
-            || self.from_another_server(&row, &issuer)
+            || self.issued_by_another_server(&row, &issuer)
         {
             return Ok(Forced::NotConnected);
         }
@@ -510,7 +510,7 @@ impl Vault {
         let held = row.access_token.is_some() || row.refresh_token.is_some();
         // Revoked only where it was issued: never sent to a server that did not issue it.
         let provider = match self.provider_now(route, crate::clock::now_unix()).await {
-            Ok(Some((p, issuer))) if !self.from_another_server(&row, &issuer) => Some(p),
+            Ok(Some((p, issuer))) if !self.issued_by_another_server(&row, &issuer) => Some(p),
             _ => None,
         };
         if let Some(provider) = provider {
@@ -706,7 +706,7 @@ impl Vault {
         let Some(row) = self.read(user, route).await? else {
             return Ok(Lookup::NoToken);
         };
-        if self.from_another_server(&row, &issuer) {
+        if self.issued_by_another_server(&row, &issuer) {
             return Ok(Lookup::NoToken);
         }
         if let Some(found) = self.usable_now(&row, now) {
