@@ -186,6 +186,28 @@ async fn only_the_provider_signs_in_and_the_te_carries_its_claims() {
         stats["userinfo_requests"], 0,
         "the ID token had every claim: {stats}"
     );
+    // What `/metrics` reports (README, "Token service metrics"): one sign-in, one call of
+    // each kind the provider answered.
+    assert_counted(
+        &sso,
+        &[
+            "warden_sign_ins_total{method=\"identity_provider\",result=\"success\"} 1",
+            "warden_identity_provider_calls_total{call=\"discovery\",result=\"ok\"} 1",
+            "warden_identity_provider_calls_total{call=\"jwks\",result=\"ok\"} 1",
+            "warden_identity_provider_calls_total{call=\"token\",result=\"ok\"} 1",
+        ],
+    );
+}
+
+/// Each of `lines` is in the service's metrics, whole.
+fn assert_counted(sso: &Sso, lines: &[&str]) {
+    let text = sso.env.state.metrics().encode(Default::default()).unwrap();
+    for line in lines {
+        assert!(
+            text.lines().any(|l| l == *line),
+            "no {line} in the metrics:\n{text}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -240,6 +262,10 @@ async fn claims_missing_from_the_id_token_come_from_userinfo() {
     assert_eq!(claims["name"], "alice");
     assert_eq!(claims["groups"], json!(["admin", "ops"]));
     assert_eq!(sso.provider.stats().await["userinfo_requests"], 1);
+    assert_counted(
+        &sso,
+        &["warden_identity_provider_calls_total{call=\"userinfo\",result=\"ok\"} 1"],
+    );
 }
 
 #[tokio::test]
@@ -272,6 +298,10 @@ async fn an_unverified_email_is_refused_unless_allowed() {
         r.body.contains("not verified the email address"),
         "{}",
         r.body
+    );
+    assert_counted(
+        &sso,
+        &["warden_sign_ins_total{method=\"identity_provider\",result=\"failure\"} 1"],
     );
 
     let allowing = Sso::start("    allow_unverified_email: true\n", false).await;
