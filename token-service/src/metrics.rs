@@ -60,7 +60,8 @@ label_values!(
 );
 
 label_values!(
-    Success { Success => "success", Failure => "failure" }
+    /// Whether a sign-in proved who the user is.
+    SignInResult { Success => "success", Failure => "failure" }
 );
 
 label_values!(
@@ -196,7 +197,7 @@ impl StatusClass {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct SignInLabels {
     method: SignInMethod,
-    result: Success,
+    result: SignInResult,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -354,9 +355,9 @@ impl Metrics {
 
     pub fn sign_in(&self, method: SignInMethod, succeeded: bool) {
         let result = if succeeded {
-            Success::Success
+            SignInResult::Success
         } else {
-            Success::Failure
+            SignInResult::Failure
         };
         self.sign_ins
             .get_or_create(&SignInLabels { method, result })
