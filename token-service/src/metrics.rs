@@ -285,7 +285,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let m = Self {
+        let mut m = Self {
             registry: Registry::default(),
             sign_ins: Family::default(),
             token_grants: Family::default(),
@@ -298,7 +298,7 @@ impl Metrics {
             revocation_feed_newest_age: Gauge::default(),
             http_request_duration: Family::new_with_constructor(duration_histogram),
         };
-        let mut registry = Registry::default();
+        let registry = &mut m.registry;
         // Counters get their `_total` from the encoder.
         registry.register(
             "warden_sign_ins",
@@ -350,7 +350,7 @@ impl Metrics {
             "HTTP request duration by listener, route template, method and status class",
             m.http_request_duration.clone(),
         );
-        Self { registry, ..m }
+        m
     }
 
     pub fn sign_in(&self, method: SignInMethod, succeeded: bool) {
