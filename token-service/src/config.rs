@@ -48,6 +48,9 @@ pub struct Config {
     /// servers, the cache.
     #[serde(default)]
     pub upstream_discovery: Option<crate::config_upstream_discovery::UpstreamDiscoveryConfig>,
+    /// What the service reports about itself (`metrics`).
+    #[serde(default)]
+    pub telemetry: crate::config_telemetry::TelemetryConfig,
 }
 
 /// Whether loading reads the files secrets live in (`*_file`). A render runs where they do
@@ -2250,7 +2253,8 @@ impl Config {
 
     /// Whether the filter needs the internal listener: always, for the revocation feed
     /// (and for upstream tokens, identity assertions, the app sessions of `mcp: client`
-    /// routes). Bound, rendered (cluster and credential) and given a credential file then.
+    /// routes, and `telemetry.metrics`' `/metrics`). Bound, rendered (cluster and credential)
+    /// and given a credential file then.
     pub fn uses_internal_listener(&self) -> bool {
         true
     }

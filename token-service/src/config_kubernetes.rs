@@ -19,6 +19,20 @@ pub struct KubernetesConfig {
     #[serde(default)]
     pub gateway: GatewayConfig,
     pub secrets: SecretNames,
+    /// Pods let in to the internal port besides the gateway's, to scrape `/metrics`
+    /// (`telemetry.metrics`).
+    #[serde(default)]
+    pub metrics_scrapers: Vec<PeerPods>,
+}
+
+/// `metrics_scrapers[]`: pods by namespace and labels, as a NetworkPolicy peer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerPods {
+    pub namespace: String,
+    /// Their labels; empty: every pod of the namespace.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -346,6 +360,22 @@ impl KubernetesConfig {
                     &format!("gateway.selector.{k}"),
                     "not a valid label key and value",
                 );
+            }
+        }
+        for (i, p) in self.metrics_scrapers.iter().enumerate() {
+            if !is_dns_label(&p.namespace) {
+                return err(
+                    &format!("metrics_scrapers[{i}].namespace"),
+                    "must be a namespace name (a DNS label)",
+                );
+            }
+            for (k, v) in &p.selector {
+                if !is_label_key(k) || !is_label_part(v, true) {
+                    return err(
+                        &format!("metrics_scrapers[{i}].selector.{k}"),
+                        "not a valid label key and value",
+                    );
+                }
             }
         }
         if let Some(tls) = &g.tls_secret {

@@ -4,6 +4,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use crate::metrics::StoreErrorKind;
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -77,6 +78,25 @@ impl Error {
         }
     }
 
+    /// The error code the answer carries: the OAuth one, else `temporarily_unavailable` (a
+    /// store that cannot be reached) or `server_error` (the metrics' grant result).
+    pub fn grant_error_code(&self) -> &'static str {
+        match self {
+            Error::Internal(e) if StoreError::find(e).is_some_and(StoreError::is_unavailable) => {
+                "temporarily_unavailable"
+            }
+            _ => self.code().unwrap_or("server_error"),
+        }
+    }
+
+    /// The store error this carries, if any (`warden_store_errors_total`).
+    pub fn store_error_kind(&self) -> Option<StoreErrorKind> {
+        match self {
+            Error::Internal(e) => store_error_kind(e),
+            _ => None,
+        }
+    }
+
     /// The OAuth error code, if this is an OAuth error (for tests and logs).
     pub fn code(&self) -> Option<&'static str> {
         match self {
@@ -118,6 +138,17 @@ impl std::fmt::Display for Error {
     }
 }
 
+/// The kind of the store error somewhere in `e`'s chain, if there is one.
+pub fn store_error_kind(e: &anyhow::Error) -> Option<StoreErrorKind> {
+    StoreError::find(e).map(|s| {
+        if s.is_unavailable() {
+            StoreErrorKind::Unavailable
+        } else {
+            StoreErrorKind::Other
+        }
+    })
+}
+
 fn oauth_json(status: StatusCode, error: &str, description: &str) -> Response {
     let body = serde_json::json!({ "error": error, "error_description": description });
     let mut resp = (status, axum::Json(body)).into_response();
@@ -129,6 +160,18 @@ fn oauth_json(status: StatusCode, error: &str, description: &str) -> Response {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
+        // The metrics middleware counts it from the answer (`metrics::track`).
+        let store_error = self.store_error_kind();
+        let mut resp = self.answer();
+        if let Some(kind) = store_error {
+            resp.extensions_mut().insert(kind);
+        }
+        resp
+    }
+}
+
+impl Error {
+    fn answer(self) -> Response {
         match self {
             Error::OAuth {
                 status,

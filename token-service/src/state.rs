@@ -11,6 +11,7 @@ use crate::flows::app::SignOutKey;
 use crate::health::Health;
 use crate::internal::nonce::NonceGuard;
 use crate::keyring::{KeySet, Keyring};
+use crate::metrics::Metrics;
 use crate::outbound::{GuardedFetcher, Outbound};
 use crate::random::fill_random;
 use crate::store::Store;
@@ -53,10 +54,12 @@ struct Inner {
     guarded: GuardedFetcher,
     /// Clients identified by their metadata documents, as this replica fetched them.
     client_documents: Arc<ClientDocuments>,
+    /// What `/metrics` reports; the vault and the identity provider client count into it too.
+    metrics: Arc<Metrics>,
 }
 
 /// Checks of identity-provider users at the provider (`recheck`), since this process started:
-/// for the service to report (metrics come later).
+/// for the service to report.
 #[derive(Debug, Default)]
 pub struct RecheckCounters {
     /// The provider vouched for the user again.
@@ -184,19 +187,26 @@ impl AppState {
             Sealer::with_previous(&secrets.encryption_key, &secrets.previous_encryption_keys),
             now_unix(),
         )?;
-        let vault = Arc::new(vault::Vault::new(
-            &config,
-            store.clone(),
-            &secrets.encryption_key,
-            &secrets.previous_encryption_keys,
-        )?);
+        let metrics = Arc::new(Metrics::new());
+        let vault = Arc::new(
+            vault::Vault::new(
+                &config,
+                store.clone(),
+                &secrets.encryption_key,
+                &secrets.previous_encryption_keys,
+            )?
+            .with_metrics(metrics.clone()),
+        );
         let outbound = Outbound::load(&config.outbound)?;
         let oidc = match &config.identity_provider.oidc {
-            Some(o) => Some(Arc::new(oidc::OidcProvider::new(
-                o.clone(),
-                oidc::callback_url(&config),
-                vault::provider::http_client(&outbound)?,
-            ))),
+            Some(o) => Some(Arc::new(
+                oidc::OidcProvider::new(
+                    o.clone(),
+                    oidc::callback_url(&config),
+                    vault::provider::http_client(&outbound)?,
+                )
+                .with_metrics(metrics.clone()),
+            )),
             None => None,
         };
         let documents = &config.authorization_server.client_id_metadata_documents;
@@ -243,6 +253,7 @@ impl AppState {
                 health: Health::running(),
                 guarded,
                 client_documents,
+                metrics,
             }),
         })
     }
@@ -296,6 +307,10 @@ impl AppState {
 
     pub fn jwks_cache(&self) -> &crate::jwks_cache::JwksCache {
         &self.inner.jwks_cache
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     pub fn recheck_counters(&self) -> &RecheckCounters {
@@ -424,9 +439,13 @@ impl AppState {
             .acquire()
             .await
             .map_err(|e| error::Error::Internal(anyhow::anyhow!("password check gate: {e}")))?;
-        self.blocking(move |st| {
-            Ok(password::authenticate(st.config(), &email, &password).map(|u| u.email.clone()))
-        })
-        .await
+        let user = self
+            .blocking(move |st| {
+                Ok(password::authenticate(st.config(), &email, &password).map(|u| u.email.clone()))
+            })
+            .await?;
+        self.metrics()
+            .sign_in(crate::metrics::SignInMethod::Password, user.is_some());
+        Ok(user)
     }
 }

@@ -852,6 +852,13 @@ async fn an_id_jag_from_a_discovered_issuer_gets_a_te_for_its_resource() {
             env.state.config(),
             &format!("{}#u-42", server.base)
         ));
+        assert_metrics(
+            &env.state,
+            &[
+                "warden_sign_ins_total{method=\"id_jag\",result=\"success\"} 1",
+                "warden_token_grants_total{grant_type=\"jwt_bearer\",result=\"issued\"} 1",
+            ],
+        );
     }
 }
 

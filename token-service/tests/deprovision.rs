@@ -204,6 +204,13 @@ async fn a_user_disabled_at_the_provider_loses_everything_at_the_next_check_and_
     let counters = sso.env.state.recheck_counters();
     assert_eq!(counters.revoked.load(Ordering::SeqCst), 1);
     assert_eq!(counters.checked.load(Ordering::SeqCst), 1);
+    assert_metrics(
+        &sso.env.state,
+        &[
+            "warden_identity_provider_calls_total{call=\"recheck\",result=\"refused\"} 1",
+            "warden_identity_provider_calls_total{call=\"recheck\",result=\"ok\"} 1",
+        ],
+    );
     // Bob, checked in the same round, keeps his access.
     sso.refresh(&mut bob).await.unwrap();
 
@@ -223,6 +230,13 @@ async fn an_unreachable_provider_revokes_nothing_and_the_next_round_checks_again
     assert_eq!(sso.round("replica-a").await, outcome(0, 0, 1));
     let counters = sso.env.state.recheck_counters();
     assert_eq!(counters.failed.load(Ordering::SeqCst), 1);
+    assert_metrics(
+        &sso.env.state,
+        &[
+            "warden_identity_provider_calls_total{call=\"recheck\",result=\"unavailable\"} 1",
+            "warden_identity_provider_calls_total{call=\"token\",result=\"unavailable\"} 1",
+        ],
+    );
     sso.refresh(&mut alice).await.unwrap();
     // Not again in the same breath: at a later round.
     assert_eq!(sso.round("replica-a").await, RoundOutcome::default());

@@ -186,6 +186,17 @@ async fn only_the_provider_signs_in_and_the_te_carries_its_claims() {
         stats["userinfo_requests"], 0,
         "the ID token had every claim: {stats}"
     );
+    // What `/metrics` reports (README, "Token service metrics"): one sign-in, one call of
+    // each kind the provider answered.
+    assert_metrics(
+        &sso.env.state,
+        &[
+            "warden_sign_ins_total{method=\"identity_provider\",result=\"success\"} 1",
+            "warden_identity_provider_calls_total{call=\"discovery\",result=\"ok\"} 1",
+            "warden_identity_provider_calls_total{call=\"jwks\",result=\"ok\"} 1",
+            "warden_identity_provider_calls_total{call=\"token\",result=\"ok\"} 1",
+        ],
+    );
 }
 
 #[tokio::test]
@@ -240,6 +251,10 @@ async fn claims_missing_from_the_id_token_come_from_userinfo() {
     assert_eq!(claims["name"], "alice");
     assert_eq!(claims["groups"], json!(["admin", "ops"]));
     assert_eq!(sso.provider.stats().await["userinfo_requests"], 1);
+    assert_metrics(
+        &sso.env.state,
+        &["warden_identity_provider_calls_total{call=\"userinfo\",result=\"ok\"} 1"],
+    );
 }
 
 #[tokio::test]
@@ -272,6 +287,10 @@ async fn an_unverified_email_is_refused_unless_allowed() {
         r.body.contains("not verified the email address"),
         "{}",
         r.body
+    );
+    assert_metrics(
+        &sso.env.state,
+        &["warden_sign_ins_total{method=\"identity_provider\",result=\"failure\"} 1"],
     );
 
     let allowing = Sso::start("    allow_unverified_email: true\n", false).await;

@@ -333,6 +333,15 @@ async fn a_database_that_goes_away_is_answered_503_and_then_served_again() {
         assert_eq!(r.json()["error"], "temporarily_unavailable");
         assert!(!r.body.contains(&db.name), "{}", r.body);
     }
+    // Each counted as a store error and as the grant's answer (README, "Token service
+    // metrics").
+    let metrics = env.state.metrics().encode(Default::default()).unwrap();
+    for line in [
+        "warden_store_errors_total{kind=\"unavailable\"} 3",
+        "warden_token_grants_total{grant_type=\"refresh_token\",result=\"temporarily_unavailable\"} 3",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line} in:\n{metrics}");
+    }
 
     forwarder.restore().await;
     let r = env.refresh_public("public-app", &refresh).await;

@@ -246,6 +246,13 @@ async fn a_burst_of_registrations_from_one_address_is_cut_at_the_limit() {
     )
     .await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_metrics(
+        &env.state,
+        &[
+            "warden_client_registrations_total{result=\"registered\"} 21",
+            "warden_client_registrations_total{result=\"rate_limited\"} 291",
+        ],
+    );
     // The budget refills: one registration every 6 s.
     env.advance(6);
     let r = register_from(&env, "203.0.113.7:5000", ten_uris_and_a_long_name(), None).await;

@@ -805,6 +805,55 @@ fn the_pod_runs_locked_down_with_probes() {
 }
 
 #[test]
+fn prometheus_finds_the_metrics_on_the_internal_port_unless_they_are_off() {
+    let docs = parse_docs(&render(&example(), Target::Kubernetes).unwrap());
+    let annotations = &one(&docs, "Deployment")["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], "9101");
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+
+    // The scraper is let in to the internal port beside the gateway.
+    let scraper =
+        serde_json::json!([{"namespace": "monitoring", "selector": {"app": "prometheus"}}]);
+    let scraped = config_with(|v| v["kubernetes"]["metrics_scrapers"] = scraper.clone());
+    let docs = parse_docs(&render(&scraped, Target::Kubernetes).unwrap());
+    let from = &one(&docs, "NetworkPolicy")["spec"]["ingress"][1]["from"];
+    assert_eq!(from.as_array().unwrap().len(), 2, "{from}");
+    assert_eq!(
+        from[1],
+        serde_json::json!({
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "podSelector": {"matchLabels": {"app": "prometheus"}},
+        })
+    );
+
+    // Metrics off: no annotations, and no scraper let in.
+    let off = config_with(|v| {
+        v["telemetry"] = serde_json::json!({"metrics": false});
+        v["kubernetes"]["metrics_scrapers"] = scraper.clone();
+    });
+    let docs = parse_docs(&render(&off, Target::Kubernetes).unwrap());
+    let annotations = &one(&docs, "Deployment")["spec"]["template"]["metadata"]["annotations"];
+    assert!(
+        annotations.get("prometheus.io/scrape").is_none(),
+        "{annotations}"
+    );
+    assert!(annotations.get("mcp-warden.dev/config-sha256").is_some());
+    let from = &one(&docs, "NetworkPolicy")["spec"]["ingress"][1]["from"];
+    assert_eq!(from.as_array().unwrap().len(), 1, "{from}");
+
+    // A scraper's namespace must be one.
+    let bad = config_with(|v| {
+        v["kubernetes"]["metrics_scrapers"] = serde_json::json!([{"namespace": "Not A Namespace"}])
+    });
+    let e = render(&bad, Target::Kubernetes).unwrap_err();
+    assert!(
+        e.contains("kubernetes.metrics_scrapers[0].namespace"),
+        "{e}"
+    );
+}
+
+#[test]
 fn only_the_gateway_reaches_the_internal_port() {
     let docs = parse_docs(&render(&example(), Target::Kubernetes).unwrap());
     let policy = one(&docs, "NetworkPolicy");

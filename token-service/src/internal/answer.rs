@@ -8,6 +8,8 @@ use axum::Json;
 use serde::Serialize;
 use warden_core::internal_api::{ErrorAnswer, ErrorCode};
 
+use crate::metrics::StoreErrorKind;
+
 /// `200` with `body`.
 pub fn answer<T: Serialize>(body: &T) -> Response {
     no_store(Json(body).into_response())
@@ -28,10 +30,19 @@ pub fn refuse_with(status: StatusCode, code: ErrorCode, description: &str) -> Re
     no_store((status, Json(body)).into_response())
 }
 
-/// The `500` for a failure of ours; the log says what failed, the answer does not.
-pub fn server_error(e: &dyn std::fmt::Display, what: &str) -> Response {
+/// The `500` for a failure of ours; the log says what failed, the answer does not. A store
+/// error is marked for the metrics (`metrics::track`).
+pub fn server_error(
+    e: &dyn std::fmt::Display,
+    what: &str,
+    store: Option<StoreErrorKind>,
+) -> Response {
     tracing::error!(error = %e, "{what} failed");
-    refuse(ErrorCode::ServerError, "the token service failed")
+    let mut resp = refuse(ErrorCode::ServerError, "the token service failed");
+    if let Some(kind) = store {
+        resp.extensions_mut().insert(kind);
+    }
+    resp
 }
 
 fn no_store(mut resp: Response) -> Response {

@@ -40,7 +40,7 @@ pub async fn app_session(State(s): State<AppState>, body: axum::body::Bytes) -> 
             ErrorCode::InvalidCode,
             "the sign-in code is unknown, used, expired, or for another route",
         ),
-        Err(e) => server_error(&e, "opening an app session"),
+        Err(e) => server_error(&e, "opening an app session", e.store_error_kind()),
     }
 }
 
@@ -74,7 +74,7 @@ pub async fn app_token(State(s): State<AppState>, body: axum::body::Bytes) -> Re
             ErrorCode::AccessDenied,
             "the route's policy does not let this user use the app",
         ),
-        Err(e) => server_error(&e, "minting an app token"),
+        Err(e) => server_error(&e, "minting an app token", e.store_error_kind()),
     }
 }
 
@@ -104,6 +104,6 @@ pub async fn end_app_session(State(s): State<AppState>, body: axum::body::Bytes)
             ended: false,
             ticket: None,
         }),
-        Err(e) => server_error(&e, "ending an app session"),
+        Err(e) => server_error(&e, "ending an app session", e.store_error_kind()),
     }
 }

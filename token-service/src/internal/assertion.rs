@@ -69,7 +69,13 @@ pub async fn identity_assertion(State(s): State<AppState>, body: axum::body::Byt
     let identity = match resolved {
         Ok(Some(identity)) => identity,
         Ok(None) => return refuse(ErrorCode::UnknownUser, "the user no longer exists"),
-        Err(e) => return server_error(&e, "resolving a user for an identity assertion"),
+        Err(e) => {
+            return server_error(
+                &e,
+                "resolving a user for an identity assertion",
+                e.store_error_kind(),
+            )
+        }
     };
     let now = s.now();
     let claims = assertion_claims(
@@ -84,6 +90,10 @@ pub async fn identity_assertion(State(s): State<AppState>, body: axum::body::Byt
             issued_at: now,
             expires_at: now + ASSERTION_TTL_SECONDS,
         }),
-        Err(e) => server_error(&format!("{e:#}"), "signing an identity assertion"),
+        Err(e) => server_error(
+            &format!("{e:#}"),
+            "signing an identity assertion",
+            crate::error::store_error_kind(&e),
+        ),
     }
 }

@@ -14,6 +14,8 @@
 //!   routes' app sessions).
 //! * `vault_status.rs`: `VAULT_STATUS_PATH` (the encryption-key re-seal's counters).
 //! * `revocations.rs`: `REVOCATIONS_PATH` (the revocation feed the filter polls).
+//! * `scrape.rs`: `/metrics` for Prometheus, with `telemetry.metrics`: the one path outside
+//!   the signature check (a scraper has no credential).
 //! * `nonce.rs`: the replay guard; `answer.rs`: how every endpoint answers and refuses.
 
 mod answer;
@@ -21,6 +23,7 @@ mod app;
 mod assertion;
 pub mod nonce;
 mod revocations;
+mod scrape;
 mod upstream;
 mod vault_status;
 
@@ -32,6 +35,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use warden_core::internal_api::{self as api, ErrorCode};
 
+use crate::metrics::{Listener, METRICS_PATH};
 use crate::state::AppState;
 
 pub use answer::json_body;
@@ -41,7 +45,7 @@ pub use nonce::NonceGuard;
 const BODY_LIMIT: usize = 16 * 1024;
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let signed = Router::new()
         .route(api::UPSTREAM_TOKEN_PATH, post(upstream::upstream_token))
         .route(
             api::UPSTREAM_TOKEN_DROP_PATH,
@@ -56,7 +60,18 @@ pub fn router(state: AppState) -> Router {
         .route(api::APP_SESSION_END_PATH, post(app::end_app_session))
         .route(api::VAULT_STATUS_PATH, get(vault_status::vault_status))
         .route(api::REVOCATIONS_PATH, get(revocations::revocations))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    // Added after the signature check's layer, so outside it.
+    let router = if state.config().telemetry.metrics {
+        signed.route(METRICS_PATH, get(scrape::metrics))
+    } else {
+        signed
+    };
+    router
+        .layer(middleware::from_fn_with_state(
+            (state.metrics().clone(), Listener::Internal),
+            crate::metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

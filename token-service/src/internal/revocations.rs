@@ -27,6 +27,6 @@ pub async fn revocations(State(s): State<AppState>, RawQuery(query): RawQuery) -
         .await;
     match read {
         Ok(entries) => answer(&RevocationPage::of(after, entries)),
-        Err(e) => server_error(&e, "reading the revocation feed"),
+        Err(e) => server_error(&e, "reading the revocation feed", e.store_error_kind()),
     }
 }

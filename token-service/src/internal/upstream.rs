@@ -10,6 +10,7 @@ use warden_core::internal_api::{
 use warden_core::upstream::DropReason;
 
 use super::answer::{answer, json_body, refuse, server_error};
+use crate::metrics::UpstreamLookupResult;
 use crate::state::AppState;
 use crate::vault::Lookup;
 
@@ -24,7 +25,17 @@ pub async fn upstream_token(State(s): State<AppState>, body: axum::body::Bytes) 
             "no route of that name uses upstream_oauth2",
         );
     }
-    match s.vault().token(&q.sub, &q.route, s.now()).await {
+    let found = s.vault().token(&q.sub, &q.route, s.now()).await;
+    if let Ok(lookup) = &found {
+        s.metrics().upstream_token_lookup(match lookup {
+            Lookup::Token(t) if t.refreshed => UpstreamLookupResult::Refreshed,
+            Lookup::Token(_) => UpstreamLookupResult::Hit,
+            Lookup::NoToken => UpstreamLookupResult::NoToken,
+            Lookup::Refused => UpstreamLookupResult::Refused,
+            Lookup::Unavailable(_) => UpstreamLookupResult::Unavailable,
+        });
+    }
+    match found {
         Ok(Lookup::Token(t)) => answer(&UpstreamTokenAnswer {
             access_token: t.access_token,
             issued_at: t.issued_at,
@@ -47,7 +58,7 @@ pub async fn upstream_token(State(s): State<AppState>, body: axum::body::Bytes) 
                 "the upstream OAuth provider is unavailable",
             )
         }
-        Err(e) => server_error(&format!("{e:#}"), "upstream token lookup"),
+        Err(e) => server_error(&format!("{e:#}"), "upstream token lookup", crate::error::store_error_kind(&e)),
     }
 }
 
@@ -81,6 +92,10 @@ pub async fn drop_upstream_token(State(s): State<AppState>, body: axum::body::By
         .await
     {
         Ok(dropped) => answer(&DropAnswer { dropped }),
-        Err(e) => server_error(&format!("{e:#}"), "dropping an upstream token"),
+        Err(e) => server_error(
+            &format!("{e:#}"),
+            "dropping an upstream token",
+            crate::error::store_error_kind(&e),
+        ),
     }
 }

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::OidcConfig;
+use crate::metrics::{CallResult, IdentityProviderCall, Metrics};
 use claims::IdpUser;
 pub use error::IdpError;
 use jws::Jwk;
@@ -64,6 +65,20 @@ pub struct OidcProvider {
     http: reqwest::Client,
     discovery: tokio::sync::Mutex<DiscoveryCache>,
     jwks: tokio::sync::Mutex<JwksState>,
+    /// Counts each call to the provider (`warden_identity_provider_calls_total`).
+    metrics: Arc<Metrics>,
+}
+
+/// A call's answer as a metric: a check the answer failed, or claims that do not allow the
+/// user, are the provider's refusal; only no answer (or a server error) is `unavailable`.
+fn call_result<T>(r: &Result<T, IdpError>) -> CallResult {
+    match r {
+        Ok(_) => CallResult::Ok,
+        Err(IdpError::Unavailable(_)) => CallResult::Unavailable,
+        Err(IdpError::Refused(_) | IdpError::Invalid(_) | IdpError::Claims(_)) => {
+            CallResult::Refused
+        }
+    }
 }
 
 #[derive(Default)]
@@ -130,7 +145,19 @@ impl OidcProvider {
             http,
             discovery: tokio::sync::Mutex::new(DiscoveryCache::default()),
             jwks: tokio::sync::Mutex::new(JwksState::default()),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts into `metrics` (the service's) instead of a registry of its own.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    fn count<T>(&self, call: IdentityProviderCall, r: Result<T, IdpError>) -> Result<T, IdpError> {
+        self.metrics.identity_provider_call(call, call_result(&r));
+        r
     }
 
     /// The name the sign-in page shows.
@@ -164,7 +191,8 @@ impl OidcProvider {
             "{}/.well-known/openid-configuration",
             self.config.issuer.trim_end_matches('/')
         );
-        match self.fetch_discovery(&url).await {
+        let fetched = self.fetch_discovery(&url).await;
+        match self.count(IdentityProviderCall::Discovery, fetched) {
             Ok(d) => {
                 let d = Arc::new(d);
                 cache.doc = Some(Cached {
@@ -268,6 +296,16 @@ impl OidcProvider {
         code: &str,
         verifier: &str,
     ) -> Result<TokenAnswer, IdpError> {
+        let r = self.exchange_code(d, code, verifier).await;
+        self.count(IdentityProviderCall::Token, r)
+    }
+
+    async fn exchange_code(
+        &self,
+        d: &Discovery,
+        code: &str,
+        verifier: &str,
+    ) -> Result<TokenAnswer, IdpError> {
         let form = vec![
             ("grant_type", "authorization_code"),
             ("code", code),
@@ -341,6 +379,20 @@ impl OidcProvider {
     /// token is shown to userinfo (`401` is the refusal). Either refusal, and having nothing to
     /// check with, is `Refused`; an unreachable provider is `Unavailable`.
     pub async fn recheck(&self, known: &IdpUser, tokens: &IdpTokens, now: i64) -> Recheck {
+        let r = self.check_again(known, tokens, now).await;
+        // As `recheck.rs` acts on it: only a refusal (or claims that no longer allow the
+        // user) ends access; anything else is tried again.
+        let result = match &r.user {
+            Ok(_) => CallResult::Ok,
+            Err(IdpError::Refused(_) | IdpError::Claims(_)) => CallResult::Refused,
+            Err(IdpError::Unavailable(_) | IdpError::Invalid(_)) => CallResult::Unavailable,
+        };
+        self.metrics
+            .identity_provider_call(IdentityProviderCall::Recheck, result);
+        r
+    }
+
+    async fn check_again(&self, known: &IdpUser, tokens: &IdpTokens, now: i64) -> Recheck {
         let sub = match known
             .key
             .strip_prefix(&self.config.issuer)
@@ -435,6 +487,15 @@ impl OidcProvider {
     /// The refresh grant. Only `invalid_grant` refuses the user: any other error (say
     /// `invalid_client` after a secret rotation) is the service's problem, not theirs.
     async fn refresh(&self, d: &Discovery, refresh_token: &str) -> Result<TokenAnswer, IdpError> {
+        let r = self.refresh_grant(d, refresh_token).await;
+        self.count(IdentityProviderCall::Token, r)
+    }
+
+    async fn refresh_grant(
+        &self,
+        d: &Discovery,
+        refresh_token: &str,
+    ) -> Result<TokenAnswer, IdpError> {
         let form = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token),
@@ -473,6 +534,18 @@ impl OidcProvider {
 
     /// Userinfo at a check: `401` is the provider's refusal of the token, and so of the user.
     async fn checked_userinfo(
+        &self,
+        endpoint: &str,
+        access_token: &str,
+        sub: &str,
+    ) -> Result<serde_json::Map<String, Value>, IdpError> {
+        let r = self
+            .checked_userinfo_call(endpoint, access_token, sub)
+            .await;
+        self.count(IdentityProviderCall::Userinfo, r)
+    }
+
+    async fn checked_userinfo_call(
         &self,
         endpoint: &str,
         access_token: &str,
@@ -549,6 +622,7 @@ impl OidcProvider {
             Ok(body) => jws::parse_jwks(&body).map_err(IdpError::Unavailable),
             Err(e) => Err(e),
         };
+        let fetched = self.count(IdentityProviderCall::Jwks, fetched);
         let keys = match fetched {
             Ok(keys) => keys,
             Err(e) => {
@@ -577,8 +651,11 @@ impl OidcProvider {
         access_token: &str,
         sub: &str,
     ) -> Result<serde_json::Map<String, Value>, IdpError> {
-        let body = self.get(endpoint, Some(access_token)).await?;
-        userinfo_claims(&body, sub)
+        let r = match self.get(endpoint, Some(access_token)).await {
+            Ok(body) => userinfo_claims(&body, sub),
+            Err(e) => Err(e),
+        };
+        self.count(IdentityProviderCall::Userinfo, r)
     }
 
     async fn get(&self, url: &str, bearer: Option<&str>) -> Result<Vec<u8>, IdpError> {

@@ -483,7 +483,7 @@ impl<'a> Plan<'a> {
                 "template": {
                     "metadata": {
                         "labels": self.labels(),
-                        "annotations": {"mcp-warden.dev/config-sha256": config_digest},
+                        "annotations": self.pod_annotations(config_digest),
                     },
                     "spec": {
                         "automountServiceAccountToken": false,
@@ -555,11 +555,36 @@ impl<'a> Plan<'a> {
         })
     }
 
+    /// The config's digest (a change rolls the pods) and, with `telemetry.metrics`, where
+    /// Prometheus' pod discovery scrapes: `/metrics` on the internal port.
+    fn pod_annotations(&self, config_digest: String) -> Value {
+        let mut annotations = json!({"mcp-warden.dev/config-sha256": config_digest});
+        if self.config.telemetry.metrics {
+            annotations["prometheus.io/scrape"] = "true".into();
+            annotations["prometheus.io/port"] = self.internal_port().to_string().into();
+            annotations["prometheus.io/path"] = crate::metrics::METRICS_PATH.into();
+        }
+        annotations
+    }
+
     /// The public port from anywhere (the issuer is public); the internal one only from
-    /// the gateway's pods.
+    /// the gateway's pods and, with `telemetry.metrics`, the `metrics_scrapers`.
     pub fn network_policy(&self) -> Value {
         let a = &self.config.authorization_server;
         let g = &self.k.gateway;
+        let mut internal_peers = vec![json!({
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": g.namespace}},
+            "podSelector": {"matchLabels": g.selector},
+        })];
+        // A scraper only where there is something to scrape.
+        if self.config.telemetry.metrics {
+            internal_peers.extend(self.k.metrics_scrapers.iter().map(|p| {
+                json!({
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": p.namespace}},
+                    "podSelector": {"matchLabels": p.selector},
+                })
+            }));
+        }
         json!({
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
@@ -570,10 +595,7 @@ impl<'a> Plan<'a> {
                 "ingress": [
                     {"ports": [{"port": a.listen.port(), "protocol": "TCP"}]},
                     {
-                        "from": [{
-                            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": g.namespace}},
-                            "podSelector": {"matchLabels": g.selector},
-                        }],
+                        "from": internal_peers,
                         "ports": [{"port": a.internal_listen.port(), "protocol": "TCP"}],
                     },
                 ],

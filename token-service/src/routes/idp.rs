@@ -75,6 +75,8 @@ pub(super) async fn callback(
     let user = oidc
         .sign_in(&answer.code, &answer.verifier, answer.nonce(), s.now())
         .await;
+    s.metrics()
+        .sign_in(crate::metrics::SignInMethod::IdentityProvider, user.is_ok());
     s.vault().prepare(None, s.now()).await;
     let answer = s
         .blocking(move |st| {

@@ -91,8 +91,13 @@ pub fn router(state: AppState) -> Router {
             )
             .nest(&base, endpoints)
     };
+    let metrics = (state.metrics().clone(), crate::metrics::Listener::Public);
     router
         .merge(app::gateway_paths())
+        .layer(middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

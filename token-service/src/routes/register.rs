@@ -9,13 +9,31 @@ use axum::Json;
 use super::http::{no_store, ClientAddr};
 use crate::error::{Error, Result};
 use crate::flows;
+use crate::metrics::RegistrationResult;
 use crate::state::{AppState, Limit};
 
+/// `POST /register`, counted by answer (`warden_client_registrations_total`): registered, a
+/// per-address or unused-registration limit, or refused.
 pub(super) async fn register(
     State(s): State<AppState>,
-    ClientAddr(client_key): ClientAddr,
+    client: ClientAddr,
     headers: HeaderMap,
     body: Bytes,
+) -> Result<Response> {
+    let answer = registration(&s, client, &headers, &body).await;
+    s.metrics().client_registration(match &answer {
+        Ok(_) => RegistrationResult::Registered,
+        Err(Error::RetryLater { .. }) => RegistrationResult::RateLimited,
+        Err(_) => RegistrationResult::Refused,
+    });
+    answer
+}
+
+async fn registration(
+    s: &AppState,
+    ClientAddr(client_key): ClientAddr,
+    headers: &HeaderMap,
+    body: &[u8],
 ) -> Result<Response> {
     let now = s.now();
     let limits = &s.config().authorization_server.registration;
@@ -30,7 +48,7 @@ pub(super) async fn register(
             "too many registrations from this address",
         ));
     }
-    let (client, body) = flows::register::register(&body, now, limits)?;
+    let (client, body) = flows::register::register(body, now, limits)?;
     let max_unused = limits.max_unused_clients;
     let stored = s
         .blocking(move |st| Ok(st.store().insert_client(&client, max_unused)?))

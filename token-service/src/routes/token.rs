@@ -14,6 +14,7 @@ use crate::flows::client_auth::{self, AssertionKeys, ClientAssertion};
 use crate::flows::token::{self, ClientCredentials, TokenContext};
 use crate::flows::{id_jag, lookup_client};
 use crate::jwks_cache::Origin;
+use crate::metrics::{GrantResult, GrantType, SignInMethod};
 use crate::state::AppState;
 
 /// The form body and the client credentials of a `/token` or `/revoke` request.
@@ -180,15 +181,44 @@ pub(super) async fn revoke(
     Ok(no_store(StatusCode::OK.into_response()))
 }
 
+/// `POST /token`, counted by grant type and answer (`warden_token_grants_total`; a jwt-bearer
+/// grant is also the ID-JAG user's sign-in).
 pub(super) async fn token(
     State(s): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let (mut creds, params) = client_request(&headers, &body)?;
-    resolve_client(&s, &creds).await?;
-    fetch_client_keys(&s, &mut creds).await?;
-    let grant_keys = fetch_grant_keys(&s, &params).await;
+    let (creds, params) = client_request(&headers, &body).inspect_err(|e| {
+        let grant_type = form_params(&body).get("grant_type").map(str::to_owned);
+        count_grant(&s, GrantType::of_parameter(grant_type.as_deref()), Err(e));
+    })?;
+    let grant_type = GrantType::of_parameter(params.get("grant_type"));
+    let answer = grant(&s, creds, params).await;
+    count_grant(&s, grant_type, answer.as_ref().map(|_| ()));
+    answer
+}
+
+fn count_grant(s: &AppState, grant_type: GrantType, answer: std::result::Result<(), &Error>) {
+    let result = match answer {
+        Ok(()) => GrantResult::Issued,
+        Err(e) => GrantResult::refused(e.grant_error_code()),
+    };
+    s.metrics().token_grant(grant_type, result);
+    // The ID-JAG names the user: the grant refused for what the assertion says
+    // (`invalid_grant`) is their failed sign-in; a client's own failure is not.
+    if grant_type == GrantType::JwtBearer {
+        match result {
+            GrantResult::Issued => s.metrics().sign_in(SignInMethod::IdJag, true),
+            GrantResult::InvalidGrant => s.metrics().sign_in(SignInMethod::IdJag, false),
+            _ => {}
+        }
+    }
+}
+
+async fn grant(s: &AppState, mut creds: ClientCredentials, params: Params) -> Result<Response> {
+    resolve_client(s, &creds).await?;
+    fetch_client_keys(s, &mut creds).await?;
+    let grant_keys = fetch_grant_keys(s, &params).await;
     let response = s
         .blocking(move |st| token::token(&context(st, grant_keys), &creds, &params))
         .await?;

@@ -20,4 +20,8 @@ pub trait Revocations {
     /// misses a smaller one committed later.
     fn revocations_after(&self, after: i64, limit: usize, now: i64)
         -> Result<Vec<RevocationEntry>>;
+
+    /// How many entries have `expires_at > now`, and when the newest of them was made (its
+    /// `at`): one aggregate over the expiry index, for `/metrics`.
+    fn revocation_feed_summary(&self, now: i64) -> Result<(i64, Option<i64>)>;
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::digest::{constant_time_eq, hash_secret};
+use crate::metrics::{Metrics, UpstreamRefreshResult};
 use crate::oidc::tokens::IdpTokens;
 use crate::random::random_token;
 use crate::scope::split_scope;
@@ -91,6 +92,8 @@ pub struct UsableToken {
     pub expires_at: Option<i64>,
     pub granted_at: i64,
     pub after_refusal: bool,
+    /// Refreshed at the provider for the look-up that answers it (`metrics`).
+    pub refreshed: bool,
 }
 
 impl UsableToken {
@@ -102,6 +105,7 @@ impl UsableToken {
             expires_at: row.expires_at,
             granted_at: row.granted_at,
             after_refusal: row.after_refusal,
+            refreshed: false,
         }
     }
 }
@@ -192,6 +196,8 @@ pub struct Vault {
     /// One refresh per (user, route) in this process; the store's lease covers replicas.
     refreshing: Mutex<HashMap<(String, String), RefreshGate>>,
     reseal_counters: Arc<reseal_status::ResealCounters>,
+    /// Counts every refresh call to a provider (`warden_upstream_refreshes_total`).
+    metrics: Arc<Metrics>,
 }
 
 impl Vault {
@@ -230,7 +236,14 @@ impl Vault {
             discovered,
             refreshing: Mutex::new(HashMap::new()),
             reseal_counters,
+            metrics: Arc::new(Metrics::new()),
         })
+    }
+
+    /// Counts into `metrics` (the service's) instead of a registry of its own.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The route's provider: configured, or discovered (the last result; `prepare` or
@@ -845,7 +858,13 @@ impl Vault {
         let Some(provider) = self.provider(&route) else {
             return Ok(Refreshed::Answer(Lookup::NoToken));
         };
-        match provider.refresh(refresh_token).await {
+        let refreshed = provider.refresh(refresh_token).await;
+        self.metrics.upstream_refresh(match &refreshed {
+            Ok(_) => UpstreamRefreshResult::Refreshed,
+            Err(ProviderError::Refused(_)) => UpstreamRefreshResult::Refused,
+            Err(ProviderError::Unavailable(_)) => UpstreamRefreshResult::Unavailable,
+        });
+        match refreshed {
             Ok(issued) => {
                 // Issued now, not when the look-up began: a look-up that waited would store
                 // a token already (partly) spent, due again at once.
@@ -861,7 +880,10 @@ impl Vault {
                 )?;
                 record.after_refusal = row.after_refusal;
                 record.authorization_server = row.authorization_server.clone();
-                let token = UsableToken::of(&record, issued.access_token.clone());
+                let token = UsableToken {
+                    refreshed: true,
+                    ..UsableToken::of(&record, issued.access_token.clone())
+                };
                 // Only over the token refreshed: a server's refusal (drop) or a new consent
                 // that came while the provider answered stands.
                 let version = row.version;

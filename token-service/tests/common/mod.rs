@@ -409,6 +409,18 @@ impl TestEnv {
     }
 }
 
+/// Each of `lines` is a whole line of what `/metrics` would answer now (README, "Token
+/// service metrics").
+pub fn assert_metrics(state: &AppState, lines: &[&str]) {
+    let text = state.metrics().encode(Default::default()).unwrap();
+    for line in lines {
+        assert!(
+            text.lines().any(|l| l == *line),
+            "no {line} in the metrics:\n{text}"
+        );
+    }
+}
+
 #[derive(Debug)]
 pub struct Resp {
     pub status: StatusCode,

@@ -52,4 +52,14 @@ impl Revocations for PostgresStore {
         }
         Ok(out)
     }
+
+    fn revocation_feed_summary(&self, now: i64) -> Result<(i64, Option<i64>)> {
+        self.with(|c| {
+            let row = c.query_one(
+                "SELECT COUNT(*), MAX(at) FROM revocations WHERE expires_at > $1",
+                &[&now],
+            )?;
+            Ok((row.get(0), row.get(1)))
+        })
+    }
 }

@@ -58,6 +58,15 @@ impl Revocations for SqliteStore {
         }
         Ok(out)
     }
+
+    fn revocation_feed_summary(&self, now: i64) -> Result<(i64, Option<i64>)> {
+        let conn = self.conn()?;
+        Ok(conn.query_row(
+            "SELECT COUNT(*), MAX(at) FROM revocations WHERE expires_at > ?1",
+            [now],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    }
 }
 
 /// Appends one feed entry inside the caller's transaction (or connection).
