@@ -48,6 +48,9 @@ pub struct Config {
     /// servers, the cache.
     #[serde(default)]
     pub upstream_discovery: Option<crate::config_upstream_discovery::UpstreamDiscoveryConfig>,
+    /// Traces (`otlp_endpoint`, `service_name`): the token service's and Envoy's.
+    #[serde(default)]
+    pub telemetry: crate::config_telemetry::TelemetryConfig,
 }
 
 /// Whether loading reads the files secrets live in (`*_file`). A render runs where they do
@@ -1614,6 +1617,9 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.telemetry
+            .validate()
+            .map_err(|(field, m)| ConfigError::new(format!("telemetry.{field}"), m))?;
         self.revocation
             .validate()
             .map_err(|(field, m)| ConfigError::new(format!("revocation.{field}"), m))?;

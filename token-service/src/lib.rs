@@ -10,6 +10,7 @@ pub mod config;
 pub mod config_client_documents;
 pub mod config_id_jag;
 pub mod config_kubernetes;
+pub mod config_telemetry;
 pub mod config_upstream_discovery;
 pub mod digest;
 pub mod error;
@@ -37,6 +38,7 @@ pub mod scope;
 pub mod secrets;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod upstream_discovery;
 pub mod vault;
 

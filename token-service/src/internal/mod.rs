@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route(api::VAULT_STATUS_PATH, get(vault_status::vault_status))
         .route(api::REVOCATIONS_PATH, get(revocations::revocations))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(crate::telemetry::http_layer())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

@@ -4,6 +4,7 @@
 
 use axum::extract::State;
 use axum::response::Response;
+use tracing::Instrument as _;
 use warden_core::internal_api::{
     DropAnswer, DropRequest, ErrorCode, UpstreamTokenAnswer, UpstreamTokenRequest,
 };
@@ -24,7 +25,27 @@ pub async fn upstream_token(State(s): State<AppState>, body: axum::body::Bytes) 
             "no route of that name uses upstream_oauth2",
         );
     }
-    match s.vault().token(&q.sub, &q.route, s.now()).await {
+    let span = tracing::info_span!(
+        "upstream token look-up",
+        route = %crate::telemetry::bounded(&q.route),
+        result = tracing::field::Empty,
+    );
+    let looked = s
+        .vault()
+        .token(&q.sub, &q.route, s.now())
+        .instrument(span.clone())
+        .await;
+    span.record(
+        "result",
+        match &looked {
+            Ok(Lookup::Token(_)) => "token",
+            Ok(Lookup::NoToken) => "no_token",
+            Ok(Lookup::Refused) => "refused",
+            Ok(Lookup::Unavailable(_)) => "unavailable",
+            Err(_) => "error",
+        },
+    );
+    match looked {
         Ok(Lookup::Token(t)) => answer(&UpstreamTokenAnswer {
             access_token: t.access_token,
             issued_at: t.issued_at,

@@ -93,6 +93,7 @@ pub fn router(state: AppState) -> Router {
     };
     router
         .merge(app::gateway_paths())
+        .layer(crate::telemetry::http_layer())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

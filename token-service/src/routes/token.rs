@@ -180,12 +180,32 @@ pub(super) async fn revoke(
     Ok(no_store(StatusCode::OK.into_response()))
 }
 
+#[tracing::instrument(name = "token grant", skip_all, fields(grant_type = tracing::field::Empty, client_id = tracing::field::Empty, result = tracing::field::Empty))]
 pub(super) async fn token(
     State(s): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
+    let granted = grant(s, headers, body).await;
+    crate::telemetry::record_result(&granted);
+    granted
+}
+
+async fn grant(s: AppState, headers: HeaderMap, body: Bytes) -> Result<Response> {
     let (mut creds, params) = client_request(&headers, &body)?;
+    let span = tracing::Span::current();
+    span.record(
+        "grant_type",
+        crate::telemetry::grant_type_name(params.get("grant_type").unwrap_or("")),
+    );
+    if let Some(id) = creds
+        .basic
+        .as_ref()
+        .map(|(id, _)| id.as_str())
+        .or(creds.client_id.as_deref())
+    {
+        span.record("client_id", crate::telemetry::bounded(id));
+    }
     resolve_client(&s, &creds).await?;
     fetch_client_keys(&s, &mut creds).await?;
     let grant_keys = fetch_grant_keys(&s, &params).await;
