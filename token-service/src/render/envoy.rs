@@ -125,6 +125,9 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
         "          request_headers_timeout: {}s\n          request_timeout: {}s",
         input.envoy.request_headers_timeout_seconds, input.envoy.request_timeout_seconds
     );
+    if let Some(url) = &input.traces_url {
+        render_tracing(w, url);
+    }
     // `Mcp_Session_Id` is `Mcp-Session-Id` to CGI/WSGI-style servers: no header with '_' gets
     // past Envoy (the filter refuses the ones it reads in any bootstrap).
     let _ = writeln!(
@@ -314,7 +317,38 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
         let (host, port, _) = upstream(&route.to).map_err(|e| format!("routes[{i}].to: {e}"))?;
         cluster(w, &format!("route_{i}"), &host, port);
     }
+    if let Some(url) = &input.traces_url {
+        // Envoy posts over plain http: an https collector serves the token service alone.
+        let (host, port, _) = upstream(url).map_err(|e| {
+            format!("telemetry.otlp_endpoint: {e} (Envoy posts spans over http: point it at a collector beside it)")
+        })?;
+        cluster(w, OTLP_CLUSTER, &host, port);
+    }
     Ok(y)
+}
+
+/// The cluster Envoy posts its spans through.
+pub const OTLP_CLUSTER: &str = "warden_otlp";
+
+/// The listener's tracer: OpenTelemetry over OTLP/HTTP to `url`, every request sampled, and
+/// the span tagged from the filter state the filter sets (`trace_context::SPAN_TAGS`).
+fn render_tracing(w: &mut String, url: &str) {
+    let _ = writeln!(w, "          tracing:\n            random_sampling: {{ value: 100 }}\n            provider:\n              name: envoy.tracers.opentelemetry\n              typed_config:\n                \"@type\": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig");
+    let _ = writeln!(
+        w,
+        "                http_service: {{ http_uri: {{ uri: {}, cluster: {OTLP_CLUSTER}, timeout: 1s }} }}\n                service_name: {}",
+        json_string(url),
+        json_string(crate::config_telemetry::ENVOY_SERVICE_NAME)
+    );
+    let _ = writeln!(w, "            custom_tags:");
+    for (tag, key) in warden_core::trace_context::SPAN_TAGS {
+        let _ = writeln!(
+            w,
+            "            - {{ tag: {}, value: {} }}",
+            json_string(tag),
+            json_string(&format!("%FILTER_STATE(wasm.{key}:PLAIN)%"))
+        );
+    }
 }
 
 #[cfg(test)]
@@ -356,6 +390,7 @@ mod tests {
             ],
             internal: None,
             revocation: Default::default(),
+            traces_url: None,
         }
     }
 
