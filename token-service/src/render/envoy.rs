@@ -395,6 +395,47 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_adds_the_opentelemetry_tracer_its_cluster_and_the_span_tags() {
+        let mut input = sample();
+        input.traces_url = Some("http://127.0.0.1:4318/v1/traces".into());
+        let y = render(&input).unwrap();
+        assert!(y.contains("name: envoy.tracers.opentelemetry"), "{y}");
+        assert!(y.contains(
+            "http_uri: { uri: \"http://127.0.0.1:4318/v1/traces\", cluster: warden_otlp, timeout: 1s }"
+        ));
+        assert!(y.contains("service_name: \"mcp-warden-envoy\""));
+        assert!(y.contains("random_sampling: { value: 100 }"));
+        assert!(y.contains("- name: warden_otlp"));
+        assert!(y.contains("port_value: 4318"));
+        for (tag, key) in warden_core::trace_context::SPAN_TAGS {
+            assert!(
+                y.contains(&format!(
+                    "- {{ tag: \"{tag}\", value: \"%FILTER_STATE(wasm.{key}:PLAIN)%\" }}"
+                )),
+                "{tag}"
+            );
+        }
+        assert!(y.contains("span_tags"), "the filter is told to set them");
+        let plain = render(&sample()).unwrap();
+        for absent in [
+            "tracing:",
+            "warden_otlp",
+            "span_tags",
+            "FILTER_STATE(wasm.mcp_warden.tool",
+        ] {
+            assert!(!plain.contains(absent), "{absent}");
+        }
+    }
+
+    #[test]
+    fn envoy_is_not_pointed_at_an_https_collector() {
+        let mut input = sample();
+        input.traces_url = Some("https://collector.example/v1/traces".into());
+        let e = render(&input).unwrap_err();
+        assert!(e.starts_with("telemetry.otlp_endpoint"), "{e}");
+    }
+
+    #[test]
     fn renders_matching_routes_and_plugin_config() {
         let yaml = render(&sample()).unwrap();
         assert!(yaml.contains("path_separated_prefix: \"/mcp\""), "{yaml}");
