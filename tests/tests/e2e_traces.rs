@@ -117,7 +117,11 @@ fn shown(r: &Received) -> String {
     let mut out = format!("{} {}", r.service, r.span.name);
     let mut attrs = |list: &[KeyValue]| {
         for a in list {
-            out.push_str(&format!(" {}={}", a.key, value_text(&a.value).unwrap_or_default()));
+            out.push_str(&format!(
+                " {}={}",
+                a.key,
+                value_text(&a.value).unwrap_or_default()
+            ));
         }
     };
     attrs(&r.span.attributes);
@@ -311,17 +315,29 @@ async fn one_trace_runs_from_the_client_through_envoy_and_the_token_service_to_t
 
     // Envoy's span: the MCP attributes the filter offered.
     let tag = |r: &Received, k: &str| text(&r.span.attributes, k);
-    assert_eq!(tag(&envoy_span, "mcp.method.name").as_deref(), Some("tools/call"));
+    assert_eq!(
+        tag(&envoy_span, "mcp.method.name").as_deref(),
+        Some("tools/call")
+    );
     assert_eq!(tag(&envoy_span, "mcp_warden.route").as_deref(), Some("gh"));
-    assert_eq!(tag(&envoy_span, "mcp_warden.decision").as_deref(), Some("allowed"));
+    assert_eq!(
+        tag(&envoy_span, "mcp_warden.decision").as_deref(),
+        Some("allowed")
+    );
     assert_eq!(hex(&envoy_span.span.parent_span_id), client_span);
 
     // The token service's handling of the filter's call-out: a child of the client's span
     // (the filter forwarded its traceparent), a server span with the HTTP attributes.
     assert_eq!(hex(&internal_span.span.parent_span_id), client_span);
     assert_eq!(tag(&internal_span, "http.route").as_deref(), Some(path));
-    assert_eq!(tag(&internal_span, "http.request.method").as_deref(), Some("POST"));
-    assert_eq!(tag(&internal_span, "http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(
+        tag(&internal_span, "http.request.method").as_deref(),
+        Some("POST")
+    );
+    assert_eq!(
+        tag(&internal_span, "http.response.status_code").as_deref(),
+        Some("200")
+    );
 
     // Its call to the provider's token endpoint descends from it.
     let by_id = |id: &[u8]| trace.iter().find(|r| r.span.span_id == id);
@@ -338,7 +354,10 @@ async fn one_trace_runs_from_the_client_through_envoy_and_the_token_service_to_t
         "{chain:?}"
     );
     assert!(chain.iter().any(|n| n == "upstream refresh"), "{chain:?}");
-    assert_eq!(tag(&provider_call, "http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(
+        tag(&provider_call, "http.response.status_code").as_deref(),
+        Some("200")
+    );
 
     // No span, in any trace, holds a token, a secret or a tool argument.
     let mut secrets = vec![
@@ -356,6 +375,10 @@ async fn one_trace_runs_from_the_client_through_envoy_and_the_token_service_to_t
         let s = shown(&r);
         for secret in &secrets {
             assert!(!s.contains(secret.as_str()), "a span holds a secret: {s}");
+        }
+        // Nor an authorization code or flow state (the OAuth callbacks' queries).
+        for query in ["?code=", "&code=", "?state=", "&state="] {
+            assert!(!s.contains(query), "a span shows a query: {s}");
         }
     }
 }

@@ -73,6 +73,7 @@ impl Traces {
         tracing_opentelemetry::layer()
             .with_tracer(self.provider.tracer("warden-token-service"))
             .with_tracked_inactivity(false)
+            .with_threads(false)
             // Spans only: log events stay in the log, where they always were.
             .with_filter(tracing_subscriber::filter::filter_fn(|m| {
                 m.is_span() && m.target().starts_with("warden_token_service")

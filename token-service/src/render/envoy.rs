@@ -208,9 +208,16 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
             // (`xds.route_name`) and in the route header the filter reads with the others.
             let route_name = json_string(&format!("{ENVOY_ROUTE_PREFIX}{}", route.name));
             let prefix_rewrite = |to: &str| format!("prefix_rewrite: {}", json_string(to));
+            // A web app's sign-in callback carries a one-time code in its query, and Envoy's
+            // span shows the whole URL: `mcp: client` routes are not traced.
+            let untraced = if route.client && input.traces_url.is_some() {
+                "\n                tracing: { client_sampling: { numerator: 0 }, random_sampling: { numerator: 0 }, overall_sampling: { numerator: 0 } }"
+            } else {
+                ""
+            };
             let action = |rewrite: String| {
                 format!(
-                    "route: {{ cluster: {cluster}, {rewrite}, host_rewrite_literal: {}, timeout: 0s, idle_timeout: {STREAM_IDLE_TIMEOUT_SECONDS}s }}\n                request_headers_to_remove: [{ROUTE_HEADER}]\n                {}",
+                    "route: {{ cluster: {cluster}, {rewrite}, host_rewrite_literal: {}, timeout: 0s, idle_timeout: {STREAM_IDLE_TIMEOUT_SECONDS}s }}\n                request_headers_to_remove: [{ROUTE_HEADER}]\n                {}{untraced}",
                     json_string(&to_authority),
                     route_header_mutation(&format!(
                         "{{ append: {{ header: {{ key: {ROUTE_HEADER}, value: {route_name} }}, append_action: OVERWRITE_IF_EXISTS_OR_ADD }} }}"
@@ -425,6 +432,17 @@ mod tests {
         ] {
             assert!(!plain.contains(absent), "{absent}");
         }
+    }
+
+    #[test]
+    fn web_app_routes_are_not_traced_for_their_callback_carries_a_code() {
+        let mut input = with_client_route();
+        input.traces_url = Some("http://127.0.0.1:4318/v1/traces".into());
+        let y = render(&input).unwrap();
+        let off = "tracing: { client_sampling: { numerator: 0 }, random_sampling: { numerator: 0 }, overall_sampling: { numerator: 0 } }";
+        // The one client route is a root resource: two Envoy routes (`/` and the prefix).
+        assert_eq!(y.matches(off).count(), 2, "{y}");
+        assert!(!render(&with_client_route()).unwrap().contains(off));
     }
 
     #[test]
