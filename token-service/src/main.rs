@@ -185,11 +185,12 @@ fn main() -> ExitCode {
             let traces = match &loaded {
                 Ok(c) => match warden_token_service::telemetry::Traces::build(
                     &c.telemetry,
+                    &c.outbound,
                     rt.handle().clone(),
                 ) {
                     Ok(t) => t,
                     Err(e) => {
-                        eprintln!("invalid configuration: telemetry.otlp_endpoint: {e:#}");
+                        eprintln!("invalid configuration: telemetry: {e:#}");
                         return ExitCode::from(2);
                     }
                 },

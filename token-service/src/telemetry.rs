@@ -32,21 +32,19 @@ pub struct Traces {
 }
 
 impl Traces {
-    /// Builds the exporter when `telemetry.otlp_endpoint` is set. `runtime` runs its HTTP
-    /// posts (the batch processor exports from a thread of its own).
+    /// Builds the exporter when `telemetry.otlp_endpoint` is set; an https collector is
+    /// trusted as every outbound call is (`outbound`). `runtime` runs its HTTP posts (the
+    /// batch processor exports from a thread of its own).
     pub fn build(
         config: &TelemetryConfig,
+        outbound: &crate::outbound::OutboundConfig,
         runtime: tokio::runtime::Handle,
     ) -> anyhow::Result<Option<Self>> {
         use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
         let Some(url) = config.traces_url() else {
             return Ok(None);
         };
-        let http = reqwest::Client::builder()
-            .timeout(EXPORT_TIMEOUT)
-            .connect_timeout(EXPORT_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let http = crate::outbound::Outbound::load(outbound)?.client(EXPORT_TIMEOUT)?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary)
