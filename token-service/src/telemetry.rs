@@ -1,7 +1,7 @@
 //! Traces over OTLP/HTTP (`telemetry.otlp_endpoint`): the exporter and its `tracing` layer,
-//! the server span of each HTTP request (parented on the caller's W3C `traceparent`), and the
+//! and the server span of each HTTP request (parented on the caller's W3C `traceparent`). The
 //! client span of each outbound call (with `traceparent` injected, so the provider sees the
-//! trace).
+//! trace) is `outbound::send`.
 //!
 //! Span attributes are names, routes, methods, statuses and URLs without their query: never
 //! a token, code, secret, password or assertion. The spans exist whether or not an exporter
@@ -13,7 +13,7 @@ use axum::extract::MatchedPath;
 use axum::http::{Request, Response};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_http::{Bytes, HeaderExtractor, HeaderInjector, HttpClient, HttpError};
+use opentelemetry_http::{Bytes, HeaderExtractor, HttpClient, HttpError};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
@@ -110,7 +110,7 @@ impl HttpClient for ExportClient {
     }
 }
 
-/// W3C trace context: what `traceparent`/`tracestate` carry in and out.
+/// W3C trace context: what `traceparent`/`tracestate` carry in.
 fn propagator() -> TraceContextPropagator {
     TraceContextPropagator::new()
 }
@@ -169,36 +169,6 @@ impl<B> OnResponse<B> for RecordStatus {
     }
 }
 
-/// Sends `request` inside a client span `HTTP <method>` (`url.full` without its query or
-/// credentials), with the span's `traceparent`/`tracestate` added to the request.
-pub async fn send(request: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
-    let (client, request) = request.build_split();
-    execute(&client, request?).await
-}
-
-/// [`send`] for a built request.
-pub async fn execute(
-    client: &reqwest::Client,
-    mut request: reqwest::Request,
-) -> reqwest::Result<reqwest::Response> {
-    use tracing::Instrument as _;
-    let method = request.method().as_str().to_owned();
-    let span = tracing::info_span!(
-        "HTTP client",
-        otel.name = %format!("HTTP {method}"),
-        otel.kind = "client",
-        http.request.method = %method,
-        url.full = %url_without_query(request.url()),
-        http.response.status_code = Empty,
-    );
-    propagator().inject_context(&span.context(), &mut HeaderInjector(request.headers_mut()));
-    let answered = client.execute(request).instrument(span.clone()).await;
-    if let Ok(resp) = &answered {
-        span.record("http.response.status_code", resp.status().as_u16());
-    }
-    answered
-}
-
 /// Records `result` (`ok` or `error`) on the current span.
 pub fn record_result<T, E>(r: &Result<T, E>) {
     Span::current().record("result", if r.is_ok() { "ok" } else { "error" });
@@ -224,23 +194,14 @@ pub fn bounded(name: &str) -> &str {
     &name[..end]
 }
 
-/// `url` without query, fragment or credentials: what a span may show of it.
-pub fn url_without_query(url: &url::Url) -> String {
-    let mut shown = url.clone();
-    shown.set_query(None);
-    shown.set_fragment(None);
-    let _ = shown.set_username("");
-    let _ = shown.set_password(None);
-    shown.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_url_in_a_span_has_no_query_or_credentials() {
-        let url = url::Url::parse("https://u:p@idp.example/token?code=secret#x").unwrap();
-        assert_eq!(url_without_query(&url), "https://idp.example/token");
+    fn grant_types_outside_the_known_ones_are_other() {
+        assert_eq!(grant_type_name("refresh_token"), "refresh_token");
+        assert_eq!(grant_type_name("eyJhbGciOi.secret"), "other");
+        assert_eq!(bounded(&"x".repeat(300)).len(), 128);
     }
 }

@@ -315,7 +315,7 @@ impl OidcProvider {
             }
             None => form.push(("client_id", self.config.client_id.as_str())),
         }
-        let resp = crate::telemetry::send(req.header("accept", "application/json").form(&form))
+        let resp = crate::outbound::send(req.header("accept", "application/json").form(&form))
             .await
             .map_err(|e| IdpError::Unavailable(format!("no answer from the provider: {e}")))?;
         let status = resp.status();
@@ -475,7 +475,7 @@ impl OidcProvider {
         access_token: &str,
         sub: &str,
     ) -> Result<serde_json::Map<String, Value>, IdpError> {
-        let resp = crate::telemetry::send(
+        let resp = crate::outbound::send(
             self.http
                 .get(endpoint)
                 .header("accept", "application/json")
@@ -583,7 +583,7 @@ impl OidcProvider {
         if let Some(b) = bearer {
             req = req.bearer_auth(b);
         }
-        let resp = crate::telemetry::send(req)
+        let resp = crate::outbound::send(req)
             .await
             .map_err(|e| IdpError::Unavailable(format!("no answer from the provider: {e}")))?;
         let status = resp.status();
