@@ -92,6 +92,30 @@ mod tests {
     }
 
     #[test]
+    fn the_operator_config_refuses_an_ftp_endpoint_naming_telemetry_otlp_endpoint() {
+        let yaml = format!(
+            "{}\ntelemetry:\n  otlp_endpoint: ftp://x\n",
+            crate::config::DEFAULT_CONFIG_YAML
+        );
+        let e = crate::config::Config::from_yaml_without_secret_files(&yaml).unwrap_err();
+        assert_eq!(e.path, "telemetry.otlp_endpoint", "{e}");
+        let unknown = format!(
+            "{}\ntelemetry:\n  otlp_endpiont: http://x\n",
+            crate::config::DEFAULT_CONFIG_YAML
+        );
+        assert!(crate::config::Config::from_yaml_without_secret_files(&unknown).is_err());
+        let good = format!(
+            "{}\ntelemetry:\n  otlp_endpoint: http://127.0.0.1:4318\n",
+            crate::config::DEFAULT_CONFIG_YAML
+        );
+        let c = crate::config::Config::from_yaml_without_secret_files(&good).unwrap();
+        assert_eq!(
+            c.telemetry.traces_url().as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+    }
+
+    #[test]
     fn no_endpoint_means_no_traces() {
         assert_eq!(TelemetryConfig::default().traces_url(), None);
         assert_eq!(TelemetryConfig::default().validate(), Ok(()));
