@@ -41,6 +41,11 @@ pub struct PluginConfig {
     /// level shows info lines: a record nobody reads costs nothing.
     #[serde(default)]
     pub authorize_filter_state: bool,
+    /// Publish each judged call's method, tool, route and decision as Envoy filter state
+    /// (`trace_context::SPAN_TAGS`), for the tracer's `custom_tags`. `render-envoy` sets it
+    /// when `telemetry.otlp_endpoint` is set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub span_tags: bool,
     /// A request header Envoy sets on every route of the listener (overwriting any value a
     /// client sent) to the route's name, `mcp-warden:<route>` on the filter's routes: the
     /// filter then reads Envoy's routing decision from the headers it reads anyway, instead of
@@ -314,6 +319,7 @@ pub struct CompiledConfig {
     pub token_cache_entries: usize,
     pub failed_signature_checks_per_second: u32,
     pub authorize_filter_state: bool,
+    pub span_tags: bool,
     pub route_header: Option<String>,
     /// Where upstream tokens and identity assertions come from (present when a route has
     /// `upstream_oauth` or `pass_identity_headers`).
@@ -711,6 +717,7 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
         token_cache_entries: raw.token_cache_entries as usize,
         failed_signature_checks_per_second: raw.failed_signature_checks_per_second,
         authorize_filter_state: raw.authorize_filter_state,
+        span_tags: raw.span_tags,
         route_header,
         token_service,
         revocation: raw.revocation,
@@ -794,6 +801,7 @@ mod tests {
         // Without `route_header`, Envoy's route is read from `xds.route_name`.
         assert_eq!(c.route_header, None);
         assert!(!c.authorize_filter_state);
+        assert!(!c.span_tags);
         let mut v = sample();
         v["route_header"] = ROUTE_HEADER.into();
         assert_eq!(load(v).unwrap().route_header.as_deref(), Some(ROUTE_HEADER));

@@ -23,6 +23,7 @@ pub mod signature_budget;
 pub mod step;
 pub mod token;
 pub mod toolslist;
+pub mod trace_context;
 pub mod transport;
 pub mod upstream;
 pub mod url;

@@ -9,6 +9,7 @@ use warden_core::access::RequestHead;
 use warden_core::internal_api::is_client_assertion;
 use warden_core::mcp::CallHead;
 use warden_core::names::{disguised_header, is_method_override};
+use warden_core::trace_context::TraceContext;
 
 use crate::headers::HeaderBlock;
 
@@ -38,6 +39,8 @@ pub struct OwnedHead {
     pub cookies: Vec<Range<usize>>,
     /// What the MCP judgement reads (kept as text; odd bytes only ever fail a comparison).
     pub call: CallHead,
+    /// The client's `traceparent` / `tracestate`, forwarded on the call-outs.
+    pub trace: TraceContext,
     pub end_of_stream: bool,
 }
 
@@ -67,6 +70,7 @@ impl OwnedHead {
             client_assertions: Vec::new(),
             cookies: Vec::new(),
             call: CallHead::default(),
+            trace: TraceContext::default(),
             end_of_stream,
         };
         let route_header = route_header.map(str::as_bytes);
@@ -96,6 +100,7 @@ impl OwnedHead {
                 | b"mcp-name" => head.call.record_header(name, text()),
                 b"x-request-id" => head.call.request_id = text(),
                 b"cookie" => head.cookies.push(value),
+                b"traceparent" | b"tracestate" => head.trace.record_header(name, block.get(&value)),
                 other if is_client_assertion(other) => {
                     head.client_assertions.push(lossy(other));
                 }

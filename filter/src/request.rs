@@ -20,6 +20,7 @@ use warden_core::mcp::{self as judge, CallHead, Verdict};
 use warden_core::reply::{token_service_unavailable, LocalReply, ReplyTo};
 use warden_core::revocation::FeedVerdict;
 use warden_core::token::{Identity, TeClaims, TokenError};
+use warden_core::trace_context::{self, TraceContext};
 use warden_core::transport::MethodRule;
 use warden_core::upstream::{self, Lookup};
 
@@ -92,6 +93,8 @@ pub struct RequestState {
     started: SystemTime,
     /// What the MCP judgement reads of an authorized call.
     call: Option<CallHead>,
+    /// The client's trace context, for the call-outs.
+    trace: TraceContext,
     body_seen: BodySeen,
     response: ResponsePath,
 }
@@ -112,7 +115,8 @@ impl RequestState {
     /// The request headers: the first callback of every stream.
     fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         let config = Rc::clone(&self.worker.borrow().config);
-        let head = OwnedHead::read(end_of_stream, config.route_header.as_deref());
+        let mut head = OwnedHead::read(end_of_stream, config.route_header.as_deref());
+        self.trace = std::mem::take(&mut head.trace);
         // Only the gateway vouches for a user: a client's own assertion never goes on,
         // whatever the route (the real one is added after the checks).
         for name in &head.client_assertions {
@@ -384,6 +388,14 @@ impl RequestState {
                     hostcalls::set_property(vec!["mcp_warden.authorize"], Some(line.as_bytes()));
             }
         }
+        if w.config.span_tags {
+            // For Envoy's tracer: `custom_tags` read them (`trace_context::SPAN_TAGS`).
+            let refusal = verdict.reply.as_ref().map(|r| r.reason);
+            let values = trace_context::span_tag_values(&route.name, &verdict.log, refusal);
+            for ((_, key), value) in trace_context::SPAN_TAGS.iter().zip(values) {
+                let _ = hostcalls::set_property(vec![*key], Some(value.as_bytes()));
+            }
+        }
         if verdict.log.batch_size > 0 {
             w.metrics.inc(Counter::Batch);
         }
@@ -476,7 +488,12 @@ impl RequestState {
             Some(route) => credential_request(sub, &route.name),
             None => return,
         };
-        match w.start_lookup(self.waiter(), LookupKind::IdentityAssertion, &body) {
+        match w.start_lookup(
+            self.waiter(),
+            LookupKind::IdentityAssertion,
+            &body,
+            &self.trace,
+        ) {
             Ok(token) => self
                 .phase
                 .await_credential(|pending| pending.assertion = Some(token)),
@@ -588,7 +605,7 @@ impl RequestState {
             Some(route) => credential_request(sub, &route.name),
             None => return,
         };
-        match w.start_lookup(self.waiter(), LookupKind::UpstreamToken, &body) {
+        match w.start_lookup(self.waiter(), LookupKind::UpstreamToken, &body, &self.trace) {
             Ok(token) => self
                 .phase
                 .await_credential(|pending| pending.upstream_token = Some(token)),
@@ -741,6 +758,7 @@ impl RequestState {
             worker: &self.worker,
             grant: self.grant.as_ref(),
             request_id: request_id(self.call.as_ref()),
+            trace: &self.trace,
         };
         match self.response.on_headers(&forwarded) {
             Some(reply) => {
@@ -757,6 +775,7 @@ impl RequestState {
             worker: &self.worker,
             grant: self.grant.as_ref(),
             request_id: request_id(self.call.as_ref()),
+            trace: &self.trace,
         };
         self.response.on_body(&forwarded, body_size, end_of_stream)
     }
@@ -832,7 +851,7 @@ impl RequestState {
         let started = self
             .worker
             .borrow_mut()
-            .start_lookup(self.waiter(), kind, body);
+            .start_lookup(self.waiter(), kind, body, &self.trace);
         match started {
             Ok(token) => {
                 self.phase = Phase::AwaitingApp(token);
@@ -1116,6 +1135,7 @@ impl WardenRequest {
                 app: None,
                 started: SystemTime::UNIX_EPOCH,
                 call: None,
+                trace: TraceContext::default(),
                 body_seen: BodySeen::default(),
                 response: ResponsePath::new(),
             })

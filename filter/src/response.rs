@@ -41,6 +41,8 @@ pub struct Forwarded<'a> {
     pub grant: Option<&'a Grant>,
     /// The request's `x-request-id`, which JSON-RPC errors carry for the log.
     pub request_id: &'a str,
+    /// The client's trace context, for the call-outs.
+    pub trace: &'a warden_core::trace_context::TraceContext,
 }
 
 pub enum ResponseFilter {
@@ -252,6 +254,7 @@ impl ResponsePath {
             w.dispatch_drop(
                 request.id,
                 &serde_json::to_string(&drop).unwrap_or_default(),
+                request.trace,
             );
             w.metrics.inc(Counter::UpstreamTokenRefused);
         }

@@ -20,6 +20,7 @@ use warden_core::keys::KeySet;
 use warden_core::session::SessionKey;
 use warden_core::signature_budget::SignatureBudget;
 use warden_core::toolslist::FilteredLists;
+use warden_core::trace_context::TraceContext;
 use warden_core::upstream::UpstreamTokenCache;
 
 use crate::feed::{Feed, FeedTick};
@@ -475,7 +476,14 @@ impl Worker {
             return;
         };
         let root = self.root_id;
-        match self.call_token_service(root, "GET", &path, "", "revocation feed poll") {
+        match self.call_token_service(
+            root,
+            "GET",
+            &path,
+            "",
+            "revocation feed poll",
+            &TraceContext::default(),
+        ) {
             Ok(token) => self.feed.dispatched(token, now_ms),
             Err(_) => {
                 self.metrics.inc(Counter::RevocationPollFailed);
@@ -578,9 +586,11 @@ impl Worker {
         waiter: Waiter,
         kind: LookupKind,
         body: &str,
+        trace: &TraceContext,
     ) -> Result<u32, &'static str> {
         let own_id = waiter.id;
-        let token = self.call_token_service(own_id, "POST", kind.path(), body, kind.what())?;
+        let token =
+            self.call_token_service(own_id, "POST", kind.path(), body, kind.what(), trace)?;
         self.lookups.insert(token, (waiter, kind));
         self.metrics.inc(match kind {
             LookupKind::UpstreamToken => Counter::UpstreamTokenLookups,
@@ -607,19 +617,27 @@ impl Worker {
     }
 
     /// Tells the token service a TI was refused, fire and forget.
-    pub fn dispatch_drop(&mut self, own_id: u32, body: &str) {
+    pub fn dispatch_drop(&mut self, own_id: u32, body: &str, trace: &TraceContext) {
         self.dispatch_notice(
             own_id,
             internal_api::UPSTREAM_TOKEN_DROP_PATH,
             body,
             "upstream token drop",
+            trace,
         );
     }
 
     /// Posts `body` to the internal API at `path`, fire and forget: its answer is nobody's
     /// (`answered` finds no look-up for it).
-    pub fn dispatch_notice(&mut self, own_id: u32, path: &str, body: &str, what: &str) {
-        let _ = self.call_token_service(own_id, "POST", path, body, what);
+    pub fn dispatch_notice(
+        &mut self,
+        own_id: u32,
+        path: &str,
+        body: &str,
+        what: &str,
+        trace: &TraceContext,
+    ) {
+        let _ = self.call_token_service(own_id, "POST", path, body, what, trace);
     }
 
     /// One signed call (`POST` with a body, `GET` without) to the token service's internal
@@ -637,6 +655,7 @@ impl Worker {
         path: &str,
         body: &str,
         what: &str,
+        trace: &TraceContext,
     ) -> Result<u32, &'static str> {
         let now = now_seconds();
         if self.callouts.len() >= MAX_CALLOUTS {
@@ -665,6 +684,9 @@ impl Worker {
         if !body.is_empty() {
             headers.push(("content-type", "application/json"));
         }
+        // The client's trace goes on to the token service (the signature covers method,
+        // path, body, time and nonce, not these).
+        headers.extend(trace.headers());
         let timeout = Duration::from_millis(u64::from(ts.timeout_ms));
         let as_root = hostcalls::set_effective_context(self.root_id).is_ok();
         let dispatched = hostcalls::dispatch_http_call(

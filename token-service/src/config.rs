@@ -48,7 +48,8 @@ pub struct Config {
     /// servers, the cache.
     #[serde(default)]
     pub upstream_discovery: Option<crate::config_upstream_discovery::UpstreamDiscoveryConfig>,
-    /// What the service reports about itself (`metrics`).
+    /// What the gateway reports about itself: metrics (`metrics`) and traces
+    /// (`otlp_endpoint`, `service_name`: the token service's and Envoy's).
     #[serde(default)]
     pub telemetry: crate::config_telemetry::TelemetryConfig,
 }
@@ -1617,6 +1618,9 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.telemetry
+            .validate()
+            .map_err(|(field, m)| ConfigError::new(format!("telemetry.{field}"), m))?;
         self.revocation
             .validate()
             .map_err(|(field, m)| ConfigError::new(format!("revocation.{field}"), m))?;

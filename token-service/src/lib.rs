@@ -39,6 +39,7 @@ pub mod scope;
 pub mod secrets;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod upstream_discovery;
 pub mod vault;
 

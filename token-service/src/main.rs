@@ -173,19 +173,8 @@ fn main() -> ExitCode {
                     filter = filter.add_directive(d);
                 }
             }
-            tracing_subscriber::fmt()
-                .json()
-                .with_env_filter(filter)
-                .with_writer(std::io::stdout)
-                .init();
-            let config = match load(config.as_ref()) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!("invalid configuration: {e}");
-                    eprintln!("invalid configuration: {e}");
-                    return ExitCode::from(2);
-                }
-            };
+            // The config first: it says whether spans go to a collector.
+            let loaded = load(config.as_ref());
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -193,7 +182,50 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let traces = match &loaded {
+                Ok(c) => match warden_token_service::telemetry::Traces::build(
+                    &c.telemetry,
+                    &c.outbound,
+                    rt.handle().clone(),
+                ) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("invalid configuration: telemetry: {e:#}");
+                        return ExitCode::from(2);
+                    }
+                },
+                Err(_) => None,
+            };
+            {
+                use tracing_subscriber::layer::SubscriberExt as _;
+                use tracing_subscriber::util::SubscriberInitExt as _;
+                use tracing_subscriber::Layer as _;
+                // Spans are for the trace exporter: the log lines stay as they were.
+                let log = tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(std::io::stdout)
+                    .with_filter(filter);
+                tracing_subscriber::registry()
+                    .with(log)
+                    .with(traces.as_ref().map(|t| t.layer()))
+                    .init();
+            }
+            let config = match loaded {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("invalid configuration: {e}");
+                    eprintln!("invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let served = rt.block_on(warden_token_service::serve(config));
+            // Serving has stopped (SIGTERM, Ctrl-C): the batched spans go out while the
+            // runtime that posts them still runs.
+            if let Some(t) = traces {
+                t.shutdown();
+            }
             // A store call still blocking (a database that stopped answering) must not hold
             // the exit past the shutdown grace.
             rt.shutdown_timeout(std::time::Duration::from_secs(1));

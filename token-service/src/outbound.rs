@@ -7,6 +7,9 @@
 //! bounded time and bytes, and every address a name resolves to checked by its own DNS
 //! resolver, so the address connected to is the address checked.
 //!
+//! Every call goes through [`send`] (or [`execute`]): a client span `HTTP <method>` with the
+//! URL without its query, and the span's W3C `traceparent` added to the request.
+//!
 //! A leaf: it imports nothing of the crate.
 
 use std::fmt;
@@ -166,13 +169,13 @@ impl GuardedFetcher {
     /// `GET url` (Accept: application/json) with at most `max_bytes` of body.
     pub async fn fetch(&self, url: &str, max_bytes: usize) -> Result<Fetched, FetchError> {
         let url = checked_url(url, self.allow_private_addresses)?;
-        let mut resp = self
-            .http
-            .get(url)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
+        let mut resp = send(
+            self.http
+                .get(url)
+                .header(reqwest::header::ACCEPT, "application/json"),
+        )
+        .await
+        .map_err(|e| transport_error(&e))?;
         let status = resp.status().as_u16();
         if status != 200 {
             return Err(FetchError::Status(status));
@@ -369,6 +372,51 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || s[..5] == [0, 0, 0, 0, 0]) // IPv4-mapped ::ffff:0:0/96 and IPv4-compatible ::/96
 }
 
+/// Sends `request` inside a client span `HTTP <method>` (`url.full` without its query or
+/// credentials), with the span's `traceparent`/`tracestate` added to the request.
+pub async fn send(request: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+    let (client, request) = request.build_split();
+    execute(&client, request?).await
+}
+
+/// [`send`] for a built request.
+pub async fn execute(
+    client: &reqwest::Client,
+    mut request: reqwest::Request,
+) -> reqwest::Result<reqwest::Response> {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use tracing::Instrument as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let method = request.method().as_str().to_owned();
+    let span = tracing::info_span!(
+        "HTTP client",
+        otel.name = %format!("HTTP {method}"),
+        otel.kind = "client",
+        http.request.method = %method,
+        url.full = %url_without_query(request.url()),
+        http.response.status_code = tracing::field::Empty,
+    );
+    opentelemetry_sdk::propagation::TraceContextPropagator::new().inject_context(
+        &span.context(),
+        &mut opentelemetry_http::HeaderInjector(request.headers_mut()),
+    );
+    let answered = client.execute(request).instrument(span.clone()).await;
+    if let Ok(resp) = &answered {
+        span.record("http.response.status_code", resp.status().as_u16());
+    }
+    answered
+}
+
+/// `url` without query, fragment or credentials: what a span may show of it.
+pub fn url_without_query(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -377,6 +425,12 @@ mod tests {
 
     fn public(s: &str) -> bool {
         is_public(s.parse().unwrap())
+    }
+
+    #[test]
+    fn a_url_in_a_span_has_no_query_or_credentials() {
+        let url = Url::parse("https://u:p@idp.example/token?code=secret#x").unwrap();
+        assert_eq!(url_without_query(&url), "https://idp.example/token");
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub fn assertion_claims(
     claims
 }
 
+#[tracing::instrument(name = "identity assertion", skip_all)]
 pub async fn identity_assertion(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
     let q: UpstreamTokenRequest = match json_body(&body, "expected {\"sub\", \"route\"}") {
         Ok(v) => v,

@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
             (state.metrics().clone(), Listener::Internal),
             crate::metrics::track,
         ))
+        .layer(crate::telemetry::http_layer())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

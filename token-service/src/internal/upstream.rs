@@ -4,6 +4,7 @@
 
 use axum::extract::State;
 use axum::response::Response;
+use tracing::Instrument as _;
 use warden_core::internal_api::{
     DropAnswer, DropRequest, ErrorCode, UpstreamTokenAnswer, UpstreamTokenRequest,
 };
@@ -25,7 +26,26 @@ pub async fn upstream_token(State(s): State<AppState>, body: axum::body::Bytes) 
             "no route of that name uses upstream_oauth2",
         );
     }
-    let found = s.vault().token(&q.sub, &q.route, s.now()).await;
+    let span = tracing::info_span!(
+        "upstream token look-up",
+        route = %crate::telemetry::bounded(&q.route),
+        result = tracing::field::Empty,
+    );
+    let found = s
+        .vault()
+        .token(&q.sub, &q.route, s.now())
+        .instrument(span.clone())
+        .await;
+    span.record(
+        "result",
+        match &found {
+            Ok(Lookup::Token(_)) => "token",
+            Ok(Lookup::NoToken) => "no_token",
+            Ok(Lookup::Refused) => "refused",
+            Ok(Lookup::Unavailable(_)) => "unavailable",
+            Err(_) => "error",
+        },
+    );
     if let Ok(lookup) = &found {
         s.metrics().upstream_token_lookup(match lookup {
             Lookup::Token(t) if t.refreshed => UpstreamLookupResult::Refreshed,

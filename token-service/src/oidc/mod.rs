@@ -353,10 +353,7 @@ impl OidcProvider {
             }
             None => form.push(("client_id", self.config.client_id.as_str())),
         }
-        let resp = req
-            .header("accept", "application/json")
-            .form(&form)
-            .send()
+        let resp = crate::outbound::send(req.header("accept", "application/json").form(&form))
             .await
             .map_err(|e| IdpError::Unavailable(format!("no answer from the provider: {e}")))?;
         let status = resp.status();
@@ -551,14 +548,14 @@ impl OidcProvider {
         access_token: &str,
         sub: &str,
     ) -> Result<serde_json::Map<String, Value>, IdpError> {
-        let resp = self
-            .http
-            .get(endpoint)
-            .header("accept", "application/json")
-            .bearer_auth(access_token)
-            .send()
-            .await
-            .map_err(|e| IdpError::Unavailable(format!("no answer from the provider: {e}")))?;
+        let resp = crate::outbound::send(
+            self.http
+                .get(endpoint)
+                .header("accept", "application/json")
+                .bearer_auth(access_token),
+        )
+        .await
+        .map_err(|e| IdpError::Unavailable(format!("no answer from the provider: {e}")))?;
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED {
             return Err(IdpError::Refused(
@@ -663,8 +660,7 @@ impl OidcProvider {
         if let Some(b) = bearer {
             req = req.bearer_auth(b);
         }
-        let resp = req
-            .send()
+        let resp = crate::outbound::send(req)
             .await
             .map_err(|e| IdpError::Unavailable(format!("no answer from the provider: {e}")))?;
         let status = resp.status();

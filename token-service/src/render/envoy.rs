@@ -125,6 +125,9 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
         "          request_headers_timeout: {}s\n          request_timeout: {}s",
         input.envoy.request_headers_timeout_seconds, input.envoy.request_timeout_seconds
     );
+    if let Some(url) = &input.traces_url {
+        render_tracing(w, url);
+    }
     // `Mcp_Session_Id` is `Mcp-Session-Id` to CGI/WSGI-style servers: no header with '_' gets
     // past Envoy (the filter refuses the ones it reads in any bootstrap).
     let _ = writeln!(
@@ -205,9 +208,16 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
             // (`xds.route_name`) and in the route header the filter reads with the others.
             let route_name = json_string(&format!("{ENVOY_ROUTE_PREFIX}{}", route.name));
             let prefix_rewrite = |to: &str| format!("prefix_rewrite: {}", json_string(to));
+            // A web app's sign-in callback carries a one-time code in its query, and Envoy's
+            // span shows the whole URL: `mcp: client` routes are not traced.
+            let untraced = if route.client && input.traces_url.is_some() {
+                "\n                tracing: { client_sampling: { numerator: 0 }, random_sampling: { numerator: 0 }, overall_sampling: { numerator: 0 } }"
+            } else {
+                ""
+            };
             let action = |rewrite: String| {
                 format!(
-                    "route: {{ cluster: {cluster}, {rewrite}, host_rewrite_literal: {}, timeout: 0s, idle_timeout: {STREAM_IDLE_TIMEOUT_SECONDS}s }}\n                request_headers_to_remove: [{ROUTE_HEADER}]\n                {}",
+                    "route: {{ cluster: {cluster}, {rewrite}, host_rewrite_literal: {}, timeout: 0s, idle_timeout: {STREAM_IDLE_TIMEOUT_SECONDS}s }}\n                request_headers_to_remove: [{ROUTE_HEADER}]\n                {}{untraced}",
                     json_string(&to_authority),
                     route_header_mutation(&format!(
                         "{{ append: {{ header: {{ key: {ROUTE_HEADER}, value: {route_name} }}, append_action: OVERWRITE_IF_EXISTS_OR_ADD }} }}"
@@ -314,7 +324,38 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
         let (host, port, _) = upstream(&route.to).map_err(|e| format!("routes[{i}].to: {e}"))?;
         cluster(w, &format!("route_{i}"), &host, port);
     }
+    if let Some(url) = &input.traces_url {
+        // Envoy posts over plain http: an https collector serves the token service alone.
+        let (host, port, _) = upstream(url).map_err(|e| {
+            format!("telemetry.otlp_endpoint: {e} (Envoy posts spans over http: point it at a collector beside it)")
+        })?;
+        cluster(w, OTLP_CLUSTER, &host, port);
+    }
     Ok(y)
+}
+
+/// The cluster Envoy posts its spans through.
+pub const OTLP_CLUSTER: &str = "warden_otlp";
+
+/// The listener's tracer: OpenTelemetry over OTLP/HTTP to `url`, every request sampled, and
+/// the span tagged from the filter state the filter sets (`trace_context::SPAN_TAGS`).
+fn render_tracing(w: &mut String, url: &str) {
+    let _ = writeln!(w, "          tracing:\n            random_sampling: {{ value: 100 }}\n            provider:\n              name: envoy.tracers.opentelemetry\n              typed_config:\n                \"@type\": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig");
+    let _ = writeln!(
+        w,
+        "                http_service: {{ http_uri: {{ uri: {}, cluster: {OTLP_CLUSTER}, timeout: 1s }} }}\n                service_name: {}",
+        json_string(url),
+        json_string(crate::config_telemetry::ENVOY_SERVICE_NAME)
+    );
+    let _ = writeln!(w, "            custom_tags:");
+    for (tag, key) in warden_core::trace_context::SPAN_TAGS {
+        let _ = writeln!(
+            w,
+            "            - {{ tag: {}, value: {} }}",
+            json_string(tag),
+            json_string(&format!("%FILTER_STATE(wasm.{key}:PLAIN)%"))
+        );
+    }
 }
 
 #[cfg(test)]
@@ -356,7 +397,60 @@ mod tests {
             ],
             internal: None,
             revocation: Default::default(),
+            traces_url: None,
         }
+    }
+
+    #[test]
+    fn telemetry_adds_the_opentelemetry_tracer_its_cluster_and_the_span_tags() {
+        let mut input = sample();
+        input.traces_url = Some("http://127.0.0.1:4318/v1/traces".into());
+        let y = render(&input).unwrap();
+        assert!(y.contains("name: envoy.tracers.opentelemetry"), "{y}");
+        assert!(y.contains(
+            "http_uri: { uri: \"http://127.0.0.1:4318/v1/traces\", cluster: warden_otlp, timeout: 1s }"
+        ));
+        assert!(y.contains("service_name: \"mcp-warden-envoy\""));
+        assert!(y.contains("random_sampling: { value: 100 }"));
+        assert!(y.contains("- name: warden_otlp"));
+        assert!(y.contains("port_value: 4318"));
+        for (tag, key) in warden_core::trace_context::SPAN_TAGS {
+            assert!(
+                y.contains(&format!(
+                    "- {{ tag: \"{tag}\", value: \"%FILTER_STATE(wasm.{key}:PLAIN)%\" }}"
+                )),
+                "{tag}"
+            );
+        }
+        assert!(y.contains("span_tags"), "the filter is told to set them");
+        let plain = render(&sample()).unwrap();
+        for absent in [
+            "tracing:",
+            "warden_otlp",
+            "span_tags",
+            "FILTER_STATE(wasm.mcp_warden.tool",
+        ] {
+            assert!(!plain.contains(absent), "{absent}");
+        }
+    }
+
+    #[test]
+    fn web_app_routes_are_not_traced_for_their_callback_carries_a_code() {
+        let mut input = with_client_route();
+        input.traces_url = Some("http://127.0.0.1:4318/v1/traces".into());
+        let y = render(&input).unwrap();
+        let off = "tracing: { client_sampling: { numerator: 0 }, random_sampling: { numerator: 0 }, overall_sampling: { numerator: 0 } }";
+        // The one client route is a root resource: two Envoy routes (`/` and the prefix).
+        assert_eq!(y.matches(off).count(), 2, "{y}");
+        assert!(!render(&with_client_route()).unwrap().contains(off));
+    }
+
+    #[test]
+    fn envoy_is_not_pointed_at_an_https_collector() {
+        let mut input = sample();
+        input.traces_url = Some("https://collector.example/v1/traces".into());
+        let e = render(&input).unwrap_err();
+        assert!(e.starts_with("telemetry.otlp_endpoint"), "{e}");
     }
 
     #[test]

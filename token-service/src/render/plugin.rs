@@ -54,6 +54,9 @@ pub struct EnvoyInput {
     pub internal: Option<InternalListener>,
     /// The revocation feed's rules for the filter.
     pub revocation: warden_core::revocation::FeedRules,
+    /// `{telemetry.otlp_endpoint}/v1/traces`: Envoy traces requests and the filter offers
+    /// span tags. `None`: no tracing.
+    pub traces_url: Option<String>,
 }
 
 /// Where the filter asks for upstream tokens. The credential it signs its calls with is
@@ -113,6 +116,7 @@ impl EnvoyInput {
                 .collect(),
             internal,
             revocation: config.revocation,
+            traces_url: config.telemetry.traces_url(),
         }
     }
 }
@@ -175,6 +179,8 @@ pub fn plugin_config_for(input: &EnvoyInput, targets: &FilterTargets) -> PluginC
         failed_signature_checks_per_second: warden_core::config::DEFAULT_FAILED_SIGNATURE_CHECKS,
         // The rendered access log prints it (`%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`).
         authorize_filter_state: true,
+        // Envoy's tracer tags the request's span from them (`custom_tags`).
+        span_tags: input.traces_url.is_some(),
         route_header: targets.route_header.clone(),
         token_service: input.internal.as_ref().map(|_| TokenServiceConfig {
             cluster: targets.token_service_cluster.clone(),

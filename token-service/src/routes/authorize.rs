@@ -46,6 +46,7 @@ pub(super) async fn authorize(
     Ok(respond_to(&s, answer, json))
 }
 
+#[tracing::instrument(name = "sign-in", skip_all, fields(method = "password"))]
 pub(super) async fn login(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -62,7 +63,7 @@ pub(super) async fn login(
     };
     // The check and its bookkeeping run to the end even if the browser goes away, so a
     // reservation never outlives its attempt.
-    let task = tokio::spawn(async move {
+    let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let password = attempt.password.clone();
         match s.authenticate(attempt.email.clone(), password).await {
             Ok(user) => {
@@ -79,11 +80,12 @@ pub(super) async fn login(
                 Err(e)
             }
         }
-    });
+    }));
     task.await
         .map_err(|e| Error::Internal(anyhow::anyhow!("sign-in task failed: {e}")))?
 }
 
+#[tracing::instrument(name = "consent", skip_all)]
 pub(super) async fn consent(
     State(s): State<AppState>,
     headers: HeaderMap,

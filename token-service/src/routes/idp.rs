@@ -49,6 +49,7 @@ pub(super) async fn start(
 
 /// The identity provider sends the browser back here (`{issuer}/login/callback`): check its
 /// answer, record the user's claims, then continue the pending flow as after a password.
+#[tracing::instrument(name = "sign-in", skip_all, fields(method = "identity provider"))]
 pub(super) async fn callback(
     State(s): State<AppState>,
     headers: HeaderMap,

@@ -98,6 +98,7 @@ pub fn router(state: AppState) -> Router {
             metrics,
             crate::metrics::track,
         ))
+        .layer(crate::telemetry::http_layer())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

@@ -182,19 +182,26 @@ pub(super) async fn revoke(
 }
 
 /// `POST /token`, counted by grant type and answer (`warden_token_grants_total`; a jwt-bearer
-/// grant is also the ID-JAG user's sign-in).
+/// grant is also the ID-JAG user's sign-in), in the span `token grant`.
+#[tracing::instrument(name = "token grant", skip_all, fields(grant_type = tracing::field::Empty, client_id = tracing::field::Empty, result = tracing::field::Empty))]
 pub(super) async fn token(
     State(s): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let (creds, params) = client_request(&headers, &body).inspect_err(|e| {
-        let grant_type = form_params(&body).get("grant_type").map(str::to_owned);
-        count_grant(&s, GrantType::of_parameter(grant_type.as_deref()), Err(e));
+    let granted = counted(&s, &headers, &body).await;
+    crate::telemetry::record_result(&granted);
+    granted
+}
+
+async fn counted(s: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<Response> {
+    let (creds, params) = client_request(headers, body).inspect_err(|e| {
+        let grant_type = form_params(body).get("grant_type").map(str::to_owned);
+        count_grant(s, GrantType::of_parameter(grant_type.as_deref()), Err(e));
     })?;
     let grant_type = GrantType::of_parameter(params.get("grant_type"));
-    let answer = grant(&s, creds, params).await;
-    count_grant(&s, grant_type, answer.as_ref().map(|_| ()));
+    let answer = grant(s, creds, params).await;
+    count_grant(s, grant_type, answer.as_ref().map(|_| ()));
     answer
 }
 
@@ -216,6 +223,19 @@ fn count_grant(s: &AppState, grant_type: GrantType, answer: std::result::Result<
 }
 
 async fn grant(s: &AppState, mut creds: ClientCredentials, params: Params) -> Result<Response> {
+    let span = tracing::Span::current();
+    span.record(
+        "grant_type",
+        crate::telemetry::grant_type_name(params.get("grant_type").unwrap_or("")),
+    );
+    if let Some(id) = creds
+        .basic
+        .as_ref()
+        .map(|(id, _)| id.as_str())
+        .or(creds.client_id.as_deref())
+    {
+        span.record("client_id", crate::telemetry::bounded(id));
+    }
     resolve_client(s, &creds).await?;
     fetch_client_keys(s, &mut creds).await?;
     let grant_keys = fetch_grant_keys(s, &params).await;

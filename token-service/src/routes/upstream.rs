@@ -12,6 +12,7 @@ use crate::flows::browser::Step;
 use crate::flows::upstream;
 use crate::state::AppState;
 
+#[tracing::instrument(name = "upstream consent", skip_all)]
 pub(super) async fn callback(
     State(s): State<AppState>,
     headers: HeaderMap,

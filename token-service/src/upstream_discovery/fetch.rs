@@ -18,8 +18,7 @@ pub(crate) struct Answer {
 
 /// Sends `req` and reads at most `MAX_DOCUMENT_BYTES` of its answer.
 pub(crate) async fn read(req: reqwest::RequestBuilder, url: &str) -> Result<Answer, String> {
-    let mut resp = req
-        .send()
+    let mut resp = crate::outbound::send(req)
         .await
         .map_err(|e| format!("no answer from {url}: {}", crate::outbound::describe(&e)))?;
     let status = resp.status().as_u16();

@@ -425,14 +425,18 @@ impl Vault {
         // In a task of its own, as in `token`: a caller that goes away cannot cut it off.
         let this = Arc::clone(self);
         let (u, r) = (user.to_owned(), route.to_owned());
-        let outcome = tokio::spawn(async move {
-            let outcome = this
-                .refresh_locked(&u, &r, now, started, Some(version))
-                .await;
-            drop(turn);
-            this.forget_gate(&u, &r, gate);
-            outcome
-        })
+        let span = tracing::info_span!("upstream refresh", route = %crate::telemetry::bounded(route), forced = true);
+        let outcome = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let outcome = this
+                    .refresh_locked(&u, &r, now, started, Some(version))
+                    .await;
+                drop(turn);
+                this.forget_gate(&u, &r, gate);
+                outcome
+            },
+            span,
+        ))
         .await
         .map_err(|e| anyhow::anyhow!("refresh task failed: {e}"))??;
         Ok(match outcome {
@@ -746,12 +750,17 @@ impl Vault {
         // taken.
         let this = Arc::clone(self);
         let (u, r) = (user.to_owned(), route.to_owned());
-        let refresh = tokio::spawn(async move {
-            let outcome = this.refresh_locked(&u, &r, now, started, None).await;
-            drop(turn);
-            this.forget_gate(&u, &r, gate);
-            outcome
-        });
+        let span =
+            tracing::info_span!("upstream refresh", route = %crate::telemetry::bounded(route));
+        let refresh = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let outcome = this.refresh_locked(&u, &r, now, started, None).await;
+                drop(turn);
+                this.forget_gate(&u, &r, gate);
+                outcome
+            },
+            span,
+        ));
         match tokio::time::timeout(patience, refresh).await {
             Ok(joined) => joined
                 .map_err(|e| anyhow::anyhow!("refresh task failed: {e}"))?

@@ -230,10 +230,9 @@ impl Provider {
             }
             None => form.push(("client_id", &self.config.client_id)),
         }
-        let resp =
-            req.form(&form).send().await.map_err(|e| {
-                ProviderError::Unavailable(format!("no answer from the provider: {e}"))
-            })?;
+        let resp = crate::outbound::send(req.form(&form))
+            .await
+            .map_err(|e| ProviderError::Unavailable(format!("no answer from the provider: {e}")))?;
         let status = resp.status();
         if status.is_success() {
             Ok(true)
@@ -383,8 +382,7 @@ async fn send(
     req: oauth2::HttpRequest,
 ) -> Result<oauth2::HttpResponse, Transport> {
     let req = reqwest::Request::try_from(req).map_err(|e| Transport(e.to_string()))?;
-    let mut resp = http
-        .execute(req)
+    let mut resp = crate::outbound::execute(&http, req)
         .await
         .map_err(|e| Transport(format!("no answer from the provider: {e}")))?;
     let status = resp.status();
