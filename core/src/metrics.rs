@@ -8,6 +8,32 @@
 //! sanitized value never holds `;` or `=`, so a value cannot end its tag early or forge another.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// FNV-1a: the tool name look-up of every `tools/call` hashes a short string, and needs no
+/// defence against chosen collisions (a table of at most a few hundred names, fixed by the
+/// operator and the server).
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
 
 /// The counter of requests, by `route`, `mcp_method_name` and `decision`.
 pub const REQUESTS: &str = "mcp_warden_requests";
@@ -44,6 +70,7 @@ pub const MAX_LISTED_TOOLS: usize = 128;
 
 /// How the filter ended a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Decision {
     Allowed,
     DeniedPolicy,
@@ -147,6 +174,9 @@ pub const MCP_METHODS: [&str; 30] = [
     "sampling/createMessage",
 ];
 
+/// How many `mcp_method_name` labels there are: the list, `other`, `none`, `unknown`.
+pub const METHOD_LABELS: usize = MCP_METHODS.len() + 3;
+
 /// An `mcp_method_name` label: an index into [`MCP_METHODS`], or one of three more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MethodLabel(u8);
@@ -187,6 +217,10 @@ impl MethodLabel {
         }
     }
 
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+
     pub fn is_tools_call(self) -> bool {
         self.as_str() == "tools/call"
     }
@@ -210,19 +244,22 @@ pub fn sanitize(value: &str) -> &str {
 /// One route's tool labels on one worker: the names its policy names exactly, and the first
 /// [`MAX_LISTED_TOOLS`] names its server listed in a `tools/list` answer. Index 0 is
 /// [`OTHER`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ToolLabels {
     names: Vec<String>,
-    index: HashMap<String, u16>,
+    index: HashMap<String, u16, BuildHasherDefault<Fnv>>,
     listed: usize,
+    /// The counts per name index and decision.
+    slots: Vec<[Slot; Decision::ALL.len()]>,
 }
 
 impl ToolLabels {
     pub fn new(policy_names: &[String]) -> Self {
         let mut labels = ToolLabels {
             names: vec![OTHER.to_string()],
-            index: HashMap::new(),
+            index: HashMap::default(),
             listed: 0,
+            slots: vec![[Slot::default(); Decision::ALL.len()]],
         };
         for name in policy_names {
             labels.insert(name);
@@ -240,6 +277,7 @@ impl ToolLabels {
         };
         self.names.push(name.to_string());
         self.index.insert(name.to_string(), i);
+        self.slots.push([Slot::default(); Decision::ALL.len()]);
         true
     }
 
@@ -288,29 +326,30 @@ pub struct Slot {
     pub id: Option<u32>,
 }
 
-/// Key of [`REQUESTS`]: route index, method label, decision.
-pub type RequestKey = (usize, MethodLabel, Decision);
-/// Key of [`TOOL_CALLS`]: route index, tool label index, decision.
-pub type ToolKey = (usize, u16, Decision);
-
-/// What one worker counted since its last flush, keyed by label set. Bounded by its keys:
-/// routes × methods × decisions, and routes × tool labels × decisions.
-#[derive(Debug, Default)]
+/// What one worker counted since its last flush, per label set, in tables sized by the config:
+/// routes × method labels × decisions, and per route its tool labels × decisions.
+#[derive(Default)]
 pub struct Tallies {
-    pub requests: HashMap<RequestKey, Slot>,
-    pub tool_calls: HashMap<ToolKey, Slot>,
+    /// Index `(route × METHOD_LABELS + method) × decisions + decision`.
+    requests: Vec<Slot>,
     /// Per route index (built from the config's routes).
-    pub tools: Vec<ToolLabels>,
+    tools: Vec<ToolLabels>,
+}
+
+fn request_index(route: usize, method: MethodLabel, decision: Decision) -> usize {
+    (route * METHOD_LABELS + method.index()) * Decision::ALL.len() + decision as usize
 }
 
 impl Tallies {
-    /// The tool tables of every route, seeded with the names its policy names exactly.
-    pub fn new(route_policies: impl Iterator<Item = Vec<String>>) -> Self {
+    /// The tables of every route, its tool labels seeded with the names its policy names
+    /// exactly.
+    pub fn new(route_policies: impl ExactSizeIterator<Item = Vec<String>>) -> Self {
+        let routes = route_policies.len();
         Tallies {
+            requests: vec![Slot::default(); routes * METHOD_LABELS * Decision::ALL.len()],
             tools: route_policies
                 .map(|names| ToolLabels::new(&names))
                 .collect(),
-            ..Tallies::default()
         }
     }
 
@@ -322,16 +361,19 @@ impl Tallies {
         tool: Option<&str>,
         decision: Decision,
     ) {
-        self.requests
-            .entry((route, method, decision))
-            .or_default()
-            .pending += 1;
+        if let Some(slot) = self
+            .requests
+            .get_mut(request_index(route, method, decision))
+        {
+            slot.pending += 1;
+        }
         if method.is_tools_call() {
-            let tool = self.tools.get(route).map_or(0, |t| t.of(tool));
-            self.tool_calls
-                .entry((route, tool, decision))
-                .or_default()
-                .pending += 1;
+            if let Some(t) = self.tools.get_mut(route) {
+                let i = usize::from(t.of(tool));
+                if let Some(slots) = t.slots.get_mut(i) {
+                    slots[decision as usize].pending += 1;
+                }
+            }
         }
     }
 
@@ -353,15 +395,19 @@ impl Tallies {
         route_name: impl Fn(usize) -> &'a str,
         mut add: impl FnMut(&dyn Fn() -> String, u64, &mut Option<u32>),
     ) {
-        for ((route, method, decision), slot) in self.requests.iter_mut() {
+        let per_route = METHOD_LABELS * Decision::ALL.len();
+        for (i, slot) in self.requests.iter_mut().enumerate() {
             if slot.pending == 0 {
                 continue;
             }
+            let (route, rest) = (i / per_route, i % per_route);
+            let method = MethodLabel((rest / Decision::ALL.len()) as u8);
+            let decision = Decision::ALL[rest % Decision::ALL.len()];
             let name = || {
                 labelled_name(
                     REQUESTS,
                     &[
-                        ("route", route_name(*route)),
+                        ("route", route_name(route)),
                         ("mcp_method_name", method.as_str()),
                         ("decision", decision.as_str()),
                     ],
@@ -369,24 +415,36 @@ impl Tallies {
             };
             add(&name, std::mem::take(&mut slot.pending), &mut slot.id);
         }
-        let tools = &self.tools;
-        for ((route, tool, decision), slot) in self.tool_calls.iter_mut() {
-            if slot.pending == 0 {
-                continue;
+        for (route, tools) in self.tools.iter_mut().enumerate() {
+            let names = &tools.names;
+            for (tool, slots) in tools.slots.iter_mut().enumerate() {
+                for (decision, slot) in Decision::ALL.iter().zip(slots.iter_mut()) {
+                    if slot.pending == 0 {
+                        continue;
+                    }
+                    let tool_name = names.get(tool).map_or(OTHER, String::as_str);
+                    let name = || {
+                        labelled_name(
+                            TOOL_CALLS,
+                            &[
+                                ("route", route_name(route)),
+                                ("gen_ai_tool_name", tool_name),
+                                ("decision", decision.as_str()),
+                            ],
+                        )
+                    };
+                    add(&name, std::mem::take(&mut slot.pending), &mut slot.id);
+                }
             }
-            let name = || {
-                let tool = tools.get(*route).map_or(OTHER, |t| t.name(*tool));
-                labelled_name(
-                    TOOL_CALLS,
-                    &[
-                        ("route", route_name(*route)),
-                        ("gen_ai_tool_name", tool),
-                        ("decision", decision.as_str()),
-                    ],
-                )
-            };
-            add(&name, std::mem::take(&mut slot.pending), &mut slot.id);
         }
+    }
+
+    /// Every label set's slot (for tests).
+    #[cfg(test)]
+    fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.requests
+            .iter()
+            .chain(self.tools.iter().flat_map(|t| t.slots.iter().flatten()))
     }
 }
 
@@ -612,9 +670,7 @@ mod tests {
         let mut again = 0;
         t.drain(|_| "demo", |_, _, _| again += 1);
         assert_eq!(again, 0);
-        assert!(t
-            .requests
-            .values()
-            .all(|s| s.id == Some(7) && s.pending == 0));
+        assert!(t.slots().all(|s| s.pending == 0));
+        assert_eq!(t.slots().filter(|s| s.id == Some(7)).count(), 6);
     }
 }

@@ -4,7 +4,6 @@
 //! labels in the name for the bootstrap's `stats_tags` to take out.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
@@ -117,8 +116,9 @@ pub struct Metrics {
     allowed_pending: Cell<u64>,
     /// The labelled counters' counts since the last flush, and their ids once defined.
     tallies: RefCell<Tallies>,
-    /// The duration histogram's id per route and decision, once defined.
-    durations: RefCell<HashMap<(usize, Decision), Option<u32>>>,
+    /// The duration histogram's id per route and decision (index `route × decisions +
+    /// decision`), once defined (`Some(None)`: defining it failed).
+    durations: RefCell<Vec<Option<Option<u32>>>>,
 }
 
 /// What the decided request was, for the labelled metrics.
@@ -148,7 +148,7 @@ impl Metrics {
             tallies: RefCell::new(Tallies::new(
                 config.routes.iter().map(|r| r.policy.exact_tool_names()),
             )),
-            durations: RefCell::new(HashMap::new()),
+            durations: RefCell::new(vec![None; config.routes.len() * Decision::ALL.len()]),
         }
     }
 
@@ -161,7 +161,11 @@ impl Metrics {
         let (Some(micros), Ok(mut durations)) = (d.micros, self.durations.try_borrow_mut()) else {
             return;
         };
-        let id = *durations.entry((d.route, d.decision)).or_insert_with(|| {
+        let Some(slot) = durations.get_mut(d.route * Decision::ALL.len() + d.decision as usize)
+        else {
+            return;
+        };
+        let id = *slot.get_or_insert_with(|| {
             let route = config.routes.get(d.route).map_or("", |r| r.name.as_str());
             hostcalls::define_metric(MetricType::Histogram, &duration_name(route, d.decision)).ok()
         });

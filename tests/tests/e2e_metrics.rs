@@ -234,3 +234,54 @@ async fn requests_tool_calls_and_durations_reach_prometheus_with_their_labels() 
         "{plain:#?}"
     );
 }
+
+/// A route whose policy names no tool (the default: any signed-in user) does not filter
+/// `tools/list`; the filter still reads the answer for the tool labels, and passes it on as
+/// the server sent it.
+#[tokio::test]
+async fn tools_a_server_listed_get_their_own_label_on_a_route_that_does_not_filter() {
+    let stack = Stack::start().await;
+    let token = stack.mint_token(&stack.mcp_url()).await;
+    let auth = format!("Bearer {token}");
+    let with_token = [("authorization", auth.as_str())];
+    let url = stack.mcp_url();
+    let echo = json!({"name": "echo", "arguments": {"text": "hi"}});
+
+    // Before any `tools/list`: no name is known.
+    let resp = mcp_post(&url, &with_token, "tools/call", echo.clone()).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let resp = mcp_post(&url, &with_token, "tools/list", json!({})).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let answer = resp.json();
+    let listed: Vec<&str> = answer["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        listed.contains(&"echo") && listed.contains(&"add"),
+        "{listed:?}"
+    );
+    // Passed on as sent: a length the server gave still holds.
+    if let Some(length) = resp.header("content-length") {
+        assert_eq!(length, resp.body.len().to_string());
+    }
+    let resp = mcp_post(&url, &with_token, "tools/call", echo).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+
+    let want = BTreeMap::from([
+        (tool_calls("echo", "allowed"), 1.0),
+        (tool_calls("other", "allowed"), 1.0),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let samples = stack.envoy_prometheus().await;
+        let got = series(&samples, "mcp_warden_tool_calls");
+        if got == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{got:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
