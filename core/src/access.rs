@@ -57,6 +57,18 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
     }
 }
 
+/// The MCP server route a request is on, for a refusal's metrics: the refusal path locates
+/// the request again (never the warm path, which has its route in the `Grant`).
+pub fn server_route_of(head: &RequestHead<'_>, config: &CompiledConfig) -> Option<usize> {
+    let authority = String::from_utf8_lossy(head.authority).to_ascii_lowercase();
+    let path = String::from_utf8_lossy(head.path);
+    let path_only = path.split(['?', '#']).next().unwrap_or_default();
+    match locate(head, config, &authority, path_only) {
+        Destination::Server(index, _) => Some(index),
+        _ => None,
+    }
+}
+
 fn locate<'c>(
     head: &RequestHead<'_>,
     config: &'c CompiledConfig,

@@ -12,6 +12,7 @@ pub mod jsonrpc;
 pub mod keys;
 pub mod mcp;
 pub mod mcp_headers;
+pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod raw;

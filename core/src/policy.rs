@@ -116,6 +116,18 @@ fn perr(path: &str, message: impl Into<String>) -> PolicyError {
 }
 
 impl Policy {
+    /// Every tool name an `mcp_tool` criterion names exactly (`is`, `in`), in rule order,
+    /// duplicates included: the tools the metrics count under their own name.
+    pub fn exact_tool_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for rule in &self.rules {
+            for body in [&rule.allow, &rule.deny].into_iter().flatten() {
+                body.exact_tool_names(&mut names);
+            }
+        }
+        names
+    }
+
     /// Compiles a PPL document. `path` is where the document sits (e.g. `routes[0].policy`).
     pub fn compile(doc: &Value, path: &str) -> Result<Self, PolicyError> {
         let rules = match doc {
@@ -552,6 +564,27 @@ impl Expr {
             }
             Expr::Leaf(Criterion::McpMethod(m) | Criterion::McpTool(m)) => m.has_upper_case(),
             Expr::Leaf(_) => false,
+        }
+    }
+
+    /// The tool names an `mcp_tool` criterion names exactly (`is`, `in`), into `into`.
+    fn exact_tool_names(&self, into: &mut Vec<String>) {
+        match self {
+            Expr::And(c) | Expr::Or(c) | Expr::Not(c) | Expr::Nor(c) => {
+                for e in c {
+                    e.exact_tool_names(into);
+                }
+            }
+            Expr::Leaf(Criterion::McpTool(m)) => {
+                for op in &m.0 {
+                    match op {
+                        StrOp::Is(v) => into.push(v.clone()),
+                        StrOp::In(vs) => into.extend(vs.iter().cloned()),
+                        _ => {}
+                    }
+                }
+            }
+            Expr::Leaf(_) => {}
         }
     }
 

@@ -1,9 +1,14 @@
-//! Counters visible in Envoy's `/stats` (Envoy prefixes them `wasmcustom.`).
+//! Counters visible in Envoy's `/stats` (Envoy prefixes them `wasmcustom.`): the flat ones
+//! below, and the labelled ones of `warden_core::metrics` (requests by route, MCP method and
+//! decision; tool calls by route and tool; the decision's duration as a histogram), their
+//! labels in the name for the bootstrap's `stats_tags` to take out.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
+use warden_core::config::CompiledConfig;
+use warden_core::metrics::{duration_name, Decision, MethodLabel, Tallies};
 use warden_core::signature_budget::SignatureBudget;
 
 #[derive(Clone, Copy)]
@@ -109,10 +114,26 @@ pub struct Metrics {
     /// Allowed requests not yet added to the counter: the one counter of the warm path is
     /// added once a second (`flush`, from the root's tick) instead of a host call a request.
     allowed_pending: Cell<u64>,
+    /// The labelled counters' counts since the last flush, and their ids once defined.
+    tallies: RefCell<Tallies>,
+    /// The duration histogram's id per route and decision (index `route × decisions +
+    /// decision`), once defined (`Some(None)`: defining it failed).
+    durations: RefCell<Vec<Option<Option<u32>>>>,
+}
+
+/// What the decided request was, for the labelled metrics.
+pub struct Decided<'a> {
+    pub route: usize,
+    pub method: MethodLabel,
+    /// The tool of a `tools/call`.
+    pub tool: Option<&'a str>,
+    pub decision: Decision,
+    /// Microseconds from the request headers to the decision (`None`: no clock).
+    pub micros: Option<u64>,
 }
 
 impl Metrics {
-    pub fn define() -> Self {
+    pub fn define(config: &CompiledConfig) -> Self {
         let mut ids = [None; NAMES.len()];
         for (slot, name) in ids.iter_mut().zip(NAMES) {
             *slot = hostcalls::define_metric(MetricType::Counter, name).ok();
@@ -124,7 +145,47 @@ impl Metrics {
             callouts_reported: Cell::new(0),
             budget_reported: Cell::new([0; 3]),
             allowed_pending: Cell::new(0),
+            tallies: RefCell::new(Tallies::new(
+                config.routes.iter().map(|r| r.policy.exact_tool_names()),
+            )),
+            durations: RefCell::new(vec![None; config.routes.len() * Decision::ALL.len()]),
         }
+    }
+
+    /// A request was decided: counted in this worker's table (added at the flush) and its
+    /// duration recorded, the one host call of the labelled metrics on the request path.
+    pub fn decided(&self, d: &Decided<'_>, config: &CompiledConfig) {
+        if let Ok(mut t) = self.tallies.try_borrow_mut() {
+            t.count(d.route, d.method, d.tool, d.decision);
+        }
+        let (Some(micros), Ok(mut durations)) = (d.micros, self.durations.try_borrow_mut()) else {
+            return;
+        };
+        let Some(slot) = durations.get_mut(d.route * Decision::ALL.len() + d.decision as usize)
+        else {
+            return;
+        };
+        let id = *slot.get_or_insert_with(|| {
+            let route = config.routes.get(d.route).map_or("", |r| r.name.as_str());
+            hostcalls::define_metric(MetricType::Histogram, &duration_name(route, d.decision)).ok()
+        });
+        if let Some(id) = id {
+            let _ = hostcalls::record_metric(id, micros);
+        }
+    }
+
+    /// A tool a route's server listed in a `tools/list` answer.
+    pub fn learn_tool(&self, route: usize, name: &str) {
+        if let Ok(mut t) = self.tallies.try_borrow_mut() {
+            t.learn_tool(route, name);
+        }
+    }
+
+    /// Whether this worker still learns the route's tool names from `tools/list` answers.
+    pub fn may_learn_tools(&self, route: usize) -> bool {
+        self.tallies
+            .try_borrow()
+            .is_ok_and(|t| t.may_learn_tools(route))
     }
 
     /// This worker's call-outs in flight. (Envoy sums one gauge name over the workers: each
@@ -152,7 +213,18 @@ impl Metrics {
     }
 
     /// Adds what was counted since the last flush, the signature budget's totals included.
-    pub fn flush(&self, budget: &SignatureBudget) {
+    pub fn flush(&self, budget: &SignatureBudget, config: &CompiledConfig) {
+        if let Ok(mut t) = self.tallies.try_borrow_mut() {
+            let route_name = |i: usize| config.routes.get(i).map_or("", |r| r.name.as_str());
+            t.drain(route_name, |name, n, id| {
+                if id.is_none() {
+                    *id = hostcalls::define_metric(MetricType::Counter, &name()).ok();
+                }
+                if let Some(id) = *id {
+                    let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            });
+        }
         let allowed = self.allowed_pending.replace(0);
         if allowed > 0 {
             self.add(Counter::Allowed, allowed);

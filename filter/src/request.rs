@@ -17,6 +17,7 @@ use warden_core::assertion::{self, Fetched, IdentityAssertion};
 use warden_core::config::Route;
 use warden_core::internal_api::UpstreamTokenRequest;
 use warden_core::mcp::{self as judge, CallHead, Verdict};
+use warden_core::metrics::{Decision, MethodLabel};
 use warden_core::reply::{token_service_unavailable, LocalReply, ReplyTo};
 use warden_core::revocation::FeedVerdict;
 use warden_core::token::{Identity, TeClaims, TokenError};
@@ -25,7 +26,7 @@ use warden_core::transport::MethodRule;
 use warden_core::upstream::{self, Lookup};
 
 use crate::head::OwnedHead;
-use crate::metrics::{Counter, Metrics};
+use crate::metrics::{Counter, Decided, Metrics};
 use crate::phase::{Credentials, KeysFor, Phase};
 use crate::response::{Forwarded, ResponseFilter, ResponsePath};
 use crate::worker::{now_seconds, read_answer, seconds, LookupKind, Paused, Waiter, Wake, Worker};
@@ -60,6 +61,14 @@ fn request_id(call: Option<&CallHead>) -> &str {
     call.map(|c| c.request_id.as_str()).unwrap_or_default()
 }
 
+/// The labels of an MCP request, known once it is placed on a route (and its body judged).
+struct CallLabels {
+    route: usize,
+    method: MethodLabel,
+    /// The tool a `tools/call` names.
+    tool: Option<String>,
+}
+
 /// What the request body callbacks have seen so far (they may run while keys are fetched).
 #[derive(Default)]
 struct BodySeen {
@@ -91,6 +100,11 @@ pub struct RequestState {
     app: Option<AppRequest>,
     /// When the request headers arrived (the authorize record's duration starts here).
     started: SystemTime,
+    /// When the body was judged, while the request goes on in the same callback (a look-up
+    /// answered later reads the clock again).
+    decided_at: Option<SystemTime>,
+    /// What the metrics count of an MCP request, until its decision is recorded (once).
+    labels: Option<CallLabels>,
     /// What the MCP judgement reads of an authorized call.
     call: Option<CallHead>,
     /// The client's trace context, for the call-outs.
@@ -168,6 +182,20 @@ impl RequestState {
                     Metrics::for_access_refusal(reply.reason)
                 };
                 self.worker.borrow().metrics.inc(counter);
+                if reply.status >= 300 {
+                    let route = {
+                        let w = self.worker.borrow();
+                        access::server_route_of(&head.view(), &w.config)
+                    };
+                    if let Some(route) = route {
+                        self.labels = Some(CallLabels {
+                            route,
+                            method: MethodLabel::before_body(head.call.method.as_bytes()),
+                            tool: None,
+                        });
+                        self.record_decision(Decision::of_refusal(reply.reason));
+                    }
+                }
                 if reply.status >= 400 && self.worker.borrow_mut().may_log_rejection(now) {
                     let path = head.block.get(&head.path);
                     let path = path.split(|b| *b == b'?').next().unwrap_or_default();
@@ -254,6 +282,8 @@ impl RequestState {
                 {
                     return;
                 }
+                // The decision waited for this answer: its time is read again.
+                self.decided_at = None;
                 let (status, body) = read_answer(headers, body_size);
                 match kind {
                     LookupKind::UpstreamToken => self.accept_lookup(status, &body),
@@ -367,10 +397,11 @@ impl RequestState {
         let Some(route) = w.config.routes.get(grant.route) else {
             return Action::Continue;
         };
-        let verdict = run(route, &grant.identity.claims, call);
+        let mut verdict = run(route, &grant.identity.claims, call);
+        // One clock read: the record's duration and the metrics' (when forwarded at once).
+        let decided_at = hostcalls::get_current_time().ok();
         if self.record_wanted() {
-            let elapsed = hostcalls::get_current_time()
-                .ok()
+            let elapsed = decided_at
                 .and_then(|now| now.duration_since(self.started).ok())
                 .map(|d| d.as_micros() as u64)
                 .unwrap_or_default();
@@ -399,24 +430,44 @@ impl RequestState {
         if verdict.log.batch_size > 0 {
             w.metrics.inc(Counter::Batch);
         }
+        let method = match verdict.log.mcp_method.as_deref() {
+            Some(m) => MethodLabel::of_method(Some(m)),
+            None => MethodLabel::before_body(call.method.as_bytes()),
+        };
+        let labels = CallLabels {
+            route: grant.route,
+            method,
+            tool: if method.is_tools_call() {
+                verdict.log.mcp_tool.take()
+            } else {
+                None
+            },
+        };
         match verdict.reply {
             Some(reply) => {
                 w.metrics.inc(Metrics::for_refusal(reply.reason));
                 let cors = grant.cors_origin.clone();
                 drop(w);
+                (self.labels, self.decided_at) = (Some(labels), decided_at);
+                self.record_decision(Decision::of_refusal(reply.reason));
                 self.send(reply.with_cors(cors.as_deref()));
                 Action::Pause
             }
             None => {
                 w.metrics.inc(Counter::Allowed);
-                if route.filter_tools_list && route.policy.has_tool_rules {
+                // A `tools/list` answer is read to filter it, or to learn the server's tool
+                // names for the tool-call labels while this worker still takes new ones.
+                let filtering = route.filter_tools_list && route.policy.has_tool_rules;
+                if filtering || w.metrics.may_learn_tools(grant.route) {
                     if let Some(id) = verdict.tools_list_id {
                         self.response.filter = ResponseFilter::Json(id);
+                        self.response.filtering = filtering;
                     }
                 }
                 let (upstream_oauth, pass_identity) =
                     (route.upstream_oauth, route.pass_identity_headers);
                 drop(w);
+                (self.labels, self.decided_at) = (Some(labels), decided_at);
                 if upstream_oauth || pass_identity {
                     return self.attach_credentials(upstream_oauth, pass_identity);
                 }
@@ -682,6 +733,7 @@ impl RequestState {
     /// never reaches the upstream (a look-up still in flight is abandoned).
     fn refuse_for_credentials(&mut self, reply: LocalReply, counter: Counter) {
         self.worker.borrow().metrics.inc(counter);
+        self.record_decision(Decision::of_refusal(reply.reason));
         let route = self
             .grant
             .as_ref()
@@ -712,7 +764,34 @@ impl RequestState {
     /// Allowed, with everything it needs: on its way upstream.
     fn forward(&mut self) -> Action {
         self.phase = Phase::Forwarded;
+        self.record_decision(Decision::Allowed);
         Action::Continue
+    }
+
+    /// Counts the MCP request's decision and records its duration: once, at the first
+    /// decision (a reply the response path makes later is not another).
+    fn record_decision(&mut self, decision: Decision) {
+        let Some(labels) = self.labels.take() else {
+            return;
+        };
+        let end = self
+            .decided_at
+            .take()
+            .or_else(|| hostcalls::get_current_time().ok());
+        let micros = end
+            .and_then(|end| end.duration_since(self.started).ok())
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let w = self.worker.borrow();
+        w.metrics.decided(
+            &Decided {
+                route: labels.route,
+                method: labels.method,
+                tool: labels.tool.as_deref(),
+                decision,
+                micros,
+            },
+            &w.config,
+        );
     }
 
     /// Answers the client in the server's place. Look-ups still in flight are nobody's any
@@ -1134,6 +1213,8 @@ impl WardenRequest {
                 grant: None,
                 app: None,
                 started: SystemTime::UNIX_EPOCH,
+                decided_at: None,
+                labels: None,
                 call: None,
                 trace: TraceContext::default(),
                 body_seen: BodySeen::default(),

@@ -28,6 +28,9 @@ const MAX_TOOLS_LIST_BYTES: usize = 4 * 1024 * 1024;
 pub struct ResponsePath {
     /// What a `tools/list` result goes through.
     pub filter: ResponseFilter,
+    /// Whether `filter` removes tools the caller may not call; `false`: it only reads the
+    /// answer's tool names (the tool-call labels) and passes the answer on unchanged.
+    pub filtering: bool,
     /// The TI sent upstream with this request, checked against the server's answer.
     pub upstream_sent: Option<Rc<UpstreamToken>>,
 }
@@ -61,6 +64,7 @@ impl ResponsePath {
     pub fn new() -> Self {
         Self {
             filter: ResponseFilter::None,
+            filtering: false,
             upstream_sent: None,
         }
     }
@@ -113,7 +117,9 @@ impl ResponsePath {
                 self.filter = ResponseFilter::None;
             }
             // The filtered body has another length.
-            set_header("content-length", None);
+            if self.filtering {
+                set_header("content-length", None);
+            }
         }
         None
     }
@@ -148,6 +154,10 @@ impl ResponsePath {
                     return Action::Continue;
                 };
                 let (route, identity) = (grant.route, Rc::clone(&grant.identity));
+                if !self.filtering {
+                    learn_tools(request, &full, &id);
+                    return Action::Continue;
+                }
                 let known = {
                     let w = request.worker.borrow();
                     w.lists
@@ -167,6 +177,7 @@ impl ResponsePath {
                     return Action::Continue;
                 }
                 if let Some(visible) = tool_visibility(request) {
+                    let visible = learning(request, visible);
                     if let Some((filtered, removed)) = filter_message(&full, &id, &visible) {
                         let _ = hostcalls::set_buffer(
                             BufferType::HttpResponseBody,
@@ -186,14 +197,19 @@ impl ResponsePath {
             }
             ResponseFilter::Sse(_) => {
                 let chunk = body(body_size);
-                let Some(visible) = tool_visibility(request) else {
-                    return Action::Continue;
+                let visible: Box<dyn Fn(&str) -> bool> = if self.filtering {
+                    match tool_visibility(request) {
+                        Some(visible) => Box::new(learning(request, visible)),
+                        None => return Action::Continue,
+                    }
+                } else {
+                    Box::new(learning(request, |_: &str| true))
                 };
                 let ResponseFilter::Sse(sse) = &mut self.filter else {
                     return Action::Continue;
                 };
                 let before = sse.removed;
-                match sse.push(&chunk, end_of_stream, &visible) {
+                match sse.push(&chunk, end_of_stream, &*visible) {
                     Ok(out) => {
                         let removed = sse.removed - before;
                         let _ =
@@ -277,6 +293,29 @@ impl ResponsePath {
         );
         self.filter = ResponseFilter::None;
         Some(reply)
+    }
+}
+
+/// Reads the tool names of a `tools/list` JSON answer for the tool-call labels, leaving the
+/// answer as it is.
+fn learn_tools(request: &Forwarded<'_>, answer: &[u8], id: &Value) {
+    let learn = learning(request, |_: &str| true);
+    let _ = filter_message(answer, id, &learn);
+}
+
+/// `visible`, telling the metrics each tool name it is asked about (a name the route's server
+/// listed; when filtering, the names hidden from this caller too).
+fn learning<'a>(
+    request: &Forwarded<'a>,
+    visible: impl Fn(&str) -> bool + 'a,
+) -> impl Fn(&str) -> bool + 'a {
+    let worker = request.worker;
+    let route = request.grant.map(|g| g.route);
+    move |tool: &str| {
+        if let Some(route) = route {
+            worker.borrow().metrics.learn_tool(route, tool);
+        }
+        visible(tool)
     }
 }
 

@@ -323,6 +323,7 @@ impl Worker {
         let shared_key = format!("{JWKS_SHARED_KEY_PREFIX}{}", config.rules.issuer);
         let feed = Feed::new(&config, now_seconds());
         let tick_period = tick_period(&config);
+        let metrics = Metrics::define(&config);
         Self {
             root_id,
             config: Rc::new(config),
@@ -344,7 +345,7 @@ impl Worker {
             shared_key,
             feed,
             tick_period,
-            metrics: Metrics::define(),
+            metrics,
         }
     }
 
@@ -413,7 +414,7 @@ impl Worker {
     /// that could not be dispatched).
     pub fn tick(&mut self) -> (Option<Duration>, Vec<Waiter>) {
         follow_log_level();
-        self.metrics.flush(&self.budget);
+        self.metrics.flush(&self.budget, &self.config);
         let now = now_seconds();
         self.summarize_rejections(now);
         self.expire_callouts(now);

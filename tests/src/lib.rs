@@ -1228,6 +1228,11 @@ impl Stack {
     pub async fn envoy_stats(&self, filter: &str) -> BTreeMap<String, u64> {
         envoy_admin_stats(self.ports.envoy_admin, filter).await
     }
+
+    /// Envoy's `/stats/prometheus`, parsed.
+    pub async fn envoy_prometheus(&self) -> Vec<PromSample> {
+        envoy_prometheus(self.ports.envoy_admin).await
+    }
 }
 
 /// The admin `/stats?filter=<filter>` of the Envoy whose admin interface is on `admin_port`,
@@ -1248,6 +1253,71 @@ pub async fn envoy_admin_stats(admin_port: u16, filter: &str) -> BTreeMap<String
             Some((name.trim().to_owned(), value.trim().parse().ok()?))
         })
         .collect()
+}
+
+/// One sample of Envoy's `/stats/prometheus`: the metric name, its labels, its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromSample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// The admin `/stats/prometheus` of the Envoy whose admin interface is on `admin_port`, every
+/// sample of it (comments skipped; label values unescaped).
+pub async fn envoy_prometheus(admin_port: u16) -> Vec<PromSample> {
+    let url = format!("http://127.0.0.1:{admin_port}/stats/prometheus");
+    let text = http_client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .expect("prometheus body");
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(parse_prom_line)
+        .collect()
+}
+
+/// `name{a="x",b="y"} 3` (or `name 3`).
+fn parse_prom_line(line: &str) -> Option<PromSample> {
+    let (series, value) = line.rsplit_once(' ')?;
+    let value = value.parse().ok()?;
+    let (name, mut rest) = match series.split_once('{') {
+        Some((name, rest)) => (name, rest.strip_suffix('}')?),
+        None => (series, ""),
+    };
+    let mut labels = BTreeMap::new();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"")?;
+        let mut val = String::new();
+        let mut chars = after.char_indices();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        val.push(if n == 'n' { '\n' } else { n });
+                    }
+                }
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                c => val.push(c),
+            }
+        }
+        let end = end?;
+        labels.insert(key.to_string(), val);
+        rest = after[end + 1..].trim_start_matches(',');
+    }
+    Some(PromSample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
 }
 
 // =============================================================================================

@@ -38,6 +38,29 @@ fn json_string(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
+/// The filter's labelled metrics carry their labels in the name (`warden_core::metrics`):
+/// Envoy takes each out as a tag, so `/stats/prometheus` shows them as labels, and the
+/// duration histogram gets buckets in microseconds.
+fn write_stats_config(w: &mut String) {
+    use warden_core::metrics::{DURATION_BUCKETS_US, REQUEST_DURATION, STATS_TAGS};
+    let _ = writeln!(w, "stats_config:\n  stats_tags:");
+    for (tag, regex) in STATS_TAGS {
+        let _ = writeln!(
+            w,
+            "  - {{ tag_name: {}, regex: {} }}",
+            json_string(tag),
+            json_string(regex)
+        );
+    }
+    let buckets: Vec<String> = DURATION_BUCKETS_US.iter().map(u64::to_string).collect();
+    let _ = writeln!(
+        w,
+        "  histogram_bucket_settings:\n  - match: {{ prefix: {} }}\n    buckets: [ {} ]",
+        json_string(&format!("wasmcustom.{REQUEST_DURATION}")),
+        buckets.join(", ")
+    );
+}
+
 /// Renders the bootstrap YAML. Field names are Envoy's; values are JSON-quoted so YAML never
 /// reinterprets them.
 pub fn render(input: &EnvoyInput) -> Result<String, String> {
@@ -69,6 +92,7 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
     );
     // The connection limit below must never lock the operator out of the admin interface.
     let _ = writeln!(w, "  ignore_global_conn_limit: true");
+    write_stats_config(w);
     // Overload manager: a cap on downstream connections, so a flood of sockets cannot exhaust
     // file descriptors, and a heap budget: each connection (each HTTP/2 stream) may buffer up
     // to a body limit, so near the budget the streams holding the most are reset, and close
@@ -467,6 +491,22 @@ mod tests {
         let compiled = warden_core::config::CompiledConfig::from_json(plugin.as_bytes()).unwrap();
         assert_eq!(compiled.routes.len(), 2);
         assert_eq!(compiled.jwks.unwrap().authority, "127.0.0.1:9100");
+    }
+
+    #[test]
+    fn bootstrap_turns_the_filters_metric_names_into_labels() {
+        let yaml = render(&sample()).unwrap();
+        for expected in [
+            "stats_config:\n  stats_tags:\n",
+            r#"- { tag_name: "route", regex: "(;route=([^;]*))" }"#,
+            r#"- { tag_name: "mcp.method.name", regex: "(;mcp_method_name=([^;]*))" }"#,
+            r#"- { tag_name: "gen_ai.tool.name", regex: "(;gen_ai_tool_name=([^;]*))" }"#,
+            r#"- { tag_name: "decision", regex: "(;decision=([^;]*))" }"#,
+            r#"- match: { prefix: "wasmcustom.mcp_warden_request_duration" }"#,
+            "buckets: [ 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000, 250000, 1000000 ]",
+        ] {
+            assert!(yaml.contains(expected), "missing {expected}:\n{yaml}");
+        }
     }
 
     #[test]
