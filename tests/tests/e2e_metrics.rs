@@ -185,6 +185,37 @@ async fn requests_tool_calls_and_durations_reach_prometheus_with_their_labels() 
         want_requests,
         "{ours:#?}"
     );
+    // The committed Grafana dashboard queries only series Envoy serves.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/grafana-dashboard.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let queried: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .flat_map(|t| {
+            t["expr"]
+                .as_str()
+                .unwrap()
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("mcp_warden_"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(queried.len() >= 3, "{queried:?}");
+    for name in &queried {
+        assert!(
+            samples.iter().any(|s| &s.name == name),
+            "the dashboard queries {name}, which Envoy does not serve"
+        );
+    }
     assert_eq!(
         series(&samples, "mcp_warden_tool_calls"),
         want_tools,

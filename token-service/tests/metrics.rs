@@ -454,3 +454,59 @@ fn an_unknown_telemetry_field_is_refused_by_name() {
     assert!(e.contains("telemetry"), "{e}");
     assert!(e.contains("bogus"), "{e}");
 }
+
+/// The metric names the committed Grafana dashboard's queries use, starting with `prefix`.
+fn dashboard_metrics(prefix: &str) -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana-dashboard.json"
+    );
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with(prefix) && !names.iter().any(|n| n == word) {
+                    names.push(word.to_owned());
+                }
+            }
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_dashboard_queries_only_metrics_the_service_exports() {
+    let names = dashboard_metrics("warden_");
+    assert!(names.len() >= 8, "{names:?}");
+    use warden_token_service::metrics::*;
+    // A family is written once it has a series: count one of each.
+    let metrics = std::sync::Arc::new(Metrics::new());
+    metrics.sign_in(SignInMethod::Password, true);
+    metrics.token_grant(GrantType::AuthorizationCode, GrantResult::Issued);
+    metrics.client_registration(RegistrationResult::Registered);
+    metrics.upstream_token_lookup(UpstreamLookupResult::Hit);
+    metrics.upstream_refresh(UpstreamRefreshResult::Refreshed);
+    metrics.identity_provider_call(IdentityProviderCall::Token, CallResult::Ok);
+    metrics.store_error(StoreErrorKind::Other);
+    let app = Router::new()
+        .route("/x", axum::routing::get(|| async { "ok" }))
+        .layer(axum::middleware::from_fn_with_state(
+            (metrics.clone(), Listener::Public),
+            track,
+        ));
+    let req = Request::builder().uri("/x").body(Body::empty()).unwrap();
+    assert_eq!(app.oneshot(req).await.unwrap().status(), StatusCode::OK);
+    let text = metrics.encode(Default::default()).unwrap();
+    for name in names {
+        let exported = text.lines().any(|line| {
+            line.strip_prefix(name.as_str())
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        });
+        assert!(
+            exported,
+            "the dashboard queries {name}, which the service does not export:\n{text}"
+        );
+    }
+}
