@@ -64,6 +64,9 @@ pub const OTHER: &str = "other";
 /// A label value longer than this counts as [`OTHER`].
 pub const MAX_LABEL_BYTES: usize = 64;
 
+/// How often a route that does not filter `tools/list` has an answer read to learn names.
+pub const LEARN_EVERY_SECONDS: i64 = 60;
+
 /// Tool names a route's server listed that one worker counts under their own label, first
 /// come (the policy's own names come on top).
 pub const MAX_LISTED_TOOLS: usize = 128;
@@ -249,6 +252,9 @@ pub struct ToolLabels {
     names: Vec<String>,
     index: HashMap<String, u16, BuildHasherDefault<Fnv>>,
     listed: usize,
+    /// Until then no `tools/list` answer is read only to learn names: a route that does not
+    /// filter pays for reading one answer a minute at most, not every answer.
+    next_learning: i64,
     /// The counts per name index and decision.
     slots: Vec<[Slot; Decision::ALL.len()]>,
 }
@@ -259,6 +265,7 @@ impl ToolLabels {
             names: vec![OTHER.to_string()],
             index: HashMap::default(),
             listed: 0,
+            next_learning: i64::MIN,
             slots: vec![[Slot::default(); Decision::ALL.len()]],
         };
         for name in policy_names {
@@ -291,6 +298,16 @@ impl ToolLabels {
     /// Whether a `tools/list` answer could still teach this table a name.
     pub fn may_learn(&self) -> bool {
         self.listed < MAX_LISTED_TOOLS
+    }
+
+    /// Whether to read the `tools/list` answer of a route that does not filter, only to learn
+    /// its names: while the table takes names, once per [`LEARN_EVERY_SECONDS`].
+    pub fn take_learning_turn(&mut self, now: i64) -> bool {
+        if !self.may_learn() || now < self.next_learning {
+            return false;
+        }
+        self.next_learning = now.saturating_add(LEARN_EVERY_SECONDS);
+        true
     }
 
     /// The label index of a called tool (0, [`OTHER`], for a name not in the table).
@@ -383,8 +400,11 @@ impl Tallies {
         }
     }
 
-    pub fn may_learn_tools(&self, route: usize) -> bool {
-        self.tools.get(route).is_some_and(ToolLabels::may_learn)
+    /// [`ToolLabels::take_learning_turn`] of the route.
+    pub fn take_learning_turn(&mut self, route: usize, now: i64) -> bool {
+        self.tools
+            .get_mut(route)
+            .is_some_and(|t| t.take_learning_turn(now))
     }
 
     /// Hands every label set with counts pending to `add` (its metric name, the count, and
@@ -634,6 +654,22 @@ mod tests {
         assert_eq!(t.name(t.of(Some("tool126"))), "tool126");
         assert_eq!(t.of(Some("tool127")), 0);
         assert_eq!(t.name(t.of(Some("echo"))), "echo");
+    }
+
+    #[test]
+    fn a_route_that_does_not_filter_has_an_answer_read_once_a_minute_while_it_learns() {
+        let mut t = ToolLabels::new(&[]);
+        assert!(t.take_learning_turn(1_000));
+        assert!(!t.take_learning_turn(1_000), "not every answer");
+        assert!(!t.take_learning_turn(1_000 + LEARN_EVERY_SECONDS - 1));
+        assert!(t.take_learning_turn(1_000 + LEARN_EVERY_SECONDS));
+        for i in 0..MAX_LISTED_TOOLS {
+            t.learn(&format!("tool_{i}"));
+        }
+        assert!(
+            !t.take_learning_turn(i64::MAX),
+            "a full table reads no answer"
+        );
     }
 
     #[test]

@@ -181,11 +181,12 @@ impl Metrics {
         }
     }
 
-    /// Whether this worker still learns the route's tool names from `tools/list` answers.
-    pub fn may_learn_tools(&self, route: usize) -> bool {
+    /// Whether to read this `tools/list` answer of a route that does not filter, only to
+    /// learn its tool names (at most one a minute per route and worker).
+    pub fn take_learning_turn(&self, route: usize, now: i64) -> bool {
         self.tallies
-            .try_borrow()
-            .is_ok_and(|t| t.may_learn_tools(route))
+            .try_borrow_mut()
+            .is_ok_and(|mut t| t.take_learning_turn(route, now))
     }
 
     /// This worker's call-outs in flight. (Envoy sums one gauge name over the workers: each

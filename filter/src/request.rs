@@ -215,7 +215,11 @@ impl RequestState {
                 if self.worker.borrow_mut().sync_keys() {
                     return self.decide_and_act(head, may_fetch_keys, now);
                 }
-                if self.worker.borrow_mut().want_keys(now, self.waiter()) {
+                if self
+                    .worker
+                    .borrow_mut()
+                    .want_keys(now, self.waiter(), &self.trace)
+                {
                     self.phase = Phase::AwaitingKeys(KeysFor::Decision(Box::new(head)));
                     Action::Pause
                 } else {
@@ -455,11 +459,14 @@ impl RequestState {
             }
             None => {
                 w.metrics.inc(Counter::Allowed);
-                // A `tools/list` answer is read to filter it, or to learn the server's tool
-                // names for the tool-call labels while this worker still takes new ones.
-                let filtering = route.filter_tools_list && route.policy.has_tool_rules;
-                if filtering || w.metrics.may_learn_tools(grant.route) {
-                    if let Some(id) = verdict.tools_list_id {
+                // A `tools/list` answer is read to filter it, or, once a minute, to learn the
+                // server's tool names for the tool-call labels.
+                if let Some(id) = verdict.tools_list_id {
+                    let filtering = route.filter_tools_list && route.policy.has_tool_rules;
+                    let now = decided_at
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                    if filtering || w.metrics.take_learning_turn(grant.route, now) {
                         self.response.filter = ResponseFilter::Json(id);
                         self.response.filtering = filtering;
                     }
@@ -1144,7 +1151,11 @@ impl RequestState {
                 // Signed with a key this worker has not fetched yet (the first app request
                 // after a start, or a new key): wait for the JWKS, then check it again. A
                 // refetch too recent to repeat, or a key still unknown after it, gets the page.
-                if may_wait && worker.borrow_mut().want_keys(now, self.waiter()) {
+                if may_wait
+                    && worker
+                        .borrow_mut()
+                        .want_keys(now, self.waiter(), &self.trace)
+                {
                     self.phase = Phase::AwaitingKeys(KeysFor::AppToken(te, expires_at));
                     return None;
                 }

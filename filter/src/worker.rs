@@ -107,6 +107,8 @@ struct Fetch {
     last_bootstrap: Option<i64>,
     last_refresh: Option<i64>,
     waiting: Vec<Waiter>,
+    /// The trace of the request that asked for the fetch: the fetch goes on in it.
+    trace: TraceContext,
 }
 
 /// What a request asks the token service's internal API for.
@@ -376,7 +378,7 @@ impl Worker {
 
     /// A request needs keys (unknown `kid`, or none yet). Returns whether it should wait for a
     /// fetch; `false` means decide now with the keys at hand (a refetch was too recent).
-    pub fn want_keys(&mut self, now: i64, waiter: Waiter) -> bool {
+    pub fn want_keys(&mut self, now: i64, waiter: Waiter, trace: &TraceContext) -> bool {
         if self.config.jwks.is_none() || self.fetch.waiting.len() >= MAX_WAITING {
             return false;
         }
@@ -391,6 +393,7 @@ impl Worker {
             }
             *last = Some(now);
             self.fetch.wanted = true;
+            self.fetch.trace = trace.clone();
             self.speed_up_tick(waiter.id);
         }
         self.fetch.waiting.push(waiter);
@@ -452,7 +455,9 @@ impl Worker {
             return (period, Vec::new());
         }
         self.fetch.wanted = false;
-        if let Some(token) = dispatch_jwks(&fetch) {
+        // A scheduled refresh belongs to no request's trace.
+        let trace = std::mem::take(&mut self.fetch.trace);
+        if let Some(token) = dispatch_jwks(&fetch, &trace) {
             self.fetch.in_flight = true;
             self.fetch.token = Some(token);
             self.fetch.in_flight_since = Some(now);
@@ -756,13 +761,14 @@ impl Worker {
     }
 }
 
-fn dispatch_jwks(fetch: &warden_core::config::JwksFetch) -> Option<u32> {
-    let headers = vec![
+fn dispatch_jwks(fetch: &warden_core::config::JwksFetch, trace: &TraceContext) -> Option<u32> {
+    let mut headers = vec![
         (":method", "GET"),
         (":path", fetch.path.as_str()),
         (":authority", fetch.authority.as_str()),
         ("accept", "application/json"),
     ];
+    headers.extend(trace.headers());
     let timeout = Duration::from_millis(u64::from(fetch.timeout_ms));
     match hostcalls::dispatch_http_call(&fetch.cluster, headers, None, vec![], timeout) {
         Ok(token) => Some(token),

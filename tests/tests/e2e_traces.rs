@@ -3,6 +3,7 @@
 //! receiver here. A client's `tools/call` whose upstream token needs a refresh carries a
 //! `traceparent`; Envoy's span, the token service's handling of the filter's call-out and its
 //! call to the provider's token endpoint all land in that one trace, and no span holds a token.
+//! A key-set fetch a call sets off goes on in that call's trace too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::{Arc, Mutex};
@@ -138,19 +139,6 @@ fn shown(r: &Received) -> String {
 }
 
 /// The `authorization` header the MCP server received, from a `whoami` answer.
-fn received_bearer(resp: &RawResponse) -> String {
-    assert_eq!(resp.status, 200, "{}", resp.body);
-    let text = resp.json()["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no tool text: {}", resp.body))
-        .to_owned();
-    let me: Value = serde_json::from_str(&text).unwrap();
-    me["headers"]["authorization"][0]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test]
 async fn one_trace_runs_from_the_client_through_envoy_and_the_token_service_to_the_provider() {
     let (collector, collector_url) = Collector::start().await;
@@ -380,6 +368,59 @@ async fn one_trace_runs_from_the_client_through_envoy_and_the_token_service_to_t
         for query in ["?code=", "&code=", "?state=", "&state="] {
             assert!(!s.contains(query), "a span shows a query: {s}");
         }
+    }
+}
+
+#[tokio::test]
+async fn a_jwks_fetch_a_request_set_off_goes_on_in_its_trace() {
+    let (collector, endpoint) = Collector::start().await;
+    let opts = StackOptions {
+        config_hook: Some(Box::new(move |c: &mut Value| {
+            c["telemetry"] = json!({"otlp_endpoint": endpoint});
+        })),
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start_with(opts).await;
+    // A new signing key: the filter knows only the old one, so the first call with a token
+    // signed by the new key makes it fetch the key set, for that call.
+    stack.replace_signing_key().await;
+    let signed = stack.sign_in().await;
+    let trace_id = random_hex(16);
+    let traceparent = format!("00-{trace_id}-{}-01", random_hex(8));
+    let call = mcp_post(
+        &stack.mcp_url(),
+        &[
+            ("authorization", &format!("Bearer {}", signed.access_token)),
+            ("traceparent", &traceparent),
+        ],
+        "tools/call",
+        json!({"name": "whoami", "arguments": {}}),
+    )
+    .await;
+    assert_eq!(call.status, 200, "{}", call.body);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let spans = collector.spans();
+        let fetch = spans.iter().find(|r| {
+            hex(&r.span.trace_id) == trace_id
+                && r.service == "mcp-warden-token-service"
+                && r.span.name.starts_with("HTTP GET")
+                && text(&r.span.attributes, "http.route")
+                    .is_some_and(|route| route.contains("jwks"))
+        });
+        if fetch.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no JWKS fetch in trace {trace_id}; spans seen:\n{}",
+            spans
+                .iter()
+                .map(|r| format!("{} {}", hex(&r.span.trace_id), shown(r)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
