@@ -463,9 +463,7 @@ impl RequestState {
                 // server's tool names for the tool-call labels.
                 if let Some(id) = verdict.tools_list_id {
                     let filtering = route.filter_tools_list && route.policy.has_tool_rules;
-                    let now = decided_at
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                    let now = decided_at.map_or(0, seconds);
                     if filtering || w.metrics.take_learning_turn(grant.route, now) {
                         self.response.filter = ResponseFilter::Json(id);
                         self.response.filtering = filtering;

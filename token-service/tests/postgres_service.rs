@@ -9,72 +9,18 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::StatusCode;
 use common::pg::{on_postgres, PgDb};
+use common::upstream_route::*;
 use common::*;
 use demo_oauth_provider::{AuthStyle, ProviderConfig};
-use http_body_util::BodyExt;
-use serde_json::{json, Value};
-use tower::ServiceExt;
+use serde_json::Value;
 use warden_token_service::config::Config;
 
-const CLIENT_ID: &str = "warden-test";
-const CLIENT_SECRET: &str = "warden-test-secret";
 const GH: &str = "http://127.0.0.1:9000/gh";
 const PUBLIC_REDIRECT: &str = "http://127.0.0.1/callback";
 
 /// The usual test config plus a route `gh` whose server needs the user's account at
-/// `provider` (tokens sealed by the vault).
-fn upstream_yaml(dir: &std::path::Path, provider: &str) -> String {
-    let route = format!(
-        r#"  - name: gh
-    from: http://127.0.0.1:9000
-    prefix: /gh
-    to: http://127.0.0.1:9300/mcp
-    mcp:
-      server:
-        upstream_oauth2:
-          client_id: {CLIENT_ID}
-          client_secret: {CLIENT_SECRET}
-          scopes: [repo]
-          endpoint:
-            auth_url: {provider}/authorize
-            token_url: {provider}/token
-    policy: {{allow: {{and: [{{authenticated_user: true}}]}}}}
-"#
-    );
-    config_yaml(dir, &route, "ES256")
-}
-
-/// The internal upstream-token lookup, as the filter makes it.
-async fn lookup(env: &TestEnv) -> (StatusCode, Value) {
-    let credential = std::fs::read_to_string(env.state.config().internal_credential_file())
-        .unwrap()
-        .trim()
-        .to_owned();
-    let path = "/internal/v1/upstream-token";
-    let body = json!({"sub": EMAIL, "route": "gh"}).to_string();
-    let req = Request::post(path)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(
-            header::AUTHORIZATION,
-            env.internal_authorization(&credential, path, body.as_bytes()),
-        )
-        .body(Body::from(body))
-        .unwrap();
-    let resp = warden_token_service::internal::router(env.state.clone())
-        .oneshot(req)
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
 /// Signs in for the `gh` resource through the upstream consent; returns the client's
 /// token response.
 async fn sign_in_with_upstream(env: &TestEnv, provider: &Provider) -> Value {
@@ -121,6 +67,14 @@ fn count(counts: &[(&str, u64)], table: &str) -> u64 {
     counts.iter().find(|(t, _)| *t == table).unwrap().1
 }
 
+/// The credential the filter signs its calls with, as the service keeps it.
+fn internal_credential(env: &TestEnv) -> String {
+    std::fs::read_to_string(env.state.config().internal_credential_file())
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
 #[tokio::test]
 async fn a_sqlite_deployment_moves_to_postgresql_with_its_tokens() {
     let Some(db) = PgDb::create() else { return };
@@ -143,7 +97,7 @@ async fn a_sqlite_deployment_moves_to_postgresql_with_its_tokens() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let refresh = r.json()["refresh_token"].as_str().unwrap().to_owned();
-    let (status, before) = lookup(&env).await;
+    let (status, before) = lookup(&env, &internal_credential(&env)).await;
     assert_eq!(status, StatusCode::OK, "{before}");
     let sqlite_yaml = upstream_yaml(env.dir.path(), &provider.url);
     let TestEnv {
@@ -238,7 +192,7 @@ async fn a_sqlite_deployment_moves_to_postgresql_with_its_tokens() {
     // The service on PostgreSQL with the same keys: the refresh token still works, and the
     // sealed upstream token still opens.
     let env = TestEnv::open(dir, pg_config);
-    let (status, after) = lookup(&env).await;
+    let (status, after) = lookup(&env, &internal_credential(&env)).await;
     assert_eq!(status, StatusCode::OK, "{after}");
     assert_eq!(after["access_token"], before["access_token"]);
     let r = env.refresh_public("public-app", &refresh).await;

@@ -253,9 +253,7 @@ impl Vault {
             return Some(p.clone());
         }
         let d = self.discovered.as_ref()?;
-        d.discovers(route)
-            .then(|| d.current(route).ok().map(|r| r.provider.clone()))
-            .flatten()
+        d.current(route).ok().map(|r| r.provider.clone())
     }
 
     /// Whether the route has upstream OAuth, configured or discovered.

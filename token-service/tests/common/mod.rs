@@ -4,6 +4,7 @@
 pub mod pg;
 pub mod served;
 pub mod tls;
+pub mod upstream_route;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
