@@ -3,6 +3,8 @@
 //! behind browser sign-in) by `app`. The adapter gathers a `RequestHead`, calls `decide`,
 //! and executes the returned `Step`.
 
+use std::borrow::Cow;
+
 use crate::app::{self, AppHead};
 use crate::config::{CompiledConfig, Route, RouteKind, ENVOY_ROUTE_PREFIX};
 use crate::reply::{preflight, LocalReply};
@@ -25,10 +27,20 @@ enum Destination<'c> {
     Client(usize, &'c Route),
 }
 
+/// The authority in lower case, copied only when it has an upper-case letter (Envoy passes
+/// the client's spelling; most are lower case already).
+fn lower_case(authority: Cow<'_, str>) -> Cow<'_, str> {
+    if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(authority.to_ascii_lowercase())
+    } else {
+        authority
+    }
+}
+
 pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
     // Bytes that are not UTF-8 are decoded lossily, never waved through: a request must not
     // escape its route by being malformed.
-    let authority = String::from_utf8_lossy(head.authority).to_ascii_lowercase();
+    let authority = lower_case(String::from_utf8_lossy(head.authority));
     let path = String::from_utf8_lossy(head.path);
     let path_only = path.split(['?', '#']).next().unwrap_or_default();
     let scheme = String::from_utf8_lossy(head.scheme);
@@ -60,7 +72,7 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
 /// The MCP server route a request is on, for a refusal's metrics: the refusal path locates
 /// the request again (never the warm path, which has its route in the `Grant`).
 pub fn server_route_of(head: &RequestHead<'_>, config: &CompiledConfig) -> Option<usize> {
-    let authority = String::from_utf8_lossy(head.authority).to_ascii_lowercase();
+    let authority = lower_case(String::from_utf8_lossy(head.authority));
     let path = String::from_utf8_lossy(head.path);
     let path_only = path.split(['?', '#']).next().unwrap_or_default();
     match locate(head, config, &authority, path_only) {
@@ -215,7 +227,7 @@ mod tests {
             path,
             envoy_route: None,
             origin: None,
-            authorization: auth,
+            authorization: auth.into(),
             is_preflight: false,
             ..RequestHead::default()
         }

@@ -7,6 +7,7 @@ pub mod assertion;
 pub mod cache;
 pub mod config;
 pub mod content_type;
+pub mod header_text;
 pub mod internal_api;
 pub mod jsonrpc;
 pub mod keys;

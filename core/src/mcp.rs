@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{DenyStyle, Route};
 use crate::content_type;
+use crate::header_text::HeaderText;
 use crate::jsonrpc::{inspect_with, Body, InspectError};
 use crate::mcp_headers::{self, RoutingHeaders, HEADER_MISMATCH};
 use crate::names::{fold, is_folded};
@@ -24,11 +25,11 @@ pub const FORBIDDEN: i64 = -32003;
 /// What the filter read of the request besides the body.
 #[derive(Debug, Default, Clone)]
 pub struct CallHead {
-    pub method: String,
-    pub content_type: Option<String>,
-    pub content_encoding: Option<String>,
+    pub method: HeaderText,
+    pub content_type: Option<HeaderText>,
+    pub content_encoding: Option<HeaderText>,
     pub routing: RoutingHeaders,
-    pub request_id: String,
+    pub request_id: HeaderText,
     /// A header the judgement reads that came more than once (its lower-case name): the
     /// filter would read one copy and a server perhaps another, so it is never judged.
     pub repeated: Option<&'static str>,
@@ -38,7 +39,7 @@ impl CallHead {
     /// Keeps a header the judgement reads (`content-type`, `content-encoding`,
     /// `mcp-protocol-version`, `mcp-method`, `mcp-name`; lower case, as Envoy gives names),
     /// or marks it repeated when it came before. Other names are ignored.
-    pub fn record_header(&mut self, name: &[u8], value: String) {
+    pub fn record_header(&mut self, name: &[u8], value: HeaderText) {
         let (slot, name) = match name {
             b"content-type" => (&mut self.content_type, "content-type"),
             b"content-encoding" => (&mut self.content_encoding, "content-encoding"),

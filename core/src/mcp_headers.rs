@@ -5,6 +5,7 @@
 
 use base64::Engine;
 
+use crate::header_text::HeaderText;
 use crate::jsonrpc::Message;
 
 /// JSON-RPC error code for a header that disagrees with the body.
@@ -14,9 +15,9 @@ pub const STATELESS_ERA: &str = "2026-07-28";
 
 #[derive(Debug, Default, Clone)]
 pub struct RoutingHeaders {
-    pub protocol_version: Option<String>,
-    pub method: Option<String>,
-    pub name: Option<String>,
+    pub protocol_version: Option<HeaderText>,
+    pub method: Option<HeaderText>,
+    pub name: Option<HeaderText>,
 }
 
 impl RoutingHeaders {
@@ -48,7 +49,7 @@ pub fn check(headers: &RoutingHeaders, message: &Message) -> Result<(), String> 
         None if required => return Err("missing Mcp-Method header".into()),
         _ => {}
     }
-    if let Some(expected) = message.name.as_deref() {
+    if let Some(expected) = message.routing_name() {
         match headers.name.as_deref() {
             Some(raw_header) => {
                 let decoded =

@@ -148,7 +148,7 @@ fn identity(
     route: &Route,
     cors: Option<&str>,
 ) -> Result<Rc<Identity>, NoIdentity> {
-    let token = match bearer_token(&head.authorization) {
+    let token = match bearer_token(head.authorization.as_slice()) {
         Ok(token) => token,
         Err(BearerProblem::Missing) => {
             return Err(NoIdentity::Reply(

@@ -32,8 +32,8 @@ pub struct RequestHead<'a> {
     /// host's route.
     pub envoy_route_in_header: bool,
     pub origin: Option<&'a [u8]>,
-    /// Every `Authorization` header value, in order.
-    pub authorization: Vec<&'a [u8]>,
+    /// The `Authorization` header values, in order (the first two: enough to refuse many).
+    pub authorization: OnceHeader<'a>,
     pub is_preflight: bool,
     pub content_length: Option<&'a [u8]>,
     /// Any `Transfer-Encoding` header was present.
@@ -46,6 +46,38 @@ pub struct RequestHead<'a> {
     pub method_override: bool,
     /// Every `Cookie` header value, in order (read on client routes only).
     pub cookies: Vec<&'a [u8]>,
+}
+
+/// A header that must come once: its first two values tell one from many, without an
+/// allocation on every request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OnceHeader<'a> {
+    values: [&'a [u8]; 2],
+    count: usize,
+}
+
+impl<'a> OnceHeader<'a> {
+    pub fn push(&mut self, value: &'a [u8]) {
+        if let Some(slot) = self.values.get_mut(self.count) {
+            *slot = value;
+        }
+        self.count = self.count.saturating_add(1);
+    }
+
+    /// The values kept: none, one, or the first two of many.
+    pub fn as_slice(&self) -> &[&'a [u8]] {
+        self.values.get(..self.count.min(2)).unwrap_or_default()
+    }
+}
+
+impl<'a> From<Vec<&'a [u8]>> for OnceHeader<'a> {
+    fn from(values: Vec<&'a [u8]>) -> Self {
+        let mut once = OnceHeader::default();
+        for v in values {
+            once.push(v);
+        }
+        once
+    }
 }
 
 /// What the adapter must do next.

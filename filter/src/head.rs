@@ -6,9 +6,11 @@ use std::ops::Range;
 
 use proxy_wasm::hostcalls;
 use warden_core::access::RequestHead;
+use warden_core::header_text::HeaderText;
 use warden_core::internal_api::is_client_assertion;
 use warden_core::mcp::CallHead;
 use warden_core::names::{disguised_header, is_method_override};
+use warden_core::step::OnceHeader;
 use warden_core::trace_context::TraceContext;
 
 use crate::headers::HeaderBlock;
@@ -21,11 +23,11 @@ pub struct OwnedHead {
     authority: Range<usize>,
     scheme: Range<usize>,
     pub path: Range<usize>,
-    envoy_route: Option<Vec<u8>>,
+    envoy_route: EnvoyRoute,
     /// `envoy_route` came from the plugin's `route_header`.
     route_in_header: bool,
     origin: Option<Range<usize>>,
-    authorization: Vec<Range<usize>>,
+    authorization: OnceRanges,
     is_preflight: bool,
     content_length: Option<Range<usize>>,
     transfer_encoding: bool,
@@ -57,10 +59,10 @@ impl OwnedHead {
             authority: 0..0,
             scheme: 0..0,
             path: 0..0,
-            envoy_route: None,
+            envoy_route: EnvoyRoute::Unknown,
             route_in_header: route_header.is_some(),
             origin: None,
-            authorization: Vec::new(),
+            authorization: OnceRanges::default(),
             is_preflight: false,
             content_length: None,
             transfer_encoding: false,
@@ -76,10 +78,10 @@ impl OwnedHead {
         let route_header = route_header.map(str::as_bytes);
         let mut envoy_routes = 0;
         for (name, value) in block.pairs() {
-            let text = || lossy(block.get(&value));
+            let text = || header_text(block.get(&value));
             if Some(name) == route_header {
                 envoy_routes += 1;
-                head.envoy_route = Some(block.get(&value).to_vec());
+                head.envoy_route = EnvoyRoute::Header(value);
                 continue;
             }
             match name {
@@ -118,13 +120,14 @@ impl OwnedHead {
             // panics.
             head.envoy_route = hostcalls::get_property(vec!["xds", "route_name"])
                 .ok()
-                .flatten();
+                .flatten()
+                .map_or(EnvoyRoute::Unknown, EnvoyRoute::Property);
         } else if envoy_routes > 1 {
             // Envoy sets the header once: two mean the route cannot be known. A name of no
             // route fails closed (403 route-unknown).
-            head.envoy_route = Some(warden_core::config::ENVOY_ROUTE_PREFIX.as_bytes().to_vec());
+            head.envoy_route = EnvoyRoute::Ambiguous;
         }
-        head.call.method = lossy(block.get(&head.method));
+        head.call.method = header_text(block.get(&head.method));
         head.block = block;
         head
     }
@@ -136,10 +139,15 @@ impl OwnedHead {
             authority: b.get(&self.authority),
             scheme: b.get(&self.scheme),
             path: b.get(&self.path),
-            envoy_route: self.envoy_route.as_deref(),
+            envoy_route: match &self.envoy_route {
+                EnvoyRoute::Unknown => None,
+                EnvoyRoute::Header(r) => Some(b.get(r)),
+                EnvoyRoute::Property(name) => Some(name),
+                EnvoyRoute::Ambiguous => Some(warden_core::config::ENVOY_ROUTE_PREFIX.as_bytes()),
+            },
             envoy_route_in_header: self.route_in_header,
             origin: self.origin.as_ref().map(|r| b.get(r)),
-            authorization: self.authorization.iter().map(|r| b.get(r)).collect(),
+            authorization: self.authorization.view(b),
             is_preflight: self.is_preflight,
             content_length: self.content_length.as_ref().map(|r| b.get(r)),
             transfer_encoding: self.transfer_encoding,
@@ -149,6 +157,46 @@ impl OwnedHead {
             cookies: self.cookies.iter().map(|r| b.get(r)).collect(),
         }
     }
+}
+
+/// Envoy's route for the request, as the head found it.
+enum EnvoyRoute {
+    Unknown,
+    /// The plugin's `route_header`, once.
+    Header(Range<usize>),
+    /// The `xds.route_name` property.
+    Property(Vec<u8>),
+    /// The route header came more than once: the name of no route (403 route-unknown).
+    Ambiguous,
+}
+
+/// The ranges of a header that must come once: the first two tell one from many.
+#[derive(Default)]
+struct OnceRanges {
+    first: [Range<usize>; 2],
+    count: usize,
+}
+
+impl OnceRanges {
+    fn push(&mut self, value: Range<usize>) {
+        if let Some(slot) = self.first.get_mut(self.count) {
+            *slot = value;
+        }
+        self.count = self.count.saturating_add(1);
+    }
+
+    fn view<'a>(&self, block: &'a HeaderBlock) -> OnceHeader<'a> {
+        let mut once = OnceHeader::default();
+        for range in self.first.iter().take(self.count) {
+            once.push(block.get(range));
+        }
+        once
+    }
+}
+
+/// A value the judgement reads, copied without an allocation when short (`HeaderText`).
+fn header_text(bytes: &[u8]) -> HeaderText {
+    HeaderText::new(&String::from_utf8_lossy(bytes))
 }
 
 fn lossy(bytes: &[u8]) -> String {

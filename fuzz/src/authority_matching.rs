@@ -114,7 +114,7 @@ pub fn run(data: &[u8]) -> &'static str {
         envoy_route,
         envoy_route_in_header: words.has("header"),
         origin: words.has("origin").then_some(origin),
-        authorization: authorizations.clone(),
+        authorization: authorizations.clone().into(),
         is_preflight: words.has("preflight"),
         content_length: length,
         transfer_encoding: words.has("chunked"),
