@@ -13,6 +13,7 @@ use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, Seq
 use serde_json::{Map, Value};
 
 use crate::names::{fold, is_folded};
+use crate::short_text::ShortText;
 
 /// A seed that is its own visitor: it reads whatever value comes.
 macro_rules! seed_is_visitor {
@@ -80,7 +81,35 @@ impl Message {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Body {
     pub batch: bool,
-    pub messages: Vec<Message>,
+    pub messages: Messages,
+}
+
+/// The messages of a body, read as a slice: a lone message (nearly every request) is kept
+/// without the allocation of a one-element vector.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
+pub enum Messages {
+    One([Message; 1]),
+    Many(Vec<Message>),
+}
+
+impl std::ops::Deref for Messages {
+    type Target = [Message];
+    fn deref(&self) -> &[Message] {
+        match self {
+            Messages::One(one) => one,
+            Messages::Many(many) => many,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Messages {
+    fn deref_mut(&mut self) -> &mut [Message] {
+        match self {
+            Messages::One(one) => one,
+            Messages::Many(many) => many,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,12 +161,12 @@ pub fn inspect_with(body: &[u8], with_arguments: bool) -> Result<Body, InspectEr
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Body {
                 batch: true,
-                messages,
+                messages: Messages::Many(messages),
             })
         }
         Top::One(item) => Ok(Body {
             batch: false,
-            messages: vec![message(item)?],
+            messages: Messages::One([message(item)?]),
         }),
     }
 }
@@ -220,7 +249,7 @@ fn message(m: Captured<'_>) -> Result<Message, InspectError> {
                 meta_protocol_version: None,
             });
         }
-        Some(Scalar::Str(m)) => m.into_owned(),
+        Some(Scalar::Str(m)) => m,
         Some(_) => return invalid("\"method\" must be a string"),
     };
     crate::names::check_method(&method).map_err(InspectError::Invalid)?;
@@ -230,7 +259,7 @@ fn message(m: Captured<'_>) -> Result<Message, InspectError> {
     ) {
         return invalid("\"params\" must be an object or an array");
     }
-    let name_key = match method.as_str() {
+    let name_key = match method.as_ref() {
         "tools/call" | "prompts/get" => Some("name"),
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some("uri"),
         "tasks/get" | "tasks/update" | "tasks/cancel" => Some("taskId"),
@@ -240,7 +269,7 @@ fn message(m: Captured<'_>) -> Result<Message, InspectError> {
         None => None,
         Some(k) => match params.and_then(|p| p.named(k)) {
             None => return Err(InspectError::Invalid(format!("{method} needs params.{k}"))),
-            Some(Scalar::Str(s)) => Some(s.to_string()),
+            Some(Scalar::Str(s)) => Some(s.as_ref()),
             Some(_) => {
                 return Err(InspectError::Invalid(format!(
                     "params.{k} must be a string"
@@ -250,7 +279,7 @@ fn message(m: Captured<'_>) -> Result<Message, InspectError> {
     };
     let meta_protocol_version = params.and_then(|p| p.meta_protocol_version.clone());
     let (tool, name, arguments) = if method == "tools/call" {
-        if let Some(name) = &name {
+        if let Some(name) = name {
             crate::names::check_tool_name(name).map_err(InspectError::Invalid)?;
         }
         let arguments = match params.and_then(|p| p.arguments.as_ref()) {
@@ -259,14 +288,14 @@ fn message(m: Captured<'_>) -> Result<Message, InspectError> {
             Some(Arguments::Other) => return invalid("params.arguments must be an object"),
         };
         // The tool's name is also what `Mcp-Name` carries (`routing_name`): kept once.
-        (name, None, arguments)
+        (name.map(ShortText::new), None, arguments)
     } else {
-        (None, name, None)
+        (None, name.map(str::to_string), None)
     };
     Ok(Message {
         id,
         call: McpCall {
-            method: Some(method),
+            method: Some(ShortText::new(&method)),
             tool,
             arguments,
         },
@@ -780,7 +809,7 @@ mod tests {
     use super::*;
 
     fn tool_of(body: &str) -> Result<Option<String>, InspectError> {
-        inspect(body.as_bytes()).map(|b| b.messages[0].call.tool.clone())
+        inspect(body.as_bytes()).map(|b| b.messages[0].call.tool.as_deref().map(str::to_string))
     }
 
     #[test]

@@ -7,13 +7,13 @@ use serde_json::{Map, Value};
 
 use crate::config::{DenyStyle, Route};
 use crate::content_type;
-use crate::header_text::HeaderText;
 use crate::jsonrpc::{inspect_with, Body, InspectError};
 use crate::mcp_headers::{self, RoutingHeaders, HEADER_MISMATCH};
 use crate::names::{fold, is_folded};
 use crate::policy::{Decision, McpCall, Names, PolicyInput};
 pub use crate::reply::jsonrpc_error;
 use crate::reply::LocalReply;
+use crate::short_text::ShortText;
 use crate::token::TeClaims;
 
 pub const PARSE_ERROR: i64 = -32700;
@@ -25,11 +25,11 @@ pub const FORBIDDEN: i64 = -32003;
 /// What the filter read of the request besides the body.
 #[derive(Debug, Default, Clone)]
 pub struct CallHead {
-    pub method: HeaderText,
-    pub content_type: Option<HeaderText>,
-    pub content_encoding: Option<HeaderText>,
+    pub method: ShortText,
+    pub content_type: Option<ShortText>,
+    pub content_encoding: Option<ShortText>,
     pub routing: RoutingHeaders,
-    pub request_id: HeaderText,
+    pub request_id: ShortText,
     /// A header the judgement reads that came more than once (its lower-case name): the
     /// filter would read one copy and a server perhaps another, so it is never judged.
     pub repeated: Option<&'static str>,
@@ -39,7 +39,7 @@ impl CallHead {
     /// Keeps a header the judgement reads (`content-type`, `content-encoding`,
     /// `mcp-protocol-version`, `mcp-method`, `mcp-name`; lower case, as Envoy gives names),
     /// or marks it repeated when it came before. Other names are ignored.
-    pub fn record_header(&mut self, name: &[u8], value: HeaderText) {
+    pub fn record_header(&mut self, name: &[u8], value: ShortText) {
         let (slot, name) = match name {
             b"content-type" => (&mut self.content_type, "content-type"),
             b"content-encoding" => (&mut self.content_encoding, "content-encoding"),
@@ -70,8 +70,8 @@ pub struct Verdict {
 /// record nobody reads costs no copies.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AuthorizeLog {
-    pub mcp_method: Option<String>,
-    pub mcp_tool: Option<String>,
+    pub mcp_method: Option<ShortText>,
+    pub mcp_tool: Option<ShortText>,
     pub mcp_tool_parameters: Option<Value>,
     pub batch_size: usize,
     pub allow: bool,
@@ -401,7 +401,7 @@ pub fn judge_body_with(
         record(&mut log, decision, index == 0);
     }
     let all_permitted = shown.is_none();
-    let tools_list_id = match parsed.messages.as_mut_slice() {
+    let tools_list_id = match &mut parsed.messages[..] {
         [m] if all_permitted && !parsed.batch && m.call.method.as_deref() == Some("tools/list") => {
             m.id.take()
         }
@@ -480,7 +480,7 @@ fn ambiguity(route: &Route, input: &PolicyInput<'_>, decision: &Decision) -> Opt
             }
         }
     }
-    let has_upper = |s: &Option<String>| {
+    let has_upper = |s: &Option<ShortText>| {
         s.as_deref()
             .is_some_and(|s| s.bytes().any(|b| b.is_ascii_uppercase()))
     };
@@ -531,7 +531,7 @@ fn look_alike_key<'a>(arguments: &'a Value, path: &[String]) -> Option<&'a str> 
 pub fn may_call_tool(route: &Route, claims: &TeClaims, tool: &str) -> bool {
     let call = McpCall {
         method: Some("tools/call".into()),
-        tool: Some(tool.to_string()),
+        tool: Some(tool.into()),
         arguments: None,
     };
     crate::names::is_valid_tool_name(tool)

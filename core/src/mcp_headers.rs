@@ -5,8 +5,8 @@
 
 use base64::Engine;
 
-use crate::header_text::HeaderText;
 use crate::jsonrpc::Message;
+use crate::short_text::ShortText;
 
 /// JSON-RPC error code for a header that disagrees with the body.
 pub const HEADER_MISMATCH: i64 = -32020;
@@ -15,9 +15,9 @@ pub const STATELESS_ERA: &str = "2026-07-28";
 
 #[derive(Debug, Default, Clone)]
 pub struct RoutingHeaders {
-    pub protocol_version: Option<HeaderText>,
-    pub method: Option<HeaderText>,
-    pub name: Option<HeaderText>,
+    pub protocol_version: Option<ShortText>,
+    pub method: Option<ShortText>,
+    pub name: Option<ShortText>,
 }
 
 impl RoutingHeaders {

@@ -7,15 +7,16 @@
 
 use serde_json::Value;
 
+use crate::short_text::ShortText;
 use crate::token::TeClaims;
 
 /// The MCP call being judged, as the inspector extracted it. `None` for requests without a
 /// JSON-RPC method (handshake-era GET/DELETE, client responses).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct McpCall {
-    pub method: Option<String>,
+    pub method: Option<ShortText>,
     /// `params.name` of a `tools/call`.
-    pub tool: Option<String>,
+    pub tool: Option<ShortText>,
     /// `params.arguments` of a `tools/call`.
     pub arguments: Option<Value>,
 }

@@ -183,7 +183,7 @@ mod tests {
         let tool = "t".repeat(300);
         let log = AuthorizeLog {
             mcp_method: Some("tools/call".into()),
-            mcp_tool: Some(tool),
+            mcp_tool: Some(tool.into()),
             mcp_tool_parameters: Some(serde_json::json!({"secret": "x"})),
             ..AuthorizeLog::default()
         };

@@ -6,10 +6,10 @@ use std::ops::Range;
 
 use proxy_wasm::hostcalls;
 use warden_core::access::RequestHead;
-use warden_core::header_text::HeaderText;
 use warden_core::internal_api::is_client_assertion;
 use warden_core::mcp::CallHead;
 use warden_core::names::{disguised_header, is_method_override};
+use warden_core::short_text::ShortText;
 use warden_core::step::OnceHeader;
 use warden_core::trace_context::TraceContext;
 
@@ -78,7 +78,7 @@ impl OwnedHead {
         let route_header = route_header.map(str::as_bytes);
         let mut envoy_routes = 0;
         for (name, value) in block.pairs() {
-            let text = || header_text(block.get(&value));
+            let text = || short_text(block.get(&value));
             if Some(name) == route_header {
                 envoy_routes += 1;
                 head.envoy_route = EnvoyRoute::Header(value);
@@ -127,7 +127,7 @@ impl OwnedHead {
             // route fails closed (403 route-unknown).
             head.envoy_route = EnvoyRoute::Ambiguous;
         }
-        head.call.method = header_text(block.get(&head.method));
+        head.call.method = short_text(block.get(&head.method));
         head.block = block;
         head
     }
@@ -194,9 +194,9 @@ impl OnceRanges {
     }
 }
 
-/// A value the judgement reads, copied without an allocation when short (`HeaderText`).
-fn header_text(bytes: &[u8]) -> HeaderText {
-    HeaderText::new(&String::from_utf8_lossy(bytes))
+/// A value the judgement reads, copied without an allocation when short (`ShortText`).
+fn short_text(bytes: &[u8]) -> ShortText {
+    ShortText::new(&String::from_utf8_lossy(bytes))
 }
 
 fn lossy(bytes: &[u8]) -> String {

@@ -20,6 +20,7 @@ use warden_core::mcp::{self as judge, CallHead, Verdict};
 use warden_core::metrics::{Decision, MethodLabel};
 use warden_core::reply::{token_service_unavailable, LocalReply, ReplyTo};
 use warden_core::revocation::FeedVerdict;
+use warden_core::short_text::ShortText;
 use warden_core::token::{Identity, TeClaims, TokenError};
 use warden_core::trace_context::{self, TraceContext};
 use warden_core::transport::MethodRule;
@@ -66,7 +67,7 @@ struct CallLabels {
     route: usize,
     method: MethodLabel,
     /// The tool a `tools/call` names.
-    tool: Option<String>,
+    tool: Option<ShortText>,
 }
 
 /// What the request body callbacks have seen so far (they may run while keys are fetched).

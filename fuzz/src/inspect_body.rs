@@ -20,7 +20,7 @@ pub fn run(data: &[u8]) -> &'static str {
         one => vec![one],
     };
     assert_eq!(messages.len(), body.messages.len());
-    for (raw, judged) in messages.iter().zip(&body.messages) {
+    for (raw, judged) in messages.iter().zip(body.messages.iter()) {
         let method = raw.get("method").and_then(|m| m.as_str());
         assert_eq!(method, judged.call.method.as_deref());
         if method == Some("tools/call") {

@@ -65,7 +65,7 @@ pub fn route_allows(route: &RouteConfig, claims: &TeClaims, method: Option<&str>
     let mut claims = claims.clone();
     claims.aud = Audience::One(route.resource());
     let call = McpCall {
-        method: method.map(str::to_owned),
+        method: method.map(Into::into),
         tool: None,
         arguments: None,
     };
