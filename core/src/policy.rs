@@ -84,8 +84,31 @@ enum StrOp {
     Contains(String),
     StartsWith(String),
     EndsWith(String),
-    In(Vec<String>),
-    NotIn(Vec<String>),
+    In(NameSet),
+    NotIn(NameSet),
+}
+
+/// The strings of an `in` / `not_in` list, ordered by length, then bytes: a look-up is a
+/// binary search whose comparisons are nearly all one length check, however long the list.
+#[derive(Debug, Clone, PartialEq)]
+struct NameSet(Vec<String>);
+
+impl NameSet {
+    fn new(mut names: Vec<String>) -> Self {
+        names.sort_by(|a, b| (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes())));
+        names.dedup();
+        NameSet(names)
+    }
+
+    fn contains(&self, s: &str) -> bool {
+        self.0
+            .binary_search_by(|v| (v.len(), v.as_bytes()).cmp(&(s.len(), s.as_bytes())))
+            .is_ok()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.iter()
+    }
 }
 
 /// `groups`: `has` (exact member) or string operators that some member must satisfy.
@@ -415,8 +438,8 @@ impl StringMatcher {
                         "contains" => StrOp::Contains(s()?),
                         "starts_with" => StrOp::StartsWith(s()?),
                         "ends_with" => StrOp::EndsWith(s()?),
-                        "in" => StrOp::In(string_list(arg, &at)?),
-                        "not_in" => StrOp::NotIn(string_list(arg, &at)?),
+                        "in" => StrOp::In(NameSet::new(string_list(arg, &at)?)),
+                        "not_in" => StrOp::NotIn(NameSet::new(string_list(arg, &at)?)),
                         other => {
                             return Err(perr(
                                 &at,
@@ -461,8 +484,8 @@ impl StringMatcher {
                     StrOp::Contains(v) => StrOp::Contains(lower(v)),
                     StrOp::StartsWith(v) => StrOp::StartsWith(lower(v)),
                     StrOp::EndsWith(v) => StrOp::EndsWith(lower(v)),
-                    StrOp::In(vs) => StrOp::In(vs.iter().map(lower).collect()),
-                    StrOp::NotIn(vs) => StrOp::NotIn(vs.iter().map(lower).collect()),
+                    StrOp::In(vs) => StrOp::In(NameSet::new(vs.iter().map(lower).collect())),
+                    StrOp::NotIn(vs) => StrOp::NotIn(NameSet::new(vs.iter().map(lower).collect())),
                 })
                 .collect(),
         )
@@ -475,8 +498,8 @@ impl StringMatcher {
             StrOp::Contains(v) => s.contains(v.as_str()),
             StrOp::StartsWith(v) => s.starts_with(v.as_str()),
             StrOp::EndsWith(v) => s.ends_with(v.as_str()),
-            StrOp::In(vs) => vs.iter().any(|v| v == s),
-            StrOp::NotIn(vs) => !vs.iter().any(|v| v == s),
+            StrOp::In(vs) => vs.contains(s),
+            StrOp::NotIn(vs) => !vs.contains(s),
         })
     }
 }

@@ -375,3 +375,54 @@ fn identity_criteria_judge_a_service_client_as_they_judge_a_user() {
     assert!(permits(&p, &claims("ann@corp.example", &[]), &call));
     assert!(!permits(&p, &svc, &call));
 }
+
+#[test]
+fn in_and_not_in_lists_match_exactly_whatever_their_order_length_or_duplicates() {
+    // Names of equal length, prefixes of each other, multibyte, repeated and out of order:
+    // the lists are searched, not scanned, and must answer as a scan would.
+    let names = [
+        "read",
+        "reads",
+        "write",
+        "erase",
+        "é_tool",
+        "a",
+        "read",
+        "list_directory",
+        "ab",
+        "ba",
+    ];
+    let p = Policy::compile(
+        &json!([{"allow": {"or": [{"mcp_tool": {"in": names}}]}},
+                {"deny": {"or": [{"mcp_tool": {"not_in": names}}]}}]),
+        "policy",
+    )
+    .unwrap();
+    let c = claims("u@example.com", &[]);
+    for name in names {
+        assert!(permits(&p, &c, &tool_call(name, json!({}))), "{name}");
+    }
+    for other in [
+        "rea",
+        "readx",
+        "Read",
+        "b",
+        "aa",
+        "é_too",
+        "e_tool",
+        "list_directorz",
+        "",
+    ] {
+        assert!(!permits(&p, &c, &tool_call(other, json!({}))), "{other}");
+    }
+    let many: Vec<String> = (0..500).map(|i| format!("tool_{i}")).collect();
+    let p = Policy::compile(
+        &json!([{"allow": {"or": [{"mcp_tool": {"in": many}}]}}]),
+        "policy",
+    )
+    .unwrap();
+    for i in [0, 7, 99, 250, 499] {
+        assert!(permits(&p, &c, &tool_call(&format!("tool_{i}"), json!({}))));
+    }
+    assert!(!permits(&p, &c, &tool_call("tool_500", json!({}))));
+}
