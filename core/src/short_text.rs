@@ -10,7 +10,11 @@ use std::ops::Deref;
 const INLINE: usize = 46;
 
 #[derive(Clone, PartialEq, Eq)]
-pub enum ShortText {
+pub struct ShortText(Repr);
+
+/// Private, so only `new` ever writes the inline bytes (what makes `as_str` sound).
+#[derive(Clone, PartialEq, Eq)]
+enum Repr {
     Inline { len: u8, bytes: [u8; INLINE] },
     Heap(Box<str>),
 }
@@ -21,24 +25,26 @@ impl ShortText {
         match bytes.get_mut(..text.len()) {
             Some(slot) => {
                 slot.copy_from_slice(text.as_bytes());
-                ShortText::Inline {
+                ShortText(Repr::Inline {
                     // At most INLINE, which fits a byte.
                     len: text.len() as u8,
                     bytes,
-                }
+                })
             }
-            None => ShortText::Heap(text.into()),
+            None => ShortText(Repr::Heap(text.into())),
         }
     }
 
     pub fn as_str(&self) -> &str {
-        match self {
-            // Always a whole `&str` copied in by `new`: the check cannot fail.
-            ShortText::Inline { len, bytes } => {
-                std::str::from_utf8(bytes.get(..usize::from(*len)).unwrap_or_default())
-                    .unwrap_or_default()
+        match &self.0 {
+            Repr::Inline { len, bytes } => {
+                let text = bytes.get(..usize::from(*len)).unwrap_or_default();
+                // SAFETY: `new` copied these bytes from a whole `&str`, and `Repr` is private to
+                // this file, where nothing else writes them: they are UTF-8. Read on every comparison of the warm path: checking again would cost
+                // more than the allocation this type saves.
+                unsafe { std::str::from_utf8_unchecked(text) }
             }
-            ShortText::Heap(text) => text,
+            Repr::Heap(text) => text,
         }
     }
 }
@@ -99,13 +105,13 @@ mod tests {
     #[test]
     fn short_values_are_inline_and_long_ones_whole_on_the_heap() {
         let id = "5f0c7a1e-3b1d-4a8e-9c61-2f1e8d7b6a10";
-        assert!(matches!(ShortText::new(id), ShortText::Inline { .. }));
+        assert!(matches!(ShortText::new(id).0, Repr::Inline { .. }));
         assert_eq!(ShortText::new(id).as_str(), id);
         let exact = "x".repeat(INLINE);
-        assert!(matches!(ShortText::new(&exact), ShortText::Inline { .. }));
+        assert!(matches!(ShortText::new(&exact).0, Repr::Inline { .. }));
         assert_eq!(&*ShortText::new(&exact), exact);
         let long = "y".repeat(INLINE + 1);
-        assert!(matches!(ShortText::new(&long), ShortText::Heap(_)));
+        assert!(matches!(ShortText::new(&long).0, Repr::Heap(_)));
         assert_eq!(&*ShortText::new(&long), long);
         let multibyte = "é".repeat(INLINE / 2);
         assert_eq!(ShortText::new(&multibyte).as_str(), multibyte);
