@@ -88,26 +88,31 @@ enum StrOp {
     NotIn(NameSet),
 }
 
-/// The strings of an `in` / `not_in` list, ordered by length, then bytes: a look-up is a
-/// binary search whose comparisons are nearly all one length check, however long the list.
+/// The strings of an `in` / `not_in` list, as written (for the names the policy lists) and
+/// ordered by length, then bytes: a look-up is a binary search whose comparisons are nearly
+/// all one length check, however long the list.
 #[derive(Debug, Clone, PartialEq)]
-struct NameSet(Vec<String>);
+struct NameSet {
+    listed: Vec<String>,
+    sorted: Vec<String>,
+}
 
 impl NameSet {
-    fn new(mut names: Vec<String>) -> Self {
-        names.sort_by(|a, b| (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes())));
-        names.dedup();
-        NameSet(names)
+    fn new(listed: Vec<String>) -> Self {
+        let mut sorted = listed.clone();
+        sorted.sort_by(|a, b| (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes())));
+        sorted.dedup();
+        NameSet { listed, sorted }
     }
 
     fn contains(&self, s: &str) -> bool {
-        self.0
+        self.sorted
             .binary_search_by(|v| (v.len(), v.as_bytes()).cmp(&(s.len(), s.as_bytes())))
             .is_ok()
     }
 
     fn iter(&self) -> std::slice::Iter<'_, String> {
-        self.0.iter()
+        self.listed.iter()
     }
 }
 
