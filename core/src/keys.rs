@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use base64ct::{Base64UrlUnpadded, Encoding};
 use jwt_compact::alg::{Ed25519, Es256};
 use jwt_compact::jwk::JsonWebKey;
 
@@ -75,12 +76,9 @@ fn usable_key(value: &serde_json::Value) -> Option<(String, VerifyingKey)> {
         return None;
     }
     let declared_alg = value.get("alg").and_then(|a| a.as_str());
-    let jwk: JsonWebKey<'_> = serde_json::from_value(value.clone()).ok()?;
-    let key = match &jwk {
-        JsonWebKey::EllipticCurve { curve, .. } if curve == "P-256" => {
-            VerifyingKey::Es256((&jwk).try_into().ok()?)
-        }
-        JsonWebKey::KeyPair { .. } => VerifyingKey::EdDsa((&jwk).try_into().ok()?),
+    let key = match jwk(value)? {
+        jwk @ JsonWebKey::EllipticCurve { .. } => VerifyingKey::Es256((&jwk).try_into().ok()?),
+        jwk @ JsonWebKey::KeyPair { .. } => VerifyingKey::EdDsa((&jwk).try_into().ok()?),
         _ => return None,
     };
     // A key published for another algorithm is not ours to reinterpret.
@@ -88,6 +86,48 @@ fn usable_key(value: &serde_json::Value) -> Option<(String, VerifyingKey)> {
         return None;
     }
     Some((kid, key))
+}
+
+/// The EC (P-256) or OKP key a JWK member describes, read as `jwt-compact`'s own
+/// `Deserialize` of `JsonWebKey` reads it (`kty`; `crv`; `x`, `y` and an optional `d` in
+/// unpadded base64url), without instantiating its internally tagged serde machinery for
+/// `serde_json::Value` (a cold path, and a large one in the filter's Wasm). `None` where that
+/// parse would fail or where the key is of a kind the filter does not use.
+fn jwk(value: &serde_json::Value) -> Option<JsonWebKey<'_>> {
+    use std::borrow::Cow;
+    let text = |name: &str| match value.get(name)? {
+        serde_json::Value::String(s) => Some(s.as_str()),
+        _ => None,
+    };
+    let bytes = |name: &str| Base64UrlUnpadded::decode_vec(text(name)?).ok();
+    // `d` may be absent or null; anything else must be base64url, or the whole key is refused.
+    let secret_ok = match value.get("d") {
+        None | Some(serde_json::Value::Null) => true,
+        Some(serde_json::Value::String(s)) => Base64UrlUnpadded::decode_vec(s).is_ok(),
+        Some(_) => false,
+    };
+    let kty = text("kty")?;
+    if kty == "EC" {
+        let curve = text("crv")?;
+        let (x, y) = (bytes("x")?, bytes("y")?);
+        // Only P-256 keys are used; another curve is skipped like any unusable key.
+        (secret_ok && curve == "P-256").then(|| JsonWebKey::EllipticCurve {
+            curve: Cow::Borrowed(curve),
+            x: Cow::Owned(x),
+            y: Cow::Owned(y),
+            secret: None,
+        })
+    } else if kty == "OKP" {
+        let curve = text("crv")?;
+        let x = bytes("x")?;
+        secret_ok.then(|| JsonWebKey::KeyPair {
+            curve: Cow::Borrowed(curve),
+            x: Cow::Owned(x),
+            secret: None,
+        })
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -110,5 +150,61 @@ mod tests {
         let mislabelled = ES256_JWKS.replace("\"alg\":\"ES256\"", "\"alg\":\"HS256\"");
         assert!(KeySet::from_jwks(mislabelled.as_bytes()).is_err());
         assert!(KeySet::from_jwks(b"not json").is_err());
+    }
+
+    /// The hand-written reading of a JWK member agrees with jwt-compact's `Deserialize` on
+    /// which keys become usable verifying keys.
+    fn usable(jwk: Option<JsonWebKey<'_>>) -> Option<String> {
+        let jwk = jwk?;
+        let key = match &jwk {
+            JsonWebKey::EllipticCurve { curve, .. } if curve == "P-256" => {
+                VerifyingKey::Es256((&jwk).try_into().ok()?)
+            }
+            JsonWebKey::KeyPair { .. } => VerifyingKey::EdDsa((&jwk).try_into().ok()?),
+            _ => return None,
+        };
+        Some(format!("{key:?}"))
+    }
+
+    #[test]
+    fn jwk_reading_matches_jwt_compact() {
+        let ec = |extra: &str| {
+            format!(
+                r#"{{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"{extra}}}"#
+            )
+        };
+        let okp = |extra: &str| {
+            format!(
+                r#"{{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"{extra}}}"#
+            )
+        };
+        let cases = [
+            ec(""),
+            ec(r#","d":null"#),
+            ec(r#","d":"AAAA""#),
+            ec(r#","d":"@@""#),
+            ec(r#","d":1"#),
+            ec(r#","use":"sig","alg":"ES256""#),
+            ec("").replace("P-256", "P-384"),
+            ec("").replace("f83O", "f83O="),
+            ec("").replace("\"y\"", "\"z\""),
+            ec("").replace("\"kty\":\"EC\"", "\"kty\":7"),
+            ec("").replace("\"kty\":\"EC\",", ""),
+            ec("").replace("RVEU", "RVE"),
+            okp(""),
+            okp(r#","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A""#),
+            okp(r#","d":"+/""#),
+            okp("").replace("Ed25519", "X25519"),
+            okp("").replace("HURo", "HUR"),
+            r#"{"kty":"RSA","n":"AQAB","e":"AQAB"}"#.to_string(),
+            r#"{"kty":"oct","k":"AQAB"}"#.to_string(),
+            r#"{"kty":"EC","crv":5,"x":"AA","y":"AA"}"#.to_string(),
+        ];
+        for case in cases {
+            let value: serde_json::Value = serde_json::from_str(&case).unwrap();
+            let theirs = usable(serde_json::from_value::<JsonWebKey<'_>>(value.clone()).ok());
+            let ours = usable(jwk(&value));
+            assert_eq!(theirs, ours, "{case}");
+        }
     }
 }
