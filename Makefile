@@ -171,9 +171,16 @@ fuzz:
 
 ## Benchmark (bench/README.md): the Wasm floor, the harness helpers, and the token service
 ## with the demo OAuth provider (its upstream provider), release builds.
+## The counting build of the filter (`--features alloc-count`, bench/README.md) is built in a
+## target directory of its own, so the product `$(WASM)` is never the counting build.
+ALLOC_TARGET := target/alloc-count
+ALLOC_WASM := target/wasm32-wasip1/release/warden_filter_alloc_count.wasm
 bench-build: wasm-target
 	cargo build -p warden-bench-floor --target wasm32-wasip1 --release
 	cargo build -p warden-bench-tools --release
+	CARGO_TARGET_DIR=$(ALLOC_TARGET) cargo build -p warden-filter --target wasm32-wasip1 --release --features alloc-count
+	@mkdir -p $(dir $(ALLOC_WASM))
+	cp $(ALLOC_TARGET)/wasm32-wasip1/release/warden_filter.wasm $(ALLOC_WASM)
 
 ## The token service phase's release builds (only `bench` and `bench-token` need them).
 bench-build-token:

@@ -17,6 +17,7 @@
 //! * `feed` — the revocation feed: one poller per Envoy (a lease in shared data), every
 //!   worker's copy refreshed at its tick, checked by `warden_core` on every TE.
 //! * `metrics` — the filter's counters.
+//! * `alloc_count` — with the `alloc-count` feature only (bench builds): the allocation counter.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -25,6 +26,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 use warden_core::config::CompiledConfig;
 
+#[cfg(feature = "alloc-count")]
+mod alloc_count;
 mod feed;
 mod head;
 mod headers;
@@ -111,6 +114,10 @@ impl RootContext for WardenRoot {
     }
 
     fn on_tick(&mut self) {
+        // Before the worker's tick: once `requests_allowed` (added in that tick) shows a run's
+        // requests, the gauge shows their allocations too.
+        #[cfg(feature = "alloc-count")]
+        alloc_count::report();
         let Some(worker) = self.worker.clone() else {
             return;
         };
