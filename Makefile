@@ -49,6 +49,7 @@ fmt-check:
 lint: wasm-target
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p warden-filter --target wasm32-wasip1 -- -D warnings
+	cargo clippy -p warden-filter --target wasm32-wasip1 --features alloc-count -- -D warnings
 	cargo clippy -p warden-bench-floor --target wasm32-wasip1 -- -D warnings
 
 ## Unit and service tests (no Envoy).

@@ -8,6 +8,8 @@ use std::ops::Deref;
 
 /// Text up to this many bytes is kept inline (a UUID `x-request-id` is 36).
 const INLINE: usize = 46;
+// The inline length is kept in a byte.
+const _: () = assert!(INLINE <= u8::MAX as usize);
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct ShortText(Repr);

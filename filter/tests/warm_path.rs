@@ -5,8 +5,12 @@
 //! measures the same path inside Envoy (its allocation counter is the `alloc-count` build);
 //! this test keeps the count from creeping back up between benchmarks.
 //!
-//! One `#[test]` per binary: the host, like the SDK's dispatcher, is per thread, but the
-//! `log` crate's level is per process.
+//! The host, like the SDK's dispatcher, is per thread, so each test is a VM of its own; but
+//! the `log` crate's level is per process (and the SDK's start sets it to info until the
+//! filter's configure reads the host's), so the tests here run one at a time (`one_at_a_time`),
+//! all at warn, Envoy's default.
+//! The same native host also drives what only the adapter decides: which header names the
+//! route, and how many `Authorization` values came.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -86,14 +90,14 @@ fn key_and_token() -> (Value, String) {
 }
 
 /// The plugin configuration `render-envoy` writes for the benchmark's route (JWKS inline),
-/// with the five-rule policy.
-fn plugin_configuration(jwks: Value) -> Vec<u8> {
+/// with the benchmark's five-rule policy (`bench/run.py` `POLICY`).
+fn plugin_configuration(jwks: Value, route_header: bool) -> Vec<u8> {
     let policy = json!([
         {"allow": {"or": [{"mcp_method": {"in": ["initialize", "notifications/initialized", "tools/list", "ping"]}}]}},
         {"allow": {"and": [{"authenticated_user": true}, {"mcp_tool": {"in": ALLOWED_TOOLS}}]}},
         {"deny": {"or": [{"mcp_tool": {"starts_with": "delete_"}}]}},
-        {"deny": {"or": [{"mcp_tool": {"starts_with": "admin_"}}]}},
-        {"deny": {"or": [{"user": {"in": ["blocked@example.com", "former@example.com"]}}]}},
+        {"deny": {"or": [{"mcp_tool": {"starts_with": "write_"}}]}},
+        {"deny": {"or": [{"user": {"in": ["suspended@example.com", "former-employee@example.com", "contractor@example.org"]}}]}},
     ]);
     json!({
         "version": 1,
@@ -102,7 +106,7 @@ fn plugin_configuration(jwks: Value) -> Vec<u8> {
         "clock_skew_seconds": 30,
         "token_cache_entries": 10000,
         "authorize_filter_state": false,
-        "route_header": ROUTE_HEADER,
+        "route_header": if route_header { Value::from(ROUTE_HEADER) } else { Value::Null },
         "token_service": {"cluster": "warden_token_service_internal", "authority": "127.0.0.1:9101", "timeout_ms": 2000},
         "revocation": {"poll_ms": 1000, "grace_seconds": 30, "fail_open": false},
         "routes": [{
@@ -166,37 +170,60 @@ fn call_body(tool: &str) -> String {
 const RESULT: &[u8] = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hello"}],"isError":false}}"#;
 
 fn call(stream: u32, token: &str, tool: &str) -> host::Exchange {
-    let authorization = format!("Bearer {token}");
+    call_with(stream, token, tool, |_| {})
+}
+
+/// A `tools/call` with the benchmark's headers, changed by `edit` first.
+fn call_with(
+    stream: u32,
+    token: &str,
+    tool: &str,
+    edit: impl FnOnce(&mut Vec<(&'static str, String)>),
+) -> host::Exchange {
+    let mut headers: Vec<(&'static str, String)> = vec![
+        (":method", "POST".into()),
+        (":path", "/mcp".into()),
+        (":authority", "127.0.0.1:18000".into()),
+        (":scheme", "http".into()),
+        ("content-type", "application/json".into()),
+        ("accept", "application/json, text/event-stream".into()),
+        ("authorization", format!("Bearer {token}")),
+        ("mcp-protocol-version", "2025-06-18".into()),
+        (
+            "x-request-id",
+            "5f0c7a1e-3b1d-4a8e-9c61-2f1e8d7b6a10".into(),
+        ),
+        (ROUTE_HEADER, "mcp-warden:bench".into()),
+    ];
+    edit(&mut headers);
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     let body = call_body(tool);
     host::exchange(
         stream,
-        &[
-            (":method", "POST"),
-            (":path", "/mcp"),
-            (":authority", "127.0.0.1:18000"),
-            (":scheme", "http"),
-            ("content-type", "application/json"),
-            ("accept", "application/json, text/event-stream"),
-            ("authorization", &authorization),
-            ("mcp-protocol-version", "2025-06-18"),
-            ("x-request-id", "5f0c7a1e-3b1d-4a8e-9c61-2f1e8d7b6a10"),
-            (ROUTE_HEADER, "bench"),
-        ],
+        &headers,
         body.as_bytes(),
         &[(":status", "200"), ("content-type", "application/json")],
         RESULT,
     )
 }
 
+fn status(exchange: &host::Exchange) -> Option<u32> {
+    exchange.local_reply.as_ref().map(|r| r.status)
+}
+
 /// Starts the filter and brings the revocation feed in (polled, published, adopted).
 fn started(log_level: u32) -> String {
+    started_with(log_level, true)
+}
+
+fn started_with(log_level: u32, route_header: bool) -> String {
     std::env::set_var(
         "MCP_WARDEN_INTERNAL_CREDENTIAL",
         "warm-path-internal-credential-of-43-charact",
     );
     let (jwks, token) = key_and_token();
     assert!(
-        host::start(&plugin_configuration(jwks), log_level),
+        host::start(&plugin_configuration(jwks, route_header), log_level),
         "the filter refused the configuration: {:?}",
         host::with(|h| h.logs.clone())
     );
@@ -208,12 +235,21 @@ fn started(log_level: u32) -> String {
     token
 }
 
+/// Held for a whole test: another test's start would change the process's log level under it.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn per_call(before: u64, after: u64) -> u64 {
     (after - before).div_ceil(u64::from(measured()))
 }
 
 #[test]
 fn a_warm_tools_call_stays_within_its_allocations_and_host_calls() {
+    let _serial = one_at_a_time();
     let token = started(3); // Envoy's default: warn
 
     // The path is the real one: the call goes through, the token does not, a denied tool is
@@ -259,4 +295,62 @@ fn a_warm_tools_call_stays_within_its_allocations_and_host_calls() {
         host_calls <= HOST_CALLS_PER_CALL,
         "a warm tools/call makes {host_calls} host calls, over the recorded {HOST_CALLS_PER_CALL}: {by_name:?}"
     );
+}
+
+#[test]
+fn the_route_is_the_route_header_once_and_never_a_repeated_one() {
+    let _serial = one_at_a_time();
+    let token = started(3);
+    assert!(call(2, &token, "echo").forwarded());
+    // Envoy sets the header once: two copies name no route, whichever a server would read.
+    let twice = call_with(4, &token, "echo", |h| {
+        h.push((ROUTE_HEADER, "mcp-warden:bench".into()))
+    });
+    assert_eq!(status(&twice), Some(403), "{twice:?}");
+    // A route Envoy named that the filter does not know is refused, not guessed from the URL.
+    let other = call_with(6, &token, "echo", |h| {
+        h.retain(|(n, _)| *n != ROUTE_HEADER);
+        h.push((ROUTE_HEADER, "mcp-warden:elsewhere".into()));
+    });
+    assert_eq!(status(&other), Some(403), "{other:?}");
+}
+
+#[test]
+fn without_a_route_header_the_route_is_envoys_route_name_property() {
+    let _serial = one_at_a_time();
+    let token = started_with(3, false);
+    host::with(|h| {
+        h.properties
+            .insert(b"xds\0route_name".to_vec(), b"mcp-warden:bench".to_vec())
+    });
+    assert!(call(2, &token, "echo").forwarded());
+    assert_eq!(status(&call(4, &token, "delete_file")), Some(403));
+    host::with(|h| {
+        h.properties.insert(
+            b"xds\0route_name".to_vec(),
+            b"mcp-warden:elsewhere".to_vec(),
+        )
+    });
+    assert_eq!(status(&call(6, &token, "echo")), Some(403));
+}
+
+#[test]
+fn one_authorization_header_passes_and_any_more_are_refused() {
+    let _serial = one_at_a_time();
+    let token = started(3);
+    for copies in [2, 3, 5] {
+        let many = call_with(2 * copies, &token, "echo", |h| {
+            for _ in 1..copies {
+                h.push(("authorization", format!("Bearer {token}")));
+            }
+        });
+        assert_eq!(status(&many), Some(400), "{copies} copies: {many:?}");
+        assert!(
+            many.local_reply
+                .as_ref()
+                .is_some_and(|r| !String::from_utf8_lossy(&r.body).is_empty()),
+            "{many:?}"
+        );
+    }
+    assert!(call(20, &token, "echo").forwarded());
 }
