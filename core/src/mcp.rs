@@ -153,6 +153,18 @@ impl Serialize for Millis {
 impl AuthorizeLog {
     /// The line as compact JSON.
     pub fn render(&self, subject: &LogSubject<'_>, duration_micros: u64) -> String {
+        self.render_after("", subject, duration_micros)
+    }
+
+    /// `prefix` followed by the record, in one buffer sized for a typical line (about 550
+    /// bytes), so rendering it does not grow the buffer three times, and a log line needs no
+    /// second copy.
+    pub fn render_after(
+        &self,
+        prefix: &str,
+        subject: &LogSubject<'_>,
+        duration_micros: u64,
+    ) -> String {
         let line = Line {
             request_id: subject.request_id,
             route: subject.route,
@@ -174,8 +186,14 @@ impl AuthorizeLog {
             error: self.error,
             duration: Millis(duration_micros),
         };
-        // Serializing borrowed strings and vectors cannot fail.
-        serde_json::to_string(&line).unwrap_or_default()
+        let mut out = Vec::with_capacity(prefix.len() + LINE_CAPACITY);
+        out.extend_from_slice(prefix.as_bytes());
+        // Serializing borrowed strings and vectors cannot fail, and the prefix and JSON are
+        // UTF-8.
+        if serde_json::to_writer(&mut out, &line).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
     }
 
     /// Whether the request went through.
@@ -183,6 +201,9 @@ impl AuthorizeLog {
         self.error.is_none() && self.allow && !self.deny
     }
 }
+
+/// Room for an authorize record without growing: most are 500 to 650 bytes.
+const LINE_CAPACITY: usize = 768;
 
 fn error_reply(status: u32, reason: &'static str, body: Value) -> LocalReply {
     LocalReply::json(status, reason, body.to_string())

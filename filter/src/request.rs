@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, BufferType, MapType};
+use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 use warden_core::access::{self, Grant, Step};
 use warden_core::app::{self, AppStep, AppToken, Secret, TokenAnswer};
 use warden_core::assertion::{self, Fetched, IdentityAssertion};
@@ -61,6 +61,9 @@ fn credential_request(sub: &str, route: &str) -> String {
 fn request_id(call: Option<&CallHead>) -> &str {
     call.map(|c| c.request_id.as_str()).unwrap_or_default()
 }
+
+/// What starts the authorize record's line in Envoy's log.
+const AUTHORIZE_PREFIX: &str = "authorize ";
 
 /// The labels of an MCP request, known once it is placed on a route (and its body judged).
 struct CallLabels {
@@ -415,13 +418,20 @@ impl RequestState {
                 route: &route.name,
                 claims: &grant.identity.claims,
             };
-            let line = verdict.log.render(&subject, elapsed);
-            log::info!("authorize {line}");
+            // One buffer for the log line and the filter state, handed to the host as it is
+            // (the `log` crate's path would format it into another).
+            let line = verdict
+                .log
+                .render_after(AUTHORIZE_PREFIX, &subject, elapsed);
+            if log::log_enabled!(log::Level::Info) {
+                let _ = hostcalls::log(LogLevel::Info, &line);
+            }
             if w.config.authorize_filter_state {
                 // For Envoy's access log: `%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`.
                 // (Envoy's Wasm host cannot write dynamic metadata; filter state is its offer.)
+                let record = line.get(AUTHORIZE_PREFIX.len()..).unwrap_or_default();
                 let _ =
-                    hostcalls::set_property(vec!["mcp_warden.authorize"], Some(line.as_bytes()));
+                    hostcalls::set_property(vec!["mcp_warden.authorize"], Some(record.as_bytes()));
             }
         }
         if w.config.span_tags {

@@ -354,3 +354,43 @@ fn one_authorization_header_passes_and_any_more_are_refused() {
     }
     assert!(call(20, &token, "echo").forwarded());
 }
+
+/// Allocations per warm call when Envoy's log is at info and the authorize line is written: the
+/// warn path's 4, the policy's reasons (why each rule did or did not match), and the line,
+/// rendered once into a buffer sized for it and handed to the host as it is.
+const ALLOCATIONS_PER_CALL_AT_INFO: u64 = 8;
+
+#[test]
+fn at_info_level_the_authorize_line_costs_one_host_call_and_few_allocations() {
+    let _serial = one_at_a_time();
+    let token = started(2); // info
+    for s in 0..WARM_UP {
+        assert!(call(10 + 2 * s, &token, "echo").forwarded());
+    }
+    let (allocations, calls) = (host::allocations(), host::calls());
+    for s in 0..MEASURED {
+        assert!(call(1000 + 2 * s, &token, "echo").forwarded());
+    }
+    let allocations = (host::allocations() - allocations).div_ceil(u64::from(MEASURED));
+    let host_calls = (host::calls().values().sum::<u64>() - calls.values().sum::<u64>())
+        .div_ceil(u64::from(MEASURED));
+    let line = host::with(|h| h.logs.last().cloned()).expect("an authorize line");
+    assert_eq!(line.0, 2, "written at info: {line:?}");
+    let record: Value = serde_json::from_str(
+        line.1
+            .strip_prefix("authorize ")
+            .expect("the line starts with `authorize `"),
+    )
+    .expect("the record is JSON");
+    assert_eq!(record["mcp-tool"], "echo");
+    assert_eq!(record["user"], "demo@example.com");
+    println!("per warm tools/call at info: {allocations} allocations, {host_calls} host calls");
+    assert!(
+        allocations <= ALLOCATIONS_PER_CALL_AT_INFO,
+        "{allocations} allocations at info, over the recorded {ALLOCATIONS_PER_CALL_AT_INFO}"
+    );
+    assert!(
+        host_calls <= HOST_CALLS_PER_CALL + 1,
+        "{host_calls} host calls at info: the line should be the only one added"
+    );
+}
