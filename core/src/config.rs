@@ -36,6 +36,14 @@ pub struct PluginConfig {
         skip_serializing_if = "is_default_failed_signature_checks"
     )]
     pub failed_signature_checks_per_second: u32,
+    /// The duration histogram times one decided request in this many per worker (1: every
+    /// one). Timing costs two clock reads and a histogram record, three host calls, which is
+    /// most of what the warm path pays the host; the request counters count every request.
+    #[serde(
+        default = "default_duration_sample_every",
+        skip_serializing_if = "is_default_duration_sample_every"
+    )]
+    pub duration_sample_every: u32,
     /// Publish each authorize record as Envoy filter state `wasm.mcp_warden.authorize`, for an
     /// access log that prints it. Off, the record is rendered only when Envoy's `wasm` log
     /// level shows info lines: a record nobody reads costs nothing.
@@ -232,11 +240,21 @@ fn default_cache_entries() -> u32 {
     10_000
 }
 pub const DEFAULT_FAILED_SIGNATURE_CHECKS: u32 = 32;
+/// One request in 16 is timed: a few hundred samples a minute per worker at a modest load,
+/// for a sixteenth of the timing's host calls.
+pub const DEFAULT_DURATION_SAMPLE_EVERY: u32 = 16;
+pub const MAX_DURATION_SAMPLE_EVERY: u32 = 65_536;
 fn default_failed_signature_checks() -> u32 {
     DEFAULT_FAILED_SIGNATURE_CHECKS
 }
 fn is_default_failed_signature_checks(n: &u32) -> bool {
     *n == DEFAULT_FAILED_SIGNATURE_CHECKS
+}
+fn default_duration_sample_every() -> u32 {
+    DEFAULT_DURATION_SAMPLE_EVERY
+}
+fn is_default_duration_sample_every(n: &u32) -> bool {
+    *n == DEFAULT_DURATION_SAMPLE_EVERY
 }
 fn default_jwks_path() -> String {
     "/.well-known/jwks.json".into()
@@ -318,6 +336,7 @@ pub struct CompiledConfig {
     pub static_keys: Option<KeySet>,
     pub token_cache_entries: usize,
     pub failed_signature_checks_per_second: u32,
+    pub duration_sample_every: u32,
     pub authorize_filter_state: bool,
     pub span_tags: bool,
     pub route_header: Option<String>,
@@ -567,6 +586,12 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
             "must be between 1 and 10000",
         ));
     }
+    if !(1..=MAX_DURATION_SAMPLE_EVERY).contains(&raw.duration_sample_every) {
+        return Err(err(
+            "duration_sample_every",
+            format!("must be between 1 and {MAX_DURATION_SAMPLE_EVERY}"),
+        ));
+    }
     let mut routes: Vec<Route> = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.into_iter().enumerate() {
         let at = |field: &str| format!("routes[{i}].{field}");
@@ -716,6 +741,7 @@ fn compile(raw: PluginConfig) -> Result<CompiledConfig, ConfigError> {
         static_keys,
         token_cache_entries: raw.token_cache_entries as usize,
         failed_signature_checks_per_second: raw.failed_signature_checks_per_second,
+        duration_sample_every: raw.duration_sample_every,
         authorize_filter_state: raw.authorize_filter_state,
         span_tags: raw.span_tags,
         route_header,
@@ -802,6 +828,10 @@ mod tests {
         assert_eq!(c.route_header, None);
         assert!(!c.authorize_filter_state);
         assert!(!c.span_tags);
+        assert_eq!(c.duration_sample_every, DEFAULT_DURATION_SAMPLE_EVERY);
+        let mut v = sample();
+        v["duration_sample_every"] = 1.into();
+        assert_eq!(load(v).unwrap().duration_sample_every, 1);
         let mut v = sample();
         v["route_header"] = ROUTE_HEADER.into();
         assert_eq!(load(v).unwrap().route_header.as_deref(), Some(ROUTE_HEADER));
@@ -922,6 +952,14 @@ mod tests {
             (
                 Box::new(|v| v["clock_skew_seconds"] = "x".into()),
                 "clock_skew_seconds",
+            ),
+            (
+                Box::new(|v| v["duration_sample_every"] = 0.into()),
+                "duration_sample_every",
+            ),
+            (
+                Box::new(|v| v["duration_sample_every"] = 65_537.into()),
+                "duration_sample_every",
             ),
             (Box::new(|v| v["routes"] = serde_json::json!([])), "routes"),
             (

@@ -119,6 +119,9 @@ pub struct Metrics {
     /// The duration histogram's id per route and decision (index `route × decisions +
     /// decision`), once defined (`Some(None)`: defining it failed).
     durations: RefCell<Vec<Option<Option<u32>>>>,
+    /// Requests to go before the next one the histogram times (`duration_sample_every`).
+    untimed_left: Cell<u32>,
+    sample_every: u32,
 }
 
 /// What the decided request was, for the labelled metrics.
@@ -128,7 +131,8 @@ pub struct Decided<'a> {
     /// The tool of a `tools/call`.
     pub tool: Option<&'a str>,
     pub decision: Decision,
-    /// Microseconds from the request headers to the decision (`None`: no clock).
+    /// Microseconds from the request headers to the decision (`None`: not timed, or no
+    /// clock).
     pub micros: Option<u64>,
 }
 
@@ -149,11 +153,29 @@ impl Metrics {
                 config.routes.iter().map(|r| r.policy.exact_tool_names()),
             )),
             durations: RefCell::new(vec![None; config.routes.len() * Decision::ALL.len()]),
+            untimed_left: Cell::new(0),
+            sample_every: config.duration_sample_every.max(1),
         }
     }
 
-    /// A request was decided: counted in this worker's table (added at the flush) and its
-    /// duration recorded, the one host call of the labelled metrics on the request path.
+    /// Whether the histogram times the request that starts now: one in
+    /// `duration_sample_every`, the first one included.
+    pub fn take_duration_sample(&self) -> bool {
+        match self.untimed_left.get() {
+            0 => {
+                self.untimed_left.set(self.sample_every - 1);
+                true
+            }
+            n => {
+                self.untimed_left.set(n - 1);
+                false
+            }
+        }
+    }
+
+    /// A request was decided: counted in this worker's table (added at the flush) and, when it
+    /// was timed, its duration recorded, the one host call of the labelled metrics on the
+    /// request path.
     pub fn decided(&self, d: &Decided<'_>, config: &CompiledConfig) {
         if let Ok(mut t) = self.tallies.try_borrow_mut() {
             t.count(d.route, d.method, d.tool, d.decision);

@@ -102,8 +102,9 @@ pub struct RequestState {
     grant: Option<Grant>,
     /// A request on a client route (or its sign-in callback).
     app: Option<AppRequest>,
-    /// When the request headers arrived (the authorize record's duration starts here).
-    started: SystemTime,
+    /// When the request headers arrived, for a timed request: one the duration histogram
+    /// samples, or any while someone reads the authorize record (its duration starts here).
+    started: Option<SystemTime>,
     /// When the body was judged, while the request goes on in the same callback (a look-up
     /// answered later reads the clock again).
     decided_at: Option<SystemTime>,
@@ -140,9 +141,18 @@ impl RequestState {
         for name in &head.client_assertions {
             let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None);
         }
-        // One clock read serves the token's expiry check and the record's duration.
-        self.started = hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH);
-        let now = seconds(self.started);
+        // A timed request reads the clock for its duration (and its token's expiry check);
+        // any other is judged against the worker's clock of the last tick: no host call.
+        let timed = self.record_wanted() || self.worker.borrow().metrics.take_duration_sample();
+        self.started = if timed {
+            Some(hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH))
+        } else {
+            None
+        };
+        let now = match self.started {
+            Some(at) => seconds(at),
+            None => self.worker.borrow().clock_seconds(),
+        };
         self.decide_and_act(head, true, now)
     }
 
@@ -406,11 +416,15 @@ impl RequestState {
             return Action::Continue;
         };
         let mut verdict = run(route, &grant.identity.claims, call);
-        // One clock read: the record's duration and the metrics' (when forwarded at once).
-        let decided_at = hostcalls::get_current_time().ok();
+        // A timed request's one clock read here: the record's duration and the metrics' (when
+        // forwarded at once).
+        let decided_at = self
+            .started
+            .and_then(|_| hostcalls::get_current_time().ok());
         if self.record_wanted() {
             let elapsed = decided_at
-                .and_then(|now| now.duration_since(self.started).ok())
+                .zip(self.started)
+                .and_then(|(now, started)| now.duration_since(started).ok())
                 .map(|d| d.as_micros() as u64)
                 .unwrap_or_default();
             let subject = judge::LogSubject {
@@ -474,7 +488,7 @@ impl RequestState {
                 // server's tool names for the tool-call labels.
                 if let Some(id) = verdict.tools_list_id {
                     let filtering = route.filter_tools_list && route.policy.has_tool_rules;
-                    let now = decided_at.map_or(0, seconds);
+                    let now = decided_at.map_or_else(|| w.clock_seconds(), seconds);
                     if filtering || w.metrics.take_learning_turn(grant.route, now) {
                         self.response.filter = ResponseFilter::Json(id);
                         self.response.filtering = filtering;
@@ -790,12 +804,16 @@ impl RequestState {
         let Some(labels) = self.labels.take() else {
             return;
         };
-        let end = self
-            .decided_at
-            .take()
-            .or_else(|| hostcalls::get_current_time().ok());
-        let micros = end
-            .and_then(|end| end.duration_since(self.started).ok())
+        // Only a timed request has a duration (and reads the clock for it).
+        let micros = self
+            .started
+            .and_then(|started| {
+                let end = self
+                    .decided_at
+                    .take()
+                    .or_else(|| hostcalls::get_current_time().ok())?;
+                end.duration_since(started).ok()
+            })
             .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let w = self.worker.borrow();
         w.metrics.decided(
@@ -1232,7 +1250,7 @@ impl WardenRequest {
                 phase: Phase::Deciding,
                 grant: None,
                 app: None,
-                started: SystemTime::UNIX_EPOCH,
+                started: None,
                 decided_at: None,
                 labels: None,
                 call: None,

@@ -185,6 +185,9 @@ pub struct Worker {
     /// The tick period between fast ticks.
     tick_period: Duration,
     pub metrics: Metrics,
+    /// The clock in seconds, read at start and at every tick: what a request's token is
+    /// judged against when nothing else needs the time (`clock_seconds`).
+    clock: i64,
 }
 
 /// The root context's tick for `config`: `TICK`, shorter with the revocation feed on.
@@ -323,7 +326,8 @@ impl Worker {
         let assertions = AssertionCache::new(config.token_cache_entries, config.routes.len());
         let app_tokens = AppTokenCache::new(config.token_cache_entries, config.routes.len());
         let shared_key = format!("{JWKS_SHARED_KEY_PREFIX}{}", config.rules.issuer);
-        let feed = Feed::new(&config, now_seconds());
+        let clock = now_seconds();
+        let feed = Feed::new(&config, clock);
         let tick_period = tick_period(&config);
         let metrics = Metrics::define(&config);
         Self {
@@ -348,7 +352,15 @@ impl Worker {
             feed,
             tick_period,
             metrics,
+            clock,
         }
+    }
+
+    /// The clock as of the last tick, at most a tick old (1 s; 500 ms or less with the
+    /// revocation feed), well inside `clock_skew_seconds`' leeway for `exp`: a request's token
+    /// is judged without a host call of its own.
+    pub fn clock_seconds(&self) -> i64 {
+        self.clock
     }
 
     /// Adopts the JWKS in shared data when it is newer than ours (another worker fetched).
@@ -419,6 +431,7 @@ impl Worker {
         follow_log_level();
         self.metrics.flush(&self.budget, &self.config);
         let now = now_seconds();
+        self.clock = now;
         self.summarize_rejections(now);
         self.expire_callouts(now);
         let _ = self.sync_keys();
