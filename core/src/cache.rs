@@ -35,9 +35,14 @@ impl TokenCache {
 
     /// The cached identity if it is still within its lifetime.
     pub fn get(&mut self, token: &str, now: i64) -> Option<Rc<Identity>> {
+        self.get_bytes(token.as_bytes(), now)
+    }
+
+    /// `get` for bytes not yet read as a token: a hit is the very token verified before.
+    pub fn get_bytes(&mut self, token: &[u8], now: i64) -> Option<Rc<Identity>> {
         let slot = slot(token);
         let (cached, identity) = self.entries.get(&slot)?;
-        if **cached != *token {
+        if cached.as_bytes() != token {
             return None;
         }
         if now > identity.expires_at + self.leeway_seconds {
@@ -62,7 +67,7 @@ impl TokenCache {
             }
         }
         self.entries
-            .insert(slot(token), (token.into(), Rc::clone(&identity)));
+            .insert(slot(token.as_bytes()), (token.into(), Rc::clone(&identity)));
         identity
     }
 
@@ -82,8 +87,7 @@ impl TokenCache {
 
 /// Where a token is kept: its last 16 bytes, the end of its signature (random for every token
 /// the token service signs), read as a number.
-fn slot(token: &str) -> u64 {
-    let bytes = token.as_bytes();
+fn slot(bytes: &[u8]) -> u64 {
     let tail = &bytes[bytes.len().saturating_sub(16)..];
     tail.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
