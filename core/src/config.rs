@@ -36,8 +36,8 @@ pub struct PluginConfig {
         skip_serializing_if = "is_default_failed_signature_checks"
     )]
     pub failed_signature_checks_per_second: u32,
-    /// The duration histogram times one decided request in this many per worker (1: every
-    /// one). Timing costs two clock reads and a histogram record, three host calls, which is
+    /// The duration histogram times about one request in this many per worker, at random
+    /// gaps (1: every one). Timing costs two clock reads and a histogram record, three host calls, which is
     /// most of what the warm path pays the host; the request counters count every request.
     #[serde(
         default = "default_duration_sample_every",

@@ -78,8 +78,10 @@ impl SignatureBudget {
         self.per_client
     }
 
+    /// Only forward: a request judged against the worker's clock of the last tick may come
+    /// after one that read the clock, a second later; it belongs to the newer second.
     fn roll(&mut self, now: i64) {
-        if now != self.second {
+        if now > self.second {
             self.second = now;
             self.spent = 0;
             self.by_client.clear();

@@ -161,14 +161,16 @@ impl Feed {
             );
             return false;
         };
-        let mut changed = match self.view.set.apply(&page, now) {
+        let mut changed = match self.view.set.apply(&page, now - 1) {
             Ok(changed) => changed,
             Err(e) => {
                 log::warn!("mcp-warden: revocation feed page refused: {}", e.reason());
                 return false;
             }
         };
-        changed |= self.view.set.expire(now);
+        // A second late: a request may be judged against the worker's clock of the last tick,
+        // up to a second behind, and must still find an entry whose token it finds unexpired.
+        changed |= self.view.set.expire(now - 1);
         self.more = page.more;
         self.view.last_success = Some(now);
         if changed || self.unannounced {

@@ -122,6 +122,8 @@ pub struct Metrics {
     /// Requests to go before the next one the histogram times (`duration_sample_every`).
     untimed_left: Cell<u32>,
     sample_every: u32,
+    /// xorshift32 state for the gaps between timed requests.
+    gap_state: Cell<u32>,
 }
 
 /// What the decided request was, for the labelled metrics.
@@ -155,15 +157,16 @@ impl Metrics {
             durations: RefCell::new(vec![None; config.routes.len() * Decision::ALL.len()]),
             untimed_left: Cell::new(0),
             sample_every: config.duration_sample_every.max(1),
+            gap_state: Cell::new(0x9e37_79b9),
         }
     }
 
-    /// Whether the histogram times the request that starts now: one in
+    /// Whether the histogram times the request that starts now: on average one in
     /// `duration_sample_every`, the first one included.
     pub fn take_duration_sample(&self) -> bool {
         match self.untimed_left.get() {
             0 => {
-                self.untimed_left.set(self.sample_every - 1);
+                self.untimed_left.set(self.next_gap());
                 true
             }
             n => {
@@ -171,6 +174,21 @@ impl Metrics {
                 false
             }
         }
+    }
+
+    /// Requests left untimed before the next timed one: uniform in 0..=2(N-1), N-1 on
+    /// average. A fixed gap would time a client whose requests repeat in a cycle (list, call,
+    /// list, call) always at the same place in it, and never the rest.
+    fn next_gap(&self) -> u32 {
+        if self.sample_every <= 1 {
+            return 0;
+        }
+        let mut x = self.gap_state.get();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.gap_state.set(x);
+        x % (2 * (self.sample_every - 1) + 1)
     }
 
     /// A request was decided: counted in this worker's table (added at the flush) and, when it

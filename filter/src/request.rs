@@ -149,9 +149,12 @@ impl RequestState {
         } else {
             None
         };
-        let now = match self.started {
-            Some(at) => seconds(at),
-            None => self.worker.borrow().clock_seconds(),
+        let now = {
+            let mut w = self.worker.borrow_mut();
+            if let Some(at) = self.started {
+                w.saw_clock(seconds(at));
+            }
+            w.clock_seconds()
         };
         self.decide_and_act(head, true, now)
     }

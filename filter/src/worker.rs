@@ -363,6 +363,11 @@ impl Worker {
         self.clock
     }
 
+    /// A fresh reading of the clock moves the worker's clock on (never back).
+    pub fn saw_clock(&mut self, now: i64) {
+        self.clock = self.clock.max(now);
+    }
+
     /// Adopts the JWKS in shared data when it is newer than ours (another worker fetched).
     /// Returns whether the key set changed.
     pub fn sync_keys(&mut self) -> bool {
@@ -431,7 +436,7 @@ impl Worker {
         follow_log_level();
         self.metrics.flush(&self.budget, &self.config);
         let now = now_seconds();
-        self.clock = now;
+        self.saw_clock(now);
         self.summarize_rejections(now);
         self.expire_callouts(now);
         let _ = self.sync_keys();
@@ -740,7 +745,9 @@ impl Worker {
     /// worker; the rest are counted and summed up in one line at the next tick.
     pub fn may_log_rejection(&mut self, now: i64) -> bool {
         let (second, written, left_out) = &mut self.rejections_logged;
-        if *second != now {
+        // Only forward (see `SignatureBudget`'s second): requests judged at the tick's clock
+        // and at a fresh one interleave.
+        if now > *second {
             *second = now;
             *written = 0;
         }

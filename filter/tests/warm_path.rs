@@ -308,21 +308,21 @@ fn a_warm_tools_call_stays_within_its_allocations_and_host_calls() {
         "a warm tools/call makes {allocations} allocations, over the recorded {ALLOCATIONS_PER_CALL}"
     );
     let n = u64::from(measured());
-    let timed = n.div_ceil(DURATION_SAMPLE_EVERY);
-    assert!(
-        host_calls <= n * HOST_CALLS_PER_CALL + timed * TIMED_HOST_CALLS,
-        "{n} warm tools/calls made {host_calls} host calls, over the recorded \
-         {HOST_CALLS_PER_CALL} each and {TIMED_HOST_CALLS} more for one in {DURATION_SAMPLE_EVERY}: {by_name:?}"
-    );
-    // The histogram still gets its samples: one call in sixteen, timed by two clock reads.
+    // The histogram still gets its samples: about one call in sixteen (the gaps between them
+    // vary), each timed by two clock reads.
     let made =
         |name: &str| after.get(name).copied().unwrap_or(0) - calls.get(name).copied().unwrap_or(0);
     let records = made("proxy_record_metric");
     assert!(
-        (n / DURATION_SAMPLE_EVERY..=timed).contains(&records),
+        (n / (2 * DURATION_SAMPLE_EVERY)..=2 * n / DURATION_SAMPLE_EVERY).contains(&records),
         "{records} durations recorded for {n} calls"
     );
     assert_eq!(made("proxy_get_current_time_nanoseconds"), 2 * records);
+    assert!(
+        host_calls <= n * HOST_CALLS_PER_CALL + records * TIMED_HOST_CALLS,
+        "{n} warm tools/calls made {host_calls} host calls, over the recorded \
+         {HOST_CALLS_PER_CALL} each and {TIMED_HOST_CALLS} more for each of the {records} timed: {by_name:?}"
+    );
 }
 
 #[test]
@@ -461,6 +461,12 @@ fn at_info_level_the_authorize_line_costs_one_host_call_and_few_allocations() {
         "{allocations} allocations at info, over the recorded {ALLOCATIONS_PER_CALL_AT_INFO}"
     );
     // At info the record is read, so every call is timed (its duration is in the record).
+    let timed = host::calls()
+        .get("proxy_record_metric")
+        .copied()
+        .unwrap_or(0)
+        - calls.get("proxy_record_metric").copied().unwrap_or(0);
+    assert_eq!(timed, u64::from(MEASURED), "every call at info is timed");
     assert!(
         host_calls <= HOST_CALLS_PER_CALL + TIMED_HOST_CALLS + 1,
         "{host_calls} host calls at info: the line should be the only one added to a timed call"
