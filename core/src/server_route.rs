@@ -231,28 +231,24 @@ fn verified(
                     NoIdentity::Reply(keys_unavailable_reply(cors))
                 });
             };
+            // A new token is checked against the clock read now (`fresh_now`).
+            let now = (ctx.fresh_now)();
             // The cheap checks first; the signature only within the worker's budget of
             // failed checks (see `signature_budget`).
-            let checked = precheck(
-                token,
-                keys,
-                &ctx.config.rules,
-                ctx.now,
-                Some(&route.resource),
-            )
-            .and_then(|unverified| {
-                let client = Client::from_address((ctx.client_address)().as_deref());
-                if !ctx.budget.may_check(client, ctx.now) {
-                    return Err(TokenError::CheckBudgetSpent);
-                }
-                let checked = unverified.check_signature();
-                if checked == Err(TokenError::BadSignature) {
-                    ctx.budget.failed(client, ctx.now);
-                }
-                checked
-            });
+            let checked = precheck(token, keys, &ctx.config.rules, now, Some(&route.resource))
+                .and_then(|unverified| {
+                    let client = Client::from_address((ctx.client_address)().as_deref());
+                    if !ctx.budget.may_check(client, now) {
+                        return Err(TokenError::CheckBudgetSpent);
+                    }
+                    let checked = unverified.check_signature();
+                    if checked == Err(TokenError::BadSignature) {
+                        ctx.budget.failed(client, now);
+                    }
+                    checked
+                });
             match checked {
-                Ok(identity) => ctx.cache.insert(token, identity, ctx.now),
+                Ok(identity) => ctx.cache.insert(token, identity, now),
                 Err(TokenError::UnknownKey(_)) if ctx.may_fetch_keys => {
                     return Err(NoIdentity::FetchKeys)
                 }

@@ -114,7 +114,12 @@ pub struct Context<'a> {
     pub keys: Option<&'a KeySet>,
     pub cache: &'a mut TokenCache,
     pub session_key: &'a SessionKey,
+    /// The clock, seconds: in the filter, the worker's clock of the last tick unless the
+    /// request read a fresh one.
     pub now: i64,
+    /// A fresh reading of the clock, for a token not in the cache: its `nbf` may be this very
+    /// second, and the check of a new token should not lean on a clock up to a tick old.
+    pub fresh_now: fn() -> i64,
     pub may_fetch_keys: bool,
     /// 32 random bytes for a client route's sign-in nonce (`None`: no randomness, refuse).
     pub random: fn() -> Option<[u8; 32]>,

@@ -176,6 +176,7 @@ impl RequestState {
                 cache: &mut w.cache,
                 session_key: &w.session_key,
                 now,
+                fresh_now: now_seconds,
                 may_fetch_keys,
                 random: random_bytes,
                 budget: &mut w.budget,

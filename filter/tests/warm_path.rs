@@ -68,6 +68,11 @@ fn measured() -> u32 {
 
 /// An ES256 key, its JWKS, and a token of the token service's shape (as `bench-fixtures`).
 fn key_and_token() -> (Value, String) {
+    key_and_token_at(0)
+}
+
+/// The same, for a token issued `ahead` seconds from now (its `iat` and `nbf`).
+fn key_and_token_at(ahead: u64) -> (Value, String) {
     let seed = Sha256::digest(b"mcp-warden warm-path test key (not a secret)");
     let signing = p256::ecdsa::SigningKey::from_slice(&seed).expect("a P-256 scalar");
     let point = signing.verifying_key().to_encoded_point(false);
@@ -79,7 +84,8 @@ fn key_and_token() -> (Value, String) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
-        .as_secs();
+        .as_secs()
+        + ahead;
     let header = json!({ "alg": "ES256", "kid": "warm", "typ": "at+jwt" });
     let claims = json!({
         "iss": ISSUER, "sub": "demo@example.com", "aud": RESOURCE,
@@ -329,6 +335,8 @@ fn a_warm_tools_call_stays_within_its_allocations_and_host_calls() {
 fn every_call_is_timed_when_the_configuration_asks() {
     let _serial = one_at_a_time();
     let token = started_edited(3, true, |c| c["duration_sample_every"] = 1.into());
+    // The first call verifies the token (reading a fresh clock for it); the rest are warm.
+    assert!(call(8, &token, "echo").forwarded());
     let (calls, n) = (host::calls(), 32);
     for s in 0..n {
         assert!(call(10 + 2 * s, &token, "echo").forwarded());
@@ -342,6 +350,22 @@ fn every_call_is_timed_when_the_configuration_asks() {
         "every call is timed"
     );
     assert_eq!(made("proxy_get_current_time_nanoseconds"), 2 * u64::from(n));
+}
+
+#[test]
+fn a_token_not_in_the_cache_is_checked_against_a_fresh_clock() {
+    let _serial = one_at_a_time();
+    let token = started_edited(3, true, |c| {
+        c["duration_sample_every"] = 65_536.into();
+        c["clock_skew_seconds"] = 0.into();
+    });
+    assert!(call(10, &token, "echo").forwarded()); // the one timed call
+                                                   // The host's clock moves 20 s on without a tick, and a token issued then arrives: against
+                                                   // the worker's clock of the last tick its `nbf` is 18 s ahead, and no leeway allows it.
+    host::with(|h| h.clock_offset_ns += 20_000_000_000);
+    let (_, issued_now) = key_and_token_at(21);
+    let first = call(12, &issued_now, "echo");
+    assert!(first.forwarded(), "{first:?}");
 }
 
 #[test]

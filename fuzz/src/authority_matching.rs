@@ -134,6 +134,7 @@ pub fn run(data: &[u8]) -> &'static str {
             cache: &mut cache,
             session_key: &key,
             now: NOW,
+            fresh_now: || NOW,
             may_fetch_keys: true,
             random: || Some([7; 32]),
             budget: &mut budget,
