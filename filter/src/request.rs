@@ -425,7 +425,9 @@ impl RequestState {
         let decided_at = self
             .started
             .and_then(|_| hostcalls::get_current_time().ok());
-        if self.record_wanted() {
+        // A request that began untimed (the record was not read then: the log level turned to
+        // info since) has no duration to record, so no record.
+        if self.started.is_some() && self.record_wanted() {
             let elapsed = decided_at
                 .zip(self.started)
                 .and_then(|(now, started)| now.duration_since(started).ok())
