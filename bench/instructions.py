@@ -10,9 +10,8 @@ Each configuration is `bench/run.py`'s own (same bootstrap, plugin configuration
 revocation feed from bench-upstream). Envoy runs under callgrind with one worker; after a
 warm-up the counters are zeroed, N requests go over one keep-alive connection, and the counters
 are dumped: every instruction Envoy ran for them (HTTP, filters, V8's generated code, libc),
-divided by N. The counts repeat to within about 0.5 %, so a change of 1 % is visible. They
-include what Envoy's other threads and timers did meanwhile (the filter's tick, the feed's
-polls, the stats flush), which counts against warden only: the floor has no tick.
+divided by N, less what Envoy did on its own meanwhile (timers: the filter's tick and feed
+polls, the stats flush), counted over an idle window as long and taken off at its rate.
 """
 
 from __future__ import annotations
@@ -84,9 +83,21 @@ def count(cfg: bench.Config, work: Path, upstream_port: int, token: str, warmup:
             # The revocation feed is adopted (as in `bench/run.py`'s probe) before counting.
             if bench.wait_counter(cfg, bench.POLL_OK_COUNTER, 1, timeout=60) < 1:
                 raise bench.BenchError(f"{cfg.name}: the revocation feed was never polled")
-        subprocess.run(["callgrind_control", "-z", str(cfg.proc.pid)], check=True, capture_output=True)
+        control = lambda *a: subprocess.run(["callgrind_control", *a, str(cfg.proc.pid)], check=True,
+                                            capture_output=True)
+        control("-z")
+        started = time.monotonic()
         send(n)
-        subprocess.run(["callgrind_control", "-d", str(cfg.proc.pid)], check=True, capture_output=True)
+        busy = time.monotonic() - started
+        control("-d")
+        # What Envoy does meanwhile on its own (the filter's tick and feed polls, the stats
+        # flush) is timer-driven: counted over an idle window and taken off at its rate, so the
+        # count does not depend on how fast valgrind ran the requests.
+        control("-z")
+        idle_started = time.monotonic()
+        time.sleep(min(busy, 30.0))
+        control("-d")
+        idle = time.monotonic() - idle_started
         conn.close()
     finally:
         cfg.proc.terminate()
@@ -95,9 +106,10 @@ def count(cfg: bench.Config, work: Path, upstream_port: int, token: str, warmup:
         except subprocess.TimeoutExpired:
             cfg.proc.kill()
     dumps = sorted(work.glob(f"callgrind-{cfg.name}.out.*"), key=lambda p: int(p.suffix[1:]))
-    if not dumps:
-        raise bench.BenchError(f"{cfg.name}: callgrind wrote no dump")
-    return totals(dumps[0]) / n
+    if len(dumps) < 2:
+        raise bench.BenchError(f"{cfg.name}: callgrind wrote {len(dumps)} dumps, not 2")
+    measured, background = totals(dumps[0]), totals(dumps[1]) * busy / idle
+    return (measured - background) / n
 
 
 def main() -> int:
