@@ -18,6 +18,8 @@ use super::{
 const MAX_DEPTH: usize = 16;
 /// Integers up to this many digits fit an `i64`; longer ones go the serde path.
 const MAX_DIGITS: usize = 18;
+// The digit fold in `integer` cannot overflow below 19 digits.
+const _: () = assert!(MAX_DIGITS <= 18);
 
 /// The envelope of a lone message, when the body is plain; `None`: read it the serde way.
 pub(super) fn scan(body: &[u8], with_arguments: bool) -> Option<Top<'_>> {
