@@ -31,8 +31,8 @@ use warden_filter as _;
 /// Raise it only with a reason in the commit.
 const ALLOCATIONS_PER_CALL: u64 = 4;
 /// Host calls per warm small `tools/call` the duration histogram does not time: each is a
-/// crossing of the VM boundary (about 3,000 instructions of Envoy's and V8's, counted under
-/// callgrind, more than most of the filter's own work). They are reading the request
+/// crossing of the VM boundary (1,500 to 3,000 instructions of Envoy's and V8's each, counted
+/// under callgrind). They are reading the request
 /// headers, removing `Authorization`, reading the body, and reading the response's
 /// `Mcp-Session-Id`. The token's expiry is judged against the worker's clock of the last tick.
 const HOST_CALLS_PER_CALL: u64 = 4;
