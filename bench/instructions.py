@@ -134,7 +134,9 @@ def main() -> int:
     (work / "list.json").write_text(bench.LIST_RESULT)
     bench.spawn([bench.UPSTREAM_BIN, "--listen", f"127.0.0.1:{upstream_port}",
                  "--call", work / "call.json", "--list", work / "list.json"], work / "upstream.log")
-    by_name = {c.name: c for c in bench.configurations("smoke", fx["jwks"], fx["jwk"], plugin, None, "")}
+    # The full run's configurations (native, floor, variants, …) and the smoke run's (warden+ti).
+    by_name = {c.name: c for mode in ("full", "smoke")
+               for c in bench.configurations(mode, fx["jwks"], fx["jwk"], plugin, None, "")}
     by_name["bare"] = bench.Config("bare", "Envoy with only the router", [bench.BUFFER_FILTER], [CASE])
     wanted = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in by_name]
