@@ -14,8 +14,9 @@ RUN rustup target add wasm32-wasip1
 WORKDIR /mcp-warden
 COPY . .
 # The Makefile maps the checkout to /mcp-warden (where this build runs) and cargo's home to
-# /cargo, so with the same toolchain this plugin.wasm is byte for byte the one `make images` packs.
-ENV CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="--remap-path-prefix=/usr/local/cargo=/cargo"
+# /cargo, and sets the same inlining threshold, so with the same toolchain this plugin.wasm is
+# byte for byte the one `make images` packs.
+ENV CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-C llvm-args=-inline-threshold=100 --remap-path-prefix=/usr/local/cargo=/cargo"
 RUN cargo build -p warden-filter --target wasm32-wasip1 --release --locked
 
 # Istio's "compat" variant: one layer whose only file is plugin.wasm.
