@@ -406,17 +406,14 @@ def json_headers() -> list:
 
 
 def route_header(mutation: dict) -> dict:
-    """The per-route `header_mutation` render-envoy wrote until 2026-12-07 (Envoy told the filter
-    its route in a header): inert unless the `header_mutation` filter is in the chain, as only in
-    `warden-route-header`."""
+    """render-envoy's per-route `header_mutation`: Envoy tells the filter its route in a header."""
     return {"envoy.filters.http.header_mutation": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
         "mutations": {"request_mutations": [mutation]}}}
 
 
 def route_config(upstream_port: int) -> dict:
-    # render-envoy's route name: the filter follows Envoy's routing (the `route_name` property).
-    name = "mcp-warden:bench"
+    name = "mcp-warden:bench"  # render-envoy's route name: the filter follows Envoy's routing
     ours = route_header({"append": {"header": {"key": "x-mcp-warden-route", "value": name},
                                     "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}})
     return {
@@ -507,7 +504,7 @@ def wasm_filter(name: str, wasm: Path, configuration: str) -> dict:
     }
 
 
-# Sets the route header from the per-route configuration (`warden-route-header` only).
+# Sets the route header from the per-route configuration (render-envoy puts it before the filter).
 HEADER_MUTATION_FILTER = {"name": "envoy.filters.http.header_mutation", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"}}
 
@@ -651,15 +648,15 @@ def configurations(mode: str, jwks: dict, jwk: dict, plugin: dict, baseline: Pat
         r["upstream_oauth"] = True
     configs.append(Config("warden+ti", "warden on a route with upstream_oauth (warm upstream-token cache)",
                           warden(WARDEN_WASM, with_ti), ["call-small/direct"], **GUARD))
-    # The same filter told its route in a header Envoy's `header_mutation` filter sets, as
-    # render-envoy configured it until 2026-12-07, instead of reading the `route_name` property.
-    by_header = dict(plugin, route_header="x-mcp-warden-route")
-    configs.append(Config("warden-route-header", "warden with the route in a header header_mutation sets (route_header)",
-                          warden(WARDEN_WASM, by_header), ["call-small/direct"], **GUARD))
+    # The same filter reading Envoy's route from the `xds.route_name` property (no route header),
+    # as where Envoy does not set the header (e.g. Istio without it).
+    by_property = {k: v for k, v in plugin.items() if k != "route_header"}
+    configs.append(Config("warden-route-property", "warden with the route read from xds.route_name (no route_header)",
+                          warden(WARDEN_WASM, by_property), ["call-small/direct"], **GUARD))
     if mode == "smoke":
         configs = [c for c in configs
                    if c.name in ("warden", "warden+ti", "floor+es256", ALLOC_CONFIG) or c.name.startswith("variant-")
-                   or (c.name == "warden-route-header" and os.environ.get("BENCH_ROUTE_HEADER"))]
+                   or (c.name == "warden-route-property" and os.environ.get("BENCH_ROUTE_PROPERTY"))]
         for c in configs:
             c.cases = ["call-small/direct"]
     return configs

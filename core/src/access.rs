@@ -370,7 +370,7 @@ mod tests {
         // Another host naming this route (a header Envoy did not overwrite): refused.
         h.authority = b"elsewhere.example:9000";
         assert_eq!(reply(run.decide(&h)).reason, "route-unknown");
-        // From the `route_name` property, Envoy's own decision, the name is followed as before.
+        // From `xds.route_name`, Envoy's own decision, the name is followed as before.
         h.envoy_route_in_header = false;
         assert!(!matches!(run.decide(&h), Step::Reply(_)));
     }

@@ -57,10 +57,9 @@ pub struct PluginConfig {
     /// A request header Envoy sets on every route of the listener (overwriting any value a
     /// client sent) to the route's name, `mcp-warden:<route>` on the filter's routes: the
     /// filter then reads Envoy's routing decision from the headers it reads anyway, instead of
-    /// the `route_name` property. Envoy 1.40 answers the property for less than a
-    /// `header_mutation` filter costs to set the header, so `render-envoy` leaves this unset.
-    /// Only set it when Envoy really sets the header on every route; absent, the property is
-    /// read.
+    /// the `xds.route_name` property (a host call that costs more than the rest of the warm
+    /// path). Only set it when Envoy really sets the header on every route (`render-envoy`
+    /// does, with the `header_mutation` filter); absent, the property is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_header: Option<String>,
     /// Where the filter asks for users' upstream tokens (TI) on routes with `upstream_oauth`,
@@ -453,12 +452,7 @@ const READ_HEADERS: &[&str] = &[
     crate::internal_api::CLIENT_ASSERTION_HEADERS[2],
 ];
 
-/// The Envoy property the filter reads the request's route name from, without `route_header`
-/// (Envoy's `StreamInfo::getRouteName()`, the route Envoy chose).
-pub const ROUTE_NAME_PROPERTY: &str = "route_name";
-
-/// A request header a plugin configuration may name for Envoy to set to the route's name
-/// (`route_header`); `render-envoy` no longer does (the property costs Envoy less).
+/// The request header `render-envoy` has Envoy set to the route's name (`route_header`).
 pub const ROUTE_HEADER: &str = "x-mcp-warden-route";
 
 /// The first server-only field a client route sets to anything but its default. Defaults are
@@ -830,7 +824,7 @@ mod tests {
         assert_eq!(doc["authorization_servers"][0], "http://127.0.0.1:9100");
         assert_eq!(doc["bearer_methods_supported"][0], "header");
         assert_eq!(c.jwks.as_ref().unwrap().path, "/.well-known/jwks.json");
-        // Without `route_header`, Envoy's route is read from the `route_name` property.
+        // Without `route_header`, Envoy's route is read from `xds.route_name`.
         assert_eq!(c.route_header, None);
         assert!(!c.authorize_filter_state);
         assert!(!c.span_tags);

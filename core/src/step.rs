@@ -24,8 +24,8 @@ pub struct RequestHead<'a> {
     pub scheme: &'a [u8],
     /// `:path` including any query string.
     pub path: &'a [u8],
-    /// Envoy's route name for the request (the `route_name` property, or the plugin's
-    /// `route_header`), when the host could tell.
+    /// Envoy's route name for the request (`xds.route_name`, or the plugin's `route_header`),
+    /// when the host could tell.
     pub envoy_route: Option<&'a [u8]>,
     /// `envoy_route` came from a request header: the route it names must also serve the
     /// request's host, so a header Envoy failed to overwrite cannot move a request to another

@@ -4,6 +4,7 @@
 
 use std::ops::Range;
 
+use proxy_wasm::hostcalls;
 use warden_core::access::RequestHead;
 use warden_core::internal_api::is_client_assertion;
 use warden_core::mcp::CallHead;
@@ -12,7 +13,7 @@ use warden_core::short_text::ShortText;
 use warden_core::step::OnceHeader;
 use warden_core::trace_context::TraceContext;
 
-use crate::headers::{self, HeaderBlock};
+use crate::headers::HeaderBlock;
 
 /// The request head as the host gave it (one block), with the fields the decision reads as
 /// ranges into it; kept while a JWKS fetch is in flight.
@@ -47,7 +48,7 @@ pub struct OwnedHead {
 
 impl OwnedHead {
     /// `route_header`: the header Envoy sets to its route's name (plugin `route_header`);
-    /// without one, the name is read from the `route_name` property.
+    /// without one, the name is read from the `xds.route_name` property.
     pub fn read(end_of_stream: bool, route_header: Option<&str>) -> Self {
         // One host call for all headers: cheaper than one per header, and the only way to
         // see a repeated header.
@@ -115,12 +116,12 @@ impl OwnedHead {
             }
         }
         if route_header.is_none() {
-            // Envoy's routing decision. `route_name` is the stream's route, as `xds.route_name`
-            // is, but Envoy answers it directly instead of through its CEL `xds` map: about 10k
-            // fewer instructions a request, and less than a `header_mutation` filter costs to
-            // set a route header (bench/results/2026-12-07-instructions.md).
-            head.envoy_route =
-                headers::route_name().map_or(EnvoyRoute::Unknown, EnvoyRoute::Property);
+            // Envoy's routing decision; the hostcall (unlike the trait getter) reports, not
+            // panics.
+            head.envoy_route = hostcalls::get_property(vec!["xds", "route_name"])
+                .ok()
+                .flatten()
+                .map_or(EnvoyRoute::Unknown, EnvoyRoute::Property);
         } else if envoy_routes > 1 {
             // Envoy sets the header once: two mean the route cannot be known. A name of no
             // route fails closed (403 route-unknown).
@@ -163,7 +164,7 @@ enum EnvoyRoute {
     Unknown,
     /// The plugin's `route_header`, once.
     Header(Range<usize>),
-    /// The `route_name` property.
+    /// The `xds.route_name` property.
     Property(Vec<u8>),
     /// The route header came more than once: the name of no route (403 route-unknown).
     Ambiguous,

@@ -1,42 +1,16 @@
 //! The request headers in one host call and one allocation: the host's serialized map, kept
 //! as it came, with the filter's fields as ranges into it. (The SDK's `get_map_bytes` copies
-//! every name and value into allocations of their own.) Envoy's route name likewise, in one
-//! host call and the one allocation of the host's answer.
+//! every name and value into allocations of their own.)
 
 use std::ops::Range;
 use std::ptr::null_mut;
 
-use warden_core::config::ROUTE_NAME_PROPERTY;
-
 #[link(wasm_import_module = "env")]
 extern "C" {
-    // The ABI's `proxy_get_header_map_pairs` and `proxy_get_property`; the status is read as a
-    // number so that no value the host returns can be an invalid enum.
+    // The ABI's `proxy_get_header_map_pairs`; the status is read as a number so that no value
+    // the host returns can be an invalid enum.
     #[link_name = "proxy_get_header_map_pairs"]
     fn get_header_map_pairs(map_type: u32, data: *mut *mut u8, size: *mut usize) -> u32;
-    #[link_name = "proxy_get_property"]
-    fn get_property(path: *const u8, path_size: usize, data: *mut *mut u8, size: *mut usize)
-        -> u32;
-}
-
-/// The `route_name` property: the name of the route Envoy chose, `None` when the host has
-/// none. (The SDK's `get_property` allocates the path twice more before the call.)
-pub fn route_name() -> Option<Vec<u8>> {
-    // A one-part property path is the part's bytes (the ABI joins parts with NUL).
-    let path = ROUTE_NAME_PROPERTY.as_bytes();
-    let mut data: *mut u8 = null_mut();
-    let mut size: usize = 0;
-    // SAFETY: as in `HeaderBlock::request`: the host's buffer was allocated through this
-    // module's allocator as a `Vec<u8>` of exactly `size` bytes, and is ours to own and free.
-    unsafe {
-        if get_property(path.as_ptr(), path.len(), &mut data, &mut size) == STATUS_OK
-            && !data.is_null()
-        {
-            Some(Vec::from_raw_parts(data, size, size))
-        } else {
-            None
-        }
-    }
 }
 
 const REQUEST_HEADERS: u32 = 0;

@@ -23,23 +23,19 @@ use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
 // The filter's code is linked in through the SDK's exported callbacks.
-use warden_core::config::ROUTE_NAME_PROPERTY;
 use warden_filter as _;
 
 /// Allocations per warm small `tools/call` (request and response path), recorded after the
 /// issue 23 work (17 before it): the stream's context (the SDK's box and the state's `Rc`) and
-/// the three buffers the host writes into the module's memory (the header block, the route
-/// name, the body). Raise it only with a reason in the commit. (The route name's buffer came
-/// with reading the `route_name` property instead of a route header: Envoy's
-/// `header_mutation` filter cost about 8k instructions a request to set the header, the
-/// property and its buffer a few hundred.)
-const ALLOCATIONS_PER_CALL: u64 = 5;
+/// the two buffers the host writes into the module's memory (the header block, the body).
+/// Raise it only with a reason in the commit.
+const ALLOCATIONS_PER_CALL: u64 = 4;
 /// Host calls per warm small `tools/call` the duration histogram does not time: each is a
 /// crossing of the VM boundary (1,500 to 3,000 instructions of Envoy's and V8's each, counted
-/// under callgrind). They are reading the request headers, reading the `route_name` property,
-/// removing `Authorization`, reading the body, and reading the response's `Mcp-Session-Id`.
-/// The token's expiry is judged against the worker's clock of the last tick.
-const HOST_CALLS_PER_CALL: u64 = 5;
+/// under callgrind). They are reading the request
+/// headers, removing `Authorization`, reading the body, and reading the response's
+/// `Mcp-Session-Id`. The token's expiry is judged against the worker's clock of the last tick.
+const HOST_CALLS_PER_CALL: u64 = 4;
 /// What a timed call adds: a clock read at the headers and one at the decision, and the
 /// histogram's record. One call in `duration_sample_every` (16 by default) is timed.
 const TIMED_HOST_CALLS: u64 = 3;
@@ -48,8 +44,6 @@ const DURATION_SAMPLE_EVERY: u64 = 16;
 const ISSUER: &str = "http://127.0.0.1:18999";
 const RESOURCE: &str = "http://127.0.0.1:18000/mcp";
 const ROUTE_HEADER: &str = "x-mcp-warden-route";
-/// The route Envoy chose, as the host answers the `route_name` property.
-const ROUTE_NAME: &[u8] = b"mcp-warden:bench";
 const ALLOWED_TOOLS: [&str; 10] = [
     "echo",
     "search",
@@ -213,6 +207,7 @@ fn call_with(
             "x-request-id",
             "5f0c7a1e-3b1d-4a8e-9c61-2f1e8d7b6a10".into(),
         ),
+        (ROUTE_HEADER, "mcp-warden:bench".into()),
     ];
     edit(&mut headers);
     let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
@@ -230,18 +225,16 @@ fn status(exchange: &host::Exchange) -> Option<u32> {
     exchange.local_reply.as_ref().map(|r| r.status)
 }
 
-/// Starts the filter as `render-envoy` configures it (the route read from the `route_name`
-/// property) and brings the revocation feed in (polled, published, adopted).
+/// Starts the filter and brings the revocation feed in (polled, published, adopted).
 fn started(log_level: u32) -> String {
-    started_with(log_level, false)
+    started_with(log_level, true)
 }
 
 fn started_with(log_level: u32, route_header: bool) -> String {
     started_edited(log_level, route_header, |_| {})
 }
 
-/// Starts the filter with the benchmark's configuration changed by `edit`; without
-/// `route_header`, the host answers the `route_name` property with the benchmark's route.
+/// Starts the filter with the benchmark's configuration changed by `edit`.
 fn started_edited(log_level: u32, route_header: bool, edit: impl FnOnce(&mut Value)) -> String {
     std::env::set_var(
         "MCP_WARDEN_INTERNAL_CREDENTIAL",
@@ -256,12 +249,6 @@ fn started_edited(log_level: u32, route_header: bool, edit: impl FnOnce(&mut Val
         "the filter refused the configuration: {:?}",
         host::with(|h| h.logs.clone())
     );
-    if !route_header {
-        host::with(|h| {
-            h.properties
-                .insert(ROUTE_NAME_PROPERTY.as_bytes().to_vec(), ROUTE_NAME.to_vec())
-        });
-    }
     for _ in 0..4 {
         host::tick();
         host::answer_call_outs(answer);
@@ -347,7 +334,7 @@ fn a_warm_tools_call_stays_within_its_allocations_and_host_calls() {
 #[test]
 fn every_call_is_timed_when_the_configuration_asks() {
     let _serial = one_at_a_time();
-    let token = started_edited(3, false, |c| c["duration_sample_every"] = 1.into());
+    let token = started_edited(3, true, |c| c["duration_sample_every"] = 1.into());
     // The first call verifies the token (reading a fresh clock for it); the rest are warm.
     assert!(call(8, &token, "echo").forwarded());
     let (calls, n) = (host::calls(), 32);
@@ -368,7 +355,7 @@ fn every_call_is_timed_when_the_configuration_asks() {
 #[test]
 fn a_token_not_in_the_cache_is_checked_against_a_fresh_clock() {
     let _serial = one_at_a_time();
-    let token = started_edited(3, false, |c| {
+    let token = started_edited(3, true, |c| {
         c["duration_sample_every"] = 65_536.into();
         c["clock_skew_seconds"] = 0.into();
     });
@@ -385,7 +372,7 @@ fn a_token_not_in_the_cache_is_checked_against_a_fresh_clock() {
 fn an_untimed_call_is_judged_against_the_clock_of_the_last_tick() {
     let _serial = one_at_a_time();
     // One call in 65,536 is timed: the first. The rest read no clock.
-    let token = started_edited(3, false, |c| c["duration_sample_every"] = 65_536.into());
+    let token = started_edited(3, true, |c| c["duration_sample_every"] = 65_536.into());
     assert!(call(10, &token, "echo").forwarded());
     let calls = host::calls();
     assert!(call(12, &token, "echo").forwarded());
@@ -408,21 +395,11 @@ fn an_untimed_call_is_judged_against_the_clock_of_the_last_tick() {
 #[test]
 fn the_route_is_the_route_header_once_and_never_a_repeated_one() {
     let _serial = one_at_a_time();
-    let token = started_with(3, true);
-    let once =
-        |h: &mut Vec<(&'static str, String)>| h.push((ROUTE_HEADER, "mcp-warden:bench".into()));
-    assert!(call_with(2, &token, "echo", once).forwarded()); // verifies the token
-    let calls = host::calls();
-    assert!(call_with(3, &token, "echo", once).forwarded());
-    assert_eq!(
-        host::calls().get("proxy_get_property"),
-        calls.get("proxy_get_property"),
-        "with a route header the property is not read"
-    );
+    let token = started(3);
+    assert!(call(2, &token, "echo").forwarded());
     // Envoy sets the header once: two copies name no route, whichever a server would read.
     let twice = call_with(4, &token, "echo", |h| {
-        once(h);
-        once(h);
+        h.push((ROUTE_HEADER, "mcp-warden:bench".into()))
     });
     assert_eq!(status(&twice), Some(403), "{twice:?}");
     // A route Envoy named that the filter does not know is refused, not guessed from the URL.
@@ -437,25 +414,19 @@ fn the_route_is_the_route_header_once_and_never_a_repeated_one() {
 fn without_a_route_header_the_route_is_envoys_route_name_property() {
     let _serial = one_at_a_time();
     let token = started_with(3, false);
+    host::with(|h| {
+        h.properties
+            .insert(b"xds\0route_name".to_vec(), b"mcp-warden:bench".to_vec())
+    });
     assert!(call(2, &token, "echo").forwarded());
     assert_eq!(status(&call(4, &token, "delete_file")), Some(403));
-    // A client's route header is not read when the configuration names none.
-    let forged = call_with(6, &token, "echo", |h| {
-        h.push((ROUTE_HEADER, "mcp-warden:elsewhere".into()))
+    host::with(|h| {
+        h.properties.insert(
+            b"xds\0route_name".to_vec(),
+            b"mcp-warden:elsewhere".to_vec(),
+        )
     });
-    assert!(forged.forwarded(), "{forged:?}");
-    let set = |name: &[u8]| {
-        host::with(|h| {
-            h.properties
-                .insert(ROUTE_NAME_PROPERTY.as_bytes().to_vec(), name.to_vec())
-        })
-    };
-    // A route Envoy chose that the filter does not know is refused, not guessed from the URL.
-    set(b"mcp-warden:elsewhere");
-    assert_eq!(status(&call(8, &token, "echo")), Some(403));
-    // Envoy's own routes (no `mcp-warden:` prefix) are left to the URL: here, the bench route.
-    set(b"");
-    assert!(call(10, &token, "echo").forwarded());
+    assert_eq!(status(&call(6, &token, "echo")), Some(403));
 }
 
 #[test]
@@ -482,7 +453,7 @@ fn one_authorization_header_passes_and_any_more_are_refused() {
 /// Allocations per warm call when Envoy's log is at info and the authorize line is written: the
 /// warn path's 4, the policy's reasons (why each rule did or did not match), and the line,
 /// rendered once into a buffer sized for it and handed to the host as it is.
-const ALLOCATIONS_PER_CALL_AT_INFO: u64 = 9;
+const ALLOCATIONS_PER_CALL_AT_INFO: u64 = 8;
 
 #[test]
 fn at_info_level_the_authorize_line_costs_one_host_call_and_few_allocations() {

@@ -5,7 +5,7 @@
 //! What it follows of Istio (pilot/pkg/networking/core and pilot/pkg/model/extensions.go):
 //! - one listener per `Gateway` server port; each `VirtualService` bound to the gateway gives a
 //!   virtual host per host (`host` and `host:*`), its http routes in order, each Envoy route
-//!   named after the http route (the `route_name` property), `uri.exact` as `path`, `uri.prefix` as
+//!   named after the http route (`xds.route_name`), `uri.exact` as `path`, `uri.prefix` as
 //!   `prefix`, `rewrite.uri` as `prefix_rewrite`, `rewrite.authority` as
 //!   `host_rewrite_literal`, the http route's `timeout` (none by default; under 1 ms refused,
 //!   as istiod's validation does);

@@ -990,8 +990,7 @@ async fn a_seventy_second_tool_call_passes_with_the_default_limits() {
 }
 
 // =============================================================================================
-// The filter reads the route Envoy chose from Envoy (the `route_name` property), never from
-// the request: a header naming a route, as `route_header` configurations read, changes nothing.
+// The route Envoy chose reaches the filter in a header Envoy sets itself (`route_header`).
 // =============================================================================================
 
 #[tokio::test]
@@ -1005,7 +1004,7 @@ async fn a_client_cannot_name_the_route_envoy_chose() {
         "",
         "mcp-warden:demo, mcp-warden:x",
     ] {
-        // The call is judged by the route it goes to.
+        // Envoy overwrites the header: the call is judged by the route it goes to.
         stack.demo.clear_recorded().await;
         let extra = [
             ("authorization", auth.as_str()),
@@ -1021,6 +1020,11 @@ async fn a_client_cannot_name_the_route_envoy_chose() {
         assert_eq!(resp.status, 200, "forged {forged:?}: {}", resp.body);
         let recorded = stack.demo.recorded().await;
         assert_eq!(recorded.len(), 1, "forged {forged:?}");
+        assert!(
+            recorded[0]["headers"].get("x-mcp-warden-route").is_none(),
+            "the route header reached the upstream: {:#?}",
+            recorded[0]["headers"]
+        );
         let resp = mcp_post(
             &stack.mcp_url(),
             &extra,
@@ -1030,7 +1034,7 @@ async fn a_client_cannot_name_the_route_envoy_chose() {
         .await;
         assert_eq!(resp.status, 403, "forged {forged:?}: {}", resp.body);
     }
-    // Off the MCP routes, it names none either.
+    // Off the MCP routes, the header is dropped too: no route is judged.
     let resp = raw_request(
         "GET",
         &format!("{}/elsewhere", stack.envoy_url()),

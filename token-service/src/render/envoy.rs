@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use warden_core::app::CALLBACK_PATH as APP_CALLBACK_PATH;
 use warden_core::assertion::CLIENT_HEADERS as CLIENT_ASSERTION_HEADERS;
-use warden_core::config::{DEFAULT_MAX_REQUEST_BYTES, ENVOY_ROUTE_PREFIX};
+use warden_core::config::{DEFAULT_MAX_REQUEST_BYTES, ENVOY_ROUTE_PREFIX, ROUTE_HEADER};
 use warden_core::url::ResourceUrl;
 
 use super::plugin::{
@@ -14,6 +14,13 @@ use super::plugin::{
     STREAM_IDLE_TIMEOUT_SECONDS, STRIP_ASSERTION_FILTER, TOKEN_SERVICE_CLUSTER,
     TOKEN_SERVICE_INTERNAL_CLUSTER, TOKEN_SERVICE_PREFIXES, TOKEN_SERVICE_ROUTE,
 };
+
+/// The per-route `header_mutation` config with one request mutation.
+fn route_header_mutation(mutation: &str) -> String {
+    format!(
+        "typed_per_filter_config: {{ envoy.filters.http.header_mutation: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute, mutations: {{ request_mutations: [ {mutation} ] }} }} }}"
+    )
+}
 
 /// `s` as a literal in an RE2 pattern.
 fn regex_escape(s: &str) -> String {
@@ -202,9 +209,10 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
         for prefix in TOKEN_SERVICE_PREFIXES {
             let _ = writeln!(
                 w,
-                "              - name: {}\n                match: {{ prefix: {} }}\n                route: {{ cluster: {TOKEN_SERVICE_CLUSTER} }}",
+                "              - name: {}\n                match: {{ prefix: {} }}\n                route: {{ cluster: {TOKEN_SERVICE_CLUSTER} }}\n                {}",
                 json_string(TOKEN_SERVICE_ROUTE),
                 json_string(prefix),
+                route_header_mutation(&format!("{{ remove: {ROUTE_HEADER} }}"))
             );
         }
         // Longest prefix first, as the filter matches.
@@ -220,8 +228,8 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
             } else {
                 format!("{host}:{port}")
             };
-            // The name tells the filter which warden route Envoy chose (the `route_name`
-            // property).
+            // The name tells the filter which warden route Envoy chose: as the route name
+            // (`xds.route_name`) and in the route header the filter reads with the others.
             let route_name = json_string(&format!("{ENVOY_ROUTE_PREFIX}{}", route.name));
             let prefix_rewrite = |to: &str| format!("prefix_rewrite: {}", json_string(to));
             // A web app's sign-in callback carries a one-time code in its query, and Envoy's
@@ -233,8 +241,11 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
             };
             let action = |rewrite: String| {
                 format!(
-                    "route: {{ cluster: {cluster}, {rewrite}, host_rewrite_literal: {}, timeout: 0s, idle_timeout: {STREAM_IDLE_TIMEOUT_SECONDS}s }}{untraced}",
+                    "route: {{ cluster: {cluster}, {rewrite}, host_rewrite_literal: {}, timeout: 0s, idle_timeout: {STREAM_IDLE_TIMEOUT_SECONDS}s }}\n                request_headers_to_remove: [{ROUTE_HEADER}]\n                {}{untraced}",
                     json_string(&to_authority),
+                    route_header_mutation(&format!(
+                        "{{ append: {{ header: {{ key: {ROUTE_HEADER}, value: {route_name} }}, append_action: OVERWRITE_IF_EXISTS_OR_ADD }} }}"
+                    ))
                 )
             };
             if url.path.is_empty() {
@@ -273,16 +284,18 @@ pub fn render(input: &EnvoyInput) -> Result<String, String> {
                 );
             }
         }
-        let _ = writeln!(w, "              - match: {{ prefix: \"/\" }}\n                direct_response: {{ status: 404, body: {{ inline_string: \"no MCP route here\\n\" }} }}");
+        let _ = writeln!(w, "              - match: {{ prefix: \"/\" }}\n                direct_response: {{ status: 404, body: {{ inline_string: \"no MCP route here\\n\" }} }}\n                {}", route_header_mutation(&format!("{{ remove: {ROUTE_HEADER} }}")));
     }
     // Unknown hosts get nothing (the filter answers metadata only for known hosts anyway).
-    let _ = writeln!(w, "            - name: unknown-host\n              domains: [\"*\"]\n              routes:\n              - match: {{ prefix: \"/\" }}\n                direct_response: {{ status: 404, body: {{ inline_string: \"unknown host\\n\" }} }}");
+    let _ = writeln!(w, "            - name: unknown-host\n              domains: [\"*\"]\n              routes:\n              - match: {{ prefix: \"/\" }}\n                direct_response: {{ status: 404, body: {{ inline_string: \"unknown host\\n\" }} }}\n                {}", route_header_mutation(&format!("{{ remove: {ROUTE_HEADER} }}")));
     // A client never sends the identity assertion, ours or Pomerium's: removed before any
     // filter runs, on every route (the warden filter removes them too, and adds the real one
     // where configured).
     // Route-level `request_headers_to_remove` would not do: the router applies it after the
     // filters, so it would also remove the assertion the filter adds.
     let _ = writeln!(w, "          http_filters:\n          - name: {STRIP_ASSERTION_FILTER}\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n              mutations: {{ request_mutations: [ {} ] }}", CLIENT_ASSERTION_HEADERS.map(|h| format!("{{ remove: {h} }}")).join(", "));
+    // Sets the route header per route (above), so a client's own value never survives.
+    let _ = writeln!(w, "          - name: envoy.filters.http.header_mutation\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation");
     let _ = writeln!(
         w,
         "          - name: envoy.filters.http.wasm\n            typed_config:"

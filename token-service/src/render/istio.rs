@@ -26,14 +26,15 @@ const HCM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network
 /// The VirtualService http route sending the issuer's host to the token service.
 pub const ISSUER_ROUTE: &str = "mcp-warden.issuer";
 
-/// Where the filter reaches the token service inside Istio: the Service's outbound clusters.
-/// (The filter reads Envoy's route name, the VirtualService http route's name, from the
-/// `route_name` property, as with the Envoy bootstrap.)
+/// Where the filter reaches the token service inside Istio: the Service's outbound clusters,
+/// and Envoy's route name (`xds.route_name`, the VirtualService http route's name) instead of
+/// a route header, which only the Envoy bootstrap sets.
 pub fn filter_targets(plan: &Plan<'_>) -> FilterTargets {
     FilterTargets {
         jwks_cluster: plan.cluster(plan.http_port()),
         token_service_cluster: plan.cluster(plan.internal_port()),
         token_service_authority: format!("{}:{}", plan.fqdn(), plan.internal_port()),
+        route_header: None,
     }
 }
 

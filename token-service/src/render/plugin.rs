@@ -4,7 +4,7 @@
 
 use warden_core::config::{
     JwksFetch, PluginConfig, RouteConfig, RouteKind, TokenServiceConfig, CONFIG_VERSION,
-    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_REQUEST_BYTES, ROUTE_HEADER,
 };
 use warden_core::url::ResourceUrl;
 
@@ -130,10 +130,12 @@ pub struct FilterTargets {
     /// The cluster of the internal listener, and the authority the filter calls it with.
     pub token_service_cluster: String,
     pub token_service_authority: String,
+    /// The header Envoy sets to the route's name; `None`: the filter reads `xds.route_name`.
+    pub route_header: Option<String>,
 }
 
 impl FilterTargets {
-    /// The clusters `render-envoy` defines.
+    /// The clusters `render-envoy` defines, and its route header.
     pub fn envoy(input: &EnvoyInput) -> Self {
         FilterTargets {
             jwks_cluster: TOKEN_SERVICE_CLUSTER.into(),
@@ -143,6 +145,7 @@ impl FilterTargets {
                 .as_ref()
                 .map(|i| i.listen.to_string())
                 .unwrap_or_default(),
+            route_header: Some(ROUTE_HEADER.into()),
         }
     }
 }
@@ -179,9 +182,7 @@ pub fn plugin_config_for(input: &EnvoyInput, targets: &FilterTargets) -> PluginC
         authorize_filter_state: true,
         // Envoy's tracer tags the request's span from them (`custom_tags`).
         span_tags: input.traces_url.is_some(),
-        // No route header: the filter reads Envoy's `route_name` property, which costs Envoy
-        // less than the `header_mutation` filter that would set one.
-        route_header: None,
+        route_header: targets.route_header.clone(),
         token_service: input.internal.as_ref().map(|_| TokenServiceConfig {
             cluster: targets.token_service_cluster.clone(),
             authority: targets.token_service_authority.clone(),
