@@ -1044,3 +1044,39 @@ async fn a_client_cannot_name_the_route_envoy_chose() {
     .await;
     assert_eq!(resp.status, 404, "{}", resp.body);
 }
+
+/// Envoy's routing decision is the filter's: a request Envoy routes to an MCP route the filter
+/// does not know is refused, even where the filter's own URL matching would find a route. (A
+/// route source that answered nothing at request time, such as the `route_name` property in
+/// Envoy 1.40, would let the filter fall back to its own matching and pass this call.)
+#[tokio::test]
+async fn envoys_route_decides_even_where_the_url_names_a_known_route() {
+    let stack = Stack::start_with(StackOptions {
+        bootstrap_hook: Some(Box::new(|yaml: &mut String| {
+            // The Envoy route of `demo` (its name, and the route header it sets) now names a
+            // route the filter does not have; the URL still is `demo`'s.
+            let ours = "\"mcp-warden:demo\"";
+            assert!(yaml.matches(ours).count() >= 2, "{yaml}");
+            *yaml = yaml.replace(ours, "\"mcp-warden:renamed\"");
+        })),
+        ..StackOptions::default()
+    })
+    .await;
+    let token = stack.mint_token(&stack.mcp_url()).await;
+    let auth = format!("Bearer {token}");
+    stack.demo.clear_recorded().await;
+    let resp = mcp_post(
+        &stack.mcp_url(),
+        &[("authorization", auth.as_str())],
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "hi"}}),
+    )
+    .await;
+    assert_eq!(resp.status, 403, "{}", resp.body);
+    assert!(
+        resp.body.contains("does not know"),
+        "refused as a route the filter does not know: {}",
+        resp.body
+    );
+    assert!(stack.demo.recorded().await.is_empty());
+}
