@@ -33,6 +33,17 @@ fn deny_add_options() -> StackOptions {
     }
 }
 
+/// A `tools/call` of `echo` on the demo route, with `auth` as the `Authorization` value.
+async fn call_echo(stack: &Stack, auth: &str) -> RawResponse {
+    mcp_post(
+        &stack.mcp_url(),
+        &[("authorization", auth)],
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "hi"}}),
+    )
+    .await
+}
+
 /// A handshake-era JSON-RPC call of `add` (no routing headers needed).
 fn add_call(id: u64) -> String {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 1, "b": 2}}}).to_string()
@@ -308,13 +319,7 @@ async fn look_alike_methods_tool_names_and_argument_keys_are_refused() {
     )
     .await;
     assert_eq!(resp.status, 403, "{}", resp.body);
-    let resp = mcp_post(
-        &stack.mcp_url(),
-        &[("authorization", auth.as_str())],
-        "tools/call",
-        json!({"name": "echo", "arguments": {"text": "hi"}}),
-    )
-    .await;
+    let resp = call_echo(&stack, &auth).await;
     assert_eq!(resp.status, 200, "{}", resp.body);
 }
 
@@ -1065,18 +1070,15 @@ async fn envoys_route_decides_even_where_the_url_names_a_known_route() {
     let token = stack.mint_token(&stack.mcp_url()).await;
     let auth = format!("Bearer {token}");
     stack.demo.clear_recorded().await;
-    let resp = mcp_post(
-        &stack.mcp_url(),
-        &[("authorization", auth.as_str())],
-        "tools/call",
-        json!({"name": "echo", "arguments": {"text": "hi"}}),
-    )
-    .await;
+    let resp = call_echo(&stack, &auth).await;
     assert_eq!(resp.status, 403, "{}", resp.body);
     assert!(
         resp.body.contains("does not know"),
         "refused as a route the filter does not know: {}",
         resp.body
     );
-    assert!(stack.demo.recorded().await.is_empty());
+    stack
+        .demo
+        .assert_nothing_recorded("a route the filter does not know")
+        .await;
 }
