@@ -460,3 +460,72 @@ async fn without_allow_on_headers_stop_iteration_a_tool_call_stalls() {
         .assert_nothing_recorded("a call whose body the filter never saw")
         .await;
 }
+
+/// Istio's routing decision is the filter's (`xds.route_name`, the VirtualService http route's
+/// name): a request Istio routes to an MCP route the filter does not know is refused, even where
+/// the filter's own URL matching would find `demo`. Only the route below `/demo/` is renamed, so
+/// the sign-in and a call on `/demo` itself show the same token passes where the name is known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istios_route_decides_even_where_the_url_names_a_known_route() {
+    let _one = ONE_GATEWAY.lock().await;
+    let pods = start_pods(|objects| {
+        let mut renamed = 0;
+        for o in objects
+            .0
+            .iter_mut()
+            .filter(|o| o["kind"] == "VirtualService")
+        {
+            for http in o["spec"]["http"].as_array_mut().unwrap() {
+                let below_demo = http["match"][0]["uri"]["prefix"] == "/demo/";
+                if http["name"] == "mcp-warden:demo" && below_demo {
+                    http["name"] = json!("mcp-warden:renamed");
+                    renamed += 1;
+                }
+            }
+        }
+        assert_eq!(
+            renamed, 1,
+            "the rendered VirtualService routes /demo/ as demo"
+        );
+    })
+    .await;
+    let signed = sign_in(&pods.mcp_url).await;
+    let call = |url: String| {
+        let token = signed.access_token.clone();
+        async move {
+            let resp = http_client()
+                .post(&url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", "echo")
+                .json(&stateless_body(
+                    1,
+                    "tools/call",
+                    json!({"name": "echo", "arguments": {"text": "x"}}),
+                ))
+                .send()
+                .await
+                .expect("the gateway answers");
+            (
+                resp.status().as_u16(),
+                resp.text().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (status, body) = call(pods.mcp_url.clone()).await;
+    assert_eq!(status, 200, "the route Istio names demo passes: {body}");
+
+    pods.demo.clear_recorded().await;
+    let (status, body) = call(format!("{}/", pods.mcp_url)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("does not know"),
+        "refused as a route the filter does not know: {body}"
+    );
+    pods.demo
+        .assert_nothing_recorded("a route the filter does not know")
+        .await;
+}
