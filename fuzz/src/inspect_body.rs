@@ -2,12 +2,19 @@
 //! accepts, it reads exactly as a lenient JSON parser would (no duplicate keys, no ambiguity):
 //! the method and tool the policy judged are the ones a server will read.
 
-use warden_core::jsonrpc::inspect;
+use warden_core::jsonrpc::{inspect, inspect_by_serde, inspect_with};
 
 /// What `run` can decide.
 pub const OUTCOMES: &[&str] = &["accepted", "refused"];
 
 pub fn run(data: &[u8]) -> &'static str {
+    // Without arguments (the usual warm path) a plain body is read by the scanner, not by
+    // serde: the verdict and every member read must be the serde pass's own.
+    assert_eq!(
+        inspect_with(data, false),
+        inspect_by_serde(data, false),
+        "the scanner and the serde pass disagree"
+    );
     let Ok(body) = inspect(data) else {
         return "refused";
     };

@@ -1,0 +1,293 @@
+//! The fast path of `inspect_with`: one pass over a plain request body that fills the same
+//! `Envelope` the serde visitors do, with the same key checks (`KeysSeen`, look-alike
+//! members), without serde's machinery. It never refuses anything: whatever it does not read
+//! plainly (an escape or any byte outside printable ASCII in a string, a number other than a
+//! short integer, nesting past `MAX_DEPTH`, a batch, a message that is not an object, any
+//! syntax error, any key the checks refuse) gives `None`, and the serde path reads the body
+//! and decides. So what it accepts, the serde path accepts the same way (a differential test
+//! in `jsonrpc.rs` holds it to that).
+
+use std::borrow::Cow;
+
+use super::{
+    look_alike_member, Arguments, Captured, Envelope, KeysSeen, Params, ParamsValue, Scalar, Top,
+    ENVELOPE_KEYS, META_PROTOCOL_VERSION, PARAMS_KEYS,
+};
+
+/// Deeper bodies go the serde path (its limit is 128).
+const MAX_DEPTH: usize = 16;
+/// Integers up to this many digits fit an `i64`; longer ones go the serde path.
+const MAX_DIGITS: usize = 18;
+// The digit fold in `integer` cannot overflow below 19 digits.
+const _: () = assert!(MAX_DIGITS <= 18);
+
+/// The envelope of a lone message, when the body is plain; `None`: read it the serde way.
+pub(super) fn scan(body: &[u8], with_arguments: bool) -> Option<Top<'_>> {
+    if with_arguments {
+        return None;
+    }
+    // One UTF-8 check of the whole body (a word at a time over ASCII), so each string is a
+    // slice of it, not checked again. A body that is not UTF-8 is the serde pass's to refuse.
+    let text = std::str::from_utf8(body).ok()?;
+    let mut s = Scanner {
+        text,
+        b: body,
+        i: 0,
+    };
+    s.ws();
+    let message = s.message()?;
+    s.ws();
+    (s.i == body.len()).then_some(Top::One(message))
+}
+
+struct Scanner<'a> {
+    /// The body, checked UTF-8 once; `b` is its bytes.
+    text: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.i += 1)
+    }
+
+    /// JSON's whitespace.
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    /// A string of printable ASCII without escapes: the input's own bytes.
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let rest = self.b.get(start..)?;
+        let len = rest
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || !(0x20..=0x7e).contains(&c))?;
+        // Only the closing quote ends a plain string; an escape or any other byte leaves the
+        // body to the serde pass.
+        if rest.get(len) != Some(&b'"') {
+            return None;
+        }
+        self.i = start + len + 1;
+        self.text.get(start..start + len)
+    }
+
+    /// `0` or `-?[1-9][0-9]*` of at most `MAX_DIGITS` digits (serde reads `-0` as a float).
+    fn integer(&mut self) -> Option<serde_json::Number> {
+        let negative = self.eat(b'-').is_some();
+        let start = self.i;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.i += 1;
+        }
+        let digits = self.b.get(start..self.i)?;
+        let first = *digits.first()?;
+        if digits.len() > MAX_DIGITS
+            || (first == b'0' && (digits.len() > 1 || negative))
+            || matches!(self.peek(), Some(b'.' | b'e' | b'E'))
+        {
+            return None;
+        }
+        let value = digits
+            .iter()
+            .fold(0_u64, |v, d| v * 10 + u64::from(d - b'0'));
+        Some(if negative {
+            serde_json::Number::from(-i64::try_from(value).ok()?)
+        } else {
+            serde_json::Number::from(value)
+        })
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.i + word.len();
+        (self.b.get(self.i..end)? == word).then(|| self.i = end)
+    }
+
+    /// An object, each member handed to `member` (which must read its value); its keys
+    /// checked as every object's are.
+    fn object(
+        &mut self,
+        depth: usize,
+        mut member: impl FnMut(&mut Self, &'a str, usize) -> Option<()>,
+    ) -> Option<()> {
+        if depth >= MAX_DEPTH {
+            return None;
+        }
+        self.eat(b'{')?;
+        self.ws();
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        let mut seen = KeysSeen::default();
+        loop {
+            self.ws();
+            let key = self.string()?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            member(self, key, depth + 1)?;
+            seen.add(Cow::Borrowed(key)).ok()?;
+            self.ws();
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> Option<()> {
+        if depth >= MAX_DEPTH {
+            return None;
+        }
+        self.eat(b'[')?;
+        self.ws();
+        if self.eat(b']').is_some() {
+            return Some(());
+        }
+        loop {
+            self.ws();
+            self.skip(depth + 1)?;
+            self.ws();
+            match self.peek()? {
+                b',' => self.i += 1,
+                b']' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Any value, checked and dropped (serde's `Strict`).
+    fn skip(&mut self, depth: usize) -> Option<()> {
+        self.scalar(depth).map(drop)
+    }
+
+    /// Any value, reduced to what the checks ask of it (serde's `ScalarVisitor`).
+    fn scalar(&mut self, depth: usize) -> Option<Scalar<'a>> {
+        Some(match self.peek()? {
+            b'{' => {
+                self.object(depth, |s, _, d| s.skip(d))?;
+                Scalar::Object
+            }
+            b'[' => {
+                self.array(depth)?;
+                Scalar::Array
+            }
+            b'"' => Scalar::Str(Cow::Borrowed(self.string()?)),
+            b't' => {
+                self.literal(b"true")?;
+                Scalar::Bool
+            }
+            b'f' => {
+                self.literal(b"false")?;
+                Scalar::Bool
+            }
+            b'n' => {
+                self.literal(b"null")?;
+                Scalar::Null
+            }
+            _ => Scalar::Number(self.integer()?),
+        })
+    }
+
+    /// A message (serde's `MessageSeed`): only an object is read here.
+    fn message(&mut self) -> Option<Captured<'a>> {
+        if self.peek()? != b'{' {
+            return None;
+        }
+        let mut env = Envelope::default();
+        self.object(0, |s, key, d| {
+            match key {
+                "jsonrpc" => env.jsonrpc = Some(s.scalar(d)?),
+                "id" => env.id = Some(s.scalar(d)?),
+                "method" => env.method = Some(s.scalar(d)?),
+                "params" => env.params = Some(s.params(d)?),
+                "result" | "error" => {
+                    s.skip(d)?;
+                    env.has_result_or_error = true;
+                }
+                other => {
+                    if env.look_alike.is_none() {
+                        env.look_alike = look_alike_member(other, ENVELOPE_KEYS);
+                    }
+                    s.skip(d)?;
+                }
+            }
+            Some(())
+        })?;
+        Some(Captured::Object(env))
+    }
+
+    /// `params` (serde's `ParamsSeed`, its arguments only checked).
+    fn params(&mut self, depth: usize) -> Option<ParamsValue<'a>> {
+        match self.peek()? {
+            b'{' => {
+                let mut p = Params::default();
+                self.object(depth, |s, key, d| {
+                    match key {
+                        "name" => p.name = Some(s.scalar(d)?),
+                        "uri" => p.uri = Some(s.scalar(d)?),
+                        "taskId" => p.task_id = Some(s.scalar(d)?),
+                        "arguments" => {
+                            p.arguments = Some(match s.scalar(d)? {
+                                Scalar::Object => Arguments::Object(None),
+                                _ => Arguments::Other,
+                            })
+                        }
+                        "_meta" => p.meta_protocol_version = s.meta(d)?,
+                        other => {
+                            if p.look_alike.is_none() {
+                                p.look_alike = look_alike_member(other, PARAMS_KEYS);
+                            }
+                            s.skip(d)?;
+                        }
+                    }
+                    Some(())
+                })?;
+                Some(ParamsValue::Object(p))
+            }
+            b'[' => {
+                self.array(depth)?;
+                Some(ParamsValue::Array)
+            }
+            _ => {
+                self.skip(depth)?;
+                Some(ParamsValue::Other)
+            }
+        }
+    }
+
+    /// `params._meta` (serde's `MetaSeed`): its protocol version, when it is an object holding
+    /// a string there.
+    fn meta(&mut self, depth: usize) -> Option<Option<String>> {
+        if self.peek()? != b'{' {
+            self.skip(depth)?;
+            return Some(None);
+        }
+        let mut version = None;
+        self.object(depth, |s, key, d| {
+            if key == META_PROTOCOL_VERSION {
+                if let Scalar::Str(v) = s.scalar(d)? {
+                    version = Some(v.into_owned());
+                }
+            } else {
+                s.skip(d)?;
+            }
+            Some(())
+        })?;
+        Some(version)
+    }
+}
