@@ -9,6 +9,7 @@ use crate::app::{self, AppHead};
 use crate::config::{CompiledConfig, Route, RouteKind, ENVOY_ROUTE_PREFIX};
 use crate::reply::{preflight, LocalReply};
 use crate::server_route;
+use crate::short_text::lossy;
 
 pub use crate::server_route::{keys_unavailable, SESSION_NOT_FOUND};
 pub use crate::step::{Context, Grant, RequestHead, Step};
@@ -40,10 +41,10 @@ fn lower_case(authority: Cow<'_, str>) -> Cow<'_, str> {
 pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
     // Bytes that are not UTF-8 are decoded lossily, never waved through: a request must not
     // escape its route by being malformed.
-    let authority = lower_case(String::from_utf8_lossy(head.authority));
-    let path = String::from_utf8_lossy(head.path);
+    let authority = lower_case(lossy(head.authority));
+    let path = lossy(head.path);
     let path_only = path.split(['?', '#']).next().unwrap_or_default();
-    let scheme = String::from_utf8_lossy(head.scheme);
+    let scheme = lossy(head.scheme);
     let app_head = || AppHead {
         method: head.method,
         origin: head.origin,
@@ -72,8 +73,8 @@ pub fn decide(head: &RequestHead<'_>, ctx: Context<'_>) -> Step {
 /// The MCP server route a request is on, for a refusal's metrics: the refusal path locates
 /// the request again (never the warm path, which has its route in the `Grant`).
 pub fn server_route_of(head: &RequestHead<'_>, config: &CompiledConfig) -> Option<usize> {
-    let authority = lower_case(String::from_utf8_lossy(head.authority));
-    let path = String::from_utf8_lossy(head.path);
+    let authority = lower_case(lossy(head.authority));
+    let path = lossy(head.path);
     let path_only = path.split(['?', '#']).next().unwrap_or_default();
     match locate(head, config, &authority, path_only) {
         Destination::Server(index, _) => Some(index),
@@ -102,7 +103,7 @@ fn locate<'c>(
     if let Some(route) = config.metadata_route(authority, path_only) {
         return Destination::Metadata(route);
     }
-    let envoy_route = head.envoy_route.map(String::from_utf8_lossy);
+    let envoy_route = head.envoy_route.map(lossy);
     let matched = match envoy_route.as_deref() {
         Some(name) if name.starts_with(ENVOY_ROUTE_PREFIX) => match config.route_named(name) {
             Some(found) if !head.envoy_route_in_header || found.1.url.matches_host(authority) => {

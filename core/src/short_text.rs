@@ -3,8 +3,19 @@
 //! `2025-06-18`, a UUID request id), the JSON-RPC method and the tool's name. Longer text goes
 //! to the heap, so nothing is cut.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Deref;
+
+/// Bytes as text, invalid UTF-8 replaced (never dropped), as `String::from_utf8_lossy`. Valid
+/// text, as nearly every header value is, is borrowed after the standard check, which reads
+/// ASCII a word at a time; `from_utf8_lossy` alone walks it a byte at a time.
+pub fn lossy(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
 
 /// Text up to this many bytes is kept inline (a UUID `x-request-id` is 36).
 const INLINE: usize = 46;

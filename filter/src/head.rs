@@ -9,7 +9,7 @@ use warden_core::access::RequestHead;
 use warden_core::internal_api::is_client_assertion;
 use warden_core::mcp::CallHead;
 use warden_core::names::{disguised_header, is_method_override};
-use warden_core::short_text::ShortText;
+use warden_core::short_text::{lossy, ShortText};
 use warden_core::step::OnceHeader;
 use warden_core::trace_context::TraceContext;
 
@@ -104,7 +104,7 @@ impl OwnedHead {
                 b"cookie" => head.cookies.push(value),
                 b"traceparent" | b"tracestate" => head.trace.record_header(name, block.get(&value)),
                 other if is_client_assertion(other) => {
-                    head.client_assertions.push(lossy(other));
+                    head.client_assertions.push(lossy(other).into_owned());
                 }
                 other if is_method_override(other) => head.method_override = true,
                 other => {
@@ -196,9 +196,5 @@ impl OnceRanges {
 
 /// A value the judgement reads, copied without an allocation when short (`ShortText`).
 fn short_text(bytes: &[u8]) -> ShortText {
-    ShortText::new(&String::from_utf8_lossy(bytes))
-}
-
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    ShortText::new(&lossy(bytes))
 }
