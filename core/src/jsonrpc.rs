@@ -16,6 +16,7 @@ use crate::names::{fold, is_folded};
 use crate::short_text::ShortText;
 
 mod scan;
+pub(crate) use scan::plain_run;
 
 /// A seed that is its own visitor: it reads whatever value comes.
 macro_rules! seed_is_visitor {

@@ -206,10 +206,11 @@ impl AuthorizeLog {
 /// Room for an authorize record without growing: most are 500 to 650 bytes.
 const LINE_CAPACITY: usize = 768;
 
-/// `text` as a JSON string. Text with nothing to escape (the usual: ids, names, reasons) is
-/// copied as it is; the rest is escaped by serde_json, as `Value`s are.
+/// `text` as a JSON string. Printable ASCII without `"` or `\\` (the usual: ids, names,
+/// reasons), which JSON never escapes, is copied as it is, found eight bytes at a time; the
+/// rest is escaped by serde_json, as `Value`s are.
 fn json_string(out: &mut String, text: &str) {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if crate::jsonrpc::plain_run(text.as_bytes()) == text.len() {
         out.push('"');
         out.push_str(text);
         out.push('"');

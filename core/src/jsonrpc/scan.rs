@@ -40,6 +40,39 @@ pub(super) fn scan(body: &[u8], with_arguments: bool) -> Option<Top<'_>> {
     (s.i == body.len()).then_some(Top::One(message))
 }
 
+/// How many bytes at the start of `rest` a plain string may hold: printable ASCII other than
+/// `"` and `\\`. Eight bytes are tested at once while none of them stops the run (a long
+/// argument would otherwise cost a test per byte, more than the serde pass's own skip); the
+/// eight that hold the stop are then read one by one.
+pub(crate) fn plain_run(rest: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Exact for "some byte of `v` is zero" (and below, "some byte is below 0x20"): a borrow
+    // can only mark a byte above one that really matched.
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut at = 0;
+    for chunk in rest.chunks_exact(8) {
+        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let x = u64::from_le_bytes(bytes);
+        let stops = (x.wrapping_sub(ONES * 0x20) & !x & HIGH)
+            | (x & HIGH)
+            | has_zero(x ^ (ONES * u64::from(b'"')))
+            | has_zero(x ^ (ONES * u64::from(b'\\')))
+            | has_zero(x ^ (ONES * 0x7f));
+        if stops != 0 {
+            break;
+        }
+        at += 8;
+    }
+    let tail = rest.get(at..).unwrap_or_default();
+    at + tail
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || !(0x20..=0x7e).contains(&c))
+        .unwrap_or(tail.len())
+}
+
 struct Scanner<'a> {
     /// The body, checked UTF-8 once; `b` is its bytes.
     text: &'a str,
@@ -68,9 +101,7 @@ impl<'a> Scanner<'a> {
         self.eat(b'"')?;
         let start = self.i;
         let rest = self.b.get(start..)?;
-        let len = rest
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || !(0x20..=0x7e).contains(&c))?;
+        let len = plain_run(rest);
         // Only the closing quote ends a plain string; an escape or any other byte leaves the
         // body to the serde pass.
         if rest.get(len) != Some(&b'"') {
@@ -289,5 +320,43 @@ impl<'a> Scanner<'a> {
             Some(())
         })?;
         Some(version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_run;
+
+    fn by_bytes(rest: &[u8]) -> usize {
+        rest.iter()
+            .position(|&c| c == b'"' || c == b'\\' || !(0x20..=0x7e).contains(&c))
+            .unwrap_or(rest.len())
+    }
+
+    /// Every byte value, at every place of runs that fill none, one or several eight-byte
+    /// words (and a second stop after it), ends the run where the byte-by-byte rule does.
+    #[test]
+    fn the_word_test_stops_where_the_byte_rule_does() {
+        for len in [0, 1, 7, 8, 9, 15, 16, 17, 24, 31] {
+            for at in 0..=len {
+                for byte in 0..=u8::MAX {
+                    let mut rest = vec![b'a'; len];
+                    if let Some(b) = rest.get_mut(at) {
+                        *b = byte;
+                    }
+                    if let Some(b) = rest.get_mut(at + 3) {
+                        *b = b'"';
+                    }
+                    assert_eq!(plain_run(&rest), by_bytes(&rest), "{rest:?}");
+                }
+            }
+        }
+        // Neighbours whose borrows could spill into each other.
+        for a in 0..=u8::MAX {
+            for b in [0x00, 0x1f, 0x20, 0x21, 0x22, 0x5c, 0x7e, 0x7f, 0x80, 0xff] {
+                let rest = [b'x', a, b, b'y', b'z', a, b, b'w', b'q'];
+                assert_eq!(plain_run(&rest), by_bytes(&rest), "{rest:?}");
+            }
+        }
     }
 }
