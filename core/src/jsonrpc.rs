@@ -5,17 +5,20 @@
 //! names a lenient server could read as other names are refused (`crate::names`).
 
 use std::borrow::Cow;
-use std::collections::HashSet;
-
 use std::fmt;
 
 use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::names::{fold, is_folded};
 use crate::short_text::ShortText;
 
+mod envelope;
 mod scan;
+pub use envelope::META_PROTOCOL_VERSION;
+use envelope::{
+    look_alike_member, Arguments, Captured, Envelope, KeysSeen, Params, ParamsValue, Scalar, Top,
+    ENVELOPE_KEYS, PARAMS_KEYS,
+};
 pub(crate) use scan::plain_run;
 
 /// A seed that is its own visitor: it reads whatever value comes.
@@ -203,37 +206,6 @@ pub fn parse_strict(body: &[u8]) -> Result<Value, InspectError> {
         .map_err(|e| InspectError::Parse(e.to_string()))
 }
 
-/// The members of a message the filter reads, and of its `params`, each with its `fold`.
-const ENVELOPE_KEYS: &[(&str, &str)] = &[
-    ("jsonrpc", "jsonrpc"),
-    ("id", "id"),
-    ("method", "method"),
-    ("params", "params"),
-    ("result", "result"),
-    ("error", "error"),
-];
-const PARAMS_KEYS: &[(&str, &str)] = &[
-    ("name", "name"),
-    ("arguments", "arguments"),
-    ("uri", "uri"),
-    ("taskId", "taskid"),
-    ("_meta", "meta"),
-];
-
-/// A key that is not one the filter reads but that a lenient server would read as one
-/// (`Method`, `params `, `na\u200bme`): the server would act on a member the filter never saw.
-fn look_alike_member(key: &str, known: &[(&str, &'static str)]) -> Option<String> {
-    if known.iter().any(|(exact, _)| *exact == key) {
-        return None;
-    }
-    let folded = fold(key);
-    known.iter().find(|(_, f)| *f == folded).map(|(member, _)| {
-        format!(
-            "member {key:?} differs from {member:?} only by case, whitespace or invisible characters"
-        )
-    })
-}
-
 /// Turns what the parse kept of one message into a `Message`, or says why it is not one.
 fn message(m: Captured<'_>) -> Result<Message, InspectError> {
     let invalid = |m: &str| Err(InspectError::Invalid(m.to_string()));
@@ -328,82 +300,9 @@ fn message(m: Captured<'_>) -> Result<Message, InspectError> {
     })
 }
 
-/// Where a request states its protocol version in the body (2026-07-28).
-pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
-
 // ---------------------------------------------------------------------------------------------
 // The one pass. Each visitor checks its objects' keys (`KeysSeen`) and keeps what it is asked
 // for; everything else is checked and dropped (`Strict`).
-
-// Large on the stack on purpose: a box would be an allocation per request.
-#[allow(clippy::large_enum_variant)]
-enum Top<'a> {
-    One(Captured<'a>),
-    Batch(Vec<Captured<'a>>),
-}
-
-/// A message as the parse kept it: an object's interesting members, or not an object.
-#[allow(clippy::large_enum_variant)]
-enum Captured<'a> {
-    Object(Envelope<'a>),
-    Other,
-}
-
-#[derive(Default)]
-struct Envelope<'a> {
-    jsonrpc: Option<Scalar<'a>>,
-    id: Option<Scalar<'a>>,
-    method: Option<Scalar<'a>>,
-    params: Option<ParamsValue<'a>>,
-    has_result_or_error: bool,
-    look_alike: Option<String>,
-}
-
-/// A value reduced to what the checks ask of it.
-enum Scalar<'a> {
-    Str(Cow<'a, str>),
-    Number(serde_json::Number),
-    Null,
-    Bool,
-    Array,
-    Object,
-}
-
-/// `params` as the parse kept it: its members when it is an object (not boxed: one
-/// allocation fewer per call).
-enum ParamsValue<'a> {
-    Object(Params<'a>),
-    Array,
-    /// Any other value (refused).
-    Other,
-}
-
-#[derive(Default)]
-struct Params<'a> {
-    name: Option<Scalar<'a>>,
-    uri: Option<Scalar<'a>>,
-    task_id: Option<Scalar<'a>>,
-    arguments: Option<Arguments>,
-    meta_protocol_version: Option<String>,
-    look_alike: Option<String>,
-}
-
-impl<'a> Params<'a> {
-    fn named(&self, key: &str) -> Option<&Scalar<'a>> {
-        match key {
-            "name" => self.name.as_ref(),
-            "uri" => self.uri.as_ref(),
-            "taskId" => self.task_id.as_ref(),
-            _ => None,
-        }
-    }
-}
-
-enum Arguments {
-    /// An object: its tree when it was asked for.
-    Object(Option<Value>),
-    Other,
-}
 
 struct TopSeed {
     with_arguments: bool,
@@ -748,89 +647,10 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
-/// Objects up to this many keys are checked by comparing with each key before; bigger ones
-/// switch to hash sets, so the check stays linear.
-const LINEAR_KEYS: usize = 8;
-
-/// The keys of one object so far, and the folded forms of those that are not already folded
-/// (usually none): a key that folds to another key of the object is a duplicate to a lenient
-/// reader (Go's encoding/json matches keys case-insensitively, and the last one wins). Small
-/// objects, nearly all of them, are checked without allocating.
-struct KeysSeen<'a> {
-    exact: [Cow<'a, str>; LINEAR_KEYS],
-    exact_len: usize,
-    exact_set: HashSet<Cow<'a, str>>,
-    folded: Vec<String>,
-    folded_set: HashSet<String>,
-}
-
-impl Default for KeysSeen<'_> {
-    fn default() -> Self {
-        Self {
-            exact: std::array::from_fn(|_| Cow::Borrowed("")),
-            exact_len: 0,
-            exact_set: HashSet::new(),
-            folded: Vec::new(),
-            folded_set: HashSet::new(),
-        }
-    }
-}
-
-impl<'a> KeysSeen<'a> {
-    fn has_exact(&self, key: &str) -> bool {
-        if self.exact_set.is_empty() {
-            self.exact[..self.exact_len].iter().any(|k| k == key)
-        } else {
-            self.exact_set.contains(key)
-        }
-    }
-
-    fn has_folded(&self, key: &str) -> bool {
-        if self.folded_set.is_empty() {
-            self.folded.iter().any(|k| k == key)
-        } else {
-            self.folded_set.contains(key)
-        }
-    }
-
-    fn add(&mut self, key: Cow<'a, str>) -> Result<(), String> {
-        if self.has_exact(&key) {
-            return Err(format!("duplicate key {key:?}"));
-        }
-        let collides = if is_folded(&key) {
-            self.has_folded(&key)
-        } else {
-            let f = fold(&key);
-            let collides = self.has_exact(&f) || self.has_folded(&f);
-            if self.folded_set.is_empty() && self.folded.len() < LINEAR_KEYS {
-                self.folded.push(f);
-            } else {
-                self.folded_set.extend(self.folded.drain(..));
-                self.folded_set.insert(f);
-            }
-            collides
-        };
-        if collides {
-            return Err(format!(
-                "key {key:?} differs from another key of the object only by case, whitespace or invisible characters"
-            ));
-        }
-        if self.exact_set.is_empty() && self.exact_len < LINEAR_KEYS {
-            self.exact[self.exact_len] = key;
-            self.exact_len += 1;
-        } else {
-            let short = &mut self.exact[..self.exact_len];
-            self.exact_set.extend(short.iter_mut().map(std::mem::take));
-            self.exact_len = 0;
-            self.exact_set.insert(key);
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::fold;
 
     fn tool_of(body: &str) -> Result<Option<String>, InspectError> {
         inspect(body.as_bytes()).map(|b| b.messages[0].call.tool.as_deref().map(str::to_string))
