@@ -680,6 +680,10 @@ def start_envoy(cfg: Config, work: Path, upstream_port: int, base_id: int):
         cfg.log, env={"MCP_WARDEN_SESSION_KEY": SESSION_KEY,
                       "MCP_WARDEN_INTERNAL_CREDENTIAL": INTERNAL_CREDENTIAL},
     )
+    if cfg.log_path:
+        # Envoy's own log goes there (stderr keeps only what comes before it opens the file):
+        # error reports tail it, and its bytes are counted (as the sink flushes them).
+        cfg.log = work / f"envoy-{cfg.name}-app.log"
 
 
 def wait_ready(cfg: Config, timeout: float = 90):
@@ -695,6 +699,10 @@ def wait_ready(cfg: Config, timeout: float = 90):
             pass
         time.sleep(0.2)
     raise BenchError(f"Envoy for {cfg.name} not ready after {timeout} s:\n{tail(cfg.log)}")
+
+
+def file_size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
 
 
 def tail(path: Path | None, lines: int = 30) -> str:
@@ -866,7 +874,7 @@ def measure(cfg: Config, case: Case, rnd: int, script: Path, warmup: int, second
     allowed0 = counter(cfg, ALLOWED_COUNTER) if cfg.warden else 0
     # The warm-up's allocations reported before the measured run starts.
     allocs0 = allocations_after_tick(cfg) if cfg.counts_allocations else 0
-    log0 = cfg.log.stat().st_size
+    log0 = file_size(cfg.log)
     up0 = child_cpu(upstream.pid)
     others0 = others_cpu_seconds()
     cpu0 = cpu_seconds(cfg.proc.pid)
@@ -875,7 +883,7 @@ def measure(cfg: Config, case: Case, rnd: int, script: Path, warmup: int, second
     others1 = others_cpu_seconds()
     up1 = child_cpu(upstream.pid)
     rss = rss_mib(cfg.proc.pid)
-    log_bytes = cfg.log.stat().st_size - log0
+    log_bytes = file_size(cfg.log) - log0
     check(cfg, case, res, "run")
     connections = counter(cfg, CX_COUNTER) - cx0
     if connections > 4 * CONNECTIONS:

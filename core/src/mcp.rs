@@ -2,6 +2,8 @@
 //! evaluate the route's policy for every message, and say what to answer. Pure: the filter
 //! gathers the inputs and carries out the verdict.
 
+use std::fmt::Write as _;
+
 use serde_json::{Map, Value};
 
 use crate::config::{DenyStyle, Route};
@@ -145,7 +147,7 @@ impl AuthorizeLog {
         if let Some(parameters) = &self.mcp_tool_parameters {
             // Any JSON: serde's compact form (`Display`), as the rest of the line.
             out.push_str(",\"mcp-tool-parameters\":");
-            out.push_str(&parameters.to_string());
+            let _ = write!(out, "{parameters}");
         }
         if self.batch_size != 0 {
             out.push_str(",\"batch-size\":");
@@ -777,7 +779,9 @@ mod tests {
         let mut seen = 0;
         for i in 0..(TEXTS.len() * 7) {
             let text = |k: usize| TEXTS[(i + k) % TEXTS.len()];
-            let reasons = |k: usize| -> Vec<&'static str> { REASONS[..(i + k) % 3].to_vec() };
+            let reasons = |k: usize| -> Vec<&'static str> {
+                REASONS[..(i + k) % (REASONS.len() + 1)].to_vec()
+            };
             let mut c = claims();
             c.sub = text(0).into();
             c.email = text(1).into();

@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 
-use super::{
+use super::envelope::{
     look_alike_member, Arguments, Captured, Envelope, KeysSeen, Params, ParamsValue, Scalar, Top,
     ENVELOPE_KEYS, META_PROTOCOL_VERSION, PARAMS_KEYS,
 };
@@ -26,15 +26,20 @@ pub(super) fn scan(body: &[u8], with_arguments: bool) -> Option<Top<'_>> {
     if with_arguments {
         return None;
     }
-    // One UTF-8 check of the whole body (a word at a time over ASCII), so each string is a
-    // slice of it, not checked again. A body that is not UTF-8 is the serde pass's to refuse.
-    let text = std::str::from_utf8(body).ok()?;
     let mut s = Scanner {
-        text,
+        text: "",
         b: body,
         i: 0,
     };
     s.ws();
+    // Only an object is a lone message here (a batch, anything else goes the serde way at
+    // once); then one UTF-8 check of the whole body (a word at a time over ASCII), so each
+    // string is a slice of it, not checked again. A body that is not UTF-8 is the serde pass's
+    // to refuse.
+    if s.peek()? != b'{' {
+        return None;
+    }
+    s.text = std::str::from_utf8(body).ok()?;
     let message = s.message()?;
     s.ws();
     (s.i == body.len()).then_some(Top::One(message))
@@ -333,17 +338,19 @@ mod tests {
             .unwrap_or(rest.len())
     }
 
-    /// Every byte value, at every place of runs that fill none, one or several eight-byte
-    /// words (and a second stop after it), ends the run where the byte-by-byte rule does.
+    /// Every byte value, at every place of runs of 0 to 33 bytes (none, one or several
+    /// eight-byte words and a tail), ends the run where the byte-by-byte rule does: alone in
+    /// its word, and again with a second stop three bytes after it.
     #[test]
     fn the_word_test_stops_where_the_byte_rule_does() {
-        for len in [0, 1, 7, 8, 9, 15, 16, 17, 24, 31] {
+        for len in 0..=33 {
             for at in 0..=len {
                 for byte in 0..=u8::MAX {
                     let mut rest = vec![b'a'; len];
                     if let Some(b) = rest.get_mut(at) {
                         *b = byte;
                     }
+                    assert_eq!(plain_run(&rest), by_bytes(&rest), "{rest:?}");
                     if let Some(b) = rest.get_mut(at + 3) {
                         *b = b'"';
                     }
