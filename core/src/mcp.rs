@@ -153,35 +153,19 @@ impl AuthorizeLog {
             out.push_str(",\"batch-size\":");
             push_decimal(&mut out, self.batch_size as u64);
         }
-        out.push_str(if self.allow {
-            ",\"allow\":true"
-        } else {
-            ",\"allow\":false"
-        });
-        json_list(
+        decision_fields(
             &mut out,
-            ",\"allow-why-true\":",
-            self.allow_why_true.iter().copied(),
+            "allow",
+            self.allow,
+            &self.allow_why_true,
+            &self.allow_why_false,
         );
-        json_list(
+        decision_fields(
             &mut out,
-            ",\"allow-why-false\":",
-            self.allow_why_false.iter().copied(),
-        );
-        out.push_str(if self.deny {
-            ",\"deny\":true"
-        } else {
-            ",\"deny\":false"
-        });
-        json_list(
-            &mut out,
-            ",\"deny-why-true\":",
-            self.deny_why_true.iter().copied(),
-        );
-        json_list(
-            &mut out,
-            ",\"deny-why-false\":",
-            self.deny_why_false.iter().copied(),
+            "deny",
+            self.deny,
+            &self.deny_why_true,
+            &self.deny_why_false,
         );
         if let Some(error) = self.error {
             out.push_str(",\"error\":");
@@ -234,6 +218,27 @@ fn json_list<'t>(out: &mut String, key: &str, items: impl Iterator<Item = &'t st
     }
     if !first {
         out.push(']');
+    }
+}
+
+/// `"<name>":<bool>`, then its `-why-true` and `-why-false` reasons when there are any.
+fn decision_fields(
+    out: &mut String,
+    name: &str,
+    value: bool,
+    why_true: &[&str],
+    why_false: &[&str],
+) {
+    out.push_str(",\"");
+    out.push_str(name);
+    out.push_str(if value { "\":true" } else { "\":false" });
+    for (suffix, why) in [("-why-true", why_true), ("-why-false", why_false)] {
+        if !why.is_empty() {
+            out.push_str(",\"");
+            out.push_str(name);
+            out.push_str(suffix);
+            json_list(out, "\":", why.iter().copied());
+        }
     }
 }
 

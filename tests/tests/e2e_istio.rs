@@ -367,6 +367,23 @@ async fn start_pods(adjust: impl FnOnce(&mut Objects)) -> IstioPods {
     }
 }
 
+/// A `2026-07-28` `tools/call` of `echo` with a bearer token, through the gateway.
+fn echo_call(url: &str, token: &str) -> reqwest::RequestBuilder {
+    http_client()
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "echo")
+        .json(&stateless_body(
+            1,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "x"}}),
+        ))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mcp_client_signs_in_and_calls_tools_through_a_gateway_configured_as_istio_would() {
     let _one = ONE_GATEWAY.lock().await;
@@ -436,19 +453,7 @@ async fn without_allow_on_headers_stop_iteration_a_tool_call_stalls() {
     .await;
     let mcp_url = pods.mcp_url.clone();
     let signed = sign_in(&mcp_url).await;
-    let call = http_client()
-        .post(&mcp_url)
-        .bearer_auth(&signed.access_token)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", "echo")
-        .json(&stateless_body(
-            1,
-            "tools/call",
-            json!({"name": "echo", "arguments": {"text": "x"}}),
-        ))
+    let call = echo_call(&mcp_url, &signed.access_token)
         .timeout(std::time::Duration::from_secs(4))
         .send()
         .await;
@@ -493,19 +498,7 @@ async fn istios_route_decides_even_where_the_url_names_a_known_route() {
     let call = |url: String| {
         let token = signed.access_token.clone();
         async move {
-            let resp = http_client()
-                .post(&url)
-                .bearer_auth(token)
-                .header("content-type", "application/json")
-                .header("accept", "application/json, text/event-stream")
-                .header("mcp-protocol-version", "2026-07-28")
-                .header("mcp-method", "tools/call")
-                .header("mcp-name", "echo")
-                .json(&stateless_body(
-                    1,
-                    "tools/call",
-                    json!({"name": "echo", "arguments": {"text": "x"}}),
-                ))
+            let resp = echo_call(&url, &token)
                 .send()
                 .await
                 .expect("the gateway answers");
