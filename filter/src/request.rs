@@ -105,6 +105,9 @@ pub struct RequestState {
     /// When the request headers arrived, for a timed request: one the duration histogram
     /// samples, or any while someone reads the authorize record (its duration starts here).
     started: Option<SystemTime>,
+    /// One the duration histogram samples (about one in `duration_sample_every`, whether or
+    /// not the record is read): only these are recorded, one host call each.
+    sampled: bool,
     /// When the body was judged, while the request goes on in the same callback (a look-up
     /// answered later reads the clock again).
     decided_at: Option<SystemTime>,
@@ -143,7 +146,8 @@ impl RequestState {
         }
         // A timed request reads the clock for its duration (and its token's expiry check);
         // any other is judged against the worker's clock of the last tick: no host call.
-        let timed = self.record_wanted() || self.worker.borrow().metrics.take_duration_sample();
+        self.sampled = self.worker.borrow().metrics.take_duration_sample();
+        let timed = self.sampled || self.record_wanted();
         self.started = if timed {
             Some(hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH))
         } else {
@@ -810,14 +814,13 @@ impl RequestState {
         let Some(labels) = self.labels.take() else {
             return;
         };
-        // Only a timed request has a duration (and reads the clock for it).
+        // Only a sampled request is recorded (and reads the clock for it, if not yet).
+        let decided_at = self.decided_at.take();
         let micros = self
             .started
+            .filter(|_| self.sampled)
             .and_then(|started| {
-                let end = self
-                    .decided_at
-                    .take()
-                    .or_else(|| hostcalls::get_current_time().ok())?;
+                let end = decided_at.or_else(|| hostcalls::get_current_time().ok())?;
                 end.duration_since(started).ok()
             })
             .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
@@ -1257,6 +1260,7 @@ impl WardenRequest {
                 grant: None,
                 app: None,
                 started: None,
+                sampled: false,
                 decided_at: None,
                 labels: None,
                 call: None,

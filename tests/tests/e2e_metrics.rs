@@ -26,6 +26,8 @@ fn options() -> StackOptions {
             for route in config["routes"].as_array_mut().unwrap() {
                 route["policy"] = policy.clone();
             }
+            // Every request in the histogram, so that its counts can be compared exactly.
+            config["envoy"]["duration_sample_every"] = 1.into();
         })),
         ..StackOptions::default()
     }

@@ -912,6 +912,10 @@ pub struct EnvoyConfig {
     /// every 5 s per worker, when a token names a key it does not know).
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_seconds: u32,
+    /// The filter's duration histogram times about one request in this many per worker
+    /// (the plugin's `duration_sample_every`; 1 times every one).
+    #[serde(default = "default_duration_sample_every")]
+    pub duration_sample_every: u32,
 }
 
 impl Default for EnvoyConfig {
@@ -926,8 +930,13 @@ impl Default for EnvoyConfig {
             max_heap_bytes: default_max_heap_bytes(),
             xff_num_trusted_hops: 0,
             jwks_refresh_seconds: default_jwks_refresh(),
+            duration_sample_every: default_duration_sample_every(),
         }
     }
+}
+
+fn default_duration_sample_every() -> u32 {
+    warden_core::config::DEFAULT_DURATION_SAMPLE_EVERY
 }
 
 fn default_envoy_listen() -> SocketAddr {
@@ -1660,6 +1669,11 @@ impl Config {
             ("envoy.idle_timeout_seconds", e.idle_timeout_seconds, 86_400),
             ("envoy.max_connections", e.max_connections, 10_000_000),
             ("envoy.jwks_refresh_seconds", e.jwks_refresh_seconds, 86_400),
+            (
+                "envoy.duration_sample_every",
+                e.duration_sample_every,
+                warden_core::config::MAX_DURATION_SAMPLE_EVERY,
+            ),
         ] {
             // 0 would mean "no limit" to Envoy: the protection this setting exists for.
             if value == 0 || value > max {

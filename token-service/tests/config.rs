@@ -127,6 +127,13 @@ fn errors_name_the_field() {
     assert!(e.starts_with("routes[0].scopes[0]"), "{e}");
     let e = err("storage: {sqlite: x.db}\n");
     assert!(e.contains("authorization_server"), "{e}");
+    for bad in ["0", "65537"] {
+        let e = err(&good.replace(
+            "envoy:\n  listen: 127.0.0.1:9000\n",
+            &format!("envoy:\n  listen: 127.0.0.1:9000\n  duration_sample_every: {bad}\n"),
+        ));
+        assert!(e.starts_with("envoy.duration_sample_every:"), "{bad}: {e}");
+    }
 }
 
 #[test]

@@ -494,6 +494,21 @@ mod tests {
     }
 
     #[test]
+    fn the_histograms_sampling_reaches_the_filter() {
+        let compiled = |input: &EnvoyInput| {
+            let plugin = serde_json::to_string(&plugin_config(input)).unwrap();
+            warden_core::config::CompiledConfig::from_json(plugin.as_bytes()).unwrap()
+        };
+        assert_eq!(
+            compiled(&sample()).duration_sample_every,
+            warden_core::config::DEFAULT_DURATION_SAMPLE_EVERY
+        );
+        let mut input = sample();
+        input.envoy.duration_sample_every = 1;
+        assert_eq!(compiled(&input).duration_sample_every, 1);
+    }
+
+    #[test]
     fn bootstrap_turns_the_filters_metric_names_into_labels() {
         let yaml = render(&sample()).unwrap();
         for expected in [

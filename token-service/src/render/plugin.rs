@@ -177,7 +177,7 @@ pub fn plugin_config_for(input: &EnvoyInput, targets: &FilterTargets) -> PluginC
         clock_skew_seconds: warden_core::config::DEFAULT_CLOCK_SKEW_SECONDS,
         token_cache_entries: 10_000,
         failed_signature_checks_per_second: warden_core::config::DEFAULT_FAILED_SIGNATURE_CHECKS,
-        duration_sample_every: warden_core::config::DEFAULT_DURATION_SAMPLE_EVERY,
+        duration_sample_every: input.envoy.duration_sample_every,
         // The rendered access log prints it (`%FILTER_STATE(wasm.mcp_warden.authorize:PLAIN)%`).
         authorize_filter_state: true,
         // Envoy's tracer tags the request's span from them (`custom_tags`).
