@@ -1619,7 +1619,10 @@ def main() -> int:
 
     configs = configurations(args.mode, fx["jwks"], fx["jwk"], plugin, baseline, baseline_sha)
     if args.only:
-        wanted = set(args.only.split(","))
+        if smoke or args.out == RESULTS_DIR:
+            raise BenchError("--only is for a quick try of `full` (its targets are partial): give --out "
+                             "a directory outside bench/results")
+        wanted = {n for n in args.only.split(",") if n}
         unknown = wanted - {c.name for c in configs}
         if unknown:
             raise BenchError(f"--only: no configuration named {', '.join(sorted(unknown))}")

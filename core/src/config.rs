@@ -36,9 +36,10 @@ pub struct PluginConfig {
         skip_serializing_if = "is_default_failed_signature_checks"
     )]
     pub failed_signature_checks_per_second: u32,
-    /// The duration histogram times about one request in this many per worker, at random
-    /// gaps (1: every one). Timing costs two clock reads and a histogram record: three of the seven host
-    /// calls a timed warm call makes. The request counters count every request.
+    /// The duration histogram samples about one request in this many per worker, at random
+    /// gaps (1: every one), whatever the log level. A sample costs two clock reads and a
+    /// histogram record: three of the seven host calls a sampled warm call makes. The request
+    /// counters count every request.
     #[serde(
         default = "default_duration_sample_every",
         skip_serializing_if = "is_default_duration_sample_every"
@@ -240,7 +241,7 @@ fn default_cache_entries() -> u32 {
     10_000
 }
 pub const DEFAULT_FAILED_SIGNATURE_CHECKS: u32 = 32;
-/// One request in 16 is timed: a few hundred samples a minute per worker at a modest load,
+/// One request in 16 is sampled: a few hundred samples a minute per worker at a modest load,
 /// for a sixteenth of the timing's host calls.
 pub const DEFAULT_DURATION_SAMPLE_EVERY: u32 = 16;
 pub const MAX_DURATION_SAMPLE_EVERY: u32 = 65_536;

@@ -1068,8 +1068,8 @@ mod tests {
                 String::from_utf8_lossy(&body)
             );
         }
-        // The grammar is mostly what the scanner leaves to serde (escapes, floats, non-ASCII);
-        // thousands of bodies still go the fast path.
+        // The grammar is mostly what the scanner leaves to serde (floats, escapes and non-ASCII
+        // in keys and in the strings it keeps); thousands of bodies still go the fast path.
         assert!(
             scanned * 10 > total,
             "only {scanned} of {total} bodies were scanned"
@@ -1078,6 +1078,52 @@ mod tests {
         let plain = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hello"}}}"#;
         assert!(scan::scan(plain, false).is_some());
         assert!(scan::scan(plain, true).is_none());
+    }
+
+    fn call_with_argument(text: &str) -> String {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{text}","more":["{text}",{{"k":"{text}"}}]}}}}}}"#
+        )
+    }
+
+    /// The arguments' values are dropped: any text and escapes in them keep a body on the
+    /// fast path (code and prose in tool calls have both). What serde alone decides still
+    /// goes to it.
+    #[test]
+    fn dropped_strings_may_hold_any_text_and_escapes() {
+        for text in [
+            "line one\\nline two\\t\\\"quoted\\\" \\\\ \\/ \\b\\f\\r",
+            "caf\u{e9} \u{1F600} \u{7f} \u{200b}",
+            "\\u00e9\\u0041\\uFFFF\\uabcd",
+            &"fn main() {\\n    println!(\\\"hi\\\");\\n}\\n".repeat(200),
+        ] {
+            let body = call_with_argument(text);
+            let scanned = scan::scan(body.as_bytes(), false).expect(&body);
+            let serde = parse_top(body.as_bytes(), false).expect(&body);
+            assert_eq!(body_of(scanned), body_of(serde), "{body}");
+        }
+        for serde_decides in [
+            "\\ud83d\\ude00",
+            "\\ud800",
+            "\\udc00",
+            "\\x41",
+            "\\u12",
+            "\\u12g4",
+            "tab\there",
+        ] {
+            let body = call_with_argument(serde_decides);
+            assert!(scan::scan(body.as_bytes(), false).is_none(), "{body}");
+        }
+        // What the filter keeps (the method, the tool, a key) is still read plainly only.
+        for kept in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ech\u006f"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\u00e9cho"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"écho"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"t\u0065xt":"x"}}}"#,
+            r#"{"jsonrpc":"2.0","id":"\n","method":"ping"}"#,
+        ] {
+            assert!(scan::scan(kept.as_bytes(), false).is_none(), "{kept}");
+        }
     }
 
     #[test]

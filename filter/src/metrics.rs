@@ -119,10 +119,10 @@ pub struct Metrics {
     /// The duration histogram's id per route and decision (index `route × decisions +
     /// decision`), once defined (`Some(None)`: defining it failed).
     durations: RefCell<Vec<Option<Option<u32>>>>,
-    /// Requests to go before the next one the histogram times (`duration_sample_every`).
+    /// Requests to go before the next one the histogram samples (`duration_sample_every`).
     untimed_left: Cell<u32>,
     sample_every: u32,
-    /// xorshift32 state for the gaps between timed requests.
+    /// xorshift32 state for the gaps between sampled requests.
     gap_state: Cell<u32>,
 }
 
@@ -133,7 +133,7 @@ pub struct Decided<'a> {
     /// The tool of a `tools/call`.
     pub tool: Option<&'a str>,
     pub decision: Decision,
-    /// Microseconds from the request headers to the decision (`None`: not timed, or no
+    /// Microseconds from the request headers to the decision (`None`: not sampled, or no
     /// clock).
     pub micros: Option<u64>,
 }
@@ -161,7 +161,7 @@ impl Metrics {
         }
     }
 
-    /// Whether the histogram times the request that starts now: on average one in
+    /// Whether the histogram samples the request that starts now: on average one in
     /// `duration_sample_every`, the first one included.
     pub fn take_duration_sample(&self) -> bool {
         match self.untimed_left.get() {
@@ -176,7 +176,7 @@ impl Metrics {
         }
     }
 
-    /// Requests left untimed before the next timed one: uniform in 0..=2(N-1), N-1 on
+    /// Requests left unsampled before the next sampled one: uniform in 0..=2(N-1), N-1 on
     /// average. A fixed gap would time a client whose requests repeat in a cycle (list, call,
     /// list, call) always at the same place in it, and never the rest.
     fn next_gap(&self) -> u32 {
@@ -192,7 +192,7 @@ impl Metrics {
     }
 
     /// A request was decided: counted in this worker's table (added at the flush) and, when it
-    /// was timed, its duration recorded, the one host call of the labelled metrics on the
+    /// was sampled, its duration recorded, the one host call of the labelled metrics on the
     /// request path.
     pub fn decided(&self, d: &Decided<'_>, config: &CompiledConfig) {
         if let Ok(mut t) = self.tallies.try_borrow_mut() {

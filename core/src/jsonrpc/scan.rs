@@ -1,10 +1,12 @@
 //! The fast path of `inspect_with`: one pass over a plain request body that fills the same
 //! `Envelope` the serde visitors do, with the same key checks (`KeysSeen`, look-alike
 //! members), without serde's machinery. It never refuses anything: whatever it does not read
-//! plainly (an escape or any byte outside printable ASCII in a string, a number other than a
-//! short integer, nesting past `MAX_DEPTH`, a batch, a message that is not an object, any
+//! plainly (an escape or any byte outside printable ASCII in a key or in a string it keeps,
+//! a control character or a surrogate's `\u` escape in a string it drops, a number other than
+//! a short integer, nesting past `MAX_DEPTH`, a batch, a message that is not an object, any
 //! syntax error, any key the checks refuse) gives `None`, and the serde path reads the body
-//! and decides. So what it accepts, the serde path accepts the same way (a differential test
+//! and decides. The strings it drops (the arguments' values, most of them) may hold any text
+//! and escapes, as tool calls' arguments often do. So what it accepts, the serde path accepts the same way (a differential test
 //! in `jsonrpc.rs` holds it to that).
 
 use std::borrow::Cow;
@@ -50,32 +52,44 @@ pub(super) fn scan(body: &[u8], with_arguments: bool) -> Option<Top<'_>> {
 /// argument would otherwise cost a test per byte, more than the serde pass's own skip); the
 /// eight that hold the stop are then read one by one.
 pub(crate) fn plain_run(rest: &[u8]) -> usize {
+    run::<true>(rest)
+}
+
+/// How many bytes at the start of `rest` a string's text runs without a quote, an escape or a
+/// control character: what a skipped string may hold between its escapes (the body was
+/// checked UTF-8 once, so any other byte is text).
+fn text_run(rest: &[u8]) -> usize {
+    run::<false>(rest)
+}
+
+/// The run before the first `"`, `\` or byte below 0x20, and with `PRINTABLE` before the
+/// first byte above 0x7e too: eight bytes at a time, then the stop's word byte by byte.
+fn run<const PRINTABLE: bool>(rest: &[u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // Exact for "some byte of `v` is zero" (and below, "some byte is below 0x20"): a borrow
     // can only mark a byte above one that really matched.
     let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let stops_at = |c: u8| c == b'"' || c == b'\\' || c < 0x20 || (PRINTABLE && c > 0x7e);
     let mut at = 0;
     for chunk in rest.chunks_exact(8) {
         let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
             break;
         };
         let x = u64::from_le_bytes(bytes);
-        let stops = (x.wrapping_sub(ONES * 0x20) & !x & HIGH)
-            | (x & HIGH)
+        let mut stops = (x.wrapping_sub(ONES * 0x20) & !x & HIGH)
             | has_zero(x ^ (ONES * u64::from(b'"')))
-            | has_zero(x ^ (ONES * u64::from(b'\\')))
-            | has_zero(x ^ (ONES * 0x7f));
+            | has_zero(x ^ (ONES * u64::from(b'\\')));
+        if PRINTABLE {
+            stops |= (x & HIGH) | has_zero(x ^ (ONES * 0x7f));
+        }
         if stops != 0 {
             break;
         }
         at += 8;
     }
     let tail = rest.get(at..).unwrap_or_default();
-    at + tail
-        .iter()
-        .position(|&c| c == b'"' || c == b'\\' || !(0x20..=0x7e).contains(&c))
-        .unwrap_or(tail.len())
+    at + tail.iter().position(|&c| stops_at(c)).unwrap_or(tail.len())
 }
 
 struct Scanner<'a> {
@@ -114,6 +128,46 @@ impl<'a> Scanner<'a> {
         }
         self.i = start + len + 1;
         self.text.get(start..start + len)
+    }
+
+    /// A string only checked and dropped (serde's `Strict` never reads it): besides what
+    /// `string` takes, any text (the body is UTF-8) and the escapes serde takes. A `\u`
+    /// escape of a surrogate half and a control character go to the serde pass, which decides
+    /// whether the string is text.
+    fn skip_string(&mut self) -> Option<()> {
+        self.eat(b'"')?;
+        loop {
+            self.i += text_run(self.b.get(self.i..)?);
+            match self.peek()? {
+                b'"' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                b'\\' => self.escape()?,
+                _ => return None,
+            }
+        }
+    }
+
+    /// `\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`, or `\u` and four hex digits that are not
+    /// a surrogate half.
+    fn escape(&mut self) -> Option<()> {
+        self.eat(b'\\')?;
+        match self.peek()? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
+            b'u' => {
+                let hex = self.b.get(self.i + 1..self.i + 5)?;
+                let unit = hex
+                    .iter()
+                    .try_fold(0_u32, |v, &h| Some(v * 16 + char::from(h).to_digit(16)?))?;
+                if (0xd800..=0xdfff).contains(&unit) {
+                    return None;
+                }
+                self.i += 5;
+            }
+            _ => return None,
+        }
+        Some(())
     }
 
     /// `0` or `-?[1-9][0-9]*` of at most `MAX_DIGITS` digits (serde reads `-0` as a float).
@@ -208,6 +262,9 @@ impl<'a> Scanner<'a> {
 
     /// Any value, checked and dropped (serde's `Strict`).
     fn skip(&mut self, depth: usize) -> Option<()> {
+        if self.peek()? == b'"' {
+            return self.skip_string();
+        }
         self.scalar(depth).map(drop)
     }
 
@@ -330,12 +387,24 @@ impl<'a> Scanner<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::plain_run;
+    use super::{plain_run, text_run};
 
     fn by_bytes(rest: &[u8]) -> usize {
         rest.iter()
             .position(|&c| c == b'"' || c == b'\\' || !(0x20..=0x7e).contains(&c))
             .unwrap_or(rest.len())
+    }
+
+    fn text_by_bytes(rest: &[u8]) -> usize {
+        rest.iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+            .unwrap_or(rest.len())
+    }
+
+    /// Both word tests against their byte rules.
+    fn both_stop_where_the_byte_rules_do(rest: &[u8]) {
+        assert_eq!(plain_run(rest), by_bytes(rest), "plain {rest:?}");
+        assert_eq!(text_run(rest), text_by_bytes(rest), "text {rest:?}");
     }
 
     /// Every byte value, at every place of runs of 0 to 33 bytes (none, one or several
@@ -350,11 +419,11 @@ mod tests {
                     if let Some(b) = rest.get_mut(at) {
                         *b = byte;
                     }
-                    assert_eq!(plain_run(&rest), by_bytes(&rest), "{rest:?}");
+                    both_stop_where_the_byte_rules_do(&rest);
                     if let Some(b) = rest.get_mut(at + 3) {
                         *b = b'"';
                     }
-                    assert_eq!(plain_run(&rest), by_bytes(&rest), "{rest:?}");
+                    both_stop_where_the_byte_rules_do(&rest);
                 }
             }
         }
@@ -362,7 +431,7 @@ mod tests {
         for a in 0..=u8::MAX {
             for b in [0x00, 0x1f, 0x20, 0x21, 0x22, 0x5c, 0x7e, 0x7f, 0x80, 0xff] {
                 let rest = [b'x', a, b, b'y', b'z', a, b, b'w', b'q'];
-                assert_eq!(plain_run(&rest), by_bytes(&rest), "{rest:?}");
+                both_stop_where_the_byte_rules_do(&rest);
             }
         }
     }
