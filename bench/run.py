@@ -134,8 +134,25 @@ def call_body(total: int) -> bytes:
     return body
 
 
+def code_call_body(total: int) -> bytes:
+    """A tools/call of `echo` whose argument is code, padded to `total` bytes: an escaped newline
+    and escaped quotes on every line, and non-ASCII text, as tool calls that carry code or prose
+    have."""
+    head = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"'
+    tail = '"}}}'
+    line = 'let greeting = \\"héllo wörld\\"; // say it\\n'
+    room = total - len(head.encode()) - len(tail)
+    encoded = line.encode()
+    message = (encoded * (room // len(encoded))) + b" " * (room % len(encoded))
+    body = head.encode() + message + tail.encode()
+    assert len(body) == total
+    json.loads(body)
+    return body
+
+
 SMALL_CALL = call_body(207)
 BIG_CALL = call_body(16 * 1024)
+CODE_CALL = code_call_body(16 * 1024)
 LIST_REQUEST = b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}'
 CALL_RESULT = compact({"jsonrpc": "2.0", "id": 1, "result": {
     "content": [{"type": "text", "text": "hello from the mcp-warden benchmark"}], "isError": False}})
@@ -158,6 +175,7 @@ def make_cases() -> dict[str, Case]:
         cases[f"call-small/{via}"] = Case(f"call-small/{via}", f"/mcp/{via}/call", SMALL_CALL, via)
         cases[f"call-16k/{via}"] = Case(f"call-16k/{via}", f"/mcp/{via}/call", BIG_CALL, via)
         cases[f"list/{via}"] = Case(f"list/{via}", f"/mcp/{via}/list", LIST_REQUEST, via, listing=True)
+    cases["call-code-16k/direct"] = Case("call-code-16k/direct", "/mcp/direct/call", CODE_CALL, "direct")
     return cases
 
 
@@ -979,7 +997,7 @@ def targets(samples: list[Sample], who: str, wasm_bytes: int | None = None) -> l
     `warden-baseline`): (label, goal, bound, sense, format, values per round)."""
     small, big = "call-small/direct", "call-16k/direct"
 
-    def above_floor_16k() -> list[float]:
+    def above_floor_16k(big: str = big) -> list[float]:
         # (warden 16 KiB − warden small) − (floor 16 KiB − floor small), per round: what the
         # filter's own handling of 15.8 KiB more body costs beyond what merely reading it costs.
         w_big, w_small = by_round(samples, who, big), by_round(samples, who, small)
@@ -999,6 +1017,8 @@ def targets(samples: list[Sample], who: str, wasm_bytes: int | None = None) -> l
          paired(samples, who, "list/direct", f"{who}-unfiltered", "list/direct", lambda a, b: a.cpu_us / b.cpu_us)),
         ("16 KiB cost above the floor's own 16 KiB cost, CPU µs per request (direct)", "≤ 1 µs", 1.0, "le", ".1f",
          above_floor_16k()),
+        ("the same for a 16 KiB call whose argument is code (escapes, non-ASCII), CPU µs per request", "(measured)",
+         None, None, ".1f", above_floor_16k("call-code-16k/direct")),
         ("authorize line at info level, extra CPU µs per request (small, direct)", "≤ 5 µs", 5.0, "le", ".1f",
          paired(samples, f"{who}+info-log", small, who, small, lambda a, b: a.cpu_us - b.cpu_us)),
         ("… of which the kernel's (stime: the write of each line to stderr), µs per request", "(measured)",
@@ -1121,6 +1141,7 @@ def report(samples: list[Sample], configs: list[Config], meta_: dict) -> str:
             continue
         what, via = case.split("/")
         title = {"call-small": "small tools/call (207 B)", "call-16k": "16 KiB tools/call",
+                 "call-code-16k": "16 KiB tools/call whose argument is code (escapes, non-ASCII)",
                  "list": "tools/list, 50 tools in the answer"}[what]
         L.append(f"## {title}, {'direct response' if via == 'direct' else 'real upstream'} (`{case}`)")
         L.append("")
