@@ -50,7 +50,8 @@ def totals(path: Path) -> int:
     raise bench.BenchError(f"no totals in {path}")
 
 
-def count(cfg: bench.Config, work: Path, upstream_port: int, token: str, warmup: int, n: int) -> float:
+def count(cfg: bench.Config, work: Path, upstream_port: int, token: str, warmup: int, n: int,
+          case_name: str = CASE) -> float:
     cfg.port, cfg.admin = bench.free_port(), bench.free_port()
     conf = work / f"envoy-{cfg.name}.json"
     conf.write_text(json.dumps(bench.bootstrap(cfg.port, cfg.admin, upstream_port, cfg.filters)))
@@ -66,7 +67,7 @@ def count(cfg: bench.Config, work: Path, upstream_port: int, token: str, warmup:
                       "MCP_WARDEN_INTERNAL_CREDENTIAL": bench.INTERNAL_CREDENTIAL})
     try:
         bench.wait_ready(cfg, timeout=600)
-        case = bench.CASES[CASE]
+        case = bench.CASES[case_name]
         conn = http.client.HTTPConnection("127.0.0.1", cfg.port, timeout=120)
         headers = bench.request_headers(token)
 
@@ -117,6 +118,8 @@ def main() -> int:
     ap.add_argument("--configs", default="floor+es256,warden")
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--case", default=CASE, choices=sorted(bench.CASES),
+                    help="the request sent (bench/run.py's cases), e.g. call-code-16k/direct")
     args = ap.parse_args()
     lock = bench.one_bench_at_a_time()  # noqa: F841 (held until exit: a timed run must not see this one)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -137,7 +140,7 @@ def main() -> int:
     # The full run's configurations (native, floor, variants, …) and the smoke run's (warden+ti).
     by_name = {c.name: c for mode in ("full", "smoke")
                for c in bench.configurations(mode, fx["jwks"], fx["jwk"], plugin, None, "")}
-    by_name["bare"] = bench.Config("bare", "Envoy with only the router", [bench.BUFFER_FILTER], [CASE])
+    by_name["bare"] = bench.Config("bare", "Envoy with only the router", [bench.BUFFER_FILTER], [args.case])
     wanted = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in by_name]
     if unknown:
@@ -145,8 +148,9 @@ def main() -> int:
     counted = {}
     for name in wanted:
         started = time.monotonic()
-        counted[name] = count(by_name[name], work, upstream_port, fx["token"], args.warmup, args.requests)
-        print(f"{name:24} {counted[name]:10,.0f} instructions per request ({CASE}, "
+        counted[name] = count(by_name[name], work, upstream_port, fx["token"], args.warmup, args.requests,
+                              args.case)
+        print(f"{name:24} {counted[name]:10,.0f} instructions per request ({args.case}, "
               f"{args.requests} requests, {time.monotonic() - started:.0f} s)", flush=True)
     if "warden" in counted and "floor+es256" in counted:
         print(f"\ninstructions per request, warden ÷ floor+es256 = {counted['warden'] / counted['floor+es256']:.3f}")

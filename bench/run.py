@@ -141,7 +141,7 @@ def code_call_body(total: int) -> bytes:
     head = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"'
     tail = '"}}}'
     line = 'let greeting = \\"héllo wörld\\"; // say it\\n'
-    room = total - len(head.encode()) - len(tail)
+    room = total - len(head.encode()) - len(tail.encode())
     encoded = line.encode()
     message = (encoded * (room // len(encoded))) + b" " * (room % len(encoded))
     body = head.encode() + message + tail.encode()
@@ -1594,6 +1594,11 @@ def main() -> int:
                          "targets whose configurations are missing are left out of the report")
     args = ap.parse_args()
     smoke = args.mode == "smoke"
+    only = {n.strip() for n in args.only.split(",") if n.strip()}
+    if args.only and (smoke or not only
+                      or args.out.resolve().is_relative_to(RESULTS_DIR.resolve())):
+        raise BenchError("--only is for a quick try of `full` (its targets are partial): name at least one "
+                         "configuration and give --out a directory outside bench/results")
     env_int = lambda name, default: int(os.environ.get(name, default))  # noqa: E731
     rounds = args.rounds or env_int("BENCH_ROUNDS", 3)
     duration = args.duration or env_int("BENCH_DURATION", 5 if smoke else 3)
@@ -1639,15 +1644,11 @@ def main() -> int:
     (work / "list.json").write_text(LIST_RESULT)
 
     configs = configurations(args.mode, fx["jwks"], fx["jwk"], plugin, baseline, baseline_sha)
-    if args.only:
-        if smoke or args.out == RESULTS_DIR:
-            raise BenchError("--only is for a quick try of `full` (its targets are partial): give --out "
-                             "a directory outside bench/results")
-        wanted = {n for n in args.only.split(",") if n}
-        unknown = wanted - {c.name for c in configs}
+    if only:
+        unknown = only - {c.name for c in configs}
         if unknown:
             raise BenchError(f"--only: no configuration named {', '.join(sorted(unknown))}")
-        configs = [c for c in configs if c.name in wanted]
+        configs = [c for c in configs if c.name in only]
         notes.append(f"only these configurations were measured (`--only`): {args.only}")
     upstream = spawn(["taskset", "-c", LOAD_CORE, UPSTREAM_BIN, "--listen", f"127.0.0.1:{upstream_port}",
                       "--call", work / "call.json", "--list", work / "list.json"], work / "upstream.log")

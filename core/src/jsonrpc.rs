@@ -870,6 +870,14 @@ mod tests {
                 "\u{200b}",
                 "\\ud800",
                 "\\ud83d\\ude00",
+                "\\uD83D\\uDE00",
+                "\\udbff\\udfff",
+                "\\udc00",
+                "\\ud800\\u0041",
+                "\\ud7ff\\ue000",
+                "\\u00E9",
+                "\\u0000\\u001f",
+                "\\/\\b\\f\\r\\t",
                 "\u{1}",
                 "/",
                 "~",
@@ -1042,7 +1050,7 @@ mod tests {
     #[test]
     fn the_scanner_reads_what_it_reads_exactly_as_the_serde_pass() {
         let mut bodies = Bodies(0x5eed_1234_abcd_9876);
-        let (mut scanned, mut total) = (0, 0);
+        let (mut scanned, mut total, mut escaped) = (0, 0, 0);
         for i in 0..30_000 {
             let message = bodies.message();
             let body = if i % 3 == 0 {
@@ -1055,6 +1063,7 @@ mod tests {
                 continue;
             };
             scanned += 1;
+            escaped += usize::from(body.contains(&b'\\'));
             let serde = parse_top(&body, false).unwrap_or_else(|e| {
                 panic!(
                     "the scanner read {:?}, serde refuses it: {e:?}",
@@ -1073,6 +1082,11 @@ mod tests {
         assert!(
             scanned * 10 > total,
             "only {scanned} of {total} bodies were scanned"
+        );
+        // Escapes in the strings the scanner drops keep a body on the fast path: many of them.
+        assert!(
+            escaped * 4 > scanned,
+            "only {escaped} of the {scanned} scanned bodies had an escape"
         );
         // And the bench's body, and one with arguments the policy reads, are scanned / not.
         let plain = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hello"}}}"#;
@@ -1102,8 +1116,22 @@ mod tests {
             let serde = parse_top(body.as_bytes(), false).expect(&body);
             assert_eq!(body_of(scanned), body_of(serde), "{body}");
         }
-        for serde_decides in [
+        for pair in [
             "\\ud83d\\ude00",
+            "\\uD83D\\uDE00",
+            "\\udbff\\udfff",
+            "\\ud7ff\\ue000\\u0000",
+        ] {
+            let body = call_with_argument(pair);
+            let scanned = scan::scan(body.as_bytes(), false).expect(&body);
+            let serde = parse_top(body.as_bytes(), false).expect(&body);
+            assert_eq!(body_of(scanned), body_of(serde), "{body}");
+        }
+        for serde_decides in [
+            "\\ud800\\u0041",
+            "\\ud800\\n",
+            "\\ud800x",
+            "\\ude00\\ud83d",
             "\\ud800",
             "\\udc00",
             "\\x41",

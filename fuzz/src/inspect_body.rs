@@ -50,6 +50,9 @@ pub fn seeds() -> Vec<Vec<u8>> {
         r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"d\u0065lete_all"}}"#,
         r#"{"jsonrpc":"2.0","id":8,"result":{"ok":true}}"#,
         "\u{feff}{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"ping\"}",
+        // Arguments the scanner drops with their escapes and text, and ones it leaves to serde.
+        r#"{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"run","arguments":{"code":"let s = \"h\u00e9llo\";\n// caf\u00c9 \ud83d\ude00 ok\t\/","lines":["\b\f\r","wörld"]}}}"#,
+        r#"{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"run","arguments":{"code":"\ud800 lone","more":"\udc00\ud800"}}}"#,
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())

@@ -912,7 +912,7 @@ pub struct EnvoyConfig {
     /// every 5 s per worker, when a token names a key it does not know).
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_seconds: u32,
-    /// The filter's duration histogram times about one request in this many per worker
+    /// The filter's duration histogram records about one request in this many per worker
     /// (the plugin's `duration_sample_every`; 1 records every one).
     #[serde(default = "default_duration_sample_every")]
     pub duration_sample_every: u32,

@@ -2,12 +2,12 @@
 //! `Envelope` the serde visitors do, with the same key checks (`KeysSeen`, look-alike
 //! members), without serde's machinery. It never refuses anything: whatever it does not read
 //! plainly (an escape or any byte outside printable ASCII in a key or in a string it keeps,
-//! a control character or a surrogate's `\u` escape in a string it drops, a number other than
-//! a short integer, nesting past `MAX_DEPTH`, a batch, a message that is not an object, any
-//! syntax error, any key the checks refuse) gives `None`, and the serde path reads the body
-//! and decides. The strings it drops (the arguments' values, most of them) may hold any text
-//! and escapes, as tool calls' arguments often do. So what it accepts, the serde path accepts the same way (a differential test
-//! in `jsonrpc.rs` holds it to that).
+//! a control character or a lone surrogate's `\u` escape in a string it drops, a number
+//! other than a short integer, nesting past `MAX_DEPTH`, a batch, a message that is not an
+//! object, any syntax error, any key the checks refuse) gives `None`, and the serde path
+//! reads the body and decides. The strings it drops (most of them the arguments' values) may
+//! hold any text and escapes, as tool calls' arguments often do. So what it accepts, the
+//! serde path accepts the same way (a differential test in `jsonrpc.rs` holds it to that).
 
 use std::borrow::Cow;
 
@@ -131,9 +131,9 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string only checked and dropped (serde's `Strict` never reads it): besides what
-    /// `string` takes, any text (the body is UTF-8) and the escapes serde takes. A `\u`
-    /// escape of a surrogate half and a control character go to the serde pass, which decides
-    /// whether the string is text.
+    /// `string` takes, any text (the body is UTF-8) and the escapes serde takes, surrogate
+    /// pairs included (`json.dumps` writes an emoji so). A lone surrogate's `\u` escape and a
+    /// control character go to the serde pass, which refuses them.
     fn skip_string(&mut self) -> Option<()> {
         self.eat(b'"')?;
         loop {
@@ -149,25 +149,36 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// `\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`, or `\u` and four hex digits that are not
-    /// a surrogate half.
+    /// `\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`, or a UTF-16 code unit's `\u` escape: one that
+    /// is not a surrogate half, or a leading half followed by a trailing one's.
     fn escape(&mut self) -> Option<()> {
         self.eat(b'\\')?;
         match self.peek()? {
             b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
-            b'u' => {
-                let hex = self.b.get(self.i + 1..self.i + 5)?;
-                let unit = hex
-                    .iter()
-                    .try_fold(0_u32, |v, &h| Some(v * 16 + char::from(h).to_digit(16)?))?;
-                if (0xd800..=0xdfff).contains(&unit) {
-                    return None;
+            b'u' => match self.code_unit()? {
+                0xd800..=0xdbff => {
+                    self.eat(b'\\')?;
+                    if !(0xdc00..=0xdfff).contains(&self.code_unit()?) {
+                        return None;
+                    }
                 }
-                self.i += 5;
-            }
+                0xdc00..=0xdfff => return None,
+                _ => {}
+            },
             _ => return None,
         }
         Some(())
+    }
+
+    /// `u` and four hex digits: the code unit they name.
+    fn code_unit(&mut self) -> Option<u32> {
+        self.eat(b'u')?;
+        let hex = self.b.get(self.i..self.i + 4)?;
+        let unit = hex
+            .iter()
+            .try_fold(0_u32, |v, &h| Some(v * 16 + char::from(h).to_digit(16)?))?;
+        self.i += 4;
+        Some(unit)
     }
 
     /// `0` or `-?[1-9][0-9]*` of at most `MAX_DIGITS` digits (serde reads `-0` as a float).
