@@ -1083,9 +1083,10 @@ mod tests {
             scanned * 10 > total,
             "only {scanned} of {total} bodies were scanned"
         );
-        // Escapes in the strings the scanner drops keep a body on the fast path: many of them.
+        // Escapes in the strings the scanner drops keep a body on the fast path: hundreds of
+        // the scanned bodies hold one (none would if the scanner left every escape to serde).
         assert!(
-            escaped * 4 > scanned,
+            escaped > 100,
             "only {escaped} of the {scanned} scanned bodies had an escape"
         );
         // And the bench's body, and one with arguments the policy reads, are scanned / not.
