@@ -1111,19 +1111,13 @@ mod tests {
             "caf\u{e9} \u{1F600} \u{7f} \u{200b}",
             "\\u00e9\\u0041\\uFFFF\\uabcd",
             &"fn main() {\\n    println!(\\\"hi\\\");\\n}\\n".repeat(200),
-        ] {
-            let body = call_with_argument(text);
-            let scanned = scan::scan(body.as_bytes(), false).expect(&body);
-            let serde = parse_top(body.as_bytes(), false).expect(&body);
-            assert_eq!(body_of(scanned), body_of(serde), "{body}");
-        }
-        for pair in [
+            // Surrogate pairs, as `json.dumps` writes an emoji; the units around them.
             "\\ud83d\\ude00",
             "\\uD83D\\uDE00",
             "\\udbff\\udfff",
             "\\ud7ff\\ue000\\u0000",
         ] {
-            let body = call_with_argument(pair);
+            let body = call_with_argument(text);
             let scanned = scan::scan(body.as_bytes(), false).expect(&body);
             let serde = parse_top(body.as_bytes(), false).expect(&body);
             assert_eq!(body_of(scanned), body_of(serde), "{body}");
