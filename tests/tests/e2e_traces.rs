@@ -18,6 +18,11 @@ use prost::Message as _;
 use serde_json::{json, Value};
 use warden_e2e::*;
 
+/// One test of this file at a time: on a slow 2-core machine the other's sign-ins delayed the
+/// key-rotation test until the filter's own JWKS refresh had fetched the new key, so no fetch
+/// was left for the traced call to set off.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const PREFIX: &str = "/gh";
 const ALICE: UpstreamLogin<'static> = UpstreamLogin {
     user: PROVIDER_USER,
@@ -141,6 +146,7 @@ fn shown(r: &Received) -> String {
 /// The `authorization` header the MCP server received, from a `whoami` answer.
 #[tokio::test]
 async fn one_trace_runs_from_the_client_through_envoy_and_the_token_service_to_the_provider() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (collector, collector_url) = Collector::start().await;
     let dir = tempfile::Builder::new()
         .prefix("warden-e2e-traces-")
@@ -373,6 +379,7 @@ async fn one_trace_runs_from_the_client_through_envoy_and_the_token_service_to_t
 
 #[tokio::test]
 async fn a_jwks_fetch_a_request_set_off_goes_on_in_its_trace() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (collector, endpoint) = Collector::start().await;
     let opts = StackOptions {
         config_hook: Some(Box::new(move |c: &mut Value| {
